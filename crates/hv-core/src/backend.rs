@@ -1,0 +1,225 @@
+//! The traits both backends implement: a hypervisor makes VMs, a VM maps memory and
+//! makes vCPUs, a vCPU runs until an intercept and answers register hypercalls.
+
+use crate::counters::Counters;
+use crate::error::Result;
+use crate::memory::HostRegion;
+use crate::message::ExitMessage;
+use crate::page::RegisterPagePtr;
+use crate::regs::RegisterValue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which hypervisor is underneath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The Microsoft Hypervisor through `/dev/mshv`.
+    Mshv,
+    /// The built-in software hypervisor.
+    Sim,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Mshv => "mshv",
+            BackendKind::Sim => "sim",
+        }
+    }
+}
+
+/// Whether vCPUs get a register page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegisterPageMode {
+    /// Map it and let the hypervisor mark it valid at each intercept (the default).
+    #[default]
+    On,
+    /// Do not map it: every register goes through hypercalls.
+    Off,
+    /// Map it but never mark it valid (sim only): exercises the fallback path.
+    Invalid,
+}
+
+/// Options for a new VM.
+#[derive(Debug, Clone, Default)]
+pub struct VmConfig {
+    pub register_page: RegisterPageMode,
+    /// Exit to the VMM on CPUID instead of answering it in the hypervisor.
+    pub intercept_cpuid: bool,
+    /// MSRs whose RDMSR/WRMSR exit to the VMM.
+    pub intercept_msrs: Vec<u32>,
+    /// Exit to the VMM on every MSR access the hypervisor does not model.
+    pub intercept_unknown_msrs: bool,
+}
+
+/// Host memory mapped into the guest.
+#[derive(Debug, Clone)]
+pub struct MemoryMapping {
+    pub gpa: u64,
+    pub region: Arc<HostRegion>,
+    pub writable: bool,
+    pub executable: bool,
+}
+
+impl MemoryMapping {
+    /// One past the last guest physical address.
+    pub fn end(&self) -> u64 {
+        self.gpa + self.region.len() as u64
+    }
+}
+
+/// Bounds on one `run()`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunLimits {
+    /// Stop after this many guest instructions (sim only; the real backend ignores it).
+    pub max_instructions: Option<u64>,
+    /// Stop after this much wall time.
+    pub timeout: Option<Duration>,
+}
+
+/// Why `run()` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// An intercept: the message buffer holds the `hv_message`.
+    Message,
+    /// `cancel()` was called.
+    Cancelled,
+    /// The instruction or time budget ran out.
+    BudgetExhausted,
+}
+
+/// Interrupts a running vCPU from another thread; a cancel issued while the vCPU is
+/// not running makes its next `run()` return at once (like KVM's `immediate_exit`).
+#[derive(Clone, Default)]
+pub struct Canceller {
+    flag: Arc<AtomicBool>,
+    kick: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Canceller({})", self.flag.load(Ordering::Relaxed))
+    }
+}
+
+impl Canceller {
+    /// A canceller that also calls `kick` to interrupt a blocked run.
+    pub fn with_kick(kick: Arc<dyn Fn() + Send + Sync>) -> Self {
+        Canceller {
+            flag: Arc::default(),
+            kick: Some(kick),
+        }
+    }
+
+    /// Requests the exit.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some(kick) = &self.kick {
+            kick();
+        }
+    }
+
+    /// Whether a cancel is pending.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Consumes a pending cancel, returning whether there was one.
+    pub fn take(&self) -> bool {
+        self.flag.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// A hypervisor: the entry point of a backend.
+pub trait HvBackend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+    fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn VmBackend>>;
+}
+
+/// A partition.
+pub trait VmBackend: Send {
+    /// Maps host memory at a guest physical address. Rejects overlaps and unaligned maps.
+    fn map_memory(&mut self, mapping: MemoryMapping) -> Result<()>;
+    /// Unmaps the region that starts at `gpa`, returning it.
+    fn unmap_memory(&mut self, gpa: u64) -> Result<MemoryMapping>;
+    /// Makes accesses to `[gpa, gpa + size)` exit to the VMM even where RAM is mapped.
+    fn intercept_range(&mut self, gpa: u64, size: u64) -> Result<()>;
+    /// Creates vCPU `index`; its register page, if any, is mapped after the vCPU exists.
+    fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>>;
+}
+
+/// A virtual processor.
+pub trait VcpuBackend: Send {
+    fn index(&self) -> u32;
+    /// Runs until an intercept, a cancel or the budget; fills `msg` on [`Exit::Message`].
+    fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit>;
+    /// One batched get-register hypercall.
+    fn get_registers(&mut self, ids: &[u32], out: &mut [RegisterValue]) -> Result<()>;
+    /// One batched set-register hypercall.
+    fn set_registers(&mut self, ids: &[u32], values: &[RegisterValue]) -> Result<()>;
+    /// One GVA translation hypercall: (gpa, `hv_translate_gva_result_code`).
+    fn translate_gva(&mut self, gva: u64, flags: u64) -> Result<(u64, u32)>;
+    /// The register page, when mapped.
+    fn register_page(&self) -> Option<RegisterPagePtr>;
+    /// A handle that interrupts `run()` from any thread.
+    fn canceller(&self) -> Canceller;
+    fn counters(&self) -> &Counters;
+    fn reset_counters(&mut self);
+}
+
+/// Checks the batch arguments every backend's register calls share.
+pub fn check_batch(ids: &[u32], values: usize) -> Result<()> {
+    use crate::error::HvError;
+    if ids.is_empty() {
+        return Err(HvError::InvalidArgument("register batch is empty".into()));
+    }
+    if ids.len() != values {
+        return Err(HvError::InvalidArgument(format!(
+            "register batch has {} ids but room for {} values",
+            ids.len(),
+            values
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that a new mapping is page-aligned and overlaps none of `existing`.
+pub fn check_mapping<'a>(
+    new: &MemoryMapping,
+    existing: impl IntoIterator<Item = &'a MemoryMapping>,
+) -> Result<()> {
+    use crate::error::HvError;
+    use crate::page::PAGE_SIZE;
+    if new.gpa % PAGE_SIZE as u64 != 0 {
+        return Err(HvError::InvalidArgument(format!(
+            "guest physical address {:#x} is not 4 KiB aligned",
+            new.gpa
+        )));
+    }
+    if new
+        .gpa
+        .checked_add(new.region.len() as u64)
+        .is_none_or(|end| end > MAX_GPA)
+    {
+        return Err(HvError::InvalidArgument(format!(
+            "region at {:#x} (+{:#x}) goes beyond the guest physical address space ({MAX_GPA:#x})",
+            new.gpa,
+            new.region.len()
+        )));
+    }
+    for m in existing {
+        if new.gpa < m.end() && m.gpa < new.end() {
+            return Err(HvError::MemoryOverlap {
+                gpa: new.gpa,
+                size: new.region.len() as u64,
+                other: m.gpa,
+                other_size: m.region.len() as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The guest physical address space both backends accept: 52 bits.
+pub const MAX_GPA: u64 = 1 << 52;

@@ -1,0 +1,94 @@
+//! Typed errors. Each carries a stable `code()` that the binding turns into a JS
+//! `Error.code`, and a message naming the offending value.
+
+use thiserror::Error;
+
+/// A specialized result for backend operations.
+pub type Result<T> = std::result::Result<T, HvError>;
+
+/// Everything that can go wrong below the TypeScript layer.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HvError {
+    /// The hypervisor device node is missing or cannot be opened.
+    #[error("{path} is not available: {reason} (errno {errno})")]
+    DeviceUnavailable {
+        path: &'static str,
+        errno: i32,
+        reason: String,
+    },
+    /// An ioctl failed; `op` names the operation.
+    #[error("{op} failed: {reason} (errno {errno})")]
+    Ioctl {
+        op: &'static str,
+        errno: i32,
+        reason: String,
+    },
+    /// A hypercall made through the root hvcall ioctl returned a failure status.
+    #[error("{op} failed: hypercall {code:#x} returned status {status:#x}")]
+    Hypercall {
+        op: &'static str,
+        code: u16,
+        status: u16,
+    },
+    /// A caller-supplied argument is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A register id is not one this backend knows.
+    #[error("unknown register id {0:#x}")]
+    UnknownRegister(u32),
+    /// A memory mapping overlaps an existing one.
+    #[error("memory region at {gpa:#x} (+{size:#x}) overlaps the region at {other:#x} (+{other_size:#x})")]
+    MemoryOverlap {
+        gpa: u64,
+        size: u64,
+        other: u64,
+        other_size: u64,
+    },
+    /// No mapping starts at this guest physical address.
+    #[error("no memory region is mapped at {0:#x}")]
+    NotMapped(u64),
+    /// `run()` was called on a vCPU that is already running.
+    #[error("vCPU {0} is already running")]
+    Busy(u32),
+    /// The operation is not available on this backend or host.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The sim backend met an instruction it does not implement.
+    #[error("unsupported instruction `{text}` ({bytes}) at rip {rip:#x}")]
+    UnsupportedInstruction {
+        rip: u64,
+        text: String,
+        bytes: String,
+    },
+    /// The object has been closed.
+    #[error("{0} is closed")]
+    Closed(&'static str),
+}
+
+impl HvError {
+    /// A stable, errno-like code for JavaScript (`err.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            HvError::DeviceUnavailable { .. } => "ENODEV",
+            HvError::Ioctl { .. } => "EIOCTL",
+            HvError::Hypercall { .. } => "EHYPERCALL",
+            HvError::InvalidArgument(_) => "EINVAL",
+            HvError::UnknownRegister(_) => "EINVAL_REGISTER",
+            HvError::MemoryOverlap { .. } => "EOVERLAP",
+            HvError::NotMapped(_) => "ENOTMAPPED",
+            HvError::Busy(_) => "EBUSY",
+            HvError::Unsupported(_) => "ENOTSUP",
+            HvError::UnsupportedInstruction { .. } => "EUNSUPPORTED_INSTRUCTION",
+            HvError::Closed(_) => "ECLOSED",
+        }
+    }
+
+    /// Builds an [`HvError::Ioctl`] from an errno.
+    pub fn ioctl(op: &'static str, errno: i32) -> Self {
+        HvError::Ioctl {
+            op,
+            errno,
+            reason: std::io::Error::from_raw_os_error(errno).to_string(),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Shared vocabulary of the `mshv` package's backends.
+//!
+//! Both the real `/dev/mshv` backend and the `sim` software hypervisor implement the
+//! traits in [`backend`], produce the same `hv_message` bytes ([`message`]) and expose
+//! the same register page ([`page`]). Everything TypeScript needs to know about layouts
+//! and ids is exported from here, so no offset is ever typed twice.
+
+pub mod backend;
+pub mod counters;
+pub mod error;
+pub mod memory;
+pub mod message;
+pub mod page;
+pub mod regs;
+
+pub use backend::{
+    BackendKind, Canceller, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
+    VcpuBackend, VmBackend, VmConfig,
+};
+pub use counters::{Counters, ExitCounter};
+pub use error::{HvError, Result};
+pub use memory::HostRegion;
+pub use message::{ExitMessage, MESSAGE_SIZE};
+pub use page::{RegisterPagePtr, PAGE_SIZE};
+pub use regs::{RegisterValue, REGISTER_VALUE_SIZE};

@@ -1,0 +1,188 @@
+//! Builds the `hv_message` an intercept produces, from the binding structs themselves.
+
+use crate::cpu::{Cpu, Segment, CR0_PE, CS, DS, ES};
+use crate::decode::Fetched;
+use crate::mmu::Access;
+use crate::stop::Stop;
+use hv_core::message::*;
+use hv_core::ExitMessage;
+use mshv_bindings::*;
+
+pub fn segment(s: &Segment) -> hv_x64_segment_register {
+    let mut r = hv_x64_segment_register {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        ..Default::default()
+    };
+    r.__bindgen_anon_1.attributes = s.attributes;
+    r
+}
+
+fn header(cpu: &Cpu, index: u32, ins_len: u8, access: u32) -> hv_x64_intercept_message_header {
+    let mut h = hv_x64_intercept_message_header {
+        vp_index: index,
+        intercept_access_type: access as u8,
+        cs_segment: segment(&cpu.seg[CS]),
+        rip: cpu.rip,
+        rflags: cpu.rflags,
+        ..Default::default()
+    };
+    h.set_instruction_length(ins_len & 0xf);
+    h.set_cr8((cpu.cr8 & 0xf) as u8);
+    // SAFETY: writing bitfields of a plain u16 union view.
+    unsafe {
+        let es = &mut h.execution_state.__bindgen_anon_1;
+        es.set_cpl(cpu.cpl() as u16);
+        es.set_cr0_pe((cpu.cr0 & CR0_PE) as u16);
+        es.set_cr0_am(((cpu.cr0 >> 18) & 1) as u16);
+        es.set_efer_lma(cpu.long_mode_active() as u16);
+    }
+    h
+}
+
+fn access_code(a: Access) -> u32 {
+    match a {
+        Access::Read => HV_INTERCEPT_ACCESS_READ,
+        Access::Write => HV_INTERCEPT_ACCESS_WRITE,
+        Access::Execute => HV_INTERCEPT_ACCESS_EXECUTE,
+    }
+}
+
+/// Fills `msg` for `stop` (not for exceptions, which the caller delivers first).
+pub fn build(
+    msg: &mut ExitMessage,
+    cpu: &Cpu,
+    index: u32,
+    stop: &Stop,
+    fetched: Option<&Fetched>,
+) -> u32 {
+    let len = fetched.map_or(0, |f| f.ins.len() as u8);
+    match *stop {
+        Stop::Io {
+            port,
+            size,
+            input,
+            string,
+            rep,
+        } => {
+            let mut m = hv_x64_io_port_intercept_message {
+                header: header(
+                    cpu,
+                    index,
+                    len,
+                    if input {
+                        HV_INTERCEPT_ACCESS_READ
+                    } else {
+                        HV_INTERCEPT_ACCESS_WRITE
+                    },
+                ),
+                port_number: port,
+                instruction_byte_count: len,
+                rax: cpu.gpr[0],
+                ds_segment: segment(&cpu.seg[DS]),
+                es_segment: segment(&cpu.seg[ES]),
+                rcx: cpu.gpr[1],
+                rsi: cpu.gpr[6],
+                rdi: cpu.gpr[7],
+                ..Default::default()
+            };
+            if let Some(f) = fetched {
+                m.instruction_bytes.copy_from_slice(&f.bytes);
+            }
+            // SAFETY: writing bitfields of a plain u8 union view.
+            unsafe {
+                let a = &mut m.access_info.__bindgen_anon_1;
+                a.set_access_size(size);
+                a.set_string_op(string as u8);
+                a.set_rep_prefix(rep as u8);
+            }
+            msg.write(HVMSG_X64_IO_PORT_INTERCEPT, &m);
+            HVMSG_X64_IO_PORT_INTERCEPT
+        }
+        Stop::Mmio {
+            gpa,
+            gva,
+            access,
+            intercepted,
+        } => {
+            let count = if access == Access::Execute {
+                0
+            } else {
+                fetched.map_or(0, |f| f.available)
+            };
+            let mut m = hv_x64_memory_intercept_message {
+                header: header(cpu, index, len, access_code(access)),
+                instruction_byte_count: count,
+                guest_virtual_address: gva,
+                guest_physical_address: gpa,
+                ..Default::default()
+            };
+            if let Some(f) = fetched {
+                m.instruction_bytes[..count as usize].copy_from_slice(&f.bytes[..count as usize]);
+            }
+            // SAFETY: writing bitfields of a plain u8 union view.
+            unsafe {
+                m.memory_access_info.__bindgen_anon_1.set_gva_valid(1);
+                m.memory_access_info.__bindgen_anon_1.set_gva_gpa_valid(1);
+            }
+            let t = if intercepted {
+                HVMSG_GPA_INTERCEPT
+            } else {
+                HVMSG_UNMAPPED_GPA
+            };
+            msg.write(t, &m);
+            t
+        }
+        Stop::Halt => {
+            let m = hv_x64_halt_message {
+                header: header(cpu, index, 0, HV_INTERCEPT_ACCESS_EXECUTE),
+            };
+            msg.write(HVMSG_X64_HALT, &m);
+            HVMSG_X64_HALT
+        }
+        Stop::Cpuid => {
+            let d = crate::cpuid::default_result(cpu.gpr[0] as u32, cpu.gpr[1] as u32);
+            let m = hv_x64_cpuid_intercept_message {
+                header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
+                rax: cpu.gpr[0],
+                rcx: cpu.gpr[1],
+                rdx: cpu.gpr[2],
+                rbx: cpu.gpr[3],
+                default_result_rax: d[0] as u64,
+                default_result_rbx: d[1] as u64,
+                default_result_rcx: d[2] as u64,
+                default_result_rdx: d[3] as u64,
+            };
+            msg.write(HVMSG_X64_CPUID_INTERCEPT, &m);
+            HVMSG_X64_CPUID_INTERCEPT
+        }
+        Stop::Msr { msr, write } => {
+            let m = hv_x64_msr_intercept_message {
+                header: header(
+                    cpu,
+                    index,
+                    len,
+                    if write {
+                        HV_INTERCEPT_ACCESS_WRITE
+                    } else {
+                        HV_INTERCEPT_ACCESS_READ
+                    },
+                ),
+                msr_number: msr,
+                reserved: 0,
+                rdx: cpu.gpr[2],
+                rax: cpu.gpr[0],
+            };
+            msg.write(HVMSG_X64_MSR_INTERCEPT, &m);
+            HVMSG_X64_MSR_INTERCEPT
+        }
+        Stop::PageFault(_) | Stop::Exception { .. } | Stop::Unsupported => {
+            let m = hv_x64_unrecoverable_exception_message {
+                header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
+            };
+            msg.write(HVMSG_UNRECOVERABLE_EXCEPTION, &m);
+            HVMSG_UNRECOVERABLE_EXCEPTION
+        }
+    }
+}

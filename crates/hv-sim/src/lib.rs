@@ -1,0 +1,58 @@
+//! `hv-sim`: a software hypervisor that runs x86 guest code and behaves, at the
+//! boundary a VMM sees, as the Microsoft Hypervisor does: the same `hv_message` exits,
+//! the same register page semantics, and counted register hypercalls.
+//!
+//! The interpreter decodes with `iced-x86` and executes real, protected and long mode
+//! code with paging. It stops where MSHV intercepts: port I/O, accesses outside guest
+//! RAM or to intercepted ranges, HLT, and CPUID/MSRs when asked.
+
+mod access;
+pub mod alu;
+pub mod cpu;
+mod cpuid;
+mod decode;
+mod exception;
+mod exec;
+mod exits;
+pub mod memmap;
+pub mod mmu;
+mod pagesync;
+mod registers;
+mod stop;
+mod string;
+mod system;
+mod vcpu;
+mod vm;
+
+pub use vcpu::SimVcpu;
+pub use vm::SimVm;
+
+use hv_core::{BackendKind, HvBackend, RegisterPageMode, Result, VmBackend, VmConfig};
+
+/// The per-VM settings the interpreter consults.
+#[derive(Debug, Clone, Default)]
+pub struct SimConfig {
+    pub register_page: RegisterPageMode,
+    pub intercept_cpuid: bool,
+    pub intercept_msrs: Vec<u32>,
+    pub intercept_unknown_msrs: bool,
+}
+
+/// The sim hypervisor.
+#[derive(Debug, Default)]
+pub struct SimHypervisor;
+
+impl HvBackend for SimHypervisor {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sim
+    }
+
+    fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn VmBackend>> {
+        Ok(Box::new(SimVm::new(SimConfig {
+            register_page: config.register_page,
+            intercept_cpuid: config.intercept_cpuid,
+            intercept_msrs: config.intercept_msrs.clone(),
+            intercept_unknown_msrs: config.intercept_unknown_msrs,
+        })))
+    }
+}

@@ -1,0 +1,99 @@
+//! The guest physical address space as a vCPU sees it during one `run()`.
+//!
+//! The VM publishes an immutable snapshot on every map/unmap; a vCPU picks up the
+//! newest snapshot when it starts running, so mapping never blocks a running vCPU.
+
+use hv_core::MemoryMapping;
+
+/// Where a guest physical address lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Guest RAM: host pointer to the byte at the GPA, writable flag, bytes to region end.
+    Ram {
+        host: *mut u8,
+        writable: bool,
+        left: u64,
+    },
+    /// Nothing mapped: an `HVMSG_UNMAPPED_GPA` intercept.
+    Unmapped,
+    /// RAM or not, the VMM asked to intercept it: an `HVMSG_GPA_INTERCEPT`.
+    Intercepted,
+}
+
+/// An immutable view of the memory map.
+#[derive(Debug, Default, Clone)]
+pub struct MemMap {
+    pub slots: Vec<MemoryMapping>,
+    pub intercepts: Vec<(u64, u64)>,
+    /// Bumped on every change so vCPUs know to flush their TLBs.
+    pub generation: u64,
+}
+
+impl MemMap {
+    /// Resolves `gpa`.
+    #[inline]
+    pub fn lookup(&self, gpa: u64) -> Target {
+        if !self.intercepts.is_empty() && self.intercepts.iter().any(|&(s, e)| gpa >= s && gpa < e)
+        {
+            return Target::Intercepted;
+        }
+        for m in &self.slots {
+            if gpa >= m.gpa && gpa < m.end() {
+                let off = gpa - m.gpa;
+                // SAFETY: `off` is inside the region (checked above), so the pointer stays
+                // within the allocation.
+                let host = unsafe { m.region.as_ptr().add(off as usize) };
+                return Target::Ram {
+                    host,
+                    writable: m.writable,
+                    left: m.end() - gpa,
+                };
+            }
+        }
+        Target::Unmapped
+    }
+
+    /// Reads a little-endian u64 of guest RAM (page-table walks); `None` if not RAM.
+    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
+        match self.lookup(gpa) {
+            Target::Ram { host, left, .. } if left >= 8 => {
+                // SAFETY: 8 bytes are left in the region; unaligned read of plain memory.
+                Some(unsafe { std::ptr::read_unaligned(host.cast::<u64>()) })
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes a little-endian u64 of guest RAM (accessed/dirty bits); false if not RAM.
+    pub fn write_u64(&self, gpa: u64, v: u64) -> bool {
+        match self.lookup(gpa) {
+            Target::Ram { host, left, .. } if left >= 8 => {
+                // SAFETY: as in `read_u64`.
+                unsafe { std::ptr::write_unaligned(host.cast::<u64>(), v) };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn read_u32(&self, gpa: u64) -> Option<u32> {
+        match self.lookup(gpa) {
+            Target::Ram { host, left, .. } if left >= 4 => {
+                // SAFETY: 4 bytes are left in the region.
+                Some(unsafe { std::ptr::read_unaligned(host.cast::<u32>()) })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn write_u32(&self, gpa: u64, v: u32) -> bool {
+        match self.lookup(gpa) {
+            Target::Ram { host, left, .. } if left >= 4 => {
+                // SAFETY: 4 bytes are left in the region.
+                unsafe { std::ptr::write_unaligned(host.cast::<u32>(), v) };
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+#![allow(non_upper_case_globals)]
+//! The sim's get/set-register hypercalls: `hv_register_name` ids onto [`Cpu`] fields.
+
+use crate::cpu::{Cpu, Segment, Table};
+use crate::system::*;
+use hv_core::regs::{pack_segment, pack_table, unpack_segment, unpack_table};
+use hv_core::{HvError, RegisterValue, Result};
+use mshv_bindings::*;
+
+fn seg_value(s: &Segment) -> RegisterValue {
+    pack_segment(s.base, s.limit, s.selector, s.attributes)
+}
+
+fn value_seg(v: RegisterValue) -> Segment {
+    let (base, limit, selector, attributes) = unpack_segment(v);
+    Segment {
+        base,
+        limit,
+        selector,
+        attributes,
+    }
+}
+
+fn msr_for(id: u32) -> Option<u32> {
+    Some(match id {
+        hv_register_name_HV_X64_REGISTER_KERNEL_GS_BASE => MSR_KERNEL_GS_BASE,
+        hv_register_name_HV_X64_REGISTER_PAT => MSR_PAT,
+        hv_register_name_HV_X64_REGISTER_SYSENTER_CS => MSR_SYSENTER_CS,
+        hv_register_name_HV_X64_REGISTER_SYSENTER_EIP => MSR_SYSENTER_EIP,
+        hv_register_name_HV_X64_REGISTER_SYSENTER_ESP => MSR_SYSENTER_ESP,
+        hv_register_name_HV_X64_REGISTER_STAR => MSR_STAR,
+        hv_register_name_HV_X64_REGISTER_LSTAR => MSR_LSTAR,
+        hv_register_name_HV_X64_REGISTER_CSTAR => MSR_CSTAR,
+        hv_register_name_HV_X64_REGISTER_SFMASK => MSR_SFMASK,
+        hv_register_name_HV_X64_REGISTER_TSC_AUX => MSR_TSC_AUX,
+        _ => return None,
+    })
+}
+
+const RAX: u32 = hv_register_name_HV_X64_REGISTER_RAX;
+const XMM0: u32 = hv_register_name_HV_X64_REGISTER_XMM0;
+const ES: u32 = hv_register_name_HV_X64_REGISTER_ES;
+const DR0: u32 = hv_register_name_HV_X64_REGISTER_DR0;
+
+/// Reads one register.
+pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
+    let u = |v: u64| Ok([v, 0]);
+    match id {
+        _ if (RAX..RAX + 16).contains(&id) => u(cpu.gpr[(id - RAX) as usize]),
+        hv_register_name_HV_X64_REGISTER_RIP => u(cpu.rip),
+        hv_register_name_HV_X64_REGISTER_RFLAGS => u(cpu.rflags),
+        _ if (XMM0..XMM0 + 16).contains(&id) => {
+            let x = cpu.xmm[(id - XMM0) as usize];
+            Ok([x as u64, (x >> 64) as u64])
+        }
+        _ if (ES..ES + 6).contains(&id) => Ok(seg_value(&cpu.seg[(id - ES) as usize])),
+        hv_register_name_HV_X64_REGISTER_LDTR => Ok(seg_value(&cpu.ldtr)),
+        hv_register_name_HV_X64_REGISTER_TR => Ok(seg_value(&cpu.tr)),
+        hv_register_name_HV_X64_REGISTER_GDTR => Ok(pack_table(cpu.gdtr.base, cpu.gdtr.limit)),
+        hv_register_name_HV_X64_REGISTER_IDTR => Ok(pack_table(cpu.idtr.base, cpu.idtr.limit)),
+        hv_register_name_HV_X64_REGISTER_CR0 => u(cpu.cr0),
+        hv_register_name_HV_X64_REGISTER_CR2 => u(cpu.cr2),
+        hv_register_name_HV_X64_REGISTER_CR3 => u(cpu.cr3),
+        hv_register_name_HV_X64_REGISTER_CR4 => u(cpu.cr4),
+        hv_register_name_HV_X64_REGISTER_CR8 => u(cpu.cr8),
+        hv_register_name_HV_X64_REGISTER_EFER => u(cpu.efer),
+        hv_register_name_HV_X64_REGISTER_APIC_BASE => u(cpu.apic_base),
+        hv_register_name_HV_X64_REGISTER_TSC => u(cpu.tsc),
+        _ if (DR0..DR0 + 4).contains(&id) => u(cpu.dr[(id - DR0) as usize]),
+        hv_register_name_HV_X64_REGISTER_DR6 => u(cpu.dr[6]),
+        hv_register_name_HV_X64_REGISTER_DR7 => u(cpu.dr[7]),
+        _ => match msr_for(id) {
+            Some(msr) => u(cpu.msrs.get(&msr).copied().unwrap_or(if msr == MSR_PAT {
+                0x0007_0406_0007_0406
+            } else {
+                0
+            })),
+            None => Err(HvError::UnknownRegister(id)),
+        },
+    }
+}
+
+/// Writes one register. Returns whether cached translations must be flushed.
+pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
+    let x = v[0];
+    match id {
+        _ if (RAX..RAX + 16).contains(&id) => cpu.gpr[(id - RAX) as usize] = x,
+        hv_register_name_HV_X64_REGISTER_RIP => cpu.rip = x,
+        hv_register_name_HV_X64_REGISTER_RFLAGS => cpu.rflags = x | 2,
+        _ if (XMM0..XMM0 + 16).contains(&id) => {
+            cpu.xmm[(id - XMM0) as usize] = x as u128 | (v[1] as u128) << 64
+        }
+        _ if (ES..ES + 6).contains(&id) => {
+            cpu.seg[(id - ES) as usize] = value_seg(v);
+            return Ok(true);
+        }
+        hv_register_name_HV_X64_REGISTER_LDTR => cpu.ldtr = value_seg(v),
+        hv_register_name_HV_X64_REGISTER_TR => cpu.tr = value_seg(v),
+        hv_register_name_HV_X64_REGISTER_GDTR | hv_register_name_HV_X64_REGISTER_IDTR => {
+            let (base, limit) = unpack_table(v);
+            let t = Table { base, limit };
+            if id == hv_register_name_HV_X64_REGISTER_GDTR {
+                cpu.gdtr = t;
+            } else {
+                cpu.idtr = t;
+            }
+        }
+        hv_register_name_HV_X64_REGISTER_CR0
+        | hv_register_name_HV_X64_REGISTER_CR3
+        | hv_register_name_HV_X64_REGISTER_CR4
+        | hv_register_name_HV_X64_REGISTER_EFER => {
+            match id {
+                hv_register_name_HV_X64_REGISTER_CR0 => cpu.cr0 = x,
+                hv_register_name_HV_X64_REGISTER_CR3 => cpu.cr3 = x,
+                hv_register_name_HV_X64_REGISTER_CR4 => cpu.cr4 = x,
+                // Unlike WRMSR, the register interface sets EFER as given, LMA included.
+                _ => cpu.efer = x,
+            }
+            if id != hv_register_name_HV_X64_REGISTER_EFER {
+                cpu.update_lma();
+            }
+            return Ok(true);
+        }
+        hv_register_name_HV_X64_REGISTER_CR2 => cpu.cr2 = x,
+        hv_register_name_HV_X64_REGISTER_CR8 => cpu.cr8 = x & 0xf,
+        hv_register_name_HV_X64_REGISTER_APIC_BASE => cpu.apic_base = x,
+        hv_register_name_HV_X64_REGISTER_TSC => cpu.tsc = x,
+        _ if (DR0..DR0 + 4).contains(&id) => cpu.dr[(id - DR0) as usize] = x,
+        hv_register_name_HV_X64_REGISTER_DR6 => cpu.dr[6] = x,
+        hv_register_name_HV_X64_REGISTER_DR7 => cpu.dr[7] = x,
+        _ => match msr_for(id) {
+            Some(msr) => {
+                cpu.msrs.insert(msr, x);
+            }
+            None => return Err(HvError::UnknownRegister(id)),
+        },
+    }
+    Ok(false)
+}

@@ -1,0 +1,92 @@
+//! A simulated partition: the memory map and the vCPUs it made.
+
+use crate::memmap::MemMap;
+use crate::vcpu::SimVcpu;
+use crate::SimConfig;
+use hv_core::backend::check_mapping;
+use hv_core::{HvError, MemoryMapping, Result, VcpuBackend, VmBackend};
+use std::sync::{Arc, Mutex};
+
+pub struct SimVm {
+    config: Arc<SimConfig>,
+    memory: Arc<Mutex<Arc<MemMap>>>,
+    vcpus: Vec<u8>,
+}
+
+impl SimVm {
+    pub(crate) fn new(config: SimConfig) -> Self {
+        SimVm {
+            config: Arc::new(config),
+            memory: Arc::default(),
+            vcpus: Vec::new(),
+        }
+    }
+
+    /// Publishes a changed copy of the memory map.
+    fn update(&self, f: impl FnOnce(&mut MemMap) -> Result<()>) -> Result<()> {
+        let mut guard = self
+            .memory
+            .lock()
+            .map_err(|_| HvError::Unsupported("the memory map lock is poisoned".into()))?;
+        let mut next = MemMap::clone(&guard);
+        f(&mut next)?;
+        next.generation += 1;
+        *guard = Arc::new(next);
+        Ok(())
+    }
+}
+
+impl VmBackend for SimVm {
+    fn map_memory(&mut self, mapping: MemoryMapping) -> Result<()> {
+        self.update(|m| {
+            check_mapping(&mapping, &m.slots)?;
+            m.slots.push(mapping);
+            m.slots.sort_by_key(|s| s.gpa);
+            Ok(())
+        })
+    }
+
+    fn unmap_memory(&mut self, gpa: u64) -> Result<MemoryMapping> {
+        let mut removed = None;
+        self.update(|m| {
+            let i = m
+                .slots
+                .iter()
+                .position(|s| s.gpa == gpa)
+                .ok_or(HvError::NotMapped(gpa))?;
+            removed = Some(m.slots.remove(i));
+            Ok(())
+        })?;
+        removed.ok_or(HvError::NotMapped(gpa))
+    }
+
+    fn intercept_range(&mut self, gpa: u64, size: u64) -> Result<()> {
+        let end = gpa
+            .checked_add(size)
+            .filter(|&e| size > 0 && e <= hv_core::backend::MAX_GPA)
+            .ok_or_else(|| {
+                HvError::InvalidArgument(format!(
+                    "intercept range {gpa:#x} (+{size:#x}) is empty or too large"
+                ))
+            })?;
+        self.update(|m| {
+            m.intercepts.push((gpa, end));
+            Ok(())
+        })
+    }
+
+    fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>> {
+        if self.vcpus.contains(&index) {
+            return Err(HvError::InvalidArgument(format!(
+                "vCPU {index} already exists"
+            )));
+        }
+        let vcpu = SimVcpu::new(
+            index as u32,
+            Arc::clone(&self.config),
+            Arc::clone(&self.memory),
+        )?;
+        self.vcpus.push(index);
+        Ok(Box::new(vcpu))
+    }
+}
