@@ -1,0 +1,120 @@
+//! An MSHV partition.
+
+use crate::errors::map_error;
+use crate::vcpu::MshvVcpu;
+use hv_core::backend::check_mapping;
+use hv_core::{HvError, MemoryMapping, Result, VcpuBackend, VmBackend, VmConfig};
+use mshv_bindings::*;
+use mshv_ioctls::{Mshv, VmFd};
+use std::sync::Arc;
+
+pub struct MshvVm {
+    fd: Arc<VmFd>,
+    config: VmConfig,
+    mappings: Vec<MemoryMapping>,
+}
+
+/// The `mshv_user_mem_region` for a mapping.
+pub fn user_region(m: &MemoryMapping, unmap: bool) -> mshv_user_mem_region {
+    let mut flags = 0u8;
+    if m.writable {
+        flags |= 1 << MSHV_SET_MEM_BIT_WRITABLE;
+    }
+    if m.executable {
+        flags |= 1 << MSHV_SET_MEM_BIT_EXECUTABLE;
+    }
+    if unmap {
+        flags |= 1 << MSHV_SET_MEM_BIT_UNMAP;
+    }
+    mshv_user_mem_region {
+        size: m.region.len() as u64,
+        guest_pfn: m.gpa >> 12,
+        userspace_addr: m.region.as_ptr() as u64,
+        flags,
+        rsvd: [0; 7],
+    }
+}
+
+impl MshvVm {
+    pub fn create(mshv: &Mshv, config: &VmConfig) -> Result<Self> {
+        let fd = mshv
+            .create_vm()
+            .map_err(|e| map_error("create partition", e))?;
+        fd.initialize()
+            .map_err(|e| map_error("initialize partition", e))?;
+        if config.intercept_cpuid {
+            fd.install_intercept(mshv_install_intercept {
+                access_type_mask: HV_INTERCEPT_ACCESS_MASK_EXECUTE,
+                intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_CPUID,
+                intercept_parameter: hv_intercept_parameters::default(),
+            })
+            .map_err(|e| map_error("install CPUID intercept", e))?;
+        }
+        for msr in &config.intercept_msrs {
+            let mut p = hv_intercept_parameters::default();
+            p.as_uint64 = *msr as u64;
+            fd.install_intercept(mshv_install_intercept {
+                access_type_mask: HV_INTERCEPT_ACCESS_MASK_READ | HV_INTERCEPT_ACCESS_MASK_WRITE,
+                intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_MSR_INDEX,
+                intercept_parameter: p,
+            })
+            .map_err(|e| map_error("install MSR intercept", e))?;
+        }
+        Ok(MshvVm {
+            fd: Arc::new(fd),
+            config: config.clone(),
+            mappings: Vec::new(),
+        })
+    }
+}
+
+impl VmBackend for MshvVm {
+    fn map_memory(&mut self, mapping: MemoryMapping) -> Result<()> {
+        check_mapping(&mapping, &self.mappings)?;
+        self.fd
+            .map_user_memory(user_region(&mapping, false))
+            .map_err(|e| map_error("map guest memory", e))?;
+        self.mappings.push(mapping);
+        Ok(())
+    }
+
+    fn unmap_memory(&mut self, gpa: u64) -> Result<MemoryMapping> {
+        let i = self
+            .mappings
+            .iter()
+            .position(|m| m.gpa == gpa)
+            .ok_or(HvError::NotMapped(gpa))?;
+        self.fd
+            .unmap_user_memory(user_region(&self.mappings[i], true))
+            .map_err(|e| map_error("unmap guest memory", e))?;
+        Ok(self.mappings.remove(i))
+    }
+
+    fn intercept_range(&mut self, gpa: u64, size: u64) -> Result<()> {
+        // Every unmapped GPA already exits with HVMSG_UNMAPPED_GPA; intercepting mapped
+        // RAM would need host-access changes this backend does not make.
+        let end = gpa.checked_add(size).ok_or_else(|| {
+            HvError::InvalidArgument(format!("range {gpa:#x} (+{size:#x}) overflows"))
+        })?;
+        match self.mappings.iter().find(|m| gpa < m.end() && m.gpa < end) {
+            Some(m) => Err(HvError::Unsupported(format!(
+                "the mshv backend intercepts only unmapped ranges; {gpa:#x} (+{size:#x}) overlaps RAM at {:#x}",
+                m.gpa
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>> {
+        // mshv-ioctls maps the register page right after MSHV_CREATE_VP returns the fd.
+        let fd = self
+            .fd
+            .create_vcpu(index)
+            .map_err(|e| map_error("create vCPU", e))?;
+        Ok(Box::new(MshvVcpu::new(
+            index as u32,
+            fd,
+            self.config.register_page,
+        )))
+    }
+}
