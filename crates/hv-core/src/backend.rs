@@ -166,6 +166,10 @@ pub trait VcpuBackend: Send {
     fn canceller(&self) -> Canceller;
     fn counters(&self) -> &Counters;
     fn reset_counters(&mut self);
+    /// Guest instructions retired so far (sim; 0 where not counted).
+    fn instructions(&self) -> u64 {
+        0
+    }
 }
 
 /// Checks the batch arguments every backend's register calls share.

@@ -233,6 +233,10 @@ impl VcpuBackend for SimVcpu {
     fn reset_counters(&mut self) {
         self.counters = Counters::default();
     }
+
+    fn instructions(&self) -> u64 {
+        self.instructions
+    }
 }
 
 /// How the interpreter loop ended.

@@ -1,0 +1,88 @@
+//! External (zero-copy) ArrayBuffers over native memory, and their detachment.
+//!
+//! Each buffer's finalizer holds an `Arc` to whatever owns its bytes, so no buffer can
+//! outlive its memory; closing the owner detaches every buffer still alive, so a script
+//! that kept one gets a TypeError instead of reading memory the VM no longer uses.
+
+use crate::errors::{from_napi, Result};
+use napi::bindgen_prelude::{ArrayBuffer, JsValue};
+use napi::{sys, Env};
+use std::ptr;
+
+/// Weak references to the buffers handed out for one owner.
+#[derive(Default)]
+pub struct Detachables {
+    refs: Vec<usize>,
+}
+
+// SAFETY: the raw napi_ref handles are only used on the JS thread that created them
+// (every method takes an `Env`); storing them is inert.
+unsafe impl Send for Detachables {}
+// SAFETY: as above.
+unsafe impl Sync for Detachables {}
+
+/// Creates an external ArrayBuffer over `len` bytes at `data`, keeping `owner` alive.
+///
+/// # Safety
+/// `data` must point to `len` bytes that stay valid while `owner` is alive.
+pub unsafe fn external<'env, T: 'static>(
+    env: &'env Env,
+    data: *mut u8,
+    len: usize,
+    owner: T,
+    track: &mut Detachables,
+) -> Result<ArrayBuffer<'env>> {
+    if let Some(existing) = track.alive(env) {
+        return Ok(existing);
+    }
+    // SAFETY: forwarded from this function's contract; the hint keeps the owner alive
+    // until the engine finalizes the buffer.
+    let ab = unsafe { ArrayBuffer::from_external(env, data, len, owner, |_, owner| drop(owner)) }
+        .map_err(from_napi)?;
+    let mut r = ptr::null_mut();
+    // SAFETY: a weak (count 0) reference to a live value of this env.
+    let status = unsafe { sys::napi_create_reference(env.raw(), ab.raw(), 0, &mut r) };
+    if status == sys::Status::napi_ok {
+        track.refs.push(r as usize);
+    }
+    Ok(ab)
+}
+
+impl Detachables {
+    /// The most recently created buffer, if the engine has not collected it.
+    ///
+    /// Handing out one buffer per memory range matters: engines reject two external
+    /// buffers over the same bytes.
+    pub fn alive<'env>(&self, env: &'env Env) -> Option<ArrayBuffer<'env>> {
+        let r = *self.refs.last()? as sys::napi_ref;
+        let mut value = ptr::null_mut();
+        // SAFETY: `r` is a live reference of this env (deleted only in detach_all).
+        let ok = unsafe { sys::napi_get_reference_value(env.raw(), r, &mut value) }
+            == sys::Status::napi_ok;
+        if !ok || value.is_null() {
+            return None;
+        }
+        // SAFETY: `value` is the ArrayBuffer the reference was made for.
+        unsafe {
+            <ArrayBuffer as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), value)
+        }
+        .ok()
+    }
+
+    /// Detaches every buffer still alive and forgets them.
+    pub fn detach_all(&mut self, env: &Env) {
+        for r in self.refs.drain(..) {
+            let r = r as sys::napi_ref;
+            let mut value = ptr::null_mut();
+            // SAFETY: `r` came from napi_create_reference on this env and is deleted once.
+            unsafe {
+                if sys::napi_get_reference_value(env.raw(), r, &mut value) == sys::Status::napi_ok
+                    && !value.is_null()
+                {
+                    sys::napi_detach_arraybuffer(env.raw(), value);
+                }
+                sys::napi_delete_reference(env.raw(), r);
+            }
+        }
+    }
+}

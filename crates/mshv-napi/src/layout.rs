@@ -1,0 +1,94 @@
+//! The constants TypeScript needs, exported from their single Rust source.
+
+use hv_core::regs::{RegisterGroup, RegisterKind, REGISTERS};
+use napi_derive::napi;
+use std::collections::HashMap;
+
+/// One register: its id, value shape, fetch group and register page slot.
+#[napi(object)]
+pub struct RegisterDescriptor {
+    pub name: String,
+    pub id: u32,
+    /// 'u64' | 'u128' | 'segment' | 'table'
+    pub kind: String,
+    /// 'general' | 'segment' | 'control' | 'system' | 'debug' | 'xmm' | 'msr'
+    pub group: String,
+    /// Byte offset on the register page, if the page carries it.
+    pub page_offset: Option<u32>,
+    /// Dirty bit to set when writing through the page; absent = read-only there.
+    pub dirty_bit: Option<u32>,
+}
+
+/// Every layout table, in one object.
+#[napi(object)]
+pub struct Layout {
+    /// Register page offsets, sizes and dirty bits.
+    pub page: HashMap<String, u32>,
+    /// `hv_message` field offsets.
+    pub message: HashMap<String, u32>,
+    /// Message types by name.
+    pub message_types: HashMap<String, u32>,
+    /// Synthetic exit codes `runSync` returns besides message types.
+    pub exits: HashMap<String, u32>,
+    pub registers: Vec<RegisterDescriptor>,
+    /// Size of one register value in the batched register calls (bytes).
+    pub register_value_size: u32,
+}
+
+/// `runSync()` result when `cancel()` interrupted the run.
+pub const EXIT_CANCELLED: u32 = 0xffff_0001;
+/// `runSync()` result when the instruction or time budget ran out.
+pub const EXIT_BUDGET: u32 = 0xffff_0002;
+
+fn table(rows: &[(&str, usize)]) -> HashMap<String, u32> {
+    rows.iter()
+        .map(|(k, v)| (k.to_string(), *v as u32))
+        .collect()
+}
+
+/// Returns the layout tables.
+#[napi]
+pub fn layout() -> Layout {
+    let registers = REGISTERS
+        .iter()
+        .map(|r| RegisterDescriptor {
+            name: r.name.to_string(),
+            id: r.id,
+            kind: match r.kind {
+                RegisterKind::U64 => "u64",
+                RegisterKind::U128 => "u128",
+                RegisterKind::Segment => "segment",
+                RegisterKind::Table => "table",
+            }
+            .to_string(),
+            group: match r.group {
+                RegisterGroup::General => "general",
+                RegisterGroup::Segment => "segment",
+                RegisterGroup::Control => "control",
+                RegisterGroup::System => "system",
+                RegisterGroup::Debug => "debug",
+                RegisterGroup::Xmm => "xmm",
+                RegisterGroup::Msr => "msr",
+            }
+            .to_string(),
+            page_offset: r.page.map(|p| p.offset as u32),
+            dirty_bit: r.page.and_then(|p| p.dirty),
+        })
+        .collect();
+    Layout {
+        page: table(hv_core::page::FIELDS),
+        message: table(hv_core::message::FIELDS),
+        message_types: hv_core::message::TYPES
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        exits: [
+            ("cancelled".to_string(), EXIT_CANCELLED),
+            ("budget".to_string(), EXIT_BUDGET),
+        ]
+        .into_iter()
+        .collect(),
+        registers,
+        register_value_size: hv_core::REGISTER_VALUE_SIZE as u32,
+    }
+}

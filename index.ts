@@ -1,0 +1,19 @@
+/**
+ * `mshv`: script Microsoft Hypervisor virtual machines from TypeScript.
+ *
+ * ```ts
+ * import { createVm, Serial16550, enterRealMode } from 'mshv'
+ * const vm = createVm()                 // /dev/mshv when present, else the sim
+ * ```
+ * @module
+ */
+export { createVm, Vm, GuestRam, type VmOptions } from './src/vm.js'
+export { Vcpu, type RunResult, type RunOptions, type VcpuStats } from './src/vcpu.js'
+export { RegisterCache, type SyncPolicy, type SyncCounters } from './src/registers.js'
+export { IoBus, type PioDevice, type AccessContext, type BusStats } from './src/bus.js'
+export { Serial16550, COM1, type SerialOptions } from './src/devices/serial.js'
+export { DebugExit, DEBUG_EXIT_PORT } from './src/devices/debug-exit.js'
+export { VmPort, VMPORT_PORT, VMPORT_MAGIC, VMPORT_CMD_GETVERSION, VMPORT_CMD_GETRAMSIZE } from './src/devices/vmport.js'
+export { enterRealMode, segment } from './src/guest.js'
+export { registers, registerIndex, page, message, messageType, type RegisterDescriptor } from './src/layout.js'
+export { MshvError } from './src/errors.js'

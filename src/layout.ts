@@ -1,0 +1,67 @@
+/**
+ * Register page offsets, message offsets, message types and register ids, read once
+ * from the Rust side (their single source of truth).
+ * @module
+ */
+import { native } from './native.js'
+
+const raw = native.layout()
+
+function table(t: Record<string, number>, what: string): (name: string) => number {
+  return (name: string): number => {
+    const v = t[name]
+    if (v === undefined) throw new Error(`mshv: no ${what} named '${name}' in the native layout`)
+    return v
+  }
+}
+
+/** Register page offsets, sizes and dirty bits (`hv_vp_register_page`). */
+export const page = table(raw.page, 'register page field')
+/** Offsets into the 256-byte `hv_message`. */
+export const message = table(raw.message, 'message field')
+/** `hv_message_type` values by name. */
+export const messageType = table(raw.messageTypes, 'message type')
+/** Synthetic `runSync()` results: `cancelled`, `budget`. */
+export const exitCode = table(raw.exits, 'exit code')
+
+/** One register's description. */
+export interface RegisterDescriptor {
+  /** Name used by the API (`rax`, `cs`, `gdtr`, ...). */
+  readonly name: string
+  /** `hv_register_name` id. */
+  readonly id: number
+  /** Value shape. */
+  readonly kind: 'u64' | 'u128' | 'segment' | 'table'
+  /** Registers fetched together by one batched hypercall. */
+  readonly group: string
+  /** Offset on the register page, when the page carries it. */
+  readonly pageOffset: number | undefined
+  /** Dirty bit for writes through the page; undefined = not writable there. */
+  readonly dirtyBit: number | undefined
+}
+
+/** Every register the API exposes, in the native table's order. */
+export const registers: readonly RegisterDescriptor[] = raw.registers.map((r) => ({
+  name: r.name,
+  id: r.id,
+  kind: r.kind as RegisterDescriptor['kind'],
+  group: r.group,
+  pageOffset: r.pageOffset ?? undefined,
+  dirtyBit: r.dirtyBit ?? undefined,
+}))
+
+/** Register names, as a type. */
+export type RegisterName = string
+
+const byName = new Map(registers.map((r, i) => [r.name, i]))
+
+/** Index of a register in {@link registers}; throws a clear error for unknown names. */
+export function registerIndex(name: string): number {
+  const i = byName.get(name)
+  if (i === undefined) {
+    const err = new Error(`unknown register '${name}'`) as Error & { code: string }
+    err.code = 'EINVAL_REGISTER'
+    throw err
+  }
+  return i
+}

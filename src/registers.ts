@@ -1,0 +1,260 @@
+/**
+ * The per-vCPU register cache and its state-sync policy: the heart of the package.
+ *
+ * Every register is unknown, clean or dirty. Reads are lazy: from the register page
+ * when it is mapped and valid, else one batched get-register hypercall for the
+ * register's whole group. Writes only mark dirty. `synchronize()` fetches everything
+ * still unknown and never overwrites a dirty value. `flush()`, before each resume,
+ * writes dirty page-resident classes to the page with their dirty bits and everything
+ * else in one batched set-register hypercall, never both paths for one class.
+ * @module
+ */
+import type { NativeVcpu } from './native.js'
+import { page, registers, registerIndex, type RegisterDescriptor } from './layout.js'
+import { MshvError, hex } from './errors.js'
+
+/** How a vCPU's registers travel. */
+export type SyncPolicy = 'page' | 'hypercall' | 'eager'
+
+const UNKNOWN = 0
+const CLEAN = 1
+const DIRTY = 2
+const U64_MAX = (1n << 64n) - 1n
+const N = registers.length
+const ISVALID = page('isvalid')
+const DIRTY_OFFSET = page('dirty')
+
+/** Registers the `eager` policy moves on every exit, as the pre-page VMMs did. */
+const EAGER_GROUPS: readonly (readonly number[])[] = [
+  registers.flatMap((r, i) => (r.group === 'general' ? [i] : [])),
+  registers.flatMap((r, i) => (['segment', 'control', 'system'].includes(r.group) ? [i] : [])),
+]
+
+/** Register indices by group. */
+const GROUPS = new Map<string, number[]>()
+registers.forEach((r, i) => {
+  const g = GROUPS.get(r.group) ?? []
+  g.push(i)
+  GROUPS.set(r.group, g)
+})
+
+/** How registers were read and written, per vCPU. */
+export interface SyncCounters {
+  /** Register values read from the register page. */
+  pageReads: number
+  /** Register values read through get-register hypercalls. */
+  hypercallReads: number
+  /** Register values written through the register page. */
+  pageWrites: number
+  /** Register values written through set-register hypercalls. */
+  hypercallWrites: number
+}
+
+function checkU64(name: string, v: bigint): bigint {
+  if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) {
+    throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1, got ${String(v)}`)
+  }
+  return v
+}
+
+/** The register state of one vCPU during one exit. */
+export class RegisterCache {
+  private readonly lo = new BigUint64Array(N)
+  private readonly hi = new BigUint64Array(N)
+  private readonly state = new Uint8Array(N)
+  private readonly view: DataView | null
+  /** Counters of page and hypercall traffic. */
+  readonly counters: SyncCounters = { pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
+
+  /**
+   * @param native the native vCPU (hypercalls)
+   * @param pageBuffer the mapped register page, or null without one
+   * @param policy how registers travel
+   */
+  constructor(
+    private readonly native: NativeVcpu,
+    pageBuffer: ArrayBuffer | null,
+    /** The active policy; may be changed between exits. */
+    public policy: SyncPolicy = 'page',
+  ) {
+    this.view = pageBuffer ? new DataView(pageBuffer) : null
+  }
+
+  /** Whether reads and writes may use the page now. */
+  pageUsable(): boolean {
+    return this.policy === 'page' && this.view !== null && this.view.getUint8(ISVALID) !== 0
+  }
+
+  /** Reads a register's low 64 bits (the whole value for u64 registers). */
+  get(name: string): bigint {
+    return this.getAt(registerIndex(name))
+  }
+
+  /** {@link get} by index in {@link registers}. */
+  getAt(i: number): bigint {
+    if (this.state[i] === UNKNOWN) this.load(i)
+    return this.lo[i] as bigint
+  }
+
+  /** Reads both 64-bit halves (XMM, segment and table registers). */
+  getRaw(name: string): [bigint, bigint] {
+    const i = registerIndex(name)
+    if (this.state[i] === UNKNOWN) this.load(i)
+    return [this.lo[i] as bigint, this.hi[i] as bigint]
+  }
+
+  /** Writes a register's 64-bit value; it reaches the vCPU at the next resume. */
+  set(name: string, value: bigint): void {
+    this.setAt(registerIndex(name), value)
+  }
+
+  /** {@link set} by index. For 128-bit registers the high half is kept. */
+  setAt(i: number, value: bigint): void {
+    const r = registers[i] as RegisterDescriptor
+    if (r.kind !== 'u64' && this.state[i] === UNKNOWN) this.load(i)
+    this.lo[i] = checkU64(r.name, value)
+    this.state[i] = DIRTY
+  }
+
+  /** Writes both halves of a register. */
+  setRaw(name: string, low: bigint, high: bigint): void {
+    const i = registerIndex(name)
+    this.lo[i] = checkU64(name, low)
+    this.hi[i] = checkU64(name, high)
+    this.state[i] = DIRTY
+  }
+
+  /** Records a value the exit message carried (clean, no hypercall), unless known. */
+  seed(i: number, value: bigint): void {
+    if (this.state[i] === UNKNOWN) {
+      this.lo[i] = value
+      this.hi[i] = 0n
+      this.state[i] = CLEAN
+    }
+  }
+
+  /** Whether a register has been written since the last resume. */
+  isDirty(name: string): boolean {
+    return this.state[registerIndex(name)] === DIRTY
+  }
+
+  /**
+   * Full state, as QEMU's `cpu_synchronize_state`: fetches every register not already
+   * clean or dirty. A dirty value is never replaced by the hypervisor's older one.
+   */
+  synchronize(): void {
+    for (const [, members] of GROUPS) {
+      const first = members.find((i) => this.state[i] === UNKNOWN)
+      if (first !== undefined) this.load(first)
+    }
+  }
+
+  /** Called at each exit: the eager policy fetches standard and special registers. */
+  beginExit(): void {
+    if (this.policy !== 'eager') return
+    for (const g of EAGER_GROUPS) this.fetch(g.filter((i) => this.state[i] === UNKNOWN))
+  }
+
+  /** Writes dirty registers back before the vCPU resumes. */
+  flush(): void {
+    if (this.policy === 'eager') {
+      // The pre-page behaviour: store back everything fetched, dirty or not.
+      for (const g of EAGER_GROUPS) this.store(g.filter((i) => this.state[i] !== UNKNOWN))
+      this.storeDirty(false)
+    } else {
+      this.storeDirty(this.pageUsable())
+    }
+    this.state.fill(UNKNOWN)
+  }
+
+  /** Forgets everything: the vCPU ran, so every cached value is stale. */
+  reset(): void {
+    this.state.fill(UNKNOWN)
+  }
+
+  private storeDirty(viaPage: boolean): void {
+    const batch: number[] = []
+    let mask = 0
+    const view = this.view
+    for (let i = 0; i < N; i++) {
+      if (this.state[i] !== DIRTY) continue
+      const r = registers[i] as RegisterDescriptor
+      if (viaPage && view && r.dirtyBit !== undefined && r.pageOffset !== undefined) {
+        view.setBigUint64(r.pageOffset, this.lo[i] as bigint, true)
+        if (r.kind !== 'u64') view.setBigUint64(r.pageOffset + 8, this.hi[i] as bigint, true)
+        mask |= r.dirtyBit
+        this.counters.pageWrites++
+      } else {
+        batch.push(i)
+      }
+    }
+    if (mask !== 0 && view) view.setUint32(DIRTY_OFFSET, view.getUint32(DIRTY_OFFSET, true) | mask, true)
+    this.store(batch)
+  }
+
+  private store(indices: number[]): void {
+    if (indices.length === 0) return
+    const ids = new Uint32Array(indices.length)
+    const values = new BigUint64Array(indices.length * 2)
+    indices.forEach((i, k) => {
+      ids[k] = (registers[i] as RegisterDescriptor).id
+      values[2 * k] = this.lo[i] as bigint
+      values[2 * k + 1] = this.hi[i] as bigint
+    })
+    this.native.setRegisters(ids, values)
+    this.counters.hypercallWrites += indices.length
+  }
+
+  /** Loads register `i`: from the page if possible, else its whole group by hypercall. */
+  private load(i: number): void {
+    const r = registers[i] as RegisterDescriptor
+    if (r.pageOffset !== undefined && this.pageUsable()) {
+      this.readPage(i)
+      return
+    }
+    const group = GROUPS.get(r.group) ?? [i]
+    const usePage = this.pageUsable()
+    const wanted = group.filter((j) => {
+      if (this.state[j] !== UNKNOWN) return false
+      if (usePage && (registers[j] as RegisterDescriptor).pageOffset !== undefined) {
+        this.readPage(j)
+        return false
+      }
+      return true
+    })
+    this.fetch(wanted)
+  }
+
+  private readPage(i: number): void {
+    const r = registers[i] as RegisterDescriptor
+    const view = this.view as DataView
+    const off = r.pageOffset as number
+    this.lo[i] = view.getBigUint64(off, true)
+    this.hi[i] = r.kind === 'u64' ? 0n : view.getBigUint64(off + 8, true)
+    this.state[i] = CLEAN
+    this.counters.pageReads++
+  }
+
+  private fetch(indices: number[]): void {
+    if (indices.length === 0) return
+    const ids = Uint32Array.from(indices, (i) => (registers[i] as RegisterDescriptor).id)
+    const out = new BigUint64Array(indices.length * 2)
+    try {
+      this.native.getRegisters(ids, out)
+    } catch (e) {
+      const err = e as Error & { code?: string }
+      throw new MshvError(err.code ?? 'EHYPERCALL', `reading ${indices.map((i) => registers[i]?.name).join(', ')}: ${err.message}`)
+    }
+    indices.forEach((i, k) => {
+      this.lo[i] = out[2 * k] as bigint
+      this.hi[i] = out[2 * k + 1] as bigint
+      this.state[i] = CLEAN
+    })
+    this.counters.hypercallReads += indices.length
+  }
+}
+
+/** Formats a register value for messages. */
+export function formatRegister(name: string, v: bigint): string {
+  return `${name}=${hex(v)}`
+}

@@ -1,0 +1,109 @@
+/**
+ * A VM as the user scripts it: a backend, guest RAM, a device bus and vCPUs.
+ * @module
+ */
+import { native, type NativeGuestMemory, type NativeVm } from './native.js'
+import { IoBus } from './bus.js'
+import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
+import { MshvError, hex } from './errors.js'
+import type { SyncPolicy } from './registers.js'
+import { Vcpu } from './vcpu.js'
+
+/** Options for {@link createVm}. */
+export interface VmOptions {
+  /** 'auto' (default: mshv when /dev/mshv opens, else sim), 'mshv' or 'sim'. */
+  backend?: 'auto' | 'mshv' | 'sim'
+  /** 'on' (default), 'off', or 'invalid' (sim: mapped but never valid). */
+  registerPage?: 'on' | 'off' | 'invalid'
+  /** Register sync policy for new vCPUs (default 'page'). */
+  policy?: SyncPolicy
+}
+
+/** A region of guest RAM with zero-copy access. */
+export class GuestRam {
+  /** The region's bytes (a view over the host memory the guest uses). */
+  readonly bytes: Uint8Array
+
+  /** @internal */
+  constructor(readonly native: NativeGuestMemory) {
+    this.bytes = new Uint8Array(native.buffer())
+  }
+
+  /** First guest physical address. */
+  get gpa(): bigint {
+    return this.native.gpa
+  }
+}
+
+/** A virtual machine. */
+export class Vm {
+  /** Port I/O devices. */
+  readonly bus = new IoBus()
+  /** The debug-exit port device (port 0xf4). */
+  readonly debugExit = new DebugExit()
+  private readonly ram: GuestRam[] = []
+  private readonly vcpus: Vcpu[] = []
+
+  /** @internal */
+  constructor(
+    /** The native VM. */
+    readonly native: NativeVm,
+    /** 'mshv' or 'sim'. */
+    readonly backend: string,
+    private readonly policy: SyncPolicy,
+  ) {
+    this.bus.register(DEBUG_EXIT_PORT, 1, this.debugExit, 'debug-exit')
+  }
+
+  /** Maps `size` bytes of zeroed RAM at `gpa`. */
+  addRam(gpa: number | bigint, size: number): GuestRam {
+    const r = new GuestRam(this.native.mapMemory(BigInt(gpa), size))
+    this.ram.push(r)
+    return r
+  }
+
+  /** Total RAM mapped, in bytes. */
+  ramSize(): number {
+    return this.ram.reduce((n, r) => n + r.bytes.length, 0)
+  }
+
+  private locate(gpa: bigint, length: number): { r: GuestRam; off: number } {
+    for (const r of this.ram) {
+      const off = gpa - r.gpa
+      if (off >= 0n && off + BigInt(length) <= BigInt(r.bytes.length)) return { r, off: Number(off) }
+    }
+    throw new MshvError('ENOTMAPPED', `guest range ${hex(gpa)} (+${length}) is not inside one RAM region`)
+  }
+
+  /** Copies `data` into guest RAM at `gpa`. */
+  write(gpa: number | bigint, data: Uint8Array | readonly number[]): void {
+    const { r, off } = this.locate(BigInt(gpa), data.length)
+    r.bytes.set(data, off)
+  }
+
+  /** Copies `length` bytes of guest RAM at `gpa`. */
+  read(gpa: number | bigint, length: number): Uint8Array {
+    const { r, off } = this.locate(BigInt(gpa), length)
+    return r.bytes.slice(off, off + length)
+  }
+
+  /** Creates a vCPU with the VM's (or the given) sync policy. */
+  createVcpu(index = 0, policy: SyncPolicy = this.policy): Vcpu {
+    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit }, policy)
+    this.vcpus.push(v)
+    return v
+  }
+
+  /** Closes every vCPU and the VM. */
+  close(): void {
+    for (const v of this.vcpus) v.close()
+    this.native.close()
+  }
+}
+
+/** Creates a VM on the chosen backend. */
+export function createVm(options: VmOptions = {}): Vm {
+  const hv = native.Hypervisor.open(options.backend ?? 'auto')
+  const vm = hv.createVm({ registerPage: options.registerPage ?? 'on' })
+  return new Vm(vm, hv.backend, options.policy ?? 'page')
+}
