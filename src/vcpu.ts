@@ -104,6 +104,24 @@ export class Vcpu {
     }
   }
 
+  /**
+   * Like {@link run}, but each native run happens on a worker thread, so the event
+   * loop stays free (timers, I/O, `cancel()` from a callback).
+   */
+  async runAsync(options: RunOptions = {}): Promise<RunResult> {
+    for (;;) {
+      this.regs.flush()
+      const code = await this.native.run(options)
+      this.regs.reset()
+      if (code === EXIT_CANCELLED) return { reason: 'cancelled' }
+      if (code === EXIT_BUDGET) return { reason: 'budget' }
+      this.exits++
+      this.regs.beginExit()
+      const result = this.handle(code)
+      if (result) return result
+    }
+  }
+
   /** Handles one exit; returns a result when the run should stop. */
   private handle(code: number): RunResult | undefined {
     const msg = this.message

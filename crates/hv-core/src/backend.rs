@@ -195,7 +195,7 @@ pub fn check_mapping<'a>(
 ) -> Result<()> {
     use crate::error::HvError;
     use crate::page::PAGE_SIZE;
-    if new.gpa % PAGE_SIZE as u64 != 0 {
+    if !new.gpa.is_multiple_of(PAGE_SIZE as u64) {
         return Err(HvError::InvalidArgument(format!(
             "guest physical address {:#x} is not 4 KiB aligned",
             new.gpa

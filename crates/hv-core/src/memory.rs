@@ -25,7 +25,7 @@ unsafe impl Sync for HostRegion {}
 impl HostRegion {
     /// Allocates `len` bytes; `len` must be a non-zero multiple of the 4 KiB page size.
     pub fn new(len: usize) -> Result<Self> {
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
             return Err(HvError::InvalidArgument(format!(
                 "memory size {len:#x} must be a non-zero multiple of {PAGE_SIZE:#x}"
             )));

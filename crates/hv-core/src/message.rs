@@ -183,9 +183,11 @@ mod tests {
 
     #[test]
     fn write_then_read_round_trips_an_io_message() {
-        let mut io = Io::default();
-        io.port_number = 0x3f8;
-        io.rax = 0x41;
+        let mut io = Io {
+            port_number: 0x3f8,
+            rax: 0x41,
+            ..Default::default()
+        };
         io.header.rip = 0x1000;
         io.header.set_instruction_length(1);
         // SAFETY: writing the bitfield view of a plain u8 union.

@@ -129,7 +129,7 @@ impl RegisterPagePtr {
 
     fn field<T>(&self, offset: usize) -> *mut T {
         debug_assert!(offset + std::mem::size_of::<T>() <= PAGE_SIZE);
-        debug_assert!(offset % std::mem::align_of::<T>() == 0);
+        debug_assert!(offset.is_multiple_of(std::mem::align_of::<T>()));
         // SAFETY: every caller passes one of this module's offsets, which lie inside the page.
         unsafe { self.0.as_ptr().add(offset).cast::<T>() }
     }

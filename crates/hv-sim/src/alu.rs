@@ -55,7 +55,7 @@ fn szp(res: u64, size: usize) -> u64 {
     if res & sign_bit(size) != 0 {
         f |= SF;
     }
-    if (res as u8).count_ones() % 2 == 0 {
+    if (res as u8).count_ones().is_multiple_of(2) {
         f |= PF;
     }
     f
