@@ -36,3 +36,65 @@ fn real_mode_out_exits_with_the_io_message_and_rip_at_the_instruction() {
     assert_eq!(g.run(), Exit::Message);
     assert_eq!(g.msg.message_type(), HVMSG_X64_HALT);
 }
+
+#[test]
+fn long_mode_guest_with_paging_writes_a_port() {
+    let mut g = guest();
+    let code = assemble(64, 0x2000, |a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64).unwrap();
+        a.mov(dx, 0x80).unwrap();
+        a.out(dx, eax).unwrap();
+    });
+    g.load(0x2000, &code);
+    g.long_mode(0x2000);
+    assert_eq!(g.run(), Exit::Message);
+    let io: hv_x64_io_port_intercept_message = g.msg.payload();
+    assert_eq!({ io.port_number }, 0x80);
+    assert_eq!({ io.rax }, 0x1122_3344_5566_7788);
+    // SAFETY: reading the bitfield view of a plain u8.
+    assert_eq!(unsafe { io.access_info.__bindgen_anon_1.access_size() }, 4);
+    // SAFETY: reading the bitfield view of a plain u16.
+    assert_eq!(
+        unsafe { io.header.execution_state.__bindgen_anon_1.efer_lma() },
+        1
+    );
+}
+
+#[test]
+fn register_page_is_filled_at_intercepts_and_a_stale_dirty_class_wins_over_a_hypercall() {
+    use hv_core::page::*;
+    let mut g = guest();
+    g.load(0x1000, &[0xe6, 0x80, 0xe6, 0x80, 0xf4]); // out 0x80, al; out 0x80, al; hlt
+    g.real_mode(0x1000);
+    g.set(hv_register_name_HV_X64_REGISTER_RAX, 7);
+    assert_eq!(g.run(), Exit::Message);
+    let p = g.page();
+    assert!(p.is_valid());
+    assert_eq!(p.read_u64(GP_REGISTERS), 7);
+    assert_eq!(p.read_u64(RIP), 0x1000);
+    // A dirty GENERAL class on the page beats a set-register hypercall of the same exit.
+    p.write_u64(GP_REGISTERS, 0x55);
+    p.write_u32(DIRTY, DIRTY_GENERAL | DIRTY_IP);
+    p.write_u64(RIP, 0x1002);
+    g.set(hv_register_name_HV_X64_REGISTER_RAX, 0x99);
+    assert_eq!(g.run(), Exit::Message);
+    assert_eq!(g.get(hv_register_name_HV_X64_REGISTER_RAX), 0x55);
+    assert_eq!(p.read_u32(DIRTY), 0, "dirty bits are cleared at resume");
+    assert_eq!(p.read_u64(RIP), 0x1002);
+}
+
+#[test]
+fn an_unsupported_instruction_is_an_error_naming_it_and_its_address() {
+    let mut g = guest();
+    g.load(0x1000, &[0x0f, 0x28, 0xc1]); // movaps xmm0, xmm1
+    g.real_mode(0x1000);
+    let err = g
+        .vcpu
+        .run(&mut g.msg, &hv_core::RunLimits::default())
+        .unwrap_err();
+    assert_eq!(err.code(), "EUNSUPPORTED_INSTRUCTION");
+    assert!(
+        err.to_string().contains("movaps") && err.to_string().contains("0x1000"),
+        "{err}"
+    );
+}
