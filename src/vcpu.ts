@@ -93,13 +93,7 @@ export class Vcpu {
   run(options: RunOptions = {}): RunResult {
     for (;;) {
       this.regs.flush()
-      const code = this.native.runSync(options)
-      this.regs.reset()
-      if (code === EXIT_CANCELLED) return { reason: 'cancelled' }
-      if (code === EXIT_BUDGET) return { reason: 'budget' }
-      this.exits++
-      this.regs.beginExit()
-      const result = this.handle(code)
+      const result = this.afterRun(this.native.runSync(options))
       if (result) return result
     }
   }
@@ -111,15 +105,19 @@ export class Vcpu {
   async runAsync(options: RunOptions = {}): Promise<RunResult> {
     for (;;) {
       this.regs.flush()
-      const code = await this.native.run(options)
-      this.regs.reset()
-      if (code === EXIT_CANCELLED) return { reason: 'cancelled' }
-      if (code === EXIT_BUDGET) return { reason: 'budget' }
-      this.exits++
-      this.regs.beginExit()
-      const result = this.handle(code)
+      const result = this.afterRun(await this.native.run(options))
       if (result) return result
     }
+  }
+
+  /** Everything cached is stale once the vCPU ran; then the exit is handled. */
+  private afterRun(code: number): RunResult | undefined {
+    this.regs.reset()
+    if (code === EXIT_CANCELLED) return { reason: 'cancelled' }
+    if (code === EXIT_BUDGET) return { reason: 'budget' }
+    this.exits++
+    this.regs.beginExit()
+    return this.handle(code)
   }
 
   /** Handles one exit; returns a result when the run should stop. */
