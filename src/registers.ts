@@ -11,7 +11,7 @@
  */
 import type { NativeVcpu } from './native.js'
 import { page, registers, registerIndex, type RegisterDescriptor } from './layout.js'
-import { MshvError, hex } from './errors.js'
+import { MshvError } from './errors.js'
 
 /** How a vCPU's registers travel. */
 export type SyncPolicy = 'page' | 'hypercall' | 'eager'
@@ -252,9 +252,4 @@ export class RegisterCache {
     })
     this.counters.hypercallReads += indices.length
   }
-}
-
-/** Formats a register value for messages. */
-export function formatRegister(name: string, v: bigint): string {
-  return `${name}=${hex(v)}`
 }

@@ -3,10 +3,9 @@
  * @module
  */
 import type { AccessContext, IoBus } from '../bus.js'
-import { message } from '../layout.js'
+import { message, registerIndex } from '../layout.js'
 import { MshvError, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
-import { registerIndex } from '../layout.js'
 
 const PORT = message('ioPortNumber')
 const ACCESS_INFO = message('ioAccessInfo')

@@ -141,12 +141,9 @@ impl Ctx<'_> {
 
     /// Translates for an access of `size` bytes at `lin`, or stops for MMIO / #PF.
     #[inline]
-    fn host(&mut self, lin: u64, size: usize, access: Access) -> Result<*mut u8, Stop> {
+    fn host(&mut self, lin: u64, access: Access) -> Result<*mut u8, Stop> {
         match self.tlb.translate(self.cpu, self.mem, lin, access)? {
-            Translated::Ram(p, _) => {
-                let _ = size;
-                Ok(p)
-            }
+            Translated::Ram(p, _) => Ok(p),
             Translated::Mmio { gpa, intercepted } => Err(Stop::Mmio {
                 gpa,
                 gva: lin,
@@ -160,7 +157,7 @@ impl Ctx<'_> {
     #[inline]
     pub fn read_linear(&mut self, lin: u64, size: usize, access: Access) -> Result<u64, Stop> {
         if (lin & 0xfff) as usize + size <= 4096 {
-            let p = self.host(lin, size, access)?;
+            let p = self.host(lin, access)?;
             let mut buf = [0u8; 8];
             // SAFETY: `p` points at `size` bytes of RAM within one page.
             unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), size) };
@@ -168,7 +165,7 @@ impl Ctx<'_> {
         }
         // Crossing a page: translate both pages before touching either.
         let ptrs: Vec<*mut u8> = (0..size as u64)
-            .map(|k| self.host(lin.wrapping_add(k), 1, access))
+            .map(|k| self.host(lin.wrapping_add(k), access))
             .collect::<Result<_, _>>()?;
         let mut v = 0u64;
         for (k, p) in ptrs.iter().enumerate() {
@@ -182,14 +179,14 @@ impl Ctx<'_> {
     #[inline]
     pub fn write_linear(&mut self, lin: u64, size: usize, v: u64) -> Result<(), Stop> {
         if (lin & 0xfff) as usize + size <= 4096 {
-            let p = self.host(lin, size, Access::Write)?;
+            let p = self.host(lin, Access::Write)?;
             let bytes = v.to_le_bytes();
             // SAFETY: `p` points at `size` writable bytes of RAM within one page.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, size) };
             return Ok(());
         }
         let ptrs: Vec<*mut u8> = (0..size as u64)
-            .map(|k| self.host(lin.wrapping_add(k), 1, Access::Write))
+            .map(|k| self.host(lin.wrapping_add(k), Access::Write))
             .collect::<Result<_, _>>()?;
         for (k, p) in ptrs.iter().enumerate() {
             // SAFETY: each pointer addresses one translated, writable byte of RAM.

@@ -89,6 +89,18 @@ fn limits(o: Option<RunOptions>) -> Result<RunLimits> {
     })
 }
 
+/// Batched register calls carry two u64 halves per id.
+fn check_pairs(ids: &[u32], len: usize, what: &str) -> Result<()> {
+    if len != ids.len() * 2 {
+        return Err(invalid(format!(
+            "{what} must hold 2 u64 per register: {} ids need length {}, got {len}",
+            ids.len(),
+            ids.len() * 2
+        )));
+    }
+    Ok(())
+}
+
 fn exit_code(exit: Exit, msg: &ExitMessage) -> u32 {
     match exit {
         Exit::Message => msg.message_type(),
@@ -212,14 +224,7 @@ impl Vcpu {
     #[napi]
     pub fn get_registers(&self, ids: Uint32Array, mut out: BigUint64Array) -> Result<()> {
         self.check_open()?;
-        if out.len() != ids.len() * 2 {
-            return Err(invalid(format!(
-                "out must hold 2 u64 per register: {} ids need length {}, got {}",
-                ids.len(),
-                ids.len() * 2,
-                out.len()
-            )));
-        }
+        check_pairs(&ids, out.len(), "out")?;
         let mut values: Vec<RegisterValue> = vec![[0, 0]; ids.len()];
         self.core
             .with(self.index, |b, _| b.get_registers(&ids, &mut values))?;
@@ -237,14 +242,7 @@ impl Vcpu {
     #[napi]
     pub fn set_registers(&self, ids: Uint32Array, values: BigUint64Array) -> Result<()> {
         self.check_open()?;
-        if values.len() != ids.len() * 2 {
-            return Err(invalid(format!(
-                "values must hold 2 u64 per register: {} ids need length {}, got {}",
-                ids.len(),
-                ids.len() * 2,
-                values.len()
-            )));
-        }
+        check_pairs(&ids, values.len(), "values")?;
         let v: Vec<RegisterValue> = values.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
         self.core.with(self.index, |b, _| b.set_registers(&ids, &v))
     }
