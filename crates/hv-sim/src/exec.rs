@@ -404,6 +404,9 @@ impl Ctx<'_> {
         if let Some((r, f, which)) = alu::shift(s, kind, a, count, self.cpu.rflags) {
             self.write_op(ins, 0, s, r)?;
             self.cpu.rflags = alu::merge(self.cpu.rflags, f, which);
+        } else if s == 4 && ins.op_kind(0) == OpKind::Register {
+            // A zero count still writes a 32-bit register, clearing its upper half.
+            self.write_op(ins, 0, s, a)?;
         }
         Ok(())
     }

@@ -137,3 +137,93 @@ pub fn config(page: RegisterPageMode) -> VmConfig {
         ..VmConfig::default()
     }
 }
+
+/// Where snippet tests place their data buffer in guest memory.
+pub const DATA_GPA: u64 = 0x4_0000;
+
+const GPR_IDS: [u32; 16] = [
+    hv_register_name_HV_X64_REGISTER_RAX,
+    hv_register_name_HV_X64_REGISTER_RCX,
+    hv_register_name_HV_X64_REGISTER_RDX,
+    hv_register_name_HV_X64_REGISTER_RBX,
+    hv_register_name_HV_X64_REGISTER_RSP,
+    hv_register_name_HV_X64_REGISTER_RBP,
+    hv_register_name_HV_X64_REGISTER_RSI,
+    hv_register_name_HV_X64_REGISTER_RDI,
+    hv_register_name_HV_X64_REGISTER_R8,
+    hv_register_name_HV_X64_REGISTER_R9,
+    hv_register_name_HV_X64_REGISTER_R10,
+    hv_register_name_HV_X64_REGISTER_R11,
+    hv_register_name_HV_X64_REGISTER_R12,
+    hv_register_name_HV_X64_REGISTER_R13,
+    hv_register_name_HV_X64_REGISTER_R14,
+    hv_register_name_HV_X64_REGISTER_R15,
+];
+
+/// A 64-bit register state, as host-exec has it: GPRs in encoding order and RFLAGS.
+pub type State = host_exec::HostState;
+
+/// Runs a 64-bit snippet in the sim from `state` with `mem` at [`DATA_GPA`]; the
+/// registers in `bases` are offsets into `mem`, as for host-exec. Returns the state
+/// at the HLT appended to the snippet, and updates `mem`.
+pub fn sim_snippet(code: &[u8], state: &State, mem: &mut [u8], bases: &[usize]) -> State {
+    let mut g = guest();
+    let mut text = code.to_vec();
+    text.push(0xf4);
+    g.load(0x2000, &text);
+    g.ram.write(DATA_GPA as usize, mem).unwrap();
+    g.long_mode(0x2000);
+    for (i, id) in GPR_IDS.iter().enumerate() {
+        if i != 4 {
+            let offset = if bases.contains(&i) { DATA_GPA } else { 0 };
+            g.set(*id, state.gpr[i].wrapping_add(offset));
+        }
+    }
+    g.set(
+        hv_register_name_HV_X64_REGISTER_RFLAGS,
+        (state.rflags & host_exec::FLAGS_IN) | 2,
+    );
+    assert_eq!(g.run(), hv_core::Exit::Message);
+    assert_eq!(
+        g.msg.message_type(),
+        hv_core::message::HVMSG_X64_HALT,
+        "the snippet ran to its HLT"
+    );
+    let mut out = State::default();
+    for (i, id) in GPR_IDS.iter().enumerate() {
+        let offset = if bases.contains(&i) { DATA_GPA } else { 0 };
+        out.gpr[i] = g.get(*id).wrapping_sub(offset);
+    }
+    out.gpr[4] = state.gpr[4];
+    out.rflags = g.get(hv_register_name_HV_X64_REGISTER_RFLAGS);
+    g.ram.read(DATA_GPA as usize, mem).unwrap();
+    out
+}
+
+/// A deterministic xorshift stream that starts with the edge values of every width.
+pub fn values(seed: u64) -> impl Iterator<Item = u64> {
+    let mut s = seed | 1;
+    let edge = [
+        0,
+        1,
+        2,
+        0x7f,
+        0x80,
+        0xff,
+        0x7fff,
+        0x8000,
+        0xffff,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xffff_ffff,
+        u64::MAX,
+        1 << 63,
+        (1 << 63) - 1,
+    ];
+    edge.into_iter().chain(std::iter::from_fn(move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        Some(s)
+    }))
+}
