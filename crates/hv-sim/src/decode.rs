@@ -18,11 +18,13 @@ struct Entry {
     lin: u64,
     bits: u32,
     len: u8,
-    bytes: [u8; 16],
+    /// The instruction's bytes, zero beyond `len`, and the mask that selects them.
+    bytes: u128,
+    mask: u128,
     ins: Instruction,
 }
 
-/// A fetched instruction and the bytes it was decoded from (for exit messages).
+/// A fetched instruction and the bytes at its address (for exit messages).
 #[derive(Clone, Copy, Debug)]
 pub struct Fetched {
     pub ins: Instruction,
@@ -48,49 +50,104 @@ fn slot(lin: u64) -> usize {
     ((lin ^ (lin >> 14)) as usize) & (ENTRIES - 1)
 }
 
-impl DecodeCache {
-    /// Fetches and decodes the instruction at CS:RIP.
-    #[inline]
-    pub fn fetch(&mut self, ctx: &mut Ctx<'_>) -> Result<Fetched, Stop> {
-        let bits = ctx.cpu.bitness();
-        let rip = ctx.cpu.rip;
-        let lin = ctx.linear(CS, rip);
-        let first = match ctx.tlb.translate(ctx.cpu, ctx.mem, lin, Access::Execute)? {
-            Translated::Ram(p, _) => p,
-            Translated::Mmio { gpa, intercepted } => {
-                return Err(Stop::Mmio {
+/// Up to 16 bytes from `lin`, crossing into the next page when it is RAM.
+struct Window {
+    bytes: [u8; 16],
+    available: usize,
+    /// Why the bytes stop short of 16, when the next page is not RAM.
+    next_page_stop: Option<Stop>,
+}
+
+fn window(ctx: &mut Ctx<'_>, first: *const u8, in_page: usize, lin: u64) -> Window {
+    let mut bytes = [0u8; 16];
+    let n1 = in_page.min(16);
+    // SAFETY: `first` points at RAM with `in_page` >= `n1` bytes left in its page.
+    unsafe { std::ptr::copy_nonoverlapping(first, bytes.as_mut_ptr(), n1) };
+    let mut w = Window {
+        bytes,
+        available: n1,
+        next_page_stop: None,
+    };
+    if n1 < 16 {
+        let next = lin.wrapping_add(n1 as u64);
+        match ctx.tlb.translate(ctx.cpu, ctx.mem, next, Access::Execute) {
+            Ok(Translated::Ram(p, _)) => {
+                // SAFETY: `p` is the start of a RAM page of 4096 bytes.
+                unsafe { std::ptr::copy_nonoverlapping(p, w.bytes.as_mut_ptr().add(n1), 16 - n1) };
+                w.available = 16;
+            }
+            Ok(Translated::Mmio { gpa, intercepted }) => {
+                w.next_page_stop = Some(Stop::Mmio {
                     gpa,
-                    gva: lin,
+                    gva: next,
                     access: Access::Execute,
                     intercepted,
                 })
             }
-        };
+            Err(pf) => w.next_page_stop = Some(Stop::PageFault(pf)),
+        }
+    }
+    w
+}
+
+impl DecodeCache {
+    /// Fetches and decodes the instruction at CS:RIP; returns its slot, read with
+    /// [`DecodeCache::instruction`]. The hot path copies nothing.
+    #[inline]
+    pub fn fetch(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Stop> {
+        let bits = ctx.cpu.bitness();
+        let rip = ctx.cpu.rip;
+        let lin = ctx.linear(CS, rip);
+        let first = code_page(ctx, lin)?;
         let in_page = (4096 - (lin & 0xfff)) as usize;
         let i = slot(lin);
         if let Some(e) = &self.entries[i] {
             if e.rip == rip && e.lin == lin && e.bits == bits && (e.len as usize) <= in_page {
-                // SAFETY: `first` points at RAM with `in_page` bytes left in its page.
-                let now = unsafe { std::slice::from_raw_parts(first, e.len as usize) };
-                if now == &e.bytes[..e.len as usize] {
-                    let mut bytes = e.bytes;
-                    let available = in_page.min(16);
-                    // SAFETY: as above; `available` bytes are inside the page.
-                    unsafe { std::ptr::copy_nonoverlapping(first, bytes.as_mut_ptr(), available) };
-                    return Ok(Fetched {
-                        ins: e.ins,
-                        bytes,
-                        available: available as u8,
-                    });
+                let same = if in_page >= 16 {
+                    // SAFETY: 16 bytes from `first` lie inside its RAM page.
+                    let now = unsafe { std::ptr::read_unaligned(first as *const u128) };
+                    (u128::from_le(now) & e.mask) == e.bytes
+                } else {
+                    // SAFETY: `first` points at RAM with `in_page` >= `len` bytes left.
+                    let now = unsafe { std::slice::from_raw_parts(first, e.len as usize) };
+                    now == &e.bytes.to_le_bytes()[..e.len as usize]
+                };
+                if same {
+                    return Ok(i);
                 }
             }
         }
-        self.fetch_slow(ctx, first, in_page, lin, rip, bits, i)
+        self.decode(ctx, first, in_page, lin, rip, bits, i)
+    }
+
+    /// The instruction in slot `i`, as returned by [`DecodeCache::fetch`].
+    #[inline]
+    pub fn instruction(&self, i: usize) -> &Instruction {
+        match &self.entries[i] {
+            Some(e) => &e.ins,
+            None => unreachable!("fetch returns filled slots only"),
+        }
+    }
+
+    /// The instruction in slot `i` with the bytes now at its address, for a stop.
+    pub fn capture(&self, ctx: &mut Ctx<'_>, i: usize) -> Option<Fetched> {
+        let e = self.entries[i].as_ref()?;
+        let mut f = Fetched {
+            ins: e.ins,
+            bytes: e.bytes.to_le_bytes(),
+            available: e.len,
+        };
+        if let Ok(first) = code_page(ctx, e.lin) {
+            let w = window(ctx, first, (4096 - (e.lin & 0xfff)) as usize, e.lin);
+            f.bytes = w.bytes;
+            f.available = w.available as u8;
+        }
+        Some(f)
     }
 
     #[allow(clippy::too_many_arguments)]
     #[cold]
-    fn fetch_slow(
+    fn decode(
         &mut self,
         ctx: &mut Ctx<'_>,
         first: *mut u8,
@@ -99,57 +156,47 @@ impl DecodeCache {
         rip: u64,
         bits: u32,
         i: usize,
-    ) -> Result<Fetched, Stop> {
-        let mut bytes = [0u8; 16];
-        let n1 = in_page.min(16);
-        // SAFETY: `first` points at RAM with `in_page` >= `n1` bytes left in its page.
-        unsafe { std::ptr::copy_nonoverlapping(first, bytes.as_mut_ptr(), n1) };
-        let mut available = n1;
-        let mut next_page_stop = None;
-        if n1 < 16 {
-            let next = lin.wrapping_add(n1 as u64);
-            match ctx.tlb.translate(ctx.cpu, ctx.mem, next, Access::Execute) {
-                Ok(Translated::Ram(p, _)) => {
-                    // SAFETY: `p` is the start of a RAM page of 4096 bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(p, bytes.as_mut_ptr().add(n1), 16 - n1)
-                    };
-                    available = 16;
-                }
-                Ok(Translated::Mmio { gpa, intercepted }) => {
-                    next_page_stop = Some(Stop::Mmio {
-                        gpa,
-                        gva: next,
-                        access: Access::Execute,
-                        intercepted,
-                    })
-                }
-                Err(pf) => next_page_stop = Some(Stop::PageFault(pf)),
-            }
-        }
-        let mut decoder =
-            Decoder::with_ip(bits, &bytes[..available.min(15)], rip, DecoderOptions::NONE);
+    ) -> Result<usize, Stop> {
+        let w = window(ctx, first, in_page, lin);
+        let mut decoder = Decoder::with_ip(
+            bits,
+            &w.bytes[..w.available.min(15)],
+            rip,
+            DecoderOptions::NONE,
+        );
         let ins = decoder.decode();
         if ins.is_invalid() {
             if decoder.last_error() == DecoderError::NoMoreBytes {
-                if let Some(stop) = next_page_stop {
+                if let Some(stop) = w.next_page_stop {
                     return Err(stop);
                 }
             }
             return Err(Stop::ud());
         }
+        let mask = u128::MAX >> (128 - 8 * ins.len());
         self.entries[i] = Some(Entry {
             rip,
             lin,
             bits,
             len: ins.len() as u8,
-            bytes,
+            bytes: u128::from_le_bytes(w.bytes) & mask,
+            mask,
             ins,
         });
-        Ok(Fetched {
-            ins,
-            bytes,
-            available: available as u8,
-        })
+        Ok(i)
+    }
+}
+
+/// The host address of the code byte at `lin`, or the stop fetching it causes.
+#[inline]
+fn code_page(ctx: &mut Ctx<'_>, lin: u64) -> Result<*mut u8, Stop> {
+    match ctx.tlb.translate(ctx.cpu, ctx.mem, lin, Access::Execute)? {
+        Translated::Ram(p, _) => Ok(p),
+        Translated::Mmio { gpa, intercepted } => Err(Stop::Mmio {
+            gpa,
+            gva: lin,
+            access: Access::Execute,
+            intercepted,
+        }),
     }
 }

@@ -273,14 +273,17 @@ impl SimVcpu {
                 }
             }
             let (stop, fetched) = match self.cache.fetch(&mut ctx) {
-                Ok(f) => match ctx.step(&f.ins) {
+                Ok(i) => match ctx.step(self.cache.instruction(i)) {
                     Ok(()) => {
                         executed += 1;
                         ctx.cpu.tsc = ctx.cpu.tsc.wrapping_add(1);
                         continue;
                     }
-                    Err(Stop::Unsupported) => break Outcome::Unsupported(f),
-                    Err(stop) => (stop, Some(f)),
+                    Err(Stop::Unsupported) => match self.cache.capture(&mut ctx, i) {
+                        Some(f) => break Outcome::Unsupported(f),
+                        None => (Stop::Unsupported, None),
+                    },
+                    Err(stop) => (stop, self.cache.capture(&mut ctx, i)),
                 },
                 Err(stop) => (stop, None),
             };

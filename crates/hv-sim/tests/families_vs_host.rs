@@ -17,6 +17,9 @@ const OF: u64 = 0x800;
 const DF: u64 = 0x400;
 const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
 
+/// Emits a snippet's instructions.
+type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
+
 fn asm64(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
     let mut a = CodeAssembler::new(64).unwrap();
     f(&mut a).unwrap();
@@ -69,10 +72,7 @@ fn pairs(seed: u64, n: usize) -> impl Iterator<Item = (u64, u64)> {
 
 #[test]
 fn mul_imul_in_all_forms_and_widths() {
-    type Form = (
-        &'static str,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    );
+    type Form = (&'static str, Emit);
     let forms: &[Form] = &[
         ("mul cl", |a| a.mul(cl)),
         ("mul cx", |a| a.mul(cx)),
@@ -107,11 +107,7 @@ fn mul_imul_in_all_forms_and_widths() {
 
 #[test]
 fn div_idiv_in_all_widths_with_non_faulting_operands() {
-    type Form = (
-        &'static str,
-        u32,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    );
+    type Form = (&'static str, u32, Emit);
     let forms: &[Form] = &[
         ("div cl", 8, |a| a.div(cl)),
         ("div cx", 16, |a| a.div(cx)),
@@ -158,10 +154,7 @@ fn div_idiv_in_all_widths_with_non_faulting_operands() {
 
 #[test]
 fn shifts_and_rotates_for_every_count_and_width() {
-    type Form = (
-        &'static str,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    );
+    type Form = (&'static str, Emit);
     let forms: &[Form] = &[
         ("shl al, cl", |a| a.shl(al, cl)),
         ("shr ax, cl", |a| a.shr(ax, cl)),
@@ -210,11 +203,7 @@ fn shifts_and_rotates_for_every_count_and_width() {
 
 #[test]
 fn setcc_and_cmovcc_for_every_condition() {
-    let conds: &[(
-        &str,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    )] = &[
+    let conds: &[(&str, Emit, Emit)] = &[
         ("a", |a| a.seta(al), |a| a.cmova(rdx, rcx)),
         ("ae", |a| a.setae(al), |a| a.cmovae(rdx, rcx)),
         ("b", |a| a.setb(al), |a| a.cmovb(rdx, rcx)),
@@ -247,10 +236,7 @@ fn setcc_and_cmovcc_for_every_condition() {
 
 #[test]
 fn bit_test_family_with_register_immediate_and_memory_bit_strings() {
-    type Form = (
-        &'static str,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    );
+    type Form = (&'static str, Emit);
     let forms: &[Form] = &[
         ("bt rax, rcx", |a| a.bt(rax, rcx)),
         ("bts eax, ecx", |a| a.bts(eax, ecx)),
@@ -285,11 +271,7 @@ fn bit_test_family_with_register_immediate_and_memory_bit_strings() {
 
 #[test]
 fn unary_moves_exchanges_and_conversions() {
-    type Form = (
-        &'static str,
-        u64,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    );
+    type Form = (&'static str, u64, Emit);
     let forms: &[Form] = &[
         ("inc/dec", ARITH, |a| {
             a.inc(al)?;
@@ -367,10 +349,7 @@ fn unary_moves_exchanges_and_conversions() {
 
 #[test]
 fn string_instructions_with_rep_in_both_directions() {
-    type Form = (
-        &'static str,
-        fn(&mut CodeAssembler) -> Result<(), IcedError>,
-    );
+    type Form = (&'static str, Emit);
     let forms: &[Form] = &[
         ("rep movsb", |a| a.rep().movsb()),
         ("rep movsq", |a| a.rep().movsq()),

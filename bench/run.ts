@@ -1,0 +1,18 @@
+/**
+ * `npm run bench`: every comparison is measured side by side in this one run and
+ * written to bench/results.json and as a table to stdout.
+ *
+ * Usage: node dist/bench/run.js [--ms=N]   (N: measuring time per case, default 1000)
+ * @module
+ */
+import { interpreterSpeed } from './interpreter.js'
+import { printTable, writeResults, type Row } from './report.js'
+
+const msArg = process.argv.find((a) => a.startsWith('--ms='))
+const ms = msArg ? Number(msArg.slice(5)) : 1000
+if (!Number.isFinite(ms) || ms <= 0) throw new Error(`--ms must be a positive number of milliseconds, got ${msArg}`)
+
+const rows: Row[] = [...interpreterSpeed(ms)]
+printTable(rows)
+writeResults('bench/results.json', 'sim', rows)
+console.log('\nwritten to bench/results.json')
