@@ -20,6 +20,7 @@ function run(policy: 'page' | 'hypercall', page: 'on' | 'off') {
 test('PIO OUT and IN exits cost zero hypercalls with the register page valid', (t) => {
   const s = run('page', 'on')
   t.is(s.exits, 2 * EXITS + 1)
+  t.deepEqual(s.exitsByType, { ioPort: 2 * EXITS + 1 }, 'the backend counts exits by type too')
   // The one hypercall-free exception: the RIP rewind above is flushed through the page too.
   t.is(s.hypercalls, 0)
   t.true(s.pageWrites > 0)

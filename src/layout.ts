@@ -21,6 +21,11 @@ export const page = table(raw.page, 'register page field')
 export const message = table(raw.message, 'message field')
 /** `hv_message_type` values by name. */
 export const messageType = table(raw.messageTypes, 'message type')
+/** The name of a `hv_message_type` value, or its hex form when the layout has no name for it. */
+export function messageTypeName(type: number): string {
+  for (const [name, v] of Object.entries(raw.messageTypes)) if (v === type) return name
+  return `0x${type.toString(16)}`
+}
 /** Synthetic `runSync()` results: `cancelled`, `budget`. */
 export const exitCode = table(raw.exits, 'exit code')
 

@@ -5,7 +5,7 @@
  */
 import type { NativeVcpu } from './native.js'
 import type { AccessContext, IoBus } from './bus.js'
-import { exitCode, message, messageType } from './layout.js'
+import { exitCode, message, messageType, messageTypeName } from './layout.js'
 import { MshvError, hex } from './errors.js'
 import { RegisterCache, type SyncPolicy, type SyncCounters } from './registers.js'
 import { handleIo, seedIo } from './exits/pio.js'
@@ -52,6 +52,8 @@ export interface VcpuStats extends SyncCounters {
   hypercalls: number
   /** Guest instructions retired (sim). */
   instructions: number
+  /** Exits counted by the backend, by message type name (`ioPort`, `halt`, ...). */
+  exitsByType: Record<string, number>
 }
 
 /** Devices and settings a vCPU's exit handlers use. */
@@ -176,6 +178,7 @@ export class Vcpu {
       translateCalls: s.translateGva,
       hypercalls: s.getRegisters + s.setRegisters + s.translateGva,
       instructions: s.instructions,
+      exitsByType: Object.fromEntries(s.exits.map(([type, count]) => [messageTypeName(type ?? 0), count ?? 0])),
     }
   }
 
