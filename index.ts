@@ -17,3 +17,4 @@ export { VmPort, VMPORT_PORT, VMPORT_MAGIC, VMPORT_CMD_GETVERSION, VMPORT_CMD_GE
 export { enterRealMode, segment } from './src/guest.js'
 export { registers, registerIndex, page, message, messageType, type RegisterDescriptor } from './src/layout.js'
 export { MshvError } from './src/errors.js'
+export { liveResources, type LiveResources } from './src/native.js'

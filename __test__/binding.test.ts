@@ -1,5 +1,5 @@
 import test from 'ava'
-import { createVm, MshvError } from '../index.js'
+import { createVm, liveResources, MshvError } from '../index.js'
 import { native } from '../src/native.js'
 import { realModeGuest } from './helpers.js'
 
@@ -35,14 +35,18 @@ test('overlapping and unaligned memory maps are rejected and the VM stays usable
 
 test('closing a vCPU detaches its page and message views and later use throws', (t) => {
   const { vcpu } = realModeGuest([0xf4])
-  const page = vcpu.native.registerPage()
-  t.truthy(page)
-  const view = new Uint8Array(page!)
+  const registerPage = vcpu.native.registerPage()
+  t.truthy(registerPage)
+  const page = registerPage!.buffer()
+  t.is(registerPage!.buffer(), page, 'one buffer per page while it is alive')
+  const view = new Uint8Array(page)
   t.is(view.length, 4096)
   vcpu.close()
   t.is(view.length, 0, 'the old view is detached, not dangling')
-  t.throws(() => new DataView(page!).getUint8(0), { instanceOf: TypeError })
+  t.throws(() => new DataView(page).getUint8(0), { instanceOf: TypeError })
   t.is((t.throws(() => vcpu.native.runSync()) as MshvError).code, 'ECLOSED')
+  t.is((t.throws(() => registerPage!.buffer()) as MshvError).code, 'ECLOSED')
+  t.is((t.throws(() => registerPage!.readU64(0)) as MshvError).code, 'ECLOSED')
 })
 
 test('unmapping guest RAM detaches its buffer', (t) => {
@@ -52,12 +56,19 @@ test('unmapping guest RAM detaches its buffer', (t) => {
   vm.native.unmapMemory(ram.native)
   t.is(bytes.length, 0)
   t.is((t.throws(() => ram.native.buffer()) as MshvError).code, 'ECLOSED')
+
+  const other = createVm({ backend: 'sim' })
+  const kept = other.addRam(0, 0x1000).bytes
+  other.close()
+  t.is(kept.length, 0, 'closing the VM detaches its RAM views too')
 })
 
 test('a JS write to the register page is what the backend sees, and vice versa', (t) => {
   const { vcpu } = realModeGuest([0xe6, 0x80, 0xf4])
   vcpu.native.runSync()
-  const page = new DataView(vcpu.native.registerPage()!)
+  const registerPage = vcpu.native.registerPage()!
+  t.true(registerPage.valid)
+  const page = new DataView(registerPage.buffer())
   const rax = native.layout().page.gpRegisters!
   page.setBigUint64(rax, 0x1234n, true)
   page.setUint32(native.layout().page.dirty!, native.layout().page.dirtyGeneral!, true)
@@ -66,6 +77,54 @@ test('a JS write to the register page is what the backend sees, and vice versa',
   vcpu.native.getRegisters(Uint32Array.of(native.layout().registers[0]!.id), out)
   t.is(out[0], 0x1234n)
   t.is(page.getBigUint64(rax, true), 0x1234n, 'the next intercept refilled the page')
+  t.is(registerPage.readU64(rax), 0x1234n, 'the native getter reads the same page')
+  t.is((t.throws(() => registerPage.readU64(4093)) as MshvError).code, 'EINVAL')
+})
+
+test('a GPA beyond the partition and a size that wraps are clear errors', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  for (const gpa of [1n << 52n, (1n << 52n) - 0x1000n]) {
+    const e = t.throws(() => vm.addRam(gpa, 0x2000)) as MshvError
+    t.is(e.code, 'EINVAL')
+    t.regex(e.message, /0x10000000000000|0xfffffffff000/)
+  }
+  t.is((t.throws(() => vm.native.interceptRange(0xffff_ffff_ffff_f000n, 0x2000n)) as MshvError).code, 'EINVAL')
+  t.notThrows(() => vm.addRam(0, 0x1000), 'the VM is still usable')
+})
+
+test('dropping VMs and vCPUs without close releases them once, in GC', async (t) => {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (!gc) return t.fail('run ava with --expose-gc (package.json sets it)')
+  const collect = async () => {
+    for (let i = 0; i < 20; i++) {
+      gc()
+      await new Promise((r) => setImmediate(r))
+    }
+  }
+  await collect()
+  const before = liveResources()
+  ;(() => {
+    for (let i = 0; i < 5; i++) {
+      const { vcpu } = realModeGuest([0xe6, 0x80, 0xf4])
+      vcpu.run({ maxInstructions: 10 })
+      new Uint8Array(vcpu.native.registerPage()!.buffer())[0] = 1
+    }
+  })()
+  const during = liveResources()
+  t.is(during.vms - before.vms, 5)
+  t.is(during.vcpus - before.vcpus, 5)
+  t.is(during.memoryRegions - before.memoryRegions, 10, 'RAM, and the sim allocates each register page')
+  await collect()
+  t.deepEqual(liveResources(), before, 'everything dropped was released')
+
+  // An explicit close releases at once, and the later GC does not release again.
+  const { vm, vcpu } = realModeGuest([0xf4])
+  vcpu.close()
+  vm.close()
+  t.is(liveResources().vcpus, before.vcpus)
+  t.is(liveResources().vms, before.vms)
+  await collect()
+  t.deepEqual(liveResources(), before)
 })
 
 test('run() on a worker thread can be cancelled, and a second run meanwhile is EBUSY', async (t) => {

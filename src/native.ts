@@ -27,3 +27,15 @@ export type NativeVcpu = Binding.Vcpu
 export type NativeVm = Binding.Vm
 export type NativeGuestMemory = Binding.GuestMemory
 export type NativeStats = Binding.NativeStats
+export type NativeRegisterPage = Binding.RegisterPage
+
+/** Native resources alive in this process: VMs, vCPUs and guest memory regions. */
+export type LiveResources = Binding.LiveResources
+
+/**
+ * Counts the native resources alive now. Closing or garbage-collecting a VM, vCPU or
+ * memory region releases it exactly once, so a leak check compares two readings.
+ */
+export function liveResources(): LiveResources {
+  return native.liveResources()
+}

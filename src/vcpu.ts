@@ -78,7 +78,7 @@ export class Vcpu {
     private readonly env: VcpuEnvironment,
     policy: SyncPolicy,
   ) {
-    this.regs = new RegisterCache(native, native.registerPage(), policy)
+    this.regs = new RegisterCache(native, native.registerPage()?.buffer() ?? null, policy)
     this.message = new DataView(native.messageBuffer())
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
   }

@@ -94,10 +94,14 @@ export class Vm {
     return v
   }
 
-  /** Closes every vCPU and the VM. */
+  /**
+   * Closes every vCPU and the VM, and releases its RAM: views over it are detached,
+   * so a script that kept one gets a TypeError, never stale memory.
+   */
   close(): void {
     for (const v of this.vcpus) v.close()
     this.native.close()
+    for (const r of this.ram) r.native.release()
   }
 }
 

@@ -7,6 +7,14 @@
 use crate::error::{HvError, Result};
 use crate::page::PAGE_SIZE;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Regions allocated and not yet unmapped in this process (for leak checks).
+pub fn live_regions() -> usize {
+    LIVE.load(Ordering::SeqCst)
+}
 
 /// An anonymous private mapping of `len` bytes, zero-filled, unmapped on drop.
 #[derive(Debug)]
@@ -50,6 +58,7 @@ impl HostRegion {
         }
         let ptr = NonNull::new(addr.cast::<u8>())
             .ok_or_else(|| HvError::ioctl("mmap guest memory", libc::ENOMEM))?;
+        LIVE.fetch_add(1, Ordering::SeqCst);
         Ok(HostRegion { ptr, len })
     }
 
@@ -105,6 +114,7 @@ impl Drop for HostRegion {
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.len);
         }
+        LIVE.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The JavaScript binding: `Hypervisor`, `Vm`, `Vcpu` and `GuestMemory` classes, and the
+//! The JavaScript binding: `Hypervisor`, `Vm`, `Vcpu`, `RegisterPage` and `GuestMemory` classes, and the
 //! layout tables TypeScript reads its constants from.
 
 #![deny(clippy::all)]
@@ -9,11 +9,14 @@ mod buffers;
 mod errors;
 mod hypervisor;
 mod layout;
+mod live;
 mod memory;
+mod register_page;
 mod vcpu;
 mod vm;
 
 pub use hypervisor::Hypervisor;
 pub use memory::GuestMemory;
+pub use register_page::RegisterPage;
 pub use vcpu::Vcpu;
 pub use vm::Vm;

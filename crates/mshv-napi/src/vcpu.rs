@@ -3,20 +3,23 @@
 use crate::buffers::{external, Detachables};
 use crate::errors::{closed, invalid, to_js, u64_arg, JsError, Result};
 use crate::layout::{EXIT_BUDGET, EXIT_CANCELLED};
-use hv_core::{
-    Canceller, Exit, ExitMessage, HvError, RegisterValue, RunLimits, VcpuBackend, PAGE_SIZE,
-};
+use crate::live::{Kind, Live};
+use crate::register_page::RegisterPage;
+use hv_core::{Canceller, Exit, ExitMessage, HvError, RegisterValue, RunLimits, VcpuBackend};
 use napi::bindgen_prelude::{ArrayBuffer, AsyncTask, BigInt, BigUint64Array, Uint32Array};
 use napi::{Env, Task};
 use napi_derive::napi;
 use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 /// The native vCPU and its exit message buffer, shared with the worker thread of an
 /// async `run()` and with the finalizers of the ArrayBuffers over its memory.
-struct Core {
-    backend: Mutex<Option<Box<dyn VcpuBackend>>>,
+pub(crate) struct Core {
+    backend: Mutex<Option<Live<Box<dyn VcpuBackend>>>>,
+    /// Set once by `close()`; objects sharing the core check it before touching memory.
+    closed: AtomicBool,
     /// Written only by `run()` while `backend` is locked; read by JS between runs.
     msg: Box<UnsafeCell<ExitMessage>>,
 }
@@ -66,7 +69,7 @@ pub struct Vcpu {
     core: Arc<Core>,
     canceller: Canceller,
     index: u32,
-    page_buffers: Detachables,
+    page_buffers: Arc<Mutex<Detachables>>,
     message_buffers: Detachables,
     closed: bool,
 }
@@ -110,6 +113,10 @@ fn exit_code(exit: Exit, msg: &ExitMessage) -> u32 {
 }
 
 impl Core {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Locks the backend for one call; a vCPU busy in an async run is a clear EBUSY.
     fn with<T>(
         &self,
@@ -124,7 +131,7 @@ impl Core {
         let backend = guard.as_mut().ok_or_else(|| closed("vCPU"))?;
         // SAFETY: the message is only touched while `backend` is locked, which it is.
         let msg = unsafe { &mut *self.msg.get() };
-        f(backend.as_mut(), msg).map_err(to_js)
+        f(backend.get_mut().as_mut(), msg).map_err(to_js)
     }
 }
 
@@ -164,12 +171,13 @@ impl Vcpu {
         let index = backend.index();
         Vcpu {
             core: Arc::new(Core {
-                backend: Mutex::new(Some(backend)),
+                backend: Mutex::new(Some(Live::new(backend, Kind::Vcpu))),
+                closed: AtomicBool::new(false),
                 msg: Box::new(UnsafeCell::new(ExitMessage::default())),
             }),
             canceller,
             index,
-            page_buffers: Detachables::default(),
+            page_buffers: Arc::default(),
             message_buffers: Detachables::default(),
             closed: false,
         }
@@ -261,16 +269,14 @@ impl Vcpu {
         })
     }
 
-    /// The register page as an ArrayBuffer over the mapped page (no copy), or null
-    /// when the vCPU has none.
+    /// The vCPU's register page, or null when it has none (no mapping, or the
+    /// backend runs without one).
     #[napi]
-    pub fn register_page<'env>(&mut self, env: &'env Env) -> Result<Option<ArrayBuffer<'env>>> {
+    pub fn register_page(&self) -> Result<Option<RegisterPage>> {
         self.check_open()?;
         let page = self.core.with(self.index, |b, _| Ok(b.register_page()))?;
-        let Some(page) = page else { return Ok(None) };
-        let owner = Arc::clone(&self.core);
-        // SAFETY: the page belongs to the backend inside `core`, which the buffer keeps alive.
-        unsafe { external(env, page.as_ptr(), PAGE_SIZE, owner, &mut self.page_buffers) }.map(Some)
+        Ok(page
+            .map(|p| RegisterPage::new(Arc::clone(&self.core), p, Arc::clone(&self.page_buffers))))
     }
 
     /// The exit message buffer (256 bytes, rewritten by each run) as an ArrayBuffer.
@@ -332,7 +338,11 @@ impl Vcpu {
         }
         self.canceller.cancel();
         let mut guard = self.core.backend.lock().unwrap_or_else(|p| p.into_inner());
-        self.page_buffers.detach_all(&env);
+        self.core.closed.store(true, Ordering::Release);
+        self.page_buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .detach_all(&env);
         self.message_buffers.detach_all(&env);
         *guard = None;
         self.closed = true;

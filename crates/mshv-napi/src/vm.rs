@@ -1,6 +1,7 @@
 //! `Vm`: a partition's memory map and vCPUs.
 
 use crate::errors::{closed, invalid, to_js, u64_arg, Result};
+use crate::live::{Kind, Live};
 use crate::memory::GuestMemory;
 use crate::vcpu::Vcpu;
 use hv_core::{HostRegion, MemoryMapping, VmBackend};
@@ -19,16 +20,21 @@ pub struct MapOptions {
 /// A virtual machine (partition).
 #[napi]
 pub struct Vm {
-    inner: Option<Box<dyn VmBackend>>,
+    inner: Option<Live<Box<dyn VmBackend>>>,
 }
 
 impl Vm {
     pub(crate) fn new(inner: Box<dyn VmBackend>) -> Self {
-        Vm { inner: Some(inner) }
+        Vm {
+            inner: Some(Live::new(inner, Kind::Vm)),
+        }
     }
 
     fn backend(&mut self) -> Result<&mut Box<dyn VmBackend>> {
-        self.inner.as_mut().ok_or_else(|| closed("VM"))
+        self.inner
+            .as_mut()
+            .map(Live::get_mut)
+            .ok_or_else(|| closed("VM"))
     }
 }
 
@@ -61,23 +67,19 @@ impl Vm {
                 executable: o.executable.unwrap_or(true),
             })
             .map_err(to_js)?;
-        Ok(GuestMemory {
-            region,
-            gpa,
-            buffers: Default::default(),
-            mapped: true,
-        })
+        Ok(GuestMemory::new(region, gpa))
     }
 
     /// Unmaps a region; its ArrayBuffers are detached.
     #[napi]
     pub fn unmap_memory(&mut self, env: Env, memory: &mut GuestMemory) -> Result<()> {
-        if !memory.mapped {
+        if !memory.mapped() {
             return Err(closed("guest memory region"));
         }
-        self.backend()?.unmap_memory(memory.gpa).map_err(to_js)?;
-        memory.mapped = false;
-        memory.buffers.detach_all(&env);
+        self.backend()?
+            .unmap_memory(memory.gpa_value())
+            .map_err(to_js)?;
+        memory.release(env);
         Ok(())
     }
 
