@@ -185,6 +185,10 @@ pub fn check_batch(ids: &[u32], values: usize) -> Result<()> {
             values
         )));
     }
+    // Unknown ids fail here, before any hypercall, on every backend alike.
+    if let Some(id) = ids.iter().find(|id| crate::regs::info(**id).is_none()) {
+        return Err(HvError::UnknownRegister(*id));
+    }
     Ok(())
 }
 
@@ -227,3 +231,19 @@ pub fn check_mapping<'a>(
 
 /// The guest physical address space both backends accept: 52 bits.
 pub const MAX_GPA: u64 = 1 << 52;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_batches_are_checked_before_any_hypercall() {
+        let rax = crate::regs::REGISTERS[0].id;
+        assert!(check_batch(&[rax], 1).is_ok());
+        assert_eq!(check_batch(&[], 0).unwrap_err().code(), "EINVAL");
+        assert_eq!(check_batch(&[rax], 2).unwrap_err().code(), "EINVAL");
+        let e = check_batch(&[rax, 0xdead_beef], 2).unwrap_err();
+        assert_eq!(e.code(), "EINVAL_REGISTER");
+        assert!(e.to_string().contains("0xdeadbeef"), "{e}");
+    }
+}

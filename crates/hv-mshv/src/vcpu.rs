@@ -4,8 +4,8 @@ use crate::errors::map_error;
 use crate::kick::RunningThread;
 use hv_core::backend::check_batch;
 use hv_core::{
-    Canceller, Counters, Exit, ExitMessage, HvError, RegisterPageMode, RegisterPagePtr,
-    RegisterValue, Result, RunLimits, VcpuBackend,
+    Canceller, Counters, Exit, ExitMessage, RegisterPageMode, RegisterPagePtr, RegisterValue,
+    Result, RunLimits, VcpuBackend,
 };
 use mshv_bindings::*;
 use mshv_ioctls::VcpuFd;
@@ -115,9 +115,6 @@ impl VcpuBackend for MshvVcpu {
 
     fn set_registers(&mut self, ids: &[u32], values: &[RegisterValue]) -> Result<()> {
         check_batch(ids, values.len())?;
-        if let Some(id) = ids.iter().find(|id| hv_core::regs::info(**id).is_none()) {
-            return Err(HvError::UnknownRegister(*id));
-        }
         self.counters.set_registers += 1;
         self.fd
             .set_reg(&assocs(ids, Some(values)))
