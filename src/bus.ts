@@ -21,6 +21,21 @@ export interface PioDevice {
   ioWrite?(port: number, size: number, value: number, ctx: AccessContext): void
 }
 
+/** A device on the MMIO bus. Offsets are from the start of its range; sizes are 1, 2, 4 or 8. */
+export interface MmioDevice {
+  /** Reads `size` bytes at `offset`; the low `size` bytes of the result are used. */
+  mmioRead?(offset: number, size: number, ctx: AccessContext): bigint
+  /** Writes the low `size` bytes of `value` at `offset`. */
+  mmioWrite?(offset: number, size: number, value: bigint, ctx: AccessContext): void
+}
+
+interface MmioRange {
+  start: bigint
+  end: bigint
+  device: MmioDevice
+  name: string
+}
+
 interface Range {
   start: number
   end: number
@@ -34,13 +49,18 @@ export interface BusStats {
   unclaimedReads: number
   /** Writes to ports no device claims (dropped). */
   unclaimedWrites: number
+  /** MMIO reads no device claims (they read as all ones). */
+  unclaimedMmioReads: number
+  /** MMIO writes no device claims (dropped). */
+  unclaimedMmioWrites: number
 }
 
-/** Port I/O dispatch with overlap checking. */
+/** Port I/O and MMIO dispatch with overlap checking. */
 export class IoBus {
   private readonly ranges: Range[] = []
+  private readonly mmio: MmioRange[] = []
   /** Unclaimed accesses, as real hardware would silently absorb them. */
-  readonly stats: BusStats = { unclaimedReads: 0, unclaimedWrites: 0 }
+  readonly stats: BusStats = { unclaimedReads: 0, unclaimedWrites: 0, unclaimedMmioReads: 0, unclaimedMmioWrites: 0 }
 
   /** Claims ports `[start, start + length)` for `device`; overlaps are rejected. */
   register(start: number, length: number, device: PioDevice, name = 'device'): void {
@@ -82,5 +102,53 @@ export class IoBus {
       return
     }
     r.device.ioWrite(port, size, value, ctx)
+  }
+
+  /**
+   * Claims guest physical addresses `[gpa, gpa + size)` for `device`; overlaps with
+   * other MMIO ranges are rejected. The range must not be RAM (or must be intercepted)
+   * for the guest's accesses to exit.
+   */
+  registerMmio(gpa: number | bigint, size: number | bigint, device: MmioDevice, name = 'device'): void {
+    const start = BigInt(gpa)
+    const len = BigInt(size)
+    if (start < 0n || len < 1n || start + len > 1n << 52n) {
+      throw new MshvError('EINVAL', `MMIO range ${hex(start)} (+${hex(len)}) for ${name} is outside the 52-bit physical address space`)
+    }
+    const end = start + len
+    const clash = this.mmio.find((r) => start < r.end && r.start < end)
+    if (clash) {
+      throw new MshvError(
+        'EOVERLAP',
+        `MMIO ${hex(start)}..${hex(end - 1n)} for ${name} overlaps ${clash.name} at ${hex(clash.start)}..${hex(clash.end - 1n)}`,
+      )
+    }
+    this.mmio.push({ start, end, device, name })
+  }
+
+  private findMmio(gpa: bigint, size: number): MmioRange | undefined {
+    for (const r of this.mmio) if (gpa >= r.start && gpa + BigInt(size) <= r.end) return r
+    return undefined
+  }
+
+  /** Reads MMIO; unclaimed addresses read as all ones. */
+  mmioRead(gpa: bigint, size: number, ctx: AccessContext): bigint {
+    const r = this.findMmio(gpa, size)
+    const m = (1n << BigInt(size * 8)) - 1n
+    if (!r?.device.mmioRead) {
+      this.stats.unclaimedMmioReads++
+      return m
+    }
+    return r.device.mmioRead(Number(gpa - r.start), size, ctx) & m
+  }
+
+  /** Writes MMIO; writes no device claims are dropped and counted. */
+  mmioWrite(gpa: bigint, size: number, value: bigint, ctx: AccessContext): void {
+    const r = this.findMmio(gpa, size)
+    if (!r?.device.mmioWrite) {
+      this.stats.unclaimedMmioWrites++
+      return
+    }
+    r.device.mmioWrite(Number(gpa - r.start), size, value & ((1n << BigInt(size * 8)) - 1n), ctx)
   }
 }

@@ -10,6 +10,8 @@ import { MshvError, hex } from './errors.js'
 import { RegisterCache, type SyncPolicy, type SyncCounters } from './registers.js'
 import { handleIo, seedIo } from './exits/pio.js'
 import type { DebugExit } from './devices/debug-exit.js'
+import { GuestPhysical, LinearMemory, type RamLookup } from './emulator/memory.js'
+import { handleMmio } from './exits/mmio.js'
 
 const T_IO = messageType('ioPort')
 const T_HALT = messageType('halt')
@@ -21,7 +23,6 @@ const T_MSR = messageType('msr')
 const EXIT_CANCELLED = exitCode('cancelled')
 const EXIT_BUDGET = exitCode('budget')
 const MSG_RIP = message('rip')
-const MEM_GPA = message('memGpa')
 
 /** Why `run()` returned. */
 export type RunResult =
@@ -60,6 +61,8 @@ export interface VcpuStats extends SyncCounters {
 export interface VcpuEnvironment {
   readonly bus: IoBus
   readonly debugExit: DebugExit
+  /** Guest RAM, for the emulators' memory accesses. */
+  readonly ram: RamLookup
 }
 
 /** A virtual processor driven from TypeScript. */
@@ -122,6 +125,11 @@ export class Vcpu {
     return this.handle(code)
   }
 
+  /** Guest memory as this vCPU sees it at the current exit. */
+  memory(): LinearMemory {
+    return new LinearMemory(this.regs, this.native, new GuestPhysical(this.env.ram, this.env.bus, this.ctx))
+  }
+
   /** Handles one exit; returns a result when the run should stop. */
   private handle(code: number): RunResult | undefined {
     const msg = this.message
@@ -140,10 +148,8 @@ export class Vcpu {
         return { reason: 'halt' }
       case T_UNMAPPED:
       case T_GPA:
-        throw new MshvError(
-          'EUNHANDLED_EXIT',
-          `guest accessed unmapped GPA ${hex(msg.getBigUint64(MEM_GPA, true))} at rip ${hex(msg.getBigUint64(MSG_RIP, true))}; MMIO emulation is not available yet`,
-        )
+        handleMmio(msg, this.regs, this.memory())
+        return undefined
       case T_CPUID:
       case T_MSR:
         throw new MshvError('EUNHANDLED_EXIT', `no handler for exit type ${hex(code)} at rip ${hex(msg.getBigUint64(MSG_RIP, true))}`)

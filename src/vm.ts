@@ -67,12 +67,19 @@ export class Vm {
     return this.ram.reduce((n, r) => n + r.bytes.length, 0)
   }
 
-  private locate(gpa: bigint, length: number): { r: GuestRam; off: number } {
+  /** The RAM bytes holding `[gpa, gpa + length)`, or undefined when that is not all RAM. */
+  findRam(gpa: bigint, length: number): { bytes: Uint8Array; offset: number } | undefined {
     for (const r of this.ram) {
       const off = gpa - r.gpa
-      if (off >= 0n && off + BigInt(length) <= BigInt(r.bytes.length)) return { r, off: Number(off) }
+      if (off >= 0n && off + BigInt(length) <= BigInt(r.bytes.length)) return { bytes: r.bytes, offset: Number(off) }
     }
-    throw new MshvError('ENOTMAPPED', `guest range ${hex(gpa)} (+${length}) is not inside one RAM region`)
+    return undefined
+  }
+
+  private locate(gpa: bigint, length: number): { r: { bytes: Uint8Array }; off: number } {
+    const found = this.findRam(gpa, length)
+    if (!found) throw new MshvError('ENOTMAPPED', `guest range ${hex(gpa)} (+${length}) is not inside one RAM region`)
+    return { r: found, off: found.offset }
   }
 
   /** Copies `data` into guest RAM at `gpa`. */
@@ -89,7 +96,7 @@ export class Vm {
 
   /** Creates a vCPU with the VM's (or the given) sync policy. */
   createVcpu(index = 0, policy: SyncPolicy = this.policy): Vcpu {
-    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit }, policy)
+    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this }, policy)
     this.vcpus.push(v)
     return v
   }

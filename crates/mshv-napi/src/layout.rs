@@ -33,6 +33,10 @@ pub struct Layout {
     pub registers: Vec<RegisterDescriptor>,
     /// Size of one register value in the batched register calls (bytes).
     pub register_value_size: u32,
+    /// `HV_TRANSLATE_GVA_*` flags for `translateGva`.
+    pub translate_flags: HashMap<String, u32>,
+    /// `hv_translate_gva_result_code` values `translateGva` returns.
+    pub translate_results: HashMap<String, u32>,
 }
 
 /// `runSync()` result when `cancel()` interrupted the run.
@@ -90,5 +94,55 @@ pub fn layout() -> Layout {
         .collect(),
         registers,
         register_value_size: hv_core::REGISTER_VALUE_SIZE as u32,
+        translate_flags: [
+            (
+                "validateRead",
+                mshv_bindings::HV_TRANSLATE_GVA_VALIDATE_READ,
+            ),
+            (
+                "validateWrite",
+                mshv_bindings::HV_TRANSLATE_GVA_VALIDATE_WRITE,
+            ),
+            (
+                "validateExecute",
+                mshv_bindings::HV_TRANSLATE_GVA_VALIDATE_EXECUTE,
+            ),
+            (
+                "privilegeExempt",
+                mshv_bindings::HV_TRANSLATE_GVA_PRIVILEGE_EXEMPT,
+            ),
+            (
+                "setPageTableBits",
+                mshv_bindings::HV_TRANSLATE_GVA_SET_PAGE_TABLE_BITS,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v as u32))
+        .collect(),
+        translate_results: [
+            (
+                "success",
+                mshv_bindings::hv_translate_gva_result_code_HV_TRANSLATE_GVA_SUCCESS,
+            ),
+            (
+                "pageNotPresent",
+                mshv_bindings::hv_translate_gva_result_code_HV_TRANSLATE_GVA_PAGE_NOT_PRESENT,
+            ),
+            (
+                "privilegeViolation",
+                mshv_bindings::hv_translate_gva_result_code_HV_TRANSLATE_GVA_PRIVILEGE_VIOLATION,
+            ),
+            (
+                "gpaUnmapped",
+                mshv_bindings::hv_translate_gva_result_code_HV_TRANSLATE_GVA_GPA_UNMAPPED,
+            ),
+            (
+                "intercept",
+                mshv_bindings::hv_translate_gva_result_code_HV_TRANSLATE_GVA_INTERCEPT,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
     }
 }

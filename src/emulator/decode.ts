@@ -1,0 +1,109 @@
+/**
+ * Decoding the instruction bytes of an exit with iced-x86 (WASM), into plain records
+ * cached by their bytes, so a device hammered by the same instruction decodes it once.
+ * @module
+ */
+import { Decoder, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, Mnemonic, OpKind, Register, RegisterExt } from 'iced-x86'
+import { MshvError, hex } from '../errors.js'
+
+/** What the emulators need of one instruction. */
+export interface Decoded {
+  readonly mnemonic: Mnemonic
+  readonly length: number
+  readonly opKinds: readonly OpKind[]
+  readonly registers: readonly Register[]
+  readonly immediates: readonly bigint[]
+  /** Size in bytes of the memory operand (0 when none). */
+  readonly memorySize: number
+  /** REP/REPE (F3) or REPNE (F2) prefix. */
+  readonly rep: boolean
+  /** Address size in bytes of string operands (from RSI/ESI/SI). */
+  readonly addressSize: number
+  /** Intel syntax, for messages. */
+  readonly text: string
+}
+
+const CACHE_LIMIT = 4096
+const cache = new Map<string, Decoded>()
+let formatter: Formatter | undefined
+
+const STRING_SOURCE = new Set<OpKind>([OpKind.MemorySegRSI, OpKind.MemorySegESI, OpKind.MemorySegSI])
+const STRING_DEST = new Set<OpKind>([OpKind.MemoryESRDI, OpKind.MemoryESEDI, OpKind.MemoryESDI])
+
+function addressSizeOf(kinds: readonly OpKind[], bitness: number): number {
+  for (const k of kinds) {
+    if (k === OpKind.MemorySegRSI || k === OpKind.MemoryESRDI) return 8
+    if (k === OpKind.MemorySegESI || k === OpKind.MemoryESEDI) return 4
+    if (k === OpKind.MemorySegSI || k === OpKind.MemoryESDI) return 2
+  }
+  return bitness / 8
+}
+
+/** Whether an operand kind is a string instruction's source or destination. */
+export function isStringOperand(k: OpKind): 'source' | 'dest' | undefined {
+  return STRING_SOURCE.has(k) ? 'source' : STRING_DEST.has(k) ? 'dest' : undefined
+}
+
+/**
+ * Decodes the first instruction of `bytes` for a CPU in `bitness`-bit mode at `rip`.
+ * An undecodable instruction is a clear error naming the bytes and RIP.
+ */
+export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): Decoded {
+  const key = `${bitness}:${Buffer.from(bytes).toString('hex')}`
+  const hit = cache.get(key)
+  if (hit) return hit
+  const decoder = new Decoder(bitness, bytes, DecoderOptions.None)
+  decoder.ip = rip
+  const ins = decoder.decode()
+  try {
+    if (ins.isInvalid) {
+      throw new MshvError('EUNSUPPORTED_INSTRUCTION', `cannot decode the instruction at rip ${hex(rip)}: bytes ${Buffer.from(bytes).toString('hex')}`)
+    }
+    formatter ??= new Formatter(FormatterSyntax.Intel)
+    const opKinds: OpKind[] = []
+    const registers: Register[] = []
+    const immediates: bigint[] = []
+    for (let i = 0; i < ins.opCount; i++) {
+      const k = ins.opKind(i)
+      opKinds.push(k)
+      registers.push(k === OpKind.Register ? ins.opRegister(i) : Register.None)
+      immediates.push(isImmediate(k) ? ins.immediate(i) : 0n)
+    }
+    const d: Decoded = {
+      mnemonic: ins.mnemonic,
+      length: ins.length,
+      opKinds,
+      registers,
+      immediates,
+      memorySize: ins.memorySize ? MemorySizeExt.size(ins.memorySize) : 0,
+      rep: ins.hasRepPrefix || ins.hasRepePrefix || ins.hasRepnePrefix,
+      addressSize: addressSizeOf(opKinds, bitness),
+      text: formatter.format(ins),
+    }
+    if (cache.size >= CACHE_LIMIT) cache.clear()
+    cache.set(key, d)
+    return d
+  } finally {
+    ins.free()
+    decoder.free()
+  }
+}
+
+function isImmediate(k: OpKind): boolean {
+  return (
+    k === OpKind.Immediate8 ||
+    k === OpKind.Immediate16 ||
+    k === OpKind.Immediate32 ||
+    k === OpKind.Immediate64 ||
+    k === OpKind.Immediate8to16 ||
+    k === OpKind.Immediate8to32 ||
+    k === OpKind.Immediate8to64 ||
+    k === OpKind.Immediate32to64 ||
+    k === OpKind.Immediate8_2nd
+  )
+}
+
+/** Whether `r` is a general-purpose register (the emulators handle no others). */
+export function isGpr(r: Register): boolean {
+  return RegisterExt.isGPR(r)
+}

@@ -1,0 +1,120 @@
+/**
+ * Guest memory as the emulators see it: physical accesses that go to RAM or to MMIO
+ * devices, and linear accesses translated through the guest's paging.
+ * @module
+ */
+import { native } from '../native.js'
+import type { NativeVcpu } from '../native.js'
+import type { RegisterCache } from '../registers.js'
+import { MshvError, hex } from '../errors.js'
+import type { AccessContext, IoBus } from '../bus.js'
+
+const FLAGS = native.layout().translateFlags
+const VALIDATE_READ = FLAGS['validateRead'] ?? 1
+const VALIDATE_WRITE = FLAGS['validateWrite'] ?? 2
+const RESULTS = native.layout().translateResults
+/** Translation results that still name a GPA: RAM, or device memory. */
+const TRANSLATED = new Set([RESULTS['success'], RESULTS['gpaUnmapped'], RESULTS['intercept']])
+const CR0_PG = 1n << 31n
+
+/** Physical guest memory: RAM where mapped, MMIO devices elsewhere. */
+export interface PhysicalMemory {
+  /** Reads `size` bytes (1..8) at `gpa`, little-endian. */
+  read(gpa: bigint, size: number): bigint
+  /** Writes the low `size` bytes (1..8) of `value` at `gpa`. */
+  write(gpa: bigint, size: number, value: bigint): void
+}
+
+/** Where guest RAM is, for {@link GuestPhysical}. */
+export interface RamLookup {
+  /** The RAM bytes holding `[gpa, gpa + length)` and the offset of `gpa` in them. */
+  findRam(gpa: bigint, length: number): { bytes: Uint8Array; offset: number } | undefined
+}
+
+/** Guest physical memory: RAM through its zero-copy views, the rest through the MMIO bus. */
+export class GuestPhysical implements PhysicalMemory {
+  constructor(
+    private readonly ram: RamLookup,
+    private readonly bus: IoBus,
+    private readonly ctx: AccessContext,
+  ) {}
+
+  read(gpa: bigint, size: number): bigint {
+    const r = this.ram.findRam(gpa, size)
+    if (!r) {
+      if (this.ram.findRam(gpa, 1) || this.ram.findRam(gpa + BigInt(size - 1), 1)) return this.bytewise(gpa, size)
+      return this.bus.mmioRead(gpa, size, this.ctx)
+    }
+    let v = 0n
+    for (let i = size - 1; i >= 0; i--) v = (v << 8n) | BigInt(r.bytes[r.offset + i] ?? 0)
+    return v
+  }
+
+  write(gpa: bigint, size: number, value: bigint): void {
+    const r = this.ram.findRam(gpa, size)
+    if (!r) {
+      if (this.ram.findRam(gpa, 1) || this.ram.findRam(gpa + BigInt(size - 1), 1)) {
+        for (let i = 0; i < size; i++) this.write(gpa + BigInt(i), 1, (value >> BigInt(8 * i)) & 0xffn)
+        return
+      }
+      this.bus.mmioWrite(gpa, size, value, this.ctx)
+      return
+    }
+    for (let i = 0; i < size; i++) r.bytes[r.offset + i] = Number((value >> BigInt(8 * i)) & 0xffn)
+  }
+
+  /** An access straddling RAM and device memory: each byte where it lives. */
+  private bytewise(gpa: bigint, size: number): bigint {
+    let v = 0n
+    for (let i = 0; i < size; i++) v |= this.read(gpa + BigInt(i), 1) << BigInt(8 * i)
+    return v
+  }
+}
+
+/** Linear (virtual) guest memory of one vCPU at one exit. */
+export class LinearMemory {
+  private readonly pages = new Map<bigint, bigint>()
+
+  constructor(
+    private readonly regs: RegisterCache,
+    private readonly vcpu: NativeVcpu,
+    readonly phys: PhysicalMemory,
+  ) {}
+
+  /** The GPA of `linear`: identity without paging, else the backend's translation. */
+  translate(linear: bigint, write: boolean): bigint {
+    if ((this.regs.get('cr0') & CR0_PG) === 0n) return linear & 0xffff_ffffn
+    const page = linear & ~0xfffn
+    const key = write ? page | 1n : page
+    let base = this.pages.get(key)
+    if (base === undefined) {
+      const t = this.vcpu.translateGva(page, write ? VALIDATE_WRITE : VALIDATE_READ)
+      if (!TRANSLATED.has(t.result)) {
+        throw new MshvError(
+          'EGUEST_FAULT',
+          `guest ${write ? 'write' : 'read'} at linear ${hex(linear)} does not translate (result ${t.result}); page fault injection is not emulated`,
+        )
+      }
+      base = t.gpa & ~0xfffn
+      this.pages.set(key, base)
+    }
+    return base | (linear & 0xfffn)
+  }
+
+  /** Reads `size` bytes at `linear`, splitting at page boundaries. */
+  read(linear: bigint, size: number): bigint {
+    if (((linear & 0xfffn) + BigInt(size)) <= 0x1000n) return this.phys.read(this.translate(linear, false), size)
+    let v = 0n
+    for (let i = 0; i < size; i++) v |= this.phys.read(this.translate(linear + BigInt(i), false), 1) << BigInt(8 * i)
+    return v
+  }
+
+  /** Writes `size` bytes at `linear`, splitting at page boundaries. */
+  write(linear: bigint, size: number, value: bigint): void {
+    if (((linear & 0xfffn) + BigInt(size)) <= 0x1000n) {
+      this.phys.write(this.translate(linear, true), size, value)
+      return
+    }
+    for (let i = 0; i < size; i++) this.phys.write(this.translate(linear + BigInt(i), true), 1, (value >> BigInt(8 * i)) & 0xffn)
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * The MMIO instruction emulator: completes the instruction that touched device memory,
+ * on the synced register state, the way a VMM's instruction emulator does (QEMU's
+ * target/i386/emulate, Cloud Hypervisor's x86 emulator).
+ * @module
+ */
+import { Mnemonic, OpKind } from 'iced-x86'
+import type { RegisterCache } from '../registers.js'
+import { MshvError, hex } from '../errors.js'
+import { add, logic, mask, mergeFlags, signExtend, sub, CF, DF, STATUS, type AluResult } from './alu.js'
+import { isStringOperand, type Decoded } from './decode.js'
+import { readRegister, writeRegister, GPR } from './operands.js'
+import type { LinearMemory } from './memory.js'
+
+const RCX = GPR[1] as number
+const RSI = GPR[6] as number
+const RDI = GPR[7] as number
+
+/** One MMIO access to complete. */
+export interface MmioAccess {
+  /** The decoded faulting instruction. */
+  readonly ins: Decoded
+  /** The GPA the guest accessed (the exit message's). */
+  readonly gpa: bigint
+  /** RIP of the instruction. */
+  readonly rip: bigint
+}
+
+/** Where the emulator reads and writes. */
+export interface MmioMachine {
+  readonly regs: RegisterCache
+  readonly memory: LinearMemory
+}
+
+/**
+ * Emulates `access.ins`; returns whether RIP advances past it (false only while a
+ * REP string instruction has iterations left: the guest re-executes it).
+ */
+export function emulateMmio(access: MmioAccess, m: MmioMachine): boolean {
+  const { ins } = access
+  switch (ins.mnemonic) {
+    case Mnemonic.Mov:
+      return move(access, m)
+    case Mnemonic.Movzx:
+    case Mnemonic.Movsx:
+    case Mnemonic.Movsxd: {
+      const v = m.memory.phys.read(access.gpa, ins.memorySize)
+      const ext = ins.mnemonic === Mnemonic.Movzx ? v : signExtend(v, ins.memorySize)
+      writeRegister(m.regs, reg(ins, 0), ext)
+      return true
+    }
+    case Mnemonic.Xchg: {
+      const r = ins.opKinds[0] === OpKind.Memory ? reg(ins, 1) : reg(ins, 0)
+      const old = m.memory.phys.read(access.gpa, ins.memorySize)
+      m.memory.phys.write(access.gpa, ins.memorySize, readRegister(m.regs, r))
+      writeRegister(m.regs, r, old)
+      return true
+    }
+    case Mnemonic.Add:
+    case Mnemonic.Adc:
+    case Mnemonic.Sub:
+    case Mnemonic.Sbb:
+    case Mnemonic.And:
+    case Mnemonic.Or:
+    case Mnemonic.Xor:
+    case Mnemonic.Cmp:
+    case Mnemonic.Test:
+      return arithmetic(access, m)
+    case Mnemonic.Bt:
+    case Mnemonic.Bts:
+    case Mnemonic.Btr:
+    case Mnemonic.Btc:
+      return bitTest(access, m)
+    case Mnemonic.Movsb:
+    case Mnemonic.Movsw:
+    case Mnemonic.Movsd:
+    case Mnemonic.Movsq:
+    case Mnemonic.Stosb:
+    case Mnemonic.Stosw:
+    case Mnemonic.Stosd:
+    case Mnemonic.Stosq:
+      return stringOp(access, m)
+    default:
+      throw unsupported(access)
+  }
+}
+
+function unsupported(a: MmioAccess): MshvError {
+  return new MshvError(
+    'EUNSUPPORTED_INSTRUCTION',
+    `MMIO emulation does not support '${a.ins.text}' at rip ${hex(a.rip)} (GPA ${hex(a.gpa)}); the vCPU was not resumed`,
+  )
+}
+
+function reg(ins: Decoded, i: number) {
+  const r = ins.registers[i]
+  if (r === undefined || ins.opKinds[i] !== OpKind.Register) {
+    throw new MshvError('EUNSUPPORTED_INSTRUCTION', `operand ${i} of '${ins.text}' is not a register`)
+  }
+  return r
+}
+
+/** The value of a register or immediate source operand, masked to `size`. */
+function source(ins: Decoded, i: number, size: number, m: MmioMachine): bigint {
+  const k = ins.opKinds[i]
+  if (k === OpKind.Register) return readRegister(m.regs, reg(ins, i)) & mask(size)
+  return (ins.immediates[i] ?? 0n) & mask(size)
+}
+
+function move(a: MmioAccess, m: MmioMachine): boolean {
+  const { ins } = a
+  const size = ins.memorySize
+  if (ins.opKinds[0] === OpKind.Memory) {
+    m.memory.phys.write(a.gpa, size, source(ins, 1, size, m))
+  } else if (ins.opKinds[1] === OpKind.Memory) {
+    writeRegister(m.regs, reg(ins, 0), m.memory.phys.read(a.gpa, size))
+  } else {
+    throw unsupported(a)
+  }
+  return true
+}
+
+function arithmetic(a: MmioAccess, m: MmioMachine): boolean {
+  const { ins } = a
+  const size = ins.memorySize
+  const memFirst = ins.opKinds[0] === OpKind.Memory
+  const mem = m.memory.phys.read(a.gpa, size)
+  const other = memFirst ? source(ins, 1, size, m) : readRegister(m.regs, reg(ins, 0))
+  const [x, y] = memFirst ? [mem, other] : [other, mem]
+  const rflags = m.regs.get('rflags')
+  const carry = (rflags & CF) !== 0n ? 1n : 0n
+  let r: AluResult
+  switch (ins.mnemonic) {
+    case Mnemonic.Add:
+      r = add(size, x, y)
+      break
+    case Mnemonic.Adc:
+      r = add(size, x, y, carry)
+      break
+    case Mnemonic.Sub:
+    case Mnemonic.Cmp:
+      r = sub(size, x, y)
+      break
+    case Mnemonic.Sbb:
+      r = sub(size, x, y, carry)
+      break
+    case Mnemonic.And:
+    case Mnemonic.Test:
+      r = logic(size, x & y)
+      break
+    case Mnemonic.Or:
+      r = logic(size, x | y)
+      break
+    default:
+      r = logic(size, x ^ y)
+  }
+  m.regs.set('rflags', mergeFlags(rflags, r.flags, STATUS))
+  if (ins.mnemonic === Mnemonic.Cmp || ins.mnemonic === Mnemonic.Test) return true
+  if (memFirst) m.memory.phys.write(a.gpa, size, r.value)
+  else writeRegister(m.regs, reg(ins, 0), r.value)
+  return true
+}
+
+function bitTest(a: MmioAccess, m: MmioMachine): boolean {
+  const { ins } = a
+  const size = ins.memorySize
+  const bits = BigInt(size * 8)
+  // The GPA is the operand-sized word the hardware accessed; the bit is within it.
+  const offset = source(ins, 1, 8, m)
+  const bit = offset & (bits - 1n)
+  const v = m.memory.phys.read(a.gpa, size)
+  const set = (v >> bit) & 1n
+  const rflags = m.regs.get('rflags')
+  m.regs.set('rflags', (rflags & ~CF) | (set ? CF : 0n))
+  let nv = v
+  if (ins.mnemonic === Mnemonic.Bts) nv = v | (1n << bit)
+  else if (ins.mnemonic === Mnemonic.Btr) nv = v & ~(1n << bit)
+  else if (ins.mnemonic === Mnemonic.Btc) nv = v ^ (1n << bit)
+  if (ins.mnemonic !== Mnemonic.Bt) m.memory.phys.write(a.gpa, size, nv)
+  return true
+}
+
+/** Segment base of a string operand: DS (or an override, not modelled) and ES. */
+function segmentBase(m: MmioMachine, name: 'ds' | 'es'): bigint {
+  return m.regs.getRaw(name)[0]
+}
+
+/** One iteration of MOVS/STOS; REP repeats by re-executing the instruction. */
+function stringOp(a: MmioAccess, m: MmioMachine): boolean {
+  const { ins } = a
+  const size = ins.memorySize
+  const am = mask(ins.addressSize)
+  const regs = m.regs
+  if (ins.rep && (regs.getAt(RCX) & am) === 0n) return true
+  const step = (regs.get('rflags') & DF) !== 0n ? -BigInt(size) : BigInt(size)
+  const rdi = regs.getAt(RDI)
+  const dest = segmentBase(m, 'es') + (rdi & am)
+  let value: bigint
+  const isMovs = ins.opKinds.some((k) => isStringOperand(k) === 'source')
+  if (isMovs) {
+    const rsi = regs.getAt(RSI)
+    const src = segmentBase(m, 'ds') + (rsi & am)
+    value = m.memory.read(src, size)
+    regs.setAt(RSI, (rsi & ~am) | ((rsi + step) & am))
+  } else {
+    value = readRegister(regs, ins.registers[1] ?? 0)
+  }
+  m.memory.write(dest, size, value)
+  regs.setAt(RDI, (rdi & ~am) | ((rdi + step) & am))
+  if (!ins.rep) return true
+  const rcx = (regs.getAt(RCX) & am) - 1n
+  regs.setAt(RCX, (regs.getAt(RCX) & ~am) | (rcx & am))
+  return rcx === 0n
+}

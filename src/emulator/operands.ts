@@ -1,0 +1,59 @@
+/**
+ * Register operands of decoded instructions, read and written through the register
+ * cache with x86 width rules (8-bit high halves, 32-bit writes zero-extend).
+ * @module
+ */
+import { Register, RegisterExt } from 'iced-x86'
+import { registerIndex } from '../layout.js'
+import type { RegisterCache } from '../registers.js'
+import { mask } from './alu.js'
+import { MshvError } from '../errors.js'
+
+const GPR_NAMES = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15']
+/** Cache indexes of the GPRs in hardware encoding order. */
+export const GPR = GPR_NAMES.map(registerIndex)
+const HIGH_BYTE = new Set<Register>([Register.AH, Register.CH, Register.DH, Register.BH])
+
+interface Slot {
+  index: number
+  size: number
+  high: boolean
+}
+
+const slots = new Map<Register, Slot>()
+
+function slot(reg: Register): Slot {
+  let s = slots.get(reg)
+  if (s) return s
+  if (!RegisterExt.isGPR(reg)) throw new MshvError('EUNSUPPORTED_INSTRUCTION', `register ${Register[reg]} is not a general-purpose register`)
+  const index = GPR[RegisterExt.number(RegisterExt.fullRegister(reg))]
+  if (index === undefined) throw new MshvError('EUNSUPPORTED_INSTRUCTION', `no register slot for ${Register[reg]}`)
+  s = { index, size: RegisterExt.size(reg), high: HIGH_BYTE.has(reg) }
+  slots.set(reg, s)
+  return s
+}
+
+/** Size in bytes of a general-purpose register operand. */
+export function registerSize(reg: Register): number {
+  return slot(reg).size
+}
+
+/** Reads a general-purpose register operand (AL, AH, AX, EAX, RAX, R8B, ...). */
+export function readRegister(regs: RegisterCache, reg: Register): bigint {
+  const s = slot(reg)
+  const v = regs.getAt(s.index)
+  return s.high ? (v >> 8n) & 0xffn : v & mask(s.size)
+}
+
+/** Writes a general-purpose register operand with x86 width semantics. */
+export function writeRegister(regs: RegisterCache, reg: Register, value: bigint): void {
+  const s = slot(reg)
+  if (s.size >= 4) {
+    regs.setAt(s.index, value & mask(s.size)) // 32-bit writes clear the upper half
+    return
+  }
+  const old = regs.getAt(s.index)
+  const shift = s.high ? 8n : 0n
+  const m = mask(s.size) << shift
+  regs.setAt(s.index, (old & ~m) | ((value << shift) & m))
+}

@@ -1,0 +1,58 @@
+/**
+ * Memory intercepts (unmapped or intercepted GPAs): decode the faulting instruction
+ * from the message and complete it against the MMIO bus and guest RAM.
+ * @module
+ */
+import { message, registerIndex } from '../layout.js'
+import { MshvError, hex } from '../errors.js'
+import type { RegisterCache } from '../registers.js'
+import { decode } from '../emulator/decode.js'
+import { emulateMmio } from '../emulator/mmio.js'
+import type { LinearMemory } from '../emulator/memory.js'
+
+const GPA = message('memGpa')
+const RIP = message('rip')
+const RFLAGS = message('rflags')
+const ACCESS_TYPE = message('interceptAccessType')
+const EXECUTE = message('accessExecute')
+const COUNT = message('memInstructionByteCount')
+const BYTES = message('memInstructionBytes')
+const CS = message('csSegment')
+const EXEC_STATE = message('executionState')
+const RIP_REG = registerIndex('rip')
+const RFLAGS_REG = registerIndex('rflags')
+/** `hv_x64_segment_register`: base u64, limit u32, selector u16, attributes u16. */
+const SEGMENT_ATTRIBUTES = 14
+const EFER_LMA = 1 << 4
+const CS_L = 1 << 13
+const CS_DB = 1 << 14
+
+/** The CPU mode of the intercepted instruction, from the message header. */
+export function bitness(msg: DataView): 16 | 32 | 64 {
+  const attributes = msg.getUint16(CS + SEGMENT_ATTRIBUTES, true)
+  if ((msg.getUint16(EXEC_STATE, true) & EFER_LMA) !== 0 && (attributes & CS_L) !== 0) return 64
+  return (attributes & CS_DB) !== 0 ? 32 : 16
+}
+
+/** The instruction bytes: the message's, or guest memory's when it carries none. */
+function instructionBytes(msg: DataView, rip: bigint, memory: LinearMemory, regs: RegisterCache): Uint8Array {
+  const count = msg.getUint8(COUNT)
+  if (count > 0) return new Uint8Array(msg.buffer.slice(msg.byteOffset + BYTES, msg.byteOffset + BYTES + count))
+  const cs = regs.getRaw('cs')[0]
+  const out = new Uint8Array(15)
+  for (let i = 0; i < out.length; i++) out[i] = Number(memory.read(cs + rip + BigInt(i), 1))
+  return out
+}
+
+/** Handles a memory intercept: emulates the access and advances RIP. */
+export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMemory): void {
+  const gpa = msg.getBigUint64(GPA, true)
+  const rip = msg.getBigUint64(RIP, true)
+  regs.seed(RIP_REG, rip)
+  regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
+  if (msg.getUint8(ACCESS_TYPE) === EXECUTE) {
+    throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
+  }
+  const ins = decode(instructionBytes(msg, rip, memory, regs), bitness(msg), rip)
+  if (emulateMmio({ ins, gpa, rip }, { regs, memory })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
+}
