@@ -117,7 +117,7 @@ pub fn layout() -> Layout {
             ),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v as u32))
+        .map(|(k, v)| (k.to_string(), v))
         .collect(),
         translate_results: [
             (

@@ -1,0 +1,126 @@
+import test from 'ava'
+import { createVm, enterLongMode, enterRealMode, segment, RegisterBank, MshvError, type Vm, type Vcpu } from '../index.js'
+
+const BANK = 0xc000_0000n
+const CODE = 0x10000
+
+function longModeGuest(code: number[], registerPage: 'on' | 'off' = 'on'): { vm: Vm; vcpu: Vcpu; bank: RegisterBank } {
+  const vm = createVm({ backend: 'sim', registerPage })
+  vm.addRam(0, 1 << 20)
+  const bank = new RegisterBank(8)
+  vm.bus.registerMmio(BANK, bank.size, bank, 'bank')
+  vm.write(CODE, [...code, 0xf4])
+  const vcpu = vm.createVcpu(0)
+  enterLongMode(vcpu, vm, CODE)
+  vcpu.regs.set('rbx', BANK)
+  return { vm, vcpu, bank }
+}
+
+/** Runs once to flush the setup registers, then counts a second pass over the same code. */
+function countSecondPass(code: number[], page: 'on' | 'off') {
+  const { vm, vcpu, bank } = longModeGuest(code, page)
+  bank.set(0, 0x1122_3344_5566_7788n)
+  vcpu.regs.set('rcx', 0xabcdn)
+  t0(vcpu.run())
+  vcpu.regs.set('rip', BigInt(CODE))
+  vcpu.regs.flush()
+  vcpu.resetStats()
+  t0(vcpu.run())
+  const s = vcpu.stats()
+  vm.close()
+  return s
+}
+function t0(r: { reason: string }) {
+  if (r.reason !== 'halt') throw new Error(`expected halt, got ${JSON.stringify(r)}`)
+}
+
+const LOAD = [0x8b, 0x03] // mov eax, [rbx]
+const STORE = [0x89, 0x0b] // mov [rbx], ecx
+
+test('an MMIO load and an MMIO store cost zero hypercalls with the register page valid', (t) => {
+  for (const code of [LOAD, STORE]) {
+    const s = countSecondPass(code, 'on')
+    t.is(s.exitsByType['unmappedGpa'], 1)
+    t.is(s.hypercalls, 0)
+  }
+})
+
+test('without the page an MMIO load costs one hypercall and a store two (the message has no GPRs)', (t) => {
+  const load = countSecondPass(LOAD, 'off')
+  t.is(load.getRegisterCalls, 0, 'RIP comes from the message; EAX is written whole')
+  t.is(load.setRegisterCalls, 1, 'RAX and RIP in one batch')
+  const store = countSecondPass(STORE, 'off')
+  t.is(store.getRegisterCalls, 1, 'ECX must be fetched: the memory message carries no GPRs')
+  t.is(store.setRegisterCalls, 1)
+})
+
+test('loads and stores reach the device and the guest sees the values', (t) => {
+  // mov eax, [rbx+8]; mov [rbx+16], eax; mov rax, [moffs 0xc0000018]; mov [moffs 0xc0000020], eax
+  const { vcpu, bank } = longModeGuest([
+    0x8b, 0x43, 0x08, 0x89, 0x43, 0x10, 0x48, 0xa1, 0x18, 0, 0, 0xc0, 0, 0, 0, 0, 0xa3, 0x20, 0, 0, 0xc0, 0, 0, 0, 0,
+  ])
+  bank.set(1, 0xfeed_beefn)
+  bank.set(3, 0x0102_0304_0506_0708n)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.is(bank.get(2), 0xfeed_beefn)
+  t.is(vcpu.regs.get('rax'), 0x0102_0304_0506_0708n)
+  t.is(bank.get(4), 0x0506_0708n)
+  t.deepEqual(
+    bank.log.map((a) => `${a.kind}@${a.offset}/${a.size}`),
+    ['read@8/4', 'write@16/4', 'read@24/8', 'write@32/4'],
+  )
+})
+
+test('real-mode MMIO through a segment, and unclaimed MMIO reads as all ones', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 0x80000)
+  const bank = new RegisterBank(2)
+  vm.bus.registerMmio(0xa0000, bank.size, bank, 'vga-ish')
+  // mov ax, [0x8]; mov [0x0], ax; mov bx, [0x100] (unclaimed); mov [0x102], bx (dropped); hlt
+  vm.write(0x1000, [0xa1, 0x08, 0x00, 0xa3, 0x00, 0x00, 0x8b, 0x1e, 0x00, 0x01, 0x89, 0x1e, 0x02, 0x01, 0xf4])
+  const vcpu = vm.createVcpu(0)
+  enterRealMode(vcpu, 0x1000)
+  vcpu.regs.setRaw('ds', ...segment(0xa0000n, 0xffff, 0xa000, 0x93))
+  bank.set(1, 0x4321n)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.is(bank.get(0), 0x4321n)
+  t.is(vcpu.regs.get('rbx') & 0xffffn, 0xffffn)
+  t.is(vm.bus.stats.unclaimedMmioReads, 1)
+  t.is(vm.bus.stats.unclaimedMmioWrites, 1)
+})
+
+test('an unsupported instruction on MMIO is a clear error and the vCPU does not resume', (t) => {
+  const { vcpu } = longModeGuest([0xff, 0x03]) // inc dword [rbx]
+  const e = t.throws(() => vcpu.run()) as MshvError
+  t.is(e.code, 'EUNSUPPORTED_INSTRUCTION')
+  t.regex(e.message, /inc dword ptr \[rbx\]/)
+  t.regex(e.message, /rip 0x10000/)
+  t.regex(e.message, /0xc0000000/)
+  t.is(vcpu.regs.get('rip'), BigInt(CODE), 'RIP still at the instruction')
+})
+
+test('MMIO ranges that overlap, or lie outside the physical address space, are rejected', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  const bank = new RegisterBank(2)
+  vm.bus.registerMmio(0xd000_0000n, 16, bank, 'a')
+  t.is((t.throws(() => vm.bus.registerMmio(0xd000_0008n, 16, bank, 'b')) as MshvError).code, 'EOVERLAP')
+  t.is((t.throws(() => vm.bus.registerMmio(1n << 52n, 16, bank, 'c')) as MshvError).code, 'EINVAL')
+  t.is((t.throws(() => new RegisterBank(0)) as MshvError).code, 'EINVAL')
+})
+
+test('string copies between RAM and the device are served from guest memory on the RAM side', (t) => {
+  // rep movsd (RAM -> device); then rsi = device, rdi = RAM: rep movsd again; hlt
+  const { vm, vcpu, bank } = longModeGuest([
+    0xf3, 0xa5, 0x48, 0x89, 0xde, 0x48, 0xc7, 0xc7, 0x00, 0x60, 0x00, 0x00, 0xb9, 0x04, 0x00, 0x00, 0x00, 0xf3, 0xa5,
+  ])
+  vm.write(0x5000, [1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0])
+  vcpu.regs.set('rsi', 0x5000n)
+  vcpu.regs.set('rdi', BANK)
+  vcpu.regs.set('rcx', 4n)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.is(bank.get(0), 0x2_0000_0001n)
+  t.is(bank.get(1), 0x4_0000_0003n)
+  t.deepEqual([...vm.read(0x6000, 16)], [1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0])
+  t.is(vcpu.regs.get('rcx'), 0n)
+  t.is(vcpu.stats().exitsByType['unmappedGpa'], 8, 'one exit per element that touches the device')
+})
