@@ -26,6 +26,10 @@ export function messageTypeName(type: number): string {
   for (const [name, v] of Object.entries(raw.messageTypes)) if (v === type) return name
   return `0x${type.toString(16)}`
 }
+/** `HV_TRANSLATE_GVA_*` flags for `translateGva` by name (`validateRead`, ...). */
+export const translateFlag = table(raw.translateFlags, 'translate flag')
+/** `hv_translate_gva_result_code` values by name (`success`, `gpaUnmapped`, ...). */
+export const translateResult = table(raw.translateResults, 'translate result')
 /** Synthetic `runSync()` results: `cancelled`, `budget`. */
 export const exitCode = table(raw.exits, 'exit code')
 

@@ -76,22 +76,22 @@ export class Vm {
     return undefined
   }
 
-  private locate(gpa: bigint, length: number): { r: { bytes: Uint8Array }; off: number } {
+  private locate(gpa: bigint, length: number): { bytes: Uint8Array; offset: number } {
     const found = this.findRam(gpa, length)
     if (!found) throw new MshvError('ENOTMAPPED', `guest range ${hex(gpa)} (+${length}) is not inside one RAM region`)
-    return { r: found, off: found.offset }
+    return found
   }
 
   /** Copies `data` into guest RAM at `gpa`. */
   write(gpa: number | bigint, data: Uint8Array | readonly number[]): void {
-    const { r, off } = this.locate(BigInt(gpa), data.length)
-    r.bytes.set(data, off)
+    const { bytes, offset } = this.locate(BigInt(gpa), data.length)
+    bytes.set(data, offset)
   }
 
   /** Copies `length` bytes of guest RAM at `gpa`. */
   read(gpa: number | bigint, length: number): Uint8Array {
-    const { r, off } = this.locate(BigInt(gpa), length)
-    return r.bytes.slice(off, off + length)
+    const { bytes, offset } = this.locate(BigInt(gpa), length)
+    return bytes.slice(offset, offset + length)
   }
 
   /** Creates a vCPU with the VM's (or the given) sync policy. */

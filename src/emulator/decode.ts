@@ -3,7 +3,7 @@
  * cached by their bytes, so a device hammered by the same instruction decodes it once.
  * @module
  */
-import { Decoder, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, Mnemonic, OpKind, Register, RegisterExt } from 'iced-x86'
+import { Decoder, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, Mnemonic, OpKind, Register } from 'iced-x86'
 import { MshvError, hex } from '../errors.js'
 
 /** What the emulators need of one instruction. */
@@ -103,7 +103,3 @@ function isImmediate(k: OpKind): boolean {
   )
 }
 
-/** Whether `r` is a general-purpose register (the emulators handle no others). */
-export function isGpr(r: Register): boolean {
-  return RegisterExt.isGPR(r)
-}

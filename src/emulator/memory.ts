@@ -3,18 +3,16 @@
  * devices, and linear accesses translated through the guest's paging.
  * @module
  */
-import { native } from '../native.js'
 import type { NativeVcpu } from '../native.js'
+import { translateFlag, translateResult } from '../layout.js'
 import type { RegisterCache } from '../registers.js'
 import { MshvError, hex } from '../errors.js'
 import type { AccessContext, IoBus } from '../bus.js'
 
-const FLAGS = native.layout().translateFlags
-const VALIDATE_READ = FLAGS['validateRead'] ?? 1
-const VALIDATE_WRITE = FLAGS['validateWrite'] ?? 2
-const RESULTS = native.layout().translateResults
+const VALIDATE_READ = translateFlag('validateRead')
+const VALIDATE_WRITE = translateFlag('validateWrite')
 /** Translation results that still name a GPA: RAM, or device memory. */
-const TRANSLATED = new Set([RESULTS['success'], RESULTS['gpaUnmapped'], RESULTS['intercept']])
+const TRANSLATED = new Set(['success', 'gpaUnmapped', 'intercept'].map(translateResult))
 const CR0_PG = 1n << 31n
 
 /** Physical guest memory: RAM where mapped, MMIO devices elsewhere. */

@@ -33,11 +33,6 @@ function slot(reg: Register): Slot {
   return s
 }
 
-/** Size in bytes of a general-purpose register operand. */
-export function registerSize(reg: Register): number {
-  return slot(reg).size
-}
-
 /** Reads a general-purpose register operand (AL, AH, AX, EAX, RAX, R8B, ...). */
 export function readRegister(regs: RegisterCache, reg: Register): bigint {
   const s = slot(reg)

@@ -71,7 +71,6 @@ pub struct Vcpu {
     index: u32,
     page_buffers: Arc<Mutex<Detachables>>,
     message_buffers: Detachables,
-    closed: bool,
 }
 
 fn limits(o: Option<RunOptions>) -> Result<RunLimits> {
@@ -179,12 +178,11 @@ impl Vcpu {
             index,
             page_buffers: Arc::default(),
             message_buffers: Detachables::default(),
-            closed: false,
         }
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed {
+        if self.core.is_closed() {
             Err(closed("vCPU"))
         } else {
             Ok(())
@@ -333,7 +331,7 @@ impl Vcpu {
     /// Closes the vCPU: its buffers are detached and its native resources released.
     #[napi]
     pub fn close(&mut self, env: Env) -> Result<()> {
-        if self.closed {
+        if self.core.is_closed() {
             return Ok(());
         }
         self.canceller.cancel();
@@ -345,12 +343,11 @@ impl Vcpu {
             .detach_all(&env);
         self.message_buffers.detach_all(&env);
         *guard = None;
-        self.closed = true;
         Ok(())
     }
 
     #[napi(getter)]
     pub fn closed(&self) -> bool {
-        self.closed
+        self.core.is_closed()
     }
 }
