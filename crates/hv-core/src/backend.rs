@@ -49,8 +49,21 @@ pub struct VmConfig {
     pub intercept_cpuid: bool,
     /// MSRs whose RDMSR/WRMSR exit to the VMM.
     pub intercept_msrs: Vec<u32>,
-    /// Exit to the VMM on every MSR access the hypervisor does not model.
-    pub intercept_unknown_msrs: bool,
+    /// What an access to an MSR the hypervisor does not implement does.
+    pub unknown_msr: UnknownMsr,
+}
+
+/// The hypervisor's answer to RDMSR/WRMSR of an MSR it does not implement (and that is
+/// not intercepted by number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownMsr {
+    /// Inject #GP(0), as hardware does (MSHV's default).
+    #[default]
+    Fault,
+    /// Reads return 0 and writes are dropped, inside the hypervisor (no exit).
+    Ignore,
+    /// Exit to the VMM with an MSR intercept message (sim only: MSHV has no such mode).
+    Exit,
 }
 
 /// Host memory mapped into the guest.

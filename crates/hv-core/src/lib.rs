@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod counters;
 pub mod error;
+pub mod event;
 pub mod memory;
 pub mod message;
 pub mod page;
@@ -15,10 +16,11 @@ pub mod regs;
 
 pub use backend::{
     BackendKind, Canceller, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
-    VcpuBackend, VmBackend, VmConfig,
+    UnknownMsr, VcpuBackend, VmBackend, VmConfig,
 };
 pub use counters::{Counters, ExitCounter};
 pub use error::{HvError, Result};
+pub use event::PendingException;
 pub use memory::HostRegion;
 pub use message::{ExitMessage, MESSAGE_SIZE};
 pub use page::{RegisterPagePtr, PAGE_SIZE};

@@ -42,6 +42,8 @@ pub enum RegisterGroup {
     Xmm,
     /// MSRs.
     Msr,
+    /// Events waiting for the next resume (exception injection).
+    Events,
 }
 
 /// Where a register sits on the register page, if it does.
@@ -280,6 +282,13 @@ pub const REGISTERS: &[RegisterInfo] = &[
     xmm("xmm14", 14),
     xmm("xmm15", 15),
     off_page("tsc", hv_register_name_HV_X64_REGISTER_TSC, K::U64, G::Msr),
+    // Written to inject an exception at the next resume; see `event::PendingException`.
+    off_page(
+        "pendingEvent0",
+        hv_register_name_HV_REGISTER_PENDING_EVENT0,
+        K::U128,
+        G::Events,
+    ),
     off_page(
         "kernelGsBase",
         hv_register_name_HV_X64_REGISTER_KERNEL_GS_BASE,

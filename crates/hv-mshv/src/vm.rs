@@ -3,7 +3,7 @@
 use crate::errors::map_error;
 use crate::vcpu::MshvVcpu;
 use hv_core::backend::check_mapping;
-use hv_core::{HvError, MemoryMapping, Result, VcpuBackend, VmBackend, VmConfig};
+use hv_core::{HvError, MemoryMapping, Result, UnknownMsr, VcpuBackend, VmBackend, VmConfig};
 use mshv_bindings::*;
 use mshv_ioctls::{Mshv, VmFd};
 use std::sync::Arc;
@@ -35,13 +35,34 @@ pub fn user_region(m: &MemoryMapping, unmap: bool) -> mshv_user_mem_region {
     }
 }
 
+/// Rejects settings MSHV cannot honour, before any partition exists.
+pub fn check_config(config: &VmConfig) -> Result<()> {
+    if config.unknown_msr == UnknownMsr::Exit {
+        return Err(HvError::Unsupported(
+            "unknownMsr 'exit' is sim-only: MSHV either faults (#GP) or ignores unimplemented MSRs; \
+             intercept the MSRs you handle by number instead"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl MshvVm {
     pub fn create(mshv: &Mshv, config: &VmConfig) -> Result<Self> {
+        check_config(config)?;
         let fd = mshv
             .create_vm()
             .map_err(|e| map_error("create partition", e))?;
         fd.initialize()
             .map_err(|e| map_error("initialize partition", e))?;
+        if config.unknown_msr == UnknownMsr::Ignore {
+            fd.set_partition_property(
+                hv_partition_property_code_HV_PARTITION_PROPERTY_UNIMPLEMENTED_MSR_ACTION,
+                hv_unimplemented_msr_action_HV_UNIMPLEMENTED_MSR_ACTION_IGNORE_WRITE_READ_ZERO
+                    as u64,
+            )
+            .map_err(|e| map_error("set the unimplemented-MSR action", e))?;
+        }
         if config.intercept_cpuid {
             fd.install_intercept(mshv_install_intercept {
                 access_type_mask: HV_INTERCEPT_ACCESS_MASK_EXECUTE,
@@ -116,5 +137,28 @@ impl VmBackend for MshvVm {
             fd,
             self.config.register_page,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_msr_exit_is_refused_before_any_partition_exists() {
+        let exit = VmConfig {
+            unknown_msr: UnknownMsr::Exit,
+            ..Default::default()
+        };
+        let err = check_config(&exit).unwrap_err();
+        assert_eq!(err.code(), "ENOTSUP");
+        assert!(err.to_string().contains("'exit' is sim-only"), "{err}");
+        for ok in [UnknownMsr::Fault, UnknownMsr::Ignore] {
+            let c = VmConfig {
+                unknown_msr: ok,
+                ..Default::default()
+            };
+            assert!(check_config(&c).is_ok());
+        }
     }
 }

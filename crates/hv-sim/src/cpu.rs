@@ -74,6 +74,8 @@ pub struct Cpu {
     pub dr: [u64; 8],
     pub xmm: [u128; 16],
     pub apic_base: u64,
+    /// `HV_REGISTER_PENDING_EVENT0`: an event to deliver at the next resume.
+    pub pending_event: [u64; 2],
     pub tsc: u64,
     /// Model-specific registers without a dedicated field (STAR, LSTAR, PAT, ...).
     pub msrs: HashMap<u32, u64>,
@@ -120,6 +122,7 @@ impl Cpu {
             efer: 0,
             dr: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             xmm: [0; 16],
+            pending_event: [0; 2],
             apic_base: 0xfee0_0000 | if index == 0 { 0x900 } else { 0x800 },
             tsc: 0,
             msrs: HashMap::new(),

@@ -27,7 +27,7 @@ mod vm;
 pub use vcpu::SimVcpu;
 pub use vm::SimVm;
 
-use hv_core::{BackendKind, HvBackend, RegisterPageMode, Result, VmBackend, VmConfig};
+use hv_core::{BackendKind, HvBackend, RegisterPageMode, Result, UnknownMsr, VmBackend, VmConfig};
 
 /// The per-VM settings the interpreter consults.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +35,7 @@ pub struct SimConfig {
     pub register_page: RegisterPageMode,
     pub intercept_cpuid: bool,
     pub intercept_msrs: Vec<u32>,
-    pub intercept_unknown_msrs: bool,
+    pub unknown_msr: UnknownMsr,
 }
 
 /// The sim hypervisor.
@@ -52,7 +52,7 @@ impl HvBackend for SimHypervisor {
             register_page: config.register_page,
             intercept_cpuid: config.intercept_cpuid,
             intercept_msrs: config.intercept_msrs.clone(),
-            intercept_unknown_msrs: config.intercept_unknown_msrs,
+            unknown_msr: config.unknown_msr,
         })))
     }
 }

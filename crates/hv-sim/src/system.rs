@@ -5,6 +5,7 @@ use crate::access::Ctx;
 use crate::alu::mask;
 use crate::cpu::{Segment, CR0_PE, CR0_PG, CS, EFER_LMA, SS};
 use crate::stop::Stop;
+use hv_core::UnknownMsr;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
 const NP: u8 = 11;
@@ -294,12 +295,11 @@ impl Ctx<'_> {
                 if self.config.intercept_msrs.contains(&msr) {
                     return Err(Stop::Msr { msr, write: false });
                 }
-                let v = match self.read_msr(msr) {
-                    Some(v) => v,
-                    None if self.config.intercept_unknown_msrs => {
-                        return Err(Stop::Msr { msr, write: false })
-                    }
-                    None => return Err(Stop::gp(0)),
+                let v = match (self.read_msr(msr), self.config.unknown_msr) {
+                    (Some(v), _) => v,
+                    (None, UnknownMsr::Ignore) => 0,
+                    (None, UnknownMsr::Exit) => return Err(Stop::Msr { msr, write: false }),
+                    (None, UnknownMsr::Fault) => return Err(Stop::gp(0)),
                 };
                 self.cpu.gpr[0] = v & 0xffff_ffff;
                 self.cpu.gpr[2] = v >> 32;
@@ -311,10 +311,11 @@ impl Ctx<'_> {
                 }
                 let v = (self.cpu.gpr[2] << 32) | (self.cpu.gpr[0] & 0xffff_ffff);
                 if !self.write_msr(msr, v) {
-                    if self.config.intercept_unknown_msrs {
-                        return Err(Stop::Msr { msr, write: true });
+                    match self.config.unknown_msr {
+                        UnknownMsr::Ignore => {}
+                        UnknownMsr::Exit => return Err(Stop::Msr { msr, write: true }),
+                        UnknownMsr::Fault => return Err(Stop::gp(0)),
                     }
-                    return Err(Stop::gp(0));
                 }
             }
             M::Rdtsc => {

@@ -260,6 +260,21 @@ impl SimVcpu {
             config: &self.config,
         };
         let mut executed = 0u64;
+        // An injected exception is taken before the first instruction, as on resume
+        // from an intercept; failing to deliver it shuts the processor down.
+        if let Some(e) =
+            hv_core::PendingException::decode(std::mem::take(&mut ctx.cpu.pending_event))
+        {
+            if let Delivery::TripleFault = ctx.raise(e.vector, e.error_code) {
+                return Outcome::Stop(
+                    Stop::Exception {
+                        vector: e.vector,
+                        error_code: e.error_code,
+                    },
+                    None,
+                );
+            }
+        }
         let outcome = loop {
             if executed >= budget {
                 break Outcome::Budget;

@@ -2,7 +2,7 @@
 
 use crate::errors::{invalid, to_js, Result};
 use crate::vm::Vm;
-use hv_core::{HvBackend, RegisterPageMode, VmConfig};
+use hv_core::{HvBackend, RegisterPageMode, UnknownMsr, VmConfig};
 use hv_mshv::MshvHypervisor;
 use hv_sim::SimHypervisor;
 use napi_derive::napi;
@@ -17,8 +17,9 @@ pub struct VmOptions {
     pub intercept_cpuid: Option<bool>,
     /// MSRs whose accesses exit to the VMM.
     pub intercept_msrs: Option<Vec<u32>>,
-    /// Exit to the VMM on MSRs the hypervisor does not model (sim).
-    pub intercept_unknown_msrs: Option<bool>,
+    /// MSRs the hypervisor does not implement: 'fault' (default, #GP), 'ignore' (read 0,
+    /// drop writes) or 'exit' (sim only: an MSR exit to the VMM).
+    pub unknown_msr: Option<String>,
 }
 
 /// A hypervisor backend: the real `/dev/mshv` or the built-in simulator.
@@ -61,7 +62,7 @@ impl Hypervisor {
             register_page: None,
             intercept_cpuid: None,
             intercept_msrs: None,
-            intercept_unknown_msrs: None,
+            unknown_msr: None,
         });
         let register_page = match o.register_page.as_deref() {
             None | Some("on") => RegisterPageMode::On,
@@ -73,11 +74,21 @@ impl Hypervisor {
                 )))
             }
         };
+        let unknown_msr = match o.unknown_msr.as_deref() {
+            None | Some("fault") => UnknownMsr::Fault,
+            Some("ignore") => UnknownMsr::Ignore,
+            Some("exit") => UnknownMsr::Exit,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "unknownMsr must be 'fault', 'ignore' or 'exit', got '{other}'"
+                )))
+            }
+        };
         let config = VmConfig {
             register_page,
             intercept_cpuid: o.intercept_cpuid.unwrap_or(false),
             intercept_msrs: o.intercept_msrs.unwrap_or_default(),
-            intercept_unknown_msrs: o.intercept_unknown_msrs.unwrap_or(false),
+            unknown_msr,
         };
         let vm = self.backend.create_vm(&config).map_err(to_js)?;
         Ok(Vm::new(vm))

@@ -73,6 +73,7 @@ pub fn layout() -> Layout {
                 RegisterGroup::Debug => "debug",
                 RegisterGroup::Xmm => "xmm",
                 RegisterGroup::Msr => "msr",
+                RegisterGroup::Events => "events",
             }
             .to_string(),
             page_offset: r.page.map(|p| p.offset as u32),

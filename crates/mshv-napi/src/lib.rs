@@ -7,6 +7,7 @@
 
 mod buffers;
 mod errors;
+mod events;
 mod hypervisor;
 mod layout;
 mod live;
