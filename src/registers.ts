@@ -125,10 +125,10 @@ export class RegisterCache {
   }
 
   /** Records a value the exit message carried (clean, no hypercall), unless known. */
-  seed(i: number, value: bigint): void {
+  seed(i: number, value: bigint, high = 0n): void {
     if (this.state[i] === UNKNOWN) {
       this.lo[i] = value
-      this.hi[i] = 0n
+      this.hi[i] = high
       this.state[i] = CLEAN
     }
   }

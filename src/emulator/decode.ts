@@ -19,6 +19,8 @@ export interface Decoded {
   readonly rep: boolean
   /** Address size in bytes of string operands (from RSI/ESI/SI). */
   readonly addressSize: number
+  /** Segment of the memory operand (`ds`, `es`, `fs`, ...), overrides applied; '' when none. */
+  readonly segment: string
   /** Intel syntax, for messages. */
   readonly text: string
 }
@@ -78,6 +80,7 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): D
       memorySize: ins.memorySize ? MemorySizeExt.size(ins.memorySize) : 0,
       rep: ins.hasRepPrefix || ins.hasRepePrefix || ins.hasRepnePrefix,
       addressSize: addressSizeOf(opKinds, bitness),
+      segment: ins.memorySegment === Register.None ? '' : Register[ins.memorySegment].toLowerCase(),
       text: formatter.format(ins),
     }
     if (cache.size >= CACHE_LIMIT) cache.clear()

@@ -11,6 +11,7 @@ import { add, logic, mask, mergeFlags, signExtend, sub, CF, DF, STATUS, type Alu
 import { isStringOperand, type Decoded } from './decode.js'
 import { readRegister, writeRegister, GPR } from './operands.js'
 import type { LinearMemory } from './memory.js'
+import { advanceIndex, segmentBase, stringStep } from './string.js'
 
 const RCX = GPR[1] as number
 const RSI = GPR[6] as number
@@ -24,6 +25,8 @@ export interface MmioAccess {
   readonly gpa: bigint
   /** RIP of the instruction. */
   readonly rip: bigint
+  /** The CPU mode it ran in. */
+  readonly bitness: 16 | 32 | 64
 }
 
 /** Where the emulator reads and writes. */
@@ -180,11 +183,6 @@ function bitTest(a: MmioAccess, m: MmioMachine): boolean {
   return true
 }
 
-/** Segment base of a string operand: DS (or an override, not modelled) and ES. */
-function segmentBase(m: MmioMachine, name: 'ds' | 'es'): bigint {
-  return m.regs.getRaw(name)[0]
-}
-
 /** One iteration of MOVS/STOS; REP repeats by re-executing the instruction. */
 function stringOp(a: MmioAccess, m: MmioMachine): boolean {
   const { ins } = a
@@ -192,21 +190,19 @@ function stringOp(a: MmioAccess, m: MmioMachine): boolean {
   const am = mask(ins.addressSize)
   const regs = m.regs
   if (ins.rep && (regs.getAt(RCX) & am) === 0n) return true
-  const step = (regs.get('rflags') & DF) !== 0n ? -BigInt(size) : BigInt(size)
-  const rdi = regs.getAt(RDI)
-  const dest = segmentBase(m, 'es') + (rdi & am)
+  const step = stringStep(regs, size)
+  const dest = segmentBase(regs, 'es', a.bitness) + (regs.getAt(RDI) & am)
   let value: bigint
   const isMovs = ins.opKinds.some((k) => isStringOperand(k) === 'source')
   if (isMovs) {
-    const rsi = regs.getAt(RSI)
-    const src = segmentBase(m, 'ds') + (rsi & am)
-    value = m.memory.read(src, size)
-    regs.setAt(RSI, (rsi & ~am) | ((rsi + step) & am))
+    // MOVS reads through DS or its override; ES for the destination is fixed.
+    value = m.memory.read(segmentBase(regs, ins.segment || 'ds', a.bitness) + (regs.getAt(RSI) & am), size)
+    advanceIndex(regs, RSI, step, ins, a.bitness)
   } else {
     value = readRegister(regs, ins.registers[1] ?? 0)
   }
   m.memory.write(dest, size, value)
-  regs.setAt(RDI, (rdi & ~am) | ((rdi + step) & am))
+  advanceIndex(regs, RDI, step, ins, a.bitness)
   if (!ins.rep) return true
   const rcx = (regs.getAt(RCX) & am) - 1n
   regs.setAt(RCX, (regs.getAt(RCX) & ~am) | (rcx & am))

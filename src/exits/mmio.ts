@@ -53,6 +53,7 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
   if (msg.getUint8(ACCESS_TYPE) === EXECUTE) {
     throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
   }
-  const ins = decode(instructionBytes(msg, rip, memory, regs), bitness(msg), rip)
-  if (emulateMmio({ ins, gpa, rip }, { regs, memory })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
+  const mode = bitness(msg)
+  const ins = decode(instructionBytes(msg, rip, memory, regs), mode, rip)
+  if (emulateMmio({ ins, gpa, rip, bitness: mode }, { regs, memory })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
 }

@@ -1,21 +1,50 @@
 /**
- * Port I/O exits: IN/OUT of every size, completed on the synced register state.
+ * Port I/O exits: IN/OUT of every size, and INS/OUTS with or without REP through guest
+ * memory, completed on the synced register state.
  * @module
  */
 import type { AccessContext, IoBus } from '../bus.js'
 import { message, registerIndex } from '../layout.js'
-import { MshvError, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
+import { decode } from '../emulator/decode.js'
+import { GPR } from '../emulator/operands.js'
+import { mask } from '../emulator/alu.js'
+import { advanceIndex, segmentBase, stringStep } from '../emulator/string.js'
+import type { LinearMemory } from '../emulator/memory.js'
+import { bitness } from './mmio.js'
 
 const PORT = message('ioPortNumber')
 const ACCESS_INFO = message('ioAccessInfo')
 const ACCESS_TYPE = message('interceptAccessType')
 const LEN = message('instructionLengthCr8')
 const RIP = message('rip')
+const RFLAGS = message('rflags')
 const RAX_MSG = message('ioRax')
+const RCX_MSG = message('ioRcx')
+const RSI_MSG = message('ioRsi')
+const RDI_MSG = message('ioRdi')
+const BYTE_COUNT = message('ioInstructionByteCount')
+const BYTES = message('ioInstructionBytes')
+const DS_MSG = message('ioDsSegment')
+const ES_MSG = message('ioEsSegment')
 const WRITE = message('accessWrite')
 const RAX = registerIndex('rax')
 const RIP_REG = registerIndex('rip')
+const RFLAGS_REG = registerIndex('rflags')
+const DS = registerIndex('ds')
+const ES = registerIndex('es')
+const RCX = GPR[1] as number
+const RSI = GPR[6] as number
+const RDI = GPR[7] as number
+/** `access_info`: size in bits 0..2, string op bit 3, REP bit 4. */
+const STRING_OP = 1 << 3
+const REP_PREFIX = 1 << 4
+
+/**
+ * Elements one exit moves at most. A longer REP INS/OUTS leaves RIP on the instruction
+ * with RCX counted down, so the guest re-executes it: a huge RCX never stalls the VMM.
+ */
+export const STRING_IO_BATCH = 4096
 
 /** Seeds the registers an I/O message carries (no hypercall needed for them). */
 export function seedIo(msg: DataView, regs: RegisterCache): void {
@@ -23,25 +52,78 @@ export function seedIo(msg: DataView, regs: RegisterCache): void {
   regs.seed(RAX, msg.getBigUint64(RAX_MSG, true))
 }
 
-/** Handles an I/O port intercept. */
-export function handleIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: AccessContext): void {
+/** Handles an I/O port intercept; `memory` is asked for only by INS/OUTS. */
+export function handleIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: AccessContext, memory: () => LinearMemory): void {
   const port = msg.getUint16(PORT, true)
   const info = msg.getUint8(ACCESS_INFO)
   const size = info & 7
-  const string = (info & 8) !== 0
+  const input = msg.getUint8(ACCESS_TYPE) !== WRITE
   const len = msg.getUint8(LEN) & 0xf
-  if (string) {
-    throw new MshvError('EUNSUPPORTED_EXIT', `string I/O (INS/OUTS) on port ${hex(port)} is not emulated yet`)
+  if ((info & STRING_OP) !== 0) {
+    if (stringIo(msg, { regs, bus, ctx, memory: memory() }, { port, size, input, rep: (info & REP_PREFIX) !== 0 })) {
+      regs.setAt(RIP_REG, regs.getAt(RIP_REG) + BigInt(len))
+    }
+    return
   }
-  const mask = size === 4 ? 0xffffffffn : BigInt((1 << (size * 8)) - 1)
-  if (msg.getUint8(ACCESS_TYPE) === WRITE) {
-    bus.write(port, size, Number(regs.getAt(RAX) & mask), ctx)
+  const m = mask(size)
+  if (!input) {
+    bus.write(port, size, Number(regs.getAt(RAX) & m), ctx)
   } else {
-    const value = BigInt(bus.read(port, size, ctx) >>> 0) & mask
+    const value = BigInt(bus.read(port, size, ctx) >>> 0) & m
     // Read RAX after the device ran: a device that synchronized and wrote RAX itself
     // (vmport) must not be undone by the message's stale copy.
     const rax = regs.getAt(RAX)
-    regs.setAt(RAX, size === 4 ? value : (rax & ~mask) | value)
+    regs.setAt(RAX, size === 4 ? value : (rax & ~m) | value)
   }
   regs.setAt(RIP_REG, regs.getAt(RIP_REG) + BigInt(len))
+}
+
+interface StringIoMachine {
+  readonly regs: RegisterCache
+  readonly bus: IoBus
+  readonly ctx: AccessContext
+  readonly memory: LinearMemory
+}
+
+interface StringIoAccess {
+  readonly port: number
+  readonly size: number
+  readonly input: boolean
+  readonly rep: boolean
+}
+
+/**
+ * INS (port -> ES:rDI) or OUTS (DS:rSI or its override -> port), honouring DF, the
+ * address size and paging. Returns whether the instruction is complete.
+ */
+function stringIo(msg: DataView, m: StringIoMachine, a: StringIoAccess): boolean {
+  const { regs } = m
+  const rip = msg.getBigUint64(RIP, true)
+  regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
+  regs.seed(RCX, msg.getBigUint64(RCX_MSG, true))
+  regs.seed(RSI, msg.getBigUint64(RSI_MSG, true))
+  regs.seed(RDI, msg.getBigUint64(RDI_MSG, true))
+  // The message's segments have the register value's layout: base, then limit/selector/attributes.
+  regs.seed(DS, msg.getBigUint64(DS_MSG, true), msg.getBigUint64(DS_MSG + 8, true))
+  regs.seed(ES, msg.getBigUint64(ES_MSG, true), msg.getBigUint64(ES_MSG + 8, true))
+  const mode = bitness(msg)
+  const count = msg.getUint8(BYTE_COUNT)
+  const ins = decode(new Uint8Array(msg.buffer, msg.byteOffset + BYTES, count), mode, rip)
+  const am = mask(ins.addressSize)
+  const pending = a.rep ? regs.getAt(RCX) & am : 1n
+  const n = pending < BigInt(STRING_IO_BATCH) ? Number(pending) : STRING_IO_BATCH
+  const step = stringStep(regs, a.size)
+  const index = a.input ? RDI : RSI
+  const base = segmentBase(regs, a.input ? 'es' : ins.segment || 'ds', mode)
+  for (let i = 0; i < n; i++) {
+    const linear = base + (regs.getAt(index) & am)
+    if (a.input) m.memory.write(linear, a.size, BigInt(m.bus.read(a.port, a.size, m.ctx) >>> 0) & mask(a.size))
+    else m.bus.write(a.port, a.size, Number(m.memory.read(linear, a.size)), m.ctx)
+    advanceIndex(regs, index, step, ins, mode)
+  }
+  if (!a.rep) return true
+  const left = pending - BigInt(n)
+  const rcx = regs.getAt(RCX)
+  regs.setAt(RCX, ins.addressSize === 4 && mode === 64 ? left : (rcx & ~am) | left)
+  return left === 0n
 }

@@ -1,0 +1,33 @@
+/**
+ * What string instructions (MOVS, STOS, INS, OUTS) share: the linear address of an
+ * index register's operand and the index step under DF and the address size.
+ * @module
+ */
+import type { RegisterCache } from '../registers.js'
+import type { Decoded } from './decode.js'
+import { DF, mask } from './alu.js'
+
+/** Segments whose base 64-bit mode ignores. */
+const FLAT_IN_LONG_MODE = new Set(['cs', 'ds', 'es', 'ss'])
+
+/** The base of `segment` for an instruction running in `bitness`-bit mode. */
+export function segmentBase(regs: RegisterCache, segment: string, bitness: number): bigint {
+  if (bitness === 64 && FLAT_IN_LONG_MODE.has(segment)) return 0n
+  return regs.getRaw(segment)[0]
+}
+
+/** The element step: +size, or -size when the direction flag is set. */
+export function stringStep(regs: RegisterCache, size: number): bigint {
+  return (regs.get('rflags') & DF) !== 0n ? -BigInt(size) : BigInt(size)
+}
+
+/**
+ * Adds `delta` to the index register at cache index `index` within the address size
+ * (16-bit addressing wraps SI and keeps the upper bits; 32-bit zero-extends in 64-bit mode).
+ */
+export function advanceIndex(regs: RegisterCache, index: number, delta: bigint, ins: Decoded, bitness: number): void {
+  const am = mask(ins.addressSize)
+  const old = regs.getAt(index)
+  const moved = (old + delta) & am
+  regs.setAt(index, ins.addressSize === 4 && bitness === 64 ? moved : (old & ~am) | moved)
+}
