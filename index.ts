@@ -8,6 +8,7 @@
  * @module
  */
 export { createVm, Vm, GuestRam, type VmOptions } from './src/vm.js'
+export { STRING_IO_BATCH } from './src/exits/pio.js'
 export { Vcpu, type RunResult, type RunOptions, type VcpuStats } from './src/vcpu.js'
 export { RegisterCache, type SyncPolicy, type SyncCounters } from './src/registers.js'
 export { IoBus, type PioDevice, type MmioDevice, type AccessContext, type BusStats } from './src/bus.js'
@@ -18,4 +19,6 @@ export { VmPort, VMPORT_PORT, VMPORT_MAGIC, VMPORT_CMD_GETVERSION, VMPORT_CMD_GE
 export { enterRealMode, enterLongMode, LONG_MODE_TABLES, segment } from './src/guest.js'
 export { registers, registerIndex, page, message, messageType, type RegisterDescriptor } from './src/layout.js'
 export { MshvError } from './src/errors.js'
+export { CpuidTable, type CpuidEntry, type CpuidResult } from './src/exits/cpuid.js'
+export type { MsrHandler, MsrContext, UnknownMsrPolicy } from './src/exits/msr.js'
 export { liveResources, type LiveResources } from './src/native.js'

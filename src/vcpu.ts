@@ -12,6 +12,9 @@ import { handleIo, seedIo } from './exits/pio.js'
 import type { DebugExit } from './devices/debug-exit.js'
 import { GuestPhysical, LinearMemory, type RamLookup } from './emulator/memory.js'
 import { handleMmio } from './exits/mmio.js'
+import { handleCpuid, type CpuidTable } from './exits/cpuid.js'
+import { handleMsr, type MsrHandler } from './exits/msr.js'
+import { native as binding } from './native.js'
 
 const T_IO = messageType('ioPort')
 const T_HALT = messageType('halt')
@@ -22,7 +25,7 @@ const T_CPUID = messageType('cpuid')
 const T_MSR = messageType('msr')
 const EXIT_CANCELLED = exitCode('cancelled')
 const EXIT_BUDGET = exitCode('budget')
-const MSG_RIP = message('rip')
+const GP = 13
 
 /** Why `run()` returned. */
 export type RunResult =
@@ -37,6 +40,12 @@ export interface RunOptions {
   maxInstructions?: number
   /** Stop a native run after this many milliseconds. */
   timeoutMs?: number
+  /**
+   * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }`; `'wait'`
+   * (runAsync only) sleeps until {@link Vcpu.wake} and then resumes after the HLT, as
+   * an interrupt would wake the processor.
+   */
+  onHalt?: 'return' | 'wait'
 }
 
 /** Statistics of one vCPU. */
@@ -63,6 +72,10 @@ export interface VcpuEnvironment {
   readonly debugExit: DebugExit
   /** Guest RAM, for the emulators' memory accesses. */
   readonly ram: RamLookup
+  /** Answers to intercepted CPUID. */
+  readonly cpuid: CpuidTable
+  /** Handlers of intercepted MSRs. */
+  readonly msrs: ReadonlyMap<number, MsrHandler>
 }
 
 /** A virtual processor driven from TypeScript. */
@@ -73,6 +86,9 @@ export class Vcpu {
   readonly message: DataView
   private readonly ctx: AccessContext
   private exits = 0
+  /** A wake that arrived before the HLT it ends (latched, like a pending interrupt). */
+  private wakePending = false
+  private waiter: ((how: 'wake' | 'cancel') => void) | undefined
 
   /** @internal */
   constructor(
@@ -96,6 +112,9 @@ export class Vcpu {
    * budget. Register writes made before the call reach the guest first.
    */
   run(options: RunOptions = {}): RunResult {
+    if (options.onHalt === 'wait') {
+      throw new MshvError('EINVAL', "onHalt 'wait' needs runAsync(): a synchronous run cannot wait for wake()")
+    }
     for (;;) {
       this.regs.flush()
       const result = this.afterRun(this.native.runSync(options))
@@ -111,8 +130,54 @@ export class Vcpu {
     for (;;) {
       this.regs.flush()
       const result = this.afterRun(await this.native.run(options))
+      if (result?.reason === 'halt' && options.onHalt === 'wait') {
+        if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
+        continue
+      }
       if (result) return result
     }
+  }
+
+  /** Waits for {@link wake} (or a cancel) unless one is already latched. */
+  private sleep(): Promise<'wake' | 'cancel'> {
+    if (this.wakePending) {
+      this.wakePending = false
+      return Promise.resolve('wake')
+    }
+    return new Promise((resolve) => {
+      this.waiter = resolve
+    })
+  }
+
+  /**
+   * Wakes a vCPU halted in `runAsync({ onHalt: 'wait' })`: it resumes after its HLT.
+   * A wake before the HLT is latched and ends the next one at once.
+   */
+  wake(): void {
+    const w = this.waiter
+    this.waiter = undefined
+    if (w) w('wake')
+    else this.wakePending = true
+  }
+
+  /** Whether the vCPU is asleep in HLT, waiting for {@link wake}. */
+  get halted(): boolean {
+    return this.waiter !== undefined
+  }
+
+  /**
+   * Makes the vCPU take exception `vector` (0..31) when it next resumes, pushing
+   * `errorCode` when given: written to the `pendingEvent0` register (a hypercall).
+   */
+  injectException(vector: number, errorCode?: number): void {
+    if (!Number.isInteger(vector) || vector < 0 || vector > 31) {
+      throw new MshvError('EINVAL', `exception vector must be an integer in 0..31, got ${String(vector)}`)
+    }
+    if (errorCode !== undefined && (!Number.isInteger(errorCode) || errorCode < 0 || errorCode > 0xffff_ffff)) {
+      throw new MshvError('EINVAL', `exception error code must be an integer in 0..0xffffffff, got ${String(errorCode)}`)
+    }
+    const [lo, hi] = binding.pendingException(vector, errorCode) as [bigint, bigint]
+    this.regs.setRaw('pendingEvent0', lo, hi)
   }
 
   /** Everything cached is stale once the vCPU ran; then the exit is handled. */
@@ -136,7 +201,7 @@ export class Vcpu {
     switch (code) {
       case T_IO: {
         seedIo(msg, this.regs)
-        handleIo(msg, this.regs, this.env.bus, this.ctx)
+        handleIo(msg, this.regs, this.env.bus, this.ctx, () => this.memory())
         const pending = this.env.debugExit.pending
         if (pending !== undefined) {
           this.env.debugExit.pending = undefined
@@ -151,8 +216,11 @@ export class Vcpu {
         handleMmio(msg, this.regs, this.memory())
         return undefined
       case T_CPUID:
+        handleCpuid(msg, this.regs, this.env.cpuid)
+        return undefined
       case T_MSR:
-        throw new MshvError('EUNHANDLED_EXIT', `no handler for exit type ${hex(code)} at rip ${hex(msg.getBigUint64(MSG_RIP, true))}`)
+        if (handleMsr(msg, this.regs, this.env.msrs, this.index, () => this.describe()) === 'gp') this.injectException(GP, 0)
+        return undefined
       case T_FATAL:
         throw new MshvError('EGUEST_FATAL', `the guest hit an unrecoverable exception (triple fault): ${this.describe()}`)
       default:
@@ -168,9 +236,13 @@ export class Vcpu {
       .join(' ')
   }
 
-  /** Asks a running vCPU to stop (from a timer or another thread). */
+  /** Asks a running vCPU to stop (from a timer or another thread), or ends a halt wait. */
   cancel(): void {
-    this.native.cancel()
+    const w = this.waiter
+    this.waiter = undefined
+    // A halted vCPU is not in the native run: a native cancel would stop the next one.
+    if (w) w('cancel')
+    else this.native.cancel()
   }
 
   /** Exit, hypercall and register traffic counters. */

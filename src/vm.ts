@@ -8,6 +8,8 @@ import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
 import { MshvError, hex } from './errors.js'
 import type { SyncPolicy } from './registers.js'
 import { Vcpu } from './vcpu.js'
+import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
+import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
 
 /** Options for {@link createVm}. */
 export interface VmOptions {
@@ -17,6 +19,31 @@ export interface VmOptions {
   registerPage?: 'on' | 'off' | 'invalid'
   /** Register sync policy for new vCPUs (default 'page'). */
   policy?: SyncPolicy
+  /**
+   * Intercept CPUID and answer from this table (entries or a {@link CpuidTable}); leaves
+   * and registers it leaves out keep the hypervisor's answer. Omitted: no CPUID exits.
+   */
+  cpuid?: readonly CpuidEntry[] | CpuidTable
+  /** Handlers of MSRs by number; each is intercepted. */
+  msrs?: Readonly<Record<number, MsrHandler>> | ReadonlyMap<number, MsrHandler>
+  /** What MSRs nobody implements do (default `'gp'`); see {@link UnknownMsrPolicy}. */
+  unknownMsr?: UnknownMsrPolicy
+}
+
+const UNKNOWN_MSR = { gp: 'fault', ignore: 'ignore', error: 'exit' } as const
+
+function msrMap(msrs: VmOptions['msrs']): Map<number, MsrHandler> {
+  const entries: [number | string, MsrHandler][] = msrs instanceof Map ? [...msrs] : Object.entries(msrs ?? {})
+  return new Map(
+    entries.map(([k, h]) => {
+      const n = typeof k === 'number' ? k : Number(k)
+      if (!Number.isInteger(n) || n < 0 || n > 0xffff_ffff) {
+        throw new MshvError('EINVAL', `MSR number must be an integer in 0..0xffffffff, got ${String(k)}`)
+      }
+      if (typeof h !== 'object' || h === null) throw new MshvError('EINVAL', `the handler of MSR ${hex(n)} must be an object with read/write`)
+      return [n, h]
+    }),
+  )
 }
 
 /** A region of guest RAM with zero-copy access. */
@@ -51,6 +78,10 @@ export class Vm {
     /** 'mshv' or 'sim'. */
     readonly backend: string,
     private readonly policy: SyncPolicy,
+    /** The answers to intercepted CPUID; edit it between runs. */
+    readonly cpuid: CpuidTable = new CpuidTable(),
+    /** The MSR handlers (the intercepted MSRs are fixed when the VM is created). */
+    readonly msrs: ReadonlyMap<number, MsrHandler> = new Map(),
   ) {
     this.bus.register(DEBUG_EXIT_PORT, 1, this.debugExit, 'debug-exit')
   }
@@ -96,7 +127,7 @@ export class Vm {
 
   /** Creates a vCPU with the VM's (or the given) sync policy. */
   createVcpu(index = 0, policy: SyncPolicy = this.policy): Vcpu {
-    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this }, policy)
+    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this, cpuid: this.cpuid, msrs: this.msrs }, policy)
     this.vcpus.push(v)
     return v
   }
@@ -114,7 +145,16 @@ export class Vm {
 
 /** Creates a VM on the chosen backend. */
 export function createVm(options: VmOptions = {}): Vm {
+  const unknown = options.unknownMsr ?? 'gp'
+  if (!Object.hasOwn(UNKNOWN_MSR, unknown)) throw new MshvError('EINVAL', `unknownMsr must be 'gp', 'ignore' or 'error', got '${String(unknown)}'`)
+  const msrs = msrMap(options.msrs)
+  const cpuid = options.cpuid instanceof CpuidTable ? options.cpuid : new CpuidTable(options.cpuid ?? [])
   const hv = native.Hypervisor.open(options.backend ?? 'auto')
-  const vm = hv.createVm({ registerPage: options.registerPage ?? 'on' })
-  return new Vm(vm, hv.backend, options.policy ?? 'page')
+  const vm = hv.createVm({
+    registerPage: options.registerPage ?? 'on',
+    interceptCpuid: options.cpuid !== undefined,
+    interceptMsrs: [...msrs.keys()],
+    unknownMsr: UNKNOWN_MSR[unknown],
+  })
+  return new Vm(vm, hv.backend, options.policy ?? 'page', cpuid, msrs)
 }

@@ -1,0 +1,173 @@
+import test from 'ava'
+import { createVm, enterRealMode, CpuidTable, MshvError, type Vm, type Vcpu, type VmOptions, type MsrHandler } from '../index.js'
+import { u32 } from './helpers.js'
+
+const CODE = 0x1000
+const GP_HANDLER = 0x3000
+const GP_PORT = 0x0d
+
+/** A real-mode guest with `code` at 0x1000 and a #GP handler that writes port 0x0d, then halts. */
+function guest(code: readonly number[], options: VmOptions = {}): { vm: Vm; vcpu: Vcpu; gps: number[] } {
+  const vm = createVm({ backend: 'sim', ...options })
+  vm.addRam(0, 1 << 20)
+  vm.write(CODE, code)
+  vm.write(13 * 4, [GP_HANDLER & 0xff, GP_HANDLER >> 8, 0, 0])
+  vm.write(GP_HANDLER, [0xe6, GP_PORT, 0xf4]) // out 0x0d, al; hlt
+  const gps: number[] = []
+  vm.bus.register(GP_PORT, 1, { ioWrite: () => gps.push(1) }, 'gp-probe')
+  const vcpu = vm.createVcpu(0)
+  enterRealMode(vcpu, CODE)
+  return { vm, vcpu, gps }
+}
+
+/** The IP the #GP handler would return to (IVT delivery pushed FLAGS, CS, IP below SP 0x7000). */
+function faultingIp(vm: Vm): number {
+  const b = vm.read(0x7000 - 6, 2)
+  return (b[0] ?? 0) | ((b[1] ?? 0) << 8)
+}
+
+const ascii = (s: string): number => u32(new TextEncoder().encode(s))
+
+test('CPUID answers from the table, per subleaf, and falls back to the hypervisor for the rest, at zero hypercalls', (t) => {
+  const { vm, vcpu } = guest(
+    [
+      0x66, 0x31, 0xc0, 0x0f, 0xa2, // xor eax, eax; cpuid
+      0x66, 0x89, 0x1e, 0x00, 0x05, // mov [0x500], ebx
+      0x66, 0xb8, 0x00, 0x00, 0x00, 0x40, 0x0f, 0xa2, // mov eax, 0x40000000; cpuid
+      0x66, 0x89, 0x1e, 0x04, 0x05, 0x66, 0x89, 0x0e, 0x08, 0x05, // mov [0x504], ebx; mov [0x508], ecx
+      0x66, 0x89, 0x16, 0x0c, 0x05, 0x66, 0xa3, 0x10, 0x05, // mov [0x50c], edx; mov [0x510], eax
+      0x66, 0xb8, 0x07, 0x00, 0x00, 0x00, 0x66, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, // eax=7, ecx=1; cpuid
+      0x66, 0x89, 0x1e, 0x14, 0x05, 0xf4, // mov [0x514], ebx; hlt
+    ],
+    {
+      cpuid: [
+        { leaf: 0x4000_0000, eax: 0x4000_0001, ebx: ascii('Mshv'), ecx: ascii('TsMs'), edx: ascii('hvTs') },
+        { leaf: 7, subleaf: 0, ebx: 0xdef },
+        { leaf: 7, subleaf: 1, ebx: 0xabc },
+      ],
+    },
+  )
+  t.is(vcpu.run().reason, 'halt') // flush the setup registers first
+  const m = vm.read(0x500, 0x18)
+  t.is(u32(m, 0), ascii('Genu'), 'leaf 0 is the hypervisor answer (a plain x86-64 CPU)')
+  t.deepEqual([u32(m, 4), u32(m, 8), u32(m, 12), u32(m, 16)], [ascii('Mshv'), ascii('TsMs'), ascii('hvTs'), 0x4000_0001])
+  t.is(u32(m, 0x14), 0xabc, 'subleaf 1 of leaf 7')
+  const s = vcpu.stats()
+  t.is(s.exitsByType['cpuid'], 3)
+  t.is(s.hypercalls - s.setRegisterCalls, 0, 'no register reads: the message and the page carry everything')
+  vm.close()
+})
+
+test('the CPUID table can be edited between runs and rejects bad entries', (t) => {
+  const table = new CpuidTable()
+  const { vm, vcpu } = guest([0x66, 0xb8, 0x00, 0x00, 0x00, 0x40, 0x0f, 0xa2, 0xf4], { cpuid: table })
+  t.is(vm.cpuid, table)
+  vm.cpuid.set({ leaf: 0x4000_0000, eax: 42 })
+  t.is(vcpu.run().reason, 'halt')
+  t.is(vcpu.regs.get('rax'), 42n)
+  t.throws(() => table.set({ leaf: -1 }), { instanceOf: MshvError, message: /leaf must be an integer in 0\.\.0xffffffff, got -1/ })
+  t.throws(() => table.set({ leaf: 1, ecx: 2 ** 32 }), { message: /ecx .* got 4294967296/ })
+  t.true(table.delete(0x4000_0000))
+  t.is(table.size, 0)
+  vm.close()
+})
+
+// mov ecx, 0x4b564d00; rdmsr; mov [0x500], eax; mov [0x504], edx;
+// mov eax, 0x12345678; mov edx, 0x9abcdef0; wrmsr; mov ecx, 0x4b564d01; rdmsr; hlt
+const MSR_CODE = [
+  0x66, 0xb9, 0x00, 0x4d, 0x56, 0x4b, 0x0f, 0x32, 0x66, 0xa3, 0x00, 0x05, 0x66, 0x89, 0x16, 0x04, 0x05,
+  0x66, 0xb8, 0x78, 0x56, 0x34, 0x12, 0x66, 0xba, 0xf0, 0xde, 0xbc, 0x9a, 0x0f, 0x30,
+  0x66, 0xb9, 0x01, 0x4d, 0x56, 0x4b, 0x0f, 0x32, 0xf4,
+]
+const SECOND_RDMSR = CODE + 37
+
+test('MSR handlers answer RDMSR and see WRMSR; a refused access injects #GP(0) at the instruction', (t) => {
+  const written: bigint[] = []
+  const msrs: Record<number, MsrHandler> = {
+    0x4b56_4d00: { read: () => 0x1122_3344_5566_7788n, write: (v) => void written.push(v) },
+    0x4b56_4d01: { read: () => undefined },
+  }
+  const { vm, vcpu, gps } = guest(MSR_CODE, { msrs })
+  t.is(vcpu.run().reason, 'halt')
+  const m = vm.read(0x500, 8)
+  t.deepEqual([u32(m, 0), u32(m, 4)], [0x5566_7788, 0x1122_3344], 'EDX:EAX')
+  t.deepEqual(written, [0x9abc_def0_1234_5678n])
+  t.deepEqual(gps, [1], 'the guest took #GP')
+  t.is(faultingIp(vm), SECOND_RDMSR, '#GP is a fault: it returns to the refused RDMSR')
+  t.is(vcpu.stats().exitsByType['msr'], 3)
+  vm.close()
+})
+
+const UNKNOWN_RDMSR = [0x66, 0xb9, 0x34, 0x12, 0x00, 0x40, 0x66, 0xb8, 0x11, 0, 0, 0, 0x0f, 0x32, 0xf4] // ecx=0x40001234, eax=0x11; rdmsr; hlt
+
+test("unknown MSRs: 'gp' (default) faults, 'ignore' reads 0 without an exit, 'error' throws naming the MSR", (t) => {
+  const gp = guest(UNKNOWN_RDMSR)
+  t.is(gp.vcpu.run().reason, 'halt')
+  t.deepEqual(gp.gps, [1])
+  gp.vm.close()
+  const ignore = guest(UNKNOWN_RDMSR, { unknownMsr: 'ignore' })
+  t.is(ignore.vcpu.run().reason, 'halt')
+  t.is(ignore.vcpu.regs.get('rax'), 0n)
+  t.is(ignore.vcpu.stats().exitsByType['msr'], undefined)
+  ignore.vm.close()
+  const error = guest(UNKNOWN_RDMSR, { unknownMsr: 'error' })
+  const e = t.throws(() => error.vcpu.run(), { instanceOf: MshvError })
+  t.is(e?.code, 'EUNHANDLED_MSR')
+  t.regex(e?.message ?? '', /RDMSR of MSR 0x40001234 has no handler: rip=0x100c /)
+  error.vm.close()
+})
+
+test('bad MSR and unknown-MSR options are clear errors', (t) => {
+  t.throws(() => createVm({ backend: 'sim', unknownMsr: 'maybe' as 'gp' }), { message: /unknownMsr must be 'gp', 'ignore' or 'error', got 'maybe'/ })
+  t.throws(() => createVm({ backend: 'sim', msrs: { [-5]: {} } }), { message: /MSR number .* got -5/ })
+  t.throws(() => createVm({ backend: 'sim', msrs: new Map([[0x10, null as unknown as MsrHandler]]) }), { message: /handler of MSR 0x10/ })
+})
+
+test('injectException delivers through the guest IVT and validates its arguments', (t) => {
+  const { vm, vcpu, gps } = guest([0x90, 0xf4])
+  vcpu.injectException(13, 0)
+  t.is(vcpu.run().reason, 'halt')
+  t.deepEqual(gps, [1])
+  t.is(faultingIp(vm), CODE)
+  t.throws(() => vcpu.injectException(32), { code: 'EINVAL', message: /vector .* got 32/ })
+  t.throws(() => vcpu.injectException(13, -1), { code: 'EINVAL', message: /error code .* got -1/ })
+  vm.close()
+})
+
+test('a triple fault is an error carrying the registers', (t) => {
+  const { vm, vcpu } = guest([0x0f, 0x0b]) // ud2 with no usable IVT
+  vcpu.regs.setRaw('idtr', 0n, 0n)
+  const e = t.throws(() => vcpu.run(), { instanceOf: MshvError })
+  t.is(e?.code, 'EGUEST_FATAL')
+  t.regex(e?.message ?? '', /triple fault.*rip=0x1000 .*cr0=/)
+  vm.close()
+})
+
+// hlt; mov al, 42; out 0xf4, al
+const HALT_THEN_EXIT = [0xf4, 0xb0, 42, 0xe6, 0xf4]
+
+test("runAsync({ onHalt: 'wait' }) sleeps in HLT until wake(), then resumes after it", async (t) => {
+  const { vm, vcpu } = guest(HALT_THEN_EXIT)
+  let sawHalted = false
+  setTimeout(() => {
+    sawHalted = vcpu.halted
+    vcpu.wake()
+  }, 20)
+  t.deepEqual(await vcpu.runAsync({ onHalt: 'wait' }), { reason: 'debug-exit', code: 42 })
+  t.true(sawHalted)
+  t.false(vcpu.halted)
+  vm.close()
+})
+
+test('a wake before the HLT is latched; a cancel ends the wait without stopping the next run', async (t) => {
+  const latched = guest(HALT_THEN_EXIT)
+  latched.vcpu.wake()
+  t.deepEqual(await latched.vcpu.runAsync({ onHalt: 'wait' }), { reason: 'debug-exit', code: 42 })
+  latched.vm.close()
+  const { vm, vcpu } = guest(HALT_THEN_EXIT)
+  setTimeout(() => vcpu.cancel(), 20)
+  t.deepEqual(await vcpu.runAsync({ onHalt: 'wait' }), { reason: 'cancelled' })
+  t.deepEqual(vcpu.run(), { reason: 'debug-exit', code: 42 }, 'no stale cancel is left behind')
+  t.throws(() => vcpu.run({ onHalt: 'wait' }), { code: 'EINVAL', message: /needs runAsync/ })
+  vm.close()
+})
