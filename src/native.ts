@@ -21,8 +21,43 @@ function locate(): string {
   throw new Error('mshv: native/binding.cjs not found; run `npm run build:native`')
 }
 
+/** This host as napi-rs names platform packages: `linux-x64-gnu`, `linux-arm64-musl`, ... */
+export function hostPlatform(): string {
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined
+  const libc = process.platform !== 'linux' ? '' : report?.header?.glibcVersionRuntime ? '-gnu' : '-musl'
+  return `${process.platform}-${process.arch}${libc}`
+}
+
+/** The messages of an error and its `cause` chain (the napi-rs loader chains one per attempt). */
+function attempts(e: unknown): string[] {
+  const out: string[] = []
+  for (let c = e; c instanceof Error && out.length < 16; c = c.cause) out.push(c.message.split('\n')[0] ?? '')
+  return out
+}
+
+/**
+ * Loads the binding; when no binary fits this host, a clear `ENOBINARY` error naming the
+ * platform, the package it needs and every place the loader tried.
+ */
+function load(): typeof Binding {
+  const path = locate()
+  try {
+    return require(path) as typeof Binding
+  } catch (e) {
+    const platform = hostPlatform()
+    const err = new Error(
+      `mshv: no native binary for this host (${platform}, Node ${process.version}). ` +
+        `It needs the package mshv-${platform} (an optional dependency of mshv; reinstall without --omit=optional) ` +
+        `or a local build (npm run build:native). Tried: ${attempts(e).join(' | ')}`,
+      { cause: e },
+    ) as Error & { code: string }
+    err.code = 'ENOBINARY'
+    throw err
+  }
+}
+
 /** The raw napi-rs binding. */
-export const native: typeof Binding = require(locate()) as typeof Binding
+export const native: typeof Binding = load()
 export type NativeVcpu = Binding.Vcpu
 export type NativeVm = Binding.Vm
 export type NativeGuestMemory = Binding.GuestMemory

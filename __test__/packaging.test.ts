@@ -1,0 +1,128 @@
+/**
+ * Installs the package as a user would: `npm pack` the main package and this host's
+ * platform package, install both into a fresh project outside the source tree with no
+ * cargo on PATH, and run a TypeScript (type-checked), an ESM and a CommonJS script there.
+ */
+import test from 'ava'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { accessSync, constants, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { delimiter, dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { hostPlatform } from '../src/native.js'
+
+const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
+const FIXTURES = join(ROOT, '__test__', 'fixtures', 'packaged')
+const PLATFORM_DIR = join(ROOT, 'npm', hostPlatform())
+
+/** PATH without any directory that holds cargo or rustc: the user has no Rust. */
+function pathWithoutRust(): string {
+  const has = (dir: string, exe: string) => {
+    try {
+      accessSync(join(dir, exe), constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  }
+  return (process.env['PATH'] ?? '')
+    .split(delimiter)
+    .filter((d) => d !== '' && !has(d, 'cargo') && !has(d, 'rustc'))
+    .join(delimiter)
+}
+
+interface Packed {
+  filename: string
+  size: number
+  files: { path: string }[]
+}
+
+function pack(dir: string, dest: string): Packed {
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', dest], { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+  const [p] = JSON.parse(out) as Packed[]
+  if (!p) throw new Error(`npm pack printed nothing in ${dir}`)
+  return p
+}
+
+const env = { ...process.env, PATH: pathWithoutRust(), npm_config_fund: 'false', npm_config_audit: 'false', npm_config_update_notifier: 'false' }
+
+function npm(cwd: string, args: string[]): void {
+  execFileSync('npm', args, { cwd, env, stdio: ['ignore', 'ignore', 'pipe'] })
+}
+
+function project(dir: string): string {
+  mkdirSync(dir)
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'packaged-app', private: true, version: '1.0.0' }))
+  return dir
+}
+
+test.serial('the packed package installs without Rust and runs from TypeScript, ESM and CommonJS', (t) => {
+  if (!existsSync(PLATFORM_DIR)) {
+    t.log(`skipped: no platform package for ${hostPlatform()} (napi.targets)`)
+    t.pass()
+    return
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'mshv-pack-'))
+  try {
+    t.is(spawnSync('cargo', ['--version'], { env }).error?.message.includes('ENOENT'), true, 'cargo is not on PATH')
+    const main = pack(ROOT, tmp)
+    const paths = main.files.map((f) => f.path)
+    t.true(paths.includes('native/binding.cjs') && paths.includes('dist/index.d.ts'))
+    t.deepEqual(
+      paths.filter((p) => /(^crates\/|^__test__\/|^bench\/|^examples\/|\.rs$|\.test\.|\.node$|Cargo)/.test(p)),
+      [],
+      'no Rust sources, tests, benches or binaries in the main package',
+    )
+    t.log(`main package: ${paths.length} files, ${(main.size / 1024).toFixed(1)} KiB packed`)
+    const manifest = JSON.parse(readFileSync(join(PLATFORM_DIR, 'package.json'), 'utf8')) as { main: string }
+    const staged = join(tmp, 'platform')
+    mkdirSync(staged)
+    for (const f of readdirSync(PLATFORM_DIR)) copyFileSync(join(PLATFORM_DIR, f), join(staged, f))
+    copyFileSync(join(ROOT, 'native', manifest.main), join(staged, manifest.main))
+    const platform = pack(staged, tmp)
+    t.log(`platform package: ${platform.filename}, ${(platform.size / 1024 / 1024).toFixed(2)} MiB packed`)
+
+    const app = project(join(tmp, 'app'))
+    const typescript = JSON.parse(readFileSync(join(ROOT, 'node_modules', 'typescript', 'package.json'), 'utf8')) as { version: string }
+    npm(app, ['install', '--prefer-offline', join(tmp, main.filename), join(tmp, platform.filename), `typescript@${typescript.version}`, '@types/node@20'])
+    for (const f of readdirSync(FIXTURES)) copyFileSync(join(FIXTURES, f), join(app, f))
+    execFileSync(join(app, 'node_modules', '.bin', 'tsc'), ['-p', 'tsconfig.json'], { cwd: app, env })
+    const run = (file: string) => execFileSync(process.execPath, [file], { cwd: app, env, encoding: 'utf8' }).trim()
+    const result = '{"reason":"debug-exit","code":7}'
+    t.is(run('out/check.js'), `ts sim OK ${result}`)
+    t.is(run('check.mjs'), `esm sim OK ${result}`)
+    t.is(run('check.cjs'), `cjs sim OK ${result}`)
+
+    // Without the platform package the loader says what is missing.
+    const bare = project(join(tmp, 'bare'))
+    npm(bare, ['install', '--prefer-offline', join(tmp, main.filename)])
+    copyFileSync(join(FIXTURES, 'check.mjs'), join(bare, 'check.mjs'))
+    const r = spawnSync(process.execPath, ['check.mjs'], { cwd: bare, env, encoding: 'utf8' })
+    t.not(r.status, 0)
+    t.regex(r.stderr, new RegExp(`no native binary for this host \\(${hostPlatform()}, Node`))
+    t.regex(r.stderr, new RegExp(`needs the package mshv-${hostPlatform()}`))
+    t.regex(r.stderr, /code: 'ENOBINARY'/)
+  } finally {
+    rmSync(tmp, { recursive: true, force: true })
+  }
+})
+
+test('every napi target has its npm/<platform> package and a build in the workflow', (t) => {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; napi: { targets: string[] } }
+  const workflow = readFileSync(join(ROOT, '.github', 'workflows', 'build.yml'), 'utf8')
+  const platforms: Record<string, string> = {
+    'x86_64-unknown-linux-gnu': 'linux-x64-gnu',
+    'aarch64-unknown-linux-gnu': 'linux-arm64-gnu',
+    'x86_64-unknown-linux-musl': 'linux-x64-musl',
+  }
+  t.deepEqual(pkg.napi.targets.slice().sort(), Object.keys(platforms).sort())
+  for (const target of pkg.napi.targets) {
+    const platform = platforms[target] ?? ''
+    const m = JSON.parse(readFileSync(join(ROOT, 'npm', platform, 'package.json'), 'utf8')) as { name: string; version: string; main: string; os: string[] }
+    t.is(m.name, `mshv-${platform}`)
+    t.is(m.version, pkg.version, `${m.name} moves with the main package's version`)
+    t.is(m.main, `mshv.${platform}.node`)
+    t.deepEqual(m.os, ['linux'])
+    t.regex(workflow, new RegExp(`target: ${target}\\b`), `build.yml builds ${target}`)
+  }
+})
