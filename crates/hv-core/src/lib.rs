@@ -12,6 +12,7 @@ pub mod event;
 pub mod memory;
 pub mod message;
 pub mod page;
+pub mod pio_loop;
 pub mod regs;
 
 pub use backend::{

@@ -219,6 +219,30 @@ impl Vcpu {
         }))
     }
 
+    /// The benchmark baseline: runs with port exits completed in Rust (OUT dropped, IN
+    /// all ones, RIP advanced) until an OUT to `stopPort` or another exit, at most
+    /// `maxExits` exits. Returns the port exits completed.
+    #[napi]
+    pub fn run_rust_pio_loop(&self, stop_port: u32, max_exits: Option<f64>) -> Result<f64> {
+        self.check_open()?;
+        let port = u16::try_from(stop_port)
+            .map_err(|_| invalid(format!("stopPort must be 0..0xffff, got {stop_port}")))?;
+        let max = match max_exits {
+            None => u64::MAX,
+            Some(x) if x.is_finite() && x >= 0.0 => x as u64,
+            Some(x) => {
+                return Err(invalid(format!(
+                    "maxExits must be a non-negative number, got {x}"
+                )))
+            }
+        };
+        self.core
+            .with(self.index, |b, msg| {
+                hv_core::pio_loop::run_pio_loop(b, msg, port, max)
+            })
+            .map(|end| end.exits as f64)
+    }
+
     /// Interrupts a running vCPU from any thread; a vCPU not running returns at once
     /// from its next run.
     #[napi]
