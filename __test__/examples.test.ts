@@ -1,0 +1,50 @@
+/**
+ * Smoke tests: every example in examples/ and the README's MMIO device example run as a
+ * user would run them, and print what they should.
+ */
+import test from 'ava'
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+
+const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
+
+function run(file: string): string {
+  return execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 })
+}
+
+const EXPECTED: [string, RegExp][] = [
+  ['hello.ts', /^Hello from the guest!\n\[sim\] guest stopped: \{"reason":"debug-exit","code":0\}; 23 exits, 1 hypercalls/],
+  ['mmio-device.ts', /^timer: eax=41 ecx=42 after \{"reason":"halt"\}\n\[sim\] 4 MMIO exits, 1 hypercalls/],
+  ['vmport.ts', /^vmport GETRAMSIZE: eax=2097152 ebx=0x1177 rip=0x1012$/m],
+  ['long-mode.ts', /^modes: R -> P -> L; \{"reason":"halt"\}; EFER\.LMA=1$/m],
+  ['exit-cost.ts', /^page +40001 exits, 0\.00 hypercalls\/exit, [\d,]+ exits\/s\nhypercall 40001 exits, 1\.00 hypercalls\/exit, [\d,]+ exits\/s\neager +40001 exits, 5\.00 hypercalls\/exit/],
+]
+
+for (const [file, expected] of EXPECTED) {
+  test(`examples/${file}`, (t) => {
+    t.regex(run(join('examples', file)), expected)
+  })
+}
+
+test('the README MMIO device example runs as printed', (t) => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('### Writing an MMIO device'))
+  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
+  if (!block) return t.fail('no ts block in the MMIO section')
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
+  try {
+    const file = join(dir, 'timer.ts')
+    const source = block
+      .replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`)
+      .replace(/^vcpu\.run\(\).*$/m, "console.log(JSON.stringify(vcpu.run()), String(vcpu.regs.get('rax')))")
+    writeFileSync(file, source)
+    // The README promises { reason: 'halt' } and rax = 0 (the timer's first tick).
+    t.is(run(file).trim(), '{"reason":"halt"} 0')
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+  return undefined
+})

@@ -1,0 +1,42 @@
+/**
+ * A guest that switches itself from real mode to 32-bit protected mode and on to long
+ * mode (its own GDT, PAE paging, EFER.LME through WRMSR), reporting each mode on port 0x80.
+ */
+import { createVm, enterRealMode } from '../index.js'
+
+const GDT = 0x800
+const PML4 = 0x10000
+const modes: string[] = []
+const vm = createVm()
+vm.addRam(0, 1 << 20)
+vm.bus.register(0x80, 1, { ioWrite: (_p, _s, v) => void modes.push(String.fromCharCode(v)) }, 'mode-probe')
+const q = (v: bigint) => [...new Uint8Array(new BigUint64Array([v]).buffer)]
+// null, 32-bit code (0x08), data (0x10), 64-bit code (0x18)
+vm.write(GDT, [...q(0n), ...q(0x00cf9a000000ffffn), ...q(0x00cf92000000ffffn), ...q(0x00af9a000000ffffn)])
+vm.write(0x900, [0x1f, 0x00, ...q(BigInt(GDT)).slice(0, 4)]) // GDTR: limit 31, base
+vm.write(PML4, q(BigInt(PML4 + 0x1000) | 3n)) // PML4[0] -> PDPT
+vm.write(PML4 + 0x1000, q(0x83n)) // PDPT[0]: 1 GiB identity page
+// prettier-ignore
+vm.write(0x1000, [
+  0xb0, 0x52, 0xe6, 0x80,                         // mov al, 'R'; out 0x80, al
+  0xfa, 0x0f, 0x01, 0x16, 0x00, 0x09,             // cli; lgdt [0x900]
+  0x0f, 0x20, 0xc0, 0x0c, 0x01, 0x0f, 0x22, 0xc0, // mov eax, cr0; or al, 1; mov cr0, eax
+  0x66, 0xea, 0x1a, 0x10, 0x00, 0x00, 0x08, 0x00, // jmp dword 0x08:0x101a
+  // 0x101a, 32-bit protected mode:
+  0x66, 0xb8, 0x10, 0x00, 0x8e, 0xd8,             // mov ax, 0x10; mov ds, ax
+  0xb0, 0x50, 0xe6, 0x80,                         // mov al, 'P'; out 0x80, al
+  0x0f, 0x20, 0xe0, 0x83, 0xc8, 0x20, 0x0f, 0x22, 0xe0, // mov eax, cr4; or eax, PAE; mov cr4, eax
+  0xb8, 0x00, 0x00, 0x01, 0x00, 0x0f, 0x22, 0xd8, // mov eax, PML4; mov cr3, eax
+  0xb9, 0x80, 0x00, 0x00, 0xc0, 0x0f, 0x32,       // mov ecx, EFER; rdmsr
+  0x0d, 0x00, 0x01, 0x00, 0x00, 0x0f, 0x30,       // or eax, LME; wrmsr
+  0x0f, 0x20, 0xc0, 0x0d, 0x00, 0x00, 0x00, 0x80, 0x0f, 0x22, 0xc0, // mov eax, cr0; or eax, PG; mov cr0, eax
+  0xea, 0x55, 0x10, 0x00, 0x00, 0x18, 0x00,       // jmp 0x18:0x1055
+  // 0x1055, 64-bit long mode:
+  0xb0, 0x4c, 0xe6, 0x80, 0xf4,                   // mov al, 'L'; out 0x80, al; hlt
+])
+const vcpu = vm.createVcpu(0)
+enterRealMode(vcpu, 0x1000)
+const result = vcpu.run()
+const efer = vcpu.regs.get('efer')
+console.log(`modes: ${modes.join(' -> ')}; ${JSON.stringify(result)}; EFER.LMA=${(efer >> 10n) & 1n}`)
+vm.close()
