@@ -19,6 +19,7 @@ export { VmPort, VMPORT_PORT, VMPORT_MAGIC, VMPORT_CMD_GETVERSION, VMPORT_CMD_GE
 export { enterRealMode, enterLongMode, LONG_MODE_TABLES, segment } from './src/guest.js'
 export { registers, registerIndex, page, message, messageType, type RegisterDescriptor } from './src/layout.js'
 export { MshvError } from './src/errors.js'
+export type { ChromeTrace, TraceEvent } from './src/trace.js'
 export { CpuidTable, type CpuidEntry, type CpuidResult } from './src/exits/cpuid.js'
 export type { MsrHandler, MsrContext, UnknownMsrPolicy } from './src/exits/msr.js'
 export { liveResources, type LiveResources } from './src/native.js'

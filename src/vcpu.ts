@@ -15,6 +15,7 @@ import { handleMmio } from './exits/mmio.js'
 import { handleCpuid, type CpuidTable } from './exits/cpuid.js'
 import { handleMsr, type MsrHandler } from './exits/msr.js'
 import { native as binding } from './native.js'
+import { ExitTrace, type ChromeTrace } from './trace.js'
 
 const T_IO = messageType('ioPort')
 const T_HALT = messageType('halt')
@@ -26,6 +27,7 @@ const T_MSR = messageType('msr')
 const EXIT_CANCELLED = exitCode('cancelled')
 const EXIT_BUDGET = exitCode('budget')
 const GP = 13
+const MSG_RIP = message('rip')
 
 /** Why `run()` returned. */
 export type RunResult =
@@ -89,6 +91,9 @@ export class Vcpu {
   /** A wake that arrived before the HLT it ends (latched, like a pending interrupt). */
   private wakePending = false
   private waiter: ((how: 'wake' | 'cancel') => void) | undefined
+  private tracer: ExitTrace | undefined
+  /** When the current native run began (trace time), while tracing. */
+  private runStart = 0
 
   /** @internal */
   constructor(
@@ -117,6 +122,7 @@ export class Vcpu {
     }
     for (;;) {
       this.regs.flush()
+      if (this.tracer) this.runStart = this.tracer.now()
       const result = this.afterRun(this.native.runSync(options))
       if (result) return result
     }
@@ -129,6 +135,7 @@ export class Vcpu {
   async runAsync(options: RunOptions = {}): Promise<RunResult> {
     for (;;) {
       this.regs.flush()
+      if (this.tracer) this.runStart = this.tracer.now()
       const result = this.afterRun(await this.native.run(options))
       if (result?.reason === 'halt' && options.onHalt === 'wait') {
         if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
@@ -187,7 +194,41 @@ export class Vcpu {
     if (code === EXIT_BUDGET) return { reason: 'budget' }
     this.exits++
     this.regs.beginExit()
-    return this.handle(code)
+    const tracer = this.tracer
+    if (!tracer) return this.handle(code)
+    const handled = tracer.now()
+    tracer.record('guest', 'guest', this.runStart)
+    const rip = this.message.getBigUint64(MSG_RIP, true)
+    try {
+      return this.handle(code)
+    } finally {
+      tracer.record(messageTypeName(code), 'exit', handled, { rip: hex(rip) })
+    }
+  }
+
+  /**
+   * Starts recording each guest run and each exit's handling as Chrome trace events
+   * (at most `limit`; later ones are counted as dropped). Restarting clears the trace.
+   */
+  startTrace(limit = 100_000): void {
+    if (!Number.isInteger(limit) || limit < 1) throw new MshvError('EINVAL', `trace limit must be a positive integer, got ${String(limit)}`)
+    this.tracer = new ExitTrace(this.index, limit)
+  }
+
+  /** Stops recording; returns what was recorded. */
+  stopTrace(): ChromeTrace | undefined {
+    const t = this.tracer?.export()
+    this.tracer = undefined
+    return t
+  }
+
+  /**
+   * The exits recorded since {@link startTrace}, as a Chrome trace document: write
+   * `JSON.stringify(vcpu.trace())` to a file and open it in ui.perfetto.dev.
+   */
+  trace(): ChromeTrace {
+    if (!this.tracer) throw new MshvError('EINVAL', 'no trace is being recorded: call startTrace() first')
+    return this.tracer.export()
   }
 
   /** Guest memory as this vCPU sees it at the current exit. */
