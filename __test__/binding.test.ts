@@ -136,3 +136,10 @@ test('run() on a worker thread can be cancelled, and a second run meanwhile is E
   t.deepEqual(await running, { reason: 'cancelled' })
   t.is(vcpu.native.runSync({ maxInstructions: 10 }) >>> 0, native.layout().exits.budget)
 })
+
+test('bad VM options name the option, the choices and the value', (t) => {
+  t.throws(() => createVm({ backend: 'sim', registerPage: 'maybe' as 'on' }), {
+    code: 'EINVAL',
+    message: "registerPage must be 'on', 'off' or 'invalid', got 'maybe'",
+  })
+})

@@ -6,7 +6,7 @@
 import type { NativeVcpu } from './native.js'
 import type { AccessContext, IoBus } from './bus.js'
 import { exitCode, message, messageType, messageTypeName } from './layout.js'
-import { MshvError, hex } from './errors.js'
+import { MshvError, checkU32, hex } from './errors.js'
 import { RegisterCache, type SyncPolicy, type SyncCounters } from './registers.js'
 import { handleIo, seedIo } from './exits/pio.js'
 import type { DebugExit } from './devices/debug-exit.js'
@@ -161,10 +161,15 @@ export class Vcpu {
    * A wake before the HLT is latched and ends the next one at once.
    */
   wake(): void {
+    if (!this.endHaltWait('wake')) this.wakePending = true
+  }
+
+  /** Ends a halt wait with `how`; returns whether there was one. */
+  private endHaltWait(how: 'wake' | 'cancel'): boolean {
     const w = this.waiter
     this.waiter = undefined
-    if (w) w('wake')
-    else this.wakePending = true
+    w?.(how)
+    return w !== undefined
   }
 
   /** Whether the vCPU is asleep in HLT, waiting for {@link wake}. */
@@ -180,9 +185,7 @@ export class Vcpu {
     if (!Number.isInteger(vector) || vector < 0 || vector > 31) {
       throw new MshvError('EINVAL', `exception vector must be an integer in 0..31, got ${String(vector)}`)
     }
-    if (errorCode !== undefined && (!Number.isInteger(errorCode) || errorCode < 0 || errorCode > 0xffff_ffff)) {
-      throw new MshvError('EINVAL', `exception error code must be an integer in 0..0xffffffff, got ${String(errorCode)}`)
-    }
+    if (errorCode !== undefined) checkU32('exception error code', errorCode)
     const [lo, hi] = binding.pendingException(vector, errorCode) as [bigint, bigint]
     this.regs.setRaw('pendingEvent0', lo, hi)
   }
@@ -279,11 +282,8 @@ export class Vcpu {
 
   /** Asks a running vCPU to stop (from a timer or another thread), or ends a halt wait. */
   cancel(): void {
-    const w = this.waiter
-    this.waiter = undefined
     // A halted vCPU is not in the native run: a native cancel would stop the next one.
-    if (w) w('cancel')
-    else this.native.cancel()
+    if (!this.endHaltWait('cancel')) this.native.cancel()
   }
 
   /** Exit, hypercall and register traffic counters. */

@@ -5,7 +5,7 @@
 import { native, type NativeGuestMemory, type NativeVm } from './native.js'
 import { IoBus } from './bus.js'
 import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
-import { MshvError, hex } from './errors.js'
+import { MshvError, checkU32, hex } from './errors.js'
 import type { SyncPolicy } from './registers.js'
 import { Vcpu } from './vcpu.js'
 import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
@@ -36,10 +36,9 @@ function msrMap(msrs: VmOptions['msrs']): Map<number, MsrHandler> {
   const entries: [number | string, MsrHandler][] = msrs instanceof Map ? [...msrs] : Object.entries(msrs ?? {})
   return new Map(
     entries.map(([k, h]) => {
+      // Record keys arrive as strings; the message names the key as given.
       const n = typeof k === 'number' ? k : Number(k)
-      if (!Number.isInteger(n) || n < 0 || n > 0xffff_ffff) {
-        throw new MshvError('EINVAL', `MSR number must be an integer in 0..0xffffffff, got ${String(k)}`)
-      }
+      if (!Number.isInteger(n) || n < 0 || n > 0xffff_ffff) checkU32('MSR number', k)
       if (typeof h !== 'object' || h === null) throw new MshvError('EINVAL', `the handler of MSR ${hex(n)} must be an object with read/write`)
       return [n, h]
     }),

@@ -7,11 +7,11 @@
 import { Mnemonic, OpKind } from 'iced-x86'
 import type { RegisterCache } from '../registers.js'
 import { MshvError, hex } from '../errors.js'
-import { add, logic, mask, mergeFlags, signExtend, sub, CF, DF, STATUS, type AluResult } from './alu.js'
+import { add, logic, mask, mergeFlags, signExtend, sub, CF, STATUS, type AluResult } from './alu.js'
 import { isStringOperand, type Decoded } from './decode.js'
 import { readRegister, writeRegister, GPR } from './operands.js'
 import type { LinearMemory } from './memory.js'
-import { advanceIndex, segmentBase, stringStep } from './string.js'
+import { advanceIndex, segmentBase, setAddressSized, stringStep } from './string.js'
 
 const RCX = GPR[1] as number
 const RSI = GPR[6] as number
@@ -205,6 +205,6 @@ function stringOp(a: MmioAccess, m: MmioMachine): boolean {
   advanceIndex(regs, RDI, step, ins, a.bitness)
   if (!ins.rep) return true
   const rcx = (regs.getAt(RCX) & am) - 1n
-  regs.setAt(RCX, (regs.getAt(RCX) & ~am) | (rcx & am))
+  setAddressSized(regs, RCX, rcx, ins, a.bitness)
   return rcx === 0n
 }

@@ -22,12 +22,17 @@ export function stringStep(regs: RegisterCache, size: number): bigint {
 }
 
 /**
- * Adds `delta` to the index register at cache index `index` within the address size
- * (16-bit addressing wraps SI and keeps the upper bits; 32-bit zero-extends in 64-bit mode).
+ * Writes `value` to the register at cache index `index` (rSI, rDI, rCX) as an instruction
+ * with `ins`'s address size does: 16-bit addressing keeps the upper bits; 32-bit
+ * zero-extends in 64-bit mode.
  */
-export function advanceIndex(regs: RegisterCache, index: number, delta: bigint, ins: Decoded, bitness: number): void {
+export function setAddressSized(regs: RegisterCache, index: number, value: bigint, ins: Decoded, bitness: number): void {
   const am = mask(ins.addressSize)
-  const old = regs.getAt(index)
-  const moved = (old + delta) & am
-  regs.setAt(index, ins.addressSize === 4 && bitness === 64 ? moved : (old & ~am) | moved)
+  const v = value & am
+  regs.setAt(index, ins.addressSize === 4 && bitness === 64 ? v : (regs.getAt(index) & ~am) | v)
+}
+
+/** Adds `delta` to the index register at cache index `index` within the address size. */
+export function advanceIndex(regs: RegisterCache, index: number, delta: bigint, ins: Decoded, bitness: number): void {
+  setAddressSized(regs, index, regs.getAt(index) + delta, ins, bitness)
 }

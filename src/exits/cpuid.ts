@@ -4,7 +4,7 @@
  * @module
  */
 import { message, registerIndex } from '../layout.js'
-import { MshvError, hex } from '../errors.js'
+import { MshvError, checkU32, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
 
 /** The four output registers of CPUID. */
@@ -23,12 +23,7 @@ export interface CpuidEntry extends Partial<CpuidResult> {
   subleaf?: number
 }
 
-function checkU32(what: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff_ffff) {
-    throw new MshvError('EINVAL', `CPUID ${what} must be an integer in 0..0xffffffff, got ${String(v)}`)
-  }
-  return v
-}
+const checkField = (what: string, v: unknown): number => checkU32(`CPUID ${what}`, v)
 
 const key = (leaf: number, subleaf?: number): string => (subleaf === undefined ? `${leaf}` : `${leaf}.${subleaf}`)
 
@@ -45,9 +40,9 @@ export class CpuidTable {
 
   /** Adds or replaces the entry for its leaf (and subleaf). */
   set(entry: CpuidEntry): void {
-    checkU32('leaf', entry.leaf)
-    if (entry.subleaf !== undefined) checkU32('subleaf', entry.subleaf)
-    for (const r of ['eax', 'ebx', 'ecx', 'edx'] as const) if (entry[r] !== undefined) checkU32(r, entry[r])
+    checkField('leaf', entry.leaf)
+    if (entry.subleaf !== undefined) checkField('subleaf', entry.subleaf)
+    for (const r of ['eax', 'ebx', 'ecx', 'edx'] as const) if (entry[r] !== undefined) checkField(r, entry[r])
     this.entries.set(key(entry.leaf, entry.subleaf), { ...entry })
   }
 

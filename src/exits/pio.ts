@@ -9,7 +9,7 @@ import type { RegisterCache } from '../registers.js'
 import { decode } from '../emulator/decode.js'
 import { GPR } from '../emulator/operands.js'
 import { mask } from '../emulator/alu.js'
-import { advanceIndex, segmentBase, stringStep } from '../emulator/string.js'
+import { advanceIndex, segmentBase, setAddressSized, stringStep } from '../emulator/string.js'
 import type { LinearMemory } from '../emulator/memory.js'
 import { bitness } from './mmio.js'
 
@@ -115,15 +115,15 @@ function stringIo(msg: DataView, m: StringIoMachine, a: StringIoAccess): boolean
   const step = stringStep(regs, a.size)
   const index = a.input ? RDI : RSI
   const base = segmentBase(regs, a.input ? 'es' : ins.segment || 'ds', mode)
+  const element = mask(a.size)
   for (let i = 0; i < n; i++) {
     const linear = base + (regs.getAt(index) & am)
-    if (a.input) m.memory.write(linear, a.size, BigInt(m.bus.read(a.port, a.size, m.ctx) >>> 0) & mask(a.size))
+    if (a.input) m.memory.write(linear, a.size, BigInt(m.bus.read(a.port, a.size, m.ctx) >>> 0) & element)
     else m.bus.write(a.port, a.size, Number(m.memory.read(linear, a.size)), m.ctx)
     advanceIndex(regs, index, step, ins, mode)
   }
   if (!a.rep) return true
   const left = pending - BigInt(n)
-  const rcx = regs.getAt(RCX)
-  regs.setAt(RCX, ins.addressSize === 4 && mode === 64 ? left : (rcx & ~am) | left)
+  setAddressSized(regs, RCX, left, ins, mode)
   return left === 0n
 }

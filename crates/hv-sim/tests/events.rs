@@ -17,6 +17,10 @@ const PENDING: u32 = hv_register_name_HV_REGISTER_PENDING_EVENT0;
 const RIP: u32 = hv_register_name_HV_X64_REGISTER_RIP;
 const RAX: u32 = hv_register_name_HV_X64_REGISTER_RAX;
 const RDX: u32 = hv_register_name_HV_X64_REGISTER_RDX;
+const GP: PendingException = PendingException {
+    vector: 13,
+    error_code: Some(0),
+};
 
 /// A real-mode guest whose #GP vector (13) points at a handler writing port 0x0d.
 fn guest_with_gp_handler(config: VmConfig, code: &[u8]) -> Guest {
@@ -56,11 +60,7 @@ fn an_injected_gp_is_taken_before_the_next_instruction_and_then_cleared() {
         a.hlt().unwrap();
     });
     let mut g = guest_with_gp_handler(VmConfig::default(), &code);
-    let gp = PendingException {
-        vector: 13,
-        error_code: Some(0),
-    };
-    g.set_raw(PENDING, gp.encode());
+    g.set_raw(PENDING, GP.encode());
     assert_eq!(g.run(), Exit::Message);
     assert_eq!(g.msg.message_type(), HVMSG_X64_IO_PORT_INTERCEPT);
     assert_eq!(io_port(&g), 0x0d, "the #GP handler ran");
@@ -79,14 +79,7 @@ fn an_injected_exception_that_cannot_be_delivered_is_a_triple_fault() {
     let code = assemble(16, CODE, |a| a.hlt().unwrap());
     let mut g = guest_with_gp_handler(VmConfig::default(), &code);
     g.set_raw(hv_register_name_HV_X64_REGISTER_IDTR, pack_table(0, 0));
-    g.set_raw(
-        PENDING,
-        PendingException {
-            vector: 13,
-            error_code: Some(0),
-        }
-        .encode(),
-    );
+    g.set_raw(PENDING, GP.encode());
     assert_eq!(g.run(), Exit::Message);
     assert_eq!(g.msg.message_type(), HVMSG_UNRECOVERABLE_EXCEPTION);
 }

@@ -64,26 +64,24 @@ impl Hypervisor {
             intercept_msrs: None,
             unknown_msr: None,
         });
-        let register_page = match o.register_page.as_deref() {
-            None | Some("on") => RegisterPageMode::On,
-            Some("off") => RegisterPageMode::Off,
-            Some("invalid") => RegisterPageMode::Invalid,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "registerPage must be 'on', 'off' or 'invalid', got '{other}'"
-                )))
-            }
-        };
-        let unknown_msr = match o.unknown_msr.as_deref() {
-            None | Some("fault") => UnknownMsr::Fault,
-            Some("ignore") => UnknownMsr::Ignore,
-            Some("exit") => UnknownMsr::Exit,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "unknownMsr must be 'fault', 'ignore' or 'exit', got '{other}'"
-                )))
-            }
-        };
+        let register_page = choice(
+            o.register_page.as_deref(),
+            "registerPage",
+            &[
+                ("on", RegisterPageMode::On),
+                ("off", RegisterPageMode::Off),
+                ("invalid", RegisterPageMode::Invalid),
+            ],
+        )?;
+        let unknown_msr = choice(
+            o.unknown_msr.as_deref(),
+            "unknownMsr",
+            &[
+                ("fault", UnknownMsr::Fault),
+                ("ignore", UnknownMsr::Ignore),
+                ("exit", UnknownMsr::Exit),
+            ],
+        )?;
         let config = VmConfig {
             register_page,
             intercept_cpuid: o.intercept_cpuid.unwrap_or(false),
@@ -93,4 +91,24 @@ impl Hypervisor {
         let vm = self.backend.create_vm(&config).map_err(to_js)?;
         Ok(Vm::new(vm))
     }
+}
+
+/// The value named by a string option; absent means the first choice. Anything else is
+/// an `EINVAL` listing the choices: "what must be 'a', 'b' or 'c', got 'x'".
+fn choice<T: Copy>(value: Option<&str>, what: &str, choices: &[(&str, T)]) -> Result<T> {
+    let Some(v) = value else {
+        return choices
+            .first()
+            .map(|c| c.1)
+            .ok_or_else(|| invalid(format!("{what} has no choices")));
+    };
+    if let Some(c) = choices.iter().find(|c| c.0 == v) {
+        return Ok(c.1);
+    }
+    let names: Vec<String> = choices.iter().map(|c| format!("'{}'", c.0)).collect();
+    let listed = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    };
+    Err(invalid(format!("{what} must be {listed}, got '{v}'")))
 }
