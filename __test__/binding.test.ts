@@ -37,6 +37,7 @@ test('closing a vCPU detaches its page and message views and later use throws', 
   const { vcpu } = realModeGuest([0xf4])
   const registerPage = vcpu.native.registerPage()
   t.truthy(registerPage)
+  const runBeforeClose = vcpu.native.runner()
   const page = registerPage!.buffer()
   t.is(registerPage!.buffer(), page, 'one buffer per page while it is alive')
   const view = new Uint8Array(page)
@@ -44,7 +45,8 @@ test('closing a vCPU detaches its page and message views and later use throws', 
   vcpu.close()
   t.is(view.length, 0, 'the old view is detached, not dangling')
   t.throws(() => new DataView(page).getUint8(0), { instanceOf: TypeError })
-  t.is((t.throws(() => vcpu.native.runSync()) as MshvError).code, 'ECLOSED')
+  t.is((t.throws(() => vcpu.native.runner()) as MshvError).code, 'ECLOSED')
+  t.like(t.throws(() => runBeforeClose()), { code: 'ECLOSED', message: 'vCPU is closed' })
   t.is((t.throws(() => registerPage!.buffer()) as MshvError).code, 'ECLOSED')
   t.is((t.throws(() => registerPage!.readU64(0)) as MshvError).code, 'ECLOSED')
 })
@@ -65,14 +67,14 @@ test('unmapping guest RAM detaches its buffer', (t) => {
 
 test('a JS write to the register page is what the backend sees, and vice versa', (t) => {
   const { vcpu } = realModeGuest([0xe6, 0x80, 0xf4])
-  vcpu.native.runSync()
+  vcpu.native.runner()()
   const registerPage = vcpu.native.registerPage()!
   t.true(registerPage.valid)
   const page = new DataView(registerPage.buffer())
   const rax = native.layout().page.gpRegisters!
   page.setBigUint64(rax, 0x1234n, true)
   page.setUint32(native.layout().page.dirty!, native.layout().page.dirtyGeneral!, true)
-  vcpu.native.runSync() // resumes at the OUT again: the page applies RAX
+  vcpu.native.runner()() // resumes at the OUT again: the page applies RAX
   const out = new BigUint64Array(2)
   vcpu.native.getRegisters(Uint32Array.of(native.layout().registers[0]!.id), out)
   t.is(out[0], 0x1234n)
@@ -131,10 +133,22 @@ test('run() on a worker thread can be cancelled, and a second run meanwhile is E
   const { vcpu } = realModeGuest([0xeb, 0xfe]) // jmp $
   const running = vcpu.runAsync()
   await new Promise((r) => setTimeout(r, 50))
-  t.is((t.throws(() => vcpu.native.runSync()) as MshvError).code, 'EBUSY')
+  t.is((t.throws(() => vcpu.native.runner()()) as MshvError).code, 'EBUSY')
   vcpu.cancel()
   t.deepEqual(await running, { reason: 'cancelled' })
-  t.is(vcpu.native.runSync({ maxInstructions: 10 }) >>> 0, native.layout().exits.budget)
+  t.is(vcpu.native.runner({ maxInstructions: 10 })() >>> 0, native.layout().exits.budget)
+})
+
+test('bad run limits name the limit and the value', (t) => {
+  const { vcpu } = realModeGuest([0xf4])
+  t.like(t.throws(() => vcpu.native.runner({ maxInstructions: -1 })), {
+    code: 'EINVAL',
+    message: 'maxInstructions must be a non-negative number, got -1',
+  })
+  t.like(t.throws(() => vcpu.run({ timeoutMs: Number.NaN })), {
+    code: 'EINVAL',
+    message: 'timeoutMs must be a non-negative number, got NaN',
+  })
 })
 
 test('bad VM options name the option, the choices and the value', (t) => {

@@ -59,7 +59,7 @@ for (const policy of POLICIES) {
         fc.property(fc.array(op, { maxLength: 24 }), (ops) => {
           // Start each sequence from a resume so the cache matches a fresh exit.
           vcpu.regs.flush()
-          t.is(vcpu.native.runSync({ maxInstructions: 1 }) >>> 0, 0x80010000)
+          t.is(vcpu.native.runner({ maxInstructions: 1 })() >>> 0, 0x80010000)
           vcpu.regs.reset()
           const model = truth()
           for (const o of [...ops, { kind: 'resume' } as Op]) {
@@ -74,7 +74,7 @@ for (const policy of POLICIES) {
               vcpu.regs.synchronize()
             } else {
               vcpu.regs.flush()
-              const code = vcpu.native.runSync({ maxInstructions: 1 })
+              const code = vcpu.native.runner({ maxInstructions: 1 })()
               vcpu.regs.reset()
               if (code >>> 0 !== 0x80010000) return false
               const now = truth()

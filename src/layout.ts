@@ -30,7 +30,7 @@ export function messageTypeName(type: number): string {
 export const translateFlag = table(raw.translateFlags, 'translate flag')
 /** `hv_translate_gva_result_code` values by name (`success`, `gpaUnmapped`, ...). */
 export const translateResult = table(raw.translateResults, 'translate result')
-/** Synthetic `runSync()` results: `cancelled`, `budget`. */
+/** Synthetic native run results: `cancelled`, `budget`. */
 export const exitCode = table(raw.exits, 'exit code')
 
 /** One register's description. */

@@ -94,6 +94,8 @@ export class Vcpu {
   private tracer: ExitTrace | undefined
   /** When the current native run began (trace time), while tracing. */
   private runStart = 0
+  /** Runs the native vCPU to its next exit without limits: the per-exit call of {@link run}. */
+  private readonly runUnlimited: () => number
 
   /** @internal */
   constructor(
@@ -105,6 +107,7 @@ export class Vcpu {
     this.regs = new RegisterCache(native, native.registerPage()?.buffer() ?? null, policy)
     this.message = new DataView(native.messageBuffer())
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
+    this.runUnlimited = native.runner()
   }
 
   /** Index of the vCPU in its VM. */
@@ -120,10 +123,12 @@ export class Vcpu {
     if (options.onHalt === 'wait') {
       throw new MshvError('EINVAL', "onHalt 'wait' needs runAsync(): a synchronous run cannot wait for wake()")
     }
+    const limited = options.maxInstructions !== undefined || options.timeoutMs !== undefined
+    const runNative = limited ? this.native.runner(options) : this.runUnlimited
     for (;;) {
       this.regs.flush()
       if (this.tracer) this.runStart = this.tracer.now()
-      const result = this.afterRun(this.native.runSync(options))
+      const result = this.afterRun(runNative())
       if (result) return result
     }
   }

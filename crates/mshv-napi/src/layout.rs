@@ -28,7 +28,7 @@ pub struct Layout {
     pub message: HashMap<String, u32>,
     /// Message types by name.
     pub message_types: HashMap<String, u32>,
-    /// Synthetic exit codes `runSync` returns besides message types.
+    /// Synthetic exit codes a vCPU run returns besides message types.
     pub exits: HashMap<String, u32>,
     pub registers: Vec<RegisterDescriptor>,
     /// Size of one register value in the batched register calls (bytes).
@@ -39,9 +39,9 @@ pub struct Layout {
     pub translate_results: HashMap<String, u32>,
 }
 
-/// `runSync()` result when `cancel()` interrupted the run.
+/// Run result when `cancel()` interrupted the run.
 pub const EXIT_CANCELLED: u32 = 0xffff_0001;
-/// `runSync()` result when the instruction or time budget ran out.
+/// Run result when the instruction or time budget ran out.
 pub const EXIT_BUDGET: u32 = 0xffff_0002;
 
 fn table(rows: &[(&str, usize)]) -> HashMap<String, u32> {
