@@ -2,12 +2,14 @@ import { createVm, enterRealMode, type Vm, type Vcpu, type SyncPolicy } from '..
 
 export const POLICIES: readonly SyncPolicy[] = ['page', 'hypercall', 'eager']
 export const PAGE_MODES = ['on', 'off', 'invalid'] as const
+/** How a test vCPU's register page is set up. */
+export type PageMode = (typeof PAGE_MODES)[number]
 
 /** A sim VM with 1 MiB of RAM, `code` at 0x1000 and a real-mode vCPU about to run it. */
 export function realModeGuest(
   code: readonly number[],
   policy: SyncPolicy = 'page',
-  registerPage: (typeof PAGE_MODES)[number] = 'on',
+  registerPage: PageMode = 'on',
 ): { vm: Vm; vcpu: Vcpu } {
   const vm = createVm({ backend: 'sim', registerPage, policy })
   vm.addRam(0, 1 << 20)

@@ -49,11 +49,23 @@ export interface RegisterDescriptor {
   readonly dirtyBit: number | undefined
 }
 
+const KINDS: readonly RegisterDescriptor['kind'][] = ['u64', 'u128', 'segment', 'table']
+
+/**
+ * The kind as this module's own string literal: strings that come from native code are
+ * not interned, and comparing them costs a call on every register write.
+ */
+function kindOf(name: string, kind: string): RegisterDescriptor['kind'] {
+  const k = KINDS.find((x) => x === kind)
+  if (k === undefined) throw new Error(`mshv: register '${name}' has unknown kind '${kind}' in the native layout`)
+  return k
+}
+
 /** Every register the API exposes, in the native table's order. */
 export const registers: readonly RegisterDescriptor[] = raw.registers.map((r) => ({
   name: r.name,
   id: r.id,
-  kind: r.kind as RegisterDescriptor['kind'],
+  kind: kindOf(r.name, r.kind),
   group: r.group,
   pageOffset: r.pageOffset ?? undefined,
   dirtyBit: r.dirtyBit ?? undefined,

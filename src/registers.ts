@@ -16,10 +16,6 @@ import { MshvError } from './errors.js'
 /** How a vCPU's registers travel. */
 export type SyncPolicy = 'page' | 'hypercall' | 'eager'
 
-const UNKNOWN = 0
-const CLEAN = 1
-const DIRTY = 2
-const U64_MAX = (1n << 64n) - 1n
 const N = registers.length
 const ISVALID = page('isvalid')
 const DIRTY_OFFSET = page('dirty')
@@ -29,6 +25,14 @@ const EAGER_GROUPS: readonly (readonly number[])[] = [
   registers.flatMap((r, i) => (r.group === 'general' ? [i] : [])),
   registers.flatMap((r, i) => (['segment', 'control', 'system'].includes(r.group) ? [i] : [])),
 ]
+
+// The page is read as native-order u64 words: every napi target is little-endian, as the page is.
+if (new Uint8Array(Uint16Array.of(1).buffer)[0] !== 1) throw new Error('mshv: the register page needs a little-endian host')
+for (const r of registers) {
+  if (r.pageOffset !== undefined && r.pageOffset % 8 !== 0) {
+    throw new Error(`mshv: register '${r.name}' sits at unaligned page offset ${r.pageOffset} in the native layout`)
+  }
+}
 
 /** Register indices by group. */
 const GROUPS = new Map<string, number[]>()
@@ -51,18 +55,36 @@ export interface SyncCounters {
 }
 
 function checkU64(name: string, v: bigint): bigint {
-  if (typeof v !== 'bigint' || v < 0n || v > U64_MAX) {
+  if (typeof v !== 'bigint' || BigInt.asUintN(64, v) !== v) {
     throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1, got ${String(v)}`)
   }
   return v
 }
 
+/**
+ * Epochs step by two (clean = epoch, dirty = epoch + 1) and restart after this one,
+ * before Int32 overflow.
+ * @internal
+ */
+export const LAST_EPOCH = 0x7fff_0000
+
 /** The register state of one vCPU during one exit. */
 export class RegisterCache {
   private readonly lo = new BigUint64Array(N)
   private readonly hi = new BigUint64Array(N)
-  private readonly state = new Uint8Array(N)
+  /**
+   * Per register: `epoch` when clean, `epoch + 1` when dirty, anything lower when
+   * unknown. Forgetting everything at each resume is then one increment, not a pass
+   * over every register: this runs on every exit.
+   */
+  private readonly state = new Int32Array(N)
+  private epoch = 2
+  /** Indices written since the last resume, each once: the first `dirtyCount`. */
+  private readonly dirty = new Int32Array(N)
+  private dirtyCount = 0
   private readonly view: DataView | null
+  /** The page as u64 words: typed-array access is several times cheaper than a DataView's BigInt calls. */
+  private readonly words: BigUint64Array | null
   /** Counters of page and hypercall traffic. */
   readonly counters: SyncCounters = { pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
 
@@ -78,6 +100,7 @@ export class RegisterCache {
     public policy: SyncPolicy = 'page',
   ) {
     this.view = pageBuffer ? new DataView(pageBuffer) : null
+    this.words = pageBuffer ? new BigUint64Array(pageBuffer) : null
   }
 
   /** Whether reads and writes may use the page now. */
@@ -92,14 +115,14 @@ export class RegisterCache {
 
   /** {@link get} by index in {@link registers}. */
   getAt(i: number): bigint {
-    if (this.state[i] === UNKNOWN) this.load(i)
+    if (this.unknown(i)) this.load(i)
     return this.lo[i] as bigint
   }
 
   /** Reads both 64-bit halves (XMM, segment and table registers). */
   getRaw(name: string): [bigint, bigint] {
     const i = registerIndex(name)
-    if (this.state[i] === UNKNOWN) this.load(i)
+    if (this.unknown(i)) this.load(i)
     return [this.lo[i] as bigint, this.hi[i] as bigint]
   }
 
@@ -111,9 +134,9 @@ export class RegisterCache {
   /** {@link set} by index. For 128-bit registers the high half is kept. */
   setAt(i: number, value: bigint): void {
     const r = registers[i] as RegisterDescriptor
-    if (r.kind !== 'u64' && this.state[i] === UNKNOWN) this.load(i)
+    if (r.kind !== 'u64' && this.unknown(i)) this.load(i)
     this.lo[i] = checkU64(r.name, value)
-    this.state[i] = DIRTY
+    this.markDirty(i)
   }
 
   /** Writes both halves of a register. */
@@ -121,21 +144,44 @@ export class RegisterCache {
     const i = registerIndex(name)
     this.lo[i] = checkU64(name, low)
     this.hi[i] = checkU64(name, high)
-    this.state[i] = DIRTY
+    this.markDirty(i)
   }
 
   /** Records a value the exit message carried (clean, no hypercall), unless known. */
   seed(i: number, value: bigint, high = 0n): void {
-    if (this.state[i] === UNKNOWN) {
+    if (this.unknown(i)) {
       this.lo[i] = value
       this.hi[i] = high
-      this.state[i] = CLEAN
+      this.state[i] = this.epoch
     }
   }
 
   /** Whether a register has been written since the last resume. */
   isDirty(name: string): boolean {
-    return this.state[registerIndex(name)] === DIRTY
+    return this.state[registerIndex(name)] === this.epoch + 1
+  }
+
+  private unknown(i: number): boolean {
+    return (this.state[i] as number) < this.epoch
+  }
+
+  private markDirty(i: number): void {
+    if (this.state[i] === this.epoch + 1) return
+    this.state[i] = this.epoch + 1
+    // Kept in register order (an insertion; few are dirty at once): a batch is applied in its order.
+    let k = this.dirtyCount++
+    for (; k > 0 && (this.dirty[k - 1] as number) > i; k--) this.dirty[k] = this.dirty[k - 1] as number
+    this.dirty[k] = i
+  }
+
+  /** Makes every register unknown and none dirty. */
+  private forget(): void {
+    this.epoch += 2
+    if (this.epoch > LAST_EPOCH) {
+      this.state.fill(0)
+      this.epoch = 2
+    }
+    this.dirtyCount = 0
   }
 
   /**
@@ -144,7 +190,7 @@ export class RegisterCache {
    */
   synchronize(): void {
     for (const [, members] of GROUPS) {
-      const first = members.find((i) => this.state[i] === UNKNOWN)
+      const first = members.find((i) => this.unknown(i))
       if (first !== undefined) this.load(first)
     }
   }
@@ -152,36 +198,38 @@ export class RegisterCache {
   /** Called at each exit: the eager policy fetches standard and special registers. */
   beginExit(): void {
     if (this.policy !== 'eager') return
-    for (const g of EAGER_GROUPS) this.fetch(g.filter((i) => this.state[i] === UNKNOWN))
+    for (const g of EAGER_GROUPS) this.fetch(g.filter((i) => this.unknown(i)))
   }
 
   /** Writes dirty registers back before the vCPU resumes. */
   flush(): void {
     if (this.policy === 'eager') {
       // The pre-page behaviour: store back everything fetched, dirty or not.
-      for (const g of EAGER_GROUPS) this.store(g.filter((i) => this.state[i] !== UNKNOWN))
+      // Clean ones first: a dirty value stored after them wins.
+      for (const g of EAGER_GROUPS) this.store(g.filter((i) => this.state[i] === this.epoch))
       this.storeDirty(false)
-    } else {
+    } else if (this.dirtyCount > 0) {
       this.storeDirty(this.pageUsable())
     }
-    this.state.fill(UNKNOWN)
+    this.forget()
   }
 
   /** Forgets everything: the vCPU ran, so every cached value is stale. */
   reset(): void {
-    this.state.fill(UNKNOWN)
+    this.forget()
   }
 
   private storeDirty(viaPage: boolean): void {
     const batch: number[] = []
     let mask = 0
-    const view = this.view
-    for (let i = 0; i < N; i++) {
-      if (this.state[i] !== DIRTY) continue
+    const { view, words } = this
+    for (let k = 0; k < this.dirtyCount; k++) {
+      const i = this.dirty[k] as number
       const r = registers[i] as RegisterDescriptor
-      if (viaPage && view && r.dirtyBit !== undefined && r.pageOffset !== undefined) {
-        view.setBigUint64(r.pageOffset, this.lo[i] as bigint, true)
-        if (r.kind !== 'u64') view.setBigUint64(r.pageOffset + 8, this.hi[i] as bigint, true)
+      if (viaPage && words && r.dirtyBit !== undefined && r.pageOffset !== undefined) {
+        const w = r.pageOffset >>> 3
+        words[w] = this.lo[i] as bigint
+        if (r.kind !== 'u64') words[w + 1] = this.hi[i] as bigint
         mask |= r.dirtyBit
         this.counters.pageWrites++
       } else {
@@ -215,7 +263,7 @@ export class RegisterCache {
     const group = GROUPS.get(r.group) ?? [i]
     const usePage = this.pageUsable()
     const wanted = group.filter((j) => {
-      if (this.state[j] !== UNKNOWN) return false
+      if (!this.unknown(j)) return false
       if (usePage && (registers[j] as RegisterDescriptor).pageOffset !== undefined) {
         this.readPage(j)
         return false
@@ -227,11 +275,11 @@ export class RegisterCache {
 
   private readPage(i: number): void {
     const r = registers[i] as RegisterDescriptor
-    const view = this.view as DataView
-    const off = r.pageOffset as number
-    this.lo[i] = view.getBigUint64(off, true)
-    this.hi[i] = r.kind === 'u64' ? 0n : view.getBigUint64(off + 8, true)
-    this.state[i] = CLEAN
+    const words = this.words as BigUint64Array
+    const w = (r.pageOffset as number) >>> 3
+    this.lo[i] = words[w] as bigint
+    this.hi[i] = r.kind === 'u64' ? 0n : (words[w + 1] as bigint)
+    this.state[i] = this.epoch
     this.counters.pageReads++
   }
 
@@ -248,7 +296,7 @@ export class RegisterCache {
     indices.forEach((i, k) => {
       this.lo[i] = out[2 * k] as bigint
       this.hi[i] = out[2 * k + 1] as bigint
-      this.state[i] = CLEAN
+      this.state[i] = this.epoch
     })
     this.counters.hypercallReads += indices.length
   }

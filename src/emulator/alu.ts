@@ -21,9 +21,12 @@ export interface AluResult {
   flags: bigint
 }
 
+/** All ones of 0..8 bytes, precomputed: masks are taken on every port and MMIO exit. */
+const MASKS: readonly bigint[] = Array.from({ length: 9 }, (_, n) => (1n << BigInt(n * 8)) - 1n)
+
 /** All ones of `size` bytes. */
 export function mask(size: number): bigint {
-  return (1n << BigInt(size * 8)) - 1n
+  return MASKS[size] ?? (1n << BigInt(size * 8)) - 1n
 }
 
 /** Sign-extends the low `size` bytes of `v` to 64 bits (as an unsigned bigint). */
