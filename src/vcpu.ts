@@ -38,9 +38,9 @@ export type RunResult =
 
 /** Limits for {@link Vcpu.run}. */
 export interface RunOptions {
-  /** Stop after this many guest instructions in one native run (sim). */
+  /** Stop after this many guest instructions in one native run (sim; mshv refuses it with `ENOTSUP`). */
   maxInstructions?: number
-  /** Stop a native run after this many milliseconds. */
+  /** Stop a native run after this many milliseconds (sim; mshv refuses it with `ENOTSUP`: use `cancel()` from a timer). */
   timeoutMs?: number
   /**
    * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }`; `'wait'`

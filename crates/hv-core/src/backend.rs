@@ -85,9 +85,9 @@ impl MemoryMapping {
 /// Bounds on one `run()`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunLimits {
-    /// Stop after this many guest instructions (sim only; the real backend ignores it).
+    /// Stop after this many guest instructions (sim only; the real backend refuses it).
     pub max_instructions: Option<u64>,
-    /// Stop after this much wall time.
+    /// Stop after this much wall time (sim only for now; the real backend refuses it).
     pub timeout: Option<Duration>,
 }
 

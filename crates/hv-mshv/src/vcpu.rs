@@ -4,8 +4,8 @@ use crate::errors::map_error;
 use crate::kick::RunningThread;
 use hv_core::backend::check_batch;
 use hv_core::{
-    Canceller, Counters, Exit, ExitMessage, RegisterPageMode, RegisterPagePtr, RegisterValue,
-    Result, RunLimits, VcpuBackend,
+    Canceller, Counters, Exit, ExitMessage, HvError, RegisterPageMode, RegisterPagePtr,
+    RegisterValue, Result, RunLimits, VcpuBackend,
 };
 use mshv_bindings::*;
 use mshv_ioctls::VcpuFd;
@@ -19,6 +19,22 @@ pub struct MshvVcpu {
     counters: Counters,
     canceller: Canceller,
     running: RunningThread,
+}
+
+/// Refuses the limits the hypervisor cannot honour, rather than running without them.
+pub fn check_limits(limits: &RunLimits) -> Result<()> {
+    if limits.max_instructions.is_some() {
+        return Err(HvError::Unsupported(
+            "maxInstructions (an instruction budget) needs the sim backend: MSHV does not count guest instructions".into(),
+        ));
+    }
+    if limits.timeout.is_some() {
+        return Err(HvError::Unsupported(
+            "timeoutMs is not supported on the mshv backend; call cancel() from a timer instead"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Builds the `hv_register_assoc` array for a batch.
@@ -78,7 +94,8 @@ impl VcpuBackend for MshvVcpu {
         self.index
     }
 
-    fn run(&mut self, msg: &mut ExitMessage, _limits: &RunLimits) -> Result<Exit> {
+    fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit> {
+        check_limits(limits)?;
         self.counters.runs += 1;
         if self.canceller.take() {
             return Ok(Exit::Cancelled);
@@ -153,6 +170,26 @@ impl VcpuBackend for MshvVcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_mshv_cannot_honour_are_refused() {
+        assert!(check_limits(&RunLimits::default()).is_ok());
+        let budget = RunLimits {
+            max_instructions: Some(1),
+            timeout: None,
+        };
+        let e = check_limits(&budget).unwrap_err();
+        assert_eq!(e.code(), "ENOTSUP");
+        assert!(e.to_string().contains("maxInstructions"), "{e}");
+        let timeout = RunLimits {
+            max_instructions: None,
+            timeout: Some(std::time::Duration::from_millis(5)),
+        };
+        assert!(check_limits(&timeout)
+            .unwrap_err()
+            .to_string()
+            .contains("timeoutMs"));
+    }
 
     #[test]
     fn assocs_carry_ids_and_both_halves() {
