@@ -9,7 +9,7 @@
  */
 export { createVm, Vm, GuestRam, type VmOptions } from './src/vm.js'
 export { STRING_IO_BATCH } from './src/exits/pio.js'
-export { Vcpu, type RunResult, type RunOptions, type VcpuStats } from './src/vcpu.js'
+export { Vcpu, type RunResult, type RunOptions, type StepResult, type VcpuStats } from './src/vcpu.js'
 export { RegisterCache, type SyncPolicy, type SyncCounters } from './src/registers.js'
 export { IoBus, type PioDevice, type MmioDevice, type AccessContext, type BusStats } from './src/bus.js'
 export { RegisterBank, type BankAccess } from './src/devices/register-bank.js'
@@ -24,3 +24,5 @@ export { CpuidTable, type CpuidEntry, type CpuidResult } from './src/exits/cpuid
 export type { MsrHandler, MsrContext, UnknownMsrPolicy } from './src/exits/msr.js'
 export { liveResources, type LiveResources } from './src/native.js'
 export { assemble, Assembly, type AssembleOptions, type AssembledLine } from './src/asm/assemble.js'
+export { createSession, codeBitness, type Session, type SessionOptions, type SessionMemory } from './src/repl/session.js'
+export { ProgressLine, type ProgressStream } from './src/progress.js'

@@ -92,6 +92,9 @@ test.serial('the packed package installs without Rust and runs from TypeScript, 
     t.is(run('out/check.js'), `ts sim OK ${result}`)
     t.is(run('check.mjs'), `esm sim OK ${result}`)
     t.is(run('check.cjs'), `cjs sim OK ${result}`)
+    // The `mshv` command is linked into node_modules/.bin by the install, as `npx mshv` finds it.
+    const version = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version as string
+    t.is(execFileSync(join(app, 'node_modules', '.bin', 'mshv'), ['--version'], { cwd: app, env, encoding: 'utf8' }).trim(), version)
 
     // Without the platform package the loader says what is missing.
     const bare = project(join(tmp, 'bare'))

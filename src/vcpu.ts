@@ -16,6 +16,7 @@ import { handleCpuid, type CpuidTable } from './exits/cpuid.js'
 import { handleMsr, type MsrHandler } from './exits/msr.js'
 import { native as binding } from './native.js'
 import { ExitTrace, type ChromeTrace } from './trace.js'
+import { ProgressLine, type ProgressStream } from './progress.js'
 
 const T_IO = messageType('ioPort')
 const T_HALT = messageType('halt')
@@ -36,6 +37,9 @@ export type RunResult =
   | { reason: 'cancelled' }
   | { reason: 'budget' }
 
+/** Why {@link Vcpu.step} returned: the instruction ran (`stepped`), or the run would have stopped there. */
+export type StepResult = RunResult | { reason: 'stepped' }
+
 /** Limits for {@link Vcpu.run}. */
 export interface RunOptions {
   /** Stop after this many guest instructions in one native run (sim; mshv refuses it with `ENOTSUP`). */
@@ -48,6 +52,17 @@ export interface RunOptions {
    * an interrupt would wake the processor.
    */
   onHalt?: 'return' | 'wait'
+  /**
+   * Show a live line with exits per second and the exit mix while the run lasts (after
+   * half a second), redrawn in place: `true` for `process.stdout`, or a stream. Drawn
+   * only when the stream is a terminal (`isTTY`).
+   */
+  progress?: boolean | ProgressStream | ProgressLine
+  /**
+   * Return `{ reason: 'budget' }` after this many exits, so a caller can run in slices
+   * (and let the event loop in between) without giving up the synchronous loop's speed.
+   */
+  maxExits?: number
 }
 
 /** Statistics of one vCPU. */
@@ -66,6 +81,14 @@ export interface VcpuStats extends SyncCounters {
   instructions: number
   /** Exits counted by the backend, by message type name (`ioPort`, `halt`, ...). */
   exitsByType: Record<string, number>
+}
+
+/** The exit budget of `options`, checked. */
+function exitBudget(options: RunOptions): number {
+  const n = options.maxExits
+  if (n === undefined) return Number.POSITIVE_INFINITY
+  if (!Number.isInteger(n) || n < 1) throw new MshvError('EINVAL', `maxExits must be a positive integer, got ${String(n)}`)
+  return n
 }
 
 /** Devices and settings a vCPU's exit handlers use. */
@@ -92,6 +115,10 @@ export class Vcpu {
   private wakePending = false
   private waiter: ((how: 'wake' | 'cancel') => void) | undefined
   private tracer: ExitTrace | undefined
+  /** Runs the native vCPU for at most one instruction: {@link step}'s call, made on first use. */
+  private stepOnce: (() => number) | undefined
+  /** The progress line of the run in progress, if it asked for one. */
+  private progress: ProgressLine | undefined
   /** When the current native run began (trace time), while tracing. */
   private runStart = 0
   /** Runs the native vCPU to its next exit without limits: the per-exit call of {@link run}. */
@@ -125,12 +152,35 @@ export class Vcpu {
     }
     const limited = options.maxInstructions !== undefined || options.timeoutMs !== undefined
     const runNative = limited ? this.native.runner(options) : this.runUnlimited
-    for (;;) {
-      this.regs.flush()
-      if (this.tracer) this.runStart = this.tracer.now()
-      const result = this.afterRun(runNative())
-      if (result) return result
+    const exitLimit = exitBudget(options)
+    const ownLine = this.startProgress(options)
+    try {
+      for (let exits = 0; exits < exitLimit; exits++) {
+        this.regs.flush()
+        if (this.tracer) this.runStart = this.tracer.now()
+        const result = this.afterRun(runNative())
+        if (result) return result
+      }
+      return { reason: 'budget' }
+    } finally {
+      this.endProgress(ownLine)
     }
+  }
+
+  /** Attaches the run's progress line; returns whether this run made it (and so ends it). */
+  private startProgress(options: RunOptions): boolean {
+    const p = options.progress
+    if (p instanceof ProgressLine) {
+      this.progress = p
+      return false
+    }
+    this.progress = p ? new ProgressLine(p === true ? process.stdout : p) : undefined
+    return true
+  }
+
+  private endProgress(own: boolean): void {
+    if (own) this.progress?.finish()
+    this.progress = undefined
   }
 
   /**
@@ -138,16 +188,36 @@ export class Vcpu {
    * loop stays free (timers, I/O, `cancel()` from a callback).
    */
   async runAsync(options: RunOptions = {}): Promise<RunResult> {
-    for (;;) {
-      this.regs.flush()
-      if (this.tracer) this.runStart = this.tracer.now()
-      const result = this.afterRun(await this.native.run(options))
-      if (result?.reason === 'halt' && options.onHalt === 'wait') {
-        if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
-        continue
+    const exitLimit = exitBudget(options)
+    const ownLine = this.startProgress(options)
+    try {
+      for (let exits = 0; exits < exitLimit; exits++) {
+        this.regs.flush()
+        if (this.tracer) this.runStart = this.tracer.now()
+        const result = this.afterRun(await this.native.run(options))
+        if (result?.reason === 'halt' && options.onHalt === 'wait') {
+          if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
+          continue
+        }
+        if (result) return result
       }
-      if (result) return result
+      return { reason: 'budget' }
+    } finally {
+      this.endProgress(ownLine)
     }
+  }
+
+  /**
+   * Runs one guest instruction: an instruction that exits (a port or MMIO access) is
+   * completed by its handler, as {@link run} would. Needs an instruction budget, so
+   * the sim backend; mshv refuses it with `ENOTSUP`.
+   */
+  step(): StepResult {
+    this.stepOnce ??= this.native.runner({ maxInstructions: 1 })
+    this.regs.flush()
+    if (this.tracer) this.runStart = this.tracer.now()
+    const result = this.afterRun(this.stepOnce())
+    return result === undefined || result.reason === 'budget' ? { reason: 'stepped' } : result
   }
 
   /** Waits for {@link wake} (or a cancel) unless one is already latched. */
@@ -201,6 +271,7 @@ export class Vcpu {
     if (code === EXIT_CANCELLED) return { reason: 'cancelled' }
     if (code === EXIT_BUDGET) return { reason: 'budget' }
     this.exits++
+    this.progress?.exit(code)
     this.regs.beginExit()
     const tracer = this.tracer
     if (!tracer) return this.handle(code)

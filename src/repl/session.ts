@@ -1,0 +1,225 @@
+/**
+ * An interactive session: a VM with RAM, a serial port and a real-mode vCPU, and the
+ * helpers `mshv repl` puts in scope (`regs()`, `step()`, `run()`, `asm`, `dis()`,
+ * `mem.hexdump()`). Usable from any script or `tsx` REPL with full types.
+ * @module
+ */
+import { Decoder, DecoderOptions, Formatter, FormatterSyntax } from 'iced-x86'
+import { assemble, templateSource, type Assembly } from '../asm/assemble.js'
+import { COM1, Serial16550 } from '../devices/serial.js'
+import { MshvError, hex } from '../errors.js'
+import { enterRealMode } from '../guest.js'
+import type { PioDevice } from '../bus.js'
+import { ProgressLine, type ProgressStream } from '../progress.js'
+import type { RunResult, StepResult, Vcpu } from '../vcpu.js'
+import { createVm, type Vm, type VmOptions } from '../vm.js'
+import { hexdump, registerTable } from './format.js'
+
+/** How {@link createSession} sets up its VM. */
+export interface SessionOptions {
+  /** Backend, as for {@link createVm} (default `'auto'`: mshv when present, else sim). */
+  readonly backend?: VmOptions['backend']
+  /** RAM at guest physical 0, in MiB (default 16). */
+  readonly ramMiB?: number
+  /** Where the vCPU starts in real mode, and where `asm` first writes (default 0x1000). */
+  readonly origin?: number
+  /** Where helpers print (default `console.log`). */
+  readonly print?: (text: string) => void
+  /** Where guest output (COM1 and port 0xe9) and the run progress line go (default `process.stdout`). */
+  readonly output?: ProgressStream
+}
+
+/** Guest physical memory helpers. */
+export interface SessionMemory {
+  /** Prints `length` bytes at `gpa` as a hexdump. */
+  hexdump(gpa: number | bigint, length?: number): void
+  /** Reads `length` bytes at `gpa`. */
+  read(gpa: number | bigint, length: number): Uint8Array
+  /** Writes bytes at `gpa`. */
+  write(gpa: number | bigint, data: Uint8Array | readonly number[]): void
+}
+
+/** The VM, its vCPU and the helpers of an interactive session. */
+export interface Session {
+  readonly vm: Vm
+  readonly vcpu: Vcpu
+  readonly mem: SessionMemory
+  /** Prints the registers as a table. */
+  regs(): void
+  /** Runs `count` instructions (sim), printing where the vCPU is after each stop. */
+  step(count?: number): StepResult
+  /** Runs until HLT, a debug-exit write or `cancel()`, with a progress line on a terminal. */
+  run(): Promise<RunResult>
+  /** Stops a `run()` in progress. */
+  cancel(): void
+  /**
+   * Tagged template: assembles at the vCPU's RIP in its current code size, writes the
+   * bytes into guest memory there and returns the listing: `` asm`mov al, 'A'; out 0xe9, al; hlt` ``.
+   */
+  asm(strings: TemplateStringsArray, ...values: unknown[]): Assembly
+  /** Prints `count` instructions from RIP. */
+  dis(count?: number): void
+  /** Prints what the helpers do. */
+  help(): void
+  /** Releases the VM. */
+  close(): void
+}
+
+const EFER_LMA = 1n << 10n
+const CR0_PE = 1n
+const ATTR_L = 1n << 13n
+const ATTR_DB = 1n << 14n
+
+/** The code size the vCPU executes in now: from CR0.PE, EFER.LMA and CS.L/CS.D. */
+export function codeBitness(vcpu: Vcpu): 16 | 32 | 64 {
+  const r = vcpu.regs
+  const attributes = r.getRaw('cs')[1] >> 48n
+  if ((r.get('efer') & EFER_LMA) !== 0n && (attributes & ATTR_L) !== 0n) return 64
+  if ((r.get('cr0') & CR0_PE) !== 0n && (attributes & ATTR_DB) !== 0n) return 32
+  return 16
+}
+
+/** The linear address of the next instruction (CS base + RIP, as the code size wraps it). */
+export function linearRip(vcpu: Vcpu): bigint {
+  const rip = vcpu.regs.get('rip')
+  const bits = codeBitness(vcpu)
+  if (bits === 64) return rip
+  const base = vcpu.regs.getRaw('cs')[0]
+  return (base + (bits === 16 ? rip & 0xffffn : rip & 0xffff_ffffn)) & 0xffff_ffffn
+}
+
+/** Intel syntax as `assemble()` reads it: `out 0xe9, al`. */
+function intelFormatter(): Formatter {
+  const f = new Formatter(FormatterSyntax.Intel)
+  f.hexPrefix = '0x'
+  f.hexSuffix = ''
+  f.uppercaseHex = false
+  f.spaceAfterOperandSeparator = true
+  f.smallHexNumbersInDecimal = false
+  return f
+}
+
+const HELP = `helpers:
+  regs()                  the registers as a table
+  step(n = 1)             run n instructions (sim backend)
+  await run()             run until HLT, a debug-exit write (port 0xf4) or Ctrl+C
+  asm\`...\`                assemble at RIP (Intel syntax, ';' between statements) and write it there
+  dis(n = 5)              disassemble n instructions from RIP
+  mem.hexdump(gpa, len)   guest physical memory; also mem.read(gpa, len), mem.write(gpa, bytes)
+  vm, vcpu                the VM and its vCPU (vcpu.regs.get('rax'), vcpu.regs.set('rax', 1n), ...)
+guest output: COM1 (0x3f8) and port 0xe9 print here.`
+
+/** Exits and milliseconds per synchronous slice of {@link runInSlices}. */
+const SLICE_EXITS = 100_000
+const SLICE_MS = 100
+
+/**
+ * Runs until the guest stops. On the sim: synchronous slices (the fast exit loop) with
+ * the event loop let in between, so Ctrl+C and timers still get through; on mshv,
+ * whose runs cannot be time-sliced, on a worker thread.
+ */
+export async function runInSlices(vcpu: Vcpu, backend: string, output: ProgressStream): Promise<RunResult> {
+  if (backend !== 'sim') return vcpu.runAsync({ progress: output })
+  const progress = new ProgressLine(output)
+  try {
+    for (;;) {
+      const result = vcpu.run({ maxExits: SLICE_EXITS, timeoutMs: SLICE_MS, progress })
+      if (result.reason !== 'budget') return result
+      await new Promise((resolve) => setImmediate(resolve))
+    }
+  } finally {
+    progress.finish()
+  }
+}
+
+/** Creates a VM with RAM, COM1, a port-0xe9 console and a real-mode vCPU, and the session helpers over them. */
+export function createSession(options: SessionOptions = {}): Session {
+  const ramMiB = options.ramMiB ?? 16
+  if (!Number.isInteger(ramMiB) || ramMiB < 1 || ramMiB > 4096) {
+    throw new MshvError('EINVAL', `ramMiB must be an integer in 1..4096, got ${String(ramMiB)}`)
+  }
+  const origin = options.origin ?? 0x1000
+  const print = options.print ?? ((text: string) => console.log(text))
+  const output = options.output ?? process.stdout
+  const vm = createVm({ backend: options.backend ?? 'auto' })
+  try {
+    vm.addRam(0, ramMiB << 20)
+    const emit = (b: number) => output.write(String.fromCharCode(b))
+    vm.bus.register(COM1, 8, new Serial16550(COM1, { onByte: emit }), 'COM1')
+    const console0xe9: PioDevice = { ioWrite: (_port, _size, value) => emit(value & 0xff) }
+    vm.bus.register(0xe9, 1, console0xe9, 'debug console')
+  } catch (e) {
+    vm.close()
+    throw e
+  }
+  const vcpu = vm.createVcpu(0)
+  enterRealMode(vcpu, origin)
+  let formatter: Formatter | undefined
+
+  const where = (): string => `rip ${hex(vcpu.regs.get('rip'))}: ${disassemble(1)[0] ?? '?'}`
+
+  const disassemble = (count: number): string[] => {
+    const at = linearRip(vcpu)
+    const memory = vcpu.memory()
+    const bytes = new Uint8Array(count * 15)
+    let readable = 0
+    try {
+      for (; readable < bytes.length; readable++) bytes[readable] = Number(memory.read(at + BigInt(readable), 1))
+    } catch {
+      // stop at the first byte that is not memory
+    }
+    formatter ??= intelFormatter()
+    const decoder = new Decoder(codeBitness(vcpu), bytes.subarray(0, readable), DecoderOptions.None)
+    decoder.ip = at
+    const out: string[] = []
+    try {
+      while (out.length < count && decoder.canDecode) {
+        const ins = decoder.decode()
+        out.push(`${ins.ip.toString(16).padStart(8, '0')}  ${formatter.format(ins)}`)
+        ins.free()
+      }
+    } finally {
+      decoder.free()
+    }
+    return out
+  }
+
+  const session: Session = {
+    vm,
+    vcpu,
+    mem: {
+      hexdump: (gpa, length = 128) => print(hexdump(vm.read(gpa, length), BigInt(gpa))),
+      read: (gpa, length) => vm.read(gpa, length),
+      write: (gpa, data) => vm.write(gpa, data),
+    },
+    regs: () => {
+      vcpu.regs.synchronize()
+      print(registerTable(vcpu.regs))
+    },
+    step: (count = 1) => {
+      if (!Number.isInteger(count) || count < 1) throw new MshvError('EINVAL', `step count must be a positive integer, got ${String(count)}`)
+      let result: StepResult = { reason: 'stepped' }
+      for (let i = 0; i < count && result.reason === 'stepped'; i++) result = vcpu.step()
+      print(where())
+      return result
+    },
+    run: async () => {
+      const result = await runInSlices(vcpu, vm.backend, output)
+      const s = vcpu.stats()
+      print(`${s.exits} exits; ${where()}`)
+      return result
+    },
+    cancel: () => vcpu.cancel(),
+    asm: (strings, ...values) => {
+      const at = linearRip(vcpu)
+      const code = assemble(templateSource(strings, values), { bitness: codeBitness(vcpu), address: at })
+      const memory = vcpu.memory()
+      code.bytes.forEach((b, i) => memory.write(at + BigInt(i), 1, BigInt(b)))
+      return code
+    },
+    dis: (count = 5) => print(disassemble(count).join('\n')),
+    help: () => print(HELP),
+    close: () => vm.close(),
+  }
+  return session
+}
