@@ -48,3 +48,23 @@ test('the README MMIO device example runs as printed', (t) => {
   }
   return undefined
 })
+
+test("the README's createSession example runs as printed under tsx", (t) => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('## The REPL'))
+  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
+  if (!block) return t.fail('no ts block in the REPL section')
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
+  try {
+    const file = join(dir, 'session.mts') // an ES module, for the top-level await
+    writeFileSync(file, block.replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`).replace("backend: 'sim'", "backend: 'sim', ramMiB: 2"))
+    const out = run(file)
+    // step() prints where the vCPU is, regs() the table, run() the exit count at HLT.
+    t.regex(out, /^rip 0x1006: 00001006 {2}hlt$/m) // 66 b8 imm32: real mode
+    t.regex(out, /^rax 0000000000001234/m)
+    t.regex(out, /^1 exits; rip 0x1007/m)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+  return undefined
+})
