@@ -156,8 +156,7 @@ export class Vcpu {
     const ownLine = this.startProgress(options)
     try {
       for (let exits = 0; exits < exitLimit; exits++) {
-        this.regs.flush()
-        if (this.tracer) this.runStart = this.tracer.now()
+        this.beforeResume()
         const result = this.afterRun(runNative())
         if (result) return result
       }
@@ -192,8 +191,7 @@ export class Vcpu {
     const ownLine = this.startProgress(options)
     try {
       for (let exits = 0; exits < exitLimit; exits++) {
-        this.regs.flush()
-        if (this.tracer) this.runStart = this.tracer.now()
+        this.beforeResume()
         const result = this.afterRun(await this.native.run(options))
         if (result?.reason === 'halt' && options.onHalt === 'wait') {
           if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
@@ -214,8 +212,7 @@ export class Vcpu {
    */
   step(): StepResult {
     this.stepOnce ??= this.native.runner({ maxInstructions: 1 })
-    this.regs.flush()
-    if (this.tracer) this.runStart = this.tracer.now()
+    this.beforeResume()
     const result = this.afterRun(this.stepOnce())
     return result === undefined || result.reason === 'budget' ? { reason: 'stepped' } : result
   }
@@ -263,6 +260,12 @@ export class Vcpu {
     if (errorCode !== undefined) checkU32('exception error code', errorCode)
     const [lo, hi] = binding.pendingException(vector, errorCode) as [bigint, bigint]
     this.regs.setRaw('pendingEvent0', lo, hi)
+  }
+
+  /** Register writes reach the vCPU; the trace marks where its run begins. */
+  private beforeResume(): void {
+    this.regs.flush()
+    if (this.tracer) this.runStart = this.tracer.now()
   }
 
   /** Everything cached is stale once the vCPU ran; then the exit is handled. */

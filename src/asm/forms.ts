@@ -346,7 +346,6 @@ function build(form: Form, ops: readonly Operand[], bitness: number): Instructio
 /** A chosen encoding. */
 export interface Encoded {
   readonly bytes: Uint8Array
-  readonly code: Code
 }
 
 function applyPrefixes(ins: Instruction, prefixes: readonly Prefix[]): void {
@@ -376,20 +375,67 @@ function xlat(bitness: number): Instruction {
   return Instruction.createMem(Code.Xlat_m8, new MemoryOperand(base, Register.AL, 1, 0n, 0, false, Register.None))
 }
 
-function stringInstruction(mnemonic: Mnemonic, prefixes: readonly Prefix[], segment: Register, bitness: number): Instruction | undefined {
+/** A string instruction written without operands (`rep movsb`): no segment override. */
+function stringInstruction(mnemonic: Mnemonic, prefixes: readonly Prefix[], bitness: number): Instruction | undefined {
   const op = STRING_OPS.get(mnemonic)
   if (!op) return undefined
   const rep = prefixes.includes('repne') ? RepPrefixKind.Repne : prefixes.some((p) => p === 'rep' || p === 'repe') ? RepPrefixKind.Repe : RepPrefixKind.None
   const create: unknown = Reflect.get(Instruction, op.create)
   if (typeof create !== 'function') return undefined
-  const ins: unknown = op.segment ? create.call(Instruction, bitness, segment, rep) : create.call(Instruction, bitness, rep)
+  const ins: unknown = op.segment ? create.call(Instruction, bitness, Register.None, rep) : create.call(Instruction, bitness, rep)
   return ins instanceof Instruction ? ins : undefined
 }
 
 /**
+ * NASM's shorthands, tried when the operands as written fit no form: `aam` is `aam 10`,
+ * `imul ax, 5` is `imul ax, ax, 5`, x87 `fsubrp` is `fsubrp st1, st0` and `fucom` is
+ * `fucom st0, st1`, `fadd st1` is `fadd st0, st1` and `faddp st2` is `faddp st2, st0`,
+ * and `xchg`/`test` take their operands in either order.
+ */
+function shorthands(mnemonic: Mnemonic, ops: readonly Operand[]): readonly (readonly Operand[])[] {
+  const st0: Operand = { kind: 'reg', reg: Register.ST0 }
+  const st1: Operand = { kind: 'reg', reg: Register.ST1 }
+  const [a, b] = ops
+  if (ops.length === 0 && (mnemonic === Mnemonic.Aam || mnemonic === Mnemonic.Aad)) return [[{ kind: 'imm', value: 10n }]]
+  if (ops.length === 0 && MNEMONIC_NAMES.get(mnemonic)?.startsWith('f')) return [[st1, st0], [st0, st1], [st1]]
+  if (ops.length === 1 && a?.kind === 'reg' && RegisterExt.isST(a.reg)) return [[st0, a], [a, st0]]
+  if (ops.length === 2 && a && b) {
+    if (mnemonic === Mnemonic.Imul && a.kind === 'reg' && b.kind === 'imm') return [[a, a, b]]
+    if (COMMUTATIVE.has(mnemonic)) return [[b, a]]
+  }
+  return []
+}
+
+/** The shortest encoding of `ops` among `candidates` at least `minLength` bytes long. */
+function shortest(
+  candidates: readonly Form[],
+  prefixes: readonly Prefix[],
+  ops: readonly Operand[],
+  bitness: number,
+  address: bigint,
+  minLength: number,
+): Encoded | undefined {
+  let best: Encoded | undefined
+  for (const form of candidates) {
+    if (form.kinds.length !== ops.length || !form.kinds.every((k, i) => accepts(k, ops[i] as Operand, form, bitness))) continue
+    const ins = build(form, ops, bitness)
+    if (!ins) continue
+    try {
+      applyPrefixes(ins, prefixes)
+      const bytes = encodeOne(ins, bitness, address)
+      if (bytes && bytes.length >= minLength && (!best || bytes.length < best.bytes.length)) best = { bytes }
+    } finally {
+      ins.free()
+    }
+  }
+  return best
+}
+
+/**
  * Encodes one instruction at `address`: the shortest form at least `minLength` bytes long
- * (so that label passes only ever grow instructions and converge). Returns undefined
- * with `forms` listing what the mnemonic takes when nothing fits.
+ * (so that label passes only ever grow instructions and converge), trying NASM's
+ * shorthands when the operands as written fit no form. When nothing fits, `forms` lists
+ * what the mnemonic takes.
  */
 export function encodeInstruction(
   mnemonic: Mnemonic,
@@ -398,65 +444,24 @@ export function encodeInstruction(
   bitness: number,
   address: bigint,
   minLength: number,
-  swapped = false,
 ): Encoded | { readonly forms: readonly string[] } {
   if (ops.length === 0) {
-    const s = mnemonic === Mnemonic.Xlatb ? xlat(bitness) : stringInstruction(mnemonic, prefixes, Register.None, bitness)
+    const s = mnemonic === Mnemonic.Xlatb ? xlat(bitness) : stringInstruction(mnemonic, prefixes, bitness)
     if (s) {
       try {
         const bytes = encodeOne(s, bitness, address)
-        if (bytes) return { bytes, code: s.code }
+        if (bytes) return { bytes }
       } finally {
         s.free()
       }
     }
   }
   const all = (forms().get(mnemonic) ?? []).filter((f) => f.modes.includes(bitness))
-  let best: Encoded | undefined
-  for (const form of all) {
-    if (form.kinds.length !== ops.length || !form.kinds.every((k, i) => accepts(k, ops[i] as Operand, form, bitness))) continue
-    const ins = build(form, ops, bitness)
-    if (!ins) continue
-    try {
-      applyPrefixes(ins, prefixes)
-      const bytes = encodeOne(ins, bitness, address)
-      if (bytes && bytes.length >= minLength && (!best || bytes.length < best.bytes.length)) best = { bytes, code: form.code }
-    } finally {
-      ins.free()
-    }
+  for (const written of [ops, ...shorthands(mnemonic, ops)]) {
+    const best = shortest(all, prefixes, written, bitness, address, minLength)
+    if (best) return best
   }
-  if (!best && ops.length === 0 && (mnemonic === Mnemonic.Aam || mnemonic === Mnemonic.Aad) && !swapped) {
-    // `aam` is `aam 10`
-    return encodeInstruction(mnemonic, prefixes, [{ kind: 'imm', value: 10n }], bitness, address, minLength, true)
-  }
-  const [first, second] = ops
-  if (!best && mnemonic === Mnemonic.Imul && ops.length === 2 && first?.kind === 'reg' && second?.kind === 'imm') {
-    // `imul ax, 5` is `imul ax, ax, 5`, as NASM reads it
-    return encodeInstruction(mnemonic, prefixes, [first, first, second], bitness, address, minLength, true)
-  }
-  if (!best && ops.length === 0 && !swapped && MNEMONIC_NAMES.get(mnemonic)?.startsWith('f')) {
-    // x87 `fsubrp` is `fsubrp st1, st0` and `fucom` is `fucom st0, st1`, as NASM reads them
-    const st1: Operand = { kind: 'reg', reg: Register.ST1 }
-    const st0: Operand = { kind: 'reg', reg: Register.ST0 }
-    for (const implied of [[st1, st0], [st0, st1], [st1]]) {
-      const r = encodeInstruction(mnemonic, prefixes, implied, bitness, address, minLength, true)
-      if ('bytes' in r) return r
-    }
-  }
-  const only = ops[0]
-  if (!best && ops.length === 1 && only?.kind === 'reg' && RegisterExt.isST(only.reg) && !swapped) {
-    // x87 `fadd st1` is `fadd st0, st1` and `faddp st2` is `faddp st2, st0`, as NASM reads them
-    const st0: Operand = { kind: 'reg', reg: Register.ST0 }
-    for (const implied of [[st0, only], [only, st0]]) {
-      const r = encodeInstruction(mnemonic, prefixes, implied, bitness, address, minLength, true)
-      if ('bytes' in r) return r
-    }
-  }
-  if (!best && COMMUTATIVE.has(mnemonic) && ops.length === 2 && !swapped) {
-    const r = encodeInstruction(mnemonic, prefixes, [ops[1] as Operand, ops[0] as Operand], bitness, address, minLength, true)
-    if ('bytes' in r) return r
-  }
-  return best ?? { forms: [...new Set(all.map((f) => f.text))] }
+  return { forms: [...new Set(all.map((f) => f.text))] }
 }
 
 /**

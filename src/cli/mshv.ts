@@ -17,8 +17,8 @@ function version(): string {
 
 function startRepl(options: SessionOptions): void {
   const session = createSession(options)
-  const bits = session.vcpu.regs.get('rip')
-  console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${bits.toString(16)}. help() lists the helpers.`)
+  const rip = session.vcpu.regs.get('rip')
+  console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
   // breakEvalOnSigint: Ctrl+C reaches the SIGINT listener below even while `await run()` is pending
   const server = repl.start({ prompt: 'mshv> ', breakEvalOnSigint: true })
   Object.assign(server.context, mshv, {
