@@ -13,6 +13,7 @@ mod layout;
 mod live;
 mod memory;
 mod register_page;
+mod runner;
 mod vcpu;
 mod vm;
 
