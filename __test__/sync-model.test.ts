@@ -25,12 +25,17 @@ const WRITABLE: readonly [string, fc.Arbitrary<bigint>][] = [
   ['lstar', u64],
   ['kernelGsBase', u64],
 ]
+/** General registers the guest does not depend on: targets of the number-valued writes. */
+const GPRS = WRITABLE.map(([n]) => n).filter((n) => /^r([a-d]x|si|di|bp|\d+)$/.test(n))
 const READABLE = registers.filter((r) => r.kind === 'u64' && r.group !== 'msr' || r.name === 'lstar').map((r) => r.name)
 const MODEL_NAMES = WRITABLE.map(([n]) => n)
 
 type Op =
   | { kind: 'read'; name: string }
   | { kind: 'write'; name: string; value: bigint }
+  | { kind: 'readLow32'; name: string }
+  | { kind: 'add'; name: string; n: number }
+  | { kind: 'setSized'; name: string; size: 1 | 2 | 4; value: number }
   | { kind: 'sync' }
   | { kind: 'resume' }
 
@@ -41,6 +46,20 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     arbitrary: fc
       .constantFrom(...WRITABLE)
       .chain(([name, value]) => value.map((v) => ({ kind: 'write' as const, name, value: v }))),
+  },
+  { weight: 1, arbitrary: fc.constantFrom(...GPRS).map((name) => ({ kind: 'readLow32' as const, name })) },
+  {
+    weight: 1,
+    arbitrary: fc.record({ kind: fc.constant('add' as const), name: fc.constantFrom(...GPRS), n: fc.nat({ max: 0xffff_ffff }) }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('setSized' as const),
+      name: fc.constantFrom(...GPRS),
+      size: fc.constantFrom(1 as const, 2 as const, 4 as const),
+      value: fc.nat({ max: 0xffff_ffff }),
+    }),
   },
   { weight: 1, arbitrary: fc.constant({ kind: 'sync' as const }) },
   { weight: 2, arbitrary: fc.constant({ kind: 'resume' as const }) },
@@ -77,6 +96,17 @@ function model(policy: SyncPolicy, page: PageMode, nearWrap: boolean): void {
           } else if (o.kind === 'write') {
             vcpu.regs.set(o.name, o.value)
             model.set(o.name, o.value)
+          } else if (o.kind === 'readLow32') {
+            const expected = model.get(o.name)
+            if (expected !== undefined && vcpu.regs.getLow32At(registerIndex(o.name)) !== Number(expected & 0xffff_ffffn)) return false
+          } else if (o.kind === 'add') {
+            vcpu.regs.addAt(registerIndex(o.name), o.n)
+            model.set(o.name, BigInt.asUintN(64, (model.get(o.name) ?? 0n) + BigInt(o.n)))
+          } else if (o.kind === 'setSized') {
+            vcpu.regs.setSizedAt(registerIndex(o.name), o.size, o.value)
+            const m = (1n << BigInt(8 * o.size)) - 1n
+            const old = model.get(o.name) ?? 0n
+            model.set(o.name, o.size === 4 ? BigInt(o.value) : (old & ~m) | (BigInt(o.value) & m))
           } else if (o.kind === 'sync') {
             vcpu.regs.synchronize()
           } else {

@@ -73,6 +73,11 @@ export class RegisterCache {
   private readonly lo = new BigUint64Array(N)
   private readonly hi = new BigUint64Array(N)
   /**
+   * `lo` as u32 halves (low first): the per-exit port path reads, adds and copies
+   * through these, as numbers, without making a BigInt.
+   */
+  private readonly lo32 = new Uint32Array(this.lo.buffer)
+  /**
    * Per register: `epoch` when clean, `epoch + 1` when dirty, anything lower when
    * unknown. Forgetting everything at each resume is then one increment, not a pass
    * over every register: this runs on every exit.
@@ -85,6 +90,14 @@ export class RegisterCache {
   private readonly view: DataView | null
   /** The page as u64 words: typed-array access is several times cheaper than a DataView's BigInt calls. */
   private readonly words: BigUint64Array | null
+  /** The page as u32 halves, for copies that need no BigInt. */
+  private readonly words32: Uint32Array | null
+  /**
+   * Hypercall argument arrays by register count, kept: a fresh small typed array is
+   * allocated inside the JS heap, and handing it to native code moves it out (a
+   * malloc and a handle, about a microsecond) on every call.
+   */
+  private readonly batches: { ids: Uint32Array; values: BigUint64Array }[] = []
   /** Counters of page and hypercall traffic. */
   readonly counters: SyncCounters = { pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
 
@@ -101,6 +114,7 @@ export class RegisterCache {
   ) {
     this.view = pageBuffer ? new DataView(pageBuffer) : null
     this.words = pageBuffer ? new BigUint64Array(pageBuffer) : null
+    this.words32 = pageBuffer ? new Uint32Array(pageBuffer) : null
   }
 
   /** Whether reads and writes may use the page now. */
@@ -117,6 +131,43 @@ export class RegisterCache {
   getAt(i: number): bigint {
     if (this.unknown(i)) this.load(i)
     return this.lo[i] as bigint
+  }
+
+  /** The low 32 bits of register `i` (by index), as a number. */
+  getLow32At(i: number): number {
+    if (this.unknown(i)) this.load(i)
+    return this.lo32[2 * i] as number
+  }
+
+  /**
+   * Writes `value` to the low `size` bytes of register `i` as x86 does: a 1- or
+   * 2-byte write keeps the other bits, a 4-byte write clears the upper half.
+   */
+  setSizedAt(i: number, size: 1 | 2 | 4, value: number): void {
+    if (size === 4) {
+      this.setWords(i, value, 0)
+      return
+    }
+    const m = size === 1 ? 0xff : 0xffff
+    const low = this.getLow32At(i)
+    this.setWords(i, ((low & ~m) | (value & m)) >>> 0, this.lo32[2 * i + 1] as number)
+  }
+
+  /** Adds `n` (0..0xffffffff) to register `i`, wrapping at 2^64: RIP past an instruction. */
+  addAt(i: number, n: number): void {
+    if (n >>> 0 !== n) throw new MshvError('EINVAL', `addAt: increment must be an integer in 0..0xffffffff, got ${String(n)}`)
+    const low = this.getLow32At(i) + n
+    const high = (this.lo32[2 * i + 1] as number) + (low > 0xffff_ffff ? 1 : 0)
+    this.setWords(i, low >>> 0, high >>> 0)
+  }
+
+  /** Writes a u64 register from its u32 halves. */
+  private setWords(i: number, low: number, high: number): void {
+    const r = registers[i] as RegisterDescriptor
+    if (r.kind !== 'u64' && this.unknown(i)) this.load(i)
+    this.lo32[2 * i] = low
+    this.lo32[2 * i + 1] = high
+    this.markDirty(i)
   }
 
   /** Reads both 64-bit halves (XMM, segment and table registers). */
@@ -152,6 +203,19 @@ export class RegisterCache {
     if (this.unknown(i)) {
       this.lo[i] = value
       this.hi[i] = high
+      this.state[i] = this.epoch
+    }
+  }
+
+  /**
+   * {@link seed} from a message's u32 halves at `words[at]`, `words[at + 1]` (a u64
+   * field, little-endian), without making a BigInt.
+   */
+  seedWords(i: number, words: Uint32Array, at: number): void {
+    if (this.unknown(i)) {
+      this.lo32[2 * i] = words[at] as number
+      this.lo32[2 * i + 1] = words[at + 1] as number
+      this.hi[i] = 0n
       this.state[i] = this.epoch
     }
   }
@@ -220,30 +284,31 @@ export class RegisterCache {
   }
 
   private storeDirty(viaPage: boolean): void {
-    const batch: number[] = []
+    // Made only when something needs a hypercall: the page path runs on every exit.
+    let batch: number[] | undefined
     let mask = 0
-    const { view, words } = this
+    const { view, words, words32, lo32 } = this
     for (let k = 0; k < this.dirtyCount; k++) {
       const i = this.dirty[k] as number
       const r = registers[i] as RegisterDescriptor
-      if (viaPage && words && r.dirtyBit !== undefined && r.pageOffset !== undefined) {
-        const w = r.pageOffset >>> 3
-        words[w] = this.lo[i] as bigint
-        if (r.kind !== 'u64') words[w + 1] = this.hi[i] as bigint
+      if (viaPage && words && words32 && r.dirtyBit !== undefined && r.pageOffset !== undefined) {
+        const w = r.pageOffset >>> 2
+        words32[w] = lo32[2 * i] as number
+        words32[w + 1] = lo32[2 * i + 1] as number
+        if (r.kind !== 'u64') words[(w >>> 1) + 1] = this.hi[i] as bigint
         mask |= r.dirtyBit
         this.counters.pageWrites++
       } else {
-        batch.push(i)
+        ;(batch ??= []).push(i)
       }
     }
     if (mask !== 0 && view) view.setUint32(DIRTY_OFFSET, view.getUint32(DIRTY_OFFSET, true) | mask, true)
-    this.store(batch)
+    if (batch) this.store(batch)
   }
 
   private store(indices: number[]): void {
     if (indices.length === 0) return
-    const ids = new Uint32Array(indices.length)
-    const values = new BigUint64Array(indices.length * 2)
+    const { ids, values } = this.batch(indices.length)
     indices.forEach((i, k) => {
       ids[k] = (registers[i] as RegisterDescriptor).id
       values[2 * k] = this.lo[i] as bigint
@@ -251,6 +316,16 @@ export class RegisterCache {
     })
     this.native.setRegisters(ids, values)
     this.counters.hypercallWrites += indices.length
+  }
+
+  /** The argument arrays for a batch of `count` registers, reused from call to call. */
+  private batch(count: number): { ids: Uint32Array; values: BigUint64Array } {
+    let b = this.batches[count]
+    if (!b) {
+      b = { ids: new Uint32Array(new ArrayBuffer(4 * count)), values: new BigUint64Array(new ArrayBuffer(16 * count)) }
+      this.batches[count] = b
+    }
+    return b
   }
 
   /** Loads register `i`: from the page if possible, else its whole group by hypercall. */
@@ -285,8 +360,8 @@ export class RegisterCache {
 
   private fetch(indices: number[]): void {
     if (indices.length === 0) return
-    const ids = Uint32Array.from(indices, (i) => (registers[i] as RegisterDescriptor).id)
-    const out = new BigUint64Array(indices.length * 2)
+    const { ids, values: out } = this.batch(indices.length)
+    indices.forEach((i, k) => (ids[k] = (registers[i] as RegisterDescriptor).id))
     try {
       this.native.getRegisters(ids, out)
     } catch (e) {

@@ -109,6 +109,8 @@ export class Vcpu {
   readonly regs: RegisterCache
   /** The exit message of the last run, read in place. */
   readonly message: DataView
+  /** The same message as u32 words, for the per-exit reads that need no BigInt. */
+  private readonly messageWords: Uint32Array
   private readonly ctx: AccessContext
   private exits = 0
   /** A wake that arrived before the HLT it ends (latched, like a pending interrupt). */
@@ -133,6 +135,7 @@ export class Vcpu {
   ) {
     this.regs = new RegisterCache(native, native.registerPage()?.buffer() ?? null, policy)
     this.message = new DataView(native.messageBuffer())
+    this.messageWords = new Uint32Array(this.message.buffer)
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
     this.runUnlimited = native.runner()
   }
@@ -323,7 +326,7 @@ export class Vcpu {
     const msg = this.message
     switch (code) {
       case T_IO: {
-        seedIo(msg, this.regs)
+        seedIo(this.messageWords, this.regs)
         handleIo(msg, this.regs, this.env.bus, this.ctx, () => this.memory())
         const pending = this.env.debugExit.pending
         if (pending !== undefined) {

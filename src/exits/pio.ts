@@ -11,6 +11,7 @@ import { GPR } from '../emulator/operands.js'
 import { mask } from '../emulator/alu.js'
 import { advanceIndex, segmentBase, setAddressSized, stringStep } from '../emulator/string.js'
 import type { LinearMemory } from '../emulator/memory.js'
+import { MshvError, hex } from '../errors.js'
 import { bitness } from './mmio.js'
 
 const PORT = message('ioPortNumber')
@@ -38,6 +39,8 @@ const RSI = GPR[6] as number
 const RDI = GPR[7] as number
 /** `access_info`: size in bits 0..2, string op bit 3, REP bit 4. */
 const STRING_OP = 1 << 3
+/** The value bits of a 1-, 2- or 4-byte port access. */
+const SIZE_MASK = [0, 0xff, 0xffff, 0, 0xffff_ffff] as const
 const REP_PREFIX = 1 << 4
 
 /**
@@ -46,10 +49,13 @@ const REP_PREFIX = 1 << 4
  */
 export const STRING_IO_BATCH = 4096
 
-/** Seeds the registers an I/O message carries (no hypercall needed for them). */
-export function seedIo(msg: DataView, regs: RegisterCache): void {
-  regs.seed(RIP_REG, msg.getBigUint64(RIP, true))
-  regs.seed(RAX, msg.getBigUint64(RAX_MSG, true))
+/**
+ * Seeds the registers an I/O message carries (no hypercall needed for them), from the
+ * message as u32 words: this runs on every port exit.
+ */
+export function seedIo(words: Uint32Array, regs: RegisterCache): void {
+  regs.seedWords(RIP_REG, words, RIP >>> 2)
+  regs.seedWords(RAX, words, RAX_MSG >>> 2)
 }
 
 /** Handles an I/O port intercept; `memory` is asked for only by INS/OUTS. */
@@ -61,21 +67,19 @@ export function handleIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: Ac
   const len = msg.getUint8(LEN) & 0xf
   if ((info & STRING_OP) !== 0) {
     if (stringIo(msg, { regs, bus, ctx, memory: memory() }, { port, size, input, rep: (info & REP_PREFIX) !== 0 })) {
-      regs.setAt(RIP_REG, regs.getAt(RIP_REG) + BigInt(len))
+      regs.addAt(RIP_REG, len)
     }
     return
   }
-  const m = mask(size)
+  if (size !== 1 && size !== 2 && size !== 4) throw new MshvError('EUNHANDLED_EXIT', `port ${hex(port)} access of ${size} bytes`)
   if (!input) {
-    bus.write(port, size, Number(regs.getAt(RAX) & m), ctx)
+    bus.write(port, size, regs.getLow32At(RAX) & SIZE_MASK[size], ctx)
   } else {
-    const value = BigInt(bus.read(port, size, ctx) >>> 0) & m
-    // Read RAX after the device ran: a device that synchronized and wrote RAX itself
-    // (vmport) must not be undone by the message's stale copy.
-    const rax = regs.getAt(RAX)
-    regs.setAt(RAX, size === 4 ? value : (rax & ~m) | value)
+    // Merged into RAX after the device ran: a device that synchronized and wrote RAX
+    // itself (vmport) must not be undone by the message's stale copy.
+    regs.setSizedAt(RAX, size, bus.read(port, size, ctx) >>> 0)
   }
-  regs.setAt(RIP_REG, regs.getAt(RIP_REG) + BigInt(len))
+  regs.addAt(RIP_REG, len)
 }
 
 interface StringIoMachine {
