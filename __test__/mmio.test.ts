@@ -1,4 +1,5 @@
 import test from 'ava'
+import { decode, decodeCacheKey } from '../src/emulator/decode.js'
 import { createVm, enterLongMode, enterRealMode, segment, RegisterBank, MshvError, type Vm, type Vcpu } from '../index.js'
 
 const BANK = 0xc000_0000n
@@ -123,4 +124,26 @@ test('string copies between RAM and the device are served from guest memory on t
   t.deepEqual([...vm.read(0x6000, 16)], [1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0])
   t.is(vcpu.regs.get('rcx'), 0n)
   t.is(vcpu.stats().exitsByType['unmappedGpa'], 8, 'one exit per element that touches the device')
+})
+
+test('the decode cache tells apart instructions whose bytes hash alike', (t) => {
+  // `mov rax, imm64` over pseudo-random immediates until two share a cache hash (a
+  // birthday search over 32-bit hashes: some 80k tries).
+  const bytesOf = (imm: bigint) => Uint8Array.of(0x48, 0xb8, ...new Uint8Array(BigUint64Array.of(imm).buffer))
+  const seen = new Map<number, bigint>()
+  let pair: [bigint, bigint] | undefined
+  for (let x = 1n; !pair; ) {
+    x = BigInt.asUintN(64, x * 6364136223846793005n + 1442695040888963407n)
+    const h = decodeCacheKey(bytesOf(x), 64)
+    const other = seen.get(h)
+    if (other !== undefined && other !== x) pair = [other, x]
+    seen.set(h, x)
+  }
+  const [a, b] = pair
+  t.is(decode(bytesOf(a), 64, 0n).immediates[1], a)
+  t.is(decode(bytesOf(b), 64, 0n).immediates[1], b, 'a hash hit with other bytes decodes afresh')
+  t.is(decode(bytesOf(a), 64, 0n).immediates[1], a)
+  // The same bytes in another mode are another instruction: `inc eax` in 32-bit code, a REX `nop` in 64.
+  t.is(decode(Uint8Array.of(0x40, 0x90), 32, 0n).length, 1)
+  t.is(decode(Uint8Array.of(0x40, 0x90), 64, 0n).length, 2)
 })

@@ -26,7 +26,36 @@ export interface Decoded {
 }
 
 const CACHE_LIMIT = 4096
-const cache = new Map<string, Decoded>()
+
+/** A cached decode: the bytes it came from, compared in full on every hit. */
+interface CacheEntry {
+  readonly bitness: number
+  readonly bytes: Uint8Array
+  readonly decoded: Decoded
+}
+
+/**
+ * Decodes by an FNV-1a hash of the mode and bytes. A hash, not a string key: making a
+ * string of the bytes costs more than the rest of a cached MMIO exit's handling. A
+ * collision only costs a decode, since a hit must match the bytes exactly.
+ */
+const cache = new Map<number, CacheEntry>()
+
+/**
+ * The cache key of `bytes` decoded in `bitness`-bit mode.
+ * @internal
+ */
+export function decodeCacheKey(bytes: Uint8Array, bitness: number): number {
+  let h = Math.imul(0x811c9dc5 ^ bitness, 0x01000193)
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ (bytes[i] as number), 0x01000193)
+  return h
+}
+
+function sameBytes(e: CacheEntry, bytes: Uint8Array, bitness: number): boolean {
+  if (e.bitness !== bitness || e.bytes.length !== bytes.length) return false
+  for (let i = 0; i < bytes.length; i++) if (e.bytes[i] !== bytes[i]) return false
+  return true
+}
 let formatter: Formatter | undefined
 
 const STRING_SOURCE = new Set<OpKind>([OpKind.MemorySegRSI, OpKind.MemorySegESI, OpKind.MemorySegSI])
@@ -51,9 +80,9 @@ export function isStringOperand(k: OpKind): 'source' | 'dest' | undefined {
  * An undecodable instruction is a clear error naming the bytes and RIP.
  */
 export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): Decoded {
-  const key = `${bitness}:${Buffer.from(bytes).toString('hex')}`
+  const key = decodeCacheKey(bytes, bitness)
   const hit = cache.get(key)
-  if (hit) return hit
+  if (hit && sameBytes(hit, bytes, bitness)) return hit.decoded
   const decoder = new Decoder(bitness, bytes, DecoderOptions.None)
   decoder.ip = rip
   const ins = decoder.decode()
@@ -84,7 +113,8 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): D
       text: formatter.format(ins),
     }
     if (cache.size >= CACHE_LIMIT) cache.clear()
-    cache.set(key, d)
+    // A copy: `bytes` may be a view over the exit message, rewritten by the next exit.
+    cache.set(key, { bitness, bytes: bytes.slice(), decoded: d })
     return d
   } finally {
     ins.free()

@@ -37,7 +37,8 @@ export function bitness(msg: DataView): 16 | 32 | 64 {
 /** The instruction bytes: the message's, or guest memory's when it carries none. */
 function instructionBytes(msg: DataView, rip: bigint, memory: LinearMemory, regs: RegisterCache): Uint8Array {
   const count = msg.getUint8(COUNT)
-  if (count > 0) return new Uint8Array(msg.buffer.slice(msg.byteOffset + BYTES, msg.byteOffset + BYTES + count))
+  // A view: the decoder copies what it keeps, and the message is not rewritten before it runs.
+  if (count > 0) return new Uint8Array(msg.buffer, msg.byteOffset + BYTES, count)
   const cs = regs.getRaw('cs')[0]
   const out = new Uint8Array(15)
   for (let i = 0; i < out.length; i++) out[i] = Number(memory.read(cs + rip + BigInt(i), 1))
