@@ -1,5 +1,5 @@
 import test from 'ava'
-import { createVm, liveResources, MshvError } from '../index.js'
+import { createVm, liveResources, MshvError, registerIndex, registers } from '../index.js'
 import { native } from '../src/native.js'
 import { realModeGuest } from './helpers.js'
 
@@ -21,6 +21,32 @@ test('bad backend, register names and values are clear errors', (t) => {
   t.is(e.code, 'EINVAL')
   t.regex(e.message, /rax/)
   t.throws(() => vcpu.native.getRegisters(Uint32Array.of(0xdead), new BigUint64Array(2)), { message: /0xdead/ })
+})
+
+test('the register cache index methods name a bad index, size or value', (t) => {
+  const { vcpu } = realModeGuest([0xf4])
+  const rax = registerIndex('rax')
+  const bad: [() => unknown, string, RegExp][] = [
+    [() => vcpu.regs.getAt(-1), 'EINVAL_REGISTER', /got -1/],
+    [() => vcpu.regs.getLow32At(1e9), 'EINVAL_REGISTER', /got 1000000000/],
+    [() => vcpu.regs.setAt(registers.length, 0n), 'EINVAL_REGISTER', new RegExp(`got ${registers.length}`)],
+    [() => vcpu.regs.addAt(0.5, 1), 'EINVAL_REGISTER', /got 0.5/],
+    [() => vcpu.regs.addAt(rax, -1), 'EINVAL', /increment .* got -1/],
+    [() => vcpu.regs.addAt(rax, 2 ** 32), 'EINVAL', /got 4294967296/],
+    [() => vcpu.regs.setSizedAt(rax, 3 as 4, 0), 'EINVAL', /size .* got 3/],
+    [() => vcpu.regs.setSizedAt(rax, 2, 1.5), 'EINVAL', /value .* got 1.5/],
+    [() => vcpu.regs.seed(rax, -1n), 'EINVAL', /rax .* got -1/],
+  ]
+  for (const [f, code, message] of bad) {
+    const e = t.throws(f) as MshvError
+    t.is(e.code, code)
+    t.regex(e.message, message)
+  }
+  vcpu.regs.setAt(rax, 0xffff_ffff_ffff_fff0n)
+  vcpu.regs.addAt(rax, 0x20)
+  t.is(vcpu.regs.getAt(rax), 0x10n, 'addAt wraps at 2^64')
+  vcpu.regs.setSizedAt(rax, 2, 0xbeef)
+  t.is(vcpu.regs.getAt(rax), 0xbeefn)
 })
 
 test('overlapping and unaligned memory maps are rejected and the VM stays usable', (t) => {

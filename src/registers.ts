@@ -54,6 +54,22 @@ export interface SyncCounters {
   hypercallWrites: number
 }
 
+/** A register index, checked: the `...At` methods are the hot path, so one compare. */
+function checkIndex(i: number): number {
+  if (!(i >>> 0 === i && i < N)) throw new MshvError('EINVAL_REGISTER', `register index must be an integer in 0..${N - 1}, got ${String(i)}`)
+  return i
+}
+
+function checkSize(size: number): 1 | 2 | 4 {
+  if (size !== 1 && size !== 2 && size !== 4) throw new MshvError('EINVAL', `register write size must be 1, 2 or 4 bytes, got ${String(size)}`)
+  return size
+}
+
+function checkU32Value(what: string, v: number): number {
+  if (v >>> 0 !== v) throw new MshvError('EINVAL', `${what} must be an integer in 0..0xffffffff, got ${String(v)}`)
+  return v
+}
+
 function checkU64(name: string, v: bigint): bigint {
   if (typeof v !== 'bigint' || BigInt.asUintN(64, v) !== v) {
     throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1, got ${String(v)}`)
@@ -129,13 +145,13 @@ export class RegisterCache {
 
   /** {@link get} by index in {@link registers}. */
   getAt(i: number): bigint {
-    if (this.unknown(i)) this.load(i)
+    if (this.unknown(checkIndex(i))) this.load(i)
     return this.lo[i] as bigint
   }
 
   /** The low 32 bits of register `i` (by index), as a number. */
   getLow32At(i: number): number {
-    if (this.unknown(i)) this.load(i)
+    if (this.unknown(checkIndex(i))) this.load(i)
     return this.lo32[2 * i] as number
   }
 
@@ -144,7 +160,8 @@ export class RegisterCache {
    * 2-byte write keeps the other bits, a 4-byte write clears the upper half.
    */
   setSizedAt(i: number, size: 1 | 2 | 4, value: number): void {
-    if (size === 4) {
+    checkU32Value('setSizedAt: value', value)
+    if (checkSize(size) === 4) {
       this.setWords(i, value, 0)
       return
     }
@@ -155,7 +172,7 @@ export class RegisterCache {
 
   /** Adds `n` (0..0xffffffff) to register `i`, wrapping at 2^64: RIP past an instruction. */
   addAt(i: number, n: number): void {
-    if (n >>> 0 !== n) throw new MshvError('EINVAL', `addAt: increment must be an integer in 0..0xffffffff, got ${String(n)}`)
+    checkU32Value('addAt: increment', n)
     const low = this.getLow32At(i) + n
     const high = (this.lo32[2 * i + 1] as number) + (low > 0xffff_ffff ? 1 : 0)
     this.setWords(i, low >>> 0, high >>> 0)
@@ -163,7 +180,7 @@ export class RegisterCache {
 
   /** Writes a u64 register from its u32 halves. */
   private setWords(i: number, low: number, high: number): void {
-    const r = registers[i] as RegisterDescriptor
+    const r = registers[checkIndex(i)] as RegisterDescriptor
     if (r.kind !== 'u64' && this.unknown(i)) this.load(i)
     this.lo32[2 * i] = low
     this.lo32[2 * i + 1] = high
@@ -184,7 +201,7 @@ export class RegisterCache {
 
   /** {@link set} by index. For 128-bit registers the high half is kept. */
   setAt(i: number, value: bigint): void {
-    const r = registers[i] as RegisterDescriptor
+    const r = registers[checkIndex(i)] as RegisterDescriptor
     if (r.kind !== 'u64' && this.unknown(i)) this.load(i)
     this.lo[i] = checkU64(r.name, value)
     this.markDirty(i)
@@ -200,9 +217,9 @@ export class RegisterCache {
 
   /** Records a value the exit message carried (clean, no hypercall), unless known. */
   seed(i: number, value: bigint, high = 0n): void {
-    if (this.unknown(i)) {
-      this.lo[i] = value
-      this.hi[i] = high
+    if (this.unknown(checkIndex(i))) {
+      this.lo[i] = checkU64((registers[i] as RegisterDescriptor).name, value)
+      this.hi[i] = checkU64((registers[i] as RegisterDescriptor).name, high)
       this.state[i] = this.epoch
     }
   }
@@ -210,9 +227,10 @@ export class RegisterCache {
   /**
    * {@link seed} from a message's u32 halves at `words[at]`, `words[at + 1]` (a u64
    * field, little-endian), without making a BigInt.
+   * @internal
    */
   seedWords(i: number, words: Uint32Array, at: number): void {
-    if (this.unknown(i)) {
+    if (this.unknown(checkIndex(i))) {
       this.lo32[2 * i] = words[at] as number
       this.lo32[2 * i + 1] = words[at + 1] as number
       this.hi[i] = 0n
