@@ -139,12 +139,22 @@ export function createSession(options: SessionOptions = {}): Session {
     throw new MshvError('EINVAL', `ramMiB must be an integer in 1..4096, got ${String(ramMiB)}`)
   }
   const origin = options.origin ?? 0x1000
-  const print = options.print ?? ((text: string) => console.log(text))
   const output = options.output ?? process.stdout
+  /** Whether the guest's output stopped mid-line: a helper's report then starts on a new one. */
+  let guestMidLine = false
+  const printTo = options.print ?? ((text: string) => console.log(text))
+  const print = (text: string): void => {
+    if (guestMidLine) output.write('\n')
+    guestMidLine = false
+    printTo(text)
+  }
   const vm = createVm({ backend: options.backend ?? 'auto' })
   try {
     vm.addRam(0, ramMiB << 20)
-    const emit = (b: number) => output.write(String.fromCharCode(b))
+    const emit = (b: number) => {
+      guestMidLine = b !== 0x0a
+      output.write(String.fromCharCode(b))
+    }
     vm.bus.register(COM1, 8, new Serial16550(COM1, { onByte: emit }), 'COM1')
     const console0xe9: PioDevice = { ioWrite: (_port, _size, value) => emit(value & 0xff) }
     vm.bus.register(0xe9, 1, console0xe9, 'debug console')
@@ -204,9 +214,10 @@ export function createSession(options: SessionOptions = {}): Session {
       return result
     },
     run: async () => {
+      const before = vcpu.stats().exits
       const result = await runInSlices(vcpu, vm.backend, output)
-      const s = vcpu.stats()
-      print(`${s.exits} exits; ${where()}`)
+      const exits = vcpu.stats().exits - before
+      print(`${exits} exit${exits === 1 ? '' : 's'}; ${where()}`)
       return result
     },
     cancel: () => vcpu.cancel(),
