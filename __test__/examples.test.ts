@@ -62,7 +62,7 @@ test("the README's createSession example runs as printed under tsx", (t) => {
     // step() prints where the vCPU is, regs() the table, run() the exit count at HLT.
     t.regex(out, /^rip 0x1006: 00001006 {2}hlt$/m) // 66 b8 imm32: real mode
     t.regex(out, /^rax 0000000000001234/m)
-    t.regex(out, /^1 exits; rip 0x1007/m)
+    t.regex(out, /^1 exit; rip 0x1007/m)
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }
