@@ -124,6 +124,23 @@ test('string copies between RAM and the device are served from guest memory on t
   t.deepEqual([...vm.read(0x6000, 16)], [1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0])
   t.is(vcpu.regs.get('rcx'), 0n)
   t.is(vcpu.stats().exitsByType['unmappedGpa'], 8, 'one exit per element that touches the device')
+  t.is(vcpu.stats().translateCalls, 8, "the RAM side is translated; the device side is the message's GVA -> GPA")
+})
+
+test("rep stos to a device under paging costs no hypercall: the message's GVA -> GPA serves", (t) => {
+  // rep stosd with rdi = BANK, 4 elements; hlt
+  const { vcpu, bank } = longModeGuest([0xf3, 0xab])
+  vcpu.regs.set('rdi', BANK)
+  vcpu.regs.set('rcx', 4n)
+  vcpu.regs.set('rax', 0x1234_5678n)
+  vcpu.run({ maxExits: 1 }) // the register writes above are flushed by this first run
+  vcpu.resetStats()
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.is(bank.get(0), 0x1234_5678_1234_5678n)
+  t.is(bank.get(1), 0x1234_5678_1234_5678n)
+  const s = vcpu.stats()
+  t.is(s.exitsByType['unmappedGpa'], 3)
+  t.is(s.hypercalls, 0)
 })
 
 test('the decode cache tells apart instructions whose bytes hash alike', (t) => {

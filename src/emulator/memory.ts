@@ -79,6 +79,18 @@ export class LinearMemory {
     readonly phys: PhysicalMemory,
   ) {}
 
+  /**
+   * Records that the page of `linear` maps to the page of `gpa` for reads (and writes,
+   * if `write`): what a memory intercept message says of the access that exited, so
+   * the emulator needs no translation hypercall for it.
+   */
+  learn(linear: bigint, gpa: bigint, write: boolean): void {
+    const page = linear & ~0xfffn
+    const base = gpa & ~0xfffn
+    this.pages.set(page, base)
+    if (write) this.pages.set(page | 1n, base)
+  }
+
   /** The GPA of `linear`: identity without paging, else the backend's translation. */
   translate(linear: bigint, write: boolean): bigint {
     if ((this.regs.get('cr0') & CR0_PG) === 0n) return linear & 0xffff_ffffn

@@ -11,6 +11,11 @@ import { emulateMmio } from '../emulator/mmio.js'
 import type { LinearMemory } from '../emulator/memory.js'
 
 const GPA = message('memGpa')
+const GVA = message('memGva')
+const ACCESS_INFO = message('memAccessInfo')
+/** The message's GVA and its translation to the GPA are both valid. */
+const GVA_GPA_KNOWN = message('memGvaValid') | message('memGvaGpaValid')
+const WRITE = message('accessWrite')
 const RIP = message('rip')
 const RFLAGS = message('rflags')
 const ACCESS_TYPE = message('interceptAccessType')
@@ -51,9 +56,14 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
   const rip = msg.getBigUint64(RIP, true)
   regs.seed(RIP_REG, rip)
   regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
-  if (msg.getUint8(ACCESS_TYPE) === EXECUTE) {
+  const access = msg.getUint8(ACCESS_TYPE)
+  if (access === EXECUTE) {
     throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
   }
+  // The hypervisor walked the guest's page tables for this access: a string
+  // instruction's device side then needs no translation hypercall (Cloud Hypervisor's
+  // MshvEmulatorContext does the same).
+  if ((msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) memory.learn(msg.getBigUint64(GVA, true), gpa, access === WRITE)
   const mode = bitness(msg)
   const ins = decode(instructionBytes(msg, rip, memory, regs), mode, rip)
   if (emulateMmio({ ins, gpa, rip, bitness: mode }, { regs, memory })) regs.setAt(RIP_REG, rip + BigInt(ins.length))

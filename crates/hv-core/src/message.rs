@@ -34,6 +34,11 @@ pub const TYPES: &[(&str, u32)] = &[
     ("halt", HVMSG_X64_HALT),
 ];
 
+/// `gva_valid` in `hv_x64_memory_access_info` (checked against the binding's setter in tests).
+pub const MEM_GVA_VALID: u8 = 1 << 0;
+/// `gva_gpa_valid` in `hv_x64_memory_access_info`.
+pub const MEM_GVA_GPA_VALID: u8 = 1 << 1;
+
 type Hdr = hv_x64_intercept_message_header;
 type Io = hv_x64_io_port_intercept_message;
 type Mem = hv_x64_memory_intercept_message;
@@ -95,6 +100,10 @@ pub const FIELDS: &[(&str, usize)] = &[
     ("msrNumber", p(offset_of!(Msr, msr_number))),
     ("msrRdx", p(offset_of!(Msr, rdx))),
     ("msrRax", p(offset_of!(Msr, rax))),
+    // Bits of `memAccessInfo` (`hv_x64_memory_access_info`): the message's GVA is
+    // valid, and so is its translation to the message's GPA.
+    ("memGvaValid", MEM_GVA_VALID as usize),
+    ("memGvaGpaValid", MEM_GVA_GPA_VALID as usize),
     ("accessRead", HV_INTERCEPT_ACCESS_READ as usize),
     ("accessWrite", HV_INTERCEPT_ACCESS_WRITE as usize),
     ("accessExecute", HV_INTERCEPT_ACCESS_EXECUTE as usize),
@@ -171,6 +180,20 @@ impl ExitMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_info_bits_are_the_bindings_bitfields() {
+        let bit = |set: fn(&mut hv_x64_memory_access_info__bindgen_ty_1)| {
+            let mut info = hv_x64_memory_access_info { as_uint8: 0 };
+            // SAFETY: both views of the union are one plain byte.
+            unsafe {
+                set(&mut info.__bindgen_anon_1);
+                info.as_uint8
+            }
+        };
+        assert_eq!(bit(|i| i.set_gva_valid(1)), MEM_GVA_VALID);
+        assert_eq!(bit(|i| i.set_gva_gpa_valid(1)), MEM_GVA_GPA_VALID);
+    }
 
     #[test]
     fn sizes_match_the_kernel_abi() {
