@@ -17,6 +17,8 @@ export interface Decoded {
   readonly memorySize: number
   /** REP/REPE (F3) or REPNE (F2) prefix. */
   readonly rep: boolean
+  /** Whether an operand is a string instruction's (`[rsi]`, `es:[rdi]` and their narrower forms). */
+  readonly stringOp: boolean
   /** Address size in bytes of string operands (from RSI/ESI/SI). */
   readonly addressSize: number
   /** Segment of the memory operand (`ds`, `es`, `fs`, ...), overrides applied; '' when none. */
@@ -108,6 +110,7 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): D
       immediates,
       memorySize: ins.memorySize ? MemorySizeExt.size(ins.memorySize) : 0,
       rep: ins.hasRepPrefix || ins.hasRepePrefix || ins.hasRepnePrefix,
+      stringOp: opKinds.some((k) => isStringOperand(k) !== undefined),
       addressSize: addressSizeOf(opKinds, bitness),
       segment: ins.memorySegment === Register.None ? '' : Register[ins.memorySegment].toLowerCase(),
       text: formatter.format(ins),

@@ -72,6 +72,8 @@ export class GuestPhysical implements PhysicalMemory {
 /** Linear (virtual) guest memory of one vCPU at one exit. */
 export class LinearMemory {
   private readonly pages = new Map<bigint, bigint>()
+  /** The exit's own access, from its message: see {@link learn}. */
+  private known: { readonly linear: bigint; readonly gpa: bigint; readonly write: boolean } | undefined
 
   constructor(
     private readonly regs: RegisterCache,
@@ -80,15 +82,13 @@ export class LinearMemory {
   ) {}
 
   /**
-   * Records that the page of `linear` maps to the page of `gpa` for reads (and writes,
-   * if `write`): what a memory intercept message says of the access that exited, so
-   * the emulator needs no translation hypercall for it.
+   * Records that `linear` maps to `gpa` for reads (and writes, if `write`): what a
+   * memory intercept message says of the access that exited, so the emulator needs no
+   * translation hypercall for its page. Kept as given and consulted only on a miss:
+   * most MMIO instructions never translate.
    */
   learn(linear: bigint, gpa: bigint, write: boolean): void {
-    const page = linear & ~0xfffn
-    const base = gpa & ~0xfffn
-    this.pages.set(page, base)
-    if (write) this.pages.set(page | 1n, base)
+    this.known = { linear, gpa, write }
   }
 
   /** The GPA of `linear`: identity without paging, else the backend's translation. */
@@ -97,6 +97,11 @@ export class LinearMemory {
     const page = linear & ~0xfffn
     const key = write ? page | 1n : page
     let base = this.pages.get(key)
+    const known = this.known
+    if (base === undefined && known && (known.linear & ~0xfffn) === page && (known.write || !write)) {
+      base = known.gpa & ~0xfffn
+      this.pages.set(key, base)
+    }
     if (base === undefined) {
       const t = this.vcpu.translateGva(page, write ? VALIDATE_WRITE : VALIDATE_READ)
       if (!TRANSLATED.has(t.result)) {

@@ -60,11 +60,13 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
   if (access === EXECUTE) {
     throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
   }
-  // The hypervisor walked the guest's page tables for this access: a string
-  // instruction's device side then needs no translation hypercall (Cloud Hypervisor's
-  // MshvEmulatorContext does the same).
-  if ((msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) memory.learn(msg.getBigUint64(GVA, true), gpa, access === WRITE)
   const mode = bitness(msg)
   const ins = decode(instructionBytes(msg, rip, memory, regs), mode, rip)
+  // The hypervisor walked the guest's page tables for this access: a string
+  // instruction's device side then needs no translation hypercall (Cloud Hypervisor's
+  // MshvEmulatorContext does the same). Other instructions use the GPA directly.
+  if (ins.stringOp && (msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) {
+    memory.learn(msg.getBigUint64(GVA, true), gpa, access === WRITE)
+  }
   if (emulateMmio({ ins, gpa, rip, bitness: mode }, { regs, memory })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
 }
