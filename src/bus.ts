@@ -58,6 +58,12 @@ export interface BusStats {
 /** Port I/O and MMIO dispatch with overlap checking. */
 export class IoBus {
   private readonly ranges: Range[] = []
+  /**
+   * Per port, 1 + the index in `ranges` of the range that claims it (0: none): a port
+   * access finds its device in one load however many devices a VM has.
+   */
+  private readonly portOwner = new Uint32Array(0x10000)
+  /** Sorted by start, for a binary search. */
   private readonly mmio: MmioRange[] = []
   /** Unclaimed accesses, as real hardware would silently absorb them. */
   readonly stats: BusStats = { unclaimedReads: 0, unclaimedWrites: 0, unclaimedMmioReads: 0, unclaimedMmioWrites: 0 }
@@ -68,20 +74,21 @@ export class IoBus {
       throw new MshvError('EINVAL', `port range ${hex(start)} (+${length}) for ${name} is outside 0..0xffff`)
     }
     const end = start + length
-    const clash = this.ranges.find((r) => start < r.end && r.start < end)
-    if (clash) {
+    const taken = this.portOwner.subarray(start, end).find((k) => k !== 0)
+    if (taken !== undefined) {
+      const clash = this.ranges[taken - 1] as Range
       throw new MshvError(
         'EOVERLAP',
         `ports ${hex(start)}..${hex(end - 1)} for ${name} overlap ${clash.name} at ${hex(clash.start)}..${hex(clash.end - 1)}`,
       )
     }
     this.ranges.push({ start, end, device, name })
-    this.ranges.sort((a, b) => a.start - b.start)
+    this.portOwner.fill(this.ranges.length, start, end)
   }
 
   private find(port: number): Range | undefined {
-    for (const r of this.ranges) if (port >= r.start && port < r.end) return r
-    return undefined
+    const k = this.portOwner[port] ?? 0
+    return k === 0 ? undefined : this.ranges[k - 1]
   }
 
   /** Reads from a port; unclaimed ports read as all ones. */
@@ -123,12 +130,24 @@ export class IoBus {
         `MMIO ${hex(start)}..${hex(end - 1n)} for ${name} overlaps ${clash.name} at ${hex(clash.start)}..${hex(clash.end - 1n)}`,
       )
     }
-    this.mmio.push({ start, end, device, name })
+    this.mmio.splice(this.firstEndingAfter(start), 0, { start, end, device, name })
+  }
+
+  /** The index of the first range (by start) ending after `gpa`: ranges do not overlap, so ends sort as starts do. */
+  private firstEndingAfter(gpa: bigint): number {
+    let lo = 0
+    let hi = this.mmio.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if ((this.mmio[mid] as MmioRange).end <= gpa) lo = mid + 1
+      else hi = mid
+    }
+    return lo
   }
 
   private findMmio(gpa: bigint, size: number): MmioRange | undefined {
-    for (const r of this.mmio) if (gpa >= r.start && gpa + BigInt(size) <= r.end) return r
-    return undefined
+    const r = this.mmio[this.firstEndingAfter(gpa)]
+    return r && gpa >= r.start && gpa + BigInt(size) <= r.end ? r : undefined
   }
 
   /** Reads MMIO; unclaimed addresses read as all ones. */
