@@ -123,14 +123,16 @@ export class IoBus {
       throw new MshvError('EINVAL', `MMIO range ${hex(start)} (+${hex(len)}) for ${name} is outside the 52-bit physical address space`)
     }
     const end = start + len
-    const clash = this.mmio.find((r) => start < r.end && r.start < end)
-    if (clash) {
+    // The first range ending after `start` is the only one that can overlap, and the new one goes before it.
+    const at = this.firstEndingAfter(start)
+    const clash = this.mmio[at]
+    if (clash && clash.start < end) {
       throw new MshvError(
         'EOVERLAP',
         `MMIO ${hex(start)}..${hex(end - 1n)} for ${name} overlaps ${clash.name} at ${hex(clash.start)}..${hex(clash.end - 1n)}`,
       )
     }
-    this.mmio.splice(this.firstEndingAfter(start), 0, { start, end, device, name })
+    this.mmio.splice(at, 0, { start, end, device, name })
   }
 
   /** The index of the first range (by start) ending after `gpa`: ranges do not overlap, so ends sort as starts do. */

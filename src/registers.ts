@@ -11,7 +11,7 @@
  */
 import type { NativeVcpu } from './native.js'
 import { page, registers, registerIndex, type RegisterDescriptor } from './layout.js'
-import { MshvError } from './errors.js'
+import { MshvError, checkU32 } from './errors.js'
 
 /** How a vCPU's registers travel. */
 export type SyncPolicy = 'page' | 'hypercall' | 'eager'
@@ -63,11 +63,6 @@ function checkIndex(i: number): number {
 function checkSize(size: number): 1 | 2 | 4 {
   if (size !== 1 && size !== 2 && size !== 4) throw new MshvError('EINVAL', `register write size must be 1, 2 or 4 bytes, got ${String(size)}`)
   return size
-}
-
-function checkU32Value(what: string, v: number): number {
-  if (v >>> 0 !== v) throw new MshvError('EINVAL', `${what} must be an integer in 0..0xffffffff, got ${String(v)}`)
-  return v
 }
 
 function checkU64(name: string, v: bigint): bigint {
@@ -160,7 +155,8 @@ export class RegisterCache {
    * 2-byte write keeps the other bits, a 4-byte write clears the upper half.
    */
   setSizedAt(i: number, size: 1 | 2 | 4, value: number): void {
-    checkU32Value('setSizedAt: value', value)
+    checkIndex(i)
+    checkU32('setSizedAt: value', value)
     if (checkSize(size) === 4) {
       this.setWords(i, value, 0)
       return
@@ -172,15 +168,15 @@ export class RegisterCache {
 
   /** Adds `n` (0..0xffffffff) to register `i`, wrapping at 2^64: RIP past an instruction. */
   addAt(i: number, n: number): void {
-    checkU32Value('addAt: increment', n)
+    checkU32('addAt: increment', n)
     const low = this.getLow32At(i) + n
     const high = (this.lo32[2 * i + 1] as number) + (low > 0xffff_ffff ? 1 : 0)
     this.setWords(i, low >>> 0, high >>> 0)
   }
 
-  /** Writes a u64 register from its u32 halves. */
+  /** Writes a u64 register from its u32 halves; `i` is checked by the caller. */
   private setWords(i: number, low: number, high: number): void {
-    const r = registers[checkIndex(i)] as RegisterDescriptor
+    const r = registers[i] as RegisterDescriptor
     if (r.kind !== 'u64' && this.unknown(i)) this.load(i)
     this.lo32[2 * i] = low
     this.lo32[2 * i + 1] = high
@@ -218,8 +214,9 @@ export class RegisterCache {
   /** Records a value the exit message carried (clean, no hypercall), unless known. */
   seed(i: number, value: bigint, high = 0n): void {
     if (this.unknown(checkIndex(i))) {
-      this.lo[i] = checkU64((registers[i] as RegisterDescriptor).name, value)
-      this.hi[i] = checkU64((registers[i] as RegisterDescriptor).name, high)
+      const { name } = registers[i] as RegisterDescriptor
+      this.lo[i] = checkU64(name, value)
+      this.hi[i] = checkU64(name, high)
       this.state[i] = this.epoch
     }
   }
