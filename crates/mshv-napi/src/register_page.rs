@@ -1,7 +1,7 @@
 //! `RegisterPage`: the vCPU's shared register page, handed to JavaScript zero-copy.
 
 use crate::buffers::{external, Detachables};
-use crate::errors::{closed, invalid, Result};
+use crate::errors::{invalid, Result};
 use crate::vcpu::Core;
 use hv_core::page::{ISVALID, PAGE_SIZE};
 use hv_core::RegisterPagePtr;
@@ -34,11 +34,7 @@ impl RegisterPage {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.core.is_closed() {
-            Err(closed("vCPU (of this register page)"))
-        } else {
-            Ok(())
-        }
+        self.core.check_open("vCPU (of this register page)")
     }
 }
 

@@ -120,6 +120,15 @@ impl Core {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// `ECLOSED` naming `what` once the vCPU is closed.
+    pub(crate) fn check_open(&self, what: &'static str) -> Result<()> {
+        if self.is_closed() {
+            Err(closed(what))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Locks the backend for one call; a vCPU busy in an async run is a clear EBUSY.
     pub(crate) fn with<T>(
         &self,
@@ -186,11 +195,7 @@ impl Vcpu {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.core.is_closed() {
-            Err(closed("vCPU"))
-        } else {
-            Ok(())
-        }
+        self.core.check_open("vCPU")
     }
 }
 
