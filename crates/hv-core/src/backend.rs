@@ -9,7 +9,7 @@ use crate::page::RegisterPagePtr;
 use crate::regs::RegisterValue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which hypervisor is underneath.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +87,19 @@ impl MemoryMapping {
 pub struct RunLimits {
     /// Stop after this many guest instructions (sim only; the real backend refuses it).
     pub max_instructions: Option<u64>,
-    /// Stop after this much wall time (sim only for now; the real backend refuses it).
-    pub timeout: Option<Duration>,
+    /// Stop at this moment (the sim checks its clock at least every 1,024 guest
+    /// instructions or string iterations).
+    pub deadline: Option<Instant>,
+}
+
+impl RunLimits {
+    /// Limits that end `timeout` from now; a timeout too long to represent means none.
+    pub fn with_timeout(max_instructions: Option<u64>, timeout: Option<Duration>) -> Self {
+        RunLimits {
+            max_instructions,
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+        }
+    }
 }
 
 /// Why `run()` returned.
@@ -98,8 +109,10 @@ pub enum Exit {
     Message,
     /// `cancel()` was called.
     Cancelled,
-    /// The instruction or time budget ran out.
-    BudgetExhausted,
+    /// The instruction budget ran out.
+    InstructionLimit,
+    /// The deadline passed.
+    Timeout,
 }
 
 /// Interrupts a running vCPU from another thread; a cancel issued while the vCPU is
@@ -173,8 +186,12 @@ pub trait VcpuBackend: Send {
     fn set_registers(&mut self, ids: &[u32], values: &[RegisterValue]) -> Result<()>;
     /// One GVA translation hypercall: (gpa, `hv_translate_gva_result_code`).
     fn translate_gva(&mut self, gva: u64, flags: u64) -> Result<(u64, u32)>;
-    /// The register page, when mapped.
+    /// The register page, when mapped: a pointer for this thread's own accesses.
     fn register_page(&self) -> Option<RegisterPagePtr>;
+    /// The mapping behind [`VcpuBackend::register_page`], for holders that may outlive
+    /// the vCPU (a JavaScript `ArrayBuffer`): it stays mapped while any holder has it,
+    /// and the vCPU retires it when it goes.
+    fn register_page_region(&self) -> Option<Arc<HostRegion>>;
     /// A handle that interrupts `run()` from any thread.
     fn canceller(&self) -> Canceller;
     fn counters(&self) -> &Counters;

@@ -63,6 +63,14 @@ pub enum HvError {
     /// The object has been closed.
     #[error("{0} is closed")]
     Closed(&'static str),
+    /// Guest memory beyond a limit (the VM's, the process's) or beyond what the host has.
+    #[error("{requested:#x} more bytes of guest memory exceed the limit of {what}: {in_use:#x} of {limit:#x} bytes are in use")]
+    OutOfMemory {
+        what: &'static str,
+        requested: u64,
+        in_use: u64,
+        limit: u64,
+    },
 }
 
 impl HvError {
@@ -80,6 +88,7 @@ impl HvError {
             HvError::Unsupported(_) => "ENOTSUP",
             HvError::UnsupportedInstruction { .. } => "EUNSUPPORTED_INSTRUCTION",
             HvError::Closed(_) => "ECLOSED",
+            HvError::OutOfMemory { .. } => "ENOMEM",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod message;
 pub mod page;
 pub mod pio_loop;
 pub mod regs;
+pub mod shared;
 
 pub use backend::{
     BackendKind, Canceller, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
@@ -22,7 +23,7 @@ pub use backend::{
 pub use counters::{Counters, ExitCounter};
 pub use error::{HvError, Result};
 pub use event::PendingException;
-pub use memory::HostRegion;
+pub use memory::{HostRegion, RegionOptions};
 pub use message::{ExitMessage, MESSAGE_SIZE};
 pub use page::{RegisterPagePtr, PAGE_SIZE};
 pub use regs::{RegisterValue, REGISTER_VALUE_SIZE};

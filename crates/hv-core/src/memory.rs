@@ -1,65 +1,264 @@
-//! Host memory that backs guest RAM: an anonymous, page-aligned mapping owned by Rust.
+//! Host memory that backs guest RAM and the register page: page-aligned mappings owned
+//! by Rust, shared by reference count with everything that points into them.
 //!
-//! A region is shared by reference count between the VM (which maps it into the guest),
-//! the vCPU threads that read and write it, and JavaScript `ArrayBuffer`s over it, so that
-//! no holder can outlive the memory it points at.
+//! A region is shared between the VM (which maps it into the guest), the vCPU threads
+//! that read and write it, and JavaScript `ArrayBuffer`s over it. The rule that keeps
+//! JavaScript out of host memory: **whoever can reach the bytes owns the mapping**. An
+//! `ArrayBuffer` holds an `Arc<HostRegion>`, so its address range stays mapped for as long
+//! as the engine can reach the buffer, even after `ArrayBuffer.prototype.transfer()` moved
+//! it where the binding cannot detach it.
+//!
+//! Closing a VM must still give its memory back at once (V8 does not see this memory,
+//! so nothing would trigger a garbage collection): [`HostRegion::retire`] replaces the
+//! pages with fresh anonymous zero pages in place. Physical memory (and, for a register
+//! page, the reference to the vCPU file) goes at once; the addresses stay mapped until
+//! the last holder drops, and a stale buffer then reads zeros that belong to nobody.
 
 use crate::error::{HvError, Result};
 use crate::page::PAGE_SIZE;
+use std::os::fd::RawFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// 0 = not set yet: the host's physical memory (read on first use).
+static PROCESS_LIMIT: AtomicUsize = AtomicUsize::new(0);
 
-/// Regions allocated and not yet unmapped in this process (for leak checks).
+/// `MADV_POPULATE_WRITE` (Linux 5.14, `include/uapi/asm-generic/mman-common.h`): fault
+/// every page in writable now, failing with ENOMEM instead of OOM-killing later. The
+/// libc crate does not define it.
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// Regions allocated and not yet released in this process (for leak checks).
 pub fn live_regions() -> usize {
     LIVE.load(Ordering::SeqCst)
 }
 
-/// An anonymous private mapping of `len` bytes, zero-filled, unmapped on drop.
+/// Bytes of guest RAM allocated and not yet released in this process.
+pub fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::SeqCst)
+}
+
+/// The host's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)`), or 1 TiB if unknown.
+pub fn host_memory() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        (pages as usize).saturating_mul(size as usize)
+    } else {
+        1 << 40
+    }
+}
+
+/// The most guest RAM this process may hold at once; by default the host's physical
+/// memory ([`host_memory`]), so a script cannot map 92 TiB and let guests commit it
+/// until the OOM killer ends the process.
+pub fn process_memory_limit() -> usize {
+    match PROCESS_LIMIT.load(Ordering::SeqCst) {
+        0 => host_memory(),
+        n => n,
+    }
+}
+
+/// Sets [`process_memory_limit`]; regions already allocated stay.
+pub fn set_process_memory_limit(bytes: usize) -> Result<()> {
+    if bytes == 0 || !bytes.is_multiple_of(PAGE_SIZE) {
+        return Err(HvError::InvalidArgument(format!(
+            "the process memory limit must be a non-zero multiple of {PAGE_SIZE:#x} bytes, got {bytes:#x}"
+        )));
+    }
+    PROCESS_LIMIT.store(bytes, Ordering::SeqCst);
+    Ok(())
+}
+
+/// The bytes in use after admitting `len` more to `in_use` under `limit`, or the
+/// refusal naming all three.
+pub fn admit(what: &'static str, in_use: u64, len: u64, limit: u64) -> Result<u64> {
+    in_use
+        .checked_add(len)
+        .filter(|total| *total <= limit)
+        .ok_or(HvError::OutOfMemory {
+            what,
+            requested: len,
+            in_use,
+            limit,
+        })
+}
+
+/// Counts `len` bytes against the process limit, or refuses them.
+fn charge(len: usize) -> Result<()> {
+    let limit = process_memory_limit() as u64;
+    let mut live = LIVE_BYTES.load(Ordering::SeqCst);
+    loop {
+        let total = admit("this process", live as u64, len as u64, limit)?;
+        match LIVE_BYTES.compare_exchange(live, total as usize, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => return Ok(()),
+            Err(now) => live = now,
+        }
+    }
+}
+
+/// How a region is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegionOptions {
+    /// Commit every page now (`MADV_POPULATE_WRITE`): allocation fails with a clear
+    /// ENOMEM if the host cannot back it, instead of the guest being OOM-killed later.
+    pub reserve: bool,
+}
+
+/// How the bytes are backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backing {
+    /// Anonymous memory between two `PROT_NONE` guard pages, counted as guest RAM.
+    Anonymous,
+    /// A page of a device file (the vCPU's register page), not counted as RAM.
+    Shared,
+}
+
+/// A mapping of `len` bytes, unmapped when the last holder drops it.
 #[derive(Debug)]
 pub struct HostRegion {
     ptr: NonNull<u8>,
     len: usize,
+    /// The whole reservation, guard pages included.
+    map_base: NonNull<u8>,
+    map_len: usize,
+    backing: Backing,
+    retired: AtomicBool,
 }
 
 // SAFETY: the region is plain memory; concurrent guest and VMM access to guest RAM is
-// inherent to virtualization and is done through raw pointers with unaligned,
-// non-referencing reads and writes, never through `&`/`&mut` slices held across threads.
+// inherent to virtualization and goes through raw pointers with volatile accesses
+// (`crate::shared`), never through `&`/`&mut` slices held across threads.
 unsafe impl Send for HostRegion {}
 // SAFETY: as above.
 unsafe impl Sync for HostRegion {}
 
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::ENOMEM)
+}
+
+fn check_len(len: usize) -> Result<()> {
+    if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
+        return Err(HvError::InvalidArgument(format!(
+            "memory size {len:#x} must be a non-zero multiple of {PAGE_SIZE:#x}"
+        )));
+    }
+    Ok(())
+}
+
 impl HostRegion {
-    /// Allocates `len` bytes; `len` must be a non-zero multiple of the 4 KiB page size.
+    /// Allocates `len` zeroed bytes of guest RAM (a non-zero multiple of 4 KiB), with
+    /// default options.
     pub fn new(len: usize) -> Result<Self> {
-        if len == 0 || !len.is_multiple_of(PAGE_SIZE) {
-            return Err(HvError::InvalidArgument(format!(
-                "memory size {len:#x} must be a non-zero multiple of {PAGE_SIZE:#x}"
-            )));
-        }
-        // SAFETY: an anonymous mapping with no address hint touches no existing memory;
-        // the result is checked against MAP_FAILED before use.
-        let addr = unsafe {
+        Self::with_options(len, RegionOptions::default())
+    }
+
+    /// Allocates `len` zeroed bytes of guest RAM between two inaccessible guard pages,
+    /// counted against [`process_memory_limit`].
+    pub fn with_options(len: usize, options: RegionOptions) -> Result<Self> {
+        check_len(len)?;
+        let map_len = len.checked_add(2 * PAGE_SIZE).ok_or_else(|| {
+            HvError::InvalidArgument(format!("memory size {len:#x} is too large"))
+        })?;
+        charge(len)?;
+        // SAFETY: an anonymous PROT_NONE reservation with no address hint touches no
+        // existing memory; the result is checked against MAP_FAILED before use.
+        let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                map_len,
+                libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
         };
-        if addr == libc::MAP_FAILED {
-            let errno = std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::ENOMEM);
-            return Err(HvError::ioctl("mmap guest memory", errno));
-        }
-        let ptr = NonNull::new(addr.cast::<u8>())
-            .ok_or_else(|| HvError::ioctl("mmap guest memory", libc::ENOMEM))?;
+        let Some(map_base) = (base != libc::MAP_FAILED)
+            .then_some(base.cast::<u8>())
+            .and_then(NonNull::new)
+        else {
+            LIVE_BYTES.fetch_sub(len, Ordering::SeqCst);
+            return Err(HvError::ioctl("mmap guest memory", last_errno()));
+        };
+        // SAFETY: one page past the start is inside the reservation of `map_len` bytes.
+        let ptr = unsafe { map_base.add(PAGE_SIZE) };
         LIVE.fetch_add(1, Ordering::SeqCst);
-        Ok(HostRegion { ptr, len })
+        // From here on, Drop undoes everything on an early return.
+        let region = HostRegion {
+            ptr,
+            len,
+            map_base,
+            map_len,
+            backing: Backing::Anonymous,
+            retired: AtomicBool::new(false),
+        };
+        // SAFETY: the range lies inside the reservation made above, which this region owns.
+        if unsafe { libc::mprotect(ptr.as_ptr().cast(), len, libc::PROT_READ | libc::PROT_WRITE) }
+            != 0
+        {
+            return Err(HvError::ioctl("mprotect guest memory", last_errno()));
+        }
+        if options.reserve {
+            // SAFETY: the range is this region's own read-write mapping.
+            if unsafe { libc::madvise(ptr.as_ptr().cast(), len, MADV_POPULATE_WRITE) } != 0 {
+                let errno = last_errno();
+                return Err(match errno {
+                    libc::EINVAL => HvError::Unsupported(
+                        "reserving guest memory needs MADV_POPULATE_WRITE (Linux 5.14 or later)"
+                            .into(),
+                    ),
+                    _ => HvError::OutOfMemory {
+                        what: "the host",
+                        requested: len as u64,
+                        in_use: 0,
+                        limit: host_memory() as u64,
+                    },
+                });
+            }
+        }
+        Ok(region)
+    }
+
+    /// Maps `len` bytes of the file `fd` at `offset`, shared (the vCPU's register page).
+    ///
+    /// The mapping holds its own reference to the file: [`HostRegion::retire`] drops it.
+    pub fn map_shared(fd: RawFd, offset: i64, len: usize) -> Result<Self> {
+        check_len(len)?;
+        // SAFETY: a new shared mapping of the caller's file with no address hint touches
+        // no existing memory; the result is checked against MAP_FAILED before use.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset,
+            )
+        };
+        let ptr = (addr != libc::MAP_FAILED)
+            .then_some(addr.cast::<u8>())
+            .and_then(NonNull::new)
+            .ok_or_else(|| HvError::ioctl("mmap the register page", last_errno()))?;
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        Ok(HostRegion {
+            ptr,
+            len,
+            map_base: ptr,
+            map_len: len,
+            backing: Backing::Shared,
+            retired: AtomicBool::new(false),
+        })
     }
 
     /// Start of the region.
@@ -77,23 +276,58 @@ impl HostRegion {
         self.len == 0
     }
 
+    /// Whether [`HostRegion::retire`] has run.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    /// Gives the memory back now: the pages are replaced in place by fresh anonymous
+    /// zero pages, so physical memory (or the device file) is released while every
+    /// pointer into the region stays valid. Later calls do nothing.
+    pub fn retire(&self) {
+        if self.retired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: MAP_FIXED over exactly this region's own pages, which it owns; the
+        // range stays mapped (now to zero pages) until Drop unmaps the reservation.
+        let addr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            // The old pages stay (still owned by this region): correct, only not freed.
+            // SAFETY: the range is this region's own read-write mapping.
+            unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_DONTNEED) };
+        }
+        self.uncount();
+    }
+
+    fn uncount(&self) {
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+        if self.backing == Backing::Anonymous {
+            LIVE_BYTES.fetch_sub(self.len, Ordering::SeqCst);
+        }
+    }
+
     /// Copies `data` into the region at `offset`.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
-        // SAFETY: bounds checked above; `data` is a distinct Rust slice, so no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
-        };
+        // SAFETY: bounds checked above; the region is mapped while `self` lives.
+        unsafe { crate::shared::copy_to(self.as_ptr().add(offset), data) };
         Ok(())
     }
 
     /// Copies bytes from the region at `offset` into `out`.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
         self.check(offset, out.len())?;
-        // SAFETY: bounds checked above.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len())
-        };
+        // SAFETY: bounds checked above; the region is mapped while `self` lives.
+        unsafe { crate::shared::copy_from(self.as_ptr().add(offset), out) };
         Ok(())
     }
 
@@ -110,11 +344,13 @@ impl HostRegion {
 
 impl Drop for HostRegion {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` came from a successful mmap and are unmapped exactly once.
+        // SAFETY: `map_base`/`map_len` came from a successful mmap and are unmapped once.
         unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            libc::munmap(self.map_base.as_ptr().cast(), self.map_len);
         }
-        LIVE.fetch_sub(1, Ordering::SeqCst);
+        if !self.retired.load(Ordering::SeqCst) {
+            self.uncount();
+        }
     }
 }
 
@@ -137,5 +373,57 @@ mod tests {
         assert_eq!(out, [1, 2, 3]);
         assert!(r.write(4095, &[1, 2]).is_err());
         assert!(r.read(usize::MAX, &mut out).is_err());
+    }
+
+    #[test]
+    fn retiring_zeroes_in_place_releases_once_and_keeps_the_address_mapped() {
+        let r = HostRegion::new(2 * PAGE_SIZE).unwrap();
+        r.write(0, &[7; 64]).unwrap();
+        let live = live_regions();
+        r.retire();
+        assert_eq!(live_regions(), live - 1);
+        r.retire();
+        assert_eq!(live_regions(), live - 1, "a second retire counts nothing");
+        let mut out = [1u8; 64];
+        r.read(0, &mut out).unwrap();
+        assert_eq!(out, [0; 64], "fresh zero pages at the same address");
+        r.write(0, &[9]).unwrap();
+        drop(r);
+        assert_eq!(
+            live_regions(),
+            live - 1,
+            "dropping a retired region counts nothing"
+        );
+    }
+
+    #[test]
+    fn guest_ram_sits_between_inaccessible_guard_pages() {
+        let r = HostRegion::new(PAGE_SIZE).unwrap();
+        for page in [
+            r.as_ptr() as usize - PAGE_SIZE,
+            r.as_ptr() as usize + PAGE_SIZE,
+        ] {
+            let mut vec = 0u8;
+            // SAFETY: mincore only inspects the mapping; it writes one byte to `vec`.
+            let rc = unsafe { libc::mincore(page as *mut _, PAGE_SIZE, &mut vec) };
+            assert_eq!(rc, 0, "the guard page is part of the reservation");
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let guard = format!("{:x}-", r.as_ptr() as usize - PAGE_SIZE);
+        let line = maps.lines().find(|l| l.starts_with(&guard)).unwrap();
+        assert!(line.contains("---p"), "the guard page is PROT_NONE: {line}");
+    }
+
+    #[test]
+    fn admission_refuses_what_exceeds_the_limit_and_names_the_sizes() {
+        assert_eq!(admit("this VM", 0x1000, 0x1000, 0x2000).unwrap(), 0x2000);
+        let e = admit("this VM", 0x1000, 0x2000, 0x2000).unwrap_err();
+        assert_eq!(e.code(), "ENOMEM");
+        let text = e.to_string();
+        for part in ["this VM", "0x2000", "0x1000"] {
+            assert!(text.contains(part), "{text}");
+        }
+        assert!(admit("x", u64::MAX, 1, u64::MAX).is_err(), "no wrap-around");
+        assert_eq!(set_process_memory_limit(100).unwrap_err().code(), "EINVAL");
     }
 }

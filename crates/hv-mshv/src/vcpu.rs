@@ -4,18 +4,20 @@ use crate::errors::map_error;
 use crate::kick::RunningThread;
 use hv_core::backend::check_batch;
 use hv_core::{
-    Canceller, Counters, Exit, ExitMessage, HvError, RegisterPageMode, RegisterPagePtr,
+    Canceller, Counters, Exit, ExitMessage, HostRegion, HvError, RegisterPageMode, RegisterPagePtr,
     RegisterValue, Result, RunLimits, VcpuBackend,
 };
 use mshv_bindings::*;
 use mshv_ioctls::VcpuFd;
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::{Arc, Once};
 
 pub struct MshvVcpu {
     index: u32,
     fd: VcpuFd,
-    page: Option<RegisterPagePtr>,
+    /// Our own mapping of the register page (see [`map_page`]).
+    page: Option<(Arc<HostRegion>, RegisterPagePtr)>,
     counters: Counters,
     canceller: Canceller,
     running: RunningThread,
@@ -28,7 +30,7 @@ pub fn check_limits(limits: &RunLimits) -> Result<()> {
             "maxInstructions (an instruction budget) needs the sim backend: MSHV does not count guest instructions".into(),
         ));
     }
-    if limits.timeout.is_some() {
+    if limits.deadline.is_some() {
         return Err(HvError::Unsupported(
             "timeoutMs is not supported on the mshv backend; call cancel() from a timer instead"
                 .into(),
@@ -57,16 +59,35 @@ pub fn assocs(ids: &[u32], values: Option<&[RegisterValue]>) -> Vec<hv_register_
         .collect()
 }
 
+/// Maps the vCPU's register page a second time, into a region we own.
+///
+/// mshv-ioctls maps the page in `VmFd::create_vcpu` and unmaps it when the `VcpuFd`
+/// drops, while a JavaScript `ArrayBuffer` over it may live on. Our own shared mapping
+/// of the same page (offset `MSHV_VP_MMAP_OFFSET_REGISTERS` pages, as mshv-ioctls'
+/// `create_vcpu` and the kernel's `mshv_vp_mmap` in `drivers/hv/mshv_root_main.c` use)
+/// is owned by an `Arc<HostRegion>` that every buffer holds; closing the vCPU retires
+/// it (the file reference goes, the address stays mapped to zeros).
+fn map_page(fd: &VcpuFd) -> Result<(Arc<HostRegion>, RegisterPagePtr)> {
+    // SAFETY: sysconf has no preconditions.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGE_SIZE) } as i64;
+    let region = Arc::new(HostRegion::map_shared(
+        fd.as_raw_fd(),
+        MSHV_VP_MMAP_OFFSET_REGISTERS as i64 * page_size,
+        hv_core::PAGE_SIZE,
+    )?);
+    let ptr = NonNull::new(region.as_ptr())
+        .ok_or_else(|| HvError::ioctl("mmap the register page", libc::ENOMEM))?;
+    // SAFETY: the region is a live 4 KiB shared mapping kept next to the pointer.
+    Ok((region, unsafe { RegisterPagePtr::new(ptr) }))
+}
+
 impl MshvVcpu {
     pub fn new(index: u32, fd: VcpuFd, mode: RegisterPageMode) -> Self {
-        let page = match (mode, fd.get_vp_reg_page()) {
+        // mshv-ioctls reports a page only where its own mmap worked.
+        let page = match (mode, fd.get_vp_reg_page().map(|_| map_page(&fd))) {
             (RegisterPageMode::Off, _) => None,
-            // SAFETY: mshv-ioctls mapped a 4 KiB page for this fd and unmaps it only when
-            // the VcpuFd drops, which is after this struct (and the pointer) goes away.
-            (_, Some(p)) => {
-                NonNull::new(p.0.cast::<u8>()).map(|p| unsafe { RegisterPagePtr::new(p) })
-            }
-            (_, None) => {
+            (_, Some(Ok(p))) => Some(p),
+            (_, _) => {
                 static WARN: Once = Once::new();
                 WARN.call_once(|| {
                     eprintln!(
@@ -151,7 +172,11 @@ impl VcpuBackend for MshvVcpu {
     }
 
     fn register_page(&self) -> Option<RegisterPagePtr> {
-        self.page
+        self.page.as_ref().map(|(_, p)| *p)
+    }
+
+    fn register_page_region(&self) -> Option<Arc<HostRegion>> {
+        self.page.as_ref().map(|(r, _)| Arc::clone(r))
     }
 
     fn canceller(&self) -> Canceller {
@@ -167,6 +192,16 @@ impl VcpuBackend for MshvVcpu {
     }
 }
 
+impl Drop for MshvVcpu {
+    /// Our page mapping holds the vCPU file open; retiring it lets the VP go with the fd
+    /// even while JavaScript still holds a buffer over the page.
+    fn drop(&mut self) {
+        if let Some((region, _)) = &self.page {
+            region.retire();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,14 +211,14 @@ mod tests {
         assert!(check_limits(&RunLimits::default()).is_ok());
         let budget = RunLimits {
             max_instructions: Some(1),
-            timeout: None,
+            deadline: None,
         };
         let e = check_limits(&budget).unwrap_err();
         assert_eq!(e.code(), "ENOTSUP");
         assert!(e.to_string().contains("maxInstructions"), "{e}");
         let timeout = RunLimits {
             max_instructions: None,
-            timeout: Some(std::time::Duration::from_millis(5)),
+            deadline: Some(std::time::Instant::now()),
         };
         assert!(check_limits(&timeout)
             .unwrap_err()

@@ -10,7 +10,7 @@ use hv_core::{
 use hv_mshv::MshvHypervisor;
 use mshv_bindings::*;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn hypervisor() -> Option<MshvHypervisor> {
     if !MshvHypervisor::available() {
@@ -75,7 +75,7 @@ fn run(g: &mut Guest) -> Exit {
             &mut g.msg,
             &RunLimits {
                 max_instructions: None,
-                timeout: Some(Duration::from_secs(10)),
+                deadline: Instant::now().checked_add(Duration::from_secs(10)),
             },
         )
         .unwrap()

@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut msg,
         &RunLimits {
             max_instructions: Some(count),
-            timeout: None,
+            deadline: None,
         },
     )?;
     let s = start.elapsed().as_secs_f64();

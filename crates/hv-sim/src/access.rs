@@ -16,6 +16,9 @@ pub struct Ctx<'a> {
     pub mem: &'a MemMap,
     pub tlb: &'a mut Tlb,
     pub config: &'a crate::SimConfig,
+    /// String iterations done since the run loop last looked: they count as work
+    /// between its cancel and deadline checks.
+    pub iterations: u64,
 }
 
 const AL: u32 = Register::AL as u32;
@@ -139,11 +142,12 @@ impl Ctx<'_> {
         ea & mask(size)
     }
 
-    /// Translates for an access of `size` bytes at `lin`, or stops for MMIO / #PF.
+    /// Translates `lin` for `access`: the host pointer and the bytes of plain RAM from
+    /// it in its page, or the stop (MMIO, #PF).
     #[inline]
-    fn host(&mut self, lin: u64, access: Access) -> Result<*mut u8, Stop> {
+    fn host(&mut self, lin: u64, access: Access) -> Result<(*mut u8, usize), Stop> {
         match self.tlb.translate(self.cpu, self.mem, lin, access)? {
-            Translated::Ram(p, _) => Ok(p),
+            Translated::Ram { host, left, .. } => Ok((host, left)),
             Translated::Mmio { gpa, intercepted } => Err(Stop::Mmio {
                 gpa,
                 gva: lin,
@@ -153,44 +157,48 @@ impl Ctx<'_> {
         }
     }
 
-    /// Reads `size` bytes (1..=8) at `lin`, little-endian.
+    /// Host pointers for each of the `size` bytes at `lin`, translated before any is
+    /// touched (an access that crosses a page or reaches an intercepted range).
+    fn bytewise(&mut self, lin: u64, size: usize, access: Access) -> Result<[*mut u8; 8], Stop> {
+        let mut ptrs = [std::ptr::null_mut(); 8];
+        for (k, p) in ptrs.iter_mut().enumerate().take(size) {
+            *p = self.host(lin.wrapping_add(k as u64), access)?.0;
+        }
+        Ok(ptrs)
+    }
+
+    /// Reads `size` bytes (1, 2, 4 or 8) at `lin`, little-endian.
     #[inline]
     pub fn read_linear(&mut self, lin: u64, size: usize, access: Access) -> Result<u64, Stop> {
-        if (lin & 0xfff) as usize + size <= 4096 {
-            let p = self.host(lin, access)?;
-            let mut buf = [0u8; 8];
-            // SAFETY: `p` points at `size` bytes of RAM within one page.
-            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), size) };
-            return Ok(u64::from_le_bytes(buf));
+        assert!(matches!(size, 1 | 2 | 4 | 8), "access size {size}");
+        let (p, left) = self.host(lin, access)?;
+        if left >= size {
+            // SAFETY: `p` starts `left` >= `size` bytes of plain RAM.
+            return Ok(unsafe { hv_core::shared::load(p, size) });
         }
-        // Crossing a page: translate both pages before touching either.
-        let ptrs: Vec<*mut u8> = (0..size as u64)
-            .map(|k| self.host(lin.wrapping_add(k), access))
-            .collect::<Result<_, _>>()?;
+        let ptrs = self.bytewise(lin, size, access)?;
         let mut v = 0u64;
-        for (k, p) in ptrs.iter().enumerate() {
+        for (k, p) in ptrs.iter().enumerate().take(size) {
             // SAFETY: each pointer addresses one translated byte of RAM.
-            v |= (unsafe { p.read() } as u64) << (8 * k);
+            v |= unsafe { hv_core::shared::load(*p, 1) } << (8 * k);
         }
         Ok(v)
     }
 
-    /// Writes `size` bytes (1..=8) at `lin`.
+    /// Writes `size` bytes (1, 2, 4 or 8) at `lin`.
     #[inline]
     pub fn write_linear(&mut self, lin: u64, size: usize, v: u64) -> Result<(), Stop> {
-        if (lin & 0xfff) as usize + size <= 4096 {
-            let p = self.host(lin, Access::Write)?;
-            let bytes = v.to_le_bytes();
-            // SAFETY: `p` points at `size` writable bytes of RAM within one page.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, size) };
+        assert!(matches!(size, 1 | 2 | 4 | 8), "access size {size}");
+        let (p, left) = self.host(lin, Access::Write)?;
+        if left >= size {
+            // SAFETY: `p` starts `left` >= `size` writable bytes of plain RAM.
+            unsafe { hv_core::shared::store(p, size, v) };
             return Ok(());
         }
-        let ptrs: Vec<*mut u8> = (0..size as u64)
-            .map(|k| self.host(lin.wrapping_add(k), Access::Write))
-            .collect::<Result<_, _>>()?;
-        for (k, p) in ptrs.iter().enumerate() {
+        let ptrs = self.bytewise(lin, size, Access::Write)?;
+        for (k, p) in ptrs.iter().enumerate().take(size) {
             // SAFETY: each pointer addresses one translated, writable byte of RAM.
-            unsafe { p.write((v >> (8 * k)) as u8) };
+            unsafe { hv_core::shared::store(*p, 1, v >> (8 * k)) };
         }
         Ok(())
     }

@@ -61,8 +61,8 @@ struct Window {
 fn window(ctx: &mut Ctx<'_>, first: *const u8, in_page: usize, lin: u64) -> Window {
     let mut bytes = [0u8; 16];
     let n1 = in_page.min(16);
-    // SAFETY: `first` points at RAM with `in_page` >= `n1` bytes left in its page.
-    unsafe { std::ptr::copy_nonoverlapping(first, bytes.as_mut_ptr(), n1) };
+    // SAFETY: `first` points at plain RAM with `in_page` >= `n1` bytes left.
+    unsafe { hv_core::shared::copy_from(first, &mut bytes[..n1]) };
     let mut w = Window {
         bytes,
         available: n1,
@@ -71,10 +71,11 @@ fn window(ctx: &mut Ctx<'_>, first: *const u8, in_page: usize, lin: u64) -> Wind
     if n1 < 16 {
         let next = lin.wrapping_add(n1 as u64);
         match ctx.tlb.translate(ctx.cpu, ctx.mem, next, Access::Execute) {
-            Ok(Translated::Ram(p, _)) => {
-                // SAFETY: `p` is the start of a RAM page of 4096 bytes.
-                unsafe { std::ptr::copy_nonoverlapping(p, w.bytes.as_mut_ptr().add(n1), 16 - n1) };
-                w.available = 16;
+            Ok(Translated::Ram { host, left, .. }) => {
+                let n2 = left.min(16 - n1);
+                // SAFETY: `host` starts `left` >= `n2` bytes of plain RAM.
+                unsafe { hv_core::shared::copy_from(host, &mut w.bytes[n1..n1 + n2]) };
+                w.available = n1 + n2;
             }
             Ok(Translated::Mmio { gpa, intercepted }) => {
                 w.next_page_stop = Some(Stop::Mmio {
@@ -98,8 +99,7 @@ impl DecodeCache {
         let bits = ctx.cpu.bitness();
         let rip = ctx.cpu.rip;
         let lin = ctx.linear(CS, rip);
-        let first = code_page(ctx, lin)?;
-        let in_page = (4096 - (lin & 0xfff)) as usize;
+        let (first, in_page) = code_page(ctx, lin)?;
         let i = slot(lin);
         if let Some(e) = &self.entries[i] {
             if e.rip == rip && e.lin == lin && e.bits == bits && (e.len as usize) <= in_page {
@@ -137,8 +137,8 @@ impl DecodeCache {
             bytes: e.bytes.to_le_bytes(),
             available: e.len,
         };
-        if let Ok(first) = code_page(ctx, e.lin) {
-            let w = window(ctx, first, (4096 - (e.lin & 0xfff)) as usize, e.lin);
+        if let Ok((first, in_page)) = code_page(ctx, e.lin) {
+            let w = window(ctx, first, in_page, e.lin);
             f.bytes = w.bytes;
             f.available = w.available as u8;
         }
@@ -187,11 +187,12 @@ impl DecodeCache {
     }
 }
 
-/// The host address of the code byte at `lin`, or the stop fetching it causes.
+/// The host address of the code byte at `lin` and the plain RAM bytes from it in its
+/// page, or the stop fetching it causes.
 #[inline]
-fn code_page(ctx: &mut Ctx<'_>, lin: u64) -> Result<*mut u8, Stop> {
+fn code_page(ctx: &mut Ctx<'_>, lin: u64) -> Result<(*mut u8, usize), Stop> {
     match ctx.tlb.translate(ctx.cpu, ctx.mem, lin, Access::Execute)? {
-        Translated::Ram(p, _) => Ok(p),
+        Translated::Ram { host, left, .. } => Ok((host, left)),
         Translated::Mmio { gpa, intercepted } => Err(Stop::Mmio {
             gpa,
             gva: lin,

@@ -58,7 +58,8 @@ impl Ctx<'_> {
             if v * 4 + 3 > self.cpu.idtr.limit as u64 {
                 return Err(Stop::gp(0));
             }
-            let entry = self.read_linear(self.cpu.idtr.base + v * 4, 4, Access::Read)?;
+            let entry =
+                self.read_linear(self.cpu.idtr.base.wrapping_add(v * 4), 4, Access::Read)?;
             self.push(flags, 2)?;
             self.push(cs, 2)?;
             self.push(rip, 2)?;
@@ -70,10 +71,10 @@ impl Ctx<'_> {
         if v * size + size - 1 > self.cpu.idtr.limit as u64 {
             return Err(Stop::gp((v * 8 + 2) as u32));
         }
-        let at = self.cpu.idtr.base + v * size;
+        let at = self.cpu.idtr.base.wrapping_add(v * size);
         let lo = self.read_linear(at, 8, Access::Read)?;
         let hi = if long {
-            self.read_linear(at + 8, 4, Access::Read)?
+            self.read_linear(at.wrapping_add(8), 4, Access::Read)?
         } else {
             0
         };

@@ -8,7 +8,8 @@ use hv_core::MemoryMapping;
 /// Where a guest physical address lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
-    /// Guest RAM: host pointer to the byte at the GPA, writable flag, bytes to region end.
+    /// Guest RAM: host pointer to the byte at the GPA, writable flag, and the bytes of
+    /// plain RAM from there (to the region's end or the next intercepted range).
     Ram {
         host: *mut u8,
         writable: bool,
@@ -33,8 +34,7 @@ impl MemMap {
     /// Resolves `gpa`.
     #[inline]
     pub fn lookup(&self, gpa: u64) -> Target {
-        if !self.intercepts.is_empty() && self.intercepts.iter().any(|&(s, e)| gpa >= s && gpa < e)
-        {
+        if self.intercepts.iter().any(|&(s, e)| gpa >= s && gpa < e) {
             return Target::Intercepted;
         }
         for m in &self.slots {
@@ -43,14 +43,27 @@ impl MemMap {
                 // SAFETY: `off` is inside the region (checked above), so the pointer stays
                 // within the allocation.
                 let host = unsafe { m.region.as_ptr().add(off as usize) };
+                // Plain RAM ends where an intercepted range begins.
+                let end = self
+                    .intercepts
+                    .iter()
+                    .filter(|&&(s, _)| s > gpa)
+                    .fold(m.end(), |end, &(s, _)| end.min(s));
                 return Target::Ram {
                     host,
                     writable: m.writable,
-                    left: m.end() - gpa,
+                    left: end - gpa,
                 };
             }
         }
         Target::Unmapped
+    }
+
+    /// Whether the 4 KiB page at `page` (aligned) is RAM with no intercepted byte.
+    pub fn page_is_plain_ram(&self, page: u64) -> bool {
+        let end = page + 4096;
+        !self.intercepts.iter().any(|&(s, e)| s < end && page < e)
+            && self.slots.iter().any(|m| page >= m.gpa && end <= m.end())
     }
 
     /// Reads a little-endian u64 of guest RAM (page-table walks); `None` if not RAM.

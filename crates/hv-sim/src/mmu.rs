@@ -156,6 +156,7 @@ struct TlbEntry {
     host: *mut u8,
     writable: bool,
     user: bool,
+    executable: bool,
 }
 
 const EMPTY: TlbEntry = TlbEntry {
@@ -164,10 +165,14 @@ const EMPTY: TlbEntry = TlbEntry {
     host: std::ptr::null_mut(),
     writable: false,
     user: false,
+    executable: false,
 };
 
-/// Linear page → host page, for RAM pages only. Entries are installed only after a walk
-/// that checked permissions (and set the dirty bit, for writable entries).
+/// Linear page → host page, for whole pages of plain RAM only (no intercepted byte in
+/// them). Entries are installed only after a walk that checked the access: an entry
+/// allows writes only after a write walk (which set the dirty bit) and instruction
+/// fetches only after an execute walk (which checked NX), so every hit is an access
+/// the page tables allowed.
 #[derive(Debug)]
 pub struct Tlb {
     entries: Box<[TlbEntry; TLB_SIZE]>,
@@ -191,8 +196,14 @@ impl Default for Tlb {
 /// What a translation produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Translated {
-    /// Host pointer to the byte, and the guest physical address.
-    Ram(*mut u8, u64),
+    /// RAM: the host pointer to the byte, its guest physical address, and the bytes of
+    /// plain RAM from there to the end of its page (fewer where an intercepted range
+    /// begins inside the page).
+    Ram {
+        host: *mut u8,
+        gpa: u64,
+        left: usize,
+    },
     /// Not RAM (or intercepted, or a write to read-only memory): exit with this GPA.
     Mmio { gpa: u64, intercepted: bool },
 }
@@ -223,13 +234,19 @@ impl Tlb {
         let slot = (page as usize) & (TLB_SIZE - 1);
         let user = cpu.cpl() == 3;
         let e = self.entries[slot];
-        if e.tag == page + 1 && (access != Access::Write || e.writable) && (!user || e.user) {
+        let allowed = match access {
+            Access::Read => true,
+            Access::Write => e.writable,
+            Access::Execute => e.executable,
+        };
+        if e.tag == page + 1 && allowed && (!user || e.user) {
             let off = (lin & 0xfff) as usize;
-            // SAFETY: the entry maps a whole 4 KiB page of RAM; `off` < 4096.
-            return Ok(Translated::Ram(
-                unsafe { e.host.add(off) },
-                (e.gpa_page << 12) | off as u64,
-            ));
+            return Ok(Translated::Ram {
+                // SAFETY: the entry maps a whole 4 KiB page of RAM; `off` < 4096.
+                host: unsafe { e.host.add(off) },
+                gpa: (e.gpa_page << 12) | off as u64,
+                left: 4096 - off,
+            });
         }
         let gpa = walk(cpu, mem, lin, access, user)?;
         match mem.lookup(gpa) {
@@ -245,9 +262,8 @@ impl Tlb {
                     });
                 }
                 let off = (gpa & 0xfff) as usize;
-                if left as usize >= 4096 - off {
-                    // Cache whole pages only; a write entry is installed only after a
-                    // write walk (which set the dirty bit).
+                let in_page = 4096 - off;
+                if left >= in_page as u64 && mem.page_is_plain_ram(gpa & !0xfff) {
                     self.entries[slot] = TlbEntry {
                         tag: page + 1,
                         gpa_page: gpa >> 12,
@@ -255,9 +271,14 @@ impl Tlb {
                         host: unsafe { host.sub(off) },
                         writable: access == Access::Write,
                         user,
+                        executable: access == Access::Execute,
                     };
                 }
-                Ok(Translated::Ram(host, gpa))
+                Ok(Translated::Ram {
+                    host,
+                    gpa,
+                    left: in_page.min(left as usize),
+                })
             }
             Target::Unmapped => Ok(Translated::Mmio {
                 gpa,

@@ -7,8 +7,9 @@ use crate::stop::Stop;
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
 /// Iterations of a REP string instruction done in one step; the instruction is then
-/// re-executed, so a huge count neither blocks cancellation nor the budget.
-const REP_CHUNK: u64 = 4096;
+/// re-executed, so a huge count neither blocks cancellation nor the budget (the
+/// iterations also count as work between the run loop's checks).
+const REP_CHUNK: u64 = 1024;
 
 impl Ctx<'_> {
     pub(crate) fn string_op(
@@ -44,6 +45,7 @@ impl Ctx<'_> {
             }
             if rep && done == REP_CHUNK {
                 // Resume the same instruction next step.
+                self.iterations += done;
                 return Ok(());
             }
             let rsi = self.cpu.gpr[6] & am;
@@ -94,6 +96,7 @@ impl Ctx<'_> {
                 }
             }
         }
+        self.iterations += done;
         self.cpu.rip = next;
         Ok(())
     }

@@ -178,7 +178,7 @@ impl Ctx<'_> {
         }
         if d & (1 << 40) == 0 {
             // Set the accessed bit, as the processor does.
-            self.write_linear(at + 5, 1, ((d >> 40) as u8 | 1) as u64)?;
+            self.write_linear(at.wrapping_add(5), 1, ((d >> 40) as u8 | 1) as u64)?;
         }
         self.cpu.seg[i] = Segment {
             base,
@@ -194,7 +194,7 @@ impl Ctx<'_> {
         let (d, at) = self.descriptor(selector)?;
         let (mut base, limit, attributes) = decode_descriptor(d);
         if self.cpu.long_mode_active() {
-            let hi = self.read_linear(at + 8, 4, crate::mmu::Access::Read)?;
+            let hi = self.read_linear(at.wrapping_add(8), 4, crate::mmu::Access::Read)?;
             base |= hi << 32;
         }
         let seg = Segment {

@@ -19,8 +19,10 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Instructions between checks of the cancel flag and the clock.
-const POLL_INTERVAL: u64 = 4096;
+/// Units of work (instructions, string iterations) between checks of the cancel flag
+/// and the clock: about ten microseconds of guest time, so a deadline or a cancel is
+/// honoured well within a millisecond whatever the guest executes.
+const POLL_INTERVAL: u64 = 1024;
 
 pub struct SimVcpu {
     index: u32,
@@ -30,7 +32,7 @@ pub struct SimVcpu {
     snapshot: Arc<MemMap>,
     tlb: Tlb,
     cache: DecodeCache,
-    page: Option<(HostRegion, RegisterPagePtr)>,
+    page: Option<(Arc<HostRegion>, RegisterPagePtr)>,
     counters: Counters,
     canceller: Canceller,
     flush_pending: bool,
@@ -48,7 +50,7 @@ impl SimVcpu {
         let page = match config.register_page {
             RegisterPageMode::Off => None,
             RegisterPageMode::On | RegisterPageMode::Invalid => {
-                let region = HostRegion::new(hv_core::PAGE_SIZE)?;
+                let region = Arc::new(HostRegion::new(hv_core::PAGE_SIZE)?);
                 let ptr = NonNull::new(region.as_ptr())
                     .ok_or_else(|| HvError::ioctl("map register page", ENOMEM))?;
                 // SAFETY: the region is a live, page-aligned 4 KiB mapping owned next to the
@@ -146,7 +148,8 @@ impl VcpuBackend for SimVcpu {
                 self.canceller.take();
                 Ok(Exit::Cancelled)
             }
-            Outcome::Budget => Ok(Exit::BudgetExhausted),
+            Outcome::InstructionLimit => Ok(Exit::InstructionLimit),
+            Outcome::Timeout => Ok(Exit::Timeout),
             Outcome::Unsupported(fetched) => {
                 if let Some(p) = self.page_valid_mode() {
                     pagesync::fill(&p, &self.cpu);
@@ -222,6 +225,10 @@ impl VcpuBackend for SimVcpu {
         self.page.as_ref().map(|(_, p)| *p)
     }
 
+    fn register_page_region(&self) -> Option<Arc<HostRegion>> {
+        self.page.as_ref().map(|(r, _)| Arc::clone(r))
+    }
+
     fn canceller(&self) -> Canceller {
         self.canceller.clone()
     }
@@ -239,25 +246,38 @@ impl VcpuBackend for SimVcpu {
     }
 }
 
+impl Drop for SimVcpu {
+    /// The page's memory goes with the vCPU, even where JavaScript still holds a buffer.
+    fn drop(&mut self) {
+        if let Some((region, _)) = &self.page {
+            region.retire();
+        }
+    }
+}
+
 /// How the interpreter loop ended.
 enum Outcome {
     Stop(Stop, Option<Fetched>),
     Cancelled,
-    Budget,
+    InstructionLimit,
+    Timeout,
     Unsupported(Fetched),
 }
 
 impl SimVcpu {
     /// The interpreter loop: fetch, execute, deliver guest exceptions, until a stop.
     fn execute(&mut self, limits: &RunLimits) -> Outcome {
-        let deadline = limits.timeout.map(|t| Instant::now() + t);
+        let deadline = limits.deadline;
         let budget = limits.max_instructions.unwrap_or(u64::MAX);
+        // Work done since the last poll: instructions plus string iterations.
+        let mut work = 0u64;
         let snapshot = Arc::clone(&self.snapshot);
         let mut ctx = Ctx {
             cpu: &mut self.cpu,
             mem: &snapshot,
             tlb: &mut self.tlb,
             config: &self.config,
+            iterations: 0,
         };
         let mut executed = 0u64;
         // An injected exception is taken before the first instruction, as on resume
@@ -277,14 +297,16 @@ impl SimVcpu {
         }
         let outcome = loop {
             if executed >= budget {
-                break Outcome::Budget;
+                break Outcome::InstructionLimit;
             }
-            if executed % POLL_INTERVAL == POLL_INTERVAL - 1 {
+            work += 1 + std::mem::take(&mut ctx.iterations);
+            if work >= POLL_INTERVAL {
+                work = 0;
                 if self.canceller.is_cancelled() {
                     break Outcome::Cancelled;
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break Outcome::Budget;
+                    break Outcome::Timeout;
                 }
             }
             let (stop, fetched) = match self.cache.fetch(&mut ctx) {
@@ -309,7 +331,16 @@ impl SimVcpu {
                     (crate::stop::PF, Some(pf.error_code))
                 }
                 Stop::Exception { vector, error_code } => (vector, error_code),
-                Stop::Halt => {
+                // HLT retires here; a port, CPUID, MSR or data MMIO access retires when
+                // the VMM completes it (and advances RIP): each counts as an instruction.
+                Stop::Halt
+                | Stop::Io { .. }
+                | Stop::Cpuid
+                | Stop::Msr { .. }
+                | Stop::Mmio {
+                    access: Access::Read | Access::Write,
+                    ..
+                } => {
                     executed += 1;
                     break Outcome::Stop(stop, fetched);
                 }

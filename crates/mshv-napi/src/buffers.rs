@@ -1,8 +1,10 @@
 //! External (zero-copy) ArrayBuffers over native memory, and their detachment.
 //!
-//! Each buffer's finalizer holds an `Arc` to whatever owns its bytes, so no buffer can
-//! outlive its memory; closing the owner detaches every buffer still alive, so a script
-//! that kept one gets a TypeError instead of reading memory the VM no longer uses.
+//! Safety rests on ownership alone: each buffer's finalizer holds an `Arc` to whatever
+//! owns the mapping of its bytes, so no buffer can outlive its memory, even one moved
+//! with `ArrayBuffer.prototype.transfer()` where nothing here can detach it. Closing the
+//! owner detaches every buffer it still knows of, as a courtesy: a script that kept one
+//! gets a TypeError (or, through a transferred copy, zeros) instead of stale state.
 
 use crate::errors::{from_napi, Result};
 use napi::bindgen_prelude::{ArrayBuffer, JsValue};
@@ -35,6 +37,7 @@ pub unsafe fn external<'env, T: 'static>(
     if let Some(existing) = track.alive(env) {
         return Ok(existing);
     }
+    track.forget_collected(env);
     // SAFETY: forwarded from this function's contract; the hint keeps the owner alive
     // until the engine finalizes the buffer.
     let ab = unsafe { ArrayBuffer::from_external(env, data, len, owner, |_, owner| drop(owner)) }
@@ -67,6 +70,27 @@ impl Detachables {
             <ArrayBuffer as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), value)
         }
         .ok()
+    }
+
+    /// Deletes the references of buffers the engine has collected, so a long-lived
+    /// owner that re-wraps its memory many times keeps a handful of references, not
+    /// one per buffer ever made.
+    fn forget_collected(&mut self, env: &Env) {
+        self.refs.retain(|&r| {
+            let r = r as sys::napi_ref;
+            let mut value = ptr::null_mut();
+            // SAFETY: `r` is a live reference of this env, deleted at most once (here or
+            // in detach_all, which drains the list).
+            unsafe {
+                let alive = sys::napi_get_reference_value(env.raw(), r, &mut value)
+                    == sys::Status::napi_ok
+                    && !value.is_null();
+                if !alive {
+                    sys::napi_delete_reference(env.raw(), r);
+                }
+                alive
+            }
+        });
     }
 
     /// Detaches every buffer still alive and forgets them.

@@ -1,7 +1,7 @@
 //! `Hypervisor`: picks a backend and creates VMs.
 
-use crate::errors::{invalid, to_js, Result};
-use crate::vm::Vm;
+use crate::errors::{guard, invalid, to_js, whole, Result};
+use crate::vm::{MemoryPolicy, Vm};
 use hv_core::{HvBackend, RegisterPageMode, UnknownMsr, VmConfig};
 use hv_mshv::MshvHypervisor;
 use hv_sim::SimHypervisor;
@@ -20,6 +20,11 @@ pub struct VmOptions {
     /// MSRs the hypervisor does not implement: 'fault' (default, #GP), 'ignore' (read 0,
     /// drop writes) or 'exit' (sim only: an MSR exit to the VMM).
     pub unknown_msr: Option<String>,
+    /// The most guest RAM this VM may map, in bytes (default: the host's memory).
+    pub memory_limit: Option<f64>,
+    /// Commit every RAM region's memory when it is mapped, so a host that cannot back
+    /// it fails `mapMemory` with ENOMEM instead of OOM-killing the process later.
+    pub reserve_memory: Option<bool>,
 }
 
 /// A hypervisor backend: the real `/dev/mshv` or the built-in simulator.
@@ -33,7 +38,24 @@ impl Hypervisor {
     /// Opens a backend: 'auto' (mshv when /dev/mshv opens, else sim), 'mshv' or 'sim'.
     #[napi(factory)]
     pub fn open(backend: String) -> Result<Hypervisor> {
-        let backend: Arc<dyn HvBackend> = match backend.as_str() {
+        guard("Hypervisor.open", || Self::open_backend(&backend))
+    }
+    /// 'mshv' or 'sim'.
+    #[napi(getter)]
+    pub fn backend(&self) -> String {
+        self.backend.kind().name().to_string()
+    }
+
+    /// Creates a partition.
+    #[napi]
+    pub fn create_vm(&self, options: Option<VmOptions>) -> Result<Vm> {
+        guard("Hypervisor.createVm", || self.create(options))
+    }
+}
+
+impl Hypervisor {
+    fn open_backend(backend: &str) -> Result<Hypervisor> {
+        let backend: Arc<dyn HvBackend> = match backend {
             "sim" => Arc::new(SimHypervisor),
             "mshv" => Arc::new(MshvHypervisor::open().map_err(to_js)?),
             "auto" => match MshvHypervisor::open() {
@@ -49,21 +71,19 @@ impl Hypervisor {
         Ok(Hypervisor { backend })
     }
 
-    /// 'mshv' or 'sim'.
-    #[napi(getter)]
-    pub fn backend(&self) -> String {
-        self.backend.kind().name().to_string()
-    }
-
-    /// Creates a partition.
-    #[napi]
-    pub fn create_vm(&self, options: Option<VmOptions>) -> Result<Vm> {
+    fn create(&self, options: Option<VmOptions>) -> Result<Vm> {
         let o = options.unwrap_or(VmOptions {
             register_page: None,
             intercept_cpuid: None,
             intercept_msrs: None,
             unknown_msr: None,
+            memory_limit: None,
+            reserve_memory: None,
         });
+        let limit = match o.memory_limit {
+            Some(n) => whole(n, "memoryLimit", (1u64 << 52) as f64)?,
+            None => hv_core::memory::host_memory() as u64,
+        };
         let register_page = choice(
             o.register_page.as_deref(),
             "registerPage",
@@ -89,7 +109,13 @@ impl Hypervisor {
             unknown_msr,
         };
         let vm = self.backend.create_vm(&config).map_err(to_js)?;
-        Ok(Vm::new(vm))
+        Ok(Vm::new(
+            vm,
+            MemoryPolicy {
+                limit,
+                reserve: o.reserve_memory.unwrap_or(false),
+            },
+        ))
     }
 }
 

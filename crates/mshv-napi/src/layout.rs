@@ -41,8 +41,12 @@ pub struct Layout {
 
 /// Run result when `cancel()` interrupted the run.
 pub const EXIT_CANCELLED: u32 = 0xffff_0001;
-/// Run result when the instruction or time budget ran out.
-pub const EXIT_BUDGET: u32 = 0xffff_0002;
+/// Run result when the run's instruction budget ran out.
+pub const EXIT_INSTRUCTIONS: u32 = 0xffff_0002;
+/// Run result when the run's deadline passed.
+pub const EXIT_TIMEOUT: u32 = 0xffff_0003;
+/// Run result when one native run's slice (`sliceMs`) ended; the run goes on.
+pub const EXIT_SLICE: u32 = 0xffff_0004;
 
 fn table(rows: &[(&str, usize)]) -> HashMap<String, u32> {
     rows.iter()
@@ -89,7 +93,9 @@ pub fn layout() -> Layout {
             .collect(),
         exits: [
             ("cancelled".to_string(), EXIT_CANCELLED),
-            ("budget".to_string(), EXIT_BUDGET),
+            ("instructions".to_string(), EXIT_INSTRUCTIONS),
+            ("timeout".to_string(), EXIT_TIMEOUT),
+            ("slice".to_string(), EXIT_SLICE),
         ]
         .into_iter()
         .collect(),

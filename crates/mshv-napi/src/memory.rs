@@ -1,35 +1,67 @@
 //! `GuestMemory`: host memory that backs a range of guest RAM, visible to JS without copies.
 
 use crate::buffers::{external, Detachables};
-use crate::errors::{closed, Result};
+use crate::errors::{closed, guard, Result};
 use hv_core::HostRegion;
 use napi::bindgen_prelude::{ArrayBuffer, BigInt};
 use napi::Env;
 use napi_derive::napi;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One region of guest RAM, shared by its `GuestMemory` object and its VM (which
+/// releases it when it unmaps the region or closes).
+pub(crate) struct Ram {
+    pub region: Arc<HostRegion>,
+    pub gpa: u64,
+    buffers: Mutex<Detachables>,
+    released: AtomicBool,
+}
+
+impl Ram {
+    pub(crate) fn new(region: Arc<HostRegion>, gpa: u64) -> Arc<Self> {
+        Arc::new(Ram {
+            region,
+            gpa,
+            buffers: Mutex::default(),
+            released: AtomicBool::new(false),
+        })
+    }
+
+    /// Ends JavaScript's access: detaches every buffer over the region.
+    pub(crate) fn release(&self, env: &Env) {
+        self.released.store(true, Ordering::SeqCst);
+        self.buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .detach_all(env);
+    }
+
+    /// Releases the region and gives its memory back to the host at once; a buffer
+    /// that escaped detachment then reads zeros that belong to nobody.
+    pub(crate) fn retire(&self, env: &Env) {
+        self.release(env);
+        self.region.retire();
+    }
+
+    fn is_released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+}
 
 /// Guest RAM mapped at `gpa`.
 #[napi]
 pub struct GuestMemory {
-    /// None once released: unmapped, or its VM closed.
-    region: Option<Arc<HostRegion>>,
-    gpa: u64,
-    size: usize,
-    buffers: Detachables,
+    ram: Arc<Ram>,
 }
 
 impl GuestMemory {
-    pub(crate) fn new(region: Arc<HostRegion>, gpa: u64) -> Self {
-        GuestMemory {
-            size: region.len(),
-            region: Some(region),
-            gpa,
-            buffers: Detachables::default(),
-        }
+    pub(crate) fn new(ram: Arc<Ram>) -> Self {
+        GuestMemory { ram }
     }
 
-    pub(crate) fn gpa_value(&self) -> u64 {
-        self.gpa
+    pub(crate) fn ram(&self) -> &Arc<Ram> {
+        &self.ram
     }
 }
 
@@ -38,39 +70,42 @@ impl GuestMemory {
     /// Guest physical address of the first byte.
     #[napi(getter)]
     pub fn gpa(&self) -> BigInt {
-        BigInt::from(self.gpa)
+        BigInt::from(self.ram.gpa)
     }
 
     /// Size in bytes.
     #[napi(getter)]
     pub fn size(&self) -> f64 {
-        self.size as f64
+        self.ram.region.len() as f64
     }
 
     /// Whether JavaScript may still use the region (not unmapped, its VM not closed).
     #[napi(getter)]
     pub fn mapped(&self) -> bool {
-        self.region.is_some()
+        !self.ram.is_released()
     }
 
     /// The memory itself as an ArrayBuffer (no copy). Detached when the region is released.
     #[napi]
-    pub fn buffer<'env>(&mut self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
-        let region = self
-            .region
-            .as_ref()
-            .ok_or_else(|| closed("guest memory region"))?;
-        let owner = Arc::clone(region);
-        // SAFETY: the region's bytes live as long as `owner`, which the buffer keeps.
-        unsafe { external(env, region.as_ptr(), region.len(), owner, &mut self.buffers) }
+    pub fn buffer<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
+        guard("GuestMemory.buffer", || {
+            if self.ram.is_released() {
+                return Err(closed("guest memory region"));
+            }
+            let region = &self.ram.region;
+            let owner = Arc::clone(region);
+            let mut buffers = self.ram.buffers.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: the region's bytes stay mapped as long as `owner`, which the buffer
+            // keeps (a retired region stays mapped, to zero pages).
+            unsafe { external(env, region.as_ptr(), region.len(), owner, &mut buffers) }
+        })
     }
 
-    /// Ends JavaScript's access: detaches every buffer over the region and drops this
-    /// object's hold on it (the memory is freed once the guest no longer maps it).
-    /// `Vm.unmapMemory` and closing the VM call it; calling it twice is harmless.
+    /// Ends JavaScript's access: detaches every buffer over the region. The guest
+    /// keeps its memory until the VM unmaps the region or closes (which call this).
+    /// Calling it twice is harmless.
     #[napi]
-    pub fn release(&mut self, env: Env) {
-        self.buffers.detach_all(&env);
-        self.region = None;
+    pub fn release(&self, env: Env) {
+        self.ram.release(&env);
     }
 }

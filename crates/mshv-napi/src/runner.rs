@@ -6,9 +6,9 @@
 //! trampoline allocates an argument `Vec` and builds a call context per call. This
 //! callback asks N-API only for its data pointer and answers with a u32.
 
+use crate::budget::Budget;
 use crate::errors::JsError;
-use crate::vcpu::{exit_code, Core};
-use hv_core::RunLimits;
+use crate::vcpu::Core;
 use napi::bindgen_prelude::{FromNapiValue, Function};
 use napi::{sys, Env};
 use std::ffi::c_void;
@@ -18,18 +18,15 @@ use std::sync::Arc;
 
 const NAME: &str = "runVcpu";
 
-/// What one runner function runs: a vCPU with fixed limits.
+/// What one runner function runs: a vCPU within one budget.
 pub(crate) struct Runner {
     pub core: Arc<Core>,
-    pub index: u32,
-    pub limits: RunLimits,
+    pub budget: Arc<Budget>,
 }
 
 impl Runner {
     fn run(&self) -> Result<u32, JsError> {
-        self.core.with(self.index, |b, msg| {
-            b.run(msg, &self.limits).map(|e| exit_code(e, msg))
-        })
+        self.core.run(&self.budget)
     }
 
     /// A JavaScript function `() => number` that owns this runner until it is collected.

@@ -1,47 +1,55 @@
 //! `Vcpu`: run, registers, the register page and the exit message buffer.
 
+use crate::budget::{Allowance, Budget, RunBudget};
 use crate::buffers::{external, Detachables};
-use crate::errors::{closed, from_napi, invalid, to_js, u64_arg, JsError, Result};
-use crate::layout::{EXIT_BUDGET, EXIT_CANCELLED};
+use crate::errors::{
+    closed, from_napi, guard, invalid, panic_message, to_js, u64_arg, JsError, Result,
+};
+use crate::layout::{EXIT_CANCELLED, EXIT_INSTRUCTIONS, EXIT_TIMEOUT};
 use crate::live::{Kind, Live};
 use crate::register_page::RegisterPage;
 use crate::runner::Runner;
-use hv_core::{Canceller, Exit, ExitMessage, HvError, RegisterValue, RunLimits, VcpuBackend};
+use hv_core::{Canceller, Exit, ExitMessage, HostRegion, HvError, RegisterValue, VcpuBackend};
 use napi::bindgen_prelude::{
-    ArrayBuffer, AsyncTask, BigInt, BigUint64Array, Function, Uint32Array,
+    ArrayBuffer, AsyncTask, BigInt, BigUint64Array, Function, ToNapiValue, TypeName, Uint32Array,
+    ValueType,
 };
-use napi::{Env, Task};
+use napi::{sys, Env, Task};
 use napi_derive::napi;
 use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
-use std::time::Duration;
 
-/// The native vCPU and its exit message buffer, shared with the worker thread of an
-/// async `run()` and with the finalizers of the ArrayBuffers over its memory.
-pub(crate) struct Core {
-    backend: Mutex<Option<Live<Box<dyn VcpuBackend>>>>,
-    /// Set once by `close()`; objects sharing the core check it before touching memory.
-    closed: AtomicBool,
-    /// Written only by `run()` while `backend` is locked; read by JS between runs.
-    msg: Box<UnsafeCell<ExitMessage>>,
+/// The backend and the message it writes, touched only under [`Core`]'s lock.
+struct Slot {
+    vcpu: Live<Box<dyn VcpuBackend>>,
+    msg: ExitMessage,
 }
 
-// SAFETY: `msg` is written only under the `backend` lock (one run at a time); JS reads
-// it between runs, as with the kernel's own message buffer.
+/// The native vCPU and its exit message buffer, shared with the worker thread of an
+/// async `run()`, with the VM (which closes it) and with the finalizers of the
+/// ArrayBuffers over its memory.
+pub(crate) struct Core {
+    slot: Mutex<Option<Slot>>,
+    /// Set once by `close()`; objects sharing the core check it before touching memory.
+    closed: AtomicBool,
+    /// The message JavaScript reads: published from the slot's copy after each run
+    /// with volatile writes, since JavaScript may read it at any time.
+    shared_msg: Box<UnsafeCell<ExitMessage>>,
+    canceller: Canceller,
+    index: u32,
+    /// The register page's mapping, which its buffers keep alive.
+    page: Option<Arc<HostRegion>>,
+    page_buffers: Mutex<Detachables>,
+    message_buffers: Mutex<Detachables>,
+}
+
+// SAFETY: `shared_msg` is written only under the `slot` lock (one run at a time), with
+// volatile writes through a raw pointer; JavaScript reads it as an external buffer.
 unsafe impl Sync for Core {}
 // SAFETY: every field is Send; the UnsafeCell is guarded as described above.
 unsafe impl Send for Core {}
-
-/// Limits for one run, from JS.
-#[napi(object)]
-#[derive(Clone, Copy)]
-pub struct RunOptions {
-    /// Stop after this many guest instructions (sim).
-    pub max_instructions: Option<f64>,
-    /// Stop after this many milliseconds.
-    pub timeout_ms: Option<f64>,
-}
 
 /// Per-vCPU counters.
 #[napi(object)]
@@ -66,34 +74,6 @@ pub struct Translation {
     pub result: u32,
 }
 
-/// A virtual processor.
-#[napi]
-pub struct Vcpu {
-    core: Arc<Core>,
-    canceller: Canceller,
-    index: u32,
-    page_buffers: Arc<Mutex<Detachables>>,
-    message_buffers: Detachables,
-}
-
-fn limits(o: Option<RunOptions>) -> Result<RunLimits> {
-    let Some(o) = o else {
-        return Ok(RunLimits::default());
-    };
-    let count = |v: Option<f64>, what: &str| -> Result<Option<f64>> {
-        match v {
-            Some(x) if !(x.is_finite() && x >= 0.0) => Err(invalid(format!(
-                "{what} must be a non-negative number, got {x}"
-            ))),
-            other => Ok(other),
-        }
-    };
-    Ok(RunLimits {
-        max_instructions: count(o.max_instructions, "maxInstructions")?.map(|x| x as u64),
-        timeout: count(o.timeout_ms, "timeoutMs")?.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
-    })
-}
-
 /// Batched register calls carry two u64 halves per id.
 fn check_pairs(ids: &[u32], len: usize, what: &str) -> Result<()> {
     if len != ids.len() * 2 {
@@ -111,7 +91,8 @@ pub(crate) fn exit_code(exit: Exit, msg: &ExitMessage) -> u32 {
     match exit {
         Exit::Message => msg.message_type(),
         Exit::Cancelled => EXIT_CANCELLED,
-        Exit::BudgetExhausted => EXIT_BUDGET,
+        Exit::InstructionLimit => EXIT_INSTRUCTIONS,
+        Exit::Timeout => EXIT_TIMEOUT,
     }
 }
 
@@ -129,69 +110,159 @@ impl Core {
         }
     }
 
+    pub(crate) fn cancel(&self) {
+        self.canceller.cancel();
+    }
+
     /// Locks the backend for one call; a vCPU busy in an async run is a clear EBUSY.
-    pub(crate) fn with<T>(
+    fn with<T>(
         &self,
-        index: u32,
         f: impl FnOnce(&mut dyn VcpuBackend, &mut ExitMessage) -> hv_core::Result<T>,
     ) -> Result<T> {
-        let mut guard = match self.backend.try_lock() {
+        let mut guard = match self.slot.try_lock() {
             Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return Err(to_js(HvError::Busy(index))),
+            Err(TryLockError::WouldBlock) => return Err(to_js(HvError::Busy(self.index))),
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
-        let backend = guard.as_mut().ok_or_else(|| closed("vCPU"))?;
-        // SAFETY: the message is only touched while `backend` is locked, which it is.
-        let msg = unsafe { &mut *self.msg.get() };
-        f(backend.get_mut().as_mut(), msg).map_err(to_js)
+        let slot = guard.as_mut().ok_or_else(|| closed("vCPU"))?;
+        f(slot.vcpu.get_mut().as_mut(), &mut slot.msg).map_err(to_js)
+    }
+
+    /// One native run within `budget`: the exit code, with the message published.
+    pub(crate) fn run(&self, budget: &Budget) -> Result<u32> {
+        self.with(|vcpu, msg| {
+            let allowance = budget.allowance(vcpu.instructions());
+            let limits = match &allowance {
+                Allowance::Spent(code) => return Ok(*code),
+                Allowance::Run { limits, .. } => *limits,
+            };
+            let exit = vcpu.run(msg, &limits)?;
+            if let Some(code) = allowance.end_code(exit) {
+                return Ok(code);
+            }
+            if exit == Exit::Message {
+                // SAFETY: `shared_msg` is a live ExitMessage of MESSAGE_SIZE bytes, written
+                // only here, under the slot lock.
+                unsafe { hv_core::shared::copy_to(self.shared_msg.get().cast::<u8>(), &msg.bytes) };
+            }
+            Ok(exit_code(exit, msg))
+        })
+    }
+
+    /// Closes the vCPU: cancels a run in flight and waits for it, then detaches every
+    /// buffer and releases the backend and its register page. Idempotent.
+    pub(crate) fn close(&self, env: &Env) {
+        if self.is_closed() {
+            return;
+        }
+        self.canceller.cancel();
+        // Blocks until an async run on a pool thread has returned (it was cancelled).
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        for buffers in [&self.page_buffers, &self.message_buffers] {
+            buffers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .detach_all(env);
+        }
+        if let Some(page) = &self.page {
+            page.retire();
+        }
+        *slot = None;
+    }
+}
+
+/// What an async run settles with: the exit code, or the coded error (resolved, not
+/// rejected, so its `code` survives napi-rs's rejection path, which keeps only a
+/// status; the TypeScript layer throws it).
+pub enum RunOutcome {
+    Exit(u32),
+    Failed(JsError),
+}
+
+impl TypeName for RunOutcome {
+    fn type_name() -> &'static str {
+        "number | Error"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Unknown
+    }
+}
+
+impl ToNapiValue for RunOutcome {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        match val {
+            // SAFETY: forwarded from this function's contract (a live env).
+            RunOutcome::Exit(code) => unsafe { u32::to_napi_value(env, code) },
+            // SAFETY: as above; into_value builds an Error object with `code` set.
+            RunOutcome::Failed(e) => Ok(unsafe { napi::JsError::from(e).into_value(env) }),
+        }
     }
 }
 
 /// The worker-thread half of `run()`.
 pub struct RunTask {
     core: Arc<Core>,
-    index: u32,
-    limits: RunLimits,
+    budget: Arc<Budget>,
 }
 
 impl Task for RunTask {
-    type Output = u32;
-    type JsValue = u32;
+    type Output = std::result::Result<u32, JsError>;
+    type JsValue = RunOutcome;
 
-    fn compute(&mut self) -> napi::Result<u32> {
-        let limits = self.limits;
-        self.core
-            .with(self.index, |b, msg| {
-                b.run(msg, &limits).map(|e| exit_code(e, msg))
-            })
-            .map_err(|e: JsError| {
-                napi::Error::new(
-                    napi::Status::GenericFailure,
-                    format!("[{}] {}", e.status, e.reason),
-                )
-            })
+    fn compute(&mut self) -> napi::Result<Self::Output> {
+        // A panic on a pool thread would abort the process: caught and coded.
+        Ok(
+            catch_unwind(AssertUnwindSafe(|| self.core.run(&self.budget))).unwrap_or_else(
+                |payload| {
+                    Err(napi::Error::new(
+                        "EPANIC".to_string(),
+                        format!(
+                            "Vcpu.run: the native run panicked ({}); this is a bug in mshv, please report it",
+                            panic_message(payload.as_ref())
+                        ),
+                    ))
+                },
+            ),
+        )
     }
 
-    fn resolve(&mut self, _env: Env, output: u32) -> napi::Result<u32> {
-        Ok(output)
+    fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<RunOutcome> {
+        Ok(match output {
+            Ok(code) => RunOutcome::Exit(code),
+            Err(e) => RunOutcome::Failed(e),
+        })
     }
 }
 
+/// A virtual processor.
+#[napi]
+pub struct Vcpu {
+    core: Arc<Core>,
+}
+
 impl Vcpu {
-    pub(crate) fn new(backend: Box<dyn VcpuBackend>) -> Self {
-        let canceller = backend.canceller();
-        let index = backend.index();
-        Vcpu {
-            core: Arc::new(Core {
-                backend: Mutex::new(Some(Live::new(backend, Kind::Vcpu))),
-                closed: AtomicBool::new(false),
-                msg: Box::new(UnsafeCell::new(ExitMessage::default())),
-            }),
-            canceller,
-            index,
-            page_buffers: Arc::default(),
-            message_buffers: Detachables::default(),
-        }
+    pub(crate) fn new(env: &Env, backend: Box<dyn VcpuBackend>) -> Self {
+        let core = Arc::new(Core {
+            canceller: backend.canceller(),
+            index: backend.index(),
+            page: backend.register_page_region(),
+            slot: Mutex::new(Some(Slot {
+                vcpu: Live::new(backend, Kind::Vcpu),
+                msg: ExitMessage::default(),
+            })),
+            closed: AtomicBool::new(false),
+            shared_msg: Box::new(UnsafeCell::new(ExitMessage::default())),
+            page_buffers: Mutex::default(),
+            message_buffers: Mutex::default(),
+        });
+        crate::live::register(env, Arc::downgrade(&core));
+        Vcpu { core }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     fn check_open(&self) -> Result<()> {
@@ -199,16 +270,20 @@ impl Vcpu {
     }
 }
 
+fn budget_of(budget: Option<&RunBudget>) -> Arc<Budget> {
+    budget.map_or_else(Arc::default, |b| Arc::clone(&b.inner))
+}
+
 #[napi]
 impl Vcpu {
     #[napi(getter)]
     pub fn index(&self) -> u32 {
-        self.index
+        self.core.index
     }
 
     /// A function that runs this vCPU on the calling thread until its next exit and
-    /// returns the message type, or `layout().exits.cancelled` / `.budget`; `options`
-    /// limit each of its runs.
+    /// returns the message type, or `layout().exits.cancelled` / `.instructions` /
+    /// `.timeout`; `budget` bounds all of its runs together.
     ///
     /// A function rather than a method because it is called once per exit: a napi-rs
     /// class method pays for a borrow registry behind a global lock on every call
@@ -217,28 +292,30 @@ impl Vcpu {
     pub fn runner<'env>(
         &self,
         env: &'env Env,
-        options: Option<RunOptions>,
+        budget: Option<&RunBudget>,
     ) -> Result<Function<'env, (), u32>> {
-        self.check_open()?;
-        Runner {
-            core: Arc::clone(&self.core),
-            index: self.index,
-            limits: limits(options)?,
-        }
-        .into_function(env)
-        .map_err(from_napi)
+        guard("Vcpu.runner", || {
+            self.check_open()?;
+            Runner {
+                core: Arc::clone(&self.core),
+                budget: budget_of(budget),
+            }
+            .into_function(env)
+            .map_err(from_napi)
+        })
     }
 
-    /// Runs on a worker thread; the event loop stays free. Resolves like a `runner()`
-    /// call.
-    #[napi(ts_return_type = "Promise<number>")]
-    pub fn run(&self, options: Option<RunOptions>) -> Result<AsyncTask<RunTask>> {
-        self.check_open()?;
-        Ok(AsyncTask::new(RunTask {
-            core: Arc::clone(&self.core),
-            index: self.index,
-            limits: limits(options)?,
-        }))
+    /// Runs on a worker thread; the event loop stays free. Resolves with what a
+    /// `runner()` call returns, or with the coded `Error` it would throw.
+    #[napi(ts_return_type = "Promise<number | Error>")]
+    pub fn run(&self, budget: Option<&RunBudget>) -> Result<AsyncTask<RunTask>> {
+        guard("Vcpu.run", || {
+            self.check_open()?;
+            Ok(AsyncTask::new(RunTask {
+                core: Arc::clone(&self.core),
+                budget: budget_of(budget),
+            }))
+        })
     }
 
     /// The benchmark baseline: runs with port exits completed in Rust (OUT dropped, IN
@@ -246,70 +323,68 @@ impl Vcpu {
     /// `maxExits` exits. Returns the port exits completed.
     #[napi]
     pub fn run_rust_pio_loop(&self, stop_port: u32, max_exits: Option<f64>) -> Result<f64> {
-        self.check_open()?;
-        let port = u16::try_from(stop_port)
-            .map_err(|_| invalid(format!("stopPort must be 0..0xffff, got {stop_port}")))?;
-        let max = match max_exits {
-            None => u64::MAX,
-            Some(x) if x.is_finite() && x >= 0.0 => x as u64,
-            Some(x) => {
-                return Err(invalid(format!(
-                    "maxExits must be a non-negative number, got {x}"
-                )))
-            }
-        };
-        self.core
-            .with(self.index, |b, msg| {
-                hv_core::pio_loop::run_pio_loop(b, msg, port, max)
-            })
-            .map(|end| end.exits as f64)
+        guard("Vcpu.runRustPioLoop", || {
+            self.check_open()?;
+            let port = u16::try_from(stop_port)
+                .map_err(|_| invalid(format!("stopPort must be 0..0xffff, got {stop_port}")))?;
+            let max = match max_exits {
+                None => u64::MAX,
+                Some(x) => crate::errors::whole(x, "maxExits", 9_007_199_254_740_991.0)?,
+            };
+            self.core
+                .with(|b, msg| hv_core::pio_loop::run_pio_loop(b, msg, port, max))
+                .map(|end| end.exits as f64)
+        })
     }
 
     /// Interrupts a running vCPU from any thread; a vCPU not running returns at once
     /// from its next run.
     #[napi]
     pub fn cancel(&self) {
-        self.canceller.cancel();
+        self.core.cancel();
     }
 
     /// One batched get-register hypercall: `out` receives two u64 halves per id.
     #[napi]
     pub fn get_registers(&self, ids: Uint32Array, mut out: BigUint64Array) -> Result<()> {
-        self.check_open()?;
-        check_pairs(&ids, out.len(), "out")?;
-        let mut values: Vec<RegisterValue> = vec![[0, 0]; ids.len()];
-        self.core
-            .with(self.index, |b, _| b.get_registers(&ids, &mut values))?;
-        // SAFETY: `out` is a live typed array of the checked length; the JS thread is
-        // inside this call, so nothing else touches it.
-        let dst = unsafe { out.as_mut() };
-        for (i, v) in values.iter().enumerate() {
-            dst[2 * i] = v[0];
-            dst[2 * i + 1] = v[1];
-        }
-        Ok(())
+        guard("Vcpu.getRegisters", || {
+            self.check_open()?;
+            check_pairs(&ids, out.len(), "out")?;
+            let mut values: Vec<RegisterValue> = vec![[0, 0]; ids.len()];
+            self.core.with(|b, _| b.get_registers(&ids, &mut values))?;
+            // SAFETY: `out` is a live typed array of the checked length; the JS thread is
+            // inside this call, so nothing else touches it.
+            let dst = unsafe { out.as_mut() };
+            for (i, v) in values.iter().enumerate() {
+                dst[2 * i] = v[0];
+                dst[2 * i + 1] = v[1];
+            }
+            Ok(())
+        })
     }
 
     /// One batched set-register hypercall: two u64 halves per id.
     #[napi]
     pub fn set_registers(&self, ids: Uint32Array, values: BigUint64Array) -> Result<()> {
-        self.check_open()?;
-        check_pairs(&ids, values.len(), "values")?;
-        let v: Vec<RegisterValue> = values.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
-        self.core.with(self.index, |b, _| b.set_registers(&ids, &v))
+        guard("Vcpu.setRegisters", || {
+            self.check_open()?;
+            check_pairs(&ids, values.len(), "values")?;
+            let v: Vec<RegisterValue> = values.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
+            self.core.with(|b, _| b.set_registers(&ids, &v))
+        })
     }
 
     /// One GVA translation hypercall.
     #[napi]
     pub fn translate_gva(&self, gva: BigInt, flags: u32) -> Result<Translation> {
-        self.check_open()?;
-        let gva = u64_arg(&gva, "gva")?;
-        let (gpa, result) = self
-            .core
-            .with(self.index, |b, _| b.translate_gva(gva, flags as u64))?;
-        Ok(Translation {
-            gpa: BigInt::from(gpa),
-            result,
+        guard("Vcpu.translateGva", || {
+            self.check_open()?;
+            let gva = u64_arg(&gva, "gva")?;
+            let (gpa, result) = self.core.with(|b, _| b.translate_gva(gva, flags as u64))?;
+            Ok(Translation {
+                gpa: BigInt::from(gpa),
+                result,
+            })
         })
     }
 
@@ -317,49 +392,58 @@ impl Vcpu {
     /// backend runs without one).
     #[napi]
     pub fn register_page(&self) -> Result<Option<RegisterPage>> {
-        self.check_open()?;
-        let page = self.core.with(self.index, |b, _| Ok(b.register_page()))?;
-        Ok(page
-            .map(|p| RegisterPage::new(Arc::clone(&self.core), p, Arc::clone(&self.page_buffers))))
+        guard("Vcpu.registerPage", || {
+            self.check_open()?;
+            let ptr = self.core.with(|b, _| Ok(b.register_page()))?;
+            Ok(match (ptr, &self.core.page) {
+                (Some(ptr), Some(region)) => Some(RegisterPage::new(
+                    Arc::clone(&self.core),
+                    Arc::clone(region),
+                    ptr,
+                )),
+                _ => None,
+            })
+        })
     }
 
     /// The exit message buffer (256 bytes, rewritten by each run) as an ArrayBuffer.
     #[napi]
-    pub fn message_buffer<'env>(&mut self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
-        self.check_open()?;
-        let ptr = self.core.msg.get().cast::<u8>();
-        let owner = Arc::clone(&self.core);
-        // SAFETY: the message lives in `core`, which the buffer keeps alive.
-        unsafe {
-            external(
-                env,
-                ptr,
-                hv_core::MESSAGE_SIZE,
-                owner,
-                &mut self.message_buffers,
-            )
-        }
+    pub fn message_buffer<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
+        guard("Vcpu.messageBuffer", || {
+            self.check_open()?;
+            let ptr = self.core.shared_msg.get().cast::<u8>();
+            let owner = Arc::clone(&self.core);
+            let mut buffers = self
+                .core
+                .message_buffers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // SAFETY: the message lives in `core`, which the buffer keeps alive.
+            unsafe { external(env, ptr, hv_core::MESSAGE_SIZE, owner, &mut buffers) }
+        })
     }
 
     /// Hypercall and exit counters.
     #[napi]
     pub fn stats(&self) -> Result<NativeStats> {
-        self.check_open()?;
-        self.core.with(self.index, |b, _| {
-            let c = b.counters();
-            Ok(NativeStats {
-                get_registers: c.get_registers as f64,
-                set_registers: c.set_registers as f64,
-                translate_gva: c.translate_gva as f64,
-                registers_read: c.registers_read as f64,
-                registers_written: c.registers_written as f64,
-                runs: c.runs as f64,
-                exits: c
-                    .exits
-                    .iter()
-                    .map(|e| vec![e.message_type as f64, e.count as f64])
-                    .collect(),
-                instructions: b.instructions() as f64,
+        guard("Vcpu.stats", || {
+            self.check_open()?;
+            self.core.with(|b, _| {
+                let c = b.counters();
+                Ok(NativeStats {
+                    get_registers: c.get_registers as f64,
+                    set_registers: c.set_registers as f64,
+                    translate_gva: c.translate_gva as f64,
+                    registers_read: c.registers_read as f64,
+                    registers_written: c.registers_written as f64,
+                    runs: c.runs as f64,
+                    exits: c
+                        .exits
+                        .iter()
+                        .map(|e| vec![e.message_type as f64, e.count as f64])
+                        .collect(),
+                    instructions: b.instructions() as f64,
+                })
             })
         })
     }
@@ -367,33 +451,42 @@ impl Vcpu {
     /// Zeroes the counters.
     #[napi]
     pub fn reset_stats(&self) -> Result<()> {
-        self.check_open()?;
-        self.core.with(self.index, |b, _| {
-            b.reset_counters();
-            Ok(())
+        guard("Vcpu.resetStats", || {
+            self.check_open()?;
+            self.core.with(|b, _| {
+                b.reset_counters();
+                Ok(())
+            })
         })
     }
 
-    /// Closes the vCPU: its buffers are detached and its native resources released.
+    /// Closes the vCPU: a run in flight is cancelled and waited for; then its buffers
+    /// are detached and its native resources released. Calling it twice is harmless.
     #[napi]
-    pub fn close(&mut self, env: Env) -> Result<()> {
-        if self.core.is_closed() {
-            return Ok(());
-        }
-        self.canceller.cancel();
-        let mut guard = self.core.backend.lock().unwrap_or_else(|p| p.into_inner());
-        self.core.closed.store(true, Ordering::Release);
-        self.page_buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .detach_all(&env);
-        self.message_buffers.detach_all(&env);
-        *guard = None;
-        Ok(())
+    pub fn close(&self, env: Env) -> Result<()> {
+        guard("Vcpu.close", || {
+            self.core.close(&env);
+            Ok(())
+        })
     }
 
     #[napi(getter)]
     pub fn closed(&self) -> bool {
         self.core.is_closed()
+    }
+}
+
+impl Core {
+    /// Creates a register page view's buffer (see `RegisterPage::buffer`).
+    pub(crate) fn page_buffer<'env>(
+        &self,
+        env: &'env Env,
+        region: &Arc<HostRegion>,
+    ) -> Result<ArrayBuffer<'env>> {
+        let mut buffers = self.page_buffers.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = Arc::clone(region);
+        // SAFETY: the page's mapping is owned by `region`, which the buffer keeps; a
+        // closed vCPU retires it (zero pages at the same address), never unmaps it.
+        unsafe { external(env, region.as_ptr(), region.len(), owner, &mut buffers) }
     }
 }

@@ -1,14 +1,15 @@
 //! `Vm`: a partition's memory map and vCPUs.
 
-use crate::errors::{closed, invalid, to_js, u64_arg, Result};
+use crate::errors::{closed, guard, invalid, to_js, u64_arg, Result};
 use crate::live::{Kind, Live};
-use crate::memory::GuestMemory;
-use crate::vcpu::Vcpu;
-use hv_core::{HostRegion, MemoryMapping, VmBackend};
+use crate::memory::{GuestMemory, Ram};
+use crate::vcpu::{Core, Vcpu};
+use hv_core::memory::admit;
+use hv_core::{HostRegion, MemoryMapping, RegionOptions, VmBackend};
 use napi::bindgen_prelude::BigInt;
 use napi::Env;
 use napi_derive::napi;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Options for `Vm.mapMemory`.
 #[napi(object)]
@@ -17,97 +18,183 @@ pub struct MapOptions {
     pub executable: Option<bool>,
 }
 
+/// Memory settings of one VM, fixed when it is created.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemoryPolicy {
+    /// The most guest RAM this VM may map, in bytes.
+    pub limit: u64,
+    /// Commit each region's memory when it is mapped.
+    pub reserve: bool,
+}
+
+/// A partition and what it owns until it closes.
+struct Open {
+    backend: Live<Box<dyn VmBackend>>,
+    ram: Vec<Arc<Ram>>,
+    vcpus: Vec<Weak<Core>>,
+    policy: MemoryPolicy,
+}
+
+impl Open {
+    fn mapped_bytes(&self) -> u64 {
+        self.ram.iter().map(|r| r.region.len() as u64).sum()
+    }
+}
+
 /// A virtual machine (partition).
 #[napi]
 pub struct Vm {
-    inner: Option<Live<Box<dyn VmBackend>>>,
+    state: Mutex<Option<Open>>,
 }
 
 impl Vm {
-    pub(crate) fn new(inner: Box<dyn VmBackend>) -> Self {
+    pub(crate) fn new(inner: Box<dyn VmBackend>, policy: MemoryPolicy) -> Self {
         Vm {
-            inner: Some(Live::new(inner, Kind::Vm)),
+            state: Mutex::new(Some(Open {
+                backend: Live::new(inner, Kind::Vm),
+                ram: Vec::new(),
+                vcpus: Vec::new(),
+                policy,
+            })),
         }
     }
 
-    fn backend(&mut self) -> Result<&mut Box<dyn VmBackend>> {
-        self.inner
-            .as_mut()
-            .map(Live::get_mut)
-            .ok_or_else(|| closed("VM"))
+    fn lock(&self) -> MutexGuard<'_, Option<Open>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
+/// The largest region one call maps: 2^40 bytes (a guest may have several).
+const MAX_REGION: f64 = (1u64 << 40) as f64;
+
 #[napi]
 impl Vm {
-    /// Allocates `size` bytes of zeroed host memory and maps it at `gpa`.
+    /// Allocates `size` bytes of zeroed host memory and maps it at `gpa`. The VM's and
+    /// the process's memory limits apply (`ENOMEM` naming them).
     #[napi]
     pub fn map_memory(
-        &mut self,
+        &self,
         gpa: BigInt,
         size: f64,
         options: Option<MapOptions>,
     ) -> Result<GuestMemory> {
-        let gpa = u64_arg(&gpa, "gpa")?;
-        if !(size.is_finite() && size > 0.0 && size.fract() == 0.0 && size <= (1u64 << 40) as f64) {
-            return Err(invalid(format!(
-                "size must be a positive whole number of bytes, got {size}"
-            )));
-        }
-        let region = Arc::new(HostRegion::new(size as usize).map_err(to_js)?);
-        let o = options.unwrap_or(MapOptions {
-            writable: None,
-            executable: None,
-        });
-        self.backend()?
-            .map_memory(MemoryMapping {
-                gpa,
-                region: Arc::clone(&region),
-                writable: o.writable.unwrap_or(true),
-                executable: o.executable.unwrap_or(true),
-            })
+        guard("Vm.mapMemory", || {
+            let gpa = u64_arg(&gpa, "gpa")?;
+            if !(size.is_finite() && size > 0.0 && size.fract() == 0.0 && size <= MAX_REGION) {
+                return Err(invalid(format!(
+                    "size must be a whole number of bytes from 1 to 2^40, got {size}"
+                )));
+            }
+            let mut state = self.lock();
+            let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+            admit(
+                "this VM (its memoryLimit)",
+                open.mapped_bytes(),
+                size as u64,
+                open.policy.limit,
+            )
             .map_err(to_js)?;
-        Ok(GuestMemory::new(region, gpa))
+            let region = Arc::new(
+                HostRegion::with_options(
+                    size as usize,
+                    RegionOptions {
+                        reserve: open.policy.reserve,
+                    },
+                )
+                .map_err(to_js)?,
+            );
+            let o = options.unwrap_or(MapOptions {
+                writable: None,
+                executable: None,
+            });
+            open.backend
+                .get_mut()
+                .map_memory(MemoryMapping {
+                    gpa,
+                    region: Arc::clone(&region),
+                    writable: o.writable.unwrap_or(true),
+                    executable: o.executable.unwrap_or(true),
+                })
+                .map_err(to_js)?;
+            let ram = Ram::new(region, gpa);
+            open.ram.push(Arc::clone(&ram));
+            Ok(GuestMemory::new(ram))
+        })
     }
 
-    /// Unmaps a region; its ArrayBuffers are detached.
+    /// Unmaps a region and gives its memory back at once; its ArrayBuffers are detached.
     #[napi]
-    pub fn unmap_memory(&mut self, env: Env, memory: &mut GuestMemory) -> Result<()> {
-        if !memory.mapped() {
-            return Err(closed("guest memory region"));
-        }
-        self.backend()?
-            .unmap_memory(memory.gpa_value())
-            .map_err(to_js)?;
-        memory.release(env);
-        Ok(())
+    pub fn unmap_memory(&self, env: Env, memory: &GuestMemory) -> Result<()> {
+        guard("Vm.unmapMemory", || {
+            let mut state = self.lock();
+            let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+            let i = open
+                .ram
+                .iter()
+                .position(|r| Arc::ptr_eq(r, memory.ram()))
+                .ok_or_else(|| closed("guest memory region"))?;
+            open.backend
+                .get_mut()
+                .unmap_memory(memory.ram().gpa)
+                .map_err(to_js)?;
+            open.ram.remove(i).retire(&env);
+            Ok(())
+        })
     }
 
     /// Makes guest accesses to `[gpa, gpa + size)` exit, even over RAM (sim).
     #[napi]
-    pub fn intercept_range(&mut self, gpa: BigInt, size: BigInt) -> Result<()> {
-        let gpa = u64_arg(&gpa, "gpa")?;
-        let size = u64_arg(&size, "size")?;
-        self.backend()?.intercept_range(gpa, size).map_err(to_js)
+    pub fn intercept_range(&self, gpa: BigInt, size: BigInt) -> Result<()> {
+        guard("Vm.interceptRange", || {
+            let gpa = u64_arg(&gpa, "gpa")?;
+            let size = u64_arg(&size, "size")?;
+            let mut state = self.lock();
+            let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+            open.backend
+                .get_mut()
+                .intercept_range(gpa, size)
+                .map_err(to_js)
+        })
     }
 
     /// Creates vCPU `index` (0..=255).
     #[napi]
-    pub fn create_vcpu(&mut self, index: u32) -> Result<Vcpu> {
-        let i = u8::try_from(index)
-            .map_err(|_| invalid(format!("vCPU index must be 0..=255, got {index}")))?;
-        let backend = self.backend()?.create_vcpu(i).map_err(to_js)?;
-        Ok(Vcpu::new(backend))
+    pub fn create_vcpu(&self, env: Env, index: u32) -> Result<Vcpu> {
+        guard("Vm.createVcpu", || {
+            let i = u8::try_from(index)
+                .map_err(|_| invalid(format!("vCPU index must be 0..=255, got {index}")))?;
+            let mut state = self.lock();
+            let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+            let backend = open.backend.get_mut().create_vcpu(i).map_err(to_js)?;
+            let vcpu = Vcpu::new(&env, backend);
+            open.vcpus.retain(|c| c.strong_count() > 0);
+            open.vcpus.push(Arc::downgrade(vcpu.core()));
+            Ok(vcpu)
+        })
     }
 
-    /// Releases the partition. vCPUs keep working until they are closed themselves.
+    /// Closes the VM: each of its vCPUs is closed (a run in flight is cancelled and
+    /// waited for), every RAM region is unmapped and its memory given back at once
+    /// (views detached first), and the partition released. Calling it twice is harmless.
     #[napi]
-    pub fn close(&mut self) {
-        self.inner = None;
+    pub fn close(&self, env: Env) -> Result<()> {
+        guard("Vm.close", || {
+            let Some(open) = self.lock().take() else {
+                return Ok(());
+            };
+            for core in open.vcpus.iter().filter_map(Weak::upgrade) {
+                core.close(&env);
+            }
+            drop(open.backend);
+            for ram in &open.ram {
+                ram.retire(&env);
+            }
+            Ok(())
+        })
     }
 
     #[napi(getter)]
     pub fn closed(&self) -> bool {
-        self.inner.is_none()
+        self.lock().is_none()
     }
 }

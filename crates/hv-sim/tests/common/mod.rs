@@ -22,8 +22,17 @@ pub struct Guest {
 }
 
 pub fn guest_with(config: VmConfig) -> Guest {
+    guest_sized(config, RAM)
+}
+
+/// A guest with `ram` bytes of RAM at GPA 0.
+pub fn guest_with_ram(ram: usize) -> Guest {
+    guest_sized(VmConfig::default(), ram)
+}
+
+fn guest_sized(config: VmConfig, ram: usize) -> Guest {
     let mut vm = SimHypervisor.create_vm(&config).unwrap();
-    let ram = Arc::new(HostRegion::new(RAM).unwrap());
+    let ram = Arc::new(HostRegion::new(ram).unwrap());
     vm.map_memory(MemoryMapping {
         gpa: 0,
         region: Arc::clone(&ram),
@@ -120,7 +129,7 @@ impl Guest {
                 &mut self.msg,
                 &RunLimits {
                     max_instructions: Some(10_000_000),
-                    timeout: None,
+                    deadline: None,
                 },
             )
             .unwrap()
