@@ -7,17 +7,18 @@
  * ```
  * @module
  */
-export { createVm, Vm, GuestRam, type VmOptions } from './src/vm.js'
+export { createVm, setProcessMemoryLimit, Vm, GuestRam, type VmOptions, type RomOptions } from './src/vm.js'
+export type { RomWriteHandler } from './src/emulator/memory.js'
 export { STRING_IO_BATCH } from './src/exits/pio.js'
 export { Vcpu, type RunResult, type RunOptions, type StepResult, type VcpuStats } from './src/vcpu.js'
-export { RegisterCache, type SyncPolicy, type SyncCounters } from './src/registers.js'
+export { RegisterCache, POLICIES, type SyncPolicy, type SyncCounters } from './src/registers.js'
 export { IoBus, type PioDevice, type MmioDevice, type AccessContext, type BusStats } from './src/bus.js'
 export { RegisterBank, type BankAccess } from './src/devices/register-bank.js'
 export { Serial16550, COM1, type SerialOptions } from './src/devices/serial.js'
 export { DebugExit, DEBUG_EXIT_PORT } from './src/devices/debug-exit.js'
 export { VmPort, VMPORT_PORT, VMPORT_MAGIC, VMPORT_CMD_GETVERSION, VMPORT_CMD_GETRAMSIZE } from './src/devices/vmport.js'
 export { enterRealMode, enterLongMode, LONG_MODE_TABLES, segment } from './src/guest.js'
-export { registers, registerIndex, page, message, messageType, type RegisterDescriptor } from './src/layout.js'
+export { registers, registerIndex, page, message, messageType, type RegisterDescriptor, type RegisterName } from './src/layout.js'
 export { MshvError } from './src/errors.js'
 export type { ChromeTrace, TraceEvent } from './src/trace.js'
 export { CpuidTable, type CpuidEntry, type CpuidResult } from './src/exits/cpuid.js'

@@ -162,18 +162,18 @@ test('run() on a worker thread can be cancelled, and a second run meanwhile is E
   t.is((t.throws(() => vcpu.native.runner()()) as MshvError).code, 'EBUSY')
   vcpu.cancel()
   t.deepEqual(await running, { reason: 'cancelled' })
-  t.is(vcpu.native.runner({ maxInstructions: 10 })() >>> 0, native.layout().exits.budget)
+  t.is(vcpu.native.runner(new native.RunBudget({ maxInstructions: 10 }))() >>> 0, native.layout().exits.instructions)
 })
 
 test('bad run limits name the limit and the value', (t) => {
   const { vcpu } = realModeGuest([0xf4])
-  t.like(t.throws(() => vcpu.native.runner({ maxInstructions: -1 })), {
+  t.like(t.throws(() => new native.RunBudget({ maxInstructions: -1 })), {
     code: 'EINVAL',
-    message: 'maxInstructions must be a non-negative number, got -1',
+    message: 'maxInstructions must be a whole number from 0 to 2^53-1, got -1',
   })
   t.like(t.throws(() => vcpu.run({ timeoutMs: Number.NaN })), {
     code: 'EINVAL',
-    message: 'timeoutMs must be a non-negative number, got NaN',
+    message: 'run(): timeoutMs must be a number of milliseconds from 0 to 2^53-1, got NaN',
   })
 })
 

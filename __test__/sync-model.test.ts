@@ -2,6 +2,7 @@ import test from 'ava'
 import fc from 'fast-check'
 import { registers, registerIndex } from '../index.js'
 import { LAST_EPOCH } from '../src/registers.js'
+import { native } from '../src/native.js'
 import { realModeGuest, POLICIES, PAGE_MODES, type PageMode } from './helpers.js'
 import type { SyncPolicy } from '../index.js'
 
@@ -84,7 +85,7 @@ function model(policy: SyncPolicy, page: PageMode, nearWrap: boolean): void {
       fc.property(fc.array(op, { maxLength: 24 }), (ops) => {
         // Start each sequence from a resume so the cache matches a fresh exit.
         vcpu.regs.flush()
-        t.is(vcpu.native.runner({ maxInstructions: 1 })() >>> 0, 0x80010000)
+        t.is(vcpu.native.runner(new native.RunBudget({ maxInstructions: 1 }))() >>> 0, 0x80010000)
         vcpu.regs.reset()
         if (nearWrap) Reflect.set(vcpu.regs, 'epoch', LAST_EPOCH - 4)
         const model = truth()
@@ -111,7 +112,7 @@ function model(policy: SyncPolicy, page: PageMode, nearWrap: boolean): void {
             vcpu.regs.synchronize()
           } else {
             vcpu.regs.flush()
-            const code = vcpu.native.runner({ maxInstructions: 1 })()
+            const code = vcpu.native.runner(new native.RunBudget({ maxInstructions: 1 }))()
             vcpu.regs.reset()
             if (code >>> 0 !== 0x80010000) return false
             const now = truth()

@@ -22,7 +22,7 @@ export function interpreterSpeed(ms: number): Row[] {
     vcpu.resetStats()
     const { seconds } = timeFor(ms, () => {
       const r = vcpu.run({ maxInstructions: SLICE })
-      if (r.reason !== 'budget') throw new Error(`the loop stopped: ${JSON.stringify(r)}`)
+      if (r.reason !== 'instructions') throw new Error(`the loop stopped: ${JSON.stringify(r)}`)
       return SLICE
     })
     const retired = vcpu.stats().instructions

@@ -2,7 +2,7 @@
  * The device bus: port ranges mapped to devices.
  * @module
  */
-import { MshvError, hex } from './errors.js'
+import { MshvError, describe, hex } from './errors.js'
 import type { RegisterCache } from './registers.js'
 
 /** What a device sees of the vCPU during an access. */
@@ -57,7 +57,8 @@ export interface BusStats {
 
 /** Port I/O and MMIO dispatch with overlap checking. */
 export class IoBus {
-  private readonly ranges: Range[] = []
+  /** Port ranges by slot; a released slot is reused. */
+  private readonly ranges: (Range | undefined)[] = []
   /**
    * Per port, 1 + the index in `ranges` of the range that claims it (0: none): a port
    * access finds its device in one load however many devices a VM has.
@@ -67,12 +68,19 @@ export class IoBus {
   private readonly mmio: MmioRange[] = []
   /** Unclaimed accesses, as real hardware would silently absorb them. */
   readonly stats: BusStats = { unclaimedReads: 0, unclaimedWrites: 0, unclaimedMmioReads: 0, unclaimedMmioWrites: 0 }
+  /**
+   * Describes the guest RAM overlapping `[start, end)`, if any: MMIO there would never
+   * be called. The VM sets it.
+   * @internal
+   */
+  ramOverlap: (start: bigint, end: bigint) => string | undefined = () => undefined
 
   /** Claims ports `[start, start + length)` for `device`; overlaps are rejected. */
   register(start: number, length: number, device: PioDevice, name = 'device'): void {
     if (!Number.isInteger(start) || start < 0 || !Number.isInteger(length) || length < 1 || start + length > 0x10000) {
-      throw new MshvError('EINVAL', `port range ${hex(start)} (+${length}) for ${name} is outside 0..0xffff`)
+      throw new MshvError('EINVAL', `port range ${describe(start)} (+${describe(length)}) for ${name} is outside 0..0xffff`)
     }
+    checkDevice(device, ['ioRead', 'ioWrite'], name)
     const end = start + length
     const taken = this.portOwner.subarray(start, end).find((k) => k !== 0)
     if (taken !== undefined) {
@@ -82,8 +90,20 @@ export class IoBus {
         `ports ${hex(start)}..${hex(end - 1)} for ${name} overlap ${clash.name} at ${hex(clash.start)}..${hex(clash.end - 1)}`,
       )
     }
-    this.ranges.push({ start, end, device, name })
-    this.portOwner.fill(this.ranges.length, start, end)
+    let slot = this.ranges.indexOf(undefined)
+    if (slot === -1) slot = this.ranges.push(undefined) - 1
+    this.ranges[slot] = { start, end, device, name }
+    this.portOwner.fill(slot + 1, start, end)
+  }
+
+  /** Releases the port range that starts at `start`; returns its device. */
+  unregister(start: number): PioDevice {
+    const k = Number.isInteger(start) && start >= 0 && start < 0x10000 ? (this.portOwner[start] ?? 0) : 0
+    const r = k === 0 ? undefined : this.ranges[k - 1]
+    if (!r || r.start !== start) throw new MshvError('ENOTMAPPED', `no device's port range starts at ${describe(start)}`)
+    this.portOwner.fill(0, r.start, r.end)
+    this.ranges[k - 1] = undefined
+    return r.device
   }
 
   private find(port: number): Range | undefined {
@@ -98,7 +118,12 @@ export class IoBus {
       this.stats.unclaimedReads++
       return size === 4 ? 0xffffffff : (1 << (size * 8)) - 1
     }
-    return r.device.ioRead(port, size, ctx)
+    const v = r.device.ioRead(port, size, ctx)
+    // The low `size` bytes are used; anything but an integer of at most 32 bits is a device bug.
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < -0x8000_0000 || v > 0xffff_ffff) {
+      throw new MshvError('EDEVICE', `${r.name}: ioRead(${hex(port)}, ${size}) returned ${describe(v)}; it must return an integer of at most 32 bits`)
+    }
+    return v
   }
 
   /** Writes to a port; writes to unclaimed ports are dropped and counted. */
@@ -117,12 +142,15 @@ export class IoBus {
    * for the guest's accesses to exit.
    */
   registerMmio(gpa: number | bigint, size: number | bigint, device: MmioDevice, name = 'device'): void {
-    const start = BigInt(gpa)
-    const len = BigInt(size)
-    if (start < 0n || len < 1n || start + len > 1n << 52n) {
-      throw new MshvError('EINVAL', `MMIO range ${hex(start)} (+${hex(len)}) for ${name} is outside the 52-bit physical address space`)
+    const start = integer(gpa)
+    const len = integer(size)
+    if (start === undefined || len === undefined || start < 0n || len < 1n || start + len > 1n << 52n) {
+      throw new MshvError('EINVAL', `MMIO range ${describe(gpa)} (+${describe(size)}) for ${name} is outside the 52-bit physical address space`)
     }
+    checkDevice(device, ['mmioRead', 'mmioWrite'], name)
     const end = start + len
+    const ram = this.ramOverlap(start, end)
+    if (ram) throw new MshvError('EOVERLAP', `MMIO ${hex(start)}..${hex(end - 1n)} for ${name} overlaps ${ram}: the guest's accesses there go to memory, never to the device`)
     // The first range ending after `start` is the only one that can overlap, and the new one goes before it.
     const at = this.firstEndingAfter(start)
     const clash = this.mmio[at]
@@ -133,6 +161,22 @@ export class IoBus {
       )
     }
     this.mmio.splice(at, 0, { start, end, device, name })
+  }
+
+  /** Releases the MMIO range that starts at `gpa`; returns its device. */
+  unregisterMmio(gpa: number | bigint): MmioDevice {
+    const start = integer(gpa)
+    const at = start === undefined ? -1 : this.firstEndingAfter(start)
+    const r = this.mmio[at]
+    if (!r || r.start !== start) throw new MshvError('ENOTMAPPED', `no device's MMIO range starts at ${describe(gpa)}`)
+    this.mmio.splice(at, 1)
+    return r.device
+  }
+
+  /** Describes the MMIO range overlapping `[start, end)`, if any. @internal */
+  mmioOverlap(start: bigint, end: bigint): string | undefined {
+    const r = this.mmio[this.firstEndingAfter(start)]
+    return r && r.start < end ? `${r.name} at ${hex(r.start)}..${hex(r.end - 1n)}` : undefined
   }
 
   /** The index of the first range (by start) ending after `gpa`: ranges do not overlap, so ends sort as starts do. */
@@ -160,7 +204,12 @@ export class IoBus {
       this.stats.unclaimedMmioReads++
       return m
     }
-    return r.device.mmioRead(Number(gpa - r.start), size, ctx) & m
+    const offset = Number(gpa - r.start)
+    const v = r.device.mmioRead(offset, size, ctx)
+    if (typeof v !== 'bigint') {
+      throw new MshvError('EDEVICE', `${r.name}: mmioRead(${hex(offset)}, ${size}) returned ${describe(v)}; it must return a bigint`)
+    }
+    return v & m
   }
 
   /** Writes MMIO; writes no device claims are dropped and counted. */
@@ -171,5 +220,21 @@ export class IoBus {
       return
     }
     r.device.mmioWrite(Number(gpa - r.start), size, value & ((1n << BigInt(size * 8)) - 1n), ctx)
+  }
+}
+
+/** `v` as a bigint when it is an integer number or a bigint. */
+function integer(v: unknown): bigint | undefined {
+  if (typeof v === 'bigint') return v
+  return typeof v === 'number' && Number.isSafeInteger(v) ? BigInt(v) : undefined
+}
+
+/** A device must be an object with at least one of `methods` as a function. */
+function checkDevice(device: unknown, methods: readonly string[], name: string): void {
+  const d = device as Record<string, unknown> | null
+  const ok = typeof d === 'object' && d !== null && methods.some((m) => typeof d[m] === 'function')
+  if (!ok) throw new MshvError('EINVAL', `${name} must be an object with ${methods.join(' and/or ')} methods, got ${describe(device)}`)
+  for (const m of methods) {
+    if (d[m] !== undefined && typeof d[m] !== 'function') throw new MshvError('EINVAL', `${name}.${m} must be a function, got ${describe(d[m])}`)
   }
 }

@@ -8,11 +8,21 @@ export class MshvError extends Error {
   /** Stable, machine-readable code (`EINVAL`, `EUNHANDLED_EXIT`, ...). */
   readonly code: string
 
-  constructor(code: string, message: string) {
-    super(message)
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options)
     this.name = 'MshvError'
     this.code = code
   }
+}
+
+/**
+ * `e` as an {@link MshvError}: a coded `Error` thrown by the native binding keeps its
+ * code and message (the original becomes the `cause`); anything else is returned as is.
+ */
+export function coded(e: unknown): unknown {
+  if (e instanceof MshvError || !(e instanceof Error)) return e
+  const code = (e as Error & { code?: unknown }).code
+  return typeof code === 'string' ? new MshvError(code, e.message, { cause: e }) : e
 }
 
 /** Returns `v` when it is an integer in 0..2^32-1; else an `EINVAL` naming `what` and the value. */
@@ -23,7 +33,40 @@ export function checkU32(what: string, v: unknown): number {
   return v
 }
 
-/** Formats a number or bigint as hex. */
+/** Formats a number or bigint as hex: `0x1f`, `-0x1` for a negative value, the value itself for a fraction. */
 export function hex(v: number | bigint): string {
-  return `0x${v.toString(16)}`
+  if (typeof v === 'number' && !Number.isInteger(v)) return String(v)
+  return v < 0 ? `-0x${(-v).toString(16)}` : `0x${v.toString(16)}`
+}
+
+/** `['a', 'b', 'c']` as "'a', 'b' or 'c'", for messages that list the choices. */
+export function oneOf(choices: readonly string[]): string {
+  const quoted = choices.map((c) => `'${c}'`)
+  const last = quoted.pop()
+  return quoted.length === 0 ? (last ?? '') : `${quoted.join(', ')} or ${last}`
+}
+
+/** `v` as an error message shows it: strings quoted, bigints with `n`, objects by their JSON. */
+export function describe(v: unknown): string {
+  switch (typeof v) {
+    case 'string':
+      return `'${v.length > 40 ? `${v.slice(0, 40)}...` : v}'`
+    case 'bigint':
+      return `${v}n`
+    case 'function':
+      return 'a function'
+    case 'symbol':
+      return v.toString()
+    case 'object': {
+      if (v === null) return 'null'
+      try {
+        const text = JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x))
+        return text.length > 60 ? `${text.slice(0, 60)}...` : text
+      } catch {
+        return Object.prototype.toString.call(v)
+      }
+    }
+    default:
+      return String(v)
+  }
 }

@@ -3,18 +3,39 @@
  * @module
  */
 import type { Vcpu } from './vcpu.js'
+import { MshvError, describe } from './errors.js'
 
 /** Packs a segment register value: [base, limit | selector << 32 | attributes << 48]. */
 export function segment(base: bigint, limit: number, selector: number, attributes: number): [bigint, bigint] {
   return [base, BigInt(limit >>> 0) | (BigInt(selector) << 32n) | (BigInt(attributes) << 48n)]
 }
 
-/** Real mode with all segments at 0 and code at `ip`. */
+const DATA_SEGMENTS = ['ds', 'es', 'ss', 'fs', 'gs'] as const
+
+/** `v` as a u64 bigint: an integer number or bigint in 0..2^64-1. */
+function u64(what: string, v: unknown): bigint {
+  const ok = (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) || (typeof v === 'bigint' && BigInt.asUintN(64, v) === v)
+  if (!ok) throw new MshvError('EINVAL', `${what} must be an integer in 0..2^64-1, got ${describe(v)}`)
+  return BigInt(v as number | bigint)
+}
+
+/**
+ * Real mode with the data segments at 0 and code at physical `ip` (below 1 MiB): CS is
+ * 0 when `ip` fits in 64 KiB, else the 64 KiB-aligned segment holding it, so CS:IP
+ * always reaches `ip`. `sp` is SS:SP with SS 0.
+ */
 export function enterRealMode(vcpu: Vcpu, ip: number, sp = 0x7000): void {
+  if (!Number.isInteger(ip) || ip < 0 || ip > 0xf_ffff) {
+    throw new MshvError('EINVAL', `a real-mode start address must be an integer below 1 MiB (0x100000), got ${describe(ip)}`)
+  }
+  if (!Number.isInteger(sp) || sp < 0 || sp > 0xffff) {
+    throw new MshvError('EINVAL', `a real-mode stack pointer must be an integer in 0..0xffff (SS is 0), got ${describe(sp)}`)
+  }
+  const cs = (ip >>> 4) & 0xf000
   const r = vcpu.regs
-  for (const s of ['ds', 'es', 'ss', 'fs', 'gs']) r.setRaw(s, ...segment(0n, 0xffff, 0, 0x93))
-  r.setRaw('cs', ...segment(0n, 0xffff, 0, 0x9b))
-  r.set('rip', BigInt(ip))
+  for (const s of DATA_SEGMENTS) r.setRaw(s, ...segment(0n, 0xffff, 0, 0x93))
+  r.setRaw('cs', ...segment(BigInt(cs << 4), 0xffff, cs, 0x9b))
+  r.set('rip', BigInt(ip - (cs << 4)))
   r.set('rsp', BigInt(sp))
   r.set('rflags', 2n)
 }
@@ -32,19 +53,25 @@ export function enterLongMode(
   ip: number | bigint,
   options: { tables?: number; sp?: number | bigint } = {},
 ): void {
+  if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `enterLongMode: options must be an object, got ${describe(options)}`)
+  const rip = u64('enterLongMode: ip', ip)
+  const sp = u64('enterLongMode: sp', options.sp ?? 0x8_0000)
   const tables = options.tables ?? LONG_MODE_TABLES
+  if (typeof tables !== 'number' || !Number.isSafeInteger(tables) || tables < 0 || tables % 0x1000 !== 0) {
+    throw new MshvError('EINVAL', `enterLongMode: tables must be a 4 KiB-aligned guest physical address, got ${describe(tables)}`)
+  }
   const entries = new BigUint64Array(1024)
   entries[0] = BigInt(tables + 0x1000) | 3n // PML4[0] -> PDPT
   for (let i = 0; i < 4; i++) entries[512 + i] = (BigInt(i) << 30n) | 0x83n // 1 GiB pages
   ram.write(tables, new Uint8Array(entries.buffer))
   const r = vcpu.regs
   r.setRaw('cs', ...segment(0n, 0xffffffff, 8, 0xa09b))
-  for (const s of ['ds', 'es', 'ss', 'fs', 'gs']) r.setRaw(s, ...segment(0n, 0xffffffff, 16, 0xc093))
+  for (const s of DATA_SEGMENTS) r.setRaw(s, ...segment(0n, 0xffffffff, 16, 0xc093))
   r.set('cr3', BigInt(tables))
   r.set('cr4', 1n << 5n)
   r.set('efer', (1n << 8n) | (1n << 10n))
   r.set('cr0', 0x8000_0011n)
-  r.set('rip', BigInt(ip))
-  r.set('rsp', BigInt(options.sp ?? 0x8_0000))
+  r.set('rip', rip)
+  r.set('rsp', sp)
   r.set('rflags', 2n)
 }

@@ -4,6 +4,10 @@
  * @module
  */
 import { native } from './native.js'
+import { MshvError, describe } from './errors.js'
+import { REGISTER_NAMES, type RegisterName } from './generated/register-names.js'
+
+export type { RegisterName } from './generated/register-names.js'
 
 const raw = native.layout()
 
@@ -36,7 +40,7 @@ export const exitCode = table(raw.exits, 'exit code')
 /** One register's description. */
 export interface RegisterDescriptor {
   /** Name used by the API (`rax`, `cs`, `gdtr`, ...). */
-  readonly name: string
+  readonly name: RegisterName
   /** `hv_register_name` id. */
   readonly id: number
   /** Value shape. */
@@ -61,9 +65,22 @@ function kindOf(name: string, kind: string): RegisterDescriptor['kind'] {
   return k
 }
 
+/** The name as the generated union's member; a binding built from other sources fails here. */
+function nameOf(name: string, i: number): RegisterName {
+  const generated = REGISTER_NAMES[i]
+  if (generated !== name) {
+    throw new Error(`mshv: register ${i} is '${name}' in the native layout but '${String(generated)}' in src/generated/register-names.ts: rebuild (npm run build)`)
+  }
+  return generated
+}
+
+if (raw.registers.length !== REGISTER_NAMES.length) {
+  throw new Error(`mshv: the native layout has ${raw.registers.length} registers, src/generated/register-names.ts ${REGISTER_NAMES.length}: rebuild (npm run build)`)
+}
+
 /** Every register the API exposes, in the native table's order. */
-export const registers: readonly RegisterDescriptor[] = raw.registers.map((r) => ({
-  name: r.name,
+export const registers: readonly RegisterDescriptor[] = raw.registers.map((r, i) => ({
+  name: nameOf(r.name, i),
   id: r.id,
   kind: kindOf(r.name, r.kind),
   group: r.group,
@@ -71,18 +88,11 @@ export const registers: readonly RegisterDescriptor[] = raw.registers.map((r) =>
   dirtyBit: r.dirtyBit ?? undefined,
 }))
 
-/** Register names, as a type. */
-export type RegisterName = string
+const byName = new Map<string, number>(registers.map((r, i) => [r.name, i]))
 
-const byName = new Map(registers.map((r, i) => [r.name, i]))
-
-/** Index of a register in {@link registers}; throws a clear error for unknown names. */
-export function registerIndex(name: string): number {
-  const i = byName.get(name)
-  if (i === undefined) {
-    const err = new Error(`unknown register '${name}'`) as Error & { code: string }
-    err.code = 'EINVAL_REGISTER'
-    throw err
-  }
+/** Index of a register in {@link registers}; an `EINVAL_REGISTER` error for unknown names. */
+export function registerIndex(name: RegisterName): number {
+  const i = typeof name === 'string' ? byName.get(name) : undefined
+  if (i === undefined) throw new MshvError('EINVAL_REGISTER', `unknown register ${describe(name)}`)
   return i
 }

@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type * as Binding from '../native/binding.cjs'
+import { coded } from './errors.js'
 
 const require = createRequire(import.meta.url)
 
@@ -56,8 +57,74 @@ function load(): typeof Binding {
   }
 }
 
-/** The raw napi-rs binding. */
-export const native: typeof Binding = load()
+type Fn = (...args: unknown[]) => unknown
+
+/** `f` with every error it throws (or its promise rejects with) made an MshvError. */
+function codedFn(f: Fn): Fn {
+  return function (this: unknown, ...args: unknown[]): unknown {
+    let result: unknown
+    try {
+      result = f.apply(this, args)
+    } catch (e) {
+      throw coded(e)
+    }
+    if (result instanceof Promise) {
+      // An async run settles with its error (to keep the code); surface it as a rejection.
+      return result.then((r: unknown) => {
+        if (r instanceof Error) throw coded(r)
+        return r
+      }, (e: unknown) => {
+        throw coded(e)
+      })
+    }
+    // `runner()` hands out the per-exit function: its errors are coded too.
+    return typeof result === 'function' ? codedFn(result as Fn) : result
+  }
+}
+
+/**
+ * Makes every error the binding throws an {@link MshvError} with the binding's code:
+ * each method and getter of its classes, its static factories and its functions.
+ */
+function withCodedErrors(binding: typeof Binding): typeof Binding {
+  const out: Record<string, unknown> = {}
+  for (const [name, value] of Object.entries(binding)) {
+    if (typeof value !== 'function') {
+      out[name] = value
+      continue
+    }
+    const proto = (value as { prototype?: object }).prototype
+    const methods = proto ? Object.getOwnPropertyNames(proto).filter((k) => k !== 'constructor') : []
+    if (methods.length === 0 && /^[a-z]/.test(name)) {
+      out[name] = codedFn(value as Fn)
+      continue
+    }
+    // A class: patch its prototype and statics in place (instances come from native code).
+    for (const key of methods) {
+      const d = Object.getOwnPropertyDescriptor(proto, key)
+      if (!d) continue
+      if (typeof d.value === 'function') Object.defineProperty(proto, key, { ...d, value: codedFn(d.value as Fn) })
+      else if (d.get) Object.defineProperty(proto, key, { ...d, get: codedFn(d.get as Fn) as () => unknown })
+    }
+    for (const key of Object.getOwnPropertyNames(value)) {
+      const d = Object.getOwnPropertyDescriptor(value, key)
+      if (d && typeof d.value === 'function' && d.writable) Object.defineProperty(value, key, { ...d, value: codedFn(d.value as Fn) })
+    }
+    out[name] = value
+  }
+  return out as unknown as typeof Binding
+}
+
+/** The napi-rs binding, its errors made {@link MshvError}s. */
+export const native: typeof Binding = withCodedErrors(load())
+
+// A guest running on a pool thread would keep `process.exit()` (and the exit after an
+// uncaught exception) waiting for it forever: Node joins its pool threads on the way
+// out. The 'exit' event comes first, so every vCPU this environment made is cancelled
+// there; the binding also cancels them when an environment is torn down (a worker ends).
+process.on('exit', () => {
+  native.cancelAllVcpus()
+})
 export type NativeVcpu = Binding.Vcpu
 export type NativeVm = Binding.Vm
 export type NativeGuestMemory = Binding.GuestMemory

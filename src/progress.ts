@@ -1,6 +1,8 @@
 /**
  * A live progress line for long runs: exits per second and the exit mix, redrawn in
- * place on a terminal. Sampled every few thousand exits so the exit loop stays cheap.
+ * place on a terminal. Sampled every thousand exits so the exit loop stays cheap, and
+ * on a clock (a run with a line hands control back every 100 ms) so a guest that
+ * spins without exits gets one too.
  * @module
  */
 import { messageTypeName } from './layout.js'
@@ -37,6 +39,14 @@ export class ProgressLine {
   exit(type: number): void {
     this.byType.set(type, (this.byType.get(type) ?? 0) + 1)
     if (++this.exits % SAMPLE === 0) this.maybeDraw()
+  }
+
+  /**
+   * Redraws if it is time: a run calls this when a native run hands control back
+   * without an exit (a guest that spins without exits still gets its line).
+   */
+  tick(): void {
+    this.maybeDraw()
   }
 
   /** The status text: rate, total and the exit mix by share. */

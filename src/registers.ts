@@ -10,11 +10,18 @@
  * @module
  */
 import type { NativeVcpu } from './native.js'
-import { page, registers, registerIndex, type RegisterDescriptor } from './layout.js'
-import { MshvError, checkU32 } from './errors.js'
+import { page, registers, registerIndex, type RegisterDescriptor, type RegisterName } from './layout.js'
+import { MshvError, checkU32, describe } from './errors.js'
 
-/** How a vCPU's registers travel. */
-export type SyncPolicy = 'page' | 'hypercall' | 'eager'
+/** The register sync policies: see {@link SyncPolicy}. */
+export const POLICIES = ['page', 'hypercall', 'eager'] as const
+
+/**
+ * How a vCPU's registers travel: `page` (through the register page when it is valid,
+ * else hypercalls), `hypercall` (never the page) or `eager` (every exit fetches and
+ * stores the standard and special registers, as VMMs did before the page).
+ */
+export type SyncPolicy = (typeof POLICIES)[number]
 
 const N = registers.length
 const ISVALID = page('isvalid')
@@ -56,7 +63,7 @@ export interface SyncCounters {
 
 /** A register index, checked: the `...At` methods are the hot path, so one compare. */
 function checkIndex(i: number): number {
-  if (!(i >>> 0 === i && i < N)) throw new MshvError('EINVAL_REGISTER', `register index must be an integer in 0..${N - 1}, got ${String(i)}`)
+  if (!(typeof i === 'number' && i >>> 0 === i && i < N)) throw new MshvError('EINVAL_REGISTER', `register index must be an integer in 0..${N - 1}, got ${describe(i)}`)
   return i
 }
 
@@ -111,6 +118,13 @@ export class RegisterCache {
   private readonly batches: { ids: Uint32Array; values: BigUint64Array }[] = []
   /** Counters of page and hypercall traffic. */
   readonly counters: SyncCounters = { pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
+  /**
+   * Set while the vCPU runs on a worker thread: its registers are then neither
+   * readable (they would be stale) nor writable (the write would be lost).
+   * @internal
+   */
+  busy = false
+  private closed = false
 
   /**
    * @param native the native vCPU (hypercalls)
@@ -133,19 +147,32 @@ export class RegisterCache {
     return this.policy === 'page' && this.view !== null && this.view.getUint8(ISVALID) !== 0
   }
 
+  /** Refuses access while the vCPU runs (`EBUSY`) or after it closed (`ECLOSED`). */
+  private check(): void {
+    if (this.closed) throw new MshvError('ECLOSED', `vCPU ${this.native.index} is closed: its registers are gone`)
+    if (this.busy) throw new MshvError('EBUSY', `vCPU ${this.native.index} is running: its registers can be read and written between runs (in exit handlers, or after runAsync() settles)`)
+  }
+
+  /** Ends access for good: the vCPU closed. @internal */
+  close(): void {
+    this.closed = true
+  }
+
   /** Reads a register's low 64 bits (the whole value for u64 registers). */
-  get(name: string): bigint {
+  get(name: RegisterName): bigint {
     return this.getAt(registerIndex(name))
   }
 
   /** {@link get} by index in {@link registers}. */
   getAt(i: number): bigint {
+    this.check()
     if (this.unknown(checkIndex(i))) this.load(i)
     return this.lo[i] as bigint
   }
 
   /** The low 32 bits of register `i` (by index), as a number. */
   getLow32At(i: number): number {
+    this.check()
     if (this.unknown(checkIndex(i))) this.load(i)
     return this.lo32[2 * i] as number
   }
@@ -155,6 +182,7 @@ export class RegisterCache {
    * 2-byte write keeps the other bits, a 4-byte write clears the upper half.
    */
   setSizedAt(i: number, size: 1 | 2 | 4, value: number): void {
+    this.check()
     checkIndex(i)
     checkU32('setSizedAt: value', value)
     if (checkSize(size) === 4) {
@@ -168,6 +196,7 @@ export class RegisterCache {
 
   /** Adds `n` (0..0xffffffff) to register `i`, wrapping at 2^64: RIP past an instruction. */
   addAt(i: number, n: number): void {
+    this.check()
     checkU32('addAt: increment', n)
     const low = this.getLow32At(i) + n
     const high = (this.lo32[2 * i + 1] as number) + (low > 0xffff_ffff ? 1 : 0)
@@ -184,19 +213,21 @@ export class RegisterCache {
   }
 
   /** Reads both 64-bit halves (XMM, segment and table registers). */
-  getRaw(name: string): [bigint, bigint] {
+  getRaw(name: RegisterName): [bigint, bigint] {
+    this.check()
     const i = registerIndex(name)
     if (this.unknown(i)) this.load(i)
     return [this.lo[i] as bigint, this.hi[i] as bigint]
   }
 
   /** Writes a register's 64-bit value; it reaches the vCPU at the next resume. */
-  set(name: string, value: bigint): void {
+  set(name: RegisterName, value: bigint): void {
     this.setAt(registerIndex(name), value)
   }
 
   /** {@link set} by index. For 128-bit registers the high half is kept. */
   setAt(i: number, value: bigint): void {
+    this.check()
     const r = registers[checkIndex(i)] as RegisterDescriptor
     if (r.kind !== 'u64' && this.unknown(i)) this.load(i)
     this.lo[i] = checkU64(r.name, value)
@@ -204,7 +235,8 @@ export class RegisterCache {
   }
 
   /** Writes both halves of a register. */
-  setRaw(name: string, low: bigint, high: bigint): void {
+  setRaw(name: RegisterName, low: bigint, high: bigint): void {
+    this.check()
     const i = registerIndex(name)
     this.lo[i] = checkU64(name, low)
     this.hi[i] = checkU64(name, high)
@@ -213,6 +245,7 @@ export class RegisterCache {
 
   /** Records a value the exit message carried (clean, no hypercall), unless known. */
   seed(i: number, value: bigint, high = 0n): void {
+    this.check()
     if (this.unknown(checkIndex(i))) {
       const { name } = registers[i] as RegisterDescriptor
       this.lo[i] = checkU64(name, value)
@@ -227,6 +260,7 @@ export class RegisterCache {
    * @internal
    */
   seedWords(i: number, words: Uint32Array, at: number): void {
+    this.check()
     if (this.unknown(checkIndex(i))) {
       this.lo32[2 * i] = words[at] as number
       this.lo32[2 * i + 1] = words[at + 1] as number
@@ -236,7 +270,7 @@ export class RegisterCache {
   }
 
   /** Whether a register has been written since the last resume. */
-  isDirty(name: string): boolean {
+  isDirty(name: RegisterName): boolean {
     return this.state[registerIndex(name)] === this.epoch + 1
   }
 
@@ -268,6 +302,7 @@ export class RegisterCache {
    * clean or dirty. A dirty value is never replaced by the hypervisor's older one.
    */
   synchronize(): void {
+    this.check()
     for (const [, members] of GROUPS) {
       const first = members.find((i) => this.unknown(i))
       if (first !== undefined) this.load(first)
@@ -282,6 +317,7 @@ export class RegisterCache {
 
   /** Writes dirty registers back before the vCPU resumes. */
   flush(): void {
+    this.check()
     if (this.policy === 'eager') {
       // The pre-page behaviour: store back everything fetched, dirty or not.
       // Clean ones first: a dirty value stored after them wins.

@@ -43,13 +43,13 @@ export class ExitTrace {
     return (performance.now() - this.origin) * 1000
   }
 
-  /** Records a slice from `start` to now. */
-  record(name: string, cat: TraceEvent['cat'], start: number, args?: Record<string, string | number>): void {
+  /** Records a slice from `start` to `end` (times from {@link now}). */
+  record(name: string, cat: TraceEvent['cat'], start: number, end: number, args?: Record<string, string | number>): void {
     if (this.events.length >= this.limit) {
       this.dropped++
       return
     }
-    const e: TraceEvent = { name, cat, ph: 'X', ts: start, dur: this.now() - start, pid: 1, tid: this.vcpu }
+    const e: TraceEvent = { name, cat, ph: 'X', ts: start, dur: end - start, pid: 1, tid: this.vcpu }
     if (args) e.args = args
     this.events.push(e)
   }

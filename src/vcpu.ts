@@ -6,7 +6,7 @@
 import type { NativeVcpu } from './native.js'
 import type { AccessContext, IoBus } from './bus.js'
 import { exitCode, message, messageType, messageTypeName } from './layout.js'
-import { MshvError, checkU32, hex } from './errors.js'
+import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
 import { RegisterCache, type SyncPolicy, type SyncCounters } from './registers.js'
 import { handleIo, seedIo } from './exits/pio.js'
 import type { DebugExit } from './devices/debug-exit.js'
@@ -26,25 +26,35 @@ const T_FATAL = messageType('unrecoverableException')
 const T_CPUID = messageType('cpuid')
 const T_MSR = messageType('msr')
 const EXIT_CANCELLED = exitCode('cancelled')
-const EXIT_BUDGET = exitCode('budget')
+const EXIT_INSTRUCTIONS = exitCode('instructions')
+const EXIT_TIMEOUT = exitCode('timeout')
+const EXIT_SLICE = exitCode('slice')
 const GP = 13
 const MSG_RIP = message('rip')
+/** How often a run with a progress line hands control back to redraw it, at most. */
+const PROGRESS_SLICE_MS = 100
 
 /** Why `run()` returned. */
 export type RunResult =
   | { reason: 'debug-exit'; code: number }
   | { reason: 'halt' }
+  /** `cancel()`, or the vCPU was closed during the run. */
   | { reason: 'cancelled' }
-  | { reason: 'budget' }
+  /** `timeoutMs` passed. */
+  | { reason: 'timeout' }
+  /** `maxInstructions` guest instructions retired. */
+  | { reason: 'instructions' }
+  /** `maxExits` exits were handled. */
+  | { reason: 'exits' }
 
 /** Why {@link Vcpu.step} returned: the instruction ran (`stepped`), or the run would have stopped there. */
 export type StepResult = RunResult | { reason: 'stepped' }
 
-/** Limits for {@link Vcpu.run}. */
+/** Limits for {@link Vcpu.run}: each bounds the whole call, however many exits it takes. */
 export interface RunOptions {
-  /** Stop after this many guest instructions in one native run (sim; mshv refuses it with `ENOTSUP`). */
+  /** Stop after this many guest instructions in all (sim; mshv refuses it with `ENOTSUP`). */
   maxInstructions?: number
-  /** Stop a native run after this many milliseconds (sim; mshv refuses it with `ENOTSUP`: use `cancel()` from a timer). */
+  /** Stop this many milliseconds after the run starts (sim; mshv refuses it with `ENOTSUP`: use `cancel()` from a timer). */
   timeoutMs?: number
   /**
    * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }`; `'wait'`
@@ -59,10 +69,51 @@ export interface RunOptions {
    */
   progress?: boolean | ProgressStream | ProgressLine
   /**
-   * Return `{ reason: 'budget' }` after this many exits, so a caller can run in slices
+   * Return `{ reason: 'exits' }` after this many exits, so a caller can run in slices
    * (and let the event loop in between) without giving up the synchronous loop's speed.
    */
   maxExits?: number
+}
+
+const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits'] as const
+
+/** `options` checked as {@link RunOptions}: an object of known keys with values of the right kind. */
+function checkRunOptions(options: unknown, what: string): RunOptions {
+  if (options === undefined) return {}
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new MshvError('EINVAL', `${what}: options must be an object, got ${describe(options)}`)
+  }
+  const o = options as Record<string, unknown>
+  for (const key of Object.keys(o)) {
+    if (!(RUN_OPTIONS as readonly string[]).includes(key)) {
+      throw new MshvError('EINVAL', `${what}: unknown option '${key}' (options: ${RUN_OPTIONS.join(', ')})`)
+    }
+  }
+  const count = (key: 'maxInstructions' | 'maxExits', min: number): void => {
+    const v = o[key]
+    if (v !== undefined && !(typeof v === 'number' && Number.isSafeInteger(v) && v >= min)) {
+      throw new MshvError('EINVAL', `${what}: ${key} must be an integer from ${min} to 2^53-1, got ${describe(v)}`)
+    }
+  }
+  count('maxInstructions', 0)
+  count('maxExits', 1)
+  const t = o['timeoutMs']
+  if (t !== undefined && !(typeof t === 'number' && t >= 0 && t <= Number.MAX_SAFE_INTEGER)) {
+    throw new MshvError('EINVAL', `${what}: timeoutMs must be a number of milliseconds from 0 to 2^53-1, got ${describe(t)}`)
+  }
+  const h = o['onHalt']
+  if (h !== undefined && h !== 'return' && h !== 'wait') {
+    throw new MshvError('EINVAL', `${what}: onHalt must be ${oneOf(['return', 'wait'])}, got ${describe(h)}`)
+  }
+  const p = o['progress']
+  if (p !== undefined && typeof p !== 'boolean' && !(p instanceof ProgressLine) && !isStream(p)) {
+    throw new MshvError('EINVAL', `${what}: progress must be a boolean, a stream with write() or a ProgressLine, got ${describe(p)}`)
+  }
+  return o as RunOptions
+}
+
+function isStream(v: unknown): v is ProgressStream {
+  return typeof v === 'object' && v !== null && typeof (v as { write?: unknown }).write === 'function'
 }
 
 /** Statistics of one vCPU. */
@@ -83,12 +134,28 @@ export interface VcpuStats extends SyncCounters {
   exitsByType: Record<string, number>
 }
 
-/** The exit budget of `options`, checked. */
-function exitBudget(options: RunOptions): number {
-  const n = options.maxExits
-  if (n === undefined) return Number.POSITIVE_INFINITY
-  if (!Number.isInteger(n) || n < 1) throw new MshvError('EINVAL', `maxExits must be a positive integer, got ${String(n)}`)
-  return n
+/** The result of a native run that ended without an exit, or undefined for an exit. */
+function runEnd(code: number): RunResult | undefined {
+  switch (code) {
+    case EXIT_CANCELLED:
+      return { reason: 'cancelled' }
+    case EXIT_INSTRUCTIONS:
+      return { reason: 'instructions' }
+    case EXIT_TIMEOUT:
+      return { reason: 'timeout' }
+    default:
+      return undefined
+  }
+}
+
+/** The native budget of a run's limits, or undefined when it has none. */
+function nativeBudget(o: RunOptions, slice: boolean): InstanceType<typeof binding.RunBudget> | undefined {
+  if (o.maxInstructions === undefined && o.timeoutMs === undefined && !slice) return undefined
+  try {
+    return new binding.RunBudget({ maxInstructions: o.maxInstructions, timeoutMs: o.timeoutMs, sliceMs: slice ? PROGRESS_SLICE_MS : undefined })
+  } catch (e) {
+    throw coded(e)
+  }
 }
 
 /** Devices and settings a vCPU's exit handlers use. */
@@ -107,8 +174,8 @@ export interface VcpuEnvironment {
 export class Vcpu {
   /** The register cache and sync policy. */
   readonly regs: RegisterCache
-  /** The exit message of the last run, read in place. */
-  readonly message: DataView
+  /** The exit message of the last run, read in place (use {@link message}). */
+  private readonly msg: DataView
   /** The same message as u32 words, for the per-exit reads that need no BigInt. */
   private readonly messageWords: Uint32Array
   private readonly ctx: AccessContext
@@ -117,14 +184,15 @@ export class Vcpu {
   private wakePending = false
   private waiter: ((how: 'wake' | 'cancel') => void) | undefined
   private tracer: ExitTrace | undefined
-  /** Runs the native vCPU for at most one instruction: {@link step}'s call, made on first use. */
-  private stepOnce: (() => number) | undefined
   /** The progress line of the run in progress, if it asked for one. */
   private progress: ProgressLine | undefined
   /** When the current native run began (trace time), while tracing. */
   private runStart = 0
   /** Runs the native vCPU to its next exit without limits: the per-exit call of {@link run}. */
   private readonly runUnlimited: () => number
+  /** Whether a run (of any kind) is in progress: a second one is refused. */
+  private running = false
+  private isClosed = false
 
   /** @internal */
   constructor(
@@ -134,8 +202,8 @@ export class Vcpu {
     policy: SyncPolicy,
   ) {
     this.regs = new RegisterCache(native, native.registerPage()?.buffer() ?? null, policy)
-    this.message = new DataView(native.messageBuffer())
-    this.messageWords = new Uint32Array(this.message.buffer)
+    this.msg = new DataView(native.messageBuffer())
+    this.messageWords = new Uint32Array(this.msg.buffer)
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
     this.runUnlimited = native.runner()
   }
@@ -145,26 +213,58 @@ export class Vcpu {
     return this.native.index
   }
 
+  /** The exit message of the last run (256 bytes), read in place; `ECLOSED` once closed. */
+  get message(): DataView {
+    this.checkOpen()
+    return this.msg
+  }
+
+  /** Whether {@link close} was called (directly or by closing the VM). */
+  get closed(): boolean {
+    return this.isClosed
+  }
+
+  private checkOpen(): void {
+    if (this.isClosed) throw new MshvError('ECLOSED', `vCPU ${this.native.index} is closed`)
+  }
+
+  /** Claims the vCPU for one run: `EBUSY` while another is in progress, `ECLOSED` once closed. */
+  private enter(what: string): void {
+    this.checkOpen()
+    if (this.running) throw new MshvError('EBUSY', `${what}: vCPU ${this.native.index} is already running`)
+    this.running = true
+  }
+
   /**
-   * Runs the guest, handling exits, until a debug-exit write, HLT, a cancel or the
-   * budget. Register writes made before the call reach the guest first.
+   * Runs the guest, handling exits, until a debug-exit write, HLT, a cancel or one of
+   * the limits. Register writes made before the call reach the guest first.
    */
   run(options: RunOptions = {}): RunResult {
-    if (options.onHalt === 'wait') {
+    const o = checkRunOptions(options, 'run()')
+    if (o.onHalt === 'wait') {
       throw new MshvError('EINVAL', "onHalt 'wait' needs runAsync(): a synchronous run cannot wait for wake()")
     }
-    const limited = options.maxInstructions !== undefined || options.timeoutMs !== undefined
-    const runNative = limited ? this.native.runner(options) : this.runUnlimited
-    const exitLimit = exitBudget(options)
-    const ownLine = this.startProgress(options)
+    this.enter('run()')
+    const ownLine = this.startProgress(o)
     try {
-      for (let exits = 0; exits < exitLimit; exits++) {
+      const budget = nativeBudget(o, this.progress !== undefined)
+      const runNative = budget ? this.native.runner(budget) : this.runUnlimited
+      const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
+      for (let exits = 0; exits < exitLimit; ) {
         this.beforeResume()
-        const result = this.afterRun(runNative())
+        const code = runNative()
+        if (code === EXIT_SLICE) {
+          this.regs.reset()
+          this.progress?.tick()
+          continue
+        }
+        exits++
+        const result = this.afterRun(code)
         if (result) return result
       }
-      return { reason: 'budget' }
+      return { reason: 'exits' }
     } finally {
+      this.running = false
       this.endProgress(ownLine)
     }
   }
@@ -187,23 +287,44 @@ export class Vcpu {
 
   /**
    * Like {@link run}, but each native run happens on a worker thread, so the event
-   * loop stays free (timers, I/O, `cancel()` from a callback).
+   * loop stays free (timers, I/O, `cancel()` from a callback). Errors carry the same
+   * codes as {@link run}'s.
    */
   async runAsync(options: RunOptions = {}): Promise<RunResult> {
-    const exitLimit = exitBudget(options)
-    const ownLine = this.startProgress(options)
+    const o = checkRunOptions(options, 'runAsync()')
+    this.enter('runAsync()')
+    const ownLine = this.startProgress(o)
     try {
-      for (let exits = 0; exits < exitLimit; exits++) {
+      const budget = nativeBudget(o, this.progress !== undefined)
+      const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
+      for (let exits = 0; exits < exitLimit; ) {
+        // Closed between two native runs (by an exit handler): the run ends as cancelled.
+        if (this.isClosed) return { reason: 'cancelled' }
         this.beforeResume()
-        const result = this.afterRun(await this.native.run(options))
-        if (result?.reason === 'halt' && options.onHalt === 'wait') {
+        this.regs.busy = true
+        let code: number
+        try {
+          // The binding's wrapper (native.ts) rejects with the coded error, so a number.
+          code = (await this.native.run(budget)) as number
+        } finally {
+          this.regs.busy = false
+        }
+        if (code === EXIT_SLICE) {
+          this.regs.reset()
+          this.progress?.tick()
+          continue
+        }
+        exits++
+        const result = this.afterRun(code)
+        if (result?.reason === 'halt' && o.onHalt === 'wait') {
           if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
           continue
         }
         if (result) return result
       }
-      return { reason: 'budget' }
+      return { reason: 'exits' }
     } finally {
+      this.running = false
       this.endProgress(ownLine)
     }
   }
@@ -214,10 +335,8 @@ export class Vcpu {
    * the sim backend; mshv refuses it with `ENOTSUP`.
    */
   step(): StepResult {
-    this.stepOnce ??= this.native.runner({ maxInstructions: 1 })
-    this.beforeResume()
-    const result = this.afterRun(this.stepOnce())
-    return result === undefined || result.reason === 'budget' ? { reason: 'stepped' } : result
+    const result = this.run({ maxInstructions: 1 })
+    return result.reason === 'instructions' ? { reason: 'stepped' } : result
   }
 
   /** Waits for {@link wake} (or a cancel) unless one is already latched. */
@@ -258,7 +377,7 @@ export class Vcpu {
    */
   injectException(vector: number, errorCode?: number): void {
     if (!Number.isInteger(vector) || vector < 0 || vector > 31) {
-      throw new MshvError('EINVAL', `exception vector must be an integer in 0..31, got ${String(vector)}`)
+      throw new MshvError('EINVAL', `exception vector must be an integer in 0..31, got ${describe(vector)}`)
     }
     if (errorCode !== undefined) checkU32('exception error code', errorCode)
     const [lo, hi] = binding.pendingException(vector, errorCode) as [bigint, bigint]
@@ -274,20 +393,27 @@ export class Vcpu {
   /** Everything cached is stale once the vCPU ran; then the exit is handled. */
   private afterRun(code: number): RunResult | undefined {
     this.regs.reset()
-    if (code === EXIT_CANCELLED) return { reason: 'cancelled' }
-    if (code === EXIT_BUDGET) return { reason: 'budget' }
+    const end = runEnd(code)
+    if (end) {
+      // A run that ends without an exit may be one slice of a longer one (the REPL's):
+      // its progress line is redrawn on the clock.
+      this.progress?.tick()
+      return end
+    }
     this.exits++
     this.progress?.exit(code)
     this.regs.beginExit()
     const tracer = this.tracer
     if (!tracer) return this.handle(code)
+    // One clock reading ends the guest slice and starts the exit's: slices on one
+    // track must not overlap.
     const handled = tracer.now()
-    tracer.record('guest', 'guest', this.runStart)
-    const rip = this.message.getBigUint64(MSG_RIP, true)
+    tracer.record('guest', 'guest', this.runStart, handled)
+    const rip = this.msg.getBigUint64(MSG_RIP, true)
     try {
       return this.handle(code)
     } finally {
-      tracer.record(messageTypeName(code), 'exit', handled, { rip: hex(rip) })
+      tracer.record(messageTypeName(code), 'exit', handled, tracer.now(), { rip: hex(rip) })
     }
   }
 
@@ -296,7 +422,7 @@ export class Vcpu {
    * (at most `limit`; later ones are counted as dropped). Restarting clears the trace.
    */
   startTrace(limit = 100_000): void {
-    if (!Number.isInteger(limit) || limit < 1) throw new MshvError('EINVAL', `trace limit must be a positive integer, got ${String(limit)}`)
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new MshvError('EINVAL', `trace limit must be a positive integer, got ${describe(limit)}`)
     this.tracer = new ExitTrace(this.index, limit)
   }
 
@@ -318,12 +444,13 @@ export class Vcpu {
 
   /** Guest memory as this vCPU sees it at the current exit. */
   memory(): LinearMemory {
+    this.checkOpen()
     return new LinearMemory(this.regs, this.native, new GuestPhysical(this.env.ram, this.env.bus, this.ctx))
   }
 
   /** Handles one exit; returns a result when the run should stop. */
   private handle(code: number): RunResult | undefined {
-    const msg = this.message
+    const msg = this.msg
     switch (code) {
       case T_IO: {
         seedIo(this.messageWords, this.regs)
@@ -357,7 +484,7 @@ export class Vcpu {
   /** The main registers as text, for error messages and the REPL. */
   describe(): string {
     this.regs.synchronize()
-    return ['rip', 'rflags', 'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'cr0', 'cr3', 'cr4', 'efer']
+    return (['rip', 'rflags', 'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'cr0', 'cr3', 'cr4', 'efer'] as const)
       .map((n) => `${n}=${hex(this.regs.get(n))}`)
       .join(' ')
   }
@@ -365,11 +492,12 @@ export class Vcpu {
   /** Asks a running vCPU to stop (from a timer or another thread), or ends a halt wait. */
   cancel(): void {
     // A halted vCPU is not in the native run: a native cancel would stop the next one.
-    if (!this.endHaltWait('cancel')) this.native.cancel()
+    if (!this.endHaltWait('cancel') && !this.isClosed) this.native.cancel()
   }
 
   /** Exit, hypercall and register traffic counters. */
   stats(): VcpuStats {
+    this.checkOpen()
     const s = this.native.stats()
     return {
       ...this.regs.counters,
@@ -385,13 +513,21 @@ export class Vcpu {
 
   /** Zeroes the counters. */
   resetStats(): void {
+    this.checkOpen()
     this.native.resetStats()
     this.exits = 0
     Object.assign(this.regs.counters, { pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 })
   }
 
-  /** Releases the vCPU; later use throws a clear error. */
+  /**
+   * Releases the vCPU: a run in progress is cancelled (and ends `cancelled`), its
+   * views are detached, and later use throws `ECLOSED`. Calling it twice is harmless.
+   */
   close(): void {
+    if (this.isClosed) return
+    this.isClosed = true
+    this.regs.close()
+    this.endHaltWait('cancel')
     this.native.close()
   }
 }

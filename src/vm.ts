@@ -1,15 +1,17 @@
 /**
- * A VM as the user scripts it: a backend, guest RAM, a device bus and vCPUs.
+ * A VM as the user scripts it: a backend, guest RAM and ROM, a device bus and vCPUs.
  * @module
  */
+import { constants as bufferConstants } from 'node:buffer'
 import { native, type NativeGuestMemory, type NativeVm } from './native.js'
 import { IoBus } from './bus.js'
 import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
-import { MshvError, checkU32, hex } from './errors.js'
-import type { SyncPolicy } from './registers.js'
+import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
+import { POLICIES, type SyncPolicy } from './registers.js'
 import { Vcpu } from './vcpu.js'
 import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
 import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
+import type { RamRegion, RomWriteHandler } from './emulator/memory.js'
 
 /** Options for {@link createVm}. */
 export interface VmOptions {
@@ -28,11 +30,27 @@ export interface VmOptions {
   msrs?: Readonly<Record<number, MsrHandler>> | ReadonlyMap<number, MsrHandler>
   /** What MSRs nobody implements do (default `'gp'`); see {@link UnknownMsrPolicy}. */
   unknownMsr?: UnknownMsrPolicy
+  /**
+   * The most guest RAM (and ROM) this VM may map, in bytes: `addRam` beyond it fails
+   * with `ENOMEM`. Default: the host's physical memory. The process as a whole is
+   * bounded too (`setProcessMemoryLimit`, same default).
+   */
+  memoryLimit?: number
+  /**
+   * Commit each region's memory when it is added, so a host that cannot back it fails
+   * `addRam` with `ENOMEM` now instead of the OOM killer ending the process mid-run.
+   * Default false: pages are committed as the guest touches them.
+   */
+  reserveMemory?: boolean
 }
 
+const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory'] as const
 const UNKNOWN_MSR = { gp: 'fault', ignore: 'ignore', error: 'exit' } as const
 
 function msrMap(msrs: VmOptions['msrs']): Map<number, MsrHandler> {
+  if (msrs !== undefined && (typeof msrs !== 'object' || msrs === null)) {
+    throw new MshvError('EINVAL', `msrs must be an object or a Map of MSR number to handler, got ${describe(msrs)}`)
+  }
   const entries: [number | string, MsrHandler][] = msrs instanceof Map ? [...msrs] : Object.entries(msrs ?? {})
   return new Map(
     entries.map(([k, h]) => {
@@ -45,31 +63,106 @@ function msrMap(msrs: VmOptions['msrs']): Map<number, MsrHandler> {
   )
 }
 
+/** A guest physical address as a bigint: a non-negative integer number or bigint below 2^52. */
+function checkGpa(what: string, gpa: unknown): bigint {
+  const ok = (typeof gpa === 'number' && Number.isSafeInteger(gpa) && gpa >= 0) || (typeof gpa === 'bigint' && gpa >= 0n && gpa < 1n << 52n)
+  if (!ok) {
+    const shown = typeof gpa === 'bigint' || (typeof gpa === 'number' && Number.isInteger(gpa)) ? hex(gpa) : describe(gpa)
+    throw new MshvError('EINVAL', `${what} must be a non-negative integer (number or bigint) below 2^52, got ${shown}`)
+  }
+  return BigInt(gpa as number | bigint)
+}
+
+/** A region size: a positive whole number of 4 KiB pages, as a number. */
+function checkRegionSize(what: string, size: unknown): number {
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0 || size % 0x1000 !== 0) {
+    throw new MshvError('EINVAL', `${what} must be a positive multiple of 4096 bytes (a number), got ${describe(size)}`)
+  }
+  return size
+}
+
+/** A byte count for read(): an integer from 0. */
+function checkLength(length: unknown): number {
+  if (typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) {
+    throw new MshvError('EINVAL', `length must be a non-negative integer, got ${describe(length)}`)
+  }
+  return length
+}
+
+/** Bytes to write: a Uint8Array, or an array of integers 0..255. */
+function checkBytes(data: unknown): Uint8Array | readonly number[] {
+  if (data instanceof Uint8Array) return data
+  if (Array.isArray(data)) {
+    const bad = data.findIndex((b) => typeof b !== 'number' || !Number.isInteger(b) || b < 0 || b > 255)
+    if (bad !== -1) throw new MshvError('EINVAL', `data[${bad}] must be a byte (an integer 0..255), got ${describe(data[bad])}`)
+    return data as readonly number[]
+  }
+  throw new MshvError('EINVAL', `data must be a Uint8Array or an array of bytes, got ${describe(data)}`)
+}
+
+/**
+ * The largest region one typed array can view on this Node.js (`buffer.constants.MAX_LENGTH`:
+ * 4 GiB on Node 20, 2^53 - 1 from Node 22): larger ones are refused before anything is mapped.
+ */
+const MAX_VIEW = bufferConstants.MAX_LENGTH
+
 /** A region of guest RAM with zero-copy access. */
 export class GuestRam {
-  /** The region's bytes (a view over the host memory the guest uses). */
-  readonly bytes: Uint8Array
+  private view: Uint8Array | undefined
   /**
    * First guest physical address. Kept here: RAM lookups run on every emulated access,
    * and a native getter costs a napi-rs borrow check (about 220 ns) per read.
    */
   readonly gpa: bigint
+  /** Size in bytes. */
+  readonly size: number
 
   /** @internal */
-  constructor(readonly native: NativeGuestMemory) {
-    this.bytes = new Uint8Array(native.buffer())
+  constructor(
+    readonly native: NativeGuestMemory,
+    /** Writes by the guest go to this handler (or are dropped), not to memory: ROM. */
+    readonly rom?: RomWriteHandler,
+  ) {
     this.gpa = native.gpa
+    this.size = native.size
+    this.view = new Uint8Array(native.buffer())
   }
+
+  /** The region's bytes (a view over the host memory the guest uses); `ECLOSED` once unmapped or its VM closed. */
+  get bytes(): Uint8Array {
+    if (!this.view) throw new MshvError('ECLOSED', `guest RAM at ${hex(this.gpa)} is unmapped (its VM closed, or removeRam)`)
+    return this.view
+  }
+
+  /** Whether the region is still mapped. */
+  get mapped(): boolean {
+    return this.view !== undefined
+  }
+
+  /** @internal */
+  release(): void {
+    this.view = undefined
+  }
+}
+
+/** Options for {@link Vm.addRom}. */
+export interface RomOptions {
+  /**
+   * Receives the guest's writes (offset from the ROM's start, size 1..8, value), as an
+   * MMIO device would; without it they are dropped, as a real ROM drops them.
+   */
+  onWrite?: RomWriteHandler
 }
 
 /** A virtual machine. */
 export class Vm {
-  /** Port I/O devices. */
+  /** Port I/O and MMIO devices. */
   readonly bus = new IoBus()
   /** The debug-exit port device (port 0xf4). */
   readonly debugExit = new DebugExit()
   private readonly ram: GuestRam[] = []
   private readonly vcpus: Vcpu[] = []
+  private isClosed = false
 
   /** @internal */
   constructor(
@@ -84,77 +177,203 @@ export class Vm {
     readonly msrs: ReadonlyMap<number, MsrHandler> = new Map(),
   ) {
     this.bus.register(DEBUG_EXIT_PORT, 1, this.debugExit, 'debug-exit')
+    // MMIO over RAM would never be called: the guest's accesses go to memory.
+    this.bus.ramOverlap = (start, end) => this.ramOverlap(start, end)
   }
 
-  /** Maps `size` bytes of zeroed RAM at `gpa`. */
-  addRam(gpa: number | bigint, size: number): GuestRam {
-    const r = new GuestRam(this.native.mapMemory(BigInt(gpa), size))
+  private checkOpen(): void {
+    if (this.isClosed) throw new MshvError('ECLOSED', 'the VM is closed')
+  }
+
+  /** The RAM region overlapping `[start, end)`, described, if any. */
+  private ramOverlap(start: bigint, end: bigint): string | undefined {
+    const r = this.ram.find((x) => start < x.gpa + BigInt(x.size) && x.gpa < end)
+    return r && `${r.rom ? 'ROM' : 'RAM'} at ${hex(r.gpa)}..${hex(r.gpa + BigInt(r.size) - 1n)}`
+  }
+
+  private map(gpa: unknown, size: unknown, what: string, rom?: RomWriteHandler): GuestRam {
+    this.checkOpen()
+    const start = checkGpa(`${what}: gpa`, gpa)
+    const bytes = checkRegionSize(`${what}: size`, size)
+    if (bytes > MAX_VIEW) {
+      throw new MshvError('EINVAL', `${what}: a region of ${hex(bytes)} bytes is larger than one typed array can view on Node ${process.version} (${hex(MAX_VIEW)}); add several regions`)
+    }
+    const clash = this.bus.mmioOverlap(start, start + BigInt(bytes))
+    if (clash) throw new MshvError('EOVERLAP', `${what} at ${hex(start)} (+${hex(bytes)}) overlaps MMIO device ${clash}`)
+    const m = this.native.mapMemory(start, bytes, rom ? { writable: false } : undefined)
+    let r: GuestRam
+    try {
+      r = new GuestRam(m, rom)
+    } catch (e) {
+      // No view over it, no region: undo the mapping rather than leave it half made.
+      this.native.unmapMemory(m)
+      throw coded(e)
+    }
     this.ram.push(r)
     return r
   }
 
-  /** Total RAM mapped, in bytes. */
-  ramSize(): number {
-    return this.ram.reduce((n, r) => n + r.bytes.length, 0)
+  /** Maps `size` bytes (a multiple of 4 KiB) of zeroed RAM at `gpa`. */
+  addRam(gpa: number | bigint, size: number): GuestRam {
+    return this.map(gpa, size, 'addRam')
   }
 
-  /** The RAM bytes holding `[gpa, gpa + length)`, or undefined when that is not all RAM. */
-  findRam(gpa: bigint, length: number): { bytes: Uint8Array; offset: number } | undefined {
+  /**
+   * Maps a read-only copy of `bytes` at `gpa` (padded with zeros to whole 4 KiB pages):
+   * the guest reads and executes it at RAM speed, and its writes exit and go to
+   * `options.onWrite`, or are dropped.
+   */
+  addRom(gpa: number | bigint, bytes: Uint8Array | readonly number[], options: RomOptions = {}): GuestRam {
+    const data = checkBytes(bytes)
+    if (data.length === 0) throw new MshvError('EINVAL', 'addRom: bytes must not be empty')
+    const onWrite = options.onWrite
+    if (onWrite !== undefined && typeof onWrite !== 'function') {
+      throw new MshvError('EINVAL', `addRom: onWrite must be a function, got ${describe(onWrite)}`)
+    }
+    const r = this.map(gpa, Math.ceil(data.length / 0x1000) * 0x1000, 'addRom', onWrite ?? dropWrite)
+    r.bytes.set(data)
+    return r
+  }
+
+  /** Unmaps a region added by {@link addRam} or {@link addRom}; its memory goes back to the host at once. */
+  removeRam(region: GuestRam): void {
+    this.checkOpen()
+    if (!(region instanceof GuestRam)) throw new MshvError('EINVAL', `removeRam takes a region addRam or addRom returned, got ${describe(region)}`)
+    const i = this.ram.indexOf(region)
+    if (i === -1) throw new MshvError('ENOTMAPPED', `the region at ${hex(region.gpa)} is not mapped in this VM`)
+    this.native.unmapMemory(region.native)
+    this.ram.splice(i, 1)
+    region.release()
+  }
+
+  /** Total RAM and ROM mapped, in bytes. */
+  ramSize(): number {
+    return this.ram.reduce((n, r) => n + r.size, 0)
+  }
+
+  /** The RAM (or ROM) region holding `[gpa, gpa + length)`, or undefined when that is not all one region. */
+  findRam(gpa: bigint, length: number): RamRegion | undefined {
     for (const r of this.ram) {
       const off = gpa - r.gpa
-      if (off >= 0n && off + BigInt(length) <= BigInt(r.bytes.length)) return { bytes: r.bytes, offset: Number(off) }
+      if (off >= 0n && off + BigInt(length) <= BigInt(r.size)) return { bytes: r.bytes, offset: Number(off), rom: r.rom }
     }
     return undefined
   }
 
-  private locate(gpa: bigint, length: number): { bytes: Uint8Array; offset: number } {
-    const found = this.findRam(gpa, length)
-    if (!found) throw new MshvError('ENOTMAPPED', `guest range ${hex(gpa)} (+${length}) is not inside one RAM region`)
+  private locate(gpa: unknown, length: number): RamRegion {
+    this.checkOpen()
+    const start = checkGpa('gpa', gpa)
+    const found = this.findRam(start, length)
+    if (!found) throw new MshvError('ENOTMAPPED', `guest range ${hex(start)} (+${length}) is not inside one RAM region`)
     return found
   }
 
-  /** Copies `data` into guest RAM at `gpa`. */
+  /** Copies `data` (bytes) into guest RAM or ROM at `gpa`. */
   write(gpa: number | bigint, data: Uint8Array | readonly number[]): void {
-    const { bytes, offset } = this.locate(BigInt(gpa), data.length)
-    bytes.set(data, offset)
+    const bytes = checkBytes(data)
+    const { bytes: ram, offset } = this.locate(gpa, bytes.length)
+    ram.set(bytes, offset)
   }
 
   /** Copies `length` bytes of guest RAM at `gpa`. */
   read(gpa: number | bigint, length: number): Uint8Array {
-    const { bytes, offset } = this.locate(BigInt(gpa), length)
-    return bytes.slice(offset, offset + length)
+    const n = checkLength(length)
+    const { bytes, offset } = this.locate(gpa, n)
+    return bytes.slice(offset, offset + n)
   }
 
-  /** Creates a vCPU with the VM's (or the given) sync policy. */
+  /** Creates vCPU `index` (0..255) with the VM's (or the given) sync policy. */
   createVcpu(index = 0, policy: SyncPolicy = this.policy): Vcpu {
+    this.checkOpen()
+    if (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index > 255) {
+      throw new MshvError('EINVAL', `createVcpu: index must be an integer in 0..255, got ${describe(index)}`)
+    }
+    checkPolicy(policy, 'createVcpu: policy')
     const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this, cpuid: this.cpuid, msrs: this.msrs }, policy)
     this.vcpus.push(v)
     return v
   }
 
+  /** Whether {@link close} was called. */
+  get closed(): boolean {
+    return this.isClosed
+  }
+
   /**
-   * Closes every vCPU and the VM, and releases its RAM: views over it are detached,
-   * so a script that kept one gets a TypeError, never stale memory.
+   * Closes every vCPU (a run in progress is cancelled and waited for) and the VM, and
+   * gives its RAM back to the host at once: views over it are detached, so a script
+   * that kept one gets `ECLOSED` (or, through a detached array, nothing), never stale
+   * memory. Calling it twice is harmless.
    */
   close(): void {
+    if (this.isClosed) return
+    this.isClosed = true
     for (const v of this.vcpus) v.close()
     this.native.close()
-    for (const r of this.ram) r.native.release()
+    for (const r of this.ram) r.release()
   }
+}
+
+const dropWrite: RomWriteHandler = () => {}
+
+function checkPolicy(policy: unknown, what: string): SyncPolicy {
+  if (!(POLICIES as readonly unknown[]).includes(policy)) {
+    throw new MshvError('EINVAL', `${what} must be ${oneOf(POLICIES)}, got ${describe(policy)}`)
+  }
+  return policy as SyncPolicy
+}
+
+function checkChoice<T extends string>(what: string, v: unknown, choices: readonly T[]): T | undefined {
+  if (v === undefined) return undefined
+  if (!(choices as readonly unknown[]).includes(v)) {
+    throw new MshvError('EINVAL', `${what} must be ${oneOf(choices)}, got ${describe(v)}`)
+  }
+  return v as T
 }
 
 /** Creates a VM on the chosen backend. */
 export function createVm(options: VmOptions = {}): Vm {
-  const unknown = options.unknownMsr ?? 'gp'
-  if (!Object.hasOwn(UNKNOWN_MSR, unknown)) throw new MshvError('EINVAL', `unknownMsr must be 'gp', 'ignore' or 'error', got '${String(unknown)}'`)
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new MshvError('EINVAL', `createVm: options must be an object, got ${describe(options)}`)
+  }
+  for (const key of Object.keys(options)) {
+    if (!(VM_OPTIONS as readonly string[]).includes(key)) {
+      throw new MshvError('EINVAL', `createVm: unknown option '${key}' (options: ${VM_OPTIONS.join(', ')})`)
+    }
+  }
+  const backend = checkChoice('backend', options.backend, ['auto', 'mshv', 'sim'] as const) ?? 'auto'
+  const registerPage = checkChoice('registerPage', options.registerPage, ['on', 'off', 'invalid'] as const) ?? 'on'
+  const unknown = checkChoice('unknownMsr', options.unknownMsr, ['gp', 'ignore', 'error'] as const) ?? 'gp'
+  const policy = options.policy === undefined ? 'page' : checkPolicy(options.policy, 'policy')
+  const { cpuid: entries, memoryLimit, reserveMemory } = options
+  if (entries !== undefined && !(entries instanceof CpuidTable) && !Array.isArray(entries)) {
+    throw new MshvError('EINVAL', `cpuid must be an array of entries or a CpuidTable, got ${describe(entries)}`)
+  }
+  if (memoryLimit !== undefined && (typeof memoryLimit !== 'number' || !Number.isSafeInteger(memoryLimit) || memoryLimit < 0)) {
+    throw new MshvError('EINVAL', `memoryLimit must be a non-negative integer number of bytes, got ${describe(memoryLimit)}`)
+  }
+  if (reserveMemory !== undefined && typeof reserveMemory !== 'boolean') {
+    throw new MshvError('EINVAL', `reserveMemory must be a boolean, got ${describe(reserveMemory)}`)
+  }
   const msrs = msrMap(options.msrs)
-  const cpuid = options.cpuid instanceof CpuidTable ? options.cpuid : new CpuidTable(options.cpuid ?? [])
-  const hv = native.Hypervisor.open(options.backend ?? 'auto')
+  const cpuid = entries instanceof CpuidTable ? entries : new CpuidTable(entries ?? [])
+  const hv = native.Hypervisor.open(backend)
   const vm = hv.createVm({
-    registerPage: options.registerPage ?? 'on',
-    interceptCpuid: options.cpuid !== undefined,
+    registerPage,
+    interceptCpuid: entries !== undefined,
     interceptMsrs: [...msrs.keys()],
     unknownMsr: UNKNOWN_MSR[unknown],
+    memoryLimit,
+    reserveMemory,
   })
-  return new Vm(vm, hv.backend, options.policy ?? 'page', cpuid, msrs)
+  return new Vm(vm, hv.backend, policy, cpuid, msrs)
+}
+
+/**
+ * Sets the most guest RAM this process may hold at once, over all its VMs (bytes, a
+ * multiple of 4 KiB). The default is the host's physical memory; regions already
+ * mapped stay. `liveResources()` shows what is in use.
+ */
+export function setProcessMemoryLimit(bytes: number): void {
+  native.setProcessMemoryLimit(bytes)
 }

@@ -3,8 +3,10 @@
  * cached by their bytes, so a device hammered by the same instruction decodes it once.
  * @module
  */
-import { Decoder, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, Mnemonic, OpKind, Register } from 'iced-x86'
+import type { Formatter, Mnemonic, OpKind, Register } from 'iced-x86'
+import { iced, lazy } from '../iced.js'
 import { MshvError, hex } from '../errors.js'
+import { segmentName, type SegmentName } from './string.js'
 
 /** What the emulators need of one instruction. */
 export interface Decoded {
@@ -22,7 +24,7 @@ export interface Decoded {
   /** Address size in bytes of string operands (from RSI/ESI/SI). */
   readonly addressSize: number
   /** Segment of the memory operand (`ds`, `es`, `fs`, ...), overrides applied; '' when none. */
-  readonly segment: string
+  readonly segment: SegmentName | ''
   /** Intel syntax, for messages. */
   readonly text: string
 }
@@ -60,10 +62,13 @@ function sameBytes(e: CacheEntry, bytes: Uint8Array, bitness: number): boolean {
 }
 let formatter: Formatter | undefined
 
-const STRING_SOURCE = new Set<OpKind>([OpKind.MemorySegRSI, OpKind.MemorySegESI, OpKind.MemorySegSI])
-const STRING_DEST = new Set<OpKind>([OpKind.MemoryESRDI, OpKind.MemoryESEDI, OpKind.MemoryESDI])
+const stringOperands = lazy(({ OpKind }) => ({
+  source: new Set<OpKind>([OpKind.MemorySegRSI, OpKind.MemorySegESI, OpKind.MemorySegSI]),
+  dest: new Set<OpKind>([OpKind.MemoryESRDI, OpKind.MemoryESEDI, OpKind.MemoryESDI]),
+}))
 
 function addressSizeOf(kinds: readonly OpKind[], bitness: number): number {
+  const { OpKind } = iced()
   for (const k of kinds) {
     if (k === OpKind.MemorySegRSI || k === OpKind.MemoryESRDI) return 8
     if (k === OpKind.MemorySegESI || k === OpKind.MemoryESEDI) return 4
@@ -74,7 +79,8 @@ function addressSizeOf(kinds: readonly OpKind[], bitness: number): number {
 
 /** Whether an operand kind is a string instruction's source or destination. */
 export function isStringOperand(k: OpKind): 'source' | 'dest' | undefined {
-  return STRING_SOURCE.has(k) ? 'source' : STRING_DEST.has(k) ? 'dest' : undefined
+  const { source, dest } = stringOperands()
+  return source.has(k) ? 'source' : dest.has(k) ? 'dest' : undefined
 }
 
 /**
@@ -82,6 +88,7 @@ export function isStringOperand(k: OpKind): 'source' | 'dest' | undefined {
  * An undecodable instruction is a clear error naming the bytes and RIP.
  */
 export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): Decoded {
+  const { Decoder, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, OpKind, Register } = iced()
   const key = decodeCacheKey(bytes, bitness)
   const hit = cache.get(key)
   if (hit && sameBytes(hit, bytes, bitness)) return hit.decoded
@@ -112,7 +119,7 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): D
       rep: ins.hasRepPrefix || ins.hasRepePrefix || ins.hasRepnePrefix,
       stringOp: opKinds.some((k) => isStringOperand(k) !== undefined),
       addressSize: addressSizeOf(opKinds, bitness),
-      segment: ins.memorySegment === Register.None ? '' : Register[ins.memorySegment].toLowerCase(),
+      segment: segmentName(ins.memorySegment) ?? '',
       text: formatter.format(ins),
     }
     if (cache.size >= CACHE_LIMIT) cache.clear()
@@ -126,6 +133,7 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): D
 }
 
 function isImmediate(k: OpKind): boolean {
+  const { OpKind } = iced()
   return (
     k === OpKind.Immediate8 ||
     k === OpKind.Immediate16 ||

@@ -23,10 +23,21 @@ export interface PhysicalMemory {
   write(gpa: bigint, size: number, value: bigint): void
 }
 
+/** Receives a guest write to ROM: the offset from the ROM's start, the size (1..8) and the value. */
+export type RomWriteHandler = (offset: number, size: number, value: bigint) => void
+
+/** Guest memory holding a range: a region's bytes and the range's offset in them. */
+export interface RamRegion {
+  bytes: Uint8Array
+  offset: number
+  /** Set for ROM: guest writes go here instead of to `bytes`. */
+  rom?: RomWriteHandler | undefined
+}
+
 /** Where guest RAM is, for {@link GuestPhysical}. */
 export interface RamLookup {
-  /** The RAM bytes holding `[gpa, gpa + length)` and the offset of `gpa` in them. */
-  findRam(gpa: bigint, length: number): { bytes: Uint8Array; offset: number } | undefined
+  /** The RAM (or ROM) holding `[gpa, gpa + length)` and the offset of `gpa` in it. */
+  findRam(gpa: bigint, length: number): RamRegion | undefined
 }
 
 /** Guest physical memory: RAM through its zero-copy views, the rest through the MMIO bus. */
@@ -56,6 +67,10 @@ export class GuestPhysical implements PhysicalMemory {
         return
       }
       this.bus.mmioWrite(gpa, size, value, this.ctx)
+      return
+    }
+    if (r.rom) {
+      r.rom(r.offset, size, value)
       return
     }
     for (let i = 0; i < size; i++) r.bytes[r.offset + i] = Number((value >> BigInt(8 * i)) & 0xffn)

@@ -4,14 +4,14 @@
  * target/i386/emulate, Cloud Hypervisor's x86 emulator).
  * @module
  */
-import { Mnemonic, OpKind } from 'iced-x86'
+import { iced } from '../iced.js'
 import type { RegisterCache } from '../registers.js'
 import { MshvError, hex } from '../errors.js'
 import { add, logic, mask, mergeFlags, signExtend, sub, CF, STATUS, type AluResult } from './alu.js'
 import { isStringOperand, type Decoded } from './decode.js'
 import { readRegister, writeRegister, GPR } from './operands.js'
 import type { LinearMemory } from './memory.js'
-import { advanceIndex, segmentBase, setAddressSized, stringStep } from './string.js'
+import { advanceIndex, segmentBase, setAddressSized, stringStep, segmentName } from './string.js'
 
 const RCX = GPR[1] as number
 const RSI = GPR[6] as number
@@ -40,6 +40,19 @@ export interface MmioMachine {
  * REP string instruction has iterations left: the guest re-executes it).
  */
 export function emulateMmio(access: MmioAccess, m: MmioMachine): boolean {
+  try {
+    return emulate(access, m)
+  } catch (e) {
+    // Name the instruction's place in every refusal, however deep it was found.
+    if (e instanceof MshvError && e.code === 'EUNSUPPORTED_INSTRUCTION' && !e.message.includes(' at rip ')) {
+      throw new MshvError(e.code, `MMIO emulation of '${access.ins.text}' at rip ${hex(access.rip)} (GPA ${hex(access.gpa)}): ${e.message}; the vCPU was not resumed`)
+    }
+    throw e
+  }
+}
+
+function emulate(access: MmioAccess, m: MmioMachine): boolean {
+  const { Mnemonic, OpKind } = iced()
   const { ins } = access
   switch (ins.mnemonic) {
     case Mnemonic.Mov:
@@ -96,6 +109,7 @@ function unsupported(a: MmioAccess): MshvError {
 }
 
 function reg(ins: Decoded, i: number) {
+  const { OpKind } = iced()
   const r = ins.registers[i]
   if (r === undefined || ins.opKinds[i] !== OpKind.Register) {
     throw new MshvError('EUNSUPPORTED_INSTRUCTION', `operand ${i} of '${ins.text}' is not a register`)
@@ -105,12 +119,21 @@ function reg(ins: Decoded, i: number) {
 
 /** The value of a register or immediate source operand, masked to `size`. */
 function source(ins: Decoded, i: number, size: number, m: MmioMachine): bigint {
+  const { OpKind } = iced()
   const k = ins.opKinds[i]
-  if (k === OpKind.Register) return readRegister(m.regs, reg(ins, i)) & mask(size)
+  if (k === OpKind.Register) {
+    const r = reg(ins, i)
+    // MOV m16, Sreg stores the selector (Intel SDM vol. 2B, MOV: "Move Segment Register").
+    // The cache's segment value: base, then limit | selector << 32 | attributes << 48.
+    const segment = segmentName(r)
+    if (segment) return (m.regs.getRaw(segment)[1] >> 32n) & 0xffffn & mask(size)
+    return readRegister(m.regs, r) & mask(size)
+  }
   return (ins.immediates[i] ?? 0n) & mask(size)
 }
 
 function move(a: MmioAccess, m: MmioMachine): boolean {
+  const { OpKind } = iced()
   const { ins } = a
   const size = ins.memorySize
   if (ins.opKinds[0] === OpKind.Memory) {
@@ -124,6 +147,7 @@ function move(a: MmioAccess, m: MmioMachine): boolean {
 }
 
 function arithmetic(a: MmioAccess, m: MmioMachine): boolean {
+  const { Mnemonic, OpKind } = iced()
   const { ins } = a
   const size = ins.memorySize
   const memFirst = ins.opKinds[0] === OpKind.Memory
@@ -165,6 +189,7 @@ function arithmetic(a: MmioAccess, m: MmioMachine): boolean {
 }
 
 function bitTest(a: MmioAccess, m: MmioMachine): boolean {
+  const { Mnemonic } = iced()
   const { ins } = a
   const size = ins.memorySize
   const bits = BigInt(size * 8)

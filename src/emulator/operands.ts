@@ -3,16 +3,17 @@
  * cache with x86 width rules (8-bit high halves, 32-bit writes zero-extend).
  * @module
  */
-import { Register, RegisterExt } from 'iced-x86'
+import type { Register } from 'iced-x86'
+import { iced, lazy } from '../iced.js'
 import { registerIndex } from '../layout.js'
 import type { RegisterCache } from '../registers.js'
 import { mask } from './alu.js'
 import { MshvError } from '../errors.js'
 
-const GPR_NAMES = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15']
+const GPR_NAMES = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const
 /** Cache indexes of the GPRs in hardware encoding order. */
 export const GPR = GPR_NAMES.map(registerIndex)
-const HIGH_BYTE = new Set<Register>([Register.AH, Register.CH, Register.DH, Register.BH])
+const highBytes = lazy(({ Register }) => new Set<Register>([Register.AH, Register.CH, Register.DH, Register.BH]))
 
 interface Slot {
   index: number
@@ -25,10 +26,11 @@ const slots = new Map<Register, Slot>()
 function slot(reg: Register): Slot {
   let s = slots.get(reg)
   if (s) return s
+  const { Register, RegisterExt } = iced()
   if (!RegisterExt.isGPR(reg)) throw new MshvError('EUNSUPPORTED_INSTRUCTION', `register ${Register[reg]} is not a general-purpose register`)
   const index = GPR[RegisterExt.number(RegisterExt.fullRegister(reg))]
   if (index === undefined) throw new MshvError('EUNSUPPORTED_INSTRUCTION', `no register slot for ${Register[reg]}`)
-  s = { index, size: RegisterExt.size(reg), high: HIGH_BYTE.has(reg) }
+  s = { index, size: RegisterExt.size(reg), high: highBytes().has(reg) }
   slots.set(reg, s)
   return s
 }

@@ -5,13 +5,35 @@
  */
 import type { RegisterCache } from '../registers.js'
 import type { Decoded } from './decode.js'
+import type { Register } from 'iced-x86'
+import { lazy } from '../iced.js'
 import { DF, mask } from './alu.js'
 
 /** Segments whose base 64-bit mode ignores. */
-const FLAT_IN_LONG_MODE = new Set(['cs', 'ds', 'es', 'ss'])
+const FLAT_IN_LONG_MODE = new Set<SegmentName>(['cs', 'ds', 'es', 'ss'])
+
+/** A segment register's name. */
+export type SegmentName = 'es' | 'cs' | 'ss' | 'ds' | 'fs' | 'gs'
+
+const segmentNames = lazy(
+  ({ Register }) =>
+    new Map<Register, SegmentName>([
+      [Register.ES, 'es'],
+      [Register.CS, 'cs'],
+      [Register.SS, 'ss'],
+      [Register.DS, 'ds'],
+      [Register.FS, 'fs'],
+      [Register.GS, 'gs'],
+    ]),
+)
+
+/** The register cache's name of an iced segment register, or undefined for another register. */
+export function segmentName(reg: Register): SegmentName | undefined {
+  return segmentNames().get(reg)
+}
 
 /** The base of `segment` for an instruction running in `bitness`-bit mode. */
-export function segmentBase(regs: RegisterCache, segment: string, bitness: number): bigint {
+export function segmentBase(regs: RegisterCache, segment: SegmentName, bitness: number): bigint {
   if (bitness === 64 && FLAT_IN_LONG_MODE.has(segment)) return 0n
   return regs.getRaw(segment)[0]
 }

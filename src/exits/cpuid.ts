@@ -4,7 +4,7 @@
  * @module
  */
 import { message, registerIndex } from '../layout.js'
-import { MshvError, checkU32, hex } from '../errors.js'
+import { MshvError, checkU32, describe, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
 
 /** The four output registers of CPUID. */
@@ -40,6 +40,7 @@ export class CpuidTable {
 
   /** Adds or replaces the entry for its leaf (and subleaf). */
   set(entry: CpuidEntry): void {
+    if (typeof entry !== 'object' || entry === null) throw new MshvError('EINVAL', `a CPUID entry must be an object with a leaf, got ${describe(entry)}`)
     checkField('leaf', entry.leaf)
     if (entry.subleaf !== undefined) checkField('subleaf', entry.subleaf)
     for (const r of ['eax', 'ebx', 'ecx', 'edx'] as const) if (entry[r] !== undefined) checkField(r, entry[r])
@@ -69,7 +70,7 @@ const LEN = message('instructionLengthCr8')
 const IN_RAX = message('cpuidRax')
 const IN_RCX = message('cpuidRcx')
 const DEFAULTS = ['cpuidDefaultRax', 'cpuidDefaultRbx', 'cpuidDefaultRcx', 'cpuidDefaultRdx'].map(message)
-const OUT = ['rax', 'rbx', 'rcx', 'rdx'].map(registerIndex)
+const OUT = (['rax', 'rbx', 'rcx', 'rdx'] as const).map(registerIndex)
 const RIP_REG = registerIndex('rip')
 
 /** Completes an intercepted CPUID: EAX..EDX from `table`, RIP past the instruction. */
