@@ -78,7 +78,8 @@ test('bad source is an EASM error naming the line and the problem', (t) => {
     ['x: nop\nx: nop', /^line 2: label 'x' is defined twice/],
     ['db 300', /^line 1: 300 does not fit in 1 byte/],
     ['mov al, [rbx*3]', /^line 1: scale must be 1, 2, 4 or 8, got 3/],
-    ['out 0x100, al', /^line 1: no encoding of 'out 0x100, al'/],
+    ['out 0x100, al', /^line 1: 'out 0x100, al': the immediate 256 is out of range for OUT imm8, AL: it takes an imm8/],
+    ['mov al, 256', /^line 1: 'mov al, 256': the immediate 256 is out of range for MOV r8, imm8: it takes an imm8 \(-128..255\)/],
     ['mov rax, 1', /^line 1: no encoding of 'mov rax, 1' .* in 16-bit code/],
   ]
   for (const [source, message] of cases) {
@@ -169,4 +170,37 @@ test('property: legacy instructions iced-x86 decodes and formats assemble back t
     { numRuns: Number(process.env.ASM_RUNS ?? 6000), seed: Number(process.env.ASM_SEED ?? 20261124) },
   )
   t.true(checked > 3000, `only ${checked} decodable legacy instructions were checked`)
+})
+
+test("NASM's equ, times, align, org and resb: a boot sector", (t) => {
+  const a = assemble(
+    `org 0x7c00
+PORT equ 0xe9
+start: mov al, 'A'
+out PORT, al
+align 8, db 0xcc
+times 3 nop
+buf: resb 4
+times 510-($-$$) db 0
+dw 0xaa55`,
+    { bitness: 16 },
+  )
+  t.is(a.address, 0x7c00n, 'org sets the first address')
+  t.is(a.bytes.length, 512)
+  t.deepEqual([...a.bytes.subarray(0, 11)], [0xb0, 0x41, 0xe6, 0xe9, 0xcc, 0xcc, 0xcc, 0xcc, 0x90, 0x90, 0x90])
+  t.deepEqual([...a.bytes.subarray(11, 15)], [0, 0, 0, 0], 'resb reserves zeroed bytes')
+  t.deepEqual([...a.bytes.subarray(510)], [0x55, 0xaa])
+  t.is(a.labels.get('PORT'), 0xe9n)
+  t.is(a.labels.get('buf'), 0x7c00n + 11n)
+  t.deepEqual([...assemble('align 4\nnop\nalign 4', { address: 0x1001 }).bytes], [0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90], 'NOP fill to the next multiple')
+  for (const [source, message] of [
+    ['nop\norg 0x100', /'org' must come before the first byte/],
+    ['times -1 nop', /the count of 'times' must be in 0..16777216, got -1/],
+    ['align 3', /'align' takes a power of two, got 3/],
+    ['times 2', /'times' takes a count and a statement/],
+    ['x equ', /'equ' needs an expression/],
+  ] as const) {
+    t.throws(() => assemble(source), { code: 'EASM', message })
+  }
+  t.like(t.throws(() => assemble(123 as unknown as string)), { code: 'EINVAL', message: 'assemble: source must be a string, got 123' })
 })

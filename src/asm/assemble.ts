@@ -4,8 +4,8 @@
  * @module
  */
 import { inspect } from 'node:util'
-import { Register, RegisterExt } from 'iced-x86'
-import { MshvError } from '../errors.js'
+import { iced, lazy } from '../iced.js'
+import { MshvError, describe as describeValue } from '../errors.js'
 import { encodeInstruction, evaluateOperand, memorySizesOf, mnemonicNamed, type Operand } from './forms.js'
 import { asmError, parse, type Expr, type Statement } from './syntax.js'
 
@@ -62,6 +62,7 @@ export class Assembly {
 }
 
 function describe(op: Operand): string {
+  const { Register, RegisterExt } = iced()
   switch (op.kind) {
     case 'reg': {
       const r = op.reg
@@ -104,25 +105,36 @@ function concat(parts: readonly Uint8Array[]): Uint8Array {
 interface Pass {
   readonly labels: Map<string, bigint>
   readonly lines: AssembledLine[]
+  /** The first byte's address: the start, or what `org` said. */
+  readonly origin: bigint
 }
+
+/** The most bytes one `times`, `align` or `res` statement may make. */
+const MAX_REPEAT = 1 << 24
 
 /**
  * Assembles Intel-syntax source (NASM-like): one statement per line or `;`, comments
- * after `#` or `//`, `label:`, `$` for the current address, `bits 16|32|64`,
- * `db`/`dw`/`dd`/`dq` (strings in `db`), `rep`/`repe`/`repne`/`lock` prefixes,
+ * after `#` or `//`, `label:`, `$` for the current address and `$$` for the first's,
+ * `bits 16|32|64`, `db`/`dw`/`dd`/`dq` (strings in `db`), `name equ expr`,
+ * `times n statement`, `align n[, db v]`, `org address`, `resb`..`resq n`,
+ * `rep`/`repe`/`repne`/`lock` prefixes,
  * `byte`/`word`/`dword`/`qword [ptr]` sizes, `seg:[...]` overrides, `jmp sel:offset`.
  * Every legacy-encoded instruction iced-x86 knows is available (not VEX/EVEX); the
  * shortest encoding is chosen. Errors are `EASM` naming the line.
  */
 export function assemble(source: string, options: AssembleOptions = {}): Assembly {
-  const start = BigInt(options.address ?? 0)
-  if (start < 0n || start > U64) throw new MshvError('EINVAL', `address must be in 0..2^64-1, got ${start}`)
+  if (typeof source !== 'string') throw new MshvError('EINVAL', `assemble: source must be a string, got ${describeValue(source)}`)
+  if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `assemble: options must be an object, got ${describeValue(options)}`)
+  const address = options.address ?? 0
+  const integral = typeof address === 'bigint' || (typeof address === 'number' && Number.isSafeInteger(address))
+  const start = integral ? BigInt(address) : -1n
+  if (start < 0n || start > U64) throw new MshvError('EINVAL', `address must be an integer in 0..2^64-1, got ${describeValue(address)}`)
   const first = options.bitness ?? 64
-  if (![16, 32, 64].includes(first)) throw new MshvError('EINVAL', `bitness must be 16, 32 or 64, got ${String(first)}`)
+  if (![16, 32, 64].includes(first)) throw new MshvError('EINVAL', `bitness must be 16, 32 or 64, got ${describeValue(first)}`)
   const statements = parse(source)
   const defined = new Set<string>()
   for (const s of statements) {
-    if (s.kind !== 'label') continue
+    if (s.kind !== 'label' && s.kind !== 'equ') continue
     if (defined.has(s.name)) throw asmError(s.line, `label '${s.name}' is defined twice`)
     defined.add(s.name)
   }
@@ -133,7 +145,7 @@ export function assemble(source: string, options: AssembleOptions = {}): Assembl
     const stable = pass > 0 && [...result.labels].every(([k, v]) => known.get(k) === v)
     known = result.labels
     if (stable || defined.size === 0) {
-      return new Assembly(concat(result.lines.map((l) => l.bytes)), start, result.labels, result.lines)
+      return new Assembly(concat(result.lines.map((l) => l.bytes)), result.origin, result.labels, result.lines)
     }
   }
   throw new MshvError('EASM', `label addresses did not settle after ${MAX_PASSES} passes`)
@@ -149,6 +161,7 @@ function runPass(
 ): Pass {
   const labels = new Map<string, bigint>()
   const lines: AssembledLine[] = []
+  let origin = start
   let address = start
   let bitness = firstBitness
   statements.forEach((s, k) => {
@@ -158,6 +171,7 @@ function runPass(
           return e.value
         case 'label':
           if (e.name === '$') return address
+          if (e.name === '$$') return origin
           if (!defined.has(e.name)) throw asmError(s.line, `undefined label '${e.name}'`)
           // Not placed yet in the first pass: any address in range will do until the next.
           return known.get(e.name) ?? start
@@ -170,26 +184,62 @@ function runPass(
         }
       }
     }
-    let bytes: Uint8Array
+    /** A count for `times`/`align`/`res`: 0..MAX_REPEAT. */
+    const count = (e: Expr, what: string): number => {
+      const n = value(e)
+      if (n < 0n || n > BigInt(MAX_REPEAT)) throw asmError(s.line, `${what} must be in 0..${MAX_REPEAT}, got ${n}`)
+      return Number(n)
+    }
+    const encode = (st: Statement): Uint8Array | undefined => {
+      switch (st.kind) {
+        case 'data':
+          return concat(st.items.map((item) => (item instanceof Uint8Array ? item : dataBytes(value(item), st.unit, st.line))))
+        case 'insn': {
+          const b = instruction(st, value, bitness, address, minLength[k] ?? 0)
+          minLength[k] = b.length
+          return b
+        }
+        case 'res':
+          return new Uint8Array(count(st.count, `the count of '${st.text}'`) * st.unit)
+        case 'times': {
+          const n = count(st.count, "the count of 'times'")
+          const one = encode(st.body) ?? new Uint8Array(0)
+          if (n * one.length > MAX_REPEAT) throw asmError(s.line, `'times' would make ${n * one.length} bytes (at most ${MAX_REPEAT})`)
+          const out = new Uint8Array(n * one.length)
+          for (let i = 0; i < n; i++) out.set(one, i * one.length)
+          return out
+        }
+        case 'align': {
+          const to = value(st.to)
+          if (to < 1n || to > BigInt(MAX_REPEAT) || (to & (to - 1n)) !== 0n) throw asmError(s.line, `'align' takes a power of two, got ${to}`)
+          const pad = Number((to - (address % to)) % to)
+          return new Uint8Array(pad).fill(st.fill === undefined ? 0x90 : Number(dataBytes(value(st.fill), 1, s.line)[0]))
+        }
+        default:
+          return undefined
+      }
+    }
     switch (s.kind) {
       case 'label':
         labels.set(s.name, address)
         return
+      case 'equ':
+        labels.set(s.name, value(s.value))
+        return
       case 'bits':
         bitness = s.bitness
         return
-      case 'data':
-        bytes = concat(s.items.map((item) => (item instanceof Uint8Array ? item : dataBytes(value(item), s.unit, s.line))))
-        break
-      case 'insn':
-        bytes = instruction(s, value, bitness, address, minLength[k] ?? 0)
-        minLength[k] = bytes.length
-        break
+      case 'org':
+        if (lines.length > 0) throw asmError(s.line, "'org' must come before the first byte")
+        origin = value(s.address) & U64
+        address = origin
+        return
     }
+    const bytes = encode(s) ?? new Uint8Array(0)
     lines.push({ address, bytes, text: s.text, line: s.line })
     address = (address + BigInt(bytes.length)) & U64
   })
-  return { labels, lines }
+  return { labels, lines, origin }
 }
 
 function instruction(
@@ -213,6 +263,7 @@ function instruction(
   }
   const r = encodeInstruction(mnemonic, s.prefixes, ops, bitness, address, minLength)
   if ('bytes' in r) return r.bytes
+  if (r.outOfRange) throw asmError(s.line, `'${s.text}': ${r.outOfRange}`)
   const shape = ops.map(describe).join(', ')
   const forms = r.forms.length === 0 ? `it has no form in ${bitness}-bit code` : `its forms in ${bitness}-bit code: ${r.forms.slice(0, 12).join(' | ')}${r.forms.length > 12 ? ' | ...' : ''}`
   throw asmError(s.line, `no encoding of '${s.text}' (${s.mnemonic} ${shape}); ${forms}`)

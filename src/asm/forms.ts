@@ -4,20 +4,8 @@
  * written are built and encoded, and the shortest encoding wins, as assemblers do.
  * @module
  */
-import {
-  Code,
-  CodeExt,
-  EncodingKind,
-  Encoder,
-  Instruction,
-  MemoryOperand,
-  MemorySizeExt,
-  Mnemonic,
-  OpCodeOperandKind as K,
-  Register,
-  RegisterExt,
-  RepPrefixKind,
-} from 'iced-x86'
+import type { Code, Instruction, MemoryOperand, Mnemonic, OpCodeOperandKind as K, Register } from 'iced-x86'
+import { iced, lazy } from '../iced.js'
 import type { Expr, MemoryText, OperandText, Prefix } from './syntax.js'
 
 /** An operand with its expressions evaluated. */
@@ -62,14 +50,17 @@ const ALIASES: Readonly<Record<string, string>> = (() => {
   return out
 })()
 
-const MNEMONICS: ReadonlyMap<string, Mnemonic> = new Map(
-  Object.entries(Mnemonic).flatMap(([name, v]) => (typeof v === 'number' ? [[name.toLowerCase(), v] as const] : [])),
+const mnemonics = lazy(
+  ({ Mnemonic }): ReadonlyMap<string, Mnemonic> =>
+    new Map(Object.entries(Mnemonic).flatMap(([name, v]) => (typeof v === 'number' ? [[name.toLowerCase(), v] as const] : []))),
 )
 
-const MNEMONIC_NAMES: ReadonlyMap<Mnemonic, string> = new Map([...MNEMONICS].map(([name, m]) => [m, name]))
+const mnemonicNames = lazy((): ReadonlyMap<Mnemonic, string> => new Map([...mnemonics()].map(([name, m]) => [m, name])))
 
 /** String instructions, written without operands; built by iced's own constructors. */
-const STRING_OPS: ReadonlyMap<Mnemonic, { create: string; segment: boolean }> = new Map(
+const stringOps = lazy(
+  (): ReadonlyMap<Mnemonic, { create: string; segment: boolean }> =>
+    new Map(
   (
     [
       ['movs', true],
@@ -82,21 +73,23 @@ const STRING_OPS: ReadonlyMap<Mnemonic, { create: string; segment: boolean }> = 
     ] as const
   ).flatMap(([op, segment]) =>
     ['b', 'w', 'd', 'q'].flatMap((s) => {
-      const m = MNEMONICS.get(op + s)
+      const m = mnemonics().get(op + s)
       const create = `create${op[0]?.toUpperCase()}${op.slice(1)}${s}`
       return m === undefined ? [] : [[m, { create, segment }] as const]
     }),
   ),
+    ),
 )
 
 /** Operands may be written in either order (`xchg al, [bx]`, `test [rbx], eax`), as NASM allows. */
-const COMMUTATIVE = new Set([Mnemonic.Xchg, Mnemonic.Test])
+const commutative = lazy(({ Mnemonic }) => new Set([Mnemonic.Xchg, Mnemonic.Test]))
 
 let table: Map<Mnemonic, Form[]> | undefined
 
 /** Every legacy-encoded form, by mnemonic (built once, on first use). */
 function forms(): Map<Mnemonic, Form[]> {
   if (table) return table
+  const { Code, CodeExt, EncodingKind, MemorySizeExt } = iced()
   table = new Map()
   for (const v of Object.values(Code)) {
     if (typeof v !== 'number') continue
@@ -138,30 +131,84 @@ const SIZED_BY_MODE: ReadonlyMap<string, readonly [string, string]> = new Map([
 export function mnemonicNamed(name: string, bitness: number): Mnemonic | undefined {
   const variants = SIZED_BY_MODE.get(name)
   const sized = variants && bitness !== 16 ? variants[bitness === 32 ? 0 : 1] : name
-  return MNEMONICS.get(ALIASES[sized] ?? sized)
+  return mnemonics().get(ALIASES[sized] ?? sized)
 }
 
 /**
  * Relative branches at the code size only: `66`-prefixed ones are shorter but truncate
  * the instruction pointer (a `jmp` in 64-bit code would land below 64 KiB).
  */
-const BRANCH_SIZE: ReadonlyMap<K, number> = new Map([
-  [K.br16_1, 16],
-  [K.br16_2, 16],
-  [K.br32_1, 32],
-  [K.br32_4, 32],
-  [K.br64_1, 64],
-  [K.br64_4, 64],
-])
+const branchSize = lazy(
+  ({ OpCodeOperandKind: K }): ReadonlyMap<K, number> =>
+    new Map([
+      [K.br16_1, 16],
+      [K.br16_2, 16],
+      [K.br32_1, 32],
+      [K.br32_4, 32],
+      [K.br64_1, 64],
+      [K.br64_4, 64],
+    ]),
+)
 
 /** Mnemonics whose plain `mem` forms take far pointers (`m16:32`), written `far [...]`. */
-const FAR_MEMORY = new Set([Mnemonic.Jmp, Mnemonic.Call])
+const farMemory = lazy(({ Mnemonic }) => new Set([Mnemonic.Jmp, Mnemonic.Call]))
+
+/**
+ * The values an immediate of `kind` can hold, as [min, max] over what may be written: a
+ * byte takes -128..255, a sign-extended byte of a 32-bit operand -128..127 or
+ * 0xffffff80..0xffffffff (both read as -128..-1), and so on (Intel SDM vol. 2, 3.1.1.1).
+ */
+export function immediateFits(kind: K, value: bigint): boolean {
+  const { OpCodeOperandKind: K } = iced()
+  const within = (bits: number) => value >= -(1n << BigInt(bits - 1)) && value < 1n << BigInt(bits)
+  const sext = (from: number, to: number) => {
+    if (!within(to)) return false
+    const v = BigInt.asIntN(to, value)
+    return v >= -(1n << BigInt(from - 1)) && v < 1n << BigInt(from - 1)
+  }
+  switch (kind) {
+    case K.imm8:
+      return within(8)
+    case K.imm16:
+      return within(16)
+    case K.imm32:
+      return within(32)
+    case K.imm64:
+      return within(64)
+    case K.imm8sex16:
+      return sext(8, 16)
+    case K.imm8sex32:
+      return sext(8, 32)
+    case K.imm8sex64:
+      return sext(8, 64)
+    case K.imm32sex64:
+      return sext(32, 64)
+    default:
+      return true
+  }
+}
+
+/** The bits of an immediate of `kind`, for messages. */
+const immediateBits = lazy(
+  ({ OpCodeOperandKind: K }) =>
+    new Map<K, string>([
+      [K.imm8, 'imm8 (-128..255)'],
+      [K.imm16, 'imm16 (-32768..65535)'],
+      [K.imm32, 'imm32 (-2^31..2^32-1)'],
+      [K.imm64, 'imm64'],
+      [K.imm8sex16, 'imm8 sign-extended to 16 bits'],
+      [K.imm8sex32, 'imm8 sign-extended to 32 bits'],
+      [K.imm8sex64, 'imm8 sign-extended to 64 bits'],
+      [K.imm32sex64, 'imm32 sign-extended to 64 bits (-2^31..2^31-1)'],
+    ]),
+)
 
 /** Whether operand kind `kind` of `form` takes the written operand `op`. */
-function accepts(kind: K, op: Operand, form: Form, bitness: number): boolean {
+function accepts(kind: K, op: Operand, form: Form, bitness: number, anyImmediate = false): boolean {
+  const { OpCodeOperandKind: K, Register, RegisterExt } = iced()
   const reg = op.kind === 'reg' ? op.reg : Register.None
   const mem = op.kind === 'mem' ? op.text : undefined
-  if (mem && FAR_MEMORY.has(form.mnemonic) && mem.far !== (kind === K.mem)) return false
+  if (mem && farMemory().has(form.mnemonic) && mem.far !== (kind === K.mem)) return false
   const memFits = (bytes: number) =>
     mem !== undefined && (mem.size === undefined || form.memorySize === 0 || mem.size === form.memorySize || mem.size === bytes)
   switch (kind) {
@@ -254,14 +301,14 @@ function accepts(kind: K, op: Operand, form: Form, bitness: number): boolean {
     case K.imm32:
     case K.imm32sex64:
     case K.imm64:
-      return op.kind === 'imm'
+      return op.kind === 'imm' && (anyImmediate || immediateFits(kind, op.value))
     case K.br16_1:
     case K.br32_1:
     case K.br64_1:
     case K.br16_2:
     case K.br32_4:
     case K.br64_4:
-      return op.kind === 'imm' && BRANCH_SIZE.get(kind) === bitness
+      return op.kind === 'imm' && branchSize().get(kind) === bitness
     case K.imm8_const_1:
       return op.kind === 'imm' && op.value === 1n
     case K.xbegin_2:
@@ -280,6 +327,7 @@ function accepts(kind: K, op: Operand, form: Form, bitness: number): boolean {
 const U64 = (1n << 64n) - 1n
 
 function memoryOperand(m: MemoryText, disp: bigint, bitness: number): MemoryOperand {
+  const { MemoryOperand, Register, RegisterExt } = iced()
   const noRegisters = m.base === Register.None && m.index === Register.None
   const wide = disp > 0xffffn && disp < U64 - 0x7fffn
   // No base: the displacement is the whole address, as wide as the address size.
@@ -294,15 +342,17 @@ function memoryOperand(m: MemoryText, disp: bigint, bitness: number): MemoryOper
 type Create = (code: Code, ...args: (Register | MemoryOperand | number | bigint)[]) => Instruction
 
 function constructor(name: string): Create | undefined {
+  const { Instruction } = iced()
   const f: unknown = Reflect.get(Instruction, name)
   return typeof f === 'function' ? (f.bind(Instruction) as Create) : undefined
 }
 
 /** Builds `form` from the operands, or undefined if iced refuses them (an immediate out of range). */
 function build(form: Form, ops: readonly Operand[], bitness: number): Instruction | undefined {
+  const { Instruction, OpCodeOperandKind: K } = iced()
   try {
     const first = form.kinds[0]
-    if (ops.length === 1 && first !== undefined && BRANCH_SIZE.has(first) && ops[0]?.kind === 'imm') {
+    if (ops.length === 1 && first !== undefined && branchSize().has(first) && ops[0]?.kind === 'imm') {
       return Instruction.createBranch(form.code, ops[0].value & U64)
     }
     if (ops.length === 1 && ops[0]?.kind === 'imm' && (first === K.xbegin_2 || first === K.xbegin_4)) {
@@ -357,6 +407,7 @@ function applyPrefixes(ins: Instruction, prefixes: readonly Prefix[]): void {
 }
 
 function encodeOne(ins: Instruction, bitness: number, address: bigint): Uint8Array | undefined {
+  const { Encoder } = iced()
   const enc = new Encoder(bitness)
   try {
     enc.encode(ins, address)
@@ -370,6 +421,7 @@ function encodeOne(ins: Instruction, bitness: number, address: bigint): Uint8Arr
 
 /** `xlatb`: its only operand, `[rBX + AL]`, is implicit. */
 function xlat(bitness: number): Instruction {
+  const { Code, Instruction, MemoryOperand, Register } = iced()
   const base = bitness === 64 ? Register.RBX : bitness === 32 ? Register.EBX : Register.BX
   // createMem takes ownership of the operand (wasm-bindgen moves it): no free() here.
   return Instruction.createMem(Code.Xlat_m8, new MemoryOperand(base, Register.AL, 1, 0n, 0, false, Register.None))
@@ -377,7 +429,8 @@ function xlat(bitness: number): Instruction {
 
 /** A string instruction written without operands (`rep movsb`): no segment override. */
 function stringInstruction(mnemonic: Mnemonic, prefixes: readonly Prefix[], bitness: number): Instruction | undefined {
-  const op = STRING_OPS.get(mnemonic)
+  const { Instruction, Register, RepPrefixKind } = iced()
+  const op = stringOps().get(mnemonic)
   if (!op) return undefined
   const rep = prefixes.includes('repne') ? RepPrefixKind.Repne : prefixes.some((p) => p === 'rep' || p === 'repe') ? RepPrefixKind.Repe : RepPrefixKind.None
   const create: unknown = Reflect.get(Instruction, op.create)
@@ -393,15 +446,16 @@ function stringInstruction(mnemonic: Mnemonic, prefixes: readonly Prefix[], bitn
  * and `xchg`/`test` take their operands in either order.
  */
 function shorthands(mnemonic: Mnemonic, ops: readonly Operand[]): readonly (readonly Operand[])[] {
+  const { Mnemonic, Register, RegisterExt } = iced()
   const st0: Operand = { kind: 'reg', reg: Register.ST0 }
   const st1: Operand = { kind: 'reg', reg: Register.ST1 }
   const [a, b] = ops
   if (ops.length === 0 && (mnemonic === Mnemonic.Aam || mnemonic === Mnemonic.Aad)) return [[{ kind: 'imm', value: 10n }]]
-  if (ops.length === 0 && MNEMONIC_NAMES.get(mnemonic)?.startsWith('f')) return [[st1, st0], [st0, st1], [st1]]
+  if (ops.length === 0 && mnemonicNames().get(mnemonic)?.startsWith('f')) return [[st1, st0], [st0, st1], [st1]]
   if (ops.length === 1 && a?.kind === 'reg' && RegisterExt.isST(a.reg)) return [[st0, a], [a, st0]]
   if (ops.length === 2 && a && b) {
     if (mnemonic === Mnemonic.Imul && a.kind === 'reg' && b.kind === 'imm') return [[a, a, b]]
-    if (COMMUTATIVE.has(mnemonic)) return [[b, a]]
+    if (commutative().has(mnemonic)) return [[b, a]]
   }
   return []
 }
@@ -444,7 +498,8 @@ export function encodeInstruction(
   bitness: number,
   address: bigint,
   minLength: number,
-): Encoded | { readonly forms: readonly string[] } {
+): Encoded | { readonly forms: readonly string[]; readonly outOfRange?: string } {
+  const { Mnemonic } = iced()
   if (ops.length === 0) {
     const s = mnemonic === Mnemonic.Xlatb ? xlat(bitness) : stringInstruction(mnemonic, prefixes, bitness)
     if (s) {
@@ -461,6 +516,16 @@ export function encodeInstruction(
     const best = shortest(all, prefixes, written, bitness, address, minLength)
     if (best) return best
   }
+  // A form that takes these operands but for the immediate's value: say so.
+  for (const form of all) {
+    if (form.kinds.length !== ops.length || !form.kinds.every((k, i) => accepts(k, ops[i] as Operand, form, bitness, true))) continue
+    const at = form.kinds.findIndex((k, i) => ops[i]?.kind === 'imm' && !immediateFits(k, (ops[i] as { value: bigint }).value))
+    const kind = form.kinds[at]
+    const op = ops[at]
+    if (kind !== undefined && op?.kind === 'imm') {
+      return { forms: [...new Set(all.map((f) => f.text))], outOfRange: `the immediate ${op.value} is out of range for ${form.text}: it takes an ${immediateBits().get(kind) ?? 'immediate'}` }
+    }
+  }
   return { forms: [...new Set(all.map((f) => f.text))] }
 }
 
@@ -470,7 +535,7 @@ export function encodeInstruction(
  */
 export function memorySizesOf(mnemonic: Mnemonic, ops: readonly Operand[], bitness: number): Set<number> {
   const sizes = new Set<number>()
-  if (FAR_MEMORY.has(mnemonic)) return sizes
+  if (farMemory().has(mnemonic)) return sizes
   for (const form of forms().get(mnemonic) ?? []) {
     if (!form.modes.includes(bitness) || form.kinds.length !== ops.length) continue
     if (form.kinds.every((k, i) => accepts(k, ops[i] as Operand, form, bitness)) && form.memorySize !== 0) sizes.add(form.memorySize)

@@ -1,12 +1,14 @@
 /**
  * Intel-syntax assembly text to statements: labels, `bits`, `db`/`dw`/`dd`/`dq`,
- * prefixes and instructions with register, memory, immediate and far-pointer operands.
+ * NASM's `equ`, `times`, `align`, `org` and `resb`..`resq`, prefixes and instructions
+ * with register, memory, immediate and far-pointer operands.
  *
  * Statements end at a newline or `;` (as in GAS and Keystone one-liners, so a REPL line
  * can hold several); comments start with `#` or `//`.
  * @module
  */
-import { Register } from 'iced-x86'
+import type { Register } from 'iced-x86'
+import { iced, lazy } from '../iced.js'
 import { MshvError } from '../errors.js'
 
 /** A constant expression; labels resolve at assembly time. */
@@ -51,6 +53,16 @@ export type Statement = { readonly line: number; readonly text: string } & (
       readonly mnemonic: string
       readonly operands: readonly OperandText[]
     }
+  /** `name equ expr`: a constant. */
+  | { readonly kind: 'equ'; readonly name: string; readonly value: Expr }
+  /** `times n statement`: the statement's bytes `n` times. */
+  | { readonly kind: 'times'; readonly count: Expr; readonly body: Statement }
+  /** `align n` (NOP fill) or `align n, db v`: pad to a multiple of `n`. */
+  | { readonly kind: 'align'; readonly to: Expr; readonly fill: Expr | undefined }
+  /** `org address`: where the first byte goes (before any bytes). */
+  | { readonly kind: 'org'; readonly address: Expr }
+  /** `resb n` .. `resq n`: `n` zeroed units. */
+  | { readonly kind: 'res'; readonly unit: 1 | 2 | 4 | 8; readonly count: Expr }
 )
 
 const PREFIXES: Readonly<Record<string, Prefix>> = {
@@ -63,6 +75,7 @@ const PREFIXES: Readonly<Record<string, Prefix>> = {
 }
 const SEGMENTS = new Set(['es', 'cs', 'ss', 'ds', 'fs', 'gs'])
 const DATA: Readonly<Record<string, 1 | 2 | 4 | 8>> = { db: 1, dw: 2, dd: 4, dq: 8 }
+const RESERVE: Readonly<Record<string, 1 | 2 | 4 | 8>> = { resb: 1, resw: 2, resd: 4, resq: 8 }
 const SIZES: Readonly<Record<string, number>> = {
   byte: 1,
   word: 2,
@@ -76,7 +89,7 @@ const SIZES: Readonly<Record<string, number>> = {
 }
 
 /** Register names (lower case) to iced registers, with the usual aliases iced spells differently. */
-const REGISTERS: ReadonlyMap<string, Register> = (() => {
+const registersByName = lazy(({ Register }): ReadonlyMap<string, Register> => {
   const m = new Map<string, Register>()
   for (const [name, v] of Object.entries(Register)) {
     if (typeof v === 'number' && v !== Register.None && !name.startsWith('DontUse')) m.set(name.toLowerCase(), v)
@@ -88,11 +101,11 @@ const REGISTERS: ReadonlyMap<string, Register> = (() => {
   const st0 = m.get('st0')
   if (st0 !== undefined) m.set('st', st0)
   return m
-})()
+})
 
 /** The iced register named `name` (any case), if it is one. */
 export function registerNamed(name: string): Register | undefined {
-  return REGISTERS.get(name.toLowerCase())
+  return registersByName().get(name.toLowerCase())
 }
 
 type Token =
@@ -223,6 +236,7 @@ class Parser {
   }
 
   operand(): OperandText {
+    const { Register } = iced()
     const sized = this.isId(...Object.keys(SIZES))
     if (sized) {
       this.next()
@@ -261,8 +275,9 @@ class Parser {
   }
 
   /** `[seg: base + index*scale + disp]`, the segment also allowed before the bracket. */
-  memory(size: number | undefined, outerSegment = Register.None, far = false): MemoryText {
-    let segment = outerSegment
+  memory(size: number | undefined, outerSegment?: Register, far = false): MemoryText {
+    const { Register } = iced()
+    let segment = outerSegment ?? Register.None
     const t = this.peek()
     if (t?.t === 'id' && segment === Register.None) {
       const seg = registerNamed(t.s)
@@ -371,14 +386,73 @@ function splitStatements(source: string): { text: string; line: number }[] {
   return out
 }
 
+/** A whole expression from `text`, or undefined when `text` is not exactly one. */
+function wholeExpression(text: string, line: number): Expr | undefined {
+  try {
+    const p = new Parser(tokenize(text, line), line)
+    const e = p.expr()
+    return p.done() ? e : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** `times n stmt`: the shortest prefix of `rest` that is a whole expression, then the statement. */
+function timesStatement(rest: string, line: number, text: string): Statement {
+  for (let i = rest.indexOf(' '); i !== -1; i = rest.indexOf(' ', i + 1)) {
+    const count = wholeExpression(rest.slice(0, i), line)
+    const body = rest.slice(i).trim()
+    if (count === undefined || body === '') continue
+    const parsed = parseStatement(body, line)
+    const [only] = parsed
+    if (parsed.length !== 1 || only === undefined || only.kind === 'label' || only.kind === 'equ' || only.kind === 'org' || only.kind === 'bits') {
+      throw asmError(line, "'times' repeats one instruction or data statement")
+    }
+    return { kind: 'times', count, body: only, line, text }
+  }
+  throw asmError(line, "'times' takes a count and a statement: times 4 nop")
+}
+
 function parseStatement(text: string, line: number): Statement[] {
   const out: Statement[] = []
   let rest = text
+  const constant = /^([A-Za-z_.$@][A-Za-z0-9_.$@]*):?\s+equ\b\s*(.*)$/i.exec(rest)
+  if (constant) {
+    const value = wholeExpression(constant[2] as string, line)
+    if (value === undefined) throw asmError(line, `'equ' needs an expression, got '${constant[2] as string}'`)
+    return [{ kind: 'equ', name: constant[1] as string, value, line, text }]
+  }
   const label = /^([A-Za-z_.$@][A-Za-z0-9_.$@]*):/.exec(rest)
   if (label && registerNamed(label[1] as string) === undefined) {
     out.push({ kind: 'label', name: label[1] as string, line, text: label[0] })
     rest = rest.slice(label[0].length).trim()
     if (rest === '') return out
+  }
+  const directive = /^(times|align|org|resb|resw|resd|resq)\s+(.*)$/i.exec(rest)
+  if (directive) {
+    const word = (directive[1] as string).toLowerCase()
+    const args = directive[2] as string
+    if (word === 'times') {
+      out.push(timesStatement(args, line, rest))
+      return out
+    }
+    const [first, ...others] = args.split(',')
+    const value = wholeExpression(first ?? '', line)
+    if (value === undefined) throw asmError(line, `'${word}' needs an expression, got '${first ?? ''}'`)
+    if (word === 'align') {
+      const fill = others.join(',').trim()
+      const m = /^db\s+(.+)$/i.exec(fill)
+      const fillValue = m ? wholeExpression(m[1] as string, line) : undefined
+      if (fill !== '' && fillValue === undefined) throw asmError(line, `'align' pads with NOPs, or with 'db value': got '${fill}'`)
+      out.push({ kind: 'align', to: value, fill: fillValue, line, text: rest })
+    } else if (others.length > 0) {
+      throw asmError(line, `'${word}' takes one expression`)
+    } else if (word === 'org') {
+      out.push({ kind: 'org', address: value, line, text: rest })
+    } else {
+      out.push({ kind: 'res', unit: RESERVE[word] as 1 | 2 | 4 | 8, count: value, line, text: rest })
+    }
+    return out
   }
   const p = new Parser(tokenize(rest, line), line)
   const prefixes: Prefix[] = []
