@@ -43,9 +43,9 @@ test('session: asm writes at RIP in the code size, step executes one instruction
   t.deepEqual(session.step(), { reason: 'stepped' }, 'an exiting instruction is completed by its handler')
   t.is(output(), 'H\n', "the guest's line is ended before the report")
   t.is(printed.at(-1), 'rip 0x1004: 00001004  mov al, 0x69')
-  t.deepEqual(session.vcpu.run({ maxExits: 1 }), { reason: 'budget' }, 'maxExits ends a run after that many exits')
+  t.deepEqual(session.vcpu.run({ maxExits: 1 }), { reason: 'exits' }, 'maxExits ends a run after that many exits')
   t.is(output(), 'H\ni')
-  t.like(t.throws(() => session.vcpu.run({ maxExits: 0 })), { code: 'EINVAL', message: 'maxExits must be a positive integer, got 0' })
+  t.like(t.throws(() => session.vcpu.run({ maxExits: 0 })), { code: 'EINVAL', message: 'run(): maxExits must be an integer from 1 to 2^53-1, got 0' })
   t.deepEqual(await session.run(), { reason: 'halt' })
   t.is(output(), 'H\ni\n')
   t.regex(printed.at(-1) ?? '', /^1 exit; rip 0x1009/, "the run's own exits: the HLT")
@@ -96,7 +96,7 @@ test('mshv CLI: options are parsed, bad ones name the option', (t) => {
 })
 
 // Drives `mshv repl` in a pseudo-terminal, as a user would.
-const CLI = fileURLToPath(new URL('../dist/src/cli/mshv.js', import.meta.url))
+const CLI = fileURLToPath(new URL('../dist/mshv-cli.js', import.meta.url))
 const tmux = spawnSync('tmux', ['-V']).status === 0
 ;(tmux ? test : test.skip)('mshv repl in a terminal: asm, step, regs, run with guest output, hexdump', async (t) => {
   const name = `mshv-repl-${process.pid}`
@@ -130,8 +130,17 @@ const tmux = spawnSync('tmux', ['-V']).status === 0
     sh('send-keys', '-t', name, 'Enter')
     await waitFor(/\d[\d.]* [kM] exits\/s, [\d,]+ exits in \d+\.\d s: ioPort 100%/, 'the progress line')
     sh('send-keys', '-t', name, 'C-c')
-    await waitFor(/exits; rip 0x200[02]/, 'the cancelled run')
+    // The report, the result and a fresh prompt, in that order, and no REPL noise.
+    await waitFor(/\n\d+ exits; rip 0x200[02][^\n]*\n\{ reason: 'cancelled' \}\nmshv>\s*$/, 'the cancelled run')
+    t.notRegex(screen(), /ERR_SCRIPT_EXECUTION_INTERRUPTED|Uncaught/)
     await type('vcpu.halted', /^false\n/m)
+    // A guest that spins without exits still gets its progress line (redrawn on a clock).
+    await type('vcpu.regs.set("rip", 0x3000n); asm`jmp $`', /00003000 {2}eb fe +jmp \$/)
+    sh('send-keys', '-t', name, '-l', 'await run()')
+    sh('send-keys', '-t', name, 'Enter')
+    await waitFor(/0 exits\/s, 0 exits in \d+\.\d s/, 'the progress line of a guest without exits')
+    sh('send-keys', '-t', name, 'C-c')
+    await waitFor(/0 exits; rip 0x3000[^\n]*\n\{ reason: 'cancelled' \}\nmshv>\s*$/, 'the cancelled spin')
   } finally {
     sh('kill-session', '-t', name)
   }

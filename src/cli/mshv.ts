@@ -6,21 +6,48 @@
  */
 import repl from 'node:repl'
 import { readFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import * as mshv from '../../index.js'
 import { createSession, type SessionOptions } from '../repl/session.js'
+import type { RunResult } from '../vcpu.js'
 import { USAGE, parseArgs } from './args.js'
 
+/** The package's version, from the nearest package.json named `mshv` above this file (bundled or not). */
 function version(): string {
-  const pkg: unknown = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'))
-  return typeof pkg === 'object' && pkg !== null && 'version' in pkg ? String(pkg.version) : 'unknown'
+  for (let dir = dirname(fileURLToPath(import.meta.url)), i = 0; i < 6; dir = dirname(dir), i++) {
+    try {
+      const pkg: unknown = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'))
+      if (typeof pkg === 'object' && pkg !== null && 'name' in pkg && pkg.name === 'mshv' && 'version' in pkg) return String(pkg.version)
+    } catch {
+      // no package.json here: look further up
+    }
+  }
+  return 'unknown'
 }
 
 function startRepl(options: SessionOptions): void {
   const session = createSession(options)
   const rip = session.vcpu.regs.get('rip')
   console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
-  // breakEvalOnSigint: Ctrl+C reaches the SIGINT listener below even while `await run()` is pending
-  const server = repl.start({ prompt: 'mshv> ', breakEvalOnSigint: true })
+  const server = repl.start({ prompt: 'mshv> ' })
+  // Ctrl+C during `await run()` stops the guest and nothing else: while the REPL awaits,
+  // its input is paused, so the terminal is put in cooked mode, where Ctrl+C is a real
+  // SIGINT, caught here. (The REPL's own breakEvalOnSigint would abandon the await with
+  // an ERR_SCRIPT_EXECUTION_INTERRUPTED error and print the run's report after the next
+  // prompt.)
+  const run = async (): Promise<RunResult> => {
+    const tty = process.stdin.isTTY ? process.stdin : undefined
+    const cancel = (): void => session.cancel()
+    process.on('SIGINT', cancel)
+    tty?.setRawMode(false)
+    try {
+      return await session.run()
+    } finally {
+      tty?.setRawMode(true)
+      process.off('SIGINT', cancel)
+    }
+  }
   Object.assign(server.context, mshv, {
     mshv,
     session,
@@ -29,13 +56,11 @@ function startRepl(options: SessionOptions): void {
     mem: session.mem,
     regs: session.regs,
     step: session.step,
-    run: session.run,
+    run,
     asm: session.asm,
     dis: session.dis,
     help: session.help,
   })
-  // A run() in flight: Ctrl+C stops the guest rather than the REPL line.
-  server.on('SIGINT', () => session.cancel())
   server.on('exit', () => session.close())
 }
 

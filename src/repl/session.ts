@@ -4,10 +4,11 @@
  * `mem.hexdump()`). Usable from any script or `tsx` REPL with full types.
  * @module
  */
-import { Decoder, DecoderOptions, Formatter, FormatterSyntax } from 'iced-x86'
+import type { Formatter } from 'iced-x86'
+import { iced } from '../iced.js'
 import { assemble, templateSource, type Assembly } from '../asm/assemble.js'
 import { COM1, Serial16550 } from '../devices/serial.js'
-import { MshvError, hex } from '../errors.js'
+import { MshvError, describe, hex } from '../errors.js'
 import { enterRealMode } from '../guest.js'
 import type { PioDevice } from '../bus.js'
 import { ProgressLine, type ProgressStream } from '../progress.js'
@@ -56,7 +57,7 @@ export interface Session {
    * Tagged template: assembles at the vCPU's RIP in its current code size, writes the
    * bytes into guest memory there and returns the listing: `` asm`mov al, 'A'; out 0xe9, al; hlt` ``.
    */
-  asm(strings: TemplateStringsArray, ...values: unknown[]): Assembly
+  asm(source: TemplateStringsArray | string, ...values: unknown[]): Assembly
   /** Prints `count` instructions from RIP. */
   dis(count?: number): void
   /** Prints what the helpers do. */
@@ -90,6 +91,7 @@ export function linearRip(vcpu: Vcpu): bigint {
 
 /** Intel syntax as `assemble()` reads it: `out 0xe9, al`. */
 function intelFormatter(): Formatter {
+  const { Formatter, FormatterSyntax } = iced()
   const f = new Formatter(FormatterSyntax.Intel)
   f.hexPrefix = '0x'
   f.hexSuffix = ''
@@ -124,7 +126,7 @@ export async function runInSlices(vcpu: Vcpu, backend: string, output: ProgressS
   try {
     for (;;) {
       const result = vcpu.run({ maxExits: SLICE_EXITS, timeoutMs: SLICE_MS, progress })
-      if (result.reason !== 'budget') return result
+      if (result.reason !== 'exits' && result.reason !== 'timeout') return result
       await new Promise((resolve) => setImmediate(resolve))
     }
   } finally {
@@ -179,6 +181,7 @@ export function createSession(options: SessionOptions = {}): Session {
       // stop at the first byte that is not memory
     }
     formatter ??= intelFormatter()
+    const { Decoder, DecoderOptions } = iced()
     const decoder = new Decoder(codeBitness(vcpu), bytes.subarray(0, readable), DecoderOptions.None)
     decoder.ip = at
     const out: string[] = []
@@ -207,7 +210,7 @@ export function createSession(options: SessionOptions = {}): Session {
       print(registerTable(vcpu.regs))
     },
     step: (count = 1) => {
-      if (!Number.isInteger(count) || count < 1) throw new MshvError('EINVAL', `step count must be a positive integer, got ${String(count)}`)
+      if (typeof count !== 'number' || !Number.isInteger(count) || count < 1) throw new MshvError('EINVAL', `step count must be a positive integer, got ${describe(count)}`)
       let result: StepResult = { reason: 'stepped' }
       for (let i = 0; i < count && result.reason === 'stepped'; i++) result = vcpu.step()
       print(where())
@@ -223,12 +226,20 @@ export function createSession(options: SessionOptions = {}): Session {
     cancel: () => vcpu.cancel(),
     asm: (strings, ...values) => {
       const at = linearRip(vcpu)
-      const code = assemble(templateSource(strings, values), { bitness: codeBitness(vcpu), address: at })
+      // A tagged template (asm`nop`) or a plain string (asm('nop')).
+      const source = typeof strings === 'string' ? strings : Array.isArray(strings) ? templateSource(strings as TemplateStringsArray, values) : undefined
+      if (source === undefined) throw new MshvError('EINVAL', `asm takes a template (asm\`nop\`) or a string, got ${describe(strings)}`)
+      const code = assemble(source, { bitness: codeBitness(vcpu), address: at })
       const memory = vcpu.memory()
       code.bytes.forEach((b, i) => memory.write(at + BigInt(i), 1, BigInt(b)))
       return code
     },
-    dis: (count = 5) => print(disassemble(count).join('\n')),
+    dis: (count = 5) => {
+      if (typeof count !== 'number' || !Number.isInteger(count) || count < 1 || count > 10_000) {
+        throw new MshvError('EINVAL', `dis: count must be an integer in 1..10000, got ${describe(count)}`)
+      }
+      print(disassemble(count).join('\n'))
+    },
     help: () => print(HELP),
     close: () => vm.close(),
   }
