@@ -68,6 +68,8 @@ test.serial('the packed package installs without Rust and runs from TypeScript, 
     const main = pack(ROOT, tmp)
     const paths = main.files.map((f) => f.path)
     t.true(paths.includes('native/binding.cjs') && paths.includes('dist/index.d.ts'))
+    t.true(paths.includes('dist/mshv.js') && paths.includes('dist/mshv-cli.js'), 'the bundles')
+    t.true(paths.includes('LICENSE-MIT') && paths.includes('LICENSE-APACHE'), 'both licence texts of MIT OR Apache-2.0')
     t.deepEqual(
       paths.filter((p) => /(^crates\/|^__test__\/|^bench\/|^examples\/|\.rs$|\.test\.|\.node$|Cargo)/.test(p)),
       [],
@@ -108,6 +110,17 @@ test.serial('the packed package installs without Rust and runs from TypeScript, 
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }
+})
+
+test('the manifest says what the package is, and releases say where it lives', (t) => {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { license: string; keywords: string[] }
+  t.is(pkg.license, 'MIT OR Apache-2.0')
+  t.true(existsSync(join(ROOT, 'LICENSE-MIT')) && existsSync(join(ROOT, 'LICENSE-APACHE')))
+  t.true(pkg.keywords.includes('hypervisor') && pkg.keywords.includes('mshv'))
+  // repository/homepage/bugs name the repository the release runs in (npm provenance checks it).
+  const release = readFileSync(join(ROOT, '.github', 'workflows', 'release.yml'), 'utf8')
+  for (const field of ['repository.url=git+$repo.git', 'homepage=$repo#readme', 'bugs.url=$repo/issues']) t.true(release.includes(field), field)
+  t.regex(release, /cp LICENSE-MIT LICENSE-APACHE "\$dir"/, 'the platform packages carry the licences too')
 })
 
 test('every napi target has its npm/<platform> package and a build in the workflow', (t) => {
