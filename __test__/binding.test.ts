@@ -16,6 +16,7 @@ test('auto falls back to the sim backend', (t) => {
 test('bad backend, register names and values are clear errors', (t) => {
   t.is((t.throws(() => createVm({ backend: 'kvm' as 'sim' })) as MshvError).code, 'EINVAL')
   const { vcpu } = realModeGuest([0xf4])
+  // @ts-expect-error register names are a literal union: a misspelt one does not type-check
   t.is((t.throws(() => vcpu.regs.get('rzz')) as MshvError).code, 'EINVAL_REGISTER')
   const e = t.throws(() => vcpu.regs.set('rax', 1n << 64n)) as MshvError
   t.is(e.code, 'EINVAL')
@@ -162,7 +163,7 @@ test('run() on a worker thread can be cancelled, and a second run meanwhile is E
   t.is((t.throws(() => vcpu.native.runner()()) as MshvError).code, 'EBUSY')
   vcpu.cancel()
   t.deepEqual(await running, { reason: 'cancelled' })
-  t.is(vcpu.native.runner(new native.RunBudget({ maxInstructions: 10 }))() >>> 0, native.layout().exits.instructions)
+  t.is(vcpu.native.runner(new native.RunBudget({ maxInstructions: 10 }))() >>> 0, native.layout().exits['instructions'] ?? -1)
 })
 
 test('bad run limits name the limit and the value', (t) => {

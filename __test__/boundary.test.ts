@@ -206,7 +206,7 @@ function target(): Target {
 type Call = (t: Target, a: unknown[]) => unknown
 const any = (f: unknown) => f as (...a: unknown[]) => unknown
 const CALLS: Record<string, Call> = {
-  createVm: (_t, a) => any(createVm)(...a).close(),
+  createVm: (_t, a) => (any(createVm)(...a) as Vm).close(),
   'vm.addRam': (t, a) => any(t.vm.addRam.bind(t.vm))(...a),
   'vm.addRom': (t, a) => any(t.vm.addRom.bind(t.vm))(...a),
   'vm.read': (t, a) => any(t.vm.read.bind(t.vm))(...a),

@@ -147,7 +147,7 @@ test('every supported MMIO instruction form computes what the host CPU computes'
   const bank = new RegisterBank(MEM / 8)
   vm.bus.registerMmio(BANK, bank.size, bank, 'bank')
   const vcpu = vm.createVcpu(0)
-  const names = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15']
+  const names = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const
   let checked = 0
   cases.forEach((c, i) => {
     const bases = c.form.bases ?? [RBX]

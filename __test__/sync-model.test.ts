@@ -4,7 +4,7 @@ import { registers, registerIndex } from '../index.js'
 import { LAST_EPOCH } from '../src/registers.js'
 import { native } from '../src/native.js'
 import { realModeGuest, POLICIES, PAGE_MODES, type PageMode } from './helpers.js'
-import type { SyncPolicy } from '../index.js'
+import type { RegisterName, SyncPolicy } from '../index.js'
 
 // Guest: 0x1000..0x1ffe filled with `out 0x80, al`, so any even RIP in range exits
 // at once with RIP unchanged and no other register touched: after a resume the guest
@@ -13,9 +13,9 @@ const CODE = Array.from({ length: 0x800 }, () => [0xe6, 0x80]).flat()
 
 // Registers a sequence may write, with value generators that keep the guest runnable.
 const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })
-const WRITABLE: readonly [string, fc.Arbitrary<bigint>][] = [
-  ...['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'].map(
-    (n) => [n, u64] as [string, fc.Arbitrary<bigint>],
+const WRITABLE: readonly [RegisterName, fc.Arbitrary<bigint>][] = [
+  ...(['rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rbp', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const).map(
+    (n) => [n, u64] as [RegisterName, fc.Arbitrary<bigint>],
   ),
   ['rsp', fc.bigInt({ min: 0x100n, max: 0xfff0n })],
   ['rip', fc.integer({ min: 0x800, max: 0xfff }).map((k) => BigInt(k * 2))],
@@ -32,11 +32,11 @@ const READABLE = registers.filter((r) => r.kind === 'u64' && r.group !== 'msr' |
 const MODEL_NAMES = WRITABLE.map(([n]) => n)
 
 type Op =
-  | { kind: 'read'; name: string }
-  | { kind: 'write'; name: string; value: bigint }
-  | { kind: 'readLow32'; name: string }
-  | { kind: 'add'; name: string; n: number }
-  | { kind: 'setSized'; name: string; size: 1 | 2 | 4; value: number }
+  | { kind: 'read'; name: RegisterName }
+  | { kind: 'write'; name: RegisterName; value: bigint }
+  | { kind: 'readLow32'; name: RegisterName }
+  | { kind: 'add'; name: RegisterName; n: number }
+  | { kind: 'setSized'; name: RegisterName; size: 1 | 2 | 4; value: number }
   | { kind: 'sync' }
   | { kind: 'resume' }
 
@@ -79,7 +79,7 @@ function model(policy: SyncPolicy, page: PageMode, nearWrap: boolean): void {
     const raw = new BigUint64Array(ids.length * 2)
     const truth = (): Map<string, bigint> => {
       vcpu.native.getRegisters(ids, raw)
-      return new Map(MODEL_NAMES.map((n, i) => [n, raw[2 * i]!]))
+      return new Map<RegisterName, bigint>(MODEL_NAMES.map((n, i) => [n, raw[2 * i]!]))
     }
     fc.assert(
       fc.property(fc.array(op, { maxLength: 24 }), (ops) => {

@@ -341,6 +341,9 @@ export class Vcpu {
 
   /** Waits for {@link wake} (or a cancel) unless one is already latched. */
   private sleep(): Promise<'wake' | 'cancel'> {
+    // A cancel that came while the native run was ending at the HLT is still pending
+    // there: it ends the run now rather than never.
+    if (this.native.takeCancel()) return Promise.resolve('cancel')
     if (this.wakePending) {
       this.wakePending = false
       return Promise.resolve('wake')

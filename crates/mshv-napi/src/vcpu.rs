@@ -344,6 +344,14 @@ impl Vcpu {
         self.core.cancel();
     }
 
+    /// Consumes a cancel no run has seen yet: true when there was one. A run that
+    /// ended at HLT just as `cancel()` came leaves it pending; a caller about to wait
+    /// for a wake-up takes it here instead of waiting.
+    #[napi]
+    pub fn take_cancel(&self) -> bool {
+        self.core.canceller.take()
+    }
+
     /// One batched get-register hypercall: `out` receives two u64 halves per id.
     #[napi]
     pub fn get_registers(&self, ids: Uint32Array, mut out: BigUint64Array) -> Result<()> {
