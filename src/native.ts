@@ -78,7 +78,21 @@ function codedFn(f: Fn): Fn {
       })
     }
     // `runner()` hands out the per-exit function: its errors are coded too.
-    return typeof result === 'function' ? codedFn(result as Fn) : result
+    return typeof result === 'function' ? codedRunner(result as () => number) : result
+  }
+}
+
+/**
+ * The per-exit runner with coded errors. Called once per exit, so it takes no rest
+ * arguments (an array per call) and adds only a try/catch.
+ */
+function codedRunner(run: () => number): () => number {
+  return () => {
+    try {
+      return run()
+    } catch (e) {
+      throw coded(e)
+    }
   }
 }
 

@@ -79,6 +79,9 @@ function checkU64(name: string, v: bigint): bigint {
   return v
 }
 
+const BUSY = 1
+const CLOSED = 2
+
 /**
  * Epochs step by two (clean = epoch, dirty = epoch + 1) and restart after this one,
  * before Int32 overflow.
@@ -118,13 +121,8 @@ export class RegisterCache {
   private readonly batches: { ids: Uint32Array; values: BigUint64Array }[] = []
   /** Counters of page and hypercall traffic. */
   readonly counters: SyncCounters = { pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
-  /**
-   * Set while the vCPU runs on a worker thread: its registers are then neither
-   * readable (they would be stale) nor writable (the write would be lost).
-   * @internal
-   */
-  busy = false
-  private closed = false
+  /** 0 while registers may be used; else why not (see {@link check}). */
+  private blocked: 0 | typeof BUSY | typeof CLOSED = 0
 
   /**
    * @param native the native vCPU (hypercalls)
@@ -147,15 +145,28 @@ export class RegisterCache {
     return this.policy === 'page' && this.view !== null && this.view.getUint8(ISVALID) !== 0
   }
 
-  /** Refuses access while the vCPU runs (`EBUSY`) or after it closed (`ECLOSED`). */
+  /** Refuses access while the vCPU runs (`EBUSY`) or after it closed (`ECLOSED`): one compare on the hot path. */
   private check(): void {
-    if (this.closed) throw new MshvError('ECLOSED', `vCPU ${this.native.index} is closed: its registers are gone`)
-    if (this.busy) throw new MshvError('EBUSY', `vCPU ${this.native.index} is running: its registers can be read and written between runs (in exit handlers, or after runAsync() settles)`)
+    if (this.blocked !== 0) this.refuse()
+  }
+
+  private refuse(): never {
+    if (this.blocked === CLOSED) throw new MshvError('ECLOSED', `vCPU ${this.native.index} is closed: its registers are gone`)
+    throw new MshvError('EBUSY', `vCPU ${this.native.index} is running: its registers can be read and written between runs (in exit handlers, or after runAsync() settles)`)
+  }
+
+  /**
+   * Set while the vCPU runs on a worker thread: its registers are then neither
+   * readable (they would be stale) nor writable (the write would be lost).
+   * @internal
+   */
+  set busy(running: boolean) {
+    if (this.blocked !== CLOSED) this.blocked = running ? BUSY : 0
   }
 
   /** Ends access for good: the vCPU closed. @internal */
   close(): void {
-    this.closed = true
+    this.blocked = CLOSED
   }
 
   /** Reads a register's low 64 bits (the whole value for u64 registers). */

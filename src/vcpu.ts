@@ -396,7 +396,8 @@ export class Vcpu {
   /** Everything cached is stale once the vCPU ran; then the exit is handled. */
   private afterRun(code: number): RunResult | undefined {
     this.regs.reset()
-    const end = runEnd(code)
+    // Every run-end code is at or above EXIT_CANCELLED; message types are below.
+    const end = code >= EXIT_CANCELLED ? runEnd(code) : undefined
     if (end) {
       // A run that ends without an exit may be one slice of a longer one (the REPL's):
       // its progress line is redrawn on the clock.

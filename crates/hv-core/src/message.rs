@@ -136,6 +136,13 @@ impl ExitMessage {
         u32::from_le_bytes([self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]])
     }
 
+    /// The bytes the message uses: its header and payload (`payload_size`), rounded
+    /// up to whole u64 words.
+    pub fn used_len(&self) -> usize {
+        let payload = self.bytes[4] as usize;
+        (PAYLOAD + payload).next_multiple_of(8).min(MESSAGE_SIZE)
+    }
+
     /// Copies a binding `hv_message` in.
     pub fn set(&mut self, msg: &hv_message) {
         // SAFETY: `hv_message` is a packed plain-old-data struct of exactly MESSAGE_SIZE bytes.
@@ -229,5 +236,6 @@ mod tests {
         let back: Io = m.payload();
         assert_eq!({ back.header.rip }, 0x1000);
         assert_eq!(m.bytes[4] as usize, size_of::<Io>());
+        assert_eq!(m.used_len(), PAYLOAD + size_of::<Io>());
     }
 }

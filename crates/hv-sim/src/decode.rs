@@ -59,10 +59,10 @@ struct Window {
 }
 
 fn window(ctx: &mut Ctx<'_>, first: *const u8, in_page: usize, lin: u64) -> Window {
-    let mut bytes = [0u8; 16];
     let n1 = in_page.min(16);
-    // SAFETY: `first` points at plain RAM with `in_page` >= `n1` bytes left.
-    unsafe { hv_core::shared::copy_from(first, &mut bytes[..n1]) };
+    // SAFETY: `first` points at plain RAM with `in_page` >= `n1` bytes left, in a
+    // whole mapped page.
+    let bytes = unsafe { hv_core::shared::load16(first, n1) }.to_le_bytes();
     let mut w = Window {
         bytes,
         available: n1,
@@ -73,8 +73,10 @@ fn window(ctx: &mut Ctx<'_>, first: *const u8, in_page: usize, lin: u64) -> Wind
         match ctx.tlb.translate(ctx.cpu, ctx.mem, next, Access::Execute) {
             Ok(Translated::Ram { host, left, .. }) => {
                 let n2 = left.min(16 - n1);
-                // SAFETY: `host` starts `left` >= `n2` bytes of plain RAM.
-                unsafe { hv_core::shared::copy_from(host, &mut w.bytes[n1..n1 + n2]) };
+                // SAFETY: `host` starts `left` >= `n2` bytes of plain RAM in a mapped page.
+                let more = unsafe { hv_core::shared::load16(host, n2) };
+                let joined = u128::from_le_bytes(w.bytes) | more << (8 * n1);
+                w.bytes = joined.to_le_bytes();
                 w.available = n1 + n2;
             }
             Ok(Translated::Mmio { gpa, intercepted }) => {

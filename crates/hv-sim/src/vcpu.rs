@@ -269,8 +269,6 @@ impl SimVcpu {
     fn execute(&mut self, limits: &RunLimits) -> Outcome {
         let deadline = limits.deadline;
         let budget = limits.max_instructions.unwrap_or(u64::MAX);
-        // Work done since the last poll: instructions plus string iterations.
-        let mut work = 0u64;
         let snapshot = Arc::clone(&self.snapshot);
         let mut ctx = Ctx {
             cpu: &mut self.cpu,
@@ -299,9 +297,12 @@ impl SimVcpu {
             if executed >= budget {
                 break Outcome::InstructionLimit;
             }
-            work += 1 + std::mem::take(&mut ctx.iterations);
-            if work >= POLL_INTERVAL {
-                work = 0;
+            // Every POLL_INTERVAL instructions, and as soon as string instructions have
+            // done as many iterations since the last look.
+            if executed & (POLL_INTERVAL - 1) == POLL_INTERVAL - 1
+                || ctx.iterations >= POLL_INTERVAL
+            {
+                ctx.iterations = 0;
                 if self.canceller.is_cancelled() {
                     break Outcome::Cancelled;
                 }

@@ -106,6 +106,13 @@ impl Budget {
     /// The limits of the next native run of a vCPU that has retired `retired`
     /// instructions; the first call fixes where the budget ends.
     pub(crate) fn allowance(&self, retired: u64) -> Allowance {
+        if self.max_instructions.is_none() && self.timeout.is_none() && self.slice.is_none() {
+            // The per-exit path of an unlimited run: no lock, no clock.
+            return Allowance::Run {
+                limits: RunLimits::default(),
+                sliced: false,
+            };
+        }
         let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
         let e = *ends.get_or_insert_with(|| Ends {
             instructions: self.max_instructions.map(|n| retired.saturating_add(n)),
@@ -115,6 +122,15 @@ impl Budget {
         let left = e.instructions.map(|end| end.saturating_sub(retired));
         if left == Some(0) {
             return Allowance::Spent(EXIT_INSTRUCTIONS);
+        }
+        if e.deadline.is_none() && self.slice.is_none() {
+            return Allowance::Run {
+                limits: RunLimits {
+                    max_instructions: left,
+                    deadline: None,
+                },
+                sliced: false,
+            };
         }
         let now = Instant::now();
         if e.deadline.is_some_and(|d| now >= d) {

@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, TryLockError};
 struct Slot {
     vcpu: Live<Box<dyn VcpuBackend>>,
     msg: ExitMessage,
+    /// How many bytes of the shared message the last publication wrote.
+    published: usize,
 }
 
 /// The native vCPU and its exit message buffer, shared with the worker thread of an
@@ -115,38 +117,57 @@ impl Core {
     }
 
     /// Locks the backend for one call; a vCPU busy in an async run is a clear EBUSY.
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut dyn VcpuBackend, &mut ExitMessage) -> hv_core::Result<T>,
-    ) -> Result<T> {
+    fn with_slot<T>(&self, f: impl FnOnce(&mut Slot) -> hv_core::Result<T>) -> Result<T> {
         let mut guard = match self.slot.try_lock() {
             Ok(g) => g,
             Err(TryLockError::WouldBlock) => return Err(to_js(HvError::Busy(self.index))),
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
         let slot = guard.as_mut().ok_or_else(|| closed("vCPU"))?;
-        f(slot.vcpu.get_mut().as_mut(), &mut slot.msg).map_err(to_js)
+        f(slot).map_err(to_js)
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn VcpuBackend, &mut ExitMessage) -> hv_core::Result<T>,
+    ) -> Result<T> {
+        self.with_slot(|slot| f(slot.vcpu.get_mut().as_mut(), &mut slot.msg))
     }
 
     /// One native run within `budget`: the exit code, with the message published.
     pub(crate) fn run(&self, budget: &Budget) -> Result<u32> {
-        self.with(|vcpu, msg| {
-            let allowance = budget.allowance(vcpu.instructions());
+        self.with_slot(|slot| {
+            let allowance = budget.allowance(slot.vcpu.get_mut().instructions());
             let limits = match &allowance {
                 Allowance::Spent(code) => return Ok(*code),
                 Allowance::Run { limits, .. } => *limits,
             };
-            let exit = vcpu.run(msg, &limits)?;
+            let exit = slot.vcpu.get_mut().run(&mut slot.msg, &limits)?;
             if let Some(code) = allowance.end_code(exit) {
                 return Ok(code);
             }
             if exit == Exit::Message {
-                // SAFETY: `shared_msg` is a live ExitMessage of MESSAGE_SIZE bytes, written
-                // only here, under the slot lock.
-                unsafe { hv_core::shared::copy_to(self.shared_msg.get().cast::<u8>(), &msg.bytes) };
+                self.publish(slot);
             }
-            Ok(exit_code(exit, msg))
+            Ok(exit_code(exit, &slot.msg))
         })
+    }
+
+    /// Copies the slot's message to the one JavaScript reads: its used bytes, and zeros
+    /// over what a longer earlier message left beyond them.
+    fn publish(&self, slot: &mut Slot) {
+        let used = slot.msg.used_len();
+        let shared = self.shared_msg.get().cast::<u8>();
+        // SAFETY: `shared_msg` is a live ExitMessage of MESSAGE_SIZE bytes, written only
+        // here, under the slot lock; `used` and `published` are at most MESSAGE_SIZE.
+        unsafe {
+            hv_core::shared::copy_to(shared, &slot.msg.bytes[..used]);
+            if slot.published > used {
+                let zeros = [0u8; hv_core::MESSAGE_SIZE];
+                hv_core::shared::copy_to(shared.add(used), &zeros[..slot.published - used]);
+            }
+        }
+        slot.published = used;
     }
 
     /// Closes the vCPU: cancels a run in flight and waits for it, then detaches every
@@ -251,6 +272,7 @@ impl Vcpu {
             slot: Mutex::new(Some(Slot {
                 vcpu: Live::new(backend, Kind::Vcpu),
                 msg: ExitMessage::default(),
+                published: 0,
             })),
             closed: AtomicBool::new(false),
             shared_msg: Box::new(UnsafeCell::new(ExitMessage::default())),
