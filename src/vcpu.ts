@@ -12,7 +12,7 @@ import { handleIo, seedIo } from './exits/pio.js'
 import type { DebugExit } from './devices/debug-exit.js'
 import { GuestPhysical, LinearMemory, type RamLookup } from './emulator/memory.js'
 import { handleMmio } from './exits/mmio.js'
-import { handleCpuid, type CpuidTable } from './exits/cpuid.js'
+import type { CpuidTable } from './exits/cpuid.js'
 import { handleMsr, type MsrHandler } from './exits/msr.js'
 import { native as binding } from './native.js'
 import { ExitTrace, type ChromeTrace } from './trace.js'
@@ -23,7 +23,6 @@ const T_HALT = messageType('halt')
 const T_UNMAPPED = messageType('unmappedGpa')
 const T_GPA = messageType('gpaIntercept')
 const T_FATAL = messageType('unrecoverableException')
-const T_CPUID = messageType('cpuid')
 const T_MSR = messageType('msr')
 const EXIT_CANCELLED = exitCode('cancelled')
 const EXIT_INSTRUCTIONS = exitCode('instructions')
@@ -164,7 +163,7 @@ export interface VcpuEnvironment {
   readonly debugExit: DebugExit
   /** Guest RAM, for the emulators' memory accesses. */
   readonly ram: RamLookup
-  /** Answers to intercepted CPUID. */
+  /** The CPUID answers registered with the hypervisor. */
   readonly cpuid: CpuidTable
   /** Handlers of intercepted MSRs. */
   readonly msrs: ReadonlyMap<number, MsrHandler>
@@ -193,6 +192,8 @@ export class Vcpu {
   /** Whether a run (of any kind) is in progress: a second one is refused. */
   private running = false
   private isClosed = false
+  /** The CPUID table version this vCPU registered last (-1: none yet). */
+  private cpuidVersion = -1
 
   /** @internal */
   constructor(
@@ -206,6 +207,13 @@ export class Vcpu {
     this.messageWords = new Uint32Array(this.msg.buffer)
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
     this.runUnlimited = native.runner()
+    this.registerCpuid()
+  }
+
+  /** Registers the VM's CPUID table with this vCPU (at creation and after each edit). */
+  private registerCpuid(): void {
+    this.native.setCpuid(this.env.cpuid.list())
+    this.cpuidVersion = this.env.cpuid.version
   }
 
   /** Index of the vCPU in its VM. */
@@ -389,6 +397,7 @@ export class Vcpu {
 
   /** Register writes reach the vCPU; the trace marks where its run begins. */
   private beforeResume(): void {
+    if (this.env.cpuid.version !== this.cpuidVersion) this.registerCpuid()
     this.regs.flush()
     if (this.tracer) this.runStart = this.tracer.now()
   }
@@ -471,9 +480,6 @@ export class Vcpu {
       case T_UNMAPPED:
       case T_GPA:
         handleMmio(msg, this.regs, this.memory())
-        return undefined
-      case T_CPUID:
-        handleCpuid(msg, this.regs, this.env.cpuid)
         return undefined
       case T_MSR:
         if (handleMsr(msg, this.regs, this.env.msrs, this.index, () => this.describe()) === 'gp') this.injectException(GP, 0)

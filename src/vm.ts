@@ -22,10 +22,15 @@ export interface VmOptions {
   /** Register sync policy for new vCPUs (default 'page'). */
   policy?: SyncPolicy
   /**
-   * Intercept CPUID and answer from this table (entries or a {@link CpuidTable}); leaves
-   * and registers it leaves out keep the hypervisor's answer. Omitted: no CPUID exits.
+   * CPUID answers (entries or a {@link CpuidTable}): the hypervisor answers the guest's
+   * CPUID from them, without an exit; leaves and registers left out keep its own answer.
    */
   cpuid?: readonly CpuidEntry[] | CpuidTable
+  /**
+   * Offer the guest the Hyper-V enlightenments (SynIC, synthetic timers, hypercalls):
+   * mshv only, default off (as Hyperlight advises); the sim refuses it with `ENOTSUP`.
+   */
+  hyperv?: boolean
   /** Handlers of MSRs by number; each is intercepted. */
   msrs?: Readonly<Record<number, MsrHandler>> | ReadonlyMap<number, MsrHandler>
   /** What MSRs nobody implements do (default `'gp'`); see {@link UnknownMsrPolicy}. */
@@ -44,7 +49,7 @@ export interface VmOptions {
   reserveMemory?: boolean
 }
 
-const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory'] as const
+const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'hyperv', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory'] as const
 const UNKNOWN_MSR = { gp: 'fault', ignore: 'ignore', error: 'exit' } as const
 
 function msrMap(msrs: VmOptions['msrs']): Map<number, MsrHandler> {
@@ -171,7 +176,7 @@ export class Vm {
     /** 'mshv' or 'sim'. */
     readonly backend: string,
     private readonly policy: SyncPolicy,
-    /** The answers to intercepted CPUID; edit it between runs. */
+    /** The CPUID answers; edits reach each vCPU at its next run. */
     readonly cpuid: CpuidTable = new CpuidTable(),
     /** The MSR handlers (the intercepted MSRs are fixed when the VM is created). */
     readonly msrs: ReadonlyMap<number, MsrHandler> = new Map(),
@@ -345,7 +350,8 @@ export function createVm(options: VmOptions = {}): Vm {
   const registerPage = checkChoice('registerPage', options.registerPage, ['on', 'off', 'invalid'] as const) ?? 'on'
   const unknown = checkChoice('unknownMsr', options.unknownMsr, ['gp', 'ignore', 'error'] as const) ?? 'gp'
   const policy = options.policy === undefined ? 'page' : checkPolicy(options.policy, 'policy')
-  const { cpuid: entries, memoryLimit, reserveMemory } = options
+  const { cpuid: entries, memoryLimit, reserveMemory, hyperv } = options
+  if (hyperv !== undefined && typeof hyperv !== 'boolean') throw new MshvError('EINVAL', `hyperv must be a boolean, got ${describe(hyperv)}`)
   if (entries !== undefined && !(entries instanceof CpuidTable) && !Array.isArray(entries)) {
     throw new MshvError('EINVAL', `cpuid must be an array of entries or a CpuidTable, got ${describe(entries)}`)
   }
@@ -360,7 +366,7 @@ export function createVm(options: VmOptions = {}): Vm {
   const hv = native.Hypervisor.open(backend)
   const vm = hv.createVm({
     registerPage,
-    interceptCpuid: entries !== undefined,
+    hyperv,
     interceptMsrs: [...msrs.keys()],
     unknownMsr: UNKNOWN_MSR[unknown],
     memoryLimit,

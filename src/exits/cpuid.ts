@@ -1,11 +1,10 @@
 /**
- * CPUID exits: answers from a configurable table, falling back to the hypervisor's own
- * answer (the message's default results), then RIP past the instruction.
+ * CPUID answers: a table of entries the hypervisor answers the guest's CPUID from,
+ * without an exit (registered per vCPU: HVCALL_REGISTER_INTERCEPT_RESULT on MSHV, as
+ * QEMU, OpenVMM and Cloud Hypervisor register theirs; the same model in the sim).
  * @module
  */
-import { message, registerIndex } from '../layout.js'
-import { MshvError, checkU32, describe, hex } from '../errors.js'
-import type { RegisterCache } from '../registers.js'
+import { MshvError, checkU32, describe } from '../errors.js'
 
 /** The four output registers of CPUID. */
 export interface CpuidResult {
@@ -29,10 +28,13 @@ const key = (leaf: number, subleaf?: number): string => (subleaf === undefined ?
 
 /**
  * What the guest's CPUID returns. Registers an entry leaves out, and leaves with no entry,
- * get the hypervisor's answer, which on the sim is a plain x86-64 CPU's.
+ * get the hypervisor's answer, which on the sim is a plain x86-64 CPU's. Edits take
+ * effect at each vCPU's next run.
  */
 export class CpuidTable {
   private readonly entries = new Map<string, CpuidEntry>()
+  /** Bumped by every edit: a vCPU registers the table again when it sees a new one. */
+  private edits = 0
 
   constructor(entries: readonly CpuidEntry[] = []) {
     for (const e of entries) this.set(e)
@@ -45,11 +47,24 @@ export class CpuidTable {
     if (entry.subleaf !== undefined) checkField('subleaf', entry.subleaf)
     for (const r of ['eax', 'ebx', 'ecx', 'edx'] as const) if (entry[r] !== undefined) checkField(r, entry[r])
     this.entries.set(key(entry.leaf, entry.subleaf), { ...entry })
+    this.edits++
   }
 
   /** Removes an entry; returns whether there was one. */
   delete(leaf: number, subleaf?: number): boolean {
-    return this.entries.delete(key(leaf, subleaf))
+    const had = this.entries.delete(key(leaf, subleaf))
+    if (had) this.edits++
+    return had
+  }
+
+  /** Changes each time the table is edited. @internal */
+  get version(): number {
+    return this.edits
+  }
+
+  /** Every entry, as registered with the hypervisor. @internal */
+  list(): CpuidEntry[] {
+    return [...this.entries.values()]
   }
 
   /** Number of entries. */
@@ -63,26 +78,4 @@ export class CpuidTable {
     if (!e) return defaults
     return { eax: e.eax ?? defaults.eax, ebx: e.ebx ?? defaults.ebx, ecx: e.ecx ?? defaults.ecx, edx: e.edx ?? defaults.edx }
   }
-}
-
-const RIP = message('rip')
-const LEN = message('instructionLengthCr8')
-const IN_RAX = message('cpuidRax')
-const IN_RCX = message('cpuidRcx')
-const DEFAULTS = ['cpuidDefaultRax', 'cpuidDefaultRbx', 'cpuidDefaultRcx', 'cpuidDefaultRdx'].map(message)
-const OUT = (['rax', 'rbx', 'rcx', 'rdx'] as const).map(registerIndex)
-const RIP_REG = registerIndex('rip')
-
-/** Completes an intercepted CPUID: EAX..EDX from `table`, RIP past the instruction. */
-export function handleCpuid(msg: DataView, regs: RegisterCache, table: CpuidTable): void {
-  const rip = msg.getBigUint64(RIP, true)
-  const len = msg.getUint8(LEN) & 0xf
-  if (len === 0) throw new MshvError('EUNHANDLED_EXIT', `CPUID exit at rip ${hex(rip)} carries no instruction length`)
-  const [a, b, c, d] = DEFAULTS.map((o) => Number(msg.getBigUint64(o, true) & 0xffff_ffffn)) as [number, number, number, number]
-  const leaf = Number(msg.getBigUint64(IN_RAX, true) & 0xffff_ffffn)
-  const subleaf = Number(msg.getBigUint64(IN_RCX, true) & 0xffff_ffffn)
-  const r = table.lookup(leaf, subleaf, { eax: a, ebx: b, ecx: c, edx: d })
-  // CPUID writes the 32-bit registers, which zero-extends them.
-  ;[r.eax, r.ebx, r.ecx, r.edx].forEach((v, i) => regs.setAt(OUT[i] as number, BigInt(v >>> 0)))
-  regs.setAt(RIP_REG, rip + BigInt(len))
 }

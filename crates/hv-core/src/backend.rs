@@ -45,8 +45,10 @@ pub enum RegisterPageMode {
 #[derive(Debug, Clone, Default)]
 pub struct VmConfig {
     pub register_page: RegisterPageMode,
-    /// Exit to the VMM on CPUID instead of answering it in the hypervisor.
-    pub intercept_cpuid: bool,
+    /// Expose the Hyper-V enlightenments (SynIC, synthetic timers, the hypercall page)
+    /// to the guest: off by default, as Hyperlight advises (mshv-ioctls' plain
+    /// `create_vm()` turns them on). The sim models none of them and refuses it.
+    pub hyperv: bool,
     /// MSRs whose RDMSR/WRMSR exit to the VMM.
     pub intercept_msrs: Vec<u32>,
     /// What an access to an MSR the hypervisor does not implement does.
@@ -186,6 +188,9 @@ pub trait VcpuBackend: Send {
     fn set_registers(&mut self, ids: &[u32], values: &[RegisterValue]) -> Result<()>;
     /// One GVA translation hypercall: (gpa, `hv_translate_gva_result_code`).
     fn translate_gva(&mut self, gva: u64, flags: u64) -> Result<(u64, u32)>;
+    /// Replaces the CPUID answers registered for this vCPU: the guest's CPUID is then
+    /// answered from them by the hypervisor, without an exit.
+    fn set_cpuid_results(&mut self, results: &[crate::CpuidResult]) -> Result<()>;
     /// The register page, when mapped: a pointer for this thread's own accesses.
     fn register_page(&self) -> Option<RegisterPagePtr>;
     /// The mapping behind [`VcpuBackend::register_page`], for holders that may outlive

@@ -1,13 +1,24 @@
 //! Exception injection: the `HV_REGISTER_PENDING_EVENT0` value a VMM writes to make the
 //! vCPU take an exception (a #GP for a refused MSR, say) when it next resumes.
 //!
-//! Encoding and decoding go through mshv-bindings' own bitfield accessors, so the sim,
-//! the real backend and TypeScript agree on the layout without retyping it.
+//! The layout is mshv-bindings' `hv_x64_pending_exception_event` (encoded and decoded
+//! through its own bitfield accessors). The event type is not: mshv-bindings names no
+//! pending-*event* types, and its `HV_X64_PENDING_EXCEPTION` (3) is a pending
+//! *interruption* type (for `HV_REGISTER_PENDING_INTERRUPTION`). As an event type, 3 is a
+//! virtualization fault, which the hypervisor rejects for this register.
 
+use crate::error::HvError;
 use crate::regs::RegisterValue;
 use mshv_bindings::{
-    hv_x64_pending_exception_event__bindgen_ty_1 as Event, HV_X64_PENDING_EXCEPTION,
+    hv_x64_pending_exception_event__bindgen_ty_1 as Event, HVCALL_SET_VP_REGISTERS,
+    HV_STATUS_INVALID_REGISTER_VALUE,
 };
+
+/// Pending event type "exception": OpenVMM's hvdef (`HvX64PendingEventType::EXCEPTION`
+/// = 0) and the Windows Hypervisor Platform (`WHvX64PendingEventException` = 0).
+pub const PENDING_EVENT_EXCEPTION: u32 = 0;
+/// Pending event type "external interrupt" (hvdef `EXT_INT`, WHV `WHvX64PendingEventExtInt` = 5).
+pub const PENDING_EVENT_EXT_INT: u32 = 5;
 
 /// An exception waiting to be delivered at the next resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,12 +28,22 @@ pub struct PendingException {
     pub error_code: Option<u32>,
 }
 
+/// The refusal a hypervisor gives a pending-event value it cannot deliver: the
+/// set-registers hypercall fails with `HV_STATUS_INVALID_REGISTER_VALUE`.
+fn invalid_value() -> HvError {
+    HvError::Hypercall {
+        op: "set registers",
+        code: HVCALL_SET_VP_REGISTERS as u16,
+        status: HV_STATUS_INVALID_REGISTER_VALUE as u16,
+    }
+}
+
 impl PendingException {
     /// The register value announcing this exception.
     pub fn encode(&self) -> RegisterValue {
         let mut e = Event::default();
         e.set_event_pending(1);
-        e.set_event_type(HV_X64_PENDING_EXCEPTION);
+        e.set_event_type(PENDING_EVENT_EXCEPTION);
         e.set_vector(self.vector as u32);
         e.set_deliver_error_code(self.error_code.is_some() as u32);
         e.error_code = self.error_code.unwrap_or(0);
@@ -30,18 +51,22 @@ impl PendingException {
         [bits | (e.error_code as u64) << 32, e.exception_parameter]
     }
 
-    /// The exception a register value announces; `None` when nothing is pending or the
-    /// event is not an exception.
-    pub fn decode(value: RegisterValue) -> Option<Self> {
+    /// The exception a register value announces: `None` when nothing is pending, an
+    /// error (as the hypervisor's) for an event this model cannot deliver: another
+    /// event type, or a vector above 31.
+    pub fn decode(value: RegisterValue) -> Result<Option<Self>, HvError> {
         let mut e = Event::default();
         e._bitfield_1.set(0, 32, value[0] & 0xffff_ffff);
-        if e.event_pending() == 0 || e.event_type() != HV_X64_PENDING_EXCEPTION {
-            return None;
+        if e.event_pending() == 0 {
+            return Ok(None);
         }
-        Some(PendingException {
+        if e.event_type() != PENDING_EVENT_EXCEPTION || e.vector() > 31 {
+            return Err(invalid_value());
+        }
+        Ok(Some(PendingException {
             vector: e.vector() as u8,
             error_code: (e.deliver_error_code() != 0).then_some((value[0] >> 32) as u32),
-        })
+        }))
     }
 }
 
@@ -50,7 +75,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_rejects_empty_events() {
+    fn round_trips_and_ignores_empty_events() {
         for e in [
             PendingException {
                 vector: 13,
@@ -65,15 +90,43 @@ mod tests {
                 error_code: Some(0xdead_beef),
             },
         ] {
-            assert_eq!(PendingException::decode(e.encode()), Some(e));
+            assert_eq!(PendingException::decode(e.encode()), Ok(Some(e)));
         }
-        assert_eq!(PendingException::decode([0, 0]), None);
+        assert_eq!(PendingException::decode([0, 0]), Ok(None));
         let gp = PendingException {
             vector: 13,
             error_code: Some(0),
         }
         .encode();
         assert_eq!(gp[0] & 1, 1, "event_pending is bit 0");
-        assert_eq!(PendingException::decode([gp[0] & !1, 0]), None);
+        assert_eq!(PendingException::decode([gp[0] & !1, 0]), Ok(None));
+    }
+
+    /// The event type sits in bits 1..3 (hvdef `HvX64PendingExceptionEvent`: pending:1,
+    /// type:3, reserved:4, deliver_error_code:1, reserved:7, vector:16); an exception is
+    /// type 0, so an injected #GP(0) is exactly `pending | vector 13 << 16 | error code flag`.
+    #[test]
+    fn an_exception_is_event_type_zero_at_the_documented_bits() {
+        let gp = PendingException {
+            vector: 13,
+            error_code: Some(0),
+        }
+        .encode();
+        assert_eq!(gp[0] & 0xffff_ffff, 1 | (1 << 8) | (13 << 16));
+        assert_eq!((gp[0] >> 1) & 7, PENDING_EVENT_EXCEPTION as u64);
+    }
+
+    #[test]
+    fn other_event_types_are_refused_as_the_hypervisor_refuses_them() {
+        for event_type in [1u64, 3, PENDING_EVENT_EXT_INT as u64] {
+            let v = [1 | event_type << 1 | 13 << 16, 0];
+            let e = PendingException::decode(v).unwrap_err();
+            assert_eq!(e.code(), "EHYPERCALL");
+            assert!(e.to_string().contains("0x50"), "{e}");
+        }
+        assert!(
+            PendingException::decode([1 | 32 << 16, 0]).is_err(),
+            "vector 32"
+        );
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod counters;
+pub mod cpuid;
 pub mod error;
 pub mod event;
 pub mod memory;
@@ -21,6 +22,7 @@ pub use backend::{
     UnknownMsr, VcpuBackend, VmBackend, VmConfig,
 };
 pub use counters::{Counters, ExitCounter};
+pub use cpuid::CpuidResult;
 pub use error::{HvError, Result};
 pub use event::PendingException;
 pub use memory::{HostRegion, RegionOptions};

@@ -156,6 +156,11 @@ impl RegisterPagePtr {
         unsafe { std::ptr::write_volatile(self.field::<u32>(offset), value) }
     }
 
+    pub fn read_u16(&self, offset: usize) -> u16 {
+        // SAFETY: as for `read_u64`.
+        unsafe { std::ptr::read_volatile(self.field::<u16>(offset)) }
+    }
+
     pub fn read_u8(&self, offset: usize) -> u8 {
         // SAFETY: as for `read_u64`.
         unsafe { std::ptr::read_volatile(self.field::<u8>(offset)) }

@@ -19,6 +19,19 @@ pub struct PioLoopEnd {
     pub message_type: u32,
 }
 
+/// RAX after an IN of `size` bytes that read all ones: a 1- or 2-byte IN merges into AL
+/// or AX, a 4-byte IN writes EAX, which zero-extends into RAX (Intel SDM vol. 1,
+/// 3.4.1.1: 32-bit operands write the whole 64-bit register).
+pub fn in_all_ones(rax: u64, size: u8) -> u64 {
+    match size {
+        4 => 0xffff_ffff,
+        _ => {
+            let mask = (1u64 << (size as u32 * 8)) - 1;
+            (rax & !mask) | mask
+        }
+    }
+}
+
 /// Runs `vcpu`, completing port exits in Rust, until an OUT to `stop_port`, any other
 /// exit, a cancel or `max_exits` exits. String I/O is refused: the baseline is IN/OUT.
 pub fn run_pio_loop(
@@ -61,12 +74,11 @@ pub fn run_pio_loop(
             });
         }
         let rip = m.header.rip + m.header.instruction_length() as u64;
-        let mask = if size >= 4 {
-            0xffff_ffff
+        let rax = if write {
+            m.rax
         } else {
-            (1u64 << (size * 8)) - 1
+            in_all_ones(m.rax, size)
         };
-        let rax = if write { m.rax } else { (m.rax & !mask) | mask };
         match vcpu.register_page().filter(|p| p.is_valid()) {
             Some(p) => {
                 p.write_u64(RIP, rip);
@@ -90,4 +102,15 @@ pub fn run_pio_loop(
         exits,
         message_type: msg.message_type(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_4_byte_in_zero_extends_and_narrower_ones_merge() {
+        let rax = 0x1122_3344_5566_7788;
+        assert_eq!(super::in_all_ones(rax, 4), 0xffff_ffff);
+        assert_eq!(super::in_all_ones(rax, 2), 0x1122_3344_5566_ffff);
+        assert_eq!(super::in_all_ones(rax, 1), 0x1122_3344_5566_77ff);
+    }
 }

@@ -48,6 +48,29 @@ pub fn map_error(op: &'static str, errno: i32) -> HvError {
     HvError::ioctl(op, errno)
 }
 
+/// Retries of one call on EINTR/EAGAIN before its error is reported.
+#[cfg(target_arch = "x86_64")]
+const RETRIES: u32 = 1000;
+
+/// Calls `f` again while it fails with EINTR (a signal, SIGCHLD say, interrupted the
+/// ioctl) or EAGAIN (the kernel deposited memory the hypervisor asked for and wants
+/// the call made again: `mshv_ioctl_passthru_hvcall` in drivers/hv/mshv_root_main.c),
+/// as Cloud Hypervisor, OpenVMM and Hyperlight do; at most [`RETRIES`] times.
+#[cfg(target_arch = "x86_64")]
+pub fn retry<T>(
+    mut f: impl FnMut() -> Result<T, mshv_ioctls::MshvError>,
+) -> Result<T, mshv_ioctls::MshvError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(e) if tries < RETRIES && matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {
+                tries += 1
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +89,34 @@ mod tests {
         let e = check_device(Path::new("/")).unwrap_err();
         assert_eq!(e.code(), "ENODEV");
         assert!(e.to_string().contains("cannot open"), "{e}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn interrupted_and_retry_later_calls_are_made_again_and_others_are_not() {
+        let mut n = 0;
+        let r: Result<u32, _> = retry(|| {
+            n += 1;
+            match n {
+                1 => Err(mshv_ioctls::MshvError::from(libc::EINTR)),
+                2 => Err(mshv_ioctls::MshvError::from(libc::EAGAIN)),
+                _ => Ok(7),
+            }
+        });
+        assert_eq!(r.unwrap(), 7);
+        let mut m = 0;
+        let e = retry::<()>(|| {
+            m += 1;
+            Err(mshv_ioctls::MshvError::from(libc::EINVAL))
+        });
+        assert_eq!((e.unwrap_err().errno(), m), (libc::EINVAL, 1));
+        let mut k = 0;
+        let e = retry::<()>(|| {
+            k += 1;
+            Err(mshv_ioctls::MshvError::from(libc::EINTR))
+        });
+        assert_eq!(e.unwrap_err().errno(), libc::EINTR, "bounded");
+        assert_eq!(k, RETRIES + 1);
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -2,9 +2,15 @@
 //! `mshv-ioctls`. Only x86-64 hosts run x86 partitions; elsewhere `open()` reports
 //! the backend as unsupported.
 
+#[cfg(target_arch = "x86_64")]
+mod cpuid;
 mod errors;
 #[cfg(target_arch = "x86_64")]
 mod kick;
+#[cfg(target_arch = "x86_64")]
+mod partition;
+#[cfg(target_arch = "x86_64")]
+mod run;
 #[cfg(target_arch = "x86_64")]
 mod vcpu;
 #[cfg(target_arch = "x86_64")]

@@ -1,9 +1,12 @@
 //! An MSHV partition.
 
-use crate::errors::map_error;
+use crate::errors::{map_error, retry};
+use crate::partition;
 use crate::vcpu::MshvVcpu;
 use hv_core::backend::check_mapping;
-use hv_core::{HvError, MemoryMapping, Result, UnknownMsr, VcpuBackend, VmBackend, VmConfig};
+use hv_core::{
+    HvError, MemoryMapping, RegisterPageMode, Result, UnknownMsr, VcpuBackend, VmBackend, VmConfig,
+};
 use mshv_bindings::*;
 use mshv_ioctls::{Mshv, VmFd};
 use std::sync::Arc;
@@ -35,6 +38,18 @@ pub fn user_region(m: &MemoryMapping, unmap: bool) -> mshv_user_mem_region {
     }
 }
 
+/// The intercept of RDMSR and WRMSR of `msr` (`HV_INTERCEPT_TYPE_X64_MSR_INDEX`, the
+/// MSR number as the parameter; Cloud Hypervisor installs its MSR intercepts so).
+pub fn msr_intercept(msr: u32) -> mshv_install_intercept {
+    mshv_install_intercept {
+        access_type_mask: HV_INTERCEPT_ACCESS_MASK_READ | HV_INTERCEPT_ACCESS_MASK_WRITE,
+        intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_MSR_INDEX,
+        intercept_parameter: hv_intercept_parameters {
+            as_uint64: msr as u64,
+        },
+    }
+}
+
 /// Rejects settings MSHV cannot honour, before any partition exists.
 pub fn check_config(config: &VmConfig) -> Result<()> {
     if config.unknown_msr == UnknownMsr::Exit {
@@ -44,42 +59,33 @@ pub fn check_config(config: &VmConfig) -> Result<()> {
                 .into(),
         ));
     }
+    if config.register_page == RegisterPageMode::Invalid {
+        return Err(HvError::Unsupported(
+            "registerPage 'invalid' is sim-only: MSHV marks the page valid at every intercept; \
+             use 'off' to run without it"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
 impl MshvVm {
     pub fn create(mshv: &Mshv, config: &VmConfig) -> Result<Self> {
         check_config(config)?;
-        let fd = mshv
-            .create_vm()
-            .map_err(|e| map_error("create partition", e))?;
-        fd.initialize()
-            .map_err(|e| map_error("initialize partition", e))?;
+        let fd = partition::create(mshv, config.hyperv)?;
         if config.unknown_msr == UnknownMsr::Ignore {
-            fd.set_partition_property(
-                hv_partition_property_code_HV_PARTITION_PROPERTY_UNIMPLEMENTED_MSR_ACTION,
-                hv_unimplemented_msr_action_HV_UNIMPLEMENTED_MSR_ACTION_IGNORE_WRITE_READ_ZERO
-                    as u64,
-            )
+            retry(|| {
+                fd.set_partition_property(
+                    hv_partition_property_code_HV_PARTITION_PROPERTY_UNIMPLEMENTED_MSR_ACTION,
+                    hv_unimplemented_msr_action_HV_UNIMPLEMENTED_MSR_ACTION_IGNORE_WRITE_READ_ZERO
+                        as u64,
+                )
+            })
             .map_err(|e| map_error("set the unimplemented-MSR action", e))?;
         }
-        if config.intercept_cpuid {
-            fd.install_intercept(mshv_install_intercept {
-                access_type_mask: HV_INTERCEPT_ACCESS_MASK_EXECUTE,
-                intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_CPUID,
-                intercept_parameter: hv_intercept_parameters::default(),
-            })
-            .map_err(|e| map_error("install CPUID intercept", e))?;
-        }
         for msr in &config.intercept_msrs {
-            let mut p = hv_intercept_parameters::default();
-            p.as_uint64 = *msr as u64;
-            fd.install_intercept(mshv_install_intercept {
-                access_type_mask: HV_INTERCEPT_ACCESS_MASK_READ | HV_INTERCEPT_ACCESS_MASK_WRITE,
-                intercept_type: hv_intercept_type_HV_INTERCEPT_TYPE_X64_MSR_INDEX,
-                intercept_parameter: p,
-            })
-            .map_err(|e| map_error("install MSR intercept", e))?;
+            retry(|| fd.install_intercept(msr_intercept(*msr)))
+                .map_err(|e| map_error("install MSR intercept", e))?;
         }
         Ok(MshvVm {
             fd: Arc::new(fd),
@@ -92,8 +98,10 @@ impl MshvVm {
 impl VmBackend for MshvVm {
     fn map_memory(&mut self, mapping: MemoryMapping) -> Result<()> {
         check_mapping(&mapping, &self.mappings)?;
-        self.fd
-            .map_user_memory(user_region(&mapping, false))
+        // The kernel pins every page of the region now (pin_user_pages_fast with
+        // FOLL_LONGTERM in mshv_region_populate_pages, drivers/hv/mshv_root_main.c): the
+        // whole region is committed here, whatever the guest later touches.
+        retry(|| self.fd.map_user_memory(user_region(&mapping, false)))
             .map_err(|e| map_error("map guest memory", e))?;
         self.mappings.push(mapping);
         Ok(())
@@ -105,9 +113,11 @@ impl VmBackend for MshvVm {
             .iter()
             .position(|m| m.gpa == gpa)
             .ok_or(HvError::NotMapped(gpa))?;
-        self.fd
-            .unmap_user_memory(user_region(&self.mappings[i], true))
-            .map_err(|e| map_error("unmap guest memory", e))?;
+        retry(|| {
+            self.fd
+                .unmap_user_memory(user_region(&self.mappings[i], true))
+        })
+        .map_err(|e| map_error("unmap guest memory", e))?;
         Ok(self.mappings.remove(i))
     }
 
@@ -128,10 +138,7 @@ impl VmBackend for MshvVm {
 
     fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>> {
         // mshv-ioctls maps the register page right after MSHV_CREATE_VP returns the fd.
-        let fd = self
-            .fd
-            .create_vcpu(index)
-            .map_err(|e| map_error("create vCPU", e))?;
+        let fd = retry(|| self.fd.create_vcpu(index)).map_err(|e| map_error("create vCPU", e))?;
         Ok(Box::new(MshvVcpu::new(
             index as u32,
             fd,

@@ -19,6 +19,8 @@ pub struct Ctx<'a> {
     /// String iterations done since the run loop last looked: they count as work
     /// between its cancel and deadline checks.
     pub iterations: u64,
+    /// The CPUID answers the VMM registered for this vCPU.
+    pub cpuid: &'a [hv_core::CpuidResult],
 }
 
 const AL: u32 = Register::AL as u32;

@@ -141,22 +141,6 @@ pub fn build(
             msg.write(HVMSG_X64_HALT, &m);
             HVMSG_X64_HALT
         }
-        Stop::Cpuid => {
-            let d = crate::cpuid::default_result(cpu.gpr[0] as u32, cpu.gpr[1] as u32);
-            let m = hv_x64_cpuid_intercept_message {
-                header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
-                rax: cpu.gpr[0],
-                rcx: cpu.gpr[1],
-                rdx: cpu.gpr[2],
-                rbx: cpu.gpr[3],
-                default_result_rax: d[0] as u64,
-                default_result_rbx: d[1] as u64,
-                default_result_rcx: d[2] as u64,
-                default_result_rdx: d[3] as u64,
-            };
-            msg.write(HVMSG_X64_CPUID_INTERCEPT, &m);
-            HVMSG_X64_CPUID_INTERCEPT
-        }
         Stop::Msr { msr, write } => {
             let m = hv_x64_msr_intercept_message {
                 header: header(

@@ -4,7 +4,8 @@
 //!
 //! The interpreter decodes with `iced-x86` and executes real, protected and long mode
 //! code with paging. It stops where MSHV intercepts: port I/O, accesses outside guest
-//! RAM or to intercepted ranges, HLT, and CPUID/MSRs when asked.
+//! RAM or to intercepted ranges, HLT, and MSRs when asked; CPUID is answered from the
+//! results the VMM registered, as MSHV answers it.
 
 mod access;
 pub mod alu;
@@ -33,7 +34,6 @@ use hv_core::{BackendKind, HvBackend, RegisterPageMode, Result, UnknownMsr, VmBa
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
     pub register_page: RegisterPageMode,
-    pub intercept_cpuid: bool,
     pub intercept_msrs: Vec<u32>,
     pub unknown_msr: UnknownMsr,
 }
@@ -48,9 +48,14 @@ impl HvBackend for SimHypervisor {
     }
 
     fn create_vm(&self, config: &VmConfig) -> Result<Box<dyn VmBackend>> {
+        if config.hyperv {
+            return Err(hv_core::HvError::Unsupported(
+                "the sim models no Hyper-V enlightenments (hyperv: true needs the mshv backend)"
+                    .into(),
+            ));
+        }
         Ok(Box::new(SimVm::new(SimConfig {
             register_page: config.register_page,
-            intercept_cpuid: config.intercept_cpuid,
             intercept_msrs: config.intercept_msrs.clone(),
             unknown_msr: config.unknown_msr,
         })))

@@ -126,7 +126,11 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
         hv_register_name_HV_X64_REGISTER_CR8 => cpu.cr8 = x & 0xf,
         hv_register_name_HV_X64_REGISTER_APIC_BASE => cpu.apic_base = x,
         hv_register_name_HV_X64_REGISTER_TSC => cpu.tsc = x,
-        hv_register_name_HV_REGISTER_PENDING_EVENT0 => cpu.pending_event = v,
+        hv_register_name_HV_REGISTER_PENDING_EVENT0 => {
+            // The hypervisor refuses an event it cannot deliver in the set call itself.
+            hv_core::PendingException::decode(v)?;
+            cpu.pending_event = v;
+        }
         _ if (DR0..DR0 + 4).contains(&id) => cpu.dr[(id - DR0) as usize] = x,
         hv_register_name_HV_X64_REGISTER_DR6 => cpu.dr[6] = x,
         hv_register_name_HV_X64_REGISTER_DR7 => cpu.dr[7] = x,

@@ -23,8 +23,6 @@ pub enum Stop {
     },
     /// HLT (RIP already past it).
     Halt,
-    /// CPUID under intercept.
-    Cpuid,
     /// RDMSR/WRMSR under intercept.
     Msr { msr: u32, write: bool },
     /// A guest page fault.

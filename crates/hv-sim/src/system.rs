@@ -280,11 +280,13 @@ impl Ctx<'_> {
             }
             M::Invlpg => self.tlb.flush(),
             M::Cpuid => {
-                if self.config.intercept_cpuid {
-                    return Err(Stop::Cpuid);
-                }
-                let r =
-                    crate::cpuid::default_result(self.cpu.gpr[0] as u32, self.cpu.gpr[1] as u32);
+                let (leaf, subleaf) = (self.cpu.gpr[0] as u32, self.cpu.gpr[1] as u32);
+                let r = hv_core::cpuid::apply(
+                    self.cpuid,
+                    leaf,
+                    subleaf,
+                    crate::cpuid::default_result(leaf, subleaf),
+                );
                 self.cpu.gpr[0] = r[0] as u64;
                 self.cpu.gpr[3] = r[1] as u64;
                 self.cpu.gpr[1] = r[2] as u64;

@@ -36,6 +36,8 @@ pub struct SimVcpu {
     counters: Counters,
     canceller: Canceller,
     flush_pending: bool,
+    /// CPUID answers the VMM registered (HVCALL_REGISTER_INTERCEPT_RESULT's model).
+    cpuid: Vec<hv_core::CpuidResult>,
     /// Guest instructions retired, over the vCPU's life.
     pub instructions: u64,
 }
@@ -71,6 +73,7 @@ impl SimVcpu {
             counters: Counters::default(),
             canceller: Canceller::default(),
             flush_pending: true,
+            cpuid: Vec::new(),
             instructions: 0,
         })
     }
@@ -221,6 +224,11 @@ impl VcpuBackend for SimVcpu {
         }
     }
 
+    fn set_cpuid_results(&mut self, results: &[hv_core::CpuidResult]) -> Result<()> {
+        self.cpuid = results.to_vec();
+        Ok(())
+    }
+
     fn register_page(&self) -> Option<RegisterPagePtr> {
         self.page.as_ref().map(|(_, p)| *p)
     }
@@ -276,11 +284,13 @@ impl SimVcpu {
             tlb: &mut self.tlb,
             config: &self.config,
             iterations: 0,
+            cpuid: &self.cpuid,
         };
         let mut executed = 0u64;
         // An injected exception is taken before the first instruction, as on resume
         // from an intercept; failing to deliver it shuts the processor down.
-        if let Some(e) =
+        // Only valid events are ever stored (set_registers checks them).
+        if let Ok(Some(e)) =
             hv_core::PendingException::decode(std::mem::take(&mut ctx.cpu.pending_event))
         {
             if let Delivery::TripleFault = ctx.raise(e.vector, e.error_code) {
@@ -336,7 +346,6 @@ impl SimVcpu {
                 // the VMM completes it (and advances RIP): each counts as an instruction.
                 Stop::Halt
                 | Stop::Io { .. }
-                | Stop::Cpuid
                 | Stop::Msr { .. }
                 | Stop::Mmio {
                     access: Access::Read | Access::Write,

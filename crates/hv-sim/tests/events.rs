@@ -141,3 +141,20 @@ fn an_unknown_msr_set_to_exit_reaches_the_vmm_for_reads_and_writes() {
     );
     assert_eq!(({ w.rax }, { w.rdx }), (5, 6), "the write carries EDX:EAX");
 }
+
+/// OpenVMM's hvdef: a pending event of type 3 is a virtualization fault, not an
+/// exception (that is type 0); the hypervisor answers a value it cannot deliver with
+/// `HV_STATUS_INVALID_REGISTER_VALUE` (0x50). Our earlier encoding used 3, the
+/// pending-*interruption* exception type, and the sim accepted it.
+#[test]
+fn a_pending_event_of_type_3_is_refused_as_the_hypervisor_refuses_it() {
+    let code = assemble(16, CODE, |a| a.hlt().unwrap());
+    let mut g = guest_with_gp_handler(VmConfig::default(), &code);
+    let type3 = [1 | 3 << 1 | 13 << 16, 0];
+    let e = g.vcpu.set_registers(&[PENDING], &[type3]).unwrap_err();
+    assert_eq!(e.code(), "EHYPERCALL");
+    assert!(e.to_string().contains("0x50"), "{e}");
+    let mut out = [[1u64; 2]];
+    g.vcpu.get_registers(&[PENDING], &mut out).unwrap();
+    assert_eq!(out[0], [0, 0], "nothing was left pending");
+}

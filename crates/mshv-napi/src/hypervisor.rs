@@ -13,8 +13,8 @@ use std::sync::Arc;
 pub struct VmOptions {
     /// 'on' (default) | 'off' | 'invalid' (sim only: mapped but never valid).
     pub register_page: Option<String>,
-    /// Exit to the VMM on CPUID.
-    pub intercept_cpuid: Option<bool>,
+    /// Offer the guest the Hyper-V enlightenments (mshv only; default off).
+    pub hyperv: Option<bool>,
     /// MSRs whose accesses exit to the VMM.
     pub intercept_msrs: Option<Vec<u32>>,
     /// MSRs the hypervisor does not implement: 'fault' (default, #GP), 'ignore' (read 0,
@@ -74,7 +74,7 @@ impl Hypervisor {
     fn create(&self, options: Option<VmOptions>) -> Result<Vm> {
         let o = options.unwrap_or(VmOptions {
             register_page: None,
-            intercept_cpuid: None,
+            hyperv: None,
             intercept_msrs: None,
             unknown_msr: None,
             memory_limit: None,
@@ -104,7 +104,7 @@ impl Hypervisor {
         )?;
         let config = VmConfig {
             register_page,
-            intercept_cpuid: o.intercept_cpuid.unwrap_or(false),
+            hyperv: o.hyperv.unwrap_or(false),
             intercept_msrs: o.intercept_msrs.unwrap_or_default(),
             unknown_msr,
         };

@@ -68,6 +68,18 @@ pub struct NativeStats {
     pub instructions: f64,
 }
 
+/// One CPUID answer for `Vcpu.setCpuid`: registers left out keep the hypervisor's value.
+#[napi(object)]
+pub struct CpuidAnswer {
+    pub leaf: u32,
+    /// Omitted: every subleaf.
+    pub subleaf: Option<u32>,
+    pub eax: Option<u32>,
+    pub ebx: Option<u32>,
+    pub ecx: Option<u32>,
+    pub edx: Option<u32>,
+}
+
 /// Result of a GVA translation.
 #[napi(object)]
 pub struct Translation {
@@ -415,6 +427,24 @@ impl Vcpu {
                 gpa: BigInt::from(gpa),
                 result,
             })
+        })
+    }
+
+    /// Registers the CPUID answers of this vCPU (replacing earlier ones): the guest's
+    /// CPUID is then answered by the hypervisor from them, without an exit.
+    #[napi]
+    pub fn set_cpuid(&self, answers: Vec<CpuidAnswer>) -> Result<()> {
+        guard("Vcpu.setCpuid", || {
+            self.check_open()?;
+            let results: Vec<hv_core::CpuidResult> = answers
+                .iter()
+                .map(|a| hv_core::CpuidResult {
+                    leaf: a.leaf,
+                    subleaf: a.subleaf,
+                    registers: [a.eax, a.ebx, a.ecx, a.edx],
+                })
+                .collect();
+            self.core.with(|b, _| b.set_cpuid_results(&results))
         })
     }
 
