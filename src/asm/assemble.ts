@@ -4,7 +4,7 @@
  * @module
  */
 import { inspect } from 'node:util'
-import { iced, lazy } from '../iced.js'
+import { iced } from '../iced.js'
 import { MshvError, describe as describeValue } from '../errors.js'
 import { encodeInstruction, evaluateOperand, memorySizesOf, mnemonicNamed, type Operand } from './forms.js'
 import { asmError, parse, type Expr, type Statement } from './syntax.js'

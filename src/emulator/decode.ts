@@ -85,19 +85,37 @@ export function isStringOperand(k: OpKind): 'source' | 'dest' | undefined {
 
 /**
  * Decodes the first instruction of `bytes` for a CPU in `bitness`-bit mode at `rip`.
- * An undecodable instruction is a clear error naming the bytes and RIP.
+ *
+ * An exit's bytes may stop short of the instruction's end (the message carries none, or
+ * the instruction crosses a page boundary): then `refetch` is asked for the bytes at
+ * RIP from guest memory and those are decoded, as Cloud Hypervisor's emulator does on
+ * iced's `NoMoreBytes` (`hypervisor/src/arch/x86/emulator/mod.rs`, `fetch` in
+ * `hypervisor/src/mshv/x86_64/emulator.rs`). An undecodable instruction is a clear
+ * error naming the bytes and RIP.
  */
-export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint): Decoded {
-  const { Decoder, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, OpKind, Register } = iced()
+export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint, refetch?: () => Uint8Array): Decoded {
+  const { Decoder, DecoderError, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, OpKind, Register } = iced()
   const key = decodeCacheKey(bytes, bitness)
   const hit = cache.get(key)
   if (hit && sameBytes(hit, bytes, bitness)) return hit.decoded
   const decoder = new Decoder(bitness, bytes, DecoderOptions.None)
   decoder.ip = rip
   const ins = decoder.decode()
+  const truncated = ins.isInvalid && decoder.lastError === DecoderError.NoMoreBytes
   try {
+    if (truncated && refetch) {
+      const fetched = refetch()
+      if (fetched.length <= bytes.length) {
+        throw new MshvError(
+          'EUNSUPPORTED_INSTRUCTION',
+          `the instruction at rip ${hex(rip)} is cut short: bytes ${Buffer.from(fetched).toString('hex') || '(none)'} and the rest is not readable guest RAM`,
+        )
+      }
+      return decode(fetched, bitness, rip)
+    }
     if (ins.isInvalid) {
-      throw new MshvError('EUNSUPPORTED_INSTRUCTION', `cannot decode the instruction at rip ${hex(rip)}: bytes ${Buffer.from(bytes).toString('hex')}`)
+      const what = truncated ? 'is cut short' : 'cannot be decoded'
+      throw new MshvError('EUNSUPPORTED_INSTRUCTION', `the instruction at rip ${hex(rip)} ${what}: bytes ${Buffer.from(bytes).toString('hex') || '(none)'}`)
     }
     formatter ??= new Formatter(FormatterSyntax.Intel)
     const opKinds: OpKind[] = []

@@ -21,6 +21,11 @@ export interface PhysicalMemory {
   read(gpa: bigint, size: number): bigint
   /** Writes the low `size` bytes (1..8) of `value` at `gpa`. */
   write(gpa: bigint, size: number, value: bigint): void
+  /**
+   * The RAM or ROM byte at `gpa`, or undefined where there is none: instruction bytes
+   * are fetched with it, and a device must not see reads the guest never made.
+   */
+  ramByte(gpa: bigint): number | undefined
 }
 
 /** Receives a guest write to ROM: the offset from the ROM's start, the size (1..8) and the value. */
@@ -74,6 +79,11 @@ export class GuestPhysical implements PhysicalMemory {
       return
     }
     for (let i = 0; i < size; i++) r.bytes[r.offset + i] = Number((value >> BigInt(8 * i)) & 0xffn)
+  }
+
+  ramByte(gpa: bigint): number | undefined {
+    const r = this.ram.findRam(gpa, 1)
+    return r ? r.bytes[r.offset] : undefined
   }
 
   /** An access straddling RAM and device memory: each byte where it lives. */
@@ -137,6 +147,27 @@ export class LinearMemory {
     let v = 0n
     for (let i = 0; i < size; i++) v |= this.phys.read(this.translate(linear + BigInt(i), false), 1) << BigInt(8 * i)
     return v
+  }
+
+  /**
+   * Up to `max` instruction bytes from `linear` (wrapping within `addressMask`), stopping
+   * before the first byte that does not translate or is not RAM.
+   */
+  fetch(linear: bigint, max: number, addressMask: bigint): Uint8Array {
+    const out = new Uint8Array(max)
+    for (let i = 0; i < max; i++) {
+      let gpa: bigint
+      try {
+        gpa = this.translate((linear + BigInt(i)) & addressMask, false)
+      } catch (e) {
+        if (e instanceof MshvError && e.code === 'EGUEST_FAULT') return out.subarray(0, i)
+        throw e
+      }
+      const b = this.phys.ramByte(gpa)
+      if (b === undefined) return out.subarray(0, i)
+      out[i] = b
+    }
+    return out
   }
 
   /** Writes `size` bytes at `linear`, splitting at page boundaries. */

@@ -6,7 +6,7 @@
 import { message, registerIndex } from '../layout.js'
 import { MshvError, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
-import { decode } from '../emulator/decode.js'
+import { decode, type Decoded } from '../emulator/decode.js'
 import { emulateMmio } from '../emulator/mmio.js'
 import type { LinearMemory } from '../emulator/memory.js'
 
@@ -39,15 +39,38 @@ export function bitness(msg: DataView): 16 | 32 | 64 {
   return (attributes & CS_DB) !== 0 ? 32 : 16
 }
 
-/** The instruction bytes: the message's, or guest memory's when it carries none. */
-function instructionBytes(msg: DataView, rip: bigint, memory: LinearMemory, regs: RegisterCache): Uint8Array {
-  const count = msg.getUint8(COUNT)
-  // A view: the decoder copies what it keeps, and the message is not rewritten before it runs.
-  if (count > 0) return new Uint8Array(msg.buffer, msg.byteOffset + BYTES, count)
-  const cs = regs.getRaw('cs')[0]
-  const out = new Uint8Array(15)
-  for (let i = 0; i < out.length; i++) out[i] = Number(memory.read(cs + rip + BigInt(i), 1))
-  return out
+/** The most bytes an x86 instruction has (SDM vol 2 2.3.11). */
+const MAX_INSTRUCTION = 15
+
+/**
+ * The code bytes at the intercepted RIP, read from guest RAM through CS: for an exit
+ * whose message carries fewer bytes than the instruction has. In 64-bit mode CS's base
+ * is 0; elsewhere the linear address wraps at 4 GiB (SDM vol 3 3.4.4, 5.3).
+ */
+export function codeFetcher(msg: DataView, mode: 16 | 32 | 64, rip: bigint, memory: () => LinearMemory): () => Uint8Array {
+  return () => {
+    if (mode === 64) return memory().fetch(rip, MAX_INSTRUCTION, 0xffff_ffff_ffff_ffffn)
+    const base = msg.getBigUint64(CS, true)
+    return memory().fetch(base + (rip & 0xffff_ffffn), MAX_INSTRUCTION, 0xffff_ffffn)
+  }
+}
+
+/**
+ * The instruction bytes the message carries (a view: the decoder copies what it keeps,
+ * and the message is not rewritten before it runs).
+ */
+function messageBytes(msg: DataView, countAt: number, bytesAt: number): Uint8Array {
+  return new Uint8Array(msg.buffer, msg.byteOffset + bytesAt, Math.min(msg.getUint8(countAt), 16))
+}
+
+/**
+ * Decodes the intercepted instruction from the message's bytes, re-fetching them from
+ * guest memory when they stop short of its end.
+ */
+export function decodeIntercepted(msg: DataView, countAt: number, bytesAt: number, memory: () => LinearMemory): Decoded {
+  const mode = bitness(msg)
+  const rip = msg.getBigUint64(RIP, true)
+  return decode(messageBytes(msg, countAt, bytesAt), mode, rip, codeFetcher(msg, mode, rip, memory))
 }
 
 /** Handles a memory intercept: emulates the access and advances RIP. */
@@ -61,7 +84,7 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
     throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
   }
   const mode = bitness(msg)
-  const ins = decode(instructionBytes(msg, rip, memory, regs), mode, rip)
+  const ins = decodeIntercepted(msg, COUNT, BYTES, () => memory)
   // The hypervisor walked the guest's page tables for this access: a string
   // instruction's device side then needs no translation hypercall (Cloud Hypervisor's
   // MshvEmulatorContext does the same). Other instructions use the GPA directly.

@@ -6,13 +6,12 @@
 import type { AccessContext, IoBus } from '../bus.js'
 import { message, registerIndex } from '../layout.js'
 import type { RegisterCache } from '../registers.js'
-import { decode } from '../emulator/decode.js'
 import { GPR } from '../emulator/operands.js'
 import { mask } from '../emulator/alu.js'
 import { advanceIndex, segmentBase, setAddressSized, stringStep } from '../emulator/string.js'
 import type { LinearMemory } from '../emulator/memory.js'
 import { MshvError, hex } from '../errors.js'
-import { bitness } from './mmio.js'
+import { bitness, decodeIntercepted } from './mmio.js'
 
 const PORT = message('ioPortNumber')
 const ACCESS_INFO = message('ioAccessInfo')
@@ -102,7 +101,6 @@ interface StringIoAccess {
  */
 function stringIo(msg: DataView, m: StringIoMachine, a: StringIoAccess): boolean {
   const { regs } = m
-  const rip = msg.getBigUint64(RIP, true)
   regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
   regs.seed(RCX, msg.getBigUint64(RCX_MSG, true))
   regs.seed(RSI, msg.getBigUint64(RSI_MSG, true))
@@ -111,8 +109,7 @@ function stringIo(msg: DataView, m: StringIoMachine, a: StringIoAccess): boolean
   regs.seed(DS, msg.getBigUint64(DS_MSG, true), msg.getBigUint64(DS_MSG + 8, true))
   regs.seed(ES, msg.getBigUint64(ES_MSG, true), msg.getBigUint64(ES_MSG + 8, true))
   const mode = bitness(msg)
-  const count = msg.getUint8(BYTE_COUNT)
-  const ins = decode(new Uint8Array(msg.buffer, msg.byteOffset + BYTES, count), mode, rip)
+  const ins = decodeIntercepted(msg, BYTE_COUNT, BYTES, () => m.memory)
   const am = mask(ins.addressSize)
   const pending = a.rep ? regs.getAt(RCX) & am : 1n
   const n = pending < BigInt(STRING_IO_BATCH) ? Number(pending) : STRING_IO_BATCH
