@@ -39,7 +39,9 @@ pub fn user_region(m: &MemoryMapping, unmap: bool) -> mshv_user_mem_region {
 }
 
 /// The intercept of RDMSR and WRMSR of `msr` (`HV_INTERCEPT_TYPE_X64_MSR_INDEX`, the
-/// MSR number as the parameter; Cloud Hypervisor installs its MSR intercepts so).
+/// MSR number as the parameter): as Hyperlight's mshv driver
+/// (`src/hyperlight_host/src/hypervisor/hyperv_linux.rs`, IA32_APIC_BASE writes) and
+/// OpenVMM's mshv backend (`msr_index_intercept`) install theirs.
 pub fn msr_intercept(msr: u32) -> mshv_install_intercept {
     mshv_install_intercept {
         access_type_mask: HV_INTERCEPT_ACCESS_MASK_READ | HV_INTERCEPT_ACCESS_MASK_WRITE,
