@@ -145,6 +145,23 @@ test('injectException delivers through the guest IVT and validates its arguments
   vm.close()
 })
 
+test('injectException pushes an error code only where the processor does (SDM vol 3 6.13, 20.1.4)', (t) => {
+  const { vm, vcpu } = guest([0x90, 0xf4])
+  const event = () => vcpu.regs.getRaw('pendingEvent0')[0]
+  vcpu.injectException(13, 5)
+  t.is(event() & 0x100n, 0n, 'real mode: no error code, or VM entry would fail')
+  vcpu.regs.set('cr0', 0x11n)
+  vcpu.injectException(13, 5)
+  t.is(event() & 0x100n, 0x100n, 'protected mode: #GP delivers one')
+  t.is(event() >> 32n, 5n)
+  vcpu.injectException(13)
+  t.is(event() & 0x1_0000_0100n, 0x100n, 'an error code of 0 when none is given')
+  vcpu.injectException(6)
+  t.is(event() & 0x100n, 0n, '#UD has none')
+  t.throws(() => vcpu.injectException(6, 1), { code: 'EINVAL', message: /exception 6 has no error code/ })
+  vm.close()
+})
+
 test('a triple fault is an error carrying the registers', (t) => {
   const { vm, vcpu } = guest([0x0f, 0x0b]) // ud2 with no usable IVT
   vcpu.regs.setRaw('idtr', 0n, 0n)

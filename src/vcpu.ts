@@ -53,7 +53,7 @@ export type StepResult = RunResult | { reason: 'stepped' }
 export interface RunOptions {
   /** Stop after this many guest instructions in all (sim; mshv refuses it with `ENOTSUP`). */
   maxInstructions?: number
-  /** Stop this many milliseconds after the run starts (sim; mshv refuses it with `ENOTSUP`: use `cancel()` from a timer). */
+  /** Stop this many milliseconds after the run starts (both backends: on mshv a per-thread timer interrupts the run ioctl). */
   timeoutMs?: number
   /**
    * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }`; `'wait'`
@@ -383,15 +383,20 @@ export class Vcpu {
   }
 
   /**
-   * Makes the vCPU take exception `vector` (0..31) when it next resumes, pushing
-   * `errorCode` when given: written to the `pendingEvent0` register (a hypercall).
+   * Makes the vCPU take exception `vector` (0..31) when it next resumes, as the
+   * processor takes it in the current mode: in protected and long mode the vectors
+   * that push an error code (#DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP) push `errorCode`
+   * (default 0); real mode pushes none, so there it is dropped (SDM vol 3 6.13, 20.1.4).
+   * An error code for a vector that never has one is `EINVAL`. Written to the
+   * `pendingEvent0` register (a hypercall).
    */
   injectException(vector: number, errorCode?: number): void {
     if (!Number.isInteger(vector) || vector < 0 || vector > 31) {
       throw new MshvError('EINVAL', `exception vector must be an integer in 0..31, got ${describe(vector)}`)
     }
     if (errorCode !== undefined) checkU32('exception error code', errorCode)
-    const [lo, hi] = binding.pendingException(vector, errorCode) as [bigint, bigint]
+    const protectedMode = (this.regs.get('cr0') & 1n) !== 0n
+    const [lo, hi] = binding.pendingException(vector, errorCode, protectedMode) as [bigint, bigint]
     this.regs.setRaw('pendingEvent0', lo, hi)
   }
 
@@ -482,7 +487,7 @@ export class Vcpu {
         handleMmio(msg, this.regs, this.memory())
         return undefined
       case T_MSR:
-        if (handleMsr(msg, this.regs, this.env.msrs, this.index, () => this.describe()) === 'gp') this.injectException(GP, 0)
+        if (handleMsr(msg, this.regs, this.env.msrs, this.index, () => this.describe()) === 'gp') this.injectException(GP)
         return undefined
       case T_FATAL:
         throw new MshvError('EGUEST_FATAL', `the guest hit an unrecoverable exception (triple fault): ${this.describe()}`)

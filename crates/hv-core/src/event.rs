@@ -38,7 +38,44 @@ fn invalid_value() -> HvError {
     }
 }
 
+/// Whether the processor pushes an error code for exception `vector` in protected or
+/// long mode: #DF, #TS, #NP, #SS, #GP, #PF, #AC and #CP (SDM vol 3 6.3.1 and Table 6-1).
+/// Real mode pushes none (SDM vol 3 20.1.4).
+pub fn pushes_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21)
+}
+
 impl PendingException {
+    /// The exception `vector` as the processor would take it in the current mode:
+    /// with `error_code` (0 when not given) where it pushes one, without it elsewhere.
+    /// Asking for an error code a vector never has is an error naming both. A VMM
+    /// must get this right: VM entry fails when the delivered-error-code flag
+    /// disagrees with the mode and the vector (SDM vol 3C, "Checks on VM-Entry Control
+    /// Fields").
+    pub fn for_mode(
+        vector: u8,
+        error_code: Option<u32>,
+        protected_mode: bool,
+    ) -> Result<Self, HvError> {
+        if vector > 31 {
+            return Err(HvError::InvalidArgument(format!(
+                "exception vector must be 0..31, got {vector}"
+            )));
+        }
+        if !pushes_error_code(vector) {
+            if let Some(code) = error_code {
+                return Err(HvError::InvalidArgument(format!(
+                    "exception {vector} has no error code, got error code {code:#x} (SDM vol 3 Table 6-1)"
+                )));
+            }
+        }
+        Ok(PendingException {
+            vector,
+            error_code: (protected_mode && pushes_error_code(vector))
+                .then(|| error_code.unwrap_or(0)),
+        })
+    }
+
     /// The register value announcing this exception.
     pub fn encode(&self) -> RegisterValue {
         let mut e = Event::default();
@@ -114,6 +151,27 @@ mod tests {
         .encode();
         assert_eq!(gp[0] & 0xffff_ffff, 1 | (1 << 8) | (13 << 16));
         assert_eq!((gp[0] >> 1) & 7, PENDING_EVENT_EXCEPTION as u64);
+    }
+
+    #[test]
+    fn the_error_code_follows_the_mode_and_the_vector() {
+        let gp = |code, pe| PendingException::for_mode(13, code, pe).unwrap().error_code;
+        assert_eq!(gp(Some(8), true), Some(8));
+        assert_eq!(
+            gp(None, true),
+            Some(0),
+            "#GP always pushes one in protected mode"
+        );
+        assert_eq!(gp(Some(8), false), None, "real mode pushes none");
+        let ud = PendingException::for_mode(6, None, true).unwrap();
+        assert_eq!(ud.error_code, None);
+        let e = PendingException::for_mode(6, Some(1), true).unwrap_err();
+        assert!(
+            e.to_string().contains("exception 6 has no error code"),
+            "{e}"
+        );
+        let e = PendingException::for_mode(32, None, true).unwrap_err();
+        assert!(e.to_string().contains("got 32"), "{e}");
     }
 
     #[test]

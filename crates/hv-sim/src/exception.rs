@@ -16,10 +16,7 @@ pub enum Delivery {
     TripleFault,
 }
 
-/// Whether an exception of `vector` pushes an error code.
-fn has_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10..=14 | 17 | 21)
-}
+use hv_core::event::pushes_error_code as has_error_code;
 
 impl Ctx<'_> {
     /// Raises `vector` with RIP at the faulting instruction.
