@@ -78,6 +78,11 @@ impl HvError {
     pub fn code(&self) -> &'static str {
         match self {
             HvError::DeviceUnavailable { .. } => "ENODEV",
+            // A kernel that cannot back or pin memory (mshv pins each region at map time).
+            HvError::Ioctl {
+                errno: libc::ENOMEM,
+                ..
+            } => "ENOMEM",
             HvError::Ioctl { .. } => "EIOCTL",
             HvError::Hypercall { .. } => "EHYPERCALL",
             HvError::InvalidArgument(_) => "EINVAL",
@@ -99,5 +104,21 @@ impl HvError {
             errno,
             reason: std::io::Error::from_raw_os_error(errno).to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ioctl that fails for want of memory (mshv pins every page of a region when it
+    /// is mapped: `mshv_region_populate_pages`, drivers/hv/mshv_root_main.c) is the
+    /// same `ENOMEM` as a limit this package enforces, so callers handle one code.
+    #[test]
+    fn an_ioctl_out_of_memory_has_the_enomem_code() {
+        let e = HvError::ioctl("map guest memory", libc::ENOMEM);
+        assert_eq!(e.code(), "ENOMEM");
+        assert!(e.to_string().contains("map guest memory"), "{e}");
+        assert_eq!(HvError::ioctl("run", libc::EFAULT).code(), "EIOCTL");
     }
 }

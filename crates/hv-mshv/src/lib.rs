@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod cpuid;
 mod errors;
+mod host;
 #[cfg(target_arch = "x86_64")]
 mod kick;
 #[cfg(target_arch = "x86_64")]
@@ -17,6 +18,7 @@ mod vcpu;
 mod vm;
 
 pub use errors::{map_error, DEVICE_PATH};
+pub use host::{host_facts, HostFacts};
 
 use hv_core::{BackendKind, HvBackend, HvError, Result, VmBackend, VmConfig};
 

@@ -103,8 +103,12 @@ impl VmBackend for MshvVm {
         // The kernel pins every page of the region now (pin_user_pages_fast with
         // FOLL_LONGTERM in mshv_region_populate_pages, drivers/hv/mshv_root_main.c): the
         // whole region is committed here, whatever the guest later touches.
-        retry(|| self.fd.map_user_memory(user_region(&mapping, false)))
-            .map_err(|e| map_error("map guest memory", e))?;
+        retry(|| self.fd.map_user_memory(user_region(&mapping, false))).map_err(|e| {
+            map_error(
+                "map guest memory (the kernel pins all of it at map time)",
+                e,
+            )
+        })?;
         self.mappings.push(mapping);
         Ok(())
     }

@@ -64,7 +64,10 @@ impl Vm {
     }
 }
 
-/// The largest region one call maps: 2^40 bytes (a guest may have several).
+/// The largest region one call maps: 2^40 bytes (a guest may have several). A bound on
+/// the argument only: the memory limits (the host's memory by default) bound what is
+/// committed, and on mshv that is the whole region at once, since the kernel pins every
+/// page when it is mapped (`mshv_region_populate_pages`, drivers/hv/mshv_root_main.c).
 const MAX_REGION: f64 = (1u64 << 40) as f64;
 
 #[napi]
