@@ -4,95 +4,33 @@
  * register read by each path. Every comparison runs side by side in one process.
  * @module
  */
-import { createVm, enterLongMode, enterRealMode, page, registers, registerIndex, type SyncPolicy, type Vcpu, type Vm, type MmioDevice } from '../index.js'
-import { timeFor, type Row } from './report.js'
+import { page, registers, registerIndex, POLICIES, type SyncPolicy } from '../index.js'
+import { EXIT_CASES, EXIT_LOOPS, exitCaseGuest, measureExitCost, timeFor, type ExitCase } from '../src/doctor/experiment.js'
+import type { Row } from './report.js'
 
-const POLICIES: readonly SyncPolicy[] = ['page', 'hypercall', 'eager']
-const LOOPS = 10_000
-/** Real-mode code sits in the first 64 KiB; long-mode code above enterLongMode's page tables. */
-const REAL_CODE = 0x8000
-const LONG_CODE = 0x10000
-const MMIO = 0xc000_0000n
-const u32le = (n: number) => [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, n >>> 24]
-const u64le = (n: bigint) => [...u32le(Number(n & 0xffff_ffffn)), ...u32le(Number(n >> 32n))]
-
-/** Real mode: `mov ecx, LOOPS; l: <op>; dec ecx; jnz l; out 0xf4, al`. */
-const pioLoop = (op: number[]) => [0x66, 0xb9, ...u32le(LOOPS), ...op, 0x66, 0x49, 0x75, 0xfa, 0xe6, 0xf4, 0xf4]
-/** Long mode: `mov rbx, MMIO; mov ecx, LOOPS; l: <op>; dec ecx; jnz l; hlt`. */
-const mmioLoop = (op: number[]) => [0x48, 0xbb, ...u64le(MMIO), 0xb9, ...u32le(LOOPS), ...op, 0xff, 0xc9, 0x75, 0xfa, 0xf4]
-
-interface Case {
-  name: string
-  code: number[]
-  longMode: boolean
-  /** What one pass must end with. */
-  end: 'debug-exit' | 'halt'
-}
-
-const CASES: readonly Case[] = [
-  { name: 'PIO OUT', code: pioLoop([0xe6, 0x80]), longMode: false, end: 'debug-exit' },
-  { name: 'PIO IN', code: pioLoop([0xe4, 0x80]), longMode: false, end: 'debug-exit' },
-  { name: 'MMIO load', code: mmioLoop([0x8b, 0x03]), longMode: true, end: 'halt' },
-  { name: 'MMIO store', code: mmioLoop([0x89, 0x03]), longMode: true, end: 'halt' },
-  // mov rdi, MMIO; mov ecx, LOOPS; rep stosd; hlt: one exit per element.
-  { name: 'string MMIO (rep stosd)', code: [0x48, 0xbf, ...u64le(MMIO), 0xb9, ...u32le(LOOPS), 0xf3, 0xab, 0xf4], longMode: true, end: 'halt' },
-]
-
-const sink: MmioDevice = { mmioRead: () => 0n, mmioWrite: () => undefined }
-
-function setUp(c: Case, policy: SyncPolicy): { vm: Vm; vcpu: Vcpu; restart: () => void } {
-  const vm = createVm({ backend: 'sim', policy })
-  vm.addRam(0, 1 << 20)
-  vm.bus.registerMmio(MMIO, LOOPS * 4, sink, 'sink')
-  const code = c.longMode ? LONG_CODE : REAL_CODE
-  vm.write(code, c.code)
-  const vcpu = vm.createVcpu(0)
-  const restart = () => {
-    if (c.longMode) enterLongMode(vcpu, vm, code)
-    else enterRealMode(vcpu, code)
-  }
-  restart()
-  return { vm, vcpu, restart }
-}
-
-/** Exits per second and hypercalls per exit of `c` under `policy`. */
-function measure(c: Case, policy: SyncPolicy, ms: number): Row {
-  const { vm, vcpu, restart } = setUp(c, policy)
-  try {
-    const pass = () => {
-      restart()
-      const r = vcpu.run()
-      if (r.reason !== c.end) throw new Error(`${c.name}: the guest ended with ${JSON.stringify(r)}`)
-    }
-    pass() // warm up: decode caches, JIT
-    vcpu.resetStats()
-    const { seconds } = timeFor(ms, () => {
-      pass()
-      return 1
-    })
-    const s = vcpu.stats()
-    // The restart's register writes are set-up, not exit cost: one flush per pass.
-    return {
-      group: 'exits',
-      case: `${c.name} [${policy}]`,
-      value: s.exits / seconds,
-      unit: 'exits/s',
-      notes: `${(s.hypercalls / s.exits).toFixed(3)} hypercalls/exit (${s.getRegisterCalls} get, ${s.setRegisterCalls} set, ${s.translateCalls} translate over ${s.exits} exits)`,
-    }
-  } finally {
-    vm.close()
+/** A bench row of one measured case. */
+function row(c: ExitCase, policy: SyncPolicy, ms: number): Row {
+  const m = measureExitCost(c, policy, ms)
+  return {
+    group: 'exits',
+    case: `${c.name} [${policy}]`,
+    value: m.exitsPerSecond,
+    unit: 'exits/s',
+    notes: `${m.hypercallsPerExit.toFixed(3)} hypercalls/exit (${m.getRegisterCalls} get, ${m.setRegisterCalls} set, ${m.translateCalls} translate over ${m.exits} exits)`,
   }
 }
+
+const setUp = (c: ExitCase, policy: SyncPolicy) => exitCaseGuest(c, policy, 'sim')
 
 /** The same PIO guest driven by the TypeScript handlers and by the Rust loop in the binding. */
 function typescriptVersusRust(ms: number): Row[] {
-  const c = CASES[0] as Case
+  const c = EXIT_CASES[0] as ExitCase
   const { vm, vcpu, restart } = setUp(c, 'page')
   try {
     const ts = () => {
       restart()
       vcpu.run()
-      return LOOPS + 1
+      return EXIT_LOOPS + 1
     }
     const rust = () => {
       restart()
@@ -133,7 +71,7 @@ function typescriptVersusRust(ms: number): Row[] {
 
 /** Nanoseconds per read of RAX: the page through a DataView, the native getter, a get-register call. */
 function registerAccess(ms: number): Row[] {
-  const { vm, vcpu } = setUp(CASES[0] as Case, 'page')
+  const { vm, vcpu } = setUp(EXIT_CASES[0] as ExitCase, 'page')
   try {
     vcpu.run() // an exit, so the page is valid
     const rp = vcpu.native.registerPage()
@@ -166,6 +104,6 @@ function registerAccess(ms: number): Row[] {
 /** All exit-cost rows. */
 export function exitCosts(ms: number): Row[] {
   const rows: Row[] = []
-  for (const c of CASES) for (const p of POLICIES) rows.push(measure(c, p, ms))
+  for (const c of EXIT_CASES) for (const p of POLICIES) rows.push(row(c, p, ms))
   return [...rows, ...typescriptVersusRust(ms), ...registerAccess(ms)]
 }

@@ -46,14 +46,4 @@ export function writeResults(path: string, backend: string, rows: readonly Row[]
   writeFileSync(path, JSON.stringify(doc, null, 2) + '\n')
 }
 
-/** Runs `f` repeatedly for at least `ms` milliseconds; returns seconds and iterations. */
-export function timeFor(ms: number, f: () => number): { seconds: number; units: number } {
-  const start = process.hrtime.bigint()
-  let units = 0
-  let elapsed = 0n
-  do {
-    units += f()
-    elapsed = process.hrtime.bigint() - start
-  } while (elapsed < BigInt(ms) * 1_000_000n)
-  return { seconds: Number(elapsed) / 1e9, units }
-}
+export { timeFor } from '../src/doctor/experiment.js'

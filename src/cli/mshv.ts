@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The `mshv` command: `mshv repl` opens a Node REPL with a VM and the session helpers
- * in scope (see {@link createSession}).
+ * in scope (see {@link createSession}); `mshv doctor` checks a host (see {@link runDoctor}).
  * @module
  */
 import repl from 'node:repl'
@@ -11,7 +11,9 @@ import { fileURLToPath } from 'node:url'
 import * as mshv from '../../index.js'
 import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
-import { USAGE, parseArgs } from './args.js'
+import { USAGE, parseArgs, parseDoctorArgs, type DoctorArgs } from './args.js'
+import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
+import { writeFileSync } from 'node:fs'
 
 /** The package's version, from the nearest package.json named `mshv` above this file (bundled or not). */
 function version(): string {
@@ -64,17 +66,61 @@ function startRepl(options: SessionOptions): void {
   server.on('exit', () => session.close())
 }
 
+/**
+ * `mshv doctor`: prints the host, then each check as it finishes, then the experiment
+ * and the verdict; exit status 0 only when everything passed (1 otherwise).
+ * `--json -` prints the JSON report alone; `--json FILE` writes it there as well.
+ */
+async function doctor(args: DoctorArgs): Promise<void> {
+  const live = args.json !== '-'
+  let section: string | undefined
+  const report = await runDoctor({
+    backend: args.backend,
+    experimentMs: args.experimentMs,
+    packageVersion: version(),
+    onStart: live ? (host, backend) => console.log(`${formatHost(host, backend, version())}\n`) : undefined,
+    onCheck: live
+      ? (c) => {
+          if (c.section !== section) console.log(`${section === undefined ? '' : '\n'}${SECTION_TITLES[c.section]}`)
+          section = c.section
+          console.log(formatCheck(c))
+        }
+      : undefined,
+  })
+  if (!live) {
+    console.log(JSON.stringify(report, null, 2))
+  } else {
+    console.log(`\n${formatConclusion(report)}`)
+    if (args.json !== undefined) {
+      writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`)
+      console.log(`JSON report written to ${args.json}`)
+    }
+  }
+  process.exitCode = report.passed ? 0 : 1
+}
+
 function main(args: readonly string[]): void {
   const [command, ...rest] = args
   if (command === '--version' || command === '-v') {
     console.log(version())
   } else if (command === 'repl') {
     startRepl(parseArgs(rest))
+  } else if (command === 'doctor') {
+    doctor(parseDoctorArgs(rest)).catch((e: unknown) => {
+      console.error(e instanceof Error ? `mshv doctor: ${e.message}` : e)
+      process.exitCode = 2
+    })
   } else {
     console.log(USAGE)
     process.exitCode = command === undefined || command === '--help' || command === '-h' ? 0 : 2
   }
 }
+
+// A reader that goes away (`mshv doctor | head`) ends the output, not with a stack trace.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code !== 'EPIPE') throw e
+  process.exit(process.exitCode ?? 0)
+})
 
 try {
   main(process.argv.slice(2))

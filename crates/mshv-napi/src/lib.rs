@@ -7,6 +7,7 @@
 
 mod budget;
 mod buffers;
+mod doctor;
 mod errors;
 mod events;
 mod hypervisor;

@@ -1,0 +1,129 @@
+/**
+ * The exit-cost experiment: exits per second and hypercalls per exit of port and MMIO
+ * loops under each register sync policy. `npm run bench` runs it on the sim and
+ * `mshv doctor` on the backend it checks.
+ * @module
+ */
+import { createVm, type VmOptions } from '../vm.js'
+import { enterLongMode, enterRealMode } from '../guest.js'
+import { POLICIES, type SyncPolicy } from '../registers.js'
+import type { MmioDevice } from '../bus.js'
+import type { Vcpu } from '../vcpu.js'
+import type { Vm } from '../vm.js'
+
+/** Iterations of each case's guest loop: one exit each. */
+export const EXIT_LOOPS = 10_000
+/** Real-mode code sits in the first 64 KiB; long-mode code above enterLongMode's page tables. */
+const REAL_CODE = 0x8000
+const LONG_CODE = 0x10000
+const MMIO = 0xc000_0000n
+const u32le = (n: number) => [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, n >>> 24]
+const u64le = (n: bigint) => [...u32le(Number(n & 0xffff_ffffn)), ...u32le(Number(n >> 32n))]
+
+/** Real mode: `mov ecx, LOOPS; l: <op>; dec ecx; jnz l; out 0xf4, al`. */
+const pioLoop = (op: number[]) => [0x66, 0xb9, ...u32le(EXIT_LOOPS), ...op, 0x66, 0x49, 0x75, 0xfa, 0xe6, 0xf4, 0xf4]
+/** Long mode: `mov rbx, MMIO; mov ecx, LOOPS; l: <op>; dec ecx; jnz l; hlt`. */
+const mmioLoop = (op: number[]) => [0x48, 0xbb, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), ...op, 0xff, 0xc9, 0x75, 0xfa, 0xf4]
+
+/** One guest loop of the experiment. */
+export interface ExitCase {
+  readonly name: string
+  readonly code: readonly number[]
+  readonly longMode: boolean
+  /** What one pass must end with. */
+  readonly end: 'debug-exit' | 'halt'
+}
+
+/** The experiment's loops: each iteration is one exit of the named kind. */
+export const EXIT_CASES: readonly ExitCase[] = [
+  { name: 'PIO OUT', code: pioLoop([0xe6, 0x80]), longMode: false, end: 'debug-exit' },
+  { name: 'PIO IN', code: pioLoop([0xe4, 0x80]), longMode: false, end: 'debug-exit' },
+  { name: 'MMIO load', code: mmioLoop([0x8b, 0x03]), longMode: true, end: 'halt' },
+  { name: 'MMIO store', code: mmioLoop([0x89, 0x03]), longMode: true, end: 'halt' },
+  // mov rdi, MMIO; mov ecx, LOOPS; rep stosd; hlt: one exit per element.
+  { name: 'string MMIO (rep stosd)', code: [0x48, 0xbf, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), 0xf3, 0xab, 0xf4], longMode: true, end: 'halt' },
+]
+
+const sink: MmioDevice = { mmioRead: () => 0n, mmioWrite: () => undefined }
+
+/** A VM running `c`, and how to put its vCPU back at the start. */
+export function exitCaseGuest(c: ExitCase, policy: SyncPolicy, backend: VmOptions['backend']): { vm: Vm; vcpu: Vcpu; restart: () => void } {
+  const vm = createVm({ backend, policy })
+  try {
+    vm.addRam(0, 1 << 20)
+    vm.bus.registerMmio(MMIO, EXIT_LOOPS * 4, sink, 'sink')
+    const code = c.longMode ? LONG_CODE : REAL_CODE
+    vm.write(code, c.code)
+    const vcpu = vm.createVcpu(0)
+    const restart = () => {
+      if (c.longMode) enterLongMode(vcpu, vm, code)
+      else enterRealMode(vcpu, code)
+    }
+    restart()
+    return { vm, vcpu, restart }
+  } catch (e) {
+    vm.close()
+    throw e
+  }
+}
+
+/** Runs `f` repeatedly for at least `ms` milliseconds; `f` returns the units it did. */
+export function timeFor(ms: number, f: () => number): { seconds: number; units: number } {
+  const start = process.hrtime.bigint()
+  let units = 0
+  let elapsed = 0n
+  do {
+    units += f()
+    elapsed = process.hrtime.bigint() - start
+  } while (elapsed < BigInt(Math.ceil(ms * 1e6)))
+  return { seconds: Number(elapsed) / 1e9, units }
+}
+
+/** One case under one policy. */
+export interface ExitCost {
+  readonly case: string
+  readonly policy: SyncPolicy
+  readonly exitsPerSecond: number
+  readonly hypercallsPerExit: number
+  readonly exits: number
+  readonly getRegisterCalls: number
+  readonly setRegisterCalls: number
+  readonly translateCalls: number
+}
+
+/** Exits per second and hypercalls per exit of `c` under `policy`, measured for `ms`. */
+export function measureExitCost(c: ExitCase, policy: SyncPolicy, ms: number, backend: VmOptions['backend'] = 'sim'): ExitCost {
+  const { vm, vcpu, restart } = exitCaseGuest(c, policy, backend)
+  try {
+    const pass = () => {
+      restart()
+      const r = vcpu.run({ timeoutMs: 10_000 })
+      if (r.reason !== c.end) throw new Error(`${c.name}: the guest ended with ${JSON.stringify(r)}`)
+    }
+    pass() // warm up: decode caches, JIT
+    vcpu.resetStats()
+    const { seconds } = timeFor(ms, () => {
+      pass()
+      return 1
+    })
+    const s = vcpu.stats()
+    // The restart's register writes are set-up, not exit cost: one flush per pass.
+    return {
+      case: c.name,
+      policy,
+      exitsPerSecond: s.exits / seconds,
+      hypercallsPerExit: s.hypercalls / s.exits,
+      exits: s.exits,
+      getRegisterCalls: s.getRegisterCalls,
+      setRegisterCalls: s.setRegisterCalls,
+      translateCalls: s.translateCalls,
+    }
+  } finally {
+    vm.close()
+  }
+}
+
+/** Every case under every policy. */
+export function exitExperiment(ms: number, backend: VmOptions['backend'] = 'sim', cases: readonly ExitCase[] = EXIT_CASES): ExitCost[] {
+  return cases.flatMap((c) => POLICIES.map((p) => measureExitCost(c, p, ms, backend)))
+}
