@@ -177,13 +177,13 @@ const cpuid: VmmCheck = {
         expectEqual('the run', vcpu.run(RUN).reason, 'halt')
         return eax()
       }
-      vm.cpuid.set({ leaf: 0x8000_0002, eax: 0x7668736d })
-      expectEqual('EAX of the registered answer', again(), 0x7668736d)
+      vm.cpuid.set({ leaf: 0x8000_0002, eax: 0x74636f64 })
+      expectEqual('EAX of the registered answer', again(), 0x74636f64)
       vm.cpuid.set({ leaf: 0x8000_0002, eax: 0x21636f64 })
       expectEqual('EAX after an edit', again(), 0x21636f64)
       vm.cpuid.delete(0x8000_0002)
       const own = again()
-      if (own === 0x21636f64 || own === 0x7668736d) throw new CheckFailure('a deleted answer is still given')
+      if (own === 0x21636f64 || own === 0x74636f64) throw new CheckFailure('a deleted answer is still given')
       return `set, edited and deleted between runs; the hypervisor's own EAX is 0x${own.toString(16)}`
     }),
 }

@@ -92,6 +92,11 @@ impl PendingException {
     /// error (as the hypervisor's) for an event this model cannot deliver: another
     /// event type, or a vector above 31.
     pub fn decode(value: RegisterValue) -> Result<Option<Self>, HvError> {
+        // event_pending is bit 0: checked first, as every resume asks (the bindgen
+        // bitfield setter below copies bit by bit).
+        if value[0] & 1 == 0 {
+            return Ok(None);
+        }
         let mut e = Event::default();
         e._bitfield_1.set(0, 32, value[0] & 0xffff_ffff);
         if e.event_pending() == 0 {

@@ -1,12 +1,11 @@
 //! Builds the `hv_message` an intercept produces, from the binding structs themselves.
 
-use crate::cpu::{Cpu, Segment, CR0_PE, CS, DS, ES};
-use crate::decode::Fetched;
-use crate::mmu::Access;
-use crate::stop::Stop;
 use hv_core::message::*;
 use hv_core::ExitMessage;
 use mshv_bindings::*;
+use sim_cpu::paging::Access;
+use sim_cpu::state::{CR0_PE, CS, DS, ES};
+use sim_cpu::{Cpu, Exit, ExitInstruction, Segment};
 
 pub fn segment(s: &Segment) -> hv_x64_segment_register {
     let mut r = hv_x64_segment_register {
@@ -25,7 +24,7 @@ fn header(cpu: &Cpu, index: u32, ins_len: u8, access: u32) -> hv_x64_intercept_m
         intercept_access_type: access as u8,
         cs_segment: segment(&cpu.seg[CS]),
         rip: cpu.rip,
-        rflags: cpu.rflags,
+        rflags: cpu.rflags(),
         ..Default::default()
     };
     h.set_instruction_length(ins_len & 0xf);
@@ -49,17 +48,17 @@ fn access_code(a: Access) -> u32 {
     }
 }
 
-/// Fills `msg` for `stop` (not for exceptions, which the caller delivers first).
+/// Fills `msg` for `exit`, raised by the instruction `ins` describes.
 pub fn build(
     msg: &mut ExitMessage,
     cpu: &Cpu,
     index: u32,
-    stop: &Stop,
-    fetched: Option<&Fetched>,
+    exit: &Exit,
+    ins: &ExitInstruction,
 ) -> u32 {
-    let len = fetched.map_or(0, |f| f.ins.len() as u8);
-    match *stop {
-        Stop::Io {
+    let len = ins.len;
+    match *exit {
+        Exit::Io {
             port,
             size,
             input,
@@ -87,9 +86,7 @@ pub fn build(
                 rdi: cpu.gpr[7],
                 ..Default::default()
             };
-            if let Some(f) = fetched {
-                m.instruction_bytes.copy_from_slice(&f.bytes);
-            }
+            m.instruction_bytes.copy_from_slice(&ins.bytes);
             // SAFETY: writing bitfields of a plain u8 union view.
             unsafe {
                 let a = &mut m.access_info.__bindgen_anon_1;
@@ -100,7 +97,7 @@ pub fn build(
             msg.write(HVMSG_X64_IO_PORT_INTERCEPT, &m);
             HVMSG_X64_IO_PORT_INTERCEPT
         }
-        Stop::Mmio {
+        Exit::Mmio {
             gpa,
             gva,
             access,
@@ -109,7 +106,7 @@ pub fn build(
             let count = if access == Access::Execute {
                 0
             } else {
-                fetched.map_or(0, |f| f.available)
+                ins.available
             };
             let mut m = hv_x64_memory_intercept_message {
                 header: header(cpu, index, len, access_code(access)),
@@ -118,9 +115,7 @@ pub fn build(
                 guest_physical_address: gpa,
                 ..Default::default()
             };
-            if let Some(f) = fetched {
-                m.instruction_bytes[..count as usize].copy_from_slice(&f.bytes[..count as usize]);
-            }
+            m.instruction_bytes[..count as usize].copy_from_slice(&ins.bytes[..count as usize]);
             // SAFETY: writing bitfields of a plain u8 union view.
             unsafe {
                 m.memory_access_info.__bindgen_anon_1.set_gva_valid(1);
@@ -134,14 +129,14 @@ pub fn build(
             msg.write(t, &m);
             t
         }
-        Stop::Halt => {
+        Exit::Halt => {
             let m = hv_x64_halt_message {
                 header: header(cpu, index, 0, HV_INTERCEPT_ACCESS_EXECUTE),
             };
             msg.write(HVMSG_X64_HALT, &m);
             HVMSG_X64_HALT
         }
-        Stop::Msr { msr, write } => {
+        Exit::Msr { msr, write } => {
             let m = hv_x64_msr_intercept_message {
                 header: header(
                     cpu,
@@ -161,7 +156,7 @@ pub fn build(
             msg.write(HVMSG_X64_MSR_INTERCEPT, &m);
             HVMSG_X64_MSR_INTERCEPT
         }
-        Stop::PageFault(_) | Stop::Exception { .. } | Stop::Unsupported => {
+        Exit::Shutdown | Exit::Unsupported | Exit::None => {
             let m = hv_x64_unrecoverable_exception_message {
                 header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
             };

@@ -2,35 +2,26 @@
 //! boundary a VMM sees, as the Microsoft Hypervisor does: the same `hv_message` exits,
 //! the same register page semantics, and counted register hypercalls.
 //!
-//! The interpreter decodes with `iced-x86` and executes real, protected and long mode
-//! code with paging. It stops where MSHV intercepts: port I/O, accesses outside guest
-//! RAM or to intercepted ranges, HLT, and MSRs when asked; CPUID is answered from the
-//! results the VMM registered, as MSHV answers it.
+//! The processor is `sim-cpu`; this crate is the hypervisor around it: partitions and
+//! their guest memory, the intercepts (port I/O, accesses outside RAM or to
+//! intercepted ranges, HLT, MSRs the VMM asked for), the exit messages, the register
+//! page, the register hypercalls, and CPUID answered from the results the VMM
+//! registered, as MSHV answers it.
 
-mod access;
-pub mod alu;
-pub mod cpu;
-mod cpuid;
-mod decode;
-mod exception;
-mod exec;
+mod env;
 mod exits;
-pub mod memmap;
-pub mod mmu;
 mod pagesync;
 mod registers;
-mod stop;
-mod string;
-mod system;
 mod vcpu;
 mod vm;
 
+pub use sim_cpu;
 pub use vcpu::SimVcpu;
 pub use vm::SimVm;
 
 use hv_core::{BackendKind, HvBackend, RegisterPageMode, Result, UnknownMsr, VmBackend, VmConfig};
 
-/// The per-VM settings the interpreter consults.
+/// The per-VM settings the hypervisor consults.
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
     pub register_page: RegisterPageMode,

@@ -1,9 +1,9 @@
 //! The register page as the hypervisor keeps it: filled and marked valid at each
 //! intercept; dirty classes applied to the VP at resume, then cleared.
 
-use crate::cpu::{Cpu, Segment};
 use hv_core::page::*;
 use hv_core::RegisterPagePtr;
+use sim_cpu::{Cpu, Segment};
 
 fn write_segment(p: &RegisterPagePtr, i: usize, s: &Segment) {
     let at = SEGMENTS + i * SEGMENT_SIZE;
@@ -32,7 +32,7 @@ pub fn fill(p: &RegisterPagePtr, cpu: &Cpu) {
         p.write_u64(GP_REGISTERS + i * 8, *v);
     }
     p.write_u64(RIP, cpu.rip);
-    p.write_u64(RFLAGS, cpu.rflags);
+    p.write_u64(RFLAGS, cpu.rflags());
     for i in 0..XMM_COUNT {
         p.write_u64(XMM + i * XMM_SIZE, cpu.xmm[i] as u64);
         p.write_u64(XMM + i * XMM_SIZE + 8, (cpu.xmm[i] >> 64) as u64);
@@ -63,7 +63,7 @@ pub fn apply_dirty(p: &RegisterPagePtr, cpu: &mut Cpu) -> bool {
         cpu.rip = p.read_u64(RIP);
     }
     if dirty & DIRTY_FLAGS != 0 {
-        cpu.rflags = p.read_u64(RFLAGS) | 2;
+        cpu.set_rflags(p.read_u64(RFLAGS));
     }
     if dirty & DIRTY_XMM != 0 {
         for i in 0..XMM_COUNT {

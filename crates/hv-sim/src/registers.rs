@@ -1,11 +1,11 @@
 #![allow(non_upper_case_globals)]
 //! The sim's get/set-register hypercalls: `hv_register_name` ids onto [`Cpu`] fields.
 
-use crate::cpu::{Cpu, Segment, Table};
-use crate::system::*;
 use hv_core::regs::{pack_segment, pack_table, unpack_segment, unpack_table};
 use hv_core::{HvError, RegisterValue, Result};
 use mshv_bindings::*;
+use sim_cpu::msr::*;
+use sim_cpu::{Cpu, Segment, Table};
 
 fn seg_value(s: &Segment) -> RegisterValue {
     pack_segment(s.base, s.limit, s.selector, s.attributes)
@@ -23,18 +23,35 @@ fn value_seg(v: RegisterValue) -> Segment {
 
 fn msr_for(id: u32) -> Option<u32> {
     Some(match id {
-        hv_register_name_HV_X64_REGISTER_KERNEL_GS_BASE => MSR_KERNEL_GS_BASE,
-        hv_register_name_HV_X64_REGISTER_PAT => MSR_PAT,
-        hv_register_name_HV_X64_REGISTER_SYSENTER_CS => MSR_SYSENTER_CS,
-        hv_register_name_HV_X64_REGISTER_SYSENTER_EIP => MSR_SYSENTER_EIP,
-        hv_register_name_HV_X64_REGISTER_SYSENTER_ESP => MSR_SYSENTER_ESP,
-        hv_register_name_HV_X64_REGISTER_STAR => MSR_STAR,
-        hv_register_name_HV_X64_REGISTER_LSTAR => MSR_LSTAR,
-        hv_register_name_HV_X64_REGISTER_CSTAR => MSR_CSTAR,
-        hv_register_name_HV_X64_REGISTER_SFMASK => MSR_SFMASK,
-        hv_register_name_HV_X64_REGISTER_TSC_AUX => MSR_TSC_AUX,
+        hv_register_name_HV_X64_REGISTER_KERNEL_GS_BASE => KERNEL_GS_BASE,
+        hv_register_name_HV_X64_REGISTER_PAT => PAT,
+        hv_register_name_HV_X64_REGISTER_SYSENTER_CS => SYSENTER_CS,
+        hv_register_name_HV_X64_REGISTER_SYSENTER_EIP => SYSENTER_EIP,
+        hv_register_name_HV_X64_REGISTER_SYSENTER_ESP => SYSENTER_ESP,
+        hv_register_name_HV_X64_REGISTER_STAR => STAR,
+        hv_register_name_HV_X64_REGISTER_LSTAR => LSTAR,
+        hv_register_name_HV_X64_REGISTER_CSTAR => CSTAR,
+        hv_register_name_HV_X64_REGISTER_SFMASK => SFMASK,
+        hv_register_name_HV_X64_REGISTER_TSC_AUX => TSC_AUX,
         _ => return None,
     })
+}
+
+/// The storage of an MSR the register interface reaches.
+fn msr_slot(cpu: &mut Cpu, msr: u32) -> &mut u64 {
+    let m = &mut cpu.msr;
+    match msr {
+        KERNEL_GS_BASE => &mut m.kernel_gs_base,
+        PAT => &mut m.pat,
+        SYSENTER_CS => &mut m.sysenter_cs,
+        SYSENTER_EIP => &mut m.sysenter_eip,
+        SYSENTER_ESP => &mut m.sysenter_esp,
+        STAR => &mut m.star,
+        LSTAR => &mut m.lstar,
+        CSTAR => &mut m.cstar,
+        SFMASK => &mut m.sfmask,
+        _ => &mut m.tsc_aux,
+    }
 }
 
 const RAX: u32 = hv_register_name_HV_X64_REGISTER_RAX;
@@ -48,7 +65,7 @@ pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
     match id {
         _ if (RAX..RAX + 16).contains(&id) => u(cpu.gpr[(id - RAX) as usize]),
         hv_register_name_HV_X64_REGISTER_RIP => u(cpu.rip),
-        hv_register_name_HV_X64_REGISTER_RFLAGS => u(cpu.rflags),
+        hv_register_name_HV_X64_REGISTER_RFLAGS => u(cpu.rflags()),
         _ if (XMM0..XMM0 + 16).contains(&id) => {
             let x = cpu.xmm[(id - XMM0) as usize];
             Ok([x as u64, (x >> 64) as u64])
@@ -71,11 +88,7 @@ pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
         hv_register_name_HV_X64_REGISTER_DR6 => u(cpu.dr[6]),
         hv_register_name_HV_X64_REGISTER_DR7 => u(cpu.dr[7]),
         _ => match msr_for(id) {
-            Some(msr) => u(cpu.msrs.get(&msr).copied().unwrap_or(if msr == MSR_PAT {
-                0x0007_0406_0007_0406
-            } else {
-                0
-            })),
+            Some(msr) => u(sim_cpu::msr::read(cpu, msr).unwrap_or(0)),
             None => Err(HvError::UnknownRegister(id)),
         },
     }
@@ -87,7 +100,7 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
     match id {
         _ if (RAX..RAX + 16).contains(&id) => cpu.gpr[(id - RAX) as usize] = x,
         hv_register_name_HV_X64_REGISTER_RIP => cpu.rip = x,
-        hv_register_name_HV_X64_REGISTER_RFLAGS => cpu.rflags = x | 2,
+        hv_register_name_HV_X64_REGISTER_RFLAGS => cpu.set_rflags(x),
         _ if (XMM0..XMM0 + 16).contains(&id) => {
             cpu.xmm[(id - XMM0) as usize] = x as u128 | (v[1] as u128) << 64
         }
@@ -135,9 +148,7 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
         hv_register_name_HV_X64_REGISTER_DR6 => cpu.dr[6] = x,
         hv_register_name_HV_X64_REGISTER_DR7 => cpu.dr[7] = x,
         _ => match msr_for(id) {
-            Some(msr) => {
-                cpu.msrs.insert(msr, x);
-            }
+            Some(msr) => *msr_slot(cpu, msr) = x,
             None => return Err(HvError::UnknownRegister(id)),
         },
     }

@@ -1,52 +1,41 @@
-//! A simulated vCPU: runs guest code until an intercept, with MSHV's semantics.
+//! A simulated vCPU: the processor (`sim-cpu`) run until an intercept, with MSHV's
+//! semantics around it (register page, exit messages, counters, cancel, deadlines).
 
-use crate::access::Ctx;
-use crate::cpu::Cpu;
-use crate::decode::{DecodeCache, Fetched};
-use crate::exception::Delivery;
-use crate::memmap::MemMap;
-use crate::mmu::{walk_with, Access, Tlb};
-use crate::stop::Stop;
+use crate::env::SimEnv;
 use crate::{exits, pagesync, registers, SimConfig};
 use hv_core::backend::check_batch;
 use hv_core::{
     Canceller, Counters, Exit, ExitMessage, HostRegion, HvError, RegisterPageMode, RegisterPagePtr,
     RegisterValue, Result, RunLimits, VcpuBackend,
 };
-use iced_x86::{Formatter, IntelFormatter};
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use mshv_bindings::*;
+use sim_cpu::paging::Access;
+use sim_cpu::phys::{PhysMap, Target};
+use sim_cpu::{Cpu, ExitInstruction, Processor, RunEnd};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Units of work (instructions, string iterations) between checks of the cancel flag
-/// and the clock: about ten microseconds of guest time, so a deadline or a cancel is
-/// honoured well within a millisecond whatever the guest executes.
-const POLL_INTERVAL: u64 = 1024;
-
 pub struct SimVcpu {
     index: u32,
-    cpu: Cpu,
+    processor: Processor,
     config: Arc<SimConfig>,
-    memory: Arc<Mutex<Arc<MemMap>>>,
-    snapshot: Arc<MemMap>,
-    tlb: Tlb,
-    cache: DecodeCache,
+    memory: Arc<Mutex<Arc<PhysMap>>>,
+    snapshot: Arc<PhysMap>,
     page: Option<(Arc<HostRegion>, RegisterPagePtr)>,
     counters: Counters,
     canceller: Canceller,
     flush_pending: bool,
     /// CPUID answers the VMM registered (HVCALL_REGISTER_INTERCEPT_RESULT's model).
     cpuid: Vec<hv_core::CpuidResult>,
-    /// Guest instructions retired, over the vCPU's life.
-    pub instructions: u64,
 }
 
 impl SimVcpu {
     pub(crate) fn new(
         index: u32,
         config: Arc<SimConfig>,
-        memory: Arc<Mutex<Arc<MemMap>>>,
+        memory: Arc<Mutex<Arc<PhysMap>>>,
     ) -> Result<Self> {
         // The page exists only once the vCPU does, as with the real driver's mmap.
         let page = match config.register_page {
@@ -63,24 +52,21 @@ impl SimVcpu {
         };
         Ok(SimVcpu {
             index,
-            cpu: Cpu::reset(index),
+            processor: Processor::new(index == 0),
             config,
             memory,
-            snapshot: Arc::new(MemMap::default()),
-            tlb: Tlb::default(),
-            cache: DecodeCache::default(),
+            snapshot: Arc::new(PhysMap::default()),
             page,
             counters: Counters::default(),
             canceller: Canceller::default(),
             flush_pending: true,
             cpuid: Vec::new(),
-            instructions: 0,
         })
     }
 
     /// The architectural state (for tests and diagnostics).
     pub fn cpu(&self) -> &Cpu {
-        &self.cpu
+        &self.processor.cpu
     }
 
     fn page_valid_mode(&self) -> Option<RegisterPagePtr> {
@@ -90,28 +76,48 @@ impl SimVcpu {
         }
     }
 
-    fn finish(&mut self, msg: &mut ExitMessage, stop: &Stop, fetched: Option<&Fetched>) {
-        let t = exits::build(msg, &self.cpu, self.index, stop, fetched);
+    fn finish(&mut self, msg: &mut ExitMessage, exit: &sim_cpu::Exit, ins: &ExitInstruction) {
+        let t = exits::build(msg, &self.processor.cpu, self.index, exit, ins);
         if let Some(p) = self.page_valid_mode() {
-            pagesync::fill(&p, &self.cpu);
+            pagesync::fill(&p, &self.processor.cpu);
         }
         self.counters.count_exit(t);
     }
 
-    fn unsupported(&self, f: &Fetched) -> HvError {
+    /// The error for an instruction the processor lacks, naming it and its address.
+    fn unsupported(&self, ins: &ExitInstruction) -> HvError {
+        let cpu = &self.processor.cpu;
+        let bytes = &ins.bytes[..ins.available as usize];
+        let mut decoder = Decoder::with_ip(cpu.bitness(), bytes, cpu.rip, DecoderOptions::NONE);
+        let i = decoder.decode();
         let mut text = String::new();
-        IntelFormatter::new().format(&f.ins, &mut text);
-        let bytes = f.bytes[..f.ins.len()]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" ");
+        IntelFormatter::new().format(&i, &mut text);
+        let len = (i.len()).min(bytes.len());
         HvError::UnsupportedInstruction {
-            rip: self.cpu.rip,
+            rip: cpu.rip,
             text,
-            bytes,
+            bytes: bytes[..len]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
+}
+
+/// Delivers the event the VMM left in `HV_REGISTER_PENDING_EVENT0`, as the hypervisor
+/// does at resume; a triple fault is an unrecoverable exception.
+fn deliver_pending(
+    processor: &mut Processor,
+    mem: &PhysMap,
+    env: &mut SimEnv,
+) -> Option<sim_cpu::Exit> {
+    let raw = std::mem::take(&mut processor.cpu.pending_event);
+    // Only valid events are ever stored (set_registers checks them).
+    let Ok(Some(e)) = hv_core::PendingException::decode(raw) else {
+        return None;
+    };
+    processor.inject(mem, env, e.vector, e.error_code).err()
 }
 
 const ENOMEM: i32 = 12;
@@ -129,7 +135,7 @@ impl VcpuBackend for SimVcpu {
         if let Some(p) = self.page_valid_mode() {
             // Dirty classes are applied after this exit's set-register hypercalls, which
             // already changed the VP: a stale dirty class on the page wins, as on MSHV.
-            if p.is_valid() && pagesync::apply_dirty(&p, &mut self.cpu) {
+            if p.is_valid() && pagesync::apply_dirty(&p, &mut self.processor.cpu) {
                 self.flush_pending = true;
             }
             p.write_u8(hv_core::page::ISVALID, 0);
@@ -137,28 +143,63 @@ impl VcpuBackend for SimVcpu {
         if let Ok(m) = self.memory.lock() {
             self.snapshot = Arc::clone(&m);
         }
-        self.tlb.sync_generation(self.snapshot.generation);
         if std::mem::take(&mut self.flush_pending) {
-            self.tlb.flush();
+            self.processor.state_changed(&self.snapshot);
         }
-        self.cpu.halted = false;
-        match self.execute(limits) {
-            Outcome::Stop(stop, fetched) => {
-                self.finish(msg, &stop, fetched.as_ref());
+        let cpuid = std::mem::take(&mut self.cpuid);
+        let mut env = SimEnv {
+            config: &self.config,
+            cpuid: &cpuid,
+            apic_id: self.index,
+        };
+        let snapshot = &*self.snapshot;
+        let end = match deliver_pending(&mut self.processor, snapshot, &mut env) {
+            Some(exit) => RunEnd::Exit(exit, ExitInstruction::default()),
+            None => {
+                let canceller = self.canceller.clone();
+                let deadline = limits.deadline;
+                let mut stopped = None;
+                let mut poll = || {
+                    if canceller.is_cancelled() {
+                        stopped = Some(Exit::Cancelled);
+                        return true;
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        stopped = Some(Exit::Timeout);
+                        return true;
+                    }
+                    false
+                };
+                let budget = limits.max_instructions.unwrap_or(u64::MAX);
+                let end = self.processor.run(snapshot, &mut env, budget, &mut poll);
+                match (end, stopped) {
+                    (RunEnd::Stopped, Some(Exit::Cancelled)) => {
+                        self.cpuid = cpuid;
+                        self.canceller.take();
+                        return Ok(Exit::Cancelled);
+                    }
+                    (RunEnd::Stopped, _) => {
+                        self.cpuid = cpuid;
+                        return Ok(Exit::Timeout);
+                    }
+                    (e, _) => e,
+                }
+            }
+        };
+        self.cpuid = cpuid;
+        match end {
+            RunEnd::Exit(sim_cpu::Exit::Unsupported, ins) => {
+                if let Some(p) = self.page_valid_mode() {
+                    pagesync::fill(&p, &self.processor.cpu);
+                }
+                Err(self.unsupported(&ins))
+            }
+            RunEnd::Exit(exit, ins) => {
+                self.finish(msg, &exit, &ins);
                 Ok(Exit::Message)
             }
-            Outcome::Cancelled => {
-                self.canceller.take();
-                Ok(Exit::Cancelled)
-            }
-            Outcome::InstructionLimit => Ok(Exit::InstructionLimit),
-            Outcome::Timeout => Ok(Exit::Timeout),
-            Outcome::Unsupported(fetched) => {
-                if let Some(p) = self.page_valid_mode() {
-                    pagesync::fill(&p, &self.cpu);
-                }
-                Err(self.unsupported(&fetched))
-            }
+            RunEnd::InstructionLimit => Ok(Exit::InstructionLimit),
+            RunEnd::Stopped => Ok(Exit::Timeout),
         }
     }
 
@@ -166,7 +207,7 @@ impl VcpuBackend for SimVcpu {
         check_batch(ids, out.len())?;
         self.counters.get_registers += 1;
         for (id, slot) in ids.iter().zip(out.iter_mut()) {
-            *slot = registers::get(&self.cpu, *id)?;
+            *slot = registers::get(&self.processor.cpu, *id)?;
         }
         self.counters.registers_read += ids.len() as u64;
         Ok(())
@@ -175,14 +216,14 @@ impl VcpuBackend for SimVcpu {
     fn set_registers(&mut self, ids: &[u32], values: &[RegisterValue]) -> Result<()> {
         check_batch(ids, values.len())?;
         // Validate the whole batch first: a rejected batch changes nothing.
-        let mut scratch = self.cpu.clone();
+        let mut scratch = self.processor.cpu.clone();
         let mut flush = false;
         for (id, v) in ids.iter().zip(values) {
             flush |= registers::set(&mut scratch, *id, *v)?;
         }
         self.counters.set_registers += 1;
         self.counters.registers_written += ids.len() as u64;
-        self.cpu = scratch;
+        self.processor.cpu = scratch;
         self.flush_pending |= flush;
         Ok(())
     }
@@ -203,12 +244,14 @@ impl VcpuBackend for SimVcpu {
             .lock()
             .map(|m| Arc::clone(&m))
             .unwrap_or_default();
-        match walk_with(&self.cpu, &mem, gva, access, user, set_bits) {
+        if std::mem::take(&mut self.flush_pending) {
+            // Control registers set since the last run (PAE's PDPTEs load with them).
+            self.processor.state_changed(&mem);
+        }
+        match self.processor.translate(&mem, gva, access, user, set_bits) {
             Ok(gpa) => {
                 let code = match mem.lookup(gpa) {
-                    crate::memmap::Target::Ram { .. } => {
-                        hv_translate_gva_result_code_HV_TRANSLATE_GVA_SUCCESS
-                    }
+                    Target::Ram { .. } => hv_translate_gva_result_code_HV_TRANSLATE_GVA_SUCCESS,
                     _ => hv_translate_gva_result_code_HV_TRANSLATE_GVA_GPA_UNMAPPED,
                 };
                 Ok((gpa, code))
@@ -250,7 +293,7 @@ impl VcpuBackend for SimVcpu {
     }
 
     fn instructions(&self) -> u64 {
-        self.instructions
+        self.processor.instructions
     }
 }
 
@@ -260,108 +303,5 @@ impl Drop for SimVcpu {
         if let Some((region, _)) = &self.page {
             region.retire();
         }
-    }
-}
-
-/// How the interpreter loop ended.
-enum Outcome {
-    Stop(Stop, Option<Fetched>),
-    Cancelled,
-    InstructionLimit,
-    Timeout,
-    Unsupported(Fetched),
-}
-
-impl SimVcpu {
-    /// The interpreter loop: fetch, execute, deliver guest exceptions, until a stop.
-    fn execute(&mut self, limits: &RunLimits) -> Outcome {
-        let deadline = limits.deadline;
-        let budget = limits.max_instructions.unwrap_or(u64::MAX);
-        let snapshot = Arc::clone(&self.snapshot);
-        let mut ctx = Ctx {
-            cpu: &mut self.cpu,
-            mem: &snapshot,
-            tlb: &mut self.tlb,
-            config: &self.config,
-            iterations: 0,
-            cpuid: &self.cpuid,
-        };
-        let mut executed = 0u64;
-        // An injected exception is taken before the first instruction, as on resume
-        // from an intercept; failing to deliver it shuts the processor down.
-        // Only valid events are ever stored (set_registers checks them).
-        if let Ok(Some(e)) =
-            hv_core::PendingException::decode(std::mem::take(&mut ctx.cpu.pending_event))
-        {
-            if let Delivery::TripleFault = ctx.raise(e.vector, e.error_code) {
-                return Outcome::Stop(
-                    Stop::Exception {
-                        vector: e.vector,
-                        error_code: e.error_code,
-                    },
-                    None,
-                );
-            }
-        }
-        let outcome = loop {
-            if executed >= budget {
-                break Outcome::InstructionLimit;
-            }
-            // Every POLL_INTERVAL instructions, and as soon as string instructions have
-            // done as many iterations since the last look.
-            if executed & (POLL_INTERVAL - 1) == POLL_INTERVAL - 1
-                || ctx.iterations >= POLL_INTERVAL
-            {
-                ctx.iterations = 0;
-                if self.canceller.is_cancelled() {
-                    break Outcome::Cancelled;
-                }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break Outcome::Timeout;
-                }
-            }
-            let (stop, fetched) = match self.cache.fetch(&mut ctx) {
-                Ok(i) => match ctx.step(self.cache.instruction(i)) {
-                    Ok(()) => {
-                        executed += 1;
-                        ctx.cpu.tsc = ctx.cpu.tsc.wrapping_add(1);
-                        continue;
-                    }
-                    Err(Stop::Unsupported) => match self.cache.capture(&mut ctx, i) {
-                        Some(f) => break Outcome::Unsupported(f),
-                        None => (Stop::Unsupported, None),
-                    },
-                    Err(stop) => (stop, self.cache.capture(&mut ctx, i)),
-                },
-                Err(stop) => (stop, None),
-            };
-            // Guest exceptions go through the guest's IDT; only a triple fault exits.
-            let (vector, error_code) = match stop {
-                Stop::PageFault(pf) => {
-                    ctx.cpu.cr2 = pf.address;
-                    (crate::stop::PF, Some(pf.error_code))
-                }
-                Stop::Exception { vector, error_code } => (vector, error_code),
-                // HLT retires here; a port, CPUID, MSR or data MMIO access retires when
-                // the VMM completes it (and advances RIP): each counts as an instruction.
-                Stop::Halt
-                | Stop::Io { .. }
-                | Stop::Msr { .. }
-                | Stop::Mmio {
-                    access: Access::Read | Access::Write,
-                    ..
-                } => {
-                    executed += 1;
-                    break Outcome::Stop(stop, fetched);
-                }
-                _ => break Outcome::Stop(stop, fetched),
-            };
-            match ctx.raise(vector, error_code) {
-                Delivery::Delivered => executed += 1,
-                Delivery::TripleFault => break Outcome::Stop(stop, fetched),
-            }
-        };
-        self.instructions += executed;
-        outcome
     }
 }

@@ -1,15 +1,15 @@
 //! A simulated partition: the memory map and the vCPUs it made.
 
-use crate::memmap::MemMap;
 use crate::vcpu::SimVcpu;
 use crate::SimConfig;
 use hv_core::backend::check_mapping;
 use hv_core::{HvError, MemoryMapping, Result, VcpuBackend, VmBackend};
+use sim_cpu::phys::PhysMap;
 use std::sync::{Arc, Mutex};
 
 pub struct SimVm {
     config: Arc<SimConfig>,
-    memory: Arc<Mutex<Arc<MemMap>>>,
+    memory: Arc<Mutex<Arc<PhysMap>>>,
     vcpus: Vec<u8>,
 }
 
@@ -23,12 +23,12 @@ impl SimVm {
     }
 
     /// Publishes a changed copy of the memory map.
-    fn update(&self, f: impl FnOnce(&mut MemMap) -> Result<()>) -> Result<()> {
+    fn update(&self, f: impl FnOnce(&mut PhysMap) -> Result<()>) -> Result<()> {
         let mut guard = self
             .memory
             .lock()
             .map_err(|_| HvError::Unsupported("the memory map lock is poisoned".into()))?;
-        let mut next = MemMap::clone(&guard);
+        let mut next = PhysMap::clone(&guard);
         f(&mut next)?;
         next.generation += 1;
         *guard = Arc::new(next);

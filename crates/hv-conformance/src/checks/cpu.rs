@@ -23,8 +23,8 @@ const CPUID_CODE: [u8; 18] = [
     0x66, 0xb8, 0x02, 0x00, 0x00, 0x80, 0x0f, 0xa2, 0x66, 0xe7, 0x80, 0x66, 0x89, 0xd8, 0x66, 0xe7,
     0x80, 0xf4,
 ];
-/// "mshv" and "chck": a brand string no processor has.
-const BRAND: [u32; 2] = [0x7668_736d, 0x6b63_6863];
+/// "doct" and "or!!": a brand string no processor (not even the sim) has.
+const BRAND: [u32; 2] = [0x7463_6f64, 0x2121_726f];
 
 fn cpuid_results(hv: &dyn HvBackend) -> Outcome {
     let mut g = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &CPUID_CODE)?;

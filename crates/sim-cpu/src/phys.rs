@@ -1,4 +1,4 @@
-//! The guest physical address space as a vCPU sees it during one `run()`.
+//! The guest physical address space as a processor sees it during one run.
 //!
 //! The VM publishes an immutable snapshot on every map/unmap; a vCPU picks up the
 //! newest snapshot when it starts running, so mapping never blocks a running vCPU.
@@ -21,16 +21,16 @@ pub enum Target {
     Intercepted,
 }
 
-/// An immutable view of the memory map.
+/// An immutable view of the guest physical memory map.
 #[derive(Debug, Default, Clone)]
-pub struct MemMap {
+pub struct PhysMap {
     pub slots: Vec<MemoryMapping>,
     pub intercepts: Vec<(u64, u64)>,
     /// Bumped on every change so vCPUs know to flush their TLBs.
     pub generation: u64,
 }
 
-impl MemMap {
+impl PhysMap {
     /// Resolves `gpa`.
     #[inline]
     pub fn lookup(&self, gpa: u64) -> Target {
@@ -70,19 +70,24 @@ impl MemMap {
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
         match self.lookup(gpa) {
             Target::Ram { host, left, .. } if left >= 8 => {
-                // SAFETY: 8 bytes are left in the region; unaligned read of plain memory.
-                Some(unsafe { std::ptr::read_unaligned(host.cast::<u64>()) })
+                // SAFETY: 8 bytes are left in the region.
+                Some(unsafe { hv_core::shared::load(host, 8) })
             }
             _ => None,
         }
     }
 
-    /// Writes a little-endian u64 of guest RAM (accessed/dirty bits); false if not RAM.
+    /// Writes a little-endian u64 of guest RAM (accessed/dirty bits); false if not
+    /// writable RAM.
     pub fn write_u64(&self, gpa: u64, v: u64) -> bool {
         match self.lookup(gpa) {
-            Target::Ram { host, left, .. } if left >= 8 => {
+            Target::Ram {
+                host,
+                left,
+                writable: true,
+            } if left >= 8 => {
                 // SAFETY: as in `read_u64`.
-                unsafe { std::ptr::write_unaligned(host.cast::<u64>(), v) };
+                unsafe { hv_core::shared::store(host, 8, v) };
                 true
             }
             _ => false,
@@ -93,7 +98,7 @@ impl MemMap {
         match self.lookup(gpa) {
             Target::Ram { host, left, .. } if left >= 4 => {
                 // SAFETY: 4 bytes are left in the region.
-                Some(unsafe { std::ptr::read_unaligned(host.cast::<u32>()) })
+                Some(unsafe { hv_core::shared::load(host, 4) } as u32)
             }
             _ => None,
         }
@@ -101,9 +106,13 @@ impl MemMap {
 
     pub fn write_u32(&self, gpa: u64, v: u32) -> bool {
         match self.lookup(gpa) {
-            Target::Ram { host, left, .. } if left >= 4 => {
+            Target::Ram {
+                host,
+                left,
+                writable: true,
+            } if left >= 4 => {
                 // SAFETY: 4 bytes are left in the region.
-                unsafe { std::ptr::write_unaligned(host.cast::<u32>(), v) };
+                unsafe { hv_core::shared::store(host, 4, v as u64) };
                 true
             }
             _ => false,

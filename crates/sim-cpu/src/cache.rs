@@ -1,0 +1,443 @@
+//! The code cache: straight-line runs of compiled instructions (blocks), found by RIP
+//! through a direct-mapped table, and forgotten when their code changes.
+//!
+//! A block is made from one page (its last instruction may cross into the next) and
+//! ends at a branch, at an instruction that changes how the following ones execute
+//! (a mode, the interrupt flag, a control register), or after [`MAX_OPS`] instructions.
+//! It is valid while its linear page still maps to the same host memory and its bytes
+//! are unchanged:
+//! - stores by this processor to a page holding blocks take the TLB's slow path (such
+//!   pages are never writable in the TLB), which drops the page's blocks and ends the
+//!   block running (self-modifying code, SDM vol 3 8.1.3);
+//! - anyone else's writes (the VMM through its buffers, another vCPU) are caught by
+//!   comparing a block's bytes once per epoch; the epoch moves at every run and at
+//!   serializing instructions, which is when the SDM requires cross-modified code to be
+//!   seen (vol 3 8.1.3, "Handling Cross-Modifying Code").
+
+use crate::decode::{compile, Op};
+use crate::exec::Exec;
+use crate::fault::Stop;
+use crate::paging::{Access, Privilege};
+use crate::state::CS;
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+use std::collections::HashMap;
+
+/// Instructions per block at most.
+pub const MAX_OPS: usize = 64;
+const SLOTS: usize = 1 << 14;
+
+/// A straight-line run of compiled instructions.
+pub struct Block {
+    pub ip: u64,
+    pub cs_base: u64,
+    pub bits: u32,
+    /// Linear and guest physical address of the first byte, and its host address.
+    pub lin: u64,
+    pub gpa: u64,
+    pub host: *const u8,
+    /// When the last instruction crosses into the next page: that page's linear and
+    /// guest physical page addresses.
+    pub second: Option<(u64, u64)>,
+    /// The bytes the block was made from.
+    pub bytes: Box<[u8]>,
+    /// The epoch its bytes were last compared in.
+    pub checked: u64,
+    pub ops: Box<[Op]>,
+}
+
+// SAFETY: `host` points into guest RAM kept alive by the memory map the processor
+// holds while it runs; it is only compared, never dereferenced outside a run.
+unsafe impl Send for Block {}
+
+/// The blocks of one processor.
+pub struct CodeCache {
+    slots: Vec<Option<Box<Block>>>,
+    /// Guest physical page -> the slots of blocks made from it.
+    pages: HashMap<u64, Vec<u32>>,
+    /// Blocks dropped while one of them may be running; freed at the next lookup. Boxed:
+    /// the run loop holds a pointer to the running block, which must not move.
+    #[allow(clippy::vec_box)]
+    graveyard: Vec<Box<Block>>,
+    pub epoch: u64,
+}
+
+impl Default for CodeCache {
+    fn default() -> Self {
+        let mut slots = Vec::with_capacity(SLOTS);
+        slots.resize_with(SLOTS, || None);
+        CodeCache {
+            slots,
+            pages: HashMap::new(),
+            graveyard: Vec::new(),
+            epoch: 1,
+        }
+    }
+}
+
+#[inline(always)]
+fn slot(ip: u64, cs_base: u64) -> usize {
+    let k = ip ^ cs_base.rotate_left(17);
+    ((k ^ (k >> 14) ^ (k >> 28)) as usize) & (SLOTS - 1)
+}
+
+impl CodeCache {
+    /// Whether guest physical page `page` (aligned) holds blocks.
+    #[inline]
+    pub fn holds_page(&self, page: u64) -> bool {
+        !self.pages.is_empty() && self.pages.contains_key(&page)
+    }
+
+    /// Drops every block made from `page`.
+    pub fn invalidate_page(&mut self, page: u64) {
+        if let Some(slots) = self.pages.remove(&page) {
+            for s in slots {
+                if let Some(b) = self.slots[s as usize].take() {
+                    self.forget_pages(&b, s, page);
+                    self.graveyard.push(b);
+                }
+            }
+        }
+    }
+
+    /// Drops everything.
+    pub fn flush(&mut self) {
+        for s in self.slots.iter_mut() {
+            if let Some(b) = s.take() {
+                self.graveyard.push(b);
+            }
+        }
+        self.pages.clear();
+    }
+
+    /// Starts a new epoch: every block's bytes are compared before it runs again.
+    pub fn new_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// Frees blocks dropped earlier; call where no block is running.
+    pub fn collect(&mut self) {
+        self.graveyard.clear();
+    }
+
+    fn forget_pages(&mut self, b: &Block, s: u32, except: u64) {
+        let mut pages = [b.gpa & !0xfff, u64::MAX];
+        if let Some((_, g)) = b.second {
+            pages[1] = g;
+        }
+        for p in pages {
+            if p == except || p == u64::MAX {
+                continue;
+            }
+            if let Some(v) = self.pages.get_mut(&p) {
+                v.retain(|&x| x != s);
+                if v.is_empty() {
+                    self.pages.remove(&p);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, s: usize, b: Box<Block>, x_tlb: &mut crate::tlb::Tlb) {
+        if let Some(old) = self.slots[s].take() {
+            self.forget_pages(&old, s as u32, u64::MAX);
+            self.graveyard.push(old);
+        }
+        let mut pages = vec![b.gpa & !0xfff];
+        if let Some((_, g)) = b.second {
+            pages.push(g);
+        }
+        for p in pages {
+            let v = self.pages.entry(p).or_default();
+            if v.is_empty() {
+                // The page now holds code: the TLB must stop granting writes to it.
+                x_tlb.protect_code(p);
+            }
+            v.push(s as u32);
+        }
+        self.slots[s] = Some(b);
+    }
+}
+
+/// The block starting at the current CS:RIP, made if needed. The pointer stays valid
+/// until the next call (dropped blocks wait in the graveyard).
+pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
+    x.cache.collect();
+    let ip = x.cpu.rip;
+    let cs_base = x.cpu.seg[CS].base;
+    let bits = x.cpu.bitness();
+    let s = slot(ip, cs_base);
+    if let Some(b) = &x.cache.slots[s] {
+        if b.ip == ip && b.cs_base == cs_base && b.bits == bits {
+            let ptr: *const Block = &**b;
+            // SAFETY: the block is alive in its slot; nothing below drops it before the
+            // checks finish (a failed check drops it explicitly).
+            let b = unsafe { &*ptr };
+            if still_valid(x, b)? {
+                return Ok(ptr);
+            }
+            if let Some(old) = x.cache.slots[s].take() {
+                x.cache.forget_pages(&old, s as u32, u64::MAX);
+                x.cache.graveyard.push(old);
+            }
+        }
+    }
+    let b = build(x, ip, cs_base, bits)?;
+    let ptr: *const Block = &*b;
+    let cache = &mut *x.cache;
+    cache.insert(s, b, x.tlb);
+    Ok(ptr)
+}
+
+/// Whether `b` still maps to the same memory and holds the same bytes; an instruction
+/// fetch that now faults is that fault.
+fn still_valid(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
+    let need = crate::tlb::need(Access::Execute, x.cpu.cpl() == 3);
+    let host = match x.tlb.lookup(b.lin, need) {
+        Some(p) => p as *const u8,
+        None => {
+            let who = fetch_privilege(x);
+            x.translate(b.lin, Access::Execute, who)?.0 as *const u8
+        }
+    };
+    if host != b.host {
+        return Ok(false);
+    }
+    if let Some((lin2, gpa2)) = b.second {
+        let who = fetch_privilege(x);
+        x.translate(lin2, Access::Execute, who)?;
+        if x.tlb.gpa_page(lin2) != Some(gpa2 >> 12) && page_of(x, lin2)? != gpa2 {
+            return Ok(false);
+        }
+    }
+    if b.checked != x.cache.epoch {
+        if !same_bytes(x, b)? {
+            return Ok(false);
+        }
+        // SAFETY: only the owning processor touches its blocks; `checked` is a plain
+        // field of a block alive in the cache.
+        unsafe { (*(b as *const Block as *mut Block)).checked = x.cache.epoch };
+    }
+    Ok(true)
+}
+
+fn page_of(x: &mut Exec, lin: u64) -> Result<u64, Stop> {
+    let who = fetch_privilege(x);
+    match crate::paging::walk(x.cpu, x.mem, lin, Access::Execute, who, false) {
+        Ok(t) => Ok(t.gpa & !0xfff),
+        Err(pf) => Err(x.page_fault(pf)),
+    }
+}
+
+fn same_bytes(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
+    let first = b.bytes.len().min(0x1000 - (b.lin & 0xfff) as usize);
+    // SAFETY: `b.host` is the (just re-translated) host address of `first` bytes of RAM
+    // in the block's page.
+    if !unsafe { equal(b.host, &b.bytes[..first]) } {
+        return Ok(false);
+    }
+    if first < b.bytes.len() {
+        let who = fetch_privilege(x);
+        let (p, left) = x.translate(b.lin.wrapping_add(first as u64), Access::Execute, who)?;
+        let rest = &b.bytes[first..];
+        // SAFETY: `p` starts `left` >= `rest.len()` bytes of RAM when the test passes.
+        return Ok(left >= rest.len() && unsafe { equal(p, rest) });
+    }
+    Ok(true)
+}
+
+/// Whether the guest memory at `p` holds `bytes`, compared 16 bytes at a time.
+///
+/// # Safety
+/// `p` must point to `bytes.len()` readable bytes.
+unsafe fn equal(p: *const u8, bytes: &[u8]) -> bool {
+    let mut k = 0;
+    while k < bytes.len() {
+        let n = (bytes.len() - k).min(16);
+        // SAFETY: the caller guarantees `bytes.len()` readable bytes from `p`.
+        let now = unsafe { hv_core::shared::load16(p.add(k), n) };
+        let mut want = [0u8; 16];
+        want[..n].copy_from_slice(&bytes[k..k + n]);
+        if now != u128::from_le_bytes(want) {
+            return false;
+        }
+        k += n;
+    }
+    true
+}
+
+/// Instruction fetches are supervisor or user accesses by CPL; SMAP never applies.
+fn fetch_privilege(x: &Exec) -> Privilege {
+    if x.cpu.cpl() == 3 {
+        Privilege::User
+    } else {
+        Privilege::Supervisor { ac: true }
+    }
+}
+
+/// Whether the block must end after `ins`: it transfers control, or changes something
+/// the following instructions' execution depends on (mode, privilege, paging, the
+/// interrupt flag and its shadow, debug state), or is serializing.
+fn ends_block(ins: &iced_x86::Instruction) -> bool {
+    use Mnemonic as M;
+    if ins.flow_control() != FlowControl::Next {
+        return true;
+    }
+    match ins.mnemonic() {
+        M::Mov | M::Pop => {
+            let r0 = ins.op0_register();
+            r0.is_cr() || r0.is_dr() || r0.is_segment_register()
+        }
+        M::Popf
+        | M::Popfd
+        | M::Popfq
+        | M::Sti
+        | M::Cli
+        | M::Lmsw
+        | M::Clts
+        | M::Wrmsr
+        | M::Xsetbv
+        | M::Invlpg
+        | M::Cpuid
+        | M::Hlt
+        | M::Lss
+        | M::Lds
+        | M::Les
+        | M::Lfs
+        | M::Lgs
+        | M::Swapgs
+        | M::Stac
+        | M::Clac
+        | M::Ltr
+        | M::Lldt
+        | M::Lgdt
+        | M::Lidt
+        | M::Wrfsbase
+        | M::Wrgsbase
+        | M::Invd
+        | M::Wbinvd
+        | M::Rsm
+        | M::Ud0
+        | M::Ud1
+        | M::Ud2
+        | M::INVALID => true,
+        _ => false,
+    }
+}
+
+/// Makes the block at `ip`: decodes from its page until a block end.
+fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, Stop> {
+    let lin = if bits == 64 {
+        ip
+    } else {
+        cs_base.wrapping_add(ip) & 0xffff_ffff
+    };
+    // CS limit (legacy modes): fetching past it is #GP(0) (SDM vol 3 5.3).
+    let limit = if bits == 64 {
+        u64::MAX
+    } else {
+        x.cpu.seg[CS].limit as u64
+    };
+    if ip > limit {
+        return Err(x.gp(0));
+    }
+    if bits == 64 && !crate::paging::canonical(ip) {
+        return Err(x.gp(0));
+    }
+    let who = fetch_privilege(x);
+    let (host, left) = x.translate(lin, Access::Execute, who)?;
+    let gpa = {
+        let t = crate::paging::walk(x.cpu, x.mem, lin, Access::Execute, who, false)
+            .map_err(|pf| x.page_fault(pf))?;
+        t.gpa
+    };
+    // Bytes of this page (at most what MAX_OPS instructions could need), then up to
+    // 15 of the next page when it can be fetched.
+    let in_page = left.min(MAX_OPS * 15);
+    let mut buf = vec![0u8; in_page + 15];
+    // SAFETY: `host` starts `left` >= `in_page` bytes of plain RAM.
+    unsafe { hv_core::shared::copy_from(host, &mut buf[..in_page]) };
+    let mut available = in_page;
+    let mut next_page: Option<Result<(u64, u64), Stop>> = None;
+    if left == 0x1000 - (lin & 0xfff) as usize && in_page == left {
+        let lin2 = lin.wrapping_add(left as u64);
+        let lin2 = if bits == 64 { lin2 } else { lin2 & 0xffff_ffff };
+        next_page = Some(match x.translate(lin2, Access::Execute, who) {
+            Ok((p2, left2)) => {
+                let n = left2.min(15);
+                // SAFETY: `p2` starts `left2` >= `n` bytes of plain RAM.
+                unsafe { hv_core::shared::copy_from(p2, &mut buf[in_page..in_page + n]) };
+                available += n;
+                let g2 = crate::paging::walk(x.cpu, x.mem, lin2, Access::Execute, who, false)
+                    .map(|t| t.gpa & !0xfff)
+                    .unwrap_or(u64::MAX);
+                Ok((lin2, g2))
+            }
+            Err(e) => Err(e),
+        });
+    }
+    let mut decoder = Decoder::with_ip(bits, &buf[..available], ip, DecoderOptions::NONE);
+    let mut ops = Vec::new();
+    let mut used = 0usize;
+    let mut second = None;
+    let mut ins = iced_x86::Instruction::default();
+    while ops.len() < MAX_OPS && used < in_page {
+        decoder.decode_out(&mut ins);
+        let len = ins.len();
+        let start = used;
+        if ins.is_invalid() && decoder.last_error() == iced_x86::DecoderError::NoMoreBytes {
+            // The instruction needs bytes of the next page, which cannot be fetched.
+            if ops.is_empty() {
+                if let Some(Err(stop)) = next_page {
+                    // Restore the fault details the translation set.
+                    return Err(stop);
+                }
+                return Err(x.gp(0));
+            }
+            break;
+        }
+        let len = if ins.is_invalid() { len.max(1) } else { len };
+        // The instruction's last byte must be inside CS's limit.
+        if bits != 64 && ins.ip().wrapping_add(len as u64 - 1) > limit {
+            if ops.is_empty() {
+                return Err(x.gp(0));
+            }
+            break;
+        }
+        used = start + len;
+        let crosses = used > in_page;
+        if crosses {
+            match &next_page {
+                Some(Ok((lin2, g2))) => second = Some((*lin2, *g2)),
+                _ => {
+                    if ops.is_empty() {
+                        if let Some(Err(stop)) = next_page {
+                            return Err(stop);
+                        }
+                        return Err(x.gp(0));
+                    }
+                    used = start;
+                    break;
+                }
+            }
+        }
+        let op = compile(&ins, bits);
+        let end = ends_block(&ins) || ins.is_invalid();
+        ops.push(op);
+        if end || crosses || decoder.position() >= in_page {
+            break;
+        }
+    }
+    let bytes: Box<[u8]> = buf[..used].into();
+    Ok(Box::new(Block {
+        ip,
+        cs_base,
+        bits,
+        lin,
+        gpa,
+        host,
+        second,
+        bytes,
+        checked: x.cache.epoch,
+        ops: ops.into_boxed_slice(),
+    }))
+}

@@ -1,0 +1,116 @@
+//! What CPUID says this processor is, and nothing it is not: every feature bit set
+//! here is one the processor implements, and `tests/cpuid_honest.rs` executes
+//! something of each. The SDM's vol 2 CPUID lists the leaves and bits.
+
+use crate::state::{Cpu, CR4_OSXSAVE};
+
+/// Family 6, model 0x6A, stepping 0: the signature CPUID.1:EAX and RESET's EDX hold.
+pub const SIGNATURE: u32 = 0x0006_06a0;
+/// The highest basic and extended leaves.
+pub const MAX_BASIC: u32 = 7;
+pub const MAX_EXTENDED: u32 = 0x8000_0008;
+/// The brand string (CPUID 0x80000002..4), NUL padded to 48 bytes.
+pub const BRAND: &str = "mshv sim x86-64 processor";
+
+pub mod bits {
+    // CPUID.1:EDX
+    pub const PSE: u32 = 1 << 3;
+    pub const TSC: u32 = 1 << 4;
+    pub const MSR: u32 = 1 << 5;
+    pub const PAE: u32 = 1 << 6;
+    pub const CX8: u32 = 1 << 8;
+    pub const APIC: u32 = 1 << 9;
+    pub const SEP: u32 = 1 << 11;
+    pub const MTRR: u32 = 1 << 12;
+    pub const PGE: u32 = 1 << 13;
+    pub const CMOV: u32 = 1 << 15;
+    pub const PAT: u32 = 1 << 16;
+    pub const PSE36: u32 = 1 << 17;
+    pub const CLFSH: u32 = 1 << 19;
+    // CPUID.1:ECX
+    pub const CX16: u32 = 1 << 13;
+    pub const MOVBE: u32 = 1 << 22;
+    pub const POPCNT: u32 = 1 << 23;
+    pub const OSXSAVE: u32 = 1 << 27;
+    pub const HYPERVISOR: u32 = 1 << 31;
+    // CPUID.7.0:EBX
+    pub const FSGSBASE: u32 = 1 << 0;
+    pub const SMEP: u32 = 1 << 7;
+    pub const SMAP: u32 = 1 << 20;
+    // CPUID.80000001H:ECX
+    pub const LAHF_LM: u32 = 1 << 0;
+    pub const ABM: u32 = 1 << 5;
+    pub const PREFETCHW: u32 = 1 << 8;
+    // CPUID.80000001H:EDX
+    pub const SYSCALL: u32 = 1 << 11;
+    pub const NX: u32 = 1 << 20;
+    pub const PAGE1GB: u32 = 1 << 26;
+    pub const RDTSCP: u32 = 1 << 27;
+    pub const LM: u32 = 1 << 29;
+}
+
+const fn word(s: &[u8]) -> u32 {
+    u32::from_le_bytes([s[0], s[1], s[2], s[3]])
+}
+
+fn brand_words() -> [u32; 12] {
+    let mut bytes = [0u8; 48];
+    bytes[..BRAND.len()].copy_from_slice(BRAND.as_bytes());
+    let mut w = [0u32; 12];
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = word(&bytes[4 * i..4 * i + 4]);
+    }
+    w
+}
+
+/// `[eax, ebx, ecx, edx]` of `leaf`/`subleaf` for the processor with local APIC id
+/// `apic_id` in state `cpu` (OSXSAVE mirrors CR4).
+pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
+    use bits::*;
+    // Beyond the highest leaf, Intel processors answer the highest basic leaf.
+    let leaf = if (leaf > MAX_BASIC && leaf < 0x8000_0000) || leaf > MAX_EXTENDED {
+        MAX_BASIC
+    } else {
+        leaf
+    };
+    match leaf {
+        0 => [MAX_BASIC, word(b"Genu"), word(b"ntel"), word(b"ineI")],
+        1 => {
+            let ecx = CX16
+                | MOVBE
+                | POPCNT
+                | HYPERVISOR
+                | if cpu.cr4 & CR4_OSXSAVE != 0 {
+                    OSXSAVE
+                } else {
+                    0
+                };
+            let edx =
+                PSE | TSC | MSR | PAE | CX8 | APIC | SEP | MTRR | PGE | CMOV | PAT | PSE36 | CLFSH;
+            // CLFLUSH line 8 * 8 bytes, one logical processor, the initial APIC id.
+            let ebx = (8 << 8) | (1 << 16) | (apic_id & 0xff) << 24;
+            [SIGNATURE, ebx, ecx, edx]
+        }
+        7 if subleaf == 0 => [0, FSGSBASE | SMEP | SMAP, 0, 0],
+        0x8000_0000 => [MAX_EXTENDED, 0, 0, 0],
+        0x8000_0001 => [
+            0,
+            0,
+            LAHF_LM | ABM | PREFETCHW,
+            SYSCALL | NX | PAGE1GB | RDTSCP | LM,
+        ],
+        0x8000_0002..=0x8000_0004 => {
+            let w = brand_words();
+            let i = (leaf - 0x8000_0002) as usize * 4;
+            [w[i], w[i + 1], w[i + 2], w[i + 3]]
+        }
+        // Linear and physical address widths.
+        0x8000_0008 => [
+            (crate::paging::LINEAR_BITS << 8) | crate::paging::MAXPHYADDR,
+            0,
+            0,
+            0,
+        ],
+        _ => [0; 4],
+    }
+}

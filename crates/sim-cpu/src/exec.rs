@@ -1,0 +1,486 @@
+//! The execution context of one processor while it runs: registers by encoding,
+//! segmented and linear memory access through the TLB, and the slow paths behind it
+//! (page walks, faults, MMIO exits, writes to pages holding translated code).
+
+use crate::cache::CodeCache;
+use crate::fault::{Exit, Fault, Stop, GP, SS as SS_VECTOR};
+use crate::flags::{mask, AC};
+use crate::paging::{self, canonical, Access, PageFault, Privilege};
+use crate::phys::{PhysMap, Target};
+use crate::state::*;
+use crate::tlb::{need, FillRules, Tlb};
+use crate::Env;
+
+/// Register encodings of 8-bit operands 16..19: AH, CH, DH, BH.
+pub const AH: u8 = 16;
+/// "No register" in an operand field.
+pub const NONE: u8 = 0xff;
+
+/// One processor while it runs.
+pub struct Exec<'a> {
+    pub cpu: &'a mut Cpu,
+    pub tlb: &'a mut Tlb,
+    pub mem: &'a PhysMap,
+    pub env: &'a mut dyn Env,
+    pub cache: &'a mut CodeCache,
+    /// The exception a [`Stop::Fault`] raises.
+    pub fault: Fault,
+    /// Why a [`Stop::Exit`] exits.
+    pub exit: Exit,
+    /// String iterations done since the run loop last looked (work between its checks).
+    pub work: u64,
+    /// The current block must end after this instruction (its code may have changed,
+    /// or the processor's mode did).
+    pub end_block: bool,
+    /// A single-step or data-breakpoint #DB is due after this instruction.
+    pub trap: bool,
+}
+
+impl Exec<'_> {
+    // ---- faults --------------------------------------------------------------------
+
+    /// Raises exception `vector` with `error_code`.
+    #[inline(never)]
+    #[cold]
+    pub fn raise(&mut self, vector: u8, error_code: Option<u32>) -> Stop {
+        self.fault = Fault {
+            vector,
+            error_code,
+            cr2: None,
+        };
+        Stop::Fault
+    }
+
+    #[cold]
+    pub fn gp(&mut self, error_code: u32) -> Stop {
+        self.raise(GP, Some(error_code))
+    }
+
+    #[cold]
+    pub fn ud(&mut self) -> Stop {
+        self.raise(crate::fault::UD, None)
+    }
+
+    #[cold]
+    pub fn page_fault(&mut self, pf: PageFault) -> Stop {
+        self.fault = Fault {
+            vector: crate::fault::PF,
+            error_code: Some(pf.error_code),
+            cr2: Some(pf.address),
+        };
+        Stop::Fault
+    }
+
+    #[cold]
+    pub fn exit_with(&mut self, exit: Exit) -> Stop {
+        self.exit = exit;
+        Stop::Exit
+    }
+
+    /// An instruction this processor lacks: #UD, as hardware without it.
+    #[cold]
+    pub fn unsupported(&mut self) -> Stop {
+        self.exit_with(Exit::Unsupported)
+    }
+
+    // ---- registers -------------------------------------------------------------------
+
+    /// Reads register `r` (an encoding: 0..15, or 16..19 for AH..BH at size 1) as a
+    /// `size`-byte value.
+    #[inline(always)]
+    pub fn reg(&self, r: u8, size: usize) -> u64 {
+        if size == 1 && r >= AH {
+            (self.cpu.gpr[(r - AH) as usize] >> 8) & 0xff
+        } else {
+            self.cpu.gpr[r as usize & 15] & mask(size)
+        }
+    }
+
+    /// Writes register `r` as x86 does: 8- and 16-bit writes keep the rest, 32-bit
+    /// writes clear bits 63:32 (SDM vol 1 3.4.1.1).
+    #[inline(always)]
+    pub fn set_reg(&mut self, r: u8, size: usize, v: u64) {
+        match size {
+            1 => {
+                if r >= AH {
+                    let g = &mut self.cpu.gpr[(r - AH) as usize];
+                    *g = (*g & !0xff00) | ((v & 0xff) << 8);
+                } else {
+                    let g = &mut self.cpu.gpr[r as usize & 15];
+                    *g = (*g & !0xff) | (v & 0xff);
+                }
+            }
+            2 => {
+                let g = &mut self.cpu.gpr[r as usize & 15];
+                *g = (*g & !0xffff) | (v & 0xffff);
+            }
+            4 => self.cpu.gpr[r as usize & 15] = v & 0xffff_ffff,
+            _ => self.cpu.gpr[r as usize & 15] = v,
+        }
+    }
+
+    // ---- segmentation ----------------------------------------------------------------
+
+    /// The linear address of `seg:offset` for a `size`-byte access, with the checks
+    /// of SDM vol 3 5.3 (limits, expand-down, unusable segments) and 5.4 (types) in
+    /// legacy modes and the canonical check of vol 1 3.3.7.1 in 64-bit mode. A stack
+    /// segment fault is #SS(0), any other #GP(0).
+    #[inline(always)]
+    pub fn linear(&mut self, seg: usize, off: u64, size: usize, write: bool) -> Result<u64, Stop> {
+        let cpu = &*self.cpu;
+        if cpu.mode64() {
+            let lin = if seg >= FS {
+                cpu.seg[seg].base.wrapping_add(off)
+            } else {
+                off
+            };
+            if !canonical(lin) || !canonical(lin.wrapping_add(size as u64 - 1)) {
+                return Err(self.segment_fault(seg));
+            }
+            return Ok(lin);
+        }
+        let s = &cpu.seg[seg];
+        let last = off.wrapping_add(size as u64 - 1);
+        if cpu.cr0 & CR0_PE != 0 && cpu.flags.bits & crate::flags::VM == 0 {
+            // Protected mode: an unusable (null) segment, then the type, then the limit.
+            let a = s.attributes;
+            if a & ATTR_P == 0 {
+                return Err(self.segment_fault(seg));
+            }
+            if a & ATTR_S != 0 {
+                let code = a & 8 != 0;
+                let ok_type = if write {
+                    !code && a & 2 != 0
+                } else {
+                    !code || a & 2 != 0
+                };
+                if !ok_type {
+                    return Err(self.segment_fault(seg));
+                }
+                if !code && a & 4 != 0 {
+                    // Expand-down: valid offsets are (limit, upper].
+                    let upper = if a & ATTR_DB != 0 {
+                        0xffff_ffff
+                    } else {
+                        0xffff
+                    };
+                    if off <= s.limit as u64 || last > upper || last < off {
+                        return Err(self.segment_fault(seg));
+                    }
+                    return Ok(s.base.wrapping_add(off) & 0xffff_ffff);
+                }
+            }
+        }
+        if last > s.limit as u64 || last < off {
+            return Err(self.segment_fault(seg));
+        }
+        Ok(s.base.wrapping_add(off) & 0xffff_ffff)
+    }
+
+    #[cold]
+    fn segment_fault(&mut self, seg: usize) -> Stop {
+        if seg == SS {
+            self.raise(SS_VECTOR, Some(0))
+        } else {
+            self.gp(0)
+        }
+    }
+
+    /// Who makes an ordinary data access now.
+    #[inline(always)]
+    pub fn privilege(&self) -> Privilege {
+        if self.cpu.cpl() == 3 {
+            Privilege::User
+        } else {
+            Privilege::Supervisor {
+                ac: self.cpu.flags.bits & AC != 0,
+            }
+        }
+    }
+
+    // ---- memory ----------------------------------------------------------------------
+
+    /// Reads `size` bytes (1, 2, 4 or 8) at `seg:off`.
+    #[inline(always)]
+    pub fn read(&mut self, seg: usize, off: u64, size: usize) -> Result<u64, Stop> {
+        let lin = self.linear(seg, off, size, false)?;
+        self.read_lin(lin, size, Access::Read)
+    }
+
+    /// Writes the low `size` bytes of `v` at `seg:off`.
+    #[inline(always)]
+    pub fn write(&mut self, seg: usize, off: u64, size: usize, v: u64) -> Result<(), Stop> {
+        let lin = self.linear(seg, off, size, true)?;
+        self.write_lin(lin, size, v)
+    }
+
+    /// Reads at a linear address, with the current privilege.
+    #[inline(always)]
+    pub fn read_lin(&mut self, lin: u64, size: usize, access: Access) -> Result<u64, Stop> {
+        if (lin & 0xfff) as usize + size <= 0x1000 {
+            if let Some(p) = self.tlb.lookup(lin, need(access, self.cpu.cpl() == 3)) {
+                // SAFETY: the TLB maps the whole page to RAM; the access stays inside it.
+                return Ok(unsafe { hv_core::shared::load(p, size) });
+            }
+        }
+        let who = self.privilege();
+        self.read_slow(lin, size, access, who)
+    }
+
+    /// Writes at a linear address, with the current privilege.
+    #[inline(always)]
+    pub fn write_lin(&mut self, lin: u64, size: usize, v: u64) -> Result<(), Stop> {
+        if (lin & 0xfff) as usize + size <= 0x1000 {
+            if let Some(p) = self
+                .tlb
+                .lookup(lin, need(Access::Write, self.cpu.cpl() == 3))
+            {
+                // SAFETY: the TLB grants writes to the whole page of RAM.
+                unsafe { hv_core::shared::store(p, size, v) };
+                return Ok(());
+            }
+        }
+        let who = self.privilege();
+        self.write_slow(lin, size, v, who)
+    }
+
+    /// An implicit supervisor read (descriptor tables, the TSS, the IDT).
+    pub fn read_system(&mut self, lin: u64, size: usize) -> Result<u64, Stop> {
+        self.read_slow(lin, size, Access::Read, Privilege::Implicit)
+    }
+
+    /// An implicit supervisor write (descriptor accessed and busy bits, the TSS).
+    pub fn write_system(&mut self, lin: u64, size: usize, v: u64) -> Result<(), Stop> {
+        self.write_slow(lin, size, v, Privilege::Implicit)
+    }
+
+    /// Translates one byte's page for `access`: the host pointer for `lin` and the
+    /// bytes of plain RAM from it to the page's end, or the stop.
+    pub fn translate(
+        &mut self,
+        lin: u64,
+        access: Access,
+        who: Privilege,
+    ) -> Result<(*mut u8, usize), Stop> {
+        let lin = if self.cpu.long_mode_active() {
+            lin
+        } else {
+            lin & 0xffff_ffff
+        };
+        let t = match paging::walk(self.cpu, self.mem, lin, access, who, true) {
+            Ok(t) => t,
+            Err(pf) => return Err(self.page_fault(pf)),
+        };
+        let gpa = t.gpa;
+        match self.mem.lookup(gpa) {
+            Target::Ram {
+                host,
+                writable,
+                left,
+            } => {
+                if access == Access::Write && !writable {
+                    return Err(self.exit_with(Exit::Mmio {
+                        gpa,
+                        gva: lin,
+                        access,
+                        intercepted: true,
+                    }));
+                }
+                let page = gpa & !0xfff;
+                let off = (gpa & 0xfff) as usize;
+                if access == Access::Write && self.cache.holds_page(page) {
+                    // Self-modifying code: the blocks made from this page go, and the
+                    // block running now ends after this instruction.
+                    self.cache.invalidate_page(page);
+                    self.end_block = true;
+                }
+                if left as usize >= 0x1000 - off && self.mem.page_is_plain_ram(page) {
+                    let rules = FillRules {
+                        paging: self.cpu.paging(),
+                        wp: self.cpu.cr0 & CR0_WP != 0,
+                        smep: self.cpu.cr4 & CR4_SMEP != 0,
+                        smap: self.cpu.cr4 & CR4_SMAP != 0,
+                    };
+                    let code = self.cache.holds_page(page);
+                    // SAFETY: the page start is `off` bytes before `host`, inside the region.
+                    let start = unsafe { host.sub(off) };
+                    self.tlb.fill(lin, &t, start, writable, code, rules);
+                }
+                Ok((host, (0x1000 - off).min(left as usize)))
+            }
+            Target::Unmapped | Target::Intercepted => Err(self.exit_with(Exit::Mmio {
+                gpa,
+                gva: lin,
+                access,
+                intercepted: matches!(self.mem.lookup(gpa), Target::Intercepted),
+            })),
+        }
+    }
+
+    /// Host pointers for each byte of an access that leaves its page or its RAM, all
+    /// translated before any is touched (a fault or an exit changes nothing).
+    fn bytewise(
+        &mut self,
+        lin: u64,
+        size: usize,
+        access: Access,
+        who: Privilege,
+    ) -> Result<[*mut u8; 8], Stop> {
+        let mut ptrs = [std::ptr::null_mut(); 8];
+        let mut k = 0;
+        while k < size {
+            let (p, left) = self.translate(lin.wrapping_add(k as u64), access, who)?;
+            let n = left.min(size - k);
+            for (j, slot) in ptrs[k..k + n].iter_mut().enumerate() {
+                // SAFETY: `p` starts `left` >= `n` bytes of plain RAM.
+                *slot = unsafe { p.add(j) };
+            }
+            k += n;
+        }
+        Ok(ptrs)
+    }
+
+    #[inline(never)]
+    pub fn read_slow(
+        &mut self,
+        lin: u64,
+        size: usize,
+        access: Access,
+        who: Privilege,
+    ) -> Result<u64, Stop> {
+        let (p, left) = self.translate(lin, access, who)?;
+        if left >= size {
+            // SAFETY: `p` starts `left` >= `size` bytes of plain RAM.
+            return Ok(unsafe { hv_core::shared::load(p, size) });
+        }
+        let ptrs = self.bytewise(lin, size, access, who)?;
+        let mut v = 0u64;
+        for (k, p) in ptrs.iter().enumerate().take(size) {
+            // SAFETY: each pointer addresses one translated byte of RAM.
+            v |= unsafe { hv_core::shared::load(*p, 1) } << (8 * k);
+        }
+        Ok(v)
+    }
+
+    #[inline(never)]
+    pub fn write_slow(
+        &mut self,
+        lin: u64,
+        size: usize,
+        v: u64,
+        who: Privilege,
+    ) -> Result<(), Stop> {
+        let (p, left) = self.translate(lin, Access::Write, who)?;
+        if left >= size {
+            // SAFETY: `p` starts `left` >= `size` writable bytes of plain RAM.
+            unsafe { hv_core::shared::store(p, size, v) };
+            return Ok(());
+        }
+        let ptrs = self.bytewise(lin, size, Access::Write, who)?;
+        for (k, p) in ptrs.iter().enumerate().take(size) {
+            // SAFETY: each pointer addresses one translated, writable byte of RAM.
+            unsafe { hv_core::shared::store(*p, 1, v >> (8 * k)) };
+        }
+        Ok(())
+    }
+
+    /// Translates every page of `size` bytes at `lin` for `access` (any size).
+    fn check_range(
+        &mut self,
+        lin: u64,
+        size: usize,
+        access: Access,
+        who: Privilege,
+    ) -> Result<(), Stop> {
+        let mut k = 0;
+        while k < size {
+            let (_, left) = self.translate(lin.wrapping_add(k as u64), access, who)?;
+            k += left.max(1);
+        }
+        Ok(())
+    }
+
+    /// Checks that a write of `size` bytes at `seg:off` would succeed, without writing
+    /// (instructions that must not change anything unless all their writes can land).
+    pub fn probe_write(&mut self, seg: usize, off: u64, size: usize) -> Result<u64, Stop> {
+        let lin = self.linear(seg, off, size, true)?;
+        let who = self.privilege();
+        self.check_range(lin, size, Access::Write, who)?;
+        Ok(lin)
+    }
+
+    // ---- the stack -------------------------------------------------------------------
+
+    /// The stack pointer's width: all 64 bits in 64-bit mode, else SS.B.
+    #[inline(always)]
+    pub fn stack_mask(&self) -> u64 {
+        if self.cpu.mode64() {
+            u64::MAX
+        } else if self.cpu.seg[SS].default_big() {
+            0xffff_ffff
+        } else {
+            0xffff
+        }
+    }
+
+    #[inline(always)]
+    pub fn set_sp(&mut self, v: u64) {
+        let m = self.stack_mask();
+        let sp = &mut self.cpu.gpr[4];
+        *sp = (*sp & !m) | (v & m);
+    }
+
+    /// Pushes `size` bytes; memory is written before RSP changes.
+    #[inline(always)]
+    pub fn push(&mut self, v: u64, size: usize) -> Result<(), Stop> {
+        let m = self.stack_mask();
+        let sp = self.cpu.gpr[4].wrapping_sub(size as u64) & m;
+        self.write(SS, sp, size, v)?;
+        self.set_sp(sp);
+        Ok(())
+    }
+
+    /// Reads `size` bytes at `skip` bytes above the top of the stack.
+    #[inline(always)]
+    pub fn peek(&mut self, size: usize, skip: u64) -> Result<u64, Stop> {
+        let m = self.stack_mask();
+        let sp = self.cpu.gpr[4].wrapping_add(skip) & m;
+        self.read(SS, sp, size)
+    }
+
+    /// Pops `size` bytes.
+    #[inline(always)]
+    pub fn pop(&mut self, size: usize) -> Result<u64, Stop> {
+        let v = self.peek(size, 0)?;
+        let m = self.stack_mask();
+        self.set_sp(self.cpu.gpr[4].wrapping_add(size as u64) & m);
+        Ok(v)
+    }
+
+    /// The width of RIP: 64 bits in 64-bit mode, else the code segment's operand size
+    /// decides what a branch truncates to; callers mask with the operand size.
+    #[inline(always)]
+    pub fn ip_mask(&self) -> u64 {
+        if self.cpu.mode64() {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        }
+    }
+
+    /// A near branch to `target` (already truncated to the operand size): outside CS's
+    /// limit (legacy modes) or non-canonical (64-bit mode) is #GP(0) with RIP at the
+    /// branch (SDM vol 2 JMP: "If the target operand is beyond the code segment limits").
+    #[inline(always)]
+    pub fn branch(&mut self, target: u64) -> Result<(), Stop> {
+        if self.cpu.mode64() {
+            if !canonical(target) {
+                return Err(self.gp(0));
+            }
+        } else if target > self.cpu.seg[CS].limit as u64 {
+            return Err(self.gp(0));
+        }
+        self.cpu.rip = target;
+        Ok(())
+    }
+}

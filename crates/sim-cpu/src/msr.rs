@@ -1,0 +1,174 @@
+//! The MSRs this processor implements (SDM vol 4 lists them), with the #GP(0) checks
+//! of their reserved bits and values. Any other MSR is the hypervisor's to decide
+//! (fault, ignore, or exit to the VMM).
+
+use crate::exec::Exec;
+use crate::paging::{canonical, MAXPHYADDR};
+use crate::state::*;
+
+pub const TSC: u32 = 0x10;
+pub const APIC_BASE: u32 = 0x1b;
+pub const BIOS_SIGN_ID: u32 = 0x8b;
+pub const MTRRCAP: u32 = 0xfe;
+pub const SYSENTER_CS: u32 = 0x174;
+pub const SYSENTER_ESP: u32 = 0x175;
+pub const SYSENTER_EIP: u32 = 0x176;
+pub const MISC_ENABLE: u32 = 0x1a0;
+pub const MTRR_PHYS_FIRST: u32 = 0x200;
+pub const MTRR_FIX_64K: u32 = 0x250;
+pub const MTRR_FIX_16K: u32 = 0x258;
+pub const MTRR_FIX_4K_FIRST: u32 = 0x268;
+pub const PAT: u32 = 0x277;
+pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+pub const EFER: u32 = 0xc000_0080;
+pub const STAR: u32 = 0xc000_0081;
+pub const LSTAR: u32 = 0xc000_0082;
+pub const CSTAR: u32 = 0xc000_0083;
+pub const SFMASK: u32 = 0xc000_0084;
+pub const FS_BASE: u32 = 0xc000_0100;
+pub const GS_BASE: u32 = 0xc000_0101;
+pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+pub const TSC_AUX: u32 = 0xc000_0103;
+
+/// Variable MTRR pairs (MTRRCAP.VCNT).
+const VARIABLE_MTRRS: u32 = 8;
+
+/// The value of an implemented MSR; `None` for one this processor does not have.
+pub fn read(cpu: &Cpu, msr: u32) -> Option<u64> {
+    Some(match msr {
+        TSC => cpu.tsc,
+        APIC_BASE => cpu.apic_base,
+        BIOS_SIGN_ID => 0,
+        // VCNT = 8, fixed-range MTRRs, write-combining.
+        MTRRCAP => VARIABLE_MTRRS as u64 | 1 << 8 | 1 << 10,
+        SYSENTER_CS => cpu.msr.sysenter_cs,
+        SYSENTER_ESP => cpu.msr.sysenter_esp,
+        SYSENTER_EIP => cpu.msr.sysenter_eip,
+        MISC_ENABLE => cpu.msr.misc_enable,
+        m if (MTRR_PHYS_FIRST..MTRR_PHYS_FIRST + 2 * VARIABLE_MTRRS).contains(&m) => {
+            cpu.msr.mtrr_var[(m - MTRR_PHYS_FIRST) as usize]
+        }
+        MTRR_FIX_64K => cpu.msr.mtrr_fixed[0],
+        MTRR_FIX_16K => cpu.msr.mtrr_fixed[1],
+        0x259 => cpu.msr.mtrr_fixed[2],
+        m if (MTRR_FIX_4K_FIRST..MTRR_FIX_4K_FIRST + 8).contains(&m) => {
+            cpu.msr.mtrr_fixed[3 + (m - MTRR_FIX_4K_FIRST) as usize]
+        }
+        PAT => cpu.msr.pat,
+        MTRR_DEF_TYPE => cpu.msr.mtrr_def_type,
+        EFER => cpu.efer,
+        STAR => cpu.msr.star,
+        LSTAR => cpu.msr.lstar,
+        CSTAR => cpu.msr.cstar,
+        SFMASK => cpu.msr.sfmask,
+        FS_BASE => cpu.seg[FS].base,
+        GS_BASE => cpu.seg[GS].base,
+        KERNEL_GS_BASE => cpu.msr.kernel_gs_base,
+        TSC_AUX => cpu.msr.tsc_aux,
+        _ => return None,
+    })
+}
+
+/// What a WRMSR did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The value is not allowed: #GP(0).
+    Refused,
+    /// The processor has no such MSR.
+    Unknown,
+}
+
+/// A PAT or MTRR memory type: 0, 1, 4, 5, 6 (and 7 for PAT) are defined.
+fn valid_type(t: u64, pat: bool) -> bool {
+    matches!(t, 0 | 1 | 4 | 5 | 6) || pat && t == 7
+}
+
+/// Writes an implemented MSR with its checks; mode changes flush what depends on them.
+pub fn write(x: &mut Exec, msr: u32, v: u64) -> Written {
+    let phys_mask = !((1u64 << MAXPHYADDR) - 1);
+    let cpu = &mut *x.cpu;
+    match msr {
+        TSC => cpu.tsc = v,
+        APIC_BASE => {
+            // Bits 0-7, 9 (x2APIC enable needs x2APIC support) and above MAXPHYADDR reserved.
+            if v & (0xff | 1 << 9 | 1 << 10 | phys_mask) != 0 {
+                return Written::Refused;
+            }
+            cpu.apic_base = (v & !(1 << 8)) | (cpu.apic_base & (1 << 8));
+        }
+        BIOS_SIGN_ID => {}
+        SYSENTER_CS => cpu.msr.sysenter_cs = v & 0xffff,
+        SYSENTER_ESP | SYSENTER_EIP if !canonical(v) => return Written::Refused,
+        SYSENTER_ESP => cpu.msr.sysenter_esp = v,
+        SYSENTER_EIP => cpu.msr.sysenter_eip = v,
+        MISC_ENABLE => cpu.msr.misc_enable = v,
+        m if (MTRR_PHYS_FIRST..MTRR_PHYS_FIRST + 2 * VARIABLE_MTRRS).contains(&m) => {
+            let base = (m - MTRR_PHYS_FIRST).is_multiple_of(2);
+            let rsvd = if base {
+                0xf00 | phys_mask
+            } else {
+                0x7ff | phys_mask
+            };
+            if v & rsvd != 0 || base && !valid_type(v & 0xff, false) {
+                return Written::Refused;
+            }
+            cpu.msr.mtrr_var[(m - MTRR_PHYS_FIRST) as usize] = v;
+        }
+        MTRR_FIX_64K | MTRR_FIX_16K | 0x259 | 0x268..=0x26f => {
+            if (0..8).any(|i| !valid_type((v >> (8 * i)) & 0xff, false)) {
+                return Written::Refused;
+            }
+            let i = match msr {
+                MTRR_FIX_64K => 0,
+                MTRR_FIX_16K => 1,
+                0x259 => 2,
+                m => 3 + (m - MTRR_FIX_4K_FIRST) as usize,
+            };
+            cpu.msr.mtrr_fixed[i] = v;
+        }
+        PAT => {
+            if (0..8).any(|i| !valid_type((v >> (8 * i)) & 0xff, true)) {
+                return Written::Refused;
+            }
+            cpu.msr.pat = v;
+        }
+        MTRR_DEF_TYPE => {
+            if v & !0xcff != 0 || !valid_type(v & 0xff, false) {
+                return Written::Refused;
+            }
+            cpu.msr.mtrr_def_type = v;
+        }
+        EFER => {
+            // SCE, LME, LMA (read-only), NXE; changing LME with paging on is #GP(0).
+            if v & !(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE) != 0 {
+                return Written::Refused;
+            }
+            if cpu.paging() && (v ^ cpu.efer) & EFER_LME != 0 {
+                return Written::Refused;
+            }
+            cpu.efer = (v & !EFER_LMA) | (cpu.efer & EFER_LMA);
+            cpu.update_lma();
+            x.tlb.flush();
+            x.end_block = true;
+        }
+        STAR => cpu.msr.star = v,
+        LSTAR | CSTAR | FS_BASE | GS_BASE | KERNEL_GS_BASE if !canonical(v) => {
+            return Written::Refused
+        }
+        LSTAR => cpu.msr.lstar = v,
+        CSTAR => cpu.msr.cstar = v,
+        SFMASK => cpu.msr.sfmask = v & 0xffff_ffff,
+        FS_BASE => cpu.seg[FS].base = v,
+        GS_BASE => cpu.seg[GS].base = v,
+        KERNEL_GS_BASE => cpu.msr.kernel_gs_base = v,
+        TSC_AUX => {
+            if v >> 32 != 0 {
+                return Written::Refused;
+            }
+            cpu.msr.tsc_aux = v;
+        }
+        _ => return Written::Unknown,
+    }
+    Written::Done
+}

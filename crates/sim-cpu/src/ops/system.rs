@@ -1,0 +1,937 @@
+//! System instructions (SDM vol 2 for each, vol 3 chapters 2, 4, 5): flag control with
+//! IOPL rules, control and debug registers, descriptor tables, LDTR and TR, CPUID,
+//! MSRs, the time-stamp counter, HLT, SYSCALL/SYSRET, SYSENTER/SYSEXIT, SWAPGS, the
+//! FS/GS base instructions, LAR/LSL/VERR/VERW/ARPL, SMAP's STAC/CLAC.
+
+use super::{read_rm, write_rm};
+use crate::decode::{ea, gpr, Handler, Op};
+use crate::exec::{Exec, NONE};
+use crate::fault::{selector_error, Exit, Stop, DB, NP};
+use crate::flags::*;
+use crate::msr::{self, Written};
+use crate::paging::{self, canonical, MAXPHYADDR};
+use crate::segment::{
+    read_descriptor, Descriptor, TYPE_LDT, TYPE_TSS16_AVAILABLE, TYPE_TSS32_AVAILABLE,
+};
+use crate::state::*;
+use hv_core::UnknownMsr;
+use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
+
+/// #GP(0) unless CPL is 0 (and not V86 mode, whose CPL is 3).
+#[inline]
+fn privileged(x: &mut Exec) -> Result<(), Stop> {
+    if x.cpu.cpl() != 0 {
+        return Err(x.gp(0));
+    }
+    Ok(())
+}
+
+// ---- flags ------------------------------------------------------------------------
+
+const CLC: u8 = 0;
+const STC: u8 = 1;
+const CMC: u8 = 2;
+const CLD: u8 = 3;
+const STD: u8 = 4;
+const CLI: u8 = 5;
+const STI: u8 = 6;
+
+fn flag_op(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    match op.cc {
+        CLC => x.cpu.flags.set_arith(0, CF),
+        STC => x.cpu.flags.set_arith(CF, CF),
+        CMC => {
+            let c = x.cpu.flags.cf();
+            x.cpu.flags.set_arith(if c { 0 } else { CF }, CF);
+        }
+        CLD => x.cpu.flags.bits &= !DF,
+        STD => x.cpu.flags.bits |= DF,
+        _ => {
+            // CLI/STI: allowed at CPL <= IOPL (always in real mode), else #GP(0)
+            // (no VME or PVI here).
+            let cpu = &*x.cpu;
+            if cpu.protected() && cpu.cpl() > cpu.iopl() {
+                return Err(x.gp(0));
+            }
+            if op.cc == CLI {
+                x.cpu.flags.bits &= !IF;
+            } else {
+                if x.cpu.flags.bits & IF == 0 {
+                    // Interrupts stay blocked until after the next instruction.
+                    x.cpu.shadow.interrupts = true;
+                }
+                x.cpu.flags.bits |= IF;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn compile_flag_op(ins: &Instruction, op: &mut Op) -> Option<Handler> {
+    use Mnemonic as M;
+    op.cc = match ins.mnemonic() {
+        M::Clc => CLC,
+        M::Stc => STC,
+        M::Cmc => CMC,
+        M::Cld => CLD,
+        M::Std => STD,
+        M::Cli => CLI,
+        _ => STI,
+    };
+    Some(flag_op)
+}
+
+// ---- control and debug registers --------------------------------------------------
+
+/// CR0 bits that exist; the rest (and bits 63:32) are reserved (SDM vol 3 2.5).
+const CR0_DEFINED: u64 = CR0_PE
+    | CR0_MP
+    | CR0_EM
+    | CR0_TS
+    | CR0_ET
+    | CR0_NE
+    | CR0_WP
+    | CR0_AM
+    | CR0_NW
+    | CR0_CD
+    | CR0_PG;
+/// CR4 bits this processor supports (the rest are #GP(0) to set).
+const CR4_SUPPORTED: u64 = CR4_PSE
+    | CR4_PAE
+    | CR4_PGE
+    | CR4_PCE
+    | CR4_TSD
+    | CR4_DE
+    | CR4_FSGSBASE
+    | CR4_SMEP
+    | CR4_SMAP
+    | CR4_MCE;
+
+/// Writes CR0 with the checks of SDM vol 2 MOV (Control Registers).
+pub fn write_cr0(x: &mut Exec, v: u64) -> Result<(), Stop> {
+    if v & !CR0_DEFINED != 0 {
+        return Err(x.gp(0));
+    }
+    if v & CR0_PG != 0 && v & CR0_PE == 0 || v & CR0_NW != 0 && v & CR0_CD == 0 {
+        return Err(x.gp(0));
+    }
+    let cpu = &*x.cpu;
+    let entering_paging = v & CR0_PG != 0 && cpu.cr0 & CR0_PG == 0;
+    if entering_paging && cpu.efer & EFER_LME != 0 {
+        // Long mode needs PAE and, to activate, a code segment that is not 64-bit.
+        if cpu.cr4 & CR4_PAE == 0 || cpu.seg[CS].long() {
+            return Err(x.gp(0));
+        }
+    }
+    if v & CR0_PG == 0 && cpu.long_mode_active() && cpu.mode64() {
+        // Leaving long mode requires compatibility mode first.
+        return Err(x.gp(0));
+    }
+    let old = x.cpu.cr0;
+    // ET is hardwired to 1.
+    x.cpu.cr0 = v | CR0_ET;
+    x.cpu.update_lma();
+    if entering_paging
+        && !x.cpu.long_mode_active()
+        && x.cpu.cr4 & CR4_PAE != 0
+        && !paging::load_pdptes(x.cpu, x.mem)
+    {
+        x.cpu.cr0 = old;
+        x.cpu.update_lma();
+        return Err(x.gp(0));
+    }
+    if (old ^ x.cpu.cr0) & (CR0_PG | CR0_PE | CR0_WP) != 0 {
+        x.tlb.flush();
+    }
+    x.end_block = true;
+    Ok(())
+}
+
+pub fn write_cr3(x: &mut Exec, v: u64) -> Result<(), Stop> {
+    if x.cpu.long_mode_active() && v >> MAXPHYADDR != 0 {
+        return Err(x.gp(0));
+    }
+    let old = x.cpu.cr3;
+    x.cpu.cr3 = if x.cpu.long_mode_active() {
+        v
+    } else {
+        v & 0xffff_ffff
+    };
+    if x.cpu.paging()
+        && !x.cpu.long_mode_active()
+        && x.cpu.cr4 & CR4_PAE != 0
+        && !paging::load_pdptes(x.cpu, x.mem)
+    {
+        x.cpu.cr3 = old;
+        return Err(x.gp(0));
+    }
+    x.tlb.flush_nonglobal();
+    x.end_block = true;
+    Ok(())
+}
+
+pub fn write_cr4(x: &mut Exec, v: u64) -> Result<(), Stop> {
+    if v & !CR4_SUPPORTED != 0 {
+        return Err(x.gp(0));
+    }
+    let cpu = &*x.cpu;
+    if cpu.long_mode_active() && v & CR4_PAE == 0 {
+        return Err(x.gp(0));
+    }
+    let old = cpu.cr4;
+    x.cpu.cr4 = v;
+    x.cpu.update_lma();
+    if x.cpu.paging()
+        && !x.cpu.long_mode_active()
+        && v & CR4_PAE != 0
+        && (old ^ v) & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP) != 0
+        && !paging::load_pdptes(x.cpu, x.mem)
+    {
+        x.cpu.cr4 = old;
+        x.cpu.update_lma();
+        return Err(x.gp(0));
+    }
+    if (old ^ v) & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP | CR4_SMAP) != 0 {
+        x.tlb.flush();
+    }
+    x.end_block = true;
+    Ok(())
+}
+
+fn mov_to_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let v = x.cpu.gpr[op.rm as usize]
+        & if x.cpu.mode64() {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
+    match op.cc {
+        0 => write_cr0(x, v),
+        2 => {
+            x.cpu.cr2 = v;
+            Ok(())
+        }
+        3 => write_cr3(x, v),
+        4 => write_cr4(x, v),
+        _ => {
+            // CR8: the task-priority class; bits 63:4 reserved.
+            if v & !0xf != 0 {
+                return Err(x.gp(0));
+            }
+            x.cpu.cr8 = v;
+            Ok(())
+        }
+    }
+}
+
+fn mov_from_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let v = match op.cc {
+        0 => x.cpu.cr0,
+        2 => x.cpu.cr2,
+        3 => x.cpu.cr3,
+        4 => x.cpu.cr4,
+        _ => x.cpu.cr8,
+    };
+    let s = if x.cpu.mode64() { 8 } else { 4 };
+    x.set_reg(op.rm, s, v);
+    Ok(())
+}
+
+/// The debug register a MOV names: DR4/DR5 alias DR6/DR7 unless CR4.DE, where they
+/// are #UD (SDM vol 3 18.2.2).
+fn debug_index(x: &mut Exec, n: u8) -> Result<usize, Stop> {
+    match n {
+        4 | 5 if x.cpu.cr4 & CR4_DE != 0 => Err(x.ud()),
+        4 | 5 => Ok(n as usize + 2),
+        _ => Ok(n as usize),
+    }
+}
+
+fn mov_to_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let i = debug_index(x, op.cc)?;
+    if x.cpu.dr[7] & (1 << 13) != 0 {
+        // DR7.GD: the access raises #DB instead.
+        x.cpu.dr[6] |= 1 << 13;
+        return Err(x.raise(DB, None));
+    }
+    let v = x.cpu.gpr[op.rm as usize]
+        & if x.cpu.mode64() {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
+    if (i == 6 || i == 7) && v >> 32 != 0 {
+        return Err(x.gp(0));
+    }
+    // Reserved bits: DR6 bits 4..11 and 16..31 read as 1, DR7 bit 10 as 1.
+    x.cpu.dr[i] = match i {
+        6 => v | 0xffff_0ff0,
+        7 => v | 0x400,
+        _ => v,
+    };
+    x.end_block = true;
+    Ok(())
+}
+
+fn mov_from_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let i = debug_index(x, op.cc)?;
+    if x.cpu.dr[7] & (1 << 13) != 0 {
+        x.cpu.dr[6] |= 1 << 13;
+        return Err(x.raise(DB, None));
+    }
+    let s = if x.cpu.mode64() { 8 } else { 4 };
+    let v = x.cpu.dr[i];
+    x.set_reg(op.rm, s, v);
+    Ok(())
+}
+
+pub fn compile_mov_special(ins: &Instruction, op: &mut Op) -> Option<Handler> {
+    let r0 = ins.op_register(0);
+    let r1 = ins.op_register(1);
+    if r0.is_tr() || r1.is_tr() {
+        return Some(crate::decode::invalid);
+    }
+    let special = |r: Register| -> u8 {
+        if r.is_cr() {
+            (r as u32 - Register::CR0 as u32) as u8
+        } else {
+            (r as u32 - Register::DR0 as u32) as u8
+        }
+    };
+    if r0.is_cr() || r0.is_dr() {
+        op.cc = special(r0);
+        op.rm = gpr(r1);
+    } else {
+        op.cc = special(r1);
+        op.rm = gpr(r0);
+    }
+    Some(if r0.is_cr() {
+        if !matches!(op.cc, 0 | 2 | 3 | 4 | 8) {
+            return Some(crate::decode::invalid);
+        }
+        mov_to_cr
+    } else if r1.is_cr() {
+        if !matches!(op.cc, 0 | 2 | 3 | 4 | 8) {
+            return Some(crate::decode::invalid);
+        }
+        mov_from_cr
+    } else if r0.is_dr() {
+        if op.cc > 7 {
+            return Some(crate::decode::invalid);
+        }
+        mov_to_dr
+    } else {
+        if op.cc > 7 {
+            return Some(crate::decode::invalid);
+        }
+        mov_from_dr
+    })
+}
+
+fn lmsw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let v = read_rm(x, op, 2)?;
+    // PE, MP, EM and TS; PE can be set but not cleared.
+    let cr0 = (x.cpu.cr0 & !0xe) | (v & 0xf) | (x.cpu.cr0 & CR0_PE);
+    write_cr0(x, cr0)
+}
+
+fn smsw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = if op.rm == NONE { 2 } else { op.size as usize };
+    let v = x.cpu.cr0;
+    write_rm(x, op, s, v)
+}
+
+fn clts(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    x.cpu.cr0 &= !CR0_TS;
+    Ok(())
+}
+
+// ---- descriptor tables, LDTR, TR ----------------------------------------------------
+
+/// LGDT/LIDT m16&32 (m16&64 in 64-bit mode; a 16-bit operand loads a 24-bit base).
+fn load_table(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let at = ea(x, op);
+    let limit = x.read(op.seg as usize, at, 2)? as u16;
+    let wide = x.cpu.mode64();
+    let base_at = at.wrapping_add(2) & crate::flags::mask(op.asize as usize);
+    let base = x.read(op.seg as usize, base_at, if wide { 8 } else { 4 })?;
+    let base = if wide {
+        if !canonical(base) {
+            return Err(x.gp(0));
+        }
+        base
+    } else if op.size == 2 {
+        base & 0xff_ffff
+    } else {
+        base & 0xffff_ffff
+    };
+    let t = Table { base, limit };
+    if op.cc == 0 {
+        x.cpu.gdtr = t;
+    } else {
+        x.cpu.idtr = t;
+    }
+    Ok(())
+}
+
+/// SGDT/SIDT: the limit, then the base (all 32 bits, or 64 in 64-bit mode).
+fn store_table(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let t = if op.cc == 0 { x.cpu.gdtr } else { x.cpu.idtr };
+    let at = ea(x, op);
+    let size = if x.cpu.mode64() { 8 } else { 4 };
+    x.probe_write(op.seg as usize, at, 2 + size)?;
+    x.write(op.seg as usize, at, 2, t.limit as u64)?;
+    let base_at = at.wrapping_add(2) & crate::flags::mask(op.asize as usize);
+    x.write(op.seg as usize, base_at, size, t.base)
+}
+
+fn protected_only(x: &mut Exec) -> Result<(), Stop> {
+    if !x.cpu.protected() || x.cpu.v86() {
+        return Err(x.ud());
+    }
+    Ok(())
+}
+
+/// LLDT r/m16: a null selector leaves LDTR unusable; otherwise an LDT descriptor in
+/// the GDT, present (#GP(sel)/#NP(sel)).
+fn lldt(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    protected_only(x)?;
+    privileged(x)?;
+    let sel = read_rm(x, op, 2)? as u16;
+    if sel & !3 == 0 {
+        x.cpu.ldtr = Segment {
+            selector: sel,
+            ..Segment::default()
+        };
+        return Ok(());
+    }
+    let err = selector_error(sel);
+    if sel & 4 != 0 {
+        return Err(x.gp(err));
+    }
+    let long = x.cpu.long_mode_active();
+    let (d, _) = read_descriptor(x, sel, long, crate::fault::GP)?;
+    if d.code_or_data() || d.kind() != TYPE_LDT {
+        return Err(x.gp(err));
+    }
+    if !d.present() {
+        return Err(x.raise(NP, Some(err)));
+    }
+    let mut s = d.segment(sel);
+    if long {
+        s.base = d.base64();
+    }
+    x.cpu.ldtr = s;
+    Ok(())
+}
+
+/// LTR r/m16: an available TSS in the GDT, which becomes busy.
+fn ltr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    protected_only(x)?;
+    privileged(x)?;
+    let sel = read_rm(x, op, 2)? as u16;
+    let err = selector_error(sel);
+    if sel & !3 == 0 {
+        return Err(x.gp(0));
+    }
+    if sel & 4 != 0 {
+        return Err(x.gp(err));
+    }
+    let long = x.cpu.long_mode_active();
+    let (d, at) = read_descriptor(x, sel, long, crate::fault::GP)?;
+    let available = !d.code_or_data()
+        && (d.kind() == TYPE_TSS32_AVAILABLE || !long && d.kind() == TYPE_TSS16_AVAILABLE);
+    if !available {
+        return Err(x.gp(err));
+    }
+    if !d.present() {
+        return Err(x.raise(NP, Some(err)));
+    }
+    x.write_system(at.wrapping_add(5), 1, ((d.low >> 40) & 0xff) | 2)?;
+    let mut s = d.segment(sel);
+    s.attributes |= 2;
+    if long {
+        s.base = d.base64();
+    }
+    x.cpu.tr = s;
+    Ok(())
+}
+
+/// SLDT/STR: the selector; a register gets it zero-extended to the operand size.
+fn store_selector(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    protected_only(x)?;
+    let sel = if op.cc == 0 {
+        x.cpu.ldtr.selector
+    } else {
+        x.cpu.tr.selector
+    } as u64;
+    let s = if op.rm == NONE { 2 } else { op.size as usize };
+    write_rm(x, op, s, sel)
+}
+
+// ---- LAR, LSL, VERR, VERW, ARPL ---------------------------------------------------
+
+/// The descriptor of `sel` if software at the current CPL may inspect it with
+/// LAR/LSL/VERR/VERW (SDM vol 2 LAR: null, out of table, DPL < max(CPL, RPL) for
+/// non-conforming segments, or a type these instructions do not accept: ZF = 0).
+fn visible(
+    x: &mut Exec,
+    sel: u16,
+    accept: fn(&Descriptor, bool) -> bool,
+) -> Result<Option<Descriptor>, Stop> {
+    if sel & !3 == 0 {
+        return Ok(None);
+    }
+    let size = 8;
+    let (base, limit) = if sel & 4 != 0 {
+        (x.cpu.ldtr.base, x.cpu.ldtr.limit as u64)
+    } else {
+        (x.cpu.gdtr.base, x.cpu.gdtr.limit as u64)
+    };
+    if sel & 4 != 0 && !x.cpu.ldtr.present() || (sel & !7) as u64 + size - 1 > limit {
+        return Ok(None);
+    }
+    let low = x.read_system(base.wrapping_add((sel & !7) as u64), 8)?;
+    let d = Descriptor { low, high: 0 };
+    let long = x.cpu.long_mode_active();
+    if !accept(&d, long) {
+        return Ok(None);
+    }
+    let cpl = x.cpu.cpl();
+    if !d.conforming() && (d.dpl() < cpl || d.dpl() < (sel & 3) as u8) {
+        return Ok(None);
+    }
+    Ok(Some(d))
+}
+
+fn lar_type(d: &Descriptor, long: bool) -> bool {
+    d.code_or_data()
+        || if long {
+            matches!(d.kind(), 2 | 9 | 11 | 12)
+        } else {
+            matches!(d.kind(), 1 | 2 | 3 | 4 | 5 | 9 | 11 | 12)
+        }
+}
+
+fn lsl_type(d: &Descriptor, long: bool) -> bool {
+    d.code_or_data()
+        || if long {
+            matches!(d.kind(), 2 | 9 | 11)
+        } else {
+            matches!(d.kind(), 1 | 2 | 3 | 9 | 11)
+        }
+}
+
+fn lar_lsl(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    protected_only(x)?;
+    let sel = read_rm(x, op, 2)? as u16;
+    let lar = op.cc == 0;
+    match visible(x, sel, if lar { lar_type } else { lsl_type })? {
+        Some(d) => {
+            let s = op.size as usize;
+            let v = if lar {
+                (d.low >> 32) & 0x00ff_ff00
+            } else {
+                d.limit() as u64
+            };
+            x.set_reg(op.r, s, v);
+            x.cpu.flags.set_arith(ZF, ZF);
+        }
+        None => x.cpu.flags.set_arith(0, ZF),
+    }
+    Ok(())
+}
+
+fn verr_verw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    protected_only(x)?;
+    let sel = read_rm(x, op, 2)? as u16;
+    let write = op.cc == 1;
+    let ok = match visible(x, sel, |d, _| d.code_or_data())? {
+        Some(d) => {
+            if write {
+                d.writable_data()
+            } else {
+                !d.is_code() || d.readable_code()
+            }
+        }
+        None => false,
+    };
+    x.cpu.flags.set_arith(if ok { ZF } else { 0 }, ZF);
+    Ok(())
+}
+
+fn arpl(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    protected_only(x)?;
+    let src = x.reg(op.r, 2);
+    let dst = read_rm(x, op, 2)?;
+    if dst & 3 < src & 3 {
+        write_rm(x, op, 2, (dst & !3) | (src & 3))?;
+        x.cpu.flags.set_arith(ZF, ZF);
+    } else {
+        x.cpu.flags.set_arith(0, ZF);
+    }
+    Ok(())
+}
+
+// ---- CPUID, MSRs, TSC -------------------------------------------------------------
+
+fn cpuid(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    let leaf = x.cpu.gpr[0] as u32;
+    let sub = x.cpu.gpr[1] as u32;
+    let native = crate::cpuid::native(leaf, sub, x.env.apic_id(), x.cpu);
+    let [a, b, c, d] = x.env.cpuid(leaf, sub, native);
+    x.cpu.gpr[0] = a as u64;
+    x.cpu.gpr[3] = b as u64;
+    x.cpu.gpr[1] = c as u64;
+    x.cpu.gpr[2] = d as u64;
+    // Serializing: code others changed is seen from here on.
+    x.cache.new_epoch();
+    Ok(())
+}
+
+fn rdmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let m = x.cpu.gpr[1] as u32;
+    if x.env.msr_exits(m) {
+        return Err(x.exit_with(Exit::Msr {
+            msr: m,
+            write: false,
+        }));
+    }
+    let v = match msr::read(x.cpu, m) {
+        Some(v) => v,
+        None => match x.env.unknown_msr() {
+            UnknownMsr::Ignore => 0,
+            UnknownMsr::Exit => {
+                return Err(x.exit_with(Exit::Msr {
+                    msr: m,
+                    write: false,
+                }))
+            }
+            UnknownMsr::Fault => return Err(x.gp(0)),
+        },
+    };
+    x.cpu.gpr[0] = v & 0xffff_ffff;
+    x.cpu.gpr[2] = v >> 32;
+    Ok(())
+}
+
+fn wrmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    let m = x.cpu.gpr[1] as u32;
+    if x.env.msr_exits(m) {
+        return Err(x.exit_with(Exit::Msr {
+            msr: m,
+            write: true,
+        }));
+    }
+    let v = (x.cpu.gpr[2] << 32) | (x.cpu.gpr[0] & 0xffff_ffff);
+    match msr::write(x, m, v) {
+        Written::Done => Ok(()),
+        Written::Refused => Err(x.gp(0)),
+        Written::Unknown => match x.env.unknown_msr() {
+            UnknownMsr::Ignore => Ok(()),
+            UnknownMsr::Exit => Err(x.exit_with(Exit::Msr {
+                msr: m,
+                write: true,
+            })),
+            UnknownMsr::Fault => Err(x.gp(0)),
+        },
+    }
+}
+
+fn rdtsc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    if x.cpu.cr4 & CR4_TSD != 0 && x.cpu.cpl() != 0 {
+        return Err(x.gp(0));
+    }
+    let t = x.cpu.tsc;
+    x.cpu.gpr[0] = t & 0xffff_ffff;
+    x.cpu.gpr[2] = t >> 32;
+    if op.cc == 1 {
+        x.cpu.gpr[1] = x.cpu.msr.tsc_aux & 0xffff_ffff;
+    }
+    Ok(())
+}
+
+/// RDPMC: this processor has no performance counters (CPUID leaf 0xA is empty), so
+/// every counter index is #GP(0).
+fn rdpmc(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    Err(x.gp(0))
+}
+
+fn hlt(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    x.cpu.halted = true;
+    Err(x.exit_with(Exit::Halt))
+}
+
+fn invlpg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    privileged(x)?;
+    // A large page's granules may sit anywhere in the TLB: everything goes.
+    let _ = ea(x, op);
+    x.tlb.flush();
+    Ok(())
+}
+
+fn privileged_nop(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    privileged(x)
+}
+
+// ---- fast system calls ------------------------------------------------------------
+
+/// The flat 64-bit or 32-bit code and data segments SYSCALL/SYSENTER load.
+fn flat(selector: u16, code: bool, long: bool, dpl: u16) -> Segment {
+    let kind = if code { 0xb } else { 0x3 };
+    let mut attributes = kind | ATTR_S | ATTR_P | dpl << 5 | ATTR_G;
+    if code && long {
+        attributes |= ATTR_L;
+    } else {
+        attributes |= ATTR_DB;
+    }
+    Segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        attributes,
+    }
+}
+
+/// SYSCALL (64-bit mode, EFER.SCE; Intel processors #UD elsewhere).
+fn syscall(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    if !x.cpu.mode64() || x.cpu.efer & EFER_SCE == 0 {
+        return Err(x.ud());
+    }
+    let star = x.cpu.msr.star;
+    let cs = ((star >> 32) & 0xfffc) as u16;
+    x.cpu.gpr[1] = op.next;
+    let f = x.cpu.rflags();
+    x.cpu.gpr[11] = f;
+    x.cpu.set_rflags(f & !x.cpu.msr.sfmask & !RF);
+    x.cpu.seg[CS] = flat(cs, true, true, 0);
+    x.cpu.seg[SS] = flat(cs.wrapping_add(8), false, false, 0);
+    x.cpu.rip = x.cpu.msr.lstar;
+    x.end_block = true;
+    Ok(())
+}
+
+/// SYSRET (64-bit mode, CPL 0, RCX canonical: #GP(0) before anything changes, as
+/// Intel processors check).
+fn sysret(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    if !x.cpu.mode64() || x.cpu.efer & EFER_SCE == 0 {
+        return Err(x.ud());
+    }
+    privileged(x)?;
+    let to64 = op.size == 8;
+    let rcx = x.cpu.gpr[1];
+    if to64 && !canonical(rcx) {
+        return Err(x.gp(0));
+    }
+    let base = ((x.cpu.msr.star >> 48) & 0xffff) as u16;
+    let (cs, rip) = if to64 {
+        (base.wrapping_add(16) | 3, rcx)
+    } else {
+        (base | 3, rcx & 0xffff_ffff)
+    };
+    x.cpu.seg[CS] = flat(cs, true, to64, 3);
+    x.cpu.seg[SS] = flat(base.wrapping_add(8) | 3, false, false, 3);
+    x.cpu.set_rflags((x.cpu.gpr[11] & 0x3c_7fd7) | 2);
+    x.cpu.rip = rip;
+    x.end_block = true;
+    Ok(())
+}
+
+fn sysenter(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    let cs = x.cpu.msr.sysenter_cs as u16 & 0xfffc;
+    if !x.cpu.protected() || cs == 0 {
+        return Err(x.gp(0));
+    }
+    let long = x.cpu.long_mode_active();
+    let f = x.cpu.rflags() & !(VM | IF | RF);
+    x.cpu.set_rflags(f);
+    x.cpu.seg[CS] = flat(cs, true, long, 0);
+    x.cpu.seg[SS] = flat(cs.wrapping_add(8), false, false, 0);
+    let m = if long { u64::MAX } else { 0xffff_ffff };
+    x.cpu.gpr[4] = x.cpu.msr.sysenter_esp & m;
+    x.cpu.rip = x.cpu.msr.sysenter_eip & m;
+    x.end_block = true;
+    Ok(())
+}
+
+fn sysexit(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let base = x.cpu.msr.sysenter_cs as u16;
+    if !x.cpu.protected() || x.cpu.v86() || x.cpu.cpl() != 0 || base & 0xfffc == 0 {
+        return Err(x.gp(0));
+    }
+    let to64 = op.size == 8;
+    if to64 && (!canonical(x.cpu.gpr[1]) || !canonical(x.cpu.gpr[2])) {
+        return Err(x.gp(0));
+    }
+    let (cs, ss) = if to64 {
+        (base.wrapping_add(32) | 3, base.wrapping_add(40) | 3)
+    } else {
+        (base.wrapping_add(16) | 3, base.wrapping_add(24) | 3)
+    };
+    x.cpu.seg[CS] = flat(cs, true, to64, 3);
+    x.cpu.seg[SS] = flat(ss, false, false, 3);
+    let m = if to64 { u64::MAX } else { 0xffff_ffff };
+    x.cpu.gpr[4] = x.cpu.gpr[1] & m;
+    x.cpu.rip = x.cpu.gpr[2] & m;
+    x.end_block = true;
+    Ok(())
+}
+
+fn swapgs(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    if !x.cpu.mode64() {
+        return Err(x.ud());
+    }
+    privileged(x)?;
+    std::mem::swap(&mut x.cpu.msr.kernel_gs_base, &mut x.cpu.seg[GS].base);
+    Ok(())
+}
+
+/// RDFSBASE/RDGSBASE/WRFSBASE/WRGSBASE: 64-bit mode with CR4.FSGSBASE, else #UD.
+fn fsgsbase(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    if !x.cpu.mode64() || x.cpu.cr4 & CR4_FSGSBASE == 0 {
+        return Err(x.ud());
+    }
+    let seg = if op.cc & 1 == 0 { FS } else { GS };
+    let s = op.size as usize;
+    if op.cc & 2 == 0 {
+        let v = x.cpu.seg[seg].base;
+        x.set_reg(op.r, s, v);
+    } else {
+        let v = x.reg(op.r, s);
+        if !canonical(v) {
+            return Err(x.gp(0));
+        }
+        x.cpu.seg[seg].base = v;
+    }
+    Ok(())
+}
+
+/// STAC/CLAC: CPL 0 only (#UD otherwise).
+fn stac_clac(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    if x.cpu.cpl() != 0 {
+        return Err(x.ud());
+    }
+    if op.cc == 0 {
+        x.cpu.flags.bits |= AC;
+    } else {
+        x.cpu.flags.bits &= !AC;
+    }
+    Ok(())
+}
+
+pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
+    use Mnemonic as M;
+    let mem0 = ins.op_count() > 0 && ins.op_kind(0) == OpKind::Memory;
+    Some(match ins.mnemonic() {
+        M::Hlt => hlt,
+        M::Cpuid => cpuid,
+        M::Rdmsr => rdmsr,
+        M::Wrmsr => wrmsr,
+        M::Rdtsc => rdtsc,
+        M::Rdtscp => {
+            op.cc = 1;
+            rdtsc
+        }
+        M::Rdpmc => rdpmc,
+        M::Invlpg => invlpg,
+        M::Invd | M::Wbinvd => privileged_nop,
+        M::Lgdt | M::Lidt => {
+            op.cc = (ins.mnemonic() == M::Lidt) as u8;
+            op.size = match ins.code() {
+                Code::Lgdt_m1632_16 | Code::Lidt_m1632_16 => 2,
+                _ => 4,
+            };
+            load_table
+        }
+        M::Sgdt | M::Sidt => {
+            op.cc = (ins.mnemonic() == M::Sidt) as u8;
+            store_table
+        }
+        M::Lldt => lldt,
+        M::Ltr => ltr,
+        M::Sldt | M::Str => {
+            op.cc = (ins.mnemonic() == M::Str) as u8;
+            if !mem0 {
+                op.rm = gpr(ins.op_register(0));
+            }
+            store_selector
+        }
+        M::Lmsw => lmsw,
+        M::Smsw => {
+            if !mem0 {
+                op.rm = gpr(ins.op_register(0));
+            }
+            smsw
+        }
+        M::Clts => clts,
+        M::Lar | M::Lsl => {
+            op.cc = (ins.mnemonic() == M::Lsl) as u8;
+            lar_lsl
+        }
+        M::Verr | M::Verw => {
+            op.cc = (ins.mnemonic() == M::Verw) as u8;
+            if !mem0 {
+                op.rm = gpr(ins.op_register(0));
+            }
+            verr_verw
+        }
+        M::Arpl => {
+            if mem0 {
+                op.rm = NONE;
+                op.r = gpr(ins.op_register(1));
+            } else {
+                op.rm = gpr(ins.op_register(0));
+                op.r = gpr(ins.op_register(1));
+            }
+            arpl
+        }
+        M::Syscall => syscall,
+        M::Sysret | M::Sysretq => {
+            op.size = if matches!(ins.code(), Code::Sysretq) {
+                8
+            } else {
+                4
+            };
+            sysret
+        }
+        M::Sysenter => sysenter,
+        M::Sysexit | M::Sysexitq => {
+            op.size = if matches!(ins.code(), Code::Sysexitq) {
+                8
+            } else {
+                4
+            };
+            sysexit
+        }
+        M::Swapgs => swapgs,
+        M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
+            op.cc = match ins.mnemonic() {
+                M::Rdfsbase => 0,
+                M::Rdgsbase => 1,
+                M::Wrfsbase => 2,
+                _ => 3,
+            };
+            fsgsbase
+        }
+        M::Stac => {
+            op.cc = 0;
+            stac_clac
+        }
+        M::Clac => {
+            op.cc = 1;
+            stac_clac
+        }
+        M::Ud0 | M::Ud1 | M::Ud2 | M::Rsm => crate::decode::invalid,
+        _ => return None,
+    })
+}

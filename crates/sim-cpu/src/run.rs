@@ -1,0 +1,313 @@
+//! The processor and its run loop: find the block at CS:RIP, execute its instructions,
+//! deliver the exceptions they raise, stop at exits, limits and polls.
+
+use crate::cache::{self, CodeCache};
+use crate::exec::Exec;
+use crate::fault::{Exit, Fault, Stop, DB};
+use crate::flags::{RF, TF};
+use crate::interrupt::{self, Source};
+use crate::paging::{self, Access, PageFault, Privilege};
+use crate::phys::PhysMap;
+use crate::state::{Cpu, CS};
+use crate::tlb::Tlb;
+use crate::Env;
+
+/// Instructions (or string elements) between two looks at the poll function.
+pub const POLL_INTERVAL: u64 = 1024;
+
+/// The instruction an exit happened at: its length and the code bytes at RIP (for
+/// the hypervisor's intercept message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitInstruction {
+    pub len: u8,
+    pub bytes: [u8; 16],
+    /// How many of `bytes` could be fetched (fewer at an unreadable page).
+    pub available: u8,
+}
+
+/// Why [`Processor::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The hypervisor must act on `exit`, raised by the instruction described.
+    Exit(Exit, ExitInstruction),
+    /// `max_instructions` were executed.
+    InstructionLimit,
+    /// The poll function asked to stop.
+    Stopped,
+}
+
+/// One x86-64 processor.
+pub struct Processor {
+    pub cpu: Cpu,
+    tlb: Tlb,
+    cache: CodeCache,
+    /// Instructions retired over the processor's life.
+    pub instructions: u64,
+}
+
+impl Processor {
+    /// A processor in its RESET state.
+    pub fn new(bsp: bool) -> Self {
+        Processor {
+            cpu: Cpu::reset(crate::cpuid::SIGNATURE, bsp),
+            tlb: Tlb::default(),
+            cache: CodeCache::default(),
+            instructions: 0,
+        }
+    }
+
+    /// Forgets cached translations and code: after the hypervisor changed registers
+    /// the caches depend on (control registers, EFER, segments) or guest memory.
+    pub fn state_changed(&mut self, mem: &PhysMap) {
+        self.tlb.flush();
+        self.cache.new_epoch();
+        if self.cpu.paging()
+            && !self.cpu.long_mode_active()
+            && self.cpu.cr4 & crate::state::CR4_PAE != 0
+        {
+            crate::paging::load_pdptes(&mut self.cpu, mem);
+        }
+    }
+
+    /// Translates `gva` as the processor would for `access` (a VMM's translation
+    /// hypercall), optionally setting the accessed and dirty bits.
+    pub fn translate(
+        &self,
+        mem: &PhysMap,
+        gva: u64,
+        access: Access,
+        user: bool,
+        set_bits: bool,
+    ) -> Result<u64, PageFault> {
+        let who = if user {
+            Privilege::User
+        } else {
+            Privilege::Supervisor { ac: true }
+        };
+        paging::walk(&self.cpu, mem, gva, access, who, set_bits).map(|t| t.gpa)
+    }
+
+    /// Delivers an event now, as the hypervisor does with a pending event at resume.
+    /// `Err(Exit::Shutdown)` when it cannot be delivered (a triple fault).
+    pub fn inject(
+        &mut self,
+        mem: &PhysMap,
+        env: &mut dyn Env,
+        vector: u8,
+        error_code: Option<u32>,
+    ) -> Result<(), Exit> {
+        self.tlb.sync_generation(mem.generation);
+        let mut x = Exec {
+            cpu: &mut self.cpu,
+            tlb: &mut self.tlb,
+            mem,
+            env,
+            cache: &mut self.cache,
+            fault: Fault::default(),
+            exit: Exit::None,
+            work: 0,
+            end_block: false,
+            trap: false,
+        };
+        let rip = x.cpu.rip;
+        let f = Fault {
+            vector,
+            error_code,
+            cr2: None,
+        };
+        match interrupt::raise(&mut x, f, rip, Source::External) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(x.exit),
+        }
+    }
+
+    /// Runs until an exit, `max_instructions`, or `poll` returning true (it is called
+    /// every [`POLL_INTERVAL`] instructions or string elements).
+    pub fn run(
+        &mut self,
+        mem: &PhysMap,
+        env: &mut dyn Env,
+        max_instructions: u64,
+        poll: &mut dyn FnMut() -> bool,
+    ) -> RunEnd {
+        self.tlb.sync_generation(mem.generation);
+        self.cache.new_epoch();
+        self.cpu.halted = false;
+        let mut x = Exec {
+            cpu: &mut self.cpu,
+            tlb: &mut self.tlb,
+            mem,
+            env,
+            cache: &mut self.cache,
+            fault: Fault::default(),
+            exit: Exit::None,
+            work: 0,
+            end_block: false,
+            trap: false,
+        };
+        let mut executed = 0u64;
+        let mut next_poll = POLL_INTERVAL;
+        let end = loop {
+            if executed >= max_instructions {
+                break RunEnd::InstructionLimit;
+            }
+            if executed >= next_poll || x.work >= POLL_INTERVAL {
+                next_poll = executed + POLL_INTERVAL;
+                x.work = 0;
+                if poll() {
+                    break RunEnd::Stopped;
+                }
+            }
+            let block = match cache::find(&mut x) {
+                Ok(b) => b,
+                Err(Stop::Fault) => {
+                    // The fetch of the instruction at RIP faulted.
+                    let f = x.fault;
+                    let rip = x.cpu.rip;
+                    match interrupt::raise(&mut x, f, rip, Source::Exception) {
+                        Ok(()) => {
+                            executed += 1;
+                            continue;
+                        }
+                        Err(_) => break RunEnd::Exit(x.exit, ExitInstruction::default()),
+                    }
+                }
+                Err(Stop::Exit) => {
+                    // Code in MMIO (an execute intercept) or an unusable page.
+                    break RunEnd::Exit(x.exit, ExitInstruction::default());
+                }
+            };
+            // SAFETY: `find` returned a block alive until its next call.
+            let block = unsafe { &*block };
+            // One instruction at a time while a single-step trap or an interrupt
+            // shadow must be looked at after each.
+            let single = x.cpu.flags.bits & TF != 0 || x.cpu.shadow.interrupts;
+            let mut stopped = None;
+            // Within the instruction budget: a block may hold more than is left.
+            let left = (max_instructions - executed).min(usize::MAX as u64) as usize;
+            for op in block.ops.iter().take(left) {
+                let tf = x.cpu.flags.bits & TF != 0;
+                let rf = x.cpu.flags.bits & RF != 0;
+                x.cpu.shadow.interrupts = false;
+                x.cpu.rip = op.next;
+                match (op.exec)(&mut x, op) {
+                    Ok(()) => {
+                        executed += 1;
+                        x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
+                        if rf {
+                            x.cpu.flags.bits &= !RF;
+                        }
+                        if tf {
+                            // Single-step: #DB after the instruction, DR6.BS set.
+                            x.cpu.dr[6] |= 1 << 14;
+                            let f = Fault {
+                                vector: DB,
+                                error_code: None,
+                                cr2: None,
+                            };
+                            let rip = x.cpu.rip;
+                            if interrupt::raise(&mut x, f, rip, Source::Exception).is_err() {
+                                stopped = Some(RunEnd::Exit(x.exit, ExitInstruction::default()));
+                            }
+                            break;
+                        }
+                        if x.end_block || single {
+                            break;
+                        }
+                    }
+                    Err(Stop::Fault) => {
+                        x.cpu.rip = op.ip;
+                        // Every exception a handler returns is a fault: RIP stays on the
+                        // instruction (traps like INT3 are delivered by their handlers).
+                        let f = x.fault;
+                        match interrupt::raise(&mut x, f, op.ip, Source::Exception) {
+                            Ok(()) => executed += 1,
+                            Err(_) => {
+                                stopped = Some(RunEnd::Exit(x.exit, capture(&mut x, op.len)));
+                            }
+                        }
+                        break;
+                    }
+                    Err(Stop::Exit) => {
+                        let exit = x.exit;
+                        if exit != Exit::Halt {
+                            x.cpu.rip = op.ip;
+                        }
+                        if matches!(
+                            exit,
+                            Exit::Halt
+                                | Exit::Io { .. }
+                                | Exit::Msr { .. }
+                                | Exit::Mmio {
+                                    access: Access::Read | Access::Write,
+                                    ..
+                                }
+                        ) {
+                            // HLT retires here; an access retires when the VMM completes it.
+                            executed += 1;
+                        }
+                        let info = if exit == Exit::Halt {
+                            ExitInstruction {
+                                len: op.len,
+                                ..ExitInstruction::default()
+                            }
+                        } else {
+                            capture(&mut x, op.len)
+                        };
+                        stopped = Some(RunEnd::Exit(exit, info));
+                        break;
+                    }
+                }
+            }
+            x.end_block = false;
+            if let Some(e) = stopped {
+                break e;
+            }
+        };
+        self.instructions += executed;
+        end
+    }
+}
+
+/// The bytes at CS:RIP for an exit message: up to 16, through the next page when it
+/// is readable RAM.
+fn capture(x: &mut Exec, len: u8) -> ExitInstruction {
+    let mut info = ExitInstruction {
+        len,
+        ..ExitInstruction::default()
+    };
+    let rip = x.cpu.rip;
+    let lin = if x.cpu.mode64() {
+        rip
+    } else {
+        x.cpu.seg[CS].base.wrapping_add(rip) & 0xffff_ffff
+    };
+    let who = if x.cpu.cpl() == 3 {
+        Privilege::User
+    } else {
+        Privilege::Supervisor { ac: true }
+    };
+    let (saved_fault, saved_exit) = (x.fault, x.exit);
+    let mut got = 0usize;
+    while got < 16 {
+        let at = lin.wrapping_add(got as u64);
+        let fast = x.tlb.lookup(
+            at,
+            crate::tlb::need(Access::Execute, who == Privilege::User),
+        );
+        let (p, left) = match fast {
+            Some(p) => (p, 0x1000 - (at & 0xfff) as usize),
+            None => match x.translate(at, Access::Execute, who) {
+                Ok(v) => v,
+                Err(_) => break,
+            },
+        };
+        let n = left.min(16 - got);
+        // SAFETY: `p` starts `left` >= `n` bytes of plain RAM.
+        unsafe { hv_core::shared::copy_from(p, &mut info.bytes[got..got + n]) };
+        got += n;
+    }
+    (x.fault, x.exit) = (saved_fault, saved_exit);
+    info.available = got as u8;
+    info
+}

@@ -1,0 +1,205 @@
+//! A software TLB: linear 4 KiB pages of plain guest RAM straight to host pointers, with
+//! the accesses each kind of privilege may make through it precomputed at fill time.
+//!
+//! An entry is filled only after a walk that checked an access, and grants writes only
+//! where the leaf's dirty bit is already set and the page holds no translated code, so
+//! every hit is an access the page tables allow with nothing left to update. Anything
+//! else (a first write, SMAP with EFLAGS.AC, code pages, MMIO) takes the slow path.
+
+use crate::paging::{Access, Translation};
+
+const ENTRIES: usize = 1024;
+
+pub const USER_READ: u8 = 1;
+pub const USER_WRITE: u8 = 2;
+pub const USER_EXEC: u8 = 4;
+pub const SUP_READ: u8 = 8;
+pub const SUP_WRITE: u8 = 16;
+pub const SUP_EXEC: u8 = 32;
+
+/// The permission bit an access needs.
+#[inline(always)]
+pub fn need(access: Access, user: bool) -> u8 {
+    let base = match access {
+        Access::Read => USER_READ,
+        Access::Write => USER_WRITE,
+        Access::Execute => USER_EXEC,
+    };
+    if user {
+        base
+    } else {
+        base << 3
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Linear page number + 1 (0 = empty).
+    tag: u64,
+    /// Host address of the page's first byte.
+    host: *mut u8,
+    gpa_page: u64,
+    allow: u8,
+    global: bool,
+}
+
+const EMPTY: Entry = Entry {
+    tag: 0,
+    host: std::ptr::null_mut(),
+    gpa_page: 0,
+    allow: 0,
+    global: false,
+};
+
+/// The TLB of one processor.
+#[derive(Debug)]
+pub struct Tlb {
+    entries: Box<[Entry; ENTRIES]>,
+    /// The memory map generation the entries were made under.
+    generation: u64,
+}
+
+// SAFETY: the host pointers point into guest RAM regions kept alive by the memory map
+// the owning processor holds while it runs; the TLB is flushed whenever that map changes.
+unsafe impl Send for Tlb {}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Tlb {
+            entries: Box::new([EMPTY; ENTRIES]),
+            generation: u64::MAX,
+        }
+    }
+}
+
+/// The slot of a linear page: hashed, so pages 4 MiB apart (a page table's stride)
+/// do not evict each other.
+#[inline(always)]
+fn slot(page: u64) -> usize {
+    ((page ^ (page >> 10) ^ (page >> 20)) as usize) & (ENTRIES - 1)
+}
+
+/// What a fill needs to know beyond the walk.
+#[derive(Debug, Clone, Copy)]
+pub struct FillRules {
+    pub paging: bool,
+    pub wp: bool,
+    pub smep: bool,
+    pub smap: bool,
+}
+
+impl Tlb {
+    /// Host pointer to the byte at `lin` when an entry allows `need`.
+    #[inline(always)]
+    pub fn lookup(&self, lin: u64, need: u8) -> Option<*mut u8> {
+        let page = lin >> 12;
+        let e = &self.entries[slot(page)];
+        if e.tag == page + 1 && e.allow & need != 0 {
+            // SAFETY: the entry maps a whole 4 KiB page of RAM; the offset is below 4096.
+            Some(unsafe { e.host.add((lin & 0xfff) as usize) })
+        } else {
+            None
+        }
+    }
+
+    /// The guest physical page an entry maps `lin` to, if cached.
+    #[inline]
+    pub fn gpa_page(&self, lin: u64) -> Option<u64> {
+        let page = lin >> 12;
+        let e = &self.entries[slot(page)];
+        (e.tag == page + 1).then_some(e.gpa_page)
+    }
+
+    /// Caches `lin`'s page: `host` is the page's first byte, `ram_writable` whether the
+    /// host lets it be written, `code` whether it holds translated code.
+    pub fn fill(
+        &mut self,
+        lin: u64,
+        t: &Translation,
+        host: *mut u8,
+        ram_writable: bool,
+        code: bool,
+        rules: FillRules,
+    ) {
+        let page = lin >> 12;
+        let writes = ram_writable && !code && t.dirty;
+        let allow = if !rules.paging {
+            USER_READ
+                | USER_EXEC
+                | SUP_READ
+                | SUP_EXEC
+                | if writes { USER_WRITE | SUP_WRITE } else { 0 }
+        } else {
+            let smap_blocks = rules.smap && t.user;
+            let mut a = 0;
+            if t.user {
+                a |= USER_READ;
+                if t.writable && writes {
+                    a |= USER_WRITE;
+                }
+                if !t.no_exec {
+                    a |= USER_EXEC;
+                }
+            }
+            if !smap_blocks {
+                a |= SUP_READ;
+                if (t.writable || !rules.wp) && writes {
+                    a |= SUP_WRITE;
+                }
+            }
+            if !(t.no_exec || rules.smep && t.user) {
+                a |= SUP_EXEC;
+            }
+            a
+        };
+        self.entries[slot(page)] = Entry {
+            tag: page + 1,
+            host,
+            gpa_page: t.gpa >> 12,
+            allow,
+            global: t.global,
+        };
+    }
+
+    /// Forgets every entry.
+    pub fn flush(&mut self) {
+        self.entries.fill(EMPTY);
+    }
+
+    /// Forgets every entry but global ones (MOV CR3 with CR4.PGE, SDM vol 3 4.10.4.1).
+    pub fn flush_nonglobal(&mut self) {
+        for e in self.entries.iter_mut() {
+            if !e.global {
+                *e = EMPTY;
+            }
+        }
+    }
+
+    /// Forgets `lin`'s page (INVLPG). Large pages are cached as their 4 KiB granules,
+    /// so the caller flushes everything when it cannot tell.
+    pub fn flush_page(&mut self, lin: u64) {
+        let page = lin >> 12;
+        let e = &mut self.entries[slot(page)];
+        if e.tag == page + 1 {
+            *e = EMPTY;
+        }
+    }
+
+    /// Takes write permission away from entries mapping guest physical page `gpa_page`
+    /// (it now holds translated code).
+    pub fn protect_code(&mut self, gpa_page: u64) {
+        for e in self.entries.iter_mut() {
+            if e.tag != 0 && e.gpa_page == gpa_page {
+                e.allow &= !(USER_WRITE | SUP_WRITE);
+            }
+        }
+    }
+
+    /// Flushes if the memory map changed since the last call.
+    pub fn sync_generation(&mut self, generation: u64) {
+        if self.generation != generation {
+            self.flush();
+            self.generation = generation;
+        }
+    }
+}
