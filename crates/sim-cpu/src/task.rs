@@ -208,11 +208,15 @@ pub fn switch(x: &mut Exec, sel: u16, d: Descriptor, at: u64, how: TaskSwitch) -
             x.cpu.gpr[k] = image.gpr[k];
         }
     } else {
-        let keep = x.cpu.rflags() & !0xffff;
-        x.cpu.set_rflags(keep | (new_flags & 0xffff));
+        // A 16-bit TSS holds FLAGS only: VM, RF and the other upper bits come out clear
+        // (a 286 task cannot be a V86 task).
+        x.cpu.set_rflags(new_flags & 0xffff);
         x.cpu.rip = image.eip;
+        // A 16-bit TSS holds 16-bit registers; the SDM leaves the upper halves
+        // undefined and 386-class processors set them to all ones, which test386's
+        // 286-task test checks (`protected_tssh.asm`: ESP == 0xFFFF1122 on entry).
         for k in 0..8 {
-            x.cpu.gpr[k] = (x.cpu.gpr[k] & !0xffff) | image.gpr[k];
+            x.cpu.gpr[k] = 0xffff_0000 | image.gpr[k];
         }
     }
     x.end_block = true;

@@ -12,7 +12,7 @@ use iced_x86::{Instruction, Mnemonic, OpKind};
 fn bitmap_allows(x: &mut Exec, port: u16, size: usize) -> Result<bool, Stop> {
     let tr = x.cpu.tr;
     // Types 9 and 11: an available or busy 32-bit (or, in long mode, 64-bit) TSS.
-    if !tr.present() || tr.kind() & 7 != 1 || tr.kind() & 8 == 0 || tr.limit < 0x67 {
+    if !tr.present() || !matches!(tr.kind(), 9 | 11) || tr.limit < 0x67 {
         return Ok(false);
     }
     let base = x.read_system(tr.base.wrapping_add(0x66), 2)?;

@@ -65,9 +65,11 @@ fn pop_m(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 fn pop_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let v = x.peek(s, 0)?;
-    load_data_segment(x, op.cc as usize, v as u16)?;
+    // The stack's width is the one the instruction began with, even when it loads SS.
     let m = x.stack_mask();
-    x.set_sp(x.cpu.gpr[4].wrapping_add(s as u64) & m);
+    let sp = x.cpu.gpr[4];
+    load_data_segment(x, op.cc as usize, v as u16)?;
+    x.cpu.gpr[4] = (sp & !m) | (sp.wrapping_add(s as u64) & m);
     if op.cc as usize == SS {
         x.cpu.shadow.interrupts = true;
     }
@@ -203,7 +205,8 @@ fn enter(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         let m = x.stack_mask();
         let bp = x.reg(5, s);
         x.push(bp, s)?;
-        let frame = x.cpu.gpr[4] & m;
+        // FrameTemp is all of (E/R)SP; BP/EBP/RBP takes its operand-size part.
+        let frame = x.cpu.gpr[4];
         if level > 0 {
             let mut rbp = x.cpu.gpr[5];
             for _ in 1..level {

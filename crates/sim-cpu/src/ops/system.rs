@@ -857,6 +857,15 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
             op.cc = (ins.mnemonic() == M::Sidt) as u8;
             store_table
         }
+        M::Lldt | M::Ltr | M::Lmsw if !mem0 => {
+            // The only operand is the r/m one: a register form reads `rm`.
+            op.rm = gpr(ins.op_register(0));
+            match ins.mnemonic() {
+                M::Lldt => lldt,
+                M::Ltr => ltr,
+                _ => lmsw,
+            }
+        }
         M::Lldt => lldt,
         M::Ltr => ltr,
         M::Sldt | M::Str => {
