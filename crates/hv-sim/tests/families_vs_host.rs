@@ -427,3 +427,131 @@ fn push_pop_and_control_flow_within_a_snippet() {
         );
     }
 }
+
+/// The forms sim-cpu added (#15): scans and counts, double shifts, the wide
+/// compare-exchanges, MOVBE, XLAT, ENTER/LEAVE at each operand size (the 64-bit
+/// LEAVE once popped 2 bytes instead of 8), each against the host.
+#[test]
+fn scans_double_shifts_wide_exchanges_movbe_xlat_enter_leave() {
+    type Form = (&'static str, u64, Emit);
+    let forms: &[Form] = &[
+        // BSF/BSR define only ZF; POPCNT and LZCNT define all six.
+        ("bsf/bsr", ZF, |a| {
+            a.bsf(rax, rcx)?;
+            a.bsr(edx, ecx)?;
+            a.bsf(si, word_ptr(rdi))
+        }),
+        ("popcnt", ARITH, |a| {
+            a.popcnt(rax, rcx)?;
+            a.popcnt(dx, word_ptr(rdi + 2))
+        }),
+        ("lzcnt", CF | ZF, |a| {
+            a.lzcnt(rax, rcx)?;
+            a.lzcnt(edx, dword_ptr(rdi + 4))
+        }),
+        // A count of 1 defines OF too; larger counts only CF, SF, ZF, PF.
+        ("shld/shrd by 1", CF | OF | SF | ZF | PF, |a| {
+            a.shld(rax, rcx, 1)?;
+            a.shrd(dx, si, 1)
+        }),
+        ("shld/shrd by cl", CF | SF | ZF | PF, |a| {
+            a.and(ecx, 31)?;
+            a.shld(eax, edx, cl)?;
+            a.shrd(qword_ptr(rdi), rsi, cl)
+        }),
+        ("cmpxchg8b", ZF, |a| a.cmpxchg8b(qword_ptr(rdi))),
+        ("movbe", 0, |a| {
+            a.movbe(rax, qword_ptr(rdi))?;
+            a.movbe(dword_ptr(rdi + 8), ecx)?;
+            a.movbe(dx, word_ptr(rdi + 4))
+        }),
+        ("xlat", 0, |a| {
+            a.and(eax, 7)?;
+            a.mov(rbx, rdi)?;
+            a.xlatb()?;
+            a.xor(ebx, ebx)
+        }),
+        ("enter/leave 64", 0, |a| {
+            a.mov(r8, rbp)?;
+            a.enter(24u32, 0u32)?;
+            a.mov(r9, rbp)?;
+            a.sub(r9, rsp)?;
+            a.leave()?;
+            a.mov(rbp, r8)
+        }),
+        ("enter/leave nested", 0, |a| {
+            a.mov(r8, rbp)?;
+            a.lea(rbp, qword_ptr(rsp - 64))?;
+            a.enter(8u32, 3u32)?;
+            a.mov(r9, rsp)?;
+            a.sub(r9, rbp)?;
+            a.leave()?;
+            a.mov(rbp, r8)
+        }),
+        ("leave 16", 0, |a| {
+            a.mov(r8, rbp)?;
+            a.mov(rbp, rsp)?;
+            a.push(word_ptr(rdi))?;
+            a.push(word_ptr(rdi + 2))?;
+            a.sub(rbp, 2)?;
+            a.db(&[0x66, 0xc9])?; // 16-bit LEAVE: RSP = RBP (S - 2), BP = pop: RSP back at S
+            a.movzx(r10d, bp)?; // the popped word (the rest of RBP is a stack address)
+            a.mov(rbp, r8)
+        }),
+    ];
+    for (name, flags, f) in forms {
+        let code = asm64(*f);
+        for (i, (x, y)) in pairs(9, 80).enumerate() {
+            let mut mem: Vec<u8> = [y, x, y ^ x, x.rotate_left(7)]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            if i % 3 == 0 {
+                // The compare-exchanges' equal case: memory matches EDX:EAX / RDX:RAX.
+                mem[..8].copy_from_slice(&x.to_le_bytes());
+                mem[8..16].copy_from_slice(&x.rotate_left(17).to_le_bytes());
+            }
+            let s = state(
+                &[
+                    (0, x),
+                    (1, y),
+                    (2, x.rotate_left(17)),
+                    (3, y ^ 0x55),
+                    (6, y.rotate_right(5)),
+                    (7, 0),
+                ],
+                (i as u64 * 0x4f1) & ARITH,
+            );
+            check(name, &code, s, &mem, &[7], *flags);
+        }
+    }
+}
+
+/// A 64-bit near branch to a non-canonical address is #GP at the branch, with RIP
+/// still on it (SDM vol 2 JMP, "64-Bit Mode Exceptions"); the sim once went on
+/// executing at the non-canonical RIP.
+#[test]
+fn a_jump_to_a_non_canonical_address_faults_at_the_jump() {
+    let mut g = guest();
+    // mov rax, 0x0000_8000_0000_0000; jmp rax; hlt
+    let code = asm64(|a| {
+        a.mov(rax, 0x0000_8000_0000_0000u64)?;
+        a.jmp(rax)?;
+        a.hlt()
+    });
+    g.load(0x2000, &code);
+    g.long_mode(0x2000);
+    // An IDT whose #GP gate is absent: the #GP becomes a double fault, then a
+    // triple fault, and the exit says where: RIP on the JMP.
+    g.set_raw(
+        mshv_bindings::hv_register_name_HV_X64_REGISTER_IDTR,
+        hv_core::regs::pack_table(0, 0),
+    );
+    assert_eq!(g.run(), hv_core::Exit::Message);
+    assert_eq!(
+        g.msg.message_type(),
+        hv_core::message::HVMSG_UNRECOVERABLE_EXCEPTION
+    );
+    let h: mshv_bindings::hv_x64_intercept_message_header = g.msg.payload();
+    assert_eq!({ h.rip }, 0x2000 + 10, "RIP on the JMP, not past it");
+}

@@ -188,14 +188,25 @@ fn double(size: usize, left: bool, dst: u64, src: u64, count: u64) -> Option<(u6
     let (dst, src) = (dst & m, src & m);
     // The window dst:src:dst; counts past the width (16-bit operands only) shift the
     // destination in again, as Intel processors do (the SDM leaves the result undefined).
-    let w = ((dst as u128) << (2 * bits)) | ((src as u128) << bits) | dst as u128;
-    let (res, cf) = if left {
-        (
-            ((w << n) >> (2 * bits)) as u64 & m,
-            (w >> (3 * bits - n)) as u64 & 1,
-        )
+    let (res, cf) = if bits == 64 {
+        // Counts stay below the width: the two-operand window suffices (and fits).
+        if left {
+            let w = ((dst as u128) << 64) | src as u128;
+            (((w << n) >> 64) as u64, (dst >> (64 - n)) & 1)
+        } else {
+            let w = ((src as u128) << 64) | dst as u128;
+            ((w >> n) as u64, (dst >> (n - 1)) & 1)
+        }
     } else {
-        ((w >> n) as u64 & m, (w >> (n - 1)) as u64 & 1)
+        let w = ((dst as u128) << (2 * bits)) | ((src as u128) << bits) | dst as u128;
+        if left {
+            (
+                ((w << n) >> (2 * bits)) as u64 & m,
+                (w >> (3 * bits - n)) as u64 & 1,
+            )
+        } else {
+            ((w >> n) as u64 & m, (w >> (n - 1)) as u64 & 1)
+        }
     };
     let msb = |v: u64| (v >> (bits - 1)) & 1;
     let of = msb(res) ^ msb(dst);

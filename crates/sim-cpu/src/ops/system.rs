@@ -829,6 +829,30 @@ fn stac_clac(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
+/// WAIT/FWAIT: #NM when CR0.MP and CR0.TS are both set; with no x87 unit there is
+/// no pending floating-point exception to report (SDM vol 2 WAIT).
+fn wait(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    if x.cpu.cr0 & (CR0_MP | CR0_TS) == CR0_MP | CR0_TS {
+        return Err(x.raise(crate::fault::NM, None));
+    }
+    Ok(())
+}
+
+/// SALC (D6, outside 64-bit mode): AL = CF ? 0xFF : 0, as Intel processors execute it.
+fn salc(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    let v = if x.cpu.flags.cf() { 0xff } else { 0 };
+    x.set_reg(0, 1, v);
+    Ok(())
+}
+
+pub fn compile_misc(ins: &Instruction, _op: &mut Op) -> Option<Handler> {
+    Some(if ins.mnemonic() == Mnemonic::Wait {
+        wait
+    } else {
+        salc
+    })
+}
+
 pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
     use Mnemonic as M;
     let mem0 = ins.op_count() > 0 && ins.op_kind(0) == OpKind::Memory;
