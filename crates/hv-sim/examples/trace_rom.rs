@@ -83,6 +83,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("{l}");
                 }
                 println!("ended: {other:?} type {:#x}", msg.message_type());
+                if msg.message_type() == HVMSG_GPA_INTERCEPT
+                    || msg.message_type() == HVMSG_UNMAPPED_GPA
+                {
+                    let m: hv_x64_memory_intercept_message = msg.payload();
+                    println!(
+                        "gpa {:#x} gva {:#x} access {}",
+                        { m.guest_physical_address },
+                        { m.guest_virtual_address },
+                        m.header.intercept_access_type
+                    );
+                }
                 return Ok(());
             }
         }

@@ -3,7 +3,9 @@
 //! the double-fault rules; and IRET (SDM vol 3 chapter 6, vol 2 INT n and IRET).
 
 use crate::exec::Exec;
-use crate::fault::{selector_error, Fault, Stop, DF as DF_VECTOR, GP, NP, PF as PF_VECTOR, TS};
+use crate::fault::{
+    selector_error, Fault, Stop, DF as DF_VECTOR, GP, NP, PF as PF_VECTOR, SS as SS_FAULT, TS,
+};
 use crate::flags::*;
 use crate::segment::{self, read_descriptor, Descriptor};
 use crate::state::*;
@@ -205,16 +207,23 @@ fn push_frame(
                 x.push(v, size)?;
             }
         }
-        if inner || long {
-            x.push(old_ss, size)?;
-            x.push(old_sp, size)?;
-        }
     }
-    x.push(flags, size)?;
-    x.push(old_cs, size)?;
-    x.push(ret, size)?;
+    let push = |x: &mut Exec, v: u64| {
+        if long {
+            push_long(x, v)
+        } else {
+            x.push(v, size)
+        }
+    };
+    if inner || long {
+        push(x, old_ss)?;
+        push(x, old_sp)?;
+    }
+    push(x, flags)?;
+    push(x, old_cs)?;
+    push(x, ret)?;
     if let Some(code) = error_code {
-        x.push(code as u64, size)?;
+        push(x, code as u64)?;
     }
     if v86 {
         for s in [GS, FS, DS, ES] {
@@ -229,6 +238,19 @@ fn push_frame(
     segment::set_accessed(x, cd, cat)?;
     x.cpu.seg[CS] = cs;
     x.cpu.rip = offset;
+    Ok(())
+}
+
+/// Pushes one qword of an IA-32e frame. Delivery in IA-32e mode always uses the 64-bit
+/// RSP with no segment checks, also from compatibility mode, where the code segment
+/// that is interrupted would give SS.B a say (SDM vol 3 6.14.2, 6.14.4).
+fn push_long(x: &mut Exec, v: u64) -> Result<(), Stop> {
+    let sp = x.cpu.gpr[4].wrapping_sub(8);
+    if !crate::paging::canonical(sp) {
+        return Err(x.raise(SS_FAULT, Some(0)));
+    }
+    x.write_lin(sp, 8, v)?;
+    x.cpu.gpr[4] = sp;
     Ok(())
 }
 

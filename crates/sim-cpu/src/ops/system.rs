@@ -536,8 +536,10 @@ fn lar_lsl(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     match visible(x, sel, if lar { lar_type } else { lsl_type })? {
         Some(d) => {
             let s = op.size as usize;
+            // SDM vol 2 LAR: "DEST <- [SRC + 4] AND 00FxFF00H"; the x (the limit's
+            // bits 19:16) is undefined and reads as 0 here, as on QEMU.
             let v = if lar {
-                (d.low >> 32) & 0x00ff_ff00
+                (d.low >> 32) & 0x00f0_ff00
             } else {
                 d.limit() as u64
             };
