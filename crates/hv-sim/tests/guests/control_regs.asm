@@ -4,8 +4,8 @@
 
 tests:
 	; (CR0.PG without PE, NW without CD and reserved CR4 bits are #GP(0) as well:
-	; sim-cpu's own tests check those, since QEMU's TCG accepts such writes and the
-	; guest is lost; so are reserved bits in PAE PDPTEs.)
+	; manual/control_checks.asm holds the sim to the SDM there, since QEMU's TCG
+	; accepts such writes and the guest is lost.)
 	TAG "cr0-high"          ; a 32-bit write cannot set bits 63:32; CD/NW/ET read back
 	mov eax, cr0
 	and eax, 0xE005003F
