@@ -1,5 +1,5 @@
 //! What CPUID says this processor is, and nothing it is not: every feature bit set
-//! here is one the processor implements, and `tests/cpuid_honest.rs` executes
+//! here is one the processor implements, and hv-sim's `tests/cpuid_honest.rs` executes
 //! something of each. The SDM's vol 2 CPUID lists the leaves and bits.
 
 use crate::state::{Cpu, CR4_OSXSAVE};

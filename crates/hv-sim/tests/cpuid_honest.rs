@@ -1,0 +1,558 @@
+//! CPUID tells the truth: every feature bit the sim's processor advertises is one it
+//! implements, and instructions of features it does not advertise are #UD, as on a
+//! processor without them (SDM vol 2 CPUID, and each instruction's "#UD If CPUID..."
+//! line). Each case runs in 64-bit ring 0 with an IDT whose handlers report their
+//! vector on port 0x81; a case passes by writing its result to port 0x80.
+
+mod common;
+
+use common::*;
+use hv_core::message::HVMSG_X64_IO_PORT_INTERCEPT;
+use hv_core::regs::pack_table;
+use iced_x86::code_asm::*;
+use mshv_bindings::*;
+use sim_cpu::cpuid::bits;
+
+const GDT: u64 = 0x500;
+const IDT: u64 = 0x3000;
+const STUBS: u64 = 0x4000;
+const CODE: u64 = 0x2000;
+const DATA: u64 = 0x6000;
+
+/// What a case did: its result on port 0x80, or the vector it raised.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Result(u64),
+    Vector(u8),
+}
+
+fn run_case(body: impl FnOnce(&mut CodeAssembler)) -> Outcome {
+    let mut g = guest();
+    // GDT: null, 64-bit code (0x08), data (0x10).
+    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    g.load(
+        GDT,
+        &gdt.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<_>>(),
+    );
+    // 32 interrupt gates, each to a stub: mov al, vector; out 0x81, al; hlt.
+    for v in 0..32u64 {
+        let stub = STUBS + v * 8;
+        g.load(stub, &[0xb0, v as u8, 0xe6, 0x81, 0xf4]);
+        let low = (stub & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((stub >> 16) & 0xffff) << 48;
+        g.load(IDT + v * 16, &low.to_le_bytes());
+        g.load(IDT + v * 16 + 8, &(stub >> 32).to_le_bytes());
+    }
+    let code = assemble(64, CODE, |a| {
+        body(a);
+        a.out(0x80, al).unwrap();
+        a.hlt().unwrap();
+    });
+    g.load(CODE, &code);
+    g.long_mode(CODE);
+    g.set_raw(hv_register_name_HV_X64_REGISTER_GDTR, pack_table(GDT, 23));
+    g.set_raw(
+        hv_register_name_HV_X64_REGISTER_IDTR,
+        pack_table(IDT, 32 * 16 - 1),
+    );
+    assert_eq!(g.run(), hv_core::Exit::Message);
+    assert_eq!(
+        g.msg.message_type(),
+        HVMSG_X64_IO_PORT_INTERCEPT,
+        "the case ended at a port"
+    );
+    let io: hv_x64_io_port_intercept_message = g.msg.payload();
+    let port = io.port_number;
+    match port {
+        0x80 => Outcome::Result(io.rax),
+        0x81 => Outcome::Vector(io.rax as u8),
+        p => panic!("port {p:#x}"),
+    }
+}
+
+/// CPUID `leaf` in the guest: `[eax, ebx, ecx, edx]`.
+fn cpuid(leaf: u32) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (i, reg) in [eax, ebx, ecx, edx].into_iter().enumerate() {
+        let Outcome::Result(v) = run_case(|a| {
+            a.mov(eax, leaf).unwrap();
+            a.xor(ecx, ecx).unwrap();
+            a.cpuid().unwrap();
+            if reg != eax {
+                a.mov(eax, reg).unwrap();
+            }
+        }) else {
+            panic!("CPUID faulted")
+        };
+        out[i] = v as u32;
+    }
+    out
+}
+
+fn ok(v: u64) -> Outcome {
+    Outcome::Result(v)
+}
+
+const UD: Outcome = Outcome::Vector(6);
+
+/// One case per advertised feature bit: (leaf, register index, bit, what to run, what it
+/// must give). Register index: 1 = EBX, 2 = ECX, 3 = EDX.
+type Case = (
+    u32,
+    usize,
+    u32,
+    &'static str,
+    fn(&mut CodeAssembler),
+    Outcome,
+);
+
+fn advertised_cases() -> Vec<Case> {
+    use bits::*;
+    vec![
+        (
+            1,
+            3,
+            PSE,
+            "CR4.PSE can be set",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.or(eax, 1 << 4).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(rax, cr4).unwrap();
+                a.shr(eax, 4).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            1,
+            3,
+            TSC,
+            "RDTSC counts up",
+            |a| {
+                a.rdtsc().unwrap();
+                a.mov(ebx, eax).unwrap();
+                a.mov(ecx, 1000).unwrap();
+                let mut l = a.create_label();
+                a.set_label(&mut l).unwrap();
+                a.loop_(l).unwrap();
+                a.rdtsc().unwrap();
+                a.cmp(eax, ebx).unwrap();
+                a.setne(al).unwrap();
+                a.movzx(eax, al).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            1,
+            3,
+            MSR,
+            "RDMSR/WRMSR of IA32_SYSENTER_EIP",
+            |a| {
+                a.mov(ecx, 0x176).unwrap();
+                a.mov(eax, 0x1234_5678).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                a.xor(eax, eax).unwrap();
+                a.rdmsr().unwrap();
+            },
+            ok(0x1234_5678),
+        ),
+        (
+            1,
+            3,
+            PAE,
+            "PAE paging is what long mode runs on",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.shr(eax, 5).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            1,
+            3,
+            CX8,
+            "CMPXCHG8B",
+            |a| {
+                a.mov(qword_ptr(DATA), 5).unwrap();
+                a.mov(eax, 5).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.mov(ebx, 9).unwrap();
+                a.xor(ecx, ecx).unwrap();
+                a.cmpxchg8b(qword_ptr(DATA)).unwrap();
+                a.mov(rax, qword_ptr(DATA)).unwrap();
+            },
+            ok(9),
+        ),
+        (
+            1,
+            3,
+            APIC,
+            "IA32_APIC_BASE: enabled, at 0xFEE00000",
+            |a| {
+                a.mov(ecx, 0x1b).unwrap();
+                a.rdmsr().unwrap();
+                a.and(eax, 0xffff_f800u32 as i32).unwrap();
+            },
+            ok(0xfee0_0800),
+        ),
+        (
+            1,
+            3,
+            SEP,
+            "IA32_SYSENTER_CS holds a selector",
+            |a| {
+                a.mov(ecx, 0x174).unwrap();
+                a.mov(eax, 0x08).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                a.rdmsr().unwrap();
+            },
+            ok(8),
+        ),
+        (
+            1,
+            3,
+            MTRR,
+            "IA32_MTRR_DEF_TYPE reads and writes",
+            |a| {
+                a.mov(ecx, 0x2ff).unwrap();
+                a.mov(eax, 0xc06).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                a.xor(eax, eax).unwrap();
+                a.rdmsr().unwrap();
+            },
+            ok(0xc06),
+        ),
+        (
+            1,
+            3,
+            PGE,
+            "CR4.PGE can be set",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.or(eax, 1 << 7).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(rax, cr4).unwrap();
+                a.shr(eax, 7).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            1,
+            3,
+            CMOV,
+            "CMOVZ",
+            |a| {
+                a.mov(eax, 1).unwrap();
+                a.mov(ebx, 2).unwrap();
+                a.cmp(eax, eax).unwrap();
+                a.cmovz(eax, ebx).unwrap();
+            },
+            ok(2),
+        ),
+        (
+            1,
+            3,
+            PAT,
+            "IA32_PAT's reset value",
+            |a| {
+                a.mov(ecx, 0x277).unwrap();
+                a.rdmsr().unwrap();
+            },
+            ok(0x0007_0406),
+        ),
+        (
+            1,
+            3,
+            CLFSH,
+            "CLFLUSH",
+            |a| {
+                a.clflush(byte_ptr(DATA)).unwrap();
+                a.mov(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            1,
+            2,
+            CX16,
+            "CMPXCHG16B",
+            |a| {
+                a.mov(qword_ptr(DATA), 5).unwrap();
+                a.mov(qword_ptr(DATA + 8), 6).unwrap();
+                a.mov(eax, 5).unwrap();
+                a.mov(edx, 6).unwrap();
+                a.mov(ebx, 9).unwrap();
+                a.xor(ecx, ecx).unwrap();
+                a.cmpxchg16b(xmmword_ptr(DATA)).unwrap();
+                a.mov(rax, qword_ptr(DATA)).unwrap();
+            },
+            ok(9),
+        ),
+        (
+            1,
+            2,
+            MOVBE,
+            "MOVBE",
+            |a| {
+                a.mov(dword_ptr(DATA), 0x1122_3344).unwrap();
+                a.movbe(eax, dword_ptr(DATA)).unwrap();
+            },
+            ok(0x4433_2211),
+        ),
+        (
+            1,
+            2,
+            POPCNT,
+            "POPCNT",
+            |a| {
+                a.mov(ebx, 0xf0f0).unwrap();
+                a.popcnt(eax, ebx).unwrap();
+            },
+            ok(8),
+        ),
+        (
+            7,
+            1,
+            FSGSBASE,
+            "WRFSBASE/RDFSBASE with CR4.FSGSBASE",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 16).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(ebx, 0x4321).unwrap();
+                a.wrfsbase(rbx).unwrap();
+                a.rdfsbase(rax).unwrap();
+            },
+            ok(0x4321),
+        ),
+        (
+            7,
+            1,
+            SMEP,
+            "CR4.SMEP can be set",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 20).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(rax, cr4).unwrap();
+                a.shr(eax, 20).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            7,
+            1,
+            SMAP,
+            "STAC sets RFLAGS.AC",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 21).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.stac().unwrap();
+                a.pushfq().unwrap();
+                a.pop(rax).unwrap();
+                a.clac().unwrap();
+                a.shr(eax, 18).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            0x8000_0001,
+            2,
+            LAHF_LM,
+            "LAHF in 64-bit mode",
+            |a| {
+                a.xor(eax, eax).unwrap();
+                a.stc().unwrap();
+                a.lahf().unwrap();
+                a.movzx(eax, ah).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            0x8000_0001,
+            2,
+            ABM,
+            "LZCNT",
+            |a| {
+                a.mov(ebx, 0x00ff_0000).unwrap();
+                a.lzcnt(eax, ebx).unwrap();
+            },
+            ok(8),
+        ),
+        (
+            0x8000_0001,
+            2,
+            PREFETCHW,
+            "PREFETCHW",
+            |a| {
+                a.prefetchw(byte_ptr(DATA)).unwrap();
+                a.mov(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            0x8000_0001,
+            3,
+            SYSCALL,
+            "SYSCALL to IA32_LSTAR",
+            |a| {
+                a.mov(ecx, 0xc000_0080u32).unwrap();
+                a.rdmsr().unwrap();
+                a.or(eax, 1).unwrap();
+                a.wrmsr().unwrap();
+                a.mov(ecx, 0xc000_0081u32).unwrap();
+                a.xor(eax, eax).unwrap();
+                a.mov(edx, 0x0008).unwrap();
+                a.wrmsr().unwrap();
+                a.mov(ecx, 0xc000_0082u32).unwrap();
+                a.mov(eax, (CODE + 0x800) as u32).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                // At LSTAR: mov eax, 0x5c; out 0x80, al; hlt.
+                a.mov(rax, 0xf480_e600_0000_5cb8u64).unwrap();
+                a.mov(qword_ptr(CODE + 0x800), rax).unwrap();
+                a.mov(eax, 0xbad).unwrap();
+                a.syscall().unwrap();
+            },
+            ok(0x5c),
+        ),
+        (
+            0x8000_0001,
+            3,
+            NX,
+            "EFER.NXE can be set",
+            |a| {
+                a.mov(ecx, 0xc000_0080u32).unwrap();
+                a.rdmsr().unwrap();
+                a.bts(eax, 11).unwrap();
+                a.wrmsr().unwrap();
+                a.rdmsr().unwrap();
+                a.shr(eax, 11).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+        (
+            0x8000_0001,
+            3,
+            PAGE1GB,
+            "a 1 GiB page maps this code",
+            |a| {
+                a.mov(rax, qword_ptr(0x10_1000)).unwrap();
+                a.and(eax, 0x80).unwrap();
+            },
+            ok(0x80),
+        ),
+        (
+            0x8000_0001,
+            3,
+            RDTSCP,
+            "RDTSCP gives IA32_TSC_AUX",
+            |a| {
+                a.mov(ecx, 0xc000_0103u32).unwrap();
+                a.mov(eax, 0x77).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                a.rdtscp().unwrap();
+                a.mov(eax, ecx).unwrap();
+            },
+            ok(0x77),
+        ),
+        (
+            0x8000_0001,
+            3,
+            LM,
+            "EFER.LMA: this runs in long mode",
+            |a| {
+                a.mov(ecx, 0xc000_0080u32).unwrap();
+                a.rdmsr().unwrap();
+                a.shr(eax, 10).unwrap();
+                a.and(eax, 1).unwrap();
+            },
+            ok(1),
+        ),
+    ]
+}
+
+#[test]
+fn every_advertised_feature_works() {
+    for (leaf, reg, bit, what, body, want) in advertised_cases() {
+        assert_ne!(
+            cpuid(leaf)[reg] & bit,
+            0,
+            "{what}: CPUID {leaf:#x} does not advertise it"
+        );
+        assert_eq!(run_case(body), want, "{what}");
+    }
+}
+
+/// Every bit CPUID sets is covered by a case above (or is informational: the
+/// hypervisor-present bit, OSXSAVE's mirror of CR4, PSE-36's wider 4 MiB pages,
+/// which tests/guests/paging32.asm's 4 MiB pages run through).
+#[test]
+fn no_advertised_feature_goes_untested() {
+    let covered: Vec<(u32, usize, u32)> =
+        advertised_cases().iter().map(|c| (c.0, c.1, c.2)).collect();
+    let informational = [
+        (1, 2, bits::HYPERVISOR),
+        (1, 2, bits::OSXSAVE),
+        (1, 3, bits::PSE36),
+    ];
+    for leaf in [1u32, 7, 0x8000_0001] {
+        let regs = cpuid(leaf);
+        for (reg, value) in regs.iter().enumerate().skip(1) {
+            for b in 0..32 {
+                let bit = 1u32 << b;
+                if value & bit != 0 && !(leaf == 1 && reg == 1) {
+                    assert!(
+                        covered.contains(&(leaf, reg, bit))
+                            || informational.contains(&(leaf, reg, bit)),
+                        "CPUID {leaf:#x} register {reg} bit {b} is advertised but no case runs it"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn instructions_of_features_not_advertised_are_ud() {
+    // (what, CPUID leaf, register, bit that must be clear, the instruction)
+    type Absent = (&'static str, u32, usize, u32, fn(&mut CodeAssembler));
+    let absent: [Absent; 9] = [
+        ("MOVAPS (SSE)", 1, 3, 1 << 25, |a| {
+            a.movaps(xmm0, xmm1).unwrap()
+        }),
+        ("VZEROUPPER (AVX)", 1, 2, 1 << 28, |a| {
+            a.vzeroupper().unwrap()
+        }),
+        ("XGETBV (XSAVE)", 1, 2, 1 << 26, |a| a.xgetbv().unwrap()),
+        ("RDRAND", 1, 2, 1 << 30, |a| a.rdrand(eax).unwrap()),
+        ("RDSEED", 7, 1, 1 << 18, |a| a.rdseed(eax).unwrap()),
+        ("ANDN (BMI1)", 7, 1, 1 << 3, |a| {
+            a.andn(eax, ebx, ecx).unwrap()
+        }),
+        ("ADCX (ADX)", 7, 1, 1 << 19, |a| a.adcx(eax, ebx).unwrap()),
+        ("RDPID", 7, 2, 1 << 22, |a| a.rdpid(rax).unwrap()),
+        ("INVPCID", 7, 1, 1 << 10, |a| {
+            a.invpcid(rax, xmmword_ptr(DATA)).unwrap()
+        }),
+    ];
+    for (what, leaf, reg, bit, body) in absent {
+        assert_eq!(
+            cpuid(leaf)[reg] & bit,
+            0,
+            "{what}: CPUID advertises it; move it to the advertised cases"
+        );
+        assert_eq!(run_case(body), UD, "{what}");
+    }
+}
