@@ -1,0 +1,299 @@
+//! The processor alone, without the hypervisor around it: a `PhysMap` over one RAM
+//! region and a minimal `Env`. What the processor promises its hypervisor: the RESET
+//! state, each kind of exit with RIP where MSHV reports it, instruction limits and
+//! polls, event injection, translation, and the regressions the issue tracker found.
+
+use hv_core::{HostRegion, MemoryMapping, UnknownMsr};
+use sim_cpu::fault::Exit;
+use sim_cpu::paging::Access;
+use sim_cpu::phys::PhysMap;
+use sim_cpu::{Env, Processor, RunEnd, Segment};
+use std::sync::Arc;
+
+const RAM: usize = 2 << 20;
+
+struct TestEnv;
+
+impl Env for TestEnv {
+    fn cpuid(&mut self, _leaf: u32, _subleaf: u32, native: [u32; 4]) -> [u32; 4] {
+        native
+    }
+    fn msr_exits(&self, msr: u32) -> bool {
+        msr == 0x4000_0000
+    }
+    fn unknown_msr(&self) -> UnknownMsr {
+        UnknownMsr::Fault
+    }
+    fn apic_id(&self) -> u32 {
+        0
+    }
+}
+
+struct Machine {
+    cpu: Processor,
+    ram: Arc<HostRegion>,
+    mem: PhysMap,
+}
+
+impl Machine {
+    fn new() -> Self {
+        let ram = Arc::new(HostRegion::new(RAM).unwrap());
+        let mem = PhysMap {
+            slots: vec![MemoryMapping {
+                gpa: 0,
+                region: Arc::clone(&ram),
+                writable: true,
+                executable: true,
+            }],
+            intercepts: vec![],
+            generation: 1,
+        };
+        Machine {
+            cpu: Processor::new(true),
+            ram,
+            mem,
+        }
+    }
+
+    /// Real mode, CS = DS = SS = 0, code at `ip`.
+    fn real(code: &[u8], ip: u64) -> Self {
+        let mut m = Machine::new();
+        m.ram.write(ip as usize, code).unwrap();
+        for s in 0..6 {
+            m.cpu.cpu.seg[s] = Segment::real(0, if s == 1 { 0x9b } else { 0x93 });
+        }
+        m.cpu.cpu.rip = ip;
+        m.cpu.cpu.gpr[4] = 0x7000;
+        m.cpu.state_changed(&m.mem);
+        m
+    }
+
+    /// 64-bit mode with a 1 GiB identity page, code at `ip`.
+    fn long(code: &[u8], ip: u64) -> Self {
+        let mut m = Machine::new();
+        m.ram.write(ip as usize, code).unwrap();
+        m.ram
+            .write(0x10_0000, &(0x10_1003u64).to_le_bytes())
+            .unwrap();
+        m.ram.write(0x10_1000, &(0x83u64).to_le_bytes()).unwrap();
+        let c = &mut m.cpu.cpu;
+        c.seg[1] = Segment {
+            selector: 8,
+            base: 0,
+            limit: 0xffff_ffff,
+            attributes: 0xa09b,
+        };
+        for s in [0, 2, 3] {
+            c.seg[s] = Segment {
+                selector: 16,
+                base: 0,
+                limit: 0xffff_ffff,
+                attributes: 0xc093,
+            };
+        }
+        c.cr3 = 0x10_0000;
+        c.cr4 = 1 << 5;
+        c.efer = (1 << 8) | (1 << 10);
+        c.cr0 = 0x8000_0011;
+        c.rip = ip;
+        c.gpr[4] = 0x8_0000;
+        m.cpu.state_changed(&m.mem);
+        m
+    }
+
+    fn run(&mut self, max: u64) -> RunEnd {
+        self.cpu.run(&self.mem, &mut TestEnv, max, &mut || false)
+    }
+}
+
+/// SDM vol 3 10.1.1, Table 10-1: CS.selector 0xF000 with base 0xFFFF0000, EIP 0xFFF0,
+/// EDX the processor signature, CR0 0x60000010, DR6 0xFFFF0FF0, DR7 0x400.
+#[test]
+fn reset_state_is_the_sdm_table() {
+    let p = Processor::new(true);
+    let c = &p.cpu;
+    assert_eq!(
+        (c.seg[1].selector, c.seg[1].base, c.rip),
+        (0xf000, 0xffff_0000, 0xfff0)
+    );
+    assert_eq!(c.gpr[2], sim_cpu::cpuid::SIGNATURE as u64);
+    assert_eq!(c.cr0, 0x6000_0010);
+    assert_eq!((c.dr[6], c.dr[7]), (0xffff_0ff0, 0x400));
+    assert_eq!(c.rflags(), 2);
+    assert_eq!(c.apic_base, 0xfee0_0900, "enabled, BSP, at 0xFEE00000");
+    assert_eq!(
+        Processor::new(false).cpu.apic_base & (1 << 8),
+        0,
+        "an AP is not the BSP"
+    );
+}
+
+/// MSHV reports an I/O intercept with RIP on the instruction; a HLT with RIP past it.
+#[test]
+fn io_and_halt_exits_leave_rip_where_the_hypervisor_reports_it() {
+    let mut m = Machine::real(&[0xb0, 0x42, 0xe6, 0x80, 0xf4], 0x1000); // mov al, 0x42; out 0x80, al; hlt
+    match m.run(100) {
+        RunEnd::Exit(
+            Exit::Io {
+                port: 0x80,
+                size: 1,
+                input: false,
+                string: false,
+                rep: false,
+            },
+            info,
+        ) => {
+            assert_eq!(info.len, 2);
+            assert_eq!(&info.bytes[..2], &[0xe6, 0x80]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.cpu.cpu.rip, 0x1002);
+    assert_eq!(m.cpu.cpu.gpr[0] & 0xff, 0x42);
+    m.cpu.cpu.rip = 0x1004; // the VMM completes the OUT
+    assert!(matches!(m.run(100), RunEnd::Exit(Exit::Halt, _)));
+    assert_eq!(m.cpu.cpu.rip, 0x1005);
+}
+
+#[test]
+fn an_access_outside_ram_is_an_mmio_exit_with_its_addresses() {
+    // mov eax, [0x300020] in 64-bit mode: mapped by the page tables, past the 2 MiB of RAM.
+    let mut m = Machine::long(&[0x8b, 0x04, 0x25, 0x20, 0x00, 0x30, 0x00], 0x2000);
+    match m.run(10) {
+        RunEnd::Exit(
+            Exit::Mmio {
+                gpa,
+                gva,
+                access: Access::Read,
+                intercepted: false,
+            },
+            info,
+        ) => {
+            assert_eq!((gpa, gva), (0x30_0020, 0x30_0020));
+            assert_eq!(info.len, 7);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.cpu.cpu.rip, 0x2000, "the access has not retired");
+}
+
+#[test]
+fn an_intercepted_msr_exits_and_an_unknown_one_faults() {
+    // mov ecx, 0x40000000; rdmsr
+    let mut m = Machine::long(&[0xb9, 0, 0, 0, 0x40, 0x0f, 0x32], 0x2000);
+    assert!(matches!(
+        m.run(10),
+        RunEnd::Exit(
+            Exit::Msr {
+                msr: 0x4000_0000,
+                write: false
+            },
+            _
+        )
+    ));
+    // mov ecx, 0x12345; rdmsr: #GP(0) with no IDT (limit 0): a triple fault, a shutdown.
+    let mut m = Machine::long(&[0xb9, 0x45, 0x23, 0x01, 0x00, 0x0f, 0x32], 0x2000);
+    m.cpu.cpu.idtr.limit = 0;
+    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Shutdown, _)));
+}
+
+#[test]
+fn the_instruction_limit_and_the_poll_stop_a_spinning_guest() {
+    let mut m = Machine::long(&[0xeb, 0xfe], 0x2000); // jmp $
+    assert_eq!(m.run(1000), RunEnd::InstructionLimit);
+    assert_eq!(m.cpu.instructions, 1000);
+    let mut polls = 0;
+    let end = m.cpu.run(&m.mem, &mut TestEnv, u64::MAX, &mut || {
+        polls += 1;
+        polls == 3
+    });
+    assert_eq!(end, RunEnd::Stopped);
+    // The poll runs after every POLL_INTERVAL instructions; the third stops the run.
+    assert_eq!(m.cpu.instructions, 1000 + 3 * sim_cpu::POLL_INTERVAL);
+}
+
+/// Injection delivers through the IVT in real mode (SDM vol 3 20.1.4): FLAGS, CS and
+/// IP pushed, IF cleared, CS:IP from the vector's entry.
+#[test]
+fn an_injected_interrupt_goes_through_the_ivt_in_real_mode() {
+    let mut m = Machine::real(&[0xf4], 0x1000);
+    m.ram.write(0x20 * 4, &[0x00, 0x30, 0x00, 0x00]).unwrap();
+    m.cpu.cpu.set_rflags(0x202);
+    m.cpu.inject(&m.mem, &mut TestEnv, 0x20, None).unwrap();
+    assert_eq!((m.cpu.cpu.seg[1].selector, m.cpu.cpu.rip), (0, 0x3000));
+    assert_eq!(m.cpu.cpu.rflags() & 0x200, 0);
+    let mut frame = [0u8; 6];
+    m.ram.read(0x7000 - 6, &mut frame).unwrap();
+    assert_eq!(frame, [0x00, 0x10, 0x00, 0x00, 0x02, 0x02]);
+}
+
+#[test]
+fn translation_walks_the_guest_page_tables() {
+    let m = Machine::long(&[0xf4], 0x2000);
+    assert_eq!(
+        m.cpu
+            .translate(&m.mem, 0x1234_5678, Access::Read, false, false),
+        Ok(0x1234_5678)
+    );
+    let fault = m
+        .cpu
+        .translate(&m.mem, 0x4000_0000, Access::Read, false, false)
+        .unwrap_err();
+    assert_eq!(fault.error_code & 1, 0, "not present");
+}
+
+/// Issue #15: a 64-bit LEAVE popped 2 bytes, not 8 (SDM vol 2 LEAVE: RSP <- RBP, then
+/// RBP <- POP(), operand size 64 by default in 64-bit mode).
+#[test]
+fn leave_in_64_bit_mode_pops_eight_bytes() {
+    // A frame whose saved RBP is 0x1122334455667788, then LEAVE.
+    let code = [
+        0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // mov rax, imm64
+        0x50, // push rax
+        0x48, 0x89, 0xe5, // mov rbp, rsp
+        0xc9, // leave
+        0xf4,
+    ];
+    let mut m = Machine::long(&code, 0x2000);
+    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt, _)));
+    assert_eq!(m.cpu.cpu.gpr[5], 0x1122_3344_5566_7788);
+    assert_eq!(m.cpu.cpu.gpr[4], 0x8_0000);
+}
+
+/// Issue #15: a jump to a non-canonical address ran on; it is #GP(0) with RIP on the
+/// jump (SDM vol 2 JMP, 64-bit mode exceptions).
+#[test]
+fn a_jump_to_a_non_canonical_address_faults_on_the_jump() {
+    // mov rax, 0x0000800000000000; jmp rax
+    let code = [0x48, 0xb8, 0, 0, 0, 0, 0, 0x80, 0, 0, 0xff, 0xe0];
+    let mut m = Machine::long(&code, 0x2000);
+    // An IDT with one 64-bit gate, #GP to 0x3000 (HLT), and a GDT with the code segment.
+    m.ram.write(0x500, &0u64.to_le_bytes()).unwrap();
+    m.ram
+        .write(0x508, &0x00af_9b00_0000_ffffu64.to_le_bytes())
+        .unwrap();
+    m.cpu.cpu.gdtr = sim_cpu::Table {
+        base: 0x500,
+        limit: 15,
+    };
+    let gate: u64 = 0x3000 | (8 << 16) | (0x8e00 << 32);
+    m.ram.write(0x4000 + 13 * 16, &gate.to_le_bytes()).unwrap();
+    m.ram.write(0x3000, &[0xf4]).unwrap();
+    m.cpu.cpu.idtr = sim_cpu::Table {
+        base: 0x4000,
+        limit: 0xfff,
+    };
+    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt, _)));
+    let mut frame = [0u8; 16];
+    m.ram.read(0x8_0000 - 48, &mut frame).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(frame[..8].try_into().unwrap()),
+        0,
+        "error code 0"
+    );
+    assert_eq!(
+        u64::from_le_bytes(frame[8..].try_into().unwrap()),
+        0x200a,
+        "RIP on the JMP"
+    );
+}
