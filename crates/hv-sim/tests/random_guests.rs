@@ -92,7 +92,8 @@ fn random_guest(seed: u64) -> (Guest, &'static str) {
         .collect();
     g.load(0x1000, &gdt);
     let code_at = 0x10_000 + r.below(0x1000) * 16;
-    let mode = match r.below(5) {
+    let mut rflags_vm = 0;
+    let mode = match r.below(8) {
         0 => {
             g.real_mode(code_at);
             "real"
@@ -108,10 +109,25 @@ fn random_guest(seed: u64) -> (Guest, &'static str) {
             }
             "long"
         }
-        _ => {
-            // 32-bit protected mode, flat, with or without paging.
+        3 => {
+            // Compatibility mode: long mode with a 32-bit code segment (L = 0, D = 1).
+            g.long_mode(code_at);
+            g.set_raw(
+                hv_register_name_HV_X64_REGISTER_CS,
+                pack_segment(0, 0xffff_ffff, 8, 0xc09b),
+            );
+            "compat"
+        }
+        m => {
+            // Protected mode, flat, with or without paging: 32-bit code, 16-bit code, or
+            // V86 mode (RFLAGS.VM with real-mode style segments at CPL 3).
+            let (code_attr, mode) = match m {
+                4 | 5 => (0xc09b, "protected32"),
+                6 => (0x009b, "protected16"),
+                _ => (0xc09b, "v86"),
+            };
             let flat = |attr| pack_segment(0, 0xffff_ffff, 8, attr);
-            g.set_raw(hv_register_name_HV_X64_REGISTER_CS, flat(0xc09b));
+            g.set_raw(hv_register_name_HV_X64_REGISTER_CS, flat(code_attr));
             for id in [
                 hv_register_name_HV_X64_REGISTER_DS,
                 hv_register_name_HV_X64_REGISTER_ES,
@@ -133,7 +149,23 @@ fn random_guest(seed: u64) -> (Guest, &'static str) {
             );
             g.set(hv_register_name_HV_X64_REGISTER_CR0, 0x11 | paging);
             g.set(hv_register_name_HV_X64_REGISTER_RIP, code_at);
-            "protected"
+            if mode == "v86" {
+                let seg = (code_at >> 4) & 0xf000;
+                g.set_raw(
+                    hv_register_name_HV_X64_REGISTER_CS,
+                    pack_segment(seg << 4, 0xffff, seg as u16, 0xf3),
+                );
+                for id in [
+                    hv_register_name_HV_X64_REGISTER_DS,
+                    hv_register_name_HV_X64_REGISTER_ES,
+                    hv_register_name_HV_X64_REGISTER_SS,
+                ] {
+                    g.set_raw(id, pack_segment(0, 0xffff, 0, 0xf3));
+                }
+                g.set(hv_register_name_HV_X64_REGISTER_RIP, code_at - (seg << 4));
+                rflags_vm = (1 << 17) | (r.below(4) << 12);
+            }
+            mode
         }
     };
     g.set_raw(
@@ -161,7 +193,7 @@ fn random_guest(seed: u64) -> (Guest, &'static str) {
     }
     g.set(
         hv_register_name_HV_X64_REGISTER_RFLAGS,
-        (r.next() & 0x0000_0cd5) | 2,
+        (r.next() & 0x0000_0cd5) | 2 | rflags_vm,
     );
     (g, mode)
 }
@@ -174,7 +206,7 @@ fn random_guests_in_every_mode_never_panic_hang_or_escape_their_ram() {
         .unwrap_or(3_000);
     let mut modes = std::collections::BTreeMap::<&str, u64>::new();
     let mut exits = 0u64;
-    let mut unsupported = 0u64;
+    let mut unsupported = std::collections::BTreeMap::<String, u64>::new();
     for seed in 0..count {
         let (mut g, mode) = random_guest(seed);
         *modes.entry(mode).or_default() += 1;
@@ -199,15 +231,17 @@ fn random_guests_in_every_mode_never_panic_hang_or_escape_their_ram() {
                     );
                 }
                 Ok(_) => break,
-                Err(HvError::UnsupportedInstruction { .. }) => {
-                    unsupported += 1;
+                Err(HvError::UnsupportedInstruction { text, .. }) => {
+                    let mnemonic = text.split_whitespace().next().unwrap_or("?").to_string();
+                    *unsupported.entry(mnemonic).or_default() += 1;
                     break;
                 }
                 Err(e) => panic!("guest {seed} ({mode}): {e}"),
             }
         }
     }
+    let stopped: u64 = unsupported.values().sum();
     eprintln!(
-        "{count} random guests ({modes:?}): {exits} exits, {unsupported} stopped at an unsupported instruction"
+        "{count} random guests ({modes:?}): {exits} exits, {stopped} stopped at an unsupported instruction: {unsupported:?}"
     );
 }
