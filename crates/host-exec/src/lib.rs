@@ -9,6 +9,7 @@
 //! so it must not fault, must leave RSP balanced and must not jump outside itself.
 #![cfg(target_arch = "x86_64")]
 
+mod fault;
 mod wrapper;
 
-pub use wrapper::{run, HostExecError, HostState, FLAGS_IN};
+pub use wrapper::{run, FxImage, HostExecError, HostState, FLAGS_IN};
