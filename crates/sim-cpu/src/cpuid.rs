@@ -14,6 +14,7 @@ pub const BRAND: &str = "mshv sim x86-64 processor";
 
 pub mod bits {
     // CPUID.1:EDX
+    pub const FPU: u32 = 1 << 0;
     pub const PSE: u32 = 1 << 3;
     pub const TSC: u32 = 1 << 4;
     pub const MSR: u32 = 1 << 5;
@@ -27,6 +28,7 @@ pub mod bits {
     pub const PAT: u32 = 1 << 16;
     pub const PSE36: u32 = 1 << 17;
     pub const CLFSH: u32 = 1 << 19;
+    pub const FXSR: u32 = 1 << 24;
     // CPUID.1:ECX
     pub const CX16: u32 = 1 << 13;
     pub const MOVBE: u32 = 1 << 22;
@@ -85,8 +87,21 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
                 } else {
                     0
                 };
-            let edx =
-                PSE | TSC | MSR | PAE | CX8 | APIC | SEP | MTRR | PGE | CMOV | PAT | PSE36 | CLFSH;
+            let edx = FPU
+                | PSE
+                | TSC
+                | MSR
+                | PAE
+                | CX8
+                | APIC
+                | SEP
+                | MTRR
+                | PGE
+                | CMOV
+                | PAT
+                | PSE36
+                | CLFSH
+                | FXSR;
             // CLFLUSH line 8 * 8 bytes, one logical processor, the initial APIC id.
             let ebx = (8 << 8) | (1 << 16) | (apic_id & 0xff) << 24;
             [SIGNATURE, ebx, ecx, edx]

@@ -409,6 +409,46 @@ impl Exec<'_> {
         Ok(lin)
     }
 
+    /// Reads `buf.len()` bytes at `seg:off`: the x87's 10-byte, environment and state
+    /// operands and SSE's 16-byte ones. The segment checks cover the whole operand;
+    /// the pieces go through paging one by one.
+    pub fn read_bytes(&mut self, seg: usize, off: u64, buf: &mut [u8]) -> Result<(), Stop> {
+        let lin = self.linear(seg, off, buf.len(), false)?;
+        let wrap = if self.cpu.mode64() {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
+        let mut k = 0;
+        while k < buf.len() {
+            let n = piece(buf.len() - k);
+            let v = self.read_lin(lin.wrapping_add(k as u64) & wrap, n, Access::Read)?;
+            buf[k..k + n].copy_from_slice(&v.to_le_bytes()[..n]);
+            k += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `seg:off` if all of it can be written (checked first, so a
+    /// fault leaves memory unchanged).
+    pub fn write_bytes(&mut self, seg: usize, off: u64, data: &[u8]) -> Result<(), Stop> {
+        let lin = self.probe_write(seg, off, data.len())?;
+        let wrap = if self.cpu.mode64() {
+            u64::MAX
+        } else {
+            0xffff_ffff
+        };
+        let mut k = 0;
+        while k < data.len() {
+            let n = piece(data.len() - k);
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&data[k..k + n]);
+            self.write_lin(lin.wrapping_add(k as u64) & wrap, n, u64::from_le_bytes(b))?;
+            k += n;
+        }
+        Ok(())
+    }
+
     // ---- the stack -------------------------------------------------------------------
 
     /// The stack pointer's width: all 64 bits in 64-bit mode, else SS.B.
@@ -482,5 +522,18 @@ impl Exec<'_> {
         }
         self.cpu.rip = target;
         Ok(())
+    }
+}
+
+/// The largest access size (8, 4, 2 or 1) that fits in `left` bytes.
+fn piece(left: usize) -> usize {
+    if left >= 8 {
+        8
+    } else if left >= 4 {
+        4
+    } else if left >= 2 {
+        2
+    } else {
+        1
     }
 }

@@ -18,6 +18,8 @@ pub mod decode;
 mod exec;
 pub mod fault;
 pub mod flags;
+pub mod float;
+pub mod fpu;
 mod interrupt;
 pub mod msr;
 mod ops;

@@ -167,6 +167,11 @@ pub struct Cpu {
     pub dr: [u64; 8],
     pub xmm: [u128; 16],
     pub mxcsr: u32,
+    /// The x87 FPU (and the MMX registers in it).
+    pub fpu: crate::fpu::Fpu,
+    /// FERR#: an unmasked x87 exception met a waiting instruction with CR0.NE clear
+    /// (the PC routes it to IRQ 13; SDM vol 1 8.7, D.1).
+    pub ferr: bool,
     pub apic_base: u64,
     /// `HV_REGISTER_PENDING_EVENT0`: an event to deliver at the next resume.
     pub pending_event: [u64; 2],
@@ -224,6 +229,8 @@ impl Cpu {
             dr: [0, 0, 0, 0, 0xffff_0ff0, 0x400, 0xffff_0ff0, 0x400],
             xmm: [0; 16],
             mxcsr: 0x1f80,
+            fpu: crate::fpu::Fpu::reset(),
+            ferr: false,
             pending_event: [0; 2],
             apic_base: 0xfee0_0000 | (1 << 11) | if bsp { 1 << 8 } else { 0 },
             tsc: 0,

@@ -236,3 +236,109 @@ pub fn values(seed: u64) -> impl Iterator<Item = u64> {
         Some(s)
     }))
 }
+
+// ---- floating point: the FXSAVE image in and out, and the exceptions it raises ----
+
+/// Where the FP harness keeps its images and tables in guest memory.
+const FX_IN: u64 = 0x3_0000;
+const FX_OUT: u64 = 0x3_0400;
+const FAULT: u64 = 0x3_0800;
+const FP_IDT: u64 = 0x3_1000;
+const FP_STUBS: u64 = 0x3_2000;
+const FP_GDT: u64 = 0x500;
+
+/// Runs a snippet in the sim as `host_exec::run` runs it on the host: `state.fx` loaded
+/// by FXRSTOR before it and saved by FXSAVE after it (or at a #DE, #MF or #XM, which
+/// end it with `fault` set), with CR0.NE, CR4.OSFXSR and CR4.OSXMMEXCPT on, as Linux
+/// runs user code.
+pub fn sim_fx_snippet(code: &[u8], state: &State, mem: &mut [u8], bases: &[usize]) -> State {
+    use iced_x86::code_asm::*;
+    let mut g = guest();
+    // GDT: null, 64-bit code; an IDT of 32 gates whose stubs record the vector, save
+    // the FPU state and halt.
+    let gdt: [u64; 2] = [0, 0x00af_9b00_0000_ffff];
+    g.load(
+        FP_GDT,
+        &gdt.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<_>>(),
+    );
+    for v in 0..32u64 {
+        let stub = FP_STUBS + v * 32;
+        let bytes = assemble(64, stub, |a| {
+            a.mov(byte_ptr(FAULT), v as u32).unwrap();
+            a.fxsave(ptr(FX_OUT)).unwrap();
+            a.hlt().unwrap();
+        });
+        g.load(stub, &bytes);
+        let low = (stub & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((stub >> 16) & 0xffff) << 48;
+        g.load(FP_IDT + v * 16, &low.to_le_bytes());
+        g.load(FP_IDT + v * 16 + 8, &(stub >> 32).to_le_bytes());
+    }
+    g.load(FAULT, &[0xff]);
+    g.load(FX_IN, &state.fx.0);
+    g.load(FX_OUT, &state.fx.0);
+    let mut text = assemble(64, 0x2000, |a| a.fxrstor(ptr(FX_IN)).unwrap());
+    text.extend_from_slice(code);
+    text.extend(assemble(64, 0, |a| {
+        a.fxsave(ptr(FX_OUT)).unwrap();
+        a.hlt().unwrap();
+    }));
+    g.load(0x2000, &text);
+    g.ram.write(DATA_GPA as usize, mem).unwrap();
+    g.long_mode(0x2000);
+    g.set_raw(
+        hv_register_name_HV_X64_REGISTER_GDTR,
+        pack_table(FP_GDT, 15),
+    );
+    g.set_raw(
+        hv_register_name_HV_X64_REGISTER_IDTR,
+        pack_table(FP_IDT, 32 * 16 - 1),
+    );
+    g.set(hv_register_name_HV_X64_REGISTER_CR0, 0x8000_0033);
+    g.set(
+        hv_register_name_HV_X64_REGISTER_CR4,
+        (1 << 5) | (1 << 9) | (1 << 10),
+    );
+    for (i, id) in GPR_IDS.iter().enumerate() {
+        if i != 4 {
+            let offset = if bases.contains(&i) { DATA_GPA } else { 0 };
+            g.set(*id, state.gpr[i].wrapping_add(offset));
+        }
+    }
+    g.set(
+        hv_register_name_HV_X64_REGISTER_RFLAGS,
+        (state.rflags & host_exec::FLAGS_IN) | 2,
+    );
+    assert_eq!(g.run(), hv_core::Exit::Message);
+    assert_eq!(
+        g.msg.message_type(),
+        hv_core::message::HVMSG_X64_HALT,
+        "the snippet ran to its HLT"
+    );
+    let mut out = *state;
+    for (i, id) in GPR_IDS.iter().enumerate() {
+        let offset = if bases.contains(&i) { DATA_GPA } else { 0 };
+        out.gpr[i] = g.get(*id).wrapping_sub(offset);
+    }
+    out.gpr[4] = state.gpr[4];
+    let mut fault = [0u8];
+    g.ram.read(FAULT as usize, &mut fault).unwrap();
+    out.fault = (fault[0] != 0xff).then_some(fault[0]);
+    // At a fault the handler's RFLAGS are not the snippet's: report them unchanged.
+    out.rflags = if out.fault.is_some() {
+        state.rflags
+    } else {
+        g.get(hv_register_name_HV_X64_REGISTER_RFLAGS)
+    };
+    g.ram.read(FX_OUT as usize, &mut out.fx.0).unwrap();
+    g.ram.read(DATA_GPA as usize, mem).unwrap();
+    out
+}
+
+/// The bytes of an FXSAVE image a comparison looks at: all but FOP, FIP, FCS, FDP and
+/// FDS (bytes 6-23), which hold the addresses of the instruction and operand, and
+/// differ between the host process and the guest.
+pub fn fx_comparable(fx: &host_exec::FxImage) -> Vec<u8> {
+    let mut b = fx.0.to_vec();
+    b[6..24].fill(0);
+    b
+}

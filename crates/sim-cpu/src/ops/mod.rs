@@ -10,6 +10,7 @@ pub mod shift;
 pub mod stack;
 pub mod string;
 pub mod system;
+pub mod x87;
 
 use crate::decode::{ea, invalid, Handler, Op};
 use crate::exec::{Exec, NONE};
@@ -155,7 +156,19 @@ fn available(f: CpuidFeature) -> bool {
             | F::MULTIBYTENOP
             | F::CLFSH
             | F::CET_IBT
+            | F::FPU
+            | F::FPU287
+            | F::FPU387
+            | F::FXSR
     )
+}
+
+/// An x87 instruction (or FXSAVE/FXRSTOR, which save its state).
+fn is_x87(ins: &Instruction) -> bool {
+    use CpuidFeature as F;
+    ins.cpuid_features()
+        .iter()
+        .any(|f| matches!(f, F::FPU | F::FPU287 | F::FPU387 | F::FXSR))
 }
 
 /// Picks `ins`'s handler and fills the fields it reads.
@@ -206,7 +219,9 @@ pub fn compile(ins: &Instruction, op: &mut Op, bits: u32) -> Handler {
         | M::Clflush
         | M::Clflushopt
         | M::Reservednop => data::compile_nop(ins, op),
-        M::Wait | M::Salc => system::compile_misc(ins, op),
+        M::Wait => Some(x87::wait as Handler),
+        M::Salc => system::compile_misc(ins, op),
+        _ if is_x87(ins) => x87::compile(ins, op),
         _ if ins.is_jcc_short_or_near() => control::compile_jcc(ins, op),
         M::Seta
         | M::Setae
