@@ -40,6 +40,8 @@ pub enum RegisterGroup {
     Debug,
     /// xmm0..xmm15.
     Xmm,
+    /// The x87/MMX registers and the FPU and SSE control and status registers.
+    Fp,
     /// MSRs.
     Msr,
     /// Events waiting for the next resume (exception injection).
@@ -281,6 +283,68 @@ pub const REGISTERS: &[RegisterInfo] = &[
     xmm("xmm13", 13),
     xmm("xmm14", 14),
     xmm("xmm15", 15),
+    // ST(0)..ST(7) (80 bits in 128), FCW/FSW/tags/FOP/FIP and FDP/MXCSR, laid out as
+    // FXSAVE bytes 0-31 (`hv_x64_fp_control_status_register`, `..._xmm_control_...`).
+    off_page(
+        "fpMmx0",
+        hv_register_name_HV_X64_REGISTER_FP_MMX0,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx1",
+        hv_register_name_HV_X64_REGISTER_FP_MMX1,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx2",
+        hv_register_name_HV_X64_REGISTER_FP_MMX2,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx3",
+        hv_register_name_HV_X64_REGISTER_FP_MMX3,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx4",
+        hv_register_name_HV_X64_REGISTER_FP_MMX4,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx5",
+        hv_register_name_HV_X64_REGISTER_FP_MMX5,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx6",
+        hv_register_name_HV_X64_REGISTER_FP_MMX6,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpMmx7",
+        hv_register_name_HV_X64_REGISTER_FP_MMX7,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "fpControlStatus",
+        hv_register_name_HV_X64_REGISTER_FP_CONTROL_STATUS,
+        K::U128,
+        G::Fp,
+    ),
+    off_page(
+        "xmmControlStatus",
+        hv_register_name_HV_X64_REGISTER_XMM_CONTROL_STATUS,
+        K::U128,
+        G::Fp,
+    ),
     off_page("tsc", hv_register_name_HV_X64_REGISTER_TSC, K::U64, G::Msr),
     // Written to inject an exception at the next resume; see `event::PendingException`.
     off_page(

@@ -58,6 +58,25 @@ const RAX: u32 = hv_register_name_HV_X64_REGISTER_RAX;
 const XMM0: u32 = hv_register_name_HV_X64_REGISTER_XMM0;
 const ES: u32 = hv_register_name_HV_X64_REGISTER_ES;
 const DR0: u32 = hv_register_name_HV_X64_REGISTER_DR0;
+const FP_MMX0: u32 = hv_register_name_HV_X64_REGISTER_FP_MMX0;
+
+/// `HV_X64_REGISTER_FP_CONTROL_STATUS`: FCW, FSW, the abridged tag byte, FOP and the
+/// last instruction pointer, laid out as FXSAVE bytes 0-15 (`hv_x64_fp_control_status_register`).
+fn fp_control_status(cpu: &Cpu) -> RegisterValue {
+    let f = &cpu.fpu;
+    let lo = f.fcw as u64
+        | (f.fsw as u64) << 16
+        | (f.abridged_tags() as u64) << 32
+        | (f.fop as u64) << 48;
+    [lo, f.fip]
+}
+
+/// `HV_X64_REGISTER_XMM_CONTROL_STATUS`: the last data pointer, MXCSR and its mask
+/// (`hv_x64_xmm_control_status_register`, FXSAVE bytes 16-31).
+fn xmm_control_status(cpu: &Cpu) -> RegisterValue {
+    let mask = sim_cpu::fpu::MXCSR_MASK as u64;
+    [cpu.fpu.fdp, cpu.mxcsr as u64 | mask << 32]
+}
 
 /// Reads one register.
 pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
@@ -70,6 +89,14 @@ pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
             let x = cpu.xmm[(id - XMM0) as usize];
             Ok([x as u64, (x >> 64) as u64])
         }
+        // FP_MMX0..7 are ST(0)..ST(7), as FXSAVE orders them (Cloud Hypervisor maps
+        // them to kvm_fpu.fpr, which is in that order).
+        _ if (FP_MMX0..FP_MMX0 + 8).contains(&id) => {
+            let v = cpu.fpu.st((id - FP_MMX0) as usize);
+            Ok([v as u64, (v >> 64) as u64 & 0xffff])
+        }
+        hv_register_name_HV_X64_REGISTER_FP_CONTROL_STATUS => Ok(fp_control_status(cpu)),
+        hv_register_name_HV_X64_REGISTER_XMM_CONTROL_STATUS => Ok(xmm_control_status(cpu)),
         _ if (ES..ES + 6).contains(&id) => Ok(seg_value(&cpu.seg[(id - ES) as usize])),
         hv_register_name_HV_X64_REGISTER_LDTR => Ok(seg_value(&cpu.ldtr)),
         hv_register_name_HV_X64_REGISTER_TR => Ok(seg_value(&cpu.tr)),
@@ -103,6 +130,30 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
         hv_register_name_HV_X64_REGISTER_RFLAGS => cpu.set_rflags(x),
         _ if (XMM0..XMM0 + 16).contains(&id) => {
             cpu.xmm[(id - XMM0) as usize] = x as u128 | (v[1] as u128) << 64
+        }
+        _ if (FP_MMX0..FP_MMX0 + 8).contains(&id) => {
+            let p = cpu.fpu.phys((id - FP_MMX0) as usize);
+            cpu.fpu.regs[p] = x as u128 | ((v[1] & 0xffff) as u128) << 64;
+        }
+        hv_register_name_HV_X64_REGISTER_FP_CONTROL_STATUS => {
+            let f = &mut cpu.fpu;
+            f.fcw = (x as u16 & 0x1f3f) | 0x40;
+            f.fsw = (x >> 16) as u16;
+            f.empty = !((x >> 32) as u8);
+            f.fop = (x >> 48) as u16 & 0x7ff;
+            f.fip = v[1];
+            f.update_summary();
+        }
+        hv_register_name_HV_X64_REGISTER_XMM_CONTROL_STATUS => {
+            let mxcsr = v[1] as u32;
+            if mxcsr & !sim_cpu::fpu::MXCSR_MASK != 0 {
+                return Err(HvError::InvalidArgument(format!(
+                    "MXCSR {mxcsr:#x} sets reserved bits (the mask is {:#x})",
+                    sim_cpu::fpu::MXCSR_MASK
+                )));
+            }
+            cpu.fpu.fdp = x;
+            cpu.mxcsr = mxcsr;
         }
         _ if (ES..ES + 6).contains(&id) => {
             cpu.seg[(id - ES) as usize] = value_seg(v);

@@ -111,6 +111,36 @@ fn advertised_cases() -> Vec<Case> {
         (
             1,
             3,
+            FPU,
+            "the x87 FPU: 1.5 + 2.25 stored as an integer",
+            |a| {
+                a.fninit().unwrap();
+                a.mov(dword_ptr(DATA), 0x3fc0_0000).unwrap(); // 1.5f
+                a.mov(dword_ptr(DATA + 4), 0x4010_0000).unwrap(); // 2.25f
+                a.fld(dword_ptr(DATA)).unwrap();
+                a.fadd(dword_ptr(DATA + 4)).unwrap();
+                a.fistp(dword_ptr(DATA + 8)).unwrap(); // 3.75 rounds to 4
+                a.mov(eax, dword_ptr(DATA + 8)).unwrap();
+            },
+            ok(4),
+        ),
+        (
+            1,
+            3,
+            FXSR,
+            "FXSAVE writes FCW and MXCSR where the layout says",
+            |a| {
+                a.fninit().unwrap();
+                a.fxsave(ptr(DATA)).unwrap();
+                a.mov(eax, dword_ptr(DATA + 24)).unwrap();
+                a.shl(rax, 16).unwrap();
+                a.mov(ax, word_ptr(DATA)).unwrap();
+            },
+            ok(0x1f80_037f),
+        ),
+        (
+            1,
+            3,
             PSE,
             "CR4.PSE can be set",
             |a| {

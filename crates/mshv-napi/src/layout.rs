@@ -76,6 +76,7 @@ pub fn layout() -> Layout {
                 RegisterGroup::System => "system",
                 RegisterGroup::Debug => "debug",
                 RegisterGroup::Xmm => "xmm",
+                RegisterGroup::Fp => "fp",
                 RegisterGroup::Msr => "msr",
                 RegisterGroup::Events => "events",
             }
