@@ -7,66 +7,14 @@
 mod common;
 
 use common::*;
-use hv_core::message::HVMSG_X64_IO_PORT_INTERCEPT;
-use hv_core::regs::pack_table;
 use iced_x86::code_asm::*;
-use mshv_bindings::*;
 use sim_cpu::cpuid::bits;
 
-const GDT: u64 = 0x500;
-const IDT: u64 = 0x3000;
-const STUBS: u64 = 0x4000;
-const CODE: u64 = 0x2000;
-const DATA: u64 = 0x6000;
-
-/// What a case did: its result on port 0x80, or the vector it raised.
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Result(u64),
-    Vector(u8),
-}
+const CODE: u64 = CASE_CODE;
+const DATA: u64 = CASE_DATA;
 
 fn run_case(body: impl FnOnce(&mut CodeAssembler)) -> Outcome {
-    let mut g = guest();
-    // GDT: null, 64-bit code (0x08), data (0x10).
-    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
-    g.load(
-        GDT,
-        &gdt.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<_>>(),
-    );
-    // 32 interrupt gates, each to a stub: mov al, vector; out 0x81, al; hlt.
-    for v in 0..32u64 {
-        let stub = STUBS + v * 8;
-        g.load(stub, &[0xb0, v as u8, 0xe6, 0x81, 0xf4]);
-        let low = (stub & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((stub >> 16) & 0xffff) << 48;
-        g.load(IDT + v * 16, &low.to_le_bytes());
-        g.load(IDT + v * 16 + 8, &(stub >> 32).to_le_bytes());
-    }
-    let code = assemble(64, CODE, |a| {
-        body(a);
-        a.out(0x80, al).unwrap();
-        a.hlt().unwrap();
-    });
-    g.load(CODE, &code);
-    g.long_mode(CODE);
-    g.set_raw(hv_register_name_HV_X64_REGISTER_GDTR, pack_table(GDT, 23));
-    g.set_raw(
-        hv_register_name_HV_X64_REGISTER_IDTR,
-        pack_table(IDT, 32 * 16 - 1),
-    );
-    assert_eq!(g.run(), hv_core::Exit::Message);
-    assert_eq!(
-        g.msg.message_type(),
-        HVMSG_X64_IO_PORT_INTERCEPT,
-        "the case ended at a port"
-    );
-    let io: hv_x64_io_port_intercept_message = g.msg.payload();
-    let port = io.port_number;
-    match port {
-        0x80 => Outcome::Result(io.rax),
-        0x81 => Outcome::Vector(io.rax as u8),
-        p => panic!("port {p:#x}"),
-    }
+    guest_case(|_| {}, body)
 }
 
 /// CPUID `leaf` in the guest: `[eax, ebx, ecx, edx]`.
@@ -137,6 +85,61 @@ fn advertised_cases() -> Vec<Case> {
                 a.mov(ax, word_ptr(DATA)).unwrap();
             },
             ok(0x1f80_037f),
+        ),
+        (
+            1,
+            3,
+            MMX,
+            "MMX: PADDB wraps each byte",
+            |a| {
+                a.mov(rax, 0x01ff_7f80_0000_0000u64).unwrap();
+                a.movq(mm0, rax).unwrap();
+                a.mov(rax, 0x0101_0101_0000_0001u64).unwrap();
+                a.movq(mm1, rax).unwrap();
+                a.paddb(mm0, mm1).unwrap();
+                a.movq(rax, mm0).unwrap();
+                a.emms().unwrap();
+            },
+            ok(0x0200_8081_0000_0001),
+        ),
+        (
+            1,
+            3,
+            SSE,
+            "SSE: ADDPS and MOVMSKPS (with CR4.OSFXSR)",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 9).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(dword_ptr(DATA), 0x3fc0_0000).unwrap(); // 1.5f
+                a.mov(dword_ptr(DATA + 4), 0xc020_0000u32).unwrap(); // -2.5f
+                a.movss(xmm0, dword_ptr(DATA)).unwrap();
+                a.movss(xmm1, dword_ptr(DATA + 4)).unwrap();
+                a.addps(xmm0, xmm1).unwrap(); // -1.0
+                a.movmskps(eax, xmm0).unwrap(); // lane 0 negative
+                a.movd(ecx, xmm0).unwrap();
+                a.shl(rcx, 8).unwrap();
+                a.or(rax, rcx).unwrap();
+            },
+            ok(0x00bf_8000_0001),
+        ),
+        (
+            1,
+            3,
+            SSE2,
+            "SSE2: PCMPEQB and PMOVMSKB find a zero byte (as strlen does)",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 9).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(rax, 0x006f_6c6c_6568_u64).unwrap(); // "hello\0\0\0"
+                a.movq(xmm1, rax).unwrap();
+                a.pxor(xmm0, xmm0).unwrap();
+                a.pcmpeqb(xmm0, xmm1).unwrap();
+                a.pmovmskb(eax, xmm0).unwrap();
+                a.bsf(eax, eax).unwrap();
+            },
+            ok(5),
         ),
         (
             1,
@@ -558,9 +561,15 @@ fn no_advertised_feature_goes_untested() {
 fn instructions_of_features_not_advertised_are_ud() {
     // (what, CPUID leaf, register, bit that must be clear, the instruction)
     type Absent = (&'static str, u32, usize, u32, fn(&mut CodeAssembler));
-    let absent: [Absent; 9] = [
-        ("MOVAPS (SSE)", 1, 3, 1 << 25, |a| {
-            a.movaps(xmm0, xmm1).unwrap()
+    let absent: [Absent; 11] = [
+        ("ADDSUBPS (SSE3)", 1, 2, 1 << 0, |a| {
+            a.addsubps(xmm0, xmm1).unwrap()
+        }),
+        ("PSHUFB (SSSE3)", 1, 2, 1 << 9, |a| {
+            a.pshufb(xmm0, xmm1).unwrap()
+        }),
+        ("PMULLD (SSE4.1)", 1, 2, 1 << 19, |a| {
+            a.pmulld(xmm0, xmm1).unwrap()
         }),
         ("VZEROUPPER (AVX)", 1, 2, 1 << 28, |a| {
             a.vzeroupper().unwrap()

@@ -83,13 +83,13 @@ fn register_page_is_filled_at_intercepts_and_a_stale_dirty_class_wins_over_a_hyp
     assert_eq!(p.read_u64(RIP), 0x1002);
 }
 
-/// An instruction the processor does not have (CPUID advertises no SSE yet) is #UD in
-/// the guest, as on such a processor, not an error of the VMM (SDM vol 2 MOVAPS,
-/// "#UD If CPUID.01H:EDX.SSE[bit 25] = 0").
+/// An instruction the processor does not have (CPUID advertises no SSE3) is #UD in
+/// the guest, as on such a processor, not an error of the VMM (SDM vol 2 ADDSUBPS,
+/// "#UD If CPUID.01H:ECX.SSE3[bit 0] = 0").
 #[test]
 fn an_instruction_the_processor_lacks_is_ud_in_the_guest() {
     let mut g = guest();
-    g.load(0x1000, &[0x0f, 0x28, 0xc1]); // movaps xmm0, xmm1
+    g.load(0x1000, &[0xf2, 0x0f, 0xd0, 0xc1]); // addsubps xmm0, xmm1
     g.load(6 * 4, &[0x00, 0x30, 0x00, 0x00]); // #UD vector -> 0000:3000
     g.load(0x3000, &[0xe6, 0x06, 0xf4]); // out 6, al; hlt
     g.real_mode(0x1000);

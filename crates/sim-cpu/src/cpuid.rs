@@ -28,7 +28,10 @@ pub mod bits {
     pub const PAT: u32 = 1 << 16;
     pub const PSE36: u32 = 1 << 17;
     pub const CLFSH: u32 = 1 << 19;
+    pub const MMX: u32 = 1 << 23;
     pub const FXSR: u32 = 1 << 24;
+    pub const SSE: u32 = 1 << 25;
+    pub const SSE2: u32 = 1 << 26;
     // CPUID.1:ECX
     pub const CX16: u32 = 1 << 13;
     pub const MOVBE: u32 = 1 << 22;
@@ -101,7 +104,10 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
                 | PAT
                 | PSE36
                 | CLFSH
-                | FXSR;
+                | MMX
+                | FXSR
+                | SSE
+                | SSE2;
             // CLFLUSH line 8 * 8 bytes, one logical processor, the initial APIC id.
             let ebx = (8 << 8) | (1 << 16) | (apic_id & 0xff) << 24;
             [SIGNATURE, ebx, ecx, edx]

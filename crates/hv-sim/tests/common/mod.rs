@@ -342,3 +342,73 @@ pub fn fx_comparable(fx: &host_exec::FxImage) -> Vec<u8> {
     b[6..24].fill(0);
     b
 }
+
+// ---- one case in 64-bit ring 0, ending at a port or at an exception --------------
+
+/// Where [`guest_case`] puts its code and its scratch data.
+pub const CASE_CODE: u64 = 0x2000;
+pub const CASE_DATA: u64 = 0x6000;
+const CASE_GDT: u64 = 0x500;
+const CASE_IDT: u64 = 0x3000;
+const CASE_STUBS: u64 = 0x4000;
+
+/// What a case did: its result on port 0x80, or the vector it raised.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Result(u64),
+    Vector(u8),
+}
+
+/// Runs `body` in 64-bit ring 0 with an IDT whose handlers report their vector on port
+/// 0x81; the case ends by writing RAX to port 0x80. `setup` adjusts the guest (control
+/// registers, say) before it runs.
+pub fn guest_case(
+    setup: impl FnOnce(&mut Guest),
+    body: impl FnOnce(&mut CodeAssembler),
+) -> Outcome {
+    use iced_x86::code_asm::*;
+    let mut g = guest();
+    // GDT: null, 64-bit code (0x08), data (0x10).
+    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    g.load(
+        CASE_GDT,
+        &gdt.iter().flat_map(|d| d.to_le_bytes()).collect::<Vec<_>>(),
+    );
+    // 32 interrupt gates, each to a stub: mov al, vector; out 0x81, al; hlt.
+    for v in 0..32u64 {
+        let stub = CASE_STUBS + v * 8;
+        g.load(stub, &[0xb0, v as u8, 0xe6, 0x81, 0xf4]);
+        let low = (stub & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((stub >> 16) & 0xffff) << 48;
+        g.load(CASE_IDT + v * 16, &low.to_le_bytes());
+        g.load(CASE_IDT + v * 16 + 8, &(stub >> 32).to_le_bytes());
+    }
+    let code = assemble(64, CASE_CODE, |a| {
+        body(a);
+        a.out(0x80, al).unwrap();
+        a.hlt().unwrap();
+    });
+    g.load(CASE_CODE, &code);
+    g.long_mode(CASE_CODE);
+    g.set_raw(
+        hv_register_name_HV_X64_REGISTER_GDTR,
+        pack_table(CASE_GDT, 23),
+    );
+    g.set_raw(
+        hv_register_name_HV_X64_REGISTER_IDTR,
+        pack_table(CASE_IDT, 32 * 16 - 1),
+    );
+    setup(&mut g);
+    assert_eq!(g.run(), hv_core::Exit::Message);
+    assert_eq!(
+        g.msg.message_type(),
+        hv_core::message::HVMSG_X64_IO_PORT_INTERCEPT,
+        "the case ended at a port"
+    );
+    let io: hv_x64_io_port_intercept_message = g.msg.payload();
+    let port = io.port_number;
+    match port {
+        0x80 => Outcome::Result(io.rax),
+        0x81 => Outcome::Vector(io.rax as u8),
+        p => panic!("port {p:#x}"),
+    }
+}

@@ -200,7 +200,16 @@ fn rounded(v: WideF, t: Target, rc: Rc, flags: u8) -> Rounded {
 /// nothing; the flags are what counts there.
 fn scaled(v: WideF, scale: i32, t: Target, rc: Rc, flag: u8) -> Rounded {
     if scale == 0 {
-        return rounded(v, t, rc, flag);
+        // SSE faults and stores nothing; PE comes with OE or UE when the result rounded
+        // to the destination's precision with an unbounded exponent is inexact (as the
+        // hardware reports it).
+        let u = unbounded(v, t.precision(), rc);
+        let pe = if u.bitwise_eq(v) { 0 } else { PE };
+        return Rounded {
+            bits: to_target(v, t, rc).0,
+            flags: flag | pe,
+            up: false,
+        };
     }
     let s = v.mul_r(pow2(scale), rustc_apfloat::Round::TowardZero).value;
     let u = s.abs();

@@ -7,6 +7,7 @@ pub mod control;
 pub mod data;
 pub mod io;
 pub mod shift;
+pub mod simd;
 pub mod stack;
 pub mod string;
 pub mod system;
@@ -160,6 +161,9 @@ fn available(f: CpuidFeature) -> bool {
             | F::FPU287
             | F::FPU387
             | F::FXSR
+            | F::MMX
+            | F::SSE
+            | F::SSE2
     )
 }
 
@@ -222,6 +226,20 @@ pub fn compile(ins: &Instruction, op: &mut Op, bits: u32) -> Handler {
         M::Wait => Some(x87::wait as Handler),
         M::Salc => system::compile_misc(ins, op),
         _ if is_x87(ins) => x87::compile(ins, op),
+        _ if simd::is_simd(ins)
+            && !matches!(
+                m,
+                M::Lfence
+                    | M::Mfence
+                    | M::Sfence
+                    | M::Prefetchnta
+                    | M::Prefetcht0
+                    | M::Prefetcht1
+                    | M::Prefetcht2
+            ) =>
+        {
+            simd::compile(ins, op)
+        }
         _ if ins.is_jcc_short_or_near() => control::compile_jcc(ins, op),
         M::Seta
         | M::Setae

@@ -105,7 +105,9 @@ const CR4_SUPPORTED: u64 = CR4_PSE
     | CR4_FSGSBASE
     | CR4_SMEP
     | CR4_SMAP
-    | CR4_MCE;
+    | CR4_MCE
+    | CR4_OSFXSR
+    | CR4_OSXMMEXCPT;
 
 /// Writes CR0 with the checks of SDM vol 2 MOV (Control Registers).
 pub fn write_cr0(x: &mut Exec, v: u64) -> Result<(), Stop> {
