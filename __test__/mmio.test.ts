@@ -1,6 +1,7 @@
 import test from 'ava'
 import { decode, decodeCacheKey } from '../src/emulator/decode.js'
 import { createVm, enterLongMode, enterRealMode, segment, RegisterBank, MshvError, type Vm, type Vcpu } from '../index.js'
+import * as asmModule from '../src/asm/assemble.js'
 
 const BANK = 0xc000_0000n
 const CODE = 0x10000
@@ -163,4 +164,36 @@ test('the decode cache tells apart instructions whose bytes hash alike', (t) => 
   // The same bytes in another mode are another instruction: `inc eax` in 32-bit code, a REX `nop` in 64.
   t.is(decode(Uint8Array.of(0x40, 0x90), 32, 0n).length, 1)
   t.is(decode(Uint8Array.of(0x40, 0x90), 64, 0n).length, 2)
+})
+
+test('SSE and MMX moves to device memory: 16-byte accesses as two 8-byte ones, and what each load keeps', (t) => {
+  const { assemble } = asmModule
+  const code = assemble(
+    `movdqu xmm0, [rbx]
+     movdqa [rbx+16], xmm0
+     movd xmm1, [rbx+32]
+     movq [rbx+40], xmm1
+     movhps xmm1, [rbx+8]
+     movq mm0, [rbx+8]
+     movq [rbx+48], mm0
+     movss [rbx+56], xmm0`,
+    { bitness: 64, address: CODE },
+  ).bytes
+  const { vcpu, bank } = longModeGuest([...code])
+  bank.set(0, 0x1111_2222_3333_4444n)
+  bank.set(1, 0x5555_6666_7777_8888n)
+  bank.set(4, 0xffff_ffff_abcd_ef01n)
+  vcpu.regs.setRaw('xmm1', 0x9999n, 0x9999n)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.deepEqual(vcpu.regs.getRaw('xmm0'), [0x1111_2222_3333_4444n, 0x5555_6666_7777_8888n])
+  t.is(bank.get(2), 0x1111_2222_3333_4444n)
+  t.is(bank.get(3), 0x5555_6666_7777_8888n)
+  t.deepEqual(vcpu.regs.getRaw('xmm1'), [0xabcd_ef01n, 0x5555_6666_7777_8888n], 'MOVD clears the rest; MOVHPS keeps the low half')
+  t.is(bank.get(5), 0xabcd_ef01n)
+  t.is(bank.get(6), 0x5555_6666_7777_8888n, 'through MM0')
+  t.is(bank.get(7), 0x3333_4444n, 'MOVSS stores 4 bytes')
+  t.deepEqual(
+    bank.log.map((a) => `${a.kind}@${a.offset}/${a.size}`),
+    ['read@0/8', 'read@8/8', 'write@16/8', 'write@24/8', 'read@32/4', 'write@40/8', 'read@8/8', 'read@8/8', 'write@48/8', 'write@56/4'],
+  )
 })

@@ -46,6 +46,8 @@ export const LONG_MODE_TABLES = 0x1000
 /**
  * 64-bit long mode with the first 4 GiB identity-mapped (1 GiB pages), flat segments
  * and code at `ip`. The two page-table pages are written at `tables` (8 KiB of RAM).
+ * The x87 and SSE are enabled as an operating system enables them (CR0.MP and NE,
+ * CR4.OSFXSR and OSXMMEXCPT; Intel SDM vol. 3 13.1), so compiled code runs as is.
  */
 export function enterLongMode(
   vcpu: Vcpu,
@@ -68,9 +70,9 @@ export function enterLongMode(
   r.setRaw('cs', ...segment(0n, 0xffffffff, 8, 0xa09b))
   for (const s of DATA_SEGMENTS) r.setRaw(s, ...segment(0n, 0xffffffff, 16, 0xc093))
   r.set('cr3', BigInt(tables))
-  r.set('cr4', 1n << 5n)
+  r.set('cr4', (1n << 5n) | (1n << 9n) | (1n << 10n)) // PAE, OSFXSR, OSXMMEXCPT
   r.set('efer', (1n << 8n) | (1n << 10n))
-  r.set('cr0', 0x8000_0011n)
+  r.set('cr0', 0x8000_0033n) // PG, NE, ET, MP, PE
   r.set('rip', rip)
   r.set('rsp', sp)
   r.set('rflags', 2n)

@@ -10,6 +10,7 @@ import { MshvError, hex } from '../errors.js'
 import { add, logic, mask, mergeFlags, signExtend, sub, CF, STATUS, type AluResult } from './alu.js'
 import { isStringOperand, type Decoded } from './decode.js'
 import { readRegister, writeRegister, GPR } from './operands.js'
+import type { RegisterName } from '../generated/register-names.js'
 import type { LinearMemory } from './memory.js'
 import { advanceIndex, segmentBase, setAddressSized, stringStep, segmentName } from './string.js'
 
@@ -87,9 +88,30 @@ function emulate(access: MmioAccess, m: MmioMachine): boolean {
     case Mnemonic.Btr:
     case Mnemonic.Btc:
       return bitTest(access, m)
+    case Mnemonic.Movd:
+    case Mnemonic.Movq:
+    case Mnemonic.Movdqa:
+    case Mnemonic.Movdqu:
+    case Mnemonic.Movaps:
+    case Mnemonic.Movups:
+    case Mnemonic.Movapd:
+    case Mnemonic.Movupd:
+    case Mnemonic.Movss:
+    case Mnemonic.Movlps:
+    case Mnemonic.Movlpd:
+    case Mnemonic.Movhps:
+    case Mnemonic.Movhpd:
+    case Mnemonic.Movntdq:
+    case Mnemonic.Movntps:
+    case Mnemonic.Movntpd:
+    case Mnemonic.Movntq:
+      return simdMove(access, m)
+    case Mnemonic.Movsd:
+      // MOVSD is two instructions: the SSE2 scalar move (a register operand) and the string one.
+      if (ins.opKinds.some((k) => k === OpKind.Register)) return simdMove(access, m)
+      return stringOp(access, m)
     case Mnemonic.Movsb:
     case Mnemonic.Movsw:
-    case Mnemonic.Movsd:
     case Mnemonic.Movsq:
     case Mnemonic.Stosb:
     case Mnemonic.Stosw:
@@ -99,6 +121,75 @@ function emulate(access: MmioAccess, m: MmioMachine): boolean {
     default:
       throw unsupported(access)
   }
+}
+
+/**
+ * The SSE and MMX moves guests make to device memory: MOVD, MOVQ, MOVDQA/U, MOVAPS/UPS,
+ * MOVAPD/UPD, MOVSS, MOVSD, MOVLPS/HPS/LPD/HPD and the non-temporal stores (Intel SDM
+ * vol. 2 for each). A 16-byte access reaches the device as two 8-byte ones, low first.
+ * A load into an XMM register clears the bytes it does not write, except MOVLPx/MOVHPx,
+ * which keep the other half; an MMX register's exponent bits become all ones, and MMX
+ * instructions leave TOP 0 with every register valid (vol. 1 9.5.1).
+ */
+function simdMove(a: MmioAccess, m: MmioMachine): boolean {
+  const { Mnemonic, OpKind, Register } = iced()
+  const { ins } = a
+  const store = ins.opKinds[0] === OpKind.Memory
+  const r = reg(ins, store ? 1 : 0)
+  const size = ins.memorySize
+  const high = ins.mnemonic === Mnemonic.Movhps || ins.mnemonic === Mnemonic.Movhpd
+  const keep = high || ins.mnemonic === Mnemonic.Movlps || ins.mnemonic === Mnemonic.Movlpd
+  const bytes = (v: bigint, n: number) => (n >= 16 ? v : v & ((1n << BigInt(8 * n)) - 1n))
+  const readMem = (): bigint =>
+    size === 16 ? m.memory.phys.read(a.gpa, 8) | (m.memory.phys.read(a.gpa + 8n, 8) << 64n) : m.memory.phys.read(a.gpa, size)
+  const writeMem = (v: bigint): void => {
+    if (size === 16) {
+      m.memory.phys.write(a.gpa, 8, v & 0xffffffffffffffffn)
+      m.memory.phys.write(a.gpa + 8n, 8, v >> 64n)
+    } else {
+      m.memory.phys.write(a.gpa, size, bytes(v, size))
+    }
+  }
+  if (r >= Register.XMM0 && r <= Register.XMM15) {
+    const name = `xmm${r - Register.XMM0}` as RegisterName
+    const [lo, hi] = m.regs.getRaw(name)
+    const value = lo | (hi << 64n)
+    if (store) {
+      writeMem(high ? value >> 64n : value)
+      return true
+    }
+    const v = readMem()
+    let next: bigint
+    if (high) next = (value & 0xffffffffffffffffn) | (v << 64n)
+    else if (keep) next = (value & ~0xffffffffffffffffn) | v
+    else next = bytes(v, size)
+    m.regs.setRaw(name, next & 0xffffffffffffffffn, next >> 64n)
+    return true
+  }
+  if (r >= Register.MM0 && r <= Register.MM7) {
+    // MMi is the low 64 bits of physical register i: ST((i - TOP) mod 8). The instruction
+    // makes TOP 0 and every register valid, so afterwards MMi is ST(i).
+    const [ctl, ip] = m.regs.getRaw('fpControlStatus')
+    const top = Number((ctl >> 27n) & 7n)
+    const st = (i: number) => `fpMmx${(i - top + 8) % 8}` as RegisterName
+    const i = r - Register.MM0
+    const regsNow = Array.from({ length: 8 }, (_, k) => m.regs.getRaw(st(k)))
+    const status = (ctl >> 16n) & 0xffffn
+    const newCtl = (ctl & ~(0xffffn << 16n) & ~(0xffn << 32n)) | ((status & ~(7n << 11n)) << 16n) | (0xffn << 32n)
+    m.regs.setRaw('fpControlStatus', newCtl, ip)
+    for (let k = 0; k < 8; k++) {
+      const v = regsNow[k] as [bigint, bigint]
+      m.regs.setRaw(`fpMmx${k}` as RegisterName, v[0], v[1])
+    }
+    if (store) {
+      writeMem((regsNow[i] as [bigint, bigint])[0])
+    } else {
+      m.regs.setRaw(`fpMmx${i}` as RegisterName, readMem(), 0xffffn)
+    }
+    return true
+  }
+  // MOVD/MOVQ between a general register and memory are never MMIO moves of ours.
+  throw unsupported(a)
 }
 
 function unsupported(a: MmioAccess): MshvError {

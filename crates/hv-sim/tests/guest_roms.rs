@@ -1,7 +1,7 @@
 //! Whole guests on QEMU's TCG and on the sim: each `tests/guests/*.asm` (assembled
 //! with NASM) boots from the reset vector, exercises mode switches, paging, privilege
-//! changes, exceptions, task switches or V86 mode, and reports its state as text on
-//! port 0xE9. Both must print the same lines. Where QEMU departs from the manuals the
+//! changes, exceptions, task switches, V86 mode or glibc-style SSE2 string functions,
+//! and reports its state as text on port 0xE9. Both must print the same lines. Where QEMU departs from the manuals the
 //! manual wins: `DEVIATIONS` lists those lines, with the section, and the sim is held
 //! to the manual's value there.
 //!
