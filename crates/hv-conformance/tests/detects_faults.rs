@@ -53,6 +53,9 @@ impl VmBackend for FaultyVm {
     fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>> {
         Ok(Box::new(FaultyVcpu(self.0, self.1.create_vcpu(index)?)))
     }
+    fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
+        self.1.interrupts()
+    }
 }
 
 impl VcpuBackend for FaultyVcpu {

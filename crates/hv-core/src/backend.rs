@@ -53,6 +53,20 @@ pub struct VmConfig {
     pub intercept_msrs: Vec<u32>,
     /// What an access to an MSR the hypervisor does not implement does.
     pub unknown_msr: UnknownMsr,
+    /// How guest time passes: `None` takes the backend's own (the sim's is
+    /// deterministic, MSHV's is real time).
+    pub clock: Option<ClockMode>,
+}
+
+/// How guest time passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMode {
+    /// Guest time is the host's: the TSC and the APIC timer follow the host clock.
+    Realtime,
+    /// Guest time advances one nanosecond per retired instruction (and leaps over
+    /// halts to the next timer): the same guest with the same inputs makes the same
+    /// exits, run after run, as QEMU's icount does (sim only).
+    Deterministic,
 }
 
 /// The hypervisor's answer to RDMSR/WRMSR of an MSR it does not implement (and that is
@@ -92,6 +106,12 @@ pub struct RunLimits {
     /// Stop at this moment (the sim checks its clock at least every 1,024 guest
     /// instructions or string iterations).
     pub deadline: Option<Instant>,
+    /// Stop when guest time (ns) reaches this: a device timer of the VMM is due (sim
+    /// only; [`Exit::Clock`]).
+    pub guest_deadline: Option<u64>,
+    /// Whether a vCPU halted with interrupts enabled may block the calling thread until
+    /// an interrupt (as MSHV does); if not, the sim returns [`Exit::Idle`] instead.
+    pub block_on_halt: bool,
 }
 
 impl RunLimits {
@@ -100,6 +120,7 @@ impl RunLimits {
         RunLimits {
             max_instructions,
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+            ..RunLimits::default()
         }
     }
 }
@@ -115,6 +136,12 @@ pub enum Exit {
     InstructionLimit,
     /// The deadline passed.
     Timeout,
+    /// Guest time reached [`RunLimits::guest_deadline`].
+    Clock,
+    /// The vCPU is halted with interrupts enabled and nothing can wake it during this
+    /// run (sim only, with [`RunLimits::block_on_halt`] off): it resumes waiting at the
+    /// next run.
+    Idle,
 }
 
 /// Interrupts a running vCPU from another thread; a cancel issued while the vCPU is
@@ -175,6 +202,8 @@ pub trait VmBackend: Send {
     fn intercept_range(&mut self, gpa: u64, size: u64) -> Result<()>;
     /// Creates vCPU `index`; its register page, if any, is mapped after the vCPU exists.
     fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>>;
+    /// Where interrupt requests for this VM go, from any thread.
+    fn interrupts(&self) -> Arc<dyn crate::interrupt::Interrupts>;
 }
 
 /// A virtual processor.

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod cpuid;
 pub mod error;
 pub mod event;
+pub mod interrupt;
 pub mod memory;
 pub mod message;
 pub mod page;
@@ -18,13 +19,14 @@ pub mod regs;
 pub mod shared;
 
 pub use backend::{
-    BackendKind, Canceller, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
+    BackendKind, Canceller, ClockMode, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
     UnknownMsr, VcpuBackend, VmBackend, VmConfig,
 };
 pub use counters::{Counters, ExitCounter};
 pub use cpuid::CpuidResult;
 pub use error::{HvError, Result};
 pub use event::PendingException;
+pub use interrupt::{InterruptKind, InterruptRequest, Interrupts};
 pub use memory::{HostRegion, RegionOptions};
 pub use message::{ExitMessage, MESSAGE_SIZE};
 pub use page::{RegisterPagePtr, PAGE_SIZE};

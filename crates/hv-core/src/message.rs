@@ -20,6 +20,9 @@ pub const HVMSG_X64_MSR_INTERCEPT: u32 = hv_message_type_HVMSG_X64_MSR_INTERCEPT
 pub const HVMSG_X64_CPUID_INTERCEPT: u32 = hv_message_type_HVMSG_X64_CPUID_INTERCEPT;
 pub const HVMSG_X64_EXCEPTION_INTERCEPT: u32 = hv_message_type_HVMSG_X64_EXCEPTION_INTERCEPT;
 pub const HVMSG_X64_HALT: u32 = hv_message_type_HVMSG_X64_HALT;
+/// The EOI of a level-triggered interrupt (`hv_x64_apic_eoi_message`): an I/O APIC
+/// re-asserts a line still high (OpenVMM `virt_mshv`, Cloud Hypervisor `IoapicEoi`).
+pub const HVMSG_X64_APIC_EOI: u32 = hv_message_type_HVMSG_X64_APIC_EOI;
 
 /// The message types both backends produce, by name, for TypeScript.
 pub const TYPES: &[(&str, u32)] = &[
@@ -32,6 +35,7 @@ pub const TYPES: &[(&str, u32)] = &[
     ("cpuid", HVMSG_X64_CPUID_INTERCEPT),
     ("exception", HVMSG_X64_EXCEPTION_INTERCEPT),
     ("halt", HVMSG_X64_HALT),
+    ("apicEoi", HVMSG_X64_APIC_EOI),
 ];
 
 /// `gva_valid` in `hv_x64_memory_access_info` (checked against the binding's setter in tests).
@@ -44,6 +48,7 @@ type Io = hv_x64_io_port_intercept_message;
 type Mem = hv_x64_memory_intercept_message;
 type Cpuid = hv_x64_cpuid_intercept_message;
 type Msr = hv_x64_msr_intercept_message;
+type Eoi = hv_x64_apic_eoi_message;
 
 const fn p(off: usize) -> usize {
     PAYLOAD + off
@@ -100,6 +105,9 @@ pub const FIELDS: &[(&str, usize)] = &[
     ("msrNumber", p(offset_of!(Msr, msr_number))),
     ("msrRdx", p(offset_of!(Msr, rdx))),
     ("msrRax", p(offset_of!(Msr, rax))),
+    // HVMSG_X64_APIC_EOI carries no intercept header: the VP index and the vector.
+    ("eoiVpIndex", p(offset_of!(Eoi, vp_index))),
+    ("eoiVector", p(offset_of!(Eoi, interrupt_vector))),
     // Bits of `memAccessInfo` (`hv_x64_memory_access_info`): the message's GVA is
     // valid, and so is its translation to the message's GPA.
     ("memGvaValid", MEM_GVA_VALID as usize),

@@ -30,12 +30,19 @@ pub struct MshvVcpu {
 }
 
 /// Refuses the limits the hypervisor cannot honour, rather than running without them:
-/// MSHV counts no guest instructions. (A deadline it can honour: a timer signals the
-/// run.)
+/// MSHV counts no guest instructions and keeps no guest clock apart from the host's.
+/// (A deadline it can honour: a timer signals the run.) `block_on_halt` needs no check:
+/// a halted vCPU always blocks in the hypervisor until an interrupt (the kernel's
+/// `mshv_root_main.c` returns from `MSHV_RUN_VP` only with an intercept message).
 pub fn check_limits(limits: &RunLimits) -> Result<()> {
     if limits.max_instructions.is_some() {
         return Err(HvError::Unsupported(
             "maxInstructions (an instruction budget) needs the sim backend: MSHV does not count guest instructions".into(),
+        ));
+    }
+    if limits.guest_deadline.is_some() {
+        return Err(HvError::Unsupported(
+            "guestDeadlineNs (a guest-time deadline) needs the sim backend: MSHV's guest time is the host's, use timeoutMs".into(),
         ));
     }
     Ok(())
@@ -249,6 +256,7 @@ mod tests {
         let budget = RunLimits {
             max_instructions: Some(1),
             deadline: None,
+            ..RunLimits::default()
         };
         let e = check_limits(&budget).unwrap_err();
         assert_eq!(e.code(), "ENOTSUP");
@@ -256,11 +264,18 @@ mod tests {
         let timeout = RunLimits {
             max_instructions: None,
             deadline: Some(std::time::Instant::now()),
+            ..RunLimits::default()
         };
         assert!(
             check_limits(&timeout).is_ok(),
             "a timer signals the run at its deadline"
         );
+        let guest_time = RunLimits {
+            guest_deadline: Some(1),
+            ..RunLimits::default()
+        };
+        let e = check_limits(&guest_time).unwrap_err();
+        assert!(e.to_string().contains("guestDeadlineNs"), "{e}");
     }
 
     #[test]

@@ -10,11 +10,14 @@ use hv_core::{
 use mshv_bindings::*;
 use mshv_ioctls::{Mshv, VmFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct MshvVm {
     fd: Arc<VmFd>,
     config: VmConfig,
     mappings: Vec<MemoryMapping>,
+    /// When the partition was made: guest time counts from here.
+    created: Instant,
 }
 
 /// The `mshv_user_mem_region` for a mapping.
@@ -61,6 +64,11 @@ pub fn check_config(config: &VmConfig) -> Result<()> {
                 .into(),
         ));
     }
+    if config.clock == Some(hv_core::ClockMode::Deterministic) {
+        return Err(HvError::Unsupported(
+            "clock 'deterministic' is sim-only: MSHV's guests run on real time".into(),
+        ));
+    }
     if config.register_page == RegisterPageMode::Invalid {
         return Err(HvError::Unsupported(
             "registerPage 'invalid' is sim-only: MSHV marks the page valid at every intercept; \
@@ -93,7 +101,38 @@ impl MshvVm {
             fd: Arc::new(fd),
             config: config.clone(),
             mappings: Vec::new(),
+            created: Instant::now(),
         })
+    }
+}
+
+/// Interrupt requests through `HVCALL_ASSERT_VIRTUAL_INTERRUPT`
+/// (`VmFd::request_virtual_interrupt`), as OpenVMM's `virt_mshv` (`request_msi`) and
+/// Cloud Hypervisor (`nmi`) send them; the hypervisor's local APIC takes them.
+struct MshvInterrupts {
+    fd: Arc<VmFd>,
+    created: Instant,
+}
+
+impl hv_core::Interrupts for MshvInterrupts {
+    fn request(&self, r: &hv_core::InterruptRequest) -> Result<()> {
+        r.check()?;
+        let req = mshv_ioctls::InterruptRequest {
+            interrupt_type: r.kind.hv_type(),
+            apic_id: r.destination as u64,
+            vector: r.vector as u32,
+            level_triggered: r.level,
+            logical_destination_mode: r.logical,
+            long_mode: false,
+        };
+        retry(|| self.fd.request_virtual_interrupt(&req))
+            .map_err(|e| map_error("request a virtual interrupt", e))
+    }
+
+    /// The guest's clocks follow the host's on MSHV (the partition's reference time
+    /// and TSC run in real time), so host time since creation is guest time.
+    fn guest_time(&self) -> u64 {
+        self.created.elapsed().as_nanos() as u64
     }
 }
 
@@ -150,6 +189,13 @@ impl VmBackend for MshvVm {
             fd,
             self.config.register_page,
         )))
+    }
+
+    fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
+        Arc::new(MshvInterrupts {
+            fd: Arc::clone(&self.fd),
+            created: self.created,
+        })
     }
 }
 

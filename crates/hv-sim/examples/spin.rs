@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &RunLimits {
             max_instructions: Some(count),
             deadline: None,
+            ..RunLimits::default()
         },
     )?;
     let s = start.elapsed().as_secs_f64();

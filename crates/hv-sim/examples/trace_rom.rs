@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &RunLimits {
                 max_instructions: Some(1),
                 deadline: None,
+                ..RunLimits::default()
             },
         )? {
             Exit::InstructionLimit => continue,

@@ -156,7 +156,16 @@ pub fn build(
             msg.write(HVMSG_X64_MSR_INTERCEPT, &m);
             HVMSG_X64_MSR_INTERCEPT
         }
-        Exit::Shutdown | Exit::Unsupported | Exit::None => {
+        Exit::ApicEoi(vector) => {
+            let m = hv_x64_apic_eoi_message {
+                vp_index: index,
+                interrupt_vector: vector as u32,
+            };
+            msg.write(HVMSG_X64_APIC_EOI, &m);
+            HVMSG_X64_APIC_EOI
+        }
+        // INIT and SIPI are the hypervisor's own business and never reach the VMM.
+        Exit::Shutdown | Exit::Unsupported | Exit::None | Exit::Init | Exit::Sipi(_) => {
             let m = hv_x64_unrecoverable_exception_message {
                 header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
             };

@@ -8,6 +8,8 @@
 //! page, the register hypercalls, and CPUID answered from the results the VMM
 //! registered, as MSHV answers it.
 
+pub mod apic;
+mod clock;
 mod env;
 mod exits;
 mod pagesync;
@@ -19,14 +21,17 @@ pub use sim_cpu;
 pub use vcpu::SimVcpu;
 pub use vm::SimVm;
 
-use hv_core::{BackendKind, HvBackend, RegisterPageMode, Result, UnknownMsr, VmBackend, VmConfig};
+use hv_core::{
+    BackendKind, ClockMode, HvBackend, RegisterPageMode, Result, UnknownMsr, VmBackend, VmConfig,
+};
 
 /// The per-VM settings the hypervisor consults.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SimConfig {
     pub register_page: RegisterPageMode,
     pub intercept_msrs: Vec<u32>,
     pub unknown_msr: UnknownMsr,
+    pub clock: ClockMode,
 }
 
 /// The sim hypervisor.
@@ -49,6 +54,8 @@ impl HvBackend for SimHypervisor {
             register_page: config.register_page,
             intercept_msrs: config.intercept_msrs.clone(),
             unknown_msr: config.unknown_msr,
+            // The sim's own clock is deterministic: replays are exact unless asked not to.
+            clock: config.clock.unwrap_or(ClockMode::Deterministic),
         })))
     }
 }

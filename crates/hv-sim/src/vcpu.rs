@@ -1,6 +1,9 @@
 //! A simulated vCPU: the processor (`sim-cpu`) run until an intercept, with MSHV's
 //! semantics around it (register page, exit messages, counters, cancel, deadlines).
 
+use crate::apic::bus::ApicBus;
+use crate::apic::LocalApic;
+use crate::clock::Clock;
 use crate::env::SimEnv;
 use crate::{exits, pagesync, registers, SimConfig};
 use hv_core::backend::check_batch;
@@ -12,8 +15,9 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 use mshv_bindings::*;
 use sim_cpu::paging::Access;
 use sim_cpu::phys::{PhysMap, Target};
-use sim_cpu::{Cpu, ExitInstruction, Processor, RunEnd};
+use sim_cpu::{Cpu, ExitInstruction, Processor, RunEnd, EVENT_MASKABLE, EVENT_URGENT};
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,6 +33,12 @@ pub struct SimVcpu {
     flush_pending: bool,
     /// CPUID answers the VMM registered (HVCALL_REGISTER_INTERCEPT_RESULT's model).
     cpuid: Vec<hv_core::CpuidResult>,
+    /// The local APIC the hypervisor emulates for this VP, and the partition's bus.
+    apic: Arc<LocalApic>,
+    bus: Arc<ApicBus>,
+    clock: Arc<Clock>,
+    /// The guest's TSC minus guest time (a WRMSR to IA32_TSC moves it).
+    tsc_offset: i64,
 }
 
 impl SimVcpu {
@@ -36,6 +46,8 @@ impl SimVcpu {
         index: u32,
         config: Arc<SimConfig>,
         memory: Arc<Mutex<Arc<PhysMap>>>,
+        bus: Arc<ApicBus>,
+        clock: Arc<Clock>,
     ) -> Result<Self> {
         // The page exists only once the vCPU does, as with the real driver's mmap.
         let page = match config.register_page {
@@ -50,17 +62,27 @@ impl SimVcpu {
                 Some((region, ptr))
             }
         };
+        let processor = Processor::new(index == 0);
+        let apic = Arc::new(LocalApic::new(index, Arc::clone(&processor.events)));
+        bus.add(Arc::clone(&apic));
+        // A cancel wakes a vCPU blocked in a halt, as the driver's signal does.
+        let kicked = Arc::clone(&apic);
+        let canceller = Canceller::with_kick(Arc::new(move || kicked.kick()));
         Ok(SimVcpu {
             index,
-            processor: Processor::new(index == 0),
+            processor,
             config,
             memory,
             snapshot: Arc::new(PhysMap::default()),
             page,
             counters: Counters::default(),
-            canceller: Canceller::default(),
+            canceller,
             flush_pending: true,
             cpuid: Vec::new(),
+            apic,
+            bus,
+            clock,
+            tsc_offset: 0,
         })
     }
 
@@ -120,6 +142,238 @@ fn deliver_pending(
     processor.inject(mem, env, e.vector, e.error_code).err()
 }
 
+/// Why the processor's run in a slice of [`SimVcpu::run`] stopped early.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    Cancelled,
+    Timeout,
+    /// Real time reached a timer or the VMM's guest deadline: look again.
+    Due,
+}
+
+impl SimVcpu {
+    /// Guest time for this vCPU now.
+    fn now(&self) -> u64 {
+        if self.clock.deterministic() {
+            self.processor.cpu.tsc
+        } else {
+            self.clock.now()
+        }
+    }
+
+    /// INIT (SDM vol 3 10.4.2, Table 10-1): the processor to its INIT state — the x87,
+    /// SSE, MTRR and APIC-base state kept — and its APIC reset but for the id; an AP then
+    /// waits for a start-up IPI, the BSP starts at the reset vector.
+    fn init(&mut self) {
+        let old = self.processor.cpu.clone();
+        let bsp = old.apic_base & (1 << 8) != 0;
+        let mut cpu = Cpu::reset(sim_cpu::cpuid::SIGNATURE, bsp);
+        cpu.fpu = old.fpu;
+        cpu.xmm = old.xmm;
+        cpu.mxcsr = old.mxcsr;
+        cpu.apic_base = old.apic_base;
+        cpu.msr.mtrr_def_type = old.msr.mtrr_def_type;
+        cpu.msr.mtrr_fixed = old.msr.mtrr_fixed;
+        cpu.msr.mtrr_var = old.msr.mtrr_var;
+        cpu.msr.pat = old.msr.pat;
+        cpu.tsc = old.tsc;
+        self.processor.cpu = cpu;
+        let mut s = self.apic.lock();
+        let id = s.id;
+        *s = crate::apic::ApicState::reset(id);
+        s.startup_suspend = !bsp;
+        self.apic.events.store(s.events(), Ordering::Release);
+        drop(s);
+        self.flush_pending = true;
+    }
+
+    /// A start-up IPI: real mode at `vector` << 12 (SDM vol 3 10.4.4.1, 11.6.1).
+    fn sipi(&mut self, vector: u8) {
+        let cpu = &mut self.processor.cpu;
+        cpu.seg[sim_cpu::state::CS] = sim_cpu::Segment::real((vector as u16) << 8, 0x9b);
+        cpu.rip = 0;
+        cpu.halted = false;
+        let mut s = self.apic.lock();
+        s.startup_suspend = false;
+        self.apic.events.store(s.events(), Ordering::Release);
+        drop(s);
+        self.flush_pending = true;
+    }
+
+    /// Blocks the calling thread until the APIC has news, `until` (host time) comes, or
+    /// a cancel.
+    fn block(&self, until: Option<Instant>) {
+        let guard = self.apic.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        if self.processor.events.load(Ordering::Acquire) != 0 || self.canceller.is_cancelled() {
+            return;
+        }
+        match until {
+            Some(t) => {
+                let wait = t.saturating_duration_since(Instant::now());
+                drop(self.apic.wake.wait_timeout(guard, wait));
+            }
+            None => drop(self.apic.wake.wait(guard)),
+        }
+    }
+
+    /// The run itself: processor slices between timers, halts that wait or leap, the
+    /// hypervisor's own INIT and SIPI handling; returns at the first exit for the VMM.
+    fn run_slices(
+        &mut self,
+        msg: &mut ExitMessage,
+        limits: &RunLimits,
+        cpuid: &[hv_core::CpuidResult],
+    ) -> Result<Exit> {
+        let det = self.clock.deterministic();
+        if det {
+            // Catch up with the partition's time (another vCPU may have run or leapt).
+            let t = self.clock.now().max(self.processor.cpu.tsc);
+            self.processor.cpu.tsc = t;
+        }
+        let mut budget = limits.max_instructions.unwrap_or(u64::MAX);
+        let mut first = true;
+        loop {
+            if self.flush_pending {
+                self.flush_pending = false;
+                self.processor.state_changed(&self.snapshot);
+            }
+            let now = self.now();
+            if limits.guest_deadline.is_some_and(|d| now >= d) {
+                return Ok(Exit::Clock);
+            }
+            let (timer, asleep) = {
+                let mut s = self.apic.lock();
+                let t = s.tick(now);
+                self.apic.events.store(s.events(), Ordering::Release);
+                (t, s.startup_suspend)
+            };
+            let cpu = &self.processor.cpu;
+            let events = self.processor.events.load(Ordering::Acquire);
+            let interruptible = cpu.flags.bits & sim_cpu::flags::IF != 0;
+            let wake = events & EVENT_URGENT != 0 || events & EVENT_MASKABLE != 0 && interruptible;
+            if (cpu.halted || asleep) && !wake {
+                if self.canceller.take() {
+                    return Ok(Exit::Cancelled);
+                }
+                if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(Exit::Timeout);
+                }
+                let next = [timer, limits.guest_deadline].into_iter().flatten().min();
+                if det {
+                    if let Some(n) = next {
+                        // Deterministic time leaps over the halt to what wakes it.
+                        self.processor.cpu.tsc = n.max(now);
+                        self.clock.advance_to(self.processor.cpu.tsc);
+                        continue;
+                    }
+                }
+                if !limits.block_on_halt && (det || next.is_none()) {
+                    return Ok(Exit::Idle);
+                }
+                let until = [next.map(|n| self.clock.instant_of(n)), limits.deadline]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                self.block(until);
+                continue;
+            }
+            // A slice: up to the next timer or guest deadline on the deterministic clock.
+            let mut slice = budget;
+            let next = [timer, limits.guest_deadline].into_iter().flatten().min();
+            if det {
+                if let Some(n) = next {
+                    slice = slice.min(n.saturating_sub(now).max(1));
+                }
+            }
+            let clock = Arc::clone(&self.clock);
+            let mut env = SimEnv {
+                config: &self.config,
+                cpuid,
+                apic_id: self.index,
+                apic: &self.apic,
+                bus: &self.bus,
+                clock: &self.clock,
+                tsc_offset: &mut self.tsc_offset,
+            };
+            let snapshot = &*self.snapshot;
+            if first {
+                first = false;
+                if let Some(exit) = deliver_pending(&mut self.processor, snapshot, &mut env) {
+                    self.finish(msg, &exit, &ExitInstruction::default());
+                    return Ok(Exit::Message);
+                }
+            }
+            let canceller = self.canceller.clone();
+            let deadline = limits.deadline;
+            let rt_due = if det { None } else { next };
+            let mut stopped = None;
+            let mut poll = || {
+                if canceller.is_cancelled() {
+                    stopped = Some(Stopped::Cancelled);
+                    return true;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    stopped = Some(Stopped::Timeout);
+                    return true;
+                }
+                if rt_due.is_some_and(|d| clock.now() >= d) {
+                    stopped = Some(Stopped::Due);
+                    return true;
+                }
+                false
+            };
+            let before = self.processor.instructions;
+            let end = self.processor.run(snapshot, &mut env, slice, &mut poll);
+            budget = budget.saturating_sub(self.processor.instructions - before);
+            if det {
+                self.clock.advance_to(self.processor.cpu.tsc);
+            }
+            match end {
+                RunEnd::Stopped => match stopped {
+                    Some(Stopped::Cancelled) => {
+                        self.canceller.take();
+                        return Ok(Exit::Cancelled);
+                    }
+                    Some(Stopped::Due) => continue,
+                    _ => return Ok(Exit::Timeout),
+                },
+                RunEnd::InstructionLimit => {
+                    if budget == 0 {
+                        return Ok(Exit::InstructionLimit);
+                    }
+                }
+                RunEnd::Exit(sim_cpu::Exit::Halt, ins) => {
+                    let cpu = &mut self.processor.cpu;
+                    if cpu.flags.bits & sim_cpu::flags::IF != 0 {
+                        // HLT with interrupts enabled waits inside the hypervisor for an
+                        // interrupt (mshv_root_main.c: the run ioctl returns only for an
+                        // intercept, and waits for the hypervisor's kick while blocked).
+                        cpu.halted = true;
+                        continue;
+                    }
+                    // With interrupts disabled nothing could wake it: the VMM hears of
+                    // the halt (HVMSG_X64_HALT) and decides; the next run resumes.
+                    cpu.halted = false;
+                    self.finish(msg, &sim_cpu::Exit::Halt, &ins);
+                    return Ok(Exit::Message);
+                }
+                RunEnd::Exit(sim_cpu::Exit::Init, _) => self.init(),
+                RunEnd::Exit(sim_cpu::Exit::Sipi(v), _) => self.sipi(v),
+                RunEnd::Exit(sim_cpu::Exit::Unsupported, ins) => {
+                    if let Some(p) = self.page_valid_mode() {
+                        pagesync::fill(&p, &self.processor.cpu);
+                    }
+                    return Err(self.unsupported(&ins));
+                }
+                RunEnd::Exit(exit, ins) => {
+                    self.finish(msg, &exit, &ins);
+                    return Ok(Exit::Message);
+                }
+            }
+        }
+    }
+}
+
 const ENOMEM: i32 = 12;
 
 impl VcpuBackend for SimVcpu {
@@ -143,64 +397,10 @@ impl VcpuBackend for SimVcpu {
         if let Ok(m) = self.memory.lock() {
             self.snapshot = Arc::clone(&m);
         }
-        if std::mem::take(&mut self.flush_pending) {
-            self.processor.state_changed(&self.snapshot);
-        }
         let cpuid = std::mem::take(&mut self.cpuid);
-        let mut env = SimEnv {
-            config: &self.config,
-            cpuid: &cpuid,
-            apic_id: self.index,
-        };
-        let snapshot = &*self.snapshot;
-        let end = match deliver_pending(&mut self.processor, snapshot, &mut env) {
-            Some(exit) => RunEnd::Exit(exit, ExitInstruction::default()),
-            None => {
-                let canceller = self.canceller.clone();
-                let deadline = limits.deadline;
-                let mut stopped = None;
-                let mut poll = || {
-                    if canceller.is_cancelled() {
-                        stopped = Some(Exit::Cancelled);
-                        return true;
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        stopped = Some(Exit::Timeout);
-                        return true;
-                    }
-                    false
-                };
-                let budget = limits.max_instructions.unwrap_or(u64::MAX);
-                let end = self.processor.run(snapshot, &mut env, budget, &mut poll);
-                match (end, stopped) {
-                    (RunEnd::Stopped, Some(Exit::Cancelled)) => {
-                        self.cpuid = cpuid;
-                        self.canceller.take();
-                        return Ok(Exit::Cancelled);
-                    }
-                    (RunEnd::Stopped, _) => {
-                        self.cpuid = cpuid;
-                        return Ok(Exit::Timeout);
-                    }
-                    (e, _) => e,
-                }
-            }
-        };
+        let r = self.run_slices(msg, limits, &cpuid);
         self.cpuid = cpuid;
-        match end {
-            RunEnd::Exit(sim_cpu::Exit::Unsupported, ins) => {
-                if let Some(p) = self.page_valid_mode() {
-                    pagesync::fill(&p, &self.processor.cpu);
-                }
-                Err(self.unsupported(&ins))
-            }
-            RunEnd::Exit(exit, ins) => {
-                self.finish(msg, &exit, &ins);
-                Ok(Exit::Message)
-            }
-            RunEnd::InstructionLimit => Ok(Exit::InstructionLimit),
-            RunEnd::Stopped => Ok(Exit::Timeout),
-        }
+        r
     }
 
     fn get_registers(&mut self, ids: &[u32], out: &mut [RegisterValue]) -> Result<()> {

@@ -1,5 +1,7 @@
 //! A simulated partition: the memory map and the vCPUs it made.
 
+use crate::apic::bus::ApicBus;
+use crate::clock::Clock;
 use crate::vcpu::SimVcpu;
 use crate::SimConfig;
 use hv_core::backend::check_mapping;
@@ -11,14 +13,19 @@ pub struct SimVm {
     config: Arc<SimConfig>,
     memory: Arc<Mutex<Arc<PhysMap>>>,
     vcpus: Vec<u8>,
+    bus: Arc<ApicBus>,
+    clock: Arc<Clock>,
 }
 
 impl SimVm {
     pub(crate) fn new(config: SimConfig) -> Self {
+        let clock = Arc::new(Clock::new(config.clock));
         SimVm {
             config: Arc::new(config),
             memory: Arc::default(),
             vcpus: Vec::new(),
+            bus: Arc::new(ApicBus::new(Arc::clone(&clock))),
+            clock,
         }
     }
 
@@ -85,8 +92,14 @@ impl VmBackend for SimVm {
             index as u32,
             Arc::clone(&self.config),
             Arc::clone(&self.memory),
+            Arc::clone(&self.bus),
+            Arc::clone(&self.clock),
         )?;
         self.vcpus.push(index);
         Ok(Box::new(vcpu))
+    }
+
+    fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
+        Arc::clone(&self.bus) as Arc<dyn hv_core::Interrupts>
     }
 }

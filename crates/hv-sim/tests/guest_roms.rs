@@ -149,6 +149,7 @@ fn run_sim(rom: &[u8]) -> String {
     let limits = RunLimits {
         max_instructions: Some(200_000_000),
         deadline: None,
+        ..RunLimits::default()
     };
     loop {
         let exit = vcpu.run(&mut msg, &limits).unwrap();

@@ -25,6 +25,7 @@ fn an_instruction_budget_stops_the_guest_exactly_and_it_resumes() {
     let budget = RunLimits {
         max_instructions: Some(1000),
         deadline: None,
+        ..RunLimits::default()
     };
     assert_eq!(run(&mut g, budget), Exit::InstructionLimit);
     assert_eq!(g.vcpu.instructions(), 1000);
@@ -110,6 +111,7 @@ fn a_cancel_from_another_thread_interrupts_a_run_without_limits() {
     let limits = RunLimits {
         max_instructions: Some(1 << 40),
         deadline: None,
+        ..RunLimits::default()
     };
     assert_eq!(run(&mut g, limits), Exit::Cancelled);
     t.join().unwrap();
@@ -117,6 +119,7 @@ fn a_cancel_from_another_thread_interrupts_a_run_without_limits() {
     let short = RunLimits {
         max_instructions: Some(10),
         deadline: None,
+        ..RunLimits::default()
     };
     assert_eq!(run(&mut g, short), Exit::InstructionLimit);
 }

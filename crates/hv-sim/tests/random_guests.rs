@@ -215,6 +215,7 @@ fn random_guests_in_every_mode_never_panic_hang_or_escape_their_ram() {
             let limits = RunLimits {
                 max_instructions: Some(2_000),
                 deadline: None,
+                ..RunLimits::default()
             };
             match g.vcpu.run(&mut g.msg, &limits) {
                 Ok(Exit::Message) => {

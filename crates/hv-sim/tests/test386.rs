@@ -66,6 +66,7 @@ fn run_rom(rom: &[u8]) -> Outcome {
     let limits = RunLimits {
         max_instructions: Some(2_000_000_000),
         deadline: None,
+        ..RunLimits::default()
     };
     loop {
         match vcpu.run(&mut msg, &limits) {

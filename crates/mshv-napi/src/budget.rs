@@ -21,6 +21,13 @@ pub struct RunOptions {
     /// `layout().exits.slice`, so a synchronous caller regains control (to redraw a
     /// progress line, to let its event loop in) and then runs on (sim).
     pub slice_ms: Option<f64>,
+    /// End the run with `layout().exits.clock` when the VM's guest time
+    /// (`vm.clockNs()`) reaches this many nanoseconds: a device timer is due (sim).
+    pub guest_deadline_ns: Option<f64>,
+    /// Whether a vCPU halted with interrupts enabled may block the thread until an
+    /// interrupt, as MSHV's does (default false: the sim returns
+    /// `layout().exits.idle` instead, so the caller can wait without a thread).
+    pub block_on_halt: Option<bool>,
 }
 
 /// The largest count or duration accepted: JavaScript's exact integer range.
@@ -61,6 +68,8 @@ pub(crate) struct Budget {
     max_instructions: Option<u64>,
     timeout: Option<Duration>,
     slice: Option<Duration>,
+    guest_deadline: Option<u64>,
+    block_on_halt: bool,
     ends: Mutex<Option<Ends>>,
 }
 
@@ -78,29 +87,42 @@ fn millis(v: Option<f64>, what: &str) -> Result<Option<Duration>> {
     .transpose()
 }
 
+/// A whole number from 0 to 2^53 - 1.
+fn whole(v: Option<f64>, what: &str) -> Result<Option<u64>> {
+    v.map(|n| {
+        if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= MAX {
+            Ok(n as u64)
+        } else {
+            Err(invalid(format!(
+                "{what} must be a whole number from 0 to 2^53-1, got {n}"
+            )))
+        }
+    })
+    .transpose()
+}
+
 impl Budget {
     /// Checks `options` (counts and durations are whole/finite, non-negative, and at
     /// most 2^53 - 1) before anything uses them.
     pub(crate) fn new(options: Option<RunOptions>) -> Result<Self> {
         let o = options.unwrap_or_default();
-        let max_instructions = o
-            .max_instructions
-            .map(|n| {
-                if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= MAX {
-                    Ok(n as u64)
-                } else {
-                    Err(invalid(format!(
-                        "maxInstructions must be a whole number from 0 to 2^53-1, got {n}"
-                    )))
-                }
-            })
-            .transpose()?;
         Ok(Budget {
-            max_instructions,
+            max_instructions: whole(o.max_instructions, "maxInstructions")?,
+            guest_deadline: whole(o.guest_deadline_ns, "guestDeadlineNs")?,
+            block_on_halt: o.block_on_halt.unwrap_or(false),
             timeout: millis(o.timeout_ms, "timeoutMs")?,
             slice: millis(o.slice_ms, "sliceMs")?,
             ends: Mutex::default(),
         })
+    }
+
+    fn limits(&self, max_instructions: Option<u64>, deadline: Option<Instant>) -> RunLimits {
+        RunLimits {
+            max_instructions,
+            deadline,
+            guest_deadline: self.guest_deadline,
+            block_on_halt: self.block_on_halt,
+        }
     }
 
     /// The limits of the next native run of a vCPU that has retired `retired`
@@ -109,7 +131,7 @@ impl Budget {
         if self.max_instructions.is_none() && self.timeout.is_none() && self.slice.is_none() {
             // The per-exit path of an unlimited run: no lock, no clock.
             return Allowance::Run {
-                limits: RunLimits::default(),
+                limits: self.limits(None, None),
                 sliced: false,
             };
         }
@@ -125,10 +147,7 @@ impl Budget {
         }
         if e.deadline.is_none() && self.slice.is_none() {
             return Allowance::Run {
-                limits: RunLimits {
-                    max_instructions: left,
-                    deadline: None,
-                },
+                limits: self.limits(left, None),
                 sliced: false,
             };
         }
@@ -143,10 +162,7 @@ impl Budget {
             _ => false,
         };
         Allowance::Run {
-            limits: RunLimits {
-                max_instructions: left,
-                deadline: if sliced { slice_end } else { e.deadline },
-            },
+            limits: self.limits(left, if sliced { slice_end } else { e.deadline }),
             sliced,
         }
     }
@@ -179,7 +195,7 @@ mod tests {
         Budget::new(Some(RunOptions {
             max_instructions,
             timeout_ms,
-            slice_ms: None,
+            ..RunOptions::default()
         }))
     }
 
@@ -239,6 +255,7 @@ mod tests {
             max_instructions: None,
             timeout_ms: Some(60_000.0),
             slice_ms: Some(10.0),
+            ..RunOptions::default()
         }))
         .unwrap();
         let a = b.allowance(0);
@@ -254,6 +271,7 @@ mod tests {
             max_instructions: None,
             timeout_ms: Some(5.0),
             slice_ms: Some(60_000.0),
+            ..RunOptions::default()
         }))
         .unwrap();
         assert_eq!(
@@ -262,5 +280,26 @@ mod tests {
         );
         assert_eq!(a.end_code(Exit::InstructionLimit), Some(EXIT_INSTRUCTIONS));
         assert_eq!(a.end_code(Exit::Message), None);
+    }
+
+    #[test]
+    fn a_guest_deadline_and_halt_blocking_reach_every_native_run() {
+        let b = Budget::new(Some(RunOptions {
+            guest_deadline_ns: Some(5_000.0),
+            block_on_halt: Some(true),
+            ..RunOptions::default()
+        }))
+        .unwrap();
+        let l = limits(b.allowance(0));
+        assert_eq!((l.guest_deadline, l.block_on_halt), (Some(5_000), true));
+        let l = limits(budget(None, None).unwrap().allowance(0));
+        assert_eq!((l.guest_deadline, l.block_on_halt), (None, false));
+        let e = Budget::new(Some(RunOptions {
+            guest_deadline_ns: Some(-1.0),
+            ..RunOptions::default()
+        }))
+        .err()
+        .unwrap();
+        assert!(e.reason.contains("guestDeadlineNs"), "{}", e.reason);
     }
 }

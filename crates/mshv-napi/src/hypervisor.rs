@@ -2,7 +2,7 @@
 
 use crate::errors::{guard, invalid, to_js, whole, Result};
 use crate::vm::{MemoryPolicy, Vm};
-use hv_core::{HvBackend, RegisterPageMode, UnknownMsr, VmConfig};
+use hv_core::{ClockMode, HvBackend, RegisterPageMode, UnknownMsr, VmConfig};
 use hv_mshv::MshvHypervisor;
 use hv_sim::SimHypervisor;
 use napi_derive::napi;
@@ -25,6 +25,10 @@ pub struct VmOptions {
     /// Commit every RAM region's memory when it is mapped, so a host that cannot back
     /// it fails `mapMemory` with ENOMEM instead of OOM-killing the process later.
     pub reserve_memory: Option<bool>,
+    /// How guest time passes: 'deterministic' (the sim's default: one nanosecond per
+    /// guest instruction, so runs replay exactly) or 'realtime' (the host's clock; the
+    /// only choice on mshv).
+    pub clock: Option<String>,
 }
 
 /// A hypervisor backend: the real `/dev/mshv` or the built-in simulator.
@@ -79,6 +83,7 @@ impl Hypervisor {
             unknown_msr: None,
             memory_limit: None,
             reserve_memory: None,
+            clock: None,
         });
         let limit = match o.memory_limit {
             Some(n) => whole(n, "memoryLimit", (1u64 << 52) as f64)?,
@@ -102,7 +107,19 @@ impl Hypervisor {
                 ("exit", UnknownMsr::Exit),
             ],
         )?;
+        let clock = match o.clock.as_deref() {
+            None => None,
+            Some(c) => Some(choice(
+                Some(c),
+                "clock",
+                &[
+                    ("deterministic", ClockMode::Deterministic),
+                    ("realtime", ClockMode::Realtime),
+                ],
+            )?),
+        };
         let config = VmConfig {
+            clock,
             register_page,
             hyperv: o.hyperv.unwrap_or(false),
             intercept_msrs: o.intercept_msrs.unwrap_or_default(),

@@ -47,6 +47,11 @@ pub const EXIT_INSTRUCTIONS: u32 = 0xffff_0002;
 pub const EXIT_TIMEOUT: u32 = 0xffff_0003;
 /// Run result when one native run's slice (`sliceMs`) ended; the run goes on.
 pub const EXIT_SLICE: u32 = 0xffff_0004;
+/// Run result when guest time reached the run's `guestDeadlineNs`: a device timer is due.
+pub const EXIT_CLOCK: u32 = 0xffff_0005;
+/// Run result when the vCPU is halted with interrupts enabled and the run may not
+/// block (`blockOnHalt: false`): nothing can wake it until the VMM raises an interrupt.
+pub const EXIT_IDLE: u32 = 0xffff_0006;
 
 fn table(rows: &[(&str, usize)]) -> HashMap<String, u32> {
     rows.iter()
@@ -97,6 +102,8 @@ pub fn layout() -> Layout {
             ("instructions".to_string(), EXIT_INSTRUCTIONS),
             ("timeout".to_string(), EXIT_TIMEOUT),
             ("slice".to_string(), EXIT_SLICE),
+            ("clock".to_string(), EXIT_CLOCK),
+            ("idle".to_string(), EXIT_IDLE),
         ]
         .into_iter()
         .collect(),

@@ -11,6 +11,7 @@ mod doctor;
 mod errors;
 mod events;
 mod hypervisor;
+mod interrupts;
 mod layout;
 mod live;
 mod memory;

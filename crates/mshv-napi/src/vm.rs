@@ -1,11 +1,12 @@
 //! `Vm`: a partition's memory map and vCPUs.
 
 use crate::errors::{closed, guard, invalid, to_js, u64_arg, Result};
+use crate::interrupts::InterruptOptions;
 use crate::live::{Kind, Live};
 use crate::memory::{GuestMemory, Ram};
 use crate::vcpu::{Core, Vcpu};
 use hv_core::memory::admit;
-use hv_core::{HostRegion, MemoryMapping, RegionOptions, VmBackend};
+use hv_core::{HostRegion, InterruptRequest, Interrupts, MemoryMapping, RegionOptions, VmBackend};
 use napi::bindgen_prelude::BigInt;
 use napi::Env;
 use napi_derive::napi;
@@ -33,6 +34,7 @@ struct Open {
     ram: Vec<Arc<Ram>>,
     vcpus: Vec<Weak<Core>>,
     policy: MemoryPolicy,
+    interrupts: Arc<dyn Interrupts>,
 }
 
 impl Open {
@@ -49,8 +51,10 @@ pub struct Vm {
 
 impl Vm {
     pub(crate) fn new(inner: Box<dyn VmBackend>, policy: MemoryPolicy) -> Self {
+        let interrupts = inner.interrupts();
         Vm {
             state: Mutex::new(Some(Open {
+                interrupts,
                 backend: Live::new(inner, Kind::Vm),
                 ram: Vec::new(),
                 vcpus: Vec::new(),
@@ -61,6 +65,17 @@ impl Vm {
 
     fn lock(&self) -> MutexGuard<'_, Option<Open>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VM's interrupt path, while it is open.
+    fn interrupts(&self) -> Result<Arc<dyn Interrupts>> {
+        let state = self.lock();
+        let open = state.as_ref().ok_or_else(|| closed("VM"))?;
+        Ok(Arc::clone(&open.interrupts))
+    }
+
+    fn deliver(&self, request: &InterruptRequest) -> Result<()> {
+        self.interrupts()?.request(request).map_err(to_js)
     }
 }
 
@@ -193,6 +208,36 @@ impl Vm {
                 ram.retire(&env);
             }
             Ok(())
+        })
+    }
+
+    /// Asks the hypervisor's local APICs for an interrupt, from any state of the vCPUs:
+    /// a halted vCPU wakes, a running one takes it at its next instruction boundary
+    /// with interrupts enabled. A vector 0-15 for a fixed interrupt or an APIC id no
+    /// vCPU has is `EINVAL`.
+    #[napi]
+    pub fn request_interrupt(&self, options: InterruptOptions) -> Result<()> {
+        guard("Vm.requestInterrupt", || self.deliver(&options.request()?))
+    }
+
+    /// Delivers a message-signalled interrupt by its address (0xFEExxxxx) and data, as
+    /// a PCI device writes them (SDM vol 3 11.11).
+    #[napi]
+    pub fn signal_msi(&self, address: BigInt, data: u32) -> Result<()> {
+        guard("Vm.signalMsi", || {
+            let address = u64_arg(&address, "address")?;
+            let request = InterruptRequest::from_msi(address, data).map_err(to_js)?;
+            self.deliver(&request)
+        })
+    }
+
+    /// Guest time in nanoseconds since the VM was made: the clock of the guest's TSC
+    /// and APIC timer (on the deterministic sim it moves only as the guest runs), on
+    /// which device timers run.
+    #[napi]
+    pub fn guest_time_ns(&self) -> Result<f64> {
+        guard("Vm.guestTimeNs", || {
+            Ok(self.interrupts()?.guest_time() as f64)
         })
     }
 

@@ -340,6 +340,22 @@ impl Exec<'_> {
         Ok(ptrs)
     }
 
+    /// The APIC register offset an exit to `gpa` would have hit, when the hypervisor's
+    /// local APIC decodes it (enabled in IA32_APIC_BASE, SDM vol 3 11.4.4): the access
+    /// goes there instead.
+    fn apic_offset(&mut self, r: &Result<(*mut u8, usize), Stop>) -> Option<u32> {
+        let Err(Stop::Exit) = r else { return None };
+        let Exit::Mmio { gpa, .. } = self.exit else {
+            return None;
+        };
+        let base = self.cpu.apic_base;
+        if base & (1 << 11) == 0 || !self.env.has_apic() || gpa & !0xfff != base & 0xf_ffff_f000 {
+            return None;
+        }
+        self.exit = Exit::None;
+        Some((gpa & 0xfff) as u32)
+    }
+
     #[inline(never)]
     pub fn read_slow(
         &mut self,
@@ -348,7 +364,18 @@ impl Exec<'_> {
         access: Access,
         who: Privilege,
     ) -> Result<u64, Stop> {
-        let (p, left) = self.translate(lin, access, who)?;
+        let r = self.translate(lin, access, who);
+        if let Some(off) = self.apic_offset(&r) {
+            // 32-bit registers at 16-byte strides; a narrower read takes its bytes.
+            let reg = self.env.apic_read(off & !0xf, self.cpu.tsc) as u64;
+            let v = reg >> (8 * (off & 3));
+            return Ok(if size >= 8 {
+                v
+            } else {
+                v & ((1 << (8 * size)) - 1)
+            });
+        }
+        let (p, left) = r?;
         if left >= size {
             // SAFETY: `p` starts `left` >= `size` bytes of plain RAM.
             return Ok(unsafe { hv_core::shared::load(p, size) });
@@ -370,7 +397,18 @@ impl Exec<'_> {
         v: u64,
         who: Privilege,
     ) -> Result<(), Stop> {
-        let (p, left) = self.translate(lin, Access::Write, who)?;
+        let r = self.translate(lin, Access::Write, who);
+        if let Some(off) = self.apic_offset(&r) {
+            // Only a write of the whole 32-bit register counts (SDM vol 3 11.4.1).
+            self.end_block = true;
+            if size >= 4 && off & 0xf == 0 {
+                if let Some(vector) = self.env.apic_write(off, v as u32, self.cpu.tsc) {
+                    return Err(self.exit_with(Exit::ApicEoi(vector)));
+                }
+            }
+            return Ok(());
+        }
+        let (p, left) = r?;
         if left >= size {
             // SAFETY: `p` starts `left` >= `size` writable bytes of plain RAM.
             unsafe { hv_core::shared::store(p, size, v) };

@@ -69,6 +69,12 @@ pub enum Exit {
     Shutdown,
     /// An instruction this processor should have but does not implement yet.
     Unsupported,
+    /// INIT arrived: the hypervisor puts the processor in its INIT state.
+    Init,
+    /// A start-up IPI arrived (the hypervisor starts a processor waiting for it).
+    Sipi(u8),
+    /// The EOI of a level-triggered interrupt (the instruction retired).
+    ApicEoi(u8),
 }
 
 /// The error code of a selector-related fault: the selector's index and table bits,

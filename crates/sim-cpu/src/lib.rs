@@ -35,7 +35,27 @@ pub use exec::Exec;
 pub use fault::{Exit, Fault};
 pub use hv_core::UnknownMsr;
 pub use run::{ExitInstruction, Processor, RunEnd, POLL_INTERVAL};
+
 pub use state::{Cpu, Segment, Table};
+
+/// An event from outside the instruction stream, delivered at an instruction boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A maskable external interrupt (from the local APIC, or ExtINT): through the IDT.
+    Interrupt(u8),
+    /// A non-maskable interrupt: vector 2, NMIs blocked until the next IRET.
+    Nmi,
+    /// INIT: the processor goes to its INIT state (the hypervisor does that).
+    Init,
+    /// A start-up IPI for a processor waiting for one: start at page `vector`.
+    Sipi(u8),
+}
+
+/// Bits of [`Processor::events`]: a maskable interrupt may be deliverable (it waits
+/// for RFLAGS.IF and the end of an interrupt shadow), or an event that does not wait
+/// for IF (NMI, INIT, SIPI). The processor asks its [`Env`] only when a bit says so.
+pub const EVENT_MASKABLE: u32 = 1;
+pub const EVENT_URGENT: u32 = 2;
 
 /// What the hypervisor decides for the processor.
 pub trait Env {
@@ -47,4 +67,41 @@ pub trait Env {
     fn unknown_msr(&self) -> UnknownMsr;
     /// The processor's local APIC id.
     fn apic_id(&self) -> u32;
+    /// The event to deliver now, if any: `interruptible` when RFLAGS.IF is set and no
+    /// interrupt shadow holds; `nmi_blocked` while an NMI handler has not returned. An
+    /// interrupt taken here is acknowledged (IRR to ISR) by the hypervisor's APIC.
+    fn take_event(&mut self, _interruptible: bool, _nmi_blocked: bool, _now: u64) -> Option<Event> {
+        None
+    }
+    /// The time-stamp counter for RDTSC, given the processor's own count (one tick per
+    /// retired instruction, as the deterministic clock has it).
+    fn tsc(&mut self, local: u64) -> u64 {
+        local
+    }
+    /// Whether the hypervisor emulates a local APIC: accesses to the APIC page (at
+    /// IA32_APIC_BASE, while enabled) go to [`Env::apic_read`] and [`Env::apic_write`],
+    /// never to memory or the VMM.
+    fn has_apic(&self) -> bool {
+        false
+    }
+    /// Reads the 32-bit APIC register at `offset` (16-byte aligned) of the APIC page.
+    /// `now` is the processor's own time-stamp count, as for [`Env::tsc`].
+    fn apic_read(&mut self, _offset: u32, _now: u64) -> u32 {
+        0
+    }
+    /// Writes an APIC register; returns the vector of a level-triggered interrupt whose
+    /// EOI this was, which the VMM must hear of (`Exit::ApicEoi`).
+    fn apic_write(&mut self, _offset: u32, _value: u32, _now: u64) -> Option<u8> {
+        None
+    }
+    /// An MSR the hypervisor keeps (IA32_TSC_DEADLINE, the TSC): its value, or None
+    /// for the processor's own MSRs.
+    fn read_msr(&mut self, _msr: u32, _now: u64) -> Option<u64> {
+        None
+    }
+    /// A write to an MSR: true when the hypervisor took it; it also sees writes the
+    /// processor then stores itself (IA32_APIC_BASE), returning false for those.
+    fn write_msr(&mut self, _msr: u32, _value: u64, _now: u64) -> bool {
+        false
+    }
 }

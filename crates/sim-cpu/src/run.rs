@@ -10,7 +10,9 @@ use crate::paging::{self, Access, PageFault, Privilege};
 use crate::phys::PhysMap;
 use crate::state::{Cpu, CS};
 use crate::tlb::Tlb;
-use crate::Env;
+use crate::{Env, Event, EVENT_MASKABLE, EVENT_URGENT};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// Instructions (or string elements) between two looks at the poll function.
 pub const POLL_INTERVAL: u64 = 1024;
@@ -43,6 +45,9 @@ pub struct Processor {
     cache: CodeCache,
     /// Instructions retired over the processor's life.
     pub instructions: u64,
+    /// Set (`EVENT_*` bits) by whoever makes an event pending for this processor (its
+    /// local APIC, from any thread): looked at once per block.
+    pub events: Arc<AtomicU32>,
 }
 
 impl Processor {
@@ -53,6 +58,7 @@ impl Processor {
             tlb: Tlb::default(),
             cache: CodeCache::default(),
             instructions: 0,
+            events: Arc::default(),
         }
     }
 
@@ -132,7 +138,6 @@ impl Processor {
     ) -> RunEnd {
         self.tlb.sync_generation(mem.generation);
         self.cache.new_epoch();
-        self.cpu.halted = false;
         let mut x = Exec {
             cpu: &mut self.cpu,
             tlb: &mut self.tlb,
@@ -156,6 +161,16 @@ impl Processor {
                 x.work = 0;
                 if poll() {
                     break RunEnd::Stopped;
+                }
+            }
+            let e = self.events.load(Ordering::Relaxed);
+            if e != 0 {
+                let interruptible =
+                    x.cpu.flags.bits & crate::flags::IF != 0 && !x.cpu.shadow.interrupts;
+                if e & EVENT_URGENT != 0 || e & EVENT_MASKABLE != 0 && interruptible {
+                    if let Some(end) = take_event(&mut x, interruptible) {
+                        break end;
+                    }
                 }
             }
             let block = match cache::find(&mut x) {
@@ -230,23 +245,27 @@ impl Processor {
                     }
                     Err(Stop::Exit) => {
                         let exit = x.exit;
-                        if exit != Exit::Halt {
+                        // HLT and an EOI write retire; the other exits leave RIP on the
+                        // instruction for the VMM to complete it.
+                        let retired = matches!(exit, Exit::Halt | Exit::ApicEoi(_));
+                        if !retired {
                             x.cpu.rip = op.ip;
                         }
-                        if matches!(
-                            exit,
-                            Exit::Halt
-                                | Exit::Io { .. }
-                                | Exit::Msr { .. }
-                                | Exit::Mmio {
-                                    access: Access::Read | Access::Write,
-                                    ..
-                                }
-                        ) {
+                        if retired
+                            || matches!(
+                                exit,
+                                Exit::Io { .. }
+                                    | Exit::Msr { .. }
+                                    | Exit::Mmio {
+                                        access: Access::Read | Access::Write,
+                                        ..
+                                    }
+                            )
+                        {
                             // HLT retires here; an access retires when the VMM completes it.
                             executed += 1;
                         }
-                        let info = if exit == Exit::Halt {
+                        let info = if retired {
                             ExitInstruction {
                                 len: op.len,
                                 ..ExitInstruction::default()
@@ -266,6 +285,37 @@ impl Processor {
         };
         self.instructions += executed;
         end
+    }
+}
+
+/// Delivers the event the environment has for the processor now, if any. INIT and
+/// SIPI end the run: the hypervisor changes the processor's state for them.
+fn take_event(x: &mut Exec, interruptible: bool) -> Option<RunEnd> {
+    let event = x
+        .env
+        .take_event(interruptible, x.cpu.nmi_blocked, x.cpu.tsc)?;
+    let rip = x.cpu.rip;
+    let (vector, nmi) = match event {
+        Event::Interrupt(v) => (v, false),
+        Event::Nmi => (crate::fault::NMI, true),
+        Event::Init => return Some(RunEnd::Exit(Exit::Init, ExitInstruction::default())),
+        Event::Sipi(v) => return Some(RunEnd::Exit(Exit::Sipi(v), ExitInstruction::default())),
+    };
+    // An interrupt ends a halt; the processor resumes after the HLT (RIP is past it).
+    x.cpu.halted = false;
+    let f = Fault {
+        vector,
+        error_code: None,
+        cr2: None,
+    };
+    match interrupt::raise(x, f, rip, Source::External) {
+        Ok(()) => {
+            if nmi {
+                x.cpu.nmi_blocked = true;
+            }
+            None
+        }
+        Err(_) => Some(RunEnd::Exit(x.exit, ExitInstruction::default())),
     }
 }
 

@@ -129,7 +129,7 @@ impl Guest {
                 &mut self.msg,
                 &RunLimits {
                     max_instructions: Some(10_000_000),
-                    deadline: None,
+                    ..RunLimits::default()
                 },
             )
             .unwrap()

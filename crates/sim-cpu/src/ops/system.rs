@@ -609,7 +609,7 @@ fn rdmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
             write: false,
         }));
     }
-    let v = match msr::read(x.cpu, m) {
+    let v = match x.env.read_msr(m, x.cpu.tsc).or_else(|| msr::read(x.cpu, m)) {
         Some(v) => v,
         None => match x.env.unknown_msr() {
             UnknownMsr::Ignore => 0,
@@ -637,6 +637,9 @@ fn wrmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
         }));
     }
     let v = (x.cpu.gpr[2] << 32) | (x.cpu.gpr[0] & 0xffff_ffff);
+    if x.env.write_msr(m, v, x.cpu.tsc) {
+        return Ok(());
+    }
     match msr::write(x, m, v) {
         Written::Done => Ok(()),
         Written::Refused => Err(x.gp(0)),
@@ -655,7 +658,7 @@ fn rdtsc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     if x.cpu.cr4 & CR4_TSD != 0 && x.cpu.cpl() != 0 {
         return Err(x.gp(0));
     }
-    let t = x.cpu.tsc;
+    let t = x.env.tsc(x.cpu.tsc);
     x.cpu.gpr[0] = t & 0xffff_ffff;
     x.cpu.gpr[2] = t >> 32;
     if op.cc == 1 {

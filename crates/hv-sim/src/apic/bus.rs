@@ -1,0 +1,97 @@
+//! The partition's APIC bus: routes the VMM's interrupt requests
+//! (`HVCALL_ASSERT_VIRTUAL_INTERRUPT`'s model) and the vCPUs' IPIs to the local APICs
+//! they address (SDM vol 3 11.6.2 for destinations, 11.6.2.4 for lowest priority).
+
+use super::{Ipi, LocalApic};
+use crate::clock::Clock;
+use hv_core::{HvError, InterruptKind, InterruptRequest, Interrupts, Result};
+use std::sync::{Arc, RwLock};
+
+pub struct ApicBus {
+    apics: RwLock<Vec<Arc<LocalApic>>>,
+    clock: Arc<Clock>,
+}
+
+impl ApicBus {
+    pub fn new(clock: Arc<Clock>) -> ApicBus {
+        ApicBus {
+            apics: RwLock::default(),
+            clock,
+        }
+    }
+
+    pub fn add(&self, apic: Arc<LocalApic>) {
+        if let Ok(mut a) = self.apics.write() {
+            a.push(apic);
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<LocalApic>> {
+        self.apics.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Delivers an IPI from the APIC with id `ipi.from`.
+    pub fn send(&self, ipi: &Ipi) {
+        let targets: Vec<Arc<LocalApic>> = match ipi.shorthand {
+            1 => self
+                .all()
+                .into_iter()
+                .filter(|a| a.lock().id == ipi.from)
+                .collect(),
+            2 => self.all(),
+            3 => self
+                .all()
+                .into_iter()
+                .filter(|a| a.lock().id != ipi.from)
+                .collect(),
+            _ => self.targets(ipi.destination, ipi.logical),
+        };
+        self.deliver(&targets, ipi.kind, ipi.vector, ipi.level);
+    }
+
+    /// The APICs `destination` addresses.
+    fn targets(&self, destination: u32, logical: bool) -> Vec<Arc<LocalApic>> {
+        self.all()
+            .into_iter()
+            .filter(|a| a.lock().is_destination(destination, logical))
+            .collect()
+    }
+
+    fn deliver(&self, targets: &[Arc<LocalApic>], kind: InterruptKind, vector: u8, level: bool) {
+        let chosen: Vec<&Arc<LocalApic>> = if kind == InterruptKind::LowestPriority {
+            // The target whose processor priority is lowest (ties: the lowest index).
+            targets
+                .iter()
+                .min_by_key(|a| (a.lock().ppr(), a.index))
+                .into_iter()
+                .collect()
+        } else {
+            targets.iter().collect()
+        };
+        for a in chosen {
+            let mut s = a.lock();
+            s.accept(kind, vector, level);
+            a.publish(&s);
+        }
+    }
+}
+
+impl Interrupts for ApicBus {
+    fn request(&self, r: &InterruptRequest) -> Result<()> {
+        r.check()?;
+        let targets = self.targets(r.destination, r.logical);
+        if targets.is_empty() {
+            return Err(HvError::InvalidArgument(format!(
+                "no vCPU has {} APIC id {:#x}",
+                if r.logical { "logical" } else { "physical" },
+                r.destination
+            )));
+        }
+        self.deliver(&targets, r.kind, r.vector, r.level);
+        Ok(())
+    }
+
+    fn guest_time(&self) -> u64 {
+        self.clock.now()
+    }
+}

@@ -1,0 +1,465 @@
+//! The local APIC the hypervisor emulates for each virtual processor, as MSHV does (a
+//! partition created with the LAPIC enabled): the xAPIC register page, interrupt
+//! acceptance and priority (IRR, ISR, TMR, TPR, PPR), EOI (with the EOI message for
+//! level-triggered vectors), the LVT timer in one-shot, periodic and TSC-deadline
+//! modes, LINT0/LINT1, the ICR's IPIs including INIT and SIPI, NMI and ExtINT
+//! (Intel SDM vol 3 chapter 11; register offsets: Table 11-1).
+
+pub mod bus;
+mod timer;
+
+use hv_core::InterruptKind;
+use sim_cpu::{Event, EVENT_MASKABLE, EVENT_URGENT};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+pub use timer::{CRYSTAL_HZ, NS_PER_TICK};
+
+/// Register offsets (SDM vol 3 Table 11-1).
+pub const ID: u32 = 0x20;
+pub const VERSION: u32 = 0x30;
+pub const TPR: u32 = 0x80;
+pub const APR: u32 = 0x90;
+pub const PPR: u32 = 0xa0;
+pub const EOI: u32 = 0xb0;
+pub const LDR: u32 = 0xd0;
+pub const DFR: u32 = 0xe0;
+pub const SVR: u32 = 0xf0;
+pub const ISR: u32 = 0x100;
+pub const TMR: u32 = 0x180;
+pub const IRR: u32 = 0x200;
+pub const ESR: u32 = 0x280;
+pub const LVT_CMCI: u32 = 0x2f0;
+pub const ICR_LOW: u32 = 0x300;
+pub const ICR_HIGH: u32 = 0x310;
+pub const LVT_TIMER: u32 = 0x320;
+pub const LVT_THERMAL: u32 = 0x330;
+pub const LVT_PERF: u32 = 0x340;
+pub const LVT_LINT0: u32 = 0x350;
+pub const LVT_LINT1: u32 = 0x360;
+pub const LVT_ERROR: u32 = 0x370;
+pub const TIMER_INITIAL: u32 = 0x380;
+pub const TIMER_CURRENT: u32 = 0x390;
+pub const TIMER_DIVIDE: u32 = 0x3e0;
+
+/// The version register of a P6-family xAPIC: version 0x14, six LVT entries (max LVT
+/// index 5: timer, thermal, performance, LINT0, LINT1, error).
+pub const VERSION_VALUE: u32 = 0x0005_0014;
+const LVT_MASKED: u32 = 1 << 16;
+const SVR_ENABLED: u32 = 1 << 8;
+
+/// An inter-processor interrupt the ICR sent, for the bus to route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipi {
+    pub kind: InterruptKind,
+    pub vector: u8,
+    pub destination: u32,
+    pub logical: bool,
+    pub level: bool,
+    /// 0 none, 1 self, 2 all including self, 3 all excluding self.
+    pub shorthand: u8,
+    pub from: u32,
+}
+
+/// The state of one local APIC.
+#[derive(Debug, Clone)]
+pub struct ApicState {
+    pub id: u32,
+    pub tpr: u32,
+    pub ldr: u32,
+    pub dfr: u32,
+    pub svr: u32,
+    pub isr: [u32; 8],
+    pub tmr: [u32; 8],
+    pub irr: [u32; 8],
+    pub esr: u32,
+    pub icr: u64,
+    /// CMCI, timer, thermal, performance, LINT0, LINT1, error.
+    pub lvt: [u32; 7],
+    pub timer: timer::Timer,
+    pub nmi_pending: bool,
+    pub init_pending: bool,
+    pub sipi_pending: Option<u8>,
+    pub extint_pending: Option<u8>,
+    /// Waiting for a start-up IPI (MSHV's startup-suspend activity state).
+    pub startup_suspend: bool,
+}
+
+fn bit(v: u8) -> (usize, u32) {
+    ((v >> 5) as usize, 1 << (v & 31))
+}
+
+fn highest(bits: &[u32; 8]) -> Option<u8> {
+    (0..8)
+        .rev()
+        .find(|&i| bits[i] != 0)
+        .map(|i| (i as u32 * 32 + 31 - bits[i].leading_zeros()) as u8)
+}
+
+impl ApicState {
+    /// The state after RESET or INIT (SDM vol 3 11.4.7.1): every LVT masked, the APIC
+    /// software-disabled (SVR 0xFF), DFR all ones.
+    pub fn reset(id: u32) -> ApicState {
+        ApicState {
+            id,
+            tpr: 0,
+            ldr: 0,
+            dfr: 0xffff_ffff,
+            svr: 0xff,
+            isr: [0; 8],
+            tmr: [0; 8],
+            irr: [0; 8],
+            esr: 0,
+            icr: 0,
+            lvt: [LVT_MASKED; 7],
+            timer: timer::Timer::default(),
+            nmi_pending: false,
+            init_pending: false,
+            sipi_pending: None,
+            extint_pending: None,
+            startup_suspend: false,
+        }
+    }
+
+    pub fn software_enabled(&self) -> bool {
+        self.svr & SVR_ENABLED != 0
+    }
+
+    /// PPR: the TPR or the in-service class, whichever is higher (SDM vol 3 11.8.3.1).
+    pub fn ppr(&self) -> u32 {
+        let isrv = highest(&self.isr).unwrap_or(0) as u32;
+        if self.tpr >> 4 >= isrv >> 4 {
+            self.tpr & 0xff
+        } else {
+            isrv & 0xf0
+        }
+    }
+
+    /// The highest pending fixed interrupt whose class exceeds PPR's.
+    pub fn deliverable(&self) -> Option<u8> {
+        let v = highest(&self.irr)?;
+        ((v as u32 >> 4) > (self.ppr() >> 4)).then_some(v)
+    }
+
+    /// The `EVENT_*` bits this state raises.
+    pub fn events(&self) -> u32 {
+        let mut e = 0;
+        if self.deliverable().is_some() || self.extint_pending.is_some() {
+            e |= EVENT_MASKABLE;
+        }
+        if self.nmi_pending
+            || self.init_pending
+            || self.sipi_pending.is_some() && self.startup_suspend
+        {
+            e |= EVENT_URGENT;
+        }
+        e
+    }
+
+    /// Accepts an interrupt (SDM vol 3 11.5.2, 11.6): a fixed one sets IRR (and TMR for
+    /// level-triggered), unless the APIC is software-disabled, which drops it.
+    pub fn accept(&mut self, kind: InterruptKind, vector: u8, level: bool) {
+        match kind {
+            InterruptKind::Fixed | InterruptKind::LowestPriority => {
+                if !self.software_enabled() {
+                    return;
+                }
+                let (i, b) = bit(vector);
+                self.irr[i] |= b;
+                if level {
+                    self.tmr[i] |= b;
+                } else {
+                    self.tmr[i] &= !b;
+                }
+            }
+            InterruptKind::Nmi => self.nmi_pending = true,
+            InterruptKind::Init => self.init_pending = true,
+            InterruptKind::Sipi => {
+                if self.startup_suspend {
+                    self.sipi_pending = Some(vector);
+                }
+            }
+            InterruptKind::ExtInt => self.extint_pending = Some(vector),
+        }
+    }
+
+    /// The event to deliver now (see `sim_cpu::Env::take_event`); a fixed interrupt
+    /// moves from IRR to ISR.
+    pub fn take(&mut self, interruptible: bool, nmi_blocked: bool) -> Option<Event> {
+        if self.init_pending {
+            self.init_pending = false;
+            return Some(Event::Init);
+        }
+        if self.startup_suspend {
+            // Waiting for SIPI: nothing else is taken (SDM vol 3 10.4.2).
+            return self.sipi_pending.take().map(Event::Sipi);
+        }
+        if self.nmi_pending && !nmi_blocked {
+            self.nmi_pending = false;
+            return Some(Event::Nmi);
+        }
+        if !interruptible {
+            return None;
+        }
+        if let Some(v) = self.extint_pending.take() {
+            // ExtINT: the vector comes from the external controller; no IRR or ISR.
+            return Some(Event::Interrupt(v));
+        }
+        let v = self.deliverable()?;
+        let (i, b) = bit(v);
+        self.irr[i] &= !b;
+        self.isr[i] |= b;
+        Some(Event::Interrupt(v))
+    }
+
+    /// EOI: the highest in-service vector is done. Returns it when it was level-triggered
+    /// (the VMM hears of that EOI).
+    pub fn eoi(&mut self) -> Option<u8> {
+        let v = highest(&self.isr)?;
+        let (i, b) = bit(v);
+        self.isr[i] &= !b;
+        if self.tmr[i] & b != 0 {
+            self.tmr[i] &= !b;
+            return Some(v);
+        }
+        None
+    }
+
+    /// Reads register `offset` at guest time `now` (ns).
+    pub fn read(&self, offset: u32, now: u64) -> u32 {
+        match offset {
+            ID => self.id << 24,
+            VERSION => VERSION_VALUE,
+            TPR => self.tpr,
+            APR => 0,
+            PPR => self.ppr(),
+            LDR => self.ldr,
+            DFR => self.dfr,
+            SVR => self.svr,
+            o if (ISR..ISR + 0x80).contains(&o) => self.isr[((o - ISR) >> 4) as usize],
+            o if (TMR..TMR + 0x80).contains(&o) => self.tmr[((o - TMR) >> 4) as usize],
+            o if (IRR..IRR + 0x80).contains(&o) => self.irr[((o - IRR) >> 4) as usize],
+            ESR => self.esr,
+            ICR_LOW => self.icr as u32 & !(1 << 12),
+            ICR_HIGH => (self.icr >> 32) as u32,
+            LVT_CMCI => self.lvt[0],
+            LVT_TIMER => self.lvt[1],
+            LVT_THERMAL => self.lvt[2],
+            LVT_PERF => self.lvt[3],
+            LVT_LINT0 => self.lvt[4],
+            LVT_LINT1 => self.lvt[5],
+            LVT_ERROR => self.lvt[6],
+            TIMER_INITIAL => self.timer.initial,
+            TIMER_CURRENT => self.timer.current(now),
+            TIMER_DIVIDE => self.timer.divide_config,
+            _ => 0,
+        }
+    }
+
+    /// Writes register `offset`. Returns an IPI to route (an ICR write) and a vector
+    /// whose EOI the VMM must hear of.
+    pub fn write(&mut self, offset: u32, value: u32, now: u64) -> (Option<Ipi>, Option<u8>) {
+        match offset {
+            ID => self.id = value >> 24,
+            TPR => self.tpr = value & 0xff,
+            EOI => return (None, self.eoi()),
+            LDR => self.ldr = value & 0xff00_0000,
+            DFR => self.dfr = value | 0x0fff_ffff,
+            SVR => {
+                self.svr = value & 0x13ff;
+                if !self.software_enabled() {
+                    // Software disable masks every LVT entry (SDM vol 3 11.4.7.2).
+                    for l in &mut self.lvt {
+                        *l |= LVT_MASKED;
+                    }
+                }
+            }
+            ESR => self.esr = 0,
+            ICR_HIGH => self.icr = (self.icr & 0xffff_ffff) | (value as u64) << 32,
+            ICR_LOW => {
+                self.icr = (self.icr & !0xffff_ffff) | value as u64;
+                return (self.send(), None);
+            }
+            LVT_CMCI | LVT_THERMAL | LVT_PERF | LVT_LINT0 | LVT_LINT1 | LVT_ERROR | LVT_TIMER => {
+                let i = match offset {
+                    LVT_CMCI => 0,
+                    LVT_TIMER => 1,
+                    LVT_THERMAL => 2,
+                    LVT_PERF => 3,
+                    LVT_LINT0 => 4,
+                    LVT_LINT1 => 5,
+                    _ => 6,
+                };
+                let mut v = value & 0x0007_17ff;
+                if !self.software_enabled() {
+                    v |= LVT_MASKED;
+                }
+                if i == 1 {
+                    self.timer.set_mode(v, now);
+                }
+                self.lvt[i] = v;
+            }
+            TIMER_INITIAL => self.timer.set_initial(value, self.lvt[1], now),
+            TIMER_DIVIDE => self.timer.set_divide(value, now),
+            _ => {}
+        }
+        (None, None)
+    }
+
+    /// The IPI an ICR low write sends (SDM vol 3 11.6.1).
+    fn send(&self) -> Option<Ipi> {
+        let lo = self.icr as u32;
+        let kind = match (lo >> 8) & 7 {
+            0 => InterruptKind::Fixed,
+            1 => InterruptKind::LowestPriority,
+            4 => InterruptKind::Nmi,
+            5 => {
+                // INIT level de-assert (level 0, trigger level): a no-op since the P4.
+                if lo & (1 << 14) == 0 && lo & (1 << 15) != 0 {
+                    return None;
+                }
+                InterruptKind::Init
+            }
+            6 => InterruptKind::Sipi,
+            _ => return None,
+        };
+        Some(Ipi {
+            kind,
+            vector: lo as u8,
+            destination: (self.icr >> 56) as u32,
+            logical: lo & (1 << 11) != 0,
+            level: lo & (1 << 15) != 0,
+            shorthand: ((lo >> 18) & 3) as u8,
+            from: self.id,
+        })
+    }
+
+    /// Whether this APIC is a target of `destination` in `logical` mode (SDM vol 3
+    /// 11.6.2): physical ids match or broadcast 0xFF; logical flat mode ANDs the
+    /// 8-bit LDR; cluster mode matches the cluster and ANDs the low four bits.
+    pub fn is_destination(&self, destination: u32, logical: bool) -> bool {
+        if !logical {
+            return destination == 0xff || destination == self.id;
+        }
+        let ldr = self.ldr >> 24;
+        if self.dfr >> 28 == 0xf {
+            ldr & destination != 0
+        } else {
+            ldr >> 4 == destination >> 4 && ldr & destination & 0xf != 0
+        }
+    }
+
+    /// Fires the LVT timer if it is due at `now`; its next deadline, if armed.
+    pub fn tick(&mut self, now: u64) -> Option<u64> {
+        if self.timer.due(now) {
+            let lvt = self.lvt[1];
+            if lvt & LVT_MASKED == 0 {
+                self.accept(InterruptKind::Fixed, lvt as u8, false);
+            }
+            self.timer.fired(now, lvt);
+        }
+        self.timer.deadline
+    }
+}
+
+/// One vCPU's local APIC, shared between the vCPU (its register page, its events)
+/// and everyone who sends it interrupts (the VMM, the other vCPUs' IPIs).
+pub struct LocalApic {
+    pub index: u32,
+    pub state: Mutex<ApicState>,
+    /// The processor's `events` word.
+    pub events: Arc<AtomicU32>,
+    /// Wakes the vCPU when it blocks in a halt.
+    pub wake: Condvar,
+    pub sleep: Mutex<()>,
+}
+
+impl LocalApic {
+    pub fn new(index: u32, events: Arc<AtomicU32>) -> LocalApic {
+        LocalApic {
+            index,
+            state: Mutex::new(ApicState::reset(index)),
+            events,
+            wake: Condvar::new(),
+            sleep: Mutex::new(()),
+        }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, ApicState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes `state`'s events and wakes the vCPU if something arrived.
+    pub fn publish(&self, state: &ApicState) {
+        let e = state.events();
+        self.events.store(e, Ordering::Release);
+        if e != 0 {
+            self.kick();
+        }
+    }
+
+    /// Wakes the vCPU from a blocking halt.
+    pub fn kick(&self) {
+        let _g = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled() -> ApicState {
+        let mut s = ApicState::reset(0);
+        s.write(SVR, 0x1ff, 0);
+        s
+    }
+
+    #[test]
+    fn priority_arbitration_takes_the_highest_class_above_ppr() {
+        let mut s = enabled();
+        s.accept(InterruptKind::Fixed, 0x31, false);
+        s.accept(InterruptKind::Fixed, 0x52, false);
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x52)));
+        // 0x31's class (3) is below the in-service class (5): it waits.
+        assert_eq!(s.take(true, false), None);
+        assert_eq!(s.ppr(), 0x50);
+        assert_eq!(s.eoi(), None);
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x31)));
+        // TPR masks a class: 0x40 holds off 0x45 but not 0x55.
+        s.eoi();
+        s.write(TPR, 0x40, 0);
+        s.accept(InterruptKind::Fixed, 0x45, false);
+        assert_eq!(s.take(true, false), None);
+        s.accept(InterruptKind::Fixed, 0x55, false);
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x55)));
+    }
+
+    #[test]
+    fn a_level_triggered_eoi_is_reported_and_a_disabled_apic_drops_fixed_interrupts() {
+        let mut s = enabled();
+        s.accept(InterruptKind::Fixed, 0x40, true);
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x40)));
+        assert_eq!(s.write(EOI, 0, 0), (None, Some(0x40)));
+        let mut off = ApicState::reset(0);
+        off.accept(InterruptKind::Fixed, 0x40, false);
+        assert_eq!(off.irr, [0; 8]);
+        off.accept(InterruptKind::Nmi, 0, false);
+        assert_eq!(off.take(false, false), Some(Event::Nmi));
+    }
+
+    #[test]
+    fn destinations_physical_flat_and_cluster() {
+        let mut s = enabled();
+        s.id = 3;
+        s.write(LDR, 0x0400_0000, 0);
+        assert!(
+            s.is_destination(3, false)
+                && s.is_destination(0xff, false)
+                && !s.is_destination(1, false)
+        );
+        assert!(s.is_destination(0x06, true) && !s.is_destination(0x01, true));
+        s.write(DFR, 0x0fff_ffff, 0);
+        s.write(LDR, 0x2400_0000, 0);
+        assert!(s.is_destination(0x26, true) && !s.is_destination(0x16, true));
+    }
+}
