@@ -117,6 +117,10 @@ impl sim_cpu::Env for SimEnv<'_> {
                 let mut s = self.apic.lock();
                 s.timer
                     .set_tsc_deadline(if value == 0 { 0 } else { deadline.max(1) }, t);
+                s.reslice = true;
+                self.apic
+                    .events
+                    .store(s.events(), std::sync::atomic::Ordering::Release);
                 true
             }
             _ => false,

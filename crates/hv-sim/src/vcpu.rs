@@ -180,8 +180,11 @@ impl SimVcpu {
         self.processor.cpu = cpu;
         let mut s = self.apic.lock();
         let id = s.id;
+        // A start-up IPI that came with the INIT stays for the wait it begins.
+        let sipi = s.sipi_pending;
         *s = crate::apic::ApicState::reset(id);
         s.startup_suspend = !bsp;
+        s.sipi_pending = sipi.filter(|_| !bsp);
         self.apic.events.store(s.events(), Ordering::Release);
         drop(s);
         self.flush_pending = true;
@@ -244,6 +247,7 @@ impl SimVcpu {
             let (timer, asleep) = {
                 let mut s = self.apic.lock();
                 let t = s.tick(now);
+                s.reslice = false;
                 self.apic.events.store(s.events(), Ordering::Release);
                 (t, s.startup_suspend)
             };

@@ -232,6 +232,25 @@ fn advertised_cases() -> Vec<Case> {
         ),
         (
             1,
+            2,
+            TSC_DEADLINE,
+            "IA32_TSC_DEADLINE holds a deadline in the LVT timer's TSC-deadline mode",
+            |a| {
+                // LVT timer (APIC page + 0x320): masked, TSC-deadline mode (bits 18:17
+                // = 10b, SDM vol 3 11.5.4.1); the MSR reads 0 in any other mode.
+                a.mov(ebx, 0xfee0_0000u32).unwrap();
+                a.mov(dword_ptr(rbx + 0x320), 0x0005_0040).unwrap();
+                a.mov(ecx, 0x6e0).unwrap();
+                a.mov(eax, 0x1234_5678).unwrap();
+                a.mov(edx, 0x7f).unwrap();
+                a.wrmsr().unwrap();
+                a.xor(eax, eax).unwrap();
+                a.rdmsr().unwrap();
+            },
+            ok(0x1234_5678),
+        ),
+        (
+            1,
             3,
             SEP,
             "IA32_SYSENTER_CS holds a selector",
@@ -555,6 +574,44 @@ fn no_advertised_feature_goes_untested() {
             }
         }
     }
+}
+
+/// CPUID 0x15/0x16 name the clocks, and the clocks keep to them: the APIC timer counts
+/// at the crystal frequency and the TSC runs `EBX / EAX` times faster, so a timer
+/// count of 1,000 (divide by 1) lasts 40,000 TSC ticks (SDM vol 3 11.5.4, vol 2 CPUID
+/// leaf 15H).
+#[test]
+fn the_tsc_and_the_apic_timer_run_at_the_frequencies_cpuid_gives() {
+    let l15 = cpuid(0x15);
+    assert_eq!(l15, [1, 40, 25_000_000, 0], "TSC = 25 MHz x 40 / 1");
+    let l16 = cpuid(0x16);
+    assert_eq!(l16[..3], [1000, 1000, 25], "base, max and bus MHz");
+    assert_eq!(
+        cpuid(6)[0] & bits::ARAT,
+        bits::ARAT,
+        "the APIC timer always runs"
+    );
+    let Outcome::Result(ticks) = run_case(|a| {
+        let mut spin = a.create_label();
+        a.mov(ebx, 0xfee0_0000u32).unwrap();
+        a.mov(dword_ptr(rbx + 0x3e0), 0xb).unwrap(); // divide by 1
+        a.mov(dword_ptr(rbx + 0x320), 0x0001_0040).unwrap(); // one-shot, masked
+        a.rdtsc().unwrap();
+        a.mov(esi, eax).unwrap();
+        a.mov(dword_ptr(rbx + 0x380), 1000).unwrap(); // initial count
+        a.set_label(&mut spin).unwrap();
+        a.cmp(dword_ptr(rbx + 0x390), 0).unwrap(); // current count
+        a.jne(spin).unwrap();
+        a.rdtsc().unwrap();
+        a.sub(eax, esi).unwrap();
+    }) else {
+        panic!("the timer case faulted")
+    };
+    let want = 1000 * u64::from(l15[1] / l15[0]);
+    assert!(
+        (want..want + 100).contains(&ticks),
+        "1,000 timer ticks lasted {ticks} TSC ticks; CPUID says {want}"
+    );
 }
 
 #[test]

@@ -7,8 +7,16 @@ use crate::state::{Cpu, CR4_OSXSAVE};
 /// Family 6, model 0x6A, stepping 0: the signature CPUID.1:EAX and RESET's EDX hold.
 pub const SIGNATURE: u32 = 0x0006_06a0;
 /// The highest basic and extended leaves.
-pub const MAX_BASIC: u32 = 7;
+pub const MAX_BASIC: u32 = 0x16;
 pub const MAX_EXTENDED: u32 = 0x8000_0008;
+/// The clocks (CPUID leaves 0x15 and 0x16, SDM vol 2 CPUID): a 25 MHz crystal, which
+/// the local APIC timer counts (as on Intel processors whose leaf 0x15 names it; Linux's
+/// `native_calibrate_tsc` sets the APIC timer period from it), and a TSC 40 times as
+/// fast: 1 GHz, so one TSC tick is one nanosecond of guest time.
+pub const CRYSTAL_HZ: u32 = 25_000_000;
+pub const TSC_PER_CRYSTAL: u32 = 40;
+/// The TSC's frequency in MHz (CPUID 0x16 base and maximum).
+pub const TSC_MHZ: u32 = CRYSTAL_HZ / 1_000_000 * TSC_PER_CRYSTAL;
 /// The brand string (CPUID 0x80000002..4), NUL padded to 48 bytes.
 pub const BRAND: &str = "mshv sim x86-64 processor";
 
@@ -36,8 +44,11 @@ pub mod bits {
     pub const CX16: u32 = 1 << 13;
     pub const MOVBE: u32 = 1 << 22;
     pub const POPCNT: u32 = 1 << 23;
+    pub const TSC_DEADLINE: u32 = 1 << 24;
     pub const OSXSAVE: u32 = 1 << 27;
     pub const HYPERVISOR: u32 = 1 << 31;
+    // CPUID.6:EAX: the APIC timer runs in every C-state (this one has no other).
+    pub const ARAT: u32 = 1 << 2;
     // CPUID.7.0:EBX
     pub const FSGSBASE: u32 = 1 << 0;
     pub const SMEP: u32 = 1 << 7;
@@ -84,6 +95,7 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
             let ecx = CX16
                 | MOVBE
                 | POPCNT
+                | TSC_DEADLINE
                 | HYPERVISOR
                 | if cpu.cr4 & CR4_OSXSAVE != 0 {
                     OSXSAVE
@@ -112,7 +124,12 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
             let ebx = (8 << 8) | (1 << 16) | (apic_id & 0xff) << 24;
             [SIGNATURE, ebx, ecx, edx]
         }
+        6 => [ARAT, 0, 0, 0],
         7 if subleaf == 0 => [0, FSGSBASE | SMEP | SMAP, 0, 0],
+        // TSC / crystal = EBX / EAX, crystal in ECX (Hz).
+        0x15 => [1, TSC_PER_CRYSTAL, CRYSTAL_HZ, 0],
+        // Base and maximum frequency, and the bus (reference) clock, in MHz.
+        0x16 => [TSC_MHZ, TSC_MHZ, CRYSTAL_HZ / 1_000_000, 0],
         0x8000_0000 => [MAX_EXTENDED, 0, 0, 0],
         0x8000_0001 => [
             0,

@@ -56,6 +56,10 @@ pub enum Event {
 /// for IF (NMI, INIT, SIPI). The processor asks its [`Env`] only when a bit says so.
 pub const EVENT_MASKABLE: u32 = 1;
 pub const EVENT_URGENT: u32 = 2;
+/// The hypervisor's plans for this run changed (the guest re-armed its timer): the
+/// run ends at the next block as if its instruction limit were reached, so the
+/// hypervisor can set a new one.
+pub const EVENT_RESLICE: u32 = 4;
 
 /// What the hypervisor decides for the processor.
 pub trait Env {

@@ -10,7 +10,7 @@ use crate::paging::{self, Access, PageFault, Privilege};
 use crate::phys::PhysMap;
 use crate::state::{Cpu, CS};
 use crate::tlb::Tlb;
-use crate::{Env, Event, EVENT_MASKABLE, EVENT_URGENT};
+use crate::{Env, Event, EVENT_MASKABLE, EVENT_RESLICE, EVENT_URGENT};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -165,6 +165,9 @@ impl Processor {
             }
             let e = self.events.load(Ordering::Relaxed);
             if e != 0 {
+                if e & EVENT_RESLICE != 0 {
+                    break RunEnd::InstructionLimit;
+                }
                 let interruptible =
                     x.cpu.flags.bits & crate::flags::IF != 0 && !x.cpu.shadow.interrupts;
                 if e & EVENT_URGENT != 0 || e & EVENT_MASKABLE != 0 && interruptible {

@@ -9,7 +9,7 @@ pub mod bus;
 mod timer;
 
 use hv_core::InterruptKind;
-use sim_cpu::{Event, EVENT_MASKABLE, EVENT_URGENT};
+use sim_cpu::{Event, EVENT_MASKABLE, EVENT_RESLICE, EVENT_URGENT};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 pub use timer::{CRYSTAL_HZ, NS_PER_TICK};
@@ -82,6 +82,9 @@ pub struct ApicState {
     pub extint_pending: Option<u8>,
     /// Waiting for a start-up IPI (MSHV's startup-suspend activity state).
     pub startup_suspend: bool,
+    /// The guest re-armed the timer: the vCPU's run must look at its deadline again
+    /// (`EVENT_RESLICE`) until the vCPU's run loop clears this.
+    pub reslice: bool,
 }
 
 fn bit(v: u8) -> (usize, u32) {
@@ -117,6 +120,7 @@ impl ApicState {
             sipi_pending: None,
             extint_pending: None,
             startup_suspend: false,
+            reslice: false,
         }
     }
 
@@ -152,6 +156,9 @@ impl ApicState {
         {
             e |= EVENT_URGENT;
         }
+        if self.reslice {
+            e |= EVENT_RESLICE;
+        }
         e
     }
 
@@ -172,9 +179,15 @@ impl ApicState {
                 }
             }
             InterruptKind::Nmi => self.nmi_pending = true,
-            InterruptKind::Init => self.init_pending = true,
+            InterruptKind::Init => {
+                self.init_pending = true;
+                self.sipi_pending = None;
+            }
             InterruptKind::Sipi => {
-                if self.startup_suspend {
+                // Taken only in wait-for-SIPI, which an INIT not yet processed leads to
+                // (SDM vol 3 10.4.2: a SIPI to a processor not waiting for one is
+                // ignored).
+                if self.startup_suspend || self.init_pending {
                     self.sipi_pending = Some(vector);
                 }
             }
@@ -295,11 +308,18 @@ impl ApicState {
                 }
                 if i == 1 {
                     self.timer.set_mode(v, now);
+                    self.reslice = true;
                 }
                 self.lvt[i] = v;
             }
-            TIMER_INITIAL => self.timer.set_initial(value, self.lvt[1], now),
-            TIMER_DIVIDE => self.timer.set_divide(value, now),
+            TIMER_INITIAL => {
+                self.timer.set_initial(value, self.lvt[1], now);
+                self.reslice = true;
+            }
+            TIMER_DIVIDE => {
+                self.timer.set_divide(value, now);
+                self.reslice = true;
+            }
             _ => {}
         }
         (None, None)

@@ -5,7 +5,7 @@
 
 /// The core crystal clock, which is also the APIC timer's input: 25 MHz, one tick per
 /// 40 ns. CPUID leaf 0x15 reports it (TSC = crystal × 40 / 1 = 1 GHz).
-pub const CRYSTAL_HZ: u64 = 25_000_000;
+pub const CRYSTAL_HZ: u64 = sim_cpu::cpuid::CRYSTAL_HZ as u64;
 pub const NS_PER_TICK: u64 = 1_000_000_000 / CRYSTAL_HZ;
 
 const ONE_SHOT: u32 = 0;

@@ -97,30 +97,10 @@ impl Guest {
         self.set(hv_register_name_HV_X64_REGISTER_RSP, 0x7000);
     }
 
-    /// Flat 64-bit long mode with identity paging of the first 1 GiB, code at `ip`.
+    /// Flat 64-bit long mode with identity paging of the first 4 GiB (the local APIC
+    /// at 0xFEE00000 included), code at `ip`.
     pub fn long_mode(&mut self, ip: u64) {
-        // PML4 at 0x10_0000, PDPT at 0x10_1000 with one 1 GiB page.
-        self.ram
-            .write(0x10_0000, &(0x10_1000u64 | 3).to_le_bytes())
-            .unwrap();
-        self.ram.write(0x10_1000, &(0x83u64).to_le_bytes()).unwrap();
-        let code = pack_segment(0, 0xffff_ffff, 8, 0xa09b);
-        let data = pack_segment(0, 0xffff_ffff, 16, 0xc093);
-        self.set_raw(hv_register_name_HV_X64_REGISTER_CS, code);
-        for id in [
-            hv_register_name_HV_X64_REGISTER_DS,
-            hv_register_name_HV_X64_REGISTER_ES,
-            hv_register_name_HV_X64_REGISTER_SS,
-        ] {
-            self.set_raw(id, data);
-        }
-        self.set_raw(hv_register_name_HV_X64_REGISTER_GDTR, pack_table(0, 0));
-        self.set(hv_register_name_HV_X64_REGISTER_CR3, 0x10_0000);
-        self.set(hv_register_name_HV_X64_REGISTER_CR4, 1 << 5);
-        self.set(hv_register_name_HV_X64_REGISTER_EFER, (1 << 8) | (1 << 10));
-        self.set(hv_register_name_HV_X64_REGISTER_CR0, 0x8000_0011);
-        self.set(hv_register_name_HV_X64_REGISTER_RIP, ip);
-        self.set(hv_register_name_HV_X64_REGISTER_RSP, 0x8_0000);
+        enter_long_mode(self.vcpu.as_mut(), &self.ram, ip, 0x8_0000);
     }
 
     pub fn run(&mut self) -> hv_core::Exit {
@@ -138,6 +118,41 @@ impl Guest {
     pub fn page(&self) -> hv_core::RegisterPagePtr {
         self.vcpu.register_page().unwrap()
     }
+}
+
+/// Puts `vcpu` in flat 64-bit long mode with identity paging of the first 4 GiB (the
+/// local APIC at 0xFEE00000 included; the tables at 0x10_0000 in `ram`), at `ip` with
+/// the stack at `rsp`.
+pub fn enter_long_mode(vcpu: &mut dyn VcpuBackend, ram: &HostRegion, ip: u64, rsp: u64) {
+    // PML4 at 0x10_0000, PDPT at 0x10_1000 with four 1 GiB pages.
+    ram.write(0x10_0000, &(0x10_1000u64 | 3).to_le_bytes())
+        .unwrap();
+    for i in 0..4u64 {
+        let entry = (i << 30) | 0x83;
+        ram.write(0x10_1000 + 8 * i as usize, &entry.to_le_bytes())
+            .unwrap();
+    }
+    let code = pack_segment(0, 0xffff_ffff, 8, 0xa09b);
+    let data = pack_segment(0, 0xffff_ffff, 16, 0xc093);
+    let mut set = |id: u32, v: RegisterValue| vcpu.set_registers(&[id], &[v]).unwrap();
+    set(hv_register_name_HV_X64_REGISTER_CS, code);
+    for id in [
+        hv_register_name_HV_X64_REGISTER_DS,
+        hv_register_name_HV_X64_REGISTER_ES,
+        hv_register_name_HV_X64_REGISTER_SS,
+    ] {
+        set(id, data);
+    }
+    set(hv_register_name_HV_X64_REGISTER_GDTR, pack_table(0, 0));
+    set(hv_register_name_HV_X64_REGISTER_CR3, [0x10_0000, 0]);
+    set(hv_register_name_HV_X64_REGISTER_CR4, [1 << 5, 0]);
+    set(
+        hv_register_name_HV_X64_REGISTER_EFER,
+        [(1 << 8) | (1 << 10), 0],
+    );
+    set(hv_register_name_HV_X64_REGISTER_CR0, [0x8000_0011, 0]);
+    set(hv_register_name_HV_X64_REGISTER_RIP, [ip, 0]);
+    set(hv_register_name_HV_X64_REGISTER_RSP, [rsp, 0]);
 }
 
 pub fn config(page: RegisterPageMode) -> VmConfig {

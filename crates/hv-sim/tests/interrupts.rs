@@ -1,0 +1,637 @@
+//! Interrupt-driven guests on the sim's local APICs, as MSHV's hypervisor-emulated APIC
+//! takes them: the LAPIC timer in each mode (SDM vol 3 11.5.4), interrupts the VMM
+//! requests (`HVCALL_ASSERT_VIRTUAL_INTERRUPT`), priority nesting (11.8.3), the STI/HLT
+//! window (vol 2 STI: "the processor responds to interrupts after executing the next
+//! instruction"), EOIs of level-triggered vectors coming back as `HVMSG_X64_APIC_EOI`
+//! (OpenVMM's virt_mshv hands them to its I/O APIC), IPIs between vCPUs and INIT/SIPI
+//! starting an AP (10.4.4.1), and deterministic time replaying a run exactly.
+
+mod common;
+
+use common::*;
+use hv_core::message::{HVMSG_X64_APIC_EOI, HVMSG_X64_HALT, HVMSG_X64_IO_PORT_INTERCEPT};
+use hv_core::{
+    ClockMode, Exit, ExitMessage, HostRegion, HvBackend, InterruptKind, InterruptRequest,
+    MemoryMapping, RunLimits, VcpuBackend, VmBackend, VmConfig,
+};
+use hv_sim::SimHypervisor;
+use iced_x86::code_asm::*;
+use mshv_bindings::*;
+use std::sync::Arc;
+
+const GDT: u64 = 0x500;
+const CODE: u64 = 0x2000;
+const IDT: u64 = 0x3000;
+/// vCPU 1's long-mode code.
+const AP_CODE: u64 = 0x5000;
+/// A u32 count of each vector taken.
+const COUNT: u64 = 0x6000;
+/// The log: one byte per event, in order; `LOGPOS` is the next free byte.
+const LOGPOS: u64 = 0x6400;
+const LOG: u64 = 0x6500;
+/// Where a handler may store what it saw (the interrupted RIP).
+const SLOT: u64 = 0x6480;
+/// Vector v's handler is at `HANDLERS + v * 0x100`.
+const HANDLERS: u64 = 0x1_0000;
+const APIC: u32 = 0xfee0_0000;
+/// Local APIC register offsets (SDM vol 3 table 11-1).
+const EOI: i32 = 0xb0;
+const SVR: i32 = 0xf0;
+const ICR_LOW: i32 = 0x300;
+const ICR_HIGH: i32 = 0x310;
+const LVT_TIMER: i32 = 0x320;
+const TIMER_INITIAL: i32 = 0x380;
+const TIMER_DIVIDE: i32 = 0x3e0;
+const TSC_DEADLINE_MSR: u32 = 0x6e0;
+
+struct Machine {
+    _vm: Box<dyn VmBackend>,
+    ram: Arc<HostRegion>,
+    cpus: Vec<Box<dyn VcpuBackend>>,
+    msg: ExitMessage,
+    interrupts: Arc<dyn hv_core::Interrupts>,
+}
+
+fn machine(vcpus: u8, clock: ClockMode) -> Machine {
+    let config = VmConfig {
+        clock: Some(clock),
+        ..VmConfig::default()
+    };
+    let mut vm = SimHypervisor.create_vm(&config).unwrap();
+    let ram = Arc::new(HostRegion::new(RAM).unwrap());
+    vm.map_memory(MemoryMapping {
+        gpa: 0,
+        region: Arc::clone(&ram),
+        writable: true,
+        executable: true,
+    })
+    .unwrap();
+    let cpus = (0..vcpus).map(|i| vm.create_vcpu(i).unwrap()).collect();
+    // GDT: null, 64-bit code (0x08), data (0x10).
+    let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
+    let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    ram.write(GDT as usize, &gdt).unwrap();
+    // 256 interrupt gates, vector v to HANDLERS + v * 0x100.
+    for v in 0..256u64 {
+        let h = HANDLERS + v * 0x100;
+        let low = (h & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
+        ram.write((IDT + v * 16) as usize, &low.to_le_bytes())
+            .unwrap();
+        ram.write((IDT + v * 16 + 8) as usize, &(h >> 32).to_le_bytes())
+            .unwrap();
+    }
+    let interrupts = vm.interrupts();
+    Machine {
+        _vm: vm,
+        ram,
+        cpus,
+        msg: ExitMessage::default(),
+        interrupts,
+    }
+}
+
+impl Machine {
+    /// Starts vCPU `i` in 64-bit mode at `ip` (interrupts off) with its own stack.
+    fn start(&mut self, i: usize, ip: u64) {
+        let ram = Arc::clone(&self.ram);
+        let cpu = self.cpus[i].as_mut();
+        enter_long_mode(cpu, &ram, ip, 0x8_0000 - 0x1_0000 * i as u64);
+        cpu.set_registers(
+            &[
+                hv_register_name_HV_X64_REGISTER_GDTR,
+                hv_register_name_HV_X64_REGISTER_IDTR,
+            ],
+            &[
+                hv_core::regs::pack_table(GDT, 23),
+                hv_core::regs::pack_table(IDT, 256 * 16 - 1),
+            ],
+        )
+        .unwrap();
+    }
+
+    fn code(&self, at: u64, f: impl FnOnce(&mut CodeAssembler)) {
+        self.ram.write(at as usize, &assemble(64, at, f)).unwrap();
+    }
+
+    /// Vector `v`'s handler: counts and logs it, runs `body`, EOIs, returns. RBX holds
+    /// the APIC base in `body`.
+    fn handler(&self, v: u8, body: impl FnOnce(&mut CodeAssembler)) {
+        self.code(HANDLERS + v as u64 * 0x100, |a| {
+            a.push(rax).unwrap();
+            a.push(rbx).unwrap();
+            a.push(rcx).unwrap();
+            a.mov(ebx, APIC).unwrap();
+            a.lock().inc(dword_ptr(COUNT + 4 * v as u64)).unwrap();
+            log(a, v);
+            body(a);
+            a.mov(dword_ptr(rbx + EOI), 0).unwrap();
+            a.pop(rcx).unwrap();
+            a.pop(rbx).unwrap();
+            a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        });
+    }
+
+    /// Runs vCPU `i` until an exit for the VMM, never blocking on a halt.
+    fn run(&mut self, i: usize) -> Exit {
+        self.cpus[i]
+            .run(
+                &mut self.msg,
+                &RunLimits {
+                    max_instructions: Some(50_000_000),
+                    ..RunLimits::default()
+                },
+            )
+            .unwrap()
+    }
+
+    /// Runs vCPU `i` to its `out 0x80, eax`, whose value it returns.
+    fn run_to_out(&mut self, i: usize) -> u64 {
+        let exit = self.run(i);
+        assert_eq!(exit, Exit::Message, "vCPU {i} ended its run with {exit:?}");
+        assert_eq!(
+            self.msg.message_type(),
+            HVMSG_X64_IO_PORT_INTERCEPT,
+            "vCPU {i} exited with message {:#x}",
+            self.msg.message_type()
+        );
+        let io: hv_x64_io_port_intercept_message = self.msg.payload();
+        io.rax
+    }
+
+    /// Runs vCPU `i` to its `out 0x82, al` (see [`sync`]) and completes that OUT.
+    fn pass_sync(&mut self, i: usize) {
+        let exit = self.run(i);
+        assert_eq!(exit, Exit::Message, "vCPU {i} ended its run with {exit:?}");
+        let io: hv_x64_io_port_intercept_message = self.msg.payload();
+        let (port, rip) = (io.port_number, io.header.rip);
+        assert_eq!(port, 0x82, "vCPU {i} reached its sync point");
+        let next = rip + io.header.instruction_length() as u64;
+        self.cpus[i]
+            .set_registers(&[hv_register_name_HV_X64_REGISTER_RIP], &[[next, 0]])
+            .unwrap();
+    }
+
+    fn count(&self, v: u8) -> u32 {
+        u32::from_le_bytes(self.read::<4>(COUNT + 4 * v as u64))
+    }
+
+    fn read<const N: usize>(&self, gpa: u64) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.ram.read(gpa as usize, &mut b).unwrap();
+        b
+    }
+
+    fn log(&self) -> Vec<u8> {
+        let n = u32::from_le_bytes(self.read::<4>(LOGPOS)) as usize;
+        let mut b = vec![0u8; n];
+        self.ram.read(LOG as usize, &mut b).unwrap();
+        b
+    }
+
+    fn request(&self, vector: u8, destination: u32, level: bool) -> hv_core::Result<()> {
+        self.interrupts.request(&InterruptRequest {
+            kind: InterruptKind::Fixed,
+            destination,
+            logical: false,
+            vector,
+            level,
+        })
+    }
+}
+
+/// Appends `byte` to the log (RAX is clobbered).
+fn log(a: &mut CodeAssembler, byte: u8) {
+    a.mov(eax, 1).unwrap();
+    a.lock().xadd(dword_ptr(LOGPOS), eax).unwrap();
+    a.mov(byte_ptr(rax + LOG as i32), byte as u32).unwrap();
+}
+
+/// RBX = the APIC base; software-enables the APIC (SVR bit 8, spurious vector 0xFF).
+fn enable_apic(a: &mut CodeAssembler) {
+    a.mov(ebx, APIC).unwrap();
+    a.mov(dword_ptr(rbx + SVR), 0x1ff).unwrap();
+}
+
+/// A point where the guest stops for the VMM (its APIC enabled, say, before the VMM
+/// raises an interrupt: a software-disabled APIC drops fixed interrupts, SDM vol 3
+/// 11.4.7.2, as KVM's `__apic_accept_irq` does).
+fn sync(a: &mut CodeAssembler) {
+    a.out(0x82, al).unwrap();
+}
+
+/// Halts with interrupts enabled until vector `v` has been taken `n` times: the
+/// check with interrupts off, then `sti; hlt`, whose window no interrupt slips through.
+fn wait_for(a: &mut CodeAssembler, v: u8, n: u32) {
+    let mut again = a.create_label();
+    let mut done = a.create_label();
+    a.set_label(&mut again).unwrap();
+    a.cli().unwrap();
+    a.cmp(dword_ptr(COUNT + 4 * v as u64), n).unwrap();
+    a.jae(done).unwrap();
+    a.sti().unwrap();
+    a.hlt().unwrap();
+    a.jmp(again).unwrap();
+    a.set_label(&mut done).unwrap();
+    a.nop().unwrap();
+}
+
+/// EDX:EAX = TSC, kept in R8.
+fn tsc_to_r8(a: &mut CodeAssembler) {
+    a.rdtsc().unwrap();
+    a.shl(rdx, 32).unwrap();
+    a.or(rax, rdx).unwrap();
+    a.mov(r8, rax).unwrap();
+}
+
+/// RAX = TSC - R8.
+fn tsc_since_r8(a: &mut CodeAssembler) {
+    a.rdtsc().unwrap();
+    a.shl(rdx, 32).unwrap();
+    a.or(rax, rdx).unwrap();
+    a.sub(rax, r8).unwrap();
+}
+
+fn out(a: &mut CodeAssembler) {
+    a.out(0x80, eax).unwrap();
+    a.hlt().unwrap();
+}
+
+#[test]
+fn the_periodic_lapic_timer_wakes_hlt_at_its_period() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    m.handler(0x40, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + TIMER_DIVIDE), 0xb).unwrap(); // divide by 1
+        a.mov(dword_ptr(rbx + LVT_TIMER), (1 << 17) | 0x40).unwrap(); // periodic
+        tsc_to_r8(a);
+        a.mov(dword_ptr(rbx + TIMER_INITIAL), 1000).unwrap();
+        wait_for(a, 0x40, 5);
+        tsc_since_r8(a);
+        out(a);
+    });
+    m.start(0, CODE);
+    let elapsed = m.run_to_out(0);
+    assert_eq!(m.count(0x40), 5);
+    // 1,000 ticks of the 25 MHz crystal: 40 us, 40,000 TSC ticks at 1 GHz.
+    assert!(
+        (200_000..200_400).contains(&elapsed),
+        "five periods took {elapsed} TSC ticks"
+    );
+}
+
+#[test]
+fn a_one_shot_timer_fires_once_and_a_halt_with_nothing_pending_is_idle() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    m.handler(0x40, |_| {});
+    m.handler(0x41, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + TIMER_DIVIDE), 0xa).unwrap(); // divide by 128
+        a.mov(dword_ptr(rbx + LVT_TIMER), 0x40).unwrap(); // one-shot
+        a.mov(dword_ptr(rbx + TIMER_INITIAL), 10).unwrap();
+        wait_for(a, 0x40, 1);
+        wait_for(a, 0x41, 1);
+        a.mov(eax, dword_ptr(COUNT + 4 * 0x40)).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    // Nothing can wake the second halt: the run says so rather than blocking.
+    assert_eq!(m.run(0), Exit::Idle);
+    assert_eq!(m.count(0x40), 1);
+    m.request(0x41, 0, false).unwrap();
+    assert_eq!(m.run_to_out(0), 1, "the one-shot timer fired once");
+    assert_eq!(m.count(0x41), 1);
+}
+
+#[test]
+fn the_tsc_deadline_timer_fires_at_its_deadline() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    m.handler(0x40, |a| {
+        // The TSC when the handler runs.
+        a.rdtsc().unwrap();
+        a.mov(dword_ptr(SLOT), eax).unwrap();
+        a.mov(dword_ptr(SLOT + 4), edx).unwrap();
+    });
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + LVT_TIMER), (2 << 17) | 0x40).unwrap();
+        a.rdtsc().unwrap();
+        a.add(eax, 50_000).unwrap();
+        a.adc(edx, 0).unwrap();
+        a.mov(r9d, eax).unwrap();
+        a.mov(ecx, TSC_DEADLINE_MSR).unwrap();
+        a.wrmsr().unwrap();
+        wait_for(a, 0x40, 1);
+        // The MSR reads 0 once the deadline has fired (SDM vol 3 11.5.4.1).
+        a.rdmsr().unwrap();
+        a.or(eax, edx).unwrap();
+        a.shl(rax, 32).unwrap();
+        a.or(rax, r9).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    let v = m.run_to_out(0);
+    assert_eq!(v >> 32, 0, "IA32_TSC_DEADLINE is 0 after it fires");
+    let deadline = v & 0xffff_ffff;
+    let fired = u64::from_le_bytes(m.read::<8>(SLOT)) & 0xffff_ffff;
+    assert!(
+        (deadline..deadline + 100).contains(&fired),
+        "deadline {deadline}, handler ran at {fired}"
+    );
+}
+
+/// `sti; hlt` with an interrupt already pending: the STI shadow holds it back over the
+/// HLT, which it then wakes, so it is not lost and the return address is past the HLT.
+/// With an instruction between them the interrupt comes before the HLT, which then has
+/// nothing left to wake it.
+#[test]
+fn the_sti_hlt_window_loses_no_wake_up() {
+    for gap in [false, true] {
+        let mut m = machine(1, ClockMode::Deterministic);
+        m.handler(0x41, |a| {
+            a.mov(rax, qword_ptr(rsp + 24)).unwrap(); // the interrupted RIP
+            a.mov(qword_ptr(SLOT), rax).unwrap();
+        });
+        m.code(CODE, |a| {
+            enable_apic(a);
+            let mut at = a.create_label();
+            a.lea(rax, ptr(at)).unwrap();
+            a.mov(qword_ptr(SLOT + 8), rax).unwrap();
+            sync(a);
+            a.sti().unwrap();
+            if gap {
+                a.nop().unwrap();
+            }
+            a.set_label(&mut at).unwrap();
+            a.hlt().unwrap();
+            a.mov(eax, dword_ptr(COUNT + 4 * 0x41)).unwrap();
+            out(a);
+        });
+        m.start(0, CODE);
+        m.pass_sync(0);
+        m.request(0x41, 0, false).unwrap();
+        let hlt_at = u64::from_le_bytes(m.read::<8>(SLOT + 8));
+        if gap {
+            assert_eq!(m.run(0), Exit::Idle, "the HLT after the interrupt waits");
+            assert_eq!(u64::from_le_bytes(m.read::<8>(SLOT)), hlt_at);
+        } else {
+            assert_eq!(m.run_to_out(0), 1);
+            assert_eq!(
+                u64::from_le_bytes(m.read::<8>(SLOT)),
+                hlt_at + 1,
+                "the interrupt woke the HLT: it returns past it"
+            );
+        }
+    }
+}
+
+/// A handler of vector 0x41 (class 4) enables interrupts and sends itself 0x42 (class
+/// 4: held until its EOI, PPR = 0x40) and 0x91 (class 9: taken at once, nested).
+#[test]
+fn interrupts_nest_by_priority_class() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    let self_ipi = |a: &mut CodeAssembler, v: u32| {
+        a.mov(dword_ptr(rbx + ICR_LOW), (1 << 18) | v).unwrap();
+    };
+    m.handler(0x41, |a| {
+        a.sti().unwrap();
+        self_ipi(a, 0x42);
+        self_ipi(a, 0x91);
+        a.nop().unwrap();
+        log(a, 0xee);
+        a.cli().unwrap();
+    });
+    m.handler(0x42, |_| {});
+    m.handler(0x91, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        self_ipi(a, 0x41);
+        wait_for(a, 0x42, 1);
+        a.xor(eax, eax).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.run_to_out(0);
+    assert_eq!(m.log(), [0x41, 0x91, 0xee, 0x42]);
+}
+
+/// The EOI of a level-triggered vector comes back to the VMM (`HVMSG_X64_APIC_EOI`,
+/// what OpenVMM's virt_mshv passes to its I/O APIC's `handle_eoi`); an edge-triggered
+/// vector's does not.
+#[test]
+fn a_level_triggered_eoi_reaches_the_vmm() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    m.handler(0x50, |_| {});
+    m.handler(0x51, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        sync(a);
+        wait_for(a, 0x50, 1);
+        wait_for(a, 0x51, 1);
+        a.mov(eax, 7).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.pass_sync(0);
+    m.request(0x50, 0, true).unwrap();
+    assert_eq!(m.run(0), Exit::Message);
+    assert_eq!(m.msg.message_type(), HVMSG_X64_APIC_EOI);
+    let eoi: hv_x64_apic_eoi_message = m.msg.payload();
+    assert_eq!((eoi.vp_index, eoi.interrupt_vector), (0, 0x50));
+    m.request(0x51, 0, false).unwrap();
+    assert_eq!(m.run_to_out(0), 7, "no EOI message for an edge vector");
+}
+
+/// vCPU 0 sends a fixed IPI to APIC id 1, whose handler answers with one back.
+#[test]
+fn ipis_go_between_vcpus() {
+    let mut m = machine(2, ClockMode::Deterministic);
+    m.handler(0x60, |a| {
+        // Answer vCPU 0.
+        a.mov(dword_ptr(rbx + ICR_HIGH), 0).unwrap();
+        a.mov(dword_ptr(rbx + ICR_LOW), 0x61).unwrap();
+    });
+    m.handler(0x61, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + ICR_HIGH), 1 << 24).unwrap();
+        a.mov(dword_ptr(rbx + ICR_LOW), 0x60).unwrap();
+        wait_for(a, 0x61, 1);
+        a.mov(eax, 0x61).unwrap();
+        out(a);
+    });
+    m.code(AP_CODE, |a| {
+        enable_apic(a);
+        wait_for(a, 0x60, 1);
+        a.mov(eax, 0x60).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.start(1, AP_CODE);
+    assert_eq!(m.run(1), Exit::Idle, "vCPU 1 waits for its IPI");
+    assert_eq!(
+        m.run(0),
+        Exit::Idle,
+        "vCPU 0 sent it and waits for the answer"
+    );
+    assert_eq!(m.run_to_out(1), 0x60);
+    assert_eq!(m.run_to_out(0), 0x61);
+}
+
+/// vCPU 0 starts vCPU 1 as an OS starts an AP: INIT, then a start-up IPI whose vector
+/// is the real-mode start page (SDM vol 3 10.4.4.1); the AP runs from 0x9000 in real
+/// mode and reports.
+#[test]
+fn init_and_sipi_start_an_application_processor() {
+    let mut m = machine(2, ClockMode::Deterministic);
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + ICR_HIGH), 1 << 24).unwrap();
+        a.mov(dword_ptr(rbx + ICR_LOW), 0x4500).unwrap(); // INIT, assert
+        a.mov(dword_ptr(rbx + ICR_LOW), 0x4609).unwrap(); // SIPI, page 9
+        a.mov(eax, 1).unwrap();
+        out(a);
+    });
+    // 16-bit: mov ax, cs; mov ds, ax; mov [0x100], ax (at 0x9100); out 0x80, ax; hlt.
+    let ap = assemble(16, 0, |a| {
+        a.mov(ax, cs).unwrap();
+        a.mov(ds, ax).unwrap();
+        a.mov(word_ptr(0x100), ax).unwrap();
+        a.out(0x80, ax).unwrap();
+        a.hlt().unwrap();
+    });
+    m.ram.write(0x9000, &ap).unwrap();
+    m.start(0, CODE);
+    // vCPU 1 spins until the INIT puts it in wait-for-SIPI.
+    m.code(AP_CODE, |a| {
+        let mut spin = a.create_label();
+        a.set_label(&mut spin).unwrap();
+        a.pause().unwrap();
+        a.jmp(spin).unwrap();
+    });
+    m.start(1, AP_CODE);
+    assert_eq!(m.run_to_out(0), 1);
+    assert_eq!(
+        m.run_to_out(1) & 0xffff,
+        0x900,
+        "the AP's CS is the SIPI page"
+    );
+    let rip = {
+        let mut out = [[0u64; 2]];
+        m.cpus[1]
+            .get_registers(&[hv_register_name_HV_X64_REGISTER_RIP], &mut out)
+            .unwrap();
+        out[0][0]
+    };
+    assert_eq!(rip, 7, "it ran its start page from offset 0 to its OUT");
+    assert_eq!(u16::from_le_bytes(m.read::<2>(0x9100)), 0x900);
+}
+
+#[test]
+fn bad_requests_are_einval_naming_the_value() {
+    let m = machine(1, ClockMode::Deterministic);
+    let e = m.request(5, 0, false).unwrap_err();
+    assert_eq!(e.code(), "EINVAL");
+    assert!(e.to_string().contains('5'), "{e}");
+    let e = m.request(0x40, 7, false).unwrap_err();
+    assert_eq!(e.code(), "EINVAL");
+    assert!(e.to_string().contains("0x7"), "{e}");
+    let e = InterruptRequest::from_msi(0x1234_0000, 0x40).unwrap_err();
+    assert_eq!(e.code(), "EINVAL");
+}
+
+/// An interrupt-heavy guest run twice with the same inputs makes the same exits at the
+/// same guest times, bit for bit (the deterministic clock, as QEMU's icount).
+#[test]
+fn deterministic_time_replays_a_run_exactly() {
+    let trace = || {
+        let mut m = machine(1, ClockMode::Deterministic);
+        m.handler(0x40, |a| {
+            a.rdtsc().unwrap();
+            a.out(0x81, eax).unwrap();
+        });
+        m.code(CODE, |a| {
+            enable_apic(a);
+            a.mov(dword_ptr(rbx + TIMER_DIVIDE), 0xb).unwrap();
+            a.mov(dword_ptr(rbx + LVT_TIMER), (1 << 17) | 0x40).unwrap();
+            a.mov(dword_ptr(rbx + TIMER_INITIAL), 777).unwrap();
+            // Busy work the timer interrupts at arbitrary points.
+            let mut work = a.create_label();
+            a.set_label(&mut work).unwrap();
+            a.sti().unwrap();
+            a.imul_3(ecx, ecx, 3).unwrap();
+            a.add(ecx, 1).unwrap();
+            a.cmp(dword_ptr(COUNT + 4 * 0x40), 50).unwrap();
+            a.jb(work).unwrap();
+            a.mov(eax, ecx).unwrap();
+            out(a);
+        });
+        m.start(0, CODE);
+        let mut seen = Vec::new();
+        loop {
+            let v = m.run_to_out(0);
+            let io: hv_x64_io_port_intercept_message = m.msg.payload();
+            let rip = io.header.rip;
+            seen.push((io.port_number, v, rip));
+            if io.port_number == 0x80 {
+                break;
+            }
+            // Complete the OUT: RIP past it.
+            let len = io.header.instruction_length() as u64;
+            m.cpus[0]
+                .set_registers(&[hv_register_name_HV_X64_REGISTER_RIP], &[[rip + len, 0]])
+                .unwrap();
+        }
+        seen
+    };
+    let first = trace();
+    assert_eq!(first.len(), 51, "50 timer exits and the end");
+    assert_eq!(first, trace());
+}
+
+#[test]
+fn a_halted_vcpu_blocks_in_real_time_until_an_interrupt_from_another_thread() {
+    let mut m = machine(1, ClockMode::Realtime);
+    m.handler(0x41, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        wait_for(a, 0x41, 1);
+        a.mov(eax, 2).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    let interrupts = Arc::clone(&m.interrupts);
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        interrupts
+            .request(&InterruptRequest {
+                kind: InterruptKind::Fixed,
+                destination: 0,
+                logical: false,
+                vector: 0x41,
+                level: false,
+            })
+            .unwrap();
+    });
+    let start = std::time::Instant::now();
+    let exit = m.cpus[0]
+        .run(
+            &mut m.msg,
+            &RunLimits {
+                block_on_halt: true,
+                ..RunLimits::with_timeout(None, Some(std::time::Duration::from_secs(10)))
+            },
+        )
+        .unwrap();
+    sender.join().unwrap();
+    assert_eq!(
+        exit,
+        Exit::Message,
+        "woken by the interrupt, not the timeout"
+    );
+    assert_eq!(m.msg.message_type(), HVMSG_X64_IO_PORT_INTERCEPT);
+    assert!(start.elapsed() >= std::time::Duration::from_millis(40));
+    let _ = HVMSG_X64_HALT;
+}
