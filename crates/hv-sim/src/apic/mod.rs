@@ -483,3 +483,6 @@ mod tests {
         assert!(s.is_destination(0x26, true) && !s.is_destination(0x16, true));
     }
 }
+
+#[cfg(test)]
+mod property;
