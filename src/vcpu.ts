@@ -24,10 +24,14 @@ const T_UNMAPPED = messageType('unmappedGpa')
 const T_GPA = messageType('gpaIntercept')
 const T_FATAL = messageType('unrecoverableException')
 const T_MSR = messageType('msr')
+const T_APIC_EOI = messageType('apicEoi')
+const MSG_EOI_VECTOR = message('eoiVector')
 const EXIT_CANCELLED = exitCode('cancelled')
 const EXIT_INSTRUCTIONS = exitCode('instructions')
 const EXIT_TIMEOUT = exitCode('timeout')
 const EXIT_SLICE = exitCode('slice')
+const EXIT_CLOCK = exitCode('clock')
+const EXIT_IDLE = exitCode('idle')
 const GP = 13
 const MSG_RIP = message('rip')
 /** How often a run with a progress line hands control back to redraw it, at most. */
@@ -45,6 +49,16 @@ export type RunResult =
   | { reason: 'instructions' }
   /** `maxExits` exits were handled. */
   | { reason: 'exits' }
+  /** The guest reset the machine (the i8042's reset line, say): {@link Vm.requestStop}. */
+  | { reason: 'reset' }
+  /** Guest time reached `guestDeadlineNs`: a device timer is due (sim). */
+  | { reason: 'clock' }
+  /**
+   * The vCPU is halted with interrupts enabled and nothing the hypervisor keeps (its
+   * local APIC timer) will wake it: only an interrupt the VMM requests can (sim; on
+   * mshv the run waits in the hypervisor instead).
+   */
+  | { reason: 'idle' }
 
 /** Why {@link Vcpu.step} returned: the instruction ran (`stepped`), or the run would have stopped there. */
 export type StepResult = RunResult | { reason: 'stepped' }
@@ -72,9 +86,21 @@ export interface RunOptions {
    * (and let the event loop in between) without giving up the synchronous loop's speed.
    */
   maxExits?: number
+  /**
+   * Return `{ reason: 'clock' }` once guest time ({@link Vm.guestTimeNs}) reaches this
+   * many nanoseconds, so device timers kept on guest time run on time (sim; mshv
+   * refuses it with `ENOTSUP`: its guest time is the host's).
+   */
+  guestDeadlineNs?: number
+  /**
+   * `runAsync` only: a vCPU halted with interrupts enabled waits on its worker thread
+   * until an interrupt wakes it (its APIC timer, {@link Vm.requestInterrupt}), as MSHV
+   * waits in the hypervisor, instead of ending the run with `{ reason: 'idle' }`.
+   */
+  blockOnHalt?: boolean
 }
 
-const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits'] as const
+const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt'] as const
 
 /** `options` checked as {@link RunOptions}: an object of known keys with values of the right kind. */
 function checkRunOptions(options: unknown, what: string): RunOptions {
@@ -96,10 +122,16 @@ function checkRunOptions(options: unknown, what: string): RunOptions {
   }
   count('maxInstructions', 0)
   count('maxExits', 1)
+  const d = o['guestDeadlineNs']
+  if (d !== undefined && !(typeof d === 'number' && Number.isSafeInteger(d) && d >= 0)) {
+    throw new MshvError('EINVAL', `${what}: guestDeadlineNs must be an integer number of nanoseconds from 0 to 2^53-1, got ${describe(d)}`)
+  }
   const t = o['timeoutMs']
   if (t !== undefined && !(typeof t === 'number' && t >= 0 && t <= Number.MAX_SAFE_INTEGER)) {
     throw new MshvError('EINVAL', `${what}: timeoutMs must be a number of milliseconds from 0 to 2^53-1, got ${describe(t)}`)
   }
+  const b = o['blockOnHalt']
+  if (b !== undefined && typeof b !== 'boolean') throw new MshvError('EINVAL', `${what}: blockOnHalt must be a boolean, got ${describe(b)}`)
   const h = o['onHalt']
   if (h !== undefined && h !== 'return' && h !== 'wait') {
     throw new MshvError('EINVAL', `${what}: onHalt must be ${oneOf(['return', 'wait'])}, got ${describe(h)}`)
@@ -142,6 +174,10 @@ function runEnd(code: number): RunResult | undefined {
       return { reason: 'instructions' }
     case EXIT_TIMEOUT:
       return { reason: 'timeout' }
+    case EXIT_CLOCK:
+      return { reason: 'clock' }
+    case EXIT_IDLE:
+      return { reason: 'idle' }
     default:
       return undefined
   }
@@ -149,9 +185,15 @@ function runEnd(code: number): RunResult | undefined {
 
 /** The native budget of a run's limits, or undefined when it has none. */
 function nativeBudget(o: RunOptions, slice: boolean): InstanceType<typeof binding.RunBudget> | undefined {
-  if (o.maxInstructions === undefined && o.timeoutMs === undefined && !slice) return undefined
+  if (o.maxInstructions === undefined && o.timeoutMs === undefined && o.guestDeadlineNs === undefined && !o.blockOnHalt && !slice) return undefined
   try {
-    return new binding.RunBudget({ maxInstructions: o.maxInstructions, timeoutMs: o.timeoutMs, sliceMs: slice ? PROGRESS_SLICE_MS : undefined })
+    return new binding.RunBudget({
+      maxInstructions: o.maxInstructions,
+      timeoutMs: o.timeoutMs,
+      sliceMs: slice ? PROGRESS_SLICE_MS : undefined,
+      guestDeadlineNs: o.guestDeadlineNs,
+      blockOnHalt: o.blockOnHalt,
+    })
   } catch (e) {
     throw coded(e)
   }
@@ -167,6 +209,10 @@ export interface VcpuEnvironment {
   readonly cpuid: CpuidTable
   /** Handlers of intercepted MSRs. */
   readonly msrs: ReadonlyMap<number, MsrHandler>
+  /** Hears the EOI of a level-triggered vector (an `apicEoi` exit): the I/O APIC. */
+  readonly eoi: (vector: number, vcpuIndex: number) => void
+  /** A result a device asked the run to end with ({@link Vm.requestStop}), taken once. */
+  readonly takeStop: () => RunResult | undefined
 }
 
 /** A virtual processor driven from TypeScript. */
@@ -251,6 +297,9 @@ export class Vcpu {
     const o = checkRunOptions(options, 'run()')
     if (o.onHalt === 'wait') {
       throw new MshvError('EINVAL', "onHalt 'wait' needs runAsync(): a synchronous run cannot wait for wake()")
+    }
+    if (o.blockOnHalt) {
+      throw new MshvError('EINVAL', 'blockOnHalt needs runAsync(): a synchronous run would block the event loop until an interrupt that only it could raise')
     }
     this.enter('run()')
     const ownLine = this.startProgress(o)
@@ -422,14 +471,14 @@ export class Vcpu {
     this.progress?.exit(code)
     this.regs.beginExit()
     const tracer = this.tracer
-    if (!tracer) return this.handle(code)
+    if (!tracer) return this.handle(code) ?? this.env.takeStop()
     // One clock reading ends the guest slice and starts the exit's: slices on one
     // track must not overlap.
     const handled = tracer.now()
     tracer.record('guest', 'guest', this.runStart, handled)
     const rip = this.msg.getBigUint64(MSG_RIP, true)
     try {
-      return this.handle(code)
+      return this.handle(code) ?? this.env.takeStop()
     } finally {
       tracer.record(messageTypeName(code), 'exit', handled, tracer.now(), { rip: hex(rip) })
     }
@@ -482,6 +531,10 @@ export class Vcpu {
       }
       case T_HALT:
         return { reason: 'halt' }
+      case T_APIC_EOI:
+        // The guest EOI'd a level-triggered vector; its instruction has retired.
+        this.env.eoi(this.messageWords[MSG_EOI_VECTOR >> 2] ?? 0, this.index)
+        return undefined
       case T_UNMAPPED:
       case T_GPA:
         handleMmio(msg, this.regs, this.memory())

@@ -8,10 +8,12 @@ import { IoBus } from './bus.js'
 import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
 import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
 import { POLICIES, type SyncPolicy } from './registers.js'
-import { Vcpu } from './vcpu.js'
+import { Vcpu, type RunResult } from './vcpu.js'
 import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
 import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
 import type { RamRegion, RomWriteHandler } from './emulator/memory.js'
+import { GuestTimers } from './platform/timers.js'
+import { VmRun, type VmRunOptions, type VmRunResult } from './scheduler.js'
 
 /** Options for {@link createVm}. */
 export interface VmOptions {
@@ -47,9 +49,35 @@ export interface VmOptions {
    * Default false: pages are committed as the guest touches them.
    */
   reserveMemory?: boolean
+  /**
+   * How guest time passes: `'deterministic'` (the sim's default: one nanosecond per
+   * guest instruction, halts leap to the next timer, so a guest with the same inputs
+   * makes the same exits run after run, as QEMU's icount does) or `'realtime'` (the
+   * host's clock; mshv's only one).
+   */
+  clock?: 'deterministic' | 'realtime'
 }
 
-const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'hyperv', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory'] as const
+const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'hyperv', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory', 'clock'] as const
+
+/** How an interrupt is delivered (`hv_interrupt_type`). */
+export type InterruptKind = 'fixed' | 'lowest-priority' | 'nmi' | 'init' | 'sipi' | 'extint'
+
+/** One interrupt for {@link Vm.requestInterrupt}: MSHV's `HVCALL_ASSERT_VIRTUAL_INTERRUPT`. */
+export interface InterruptRequest {
+  /** Default `'fixed'`. */
+  kind?: InterruptKind
+  /** 16..255 for fixed, lowest-priority and extint; the start page for sipi; unused for nmi and init. */
+  vector?: number
+  /** The destination APIC id (default 0), or a logical destination when `logical`. */
+  destination?: number
+  /** Logical destination mode (default physical). */
+  logical?: boolean
+  /** Level-triggered: its EOI comes back to the VM's EOI listeners (the I/O APIC). */
+  level?: boolean
+}
+
+const INTERRUPT_KEYS = ['kind', 'vector', 'destination', 'logical', 'level'] as const
 const UNKNOWN_MSR = { gp: 'fault', ignore: 'ignore', error: 'exit' } as const
 
 function msrMap(msrs: VmOptions['msrs']): Map<number, MsrHandler> {
@@ -168,6 +196,17 @@ export class Vm {
   private readonly ram: GuestRam[] = []
   private readonly vcpus: Vcpu[] = []
   private isClosed = false
+  private readonly eoiListeners: ((vector: number, vcpuIndex: number) => void)[] = []
+  private stopResult: RunResult | undefined
+  private current: VmRun | undefined
+  private readonly interruptListeners: (() => void)[] = []
+  /** Device timers on guest time ({@link guestTimeNs}); {@link run} fires them when due. */
+  readonly timers: GuestTimers = new GuestTimers(
+    () => this.guestTimeNs(),
+    (next) => {
+      if (!this.isClosed) this.native.setDeviceDeadline(next)
+    },
+  )
 
   /** @internal */
   constructor(
@@ -180,6 +219,8 @@ export class Vm {
     readonly cpuid: CpuidTable = new CpuidTable(),
     /** The MSR handlers (the intercepted MSRs are fixed when the VM is created). */
     readonly msrs: ReadonlyMap<number, MsrHandler> = new Map(),
+    /** How guest time passes (see {@link VmOptions.clock}). */
+    readonly clock: 'deterministic' | 'realtime' = backend === 'sim' ? 'deterministic' : 'realtime',
   ) {
     this.bus.register(DEBUG_EXIT_PORT, 1, this.debugExit, 'debug-exit')
     // MMIO over RAM would never be called: the guest's accesses go to memory.
@@ -294,9 +335,133 @@ export class Vm {
       throw new MshvError('EINVAL', `createVcpu: index must be an integer in 0..255, got ${describe(index)}`)
     }
     checkPolicy(policy, 'createVcpu: policy')
-    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this, cpuid: this.cpuid, msrs: this.msrs }, policy)
+    const eoi = (vector: number, vcpuIndex: number): void => {
+      for (const l of this.eoiListeners) l(vector, vcpuIndex)
+    }
+    const takeStop = (): RunResult | undefined => {
+      const r = this.stopResult
+      this.stopResult = undefined
+      return r
+    }
+    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this, cpuid: this.cpuid, msrs: this.msrs, eoi, takeStop }, policy)
     this.vcpus.push(v)
     return v
+  }
+
+  /** The vCPUs created so far, by creation order. */
+  get cpus(): readonly Vcpu[] {
+    return this.vcpus
+  }
+
+  /**
+   * Asks the hypervisor's local APICs for an interrupt (MSHV's
+   * `HVCALL_ASSERT_VIRTUAL_INTERRUPT`): a halted vCPU wakes, a running one takes it at
+   * an instruction boundary with interrupts enabled. A vector 0..15 for a fixed
+   * interrupt, an APIC id no vCPU has or an unknown kind is `EINVAL`.
+   */
+  requestInterrupt(request: InterruptRequest): void {
+    this.checkOpen()
+    if (typeof request !== 'object' || request === null || Array.isArray(request)) {
+      throw new MshvError('EINVAL', `requestInterrupt: the request must be an object, got ${describe(request)}`)
+    }
+    for (const key of Object.keys(request)) {
+      if (!(INTERRUPT_KEYS as readonly string[]).includes(key)) {
+        throw new MshvError('EINVAL', `requestInterrupt: unknown field '${key}' (fields: ${INTERRUPT_KEYS.join(', ')})`)
+      }
+    }
+    const { kind, vector, destination = 0, logical, level } = request
+    if (vector !== undefined) checkU32('requestInterrupt: vector', vector)
+    checkU32('requestInterrupt: destination', destination)
+    for (const [name, v] of [['logical', logical], ['level', level]] as const) {
+      if (v !== undefined && typeof v !== 'boolean') throw new MshvError('EINVAL', `requestInterrupt: ${name} must be a boolean, got ${describe(v)}`)
+    }
+    if (kind !== undefined && typeof kind !== 'string') throw new MshvError('EINVAL', `requestInterrupt: kind must be a string, got ${describe(kind)}`)
+    try {
+      this.native.requestInterrupt({ kind, vector, destination, logical, level })
+    } catch (e) {
+      throw coded(e)
+    }
+    for (const l of this.interruptListeners) l()
+  }
+
+  /**
+   * Delivers a message-signalled interrupt by the address (0xFEExxxxx) and data a PCI
+   * device writes (Intel SDM vol 3 11.11).
+   */
+  signalMsi(address: number | bigint, data: number): void {
+    this.checkOpen()
+    const a = checkGpa('signalMsi: address', address)
+    checkU32('signalMsi: data', data)
+    try {
+      this.native.signalMsi(a, data)
+    } catch (e) {
+      throw coded(e)
+    }
+    for (const l of this.interruptListeners) l()
+  }
+
+  /**
+   * Guest time in nanoseconds since the VM was made: the clock of the guest's TSC and
+   * APIC timer. On the deterministic sim it moves only as the guest runs.
+   */
+  guestTimeNs(): number {
+    this.checkOpen()
+    try {
+      return this.native.guestTimeNs()
+    } catch (e) {
+      throw coded(e)
+    }
+  }
+
+  /**
+   * Calls `listener(vector, vcpuIndex)` when a guest EOIs a level-triggered vector
+   * (an `apicEoi` exit): how an I/O APIC learns it may deliver that line again.
+   */
+  onEoi(listener: (vector: number, vcpuIndex: number) => void): void {
+    if (typeof listener !== 'function') throw new MshvError('EINVAL', `onEoi takes a function, got ${describe(listener)}`)
+    this.eoiListeners.push(listener)
+  }
+
+  /** Calls `listener()` after each interrupt requested of this VM (a halted run waits for one). @internal */
+  onInterrupt(listener: () => void): () => void {
+    this.interruptListeners.push(listener)
+    return () => {
+      const i = this.interruptListeners.indexOf(listener)
+      if (i !== -1) this.interruptListeners.splice(i, 1)
+    }
+  }
+
+  /**
+   * Runs every vCPU, with the device timers ({@link timers}), until a vCPU's run ends
+   * with something the VMM must see (a debug-exit, a HLT with interrupts off, a
+   * reset, an error), {@link cancel} or `timeoutMs`. The event loop stays free: the
+   * sim's vCPUs take turns of at most `sliceMs` on this thread (a `quantum` of guest
+   * instructions on the deterministic clock, so runs replay exactly), mshv's run on
+   * worker threads. A vCPU halted with interrupts enabled waits without blocking.
+   */
+  async run(options: VmRunOptions = {}): Promise<VmRunResult> {
+    this.checkOpen()
+    if (this.current) throw new MshvError('EBUSY', 'vm.run(): the VM is already running')
+    const run = new VmRun(this)
+    this.current = run
+    try {
+      return await run.run(options)
+    } finally {
+      this.current = undefined
+    }
+  }
+
+  /** Ends {@link run} in progress with `{ reason: 'cancelled' }` (its vCPUs stop at once). */
+  cancel(): void {
+    this.current?.cancel()
+  }
+
+  /**
+   * Ends the run in progress (a vCPU's, or {@link run}'s) after the current exit with
+   * `result`: what a device does when the guest resets or powers off the machine.
+   */
+  requestStop(result: RunResult): void {
+    this.stopResult = result
   }
 
   /** Whether {@link close} was called. */
@@ -349,6 +514,7 @@ export function createVm(options: VmOptions = {}): Vm {
   const backend = checkChoice('backend', options.backend, ['auto', 'mshv', 'sim'] as const) ?? 'auto'
   const registerPage = checkChoice('registerPage', options.registerPage, ['on', 'off', 'invalid'] as const) ?? 'on'
   const unknown = checkChoice('unknownMsr', options.unknownMsr, ['gp', 'ignore', 'error'] as const) ?? 'gp'
+  const clock = checkChoice('clock', options.clock, ['deterministic', 'realtime'] as const)
   const policy = options.policy === undefined ? 'page' : checkPolicy(options.policy, 'policy')
   const { cpuid: entries, memoryLimit, reserveMemory, hyperv } = options
   if (hyperv !== undefined && typeof hyperv !== 'boolean') throw new MshvError('EINVAL', `hyperv must be a boolean, got ${describe(hyperv)}`)
@@ -371,8 +537,9 @@ export function createVm(options: VmOptions = {}): Vm {
     unknownMsr: UNKNOWN_MSR[unknown],
     memoryLimit,
     reserveMemory,
+    clock,
   })
-  return new Vm(vm, hv.backend, policy, cpuid, msrs)
+  return new Vm(vm, hv.backend, policy, cpuid, msrs, clock ?? (hv.backend === 'sim' ? 'deterministic' : 'realtime'))
 }
 
 /**

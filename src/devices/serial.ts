@@ -1,17 +1,37 @@
 /**
- * A 16550 UART: enough of the chip for guests that poll LSR and write THR, with
- * receive from a string or callback.
+ * A 16550A UART (National Semiconductor PC16550D datasheet; interrupt priorities and
+ * the THR-empty rules as QEMU's `hw/char/serial.c` models them): transmit to a
+ * callback, receive from {@link Serial16550.feed}, loopback, and its interrupt on the
+ * line it is given (IRQ 4 for COM1), gated by MCR.OUT2 as PC boards wire it.
  * @module
  */
 import type { PioDevice } from '../bus.js'
+import type { IrqLine } from '../platform/irq.js'
 
 /** The conventional COM1 base port. */
 export const COM1 = 0x3f8
+/** COM1's ISA IRQ. */
+export const COM1_IRQ = 4
 
 const LSR_DR = 0x01
+const LSR_OE = 0x02
 const LSR_THRE = 0x20
 const LSR_TEMT = 0x40
 const LCR_DLAB = 0x80
+const IER_RDI = 0x01
+const IER_THRI = 0x02
+const IER_RLSI = 0x04
+const IIR_NONE = 0x01
+const IIR_THRI = 0x02
+const IIR_RDI = 0x04
+const IIR_RLSI = 0x06
+const IIR_FIFO = 0xc0
+const FCR_ENABLE = 0x01
+const FCR_CLEAR_RX = 0x02
+const MCR_LOOP = 0x10
+const MCR_OUT2 = 0x08
+/** The receive FIFO's depth: bytes beyond it are lost (overrun). */
+const RX_FIFO = 16
 
 /** Options for {@link Serial16550}. */
 export interface SerialOptions {
@@ -19,16 +39,24 @@ export interface SerialOptions {
   onByte?: (byte: number) => void
   /** Bytes the guest will receive, in order. */
   input?: string | Uint8Array
+  /** The interrupt line (COM1: ISA IRQ 4); without it the UART only polls. */
+  irq?: IrqLine
 }
 
 /** A 16550-compatible UART occupying 8 ports. */
 export class Serial16550 implements PioDevice {
+  /** Bytes waiting to enter the receive FIFO (what a terminal typed ahead). */
+  private readonly pendingInput: number[] = []
   private readonly rx: number[] = []
   private ier = 0
   private lcr = 0x03
   private mcr = 0
+  private fcr = 0
   private scr = 0
+  private lsrErrors = 0
   private divisor = 12
+  /** THR emptied since the guest last saw the THRE interrupt (QEMU's `thr_ipending`). */
+  private thrPending = false
   private readonly out: number[] = []
 
   constructor(
@@ -39,10 +67,20 @@ export class Serial16550 implements PioDevice {
     if (options.input !== undefined) this.feed(options.input)
   }
 
-  /** Queues bytes for the guest to read. */
+  /**
+   * Queues bytes for the guest to read: they enter the 16-byte receive FIFO as the
+   * guest drains it (as a terminal's flow control would keep them), and raise the
+   * receive interrupt.
+   */
   feed(data: string | Uint8Array): void {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data
-    this.rx.push(...bytes)
+    for (const b of bytes) this.pendingInput.push(b)
+    this.refill()
+    this.update()
+  }
+
+  private refill(): void {
+    while (this.rx.length < RX_FIFO && this.pendingInput.length > 0) this.rx.push(this.pendingInput.shift() as number)
   }
 
   /** Everything the guest has written, as text. */
@@ -50,23 +88,64 @@ export class Serial16550 implements PioDevice {
     return new TextDecoder().decode(Uint8Array.from(this.out))
   }
 
+  private lsr(): number {
+    return LSR_THRE | LSR_TEMT | (this.rx.length > 0 ? LSR_DR : 0) | this.lsrErrors
+  }
+
+  /** Modem status: in loopback the outputs come back (DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD). */
+  private msr(): number {
+    if ((this.mcr & MCR_LOOP) === 0) return 0xb0 // DCD, DSR, CTS
+    const m = this.mcr
+    return ((m & 0x01) << 5) | ((m & 0x02) << 3) | ((m & 0x04) << 4) | ((m & 0x08) << 4)
+  }
+
+  /** The highest-priority pending interrupt (IIR bits 3..0). */
+  private iir(): number {
+    if ((this.ier & IER_RLSI) !== 0 && this.lsrErrors !== 0) return IIR_RLSI
+    if ((this.ier & IER_RDI) !== 0 && this.rx.length > 0) return IIR_RDI
+    if ((this.ier & IER_THRI) !== 0 && this.thrPending) return IIR_THRI
+    // Modem-status interrupts (IER bit 3) never fire: the modem lines never change.
+    return IIR_NONE
+  }
+
+  /** Drives the line: an interrupt is pending and OUT2 lets it out. */
+  private update(): void {
+    this.options.irq?.set(this.iir() !== IIR_NONE && (this.mcr & MCR_OUT2) !== 0 && (this.mcr & MCR_LOOP) === 0)
+  }
+
   ioRead(port: number): number {
     const dlab = (this.lcr & LCR_DLAB) !== 0
     switch (port - this.base) {
-      case 0:
-        return dlab ? this.divisor & 0xff : (this.rx.shift() ?? 0)
+      case 0: {
+        if (dlab) return this.divisor & 0xff
+        const b = this.rx.shift() ?? 0
+        this.refill()
+        this.update()
+        return b
+      }
       case 1:
         return dlab ? this.divisor >> 8 : this.ier
-      case 2:
-        return 0xc1 // FIFOs enabled, no interrupt pending
+      case 2: {
+        const id = this.iir()
+        // Reading IIR while THRE is the source clears it.
+        if (id === IIR_THRI) {
+          this.thrPending = false
+          this.update()
+        }
+        return id | ((this.fcr & FCR_ENABLE) !== 0 ? IIR_FIFO : 0)
+      }
       case 3:
         return this.lcr
       case 4:
         return this.mcr
-      case 5:
-        return LSR_THRE | LSR_TEMT | (this.rx.length > 0 ? LSR_DR : 0)
+      case 5: {
+        const v = this.lsr()
+        this.lsrErrors = 0 // reading LSR clears the error bits
+        this.update()
+        return v
+      }
       case 6:
-        return 0xb0 // DCD, DSR, CTS
+        return this.msr()
       default:
         return this.scr
     }
@@ -78,20 +157,31 @@ export class Serial16550 implements PioDevice {
     switch (port - this.base) {
       case 0:
         if (dlab) this.divisor = (this.divisor & 0xff00) | v
-        else {
-          this.out.push(v)
-          this.options.onByte?.(v)
-        }
+        else this.transmit(v)
         break
       case 1:
         if (dlab) this.divisor = (this.divisor & 0xff) | (v << 8)
-        else this.ier = v & 0x0f
+        else {
+          // Enabling the THRE interrupt with THR empty makes it pending at once.
+          if ((v & IER_THRI) !== 0 && (this.ier & IER_THRI) === 0) this.thrPending = true
+          this.ier = v & 0x0f
+          this.update()
+        }
+        break
+      case 2:
+        this.fcr = v & 0xc9
+        if ((v & FCR_CLEAR_RX) !== 0) {
+          this.rx.length = 0
+          this.refill()
+        }
+        this.update()
         break
       case 3:
         this.lcr = v
         break
       case 4:
         this.mcr = v & 0x1f
+        this.update()
         break
       case 7:
         this.scr = v
@@ -99,5 +189,18 @@ export class Serial16550 implements PioDevice {
       default:
         break
     }
+  }
+
+  /** A byte written to THR leaves at once; THR is empty again, and says so. */
+  private transmit(v: number): void {
+    if ((this.mcr & MCR_LOOP) !== 0) {
+      if (this.rx.length < RX_FIFO) this.rx.push(v)
+      else this.lsrErrors |= LSR_OE
+    } else {
+      this.out.push(v)
+      this.options.onByte?.(v)
+    }
+    this.thrPending = true
+    this.update()
   }
 }

@@ -72,13 +72,15 @@ pub struct InterruptRequest {
 }
 
 impl InterruptRequest {
-    /// Refuses what no local APIC accepts: vectors 0-15 for fixed, lowest-priority and
-    /// external interrupts (SDM vol 3 11.5.2, "Valid Interrupt Vectors": the APIC
-    /// reports them as illegal vectors), and an APIC id beyond the xAPIC's 8 bits.
+    /// Refuses what no local APIC accepts: vectors 0-15 for fixed and lowest-priority
+    /// interrupts (SDM vol 3 11.5.2, "Valid Interrupt Vectors": the APIC reports them
+    /// as illegal vectors), and an APIC id beyond the xAPIC's 8 bits. An ExtINT's
+    /// vector comes from the 8259 through INTA and may be any (a real-mode BIOS puts
+    /// IRQ 0 at vector 8).
     pub fn check(&self) -> Result<()> {
         let needs_vector = matches!(
             self.kind,
-            InterruptKind::Fixed | InterruptKind::LowestPriority | InterruptKind::ExtInt
+            InterruptKind::Fixed | InterruptKind::LowestPriority
         );
         if needs_vector && self.vector < 16 {
             return Err(HvError::InvalidArgument(format!(
@@ -138,6 +140,11 @@ pub trait Interrupts: Send + Sync {
     /// Guest time now, in nanoseconds since the partition was made: the clock the
     /// guest's TSC and APIC timer follow, on which a VMM's device timers should run.
     fn guest_time(&self) -> u64;
+    /// When the VMM's next device timer is due (guest ns), or none: on the sim every
+    /// vCPU's run ends with [`crate::Exit::Clock`] when guest time reaches it, so the
+    /// timer fires on time however long the guest runs or halts. MSHV's guest time is
+    /// the host's: the VMM's event loop fires its timers, and this does nothing.
+    fn set_device_deadline(&self, deadline: Option<u64>);
 }
 
 #[cfg(test)]

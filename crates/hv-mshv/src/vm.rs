@@ -134,6 +134,10 @@ impl hv_core::Interrupts for MshvInterrupts {
     fn guest_time(&self) -> u64 {
         self.created.elapsed().as_nanos() as u64
     }
+
+    /// The hypervisor keeps no VMM deadline: the VMM's event loop fires its timers on
+    /// the host clock (mshv's runs are on worker threads).
+    fn set_device_deadline(&self, _deadline: Option<u64>) {}
 }
 
 impl VmBackend for MshvVm {

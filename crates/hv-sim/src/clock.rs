@@ -12,6 +12,9 @@ pub struct Clock {
     /// Deterministic time: the latest any vCPU of the partition reached.
     ns: AtomicU64,
     start: Instant,
+    /// The VMM's next device timer (guest ns; `u64::MAX`: none): every run ends with
+    /// `Exit::Clock` when guest time reaches it.
+    device_deadline: AtomicU64,
 }
 
 impl Clock {
@@ -20,6 +23,7 @@ impl Clock {
             mode,
             ns: AtomicU64::new(0),
             start: Instant::now(),
+            device_deadline: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -39,6 +43,16 @@ impl Clock {
     /// over a halt to it).
     pub fn advance_to(&self, t: u64) {
         self.ns.fetch_max(t, Ordering::AcqRel);
+    }
+
+    pub fn device_deadline(&self) -> Option<u64> {
+        let d = self.device_deadline.load(Ordering::Acquire);
+        (d != u64::MAX).then_some(d)
+    }
+
+    pub fn set_device_deadline(&self, t: Option<u64>) {
+        self.device_deadline
+            .store(t.unwrap_or(u64::MAX), Ordering::Release);
     }
 
     /// The host instant of guest time `t`, for real-time waits.

@@ -241,7 +241,12 @@ impl SimVcpu {
                 self.processor.state_changed(&self.snapshot);
             }
             let now = self.now();
-            if limits.guest_deadline.is_some_and(|d| now >= d) {
+            // The run's own guest deadline, or the VMM's next device timer, if sooner.
+            let guest_deadline = [limits.guest_deadline, self.clock.device_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            if guest_deadline.is_some_and(|d| now >= d) {
                 return Ok(Exit::Clock);
             }
             let (timer, asleep) = {
@@ -262,7 +267,7 @@ impl SimVcpu {
                 if limits.deadline.is_some_and(|d| Instant::now() >= d) {
                     return Ok(Exit::Timeout);
                 }
-                let next = [timer, limits.guest_deadline].into_iter().flatten().min();
+                let next = [timer, guest_deadline].into_iter().flatten().min();
                 if det {
                     if let Some(n) = next {
                         // Deterministic time leaps over the halt to what wakes it.
@@ -283,7 +288,7 @@ impl SimVcpu {
             }
             // A slice: up to the next timer or guest deadline on the deterministic clock.
             let mut slice = budget;
-            let next = [timer, limits.guest_deadline].into_iter().flatten().min();
+            let next = [timer, guest_deadline].into_iter().flatten().min();
             if det {
                 if let Some(n) = next {
                     slice = slice.min(n.saturating_sub(now).max(1));

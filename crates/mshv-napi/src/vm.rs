@@ -241,6 +241,19 @@ impl Vm {
         })
     }
 
+    /// Sets when the VMM's next device timer is due (guest ns; undefined: none): on the
+    /// sim every vCPU run ends with `layout().exits.clock` when guest time reaches it.
+    #[napi]
+    pub fn set_device_deadline(&self, deadline_ns: Option<f64>) -> Result<()> {
+        guard("Vm.setDeviceDeadline", || {
+            let d = deadline_ns
+                .map(|n| crate::errors::whole(n, "deadlineNs", 9_007_199_254_740_991.0))
+                .transpose()?;
+            self.interrupts()?.set_device_deadline(d);
+            Ok(())
+        })
+    }
+
     #[napi(getter)]
     pub fn closed(&self) -> bool {
         self.lock().is_none()

@@ -94,4 +94,12 @@ impl Interrupts for ApicBus {
     fn guest_time(&self) -> u64 {
         self.clock.now()
     }
+
+    fn set_device_deadline(&self, deadline: Option<u64>) {
+        self.clock.set_device_deadline(deadline);
+        // Halted vCPUs wait for the old deadline: they look again.
+        for a in self.all() {
+            a.kick();
+        }
+    }
 }

@@ -1,0 +1,178 @@
+/**
+ * The I/O APIC (Intel 82093AA datasheet; version 0x20 with the EOI register, as
+ * QEMU's `hw/intc/ioapic.c` models it): 24 pins whose redirection entries turn a
+ * line into an interrupt request to the local APICs ({@link Vm.requestInterrupt}),
+ * level-triggered pins re-asserted on EOI (remote IRR).
+ * @module
+ */
+import type { MmioDevice } from '../bus.js'
+import type { IrqSink } from '../platform/irq.js'
+import type { InterruptKind, InterruptRequest } from '../vm.js'
+import { MshvError, describe } from '../errors.js'
+
+/** Where PCs put the I/O APIC (the MADT says so too). */
+export const IOAPIC_BASE = 0xfec0_0000
+/** Its MMIO window's size. */
+export const IOAPIC_SIZE = 0x1000
+/** Redirection entries (pins). */
+export const IOAPIC_PINS = 24
+
+const IOREGSEL = 0x00
+const IOWIN = 0x10
+const IOEOI = 0x40
+const VERSION = 0x20
+const MASKED = 1n << 16n
+const REMOTE_IRR = 1n << 14n
+const LEVEL = 1n << 15n
+const DELIVERY_STATUS = 1n << 12n
+/** The bits a guest may write: all but delivery status and remote IRR (read-only). */
+const WRITABLE = ~(DELIVERY_STATUS | REMOTE_IRR) & 0xffff_ffff_ffff_ffffn
+
+/** Delivery modes (bits 10:8) by value; 2 (SMI) and 3, 6 (reserved) are not delivered. */
+const MODES: readonly (InterruptKind | undefined)[] = ['fixed', 'lowest-priority', undefined, undefined, 'nmi', 'init', undefined, 'extint']
+
+/** Counters of an {@link IoApic}. */
+export interface IoApicStats {
+  /** Interrupts requested of the local APICs. */
+  delivered: number
+  /**
+   * Requests the local APICs refused (a vector below 16, a destination no vCPU has):
+   * hardware drops them and sets an error in the APIC's ESR; so does this.
+   */
+  refused: number
+}
+
+/** The I/O APIC: an MMIO device and the inputs of 24 interrupt lines. */
+export class IoApic implements MmioDevice, IrqSink {
+  private id = 0
+  private select = 0
+  private readonly entries = new Array<bigint>(IOAPIC_PINS).fill(MASKED)
+  /** Pins asserted now (level) or with an edge not yet delivered (edge, while masked). */
+  private irr = 0
+  readonly stats: IoApicStats = { delivered: 0, refused: 0 }
+
+  constructor(
+    /** Delivers a request to the local APICs: `vm.requestInterrupt`. */
+    private readonly deliver: (request: InterruptRequest) => void,
+    /** The 8259's acknowledge, for pins in ExtINT mode: the vector it gives. */
+    private readonly extint?: () => number | undefined,
+  ) {}
+
+  /** Redirection entry `pin` (for tests and the REPL). */
+  entry(pin: number): bigint {
+    this.checkPin(pin)
+    return this.entries[pin] as bigint
+  }
+
+  private checkPin(pin: number): void {
+    if (!Number.isInteger(pin) || pin < 0 || pin >= IOAPIC_PINS) {
+      throw new MshvError('EINVAL', `I/O APIC pin must be an integer in 0..${IOAPIC_PINS - 1}, got ${describe(pin)}`)
+    }
+  }
+
+  /** Input `pin` is asserted (or not): the line's level, whatever its polarity bit says (the board inverts active-low lines). */
+  setIrq(pin: number, asserted: boolean): void {
+    this.checkPin(pin)
+    const bit = 1 << pin
+    const e = this.entries[pin] as bigint
+    if ((e & LEVEL) !== 0n) {
+      if (asserted) {
+        this.irr |= bit
+        this.service(pin)
+      } else this.irr &= ~bit
+    } else if (asserted) {
+      // A rising edge (lines call this only on a change); while masked it waits in
+      // IRR for the unmask.
+      this.irr |= bit
+      this.service(pin)
+    }
+  }
+
+  /** Delivers pin's interrupt if it is pending, unmasked and (level) not awaiting EOI. */
+  private service(pin: number): void {
+    const bit = 1 << pin
+    let e = this.entries[pin] as bigint
+    if ((this.irr & bit) === 0 || (e & MASKED) !== 0n) return
+    const level = (e & LEVEL) !== 0n
+    if (level && (e & REMOTE_IRR) !== 0n) return
+    const kind = MODES[Number((e >> 8n) & 7n)]
+    if (!level) this.irr &= ~bit
+    if (kind === undefined) return
+    let vector = Number(e & 0xffn)
+    if (kind === 'extint') {
+      const v = this.extint?.()
+      if (v === undefined) return
+      vector = v
+    }
+    if (level) {
+      e |= REMOTE_IRR
+      this.entries[pin] = e
+    }
+    const logical = (e & (1n << 11n)) !== 0n
+    try {
+      this.deliver({ kind, vector, destination: Number(e >> 56n), logical, level })
+      this.stats.delivered++
+    } catch (err) {
+      if (!(err instanceof MshvError) || err.code !== 'EINVAL') throw err
+      this.stats.refused++
+      if (level) this.entries[pin] = e & ~REMOTE_IRR
+    }
+  }
+
+  /** A local APIC's EOI of `vector`: level pins with it leave remote IRR and, if still asserted, fire again. */
+  eoi(vector: number): void {
+    for (let pin = 0; pin < IOAPIC_PINS; pin++) {
+      const e = this.entries[pin] as bigint
+      if ((e & REMOTE_IRR) !== 0n && Number(e & 0xffn) === vector) {
+        this.entries[pin] = e & ~REMOTE_IRR
+        this.service(pin)
+      }
+    }
+  }
+
+  private readRegister(index: number): number {
+    switch (index) {
+      case 0x00:
+        return (this.id & 0xf) << 24
+      case 0x01:
+        return ((IOAPIC_PINS - 1) << 16) | VERSION
+      case 0x02:
+        return (this.id & 0xf) << 24
+      default: {
+        const pin = (index - 0x10) >> 1
+        if (index < 0x10 || pin >= IOAPIC_PINS) return 0xffff_ffff
+        const e = this.entries[pin] as bigint
+        return Number((index & 1) === 0 ? e & 0xffff_ffffn : e >> 32n)
+      }
+    }
+  }
+
+  private writeRegister(index: number, value: number): void {
+    if (index === 0x00) {
+      this.id = (value >>> 24) & 0xf
+      return
+    }
+    const pin = (index - 0x10) >> 1
+    if (index < 0x10 || pin >= IOAPIC_PINS) return
+    const old = this.entries[pin] as bigint
+    const v = BigInt(value >>> 0)
+    const written = (index & 1) === 0 ? (old & 0xffff_ffff_0000_0000n) | v : (old & 0xffff_ffffn) | (v << 32n)
+    this.entries[pin] = (written & WRITABLE) | (old & (REMOTE_IRR | DELIVERY_STATUS))
+    // An edge pin switched to level keeps no stale remote IRR; unmasking delivers what waits.
+    if ((written & LEVEL) === 0n) this.entries[pin] = (this.entries[pin] as bigint) & ~REMOTE_IRR
+    this.service(pin)
+  }
+
+  mmioRead(offset: number, size: number): bigint {
+    if (offset === IOREGSEL) return BigInt(this.select)
+    if (offset === IOWIN && size === 4) return BigInt(this.readRegister(this.select))
+    return 0n
+  }
+
+  mmioWrite(offset: number, size: number, value: bigint): void {
+    const v = Number(value & 0xffff_ffffn)
+    if (offset === IOREGSEL) this.select = v & 0xff
+    else if (offset === IOWIN && size === 4) this.writeRegister(this.select, v)
+    else if (offset === IOEOI) this.eoi(v & 0xff)
+  }
+}

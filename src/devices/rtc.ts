@@ -1,0 +1,316 @@
+/**
+ * The PC's CMOS and real-time clock (Motorola MC146818A datasheet; the register
+ * behaviour QEMU's `hw/rtc/mc146818rtc.c` models): index port 0x70 (bit 7 masks NMI),
+ * data port 0x71, the wall clock in BCD or binary and 12- or 24-hour form, and the
+ * periodic, alarm and update-ended interrupts on IRQ 8. The clock runs on guest time
+ * from a start the VMM gives, so a deterministic VM reads the same dates every run.
+ * @module
+ */
+import type { PioDevice } from '../bus.js'
+import type { IrqLine } from '../platform/irq.js'
+import type { GuestTimer, GuestTimers } from '../platform/timers.js'
+import { MshvError, describe } from '../errors.js'
+
+/** The index and data ports. */
+export const CMOS_PORT = 0x70
+
+const SECONDS = 0
+const SECONDS_ALARM = 1
+const MINUTES = 2
+const MINUTES_ALARM = 3
+const HOURS = 4
+const HOURS_ALARM = 5
+const DAY_OF_WEEK = 6
+const DAY_OF_MONTH = 7
+const MONTH = 8
+const YEAR = 9
+const REG_A = 10
+const REG_B = 11
+const REG_C = 12
+const REG_D = 13
+/** The century byte (ACPI's FADT names it; 0x32 on PCs). */
+const CENTURY = 0x32
+
+const A_UIP = 0x80
+const B_SET = 0x80
+const B_PIE = 0x40
+const B_AIE = 0x20
+const B_UIE = 0x10
+const B_DM_BINARY = 0x04
+const B_24H = 0x02
+const C_IRQF = 0x80
+const C_PF = 0x40
+const C_AF = 0x20
+const C_UF = 0x10
+const D_VRT = 0x80
+
+const NS = 1_000_000_000
+/** The update cycle lasts 244 us before each second ends (UIP set, datasheet). */
+const UIP_NS = 244_000
+
+/** Options for {@link Rtc}. */
+export interface RtcOptions {
+  /** The wall-clock time at guest time 0 (default: the host's time when the device is made). */
+  start?: Date
+  /** CMOS bytes to preset (index: value), e.g. memory sizes a firmware reads. */
+  cmos?: Readonly<Record<number, number>>
+}
+
+/** The MC146818 RTC and 128 bytes of CMOS. */
+export class Rtc implements PioDevice {
+  private readonly cmos = new Uint8Array(128)
+  private index = 0
+  /** Whether the last index write set bit 7 (NMI disabled). */
+  nmiMasked = false
+  /** The wall-clock time at guest time 0 (ms since the epoch). */
+  private readonly startMs: number
+  /** Guest time (ns) at which the clock was last set by the guest, and the time it was set to (ms). */
+  private setAt = 0
+  private setTo: number
+  private periodic: GuestTimer | undefined
+  private update: GuestTimer | undefined
+
+  constructor(
+    private readonly timers: GuestTimers,
+    /** IRQ 8. */
+    private readonly irq: IrqLine,
+    options: RtcOptions = {},
+  ) {
+    // The host's time to the whole second: each second then ends at a whole second of
+    // guest time, so a deterministic VM's update interrupts come at the same instants.
+    const start = options.start ?? new Date(Math.floor(Date.now() / 1000) * 1000)
+    if (!(start instanceof Date) || Number.isNaN(start.getTime())) throw new MshvError('EINVAL', `rtc start must be a valid Date, got ${describe(start)}`)
+    this.startMs = start.getTime()
+    this.setTo = this.startMs
+    this.setAt = 0
+    this.cmos[REG_A] = 0x26 // 32.768 kHz base, 1024 Hz rate
+    this.cmos[REG_B] = B_24H
+    this.cmos[REG_D] = D_VRT
+    for (const [k, v] of Object.entries(options.cmos ?? {})) {
+      const i = Number(k)
+      if (!Number.isInteger(i) || i < 14 || i > 127 || !Number.isInteger(v) || v < 0 || v > 255) {
+        throw new MshvError('EINVAL', `rtc cmos presets must map indexes 14..127 to bytes, got ${describe(k)}: ${describe(v)}`)
+      }
+      this.cmos[i] = v
+    }
+    this.scheduleUpdate()
+  }
+
+  private now(): number {
+    return this.timers.now()
+  }
+
+  /** The wall-clock time now (ms since the epoch), as the guest's clock has it. */
+  time(): number {
+    return this.setTo + Math.floor((this.now() - this.setAt) / 1_000_000)
+  }
+
+  private bcd(): boolean {
+    return ((this.cmos[REG_B] ?? 0) & B_DM_BINARY) === 0
+  }
+
+  private encode(v: number): number {
+    return this.bcd() ? ((v / 10) << 4) | v % 10 : v
+  }
+
+  private decode(v: number): number {
+    return this.bcd() ? (v >> 4) * 10 + (v & 0xf) : v
+  }
+
+  private encodeHour(h: number): number {
+    if (((this.cmos[REG_B] ?? 0) & B_24H) !== 0) return this.encode(h)
+    const pm = h >= 12 ? 0x80 : 0
+    return this.encode(h % 12 === 0 ? 12 : h % 12) | pm
+  }
+
+  private decodeHour(v: number): number {
+    if (((this.cmos[REG_B] ?? 0) & B_24H) !== 0) return this.decode(v)
+    const h = this.decode(v & 0x7f) % 12
+    return (v & 0x80) !== 0 ? h + 12 : h
+  }
+
+  /** The time registers' value now. */
+  private clockRegister(i: number): number {
+    const d = new Date(this.time())
+    switch (i) {
+      case SECONDS:
+        return this.encode(d.getUTCSeconds())
+      case MINUTES:
+        return this.encode(d.getUTCMinutes())
+      case HOURS:
+        return this.encodeHour(d.getUTCHours())
+      case DAY_OF_WEEK:
+        return this.encode(d.getUTCDay() + 1)
+      case DAY_OF_MONTH:
+        return this.encode(d.getUTCDate())
+      case MONTH:
+        return this.encode(d.getUTCMonth() + 1)
+      case YEAR:
+        return this.encode(d.getUTCFullYear() % 100)
+      default:
+        return this.encode(Math.floor(d.getUTCFullYear() / 100))
+    }
+  }
+
+  /** The guest wrote a time register (under SET): the clock takes the new value. */
+  private setClockRegister(i: number, v: number): void {
+    const d = new Date(this.time())
+    const n = i === HOURS ? this.decodeHour(v) : this.decode(v)
+    switch (i) {
+      case SECONDS:
+        d.setUTCSeconds(n)
+        break
+      case MINUTES:
+        d.setUTCMinutes(n)
+        break
+      case HOURS:
+        d.setUTCHours(n)
+        break
+      case DAY_OF_MONTH:
+        d.setUTCDate(n)
+        break
+      case MONTH:
+        d.setUTCMonth(n - 1)
+        break
+      case YEAR:
+        d.setUTCFullYear(Math.floor(d.getUTCFullYear() / 100) * 100 + n)
+        break
+      case CENTURY:
+        d.setUTCFullYear(n * 100 + (d.getUTCFullYear() % 100))
+        break
+      default:
+        return
+    }
+    this.setTo = d.getTime()
+    this.setAt = this.now()
+  }
+
+  private raise(flag: number): void {
+    const c = (this.cmos[REG_C] ?? 0) | flag
+    const enabled = ((this.cmos[REG_B] ?? 0) & (B_PIE | B_AIE | B_UIE) & (c & (C_PF | C_AF | C_UF))) !== 0
+    this.cmos[REG_C] = enabled ? c | C_IRQF : c
+    // IRQ 8 follows IRQF (an active-low level on real boards: raised until C is read).
+    if (enabled) this.irq.set(true)
+  }
+
+  /** The periodic rate from register A (RS3..RS0): 32768 >> (rate - 1) Hz, or none. */
+  private schedulePeriodic(): void {
+    this.periodic?.cancel()
+    this.periodic = undefined
+    const rate = (this.cmos[REG_A] ?? 0) & 0xf
+    if (rate === 0) return
+    const shift = rate <= 2 ? rate + 7 : rate - 1
+    const period = Math.round((NS * (1 << shift)) / 32768)
+    const base = this.now()
+    let n = 1
+    const tick = (): void => {
+      this.raise(C_PF)
+      n++
+      this.periodic = this.timers.at(base + period * n, tick)
+    }
+    // The flag is set whether or not PIE lets it interrupt; it needs a timer only when
+    // the guest asked for interrupts (a poller reads C and sees PF from the schedule).
+    if (((this.cmos[REG_B] ?? 0) & B_PIE) !== 0) this.periodic = this.timers.at(base + period, tick)
+  }
+
+  /** Each second's end: the update-ended flag, and the alarm when it matches. */
+  private scheduleUpdate(): void {
+    this.update?.cancel()
+    const ms = this.time()
+    const next = (1000 - (ms % 1000)) * 1_000_000
+    this.update = this.timers.at(this.now() + next, () => {
+      if (((this.cmos[REG_B] ?? 0) & B_SET) === 0) {
+        this.raise(C_UF)
+        if (this.alarmMatches()) this.raise(C_AF)
+      }
+      this.scheduleUpdate()
+    })
+  }
+
+  private alarmMatches(): boolean {
+    // An alarm byte with its top two bits set matches any value ("don't care").
+    const match = (alarm: number, now: number): boolean => (alarm & 0xc0) === 0xc0 || alarm === now
+    return (
+      match(this.cmos[SECONDS_ALARM] ?? 0, this.clockRegister(SECONDS)) &&
+      match(this.cmos[MINUTES_ALARM] ?? 0, this.clockRegister(MINUTES)) &&
+      match(this.cmos[HOURS_ALARM] ?? 0, this.clockRegister(HOURS))
+    )
+  }
+
+  /** CMOS byte `i` as the guest reads it (reading register C clears it). */
+  read(i: number): number {
+    return this.readRegister(i & 0x7f)
+  }
+
+  private readRegister(i: number): number {
+    switch (i) {
+      case SECONDS:
+      case MINUTES:
+      case HOURS:
+      case DAY_OF_WEEK:
+      case DAY_OF_MONTH:
+      case MONTH:
+      case YEAR:
+      case CENTURY:
+        return this.clockRegister(i)
+      case REG_A: {
+        // UIP: the 244 us before each second's end, while the clock is not held by SET.
+        const ms = this.time() % 1000
+        const uip = ((this.cmos[REG_B] ?? 0) & B_SET) === 0 && (1000 - ms) * 1_000_000 <= UIP_NS
+        return ((this.cmos[REG_A] ?? 0) & ~A_UIP) | (uip ? A_UIP : 0)
+      }
+      case REG_C: {
+        // Reading C clears it and lowers IRQ 8.
+        const c = this.cmos[REG_C] ?? 0
+        this.cmos[REG_C] = 0
+        this.irq.set(false)
+        return c
+      }
+      default:
+        return this.cmos[i] ?? 0
+    }
+  }
+
+  ioRead(port: number): number {
+    if (port === CMOS_PORT) return 0xff
+    return this.readRegister(this.index)
+  }
+
+  ioWrite(port: number, _size: number, value: number): void {
+    const v = value & 0xff
+    if (port === CMOS_PORT) {
+      this.index = v & 0x7f
+      this.nmiMasked = (v & 0x80) !== 0
+      return
+    }
+    const i = this.index
+    switch (i) {
+      case SECONDS:
+      case MINUTES:
+      case HOURS:
+      case DAY_OF_MONTH:
+      case MONTH:
+      case YEAR:
+      case CENTURY:
+        this.setClockRegister(i, v)
+        this.scheduleUpdate()
+        break
+      case DAY_OF_WEEK:
+        break
+      case REG_A:
+        this.cmos[REG_A] = v & 0x7f
+        this.schedulePeriodic()
+        break
+      case REG_B:
+        this.cmos[REG_B] = v
+        this.schedulePeriodic()
+        break
+      case REG_C:
+      case REG_D:
+        break // read-only
+      default:
+        this.cmos[i] = v
+        break
+    }
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * Interrupt lines: a device raises and lowers the line it was given, never knowing
+ * which controllers are behind it (on a PC, ISA IRQ n reaches both the 8259's pin n
+ * and an I/O APIC pin, as QEMU's `gsi_handler` wires them).
+ * @module
+ */
+import { MshvError, describe } from '../errors.js'
+
+/** The line a device drives. */
+export interface IrqLine {
+  /** Drives the line: a level-triggered input follows it, an edge-triggered one fires on each rising edge. */
+  set(asserted: boolean): void
+  /** One edge (assert, then deassert): an event of an edge-triggered device. */
+  pulse(): void
+  /** Whether the line is asserted now. */
+  readonly asserted: boolean
+}
+
+/** An interrupt controller's inputs. */
+export interface IrqSink {
+  /** Input `pin` is now asserted or not. */
+  setIrq(pin: number, asserted: boolean): void
+}
+
+/** One controller input a line reaches. */
+export interface IrqTarget {
+  readonly sink: IrqSink
+  readonly pin: number
+}
+
+/** A line wired to the inputs `targets` (one or several controllers). */
+export class WiredIrq implements IrqLine {
+  private level = false
+
+  constructor(
+    private readonly targets: readonly IrqTarget[],
+    /** What the line is called in errors and listings (`IRQ 4`). */
+    readonly name = 'IRQ',
+  ) {
+    for (const t of targets) {
+      if (typeof t?.sink?.setIrq !== 'function' || !Number.isInteger(t.pin) || t.pin < 0) {
+        throw new MshvError('EINVAL', `${name}: each target needs a sink with setIrq() and a pin number, got ${describe(t)}`)
+      }
+    }
+  }
+
+  get asserted(): boolean {
+    return this.level
+  }
+
+  set(asserted: boolean): void {
+    const level = Boolean(asserted)
+    if (level === this.level) return
+    this.level = level
+    for (const t of this.targets) t.sink.setIrq(t.pin, level)
+  }
+
+  pulse(): void {
+    this.set(false)
+    this.set(true)
+    this.set(false)
+  }
+}

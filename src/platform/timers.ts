@@ -1,0 +1,94 @@
+/**
+ * Device timers on guest time: what a PIT, an RTC or a UART schedules, kept on the
+ * VM's guest clock ({@link Vm.guestTimeNs}) so that on the deterministic sim they fire
+ * at the same guest instant run after run, and in real time when the host's clock says.
+ * @module
+ */
+import { MshvError, describe } from '../errors.js'
+
+/** A scheduled callback; {@link cancel} it to stop it. */
+export interface GuestTimer {
+  /** The guest time (ns) it fires at. */
+  readonly at: number
+  /** Stops it firing; harmless once fired. */
+  cancel(): void
+}
+
+interface Entry {
+  at: number
+  /** Tie-break: timers due at the same instant fire in the order they were set. */
+  seq: number
+  fn: (at: number) => void
+  live: boolean
+}
+
+/** The VM's device timers, due by guest time. */
+export class GuestTimers {
+  private readonly queue: Entry[] = []
+  private seq = 0
+
+  constructor(
+    /** Guest time now, in nanoseconds. */
+    readonly now: () => number,
+    /** Hears when the earliest timer changes (the VM tells the hypervisor: runs end then). */
+    private readonly onNext: (next: number | undefined) => void = () => {},
+  ) {}
+
+  /**
+   * Calls `fn(at)` once guest time reaches `at` (ns): it gets its own due time, so a
+   * periodic device schedules its next edge from it and never drifts.
+   */
+  at(at: number, fn: (at: number) => void): GuestTimer {
+    if (typeof at !== 'number' || !Number.isSafeInteger(at) || at < 0) {
+      throw new MshvError('EINVAL', `a timer's time must be an integer number of nanoseconds from 0, got ${describe(at)}`)
+    }
+    if (typeof fn !== 'function') throw new MshvError('EINVAL', `a timer needs a function, got ${describe(fn)}`)
+    const e: Entry = { at, seq: this.seq++, fn, live: true }
+    // Few timers are ever pending (one per device channel): a sorted insert is enough.
+    let i = this.queue.length
+    while (i > 0 && this.later(this.queue[i - 1] as Entry, e)) i--
+    this.queue.splice(i, 0, e)
+    if (i === 0) this.onNext(at)
+    return {
+      at,
+      cancel: () => {
+        e.live = false
+      },
+    }
+  }
+
+  /** Calls `fn(at)` after `delay` nanoseconds of guest time. */
+  after(delay: number, fn: (at: number) => void): GuestTimer {
+    if (typeof delay !== 'number' || !Number.isSafeInteger(delay) || delay < 0) {
+      throw new MshvError('EINVAL', `a timer's delay must be an integer number of nanoseconds from 0, got ${describe(delay)}`)
+    }
+    return this.at(this.now() + delay, fn)
+  }
+
+  private later(a: Entry, b: Entry): boolean {
+    return a.at > b.at || (a.at === b.at && a.seq > b.seq)
+  }
+
+  /** When the next live timer is due (ns), if any. */
+  next(): number | undefined {
+    while (this.queue.length > 0 && !(this.queue[0] as Entry).live) this.queue.shift()
+    return this.queue[0]?.at
+  }
+
+  /** Fires every timer due at `now`, in time order (those they set that are due, too). */
+  fire(now: number = this.now()): number {
+    let fired = 0
+    const head = this.queue[0]
+    for (;;) {
+      const e = this.queue[0]
+      if (!e || e.at > now) break
+      this.queue.shift()
+      if (!e.live) continue
+      e.live = false
+      fired++
+      e.fn(e.at)
+    }
+    if (this.queue[0] !== head) this.onNext(this.next())
+    return fired
+  }
+}

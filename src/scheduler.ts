@@ -1,0 +1,214 @@
+/**
+ * Runs all of a VM's vCPUs with its device timers while the event loop stays free:
+ * the run behind {@link Vm.run}.
+ *
+ * On the sim the vCPUs take turns on the JavaScript thread, each turn a synchronous
+ * run of many exits (the exit path stays as fast as {@link Vcpu.run}'s), ended by a
+ * quantum of guest instructions (deterministic clock: the same guest and inputs give
+ * the same interleaving and exits) or a slice of host time (real time); between turns
+ * the due device timers fire and, every slice, the event loop gets a turn, so stdin,
+ * timers and promises run and an interrupt raised from JavaScript reaches the guest
+ * within a slice. A vCPU halted with interrupts enabled never blocks the thread: it
+ * waits on a worker thread (real time) or for the next interrupt (deterministic).
+ *
+ * On mshv each vCPU runs on its own worker thread, as a VMM's vCPU threads do: HLT
+ * waits in the hypervisor, and the device timers run on the event loop.
+ * @module
+ */
+import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:timers/promises'
+import type { Vm } from './vm.js'
+import type { RunResult, Vcpu } from './vcpu.js'
+import { MshvError, describe } from './errors.js'
+
+/** Options for {@link Vm.run}. */
+export interface VmRunOptions {
+  /** End with `{ reason: 'timeout' }` after this many milliseconds of host time. */
+  timeoutMs?: number
+  /** How long a vCPU runs before the event loop gets a turn (ms, default 1). */
+  sliceMs?: number
+  /** Deterministic clock: guest instructions per vCPU turn (default 100,000). */
+  quantum?: number
+}
+
+/** Why {@link Vm.run} returned, and which vCPU's exit ended it (none for a timeout or a cancel). */
+export type VmRunResult = RunResult & { vcpu?: number }
+
+const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum'] as const
+
+function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quantum'>> & VmRunOptions {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new MshvError('EINVAL', `vm.run(): options must be an object, got ${describe(options)}`)
+  }
+  const o = options as Record<string, unknown>
+  for (const key of Object.keys(o)) {
+    if (!(OPTIONS as readonly string[]).includes(key)) throw new MshvError('EINVAL', `vm.run(): unknown option '${key}' (options: ${OPTIONS.join(', ')})`)
+  }
+  const positive = (key: string, integer: boolean): void => {
+    const v = o[key]
+    if (v !== undefined && !(typeof v === 'number' && v > 0 && v <= Number.MAX_SAFE_INTEGER && (!integer || Number.isInteger(v)))) {
+      throw new MshvError('EINVAL', `vm.run(): ${key} must be a positive ${integer ? 'integer' : 'number'}, got ${describe(v)}`)
+    }
+  }
+  positive('sliceMs', false)
+  positive('quantum', true)
+  const t = o['timeoutMs']
+  if (t !== undefined && !(typeof t === 'number' && t >= 0 && t <= Number.MAX_SAFE_INTEGER)) {
+    throw new MshvError('EINVAL', `vm.run(): timeoutMs must be a number of milliseconds from 0, got ${describe(t)}`)
+  }
+  return { sliceMs: 1, quantum: 100_000, ...(o as VmRunOptions) }
+}
+
+/** Whether a vCPU's run result only ends its turn (the VM run goes on). */
+function turnOver(r: RunResult): boolean {
+  return r.reason === 'instructions' || r.reason === 'timeout' || r.reason === 'clock' || r.reason === 'exits'
+}
+
+/** A VM run in progress: its cancel and its wake-up for waits. */
+export class VmRun {
+  private cancelled = false
+  private wakeWait: (() => void) | undefined
+  private readonly stopListening: () => void
+  /** vCPUs that reported idle: they wait for an interrupt. */
+  private readonly idle = new Set<Vcpu>()
+
+  constructor(private readonly vm: Vm) {
+    this.stopListening = vm.onInterrupt(() => {
+      this.idle.clear()
+      this.wake()
+    })
+  }
+
+  private wake(): void {
+    const w = this.wakeWait
+    this.wakeWait = undefined
+    w?.()
+  }
+
+  /** Ends the run: it returns `{ reason: 'cancelled' }` at its next turn, running vCPUs stopped. */
+  cancel(): void {
+    this.cancelled = true
+    for (const v of this.vm.cpus) if (!v.closed) v.cancel()
+    this.wake()
+  }
+
+  async run(options: VmRunOptions): Promise<VmRunResult> {
+    const o = check(options)
+    const cpus = this.vm.cpus
+    if (cpus.length === 0) throw new MshvError('EINVAL', 'vm.run(): the VM has no vCPUs (createVcpu first)')
+    const end = o.timeoutMs === undefined ? Number.POSITIVE_INFINITY : performance.now() + o.timeoutMs
+    try {
+      return this.vm.backend === 'sim' ? await this.turns(o, end) : await this.threads(end)
+    } finally {
+      this.stopListening()
+    }
+  }
+
+  /** The sim: vCPUs take turns on this thread. */
+  private async turns(o: ReturnType<typeof check>, end: number): Promise<VmRunResult> {
+    const vm = this.vm
+    const deterministic = vm.clock === 'deterministic'
+    let yieldAt = performance.now() + o.sliceMs
+    for (;;) {
+      if (this.cancelled) return { reason: 'cancelled' }
+      vm.timers.fire()
+      for (const v of vm.cpus) {
+        if (this.idle.has(v) || v.closed) continue
+        // Runs end by themselves when the next device timer is due (the VM keeps the
+        // hypervisor told of it), so a timer set during the turn is on time too.
+        const r = deterministic ? v.run({ maxInstructions: o.quantum }) : v.run({ timeoutMs: o.sliceMs })
+        vm.timers.fire()
+        if (r.reason === 'idle') this.idle.add(v)
+        else if (r.reason === 'cancelled' && this.cancelled) return r
+        else if (!turnOver(r)) return { ...r, vcpu: v.index }
+      }
+      const now = performance.now()
+      if (now >= end) return { reason: 'timeout' }
+      if (this.idle.size >= vm.cpus.filter((v) => !v.closed).length) {
+        const r = await this.allIdle(deterministic, end)
+        if (r) return r
+        yieldAt = performance.now() + o.sliceMs
+      } else if (now >= yieldAt) {
+        await yieldToEventLoop()
+        yieldAt = performance.now() + o.sliceMs
+      }
+    }
+  }
+
+  /**
+   * Every vCPU waits for an interrupt. Deterministic: a due device timer runs them
+   * (each leaps over its halt to it); with none, only JavaScript can raise one, so the
+   * event loop runs until it does. Real time: they wait on worker threads until an
+   * interrupt, their APIC timers or the next device timer.
+   */
+  private async allIdle(deterministic: boolean, end: number): Promise<VmRunResult | undefined> {
+    const vm = this.vm
+    const next = vm.timers.next()
+    if (deterministic) {
+      if (next !== undefined) {
+        this.idle.clear()
+        return undefined
+      }
+      await this.waitForInterrupt(end)
+      return undefined
+    }
+    const idle = [...this.idle]
+    this.idle.clear()
+    const timeoutMs = Number.isFinite(end) ? Math.max(0, end - performance.now()) : undefined
+    const waits = idle.map(async (v) => ({ v, r: await v.runAsync({ maxExits: 1, blockOnHalt: true, timeoutMs }) }))
+    const first = await Promise.race(waits)
+    for (const v of idle) if (v !== first.v) v.cancel()
+    const all = await Promise.all(waits)
+    for (const { v, r } of all) {
+      if (r.reason === 'cancelled' && !this.cancelled) continue
+      if (r.reason === 'timeout' && performance.now() < end) continue
+      if (!turnOver(r) && r.reason !== 'idle') return r.reason === 'cancelled' || r.reason === 'timeout' ? r : { ...r, vcpu: v.index }
+    }
+    return undefined
+  }
+
+  private waitForInterrupt(end: number): Promise<void> {
+    return new Promise((resolve) => {
+      const ms = end - performance.now()
+      const timer = Number.isFinite(ms) ? setTimeout(() => this.wake(), Math.max(0, ms)) : undefined
+      this.wakeWait = () => {
+        if (timer) clearTimeout(timer)
+        resolve()
+      }
+    })
+  }
+
+  /** mshv: a worker thread per vCPU; device timers on the event loop. */
+  private async threads(end: number): Promise<VmRunResult> {
+    const vm = this.vm
+    let result: VmRunResult | undefined
+    let stop: () => void = () => {}
+    const stopped = new Promise<void>((resolve) => (stop = resolve))
+    const finish = (r: VmRunResult): void => {
+      result ??= r
+      stop()
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const schedule = (): void => {
+      if (timer) clearTimeout(timer)
+      vm.timers.fire()
+      const next = vm.timers.next()
+      timer = next === undefined ? undefined : setTimeout(schedule, Math.max(0, (next - vm.guestTimeNs()) / 1e6))
+    }
+    schedule()
+    const loops = vm.cpus.map(async (v) => {
+      while (result === undefined && !this.cancelled) {
+        const r = await v.runAsync({ maxExits: 1 })
+        schedule()
+        if (r.reason === 'exits') continue
+        finish(r.reason === 'cancelled' ? r : { ...r, vcpu: v.index })
+      }
+    })
+    const deadline = Number.isFinite(end) ? sleep(Math.max(0, end - performance.now()), undefined, { ref: false }).then(() => finish({ reason: 'timeout' })) : undefined
+    await Promise.race([stopped, ...(deadline ? [deadline] : [])])
+    for (const v of vm.cpus) if (!v.closed) v.cancel()
+    await Promise.all(loops)
+    if (timer) clearTimeout(timer)
+    if (this.cancelled) return { reason: 'cancelled' }
+    return result ?? { reason: 'cancelled' }
+  }
+}
