@@ -1,5 +1,5 @@
 import test from 'ava'
-import { addPcPlatform, assemble, createVm, enterRealMode, enterLongMode, MshvError, type Vm } from '../index.js'
+import { addPcPlatform, assemble, createVm, enterRealMode, MshvError, type Vm } from '../index.js'
 
 /** A sim VM with 1 MiB of RAM, `source` assembled at 0x1000 and a vCPU at it. */
 function realModeVm(source: string, clock: 'deterministic' | 'realtime' = 'deterministic'): Vm {
@@ -167,4 +167,3 @@ test('bad interrupt requests are coded errors naming the value', (t) => {
   t.like(e(() => vm.requestInterrupt({ vector: 0x40 })), { code: 'ECLOSED' })
 })
 
-void enterLongMode

@@ -58,6 +58,13 @@ function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quant
   return { sliceMs: 1, quantum: 100_000, ...(o as VmRunOptions) }
 }
 
+/** Guest instructions the open vCPUs have retired. */
+function retired(cpus: readonly Vcpu[]): number {
+  let n = 0
+  for (const v of cpus) if (!v.closed) n += v.stats().instructions
+  return n
+}
+
 /** Whether a vCPU's run result only ends its turn (the VM run goes on). */
 function turnOver(r: RunResult): boolean {
   return r.reason === 'instructions' || r.reason === 'timeout' || r.reason === 'clock' || r.reason === 'exits'
@@ -68,14 +75,11 @@ export class VmRun {
   private cancelled = false
   private wakeWait: (() => void) | undefined
   private readonly stopListening: () => void
-  /** vCPUs that reported idle: they wait for an interrupt. */
+  /** vCPUs that reported idle this round: they wait for an interrupt. */
   private readonly idle = new Set<Vcpu>()
 
   constructor(private readonly vm: Vm) {
-    this.stopListening = vm.onInterrupt(() => {
-      this.idle.clear()
-      this.wake()
-    })
+    this.stopListening = vm.onInterrupt(() => this.wake())
   }
 
   private wake(): void {
@@ -103,7 +107,10 @@ export class VmRun {
     }
   }
 
-  /** The sim: vCPUs take turns on this thread. */
+  /**
+   * The sim: vCPUs take turns on this thread. A vCPU that reported idle is asked again
+   * each round (a cheap call when nothing changed): another vCPU's IPI may have woken it.
+   */
   private async turns(o: ReturnType<typeof check>, end: number): Promise<VmRunResult> {
     const vm = this.vm
     const deterministic = vm.clock === 'deterministic'
@@ -111,8 +118,12 @@ export class VmRun {
     for (;;) {
       if (this.cancelled) return { reason: 'cancelled' }
       vm.timers.fire()
+      this.idle.clear()
+      let open = 0
+      const before = retired(vm.cpus)
       for (const v of vm.cpus) {
-        if (this.idle.has(v) || v.closed) continue
+        if (v.closed) continue
+        open++
         // Runs end by themselves when the next device timer is due (the VM keeps the
         // hypervisor told of it), so a timer set during the turn is on time too.
         const r = deterministic ? v.run({ maxInstructions: o.quantum }) : v.run({ timeoutMs: o.sliceMs })
@@ -123,7 +134,8 @@ export class VmRun {
       }
       const now = performance.now()
       if (now >= end) return { reason: 'timeout' }
-      if (this.idle.size >= vm.cpus.filter((v) => !v.closed).length) {
+      // All idle, and none ran at all this round: no vCPU woke another since it halted.
+      if (open > 0 && this.idle.size === open && retired(vm.cpus) === before) {
         const r = await this.allIdle(deterministic, end)
         if (r) return r
         yieldAt = performance.now() + o.sliceMs
@@ -144,15 +156,11 @@ export class VmRun {
     const vm = this.vm
     const next = vm.timers.next()
     if (deterministic) {
-      if (next !== undefined) {
-        this.idle.clear()
-        return undefined
-      }
-      await this.waitForInterrupt(end)
+      // A due device timer: the next round's runs leap to it.
+      if (next === undefined) await this.waitForInterrupt(end)
       return undefined
     }
     const idle = [...this.idle]
-    this.idle.clear()
     const timeoutMs = Number.isFinite(end) ? Math.max(0, end - performance.now()) : undefined
     const waits = idle.map(async (v) => ({ v, r: await v.runAsync({ maxExits: 1, blockOnHalt: true, timeoutMs }) }))
     const first = await Promise.race(waits)

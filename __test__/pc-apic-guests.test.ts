@@ -1,0 +1,227 @@
+import test from 'ava'
+import { addPcPlatform, IoApic, WiredIrq } from '../index.js'
+import { longModeVm } from './helpers.js'
+
+/** RBX = the local APIC; software-enabled (SVR bit 8). */
+const APIC_ON = `
+  mov ebx, 0xfee00000
+  mov dword [rbx+0xf0], 0x1ff
+`
+/** Redirection entry `pin` of the I/O APIC (RSI = its base) to `low` and destination 0. */
+const route = (pin: number, low: number): string => `
+  mov dword [rsi], ${0x10 + 2 * pin}
+  mov dword [rsi+0x10], ${low}
+  mov dword [rsi], ${0x11 + 2 * pin}
+  mov dword [rsi+0x10], 0
+`
+/** Both 8259s masked: interrupts come through the I/O APIC only. */
+const PIC_OFF = `
+  mov al, 0xff
+  out 0x21, al
+  out 0xa1, al
+`
+/** Halts with interrupts on until the dword at `counter` reaches `n`. */
+const waitFor = (counter: string, n: number): string => `
+.wait:
+  cli
+  cmp dword [${counter}], ${n}
+  jae .done
+  sti
+  hlt
+  jmp .wait
+.done:
+`
+
+test('PIT ticks reach a 64-bit guest through the I/O APIC (IRQ 0 on pin 2, the ISA override) and its local APIC', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    ${APIC_ON}
+    mov esi, 0xfec00000
+    ${route(2, 0x30)}
+    ${PIC_OFF}
+    mov al, 0x34
+    out 0x43, al
+    mov ax, 1193
+    out 0x40, al
+    mov al, ah
+    out 0x40, al
+    ${waitFor('count', 5)}
+    mov eax, [count]
+    out 0xf4, al
+  tick:
+    inc dword [count]
+    mov dword [rbx+0xb0], 0
+    iretq
+  count: dd 0
+  `,
+    { 0x30: 'tick' },
+  )
+  const pc = addPcPlatform(vm)
+  t.deepEqual(await vm.run({ timeoutMs: 20_000 }), { reason: 'debug-exit', code: 5, vcpu: 0 })
+  t.is(pc.ioapic.stats.delivered, 5)
+  t.is(pc.pic.stats.requested, 0, 'the masked 8259 asked for nothing')
+  vm.close()
+})
+
+test('serial receive interrupts: the guest echoes what is typed, woken from HLT by IRQ 4', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    ${APIC_ON}
+    mov esi, 0xfec00000
+    ${route(4, 0x34)}
+    ${PIC_OFF}
+    mov dx, 0x3f9
+    mov al, 1          # IER: receive data available
+    out dx, al
+    mov dx, 0x3fc
+    mov al, 0x0b       # MCR: DTR, RTS, OUT2 (the IRQ line's enable on a PC)
+    out dx, al
+  idle:
+    sti
+    hlt
+    jmp idle
+  rx:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 1
+    jz .eoi
+    mov dx, 0x3f8
+    in al, dx
+    out dx, al          # echo
+    cmp al, 10
+    jne rx
+    out 0xf4, al
+  .eoi:
+    mov dword [rbx+0xb0], 0
+    iretq
+  `,
+    { 0x34: 'rx' },
+  )
+  const pc = addPcPlatform(vm, { serial: {} })
+  setTimeout(() => pc.serial.feed('hel'), 5)
+  setTimeout(() => pc.serial.feed('lo\n'), 15)
+  t.deepEqual(await vm.run({ timeoutMs: 20_000 }), { reason: 'debug-exit', code: 10, vcpu: 0 })
+  t.is(pc.serial.text(), 'hello\n')
+  vm.close()
+})
+
+test('a level-triggered line held high is delivered again after each EOI (remote IRR), until the device lowers it', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    ${APIC_ON}
+    mov esi, 0xfec00000
+    ${route(10, 0x3a | (1 << 15))}
+    ${waitFor('count', 3)}
+    mov eax, [count]
+    out 0xf4, al
+  level:
+    inc dword [count]
+    out 0x90, al         # the device: acknowledged
+    mov dword [rbx+0xb0], 0
+    iretq
+  count: dd 0
+  `,
+    { 0x3a: 'level' },
+  )
+  const ioapic = new IoApic((r) => vm.requestInterrupt(r))
+  vm.bus.registerMmio(0xfec0_0000, 0x1000, ioapic, 'I/O APIC')
+  vm.onEoi((vector) => ioapic.eoi(vector))
+  const line = new WiredIrq([{ sink: ioapic, pin: 10 }])
+  let acks = 0
+  // The device keeps its line high for three acknowledgements.
+  vm.bus.register(0x90, 1, { ioWrite: () => line.set(++acks < 3) }, 'level device')
+  line.set(true)
+  const r = await vm.run({ timeoutMs: 20_000 })
+  t.deepEqual(r, { reason: 'debug-exit', code: 3, vcpu: 0 })
+  t.is(ioapic.stats.delivered, 3)
+  t.is(vm.cpus[0]?.stats().exitsByType['apicEoi'], 3, 'each EOI of the level vector came back to the VMM')
+  vm.close()
+})
+
+test('two vCPUs: an IPI from vCPU 0 wakes vCPU 1, whose answer wakes vCPU 0', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    ${APIC_ON}
+  .wait1:
+    cmp dword [ready], 1    # vCPU 1 has enabled its APIC
+    jne .wait1
+    mov dword [rbx+0x310], 0x1000000
+    mov dword [rbx+0x300], 0x50
+    ${waitFor('pong', 1)}
+    mov al, 0x51
+    out 0xf4, al
+  cpu1:
+    ${APIC_ON}
+    mov dword [ready], 1
+  .idle:
+    sti
+    hlt
+    jmp .idle
+  ping:
+    mov dword [rbx+0x310], 0
+    mov dword [rbx+0x300], 0x51
+    mov dword [rbx+0xb0], 0
+    iretq
+  pong_handler:
+    inc dword [pong]
+    mov dword [rbx+0xb0], 0
+    iretq
+  ready: dd 0
+  pong: dd 0
+  `,
+    { 0x50: 'ping', 0x51: 'pong_handler' },
+    { vcpus: 2 },
+  )
+  t.deepEqual(await vm.run({ timeoutMs: 20_000 }), { reason: 'debug-exit', code: 0x51, vcpu: 0 })
+  vm.close()
+})
+
+test('the RTC: the guest reads the start date in BCD and takes periodic interrupts on IRQ 8', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    ${APIC_ON}
+    mov esi, 0xfec00000
+    ${route(8, 0x38)}
+    ${PIC_OFF}
+    mov al, 9            # year
+    out 0x70, al
+    in al, 0x71
+    mov [0x600], al
+    mov al, 8            # month
+    out 0x70, al
+    in al, 0x71
+    mov [0x601], al
+    mov al, 7            # day
+    out 0x70, al
+    in al, 0x71
+    mov [0x602], al
+    mov al, 0x0b         # register B: periodic interrupts, 24-hour, BCD
+    out 0x70, al
+    mov al, 0x42
+    out 0x71, al
+    ${waitFor('ticks', 4)}
+    mov al, [ticks]
+    out 0xf4, al
+  periodic:
+    mov al, 0x0c         # read C: acknowledge, IRQ 8 goes low
+    out 0x70, al
+    in al, 0x71
+    inc dword [ticks]
+    mov dword [rbx+0xb0], 0
+    iretq
+  ticks: dd 0
+  `,
+    { 0x38: 'periodic' },
+  )
+  addPcPlatform(vm, { rtc: { start: new Date(Date.UTC(2026, 10, 25, 13, 0, 0)) } })
+  t.deepEqual(await vm.run({ timeoutMs: 20_000 }), { reason: 'debug-exit', code: 4, vcpu: 0 })
+  t.deepEqual([...vm.read(0x600, 3)], [0x26, 0x11, 0x25], 'year, month and day in BCD')
+  // The 1,024 Hz default rate: four periods are 3.9 ms of guest time.
+  t.true(vm.guestTimeNs() >= 3_900_000 && vm.guestTimeNs() < 5_000_000, `guest time ${vm.guestTimeNs()}`)
+  vm.close()
+})
