@@ -47,8 +47,13 @@ export const EXIT_CASES: readonly ExitCase[] = [
 const sink: MmioDevice = { mmioRead: () => 0n, mmioWrite: () => undefined }
 
 /** A VM running `c`, and how to put its vCPU back at the start. */
-export function exitCaseGuest(c: ExitCase, policy: SyncPolicy, backend: VmOptions['backend']): { vm: Vm; vcpu: Vcpu; restart: () => void } {
-  const vm = createVm({ backend, policy })
+export function exitCaseGuest(
+  c: ExitCase,
+  policy: SyncPolicy,
+  backend: VmOptions['backend'],
+  clock?: VmOptions['clock'],
+): { vm: Vm; vcpu: Vcpu; restart: () => void } {
+  const vm = createVm({ backend, policy, clock })
   try {
     vm.addRam(0, 1 << 20)
     vm.bus.registerMmio(MMIO, EXIT_LOOPS * 4, sink, 'sink')
