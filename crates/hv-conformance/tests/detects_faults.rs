@@ -25,6 +25,23 @@ enum Fault {
     ShortInstructionLength,
     /// Ignores the register page's dirty bits.
     IgnoresDirtyBits,
+    /// Accepts interrupt requests and delivers nothing.
+    DropsInterrupts,
+}
+
+/// An interrupt path that says yes and does nothing.
+struct Deaf(Arc<dyn hv_core::Interrupts>);
+
+impl hv_core::Interrupts for Deaf {
+    fn request(&self, r: &hv_core::InterruptRequest) -> Result<()> {
+        r.check()
+    }
+    fn guest_time(&self) -> u64 {
+        self.0.guest_time()
+    }
+    fn set_device_deadline(&self, d: Option<u64>) {
+        self.0.set_device_deadline(d)
+    }
 }
 
 struct Faulty(Fault);
@@ -54,6 +71,9 @@ impl VmBackend for FaultyVm {
         Ok(Box::new(FaultyVcpu(self.0, self.1.create_vcpu(index)?)))
     }
     fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
+        if self.0 == Fault::DropsInterrupts {
+            return Arc::new(Deaf(self.1.interrupts()));
+        }
         self.1.interrupts()
     }
 }
@@ -162,6 +182,12 @@ fn pio_out_catches_a_wrong_instruction_length() {
 fn register_page_catches_dirty_bits_that_are_ignored() {
     let e = failure(Fault::IgnoresDirtyBits, "register_page");
     assert!(e.contains("RIP written through the page"), "{e}");
+}
+
+#[test]
+fn interrupt_request_catches_requests_that_never_reach_the_guest() {
+    let e = failure(Fault::DropsInterrupts, "interrupt_request");
+    assert!(e.contains("the first port (the NMI handler's)"), "{e}");
 }
 
 #[test]

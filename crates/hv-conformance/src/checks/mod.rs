@@ -1,6 +1,7 @@
 //! The checks, one module per area; [`ALL`] is the order reports use.
 
 mod cpu;
+mod interrupts;
 mod io;
 mod lifecycle;
 mod memory;
@@ -20,6 +21,7 @@ pub static ALL: &[Check] = &[
     cpu::HLT,
     cpu::EXCEPTION_INJECTION,
     cpu::PENDING_EVENT_TYPES,
+    interrupts::INTERRUPT_REQUEST,
     registers::REGISTER_PAGE,
     registers::NO_REGISTER_PAGE,
     registers::BAD_REGISTER_IDS,
