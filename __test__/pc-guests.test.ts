@@ -167,3 +167,27 @@ test('bad interrupt requests are coded errors naming the value', (t) => {
   t.like(e(() => vm.requestInterrupt({ vector: 0x40 })), { code: 'ECLOSED' })
 })
 
+
+test('vcpu.run(): HLT with interrupts enabled is idle, not a halt exit; runAsync onHalt wait sleeps until an interrupt', async (t) => {
+  const source = `
+    xor ax, ax
+    mov ds, ax
+    mov word [0x2*4], nmi
+    mov word [0x2*4+2], 0
+    sti
+    hlt
+    mov al, 7
+    out 0xf4, al
+  nmi:
+    iret
+  `
+  const vm = realModeVm(source)
+  const vcpu = vm.cpus[0]
+  if (!vcpu) throw new Error('no vCPU')
+  t.deepEqual(vcpu.run(), { reason: 'idle' })
+  t.deepEqual(vcpu.run(), { reason: 'idle' }, 'still halted: nothing woke it')
+  t.throws(() => vcpu.run({ blockOnHalt: true }), { code: 'EINVAL', message: /runAsync/ })
+  setTimeout(() => vm.requestInterrupt({ kind: 'nmi' }), 10)
+  t.deepEqual(await vcpu.runAsync({ onHalt: 'wait', timeoutMs: 10_000 }), { reason: 'debug-exit', code: 7 })
+  vm.close()
+})

@@ -70,9 +70,11 @@ export interface RunOptions {
   /** Stop this many milliseconds after the run starts (both backends: on mshv a per-thread timer interrupts the run ioctl). */
   timeoutMs?: number
   /**
-   * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }`; `'wait'`
-   * (runAsync only) sleeps until {@link Vcpu.wake} and then resumes after the HLT, as
-   * an interrupt would wake the processor.
+   * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }` (interrupts
+   * disabled) or `{ reason: 'idle' }` (enabled: only an interrupt can wake it);
+   * `'wait'` (runAsync only) waits: with interrupts enabled for an interrupt
+   * ({@link Vm.requestInterrupt}, the APIC timer), as MSHV waits in the hypervisor;
+   * with them disabled until {@link Vcpu.wake}, and then resumes after the HLT.
    */
   onHalt?: 'return' | 'wait'
   /**
@@ -352,7 +354,10 @@ export class Vcpu {
     this.enter('runAsync()')
     const ownLine = this.startProgress(o)
     try {
-      const budget = nativeBudget(o, this.progress !== undefined)
+      // Waiting on HLT: one with interrupts enabled waits natively (on this run's worker
+      // thread) for an interrupt, as MSHV waits in the hypervisor; one with them
+      // disabled comes back as a HALT exit and waits for wake().
+      const budget = nativeBudget(o.onHalt === 'wait' ? { ...o, blockOnHalt: true } : o, this.progress !== undefined)
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
       for (let exits = 0; exits < exitLimit; ) {
         // Closed between two native runs (by an exit handler): the run ends as cancelled.
