@@ -16,6 +16,7 @@ import { VmPort, VMPORT_PORT, VMPORT_MAGIC, VMPORT_CMD_GETVERSION } from '../dev
 import { POLICIES } from '../registers.js'
 import { liveResources } from '../native.js'
 import type { PioDevice } from '../bus.js'
+import { platformInterrupts } from './platform-check.js'
 
 /** The backend a check runs on. */
 export type DoctorBackend = 'sim' | 'mshv'
@@ -318,4 +319,4 @@ const closeAndGc: VmmCheck = {
 }
 
 /** The VMM checklist, in report order. */
-export const VMM_CHECKS: readonly VmmCheck[] = [uart, stringIo, mmio, cpuid, msr, vmport, cancel, closeAndGc]
+export const VMM_CHECKS: readonly VmmCheck[] = [uart, stringIo, mmio, cpuid, msr, vmport, platformInterrupts, cancel, closeAndGc]
