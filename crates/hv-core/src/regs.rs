@@ -353,6 +353,15 @@ pub const REGISTERS: &[RegisterInfo] = &[
         K::U128,
         G::Events,
     ),
+    // Bit 0 startup suspend (waiting for SIPI), bit 1 halt suspend (OpenVMM hvdef's
+    // `HvInternalActivityRegister`); OpenHCL's `set_vtl0_startup_suspend` holds an AP
+    // in startup suspend with it until the guest's INIT/SIPI.
+    off_page(
+        "internalActivityState",
+        hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE,
+        K::U64,
+        G::Events,
+    ),
     off_page(
         "kernelGsBase",
         hv_register_name_HV_X64_REGISTER_KERNEL_GS_BASE,

@@ -190,6 +190,18 @@ impl SimVcpu {
         self.flush_pending = true;
     }
 
+    /// `HV_REGISTER_INTERNAL_ACTIVITY_STATE`: waiting for SIPI, halted.
+    fn activity_state(&self) -> u64 {
+        let mut v = 0;
+        if self.apic.lock().startup_suspend {
+            v |= ACTIVITY_STARTUP_SUSPEND;
+        }
+        if self.processor.cpu.halted {
+            v |= ACTIVITY_HALT_SUSPEND;
+        }
+        v
+    }
+
     /// A start-up IPI: real mode at `vector` << 12 (SDM vol 3 10.4.4.1, 11.6.1).
     fn sipi(&mut self, vector: u8) {
         let cpu = &mut self.processor.cpu;
@@ -385,6 +397,11 @@ impl SimVcpu {
 
 const ENOMEM: i32 = 12;
 
+/// `HvInternalActivityRegister` (OpenVMM hvdef): startup suspend, halt suspend.
+const ACTIVITY_STARTUP_SUSPEND: u64 = 1 << 0;
+const ACTIVITY_HALT_SUSPEND: u64 = 1 << 1;
+const ACTIVITY_KNOWN: u64 = ACTIVITY_STARTUP_SUSPEND | ACTIVITY_HALT_SUSPEND;
+
 impl VcpuBackend for SimVcpu {
     fn index(&self) -> u32 {
         self.index
@@ -416,7 +433,11 @@ impl VcpuBackend for SimVcpu {
         check_batch(ids, out.len())?;
         self.counters.get_registers += 1;
         for (id, slot) in ids.iter().zip(out.iter_mut()) {
-            *slot = registers::get(&self.processor.cpu, *id)?;
+            *slot = if *id == hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE {
+                [self.activity_state(), 0]
+            } else {
+                registers::get(&self.processor.cpu, *id)?
+            };
         }
         self.counters.registers_read += ids.len() as u64;
         Ok(())
@@ -427,8 +448,25 @@ impl VcpuBackend for SimVcpu {
         // Validate the whole batch first: a rejected batch changes nothing.
         let mut scratch = self.processor.cpu.clone();
         let mut flush = false;
+        let mut startup_suspend = None;
         for (id, v) in ids.iter().zip(values) {
+            if *id == hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE {
+                if v[0] & !ACTIVITY_KNOWN != 0 || v[1] != 0 {
+                    return Err(HvError::InvalidArgument(format!(
+                        "internalActivityState {:#x}: only bits 0 (startup suspend) and 1 (halt suspend) exist",
+                        v[0]
+                    )));
+                }
+                startup_suspend = Some(v[0] & ACTIVITY_STARTUP_SUSPEND != 0);
+                scratch.halted = v[0] & ACTIVITY_HALT_SUSPEND != 0;
+                continue;
+            }
             flush |= registers::set(&mut scratch, *id, *v)?;
+        }
+        if let Some(suspend) = startup_suspend {
+            let mut s = self.apic.lock();
+            s.startup_suspend = suspend;
+            self.apic.events.store(s.events(), Ordering::Release);
         }
         self.counters.set_registers += 1;
         self.counters.registers_written += ids.len() as u64;

@@ -635,3 +635,39 @@ fn a_halted_vcpu_blocks_in_real_time_until_an_interrupt_from_another_thread() {
     assert!(start.elapsed() >= std::time::Duration::from_millis(40));
     let _ = HVMSG_X64_HALT;
 }
+
+/// A VMM holds an AP in startup suspend through `HV_REGISTER_INTERNAL_ACTIVITY_STATE`
+/// (as OpenHCL's `set_vtl0_startup_suspend` does) until the guest's start-up IPI; the
+/// register shows halt suspend too, and refuses bits that do not exist.
+#[test]
+fn the_internal_activity_state_holds_an_ap_until_its_sipi() {
+    const ACTIVITY: u32 = hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE;
+    let mut m = machine(2, ClockMode::Deterministic);
+    m.code(CODE, |a| {
+        enable_apic(a);
+        sync(a);
+        a.mov(dword_ptr(rbx + ICR_HIGH), 1 << 24).unwrap();
+        a.mov(dword_ptr(rbx + ICR_LOW), 0x4608).unwrap(); // SIPI, page 8
+        a.sti().unwrap();
+        a.hlt().unwrap();
+    });
+    // The AP's start page: out 0x80, al (AL = 0x5a).
+    m.ram
+        .write(0x8000, &[0xb0, 0x5a, 0xe6, 0x80, 0xf4])
+        .unwrap();
+    m.start(0, CODE);
+    m.start(1, AP_CODE);
+    m.cpus[1].set_registers(&[ACTIVITY], &[[1, 0]]).unwrap();
+    assert_eq!(m.run(1), Exit::Idle, "held in startup suspend");
+    m.pass_sync(0);
+    let mut state = [[0u64; 2]];
+    m.cpus[1].get_registers(&[ACTIVITY], &mut state).unwrap();
+    assert_eq!(state[0][0], 1, "still waiting for SIPI");
+    assert_eq!(m.run(0), Exit::Idle, "vCPU 0 sent the SIPI and halted");
+    m.cpus[0].get_registers(&[ACTIVITY], &mut state).unwrap();
+    assert_eq!(state[0][0], 2, "vCPU 0 is in halt suspend");
+    assert_eq!(m.run_to_out(1) as u8, 0x5a, "the AP ran its start page");
+    let e = m.cpus[1].set_registers(&[ACTIVITY], &[[8, 0]]).unwrap_err();
+    assert_eq!(e.code(), "EINVAL");
+    assert!(e.to_string().contains("0x8"), "{e}");
+}
