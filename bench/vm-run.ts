@@ -6,6 +6,7 @@
  * @module
  */
 import { EXIT_CASES, EXIT_LOOPS, exitCaseGuest, type ExitCase } from '../src/doctor/experiment.js'
+import { assemble, createVm, enterRealMode } from '../index.js'
 import type { Row } from './report.js'
 
 /** Runs `f` for at least `ms` milliseconds; `f` resolves to the exits it made. */
@@ -60,4 +61,62 @@ export async function vmRunRates(ms: number): Promise<Row[]> {
   } finally {
     for (const g of guests) g.vm.close()
   }
+}
+
+/**
+ * How long an interrupt raised from JavaScript takes to reach the guest's handler under
+ * `vm.run()`: from the request, made in a 2 ms interval timer's callback, to the
+ * handler's port write, for a halted vCPU and for one spinning, on each clock. (While a
+ * vCPU spins, the callback itself runs at the end of the current slice: up to 1 ms
+ * after the timer was due.)
+ */
+export async function interruptLatency(samples = 50): Promise<Row[]> {
+  const rows: Row[] = []
+  for (const clock of ['deterministic', 'realtime'] as const) {
+    for (const spin of [false, true]) {
+      const vm = createVm({ backend: 'sim', clock })
+      vm.addRam(0, 1 << 20)
+      const code = assemble(
+        `
+        xor ax, ax
+        mov ds, ax
+        mov word [0x2*4], nmi
+        mov word [0x2*4+2], 0
+        sti
+      idle:
+        ${spin ? 'jmp idle' : 'hlt\n        jmp idle'}
+      nmi:
+        out 0x90, al
+        iret
+      `,
+        { bitness: 16, address: 0x1000 },
+      )
+      vm.write(0x1000, code.bytes)
+      enterRealMode(vm.createVcpu(0), 0x1000)
+      const latencies: number[] = []
+      let raised = 0
+      vm.bus.register(0x90, 1, {
+        ioWrite: () => {
+          latencies.push(performance.now() - raised)
+          if (latencies.length >= samples) vm.cancel()
+        },
+      })
+      const timer = setInterval(() => {
+        raised = performance.now()
+        vm.requestInterrupt({ kind: 'nmi' })
+      }, 2)
+      await vm.run({ timeoutMs: 30_000 })
+      clearInterval(timer)
+      vm.close()
+      const mean = latencies.reduce((a, b) => a + b, 0) / latencies.length
+      rows.push({
+        group: 'interrupt latency',
+        case: `JS timer -> guest handler, ${spin ? 'spinning' : 'halted'} vCPU, ${clock} clock`,
+        value: mean * 1000,
+        unit: 'us (mean)',
+        notes: `max ${(Math.max(...latencies) * 1000).toFixed(0)} us over ${latencies.length}`,
+      })
+    }
+  }
+  return rows
 }
