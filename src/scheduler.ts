@@ -75,6 +75,8 @@ export class VmRun {
   private cancelled = false
   private wakeWait: (() => void) | undefined
   private readonly stopListening: () => void
+  /** vCPUs halted with interrupts disabled: they no longer run. */
+  private readonly stopped = new Set<Vcpu>()
   /** vCPUs that reported idle this round: they wait for an interrupt. */
   private readonly idle = new Set<Vcpu>()
 
@@ -121,8 +123,9 @@ export class VmRun {
       this.idle.clear()
       let open = 0
       const before = retired(vm.cpus)
+      const timeBefore = vm.guestTimeNs()
       for (const v of vm.cpus) {
-        if (v.closed) continue
+        if (v.closed || this.stopped.has(v)) continue
         open++
         // Runs end by themselves when the next device timer is due (the VM keeps the
         // hypervisor told of it), so a timer set during the turn is on time too.
@@ -130,12 +133,19 @@ export class VmRun {
         vm.timers.fire()
         if (r.reason === 'idle') this.idle.add(v)
         else if (r.reason === 'cancelled' && this.cancelled) return r
-        else if (!turnOver(r)) return { ...r, vcpu: v.index }
+        else if (r.reason === 'halt') {
+          // HLT with interrupts disabled: this processor stops (until NMI or INIT, SDM
+          // vol 3 6.7.1), as Linux's `stop_this_cpu` stops the others at poweroff; the
+          // VM runs on while any vCPU does.
+          this.stopped.add(v)
+          if (vm.cpus.every((c) => c.closed || this.stopped.has(c))) return { ...r, vcpu: v.index }
+        } else if (!turnOver(r)) return { ...r, vcpu: v.index }
       }
       const now = performance.now()
       if (now >= end) return { reason: 'timeout' }
-      // All idle, and none ran at all this round: no vCPU woke another since it halted.
-      if (open > 0 && this.idle.size === open && retired(vm.cpus) === before) {
+      // All idle, and none ran nor moved time this round (a halted vCPU may leap the
+      // clock to another's timer): no vCPU woke another since it halted.
+      if (open > 0 && this.idle.size === open && retired(vm.cpus) === before && vm.guestTimeNs() === timeBefore) {
         const r = await this.allIdle(deterministic, end)
         if (r) return r
         yieldAt = performance.now() + o.sliceMs

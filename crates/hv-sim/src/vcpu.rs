@@ -281,11 +281,19 @@ impl SimVcpu {
                 }
                 let next = [timer, guest_deadline].into_iter().flatten().min();
                 if det {
-                    if let Some(n) = next {
-                        // Deterministic time leaps over the halt to what wakes it.
-                        self.processor.cpu.tsc = n.max(now);
-                        self.clock.advance_to(self.processor.cpu.tsc);
-                        continue;
+                    // Deterministic time leaps over a halt only when every vCPU of the
+                    // partition waits, and then to the earliest wake of any of them
+                    // (as QEMU's icount skips to the next timer when all CPUs idle):
+                    // while another executes, this one's time follows it instead.
+                    self.apic
+                        .wake_at
+                        .store(next.unwrap_or(u64::MAX), Ordering::Release);
+                    if let Some(t) = self.bus.earliest_wake() {
+                        if t != u64::MAX && t > now {
+                            self.processor.cpu.tsc = t;
+                            self.clock.advance_to(t);
+                            continue;
+                        }
                     }
                 }
                 if !limits.block_on_halt && (det || next.is_none()) {
@@ -298,6 +306,9 @@ impl SimVcpu {
                 self.block(until);
                 continue;
             }
+            self.apic
+                .wake_at
+                .store(crate::apic::RUNNING, Ordering::Release);
             // A slice: up to the next timer or guest deadline on the deterministic clock.
             let mut slice = budget;
             let next = [timer, guest_deadline].into_iter().flatten().min();

@@ -671,3 +671,70 @@ fn the_internal_activity_state_holds_an_ap_until_its_sipi() {
     assert_eq!(e.code(), "EINVAL");
     assert!(e.to_string().contains("0x8"), "{e}");
 }
+
+/// Deterministic time leaps over halts only when every vCPU waits, and an interrupt
+/// sent to a halted vCPU counts as work for it: vCPU 1 halts with its timer 50 ms
+/// away, vCPU 0 sends it an IPI and halts; vCPU 1 takes the IPI at the time it was
+/// sent, not at its timer (a Linux SMP boot waited for timers at every wake-up before).
+#[test]
+fn an_ipi_to_a_halted_vcpu_is_taken_when_sent_not_at_the_next_timer() {
+    let mut m = machine(2, ClockMode::Deterministic);
+    m.handler(0x60, |a| {
+        a.rdtsc().unwrap();
+        a.mov(dword_ptr(SLOT), eax).unwrap();
+    });
+    m.handler(0x40, |_| {});
+    m.code(AP_CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + LVT_TIMER), (2 << 17) | 0x40).unwrap();
+        a.rdtsc().unwrap();
+        a.add(eax, 50_000_000).unwrap();
+        a.adc(edx, 0).unwrap();
+        a.mov(ecx, TSC_DEADLINE_MSR).unwrap();
+        a.wrmsr().unwrap();
+        wait_for(a, 0x60, 1);
+        a.xor(eax, eax).unwrap();
+        out(a);
+    });
+    m.code(CODE, |a| {
+        enable_apic(a);
+        let mut spin = a.create_label();
+        a.mov(ecx, 10_000).unwrap();
+        a.set_label(&mut spin).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(spin).unwrap();
+        a.rdtsc().unwrap();
+        a.mov(dword_ptr(SLOT + 8), eax).unwrap();
+        a.mov(dword_ptr(rbx + ICR_HIGH), 1 << 24).unwrap();
+        a.mov(dword_ptr(rbx + ICR_LOW), 0x60).unwrap();
+        a.sti().unwrap();
+        let mut idle = a.create_label();
+        a.set_label(&mut idle).unwrap();
+        a.hlt().unwrap();
+        a.jmp(idle).unwrap();
+    });
+    m.start(0, CODE);
+    m.start(1, AP_CODE);
+    // vCPU 0 starts (a budget stops it mid-loop): it is executing from then on.
+    let limits = RunLimits {
+        max_instructions: Some(100),
+        ..RunLimits::default()
+    };
+    assert_eq!(
+        m.cpus[0].run(&mut m.msg, &limits).unwrap(),
+        Exit::InstructionLimit
+    );
+    assert_eq!(
+        m.run(1),
+        Exit::Idle,
+        "vCPU 1 halts, its timer far away: no leap while vCPU 0 runs"
+    );
+    assert_eq!(m.run(0), Exit::Idle, "vCPU 0 sent the IPI and halted");
+    m.run_to_out(1);
+    let sent = u32::from_le_bytes(m.read::<4>(SLOT + 8)) as u64;
+    let taken = u32::from_le_bytes(m.read::<4>(SLOT)) as u64;
+    assert!(
+        taken >= sent && taken - sent < 100_000,
+        "sent at {sent}, taken at {taken}: the clock leapt toward vCPU 1's timer"
+    );
+}

@@ -30,6 +30,20 @@ impl ApicBus {
         self.apics.read().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// When every vCPU waits in a halt: the earliest guest time one of them wakes at
+    /// (`u64::MAX`: none wakes by itself). None while any vCPU is executing.
+    pub fn earliest_wake(&self) -> Option<u64> {
+        let mut earliest = u64::MAX;
+        for a in self.all() {
+            let w = a.wake_at.load(std::sync::atomic::Ordering::Acquire);
+            if w == super::RUNNING {
+                return None;
+            }
+            earliest = earliest.min(w);
+        }
+        Some(earliest)
+    }
+
     /// Delivers an IPI from the APIC with id `ipi.from`.
     pub fn send(&self, ipi: &Ipi) {
         let targets: Vec<Arc<LocalApic>> = match ipi.shorthand {

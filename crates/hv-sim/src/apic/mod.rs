@@ -10,7 +10,7 @@ mod timer;
 
 use hv_core::InterruptKind;
 use sim_cpu::{Event, EVENT_MASKABLE, EVENT_RESLICE, EVENT_URGENT};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 pub use timer::{CRYSTAL_HZ, NS_PER_TICK};
 
@@ -391,7 +391,14 @@ pub struct LocalApic {
     /// Wakes the vCPU when it blocks in a halt.
     pub wake: Condvar,
     pub sleep: Mutex<()>,
+    /// For the deterministic clock: [`RUNNING`] while the vCPU executes (or was
+    /// stopped mid-run by its budget), else the guest time its halt ends at (`u64::MAX`:
+    /// only an interrupt ends it, or it never ran).
+    pub wake_at: AtomicU64,
 }
+
+/// [`LocalApic::wake_at`] of a vCPU that is executing instructions.
+pub const RUNNING: u64 = 0;
 
 impl LocalApic {
     pub fn new(index: u32, events: Arc<AtomicU32>) -> LocalApic {
@@ -401,6 +408,7 @@ impl LocalApic {
             events,
             wake: Condvar::new(),
             sleep: Mutex::new(()),
+            wake_at: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -413,6 +421,9 @@ impl LocalApic {
         let e = state.events();
         self.events.store(e, Ordering::Release);
         if e != 0 {
+            // Something may wake it: until it looks, it counts as running, so no
+            // other vCPU leaps the deterministic clock past its interrupt.
+            self.wake_at.store(RUNNING, Ordering::Release);
             self.kick();
         }
     }
