@@ -51,6 +51,10 @@ export type RunResult =
   | { reason: 'exits' }
   /** The guest reset the machine (the i8042's reset line, say): {@link Vm.requestStop}. */
   | { reason: 'reset' }
+  /** The guest powered the machine off (ACPI S5). */
+  | { reason: 'poweroff' }
+  /** The guest rebooted through the ACPI reset register. */
+  | { reason: 'reboot' }
   /** Guest time reached `guestDeadlineNs`: a device timer is due (sim). */
   | { reason: 'clock' }
   /**

@@ -12,6 +12,7 @@ mod errors;
 mod events;
 mod hypervisor;
 mod interrupts;
+mod kernel;
 mod layout;
 mod live;
 mod memory;

@@ -1,0 +1,51 @@
+/**
+ * A busybox initramfs: Debian's `busybox-static` as /bin/busybox, /dev/console, and
+ * an /init script — an interactive shell on the console by default.
+ * @module
+ */
+import { readFileSync } from 'node:fs'
+import { MshvError, describe } from '../errors.js'
+import { cpioArchive } from './cpio.js'
+
+/** The /init of {@link busyboxInitramfs} without a script: mounts, then a shell on the console; poweroff when it exits. */
+export const SHELL_INIT = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /tmp
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox --install -s /bin
+echo "mshv: a busybox shell on the console ('poweroff -f' ends the VM)"
+setsid cttyhack sh
+poweroff -f
+`
+
+/** Options for {@link busyboxInitramfs}. */
+export interface BusyboxInitramfsOptions {
+  /** A static busybox binary (bytes or a file path). */
+  busybox: Uint8Array | string
+  /** The /init script (default {@link SHELL_INIT}); it runs under `/bin/busybox sh`. */
+  init?: string
+}
+
+/** An uncompressed newc initramfs with busybox and `init`. */
+export function busyboxInitramfs(options: BusyboxInitramfsOptions): Uint8Array {
+  const { busybox, init = SHELL_INIT } = options
+  let binary: Uint8Array
+  if (busybox instanceof Uint8Array) binary = busybox
+  else if (typeof busybox === 'string') {
+    try {
+      binary = readFileSync(busybox)
+    } catch (e) {
+      throw new MshvError('ENOENT', `busybox: cannot read ${busybox}: ${(e as Error).message}`)
+    }
+  } else throw new MshvError('EINVAL', `busybox must be bytes or a file path, got ${describe(busybox)}`)
+  if (binary.length < 4 || binary[0] !== 0x7f || binary[1] !== 0x45) throw new MshvError('EINVAL', 'busybox: not an ELF executable')
+  if (typeof init !== 'string') throw new MshvError('EINVAL', `init must be a script (a string), got ${describe(init)}`)
+  return cpioArchive([
+    { path: 'bin', type: 'dir' },
+    { path: 'dev', type: 'dir' },
+    { path: 'dev/console', type: 'char', major: 5, minor: 1 },
+    { path: 'bin/busybox', type: 'file', data: binary, mode: 0o755 },
+    { path: 'bin/sh', type: 'symlink', target: 'busybox' },
+    { path: 'init', type: 'file', data: init.startsWith('#!') ? init : `#!/bin/busybox sh\n${init}`, mode: 0o755 },
+  ])
+}

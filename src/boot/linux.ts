@@ -1,0 +1,237 @@
+/**
+ * Booting Linux: the kernel (bzImage or ELF) loaded and entered at its PVH entry
+ * (`arch/x86/platform/pvh/enlighten.c` reads `hvm_start_info` version 1: the e820
+ * map, the command line, the initrd as module 0, the RSDP), ACPI tables describing the
+ * VM, and the PC platform's devices. The same machine on the sim and on mshv.
+ * @module
+ */
+import { readFileSync } from 'node:fs'
+import { createVm, type Vm, type VmOptions } from '../vm.js'
+import type { RunResult, Vcpu } from '../vcpu.js'
+import { segment } from '../guest.js'
+import { MshvError, describe, hex } from '../errors.js'
+import { addPcPlatform, type PcPlatform } from '../platform/pc.js'
+import { AcpiPm, PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT } from '../devices/acpi-pm.js'
+import type { SerialOptions } from '../devices/serial.js'
+import type { VmRunOptions, VmRunResult } from '../scheduler.js'
+import type { SyncPolicy } from '../registers.js'
+import { buildAcpiTables, ACPI_BASE } from './acpi.js'
+import { readKernel, type KernelElf } from './image.js'
+
+/** Options for {@link prepareLinux} and {@link bootLinux}. */
+export interface LinuxOptions {
+  /** The kernel: a bzImage or an ELF vmlinux with a PVH entry (bytes, or a file path). */
+  kernel: Uint8Array | string
+  /** The initramfs (bytes, or a file path). */
+  initrd?: Uint8Array | string
+  /** The kernel command line (default `console=ttyS0`). */
+  cmdline?: string
+  /** Guest RAM in bytes (default 256 MiB; at most 3 GiB, below the PCI hole). */
+  memory?: number
+  /** vCPUs (default 1). */
+  vcpus?: number
+  /** `'auto'` (default), `'mshv'` or `'sim'`. */
+  backend?: VmOptions['backend']
+  /** The register sync policy (default `'page'`). */
+  policy?: SyncPolicy
+  /** The sim's clock (default deterministic). */
+  clock?: VmOptions['clock']
+  /** CPUID answers (e.g. a hypervisor signature at 0x40000000). */
+  cpuid?: VmOptions['cpuid']
+  /** COM1, the console: `onByte` receives what the kernel prints. */
+  serial?: Omit<SerialOptions, 'irq'>
+  /** The RTC's start (default: the host's time). */
+  rtcStart?: Date
+}
+
+/** A VM with Linux loaded, ready to {@link LinuxMachine.run}. */
+export interface LinuxMachine {
+  readonly vm: Vm
+  readonly pc: PcPlatform
+  readonly pm: AcpiPm
+  readonly kernel: KernelElf
+  /** Runs every vCPU until poweroff, reboot, a fatal exit or the limits. */
+  run(options?: VmRunOptions): Promise<VmRunResult>
+}
+
+const MIB = 1 << 20
+const START_INFO = 0x6000
+const MODLIST = 0x6040
+const MEMMAP = 0x6080
+const CMDLINE = 0x7000
+const CMDLINE_MAX = 4096
+/** `hvm_start_info`'s magic (xen/include/public/arch-x86/hvm/start_info.h). */
+const START_INFO_MAGIC = 0x336e_c578
+const E820_RAM = 1
+const E820_RESERVED = 2
+const MAX_MEMORY = 3 * 1024 * MIB
+
+function bytesOf(what: string, v: Uint8Array | string): { bytes: Uint8Array; file: string } {
+  if (v instanceof Uint8Array) return { bytes: v, file: what }
+  if (typeof v !== 'string') throw new MshvError('EINVAL', `${what} must be bytes (Uint8Array) or a file path, got ${describe(v)}`)
+  try {
+    return { bytes: readFileSync(v), file: v }
+  } catch (e) {
+    throw new MshvError('ENOENT', `${what}: cannot read ${v}: ${(e as Error).message}`)
+  }
+}
+
+/** Loads Linux into a new VM with the PC platform and ACPI; nothing runs yet. */
+export function prepareLinux(options: LinuxOptions): LinuxMachine {
+  if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `prepareLinux: options must be an object, got ${describe(options)}`)
+  const memory = options.memory ?? 256 * MIB
+  if (!Number.isSafeInteger(memory) || memory < 64 * MIB || memory > MAX_MEMORY || memory % 0x1000 !== 0) {
+    throw new MshvError('EINVAL', `memory must be a multiple of 4096 bytes from 64 MiB to 3 GiB, got ${describe(memory)}`)
+  }
+  const vcpus = options.vcpus ?? 1
+  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64) throw new MshvError('EINVAL', `vcpus must be an integer from 1 to 64, got ${describe(vcpus)}`)
+  const cmdline = options.cmdline ?? 'console=ttyS0'
+  if (typeof cmdline !== 'string' || cmdline.length >= CMDLINE_MAX) {
+    throw new MshvError('EINVAL', `cmdline must be a string of fewer than ${CMDLINE_MAX} bytes, got ${typeof cmdline === 'string' ? `${cmdline.length} bytes` : describe(cmdline)}`)
+  }
+  const { bytes: kernelBytes, file: kernelFile } = bytesOf('kernel', options.kernel)
+  const kernel = readKernel(kernelBytes, kernelFile)
+  const initrd = options.initrd === undefined ? undefined : bytesOf('initrd', options.initrd)
+  if (kernel.end > memory) {
+    throw new MshvError('EKERNEL', `${kernelFile}: the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM`)
+  }
+  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid: options.cpuid })
+  try {
+    vm.addRam(0, memory)
+    for (const s of kernel.segments) {
+      vm.write(s.paddr, s.data)
+      if (s.memSize > s.data.length) vm.write(s.paddr + s.data.length, new Uint8Array(s.memSize - s.data.length))
+    }
+    // The initrd at the top of RAM, page-aligned, above the kernel.
+    let initrdAt = 0
+    if (initrd) {
+      initrdAt = Math.floor((memory - initrd.bytes.length) / 0x1000) * 0x1000
+      if (initrdAt < kernel.end) {
+        throw new MshvError(
+          'EKERNEL',
+          `${initrd.file}: the initrd's ${initrd.bytes.length} bytes do not fit in RAM above the kernel (${hex(kernel.end)}..${hex(memory)}): give the VM more memory`,
+        )
+      }
+      vm.write(initrdAt, initrd.bytes)
+    }
+    const acpi = buildAcpiTables(vcpus)
+    vm.write(ACPI_BASE, acpi.bytes)
+    writeStartInfo(vm, { memory, cmdline, rsdp: acpi.rsdp, initrd: initrd ? { at: initrdAt, size: initrd.bytes.length } : undefined })
+    for (let i = 0; i < vcpus; i++) {
+      const v = vm.createVcpu(i)
+      if (i === 0) enterPvh(v, kernel.pvhEntry)
+      // An AP waits for the guest's INIT/SIPI (startup suspend), as on a PC.
+      else v.regs.set('internalActivityState', 1n)
+    }
+    const pc = addPcPlatform(vm, { serial: options.serial, rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
+    const pm = new AcpiPm(
+      () => vm.guestTimeNs(),
+      () => vm.requestStop({ reason: 'poweroff' }),
+      () => vm.requestStop({ reason: 'reboot' }),
+    )
+    vm.bus.register(PM1A_EVT, 4, pm, 'ACPI PM1a event')
+    vm.bus.register(PM1A_CNT, 2, pm, 'ACPI PM1a control')
+    vm.bus.register(PM_TMR, 4, pm, 'ACPI PM timer')
+    vm.bus.register(RESET_PORT, 1, pm, 'reset control')
+    return { vm, pc, pm, kernel, run: (o) => vm.run(o) }
+  } catch (e) {
+    vm.close()
+    throw e
+  }
+}
+
+/** `hvm_start_info` version 1 with its e820 map, command line and initrd module. */
+function writeStartInfo(vm: Vm, o: { memory: number; cmdline: string; rsdp: number; initrd?: { at: number; size: number } }): void {
+  const map: [number, number, number][] = [
+    [0, 0x9_fc00, E820_RAM],
+    [0x9_fc00, 0x400, E820_RESERVED],
+    [0xe_0000, 0x2_0000, E820_RESERVED], // the ACPI tables and the BIOS area
+    [MIB, o.memory - MIB, E820_RAM],
+  ]
+  const mm = new DataView(new ArrayBuffer(map.length * 24))
+  map.forEach(([addr, size, type], i) => {
+    mm.setBigUint64(i * 24, BigInt(addr), true)
+    mm.setBigUint64(i * 24 + 8, BigInt(size), true)
+    mm.setUint32(i * 24 + 16, type, true)
+  })
+  vm.write(MEMMAP, new Uint8Array(mm.buffer))
+  vm.write(CMDLINE, [...new TextEncoder().encode(o.cmdline), 0])
+  if (o.initrd) {
+    const mod = new DataView(new ArrayBuffer(32))
+    mod.setBigUint64(0, BigInt(o.initrd.at), true)
+    mod.setBigUint64(8, BigInt(o.initrd.size), true)
+    vm.write(MODLIST, new Uint8Array(mod.buffer))
+  }
+  const si = new DataView(new ArrayBuffer(56))
+  si.setUint32(0, START_INFO_MAGIC, true)
+  si.setUint32(4, 1, true) // version 1: memmap fields valid
+  si.setUint32(12, o.initrd ? 1 : 0, true)
+  si.setBigUint64(16, BigInt(o.initrd ? MODLIST : 0), true)
+  si.setBigUint64(24, BigInt(CMDLINE), true)
+  si.setBigUint64(32, BigInt(o.rsdp), true)
+  si.setBigUint64(40, BigInt(MEMMAP), true)
+  si.setUint32(48, map.length, true)
+  vm.write(START_INFO, new Uint8Array(si.buffer))
+}
+
+/**
+ * The PVH entry state (Xen's `docs/misc/pvh.pandoc`): 32-bit protected mode without
+ * paging, flat 4 GiB code and data segments, a 32-bit TSS, EBX = `hvm_start_info`.
+ */
+function enterPvh(v: Vcpu, entry: number): void {
+  const r = v.regs
+  r.setRaw('cs', ...segment(0n, 0xffff_ffff, 0x08, 0xc09b))
+  for (const s of ['ds', 'es', 'ss', 'fs', 'gs'] as const) r.setRaw(s, ...segment(0n, 0xffff_ffff, 0x10, 0xc093))
+  r.setRaw('tr', ...segment(0n, 0x67, 0x18, 0x8b))
+  r.set('cr0', 0x11n) // PE, ET
+  r.set('cr4', 0n)
+  r.set('efer', 0n)
+  r.set('rflags', 2n)
+  r.set('rip', BigInt(entry))
+  r.set('rbx', BigInt(START_INFO))
+}
+
+/** A finished boot: how it ended and what it cost. */
+export interface LinuxBootReport {
+  readonly result: VmRunResult
+  /** Host seconds the run took. */
+  readonly seconds: number
+  /** Exits handled, all vCPUs. */
+  readonly exits: number
+  readonly exitsByType: Record<string, number>
+  readonly hypercalls: number
+  readonly instructions: number
+  /** Register reads and writes the register page served, and those that took hypercalls. */
+  readonly pageReads: number
+  readonly hypercallReads: number
+  readonly pageWrites: number
+  readonly hypercallWrites: number
+  /** The guest time it took (ns). */
+  readonly guestNs: number
+}
+
+/** Sums the vCPUs' counters into a report. */
+export function bootReport(vm: Vm, result: VmRunResult, seconds: number): LinuxBootReport {
+  const sum = { exits: 0, hypercalls: 0, instructions: 0, pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
+  const byType: Record<string, number> = {}
+  for (const v of vm.cpus) {
+    const s = v.stats()
+    for (const k of Object.keys(sum) as (keyof typeof sum)[]) sum[k] += s[k]
+    for (const [t, n] of Object.entries(s.exitsByType)) byType[t] = (byType[t] ?? 0) + n
+  }
+  return { result, seconds, exitsByType: byType, guestNs: vm.guestTimeNs(), ...sum }
+}
+
+/** Loads and runs Linux to its end (poweroff, reboot, a fatal exit or `timeoutMs`); the VM is closed after. */
+export async function bootLinux(options: LinuxOptions & { timeoutMs?: number }): Promise<LinuxBootReport> {
+  const m = prepareLinux(options)
+  try {
+    const start = performance.now()
+    const result = await m.run({ timeoutMs: options.timeoutMs })
+    return bootReport(m.vm, result, (performance.now() - start) / 1000)
+  } finally {
+    m.vm.close()
+  }
+}
+
+export type { RunResult }

@@ -1,0 +1,82 @@
+/**
+ * The ACPI fixed hardware a guest powers off and resets through (ACPI 6.4, 4.8): the
+ * PM1a event block (status and enable), the PM1a control block (SCI_EN reads 1: the
+ * machine is always in ACPI mode; SLP_TYP + SLP_EN enter a sleep state: S5 is
+ * poweroff), the 3.579545 MHz PM timer on guest time, and the reset register at 0xCF9
+ * (as on PIIX/ICH chipsets; QEMU's `pc` machine answers 0xCF9 the same way).
+ * @module
+ */
+import type { PioDevice } from '../bus.js'
+
+/** The ports, as the FADT gives them (`buildAcpiTables`). */
+export const PM1A_EVT = 0x600
+export const PM1A_CNT = 0x604
+export const PM_TMR = 0x608
+export const RESET_PORT = 0xcf9
+/** What the FADT tells the guest to write to the reset register. */
+export const RESET_VALUE = 0x06
+/** The SCI's ISA IRQ (the FADT's SCI_INT, GSI 9 in the MADT). */
+export const SCI_IRQ = 9
+/** The SLP_TYP of S5 in the DSDT's `_S5` package. */
+export const SLP_TYP_S5 = 5
+
+const PM_TIMER_HZ = 3_579_545
+const SCI_EN = 1 << 0
+const SLP_EN = 1 << 13
+
+/** The ACPI PM registers and the reset register; `onPowerOff`/`onReset` hear the guest. */
+export class AcpiPm implements PioDevice {
+  private status = 0
+  private enable = 0
+  private control = SCI_EN
+
+  constructor(
+    /** Guest time now (ns): the PM timer counts it. */
+    private readonly now: () => number,
+    private readonly onPowerOff: () => void,
+    private readonly onReset: () => void,
+  ) {}
+
+  /** The PM timer's 32-bit count at guest time `ns`. */
+  timer(ns = this.now()): number {
+    const whole = Math.floor(ns / 1e9)
+    return (whole * PM_TIMER_HZ + Math.floor(((ns % 1e9) * PM_TIMER_HZ) / 1e9)) >>> 0
+  }
+
+  ioRead(port: number, size: number): number {
+    switch (port) {
+      case PM1A_EVT:
+        return size === 4 ? this.status | (this.enable << 16) : this.status
+      case PM1A_EVT + 2:
+        return this.enable
+      case PM1A_CNT:
+        return this.control
+      case PM_TMR:
+        return this.timer()
+      default:
+        return 0
+    }
+  }
+
+  ioWrite(port: number, size: number, value: number): void {
+    switch (port) {
+      case PM1A_EVT:
+        this.status &= ~(value & 0xffff) // write 1 to clear
+        if (size === 4) this.enable = (value >>> 16) & 0xffff
+        break
+      case PM1A_EVT + 2:
+        this.enable = value & 0xffff
+        break
+      case PM1A_CNT:
+        this.control = (value & ~SLP_EN & 0xffff) | SCI_EN
+        if ((value & SLP_EN) !== 0 && ((value >> 10) & 7) === SLP_TYP_S5) this.onPowerOff()
+        break
+      case RESET_PORT:
+        // Bit 2 starts the reset (PIIX4 datasheet, "Reset Control Register").
+        if ((value & 0x04) !== 0) this.onReset()
+        break
+      default:
+        break
+    }
+  }
+}
