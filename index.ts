@@ -23,6 +23,7 @@ export { readKernel, bzImagePayload, parseElf, type KernelElf } from './src/boot
 export { buildAcpiTables, ACPI_BASE } from './src/boot/acpi.js'
 export { cpioArchive, type CpioEntry } from './src/boot/cpio.js'
 export { busyboxInitramfs, SHELL_INIT, type BusyboxInitramfsOptions } from './src/boot/initramfs.js'
+export { fetchDebianLinux, linuxCacheDir, type DebianLinux } from './src/boot/debian.js'
 export type { RomWriteHandler } from './src/emulator/memory.js'
 export { STRING_IO_BATCH } from './src/exits/pio.js'
 export { Vcpu, type RunResult, type RunOptions, type StepResult, type VcpuStats } from './src/vcpu.js'

@@ -2,22 +2,23 @@
  * Debian 12's packaged kernel with a busybox initramfs boots on the sim to a marker
  * its /init prints, and powers off through ACPI (S5), on 1 and 2 vCPUs; a
  * deterministic boot repeats exactly. The kernel and busybox come from Debian's
- * archive (`scripts/fetch-linux.mjs`, cached outside the repository); where they
+ * archive (`fetchDebianLinux`, cached outside the repository); where they
  * cannot be fetched the tests skip saying so, and under CI that is a failure.
  */
 import test from 'ava'
-import { execFileSync } from 'node:child_process'
-import { bootLinux, busyboxInitramfs, type LinuxBootReport } from '../index.js'
+import { PassThrough } from 'node:stream'
+import { boot as bootCommand } from '../src/cli/boot.js'
+import { parseBootArgs } from '../src/cli/args.js'
+import { bootLinux, busyboxInitramfs, fetchDebianLinux, type DebianLinux, type LinuxBootReport } from '../index.js'
 
 const MARKER = 'MSHV-BOOT-MARKER'
 const INIT = `/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`
 /** cryptomgr.notests: the crypto self-tests are 740 million guest instructions of a 1.5 billion boot. */
 const CMDLINE = 'console=ttyS0 cryptomgr.notests'
 
-function fetch(): { kernel: string; busybox: string; package: string } | string {
+function fetch(): DebianLinux | string {
   try {
-    const out = execFileSync(process.execPath, ['scripts/fetch-linux.mjs'], { encoding: 'utf8', timeout: 300_000 })
-    return JSON.parse(out) as { kernel: string; busybox: string; package: string }
+    return fetchDebianLinux()
   } catch (e) {
     return e instanceof Error ? e.message : String(e)
   }
@@ -68,4 +69,25 @@ boot('a deterministic boot repeats exactly: the same exits and instructions', as
   t.is(b.instructions, a.instructions)
   t.deepEqual(b.exitsByType, a.exitsByType)
   t.is(b.guestNs, a.guestNs)
+})
+
+boot('`mshv boot`: the busybox shell on the console runs what is typed; the report counts the exits and where registers came from', async (t) => {
+  if (typeof linux === 'string') return t.fail(linux)
+  const stdin = new PassThrough()
+  let out = ''
+  let err = ''
+  const io = {
+    stdin: stdin as unknown as NodeJS.ReadStream,
+    stdout: { write: (s: string | Uint8Array) => (out += typeof s === 'string' ? s : Buffer.from(s).toString('latin1')) },
+    stderr: { write: (s: string) => (err += s) },
+  }
+  // Typed before the shell opens its tty: it waits for the guest's UART to be opened.
+  stdin.write('echo typed-$((6*7))\nuname -r\npoweroff -f\n')
+  const code = await bootCommand(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', `${CMDLINE} quiet`]), io)
+  t.is(code, 0, err)
+  t.regex(out, /typed-42/)
+  t.regex(out, /6\.1\.0-\d+-amd64/)
+  t.regex(err, /boot \[page\]: \{"reason":"poweroff","vcpu":0\}/)
+  t.regex(err, /exits: [\d,]+ \(ioPort [\d,]+, unmappedGpa [\d,]+\)/)
+  t.regex(err, /register reads: [\d,]+ from the page, 0 by hypercall/)
 })

@@ -12,6 +12,7 @@ export const SHELL_INIT = `#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s /bin
 echo "mshv: a busybox shell on the console ('poweroff -f' ends the VM)"
 setsid cttyhack sh

@@ -7,8 +7,84 @@ import type { SessionOptions } from '../repl/session.js'
 
 /** The command's usage text. */
 export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
+       mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
+                 [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
+                 [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
+       mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
        mshv --version`
+
+/** What `mshv boot` was asked for. */
+export interface BootArgs {
+  kernel?: string
+  initrd?: string
+  busybox?: string
+  /** The /init script for the busybox initramfs (default: an interactive shell). */
+  init?: string
+  cmdline?: string
+  memoryMiB?: number
+  vcpus?: number
+  backend?: 'auto' | 'sim' | 'mshv'
+  clock?: 'deterministic' | 'realtime'
+  /** The sync policies to boot under, in order ('all': each). */
+  policies: ('page' | 'hypercall' | 'eager')[]
+  json?: string
+  progress: boolean
+}
+
+/** `mshv boot`'s options; throws a usage error on anything else. */
+export function parseBootArgs(args: readonly string[]): BootArgs {
+  const out: BootArgs = { policies: ['page'], progress: true }
+  const usage = (flag: string | undefined, value: string | undefined): never => {
+    throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
+  }
+  for (let i = 0; i < args.length; i++) {
+    const flag = args[i]
+    const value = args[i + 1]
+    if (flag === '--no-progress') {
+      out.progress = false
+      continue
+    }
+    if (value === undefined) usage(flag, value)
+    const v = value as string
+    switch (flag) {
+      case '--kernel':
+      case '--initrd':
+      case '--busybox':
+      case '--init':
+      case '--cmdline':
+      case '--json':
+        out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'init' | 'cmdline' | 'json'] = v
+        break
+      case '--memory':
+      case '--vcpus':
+        if (!/^[0-9]+$/.test(v)) usage(flag, v)
+        if (flag === '--memory') out.memoryMiB = Number(v)
+        else out.vcpus = Number(v)
+        break
+      case '--backend':
+        if (v !== 'auto' && v !== 'sim' && v !== 'mshv') usage(flag, v)
+        out.backend = v as BootArgs['backend']
+        break
+      case '--clock':
+        if (v !== 'deterministic' && v !== 'realtime') usage(flag, v)
+        out.clock = v as BootArgs['clock']
+        break
+      case '--policy':
+        if (v === 'all') out.policies = ['page', 'hypercall', 'eager']
+        else if (v === 'page' || v === 'hypercall' || v === 'eager') out.policies = [v]
+        else usage(flag, v)
+        break
+      default:
+        usage(flag, v)
+    }
+    i++
+  }
+  if (out.initrd !== undefined && (out.busybox !== undefined || out.init !== undefined)) {
+    throw new MshvError('EINVAL', `--initrd replaces the busybox initramfs: give it alone, or --busybox/--init\n${USAGE}`)
+  }
+  return out
+}
 
 /** `--backend sim --ram 32` -> session options; throws a usage error on anything else. */
 export function parseArgs(args: readonly string[]): SessionOptions {

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * The `mshv` command: `mshv repl` opens a Node REPL with a VM and the session helpers
- * in scope (see {@link createSession}); `mshv doctor` checks a host (see {@link runDoctor}).
+ * in scope (see {@link createSession}); `mshv boot` boots Linux with the console on the
+ * terminal (see {@link bootLinux}); `mshv doctor` checks a host (see {@link runDoctor}).
  * @module
  */
 import repl from 'node:repl'
@@ -11,7 +12,9 @@ import { fileURLToPath } from 'node:url'
 import * as mshv from '../../index.js'
 import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
-import { USAGE, parseArgs, parseDoctorArgs, type DoctorArgs } from './args.js'
+import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, type DoctorArgs } from './args.js'
+import { boot } from './boot.js'
+import { fetchDebianLinux } from '../boot/debian.js'
 import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
 import { writeFileSync } from 'node:fs'
 
@@ -105,6 +108,20 @@ function main(args: readonly string[]): void {
     console.log(version())
   } else if (command === 'repl') {
     startRepl(parseArgs(rest))
+  } else if (command === 'boot') {
+    boot(parseBootArgs(rest)).then(
+      (code) => {
+        process.exitCode = code
+        // stdin may hold the event loop open after an interactive boot.
+        process.exit(code)
+      },
+      (e: unknown) => {
+        console.error(e instanceof Error ? `mshv boot: ${e.message}` : e)
+        process.exit(2)
+      },
+    )
+  } else if (command === 'fetch-linux') {
+    console.log(JSON.stringify(fetchDebianLinux()))
   } else if (command === 'doctor') {
     doctor(parseDoctorArgs(rest)).catch((e: unknown) => {
       console.error(e instanceof Error ? `mshv doctor: ${e.message}` : e)

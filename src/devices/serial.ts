@@ -83,6 +83,14 @@ export class Serial16550 implements PioDevice {
     while (this.rx.length < RX_FIFO && this.pendingInput.length > 0) this.rx.push(this.pendingInput.shift() as number)
   }
 
+  /**
+   * Whether the guest takes receive interrupts (IER bit 0): a driver that opened the
+   * port, such as Linux's once a shell opened its tty. Typed-ahead input can wait for it.
+   */
+  get receiving(): boolean {
+    return (this.ier & IER_RDI) !== 0
+  }
+
   /** Everything the guest has written, as text. */
   text(): string {
     return new TextDecoder().decode(Uint8Array.from(this.out))

@@ -1,0 +1,63 @@
+/**
+ * The Linux the boot tests and `mshv boot` use: Debian 12's packaged kernel
+ * (`linux-image-amd64`'s current `linux-image-6.1.0-*-amd64`) and `busybox-static`,
+ * fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a cache outside
+ * the repository (`$MSHV_LINUX_CACHE`, default `~/.cache/mshv-linux`).
+ * @module
+ */
+import { execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import { MshvError } from '../errors.js'
+
+/** Where the fetched files are. */
+export interface DebianLinux {
+  /** The bzImage (`/boot/vmlinuz-*`). */
+  readonly kernel: string
+  /** The static busybox. */
+  readonly busybox: string
+  /** The kernel package fetched. */
+  readonly package: string
+}
+
+/** The cache directory. */
+export function linuxCacheDir(): string {
+  return process.env['MSHV_LINUX_CACHE'] ?? join(homedir(), '.cache', 'mshv-linux')
+}
+
+function run(cmd: string, args: readonly string[], cwd: string): string {
+  try {
+    return execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+  } catch (e) {
+    const err = e as { stderr?: string; message: string }
+    throw new MshvError('EFETCH', `${cmd} ${args.join(' ')} failed: ${(err.stderr || err.message).trim()}`)
+  }
+}
+
+/** The files, fetched if the cache lacks them (`EFETCH` naming the command that failed). */
+export function fetchDebianLinux(): DebianLinux {
+  const dir = linuxCacheDir()
+  const manifest = join(dir, 'linux.json')
+  if (existsSync(manifest)) {
+    const m = JSON.parse(readFileSync(manifest, 'utf8')) as DebianLinux
+    if (existsSync(m.kernel) && existsSync(m.busybox)) return m
+  }
+  mkdirSync(dir, { recursive: true })
+  const deps = run('apt-cache', ['depends', 'linux-image-amd64'], dir)
+  const pkg = /Depends: (linux-image-[0-9.]+-[0-9]+-amd64)\b/.exec(deps)?.[1]
+  if (!pkg) throw new MshvError('EFETCH', `apt-cache depends linux-image-amd64 names no linux-image-*-amd64 package:\n${deps}`)
+  for (const p of [pkg, 'busybox-static']) run('apt-get', ['download', p], dir)
+  const debs = readdirSync(dir).filter((f) => f.endsWith('.deb'))
+  const root = join(dir, 'root')
+  for (const prefix of [`${pkg}_`, 'busybox-static_']) {
+    const deb = debs.find((f) => f.startsWith(prefix))
+    if (!deb) throw new MshvError('EFETCH', `apt-get download left no ${prefix}*.deb in ${dir}`)
+    run('dpkg-deb', ['-x', deb, root], dir)
+  }
+  const vmlinuz = readdirSync(join(root, 'boot')).find((f) => f.startsWith('vmlinuz-'))
+  if (!vmlinuz) throw new MshvError('EFETCH', `${pkg} holds no /boot/vmlinuz-*`)
+  const m: DebianLinux = { kernel: join(root, 'boot', vmlinuz), busybox: join(root, 'bin', 'busybox'), package: pkg }
+  writeFileSync(manifest, JSON.stringify(m, null, 2))
+  return m
+}
