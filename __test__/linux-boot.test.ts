@@ -9,7 +9,7 @@ import test from 'ava'
 import { PassThrough } from 'node:stream'
 import { boot as bootCommand } from '../src/cli/boot.js'
 import { parseBootArgs } from '../src/cli/args.js'
-import { bootLinux, busyboxInitramfs, fetchDebianLinux, type DebianLinux, type LinuxBootReport } from '../index.js'
+import { bootLinux, busyboxInitramfs, fetchDebianLinux, prepareLinux, type DebianLinux, type LinuxBootReport } from '../index.js'
 
 const MARKER = 'MSHV-BOOT-MARKER'
 const INIT = `/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`
@@ -90,4 +90,30 @@ boot('`mshv boot`: the busybox shell on the console runs what is typed; the repo
   t.regex(err, /boot \[page\]: \{"reason":"poweroff","vcpu":0\}/)
   t.regex(err, /exits: [\d,]+ \(ioPort [\d,]+, unmappedGpa [\d,]+\)/)
   t.regex(err, /register reads: [\d,]+ from the page, 0 by hypercall/)
+})
+
+boot("with VMware's CPUID signature the kernel finds the platform and takes the TSC and APIC bus clocks from the vmport backdoor (GETHZ)", async (t) => {
+  if (typeof linux === 'string') return t.fail(linux)
+  let out = ''
+  const m = prepareLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: '/bin/busybox poweroff -f' }),
+    cmdline: CMDLINE,
+    backend: 'sim',
+    vmware: true,
+    serial: { onByte: (b) => (out += String.fromCharCode(b)) },
+  })
+  try {
+    t.deepEqual(await m.run({ timeoutMs: 120_000 }), { reason: 'poweroff', vcpu: 0 })
+    // arch/x86/kernel/cpu/vmware.c's messages, with the answers the backdoor gave.
+    t.regex(out, /Hypervisor detected: VMware/)
+    t.regex(out, /vmware: TSC freq read from hypervisor : 1000\.000 MHz/)
+    t.regex(out, /vmware: Host bus clock speed read from hypervisor : 25000000 Hz/)
+    t.regex(out, /Booting paravirtualized kernel on VMware hypervisor/)
+    t.true((m.vmport?.commands.get(45) ?? 0) >= 1, 'GETHZ ran in the guest')
+    // The device synchronized the whole state mid-exit: the registers the page lacks came by hypercall.
+    t.true((m.vm.cpus[0]?.stats().hypercallReads ?? 0) > 0)
+  } finally {
+    m.vm.close()
+  }
 })

@@ -39,3 +39,22 @@ for (const policy of POLICIES) {
     })
   }
 }
+
+test('vmport GETHZ answers the TSC in EBX:EAX and the APIC bus in ECX as QEMU does, EBX = 0xffffffff when it does not know', (t) => {
+  // mov eax, MAGIC; mov ecx, 45; mov dx, 0x5658; in eax, dx; mov [0x2000], eax; mov [0x2004], ebx; mov [0x2008], ecx; out 0xf4, al
+  const le = (v: number) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff]
+  const code = [0x66, 0xb8, ...le(VMPORT_MAGIC), 0x66, 0xb9, ...le(45), 0xba, 0x58, 0x56, 0x66, 0xed, 0x66, 0xa3, 0x00, 0x20, 0x66, 0x89, 0x1e, 0x04, 0x20, 0x66, 0x89, 0x0e, 0x08, 0x20, 0xe6, 0xf4]
+  for (const clocks of [{ tscHz: 3_000_000_123, apicTimerHz: 25_000_000 }, undefined]) {
+    const { vm, vcpu } = realModeGuest(code)
+    const port = new VmPort({ ramSize: () => vm.ramSize(), clocks })
+    vm.bus.register(VMPORT_PORT, 1, port, 'vmport')
+    vcpu.run({ maxInstructions: 1000 })
+    const out = vm.read(0x2000, 12)
+    if (clocks) {
+      t.is(u32(out, 0) + u32(out, 4) * 2 ** 32, 3_000_000_123)
+      t.is(u32(out, 8), 25_000_000)
+    } else t.is(u32(out, 4), 0xffff_ffff)
+    t.is(port.commands.get(45), 1)
+    vm.close()
+  }
+})

@@ -34,6 +34,11 @@ export function messageTypeName(type: number): string {
 export const translateFlag = table(raw.translateFlags, 'translate flag')
 /** `hv_translate_gva_result_code` values by name (`success`, `gpaUnmapped`, ...). */
 export const translateResult = table(raw.translateResults, 'translate result')
+/** The sim processor's TSC and APIC timer frequencies (Hz), as its CPUID leaves 0x15/0x16 give them. */
+export const simClocks: { readonly tscHz: number; readonly apicTimerHz: number } = {
+  tscHz: raw.simClocks['tscHz'] ?? 0,
+  apicTimerHz: raw.simClocks['apicTimerHz'] ?? 0,
+}
 /** Synthetic native run results: `cancelled`, `budget`. */
 export const exitCode = table(raw.exits, 'exit code')
 

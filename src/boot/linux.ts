@@ -16,6 +16,12 @@ import type { SerialOptions } from '../devices/serial.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
 import type { SyncPolicy } from '../registers.js'
 import { buildAcpiTables, ACPI_BASE } from './acpi.js'
+import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
+import { simClocks } from '../layout.js'
+import type { CpuidEntry } from '../exits/cpuid.js'
+
+/** CPUID 0x40000000 of VMware: max hypervisor leaf 0x40000000, "VMwareVMware" (Linux's vmware_platform). */
+const VMWARE_SIGNATURE: CpuidEntry = { leaf: 0x4000_0000, eax: 0x4000_0000, ebx: 0x6177_4d56, ecx: 0x4d56_6572, edx: 0x6572_6177 }
 import { readKernel, type KernelElf } from './image.js'
 
 /** Options for {@link prepareLinux} and {@link bootLinux}. */
@@ -42,6 +48,12 @@ export interface LinuxOptions {
   serial?: Omit<SerialOptions, 'irq'>
   /** The RTC's start (default: the host's time). */
   rtcStart?: Date
+  /**
+   * Present the machine as VMware's: CPUID leaf 0x40000000 says `VMwareVMware` (max
+   * leaf 0x40000000, so the kernel talks port I/O), and the backdoor at port 0x5658
+   * answers GETHZ, so Linux's `vmware.c` takes the TSC and APIC frequencies from it.
+   */
+  vmware?: boolean
 }
 
 /** A VM with Linux loaded, ready to {@link LinuxMachine.run}. */
@@ -50,6 +62,8 @@ export interface LinuxMachine {
   readonly pc: PcPlatform
   readonly pm: AcpiPm
   readonly kernel: KernelElf
+  /** The VMware backdoor, when `vmware` asked for it. */
+  readonly vmport: VmPort | undefined
   /** Runs every vCPU until poweroff, reboot, a fatal exit or the limits. */
   run(options?: VmRunOptions): Promise<VmRunResult>
 }
@@ -95,7 +109,11 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
   if (kernel.end > memory) {
     throw new MshvError('EKERNEL', `${kernelFile}: the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM`)
   }
-  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid: options.cpuid })
+  const cpuid = options.vmware ? [...(Array.isArray(options.cpuid) ? options.cpuid : []), VMWARE_SIGNATURE] : options.cpuid
+  if (options.vmware && options.cpuid !== undefined && !Array.isArray(options.cpuid)) {
+    throw new MshvError('EINVAL', 'vmware: give cpuid as an array of entries to add the VMware signature to')
+  }
+  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid })
   try {
     vm.addRam(0, memory)
     for (const s of kernel.segments) {
@@ -133,7 +151,15 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
     vm.bus.register(PM1A_CNT, 2, pm, 'ACPI PM1a control')
     vm.bus.register(PM_TMR, 4, pm, 'ACPI PM timer')
     vm.bus.register(RESET_PORT, 1, pm, 'reset control')
-    return { vm, pc, pm, kernel, run: (o) => vm.run(o) }
+    let vmport: VmPort | undefined
+    if (options.vmware) {
+      // The sim's clocks are CPUID 0x15's; on mshv they are the host's, which only the
+      // hypervisor knows: GETHZ then answers "unknown", as QEMU's does without them.
+      vmport = new VmPort({ ramSize: () => memory, clocks: vm.backend === 'sim' ? simClocks : undefined })
+      vm.bus.register(VMPORT_PORT, 1, vmport, 'vmport')
+    }
+    return {
+      vmport, vm, pc, pm, kernel, run: (o) => vm.run(o) }
   } catch (e) {
     vm.close()
     throw e

@@ -37,6 +37,9 @@ pub struct Layout {
     pub translate_flags: HashMap<String, u32>,
     /// `hv_translate_gva_result_code` values `translateGva` returns.
     pub translate_results: HashMap<String, u32>,
+    /// The sim processor's clocks, as its CPUID leaves 0x15/0x16 give them: `tscHz`
+    /// and `apicTimerHz` (the crystal the local APIC timer counts).
+    pub sim_clocks: HashMap<String, f64>,
 }
 
 /// Run result when `cancel()` interrupted the run.
@@ -155,6 +158,13 @@ pub fn layout() -> Layout {
                 "intercept",
                 mshv_bindings::hv_translate_gva_result_code_HV_TRANSLATE_GVA_INTERCEPT,
             ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        sim_clocks: [
+            ("tscHz", sim_cpu::cpuid::TSC_MHZ as f64 * 1e6),
+            ("apicTimerHz", sim_cpu::cpuid::CRYSTAL_HZ as f64),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
