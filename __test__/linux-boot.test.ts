@@ -9,7 +9,7 @@ import test from 'ava'
 import { PassThrough } from 'node:stream'
 import { boot as bootCommand } from '../src/cli/boot.js'
 import { parseBootArgs } from '../src/cli/args.js'
-import { bootLinux, busyboxInitramfs, fetchDebianLinux, prepareLinux, type DebianLinux, type LinuxBootReport } from '../index.js'
+import { bootLinux, busyboxInitramfs, codeBitness, createSession, fetchDebianLinux, prepareLinux, type DebianLinux, type LinuxBootReport } from '../index.js'
 
 const MARKER = 'MSHV-BOOT-MARKER'
 const INIT = `/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`
@@ -115,5 +115,26 @@ boot("with VMware's CPUID signature the kernel finds the platform and takes the 
     t.true((m.vm.cpus[0]?.stats().hypercallReads ?? 0) > 0)
   } finally {
     m.vm.close()
+  }
+})
+
+boot('the REPL session boots a kernel: step at the PVH entry, then run() to poweroff with the console in its output', async (t) => {
+  if (typeof linux === 'string') return t.fail(linux)
+  let out = ''
+  const printed: string[] = []
+  const session = createSession({
+    backend: 'sim',
+    output: { write: (s: string) => (out += s) },
+    print: (s) => printed.push(s),
+    linux: { kernel: linux.kernel, initrd: busyboxInitramfs({ busybox: linux.busybox, init: INIT }), cmdline: `${CMDLINE} quiet` },
+  })
+  try {
+    t.is(codeBitness(session.vcpu), 32, 'PVH enters in 32-bit protected mode')
+    t.is(session.step(3).reason, 'stepped')
+    t.deepEqual(await session.run(), { reason: 'poweroff', vcpu: 0 })
+    t.true(out.includes(MARKER))
+    t.regex(printed.at(-1) ?? '', /exits \(vCPU 0\)/)
+  } finally {
+    session.close()
   }
 })

@@ -93,6 +93,8 @@ test('progress line: drawn in place on a terminal after half a second, with rate
 test('mshv CLI: options are parsed, bad ones name the option', (t) => {
   t.deepEqual(parseArgs(['--backend', 'sim', '--ram', '32']), { backend: 'sim', ramMiB: 32 })
   t.throws(() => parseArgs(['--ram', 'lots']), { message: /^unknown or incomplete option '--ram lots'/ })
+  t.deepEqual(parseArgs(['--kernel', 'debian', '--vcpus', '2', '--cmdline', 'quiet']), { kernel: 'debian', vcpus: 2, cmdline: 'quiet' })
+  t.throws(() => parseArgs(['--vcpus', '2']), { message: /go with --kernel/ })
 })
 
 // Drives `mshv repl` in a pseudo-terminal, as a user would.

@@ -7,6 +7,7 @@ import type { SessionOptions } from '../repl/session.js'
 
 /** The command's usage text. */
 export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
+                 [--kernel FILE|debian [--initrd FILE | --busybox FILE] [--cmdline TEXT] [--vcpus N] [--memory MiB]]
        mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
@@ -86,16 +87,36 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
   return out
 }
 
-/** `--backend sim --ram 32` -> session options; throws a usage error on anything else. */
-export function parseArgs(args: readonly string[]): SessionOptions {
-  const out: { backend?: SessionOptions['backend']; ramMiB?: number } = {}
+/** What `mshv repl` was asked for: the session, and a kernel to boot in it. */
+export interface ReplArgs {
+  backend?: SessionOptions['backend']
+  ramMiB?: number
+  /** A kernel file, or `debian` for Debian's (fetched once). */
+  kernel?: string
+  initrd?: string
+  busybox?: string
+  cmdline?: string
+  vcpus?: number
+  memoryMiB?: number
+}
+
+/** `--backend sim --ram 32` -> REPL options; throws a usage error on anything else. */
+export function parseArgs(args: readonly string[]): ReplArgs {
+  const out: ReplArgs = {}
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]
     const value = args[i + 1]
+    const number = value !== undefined && /^[0-9]+$/.test(value)
     if (flag === '--backend' && (value === 'auto' || value === 'sim' || value === 'mshv')) out.backend = value
-    else if (flag === '--ram' && value !== undefined && /^[0-9]+$/.test(value)) out.ramMiB = Number(value)
+    else if (flag === '--ram' && number) out.ramMiB = Number(value)
+    else if (flag === '--vcpus' && number) out.vcpus = Number(value)
+    else if (flag === '--memory' && number) out.memoryMiB = Number(value)
+    else if ((flag === '--kernel' || flag === '--initrd' || flag === '--busybox' || flag === '--cmdline') && value !== undefined) out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'cmdline'] = value
     else throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
     i++
+  }
+  if (out.kernel === undefined && (out.initrd ?? out.busybox ?? out.cmdline ?? out.vcpus ?? out.memoryMiB) !== undefined) {
+    throw new MshvError('EINVAL', `--initrd, --busybox, --cmdline, --vcpus and --memory go with --kernel\n${USAGE}`)
   }
   return out
 }

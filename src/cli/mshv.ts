@@ -12,9 +12,10 @@ import { fileURLToPath } from 'node:url'
 import * as mshv from '../../index.js'
 import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
-import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, type DoctorArgs } from './args.js'
+import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, type DoctorArgs, type ReplArgs } from './args.js'
 import { boot } from './boot.js'
-import { fetchDebianLinux } from '../boot/debian.js'
+import { fetchDebianLinux, type DebianLinux } from '../boot/debian.js'
+import { busyboxInitramfs } from '../boot/initramfs.js'
 import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
 import { writeFileSync } from 'node:fs'
 
@@ -31,10 +32,27 @@ function version(): string {
   return 'unknown'
 }
 
-function startRepl(options: SessionOptions): void {
+/** The session a `mshv repl` command line asks for: a bare VM, or Linux loaded and ready to `run()`. */
+function replSession(args: ReplArgs): SessionOptions {
+  if (args.kernel === undefined) return { backend: args.backend, ramMiB: args.ramMiB }
+  const debian = args.kernel === 'debian' || (args.initrd === undefined && args.busybox === undefined) ? fetchDebianLinux() : undefined
+  const kernel = args.kernel === 'debian' ? (debian as DebianLinux).kernel : args.kernel
+  const initrd = args.initrd ?? busyboxInitramfs({ busybox: args.busybox ?? (debian as DebianLinux).busybox })
+  return {
+    backend: args.backend,
+    linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB << 20 },
+  }
+}
+
+function startRepl(args: ReplArgs): void {
+  const options = replSession(args)
   const session = createSession(options)
   const rip = session.vcpu.regs.get('rip')
-  console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
+  if (options.linux) {
+    console.log(`mshv ${version()} on the ${session.vm.backend} backend: Linux loaded (${session.vm.cpus.length} vCPU${session.vm.cpus.length > 1 ? 's' : ''}), vCPU 0 at its PVH entry 0x${rip.toString(16)}. await run() boots it (Ctrl+C stops); type('...') types at its console; help() lists the helpers.`)
+  } else {
+    console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
+  }
   const server = repl.start({ prompt: 'mshv> ' })
   // Ctrl+C during `await run()` stops the guest and nothing else: while the REPL awaits,
   // its input is paused, so the terminal is put in cooked mode, where Ctrl+C is a real
@@ -65,6 +83,7 @@ function startRepl(options: SessionOptions): void {
     asm: session.asm,
     dis: session.dis,
     help: session.help,
+    type: session.type,
   })
   server.on('exit', () => session.close())
 }

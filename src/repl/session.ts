@@ -15,6 +15,7 @@ import { ProgressLine, type ProgressStream } from '../progress.js'
 import type { RunResult, StepResult, Vcpu } from '../vcpu.js'
 import { createVm, type Vm, type VmOptions } from '../vm.js'
 import { hexdump, registerTable } from './format.js'
+import { prepareLinux, type LinuxOptions } from '../boot/linux.js'
 
 /** How {@link createSession} sets up its VM. */
 export interface SessionOptions {
@@ -28,6 +29,11 @@ export interface SessionOptions {
   readonly print?: (text: string) => void
   /** Where guest output (COM1 and port 0xe9) and the run progress line go (default `process.stdout`). */
   readonly output?: ProgressStream
+  /**
+   * Boot Linux instead ({@link prepareLinux}'s options; the console prints here):
+   * `run()` then runs every vCPU with the PC platform, and `type()` types at the console.
+   */
+  readonly linux?: Omit<LinuxOptions, 'serial'>
 }
 
 /** Guest physical memory helpers. */
@@ -53,6 +59,8 @@ export interface Session {
   run(): Promise<RunResult>
   /** Stops a `run()` in progress. */
   cancel(): void
+  /** Types `text` at the guest's serial console (COM1's receive side). */
+  type(text: string): void
   /**
    * Tagged template: assembles at the vCPU's RIP in its current code size, writes the
    * bytes into guest memory there and returns the listing: `` asm`mov al, 'A'; out 0xe9, al; hlt` ``.
@@ -105,6 +113,7 @@ const HELP = `helpers:
   regs()                  the registers as a table
   step(n = 1)             run n instructions (sim backend)
   await run()             run until HLT, a debug-exit write (port 0xf4) or Ctrl+C
+  type('ls\\n')            type at the guest's serial console
   asm\`...\`                assemble at RIP (Intel syntax, ';' between statements) and write it there
   dis(n = 5)              disassemble n instructions from RIP
   mem.hexdump(gpa, len)   guest physical memory; also mem.read(gpa, len), mem.write(gpa, bytes)
@@ -150,22 +159,28 @@ export function createSession(options: SessionOptions = {}): Session {
     guestMidLine = false
     printTo(text)
   }
-  const vm = createVm({ backend: options.backend ?? 'auto' })
-  try {
-    vm.addRam(0, ramMiB << 20)
-    const emit = (b: number) => {
-      guestMidLine = b !== 0x0a
-      output.write(String.fromCharCode(b))
-    }
-    vm.bus.register(COM1, 8, new Serial16550(COM1, { onByte: emit }), 'COM1')
-    const console0xe9: PioDevice = { ioWrite: (_port, _size, value) => emit(value & 0xff) }
-    vm.bus.register(0xe9, 1, console0xe9, 'debug console')
-  } catch (e) {
-    vm.close()
-    throw e
+  const emit = (b: number) => {
+    guestMidLine = b !== 0x0a
+    output.write(String.fromCharCode(b))
   }
-  const vcpu = vm.createVcpu(0)
-  enterRealMode(vcpu, origin)
+  const linux = options.linux ? prepareLinux({ backend: options.backend, ...options.linux, serial: { onByte: emit } }) : undefined
+  const vm = linux?.vm ?? createVm({ backend: options.backend ?? 'auto' })
+  let serial: Serial16550
+  if (linux) serial = linux.pc.serial
+  else {
+    try {
+      vm.addRam(0, ramMiB << 20)
+      serial = new Serial16550(COM1, { onByte: emit })
+      vm.bus.register(COM1, 8, serial, 'COM1')
+      const console0xe9: PioDevice = { ioWrite: (_port, _size, value) => emit(value & 0xff) }
+      vm.bus.register(0xe9, 1, console0xe9, 'debug console')
+    } catch (e) {
+      vm.close()
+      throw e
+    }
+  }
+  const vcpu = linux ? (vm.cpus[0] as Vcpu) : vm.createVcpu(0)
+  if (!linux) enterRealMode(vcpu, origin)
   let formatter: Formatter | undefined
 
   const where = (): string => `rip ${hex(vcpu.regs.get('rip'))}: ${disassemble(1)[0] ?? '?'}`
@@ -218,12 +233,16 @@ export function createSession(options: SessionOptions = {}): Session {
     },
     run: async () => {
       const before = vcpu.stats().exits
-      const result = await runInSlices(vcpu, vm.backend, output)
+      const result = linux ? await vm.run() : await runInSlices(vcpu, vm.backend, output)
       const exits = vcpu.stats().exits - before
-      print(`${exits} exit${exits === 1 ? '' : 's'}; ${where()}`)
+      print(`${exits} exit${exits === 1 ? '' : 's'}${linux ? ' (vCPU 0)' : ''}; ${where()}`)
       return result
     },
-    cancel: () => vcpu.cancel(),
+    cancel: () => (linux ? vm.cancel() : vcpu.cancel()),
+    type: (text) => {
+      if (typeof text !== 'string') throw new MshvError('EINVAL', `type takes a string, got ${describe(text)}`)
+      serial.feed(text)
+    },
     asm: (strings, ...values) => {
       const at = linearRip(vcpu)
       // A tagged template (asm`nop`) or a plain string (asm('nop')).
