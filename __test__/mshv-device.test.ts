@@ -7,6 +7,7 @@ import test from 'ava'
 import { existsSync } from 'node:fs'
 import { native } from '../src/native.js'
 import { VMM_CHECKS } from '../src/doctor/vmm-checks.js'
+import { bootLinux, busyboxInitramfs, fetchDebianLinux } from '../index.js'
 
 const HAVE_DEVICE = existsSync('/dev/mshv')
 const onDevice = HAVE_DEVICE ? test.serial : test.skip
@@ -25,3 +26,20 @@ for (const c of VMM_CHECKS) {
     t.log(await c.run('mshv'))
   })
 }
+
+onDevice("Debian's kernel boots on mshv to the initramfs marker and powers off (2 vCPUs)", async (t) => {
+  const linux = fetchDebianLinux()
+  let out = ''
+  const report = await bootLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: '/bin/busybox echo MSHV-BOOT-MARKER\n/bin/busybox poweroff -f\n' }),
+    cmdline: 'console=ttyS0',
+    vcpus: 2,
+    backend: 'mshv',
+    serial: { onByte: (b) => (out += String.fromCharCode(b)) },
+    timeoutMs: 120_000,
+  })
+  t.log(`${report.seconds.toFixed(2)} s, ${report.exits} exits, ${(report.hypercalls / report.exits).toFixed(3)} hypercalls/exit`)
+  t.deepEqual(report.result, { reason: 'poweroff', vcpu: 0 }, out.slice(-2000))
+  t.true(out.includes('MSHV-BOOT-MARKER'))
+})
