@@ -102,7 +102,10 @@ test('the same guest runs in real time: the ticks follow the host clock', async 
   addPcPlatform(vm)
   const start = performance.now()
   const r = await vm.run({ timeoutMs: 20_000 })
-  t.deepEqual(r, { reason: 'debug-exit', code: 10, vcpu: 0 })
+  // In real time a loaded host may deliver two late ticks back to back: the second can
+  // come between the handler's IRET and the loop's CLI, so the count may pass 10.
+  t.like(r, { reason: 'debug-exit', vcpu: 0 })
+  t.true(r.reason === 'debug-exit' && r.code >= 10, JSON.stringify(r))
   t.true(performance.now() - start >= 9, 'ten 1 ms ticks took at least 9 ms of host time')
   vm.close()
 })
