@@ -59,6 +59,17 @@ function bzImage(payload: Uint8Array, version = 0x020f): Uint8Array {
 
 const CODE = Uint8Array.of(0xf4, 0xeb, 0xfd) // hlt; jmp $-1
 
+/** A bzImage for the 64-bit boot protocol: header end at 0x268, XLF_KERNEL_64, pref_address 16 MiB. */
+function bzImage64(xloadflags = 1): Uint8Array {
+  const b = bzImage(gzipSync(elf(CODE)))
+  const dv = new DataView(b.buffer)
+  b[0x201] = 0x66 // the jump's offset: the header ends at 0x202 + 0x66 = 0x268
+  dv.setUint16(0x236, xloadflags, true)
+  dv.setBigUint64(0x258, 0x100_0000n, true)
+  dv.setUint32(0x260, 0x20_0000, true) // init_size
+  return b
+}
+
 test('a bzImage payload is unpacked natively and its ELF loaded at the PVH entry', (t) => {
   const k = readKernel(bzImage(gzipSync(elf(CODE, 0x100_0000, 0x100_0000))), 'vmlinuz')
   t.is(k.pvhEntry, 0x100_0000)
@@ -187,4 +198,30 @@ test('ACPI PM: SCI_EN reads 1, S5 powers off, 0xCF9 bit 2 resets, the PM timer c
   t.deepEqual(events, ['poweroff', 'reset'])
   now = 1_000_000_000
   t.is(pm.ioRead(0x608, 4), 3_579_545)
+})
+
+test("the 64-bit boot protocol: boot_params with the setup header, e820, command line and initrd; long mode at the bzImage's entry + 0x200 with RSI", (t) => {
+  const m = prepareLinux({ kernel: bzImage64(), entry: 'boot64', initrd: new Uint8Array(5000), cmdline: 'console=ttyS0', memory: 64 << 20, backend: 'sim' })
+  try {
+    const zp = m.vm.read(0x7000, 0x1000)
+    const dv = new DataView(zp.buffer)
+    t.is(dv.getUint32(0x202, true), 0x5372_6448, 'the setup header is copied')
+    t.is(dv.getUint8(0x210), 0xff, 'type_of_loader')
+    t.is(dv.getUint8(0x1e8), 4, 'e820_entries')
+    t.is(Number(dv.getBigUint64(0x2d0 + 3 * 20, true)) + Number(dv.getBigUint64(0x2d0 + 3 * 20 + 8, true)), 64 << 20)
+    const cmd = dv.getUint32(0x228, true)
+    t.is(new TextDecoder().decode(m.vm.read(cmd, 13)), 'console=ttyS0')
+    t.is(dv.getUint32(0x21c, true), 5000, 'ramdisk_size')
+    t.not(Number(dv.getBigUint64(0x070, true)), 0, 'acpi_rsdp_addr')
+    const v = m.vm.cpus[0]
+    t.is(v?.regs.get('rip'), 0x100_0200n)
+    t.is(v?.regs.get('rsi'), 0x7000n)
+    t.is((v?.regs.getRaw('cs')[1] ?? 0n) >> 32n & 0xffffn, 0x10n, '__BOOT_CS')
+    t.is((v?.regs.get('efer') ?? 0n) & (1n << 10n), 1n << 10n, 'long mode active')
+    t.regex(m.kernel.description, /64-bit entry/)
+  } finally {
+    m.vm.close()
+  }
+  t.throws(() => prepareLinux({ kernel: bzImage64(0), entry: 'boot64', backend: 'sim' }), { message: /xloadflags \(0x236\): 0x0: the kernel has no 64-bit entry point/ })
+  t.throws(() => prepareLinux({ kernel: elf(CODE), entry: 'boot64', backend: 'sim' }), { message: /an ELF vmlinux has no boot-protocol entry; enter it with entry 'pvh'/ })
 })

@@ -138,3 +138,21 @@ boot('the REPL session boots a kernel: step at the PVH entry, then run() to powe
     session.close()
   }
 })
+
+boot("the bzImage's own 64-bit entry (the boot protocol's boot_params; the guest runs the kernel's xz decompressor) boots to the marker too", async (t) => {
+  if (typeof linux === 'string') return t.fail(linux)
+  let out = ''
+  const report = await bootLinux({
+    kernel: linux.kernel,
+    entry: 'boot64',
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: INIT }),
+    cmdline: `${CMDLINE} quiet`,
+    backend: 'sim',
+    serial: { onByte: (b) => (out += String.fromCharCode(b)) },
+    timeoutMs: 300_000,
+  })
+  t.deepEqual(report.result, { reason: 'poweroff', vcpu: 0 }, out.slice(-2000))
+  t.true(out.includes(MARKER))
+  t.true(report.instructions > 4e9, `the decompressor ran in the guest: ${report.instructions} instructions`)
+  t.log(`${report.seconds.toFixed(1)} s, ${(report.instructions / 1e9).toFixed(2)} billion instructions`)
+})

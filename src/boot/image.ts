@@ -73,6 +73,42 @@ export function bzImagePayload(bytes: Uint8Array, file = 'kernel'): { payload: U
   return { payload, description: `bzImage (protocol ${protocol >> 8}.${protocol & 0xff}, ${format})`, protocol }
 }
 
+/** A bzImage for the 64-bit boot protocol (`Documentation/arch/x86/boot.rst`, "64-bit BOOT PROTOCOL"). */
+export interface BzImage {
+  /** The setup header (from 0x1f1 to its end), to copy into boot_params. */
+  readonly header: Uint8Array
+  /** The protected-mode kernel (the decompressor and its payload), loaded at `prefAddress`. */
+  readonly kernel: Uint8Array
+  /** Where the kernel is loaded (`pref_address`, 0x258). */
+  readonly prefAddress: number
+  /** How much memory from `prefAddress` the kernel needs while it decompresses itself (`init_size`, 0x260). */
+  readonly initSize: number
+  readonly protocol: number
+  readonly description: string
+}
+
+/** `xloadflags` (0x236) bit 0: the kernel has the 64-bit entry point at +0x200. */
+const XLF_KERNEL_64 = 1
+
+/** A bzImage checked for the 64-bit boot protocol (2.12+, XLF_KERNEL_64). */
+export function readBzImage(bytes: Uint8Array, file = 'kernel'): BzImage {
+  const { description, protocol } = bzImagePayload(bytes, file)
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (protocol < 0x020c) fail(file, 'version (0x206)', `boot protocol ${protocol >> 8}.${protocol & 0xff} has no xloadflags: the 64-bit entry needs 2.12 or later`)
+  const xloadflags = dv.getUint16(0x236, true)
+  if ((xloadflags & XLF_KERNEL_64) === 0) fail(file, 'xloadflags (0x236)', `0x${xloadflags.toString(16)}: the kernel has no 64-bit entry point (XLF_KERNEL_64)`)
+  const setupSects = bytes[0x1f1] || 4
+  const headerEnd = 0x202 + (bytes[0x201] as number)
+  return {
+    header: bytes.subarray(0x1f1, headerEnd),
+    kernel: bytes.subarray((setupSects + 1) * 512),
+    prefAddress: Number(dv.getBigUint64(0x258, true)),
+    initSize: dv.getUint32(0x260, true),
+    protocol,
+    description,
+  }
+}
+
 /** An ELF64 x86-64 executable's PT_LOAD segments and its PVH entry note. */
 export function parseElf(bytes: Uint8Array, file: string, description: string): KernelElf {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)

@@ -10,7 +10,7 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
                  [--kernel FILE|debian [--initrd FILE | --busybox FILE] [--cmdline TEXT] [--vcpus N] [--memory MiB]]
        mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
-                 [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
+                 [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
        mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
        mshv --version`
@@ -27,6 +27,8 @@ export interface BootArgs {
   vcpus?: number
   backend?: 'auto' | 'sim' | 'mshv'
   clock?: 'deterministic' | 'realtime'
+  /** How the kernel is entered (see `LinuxOptions.entry`). */
+  entry?: 'pvh' | 'boot64'
   /** The sync policies to boot under, in order ('all': each). */
   policies: ('page' | 'hypercall' | 'eager')[]
   json?: string
@@ -70,6 +72,10 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
       case '--clock':
         if (v !== 'deterministic' && v !== 'realtime') usage(flag, v)
         out.clock = v as BootArgs['clock']
+        break
+      case '--entry':
+        if (v !== 'pvh' && v !== 'boot64') usage(flag, v)
+        out.entry = v as BootArgs['entry']
         break
       case '--policy':
         if (v === 'all') out.policies = ['page', 'hypercall', 'eager']

@@ -81,6 +81,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
     vcpus: args.vcpus,
     backend: args.backend,
     clock: args.clock,
+    entry: args.entry,
     policy,
     serial: {
       onByte: (b) => {
