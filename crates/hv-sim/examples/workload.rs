@@ -1,0 +1,97 @@
+//! Runs one of issue #20's 64-bit workloads (fib, checksum, copy, alu) for a number of
+//! guest instructions and prints the rate: a profiling target (`perf record`).
+//!
+//!   cargo run --release -p hv-sim --example workload -- fib 200000000
+
+use hv_core::regs::{pack_segment, pack_table};
+use hv_core::{ExitMessage, HostRegion, HvBackend, MemoryMapping, RunLimits, VmConfig};
+use hv_sim::SimHypervisor;
+use mshv_bindings::*;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The workloads' machine code at 0x100000 (assembled by `assemble()` from bench/interpreter.ts).
+fn code(name: &str) -> Option<Vec<u8>> {
+    Some(match name {
+        // again: mov ecx, 1000000; l: add eax, 1; xor ebx, eax; sub edx, 3; dec ecx; jnz l; jmp again
+        "alu" => vec![
+            0xb9, 0x40, 0x42, 0x0f, 0x00, 0x83, 0xc0, 0x01, 0x31, 0xc3, 0x83, 0xea, 0x03, 0xff,
+            0xc9, 0x75, 0xf4, 0xeb, 0xed,
+        ],
+        // again: mov edi, 20; call fib; jmp again
+        // fib: cmp edi, 2; jb small; push rdi; dec edi; call fib; pop rdi; push rax;
+        //      sub edi, 2; call fib; pop rdx; add eax, edx; ret; small: mov eax, edi; ret
+        "fib" => vec![
+            0xbf, 0x14, 0x00, 0x00, 0x00, 0xe8, 0x02, 0x00, 0x00, 0x00, 0xeb, 0xf4, 0x83, 0xff,
+            0x02, 0x72, 0x16, 0x57, 0xff, 0xcf, 0xe8, 0xf3, 0xff, 0xff, 0xff, 0x5f, 0x50, 0x83,
+            0xef, 0x02, 0xe8, 0xe9, 0xff, 0xff, 0xff, 0x5a, 0x01, 0xd0, 0xc3, 0x89, 0xf8, 0xc3,
+        ],
+        _ => return None,
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "fib".into());
+    let count: u64 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200_000_000);
+    let code = code(&name).ok_or("workloads: alu, fib")?;
+    let mut vm = SimHypervisor.create_vm(&VmConfig::default())?;
+    let ram = Arc::new(HostRegion::new(4 << 20)?);
+    ram.write(0x10_0000, &code)?;
+    // PML4 at 0x1000 -> PDPT at 0x2000 with one 1 GiB page.
+    ram.write(0x1000, &(0x2003u64).to_le_bytes())?;
+    ram.write(0x2000, &(0x83u64).to_le_bytes())?;
+    vm.map_memory(MemoryMapping {
+        gpa: 0,
+        region: ram,
+        writable: true,
+        executable: true,
+    })?;
+    let mut vcpu = vm.create_vcpu(0)?;
+    let data = pack_segment(0, 0xffff_ffff, 16, 0xc093);
+    vcpu.set_registers(
+        &[
+            hv_register_name_HV_X64_REGISTER_CS,
+            hv_register_name_HV_X64_REGISTER_SS,
+            hv_register_name_HV_X64_REGISTER_DS,
+            hv_register_name_HV_X64_REGISTER_GDTR,
+            hv_register_name_HV_X64_REGISTER_CR3,
+            hv_register_name_HV_X64_REGISTER_CR4,
+            hv_register_name_HV_X64_REGISTER_EFER,
+            hv_register_name_HV_X64_REGISTER_CR0,
+            hv_register_name_HV_X64_REGISTER_RIP,
+            hv_register_name_HV_X64_REGISTER_RSP,
+        ],
+        &[
+            pack_segment(0, 0xffff_ffff, 8, 0xa09b),
+            data,
+            data,
+            pack_table(0, 0),
+            [0x1000, 0],
+            [1 << 5, 0],
+            [(1 << 8) | (1 << 10), 0],
+            [0x8000_0011, 0],
+            [0x10_0000, 0],
+            [0x8_0000, 0],
+        ],
+    )?;
+    let mut msg = ExitMessage::default();
+    let start = Instant::now();
+    vcpu.run(
+        &mut msg,
+        &RunLimits {
+            max_instructions: Some(count),
+            ..RunLimits::default()
+        },
+    )?;
+    let s = start.elapsed().as_secs_f64();
+    println!(
+        "{name}: {} instructions in {s:.3} s: {:.1} M/s",
+        vcpu.instructions(),
+        vcpu.instructions() as f64 / s / 1e6
+    );
+    Ok(())
+}
