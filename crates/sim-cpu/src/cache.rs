@@ -43,6 +43,80 @@ pub struct Block {
     /// The epoch its bytes were last compared in.
     pub checked: u64,
     pub ops: Box<[Op]>,
+    /// Chaining: the RIP the block was last left at, the block found there, and a
+    /// stamp of everything that choice depended on (see [`link_stamp`]).
+    /// Two links: a RET or an indirect jump alternates between successors.
+    pub links: [std::cell::Cell<Link>; 2],
+}
+
+/// A block found after another: at `ip`, under `stamp`, in cache generation
+/// `generation` (while it holds, `next` is alive).
+#[derive(Clone, Copy)]
+pub struct Link {
+    pub ip: u64,
+    pub next: *const Block,
+    pub stamp: Stamp,
+    pub generation: u64,
+}
+
+impl Link {
+    const NONE: Link = Link {
+        ip: u64::MAX,
+        next: std::ptr::null(),
+        stamp: Stamp {
+            cs_base: u64::MAX,
+            rest: u64::MAX,
+        },
+        generation: u64::MAX,
+    };
+}
+
+impl Block {
+    /// The linked successor at `ip` under `stamp` in `generation`, if remembered.
+    #[inline(always)]
+    pub fn linked(&self, ip: u64, stamp: Stamp, generation: u64) -> Option<*const Block> {
+        for l in &self.links {
+            let l = l.get();
+            if l.ip == ip && l.generation == generation && l.stamp == stamp {
+                return Some(l.next);
+            }
+        }
+        None
+    }
+
+    /// Remembers `link`, forgetting the older of the two.
+    #[inline]
+    pub fn remember(&self, link: Link) {
+        self.links[1].set(self.links[0].get());
+        self.links[0].set(link);
+    }
+}
+
+/// What a block found for a RIP depends on beyond the RIP and the blocks cached (the
+/// generation, compared on its own): the code segment's base and attributes (the code
+/// size), the CPL's sources (SS's attributes, CR0.PE, RFLAGS.VM), EFER.LMA and every
+/// mapping (the TLB's flush epoch), packed exactly into two words.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    cs_base: u64,
+    rest: u64,
+}
+
+#[inline(always)]
+pub fn stamp(x: &Exec) -> Stamp {
+    let c = &x.cpu;
+    // Attributes are 16 bits each; CR0.PE bit 32, RFLAGS.VM (bit 17) at 33, LMA at 34;
+    // the TLB epoch (a flush count) above them.
+    let rest = (c.seg[CS].attributes as u64)
+        | (c.seg[crate::state::SS].attributes as u64) << 16
+        | (c.cr0 & 1) << 32
+        | ((c.flags.bits >> 17) & 1) << 33
+        | ((c.efer >> 10) & 1) << 34
+        | x.tlb.epoch() << 35;
+    Stamp {
+        cs_base: c.seg[CS].base,
+        rest,
+    }
 }
 
 // SAFETY: `host` points into guest RAM kept alive by the memory map the processor
@@ -59,6 +133,8 @@ pub struct CodeCache {
     #[allow(clippy::vec_box)]
     graveyard: Vec<Box<Block>>,
     pub epoch: u64,
+    /// Bumped whenever a block leaves its slot: a link made before may point at it.
+    pub generation: u64,
 }
 
 impl Default for CodeCache {
@@ -70,6 +146,7 @@ impl Default for CodeCache {
             pages: HashMap::new(),
             graveyard: Vec::new(),
             epoch: 1,
+            generation: 0,
         }
     }
 }
@@ -94,6 +171,8 @@ impl CodeCache {
                 if let Some(b) = self.slots[s as usize].take() {
                     self.forget_pages(&b, s, page);
                     self.graveyard.push(b);
+                    self.generation += 1;
+                    self.generation += 1;
                 }
             }
         }
@@ -104,6 +183,7 @@ impl CodeCache {
         for s in self.slots.iter_mut() {
             if let Some(b) = s.take() {
                 self.graveyard.push(b);
+                self.generation += 1;
             }
         }
         self.pages.clear();
@@ -141,6 +221,7 @@ impl CodeCache {
         if let Some(old) = self.slots[s].take() {
             self.forget_pages(&old, s as u32, u64::MAX);
             self.graveyard.push(old);
+            self.generation += 1;
         }
         let mut pages = vec![b.gpa & !0xfff];
         if let Some((_, g)) = b.second {
@@ -178,6 +259,7 @@ pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
             if let Some(old) = x.cache.slots[s].take() {
                 x.cache.forget_pages(&old, s as u32, u64::MAX);
                 x.cache.graveyard.push(old);
+                x.cache.generation += 1;
             }
         }
     }
@@ -439,5 +521,9 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
         bytes,
         checked: x.cache.epoch,
         ops: ops.into_boxed_slice(),
+        links: [
+            std::cell::Cell::new(Link::NONE),
+            std::cell::Cell::new(Link::NONE),
+        ],
     }))
 }

@@ -152,6 +152,9 @@ impl Processor {
         };
         let mut executed = 0u64;
         let mut next_poll = POLL_INTERVAL;
+        // The block that ran last, and the cache generation it was found in.
+        let mut prev: *const cache::Block = std::ptr::null();
+        let mut prev_generation = 0u64;
         let end = loop {
             if executed >= max_instructions {
                 break RunEnd::InstructionLimit;
@@ -176,8 +179,44 @@ impl Processor {
                     }
                 }
             }
-            let block = match cache::find(&mut x) {
-                Ok(b) => b,
+            // Chaining: the block that ran last remembers the block found after it;
+            // while the RIP, the stamp and the cache's generation are the same, that is
+            // what `find` would return. Else look it up, and remember it there.
+            let stamp = cache::stamp(&x);
+            let generation = x.cache.generation;
+            // SAFETY: `prev` was cached when it ran; no block has left the cache since
+            // when the generation is the same.
+            let prev_block =
+                (!prev.is_null() && prev_generation == generation).then(|| unsafe { &*prev });
+            let linked = prev_block.and_then(|p| {
+                let next = p.linked(x.cpu.rip, stamp, generation)?;
+                // SAFETY: `next` was cached when the link was made, in this generation.
+                (unsafe { (*next).checked } == x.cache.epoch).then_some(next)
+            });
+            let found = match linked {
+                Some(b) => Ok(b),
+                None => {
+                    let found = cache::find(&mut x);
+                    if let (Some(p), Ok(b)) = (prev_block, &found) {
+                        // `find` drops blocks only into the graveyard, freed at its next
+                        // call: `p` is memory still, and the link carries the generation
+                        // `find` left.
+                        p.remember(cache::Link {
+                            ip: x.cpu.rip,
+                            next: *b,
+                            stamp,
+                            generation: x.cache.generation,
+                        });
+                    }
+                    found
+                }
+            };
+            let block = match found {
+                Ok(b) => {
+                    prev = b;
+                    prev_generation = x.cache.generation;
+                    b
+                }
                 Err(Stop::Fault) => {
                     // The fetch of the instruction at RIP faulted.
                     let f = x.fault;

@@ -57,6 +57,8 @@ pub struct Tlb {
     entries: Box<[Entry; ENTRIES]>,
     /// The memory map generation the entries were made under.
     generation: u64,
+    /// Bumped by every flush: a code-block link made under an older epoch may map stale.
+    epoch: u64,
 }
 
 // SAFETY: the host pointers point into guest RAM regions kept alive by the memory map
@@ -68,6 +70,7 @@ impl Default for Tlb {
         Tlb {
             entries: Box::new([EMPTY; ENTRIES]),
             generation: u64::MAX,
+            epoch: 0,
         }
     }
 }
@@ -161,13 +164,21 @@ impl Tlb {
         };
     }
 
+    /// The flush count (see [`crate::cache::link_stamp`]).
+    #[inline(always)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Forgets every entry.
     pub fn flush(&mut self) {
         self.entries.fill(EMPTY);
+        self.epoch += 1;
     }
 
     /// Forgets every entry but global ones (MOV CR3 with CR4.PGE, SDM vol 3 4.10.4.1).
     pub fn flush_nonglobal(&mut self) {
+        self.epoch += 1;
         for e in self.entries.iter_mut() {
             if !e.global {
                 *e = EMPTY;
@@ -178,6 +189,7 @@ impl Tlb {
     /// Forgets `lin`'s page (INVLPG). Large pages are cached as their 4 KiB granules,
     /// so the caller flushes everything when it cannot tell.
     pub fn flush_page(&mut self, lin: u64) {
+        self.epoch += 1;
         let page = lin >> 12;
         let e = &mut self.entries[slot(page)];
         if e.tag == page + 1 {
