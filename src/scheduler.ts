@@ -8,8 +8,10 @@
  * the same interleaving and exits) or a slice of host time (real time); between turns
  * the due device timers fire and, every slice, the event loop gets a turn, so stdin,
  * timers and promises run and an interrupt raised from JavaScript reaches the guest
- * within a slice. A vCPU halted with interrupts enabled never blocks the thread: it
- * waits on a worker thread (real time) or for the next interrupt (deterministic).
+ * within a slice. A vCPU halted with interrupts enabled never blocks the thread for
+ * long: one whose APIC timer is armed waits for it a slice at a time (real time);
+ * when every vCPU waits for an interrupt only JavaScript can raise, the event loop
+ * runs until it does.
  *
  * On mshv each vCPU runs on its own worker thread, as a VMM's vCPU threads do: HLT
  * waits in the hypervisor, and the device timers run on the event loop.
@@ -143,11 +145,12 @@ export class VmRun {
       }
       const now = performance.now()
       if (now >= end) return { reason: 'timeout' }
-      // All idle, and none ran nor moved time this round (a halted vCPU may leap the
-      // clock to another's timer): no vCPU woke another since it halted.
-      if (open > 0 && this.idle.size === open && retired(vm.cpus) === before && vm.guestTimeNs() === timeBefore) {
-        const r = await this.allIdle(deterministic, end)
-        if (r) return r
+      // All idle, and none ran this round nor (deterministic) leapt the clock to
+      // another's timer: no vCPU woke another since it halted. (In real time a vCPU
+      // with a timer armed waits for it inside its run and is not idle.)
+      const leapt = deterministic && vm.guestTimeNs() !== timeBefore
+      if (open > 0 && this.idle.size === open && retired(vm.cpus) === before && !leapt) {
+        await this.allIdle(end)
         yieldAt = performance.now() + o.sliceMs
       } else if (now >= yieldAt) {
         await yieldToEventLoop()
@@ -162,26 +165,11 @@ export class VmRun {
    * event loop runs until it does. Real time: they wait on worker threads until an
    * interrupt, their APIC timers or the next device timer.
    */
-  private async allIdle(deterministic: boolean, end: number): Promise<VmRunResult | undefined> {
-    const vm = this.vm
-    const next = vm.timers.next()
-    if (deterministic) {
-      // A due device timer: the next round's runs leap to it.
-      if (next === undefined) await this.waitForInterrupt(end)
-      return undefined
-    }
-    const idle = [...this.idle]
-    const timeoutMs = Number.isFinite(end) ? Math.max(0, end - performance.now()) : undefined
-    const waits = idle.map(async (v) => ({ v, r: await v.runAsync({ maxExits: 1, blockOnHalt: true, timeoutMs }) }))
-    const first = await Promise.race(waits)
-    for (const v of idle) if (v !== first.v) v.cancel()
-    const all = await Promise.all(waits)
-    for (const { v, r } of all) {
-      if (r.reason === 'cancelled' && !this.cancelled) continue
-      if (r.reason === 'timeout' && performance.now() < end) continue
-      if (!turnOver(r) && r.reason !== 'idle') return r.reason === 'cancelled' || r.reason === 'timeout' ? r : { ...r, vcpu: v.index }
-    }
-    return undefined
+  private async allIdle(end: number): Promise<void> {
+    // A device timer pending: the next round's runs leap to it (deterministic) or wait
+    // for it inside the run, a slice at a time (real time). None: only an interrupt
+    // raised from JavaScript can wake the VM, so the event loop runs until one is.
+    if (this.vm.timers.next() === undefined) await this.waitForInterrupt(end)
   }
 
   private waitForInterrupt(end: number): Promise<void> {
