@@ -18,14 +18,14 @@ use sim_cpu::phys::{PhysMap, Target};
 use sim_cpu::{Cpu, ExitInstruction, Processor, RunEnd, EVENT_MASKABLE, EVENT_URGENT};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub struct SimVcpu {
     index: u32,
     processor: Processor,
     config: Arc<SimConfig>,
-    memory: Arc<Mutex<Arc<PhysMap>>>,
+    memory: Arc<crate::vm::SharedMap>,
     snapshot: Arc<PhysMap>,
     page: Option<(Arc<HostRegion>, RegisterPagePtr)>,
     counters: Counters,
@@ -45,7 +45,7 @@ impl SimVcpu {
     pub(crate) fn new(
         index: u32,
         config: Arc<SimConfig>,
-        memory: Arc<Mutex<Arc<PhysMap>>>,
+        memory: Arc<crate::vm::SharedMap>,
         bus: Arc<ApicBus>,
         clock: Arc<Clock>,
     ) -> Result<Self> {
@@ -261,12 +261,16 @@ impl SimVcpu {
             if guest_deadline.is_some_and(|d| now >= d) {
                 return Ok(Exit::Clock);
             }
-            let (timer, asleep) = {
-                let mut s = self.apic.lock();
-                let t = s.tick(now);
-                s.reslice = false;
-                self.apic.events.store(s.events(), Ordering::Release);
-                (t, s.startup_suspend)
+            let (timer, asleep) = match self.apic.quiet(now) {
+                // The common case between two exits: nothing pending, nothing due.
+                Some(timer) => (timer, false),
+                None => {
+                    let mut s = self.apic.lock();
+                    let t = s.tick(now);
+                    s.reslice = false;
+                    self.apic.events.store(s.events(), Ordering::Release);
+                    (t, s.startup_suspend)
+                }
             };
             let cpu = &self.processor.cpu;
             let events = self.processor.events.load(Ordering::Acquire);
@@ -317,7 +321,8 @@ impl SimVcpu {
                     slice = slice.min(n.saturating_sub(now).max(1));
                 }
             }
-            let clock = Arc::clone(&self.clock);
+            // Borrowed, not cloned: an Arc's count is an atomic, paid on every exit.
+            let clock = &*self.clock;
             let mut env = SimEnv {
                 config: &self.config,
                 cpuid,
@@ -335,7 +340,7 @@ impl SimVcpu {
                     return Ok(Exit::Message);
                 }
             }
-            let canceller = self.canceller.clone();
+            let canceller = &self.canceller;
             let deadline = limits.deadline;
             let rt_due = if det { None } else { next };
             let mut stopped = None;
@@ -431,8 +436,12 @@ impl VcpuBackend for SimVcpu {
             }
             p.write_u8(hv_core::page::ISVALID, 0);
         }
-        if let Ok(m) = self.memory.lock() {
-            self.snapshot = Arc::clone(&m);
+        // The map changes rarely: its generation says whether to take the lock (an
+        // Arc clone is an atomic, paid on every exit otherwise).
+        if self.memory.generation.load(Ordering::Acquire) != self.snapshot.generation {
+            if let Ok(m) = self.memory.map.lock() {
+                self.snapshot = Arc::clone(&m);
+            }
         }
         let cpuid = std::mem::take(&mut self.cpuid);
         let r = self.run_slices(msg, limits, &cpuid);
@@ -499,6 +508,7 @@ impl VcpuBackend for SimVcpu {
         let set_bits = flags & HV_TRANSLATE_GVA_SET_PAGE_TABLE_BITS as u64 != 0;
         let mem = self
             .memory
+            .map
             .lock()
             .map(|m| Arc::clone(&m))
             .unwrap_or_default();

@@ -9,9 +9,17 @@ use hv_core::{HvError, MemoryMapping, Result, VcpuBackend, VmBackend};
 use sim_cpu::phys::PhysMap;
 use std::sync::{Arc, Mutex};
 
+/// The partition's memory map as the vCPUs share it: the current copy, and its
+/// generation, which a vCPU compares before each run instead of taking the lock.
+#[derive(Default)]
+pub struct SharedMap {
+    pub map: Mutex<Arc<PhysMap>>,
+    pub generation: std::sync::atomic::AtomicU64,
+}
+
 pub struct SimVm {
     config: Arc<SimConfig>,
-    memory: Arc<Mutex<Arc<PhysMap>>>,
+    memory: Arc<SharedMap>,
     vcpus: Vec<u8>,
     bus: Arc<ApicBus>,
     clock: Arc<Clock>,
@@ -33,12 +41,17 @@ impl SimVm {
     fn update(&self, f: impl FnOnce(&mut PhysMap) -> Result<()>) -> Result<()> {
         let mut guard = self
             .memory
+            .map
             .lock()
             .map_err(|_| HvError::Unsupported("the memory map lock is poisoned".into()))?;
         let mut next = PhysMap::clone(&guard);
         f(&mut next)?;
         next.generation += 1;
+        let generation = next.generation;
         *guard = Arc::new(next);
+        self.memory
+            .generation
+            .store(generation, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }

@@ -395,6 +395,40 @@ pub struct LocalApic {
     /// stopped mid-run by its budget), else the guest time its halt ends at (`u64::MAX`:
     /// only an interrupt ends it, or it never ran).
     pub wake_at: AtomicU64,
+    /// Mirrors of the state the vCPU's run looks at before every slice, rewritten each
+    /// time the state lock is released: the timer's deadline (`u64::MAX`: none) and
+    /// startup suspend. With no event pending they spare the run the lock.
+    pub timer_deadline: AtomicU64,
+    pub asleep: std::sync::atomic::AtomicBool,
+}
+
+/// The locked state of a [`LocalApic`]; dropping it refreshes the mirrors.
+pub struct ApicGuard<'a> {
+    apic: &'a LocalApic,
+    state: std::sync::MutexGuard<'a, ApicState>,
+}
+
+impl std::ops::Deref for ApicGuard<'_> {
+    type Target = ApicState;
+    fn deref(&self) -> &ApicState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for ApicGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ApicState {
+        &mut self.state
+    }
+}
+
+impl Drop for ApicGuard<'_> {
+    fn drop(&mut self) {
+        let s = &*self.state;
+        self.apic
+            .timer_deadline
+            .store(s.timer.deadline.unwrap_or(u64::MAX), Ordering::Release);
+        self.apic.asleep.store(s.startup_suspend, Ordering::Release);
+    }
 }
 
 /// [`LocalApic::wake_at`] of a vCPU that is executing instructions.
@@ -409,11 +443,29 @@ impl LocalApic {
             wake: Condvar::new(),
             sleep: Mutex::new(()),
             wake_at: AtomicU64::new(u64::MAX),
+            timer_deadline: AtomicU64::new(u64::MAX),
+            asleep: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, ApicState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn lock(&self) -> ApicGuard<'_> {
+        ApicGuard {
+            apic: self,
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// The timer's deadline and startup suspend when nothing can have changed them
+    /// since the last look: no event pending (an APIC write that re-arms the timer
+    /// raises `EVENT_RESLICE`, an INIT or SIPI `EVENT_URGENT`) and the deadline not yet
+    /// due at `now`. Else the run takes the lock.
+    #[inline]
+    pub fn quiet(&self, now: u64) -> Option<Option<u64>> {
+        if self.events.load(Ordering::Acquire) != 0 || self.asleep.load(Ordering::Acquire) {
+            return None;
+        }
+        let d = self.timer_deadline.load(Ordering::Acquire);
+        (now < d).then_some((d != u64::MAX).then_some(d))
     }
 
     /// Publishes `state`'s events and wakes the vCPU if something arrived.
