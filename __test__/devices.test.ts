@@ -37,6 +37,18 @@ test('guest timers fire in time order, ties in the order set, cancelled ones nev
   t.is(timers.next(), undefined)
 })
 
+test('guest timers: every() fires at each computed time, and cancelling it stops the series', (t) => {
+  const { timers, advance } = clock()
+  const seen: number[] = []
+  const series = timers.every((n) => n * 1000 + (n % 2), (at) => seen.push(at))
+  advance(3500)
+  t.deepEqual(seen, [1001, 2000, 3001])
+  t.is(series.at, 4000)
+  series.cancel()
+  advance(10_000)
+  t.deepEqual(seen, [1001, 2000, 3001])
+})
+
 // ---- 8259 -------------------------------------------------------------------------
 
 /** A PIC initialised as a BIOS or Linux does: vectors 0x20/0x28, cascade on IRQ 2. */

@@ -1,4 +1,4 @@
-import { assemble, createVm, enterLongMode, enterRealMode, type Vm, type Vcpu, type SyncPolicy } from '../index.js'
+import { assemble, createVm, enterLongMode, enterRealMode, loadInterruptTables, type Vm, type Vcpu, type SyncPolicy } from '../index.js'
 
 export const POLICIES: readonly SyncPolicy[] = ['page', 'hypercall', 'eager']
 export const PAGE_MODES = ['on', 'off', 'invalid'] as const
@@ -38,23 +38,18 @@ export function longModeVm(
   vm.addRam(0, 1 << 20)
   const code = assemble(source, { bitness: 64, address: 0x10000 })
   vm.write(0x10000, code.bytes)
-  const gdt = new BigUint64Array([0n, 0x00af_9b00_0000_ffffn, 0x00cf_9300_0000_ffffn])
-  vm.write(0x500, new Uint8Array(gdt.buffer))
-  const idt = new BigUint64Array(512)
+  const gates: Record<number, bigint> = {}
   for (const [vector, label] of Object.entries(handlers)) {
     const h = code.labels.get(label)
     if (h === undefined) throw new Error(`no label ${label}`)
-    idt[Number(vector) * 2] = (h & 0xffffn) | (8n << 16n) | (0x8e00n << 32n) | (((h >> 16n) & 0xffffn) << 48n)
-    idt[Number(vector) * 2 + 1] = h >> 32n
+    gates[Number(vector)] = h
   }
-  vm.write(0x3000, new Uint8Array(idt.buffer))
   for (let i = 0; i < (options.vcpus ?? 1); i++) {
     const v = vm.createVcpu(i)
     const entry = code.labels.get(i === 0 ? 'start' : `cpu${i}`)
     if (entry === undefined) throw new Error(`no entry label for vCPU ${i}`)
     enterLongMode(v, vm, entry, { sp: 0x8_0000 - i * 0x1_0000 })
-    v.regs.setRaw('gdtr', 23n << 48n, 0x500n)
-    v.regs.setRaw('idtr', 0xfffn << 48n, 0x3000n)
+    loadInterruptTables(v, vm, gates)
   }
   return vm
 }

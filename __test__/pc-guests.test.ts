@@ -1,5 +1,5 @@
 import test from 'ava'
-import { addPcPlatform, assemble, createVm, enterRealMode, MshvError, type Vm } from '../index.js'
+import { addPcPlatform, assemble, createVm, enterRealMode, loadInterruptTables, MshvError, type Vcpu, type Vm } from '../index.js'
 
 /** A sim VM with 1 MiB of RAM, `source` assembled at 0x1000 and a vCPU at it. */
 function realModeVm(source: string, clock: 'deterministic' | 'realtime' = 'deterministic'): Vm {
@@ -166,6 +166,7 @@ test('bad interrupt requests are coded errors naming the value', (t) => {
   t.regex(e(() => vm.signalMsi(0x1234_0000, 0x40)).message, /0x12340000/)
   t.regex(e(() => vm.timers.at(-1, () => {})).message, /-1/)
   t.regex(e(() => addPcPlatform(vm).irq(16)).message, /got 16/)
+  t.regex(e(() => loadInterruptTables(vm.cpus[0] as Vcpu, vm, { 256: 0x1000 })).message, /vector must be 0\.\.255, got '256'/)
   vm.close()
   t.like(e(() => vm.requestInterrupt({ vector: 0x40 })), { code: 'ECLOSED' })
 })

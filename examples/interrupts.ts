@@ -5,7 +5,7 @@
  *
  *   node --import tsx examples/interrupts.ts
  */
-import { addPcPlatform, assemble, createVm, enterLongMode } from '../index.js'
+import { addPcPlatform, assemble, createVm, enterLongMode, loadInterruptTables } from '../index.js'
 
 const vm = createVm({ backend: 'sim' })
 vm.addRam(0, 1 << 20)
@@ -52,15 +52,10 @@ ticks: dd 0
   { bitness: 64, address: 0x10000 },
 )
 vm.write(0x10000, code.bytes)
-// A GDT (code 0x08, data 0x10) and an IDT with vector 0x30's gate to \`tick\`.
-vm.write(0x500, new Uint8Array(new BigUint64Array([0n, 0x00af_9b00_0000_ffffn, 0x00cf_9300_0000_ffffn]).buffer))
-const tick = code.labels.get('tick') ?? 0n
-const gate = new BigUint64Array([(tick & 0xffffn) | (8n << 16n) | (0x8e00n << 32n) | (((tick >> 16n) & 0xffffn) << 48n), tick >> 32n])
-vm.write(0x3000 + 0x30 * 16, new Uint8Array(gate.buffer))
 const vcpu = vm.createVcpu(0)
 enterLongMode(vcpu, vm, 0x10000)
-vcpu.regs.setRaw('gdtr', 23n << 48n, 0x500n)
-vcpu.regs.setRaw('idtr', 0xfffn << 48n, 0x3000n)
+// The GDT enterLongMode's selectors name, and an IDT sending vector 0x30 to `tick`.
+loadInterruptTables(vcpu, vm, { 0x30: code.labels.get('tick') ?? 0n })
 
 addPcPlatform(vm, {
   serial: { onByte: (b) => process.stdout.write(String.fromCharCode(b)) },

@@ -51,7 +51,7 @@ export const LONG_MODE_TABLES = 0x1000
  */
 export function enterLongMode(
   vcpu: Vcpu,
-  ram: { write(gpa: number | bigint, data: Uint8Array | readonly number[]): void },
+  ram: GuestWriter,
   ip: number | bigint,
   options: { tables?: number; sp?: number | bigint } = {},
 ): void {
@@ -62,10 +62,7 @@ export function enterLongMode(
   if (typeof tables !== 'number' || !Number.isSafeInteger(tables) || tables < 0 || tables % 0x1000 !== 0) {
     throw new MshvError('EINVAL', `enterLongMode: tables must be a 4 KiB-aligned guest physical address, got ${describe(tables)}`)
   }
-  const entries = new BigUint64Array(1024)
-  entries[0] = BigInt(tables + 0x1000) | 3n // PML4[0] -> PDPT
-  for (let i = 0; i < 4; i++) entries[512 + i] = (BigInt(i) << 30n) | 0x83n // 1 GiB pages
-  ram.write(tables, new Uint8Array(entries.buffer))
+  identityMap4G(ram, tables)
   const r = vcpu.regs
   r.setRaw('cs', ...segment(0n, 0xffffffff, 8, 0xa09b))
   for (const s of DATA_SEGMENTS) r.setRaw(s, ...segment(0n, 0xffffffff, 16, 0xc093))
@@ -76,4 +73,50 @@ export function enterLongMode(
   r.set('rip', rip)
   r.set('rsp', sp)
   r.set('rflags', 2n)
+}
+
+/** Guest memory to write set-up tables into (a {@link Vm} is one). */
+export interface GuestWriter {
+  write(gpa: number | bigint, data: Uint8Array | readonly number[]): void
+}
+
+/**
+ * Writes the two page-table pages at `tables` (a PML4 and a PDPT, 8 KiB) that
+ * identity-map the first 4 GiB with 1 GiB pages; their address is CR3.
+ */
+export function identityMap4G(ram: GuestWriter, tables: number): void {
+  const entries = new BigUint64Array(1024)
+  entries[0] = BigInt(tables + 0x1000) | 3n // PML4[0] -> PDPT
+  for (let i = 0; i < 4; i++) entries[512 + i] = (BigInt(i) << 30n) | 0x83n // 1 GiB pages
+  ram.write(tables, new Uint8Array(entries.buffer))
+}
+
+/** The flat GDT whose selectors {@link enterLongMode} loads: null, 64-bit code (0x08), data (0x10). */
+const LONG_MODE_GDT = new BigUint64Array([0n, 0x00af_9b00_0000_ffffn, 0x00cf_9300_0000_ffffn])
+
+/**
+ * For a vCPU in {@link enterLongMode}'s 64-bit mode that takes interrupts: writes its
+ * GDT at `gdt` and a 256-entry IDT at `idt` (4 KiB) whose 64-bit interrupt gates
+ * (Intel SDM vol 3 6.14.1) send each vector of `handlers` to its address, and loads
+ * GDTR and IDTR. Vectors without a handler get a not-present gate.
+ */
+export function loadInterruptTables(
+  vcpu: Vcpu,
+  ram: GuestWriter,
+  handlers: Readonly<Record<number, number | bigint>>,
+  options: { gdt?: number; idt?: number } = {},
+): void {
+  const { gdt = 0x500, idt = 0x3000 } = options
+  const gates = new BigUint64Array(512)
+  for (const [vector, at] of Object.entries(handlers)) {
+    const v = Number(vector)
+    if (!Number.isInteger(v) || v < 0 || v > 255) throw new MshvError('EINVAL', `loadInterruptTables: vector must be 0..255, got ${describe(vector)}`)
+    const h = u64(`loadInterruptTables: the handler of vector ${v}`, at)
+    gates[v * 2] = (h & 0xffffn) | (8n << 16n) | (0x8e00n << 32n) | (((h >> 16n) & 0xffffn) << 48n)
+    gates[v * 2 + 1] = h >> 32n
+  }
+  ram.write(gdt, new Uint8Array(LONG_MODE_GDT.buffer))
+  ram.write(idt, new Uint8Array(gates.buffer))
+  vcpu.regs.setRaw('gdtr', BigInt(LONG_MODE_GDT.byteLength - 1) << 48n, BigInt(gdt))
+  vcpu.regs.setRaw('idtr', 0xfffn << 48n, BigInt(idt))
 }

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs'
 import { createVm, type Vm, type VmOptions } from '../vm.js'
 import type { RunResult, Vcpu } from '../vcpu.js'
-import { segment } from '../guest.js'
+import { identityMap4G, segment } from '../guest.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { addPcPlatform, type PcPlatform } from '../platform/pc.js'
 import { AcpiPm, PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT } from '../devices/acpi-pm.js'
@@ -278,10 +278,7 @@ function writeBootParams(vm: Vm, header: Uint8Array, o: BootInfo): void {
  */
 function enterBoot64(vm: Vm, v: Vcpu, entry: number): void {
   vm.write(BOOT_GDT, new Uint8Array(new BigUint64Array([0n, 0n, 0x00af_9b00_0000_ffffn, 0x00cf_9300_0000_ffffn]).buffer))
-  const tables = new BigUint64Array(1024)
-  tables[0] = BigInt(BOOT_TABLES + 0x1000) | 3n
-  for (let i = 0; i < 4; i++) tables[512 + i] = (BigInt(i) << 30n) | 0x83n
-  vm.write(BOOT_TABLES, new Uint8Array(tables.buffer))
+  identityMap4G(vm, BOOT_TABLES)
   const r = v.regs
   r.setRaw('gdtr', 31n << 48n, BigInt(BOOT_GDT))
   r.setRaw('cs', ...segment(0n, 0xffff_ffff, 0x10, 0xa09b))

@@ -143,13 +143,10 @@ export class Pit implements PioDevice {
     if (c.mode === 2 || c.mode === 3) {
       this.irq.set(false)
       const period = c.count
-      let n = 1
-      const tick = (): void => {
-        this.irq.pulse()
-        n++
-        this.timer = this.timers.at(base + nanos(period * n), tick)
-      }
-      this.timer = this.timers.at(base + nanos(period), tick)
+      this.timer = this.timers.every(
+        (n) => base + nanos(period * n),
+        () => this.irq.pulse(),
+      )
     } else {
       this.irq.set(false)
       this.timer = this.timers.at(base + nanos(c.count), () => {

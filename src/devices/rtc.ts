@@ -202,15 +202,14 @@ export class Rtc implements PioDevice {
     const shift = rate <= 2 ? rate + 7 : rate - 1
     const period = Math.round((NS * (1 << shift)) / 32768)
     const base = this.now()
-    let n = 1
-    const tick = (): void => {
-      this.raise(C_PF)
-      n++
-      this.periodic = this.timers.at(base + period * n, tick)
-    }
     // The flag is set whether or not PIE lets it interrupt; it needs a timer only when
     // the guest asked for interrupts (a poller reads C and sees PF from the schedule).
-    if (((this.cmos[REG_B] ?? 0) & B_PIE) !== 0) this.periodic = this.timers.at(base + period, tick)
+    if (((this.cmos[REG_B] ?? 0) & B_PIE) !== 0) {
+      this.periodic = this.timers.every(
+        (n) => base + period * n,
+        () => this.raise(C_PF),
+      )
+    }
   }
 
   /** Each second's end: the update-ended flag, and the alarm when it matches. */

@@ -5,7 +5,7 @@
  * @module
  */
 import { createVm } from '../vm.js'
-import { enterLongMode } from '../guest.js'
+import { enterLongMode, loadInterruptTables } from '../guest.js'
 import { assemble } from '../asm/assemble.js'
 import { addPcPlatform } from '../platform/pc.js'
 import type { DoctorBackend, VmmCheck } from './vmm-checks.js'
@@ -54,14 +54,9 @@ async function run(backend: DoctorBackend): Promise<string> {
     vm.addRam(0, 1 << 20)
     const code = assemble(SOURCE, { bitness: 64, address: 0x10000 })
     vm.write(0x10000, code.bytes)
-    vm.write(0x500, new Uint8Array(new BigUint64Array([0n, 0x00af_9b00_0000_ffffn, 0x00cf_9300_0000_ffffn]).buffer))
-    const h = code.labels.get('handler') ?? 0n
-    const gate = new BigUint64Array([(h & 0xffffn) | (8n << 16n) | (0x8e00n << 32n) | (((h >> 16n) & 0xffffn) << 48n), h >> 32n])
-    vm.write(0x3000 + VECTOR * 16, new Uint8Array(gate.buffer))
     const vcpu = vm.createVcpu(0)
     enterLongMode(vcpu, vm, 0x10000)
-    vcpu.regs.setRaw('gdtr', 23n << 48n, 0x500n)
-    vcpu.regs.setRaw('idtr', 0xfffn << 48n, 0x3000n)
+    loadInterruptTables(vcpu, vm, { [VECTOR]: code.labels.get('handler') ?? 0n })
     const pc = addPcPlatform(vm)
     const start = performance.now()
     const r = await vm.run({ timeoutMs: 10_000 })

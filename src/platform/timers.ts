@@ -65,6 +65,27 @@ export class GuestTimers {
     return this.at(this.now() + delay, fn)
   }
 
+  /**
+   * Calls `fn(at)` at `at(1)`, `at(2)`, ... — a periodic device's edges, each computed
+   * from its own number so none drifts. One timer stands for the whole series.
+   */
+  every(at: (n: number) => number, fn: (at: number) => void): GuestTimer {
+    let current: GuestTimer | undefined
+    let n = 1
+    const tick = (t: number): void => {
+      n++
+      current = this.at(at(n), tick)
+      fn(t)
+    }
+    current = this.at(at(1), tick)
+    return {
+      get at() {
+        return current?.at ?? 0
+      },
+      cancel: () => current?.cancel(),
+    }
+  }
+
   private later(a: Entry, b: Entry): boolean {
     return a.at > b.at || (a.at === b.at && a.seq > b.seq)
   }
