@@ -53,3 +53,13 @@ export function longModeVm(
   }
   return vm
 }
+
+/** Guest code (16, 32 or 64-bit alike) that starts PIT channel 0 in mode 2 at 1 kHz (count 1193). */
+export const PIT_1KHZ = `
+  mov al, 0x34
+  out 0x43, al
+  mov ax, 1193
+  out 0x40, al
+  mov al, ah
+  out 0x40, al
+`

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { addPcPlatform, IoApic, WiredIrq } from '../index.js'
-import { longModeVm } from './helpers.js'
+import { longModeVm, PIT_1KHZ } from './helpers.js'
 
 /** RBX = the local APIC; software-enabled (SVR bit 8). */
 const APIC_ON = `
@@ -40,12 +40,7 @@ test('PIT ticks reach a 64-bit guest through the I/O APIC (IRQ 0 on pin 2, the I
     mov esi, 0xfec00000
     ${route(2, 0x30)}
     ${PIC_OFF}
-    mov al, 0x34
-    out 0x43, al
-    mov ax, 1193
-    out 0x40, al
-    mov al, ah
-    out 0x40, al
+    ${PIT_1KHZ}
     ${waitFor('count', 5)}
     mov eax, [count]
     out 0xf4, al

@@ -1,4 +1,5 @@
 import test from 'ava'
+import { PIT_1KHZ } from './helpers.js'
 import { addPcPlatform, assemble, createVm, enterRealMode, loadInterruptTables, MshvError, type Vcpu, type Vm } from '../index.js'
 
 /** A sim VM with 1 MiB of RAM, `source` assembled at 0x1000 and a vCPU at it. */
@@ -32,15 +33,6 @@ const PIC_INIT = (masterMask: number): string => `
   out 0xa1, al
 `
 
-/** PIT channel 0 in mode 2 at 1 kHz (count 1193). */
-const PIT_1KHZ = `
-  mov al, 0x34
-  out 0x43, al
-  mov ax, 1193
-  out 0x40, al
-  mov al, ah
-  out 0x40, al
-`
 
 const PIT_VIA_PIC = `
   cli
@@ -170,7 +162,6 @@ test('bad interrupt requests are coded errors naming the value', (t) => {
   vm.close()
   t.like(e(() => vm.requestInterrupt({ vector: 0x40 })), { code: 'ECLOSED' })
 })
-
 
 test('vcpu.run(): HLT with interrupts enabled is idle, not a halt exit; runAsync onHalt wait sleeps until an interrupt', async (t) => {
   const source = `

@@ -9,12 +9,11 @@
 mod common;
 
 use common::*;
-use hv_core::message::{HVMSG_X64_APIC_EOI, HVMSG_X64_HALT, HVMSG_X64_IO_PORT_INTERCEPT};
+use hv_core::message::{HVMSG_X64_APIC_EOI, HVMSG_X64_IO_PORT_INTERCEPT};
 use hv_core::{
-    ClockMode, Exit, ExitMessage, HostRegion, HvBackend, InterruptKind, InterruptRequest,
-    MemoryMapping, RunLimits, VcpuBackend, VmBackend, VmConfig,
+    ClockMode, Exit, ExitMessage, HostRegion, InterruptKind, InterruptRequest, RunLimits,
+    VcpuBackend, VmBackend, VmConfig,
 };
-use hv_sim::SimHypervisor;
 use iced_x86::code_asm::*;
 use mshv_bindings::*;
 use std::sync::Arc;
@@ -57,15 +56,7 @@ fn machine(vcpus: u8, clock: ClockMode) -> Machine {
         clock: Some(clock),
         ..VmConfig::default()
     };
-    let mut vm = SimHypervisor.create_vm(&config).unwrap();
-    let ram = Arc::new(HostRegion::new(RAM).unwrap());
-    vm.map_memory(MemoryMapping {
-        gpa: 0,
-        region: Arc::clone(&ram),
-        writable: true,
-        executable: true,
-    })
-    .unwrap();
+    let (mut vm, ram) = vm_with_ram(&config, RAM);
     let cpus = (0..vcpus).map(|i| vm.create_vcpu(i).unwrap()).collect();
     // GDT: null, 64-bit code (0x08), data (0x10).
     let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
@@ -633,7 +624,6 @@ fn a_halted_vcpu_blocks_in_real_time_until_an_interrupt_from_another_thread() {
     );
     assert_eq!(m.msg.message_type(), HVMSG_X64_IO_PORT_INTERCEPT);
     assert!(start.elapsed() >= std::time::Duration::from_millis(40));
-    let _ = HVMSG_X64_HALT;
 }
 
 /// A VMM holds an AP in startup suspend through `HV_REGISTER_INTERNAL_ACTIVITY_STATE`

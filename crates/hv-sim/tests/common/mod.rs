@@ -30,9 +30,10 @@ pub fn guest_with_ram(ram: usize) -> Guest {
     guest_sized(VmConfig::default(), ram)
 }
 
-fn guest_sized(config: VmConfig, ram: usize) -> Guest {
-    let mut vm = SimHypervisor.create_vm(&config).unwrap();
-    let ram = Arc::new(HostRegion::new(ram).unwrap());
+/// A sim VM with `size` bytes of RAM at GPA 0 and no vCPU yet.
+pub fn vm_with_ram(config: &VmConfig, size: usize) -> (Box<dyn VmBackend>, Arc<HostRegion>) {
+    let mut vm = SimHypervisor.create_vm(config).unwrap();
+    let ram = Arc::new(HostRegion::new(size).unwrap());
     vm.map_memory(MemoryMapping {
         gpa: 0,
         region: Arc::clone(&ram),
@@ -40,6 +41,11 @@ fn guest_sized(config: VmConfig, ram: usize) -> Guest {
         executable: true,
     })
     .unwrap();
+    (vm, ram)
+}
+
+fn guest_sized(config: VmConfig, ram: usize) -> Guest {
+    let (mut vm, ram) = vm_with_ram(&config, ram);
     let vcpu = vm.create_vcpu(0).unwrap();
     Guest {
         vm,
