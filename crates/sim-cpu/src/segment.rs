@@ -311,17 +311,7 @@ pub fn far_jump(x: &mut Exec, selector: u16, offset: u64, size: usize) -> Result
     let long = x.cpu.long_mode_active();
     match d.kind() {
         TYPE_CALL_GATE16 | TYPE_CALL_GATE32 => {
-            if long && d.kind() != TYPE_CALL_GATE32 {
-                return Err(x.gp(err));
-            }
-            if d.dpl() < cpl || (selector & 3) as u8 > d.dpl() {
-                return Err(x.gp(err));
-            }
-            if !d.present() {
-                return Err(x.raise(NP, Some(err)));
-            }
-            let target = d.gate_selector();
-            let (cd, cat) = gate_code(x, target)?;
+            let (target, cd, cat) = call_gate(x, &d, selector, cpl, long)?;
             let cpl = x.cpu.cpl();
             // JMP through a gate never changes privilege: the target must be at CPL.
             if (cd.conforming() && cd.dpl() > cpl) || (!cd.conforming() && cd.dpl() != cpl) {
@@ -346,6 +336,32 @@ pub fn far_jump(x: &mut Exec, selector: u16, offset: u64, size: usize) -> Result
 }
 
 /// The code segment a gate names: present-independent checks (#GP(selector)).
+/// What JMP and CALL both check of a call gate before using it (SDM vol 3 5.8.4, 5.8.5):
+/// a 16-bit gate is refused in IA-32e mode, the gate's DPL must be at least CPL and the
+/// selector's RPL, and it must be present; then its target code segment (the selector,
+/// its descriptor and where that was read from).
+fn call_gate(
+    x: &mut Exec,
+    d: &Descriptor,
+    selector: u16,
+    cpl: u8,
+    long: bool,
+) -> Result<(u16, Descriptor, u64), Stop> {
+    let err = selector_error(selector);
+    if long && d.kind() != TYPE_CALL_GATE32 {
+        return Err(x.gp(err));
+    }
+    if d.dpl() < cpl || (selector & 3) as u8 > d.dpl() {
+        return Err(x.gp(err));
+    }
+    if !d.present() {
+        return Err(x.raise(NP, Some(err)));
+    }
+    let target = d.gate_selector();
+    let (cd, cat) = gate_code(x, target)?;
+    Ok((target, cd, cat))
+}
+
 fn gate_code(x: &mut Exec, target: u16) -> Result<(Descriptor, u64), Stop> {
     if target & !3 == 0 {
         return Err(x.gp(0));
@@ -463,17 +479,7 @@ fn far_call_protected(
     }
     match d.kind() {
         TYPE_CALL_GATE16 | TYPE_CALL_GATE32 => {
-            if long && d.kind() != TYPE_CALL_GATE32 {
-                return Err(x.gp(err));
-            }
-            if d.dpl() < cpl || (selector & 3) as u8 > d.dpl() {
-                return Err(x.gp(err));
-            }
-            if !d.present() {
-                return Err(x.raise(NP, Some(err)));
-            }
-            let target = d.gate_selector();
-            let (cd, cat) = gate_code(x, target)?;
+            let (target, cd, cat) = call_gate(x, &d, selector, cpl, long)?;
             if cd.dpl() > cpl {
                 return Err(x.gp(selector_error(target)));
             }
