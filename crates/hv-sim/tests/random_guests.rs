@@ -17,20 +17,7 @@ use mshv_bindings::*;
 /// Room for the tables `long_mode` writes at 1 MiB, and no more: each guest fills all of it.
 const RAM_SIZE: usize = 0x14_0000;
 
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
     /// Mostly an address inside RAM, sometimes anywhere.
     fn address(&mut self) -> u64 {
         match self.below(4) {

@@ -16,20 +16,6 @@ use iced_x86::code_asm::*;
 
 type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// A float of `exp_bits`/`frac_bits` of one of the interesting kinds.
 fn float(r: &mut Rng, exp_bits: u32, frac_bits: u32) -> u64 {
     let sign = r.below(2) << (exp_bits + frac_bits);

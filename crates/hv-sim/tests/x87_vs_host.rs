@@ -16,20 +16,6 @@ use iced_x86::code_asm::*;
 
 type Emit = fn(&mut CodeAssembler) -> Result<(), IcedError>;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// An 80-bit value of one of the interesting kinds.
 fn f80(r: &mut Rng) -> u128 {
     let sign = (r.below(2) as u128) << 79;

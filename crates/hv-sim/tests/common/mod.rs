@@ -14,6 +14,22 @@ use std::sync::Arc;
 
 pub const RAM: usize = 2 << 20;
 
+/// Xorshift64: the differential and random-guest tests' repeatable source of cases.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 pub struct Guest {
     pub vm: Box<dyn VmBackend>,
     pub vcpu: Box<dyn VcpuBackend>,
