@@ -32,8 +32,6 @@ pub struct Exec<'a> {
     /// The current block must end after this instruction (its code may have changed,
     /// or the processor's mode did).
     pub end_block: bool,
-    /// A single-step or data-breakpoint #DB is due after this instruction.
-    pub trap: bool,
 }
 
 impl Exec<'_> {

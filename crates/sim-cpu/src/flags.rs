@@ -238,6 +238,18 @@ impl Flags {
     /// common cases decided straight from a compare's operands.
     #[inline]
     pub fn condition(&self, cc: u8) -> bool {
+        self.evaluate(cc)
+    }
+
+    /// [`Flags::condition`] for a condition known when the instruction is compiled:
+    /// each Jcc, SETcc and CMOVcc gets its own copy with only its flags' computations.
+    #[inline(always)]
+    pub fn holds<const CC: u8>(&self) -> bool {
+        self.evaluate(CC)
+    }
+
+    #[inline(always)]
+    fn evaluate(&self, cc: u8) -> bool {
         if self.op == FlagOp::Sub {
             let size = self.size as usize;
             let (a, b) = (self.a, self.b);
@@ -255,6 +267,7 @@ impl Flags {
         self.condition_slow(cc)
     }
 
+    #[inline(always)]
     fn condition_slow(&self, cc: u8) -> bool {
         let r = match cc >> 1 {
             0 => self.of(),

@@ -2,6 +2,7 @@
 //! deliver the exceptions they raise, stop at exits, limits and polls.
 
 use crate::cache::{self, CodeCache};
+use crate::decode::Op;
 use crate::exec::Exec;
 use crate::fault::{Exit, Fault, Stop, DB};
 use crate::flags::{RF, TF};
@@ -113,7 +114,6 @@ impl Processor {
             exit: Exit::None,
             work: 0,
             end_block: false,
-            trap: false,
         };
         let rip = x.cpu.rip;
         let f = Fault {
@@ -148,7 +148,6 @@ impl Processor {
             exit: Exit::None,
             work: 0,
             end_block: false,
-            trap: false,
         };
         let mut executed = 0u64;
         let mut next_poll = POLL_INTERVAL;
@@ -236,97 +235,151 @@ impl Processor {
             };
             // SAFETY: `find` returned a block alive until its next call.
             let block = unsafe { &*block };
-            // One instruction at a time while a single-step trap or an interrupt
-            // shadow must be looked at after each.
-            let single = x.cpu.flags.bits & TF != 0 || x.cpu.shadow.interrupts;
-            let mut stopped = None;
-            // Within the instruction budget: a block may hold more than is left.
-            let left = (max_instructions - executed).min(usize::MAX as u64) as usize;
-            for op in block.ops.iter().take(left) {
-                let tf = x.cpu.flags.bits & TF != 0;
-                let rf = x.cpu.flags.bits & RF != 0;
-                x.cpu.shadow.interrupts = false;
-                x.cpu.rip = op.next;
-                match (op.exec)(&mut x, op) {
-                    Ok(()) => {
-                        executed += 1;
-                        x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
-                        if rf {
-                            x.cpu.flags.bits &= !RF;
-                        }
-                        if tf {
-                            // Single-step: #DB after the instruction, DR6.BS set.
-                            x.cpu.dr[6] |= 1 << 14;
-                            let f = Fault {
-                                vector: DB,
-                                error_code: None,
-                                cr2: None,
-                            };
-                            let rip = x.cpu.rip;
-                            if interrupt::raise(&mut x, f, rip, Source::Exception).is_err() {
-                                stopped = Some(RunEnd::Exit(x.exit, ExitInstruction::default()));
-                            }
-                            break;
-                        }
-                        if x.end_block || single {
-                            break;
-                        }
-                    }
-                    Err(Stop::Fault) => {
-                        x.cpu.rip = op.ip;
-                        // Every exception a handler returns is a fault: RIP stays on the
-                        // instruction (traps like INT3 are delivered by their handlers).
-                        let f = x.fault;
-                        match interrupt::raise(&mut x, f, op.ip, Source::Exception) {
-                            Ok(()) => executed += 1,
-                            Err(_) => {
-                                stopped = Some(RunEnd::Exit(x.exit, capture(&mut x, op.len)));
-                            }
-                        }
-                        break;
-                    }
-                    Err(Stop::Exit) => {
-                        let exit = x.exit;
-                        // HLT and an EOI write retire; the other exits leave RIP on the
-                        // instruction for the VMM to complete it.
-                        let retired = matches!(exit, Exit::Halt | Exit::ApicEoi(_));
-                        if !retired {
-                            x.cpu.rip = op.ip;
-                        }
-                        if retired
-                            || matches!(
-                                exit,
-                                Exit::Io { .. }
-                                    | Exit::Msr { .. }
-                                    | Exit::Mmio {
-                                        access: Access::Read | Access::Write,
-                                        ..
-                                    }
-                            )
-                        {
-                            // HLT retires here; an access retires when the VMM completes it.
-                            executed += 1;
-                        }
-                        let info = if retired {
-                            ExitInstruction {
-                                len: op.len,
-                                ..ExitInstruction::default()
-                            }
-                        } else {
-                            capture(&mut x, op.len)
-                        };
-                        stopped = Some(RunEnd::Exit(exit, info));
-                        break;
-                    }
-                }
-            }
+            let ops = &block.ops[..];
+            // The plain path: no single-step trap, no RF to clear, no interrupt shadow
+            // to end, and the whole block within the instruction budget. Nothing in a
+            // block can change that before its last instruction: POPF, STI, MOV SS and
+            // POP SS end blocks, IRET and the far transfers are branches.
+            let plain = x.cpu.flags.bits & (TF | RF) == 0
+                && !x.cpu.shadow.interrupts
+                && ops.len() as u64 <= max_instructions - executed;
+            let outcome = if plain {
+                run_plain(&mut x, ops, &mut executed)
+            } else {
+                run_single(&mut x, ops, max_instructions, &mut executed)
+            };
             x.end_block = false;
-            if let Some(e) = stopped {
+            if let Some(e) = outcome {
                 break e;
             }
         };
         self.instructions += executed;
         end
+    }
+}
+
+/// Runs a block's instructions one after another with nothing to look at between
+/// them but the block's end. Each sees the TSC it would one instruction at a time.
+#[inline(always)]
+fn run_plain(x: &mut Exec, ops: &[Op], executed: &mut u64) -> Option<RunEnd> {
+    let t0 = x.cpu.tsc;
+    for (i, op) in ops.iter().enumerate() {
+        x.cpu.rip = op.next;
+        x.cpu.tsc = t0.wrapping_add(i as u64);
+        if let Err(stop) = (op.exec)(x, op) {
+            *executed += i as u64;
+            return stopped(x, op, stop, executed);
+        }
+        if x.end_block {
+            *executed += i as u64 + 1;
+            // After the instruction's own TSC (WRMSR may have set it).
+            x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
+            return None;
+        }
+    }
+    *executed += ops.len() as u64;
+    if !ops.is_empty() {
+        x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
+    }
+    None
+}
+
+/// Runs a block one instruction at a time, looking after each at what the plain path
+/// leaves out: the single-step trap (TF), RF, the interrupt shadow, the budget.
+fn run_single(
+    x: &mut Exec,
+    ops: &[Op],
+    max_instructions: u64,
+    executed: &mut u64,
+) -> Option<RunEnd> {
+    let single = x.cpu.flags.bits & TF != 0 || x.cpu.shadow.interrupts;
+    // Within the instruction budget: a block may hold more than is left.
+    let left = (max_instructions - *executed).min(usize::MAX as u64) as usize;
+    for op in ops.iter().take(left) {
+        let tf = x.cpu.flags.bits & TF != 0;
+        let rf = x.cpu.flags.bits & RF != 0;
+        x.cpu.shadow.interrupts = false;
+        x.cpu.rip = op.next;
+        if let Err(stop) = (op.exec)(x, op) {
+            return stopped(x, op, stop, executed);
+        }
+        *executed += 1;
+        x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
+        if rf {
+            x.cpu.flags.bits &= !RF;
+        }
+        if tf {
+            // Single-step: #DB after the instruction, DR6.BS set.
+            x.cpu.dr[6] |= 1 << 14;
+            let f = Fault {
+                vector: DB,
+                error_code: None,
+                cr2: None,
+            };
+            let rip = x.cpu.rip;
+            if interrupt::raise(x, f, rip, Source::Exception).is_err() {
+                return Some(RunEnd::Exit(x.exit, ExitInstruction::default()));
+            }
+            return None;
+        }
+        if x.end_block || single {
+            return None;
+        }
+    }
+    None
+}
+
+/// What instruction `op` stopping with `stop` comes to: an exception delivered (the
+/// run goes on) or the exit the run ends with.
+#[cold]
+#[inline(never)]
+fn stopped(x: &mut Exec, op: &Op, stop: Stop, executed: &mut u64) -> Option<RunEnd> {
+    match stop {
+        Stop::Fault => {
+            x.cpu.rip = op.ip;
+            // Every exception a handler returns is a fault: RIP stays on the
+            // instruction (traps like INT3 are delivered by their handlers).
+            let f = x.fault;
+            match interrupt::raise(x, f, op.ip, Source::Exception) {
+                Ok(()) => {
+                    *executed += 1;
+                    None
+                }
+                Err(_) => Some(RunEnd::Exit(x.exit, capture(x, op.len))),
+            }
+        }
+        Stop::Exit => {
+            let exit = x.exit;
+            // HLT and an EOI write retire; the other exits leave RIP on the
+            // instruction for the VMM to complete it.
+            let retired = matches!(exit, Exit::Halt | Exit::ApicEoi(_));
+            if !retired {
+                x.cpu.rip = op.ip;
+            }
+            if retired
+                || matches!(
+                    exit,
+                    Exit::Io { .. }
+                        | Exit::Msr { .. }
+                        | Exit::Mmio {
+                            access: Access::Read | Access::Write,
+                            ..
+                        }
+                )
+            {
+                // HLT retires here; an access retires when the VMM completes it.
+                *executed += 1;
+            }
+            let info = if retired {
+                ExitInstruction {
+                    len: op.len,
+                    ..ExitInstruction::default()
+                }
+            } else {
+                capture(x, op.len)
+            };
+            Some(RunEnd::Exit(exit, info))
+        }
     }
 }
 

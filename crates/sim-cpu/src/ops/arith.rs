@@ -69,8 +69,8 @@ const fn writes(k: u8) -> bool {
     k != CMP && k != TEST
 }
 
-fn rr<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn rr<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let a = x.reg(op.r, s);
     let b = x.reg(op.rm, s);
     let r = alu::<K>(x, a, b, s);
@@ -80,8 +80,8 @@ fn rr<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
-fn rm<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn rm<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let a = x.reg(op.r, s);
     let at = ea(x, op);
     let b = x.read(op.seg as usize, at, s)?;
@@ -92,8 +92,8 @@ fn rm<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
-fn ri<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn ri<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let a = x.reg(op.r, s);
     let r = alu::<K>(x, a, op.imm, s);
     if writes(K) {
@@ -102,8 +102,8 @@ fn ri<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
-fn mr<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn mr<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let b = x.reg(op.r, s);
     if writes(K) {
         let (w, a) = rmw_begin(x, op, s)?;
@@ -117,8 +117,8 @@ fn mr<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     }
 }
 
-fn mi<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn mi<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     if writes(K) {
         let (w, a) = rmw_begin(x, op, s)?;
         let r = alu::<K>(x, a, op.imm, s);
@@ -131,18 +131,28 @@ fn mi<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     }
 }
 
+/// The handler `$f` for operation `$k` at operand size `$s`: one copy per kind and
+/// size, so neither is looked at when an instruction executes.
 macro_rules! by_kind {
-    ($f:ident, $k:expr) => {
+    ($f:ident, $k:expr, $s:expr) => {
+        match $s {
+            1 => by_kind!(@kind $f, $k, 1),
+            2 => by_kind!(@kind $f, $k, 2),
+            4 => by_kind!(@kind $f, $k, 4),
+            _ => by_kind!(@kind $f, $k, 8),
+        }
+    };
+    (@kind $f:ident, $k:expr, $s:literal) => {
         match $k {
-            ADD => $f::<ADD> as Handler,
-            OR => $f::<OR>,
-            ADC => $f::<ADC>,
-            SBB => $f::<SBB>,
-            AND => $f::<AND>,
-            SUB => $f::<SUB>,
-            XOR => $f::<XOR>,
-            CMP => $f::<CMP>,
-            _ => $f::<TEST>,
+            ADD => $f::<ADD, $s> as Handler,
+            OR => $f::<OR, $s>,
+            ADC => $f::<ADC, $s>,
+            SBB => $f::<SBB, $s>,
+            AND => $f::<AND, $s>,
+            SUB => $f::<SUB, $s>,
+            XOR => $f::<XOR, $s>,
+            CMP => $f::<CMP, $s>,
+            _ => $f::<TEST, $s>,
         }
     };
 }
@@ -171,11 +181,11 @@ pub fn compile_binary(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     }
     op.imm &= mask(op.size as usize);
     Some(match form(ins) {
-        Form::RegReg => by_kind!(rr, k),
-        Form::RegMem => by_kind!(rm, k),
-        Form::MemReg => by_kind!(mr, k),
-        Form::RegImm => by_kind!(ri, k),
-        Form::MemImm => by_kind!(mi, k),
+        Form::RegReg => by_kind!(rr, k, op.size),
+        Form::RegMem => by_kind!(rm, k, op.size),
+        Form::MemReg => by_kind!(mr, k, op.size),
+        Form::RegImm => by_kind!(ri, k, op.size),
+        Form::MemImm => by_kind!(mi, k, op.size),
     })
 }
 
@@ -210,16 +220,16 @@ fn unary<const K: u8>(x: &mut Exec, a: u64, s: usize) -> u64 {
     }
 }
 
-fn unary_r<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn unary_r<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let a = x.reg(op.r, s);
     let r = unary::<K>(x, a, s);
     x.set_reg(op.r, s, r);
     Ok(())
 }
 
-fn unary_m<const K: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn unary_m<const K: u8, const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let (w, a) = rmw_begin(x, op, s)?;
     let r = unary::<K>(x, a, s);
     rmw_end(x, w, s, r)
@@ -231,15 +241,31 @@ pub fn compile_unary(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         return Some(crate::decode::invalid);
     }
     let mem = ins.op_kind(0) == iced_x86::OpKind::Memory;
-    Some(match (ins.mnemonic(), mem) {
-        (M::Inc, false) => unary_r::<INC> as Handler,
-        (M::Inc, true) => unary_m::<INC>,
-        (M::Dec, false) => unary_r::<DEC>,
-        (M::Dec, true) => unary_m::<DEC>,
-        (M::Neg, false) => unary_r::<NEG>,
-        (M::Neg, true) => unary_m::<NEG>,
-        (_, false) => unary_r::<NOT>,
-        _ => unary_m::<NOT>,
+    let k = match ins.mnemonic() {
+        M::Inc => INC,
+        M::Dec => DEC,
+        M::Neg => NEG,
+        _ => NOT,
+    };
+    macro_rules! sized {
+        ($s:literal) => {
+            match (k, mem) {
+                (INC, false) => unary_r::<INC, $s> as Handler,
+                (INC, true) => unary_m::<INC, $s>,
+                (DEC, false) => unary_r::<DEC, $s>,
+                (DEC, true) => unary_m::<DEC, $s>,
+                (NEG, false) => unary_r::<NEG, $s>,
+                (NEG, true) => unary_m::<NEG, $s>,
+                (_, false) => unary_r::<NOT, $s>,
+                _ => unary_m::<NOT, $s>,
+            }
+        };
+    }
+    Some(match op.size {
+        1 => sized!(1),
+        2 => sized!(2),
+        4 => sized!(4),
+        _ => sized!(8),
     })
 }
 

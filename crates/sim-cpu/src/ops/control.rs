@@ -11,8 +11,8 @@ use crate::interrupt::{self, Source};
 use crate::segment;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-fn jcc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    if x.cpu.flags.condition(op.cc) {
+fn jcc<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    if x.cpu.flags.holds::<CC>() {
         x.branch(op.target)
     } else {
         Ok(())
@@ -21,7 +21,7 @@ fn jcc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 pub fn compile_jcc(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     op.cc = ins.condition_code() as u8 - 1;
-    Some(jcc)
+    Some(super::by_condition!(jcc, op.cc))
 }
 
 fn jmp_rel(x: &mut Exec, op: &Op) -> Result<(), Stop> {

@@ -427,8 +427,8 @@ pub fn compile_nop(_ins: &Instruction, _op: &mut Op) -> Option<Handler> {
     Some(nop)
 }
 
-fn setcc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let v = x.cpu.flags.condition(op.cc) as u64;
+fn setcc<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let v = x.cpu.flags.holds::<CC>() as u64;
     write_rm(x, op, 1, v)
 }
 
@@ -437,15 +437,15 @@ pub fn compile_setcc(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     if ins.op_kind(0) == OpKind::Register {
         op.rm = gpr(ins.op_register(0));
     }
-    Some(setcc)
+    Some(super::by_condition!(setcc, op.cc))
 }
 
 /// CMOVcc: the source is read whatever the condition (its faults happen), and a 32-bit
 /// destination is written (upper half cleared) even when the move does not happen.
-fn cmov(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+fn cmov<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let v = read_rm(x, op, s)?;
-    if x.cpu.flags.condition(op.cc) {
+    if x.cpu.flags.holds::<CC>() {
         x.set_reg(op.r, s, v);
     } else if s == 4 {
         let d = x.reg(op.r, 4);
@@ -456,5 +456,5 @@ fn cmov(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 pub fn compile_cmov(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     op.cc = ins.condition_code() as u8 - 1;
-    Some(cmov)
+    Some(super::by_condition!(cmov, op.cc))
 }

@@ -19,6 +19,32 @@ use crate::fault::Stop;
 use crate::paging::Access;
 use iced_x86::{CpuidFeature, Instruction, Mnemonic, OpKind};
 
+/// The copy of handler `$f` for condition code `$cc` (0..15, the low nibble of the
+/// opcode): the condition is a constant when it executes.
+macro_rules! by_condition {
+    ($f:ident, $cc:expr) => {
+        match $cc & 15 {
+            0 => $f::<0> as crate::decode::Handler,
+            1 => $f::<1>,
+            2 => $f::<2>,
+            3 => $f::<3>,
+            4 => $f::<4>,
+            5 => $f::<5>,
+            6 => $f::<6>,
+            7 => $f::<7>,
+            8 => $f::<8>,
+            9 => $f::<9>,
+            10 => $f::<10>,
+            11 => $f::<11>,
+            12 => $f::<12>,
+            13 => $f::<13>,
+            14 => $f::<14>,
+            _ => $f::<15>,
+        }
+    };
+}
+pub(crate) use by_condition;
+
 /// Where an instruction's destination (or only operand) lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
