@@ -33,6 +33,14 @@ fn code(name: &str) -> Option<Vec<u8>> {
             0xb6, 0x01, 0x01, 0xc2, 0x41, 0x88, 0x11, 0x49, 0xff, 0xc1, 0xff, 0xc9, 0x75, 0xf0,
             0xeb, 0xe2,
         ],
+        // again: mov r9d, 0x200000; lea r10, [r9 + 0x80000]; mov ecx, 8192;
+        //        l: mov rax, [r9]; mov [r10], rax; add r9, 8; add r10, 8; dec ecx; jnz l;
+        //        jmp again
+        "copy" => vec![
+            0x41, 0xb9, 0x00, 0x00, 0x20, 0x00, 0x4d, 0x8d, 0x91, 0x00, 0x00, 0x08, 0x00, 0xb9,
+            0x00, 0x20, 0x00, 0x00, 0x49, 0x8b, 0x01, 0x49, 0x89, 0x02, 0x49, 0x83, 0xc1, 0x08,
+            0x49, 0x83, 0xc2, 0x08, 0xff, 0xc9, 0x75, 0xee, 0xeb, 0xda,
+        ],
         _ => return None,
     })
 }
@@ -44,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(200_000_000);
-    let code = code(&name).ok_or("workloads: alu, fib, checksum")?;
+    let code = code(&name).ok_or("workloads: alu, fib, checksum, copy")?;
     let mut vm = SimHypervisor.create_vm(&VmConfig::default())?;
     let ram = Arc::new(HostRegion::new(4 << 20)?);
     ram.write(0x10_0000, &code)?;

@@ -47,37 +47,40 @@ pub struct Block {
     /// stamp of everything that choice depended on (see [`link_stamp`]).
     /// Two links: a RET or an indirect jump alternates between successors.
     pub links: [std::cell::Cell<Link>; 2],
+    /// Whether running the block to its end leaves the stamp (see [`stamp`]) as it
+    /// found it: its last instruction is a near branch or ends no block.
+    pub keeps_mode: bool,
 }
 
-/// A block found after another: at `ip`, under `stamp`, in cache generation
-/// `generation` (while it holds, `next` is alive).
+/// A block found after another: at `ip`, under link key `key` (see
+/// [`CodeCache::link_key`]; while it is current, `next` is alive and is what a lookup
+/// would find).
 #[derive(Clone, Copy)]
 pub struct Link {
     pub ip: u64,
     pub next: *const Block,
-    pub stamp: Stamp,
-    pub generation: u64,
+    pub key: u64,
 }
 
 impl Link {
+    const NONE_STAMP: Stamp = Stamp {
+        cs_base: u64::MAX,
+        rest: u64::MAX,
+    };
     const NONE: Link = Link {
         ip: u64::MAX,
         next: std::ptr::null(),
-        stamp: Stamp {
-            cs_base: u64::MAX,
-            rest: u64::MAX,
-        },
-        generation: u64::MAX,
+        key: 0,
     };
 }
 
 impl Block {
-    /// The linked successor at `ip` under `stamp` in `generation`, if remembered.
+    /// The linked successor at `ip` under link key `key`, if remembered.
     #[inline(always)]
-    pub fn linked(&self, ip: u64, stamp: Stamp, generation: u64) -> Option<*const Block> {
+    pub fn linked(&self, ip: u64, key: u64) -> Option<*const Block> {
         for l in &self.links {
             let l = l.get();
-            if l.ip == ip && l.generation == generation && l.stamp == stamp {
+            if l.ip == ip && l.key == key {
                 return Some(l.next);
             }
         }
@@ -92,8 +95,7 @@ impl Block {
     }
 }
 
-/// What a block found for a RIP depends on beyond the RIP and the blocks cached (the
-/// generation, compared on its own): the code segment's base and attributes (the code
+/// What a block found for a RIP depends on beyond the RIP and the blocks cached: the code segment's base and attributes (the code
 /// size), the CPL's sources (SS's attributes, CR0.PE, RFLAGS.VM), EFER.LMA and every
 /// mapping (the TLB's flush epoch), packed exactly into two words.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -135,6 +137,10 @@ pub struct CodeCache {
     pub epoch: u64,
     /// Bumped whenever a block leaves its slot: a link made before may point at it.
     pub generation: u64,
+    /// The current link key, and the generation and stamp it stands for.
+    key: u64,
+    key_generation: u64,
+    key_stamp: Stamp,
 }
 
 impl Default for CodeCache {
@@ -147,6 +153,9 @@ impl Default for CodeCache {
             graveyard: Vec::new(),
             epoch: 1,
             generation: 0,
+            key: 1,
+            key_generation: 0,
+            key_stamp: Link::NONE_STAMP,
         }
     }
 }
@@ -172,7 +181,6 @@ impl CodeCache {
                     self.forget_pages(&b, s, page);
                     self.graveyard.push(b);
                     self.generation += 1;
-                    self.generation += 1;
                 }
             }
         }
@@ -187,6 +195,19 @@ impl CodeCache {
             }
         }
         self.pages.clear();
+    }
+
+    /// The key links are made and followed under now: one number for the cache's
+    /// generation and the mode's `stamp` together, new whenever either changes (a key
+    /// once left is never current again). Links are then checked with one compare.
+    #[inline(always)]
+    pub fn link_key(&mut self, stamp: Stamp) -> u64 {
+        if self.generation != self.key_generation || stamp != self.key_stamp {
+            self.key += 1;
+            self.key_generation = self.generation;
+            self.key_stamp = stamp;
+        }
+        self.key
     }
 
     /// Starts a new epoch: every block's bytes are compared before it runs again.
@@ -406,6 +427,33 @@ fn ends_block(ins: &iced_x86::Instruction) -> bool {
     }
 }
 
+/// Whether a block ending with `ins` leaves the mode (the [`stamp`]) as it was: the
+/// near transfers change only RIP and RSP; what else [`ends_block`] lists (far
+/// transfers, interrupts, mode, segment and paging changes) may change it.
+fn keeps_mode(ins: &iced_x86::Instruction) -> bool {
+    if !ends_block(ins) {
+        return true;
+    }
+    match ins.flow_control() {
+        FlowControl::ConditionalBranch => {
+            ins.is_jcc_short_or_near() || ins.is_loop() || ins.is_loopcc() || is_jrcxz(ins)
+        }
+        FlowControl::UnconditionalBranch => ins.is_jmp_short_or_near(),
+        FlowControl::IndirectBranch => ins.is_jmp_near_indirect(),
+        FlowControl::Call => ins.is_call_near(),
+        FlowControl::IndirectCall => ins.is_call_near_indirect(),
+        FlowControl::Return => ins.mnemonic() == Mnemonic::Ret,
+        _ => false,
+    }
+}
+
+fn is_jrcxz(ins: &iced_x86::Instruction) -> bool {
+    matches!(
+        ins.mnemonic(),
+        Mnemonic::Jcxz | Mnemonic::Jecxz | Mnemonic::Jrcxz
+    )
+}
+
 /// Makes the block at `ip`: decodes from its page until a block end.
 fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, Stop> {
     let lin = if bits == 64 {
@@ -462,6 +510,7 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
     let mut used = 0usize;
     let mut second = None;
     let mut ins = iced_x86::Instruction::default();
+    let mut keeps = true;
     while ops.len() < MAX_OPS && used < in_page {
         decoder.decode_out(&mut ins);
         let len = ins.len();
@@ -504,6 +553,7 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
         }
         let op = compile(&ins, bits);
         let end = ends_block(&ins) || ins.is_invalid();
+        keeps = !ins.is_invalid() && keeps_mode(&ins);
         ops.push(op);
         if end || crosses || decoder.position() >= in_page {
             break;
@@ -525,5 +575,6 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
             std::cell::Cell::new(Link::NONE),
             std::cell::Cell::new(Link::NONE),
         ],
+        keeps_mode: keeps,
     }))
 }

@@ -137,6 +137,20 @@ impl Exec<'_> {
             }
             return Ok(lin);
         }
+        self.linear_legacy(seg, off, size, write)
+    }
+
+    /// [`Exec::linear`] outside 64-bit mode: out of line, so the handlers that inline
+    /// the 64-bit path stay small.
+    #[inline(never)]
+    fn linear_legacy(
+        &mut self,
+        seg: usize,
+        off: u64,
+        size: usize,
+        write: bool,
+    ) -> Result<u64, Stop> {
+        let cpu = &*self.cpu;
         let s = &cpu.seg[seg];
         let last = off.wrapping_add(size as u64 - 1);
         if cpu.cr0 & CR0_PE != 0 && cpu.flags.bits & crate::flags::VM == 0 {
@@ -531,6 +545,82 @@ impl Exec<'_> {
         let m = self.stack_mask();
         self.set_sp(self.cpu.gpr[4].wrapping_add(size as u64) & m);
         Ok(v)
+    }
+
+    // ---- the stack in 64-bit mode ---------------------------------------------------
+    //
+    // Handlers compiled for a block of 64-bit code know the mode: a block runs only
+    // while CS and EFER.LMA are what it was made under (`crate::cache`). There the
+    // stack is flat and 64 bits wide, only the canonical check applies (SDM vol 1
+    // 3.3.7.1; a fault on the stack is #SS(0), vol 3 6.15), and CPL is SS.DPL (CR0.PE
+    // is set and RFLAGS.VM clear in long mode).
+
+    /// Whether the current (64-bit mode) access is a user one.
+    #[inline(always)]
+    fn user64(&self) -> bool {
+        debug_assert!(self.cpu.mode64());
+        self.cpu.seg[SS].dpl() == 3
+    }
+
+    /// PUSH in 64-bit mode: memory is written before RSP changes.
+    #[inline(always)]
+    pub fn push64(&mut self, v: u64, size: usize) -> Result<(), Stop> {
+        let sp = self.cpu.gpr[4].wrapping_sub(size as u64);
+        if !canonical(sp) || !canonical(sp.wrapping_add(size as u64 - 1)) {
+            return Err(self.segment_fault(SS));
+        }
+        if (sp & 0xfff) as usize + size <= 0x1000 {
+            if let Some(p) = self.tlb.lookup(sp, need(Access::Write, self.user64())) {
+                // SAFETY: the TLB grants writes to the whole page of RAM.
+                unsafe { hv_core::shared::store(p, size, v) };
+                self.cpu.gpr[4] = sp;
+                return Ok(());
+            }
+        }
+        let who = self.privilege();
+        self.write_slow(sp, size, v, who)?;
+        self.cpu.gpr[4] = sp;
+        Ok(())
+    }
+
+    /// POP in 64-bit mode.
+    #[inline(always)]
+    pub fn pop64(&mut self, size: usize) -> Result<u64, Stop> {
+        let sp = self.cpu.gpr[4];
+        if !canonical(sp) || !canonical(sp.wrapping_add(size as u64 - 1)) {
+            return Err(self.segment_fault(SS));
+        }
+        let v = if (sp & 0xfff) as usize + size <= 0x1000 {
+            match self.tlb.lookup(sp, need(Access::Read, self.user64())) {
+                // SAFETY: the TLB maps the whole page to RAM; the access stays inside it.
+                Some(p) => unsafe { hv_core::shared::load(p, size) },
+                None => self.read_slow(sp, size, Access::Read, self.privilege())?,
+            }
+        } else {
+            self.read_slow(sp, size, Access::Read, self.privilege())?
+        };
+        self.cpu.gpr[4] = sp.wrapping_add(size as u64);
+        Ok(v)
+    }
+
+    /// PUSH, for handlers compiled knowing whether the code is 64-bit (`M64`).
+    #[inline(always)]
+    pub fn push_in<const M64: bool>(&mut self, v: u64, size: usize) -> Result<(), Stop> {
+        if M64 {
+            self.push64(v, size)
+        } else {
+            self.push(v, size)
+        }
+    }
+
+    /// POP, for handlers compiled knowing whether the code is 64-bit (`M64`).
+    #[inline(always)]
+    pub fn pop_in<const M64: bool>(&mut self, size: usize) -> Result<u64, Stop> {
+        if M64 {
+            self.pop64(size)
+        } else {
+            self.pop(size)
+        }
     }
 
     /// The width of RIP: 64 bits in 64-bit mode, else the code segment's operand size

@@ -151,21 +151,27 @@ impl Processor {
         };
         let mut executed = 0u64;
         let mut next_poll = POLL_INTERVAL;
-        // The block that ran last, and the cache generation it was found in.
+        // The next instruction count at which the limit or the poll is due.
+        let mut check_at = next_poll.min(max_instructions);
+        let events = &*self.events;
+        // The block that ran last, and the link key it was found under.
         let mut prev: *const cache::Block = std::ptr::null();
-        let mut prev_generation = 0u64;
-        let end = loop {
-            if executed >= max_instructions {
-                break RunEnd::InstructionLimit;
-            }
-            if executed >= next_poll || x.work >= POLL_INTERVAL {
-                next_poll = executed + POLL_INTERVAL;
-                x.work = 0;
-                if poll() {
-                    break RunEnd::Stopped;
+        let mut prev_key = 0u64;
+        let end = 'run: loop {
+            if executed >= check_at || x.work >= POLL_INTERVAL {
+                if executed >= max_instructions {
+                    break RunEnd::InstructionLimit;
                 }
+                if executed >= next_poll || x.work >= POLL_INTERVAL {
+                    next_poll = executed + POLL_INTERVAL;
+                    x.work = 0;
+                    if poll() {
+                        break RunEnd::Stopped;
+                    }
+                }
+                check_at = next_poll.min(max_instructions);
             }
-            let e = self.events.load(Ordering::Relaxed);
+            let e = events.load(Ordering::Relaxed);
             if e != 0 {
                 if e & EVENT_RESLICE != 0 {
                     break RunEnd::InstructionLimit;
@@ -179,17 +185,17 @@ impl Processor {
                 }
             }
             // Chaining: the block that ran last remembers the block found after it;
-            // while the RIP, the stamp and the cache's generation are the same, that is
-            // what `find` would return. Else look it up, and remember it there.
+            // while the RIP and the link key (the cache's generation and the mode) are
+            // the same, that is what `find` would return. Else look it up, and
+            // remember it there.
             let stamp = cache::stamp(&x);
-            let generation = x.cache.generation;
+            let key = x.cache.link_key(stamp);
             // SAFETY: `prev` was cached when it ran; no block has left the cache since
-            // when the generation is the same.
-            let prev_block =
-                (!prev.is_null() && prev_generation == generation).then(|| unsafe { &*prev });
+            // when the key (which covers the generation) is the same.
+            let prev_block = (!prev.is_null() && prev_key == key).then(|| unsafe { &*prev });
             let linked = prev_block.and_then(|p| {
-                let next = p.linked(x.cpu.rip, stamp, generation)?;
-                // SAFETY: `next` was cached when the link was made, in this generation.
+                let next = p.linked(x.cpu.rip, key)?;
+                // SAFETY: `next` was cached when the link was made, under this key.
                 (unsafe { (*next).checked } == x.cache.epoch).then_some(next)
             });
             let found = match linked {
@@ -198,13 +204,12 @@ impl Processor {
                     let found = cache::find(&mut x);
                     if let (Some(p), Ok(b)) = (prev_block, &found) {
                         // `find` drops blocks only into the graveyard, freed at its next
-                        // call: `p` is memory still, and the link carries the generation
-                        // `find` left.
+                        // call: `p` is memory still, and the link carries the key of the
+                        // generation `find` left.
                         p.remember(cache::Link {
                             ip: x.cpu.rip,
                             next: *b,
-                            stamp,
-                            generation: x.cache.generation,
+                            key: x.cache.link_key(stamp),
                         });
                     }
                     found
@@ -213,7 +218,7 @@ impl Processor {
             let block = match found {
                 Ok(b) => {
                     prev = b;
-                    prev_generation = x.cache.generation;
+                    prev_key = x.cache.link_key(stamp);
                     b
                 }
                 Err(Stop::Fault) => {
@@ -234,23 +239,54 @@ impl Processor {
                 }
             };
             // SAFETY: `find` returned a block alive until its next call.
-            let block = unsafe { &*block };
-            let ops = &block.ops[..];
-            // The plain path: no single-step trap, no RF to clear, no interrupt shadow
-            // to end, and the whole block within the instruction budget. Nothing in a
-            // block can change that before its last instruction: POPF, STI, MOV SS and
-            // POP SS end blocks, IRET and the far transfers are branches.
-            let plain = x.cpu.flags.bits & (TF | RF) == 0
-                && !x.cpu.shadow.interrupts
-                && ops.len() as u64 <= max_instructions - executed;
-            let outcome = if plain {
-                run_plain(&mut x, ops, &mut executed)
-            } else {
-                run_single(&mut x, ops, max_instructions, &mut executed)
-            };
-            x.end_block = false;
-            if let Some(e) = outcome {
-                break e;
+            let mut block = unsafe { &*block };
+            // Blocks run back to back from here while nothing needs the checks above.
+            loop {
+                let ops = &block.ops[..];
+                // The plain path: no single-step trap, no RF to clear, no interrupt
+                // shadow to end, and the whole block within the instruction budget.
+                // Nothing in a block can change that before its last instruction:
+                // POPF, STI, MOV SS and POP SS end blocks, IRET and the far transfers
+                // are branches.
+                let plain = x.cpu.flags.bits & (TF | RF) == 0
+                    && !x.cpu.shadow.interrupts
+                    && ops.len() as u64 <= max_instructions - executed;
+                if !plain {
+                    let outcome = run_single(&mut x, ops, max_instructions, &mut executed);
+                    x.end_block = false;
+                    match outcome {
+                        Some(e) => break 'run e,
+                        None => continue 'run,
+                    }
+                }
+                let (outcome, whole) = run_plain(&mut x, ops, &mut executed);
+                x.end_block = false;
+                if let Some(e) = outcome {
+                    break 'run e;
+                }
+                // The next block follows straight on when this one ran to its end
+                // without changing the mode (so the key is still current: no block
+                // was dropped either, which ends a block), nothing is due, and it is
+                // linked.
+                if !whole
+                    || !block.keeps_mode
+                    || executed >= check_at
+                    || x.work >= POLL_INTERVAL
+                    || events.load(Ordering::Relaxed) != 0
+                {
+                    continue 'run;
+                }
+                debug_assert!(cache::stamp(&x) == stamp, "a block changed the mode");
+                let Some(next) = block.linked(x.cpu.rip, prev_key) else {
+                    continue 'run;
+                };
+                // SAFETY: linked under the current key: `next` is alive.
+                let next = unsafe { &*next };
+                if next.checked != x.cache.epoch {
+                    continue 'run;
+                }
+                prev = next;
+                block = next;
             }
         };
         self.instructions += executed;
@@ -260,28 +296,29 @@ impl Processor {
 
 /// Runs a block's instructions one after another with nothing to look at between
 /// them but the block's end. Each sees the TSC it would one instruction at a time.
+/// Also says whether every instruction ran and none ended the block early.
 #[inline(always)]
-fn run_plain(x: &mut Exec, ops: &[Op], executed: &mut u64) -> Option<RunEnd> {
+fn run_plain(x: &mut Exec, ops: &[Op], executed: &mut u64) -> (Option<RunEnd>, bool) {
     let t0 = x.cpu.tsc;
     for (i, op) in ops.iter().enumerate() {
         x.cpu.rip = op.next;
         x.cpu.tsc = t0.wrapping_add(i as u64);
         if let Err(stop) = (op.exec)(x, op) {
             *executed += i as u64;
-            return stopped(x, op, stop, executed);
+            return (stopped(x, op, stop, executed), false);
         }
         if x.end_block {
             *executed += i as u64 + 1;
             // After the instruction's own TSC (WRMSR may have set it).
             x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
-            return None;
+            return (None, false);
         }
     }
     *executed += ops.len() as u64;
     if !ops.is_empty() {
         x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
     }
-    None
+    (None, true)
 }
 
 /// Runs a block one instruction at a time, looking after each at what the plain path

@@ -42,6 +42,30 @@ fn call_rel(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
+/// CALL rel32 in 64-bit code to a canonical target (checked when compiled: the
+/// target of a block's instruction is fixed).
+fn call_rel64(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    x.push64(op.next, 8)?;
+    x.cpu.rip = op.target;
+    Ok(())
+}
+
+/// RET in 64-bit code: a non-canonical return address is #GP(0) with the stack as
+/// it was (SDM vol 2 RET, 64-bit mode).
+fn ret64<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let saved = x.cpu.gpr[4];
+    let t = x.pop64(S)? & mask(S);
+    if !crate::paging::canonical(t) {
+        x.cpu.gpr[4] = saved;
+        return Err(x.gp(0));
+    }
+    x.cpu.rip = t;
+    if op.imm != 0 {
+        x.cpu.gpr[4] = x.cpu.gpr[4].wrapping_add(op.imm);
+    }
+    Ok(())
+}
+
 fn call_rm(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let t = read_rm(x, op, s)? & mask(s);
@@ -111,7 +135,7 @@ fn far_pointer(x: &mut Exec, op: &Op) -> Result<(u16, u64), Stop> {
     Ok((sel as u16, off))
 }
 
-pub fn compile_transfer(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
+pub fn compile_transfer(ins: &Instruction, op: &mut Op, bits: u32) -> Option<Handler> {
     use Mnemonic as M;
     let m = ins.mnemonic();
     let k = if ins.op_count() > 0 {
@@ -131,7 +155,11 @@ pub fn compile_transfer(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Ha
             } else {
                 0
             };
-            Some(ret)
+            Some(match (bits, op.size) {
+                (64, 8) => ret64::<8>,
+                (64, 2) => ret64::<2>,
+                _ => ret,
+            })
         }
         M::Retf => {
             op.size = match ins.code() {
@@ -155,7 +183,12 @@ pub fn compile_transfer(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Ha
                         OpKind::NearBranch32 => 4,
                         _ => 8,
                     };
-                    Some(if call { call_rel } else { jmp_rel })
+                    let flat = bits == 64 && op.size == 8 && crate::paging::canonical(op.target);
+                    Some(match (call, flat) {
+                        (true, true) => call_rel64,
+                        (true, false) => call_rel,
+                        _ => jmp_rel,
+                    })
                 }
                 OpKind::FarBranch16 | OpKind::FarBranch32 => {
                     op.size = if k == OpKind::FarBranch16 { 2 } else { 4 };

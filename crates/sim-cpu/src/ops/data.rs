@@ -10,35 +10,35 @@ use crate::flags::{mask, sext, AF, CF, PF, SF, ZF};
 use crate::segment::load_data_segment;
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
-fn mov_rr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn mov_rr<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let v = x.reg(op.rm, s);
     x.set_reg(op.r, s, v);
     Ok(())
 }
 
-fn mov_rm(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn mov_rm<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let at = ea(x, op);
     let v = x.read(op.seg as usize, at, s)?;
     x.set_reg(op.r, s, v);
     Ok(())
 }
 
-fn mov_mr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn mov_mr<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let v = x.reg(op.r, s);
     let at = ea(x, op);
     x.write(op.seg as usize, at, s, v)
 }
 
-fn mov_ri(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    x.set_reg(op.r, op.size as usize, op.imm);
+fn mov_ri<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    x.set_reg(op.r, S, op.imm);
     Ok(())
 }
 
-fn mov_mi(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
+fn mov_mi<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let s = S;
     let at = ea(x, op);
     x.write(op.seg as usize, at, s, op.imm)
 }
@@ -110,27 +110,46 @@ pub fn compile_mov(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         return Some(mov_from_seg);
     }
     Some(match form(ins) {
-        Form::RegReg => mov_rr,
-        Form::RegMem => mov_rm,
-        Form::MemReg => mov_mr,
-        Form::RegImm => mov_ri,
-        Form::MemImm => mov_mi,
+        Form::RegReg => super::by_size!(mov_rr, op.size),
+        Form::RegMem => super::by_size!(mov_rm, op.size),
+        Form::MemReg => super::by_size!(mov_mr, op.size),
+        Form::RegImm => super::by_size!(mov_ri, op.size),
+        Form::MemImm => super::by_size!(mov_mi, op.size),
     })
 }
 
-fn extend(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let from = op.cc as usize & 0xf;
-    let v = read_rm(x, op, from)?;
-    let v = if op.cc & 0x10 != 0 { sext(v, from) } else { v };
-    x.set_reg(op.r, op.size as usize, v & mask(op.size as usize));
+/// MOVZX/MOVSX/MOVSXD from `FROM` bytes (sign-extended when `SIGNED`) to `TO`.
+fn extend<const FROM: usize, const SIGNED: bool, const TO: usize>(
+    x: &mut Exec,
+    op: &Op,
+) -> Result<(), Stop> {
+    let v = read_rm(x, op, FROM)?;
+    let v = if SIGNED { sext(v, FROM) } else { v };
+    x.set_reg(op.r, TO, v & mask(TO));
     Ok(())
 }
 
 pub fn compile_extend(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     let from = crate::decode::op_size(ins, 1) as u8;
     let signed = ins.mnemonic() != Mnemonic::Movzx;
-    op.cc = from | if signed { 0x10 } else { 0 };
-    Some(extend)
+    macro_rules! to {
+        ($from:literal, $signed:literal) => {
+            match op.size {
+                2 => extend::<$from, $signed, 2> as Handler,
+                4 => extend::<$from, $signed, 4>,
+                _ => extend::<$from, $signed, 8>,
+            }
+        };
+    }
+    Some(match (from, signed) {
+        (1, false) => to!(1, false),
+        (1, true) => to!(1, true),
+        (2, false) => to!(2, false),
+        (2, true) => to!(2, true),
+        // MOVSXD, and MOVSXD without REX.W (a plain 32-bit move).
+        (_, false) => to!(4, false),
+        _ => to!(4, true),
+    })
 }
 
 fn lea(x: &mut Exec, op: &Op) -> Result<(), Stop> {

@@ -45,6 +45,20 @@ macro_rules! by_condition {
 }
 pub(crate) use by_condition;
 
+/// The copy of handler `$f` for operand size `$s` (1, 2, 4 or 8 bytes): the size is
+/// a constant when it executes.
+macro_rules! by_size {
+    ($f:ident, $s:expr) => {
+        match $s {
+            1 => $f::<1> as crate::decode::Handler,
+            2 => $f::<2>,
+            4 => $f::<4>,
+            _ => $f::<8>,
+        }
+    };
+}
+pub(crate) use by_size;
+
 /// Where an instruction's destination (or only operand) lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {

@@ -9,10 +9,9 @@ use crate::segment::load_data_segment;
 use crate::state::SS;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 
-fn push_r(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
-    let v = x.reg(op.r, s);
-    x.push(v, s)
+fn push_r<const S: usize, const M64: bool>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let v = x.reg(op.r, S);
+    x.push_in::<M64>(v, S)
 }
 
 fn push_i(x: &mut Exec, op: &Op) -> Result<(), Stop> {
@@ -39,10 +38,9 @@ fn push_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
-fn pop_r(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let s = op.size as usize;
-    let v = x.pop(s)?;
-    x.set_reg(op.r, s, v);
+fn pop_r<const S: usize, const M64: bool>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
+    let v = x.pop_in::<M64>(S)?;
+    x.set_reg(op.r, S, v);
     Ok(())
 }
 
@@ -76,7 +74,7 @@ fn pop_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Ok(())
 }
 
-pub fn compile_push_pop(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
+pub fn compile_push_pop(ins: &Instruction, op: &mut Op, bits: u32) -> Option<Handler> {
     let push = ins.mnemonic() == Mnemonic::Push;
     op.size = ins.stack_pointer_increment().unsigned_abs() as u8;
     match ins.op_kind(0) {
@@ -89,7 +87,16 @@ pub fn compile_push_pop(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Ha
         }
         OpKind::Register => {
             op.r = gpr(ins.op_register(0));
-            Some(if push { push_r } else { pop_r })
+            Some(match (push, op.size, bits == 64) {
+                (true, 2, true) => push_r::<2, true> as Handler,
+                (true, 2, false) => push_r::<2, false>,
+                (true, 4, _) => push_r::<4, false>,
+                (true, _, _) => push_r::<8, true>,
+                (false, 2, true) => pop_r::<2, true>,
+                (false, 2, false) => pop_r::<2, false>,
+                (false, 4, _) => pop_r::<4, false>,
+                (false, _, _) => pop_r::<8, true>,
+            })
         }
         OpKind::Memory => {
             op.rm = NONE;
