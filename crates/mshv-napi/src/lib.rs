@@ -18,6 +18,7 @@ mod live;
 mod memory;
 mod register_page;
 mod runner;
+mod slot_lock;
 mod vcpu;
 mod vm;
 

@@ -9,6 +9,7 @@ use crate::layout::{EXIT_CANCELLED, EXIT_CLOCK, EXIT_IDLE, EXIT_INSTRUCTIONS, EX
 use crate::live::{Kind, Live};
 use crate::register_page::RegisterPage;
 use crate::runner::Runner;
+use crate::slot_lock::SlotLock;
 use hv_core::{Canceller, Exit, ExitMessage, HostRegion, HvError, RegisterValue, VcpuBackend};
 use napi::bindgen_prelude::{
     ArrayBuffer, AsyncTask, BigInt, BigUint64Array, Function, ToNapiValue, TypeName, Uint32Array,
@@ -19,7 +20,7 @@ use napi_derive::napi;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex};
 
 /// The backend and the message it writes, touched only under [`Core`]'s lock.
 struct Slot {
@@ -33,7 +34,7 @@ struct Slot {
 /// async `run()`, with the VM (which closes it) and with the finalizers of the
 /// ArrayBuffers over its memory.
 pub(crate) struct Core {
-    slot: Mutex<Option<Slot>>,
+    slot: SlotLock<Option<Slot>>,
     /// Set once by `close()`; objects sharing the core check it before touching memory.
     closed: AtomicBool,
     /// The message JavaScript reads: published from the slot's copy after each run
@@ -132,10 +133,8 @@ impl Core {
 
     /// Locks the backend for one call; a vCPU busy in an async run is a clear EBUSY.
     fn with_slot<T>(&self, f: impl FnOnce(&mut Slot) -> hv_core::Result<T>) -> Result<T> {
-        let mut guard = match self.slot.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return Err(to_js(HvError::Busy(self.index))),
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        let Some(mut guard) = self.slot.try_lock() else {
+            return Err(to_js(HvError::Busy(self.index)));
         };
         let slot = guard.as_mut().ok_or_else(|| closed("vCPU"))?;
         f(slot).map_err(to_js)
@@ -192,7 +191,7 @@ impl Core {
         }
         self.canceller.cancel();
         // Blocks until an async run on a pool thread has returned (it was cancelled).
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.slot.lock();
         self.closed.store(true, Ordering::Release);
         for buffers in [&self.page_buffers, &self.message_buffers] {
             buffers
@@ -283,7 +282,7 @@ impl Vcpu {
             canceller: backend.canceller(),
             index: backend.index(),
             page: backend.register_page_region(),
-            slot: Mutex::new(Some(Slot {
+            slot: SlotLock::new(Some(Slot {
                 vcpu: Live::new(backend, Kind::Vcpu),
                 msg: ExitMessage::default(),
                 published: 0,

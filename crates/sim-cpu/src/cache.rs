@@ -39,7 +39,7 @@ pub struct Block {
     /// guest physical page addresses.
     pub second: Option<(u64, u64)>,
     /// The bytes the block was made from.
-    pub bytes: Box<[u8]>,
+    pub bytes: CodeBytes,
     /// The epoch its bytes were last compared in.
     pub checked: u64,
     pub ops: Box<[Op]>,
@@ -291,6 +291,13 @@ pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
     Ok(ptr)
 }
 
+/// Checks linked block `b` for this epoch as [`find`] would: whether it may run.
+pub fn revalidate(x: &mut Exec, b: *const Block) -> Result<bool, Stop> {
+    // SAFETY: the caller found `b` through a link under the current key: it is alive
+    // in its slot.
+    still_valid(x, unsafe { &*b })
+}
+
 /// Whether `b` still maps to the same memory and holds the same bytes; an instruction
 /// fetch that now faults is that fault.
 fn still_valid(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
@@ -332,40 +339,94 @@ fn page_of(x: &mut Exec, lin: u64) -> Result<u64, Stop> {
 }
 
 fn same_bytes(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
-    let first = b.bytes.len().min(0x1000 - (b.lin & 0xfff) as usize);
+    let len = b.bytes.len();
+    let first = len.min(0x1000 - (b.lin & 0xfff) as usize);
     // SAFETY: `b.host` is the (just re-translated) host address of `first` bytes of RAM
     // in the block's page.
-    if !unsafe { equal(b.host, &b.bytes[..first]) } {
+    if !unsafe { b.bytes.prefix_at(b.host, first) } {
         return Ok(false);
     }
-    if first < b.bytes.len() {
+    if first < len {
         let who = fetch_privilege(x);
         let (p, left) = x.translate(b.lin.wrapping_add(first as u64), Access::Execute, who)?;
-        let rest = &b.bytes[first..];
-        // SAFETY: `p` starts `left` >= `rest.len()` bytes of RAM when the test passes.
-        return Ok(left >= rest.len() && unsafe { equal(p, rest) });
+        if left < len - first {
+            return Ok(false);
+        }
+        // SAFETY: `p` starts `left` >= `len - first` bytes of RAM.
+        return Ok(unsafe { b.bytes.rest_at(p, first) });
     }
     Ok(true)
 }
 
-/// Whether the guest memory at `p` holds `bytes`, compared 16 bytes at a time.
-///
-/// # Safety
-/// `p` must point to `bytes.len()` readable bytes.
-unsafe fn equal(p: *const u8, bytes: &[u8]) -> bool {
-    let mut k = 0;
-    while k < bytes.len() {
-        let n = (bytes.len() - k).min(16);
-        // SAFETY: the caller guarantees `bytes.len()` readable bytes from `p`.
-        let now = unsafe { hv_core::shared::load16(p.add(k), n) };
-        let mut want = [0u8; 16];
-        want[..n].copy_from_slice(&bytes[k..k + n]);
-        if now != u128::from_le_bytes(want) {
-            return false;
+/// A block's bytes as little-endian 16-byte words (the last one zero-padded), so the
+/// comparison with guest memory at every run's blocks is one load and compare a word:
+/// no byte loops, no copies to load back (which stall on store forwarding).
+pub struct CodeBytes {
+    words: Box<[u128]>,
+    len: usize,
+}
+
+impl CodeBytes {
+    fn new(bytes: &[u8]) -> Self {
+        let words = bytes
+            .chunks(16)
+            .map(|c| {
+                let mut w = [0u8; 16];
+                w[..c.len()].copy_from_slice(c);
+                u128::from_le_bytes(w)
+            })
+            .collect();
+        CodeBytes {
+            words,
+            len: bytes.len(),
         }
-        k += n;
     }
-    true
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Byte `i` (below `len`).
+    fn byte(&self, i: usize) -> u8 {
+        (self.words[i / 16] >> (8 * (i % 16))) as u8
+    }
+
+    /// Whether memory at `p` holds the first `n` bytes.
+    ///
+    /// # Safety
+    /// `p` must start `n` readable bytes of RAM (whole pages).
+    unsafe fn prefix_at(&self, p: *const u8, n: usize) -> bool {
+        let mut k = 0;
+        for &w in self.words.iter() {
+            if k >= n {
+                break;
+            }
+            let m = (n - k).min(16);
+            let want = if m == 16 {
+                w
+            } else {
+                w & ((1u128 << (8 * m)) - 1)
+            };
+            // SAFETY: `m` bytes from `p + k` are within the caller's `n`.
+            if unsafe { hv_core::shared::load16(p.add(k), m) } != want {
+                return false;
+            }
+            k += 16;
+        }
+        true
+    }
+
+    /// Whether memory at `p` holds the bytes from `from` on (a block's part in its
+    /// second page: rare, so byte by byte).
+    ///
+    /// # Safety
+    /// `p` must start `len - from` readable bytes of RAM (whole pages).
+    unsafe fn rest_at(&self, p: *const u8, from: usize) -> bool {
+        (from..self.len).all(|i| {
+            // SAFETY: `i - from` is below the caller's `len - from` bytes.
+            unsafe { hv_core::shared::load16(p.add(i - from), 1) as u8 == self.byte(i) }
+        })
+    }
 }
 
 /// Instruction fetches are supervisor or user accesses by CPL; SMAP never applies.
@@ -559,7 +620,7 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
             break;
         }
     }
-    let bytes: Box<[u8]> = buf[..used].into();
+    let bytes = CodeBytes::new(&buf[..used]);
     Ok(Box::new(Block {
         ip,
         cs_base,

@@ -19,11 +19,14 @@ use std::sync::Arc;
 pub const POLL_INTERVAL: u64 = 1024;
 
 /// The instruction an exit happened at: its length and the code bytes at RIP (for
-/// the hypervisor's intercept message).
+/// the hypervisor's intercept message). Aligned so the bytes move as one aligned
+/// 16-byte word on every exit (at an odd offset, copies of it stall on store
+/// forwarding).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(16))]
 pub struct ExitInstruction {
-    pub len: u8,
     pub bytes: [u8; 16],
+    pub len: u8,
     /// How many of `bytes` could be fetched (fewer at an unreadable page).
     pub available: u8,
 }
@@ -49,7 +52,22 @@ pub struct Processor {
     /// Set (`EVENT_*` bits) by whoever makes an event pending for this processor (its
     /// local APIC, from any thread): looked at once per block.
     pub events: Arc<AtomicU32>,
+    /// The block the last run ended in, and the link key it was found under: the next
+    /// run's first block is its link when the key still holds (a VMM completing an
+    /// exit resumes right after the instruction).
+    last: LastBlock,
 }
+
+/// A block pointer kept between runs, with the link key that says whether it is alive.
+#[derive(Clone, Copy)]
+struct LastBlock {
+    block: *const cache::Block,
+    key: u64,
+}
+
+// SAFETY: the pointer is only dereferenced by the processor owning the cache it points
+// into, while the cache's link key is `key` (no block has been dropped since).
+unsafe impl Send for LastBlock {}
 
 impl Processor {
     /// A processor in its RESET state.
@@ -60,6 +78,10 @@ impl Processor {
             cache: CodeCache::default(),
             instructions: 0,
             events: Arc::default(),
+            last: LastBlock {
+                block: std::ptr::null(),
+                key: 0,
+            },
         }
     }
 
@@ -155,8 +177,10 @@ impl Processor {
         let mut check_at = next_poll.min(max_instructions);
         let events = &*self.events;
         // The block that ran last, and the link key it was found under.
-        let mut prev: *const cache::Block = std::ptr::null();
-        let mut prev_key = 0u64;
+        let LastBlock {
+            block: mut prev,
+            key: mut prev_key,
+        } = self.last;
         let end = 'run: loop {
             if executed >= check_at || x.work >= POLL_INTERVAL {
                 if executed >= max_instructions {
@@ -193,14 +217,14 @@ impl Processor {
             // SAFETY: `prev` was cached when it ran; no block has left the cache since
             // when the key (which covers the generation) is the same.
             let prev_block = (!prev.is_null() && prev_key == key).then(|| unsafe { &*prev });
-            let linked = prev_block.and_then(|p| {
-                let next = p.linked(x.cpu.rip, key)?;
-                // SAFETY: `next` was cached when the link was made, under this key.
-                (unsafe { (*next).checked } == x.cache.epoch).then_some(next)
-            });
+            let linked = prev_block.and_then(|p| p.linked(x.cpu.rip, key));
             let found = match linked {
-                Some(b) => Ok(b),
-                None => {
+                // SAFETY: `b` was cached when the link was made, under this key: alive.
+                Some(b) if unsafe { (*b).checked } == x.cache.epoch => Ok(b),
+                // Checked as `find` would (the first blocks of every run: a new epoch),
+                // without looking it up.
+                Some(b) if matches!(cache::revalidate(&mut x, b), Ok(true)) => Ok(b),
+                _ => {
                     let found = cache::find(&mut x);
                     if let (Some(p), Ok(b)) = (prev_block, &found) {
                         // `find` drops blocks only into the graveyard, freed at its next
@@ -288,6 +312,10 @@ impl Processor {
                 prev = next;
                 block = next;
             }
+        };
+        self.last = LastBlock {
+            block: prev,
+            key: prev_key,
         };
         self.instructions += executed;
         end
@@ -470,6 +498,9 @@ fn capture(x: &mut Exec, len: u8) -> ExitInstruction {
         Privilege::Supervisor { ac: true }
     };
     let (saved_fault, saved_exit) = (x.fault, x.exit);
+    // Built in a register, stored once: byte copies into the message and the 16-byte
+    // loads that move it on would stall on store forwarding.
+    let mut bytes = 0u128;
     let mut got = 0usize;
     while got < 16 {
         let at = lin.wrapping_add(got as u64);
@@ -485,10 +516,11 @@ fn capture(x: &mut Exec, len: u8) -> ExitInstruction {
             },
         };
         let n = left.min(16 - got);
-        // SAFETY: `p` starts `left` >= `n` bytes of plain RAM.
-        unsafe { hv_core::shared::copy_from(p, &mut info.bytes[got..got + n]) };
+        // SAFETY: `p` starts `left` >= `n` bytes of plain RAM (whole pages).
+        bytes |= unsafe { hv_core::shared::load16(p, n) } << (8 * got);
         got += n;
     }
+    info.bytes = bytes.to_le_bytes();
     (x.fault, x.exit) = (saved_fault, saved_exit);
     info.available = got as u8;
     info
