@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use hv_core::regs::pack_segment;
 use hv_core::Exit;
 use mshv_bindings::*;
 
@@ -65,4 +66,47 @@ fn an_instruction_across_a_page_boundary_decodes_from_both_pages() {
         g.load(0x2000, &[0x33]);
         g.set(hv_register_name_HV_X64_REGISTER_RIP, 0x1ffd);
     }
+}
+
+/// The run after an exit starts with the block linked from the one that exited; that
+/// block must still be checked against memory the VMM changed meanwhile.
+#[test]
+fn a_vmm_write_to_the_code_a_run_resumes_into_is_seen() {
+    let mut g = guest();
+    // 0x1000: out 0x80, al (e6 80); inc al (fe c0); jmp 0x1000 (eb fa)
+    g.load(0x1000, &[0xe6, 0x80, 0xfe, 0xc0, 0xeb, 0xfa]);
+    g.real_mode(0x1000);
+    g.set(hv_register_name_HV_X64_REGISTER_RAX, 10);
+    let mut seen = vec![];
+    for round in 0..6 {
+        assert_eq!(g.run(), Exit::Message);
+        seen.push(g.get(hv_register_name_HV_X64_REGISTER_RAX) as u8);
+        if round == 3 {
+            g.load(0x1002, &[0xfe, 0xc8]); // inc al -> dec al
+        }
+        // The VMM completes the OUT: RIP past it.
+        g.set(hv_register_name_HV_X64_REGISTER_RIP, 0x1002);
+    }
+    assert_eq!(seen, [10, 11, 12, 13, 12, 11]);
+}
+
+/// A link is followed only in the mode it was made in: the same IP under another CS
+/// base is other code.
+#[test]
+fn a_run_resuming_at_the_same_ip_under_another_code_segment_runs_that_code() {
+    let mut g = guest();
+    // At CS base 0x1000 and 0x2000, IP 0: out 0x80, al; mov al, N; jmp 0
+    g.load(0x1000, &[0xe6, 0x80, 0xb0, 0x01, 0xeb, 0xfa]);
+    g.load(0x2000, &[0xe6, 0x80, 0xb0, 0x02, 0xeb, 0xfa]);
+    g.real_mode(0);
+    let cs = |base: u64| pack_segment(base, 0xffff, (base >> 4) as u16, 0x9b);
+    g.set_raw(hv_register_name_HV_X64_REGISTER_CS, cs(0x1000));
+    let mut seen = vec![];
+    for base in [0x1000, 0x1000, 0x2000, 0x2000, 0x1000] {
+        g.set_raw(hv_register_name_HV_X64_REGISTER_CS, cs(base));
+        g.set(hv_register_name_HV_X64_REGISTER_RIP, 2);
+        assert_eq!(g.run(), Exit::Message);
+        seen.push(g.get(hv_register_name_HV_X64_REGISTER_RAX) as u8);
+    }
+    assert_eq!(seen, [1, 1, 2, 2, 1]);
 }
