@@ -184,3 +184,28 @@ test('bad VM options name the option, the choices and the value', (t) => {
     message: "registerPage must be 'on', 'off' or 'invalid', got 'maybe'",
   })
 })
+
+// Serial: a freed id is reused by the next runner made, which a concurrent test could make.
+test.serial('the one run function refuses what is not a live runner id with EINVAL, and a collected handle frees its id', async (t) => {
+  const run = native.runVcpuFunction()
+  for (const bad of [undefined, 'x', -1, 2 ** 31, 1.5e9, {}]) {
+    const e = t.throws(() => (run as (id: unknown) => number)(bad)) as Error & { code?: string }
+    t.is(e.code, 'EINVAL', `argument ${String(bad)}`)
+  }
+  const { vcpu } = realModeGuest([0xe6, 0x80, 0xf4])
+  const handle = vcpu.native.runnerHandle()
+  vcpu.regs.flush() // the guest's start state reaches the vCPU
+  t.is((run(handle.id) ^ 0x8000_0000) >>> 0, 0x80010000, 'the answer has bit 31 flipped: a port exit')
+  // A handle nobody holds is collected and its id freed: a later call with it fails.
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (!gc) throw new Error('ava runs with --expose-gc (package.json)')
+  let id = -1
+  ;(() => {
+    id = vcpu.native.runnerHandle().id
+  })()
+  for (let i = 0; i < 10; i++) {
+    gc()
+    await new Promise((r) => setImmediate(r))
+  }
+  t.is((t.throws(() => run(id)) as Error & { code?: string }).code, 'EINVAL')
+})

@@ -77,22 +77,7 @@ function codedFn(f: Fn): Fn {
         throw coded(e)
       })
     }
-    // `runner()` hands out the per-exit function: its errors are coded too.
-    return typeof result === 'function' ? codedRunner(result as () => number) : result
-  }
-}
-
-/**
- * The per-exit runner with coded errors. Called once per exit, so it takes no rest
- * arguments (an array per call) and adds only a try/catch.
- */
-function codedRunner(run: () => number): () => number {
-  return () => {
-    try {
-      return run()
-    } catch (e) {
-      throw coded(e)
-    }
+    return result
   }
 }
 
@@ -129,8 +114,48 @@ function withCodedErrors(binding: typeof Binding): typeof Binding {
   return out as unknown as typeof Binding
 }
 
+const binding = load()
+
+/**
+ * The binding's one function that runs a vCPU to its next exit, given a runner's id
+ * (`crates/mshv-napi/src/runner.rs`): every vCPU's exit loop calls this same function,
+ * so V8 keeps its fast path for calls into native code there.
+ */
+const runVcpu = binding.runVcpuFunction()
+
 /** The napi-rs binding, its errors made {@link MshvError}s. */
-export const native: typeof Binding = withCodedErrors(load())
+export const native: typeof Binding = withCodedErrors(binding)
+
+/**
+ * `Vcpu.runner(budget)`: the function a TypeScript exit loop calls once per exit. It
+ * runs the vCPU on this thread to its next exit (within `budget` over all its calls)
+ * and returns the message type or a run-end code (`layout().exits`), its errors
+ * coded. Each runner is a closure of one source over a handle, so the loop's call
+ * site sees one function wherever the vCPU came from.
+ */
+function runner(this: Binding.Vcpu, budget?: Binding.RunBudget | null): () => number {
+  const handle = Object.freeze(this.runnerHandle(budget))
+  return () => runOnce(handle)
+}
+
+/** A vCPU's runner: `Vcpu.runnerHandle()` (holding it keeps the runner alive). */
+export type RunnerHandle = Readonly<ReturnType<Binding.Vcpu['runnerHandle']>>
+
+/**
+ * Runs the vCPU of `handle` on this thread to its next exit; returns the message type
+ * or a run-end code (`layout().exits`), its errors coded. One function for every vCPU:
+ * a loop calling it stays monomorphic (closures per vCPU would not).
+ */
+export function runOnce(handle: RunnerHandle): number {
+  try {
+    // The binding answers with bit 31 flipped, a small integer V8 keeps unboxed (a
+    // message type, 0x8001xxxx, would be a heap number allocated on every exit).
+    return (runVcpu(handle.id) ^ 0x8000_0000) >>> 0
+  } catch (e) {
+    throw coded(e)
+  }
+}
+Object.defineProperty(native.Vcpu.prototype, 'runner', { value: runner, writable: true, configurable: true })
 
 // A guest running on a pool thread would keep `process.exit()` (and the exit after an
 // uncaught exception) waiting for it forever: Node joins its pool threads on the way
@@ -139,7 +164,13 @@ export const native: typeof Binding = withCodedErrors(load())
 process.on('exit', () => {
   native.cancelAllVcpus()
 })
-export type NativeVcpu = Binding.Vcpu
+/** A native vCPU, with the per-exit {@link runner} this module adds to it. */
+export type NativeVcpu = Binding.Vcpu & { runner(budget?: Binding.RunBudget | null): () => number }
+
+/** A vCPU the binding made, typed with the `runner` every one has (its prototype's). */
+export function nativeVcpu(v: Binding.Vcpu): NativeVcpu {
+  return v as NativeVcpu
+}
 export type NativeVm = Binding.Vm
 export type NativeGuestMemory = Binding.GuestMemory
 export type NativeStats = Binding.NativeStats

@@ -3,7 +3,7 @@
  * exit handlers and the register cache in between.
  * @module
  */
-import type { NativeVcpu } from './native.js'
+import { runOnce, type NativeVcpu, type RunnerHandle } from './native.js'
 import type { AccessContext, IoBus } from './bus.js'
 import { exitCode, message, messageType, messageTypeName } from './layout.js'
 import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
@@ -216,9 +216,13 @@ export interface VcpuEnvironment {
   /** Handlers of intercepted MSRs. */
   readonly msrs: ReadonlyMap<number, MsrHandler>
   /** Hears the EOI of a level-triggered vector (an `apicEoi` exit): the I/O APIC. */
-  readonly eoi: (vector: number, vcpuIndex: number) => void
-  /** A result a device asked the run to end with ({@link Vm.requestStop}), taken once. */
-  readonly takeStop: () => RunResult | undefined
+  eoi(vector: number, vcpuIndex: number): void
+  /**
+   * A result a device asked the run to end with ({@link Vm.requestStop}), taken once.
+   * A method (not a closure per VM), as every exit calls it: one target keeps the
+   * call inlined however many VMs a process makes.
+   */
+  takeStop(): RunResult | undefined
 }
 
 /** A virtual processor driven from TypeScript. */
@@ -239,8 +243,10 @@ export class Vcpu {
   private progress: ProgressLine | undefined
   /** When the current native run began (trace time), while tracing. */
   private runStart = 0
-  /** Runs the native vCPU to its next exit without limits: the per-exit call of {@link run}. */
-  private readonly runUnlimited: () => number
+  /** The native runner without limits: what {@link run} runs when it has none. */
+  private readonly unlimited: RunnerHandle
+  /** {@link memory}, made once: port exits hand it over on every exit. */
+  private readonly memoryOnDemand = (): LinearMemory => this.memory()
   /** Whether a run (of any kind) is in progress: a second one is refused. */
   private running = false
   private isClosed = false
@@ -258,7 +264,7 @@ export class Vcpu {
     this.msg = new DataView(native.messageBuffer())
     this.messageWords = new Uint32Array(this.msg.buffer)
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
-    this.runUnlimited = native.runner()
+    this.unlimited = Object.freeze(native.runnerHandle())
     this.registerCpuid()
   }
 
@@ -311,11 +317,11 @@ export class Vcpu {
     const ownLine = this.startProgress(o)
     try {
       const budget = nativeBudget(o, this.progress !== undefined)
-      const runNative = budget ? this.native.runner(budget) : this.runUnlimited
+      const runner = budget ? Object.freeze(this.native.runnerHandle(budget)) : this.unlimited
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
       for (let exits = 0; exits < exitLimit; ) {
         this.beforeResume()
-        const code = runNative()
+        const code = runOnce(runner)
         if (code === EXIT_SLICE) {
           this.regs.reset()
           this.progress?.tick()
@@ -465,22 +471,36 @@ export class Vcpu {
     if (this.tracer) this.runStart = this.tracer.now()
   }
 
-  /** Everything cached is stale once the vCPU ran; then the exit is handled. */
+  /**
+   * Everything cached is stale once the vCPU ran; then the exit is handled. Kept
+   * small, with the rare paths in functions of their own, so V8 inlines it into the
+   * run loops: it runs on every exit.
+   */
   private afterRun(code: number): RunResult | undefined {
     this.regs.reset()
     // Every run-end code is at or above EXIT_CANCELLED; message types are below.
-    const end = code >= EXIT_CANCELLED ? runEnd(code) : undefined
-    if (end) {
-      // A run that ends without an exit may be one slice of a longer one (the REPL's):
-      // its progress line is redrawn on the clock.
-      this.progress?.tick()
-      return end
+    if (code >= EXIT_CANCELLED) {
+      const end = this.runEnded(code)
+      if (end) return end
     }
     this.exits++
     this.progress?.exit(code)
     this.regs.beginExit()
-    const tracer = this.tracer
-    if (!tracer) return this.handle(code) ?? this.env.takeStop()
+    if (this.tracer) return this.handleTraced(code, this.tracer)
+    return this.handle(code) ?? this.env.takeStop()
+  }
+
+  /** A run that ended without an exit: its result (undefined for a code that is not one). */
+  private runEnded(code: number): RunResult | undefined {
+    const end = runEnd(code)
+    // A run that ends without an exit may be one slice of a longer one (the REPL's):
+    // its progress line is redrawn on the clock.
+    if (end) this.progress?.tick()
+    return end
+  }
+
+  /** {@link handle} with the guest slice and the exit's handling recorded in the trace. */
+  private handleTraced(code: number, tracer: ExitTrace): RunResult | undefined {
     // One clock reading ends the guest slice and starts the exit's: slices on one
     // track must not overlap.
     const handled = tracer.now()
@@ -530,7 +550,7 @@ export class Vcpu {
     switch (code) {
       case T_IO: {
         seedIo(this.messageWords, this.regs)
-        handleIo(msg, this.regs, this.env.bus, this.ctx, () => this.memory())
+        handleIo(msg, this.regs, this.env.bus, this.ctx, this.memoryOnDemand)
         const pending = this.env.debugExit.pending
         if (pending !== undefined) {
           this.env.debugExit.pending = undefined

@@ -3,15 +3,15 @@
  * @module
  */
 import { constants as bufferConstants } from 'node:buffer'
-import { native, type NativeGuestMemory, type NativeVm } from './native.js'
+import { native, nativeVcpu, type NativeGuestMemory, type NativeVm } from './native.js'
 import { IoBus } from './bus.js'
 import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
 import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
 import { POLICIES, type SyncPolicy } from './registers.js'
-import { Vcpu, type RunResult } from './vcpu.js'
+import { Vcpu, type RunResult, type VcpuEnvironment } from './vcpu.js'
 import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
 import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
-import type { RamRegion, RomWriteHandler } from './emulator/memory.js'
+import type { RamLookup, RamRegion, RomWriteHandler } from './emulator/memory.js'
 import { GuestTimers } from './platform/timers.js'
 import { VmRun, type VmRunOptions, type VmRunResult } from './scheduler.js'
 
@@ -187,6 +187,28 @@ export interface RomOptions {
   onWrite?: RomWriteHandler
 }
 
+/** A VM as its vCPUs see it ({@link VcpuEnvironment}): one class, so the calls made on every exit have one target. */
+class VmEnvironment implements VcpuEnvironment {
+  readonly bus: IoBus
+  readonly debugExit: DebugExit
+  readonly ram: RamLookup
+  readonly cpuid: CpuidTable
+  readonly msrs: ReadonlyMap<number, MsrHandler>
+  constructor(private readonly vm: Vm) {
+    this.bus = vm.bus
+    this.debugExit = vm.debugExit
+    this.ram = vm
+    this.cpuid = vm.cpuid
+    this.msrs = vm.msrs
+  }
+  eoi(vector: number, vcpuIndex: number): void {
+    this.vm.notifyEoi(vector, vcpuIndex)
+  }
+  takeStop(): RunResult | undefined {
+    return this.vm.takeStopResult()
+  }
+}
+
 /** A virtual machine. */
 export class Vm {
   /** Port I/O and MMIO devices. */
@@ -208,6 +230,9 @@ export class Vm {
     },
   )
 
+  /** What its vCPUs reach of the VM. */
+  private readonly vcpuEnvironment: VcpuEnvironment
+
   /** @internal */
   constructor(
     /** The native VM. */
@@ -222,6 +247,7 @@ export class Vm {
     /** How guest time passes (see {@link VmOptions.clock}). */
     readonly clock: 'deterministic' | 'realtime' = backend === 'sim' ? 'deterministic' : 'realtime',
   ) {
+    this.vcpuEnvironment = new VmEnvironment(this)
     this.bus.register(DEBUG_EXIT_PORT, 1, this.debugExit, 'debug-exit')
     // MMIO over RAM would never be called: the guest's accesses go to memory.
     this.bus.ramOverlap = (start, end) => this.ramOverlap(start, end)
@@ -335,15 +361,7 @@ export class Vm {
       throw new MshvError('EINVAL', `createVcpu: index must be an integer in 0..255, got ${describe(index)}`)
     }
     checkPolicy(policy, 'createVcpu: policy')
-    const eoi = (vector: number, vcpuIndex: number): void => {
-      for (const l of this.eoiListeners) l(vector, vcpuIndex)
-    }
-    const takeStop = (): RunResult | undefined => {
-      const r = this.stopResult
-      this.stopResult = undefined
-      return r
-    }
-    const v = new Vcpu(this.native.createVcpu(index), { bus: this.bus, debugExit: this.debugExit, ram: this, cpuid: this.cpuid, msrs: this.msrs, eoi, takeStop }, policy)
+    const v = new Vcpu(nativeVcpu(this.native.createVcpu(index)), this.vcpuEnvironment, policy)
     this.vcpus.push(v)
     return v
   }
@@ -462,6 +480,18 @@ export class Vm {
    */
   requestStop(result: RunResult): void {
     this.stopResult = result
+  }
+
+  /** The result {@link requestStop} left, taken once. @internal */
+  takeStopResult(): RunResult | undefined {
+    const r = this.stopResult
+    this.stopResult = undefined
+    return r
+  }
+
+  /** Tells the EOI listeners of a level-triggered vector's EOI. @internal */
+  notifyEoi(vector: number, vcpuIndex: number): void {
+    for (const l of this.eoiListeners) l(vector, vcpuIndex)
   }
 
   /** Whether {@link close} was called. */

@@ -57,28 +57,41 @@ export function seedIo(words: Uint32Array, regs: RegisterCache): void {
   regs.seedWords(RAX, words, RAX_MSG >>> 2)
 }
 
-/** Handles an I/O port intercept; `memory` is asked for only by INS/OUTS. */
+/**
+ * Handles an I/O port intercept; `memory` is asked for only by INS/OUTS. Runs on every
+ * port exit: the string and error paths are functions of their own, so this one stays
+ * small enough for V8 to inline into the run loop.
+ */
 export function handleIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: AccessContext, memory: () => LinearMemory): void {
-  const port = msg.getUint16(PORT, true)
   const info = msg.getUint8(ACCESS_INFO)
-  const size = info & 7
-  const input = msg.getUint8(ACCESS_TYPE) !== WRITE
-  const len = msg.getUint8(LEN) & 0xf
   if ((info & STRING_OP) !== 0) {
-    if (stringIo(msg, { regs, bus, ctx, memory: memory() }, { port, size, input, rep: (info & REP_PREFIX) !== 0 })) {
-      regs.addAt(RIP_REG, len)
-    }
+    handleStringIo(msg, regs, bus, ctx, memory)
     return
   }
-  if (size !== 1 && size !== 2 && size !== 4) throw new MshvError('EUNHANDLED_EXIT', `port ${hex(port)} access of ${size} bytes`)
-  if (!input) {
+  const port = msg.getUint16(PORT, true)
+  const size = info & 7
+  if (size !== 1 && size !== 2 && size !== 4) badSize(port, size)
+  if (msg.getUint8(ACCESS_TYPE) === WRITE) {
     bus.write(port, size, regs.getLow32At(RAX) & SIZE_MASK[size], ctx)
   } else {
     // Merged into RAX after the device ran: a device that synchronized and wrote RAX
     // itself (vmport) must not be undone by the message's stale copy.
     regs.setSizedAt(RAX, size, bus.read(port, size, ctx) >>> 0)
   }
-  regs.addAt(RIP_REG, len)
+  regs.addAt(RIP_REG, msg.getUint8(LEN) & 0xf)
+}
+
+function badSize(port: number, size: number): never {
+  throw new MshvError('EUNHANDLED_EXIT', `port ${hex(port)} access of ${size} bytes`)
+}
+
+/** INS/OUTS: RIP moves past the instruction once its last element is done. */
+function handleStringIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: AccessContext, memory: () => LinearMemory): void {
+  const info = msg.getUint8(ACCESS_INFO)
+  const access = { port: msg.getUint16(PORT, true), size: info & 7, input: msg.getUint8(ACCESS_TYPE) !== WRITE, rep: (info & REP_PREFIX) !== 0 }
+  if (stringIo(msg, { regs, bus, ctx, memory: memory() }, access)) {
+    regs.addAt(RIP_REG, msg.getUint8(LEN) & 0xf)
+  }
 }
 
 interface StringIoMachine {

@@ -98,7 +98,15 @@ impl SimVcpu {
         }
     }
 
-    fn finish(&mut self, msg: &mut ExitMessage, exit: &sim_cpu::Exit, ins: &ExitInstruction) {
+    /// Writes the exit's message; `from_run`: the processor's last run raised it (its
+    /// instruction is [`Processor::exit_instruction`]), else no instruction did.
+    fn finish(&mut self, msg: &mut ExitMessage, exit: &sim_cpu::Exit, from_run: bool) {
+        let none = ExitInstruction::default();
+        let ins = if from_run {
+            &self.processor.exit_instruction
+        } else {
+            &none
+        };
         let t = exits::build(msg, &self.processor.cpu, self.index, exit, ins);
         if let Some(p) = self.page_valid_mode() {
             pagesync::fill(&p, &self.processor.cpu);
@@ -336,7 +344,7 @@ impl SimVcpu {
             if first {
                 first = false;
                 if let Some(exit) = deliver_pending(&mut self.processor, snapshot, &mut env) {
-                    self.finish(msg, &exit, &ExitInstruction::default());
+                    self.finish(msg, &exit, false);
                     return Ok(Exit::Message);
                 }
             }
@@ -379,7 +387,7 @@ impl SimVcpu {
                         return Ok(Exit::InstructionLimit);
                     }
                 }
-                RunEnd::Exit(sim_cpu::Exit::Halt, ins) => {
+                RunEnd::Exit(sim_cpu::Exit::Halt) => {
                     let cpu = &mut self.processor.cpu;
                     if cpu.flags.bits & sim_cpu::flags::IF != 0 {
                         // HLT with interrupts enabled waits inside the hypervisor for an
@@ -391,19 +399,19 @@ impl SimVcpu {
                     // With interrupts disabled nothing could wake it: the VMM hears of
                     // the halt (HVMSG_X64_HALT) and decides; the next run resumes.
                     cpu.halted = false;
-                    self.finish(msg, &sim_cpu::Exit::Halt, &ins);
+                    self.finish(msg, &sim_cpu::Exit::Halt, true);
                     return Ok(Exit::Message);
                 }
-                RunEnd::Exit(sim_cpu::Exit::Init, _) => self.init(),
-                RunEnd::Exit(sim_cpu::Exit::Sipi(v), _) => self.sipi(v),
-                RunEnd::Exit(sim_cpu::Exit::Unsupported, ins) => {
+                RunEnd::Exit(sim_cpu::Exit::Init) => self.init(),
+                RunEnd::Exit(sim_cpu::Exit::Sipi(v)) => self.sipi(v),
+                RunEnd::Exit(sim_cpu::Exit::Unsupported) => {
                     if let Some(p) = self.page_valid_mode() {
                         pagesync::fill(&p, &self.processor.cpu);
                     }
-                    return Err(self.unsupported(&ins));
+                    return Err(self.unsupported(&self.processor.exit_instruction));
                 }
-                RunEnd::Exit(exit, ins) => {
-                    self.finish(msg, &exit, &ins);
+                RunEnd::Exit(exit) => {
+                    self.finish(msg, &exit, true);
                     return Ok(Exit::Message);
                 }
             }

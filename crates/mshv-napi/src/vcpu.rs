@@ -12,7 +12,7 @@ use crate::runner::Runner;
 use crate::slot_lock::SlotLock;
 use hv_core::{Canceller, Exit, ExitMessage, HostRegion, HvError, RegisterValue, VcpuBackend};
 use napi::bindgen_prelude::{
-    ArrayBuffer, AsyncTask, BigInt, BigUint64Array, Function, ToNapiValue, TypeName, Uint32Array,
+    ArrayBuffer, AsyncTask, BigInt, BigUint64Array, ToNapiValue, TypeName, Uint32Array, Unknown,
     ValueType,
 };
 use napi::{sys, Env, Task};
@@ -316,32 +316,33 @@ impl Vcpu {
         self.core.index
     }
 
-    /// A function that runs this vCPU on the calling thread until its next exit and
-    /// returns the message type, or `layout().exits.cancelled` / `.instructions` /
-    /// `.timeout`; `budget` bounds all of its runs together.
+    /// A handle `{ id }` for `runVcpuFunction()`'s function: each call with its `id`
+    /// runs this vCPU on the calling thread until its next exit and returns the
+    /// message type, or `layout().exits.cancelled` / `.instructions` / `.timeout`;
+    /// `budget` bounds all of its runs together.
     ///
-    /// A function rather than a method because it is called once per exit: a napi-rs
-    /// class method pays for a borrow registry behind a global lock on every call
-    /// (about 220 ns here); see `runner.rs` for what this one costs.
-    #[napi(ts_return_type = "() => number")]
-    pub fn runner<'env>(
+    /// Not a method because it is called once per exit: a napi-rs class method pays for
+    /// a borrow registry behind a global lock on every call (about 220 ns here); see
+    /// `runner.rs` for what this one costs.
+    #[napi(ts_return_type = "{ readonly id: number }")]
+    pub fn runner_handle<'env>(
         &self,
         env: &'env Env,
         budget: Option<&RunBudget>,
-    ) -> Result<Function<'env, (), u32>> {
-        guard("Vcpu.runner", || {
+    ) -> Result<Unknown<'env>> {
+        guard("Vcpu.runnerHandle", || {
             self.check_open()?;
             Runner {
                 core: Arc::clone(&self.core),
                 budget: budget_of(budget),
             }
-            .into_function(env)
+            .into_handle(env)
             .map_err(from_napi)
         })
     }
 
     /// Runs on a worker thread; the event loop stays free. Resolves with what a
-    /// `runner()` call returns, or with the coded `Error` it would throw.
+    /// runner call returns, or with the coded `Error` it would throw.
     #[napi(ts_return_type = "Promise<number | Error>")]
     pub fn run(&self, budget: Option<&RunBudget>) -> Result<AsyncTask<RunTask>> {
         guard("Vcpu.run", || {

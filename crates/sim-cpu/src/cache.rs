@@ -292,10 +292,26 @@ pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
 }
 
 /// Checks linked block `b` for this epoch as [`find`] would: whether it may run.
+///
+/// Only its bytes are compared: under the link's key no TLB flush has happened since
+/// the block was translated (the key covers the TLB's flush epoch, and a change of the
+/// memory map flushes), so its translation is one the processor may still use (SDM vol
+/// 3 4.10.4.3: without an invalidation a stale translation may be used). Skipping the
+/// lookup matters: it is the first touch of the TLB after JavaScript ran, a cache miss
+/// on every exit.
 pub fn revalidate(x: &mut Exec, b: *const Block) -> Result<bool, Stop> {
     // SAFETY: the caller found `b` through a link under the current key: it is alive
     // in its slot.
-    still_valid(x, unsafe { &*b })
+    let b = unsafe { &*b };
+    if b.checked != x.cache.epoch {
+        if !same_bytes(x, b)? {
+            return Ok(false);
+        }
+        // SAFETY: only the owning processor touches its blocks; `checked` is a plain
+        // field of a block alive in the cache.
+        unsafe { (*(b as *const Block as *mut Block)).checked = x.cache.epoch };
+    }
+    Ok(true)
 }
 
 /// Whether `b` still maps to the same memory and holds the same bytes; an instruction

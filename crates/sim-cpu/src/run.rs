@@ -34,8 +34,9 @@ pub struct ExitInstruction {
 /// Why [`Processor::run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunEnd {
-    /// The hypervisor must act on `exit`, raised by the instruction described.
-    Exit(Exit, ExitInstruction),
+    /// The hypervisor must act on `exit`, raised by the instruction
+    /// [`Processor::exit_instruction`] describes.
+    Exit(Exit),
     /// `max_instructions` were executed.
     InstructionLimit,
     /// The poll function asked to stop.
@@ -49,6 +50,11 @@ pub struct Processor {
     cache: CodeCache,
     /// Instructions retired over the processor's life.
     pub instructions: u64,
+    /// The instruction the last run's exit happened at (its length and bytes, for the
+    /// intercept message); empty for exits no instruction raised. Kept here rather
+    /// than returned: copied out of the run at once, its bytes stall on store
+    /// forwarding on every exit.
+    pub exit_instruction: ExitInstruction,
     /// Set (`EVENT_*` bits) by whoever makes an event pending for this processor (its
     /// local APIC, from any thread): looked at once per block.
     pub events: Arc<AtomicU32>,
@@ -77,6 +83,7 @@ impl Processor {
             tlb: Tlb::default(),
             cache: CodeCache::default(),
             instructions: 0,
+            exit_instruction: ExitInstruction::default(),
             events: Arc::default(),
             last: LastBlock {
                 block: std::ptr::null(),
@@ -160,6 +167,8 @@ impl Processor {
     ) -> RunEnd {
         self.tlb.sync_generation(mem.generation);
         self.cache.new_epoch();
+        self.exit_instruction = ExitInstruction::default();
+        let info = &mut self.exit_instruction;
         let mut x = Exec {
             cpu: &mut self.cpu,
             tlb: &mut self.tlb,
@@ -254,12 +263,12 @@ impl Processor {
                             executed += 1;
                             continue;
                         }
-                        Err(_) => break RunEnd::Exit(x.exit, ExitInstruction::default()),
+                        Err(_) => break RunEnd::Exit(x.exit),
                     }
                 }
                 Err(Stop::Exit) => {
                     // Code in MMIO (an execute intercept) or an unusable page.
-                    break RunEnd::Exit(x.exit, ExitInstruction::default());
+                    break RunEnd::Exit(x.exit);
                 }
             };
             // SAFETY: `find` returned a block alive until its next call.
@@ -276,14 +285,14 @@ impl Processor {
                     && !x.cpu.shadow.interrupts
                     && ops.len() as u64 <= max_instructions - executed;
                 if !plain {
-                    let outcome = run_single(&mut x, ops, max_instructions, &mut executed);
+                    let outcome = run_single(&mut x, block, max_instructions, &mut executed, info);
                     x.end_block = false;
                     match outcome {
                         Some(e) => break 'run e,
                         None => continue 'run,
                     }
                 }
-                let (outcome, whole) = run_plain(&mut x, ops, &mut executed);
+                let (outcome, whole) = run_plain(&mut x, block, &mut executed, info);
                 x.end_block = false;
                 if let Some(e) = outcome {
                     break 'run e;
@@ -326,14 +335,20 @@ impl Processor {
 /// them but the block's end. Each sees the TSC it would one instruction at a time.
 /// Also says whether every instruction ran and none ended the block early.
 #[inline(always)]
-fn run_plain(x: &mut Exec, ops: &[Op], executed: &mut u64) -> (Option<RunEnd>, bool) {
+fn run_plain(
+    x: &mut Exec,
+    block: &cache::Block,
+    executed: &mut u64,
+    info: &mut ExitInstruction,
+) -> (Option<RunEnd>, bool) {
+    let ops = &block.ops[..];
     let t0 = x.cpu.tsc;
     for (i, op) in ops.iter().enumerate() {
         x.cpu.rip = op.next;
         x.cpu.tsc = t0.wrapping_add(i as u64);
         if let Err(stop) = (op.exec)(x, op) {
             *executed += i as u64;
-            return (stopped(x, op, stop, executed), false);
+            return (stopped(x, block, op, stop, executed, info), false);
         }
         if x.end_block {
             *executed += i as u64 + 1;
@@ -353,10 +368,12 @@ fn run_plain(x: &mut Exec, ops: &[Op], executed: &mut u64) -> (Option<RunEnd>, b
 /// leaves out: the single-step trap (TF), RF, the interrupt shadow, the budget.
 fn run_single(
     x: &mut Exec,
-    ops: &[Op],
+    block: &cache::Block,
     max_instructions: u64,
     executed: &mut u64,
+    info: &mut ExitInstruction,
 ) -> Option<RunEnd> {
+    let ops = &block.ops[..];
     let single = x.cpu.flags.bits & TF != 0 || x.cpu.shadow.interrupts;
     // Within the instruction budget: a block may hold more than is left.
     let left = (max_instructions - *executed).min(usize::MAX as u64) as usize;
@@ -366,7 +383,7 @@ fn run_single(
         x.cpu.shadow.interrupts = false;
         x.cpu.rip = op.next;
         if let Err(stop) = (op.exec)(x, op) {
-            return stopped(x, op, stop, executed);
+            return stopped(x, block, op, stop, executed, info);
         }
         *executed += 1;
         x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
@@ -383,7 +400,7 @@ fn run_single(
             };
             let rip = x.cpu.rip;
             if interrupt::raise(x, f, rip, Source::Exception).is_err() {
-                return Some(RunEnd::Exit(x.exit, ExitInstruction::default()));
+                return Some(RunEnd::Exit(x.exit));
             }
             return None;
         }
@@ -398,7 +415,14 @@ fn run_single(
 /// run goes on) or the exit the run ends with.
 #[cold]
 #[inline(never)]
-fn stopped(x: &mut Exec, op: &Op, stop: Stop, executed: &mut u64) -> Option<RunEnd> {
+fn stopped(
+    x: &mut Exec,
+    block: &cache::Block,
+    op: &Op,
+    stop: Stop,
+    executed: &mut u64,
+    info: &mut ExitInstruction,
+) -> Option<RunEnd> {
     match stop {
         Stop::Fault => {
             x.cpu.rip = op.ip;
@@ -410,7 +434,10 @@ fn stopped(x: &mut Exec, op: &Op, stop: Stop, executed: &mut u64) -> Option<RunE
                     *executed += 1;
                     None
                 }
-                Err(_) => Some(RunEnd::Exit(x.exit, capture(x, op.len))),
+                Err(_) => {
+                    capture(x, block, op, info);
+                    Some(RunEnd::Exit(x.exit))
+                }
             }
         }
         Stop::Exit => {
@@ -435,15 +462,12 @@ fn stopped(x: &mut Exec, op: &Op, stop: Stop, executed: &mut u64) -> Option<RunE
                 // HLT retires here; an access retires when the VMM completes it.
                 *executed += 1;
             }
-            let info = if retired {
-                ExitInstruction {
-                    len: op.len,
-                    ..ExitInstruction::default()
-                }
+            if retired {
+                info.len = op.len;
             } else {
-                capture(x, op.len)
-            };
-            Some(RunEnd::Exit(exit, info))
+                capture(x, block, op, info);
+            }
+            Some(RunEnd::Exit(exit))
         }
     }
 }
@@ -458,8 +482,8 @@ fn take_event(x: &mut Exec, interruptible: bool) -> Option<RunEnd> {
     let (vector, nmi) = match event {
         Event::Interrupt(v) => (v, false),
         Event::Nmi => (crate::fault::NMI, true),
-        Event::Init => return Some(RunEnd::Exit(Exit::Init, ExitInstruction::default())),
-        Event::Sipi(v) => return Some(RunEnd::Exit(Exit::Sipi(v), ExitInstruction::default())),
+        Event::Init => return Some(RunEnd::Exit(Exit::Init)),
+        Event::Sipi(v) => return Some(RunEnd::Exit(Exit::Sipi(v))),
     };
     // An interrupt ends a halt; the processor resumes after the HLT (RIP is past it).
     x.cpu.halted = false;
@@ -475,18 +499,29 @@ fn take_event(x: &mut Exec, interruptible: bool) -> Option<RunEnd> {
             }
             None
         }
-        Err(_) => Some(RunEnd::Exit(x.exit, ExitInstruction::default())),
+        Err(_) => Some(RunEnd::Exit(x.exit)),
     }
 }
 
 /// The bytes at CS:RIP for an exit message: up to 16, through the next page when it
-/// is readable RAM.
-fn capture(x: &mut Exec, len: u8) -> ExitInstruction {
-    let mut info = ExitInstruction {
-        len,
-        ..ExitInstruction::default()
-    };
+/// is readable RAM. `op` of `block` is the instruction that exited.
+fn capture(x: &mut Exec, block: &cache::Block, op: &Op, info: &mut ExitInstruction) {
+    info.len = op.len;
     let rip = x.cpu.rip;
+    // Usually all 16 are in the block's first page, which the block has just been
+    // checked against: read there, without the TLB (cold after the VMM ran).
+    let off = op.ip.wrapping_sub(block.ip) as usize;
+    if rip == op.ip
+        && x.cpu.seg[CS].base == block.cs_base
+        && (block.lin & 0xfff) as usize + off + 16 <= 0x1000
+    {
+        // SAFETY: `block.host` maps the block's first page of RAM from its first byte;
+        // the 16 bytes at `off` stay inside that page.
+        let bytes = unsafe { hv_core::shared::load16(block.host.add(off), 16) };
+        info.bytes = bytes.to_le_bytes();
+        info.available = 16;
+        return;
+    }
     let lin = if x.cpu.mode64() {
         rip
     } else {
@@ -523,5 +558,4 @@ fn capture(x: &mut Exec, len: u8) -> ExitInstruction {
     info.bytes = bytes.to_le_bytes();
     (x.fault, x.exit) = (saved_fault, saved_exit);
     info.available = got as u8;
-    info
 }

@@ -133,16 +133,14 @@ fn reset_state_is_the_sdm_table() {
 fn io_and_halt_exits_leave_rip_where_the_hypervisor_reports_it() {
     let mut m = Machine::real(&[0xb0, 0x42, 0xe6, 0x80, 0xf4], 0x1000); // mov al, 0x42; out 0x80, al; hlt
     match m.run(100) {
-        RunEnd::Exit(
-            Exit::Io {
-                port: 0x80,
-                size: 1,
-                input: false,
-                string: false,
-                rep: false,
-            },
-            info,
-        ) => {
+        RunEnd::Exit(Exit::Io {
+            port: 0x80,
+            size: 1,
+            input: false,
+            string: false,
+            rep: false,
+        }) => {
+            let info = m.cpu.exit_instruction;
             assert_eq!(info.len, 2);
             assert_eq!(&info.bytes[..2], &[0xe6, 0x80]);
         }
@@ -151,7 +149,7 @@ fn io_and_halt_exits_leave_rip_where_the_hypervisor_reports_it() {
     assert_eq!(m.cpu.cpu.rip, 0x1002);
     assert_eq!(m.cpu.cpu.gpr[0] & 0xff, 0x42);
     m.cpu.cpu.rip = 0x1004; // the VMM completes the OUT
-    assert!(matches!(m.run(100), RunEnd::Exit(Exit::Halt, _)));
+    assert!(matches!(m.run(100), RunEnd::Exit(Exit::Halt)));
     assert_eq!(m.cpu.cpu.rip, 0x1005);
 }
 
@@ -160,17 +158,14 @@ fn an_access_outside_ram_is_an_mmio_exit_with_its_addresses() {
     // mov eax, [0x300020] in 64-bit mode: mapped by the page tables, past the 2 MiB of RAM.
     let mut m = Machine::long(&[0x8b, 0x04, 0x25, 0x20, 0x00, 0x30, 0x00], 0x2000);
     match m.run(10) {
-        RunEnd::Exit(
-            Exit::Mmio {
-                gpa,
-                gva,
-                access: Access::Read,
-                intercepted: false,
-            },
-            info,
-        ) => {
+        RunEnd::Exit(Exit::Mmio {
+            gpa,
+            gva,
+            access: Access::Read,
+            intercepted: false,
+        }) => {
             assert_eq!((gpa, gva), (0x30_0020, 0x30_0020));
-            assert_eq!(info.len, 7);
+            assert_eq!(m.cpu.exit_instruction.len, 7);
         }
         other => panic!("{other:?}"),
     }
@@ -183,18 +178,15 @@ fn an_intercepted_msr_exits_and_an_unknown_one_faults() {
     let mut m = Machine::long(&[0xb9, 0, 0, 0, 0x40, 0x0f, 0x32], 0x2000);
     assert!(matches!(
         m.run(10),
-        RunEnd::Exit(
-            Exit::Msr {
-                msr: 0x4000_0000,
-                write: false
-            },
-            _
-        )
+        RunEnd::Exit(Exit::Msr {
+            msr: 0x4000_0000,
+            write: false
+        },)
     ));
     // mov ecx, 0x12345; rdmsr: #GP(0) with no IDT (limit 0): a triple fault, a shutdown.
     let mut m = Machine::long(&[0xb9, 0x45, 0x23, 0x01, 0x00, 0x0f, 0x32], 0x2000);
     m.cpu.cpu.idtr.limit = 0;
-    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Shutdown, _)));
+    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Shutdown)));
 }
 
 #[test]
@@ -255,7 +247,7 @@ fn leave_in_64_bit_mode_pops_eight_bytes() {
         0xf4,
     ];
     let mut m = Machine::long(&code, 0x2000);
-    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt, _)));
+    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt)));
     assert_eq!(m.cpu.cpu.gpr[5], 0x1122_3344_5566_7788);
     assert_eq!(m.cpu.cpu.gpr[4], 0x8_0000);
 }
@@ -283,7 +275,7 @@ fn a_jump_to_a_non_canonical_address_faults_on_the_jump() {
         base: 0x4000,
         limit: 0xfff,
     };
-    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt, _)));
+    assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt)));
     let mut frame = [0u8; 16];
     m.ram.read(0x8_0000 - 48, &mut frame).unwrap();
     assert_eq!(
