@@ -168,7 +168,7 @@ impl Budget {
     }
 }
 
-/// The limits of one whole run (`maxInstructions`, `timeoutMs`), for `Vcpu.runner()`
+/// The limits of one whole run (`maxInstructions`, `timeoutMs`), for `Vcpu.runnerHandle()`
 /// and `Vcpu.run()`: the clock starts at the first native run that uses it.
 #[napi]
 pub struct RunBudget {
