@@ -513,6 +513,7 @@ fn capture(x: &mut Exec, block: &cache::Block, op: &Op, info: &mut ExitInstructi
     let off = op.ip.wrapping_sub(block.ip) as usize;
     if rip == op.ip
         && x.cpu.seg[CS].base == block.cs_base
+        && x.cpu.mode64() == (block.bits == 64)
         && (block.lin & 0xfff) as usize + off + 16 <= 0x1000
     {
         // SAFETY: `block.host` maps the block's first page of RAM from its first byte;
