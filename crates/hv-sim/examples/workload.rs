@@ -3,12 +3,10 @@
 //!
 //!   cargo run --release -p hv-sim --example workload -- fib 200000000
 
+mod common;
+
 use hv_core::regs::{pack_segment, pack_table};
-use hv_core::{ExitMessage, HostRegion, HvBackend, MemoryMapping, RunLimits, VmConfig};
-use hv_sim::SimHypervisor;
 use mshv_bindings::*;
-use std::sync::Arc;
-use std::time::Instant;
 
 /// The workloads' machine code at 0x100000 (assembled by `assemble()` from bench/interpreter.ts).
 fn code(name: &str) -> Option<Vec<u8>> {
@@ -47,27 +45,17 @@ fn code(name: &str) -> Option<Vec<u8>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "fib".into());
-    let count: u64 = std::env::args()
-        .nth(2)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(200_000_000);
+    let count = common::arg(2, 200_000_000)?;
     let code = code(&name).ok_or("workloads: alu, fib, checksum, copy")?;
-    let mut vm = SimHypervisor.create_vm(&VmConfig::default())?;
-    let ram = Arc::new(HostRegion::new(4 << 20)?);
-    ram.write(0x10_0000, &code)?;
     // PML4 at 0x1000 -> PDPT at 0x2000 with one 1 GiB page.
-    ram.write(0x1000, &(0x2003u64).to_le_bytes())?;
-    ram.write(0x2000, &(0x83u64).to_le_bytes())?;
-    vm.map_memory(MemoryMapping {
-        gpa: 0,
-        region: ram,
-        writable: true,
-        executable: true,
-    })?;
-    let mut vcpu = vm.create_vcpu(0)?;
+    let pml4 = 0x2003u64.to_le_bytes();
+    let pdpt = 0x83u64.to_le_bytes();
+    let mut guest = common::vm_with(
+        4 << 20,
+        &[(0x10_0000, &code), (0x1000, &pml4), (0x2000, &pdpt)],
+    )?;
     let data = pack_segment(0, 0xffff_ffff, 16, 0xc093);
-    vcpu.set_registers(
+    guest.vcpu.set_registers(
         &[
             hv_register_name_HV_X64_REGISTER_CS,
             hv_register_name_HV_X64_REGISTER_SS,
@@ -93,20 +81,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             [0x8_0000, 0],
         ],
     )?;
-    let mut msg = ExitMessage::default();
-    let start = Instant::now();
-    vcpu.run(
-        &mut msg,
-        &RunLimits {
-            max_instructions: Some(count),
-            ..RunLimits::default()
-        },
-    )?;
-    let s = start.elapsed().as_secs_f64();
-    println!(
-        "{name}: {} instructions in {s:.3} s: {:.1} M/s",
-        vcpu.instructions(),
-        vcpu.instructions() as f64 / s / 1e6
-    );
-    Ok(())
+    common::time_instructions(&name, guest.vcpu.as_mut(), count)
 }
