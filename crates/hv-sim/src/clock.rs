@@ -4,13 +4,20 @@
 //! (CPUID leaves 0x15 and 0x16 say so), so TSC ticks are guest nanoseconds.
 
 use hv_core::ClockMode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// vCPU indices are a byte.
+const VCPUS: usize = 256;
 
 pub struct Clock {
     pub mode: ClockMode,
-    /// Deterministic time: the latest any vCPU of the partition reached.
-    ns: AtomicU64,
+    /// Deterministic time: the latest each vCPU reached, written only by that vCPU's
+    /// run (a plain store: a shared maximum would be a locked instruction on every
+    /// exit); partition time is the latest of them.
+    reached: Box<[AtomicU64; VCPUS]>,
+    /// One past the highest vCPU index made: how many slots `now` looks at.
+    vcpus: AtomicUsize,
     start: Instant,
     /// The VMM's next device timer (guest ns; `u64::MAX`: none): every run ends with
     /// `Exit::Clock` when guest time reaches it.
@@ -21,7 +28,8 @@ impl Clock {
     pub fn new(mode: ClockMode) -> Clock {
         Clock {
             mode,
-            ns: AtomicU64::new(0),
+            reached: Box::new([const { AtomicU64::new(0) }; VCPUS]),
+            vcpus: AtomicUsize::new(0),
             start: Instant::now(),
             device_deadline: AtomicU64::new(u64::MAX),
         }
@@ -31,18 +39,35 @@ impl Clock {
         self.mode == ClockMode::Deterministic
     }
 
+    /// Makes vCPU `index`'s time count (at its creation).
+    pub fn add_vcpu(&self, index: u32) {
+        self.vcpus.fetch_max(index as usize + 1, Ordering::AcqRel);
+    }
+
     /// Guest time now (ns).
     pub fn now(&self) -> u64 {
         match self.mode {
-            ClockMode::Deterministic => self.ns.load(Ordering::Acquire),
+            ClockMode::Deterministic => {
+                let n = self.vcpus.load(Ordering::Acquire).min(VCPUS);
+                self.reached[..n]
+                    .iter()
+                    .map(|r| r.load(Ordering::Acquire))
+                    .max()
+                    .unwrap_or(0)
+            }
             ClockMode::Realtime => self.start.elapsed().as_nanos() as u64,
         }
     }
 
-    /// Deterministic time moves to `t` if that is later (a vCPU ran up to it, or leapt
-    /// over a halt to it).
-    pub fn advance_to(&self, t: u64) {
-        self.ns.fetch_max(t, Ordering::AcqRel);
+    /// Deterministic time moves to `t` if that is later (vCPU `index` ran up to it, or
+    /// leapt over a halt to it). Called only by that vCPU's run, so its slot has one
+    /// writer and the check and the store need no atomic read-modify-write.
+    pub fn advance_to(&self, index: u32, t: u64) {
+        if let Some(slot) = self.reached.get(index as usize) {
+            if t > slot.load(Ordering::Relaxed) {
+                slot.store(t, Ordering::Release);
+            }
+        }
     }
 
     pub fn device_deadline(&self) -> Option<u64> {
@@ -58,5 +83,54 @@ impl Clock {
     /// The host instant of guest time `t`, for real-time waits.
     pub fn instant_of(&self, t: u64) -> Instant {
         self.start + std::time::Duration::from_nanos(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partition time is the latest any vCPU reached, and never goes back: what the
+    /// shared maximum it replaced gave.
+    #[test]
+    fn deterministic_time_is_the_latest_a_vcpu_reached_and_never_goes_back() {
+        let c = Clock::new(ClockMode::Deterministic);
+        c.add_vcpu(0);
+        c.add_vcpu(3);
+        assert_eq!(c.now(), 0);
+        c.advance_to(0, 100);
+        c.advance_to(3, 50);
+        assert_eq!(c.now(), 100);
+        c.advance_to(0, 90); // an earlier time is no move
+        assert_eq!(c.now(), 100);
+        c.advance_to(3, 250);
+        assert_eq!(c.now(), 250);
+        c.advance_to(255, 7); // the last index exists; past it, nothing happens
+        c.advance_to(256, u64::MAX);
+        assert_eq!(c.now(), 250);
+    }
+
+    /// Writers on several threads, each its own slot: the result is the maximum.
+    #[test]
+    fn vcpus_advancing_on_their_threads_end_at_the_latest() {
+        let c = std::sync::Arc::new(Clock::new(ClockMode::Deterministic));
+        for i in 0..4 {
+            c.add_vcpu(i);
+        }
+        let threads: Vec<_> = (0..4u32)
+            .map(|i| {
+                let c = std::sync::Arc::clone(&c);
+                std::thread::spawn(move || {
+                    for t in 0..10_000u64 {
+                        c.advance_to(i, t * 4 + i as u64);
+                        assert!(c.now() >= t * 4 + i as u64);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(c.now(), 9_999 * 4 + 3);
     }
 }

@@ -303,7 +303,7 @@ impl SimVcpu {
                     if let Some(t) = self.bus.earliest_wake() {
                         if t != u64::MAX && t > now {
                             self.processor.cpu.tsc = t;
-                            self.clock.advance_to(t);
+                            self.clock.advance_to(self.index, t);
                             continue;
                         }
                     }
@@ -371,7 +371,7 @@ impl SimVcpu {
             let end = self.processor.run(snapshot, &mut env, slice, &mut poll);
             budget = budget.saturating_sub(self.processor.instructions - before);
             if det {
-                self.clock.advance_to(self.processor.cpu.tsc);
+                self.clock.advance_to(self.index, self.processor.cpu.tsc);
             }
             match end {
                 RunEnd::Stopped => match stopped {

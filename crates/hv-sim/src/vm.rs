@@ -108,6 +108,7 @@ impl VmBackend for SimVm {
             Arc::clone(&self.bus),
             Arc::clone(&self.clock),
         )?;
+        self.clock.add_vcpu(index as u32);
         self.vcpus.push(index);
         Ok(Box::new(vcpu))
     }
