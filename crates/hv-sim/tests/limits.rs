@@ -145,3 +145,32 @@ fn instructions_that_exit_count_as_retired() {
     assert_eq!(run(&mut g, RunLimits::default()), Exit::Message);
     assert_eq!(g.vcpu.instructions(), 3);
 }
+
+/// On the deterministic clock the TSC counts retired instructions: one tick each,
+/// whether they run inside one block, across blocks, or one at a time under the
+/// single-step flag's path (an instruction budget of 1).
+#[test]
+fn rdtsc_sees_one_tick_per_instruction_retired_before_it() {
+    // rdtsc; mov esi, eax; nop x5; rdtsc; sub eax, esi; jmp +0; nop; rdtsc; sub eax, esi;
+    // out 0x80, al
+    let code = [
+        0x0f, 0x31, 0x66, 0x89, 0xc6, 0x90, 0x90, 0x90, 0x90, 0x90, 0x0f, 0x31, 0x66, 0x29, 0xf0,
+        0x66, 0x89, 0xc7, 0xeb, 0x00, 0x90, 0x0f, 0x31, 0x66, 0x29, 0xf0, 0xe6, 0x80,
+    ];
+    // Between the rdtscs: mov, 5 nops, rdtsc = 7; then sub, mov edi, jmp, nop, rdtsc
+    // after the first: 7 + 1 + 1 + 1 + 1 + 1 = 12 since the first.
+    let expect = [7u64, 12];
+    for one_at_a_time in [false, true] {
+        let mut g = guest();
+        g.load(0x1000, &code);
+        g.real_mode(0x1000);
+        let limits = RunLimits {
+            max_instructions: Some(if one_at_a_time { 1 } else { 100 }),
+            ..RunLimits::default()
+        };
+        while run(&mut g, limits) == Exit::InstructionLimit {}
+        let first = g.get(mshv_bindings::hv_register_name_HV_X64_REGISTER_RDI) & 0xffff_ffff;
+        let second = g.get(mshv_bindings::hv_register_name_HV_X64_REGISTER_RAX) & 0xffff_ffff;
+        assert_eq!([first, second], expect, "one at a time: {one_at_a_time}");
+    }
+}
