@@ -302,7 +302,11 @@ pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
 pub fn revalidate(x: &mut Exec, b: *const Block) -> Result<bool, Stop> {
     // SAFETY: the caller found `b` through a link under the current key: it is alive
     // in its slot.
-    let b = unsafe { &*b };
+    bytes_checked(x, unsafe { &*b })
+}
+
+/// Whether `b` holds the same bytes as its memory, compared once per epoch.
+fn bytes_checked(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
     if b.checked != x.cache.epoch {
         if !same_bytes(x, b)? {
             return Ok(false);
@@ -335,15 +339,7 @@ fn still_valid(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
             return Ok(false);
         }
     }
-    if b.checked != x.cache.epoch {
-        if !same_bytes(x, b)? {
-            return Ok(false);
-        }
-        // SAFETY: only the owning processor touches its blocks; `checked` is a plain
-        // field of a block alive in the cache.
-        unsafe { (*(b as *const Block as *mut Block)).checked = x.cache.epoch };
-    }
-    Ok(true)
+    bytes_checked(x, b)
 }
 
 fn page_of(x: &mut Exec, lin: u64) -> Result<u64, Stop> {

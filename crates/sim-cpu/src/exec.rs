@@ -229,8 +229,21 @@ impl Exec<'_> {
     /// Reads at a linear address, with the current privilege.
     #[inline(always)]
     pub fn read_lin(&mut self, lin: u64, size: usize, access: Access) -> Result<u64, Stop> {
+        let user = self.cpu.cpl() == 3;
+        self.read_lin_as(lin, size, access, user)
+    }
+
+    /// [`Exec::read_lin`] for a caller that knows whether CPL is 3.
+    #[inline(always)]
+    fn read_lin_as(
+        &mut self,
+        lin: u64,
+        size: usize,
+        access: Access,
+        user: bool,
+    ) -> Result<u64, Stop> {
         if (lin & 0xfff) as usize + size <= 0x1000 {
-            if let Some(p) = self.tlb.lookup(lin, need(access, self.cpu.cpl() == 3)) {
+            if let Some(p) = self.tlb.lookup(lin, need(access, user)) {
                 // SAFETY: the TLB maps the whole page to RAM; the access stays inside it.
                 return Ok(unsafe { hv_core::shared::load(p, size) });
             }
@@ -242,11 +255,15 @@ impl Exec<'_> {
     /// Writes at a linear address, with the current privilege.
     #[inline(always)]
     pub fn write_lin(&mut self, lin: u64, size: usize, v: u64) -> Result<(), Stop> {
+        let user = self.cpu.cpl() == 3;
+        self.write_lin_as(lin, size, v, user)
+    }
+
+    /// [`Exec::write_lin`] for a caller that knows whether CPL is 3.
+    #[inline(always)]
+    fn write_lin_as(&mut self, lin: u64, size: usize, v: u64, user: bool) -> Result<(), Stop> {
         if (lin & 0xfff) as usize + size <= 0x1000 {
-            if let Some(p) = self
-                .tlb
-                .lookup(lin, need(Access::Write, self.cpu.cpl() == 3))
-            {
+            if let Some(p) = self.tlb.lookup(lin, need(Access::Write, user)) {
                 // SAFETY: the TLB grants writes to the whole page of RAM.
                 unsafe { hv_core::shared::store(p, size, v) };
                 return Ok(());
@@ -569,16 +586,7 @@ impl Exec<'_> {
         if !canonical(sp) || !canonical(sp.wrapping_add(size as u64 - 1)) {
             return Err(self.segment_fault(SS));
         }
-        if (sp & 0xfff) as usize + size <= 0x1000 {
-            if let Some(p) = self.tlb.lookup(sp, need(Access::Write, self.user64())) {
-                // SAFETY: the TLB grants writes to the whole page of RAM.
-                unsafe { hv_core::shared::store(p, size, v) };
-                self.cpu.gpr[4] = sp;
-                return Ok(());
-            }
-        }
-        let who = self.privilege();
-        self.write_slow(sp, size, v, who)?;
+        self.write_lin_as(sp, size, v, self.user64())?;
         self.cpu.gpr[4] = sp;
         Ok(())
     }
@@ -590,15 +598,7 @@ impl Exec<'_> {
         if !canonical(sp) || !canonical(sp.wrapping_add(size as u64 - 1)) {
             return Err(self.segment_fault(SS));
         }
-        let v = if (sp & 0xfff) as usize + size <= 0x1000 {
-            match self.tlb.lookup(sp, need(Access::Read, self.user64())) {
-                // SAFETY: the TLB maps the whole page to RAM; the access stays inside it.
-                Some(p) => unsafe { hv_core::shared::load(p, size) },
-                None => self.read_slow(sp, size, Access::Read, self.privilege())?,
-            }
-        } else {
-            self.read_slow(sp, size, Access::Read, self.privilege())?
-        };
+        let v = self.read_lin_as(sp, size, Access::Read, self.user64())?;
         self.cpu.gpr[4] = sp.wrapping_add(size as u64);
         Ok(v)
     }

@@ -234,15 +234,9 @@ impl Flags {
         }
     }
 
-    /// Evaluates condition code `cc` (the low nibble of Jcc/SETcc/CMOVcc), with the
-    /// common cases decided straight from a compare's operands.
-    #[inline]
-    pub fn condition(&self, cc: u8) -> bool {
-        self.evaluate(cc)
-    }
-
-    /// [`Flags::condition`] for a condition known when the instruction is compiled:
-    /// each Jcc, SETcc and CMOVcc gets its own copy with only its flags' computations.
+    /// Evaluates condition code `CC` (the low nibble of Jcc/SETcc/CMOVcc), with the
+    /// common cases decided straight from a compare's operands. A constant: each Jcc,
+    /// SETcc and CMOVcc gets its own copy with only its flags' computations.
     #[inline(always)]
     pub fn holds<const CC: u8>(&self) -> bool {
         self.evaluate(CC)
@@ -351,7 +345,7 @@ mod tests {
                         if op == FlagOp::Sub {
                             for cc in 0..16u8 {
                                 assert_eq!(
-                                    f.condition(cc),
+                                    f.evaluate(cc),
                                     f.condition_slow(cc),
                                     "cc {cc} {a:#x} {b:#x} {size}"
                                 );

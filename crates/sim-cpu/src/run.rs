@@ -251,6 +251,7 @@ impl Processor {
             let block = match found {
                 Ok(b) => {
                     prev = b;
+                    // `find` may have dropped a block: the key is the generation's now.
                     prev_key = x.cache.link_key(stamp);
                     b
                 }
