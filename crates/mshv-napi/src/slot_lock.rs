@@ -30,10 +30,12 @@ impl<T> SlotLock<T> {
     /// The value, unless someone holds it.
     #[inline]
     pub(crate) fn try_lock(&self) -> Option<SlotGuard<'_, T>> {
+        // `then`, not `then_some`: a guard made eagerly for a failed attempt would be
+        // dropped at once, and its drop would release the holder's lock.
         self.busy
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-            .then_some(SlotGuard { lock: self })
+            .then(|| SlotGuard { lock: self })
     }
 
     /// The value, waiting for its holder to let go.
@@ -86,6 +88,18 @@ mod tests {
         drop(g);
         *l.try_lock().expect("free again") += 1;
         assert_eq!(*l.lock(), 6);
+    }
+
+    /// A failed attempt leaves the holder's lock held, however often it is made.
+    #[test]
+    fn a_failed_try_lock_does_not_release_the_holders_lock() {
+        let l = SlotLock::new(0);
+        let held = l.try_lock().expect("free");
+        for _ in 0..3 {
+            assert!(l.try_lock().is_none());
+        }
+        drop(held);
+        assert!(l.try_lock().is_some());
     }
 
     #[test]
