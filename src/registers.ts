@@ -337,7 +337,7 @@ export class RegisterCache {
   flush(): void {
     this.check()
     if (this.policy === 'eager') this.flushEager()
-    else if (this.dirtyCount > 0) this.storeDirty()
+    else if (this.dirtyCount > 0) this.storeDirty(this.pageUsable())
     this.forget()
   }
 
@@ -345,7 +345,7 @@ export class RegisterCache {
   private flushEager(): void {
     // Clean ones first: a dirty value stored after them wins.
     for (const g of EAGER_GROUPS) this.store(g.filter((i) => this.state[i] === this.epoch))
-    this.storeDirtyBy(false)
+    this.storeDirty(false)
   }
 
   /** Forgets everything: the vCPU ran, so every cached value is stale. */
@@ -353,42 +353,13 @@ export class RegisterCache {
     this.forget()
   }
 
-  /** Stores the dirty registers: page-resident ones through the page when it is usable. */
-  private storeDirty(): void {
-    if (!this.pageUsable()) {
-      this.storeDirtyBy(false)
-      return
-    }
-    const { words32, lo32, dirty } = this
-    let mask = 0
-    let batch = false
-    for (let k = 0; k < this.dirtyCount; k++) {
-      const i = dirty[k] as number
-      const r = registers[i] as RegisterDescriptor
-      if (r.dirtyBit === undefined || r.pageOffset === undefined || r.kind !== 'u64' || !words32) {
-        batch = true
-        continue
-      }
-      const w = r.pageOffset >>> 2
-      words32[w] = lo32[2 * i] as number
-      words32[w + 1] = lo32[2 * i + 1] as number
-      mask |= r.dirtyBit
-    }
-    if (batch) {
-      // Something the page does not hold (or a wide register): the general path.
-      this.storeDirtyBy(true)
-      return
-    }
-    this.counters.pageWrites += this.dirtyCount
-    this.markPageDirty(mask)
-  }
-
   private markPageDirty(mask: number): void {
     const view = this.view
     if (mask !== 0 && view) view.setUint32(DIRTY_OFFSET, view.getUint32(DIRTY_OFFSET, true) | mask, true)
   }
 
-  private storeDirtyBy(viaPage: boolean): void {
+  /** Stores the dirty registers: page-resident ones through the page when `viaPage`. */
+  private storeDirty(viaPage: boolean): void {
     // Made only when something needs a hypercall.
     let batch: number[] | undefined
     let mask = 0
