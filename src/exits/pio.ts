@@ -65,7 +65,7 @@ export function seedIo(words: Uint32Array, regs: RegisterCache): void {
 export function handleIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: AccessContext, memory: () => LinearMemory): void {
   const info = msg.getUint8(ACCESS_INFO)
   if ((info & STRING_OP) !== 0) {
-    handleStringIo(msg, regs, bus, ctx, memory)
+    handleStringIo(msg, info, regs, bus, ctx, memory)
     return
   }
   const port = msg.getUint16(PORT, true)
@@ -86,8 +86,7 @@ function badSize(port: number, size: number): never {
 }
 
 /** INS/OUTS: RIP moves past the instruction once its last element is done. */
-function handleStringIo(msg: DataView, regs: RegisterCache, bus: IoBus, ctx: AccessContext, memory: () => LinearMemory): void {
-  const info = msg.getUint8(ACCESS_INFO)
+function handleStringIo(msg: DataView, info: number, regs: RegisterCache, bus: IoBus, ctx: AccessContext, memory: () => LinearMemory): void {
   const access = { port: msg.getUint16(PORT, true), size: info & 7, input: msg.getUint8(ACCESS_TYPE) !== WRITE, rep: (info & REP_PREFIX) !== 0 }
   if (stringIo(msg, { regs, bus, ctx, memory: memory() }, access)) {
     regs.addAt(RIP_REG, msg.getUint8(LEN) & 0xf)
