@@ -20,6 +20,16 @@ const PIC_OFF = `
   out 0x21, al
   out 0xa1, al
 `
+/**
+ * The APIC on, I/O APIC pin `pin` routed to `low` (RSI = the I/O APIC's base after
+ * it), the 8259s masked: interrupts come through the I/O APIC only.
+ */
+const ioapicOnly = (pin: number, low: number): string => `
+  ${APIC_ON}
+  mov esi, 0xfec00000
+  ${route(pin, low)}
+  ${PIC_OFF}
+`
 /** Halts with interrupts on until the dword at `counter` reaches `n`. */
 const waitFor = (counter: string, n: number): string => `
 .wait:
@@ -36,10 +46,7 @@ test('PIT ticks reach a 64-bit guest through the I/O APIC (IRQ 0 on pin 2, the I
   const vm = longModeVm(
     `
   start:
-    ${APIC_ON}
-    mov esi, 0xfec00000
-    ${route(2, 0x30)}
-    ${PIC_OFF}
+    ${ioapicOnly(2, 0x30)}
     ${PIT_1KHZ}
     ${waitFor('count', 5)}
     mov eax, [count]
@@ -63,10 +70,7 @@ test('serial receive interrupts: the guest echoes what is typed, woken from HLT 
   const vm = longModeVm(
     `
   start:
-    ${APIC_ON}
-    mov esi, 0xfec00000
-    ${route(4, 0x34)}
-    ${PIC_OFF}
+    ${ioapicOnly(4, 0x34)}
     mov dx, 0x3f9
     mov al, 1          # IER: receive data available
     out dx, al
@@ -179,10 +183,7 @@ test('the RTC: the guest reads the start date in BCD and takes periodic interrup
   const vm = longModeVm(
     `
   start:
-    ${APIC_ON}
-    mov esi, 0xfec00000
-    ${route(8, 0x38)}
-    ${PIC_OFF}
+    ${ioapicOnly(8, 0x38)}
     mov al, 9            # year
     out 0x70, al
     in al, 0x71
