@@ -408,10 +408,26 @@ mod tests {
             let rc = unsafe { libc::mincore(page as *mut _, PAGE_SIZE, &mut vec) };
             assert_eq!(rc, 0, "the guard page is part of the reservation");
         }
+        // The kernel merges neighbouring mappings with the same protection, so a guard
+        // page can sit inside a larger `---p` line (another region's guard beside it, as
+        // when tests run in parallel): look for the line whose range holds it.
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let guard = format!("{:x}-", r.as_ptr() as usize - PAGE_SIZE);
-        let line = maps.lines().find(|l| l.starts_with(&guard)).unwrap();
-        assert!(line.contains("---p"), "the guard page is PROT_NONE: {line}");
+        for guard in [
+            r.as_ptr() as usize - PAGE_SIZE,
+            r.as_ptr() as usize + PAGE_SIZE,
+        ] {
+            let line = maps
+                .lines()
+                .find(|l| {
+                    let range = l.split(' ').next().unwrap_or("");
+                    let (start, end) = range.split_once('-').unwrap_or(("", ""));
+                    let start = usize::from_str_radix(start, 16).unwrap_or(usize::MAX);
+                    let end = usize::from_str_radix(end, 16).unwrap_or(0);
+                    (start..end).contains(&guard)
+                })
+                .unwrap_or_else(|| panic!("no mapping holds {guard:#x}:\n{maps}"));
+            assert!(line.contains("---p"), "the guard page is PROT_NONE: {line}");
+        }
     }
 
     #[test]
