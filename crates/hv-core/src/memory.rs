@@ -357,15 +357,27 @@ impl Drop for HostRegion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Mutex, MutexGuard};
+
+    /// The region count is process-wide and tests run in parallel: every test here that
+    /// maps a region holds this lock, so one that counts sees only its own.
+    fn alone() -> MutexGuard<'static, ()> {
+        static REGIONS: Mutex<()> = Mutex::new(());
+        REGIONS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 
     #[test]
     fn rejects_unaligned_and_empty_sizes() {
+        let _alone = alone();
         assert_eq!(HostRegion::new(0).unwrap_err().code(), "EINVAL");
         assert_eq!(HostRegion::new(4097).unwrap_err().code(), "EINVAL");
     }
 
     #[test]
     fn reads_back_what_it_wrote_and_checks_bounds() {
+        let _alone = alone();
         let r = HostRegion::new(PAGE_SIZE).unwrap();
         r.write(4090, &[1, 2, 3]).unwrap();
         let mut out = [0u8; 3];
@@ -377,6 +389,7 @@ mod tests {
 
     #[test]
     fn retiring_zeroes_in_place_releases_once_and_keeps_the_address_mapped() {
+        let _alone = alone();
         let r = HostRegion::new(2 * PAGE_SIZE).unwrap();
         r.write(0, &[7; 64]).unwrap();
         let live = live_regions();
@@ -398,6 +411,7 @@ mod tests {
 
     #[test]
     fn guest_ram_sits_between_inaccessible_guard_pages() {
+        let _alone = alone();
         let r = HostRegion::new(PAGE_SIZE).unwrap();
         for page in [
             r.as_ptr() as usize - PAGE_SIZE,
