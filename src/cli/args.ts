@@ -15,6 +15,11 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
        mshv --version`
 
+/** The usage error of every command: the option that was not understood, then {@link USAGE}. */
+function badOption(flag: string | undefined, value: string | undefined): never {
+  throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
+}
+
 /** What `mshv boot` was asked for. */
 export interface BootArgs {
   kernel?: string
@@ -38,9 +43,6 @@ export interface BootArgs {
 /** `mshv boot`'s options; throws a usage error on anything else. */
 export function parseBootArgs(args: readonly string[]): BootArgs {
   const out: BootArgs = { policies: ['page'], progress: true }
-  const usage = (flag: string | undefined, value: string | undefined): never => {
-    throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
-  }
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]
     const value = args[i + 1]
@@ -48,7 +50,7 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
       out.progress = false
       continue
     }
-    if (value === undefined) usage(flag, value)
+    if (value === undefined) badOption(flag, value)
     const v = value as string
     switch (flag) {
       case '--kernel':
@@ -61,29 +63,29 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
         break
       case '--memory':
       case '--vcpus':
-        if (!/^[0-9]+$/.test(v)) usage(flag, v)
+        if (!/^[0-9]+$/.test(v)) badOption(flag, v)
         if (flag === '--memory') out.memoryMiB = Number(v)
         else out.vcpus = Number(v)
         break
       case '--backend':
-        if (v !== 'auto' && v !== 'sim' && v !== 'mshv') usage(flag, v)
+        if (v !== 'auto' && v !== 'sim' && v !== 'mshv') badOption(flag, v)
         out.backend = v as BootArgs['backend']
         break
       case '--clock':
-        if (v !== 'deterministic' && v !== 'realtime') usage(flag, v)
+        if (v !== 'deterministic' && v !== 'realtime') badOption(flag, v)
         out.clock = v as BootArgs['clock']
         break
       case '--entry':
-        if (v !== 'pvh' && v !== 'boot64') usage(flag, v)
+        if (v !== 'pvh' && v !== 'boot64') badOption(flag, v)
         out.entry = v as BootArgs['entry']
         break
       case '--policy':
         if (v === 'all') out.policies = ['page', 'hypercall', 'eager']
         else if (v === 'page' || v === 'hypercall' || v === 'eager') out.policies = [v]
-        else usage(flag, v)
+        else badOption(flag, v)
         break
       default:
-        usage(flag, v)
+        badOption(flag, v)
     }
     i++
   }
@@ -118,7 +120,7 @@ export function parseArgs(args: readonly string[]): ReplArgs {
     else if (flag === '--vcpus' && number) out.vcpus = Number(value)
     else if (flag === '--memory' && number) out.memoryMiB = Number(value)
     else if ((flag === '--kernel' || flag === '--initrd' || flag === '--busybox' || flag === '--cmdline') && value !== undefined) out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'cmdline'] = value
-    else throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
+    else badOption(flag, value)
     i++
   }
   if (out.kernel === undefined && (out.initrd ?? out.busybox ?? out.cmdline ?? out.vcpus ?? out.memoryMiB) !== undefined) {
@@ -151,7 +153,7 @@ export function parseDoctorArgs(args: readonly string[]): DoctorArgs {
         continue
       }
       out.json = value
-    } else throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
+    } else badOption(flag, value)
     i++
   }
   return out
