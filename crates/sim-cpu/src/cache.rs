@@ -43,8 +43,8 @@ pub struct Block {
     /// The epoch its bytes were last compared in.
     pub checked: u64,
     pub ops: Box<[Op]>,
-    /// Chaining: the RIP the block was last left at, the block found there, and a
-    /// stamp of everything that choice depended on (see [`link_stamp`]).
+    /// Chaining: the RIP the block was last left at, the block found there, and the
+    /// link key it was found under (see [`CodeCache::link_key`]).
     /// Two links: a RET or an indirect jump alternates between successors.
     pub links: [std::cell::Cell<Link>; 2],
     /// Whether running the block to its end leaves the stamp (see [`stamp`]) as it
@@ -95,9 +95,10 @@ impl Block {
     }
 }
 
-/// What a block found for a RIP depends on beyond the RIP and the blocks cached: the code segment's base and attributes (the code
-/// size), the CPL's sources (SS's attributes, CR0.PE, RFLAGS.VM), EFER.LMA and every
-/// mapping (the TLB's flush epoch), packed exactly into two words.
+/// What a block found for a RIP depends on beyond the RIP and the blocks cached: the
+/// code segment's base and attributes (the code size), the CPL's sources (SS's
+/// attributes, CR0.PE, RFLAGS.VM), EFER.LMA and every mapping (the TLB's flush epoch),
+/// packed exactly into two words.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     cs_base: u64,
@@ -177,21 +178,16 @@ impl CodeCache {
     pub fn invalidate_page(&mut self, page: u64) {
         if let Some(slots) = self.pages.remove(&page) {
             for s in slots {
-                if let Some(b) = self.slots[s as usize].take() {
-                    self.forget_pages(&b, s, page);
-                    self.graveyard.push(b);
-                    self.generation += 1;
-                }
+                self.evict(s as usize, page);
             }
         }
     }
 
     /// Drops everything.
     pub fn flush(&mut self) {
-        for s in self.slots.iter_mut() {
-            if let Some(b) = s.take() {
-                self.graveyard.push(b);
-                self.generation += 1;
+        for s in 0..self.slots.len() {
+            if let Some(b) = self.slots[s].take() {
+                self.bury(b);
             }
         }
         self.pages.clear();
@@ -238,12 +234,24 @@ impl CodeCache {
         }
     }
 
-    fn insert(&mut self, s: usize, b: Box<Block>, x_tlb: &mut crate::tlb::Tlb) {
-        if let Some(old) = self.slots[s].take() {
-            self.forget_pages(&old, s as u32, u64::MAX);
-            self.graveyard.push(old);
-            self.generation += 1;
+    /// Takes the block in slot `s` out, if there is one: its pages forget it (but
+    /// `except`, which the caller is dropping whole), and it is buried.
+    fn evict(&mut self, s: usize, except: u64) {
+        if let Some(b) = self.slots[s].take() {
+            self.forget_pages(&b, s as u32, except);
+            self.bury(b);
         }
+    }
+
+    /// Keeps a block that left its slot until the next [`CodeCache::collect`] (a run may
+    /// still be in it) and starts a new generation: a link made before may point at it.
+    fn bury(&mut self, b: Box<Block>) {
+        self.graveyard.push(b);
+        self.generation += 1;
+    }
+
+    fn insert(&mut self, s: usize, b: Box<Block>, x_tlb: &mut crate::tlb::Tlb) {
+        self.evict(s, u64::MAX);
         let mut pages = vec![b.gpa & !0xfff];
         if let Some((_, g)) = b.second {
             pages.push(g);
@@ -277,11 +285,7 @@ pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
             if still_valid(x, b)? {
                 return Ok(ptr);
             }
-            if let Some(old) = x.cache.slots[s].take() {
-                x.cache.forget_pages(&old, s as u32, u64::MAX);
-                x.cache.graveyard.push(old);
-                x.cache.generation += 1;
-            }
+            x.cache.evict(s, u64::MAX);
         }
     }
     let b = build(x, ip, cs_base, bits)?;
