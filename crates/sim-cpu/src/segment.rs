@@ -335,7 +335,6 @@ pub fn far_jump(x: &mut Exec, selector: u16, offset: u64, size: usize) -> Result
     }
 }
 
-/// The code segment a gate names: present-independent checks (#GP(selector)).
 /// What JMP and CALL both check of a call gate before using it (SDM vol 3 5.8.4, 5.8.5):
 /// a 16-bit gate is refused in IA-32e mode, the gate's DPL must be at least CPL and the
 /// selector's RPL, and it must be present; then its target code segment (the selector,
@@ -362,6 +361,7 @@ fn call_gate(
     Ok((target, cd, cat))
 }
 
+/// The code segment a gate names: present-independent checks (#GP(selector)).
 fn gate_code(x: &mut Exec, target: u16) -> Result<(Descriptor, u64), Stop> {
     if target & !3 == 0 {
         return Err(x.gp(0));

@@ -164,7 +164,7 @@ impl Tlb {
         };
     }
 
-    /// The flush count (see [`crate::cache::link_stamp`]).
+    /// The flush count: part of the code cache's [`crate::cache::stamp`].
     #[inline(always)]
     pub fn epoch(&self) -> u64 {
         self.epoch
