@@ -385,7 +385,9 @@ impl ApicState {
 /// and everyone who sends it interrupts (the VMM, the other vCPUs' IPIs).
 pub struct LocalApic {
     pub index: u32,
-    pub state: Mutex<ApicState>,
+    /// Reached only through [`LocalApic::lock`], whose guard keeps the mirrors below
+    /// true.
+    state: Mutex<ApicState>,
     /// The processor's `events` word.
     pub events: Arc<AtomicU32>,
     /// Wakes the vCPU when it blocks in a halt.
@@ -395,11 +397,12 @@ pub struct LocalApic {
     /// stopped mid-run by its budget), else the guest time its halt ends at (`u64::MAX`:
     /// only an interrupt ends it, or it never ran).
     pub wake_at: AtomicU64,
-    /// Mirrors of the state the vCPU's run looks at before every slice, rewritten each
-    /// time the state lock is released: the timer's deadline (`u64::MAX`: none) and
-    /// startup suspend. With no event pending they spare the run the lock.
-    pub timer_deadline: AtomicU64,
-    pub asleep: std::sync::atomic::AtomicBool,
+    /// A mirror of the timer's deadline (`u64::MAX`: none), rewritten each time the
+    /// state lock is released: the vCPU's run looks at it before every slice, so with
+    /// no event pending it needs no lock (see [`LocalApic::quiet`]).
+    timer_deadline: AtomicU64,
+    /// A mirror of startup suspend, kept as `timer_deadline` is.
+    asleep: std::sync::atomic::AtomicBool,
 }
 
 /// The locked state of a [`LocalApic`]; dropping it refreshes the mirrors.
