@@ -118,34 +118,6 @@ impl Runner {
     }
 }
 
-fn failed(status: sys::napi_status, what: &str) -> napi::Error {
-    napi::Error::new(napi::Status::from(status), format!("{what} failed"))
-}
-
-/// The function `(id) => number` that runs the runner in slot `id` once.
-pub(crate) fn run_function(env: &Env) -> napi::Result<Function<'_, u32, u32>> {
-    let table = RUNNERS.with(Rc::as_ptr);
-    let mut value = ptr::null_mut();
-    // SAFETY: `env` is the live env of the calling JS frame; `NAME` is valid UTF-8 for
-    // its length. The data is this thread's runner table, which lives as long as the
-    // thread, and so longer than the env whose function can be called only on it.
-    let status = unsafe {
-        sys::napi_create_function(
-            env.raw(),
-            NAME.as_ptr().cast(),
-            NAME.len() as isize,
-            Some(call),
-            table.cast_mut().cast(),
-            &mut value,
-        )
-    };
-    if status != sys::Status::napi_ok {
-        return Err(failed(status, "napi_create_function"));
-    }
-    // SAFETY: `value` is a function value of this env.
-    unsafe { Function::from_napi_value(env.raw(), value) }
-}
-
 /// The N-API callback: runs the vCPU, returns the exit code or throws a coded `Error`.
 unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
     let mut argc = 1usize;
@@ -171,7 +143,7 @@ unsafe extern "C" fn call(env: sys::napi_env, info: sys::napi_callback_info) -> 
     }
     // The table stays borrowed while the vCPU runs: the run calls no JavaScript, so
     // nothing can add or free a runner meanwhile.
-    // SAFETY: `data` is this thread's runner table (see `run_function`), alive while
+    // SAFETY: `data` is this thread's runner table (see `run_vcpu_function`), alive while
     // this env can call in.
     let table = unsafe { &*data.cast_const().cast::<RefCell<Runners>>() };
     let outcome = table.try_borrow().ok().and_then(|r| {
@@ -221,9 +193,32 @@ unsafe extern "C" fn finalize(_env: sys::napi_env, data: *mut c_void, _hint: *mu
 }
 
 /// The one function that runs vCPUs: `runVcpu(id)` with the `id` of a handle from
-/// `Vcpu.runnerHandle()` (alive: collecting the handle frees the id). The package
-/// fetches it once (`src/native.ts`): every vCPU's exit loop then calls it.
+/// `Vcpu.runnerHandle()` (alive: collecting the handle frees the id), which runs the
+/// runner in that slot once. The package fetches it once (`src/native.ts`): every
+/// vCPU's exit loop then calls it.
 #[napi_derive::napi(ts_return_type = "(id: number) => number")]
 pub fn run_vcpu_function(env: &Env) -> napi::Result<Function<'_, u32, u32>> {
-    run_function(env)
+    let table = RUNNERS.with(Rc::as_ptr);
+    let mut value = ptr::null_mut();
+    // SAFETY: `env` is the live env of the calling JS frame; `NAME` is valid UTF-8 for
+    // its length. The data is this thread's runner table, which lives as long as the
+    // thread, and so longer than the env whose function can be called only on it.
+    let status = unsafe {
+        sys::napi_create_function(
+            env.raw(),
+            NAME.as_ptr().cast(),
+            NAME.len() as isize,
+            Some(call),
+            table.cast_mut().cast(),
+            &mut value,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        return Err(napi::Error::new(
+            napi::Status::from(status),
+            "napi_create_function failed".to_string(),
+        ));
+    }
+    // SAFETY: `value` is a function value of this env.
+    unsafe { Function::from_napi_value(env.raw(), value) }
 }
