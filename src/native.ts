@@ -134,12 +134,20 @@ export const native: typeof Binding = withCodedErrors(binding)
  * site sees one function wherever the vCPU came from.
  */
 function runner(this: Binding.Vcpu, budget?: Binding.RunBudget | null): () => number {
-  const handle = Object.freeze(this.runnerHandle(budget))
+  const handle = runnerHandle(this, budget)
   return () => runOnce(handle)
 }
 
 /** A vCPU's runner: `Vcpu.runnerHandle()` (holding it keeps the runner alive). */
 export type RunnerHandle = Readonly<ReturnType<Binding.Vcpu['runnerHandle']>>
+
+/**
+ * A new runner of `vcpu` within `budget`. Frozen: its `id` names a slot in the
+ * binding's runner table, and a changed one would run another vCPU.
+ */
+export function runnerHandle(vcpu: Binding.Vcpu, budget?: Binding.RunBudget | null): RunnerHandle {
+  return Object.freeze(vcpu.runnerHandle(budget))
+}
 
 /**
  * Runs the vCPU of `handle` on this thread to its next exit; returns the message type

@@ -3,7 +3,7 @@
  * exit handlers and the register cache in between.
  * @module
  */
-import { runOnce, type NativeVcpu, type RunnerHandle } from './native.js'
+import { runOnce, runnerHandle, type NativeVcpu, type RunnerHandle } from './native.js'
 import type { AccessContext, IoBus } from './bus.js'
 import { exitCode, message, messageType, messageTypeName } from './layout.js'
 import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
@@ -264,7 +264,7 @@ export class Vcpu {
     this.msg = new DataView(native.messageBuffer())
     this.messageWords = new Uint32Array(this.msg.buffer)
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
-    this.unlimited = Object.freeze(native.runnerHandle())
+    this.unlimited = runnerHandle(native)
     this.registerCpuid()
   }
 
@@ -317,7 +317,7 @@ export class Vcpu {
     const ownLine = this.startProgress(o)
     try {
       const budget = nativeBudget(o, this.progress !== undefined)
-      const runner = budget ? Object.freeze(this.native.runnerHandle(budget)) : this.unlimited
+      const runner = budget ? runnerHandle(this.native, budget) : this.unlimited
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
       for (let exits = 0; exits < exitLimit; ) {
         this.beforeResume()
