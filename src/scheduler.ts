@@ -160,15 +160,12 @@ export class VmRun {
   }
 
   /**
-   * Every vCPU waits for an interrupt. Deterministic: a due device timer runs them
-   * (each leaps over its halt to it); with none, only JavaScript can raise one, so the
-   * event loop runs until it does. Real time: they wait on worker threads until an
-   * interrupt, their APIC timers or the next device timer.
+   * Every vCPU waits for an interrupt. With a device timer pending, the next round's
+   * runs leap to it (deterministic) or wait for it inside the run, a slice at a time
+   * (real time). With none, only an interrupt raised from JavaScript can wake the VM,
+   * so the event loop runs until one is.
    */
   private async allIdle(end: number): Promise<void> {
-    // A device timer pending: the next round's runs leap to it (deterministic) or wait
-    // for it inside the run, a slice at a time (real time). None: only an interrupt
-    // raised from JavaScript can wake the VM, so the event loop runs until one is.
     if (this.vm.timers.next() === undefined) await this.waitForInterrupt(end)
   }
 
