@@ -10,6 +10,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { MshvError } from '../errors.js'
+import { busyboxInitramfs } from './initramfs.js'
 
 /** Where the fetched files are. */
 export interface DebianLinux {
@@ -60,4 +61,32 @@ export function fetchDebianLinux(): DebianLinux {
   const m: DebianLinux = { kernel: join(root, 'boot', vmlinuz), busybox: join(root, 'bin', 'busybox'), package: pkg }
   writeFileSync(manifest, JSON.stringify(m, null, 2))
   return m
+}
+
+/** The Linux files a command line names; any it leaves out are Debian's. */
+export interface LinuxFiles {
+  /** A bzImage or vmlinux (default: Debian's kernel). */
+  readonly kernel?: string
+  /** An initramfs file; replaces the busybox one. */
+  readonly initrd?: string
+  /** The static busybox of the generated initramfs (default: Debian's). */
+  readonly busybox?: string
+  /** That initramfs's /init script (default: an interactive shell). */
+  readonly init?: string
+}
+
+/**
+ * The kernel and initrd to boot: what `files` names, Debian's packages for the rest
+ * (fetched into the cache once; `onFetch` hears of it first), and a busybox initramfs
+ * unless `files.initrd` is given.
+ */
+export function linuxFiles(files: LinuxFiles, onFetch?: () => void): { kernel: string; initrd: Uint8Array | string } {
+  let { kernel, busybox } = files
+  if (kernel === undefined || (files.initrd === undefined && busybox === undefined)) {
+    onFetch?.()
+    const debian = fetchDebianLinux()
+    kernel ??= debian.kernel
+    busybox ??= debian.busybox
+  }
+  return { kernel, initrd: files.initrd ?? busyboxInitramfs({ busybox: busybox as string, init: files.init }) }
 }

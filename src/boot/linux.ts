@@ -19,10 +19,10 @@ import { buildAcpiTables, ACPI_BASE } from './acpi.js'
 import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
 import { simClocks } from '../layout.js'
 import type { CpuidEntry } from '../exits/cpuid.js'
+import { readBzImage, readKernel, type KernelElf } from './image.js'
 
 /** CPUID 0x40000000 of VMware: max hypervisor leaf 0x40000000, "VMwareVMware" (Linux's vmware_platform). */
 const VMWARE_SIGNATURE: CpuidEntry = { leaf: 0x4000_0000, eax: 0x4000_0000, ebx: 0x6177_4d56, ecx: 0x4d56_6572, edx: 0x6572_6177 }
-import { readBzImage, readKernel, type KernelElf } from './image.js'
 
 /** Options for {@link prepareLinux} and {@link bootLinux}. */
 export interface LinuxOptions {

@@ -9,8 +9,7 @@
  */
 import { writeFileSync } from 'node:fs'
 import type { BootArgs } from './args.js'
-import { fetchDebianLinux } from '../boot/debian.js'
-import { busyboxInitramfs } from '../boot/initramfs.js'
+import { linuxFiles } from '../boot/debian.js'
 import { prepareLinux, bootReport, type LinuxBootReport } from '../boot/linux.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
@@ -156,15 +155,7 @@ export function formatBootReport(r: LinuxBootReport, policy: string): string {
 
 /** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
 export async function boot(args: BootArgs, io: BootIo = process): Promise<number> {
-  let kernel = args.kernel
-  let busybox = args.busybox
-  if (kernel === undefined || (args.initrd === undefined && busybox === undefined)) {
-    io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n")
-    const debian = fetchDebianLinux()
-    kernel ??= debian.kernel
-    busybox ??= debian.busybox
-  }
-  const initrd = args.initrd ?? busyboxInitramfs({ busybox: busybox as string, init: args.init })
+  const { kernel, initrd } = linuxFiles(args, () => io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n"))
   const reports: { policy: string; report: LinuxBootReport }[] = []
   for (const policy of args.policies) {
     // A comparison boots non-interactively: the same input each time.

@@ -14,8 +14,7 @@ import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
 import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, type DoctorArgs, type ReplArgs } from './args.js'
 import { boot } from './boot.js'
-import { fetchDebianLinux, type DebianLinux } from '../boot/debian.js'
-import { busyboxInitramfs } from '../boot/initramfs.js'
+import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
 import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
 import { writeFileSync } from 'node:fs'
 
@@ -35,9 +34,7 @@ function version(): string {
 /** The session a `mshv repl` command line asks for: a bare VM, or Linux loaded and ready to `run()`. */
 function replSession(args: ReplArgs): SessionOptions {
   if (args.kernel === undefined) return { backend: args.backend, ramMiB: args.ramMiB }
-  const debian = args.kernel === 'debian' || (args.initrd === undefined && args.busybox === undefined) ? fetchDebianLinux() : undefined
-  const kernel = args.kernel === 'debian' ? (debian as DebianLinux).kernel : args.kernel
-  const initrd = args.initrd ?? busyboxInitramfs({ busybox: args.busybox ?? (debian as DebianLinux).busybox })
+  const { kernel, initrd } = linuxFiles({ ...args, kernel: args.kernel === 'debian' ? undefined : args.kernel })
   return {
     backend: args.backend,
     linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB << 20 },
