@@ -29,6 +29,76 @@ export interface MmioDevice {
   mmioWrite?(offset: number, size: number, value: bigint, ctx: AccessContext): void
 }
 
+/**
+ * What handles the accesses to a {@link DeviceWindow}: offsets from the window's start,
+ * sizes 1, 2, 4 (or 8 for MMIO), values as bigints in both spaces.
+ */
+export interface WindowHandler {
+  /** Reads `size` bytes at `offset`; the low `size` bytes of the result are used. */
+  read(offset: number, size: number, ctx: AccessContext): bigint
+  /** Writes the low `size` bytes of `value` at `offset`. */
+  write(offset: number, size: number, value: bigint, ctx: AccessContext): void
+}
+
+/** The address space a window lives in. */
+export type WindowSpace = 'pio' | 'mmio'
+
+/**
+ * An address window a device owns (OpenVMM's `chipset_device` model): the device maps
+ * it where it is told, unmaps it, and moves it (a PCI BAR the guest reprograms), and its
+ * handler sees offsets within the window, so no device keeps its base address twice.
+ */
+export class DeviceWindow {
+  private at: bigint | undefined
+
+  /** @internal */
+  constructor(
+    private readonly bus: IoBus,
+    /** Ports or guest physical addresses. */
+    readonly space: WindowSpace,
+    /** Its length in ports or bytes. */
+    readonly size: number,
+    private readonly handler: WindowHandler,
+    /** What errors and listings call it. */
+    readonly name: string,
+  ) {}
+
+  /** Where it is mapped now, if it is. */
+  get base(): bigint | undefined {
+    return this.at
+  }
+
+  /** Maps it at `base` (moving it there if it is mapped elsewhere); `EOVERLAP` if another device or RAM is there, and then it stays unmapped. */
+  map(base: number | bigint): void {
+    this.unmap()
+    const h = this.handler
+    if (this.space === 'pio') {
+      const start = Number(base)
+      this.bus.register(
+        start,
+        this.size,
+        {
+          ioRead: (port, size, ctx) => Number(h.read(port - start, size, ctx) & 0xffff_ffffn),
+          ioWrite: (port, size, value, ctx) => h.write(port - start, size, BigInt(value >>> 0), ctx),
+        },
+        this.name,
+      )
+    } else {
+      this.bus.registerMmio(base, this.size, { mmioRead: (o, size, ctx) => h.read(o, size, ctx), mmioWrite: (o, size, v, ctx) => h.write(o, size, v, ctx) }, this.name)
+    }
+    this.at = BigInt(base)
+  }
+
+  /** Unmaps it (nothing happens if it is not mapped). */
+  unmap(): void {
+    const at = this.at
+    if (at === undefined) return
+    if (this.space === 'pio') this.bus.unregister(Number(at))
+    else this.bus.unregisterMmio(at)
+    this.at = undefined
+  }
+}
+
 interface MmioRange {
   start: bigint
   end: bigint
@@ -94,6 +164,18 @@ export class IoBus {
     if (slot === -1) slot = this.ranges.push(undefined) - 1
     this.ranges[slot] = { start, end, device, name }
     this.portOwner.fill(slot + 1, start, end)
+  }
+
+  /**
+   * A window of `size` ports or bytes for `handler`, not yet mapped: the device maps,
+   * unmaps and moves it ({@link DeviceWindow}).
+   */
+  window(space: WindowSpace, size: number, handler: WindowHandler, name = 'device'): DeviceWindow {
+    if (space !== 'pio' && space !== 'mmio') throw new MshvError('EINVAL', `window space must be 'pio' or 'mmio', got ${describe(space)}`)
+    const limit = space === 'pio' ? 0x10000 : 2 ** 52
+    if (!Number.isSafeInteger(size) || size < 1 || size > limit) throw new MshvError('EINVAL', `${name}: window size must be an integer in 1..${hex(limit)}, got ${describe(size)}`)
+    checkDevice(handler, ['read', 'write'], name)
+    return new DeviceWindow(this, space, size, handler, name)
   }
 
   /** Releases the port range that starts at `start`; returns its device. */

@@ -14,6 +14,7 @@ import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
 import type { RamLookup, RamRegion, RomWriteHandler } from './emulator/memory.js'
 import { GuestTimers } from './platform/timers.js'
 import { VmRun, type VmRunOptions, type VmRunResult } from './scheduler.js'
+import { GuestMemory } from './guest-memory.js'
 
 /** Options for {@link createVm}. */
 export interface VmOptions {
@@ -215,6 +216,8 @@ export class Vm {
   readonly bus = new IoBus()
   /** The debug-exit port device (port 0xf4). */
   readonly debugExit = new DebugExit()
+  /** Guest RAM for devices that do DMA: bounds-checked reads, writes and zero-copy views by GPA. */
+  readonly memory = new GuestMemory(() => this.isClosed)
   private readonly ram: GuestRam[] = []
   private readonly vcpus: Vcpu[] = []
   private isClosed = false
@@ -282,7 +285,13 @@ export class Vm {
       throw coded(e)
     }
     this.ram.push(r)
+    this.regionsChanged()
     return r
+  }
+
+  /** Tells {@link memory} of the regions now mapped. */
+  private regionsChanged(): void {
+    this.memory.setRegions(this.ram.map((r) => ({ start: Number(r.gpa), bytes: r.bytes, readOnly: r.rom !== undefined })))
   }
 
   /** Maps `size` bytes (a multiple of 4 KiB) of zeroed RAM at `gpa`. */
@@ -316,6 +325,7 @@ export class Vm {
     this.native.unmapMemory(region.native)
     this.ram.splice(i, 1)
     region.release()
+    this.regionsChanged()
   }
 
   /** Total RAM and ROM mapped, in bytes. */
@@ -511,6 +521,7 @@ export class Vm {
     for (const v of this.vcpus) v.close()
     this.native.close()
     for (const r of this.ram) r.release()
+    this.memory.setRegions([])
   }
 }
 

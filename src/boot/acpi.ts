@@ -8,6 +8,8 @@
  * @module
  */
 import { IOAPIC_BASE } from '../devices/ioapic.js'
+import { PCI_CONFIG_ADDRESS, PCI_ECAM_BASE, PCI_IO_END, PCI_MMIO_END, PCI_MMIO_START, PCI_SLOTS, pciIntxGsi } from '../pci/host.js'
+import { device, eisaId, integer, io, name, pkg, resourceTemplate, scope, wordBusNumber, wordIo, dwordMemory, type Aml } from './aml.js'
 import { PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT, RESET_VALUE, SCI_IRQ, SLP_TYP_S5 } from '../devices/acpi-pm.js'
 
 /** Where the tables go: the BIOS area below 1 MiB, which the e820 map reserves. */
@@ -67,18 +69,68 @@ class Table {
 /** `Name (_S5_, Package (4) { 5, 5, 0, 0 })` in AML (ACPI 6.4, 20.2.5): S5's SLP_TYP for PM1a and PM1b. */
 const S5_AML = [0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x08, 0x04, 0x0a, SLP_TYP_S5, 0x0a, SLP_TYP_S5, 0x00, 0x00]
 
+/**
+ * `\_SB.PCI0`, the host bridge of {@link PciHost} (ACPI 6.4, 6.1 and 6.2; PCI Firmware
+ * Specification 3.2, 4.1): a PCI Express root (`PNP0A08`, compatible `PNP0A03`) on
+ * segment 0 with bus 0, `_CRS` giving its bus, I/O and memory windows (the ports of
+ * mechanism #1 its own), and `_PRT` routing each slot's INTA#-INTD# straight to a GSI
+ * (a source of Zero: the index is the GSI, level-triggered, active low).
+ */
+function pciRootAml(): Aml {
+  const routes: Aml[] = []
+  for (let slot = 0; slot < PCI_SLOTS; slot++) {
+    for (let pin = 0; pin < 4; pin++) routes.push(pkg([integer(slot * 0x1_0000 + 0xffff), integer(pin), integer(0), integer(pciIntxGsi(slot, pin))]))
+  }
+  // A Package holds at most 255 elements: the _PRT's 128 fit.
+  return scope('\\_SB_', [
+    device('PCI0', [
+      name('_HID', eisaId('PNP0A08')),
+      name('_CID', eisaId('PNP0A03')),
+      name('_ADR', integer(0)),
+      name('_SEG', integer(0)),
+      name('_UID', integer(0)),
+      name('_BBN', integer(0)),
+      name(
+        '_CRS',
+        resourceTemplate([
+          wordBusNumber(0, 0),
+          io(PCI_CONFIG_ADDRESS, 8),
+          wordIo(0, PCI_CONFIG_ADDRESS - 1),
+          wordIo(PCI_CONFIG_ADDRESS + 8, PCI_IO_END - 1),
+          dwordMemory(PCI_MMIO_START, PCI_MMIO_END - 1),
+        ]),
+      ),
+      name('_PRT', pkg(routes)),
+    ]),
+  ])
+}
+
+/** The MCFG table (PCI Firmware Specification 3.2, 4.1.2): ECAM of segment 0, bus 0. */
+function mcfgTable(): Table {
+  return new Table(44 + 16).header('MCFG', 1).u64(44, PCI_ECAM_BASE).u16(52, 0).u8(54, 0).u8(55, 0).checksum()
+}
+
+/** What {@link buildAcpiTables} describes besides the processors. */
+export interface AcpiOptions {
+  /** PCI bus 0 (a {@link PciHost}): the DSDT's host bridge and the MCFG table. */
+  pci?: boolean
+}
+
 /** The tables for `vcpus` processors, laid out from `base`: the bytes to write there and the RSDP's address. */
-export function buildAcpiTables(vcpus: number, base = ACPI_BASE): { bytes: Uint8Array; rsdp: number } {
+export function buildAcpiTables(vcpus: number, base = ACPI_BASE, options: AcpiOptions = {}): { bytes: Uint8Array; rsdp: number } {
   const rsdp = new Table(36)
   const facs = new Table(64).text(0, 'FACS').u32(4, 64).u8(32, 2)
-  const dsdt = new Table(36 + S5_AML.length).header('DSDT', 2)
-  dsdt.bytes.set(S5_AML, 36)
+  const aml = [...S5_AML, ...(options.pci ? pciRootAml() : [])]
+  const dsdt = new Table(36 + aml.length).header('DSDT', 2)
+  dsdt.bytes.set(aml, 36)
   dsdt.checksum()
   const madt = madtTable(vcpus)
   const fadt = new Table(276).header('FACP', 6)
-  const xsdt = new Table(36 + 2 * 8).header('XSDT', 1)
-  // Layout: RSDP, FACS (64-byte aligned), DSDT, FADT, MADT, XSDT.
-  const order = [rsdp, facs, dsdt, fadt, madt, xsdt]
+  const mcfg = options.pci ? mcfgTable() : undefined
+  const listed = mcfg ? 3 : 2
+  const xsdt = new Table(36 + listed * 8).header('XSDT', 1)
+  // Layout: RSDP, FACS (64-byte aligned), DSDT, FADT, MADT, [MCFG], XSDT.
+  const order = [rsdp, facs, dsdt, fadt, madt, ...(mcfg ? [mcfg] : []), xsdt]
   const at = new Map<Table, number>()
   let p = base
   for (const t of order) {
@@ -114,7 +166,9 @@ export function buildAcpiTables(vcpus: number, base = ACPI_BASE): { bytes: Uint8
     .gas(172, PM1A_CNT, 16, 2)
     .gas(208, PM_TMR, 32, 3)
     .checksum()
-  xsdt.u64(36, addr(fadt)).u64(44, addr(madt)).checksum()
+  xsdt.u64(36, addr(fadt)).u64(44, addr(madt))
+  if (mcfg) xsdt.u64(52, addr(mcfg))
+  xsdt.checksum()
   rsdp.text(0, 'RSD PTR ').text(9, OEM_ID).u8(15, 2).u32(16, 0).u32(20, 36).u64(24, addr(xsdt))
   rsdp.checksum(8, 20).checksum(32, 36)
   const bytes = new Uint8Array(p - base)

@@ -20,6 +20,7 @@ import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
 import { simClocks } from '../layout.js'
 import type { CpuidEntry } from '../exits/cpuid.js'
 import { readBzImage, readKernel, type KernelElf } from './image.js'
+import { PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../pci/host.js'
 
 /** CPUID 0x40000000 of VMware: max hypervisor leaf 0x40000000, "VMwareVMware" (Linux's vmware_platform). */
 const VMWARE_SIGNATURE: CpuidEntry = { leaf: 0x4000_0000, eax: 0x4000_0000, ebx: 0x6177_4d56, ecx: 0x4d56_6572, edx: 0x6572_6177 }
@@ -144,7 +145,7 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
       }
       vm.write(initrdAt, initrd.bytes)
     }
-    const acpi = buildAcpiTables(vcpus)
+    const acpi = buildAcpiTables(vcpus, ACPI_BASE, { pci: true })
     vm.write(ACPI_BASE, acpi.bytes)
     const boot = { memory, cmdline, rsdp: acpi.rsdp, initrd: initrd ? { at: initrdAt, size: initrd.bytes.length } : undefined }
     vm.write(CMDLINE, [...new TextEncoder().encode(cmdline), 0])
@@ -232,6 +233,8 @@ function e820(memory: number): [number, number, number][] {
     [0x9_fc00, 0x400, E820_RESERVED],
     [0xe_0000, 0x2_0000, E820_RESERVED], // the ACPI tables and the BIOS area
     [MIB, memory - MIB, E820_RAM],
+    // The ECAM: Linux takes MCFG's region only where firmware reserved it (arch/x86/pci/mmconfig-shared.c, pci_mmcfg_reserved).
+    [PCI_ECAM_BASE, PCI_ECAM_SIZE, E820_RESERVED],
   ]
 }
 

@@ -2,7 +2,8 @@
  * The PC platform around a VM's vCPUs, wired as a PC wires it (and as QEMU's `pc`
  * machine and the MADT's ISA overrides describe it): the 8259 pair and the I/O APIC
  * both see every ISA IRQ, IRQ 0 on I/O APIC pin 2; the 8254 on IRQ 0, the RTC on IRQ
- * 8, COM1 on IRQ 4; the i8042's reset line ends the run with `{ reason: 'reset' }`.
+ * 8, COM1 on IRQ 4; the i8042's reset line ends the run with `{ reason: 'reset' }`;
+ * PCI bus 0's INTx lines on I/O APIC pins 16-23.
  * @module
  */
 import type { Vm } from '../vm.js'
@@ -14,6 +15,7 @@ import { Pit, PIT_BASE, PORT_61 } from '../devices/pit.js'
 import { Rtc, CMOS_PORT, type RtcOptions } from '../devices/rtc.js'
 import { Serial16550, COM1, COM1_IRQ, type SerialOptions } from '../devices/serial.js'
 import { I8042, I8042_DATA, I8042_COMMAND } from '../devices/i8042.js'
+import { PciHost } from '../pci/host.js'
 
 /** Options for {@link addPcPlatform}. */
 export interface PcPlatformOptions {
@@ -21,6 +23,8 @@ export interface PcPlatformOptions {
   serial?: Omit<SerialOptions, 'irq'>
   /** The RTC's start time and CMOS presets. */
   rtc?: RtcOptions
+  /** PCI bus 0 with its host bridge ({@link PciHost}; default true). */
+  pci?: boolean
 }
 
 /** The I/O APIC pin ISA IRQ `irq` reaches: IRQ 0 is on pin 2 (the MADT's interrupt source override), the rest on their own. */
@@ -36,6 +40,8 @@ export class PcPlatform {
   readonly rtc: Rtc
   readonly serial: Serial16550
   readonly i8042: I8042
+  /** PCI bus 0, where PCI devices (virtio's among them) are added; undefined when `pci: false`. */
+  readonly pci: PciHost | undefined
   private readonly lines: WiredIrq[] = []
 
   /** @internal */
@@ -69,6 +75,7 @@ export class PcPlatform {
     bus.register(I8042_DATA, 1, this.i8042, 'i8042 data')
     bus.register(I8042_COMMAND, 1, this.i8042, 'i8042 command')
     bus.registerMmio(IOAPIC_BASE, IOAPIC_SIZE, this.ioapic, 'I/O APIC')
+    this.pci = options.pci === false ? undefined : new PciHost(vm, this.ioapic)
   }
 
   /** ISA IRQ line `irq` (0..15; 2 is the cascade and reaches nothing). */
@@ -79,7 +86,7 @@ export class PcPlatform {
   }
 }
 
-/** Adds the PC's interrupt controllers, timers, RTC, COM1 and i8042 to `vm`'s bus. */
+/** Adds the PC's interrupt controllers, timers, RTC, COM1, i8042 and PCI bus 0 to `vm`'s bus. */
 export function addPcPlatform(vm: Vm, options: PcPlatformOptions = {}): PcPlatform {
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `addPcPlatform: options must be an object, got ${describe(options)}`)
   return new PcPlatform(vm, options)
