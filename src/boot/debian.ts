@@ -8,9 +8,10 @@
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
-import { join } from 'node:path'
+import { basename, dirname, join } from 'node:path'
 import { MshvError } from '../errors.js'
 import { busyboxInitramfs } from './initramfs.js'
+import { resolveModules, type ModuleSet } from './modules.js'
 
 /** Where the fetched files are. */
 export interface DebianLinux {
@@ -62,6 +63,19 @@ export function fetchDebianLinux(): DebianLinux {
   writeFileSync(manifest, JSON.stringify(m, null, 2))
   return m
 }
+
+/**
+ * The modules `names` need from the kernel package `kernel` (a `/boot/vmlinuz-VERSION`
+ * beside its `/lib/modules/VERSION`, as Debian's package unpacks), for
+ * {@link busyboxInitramfs}.
+ */
+export function kernelModules(kernel: string, names: readonly string[]): ModuleSet {
+  const version = basename(kernel).replace(/^vmlinuz-/, '')
+  return resolveModules(join(dirname(dirname(kernel)), 'lib', 'modules', version), names)
+}
+
+/** The modules a guest needs for virtio PCI disks (ext4 on them), network, console and RNG. */
+export const VIRTIO_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_console', 'virtio_rng', 'ext4', 'crc32c_generic'] as const
 
 /** The Linux files a command line names; any it leaves out are Debian's. */
 export interface LinuxFiles {

@@ -5,7 +5,8 @@
  */
 import { readFileSync } from 'node:fs'
 import { MshvError, describe } from '../errors.js'
-import { cpioArchive } from './cpio.js'
+import { cpioArchive, type CpioEntry } from './cpio.js'
+import type { ModuleSet } from './modules.js'
 
 /** The /init of {@link busyboxInitramfs} without a script: mounts, then a shell on the console; poweroff when it exits. */
 export const SHELL_INIT = `#!/bin/busybox sh
@@ -25,6 +26,12 @@ export interface BusyboxInitramfsOptions {
   busybox: Uint8Array | string
   /** The /init script (default {@link SHELL_INIT}); it runs under `/bin/busybox sh`. */
   init?: string
+  /**
+   * Kernel modules to include, with their `modules.dep` ({@link resolveModules}):
+   * `/sbin/modprobe` (busybox's) loads them by name, and the kernel's own module
+   * requests find it there too.
+   */
+  modules?: ModuleSet
 }
 
 /** An uncompressed newc initramfs with busybox and `init`. */
@@ -41,7 +48,11 @@ export function busyboxInitramfs(options: BusyboxInitramfsOptions): Uint8Array {
   } else throw new MshvError('EINVAL', `busybox must be bytes or a file path, got ${describe(busybox)}`)
   if (binary.length < 4 || binary[0] !== 0x7f || binary[1] !== 0x45) throw new MshvError('EINVAL', 'busybox: not an ELF executable')
   if (typeof init !== 'string') throw new MshvError('EINVAL', `init must be a script (a string), got ${describe(init)}`)
+  const modules: CpioEntry[] = options.modules
+    ? [{ path: 'sbin', type: 'dir' }, { path: 'sbin/modprobe', type: 'symlink', target: '/bin/busybox' }, { path: 'lib', type: 'dir' }, { path: 'lib/modules', type: 'dir' }, ...options.modules.entries]
+    : []
   return cpioArchive([
+    ...modules,
     { path: 'bin', type: 'dir' },
     { path: 'dev', type: 'dir' },
     { path: 'dev/console', type: 'char', major: 5, minor: 1 },

@@ -65,7 +65,8 @@ export class PciHost {
 
   /** @internal use {@link addPci} */
   constructor(
-    private readonly vm: Vm,
+    /** The VM the bus belongs to (its devices signal MSIs and do DMA through it). */
+    readonly vm: Vm,
     intx: IrqSink,
   ) {
     for (let i = 0; i < PCI_INTX_GSIS; i++) this.lines.push(new SharedLine(intx, PCI_INTX_GSI_BASE + i))

@@ -1,0 +1,63 @@
+/**
+ * What a virtio device is, apart from its transport (Firecracker's `VirtioDevice` /
+ * transport split): a type, queues, feature bits, a configuration space, and what it
+ * does when a queue is kicked. The transport ({@link VirtioPci}) owns feature
+ * negotiation, status, queue set-up, notifications and interrupts.
+ * @module
+ */
+import type { GuestMemory } from '../guest-memory.js'
+import type { Virtqueue } from './queue.js'
+
+/** Device types (VIRTIO 1.2, 5 "Device Types"). */
+export const VIRTIO_ID_NET = 1
+export const VIRTIO_ID_BLOCK = 2
+export const VIRTIO_ID_CONSOLE = 3
+export const VIRTIO_ID_RNG = 4
+
+/** Reserved feature bits the transport offers (6 "Reserved Feature Bits"). */
+export const VIRTIO_F_INDIRECT_DESC = 28n
+export const VIRTIO_F_EVENT_IDX = 29n
+export const VIRTIO_F_VERSION_1 = 32n
+
+/** The bit `n` of a feature word. */
+export function feature(n: bigint): bigint {
+  return 1n << n
+}
+
+/** What an active device reaches through its transport. */
+export interface VirtioContext {
+  /** Guest memory, for the buffers of its chains. */
+  readonly memory: GuestMemory
+  /** The features the driver accepted. */
+  readonly features: bigint
+  /** Its queues, by index, as the driver set them up. */
+  readonly queues: readonly Virtqueue[]
+  /** Interrupts the driver for `queue`'s used buffers, if it wants one (2.7.7, 2.7.10). */
+  usedBuffers(queue: Virtqueue): void
+  /** Tells the driver the configuration space changed (4.1.4.5, 2.5.1). */
+  configChanged(): void
+}
+
+/** A virtio device's own side. */
+export interface VirtioDevice {
+  /** Its device type (5.x). */
+  readonly type: number
+  /** What listings and errors call it. */
+  readonly name: string
+  /** Each queue's largest size (powers of two). */
+  readonly queueSizes: readonly number[]
+  /** The device-specific feature bits it offers. */
+  readonly features: bigint
+  /** Bytes of device configuration space. */
+  readonly configSize: number
+  /** Reads `size` bytes of its configuration space at `offset` (inside `configSize`). */
+  readConfig(offset: number, size: number): number
+  /** The driver writes its configuration space. */
+  writeConfig?(offset: number, size: number, value: number): void
+  /** The driver set DRIVER_OK: the device may use its queues through `context` until {@link reset}. */
+  activate(context: VirtioContext): void
+  /** The driver notified `queue` (available buffers). */
+  notify(queue: Virtqueue): void
+  /** The device was reset: forget the context and anything in flight. */
+  reset(): void
+}

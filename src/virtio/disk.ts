@@ -1,0 +1,210 @@
+/**
+ * What a block device reads and writes: guest memory ({@link MemoryDisk}) or a file
+ * ({@link FileDisk}), read-only, read-write, or read-write into a copy-on-write overlay
+ * that leaves the file untouched (QEMU's `-snapshot`). Reads go straight into the
+ * guest's buffers: no copy in between.
+ * @module
+ */
+import { closeSync, fstatSync, fsyncSync, mkdtempSync, openSync, readSync, rmSync, unlinkSync, writeSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { MshvError, describe } from '../errors.js'
+
+/** The storage behind a block device. Offsets and lengths are in bytes. */
+export interface BlockBackend {
+  /** Its size in bytes. */
+  readonly size: number
+  /** Whether writes are refused. */
+  readonly readOnly: boolean
+  /** Fills `into` from `offset` (the range lies inside `size`). */
+  read(offset: number, into: Uint8Array): void
+  /** Writes `data` at `offset` (inside `size`). */
+  write(offset: number, data: Uint8Array): void
+  /** Makes written data durable. */
+  flush(): void
+  /** The range's contents no longer matter (they may read as anything after). */
+  discard(offset: number, length: number): void
+  /** The range reads as zeros after. */
+  writeZeroes(offset: number, length: number): void
+  /** Releases what it holds (files). */
+  close(): void
+}
+
+/** A disk held in memory: `size` zeroed bytes, or the bytes given (used in place). */
+export class MemoryDisk implements BlockBackend {
+  readonly bytes: Uint8Array
+  readonly readOnly: boolean
+
+  constructor(sizeOrBytes: number | Uint8Array, options: { readOnly?: boolean } = {}) {
+    if (sizeOrBytes instanceof Uint8Array) this.bytes = sizeOrBytes
+    else {
+      if (!Number.isSafeInteger(sizeOrBytes) || sizeOrBytes < 0) throw new MshvError('EINVAL', `MemoryDisk size must be a non-negative integer, got ${describe(sizeOrBytes)}`)
+      this.bytes = new Uint8Array(sizeOrBytes)
+    }
+    this.readOnly = options.readOnly ?? false
+  }
+
+  get size(): number {
+    return this.bytes.length
+  }
+
+  read(offset: number, into: Uint8Array): void {
+    into.set(this.bytes.subarray(offset, offset + into.length))
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    this.bytes.set(data, offset)
+  }
+
+  flush(): void {}
+
+  discard(offset: number, length: number): void {
+    this.bytes.fill(0, offset, offset + length)
+  }
+
+  writeZeroes(offset: number, length: number): void {
+    this.bytes.fill(0, offset, offset + length)
+  }
+
+  close(): void {}
+}
+
+/** Options for {@link FileDisk}. */
+export interface FileDiskOptions {
+  /** Refuse writes (the guest sees a read-only disk). */
+  readOnly?: boolean
+  /**
+   * Write into a copy-on-write overlay (a deleted temporary file), never into the image:
+   * the guest sees its writes, the file stays as it was.
+   */
+  overlay?: boolean
+}
+
+/** The granule of the overlay: a write of part of one copies the rest from the image first. */
+const OVERLAY_BLOCK = 4096
+const ZEROES = new Uint8Array(1 << 20)
+
+/** Reads `into.length` bytes at `position` of `fd`, all of them (a short read past the end leaves zeros). */
+function readFull(fd: number, into: Uint8Array, position: number): void {
+  let done = 0
+  while (done < into.length) {
+    const n = readSync(fd, into, done, into.length - done, position + done)
+    if (n === 0) {
+      into.fill(0, done)
+      return
+    }
+    done += n
+  }
+}
+
+function writeFull(fd: number, data: Uint8Array, position: number): void {
+  let done = 0
+  while (done < data.length) done += writeSync(fd, data, done, data.length - done, position + done)
+}
+
+/** A disk image file (raw), read and written with positioned I/O. */
+export class FileDisk implements BlockBackend {
+  readonly size: number
+  readonly readOnly: boolean
+  private readonly fd: number
+  /** The overlay's file and which of its blocks hold data (1) or are still the image's (0). */
+  private readonly overlay: { fd: number; written: Uint8Array } | undefined
+  private closed = false
+
+  constructor(
+    /** The image's path. */
+    readonly path: string,
+    options: FileDiskOptions = {},
+  ) {
+    if (typeof path !== 'string') throw new MshvError('EINVAL', `FileDisk takes a file path, got ${describe(path)}`)
+    const readOnly = options.readOnly ?? false
+    const overlay = options.overlay ?? false
+    try {
+      this.fd = openSync(path, readOnly || overlay ? 'r' : 'r+')
+    } catch (e) {
+      throw new MshvError('ENOENT', `disk image ${path}: ${(e as Error).message}`)
+    }
+    // A trailing partial sector is not addressable (QEMU rounds down too).
+    this.size = Math.floor(fstatSync(this.fd).size / 512) * 512
+    this.readOnly = readOnly
+    if (overlay && !readOnly) {
+      const dir = mkdtempSync(join(tmpdir(), 'mshv-overlay-'))
+      const file = join(dir, 'overlay')
+      const fd = openSync(file, 'w+')
+      // Deleted at once: it lives as long as the descriptor, whatever ends the process.
+      unlinkSync(file)
+      rmSync(dir, { recursive: true })
+      this.overlay = { fd, written: new Uint8Array(Math.ceil(this.size / OVERLAY_BLOCK)) }
+    }
+  }
+
+  private check(): void {
+    if (this.closed) throw new MshvError('ECLOSED', `disk image ${this.path} is closed`)
+  }
+
+  read(offset: number, into: Uint8Array): void {
+    this.check()
+    const o = this.overlay
+    if (!o) {
+      readFull(this.fd, into, offset)
+      return
+    }
+    // Runs of blocks from the same file, each read in one call.
+    let at = 0
+    while (at < into.length) {
+      const block = Math.floor((offset + at) / OVERLAY_BLOCK)
+      const fromOverlay = o.written[block] === 1
+      let end = at
+      while (end < into.length && (o.written[Math.floor((offset + end) / OVERLAY_BLOCK)] === 1) === fromOverlay) {
+        end = Math.min(into.length, (Math.floor((offset + end) / OVERLAY_BLOCK) + 1) * OVERLAY_BLOCK - offset)
+      }
+      readFull(fromOverlay ? o.fd : this.fd, into.subarray(at, end), offset + at)
+      at = end
+    }
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    this.check()
+    if (this.readOnly) throw new MshvError('EROFS', `disk image ${this.path} is read-only`)
+    const o = this.overlay
+    if (!o) {
+      writeFull(this.fd, data, offset)
+      return
+    }
+    // A block written in part gets the rest of its bytes from the image first.
+    const first = Math.floor(offset / OVERLAY_BLOCK)
+    const last = Math.floor((offset + data.length - 1) / OVERLAY_BLOCK)
+    for (const b of new Set([first, last])) {
+      const start = b * OVERLAY_BLOCK
+      const whole = offset <= start && offset + data.length >= start + OVERLAY_BLOCK
+      if (o.written[b] !== 1 && !whole) {
+        const copy = new Uint8Array(Math.min(OVERLAY_BLOCK, this.size - start))
+        readFull(this.fd, copy, start)
+        writeFull(o.fd, copy, start)
+      }
+    }
+    writeFull(o.fd, data, offset)
+    o.written.fill(1, first, last + 1)
+  }
+
+  flush(): void {
+    this.check()
+    // The overlay is thrown away at the end: nothing of it needs to reach the disk.
+    if (!this.overlay && !this.readOnly) fsyncSync(this.fd)
+  }
+
+  discard(): void {
+    // Discarded contents may read as anything (VIRTIO 1.2, 5.2.6.1): keeping them is allowed.
+  }
+
+  writeZeroes(offset: number, length: number): void {
+    for (let at = 0; at < length; at += ZEROES.length) this.write(offset + at, ZEROES.subarray(0, Math.min(ZEROES.length, length - at)))
+  }
+
+  close(): void {
+    if (this.closed) return
+    this.closed = true
+    closeSync(this.fd)
+    if (this.overlay) closeSync(this.overlay.fd)
+  }
+}

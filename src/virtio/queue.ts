@@ -1,0 +1,277 @@
+/**
+ * The split virtqueue (VIRTIO 1.2, 2.7): the device's side. Descriptor chains are
+ * walked in guest memory through {@link GuestMemory} and handed to the device as
+ * zero-copy views of the driver's buffers; indirect descriptors (2.7.5.3) and the
+ * event index (2.7.10) are supported. Whatever the driver wrote — a loop, an index out
+ * of range, a buffer past the end of RAM, an indirect table inside an indirect table —
+ * is a {@link VirtioError}, which the transport turns into DEVICE_NEEDS_RESET (2.1.2):
+ * never a crash, a hang or an access outside guest RAM.
+ * @module
+ */
+import { MshvError, hex } from '../errors.js'
+import type { GuestMemory } from '../guest-memory.js'
+
+/** Descriptor flags (2.7.5). */
+const VIRTQ_DESC_F_NEXT = 1
+const VIRTQ_DESC_F_WRITE = 2
+const VIRTQ_DESC_F_INDIRECT = 4
+/** The driver asks for no interrupt (2.7.7, without the event index). */
+const VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+/** The largest split queue (2.7: "Queue Size ... maximum is 32768"). */
+export const VIRTQ_MAX_SIZE = 32768
+const DESC_SIZE = 16
+
+/** A driver's mistake the device cannot work around: the device needs a reset (VIRTIO 1.2, 2.1.2). */
+export class VirtioError extends MshvError {
+  constructor(message: string) {
+    super('EVIRTIO', message)
+  }
+}
+
+/** One request: the driver's buffers, readable ones first (2.7.4.2), as views of guest memory. */
+export interface DescriptorChain {
+  /** The head descriptor's index: what goes back in the used ring. */
+  readonly head: number
+  /** Buffers the device reads, in order. */
+  readonly readable: readonly Uint8Array[]
+  /** Buffers the device writes, in order. */
+  readonly writable: readonly Uint8Array[]
+}
+
+/** The total length of `buffers`. */
+export function totalLength(buffers: readonly Uint8Array[]): number {
+  let n = 0
+  for (const b of buffers) n += b.length
+  return n
+}
+
+/** The first `length` bytes of `buffers`, gathered (a view when they lie in the first buffer); `undefined` if they hold fewer. */
+export function gather(buffers: readonly Uint8Array[], length: number): Uint8Array | undefined {
+  const first = buffers[0]
+  if (first && first.length >= length) return first.subarray(0, length)
+  const out = new Uint8Array(length)
+  let at = 0
+  for (const b of buffers) {
+    if (at === length) break
+    const n = Math.min(b.length, length - at)
+    out.set(b.subarray(0, n), at)
+    at += n
+  }
+  return at === length ? out : undefined
+}
+
+/** `buffers` without their first `skip` bytes (views). */
+export function skipBytes(buffers: readonly Uint8Array[], skip: number): Uint8Array[] {
+  const out: Uint8Array[] = []
+  let left = skip
+  for (const b of buffers) {
+    if (left >= b.length) {
+      left -= b.length
+      continue
+    }
+    out.push(left > 0 ? b.subarray(left) : b)
+    left = 0
+  }
+  return out
+}
+
+/** Copies `data` into `buffers` in order; returns the bytes written (fewer when they are shorter). */
+export function scatter(buffers: readonly Uint8Array[], data: Uint8Array): number {
+  let at = 0
+  for (const b of buffers) {
+    if (at === data.length) break
+    const n = Math.min(b.length, data.length - at)
+    b.set(data.subarray(at, at + n), 0)
+    at += n
+  }
+  return at
+}
+
+/** Counters of a queue. */
+export interface VirtqueueStats {
+  /** Chains taken from the available ring. */
+  popped: number
+  /** Chains returned in the used ring. */
+  used: number
+  /** Interrupts the queue asked for (after {@link Virtqueue.needsInterrupt}). */
+  interrupts: number
+  /** Interrupts the driver suppressed (flags or the event index). */
+  suppressed: number
+}
+
+/** The `vring_need_event` test (2.7.10): has the used index passed `event` since `old`? */
+function needEvent(event: number, now: number, old: number): boolean {
+  return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff)
+}
+
+/** One split virtqueue as the transport configures it and the device uses it. */
+export class Virtqueue {
+  /** The size the driver chose (a power of two up to {@link maxSize}). */
+  size: number
+  /** Guest physical addresses of the descriptor table, the driver (available) and device (used) areas. */
+  desc = 0
+  driver = 0
+  device = 0
+  /** Whether the driver enabled it (`queue_enable`). */
+  enabled = false
+  /** Its MSI-X vector (0xFFFF: none). */
+  msixVector = 0xffff
+  /** Negotiated: indirect descriptors, the event index. */
+  indirect = false
+  eventIdx = false
+  private nextAvail = 0
+  private nextUsed = 0
+  private signalledUsed = 0
+  readonly stats: VirtqueueStats = { popped: 0, used: 0, interrupts: 0, suppressed: 0 }
+
+  constructor(
+    /** Its index in the device. */
+    readonly index: number,
+    /** The largest size the device allows. */
+    readonly maxSize: number,
+    private readonly memory: GuestMemory,
+  ) {
+    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > VIRTQ_MAX_SIZE || (maxSize & (maxSize - 1)) !== 0) {
+      throw new MshvError('EINVAL', `virtqueue size must be a power of two in 1..${VIRTQ_MAX_SIZE}, got ${maxSize}`)
+    }
+    this.size = maxSize
+  }
+
+  /** Back to the reset state (2.1.2, 4.1.4.3.2: every field reads its default). */
+  reset(): void {
+    this.size = this.maxSize
+    this.desc = this.driver = this.device = 0
+    this.enabled = false
+    this.msixVector = 0xffff
+    this.indirect = this.eventIdx = false
+    this.nextAvail = this.nextUsed = this.signalledUsed = 0
+  }
+
+  /** Checks what the driver set up before it enables the queue: a power-of-two size, rings inside guest RAM. */
+  validate(): void {
+    const n = this.size
+    if (n < 1 || n > this.maxSize || (n & (n - 1)) !== 0) throw new VirtioError(`queue ${this.index}: size ${n} is not a power of two in 1..${this.maxSize}`)
+    const areas: [string, number, number][] = [
+      ['descriptor table', this.desc, DESC_SIZE * n],
+      ['driver area', this.driver, 6 + 2 * n],
+      ['device area', this.device, 6 + 8 * n],
+    ]
+    for (const [what, at, len] of areas) {
+      if (!this.memory.contains(at, len)) throw new VirtioError(`queue ${this.index}: the ${what} at ${hex(at)} (+${len}) is not inside guest RAM`)
+    }
+  }
+
+  private ring(at: number, length: number, what: string, write = false): DataView {
+    try {
+      return this.memory.dataView(at, length, write)
+    } catch (e) {
+      if (e instanceof MshvError && (e.code === 'EFAULT' || e.code === 'EINVAL')) throw new VirtioError(`queue ${this.index}: the ${what}: ${e.message}`)
+      throw e
+    }
+  }
+
+  /** Whether the driver made chains available that the device has not taken. */
+  hasAvailable(): boolean {
+    const avail = this.ring(this.driver, 4, 'driver area')
+    return avail.getUint16(2, true) !== this.nextAvail
+  }
+
+  /**
+   * The next available chain, or `undefined` when the driver made none available.
+   * With the event index, asks the driver to notify when it adds past this one.
+   */
+  pop(): DescriptorChain | undefined {
+    const n = this.size
+    const avail = this.ring(this.driver, 6 + 2 * n, 'driver area')
+    const availIdx = avail.getUint16(2, true)
+    if (availIdx === this.nextAvail) return undefined
+    if (((availIdx - this.nextAvail) & 0xffff) > n) {
+      throw new VirtioError(`queue ${this.index}: the available index moved from ${this.nextAvail} to ${availIdx}, more than the ${n} entries of the ring`)
+    }
+    const head = avail.getUint16(4 + 2 * (this.nextAvail % n), true)
+    this.nextAvail = (this.nextAvail + 1) & 0xffff
+    if (this.eventIdx) this.ring(this.device, 6 + 8 * n, 'device area', true).setUint16(4 + 8 * n, this.nextAvail, true)
+    this.stats.popped++
+    return this.walk(head)
+  }
+
+  /** Follows the chain from `head` (2.7.5), through one indirect table at most (2.7.5.3.1). */
+  private walk(head: number): DescriptorChain {
+    const n = this.size
+    if (head >= n) throw new VirtioError(`queue ${this.index}: head descriptor ${head} is out of range (queue size ${n})`)
+    let table = this.ring(this.desc, DESC_SIZE * n, 'descriptor table')
+    let tableSize = n
+    let inIndirect = false
+    const readable: Uint8Array[] = []
+    const writable: Uint8Array[] = []
+    let total = 0
+    let i = head
+    // A chain visits each descriptor of its table once at most: a longer one is a loop.
+    for (let count = 0; ; ) {
+      if (++count > tableSize) throw new VirtioError(`queue ${this.index}: the chain from descriptor ${head} loops (more than ${tableSize} descriptors)`)
+      const at = i * DESC_SIZE
+      const addr = table.getUint32(at, true) + table.getUint32(at + 4, true) * 2 ** 32
+      const len = table.getUint32(at + 8, true)
+      const flags = table.getUint16(at + 12, true)
+      const next = table.getUint16(at + 14, true)
+      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
+        if (!this.indirect) throw new VirtioError(`queue ${this.index}: descriptor ${i} is indirect, but VIRTIO_F_INDIRECT_DESC was not negotiated`)
+        if (inIndirect) throw new VirtioError(`queue ${this.index}: an indirect table holds an indirect descriptor (2.7.5.3.1)`)
+        if ((flags & VIRTQ_DESC_F_NEXT) !== 0) throw new VirtioError(`queue ${this.index}: descriptor ${i} is both indirect and chained (2.7.5.3.1)`)
+        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > VIRTQ_MAX_SIZE) throw new VirtioError(`queue ${this.index}: indirect table of ${len} bytes is not a whole number of 1..${VIRTQ_MAX_SIZE} descriptors`)
+        table = this.ring(addr, len, `indirect table of descriptor ${i}`)
+        tableSize = len / DESC_SIZE
+        inIndirect = true
+        i = 0
+        count = 0
+        continue
+      }
+      const write = (flags & VIRTQ_DESC_F_WRITE) !== 0
+      if (!write && writable.length > 0) throw new VirtioError(`queue ${this.index}: a device-readable buffer follows a writable one in the chain from ${head} (2.7.4.2)`)
+      total += len
+      if (total > 2 ** 32) throw new VirtioError(`queue ${this.index}: the chain from ${head} is longer than 2^32 bytes (2.7.5.2)`)
+      let view: Uint8Array
+      try {
+        view = this.memory.view(addr, len, write)
+      } catch (e) {
+        if (e instanceof MshvError && (e.code === 'EFAULT' || e.code === 'EINVAL')) throw new VirtioError(`queue ${this.index}: descriptor ${i}: ${e.message}`)
+        throw e
+      }
+      ;(write ? writable : readable).push(view)
+      if ((flags & VIRTQ_DESC_F_NEXT) === 0) break
+      if (next >= tableSize) throw new VirtioError(`queue ${this.index}: descriptor ${i} chains to ${next}, past the table's ${tableSize}`)
+      i = next
+    }
+    return { head, readable, writable }
+  }
+
+  /** Returns chain `head` to the driver with `written` bytes written to its buffers (2.7.8.2). */
+  push(head: number, written: number): void {
+    const n = this.size
+    const used = this.ring(this.device, 6 + 8 * n, 'device area', true)
+    const at = 4 + 8 * (this.nextUsed % n)
+    used.setUint32(at, head, true)
+    used.setUint32(at + 4, written >>> 0, true)
+    this.nextUsed = (this.nextUsed + 1) & 0xffff
+    // The index last: the driver reads the entry once it sees the index move.
+    used.setUint16(2, this.nextUsed, true)
+    this.stats.used++
+  }
+
+  /**
+   * Whether the driver wants an interrupt for what was pushed since the last time this
+   * said yes: its `used_event` with the event index (2.7.10), else its NO_INTERRUPT flag (2.7.7).
+   */
+  needsInterrupt(): boolean {
+    if (this.nextUsed === this.signalledUsed) return false
+    const n = this.size
+    const avail = this.ring(this.driver, 6 + 2 * n, 'driver area')
+    let want: boolean
+    if (this.eventIdx) want = needEvent(avail.getUint16(4 + 2 * n, true), this.nextUsed, this.signalledUsed)
+    else want = (avail.getUint16(0, true) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0
+    this.signalledUsed = this.nextUsed
+    if (want) this.stats.interrupts++
+    else this.stats.suppressed++
+    return want
+  }
+}
