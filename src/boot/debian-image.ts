@@ -148,8 +148,12 @@ function mmdebstrapArgs(root: string, out: string, mode: 'root' | 'unshare', mir
     '--dpkgopt=path-exclude=/usr/share/doc/*',
     '--dpkgopt=path-include=/usr/share/doc/*/copyright',
     '--dpkgopt=path-exclude=/usr/share/info/*',
-    // The whole disk is the root file system; fstab(5): fsck it first (pass 1).
-    `--customize-hook=echo '/dev/vda / ext4 defaults 0 1' > "$1/etc/fstab"`,
+    // The whole disk is the root file system; fstab(5): fsck it first (pass 1). An essential
+    // hook runs before the remaining packages are installed (mmdebstrap(1)), so the fstab is
+    // there when the kernel's postinst runs mkinitramfs: initramfs-tools' fsck hook reads it
+    // to put e2fsck in the initrd. Written later, the initrd says "fsck not present, so
+    // skipping root file system" and only systemd-fsck-root checks it.
+    `--essential-hook=echo '/dev/vda / ext4 defaults 0 1' > "$1/etc/fstab"`,
     // mmdebstrap copies the host's /etc/hostname and writes no /etc/hosts.
     `--customize-hook=echo mshv-guest > "$1/etc/hostname"`,
     `--customize-hook=printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\tmshv-guest\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > "$1/etc/hosts"`,

@@ -36,6 +36,11 @@ export interface VirtioContext {
   usedBuffers(queue: Virtqueue): void
   /** Tells the driver the configuration space changed (4.1.4.5, 2.5.1). */
   configChanged(): void
+  /**
+   * Runs `f`, which works on the queues outside a notification (input that arrived from
+   * the host): a broken queue then sets DEVICE_NEEDS_RESET, as it does in a notification.
+   */
+  guard(f: () => void): void
 }
 
 /** A virtio device's own side. */

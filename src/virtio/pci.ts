@@ -310,6 +310,7 @@ export class VirtioPci {
         if (this.active && q.needsInterrupt()) this.interrupt(q.msixVector, ISR_QUEUE)
       },
       configChanged: () => this.configChanged(),
+      guard: (f) => this.guard(f),
     }
     this.guard(() => this.device.activate(context))
   }

@@ -1,0 +1,134 @@
+/**
+ * virtio-console (VIRTIO 1.2, 5.3) with one port, no multiport: receiveq0 carries bytes
+ * to the guest, transmitq0 bytes from it; Linux makes it `hvc0`. Input waits in a
+ * bounded buffer until the driver gives receive buffers (Firecracker bounds its serial
+ * input the same way); output goes to `onData`. VIRTIO_CONSOLE_F_EMERG_WRITE lets the
+ * driver write a byte through configuration space before the queues work (5.3.4).
+ * @module
+ */
+import { MshvError, describe } from '../errors.js'
+import { VIRTIO_ID_CONSOLE, feature, type VirtioContext, type VirtioDevice } from './device.js'
+import type { Virtqueue } from './queue.js'
+
+const VIRTIO_CONSOLE_F_EMERG_WRITE = 2n
+const RECEIVEQ = 0
+/** Configuration space: cols, rows, max_nr_ports, emerg_wr (5.3.4). */
+const CONFIG_SIZE = 12
+const EMERG_WR = 8
+
+/** Options for {@link VirtioConsole}. */
+export interface VirtioConsoleOptions {
+  /** Receives what the guest writes to the console. */
+  onData?: (bytes: Uint8Array) => void
+  /** Bytes of input kept while the guest reads none (default 64 KiB); {@link VirtioConsole.write} takes no more. */
+  inputLimit?: number
+}
+
+/** A console the guest uses as `hvc0`. */
+export class VirtioConsole implements VirtioDevice {
+  readonly type = VIRTIO_ID_CONSOLE
+  readonly name = 'console'
+  readonly queueSizes = [64, 64]
+  readonly features = feature(VIRTIO_CONSOLE_F_EMERG_WRITE)
+  readonly configSize = CONFIG_SIZE
+  private readonly onData: ((bytes: Uint8Array) => void) | undefined
+  private readonly limit: number
+  private pending: Uint8Array[] = []
+  private pendingBytes = 0
+  private context: VirtioContext | undefined
+
+  constructor(options: VirtioConsoleOptions = {}) {
+    const { onData, inputLimit = 64 * 1024 } = options
+    if (onData !== undefined && typeof onData !== 'function') throw new MshvError('EINVAL', `VirtioConsole onData must be a function, got ${describe(onData)}`)
+    if (!Number.isSafeInteger(inputLimit) || inputLimit < 1) throw new MshvError('EINVAL', `VirtioConsole inputLimit must be a positive integer, got ${describe(inputLimit)}`)
+    this.onData = onData
+    this.limit = inputLimit
+  }
+
+  /** Bytes of input waiting for the guest. */
+  get buffered(): number {
+    return this.pendingBytes
+  }
+
+  /**
+   * Queues `data` (bytes, or a string as UTF-8) for the guest; returns how many bytes
+   * were taken: fewer than given when the input buffer is full (back-pressure).
+   */
+  write(data: Uint8Array | string): number {
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data
+    if (!(bytes instanceof Uint8Array)) throw new MshvError('EINVAL', `VirtioConsole.write takes bytes or a string, got ${describe(data)}`)
+    const n = Math.min(bytes.length, this.limit - this.pendingBytes)
+    if (n > 0) {
+      this.pending.push(bytes.slice(0, n))
+      this.pendingBytes += n
+    }
+    this.context?.guard(() => this.deliver())
+    return n
+  }
+
+  readConfig(offset: number, size: number): number {
+    // 80x25, one port; emerg_wr reads as zero.
+    const config = new DataView(new ArrayBuffer(CONFIG_SIZE))
+    config.setUint16(0, 80, true)
+    config.setUint16(2, 25, true)
+    config.setUint32(4, 1, true)
+    if (offset + size > CONFIG_SIZE) return 0
+    return size === 1 ? config.getUint8(offset) : size === 2 ? config.getUint16(offset, true) : config.getUint32(offset, true)
+  }
+
+  writeConfig(offset: number, _size: number, value: number): void {
+    if (offset === EMERG_WR) this.onData?.(new Uint8Array([value & 0xff]))
+  }
+
+  activate(context: VirtioContext): void {
+    this.context = context
+    this.deliver()
+  }
+
+  reset(): void {
+    this.context = undefined
+  }
+
+  notify(queue: Virtqueue): void {
+    if (queue.index === RECEIVEQ) {
+      this.deliver()
+      return
+    }
+    const ctx = this.context
+    if (!ctx) return
+    for (let chain = queue.pop(); chain; chain = queue.pop()) {
+      for (const b of chain.readable) if (b.length > 0) this.onData?.(b.slice())
+      queue.push(chain.head, 0)
+    }
+    ctx.usedBuffers(queue)
+  }
+
+  /** Moves waiting input into the driver's receive buffers. */
+  private deliver(): void {
+    const ctx = this.context
+    const q = ctx?.queues[RECEIVEQ]
+    if (!ctx || !q?.enabled || this.pendingBytes === 0) return
+    let pushed = false
+    while (this.pendingBytes > 0) {
+      const chain = q.pop()
+      if (!chain) break
+      let written = 0
+      for (const b of chain.writable) {
+        let at = 0
+        while (at < b.length && this.pending.length > 0) {
+          const head = this.pending[0] as Uint8Array
+          const n = Math.min(head.length, b.length - at)
+          b.set(head.subarray(0, n), at)
+          at += n
+          if (n === head.length) this.pending.shift()
+          else this.pending[0] = head.subarray(n)
+          this.pendingBytes -= n
+        }
+        written += at
+      }
+      q.push(chain.head, written)
+      pushed = true
+    }
+    if (pushed) ctx.usedBuffers(q)
+  }
+}
