@@ -15,6 +15,7 @@ export const SHELL_INIT = `#!/bin/busybox sh
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
 /bin/busybox --install -s /bin
+[ -f /etc/modules ] && modprobe -a $(cat /etc/modules)
 echo "mshv: a busybox shell on the console ('poweroff -f' ends the VM)"
 setsid cttyhack sh
 poweroff -f
@@ -29,7 +30,8 @@ export interface BusyboxInitramfsOptions {
   /**
    * Kernel modules to include, with their `modules.dep` ({@link resolveModules}):
    * `/sbin/modprobe` (busybox's) loads them by name, and the kernel's own module
-   * requests find it there too.
+   * requests find it there too. {@link SHELL_INIT} loads the ones asked for (listed
+   * in `/etc/modules`).
    */
   modules?: ModuleSet
 }
@@ -49,7 +51,15 @@ export function busyboxInitramfs(options: BusyboxInitramfsOptions): Uint8Array {
   if (binary.length < 4 || binary[0] !== 0x7f || binary[1] !== 0x45) throw new MshvError('EINVAL', 'busybox: not an ELF executable')
   if (typeof init !== 'string') throw new MshvError('EINVAL', `init must be a script (a string), got ${describe(init)}`)
   const modules: CpioEntry[] = options.modules
-    ? [{ path: 'sbin', type: 'dir' }, { path: 'sbin/modprobe', type: 'symlink', target: '/bin/busybox' }, { path: 'lib', type: 'dir' }, { path: 'lib/modules', type: 'dir' }, ...options.modules.entries]
+    ? [
+        { path: 'sbin', type: 'dir' },
+        { path: 'sbin/modprobe', type: 'symlink', target: '/bin/busybox' },
+        { path: 'etc', type: 'dir' },
+        { path: 'etc/modules', type: 'file', data: `${options.modules.requested.join('\n')}\n` },
+        { path: 'lib', type: 'dir' },
+        { path: 'lib/modules', type: 'dir' },
+        ...options.modules.entries,
+      ]
     : []
   return cpioArchive([
     ...modules,

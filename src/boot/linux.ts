@@ -20,10 +20,31 @@ import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
 import { simClocks } from '../layout.js'
 import type { CpuidEntry } from '../exits/cpuid.js'
 import { readBzImage, readKernel, type KernelElf } from './image.js'
-import { PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../pci/host.js'
+import { PCI_ECAM_BASE, PCI_ECAM_SIZE, type PciHost } from '../pci/host.js'
+import { VirtioPci } from '../virtio/pci.js'
+import { VirtioBlock } from '../virtio/blk.js'
+import { VirtioNet } from '../virtio/net.js'
+import { VirtioRng } from '../virtio/rng.js'
+import { VirtioConsole, type VirtioConsoleOptions } from '../virtio/console.js'
+import { NetworkSwitch } from '../virtio/switch.js'
+import { FileDisk, type BlockBackend } from '../virtio/disk.js'
 
 /** CPUID 0x40000000 of VMware: max hypervisor leaf 0x40000000, "VMwareVMware" (Linux's vmware_platform). */
 const VMWARE_SIGNATURE: CpuidEntry = { leaf: 0x4000_0000, eax: 0x4000_0000, ebx: 0x6177_4d56, ecx: 0x4d56_6572, edx: 0x6572_6177 }
+
+/** A disk for {@link LinuxOptions.disks}: a raw image file, or any {@link BlockBackend}. */
+export interface DiskOptions {
+  /** A raw disk image (a file system, or a partitioned disk). */
+  path?: string
+  /** Storage of your own instead of a file. */
+  backend?: BlockBackend
+  /** The guest may not write (VIRTIO_BLK_F_RO). */
+  readOnly?: boolean
+  /** The guest's writes go to a copy-on-write overlay, the file stays unchanged (QEMU's `-snapshot`). */
+  overlay?: boolean
+  /** The serial number the guest reads (`/sys/block/vdX/serial`). */
+  id?: string
+}
 
 /** Options for {@link prepareLinux} and {@link bootLinux}. */
 export interface LinuxOptions {
@@ -62,6 +83,30 @@ export interface LinuxOptions {
    * 4.5 billion instructions of Debian's xz kernel, which costs the sim about 30 s).
    */
   entry?: 'pvh' | 'boot64'
+  /**
+   * virtio-blk disks, in order: the guest's /dev/vda, /dev/vdb, ... A path is an image
+   * the guest reads and writes; {@link DiskOptions} says more.
+   */
+  disks?: readonly (string | DiskOptions)[]
+  /** A virtio-net card: plugged into the switch given (in-process, with other VMs' cards), or unplugged with `true`. */
+  network?: NetworkSwitch | true
+  /** The card's MAC address (default: a locally administered one). */
+  mac?: string
+  /** A virtio-rng device (the guest's /dev/hwrng). */
+  rng?: boolean
+  /** A virtio console (the guest's hvc0). */
+  virtioConsole?: VirtioConsoleOptions | true
+}
+
+/** The virtio devices of a {@link LinuxMachine}, each on PCI bus 0. */
+export interface LinuxDevices {
+  /** The disks, as {@link LinuxOptions.disks} listed them. */
+  readonly disks: readonly VirtioBlock[]
+  readonly net: VirtioNet | undefined
+  readonly rng: VirtioRng | undefined
+  readonly console: VirtioConsole | undefined
+  /** Every virtio device's PCI transport, by slot order. */
+  readonly transports: readonly VirtioPci[]
 }
 
 /** A VM with Linux loaded, ready to {@link LinuxMachine.run}. */
@@ -73,8 +118,14 @@ export interface LinuxMachine {
   readonly kernel: LoadedKernel
   /** The VMware backdoor, when `vmware` asked for it. */
   readonly vmport: VmPort | undefined
+  /** PCI bus 0: add devices of your own with `new VirtioPci(machine.pci, device)` or `machine.pci.add(fn)`. */
+  readonly pci: PciHost
+  /** The virtio devices the options asked for. */
+  readonly devices: LinuxDevices
   /** Runs every vCPU until poweroff, reboot, a fatal exit or the limits. */
   run(options?: VmRunOptions): Promise<VmRunResult>
+  /** Closes the VM and the disk images it opened. */
+  close(): void
 }
 
 const MIB = 1 << 20
@@ -130,6 +181,7 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
     throw new MshvError('EINVAL', 'vmware: give cpuid as an array of entries to add the VMware signature to')
   }
   const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid })
+  const opened: BlockBackend[] = []
   try {
     vm.addRam(0, memory)
     kernel.load(vm)
@@ -168,6 +220,7 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
     vm.bus.register(PM1A_CNT, 2, pm, 'ACPI PM1a control')
     vm.bus.register(PM_TMR, 4, pm, 'ACPI PM timer')
     vm.bus.register(RESET_PORT, 1, pm, 'reset control')
+    const devices = addVirtioDevices(pc.pci as PciHost, options, opened)
     let vmport: VmPort | undefined
     if (options.vmware) {
       // The sim's clocks are CPUID 0x15's; on mshv they are the host's, which only the
@@ -175,11 +228,52 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
       vmport = new VmPort({ ramSize: () => memory, clocks: vm.backend === 'sim' ? simClocks : undefined })
       vm.bus.register(VMPORT_PORT, 1, vmport, 'vmport')
     }
-    return { vmport, vm, pc, pm, kernel, run: (o) => vm.run(o) }
+    const close = (): void => {
+      vm.close()
+      for (const d of opened) d.close()
+    }
+    return { vmport, vm, pc, pm, kernel, pci: pc.pci as PciHost, devices, run: (o) => vm.run(o), close }
   } catch (e) {
     vm.close()
+    for (const d of opened) d.close()
     throw e
   }
+}
+
+/** A disk's backend: the file it names (opened here, recorded in `opened`), or the one given. */
+function diskBackend(d: string | DiskOptions, i: number, opened: BlockBackend[]): { backend: BlockBackend; id: string | undefined } {
+  const o: DiskOptions = typeof d === 'string' ? { path: d } : d
+  if (typeof o !== 'object' || o === null) throw new MshvError('EINVAL', `disks[${i}] must be a path or { path | backend, readOnly, overlay, id }, got ${describe(d)}`)
+  if ((o.path === undefined) === (o.backend === undefined)) throw new MshvError('EINVAL', `disks[${i}] needs a path or a backend (one of them), got ${describe(d)}`)
+  if (o.backend) return { backend: o.backend, id: o.id }
+  const backend = new FileDisk(o.path as string, { readOnly: o.readOnly, overlay: o.overlay })
+  opened.push(backend)
+  return { backend, id: o.id }
+}
+
+/** The virtio devices `options` ask for, on `pci` in a fixed order: RNG, disks, network, console. */
+function addVirtioDevices(pci: PciHost, options: LinuxOptions, opened: BlockBackend[]): LinuxDevices {
+  const transports: VirtioPci[] = []
+  const add = <T extends VirtioPci['device']>(device: T): T => {
+    transports.push(new VirtioPci(pci, device))
+    return device
+  }
+  const rng = options.rng ? add(new VirtioRng()) : undefined
+  const list = options.disks ?? []
+  if (!Array.isArray(list)) throw new MshvError('EINVAL', `disks must be an array, got ${describe(list)}`)
+  const disks = list.map((d, i) => {
+    const { backend, id } = diskBackend(d, i, opened)
+    return add(new VirtioBlock(backend, { id: id ?? `mshv-vd${String.fromCharCode(0x61 + i)}` }))
+  })
+  let net: VirtioNet | undefined
+  if (options.network !== undefined) {
+    if (options.network !== true && !(options.network instanceof NetworkSwitch)) throw new MshvError('EINVAL', `network must be a NetworkSwitch or true, got ${describe(options.network)}`)
+    net = add(new VirtioNet({ mac: options.mac }))
+    if (options.network instanceof NetworkSwitch) options.network.connect(net)
+  }
+  const c = options.virtioConsole
+  const console = c === undefined ? undefined : add(new VirtioConsole(c === true ? {} : c))
+  return { disks, net, rng, console, transports }
 }
 
 /** A kernel ready to load. */
@@ -379,7 +473,7 @@ export async function bootLinux(options: LinuxOptions & { timeoutMs?: number }):
     const result = await m.run({ timeoutMs: options.timeoutMs })
     return bootReport(m.vm, result, (performance.now() - start) / 1000)
   } finally {
-    m.vm.close()
+    m.close()
   }
 }
 

@@ -64,6 +64,8 @@ function indexModules(dir: string, base: string, out: Map<string, string>): Map<
 export interface ModuleSet {
   /** The kernel version (the directory under /lib/modules). */
   readonly version: string
+  /** The modules asked for (their dependencies are loaded with them). */
+  readonly requested: readonly string[]
   /** The modules in an order `insmod` can load them: each after what it depends on. */
   readonly order: readonly string[]
   /** The cpio entries: the `.ko` files and `modules.dep` under `lib/modules/VERSION/`. */
@@ -136,5 +138,5 @@ export function resolveModules(modulesDir: string, names: readonly string[]): Mo
     ...order.map((n): CpioEntry => ({ path: `${root}/${path(n)}`, type: 'file', data: bytes.get(n) as Uint8Array, mode: 0o644 })),
     { path: `${root}/modules.dep`, type: 'file', data: dep, mode: 0o644 },
   ]
-  return { version, order, entries }
+  return { version, requested: names.map(moduleName), order, entries }
 }
