@@ -154,6 +154,10 @@ function mmdebstrapArgs(root: string, out: string, mode: 'root' | 'unshare', mir
     // to put e2fsck in the initrd. Written later, the initrd says "fsck not present, so
     // skipping root file system" and only systemd-fsck-root checks it.
     `--essential-hook=echo '/dev/vda / ext4 defaults 0 1' > "$1/etc/fstab"`,
+    // That hook ignores fstab's type for / and probes the device instead ("Couldn't identify
+    // type of root file system for fsck hook": in the chroot, /dev/vda is the build host's);
+    // initramfs.conf(5)'s FSTYPE names the type outright. MODULES=most stays the default.
+    `--essential-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && echo FSTYPE=ext4 > "$1/etc/initramfs-tools/conf.d/mshv-fstype.conf"`,
     // mmdebstrap copies the host's /etc/hostname and writes no /etc/hosts.
     `--customize-hook=echo mshv-guest > "$1/etc/hostname"`,
     `--customize-hook=printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\tmshv-guest\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > "$1/etc/hosts"`,
