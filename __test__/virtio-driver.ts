@@ -94,7 +94,7 @@ export class VirtioDriver {
   /** The BAR's address (64-bit BARs read in two halves). */
   bar(index: number): bigint {
     const low = this.config.read(0x10 + 4 * index, 4)
-    const base = BigInt(low & ~0xf)
+    const base = BigInt((low & ~0xf) >>> 0)
     return (low & 0b110) === 0b100 ? base | (BigInt(this.config.read(0x14 + 4 * index, 4)) << 32n) : base
   }
 
