@@ -229,8 +229,10 @@ function privilegeHint(cmd: string, text: string): string {
  * rejects with `EFETCH` naming the command and the tail of its output.
  */
 function run(cmd: string, args: readonly string[], onLog: ((line: string) => void) | undefined): Promise<string> {
-  const line = [cmd, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : sq(a))).join(' ')
-  onLog?.(`$ ${line}`)
+  const quoted = [cmd, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : sq(a)))
+  onLog?.(`$ ${quoted.join(' ')}`)
+  // Messages name the command with its hooks elided: they are long, and onLog had them in full.
+  const line = quoted.map((a) => a.replace(/^'?(--[a-z]+-hook=).*/s, '$1…')).join(' ')
   return new Promise((resolve, reject) => {
     // stdin is /dev/null: mmdebstrap reads sources from stdin only when given no SUITE.
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
