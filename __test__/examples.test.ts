@@ -21,7 +21,7 @@ const EXPECTED: [string, RegExp][] = [
   ['vmport.ts', /^vmport GETRAMSIZE: eax=2097152 ebx=0x1177 rip=0x1012$/m],
   ['long-mode.ts', /^modes: R -> P -> L; \{"reason":"halt"\}; EFER\.LMA=1$/m],
   ['interrupts.ts', /^\.{10}\n\[sim\] \{"reason":"debug-exit","code":48,"vcpu":0\} after 100\.0 ms of guest time; RTC seconds \(BCD\) 0x30$/m],
-  ['boot-linux.ts', /^guest: Linux 6\.1\.0-\d+-amd64, 2 CPUs, +mshv sim x86-64 processor$[\s\S]*^boot \[page\]: \{"reason":"poweroff","vcpu":0\}/m],
+  ['boot-linux.ts', /^guest: Linux 6\.1\.0-\d+-amd64, 2 CPUs, +mshv sim x86-64 processor\s*^guest: \/dev\/vda says: hello from a virtio disk$[\s\S]*^boot \[page\]: \{"reason":"poweroff","vcpu":0\}/m],
   ['exit-cost.ts', /^page +40001 exits, 0\.00 hypercalls\/exit, [\d,]+ exits\/s\nhypercall 40001 exits, 1\.00 hypercalls\/exit, [\d,]+ exits\/s\neager +40001 exits, 5\.00 hypercalls\/exit/],
 ]
 
