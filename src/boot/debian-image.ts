@@ -19,7 +19,7 @@
  */
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
@@ -127,11 +127,11 @@ function sq(s: string): string {
 }
 
 /**
- * mmdebstrap's arguments for a chroot in `root` whose hooks write their listings to `out`.
- * Each customize hook runs under sh with the chroot directory as `$1` (mmdebstrap(1), HOOKS),
- * after all packages are installed and before mmdebstrap's cleanup.
+ * mmdebstrap's arguments for a chroot in `root`. Each customize hook runs under sh with the
+ * chroot directory as `$1` (mmdebstrap(1), HOOKS), after all packages are installed and before
+ * mmdebstrap's cleanup; the `download` hooks write to mmdebstrap's working directory.
  */
-function mmdebstrapArgs(root: string, out: string, mode: 'root' | 'unshare', mirror: string | undefined): string[] {
+function mmdebstrapArgs(root: string, mode: 'root' | 'unshare', mirror: string | undefined): string[] {
   return [
     `--mode=${mode}`,
     // Explicit: with `auto`, a stdout that is /dev/null would pick the `null` format (FORMATS).
@@ -166,10 +166,14 @@ function mmdebstrapArgs(root: string, out: string, mode: 'root' | 'unshare', mir
     `--customize-hook=chroot "$1" passwd --delete root`,
     // systemctl works offline in a chroot for mask/enable (it only writes symlinks).
     `--customize-hook=chroot "$1" systemctl mask ${MASKED_UNITS.join(' ')}`,
-    // The listings the build checks and returns, written from inside the chroot so that
-    // they are right in unshare mode too.
-    `--customize-hook=chroot "$1" dpkg-query -W -f '\${Package}\\t\${Version}\\n' > ${sq(join(out, 'packages.txt'))}`,
-    `--customize-hook=chroot "$1" sh -c 'lsinitramfs /boot/initrd.img-*' > ${sq(join(out, 'initrd.list'))}`,
+    // The listings the build checks and returns: made in the chroot's /tmp (which mmdebstrap's
+    // cleanup empties) and copied out by its `download` special hook, which writes as the user
+    // running mmdebstrap. A plain redirection to a host path would write as the chroot's root,
+    // in unshare mode a sub-uid that may not write there (mmdebstrap(1), MODES: unshare).
+    `--customize-hook=chroot "$1" dpkg-query -W -f '\${Package}\\t\${Version}\\n' > "$1/tmp/mshv-packages.txt"`,
+    '--customize-hook=download /tmp/mshv-packages.txt packages.txt',
+    `--customize-hook=chroot "$1" sh -c 'lsinitramfs /boot/initrd.img-*' > "$1/tmp/mshv-initrd.list"`,
+    '--customize-hook=download /tmp/mshv-initrd.list initrd.list',
     'bookworm',
     root,
     ...(mirror === undefined ? [] : [mirror]),
@@ -228,14 +232,14 @@ function privilegeHint(cmd: string, text: string): string {
  * Runs `cmd args`, streaming its output lines to `onLog`; resolves with its stdout, or
  * rejects with `EFETCH` naming the command and the tail of its output.
  */
-function run(cmd: string, args: readonly string[], onLog: ((line: string) => void) | undefined): Promise<string> {
+function run(cmd: string, args: readonly string[], onLog: ((line: string) => void) | undefined, cwd?: string): Promise<string> {
   const quoted = [cmd, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : sq(a)))
   onLog?.(`$ ${quoted.join(' ')}`)
   // Messages name the command with its hooks elided: they are long, and onLog had them in full.
   const line = quoted.map((a) => a.replace(/^'?(--[a-z]+-hook=).*/s, '$1…')).join(' ')
   return new Promise((resolve, reject) => {
     // stdin is /dev/null: mmdebstrap reads sources from stdin only when given no SUITE.
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
     const out = new LineSink(onLog)
     const err = new LineSink(onLog)
     let stdout = ''
@@ -275,10 +279,12 @@ function mountsUnder(dir: string): string[] {
 }
 
 /**
- * Removes a build directory. Never while something is mounted below it (an interrupted
- * root-mode mmdebstrap can leave its /proc, /sys or /dev mounts in the chroot, and a
- * recursive delete would walk into the host's). In unshare mode the chroot's files belong
- * to sub-uids, so the removal runs in mmdebstrap's user namespace (`--unshare-helper`).
+ * Removes a build directory (`build-PID/`, holding the chroot `root/` and the results `out/`).
+ * Never while something is mounted below it (an interrupted root-mode mmdebstrap can leave
+ * its /proc, /sys or /dev mounts in the chroot, and a recursive delete would walk into the
+ * host's). In unshare mode the chroot's files belong to sub-uids, so its contents are deleted
+ * in mmdebstrap's user namespace (`--unshare-helper`), where the user's own uid is not mapped:
+ * the rest, the user's, is deleted here.
  */
 async function removeBuild(dir: string, asRoot: boolean, onLog: ((line: string) => void) | undefined): Promise<void> {
   if (!existsSync(dir)) return
@@ -287,8 +293,9 @@ async function removeBuild(dir: string, asRoot: boolean, onLog: ((line: string) 
     onLog?.(`not removing ${dir}: mounted below it: ${mounts.join(', ')}`)
     return
   }
-  if (asRoot) rmSync(dir, { recursive: true, force: true })
-  else await run('mmdebstrap', ['--unshare-helper', 'rm', '-rf', dir], onLog)
+  const root = join(dir, 'root')
+  if (!asRoot && existsSync(root)) await run('mmdebstrap', ['--unshare-helper', 'find', root, '-mindepth', '1', '-delete'], onLog)
+  rmSync(dir, { recursive: true, force: true })
 }
 
 function isAlive(pid: number): boolean {
@@ -352,7 +359,7 @@ export async function buildDebianImage(options: DebianImageOptions = {}): Promis
   const asRoot = process.getuid?.() === 0
   const mode = asRoot ? 'root' : 'unshare'
   const recipe = createHash('sha256')
-    .update(JSON.stringify([MANIFEST_VERSION, mmdebstrapArgs('ROOT', 'OUT', mode, mirror)]))
+    .update(JSON.stringify([MANIFEST_VERSION, mmdebstrapArgs('ROOT', mode, mirror)]))
     .digest('hex')
     .slice(0, 16)
   const manifestPath = join(dir, 'image.json')
@@ -377,7 +384,7 @@ export async function buildDebianImage(options: DebianImageOptions = {}): Promis
     asRoot ? run(cmd, args, onLog) : run('mmdebstrap', ['--unshare-helper', cmd, ...args], onLog)
 
   try {
-    await run('mmdebstrap', mmdebstrapArgs(root, out, mode, mirror), onLog)
+    await run('mmdebstrap', mmdebstrapArgs(root, mode, mirror), onLog, out)
 
     const modules = readFileSync(join(out, 'initrd.list'), 'utf8')
     const missing = INITRD_MODULES.filter((m) => !modules.split('\n').some((l) => l.endsWith(`/${m}`)))
@@ -393,8 +400,11 @@ export async function buildDebianImage(options: DebianImageOptions = {}): Promis
     const used = Number(/^(\d+)/.exec(await inNamespace('du', ['-s', '-B1', root]))?.[1] ?? NaN)
     if (!Number.isFinite(used)) throw new MshvError('EFETCH', `du -s -B1 ${root} printed no size`)
     const sizeBytes = Math.max(GIB, Math.ceil((used * 1.3) / MIB) * MIB)
-    await inNamespace('mke2fs', ['-t', 'ext4', '-d', root, '-L', 'debian', join(out, 'debian.ext4'), `${sizeBytes / MIB}M`])
-    await removeBuild(root, asRoot, onLog)
+    const imagePath = join(out, 'debian.ext4')
+    // In unshare mode mke2fs runs as a sub-uid: it writes into a file the user made writable for it.
+    if (!asRoot) writeFileSync(imagePath, '', { mode: 0o666 })
+    await inNamespace('mke2fs', ['-t', 'ext4', '-d', root, '-L', 'debian', imagePath, `${sizeBytes / MIB}M`])
+    chmodSync(imagePath, 0o644)
 
     // Into place: the old manifest goes first, the new one comes last.
     rmSync(manifestPath, { force: true })

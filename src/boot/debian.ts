@@ -87,6 +87,8 @@ export interface LinuxFiles {
   readonly busybox?: string
   /** That initramfs's /init script (default: an interactive shell). */
   readonly init?: string
+  /** Kernel modules the busybox initramfs carries and loads (with their dependencies). */
+  readonly modules?: readonly string[]
 }
 
 /**
@@ -102,5 +104,6 @@ export function linuxFiles(files: LinuxFiles, onFetch?: () => void): { kernel: s
     kernel ??= debian.kernel
     busybox ??= debian.busybox
   }
-  return { kernel, initrd: files.initrd ?? busyboxInitramfs({ busybox: busybox as string, init: files.init }) }
+  const modules = files.modules && files.modules.length > 0 ? kernelModules(kernel, files.modules) : undefined
+  return { kernel, initrd: files.initrd ?? busyboxInitramfs({ busybox: busybox as string, init: files.init, modules }) }
 }

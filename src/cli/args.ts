@@ -11,6 +11,7 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
        mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
+                 [--disk IMAGE]... [--snapshot] [--rng]
        mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
        mshv --version`
@@ -38,16 +39,23 @@ export interface BootArgs {
   policies: ('page' | 'hypercall' | 'eager')[]
   json?: string
   progress: boolean
+  /** Raw disk images, the guest's /dev/vda, /dev/vdb, ... (virtio-blk on PCI). */
+  disks: string[]
+  /** The guest's writes go to copy-on-write overlays; the images stay as they are (QEMU's -snapshot). */
+  snapshot: boolean
+  /** A virtio-rng device. */
+  rng: boolean
 }
 
 /** `mshv boot`'s options; throws a usage error on anything else. */
 export function parseBootArgs(args: readonly string[]): BootArgs {
-  const out: BootArgs = { policies: ['page'], progress: true }
+  const out: BootArgs = { policies: ['page'], progress: true, disks: [], snapshot: false, rng: false }
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]
     const value = args[i + 1]
-    if (flag === '--no-progress') {
-      out.progress = false
+    if (flag === '--no-progress' || flag === '--snapshot' || flag === '--rng') {
+      if (flag === '--no-progress') out.progress = false
+      else out[flag.slice(2) as 'snapshot' | 'rng'] = true
       continue
     }
     if (value === undefined) badOption(flag, value)
@@ -60,6 +68,9 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
       case '--cmdline':
       case '--json':
         out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'init' | 'cmdline' | 'json'] = v
+        break
+      case '--disk':
+        out.disks.push(v)
         break
       case '--memory':
       case '--vcpus':

@@ -4,12 +4,14 @@
  * the guest, Ctrl+] detaches (ends the VM) — a live progress line while it boots, and
  * at the end a report: time, exits by type, hypercalls per exit, and the register
  * reads and writes the VP register page served against those that took hypercalls.
- * `--policy all` boots once under each sync policy and compares them.
+ * `--policy all` boots once under each sync policy and compares them. `--disk IMAGE`
+ * adds virtio disks (the busybox initramfs then loads Debian's virtio and ext4 modules),
+ * `--snapshot` keeps the images unchanged.
  * @module
  */
 import { writeFileSync } from 'node:fs'
 import type { BootArgs } from './args.js'
-import { linuxFiles } from '../boot/debian.js'
+import { linuxFiles, VIRTIO_MODULES } from '../boot/debian.js'
 import { prepareLinux, bootReport, type LinuxBootReport } from '../boot/linux.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
@@ -82,6 +84,9 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
     clock: args.clock,
     entry: args.entry,
     policy,
+    // Boots that compare policies must each start from the same disk contents.
+    disks: args.disks.map((path) => ({ path, overlay: args.snapshot || args.policies.length > 1 })),
+    rng: args.rng,
     serial: {
       onByte: (b) => {
         status?.clear()
@@ -134,7 +139,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
       if (raw) stdin.setRawMode(false)
       stdin.pause()
     }
-    m.vm.close()
+    m.close()
   }
 }
 
@@ -155,7 +160,9 @@ export function formatBootReport(r: LinuxBootReport, policy: string): string {
 
 /** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
 export async function boot(args: BootArgs, io: BootIo = process): Promise<number> {
-  const { kernel, initrd } = linuxFiles(args, () => io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n"))
+  // With disks, the busybox initramfs carries the kernel's virtio and ext4 modules and loads them.
+  const modules = args.disks.length > 0 || args.rng ? VIRTIO_MODULES : undefined
+  const { kernel, initrd } = linuxFiles({ ...args, modules }, () => io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n"))
   const reports: { policy: string; report: LinuxBootReport }[] = []
   for (const policy of args.policies) {
     // A comparison boots non-interactively: the same input each time.
