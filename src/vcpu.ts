@@ -541,8 +541,11 @@ export class Vcpu {
   /** Guest memory as this vCPU sees it at the current exit. */
   memory(): LinearMemory {
     this.checkOpen()
-    return new LinearMemory(this.regs, this.native, new GuestPhysical(this.env.ram, this.env.bus, this.ctx))
+    return new LinearMemory(this.regs, this.native, (this.physical ??= new GuestPhysical(this.env.ram, this.env.bus, this.ctx)))
   }
+
+  /** Physical memory as this vCPU's emulators reach it (it holds no state of an exit). */
+  private physical: GuestPhysical | undefined
 
   /** Handles one exit; returns a result when the run should stop. */
   private handle(code: number): RunResult | undefined {

@@ -150,6 +150,8 @@ export class GuestRam {
   readonly gpa: bigint
   /** Size in bytes. */
   readonly size: number
+  /** {@link gpa} as a number, for lookups. @internal */
+  readonly start: number
 
   /** @internal */
   constructor(
@@ -158,6 +160,7 @@ export class GuestRam {
     readonly rom?: RomWriteHandler,
   ) {
     this.gpa = native.gpa
+    this.start = Number(native.gpa)
     this.size = native.size
     this.view = new Uint8Array(native.buffer())
   }
@@ -335,11 +338,21 @@ export class Vm {
 
   /** The RAM (or ROM) region holding `[gpa, gpa + length)`, or undefined when that is not all one region. */
   findRam(gpa: bigint, length: number): RamRegion | undefined {
+    // Number arithmetic (GPAs are below 2^52): the emulators look up every access, and
+    // most MMIO accesses miss every region.
+    const at = Number(gpa)
     for (const r of this.ram) {
-      const off = gpa - r.gpa
-      if (off >= 0n && off + BigInt(length) <= BigInt(r.size)) return { bytes: r.bytes, offset: Number(off), rom: r.rom }
+      const off = at - r.start
+      if (off >= 0 && off + length <= r.size) return { bytes: r.bytes, offset: off, rom: r.rom }
     }
     return undefined
+  }
+
+  /** Whether any byte of `[gpa, gpa + length)` is RAM or ROM. */
+  touchesRam(gpa: bigint, length: number): boolean {
+    const at = Number(gpa)
+    for (const r of this.ram) if (at < r.start + r.size && r.start < at + length) return true
+    return false
   }
 
   private locate(gpa: unknown, length: number): RamRegion {

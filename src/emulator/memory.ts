@@ -43,6 +43,8 @@ export interface RamRegion {
 export interface RamLookup {
   /** The RAM (or ROM) holding `[gpa, gpa + length)` and the offset of `gpa` in it. */
   findRam(gpa: bigint, length: number): RamRegion | undefined
+  /** Whether any byte of `[gpa, gpa + length)` is RAM or ROM. */
+  touchesRam(gpa: bigint, length: number): boolean
 }
 
 /** Guest physical memory: RAM through its zero-copy views, the rest through the MMIO bus. */
@@ -56,7 +58,7 @@ export class GuestPhysical implements PhysicalMemory {
   read(gpa: bigint, size: number): bigint {
     const r = this.ram.findRam(gpa, size)
     if (!r) {
-      if (this.ram.findRam(gpa, 1) || this.ram.findRam(gpa + BigInt(size - 1), 1)) return this.bytewise(gpa, size)
+      if (this.ram.touchesRam(gpa, size)) return this.bytewise(gpa, size)
       return this.bus.mmioRead(gpa, size, this.ctx)
     }
     let v = 0n
@@ -67,7 +69,7 @@ export class GuestPhysical implements PhysicalMemory {
   write(gpa: bigint, size: number, value: bigint): void {
     const r = this.ram.findRam(gpa, size)
     if (!r) {
-      if (this.ram.findRam(gpa, 1) || this.ram.findRam(gpa + BigInt(size - 1), 1)) {
+      if (this.ram.touchesRam(gpa, size)) {
         for (let i = 0; i < size; i++) this.write(gpa + BigInt(i), 1, (value >> BigInt(8 * i)) & 0xffn)
         return
       }
@@ -96,7 +98,8 @@ export class GuestPhysical implements PhysicalMemory {
 
 /** Linear (virtual) guest memory of one vCPU at one exit. */
 export class LinearMemory {
-  private readonly pages = new Map<bigint, bigint>()
+  /** Translations made at this exit, made on the first miss: most MMIO exits never translate. */
+  private pagesMade: Map<bigint, bigint> | undefined
   /** The exit's own access, from its message: see {@link learn}. */
   private known: { readonly linear: bigint; readonly gpa: bigint; readonly write: boolean } | undefined
 
@@ -121,11 +124,12 @@ export class LinearMemory {
     if ((this.regs.get('cr0') & CR0_PG) === 0n) return linear & 0xffff_ffffn
     const page = linear & ~0xfffn
     const key = write ? page | 1n : page
-    let base = this.pages.get(key)
+    const pages = (this.pagesMade ??= new Map())
+    let base = pages.get(key)
     const known = this.known
     if (base === undefined && known && (known.linear & ~0xfffn) === page && (known.write || !write)) {
       base = known.gpa & ~0xfffn
-      this.pages.set(key, base)
+      pages.set(key, base)
     }
     if (base === undefined) {
       const t = this.vcpu.translateGva(page, write ? VALIDATE_WRITE : VALIDATE_READ)
@@ -136,7 +140,7 @@ export class LinearMemory {
         )
       }
       base = t.gpa & ~0xfffn
-      this.pages.set(key, base)
+      pages.set(key, base)
     }
     return base | (linear & 0xfffn)
   }
