@@ -142,10 +142,13 @@ export class VirtioBlock implements VirtioDevice {
         case VIRTIO_BLK_T_IN: {
           const length = totalLength(writableData)
           if (!this.inRange(sector, length)) return this.finish(last, statusAt, VIRTIO_BLK_S_IOERR, 0)
-          let at = sector * SECTOR
-          for (const b of writableData) {
-            this.backend.read(at, b)
-            at += b.length
+          if (this.backend.readVectored) this.backend.readVectored(sector * SECTOR, writableData)
+          else {
+            let at = sector * SECTOR
+            for (const b of writableData) {
+              this.backend.read(at, b)
+              at += b.length
+            }
           }
           this.stats.reads++
           this.stats.bytesRead += length
