@@ -23,6 +23,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSy
 import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import { StringDecoder } from 'node:string_decoder'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { MshvError } from '../errors.js'
 import { linuxCacheDir } from './debian.js'
 
@@ -212,15 +213,15 @@ class LineSink {
 }
 
 /** Which Debian package installs each command run here, for "not installed" messages. */
-const PROVIDERS: Readonly<Record<string, string>> = { mmdebstrap: 'mmdebstrap', mke2fs: 'e2fsprogs', du: 'coreutils', rm: 'coreutils' }
+const PROVIDERS: Readonly<Record<string, string>> = { mmdebstrap: 'mmdebstrap', mke2fs: 'e2fsprogs', du: 'coreutils', find: 'findutils' }
 
 /**
  * A note added to mmdebstrap's failures that look like missing privileges: its root mode
  * needs uid 0 (it chroots and mounts /proc, /sys and /dev), its unshare mode needs user
  * namespaces and sub-uids (mmdebstrap(1), MODES).
  */
-function privilegeHint(cmd: string, text: string): string {
-  if (cmd !== 'mmdebstrap' || !/unshare|subuid|subgid|newuidmap|newgidmap|user namespace|not permitted|permission denied|must be root|mount/i.test(text)) return ''
+function privilegeHint(cmd: string, args: readonly string[], text: string): string {
+  if (cmd !== 'mmdebstrap' || args[0] === '--unshare-helper' || !/unshare|subuid|subgid|newuidmap|newgidmap|user namespace|not permitted|permission denied|must be root|mount/i.test(text)) return ''
   return (
     '\nmmdebstrap needs root (its root mode chroots and mounts /proc, /sys and /dev) or, as another user, ' +
     'user namespaces with /etc/subuid and /etc/subgid entries for newuidmap/newgidmap (its unshare mode); ' +
@@ -250,7 +251,7 @@ function run(cmd: string, args: readonly string[], onLog: ((line: string) => voi
     child.stderr.on('data', (b: Buffer) => err.push(b))
     child.on('error', (e: NodeJS.ErrnoException) => {
       const why = e.code === 'ENOENT' ? `${cmd} is not installed (Debian: apt-get install ${PROVIDERS[cmd] ?? cmd})` : e.message
-      reject(new MshvError('EFETCH', `${line} failed: ${why}${privilegeHint(cmd, e.message)}`, { cause: e }))
+      reject(new MshvError('EFETCH', `${line} failed: ${why}${privilegeHint(cmd, args, e.message)}`, { cause: e }))
     })
     child.on('close', (code, signal) => {
       out.end()
@@ -258,7 +259,7 @@ function run(cmd: string, args: readonly string[], onLog: ((line: string) => voi
       if (code === 0) return resolve(stdout)
       const tail = (err.tail.length > 0 ? err.tail : out.tail).slice(-25).join('\n')
       const status = signal ? `signal ${signal}` : `exit status ${code}`
-      reject(new MshvError('EFETCH', `${line} failed (${status}):\n${tail}${privilegeHint(cmd, tail)}`))
+      reject(new MshvError('EFETCH', `${line} failed (${status}):\n${tail}${privilegeHint(cmd, args, tail)}`))
     })
   })
 }
@@ -343,7 +344,7 @@ function bootFile(dir: string, prefix: string): string {
  *    at least 1 GiB, rounded up to a MiB; mke2fs writes only what it uses, so the file is sparse.
  *    In unshare mode mke2fs runs in mmdebstrap's user namespace (`--unshare-helper`) so that
  *    files owned by the guest's root are owned by uid 0 in the image.
- * 3. The kernel and initrd are copied from DIR/boot; DIR is removed.
+ * 3. The kernel and initrd are copied from DIR/boot; once all is in place DIR is removed.
  *
  * Everything is made in `build-PID/` under the cache directory and renamed into place at the
  * end, with the manifest (`image.json`) written last, so an interrupted build is never taken
@@ -354,7 +355,7 @@ function bootFile(dir: string, prefix: string): string {
  *   the image lacks the kernel, the initrd or its virtio modules.
  */
 export async function buildDebianImage(options: DebianImageOptions = {}): Promise<DebianImage> {
-  const { onLog, mirror } = options
+  const { mirror } = options
   const dir = options.cacheDir ?? join(linuxCacheDir(), 'debian-image')
   const asRoot = process.getuid?.() === 0
   const mode = asRoot ? 'root' : 'unshare'
@@ -363,12 +364,51 @@ export async function buildDebianImage(options: DebianImageOptions = {}): Promis
     .digest('hex')
     .slice(0, 16)
   const manifestPath = join(dir, 'image.json')
-  if (!options.force) {
-    const cached = readManifest(manifestPath, recipe)
-    if (cached) return { image: cached.image, kernel: cached.kernel, initrd: cached.initrd, packages: cached.packages }
+  const fromCache = (): DebianImage | undefined => {
+    const cached = options.force ? undefined : readManifest(manifestPath, recipe)
+    return cached && { image: cached.image, kernel: cached.kernel, initrd: cached.initrd, packages: cached.packages }
   }
-
+  const early = fromCache()
+  if (early) return early
   mkdirSync(dir, { recursive: true })
+  // One build at a time (test files run in parallel processes): the others wait, then take its result.
+  return withLock(join(dir, 'lock'), async () => fromCache() ?? build(dir, manifestPath, recipe, asRoot, mode, options))
+}
+
+/**
+ * Runs `f` holding the lock directory `lock` (mkdir is atomic); a lock whose holder
+ * died is taken over. @internal
+ */
+async function withLock<T>(lock: string, f: () => Promise<T>): Promise<T> {
+  const pidFile = join(lock, 'pid')
+  for (;;) {
+    try {
+      mkdirSync(lock)
+      writeFileSync(pidFile, String(process.pid))
+      break
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+      let holder = Number.NaN
+      try {
+        holder = Number(readFileSync(pidFile, 'utf8'))
+      } catch {
+        // Just made, its pid not yet written: give the holder a moment.
+      }
+      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? 0)
+      if ((Number.isInteger(holder) && !isAlive(holder)) || (!Number.isInteger(holder) && age > 10_000)) rmSync(lock, { recursive: true, force: true })
+      else await sleep(500)
+    }
+  }
+  try {
+    return await f()
+  } finally {
+    rmSync(lock, { recursive: true, force: true })
+  }
+}
+
+/** The build itself (the lock held). */
+async function build(dir: string, manifestPath: string, recipe: string, asRoot: boolean, mode: 'root' | 'unshare', options: DebianImageOptions): Promise<DebianImage> {
+  const { onLog, mirror } = options
   for (const name of readdirSync(dir)) {
     const pid = /^build-(\d+)$/.exec(name)?.[1]
     if (pid !== undefined && Number(pid) !== process.pid && !isAlive(Number(pid))) await removeBuild(join(dir, name), asRoot, onLog)
@@ -402,7 +442,10 @@ export async function buildDebianImage(options: DebianImageOptions = {}): Promis
     const sizeBytes = Math.max(GIB, Math.ceil((used * 1.3) / MIB) * MIB)
     const imagePath = join(out, 'debian.ext4')
     // In unshare mode mke2fs runs as a sub-uid: it writes into a file the user made writable for it.
-    if (!asRoot) writeFileSync(imagePath, '', { mode: 0o666 })
+    if (!asRoot) {
+      writeFileSync(imagePath, '')
+      chmodSync(imagePath, 0o666)
+    }
     await inNamespace('mke2fs', ['-t', 'ext4', '-d', root, '-L', 'debian', imagePath, `${sizeBytes / MIB}M`])
     chmodSync(imagePath, 0o644)
 
@@ -421,8 +464,9 @@ export async function buildDebianImage(options: DebianImageOptions = {}): Promis
       sizeBytes: statSync(join(dir, files.image)).size,
       builtAt: new Date().toISOString(),
     }
-    writeFileSync(`${manifestPath}.tmp`, `${JSON.stringify(manifest, null, 2)}\n`)
-    renameSync(`${manifestPath}.tmp`, manifestPath)
+    const manifestTmp = `${manifestPath}.${process.pid}.tmp`
+    writeFileSync(manifestTmp, `${JSON.stringify(manifest, null, 2)}\n`)
+    renameSync(manifestTmp, manifestPath)
     await removeBuild(build, asRoot, onLog)
     return { image: manifest.image, kernel: manifest.kernel, initrd: manifest.initrd, packages: manifest.packages }
   } catch (e) {
