@@ -70,3 +70,21 @@ test("the README's createSession example runs as printed under tsx", (t) => {
   }
   return undefined
 })
+
+test("the README's two guests on the in-process switch ping each other", (t) => {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const section = readme.slice(readme.indexOf('## Disks and networks'))
+  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
+  if (!block) return t.fail('no ts block in the Disks and networks section')
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
+  try {
+    const file = join(dir, 'ping.mts')
+    writeFileSync(file, block.replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`))
+    const out = execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 110_000 })
+    t.regex(out, /3 packets transmitted, 3 packets received, 0% packet loss/)
+    t.regex(out, /^poweroff poweroff \d+ frames switched$/m)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+  return undefined
+})

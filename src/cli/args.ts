@@ -11,7 +11,8 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
        mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
-                 [--disk IMAGE]... [--snapshot] [--rng]
+                 [--disk IMAGE]... [--snapshot] [--rng] [--system]
+       mshv image [--force]
        mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
        mshv --version`
@@ -45,17 +46,21 @@ export interface BootArgs {
   snapshot: boolean
   /** A virtio-rng device. */
   rng: boolean
+  /** Boot the Debian system image (`mshv image`) as /dev/vda with its own kernel and initramfs. */
+  system: boolean
+  /** The system image's path, once `--system` found it. @internal */
+  systemImage?: string
 }
 
 /** `mshv boot`'s options; throws a usage error on anything else. */
 export function parseBootArgs(args: readonly string[]): BootArgs {
-  const out: BootArgs = { policies: ['page'], progress: true, disks: [], snapshot: false, rng: false }
+  const out: BootArgs = { policies: ['page'], progress: true, disks: [], snapshot: false, rng: false, system: false }
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]
     const value = args[i + 1]
-    if (flag === '--no-progress' || flag === '--snapshot' || flag === '--rng') {
+    if (flag === '--no-progress' || flag === '--snapshot' || flag === '--rng' || flag === '--system') {
       if (flag === '--no-progress') out.progress = false
-      else out[flag.slice(2) as 'snapshot' | 'rng'] = true
+      else out[flag.slice(2) as 'snapshot' | 'rng' | 'system'] = true
       continue
     }
     if (value === undefined) badOption(flag, value)
@@ -99,6 +104,9 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
         badOption(flag, v)
     }
     i++
+  }
+  if (out.system && (out.kernel ?? out.initrd ?? out.busybox ?? out.init) !== undefined) {
+    throw new MshvError('EINVAL', `--system boots the Debian image's own kernel and initramfs: leave out --kernel, --initrd, --busybox and --init\n${USAGE}`)
   }
   if (out.initrd !== undefined && (out.busybox !== undefined || out.init !== undefined)) {
     throw new MshvError('EINVAL', `--initrd replaces the busybox initramfs: give it alone, or --busybox/--init\n${USAGE}`)

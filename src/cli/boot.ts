@@ -12,6 +12,7 @@
 import { writeFileSync } from 'node:fs'
 import type { BootArgs } from './args.js'
 import { linuxFiles, VIRTIO_MODULES } from '../boot/debian.js'
+import { buildDebianImage } from '../boot/debian-image.js'
 import { prepareLinux, bootReport, type LinuxBootReport } from '../boot/linux.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
@@ -85,7 +86,10 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
     entry: args.entry,
     policy,
     // Boots that compare policies must each start from the same disk contents.
-    disks: args.disks.map((path) => ({ path, overlay: args.snapshot || args.policies.length > 1 })),
+    disks: [
+      ...(args.systemImage ? [{ path: args.systemImage, overlay: true }] : []),
+      ...args.disks.map((path) => ({ path, overlay: args.snapshot || args.policies.length > 1 })),
+    ],
     rng: args.rng,
     serial: {
       onByte: (b) => {
@@ -158,11 +162,29 @@ export function formatBootReport(r: LinuxBootReport, policy: string): string {
   ].join('\n')
 }
 
-/** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
-export async function boot(args: BootArgs, io: BootIo = process): Promise<number> {
+/** The kernel, initramfs and command line to boot, and the disks: the Debian system image's with `--system`. */
+async function bootFiles(args: BootArgs, io: BootIo): Promise<{ kernel: string; initrd: Uint8Array | string; args: BootArgs }> {
+  if (args.system) {
+    let told = false
+    const image = await buildDebianImage({
+      onLog: () => {
+        if (!told) io.stderr.write('mshv boot: building the Debian system image (mmdebstrap, once; `mshv image` does it alone)...\n')
+        told = true
+      },
+    })
+    // The image stays as built: the boot writes into an overlay (the other disks follow --snapshot).
+    const system: BootArgs = { ...args, cmdline: args.cmdline ?? 'root=/dev/vda console=ttyS0' }
+    return { kernel: image.kernel, initrd: image.initrd, args: { ...system, systemImage: image.image } }
+  }
   // With disks, the busybox initramfs carries the kernel's virtio and ext4 modules and loads them.
   const modules = args.disks.length > 0 || args.rng ? VIRTIO_MODULES : undefined
   const { kernel, initrd } = linuxFiles({ ...args, modules }, () => io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n"))
+  return { kernel, initrd, args }
+}
+
+/** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
+export async function boot(given: BootArgs, io: BootIo = process): Promise<number> {
+  const { kernel, initrd, args } = await bootFiles(given, io)
   const reports: { policy: string; report: LinuxBootReport }[] = []
   for (const policy of args.policies) {
     // A comparison boots non-interactively: the same input each time.

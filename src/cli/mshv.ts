@@ -15,6 +15,8 @@ import type { RunResult } from '../vcpu.js'
 import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, type DoctorArgs, type ReplArgs } from './args.js'
 import { boot } from './boot.js'
 import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
+import { buildDebianImage } from '../boot/debian-image.js'
+import { MshvError } from '../errors.js'
 import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
 import { writeFileSync } from 'node:fs'
 
@@ -134,6 +136,18 @@ function main(args: readonly string[]): void {
       (e: unknown) => {
         console.error(e instanceof Error ? `mshv boot: ${e.message}` : e)
         process.exit(2)
+      },
+    )
+  } else if (command === 'image') {
+    if (rest.some((a) => a !== '--force')) throw new MshvError('EINVAL', `mshv image takes only --force\n${USAGE}`)
+    buildDebianImage({ force: rest.includes('--force'), onLog: (line) => console.error(line) }).then(
+      (image) => {
+        console.log(JSON.stringify(image, null, 2))
+        console.error('boot it with: npx mshv boot --system   (root logs in without a password)')
+      },
+      (e: unknown) => {
+        console.error(e instanceof Error ? `mshv image: ${e.message}` : e)
+        process.exitCode = 2
       },
     )
   } else if (command === 'fetch-linux') {
