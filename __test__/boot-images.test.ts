@@ -123,8 +123,10 @@ test('prepareLinux writes hvm_start_info v1 (e820, cmdline, initrd module, RSDP)
     t.is(new TextDecoder().decode(m.vm.read(rsdp, 8)), 'RSD PTR ')
     const entries = si.getUint32(48, true)
     const mm = new DataView(m.vm.read(Number(si.getBigUint64(40, true)), entries * 24).buffer)
-    const last = entries - 1
-    t.is(Number(mm.getBigUint64(last * 24, true)) + Number(mm.getBigUint64(last * 24 + 8, true)), 64 << 20, 'RAM up to the top')
+    const ram = entries - 2
+    t.is(Number(mm.getBigUint64(ram * 24, true)) + Number(mm.getBigUint64(ram * 24 + 8, true)), 64 << 20, 'RAM up to the top')
+    // The ECAM, reserved: Linux takes MCFG's region only where firmware reserved it.
+    t.deepEqual([Number(mm.getBigUint64((entries - 1) * 24, true)), Number(mm.getBigUint64((entries - 1) * 24 + 8, true)), mm.getUint32((entries - 1) * 24 + 16, true)], [0xe000_0000, 1 << 20, 2])
     const [bsp, ap] = m.vm.cpus
     t.is(bsp?.regs.get('rip'), 0x100_0000n)
     t.is(bsp?.regs.get('rbx'), 0x6000n)
@@ -207,7 +209,7 @@ test("the 64-bit boot protocol: boot_params with the setup header, e820, command
     const dv = new DataView(zp.buffer)
     t.is(dv.getUint32(0x202, true), 0x5372_6448, 'the setup header is copied')
     t.is(dv.getUint8(0x210), 0xff, 'type_of_loader')
-    t.is(dv.getUint8(0x1e8), 4, 'e820_entries')
+    t.is(dv.getUint8(0x1e8), 5, 'e820_entries: RAM, EBDA, BIOS area, RAM, the ECAM')
     t.is(Number(dv.getBigUint64(0x2d0 + 3 * 20, true)) + Number(dv.getBigUint64(0x2d0 + 3 * 20 + 8, true)), 64 << 20)
     const cmd = dv.getUint32(0x228, true)
     t.is(new TextDecoder().decode(m.vm.read(cmd, 13)), 'console=ttyS0')

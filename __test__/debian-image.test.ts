@@ -11,7 +11,7 @@
  * Where the image cannot be built, or QEMU is missing, the tests skip saying so; under CI
  * that is a failure.
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { createReadStream, readFileSync, statSync } from 'node:fs'
@@ -45,6 +45,17 @@ async function sha256(path: string): Promise<string> {
 /** Built in the first test (which may take minutes: it downloads ~200 MB), or why not. */
 let built: DebianImage | string = 'not built'
 
+/** The image, or (saying why) nothing: a failure under CI, a pass elsewhere. */
+function builtOrSkip(t: ExecutionContext, test: string): DebianImage | undefined {
+  if (typeof built !== 'string') return built
+  if (process.env['CI']) t.fail(built)
+  else {
+    console.log(`debian-image ${test} test skipped: no image: ${built}`)
+    t.pass()
+  }
+  return undefined
+}
+
 run('the Debian 12 image builds (or comes from the cache) with the virtio modules in its initrd', async (t) => {
   t.timeout(1_200_000)
   const started = Date.now()
@@ -71,12 +82,9 @@ run('the Debian 12 image builds (or comes from the cache) with the virtio module
 
 run('the image boots under QEMU TCG from a virtio disk to a root shell on ttyS0, and -snapshot leaves it unchanged', async (t) => {
   t.timeout(600_000)
-  if (typeof built === 'string') {
-    if (process.env['CI']) return t.fail(built)
-    console.log(`debian-image boot test skipped: no image: ${built}`)
-    return t.pass()
-  }
-  const { image, kernel, initrd } = built
+  const ready = builtOrSkip(t, 'boot')
+  if (!ready) return
+  const { image, kernel, initrd } = ready
   const before = { hash: await sha256(image), mtimeMs: statSync(image).mtimeMs }
 
   const qemu = spawn(
@@ -126,12 +134,9 @@ run('the image boots under QEMU TCG from a virtio disk to a root shell on ttyS0,
 
 run('the image boots on the sim from virtio-blk to a root login: systemd runs, lspci, a second disk, /dev/hwrng and a ping over the in-process switch', async (t) => {
   t.timeout(900_000)
-  if (typeof built === 'string') {
-    if (process.env['CI']) return t.fail(built)
-    console.log(`debian-image sim test skipped: no image: ${built}`)
-    return t.pass()
-  }
-  const { image, kernel, initrd } = built
+  const ready = builtOrSkip(t, 'sim')
+  if (!ready) return
+  const { image, kernel, initrd } = ready
   const before = { hash: await sha256(image), mtimeMs: statSync(image).mtimeMs }
   const scratch = new MemoryDisk(4 << 20)
   const sw = new NetworkSwitch()

@@ -11,6 +11,21 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 
+/** The first ts block of the README section whose heading is `heading`, written to a temporary file importing this checkout; `use` runs it. */
+function withReadmeBlock<T>(heading: string, fileName: string, edit: (block: string) => string, use: (file: string) => T): T | undefined {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const block = /```ts\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf(heading)))?.[1]
+  if (!block) return undefined
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
+  try {
+    const file = join(dir, fileName)
+    writeFileSync(file, edit(block.replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`)))
+    return use(file)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 function run(file: string): string {
   return execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 })
 }
@@ -32,59 +47,33 @@ for (const [file, expected] of EXPECTED) {
 }
 
 test('the README MMIO device example runs as printed', (t) => {
-  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
-  const section = readme.slice(readme.indexOf('### Writing an MMIO device'))
-  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
-  if (!block) return t.fail('no ts block in the MMIO section')
-  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
-  try {
-    const file = join(dir, 'timer.ts')
-    const source = block
-      .replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`)
-      .replace(/^vcpu\.run\(\).*$/m, "console.log(JSON.stringify(vcpu.run()), String(vcpu.regs.get('rax')))")
-    writeFileSync(file, source)
-    // The README promises { reason: 'halt' } and rax = 0 (the timer's first tick).
-    t.is(run(file).trim(), '{"reason":"halt"} 0')
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
+  const out = withReadmeBlock(
+    '### Writing an MMIO device',
+    'timer.ts',
+    (b) => b.replace(/^vcpu\.run\(\).*$/m, "console.log(JSON.stringify(vcpu.run()), String(vcpu.regs.get('rax')))"),
+    run,
+  )
+  if (out === undefined) return t.fail('no ts block in the MMIO section')
+  // The README promises { reason: 'halt' } and rax = 0 (the timer's first tick).
+  t.is(out.trim(), '{"reason":"halt"} 0')
   return undefined
 })
 
 test("the README's createSession example runs as printed under tsx", (t) => {
-  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
-  const section = readme.slice(readme.indexOf('## The REPL'))
-  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
-  if (!block) return t.fail('no ts block in the REPL section')
-  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
-  try {
-    const file = join(dir, 'session.mts') // an ES module, for the top-level await
-    writeFileSync(file, block.replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`).replace("backend: 'sim'", "backend: 'sim', ramMiB: 2"))
-    const out = run(file)
-    // step() prints where the vCPU is, regs() the table, run() the exit count at HLT.
-    t.regex(out, /^rip 0x1006: 00001006 {2}hlt$/m) // 66 b8 imm32: real mode
-    t.regex(out, /^rax 0000000000001234/m)
-    t.regex(out, /^1 exit; rip 0x1007/m)
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
+  // An ES module, for the top-level await.
+  const out = withReadmeBlock('## The REPL', 'session.mts', (b) => b.replace("backend: 'sim'", "backend: 'sim', ramMiB: 2"), run)
+  if (out === undefined) return t.fail('no ts block in the REPL section')
+  // step() prints where the vCPU is, regs() the table, run() the exit count at HLT.
+  t.regex(out, /^rip 0x1006: 00001006 {2}hlt$/m) // 66 b8 imm32: real mode
+  t.regex(out, /^rax 0000000000001234/m)
+  t.regex(out, /^1 exit; rip 0x1007/m)
   return undefined
 })
 
 test("the README's two guests on the in-process switch ping each other", (t) => {
-  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
-  const section = readme.slice(readme.indexOf('## Disks and networks'))
-  const block = /```ts\n([\s\S]*?)```/.exec(section)?.[1]
-  if (!block) return t.fail('no ts block in the Disks and networks section')
-  const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
-  try {
-    const file = join(dir, 'ping.mts')
-    writeFileSync(file, block.replace("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`))
-    const out = execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 110_000 })
-    t.regex(out, /3 packets transmitted, 3 packets received, 0% packet loss/)
-    t.regex(out, /^poweroff poweroff \d+ frames switched$/m)
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
+  const out = withReadmeBlock('## Disks and networks', 'ping.mts', (b) => b, (file) => execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 110_000 }))
+  if (out === undefined) return t.fail('no ts block in the Disks and networks section')
+  t.regex(out, /3 packets transmitted, 3 packets received, 0% packet loss/)
+  t.regex(out, /^poweroff poweroff \d+ frames switched$/m)
   return undefined
 })

@@ -1,4 +1,24 @@
-import { assemble, createVm, enterLongMode, enterRealMode, loadInterruptTables, type Vm, type Vcpu, type SyncPolicy } from '../index.js'
+import test from 'ava'
+import { assemble, createVm, enterLongMode, enterRealMode, fetchDebianLinux, loadInterruptTables, type DebianLinux, type Vm, type Vcpu, type SyncPolicy } from '../index.js'
+
+/**
+ * Debian's kernel and busybox (fetched once), or why they cannot be had: then the calling
+ * file's tests skip saying so, and under CI a test that fails says why.
+ */
+export function debianLinuxOrSkip(file: string): DebianLinux | string {
+  let linux: DebianLinux | string
+  try {
+    linux = fetchDebianLinux()
+  } catch (e) {
+    linux = e instanceof Error ? e.message : String(e)
+  }
+  if (typeof linux === 'string') {
+    const why = linux
+    if (process.env['CI']) test("Debian's kernel and busybox can be fetched (required in CI)", (t) => t.fail(why))
+    else console.log(`${file} tests skipped: cannot fetch Debian's kernel and busybox: ${why}`)
+  }
+  return linux
+}
 
 export const POLICIES: readonly SyncPolicy[] = ['page', 'hypercall', 'eager']
 export const PAGE_MODES = ['on', 'off', 'invalid'] as const

@@ -9,28 +9,16 @@ import test from 'ava'
 import { PassThrough } from 'node:stream'
 import { boot as bootCommand } from '../src/cli/boot.js'
 import { parseBootArgs } from '../src/cli/args.js'
-import { bootLinux, busyboxInitramfs, codeBitness, createSession, fetchDebianLinux, prepareLinux, type DebianLinux, type LinuxBootReport } from '../index.js'
+import { bootLinux, busyboxInitramfs, codeBitness, createSession, prepareLinux, type LinuxBootReport } from '../index.js'
+import { debianLinuxOrSkip } from './helpers.js'
 
 const MARKER = 'MSHV-BOOT-MARKER'
 const INIT = `/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`
 /** cryptomgr.notests: the crypto self-tests are 740 million guest instructions of a 1.5 billion boot. */
 const CMDLINE = 'console=ttyS0 cryptomgr.notests'
 
-function fetch(): DebianLinux | string {
-  try {
-    return fetchDebianLinux()
-  } catch (e) {
-    return e instanceof Error ? e.message : String(e)
-  }
-}
-
-const linux = fetch()
+const linux = debianLinuxOrSkip('linux-boot')
 const available = typeof linux !== 'string'
-if (!available) {
-  if (process.env['CI']) {
-    test('Debian kernel and busybox can be fetched (required in CI)', (t) => t.fail(linux))
-  } else console.log(`linux-boot tests skipped: cannot fetch Debian's kernel and busybox: ${linux}`)
-}
 const boot = available ? test.serial : test.skip
 
 async function bootToMarker(vcpus: number): Promise<{ report: LinuxBootReport; console: string }> {

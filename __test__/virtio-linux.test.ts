@@ -17,20 +17,10 @@ import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
 import { boot as bootCommand } from '../src/cli/boot.js'
 import { parseBootArgs } from '../src/cli/args.js'
-import { busyboxInitramfs, fetchDebianLinux, kernelModules, MemoryDisk, NetworkSwitch, prepareLinux, VIRTIO_MODULES, type DebianLinux, type LinuxOptions } from '../index.js'
+import { busyboxInitramfs, kernelModules, MemoryDisk, NetworkSwitch, prepareLinux, VIRTIO_MODULES, type LinuxOptions } from '../index.js'
+import { debianLinuxOrSkip } from './helpers.js'
 
-function fetch(): DebianLinux | string {
-  try {
-    return fetchDebianLinux()
-  } catch (e) {
-    return e instanceof Error ? e.message : String(e)
-  }
-}
-const linux = fetch()
-if (typeof linux === 'string') {
-  if (process.env['CI']) test('Debian kernel and busybox can be fetched (required in CI)', (t) => t.fail(linux))
-  else console.log(`virtio-linux tests skipped: ${linux}`)
-}
+const linux = debianLinuxOrSkip('virtio-linux')
 const boot = typeof linux === 'string' ? test.skip : test.serial
 
 const B = '/bin/busybox'

@@ -62,6 +62,11 @@ const CLASS_BY_TYPE: Readonly<Record<number, number>> = {
   4: 0x00_ff_00, // unclassified
 }
 
+/** The queue address a common-configuration offset holds half of: queue_desc (32), queue_driver (40), queue_device (48). */
+function ringField(offset: number): 'desc' | 'driver' | 'device' | undefined {
+  return offset >= 32 && offset < 56 && offset % 4 === 0 ? (['desc', 'driver', 'device'] as const)[(offset - 32) >> 3] : undefined
+}
+
 /** A vendor-specific capability pointing at a structure (4.1.4, `struct virtio_pci_cap`). */
 class VirtioCapability extends RegisterCapability {
   constructor(type: number, bar: number, offset: number, length: number, extra = 0) {
@@ -202,18 +207,12 @@ export class VirtioPci {
         return q?.enabled ? 1 : 0
       case 30:
         return q ? q.index : 0
-      case 32:
-      case 36:
-      case 40:
-      case 44:
-      case 48:
-      case 52: {
-        if (!q) return 0
-        const v = [q.desc, q.driver, q.device][(offset - 32) >> 3] as number
+      default: {
+        const field = ringField(offset)
+        if (!q || !field) return 0
+        const v = q[field]
         return (offset & 4) === 0 ? v % 2 ** 32 : Math.floor(v / 2 ** 32)
       }
-      default:
-        return 0
     }
   }
 
@@ -256,19 +255,13 @@ export class VirtioPci {
           q.enabled = true
         })
         return
-      case 32:
-      case 36:
-      case 40:
-      case 44:
-      case 48:
-      case 52: {
-        if (!q || q.enabled) return
-        const field = (['desc', 'driver', 'device'] as const)[(offset - 32) >> 3] as 'desc' | 'driver' | 'device'
+      default: {
+        const field = ringField(offset)
+        if (!q || !field || q.enabled) return
         const old = q[field]
-        q[field] = (offset & 4) === 0 ? Math.floor(old / 2 ** 32) * 2 ** 32 + v : (v % 2 ** 20) * 2 ** 32 + (old % 2 ** 32)
-        return
+        // An address past 2^53 is no longer exact, and no guest RAM is there: validate() refuses it.
+        q[field] = (offset & 4) === 0 ? Math.floor(old / 2 ** 32) * 2 ** 32 + v : v * 2 ** 32 + (old % 2 ** 32)
       }
-      default:
     }
   }
 
