@@ -252,6 +252,7 @@ export class IoBus {
     const r = this.mmio[at]
     if (!r || r.start !== start) throw new MshvError('ENOTMAPPED', `no device's MMIO range starts at ${describe(gpa)}`)
     this.mmio.splice(at, 1)
+    if (this.lastMmio === r) this.lastMmio = undefined
     return r.device
   }
 
@@ -273,15 +274,22 @@ export class IoBus {
     return lo
   }
 
+  /** The range the last MMIO access found: a device is usually hit many times in a row. */
+  private lastMmio: MmioRange | undefined
+
   private findMmio(gpa: bigint, size: number): MmioRange | undefined {
+    const last = this.lastMmio
+    if (last && gpa >= last.start && gpa + BigInt(size) <= last.end) return last
     const r = this.mmio[this.firstEndingAfter(gpa)]
-    return r && gpa >= r.start && gpa + BigInt(size) <= r.end ? r : undefined
+    const found = r && gpa >= r.start && gpa + BigInt(size) <= r.end ? r : undefined
+    if (found) this.lastMmio = found
+    return found
   }
 
   /** Reads MMIO; unclaimed addresses read as all ones. */
   mmioRead(gpa: bigint, size: number, ctx: AccessContext): bigint {
     const r = this.findMmio(gpa, size)
-    const m = (1n << BigInt(size * 8)) - 1n
+    const m = SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n
     if (!r?.device.mmioRead) {
       this.stats.unclaimedMmioReads++
       return m
@@ -301,9 +309,12 @@ export class IoBus {
       this.stats.unclaimedMmioWrites++
       return
     }
-    r.device.mmioWrite(Number(gpa - r.start), size, value & ((1n << BigInt(size * 8)) - 1n), ctx)
+    r.device.mmioWrite(Number(gpa - r.start), size, value & (SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n), ctx)
   }
 }
+
+/** The mask of an access's `size` bytes, made once: a bigint shift per access costs an allocation. */
+const SIZE_MASK: readonly (bigint | undefined)[] = [undefined, 0xffn, 0xffffn, undefined, 0xffff_ffffn, undefined, undefined, undefined, 0xffff_ffff_ffff_ffffn]
 
 /** `v` as a bigint when it is an integer number or a bigint. */
 function integer(v: unknown): bigint | undefined {

@@ -10,7 +10,7 @@ import { MshvError, checkU32, coded, describe, hex, oneOf } from './errors.js'
 import { RegisterCache, type SyncPolicy, type SyncCounters } from './registers.js'
 import { handleIo, seedIo } from './exits/pio.js'
 import type { DebugExit } from './devices/debug-exit.js'
-import { GuestPhysical, LinearMemory, type RamLookup } from './emulator/memory.js'
+import { DevicePhysical, GuestPhysical, LinearMemory, type RamLookup } from './emulator/memory.js'
 import { handleMmio } from './exits/mmio.js'
 import type { CpuidTable } from './exits/cpuid.js'
 import { handleMsr, type MsrHandler } from './exits/msr.js'
@@ -546,6 +546,8 @@ export class Vcpu {
 
   /** Physical memory as this vCPU's emulators reach it (it holds no state of an exit). */
   private physical: GuestPhysical | undefined
+  /** The MMIO bus as an unmapped-GPA exit's device side. */
+  private device: DevicePhysical | undefined
 
   /** Handles one exit; returns a result when the run should stop. */
   private handle(code: number): RunResult | undefined {
@@ -568,6 +570,8 @@ export class Vcpu {
         this.env.eoi(this.messageWords[MSG_EOI_VECTOR >> 2] ?? 0, this.index)
         return undefined
       case T_UNMAPPED:
+        handleMmio(msg, this.regs, this.memory(), (this.device ??= new DevicePhysical(this.env.bus, this.ctx)))
+        return undefined
       case T_GPA:
         handleMmio(msg, this.regs, this.memory())
         return undefined

@@ -27,6 +27,12 @@ export interface Decoded {
   readonly segment: SegmentName | ''
   /** Intel syntax, for messages. */
   readonly text: string
+  /**
+   * For `MOV` between memory and a general register or an immediate (a device's load or
+   * store, most MMIO exits): the operands, read once at decode so the emulator goes
+   * straight to the access. Undefined for everything else.
+   */
+  readonly move?: { readonly store: boolean; readonly register: Register | undefined; readonly immediate: bigint }
 }
 
 const CACHE_LIMIT = 4096
@@ -94,10 +100,10 @@ export function isStringOperand(k: OpKind): 'source' | 'dest' | undefined {
  * error naming the bytes and RIP.
  */
 export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint, refetch?: () => Uint8Array): Decoded {
-  const { Decoder, DecoderError, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, OpKind, Register } = iced()
   const key = decodeCacheKey(bytes, bitness)
   const hit = cache.get(key)
   if (hit && sameBytes(hit, bytes, bitness)) return hit.decoded
+  const { Decoder, DecoderError, DecoderOptions, Formatter, FormatterSyntax, MemorySizeExt, OpKind, Register } = iced()
   const decoder = new Decoder(bitness, bytes, DecoderOptions.None)
   decoder.ip = rip
   const ins = decoder.decode()
@@ -139,6 +145,7 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint, re
       addressSize: addressSizeOf(opKinds, bitness),
       segment: segmentName(ins.memorySegment) ?? '',
       text: formatter.format(ins),
+      move: plainMove(ins.mnemonic, opKinds, registers, immediates),
     }
     if (cache.size >= CACHE_LIMIT) cache.clear()
     // A copy: `bytes` may be a view over the exit message, rewritten by the next exit.
@@ -148,6 +155,17 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint, re
     ins.free()
     decoder.free()
   }
+}
+
+/** {@link Decoded.move} of an instruction: MOV m, r/imm (a store) or MOV r, m (a load), general registers only. */
+function plainMove(mnemonic: Mnemonic, kinds: readonly OpKind[], registers: readonly Register[], immediates: readonly bigint[]): Decoded['move'] {
+  const { Mnemonic, OpKind, RegisterExt } = iced()
+  if (mnemonic !== Mnemonic.Mov || kinds.length !== 2) return undefined
+  const gpr = (i: number): boolean => kinds[i] === OpKind.Register && RegisterExt.isGPR(registers[i] as Register)
+  if (kinds[0] === OpKind.Memory && gpr(1)) return { store: true, register: registers[1], immediate: 0n }
+  if (kinds[0] === OpKind.Memory && isImmediate(kinds[1] as OpKind)) return { store: true, register: undefined, immediate: immediates[1] ?? 0n }
+  if (kinds[1] === OpKind.Memory && gpr(0)) return { store: false, register: registers[0], immediate: 0n }
+  return undefined
 }
 
 function isImmediate(k: OpKind): boolean {

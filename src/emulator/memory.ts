@@ -96,6 +96,29 @@ export class GuestPhysical implements PhysicalMemory {
   }
 }
 
+/**
+ * The device side of a memory intercept: accesses wholly inside the unmapped page the
+ * exit reported, which no RAM can hold, go straight to the MMIO bus (no RAM lookup).
+ */
+export class DevicePhysical implements PhysicalMemory {
+  constructor(
+    private readonly bus: IoBus,
+    private readonly ctx: AccessContext,
+  ) {}
+
+  read(gpa: bigint, size: number): bigint {
+    return this.bus.mmioRead(gpa, size, this.ctx)
+  }
+
+  write(gpa: bigint, size: number, value: bigint): void {
+    this.bus.mmioWrite(gpa, size, value, this.ctx)
+  }
+
+  ramByte(): number | undefined {
+    return undefined
+  }
+}
+
 /** Linear (virtual) guest memory of one vCPU at one exit. */
 export class LinearMemory {
   /** Translations made at this exit, made on the first miss: most MMIO exits never translate. */

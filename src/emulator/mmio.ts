@@ -11,7 +11,7 @@ import { add, logic, mask, mergeFlags, signExtend, sub, CF, STATUS, type AluResu
 import { isStringOperand, type Decoded } from './decode.js'
 import { readRegister, writeRegister, GPR } from './operands.js'
 import type { RegisterName } from '../generated/register-names.js'
-import type { LinearMemory } from './memory.js'
+import type { LinearMemory, PhysicalMemory } from './memory.js'
 import { advanceIndex, segmentBase, setAddressSized, stringStep, segmentName } from './string.js'
 
 const RCX = GPR[1] as number
@@ -33,7 +33,10 @@ export interface MmioAccess {
 /** Where the emulator reads and writes. */
 export interface MmioMachine {
   readonly regs: RegisterCache
+  /** Guest memory by linear address (string instructions' other operand). */
   readonly memory: LinearMemory
+  /** The physical memory at the exit's GPA: the device itself when the access is all inside the unmapped page. */
+  readonly device: PhysicalMemory
 }
 
 /**
@@ -52,24 +55,40 @@ export function emulateMmio(access: MmioAccess, m: MmioMachine): boolean {
   }
 }
 
+/**
+ * A device's plain load or store ({@link Decoded.move}: MOV between memory and a general
+ * register or an immediate), the operands read at decode: RIP is the caller's to advance.
+ */
+export function plainMove(ins: Decoded, gpa: bigint, regs: RegisterCache, device: PhysicalMemory): void {
+  const mv = ins.move
+  if (!mv) throw new MshvError('EUNSUPPORTED_INSTRUCTION', `'${ins.text}' is not a plain MOV`)
+  const size = ins.memorySize
+  if (!mv.store) writeRegister(regs, mv.register as NonNullable<typeof mv.register>, device.read(gpa, size))
+  else device.write(gpa, size, (mv.register === undefined ? mv.immediate : readRegister(regs, mv.register)) & mask(size))
+}
+
 function emulate(access: MmioAccess, m: MmioMachine): boolean {
-  const { Mnemonic, OpKind } = iced()
   const { ins } = access
+  if (ins.move) {
+    plainMove(ins, access.gpa, m.regs, m.device)
+    return true
+  }
+  const { Mnemonic, OpKind } = iced()
   switch (ins.mnemonic) {
     case Mnemonic.Mov:
       return move(access, m)
     case Mnemonic.Movzx:
     case Mnemonic.Movsx:
     case Mnemonic.Movsxd: {
-      const v = m.memory.phys.read(access.gpa, ins.memorySize)
+      const v = m.device.read(access.gpa, ins.memorySize)
       const ext = ins.mnemonic === Mnemonic.Movzx ? v : signExtend(v, ins.memorySize)
       writeRegister(m.regs, reg(ins, 0), ext)
       return true
     }
     case Mnemonic.Xchg: {
       const r = ins.opKinds[0] === OpKind.Memory ? reg(ins, 1) : reg(ins, 0)
-      const old = m.memory.phys.read(access.gpa, ins.memorySize)
-      m.memory.phys.write(access.gpa, ins.memorySize, readRegister(m.regs, r))
+      const old = m.device.read(access.gpa, ins.memorySize)
+      m.device.write(access.gpa, ins.memorySize, readRegister(m.regs, r))
       writeRegister(m.regs, r, old)
       return true
     }
@@ -141,13 +160,13 @@ function simdMove(a: MmioAccess, m: MmioMachine): boolean {
   const keep = high || ins.mnemonic === Mnemonic.Movlps || ins.mnemonic === Mnemonic.Movlpd
   const bytes = (v: bigint, n: number) => (n >= 16 ? v : v & ((1n << BigInt(8 * n)) - 1n))
   const readMem = (): bigint =>
-    size === 16 ? m.memory.phys.read(a.gpa, 8) | (m.memory.phys.read(a.gpa + 8n, 8) << 64n) : m.memory.phys.read(a.gpa, size)
+    size === 16 ? m.device.read(a.gpa, 8) | (m.device.read(a.gpa + 8n, 8) << 64n) : m.device.read(a.gpa, size)
   const writeMem = (v: bigint): void => {
     if (size === 16) {
-      m.memory.phys.write(a.gpa, 8, v & 0xffffffffffffffffn)
-      m.memory.phys.write(a.gpa + 8n, 8, v >> 64n)
+      m.device.write(a.gpa, 8, v & 0xffffffffffffffffn)
+      m.device.write(a.gpa + 8n, 8, v >> 64n)
     } else {
-      m.memory.phys.write(a.gpa, size, bytes(v, size))
+      m.device.write(a.gpa, size, bytes(v, size))
     }
   }
   if (r >= Register.XMM0 && r <= Register.XMM15) {
@@ -228,9 +247,9 @@ function move(a: MmioAccess, m: MmioMachine): boolean {
   const { ins } = a
   const size = ins.memorySize
   if (ins.opKinds[0] === OpKind.Memory) {
-    m.memory.phys.write(a.gpa, size, source(ins, 1, size, m))
+    m.device.write(a.gpa, size, source(ins, 1, size, m))
   } else if (ins.opKinds[1] === OpKind.Memory) {
-    writeRegister(m.regs, reg(ins, 0), m.memory.phys.read(a.gpa, size))
+    writeRegister(m.regs, reg(ins, 0), m.device.read(a.gpa, size))
   } else {
     throw unsupported(a)
   }
@@ -242,7 +261,7 @@ function arithmetic(a: MmioAccess, m: MmioMachine): boolean {
   const { ins } = a
   const size = ins.memorySize
   const memFirst = ins.opKinds[0] === OpKind.Memory
-  const mem = m.memory.phys.read(a.gpa, size)
+  const mem = m.device.read(a.gpa, size)
   const other = memFirst ? source(ins, 1, size, m) : readRegister(m.regs, reg(ins, 0))
   const [x, y] = memFirst ? [mem, other] : [other, mem]
   const rflags = m.regs.get('rflags')
@@ -274,7 +293,7 @@ function arithmetic(a: MmioAccess, m: MmioMachine): boolean {
   }
   m.regs.set('rflags', mergeFlags(rflags, r.flags, STATUS))
   if (ins.mnemonic === Mnemonic.Cmp || ins.mnemonic === Mnemonic.Test) return true
-  if (memFirst) m.memory.phys.write(a.gpa, size, r.value)
+  if (memFirst) m.device.write(a.gpa, size, r.value)
   else writeRegister(m.regs, reg(ins, 0), r.value)
   return true
 }
@@ -287,7 +306,7 @@ function bitTest(a: MmioAccess, m: MmioMachine): boolean {
   // The GPA is the operand-sized word the hardware accessed; the bit is within it.
   const offset = source(ins, 1, 8, m)
   const bit = offset & (bits - 1n)
-  const v = m.memory.phys.read(a.gpa, size)
+  const v = m.device.read(a.gpa, size)
   const set = (v >> bit) & 1n
   const rflags = m.regs.get('rflags')
   m.regs.set('rflags', (rflags & ~CF) | (set ? CF : 0n))
@@ -295,7 +314,7 @@ function bitTest(a: MmioAccess, m: MmioMachine): boolean {
   if (ins.mnemonic === Mnemonic.Bts) nv = v | (1n << bit)
   else if (ins.mnemonic === Mnemonic.Btr) nv = v & ~(1n << bit)
   else if (ins.mnemonic === Mnemonic.Btc) nv = v ^ (1n << bit)
-  if (ins.mnemonic !== Mnemonic.Bt) m.memory.phys.write(a.gpa, size, nv)
+  if (ins.mnemonic !== Mnemonic.Bt) m.device.write(a.gpa, size, nv)
   return true
 }
 

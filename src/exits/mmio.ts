@@ -7,8 +7,8 @@ import { message, registerIndex } from '../layout.js'
 import { MshvError, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
 import { decode, type Decoded } from '../emulator/decode.js'
-import { emulateMmio } from '../emulator/mmio.js'
-import type { LinearMemory } from '../emulator/memory.js'
+import { emulateMmio, plainMove } from '../emulator/mmio.js'
+import type { LinearMemory, PhysicalMemory } from '../emulator/memory.js'
 
 const GPA = message('memGpa')
 const GVA = message('memGva')
@@ -67,29 +67,54 @@ function messageBytes(msg: DataView, countAt: number, bytesAt: number): Uint8Arr
  * Decodes the intercepted instruction from the message's bytes, re-fetching them from
  * guest memory when they stop short of its end.
  */
-export function decodeIntercepted(msg: DataView, countAt: number, bytesAt: number, memory: () => LinearMemory): Decoded {
-  const mode = bitness(msg)
+export function decodeIntercepted(msg: DataView, countAt: number, bytesAt: number, memory: () => LinearMemory, mode: 16 | 32 | 64 = bitness(msg)): Decoded {
+  // The message's 16 byte slots as four words: a driver's loop exits on the same
+  // instruction again and again, and four compares find it without hashing or a view.
+  const count = msg.getUint8(countAt)
+  const w0 = msg.getUint32(bytesAt, true)
+  const w1 = msg.getUint32(bytesAt + 4, true)
+  const w2 = msg.getUint32(bytesAt + 8, true)
+  const w3 = msg.getUint32(bytesAt + 12, true)
+  const m = lastDecoded
+  if (m.decoded && m.mode === mode && m.count === count && m.w0 === w0 && m.w1 === w1 && m.w2 === w2 && m.w3 === w3) return m.decoded
   const rip = msg.getBigUint64(RIP, true)
-  return decode(messageBytes(msg, countAt, bytesAt), mode, rip, codeFetcher(msg, mode, rip, memory))
+  const d = decode(messageBytes(msg, countAt, bytesAt), mode, rip, codeFetcher(msg, mode, rip, memory))
+  // Only what the message's bytes hold: an instruction completed from guest memory may change there.
+  if (d.length <= count) lastDecoded = { mode, count, w0, w1, w2, w3, decoded: d }
+  return d
 }
 
-/** Handles a memory intercept: emulates the access and advances RIP. */
-export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMemory): void {
+/** The instruction the last memory intercept decoded from its message's bytes. */
+let lastDecoded: { mode: number; count: number; w0: number; w1: number; w2: number; w3: number; decoded: Decoded | undefined } = { mode: 0, count: -1, w0: 0, w1: 0, w2: 0, w3: 0, decoded: undefined }
+
+/**
+ * Handles a memory intercept: emulates the access and advances RIP. `unmapped`, for an
+ * unmapped-GPA exit, is the device side of the page: an access wholly inside it goes there
+ * directly.
+ */
+export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMemory, unmapped?: PhysicalMemory): void {
   const gpa = msg.getBigUint64(GPA, true)
   const rip = msg.getBigUint64(RIP, true)
-  regs.seed(RIP_REG, rip)
-  regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
   const access = msg.getUint8(ACCESS_TYPE)
   if (access === EXECUTE) {
     throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
   }
   const mode = bitness(msg)
-  const ins = decodeIntercepted(msg, COUNT, BYTES, () => memory)
+  const ins = decodeIntercepted(msg, COUNT, BYTES, () => memory, mode)
+  const device = unmapped && (msg.getUint32(GPA, true) & 0xfff) + Math.max(ins.memorySize, 1) <= 0x1000 ? unmapped : memory.phys
+  if (ins.move) {
+    // A device's plain load or store (most exits): no flags, no other memory operand.
+    plainMove(ins, gpa, regs, device)
+    regs.setAt(RIP_REG, rip + BigInt(ins.length))
+    return
+  }
+  regs.seed(RIP_REG, rip)
+  regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
   // The hypervisor walked the guest's page tables for this access: a string
   // instruction's device side then needs no translation hypercall (Cloud Hypervisor's
   // MshvEmulatorContext does the same). Other instructions use the GPA directly.
   if (ins.stringOp && (msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) {
     memory.learn(msg.getBigUint64(GVA, true), gpa, access === WRITE)
   }
-  if (emulateMmio({ ins, gpa, rip, bitness: mode }, { regs, memory })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
+  if (emulateMmio({ ins, gpa, rip, bitness: mode }, { regs, memory, device })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
 }

@@ -296,11 +296,25 @@ impl Exec<'_> {
         } else {
             lin & 0xffff_ffff
         };
+        if let Some(gpa) = self.tlb.device(lin, need(access, matches!(who, Privilege::User))) {
+            return Err(self.exit_with(Exit::Mmio {
+                gpa,
+                gva: lin,
+                access,
+                intercepted: false,
+            }));
+        }
         let t = match paging::walk(self.cpu, self.mem, lin, access, who, true) {
             Ok(t) => t,
             Err(pf) => return Err(self.page_fault(pf)),
         };
         let gpa = t.gpa;
+        let rules = FillRules {
+            paging: self.cpu.paging(),
+            wp: self.cpu.cr0 & CR0_WP != 0,
+            smep: self.cpu.cr4 & CR4_SMEP != 0,
+            smap: self.cpu.cr4 & CR4_SMAP != 0,
+        };
         match self.mem.lookup(gpa) {
             Target::Ram {
                 host,
@@ -324,12 +338,6 @@ impl Exec<'_> {
                     self.end_block = true;
                 }
                 if left as usize >= 0x1000 - off && self.mem.page_is_plain_ram(page) {
-                    let rules = FillRules {
-                        paging: self.cpu.paging(),
-                        wp: self.cpu.cr0 & CR0_WP != 0,
-                        smep: self.cpu.cr4 & CR4_SMEP != 0,
-                        smap: self.cpu.cr4 & CR4_SMAP != 0,
-                    };
                     let code = self.cache.holds_page(page);
                     // SAFETY: the page start is `off` bytes before `host`, inside the region.
                     let start = unsafe { host.sub(off) };
@@ -337,12 +345,20 @@ impl Exec<'_> {
                 }
                 Ok((host, (0x1000 - off).min(left as usize)))
             }
-            Target::Unmapped | Target::Intercepted => Err(self.exit_with(Exit::Mmio {
-                gpa,
-                gva: lin,
-                access,
-                intercepted: matches!(self.mem.lookup(gpa), Target::Intercepted),
-            })),
+            target @ (Target::Unmapped | Target::Intercepted) => {
+                let intercepted = matches!(target, Target::Intercepted);
+                // Only a page that is all device: a page with RAM or an intercepted range
+                // in it gives each byte its own answer.
+                if !intercepted && self.mem.page_is_unmapped(gpa & !0xfff) {
+                    self.tlb.fill_device(lin, &t, rules);
+                }
+                Err(self.exit_with(Exit::Mmio {
+                    gpa,
+                    gva: lin,
+                    access,
+                    intercepted,
+                }))
+            }
         }
     }
 

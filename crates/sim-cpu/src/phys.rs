@@ -66,6 +66,13 @@ impl PhysMap {
             && self.slots.iter().any(|m| page >= m.gpa && end <= m.end())
     }
 
+    /// Whether no byte of the 4 KiB page at `page` (aligned) is RAM or intercepted: every
+    /// access to it is the same unmapped-GPA exit.
+    pub fn page_is_unmapped(&self, page: u64) -> bool {
+        let end = page + 4096;
+        !self.intercepts.iter().any(|&(s, e)| s < end && page < e) && !self.slots.iter().any(|m| m.gpa < end && page < m.end())
+    }
+
     /// Reads a little-endian u64 of guest RAM (page-table walks); `None` if not RAM.
     pub fn read_u64(&self, gpa: u64) -> Option<u64> {
         match self.lookup(gpa) {

@@ -4,7 +4,12 @@
 //! An entry is filled only after a walk that checked an access, and grants writes only
 //! where the leaf's dirty bit is already set and the page holds no translated code, so
 //! every hit is an access the page tables allow with nothing left to update. Anything
-//! else (a first write, SMAP with EFLAGS.AC, code pages, MMIO) takes the slow path.
+//! else (a first write, SMAP with EFLAGS.AC, code pages) takes the slow path.
+//!
+//! A page that is no RAM (a device's MMIO, an intercepted range) is cached too, under the
+//! same rules, as the guest physical page an access there exits with: a device hammered
+//! through the same mapping is not walked again at every access (as a hardware TLB
+//! caches translations whatever memory type they lead to, SDM vol 3 4.10.2).
 
 use crate::paging::{Access, Translation};
 
@@ -41,6 +46,8 @@ struct Entry {
     gpa_page: u64,
     allow: u8,
     global: bool,
+    /// For a device page (no host memory, `allow` 0): the accesses that exit to it.
+    device: u8,
 }
 
 const EMPTY: Entry = Entry {
@@ -49,6 +56,7 @@ const EMPTY: Entry = Entry {
     gpa_page: 0,
     allow: 0,
     global: false,
+    device: 0,
 };
 
 /// The TLB of one processor.
@@ -91,6 +99,35 @@ pub struct FillRules {
     pub smap: bool,
 }
 
+/// The accesses a walk's translation allows through a cached entry, each kind of privilege
+/// apart; writes only when `writes` (the leaf is dirty and nothing forbids them).
+fn allowed(t: &Translation, rules: FillRules, writes: bool) -> u8 {
+    if !rules.paging {
+        return USER_READ | USER_EXEC | SUP_READ | SUP_EXEC | if writes { USER_WRITE | SUP_WRITE } else { 0 };
+    }
+    let smap_blocks = rules.smap && t.user;
+    let mut a = 0;
+    if t.user {
+        a |= USER_READ;
+        if t.writable && writes {
+            a |= USER_WRITE;
+        }
+        if !t.no_exec {
+            a |= USER_EXEC;
+        }
+    }
+    if !smap_blocks {
+        a |= SUP_READ;
+        if (t.writable || !rules.wp) && writes {
+            a |= SUP_WRITE;
+        }
+    }
+    if !(t.no_exec || rules.smep && t.user) {
+        a |= SUP_EXEC;
+    }
+    a
+}
+
 impl Tlb {
     /// Host pointer to the byte at `lin` when an entry allows `need`.
     #[inline(always)]
@@ -105,12 +142,35 @@ impl Tlb {
         }
     }
 
-    /// The guest physical page an entry maps `lin` to, if cached.
+    /// The guest physical page of RAM an entry maps `lin` to, if cached.
     #[inline]
     pub fn gpa_page(&self, lin: u64) -> Option<u64> {
         let page = lin >> 12;
         let e = &self.entries[slot(page)];
-        (e.tag == page + 1).then_some(e.gpa_page)
+        (e.tag == page + 1 && e.device == 0).then_some(e.gpa_page)
+    }
+
+    /// The GPA an access that `need`s at `lin` exits with, when `lin`'s page is a cached
+    /// device page (wholly unmapped).
+    #[inline]
+    pub fn device(&self, lin: u64, need: u8) -> Option<u64> {
+        let page = lin >> 12;
+        let e = &self.entries[slot(page)];
+        (e.tag == page + 1 && e.device & need != 0).then_some((e.gpa_page << 12) | (lin & 0xfff))
+    }
+
+    /// Caches `lin`'s page as a device page (wholly unmapped): the accesses the walk
+    /// allows, writes only once the leaf is dirty (as for RAM).
+    pub fn fill_device(&mut self, lin: u64, t: &Translation, rules: FillRules) {
+        let page = lin >> 12;
+        self.entries[slot(page)] = Entry {
+            tag: page + 1,
+            host: std::ptr::null_mut(),
+            gpa_page: t.gpa >> 12,
+            allow: 0,
+            global: t.global,
+            device: allowed(t, rules, t.dirty),
+        };
     }
 
     /// Caches `lin`'s page: `host` is the page's first byte, `ram_writable` whether the
@@ -125,42 +185,14 @@ impl Tlb {
         rules: FillRules,
     ) {
         let page = lin >> 12;
-        let writes = ram_writable && !code && t.dirty;
-        let allow = if !rules.paging {
-            USER_READ
-                | USER_EXEC
-                | SUP_READ
-                | SUP_EXEC
-                | if writes { USER_WRITE | SUP_WRITE } else { 0 }
-        } else {
-            let smap_blocks = rules.smap && t.user;
-            let mut a = 0;
-            if t.user {
-                a |= USER_READ;
-                if t.writable && writes {
-                    a |= USER_WRITE;
-                }
-                if !t.no_exec {
-                    a |= USER_EXEC;
-                }
-            }
-            if !smap_blocks {
-                a |= SUP_READ;
-                if (t.writable || !rules.wp) && writes {
-                    a |= SUP_WRITE;
-                }
-            }
-            if !(t.no_exec || rules.smep && t.user) {
-                a |= SUP_EXEC;
-            }
-            a
-        };
+        let allow = allowed(t, rules, ram_writable && !code && t.dirty);
         self.entries[slot(page)] = Entry {
             tag: page + 1,
             host,
             gpa_page: t.gpa >> 12,
             allow,
             global: t.global,
+            device: 0,
         };
     }
 
