@@ -187,9 +187,42 @@ fn run_forms(forms: &[(&str, Emit, usize, u8)], seed: u64) {
         for _ in 0..CASES {
             let s = state(&mut r, *depth);
             let m = operand_mem(&mut r, *mem_kind);
-            check_exact(name, &code, &s, &m);
+            if !models_differ(name, &s) {
+                check_exact(name, &code, &s, &m);
+            }
         }
     }
+}
+
+/// Whether the host is an AMD processor (CPUID leaf 0's vendor, "AuthenticAMD").
+fn host_is_amd() -> bool {
+    // CPUID leaf 0 exists on every x86-64 processor (safe to call since Rust 1.87).
+    let id = std::arch::x86_64::__cpuid(0);
+    (id.ebx, id.edx, id.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+}
+
+/// The cases where x86 models disagree, so the host is no judge of them: FPREM and
+/// FPREM1 of a denormal by an infinity (the result is the dividend) with underflow
+/// unmasked. Intel's processors (and the sim) return the dividend with only DE; AMD's
+/// Zen processors also raise #U and bias the exponent by 24576 (SDM vol 1 8.5.5.2), as
+/// when a computed result is tiny. Only on AMD hosts are they left out.
+fn models_differ(name: &str, s: &State) -> bool {
+    if !name.starts_with("fprem") || !host_is_amd() {
+        return false;
+    }
+    let f80 = |i: usize| -> (u16, u64) {
+        let b = &s.fx.0[32 + 16 * i..42 + 16 * i];
+        (
+            u16::from_le_bytes([b[8], b[9]]) & 0x7fff,
+            u64::from_le_bytes(b[..8].try_into().unwrap()),
+        )
+    };
+    let (e0, m0) = f80(0);
+    let (e1, m1) = f80(1);
+    let denormal = e0 == 0 && m0 != 0;
+    let infinite = e1 == 0x7fff && m1 == 1 << 63;
+    let underflow_unmasked = s.fx.fcw() & 0x10 == 0;
+    denormal && infinite && underflow_unmasked
 }
 
 #[test]
