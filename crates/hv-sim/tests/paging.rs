@@ -4,8 +4,10 @@
 mod common;
 
 use common::*;
+use hv_core::message::*;
 use hv_core::regs::pack_segment;
 use hv_core::{Exit, VcpuBackend};
+use iced_x86::code_asm::*;
 use mshv_bindings::*;
 
 const READ: u64 = 0;
@@ -195,5 +197,69 @@ fn a_guest_page_fault_goes_through_its_idt_with_cr2_and_the_error_code() {
         g.get(hv_register_name_HV_X64_REGISTER_RBX),
         0b011,
         "present, write"
+    );
+}
+
+/// The GPA of the memory intercept the guest stopped at, after completing it (RIP past it).
+fn complete_mmio(g: &mut Guest) -> (u64, u8) {
+    assert_eq!(g.msg.message_type(), HVMSG_UNMAPPED_GPA);
+    let m: hv_x64_memory_intercept_message = g.msg.payload();
+    let rip = { m.header.rip };
+    g.set(
+        hv_register_name_HV_X64_REGISTER_RIP,
+        rip + m.header.instruction_length() as u64,
+    );
+    ({ m.guest_physical_address }, {
+        m.header.intercept_access_type
+    })
+}
+
+/// A page with no RAM behind it is cached in the TLB like a RAM page (a TLB caches
+/// translations whatever they lead to, SDM vol 3 4.10.2, and the VMM sees the GPA the
+/// cached translation gives): rewriting the PTE without INVLPG leaves the old GPA, INVLPG
+/// the new one; a write through the clean leaf walks again and sets its dirty bit
+/// (4.8: the processor sets D on the first write through a translation).
+#[test]
+fn device_pages_are_cached_like_ram_translations_until_invlpg() {
+    let mut g = guest();
+    four_level(&mut g);
+    let pte = 0x11_2000u64 + 4 * 8;
+    let gva = 0xffff_8000_0040_4010u64;
+    let code = assemble(64, 0x3000, |a| {
+        a.mov(rbx, gva).unwrap();
+        a.mov(rcx, pte).unwrap();
+        a.mov(eax, dword_ptr(rbx)).unwrap(); // exit: 0x4000_0010
+        a.mov(rdx, 0x4000_1003u64).unwrap();
+        a.mov(qword_ptr(rcx), rdx).unwrap(); // the PTE now maps 0x4000_1000, no INVLPG yet
+        a.mov(eax, dword_ptr(rbx)).unwrap(); // exit: still 0x4000_0010 (cached)
+        a.invlpg(byte_ptr(rbx)).unwrap();
+        a.mov(eax, dword_ptr(rbx)).unwrap(); // exit: 0x4000_1010
+        a.mov(dword_ptr(rbx), eax).unwrap(); // exit: a write, which sets D
+        a.hlt().unwrap();
+    });
+    g.load(0x3000, &code);
+    g.set(hv_register_name_HV_X64_REGISTER_RIP, 0x3000);
+    let read = HV_INTERCEPT_ACCESS_READ as u8;
+    let write = HV_INTERCEPT_ACCESS_WRITE as u8;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        assert_eq!(g.run(), Exit::Message);
+        seen.push(complete_mmio(&mut g));
+    }
+    assert_eq!(
+        seen,
+        [
+            (0x4000_0010, read),
+            (0x4000_0010, read),
+            (0x4000_1010, read),
+            (0x4000_1010, write)
+        ]
+    );
+    let mut b = [0u8; 8];
+    g.ram.read(pte as usize, &mut b).unwrap();
+    assert_eq!(
+        u64::from_le_bytes(b) & 0x60,
+        0x60,
+        "accessed and dirty after the write"
     );
 }
