@@ -40,6 +40,7 @@ export { VirtioBlock, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIR
 export { MemoryDisk, FileDisk, type BlockBackend, type FileDiskOptions } from './src/virtio/disk.js'
 export { VirtioNet, VIRTIO_NET_HDR_SIZE, parseMac, formatMac, type VirtioNetOptions, type VirtioNetStats } from './src/virtio/net.js'
 export { NetworkSwitch, type SwitchPort, type SwitchStats } from './src/virtio/switch.js'
+export { TapDevice, type TapStats, type NetworkBackend } from './src/virtio/tap.js'
 export { VirtioConsole, type VirtioConsoleOptions } from './src/virtio/console.js'
 export { VirtioRng, type VirtioRngStats } from './src/virtio/rng.js'
 export type { RomWriteHandler } from './src/emulator/memory.js'

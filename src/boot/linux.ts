@@ -26,7 +26,7 @@ import { VirtioBlock } from '../virtio/blk.js'
 import { VirtioNet } from '../virtio/net.js'
 import { VirtioRng } from '../virtio/rng.js'
 import { VirtioConsole, type VirtioConsoleOptions } from '../virtio/console.js'
-import { NetworkSwitch } from '../virtio/switch.js'
+import type { NetworkBackend } from '../virtio/tap.js'
 import { FileDisk, type BlockBackend } from '../virtio/disk.js'
 
 /** CPUID 0x40000000 of VMware: max hypervisor leaf 0x40000000, "VMwareVMware" (Linux's vmware_platform). */
@@ -88,8 +88,11 @@ export interface LinuxOptions {
    * the guest reads and writes; {@link DiskOptions} says more.
    */
   disks?: readonly (string | DiskOptions)[]
-  /** A virtio-net card: plugged into the switch given (in-process, with other VMs' cards), or unplugged with `true`. */
-  network?: NetworkSwitch | true
+  /**
+   * A virtio-net card: plugged into the switch given (in-process, with other VMs' cards)
+   * or a host TAP interface ({@link TapDevice}), or unplugged with `true`.
+   */
+  network?: NetworkBackend | true
   /** The card's MAC address (default: a locally administered one). */
   mac?: string
   /** A virtio-rng device (the guest's /dev/hwrng). */
@@ -267,9 +270,12 @@ function addVirtioDevices(pci: PciHost, options: LinuxOptions, opened: BlockBack
   })
   let net: VirtioNet | undefined
   if (options.network !== undefined) {
-    if (options.network !== true && !(options.network instanceof NetworkSwitch)) throw new MshvError('EINVAL', `network must be a NetworkSwitch or true, got ${describe(options.network)}`)
+    const backend = options.network
+    if (backend !== true && (typeof backend !== 'object' || backend === null || typeof backend.connect !== 'function')) {
+      throw new MshvError('EINVAL', `network must be a NetworkSwitch, a TapDevice or true, got ${describe(backend)}`)
+    }
     net = add(new VirtioNet({ mac: options.mac }))
-    if (options.network instanceof NetworkSwitch) options.network.connect(net)
+    if (backend !== true) backend.connect(net)
   }
   const c = options.virtioConsole
   const console = c === undefined ? undefined : add(new VirtioConsole(c === true ? {} : c))

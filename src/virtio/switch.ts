@@ -7,6 +7,7 @@
  */
 import { MshvError, describe } from '../errors.js'
 import { formatMac } from './net.js'
+import type { NetworkBackend } from './tap.js'
 
 /** What a switch port is connected to: a card that sends frames and takes them. */
 export interface SwitchPort {
@@ -27,7 +28,7 @@ export interface SwitchStats {
 }
 
 /** A learning Ethernet switch between in-process cards. */
-export class NetworkSwitch {
+export class NetworkSwitch implements NetworkBackend {
   private readonly ports: SwitchPort[] = []
   private readonly detach = new Map<SwitchPort, () => void>()
   /** Source address (as text) to the port it was last seen on. */

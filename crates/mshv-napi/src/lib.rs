@@ -19,6 +19,7 @@ mod memory;
 mod register_page;
 mod runner;
 mod slot_lock;
+mod tap;
 mod vcpu;
 mod vm;
 
@@ -26,6 +27,7 @@ pub use budget::RunBudget;
 pub use hypervisor::Hypervisor;
 pub use memory::GuestMemory;
 pub use register_page::RegisterPage;
+pub use tap::Tap;
 pub use vcpu::Vcpu;
 pub use vm::Vm;
 
