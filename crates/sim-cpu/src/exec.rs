@@ -296,7 +296,10 @@ impl Exec<'_> {
         } else {
             lin & 0xffff_ffff
         };
-        if let Some(gpa) = self.tlb.device(lin, need(access, matches!(who, Privilege::User))) {
+        if let Some(gpa) = self
+            .tlb
+            .device(lin, need(access, matches!(who, Privilege::User)))
+        {
             return Err(self.exit_with(Exit::Mmio {
                 gpa,
                 gva: lin,

@@ -70,7 +70,8 @@ impl PhysMap {
     /// access to it is the same unmapped-GPA exit.
     pub fn page_is_unmapped(&self, page: u64) -> bool {
         let end = page + 4096;
-        !self.intercepts.iter().any(|&(s, e)| s < end && page < e) && !self.slots.iter().any(|m| m.gpa < end && page < m.end())
+        !self.intercepts.iter().any(|&(s, e)| s < end && page < e)
+            && !self.slots.iter().any(|m| m.gpa < end && page < m.end())
     }
 
     /// Reads a little-endian u64 of guest RAM (page-table walks); `None` if not RAM.

@@ -103,7 +103,11 @@ pub struct FillRules {
 /// apart; writes only when `writes` (the leaf is dirty and nothing forbids them).
 fn allowed(t: &Translation, rules: FillRules, writes: bool) -> u8 {
     if !rules.paging {
-        return USER_READ | USER_EXEC | SUP_READ | SUP_EXEC | if writes { USER_WRITE | SUP_WRITE } else { 0 };
+        return USER_READ
+            | USER_EXEC
+            | SUP_READ
+            | SUP_EXEC
+            | if writes { USER_WRITE | SUP_WRITE } else { 0 };
     }
     let smap_blocks = rules.smap && t.user;
     let mut a = 0;
