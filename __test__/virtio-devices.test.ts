@@ -132,6 +132,27 @@ test('FileDisk with an overlay: the guest reads its own writes, partial blocks k
   vm.close()
 })
 
+test('FileDisk.readVectored fills scattered buffers in order, from the image and from overlay blocks alike', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-disk-'))
+  const path = join(dir, 'image.raw')
+  const image = new Uint8Array(32 * 1024).map((_, i) => (i * 7 + 3) & 0xff)
+  writeFileSync(path, image)
+  for (const overlay of [false, true]) {
+    const disk = new FileDisk(path, { overlay, readOnly: !overlay })
+    if (overlay) disk.write(4096 + 100, new Uint8Array([9, 9, 9]))
+    const bufs = [new Uint8Array(512), new Uint8Array(4096), new Uint8Array(1000)]
+    disk.readVectored(3584, bufs)
+    const expected = image.slice(3584, 3584 + 5608)
+    if (overlay) expected.set([9, 9, 9], 4096 + 100 - 3584)
+    const got = new Uint8Array(5608)
+    got.set(bufs[0] as Uint8Array, 0)
+    got.set(bufs[1] as Uint8Array, 512)
+    got.set(bufs[2] as Uint8Array, 4608)
+    t.deepEqual(got, expected, overlay ? 'with an overlay block in the range' : 'one preadv')
+    disk.close()
+  }
+})
+
 test('FileDisk without an overlay writes the file; a missing file is ENOENT naming it', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'mshv-disk-'))
   const path = join(dir, 'image.raw')

@@ -43,6 +43,15 @@ const MAX_DISCARD_SEG = 32
 /** Configuration space (5.2.4) up to write_zeroes_may_unmap and its padding. */
 const CONFIG_SIZE = 60
 
+/** Calls `f` with each of `buffers` and the disk offset it starts at, from `offset` on. */
+function eachAt(offset: number, buffers: readonly Uint8Array[], f: (at: number, b: Uint8Array) => void): void {
+  let at = offset
+  for (const b of buffers) {
+    f(at, b)
+    at += b.length
+  }
+}
+
 /** Options for {@link VirtioBlock}. */
 export interface VirtioBlockOptions {
   /** The serial number GET_ID answers (at most 20 bytes; default `mshv`). */
@@ -143,13 +152,7 @@ export class VirtioBlock implements VirtioDevice {
           const length = totalLength(writableData)
           if (!this.inRange(sector, length)) return this.finish(last, statusAt, VIRTIO_BLK_S_IOERR, 0)
           if (this.backend.readVectored) this.backend.readVectored(sector * SECTOR, writableData)
-          else {
-            let at = sector * SECTOR
-            for (const b of writableData) {
-              this.backend.read(at, b)
-              at += b.length
-            }
-          }
+          else eachAt(sector * SECTOR, writableData, (at, b) => this.backend.read(at, b))
           this.stats.reads++
           this.stats.bytesRead += length
           return this.finish(last, statusAt, VIRTIO_BLK_S_OK, length)
@@ -157,11 +160,7 @@ export class VirtioBlock implements VirtioDevice {
         case VIRTIO_BLK_T_OUT: {
           const length = totalLength(readableData)
           if (this.backend.readOnly || !this.inRange(sector, length)) return this.finish(last, statusAt, VIRTIO_BLK_S_IOERR, 0)
-          let at = sector * SECTOR
-          for (const b of readableData) {
-            this.backend.write(at, b)
-            at += b.length
-          }
+          eachAt(sector * SECTOR, readableData, (at, b) => this.backend.write(at, b))
           this.stats.writes++
           this.stats.bytesWritten += length
           return this.finish(last, statusAt, VIRTIO_BLK_S_OK, 0)
