@@ -74,6 +74,6 @@ test("the README's two guests on the in-process switch ping each other", (t) => 
   const out = withReadmeBlock('## Disks and networks', 'ping.mts', (b) => b, (file) => execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 110_000 }))
   if (out === undefined) return t.fail('no ts block in the Disks and networks section')
   t.regex(out, /3 packets transmitted, 3 packets received, 0% packet loss/)
-  t.regex(out, /^poweroff poweroff \d+ frames switched$/m)
+  t.regex(out, /^poweroff cancelled \d+ frames switched$/m)
   return undefined
 })
