@@ -102,6 +102,9 @@ export class DeviceWindow {
 interface MmioRange {
   start: bigint
   end: bigint
+  /** `start` and `end` as numbers (GPAs are below 2^52): the per-access checks compare these. */
+  low: number
+  high: number
   device: MmioDevice
   name: string
 }
@@ -242,7 +245,7 @@ export class IoBus {
         `MMIO ${hex(start)}..${hex(end - 1n)} for ${name} overlaps ${clash.name} at ${hex(clash.start)}..${hex(clash.end - 1n)}`,
       )
     }
-    this.mmio.splice(at, 0, { start, end, device, name })
+    this.mmio.splice(at, 0, { start, end, low: Number(start), high: Number(end), device, name })
   }
 
   /** Releases the MMIO range that starts at `gpa`; returns its device. */
@@ -277,24 +280,25 @@ export class IoBus {
   /** The range the last MMIO access found: a device is usually hit many times in a row. */
   private lastMmio: MmioRange | undefined
 
-  private findMmio(gpa: bigint, size: number): MmioRange | undefined {
+  private findMmio(at: number, size: number): MmioRange | undefined {
     const last = this.lastMmio
-    if (last && gpa >= last.start && gpa + BigInt(size) <= last.end) return last
-    const r = this.mmio[this.firstEndingAfter(gpa)]
-    const found = r && gpa >= r.start && gpa + BigInt(size) <= r.end ? r : undefined
+    if (last && at >= last.low && at + size <= last.high) return last
+    const r = this.mmio[this.firstEndingAfter(BigInt(at))]
+    const found = r && at >= r.low && at + size <= r.high ? r : undefined
     if (found) this.lastMmio = found
     return found
   }
 
   /** Reads MMIO; unclaimed addresses read as all ones. */
   mmioRead(gpa: bigint, size: number, ctx: AccessContext): bigint {
-    const r = this.findMmio(gpa, size)
+    const at = Number(gpa)
+    const r = this.findMmio(at, size)
     const m = SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n
     if (!r?.device.mmioRead) {
       this.stats.unclaimedMmioReads++
       return m
     }
-    const offset = Number(gpa - r.start)
+    const offset = at - r.low
     const v = r.device.mmioRead(offset, size, ctx)
     if (typeof v !== 'bigint') {
       throw new MshvError('EDEVICE', `${r.name}: mmioRead(${hex(offset)}, ${size}) returned ${describe(v)}; it must return a bigint`)
@@ -304,12 +308,13 @@ export class IoBus {
 
   /** Writes MMIO; writes no device claims are dropped and counted. */
   mmioWrite(gpa: bigint, size: number, value: bigint, ctx: AccessContext): void {
-    const r = this.findMmio(gpa, size)
+    const at = Number(gpa)
+    const r = this.findMmio(at, size)
     if (!r?.device.mmioWrite) {
       this.stats.unclaimedMmioWrites++
       return
     }
-    r.device.mmioWrite(Number(gpa - r.start), size, value & (SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n), ctx)
+    r.device.mmioWrite(at - r.low, size, value & (SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n), ctx)
   }
 }
 
