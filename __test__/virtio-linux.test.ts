@@ -92,6 +92,27 @@ poweroff -f
   execFileSync('e2fsck', ['-fn', image], { stdio: 'pipe' })
 })
 
+boot('without MSI (pci=nomsi) the drivers take INTx: the _PRT routes it to an I/O APIC pin, level-triggered, and reading the ISR ends it', async (t) => {
+  const disk = new MemoryDisk(1 << 20)
+  disk.bytes.set(new Uint8Array(1 << 20).map((_, i) => (i * 31 + 7) & 0xff))
+  const expected = createHash('sha256').update(disk.bytes).digest('hex')
+  const { console, reason } = await run(
+    { disks: [{ backend: disk }], rng: true, cmdline: 'console=ttyS0 quiet cryptomgr.notests pci=nomsi' },
+    `echo "READ $(dd if=/dev/vda bs=4096 2>/dev/null | sha256sum)"
+echo "HWRNG $(dd if=/dev/hwrng bs=512 count=8 2>/dev/null | wc -c)"
+grep virtio /proc/interrupts | sed 's/^/IRQ /'
+poweroff -f
+`,
+  )
+  t.is(reason, 'poweroff', console.slice(-3000))
+  t.regex(console, new RegExp(`^READ ${expected}`, 'm'))
+  t.regex(console, /^HWRNG 4096$/m)
+  // Each function's INTx on the GSI the _PRT names for its slot (16 + (slot + pin) % 8), level-triggered, not MSI.
+  const irqs = [...console.matchAll(/^IRQ +(\d+): +(\d+) +IO-APIC +(\d+)-fasteoi +(.*)$/gm)].map((m) => ({ irq: Number(m[1]), count: Number(m[2]), gsi: Number(m[3]), name: (m[4] ?? '').trim() }))
+  t.true(irqs.length >= 2 && irqs.every((i) => i.gsi >= 16 && i.gsi < 24 && i.count > 0), console.match(/^IRQ .*$/gm)?.join('\n'))
+  t.notRegex(console, /PCI-MSI/)
+})
+
 boot('two guests of one process ping each other over the in-process switch', async (t) => {
   if (typeof linux === 'string') return t.fail(linux)
   const sw = new NetworkSwitch()
