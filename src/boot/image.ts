@@ -32,6 +32,10 @@ const XEN_ELFNOTE_PHYS32_ENTRY = 18
 /** The most a kernel may unpack to: far beyond any distribution kernel (Debian's: 63 MiB). */
 const MAX_KERNEL = 512 << 20
 
+function hexOf(n: number): string {
+  return `0x${n.toString(16)}`
+}
+
 function fail(file: string, field: string, what: string): never {
   throw new MshvError('EKERNEL', `${file}: ${field}: ${what}`)
 }
@@ -137,27 +141,44 @@ export function parseElf(bytes: Uint8Array, file: string, description: string): 
       segments.push({ paddr, data: bytes.subarray(offset, offset + fileSize), memSize })
       end = Math.max(end, paddr + memSize)
     } else if (type === PT_NOTE) {
-      pvhEntry ??= pvhNote(dv, offset, fileSize)
+      pvhEntry ??= pvhNote(dv, offset, fileSize, file)
     }
   }
   if (segments.length === 0) fail(file, 'program headers', 'no PT_LOAD segment')
+  // Segments may not overlap: one would overwrite another's bytes (and the loader copies
+  // only p_filesz: guest RAM is zero already, so the rest costs nothing).
+  const sorted = [...segments].sort((a, b) => a.paddr - b.paddr)
+  for (let i = 1; i < sorted.length; i++) {
+    const a = sorted[i - 1] as (typeof sorted)[number]
+    const b = sorted[i] as (typeof sorted)[number]
+    if (a.paddr + a.memSize > b.paddr) fail(file, 'program headers', `PT_LOAD segments at ${hexOf(a.paddr)} (+${hexOf(a.memSize)}) and ${hexOf(b.paddr)} overlap`)
+  }
   if (pvhEntry === undefined) fail(file, 'notes', 'no XEN_ELFNOTE_PHYS32_ENTRY: the kernel was built without CONFIG_PVH')
   return { segments, pvhEntry, end, description }
 }
 
-/** The PHYS32_ENTRY value among the notes at `[offset, offset + size)`. */
-function pvhNote(dv: DataView, offset: number, size: number): number | undefined {
+/**
+ * The PHYS32_ENTRY value among the notes at `[offset, offset + size)` (ELF's note format:
+ * namesz, descsz, type, then the name and the descriptor, each padded to 4 bytes). The
+ * arithmetic is on numbers, not 32-bit integers, and every field is checked to lie inside
+ * the notes before it is read, as rust-vmm's `linux-loader` does: a note naming 2^31
+ * bytes ends the walk instead of wrapping it back.
+ */
+function pvhNote(dv: DataView, offset: number, size: number, file: string): number | undefined {
+  const end = offset + size
+  const align = (n: number): number => Math.ceil(n / 4) * 4
   let p = offset
-  const align = (n: number) => (n + 3) & ~3
-  while (p + 12 <= offset + size) {
+  while (p + 12 <= end) {
     const nameSize = dv.getUint32(p, true)
     const descSize = dv.getUint32(p + 4, true)
     const type = dv.getUint32(p + 8, true)
     const name = p + 12
     const desc = name + align(nameSize)
+    const next = desc + align(descSize)
+    if (next > end) fail(file, 'notes', `the note at offset ${p} (name ${nameSize} bytes, descriptor ${descSize}) runs past its segment's end at ${end}`)
     const isXen = nameSize === 4 && dv.getUint32(name, true) === 0x006e_6558 // "Xen\0"
     if (isXen && type === XEN_ELFNOTE_PHYS32_ENTRY && descSize >= 4) return dv.getUint32(desc, true)
-    p = desc + align(descSize)
+    p = next
   }
   return undefined
 }

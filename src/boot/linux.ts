@@ -302,11 +302,10 @@ function pvhKernel(bytes: Uint8Array, file: string): LoadedKernel {
     description: `${k.description}, entered at its PVH entry`,
     entry: k.pvhEntry,
     end: k.end,
+    // Only p_filesz is copied: the rest of each segment (its .bss) is RAM the VM just made,
+    // zero already, so a header asking for gigabytes of it costs nothing.
     load: (vm) => {
-      for (const s of k.segments) {
-        vm.write(s.paddr, s.data)
-        if (s.memSize > s.data.length) vm.write(s.paddr + s.data.length, new Uint8Array(s.memSize - s.data.length))
-      }
+      for (const s of k.segments) vm.write(s.paddr, s.data)
     },
   }
 }

@@ -1,0 +1,89 @@
+/**
+ * Hostile loader inputs (issue #32): ELF notes and segments made to hang, exhaust or
+ * crash the loader end in a coded `EKERNEL` error, in bounded time and memory.
+ */
+import test from 'ava'
+import { MshvError, parseElf, prepareLinux, readKernel } from '../index.js'
+
+/** A minimal ELF64 x86-64 executable with the given program headers and the bytes after them. */
+function elf(headers: { type: number; offset: number; paddr: number; filesz: number; memsz: number }[], tail: Uint8Array = new Uint8Array(0)): Uint8Array {
+  const phoff = 64
+  const bytes = new Uint8Array(phoff + 56 * headers.length + tail.length)
+  const dv = new DataView(bytes.buffer)
+  bytes.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0)
+  dv.setUint16(16, 2, true) // ET_EXEC
+  dv.setUint16(18, 62, true) // x86-64
+  dv.setBigUint64(32, BigInt(phoff), true)
+  dv.setUint16(54, 56, true)
+  dv.setUint16(56, headers.length, true)
+  headers.forEach((h, i) => {
+    const at = phoff + 56 * i
+    dv.setUint32(at, h.type, true)
+    dv.setBigUint64(at + 8, BigInt(h.offset), true)
+    dv.setBigUint64(at + 24, BigInt(h.paddr), true)
+    dv.setBigUint64(at + 32, BigInt(h.filesz), true)
+    dv.setBigUint64(at + 40, BigInt(h.memsz), true)
+  })
+  bytes.set(tail, phoff + 56 * headers.length)
+  return bytes
+}
+
+/** A note: namesz, descsz, type, then name and descriptor (each padded to 4 bytes). */
+function note(nameSize: number, descSize: number, type: number, body: number[]): Uint8Array {
+  const b = new Uint8Array(12 + body.length)
+  const dv = new DataView(b.buffer)
+  dv.setUint32(0, nameSize, true)
+  dv.setUint32(4, descSize, true)
+  dv.setUint32(8, type, true)
+  b.set(body, 12)
+  return b
+}
+
+const LOAD = { type: 1, offset: 0, paddr: 0x100_0000, filesz: 64, memsz: 64 }
+
+test('an ELF note whose namesz is 2^31 is an EKERNEL error at once, not an endless walk (32-bit alignment arithmetic)', (t) => {
+  const n = note(0x8000_0000, 4, 18, [0x58, 0x65, 0x6e, 0])
+  const at = 64 + 56 * 2
+  const bytes = elf([LOAD, { type: 4, offset: at, paddr: 0, filesz: n.length, memsz: n.length }], n)
+  const start = performance.now()
+  t.throws(() => parseElf(bytes, 'hostile.elf', 'ELF'), { instanceOf: MshvError, code: 'EKERNEL', message: /hostile\.elf: notes: the note at offset 176 \(name 2147483648 bytes/ })
+  t.true(performance.now() - start < 1000)
+})
+
+test('an ELF note cut off at the end of the file is EKERNEL, not a RangeError', (t) => {
+  // A Xen note whose name is promised but not there.
+  const n = note(4, 4, 18, [])
+  const at = 64 + 56 * 2
+  const bytes = elf([LOAD, { type: 4, offset: at, paddr: 0, filesz: n.length, memsz: n.length }], n)
+  t.throws(() => readKernel(bytes, 'cut.elf'), { instanceOf: MshvError, code: 'EKERNEL', message: /cut\.elf: notes: .* runs past its segment's end/ })
+})
+
+test("a segment's .bss is not copied: a kernel whose PT_LOAD asks for 60 MiB of zeros loads its file bytes alone", (t) => {
+  const pvh = note(4, 4, 18, [0x58, 0x65, 0x6e, 0, 0, 0, 0, 1])
+  const code = new Uint8Array([0xf4, 0xf4])
+  const at = 64 + 56 * 2
+  const bytes = elf([{ type: 1, offset: at + pvh.length, paddr: 0x100_0000, filesz: 2, memsz: 60 << 20 }, { type: 4, offset: at, paddr: 0, filesz: pvh.length, memsz: pvh.length }], new Uint8Array([...pvh, ...code]))
+  const m = prepareLinux({ kernel: bytes, backend: 'sim', memory: 128 << 20 })
+  try {
+    t.deepEqual([...m.vm.read(0x100_0000, 4)], [0xf4, 0xf4, 0, 0])
+    t.is(m.kernel.end, 0x100_0000 + (60 << 20))
+  } finally {
+    m.close()
+  }
+})
+
+test('overlapping PT_LOAD segments are refused', (t) => {
+  const bytes = elf([LOAD, { ...LOAD, paddr: 0x100_0020 }])
+  t.throws(() => parseElf(bytes, 'overlap.elf', 'ELF'), { code: 'EKERNEL', message: /PT_LOAD segments at 0x1000000 \(\+0x40\) and 0x1000020 overlap/ })
+})
+
+test('65,534 PT_LOAD headers asking for 255 MiB each end in EKERNEL in bounded time, nothing zero-filled', (t) => {
+  const pvh = note(4, 4, 18, [0x58, 0x65, 0x6e, 0, 0, 0, 0, 1]) // "Xen", PHYS32_ENTRY 0x1000000
+  const count = 65_534
+  const headers = Array.from({ length: count }, (_, i) => ({ type: 1, offset: 0, paddr: 0x100_0000 + i * 0x1000_0000, filesz: 0, memsz: 255 << 20 }))
+  headers[count - 1] = { type: 4, offset: 64 + 56 * count, paddr: 0, filesz: pvh.length, memsz: pvh.length }
+  const bytes = elf(headers, pvh)
+  const start = performance.now()
+  t.throws(() => prepareLinux({ kernel: bytes, backend: 'sim', memory: 64 << 20 }), { instanceOf: MshvError, code: 'EKERNEL', message: /past the 64 MiB of RAM/ })
+  t.true(performance.now() - start < 5000, `${performance.now() - start} ms`)
+})
