@@ -1,9 +1,12 @@
 /**
- * Hostile loader inputs (issue #32): ELF notes and segments made to hang, exhaust or
- * crash the loader end in a coded `EKERNEL` error, in bounded time and memory.
+ * Hostile inputs (issue #32): ELF notes and segments made to hang, exhaust or crash the
+ * loader end in a coded `EKERNEL` error, in bounded time and memory; cpio entries, ACPI
+ * table sizes, huge arguments in error messages, linear-memory accesses, deeply nested
+ * assembly and RAM sizes past 2 GiB get coded errors or work.
  */
 import test from 'ava'
-import { MshvError, parseElf, prepareLinux, readKernel } from '../index.js'
+import { assemble, buildAcpiTables, cpioArchive, createSession, createVm, MshvError, parseElf, prepareLinux, readKernel, type CpioEntry } from '../index.js'
+import { describe } from '../src/errors.js'
 
 /** A minimal ELF64 x86-64 executable with the given program headers and the bytes after them. */
 function elf(headers: { type: number; offset: number; paddr: number; filesz: number; memsz: number }[], tail: Uint8Array = new Uint8Array(0)): Uint8Array {
@@ -86,4 +89,63 @@ test('65,534 PT_LOAD headers asking for 255 MiB each end in EKERNEL in bounded t
   const start = performance.now()
   t.throws(() => prepareLinux({ kernel: bytes, backend: 'sim', memory: 64 << 20 }), { instanceOf: MshvError, code: 'EKERNEL', message: /past the 64 MiB of RAM/ })
   t.true(performance.now() - start < 5000, `${performance.now() - start} ms`)
+})
+
+test('cpioArchive refuses what would write a corrupt or escaping archive: a mode of -1, device numbers past 32 bits or as strings, .., NUL, TRAILER!!!', (t) => {
+  const bad: [CpioEntry, RegExp][] = [
+    [{ path: 'f', type: 'file', data: 'x', mode: -1 }, /mode must be permission bits/],
+    [{ path: 'c', type: 'char', major: 2 ** 32, minor: 0 }, /major must be an integer in 0\.\.0xffffffff/],
+    [{ path: 'c', type: 'char', major: '5' as unknown as number, minor: 1 }, /major must be an integer/],
+    [{ path: 'a/../../etc/passwd', type: 'file', data: 'x' }, /without '\.\.'/],
+    [{ path: 'a\0b', type: 'dir' }, /NUL/],
+    [{ path: 'TRAILER!!!', type: 'dir' }, /TRAILER!!!/],
+  ]
+  for (const [entry, message] of bad) t.throws(() => cpioArchive([entry]), { instanceOf: MshvError, code: 'EINVAL', message })
+  t.notThrows(() => cpioArchive([{ path: 'a/b..c', type: 'dir' }]), 'a name containing dots is a name')
+})
+
+test('buildAcpiTables(2^32 - 1) is EINVAL at once, not a build until the heap runs out', (t) => {
+  t.throws(() => buildAcpiTables(2 ** 32 - 1), { instanceOf: MshvError, code: 'EINVAL', message: /vcpus must be an integer in 1\.\.255, got 4294967295/ })
+  t.throws(() => buildAcpiTables(0), { code: 'EINVAL' })
+})
+
+test('an error message names a huge argument by its size, in bounded time', (t) => {
+  const huge = new Array<number>(8_000_000).fill(7)
+  const start = performance.now()
+  t.is(describe(huge), 'an array of 8000000 elements')
+  t.is(describe(new Uint8Array(1 << 24)), 'a Uint8Array of 16777216 bytes')
+  const wide: Record<string, number> = {}
+  for (let i = 0; i < 200_000; i++) wide[`k${i}`] = i
+  t.true(describe(wide).length <= 70)
+  t.true(performance.now() - start < 1000, `${performance.now() - start} ms`)
+})
+
+test('the linear-memory accessors check their arguments: a number address or a size of 200,000 is EINVAL', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 1 << 20)
+  const v = vm.createVcpu(0)
+  try {
+    const mem = v.memory()
+    t.throws(() => mem.read(0x1000 as unknown as bigint, 4), { code: 'EINVAL', message: /linear address must be a bigint/ })
+    t.throws(() => mem.read(0x1000n, 200_000), { code: 'EINVAL', message: /size must be 1\.\.8 bytes, got 200000/ })
+    t.throws(() => mem.write(0x1000n, 4, 5 as unknown as bigint), { code: 'EINVAL', message: /value must be a bigint/ })
+    mem.write(0x1000n, 4, 0x1234_5678n)
+    t.is(mem.read(0x1000n, 4), 0x1234_5678n)
+  } finally {
+    vm.close()
+  }
+})
+
+test('assemble() of 100,000 nested parentheses is EASM, not a RangeError', (t) => {
+  const source = `mov eax, ${'('.repeat(100_000)}1${')'.repeat(100_000)}`
+  t.throws(() => assemble(source), { instanceOf: MshvError, code: 'EASM', message: /nests too deeply/ })
+})
+
+test('createSession({ ramMiB: 2048 }) maps 2 GiB (a 32-bit shift made it negative)', (t) => {
+  const s = createSession({ backend: 'sim', ramMiB: 2048, output: { write: () => true }, print: () => undefined })
+  try {
+    t.is(s.vm.ramSize(), 2048 * 1024 * 1024)
+  } finally {
+    s.vm.close()
+  }
 })

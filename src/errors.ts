@@ -59,11 +59,21 @@ export function describe(v: unknown): string {
       return v.toString()
     case 'object': {
       if (v === null) return 'null'
+      // Large values are named, not printed: stringifying a 32 MiB array to keep 60
+      // characters of it took seconds and gigabytes.
+      if (ArrayBuffer.isView(v)) return `a ${v.constructor.name} of ${v.byteLength} bytes`
+      if (v instanceof ArrayBuffer) return `an ArrayBuffer of ${v.byteLength} bytes`
+      if (Array.isArray(v) && v.length > 64) return `an array of ${v.length} elements`
       try {
-        const text = JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x))
+        // Stop once the text is long enough: only its first 60 characters are shown.
+        let budget = 64
+        const text = JSON.stringify(v, (_k, x: unknown) => {
+          if (--budget < 0) throw new RangeError('enough')
+          return typeof x === 'bigint' ? `${x}n` : x
+        })
         return text.length > 60 ? `${text.slice(0, 60)}...` : text
       } catch {
-        return Object.prototype.toString.call(v)
+        return Array.isArray(v) ? `an array of ${v.length} elements` : Object.prototype.toString.call(v)
       }
     }
     default:

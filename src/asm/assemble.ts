@@ -123,6 +123,17 @@ const MAX_REPEAT = 1 << 24
  * shortest encoding is chosen. Errors are `EASM` naming the line.
  */
 export function assemble(source: string, options: AssembleOptions = {}): Assembly {
+  try {
+    return assembleSource(source, options)
+  } catch (e) {
+    // The parser and the expression evaluator recurse: a source nested deeper than the
+    // stack allows (100,000 parentheses, 10,000 terms) is the source's fault, said so.
+    if (e instanceof RangeError && /call stack/i.test(e.message)) throw new MshvError('EASM', 'the source nests too deeply to assemble (an expression of thousands of nested terms or parentheses)')
+    throw e
+  }
+}
+
+function assembleSource(source: string, options: AssembleOptions): Assembly {
   if (typeof source !== 'string') throw new MshvError('EINVAL', `assemble: source must be a string, got ${describeValue(source)}`)
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `assemble: options must be an object, got ${describeValue(options)}`)
   const address = options.address ?? 0

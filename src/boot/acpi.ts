@@ -8,6 +8,7 @@
  * @module
  */
 import { IOAPIC_BASE } from '../devices/ioapic.js'
+import { MshvError, describe } from '../errors.js'
 import { PCI_CONFIG_ADDRESS, PCI_ECAM_BASE, PCI_IO_END, PCI_MMIO_END, PCI_MMIO_START, PCI_SLOTS, pciIntxGsi } from '../pci/host.js'
 import { device, eisaId, integer, io, name, pkg, resourceTemplate, scope, wordBusNumber, wordIo, dwordMemory, type Aml } from './aml.js'
 import { PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT, RESET_VALUE, SCI_IRQ, SLP_TYP_S5 } from '../devices/acpi-pm.js'
@@ -118,6 +119,10 @@ export interface AcpiOptions {
 
 /** The tables for `vcpus` processors, laid out from `base`: the bytes to write there and the RSDP's address. */
 export function buildAcpiTables(vcpus: number, base = ACPI_BASE, options: AcpiOptions = {}): { bytes: Uint8Array; rsdp: number } {
+  // A MADT processor local APIC entry has an 8-bit APIC ID (ACPI 6.4, 5.2.12.2), and 0xFF is
+  // the broadcast ID: 255 processors at most; the tables must fit below 1 MiB.
+  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 255) throw new MshvError('EINVAL', `buildAcpiTables: vcpus must be an integer in 1..255, got ${describe(vcpus)}`)
+  if (!Number.isInteger(base) || base < 0 || base > 0xf_0000 || base % 16 !== 0) throw new MshvError('EINVAL', `buildAcpiTables: base must be a 16-byte-aligned address below 0xf0000, got ${describe(base)}`)
   const rsdp = new Table(36)
   const facs = new Table(64).text(0, 'FACS').u32(4, 64).u8(32, 2)
   const aml = [...S5_AML, ...(options.pci ? pciRootAml() : [])]

@@ -41,10 +41,26 @@ export function cpioArchive(entries: readonly CpioEntry[]): Uint8Array {
     push(head)
     if (data.length) push(data)
   }
+  if (!Array.isArray(entries)) throw new MshvError('EINVAL', `cpioArchive takes an array of entries, got ${describe(entries)}`)
   entries.forEach((e, i) => {
-    if (typeof e?.path !== 'string' || e.path === '' || e.path.startsWith('/')) {
-      throw new MshvError('EINVAL', `cpio entry ${i}: path must be a relative path, got ${describe(e?.path)}`)
+    const path: unknown = e?.path
+    // A relative path of plain names: no '..' (it would climb out of the archive's root when
+    // unpacked), no NUL (the name's terminator), not the trailer's name (it ends the archive).
+    if (typeof path !== 'string' || path === '' || path.startsWith('/') || path.includes('\0') || path === 'TRAILER!!!' || path.split('/').includes('..')) {
+      throw new MshvError('EINVAL', `cpio entry ${i}: path must be a relative path without '..', NUL or the name TRAILER!!!, got ${describe(path)}`)
     }
+    const mode: unknown = (e as { mode?: unknown }).mode
+    if (mode !== undefined && (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > 0o7777)) {
+      throw new MshvError('EINVAL', `cpio entry ${i} (${path}): mode must be permission bits in 0..0o7777, got ${describe(mode)}`)
+    }
+    if (e.type === 'char') {
+      for (const [what, v] of [['major', e.major], ['minor', e.minor]] as const) {
+        // newc's c_rdevmajor/c_rdevminor are 8 hex digits (buffer-format.rst).
+        if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff_ffff) throw new MshvError('EINVAL', `cpio entry ${i} (${path}): ${what} must be an integer in 0..0xffffffff, got ${describe(v)}`)
+      }
+    }
+    if (e.type === 'file' && typeof e.data !== 'string' && !(e.data instanceof Uint8Array)) throw new MshvError('EINVAL', `cpio entry ${i} (${path}): data must be bytes or a string, got ${describe(e.data)}`)
+    if (e.type === 'symlink' && typeof e.target !== 'string') throw new MshvError('EINVAL', `cpio entry ${i} (${path}): target must be a string, got ${describe(e.target)}`)
     switch (e.type) {
       case 'dir':
         add(i + 1, e.path, S_IFDIR | (e.mode ?? 0o755), new Uint8Array())

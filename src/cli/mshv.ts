@@ -39,7 +39,7 @@ function replSession(args: ReplArgs): SessionOptions {
   const { kernel, initrd } = linuxFiles({ ...args, kernel: args.kernel === 'debian' ? undefined : args.kernel })
   return {
     backend: args.backend,
-    linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB << 20 },
+    linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB * 1024 * 1024 },
   }
 }
 

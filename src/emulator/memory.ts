@@ -6,7 +6,7 @@
 import type { NativeVcpu } from '../native.js'
 import { translateFlag, translateResult } from '../layout.js'
 import type { RegisterCache } from '../registers.js'
-import { MshvError, hex } from '../errors.js'
+import { MshvError, describe, hex } from '../errors.js'
 import type { AccessContext, IoBus } from '../bus.js'
 
 const VALIDATE_READ = translateFlag('validateRead')
@@ -119,6 +119,12 @@ export class DevicePhysical implements PhysicalMemory {
   }
 }
 
+/** A linear access's arguments: an address (bigint, 0..2^64-1) and a size of 1..8 bytes. */
+function checkAccess(linear: unknown, size: unknown): void {
+  if (typeof linear !== 'bigint' || linear < 0n || linear > 0xffff_ffff_ffff_ffffn) throw new MshvError('EINVAL', `memory access: the linear address must be a bigint in 0..2^64-1, got ${describe(linear)}`)
+  if (typeof size !== 'number' || !Number.isInteger(size) || size < 1 || size > 8) throw new MshvError('EINVAL', `memory access: size must be 1..8 bytes, got ${describe(size)}`)
+}
+
 /** Linear (virtual) guest memory of one vCPU at one exit. */
 export class LinearMemory {
   /** Translations made at this exit, made on the first miss: most MMIO exits never translate. */
@@ -168,8 +174,9 @@ export class LinearMemory {
     return base | (linear & 0xfffn)
   }
 
-  /** Reads `size` bytes at `linear`, splitting at page boundaries. */
+  /** Reads `size` bytes (1..8) at `linear`, splitting at page boundaries. */
   read(linear: bigint, size: number): bigint {
+    checkAccess(linear, size)
     if (((linear & 0xfffn) + BigInt(size)) <= 0x1000n) return this.phys.read(this.translate(linear, false), size)
     let v = 0n
     for (let i = 0; i < size; i++) v |= this.phys.read(this.translate(linear + BigInt(i), false), 1) << BigInt(8 * i)
@@ -197,8 +204,10 @@ export class LinearMemory {
     return out
   }
 
-  /** Writes `size` bytes at `linear`, splitting at page boundaries. */
+  /** Writes the low `size` bytes (1..8) of `value` at `linear`, splitting at page boundaries. */
   write(linear: bigint, size: number, value: bigint): void {
+    checkAccess(linear, size)
+    if (typeof value !== 'bigint') throw new MshvError('EINVAL', `memory.write: value must be a bigint, got ${describe(value)}`)
     if (((linear & 0xfffn) + BigInt(size)) <= 0x1000n) {
       this.phys.write(this.translate(linear, true), size, value)
       return

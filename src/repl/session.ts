@@ -169,7 +169,8 @@ export function createSession(options: SessionOptions = {}): Session {
   if (linux) serial = linux.pc.serial
   else {
     try {
-      vm.addRam(0, ramMiB << 20)
+      // A multiplication: `<< 20` is a 32-bit shift (2048 << 20 is negative, 4352 << 20 is 256 MiB).
+      vm.addRam(0, ramMiB * 1024 * 1024)
       serial = new Serial16550(COM1, { onByte: emit })
       vm.bus.register(COM1, 8, serial, 'COM1')
       const console0xe9: PioDevice = { ioWrite: (_port, _size, value) => emit(value & 0xff) }
