@@ -5,7 +5,7 @@
  * assembly and RAM sizes past 2 GiB get coded errors or work.
  */
 import test from 'ava'
-import { assemble, buildAcpiTables, cpioArchive, createSession, createVm, MshvError, parseElf, prepareLinux, readKernel, type CpioEntry } from '../index.js'
+import { assemble, buildAcpiTables, COM1, cpioArchive, createSession, createVm, GuestTimers, MshvError, parseElf, prepareLinux, readKernel, Serial16550, type CpioEntry } from '../index.js'
 import { describe } from '../src/errors.js'
 
 /** A minimal ELF64 x86-64 executable with the given program headers and the bytes after them. */
@@ -148,4 +148,47 @@ test('createSession({ ramMiB: 2048 }) maps 2 GiB (a 32-bit shift made it negativ
   } finally {
     s.vm.close()
   }
+})
+
+test('a COM1 flood keeps nothing when onByte takes the bytes, and at most keepOutput bytes (the last ones) when nothing does', (t) => {
+  let seen = 0
+  const withCallback = new Serial16550(COM1, { onByte: () => seen++ })
+  const kept = new Serial16550(COM1, { keepOutput: 1000 })
+  for (let i = 0; i < 300_000; i++) {
+    withCallback.ioWrite(COM1, 1, 0x41 + (i % 26))
+    kept.ioWrite(COM1, 1, 0x41 + (i % 26))
+  }
+  t.is(seen, 300_000)
+  t.is(withCallback.text(), '')
+  const text = kept.text()
+  t.is(text.length, 1000)
+  t.is(text.at(-1), String.fromCharCode(0x41 + (299_999 % 26)), 'the last bytes are the ones kept')
+})
+
+test('feed() takes at most inputLimit bytes and says how many (back-pressure); the guest drains 64 KiB in bounded time', (t) => {
+  const s = new Serial16550(COM1)
+  const start = performance.now()
+  t.is(s.feed(new Uint8Array(20 << 20).fill(0x61)), 64 * 1024)
+  t.is(s.buffered, 64 * 1024 - 16, '16 bytes are in the receive FIFO already')
+  let read = 0
+  while ((s.ioRead(COM1 + 5) & 1) !== 0) {
+    s.ioRead(COM1)
+    read++
+  }
+  t.is(read, 64 * 1024)
+  t.is(s.feed('more'), 4, 'room again once the guest read')
+  t.true(performance.now() - start < 2000, `${performance.now() - start} ms`)
+})
+
+test('a timer rescheduled at every exit leaves no dead entries behind (cancel removes it)', (t) => {
+  let now = 0
+  const timers = new GuestTimers(() => now)
+  let timer = timers.after(1_000_000_000, () => {})
+  for (let i = 0; i < 100_000; i++) {
+    timer.cancel()
+    now += 10
+    timer = timers.after(1_000_000_000, () => {})
+  }
+  t.is(timers.pending, 1)
+  t.throws(() => timers.every(5 as unknown as (n: number) => number, () => {}), { code: 'EINVAL' })
 })

@@ -48,7 +48,9 @@ async function onSim(options: LinuxOptions, start: string, end: string, type?: (
   let console = ''
   const m = prepareLinux({ ...options, backend: 'sim', serial: { onByte: (b) => watch.byte(b) } })
   const watch = markers(start, end, () => m.vm.cancel())
-  const feed = (s: string): void => m.pc.serial.feed(Buffer.from(s))
+  const feed = (s: string): void => {
+    m.pc.serial.feed(Buffer.from(s))
+  }
   const byte = watch.byte
   watch.byte = (b) => {
     console = (console + String.fromCharCode(b)).slice(-4096)

@@ -16,7 +16,9 @@ const vm = createVm()
 vm.addRam(0, 1 << 20)
 vm.write(0x1000, CODE)
 vm.write(0x1020, [...new TextEncoder().encode(MESSAGE), 0])
-const serial = new Serial16550(COM1, { onByte: (b) => process.stdout.write(String.fromCharCode(b)) })
+// onByte prints each byte; keepOutput keeps the last bytes for text() too (by default a
+// UART with onByte keeps none: a guest's flood would otherwise fill the heap).
+const serial = new Serial16550(COM1, { onByte: (b) => process.stdout.write(String.fromCharCode(b)), keepOutput: 4096 })
 vm.bus.register(COM1, 8, serial, 'COM1')
 
 const vcpu = vm.createVcpu(0)

@@ -25,6 +25,8 @@ export interface BootIo {
 }
 
 const DETACH = 0x1d // Ctrl+]
+/** Input held for the guest's console before stdin is paused. */
+const HELD_INPUT = 1 << 20
 
 /** A status line on stderr, cleared before console output and redrawn after it. */
 class StatusLine {
@@ -105,14 +107,37 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
   const raw = interactive && stdin.isTTY
   // Input typed (or piped) before a program opened the console waits for it: the
   // kernel's driver clears the UART's FIFO when it opens the port.
+  // What the UART has not taken is held here, and stdin is paused while much is held
+  // (back-pressure: a pasted file waits in the pipe, not in this process's memory).
   const early: Buffer[] = []
-  const deliver = (data: Buffer): void => {
-    if (m.pc.serial.receiving) m.pc.serial.feed(data)
-    else early.push(data)
+  let held = 0
+  let paused = false
+  const feedHeld = (): void => {
+    while (early.length > 0 && m.pc.serial.receiving) {
+      const head = early[0] as Buffer
+      const n = m.pc.serial.feed(head)
+      held -= n
+      if (n < head.length) {
+        early[0] = head.subarray(n)
+        break
+      }
+      early.shift()
+    }
+    if (paused && held < HELD_INPUT / 2) {
+      paused = false
+      stdin.resume()
+    }
   }
-  const drain = setInterval(() => {
-    if (early.length > 0 && m.pc.serial.receiving) m.pc.serial.feed(Buffer.concat(early.splice(0)))
-  }, 20)
+  const deliver = (data: Buffer): void => {
+    early.push(data)
+    held += data.length
+    feedHeld()
+    if (interactive && held > HELD_INPUT && !paused) {
+      paused = true
+      stdin.pause()
+    }
+  }
+  const drain = setInterval(feedHeld, 20)
   const onData = (data: Buffer): void => {
     const detach = data.indexOf(DETACH)
     if (detach !== -1) {

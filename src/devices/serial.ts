@@ -7,6 +7,7 @@
  */
 import type { PioDevice } from '../bus.js'
 import type { IrqLine } from '../platform/irq.js'
+import { MshvError, describe } from '../errors.js'
 
 /** The conventional COM1 base port. */
 export const COM1 = 0x3f8
@@ -41,12 +42,23 @@ export interface SerialOptions {
   input?: string | Uint8Array
   /** The interrupt line (COM1: ISA IRQ 4); without it the UART only polls. */
   irq?: IrqLine
+  /**
+   * How many of the last bytes the guest transmitted {@link Serial16550.text} keeps:
+   * default 64 KiB without `onByte`, none with it (the callback has them).
+   */
+  keepOutput?: number
+  /** Bytes of input {@link Serial16550.feed} holds before it takes no more (default 64 KiB). */
+  inputLimit?: number
 }
 
 /** A 16550-compatible UART occupying 8 ports. */
 export class Serial16550 implements PioDevice {
-  /** Bytes waiting to enter the receive FIFO (what a terminal typed ahead). */
-  private readonly pendingInput: number[] = []
+  /** Bytes waiting to enter the receive FIFO (what a terminal typed ahead): chunks, the first read from `pendingAt`. */
+  private readonly pendingInput: Uint8Array[] = []
+  private pendingAt = 0
+  private pendingBytes = 0
+  private readonly inputLimit: number
+  private readonly keep: number
   private readonly rx: number[] = []
   private ier = 0
   private lcr = 0x03
@@ -57,30 +69,63 @@ export class Serial16550 implements PioDevice {
   private divisor = 12
   /** THR emptied since the guest last saw the THRE interrupt (QEMU's `thr_ipending`). */
   private thrPending = false
-  private readonly out: number[] = []
+  private out: number[] = []
 
   constructor(
     /** Base port (0x3f8 for COM1). */
     readonly base: number = COM1,
     private readonly options: SerialOptions = {},
   ) {
-    if (options.input !== undefined) this.feed(options.input)
+    const count = (what: string, v: unknown, dflt: number): number => {
+      if (v === undefined) return dflt
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new MshvError('EINVAL', `Serial16550 ${what} must be a non-negative integer number of bytes, got ${describe(v)}`)
+      return v
+    }
+    this.keep = count('keepOutput', options.keepOutput, options.onByte ? 0 : 64 * 1024)
+    this.inputLimit = count('inputLimit', options.inputLimit, 64 * 1024)
+    if (options.input !== undefined) {
+      // Input given up front is the script's own: all of it is kept.
+      const bytes = typeof options.input === 'string' ? new TextEncoder().encode(options.input) : options.input
+      this.inputLimit = Math.max(this.inputLimit, bytes.length)
+      this.feed(bytes)
+    }
   }
 
   /**
    * Queues bytes for the guest to read: they enter the 16-byte receive FIFO as the
    * guest drains it (as a terminal's flow control would keep them), and raise the
-   * receive interrupt.
+   * receive interrupt. Returns how many bytes were taken: fewer than given once
+   * `inputLimit` bytes wait (back-pressure: give the rest later, as Firecracker stops
+   * reading stdin while its FIFO is full).
    */
-  feed(data: string | Uint8Array): void {
+  feed(data: string | Uint8Array): number {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data
-    for (const b of bytes) this.pendingInput.push(b)
+    if (!(bytes instanceof Uint8Array)) throw new MshvError('EINVAL', `feed takes bytes or a string, got ${describe(data)}`)
+    const n = Math.min(bytes.length, this.inputLimit - this.pendingBytes)
+    if (n > 0) {
+      this.pendingInput.push(bytes.slice(0, n))
+      this.pendingBytes += n
+    }
     this.refill()
     this.update()
+    return Math.max(n, 0)
+  }
+
+  /** Bytes of input waiting for the guest (beyond its 16-byte FIFO). */
+  get buffered(): number {
+    return this.pendingBytes
   }
 
   private refill(): void {
-    while (this.rx.length < RX_FIFO && this.pendingInput.length > 0) this.rx.push(this.pendingInput.shift() as number)
+    while (this.rx.length < RX_FIFO && this.pendingBytes > 0) {
+      const chunk = this.pendingInput[0] as Uint8Array
+      this.rx.push(chunk[this.pendingAt++] as number)
+      this.pendingBytes--
+      if (this.pendingAt === chunk.length) {
+        this.pendingInput.shift()
+        this.pendingAt = 0
+      }
+    }
   }
 
   /**
@@ -91,9 +136,9 @@ export class Serial16550 implements PioDevice {
     return (this.ier & IER_RDI) !== 0
   }
 
-  /** Everything the guest has written, as text. */
+  /** What the guest has written, as text: its last `keepOutput` bytes (all of it, up to that bound). */
   text(): string {
-    return new TextDecoder().decode(Uint8Array.from(this.out))
+    return new TextDecoder().decode(Uint8Array.from(this.out.length > this.keep ? this.out.slice(this.out.length - this.keep) : this.out))
   }
 
   private lsr(): number {
@@ -205,7 +250,11 @@ export class Serial16550 implements PioDevice {
       if (this.rx.length < RX_FIFO) this.rx.push(v)
       else this.lsrErrors |= LSR_OE
     } else {
-      this.out.push(v)
+      if (this.keep > 0) {
+        this.out.push(v)
+        // Trimmed in halves, so a flood costs amortized O(1) per byte and stays bounded.
+        if (this.out.length >= 2 * this.keep) this.out = this.out.slice(this.out.length - this.keep)
+      }
       this.options.onByte?.(v)
     }
     this.thrPending = true

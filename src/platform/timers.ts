@@ -51,10 +51,27 @@ export class GuestTimers {
     if (i === 0) this.onNext(at)
     return {
       at,
-      cancel: () => {
-        e.live = false
-      },
+      cancel: () => this.cancel(e),
     }
+  }
+
+  /**
+   * Takes `e` out of the queue at once: a guest that rewrites a timer register at every
+   * exit cancels as fast as it sets, and dead entries waiting for their due time grew the
+   * queue without bound (tens of MiB a second).
+   */
+  private cancel(e: Entry): void {
+    if (!e.live) return
+    e.live = false
+    const i = this.queue.indexOf(e)
+    if (i === -1) return
+    this.queue.splice(i, 1)
+    if (i === 0) this.onNext(this.queue[0]?.at)
+  }
+
+  /** Timers pending (for tests and the REPL). */
+  get pending(): number {
+    return this.queue.length
   }
 
   /** Calls `fn(at)` after `delay` nanoseconds of guest time. */
@@ -70,6 +87,8 @@ export class GuestTimers {
    * from its own number so none drifts. One timer stands for the whole series.
    */
   every(at: (n: number) => number, fn: (at: number) => void): GuestTimer {
+    if (typeof at !== 'function') throw new MshvError('EINVAL', `every() takes a function of the edge's number, got ${describe(at)}`)
+    if (typeof fn !== 'function') throw new MshvError('EINVAL', `a timer needs a function, got ${describe(fn)}`)
     let current: GuestTimer | undefined
     let n = 1
     const tick = (t: number): void => {
