@@ -192,3 +192,23 @@ test('a timer rescheduled at every exit leaves no dead entries behind (cancel re
   t.is(timers.pending, 1)
   t.throws(() => timers.every(5 as unknown as (n: number) => number, () => {}), { code: 'EINVAL' })
 })
+
+test('a short source that asks for gigabytes is EASM once the program passes 64 MiB, not an exhausted heap', (t) => {
+  const source = Array.from({ length: 200 }, () => 'times 16000000 db 0').join('\n')
+  const start = performance.now()
+  t.throws(() => assemble(source), { instanceOf: MshvError, code: 'EASM', message: /more than 67108864 bytes/ })
+  t.true(performance.now() - start < 5000, `${performance.now() - start} ms`)
+})
+
+test('vcpu.native.setCpuid with a sparse array of 2^32-1 answers is EINVAL, not an abort', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  const v = vm.createVcpu(0)
+  try {
+    const sparse: unknown[] = []
+    sparse.length = 2 ** 32 - 1
+    t.throws(() => v.native.setCpuid(sparse as Parameters<typeof v.native.setCpuid>[0]), { instanceOf: MshvError, code: 'EINVAL', message: /at most 4096 answers, got an array of 4294967295/ })
+    t.notThrows(() => v.native.setCpuid([]))
+  } finally {
+    vm.close()
+  }
+})

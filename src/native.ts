@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type * as Binding from '../native/binding.cjs'
-import { coded } from './errors.js'
+import { MshvError, coded, describe } from './errors.js'
 
 const require = createRequire(import.meta.url)
 
@@ -164,6 +164,21 @@ export function runOnce(handle: RunnerHandle): number {
   }
 }
 Object.defineProperty(native.Vcpu.prototype, 'runner', { value: runner, writable: true, configurable: true })
+
+/** More CPUID answers than any processor has leaves and subleaves (a few dozen). */
+const MAX_CPUID_ANSWERS = 4096
+const bindingSetCpuid = native.Vcpu.prototype.setCpuid
+/**
+ * The binding converts its argument to a vector before its own checks: a sparse array
+ * of length 2^32-1 would ask for 189 GB and abort the process. Its length is checked here.
+ */
+function setCpuid(this: Binding.Vcpu, answers: Parameters<Binding.Vcpu['setCpuid']>[0]): void {
+  if (!Array.isArray(answers) || answers.length > MAX_CPUID_ANSWERS) {
+    throw new MshvError('EINVAL', `setCpuid takes an array of at most ${MAX_CPUID_ANSWERS} answers, got ${Array.isArray(answers) ? `an array of ${answers.length}` : describe(answers)}`)
+  }
+  bindingSetCpuid.call(this, answers)
+}
+Object.defineProperty(native.Vcpu.prototype, 'setCpuid', { value: setCpuid, writable: true, configurable: true })
 
 // A guest running on a pool thread would keep `process.exit()` (and the exit after an
 // uncaught exception) waiting for it forever: Node joins its pool threads on the way

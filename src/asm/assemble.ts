@@ -111,6 +111,8 @@ interface Pass {
 
 /** The most bytes one `times`, `align` or `res` statement may make. */
 const MAX_REPEAT = 1 << 24
+/** The most bytes a whole program may make (a few statements of MAX_REPEAT each asked for gigabytes). */
+const MAX_PROGRAM = 1 << 26
 
 /**
  * Assembles Intel-syntax source (NASM-like): one statement per line or `;`, comments
@@ -175,6 +177,7 @@ function runPass(
   let origin = start
   let address = start
   let bitness = firstBitness
+  let total = 0
   statements.forEach((s, k) => {
     const value = (e: Expr): bigint => {
       switch (e.kind) {
@@ -247,6 +250,8 @@ function runPass(
         return
     }
     const bytes = encode(s) ?? new Uint8Array(0)
+    total += bytes.length
+    if (total > MAX_PROGRAM) throw asmError(s.line, `the program would make more than ${MAX_PROGRAM} bytes`)
     lines.push({ address, bytes, text: s.text, line: s.line })
     address = (address + BigInt(bytes.length)) & U64
   })
