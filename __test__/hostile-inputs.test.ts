@@ -212,3 +212,13 @@ test('vcpu.native.setCpuid with a sparse array of 2^32-1 answers is EINVAL, not 
     vm.close()
   }
 })
+
+test("a VM takes at most 4096 RAM regions and says so with ENOMEM (32,561 regions of 4 KiB exhausted the kernel's map count)", (t) => {
+  const vm = createVm({ backend: 'sim' })
+  try {
+    for (let i = 0; i < 4096; i++) vm.addRam(i * 0x2000, 0x1000)
+    t.throws(() => vm.addRam(0x4000_0000, 0x1000), { instanceOf: MshvError, code: 'ENOMEM', message: /holds 4096 RAM and ROM regions already/ })
+  } finally {
+    vm.close()
+  }
+})

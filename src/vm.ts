@@ -140,6 +140,12 @@ function checkBytes(data: unknown): Uint8Array | readonly number[] {
  */
 const MAX_VIEW = bufferConstants.MAX_LENGTH
 
+/**
+ * The most RAM and ROM regions one VM may have (KVM caps a VM's memory slots the same
+ * way, KVM_USER_MEM_SLOTS); the process as a whole is capped by the binding.
+ */
+const MAX_REGIONS_PER_VM = 4096
+
 /** A region of guest RAM with zero-copy access. */
 export class GuestRam {
   private view: Uint8Array | undefined
@@ -271,6 +277,9 @@ export class Vm {
 
   private map(gpa: unknown, size: unknown, what: string, rom?: RomWriteHandler): GuestRam {
     this.checkOpen()
+    if (this.ram.length >= MAX_REGIONS_PER_VM) {
+      throw new MshvError('ENOMEM', `${what}: this VM holds ${MAX_REGIONS_PER_VM} RAM and ROM regions already (the most one may): use fewer, larger regions`)
+    }
     const start = checkGpa(`${what}: gpa`, gpa)
     const bytes = checkRegionSize(`${what}: size`, size)
     if (bytes > MAX_VIEW) {

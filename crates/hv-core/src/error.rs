@@ -71,6 +71,10 @@ pub enum HvError {
         in_use: u64,
         limit: u64,
     },
+    /// More memory regions than a process may hold: each is three mappings (the region
+    /// and two guard pages) and the kernel allows 65,530 a process (`vm.max_map_count`).
+    #[error("this process holds {limit} guest memory regions already (the most it may): use fewer, larger regions")]
+    TooManyRegions { limit: usize },
 }
 
 impl HvError {
@@ -93,7 +97,7 @@ impl HvError {
             HvError::Unsupported(_) => "ENOTSUP",
             HvError::UnsupportedInstruction { .. } => "EUNSUPPORTED_INSTRUCTION",
             HvError::Closed(_) => "ECLOSED",
-            HvError::OutOfMemory { .. } => "ENOMEM",
+            HvError::OutOfMemory { .. } | HvError::TooManyRegions { .. } => "ENOMEM",
         }
     }
 

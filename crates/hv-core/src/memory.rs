@@ -30,6 +30,11 @@ static PROCESS_LIMIT: AtomicUsize = AtomicUsize::new(0);
 /// libc crate does not define it.
 const MADV_POPULATE_WRITE: libc::c_int = 23;
 
+/// The most regions (guest RAM and register pages) a process may hold: each is three
+/// mappings, and past `vm.max_map_count` (65,530) mmap fails and V8 then aborts on its own
+/// next mapping. KVM caps a VM's memory slots the same way (KVM_USER_MEM_SLOTS).
+pub const MAX_REGIONS: usize = 8192;
+
 /// Regions allocated and not yet released in this process (for leak checks).
 pub fn live_regions() -> usize {
     LIVE.load(Ordering::SeqCst)
@@ -167,6 +172,9 @@ impl HostRegion {
     /// counted against [`process_memory_limit`].
     pub fn with_options(len: usize, options: RegionOptions) -> Result<Self> {
         check_len(len)?;
+        if LIVE.load(Ordering::SeqCst) >= MAX_REGIONS {
+            return Err(HvError::TooManyRegions { limit: MAX_REGIONS });
+        }
         let map_len = len.checked_add(2 * PAGE_SIZE).ok_or_else(|| {
             HvError::InvalidArgument(format!("memory size {len:#x} is too large"))
         })?;
@@ -366,6 +374,23 @@ mod tests {
         REGIONS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[test]
+    fn a_process_holds_at_most_max_regions_and_the_next_is_enomem() {
+        let _alone = alone();
+        let mut held = Vec::new();
+        while live_regions() < MAX_REGIONS {
+            held.push(HostRegion::new(PAGE_SIZE).unwrap());
+        }
+        let e = HostRegion::new(PAGE_SIZE).unwrap_err();
+        assert_eq!(e.code(), "ENOMEM");
+        assert!(e.to_string().contains("8192 guest memory regions"), "{e}");
+        held.pop();
+        assert!(
+            HostRegion::new(PAGE_SIZE).is_ok(),
+            "one freed, one more fits"
+        );
     }
 
     #[test]
