@@ -45,8 +45,61 @@ pub fn live_bytes() -> usize {
     LIVE_BYTES.load(Ordering::SeqCst)
 }
 
-/// The host's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)`), or 1 TiB if unknown.
+/// The memory this process may use: the host's physical memory, or less where the
+/// process's memory cgroup (a container's) says so ([`cgroup_memory_limit`]): there the
+/// kernel's OOM killer acts at the cgroup's limit, not at the host's size.
 pub fn host_memory() -> usize {
+    let physical = physical_memory();
+    cgroup_memory_limit().map_or(physical, |limit| limit.min(physical))
+}
+
+/// The lowest memory limit along this process's cgroup path (cgroup v2's `memory.max`,
+/// v1's `memory.limit_in_bytes`; `Documentation/admin-guide/cgroup-v2.rst`), if one is set.
+pub fn cgroup_memory_limit() -> Option<usize> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_limit_under(std::path::Path::new("/sys/fs/cgroup"), &own)
+}
+
+/// [`cgroup_memory_limit`] for a cgroup file system mounted at `root` and the process's
+/// `/proc/self/cgroup` text `own`: every directory from the cgroup's up to the mount (in a
+/// container the mount is the cgroup itself, and the path does not exist under it).
+fn cgroup_limit_under(root: &std::path::Path, own: &str) -> Option<usize> {
+    let mut lowest: Option<usize> = None;
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (mount, file) = if controllers.is_empty() {
+            (root.to_path_buf(), "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = std::path::PathBuf::from(path.trim_start_matches('/'));
+        loop {
+            if let Some(limit) = read_limit(&mount.join(&dir).join(file)) {
+                lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
+            }
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+    lowest
+}
+
+/// A cgroup limit file's value: `max` (v2) or v1's "unlimited" (a page-rounded 2^63) is none.
+fn read_limit(path: &std::path::Path) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: u64 = text.trim().parse().ok()?;
+    (v < 1 << 62).then_some(v as usize)
+}
+
+/// The host's physical memory in bytes (`sysconf(_SC_PHYS_PAGES)`), or 1 TiB if unknown.
+fn physical_memory() -> usize {
     // SAFETY: sysconf has no preconditions.
     let (pages, size) = unsafe {
         (
@@ -374,6 +427,42 @@ mod tests {
         REGIONS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    #[test]
+    fn the_lowest_cgroup_memory_limit_on_the_path_counts_v2_and_v1() {
+        let root = std::env::temp_dir().join(format!("mshv-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = |p: &str| {
+            let d = root.join(p);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        // v2: the parent limits, the process's own cgroup says "max".
+        std::fs::write(dir("user.slice").join("memory.max"), "1073741824\n").unwrap();
+        std::fs::write(dir("user.slice/app").join("memory.max"), "max\n").unwrap();
+        assert_eq!(
+            cgroup_limit_under(&root, "0::/user.slice/app\n"),
+            Some(1 << 30)
+        );
+        // v1: "unlimited" is a page-rounded 2^63; the mount's root (a container's) limits.
+        std::fs::write(dir("memory").join("memory.limit_in_bytes"), "536870912\n").unwrap();
+        std::fs::write(
+            dir("memory/docker/abc").join("memory.limit_in_bytes"),
+            "9223372036854771712\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cgroup_limit_under(&root, "4:memory:/docker/abc\n1:cpu:/\n"),
+            Some(512 << 20)
+        );
+        assert_eq!(
+            cgroup_limit_under(&root, "1:cpu:/\n"),
+            None,
+            "no memory controller, no limit"
+        );
+        assert!(host_memory() <= physical_memory());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
