@@ -5,7 +5,7 @@
  * assembly and RAM sizes past 2 GiB get coded errors or work.
  */
 import test from 'ava'
-import { assemble, buildAcpiTables, COM1, cpioArchive, createSession, createVm, GuestTimers, MshvError, parseElf, prepareLinux, readKernel, Serial16550, type CpioEntry } from '../index.js'
+import { assemble, buildAcpiTables, COM1, cpioArchive, createSession, createVm, enterRealMode, GuestTimers, MshvError, parseElf, prepareLinux, readKernel, Serial16550, type CpioEntry } from '../index.js'
 import { describe } from '../src/errors.js'
 
 /** A minimal ELF64 x86-64 executable with the given program headers and the bytes after them. */
@@ -221,4 +221,44 @@ test("a VM takes at most 4096 RAM regions and says so with ENOMEM (32,561 region
   } finally {
     vm.close()
   }
+})
+
+/** A real-mode guest that writes port 0x80 in a loop (or halts with interrupts on, `idle`). */
+function portLoop(idle = false) {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 1 << 20)
+  vm.write(0x1000, idle ? [0xfb, 0xf4, 0xeb, 0xfd] : [0xe6, 0x80, 0xeb, 0xfc]) // sti; hlt; jmp $-1 | out 0x80, al; jmp $-2
+  const v = vm.createVcpu(0)
+  enterRealMode(v, 0x1000)
+  return { vm, v }
+}
+
+test('a device that powers off and closes the VM in its callback ends vcpu.run() and vm.run() with what it asked, not a TypeError', async (t) => {
+  for (const stop of [true, false]) {
+    const { vm, v } = portLoop()
+    let n = 0
+    vm.bus.register(0x80, 1, {
+      ioWrite: () => {
+        if (++n < 5) return
+        if (stop) vm.requestStop({ reason: 'poweroff' })
+        vm.close()
+      },
+    })
+    t.deepEqual(v.run(), stop ? { reason: 'poweroff' } : { reason: 'cancelled' })
+  }
+  const { vm } = portLoop()
+  vm.bus.register(0x80, 1, { ioWrite: () => (vm.requestStop({ reason: 'poweroff' }), vm.close()) })
+  t.deepEqual(await vm.run({ timeoutMs: 5000 }), { reason: 'poweroff', vcpu: 0 })
+})
+
+test('vm.run() settles when the VM is closed while every vCPU is idle, and when every vCPU is closed under it', async (t) => {
+  const a = portLoop(true)
+  const runA = a.vm.run({ timeoutMs: 10_000 })
+  setTimeout(() => a.vm.close(), 50)
+  t.deepEqual(await runA, { reason: 'cancelled' })
+  const b = portLoop(true)
+  const runB = b.vm.run({ timeoutMs: 10_000 })
+  setTimeout(() => b.v.close(), 50)
+  t.deepEqual(await Promise.race([runB, new Promise((r) => setTimeout(() => r('hung'), 3000))]), { reason: 'cancelled' })
+  b.vm.close()
 })

@@ -132,6 +132,8 @@ export class VmRun {
         // Runs end by themselves when the next device timer is due (the VM keeps the
         // hypervisor told of it), so a timer set during the turn is on time too.
         const r = deterministic ? v.run({ maxInstructions: o.quantum }) : v.run({ timeoutMs: o.sliceMs })
+        // A device closed the VM during the turn (a power-off device): what it asked for ends the run.
+        if (vm.closed) return r.reason === 'cancelled' || r.reason === 'idle' || turnOver(r) ? { reason: 'cancelled' } : { ...r, vcpu: v.index }
         vm.timers.fire()
         if (r.reason === 'idle') this.idle.add(v)
         else if (r.reason === 'cancelled' && this.cancelled) return r
@@ -143,6 +145,8 @@ export class VmRun {
           if (vm.cpus.every((c) => c.closed || this.stopped.has(c))) return { ...r, vcpu: v.index }
         } else if (!turnOver(r)) return { ...r, vcpu: v.index }
       }
+      // Every vCPU closed under the run: nothing is left to run (this spun at 100 % CPU).
+      if (open === 0) return { reason: 'cancelled' }
       const now = performance.now()
       if (now >= end) return { reason: 'timeout' }
       // All idle, and none ran this round nor (deterministic) leapt the clock to

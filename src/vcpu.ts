@@ -223,6 +223,8 @@ export interface VcpuEnvironment {
    * call inlined however many VMs a process makes.
    */
   takeStop(): RunResult | undefined
+  /** This vCPU was closed: a VM run waiting for its vCPUs must look again. */
+  closed(vcpuIndex: number): void
 }
 
 /** A virtual processor driven from TypeScript. */
@@ -486,8 +488,17 @@ export class Vcpu {
     this.exits++
     this.progress?.exit(code)
     this.regs.beginExit()
-    if (this.tracer) return this.handleTraced(code, this.tracer)
-    return this.handle(code) ?? this.env.takeStop()
+    let result: RunResult | undefined
+    try {
+      result = this.tracer ? this.handleTraced(code, this.tracer) : this.handle(code)
+    } catch (e) {
+      // A device closed the VM (or this vCPU) during the exit, as a power-off device
+      // does: the rest of the exit cannot complete, and the run ends, not with an error.
+      if (this.isClosed) return this.env.takeStop() ?? { reason: 'cancelled' }
+      throw e
+    }
+    if (this.isClosed) return this.env.takeStop() ?? { reason: 'cancelled' }
+    return result ?? this.env.takeStop()
   }
 
   /** A run that ended without an exit: its result (undefined for a code that is not one). */
@@ -507,7 +518,7 @@ export class Vcpu {
     tracer.record('guest', 'guest', this.runStart, handled)
     const rip = this.msg.getBigUint64(MSG_RIP, true)
     try {
-      return this.handle(code) ?? this.env.takeStop()
+      return this.handle(code)
     } finally {
       tracer.record(messageTypeName(code), 'exit', handled, tracer.now(), { rip: hex(rip) })
     }
@@ -633,5 +644,6 @@ export class Vcpu {
     this.regs.close()
     this.endHaltWait('cancel')
     this.native.close()
+    this.env.closed(this.index)
   }
 }

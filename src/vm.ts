@@ -217,6 +217,9 @@ class VmEnvironment implements VcpuEnvironment {
   takeStop(): RunResult | undefined {
     return this.vm.takeStopResult()
   }
+  closed(): void {
+    this.vm.vcpuClosed()
+  }
 }
 
 /** A virtual machine. */
@@ -521,6 +524,11 @@ export class Vm {
     return r
   }
 
+  /** A vCPU was closed: a run waiting for an interrupt looks at its vCPUs again. @internal */
+  vcpuClosed(): void {
+    for (const l of this.interruptListeners) l()
+  }
+
   /** Tells the EOI listeners of a level-triggered vector's EOI. @internal */
   notifyEoi(vector: number, vcpuIndex: number): void {
     for (const l of this.eoiListeners) l(vector, vcpuIndex)
@@ -539,6 +547,8 @@ export class Vm {
    */
   close(): void {
     if (this.isClosed) return
+    // A vm.run() waiting for an interrupt would wait forever: it ends, cancelled.
+    this.current?.cancel()
     this.isClosed = true
     for (const v of this.vcpus) v.close()
     this.native.close()
