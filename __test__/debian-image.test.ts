@@ -18,6 +18,7 @@ import { createReadStream, readFileSync, statSync } from 'node:fs'
 import { PassThrough } from 'node:stream'
 import { buildDebianImage, driveConsole, type DebianImage } from '../src/boot/debian-image.js'
 import { busyboxInitramfs, fetchDebianLinux, kernelModules, MemoryDisk, NetworkSwitch, prepareLinux } from '../index.js'
+import { captureIo } from './helpers.js'
 
 const QEMU = 'qemu-system-x86_64'
 const MARKER = 'DONE-MARKER'
@@ -214,16 +215,12 @@ run('`mshv boot --system` boots the image with its own kernel and initrd: Debian
   const { parseBootArgs } = await import('../src/cli/args.js')
   const { boot } = await import('../src/cli/boot.js')
   t.throws(() => parseBootArgs(['--system', '--kernel', 'vmlinuz']), { code: 'EINVAL', message: /--system boots the Debian image's own kernel/ })
-  let out = ''
-  let err = ''
-  const io = {
-    stdin: new PassThrough() as unknown as NodeJS.ReadStream,
-    stdout: { write: (s: string | Uint8Array) => (out += typeof s === 'string' ? s : Buffer.from(s).toString('latin1')) },
-    stderr: { write: (s: string) => (err += s) },
-  }
+  const { io, out: printed, err: errors } = captureIo()
   // init=/bin/true exits at once: the kernel panics ("Attempted to kill init") and, with
   // panic=-1, reboots: the whole early boot from the virtio disk, without systemd's minute.
   const code = await boot(parseBootArgs(['--system', '--backend', 'sim', '--no-progress', '--cmdline', 'root=/dev/vda console=ttyS0 init=/bin/true panic=-1']), io)
+  const out = printed()
+  const err = errors()
   t.is(code, 0, err + out.slice(-2000))
   t.regex(out, /virtio_blk virtio\d+: \[vda\]/)
   t.regex(out, /EXT4-fs \(vda\): mounted filesystem/)

@@ -1,4 +1,5 @@
 import test from 'ava'
+import { PassThrough } from 'node:stream'
 import { assemble, createVm, enterLongMode, enterRealMode, fetchDebianLinux, loadInterruptTables, type DebianLinux, type Vm, type Vcpu, type SyncPolicy } from '../index.js'
 
 /**
@@ -83,3 +84,29 @@ export const PIT_1KHZ = `
   mov al, ah
   out 0x40, al
 `
+
+/** The terminal of a CLI command under test: stdin to write to, and what it printed. */
+export interface CapturedIo {
+  readonly stdin: PassThrough
+  readonly io: { stdin: NodeJS.ReadStream; stdout: { write(s: string | Uint8Array): boolean }; stderr: { write(s: string): boolean } }
+  /** Everything printed to stdout (bytes as Latin-1) and stderr so far. */
+  out(): string
+  err(): string
+}
+
+/** A {@link CapturedIo} for `mshv boot` and the like. */
+export function captureIo(): CapturedIo {
+  const stdin = new PassThrough()
+  let out = ''
+  let err = ''
+  return {
+    stdin,
+    io: {
+      stdin: stdin as unknown as NodeJS.ReadStream,
+      stdout: { write: (s) => ((out += typeof s === 'string' ? s : Buffer.from(s).toString('latin1')), true) },
+      stderr: { write: (s) => ((err += s), true) },
+    },
+    out: () => out,
+    err: () => err,
+  }
+}

@@ -6,11 +6,10 @@
  * cannot be fetched the tests skip saying so, and under CI that is a failure.
  */
 import test from 'ava'
-import { PassThrough } from 'node:stream'
 import { boot as bootCommand } from '../src/cli/boot.js'
 import { parseBootArgs } from '../src/cli/args.js'
 import { bootLinux, busyboxInitramfs, codeBitness, createSession, prepareLinux, type LinuxBootReport } from '../index.js'
-import { debianLinuxOrSkip } from './helpers.js'
+import { captureIo, debianLinuxOrSkip } from './helpers.js'
 
 const MARKER = 'MSHV-BOOT-MARKER'
 const INIT = `/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n`
@@ -61,17 +60,12 @@ boot('a deterministic boot repeats exactly: the same exits and instructions', as
 
 boot('`mshv boot`: the busybox shell on the console runs what is typed; the report counts the exits and where registers came from', async (t) => {
   if (typeof linux === 'string') return t.fail(linux)
-  const stdin = new PassThrough()
-  let out = ''
-  let err = ''
-  const io = {
-    stdin: stdin as unknown as NodeJS.ReadStream,
-    stdout: { write: (s: string | Uint8Array) => (out += typeof s === 'string' ? s : Buffer.from(s).toString('latin1')) },
-    stderr: { write: (s: string) => (err += s) },
-  }
+  const { stdin, io, out: printed, err: errors } = captureIo()
   // Typed before the shell opens its tty: it waits for the guest's UART to be opened.
   stdin.write('echo typed-$((6*7))\nuname -r\npoweroff -f\n')
   const code = await bootCommand(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', `${CMDLINE} quiet`]), io)
+  const out = printed()
+  const err = errors()
   t.is(code, 0, err)
   t.regex(out, /typed-42/)
   t.regex(out, /6\.1\.0-\d+-amd64/)

@@ -14,11 +14,10 @@ import { createHash } from 'node:crypto'
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { PassThrough } from 'node:stream'
 import { boot as bootCommand } from '../src/cli/boot.js'
 import { parseBootArgs } from '../src/cli/args.js'
 import { busyboxInitramfs, kernelModules, MemoryDisk, NetworkSwitch, prepareLinux, VIRTIO_MODULES, type LinuxOptions } from '../index.js'
-import { debianLinuxOrSkip } from './helpers.js'
+import { captureIo, debianLinuxOrSkip } from './helpers.js'
 
 const linux = debianLinuxOrSkip('virtio-linux')
 const boot = typeof linux === 'string' ? test.skip : test.serial
@@ -155,17 +154,13 @@ boot('`mshv boot --disk IMAGE --snapshot --policy all`: a disk workload under ea
   const image = join(dir, 'disk.img')
   execFileSync('mke2fs', ['-q', '-t', 'ext4', '-d', join(dir, 'root'), image, '8M'])
   const before = createHash('sha256').update(readFileSync(image)).digest('hex')
-  let out = ''
-  let err = ''
-  const io = {
-    stdin: new PassThrough() as unknown as NodeJS.ReadStream,
-    stdout: { write: (s: string | Uint8Array) => (out += typeof s === 'string' ? s : Buffer.from(s).toString('latin1')) },
-    stderr: { write: (s: string) => (err += s) },
-  }
+  const { io, out: printed, err: errors } = captureIo()
   // The busybox initramfs's modules are listed in /etc/modules: a custom /init loads them itself.
   const init = `${PRELUDE}mount -t ext4 /dev/vda /mnt && echo "SUM $(sha256sum /mnt/data.bin | cut -c1-16)"; dd if=/dev/zero of=/mnt/new bs=4096 count=64 2>/dev/null; sync; umount /mnt; poweroff -f`
   const args = parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--init', init, '--cmdline', 'console=ttyS0 quiet cryptomgr.notests', '--disk', image, '--snapshot', '--policy', 'all', '--no-progress'])
   const code = await bootCommand(args, io)
+  const out = printed()
+  const err = errors()
   t.is(code, 0, err + out.slice(-2000))
   const expected = createHash('sha256').update(readFileSync(join(dir, 'root', 'data.bin'))).digest('hex').slice(0, 16)
   t.is([...out.matchAll(/^SUM (\w+)/gm)].map((m) => m[1]).join(' '), [expected, expected, expected].join(' '), 'each boot read the file')
