@@ -379,12 +379,28 @@ impl SimVcpu {
                         self.canceller.take();
                         return Ok(Exit::Cancelled);
                     }
-                    Some(Stopped::Due) => continue,
+                    Some(Stopped::Due) => {
+                        // Real time reached a timer: the same look as at a slice's end above.
+                        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Ok(Exit::Timeout);
+                        }
+                        continue;
+                    }
                     _ => return Ok(Exit::Timeout),
                 },
                 RunEnd::InstructionLimit => {
                     if budget == 0 {
                         return Ok(Exit::InstructionLimit);
+                    }
+                    // A slice cut at a timer: a timer due every few hundred instructions
+                    // ends every slice before the processor's own poll (every 1,024)
+                    // looks at cancel and the deadline, so they are looked at here too
+                    // (QEMU's TCG looks for an exit request at every block).
+                    if self.canceller.take() {
+                        return Ok(Exit::Cancelled);
+                    }
+                    if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(Exit::Timeout);
                     }
                 }
                 RunEnd::Exit(sim_cpu::Exit::Halt) => {

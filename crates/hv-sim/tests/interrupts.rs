@@ -728,3 +728,64 @@ fn an_ipi_to_a_halted_vcpu_is_taken_when_sent_not_at_the_next_timer() {
         "sent at {sent}, taken at {taken}: the clock leapt toward vCPU 1's timer"
     );
 }
+
+/// A periodic LAPIC timer of one tick (40 ns: every 40 instructions on the deterministic
+/// clock) with a guest spinning with interrupts on: every slice ends at the tick, before
+/// the processor's poll. The run's deadline and a cancel still end it (issue #32 item 1).
+#[test]
+fn a_timer_storm_does_not_outlive_the_runs_deadline_or_a_cancel() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    // A handler that only counts and EOIs (the shared one also logs each vector, and a
+    // storm's log would run over the code).
+    m.code(HANDLERS + 0x40 * 0x100, |a| {
+        a.push(rbx).unwrap();
+        a.mov(ebx, APIC).unwrap();
+        a.lock().inc(dword_ptr(COUNT + 4 * 0x40)).unwrap();
+        a.mov(dword_ptr(rbx + EOI), 0).unwrap();
+        a.pop(rbx).unwrap();
+        a.iretq().unwrap();
+    });
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + TIMER_DIVIDE), 0xb).unwrap(); // divide by 1
+        a.mov(dword_ptr(rbx + LVT_TIMER), (1 << 17) | 0x40).unwrap(); // periodic
+        a.mov(dword_ptr(rbx + TIMER_INITIAL), 1).unwrap();
+        a.sti().unwrap();
+        let mut spin = a.create_label();
+        a.set_label(&mut spin).unwrap();
+        a.jmp(spin).unwrap();
+    });
+    m.start(0, CODE);
+    let start = std::time::Instant::now();
+    let exit = m.cpus[0]
+        .run(
+            &mut m.msg,
+            &RunLimits::with_timeout(None, Some(std::time::Duration::from_millis(50))),
+        )
+        .unwrap();
+    assert_eq!(exit, Exit::Timeout);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        m.count(0x40) > 100,
+        "the storm ran: {} ticks taken",
+        m.count(0x40)
+    );
+    let canceller = m.cpus[0].canceller();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        canceller.cancel();
+    });
+    let start = std::time::Instant::now();
+    let exit = m.cpus[0].run(&mut m.msg, &RunLimits::default()).unwrap();
+    t.join().unwrap();
+    assert_eq!(exit, Exit::Cancelled);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+}
