@@ -262,3 +262,16 @@ test('vm.run() settles when the VM is closed while every vCPU is idle, and when 
   t.deepEqual(await Promise.race([runB, new Promise((r) => setTimeout(() => r('hung'), 3000))]), { reason: 'cancelled' })
   b.vm.close()
 })
+
+test('vm.run({ timeoutMs }) ends on time whatever a turn would take: a quantum of 2e9 instructions, a real-time slice of 5 s', async (t) => {
+  for (const options of [{ quantum: 2_000_000_000 }, { sliceMs: 5000 }]) {
+    const vm = createVm({ backend: 'sim', clock: 'quantum' in options ? 'deterministic' : 'realtime' })
+    vm.addRam(0, 1 << 20)
+    vm.write(0x1000, [0xeb, 0xfe]) // jmp $
+    enterRealMode(vm.createVcpu(0), 0x1000)
+    const start = performance.now()
+    t.deepEqual(await vm.run({ timeoutMs: 50, ...options }), { reason: 'timeout' })
+    t.true(performance.now() - start < 1500, `${JSON.stringify(options)}: ${performance.now() - start} ms`)
+    vm.close()
+  }
+})

@@ -131,7 +131,13 @@ export class VmRun {
         open++
         // Runs end by themselves when the next device timer is due (the VM keeps the
         // hypervisor told of it), so a timer set during the turn is on time too.
-        const r = deterministic ? v.run({ maxInstructions: o.quantum }) : v.run({ timeoutMs: o.sliceMs })
+        // Each turn ends by the run's deadline too: a quantum of 2e9 instructions, or a
+        // slice longer than the time left, would overrun `timeoutMs` (a deadline reached
+        // ends the run, so the deterministic replay of what came before is unchanged).
+        const left = end - performance.now()
+        const r = deterministic
+          ? v.run(Number.isFinite(left) ? { maxInstructions: o.quantum, timeoutMs: Math.max(0, left) } : { maxInstructions: o.quantum })
+          : v.run({ timeoutMs: Math.max(0, Math.min(o.sliceMs, left)) })
         // A device closed the VM during the turn (a power-off device): what it asked for ends the run.
         if (vm.closed) return r.reason === 'cancelled' || r.reason === 'idle' || turnOver(r) ? { reason: 'cancelled' } : { ...r, vcpu: v.index }
         vm.timers.fire()
