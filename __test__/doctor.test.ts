@@ -70,6 +70,13 @@ test('bad doctor options are clear errors, and a bad command line exits 2 with t
   )
   t.is(e?.code, 2)
   t.regex(e?.stderr ?? '', /unknown or incomplete option '--frobnicate'[^]*mshv doctor \[--backend/)
+  // A command that does not exist is named as such (it used to print the usage alone).
+  const u = await run(process.execPath, [CLI, 'bogus']).then(
+    () => undefined,
+    (err: { code: number; stderr: string }) => err,
+  )
+  t.is(u?.code, 2)
+  t.regex(u?.stderr ?? '', /^mshv: unknown command 'bogus'\nusage: mshv repl/)
 })
 
 /** Runs the VMM check `name` on the sim with `patch` applied, restoring it afterwards. */

@@ -74,6 +74,15 @@ boot('`mshv boot`: the busybox shell on the console runs what is typed; the repo
   t.regex(err, /register reads: [\d,]+ from the page, 0 by hypercall/)
 })
 
+boot('`mshv boot`: Ctrl+] ends the VM and the command succeeds, as QEMU\'s quit does', async (t) => {
+  if (typeof linux === 'string') return t.fail(linux)
+  const { stdin, io, err } = captureIo()
+  stdin.write(Uint8Array.of(0x1d))
+  const code = await bootCommand(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', `${CMDLINE} quiet`, '--no-progress']), io)
+  t.is(code, 0, err())
+  t.regex(err(), /boot \[page\]: \{"reason":"cancelled"\}/)
+})
+
 boot("with VMware's CPUID signature the kernel finds the platform and takes the TSC and APIC bus clocks from the vmport backdoor (GETHZ)", async (t) => {
   if (typeof linux === 'string') return t.fail(linux)
   let out = ''

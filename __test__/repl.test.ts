@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url'
 import { createSession, MshvError, type ProgressStream } from '../index.js'
 import { flagNames, hexdump, registerTable } from '../src/repl/format.js'
 import { ProgressLine, formatRate } from '../src/progress.js'
-import { parseArgs } from '../src/cli/args.js'
+import { parseBootArgs, parseArgs } from '../src/cli/args.js'
 
 /** A session on the sim whose printed lines and guest output are captured. */
 function captured(): { session: ReturnType<typeof createSession>; printed: string[]; output: () => string } {
@@ -92,7 +92,11 @@ test('progress line: drawn in place on a terminal after half a second, with rate
 
 test('mshv CLI: options are parsed, bad ones name the option', (t) => {
   t.deepEqual(parseArgs(['--backend', 'sim', '--ram', '32']), { backend: 'sim', ramMiB: 32 })
-  t.throws(() => parseArgs(['--ram', 'lots']), { message: /^unknown or incomplete option '--ram lots'/ })
+  t.throws(() => parseArgs(['--ram', 'lots']), { message: /^--ram takes a whole number of MiB, got 'lots'/ })
+  t.throws(() => parseArgs(['--backend', 'kvm']), { message: /^--backend takes 'auto', 'sim' or 'mshv', got 'kvm'/ })
+  t.throws(() => parseBootArgs(['--memory', 'abc']), { message: /^--memory takes a whole number of MiB, got 'abc'/ })
+  t.throws(() => parseBootArgs(['--policy', 'fast']), { message: /^--policy takes 'page', 'hypercall', 'eager' or 'all', got 'fast'/ })
+  t.throws(() => parseBootArgs(['--bogus', 'x']), { message: /^unknown or incomplete option '--bogus x'/ })
   t.deepEqual(parseArgs(['--kernel', 'debian', '--vcpus', '2', '--cmdline', 'quiet']), { kernel: 'debian', vcpus: 2, cmdline: 'quiet' })
   t.throws(() => parseArgs(['--vcpus', '2']), { message: /go with --kernel/ })
 })

@@ -22,6 +22,11 @@ function badOption(flag: string | undefined, value: string | undefined): never {
   throw new MshvError('EINVAL', `unknown or incomplete option '${flag ?? ''}${value === undefined ? '' : ` ${value}`}'\n${USAGE}`)
 }
 
+/** A known option given a value it cannot take: the value is named, and what it must be. */
+function badValue(flag: string, value: string, wanted: string): never {
+  throw new MshvError('EINVAL', `${flag} takes ${wanted}, got '${value}'\n${USAGE}`)
+}
+
 /** What `mshv boot` was asked for. */
 export interface BootArgs {
   kernel?: string
@@ -79,26 +84,26 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
         break
       case '--memory':
       case '--vcpus':
-        if (!/^[0-9]+$/.test(v)) badOption(flag, v)
+        if (!/^[0-9]+$/.test(v)) badValue(flag, v, flag === '--memory' ? 'a whole number of MiB' : 'a whole number of vCPUs')
         if (flag === '--memory') out.memoryMiB = Number(v)
         else out.vcpus = Number(v)
         break
       case '--backend':
-        if (v !== 'auto' && v !== 'sim' && v !== 'mshv') badOption(flag, v)
+        if (v !== 'auto' && v !== 'sim' && v !== 'mshv') badValue(flag, v, "'auto', 'sim' or 'mshv'")
         out.backend = v as BootArgs['backend']
         break
       case '--clock':
-        if (v !== 'deterministic' && v !== 'realtime') badOption(flag, v)
+        if (v !== 'deterministic' && v !== 'realtime') badValue(flag, v, "'deterministic' or 'realtime'")
         out.clock = v as BootArgs['clock']
         break
       case '--entry':
-        if (v !== 'pvh' && v !== 'boot64') badOption(flag, v)
+        if (v !== 'pvh' && v !== 'boot64') badValue(flag, v, "'pvh' or 'boot64'")
         out.entry = v as BootArgs['entry']
         break
       case '--policy':
         if (v === 'all') out.policies = ['page', 'hypercall', 'eager']
         else if (v === 'page' || v === 'hypercall' || v === 'eager') out.policies = [v]
-        else badOption(flag, v)
+        else badValue(flag, v, "'page', 'hypercall', 'eager' or 'all'")
         break
       default:
         badOption(flag, v)
@@ -135,9 +140,11 @@ export function parseArgs(args: readonly string[]): ReplArgs {
     const value = args[i + 1]
     const number = value !== undefined && /^[0-9]+$/.test(value)
     if (flag === '--backend' && (value === 'auto' || value === 'sim' || value === 'mshv')) out.backend = value
+    else if (flag === '--backend' && value !== undefined) badValue(flag, value, "'auto', 'sim' or 'mshv'")
     else if (flag === '--ram' && number) out.ramMiB = Number(value)
     else if (flag === '--vcpus' && number) out.vcpus = Number(value)
     else if (flag === '--memory' && number) out.memoryMiB = Number(value)
+    else if ((flag === '--ram' || flag === '--memory' || flag === '--vcpus') && value !== undefined) badValue(flag, value, flag === '--vcpus' ? 'a whole number of vCPUs' : 'a whole number of MiB')
     else if ((flag === '--kernel' || flag === '--initrd' || flag === '--busybox' || flag === '--cmdline') && value !== undefined) out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'cmdline'] = value
     else badOption(flag, value)
     i++

@@ -75,7 +75,7 @@ function liveText(vm: Vm, policy: string, start: number): string {
 }
 
 /** Boots once under `policy`; the console is live, and interactive when `interactive`. */
-async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | string, policy: BootArgs['policies'][number], io: BootIo, interactive: boolean): Promise<LinuxBootReport> {
+async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | string, policy: BootArgs['policies'][number], io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean }> {
   let status: StatusLine | undefined
   const m = prepareLinux({
     kernel,
@@ -142,6 +142,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
     const detach = data.indexOf(DETACH)
     if (detach !== -1) {
       if (detach > 0) deliver(data.subarray(0, detach))
+      detached = true
       m.vm.cancel()
       return
     }
@@ -150,6 +151,8 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
     deliver(data)
   }
   const onSigint = (): void => m.vm.cancel()
+  // Ctrl+] is the user's way out, as QEMU's Ctrl+A X is: it ends the VM and the command succeeds.
+  let detached = false
   if (interactive) {
     if (raw) stdin.setRawMode(true)
     stdin.on('data', onData)
@@ -158,7 +161,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
   process.on('SIGINT', onSigint)
   try {
     const result = await m.run()
-    return bootReport(m.vm, result, (performance.now() - start) / 1000)
+    return { ...bootReport(m.vm, result, (performance.now() - start) / 1000), detached }
   } finally {
     clearInterval(drain)
     status?.stop()
@@ -210,7 +213,7 @@ async function bootFiles(args: BootArgs, io: BootIo): Promise<{ kernel: string; 
 /** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
 export async function boot(given: BootArgs, io: BootIo = process): Promise<number> {
   const { kernel, initrd, args } = await bootFiles(given, io)
-  const reports: { policy: string; report: LinuxBootReport }[] = []
+  const reports: { policy: string; report: LinuxBootReport & { detached: boolean } }[] = []
   for (const policy of args.policies) {
     // A comparison boots non-interactively: the same input each time.
     const interactive = args.policies.length === 1
@@ -226,5 +229,5 @@ export async function boot(given: BootArgs, io: BootIo = process): Promise<numbe
     }
   }
   if (args.json !== undefined) writeFileSync(args.json, `${JSON.stringify(reports, null, 2)}\n`)
-  return reports.every(({ report }) => report.result.reason === 'poweroff' || report.result.reason === 'reboot') ? 0 : 1
+  return reports.every(({ report }) => report.detached || report.result.reason === 'poweroff' || report.result.reason === 'reboot') ? 0 : 1
 }

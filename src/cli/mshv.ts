@@ -157,9 +157,11 @@ function main(args: readonly string[]): void {
       console.error(e instanceof Error ? `mshv doctor: ${e.message}` : e)
       process.exitCode = 2
     })
-  } else {
+  } else if (command === undefined || command === '--help' || command === '-h') {
     console.log(USAGE)
-    process.exitCode = command === undefined || command === '--help' || command === '-h' ? 0 : 2
+  } else {
+    console.error(`mshv: unknown command '${command}'\n${USAGE}`)
+    process.exitCode = 2
   }
 }
 
