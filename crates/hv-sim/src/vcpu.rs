@@ -239,6 +239,17 @@ impl SimVcpu {
         }
     }
 
+    /// A cancel or the run's deadline, as the run looks at them between slices and halts.
+    fn stop_requested(&self, limits: &RunLimits) -> Option<Exit> {
+        if self.canceller.take() {
+            return Some(Exit::Cancelled);
+        }
+        limits
+            .deadline
+            .is_some_and(|d| Instant::now() >= d)
+            .then_some(Exit::Timeout)
+    }
+
     /// The run itself: processor slices between timers, halts that wait or leap, the
     /// hypervisor's own INIT and SIPI handling; returns at the first exit for the VMM.
     fn run_slices(
@@ -285,11 +296,8 @@ impl SimVcpu {
             let interruptible = cpu.flags.bits & sim_cpu::flags::IF != 0;
             let wake = events & EVENT_URGENT != 0 || events & EVENT_MASKABLE != 0 && interruptible;
             if (cpu.halted || asleep) && !wake {
-                if self.canceller.take() {
-                    return Ok(Exit::Cancelled);
-                }
-                if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(Exit::Timeout);
+                if let Some(stop) = self.stop_requested(limits) {
+                    return Ok(stop);
                 }
                 let next = [timer, guest_deadline].into_iter().flatten().min();
                 if det {
@@ -379,12 +387,11 @@ impl SimVcpu {
                         self.canceller.take();
                         return Ok(Exit::Cancelled);
                     }
+                    // Real time reached a timer: the same look as at a slice's end below.
                     Some(Stopped::Due) => {
-                        // Real time reached a timer: the same look as at a slice's end above.
-                        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-                            return Ok(Exit::Timeout);
+                        if let Some(stop) = self.stop_requested(limits) {
+                            return Ok(stop);
                         }
-                        continue;
                     }
                     _ => return Ok(Exit::Timeout),
                 },
@@ -396,11 +403,8 @@ impl SimVcpu {
                     // ends every slice before the processor's own poll (every 1,024)
                     // looks at cancel and the deadline, so they are looked at here too
                     // (QEMU's TCG looks for an exit request at every block).
-                    if self.canceller.take() {
-                        return Ok(Exit::Cancelled);
-                    }
-                    if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(Exit::Timeout);
+                    if let Some(stop) = self.stop_requested(limits) {
+                        return Ok(stop);
                     }
                 }
                 RunEnd::Exit(sim_cpu::Exit::Halt) => {
