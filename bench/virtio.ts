@@ -44,19 +44,9 @@ function markers(start: string, end: string, onEnd: () => void): { byte: (b: num
 }
 
 /** Runs Linux on the sim with `options` until `end` appears on the console (or the run ends). */
-async function onSim(options: LinuxOptions, start: string, end: string, type?: (feed: (s: string) => void, text: () => string) => void): Promise<Timing | undefined> {
-  let console = ''
+async function onSim(options: LinuxOptions, start: string, end: string): Promise<Timing | undefined> {
   const m = prepareLinux({ ...options, backend: 'sim', serial: { onByte: (b) => watch.byte(b) } })
   const watch = markers(start, end, () => m.vm.cancel())
-  const feed = (s: string): void => {
-    m.pc.serial.feed(Buffer.from(s))
-  }
-  const byte = watch.byte
-  watch.byte = (b) => {
-    console = (console + String.fromCharCode(b)).slice(-4096)
-    byte(b)
-  }
-  type?.(feed, () => console)
   try {
     await m.run({ timeoutMs: 600_000 })
     return watch.timing()

@@ -3,6 +3,7 @@
  * @module
  */
 import { MshvError, describe, hex } from './errors.js'
+import { mask } from './emulator/alu.js'
 import type { RegisterCache } from './registers.js'
 
 /** What a device sees of the vCPU during an access. */
@@ -293,7 +294,7 @@ export class IoBus {
   mmioRead(gpa: bigint, size: number, ctx: AccessContext): bigint {
     const at = Number(gpa)
     const r = this.findMmio(at, size)
-    const m = SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n
+    const m = mask(size)
     if (!r?.device.mmioRead) {
       this.stats.unclaimedMmioReads++
       return m
@@ -314,12 +315,9 @@ export class IoBus {
       this.stats.unclaimedMmioWrites++
       return
     }
-    r.device.mmioWrite(at - r.low, size, value & (SIZE_MASK[size] ?? (1n << BigInt(size * 8)) - 1n), ctx)
+    r.device.mmioWrite(at - r.low, size, value & mask(size), ctx)
   }
 }
-
-/** The mask of an access's `size` bytes, made once: a bigint shift per access costs an allocation. */
-const SIZE_MASK: readonly (bigint | undefined)[] = [undefined, 0xffn, 0xffffn, undefined, 0xffff_ffffn, undefined, undefined, undefined, 0xffff_ffff_ffff_ffffn]
 
 /** `v` as a bigint when it is an integer number or a bigint. */
 function integer(v: unknown): bigint | undefined {

@@ -306,7 +306,7 @@ export class Vm {
 
   /** Tells {@link memory} of the regions now mapped. */
   private regionsChanged(): void {
-    this.memory.setRegions(this.ram.map((r) => ({ start: Number(r.gpa), bytes: r.bytes, readOnly: r.rom !== undefined })))
+    this.memory.setRegions(this.ram.map((r) => ({ start: r.start, bytes: r.bytes, readOnly: r.rom !== undefined })))
   }
 
   /** Maps `size` bytes (a multiple of 4 KiB) of zeroed RAM at `gpa`. */

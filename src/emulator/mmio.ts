@@ -69,10 +69,6 @@ export function plainMove(ins: Decoded, gpa: bigint, regs: RegisterCache, device
 
 function emulate(access: MmioAccess, m: MmioMachine): boolean {
   const { ins } = access
-  if (ins.move) {
-    plainMove(ins, access.gpa, m.regs, m.device)
-    return true
-  }
   const { Mnemonic, OpKind } = iced()
   switch (ins.mnemonic) {
     case Mnemonic.Mov:

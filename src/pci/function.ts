@@ -151,11 +151,6 @@ export class PciFunction {
     return this.header.getUint16(0x02, true)
   }
 
-  /** The capability list as placed: each capability's offset in configuration space. */
-  capabilityOffsets(): readonly { readonly id: number; readonly offset: number }[] {
-    return this.caps.map(({ at, cap }) => ({ id: cap.id, offset: at }))
-  }
-
   /** Whether the guest enabled bus mastering (the function may do DMA and signal MSIs). */
   get busMaster(): boolean {
     return (this.command & PCI_COMMAND_MASTER) !== 0

@@ -6,9 +6,9 @@
  * @module
  */
 import { MshvError, describe } from '../errors.js'
-import { VIRTIO_ID_BLOCK, feature, type VirtioContext, type VirtioDevice } from './device.js'
+import { VIRTIO_ID_BLOCK, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import type { BlockBackend } from './disk.js'
-import { gather, skipBytes, totalLength, type DescriptorChain, type Virtqueue } from './queue.js'
+import { gather, scatter, skipBytes, totalLength, type DescriptorChain, type Virtqueue } from './queue.js'
 
 /** Feature bits (5.2.3). */
 const VIRTIO_BLK_F_SEG_MAX = 2n
@@ -111,8 +111,7 @@ export class VirtioBlock implements VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    if (offset + size > CONFIG_SIZE) return 0
-    return size === 1 ? this.config.getUint8(offset) : size === 2 ? this.config.getUint16(offset, true) : this.config.getUint32(offset, true)
+    return readConfigSpace(this.config, offset, size)
   }
 
   activate(context: VirtioContext): void {
@@ -173,13 +172,7 @@ export class VirtioBlock implements VirtioDevice {
           // The ID, NUL-padded when shorter than the buffer's 20 bytes (5.2.6).
           const out = new Uint8Array(ID_BYTES)
           out.set(this.id)
-          let at = 0
-          for (const b of writableData) {
-            const n = Math.min(b.length, ID_BYTES - at)
-            b.set(out.subarray(at, at + n))
-            at += n
-          }
-          return this.finish(last, statusAt, VIRTIO_BLK_S_OK, at)
+          return this.finish(last, statusAt, VIRTIO_BLK_S_OK, scatter(writableData, out))
         }
         case VIRTIO_BLK_T_DISCARD:
         case VIRTIO_BLK_T_WRITE_ZEROES:

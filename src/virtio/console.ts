@@ -7,7 +7,7 @@
  * @module
  */
 import { MshvError, describe } from '../errors.js'
-import { VIRTIO_ID_CONSOLE, feature, type VirtioContext, type VirtioDevice } from './device.js'
+import { VIRTIO_ID_CONSOLE, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import type { Virtqueue } from './queue.js'
 
 const VIRTIO_CONSOLE_F_EMERG_WRITE = 2n
@@ -15,6 +15,11 @@ const RECEIVEQ = 0
 /** Configuration space: cols, rows, max_nr_ports, emerg_wr (5.3.4). */
 const CONFIG_SIZE = 12
 const EMERG_WR = 8
+/** 80x25, one port; emerg_wr reads as zero. */
+const CONFIG = new DataView(new ArrayBuffer(CONFIG_SIZE))
+CONFIG.setUint16(0, 80, true)
+CONFIG.setUint16(2, 25, true)
+CONFIG.setUint32(4, 1, true)
 
 /** Options for {@link VirtioConsole}. */
 export interface VirtioConsoleOptions {
@@ -67,13 +72,7 @@ export class VirtioConsole implements VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    // 80x25, one port; emerg_wr reads as zero.
-    const config = new DataView(new ArrayBuffer(CONFIG_SIZE))
-    config.setUint16(0, 80, true)
-    config.setUint16(2, 25, true)
-    config.setUint32(4, 1, true)
-    if (offset + size > CONFIG_SIZE) return 0
-    return size === 1 ? config.getUint8(offset) : size === 2 ? config.getUint16(offset, true) : config.getUint32(offset, true)
+    return readConfigSpace(CONFIG, offset, size)
   }
 
   writeConfig(offset: number, _size: number, value: number): void {

@@ -19,6 +19,15 @@ export const VIRTIO_F_INDIRECT_DESC = 28n
 export const VIRTIO_F_EVENT_IDX = 29n
 export const VIRTIO_F_VERSION_1 = 32n
 
+/**
+ * `size` bytes (1, 2 or 4) of a device configuration space at `offset`, little-endian
+ * (VIRTIO 1.2, 4.1.3.1); past its end, 0.
+ */
+export function readConfigSpace(config: DataView, offset: number, size: number): number {
+  if (offset + size > config.byteLength) return 0
+  return size === 1 ? config.getUint8(offset) : size === 2 ? config.getUint16(offset, true) : config.getUint32(offset, true)
+}
+
 /** The bit `n` of a feature word. */
 export function feature(n: bigint): bigint {
   return 1n << n

@@ -7,8 +7,8 @@
  * @module
  */
 import { MshvError, describe } from '../errors.js'
-import { VIRTIO_ID_NET, feature, type VirtioContext, type VirtioDevice } from './device.js'
-import { gather, skipBytes, totalLength, type Virtqueue } from './queue.js'
+import { VIRTIO_ID_NET, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
+import { gather, scatter, skipBytes, totalLength, type Virtqueue } from './queue.js'
 
 const VIRTIO_NET_F_MAC = 5n
 const VIRTIO_NET_F_STATUS = 16n
@@ -70,6 +70,7 @@ export class VirtioNet implements VirtioDevice {
   readonly stats: VirtioNetStats = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, rxDropped: 0, txDropped: 0 }
   private readonly listeners: ((frame: Uint8Array) => void)[] = []
   private readonly backlog: Uint8Array[] = []
+  private readonly config = new DataView(new ArrayBuffer(CONFIG_SIZE))
   private context: VirtioContext | undefined
 
   constructor(options: VirtioNetOptions = {}) {
@@ -79,6 +80,10 @@ export class VirtioNet implements VirtioDevice {
       const n = nextMac++
       this.mac = new Uint8Array([0x52, 0x54, 0x00, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff])
     }
+    new Uint8Array(this.config.buffer).set(this.mac, 0)
+    this.config.setUint16(6, VIRTIO_NET_S_LINK_UP, true)
+    this.config.setUint16(8, 1, true) // max_virtqueue_pairs
+    this.config.setUint16(10, 1500, true) // mtu (read only with VIRTIO_NET_F_MTU, which is not offered)
   }
 
   /** Calls `listener(frame)` for each frame the guest sends (a copy it may keep); returns a function that removes it. */
@@ -107,16 +112,7 @@ export class VirtioNet implements VirtioDevice {
   }
 
   readConfig(offset: number, size: number): number {
-    const config = new Uint8Array(CONFIG_SIZE)
-    config.set(this.mac, 0)
-    config[6] = VIRTIO_NET_S_LINK_UP
-    config[8] = 1 // max_virtqueue_pairs
-    config[10] = 1500 & 0xff // mtu (read only with VIRTIO_NET_F_MTU, which is not offered)
-    config[11] = 1500 >> 8
-    if (offset + size > CONFIG_SIZE) return 0
-    let v = 0
-    for (let i = 0; i < size; i++) v |= (config[offset + i] ?? 0) << (8 * i)
-    return v >>> 0
+    return readConfigSpace(this.config, offset, size)
   }
 
   activate(context: VirtioContext): void {
@@ -175,13 +171,7 @@ export class VirtioNet implements VirtioDevice {
       const packet = new Uint8Array(VIRTIO_NET_HDR_SIZE + frame.length)
       packet[10] = 1
       packet.set(frame, VIRTIO_NET_HDR_SIZE)
-      let at = 0
-      for (const b of chain.writable) {
-        const n = Math.min(b.length, packet.length - at)
-        b.set(packet.subarray(at, at + n))
-        at += n
-        if (at === packet.length) break
-      }
+      scatter(chain.writable, packet)
       this.stats.rxPackets++
       this.stats.rxBytes += frame.length
       q.push(chain.head, packet.length)

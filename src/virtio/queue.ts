@@ -170,12 +170,6 @@ export class Virtqueue {
     }
   }
 
-  /** Whether the driver made chains available that the device has not taken. */
-  hasAvailable(): boolean {
-    const avail = this.ring(this.driver, 4, 'driver area')
-    return avail.getUint16(2, true) !== this.nextAvail
-  }
-
   /**
    * The next available chain, or `undefined` when the driver made none available.
    * With the event index, asks the driver to notify when it adds past this one.
