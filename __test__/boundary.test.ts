@@ -7,6 +7,7 @@ import test from 'ava'
 import fc from 'fast-check'
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -110,6 +111,57 @@ setTimeout(() => { console.log('exiting'); ${code} }, 200)
     t.true(r.ms < 1200 + 1000, `exited after ${r.ms.toFixed(0)} ms`)
   })
 }
+
+test('a guest under runAsync() in a Worker does not keep worker.terminate() or the main thread\'s process.exit() waiting', (t) => {
+  // On libuv's pool the run hung both: Node drains pool work before the cleanup hook that
+  // cancels it (#32 item 3); each vCPU now runs on its own thread.
+  const r = child(`
+import { Worker } from 'node:worker_threads'
+const source = \`
+const { parentPort } = require('node:worker_threads')
+import(\${JSON.stringify(${JSON.stringify('file://' + BUNDLE)})}).then((mshv) => {
+  const vm = mshv.createVm({ backend: 'sim' })
+  vm.addRam(0, 0x10000)
+  vm.write(0x1000, [0xeb, 0xfe]) // jmp $
+  const vcpu = vm.createVcpu(0)
+  mshv.enterRealMode(vcpu, 0x1000)
+  vcpu.runAsync()
+  parentPort.postMessage('running')
+})\`
+const start = () => new Promise((resolve) => { const w = new Worker(source, { eval: true }); w.once('message', () => resolve(w)) })
+const w = await start()
+const t0 = performance.now()
+const code = await Promise.race([w.terminate(), new Promise((r) => setTimeout(() => r('hung'), 3000))])
+console.log(JSON.stringify({ code, ms: performance.now() - t0 }))
+await start()
+process.exit(4)
+`)
+  t.is(r.status, 4, r.stderr)
+  const out = JSON.parse(r.stdout) as { code: unknown; ms: number }
+  t.is(out.code, 1, 'terminate() resolved with the exit code 1')
+  t.true(out.ms < 1000, `terminate() took ${out.ms.toFixed(0)} ms`)
+})
+
+test('eight vCPUs run at once under runAsync(), twice libuv\'s pool, while the pool still serves fs', async (t) => {
+  // Each vCPU counts in its own word; on the pool, four held every pool thread.
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 0x10000)
+  const cpus = Array.from({ length: 8 }, (_, i) => {
+    vm.write(0x1000 + 16 * i, assemble(`spin: inc dword [${0x2000 + 4 * i}]\njmp spin`, { bitness: 16, address: 0x1000 + 16 * i }).bytes)
+    const v = vm.createVcpu(i)
+    enterRealMode(v, 0x1000 + 16 * i)
+    return v
+  })
+  const runs = cpus.map((v) => v.runAsync())
+  t.true((await readFile(BUNDLE)).length > 0, 'fs.readFile completed while eight guests ran')
+  const counts = (): number[] => cpus.map((_, i) => new DataView(vm.read(0x2000 + 4 * i, 4).buffer).getUint32(0, true))
+  const deadline = performance.now() + 5000
+  while (counts().some((c) => c === 0) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+  t.deepEqual(counts().map((c) => c > 0), Array<boolean>(8).fill(true), `counts ${counts().join(', ')}`)
+  for (const v of cpus) v.cancel()
+  t.deepEqual(await Promise.all(runs), Array(8).fill({ reason: 'cancelled' }))
+  vm.close()
+})
 
 function rssKiB(): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))

@@ -180,10 +180,10 @@ function setCpuid(this: Binding.Vcpu, answers: Parameters<Binding.Vcpu['setCpuid
 }
 Object.defineProperty(native.Vcpu.prototype, 'setCpuid', { value: setCpuid, writable: true, configurable: true })
 
-// A guest running on a pool thread would keep `process.exit()` (and the exit after an
-// uncaught exception) waiting for it forever: Node joins its pool threads on the way
-// out. The 'exit' event comes first, so every vCPU this environment made is cancelled
-// there; the binding also cancels them when an environment is torn down (a worker ends).
+// A guest running on its vCPU's thread is stopped before the process exits (after
+// `process.exit()` or an uncaught exception), so no run outlives the heap it writes to:
+// the 'exit' event comes first, so every vCPU this environment made is cancelled there;
+// the binding also cancels them when an environment is torn down (a worker ends).
 process.on('exit', () => {
   native.cancelAllVcpus()
 })

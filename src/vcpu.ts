@@ -99,7 +99,7 @@ export interface RunOptions {
    */
   guestDeadlineNs?: number
   /**
-   * `runAsync` only: a vCPU halted with interrupts enabled waits on its worker thread
+   * `runAsync` only: a vCPU halted with interrupts enabled waits on its own thread
    * until an interrupt wakes it (its APIC timer, {@link Vm.requestInterrupt}), as MSHV
    * waits in the hypervisor, instead of ending the run with `{ reason: 'idle' }`.
    */
@@ -357,7 +357,7 @@ export class Vcpu {
   }
 
   /**
-   * Like {@link run}, but each native run happens on a worker thread, so the event
+   * Like {@link run}, but each native run happens on the vCPU's own thread, so the event
    * loop stays free (timers, I/O, `cancel()` from a callback). Errors carry the same
    * codes as {@link run}'s.
    */

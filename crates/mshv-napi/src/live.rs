@@ -130,15 +130,15 @@ fn cancel_where(key: usize) -> u32 {
 }
 
 /// Runs when an environment is torn down (a worker thread ends, the main thread's
-/// environment is freed): a vCPU running on a pool thread for it must stop, or the
-/// teardown would wait for it forever.
+/// environment is freed): a vCPU running on its own thread for it must stop, or it
+/// would run on with nobody to hear of it.
 unsafe extern "C" fn on_teardown(key: *mut std::ffi::c_void) {
     cancel_where(key as usize);
 }
 
 /// Cancels every vCPU this JavaScript environment made: a run in progress returns
 /// `cancelled` within a millisecond. The package calls it on `process.exit()`, so a
-/// guest running on a worker thread cannot keep the process alive. Returns how many
+/// guest running on its vCPU's thread cannot keep the process alive. Returns how many
 /// vCPUs it asked.
 #[napi]
 pub fn cancel_all_vcpus(env: Env) -> u32 {

@@ -12,15 +12,15 @@ use crate::runner::Runner;
 use crate::slot_lock::SlotLock;
 use hv_core::{Canceller, Exit, ExitMessage, HostRegion, HvError, RegisterValue, VcpuBackend};
 use napi::bindgen_prelude::{
-    ArrayBuffer, AsyncTask, BigInt, BigUint64Array, ToNapiValue, TypeName, Uint32Array, Unknown,
+    ArrayBuffer, BigInt, BigUint64Array, Object, ToNapiValue, TypeName, Uint32Array, Unknown,
     ValueType,
 };
-use napi::{sys, Env, Task};
+use napi::{sys, Env};
 use napi_derive::napi;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 /// The backend and the message it writes, touched only under [`Core`]'s lock.
 struct Slot {
@@ -30,7 +30,7 @@ struct Slot {
     published: usize,
 }
 
-/// The native vCPU and its exit message buffer, shared with the worker thread of an
+/// The native vCPU and its exit message buffer, shared with its own thread for an
 /// async `run()`, with the VM (which closes it) and with the finalizers of the
 /// ArrayBuffers over its memory.
 pub(crate) struct Core {
@@ -46,7 +46,12 @@ pub(crate) struct Core {
     page: Option<Arc<HostRegion>>,
     page_buffers: Mutex<Detachables>,
     message_buffers: Mutex<Detachables>,
+    /// The vCPU's own thread for async runs (see [`Core::on_own_thread`]).
+    own_thread: Mutex<Option<mpsc::Sender<RunJob>>>,
 }
+
+/// An async run, sent to the vCPU's own thread.
+type RunJob = Box<dyn FnOnce() + Send>;
 
 // SAFETY: `shared_msg` is written only under the `slot` lock (one run at a time), with
 // volatile writes through a raw pointer; JavaScript reads it as an external buffer.
@@ -166,6 +171,44 @@ impl Core {
         })
     }
 
+    /// Runs `job` on the vCPU's own thread, started at the first async run, as a VMM
+    /// gives each vCPU a thread. Runs on libuv's pool held a pool thread for as long as
+    /// the guest ran: more running vCPUs than pool threads (4) starved the rest, and a
+    /// Worker's teardown waited for the run forever, since Node drains pool work before
+    /// it calls the cleanup hook that cancels the run (`Environment::RunCleanup`:
+    /// `CleanupHandles()` first). The thread ends when the vCPU is closed or dropped.
+    fn on_own_thread(&self, job: RunJob) -> Result<()> {
+        let mut own = self
+            .own_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let job = match own.as_ref() {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return Ok(()),
+                // The thread is gone (it cannot panic: each job catches its own): start anew.
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (jobs, queue) = mpsc::channel::<RunJob>();
+        std::thread::Builder::new()
+            .name(format!("mshv-vcpu{}", self.index))
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })
+            .map_err(|e| {
+                napi::Error::new(
+                    "ENOMEM".to_string(),
+                    format!("vCPU {}: its thread could not start: {e}", self.index),
+                )
+            })?;
+        jobs.send(job).map_err(|_| closed("vCPU thread"))?;
+        *own = Some(jobs);
+        Ok(())
+    }
+
     /// Copies the slot's message to the one JavaScript reads: its used bytes, and zeros
     /// over what a longer earlier message left beyond them.
     fn publish(&self, slot: &mut Slot) {
@@ -190,9 +233,16 @@ impl Core {
             return;
         }
         self.canceller.cancel();
-        // Blocks until an async run on a pool thread has returned (it was cancelled).
+        // Blocks until an async run on the vCPU's thread has returned (it was cancelled).
         let mut slot = self.slot.lock();
         self.closed.store(true, Ordering::Release);
+        // The vCPU's thread ends once its queue is empty.
+        drop(
+            self.own_thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         for buffers in [&self.page_buffers, &self.message_buffers] {
             buffers
                 .lock()
@@ -235,38 +285,19 @@ impl ToNapiValue for RunOutcome {
     }
 }
 
-/// The worker-thread half of `run()`.
-pub struct RunTask {
-    core: Arc<Core>,
-    budget: Arc<Budget>,
-}
-
-impl Task for RunTask {
-    type Output = std::result::Result<u32, JsError>;
-    type JsValue = RunOutcome;
-
-    fn compute(&mut self) -> napi::Result<Self::Output> {
-        // A panic on a pool thread would abort the process: caught and coded.
-        Ok(
-            catch_unwind(AssertUnwindSafe(|| self.core.run(&self.budget))).unwrap_or_else(
-                |payload| {
-                    Err(napi::Error::new(
-                        "EPANIC".to_string(),
-                        format!(
-                            "Vcpu.run: the native run panicked ({}); this is a bug in mshv, please report it",
-                            panic_message(payload.as_ref())
-                        ),
-                    ))
-                },
+/// One async run on the vCPU's own thread: the exit code or the coded error; a panic
+/// (which would end the thread and lose the promise) becomes `EPANIC`.
+fn run_caught(core: &Core, budget: &Budget) -> RunOutcome {
+    match catch_unwind(AssertUnwindSafe(|| core.run(budget))) {
+        Ok(Ok(code)) => RunOutcome::Exit(code),
+        Ok(Err(e)) => RunOutcome::Failed(e),
+        Err(payload) => RunOutcome::Failed(napi::Error::new(
+            "EPANIC".to_string(),
+            format!(
+                "Vcpu.run: the native run panicked ({}); this is a bug in mshv, please report it",
+                panic_message(payload.as_ref())
             ),
-        )
-    }
-
-    fn resolve(&mut self, _env: Env, output: Self::Output) -> napi::Result<RunOutcome> {
-        Ok(match output {
-            Ok(code) => RunOutcome::Exit(code),
-            Err(e) => RunOutcome::Failed(e),
-        })
+        )),
     }
 }
 
@@ -288,6 +319,7 @@ impl Vcpu {
                 published: 0,
             })),
             closed: AtomicBool::new(false),
+            own_thread: Mutex::default(),
             shared_msg: Box::new(UnsafeCell::new(ExitMessage::default())),
             page_buffers: Mutex::default(),
             message_buffers: Mutex::default(),
@@ -341,16 +373,22 @@ impl Vcpu {
         })
     }
 
-    /// Runs on a worker thread; the event loop stays free. Resolves with what a
+    /// Runs on the vCPU's own thread; the event loop stays free. Resolves with what a
     /// runner call returns, or with the coded `Error` it would throw.
     #[napi(ts_return_type = "Promise<number | Error>")]
-    pub fn run(&self, budget: Option<&RunBudget>) -> Result<AsyncTask<RunTask>> {
+    pub fn run<'env>(&self, env: &'env Env, budget: Option<&RunBudget>) -> Result<Object<'env>> {
         guard("Vcpu.run", || {
             self.check_open()?;
-            Ok(AsyncTask::new(RunTask {
-                core: Arc::clone(&self.core),
-                budget: budget_of(budget),
-            }))
+            let (deferred, promise) = env.create_deferred().map_err(from_napi)?;
+            let core = Arc::clone(&self.core);
+            let budget = budget_of(budget);
+            self.core.on_own_thread(Box::new(move || {
+                let outcome = run_caught(&core, &budget);
+                // Settled through a threadsafe function: a no-op once the environment
+                // is torn down (napi-rs aborts it in its teardown hook).
+                deferred.resolve(move |_| Ok(outcome));
+            }))?;
+            Ok(promise)
         })
     }
 
