@@ -5,16 +5,36 @@
 //! with `ArrayBuffer.prototype.transfer()` where nothing here can detach it. Closing the
 //! owner detaches every buffer it still knows of, as a courtesy: a script that kept one
 //! gets a TypeError (or, through a transferred copy, zeros) instead of stale state.
+//!
+//! The finalizer holds the owner through a [`Lease`], which lets go as soon as the
+//! buffer is known to be out of JavaScript's reach (detached here, or collected): Node
+//! runs external buffers' finalizers from the event loop, so a script that made and
+//! closed VMs in a loop without yielding kept every mapping until it ran out of them
+//! (`vm.max_map_count`: ENOMEM after ~16,000 VMs).
 
 use crate::errors::{from_napi, Result};
 use napi::bindgen_prelude::{ArrayBuffer, JsValue};
 use napi::{sys, Env};
+use std::any::Any;
 use std::ptr;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-/// Weak references to the buffers handed out for one owner.
+/// What a buffer's finalizer holds: the owner of its bytes, until [`Lease::release`].
+struct Lease(Mutex<Option<Box<dyn Any + Send>>>);
+
+impl Lease {
+    /// Drops the owner now. Only once JavaScript cannot reach the buffer's bytes.
+    fn release(&self) {
+        let owner = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(owner);
+    }
+}
+
+/// Weak references to the buffers handed out for one owner, each with its lease (weak
+/// too: the owner may be what holds this list, and only the buffer keeps its lease).
 #[derive(Default)]
 pub struct Detachables {
-    refs: Vec<usize>,
+    refs: Vec<(usize, Weak<Lease>)>,
 }
 
 // SAFETY: the raw napi_ref handles are only used on the JS thread that created them
@@ -23,11 +43,16 @@ unsafe impl Send for Detachables {}
 // SAFETY: as above.
 unsafe impl Sync for Detachables {}
 
+/// What a buffer over native memory counts for at least, as external memory: a
+/// quarter MiB, so V8 (which collects after ~64 MiB of external growth) collects
+/// unreachable buffers every ~256 of them, well before their mappings run out.
+const MAPPING_CHARGE: usize = 256 << 10;
+
 /// Creates an external ArrayBuffer over `len` bytes at `data`, keeping `owner` alive.
 ///
 /// # Safety
 /// `data` must point to `len` bytes that stay valid while `owner` is alive.
-pub unsafe fn external<'env, T: 'static>(
+pub unsafe fn external<'env, T: Send + 'static>(
     env: &'env Env,
     data: *mut u8,
     len: usize,
@@ -38,15 +63,30 @@ pub unsafe fn external<'env, T: 'static>(
         return Ok(existing);
     }
     track.forget_collected(env);
-    // SAFETY: forwarded from this function's contract; the hint keeps the owner alive
-    // until the engine finalizes the buffer.
-    let ab = unsafe { ArrayBuffer::from_external(env, data, len, owner, |_, owner| drop(owner)) }
-        .map_err(from_napi)?;
+    // The engine is told what the buffer holds, as memory it does not see: a buffer over
+    // a closed VM's memory keeps its mapping (zero pages) until it is collected, and a
+    // mapping is scarce (vm.max_map_count, 65,530 by default). Without the charge a loop
+    // that made and closed VMs ran out of mappings (ENOMEM) long before V8 collected
+    // anything; each buffer counts at least MAPPING_CHARGE, so a collection comes first.
+    let charge = len.max(MAPPING_CHARGE) as i64;
+    // Best effort: the charge only paces collection; failing to tell it changes nothing else.
+    let _ = env.adjust_external_memory(charge);
+    let lease = Arc::new(Lease(Mutex::new(Some(Box::new(owner)))));
+    // SAFETY: forwarded from this function's contract; the lease keeps the owner alive
+    // until the engine finalizes the buffer or the buffer is out of JavaScript's reach.
+    let ab = unsafe {
+        ArrayBuffer::from_external(env, data, len, Arc::clone(&lease), move |env, lease| {
+            drop(lease);
+            let _ = env.adjust_external_memory(-charge);
+        })
+    }
+    .map_err(from_napi)?;
     let mut r = ptr::null_mut();
     // SAFETY: a weak (count 0) reference to a live value of this env.
     let status = unsafe { sys::napi_create_reference(env.raw(), ab.raw(), 0, &mut r) };
+    // Without a reference the buffer cannot be watched: its lease is kept to the end.
     if status == sys::Status::napi_ok {
-        track.refs.push(r as usize);
+        track.refs.push((r as usize, Arc::downgrade(&lease)));
     }
     Ok(ab)
 }
@@ -57,7 +97,7 @@ impl Detachables {
     /// Handing out one buffer per memory range matters: engines reject two external
     /// buffers over the same bytes.
     pub fn alive<'env>(&self, env: &'env Env) -> Option<ArrayBuffer<'env>> {
-        let r = *self.refs.last()? as sys::napi_ref;
+        let r = self.refs.last()?.0 as sys::napi_ref;
         let mut value = ptr::null_mut();
         // SAFETY: `r` is a live reference of this env (deleted only in detach_all).
         let ok = unsafe { sys::napi_get_reference_value(env.raw(), r, &mut value) }
@@ -76,8 +116,8 @@ impl Detachables {
     /// owner that re-wraps its memory many times keeps a handful of references, not
     /// one per buffer ever made.
     fn forget_collected(&mut self, env: &Env) {
-        self.refs.retain(|&r| {
-            let r = r as sys::napi_ref;
+        self.refs.retain(|(r, lease)| {
+            let r = *r as sys::napi_ref;
             let mut value = ptr::null_mut();
             // SAFETY: `r` is a live reference of this env, deleted at most once (here or
             // in detach_all, which drains the list).
@@ -87,23 +127,43 @@ impl Detachables {
                     && !value.is_null();
                 if !alive {
                     sys::napi_delete_reference(env.raw(), r);
+                    // Collected: nothing in JavaScript reaches its bytes.
+                    if let Some(lease) = lease.upgrade() {
+                        lease.release();
+                    }
                 }
                 alive
             }
         });
     }
 
-    /// Detaches every buffer still alive and forgets them.
+    /// Detaches every buffer still alive and forgets them. The owner of each buffer
+    /// detached here or already collected is let go at once; one found detached already
+    /// was moved with `transfer()` (its bytes are reachable from the new buffer), so its
+    /// owner stays until the engine finalizes it.
     pub fn detach_all(&mut self, env: &Env) {
-        for r in self.refs.drain(..) {
+        for (r, lease) in self.refs.drain(..) {
             let r = r as sys::napi_ref;
             let mut value = ptr::null_mut();
-            // SAFETY: `r` came from napi_create_reference on this env and is deleted once.
+            // SAFETY: `r` came from napi_create_reference on this env and is deleted once;
+            // `value` is the ArrayBuffer it was made for.
             unsafe {
-                if sys::napi_get_reference_value(env.raw(), r, &mut value) == sys::Status::napi_ok
-                    && !value.is_null()
+                let alive = sys::napi_get_reference_value(env.raw(), r, &mut value)
+                    == sys::Status::napi_ok
+                    && !value.is_null();
+                let mut detached = false;
+                let unreachable = if !alive {
+                    true
+                } else if sys::napi_is_detached_arraybuffer(env.raw(), value, &mut detached)
+                    != sys::Status::napi_ok
+                    || detached
                 {
-                    sys::napi_detach_arraybuffer(env.raw(), value);
+                    false
+                } else {
+                    sys::napi_detach_arraybuffer(env.raw(), value) == sys::Status::napi_ok
+                };
+                if let Some(lease) = lease.upgrade().filter(|_| unreachable) {
+                    lease.release();
                 }
                 sys::napi_delete_reference(env.raw(), r);
             }

@@ -12,7 +12,11 @@ use std::sync::{Arc, Mutex};
 /// One region of guest RAM, shared by its `GuestMemory` object and its VM (which
 /// releases it when it unmaps the region or closes).
 pub(crate) struct Ram {
-    pub region: Arc<HostRegion>,
+    /// The mapping, until the region is retired: then only buffers that escaped
+    /// detachment keep it (see [`Ram::retire`]).
+    region: Mutex<Option<Arc<HostRegion>>>,
+    /// The region's size in bytes.
+    pub len: usize,
     pub gpa: u64,
     buffers: Mutex<Detachables>,
     released: AtomicBool,
@@ -21,7 +25,8 @@ pub(crate) struct Ram {
 impl Ram {
     pub(crate) fn new(region: Arc<HostRegion>, gpa: u64) -> Arc<Self> {
         Arc::new(Ram {
-            region,
+            len: region.len(),
+            region: Mutex::new(Some(region)),
             gpa,
             buffers: Mutex::default(),
             released: AtomicBool::new(false),
@@ -37,11 +42,25 @@ impl Ram {
             .detach_all(env);
     }
 
+    /// The mapping, while the region is not retired.
+    pub(crate) fn region(&self) -> Option<Arc<HostRegion>> {
+        self.region
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Releases the region and gives its memory back to the host at once; a buffer
-    /// that escaped detachment then reads zeros that belong to nobody.
+    /// that escaped detachment then reads zeros that belong to nobody. The mapping is
+    /// let go here too: unless such a buffer holds it, it is unmapped now, not when the
+    /// engine collects this object (a loop that made and closed 30,000 VMs ran out of
+    /// mappings, `vm.max_map_count`, before any collection).
     pub(crate) fn retire(&self, env: &Env) {
         self.release(env);
-        self.region.retire();
+        let region = self.region.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(region) = region {
+            region.retire();
+        }
     }
 
     fn is_released(&self) -> bool {
@@ -76,7 +95,7 @@ impl GuestMemory {
     /// Size in bytes.
     #[napi(getter)]
     pub fn size(&self) -> f64 {
-        self.ram.region.len() as f64
+        self.ram.len as f64
     }
 
     /// Whether JavaScript may still use the region (not unmapped, its VM not closed).
@@ -89,11 +108,11 @@ impl GuestMemory {
     #[napi]
     pub fn buffer<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
         guard("GuestMemory.buffer", || {
-            if self.ram.is_released() {
-                return Err(closed("guest memory region"));
-            }
-            let region = &self.ram.region;
-            let owner = Arc::clone(region);
+            let region = match self.ram.region() {
+                Some(region) if !self.ram.is_released() => region,
+                _ => return Err(closed("guest memory region")),
+            };
+            let owner = Arc::clone(&region);
             let mut buffers = self.ram.buffers.lock().unwrap_or_else(|p| p.into_inner());
             // SAFETY: the region's bytes stay mapped as long as `owner`, which the buffer
             // keeps (a retired region stays mapped, to zero pages).

@@ -3,7 +3,7 @@
 use crate::errors::{guard, invalid, Result};
 use crate::vcpu::Core;
 use hv_core::page::{ISVALID, PAGE_SIZE};
-use hv_core::{HostRegion, RegisterPagePtr};
+use hv_core::RegisterPagePtr;
 use napi::bindgen_prelude::{ArrayBuffer, BigInt};
 use napi::Env;
 use napi_derive::napi;
@@ -11,17 +11,20 @@ use std::sync::Arc;
 
 /// The mapped `hv_vp_register_page` of one vCPU. Its buffer is the page itself: what
 /// JavaScript writes there, the hypervisor reads at the next resume, and the reverse.
+///
+/// The page's mapping belongs to the vCPU (and to every buffer over it): this object
+/// reads through `page` only while the vCPU is open, which every method checks first on
+/// the JavaScript thread, the only thread that closes it. So a closed vCPU's mapping goes
+/// at `close()`, not when the engine collects this object.
 #[napi]
 pub struct RegisterPage {
     core: Arc<Core>,
-    /// The page's mapping: kept by this object and by every buffer over it.
-    region: Arc<HostRegion>,
     page: RegisterPagePtr,
 }
 
 impl RegisterPage {
-    pub(crate) fn new(core: Arc<Core>, region: Arc<HostRegion>, page: RegisterPagePtr) -> Self {
-        RegisterPage { core, region, page }
+    pub(crate) fn new(core: Arc<Core>, page: RegisterPagePtr) -> Self {
+        RegisterPage { core, page }
     }
 
     fn check_open(&self) -> Result<()> {
@@ -37,7 +40,7 @@ impl RegisterPage {
     pub fn buffer<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
         guard("RegisterPage.buffer", || {
             self.check_open()?;
-            self.core.page_buffer(env, &self.region)
+            self.core.page_buffer(env)
         })
     }
 

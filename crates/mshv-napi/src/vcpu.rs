@@ -42,8 +42,8 @@ pub(crate) struct Core {
     shared_msg: Box<UnsafeCell<ExitMessage>>,
     canceller: Canceller,
     index: u32,
-    /// The register page's mapping, which its buffers keep alive.
-    page: Option<Arc<HostRegion>>,
+    /// The register page's mapping, which its buffers keep alive; let go at close.
+    page: Mutex<Option<Arc<HostRegion>>>,
     page_buffers: Mutex<Detachables>,
     message_buffers: Mutex<Detachables>,
     /// The vCPU's own thread for async runs (see [`Core::on_own_thread`]).
@@ -249,7 +249,13 @@ impl Core {
                 .unwrap_or_else(|p| p.into_inner())
                 .detach_all(env);
         }
-        if let Some(page) = &self.page {
+        // Retired, and let go: unmapped now unless a buffer that escaped holds it.
+        if let Some(page) = self
+            .page
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             page.retire();
         }
         *slot = None;
@@ -312,7 +318,7 @@ impl Vcpu {
         let core = Arc::new(Core {
             canceller: backend.canceller(),
             index: backend.index(),
-            page: backend.register_page_region(),
+            page: Mutex::new(backend.register_page_region()),
             slot: SlotLock::new(Some(Slot {
                 vcpu: Live::new(backend, Kind::Vcpu),
                 msg: ExitMessage::default(),
@@ -495,12 +501,14 @@ impl Vcpu {
         guard("Vcpu.registerPage", || {
             self.check_open()?;
             let ptr = self.core.with(|b, _| Ok(b.register_page()))?;
-            Ok(match (ptr, &self.core.page) {
-                (Some(ptr), Some(region)) => Some(RegisterPage::new(
-                    Arc::clone(&self.core),
-                    Arc::clone(region),
-                    ptr,
-                )),
+            let page = self
+                .core
+                .page
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            Ok(match (ptr, page) {
+                (Some(ptr), Some(_)) => Some(RegisterPage::new(Arc::clone(&self.core), ptr)),
                 _ => None,
             })
         })
@@ -578,13 +586,15 @@ impl Vcpu {
 
 impl Core {
     /// Creates a register page view's buffer (see `RegisterPage::buffer`).
-    pub(crate) fn page_buffer<'env>(
-        &self,
-        env: &'env Env,
-        region: &Arc<HostRegion>,
-    ) -> Result<ArrayBuffer<'env>> {
+    pub(crate) fn page_buffer<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
+        let region = self
+            .page
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| closed("vCPU (of this register page)"))?;
         let mut buffers = self.page_buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let owner = Arc::clone(region);
+        let owner = Arc::clone(&region);
         // SAFETY: the page's mapping is owned by `region`, which the buffer keeps; a
         // closed vCPU retires it (zero pages at the same address), never unmaps it.
         unsafe { external(env, region.as_ptr(), region.len(), owner, &mut buffers) }

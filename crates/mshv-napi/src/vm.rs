@@ -39,7 +39,7 @@ struct Open {
 
 impl Open {
     fn mapped_bytes(&self) -> u64 {
-        self.ram.iter().map(|r| r.region.len() as u64).sum()
+        self.ram.iter().map(|r| r.len as u64).sum()
     }
 }
 
