@@ -64,6 +64,7 @@ test('`mshv doctor --backend mshv` fails with one clear reason where /dev/mshv i
 test('bad doctor options are clear errors, and a bad command line exits 2 with the usage', async (t) => {
   await t.throwsAsync(runDoctor({ backend: 'kvm' as 'sim' }), { instanceOf: MshvError, message: /backend must be 'auto', 'sim' or 'mshv', got 'kvm'/ })
   await t.throwsAsync(runDoctor({ experimentMs: -1 }), { instanceOf: MshvError, message: /experimentMs .* got -1/ })
+  await t.throwsAsync(runDoctor({ onCheck: 5 as unknown as () => void }), { instanceOf: MshvError, code: 'EINVAL', message: /onCheck must be a function, got 5/ })
   const e = await run(process.execPath, [CLI, 'doctor', '--frobnicate']).then(
     () => undefined,
     (err: { code: number; stderr: string }) => err,

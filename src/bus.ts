@@ -151,6 +151,7 @@ export class IoBus {
 
   /** Claims ports `[start, start + length)` for `device`; overlaps are rejected. */
   register(start: number, length: number, device: PioDevice, name = 'device'): void {
+    checkName(name)
     if (!Number.isInteger(start) || start < 0 || !Number.isInteger(length) || length < 1 || start + length > 0x10000) {
       throw new MshvError('EINVAL', `port range ${describe(start)} (+${describe(length)}) for ${name} is outside 0..0xffff`)
     }
@@ -199,6 +200,7 @@ export class IoBus {
 
   /** Reads from a port; unclaimed ports read as all ones. */
   read(port: number, size: number, ctx: AccessContext): number {
+    if (!isAccess(port, 0xffff, size, 4, ctx)) throw badAccess('read', port, 0xffff, size, 4, ctx)
     const r = this.find(port)
     if (!r?.device.ioRead) {
       this.stats.unclaimedReads++
@@ -214,6 +216,8 @@ export class IoBus {
 
   /** Writes to a port; writes to unclaimed ports are dropped and counted. */
   write(port: number, size: number, value: number, ctx: AccessContext): void {
+    if (!isAccess(port, 0xffff, size, 4, ctx)) throw badAccess('write', port, 0xffff, size, 4, ctx)
+    if (typeof value !== 'number') throw new MshvError('EINVAL', `bus.write: value must be a number, got ${describe(value)}`)
     const r = this.find(port)
     if (!r?.device.ioWrite) {
       this.stats.unclaimedWrites++
@@ -228,6 +232,7 @@ export class IoBus {
    * for the guest's accesses to exit.
    */
   registerMmio(gpa: number | bigint, size: number | bigint, device: MmioDevice, name = 'device'): void {
+    checkName(name)
     const start = integer(gpa)
     const len = integer(size)
     if (start === undefined || len === undefined || start < 0n || len < 1n || start + len > 1n << 52n) {
@@ -292,6 +297,7 @@ export class IoBus {
 
   /** Reads MMIO; unclaimed addresses read as all ones. */
   mmioRead(gpa: bigint, size: number, ctx: AccessContext): bigint {
+    if (typeof gpa !== 'bigint' || !isAccess(0, 0, size, 8, ctx)) throw badAccess('mmioRead', gpa, 2 ** 52 - 1, size, 8, ctx)
     const at = Number(gpa)
     const r = this.findMmio(at, size)
     const m = mask(size)
@@ -309,6 +315,8 @@ export class IoBus {
 
   /** Writes MMIO; writes no device claims are dropped and counted. */
   mmioWrite(gpa: bigint, size: number, value: bigint, ctx: AccessContext): void {
+    if (typeof gpa !== 'bigint' || !isAccess(0, 0, size, 8, ctx)) throw badAccess('mmioWrite', gpa, 2 ** 52 - 1, size, 8, ctx)
+    if (typeof value !== 'bigint') throw new MshvError('EINVAL', `bus.mmioWrite: value must be a bigint, got ${describe(value)}`)
     const at = Number(gpa)
     const r = this.findMmio(at, size)
     if (!r?.device.mmioWrite) {
@@ -317,6 +325,29 @@ export class IoBus {
     }
     r.device.mmioWrite(at - r.low, size, value & mask(size), ctx)
   }
+}
+
+/**
+ * Whether an access is well formed: an address in 0..max, a size of 1, 2 or 4 bytes
+ * (ports) or 1..8 (MMIO, `maxSize` 8), a context object. A few compares on the exit path.
+ */
+function isAccess(address: number, max: number, size: number, maxSize: number, ctx: unknown): boolean {
+  return typeof address === 'number' && address >>> 0 === address && address <= max && typeof size === 'number' && (maxSize === 8 ? size >>> 0 === size && size >= 1 && size <= 8 : size === 1 || size === 2 || size === 4) && typeof ctx === 'object' && ctx !== null
+}
+
+/** The `EINVAL` for an access {@link isAccess} refused, naming what was wrong. */
+function badAccess(what: string, address: unknown, max: number, size: unknown, maxSize: number, ctx: unknown): MshvError {
+  const sizes = maxSize === 8 ? 'an integer in 1..8' : '1, 2 or 4'
+  if (what.startsWith('mmio') ? typeof address !== 'bigint' : !(typeof address === 'number' && address >>> 0 === address && address <= max)) {
+    return new MshvError('EINVAL', `bus.${what}: the ${what.startsWith('mmio') ? 'address must be a bigint' : `port must be an integer in 0..${hex(max)}`}, got ${describe(address)}`)
+  }
+  if (!isAccess(0, 0, size as number, maxSize, {})) return new MshvError('EINVAL', `bus.${what}: size must be ${sizes}, got ${describe(size)}`)
+  return new MshvError('EINVAL', `bus.${what}: ctx must be the exit's access context (an object), got ${describe(ctx)}`)
+}
+
+/** A device's name, which every message about its ranges shows. */
+function checkName(name: unknown): void {
+  if (typeof name !== 'string' || name.length > 200) throw new MshvError('EINVAL', `a device name must be a string of at most 200 characters, got ${describe(name)}`)
 }
 
 /** `v` as a bigint when it is an integer number or a bigint. */

@@ -28,7 +28,7 @@ export function coded(e: unknown): unknown {
 /** Returns `v` when it is an integer in 0..2^32-1; else an `EINVAL` naming `what` and the value. */
 export function checkU32(what: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff_ffff) {
-    throw new MshvError('EINVAL', `${what} must be an integer in 0..0xffffffff, got ${String(v)}`)
+    throw new MshvError('EINVAL', `${what} must be an integer in 0..0xffffffff, got ${describe(v)}`)
   }
   return v
 }

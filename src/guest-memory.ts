@@ -5,6 +5,7 @@
  * naming it, never a short copy and never host memory.
  * @module
  */
+import { checkBytes } from './check.js'
 import { MshvError, describe, hex } from './errors.js'
 
 /** One region of guest RAM as DMA sees it. */
@@ -74,6 +75,7 @@ export class GuestMemory {
 
   /** Copies `data` to `gpa`. */
   write(gpa: number, data: Uint8Array): void {
+    checkBytes('memory.write: data', data)
     this.view(gpa, data.length, true).set(data)
   }
 

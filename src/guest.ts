@@ -2,11 +2,16 @@
  * Helpers that put a vCPU into a known CPU mode, through the register cache.
  * @module
  */
-import type { Vcpu } from './vcpu.js'
+import { Vcpu } from './vcpu.js'
 import { MshvError, describe } from './errors.js'
+import { checkFunction, checkInstance, checkInteger, checkObject, checkUnsignedBigint } from './check.js'
 
 /** Packs a segment register value: [base, limit | selector << 32 | attributes << 48]. */
 export function segment(base: bigint, limit: number, selector: number, attributes: number): [bigint, bigint] {
+  checkUnsignedBigint('segment: base', base)
+  checkInteger('segment: limit', limit, 0, 0xffff_ffff)
+  checkInteger('segment: selector', selector, 0, 0xffff)
+  checkInteger('segment: attributes', attributes, 0, 0xffff)
   return [base, BigInt(limit >>> 0) | (BigInt(selector) << 32n) | (BigInt(attributes) << 48n)]
 }
 
@@ -25,6 +30,7 @@ function u64(what: string, v: unknown): bigint {
  * always reaches `ip`. `sp` is SS:SP with SS 0.
  */
 export function enterRealMode(vcpu: Vcpu, ip: number, sp = 0x7000): void {
+  checkInstance('enterRealMode: vcpu', vcpu, Vcpu)
   if (!Number.isInteger(ip) || ip < 0 || ip > 0xf_ffff) {
     throw new MshvError('EINVAL', `a real-mode start address must be an integer below 1 MiB (0x100000), got ${describe(ip)}`)
   }
@@ -55,6 +61,7 @@ export function enterLongMode(
   ip: number | bigint,
   options: { tables?: number; sp?: number | bigint } = {},
 ): void {
+  checkInstance('enterLongMode: vcpu', vcpu, Vcpu)
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `enterLongMode: options must be an object, got ${describe(options)}`)
   const rip = u64('enterLongMode: ip', ip)
   const sp = u64('enterLongMode: sp', options.sp ?? 0x8_0000)
@@ -80,11 +87,21 @@ export interface GuestWriter {
   write(gpa: number | bigint, data: Uint8Array | readonly number[]): void
 }
 
+/** `ram` as a {@link GuestWriter}: an object with a `write` method. */
+function checkWriter(what: string, ram: unknown): GuestWriter {
+  checkFunction(`${what}.write`, checkObject<GuestWriter>(what, ram).write)
+  return ram as GuestWriter
+}
+
 /**
  * Writes the two page-table pages at `tables` (a PML4 and a PDPT, 8 KiB) that
  * identity-map the first 4 GiB with 1 GiB pages; their address is CR3.
  */
 export function identityMap4G(ram: GuestWriter, tables: number): void {
+  checkWriter('identityMap4G: ram', ram)
+  if (checkInteger('identityMap4G: tables', tables, 0, Number.MAX_SAFE_INTEGER - 0x2000) % 0x1000 !== 0) {
+    throw new MshvError('EINVAL', `identityMap4G: tables must be 4 KiB-aligned, got ${describe(tables)}`)
+  }
   const entries = new BigUint64Array(1024)
   entries[0] = BigInt(tables + 0x1000) | 3n // PML4[0] -> PDPT
   for (let i = 0; i < 4; i++) entries[512 + i] = (BigInt(i) << 30n) | 0x83n // 1 GiB pages
@@ -106,7 +123,12 @@ export function loadInterruptTables(
   handlers: Readonly<Record<number, number | bigint>>,
   options: { gdt?: number; idt?: number } = {},
 ): void {
-  const { gdt = 0x500, idt = 0x3000 } = options
+  checkInstance('loadInterruptTables: vcpu', vcpu, Vcpu)
+  checkWriter('loadInterruptTables: ram', ram)
+  checkObject('loadInterruptTables: handlers', handlers)
+  const { gdt = 0x500, idt = 0x3000 } = checkObject<{ gdt?: number; idt?: number }>('loadInterruptTables: options', options)
+  checkInteger('loadInterruptTables: gdt', gdt, 0, Number.MAX_SAFE_INTEGER)
+  checkInteger('loadInterruptTables: idt', idt, 0, Number.MAX_SAFE_INTEGER)
   const gates = new BigUint64Array(512)
   for (const [vector, at] of Object.entries(handlers)) {
     const v = Number(vector)

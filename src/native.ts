@@ -59,6 +59,21 @@ function load(): typeof Binding {
 
 type Fn = (...args: unknown[]) => unknown
 
+/**
+ * napi-rs's own statuses, which it throws as the code of an argument it cannot convert
+ * (`StringExpected` for a number where a path goes, ...): to the caller, an `EINVAL`.
+ */
+const NAPI_ARGUMENT_STATUSES = new Set(['InvalidArg', 'ObjectExpected', 'StringExpected', 'NameExpected', 'FunctionExpected', 'NumberExpected', 'BooleanExpected', 'ArrayExpected', 'BigintExpected', 'DateExpected', 'ArrayBufferExpected', 'DetachableArraybufferExpected'])
+
+/** A binding error as an {@link MshvError}: its code kept, napi-rs's conversion statuses as `EINVAL`. */
+function codedNative(e: unknown): unknown {
+  const c = coded(e)
+  if (c instanceof MshvError && NAPI_ARGUMENT_STATUSES.has(c.code)) return new MshvError('EINVAL', `${c.message} (${c.code})`, { cause: e })
+  // The engine's own refusals (a method called on the wrong object: "Illegal invocation").
+  if (!(c instanceof MshvError) && c instanceof Error) return new MshvError('EINVAL', c.message, { cause: e })
+  return c
+}
+
 /** `f` with every error it throws (or its promise rejects with) made an MshvError. */
 function codedFn(f: Fn): Fn {
   return function (this: unknown, ...args: unknown[]): unknown {
@@ -66,15 +81,15 @@ function codedFn(f: Fn): Fn {
     try {
       result = f.apply(this, args)
     } catch (e) {
-      throw coded(e)
+      throw codedNative(e)
     }
     if (result instanceof Promise) {
       // An async run settles with its error (to keep the code); surface it as a rejection.
       return result.then((r: unknown) => {
-        if (r instanceof Error) throw coded(r)
+        if (r instanceof Error) throw codedNative(r)
         return r
       }, (e: unknown) => {
-        throw coded(e)
+        throw codedNative(e)
       })
     }
     return result
@@ -105,11 +120,20 @@ function withCodedErrors(binding: typeof Binding): typeof Binding {
       if (typeof d.value === 'function') Object.defineProperty(proto, key, { ...d, value: codedFn(d.value as Fn) })
       else if (d.get) Object.defineProperty(proto, key, { ...d, get: codedFn(d.get as Fn) as () => unknown })
     }
-    for (const key of Object.getOwnPropertyNames(value)) {
-      const d = Object.getOwnPropertyDescriptor(value, key)
-      if (d && typeof d.value === 'function' && d.writable) Object.defineProperty(value, key, { ...d, value: codedFn(d.value as Fn) })
+    // napi-rs defines its static factories (`Hypervisor.open`) read-only and not
+    // configurable: a subclass carries the coded ones, and instances of the binding's
+    // class are instances of it.
+    const statics = Object.getOwnPropertyNames(value).filter((key) => key !== 'prototype' && typeof Object.getOwnPropertyDescriptor(value, key)?.value === 'function')
+    if (statics.length === 0) {
+      out[name] = value
+      continue
     }
-    out[name] = value
+    const base = value as unknown as new (...args: never[]) => object
+    const coded = class extends base {}
+    for (const key of statics) Object.defineProperty(coded, key, { value: codedFn((value as unknown as Record<string, Fn>)[key] as Fn), writable: true, configurable: true })
+    Object.defineProperty(coded, Symbol.hasInstance, { value: (x: unknown) => x instanceof base })
+    Object.defineProperty(coded, 'name', { value: name })
+    out[name] = coded
   }
   return out as unknown as typeof Binding
 }
@@ -160,7 +184,7 @@ export function runOnce(handle: RunnerHandle): number {
     // message type, 0x8001xxxx, would be a heap number allocated on every exit).
     return (runVcpu(handle.id) ^ 0x8000_0000) >>> 0
   } catch (e) {
-    throw coded(e)
+    throw codedNative(e)
   }
 }
 Object.defineProperty(native.Vcpu.prototype, 'runner', { value: runner, writable: true, configurable: true })

@@ -68,13 +68,13 @@ function checkIndex(i: number): number {
 }
 
 function checkSize(size: number): 1 | 2 | 4 {
-  if (size !== 1 && size !== 2 && size !== 4) throw new MshvError('EINVAL', `register write size must be 1, 2 or 4 bytes, got ${String(size)}`)
+  if (size !== 1 && size !== 2 && size !== 4) throw new MshvError('EINVAL', `register write size must be 1, 2 or 4 bytes, got ${describe(size)}`)
   return size
 }
 
 function checkU64(name: string, v: bigint): bigint {
   if (typeof v !== 'bigint' || BigInt.asUintN(64, v) !== v) {
-    throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1, got ${String(v)}`)
+    throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1, got ${describe(v)}`)
   }
   return v
 }

@@ -107,6 +107,15 @@ function checkGpa(what: string, gpa: unknown): bigint {
   return BigInt(gpa as number | bigint)
 }
 
+/**
+ * The range a RAM lookup takes: a bigint GPA and a byte count. Only the types are
+ * checked (every MMIO access is looked up; a range outside RAM is simply not found).
+ */
+function checkRange(what: string, gpa: unknown, length: unknown): void {
+  if (typeof gpa !== 'bigint') throw new MshvError('EINVAL', `${what}: gpa must be a bigint, got ${describe(gpa)}`)
+  if (typeof length !== 'number' || !(length >= 0)) throw new MshvError('EINVAL', `${what}: length must be a number of bytes from 0, got ${describe(length)}`)
+}
+
 /** A region size: a positive whole number of 4 KiB pages, as a number. */
 function checkRegionSize(what: string, size: unknown): number {
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size <= 0 || size % 0x1000 !== 0) {
@@ -350,6 +359,7 @@ export class Vm {
 
   /** The RAM (or ROM) region holding `[gpa, gpa + length)`, or undefined when that is not all one region. */
   findRam(gpa: bigint, length: number): RamRegion | undefined {
+    checkRange('findRam', gpa, length)
     // Number arithmetic (GPAs are below 2^52): the emulators look up every access, and
     // most MMIO accesses miss every region.
     const at = Number(gpa)
@@ -362,6 +372,7 @@ export class Vm {
 
   /** Whether any byte of `[gpa, gpa + length)` is RAM or ROM. */
   touchesRam(gpa: bigint, length: number): boolean {
+    checkRange('touchesRam', gpa, length)
     const at = Number(gpa)
     for (const r of this.ram) if (at < r.start + r.size && r.start < at + length) return true
     return false

@@ -5,6 +5,7 @@
  * the repository (`$MSHV_LINUX_CACHE`, default `~/.cache/mshv-linux`).
  * @module
  */
+import { checkString } from '../check.js'
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { homedir } from 'node:os'
@@ -70,6 +71,7 @@ export function fetchDebianLinux(): DebianLinux {
  * {@link busyboxInitramfs}.
  */
 export function kernelModules(kernel: string, names: readonly string[]): ModuleSet {
+  checkString('kernelModules: kernel', kernel, 4096)
   const version = basename(kernel).replace(/^vmlinuz-/, '')
   return resolveModules(join(dirname(dirname(kernel)), 'lib', 'modules', version), names)
 }

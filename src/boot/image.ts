@@ -8,6 +8,7 @@
  */
 import { MshvError } from '../errors.js'
 import { native } from '../native.js'
+import { checkBytes, checkString } from '../check.js'
 
 /** A kernel ready to load: its segments at their physical addresses and its PVH entry. */
 export interface KernelElf {
@@ -42,6 +43,8 @@ function fail(file: string, field: string, what: string): never {
 
 /** Reads `file`'s bytes as a kernel: a bzImage (unpacked here) or an ELF vmlinux. */
 export function readKernel(bytes: Uint8Array, file = 'kernel'): KernelElf {
+  checkBytes('readKernel: bytes', bytes)
+  checkString('readKernel: file', file, 4096)
   if (bytes.length >= 4 && bytes[0] === 0x7f && bytes[1] === 0x45 && bytes[2] === 0x4c && bytes[3] === 0x46) {
     return parseElf(bytes, file, 'ELF vmlinux')
   }
@@ -57,6 +60,8 @@ export function readKernel(bytes: Uint8Array, file = 'kernel'): KernelElf {
 
 /** The compressed kernel inside a bzImage, checked field by field. */
 export function bzImagePayload(bytes: Uint8Array, file = 'kernel'): { payload: Uint8Array; description: string; protocol: number } {
+  checkBytes('bzImagePayload: bytes', bytes)
+  checkString('bzImagePayload: file', file, 4096)
   if (bytes.length < 0x270) fail(file, 'size', `${bytes.length} bytes is too short for a bzImage's setup header (0x270 bytes)`)
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   if (dv.getUint16(0x1fe, true) !== 0xaa55) fail(file, 'boot_flag (0x1fe)', `0x${dv.getUint16(0x1fe, true).toString(16)}, expected 0xaa55: not a bzImage or an ELF`)
@@ -115,6 +120,9 @@ export function readBzImage(bytes: Uint8Array, file = 'kernel'): BzImage {
 
 /** An ELF64 x86-64 executable's PT_LOAD segments and its PVH entry note. */
 export function parseElf(bytes: Uint8Array, file: string, description: string): KernelElf {
+  checkBytes('parseElf: bytes', bytes)
+  checkString('parseElf: file', file, 4096)
+  checkString('parseElf: description', description, 4096)
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   if (bytes.length < 64) fail(file, 'ELF header', 'truncated')
   if (bytes[4] !== 2) fail(file, 'EI_CLASS', `${bytes[4]}, expected 2 (ELF64)`)

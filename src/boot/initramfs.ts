@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs'
 import { MshvError, describe } from '../errors.js'
 import { cpioArchive, type CpioEntry } from './cpio.js'
 import type { ModuleSet } from './modules.js'
+import { checkObject, checkStrings } from '../check.js'
 
 /** The /init of {@link busyboxInitramfs} without a script: mounts, then a shell on the console; poweroff when it exits. */
 export const SHELL_INIT = `#!/bin/busybox sh
@@ -38,7 +39,7 @@ export interface BusyboxInitramfsOptions {
 
 /** An uncompressed newc initramfs with busybox and `init`. */
 export function busyboxInitramfs(options: BusyboxInitramfsOptions): Uint8Array {
-  const { busybox, init = SHELL_INIT } = options
+  const { busybox, init = SHELL_INIT } = checkObject<BusyboxInitramfsOptions>('busyboxInitramfs: options', options)
   let binary: Uint8Array
   if (busybox instanceof Uint8Array) binary = busybox
   else if (typeof busybox === 'string') {
@@ -50,6 +51,11 @@ export function busyboxInitramfs(options: BusyboxInitramfsOptions): Uint8Array {
   } else throw new MshvError('EINVAL', `busybox must be bytes or a file path, got ${describe(busybox)}`)
   if (binary.length < 4 || binary[0] !== 0x7f || binary[1] !== 0x45) throw new MshvError('EINVAL', 'busybox: not an ELF executable')
   if (typeof init !== 'string') throw new MshvError('EINVAL', `init must be a script (a string), got ${describe(init)}`)
+  if (options.modules !== undefined) {
+    const m = checkObject<ModuleSet>('busyboxInitramfs: modules', options.modules)
+    checkStrings('busyboxInitramfs: modules.requested', m.requested)
+    if (!Array.isArray(m.entries)) throw new MshvError('EINVAL', `busyboxInitramfs: modules.entries must be an array of cpio entries, got ${describe(m.entries)}`)
+  }
   const modules: CpioEntry[] = options.modules
     ? [
         { path: 'sbin', type: 'dir' },

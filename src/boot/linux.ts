@@ -6,7 +6,7 @@
  * @module
  */
 import { readFileSync } from 'node:fs'
-import { createVm, type Vm, type VmOptions } from '../vm.js'
+import { createVm, Vm, type VmOptions } from '../vm.js'
 import type { RunResult, Vcpu } from '../vcpu.js'
 import { identityMap4G, segment } from '../guest.js'
 import { MshvError, describe, hex } from '../errors.js'
@@ -28,6 +28,7 @@ import { VirtioRng } from '../virtio/rng.js'
 import { VirtioConsole, type VirtioConsoleOptions } from '../virtio/console.js'
 import type { NetworkBackend } from '../virtio/tap.js'
 import { FileDisk, type BlockBackend } from '../virtio/disk.js'
+import { checkInstance, checkNumber, checkObject } from '../check.js'
 
 /** CPUID 0x40000000 of VMware: max hypervisor leaf 0x40000000, "VMwareVMware" (Linux's vmware_platform). */
 const VMWARE_SIGNATURE: CpuidEntry = { leaf: 0x4000_0000, eax: 0x4000_0000, ebx: 0x6177_4d56, ecx: 0x4d56_6572, edx: 0x6572_6177 }
@@ -460,6 +461,9 @@ export interface LinuxBootReport {
 
 /** Sums the vCPUs' counters into a report. */
 export function bootReport(vm: Vm, result: VmRunResult, seconds: number): LinuxBootReport {
+  checkInstance('bootReport: vm', vm, Vm)
+  checkObject('bootReport: result', result)
+  checkNumber('bootReport: seconds', seconds, 0, Number.MAX_VALUE)
   const sum = { exits: 0, hypercalls: 0, instructions: 0, pageReads: 0, hypercallReads: 0, pageWrites: 0, hypercallWrites: 0 }
   const byType: Record<string, number> = {}
   for (const v of vm.cpus) {

@@ -9,16 +9,20 @@
  */
 import { readFileSync, readdirSync } from 'node:fs'
 import { join, relative } from 'node:path'
+import { checkBytes, checkString, checkStrings } from '../check.js'
 import { MshvError } from '../errors.js'
 import type { CpioEntry } from './cpio.js'
 
 /** A module's name as the kernel and depmod compare them: `-` and `_` are the same. */
 export function moduleName(name: string): string {
+  checkString('moduleName: name', name, 4096)
   return name.replace(/\.ko(\.(xz|zst|gz))?$/, '').replace(/-/g, '_')
 }
 
 /** The strings of an ELF64 module's `.modinfo` section (`key=value`). */
 export function modinfo(ko: Uint8Array, file = 'module'): string[] {
+  checkBytes('modinfo: ko', ko)
+  checkString('modinfo: file', file, 4096)
   const bad = (why: string): MshvError => new MshvError('EKERNEL', `${file}: ${why}`)
   if (ko.length < 64 || ko[0] !== 0x7f || ko[1] !== 0x45 || ko[2] !== 0x4c || ko[3] !== 0x46 || ko[4] !== 2) throw bad('not an ELF64 module (compressed modules are not read)')
   const v = new DataView(ko.buffer, ko.byteOffset, ko.byteLength)
@@ -77,6 +81,8 @@ export interface ModuleSet {
  * `EKERNEL` naming a module that is not there, or a module whose `.modinfo` cannot be read.
  */
 export function resolveModules(modulesDir: string, names: readonly string[]): ModuleSet {
+  checkString('resolveModules: modulesDir', modulesDir, 4096)
+  checkStrings('resolveModules: names', names)
   let index: Map<string, string>
   try {
     index = indexModules(join(modulesDir, 'kernel'), modulesDir, new Map())

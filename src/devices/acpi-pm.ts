@@ -6,6 +6,7 @@
  * (as on PIIX/ICH chipsets; QEMU's `pc` machine answers 0xCF9 the same way).
  * @module
  */
+import { checkNumber } from '../check.js'
 import type { PioDevice } from '../bus.js'
 
 /** The ports, as the FADT gives them (`buildAcpiTables`). */
@@ -39,6 +40,7 @@ export class AcpiPm implements PioDevice {
 
   /** The PM timer's 32-bit count at guest time `ns`. */
   timer(ns = this.now()): number {
+    checkNumber('acpiPm.timer: ns', ns, 0, Number.MAX_SAFE_INTEGER)
     const whole = Math.floor(ns / 1e9)
     return (whole * PM_TIMER_HZ + Math.floor(((ns % 1e9) * PM_TIMER_HZ) / 1e9)) >>> 0
   }

@@ -6,6 +6,7 @@
  * against (Linux's `pit_calibrate_tsc`, arch/x86/kernel/tsc.c). Time is guest time.
  * @module
  */
+import { checkInteger } from '../check.js'
 import type { PioDevice } from '../bus.js'
 import type { IrqLine } from '../platform/irq.js'
 import type { GuestTimer, GuestTimers } from '../platform/timers.js'
@@ -114,11 +115,13 @@ export class Pit implements PioDevice {
 
   /** Channel `i`'s current count (for tests and the REPL). */
   counter(i: 0 | 1 | 2): number {
+    checkInteger('pit.counter: channel', i, 0, 2)
     return this.channels[i].value(this.now())
   }
 
   /** Channel `i`'s OUT pin now. */
   output(i: 0 | 1 | 2): boolean {
+    checkInteger('pit.output: channel', i, 0, 2)
     return this.channels[i].out(this.now())
   }
 

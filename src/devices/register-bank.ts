@@ -4,7 +4,7 @@
  * @module
  */
 import type { MmioDevice } from '../bus.js'
-import { MshvError } from '../errors.js'
+import { MshvError, describe } from '../errors.js'
 
 /** One access the bank saw. */
 export interface BankAccess {
@@ -25,7 +25,8 @@ export class RegisterBank implements MmioDevice {
     readonly count = 16,
     private readonly logLimit = 1024,
   ) {
-    if (!Number.isInteger(count) || count < 1) throw new MshvError('EINVAL', `register count must be a positive integer, got ${count}`)
+    if (!Number.isInteger(count) || count < 1 || count > 1 << 20) throw new MshvError('EINVAL', `register count must be an integer in 1..${1 << 20}, got ${describe(count)}`)
+    if (!Number.isInteger(logLimit) || logLimit < 0) throw new MshvError('EINVAL', `logLimit must be an integer from 0, got ${describe(logLimit)}`)
     this.bytes = new Uint8Array(count * 8)
     this.view = new DataView(this.bytes.buffer)
   }
@@ -42,6 +43,7 @@ export class RegisterBank implements MmioDevice {
 
   /** Sets register `i`. */
   set(i: number, value: bigint): void {
+    if (typeof value !== 'bigint') throw new MshvError('EINVAL', `registerBank.set: value must be a bigint, got ${describe(value)}`)
     this.view.setBigUint64(this.check(i) * 8, BigInt.asUintN(64, value), true)
   }
 
@@ -62,7 +64,7 @@ export class RegisterBank implements MmioDevice {
   }
 
   private check(i: number): number {
-    if (!Number.isInteger(i) || i < 0 || i >= this.count) throw new MshvError('EINVAL', `register index ${i} is outside 0..${this.count - 1}`)
+    if (!Number.isInteger(i) || i < 0 || i >= this.count) throw new MshvError('EINVAL', `register index ${describe(i)} is outside 0..${this.count - 1}`)
     return i
   }
 }

@@ -6,9 +6,10 @@
  * from a start the VMM gives, so a deterministic VM reads the same dates every run.
  * @module
  */
+import { checkFunction, checkInstance, checkInteger, checkObject } from '../check.js'
 import type { PioDevice } from '../bus.js'
 import type { IrqLine } from '../platform/irq.js'
-import type { GuestTimer, GuestTimers } from '../platform/timers.js'
+import { GuestTimers, type GuestTimer } from '../platform/timers.js'
 import { MshvError, describe } from '../errors.js'
 
 /** The index and data ports. */
@@ -76,6 +77,9 @@ export class Rtc implements PioDevice {
     private readonly irq: IrqLine,
     options: RtcOptions = {},
   ) {
+    checkInstance('Rtc: timers', timers, GuestTimers)
+    checkFunction('Rtc: irq.set', checkObject<IrqLine>('Rtc: irq', irq).set)
+    checkObject('Rtc: options', options)
     // The host's time to the whole second: each second then ends at a whole second of
     // guest time, so a deterministic VM's update interrupts come at the same instants.
     const start = options.start ?? new Date(Math.floor(Date.now() / 1000) * 1000)
@@ -238,6 +242,7 @@ export class Rtc implements PioDevice {
 
   /** CMOS byte `i` as the guest reads it (reading register C clears it). */
   read(i: number): number {
+    checkInteger('rtc.read: register', i, 0, 0x7f)
     return this.readRegister(i & 0x7f)
   }
 

@@ -5,6 +5,7 @@
  * line it is given (IRQ 4 for COM1), gated by MCR.OUT2 as PC boards wire it.
  * @module
  */
+import { checkObject } from '../check.js'
 import type { PioDevice } from '../bus.js'
 import type { IrqLine } from '../platform/irq.js'
 import { MshvError, describe } from '../errors.js'
@@ -76,6 +77,7 @@ export class Serial16550 implements PioDevice {
     readonly base: number = COM1,
     private readonly options: SerialOptions = {},
   ) {
+    checkObject('Serial16550: options', options)
     const count = (what: string, v: unknown, dflt: number): number => {
       if (v === undefined) return dflt
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new MshvError('EINVAL', `Serial16550 ${what} must be a non-negative integer number of bytes, got ${describe(v)}`)

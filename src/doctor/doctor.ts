@@ -4,6 +4,7 @@
  * experiment, as one report.
  * @module
  */
+import { checkObject, invalid } from '../check.js'
 import { release, version as osVersion } from 'node:os'
 import { native } from '../native.js'
 import { MshvError, describe } from '../errors.js'
@@ -113,6 +114,9 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   if (typeof experimentMs !== 'number' || !Number.isFinite(experimentMs) || experimentMs < 0) {
     throw new MshvError('EINVAL', `doctor: experimentMs must be a number of milliseconds >= 0, got ${describe(experimentMs)}`)
   }
+  for (const hook of ['onStart', 'onCheck'] as const) {
+    if (options[hook] !== undefined && typeof options[hook] !== 'function') throw new MshvError('EINVAL', `doctor: ${hook} must be a function, got ${describe(options[hook])}`)
+  }
   const host = hostReport()
   const backend = pickBackend(options.backend, host)
   options.onStart?.(host, backend)
@@ -204,6 +208,18 @@ export function formatConclusion(r: DoctorReport): string {
 
 /** The whole report as text: host facts, one line per check by section, the experiment, the verdict. */
 export function formatDoctorReport(r: DoctorReport): string {
+  checkObject('formatDoctorReport: the report', r)
+  checkObject('formatDoctorReport: the report\'s host', r.host)
+  if (!Array.isArray(r.checks) || r.checks.some((c) => typeof c !== 'object' || c === null)) throw invalid("formatDoctorReport: the report's checks", 'an array of checks', r.checks)
+  try {
+    return formatReport(r)
+  } catch (e) {
+    // A report not made by runDoctor(): a field of the wrong type deep inside it.
+    throw new MshvError('EINVAL', `formatDoctorReport: not a report from runDoctor(): ${e instanceof Error ? e.message : describe(e)}`, { cause: e })
+  }
+}
+
+function formatReport(r: DoctorReport): string {
   const lines = [formatHost(r.host, r.backend, r.package), '']
   for (const section of ['backend', 'vmm'] as const) {
     lines.push(SECTION_TITLES[section])

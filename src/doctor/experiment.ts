@@ -4,6 +4,8 @@
  * `mshv doctor` on the backend it checks.
  * @module
  */
+import { MshvError } from '../errors.js'
+import { checkNumber, checkObject, checkString, invalid } from '../check.js'
 import { createVm, type VmOptions } from '../vm.js'
 import { enterLongMode, enterRealMode } from '../guest.js'
 import { POLICIES, type SyncPolicy } from '../registers.js'
@@ -46,6 +48,16 @@ export const EXIT_CASES: readonly ExitCase[] = [
 
 const sink: MmioDevice = { mmioRead: () => 0n, mmioWrite: () => undefined }
 
+/** `c` as an {@link ExitCase}, each field checked. */
+function checkExitCase(c: unknown): ExitCase {
+  const o = checkObject<ExitCase>('the exit case', c)
+  checkString('the exit case: name', o.name, 200)
+  if (!Array.isArray(o.code) || o.code.length > 4096 || o.code.some((b) => !Number.isInteger(b) || b < 0 || b > 255)) throw invalid('the exit case: code', 'an array of at most 4096 bytes', o.code)
+  if (typeof o.longMode !== 'boolean') throw invalid('the exit case: longMode', 'a boolean', o.longMode)
+  if (o.end !== 'debug-exit' && o.end !== 'halt') throw invalid('the exit case: end', "'debug-exit' or 'halt'", o.end)
+  return o
+}
+
 /** A VM running `c`, and how to put its vCPU back at the start. */
 export function exitCaseGuest(
   c: ExitCase,
@@ -53,6 +65,7 @@ export function exitCaseGuest(
   backend: VmOptions['backend'],
   clock?: VmOptions['clock'],
 ): { vm: Vm; vcpu: Vcpu; restart: () => void } {
+  checkExitCase(c)
   const vm = createVm({ backend, policy, clock })
   try {
     vm.addRam(0, 1 << 20)
@@ -98,12 +111,13 @@ export interface ExitCost {
 
 /** Exits per second and hypercalls per exit of `c` under `policy`, measured for `ms`. */
 export function measureExitCost(c: ExitCase, policy: SyncPolicy, ms: number, backend: VmOptions['backend'] = 'sim'): ExitCost {
+  checkNumber('measureExitCost: ms', ms, 0, 600_000)
   const { vm, vcpu, restart } = exitCaseGuest(c, policy, backend)
   try {
     const pass = () => {
       restart()
       const r = vcpu.run({ timeoutMs: 10_000 })
-      if (r.reason !== c.end) throw new Error(`${c.name}: the guest ended with ${JSON.stringify(r)}`)
+      if (r.reason !== c.end) throw new MshvError('EEXPERIMENT', `${c.name}: the guest ended with ${JSON.stringify(r)}, not ${c.end}`)
     }
     pass() // warm up: decode caches, JIT
     vcpu.resetStats()
@@ -130,5 +144,8 @@ export function measureExitCost(c: ExitCase, policy: SyncPolicy, ms: number, bac
 
 /** Every case under every policy. */
 export function exitExperiment(ms: number, backend: VmOptions['backend'] = 'sim', cases: readonly ExitCase[] = EXIT_CASES): ExitCost[] {
+  checkNumber('exitExperiment: ms', ms, 0, 600_000)
+  if (!Array.isArray(cases) || cases.length > 64) throw invalid('exitExperiment: cases', 'an array of at most 64 exit cases', cases)
+  cases.forEach(checkExitCase)
   return cases.flatMap((c) => POLICIES.map((p) => measureExitCost(c, p, ms, backend)))
 }

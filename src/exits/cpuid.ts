@@ -37,6 +37,7 @@ export class CpuidTable {
   private edits = 0
 
   constructor(entries: readonly CpuidEntry[] = []) {
+    if (!Array.isArray(entries) || entries.length > 4096) throw new MshvError('EINVAL', `CpuidTable takes an array of at most 4096 entries, got ${describe(entries)}`)
     for (const e of entries) this.set(e)
   }
 
@@ -52,6 +53,8 @@ export class CpuidTable {
 
   /** Removes an entry; returns whether there was one. */
   delete(leaf: number, subleaf?: number): boolean {
+    checkField('leaf', leaf)
+    if (subleaf !== undefined) checkField('subleaf', subleaf)
     const had = this.entries.delete(key(leaf, subleaf))
     if (had) this.edits++
     return had
@@ -74,6 +77,9 @@ export class CpuidTable {
 
   /** The answer for `leaf`/`subleaf`: the exact entry, else the leaf-wide one, over `defaults`. */
   lookup(leaf: number, subleaf: number, defaults: CpuidResult): CpuidResult {
+    checkField('leaf', leaf)
+    checkField('subleaf', subleaf)
+    if (typeof defaults !== 'object' || defaults === null) throw new MshvError('EINVAL', `CPUID defaults must be an object with eax, ebx, ecx and edx, got ${describe(defaults)}`)
     const e = this.entries.get(key(leaf, subleaf)) ?? this.entries.get(key(leaf))
     if (!e) return defaults
     return { eax: e.eax ?? defaults.eax, ebx: e.ebx ?? defaults.ebx, ecx: e.ecx ?? defaults.ecx, edx: e.edx ?? defaults.edx }

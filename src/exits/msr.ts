@@ -5,7 +5,7 @@
  * @module
  */
 import { message, registerIndex } from '../layout.js'
-import { MshvError, hex } from '../errors.js'
+import { MshvError, describe as describeValue, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
 
 /** What an MSR handler sees. */
@@ -77,7 +77,7 @@ export function handleMsr(
     const value = handler.read?.(ctx)
     if (value === undefined) return 'gp'
     if (typeof value !== 'bigint' || value < 0n || value > 0xffff_ffff_ffff_ffffn) {
-      throw new MshvError('EINVAL', `the handler of MSR ${hex(msr)} returned ${String(value)}, not a bigint in 0..2^64-1`)
+      throw new MshvError('EINVAL', `the handler of MSR ${hex(msr)} returned ${describeValue(value)}, not a bigint in 0..2^64-1`)
     }
     regs.setAt(RAX, value & LOW32)
     regs.setAt(RDX, value >> 32n)

@@ -3,6 +3,7 @@
  * MSI-X's and virtio's capabilities are each a few such fields and a hook on write).
  * @module
  */
+import { checkInteger } from '../check.js'
 import type { PciCapability } from './function.js'
 
 /** A capability held as its register bytes; bits outside `writable` keep their value. */
@@ -16,6 +17,9 @@ export class RegisterCapability implements PciCapability {
     readonly id: number,
     readonly length: number,
   ) {
+    checkInteger('capability id', id, 0, 0xff)
+    // A capability lives in the 256-byte configuration space, after its 64-byte header.
+    checkInteger('capability length', length, 2, 192)
     this.bytes = new Uint8Array(length)
     this.writable = new Uint8Array(length)
     this.view = new DataView(this.bytes.buffer)

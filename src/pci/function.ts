@@ -6,6 +6,7 @@
  * where the guest's BAR value and the command register say, and moves when they change.
  * @module
  */
+import { checkInteger } from '../check.js'
 import type { DeviceWindow, IoBus, WindowHandler } from '../bus.js'
 import { MshvError, describe, hex } from '../errors.js'
 
@@ -158,6 +159,7 @@ export class PciFunction {
 
   /** The address BAR `index` holds now, if it is a BAR. */
   barAddress(index: number): number | undefined {
+    checkInteger('barAddress: index', index, 0, 5)
     return this.bars[index]?.address
   }
 

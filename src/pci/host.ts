@@ -6,7 +6,8 @@
  * 16-23 (the DSDT's `_PRT` says which).
  * @module
  */
-import type { Vm } from '../vm.js'
+import { checkFunction, checkInstance, checkInteger, checkObject } from '../check.js'
+import { Vm } from '../vm.js'
 import type { IrqSink } from '../platform/irq.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PciFunction } from './function.js'
@@ -34,6 +35,8 @@ export const PCI_SLOTS = 32
  * (PCI-to-PCI Bridge Architecture Specification 1.2, 9.1), spread over pins 16-23.
  */
 export function pciIntxGsi(slot: number, pin: number): number {
+  checkInteger('pciIntxGsi: slot', slot, 0, PCI_SLOTS - 1)
+  checkInteger('pciIntxGsi: pin (0 = INTA# .. 3 = INTD#)', pin, 0, 3)
   return PCI_INTX_GSI_BASE + ((slot + pin) % PCI_INTX_GSIS)
 }
 
@@ -179,5 +182,7 @@ export class PciHost {
 
 /** Adds PCI bus 0 to `vm` (config mechanism #1, ECAM and a host bridge), its INTx lines on `ioapic`'s pins 16-23. */
 export function addPci(vm: Vm, ioapic: IrqSink): PciHost {
+  checkInstance('addPci: vm', vm, Vm)
+  checkFunction('addPci: ioapic.setIrq', checkObject<IrqSink>('addPci: ioapic', ioapic).setIrq)
   return new PciHost(vm, ioapic)
 }

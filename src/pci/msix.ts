@@ -5,6 +5,7 @@
  * waits as a pending bit and goes out when it is unmasked (6.8.2.9).
  * @module
  */
+import { checkFunction, checkInteger, checkObject } from '../check.js'
 import type { WindowHandler } from '../bus.js'
 import { MshvError, describe } from '../errors.js'
 import { RegisterCapability } from './capability.js'
@@ -49,7 +50,10 @@ export class Msix extends RegisterCapability {
 
   constructor(options: MsixOptions) {
     super(PCI_CAP_MSIX, 12)
-    const { vectors, tableBar, tableOffset, pbaBar, pbaOffset } = options
+    const { vectors, tableBar, tableOffset, pbaBar, pbaOffset } = checkObject<MsixOptions>('Msix: options', options)
+    checkFunction('Msix: signal', options.signal)
+    checkInteger('Msix: tableBar', tableBar, 0, 5)
+    checkInteger('Msix: pbaBar', pbaBar, 0, 5)
     if (!Number.isInteger(vectors) || vectors < 1 || vectors > 2048) throw new MshvError('EINVAL', `MSI-X vectors must be an integer in 1..2048, got ${describe(vectors)}`)
     for (const [what, v] of [['tableOffset', tableOffset], ['pbaOffset', pbaOffset]] as const) {
       if (!Number.isInteger(v) || v < 0 || v % 8 !== 0) throw new MshvError('EINVAL', `MSI-X ${what} must be a multiple of 8, got ${describe(v)}`)
@@ -91,6 +95,7 @@ export class Msix extends RegisterCapability {
 
   /** Whether `vector`'s pending bit is set. */
   isPending(vector: number): boolean {
+    checkInteger('isPending: vector', vector, 0, this.vectors - 1)
     return this.pending[vector] === 1
   }
 

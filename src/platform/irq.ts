@@ -37,6 +37,8 @@ export class WiredIrq implements IrqLine {
     /** What the line is called in errors and listings (`IRQ 4`). */
     readonly name = 'IRQ',
   ) {
+    if (!Array.isArray(targets) || targets.length > 64) throw new MshvError('EINVAL', `${describe(name)}: targets must be an array of at most 64 { sink, pin }, got ${describe(targets)}`)
+    if (typeof name !== 'string') throw new MshvError('EINVAL', `WiredIrq: name must be a string, got ${describe(name)}`)
     for (const t of targets) {
       if (typeof t?.sink?.setIrq !== 'function' || !Number.isInteger(t.pin) || t.pin < 0) {
         throw new MshvError('EINVAL', `${name}: each target needs a sink with setIrq() and a pin number, got ${describe(t)}`)

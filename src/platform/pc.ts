@@ -6,7 +6,7 @@
  * PCI bus 0's INTx lines on I/O APIC pins 16-23.
  * @module
  */
-import type { Vm } from '../vm.js'
+import { Vm } from '../vm.js'
 import { MshvError, describe } from '../errors.js'
 import { WiredIrq, type IrqLine } from './irq.js'
 import { IoApic, IOAPIC_BASE, IOAPIC_SIZE } from '../devices/ioapic.js'
@@ -16,6 +16,7 @@ import { Rtc, CMOS_PORT, type RtcOptions } from '../devices/rtc.js'
 import { Serial16550, COM1, COM1_IRQ, type SerialOptions } from '../devices/serial.js'
 import { I8042, I8042_DATA, I8042_COMMAND } from '../devices/i8042.js'
 import { PciHost } from '../pci/host.js'
+import { checkInstance } from '../check.js'
 
 /** Options for {@link addPcPlatform}. */
 export interface PcPlatformOptions {
@@ -88,6 +89,7 @@ export class PcPlatform {
 
 /** Adds the PC's interrupt controllers, timers, RTC, COM1, i8042 and PCI bus 0 to `vm`'s bus. */
 export function addPcPlatform(vm: Vm, options: PcPlatformOptions = {}): PcPlatform {
+  checkInstance('addPcPlatform: vm', vm, Vm)
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `addPcPlatform: options must be an object, got ${describe(options)}`)
   return new PcPlatform(vm, options)
 }

@@ -4,6 +4,7 @@
  * `mem.hexdump()`). Usable from any script or `tsx` REPL with full types.
  * @module
  */
+import { checkInstance } from '../check.js'
 import type { Formatter } from 'iced-x86'
 import { iced } from '../iced.js'
 import { assemble, templateSource, type Assembly } from '../asm/assemble.js'
@@ -12,7 +13,7 @@ import { MshvError, describe, hex } from '../errors.js'
 import { enterRealMode } from '../guest.js'
 import type { PioDevice } from '../bus.js'
 import { ProgressLine, type ProgressStream } from '../progress.js'
-import type { RunResult, StepResult, Vcpu } from '../vcpu.js'
+import { Vcpu, type RunResult, type StepResult } from '../vcpu.js'
 import { createVm, type Vm, type VmOptions } from '../vm.js'
 import { hexdump, registerTable } from './format.js'
 import { prepareLinux, type LinuxOptions } from '../boot/linux.js'
@@ -81,6 +82,7 @@ const ATTR_DB = 1n << 14n
 
 /** The code size the vCPU executes in now: from CR0.PE, EFER.LMA and CS.L/CS.D. */
 export function codeBitness(vcpu: Vcpu): 16 | 32 | 64 {
+  checkInstance('codeBitness: vcpu', vcpu, Vcpu)
   const r = vcpu.regs
   const attributes = r.getRaw('cs')[1] >> 48n
   if ((r.get('efer') & EFER_LMA) !== 0n && (attributes & ATTR_L) !== 0n) return 64
@@ -147,7 +149,7 @@ export async function runInSlices(vcpu: Vcpu, backend: string, output: ProgressS
 export function createSession(options: SessionOptions = {}): Session {
   const ramMiB = options.ramMiB ?? 16
   if (!Number.isInteger(ramMiB) || ramMiB < 1 || ramMiB > 4096) {
-    throw new MshvError('EINVAL', `ramMiB must be an integer in 1..4096, got ${String(ramMiB)}`)
+    throw new MshvError('EINVAL', `ramMiB must be an integer in 1..4096, got ${describe(ramMiB)}`)
   }
   const origin = options.origin ?? 0x1000
   const output = options.output ?? process.stdout

@@ -6,6 +6,7 @@
  * driver write a byte through configuration space before the queues work (5.3.4).
  * @module
  */
+import { checkObject } from '../check.js'
 import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_CONSOLE, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import type { Virtqueue } from './queue.js'
@@ -43,7 +44,7 @@ export class VirtioConsole implements VirtioDevice {
   private context: VirtioContext | undefined
 
   constructor(options: VirtioConsoleOptions = {}) {
-    const { onData, inputLimit = 64 * 1024 } = options
+    const { onData, inputLimit = 64 * 1024 } = checkObject<VirtioConsoleOptions>('VirtioConsole: options', options)
     if (onData !== undefined && typeof onData !== 'function') throw new MshvError('EINVAL', `VirtioConsole onData must be a function, got ${describe(onData)}`)
     if (!Number.isSafeInteger(inputLimit) || inputLimit < 1) throw new MshvError('EINVAL', `VirtioConsole inputLimit must be a positive integer, got ${describe(inputLimit)}`)
     this.onData = onData

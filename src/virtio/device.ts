@@ -5,6 +5,7 @@
  * negotiation, status, queue set-up, notifications and interrupts.
  * @module
  */
+import { invalid } from '../check.js'
 import type { GuestMemory } from '../guest-memory.js'
 import type { Virtqueue } from './queue.js'
 
@@ -30,6 +31,7 @@ export function readConfigSpace(config: DataView, offset: number, size: number):
 
 /** The bit `n` of a feature word. */
 export function feature(n: bigint): bigint {
+  if (typeof n !== 'bigint' || n < 0n || n > 127n) throw invalid('feature: the bit', 'a bigint in 0..127', n)
   return 1n << n
 }
 

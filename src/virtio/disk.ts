@@ -5,6 +5,7 @@
  * guest's buffers: no copy in between.
  * @module
  */
+import { checkBuffers, checkBytes, checkInteger, checkObject } from '../check.js'
 import { closeSync, fstatSync, fsyncSync, mkdtempSync, openSync, readSync, readvSync, rmSync, unlinkSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -35,16 +36,35 @@ export interface BlockBackend {
   close(): void
 }
 
+/**
+ * Checks a request against a disk of `size` bytes: an integer `offset` from 0 and
+ * `length` bytes that end inside the disk (virtio-blk refuses such requests before they
+ * get here, with VIRTIO_BLK_S_IOERR; a caller of the backend gets `EINVAL`).
+ */
+function checkExtent(what: string, size: number, offset: unknown, length: unknown): void {
+  checkInteger(`${what}: offset`, offset, 0, Number.MAX_SAFE_INTEGER)
+  checkInteger(`${what}: length`, length, 0, Number.MAX_SAFE_INTEGER)
+  if ((offset as number) + (length as number) > size) {
+    throw new MshvError('EINVAL', `${what}: ${length as number} bytes at offset ${offset as number} end past the disk's ${size} bytes`)
+  }
+}
+
 /** A disk held in memory: `size` zeroed bytes, or the bytes given (used in place). */
 export class MemoryDisk implements BlockBackend {
   readonly bytes: Uint8Array
   readonly readOnly: boolean
 
   constructor(sizeOrBytes: number | Uint8Array, options: { readOnly?: boolean } = {}) {
+    checkObject('MemoryDisk: options', options)
     if (sizeOrBytes instanceof Uint8Array) this.bytes = sizeOrBytes
     else {
       if (!Number.isSafeInteger(sizeOrBytes) || sizeOrBytes < 0) throw new MshvError('EINVAL', `MemoryDisk size must be a non-negative integer, got ${describe(sizeOrBytes)}`)
-      this.bytes = new Uint8Array(sizeOrBytes)
+      try {
+        this.bytes = new Uint8Array(sizeOrBytes)
+      } catch (e) {
+        // Past what a typed array can hold (2^32 bytes on Node 20), or more than the heap can get.
+        throw new MshvError('ENOMEM', `MemoryDisk of ${sizeOrBytes} bytes cannot be allocated: ${(e as Error).message}`, { cause: e })
+      }
     }
     this.readOnly = options.readOnly ?? false
   }
@@ -54,20 +74,25 @@ export class MemoryDisk implements BlockBackend {
   }
 
   read(offset: number, into: Uint8Array): void {
+    checkExtent('disk.read', this.size, offset, checkBytes('disk.read: into', into).length)
     into.set(this.bytes.subarray(offset, offset + into.length))
   }
 
   write(offset: number, data: Uint8Array): void {
+    checkExtent('disk.write', this.size, offset, checkBytes('disk.write: data', data).length)
+    if (this.readOnly) throw new MshvError('EROFS', 'the disk is read-only')
     this.bytes.set(data, offset)
   }
 
   flush(): void {}
 
   discard(offset: number, length: number): void {
+    checkExtent('disk.discard', this.size, offset, length)
     this.bytes.fill(0, offset, offset + length)
   }
 
   writeZeroes(offset: number, length: number): void {
+    checkExtent('disk.writeZeroes', this.size, offset, length)
     this.bytes.fill(0, offset, offset + length)
   }
 
@@ -124,6 +149,7 @@ export class FileDisk implements BlockBackend {
     options: FileDiskOptions = {},
   ) {
     if (typeof path !== 'string') throw new MshvError('EINVAL', `FileDisk takes a file path, got ${describe(path)}`)
+    checkObject('FileDisk: options', options)
     const readOnly = options.readOnly ?? false
     const overlay = options.overlay ?? false
     try {
@@ -151,6 +177,7 @@ export class FileDisk implements BlockBackend {
 
   read(offset: number, into: Uint8Array): void {
     this.check()
+    checkExtent('disk.read', this.size, offset, checkBytes('disk.read: into', into).length)
     const o = this.overlay
     if (!o) {
       readFull(this.fd, into, offset)
@@ -173,7 +200,8 @@ export class FileDisk implements BlockBackend {
   readVectored(offset: number, buffers: readonly Uint8Array[]): void {
     this.check()
     let length = 0
-    for (const b of buffers) length += b.length
+    for (const b of checkBuffers('disk.readVectored: buffers', buffers, 1 << 20)) length += b.length
+    checkExtent('disk.readVectored', this.size, offset, length)
     const o = this.overlay
     // Blocks the overlay holds are read one by one; the image's in one preadv per IOV_MAX buffers.
     if (o && o.written.subarray(Math.floor(offset / OVERLAY_BLOCK), Math.floor((offset + length - 1) / OVERLAY_BLOCK) + 1).includes(1)) {
@@ -210,6 +238,7 @@ export class FileDisk implements BlockBackend {
   write(offset: number, data: Uint8Array): void {
     this.check()
     if (this.readOnly) throw new MshvError('EROFS', `disk image ${this.path} is read-only`)
+    checkExtent('disk.write', this.size, offset, checkBytes('disk.write: data', data).length)
     const o = this.overlay
     if (!o) {
       writeFull(this.fd, data, offset)
@@ -242,6 +271,7 @@ export class FileDisk implements BlockBackend {
   }
 
   writeZeroes(offset: number, length: number): void {
+    checkExtent('disk.writeZeroes', this.size, offset, length)
     for (let at = 0; at < length; at += ZEROES.length) this.write(offset + at, ZEROES.subarray(0, Math.min(ZEROES.length, length - at)))
   }
 

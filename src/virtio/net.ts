@@ -6,6 +6,7 @@
  * buffer (a NIC's FIFO: when it is full, frames are dropped and counted).
  * @module
  */
+import { checkBytes, checkObject, invalid } from '../check.js'
 import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_NET, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import { gather, scatter, skipBytes, totalLength, type Virtqueue } from './queue.js'
@@ -55,6 +56,7 @@ export function parseMac(mac: string | Uint8Array): Uint8Array {
 
 /** `mac` as text. */
 export function formatMac(mac: Uint8Array): string {
+  if (checkBytes('formatMac: mac', mac).length !== 6) throw invalid('formatMac: mac', 'six bytes', mac)
   return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':')
 }
 
@@ -74,6 +76,7 @@ export class VirtioNet implements VirtioDevice {
   private context: VirtioContext | undefined
 
   constructor(options: VirtioNetOptions = {}) {
+    checkObject('VirtioNet: options', options)
     if (options.mac !== undefined) this.mac = parseMac(options.mac)
     else {
       // 52:54:00 is QEMU's locally administered prefix; the rest counts up per card.

@@ -8,6 +8,7 @@
  * structures in a 64-bit BAR 4, the MSI-X table and PBA in BAR 1.
  * @module
  */
+import { checkFunction } from '../check.js'
 import type { WindowHandler } from '../bus.js'
 import { MshvError, describe } from '../errors.js'
 import { BarLayout } from '../pci/bar-layout.js'
@@ -336,6 +337,7 @@ export class VirtioPci {
 
   /** Runs `f`; a {@link VirtioError} (the driver's structures are broken) sets DEVICE_NEEDS_RESET and tells the driver (2.1.2). */
   guard(f: () => void): void {
+    checkFunction('guard: f', f)
     try {
       f()
     } catch (e) {

@@ -8,8 +8,9 @@
  * never a crash, a hang or an access outside guest RAM.
  * @module
  */
+import { checkBuffers, checkBytes, checkInstance, checkInteger } from '../check.js'
 import { MshvError, hex } from '../errors.js'
-import type { GuestMemory } from '../guest-memory.js'
+import { GuestMemory } from '../guest-memory.js'
 
 /** Descriptor flags (2.7.5). */
 const VIRTQ_DESC_F_NEXT = 1
@@ -40,6 +41,7 @@ export interface DescriptorChain {
 
 /** The total length of `buffers`. */
 export function totalLength(buffers: readonly Uint8Array[]): number {
+  checkBuffers('totalLength: buffers', buffers)
   let n = 0
   for (const b of buffers) n += b.length
   return n
@@ -47,6 +49,8 @@ export function totalLength(buffers: readonly Uint8Array[]): number {
 
 /** The first `length` bytes of `buffers`, gathered (a view when they lie in the first buffer); `undefined` if they hold fewer. */
 export function gather(buffers: readonly Uint8Array[], length: number): Uint8Array | undefined {
+  checkBuffers('gather: buffers', buffers)
+  checkInteger('gather: length', length, 0, 2 ** 32 - 1)
   const first = buffers[0]
   if (first && first.length >= length) return first.subarray(0, length)
   const out = new Uint8Array(length)
@@ -62,6 +66,8 @@ export function gather(buffers: readonly Uint8Array[], length: number): Uint8Arr
 
 /** `buffers` without their first `skip` bytes (views). */
 export function skipBytes(buffers: readonly Uint8Array[], skip: number): Uint8Array[] {
+  checkBuffers('skipBytes: buffers', buffers)
+  checkInteger('skipBytes: skip', skip, 0, Number.MAX_SAFE_INTEGER)
   const out: Uint8Array[] = []
   let left = skip
   for (const b of buffers) {
@@ -77,6 +83,8 @@ export function skipBytes(buffers: readonly Uint8Array[], skip: number): Uint8Ar
 
 /** Copies `data` into `buffers` in order; returns the bytes written (fewer when they are shorter). */
 export function scatter(buffers: readonly Uint8Array[], data: Uint8Array): number {
+  checkBuffers('scatter: buffers', buffers)
+  checkBytes('scatter: data', data)
   let at = 0
   for (const b of buffers) {
     if (at === data.length) break
@@ -131,6 +139,9 @@ export class Virtqueue {
     readonly maxSize: number,
     private readonly memory: GuestMemory,
   ) {
+    checkInteger('Virtqueue: index', index, 0, 0xffff)
+    checkInteger('Virtqueue: maxSize', maxSize, 1, VIRTQ_MAX_SIZE)
+    checkInstance('Virtqueue: memory', memory, GuestMemory)
     if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > VIRTQ_MAX_SIZE || (maxSize & (maxSize - 1)) !== 0) {
       throw new MshvError('EINVAL', `virtqueue size must be a power of two in 1..${VIRTQ_MAX_SIZE}, got ${maxSize}`)
     }
@@ -241,6 +252,8 @@ export class Virtqueue {
 
   /** Returns chain `head` to the driver with `written` bytes written to its buffers (2.7.8.2). */
   push(head: number, written: number): void {
+    checkInteger('queue.push: head', head, 0, this.size - 1)
+    checkInteger('queue.push: written', written, 0, 0xffff_ffff)
     const n = this.size
     const used = this.ring(this.device, 6 + 8 * n, 'device area', true)
     const at = 4 + 8 * (this.nextUsed % n)
