@@ -130,7 +130,7 @@ test("unknown MSRs: 'gp' (default) faults, 'ignore' reads 0 without an exit, 'er
 
 test('bad MSR and unknown-MSR options are clear errors', (t) => {
   t.throws(() => createVm({ backend: 'sim', unknownMsr: 'maybe' as 'gp' }), { message: /unknownMsr must be 'gp', 'ignore' or 'error', got 'maybe'/ })
-  t.throws(() => createVm({ backend: 'sim', msrs: { [-5]: {} } }), { message: /MSR number .* got -5/ })
+  t.throws(() => createVm({ backend: 'sim', msrs: { [-5]: {} } }), { message: /MSR number .* got '-5'/ })
   t.throws(() => createVm({ backend: 'sim', msrs: new Map([[0x10, null as unknown as MsrHandler]]) }), { message: /handler of MSR 0x10/ })
 })
 

@@ -34,7 +34,7 @@ const GUESTS: Record<string, Hostile> = {
     `,
     handlers: { 0x40: 'tick' },
   },
-  // Each exit hands a TypeScript device a batch of 4,096 bytes; the instruction restarts.
+  // Each exit hands a TypeScript device a batch of STRING_IO_BATCH bytes; the instruction restarts.
   'a rep outsb flood into a TypeScript device': {
     source: `
     start:

@@ -329,10 +329,11 @@ export class IoBus {
 
 /**
  * Whether an access is well formed: an address in 0..max, a size of 1, 2 or 4 bytes
- * (ports) or 1..8 (MMIO, `maxSize` 8), a context object. A few compares on the exit path.
+ * (ports) or 1..8 (MMIO, `maxSize` 8), a context object if any (a driver written in
+ * TypeScript calls the bus without one). A few compares on the exit path.
  */
 function isAccess(address: number, max: number, size: number, maxSize: number, ctx: unknown): boolean {
-  return typeof address === 'number' && address >>> 0 === address && address <= max && typeof size === 'number' && (maxSize === 8 ? size >>> 0 === size && size >= 1 && size <= 8 : size === 1 || size === 2 || size === 4) && typeof ctx === 'object' && ctx !== null
+  return typeof address === 'number' && address >>> 0 === address && address <= max && typeof size === 'number' && (maxSize === 8 ? size >>> 0 === size && size >= 1 && size <= 8 : size === 1 || size === 2 || size === 4) && (ctx === undefined || (typeof ctx === 'object' && ctx !== null))
 }
 
 /** The `EINVAL` for an access {@link isAccess} refused, naming what was wrong. */
@@ -342,7 +343,7 @@ function badAccess(what: string, address: unknown, max: number, size: unknown, m
     return new MshvError('EINVAL', `bus.${what}: the ${what.startsWith('mmio') ? 'address must be a bigint' : `port must be an integer in 0..${hex(max)}`}, got ${describe(address)}`)
   }
   if (!isAccess(0, 0, size as number, maxSize, {})) return new MshvError('EINVAL', `bus.${what}: size must be ${sizes}, got ${describe(size)}`)
-  return new MshvError('EINVAL', `bus.${what}: ctx must be the exit's access context (an object), got ${describe(ctx)}`)
+  return new MshvError('EINVAL', `bus.${what}: ctx must be the exit's access context (an object) or left out, got ${describe(ctx)}`)
 }
 
 /** A device's name, which every message about its ranges shows. */

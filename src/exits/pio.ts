@@ -46,7 +46,7 @@ const REP_PREFIX = 1 << 4
  * Elements one exit moves at most. A longer REP INS/OUTS leaves RIP on the instruction
  * with RCX counted down, so the guest re-executes it: a huge RCX never stalls the VMM.
  */
-export const STRING_IO_BATCH = 4096
+export const STRING_IO_BATCH = 1024
 
 /**
  * Seeds the registers an I/O message carries (no hypercall needed for them), from the
