@@ -5,6 +5,7 @@
  * file and the field.
  */
 import test from 'ava'
+import fc from 'fast-check'
 import { gzipSync } from 'node:zlib'
 import { AcpiPm, ACPI_BASE, buildAcpiTables, cpioArchive, MshvError, prepareLinux, readKernel } from '../index.js'
 
@@ -102,6 +103,34 @@ test('bad images are EKERNEL errors naming the file and the field', (t) => {
   const noNote = elf(CODE)
   new DataView(noNote.buffer).setUint32(64, 0, true) // the note's header becomes PT_NULL
   bad(noNote, /notes: no XEN_ELFNOTE_PHYS32_ENTRY/)
+})
+
+test('hostile bzImages (#32): any setup-header or payload bytes give a kernel or a coded error, in bounded time', (t) => {
+  const good = bzImage(gzipSync(elf(CODE)))
+  // 64 MiB of zeros in a few KiB: unpacked within the unpacker's bound (512 MiB), then refused: not an ELF.
+  const bomb = bzImage(gzipSync(new Uint8Array(64 << 20)))
+  const e = t.throws(() => readKernel(bomb, 'bomb'), { instanceOf: MshvError }) as MshvError
+  t.is(e.code, 'EKERNEL')
+  fc.assert(
+    fc.property(
+      fc.array(fc.tuple(fc.integer({ min: 0, max: good.length - 1 }), fc.integer({ min: 0, max: 255 })), { minLength: 1, maxLength: 8 }),
+      fc.array(fc.tuple(fc.constantFrom(0x1f1, 0x206, 0x211, 0x234, 0x236, 0x248, 0x24c, 0x258, 0x260, 0x264), fc.constantFrom(0, 0xff, 0x7fffffff, 0xffffffff, 0x80000000)), { maxLength: 3 }),
+      (bytes, words) => {
+        const image = good.slice()
+        const dv = new DataView(image.buffer)
+        for (const [at, b] of bytes) image[at] = b
+        for (const [at, w] of words) dv.setUint32(at, w, true)
+        const start = performance.now()
+        try {
+          readKernel(image, 'fuzzed')
+        } catch (err) {
+          if (!(err instanceof MshvError) || err.code !== 'EKERNEL') return false
+        }
+        return performance.now() - start < 2000
+      },
+    ),
+    { numRuns: 300, seed: 0x5eed },
+  )
 })
 
 test('prepareLinux writes hvm_start_info v1 (e820, cmdline, initrd module, RSDP) and enters PVH; APs wait for SIPI', (t) => {

@@ -91,18 +91,21 @@ console.log(JSON.stringify({ seen, intact }))
   t.true(out.intact, "writes through the moved buffers reached no other VM's memory")
 })
 
+/** Module source (with `mshv` in scope): a VM whose vCPU spins (`jmp $`) under runAsync(). */
+const SPINNING_GUEST = `const vm = mshv.createVm({ backend: 'sim' })
+vm.addRam(0, 0x10000)
+vm.write(0x1000, [0xeb, 0xfe]) // jmp $
+const vcpu = vm.createVcpu(0)
+mshv.enterRealMode(vcpu, 0x1000)
+vcpu.runAsync()`
+
 for (const [how, code, status] of [
   ['process.exit()', 'process.exit(3)', 3],
   ['an uncaught exception', "throw new Error('boom')", 1],
 ] as const) {
   test(`a guest running on a worker thread does not keep ${how} waiting`, (t) => {
     const r = child(`
-const vm = mshv.createVm({ backend: 'sim' })
-vm.addRam(0, 0x10000)
-vm.write(0x1000, [0xeb, 0xfe]) // jmp $
-const vcpu = vm.createVcpu(0)
-mshv.enterRealMode(vcpu, 0x1000)
-vcpu.runAsync()
+${SPINNING_GUEST}
 setTimeout(() => { console.log('exiting'); ${code} }, 200)
 `)
     t.is(r.status, status, r.stderr)
@@ -137,12 +140,7 @@ import { Worker } from 'node:worker_threads'
 const source = \`
 const { parentPort } = require('node:worker_threads')
 import(\${JSON.stringify(${JSON.stringify('file://' + BUNDLE)})}).then((mshv) => {
-  const vm = mshv.createVm({ backend: 'sim' })
-  vm.addRam(0, 0x10000)
-  vm.write(0x1000, [0xeb, 0xfe]) // jmp $
-  const vcpu = vm.createVcpu(0)
-  mshv.enterRealMode(vcpu, 0x1000)
-  vcpu.runAsync()
+  ${SPINNING_GUEST}
   parentPort.postMessage('running')
 })\`
 const start = () => new Promise((resolve) => { const w = new Worker(source, { eval: true }); w.once('message', () => resolve(w)) })

@@ -239,6 +239,21 @@ async function onMachine(make: (m: Machine) => object, method: string, a: unknow
   }
 }
 
+/** One fuzz test: `call` with hostile arguments, what it did wrong logged with the arguments. */
+function fuzz(label: string, call: (a: unknown[]) => Promise<string | undefined>): void {
+  test(`fuzz: ${label}() works or throws a coded MshvError`, async (t) => {
+    await fc.assert(
+      fc.asyncProperty(hostileArgs, async (a) => {
+        const wrong = await call(a)
+        if (wrong) t.log(`${label}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
+        return wrong === undefined
+      }),
+      { numRuns: RUNS, seed: SEED },
+    )
+    t.pass()
+  })
+}
+
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 40)
 const SEED = Number(process.env['FUZZ_SEED'] ?? 0x5eed)
 
@@ -250,56 +265,23 @@ test('the surface read from the types is what the package exports', (t) => {
 })
 
 for (const name of surface.functions.filter((f) => !(f in SKIPPED_FUNCTIONS))) {
-  test(`fuzz: ${name}() works or throws a coded MshvError`, async (t) => {
-    const made = exports[name] as (...a: unknown[]) => unknown
-    // What a call makes is closed again (createVm's VMs), so the fuzzing holds nothing.
-    const fn = (...a: unknown[]): unknown => {
-      const r = made(...a)
+  const fn = exports[name] as (...a: unknown[]) => unknown
+  fuzz(name, (a) =>
+    verdict(() => {
+      const r = fn(...a)
+      // What a call makes is closed again (createVm's VMs), so the fuzzing holds nothing.
       if (r instanceof mshv.Vm) r.close()
       return r
-    }
-    await fc.assert(
-      fc.asyncProperty(hostileArgs, async (a) => {
-        const wrong = await verdict(() => fn(...a))
-        if (wrong) t.log(`${name}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
-        return wrong === undefined
-      }),
-      { numRuns: RUNS, seed: SEED },
-    )
-    t.pass()
-  })
+    }),
+  )
 }
 
 for (const [cls, names] of surface.methods) {
-  if (!(cls in MADE_BY_THE_PACKAGE)) {
-    test(`fuzz: new ${cls}() works or throws a coded MshvError`, async (t) => {
-      const C = exports[cls] as new (...a: unknown[]) => unknown
-      await fc.assert(
-        fc.asyncProperty(hostileArgs, async (a) => {
-          const wrong = await verdict(() => new C(...a))
-          if (wrong) t.log(`new ${cls}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
-          return wrong === undefined
-        }),
-        { numRuns: RUNS, seed: SEED },
-      )
-      t.pass()
-    })
-  }
+  const C = exports[cls] as new (...a: unknown[]) => unknown
+  if (!(cls in MADE_BY_THE_PACKAGE)) fuzz(`new ${cls}`, (a) => verdict(() => new C(...a)))
   const make = INSTANCES[cls]
   if (!make) continue
-  for (const method of names.filter((n) => !(`${cls}.${n}` in SKIPPED_METHODS))) {
-    test(`fuzz: ${cls}.${method}() works or throws a coded MshvError`, async (t) => {
-      await fc.assert(
-        fc.asyncProperty(hostileArgs, async (a) => {
-          const wrong = await onMachine(make, method, a)
-          if (wrong) t.log(`${cls}.${method}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
-          return wrong === undefined
-        }),
-        { numRuns: RUNS, seed: SEED },
-      )
-      t.pass()
-    })
-  }
+  for (const method of names.filter((n) => !(`${cls}.${n}` in SKIPPED_METHODS))) fuzz(`${cls}.${method}`, (a) => onMachine(make, method, a))
 }
 
 /**
@@ -332,49 +314,14 @@ for (const [name, value] of Object.entries(binding)) {
   const proto = (value as { prototype?: object }).prototype
   const methods = proto ? Object.getOwnPropertyNames(proto).filter((k) => k !== 'constructor' && typeof Object.getOwnPropertyDescriptor(proto, k)?.value === 'function') : []
   const statics = Object.getOwnPropertyNames(value).filter((k) => typeof (value as unknown as Record<string, unknown>)[k] === 'function')
-  const isClass = /^[A-Z]/.test(name)
-  if (!isClass) {
-    test(`fuzz: native.${name}() works or throws a coded MshvError`, async (t) => {
-      await fc.assert(
-        fc.asyncProperty(hostileArgs, async (a) => {
-          const wrong = await verdict(() => (value as (...x: unknown[]) => unknown)(...a))
-          if (wrong) t.log(`native.${name}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
-          return wrong === undefined
-        }),
-        { numRuns: RUNS, seed: SEED },
-      )
-      t.pass()
-    })
+  if (!/^[A-Z]/.test(name)) {
+    fuzz(`native.${name}`, (a) => verdict(() => (value as (...x: unknown[]) => unknown)(...a)))
     continue
   }
-  for (const method of statics) {
-    test(`fuzz: native.${name}.${method}() works or throws a coded MshvError`, async (t) => {
-      await fc.assert(
-        fc.asyncProperty(hostileArgs, async (a) => {
-          const wrong = await verdict(() => (value as unknown as Record<string, (...x: unknown[]) => unknown>)[method]?.(...a))
-          if (wrong) t.log(`native.${name}.${method}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
-          return wrong === undefined
-        }),
-        { numRuns: RUNS, seed: SEED },
-      )
-      t.pass()
-    })
-  }
+  for (const method of statics) fuzz(`native.${name}.${method}`, (a) => verdict(() => (value as unknown as Record<string, (...x: unknown[]) => unknown>)[method]?.(...a)))
   const make = NATIVE_INSTANCES[name]
   if (!make) continue
-  for (const method of methods.filter((k) => !(`${name}.${k}` in NATIVE_SKIPPED))) {
-    test(`fuzz: native ${name}.${method}() works or throws a coded MshvError`, async (t) => {
-      await fc.assert(
-        fc.asyncProperty(hostileArgs, async (a) => {
-          const wrong = await onMachine(make, method, a)
-          if (wrong) t.log(`native ${name}.${method}(${a.map((x) => describe(x)).join(', ')}) -> ${wrong}`)
-          return wrong === undefined
-        }),
-        { numRuns: RUNS, seed: SEED },
-      )
-      t.pass()
-    })
-  }
+  for (const method of methods.filter((k) => !(`${name}.${k}` in NATIVE_SKIPPED))) fuzz(`native ${name}.${method}`, (a) => onMachine(make, method, a))
 }
 
 test('every native class with methods has an instance for the fuzzer, or a reason', (t) => {
