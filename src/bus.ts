@@ -200,7 +200,7 @@ export class IoBus {
 
   /** Reads from a port; unclaimed ports read as all ones. */
   read(port: number, size: number, ctx: AccessContext): number {
-    if (!isAccess(port, 0xffff, size, 4, ctx)) throw badAccess('read', port, 0xffff, size, 4, ctx)
+    if (!isPort(port) || !isSize(size, 4) || !isContext(ctx)) throw badAccess('read', port, size, ctx)
     const r = this.find(port)
     if (!r?.device.ioRead) {
       this.stats.unclaimedReads++
@@ -216,7 +216,7 @@ export class IoBus {
 
   /** Writes to a port; writes to unclaimed ports are dropped and counted. */
   write(port: number, size: number, value: number, ctx: AccessContext): void {
-    if (!isAccess(port, 0xffff, size, 4, ctx)) throw badAccess('write', port, 0xffff, size, 4, ctx)
+    if (!isPort(port) || !isSize(size, 4) || !isContext(ctx)) throw badAccess('write', port, size, ctx)
     if (typeof value !== 'number') throw new MshvError('EINVAL', `bus.write: value must be a number, got ${describe(value)}`)
     const r = this.find(port)
     if (!r?.device.ioWrite) {
@@ -297,7 +297,7 @@ export class IoBus {
 
   /** Reads MMIO; unclaimed addresses read as all ones. */
   mmioRead(gpa: bigint, size: number, ctx: AccessContext): bigint {
-    if (typeof gpa !== 'bigint' || !isAccess(0, 0, size, 8, ctx)) throw badAccess('mmioRead', gpa, 2 ** 52 - 1, size, 8, ctx)
+    if (typeof gpa !== 'bigint' || !isSize(size, 8) || !isContext(ctx)) throw badAccess('mmioRead', gpa, size, ctx)
     const at = Number(gpa)
     const r = this.findMmio(at, size)
     const m = mask(size)
@@ -315,7 +315,7 @@ export class IoBus {
 
   /** Writes MMIO; writes no device claims are dropped and counted. */
   mmioWrite(gpa: bigint, size: number, value: bigint, ctx: AccessContext): void {
-    if (typeof gpa !== 'bigint' || !isAccess(0, 0, size, 8, ctx)) throw badAccess('mmioWrite', gpa, 2 ** 52 - 1, size, 8, ctx)
+    if (typeof gpa !== 'bigint' || !isSize(size, 8) || !isContext(ctx)) throw badAccess('mmioWrite', gpa, size, ctx)
     if (typeof value !== 'bigint') throw new MshvError('EINVAL', `bus.mmioWrite: value must be a bigint, got ${describe(value)}`)
     const at = Number(gpa)
     const r = this.findMmio(at, size)
@@ -327,22 +327,30 @@ export class IoBus {
   }
 }
 
-/**
- * Whether an access is well formed: an address in 0..max, a size of 1, 2 or 4 bytes
- * (ports) or 1..8 (MMIO, `maxSize` 8), a context object if any (a driver written in
- * TypeScript calls the bus without one). A few compares on the exit path.
+/*
+ * An access's parts, checked on the exit path (a few compares each): a port in 0..0xffff,
+ * a size of 1, 2 or 4 bytes (ports) or 1..8 (MMIO), a context object if any (a driver
+ * written in TypeScript calls the bus without one).
  */
-function isAccess(address: number, max: number, size: number, maxSize: number, ctx: unknown): boolean {
-  return typeof address === 'number' && address >>> 0 === address && address <= max && typeof size === 'number' && (maxSize === 8 ? size >>> 0 === size && size >= 1 && size <= 8 : size === 1 || size === 2 || size === 4) && (ctx === undefined || (typeof ctx === 'object' && ctx !== null))
+function isPort(port: unknown): boolean {
+  return typeof port === 'number' && port >>> 0 === port && port <= 0xffff
 }
 
-/** The `EINVAL` for an access {@link isAccess} refused, naming what was wrong. */
-function badAccess(what: string, address: unknown, max: number, size: unknown, maxSize: number, ctx: unknown): MshvError {
-  const sizes = maxSize === 8 ? 'an integer in 1..8' : '1, 2 or 4'
-  if (what.startsWith('mmio') ? typeof address !== 'bigint' : !(typeof address === 'number' && address >>> 0 === address && address <= max)) {
-    return new MshvError('EINVAL', `bus.${what}: the ${what.startsWith('mmio') ? 'address must be a bigint' : `port must be an integer in 0..${hex(max)}`}, got ${describe(address)}`)
+function isSize(size: unknown, max: 4 | 8): boolean {
+  return max === 8 ? typeof size === 'number' && size >>> 0 === size && size >= 1 && size <= 8 : size === 1 || size === 2 || size === 4
+}
+
+function isContext(ctx: unknown): boolean {
+  return ctx === undefined || (typeof ctx === 'object' && ctx !== null)
+}
+
+/** The `EINVAL` for an access the checks above refused, naming the part that was wrong. */
+function badAccess(what: 'read' | 'write' | 'mmioRead' | 'mmioWrite', address: unknown, size: unknown, ctx: unknown): MshvError {
+  const mmio = what === 'mmioRead' || what === 'mmioWrite'
+  if (mmio ? typeof address !== 'bigint' : !isPort(address)) {
+    return new MshvError('EINVAL', `bus.${what}: the ${mmio ? 'address must be a bigint' : 'port must be an integer in 0..0xffff'}, got ${describe(address)}`)
   }
-  if (!isAccess(0, 0, size as number, maxSize, {})) return new MshvError('EINVAL', `bus.${what}: size must be ${sizes}, got ${describe(size)}`)
+  if (!isSize(size, mmio ? 8 : 4)) return new MshvError('EINVAL', `bus.${what}: size must be ${mmio ? 'an integer in 1..8' : '1, 2 or 4'}, got ${describe(size)}`)
   return new MshvError('EINVAL', `bus.${what}: ctx must be the exit's access context (an object) or left out, got ${describe(ctx)}`)
 }
 

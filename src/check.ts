@@ -17,6 +17,14 @@ export function checkInteger(what: string, v: unknown, min: number, max: number)
   return v
 }
 
+/** Returns `v` when it is an integer in 0..2^32-1; else an `EINVAL` naming `what` and the value. */
+export function checkU32(what: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff_ffff) {
+    throw invalid(what, 'an integer in 0..0xffffffff', v)
+  }
+  return v
+}
+
 /** A finite number in `min..max` (inclusive). */
 export function checkNumber(what: string, v: unknown, min: number, max: number): number {
   if (typeof v !== 'number' || !(v >= min && v <= max)) throw invalid(what, `a number in ${min}..${max}`, v)
@@ -74,7 +82,7 @@ export function checkInstance<T>(what: string, v: unknown, type: abstract new (.
 }
 
 /** Whether a view's buffer has been detached (transferred or closed). */
-export function isDetached(v: ArrayBufferView): boolean {
+function isDetached(v: ArrayBufferView): boolean {
   return (v.buffer as ArrayBuffer & { detached?: boolean }).detached === true || (v.byteLength === 0 && v.buffer.byteLength === 0 && v.byteOffset === 0 && isDetachedBuffer(v.buffer))
 }
 

@@ -25,14 +25,6 @@ export function coded(e: unknown): unknown {
   return typeof code === 'string' ? new MshvError(code, e.message, { cause: e }) : e
 }
 
-/** Returns `v` when it is an integer in 0..2^32-1; else an `EINVAL` naming `what` and the value. */
-export function checkU32(what: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff_ffff) {
-    throw new MshvError('EINVAL', `${what} must be an integer in 0..0xffffffff, got ${describe(v)}`)
-  }
-  return v
-}
-
 /** Formats a number or bigint as hex: `0x1f`, `-0x1` for a negative value, the value itself for a fraction. */
 export function hex(v: number | bigint): string {
   if (typeof v === 'number' && !Number.isInteger(v)) return String(v)

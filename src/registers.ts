@@ -11,7 +11,8 @@
  */
 import type { NativeVcpu } from './native.js'
 import { page, registers, registerIndex, type RegisterDescriptor, type RegisterName } from './layout.js'
-import { MshvError, checkU32, describe } from './errors.js'
+import { MshvError, describe } from './errors.js'
+import { checkU32 } from './check.js'
 
 /** The register sync policies: see {@link SyncPolicy}. */
 export const POLICIES = ['page', 'hypercall', 'eager'] as const

@@ -4,7 +4,8 @@
  * QEMU, OpenVMM and Cloud Hypervisor register theirs; the same model in the sim).
  * @module
  */
-import { MshvError, checkU32, describe } from '../errors.js'
+import { MshvError, describe } from '../errors.js'
+import { checkU32 } from '../check.js'
 
 /** The four output registers of CPUID. */
 export interface CpuidResult {

@@ -43,11 +43,6 @@ unsafe impl Send for Detachables {}
 // SAFETY: as above.
 unsafe impl Sync for Detachables {}
 
-/// What a buffer over native memory counts for at least, as external memory: a
-/// quarter MiB, so V8 (which collects after ~64 MiB of external growth) collects
-/// unreachable buffers every ~256 of them, well before their mappings run out.
-const MAPPING_CHARGE: usize = 256 << 10;
-
 /// Creates an external ArrayBuffer over `len` bytes at `data`, keeping `owner` alive.
 ///
 /// # Safety
@@ -63,22 +58,11 @@ pub unsafe fn external<'env, T: Send + 'static>(
         return Ok(existing);
     }
     track.forget_collected(env);
-    // The engine is told what the buffer holds, as memory it does not see: a buffer over
-    // a closed VM's memory keeps its mapping (zero pages) until it is collected, and a
-    // mapping is scarce (vm.max_map_count, 65,530 by default). Without the charge a loop
-    // that made and closed VMs ran out of mappings (ENOMEM) long before V8 collected
-    // anything; each buffer counts at least MAPPING_CHARGE, so a collection comes first.
-    let charge = len.max(MAPPING_CHARGE) as i64;
-    // Best effort: the charge only paces collection; failing to tell it changes nothing else.
-    let _ = env.adjust_external_memory(charge);
     let lease = Arc::new(Lease(Mutex::new(Some(Box::new(owner)))));
     // SAFETY: forwarded from this function's contract; the lease keeps the owner alive
     // until the engine finalizes the buffer or the buffer is out of JavaScript's reach.
     let ab = unsafe {
-        ArrayBuffer::from_external(env, data, len, Arc::clone(&lease), move |env, lease| {
-            drop(lease);
-            let _ = env.adjust_external_memory(-charge);
-        })
+        ArrayBuffer::from_external(env, data, len, Arc::clone(&lease), |_, lease| drop(lease))
     }
     .map_err(from_napi)?;
     let mut r = ptr::null_mut();
