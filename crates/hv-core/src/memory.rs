@@ -49,8 +49,13 @@ pub fn live_bytes() -> usize {
 /// process's memory cgroup (a container's) says so ([`cgroup_memory_limit`]): there the
 /// kernel's OOM killer acts at the cgroup's limit, not at the host's size.
 pub fn host_memory() -> usize {
-    let physical = physical_memory();
-    cgroup_memory_limit().map_or(physical, |limit| limit.min(physical))
+    // Read once: every region's allocation asks (through the default process limit), and
+    // the cgroup walk reads a file per level.
+    static HOST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *HOST.get_or_init(|| {
+        let physical = physical_memory();
+        cgroup_memory_limit().map_or(physical, |limit| limit.min(physical))
+    })
 }
 
 /// The lowest memory limit along this process's cgroup path (cgroup v2's `memory.max`,
