@@ -64,11 +64,6 @@ function le(v: number, n: number): Aml {
   return out
 }
 
-/** A String (20.2.3): ASCII, NUL-terminated. */
-export function string(s: string): Aml {
-  return [0x0d, ...[...s].map((c) => c.charCodeAt(0) & 0x7f), 0x00]
-}
-
 /**
  * An EISA ID (`EisaId("PNP0A08")`, 19.6.35) as the DWordConst iasl makes: three letters
  * in 5 bits each and four hex digits, stored big-endian.

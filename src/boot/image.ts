@@ -6,7 +6,7 @@
  * runs the decompressor (4.5 billion instructions of Debian's xz kernel).
  * @module
  */
-import { MshvError } from '../errors.js'
+import { MshvError, hex } from '../errors.js'
 import { native } from '../native.js'
 import { checkBytes, checkString } from '../check.js'
 
@@ -32,10 +32,6 @@ const PT_NOTE = 4
 const XEN_ELFNOTE_PHYS32_ENTRY = 18
 /** The most a kernel may unpack to: far beyond any distribution kernel (Debian's: 63 MiB). */
 const MAX_KERNEL = 512 << 20
-
-function hexOf(n: number): string {
-  return `0x${n.toString(16)}`
-}
 
 function fail(file: string, field: string, what: string): never {
   throw new MshvError('EKERNEL', `${file}: ${field}: ${what}`)
@@ -159,7 +155,7 @@ export function parseElf(bytes: Uint8Array, file: string, description: string): 
   for (let i = 1; i < sorted.length; i++) {
     const a = sorted[i - 1] as (typeof sorted)[number]
     const b = sorted[i] as (typeof sorted)[number]
-    if (a.paddr + a.memSize > b.paddr) fail(file, 'program headers', `PT_LOAD segments at ${hexOf(a.paddr)} (+${hexOf(a.memSize)}) and ${hexOf(b.paddr)} overlap`)
+    if (a.paddr + a.memSize > b.paddr) fail(file, 'program headers', `PT_LOAD segments at ${hex(a.paddr)} (+${hex(a.memSize)}) and ${hex(b.paddr)} overlap`)
   }
   if (pvhEntry === undefined) fail(file, 'notes', 'no XEN_ELFNOTE_PHYS32_ENTRY: the kernel was built without CONFIG_PVH')
   return { segments, pvhEntry, end, description }

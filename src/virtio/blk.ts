@@ -7,7 +7,7 @@
  */
 import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_BLOCK, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
-import type { BlockBackend } from './disk.js'
+import { eachAt, type BlockBackend } from './disk.js'
 import { gather, scatter, skipBytes, totalLength, type DescriptorChain, type Virtqueue } from './queue.js'
 
 /** Feature bits (5.2.3). */
@@ -42,15 +42,6 @@ const MAX_DISCARD_SECTORS = 0x40_0000
 const MAX_DISCARD_SEG = 32
 /** Configuration space (5.2.4) up to write_zeroes_may_unmap and its padding. */
 const CONFIG_SIZE = 60
-
-/** Calls `f` with each of `buffers` and the disk offset it starts at, from `offset` on. */
-function eachAt(offset: number, buffers: readonly Uint8Array[], f: (at: number, b: Uint8Array) => void): void {
-  let at = offset
-  for (const b of buffers) {
-    f(at, b)
-    at += b.length
-  }
-}
 
 /** Options for {@link VirtioBlock}. */
 export interface VirtioBlockOptions {

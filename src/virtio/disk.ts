@@ -36,6 +36,15 @@ export interface BlockBackend {
   close(): void
 }
 
+/** Calls `f` with each of `buffers` and the disk offset it starts at, from `offset` on. */
+export function eachAt(offset: number, buffers: readonly Uint8Array[], f: (at: number, b: Uint8Array) => void): void {
+  let at = offset
+  for (const b of buffers) {
+    f(at, b)
+    at += b.length
+  }
+}
+
 /**
  * Checks a request against a disk of `size` bytes: an integer `offset` from 0 and
  * `length` bytes that end inside the disk (virtio-blk refuses such requests before they
@@ -205,11 +214,7 @@ export class FileDisk implements BlockBackend {
     const o = this.overlay
     // Blocks the overlay holds are read one by one; the image's in one preadv per IOV_MAX buffers.
     if (o && o.written.subarray(Math.floor(offset / OVERLAY_BLOCK), Math.floor((offset + length - 1) / OVERLAY_BLOCK) + 1).includes(1)) {
-      let at = offset
-      for (const b of buffers) {
-        this.read(at, b)
-        at += b.length
-      }
+      eachAt(offset, buffers, (at, b) => this.read(at, b))
       return
     }
     let at = offset

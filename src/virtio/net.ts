@@ -71,6 +71,7 @@ export class VirtioNet implements VirtioDevice {
   readonly mac: Uint8Array
   readonly stats: VirtioNetStats = { txPackets: 0, txBytes: 0, rxPackets: 0, rxBytes: 0, rxDropped: 0, txDropped: 0 }
   private readonly listeners: ((frame: Uint8Array) => void)[] = []
+  /** Frames for the guest, each behind its virtio-net header. */
   private readonly backlog: Uint8Array[] = []
   private readonly config = new DataView(new ArrayBuffer(CONFIG_SIZE))
   private context: VirtioContext | undefined
@@ -109,7 +110,13 @@ export class VirtioNet implements VirtioDevice {
       this.stats.rxDropped++
       return false
     }
-    this.backlog.push(frame.slice())
+    // Kept as the guest will read it, header first: the one copy of the frame (the
+    // caller may reuse its buffer). No checksum or GSO to describe, one buffer
+    // (num_buffers = 1).
+    const packet = new Uint8Array(VIRTIO_NET_HDR_SIZE + frame.length)
+    packet[10] = 1
+    packet.set(frame, VIRTIO_NET_HDR_SIZE)
+    this.backlog.push(packet)
     this.context?.guard(() => this.receive())
     return true
   }
@@ -161,22 +168,17 @@ export class VirtioNet implements VirtioDevice {
     while (this.backlog.length > 0) {
       const chain = q.pop()
       if (!chain) break
-      const frame = this.backlog.shift() as Uint8Array
-      const room = totalLength(chain.writable)
-      if (room < VIRTIO_NET_HDR_SIZE + frame.length) {
+      const packet = this.backlog.shift() as Uint8Array
+      if (totalLength(chain.writable) < packet.length) {
         // Without VIRTIO_NET_F_MRG_RXBUF each buffer must hold a whole frame (5.1.6.3.1).
         this.stats.rxDropped++
         q.push(chain.head, 0)
         pushed = true
         continue
       }
-      // The header: no checksum or GSO to describe, one buffer (num_buffers = 1).
-      const packet = new Uint8Array(VIRTIO_NET_HDR_SIZE + frame.length)
-      packet[10] = 1
-      packet.set(frame, VIRTIO_NET_HDR_SIZE)
       scatter(chain.writable, packet)
       this.stats.rxPackets++
-      this.stats.rxBytes += frame.length
+      this.stats.rxBytes += packet.length - VIRTIO_NET_HDR_SIZE
       q.push(chain.head, packet.length)
       pushed = true
     }

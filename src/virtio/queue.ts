@@ -176,9 +176,13 @@ export class Virtqueue {
     try {
       return this.memory.dataView(at, length, write)
     } catch (e) {
-      if (e instanceof MshvError && (e.code === 'EFAULT' || e.code === 'EINVAL')) throw new VirtioError(`queue ${this.index}: the ${what}: ${e.message}`)
-      throw e
+      throw this.driverFault(e, `the ${what}`)
     }
+  }
+
+  /** A view of guest memory refused for a driver's address (EFAULT, EINVAL): a device error naming `what`; anything else as it is. */
+  private driverFault(e: unknown, what: string): unknown {
+    return e instanceof MshvError && (e.code === 'EFAULT' || e.code === 'EINVAL') ? new VirtioError(`queue ${this.index}: ${what}: ${e.message}`) : e
   }
 
   /**
@@ -239,8 +243,7 @@ export class Virtqueue {
       try {
         view = this.memory.view(addr, len, write)
       } catch (e) {
-        if (e instanceof MshvError && (e.code === 'EFAULT' || e.code === 'EINVAL')) throw new VirtioError(`queue ${this.index}: descriptor ${i}: ${e.message}`)
-        throw e
+        throw this.driverFault(e, `descriptor ${i}`)
       }
       ;(write ? writable : readable).push(view)
       if ((flags & VIRTQ_DESC_F_NEXT) === 0) break
