@@ -5,6 +5,7 @@
  * line it is given (IRQ 4 for COM1), gated by MCR.OUT2 as PC boards wire it.
  * @module
  */
+import { InputQueue } from './input-queue.js'
 import { checkObject } from '../check.js'
 import type { PioDevice } from '../bus.js'
 import type { IrqLine } from '../platform/irq.js'
@@ -54,11 +55,8 @@ export interface SerialOptions {
 
 /** A 16550-compatible UART occupying 8 ports. */
 export class Serial16550 implements PioDevice {
-  /** Bytes waiting to enter the receive FIFO (what a terminal typed ahead): chunks, the first read from `pendingAt`. */
-  private readonly pendingInput: Uint8Array[] = []
-  private pendingAt = 0
-  private pendingBytes = 0
-  private readonly inputLimit: number
+  /** Bytes waiting to enter the receive FIFO (what a terminal typed ahead). */
+  private readonly input: InputQueue
   private readonly keep: number
   private readonly rx: number[] = []
   private ier = 0
@@ -84,13 +82,11 @@ export class Serial16550 implements PioDevice {
       return v
     }
     this.keep = count('keepOutput', options.keepOutput, options.onByte ? 0 : 64 * 1024)
-    this.inputLimit = count('inputLimit', options.inputLimit, 64 * 1024)
-    if (options.input !== undefined) {
-      // Input given up front is the script's own: all of it is kept.
-      const bytes = typeof options.input === 'string' ? new TextEncoder().encode(options.input) : options.input
-      this.inputLimit = Math.max(this.inputLimit, bytes.length)
-      this.feed(bytes)
-    }
+    const inputLimit = count('inputLimit', options.inputLimit, 64 * 1024)
+    // Input given up front is the script's own: all of it is kept.
+    const initial = options.input === undefined ? undefined : typeof options.input === 'string' ? new TextEncoder().encode(options.input) : options.input
+    this.input = new InputQueue(Math.max(inputLimit, initial?.length ?? 0))
+    if (initial !== undefined) this.feed(initial)
   }
 
   /**
@@ -103,31 +99,19 @@ export class Serial16550 implements PioDevice {
   feed(data: string | Uint8Array): number {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data
     if (!(bytes instanceof Uint8Array)) throw new MshvError('EINVAL', `feed takes bytes or a string, got ${describe(data)}`)
-    const n = Math.min(bytes.length, this.inputLimit - this.pendingBytes)
-    if (n > 0) {
-      this.pendingInput.push(bytes.slice(0, n))
-      this.pendingBytes += n
-    }
+    const n = this.input.push(bytes)
     this.refill()
     this.update()
-    return Math.max(n, 0)
+    return n
   }
 
   /** Bytes of input waiting for the guest (beyond its 16-byte FIFO). */
   get buffered(): number {
-    return this.pendingBytes
+    return this.input.size
   }
 
   private refill(): void {
-    while (this.rx.length < RX_FIFO && this.pendingBytes > 0) {
-      const chunk = this.pendingInput[0] as Uint8Array
-      this.rx.push(chunk[this.pendingAt++] as number)
-      this.pendingBytes--
-      if (this.pendingAt === chunk.length) {
-        this.pendingInput.shift()
-        this.pendingAt = 0
-      }
-    }
+    while (this.rx.length < RX_FIFO && this.input.size > 0) this.rx.push(this.input.shift())
   }
 
   /**

@@ -6,6 +6,7 @@
  * driver write a byte through configuration space before the queues work (5.3.4).
  * @module
  */
+import { InputQueue } from '../devices/input-queue.js'
 import { checkObject } from '../check.js'
 import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_CONSOLE, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
@@ -38,9 +39,7 @@ export class VirtioConsole implements VirtioDevice {
   readonly features = feature(VIRTIO_CONSOLE_F_EMERG_WRITE)
   readonly configSize = CONFIG_SIZE
   private readonly onData: ((bytes: Uint8Array) => void) | undefined
-  private readonly limit: number
-  private pending: Uint8Array[] = []
-  private pendingBytes = 0
+  private readonly input: InputQueue
   private context: VirtioContext | undefined
 
   constructor(options: VirtioConsoleOptions = {}) {
@@ -48,12 +47,12 @@ export class VirtioConsole implements VirtioDevice {
     if (onData !== undefined && typeof onData !== 'function') throw new MshvError('EINVAL', `VirtioConsole onData must be a function, got ${describe(onData)}`)
     if (!Number.isSafeInteger(inputLimit) || inputLimit < 1) throw new MshvError('EINVAL', `VirtioConsole inputLimit must be a positive integer, got ${describe(inputLimit)}`)
     this.onData = onData
-    this.limit = inputLimit
+    this.input = new InputQueue(inputLimit)
   }
 
   /** Bytes of input waiting for the guest. */
   get buffered(): number {
-    return this.pendingBytes
+    return this.input.size
   }
 
   /**
@@ -63,11 +62,7 @@ export class VirtioConsole implements VirtioDevice {
   write(data: Uint8Array | string): number {
     const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data
     if (!(bytes instanceof Uint8Array)) throw new MshvError('EINVAL', `VirtioConsole.write takes bytes or a string, got ${describe(data)}`)
-    const n = Math.min(bytes.length, this.limit - this.pendingBytes)
-    if (n > 0) {
-      this.pending.push(bytes.slice(0, n))
-      this.pendingBytes += n
-    }
+    const n = this.input.push(bytes)
     this.context?.guard(() => this.deliver())
     return n
   }
@@ -107,25 +102,13 @@ export class VirtioConsole implements VirtioDevice {
   private deliver(): void {
     const ctx = this.context
     const q = ctx?.queues[RECEIVEQ]
-    if (!ctx || !q?.enabled || this.pendingBytes === 0) return
+    if (!ctx || !q?.enabled || this.input.size === 0) return
     let pushed = false
-    while (this.pendingBytes > 0) {
+    while (this.input.size > 0) {
       const chain = q.pop()
       if (!chain) break
       let written = 0
-      for (const b of chain.writable) {
-        let at = 0
-        while (at < b.length && this.pending.length > 0) {
-          const head = this.pending[0] as Uint8Array
-          const n = Math.min(head.length, b.length - at)
-          b.set(head.subarray(0, n), at)
-          at += n
-          if (n === head.length) this.pending.shift()
-          else this.pending[0] = head.subarray(n)
-          this.pendingBytes -= n
-        }
-        written += at
-      }
+      for (const b of chain.writable) written += this.input.take(b)
       q.push(chain.head, written)
       pushed = true
     }
