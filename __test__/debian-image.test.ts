@@ -43,6 +43,19 @@ async function sha256(path: string): Promise<string> {
   return hash.digest('hex')
 }
 
+/** The image's fingerprint: its hash and modification time. */
+async function fingerprint(image: string): Promise<{ hash: string; mtimeMs: number }> {
+  return { hash: await sha256(image), mtimeMs: statSync(image).mtimeMs }
+}
+
+/** The file system is clean (`e2fsck -fn`) and the image is what it was before the boot. */
+async function assertUntouched(t: ExecutionContext, image: string, before: { hash: string; mtimeMs: number }, unchanged: string): Promise<void> {
+  const fsck = spawnSync('e2fsck', ['-fn', image], { encoding: 'utf8' })
+  t.is(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`)
+  t.is(statSync(image).mtimeMs, before.mtimeMs, 'the image was not written')
+  t.is(await sha256(image), before.hash, unchanged)
+}
+
 /** Built in the first test (which may take minutes: it downloads ~200 MB), or why not. */
 let built: DebianImage | string = 'not built'
 
@@ -86,7 +99,7 @@ run('the image boots under QEMU TCG from a virtio disk to a root shell on ttyS0,
   const ready = builtOrSkip(t, 'boot')
   if (!ready) return
   const { image, kernel, initrd } = ready
-  const before = { hash: await sha256(image), mtimeMs: statSync(image).mtimeMs }
+  const before = await fingerprint(image)
 
   const qemu = spawn(
     QEMU,
@@ -127,10 +140,7 @@ run('the image boots under QEMU TCG from a virtio disk to a root shell on ttyS0,
     await exited
   }
 
-  const fsck = spawnSync('e2fsck', ['-fn', image], { encoding: 'utf8' })
-  t.is(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`)
-  t.is(statSync(image).mtimeMs, before.mtimeMs, 'the image was not written')
-  t.is(await sha256(image), before.hash, 'the image is bit-for-bit unchanged')
+  await assertUntouched(t, image, before, 'the image is bit-for-bit unchanged')
 })
 
 run('the image boots on the sim from virtio-blk to a root login: systemd runs, lspci, a second disk, /dev/hwrng and a ping over the in-process switch', async (t) => {
@@ -138,7 +148,7 @@ run('the image boots on the sim from virtio-blk to a root login: systemd runs, l
   const ready = builtOrSkip(t, 'sim')
   if (!ready) return
   const { image, kernel, initrd } = ready
-  const before = { hash: await sha256(image), mtimeMs: statSync(image).mtimeMs }
+  const before = await fingerprint(image)
   const scratch = new MemoryDisk(4 << 20)
   const sw = new NetworkSwitch()
   // The peer: Debian's kernel with busybox, at 192.0.2.2 (RFC 5737's documentation range: nothing leaves the process).
@@ -203,10 +213,7 @@ run('the image boots on the sim from virtio-blk to a root login: systemd runs, l
     await peerRun.catch(() => undefined)
     peer.close()
   }
-  const fsck = spawnSync('e2fsck', ['-fn', image], { encoding: 'utf8' })
-  t.is(fsck.status, 0, `e2fsck -fn: ${fsck.stdout}${fsck.stderr}`)
-  t.is(statSync(image).mtimeMs, before.mtimeMs, 'the image was not written')
-  t.is(await sha256(image), before.hash, 'the overlay kept the image bit-for-bit unchanged')
+  await assertUntouched(t, image, before, 'the overlay kept the image bit-for-bit unchanged')
 })
 
 run('`mshv boot --system` boots the image with its own kernel and initrd: Debian\'s initramfs mounts /dev/vda and runs the init given', async (t) => {
