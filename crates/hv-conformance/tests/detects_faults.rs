@@ -27,6 +27,10 @@ enum Fault {
     IgnoresDirtyBits,
     /// Accepts interrupt requests and delivers nothing.
     DropsInterrupts,
+    /// Restores a state but for its general registers (RIP, RFLAGS, RAX...).
+    StateSkipsGeneralRegisters,
+    /// Accepts breakpoints and steps, and stops nowhere.
+    IgnoresDebugState,
 }
 
 /// An interrupt path that says yes and does nothing.
@@ -127,6 +131,26 @@ impl VcpuBackend for FaultyVcpu {
         }
         self.1.set_cpuid_results(results)
     }
+    fn state(&mut self) -> Result<hv_core::VcpuState> {
+        self.1.state()
+    }
+    fn set_state(&mut self, state: &hv_core::VcpuState) -> Result<()> {
+        if self.0 == Fault::StateSkipsGeneralRegisters {
+            let mut s = state.clone();
+            s.registers.retain(|(id, _)| {
+                hv_core::regs::info(*id).map(|r| r.group)
+                    != Some(hv_core::regs::RegisterGroup::General)
+            });
+            return self.1.set_state(&s);
+        }
+        self.1.set_state(state)
+    }
+    fn set_debug_state(&mut self, debug: &hv_core::DebugState) -> Result<()> {
+        if self.0 == Fault::IgnoresDebugState {
+            return Ok(());
+        }
+        self.1.set_debug_state(debug)
+    }
     fn register_page(&self) -> Option<RegisterPagePtr> {
         self.1.register_page()
     }
@@ -188,6 +212,18 @@ fn register_page_catches_dirty_bits_that_are_ignored() {
 fn interrupt_request_catches_requests_that_never_reach_the_guest() {
     let e = failure(Fault::DropsInterrupts, "interrupt_request");
     assert!(e.contains("the first port (the NMI handler's)"), "{e}");
+}
+
+#[test]
+fn vcpu_state_catches_a_restore_that_drops_general_registers() {
+    let e = failure(Fault::StateSkipsGeneralRegisters, "vcpu_state");
+    assert!(e.contains("expected a ioPort intercept"), "{e}");
+}
+
+#[test]
+fn debug_stops_catches_breakpoints_that_never_stop() {
+    let e = failure(Fault::IgnoresDebugState, "debug_stops");
+    assert!(e.contains("expected a exception intercept"), "{e}");
 }
 
 #[test]

@@ -231,6 +231,17 @@ pub trait VcpuBackend: Send {
     fn canceller(&self) -> Canceller;
     fn counters(&self) -> &Counters;
     fn reset_counters(&mut self);
+    /// The vCPU's whole state (every register, the MSRs of
+    /// [`crate::state::STATE_MSRS`], the local APIC, XSAVE where the backend has more
+    /// than the registers carry, and what the backend needs to resume exactly). Taken
+    /// between runs.
+    fn state(&mut self) -> Result<crate::state::VcpuState>;
+    /// Replaces the vCPU's whole state with one [`VcpuBackend::state`] returned (on this
+    /// backend kind); a state that does not fit changes nothing.
+    fn set_state(&mut self, state: &crate::state::VcpuState) -> Result<()>;
+    /// Sets where the vCPU stops for the VMM and whether it steps (see
+    /// [`crate::state::DebugState`]); the default state debugs nothing.
+    fn set_debug_state(&mut self, debug: &crate::state::DebugState) -> Result<()>;
     /// Guest instructions retired so far (sim; 0 where not counted).
     fn instructions(&self) -> u64 {
         0

@@ -17,6 +17,7 @@ pub mod page;
 pub mod pio_loop;
 pub mod regs;
 pub mod shared;
+pub mod state;
 
 pub use backend::{
     BackendKind, Canceller, ClockMode, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
@@ -31,3 +32,4 @@ pub use memory::{HostRegion, RegionOptions};
 pub use message::{ExitMessage, MESSAGE_SIZE};
 pub use page::{RegisterPagePtr, PAGE_SIZE};
 pub use regs::{RegisterValue, REGISTER_VALUE_SIZE};
+pub use state::{DebugState, VcpuState};

@@ -362,6 +362,21 @@ pub const REGISTERS: &[RegisterInfo] = &[
         K::U64,
         G::Events,
     ),
+    // Bit 0: interrupts held off for one instruction (after STI, MOV SS); bit 1: NMIs
+    // blocked until IRET (`hv_x64_interrupt_state_register`, hvgdk_mini.h).
+    off_page(
+        "interruptState",
+        hv_register_name_HV_REGISTER_INTERRUPT_STATE,
+        K::U64,
+        G::Events,
+    ),
+    // XCR0, which MSHV calls the XSAVE feature enabled mask.
+    off_page(
+        "xfem",
+        hv_register_name_HV_X64_REGISTER_XFEM,
+        K::U64,
+        G::System,
+    ),
     off_page(
         "kernelGsBase",
         hv_register_name_HV_X64_REGISTER_KERNEL_GS_BASE,

@@ -12,6 +12,7 @@ mod kick;
 mod partition;
 #[cfg(target_arch = "x86_64")]
 mod run;
+mod state;
 #[cfg(target_arch = "x86_64")]
 mod vcpu;
 #[cfg(target_arch = "x86_64")]

@@ -10,7 +10,7 @@ use hv_core::{
     RegisterPagePtr, RegisterValue, Result, RunLimits, VcpuBackend,
 };
 use mshv_bindings::*;
-use mshv_ioctls::VcpuFd;
+use mshv_ioctls::{VcpuFd, VmFd};
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::{Arc, Once};
@@ -27,6 +27,12 @@ pub struct MshvVcpu {
     cpuid: Vec<CpuidResult>,
     /// The page was seen with a layout version other than the one this code reads.
     page_unusable: bool,
+    /// The partition: the #DB intercept is installed on it.
+    vm: Arc<VmFd>,
+    /// A debug state with breakpoints or a step is set.
+    pub(crate) debugging: bool,
+    /// The last run stopped at a breakpoint: the next resumes past it.
+    at_breakpoint: bool,
 }
 
 /// Refuses the limits the hypervisor cannot honour, rather than running without them:
@@ -91,7 +97,7 @@ fn map_page(fd: &VcpuFd) -> Result<(Arc<HostRegion>, RegisterPagePtr)> {
 }
 
 impl MshvVcpu {
-    pub fn new(index: u32, fd: VcpuFd, mode: RegisterPageMode) -> Self {
+    pub fn new(index: u32, fd: VcpuFd, vm: Arc<VmFd>, mode: RegisterPageMode) -> Self {
         // mshv-ioctls reports a page only where its own mmap worked.
         let page = match (mode, fd.get_vp_reg_page().map(|_| map_page(&fd))) {
             (RegisterPageMode::Off, _) => None,
@@ -117,7 +123,29 @@ impl MshvVcpu {
             running,
             cpuid: Vec::new(),
             page_unusable: false,
+            vm,
+            debugging: false,
+            at_breakpoint: false,
         }
+    }
+
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// A #DB intercept while debugging: DR6 (read by hypercall, as Hyperlight's
+    /// `get_debug_regs` does) goes into the message's exception parameter, so the VMM
+    /// reads what stopped the vCPU there on both backends; a breakpoint's stop is
+    /// remembered for the resume.
+    fn debug_stop(&mut self, msg: &mut ExitMessage) -> Result<()> {
+        let mut dr6 = [[0u64; 2]];
+        self.get_registers(&[hv_register_name_HV_X64_REGISTER_DR6], &mut dr6)?;
+        let mut m: hv_x64_exception_intercept_message = msg.payload();
+        m.exception_parameter = dr6[0][0];
+        msg.write(hv_core::message::HVMSG_X64_EXCEPTION_INTERCEPT, &m);
+        self.at_breakpoint = dr6[0][0] & 0xf != 0;
+        // DR6's status bits are sticky (SDM vol 3 18.2.3): cleared for the next stop.
+        self.set_registers(&[hv_register_name_HV_X64_REGISTER_DR6], &[[0, 0]])
     }
 
     /// A valid page of a layout version other than `HV_VP_REGISTER_PAGE_VERSION_1` (the
@@ -147,6 +175,9 @@ impl VcpuBackend for MshvVcpu {
 
     fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit> {
         check_limits(limits)?;
+        if std::mem::take(&mut self.at_breakpoint) {
+            self.resume_past_breakpoint()?;
+        }
         self.counters.runs += 1;
         let fd = &self.fd;
         let ended = run_interruptible(&self.running, &self.canceller, limits.deadline, || fd.run())
@@ -154,6 +185,11 @@ impl VcpuBackend for MshvVcpu {
         match ended {
             Ended::Done(m) => {
                 msg.set(&m);
+                if self.debugging
+                    && msg.message_type() == hv_core::message::HVMSG_X64_EXCEPTION_INTERCEPT
+                {
+                    self.debug_stop(msg)?;
+                }
                 self.check_page_version();
                 self.counters.count_exit(msg.message_type());
                 Ok(Exit::Message)
@@ -233,6 +269,19 @@ impl VcpuBackend for MshvVcpu {
 
     fn reset_counters(&mut self) {
         self.counters = Counters::default();
+    }
+
+    fn state(&mut self) -> Result<hv_core::VcpuState> {
+        self.save_state()
+    }
+
+    fn set_state(&mut self, state: &hv_core::VcpuState) -> Result<()> {
+        self.restore_state(state)
+    }
+
+    fn set_debug_state(&mut self, debug: &hv_core::DebugState) -> Result<()> {
+        let vm = Arc::clone(&self.vm);
+        self.debug(&vm, debug)
     }
 }
 

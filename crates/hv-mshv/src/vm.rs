@@ -191,6 +191,7 @@ impl VmBackend for MshvVm {
         Ok(Box::new(MshvVcpu::new(
             index as u32,
             fd,
+            Arc::clone(&self.fd),
             self.config.register_page,
         )))
     }

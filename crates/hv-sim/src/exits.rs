@@ -164,6 +164,41 @@ pub fn build(
             msg.write(HVMSG_X64_APIC_EOI, &m);
             HVMSG_X64_APIC_EOI
         }
+        // The debugger's stop: an intercepted #DB, as MSHV reports one under an
+        // exception intercept for vector 1 (DR6 in the exception parameter).
+        Exit::Debug { dr6 } => {
+            let g = &cpu.gpr;
+            let m = hv_x64_exception_intercept_message {
+                header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
+                exception_vector: sim_cpu::fault::DB as u16,
+                exception_info: hv_x64_exception_info { as_uint8: 0 },
+                instruction_byte_count: ins.available,
+                error_code: 0,
+                exception_parameter: dr6,
+                reserved: 0,
+                instruction_bytes: ins.bytes,
+                ds_segment: segment(&cpu.seg[DS]),
+                ss_segment: segment(&cpu.seg[sim_cpu::state::SS]),
+                rax: g[0],
+                rcx: g[1],
+                rdx: g[2],
+                rbx: g[3],
+                rsp: g[4],
+                rbp: g[5],
+                rsi: g[6],
+                rdi: g[7],
+                r8: g[8],
+                r9: g[9],
+                r10: g[10],
+                r11: g[11],
+                r12: g[12],
+                r13: g[13],
+                r14: g[14],
+                r15: g[15],
+            };
+            msg.write(HVMSG_X64_EXCEPTION_INTERCEPT, &m);
+            HVMSG_X64_EXCEPTION_INTERCEPT
+        }
         // INIT and SIPI are the hypervisor's own business and never reach the VMM.
         Exit::Shutdown | Exit::Unsupported | Exit::None | Exit::Init | Exit::Sipi(_) => {
             let m = hv_x64_unrecoverable_exception_message {

@@ -14,6 +14,7 @@ mod env;
 mod exits;
 mod pagesync;
 mod registers;
+mod state;
 mod vcpu;
 mod vm;
 

@@ -111,6 +111,10 @@ pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
         hv_register_name_HV_X64_REGISTER_APIC_BASE => u(cpu.apic_base),
         hv_register_name_HV_X64_REGISTER_TSC => u(cpu.tsc),
         hv_register_name_HV_REGISTER_PENDING_EVENT0 => Ok(cpu.pending_event),
+        hv_register_name_HV_REGISTER_INTERRUPT_STATE => {
+            u(cpu.shadow.interrupts as u64 | (cpu.nmi_blocked as u64) << 1)
+        }
+        hv_register_name_HV_X64_REGISTER_XFEM => u(cpu.xcr0),
         _ if (DR0..DR0 + 4).contains(&id) => u(cpu.dr[(id - DR0) as usize]),
         hv_register_name_HV_X64_REGISTER_DR6 => u(cpu.dr[6]),
         hv_register_name_HV_X64_REGISTER_DR7 => u(cpu.dr[7]),
@@ -194,6 +198,25 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
             // The hypervisor refuses an event it cannot deliver in the set call itself.
             hv_core::PendingException::decode(v)?;
             cpu.pending_event = v;
+        }
+        hv_register_name_HV_REGISTER_INTERRUPT_STATE => {
+            if x & !3 != 0 {
+                return Err(HvError::InvalidArgument(format!(
+                    "interruptState {x:#x}: only bits 0 (interrupt shadow) and 1 (NMI masked) exist"
+                )));
+            }
+            cpu.shadow.interrupts = x & 1 != 0;
+            cpu.nmi_blocked = x & 2 != 0;
+        }
+        hv_register_name_HV_X64_REGISTER_XFEM => {
+            // This processor has the x87 and SSE components only; XCR0 bit 0 is always
+            // set (SDM vol 1 13.3).
+            if x & 1 == 0 || x & !3 != 0 {
+                return Err(HvError::InvalidArgument(format!(
+                    "xfem {x:#x}: XCR0 here takes bit 0 (x87, always set) and bit 1 (SSE)"
+                )));
+            }
+            cpu.xcr0 = x;
         }
         _ if (DR0..DR0 + 4).contains(&id) => cpu.dr[(id - DR0) as usize] = x,
         hv_register_name_HV_X64_REGISTER_DR6 => cpu.dr[6] = x,

@@ -23,22 +23,25 @@ use std::time::Instant;
 
 pub struct SimVcpu {
     index: u32,
-    processor: Processor,
+    pub(crate) processor: Processor,
     config: Arc<SimConfig>,
     memory: Arc<crate::vm::SharedMap>,
     snapshot: Arc<PhysMap>,
     page: Option<(Arc<HostRegion>, RegisterPagePtr)>,
     counters: Counters,
     canceller: Canceller,
-    flush_pending: bool,
+    pub(crate) flush_pending: bool,
     /// CPUID answers the VMM registered (HVCALL_REGISTER_INTERCEPT_RESULT's model).
     cpuid: Vec<hv_core::CpuidResult>,
     /// The local APIC the hypervisor emulates for this VP, and the partition's bus.
-    apic: Arc<LocalApic>,
+    pub(crate) apic: Arc<LocalApic>,
     bus: Arc<ApicBus>,
-    clock: Arc<Clock>,
+    pub(crate) clock: Arc<Clock>,
     /// The guest's TSC minus guest time (a WRMSR to IA32_TSC moves it).
-    tsc_offset: i64,
+    pub(crate) tsc_offset: i64,
+    /// PAE PDPTEs a restored state had loaded: the next flush keeps them rather than
+    /// reading them from memory again.
+    pub(crate) restore_pdptes: Option<[u64; 4]>,
 }
 
 impl SimVcpu {
@@ -83,6 +86,7 @@ impl SimVcpu {
             bus,
             clock,
             tsc_offset: 0,
+            restore_pdptes: None,
         })
     }
 
@@ -199,7 +203,7 @@ impl SimVcpu {
     }
 
     /// `HV_REGISTER_INTERNAL_ACTIVITY_STATE`: waiting for SIPI, halted.
-    fn activity_state(&self) -> u64 {
+    pub(crate) fn activity_state(&self) -> u64 {
         let mut v = 0;
         if self.apic.lock().startup_suspend {
             v |= ACTIVITY_STARTUP_SUSPEND;
@@ -270,6 +274,9 @@ impl SimVcpu {
             if self.flush_pending {
                 self.flush_pending = false;
                 self.processor.state_changed(&self.snapshot);
+                if let Some(p) = self.restore_pdptes.take() {
+                    self.processor.cpu.pdpte = p;
+                }
             }
             let now = self.now();
             // The run's own guest deadline, or the VMM's next device timer, if sooner.
@@ -442,9 +449,9 @@ impl SimVcpu {
 const ENOMEM: i32 = 12;
 
 /// `HvInternalActivityRegister` (OpenVMM hvdef): startup suspend, halt suspend.
-const ACTIVITY_STARTUP_SUSPEND: u64 = 1 << 0;
-const ACTIVITY_HALT_SUSPEND: u64 = 1 << 1;
-const ACTIVITY_KNOWN: u64 = ACTIVITY_STARTUP_SUSPEND | ACTIVITY_HALT_SUSPEND;
+pub(crate) const ACTIVITY_STARTUP_SUSPEND: u64 = 1 << 0;
+pub(crate) const ACTIVITY_HALT_SUSPEND: u64 = 1 << 1;
+pub(crate) const ACTIVITY_KNOWN: u64 = ACTIVITY_STARTUP_SUSPEND | ACTIVITY_HALT_SUSPEND;
 
 impl VcpuBackend for SimVcpu {
     fn index(&self) -> u32 {
@@ -520,6 +527,10 @@ impl VcpuBackend for SimVcpu {
         self.counters.registers_written += ids.len() as u64;
         self.processor.cpu = scratch;
         self.flush_pending |= flush;
+        if flush {
+            // Control registers set after a restore load their own PDPTEs.
+            self.restore_pdptes = None;
+        }
         Ok(())
     }
 
@@ -543,6 +554,9 @@ impl VcpuBackend for SimVcpu {
         if std::mem::take(&mut self.flush_pending) {
             // Control registers set since the last run (PAE's PDPTEs load with them).
             self.processor.state_changed(&mem);
+            if let Some(p) = self.restore_pdptes.take() {
+                self.processor.cpu.pdpte = p;
+            }
         }
         match self.processor.translate(&mem, gva, access, user, set_bits) {
             Ok(gpa) => {
@@ -590,6 +604,18 @@ impl VcpuBackend for SimVcpu {
 
     fn instructions(&self) -> u64 {
         self.processor.instructions
+    }
+
+    fn state(&mut self) -> Result<hv_core::VcpuState> {
+        self.save_state()
+    }
+
+    fn set_state(&mut self, state: &hv_core::VcpuState) -> Result<()> {
+        self.restore_state(state)
+    }
+
+    fn set_debug_state(&mut self, debug: &hv_core::DebugState) -> Result<()> {
+        self.debug(debug)
     }
 }
 

@@ -789,3 +789,148 @@ fn a_timer_storm_does_not_outlive_the_runs_deadline_or_a_cancel() {
         start.elapsed()
     );
 }
+
+/// The guest of the state tests: a periodic LAPIC timer whose handler sums the spin
+/// loop's ECX where each tick lands (so the sum moves if one tick lands one instruction
+/// off), while the loop reports TSC + that sum at each `out 0x80, eax`, interrupts on.
+fn ticking_guest(m: &Machine) {
+    m.handler(0x40, |a| {
+        a.add(dword_ptr(SLOT), ecx).unwrap();
+    });
+    m.code(CODE, |a| {
+        let mut top = a.create_label();
+        let mut spin = a.create_label();
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + TIMER_DIVIDE), 0xb).unwrap(); // divide by 1
+        a.mov(dword_ptr(rbx + LVT_TIMER), (1 << 17) | 0x40).unwrap(); // periodic
+        a.mov(dword_ptr(rbx + TIMER_INITIAL), 73).unwrap();
+        a.sti().unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(ecx, 3001).unwrap();
+        a.set_label(&mut spin).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(spin).unwrap();
+        a.rdtsc().unwrap();
+        a.add(eax, dword_ptr(SLOT)).unwrap();
+        a.out(0x80, eax).unwrap();
+        a.jmp(top).unwrap();
+    });
+}
+
+/// `n` OUTs from vCPU 0, each completed: (value, instructions retired before it).
+fn outs(m: &mut Machine, n: usize) -> Vec<(u64, u64)> {
+    (0..n)
+        .map(|_| {
+            let v = m.run_to_out(0);
+            let io: hv_x64_io_port_intercept_message = m.msg.payload();
+            let next = io.header.rip + io.header.instruction_length() as u64;
+            m.cpus[0]
+                .set_registers(&[hv_register_name_HV_X64_REGISTER_RIP], &[[next, 0]])
+                .unwrap();
+            (v, m.cpus[0].instructions())
+        })
+        .collect()
+}
+
+#[test]
+fn a_state_restored_into_a_new_partition_replays_the_run_exactly() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    ticking_guest(&m);
+    m.start(0, CODE);
+    outs(&mut m, 3);
+    // The vCPU's state and a copy of RAM, taken between exits: a snapshot.
+    let state = m.cpus[0].state().unwrap();
+    let mut ram = vec![0u8; RAM];
+    m.ram.read(0, &mut ram).unwrap();
+    let base = m.cpus[0].instructions();
+    let original: Vec<(u64, u64)> = outs(&mut m, 40)
+        .into_iter()
+        .map(|(v, n)| (v, n - base))
+        .collect();
+    assert!(m.count(0x40) > 40, "the timer ticked during the run");
+
+    let mut copy = machine(1, ClockMode::Deterministic);
+    copy.ram.write(0, &ram).unwrap();
+    copy.cpus[0].set_state(&state).unwrap();
+    assert_eq!(
+        copy.cpus[0].state().unwrap(),
+        state,
+        "the state reads back as written"
+    );
+    let replayed: Vec<(u64, u64)> = outs(&mut copy, 40);
+    assert_eq!(
+        replayed, original,
+        "TSC + where the ticks landed, and instructions, at every OUT"
+    );
+}
+
+#[test]
+fn a_state_from_another_backend_or_with_bad_values_changes_nothing() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    ticking_guest(&m);
+    m.start(0, CODE);
+    outs(&mut m, 1);
+    let state = m.cpus[0].state().unwrap();
+    let mut foreign = state.clone();
+    foreign.internal = vec![("mshv.something".into(), 1)];
+    let e = m.cpus[0].set_state(&foreign).unwrap_err();
+    assert!(e.to_string().contains("mshv.something"), "{e}");
+    let mut xsave = state.clone();
+    xsave.xsave = vec![0; 4096];
+    assert!(m.cpus[0].set_state(&xsave).is_err());
+    let mut short = state.clone();
+    short.lapic.truncate(100);
+    assert!(m.cpus[0].set_state(&short).is_err());
+    let mut msr = state.clone();
+    msr.msrs.push((0xc000_0080, 0));
+    assert!(m.cpus[0].set_state(&msr).is_err());
+    assert_eq!(m.cpus[0].state().unwrap(), state, "nothing changed");
+}
+
+#[test]
+fn a_breakpoint_in_a_hot_loop_stops_every_time_round_and_costs_nothing_elsewhere() {
+    use hv_core::message::HVMSG_X64_EXCEPTION_INTERCEPT;
+    let mut m = machine(1, ClockMode::Deterministic);
+    ticking_guest(&m);
+    m.start(0, CODE);
+    outs(&mut m, 1);
+    // `dec ecx` of the spin loop: a linked block that runs thousands of times.
+    let code = assemble(64, CODE, |a| {
+        enable_apic(a);
+        a.mov(dword_ptr(rbx + TIMER_DIVIDE), 0xb).unwrap();
+        a.mov(dword_ptr(rbx + LVT_TIMER), (1 << 17) | 0x40).unwrap();
+        a.mov(dword_ptr(rbx + TIMER_INITIAL), 73).unwrap();
+        a.sti().unwrap();
+        a.mov(ecx, 3001).unwrap();
+    });
+    let dec = CODE + code.len() as u64;
+    m.cpus[0]
+        .set_debug_state(&hv_core::DebugState {
+            breakpoints: vec![dec],
+            single_step: false,
+        })
+        .unwrap();
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        assert_eq!(m.run(0), Exit::Message);
+        assert_eq!(m.msg.message_type(), HVMSG_X64_EXCEPTION_INTERCEPT);
+        let e: hv_x64_exception_intercept_message = m.msg.payload();
+        assert_eq!(({ e.exception_vector }, { e.header.rip }), (1, dec));
+        assert_eq!({ e.exception_parameter }, 1, "DR6.B0");
+        counts.push(e.rcx);
+    }
+    assert_eq!(
+        counts,
+        [3001, 3000, 2999, 2998, 2997],
+        "one stop per time round"
+    );
+    m.cpus[0]
+        .set_debug_state(&hv_core::DebugState::default())
+        .unwrap();
+    let before = m.cpus[0].instructions();
+    outs(&mut m, 1);
+    assert!(
+        m.cpus[0].instructions() - before > 5000,
+        "ran freely to the next OUT"
+    );
+}

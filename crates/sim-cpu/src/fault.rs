@@ -75,6 +75,9 @@ pub enum Exit {
     Sipi(u8),
     /// The EOI of a level-triggered interrupt (the instruction retired).
     ApicEoi(u8),
+    /// The hypervisor's debugger stops here ([`crate::Debug`]): before an instruction
+    /// at a breakpoint (RIP at it) or after a step; `dr6` says which, as DR6 would.
+    Debug { dr6: u64 },
 }
 
 /// The error code of a selector-related fault: the selector's index and table bits,

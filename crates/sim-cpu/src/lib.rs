@@ -34,7 +34,7 @@ mod tlb;
 pub use exec::Exec;
 pub use fault::{Exit, Fault};
 pub use hv_core::UnknownMsr;
-pub use run::{ExitInstruction, Processor, RunEnd, POLL_INTERVAL};
+pub use run::{Debug, ExitInstruction, Processor, RunEnd, POLL_INTERVAL};
 
 pub use state::{Cpu, Segment, Table};
 

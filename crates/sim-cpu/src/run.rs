@@ -62,6 +62,49 @@ pub struct Processor {
     /// run's first block is its link when the key still holds (a VMM completing an
     /// exit resumes right after the instruction).
     last: LastBlock,
+    /// Where the hypervisor's debugger stops this processor (invisible to the guest).
+    pub debug: Debug,
+    /// The breakpoint the last run stopped at: a run that resumes there runs its
+    /// instruction first.
+    debug_resume: Option<u64>,
+}
+
+/// The hypervisor's own breakpoints and single-step, which the guest cannot see
+/// (its DR0-DR7 and RFLAGS.TF are its own): KVM's `KVM_GUESTDBG_*` in a software CPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Debug {
+    /// Linear addresses: stop before an instruction that starts at one.
+    pub breakpoints: Vec<u64>,
+    /// Stop after each instruction (or after an event's delivery).
+    pub single_step: bool,
+}
+
+impl Debug {
+    fn active(&self) -> bool {
+        self.single_step || !self.breakpoints.is_empty()
+    }
+
+    /// Whether a breakpoint lies in the block's bytes: only such blocks leave the
+    /// plain path, so breakpoints cost nothing elsewhere.
+    fn hits(&self, block: &cache::Block) -> bool {
+        let len = block
+            .ops
+            .last()
+            .map_or(0, |op| op.next.wrapping_sub(block.ip));
+        self.breakpoints
+            .iter()
+            .any(|&b| b.wrapping_sub(block.lin) < len)
+    }
+}
+
+/// A run's view of [`Debug`]. `skip`: the breakpoint the last run stopped at, when
+/// this one resumes there: it does not fire before the run's first instruction
+/// (RFLAGS.RF's rule, SDM vol 3 18.3.1.1), so the VMM resumes from a stop without
+/// removing the breakpoint. `stopped_at`: the breakpoint this run stops at.
+struct DebugRun<'a> {
+    debug: &'a Debug,
+    skip: Option<u64>,
+    stopped_at: Option<u64>,
 }
 
 /// A block pointer kept between runs, with the link key that says whether it is alive.
@@ -89,6 +132,8 @@ impl Processor {
                 block: std::ptr::null(),
                 key: 0,
             },
+            debug: Debug::default(),
+            debug_resume: None,
         }
     }
 
@@ -181,6 +226,13 @@ impl Processor {
             end_block: false,
         };
         let mut executed = 0u64;
+        let start = x.cpu.seg[CS].base.wrapping_add(x.cpu.rip);
+        let resume = self.debug_resume.take().filter(|&b| b == start);
+        let mut debug = self.debug.active().then_some(DebugRun {
+            debug: &self.debug,
+            skip: resume,
+            stopped_at: None,
+        });
         let mut next_poll = POLL_INTERVAL;
         // The next instruction count at which the limit or the poll is due.
         let mut check_at = next_poll.min(max_instructions);
@@ -191,6 +243,12 @@ impl Processor {
             key: mut prev_key,
         } = self.last;
         let end = 'run: loop {
+            if executed > 0 {
+                // The breakpoint the run started on is passed once an instruction ran.
+                if let Some(d) = debug.as_mut() {
+                    d.skip = None;
+                }
+            }
             if executed >= check_at || x.work >= POLL_INTERVAL {
                 if executed >= max_instructions {
                     break RunEnd::InstructionLimit;
@@ -284,9 +342,19 @@ impl Processor {
                 // are branches.
                 let plain = x.cpu.flags.bits & (TF | RF) == 0
                     && !x.cpu.shadow.interrupts
-                    && ops.len() as u64 <= max_instructions - executed;
+                    && ops.len() as u64 <= max_instructions - executed
+                    && debug
+                        .as_ref()
+                        .is_none_or(|d| !d.debug.single_step && !d.debug.hits(block));
                 if !plain {
-                    let outcome = run_single(&mut x, block, max_instructions, &mut executed, info);
+                    let outcome = run_single(
+                        &mut x,
+                        block,
+                        max_instructions,
+                        &mut executed,
+                        info,
+                        debug.as_mut(),
+                    );
                     x.end_block = false;
                     match outcome {
                         Some(e) => break 'run e,
@@ -323,6 +391,7 @@ impl Processor {
                 block = next;
             }
         };
+        self.debug_resume = debug.and_then(|d| d.stopped_at);
         self.last = LastBlock {
             block: prev,
             key: prev_key,
@@ -373,23 +442,51 @@ fn run_single(
     max_instructions: u64,
     executed: &mut u64,
     info: &mut ExitInstruction,
+    mut debug: Option<&mut DebugRun>,
 ) -> Option<RunEnd> {
     let ops = &block.ops[..];
     let single = x.cpu.flags.bits & TF != 0 || x.cpu.shadow.interrupts;
     // Within the instruction budget: a block may hold more than is left.
     let left = (max_instructions - *executed).min(usize::MAX as u64) as usize;
     for op in ops.iter().take(left) {
+        if let Some(d) = debug.as_deref_mut() {
+            let lin = block.cs_base.wrapping_add(op.ip);
+            let skip = d.skip.take() == Some(lin);
+            if let Some(i) = d.debug.breakpoints.iter().position(|&b| b == lin) {
+                if !skip {
+                    d.stopped_at = Some(lin);
+                    capture(x, block, op, info);
+                    x.exit = Exit::Debug {
+                        dr6: hv_core::state::dr6_for_breakpoint(i),
+                    };
+                    return Some(RunEnd::Exit(x.exit));
+                }
+            }
+        }
         let tf = x.cpu.flags.bits & TF != 0;
         let rf = x.cpu.flags.bits & RF != 0;
         x.cpu.shadow.interrupts = false;
         x.cpu.rip = op.next;
         if let Err(stop) = (op.exec)(x, op) {
-            return stopped(x, block, op, stop, executed, info);
+            let end = stopped(x, block, op, stop, executed, info);
+            // A step ends at an exception's handler, as the hardware's does.
+            return match end {
+                None if debug.is_some_and(|d| d.debug.single_step) => Some(stepped(x, info)),
+                end => end,
+            };
         }
         *executed += 1;
         x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
         if rf {
             x.cpu.flags.bits &= !RF;
+        }
+        if debug.as_ref().is_some_and(|d| d.debug.single_step) {
+            // The hypervisor's step comes first: the guest's own TF trap (below) is
+            // still owed, and is taken when the run resumes.
+            if rf {
+                x.cpu.flags.bits &= !RF;
+            }
+            return Some(stepped(x, info));
         }
         if tf {
             // Single-step: #DB after the instruction, DR6.BS set.
@@ -410,6 +507,16 @@ fn run_single(
         }
     }
     None
+}
+
+/// The hypervisor's single-step stop after an instruction (no instruction bytes: the
+/// next one has not been fetched).
+fn stepped(x: &mut Exec, info: &mut ExitInstruction) -> RunEnd {
+    *info = ExitInstruction::default();
+    x.exit = Exit::Debug {
+        dr6: hv_core::state::DR6_BS,
+    };
+    RunEnd::Exit(x.exit)
 }
 
 /// What instruction `op` stopping with `stop` comes to: an exception delivered (the

@@ -6,6 +6,7 @@ mod io;
 mod lifecycle;
 mod memory;
 mod registers;
+mod state;
 
 use crate::Check;
 
@@ -25,6 +26,8 @@ pub static ALL: &[Check] = &[
     registers::REGISTER_PAGE,
     registers::NO_REGISTER_PAGE,
     registers::BAD_REGISTER_IDS,
+    state::VCPU_STATE,
+    state::DEBUG_STOPS,
     lifecycle::CANCEL,
     lifecycle::DEADLINE,
     lifecycle::CLOSE,

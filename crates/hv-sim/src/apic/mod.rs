@@ -6,6 +6,7 @@
 //! (Intel SDM vol 3 chapter 11; register offsets: Table 11-1).
 
 pub mod bus;
+mod state;
 mod timer;
 
 use hv_core::InterruptKind;

@@ -12,7 +12,7 @@ const ONE_SHOT: u32 = 0;
 const PERIODIC: u32 = 1;
 const TSC_DEADLINE: u32 = 2;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Timer {
     pub initial: u32,
     pub divide_config: u32,
@@ -127,6 +127,64 @@ impl Timer {
                 self.deadline = None;
             }
         }
+    }
+}
+
+/// The timer as named values, for a vCPU's state ([`Timer::save`] and
+/// [`Timer::restore`] destructure every field, so a new one cannot be forgotten).
+pub struct TimerState {
+    pub initial: u32,
+    pub divide_config: u32,
+    pub start: u64,
+    pub deadline: Option<u64>,
+    pub tsc_deadline: u64,
+    pub mode: u32,
+}
+
+impl Timer {
+    pub fn save(&self) -> TimerState {
+        let Timer {
+            initial,
+            divide_config,
+            start,
+            deadline,
+            tsc_deadline,
+            mode,
+        } = *self;
+        TimerState {
+            initial,
+            divide_config,
+            start,
+            deadline,
+            tsc_deadline,
+            mode,
+        }
+    }
+
+    pub fn restore(s: TimerState) -> Timer {
+        let TimerState {
+            initial,
+            divide_config,
+            start,
+            deadline,
+            tsc_deadline,
+            mode,
+        } = s;
+        Timer {
+            initial,
+            divide_config: divide_config & 0xb,
+            start,
+            deadline,
+            tsc_deadline,
+            mode: mode & 3,
+        }
+    }
+
+    /// The deadline a count of `current` at `now` comes to (a state that has only the
+    /// register page: MSHV's).
+    pub fn deadline_from_count(&self, current: u32, now: u64) -> Option<u64> {
+        (current != 0 && self.mode != TSC_DEADLINE)
+            .then(|| now + current as u64 * self.divisor() * NS_PER_TICK)
     }
 }
 

@@ -1,0 +1,173 @@
+//! The sim's side of the state seam: a vCPU's whole state out and in
+//! ([`hv_core::VcpuState`]), and the debugger's breakpoints and step.
+
+use crate::apic::ApicState;
+use crate::registers;
+use crate::vcpu::{SimVcpu, ACTIVITY_HALT_SUSPEND, ACTIVITY_KNOWN, ACTIVITY_STARTUP_SUSPEND};
+use hv_core::regs::REGISTERS;
+use hv_core::state::STATE_MSRS;
+use hv_core::{DebugState, HvError, Result, VcpuBackend, VcpuState};
+use mshv_bindings::hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE as ACTIVITY;
+use sim_cpu::Cpu;
+use std::sync::atomic::Ordering;
+
+/// Names of the processor's internal values.
+const FERR: &str = "cpu.ferr";
+const PDPTE: [&str; 4] = ["cpu.pdpte0", "cpu.pdpte1", "cpu.pdpte2", "cpu.pdpte3"];
+const TSC_OFFSET: &str = "cpu.tscOffset";
+
+/// Breakpoints one vCPU takes: each block of code is compared with all of them.
+const MAX_BREAKPOINTS: usize = 4096;
+
+/// The storage of an MSR of [`STATE_MSRS`].
+fn state_msr(cpu: &mut Cpu, msr: u32) -> Option<&mut u64> {
+    let m = &mut cpu.msr;
+    Some(match msr {
+        0x1a0 => &mut m.misc_enable,
+        0x2ff => &mut m.mtrr_def_type,
+        0x250 => &mut m.mtrr_fixed[0],
+        0x258 => &mut m.mtrr_fixed[1],
+        0x259 => &mut m.mtrr_fixed[2],
+        0x268..=0x26f => &mut m.mtrr_fixed[3 + (msr - 0x268) as usize],
+        0x200..=0x20f => &mut m.mtrr_var[(msr - 0x200) as usize],
+        _ => return None,
+    })
+}
+
+impl SimVcpu {
+    /// Guest time the APIC's timer is read at.
+    fn apic_now(&self) -> u64 {
+        if self.clock.deterministic() {
+            self.processor.cpu.tsc
+        } else {
+            self.clock.now()
+        }
+    }
+
+    pub(crate) fn save_state(&mut self) -> Result<VcpuState> {
+        let activity = self.activity_state();
+        let cpu = &mut self.processor.cpu;
+        let mut regs = Vec::with_capacity(REGISTERS.len());
+        for r in REGISTERS {
+            let v = if r.id == ACTIVITY {
+                [activity, 0]
+            } else {
+                registers::get(cpu, r.id)?
+            };
+            regs.push((r.id, v));
+        }
+        let msrs = STATE_MSRS
+            .iter()
+            .map(|&m| (m, state_msr(cpu, m).map_or(0, |v| *v)))
+            .collect();
+        let mut internal = vec![
+            (FERR.to_string(), cpu.ferr as u64),
+            (TSC_OFFSET.to_string(), self.tsc_offset as u64),
+        ];
+        internal.extend(PDPTE.iter().zip(cpu.pdpte).map(|(n, v)| (n.to_string(), v)));
+        let now = self.apic_now();
+        let (lapic, apic_internal) = self.apic.lock().save(now);
+        internal.extend(apic_internal);
+        Ok(VcpuState {
+            registers: regs,
+            msrs,
+            lapic,
+            xsave: Vec::new(),
+            internal,
+        })
+    }
+
+    /// Checks the whole state on a copy first: a state that does not fit changes nothing.
+    pub(crate) fn restore_state(&mut self, state: &VcpuState) -> Result<()> {
+        let VcpuState {
+            registers: regs,
+            msrs,
+            lapic,
+            xsave,
+            internal,
+        } = state;
+        if !xsave.is_empty() {
+            return Err(HvError::InvalidArgument(format!(
+                "the state has a {}-byte XSAVE image: the sim keeps x87 and SSE state in registers and has no other components",
+                xsave.len()
+            )));
+        }
+        let mut cpu = self.processor.cpu.clone();
+        let mut activity = 0;
+        for &(id, v) in regs {
+            if id == ACTIVITY {
+                if v[0] & !ACTIVITY_KNOWN != 0 || v[1] != 0 {
+                    return Err(HvError::InvalidArgument(format!(
+                        "internalActivityState {:#x}: only bits 0 and 1 exist",
+                        v[0]
+                    )));
+                }
+                activity = v[0];
+                continue;
+            }
+            registers::set(&mut cpu, id, v)?;
+        }
+        cpu.halted = activity & ACTIVITY_HALT_SUSPEND != 0;
+        for &(msr, v) in msrs {
+            let slot = state_msr(&mut cpu, msr).ok_or_else(|| {
+                HvError::InvalidArgument(format!("MSR {msr:#x} is not one a vCPU state carries"))
+            })?;
+            *slot = v;
+        }
+        let mut tsc_offset = self.tsc_offset;
+        let mut apic_values = Vec::new();
+        for (name, v) in internal {
+            match name.as_str() {
+                FERR => cpu.ferr = *v != 0,
+                TSC_OFFSET => tsc_offset = *v as i64,
+                n if n.starts_with("apic.") => apic_values.push((n, *v)),
+                n => match PDPTE.iter().position(|p| *p == n) {
+                    Some(i) => cpu.pdpte[i] = *v,
+                    None => {
+                        return Err(HvError::InvalidArgument(format!(
+                            "internal value '{n}' is not one the sim keeps (a state of another backend?)"
+                        )))
+                    }
+                },
+            }
+        }
+        let now = if self.clock.deterministic() {
+            cpu.tsc
+        } else {
+            self.clock.now()
+        };
+        let find = |n: &str| apic_values.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
+        let apic = ApicState::restore(lapic, find, activity & ACTIVITY_STARTUP_SUSPEND != 0, now)?;
+        // Nothing was refused: the state is the vCPU's now.
+        let pdpte = cpu.pdpte;
+        self.processor.cpu = cpu;
+        self.tsc_offset = tsc_offset;
+        {
+            let mut s = self.apic.lock();
+            *s = apic;
+            self.apic.events.store(s.events(), Ordering::Release);
+        }
+        if self.clock.deterministic() {
+            self.clock.advance_to(self.index(), self.processor.cpu.tsc);
+        }
+        self.flush_pending = true;
+        // The flush reloads PAE's PDPTEs from memory; the saved ones are what the
+        // processor had loaded (SDM vol 3 4.4.1: they change only with CR3 and the like).
+        self.restore_pdptes = Some(pdpte);
+        Ok(())
+    }
+
+    pub(crate) fn debug(&mut self, debug: &DebugState) -> Result<()> {
+        if debug.breakpoints.len() > MAX_BREAKPOINTS {
+            return Err(HvError::InvalidArgument(format!(
+                "{} breakpoints: a vCPU takes at most {MAX_BREAKPOINTS}",
+                debug.breakpoints.len()
+            )));
+        }
+        self.processor.debug = sim_cpu::Debug {
+            breakpoints: debug.breakpoints.clone(),
+            single_step: debug.single_step,
+        };
+        Ok(())
+    }
+}
