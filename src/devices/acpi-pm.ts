@@ -7,7 +7,9 @@
  * @module
  */
 import { checkNumber } from '../check.js'
+import { MshvError, hex } from '../errors.js'
 import type { PioDevice } from '../bus.js'
+import { noneLeft, parseState, u16, version, type Fields, type Saveable, type Schema } from '../snapshot/device-state.js'
 
 /** The ports, as the FADT gives them (`buildAcpiTables`). */
 export const PM1A_EVT = 0x600
@@ -25,11 +27,34 @@ const PM_TIMER_HZ = 3_579_545
 const SCI_EN = 1 << 0
 const SLP_EN = 1 << 13
 
+/**
+ * The PM registers the guest wrote ({@link AcpiPm.save}). The PM timer is guest time,
+ * the VM's clock: nothing of it is the device's.
+ */
+export interface AcpiPmState {
+  version: 1
+  /** PM1a_STS (write 1 to clear). */
+  status: number
+  /** PM1a_EN. */
+  enable: number
+  /** PM1a_CNT, SCI_EN always set, SLP_EN never held. */
+  control: number
+}
+
+const STATE: Schema<AcpiPmState> = {
+  version: version(1),
+  status: u16,
+  enable: u16,
+  control: (what: string, v: unknown) => {
+    const c = u16(what, v)
+    if ((c & SCI_EN) === 0 || (c & SLP_EN) !== 0) throw new MshvError('EINVAL', `${what} must have SCI_EN set and SLP_EN clear, got ${hex(c)}`)
+    return c
+  },
+}
+
 /** The ACPI PM registers and the reset register; `onPowerOff`/`onReset` hear the guest. */
-export class AcpiPm implements PioDevice {
-  private status = 0
-  private enable = 0
-  private control = SCI_EN
+export class AcpiPm implements PioDevice, Saveable<AcpiPmState> {
+  private readonly r: Fields<AcpiPmState> = { status: 0, enable: 0, control: SCI_EN }
 
   constructor(
     /** Guest time now (ns): the PM timer counts it. */
@@ -48,11 +73,11 @@ export class AcpiPm implements PioDevice {
   ioRead(port: number, size: number): number {
     switch (port) {
       case PM1A_EVT:
-        return size === 4 ? this.status | (this.enable << 16) : this.status
+        return size === 4 ? this.r.status | (this.r.enable << 16) : this.r.status
       case PM1A_EVT + 2:
-        return this.enable
+        return this.r.enable
       case PM1A_CNT:
-        return this.control
+        return this.r.control
       case PM_TMR:
         return this.timer()
       default:
@@ -63,14 +88,14 @@ export class AcpiPm implements PioDevice {
   ioWrite(port: number, size: number, value: number): void {
     switch (port) {
       case PM1A_EVT:
-        this.status &= ~(value & 0xffff) // write 1 to clear
-        if (size === 4) this.enable = (value >>> 16) & 0xffff
+        this.r.status &= ~(value & 0xffff) // write 1 to clear
+        if (size === 4) this.r.enable = (value >>> 16) & 0xffff
         break
       case PM1A_EVT + 2:
-        this.enable = value & 0xffff
+        this.r.enable = value & 0xffff
         break
       case PM1A_CNT:
-        this.control = (value & ~SLP_EN & 0xffff) | SCI_EN
+        this.r.control = (value & ~SLP_EN & 0xffff) | SCI_EN
         if ((value & SLP_EN) !== 0 && ((value >> 10) & 7) === SLP_TYP_S5) this.onPowerOff()
         break
       case RESET_PORT:
@@ -80,5 +105,17 @@ export class AcpiPm implements PioDevice {
       default:
         break
     }
+  }
+
+  /** The registers' state. */
+  save(): AcpiPmState {
+    return { version: 1, ...this.r } satisfies AcpiPmState
+  }
+
+  /** Restores what {@link save} gave; `EINVAL` (and nothing changed) for a bad state. */
+  restore(state: AcpiPmState): void {
+    const { version: _, status, enable, control, ...rest } = parseState('acpiPm.restore: state', state, STATE)
+    noneLeft(rest)
+    Object.assign(this.r, { status, enable, control } satisfies Fields<AcpiPmState>)
   }
 }

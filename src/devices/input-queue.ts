@@ -5,6 +5,7 @@
  * while its FIFO is full). The UART and virtio-console keep their input in one.
  * @module
  */
+import { MshvError } from '../errors.js'
 
 /** A bounded FIFO of bytes, kept as the chunks given (no copy per byte). */
 export class InputQueue {
@@ -54,6 +55,27 @@ export class InputQueue {
       if (this.at === chunk.length) this.next()
     }
     return done
+  }
+
+  /** A copy of the bytes waiting, in order, none taken (what its owner's state saves). */
+  peek(): Uint8Array {
+    const out = new Uint8Array(this.bytes)
+    let at = 0
+    this.chunks.forEach((c, i) => {
+      const part = i === 0 ? c.subarray(this.at) : c
+      out.set(part, at)
+      at += part.length
+    })
+    return out
+  }
+
+  /** Holds exactly `data` (a copy; at most {@link limit} bytes): its owner's restore. */
+  replace(data: Uint8Array): void {
+    if (data.length > this.limit) throw new MshvError('EINVAL', `an input queue of ${this.limit} bytes cannot hold ${data.length}`)
+    this.chunks.length = 0
+    this.at = 0
+    this.bytes = 0
+    this.push(data)
   }
 
   private next(): void {

@@ -8,7 +8,9 @@
 import type { MmioDevice } from '../bus.js'
 import type { IrqSink } from '../platform/irq.js'
 import type { InterruptKind, InterruptRequest } from '../vm.js'
-import { MshvError, describe } from '../errors.js'
+import { MshvError, describe, hex } from '../errors.js'
+import { invalid } from '../check.js'
+import { int, list, noneLeft, parseState, record, u32, u8, version, type Check, type Saveable, type Schema } from '../snapshot/device-state.js'
 
 /** Where PCs put the I/O APIC (the MADT says so too). */
 export const IOAPIC_BASE = 0xfec0_0000
@@ -42,8 +44,44 @@ export interface IoApicStats {
   refused: number
 }
 
+/** One redirection entry as its two 32-bit registers (IOREDTBL low and high). */
+export interface IoApicEntryState {
+  low: number
+  high: number
+}
+
+/** The I/O APIC's state ({@link IoApic.save}). */
+export interface IoApicState {
+  version: 1
+  /** The APIC ID (bits 27:24 of register 0). */
+  id: number
+  /** IOREGSEL: the register IOWIN reaches. */
+  select: number
+  /** The 24 redirection entries. */
+  entries: IoApicEntryState[]
+  /** Pins asserted (level) or with an edge not yet delivered (edge), bit n for pin n. */
+  irr: number
+}
+
+const ENTRY_STATE: Check<IoApicEntryState> = (what, v) => {
+  const e = record<IoApicEntryState>({ low: u32, high: u32 })(what, v)
+  // Delivery status is never held; remote IRR only on a level-triggered pin.
+  if ((e.low & Number(DELIVERY_STATUS)) !== 0 || ((e.low & Number(REMOTE_IRR)) !== 0 && (e.low & Number(LEVEL)) === 0)) {
+    throw invalid(`${what}.low`, 'an entry without delivery status, and with remote IRR only when level-triggered', hex(e.low))
+  }
+  return e
+}
+
+const STATE: Schema<IoApicState> = {
+  version: version(1),
+  id: int(0, 0xf),
+  select: u8,
+  entries: list(ENTRY_STATE, IOAPIC_PINS, IOAPIC_PINS),
+  irr: int(0, 2 ** IOAPIC_PINS - 1),
+}
+
 /** The I/O APIC: an MMIO device and the inputs of 24 interrupt lines. */
-export class IoApic implements MmioDevice, IrqSink {
+export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
   private id = 0
   private select = 0
   private readonly entries = new Array<bigint>(IOAPIC_PINS).fill(MASKED)
@@ -174,5 +212,29 @@ export class IoApic implements MmioDevice, IrqSink {
     if (offset === IOREGSEL) this.select = v & 0xff
     else if (offset === IOWIN && size === 4) this.writeRegister(this.select, v)
     else if (offset === IOEOI) this.eoi(v & 0xff)
+  }
+
+  /** The ID, the register select, the redirection entries and the pins pending. */
+  save(): IoApicState {
+    return {
+      version: 1,
+      id: this.id,
+      select: this.select,
+      entries: this.entries.map((e) => ({ low: Number(e & 0xffff_ffffn), high: Number(e >> 32n) })),
+      irr: this.irr,
+    } satisfies IoApicState
+  }
+
+  /**
+   * Restores what {@link save} gave; `EINVAL` (and nothing changed) for a bad state.
+   * Nothing is delivered: the state is one the I/O APIC had settled in.
+   */
+  restore(state: IoApicState): void {
+    const { version: _, id, select, entries, irr, ...rest } = parseState('ioapic.restore: state', state, STATE)
+    noneLeft(rest)
+    this.id = id
+    this.select = select
+    entries.forEach((e, pin) => (this.entries[pin] = (BigInt(e.high) << 32n) | BigInt(e.low)))
+    this.irr = irr
   }
 }

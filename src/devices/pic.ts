@@ -10,37 +10,114 @@
  */
 import type { PioDevice } from '../bus.js'
 import type { IrqSink } from '../platform/irq.js'
-import { MshvError, describe } from '../errors.js'
+import { MshvError, describe, hex } from '../errors.js'
+import { invalid } from '../check.js'
+import { bool, int, noneLeft, oneOf, parseState, record, u8, version, type Check, type Fields, type MutableDataKeys, type Saveable, type SameKeys } from '../snapshot/device-state.js'
 
 /** The master's and slave's command ports, and the ELCR's. */
 export const PIC_MASTER = 0x20
 export const PIC_SLAVE = 0xa0
 export const ELCR = 0x4d0
 
-class Chip {
+/** The register select of OCW3: what a read of the command port returns. */
+export type PicReadRegister = 'irr' | 'isr'
+/** Where initialization is: done, or waiting for ICW2, ICW3 or ICW4. */
+export type PicInit = 'ready' | 'icw2' | 'icw3' | 'icw4'
+
+/** One 8259's state ({@link Pic.save}); masks are 8 bits, bit n for the chip's IRQ n. */
+export interface PicChipState {
+  /** Interrupt requests (IRR). */
+  irr: number
+  /** The input lines' levels, for edge detection. */
+  lastIrr: number
+  /** The interrupt mask (IMR, OCW1). */
+  imr: number
+  /** In service (ISR). */
+  isr: number
+  /** Priority rotation: the IRQ with the highest priority is `priorityAdd` (0..7). */
+  priorityAdd: number
+  /** The vector base (ICW2, a multiple of 8). */
+  irqBase: number
+  readRegister: PicReadRegister
+  /** A poll command (OCW3) waits for the next read. */
+  poll: boolean
+  specialMask: boolean
+  init: PicInit
+  autoEoi: boolean
+  rotateOnAutoEoi: boolean
+  specialFullyNested: boolean
+  /** ICW1 said an ICW4 follows. */
+  init4: boolean
+  /** ICW1's single mode (no ICW3). */
+  singleMode: boolean
+  /** ELCR: level-triggered IRQs. */
+  elcr: number
+}
+
+/** The pair's state: master (IRQ 0-7) and slave (IRQ 8-15). */
+export interface PicState {
+  version: 1
+  master: PicChipState
+  slave: PicChipState
+}
+
+function chipState(elcrMask: number): Check<PicChipState> {
+  const bits = int(0, 7)
+  return record<PicChipState>({
+    irr: u8,
+    lastIrr: u8,
+    imr: u8,
+    isr: u8,
+    priorityAdd: bits,
+    irqBase: (what, v) => {
+      const base = u8(what, v)
+      if ((base & 7) !== 0) throw invalid(what, 'a multiple of 8', base)
+      return base
+    },
+    readRegister: oneOf('irr', 'isr'),
+    poll: bool,
+    specialMask: bool,
+    init: oneOf('ready', 'icw2', 'icw3', 'icw4'),
+    autoEoi: bool,
+    rotateOnAutoEoi: bool,
+    specialFullyNested: bool,
+    init4: bool,
+    singleMode: bool,
+    elcr: (what, v) => {
+      const elcr = u8(what, v)
+      if ((elcr & ~elcrMask) !== 0) throw invalid(what, `a mask within ${hex(elcrMask)} (IRQs that can be level-triggered)`, elcr)
+      return elcr
+    },
+  })
+}
+
+/** One 8259; its public fields are exactly its state (checked below). */
+class Chip implements Fields<PicChipState> {
   irr = 0
-  /** The lines' levels, for edge detection. */
   lastIrr = 0
   imr = 0
   isr = 0
   priorityAdd = 0
   irqBase = 0
-  readRegisterSelect = 0
+  readRegister: PicReadRegister = 'irr'
   poll = false
   specialMask = false
-  initState = 0
+  init: PicInit = 'ready'
   autoEoi = false
   rotateOnAutoEoi = false
   specialFullyNested = false
   init4 = false
   singleMode = false
   elcr = 0
+  readonly check: Check<PicChipState>
 
   constructor(
     readonly master: boolean,
     /** ELCR bits that may be set: IRQ 0, 1, 2, 8 and 13 are always edge on a PC. */
     readonly elcrMask: number,
-  ) {}
+  ) {
+    this.check = chipState(elcrMask)
+  }
 
   reset(): void {
     Object.assign(this, {
@@ -50,16 +127,27 @@ class Chip {
       isr: 0,
       priorityAdd: 0,
       irqBase: 0,
-      readRegisterSelect: 0,
+      readRegister: 'irr',
       poll: false,
       specialMask: false,
-      initState: 0,
+      init: 'ready',
       autoEoi: false,
       rotateOnAutoEoi: false,
       specialFullyNested: false,
       init4: false,
       singleMode: false,
-    })
+    } satisfies Omit<Fields<PicChipState>, 'elcr'>)
+  }
+
+  save(): PicChipState {
+    const { irr, lastIrr, imr, isr, priorityAdd, irqBase, readRegister, poll, specialMask, init, autoEoi, rotateOnAutoEoi, specialFullyNested, init4, singleMode, elcr } = this
+    return { irr, lastIrr, imr, isr, priorityAdd, irqBase, readRegister, poll, specialMask, init, autoEoi, rotateOnAutoEoi, specialFullyNested, init4, singleMode, elcr } satisfies PicChipState
+  }
+
+  restore(s: PicChipState): void {
+    const { irr, lastIrr, imr, isr, priorityAdd, irqBase, readRegister, poll, specialMask, init, autoEoi, rotateOnAutoEoi, specialFullyNested, init4, singleMode, elcr, ...rest } = s
+    noneLeft(rest)
+    Object.assign(this, { irr, lastIrr, imr, isr, priorityAdd, irqBase, readRegister, poll, specialMask, init, autoEoi, rotateOnAutoEoi, specialFullyNested, init4, singleMode, elcr } satisfies Fields<PicChipState>)
   }
 
   setIrq(irq: number, level: boolean): void {
@@ -106,6 +194,10 @@ class Chip {
   }
 }
 
+/** The chip's mutable fields are its state, no more, no less (rule 4 of device-state.ts). */
+const CHIP_FIELDS_ARE_ITS_STATE: SameKeys<MutableDataKeys<Chip>, keyof Fields<PicChipState>> = true
+void CHIP_FIELDS_ARE_ITS_STATE
+
 /** Counters of a {@link Pic}. */
 export interface PicStats {
   /** ExtINT requests made (interrupts acknowledged for the CPU). */
@@ -115,7 +207,7 @@ export interface PicStats {
 }
 
 /** The master/slave 8259 pair with its ELCR: 16 ISA IRQ inputs. */
-export class Pic implements PioDevice, IrqSink {
+export class Pic implements PioDevice, IrqSink, Saveable<PicState> {
   private readonly chips: readonly [Chip, Chip] = [new Chip(true, 0xf8), new Chip(false, 0xde)]
   readonly stats: PicStats = { requested: 0, spurious: 0 }
   /** Set while this pair's own request is being made, so a nested update waits. */
@@ -206,7 +298,7 @@ export class Pic implements PioDevice, IrqSink {
       this.update()
       return 0x80 | irq
     }
-    return chip.readRegisterSelect ? chip.isr : chip.irr
+    return chip.readRegister === 'isr' ? chip.isr : chip.irr
   }
 
   ioWrite(port: number, _size: number, value: number): void {
@@ -228,13 +320,13 @@ export class Pic implements PioDevice, IrqSink {
     if ((v & 0x10) !== 0) {
       // ICW1: start initialization; the ELCR survives.
       chip.reset()
-      chip.initState = 1
+      chip.init = 'icw2'
       chip.init4 = (v & 1) !== 0
       chip.singleMode = (v & 2) !== 0
     } else if ((v & 0x08) !== 0) {
       // OCW3
       if ((v & 0x04) !== 0) chip.poll = true
-      if ((v & 0x02) !== 0) chip.readRegisterSelect = v & 1
+      if ((v & 0x02) !== 0) chip.readRegister = (v & 1) === 1 ? 'isr' : 'irr'
       if ((v & 0x40) !== 0) chip.specialMask = ((v >> 5) & 1) !== 0
     } else {
       // OCW2
@@ -273,22 +365,40 @@ export class Pic implements PioDevice, IrqSink {
 
   /** OCW1 (IMR), or ICW2..ICW4 during initialization. */
   private data(chip: Chip, v: number): void {
-    switch (chip.initState) {
-      case 0:
+    switch (chip.init) {
+      case 'ready':
         chip.imr = v
         break
-      case 1:
+      case 'icw2':
         chip.irqBase = v & 0xf8
-        chip.initState = chip.singleMode ? (chip.init4 ? 3 : 0) : 2
+        chip.init = chip.singleMode ? (chip.init4 ? 'icw4' : 'ready') : 'icw3'
         break
-      case 2:
-        chip.initState = chip.init4 ? 3 : 0
+      case 'icw3':
+        chip.init = chip.init4 ? 'icw4' : 'ready'
         break
-      default:
+      case 'icw4':
         chip.specialFullyNested = ((v >> 4) & 1) !== 0
         chip.autoEoi = ((v >> 1) & 1) !== 0
-        chip.initState = 0
+        chip.init = 'ready'
         break
     }
+  }
+
+  /** Both chips' state. */
+  save(): PicState {
+    const [master, slave] = this.chips
+    return { version: 1, master: master.save(), slave: slave.save() } satisfies PicState
+  }
+
+  /**
+   * Restores what {@link save} gave; `EINVAL` (and nothing changed) for a bad state.
+   * Nothing is requested of the CPU: the state is one the pair had settled in.
+   */
+  restore(state: PicState): void {
+    const [m, s] = this.chips
+    const { version: _, master, slave, ...rest } = parseState<PicState>('pic.restore: state', state, { version: version(1), master: m.check, slave: s.check })
+    noneLeft(rest)
+    m.restore(master)
+    s.restore(slave)
   }
 }

@@ -8,8 +8,9 @@
  */
 import { checkFunction, checkInstance, checkInteger, checkObject } from '../check.js'
 import type { PioDevice } from '../bus.js'
-import type { IrqLine } from '../platform/irq.js'
 import { GuestTimers, type GuestTimer } from '../platform/timers.js'
+import { restoreLine, type IrqLine } from '../platform/irq.js'
+import { bool, bytes, fromHex, guestTime, int, noneLeft, nullable, parseState, toHex, version, type Saveable, type Schema } from '../snapshot/device-state.js'
 import { MshvError, describe } from '../errors.js'
 
 /** The index and data ports. */
@@ -57,8 +58,44 @@ export interface RtcOptions {
   cmos?: Readonly<Record<number, number>>
 }
 
+/** The RTC's state ({@link Rtc.save}): CMOS, the clock's anchor and the armed timers. */
+export interface RtcState {
+  version: 1
+  /** The 128 CMOS bytes, registers A-D among them, as hex (the time registers are computed from the clock). */
+  cmos: string
+  /** The register the index port selected (0..127). */
+  index: number
+  /** Whether the last index write set bit 7 (NMI disabled). */
+  nmiMasked: boolean
+  /** The clock: at guest time `setAt` (ns) it read `setTo` (ms since the epoch). */
+  setAt: number
+  setTo: number
+  /** When the next periodic interrupt is due (guest ns), or null when none is armed. */
+  periodicTimer: number | null
+  /** When the current second ends (guest ns): the update-ended and alarm check. */
+  updateTimer: number
+}
+
+/** The range of a JavaScript Date (ms from the epoch). */
+const DATE_RANGE = 8.64e15
+
+const STATE: Schema<RtcState> = {
+  version: version(1),
+  cmos: (what, v) => {
+    const hex = bytes(128, 128)(what, v)
+    if ((fromHex(hex)[REG_A] ?? 0) & A_UIP) throw new MshvError('EINVAL', `${what}: register A's UIP bit is computed, not stored, got ${describe(hex.slice(2 * REG_A, 2 * REG_A + 2))}`)
+    return hex
+  },
+  index: int(0, 0x7f),
+  nmiMasked: bool,
+  setAt: guestTime,
+  setTo: int(-DATE_RANGE, DATE_RANGE),
+  periodicTimer: nullable(guestTime),
+  updateTimer: guestTime,
+}
+
 /** The MC146818 RTC and 128 bytes of CMOS. */
-export class Rtc implements PioDevice {
+export class Rtc implements PioDevice, Saveable<RtcState> {
   private readonly cmos = new Uint8Array(128)
   private index = 0
   /** Whether the last index write set bit 7 (NMI disabled). */
@@ -197,31 +234,41 @@ export class Rtc implements PioDevice {
     if (enabled) this.irq.set(true)
   }
 
-  /** The periodic rate from register A (RS3..RS0): 32768 >> (rate - 1) Hz, or none. */
+  /** The periodic interrupt's period (ns) from register A (RS3..RS0): 32768 >> (rate - 1) Hz; undefined for none. */
+  private period(): number | undefined {
+    const rate = (this.cmos[REG_A] ?? 0) & 0xf
+    if (rate === 0) return undefined
+    const shift = rate <= 2 ? rate + 7 : rate - 1
+    return Math.round((NS * (1 << shift)) / 32768)
+  }
+
   private schedulePeriodic(): void {
     this.periodic?.cancel()
     this.periodic = undefined
-    const rate = (this.cmos[REG_A] ?? 0) & 0xf
-    if (rate === 0) return
-    const shift = rate <= 2 ? rate + 7 : rate - 1
-    const period = Math.round((NS * (1 << shift)) / 32768)
-    const base = this.now()
+    const period = this.period()
     // The flag is set whether or not PIE lets it interrupt; it needs a timer only when
     // the guest asked for interrupts (a poller reads C and sees PF from the schedule).
-    if (((this.cmos[REG_B] ?? 0) & B_PIE) !== 0) {
-      this.periodic = this.timers.every(
-        (n) => base + period * n,
-        () => this.raise(C_PF),
-      )
-    }
+    if (period !== undefined && ((this.cmos[REG_B] ?? 0) & B_PIE) !== 0) this.armPeriodic(this.now() + period, period)
+  }
+
+  /** Arms the periodic interrupt's series from its edge at `first` (guest ns). */
+  private armPeriodic(first: number, period: number): void {
+    this.periodic = this.timers.every(
+      (n) => first + period * (n - 1),
+      () => this.raise(C_PF),
+    )
   }
 
   /** Each second's end: the update-ended flag, and the alarm when it matches. */
   private scheduleUpdate(): void {
-    this.update?.cancel()
     const ms = this.time()
-    const next = (1000 - (ms % 1000)) * 1_000_000
-    this.update = this.timers.at(this.now() + next, () => {
+    this.armUpdate(this.now() + (1000 - (ms % 1000)) * 1_000_000)
+  }
+
+  /** Arms the end of the current second, due at `at` (guest ns). */
+  private armUpdate(at: number): void {
+    this.update?.cancel()
+    this.update = this.timers.at(at, () => {
       if (((this.cmos[REG_B] ?? 0) & B_SET) === 0) {
         this.raise(C_UF)
         if (this.alarmMatches()) this.raise(C_AF)
@@ -316,5 +363,44 @@ export class Rtc implements PioDevice {
         this.cmos[i] = v
         break
     }
+  }
+
+  /** CMOS, the clock and the armed timers. */
+  save(): RtcState {
+    return {
+      version: 1,
+      cmos: toHex(this.cmos),
+      index: this.index,
+      nmiMasked: this.nmiMasked,
+      setAt: this.setAt,
+      setTo: this.setTo,
+      periodicTimer: this.periodic?.armed ? this.periodic.at : null,
+      updateTimer: this.update?.armed ? this.update.at : this.now(),
+    } satisfies RtcState
+  }
+
+  /**
+   * Restores what {@link save} gave, its timers armed for the same guest times; `EINVAL`
+   * (and nothing changed) for a bad state. IRQ 8 takes the level register C's IRQF says,
+   * without an edge: its receivers restore their own view of it.
+   */
+  restore(state: RtcState): void {
+    const { version: _, cmos, index, nmiMasked, setAt, setTo, periodicTimer, updateTimer, ...rest } = parseState('rtc.restore: state', state, STATE)
+    noneLeft(rest)
+    const data = fromHex(cmos)
+    const rate = (data[REG_A] ?? 0) & 0xf
+    if (periodicTimer !== null && (rate === 0 || ((data[REG_B] ?? 0) & B_PIE) === 0)) {
+      throw new MshvError('EINVAL', `rtc.restore: state.periodicTimer is armed (${periodicTimer}) but register A sets no rate or register B no PIE`)
+    }
+    this.cmos.set(data)
+    this.index = index
+    this.nmiMasked = nmiMasked
+    this.setAt = setAt
+    this.setTo = setTo
+    this.periodic?.cancel()
+    this.periodic = undefined
+    if (periodicTimer !== null) this.armPeriodic(periodicTimer, this.period() as number)
+    this.armUpdate(updateTimer)
+    restoreLine(this.irq, ((this.cmos[REG_C] ?? 0) & C_IRQF) !== 0)
   }
 }

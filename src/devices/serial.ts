@@ -6,10 +6,11 @@
  * @module
  */
 import { InputQueue } from './input-queue.js'
-import { checkObject } from '../check.js'
+import { checkObject, invalid } from '../check.js'
 import type { PioDevice } from '../bus.js'
-import type { IrqLine } from '../platform/irq.js'
-import { MshvError, describe } from '../errors.js'
+import { restoreLine, type IrqLine } from '../platform/irq.js'
+import { MshvError, describe, hex } from '../errors.js'
+import { bool, bytes, fromHex, list, noneLeft, parseState, toHex, u16, u8, version, type Check, type Fields, type Saveable, type Schema } from '../snapshot/device-state.js'
 
 /** The conventional COM1 base port. */
 export const COM1 = 0x3f8
@@ -53,21 +54,53 @@ export interface SerialOptions {
   inputLimit?: number
 }
 
+/** The UART's state ({@link Serial16550.save}). */
+export interface SerialState {
+  version: 1
+  /** The receive FIFO (at most 16 bytes), first to be read first. */
+  rx: number[]
+  /** Bytes waiting to enter the FIFO (typed ahead), as hex. */
+  input: string
+  ier: number
+  lcr: number
+  mcr: number
+  fcr: number
+  scr: number
+  /** LSR's error bits (overrun), cleared by reading LSR. */
+  lsrErrors: number
+  /** The baud rate divisor latch. */
+  divisor: number
+  /** THR emptied since the guest last saw the THRE interrupt. */
+  thrPending: boolean
+}
+
+/** A register whose bits outside `mask` are never set. */
+function bits(mask: number): Check<number> {
+  return (what, v) => {
+    const x = u8(what, v)
+    if ((x & ~mask) !== 0) throw invalid(what, `a byte within ${hex(mask)}`, x)
+    return x
+  }
+}
+
 /** A 16550-compatible UART occupying 8 ports. */
-export class Serial16550 implements PioDevice {
+export class Serial16550 implements PioDevice, Saveable<SerialState> {
   /** Bytes waiting to enter the receive FIFO (what a terminal typed ahead). */
   private readonly input: InputQueue
   private readonly keep: number
-  private readonly rx: number[] = []
-  private ier = 0
-  private lcr = 0x03
-  private mcr = 0
-  private fcr = 0
-  private scr = 0
-  private lsrErrors = 0
-  private divisor = 12
-  /** THR emptied since the guest last saw the THRE interrupt (QEMU's `thr_ipending`). */
-  private thrPending = false
+  /** Every mutable register of the UART: its state but the typed-ahead input (rule 4 of device-state.ts). */
+  private readonly r: Omit<Fields<SerialState>, 'input'> = {
+    rx: [],
+    ier: 0,
+    lcr: 0x03,
+    mcr: 0,
+    fcr: 0,
+    scr: 0,
+    lsrErrors: 0,
+    divisor: 12,
+    thrPending: false,
+  }
+  /** What the guest transmitted, kept for {@link text}: the host's transcript, not the UART's state. */
   private out: number[] = []
 
   constructor(
@@ -111,7 +144,7 @@ export class Serial16550 implements PioDevice {
   }
 
   private refill(): void {
-    while (this.rx.length < RX_FIFO && this.input.size > 0) this.rx.push(this.input.shift())
+    while (this.r.rx.length < RX_FIFO && this.input.size > 0) this.r.rx.push(this.input.shift())
   }
 
   /**
@@ -119,7 +152,7 @@ export class Serial16550 implements PioDevice {
    * port, such as Linux's once a shell opened its tty. Typed-ahead input can wait for it.
    */
   get receiving(): boolean {
-    return (this.ier & IER_RDI) !== 0
+    return (this.r.ier & IER_RDI) !== 0
   }
 
   /** What the guest has written, as text: its last `keepOutput` bytes (all of it, up to that bound). */
@@ -128,102 +161,107 @@ export class Serial16550 implements PioDevice {
   }
 
   private lsr(): number {
-    return LSR_THRE | LSR_TEMT | (this.rx.length > 0 ? LSR_DR : 0) | this.lsrErrors
+    return LSR_THRE | LSR_TEMT | (this.r.rx.length > 0 ? LSR_DR : 0) | this.r.lsrErrors
   }
 
   /** Modem status: in loopback the outputs come back (DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD). */
   private msr(): number {
-    if ((this.mcr & MCR_LOOP) === 0) return 0xb0 // DCD, DSR, CTS
-    const m = this.mcr
+    if ((this.r.mcr & MCR_LOOP) === 0) return 0xb0 // DCD, DSR, CTS
+    const m = this.r.mcr
     return ((m & 0x01) << 5) | ((m & 0x02) << 3) | ((m & 0x04) << 4) | ((m & 0x08) << 4)
   }
 
   /** The highest-priority pending interrupt (IIR bits 3..0). */
   private iir(): number {
-    if ((this.ier & IER_RLSI) !== 0 && this.lsrErrors !== 0) return IIR_RLSI
-    if ((this.ier & IER_RDI) !== 0 && this.rx.length > 0) return IIR_RDI
-    if ((this.ier & IER_THRI) !== 0 && this.thrPending) return IIR_THRI
+    if ((this.r.ier & IER_RLSI) !== 0 && this.r.lsrErrors !== 0) return IIR_RLSI
+    if ((this.r.ier & IER_RDI) !== 0 && this.r.rx.length > 0) return IIR_RDI
+    if ((this.r.ier & IER_THRI) !== 0 && this.r.thrPending) return IIR_THRI
     // Modem-status interrupts (IER bit 3) never fire: the modem lines never change.
     return IIR_NONE
   }
 
-  /** Drives the line: an interrupt is pending and OUT2 lets it out. */
+  /** The line's level: an interrupt is pending and OUT2 lets it out. */
+  private level(): boolean {
+    return this.iir() !== IIR_NONE && (this.r.mcr & MCR_OUT2) !== 0 && (this.r.mcr & MCR_LOOP) === 0
+  }
+
+  /** Drives the line. */
   private update(): void {
-    this.options.irq?.set(this.iir() !== IIR_NONE && (this.mcr & MCR_OUT2) !== 0 && (this.mcr & MCR_LOOP) === 0)
+    this.options.irq?.set(this.level())
   }
 
   ioRead(port: number): number {
-    const dlab = (this.lcr & LCR_DLAB) !== 0
+    const dlab = (this.r.lcr & LCR_DLAB) !== 0
     switch (port - this.base) {
       case 0: {
-        if (dlab) return this.divisor & 0xff
-        const b = this.rx.shift() ?? 0
+        if (dlab) return this.r.divisor & 0xff
+        const b = this.r.rx.shift() ?? 0
         this.refill()
         this.update()
         return b
       }
       case 1:
-        return dlab ? this.divisor >> 8 : this.ier
+        return dlab ? this.r.divisor >> 8 : this.r.ier
       case 2: {
         const id = this.iir()
         // Reading IIR while THRE is the source clears it.
         if (id === IIR_THRI) {
-          this.thrPending = false
+          this.r.thrPending = false
           this.update()
         }
-        return id | ((this.fcr & FCR_ENABLE) !== 0 ? IIR_FIFO : 0)
+        return id | ((this.r.fcr & FCR_ENABLE) !== 0 ? IIR_FIFO : 0)
       }
       case 3:
-        return this.lcr
+        return this.r.lcr
       case 4:
-        return this.mcr
+        return this.r.mcr
       case 5: {
         const v = this.lsr()
-        this.lsrErrors = 0 // reading LSR clears the error bits
+        this.r.lsrErrors = 0 // reading LSR clears the error bits
         this.update()
         return v
       }
       case 6:
         return this.msr()
       default:
-        return this.scr
+        return this.r.scr
     }
   }
 
   ioWrite(port: number, _size: number, value: number): void {
     const v = value & 0xff
-    const dlab = (this.lcr & LCR_DLAB) !== 0
+    const dlab = (this.r.lcr & LCR_DLAB) !== 0
     switch (port - this.base) {
       case 0:
-        if (dlab) this.divisor = (this.divisor & 0xff00) | v
+        if (dlab) this.r.divisor = (this.r.divisor & 0xff00) | v
         else this.transmit(v)
         break
       case 1:
-        if (dlab) this.divisor = (this.divisor & 0xff) | (v << 8)
+        if (dlab) this.r.divisor = (this.r.divisor & 0xff) | (v << 8)
         else {
           // Enabling the THRE interrupt with THR empty makes it pending at once.
-          if ((v & IER_THRI) !== 0 && (this.ier & IER_THRI) === 0) this.thrPending = true
-          this.ier = v & 0x0f
+          if ((v & IER_THRI) !== 0 && (this.r.ier & IER_THRI) === 0) this.r.thrPending = true
+          this.r.ier = v & 0x0f
           this.update()
         }
         break
       case 2:
-        this.fcr = v & 0xc9
+        this.r.fcr = v & 0xc9
         if ((v & FCR_CLEAR_RX) !== 0) {
-          this.rx.length = 0
+          this.r.rx.length = 0
           this.refill()
         }
         this.update()
         break
       case 3:
-        this.lcr = v
+        this.r.lcr = v
         break
       case 4:
-        this.mcr = v & 0x1f
+        this.r.mcr = v & 0x1f
         this.update()
         break
       case 7:
-        this.scr = v
+        this.r.scr = v
         break
       default:
         break
@@ -232,9 +270,9 @@ export class Serial16550 implements PioDevice {
 
   /** A byte written to THR leaves at once; THR is empty again, and says so. */
   private transmit(v: number): void {
-    if ((this.mcr & MCR_LOOP) !== 0) {
-      if (this.rx.length < RX_FIFO) this.rx.push(v)
-      else this.lsrErrors |= LSR_OE
+    if ((this.r.mcr & MCR_LOOP) !== 0) {
+      if (this.r.rx.length < RX_FIFO) this.r.rx.push(v)
+      else this.r.lsrErrors |= LSR_OE
     } else {
       if (this.keep > 0) {
         this.out.push(v)
@@ -243,7 +281,52 @@ export class Serial16550 implements PioDevice {
       }
       this.options.onByte?.(v)
     }
-    this.thrPending = true
+    this.r.thrPending = true
     this.update()
+  }
+
+  /** The registers, the receive FIFO and the typed-ahead input. */
+  save(): SerialState {
+    const r = this.r
+    return {
+      version: 1,
+      rx: [...r.rx],
+      input: toHex(this.input.peek()),
+      ier: r.ier,
+      lcr: r.lcr,
+      mcr: r.mcr,
+      fcr: r.fcr,
+      scr: r.scr,
+      lsrErrors: r.lsrErrors,
+      divisor: r.divisor,
+      thrPending: r.thrPending,
+    } satisfies SerialState
+  }
+
+  /**
+   * Restores what {@link save} gave; `EINVAL` (and nothing changed) for a bad state. The
+   * interrupt line takes the level the registers say, without an edge: its receivers
+   * restore their own view of it.
+   */
+  restore(state: SerialState): void {
+    const schema: Schema<SerialState> = {
+      version: version(1),
+      rx: list(u8, 0, RX_FIFO),
+      input: bytes(0, this.input.limit),
+      ier: bits(0x0f),
+      lcr: u8,
+      mcr: bits(0x1f),
+      fcr: bits(0xc9),
+      scr: u8,
+      lsrErrors: bits(LSR_OE),
+      divisor: u16,
+      thrPending: bool,
+    }
+    const { version: _, rx, input, ier, lcr, mcr, fcr, scr, lsrErrors, divisor, thrPending, ...rest } = parseState('serial.restore: state', state, schema)
+    noneLeft(rest)
+    if (input.length > 0 && rx.length < RX_FIFO) throw new MshvError('EINVAL', `serial.restore: state.input holds bytes while the receive FIFO has room (${rx.length} of ${RX_FIFO}): they would have entered it`)
+    this.input.replace(fromHex(input))
+    Object.assign(this.r, { rx, ier, lcr, mcr, fcr, scr, lsrErrors, divisor, thrPending } satisfies Omit<Fields<SerialState>, 'input'>)
+    restoreLine(this.options.irq, this.level())
   }
 }

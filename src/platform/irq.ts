@@ -14,6 +14,19 @@ export interface IrqLine {
   pulse(): void
   /** Whether the line is asserted now. */
   readonly asserted: boolean
+  /**
+   * Sets the level the line holds without telling its receivers: a restored device's
+   * output, whose receivers (the 8259, the I/O APIC) restore their own view of the line.
+   * A line without it is driven ({@link restoreLine}).
+   */
+  restoreLevel?(asserted: boolean): void
+}
+
+/** Puts `line` at `level` as a device's restore does: quietly where the line can, else by driving it. */
+export function restoreLine(line: IrqLine | undefined, level: boolean): void {
+  if (!line) return
+  if (typeof line.restoreLevel === 'function') line.restoreLevel(level)
+  else line.set(level)
 }
 
 /** An interrupt controller's inputs. */
@@ -61,5 +74,9 @@ export class WiredIrq implements IrqLine {
     this.set(false)
     this.set(true)
     this.set(false)
+  }
+
+  restoreLevel(asserted: boolean): void {
+    this.level = Boolean(asserted)
   }
 }

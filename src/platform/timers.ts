@@ -8,8 +8,14 @@ import { MshvError, describe } from '../errors.js'
 
 /** A scheduled callback; {@link cancel} it to stop it. */
 export interface GuestTimer {
-  /** The guest time (ns) it fires at. */
+  /** The guest time (ns) it fires at (a series: its next edge). */
   readonly at: number
+  /**
+   * Whether it is still to fire: neither fired nor cancelled (a series until it is
+   * cancelled). What a device saves of a timer is this and {@link at}: on restore it arms
+   * the same timer at the same guest time (the callback is the device's, not data).
+   */
+  readonly armed: boolean
   /** Stops it firing; harmless once fired. */
   cancel(): void
 }
@@ -51,6 +57,9 @@ export class GuestTimers {
     if (i === 0) this.onNext(at)
     return {
       at,
+      get armed() {
+        return e.live
+      },
       cancel: () => this.cancel(e),
     }
   }
@@ -90,6 +99,7 @@ export class GuestTimers {
     if (typeof at !== 'function') throw new MshvError('EINVAL', `every() takes a function of the edge's number, got ${describe(at)}`)
     if (typeof fn !== 'function') throw new MshvError('EINVAL', `a timer needs a function, got ${describe(fn)}`)
     let current: GuestTimer | undefined
+    let cancelled = false
     let n = 1
     const tick = (t: number): void => {
       n++
@@ -101,7 +111,13 @@ export class GuestTimers {
       get at() {
         return current?.at ?? 0
       },
-      cancel: () => current?.cancel(),
+      get armed() {
+        return !cancelled
+      },
+      cancel: () => {
+        cancelled = true
+        current?.cancel()
+      },
     }
   }
 

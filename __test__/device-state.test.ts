@@ -1,0 +1,503 @@
+/**
+ * Device state as data (issue #29 item 2): for each device, random accesses drive a
+ * device A; at a random point A is saved (through JSON or not) and restored into a
+ * freshly constructed B; the rest of the accesses then go to both, and every value read,
+ * every edge and level of their interrupt lines, every interrupt requested and their
+ * final `save()` must agree. A bad state is an `EINVAL` that leaves the device as it was;
+ * a state field save or restore forgets does not compile.
+ */
+import test, { type ExecutionContext } from 'ava'
+import fc from 'fast-check'
+import { AcpiPm, GuestTimers, I8042, IoApic, MshvError, Pic, Pit, Rtc, Serial16550, WiredIrq, type InterruptRequest } from '../index.js'
+import { noneLeft, parseState, u8, version, type Fields, type Saveable, type Schema } from '../src/snapshot/device-state.js'
+
+/** One device under test, with what it told the world (reads, line edges, requests). */
+interface Instance {
+  readonly device: { save(): unknown; restore(state: unknown): void }
+  /** What the device did, in order: compared between A (after the save) and B. */
+  readonly events: unknown[]
+  /** Its clock (guest ns) and timers, when it has any. */
+  readonly clock?: { now: number; readonly timers: GuestTimers }
+  /** The interrupt lines it drives: their levels are compared at the end. */
+  readonly lines?: readonly WiredIrq[]
+  /** Frees what it holds (a VM). */
+  close?(): void
+}
+
+/** How to make a device and drive it with one random access. */
+interface Fixture<Op> {
+  /** A device constructed as every instance is, its clock at `now`. */
+  make(now: number): Instance
+  /** One random access. */
+  op: fc.Arbitrary<Op>
+  /** Applies `op`, pushing what it returned or caused to `events`. */
+  apply(instance: Instance, op: Op): void
+}
+
+/** A clock a test moves by hand, and timers on it. */
+function clockAt(now: number): { now: number; timers: GuestTimers } {
+  const clock = { now, timers: undefined as unknown as GuestTimers }
+  clock.timers = new GuestTimers(() => clock.now)
+  return clock
+}
+
+/** Moves `instance`'s clock by `ns` and fires what is due. */
+function advance(instance: Instance, ns: number): void {
+  const c = instance.clock
+  if (!c) return
+  c.now += ns
+  c.timers.fire(c.now)
+}
+
+/** A line that logs each level change to `events`. */
+function loggedLine(events: unknown[], name: string): WiredIrq {
+  return new WiredIrq([{ sink: { setIrq: (_pin, level) => events.push(`${name} ${level ? 'up' : 'down'}`) }, pin: 0 }], name)
+}
+
+const roundTrip = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T
+
+/** The property: save at a random point, restore into a fresh device, and both go on alike. */
+function sameAfterRestore<Op>(t: ExecutionContext, fixture: Fixture<Op>, numRuns = 100): void {
+  fc.assert(
+    fc.property(fc.array(fixture.op, { maxLength: 60, size: 'medium' }), fc.nat(), fc.boolean(), (ops, at, viaJson) => {
+      const split = at % (ops.length + 1)
+      const a = fixture.make(0)
+      let b: Instance | undefined
+      try {
+        for (const op of ops.slice(0, split)) fixture.apply(a, op)
+        const saved = a.device.save()
+        t.deepEqual(roundTrip(saved), saved, 'the state survives JSON whole')
+        b = fixture.make(a.clock?.now ?? 0)
+        b.events.length = 0
+        b.device.restore(viaJson ? roundTrip(saved) : saved)
+        t.deepEqual(b.device.save(), saved, 'restore then save gives the state back')
+        const before = a.events.length
+        for (const op of ops.slice(split)) {
+          fixture.apply(a, op)
+          fixture.apply(b, op)
+        }
+        t.deepEqual(b.events, a.events.slice(before), 'the same reads, edges and requests')
+        t.deepEqual(b.device.save(), a.device.save(), 'the same state at the end')
+        t.deepEqual(b.lines?.map((l) => l.asserted), a.lines?.map((l) => l.asserted), 'the same line levels at the end')
+      } finally {
+        a.close?.()
+        b?.close?.()
+      }
+    }),
+    { numRuns },
+  )
+}
+
+/** `state` is refused with `EINVAL` naming it, and the device keeps its state. */
+function refuses(t: ExecutionContext, instance: Instance, state: unknown, message: RegExp): void {
+  const before = instance.device.save()
+  const e = t.throws(() => instance.device.restore(state), { instanceOf: MshvError, message })
+  t.is(e?.code, 'EINVAL')
+  t.deepEqual(instance.device.save(), before, 'nothing changed')
+}
+
+/** A valid state with one field replaced (dotted path; a missing key deletes it). */
+function withField(state: unknown, path: string, value: unknown): unknown {
+  const copy = roundTrip(state) as Record<string, unknown>
+  const keys = path.split('.')
+  let o = copy as Record<string, unknown>
+  for (const k of keys.slice(0, -1)) o = o[k] as Record<string, unknown>
+  const last = keys.at(-1) as string
+  if (value === undefined) delete o[last]
+  else o[last] = value
+  return copy
+}
+
+/** The refusals every state must make: not an object, another version, a field missing, one too many. */
+function refusesShape(t: ExecutionContext, instance: Instance): void {
+  const good = instance.device.save() as Record<string, unknown>
+  refuses(t, instance, 5, /state must be an object, got 5/)
+  refuses(t, instance, null, /state must be an object, got null/)
+  refuses(t, instance, withField(good, 'version', 2), /version must be 1 .*got 2/)
+  const first = Object.keys(good).find((k) => k !== 'version') as string
+  refuses(t, instance, withField(good, first, undefined), new RegExp(`${first} is missing`))
+  refuses(t, instance, { ...good, extra: 1 }, /field 'extra'/)
+}
+
+// ---- The pattern itself --------------------------------------------------------------
+
+interface TwoState {
+  version: 1
+  a: number
+  b: number
+}
+
+test('a state field that save() or restore() forgets does not compile', (t) => {
+  const schema: Schema<TwoState> = { version: version(1), a: u8, b: u8 }
+  const { version: _, a, ...rest } = parseState('two', { version: 1, a: 1, b: 2 }, schema)
+  // Compiled, never run: each line below is a compile error tsc expects.
+  const typeErrors = (): unknown[] => {
+    // @ts-expect-error a schema without a check for b
+    const partial: Schema<TwoState> = { version: version(1), a: u8 }
+    // @ts-expect-error save() built without b
+    const saved = { version: 1, a: 1 } satisfies TwoState
+    // @ts-expect-error restore() did not take b
+    noneLeft(rest)
+    // @ts-expect-error a device's fields without b
+    const fields: Fields<TwoState> = { a }
+    // @ts-expect-error a state with a bigint (not JSON data) is no Saveable state
+    const bad: Saveable<{ version: 1; big: bigint }> = { save: () => ({ version: 1, big: 1n }), restore: () => {} }
+    return [partial, saved, fields, bad]
+  }
+  t.is(typeof typeErrors, 'function')
+  // And at run time, a field past the schema is refused.
+  t.throws(() => noneLeft(rest as unknown as Record<string, never>), { instanceOf: MshvError, message: /not restored: b/ })
+})
+
+// ---- ISA devices ---------------------------------------------------------------------
+
+type PortOp = { kind: 'read' | 'write'; port: number; size: 1 | 2 | 4; value: number } | { kind: 'advance'; ns: number }
+
+/** Port accesses to `ports` (some values drawn from `values`) and clock moves. */
+function portOps(ports: readonly number[], values: readonly number[] = [], maxNs = 2_000_000, sizes: readonly (1 | 2 | 4)[] = [1]): fc.Arbitrary<PortOp> {
+  const value = values.length > 0 ? fc.oneof(fc.constantFrom(...values), fc.integer({ min: 0, max: 0xffff_ffff })) : fc.integer({ min: 0, max: 0xffff_ffff })
+  return fc.oneof(
+    { weight: 4, arbitrary: fc.record({ kind: fc.constantFrom('read' as const, 'write' as const), port: fc.constantFrom(...ports), size: fc.constantFrom(...sizes), value }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('advance' as const), ns: fc.oneof(fc.integer({ min: 0, max: maxNs }), fc.integer({ min: 0, max: 50 * maxNs })) }) },
+  )
+}
+
+/** A device on ports: `read`, `write`, `advance`. */
+function applyPort(instance: Instance, op: PortOp, dev: { ioRead?(port: number, size: number, ctx: never): number; ioWrite?(port: number, size: number, value: number, ctx: never): void }): void {
+  if (op.kind === 'advance') advance(instance, op.ns)
+  else if (op.kind === 'read') instance.events.push(`in ${op.port.toString(16)} = ${dev.ioRead?.(op.port, op.size, undefined as never)}`)
+  else dev.ioWrite?.(op.port, op.size, op.value & (op.size === 4 ? 0xffff_ffff : (1 << (op.size * 8)) - 1), undefined as never)
+}
+
+type PitOp = PortOp | { kind: 'program'; channel: number; mode: number; access: number; count: number }
+
+function pitFixture(): Fixture<PitOp> {
+  return {
+    make(now) {
+      const events: unknown[] = []
+      const clock = clockAt(now)
+      const line = loggedLine(events, 'IRQ 0')
+      return { device: new Pit(clock.timers, line), events, clock, lines: [line] }
+    },
+    // Whole programmings (control word and count) and single accesses: control words for
+    // every channel, mode and access; latches and read-backs; port 0x61's gate.
+    op: fc.oneof(
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('program' as const), channel: fc.constantFrom(0, 0, 2, 1), mode: fc.integer({ min: 0, max: 7 }), access: fc.integer({ min: 1, max: 3 }), count: fc.oneof(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 100, max: 3000 })) }) },
+      { weight: 3, arbitrary: portOps([0x40, 0x41, 0x42, 0x43, 0x61], [0x34, 0x36, 0x30, 0x32, 0x38, 0x3a, 0x10, 0x20, 0x00, 0x74, 0xb0, 0xb6, 0xe2, 0xc2, 0xd2, 0x01, 0x03, 0x80, 0x04]) },
+    ),
+    apply(instance, op) {
+      const pit = instance.device as Pit
+      if (op.kind !== 'program') return applyPort(instance, op, pit)
+      pit.ioWrite(0x43, 1, (op.channel << 6) | (op.access << 4) | (op.mode << 1))
+      if (op.access !== 2) pit.ioWrite(0x40 + op.channel, 1, op.count & 0xff)
+      if (op.access !== 1) pit.ioWrite(0x40 + op.channel, 1, op.count >> 8)
+    },
+  }
+}
+
+test('8254: save, restore into a new one, and both go on alike (timers armed for the same guest time)', (t) => {
+  sameAfterRestore(t, pitFixture())
+})
+
+test('8254: a periodic channel 0 saved between edges keeps its edges', (t) => {
+  const f = pitFixture()
+  const a = f.make(0)
+  const pit = a.device as Pit
+  pit.ioWrite(0x43, 1, 0x34)
+  pit.ioWrite(0x40, 1, 1193 & 0xff)
+  pit.ioWrite(0x40, 1, 1193 >> 8)
+  advance(a, 10_500_000)
+  const s = pit.save()
+  t.is(s.irqTimer, 10_998_323, 'the eleventh edge: 11 x 1193 clocks')
+  t.is(s.channels[0]?.rwMode, 'word')
+  t.is(s.channels[0]?.writeState, 'word-lsb')
+  const b = f.make(a.clock?.now ?? 0)
+  b.device.restore(s)
+  advance(a, 3_000_000)
+  advance(b, 3_000_000)
+  t.is(b.events.filter((e) => e === 'IRQ 0 up').length, 3)
+  t.deepEqual(b.events, a.events.slice(-6))
+})
+
+test('8254: bad states are EINVAL and change nothing', (t) => {
+  const f = pitFixture()
+  const a = f.make(0)
+  const pit = a.device as Pit
+  pit.ioWrite(0x43, 1, 0x34)
+  pit.ioWrite(0x40, 1, 0x00)
+  pit.ioWrite(0x40, 1, 0x10)
+  const good = pit.save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'channels', good.channels.slice(0, 2)), /channels must be an array of 3/)
+  refuses(t, a, withField(good, 'speaker', 4), /speaker must be an integer in 0..3, got 4/)
+  refuses(t, a, withField(good, 'channels.0.count', 0), /channels\[0\]\.count must be an integer in 1..65536, got 0/)
+  refuses(t, a, withField(good, 'channels.1.readState', 'word'), /readState must be one of .* got 'word'/)
+  refuses(t, a, withField(good, 'channels.2.mode', 6), /mode must be an integer in 0..5/)
+  refuses(t, a, withField(good, 'irqTimer', (good.irqTimer ?? 0) + 1), /irqTimer .* is no edge of channel 0/)
+  refuses(t, a, withField(good, 'irqTimer', -1), /irqTimer must be an integer/)
+  refuses(t, a, withField(good, 'irq', 'yes'), /irq must be a boolean, got 'yes'/)
+})
+
+function picFixture(): Fixture<PortOp | { kind: 'irq'; irq: number; level: boolean } | { kind: 'ack' }> {
+  const init = [0x11, 0x20, 0x28, 0x04, 0x02, 0x01, 0x00, 0xff, 0x20, 0x60, 0x63, 0xc3, 0x0a, 0x0b, 0x0c, 0x68, 0x48, 0x13, 0x1b, 0xe0, 0xa0, 0x80]
+  return {
+    make(now) {
+      const events: unknown[] = []
+      return { device: new Pic((vector) => events.push(`vector ${vector}`)), events, clock: clockAt(now) }
+    },
+    op: fc.oneof(
+      { weight: 3, arbitrary: portOps([0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1], init) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('irq' as const), irq: fc.integer({ min: 0, max: 15 }), level: fc.boolean() }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('ack' as const) }) },
+    ),
+    apply(instance, op) {
+      const pic = instance.device as Pic
+      if (op.kind === 'irq') pic.setIrq(op.irq, op.level)
+      else if (op.kind === 'ack') instance.events.push(`ack ${pic.acknowledgeIfPending()}`)
+      else applyPort(instance, op, pic)
+    },
+  }
+}
+
+test('8259: save, restore into a new one, and both go on alike', (t) => {
+  sameAfterRestore(t, picFixture())
+})
+
+test('8259: the init and register-select state machines are named in the state', (t) => {
+  const a = picFixture().make(0)
+  const pic = a.device as Pic
+  pic.ioWrite(0x20, 1, 0x11)
+  t.is(pic.save().master.init, 'icw2')
+  pic.ioWrite(0x21, 1, 0x20)
+  t.is(pic.save().master.init, 'icw3')
+  pic.ioWrite(0x21, 1, 0x04)
+  t.is(pic.save().master.init, 'icw4')
+  pic.ioWrite(0x21, 1, 0x01)
+  pic.ioWrite(0x20, 1, 0x0b)
+  t.like(pic.save().master, { init: 'ready', readRegister: 'isr', irqBase: 0x20 })
+})
+
+test('8259: bad states are EINVAL and change nothing', (t) => {
+  const a = picFixture().make(0)
+  const good = (a.device as Pic).save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'master.irqBase', 0x21), /master\.irqBase must be a multiple of 8/)
+  refuses(t, a, withField(good, 'slave.elcr', 0x01), /slave\.elcr must be a mask within 0xde/)
+  refuses(t, a, withField(good, 'master.init', 3), /master\.init must be one of 'ready'/)
+  refuses(t, a, withField(good, 'master.imr', 256), /master\.imr must be an integer in 0..255, got 256/)
+  refuses(t, a, withField(good, 'slave.poll', 1), /slave\.poll must be a boolean/)
+})
+
+type IoApicOp = { kind: 'select' | 'write' | 'read' | 'eoi-register'; value: number } | { kind: 'irq'; pin: number; level: boolean } | { kind: 'eoi'; vector: number }
+
+function ioapicFixture(): Fixture<IoApicOp> {
+  const entries = [0x0000_8031, 0x0001_0041, 0x0000_0941, 0x0000_0005, 0x0000_0700, 0x0000_8731, 0x0300_0000, 0x0001_8031]
+  return {
+    make() {
+      const events: unknown[] = []
+      const io = new IoApic(
+        (r: InterruptRequest) => {
+          if ((r.vector ?? 0) < 16) throw new MshvError('EINVAL', `vector ${r.vector} is reserved`)
+          events.push(r)
+        },
+        () => 0x30,
+      )
+      return { device: io, events }
+    },
+    op: fc.oneof(
+      fc.record({ kind: fc.constant('select' as const), value: fc.oneof(fc.integer({ min: 0x10, max: 0x2f }), fc.integer({ min: 0, max: 0xff })) }),
+      fc.record({ kind: fc.constantFrom('write' as const, 'read' as const), value: fc.oneof(fc.constantFrom(...entries), fc.integer({ min: 0, max: 0xffff_ffff })) }),
+      fc.record({ kind: fc.constant('irq' as const), pin: fc.integer({ min: 0, max: 23 }), level: fc.boolean() }),
+      fc.record({ kind: fc.constant('eoi' as const), vector: fc.constantFrom(0x31, 0x41, 0x05, 0x30) }),
+      fc.record({ kind: fc.constant('eoi-register' as const), value: fc.constantFrom(0x31, 0x41) }),
+    ),
+    apply(instance, op) {
+      const io = instance.device as IoApic
+      switch (op.kind) {
+        case 'select':
+          io.mmioWrite(0, 4, BigInt(op.value))
+          break
+        case 'write':
+          io.mmioWrite(0x10, 4, BigInt(op.value))
+          break
+        case 'read':
+          instance.events.push(`read ${io.mmioRead(0x10, 4)} ${io.mmioRead(0, 4)}`)
+          break
+        case 'eoi-register':
+          io.mmioWrite(0x40, 4, BigInt(op.value))
+          break
+        case 'irq':
+          io.setIrq(op.pin, op.level)
+          break
+        case 'eoi':
+          io.eoi(op.vector)
+          break
+      }
+    },
+  }
+}
+
+test('I/O APIC: save, restore into a new one, and both go on alike', (t) => {
+  sameAfterRestore(t, ioapicFixture())
+})
+
+test('I/O APIC: bad states are EINVAL and change nothing', (t) => {
+  const a = ioapicFixture().make(0)
+  const good = (a.device as IoApic).save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'entries', good.entries.slice(1)), /entries must be an array of 24/)
+  refuses(t, a, withField(good, 'entries.3.low', 0x1000), /entries\[3\]\.low must be an entry without delivery status/)
+  refuses(t, a, withField(good, 'entries.3.low', 0x4000), /entries\[3\]\.low .*remote IRR only when level-triggered/)
+  refuses(t, a, withField(good, 'entries.0.high', 2 ** 32), /entries\[0\]\.high must be an integer in 0..4294967295/)
+  refuses(t, a, withField(good, 'irr', 1 << 24), /irr must be an integer in 0..16777215/)
+  refuses(t, a, withField(good, 'id', 16), /id must be an integer in 0..15, got 16/)
+})
+
+type RtcOp = PortOp | { kind: 'set'; register: number; value: number } | { kind: 'get'; register: number }
+
+function rtcFixture(): Fixture<RtcOp> {
+  // Register selects (with and without the NMI bit), then values: rates, PIE/AIE/UIE/SET, BCD/binary, 12/24 h.
+  const registers = [0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x32, 0x8a, 0x8c, 0x40]
+  const values = [0x26, 0x23, 0x2f, 0x20, 0x40, 0x12, 0x20, 0x22, 0x60, 0x70, 0x06, 0xc0, 0x59, 0x80, 0x00, 0x05]
+  return {
+    make(now) {
+      const events: unknown[] = []
+      const clock = clockAt(now)
+      const line = loggedLine(events, 'IRQ 8')
+      return { device: new Rtc(clock.timers, line, { start: new Date(Date.UTC(2026, 0, 1, 23, 59, 58)), cmos: { 0x34: 0x12 } }), events, clock, lines: [line] }
+    },
+    op: fc.oneof(
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('set' as const), register: fc.constantFrom(...registers), value: fc.oneof(fc.constantFrom(...values), fc.integer({ min: 0, max: 0xff })) }) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('get' as const), register: fc.constantFrom(...registers) }) },
+      { weight: 2, arbitrary: portOps([0x70, 0x71], [...registers, ...values], 300_000_000) },
+    ),
+    apply(instance, op) {
+      const rtc = instance.device as Rtc
+      if (op.kind === 'set' || op.kind === 'get') rtc.ioWrite(0x70, 1, op.register)
+      if (op.kind === 'set') rtc.ioWrite(0x71, 1, op.value)
+      else if (op.kind === 'get') instance.events.push(`cmos ${op.register} = ${rtc.ioRead(0x71)}`)
+      else applyPort(instance, op, rtc)
+    },
+  }
+}
+
+test('RTC: save, restore into a new one, and both go on alike (periodic and update timers at the same guest times)', (t) => {
+  sameAfterRestore(t, rtcFixture(), 60)
+})
+
+test('RTC: bad states are EINVAL and change nothing', (t) => {
+  const a = rtcFixture().make(0)
+  const good = (a.device as Rtc).save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'cmos', good.cmos.slice(2)), /cmos must be 128 bytes as lowercase hex/)
+  refuses(t, a, withField(good, 'cmos', `A${good.cmos.slice(1)}`), /cmos must be 128 bytes as lowercase hex/)
+  refuses(t, a, withField(good, 'cmos', `${good.cmos.slice(0, 20)}a6${good.cmos.slice(22)}`), /UIP bit/)
+  refuses(t, a, withField(good, 'index', 0x80), /index must be an integer in 0..127/)
+  refuses(t, a, withField(good, 'periodicTimer', 5), /periodicTimer is armed .* no PIE/)
+  refuses(t, a, withField(good, 'updateTimer', 1.5), /updateTimer must be an integer/)
+  refuses(t, a, withField(good, 'setTo', 1e16), /setTo must be an integer/)
+})
+
+type SerialOp = PortOp | { kind: 'feed'; bytes: number[] }
+
+function serialFixture(): Fixture<SerialOp> {
+  return {
+    make() {
+      const events: unknown[] = []
+      const line = loggedLine(events, 'IRQ 4')
+      const s = new Serial16550(0x3f8, { irq: line, onByte: (b) => events.push(`tx ${b}`), inputLimit: 64 })
+      return { device: s, events, lines: [line] }
+    },
+    // IER, LCR with DLAB, MCR (loop, OUT2), FCR (enable, clear), data and scratch.
+    op: fc.oneof(
+      { weight: 5, arbitrary: portOps([0x3f8, 0x3f9, 0x3fa, 0x3fb, 0x3fc, 0x3fd, 0x3fe, 0x3ff], [0x01, 0x02, 0x03, 0x05, 0x0f, 0x80, 0x03, 0x08, 0x18, 0x1a, 0x10, 0xc7, 0x07, 0x41]) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('feed' as const), bytes: fc.array(fc.integer({ min: 0, max: 255 }), { maxLength: 40 }) }) },
+    ),
+    apply(instance, op) {
+      const s = instance.device as Serial16550
+      if (op.kind === 'feed') instance.events.push(`fed ${s.feed(Uint8Array.from(op.bytes))}`)
+      else applyPort(instance, op, s)
+    },
+  }
+}
+
+test('16550: save, restore into a new one, and both go on alike (FIFO and typed-ahead input included)', (t) => {
+  sameAfterRestore(t, serialFixture())
+})
+
+test('16550: bad states are EINVAL and change nothing', (t) => {
+  const a = serialFixture().make(0)
+  const good = (a.device as Serial16550).save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'rx', new Array(17).fill(0)), /rx must be an array of 0..16/)
+  refuses(t, a, withField(good, 'rx', [256]), /rx\[0\] must be an integer in 0..255/)
+  refuses(t, a, withField(good, 'input', '00'.repeat(65)), /input must be 0..64 bytes/)
+  refuses(t, a, withField(good, 'input', '41'), /input holds bytes while the receive FIFO has room/)
+  refuses(t, a, withField(good, 'ier', 0x10), /ier must be a byte within 0xf/)
+  refuses(t, a, withField(good, 'lsrErrors', 0x01), /lsrErrors must be a byte within 0x2/)
+})
+
+function i8042Fixture(): Fixture<PortOp> {
+  return {
+    make() {
+      const events: unknown[] = []
+      return { device: new I8042(() => events.push('reset')), events }
+    },
+    op: portOps([0x60, 0x64], [0x20, 0x60, 0xd1, 0xaa, 0xab, 0xd0, 0xfe, 0xf0, 0xf1, 0x00, 0x01, 0x47, 0xad]),
+    apply(instance, op) {
+      applyPort(instance, op, instance.device as I8042)
+    },
+  }
+}
+
+test('i8042: save, restore into a new one, and both go on alike', (t) => {
+  sameAfterRestore(t, i8042Fixture())
+})
+
+test('i8042: the awaited data byte is a named state; bad states are EINVAL and change nothing', (t) => {
+  const a = i8042Fixture().make(0)
+  const k = a.device as I8042
+  k.ioWrite(0x64, 1, 0x60)
+  t.is(k.save().awaiting, 'command-byte')
+  k.ioWrite(0x64, 1, 0xd1)
+  t.is(k.save().awaiting, 'output-port')
+  const good = k.save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'awaiting', 0x60), /awaiting must be one of 'none', 'command-byte', 'output-port', got 96/)
+  refuses(t, a, withField(good, 'output', new Array(17).fill(0x55)), /output must be an array of 0..16/)
+  refuses(t, a, withField(good, 'commandByte', -1), /commandByte must be an integer in 0..255, got -1/)
+})
+
+function acpiPmFixture(): Fixture<PortOp> {
+  return {
+    make(now) {
+      const events: unknown[] = []
+      const clock = clockAt(now)
+      return {
+        device: new AcpiPm(
+          () => clock.now,
+          () => events.push('poweroff'),
+          () => events.push('reset'),
+        ),
+        events,
+        clock,
+      }
+    },
+    op: portOps([0x600, 0x602, 0x604, 0x608, 0xcf9], [0xffff, 0x0001, 0x0101_0000, 0x2001, 0x3401, 0x1401, 0x06, 0x02], 2_000_000, [1, 2, 4]),
+    apply(instance, op) {
+      applyPort(instance, op, instance.device as AcpiPm)
+    },
+  }
+}
+
+test('ACPI PM: save, restore into a new one, and both go on alike', (t) => {
+  sameAfterRestore(t, acpiPmFixture())
+})
+
+test('ACPI PM: bad states are EINVAL and change nothing', (t) => {
+  const a = acpiPmFixture().make(0)
+  const good = (a.device as AcpiPm).save()
+  refusesShape(t, a)
+  refuses(t, a, withField(good, 'control', 0), /control must have SCI_EN set/)
+  refuses(t, a, withField(good, 'enable', 0x10000), /enable must be an integer in 0..65535/)
+})
