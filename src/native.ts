@@ -221,6 +221,7 @@ export function nativeVcpu(v: Binding.Vcpu): NativeVcpu {
 export type NativeVm = Binding.Vm
 export type NativeGuestMemory = Binding.GuestMemory
 export type NativeStats = Binding.NativeStats
+export type NativeVcpuState = Binding.NativeVcpuState
 export type NativeRegisterPage = Binding.RegisterPage
 
 /** Native resources alive in this process: VMs, vCPUs and guest memory regions. */

@@ -354,6 +354,36 @@ export class RegisterCache {
     this.forget()
   }
 
+  /**
+   * Mid-exit, before the vCPU's whole state is read by hypercall: every dirty register
+   * is written by hypercall now (a write through the page would reach the vCPU only at
+   * resume) and kept as the clean value it now is.
+   */
+  commit(): void {
+    this.check()
+    if (this.dirtyCount === 0) return
+    const dirty = Array.from(this.dirty.subarray(0, this.dirtyCount))
+    this.store(dirty)
+    for (const i of dirty) this.state[i] = this.epoch
+    this.dirtyCount = 0
+  }
+
+  /**
+   * The vCPU's whole state was replaced mid-exit: what the cache and the page hold is
+   * the old state's. Both are forgotten — the page's dirty bits cleared (a dirty class
+   * would undo the new state at resume) and the page marked invalid for the rest of the
+   * exit, so reads go by hypercall.
+   */
+  replaced(): void {
+    this.check()
+    const view = this.view
+    if (view) {
+      view.setUint32(DIRTY_OFFSET, 0, true)
+      view.setUint8(ISVALID, 0)
+    }
+    this.forget()
+  }
+
   private markPageDirty(mask: number): void {
     const view = this.view
     if (mask !== 0 && view) view.setUint32(DIRTY_OFFSET, view.getUint32(DIRTY_OFFSET, true) | mask, true)

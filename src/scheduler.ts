@@ -21,6 +21,7 @@ import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:time
 import type { Vm } from './vm.js'
 import type { RunResult, Vcpu } from './vcpu.js'
 import { MshvError, describe } from './errors.js'
+import { codeAddress, type CodeAddress } from './debug/breakpoints.js'
 
 /** Options for {@link Vm.run}. */
 export interface VmRunOptions {
@@ -30,12 +31,17 @@ export interface VmRunOptions {
   sliceMs?: number
   /** Deterministic clock: guest instructions per vCPU turn (default 100,000). */
   quantum?: number
+  /**
+   * Stop when any vCPU reaches the instruction at this linear address (CS base + RIP),
+   * before running it: `{ reason: 'breakpoint', address, vcpu }`.
+   */
+  until?: CodeAddress
 }
 
 /** Why {@link Vm.run} returned, and which vCPU's exit ended it (none for a timeout or a cancel). */
 export type VmRunResult = RunResult & { vcpu?: number }
 
-const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum'] as const
+const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until'] as const
 
 /**
  * Exits a deterministic turn takes at most, beside its quantum of instructions: a
@@ -66,6 +72,7 @@ function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quant
   if (t !== undefined && !(typeof t === 'number' && t >= 0 && t <= Number.MAX_SAFE_INTEGER)) {
     throw new MshvError('EINVAL', `vm.run(): timeoutMs must be a number of milliseconds from 0, got ${describe(t)}`)
   }
+  if (o['until'] !== undefined) codeAddress('vm.run(): until', o['until'])
   return { sliceMs: 1, quantum: 100_000, ...(o as VmRunOptions) }
 }
 
@@ -114,8 +121,11 @@ export class VmRun {
     if (cpus.length === 0) throw new MshvError('EINVAL', 'vm.run(): the VM has no vCPUs (createVcpu first)')
     const end = o.timeoutMs === undefined ? Number.POSITIVE_INFINITY : performance.now() + o.timeoutMs
     try {
+      // One breakpoint for the whole run on every vCPU, not one per turn.
+      if (o.until !== undefined) for (const v of cpus) if (!v.closed) v.holdUntil(codeAddress('until', o.until))
       return this.vm.backend === 'sim' ? await this.turns(o, end) : await this.threads(end)
     } finally {
+      if (o.until !== undefined) for (const v of cpus) v.releaseUntil()
       this.stopListening()
       // A cancel that found a vCPU between turns is still latched in it: left there, it
       // would end the next vm.run() at once, as `{ reason: 'cancelled', vcpu }`.

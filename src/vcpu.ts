@@ -18,6 +18,8 @@ import { handleMsr, type MsrHandler } from './exits/msr.js'
 import { native as binding } from './native.js'
 import { ExitTrace, type ChromeTrace } from './trace.js'
 import { ProgressLine, type ProgressStream } from './progress.js'
+import { fromNative, toNative, type VcpuState } from './snapshot/vcpu-state.js'
+import { VcpuDebug, codeAddress, type BreakpointHook, type CodeAddress } from './debug/breakpoints.js'
 
 const T_IO = messageType('ioPort')
 const T_HALT = messageType('halt')
@@ -26,6 +28,13 @@ const T_GPA = messageType('gpaIntercept')
 const T_FATAL = messageType('unrecoverableException')
 const T_MSR = messageType('msr')
 const T_APIC_EOI = messageType('apicEoi')
+const T_EXCEPTION = messageType('exception')
+const MSG_EXCEPTION_VECTOR = message('exceptionVector')
+const MSG_EXCEPTION_PARAMETER = message('exceptionParameter')
+const MSG_CS_BASE = message('csSegment')
+/** #DB, the vector of the debugger's stops; DR6.BS says a step (SDM vol 3 18.2.3). */
+const DB = 1
+const DR6_BS = 1n << 14n
 const MSG_EOI_VECTOR = message('eoiVector')
 const EXIT_CANCELLED = exitCode('cancelled')
 const EXIT_INSTRUCTIONS = exitCode('instructions')
@@ -64,6 +73,13 @@ export type RunResult =
    * mshv the run waits in the hypervisor instead).
    */
   | { reason: 'idle' }
+  /**
+   * The vCPU stopped before the instruction at a breakpoint ({@link Vcpu.addBreakpoint},
+   * or {@link RunOptions.until}) at linear address `address`; the next run executes it.
+   */
+  | { reason: 'breakpoint'; address: bigint }
+  /** Single-stepping ({@link Vcpu.singleStep}): one instruction ran; the next is at `address`. */
+  | { reason: 'step'; address: bigint }
 
 /** Why {@link Vcpu.step} returned: the instruction ran (`stepped`), or the run would have stopped there. */
 export type StepResult = RunResult | { reason: 'stepped' }
@@ -105,9 +121,15 @@ export interface RunOptions {
    * waits in the hypervisor, instead of ending the run with `{ reason: 'idle' }`.
    */
   blockOnHalt?: boolean
+  /**
+   * Stop before the instruction at this linear address (CS base + RIP), with `{ reason:
+   * 'breakpoint', address }`: a breakpoint for this run only. A run that starts there
+   * runs that instruction first.
+   */
+  until?: CodeAddress
 }
 
-const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt'] as const
+const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt', 'until'] as const
 
 /** `options` checked as {@link RunOptions}: an object of known keys with values of the right kind. */
 function checkRunOptions(options: unknown, what: string): RunOptions {
@@ -139,6 +161,7 @@ function checkRunOptions(options: unknown, what: string): RunOptions {
   }
   const b = o['blockOnHalt']
   if (b !== undefined && typeof b !== 'boolean') throw new MshvError('EINVAL', `${what}: blockOnHalt must be a boolean, got ${describe(b)}`)
+  if (o['until'] !== undefined) codeAddress(`${what}: until`, o['until'])
   const h = o['onHalt']
   if (h !== undefined && h !== 'return' && h !== 'wait') {
     throw new MshvError('EINVAL', `${what}: onHalt must be ${oneOf(['return', 'wait'])}, got ${describe(h)}`)
@@ -226,6 +249,8 @@ export interface VcpuEnvironment {
   takeStop(): RunResult | undefined
   /** This vCPU was closed: a VM run waiting for its vCPUs must look again. */
   closed(vcpuIndex: number): void
+  /** The backend the vCPU runs on (a state goes back only into the same one). */
+  readonly backend: 'sim' | 'mshv'
 }
 
 /** A virtual processor driven from TypeScript. */
@@ -255,6 +280,8 @@ export class Vcpu {
   private isClosed = false
   /** The CPUID table version this vCPU registered last (-1: none yet). */
   private cpuidVersion = -1
+  /** Breakpoints and single-step (made at the first use). */
+  private debugState: VcpuDebug | undefined
 
   /** @internal */
   constructor(
@@ -319,6 +346,7 @@ export class Vcpu {
     this.enter('run()')
     const ownLine = this.startProgress(o)
     try {
+      this.startUntil(o)
       const budget = nativeBudget(o, this.progress !== undefined)
       const runner = budget ? runnerHandle(this.native, budget) : this.unlimited
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
@@ -338,6 +366,7 @@ export class Vcpu {
     } finally {
       this.running = false
       this.endProgress(ownLine)
+      if (o.until !== undefined) this.releaseUntil()
     }
   }
 
@@ -367,6 +396,7 @@ export class Vcpu {
     this.enter('runAsync()')
     const ownLine = this.startProgress(o)
     try {
+      this.startUntil(o)
       // Waiting on HLT: one with interrupts enabled waits natively (on this run's worker
       // thread) for an interrupt, as MSHV waits in the hypervisor; one with them
       // disabled comes back as a HALT exit and waits for wake().
@@ -401,6 +431,7 @@ export class Vcpu {
     } finally {
       this.running = false
       this.endProgress(ownLine)
+      if (o.until !== undefined) this.releaseUntil()
     }
   }
 
@@ -412,6 +443,95 @@ export class Vcpu {
   step(): StepResult {
     const result = this.run({ maxInstructions: 1 })
     return result.reason === 'instructions' ? { reason: 'stepped' } : result
+  }
+
+  private get debug(): VcpuDebug {
+    return (this.debugState ??= new VcpuDebug(this.native))
+  }
+
+  /**
+   * Stops the vCPU before the instruction at linear address `address` (CS base + RIP;
+   * RIP itself in 64-bit code), invisibly to the guest: a run ends there with `{ reason:
+   * 'breakpoint', address }`, or, with `hook`, calls it and goes on unless it returns
+   * `'stop'`. A run that starts at a breakpoint runs its instruction first. On the sim
+   * any number; on mshv four (DR0-DR3; a fifth is `EINVAL`).
+   */
+  addBreakpoint(address: CodeAddress, hook?: BreakpointHook): void {
+    this.checkOpen()
+    const a = codeAddress('addBreakpoint: address', address)
+    if (hook !== undefined && typeof hook !== 'function') throw new MshvError('EINVAL', `addBreakpoint: hook must be a function, got ${describe(hook)}`)
+    this.debug.add(a, hook)
+  }
+
+  /** Removes the breakpoint at `address`; returns whether there was one. */
+  removeBreakpoint(address: CodeAddress): boolean {
+    this.checkOpen()
+    return this.debug.remove(codeAddress('removeBreakpoint: address', address))
+  }
+
+  /** The breakpoints' addresses, in the order they were added. */
+  get breakpoints(): bigint[] {
+    return this.debugState?.list() ?? []
+  }
+
+  /** While true, every run ends after one instruction with `{ reason: 'step', address }` (both backends). */
+  get singleStep(): boolean {
+    return this.debugState?.singleStep ?? false
+  }
+
+  set singleStep(on: boolean) {
+    this.checkOpen()
+    this.debug.singleStep = on
+  }
+
+  /**
+   * The vCPU's whole state, as plain JSON data (see {@link VcpuState}): every register,
+   * the MTRRs, the local APIC, XSAVE (mshv) and the backend's exact extras. Register
+   * writes made in this exit are in it. Between runs only.
+   */
+  state(): VcpuState {
+    this.checkOpen()
+    this.regs.commit()
+    return fromNative(this.native.state(), this.env.backend)
+  }
+
+  /**
+   * Replaces the vCPU's whole state with one {@link state} returned (on the same
+   * backend): the guest resumes from it. A state that does not fit is `EINVAL` and
+   * changes nothing. Between runs only.
+   */
+  setState(state: VcpuState): void {
+    this.checkOpen()
+    this.native.setState(toNative(state, this.env.backend))
+    this.regs.replaced()
+  }
+
+  private startUntil(o: RunOptions): void {
+    if (o.until !== undefined) this.holdUntil(codeAddress('until', o.until))
+  }
+
+  /** A stop at `address` until {@link releaseUntil} (`run({ until })`, `vm.run({ until })`). @internal */
+  holdUntil(address: bigint): void {
+    this.debug.addTemporary(address)
+  }
+
+  /** Ends {@link holdUntil}'s stops. @internal */
+  releaseUntil(): void {
+    if (!this.isClosed) this.debugState?.endTemporary()
+  }
+
+  /** A #DB exception intercept: the debugger's stop (a breakpoint or a step). */
+  private debugStop(): RunResult | undefined {
+    const msg = this.msg
+    const vector = msg.getUint16(MSG_EXCEPTION_VECTOR, true)
+    if (vector !== DB) throw new MshvError('EUNHANDLED_EXIT', `exception intercept for vector ${vector}: ${this.describe()}`)
+    const address = msg.getBigUint64(MSG_CS_BASE, true) + msg.getBigUint64(MSG_RIP, true)
+    if ((msg.getBigUint64(MSG_EXCEPTION_PARAMETER, true) & DR6_BS) !== 0n) return { reason: 'step', address }
+    if (this.debugState?.isTemporary(address) !== true) {
+      const hook = this.debugState?.hook(address)
+      if (hook && hook(address) !== 'stop') return undefined
+    }
+    return { reason: 'breakpoint', address }
   }
 
   /** Waits for {@link wake} (or a cancel) unless one is already latched. */
@@ -499,7 +619,16 @@ export class Vcpu {
       throw e
     }
     if (this.isClosed) return this.env.takeStop() ?? { reason: 'cancelled' }
-    return result ?? this.env.takeStop()
+    return result ?? this.env.takeStop() ?? (this.debugState?.singleStep === true && code !== T_EXCEPTION ? this.steppedByExit() : undefined)
+  }
+
+  /**
+   * Single-stepping, an instruction the VMM completed (a port or MMIO access) is the
+   * step: the hypervisor's trap would come only after the next instruction, as the
+   * VMM moved RIP past this one (KVM's `kvm_skip_emulated_instruction` owes the same).
+   */
+  private steppedByExit(): RunResult {
+    return { reason: 'step', address: this.regs.getRaw('cs')[0] + this.regs.get('rip') }
   }
 
   /** A run that ended without an exit: its result (undefined for a code that is not one). */
@@ -590,6 +719,8 @@ export class Vcpu {
       case T_MSR:
         if (handleMsr(msg, this.regs, this.env.msrs, this.index, () => this.describe()) === 'gp') this.injectException(GP)
         return undefined
+      case T_EXCEPTION:
+        return this.debugStop()
       case T_FATAL:
         throw new MshvError('EGUEST_FATAL', `the guest hit an unrecoverable exception (triple fault): ${this.describe()}`)
       default:

@@ -214,7 +214,9 @@ class VmEnvironment implements VcpuEnvironment {
   readonly ram: RamLookup
   readonly cpuid: CpuidTable
   readonly msrs: ReadonlyMap<number, MsrHandler>
+  readonly backend: 'sim' | 'mshv'
   constructor(private readonly vm: Vm) {
+    this.backend = vm.backend === 'mshv' ? 'mshv' : 'sim'
     this.bus = vm.bus
     this.debugExit = vm.debugExit
     this.ram = vm

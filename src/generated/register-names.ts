@@ -14,8 +14,9 @@ export const REGISTER_NAMES = [
   'dr7', 'xmm0', 'xmm1', 'xmm2', 'xmm3', 'xmm4', 'xmm5', 'xmm6',
   'xmm7', 'xmm8', 'xmm9', 'xmm10', 'xmm11', 'xmm12', 'xmm13', 'xmm14',
   'xmm15', 'fpMmx0', 'fpMmx1', 'fpMmx2', 'fpMmx3', 'fpMmx4', 'fpMmx5', 'fpMmx6',
-  'fpMmx7', 'fpControlStatus', 'xmmControlStatus', 'tsc', 'pendingEvent0', 'internalActivityState', 'kernelGsBase', 'pat',
-  'sysenterCs', 'sysenterEip', 'sysenterEsp', 'star', 'lstar', 'cstar', 'sfmask', 'tscAux',
+  'fpMmx7', 'fpControlStatus', 'xmmControlStatus', 'tsc', 'pendingEvent0', 'internalActivityState', 'interruptState', 'xfem',
+  'kernelGsBase', 'pat', 'sysenterCs', 'sysenterEip', 'sysenterEsp', 'star', 'lstar', 'cstar',
+  'sfmask', 'tscAux',
 ] as const
 
 /** A register name: `regs.get('rax')` type-checks, `regs.get('raxx')` does not. */

@@ -49,6 +49,7 @@ type Mem = hv_x64_memory_intercept_message;
 type Cpuid = hv_x64_cpuid_intercept_message;
 type Msr = hv_x64_msr_intercept_message;
 type Eoi = hv_x64_apic_eoi_message;
+type Exc = hv_x64_exception_intercept_message;
 
 const fn p(off: usize) -> usize {
     PAYLOAD + off
@@ -105,6 +106,12 @@ pub const FIELDS: &[(&str, usize)] = &[
     ("msrNumber", p(offset_of!(Msr, msr_number))),
     ("msrRdx", p(offset_of!(Msr, rdx))),
     ("msrRax", p(offset_of!(Msr, rax))),
+    // HVMSG_X64_EXCEPTION_INTERCEPT: the vector, and its parameter (DR6 for #DB).
+    ("exceptionVector", p(offset_of!(Exc, exception_vector))),
+    (
+        "exceptionParameter",
+        p(offset_of!(Exc, exception_parameter)),
+    ),
     // HVMSG_X64_APIC_EOI carries no intercept header: the VP index and the vector.
     ("eoiVpIndex", p(offset_of!(Eoi, vp_index))),
     ("eoiVector", p(offset_of!(Eoi, interrupt_vector))),

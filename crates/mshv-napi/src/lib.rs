@@ -21,6 +21,7 @@ mod runner;
 mod slot_lock;
 mod tap;
 mod vcpu;
+mod vcpu_state;
 mod vm;
 
 pub use budget::RunBudget;

@@ -145,7 +145,7 @@ impl Core {
         f(slot).map_err(to_js)
     }
 
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut dyn VcpuBackend, &mut ExitMessage) -> hv_core::Result<T>,
     ) -> Result<T> {
@@ -310,7 +310,7 @@ fn run_caught(core: &Core, budget: &Budget) -> RunOutcome {
 /// A virtual processor.
 #[napi]
 pub struct Vcpu {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl Vcpu {
@@ -338,7 +338,7 @@ impl Vcpu {
         &self.core
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         self.core.check_open("vCPU")
     }
 }
