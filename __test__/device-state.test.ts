@@ -8,7 +8,29 @@
  */
 import test, { type ExecutionContext } from 'ava'
 import fc from 'fast-check'
-import { AcpiPm, GuestTimers, I8042, IoApic, MshvError, Pic, Pit, Rtc, Serial16550, WiredIrq, type InterruptRequest } from '../index.js'
+import {
+  AcpiPm,
+  addPcPlatform,
+  createVm,
+  GuestTimers,
+  I8042,
+  IoApic,
+  Msi,
+  Msix,
+  MshvError,
+  PciFunction,
+  pciIntxGsi,
+  Pic,
+  Pit,
+  Rtc,
+  Serial16550,
+  WiredIrq,
+  type InterruptRequest,
+  type PcPlatform,
+  type PciHost,
+  type Vm,
+} from '../index.js'
+import { CTX, ConfigPorts } from './virtio-driver.js'
 import { noneLeft, parseState, u8, version, type Fields, type Saveable, type Schema } from '../src/snapshot/device-state.js'
 
 /** One device under test, with what it told the world (reads, line edges, requests). */
@@ -500,4 +522,161 @@ test('ACPI PM: bad states are EINVAL and change nothing', (t) => {
   refusesShape(t, a)
   refuses(t, a, withField(good, 'control', 0), /control must have SCI_EN set/)
   refuses(t, a, withField(good, 'enable', 0x10000), /enable must be an integer in 0..65535/)
+})
+
+// ---- PCI ---------------------------------------------------------------------------
+
+/** A sim VM with the PC platform, recording the interrupts and MSIs it would deliver instead. */
+function pcMachine(events: unknown[]): { vm: Vm; pc: PcPlatform; host: PciHost } {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 16 << 20)
+  const pc = addPcPlatform(vm)
+  const hooks = vm as unknown as { signalMsi: (a: bigint, d: number) => void; requestInterrupt: (r: InterruptRequest) => void }
+  hooks.signalMsi = (address, data) => events.push(`msi ${address.toString(16)} ${data.toString(16)}`)
+  hooks.requestInterrupt = (r) => events.push(r)
+  return { vm, pc, host: pc.pci as PciHost }
+}
+
+/** Ports and addresses the function's BARs may be at (the firmware's, and those the ops write). */
+const IO_PROBES = [0xc000, 0xc004, 0xd000, 0xd008]
+const MMIO_PROBES = [0xc000_0000, 0xc000_4000, 0xc000_4010, 0xd000_0000, 0xd800_0000, 0x1_d800_0000]
+/** Config space offsets worth writing: command, header storage, the BARs, MSI's and MSI-X's registers. */
+const CONFIG_OFFSETS = [0x04, 0x05, 0x0c, 0x0d, 0x3c, 0x10, 0x14, 0x18, 0x1c, 0x42, 0x44, 0x48, 0x4c, 0x50, 0x5a]
+const CONFIG_VALUES = [0x0007, 0x0407, 0x0003, 0x0000, 0xffff_ffff, 0xd000, 0xd000_0000, 0xd800_0000, 0x1, 0xfee0_0000, 0x4041, 0x0031, 0x8000, 0xc000, 0x0001, 0x0021, 0x0000_0002]
+
+type PciOp =
+  | { kind: 'cfg-write'; offset: number; size: 1 | 2 | 4; value: number }
+  | { kind: 'cfg-read'; offset: number; size: 1 | 2 | 4 }
+  | { kind: 'probe'; at: number; io: boolean }
+  | { kind: 'intx'; level: boolean }
+  | { kind: 'msi' | 'msix'; vector: number }
+  | { kind: 'table-write'; offset: number; value: number }
+  | { kind: 'table-read'; offset: number }
+  | { kind: 'ioapic'; entry: number }
+  | { kind: 'eoi' }
+
+function pciFixture(): Fixture<PciOp> {
+  return {
+    make() {
+      const events: unknown[] = []
+      const { vm, pc, host } = pcMachine(events)
+      const bar = (n: number) => ({ read: (o: number, size: number) => (events.push(`bar ${n} read ${o}/${size}`), BigInt(n * 0x100 + o)), write: (o: number, size: number, v: bigint) => void events.push(`bar ${n} write ${o}/${size} ${v}`) })
+      const msi = new Msi(4, (address, data) => events.push(`msi ${address.toString(16)} ${data.toString(16)}`))
+      const msix = new Msix({ vectors: 3, tableBar: 1, tableOffset: 0, pbaBar: 1, pbaOffset: 0x800, signal: (address, data) => events.push(`msix ${address.toString(16)} ${data.toString(16)}`) })
+      const fn = new PciFunction({
+        name: 'state',
+        vendorId: 0x1234,
+        deviceId: 0x5678,
+        classCode: 0xff_00_00,
+        bars: [{ kind: 'io', size: 16, handler: bar(0) }, { kind: 'mmio32', size: 0x1000, handler: bar(1) }, { kind: 'mmio64', size: 0x4000, handler: bar(2) }],
+        capabilities: [msi, msix],
+      })
+      const slot = host.add(fn)
+      const cfg = new ConfigPorts(vm, slot)
+      const gsi = pciIntxGsi(slot, 0)
+      const device = {
+        save: () => ({ fn: fn.save(), msi: msi.save(), msix: msix.save(), ioapic: pc.ioapic.save(), host: host.save() }),
+        restore: (st: unknown) => {
+          const x = st as ReturnType<typeof device.save>
+          fn.restore(x.fn)
+          msi.restore(x.msi)
+          msix.restore(x.msix)
+          pc.ioapic.restore(x.ioapic)
+          host.restore(x.host)
+        },
+      }
+      const instance: Instance & { fn: PciFunction; msi: Msi; msix: Msix; cfg: ConfigPorts; vm: Vm; pc: PcPlatform; gsi: number } = { device, events, fn, msi, msix, cfg, vm, pc, gsi, close: () => vm.close() }
+      return instance
+    },
+    op: fc.oneof(
+      { weight: 4, arbitrary: fc.record({ kind: fc.constant('cfg-write' as const), offset: fc.constantFrom(...CONFIG_OFFSETS), size: fc.constantFrom(1 as const, 2 as const, 4 as const), value: fc.oneof(fc.constantFrom(...CONFIG_VALUES), fc.integer({ min: 0, max: 0xffff_ffff })) }) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('cfg-read' as const), offset: fc.constantFrom(...CONFIG_OFFSETS, 0x06, 0x00, 0x40, 0x58, 0x54), size: fc.constantFrom(1 as const, 2 as const, 4 as const) }) },
+      { weight: 3, arbitrary: fc.oneof(fc.record({ kind: fc.constant('probe' as const), at: fc.constantFrom(...IO_PROBES), io: fc.constant(true) }), fc.record({ kind: fc.constant('probe' as const), at: fc.constantFrom(...MMIO_PROBES), io: fc.constant(false) })) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('intx' as const), level: fc.boolean() }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constantFrom('msi' as const, 'msix' as const), vector: fc.integer({ min: 0, max: 3 }) }) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('table-write' as const), offset: fc.integer({ min: 0, max: 11 }).map((i) => i * 4), value: fc.oneof(fc.constantFrom(0, 1, 0xfee0_0000, 0x41), fc.integer({ min: 0, max: 0xffff_ffff })) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('table-read' as const), offset: fc.integer({ min: 0, max: 11 }).map((i) => i * 4) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('ioapic' as const), entry: fc.constantFrom(0x8040, 0x1_8040, 0x0040) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('eoi' as const) }) },
+    ),
+    apply(instance, op) {
+      const m = instance as ReturnType<ReturnType<typeof pciFixture>['make']> & { fn: PciFunction; msi: Msi; msix: Msix; cfg: ConfigPorts; vm: Vm; pc: PcPlatform; gsi: number }
+      const tried = (f: () => unknown): unknown => {
+        try {
+          return f()
+        } catch (e) {
+          return (e as MshvError).code
+        }
+      }
+      switch (op.kind) {
+        case 'cfg-write':
+          m.cfg.write(op.offset & ~(op.size - 1), op.size, op.value & (op.size === 4 ? 0xffff_ffff : (1 << (op.size * 8)) - 1))
+          break
+        case 'cfg-read':
+          m.events.push(`cfg ${op.offset} = ${m.cfg.read(op.offset & ~(op.size - 1), op.size)}`)
+          break
+        case 'probe':
+          m.events.push(`probe ${op.at.toString(16)} = ${String(tried(() => (op.io ? m.vm.bus.read(op.at, 4, CTX) : m.vm.bus.mmioRead(BigInt(op.at), 4, CTX))))}`)
+          break
+        case 'intx':
+          m.fn.setIntx(op.level)
+          break
+        case 'msi':
+          m.events.push(`msi notify ${String(tried(() => m.msi.notify(op.vector)))}`)
+          break
+        case 'msix':
+          m.events.push(`msix notify ${String(tried(() => m.msix.notify(op.vector)))}`)
+          break
+        case 'table-write':
+          m.msix.tableHandler.write(op.offset, 4, BigInt(op.value), CTX)
+          break
+        case 'table-read':
+          m.events.push(`table ${op.offset} = ${m.msix.tableHandler.read(op.offset, 4, CTX)} pba ${m.msix.pbaHandler.read(0, 8, CTX)}`)
+          break
+        case 'ioapic':
+          m.pc.ioapic.mmioWrite(0, 4, BigInt(0x10 + 2 * m.gsi))
+          m.pc.ioapic.mmioWrite(0x10, 4, BigInt(op.entry))
+          break
+        case 'eoi':
+          m.pc.ioapic.eoi(0x40)
+          break
+      }
+    },
+  }
+}
+
+test('PCI: a function, its MSI and MSI-X and the host bridge saved and restored go on alike (BAR windows, INTx, pending vectors)', (t) => {
+  sameAfterRestore(t, pciFixture(), 40)
+})
+
+test('PCI: bad states are EINVAL and change nothing', (t) => {
+  const a = pciFixture().make(0) as Instance & { fn: PciFunction; msi: Msi; msix: Msix; vm: Vm; pc: PcPlatform }
+  try {
+    const one = (device: { save(): unknown; restore(s: unknown): void }): Instance => ({ device, events: [] })
+    const fn = one(a.fn)
+    const good = a.fn.save()
+    refusesShape(t, fn)
+    refuses(t, fn, withField(good, 'bars', good.bars.slice(1)), /bars must be an array of 6/)
+    refuses(t, fn, withField(good, 'bars.1', 0xc000_0800), /bars\[1\] must be an address below 0x100000000 aligned to BAR 1's 0x1000 bytes/)
+    refuses(t, fn, withField(good, 'bars.0', 0x1_0000), /bars\[0\] must be an address below 0x10000/)
+    refuses(t, fn, withField(good, 'bars.3', 0), /bars\[3\] must be null \(state has no BAR 3\)/)
+    refuses(t, fn, withField(good, 'bars.2', null), /bars\[2\] must be an address/)
+    refuses(t, fn, withField(good, 'command', 0x08), /command must be a command register within 0x507/)
+    const msi = one(a.msi)
+    refusesShape(t, msi)
+    refuses(t, msi, withField(a.msi.save(), 'mask', 0x10), /mask must be bits within 0xf/)
+    refuses(t, msi, withField(a.msi.save(), 'addressLow', 0xfee0_0001), /addressLow must be bits within 0xfffffffc/)
+    const msix = one(a.msix)
+    const x = a.msix.save()
+    refusesShape(t, msix)
+    refuses(t, msix, withField(x, 'table', x.table.slice(1)), /table must be an array of 3/)
+    refuses(t, msix, withField(x, 'pending', [2, 1]), /pending must be vector numbers in increasing order/)
+    refuses(t, msix, withField(x, 'pending', [3]), /pending\[0\] must be an integer in 0..2/)
+    refuses(t, msix, withField(x, 'table.0.masked', 1), /table\[0\]\.masked must be a boolean/)
+    const host = one(a.pc.pci as PciHost)
+    refusesShape(t, host)
+    refuses(t, host, withField((a.pc.pci as PciHost).save(), 'bridge.bars.0', 0), /bridge\.bars\[0\] must be null/)
+  } finally {
+    a.close?.()
+  }
 })

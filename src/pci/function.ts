@@ -6,9 +6,10 @@
  * where the guest's BAR value and the command register say, and moves when they change.
  * @module
  */
-import { checkInteger } from '../check.js'
+import { checkInteger, invalid } from '../check.js'
 import type { DeviceWindow, IoBus, WindowHandler } from '../bus.js'
 import { MshvError, describe, hex } from '../errors.js'
+import { bool, noneLeft, record, u16, u8, version, type Check, type Saveable } from '../snapshot/device-state.js'
 
 /** Command register bits (6.2.2). */
 export const PCI_COMMAND_IO = 1 << 0
@@ -71,6 +72,33 @@ export interface PciFunctionOptions {
   capabilities?: readonly PciCapability[]
 }
 
+/** The INTx line a function drives (the host bridge's share of an I/O APIC pin). @internal */
+export interface PciIntx {
+  /** Drives the pin. */
+  set(asserted: boolean): void
+  /** Sets the pin's level without telling the I/O APIC (a restore: the I/O APIC restores its own view). */
+  restoreLevel(asserted: boolean): void
+}
+
+/**
+ * What the guest (or the firmware) wrote of a function's configuration space
+ * ({@link PciFunction.save}); its IDs, class and capability list are its declaration.
+ * Its capabilities' state is their owner's (an {@link Msix}'s is the virtio transport's).
+ */
+export interface PciFunctionState {
+  version: 1
+  /** The command register. */
+  command: number
+  /** Plain storage the guest may write: cache line size, latency timer, interrupt line. */
+  cacheLineSize: number
+  latencyTimer: number
+  interruptLine: number
+  /** Each BAR's address by number; null where there is none (or the upper half of a 64-bit one). */
+  bars: (number | null)[]
+  /** The INTx pin as the function drives it (the command register may disable it). */
+  intx: boolean
+}
+
 /** A BAR at run time: its declaration, the address the guest (or the firmware) gave it, its window. */
 interface Bar {
   readonly options: PciBarOptions
@@ -91,14 +119,14 @@ function isPowerOfTwo(n: number): boolean {
 }
 
 /** A PCI function: its configuration space, BAR windows and INTx line. */
-export class PciFunction {
+export class PciFunction implements Saveable<PciFunctionState> {
   readonly name: string
   private readonly header = new DataView(new ArrayBuffer(0x40))
   private readonly bars: (Bar | undefined)[] = new Array<Bar | undefined>(6).fill(undefined)
   private readonly caps: { readonly at: number; readonly cap: PciCapability }[] = []
   private command = 0
   private intxLevel = false
-  private intx: ((asserted: boolean) => void) | undefined
+  private intx: PciIntx | undefined
   private bus: IoBus | undefined
   /** Bumped when a window could not be mapped where the guest put it (it overlapped another). */
   windowConflicts = 0
@@ -174,7 +202,7 @@ export class PciFunction {
    * Connects the function to a bus: its BAR windows go on `bus`, its INTx pin drives
    * `intx`. The host bridge calls it when the function is added. @internal
    */
-  attach(bus: IoBus, intx: ((asserted: boolean) => void) | undefined): void {
+  attach(bus: IoBus, intx: PciIntx | undefined): void {
     if (this.bus) throw new MshvError('EBUSY', `${this.name} is already on a PCI bus`)
     this.bus = bus
     this.intx = intx
@@ -205,7 +233,12 @@ export class PciFunction {
   }
 
   private driveIntx(): void {
-    this.intx?.(this.intxLevel && (this.command & PCI_COMMAND_INTX_DISABLE) === 0)
+    this.intx?.set(this.intxOutput())
+  }
+
+  /** The INTx pin's level: asserted and not disabled by the command register. */
+  private intxOutput(): boolean {
+    return this.intxLevel && (this.command & PCI_COMMAND_INTX_DISABLE) === 0
   }
 
   /** Maps each BAR's window where its address and the command register put it. */
@@ -339,5 +372,80 @@ export class PciFunction {
       const end = Math.min(offset + size, at + cap.length)
       if (start < end) cap.write(start - at, end - start, value >>> ((start - offset) * 8))
     }
+  }
+
+  /** The command register, the writable header bytes, the BARs' addresses and the INTx pin. */
+  save(): PciFunctionState {
+    const h = this.header
+    return {
+      version: 1,
+      command: this.command,
+      cacheLineSize: h.getUint8(0x0c),
+      latencyTimer: h.getUint8(0x0d),
+      interruptLine: h.getUint8(0x3c),
+      bars: this.bars.map((b) => (b ? b.address : null)),
+      intx: this.intxLevel,
+    } satisfies PciFunctionState
+  }
+
+  /** The check of a state of this function: its BARs are this function's. @internal */
+  stateCheck(): Check<PciFunctionState> {
+    return record<PciFunctionState>({
+      version: version(1),
+      command: (what, v) => {
+        const c = u16(what, v)
+        if ((c & ~COMMAND_WRITABLE) !== 0) throw invalid(what, `a command register within ${hex(COMMAND_WRITABLE)}`, c)
+        return c
+      },
+      cacheLineSize: u8,
+      latencyTimer: u8,
+      interruptLine: u8,
+      bars: (what, v) => {
+        if (!Array.isArray(v) || v.length !== 6) throw invalid(what, 'an array of 6', v)
+        return v.map((a: unknown, i) => this.checkBar(`${what}[${i}]`, i, a))
+      },
+      intx: bool,
+    })
+  }
+
+  /** BAR `index`'s address as the guest can leave it: inside its space, aligned to its size; null where there is no BAR. */
+  private checkBar(what: string, index: number, v: unknown): number | null {
+    const b = this.bars[index]
+    if (!b) {
+      if (v !== null) throw invalid(what, `null (${this.name} has no BAR ${index})`, v)
+      return null
+    }
+    const { kind, size } = b.options
+    const limit = kind === 'io' ? 0x1_0000 : kind === 'mmio32' ? 2 ** 32 : 2 ** 64
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= limit || v % size !== 0) {
+      throw invalid(what, `an address below ${hex(limit)} aligned to BAR ${index}'s ${hex(size)} bytes`, v)
+    }
+    return v
+  }
+
+  /**
+   * Restores what {@link save} gave: the BAR windows move where the addresses say, the
+   * INTx pin takes its level without telling the I/O APIC (which restores its own view).
+   * `EINVAL` (and nothing changed) for a bad state or one of another function's BARs.
+   */
+  restore(state: PciFunctionState): void {
+    const { version: _, command, cacheLineSize, latencyTimer, interruptLine, bars, intx, ...rest } = this.stateCheck()('pciFunction.restore: state', state)
+    noneLeft(rest)
+    this.header.setUint8(0x0c, cacheLineSize)
+    this.header.setUint8(0x0d, latencyTimer)
+    this.header.setUint8(0x3c, interruptLine)
+    this.command = command
+    bars.forEach((a, i) => {
+      const b = this.bars[i]
+      if (b && a !== null) b.address = a
+    })
+    this.intxLevel = intx
+    this.updateWindows()
+    this.intx?.restoreLevel(this.intxOutput())
+  }
+
+  /** Maps each window where its BAR says, if it is free now (after a restore moved another out of the way). @internal */
+  remap(): void {
+    this.updateWindows()
   }
 }

@@ -10,7 +10,8 @@ import { checkFunction, checkInstance, checkInteger, checkObject } from '../chec
 import { Vm } from '../vm.js'
 import type { IrqSink } from '../platform/irq.js'
 import { MshvError, describe, hex } from '../errors.js'
-import { PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PciFunction } from './function.js'
+import { PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PciFunction, type PciFunctionState } from './function.js'
+import { noneLeft, parseState, u32, version, type Saveable } from '../snapshot/device-state.js'
 
 /** CONFIG_ADDRESS and CONFIG_DATA of mechanism #1. */
 export const PCI_CONFIG_ADDRESS = 0xcf8
@@ -49,15 +50,28 @@ class SharedLine {
   ) {}
   set(fn: PciFunction, asserted: boolean): void {
     const before = this.holders.size > 0
-    if (asserted) this.holders.add(fn)
-    else this.holders.delete(fn)
+    this.hold(fn, asserted)
     const after = this.holders.size > 0
     if (after !== before) this.sink.setIrq(this.gsi, after)
   }
+  /** `fn` holds the line or not, the I/O APIC not told (a restore: it restores its own view). */
+  hold(fn: PciFunction, asserted: boolean): void {
+    if (asserted) this.holders.add(fn)
+    else this.holders.delete(fn)
+  }
+}
+
+/** The host bridge's state ({@link PciHost.save}): CONFIG_ADDRESS and the bridge's own configuration space. */
+export interface PciHostState {
+  version: 1
+  /** The CONFIG_ADDRESS latch of mechanism #1. */
+  address: number
+  /** The host bridge function (slot 0). */
+  bridge: PciFunctionState
 }
 
 /** The host bridge and bus 0. */
-export class PciHost {
+export class PciHost implements Saveable<PciHostState> {
   private readonly slots: (PciFunction | undefined)[] = new Array<PciFunction | undefined>(PCI_SLOTS).fill(undefined)
   private readonly lines: SharedLine[] = []
   private address = 0
@@ -171,12 +185,33 @@ export class PciHost {
       else this.nextMmio = at + b.size
       return { index: b.index, at, io }
     })
-    fn.attach(this.vm.bus, line && ((asserted) => line.set(fn, asserted)))
+    fn.attach(this.vm.bus, line && { set: (asserted) => line.set(fn, asserted), restoreLevel: (asserted) => line.hold(fn, asserted) })
     this.slots[s] = fn
     for (const p of plan) fn.assign(p.index, p.at)
     const command = (plan.some((p) => p.io) ? PCI_COMMAND_IO : 0) | (plan.some((p) => !p.io) ? PCI_COMMAND_MEMORY : 0)
     if (command !== 0) fn.setCommand(command)
     return s
+  }
+
+  /**
+   * CONFIG_ADDRESS and the host bridge. The functions on the bus are their owners' to
+   * save (a {@link VirtioPci}'s is in its state).
+   */
+  save(): PciHostState {
+    return { version: 1, address: this.address, bridge: this.bridge.save() } satisfies PciHostState
+  }
+
+  /**
+   * Restores what {@link save} gave; `EINVAL` (and nothing changed) for a bad state.
+   * Restore the host after the functions on its bus: a BAR window another function's
+   * old place kept from mapping is mapped now that it is free.
+   */
+  restore(state: PciHostState): void {
+    const { version: _, address, bridge, ...rest } = parseState<PciHostState>('pciHost.restore: state', state, { version: version(1), address: u32, bridge: this.bridge.stateCheck() })
+    noneLeft(rest)
+    this.address = address
+    this.bridge.restore(bridge)
+    for (const fn of this.slots) fn?.remap()
   }
 }
 

@@ -5,7 +5,9 @@
  * `Vm.signalMsi`; a masked vector waits as a pending bit (6.8.1.8).
  * @module
  */
-import { MshvError, describe } from '../errors.js'
+import { MshvError, describe, hex } from '../errors.js'
+import { invalid } from '../check.js'
+import { bool, int, noneLeft, parseState, u16, u32, version, type Check, type Saveable } from '../snapshot/device-state.js'
 import { RegisterCapability } from './capability.js'
 
 /** The capability ID of MSI. */
@@ -21,8 +23,24 @@ const DATA = 12
 const MASK = 16
 const PENDING = 20
 
+/** What the guest wrote of an MSI capability, and the vectors pending ({@link Msi.save}). */
+export interface MsiState {
+  version: 1
+  /** MSI enable (Message Control bit 0). */
+  enabled: boolean
+  /** Multiple Message Enable: the guest granted 2^this vectors (0..7; at most the function's count is used). */
+  multipleMessageEnable: number
+  /** The message address (low dword 4-byte aligned) and data. */
+  addressLow: number
+  addressHigh: number
+  data: number
+  /** Mask bits and pending bits, bit n for vector n. */
+  mask: number
+  pending: number
+}
+
 /** MSI's capability: 1, 2, 4, 8, 16 or 32 vectors. */
-export class Msi extends RegisterCapability {
+export class Msi extends RegisterCapability implements Saveable<MsiState> {
   readonly vectors: number
   private pendingBits = 0
 
@@ -84,6 +102,50 @@ export class Msi extends RegisterCapability {
         this.send(v)
       }
     }
+    this.syncPending()
+  }
+
+  /** The registers the guest wrote and the vectors pending. */
+  save(): MsiState {
+    const control = this.view.getUint16(CONTROL, true)
+    return {
+      version: 1,
+      enabled: (control & ENABLE) !== 0,
+      multipleMessageEnable: (control >> 4) & 7,
+      addressLow: this.view.getUint32(ADDRESS_LOW, true),
+      addressHigh: this.view.getUint32(ADDRESS_HIGH, true),
+      data: this.view.getUint16(DATA, true),
+      mask: this.view.getUint32(MASK, true),
+      pending: this.pendingBits >>> 0,
+    } satisfies MsiState
+  }
+
+  /** Restores what {@link save} gave, sending nothing; `EINVAL` (and nothing changed) for a bad state. */
+  restore(state: MsiState): void {
+    const vectors = this.vectors === 32 ? 0xffff_ffff : (1 << this.vectors) - 1
+    const within = (mask: number): Check<number> => (what, v) => {
+      const x = u32(what, v)
+      if ((x & ~mask) !== 0) throw invalid(what, `bits within ${hex(mask)}`, x)
+      return x
+    }
+    const { version: _, enabled, multipleMessageEnable, addressLow, addressHigh, data, mask, pending, ...rest } = parseState<MsiState>('msi.restore: state', state, {
+      version: version(1),
+      enabled: bool,
+      multipleMessageEnable: int(0, 7),
+      addressLow: within(0xffff_fffc),
+      addressHigh: u32,
+      data: u16,
+      mask: within(vectors),
+      pending: within(vectors),
+    })
+    noneLeft(rest)
+    const v = this.view
+    v.setUint16(CONTROL, (v.getUint16(CONTROL, true) & ~(ENABLE | (0b111 << 4))) | (enabled ? ENABLE : 0) | (multipleMessageEnable << 4), true)
+    v.setUint32(ADDRESS_LOW, addressLow, true)
+    v.setUint32(ADDRESS_HIGH, addressHigh, true)
+    v.setUint16(DATA, data, true)
+    v.setUint32(MASK, mask, true)
+    this.pendingBits = pending | 0
     this.syncPending()
   }
 }

@@ -5,10 +5,11 @@
  * waits as a pending bit and goes out when it is unmasked (6.8.2.9).
  * @module
  */
-import { checkFunction, checkInteger, checkObject } from '../check.js'
+import { checkFunction, checkInteger, checkObject, invalid } from '../check.js'
 import type { WindowHandler } from '../bus.js'
 import { MshvError, describe } from '../errors.js'
 import { RegisterCapability } from './capability.js'
+import { bool, int, list, noneLeft, parseState, record, u32, version, type Saveable } from '../snapshot/device-state.js'
 
 /** The capability ID of MSI-X. */
 export const PCI_CAP_MSIX = 0x11
@@ -40,8 +41,31 @@ export interface MsixStats {
   pended: number
 }
 
+/** One MSI-X table entry (6.8.2.6-9). */
+export interface MsixEntryState {
+  addressLow: number
+  addressHigh: number
+  data: number
+  /** Vector Control's mask bit. */
+  masked: boolean
+}
+
+/** The capability's control bits, the table and the pending vectors ({@link Msix.save}). */
+export interface MsixState {
+  version: 1
+  /** Message Control: MSI-X enable and function mask. */
+  enabled: boolean
+  functionMasked: boolean
+  /** One entry per vector. */
+  table: MsixEntryState[]
+  /** The vectors whose pending bit is set, in order. */
+  pending: number[]
+}
+
+const ENTRY_STATE = record<MsixEntryState>({ addressLow: u32, addressHigh: u32, data: u32, masked: bool })
+
 /** MSI-X's capability, table and PBA. */
-export class Msix extends RegisterCapability {
+export class Msix extends RegisterCapability implements Saveable<MsixState> {
   readonly vectors: number
   private readonly table: DataView
   private readonly pending: Uint8Array
@@ -156,5 +180,45 @@ export class Msix extends RegisterCapability {
       return v
     },
     write: () => {},
+  }
+
+  /** The control bits, the table and the pending vectors. */
+  save(): MsixState {
+    const table: MsixEntryState[] = []
+    const pending: number[] = []
+    for (let v = 0; v < this.vectors; v++) {
+      const at = v * ENTRY
+      table.push({ addressLow: this.table.getUint32(at, true), addressHigh: this.table.getUint32(at + 4, true), data: this.table.getUint32(at + 8, true), masked: (this.table.getUint32(at + 12, true) & VECTOR_MASKED) !== 0 })
+      if (this.pending[v] === 1) pending.push(v)
+    }
+    return { version: 1, enabled: this.enabled, functionMasked: (this.control & CONTROL_FUNCTION_MASK) !== 0, table, pending } satisfies MsixState
+  }
+
+  /** Restores what {@link save} gave, sending nothing; `EINVAL` (and nothing changed) for a bad state or another table size. */
+  restore(state: MsixState): void {
+    const { version: _, enabled, functionMasked, table, pending, ...rest } = parseState<MsixState>('msix.restore: state', state, {
+      version: version(1),
+      enabled: bool,
+      functionMasked: bool,
+      table: list(ENTRY_STATE, this.vectors, this.vectors),
+      pending: (what, v) => {
+        const vectors = list(int(0, this.vectors - 1), 0, this.vectors)(what, v)
+        vectors.forEach((x, i) => {
+          if (i > 0 && x <= (vectors[i - 1] as number)) throw invalid(what, 'vector numbers in increasing order', v)
+        })
+        return vectors
+      },
+    })
+    noneLeft(rest)
+    this.view.setUint16(2, (this.control & ~(CONTROL_ENABLE | CONTROL_FUNCTION_MASK)) | (enabled ? CONTROL_ENABLE : 0) | (functionMasked ? CONTROL_FUNCTION_MASK : 0), true)
+    table.forEach((e, v) => {
+      const at = v * ENTRY
+      this.table.setUint32(at, e.addressLow, true)
+      this.table.setUint32(at + 4, e.addressHigh, true)
+      this.table.setUint32(at + 8, e.data, true)
+      this.table.setUint32(at + 12, e.masked ? VECTOR_MASKED : 0, true)
+    })
+    this.pending.fill(0)
+    for (const v of pending) this.pending[v] = 1
   }
 }
