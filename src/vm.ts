@@ -14,6 +14,7 @@ import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
 import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
 import type { RamLookup, RamRegion, RomWriteHandler } from './emulator/memory.js'
 import { GuestTimers } from './platform/timers.js'
+import { GdbServer, type GdbOptions } from './debug/gdb/server.js'
 import { VmRun, type VmRunOptions, type VmRunResult } from './scheduler.js'
 import { GuestMemory } from './guest-memory.js'
 
@@ -516,6 +517,17 @@ export class Vm {
     } finally {
       this.current = undefined
     }
+  }
+
+  /**
+   * Serves the VM to GDB (`target remote :1234`): vCPUs as threads, registers, memory by
+   * linear address, breakpoints, single-step, Ctrl+C, detach. With `wait` (the default)
+   * the VM stays stopped until GDB continues it; without, it runs at once. Resolves
+   * once listening; `server.done` resolves when the guest ends the machine.
+   */
+  gdb(options: GdbOptions = {}): Promise<GdbServer> {
+    this.checkOpen()
+    return GdbServer.start(this, options)
   }
 
   /** Ends {@link run} in progress with `{ reason: 'cancelled' }` (its vCPUs stop at once). */
