@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process'
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { connect, type Socket } from 'node:net'
 import { promisify } from 'node:util'
 import { createVm, enterLongMode, MshvError, type Vm } from '../index.js'
 
@@ -108,4 +109,94 @@ test('vm.gdb() options are checked', async (t) => {
     t.is(e?.code, 'EINVAL', JSON.stringify(bad))
   }
   vm.close()
+})
+
+/** A raw remote-protocol client: what GDB would send, byte for byte. */
+class Client {
+  private data = ''
+  private waiters: (() => void)[] = []
+  constructor(private readonly socket: Socket) {
+    socket.on('data', (d: Buffer) => {
+      this.data += d.toString('latin1')
+      for (const w of this.waiters.splice(0)) w()
+    })
+  }
+  static async connect(port: number): Promise<Client> {
+    const s = connect(port, '127.0.0.1')
+    await new Promise((r) => s.once('connect', r))
+    return new Client(s)
+  }
+  raw(bytes: string): void {
+    this.socket.write(Buffer.from(bytes, 'latin1'))
+  }
+  send(payload: string): void {
+    let sum = 0
+    for (const c of Buffer.from(payload, 'latin1')) sum = (sum + c) & 0xff
+    this.raw(`$${payload}#${sum.toString(16).padStart(2, '0')}`)
+  }
+  /** The next packet's payload (acks skipped). */
+  async packet(): Promise<string> {
+    for (;;) {
+      const m = /\$([^#]*)#([0-9a-f]{2})/.exec(this.data)
+      if (m) {
+        this.data = this.data.slice((m.index ?? 0) + m[0].length)
+        return m[1] as string
+      }
+      await new Promise<void>((r) => this.waiters.push(r))
+    }
+  }
+  async ask(payload: string): Promise<string> {
+    this.send(payload)
+    return this.packet()
+  }
+  close(): void {
+    this.socket.destroy()
+  }
+}
+
+test('the stub stops a running VM on Ctrl+C, names bad packets, and refuses what it cannot do', async (t) => {
+  const { image } = await buildGuest()
+  const vm = guest(image)
+  vm.write(BASE + 0x12, [0xeb, 0xfe]) // `done:` spins
+  const server = await vm.gdb({ port: 0 })
+  const c = await Client.connect(server.port)
+  t.teardown(async () => {
+    c.close()
+    await server.close()
+    vm.close()
+  })
+  t.regex(await c.ask('qSupported:multiprocess+;swbreak+'), /PacketSize=4000;qXfer:features:read\+;swbreak\+;hwbreak\+/)
+  t.is(await c.ask('QStartNoAckMode'), 'OK')
+  t.is(await c.ask('?'), 'T05thread:1;')
+  t.is(await c.ask('qfThreadInfo'), 'm1')
+  t.is(await c.ask('qC'), 'QC1')
+  const xml = await c.ask('qXfer:features:read:target.xml:0,3fff')
+  t.true(xml.startsWith('l<?xml') && xml.includes('<architecture>i386:x86-64</architecture>') && xml.includes('name="cr3"'))
+  t.is(await c.ask('p10'), '0000200000000000', 'register 16 is RIP')
+  t.is(await c.ask('Hg5'), 'E01', 'thread 5 does not exist')
+  t.is(await c.ask('m0,10000000'), 'E01', 'longer than PacketSize')
+  t.is(await c.ask('mffffffffffff0000,4'), 'E0e', 'not mapped')
+  t.is(await c.ask('Z2,201000,8'), '', 'watchpoints are not offered: GDB watches by stepping')
+  t.is(await c.ask('P10=zz'), 'E01')
+  t.is(await c.ask('vCont?'), 'vCont;c;C;s;S')
+  c.send('c')
+  await new Promise((r) => setTimeout(r, 100))
+  c.raw('\x03')
+  t.is(await c.packet(), 'T02thread:1;', 'Ctrl+C stopped it')
+  const rip = await c.ask('p10')
+  t.is(rip, '1200200000000000', 'in the spin loop')
+  c.raw('$?#00')
+  await new Promise((r) => setTimeout(r, 20))
+  t.is(await c.ask('s'), 'T05thread:1;', 'a step after a bad checksum (dropped) still works')
+  c.send('k')
+  t.deepEqual(await server.done, { reason: 'cancelled' })
+})
+
+test('mshv boot --gdb takes [HOST]:PORT and --gdb-wait needs it', async (t) => {
+  const { parseBootArgs } = await import('../src/cli/args.js')
+  t.deepEqual(parseBootArgs(['--gdb', ':1234', '--gdb-wait']).gdb, { host: '127.0.0.1', port: 1234 })
+  t.deepEqual(parseBootArgs(['--gdb', '0.0.0.0:9']).gdb, { host: '0.0.0.0', port: 9 })
+  t.throws(() => parseBootArgs(['--gdb', '1234']), { code: 'EINVAL', message: /--gdb takes \[HOST\]:PORT/ })
+  t.throws(() => parseBootArgs(['--gdb', ':99999']), { code: 'EINVAL' })
+  t.throws(() => parseBootArgs(['--gdb-wait']), { code: 'EINVAL', message: /--gdb-wait waits for the GDB of --gdb/ })
 })

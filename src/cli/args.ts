@@ -11,7 +11,7 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
        mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
-                 [--disk IMAGE]... [--snapshot] [--rng] [--system]
+                 [--disk IMAGE]... [--snapshot] [--rng] [--system] [--gdb [HOST]:PORT [--gdb-wait]]
        mshv image [--force]
        mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
@@ -55,16 +55,21 @@ export interface BootArgs {
   system: boolean
   /** The system image's path, once `--system` found it. @internal */
   systemImage?: string
+  /** Serve the VM to GDB on this host and port (QEMU's `-gdb tcp::PORT`). */
+  gdb?: { host: string; port: number }
+  /** With `gdb`: the VM waits for GDB to continue it (QEMU's `-S`). */
+  gdbWait: boolean
 }
 
 /** `mshv boot`'s options; throws a usage error on anything else. */
 export function parseBootArgs(args: readonly string[]): BootArgs {
-  const out: BootArgs = { policies: ['page'], progress: true, disks: [], snapshot: false, rng: false, system: false }
+  const out: BootArgs = { policies: ['page'], progress: true, disks: [], snapshot: false, rng: false, system: false, gdbWait: false }
   for (let i = 0; i < args.length; i++) {
     const flag = args[i]
     const value = args[i + 1]
-    if (flag === '--no-progress' || flag === '--snapshot' || flag === '--rng' || flag === '--system') {
+    if (flag === '--no-progress' || flag === '--snapshot' || flag === '--rng' || flag === '--system' || flag === '--gdb-wait') {
       if (flag === '--no-progress') out.progress = false
+      else if (flag === '--gdb-wait') out.gdbWait = true
       else out[flag.slice(2) as 'snapshot' | 'rng' | 'system'] = true
       continue
     }
@@ -82,6 +87,13 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
       case '--disk':
         out.disks.push(v)
         break
+      case '--gdb': {
+        const m = /^(.*):([0-9]{1,5})$/.exec(v)
+        const port = Number(m?.[2])
+        if (!m || port > 65535) badValue(flag, v, "[HOST]:PORT (':1234', '0.0.0.0:1234')")
+        out.gdb = { host: m[1] === '' ? '127.0.0.1' : (m[1] as string), port }
+        break
+      }
       case '--memory':
       case '--vcpus':
         if (!/^[0-9]+$/.test(v)) badValue(flag, v, flag === '--memory' ? 'a whole number of MiB' : 'a whole number of vCPUs')
@@ -113,6 +125,8 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
   if (out.system && (out.kernel ?? out.initrd ?? out.busybox ?? out.init) !== undefined) {
     throw new MshvError('EINVAL', `--system boots the Debian image's own kernel and initramfs: leave out --kernel, --initrd, --busybox and --init\n${USAGE}`)
   }
+  if (out.gdbWait && !out.gdb) throw new MshvError('EINVAL', `--gdb-wait waits for the GDB of --gdb: give --gdb [HOST]:PORT too\n${USAGE}`)
+  if (out.gdb && out.policies.length > 1) throw new MshvError('EINVAL', `--gdb debugs one boot: it cannot go with --policy all\n${USAGE}`)
   if (out.initrd !== undefined && (out.busybox !== undefined || out.init !== undefined)) {
     throw new MshvError('EINVAL', `--initrd replaces the busybox initramfs: give it alone, or --busybox/--init\n${USAGE}`)
   }

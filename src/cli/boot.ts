@@ -16,6 +16,7 @@ import { buildDebianImage } from '../boot/debian-image.js'
 import { prepareLinux, bootReport, type LinuxBootReport } from '../boot/linux.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
+import type { VmRunResult } from '../scheduler.js'
 
 /** The terminal the command talks to (the process's, in use). */
 export interface BootIo {
@@ -160,7 +161,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
   }
   process.on('SIGINT', onSigint)
   try {
-    const result = await m.run()
+    const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run()
     return { ...bootReport(m.vm, result, (performance.now() - start) / 1000), detached }
   } finally {
     clearInterval(drain)
@@ -172,6 +173,17 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
       stdin.pause()
     }
     m.close()
+  }
+}
+
+/** The boot served to GDB: it runs (or waits, with `--gdb-wait`) until the guest ends it or GDB kills it. */
+async function underGdb(vm: Vm, gdb: { host: string; port: number }, wait: boolean, io: BootIo): Promise<VmRunResult> {
+  const server = await vm.gdb({ host: gdb.host, port: gdb.port, wait })
+  io.stderr.write(`mshv boot: GDB can connect with 'target remote ${gdb.host}:${server.port}'${wait ? '; the VM waits for it to continue' : ''}\n`)
+  try {
+    return await server.done
+  } finally {
+    await server.close()
   }
 }
 
