@@ -46,6 +46,9 @@ impl hv_core::Interrupts for Deaf {
     fn set_device_deadline(&self, d: Option<u64>) {
         self.0.set_device_deadline(d)
     }
+    fn set_guest_time(&self, ns: u64) {
+        self.0.set_guest_time(ns)
+    }
 }
 
 struct Faulty(Fault);

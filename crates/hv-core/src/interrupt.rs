@@ -145,6 +145,10 @@ pub trait Interrupts: Send + Sync {
     /// timer fires on time however long the guest runs or halts. MSHV's guest time is
     /// the host's: the VMM's event loop fires its timers, and this does nothing.
     fn set_device_deadline(&self, deadline: Option<u64>);
+    /// Sets guest time (a restored snapshot's): it goes on from `ns`. Deterministic
+    /// time never goes back: there, a vCPU's restored state carries its own time, and
+    /// this only moves a partition's time forward.
+    fn set_guest_time(&self, ns: u64);
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod memory;
 pub mod message;
 pub mod page;
+pub mod page_runs;
 pub mod pio_loop;
 pub mod regs;
 pub mod shared;

@@ -18,6 +18,8 @@ pub struct MshvVm {
     mappings: Vec<MemoryMapping>,
     /// When the partition was made: guest time counts from here.
     created: Instant,
+    /// Guest time minus host time since `created`, shared by every interrupts handle.
+    offset: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The `mshv_user_mem_region` for a mapping.
@@ -102,6 +104,7 @@ impl MshvVm {
             config: config.clone(),
             mappings: Vec::new(),
             created: Instant::now(),
+            offset: Arc::default(),
         })
     }
 }
@@ -112,6 +115,8 @@ impl MshvVm {
 struct MshvInterrupts {
     fd: Arc<VmFd>,
     created: Instant,
+    /// Guest time minus host time since `created` (a restored snapshot's).
+    offset: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl hv_core::Interrupts for MshvInterrupts {
@@ -132,7 +137,19 @@ impl hv_core::Interrupts for MshvInterrupts {
     /// The guest's clocks follow the host's on MSHV (the partition's reference time
     /// and TSC run in real time), so host time since creation is guest time.
     fn guest_time(&self) -> u64 {
-        self.created.elapsed().as_nanos() as u64
+        (self.created.elapsed().as_nanos() as i64)
+            .saturating_add(self.offset.load(std::sync::atomic::Ordering::Acquire))
+            .max(0) as u64
+    }
+
+    /// The VMM's view of guest time only: the partition's own reference time (the
+    /// `HV_PARTITION_PROPERTY_REFERENCE_TIME` Cloud Hypervisor saves) is not moved.
+    fn set_guest_time(&self, ns: u64) {
+        let elapsed = self.created.elapsed().as_nanos() as i64;
+        self.offset.store(
+            (ns as i64).saturating_sub(elapsed),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// The hypervisor keeps no VMM deadline: the VMM's event loop fires its timers on
@@ -200,6 +217,7 @@ impl VmBackend for MshvVm {
         Arc::new(MshvInterrupts {
             fd: Arc::clone(&self.fd),
             created: self.created,
+            offset: Arc::clone(&self.offset),
         })
     }
 }

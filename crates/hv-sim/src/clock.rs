@@ -4,7 +4,7 @@
 //! (CPUID leaves 0x15 and 0x16 say so), so TSC ticks are guest nanoseconds.
 
 use hv_core::ClockMode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// vCPU indices are a byte.
@@ -19,6 +19,9 @@ pub struct Clock {
     /// One past the highest vCPU index made: how many slots `now` looks at.
     vcpus: AtomicUsize,
     start: Instant,
+    /// Real time: guest time minus host time since `start` (a restored snapshot's
+    /// guest time goes on from where it was).
+    offset: AtomicI64,
     /// The VMM's next device timer (guest ns; `u64::MAX`: none): every run ends with
     /// `Exit::Clock` when guest time reaches it.
     device_deadline: AtomicU64,
@@ -31,6 +34,7 @@ impl Clock {
             reached: Box::new([const { AtomicU64::new(0) }; VCPUS]),
             vcpus: AtomicUsize::new(0),
             start: Instant::now(),
+            offset: AtomicI64::new(0),
             device_deadline: AtomicU64::new(u64::MAX),
         }
     }
@@ -55,7 +59,28 @@ impl Clock {
                     .max()
                     .unwrap_or(0)
             }
-            ClockMode::Realtime => self.start.elapsed().as_nanos() as u64,
+            ClockMode::Realtime => (self.start.elapsed().as_nanos() as i64)
+                .saturating_add(self.offset.load(Ordering::Acquire))
+                .max(0) as u64,
+        }
+    }
+
+    /// Guest time goes on from `t` (a restored snapshot's): in real time at once; the
+    /// deterministic clock only moves forward (each vCPU's restored state carries its
+    /// own time, which its run catches up to).
+    pub fn set_now(&self, t: u64) {
+        match self.mode {
+            ClockMode::Realtime => {
+                let elapsed = self.start.elapsed().as_nanos() as i64;
+                self.offset
+                    .store((t as i64).saturating_sub(elapsed), Ordering::Release);
+            }
+            ClockMode::Deterministic => {
+                let n = self.vcpus.load(Ordering::Acquire).clamp(1, VCPUS);
+                for slot in &self.reached[..n] {
+                    slot.fetch_max(t, Ordering::AcqRel);
+                }
+            }
         }
     }
 
@@ -82,7 +107,8 @@ impl Clock {
 
     /// The host instant of guest time `t`, for real-time waits.
     pub fn instant_of(&self, t: u64) -> Instant {
-        self.start + std::time::Duration::from_nanos(t)
+        let host = (t as i64).saturating_sub(self.offset.load(Ordering::Acquire));
+        self.start + std::time::Duration::from_nanos(host.max(0) as u64)
     }
 }
 
@@ -108,6 +134,21 @@ mod tests {
         c.advance_to(255, 7); // the last index exists; past it, nothing happens
         c.advance_to(256, u64::MAX);
         assert_eq!(c.now(), 250);
+    }
+
+    #[test]
+    fn set_now_moves_real_time_either_way_and_deterministic_time_only_forward() {
+        let r = Clock::new(ClockMode::Realtime);
+        r.set_now(5_000_000_000);
+        assert!((5_000_000_000..6_000_000_000).contains(&r.now()));
+        r.set_now(0);
+        assert!(r.now() < 1_000_000_000);
+        let d = Clock::new(ClockMode::Deterministic);
+        d.add_vcpu(0);
+        d.set_now(700);
+        assert_eq!(d.now(), 700);
+        d.set_now(10);
+        assert_eq!(d.now(), 700);
     }
 
     /// Writers on several threads, each its own slot: the result is the maximum.

@@ -241,6 +241,16 @@ impl Vm {
         })
     }
 
+    /// Sets guest time (a restored snapshot's); deterministic time only moves forward.
+    #[napi]
+    pub fn set_guest_time_ns(&self, ns: f64) -> Result<()> {
+        guard("Vm.setGuestTimeNs", || {
+            let t = crate::errors::whole(ns, "ns", 9_007_199_254_740_991.0)?;
+            self.interrupts()?.set_guest_time(t);
+            Ok(())
+        })
+    }
+
     /// Sets when the VMM's next device timer is due (guest ns; undefined: none): on the
     /// sim every vCPU run ends with `layout().exits.clock` when guest time reaches it.
     #[napi]

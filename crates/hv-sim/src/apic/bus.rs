@@ -109,6 +109,10 @@ impl Interrupts for ApicBus {
         self.clock.now()
     }
 
+    fn set_guest_time(&self, ns: u64) {
+        self.clock.set_now(ns);
+    }
+
     fn set_device_deadline(&self, deadline: Option<u64>) {
         self.clock.set_device_deadline(deadline);
         // Halted vCPUs wait for the old deadline: they look again.
