@@ -7,7 +7,7 @@ import { native, nativeVcpu, type NativeGuestMemory, type NativeVm } from './nat
 import { IoBus } from './bus.js'
 import { DebugExit, DEBUG_EXIT_PORT } from './devices/debug-exit.js'
 import { MshvError, coded, describe, hex, oneOf } from './errors.js'
-import { checkU32 } from './check.js'
+import { checkFunction, checkObject, checkString, checkU32 } from './check.js'
 import { POLICIES, type SyncPolicy } from './registers.js'
 import { Vcpu, type RunResult, type VcpuEnvironment } from './vcpu.js'
 import { CpuidTable, type CpuidEntry } from './exits/cpuid.js'
@@ -15,6 +15,7 @@ import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
 import type { RamLookup, RamRegion, RomWriteHandler } from './emulator/memory.js'
 import { GuestTimers } from './platform/timers.js'
 import { GdbServer, type GdbOptions } from './debug/gdb/server.js'
+import { restoreSnapshot, writeSnapshot, type SnapshotHeader, type SnapshotInfo, type SnapshotSubject, type StatefulDevice } from './snapshot/vm-snapshot.js'
 import { VmRun, type VmRunOptions, type VmRunResult } from './scheduler.js'
 import { GuestMemory } from './guest-memory.js'
 
@@ -244,6 +245,8 @@ export class Vm {
   /** Guest RAM for devices that do DMA: bounds-checked reads, writes and zero-copy views by GPA. */
   readonly memory = new GuestMemory(() => this.isClosed)
   private readonly ram: GuestRam[] = []
+  /** Devices whose state snapshots carry, by name. */
+  private readonly states = new Map<string, StatefulDevice>()
   private readonly vcpus: Vcpu[] = []
   private isClosed = false
   private readonly eoiListeners: ((vector: number, vcpuIndex: number) => void)[] = []
@@ -517,6 +520,51 @@ export class Vm {
     } finally {
       this.current = undefined
     }
+  }
+
+  /**
+   * Makes `device`'s state part of the VM's snapshots, under `name` (unique in the VM;
+   * restore matches states to devices by it). Machine builders (the PC platform, PCI,
+   * virtio) add theirs.
+   */
+  addState(name: string, device: StatefulDevice): void {
+    this.checkOpen()
+    checkString('addState: name', name, 256)
+    if (name === '') throw new MshvError('EINVAL', 'addState: name must not be empty')
+    if (this.states.has(name)) throw new MshvError('EEXIST', `addState: a device state named '${name}' is in this VM already`)
+    checkObject('addState: device', device)
+    checkFunction('addState: device.save', device.save)
+    checkFunction('addState: device.restore', device.restore)
+    this.states.set(name, device)
+  }
+
+  /**
+   * Writes the VM's whole state to `path` between runs: every vCPU, every device added
+   * with {@link addState}, guest time and the non-zero pages of RAM and ROM (see
+   * `src/snapshot/vm-snapshot.ts` for the format). `machine`: what it was built from,
+   * kept for whoever builds it again.
+   */
+  snapshot(path: string, options: { machine?: unknown } = {}): SnapshotInfo {
+    this.checkOpen()
+    if (this.current) throw new MshvError('EBUSY', 'snapshot(): the VM is running (take it between runs)')
+    checkObject('snapshot: options', options)
+    return writeSnapshot(this.snapshotSubject(), path, options.machine)
+  }
+
+  /**
+   * Puts this VM, built as the one that took the snapshot was (the same RAM and ROM,
+   * vCPUs and device names), in the snapshot's state: devices, vCPUs, guest time, and
+   * memory mapped from the file copy-on-write (nothing copied). Returns the snapshot's
+   * header. A snapshot that does not fit this VM is `EINVAL` naming what differs.
+   */
+  restore(path: string): SnapshotHeader {
+    this.checkOpen()
+    if (this.current) throw new MshvError('EBUSY', 'restore(): the VM is running')
+    return restoreSnapshot(this.snapshotSubject(), path)
+  }
+
+  private snapshotSubject(): SnapshotSubject {
+    return { vm: this, regions: this.ram, devices: this.states }
   }
 
   /**

@@ -1,9 +1,9 @@
 //! `GuestMemory`: host memory that backs a range of guest RAM, visible to JS without copies.
 
 use crate::buffers::{external, Detachables};
-use crate::errors::{closed, guard, invalid, to_js, Result};
+use crate::errors::{closed, guard, Result};
 use hv_core::HostRegion;
-use napi::bindgen_prelude::{ArrayBuffer, BigInt, BigUint64Array, Uint32Array};
+use napi::bindgen_prelude::{ArrayBuffer, BigInt, Uint32Array};
 use napi::Env;
 use napi_derive::napi;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,43 +136,6 @@ impl GuestMemory {
                     .flat_map(|r| [r.first as u32, r.count as u32])
                     .collect(),
             ))
-        })
-    }
-
-    /// Makes the region's contents a snapshot's: `runs` of the file at `path` as
-    /// (first page, page count, byte offset) triplets, mapped private (copy-on-write:
-    /// nothing is copied now), zero elsewhere. Views over the region stay valid.
-    #[napi]
-    pub fn load_snapshot(&self, path: String, runs: BigUint64Array) -> Result<()> {
-        guard("GuestMemory.loadSnapshot", || {
-            use hv_core::page_runs::{map_file_private, FileRun, PageRun};
-            let region = match self.ram.region() {
-                Some(region) if !self.ram.is_released() => region,
-                _ => return Err(closed("guest memory region")),
-            };
-            if !runs.len().is_multiple_of(3) {
-                return Err(invalid(format!(
-                    "runs must be (first page, count, offset) triplets, got {} numbers",
-                    runs.len()
-                )));
-            }
-            let runs: Vec<FileRun> = runs
-                .chunks_exact(3)
-                .map(|t| FileRun {
-                    pages: PageRun {
-                        first: t[0],
-                        count: t[1],
-                    },
-                    offset: t[2],
-                })
-                .collect();
-            let file = std::fs::File::open(&path).map_err(|e| {
-                napi::Error::new(
-                    "ENOENT".to_string(),
-                    format!("cannot open the snapshot '{path}': {e}"),
-                )
-            })?;
-            map_file_private(&region, &file, &runs).map_err(to_js)
         })
     }
 

@@ -7,7 +7,7 @@ use crate::memory::{GuestMemory, Ram};
 use crate::vcpu::{Core, Vcpu};
 use hv_core::memory::admit;
 use hv_core::{HostRegion, InterruptRequest, Interrupts, MemoryMapping, RegionOptions, VmBackend};
-use napi::bindgen_prelude::BigInt;
+use napi::bindgen_prelude::{BigInt, BigUint64Array};
 use napi::Env;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -157,6 +157,64 @@ impl Vm {
                 .map_err(to_js)?;
             open.ram.remove(i).retire(&env);
             Ok(())
+        })
+    }
+
+    /// Makes a region's contents a snapshot's: `runs` of the file at `path` as (first
+    /// page, page count, byte offset) triplets, mapped private (copy-on-write: nothing is
+    /// copied now), zero elsewhere. The region leaves the partition and comes back at the
+    /// same address with the same access (MSHV pins a region's pages when it is mapped,
+    /// so new pages reach the guest only through a new mapping); views over it stay valid.
+    #[napi]
+    pub fn load_snapshot(
+        &self,
+        memory: &GuestMemory,
+        path: String,
+        runs: BigUint64Array,
+    ) -> Result<()> {
+        guard("Vm.loadSnapshot", || {
+            use hv_core::page_runs::{map_file_private, FileRun, PageRun};
+            if !runs.len().is_multiple_of(3) {
+                return Err(invalid(format!(
+                    "runs must be (first page, count, offset) triplets, got {} numbers",
+                    runs.len()
+                )));
+            }
+            let runs: Vec<FileRun> = runs
+                .chunks_exact(3)
+                .map(|t| FileRun {
+                    pages: PageRun {
+                        first: t[0],
+                        count: t[1],
+                    },
+                    offset: t[2],
+                })
+                .collect();
+            let file = std::fs::File::open(&path).map_err(|e| {
+                napi::Error::new(
+                    "ENOENT".to_string(),
+                    format!("cannot open the snapshot '{path}': {e}"),
+                )
+            })?;
+            let mut state = self.lock();
+            let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+            let ram = memory.ram();
+            let region = match ram.region() {
+                Some(r) if open.ram.iter().any(|x| Arc::ptr_eq(x, ram)) => r,
+                _ => return Err(closed("guest memory region")),
+            };
+            hv_core::page_runs::check_file_runs(
+                &runs,
+                (region.len() / hv_core::PAGE_SIZE) as u64,
+                file.metadata().map(|m| m.len()).unwrap_or(0),
+            )
+            .map_err(to_js)?;
+            let backend = open.backend.get_mut();
+            let mapping = backend.unmap_memory(ram.gpa).map_err(to_js)?;
+            let loaded = map_file_private(&region, &file, &runs);
+            // Mapped back whatever happened: the region's pages are its own either way.
+            backend.map_memory(mapping).map_err(to_js)?;
+            loaded.map_err(to_js)
         })
     }
 
