@@ -1,0 +1,48 @@
+/**
+ * Debian's GDB against Debian's kernel on the sim: a breakpoint at `start_kernel`,
+ * whose address comes from the kernel's own kallsyms (a first boot with `nokaslr`
+ * prints it from /proc/kallsyms; the second stops there under GDB).
+ */
+import test from 'ava'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { bootLinux, busyboxInitramfs, prepareLinux } from '../index.js'
+import { debianLinuxOrSkip } from './helpers.js'
+
+const run = promisify(execFile)
+const linux = debianLinuxOrSkip('gdb-linux')
+const boot = typeof linux === 'string' ? test.skip : test.serial
+const CMDLINE = 'console=ttyS0 cryptomgr.notests nokaslr'
+
+boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gives', async (t) => {
+  if (typeof linux === 'string') return
+  let out = ''
+  const report = await bootLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: '/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\n/bin/busybox grep -w start_kernel /proc/kallsyms\n/bin/busybox poweroff -f\n' }),
+    cmdline: CMDLINE,
+    backend: 'sim',
+    serial: { onByte: (b) => (out += String.fromCharCode(b)) },
+    timeoutMs: 120_000,
+  })
+  t.is(report.result.reason, 'poweroff', out.slice(-1000))
+  const m = /([0-9a-f]{16}) T start_kernel/.exec(out)
+  t.truthy(m, out.slice(-1000))
+  const address = BigInt(`0x${m?.[1]}`)
+  t.true(address >= 0xffff_ffff_8000_0000n, 'a kernel text address (nokaslr: its link address)')
+
+  const machine = prepareLinux({ kernel: linux.kernel, cmdline: CMDLINE, backend: 'sim' })
+  t.teardown(() => machine.close())
+  const server = await machine.vm.gdb({ port: 0 })
+  const { stdout } = await run(
+    'gdb',
+    ['-nx', '-batch', '-ex', 'set pagination off', '-ex', `target remote 127.0.0.1:${server.port}`, '-ex', `break *0x${address.toString(16)}`, '-ex', 'continue', '-ex', 'info registers rip cr0 cr3 efer', '-ex', 'x/2i $pc', '-ex', 'kill'],
+    { timeout: 120_000 },
+  )
+  t.log(stdout)
+  t.regex(stdout, new RegExp(`Breakpoint 1, 0x${address.toString(16)} in \\?\\? \\(\\)`))
+  t.regex(stdout, new RegExp(`rip\\s+0x${address.toString(16)}`))
+  t.regex(stdout, /cr0\s+0x8005003[0-9a-f]/, 'paging and protection on')
+  t.regex(stdout, /efer\s+0x(?:d01|501)/, 'long mode active (SCE, LME, LMA; NXE)')
+  t.deepEqual(await server.done, { reason: 'cancelled' })
+})
