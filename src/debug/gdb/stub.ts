@@ -353,8 +353,15 @@ export class GdbStub {
     this.stepping = v
     v.singleStep = true
     try {
-      const r = await v.runAsync()
-      return { ...r, vcpu: index }
+      for (;;) {
+        const r = await v.runAsync()
+        // A device timer came due before the step: fired as a VM run fires it, then on.
+        if (r.reason === 'clock') {
+          this.vm.timers.fire()
+          continue
+        }
+        return { ...r, vcpu: index }
+      }
     } finally {
       this.stepping = undefined
       if (!v.closed) v.singleStep = false
