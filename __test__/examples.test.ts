@@ -59,6 +59,28 @@ test('the README MMIO device example runs as printed', (t) => {
   return undefined
 })
 
+test('the README Debugging example runs as printed', (t) => {
+  const out = withReadmeBlock('## Debugging', 'debugging.mts', (b) => b, run)
+  if (out === undefined) return t.fail('no ts block in the Debugging section')
+  t.is(
+    out,
+    [
+      'at the OUT: ax = 1n',
+      'guest wrote 1',
+      "{ reason: 'breakpoint', address: 4102n }",
+      "{ reason: 'step', address: 4099n }",
+      'at the OUT: ax = 2n',
+      'guest wrote 2',
+      'at the OUT: ax = 3n',
+      'guest wrote 3',
+      "{ reason: 'halt' }",
+      '4099n 1n',
+      '',
+    ].join('\n'),
+  )
+  return undefined
+})
+
 test("the README's createSession example runs as printed under tsx", (t) => {
   // An ES module, for the top-level await.
   const out = withReadmeBlock('## The REPL', 'session.mts', (b) => b.replace("backend: 'sim'", "backend: 'sim', ramMiB: 2"), run)
