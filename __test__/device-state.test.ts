@@ -18,8 +18,22 @@ import {
   Msi,
   Msix,
   MshvError,
+  MemoryDisk,
   PciFunction,
   pciIntxGsi,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VirtioBlock,
+  VirtioConsole,
+  VirtioNet,
+  VirtioPci,
+  VirtioRng,
+  feature,
   Pic,
   Pit,
   Rtc,
@@ -28,9 +42,11 @@ import {
   type InterruptRequest,
   type PcPlatform,
   type PciHost,
+  type VirtioDevice,
   type Vm,
 } from '../index.js'
-import { CTX, ConfigPorts } from './virtio-driver.js'
+import { CTX, ConfigPorts, VirtioDriver, type DriverQueue } from './virtio-driver.js'
+import { fromHex, toHex } from '../src/snapshot/device-state.js'
 import { noneLeft, parseState, u8, version, type Fields, type Saveable, type Schema } from '../src/snapshot/device-state.js'
 
 /** One device under test, with what it told the world (reads, line edges, requests). */
@@ -529,7 +545,7 @@ test('ACPI PM: bad states are EINVAL and change nothing', (t) => {
 /** A sim VM with the PC platform, recording the interrupts and MSIs it would deliver instead. */
 function pcMachine(events: unknown[]): { vm: Vm; pc: PcPlatform; host: PciHost } {
   const vm = createVm({ backend: 'sim' })
-  vm.addRam(0, 16 << 20)
+  vm.addRam(0, 2 << 20)
   const pc = addPcPlatform(vm)
   const hooks = vm as unknown as { signalMsi: (a: bigint, d: number) => void; requestInterrupt: (r: InterruptRequest) => void }
   hooks.signalMsi = (address, data) => events.push(`msi ${address.toString(16)} ${data.toString(16)}`)
@@ -678,5 +694,281 @@ test('PCI: bad states are EINVAL and change nothing', (t) => {
     refuses(t, host, withField((a.pc.pci as PciHost).save(), 'bridge.bars.0', 0), /bridge\.bars\[0\] must be null/)
   } finally {
     a.close?.()
+  }
+})
+
+// ---- virtio ------------------------------------------------------------------------
+
+/** Where the driver's rings and buffers go, and how much of it a snapshot of the guest copies. */
+const GUEST_RAM = 0x10_0000
+const GUEST_SPAN = 0x4_0000
+
+type VirtioKind = 'blk' | 'net' | 'console' | 'rng'
+
+type VirtioOp =
+  | { kind: 'bring-up'; indirect: boolean; eventIdx: boolean; msix: boolean; vector: number }
+  | { kind: 'negotiate'; indirect: boolean; eventIdx: boolean }
+  | { kind: 'setup'; queue: number; vector: number }
+  | { kind: 'ready' | 'reset' | 'isr' | 'msix-off' }
+  | { kind: 'msix'; functionMask: boolean; masked: number }
+  | { kind: 'submit'; queue: number; what: number; length: number; kick: boolean }
+  | { kind: 'kick' | 'used'; queue: number }
+  | { kind: 'used-event'; queue: number; value: number }
+  | { kind: 'break-ring'; queue: number }
+  | { kind: 'common-read'; offset: number; size: 1 | 2 | 4 }
+  | { kind: 'common-write'; offset: number; value: number }
+  | { kind: 'host'; length: number }
+
+/** A virtio device on its transport in a sim VM, the spec driver and its queues: the guest's side is copied, the device's restored. */
+interface VirtioInstance extends Instance {
+  vm: Vm
+  d: VirtioDriver
+  queues: (DriverQueue | undefined)[]
+  /** The virtio device itself (`device` is the whole saved: transport, bus, guest). */
+  dev: VirtioDevice
+  transport: VirtioPci
+}
+
+/** MSI-X's Message Control in configuration space. */
+function msixControl(d: VirtioDriver): number {
+  return (d.config.capabilities().find((c) => c.id === 0x11) as { at: number }).at + 2
+}
+
+function virtioFixture(kind: VirtioKind): Fixture<VirtioOp> {
+  const queueCount = kind === 'net' || kind === 'console' ? 2 : 1
+  return {
+    make() {
+      const events: unknown[] = []
+      const { vm, pc, host } = pcMachine(events)
+      const disk = kind === 'blk' ? new MemoryDisk(16 * 512) : undefined
+      if (disk) disk.bytes.forEach((_, i, b) => (b[i] = (i * 7) & 0xff))
+      const device: VirtioDevice =
+        kind === 'blk'
+          ? new VirtioBlock(disk as MemoryDisk, { id: 'state' })
+          : kind === 'net'
+            ? new VirtioNet({ mac: '52:54:00:00:00:01' })
+            : kind === 'console'
+              ? new VirtioConsole({ onData: (b) => events.push(`console ${toHex(b)}`), inputLimit: 48 })
+              : new VirtioRng((b) => b.forEach((_, i) => (b[i] = (b.byteOffset + i) & 0xff)))
+      if (device instanceof VirtioNet) device.onPacket((f) => events.push(`frame ${toHex(f)}`))
+      const transport = new VirtioPci(host, device)
+      const slot = host.devices().find((x) => x.fn === transport.pci)?.slot as number
+      const d = new VirtioDriver(vm, slot)
+      const queues: (DriverQueue | undefined)[] = []
+      const whole = {
+        save: () => ({
+          transport: transport.save(),
+          host: host.save(),
+          ioapic: pc.ioapic.save(),
+          // The rest of a snapshot, as whoever restores brings it: guest RAM, the backend's sectors, the driver's own variables.
+          guest: { ram: toHex(vm.read(GUEST_RAM, GUEST_SPAN)).replace(/(00)+$/, ''), disk: disk ? toHex(disk.bytes) : null, nextRam: (d as unknown as { nextRam: number }).nextRam, queues: Array.from(queues, (q) => q ?? null) },
+        }),
+        restore: (st: unknown) => {
+          const x = st as ReturnType<typeof whole.save>
+          vm.write(GUEST_RAM, fromHex(x.guest.ram.padEnd(2 * GUEST_SPAN, '0')))
+          if (disk && x.guest.disk !== null) disk.bytes.set(fromHex(x.guest.disk))
+          ;(d as unknown as { nextRam: number }).nextRam = x.guest.nextRam
+          queues.length = 0
+          for (const q of x.guest.queues) queues.push(q === null ? undefined : { ...q })
+          transport.restore(x.transport)
+          pc.ioapic.restore(x.ioapic)
+          host.restore(x.host)
+        },
+      }
+      const instance: VirtioInstance = { device: whole, dev: device, events, vm, d, queues, transport, close: () => vm.close() }
+      return instance
+    },
+    op: fc.oneof(
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('bring-up' as const), indirect: fc.boolean(), eventIdx: fc.boolean(), msix: fc.boolean(), vector: fc.constantFrom(0, 1, 0xffff) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('negotiate' as const), indirect: fc.boolean(), eventIdx: fc.boolean() }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('setup' as const), queue: fc.integer({ min: 0, max: queueCount - 1 }), vector: fc.constantFrom(0, 1, 2, 0xffff, 7) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constantFrom('ready' as const, 'reset' as const, 'isr' as const, 'msix-off' as const) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('msix' as const), functionMask: fc.boolean(), masked: fc.integer({ min: 0, max: 7 }) }) },
+      { weight: 6, arbitrary: fc.record({ kind: fc.constant('submit' as const), queue: fc.integer({ min: 0, max: queueCount - 1 }), what: fc.integer({ min: 0, max: 3 }), length: fc.integer({ min: 1, max: 40 }), kick: fc.boolean() }) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constantFrom('kick' as const, 'used' as const), queue: fc.integer({ min: 0, max: queueCount - 1 }) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('used-event' as const), queue: fc.integer({ min: 0, max: queueCount - 1 }), value: fc.integer({ min: 0, max: 6 }) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('break-ring' as const), queue: fc.integer({ min: 0, max: queueCount - 1 }) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('common-read' as const), offset: fc.constantFrom(0, 4, 8, 12, 16, 18, 20, 21, 22, 24, 26, 28, 30, 32, 40), size: fc.constantFrom(1 as const, 2 as const, 4 as const) }) },
+      { weight: 1, arbitrary: fc.record({ kind: fc.constant('common-write' as const), offset: fc.constantFrom(0, 8, 16, 22, 26), value: fc.integer({ min: 0, max: 3 }) }) },
+      { weight: 2, arbitrary: fc.record({ kind: fc.constant('host' as const), length: fc.integer({ min: 0, max: 80 }) }) },
+    ),
+    apply(instance, op) {
+      const m = instance as unknown as VirtioInstance
+      const { d, vm, events, queues } = m
+      const room = (bytes: number): boolean => (d as unknown as { nextRam: number }).nextRam + bytes + 64 < GUEST_RAM + GUEST_SPAN
+      const fill = (at: number, length: number, seed: number): void => vm.write(at, Uint8Array.from({ length }, (_, i) => (seed + i * 13) & 0xff))
+      switch (op.kind) {
+        case 'bring-up': {
+          // What a driver does at probe (3.1.1): features, MSI-X or not, every queue, DRIVER_OK.
+          const features = feature(VIRTIO_F_VERSION_1) | (op.indirect ? feature(VIRTIO_F_INDIRECT_DESC) : 0n) | (op.eventIdx ? feature(VIRTIO_F_EVENT_IDX) : 0n)
+          events.push(`negotiated ${d.negotiate(features)}`)
+          this.apply(instance, op.msix ? { kind: 'msix', functionMask: false, masked: 0 } : { kind: 'msix-off' })
+          for (let q = 0; q < queueCount; q++) this.apply(instance, { kind: 'setup', queue: q, vector: op.vector === 0 ? q + 1 : op.vector })
+          d.ready()
+          break
+        }
+        case 'negotiate':
+          events.push(`negotiated ${d.negotiate(feature(VIRTIO_F_VERSION_1) | (op.indirect ? feature(VIRTIO_F_INDIRECT_DESC) : 0n) | (op.eventIdx ? feature(VIRTIO_F_EVENT_IDX) : 0n))}`)
+          break
+        case 'setup':
+          if (room(0x400)) queues[op.queue] = d.setupQueue(op.queue, 8, op.vector)
+          break
+        case 'ready':
+          d.ready()
+          break
+        case 'reset':
+          d.setCommon(20, 1, 0)
+          break
+        case 'isr':
+          events.push(`isr ${d.isr()}`)
+          break
+        case 'msix-off':
+          d.config.write(msixControl(d), 2, 0)
+          break
+        case 'msix': {
+          d.config.write(msixControl(d), 2, 0x8000 | (op.functionMask ? 0x4000 : 0))
+          const table = d.bar(1)
+          for (let v = 0; v < queueCount + 1; v++) {
+            vm.bus.mmioWrite(table + BigInt(16 * v), 8, 0xfee0_0000n, CTX)
+            vm.bus.mmioWrite(table + BigInt(16 * v + 8), 4, BigInt(0x30 + v), CTX)
+            vm.bus.mmioWrite(table + BigInt(16 * v + 12), 4, BigInt((op.masked >> v) & 1), CTX)
+          }
+          break
+        }
+        case 'submit': {
+          const q = queues[op.queue]
+          if (!q || !room(2048)) break
+          const seed = op.length * 31 + op.what
+          if (kind === 'blk') {
+            const type = [VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_FLUSH][op.what] as number
+            const h = d.alloc(16)
+            const header = new DataView(new ArrayBuffer(16))
+            header.setUint32(0, type, true)
+            header.setBigUint64(8, BigInt(op.length % 20), true)
+            vm.write(h, new Uint8Array(header.buffer))
+            const data = d.alloc(512)
+            fill(data, 512, seed)
+            const status = d.alloc(1)
+            d.submit(q, [{ addr: h, len: 16 }, { addr: data, len: 512, write: type !== VIRTIO_BLK_T_OUT }, { addr: status, len: 1, write: true }])
+          } else if (op.queue === 0) {
+            // A receive (or rng) buffer: big enough for a frame or not.
+            const length = kind === 'net' ? (op.what === 0 ? 40 : 1526) : op.length
+            d.submit(q, [{ addr: d.alloc(length), len: length, write: true }])
+          } else {
+            const length = kind === 'net' ? 12 + 14 + op.length : op.length
+            const at = d.alloc(length)
+            fill(at, length, seed)
+            d.submit(q, [{ addr: at, len: length }])
+          }
+          if (op.kick) d.notify(q)
+          break
+        }
+        case 'kick': {
+          const q = queues[op.queue]
+          if (q) d.notify(q)
+          break
+        }
+        case 'used': {
+          const q = queues[op.queue]
+          if (q) events.push(`used ${op.queue} ${JSON.stringify(d.used(q))}`)
+          break
+        }
+        case 'used-event': {
+          const q = queues[op.queue]
+          if (q) vm.write(q.avail + 4 + 2 * q.size, [op.value, 0])
+          break
+        }
+        case 'break-ring': {
+          // The available index 100 entries on: a device error (DEVICE_NEEDS_RESET, a configuration change) at the next kick.
+          const q = queues[op.queue]
+          if (q) vm.write(q.avail + 2, [(q.availIdx + 100) & 0xff, ((q.availIdx + 100) >> 8) & 0xff])
+          break
+        }
+        case 'common-read':
+          events.push(`common ${op.offset} = ${d.common(op.offset, op.size)}`)
+          break
+        case 'common-write':
+          d.setCommon(op.offset, op.offset === 16 || op.offset === 22 || op.offset === 26 ? 2 : 4, op.value)
+          break
+        case 'host':
+          if (m.dev instanceof VirtioNet) events.push(`sent ${m.dev.send(Uint8Array.from({ length: 14 + op.length }, (_, i) => (i * 3 + op.length) & 0xff))}`)
+          else if (m.dev instanceof VirtioConsole) events.push(`wrote ${m.dev.write(Uint8Array.from({ length: op.length }, (_, i) => (i + op.length) & 0xff))}`)
+          break
+      }
+    },
+  }
+}
+
+for (const kind of ['blk', 'net', 'console', 'rng'] as const) {
+  test(`virtio-${kind} on PCI: the transport, its queues and the device saved and restored go on alike`, (t) => {
+    sameAfterRestore(t, virtioFixture(kind), 30)
+  })
+}
+
+for (const kind of ['net', 'console'] as const) {
+  test(`virtio-${kind}: input waiting with receive buffers the driver has not kicked is delivered at the kick, not at restore`, (t) => {
+    const f = virtioFixture(kind)
+    const a = f.make(0) as VirtioInstance
+    const b = f.make(0) as VirtioInstance
+    try {
+      f.apply(a, { kind: 'bring-up', indirect: false, eventIdx: true, msix: true, vector: 0 })
+      f.apply(a, { kind: 'host', length: 20 })
+      f.apply(a, { kind: 'submit', queue: 0, what: 1, length: 30, kick: false })
+      const saved = a.device.save() as { transport: { device: { backlog?: string[]; input?: string } } }
+      t.true((saved.transport.device.backlog?.length ?? saved.transport.device.input?.length ?? 0) > 0, 'input waits')
+      b.events.length = 0
+      b.device.restore(roundTrip(saved))
+      t.deepEqual(b.device.save(), saved)
+      t.deepEqual(b.events, [], 'nothing delivered, no interrupt')
+      const before = a.events.length
+      for (const m of [a, b]) f.apply(m, { kind: 'kick', queue: 0 })
+      for (const m of [a, b]) f.apply(m, { kind: 'used', queue: 0 })
+      t.true(b.events.some((e) => String(e).startsWith('msi')), 'the kick delivered it')
+      t.deepEqual(b.events, a.events.slice(before))
+      t.deepEqual(b.device.save(), a.device.save())
+    } finally {
+      a.close?.()
+      b.close?.()
+    }
+  })
+}
+
+test('virtio: bad transport, queue and device states are EINVAL and change nothing', (t) => {
+  const f = virtioFixture('net')
+  const m = f.make(0) as VirtioInstance
+  try {
+    f.apply(m, { kind: 'bring-up', indirect: true, eventIdx: true, msix: true, vector: 0 })
+    const transport = { device: m.transport, events: [] }
+    const good = m.transport.save()
+    refusesShape(t, transport)
+    refuses(t, transport, withField(good, 'queues', good.queues.slice(1)), /queues must be an array of 2 queues/)
+    refuses(t, transport, withField(good, 'queues.1.msixVector', 3), /queues\[1\]\.msixVector must be an MSI-X vector below 3 or 0xffff/)
+    refuses(t, transport, withField(good, 'queues.0.desc', 0x4000_0000), /queues\[0\]: an enabled queue must be one the driver could enable: .*descriptor table/)
+    refuses(t, transport, withField(good, 'queues.0.nextUsed', 0x10000), /queues\[0\]\.nextUsed must be an integer in 0..65535/)
+    refuses(t, transport, withField(good, 'negotiated', '0x8000000000000000'), /negotiated must be features this device offers/)
+    refuses(t, transport, withField(good, 'driverFeatures', 12), /driverFeatures must be a 0x hex string of at most 64 bits, got 12/)
+    refuses(t, transport, withField(good, 'configVector', 9), /configVector must be an MSI-X vector below 3/)
+    refuses(t, transport, withField(good, 'isr', 4), /isr must be an integer in 0..3/)
+    refuses(t, transport, withField(good, 'msix.table', []), /msix\.table must be an array of 3/)
+    refuses(t, transport, withField(good, 'pci.bars.4', 0x1234), /pci\.bars\[4\] must be an address .* aligned to BAR 4's 0x4000 bytes/)
+    refuses(t, transport, withField(good, 'pciCfg.bar', 256), /pciCfg\.bar must be an integer in 0..255/)
+    refuses(t, transport, withField(good, 'device', { version: 1, backlog: ['00'] }), /virtioNet\.restore: state\.backlog\[0\] must be 14..1518 bytes as lowercase hex/)
+    refuses(t, transport, withField(good, 'device', null), /virtioNet\.restore: state must be an object, got null/)
+    const queue = { device: m.transport.queues[0] as unknown as Instance['device'], events: [] }
+    refusesShape(t, queue)
+    refuses(t, queue, withField(good.queues[0], 'size', 6), /an enabled queue must be one the driver could enable: queue 0: size 6 is not a power of two/)
+    refuses(t, queue, withField(good.queues[0], 'eventIdx', 'yes'), /eventIdx must be a boolean/)
+    const net = { device: m.dev as VirtioNet, events: [] }
+    refusesShape(t, net)
+    refuses(t, net, { version: 1, backlog: new Array(257).fill('00'.repeat(14)) }, /backlog must be an array of 0..256/)
+    const console_ = { device: new VirtioConsole({ inputLimit: 4 }), events: [] }
+    refusesShape(t, console_)
+    refuses(t, console_, { version: 1, input: '0102030405' }, /input must be 0..4 bytes as lowercase hex/)
+    for (const device of [new VirtioBlock(new MemoryDisk(512)), new VirtioRng()]) {
+      refuses(t, { device, events: [] }, { version: 1, extra: 0 }, /field 'extra'/)
+      refuses(t, { device, events: [] }, { version: 2 }, /version must be 1/)
+    }
+  } finally {
+    m.close?.()
   }
 })

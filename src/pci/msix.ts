@@ -9,7 +9,7 @@ import { checkFunction, checkInteger, checkObject, invalid } from '../check.js'
 import type { WindowHandler } from '../bus.js'
 import { MshvError, describe } from '../errors.js'
 import { RegisterCapability } from './capability.js'
-import { bool, int, list, noneLeft, parseState, record, u32, version, type Saveable } from '../snapshot/device-state.js'
+import { bool, int, list, noneLeft, record, u32, version, type Check, type Saveable } from '../snapshot/device-state.js'
 
 /** The capability ID of MSI-X. */
 export const PCI_CAP_MSIX = 0x11
@@ -194,9 +194,9 @@ export class Msix extends RegisterCapability implements Saveable<MsixState> {
     return { version: 1, enabled: this.enabled, functionMasked: (this.control & CONTROL_FUNCTION_MASK) !== 0, table, pending } satisfies MsixState
   }
 
-  /** Restores what {@link save} gave, sending nothing; `EINVAL` (and nothing changed) for a bad state or another table size. */
-  restore(state: MsixState): void {
-    const { version: _, enabled, functionMasked, table, pending, ...rest } = parseState<MsixState>('msix.restore: state', state, {
+  /** The check of a state of this capability (its table size). @internal */
+  stateCheck(): Check<MsixState> {
+    return record<MsixState>({
       version: version(1),
       enabled: bool,
       functionMasked: bool,
@@ -209,6 +209,11 @@ export class Msix extends RegisterCapability implements Saveable<MsixState> {
         return vectors
       },
     })
+  }
+
+  /** Restores what {@link save} gave, sending nothing; `EINVAL` (and nothing changed) for a bad state or another table size. */
+  restore(state: MsixState): void {
+    const { version: _, enabled, functionMasked, table, pending, ...rest } = this.stateCheck()('msix.restore: state', state)
     noneLeft(rest)
     this.view.setUint16(2, (this.control & ~(CONTROL_ENABLE | CONTROL_FUNCTION_MASK)) | (enabled ? CONTROL_ENABLE : 0) | (functionMasked ? CONTROL_FUNCTION_MASK : 0), true)
     table.forEach((e, v) => {

@@ -25,8 +25,17 @@
 import { invalid } from '../check.js'
 import { MshvError, describe } from '../errors.js'
 
+/**
+ * Any JSON value: what a state that holds another device's (a virtio transport holding
+ * its device's) types that field as. A state held so is a `type`, not an `interface`
+ * (only a type alias is assignable to an index signature).
+ */
+export type JsonValue = null | boolean | number | string | readonly JsonValue[] | { readonly [key: string]: JsonValue }
+
 /** `T` if it is plain JSON data (no bigint, undefined, optional field, typed array or function); `never` where it is not. */
-export type Plain<T> = T extends string | number | boolean | null
+export type Plain<T> = [T] extends [JsonValue]
+  ? T
+  : T extends string | number | boolean | null
   ? T
   : T extends readonly unknown[]
     ? { [K in keyof T]: Plain<T[K]> }
@@ -159,16 +168,13 @@ export function text(max: number): Check<string> {
 
 /** Bytes as lowercase hex, two digits a byte (how a state holds bytes: JSON has no byte arrays). */
 export function toHex(bytes: Uint8Array | readonly number[]): string {
-  let s = ''
-  for (const b of bytes) s += (b as number).toString(16).padStart(2, '0')
-  return s
+  return (bytes instanceof Uint8Array ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length) : Buffer.from(bytes)).toString('hex')
 }
 
-/** The bytes of a hex string {@link bytes} checked. */
+/** The bytes of a hex string {@link bytes} checked (a copy the caller owns). */
 export function fromHex(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length >> 1)
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16)
-  return out
+  const b = Buffer.from(hex, 'hex')
+  return new Uint8Array(b.buffer, b.byteOffset, b.length).slice()
 }
 
 /** Bytes as {@link toHex} writes them: `min..max` of them. */

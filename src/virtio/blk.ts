@@ -9,6 +9,8 @@ import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_BLOCK, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import { eachAt, type BlockBackend } from './disk.js'
 import { gather, scatter, skipBytes, totalLength, type DescriptorChain, type Virtqueue } from './queue.js'
+import { checkObject } from '../check.js'
+import { noneLeft, parseState, version, type Saveable } from '../snapshot/device-state.js'
 
 /** Feature bits (5.2.3). */
 const VIRTIO_BLK_F_SEG_MAX = 2n
@@ -61,8 +63,14 @@ export interface VirtioBlockStats {
   errors: number
 }
 
+/**
+ * virtio-blk's own state: none but its version. Each request is answered before the
+ * kick returns, so nothing is in flight; the sectors are the backend's.
+ */
+export type VirtioBlockState = { version: 1 }
+
 /** A virtio block device over a backend. */
-export class VirtioBlock implements VirtioDevice {
+export class VirtioBlock implements VirtioDevice, Saveable<VirtioBlockState> {
   readonly type = VIRTIO_ID_BLOCK
   readonly name = 'blk'
   readonly queueSizes = [QUEUE_SIZE]
@@ -211,5 +219,17 @@ export class VirtioBlock implements VirtioDevice {
     last[statusAt] = status
     if (status !== VIRTIO_BLK_S_OK) this.stats.errors++
     return dataWritten + 1
+  }
+
+  /** Its state: nothing in flight, nothing of its own. */
+  save(): VirtioBlockState {
+    return { version: 1 } satisfies VirtioBlockState
+  }
+
+  /** Restores what {@link save} gave, active again with `context` when its transport was. */
+  restore(state: VirtioBlockState, context?: VirtioContext): void {
+    const { version: _, ...rest } = parseState<VirtioBlockState>('virtioBlock.restore: state', state, { version: version(1) })
+    noneLeft(rest)
+    this.context = context === undefined ? undefined : checkObject<VirtioContext>('virtioBlock.restore: context', context)
   }
 }

@@ -8,6 +8,7 @@
  */
 import { InputQueue } from '../devices/input-queue.js'
 import { checkObject } from '../check.js'
+import { bytes, fromHex, noneLeft, parseState, toHex, version, type Saveable } from '../snapshot/device-state.js'
 import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_CONSOLE, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import type { Virtqueue } from './queue.js'
@@ -31,8 +32,15 @@ export interface VirtioConsoleOptions {
   inputLimit?: number
 }
 
+/** virtio-console's own state: the input waiting for the guest's receive buffers. */
+export type VirtioConsoleState = {
+  version: 1
+  /** Bytes written to the console and not yet delivered, as hex. */
+  input: string
+}
+
 /** A console the guest uses as `hvc0`. */
-export class VirtioConsole implements VirtioDevice {
+export class VirtioConsole implements VirtioDevice, Saveable<VirtioConsoleState> {
   readonly type = VIRTIO_ID_CONSOLE
   readonly name = 'console'
   readonly queueSizes = [64, 64]
@@ -113,5 +121,23 @@ export class VirtioConsole implements VirtioDevice {
       pushed = true
     }
     if (pushed) ctx.usedBuffers(q)
+  }
+
+  /** The input waiting for the guest. */
+  save(): VirtioConsoleState {
+    return { version: 1, input: toHex(this.input.peek()) } satisfies VirtioConsoleState
+  }
+
+  /**
+   * Restores what {@link save} gave (at most `inputLimit` bytes), active again with
+   * `context` when its transport was, delivering nothing now; `EINVAL` (and nothing
+   * changed) for a bad state.
+   */
+  restore(state: VirtioConsoleState, context?: VirtioContext): void {
+    const { version: _, input, ...rest } = parseState<VirtioConsoleState>('virtioConsole.restore: state', state, { version: version(1), input: bytes(0, this.input.limit) })
+    noneLeft(rest)
+    const ctx = context === undefined ? undefined : checkObject<VirtioContext>('virtioConsole.restore: context', context)
+    this.input.replace(fromHex(input))
+    this.context = ctx
   }
 }

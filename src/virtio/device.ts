@@ -8,6 +8,7 @@
 import { invalid } from '../check.js'
 import type { GuestMemory } from '../guest-memory.js'
 import type { Virtqueue } from './queue.js'
+import type { JsonValue } from '../snapshot/device-state.js'
 
 /** Device types (VIRTIO 1.2, 5 "Device Types"). */
 export const VIRTIO_ID_NET = 1
@@ -76,4 +77,17 @@ export interface VirtioDevice {
   notify(queue: Virtqueue): void
   /** The device was reset: forget the context and anything in flight. */
   reset(): void
+  /**
+   * The device's own state, for its transport's {@link VirtioPci.save}: JSON data, a
+   * `{ version }` object (not its backend's: a disk's sectors, a file or a TAP are
+   * re-attached by whoever restores). A device without it has none.
+   */
+  save?(): JsonValue
+  /**
+   * Restores what {@link save} gave (`EINVAL`, and nothing changed, for a bad state).
+   * `context` is the transport's when the device was active: the device takes it as
+   * {@link activate} would, but touches no queue now (it was saved settled). A device
+   * without it and without state is activated again with `activate()`.
+   */
+  restore?(state: JsonValue, context: VirtioContext | undefined): void
 }

@@ -7,6 +7,7 @@
  * @module
  */
 import { checkBytes, checkObject, invalid } from '../check.js'
+import { bytes, fromHex, list, noneLeft, parseState, toHex, version, type Saveable } from '../snapshot/device-state.js'
 import { MshvError, describe } from '../errors.js'
 import { VIRTIO_ID_NET, feature, readConfigSpace, type VirtioContext, type VirtioDevice } from './device.js'
 import { gather, scatter, skipBytes, totalLength, type Virtqueue } from './queue.js'
@@ -43,6 +44,17 @@ export interface VirtioNetOptions {
 
 let nextMac = 1
 
+/**
+ * `frame` as the guest will read it, header first: the one copy of the frame (the
+ * caller may reuse its buffer). No checksum or GSO to describe, one buffer (num_buffers = 1).
+ */
+function packet(frame: Uint8Array): Uint8Array {
+  const p = new Uint8Array(VIRTIO_NET_HDR_SIZE + frame.length)
+  p[10] = 1
+  p.set(frame, VIRTIO_NET_HDR_SIZE)
+  return p
+}
+
 /** `mac` as 6 bytes. */
 export function parseMac(mac: string | Uint8Array): Uint8Array {
   if (mac instanceof Uint8Array) {
@@ -60,8 +72,15 @@ export function formatMac(mac: Uint8Array): string {
   return [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':')
 }
 
+/** virtio-net's own state: the frames for the guest waiting for its receive buffers. */
+export type VirtioNetState = {
+  version: 1
+  /** Each frame (without its virtio-net header), as hex, first to be delivered first. */
+  backlog: string[]
+}
+
 /** A network card: frames in and out through TypeScript. */
-export class VirtioNet implements VirtioDevice {
+export class VirtioNet implements VirtioDevice, Saveable<VirtioNetState> {
   readonly type = VIRTIO_ID_NET
   readonly name = 'net'
   readonly queueSizes = [256, 256]
@@ -110,13 +129,7 @@ export class VirtioNet implements VirtioDevice {
       this.stats.rxDropped++
       return false
     }
-    // Kept as the guest will read it, header first: the one copy of the frame (the
-    // caller may reuse its buffer). No checksum or GSO to describe, one buffer
-    // (num_buffers = 1).
-    const packet = new Uint8Array(VIRTIO_NET_HDR_SIZE + frame.length)
-    packet[10] = 1
-    packet.set(frame, VIRTIO_NET_HDR_SIZE)
-    this.backlog.push(packet)
+    this.backlog.push(packet(frame))
     this.context?.guard(() => this.receive())
     return true
   }
@@ -183,5 +196,23 @@ export class VirtioNet implements VirtioDevice {
       pushed = true
     }
     if (pushed) ctx.usedBuffers(q)
+  }
+
+  /** The frames waiting for the guest. */
+  save(): VirtioNetState {
+    return { version: 1, backlog: this.backlog.map((p) => toHex(p.subarray(VIRTIO_NET_HDR_SIZE))) } satisfies VirtioNetState
+  }
+
+  /**
+   * Restores what {@link save} gave, active again with `context` when its transport
+   * was, delivering nothing now; `EINVAL` (and nothing changed) for a bad state.
+   */
+  restore(state: VirtioNetState, context?: VirtioContext): void {
+    const { version: _, backlog, ...rest } = parseState<VirtioNetState>('virtioNet.restore: state', state, { version: version(1), backlog: list(bytes(14, MAX_FRAME), 0, RX_BACKLOG) })
+    noneLeft(rest)
+    const ctx = context === undefined ? undefined : checkObject<VirtioContext>('virtioNet.restore: context', context)
+    this.backlog.length = 0
+    for (const frame of backlog) this.backlog.push(packet(fromHex(frame)))
+    this.context = ctx
   }
 }

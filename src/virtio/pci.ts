@@ -8,7 +8,7 @@
  * structures in a 64-bit BAR 4, the MSI-X table and PBA in BAR 1.
  * @module
  */
-import { checkFunction } from '../check.js'
+import { checkFunction, invalid } from '../check.js'
 import type { WindowHandler } from '../bus.js'
 import { MshvError, describe } from '../errors.js'
 import { BarLayout } from '../pci/bar-layout.js'
@@ -16,9 +16,11 @@ import { RegisterCapability } from '../pci/capability.js'
 import { PciFunction } from '../pci/function.js'
 import type { PciHost } from '../pci/host.js'
 import type { GuestMemory } from '../guest-memory.js'
-import { Msix } from '../pci/msix.js'
+import { Msix, type MsixState } from '../pci/msix.js'
+import type { PciFunctionState } from '../pci/function.js'
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, feature, type VirtioContext, type VirtioDevice } from './device.js'
-import { Virtqueue, VirtioError } from './queue.js'
+import { Virtqueue, VirtioError, type VirtqueueState } from './queue.js'
+import { bool, hex64, int, noneLeft, parseState, record, toHex64, u16, u32, u8, version, type Check, type JsonValue, type Saveable } from '../snapshot/device-state.js'
 
 /** The PCI vendor ID of virtio devices, and the base of modern device IDs (4.1.2). */
 export const VIRTIO_PCI_VENDOR = 0x1af4
@@ -90,8 +92,47 @@ export interface VirtioPciStats {
   deviceErrors: number
 }
 
+/** The PCI configuration access capability's fields (4.1.4.9): the access it names and its data. */
+export interface VirtioPciCfgState {
+  bar: number
+  offset: number
+  length: number
+  data: number
+}
+
+/**
+ * A virtio device on PCI, saved ({@link VirtioPci.save}): the transport's registers,
+ * its queues, MSI-X, PCI function and configuration access capability, and the
+ * device's own state.
+ */
+export interface VirtioPciState {
+  version: 1
+  /** The feature words the driver selected to read and to write. */
+  deviceFeatureSelect: number
+  driverFeatureSelect: number
+  /** The features the driver wrote, and those accepted at FEATURES_OK, as 0x hex. */
+  driverFeatures: string
+  negotiated: string
+  /** The device status byte (2.1) and the configuration generation. */
+  status: number
+  generation: number
+  queueSelect: number
+  /** The configuration change's MSI-X vector (0xFFFF: none). */
+  configVector: number
+  /** The ISR status bits (queue 1, configuration 2), read to clear. */
+  isr: number
+  /** Whether the device was activated (DRIVER_OK after FEATURES_OK) and not reset since. */
+  active: boolean
+  queues: VirtqueueState[]
+  msix: MsixState
+  pci: PciFunctionState
+  pciCfg: VirtioPciCfgState
+  /** The device's own state ({@link VirtioDevice.save}), or null for a device without. */
+  device: JsonValue | null
+}
+
 /** A virtio device on PCI. */
-export class VirtioPci {
+export class VirtioPci implements Saveable<VirtioPciState> {
   /** The PCI function the guest sees. */
   readonly pci: PciFunction
   readonly msix: Msix
@@ -110,7 +151,7 @@ export class VirtioPci {
   private configVector = VIRTIO_MSI_NO_VECTOR
   private isr = 0
   private active = false
-  private readonly pciCfg: VirtioCapability
+  private readonly pciCfg: PciCfgCapability
   private readonly memory: GuestMemory
 
   constructor(
@@ -296,9 +337,15 @@ export class VirtioPci {
       q.eventIdx = eventIdx
     }
     this.active = true
-    const context: VirtioContext = {
+    const context = this.context(this.negotiated)
+    this.guard(() => this.device.activate(context))
+  }
+
+  /** What the active device reaches of its transport, `features` negotiated. */
+  private context(features: bigint): VirtioContext {
+    return {
       memory: this.memory,
-      features: this.negotiated,
+      features,
       queues: this.queues,
       usedBuffers: (q) => {
         if (this.active && q.needsInterrupt()) this.interrupt(q.msixVector, ISR_QUEUE)
@@ -306,7 +353,6 @@ export class VirtioPci {
       configChanged: () => this.configChanged(),
       guard: (f) => this.guard(f),
     }
-    this.guard(() => this.device.activate(context))
   }
 
   /** Back to the reset state (2.1.2 and 4.1.4.3.2): the device forgets its queues and the driver's features. */
@@ -374,7 +420,100 @@ export class VirtioPci {
     this.pci.setIntx(false)
     return v
   }
+
+  /** The transport, its queues, MSI-X and PCI function, and the device's own state. */
+  save(): VirtioPciState {
+    return {
+      version: 1,
+      deviceFeatureSelect: this.deviceFeatureSelect,
+      driverFeatureSelect: this.driverFeatureSelect,
+      driverFeatures: toHex64(this.driverFeatures),
+      negotiated: toHex64(this.negotiated),
+      status: this.status,
+      generation: this.generation,
+      queueSelect: this.queueSelect,
+      configVector: this.configVector,
+      isr: this.isr,
+      active: this.active,
+      queues: this.queues.map((q) => q.save()),
+      msix: this.msix.save(),
+      pci: this.pci.save(),
+      pciCfg: this.pciCfg.save(),
+      device: this.device.save?.() ?? null,
+    } satisfies VirtioPciState
+  }
+
+  /**
+   * Restores what {@link save} gave into a transport made the same way (the same
+   * device, queues and host): the device active again if it was, with no queue touched
+   * and no interrupt sent; `EINVAL` (and nothing changed) for a bad state. The device's
+   * backend (a disk, a TAP) is whatever it was constructed with.
+   */
+  restore(state: VirtioPciState): void {
+    const vector: Check<number> = (what, v) => {
+      const x = u16(what, v)
+      if (x >= this.msix.vectors && x !== VIRTIO_MSI_NO_VECTOR) throw invalid(what, `an MSI-X vector below ${this.msix.vectors} or 0xffff (none)`, x)
+      return x
+    }
+    const queueChecks = this.queues.map((q) => q.stateCheck())
+    const { version: _, deviceFeatureSelect, driverFeatureSelect, driverFeatures, negotiated, status, generation, queueSelect, configVector, isr, active, queues, msix, pci, pciCfg, device, ...rest } = parseState<VirtioPciState>('virtioPci.restore: state', state, {
+      version: version(1),
+      deviceFeatureSelect: u32,
+      driverFeatureSelect: u32,
+      driverFeatures: hex64(),
+      negotiated: (what, v) => {
+        const n = hex64()(what, v)
+        if ((BigInt(n) & ~this.offered) !== 0n) throw invalid(what, `features this device offers (within ${toHex64(this.offered)})`, n)
+        return n
+      },
+      status: u8,
+      generation: u8,
+      queueSelect: u16,
+      configVector: vector,
+      isr: int(0, ISR_QUEUE | ISR_CONFIG),
+      active: bool,
+      queues: (what, v) => {
+        if (!Array.isArray(v) || v.length !== this.queues.length) throw invalid(what, `an array of ${this.queues.length} queues`, v)
+        return v.map((q: unknown, i) => {
+          const s = (queueChecks[i] as Check<VirtqueueState>)(`${what}[${i}]`, q)
+          vector(`${what}[${i}].msixVector`, s.msixVector)
+          return s
+        })
+      },
+      msix: this.msix.stateCheck(),
+      pci: this.pci.stateCheck(),
+      pciCfg: PCI_CFG_STATE,
+      device: (what, v) => {
+        if (v !== null && typeof this.device.restore !== 'function') throw invalid(what, `null (virtio-${this.device.name} has no state to restore)`, v)
+        return v as JsonValue | null
+      },
+    })
+    noneLeft(rest)
+    // The device first: its own check may refuse, and nothing else has changed yet.
+    const context = active ? this.context(BigInt(negotiated)) : undefined
+    if (typeof this.device.restore === 'function') this.device.restore(device, context)
+    else {
+      if (this.active) this.device.reset()
+      if (context) this.device.activate(context)
+    }
+    this.negotiated = BigInt(negotiated)
+    this.deviceFeatureSelect = deviceFeatureSelect
+    this.driverFeatureSelect = driverFeatureSelect
+    this.driverFeatures = BigInt(driverFeatures)
+    this.status = status
+    this.generation = generation
+    this.queueSelect = queueSelect
+    this.configVector = configVector
+    this.isr = isr
+    this.active = active
+    queues.forEach((q, i) => this.queues[i]?.restore(q))
+    this.msix.restore(msix)
+    this.pci.restore(pci)
+    this.pciCfg.restore(pciCfg)
+  }
 }
+
+const PCI_CFG_STATE: Check<VirtioPciCfgState> = record<VirtioPciCfgState>({ bar: u8, offset: u32, length: u32, data: u32 })
 
 /** One structure in BAR 4: where it is and its accessors (offsets within it). */
 interface StructureBlock {
@@ -453,5 +592,20 @@ class PciCfgCapability extends VirtioCapability {
     if (offset !== 16) return
     const t = this.target()
     if (t) this.structures.writeBytes(t.offset, t.length, this.view.getUint32(16, true))
+  }
+
+  /** The fields the driver wrote. */
+  save(): VirtioPciCfgState {
+    return { bar: this.bytes[4] ?? 0, offset: this.view.getUint32(8, true), length: this.view.getUint32(12, true), data: this.view.getUint32(16, true) } satisfies VirtioPciCfgState
+  }
+
+  /** Restores what {@link save} gave (checked by the transport), reaching into no BAR. */
+  restore(state: VirtioPciCfgState): void {
+    const { bar, offset, length, data, ...rest } = state
+    noneLeft(rest)
+    this.bytes[4] = bar
+    this.view.setUint32(8, offset, true)
+    this.view.setUint32(12, length, true)
+    this.view.setUint32(16, data, true)
   }
 }

@@ -8,8 +8,9 @@
  * never a crash, a hang or an access outside guest RAM.
  * @module
  */
-import { checkBuffers, checkBytes, checkInstance, checkInteger } from '../check.js'
+import { checkBuffers, checkBytes, checkInstance, checkInteger, invalid } from '../check.js'
 import { MshvError, hex } from '../errors.js'
+import { bool, noneLeft, parseState, u16, version, type Check, type Saveable, type Schema } from '../snapshot/device-state.js'
 import { GuestMemory } from '../guest-memory.js'
 
 /** Descriptor flags (2.7.5). */
@@ -112,8 +113,55 @@ function needEvent(event: number, now: number, old: number): boolean {
   return ((now - event - 1) & 0xffff) < ((now - old) & 0xffff)
 }
 
+/**
+ * A queue's state ({@link Virtqueue.save}): what the driver set up and the device's
+ * side of the rings (the rings themselves are in guest memory).
+ */
+export interface VirtqueueState {
+  version: 1
+  /** The size the driver wrote (checked to be a power of two up to the maximum once enabled). */
+  size: number
+  /** Guest physical addresses of the descriptor table, driver area and device area. */
+  desc: number
+  driver: number
+  device: number
+  enabled: boolean
+  /** Its MSI-X vector (0xFFFF: none). */
+  msixVector: number
+  /** Negotiated: indirect descriptors, the event index. */
+  indirect: boolean
+  eventIdx: boolean
+  /** The next available-ring entry the device takes (QEMU's `last_avail_idx`). */
+  nextAvail: number
+  /** The used ring's index the device writes next (`used_idx`). */
+  nextUsed: number
+  /** The used index at the last interrupt decision (the event-index state, QEMU's `signalled_used`). */
+  signalledUsed: number
+}
+
+/** A guest physical address a driver can write in two dwords. */
+const address = (what: string, v: unknown): number => {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= 2 ** 64) throw invalid(what, 'an address in 0..2^64-1', v)
+  return v
+}
+
+const STATE: Schema<VirtqueueState> = {
+  version: version(1),
+  size: u16,
+  desc: address,
+  driver: address,
+  device: address,
+  enabled: bool,
+  msixVector: u16,
+  indirect: bool,
+  eventIdx: bool,
+  nextAvail: u16,
+  nextUsed: u16,
+  signalledUsed: u16,
+}
+
 /** One split virtqueue as the transport configures it and the device uses it. */
-export class Virtqueue {
+export class Virtqueue implements Saveable<VirtqueueState> {
   /** The size the driver chose (a power of two up to {@link maxSize}). */
   size: number
   /** Guest physical addresses of the descriptor table, the driver (available) and device (used) areas. */
@@ -160,12 +208,16 @@ export class Virtqueue {
 
   /** Checks what the driver set up before it enables the queue: a power-of-two size, rings inside guest RAM. */
   validate(): void {
-    const n = this.size
+    this.checkSetup(this)
+  }
+
+  private checkSetup(q: { readonly size: number; readonly desc: number; readonly driver: number; readonly device: number }): void {
+    const n = q.size
     if (n < 1 || n > this.maxSize || (n & (n - 1)) !== 0) throw new VirtioError(`queue ${this.index}: size ${n} is not a power of two in 1..${this.maxSize}`)
     const areas: [string, number, number][] = [
-      ['descriptor table', this.desc, DESC_SIZE * n],
-      ['driver area', this.driver, 6 + 2 * n],
-      ['device area', this.device, 6 + 8 * n],
+      ['descriptor table', q.desc, DESC_SIZE * n],
+      ['driver area', q.driver, 6 + 2 * n],
+      ['device area', q.device, 6 + 8 * n],
     ]
     for (const [what, at, len] of areas) {
       if (!this.memory.contains(at, len)) throw new VirtioError(`queue ${this.index}: the ${what} at ${hex(at)} (+${len}) is not inside guest RAM`)
@@ -283,5 +335,44 @@ export class Virtqueue {
     if (want) this.stats.interrupts++
     else this.stats.suppressed++
     return want
+  }
+
+  /** What the driver set up and the device's ring indices. */
+  save(): VirtqueueState {
+    const { size, desc, driver, device, enabled, msixVector, indirect, eventIdx, nextAvail, nextUsed, signalledUsed } = this
+    return { version: 1, size, desc, driver, device, enabled, msixVector, indirect, eventIdx, nextAvail, nextUsed, signalledUsed } satisfies VirtqueueState
+  }
+
+  /** The check of a state of this queue: an enabled one's size and rings are checked as enabling checks them. @internal */
+  stateCheck(): Check<VirtqueueState> {
+    return (what, v) => {
+      const s = parseState(what, v, STATE)
+      if (s.enabled) {
+        try {
+          this.checkSetup(s)
+        } catch (e) {
+          if (e instanceof VirtioError) throw new MshvError('EINVAL', `${what}: an enabled queue must be one the driver could enable: ${e.message}`)
+          throw e
+        }
+      }
+      return s
+    }
+  }
+
+  /** Restores what {@link save} gave; `EINVAL` (and nothing changed) for a bad state. */
+  restore(state: VirtqueueState): void {
+    const { version: _, size, desc, driver, device, enabled, msixVector, indirect, eventIdx, nextAvail, nextUsed, signalledUsed, ...rest } = this.stateCheck()('virtqueue.restore: state', state)
+    noneLeft(rest)
+    this.size = size
+    this.desc = desc
+    this.driver = driver
+    this.device = device
+    this.enabled = enabled
+    this.msixVector = msixVector
+    this.indirect = indirect
+    this.eventIdx = eventIdx
+    this.nextAvail = nextAvail
+    this.nextUsed = nextUsed
+    this.signalledUsed = signalledUsed
   }
 }

@@ -7,6 +7,8 @@
 import { randomFillSync } from 'node:crypto'
 import { VIRTIO_ID_RNG, type VirtioContext, type VirtioDevice } from './device.js'
 import type { Virtqueue } from './queue.js'
+import { checkObject } from '../check.js'
+import { noneLeft, parseState, version, type Saveable } from '../snapshot/device-state.js'
 
 /** Counters of a {@link VirtioRng}. */
 export interface VirtioRngStats {
@@ -14,8 +16,11 @@ export interface VirtioRngStats {
   bytes: number
 }
 
+/** virtio-rng's own state: none but its version (each request is filled before the kick returns). */
+export type VirtioRngState = { version: 1 }
+
 /** A source of entropy for the guest (`/dev/hwrng`). */
-export class VirtioRng implements VirtioDevice {
+export class VirtioRng implements VirtioDevice, Saveable<VirtioRngState> {
   readonly type = VIRTIO_ID_RNG
   readonly name = 'rng'
   readonly queueSizes = [256]
@@ -54,5 +59,17 @@ export class VirtioRng implements VirtioDevice {
 
   reset(): void {
     this.context = undefined
+  }
+
+  /** Its state: nothing in flight, nothing of its own. */
+  save(): VirtioRngState {
+    return { version: 1 } satisfies VirtioRngState
+  }
+
+  /** Restores what {@link save} gave, active again with `context` when its transport was. */
+  restore(state: VirtioRngState, context?: VirtioContext): void {
+    const { version: _, ...rest } = parseState<VirtioRngState>('virtioRng.restore: state', state, { version: version(1) })
+    noneLeft(rest)
+    this.context = context === undefined ? undefined : checkObject<VirtioContext>('virtioRng.restore: context', context)
   }
 }
