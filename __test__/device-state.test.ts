@@ -187,6 +187,20 @@ test('a state field that save() or restore() forgets does not compile', (t) => {
   t.throws(() => noneLeft(rest as unknown as Record<string, never>), { instanceOf: MshvError, message: /not restored: b/ })
 })
 
+test('guest timers say whether they are armed: what a device saves of its timer with its due time', (t) => {
+  const c = clockAt(0)
+  const once = c.timers.at(100, () => {})
+  const gone = c.timers.at(50, () => {})
+  const series = c.timers.every((n) => n * 30, () => {})
+  gone.cancel()
+  t.deepEqual([once.armed, gone.armed, series.armed], [true, false, true])
+  c.now = 100
+  c.timers.fire(100)
+  t.deepEqual([once.armed, series.armed, series.at], [false, true, 120], 'fired once; the series goes on at its next edge')
+  series.cancel()
+  t.false(series.armed)
+})
+
 // ---- ISA devices ---------------------------------------------------------------------
 
 type PortOp = { kind: 'read' | 'write'; port: number; size: 1 | 2 | 4; value: number } | { kind: 'advance'; ns: number }
