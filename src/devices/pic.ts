@@ -109,6 +109,7 @@ class Chip implements Fields<PicChipState> {
   init4 = false
   singleMode = false
   elcr = 0
+  /** Checks a saved state of this chip (its ELCR mask is its own). */
   readonly check: Check<PicChipState>
 
   constructor(

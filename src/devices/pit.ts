@@ -10,7 +10,7 @@ import { checkInteger } from '../check.js'
 import type { PioDevice } from '../bus.js'
 import { MshvError, describe } from '../errors.js'
 import { restoreLine, type IrqLine } from '../platform/irq.js'
-import { bool, guestTime, int, list, noneLeft, nullable, oneOf, parseState, record, u16, u8, version, type Check, type Fields, type MutableDataKeys, type Saveable, type SameKeys, type Schema } from '../snapshot/device-state.js'
+import { bool, guestTime, int, list, noneLeft, nullable, oneOf, parseState, record, u8, version, type Check, type Fields, type MutableDataKeys, type Saveable, type SameKeys, type Schema } from '../snapshot/device-state.js'
 import type { GuestTimer, GuestTimers } from '../platform/timers.js'
 
 /** The PIT's input clock: 1.193182 MHz. */
@@ -46,7 +46,7 @@ const FIRST_BYTE: Readonly<Record<PitAccess, PitByte>> = { lsb: 'lsb', msb: 'msb
 export interface PitChannelState {
   /** The count loaded (1..0x10000; 0 written is 0x10000). */
   count: number
-  /** The count a latch command froze, and how much of it is still to read ('none': no latch). */
+  /** The count a latch command froze (0..0x10000), and how much of it is still to read ('none': no latch). */
   latchedCount: number
   countLatched: 'none' | PitAccess
   /** A read-back froze the status byte for the next read. */
@@ -82,7 +82,8 @@ export interface PitState {
 
 const CHANNEL_STATE: Check<PitChannelState> = record<PitChannelState>({
   count: int(1, 0x10000),
-  latchedCount: u16,
+  // Modes 2 and 3 read 0x10000 at the start of a period of 0x10000 (the bytes read 0, 0).
+  latchedCount: int(0, 0x10000),
   countLatched: oneOf('none', 'lsb', 'msb', 'word'),
   statusLatched: bool,
   status: u8,

@@ -416,9 +416,10 @@ export class PciFunction implements Saveable<PciFunctionState> {
       return null
     }
     const { kind, size } = b.options
-    const limit = kind === 'io' ? 0x1_0000 : kind === 'mmio32' ? 2 ** 32 : 2 ** 64
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= limit || v % size !== 0) {
-      throw invalid(what, `an address below ${hex(limit)} aligned to BAR ${index}'s ${hex(size)} bytes`, v)
+    // A 64-bit BAR's address is a number: all ones in both halves (sizing) rounds to 2^64 itself.
+    const limit = kind === 'io' ? 0xffff : kind === 'mmio32' ? 2 ** 32 - 1 : 2 ** 64
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > limit || v % size !== 0) {
+      throw invalid(what, `an address in 0..${hex(limit)} aligned to BAR ${index}'s ${hex(size)} bytes`, v)
     }
     return v
   }

@@ -15,7 +15,9 @@
  *    not take does not compile. Bad input is an `EINVAL` naming the field and the value.
  * 4. Where a device's own representation is the state's, its mutable fields live in one
  *    object typed {@link Fields}`<XState>`, so a field the device gains is a field of the
- *    state (and then, by 2 and 3, of save and restore).
+ *    state (and then, by 2 and 3, of save and restore); a small class that is its own
+ *    state (an 8259 chip, an 8254 channel) proves it has no other mutable field with
+ *    {@link SameKeys}`<`{@link MutableDataKeys}`<Class>, keyof Fields<XState>>`.
  *
  * What a device is wired to (IRQ lines, the timers, guest memory, callbacks, backends)
  * is not state: `restore()` goes into a device constructed the same way. Counters
@@ -36,16 +38,16 @@ export type JsonValue = null | boolean | number | string | readonly JsonValue[] 
 export type Plain<T> = [T] extends [JsonValue]
   ? T
   : T extends string | number | boolean | null
-  ? T
-  : T extends readonly unknown[]
-    ? { [K in keyof T]: Plain<T[K]> }
-    : T extends (...args: never[]) => unknown
-      ? never
-      : T extends ArrayBufferView | ArrayBufferLike
+    ? T
+    : T extends readonly unknown[]
+      ? { [K in keyof T]: Plain<T[K]> }
+      : T extends (...args: never[]) => unknown
         ? never
-        : T extends object
-          ? { [K in keyof T]-?: Plain<T[K]> }
-          : never
+        : T extends ArrayBufferView | ArrayBufferLike
+          ? never
+          : T extends object
+            ? { [K in keyof T]-?: Plain<T[K]> }
+            : never
 
 /** `S` when it is a versioned plain-data state, else `never` (so that nothing satisfies it). */
 export type StateOf<S> = [S] extends [{ version: number } & Plain<S>] ? S : never

@@ -139,9 +139,12 @@ export interface VirtqueueState {
   signalledUsed: number
 }
 
-/** A guest physical address a driver can write in two dwords. */
+/**
+ * A guest physical address a driver can write in two dwords: a number, so one past 2^53
+ * is rounded (to 2^64 itself from just below it) as the transport holds it.
+ */
 const address = (what: string, v: unknown): number => {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= 2 ** 64) throw invalid(what, 'an address in 0..2^64-1', v)
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 2 ** 64) throw invalid(what, 'an address in 0..2^64', v)
   return v
 }
 
