@@ -49,6 +49,8 @@ export { Vcpu, type RunResult, type RunOptions, type StepResult, type VcpuStats 
 export { VCPU_STATE_VERSION, type VcpuState } from './src/snapshot/vcpu-state.js'
 export { type BreakpointHook, type CodeAddress } from './src/debug/breakpoints.js'
 export { GdbServer, type GdbOptions } from './src/debug/gdb/server.js'
+export { SNAPSHOT_MAGIC, SNAPSHOT_VERSION, readSnapshotHeader, type SnapshotHeader, type SnapshotInfo, type SnapshotRegion, type StatefulDevice } from './src/snapshot/vm-snapshot.js'
+export { restoreLinux, linuxRecipe, type LinuxRecipe } from './src/boot/linux-snapshot.js'
 export { RegisterCache, POLICIES, type SyncPolicy, type SyncCounters } from './src/registers.js'
 export { IoBus, DeviceWindow, type PioDevice, type MmioDevice, type AccessContext, type BusStats, type WindowHandler, type WindowSpace } from './src/bus.js'
 export { RegisterBank, type BankAccess } from './src/devices/register-bank.js'

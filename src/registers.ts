@@ -361,11 +361,43 @@ export class RegisterCache {
    */
   commit(): void {
     this.check()
+    this.commitPage()
     if (this.dirtyCount === 0) return
     const dirty = Array.from(this.dirty.subarray(0, this.dirtyCount))
     this.store(dirty)
     for (const i of dirty) this.state[i] = this.epoch
     this.dirtyCount = 0
+  }
+
+  /**
+   * Classes written through the page and not yet applied (a flush before a run that
+   * was cancelled before it entered the guest: both hypervisors apply the page's dirty
+   * classes only at a resume) are written by hypercall, and the page's dirty bits
+   * cleared, so a hypercall read sees them.
+   */
+  private commitPage(): void {
+    const view = this.view
+    const words = this.words
+    if (!view || !words) return
+    const mask = view.getUint32(DIRTY_OFFSET, true)
+    if (mask === 0) return
+    const pending: number[] = []
+    registers.forEach((r, i) => {
+      if (r.dirtyBit !== undefined && (r.dirtyBit & mask) !== 0 && r.pageOffset !== undefined && this.state[i] !== this.epoch + 1) pending.push(i)
+    })
+    const { ids, values } = this.batch(pending.length)
+    pending.forEach((i, k) => {
+      const r = registers[i] as RegisterDescriptor
+      const w = (r.pageOffset as number) >>> 3
+      ids[k] = r.id
+      values[2 * k] = words[w] as bigint
+      values[2 * k + 1] = r.kind === 'u64' ? 0n : (words[w + 1] as bigint)
+    })
+    if (pending.length > 0) {
+      this.native.setRegisters(ids, values)
+      this.counters.hypercallWrites += pending.length
+    }
+    view.setUint32(DIRTY_OFFSET, 0, true)
   }
 
   /**

@@ -6,6 +6,8 @@
  * @module
  */
 import { readFileSync } from 'node:fs'
+import { forkLinux, snapshotLinux } from './linux-snapshot.js'
+import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
 import { createVm, Vm, type VmOptions } from '../vm.js'
 import type { RunResult, Vcpu } from '../vcpu.js'
 import { identityMap4G, segment } from '../guest.js'
@@ -130,6 +132,17 @@ export interface LinuxMachine {
   run(options?: VmRunOptions): Promise<VmRunResult>
   /** Closes the VM and the disk images it opened. */
   close(): void
+  /**
+   * Writes the machine's whole state, with its recipe, to `path` between runs
+   * ({@link restoreLinux} builds it again and goes on from there).
+   */
+  snapshot(path: string): SnapshotInfo
+  /**
+   * `count` machines in this process from this one's state now, sharing its pages
+   * copy-on-write until they write them; `each(i)` gives fork `i` options of its own
+   * (its console's `onByte`, a network).
+   */
+  fork(count: number, each?: (i: number) => Partial<LinuxOptions>): Promise<LinuxMachine[]>
 }
 
 const MIB = 1 << 20
@@ -161,6 +174,14 @@ function bytesOf(what: string, v: Uint8Array | string): { bytes: Uint8Array; fil
 
 /** Loads Linux into a new VM with the PC platform and ACPI; nothing runs yet. */
 export function prepareLinux(options: LinuxOptions): LinuxMachine {
+  return buildLinux(options, true)
+}
+
+/**
+ * The machine {@link prepareLinux} builds; with `load` false, only the machine — RAM,
+ * devices, vCPUs — with nothing loaded or set up in it: what a restore fills. @internal
+ */
+export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `prepareLinux: options must be an object, got ${describe(options)}`)
   const memory = options.memory ?? 256 * MIB
   if (!Number.isSafeInteger(memory) || memory < 64 * MIB || memory > MAX_MEMORY || memory % 0x1000 !== 0) {
@@ -172,14 +193,8 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
   if (typeof cmdline !== 'string' || cmdline.length >= CMDLINE_MAX) {
     throw new MshvError('EINVAL', `cmdline must be a string of fewer than ${CMDLINE_MAX} bytes, got ${typeof cmdline === 'string' ? `${cmdline.length} bytes` : describe(cmdline)}`)
   }
-  const { bytes: kernelBytes, file: kernelFile } = bytesOf('kernel', options.kernel)
-  const entry = options.entry ?? 'pvh'
-  if (entry !== 'pvh' && entry !== 'boot64') throw new MshvError('EINVAL', `entry must be 'pvh' or 'boot64', got ${describe(entry)}`)
-  const kernel = entry === 'pvh' ? pvhKernel(kernelBytes, kernelFile) : boot64Kernel(kernelBytes, kernelFile)
-  const initrd = options.initrd === undefined ? undefined : bytesOf('initrd', options.initrd)
-  if (kernel.end > memory) {
-    throw new MshvError('EKERNEL', `${kernelFile}: the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM`)
-  }
+  const kernel = load ? loadedKernel(options, memory) : RESTORED
+  const initrd = load && options.initrd !== undefined ? bytesOf('initrd', options.initrd) : undefined
   const cpuid = options.vmware ? [...(Array.isArray(options.cpuid) ? options.cpuid : []), VMWARE_SIGNATURE] : options.cpuid
   if (options.vmware && options.cpuid !== undefined && !Array.isArray(options.cpuid)) {
     throw new MshvError('EINVAL', 'vmware: give cpuid as an array of entries to add the VMware signature to')
@@ -188,27 +203,10 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
   const opened: BlockBackend[] = []
   try {
     vm.addRam(0, memory)
-    kernel.load(vm)
-    // The initrd at the top of RAM, page-aligned, above the kernel.
-    let initrdAt = 0
-    if (initrd) {
-      initrdAt = Math.floor((memory - initrd.bytes.length) / 0x1000) * 0x1000
-      if (initrdAt < kernel.end) {
-        throw new MshvError(
-          'EKERNEL',
-          `${initrd.file}: the initrd's ${initrd.bytes.length} bytes do not fit in RAM above the kernel (${hex(kernel.end)}..${hex(memory)}): give the VM more memory`,
-        )
-      }
-      vm.write(initrdAt, initrd.bytes)
-    }
-    const acpi = buildAcpiTables(vcpus, ACPI_BASE, { pci: true })
-    vm.write(ACPI_BASE, acpi.bytes)
-    const boot = { memory, cmdline, rsdp: acpi.rsdp, initrd: initrd ? { at: initrdAt, size: initrd.bytes.length } : undefined }
-    vm.write(CMDLINE, [...new TextEncoder().encode(cmdline), 0])
-    if (kernel.header) writeBootParams(vm, kernel.header, boot)
-    else writeStartInfo(vm, boot)
+    if (load) loadBoot(vm, kernel, initrd, memory, vcpus, cmdline)
     for (let i = 0; i < vcpus; i++) {
       const v = vm.createVcpu(i)
+      if (!load) continue
       if (i === 0 && kernel.header) enterBoot64(vm, v, kernel.entry)
       else if (i === 0) enterPvh(v, kernel.entry)
       // An AP waits for the guest's INIT/SIPI (startup suspend), as on a PC.
@@ -236,12 +234,65 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
       vm.close()
       for (const d of opened) d.close()
     }
-    return { vmport, vm, pc, pm, kernel, pci: pc.pci as PciHost, devices, run: (o) => vm.run(o), close }
+    vm.addState('acpi-pm', pm)
+    devices.transports.forEach((t, i) => vm.addState(`virtio${i}`, t))
+    const machine: LinuxMachine = {
+      vmport,
+      vm,
+      pc,
+      pm,
+      kernel,
+      pci: pc.pci as PciHost,
+      devices,
+      run: (o) => vm.run(o),
+      close,
+      snapshot: (path) => snapshotLinux(machine, options, path),
+      fork: (count, each) => forkLinux(machine, options, count, each),
+    }
+    return machine
   } catch (e) {
     vm.close()
     for (const d of opened) d.close()
     throw e
   }
+}
+
+/** What a restore builds instead of a kernel: nothing is loaded, the snapshot has it. */
+const RESTORED: LoadedKernel = { description: 'restored from a snapshot', entry: 0, end: 0, load: () => {} }
+
+/** The kernel of `options`, parsed and checked against `memory`. */
+function loadedKernel(options: LinuxOptions, memory: number): LoadedKernel {
+  const { bytes: kernelBytes, file: kernelFile } = bytesOf('kernel', options.kernel)
+  const entry = options.entry ?? 'pvh'
+  if (entry !== 'pvh' && entry !== 'boot64') throw new MshvError('EINVAL', `entry must be 'pvh' or 'boot64', got ${describe(entry)}`)
+  const kernel = entry === 'pvh' ? pvhKernel(kernelBytes, kernelFile) : boot64Kernel(kernelBytes, kernelFile)
+  if (kernel.end > memory) {
+    throw new MshvError('EKERNEL', `${kernelFile}: the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM`)
+  }
+  return kernel
+}
+
+/** The kernel, the initrd at the top of RAM, ACPI, the command line and the boot data, written into RAM. */
+function loadBoot(vm: Vm, kernel: LoadedKernel, initrd: { bytes: Uint8Array; file: string } | undefined, memory: number, vcpus: number, cmdline: string): void {
+  kernel.load(vm)
+  // The initrd at the top of RAM, page-aligned, above the kernel.
+  let initrdAt = 0
+  if (initrd) {
+    initrdAt = Math.floor((memory - initrd.bytes.length) / 0x1000) * 0x1000
+    if (initrdAt < kernel.end) {
+      throw new MshvError(
+        'EKERNEL',
+        `${initrd.file}: the initrd's ${initrd.bytes.length} bytes do not fit in RAM above the kernel (${hex(kernel.end)}..${hex(memory)}): give the VM more memory`,
+      )
+    }
+    vm.write(initrdAt, initrd.bytes)
+  }
+  const acpi = buildAcpiTables(vcpus, ACPI_BASE, { pci: true })
+  vm.write(ACPI_BASE, acpi.bytes)
+  const boot = { memory, cmdline, rsdp: acpi.rsdp, initrd: initrd ? { at: initrdAt, size: initrd.bytes.length } : undefined }
+  vm.write(CMDLINE, [...new TextEncoder().encode(cmdline), 0])
+  if (kernel.header) writeBootParams(vm, kernel.header, boot)
+  else writeStartInfo(vm, boot)
 }
 
 /** A disk's backend: the file it names (opened here, recorded in `opened`), or the one given. */

@@ -12,6 +12,8 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
                  [--disk IMAGE]... [--snapshot] [--rng] [--system] [--gdb [HOST]:PORT [--gdb-wait]]
+                 [--save-to FILE --save-on TEXT]
+       mshv restore FILE [--no-progress] [--gdb [HOST]:PORT [--gdb-wait]] [--save-to FILE --save-on TEXT]
        mshv image [--force]
        mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
@@ -59,6 +61,10 @@ export interface BootArgs {
   gdb?: { host: string; port: number }
   /** With `gdb`: the VM waits for GDB to continue it (QEMU's `-S`). */
   gdbWait: boolean
+  /** Where `saveOn` saves the machine. */
+  saveTo?: string
+  /** When the console prints this text, the machine is saved to `saveTo` and the boot ends. */
+  saveOn?: string
 }
 
 /** `mshv boot`'s options; throws a usage error on anything else. */
@@ -86,6 +92,13 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
         break
       case '--disk':
         out.disks.push(v)
+        break
+      case '--save-to':
+        out.saveTo = v
+        break
+      case '--save-on':
+        if (v === '') badValue(flag, v, 'the text the console prints when the machine is to be saved')
+        out.saveOn = v
         break
       case '--gdb': {
         const m = /^(.*):([0-9]{1,5})$/.exec(v)
@@ -125,12 +138,45 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
   if (out.system && (out.kernel ?? out.initrd ?? out.busybox ?? out.init) !== undefined) {
     throw new MshvError('EINVAL', `--system boots the Debian image's own kernel and initramfs: leave out --kernel, --initrd, --busybox and --init\n${USAGE}`)
   }
+  checkSave(out)
   if (out.gdbWait && !out.gdb) throw new MshvError('EINVAL', `--gdb-wait waits for the GDB of --gdb: give --gdb [HOST]:PORT too\n${USAGE}`)
   if (out.gdb && out.policies.length > 1) throw new MshvError('EINVAL', `--gdb debugs one boot: it cannot go with --policy all\n${USAGE}`)
   if (out.initrd !== undefined && (out.busybox !== undefined || out.init !== undefined)) {
     throw new MshvError('EINVAL', `--initrd replaces the busybox initramfs: give it alone, or --busybox/--init\n${USAGE}`)
   }
   return out
+}
+
+/** `--save-on` and `--save-to` go together. */
+function checkSave(out: { saveTo?: string; saveOn?: string }): void {
+  if ((out.saveTo === undefined) !== (out.saveOn === undefined)) {
+    throw new MshvError('EINVAL', `--save-to FILE and --save-on TEXT go together: the machine is saved to FILE when the console prints TEXT\n${USAGE}`)
+  }
+}
+
+/** What `mshv restore` was asked for. */
+export interface RestoreArgsParsed {
+  file: string
+  progress: boolean
+  gdb?: { host: string; port: number }
+  gdbWait: boolean
+  saveTo?: string
+  saveOn?: string
+}
+
+/** `mshv restore`'s arguments; a usage error on anything else. */
+export function parseRestoreArgs(args: readonly string[]): RestoreArgsParsed {
+  const [file, ...rest] = args
+  if (file === undefined || file.startsWith('--')) throw new MshvError('EINVAL', `mshv restore takes the file a boot saved (--save-to)\n${USAGE}`)
+  // The options it shares with `mshv boot` are parsed by the same code.
+  const b = parseBootArgs(rest)
+  const allowed = new Set(['--no-progress', '--gdb', '--gdb-wait', '--save-to', '--save-on'])
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i] as string
+    if (!allowed.has(a)) badOption(a, undefined)
+    if (a === '--gdb' || a === '--save-to' || a === '--save-on') i++
+  }
+  return { file, progress: b.progress, gdb: b.gdb, gdbWait: b.gdbWait, saveTo: b.saveTo, saveOn: b.saveOn }
 }
 
 /** What `mshv repl` was asked for: the session, and a kernel to boot in it. */

@@ -13,7 +13,9 @@ import { writeFileSync } from 'node:fs'
 import type { BootArgs } from './args.js'
 import { linuxFiles, VIRTIO_MODULES } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
-import { prepareLinux, bootReport, type LinuxBootReport } from '../boot/linux.js'
+import { prepareLinux, bootReport, type LinuxBootReport, type LinuxMachine } from '../boot/linux.js'
+import { restoreLinux } from '../boot/linux-snapshot.js'
+import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
 import type { VmRunResult } from '../scheduler.js'
@@ -75,9 +77,31 @@ function liveText(vm: Vm, policy: string, start: number): string {
   return `booting [${policy}] ${seconds.toFixed(1)} s, guest ${(vm.guestTimeNs() / 1e9).toFixed(2)} s, ${formatRate(instructions / seconds)} instructions/s, ${exits.toLocaleString('en-US')} exits (Ctrl+] ends)`
 }
 
+/** The guest's console on stdout, with the status line cleared before each byte. */
+class ConsoleOut {
+  status: StatusLine | undefined
+  /** Sees each byte after it is shown (the --save-on marker's watch). */
+  watch: ((b: number) => void) | undefined
+  constructor(private readonly io: BootIo) {}
+  readonly onByte = (b: number): void => {
+    this.status?.clear()
+    this.io.stdout.write(Uint8Array.of(b))
+    this.watch?.(b)
+  }
+}
+
+/** What {@link drive} does besides the console: progress, GDB, saving. */
+interface DriveArgs {
+  progress: boolean
+  gdb?: BootArgs['gdb']
+  gdbWait: boolean
+  saveTo?: string
+  saveOn?: string
+}
+
 /** Boots once under `policy`; the console is live, and interactive when `interactive`. */
-async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | string, policy: BootArgs['policies'][number], io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean }> {
-  let status: StatusLine | undefined
+async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | string, policy: BootArgs['policies'][number], io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
+  const out = new ConsoleOut(io)
   const m = prepareLinux({
     kernel,
     initrd,
@@ -94,16 +118,35 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
       ...args.disks.map((path) => ({ path, overlay: args.snapshot || args.policies.length > 1 })),
     ],
     rng: args.rng,
-    serial: {
-      onByte: (b) => {
-        status?.clear()
-        io.stdout.write(Uint8Array.of(b))
-      },
-    },
+    serial: { onByte: out.onByte },
   })
+  return drive(m, out, args, policy, io, interactive)
+}
+
+/**
+ * Runs `m` with its console on the terminal (interactive when `interactive`) until the
+ * guest ends it, Ctrl+] or the save `saveOn` asks for; closes it; its report.
+ */
+async function drive(m: LinuxMachine, out: ConsoleOut, args: DriveArgs, policy: string, io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
+  let status: StatusLine | undefined
   const start = performance.now()
   status = args.progress ? new StatusLine(io.stderr, () => liveText(m.vm, policy, start)) : undefined
+  out.status = status
   status?.start()
+  // --save-on: the console printed the marker: the run stops right after that exit
+  // (deterministically), the machine is saved, and the boot ends.
+  let saveRequested = false
+  if (args.saveOn !== undefined) {
+    const marker = Buffer.from(args.saveOn)
+    let seen = 0
+    out.watch = (b) => {
+      seen = b === marker[seen] ? seen + 1 : b === marker[0] ? 1 : 0
+      if (seen === marker.length && !saveRequested) {
+        saveRequested = true
+        m.vm.cancel()
+      }
+    }
+  }
   const stdin = io.stdin
   const raw = interactive && stdin.isTTY
   // Input typed (or piped) before a program opened the console waits for it: the
@@ -162,6 +205,12 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
   process.on('SIGINT', onSigint)
   try {
     const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run()
+    if (saveRequested && args.saveTo !== undefined && result.reason === 'cancelled') {
+      const saved = m.snapshot(args.saveTo)
+      status?.stop()
+      io.stderr.write(`\nmshv: saved to ${args.saveTo} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB: ${saved.pagesWritten} of ${saved.pages} pages); 'mshv restore ${args.saveTo}' goes on from there\n`)
+      return { ...bootReport(m.vm, { reason: 'cancelled' }, (performance.now() - start) / 1000), detached, saved }
+    }
     return { ...bootReport(m.vm, result, (performance.now() - start) / 1000), detached }
   } finally {
     clearInterval(drain)
@@ -222,10 +271,24 @@ async function bootFiles(args: BootArgs, io: BootIo): Promise<{ kernel: string; 
   return { kernel, initrd, args }
 }
 
+/** What `mshv restore` was asked for. */
+export interface RestoreArgs extends DriveArgs {
+  file: string
+}
+
+/** Runs `mshv restore FILE`: the saved machine goes on, its console live; resolves to the exit status. */
+export async function restore(args: RestoreArgs, io: BootIo = process): Promise<number> {
+  const out = new ConsoleOut(io)
+  const m = await restoreLinux(args.file, { serial: { onByte: out.onByte } })
+  const report = await drive(m, out, args, 'restored', io, true)
+  io.stderr.write(`\n${formatBootReport(report, 'restored')}\n`)
+  return report.detached || report.saved !== undefined || report.result.reason === 'poweroff' || report.result.reason === 'reboot' ? 0 : 1
+}
+
 /** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
 export async function boot(given: BootArgs, io: BootIo = process): Promise<number> {
   const { kernel, initrd, args } = await bootFiles(given, io)
-  const reports: { policy: string; report: LinuxBootReport & { detached: boolean } }[] = []
+  const reports: { policy: string; report: LinuxBootReport & { detached: boolean; saved?: SnapshotInfo } }[] = []
   for (const policy of args.policies) {
     // A comparison boots non-interactively: the same input each time.
     const interactive = args.policies.length === 1
@@ -241,5 +304,5 @@ export async function boot(given: BootArgs, io: BootIo = process): Promise<numbe
     }
   }
   if (args.json !== undefined) writeFileSync(args.json, `${JSON.stringify(reports, null, 2)}\n`)
-  return reports.every(({ report }) => report.detached || report.result.reason === 'poweroff' || report.result.reason === 'reboot') ? 0 : 1
+  return reports.every(({ report }) => report.detached || report.saved !== undefined || report.result.reason === 'poweroff' || report.result.reason === 'reboot') ? 0 : 1
 }

@@ -12,8 +12,8 @@ import { fileURLToPath } from 'node:url'
 import * as mshv from '../../index.js'
 import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
-import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, type DoctorArgs, type ReplArgs } from './args.js'
-import { boot } from './boot.js'
+import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, parseRestoreArgs, type DoctorArgs, type ReplArgs } from './args.js'
+import { boot, restore } from './boot.js'
 import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
 import { MshvError } from '../errors.js'
@@ -135,6 +135,14 @@ function main(args: readonly string[]): void {
       },
       (e: unknown) => {
         console.error(e instanceof Error ? `mshv boot: ${e.message}` : e)
+        process.exit(2)
+      },
+    )
+  } else if (command === 'restore') {
+    restore(parseRestoreArgs(rest)).then(
+      (code) => process.exit(code),
+      (e: unknown) => {
+        console.error(e instanceof Error ? `mshv restore: ${e.message}` : e)
         process.exit(2)
       },
     )

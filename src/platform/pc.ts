@@ -77,6 +77,15 @@ export class PcPlatform {
     bus.register(I8042_COMMAND, 1, this.i8042, 'i8042 command')
     bus.registerMmio(IOAPIC_BASE, IOAPIC_SIZE, this.ioapic, 'I/O APIC')
     this.pci = options.pci === false ? undefined : new PciHost(vm, this.ioapic)
+    // Their states go into the VM's snapshots (the IRQ lines' levels with the devices
+    // that drive them; the timers with the devices that arm them).
+    vm.addState('pic', this.pic)
+    vm.addState('ioapic', this.ioapic)
+    vm.addState('pit', this.pit)
+    vm.addState('rtc', this.rtc)
+    vm.addState('com1', this.serial)
+    vm.addState('i8042', this.i8042)
+    if (this.pci) vm.addState('pci-host', this.pci)
   }
 
   /** ISA IRQ line `irq` (0..15; 2 is the cascade and reaches nothing). */

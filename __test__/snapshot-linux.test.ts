@@ -1,0 +1,109 @@
+/**
+ * Debian's kernel with a busybox initramfs on the sim: snapshot at the shell, restore in
+ * this process and in a new one, type a command: it runs. On the deterministic clock the
+ * restored VM's exits from the snapshot on equal the original's, exit for exit.
+ */
+import test from 'ava'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { busyboxInitramfs, prepareLinux, restoreLinux, type LinuxMachine } from '../index.js'
+import { debianLinuxOrSkip } from './helpers.js'
+
+const linux = debianLinuxOrSkip('snapshot-linux')
+const boot = typeof linux === 'string' ? test.skip : test.serial
+const READY = 'READY-FOR-INPUT'
+/** Prints READY, then runs each line the console gives it. */
+const INIT = `/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\n/bin/busybox echo ${READY}\nwhile read -r line; do eval "$line"; done\n/bin/busybox poweroff -f\n`
+const CMDLINE = 'console=ttyS0 cryptomgr.notests'
+const dir = mkdtempSync(join(tmpdir(), 'mshv-snap-linux-'))
+
+interface Counts {
+  exits: number
+  instructions: number
+  byType: Record<string, number>
+}
+
+function counts(m: LinuxMachine): Counts {
+  const s = m.vm.cpus[0]?.stats()
+  return { exits: s?.exits ?? 0, instructions: s?.instructions ?? 0, byType: { ...(s?.exitsByType ?? {}) } }
+}
+
+function minus(a: Counts, b: Counts): Counts {
+  const byType: Record<string, number> = {}
+  for (const [k, v] of Object.entries(a.byType)) if (v - (b.byType[k] ?? 0) !== 0) byType[k] = v - (b.byType[k] ?? 0)
+  return { exits: a.exits - b.exits, instructions: a.instructions - b.instructions, byType }
+}
+
+boot('a Linux VM snapshotted at its shell restores in this process and runs a command, exit for exit as the original', async (t) => {
+  if (typeof linux === 'string') return
+  const initrd = busyboxInitramfs({ busybox: linux.busybox, init: INIT })
+  const out = { text: '' }
+  let m: LinuxMachine | undefined
+  m = prepareLinux({
+    kernel: linux.kernel,
+    initrd,
+    cmdline: CMDLINE,
+    backend: 'sim',
+    rtcStart: new Date(Date.UTC(2026, 11, 7)),
+    serial: {
+      onByte: (b) => {
+        out.text += String.fromCharCode(b)
+        // Stopped right after the marker's newline: between two exits, deterministically.
+        if (out.text.endsWith(`${READY}\n`) || out.text.endsWith(`${READY}\r\n`)) m?.vm.cancel()
+      },
+    },
+  })
+  t.teardown(() => m?.close())
+  t.is((await m.run({ timeoutMs: 120_000 })).reason, 'cancelled', out.text.slice(-500))
+  const path = join(dir, 'shell.snap')
+  const started = performance.now()
+  const info = m.snapshot(path)
+  t.log(`snapshot: ${(info.bytes / 2 ** 20).toFixed(1)} MiB, ${info.pagesWritten} of ${info.pages} pages, ${(performance.now() - started).toFixed(0)} ms`)
+  t.true(info.pagesWritten < info.pages / 2, 'zero pages left out')
+  const atSnapshot = counts(m)
+
+  // The original goes on: a command, then power-off.
+  const command = 'echo "answer $((6*7))"; /bin/busybox poweroff -f\n'
+  const before = out.text.length
+  m.pc.serial.feed(command)
+  const end = await m.run({ timeoutMs: 120_000 })
+  t.deepEqual(end, { reason: 'poweroff', vcpu: 0 })
+  const originalOut = out.text.slice(before)
+  t.regex(originalOut, /answer 42/)
+  const original = minus(counts(m), atSnapshot)
+
+  // Restored in this process: the same command, the same exits.
+  let restoredOut = ''
+  const t0 = performance.now()
+  const r = await restoreLinux(path, { serial: { onByte: (b) => (restoredOut += String.fromCharCode(b)) } })
+  t.log(`restore (rebuild + state + memory mapped): ${(performance.now() - t0).toFixed(1)} ms`)
+  t.teardown(() => r.close())
+  r.pc.serial.feed(command)
+  t.deepEqual(await r.run({ timeoutMs: 120_000 }), { reason: 'poweroff', vcpu: 0 })
+  t.is(restoredOut, originalOut, 'the same console output')
+  t.deepEqual(counts(r), original, 'the same exits, by type, and instructions from the snapshot on')
+})
+
+boot('mshv boot --save-to/--save-on saves at a console marker; mshv restore goes on in a new process and runs a typed command', async (t) => {
+  if (typeof linux === 'string') return
+  const { boot: bootCommand } = await import('../src/cli/boot.js')
+  const { parseBootArgs } = await import('../src/cli/args.js')
+  const { captureIo } = await import('./helpers.js')
+  const file = join(dir, 'cli.snap')
+  const { io, err } = captureIo()
+  const code = await bootCommand(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--init', INIT, '--cmdline', CMDLINE, '--no-progress', '--save-to', file, '--save-on', READY]), io)
+  t.is(code, 0, err())
+  t.regex(err(), new RegExp(`mshv: saved to ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\([\\d.]+ MiB`))
+  const { execFile } = await import('node:child_process')
+  const child = execFile(process.execPath, ['--import', 'tsx', 'src/cli/mshv.ts', 'restore', file, '--no-progress'], { timeout: 120_000 })
+  let stdout = ''
+  let stderr = ''
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString('latin1')))
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
+  child.stdin?.end('echo "answer $((6*7)) from a restored VM"; /bin/busybox poweroff -f\n')
+  const exit = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  t.is(exit, 0, stderr)
+  t.regex(stdout, /answer 42 from a restored VM/)
+  t.regex(stderr, /boot \[restored\]: \{"reason":"poweroff","vcpu":0\}/)
+})
