@@ -24,7 +24,7 @@
  * (`stats`) are the host's observations and start again from zero.
  * @module
  */
-import { invalid } from '../check.js'
+import { checkBytes, checkObject, invalid } from '../check.js'
 import { MshvError, describe } from '../errors.js'
 
 /**
@@ -80,6 +80,7 @@ export type Schema<T> = { readonly [K in keyof T]-?: Check<T[K]> }
  * the schema does not have, is refused (a state from another device, or a newer one).
  */
 export function record<T>(schema: Schema<T>): Check<T> {
+  checkObject('record: schema', schema)
   return (what, v) => {
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw invalid(what, 'an object', v)
     const input = v as Record<string, unknown>
@@ -105,7 +106,7 @@ export function parseState<T>(what: string, v: unknown, schema: Schema<T>): T {
  * did not take does not (rule 3). At run time it refuses a field that got past the schema.
  */
 export function noneLeft(rest: Record<string, never>): void {
-  const left = Object.keys(rest)
+  const left = Object.keys(checkObject('noneLeft: rest', rest))
   if (left.length > 0) throw new MshvError('EINVAL', `a state field was not restored: ${left.join(', ')}`)
 }
 
@@ -170,12 +171,13 @@ export function text(max: number): Check<string> {
 
 /** Bytes as lowercase hex, two digits a byte (how a state holds bytes: JSON has no byte arrays). */
 export function toHex(bytes: Uint8Array | readonly number[]): string {
-  return (bytes instanceof Uint8Array ? Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length) : Buffer.from(bytes)).toString('hex')
+  if (bytes instanceof Uint8Array) return Buffer.from(checkBytes('toHex: bytes', bytes).buffer, bytes.byteOffset, bytes.length).toString('hex')
+  return Buffer.from(list(u8, 0, 2 ** 30)('toHex: bytes', bytes)).toString('hex')
 }
 
 /** The bytes of a hex string {@link bytes} checked (a copy the caller owns). */
 export function fromHex(hex: string): Uint8Array {
-  const b = Buffer.from(hex, 'hex')
+  const b = Buffer.from(bytes(0, 2 ** 30)('fromHex: hex', hex), 'hex')
   return new Uint8Array(b.buffer, b.byteOffset, b.length).slice()
 }
 
