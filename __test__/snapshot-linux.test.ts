@@ -4,7 +4,7 @@
  * restored VM's exits from the snapshot on equal the original's, exit for exit.
  */
 import test from 'ava'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { busyboxInitramfs, prepareLinux, restoreLinux, type LinuxMachine } from '../index.js'
@@ -106,4 +106,54 @@ boot('mshv boot --save-to/--save-on saves at a console marker; mshv restore goes
   t.is(exit, 0, stderr)
   t.regex(stdout, /answer 42 from a restored VM/)
   t.regex(stderr, /boot \[restored\]: \{"reason":"poweroff","vcpu":0\}/)
+})
+
+/**
+ * This process's resident memory (KiB): all, anonymous (private pages: what the forks
+ * wrote, and the heaps), file-backed (the snapshot's pages, counted once per mapping
+ * though they are one copy in the page cache), and the proportional set size, which
+ * counts each page once (/proc/self/status, /proc/self/smaps_rollup).
+ */
+function rss(): { total: number; anon: number; file: number; pss: number } {
+  const s = readFileSync('/proc/self/status', 'utf8') + readFileSync('/proc/self/smaps_rollup', 'utf8')
+  const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? 0)
+  return { total: kib('VmRSS'), anon: kib('RssAnon'), file: kib('RssFile'), pss: kib('Pss') }
+}
+
+boot('100 forks of one Linux VM in one process each run a command; memory grows by what they touch, not by their RAM', async (t) => {
+  if (typeof linux === 'string') return
+  const out = { text: '' }
+  let m: LinuxMachine | undefined
+  m = prepareLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: INIT }),
+    cmdline: CMDLINE,
+    memory: 128 << 20,
+    backend: 'sim',
+    serial: {
+      onByte: (b) => {
+        out.text += String.fromCharCode(b)
+        if (out.text.endsWith(`${READY}\r\n`)) m?.vm.cancel()
+      },
+    },
+  })
+  t.teardown(() => m?.close())
+  t.is((await m.run({ timeoutMs: 120_000 })).reason, 'cancelled', out.text.slice(-500))
+  const outputs: string[] = []
+  const before = rss()
+  const t0 = performance.now()
+  const forks = await m.fork(100, (i) => ({ serial: { onByte: (b) => (outputs[i] = (outputs[i] ?? '') + String.fromCharCode(b)) } }))
+  const forked = performance.now() - t0
+  t.teardown(() => forks.forEach((f) => f.close()))
+  for (const [i, f] of forks.entries()) {
+    f.pc.serial.feed(`echo "fork ${i} says $((${i}*2))"; /bin/busybox poweroff -f\n`)
+    t.deepEqual(await f.run({ timeoutMs: 60_000 }), { reason: 'poweroff', vcpu: 0 })
+    t.regex(outputs[i] ?? '', new RegExp(`fork ${i} says ${i * 2}`))
+  }
+  const after = rss()
+  const mib = (k: number): string => (k / 1024).toFixed(1)
+  const perFork = (after.pss - before.pss) / 100
+  t.log(`100 forks of a 128 MiB VM: ${forked.toFixed(0)} ms (${(forked / 100).toFixed(1)} ms each); PSS +${mib(after.pss - before.pss)} MiB (${mib(perFork)} MiB per fork); RSS +${mib(after.total - before.total)} MiB: anon +${mib(after.anon - before.anon)}, file +${mib(after.file - before.file)} (the snapshot's pages, one copy, counted per fork)`)
+  t.true(perFork < 128 * 1024 / 8, `each fork costs ${mib(perFork)} MiB (PSS), far below its 128 MiB of RAM`)
+  t.true((after.anon - before.anon) / 100 < 128 * 1024 / 8, 'the private pages (written) per fork')
 })

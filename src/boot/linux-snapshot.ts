@@ -12,7 +12,8 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { MshvError } from '../errors.js'
+import { MshvError, describe } from '../errors.js'
+import { checkObject, checkString } from '../check.js'
 import { readSnapshotHeader, type SnapshotInfo } from '../snapshot/vm-snapshot.js'
 import type { DiskOptions, LinuxMachine, LinuxOptions } from './linux.js'
 
@@ -42,7 +43,9 @@ export interface LinuxRecipe {
 
 /** The recipe of a machine built from `options`. */
 export function linuxRecipe(options: LinuxOptions): LinuxRecipe {
-  const o = options
+  const o = checkObject<LinuxOptions>('linuxRecipe: options', options)
+  const list: unknown = o.disks ?? []
+  if (!Array.isArray(list)) throw new MshvError('EINVAL', `linuxRecipe: disks must be an array, got ${describe(list)}`)
   return {
     kind: 'linux',
     kernel: typeof o.kernel === 'string' ? o.kernel : null,
@@ -53,10 +56,10 @@ export function linuxRecipe(options: LinuxOptions): LinuxRecipe {
     policy: o.policy,
     clock: o.clock,
     cpuid: o.cpuid,
-    rtcStart: o.rtcStart?.toISOString(),
+    rtcStart: o.rtcStart instanceof Date && !Number.isNaN(o.rtcStart.getTime()) ? o.rtcStart.toISOString() : undefined,
     vmware: o.vmware,
     entry: o.entry,
-    disks: (o.disks ?? []).map((d) => (typeof d === 'string' ? { path: d } : d.backend !== undefined ? null : { ...d })),
+    disks: (list as unknown[]).map((d) => (typeof d === 'string' ? { path: d } : typeof d === 'object' && d !== null && (d as DiskOptions).backend === undefined ? { ...(d as DiskOptions) } : null)),
     network: o.network !== undefined,
     mac: o.mac,
     rng: o.rng,
@@ -77,6 +80,8 @@ function recipeOf(path: string): LinuxRecipe {
  * cannot keep (disks of your own storage, the network, callbacks) or overrides.
  */
 export async function restoreLinux(path: string, options: Partial<LinuxOptions> = {}): Promise<LinuxMachine> {
+  checkString('restoreLinux: path', path, 4096)
+  checkObject('restoreLinux: options', options)
   const { buildLinux } = await import('./linux.js')
   const r = recipeOf(path)
   const disks = options.disks ?? r.disks.map((d, i) => {

@@ -24,7 +24,9 @@ export interface IrqLine {
 
 /** Puts `line` at `level` as a device's restore does: quietly where the line can, else by driving it. */
 export function restoreLine(line: IrqLine | undefined, level: boolean): void {
-  if (!line) return
+  if (line === undefined) return
+  if (typeof line !== 'object' || line === null || typeof line.set !== 'function') throw new MshvError('EINVAL', `restoreLine: line must be an IrqLine (with set()), got ${describe(line)}`)
+  if (typeof level !== 'boolean') throw new MshvError('EINVAL', `restoreLine: level must be a boolean, got ${describe(level)}`)
   if (typeof line.restoreLevel === 'function') line.restoreLevel(level)
   else line.set(level)
 }

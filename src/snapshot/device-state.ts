@@ -24,7 +24,7 @@
  * (`stats`) are the host's observations and start again from zero.
  * @module
  */
-import { checkBytes, checkObject, invalid } from '../check.js'
+import { checkBytes, checkObject, checkString, invalid } from '../check.js'
 import { MshvError, describe } from '../errors.js'
 
 /**
@@ -98,6 +98,7 @@ export function record<T>(schema: Schema<T>): Check<T> {
 
 /** Checks `v` against `schema` (rule 3): the state, typed, or an `EINVAL` naming the field. */
 export function parseState<T>(what: string, v: unknown, schema: Schema<T>): T {
+  checkString('parseState: what', what, 256)
   return record(schema)(what, v)
 }
 
@@ -201,6 +202,7 @@ export function hex64(bits = 64): Check<string> {
 
 /** `v` as a {@link hex64} string. */
 export function toHex64(v: bigint): string {
+  if (typeof v !== 'bigint' || v < 0n) throw invalid('toHex64: value', 'a bigint from 0', v)
   return `0x${v.toString(16)}`
 }
 

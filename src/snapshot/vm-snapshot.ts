@@ -235,7 +235,9 @@ export function restoreSnapshot(s: SnapshotSubject, path: string): SnapshotHeade
   // Checked as far as can be without changing anything; then the state goes in. The
   // devices first: each checks its state before it changes, so a refused one (the
   // first to be) leaves memory and the vCPUs as they were.
-  for (const [name, d] of s.devices) {
+  // In reverse order of addition: a bus after what was added to it (the PCI host after
+  // the functions on its bus, whose BAR windows it maps again).
+  for (const [name, d] of [...s.devices].reverse()) {
     try {
       d.restore(h.devices[name] as never)
     } catch (e) {
