@@ -10,13 +10,14 @@ import { exitCosts } from './exits.js'
 import { interruptLatency, vmRunRates } from './vm-run.js'
 import { bootRows } from './boot.js'
 import { virtioRows } from './virtio.js'
+import { snapshotRows } from './snapshot.js'
 import { printTable, writeResults, type Row } from './report.js'
 
 const msArg = process.argv.find((a) => a.startsWith('--ms='))
 const ms = msArg ? Number(msArg.slice(5)) : 1000
 if (!Number.isFinite(ms) || ms <= 0) throw new Error(`--ms must be a positive number of milliseconds, got ${msArg}`)
 
-const rows: Row[] = [...exitCosts(ms), ...(await vmRunRates(ms)), ...(await interruptLatency()), ...interpreterSpeed(ms), ...(await bootRows()), ...(await virtioRows())]
+const rows: Row[] = [...exitCosts(ms), ...(await vmRunRates(ms)), ...(await interruptLatency()), ...interpreterSpeed(ms), ...(await bootRows()), ...(await snapshotRows()), ...(await virtioRows())]
 printTable(rows)
 writeResults('bench/results.json', 'sim', rows)
 console.log('\nwritten to bench/results.json')
