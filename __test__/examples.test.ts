@@ -59,6 +59,13 @@ test('the README MMIO device example runs as printed', (t) => {
   return undefined
 })
 
+test('the README Snapshots example runs as printed', (t) => {
+  const out = withReadmeBlock('## Snapshots', 'snapshots.mts', (b) => b, run)
+  if (out === undefined) return t.fail('no ts block in the Snapshots section')
+  t.is(out, "{ bytes: 12770, pagesWritten: 1, pages: 256 }\n1 { reason: 'halt' } 3\n")
+  return undefined
+})
+
 test('the README Debugging example runs as printed', (t) => {
   const out = withReadmeBlock('## Debugging', 'debugging.mts', (b) => b, run)
   if (out === undefined) return t.fail('no ts block in the Debugging section')
