@@ -14,7 +14,7 @@ const linux = debianLinuxOrSkip('gdb-linux')
 const boot = typeof linux === 'string' ? test.skip : test.serial
 const CMDLINE = 'console=ttyS0 cryptomgr.notests nokaslr'
 
-boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gives', async (t) => {
+boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gives, and steps back there', async (t) => {
   if (typeof linux === 'string') return
   let out = ''
   const report = await bootLinux({
@@ -36,7 +36,7 @@ boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gi
   const server = await machine.vm.gdb({ port: 0 })
   const { stdout } = await run(
     'gdb',
-    ['-nx', '-batch', '-ex', 'set pagination off', '-ex', `target remote 127.0.0.1:${server.port}`, '-ex', `break *0x${address.toString(16)}`, '-ex', 'continue', '-ex', 'info registers rip cr0 cr3 efer', '-ex', 'x/2i $pc', '-ex', 'kill'],
+    ['-nx', '-batch', '-ex', 'set pagination off', '-ex', `target remote 127.0.0.1:${server.port}`, '-ex', `break *0x${address.toString(16)}`, '-ex', 'continue', '-ex', 'info registers rip cr0 cr3 efer', '-ex', 'x/2i $pc', '-ex', 'stepi', '-ex', 'stepi', '-ex', 'print/x $pc', '-ex', 'print/x $rsp', '-ex', 'stepi', '-ex', 'reverse-stepi', '-ex', 'print/x $pc', '-ex', 'print/x $rsp', '-ex', 'kill'],
     { timeout: 120_000 },
   )
   t.log(stdout)
@@ -44,5 +44,11 @@ boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gi
   t.regex(stdout, new RegExp(`rip\\s+0x${address.toString(16)}`))
   t.regex(stdout, /cr0\s+0x8005003[0-9a-f]/, 'paging and protection on')
   t.regex(stdout, /efer\s+0x(?:d01|501)/, 'long mode active (SCE, LME, LMA; NXE)')
+  // Two steps in, one more and back: the replay from the checkpoint at start_kernel
+  // lands on the same instruction with the same stack.
+  const [pc1, sp1, pc2, sp2] = [...stdout.matchAll(/^\$(\d+) = (0x[0-9a-f]+)$/gm)].map((m) => m[2])
+  t.truthy(pc1)
+  t.is(pc2, pc1, 'reverse-stepi came back to the instruction two steps in')
+  t.is(sp2, sp1)
   t.deepEqual(await server.done, { reason: 'cancelled' })
 })

@@ -200,3 +200,39 @@ test('mshv boot --gdb takes [HOST]:PORT and --gdb-wait needs it', async (t) => {
   t.throws(() => parseBootArgs(['--gdb', ':99999']), { code: 'EINVAL' })
   t.throws(() => parseBootArgs(['--gdb-wait']), { code: 'EINVAL', message: /--gdb-wait waits for the GDB of --gdb/ })
 })
+
+test('on the deterministic sim GDB goes backwards: reverse-stepi to the previous instruction, reverse-continue to the previous breakpoint', async (t) => {
+  const { elf, image } = await buildGuest()
+  const vm = guest(image)
+  const server = await vm.gdb({ port: 0 })
+  t.teardown(() => vm.close())
+  const out = await gdb(elf, server.port, [
+    'break loop_top',
+    'continue',
+    'continue',
+    'print $rax',
+    'reverse-stepi',
+    'print/x $pc',
+    'print $rax',
+    'reverse-continue',
+    'print $rax',
+    'print/x $pc',
+    'continue',
+    'print $rax',
+    'reverse-continue',
+    'reverse-continue',
+    'print $rax',
+    'delete',
+    'continue',
+  ])
+  t.log(out)
+  t.regex(out, /\$1 = 1\n/, 'the second stop at loop_top: one round done')
+  t.regex(out, /\$2 = 0x200010\n/, 'reverse-stepi: back on the JNE that jumped here')
+  t.regex(out, /\$3 = 1\n/)
+  t.regex(out, /\$4 = 0\n\$5 = 0x200002\n/, 'reverse-continue: the first stop at loop_top, RAX as it was')
+  t.regex(out, /\$6 = 1\n/, 'forward again: the same second stop')
+  t.regex(out, /No more reverse-execution history/)
+  t.regex(out, /\$7 = 0\n/, 'at the start of the history')
+  t.regex(out, /exited normally|exited with code 0/)
+  t.deepEqual(await server.done, { reason: 'debug-exit', code: 0, vcpu: 0 })
+})

@@ -121,3 +121,33 @@ test('addState checks its arguments', (t) => {
   t.throws(() => vm.addState('x', {} as never), { code: 'EINVAL' })
   vm.close()
 })
+
+test('run states: running during vm.run, paused between runs; pause() ends a run with its exit completed', async (t) => {
+  const { vm, probe } = machine()
+  // l: out 0x80, ax; inc ax; jmp l — an OUT on every round: pause() lands between two of them.
+  vm.write(CODE, [0xe7, 0x80, 0x40, 0xeb, 0xfb])
+  const vcpu = vm.cpus[0]
+  if (!vcpu) return t.fail()
+  enterRealMode(vcpu, CODE)
+  t.is(vm.runState, 'paused')
+  t.is(vcpu.runState, 'paused')
+  const run = vm.run()
+  t.is(vm.runState, 'running')
+  await new Promise((r) => setTimeout(r, 20))
+  await vm.pause()
+  t.deepEqual(await run, { reason: 'cancelled' })
+  t.is(vm.runState, 'paused')
+  t.is(vcpu.runState, 'paused')
+  // Every OUT the guest made was completed: each value once, and the next run's first
+  // OUT is the next value (none is done again, none half done).
+  const n = probe.seen.length
+  t.true(n > 0)
+  t.deepEqual(probe.seen, [...Array(n).keys()], 'each OUT once, in order')
+  vcpu.run({ maxExits: 1 })
+  t.is(probe.seen[n], n)
+  await vm.pause() // not running: at once
+  vm.close()
+  t.is(vm.runState, 'closed')
+  t.is(vcpu.runState, 'closed')
+  return undefined
+})

@@ -36,12 +36,17 @@ export interface VmRunOptions {
    * before running it: `{ reason: 'breakpoint', address, vcpu }`.
    */
   until?: CodeAddress
+  /**
+   * Stop with `{ reason: 'instructions' }` once the vCPUs have retired this many guest
+   * instructions in all (sim, deterministic clock: where a replay goes to a point).
+   */
+  maxInstructions?: number
 }
 
 /** Why {@link Vm.run} returned, and which vCPU's exit ended it (none for a timeout or a cancel). */
 export type VmRunResult = RunResult & { vcpu?: number }
 
-const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until'] as const
+const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions'] as const
 
 /**
  * Exits a deterministic turn takes at most, beside its quantum of instructions: a
@@ -73,6 +78,10 @@ function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quant
     throw new MshvError('EINVAL', `vm.run(): timeoutMs must be a number of milliseconds from 0, got ${describe(t)}`)
   }
   if (o['until'] !== undefined) codeAddress('vm.run(): until', o['until'])
+  const n = o['maxInstructions']
+  if (n !== undefined && !(typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) {
+    throw new MshvError('EINVAL', `vm.run(): maxInstructions must be an integer from 0 to 2^53-1, got ${describe(n)}`)
+  }
   return { sliceMs: 1, quantum: 100_000, ...(o as VmRunOptions) }
 }
 
@@ -120,6 +129,9 @@ export class VmRun {
     const cpus = this.vm.cpus
     if (cpus.length === 0) throw new MshvError('EINVAL', 'vm.run(): the VM has no vCPUs (createVcpu first)')
     const end = o.timeoutMs === undefined ? Number.POSITIVE_INFINITY : performance.now() + o.timeoutMs
+    if (o.maxInstructions !== undefined && (this.vm.backend !== 'sim' || this.vm.clock !== 'deterministic')) {
+      throw new MshvError('ENOTSUP', 'vm.run(): maxInstructions needs the sim on the deterministic clock (guest instructions are its time)')
+    }
     try {
       // One breakpoint for the whole run on every vCPU, not one per turn.
       if (o.until !== undefined) for (const v of cpus) if (!v.closed) v.holdUntil(codeAddress('until', o.until))
@@ -141,12 +153,14 @@ export class VmRun {
     const vm = this.vm
     const deterministic = vm.clock === 'deterministic'
     let yieldAt = performance.now() + o.sliceMs
+    const limit = o.maxInstructions === undefined ? Number.POSITIVE_INFINITY : retired(vm.cpus) + o.maxInstructions
     for (;;) {
       if (this.cancelled) return { reason: 'cancelled' }
       vm.timers.fire()
       this.idle.clear()
       let open = 0
       const before = retired(vm.cpus)
+      if (before >= limit) return { reason: 'instructions' }
       const timeBefore = vm.guestTimeNs()
       for (const v of vm.cpus) {
         if (v.closed || this.stopped.has(v)) continue
@@ -160,8 +174,10 @@ export class VmRun {
         // every replay, so exits that each do much (string I/O batches) cannot hold the
         // thread for a whole quantum.
         const left = end - performance.now()
+        const budget = Math.min(o.quantum, limit - retired(vm.cpus))
+        if (budget <= 0) return { reason: 'instructions' }
         const r = deterministic
-          ? v.run(Number.isFinite(left) ? { maxInstructions: o.quantum, maxExits: TURN_EXITS, timeoutMs: Math.max(0, left) } : { maxInstructions: o.quantum, maxExits: TURN_EXITS })
+          ? v.run(Number.isFinite(left) ? { maxInstructions: budget, maxExits: TURN_EXITS, timeoutMs: Math.max(0, left) } : { maxInstructions: budget, maxExits: TURN_EXITS })
           : v.run({ timeoutMs: Math.max(0, Math.min(o.sliceMs, left)) })
         // A device closed the VM during the turn (a power-off device): what it asked for ends the run.
         if (vm.closed) return r.reason === 'cancelled' || r.reason === 'idle' || turnOver(r) ? { reason: 'cancelled' } : { ...r, vcpu: v.index }

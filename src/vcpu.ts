@@ -315,6 +315,11 @@ export class Vcpu {
     return this.msg
   }
 
+  /** `running` while a run of this vCPU is in progress, `paused` between runs, `closed` once closed. */
+  get runState(): 'running' | 'paused' | 'closed' {
+    return this.isClosed ? 'closed' : this.running ? 'running' : 'paused'
+  }
+
   /** Whether {@link close} was called (directly or by closing the VM). */
   get closed(): boolean {
     return this.isClosed

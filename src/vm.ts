@@ -252,6 +252,8 @@ export class Vm {
   private readonly eoiListeners: ((vector: number, vcpuIndex: number) => void)[] = []
   private stopResult: RunResult | undefined
   private current: VmRun | undefined
+  /** Settles when the run in progress ends (for {@link pause}). */
+  private runEnded: Promise<void> = Promise.resolve()
   private readonly interruptListeners: (() => void)[] = []
   /** Device timers on guest time ({@link guestTimeNs}); {@link run} fires them when due. */
   readonly timers: GuestTimers = new GuestTimers(
@@ -515,11 +517,37 @@ export class Vm {
     if (this.current) throw new MshvError('EBUSY', 'vm.run(): the VM is already running')
     const run = new VmRun(this)
     this.current = run
+    const ended = run.run(options)
+    this.runEnded = ended.then(
+      () => {},
+      () => {},
+    )
     try {
-      return await run.run(options)
+      return await ended
     } finally {
       this.current = undefined
     }
+  }
+
+  /**
+   * Where the VM is (Firecracker's explicit run states): `running` while {@link run}
+   * is in progress, `paused` between runs (its state can be read, saved, restored),
+   * `closed` once closed.
+   */
+  get runState(): 'running' | 'paused' | 'closed' {
+    return this.isClosed ? 'closed' : this.current ? 'running' : 'paused'
+  }
+
+  /**
+   * Stops {@link run} in progress and resolves once it has ended: every vCPU is out of
+   * the guest and the exit each was in is completed (Cloud Hypervisor's rule: no port
+   * or MMIO access is left half done), so the state is whole. The run resolves with
+   * `{ reason: 'cancelled' }`. Resolves at once when the VM is not running.
+   */
+  async pause(): Promise<void> {
+    if (!this.current) return
+    this.current.cancel()
+    await this.runEnded
   }
 
   /**

@@ -77,8 +77,9 @@ impl VcpuState {
 /// run yet (a breakpoint) or at the next one (a step), and DR6's bits in the
 /// exception parameter: B0..B3 for the breakpoint's index below 4, BS (bit 14) for a
 /// step — what MSHV reports for DR0-DR3 and RFLAGS.TF under an exception intercept.
-/// A run that starts on a breakpoint runs that instruction first (RFLAGS.RF's rule,
-/// SDM vol 3 18.3.1.1), so a VMM resumes from a stop without removing it.
+/// A run that resumes from a stop at a breakpoint, or is the first after a
+/// `set_state`, runs the instruction there first (RFLAGS.RF's rule, SDM vol 3
+/// 18.3.1.1), so a VMM resumes without removing the breakpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DebugState {
     /// Linear addresses of instruction breakpoints (MSHV: DR0-DR3, so at most

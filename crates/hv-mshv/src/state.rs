@@ -148,6 +148,9 @@ impl MshvVcpu {
         let fd = self.fd();
         retry(|| fd.set_lapic(&page)).map_err(|e| map_error("set LAPIC state", e))?;
         retry(|| fd.set_xsave(&image)).map_err(|e| map_error("set XSAVE state", e))?;
+        // A restored vCPU resumes: a breakpoint where it stands lets its instruction run
+        // (RF at the next run, as after a stop there; the sim does the same).
+        self.set_at_breakpoint();
         Ok(())
     }
 

@@ -133,6 +133,11 @@ impl MshvVcpu {
         &self.fd
     }
 
+    /// The next run resumes as from a breakpoint stop (RFLAGS.RF set first).
+    pub(crate) fn set_at_breakpoint(&mut self) {
+        self.at_breakpoint = true;
+    }
+
     /// A #DB intercept while debugging: DR6 (read by hypercall, as Hyperlight's
     /// `get_debug_regs` does) goes into the message's exception parameter, so the VMM
     /// reads what stopped the vCPU there on both backends; a breakpoint's stop is

@@ -141,6 +141,11 @@ impl SimVcpu {
         // Nothing was refused: the state is the vCPU's now.
         let pdpte = cpu.pdpte;
         self.processor.cpu = cpu;
+        // A restored vCPU resumes: a breakpoint where it stands lets its instruction run.
+        let at = self.processor.cpu.seg[sim_cpu::state::CS]
+            .base
+            .wrapping_add(self.processor.cpu.rip);
+        self.processor.resume_at(at);
         self.tsc_offset = tsc_offset;
         {
             let mut s = self.apic.lock();

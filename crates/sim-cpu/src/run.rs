@@ -137,6 +137,12 @@ impl Processor {
         }
     }
 
+    /// The next run resumes at linear address `at` as from a stop there: a breakpoint
+    /// at it does not fire before its first instruction (a restored state resumes).
+    pub fn resume_at(&mut self, at: u64) {
+        self.debug_resume = Some(at);
+    }
+
     /// Forgets cached translations and code: after the hypervisor changed registers
     /// the caches depend on (control registers, EFER, segments) or guest memory.
     pub fn state_changed(&mut self, mem: &PhysMap) {

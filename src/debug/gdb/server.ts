@@ -121,7 +121,10 @@ export class GdbServer {
       }
     })
     socket.on('error', () => socket.destroy())
-    socket.on('close', () => void this.detached(stub))
+    socket.on('close', () => {
+      stub.close()
+      void this.detached(stub)
+    })
   }
 
   /** GDB went: the VM runs on (unless it ended or was killed). */

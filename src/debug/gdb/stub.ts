@@ -20,6 +20,7 @@ import type { Vcpu } from '../../vcpu.js'
 import { MshvError } from '../../errors.js'
 import { PACKET_SIZE, PacketReader, frame, fromLeHex, leHex } from './packet.js'
 import { GDB_REGISTERS, TARGET_XML } from './registers.js'
+import { History } from './history.js'
 
 /** Signals of stop replies (GDB's numbering). */
 const SIGINT = 0x02
@@ -53,6 +54,8 @@ export class GdbStub {
   /** Breakpoints GDB inserted (Z0/Z1), and which kind, to say which in a stop reply. */
   private readonly inserted = new Map<bigint, 'swbreak' | 'hwbreak'>()
   private ended = false
+  /** Checkpoints for reverse execution, where the VM can go back (the deterministic sim). */
+  private readonly history: History | undefined
 
   constructor(
     private readonly vm: Vm,
@@ -60,6 +63,13 @@ export class GdbStub {
     private readonly events: StubEvents,
   ) {
     this.lastStop = this.stopReply(SIGTRAP, 0)
+    this.history = History.supported(vm) ? new History(vm) : undefined
+    this.history?.stopped()
+  }
+
+  /** The connection went: the checkpoints' files go. */
+  close(): void {
+    this.history?.close()
   }
 
   /** Bytes from GDB. */
@@ -137,6 +147,8 @@ export class GdbStub {
       case 'Z':
       case 'z':
         return this.breakpoint(p)
+      case 'b':
+        return p === 'bs' || p === 'bc' ? this.reverse(p === 'bs' ? 'step' : 'continue') : this.reply('')
       case 'D':
         this.reply('OK')
         return this.events.onDetach('detach')
@@ -154,7 +166,8 @@ export class GdbStub {
 
   private query(p: string): void {
     if (p.startsWith('qSupported')) {
-      return this.reply(`PacketSize=${PACKET_SIZE.toString(16)};qXfer:features:read+;swbreak+;hwbreak+;vContSupported+;QStartNoAckMode+`)
+      const reverse = this.history ? ';ReverseStep+;ReverseContinue+' : ''
+      return this.reply(`PacketSize=${PACKET_SIZE.toString(16)};qXfer:features:read+;swbreak+;hwbreak+;vContSupported+;QStartNoAckMode+${reverse}`)
     }
     if (p === 'QStartNoAckMode') {
       this.reply('OK')
@@ -336,6 +349,37 @@ export class GdbStub {
     this.reply('OK')
   }
 
+  /**
+   * `bs`/`bc`: back one instruction, or back to the latest breakpoint before here, by
+   * restoring a checkpoint and replaying forward; at the start of the history the stop
+   * says `replaylog:begin` (GDB: "no more reverse-execution history").
+   */
+  private reverse(how: 'step' | 'continue'): void {
+    const h = this.history
+    if (!h) return this.reply(E(1))
+    if (this.running) return
+    this.running = true
+    const go = async (): Promise<string> => {
+      const vcpu = this.cpus.findIndex((v) => !v.closed)
+      if (how === 'step') {
+        if (h.position() <= h.start) return this.stopReply(SIGTRAP, vcpu, 'replaylog:begin;')
+        await h.goto(h.position() - 1)
+        return this.stopReply(SIGTRAP, vcpu)
+      }
+      const address = await h.lastHitBefore(new Set(this.inserted.keys()))
+      if (address === undefined) return this.stopReply(SIGTRAP, vcpu, 'replaylog:begin;')
+      return this.stopReply(SIGTRAP, vcpu, `${this.inserted.get(address) ?? 'swbreak'}:;`)
+    }
+    go().then(
+      (reply) => {
+        this.running = false
+        this.lastStop = reply
+        this.reply(reply)
+      },
+      (e: unknown) => this.stopped(e instanceof Error ? e : new Error(String(e))),
+    )
+  }
+
   /** `c` (every vCPU) or `s` (vCPU `step` alone); the stop reply comes when it stops. */
   private resume(step: number | undefined): void {
     if (this.running) return
@@ -392,6 +436,7 @@ export class GdbStub {
       this.cThread = vcpu
     }
     this.lastStop = reply
+    if (!this.ended) this.history?.stopped()
     this.reply(reply)
     if (this.ended) this.events.onEnd(r)
   }
