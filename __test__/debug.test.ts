@@ -119,3 +119,32 @@ test('bad breakpoints, states and until are EINVAL naming the value, and change 
   t.deepEqual(vcpu.state(), good)
   vm.close()
 })
+
+test('a watchpoint stops after the instruction that writes, reads or accesses its range, and nowhere else', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 1 << 20)
+  // 0x1000: mov [0x2000], ax; 0x1003: mov bx, [0x2000]; 0x1007: hlt
+  vm.write(CODE, [0xa3, 0x00, 0x20, 0x8b, 0x1e, 0x00, 0x20, 0xf4])
+  const vcpu = vm.createVcpu(0)
+  const from = (kind: 'write' | 'read' | 'access', address = 0x2000, length = 2): ReturnType<Vcpu['run']> => {
+    enterRealMode(vcpu, CODE)
+    const w = vcpu.addWatchpoint(address, length, kind)
+    try {
+      return vcpu.run()
+    } finally {
+      vcpu.removeWatchpoint(w)
+    }
+  }
+  t.deepEqual(from('write'), { reason: 'watchpoint', address: 0x1003n, watch: { address: 0x2000n, length: 2, kind: 'write' } })
+  t.deepEqual(from('read'), { reason: 'watchpoint', address: 0x1007n, watch: { address: 0x2000n, length: 2, kind: 'read' } })
+  t.deepEqual(from('access', 0x2001, 1), { reason: 'watchpoint', address: 0x1003n, watch: { address: 0x2001n, length: 1, kind: 'access' } })
+  t.deepEqual(from('access', 0x2002, 4), { reason: 'halt' }, 'the bytes next to it are not watched')
+  t.deepEqual(vcpu.watchpoints, [])
+  // Four at most; bad ones are EINVAL and leave none behind.
+  for (let i = 0; i < 4; i++) vcpu.addWatchpoint(0x3000 + 8 * i, 8)
+  t.throws(() => vcpu.addWatchpoint(0x4000, 8), { code: 'EINVAL', message: /at most 4/ })
+  t.throws(() => vcpu.addWatchpoint(0x4000, 0), { code: 'EINVAL', message: /length/ })
+  t.throws(() => vcpu.addWatchpoint(0x4000, 1, 'exec' as never), { code: 'EINVAL', message: /kind/ })
+  t.is(vcpu.watchpoints.length, 4)
+  vm.close()
+})

@@ -55,7 +55,6 @@ test('GDB breaks on a symbol, steps, disassembles, watches memory and sees the g
     'print/x $cr0',
     'print/x $efer',
     'delete',
-    'set can-use-hw-watchpoints 0',
     'watch *(long *)&counter',
     'continue',
     'delete',
@@ -79,7 +78,7 @@ test('GDB breaks on a symbol, steps, disassembles, watches memory and sees the g
   t.regex(out, /\$1 = 1\b/, 'the second stop at loop_top: one round done')
   t.regex(out, /\$2 = 0x8\d{7}/, 'CR0 with PG set (the system feature)')
   t.regex(out, /\$3 = 0x5\d\d/, 'EFER with LME and LMA')
-  t.regex(out, /Watchpoint 2: \*\(long \*\)&counter\s+Old value = 1\s+New value = 2/)
+  t.regex(out, /Hardware watchpoint 2: \*\(long \*\)&counter\s+Old value = 1\s+New value = 2/, 'a hardware watchpoint: the hypervisor stops after the write')
   t.regex(out, /\$4 = 100\b/, 'a memory write from GDB reads back')
   t.regex(out, /Breakpoint 3, done \(\) at .*counter\.asm:16/, 'RAX set to 9 from GDB: the loop ends one round later')
   t.regex(out, /\$5 = 10\b/)
@@ -176,7 +175,13 @@ test('the stub stops a running VM on Ctrl+C, names bad packets, and refuses what
   t.is(await c.ask('Hg5'), 'E01', 'thread 5 does not exist')
   t.is(await c.ask('m0,10000000'), 'E01', 'longer than PacketSize')
   t.is(await c.ask('mffffffffffff0000,4'), 'E0e', 'not mapped')
-  t.is(await c.ask('Z2,201000,8'), '', 'watchpoints are not offered: GDB watches by stepping')
+  t.is(await c.ask('Z2,201000,8'), 'OK', 'a write watchpoint')
+  t.is(await c.ask('Z2,201000,8'), 'OK', 'again: the same one')
+  t.is(await c.ask('Z4,201008,1'), 'OK')
+  t.is(await c.ask('Z3,201010,1'), 'OK', 'reads alone: the sim watches them')
+  t.is(await c.ask('Z3,201018,1'), 'OK')
+  t.is(await c.ask('Z2,201020,8'), 'E1c', 'a fifth: four at most')
+  for (const z of ['z2,201000,8', 'z4,201008,1', 'z3,201010,1', 'z3,201018,1']) t.is(await c.ask(z), 'OK')
   t.is(await c.ask('P10=zz'), 'E01')
   t.is(await c.ask('vCont?'), 'vCont;c;C;s;S')
   c.send('c')

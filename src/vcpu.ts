@@ -19,7 +19,7 @@ import { native as binding } from './native.js'
 import { ExitTrace, type ChromeTrace } from './trace.js'
 import { ProgressLine, type ProgressStream } from './progress.js'
 import { fromNative, toNative, type VcpuState } from './snapshot/vcpu-state.js'
-import { VcpuDebug, codeAddress, type BreakpointHook, type CodeAddress } from './debug/breakpoints.js'
+import { VcpuDebug, codeAddress, type BreakpointHook, type CodeAddress, type Watchpoint, type WatchKind } from './debug/breakpoints.js'
 
 const T_IO = messageType('ioPort')
 const T_HALT = messageType('halt')
@@ -80,6 +80,11 @@ export type RunResult =
   | { reason: 'breakpoint'; address: bigint }
   /** Single-stepping ({@link Vcpu.singleStep}): one instruction ran; the next is at `address`. */
   | { reason: 'step'; address: bigint }
+  /**
+   * An instruction accessed a range {@link Vcpu.addWatchpoint} watches: it ran, and the
+   * next is at `address`; `watch` is the watchpoint.
+   */
+  | { reason: 'watchpoint'; address: bigint; watch: Watchpoint }
 
 /** Why {@link Vcpu.step} returned: the instruction ran (`stepped`), or the run would have stopped there. */
 export type StepResult = RunResult | { reason: 'stepped' }
@@ -468,6 +473,36 @@ export class Vcpu {
     this.debug.add(a, hook)
   }
 
+  /**
+   * Stops the vCPU after any instruction that makes a `kind` access ('write' by
+   * default; 'access' for reads and writes; 'read', reads alone, on the sim only) to
+   * `[address, address + length)`: `{ reason: 'watchpoint', address, watch }`, the
+   * instruction done (a data breakpoint is a trap, SDM vol 3 18.2.4). Four at most; on
+   * mshv they share DR0-DR3 with the breakpoints, and a range is 1, 2, 4 or 8 bytes,
+   * aligned. A `rep` string instruction stops when it has finished.
+   */
+  addWatchpoint(address: CodeAddress, length = 1, kind: WatchKind = 'write'): Watchpoint {
+    this.checkOpen()
+    const a = codeAddress('addWatchpoint: address', address)
+    if (!Number.isSafeInteger(length) || length < 1) throw new MshvError('EINVAL', `addWatchpoint: length must be a whole number of bytes from 1, got ${describe(length)}`)
+    if (kind !== 'write' && kind !== 'read' && kind !== 'access') throw new MshvError('EINVAL', `addWatchpoint: kind must be ${oneOf(['write', 'read', 'access'])}, got ${describe(kind)}`)
+    const w: Watchpoint = { address: a, length, kind }
+    this.debug.watch(w)
+    return w
+  }
+
+  /** Removes a watchpoint {@link addWatchpoint} returned (or one equal to it); whether there was one. */
+  removeWatchpoint(watch: Watchpoint): boolean {
+    this.checkOpen()
+    if (typeof watch !== 'object' || watch === null) throw new MshvError('EINVAL', `removeWatchpoint: watch must be what addWatchpoint returned, got ${describe(watch)}`)
+    return this.debug.unwatch(watch)
+  }
+
+  /** The watchpoints, in the order they were added. */
+  get watchpoints(): readonly Watchpoint[] {
+    return this.debugState?.watchpoints() ?? []
+  }
+
   /** Removes the breakpoint at `address`; returns whether there was one. */
   removeBreakpoint(address: CodeAddress): boolean {
     this.checkOpen()
@@ -531,7 +566,14 @@ export class Vcpu {
     const vector = msg.getUint16(MSG_EXCEPTION_VECTOR, true)
     if (vector !== DB) throw new MshvError('EUNHANDLED_EXIT', `exception intercept for vector ${vector}: ${this.describe()}`)
     const address = msg.getBigUint64(MSG_CS_BASE, true) + msg.getBigUint64(MSG_RIP, true)
-    if ((msg.getBigUint64(MSG_EXCEPTION_PARAMETER, true) & DR6_BS) !== 0n) return { reason: 'step', address }
+    const dr6 = msg.getBigUint64(MSG_EXCEPTION_PARAMETER, true)
+    // Slots 0.. are the watchpoints (DR6's B0..B3 say which), the breakpoints after them.
+    const watches = this.debugState?.watchpoints() ?? []
+    for (let i = 0; i < watches.length; i++) {
+      const watch = watches[i] as Watchpoint
+      if ((dr6 >> BigInt(i)) & 1n) return { reason: 'watchpoint', address, watch }
+    }
+    if ((dr6 & DR6_BS) !== 0n) return { reason: 'step', address }
     if (this.debugState?.isTemporary(address) !== true) {
       const hook = this.debugState?.hook(address)
       if (hook && hook(address) !== 'stop') return undefined

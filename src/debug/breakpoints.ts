@@ -27,9 +27,21 @@ export function codeAddress(what: string, v: unknown): bigint {
   throw invalid(what, 'a linear address (an integer from 0 to 2^64-1)', v)
 }
 
+/** Which accesses a watchpoint stops after: writes, reads (the sim only), or both. */
+export type WatchKind = 'write' | 'read' | 'access'
+
+/** A watched range of linear addresses. */
+export interface Watchpoint {
+  readonly address: bigint
+  readonly length: number
+  readonly kind: WatchKind
+}
+
 /** One vCPU's debug state, kept here and pushed to the hypervisor on each change. */
 export class VcpuDebug {
   private readonly hooks = new Map<bigint, BreakpointHook | undefined>()
+  /** In slot order (DR6's B0..B3 name them). */
+  private watches: Watchpoint[] = []
   /** Addresses a run stops at for this run only ({@link Vcpu.run}'s `until`). */
   private readonly temporary = new Set<bigint>()
   private stepping = false
@@ -38,7 +50,33 @@ export class VcpuDebug {
 
   /** Whether anything stops the vCPU (a run then takes the debug path). */
   get active(): boolean {
-    return this.stepping || this.hooks.size > 0 || this.temporary.size > 0
+    return this.stepping || this.hooks.size > 0 || this.temporary.size > 0 || this.watches.length > 0
+  }
+
+  /** The watchpoints, in slot order. */
+  watchpoints(): readonly Watchpoint[] {
+    return this.watches
+  }
+
+  /** Adds a watchpoint (four at most); a refused one is not added. */
+  watch(w: Watchpoint): void {
+    const old = this.watches
+    this.watches = [...old.filter((x) => !(x.address === w.address && x.length === w.length && x.kind === w.kind)), w]
+    try {
+      this.push()
+    } catch (e) {
+      this.watches = old
+      throw e
+    }
+  }
+
+  /** Removes a watchpoint; returns whether there was one. */
+  unwatch(w: Watchpoint): boolean {
+    const n = this.watches.length
+    this.watches = this.watches.filter((x) => !(x.address === w.address && x.length === w.length && x.kind === w.kind))
+    if (this.watches.length === n) return false
+    this.push()
+    return true
   }
 
   get singleStep(): boolean {
@@ -100,6 +138,12 @@ export class VcpuDebug {
 
   private push(): void {
     const all = new Set([...this.hooks.keys(), ...this.temporary])
-    this.native.setDebugState(BigUint64Array.from(all), this.stepping)
+    this.native.setDebugState({
+      breakpoints: BigUint64Array.from(all),
+      watchAddresses: BigUint64Array.from(this.watches.map((w) => w.address)),
+      watchLengths: BigUint64Array.from(this.watches.map((w) => BigInt(w.length))),
+      watchKinds: this.watches.map((w) => w.kind),
+      singleStep: this.stepping,
+    })
   }
 }

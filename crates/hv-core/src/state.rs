@@ -82,23 +82,58 @@ impl VcpuState {
 /// 18.3.1.1), so a VMM resumes without removing the breakpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DebugState {
-    /// Linear addresses of instruction breakpoints (MSHV: DR0-DR3, so at most
-    /// [`HARDWARE_BREAKPOINTS`]; the sim: any number).
+    /// Linear addresses of instruction breakpoints (MSHV: DR0-DR3 with the watchpoints,
+    /// so at most [`HARDWARE_BREAKPOINTS`] of both; the sim: any number).
     pub breakpoints: Vec<u64>,
+    /// Data breakpoints: a stop after the instruction that accessed the range (a trap,
+    /// as DR0-DR3 data breakpoints are, SDM vol 3 18.2.4). At most four on either
+    /// backend; they take the first slots, so DR6's B0..B3 name them.
+    pub watchpoints: Vec<Watchpoint>,
     /// Stop after every instruction.
     pub single_step: bool,
 }
 
-/// Instruction breakpoints a hardware debug-register backend has (DR0-DR3).
+/// Which accesses a watchpoint stops at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    Write,
+    /// Reads only: the sim's (x86 debug registers watch writes, or reads and writes).
+    Read,
+    Access,
+}
+
+/// A range of linear addresses watched for `kind` accesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watchpoint {
+    pub address: u64,
+    pub len: u64,
+    pub kind: WatchKind,
+}
+
+impl Watchpoint {
+    /// Whether an access of `size` bytes at `lin` (a write or not) is one it watches.
+    pub fn hit(&self, lin: u64, size: u64, write: bool) -> bool {
+        let kind = match self.kind {
+            WatchKind::Write => write,
+            WatchKind::Read => !write,
+            WatchKind::Access => true,
+        };
+        kind && lin < self.address.saturating_add(self.len)
+            && self.address < lin.saturating_add(size)
+    }
+}
+
+/// Debug-register slots a hardware backend has (DR0-DR3): watchpoints and breakpoints together.
 pub const HARDWARE_BREAKPOINTS: usize = 4;
 
 /// DR6.BS: the stop was a single step (SDM vol 3 18.2.3).
 pub const DR6_BS: u64 = 1 << 14;
 
-/// DR6 for a stop at breakpoint `index` of [`DebugState::breakpoints`].
-pub fn dr6_for_breakpoint(index: usize) -> u64 {
-    if index < HARDWARE_BREAKPOINTS {
-        1 << index
+/// DR6 for a stop at debug slot `slot`: the watchpoints are slots 0.., the breakpoints
+/// follow them; slots past DR3 (the sim's) have no bit.
+pub fn dr6_for_slot(slot: usize) -> u64 {
+    if slot < HARDWARE_BREAKPOINTS {
+        1 << slot
     } else {
         0
     }

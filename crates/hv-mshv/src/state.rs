@@ -16,6 +16,7 @@
 use crate::errors::{map_error, retry};
 use crate::vcpu::MshvVcpu;
 use hv_core::regs::REGISTERS;
+use hv_core::state::WatchKind;
 use hv_core::state::{HARDWARE_BREAKPOINTS, LAPIC_STATE_SIZE, STATE_MSRS};
 use hv_core::{DebugState, HvError, RegisterValue, Result, VcpuBackend, VcpuState};
 use mshv_bindings::*;
@@ -51,10 +52,52 @@ fn debug_intercept(on: bool) -> mshv_install_intercept {
     }
 }
 
-/// DR7 with local enables L0..L(n-1), each an execute breakpoint of length 1 (R/W and
-/// LEN 00: SDM vol 3 18.2.4).
-pub fn dr7_for(breakpoints: usize) -> u64 {
-    (0..breakpoints.min(HARDWARE_BREAKPOINTS)).fold(0, |d, i| d | 1 << (2 * i))
+/// The debug registers for `debug`: DR0-DR3 (the watchpoints first, then the
+/// breakpoints, as `hv_core::state::dr6_for_slot` numbers them) and DR7 with a local
+/// enable for each (SDM vol 3 18.2.4: R/W 00 execute, 01 write, 11 read or write; LEN
+/// 00/01/11/10 for 1/2/4/8 bytes, the address aligned to it).
+pub fn debug_registers(debug: &DebugState) -> Result<([u64; 4], u64)> {
+    let n = debug.watchpoints.len() + debug.breakpoints.len();
+    if n > HARDWARE_BREAKPOINTS {
+        return Err(HvError::InvalidArgument(format!(
+            "{n} breakpoints and watchpoints: MSHV's are DR0-DR3, so at most {HARDWARE_BREAKPOINTS}"
+        )));
+    }
+    let mut dr = [0u64; 4];
+    let mut dr7 = 0u64;
+    for (i, w) in debug.watchpoints.iter().enumerate() {
+        let rw = match w.kind {
+            WatchKind::Write => 0b01,
+            WatchKind::Access => 0b11,
+            WatchKind::Read => {
+                return Err(HvError::InvalidArgument(format!(
+                "a read watchpoint at {:#x}: x86 debug registers watch writes, or reads and writes",
+                w.address
+            )))
+            }
+        };
+        let len = match w.len {
+            1 => 0b00,
+            2 => 0b01,
+            4 => 0b11,
+            8 => 0b10,
+            _ => 4,
+        };
+        if len == 4 || !w.address.is_multiple_of(w.len) {
+            return Err(HvError::InvalidArgument(format!(
+                "watchpoint at {:#x} of {} bytes: debug registers watch 1, 2, 4 or 8 bytes at an address aligned to that",
+                w.address, w.len
+            )));
+        }
+        dr[i] = w.address;
+        dr7 |= 1 << (2 * i) | rw << (16 + 4 * i) | len << (18 + 4 * i);
+    }
+    for (j, b) in debug.breakpoints.iter().enumerate() {
+        let i = debug.watchpoints.len() + j;
+        dr[i] = *b;
+        dr7 |= 1 << (2 * i);
+    }
+    Ok((dr, dr7))
 }
 
 impl MshvVcpu {
@@ -155,25 +198,17 @@ impl MshvVcpu {
     }
 
     pub(crate) fn debug(&mut self, vm: &VmFd, debug: &DebugState) -> Result<()> {
-        let n = debug.breakpoints.len();
-        if n > HARDWARE_BREAKPOINTS {
-            return Err(HvError::InvalidArgument(format!(
-                "{n} breakpoints: MSHV's are DR0-DR3, so at most {HARDWARE_BREAKPOINTS}"
-            )));
-        }
-        let on = n > 0 || debug.single_step;
+        let (dr, dr7) = debug_registers(debug)?;
+        let on = dr7 != 0 || debug.single_step;
         retry(|| vm.install_intercept(debug_intercept(on)))
             .map_err(|e| map_error("install the #DB intercept", e))?;
-        let mut regs: Vec<(u32, RegisterValue)> = (0..HARDWARE_BREAKPOINTS)
-            .map(|i| {
-                (
-                    hv_register_name_HV_X64_REGISTER_DR0 + i as u32,
-                    [debug.breakpoints.get(i).copied().unwrap_or(0), 0],
-                )
-            })
+        let mut regs: Vec<(u32, RegisterValue)> = dr
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (hv_register_name_HV_X64_REGISTER_DR0 + i as u32, [*a, 0]))
             .collect();
         regs.push((hv_register_name_HV_X64_REGISTER_DR6, [0, 0]));
-        regs.push((hv_register_name_HV_X64_REGISTER_DR7, [dr7_for(n), 0]));
+        regs.push((hv_register_name_HV_X64_REGISTER_DR7, [dr7, 0]));
         let rflags = self.get_many(&[hv_register_name_HV_X64_REGISTER_RFLAGS])?[0][0];
         let rflags = if debug.single_step {
             rflags | TF
@@ -206,10 +241,43 @@ mod tests {
     }
 
     #[test]
-    fn dr7_enables_one_local_execute_breakpoint_per_slot() {
-        assert_eq!(dr7_for(0), 0);
-        assert_eq!(dr7_for(1), 0b1);
-        assert_eq!(dr7_for(4), 0b0101_0101);
-        assert_eq!(dr7_for(9), 0b0101_0101);
+    fn dr7_takes_watchpoints_then_breakpoints_as_the_sdm_encodes_them() {
+        use hv_core::state::Watchpoint;
+        let d = |watchpoints: Vec<Watchpoint>, breakpoints: Vec<u64>| DebugState {
+            breakpoints,
+            watchpoints,
+            single_step: false,
+        };
+        assert_eq!(debug_registers(&d(vec![], vec![])).unwrap(), ([0; 4], 0));
+        let (dr, dr7) = debug_registers(&d(vec![], vec![0x1000, 0x2000])).unwrap();
+        assert_eq!((dr, dr7), ([0x1000, 0x2000, 0, 0], 0b0101));
+        let w = Watchpoint {
+            address: 0x3008,
+            len: 8,
+            kind: WatchKind::Write,
+        };
+        let a = Watchpoint {
+            address: 0x4000,
+            len: 2,
+            kind: WatchKind::Access,
+        };
+        let (dr, dr7) = debug_registers(&d(vec![w, a], vec![0x1000])).unwrap();
+        assert_eq!(dr, [0x3008, 0x4000, 0x1000, 0]);
+        // L0 L1 L2; R/W0 01 LEN0 10 (8 bytes); R/W1 11 LEN1 01 (2 bytes).
+        assert_eq!(dr7, 0b01_0101 | 0b1001 << 16 | 0b0111 << 20);
+        let five = d(vec![w], vec![1, 2, 3, 4]);
+        assert!(debug_registers(&five).is_err());
+        let odd = Watchpoint { len: 3, ..w };
+        assert!(debug_registers(&d(vec![odd], vec![])).is_err());
+        let unaligned = Watchpoint {
+            address: 0x3004,
+            ..w
+        };
+        assert!(debug_registers(&d(vec![unaligned], vec![])).is_err());
+        let read = Watchpoint {
+            kind: WatchKind::Read,
+            ..w
+        };
+        assert!(debug_registers(&d(vec![read], vec![])).is_err());
     }
 }

@@ -169,10 +169,28 @@ impl SimVcpu {
                 debug.breakpoints.len()
             )));
         }
-        self.processor.debug = sim_cpu::Debug {
+        if debug.watchpoints.len() > hv_core::state::HARDWARE_BREAKPOINTS {
+            return Err(HvError::InvalidArgument(format!(
+                "{} watchpoints: a vCPU takes at most {} (DR6 names four)",
+                debug.watchpoints.len(),
+                hv_core::state::HARDWARE_BREAKPOINTS
+            )));
+        }
+        if let Some(w) = debug
+            .watchpoints
+            .iter()
+            .find(|w| w.len == 0 || w.address.checked_add(w.len - 1).is_none())
+        {
+            return Err(HvError::InvalidArgument(format!(
+                "watchpoint at {:#x} of {} bytes: the range must be 1 byte or more and end below 2^64",
+                w.address, w.len
+            )));
+        }
+        self.processor.set_debug(sim_cpu::Debug {
             breakpoints: debug.breakpoints.clone(),
+            watchpoints: debug.watchpoints.clone(),
             single_step: debug.single_step,
-        };
+        });
         Ok(())
     }
 }

@@ -907,7 +907,7 @@ fn a_breakpoint_in_a_hot_loop_stops_every_time_round_and_costs_nothing_elsewhere
     m.cpus[0]
         .set_debug_state(&hv_core::DebugState {
             breakpoints: vec![dec],
-            single_step: false,
+            ..hv_core::DebugState::default()
         })
         .unwrap();
     let mut counts = Vec::new();
@@ -933,4 +933,45 @@ fn a_breakpoint_in_a_hot_loop_stops_every_time_round_and_costs_nothing_elsewhere
         m.cpus[0].instructions() - before > 5000,
         "ran freely to the next OUT"
     );
+}
+
+#[test]
+fn a_watchpoint_set_on_a_page_the_tlb_holds_stops_after_the_write_in_an_interrupt_handler() {
+    use hv_core::message::HVMSG_X64_EXCEPTION_INTERCEPT;
+    use hv_core::state::{WatchKind, Watchpoint};
+    let mut m = machine(1, ClockMode::Deterministic);
+    ticking_guest(&m);
+    m.start(0, CODE);
+    // The handler's writes to SLOT have run: its page is in the TLB now.
+    outs(&mut m, 2);
+    let before = u32::from_le_bytes(m.read::<4>(SLOT));
+    m.cpus[0]
+        .set_debug_state(&hv_core::DebugState {
+            watchpoints: vec![Watchpoint {
+                address: SLOT,
+                len: 4,
+                kind: WatchKind::Write,
+            }],
+            ..hv_core::DebugState::default()
+        })
+        .unwrap();
+    assert_eq!(m.run(0), Exit::Message);
+    assert_eq!(m.msg.message_type(), HVMSG_X64_EXCEPTION_INTERCEPT);
+    let e: hv_x64_exception_intercept_message = m.msg.payload();
+    assert_eq!({ e.exception_parameter } & 0xf, 1, "DR6.B0");
+    let after = u32::from_le_bytes(m.read::<4>(SLOT));
+    assert_eq!(
+        after,
+        before.wrapping_add(e.rcx as u32),
+        "stopped after the ADD to SLOT"
+    );
+    let h = HANDLERS + 0x40 * 0x100;
+    assert!(
+        (h..h + 0x100).contains(&{ e.header.rip }),
+        "in the timer's handler"
+    );
+    m.cpus[0]
+        .set_debug_state(&hv_core::DebugState::default())
+        .unwrap();
+    outs(&mut m, 1);
 }

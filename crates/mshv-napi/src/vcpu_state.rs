@@ -3,6 +3,7 @@
 
 use crate::errors::{guard, invalid, Result};
 use crate::vcpu::Vcpu;
+use hv_core::state::{WatchKind, Watchpoint};
 use hv_core::{DebugState, RegisterValue, VcpuState};
 use napi::bindgen_prelude::{BigUint64Array, Uint32Array, Uint8Array};
 use napi_derive::napi;
@@ -20,6 +21,17 @@ pub struct NativeVcpuState {
     pub xsave: Uint8Array,
     pub internal_names: Vec<String>,
     pub internal_values: BigUint64Array,
+}
+
+/// A vCPU's debug state: instruction breakpoints (linear addresses), watchpoints
+/// (address, length and kind `write`/`read`/`access` each), single-step.
+#[napi(object)]
+pub struct NativeDebugState {
+    pub breakpoints: BigUint64Array,
+    pub watch_addresses: BigUint64Array,
+    pub watch_lengths: BigUint64Array,
+    pub watch_kinds: Vec<String>,
+    pub single_step: bool,
 }
 
 fn to_js(s: VcpuState) -> NativeVcpuState {
@@ -115,12 +127,52 @@ impl Vcpu {
 
     /// Where the vCPU stops for the VMM (linear addresses) and whether it steps.
     #[napi]
-    pub fn set_debug_state(&self, breakpoints: BigUint64Array, single_step: bool) -> Result<()> {
+    pub fn set_debug_state(&self, state: NativeDebugState) -> Result<()> {
         guard("Vcpu.setDebugState", || {
             self.check_open()?;
+            let NativeDebugState {
+                breakpoints,
+                watch_addresses,
+                watch_lengths,
+                watch_kinds,
+                single_step,
+            } = &state;
+            if watch_lengths.len() != watch_addresses.len()
+                || watch_kinds.len() != watch_addresses.len()
+            {
+                return Err(invalid(format!(
+                    "watchpoints: {} addresses need as many lengths and kinds, got {} and {}",
+                    watch_addresses.len(),
+                    watch_lengths.len(),
+                    watch_kinds.len()
+                )));
+            }
+            let watchpoints = watch_addresses
+                .iter()
+                .zip(watch_lengths.iter())
+                .zip(watch_kinds.iter())
+                .map(|((a, l), k)| {
+                    let kind = match k.as_str() {
+                        "write" => WatchKind::Write,
+                        "read" => WatchKind::Read,
+                        "access" => WatchKind::Access,
+                        other => {
+                            return Err(invalid(format!(
+                                "watchpoint kind must be 'write', 'read' or 'access', got '{other}'"
+                            )))
+                        }
+                    };
+                    Ok(Watchpoint {
+                        address: *a,
+                        len: *l,
+                        kind,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let d = DebugState {
                 breakpoints: breakpoints.to_vec(),
-                single_step,
+                watchpoints,
+                single_step: *single_step,
             };
             self.core.with(|b, _| b.set_debug_state(&d))
         })

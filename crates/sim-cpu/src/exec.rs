@@ -32,9 +32,39 @@ pub struct Exec<'a> {
     /// The current block must end after this instruction (its code may have changed,
     /// or the processor's mode did).
     pub end_block: bool,
+    /// The hypervisor's watched ranges: their pages stay out of the TLB, so every access
+    /// to them comes through the checked paths below.
+    pub watches: &'a [hv_core::state::Watchpoint],
+    /// The slot of a watchpoint the current instruction hit: the run stops after it.
+    pub watch_hit: Option<usize>,
 }
 
 impl Exec<'_> {
+    /// An access of `size` bytes at `lin` completed: a watchpoint it hits stops the run
+    /// after this instruction.
+    #[inline(always)]
+    fn watch(&mut self, lin: u64, size: usize, write: bool) {
+        if self.watches.is_empty() {
+            return;
+        }
+        if let Some(i) = self
+            .watches
+            .iter()
+            .position(|w| w.hit(lin, size as u64, write))
+        {
+            self.watch_hit.get_or_insert(i);
+            self.end_block = true;
+        }
+    }
+
+    /// Whether the page of `lin` holds a watched byte (kept out of the TLB).
+    fn watched_page(&self, lin: u64) -> bool {
+        let page = lin & !0xfff;
+        self.watches
+            .iter()
+            .any(|w| w.hit(page, 0x1000, true) || w.hit(page, 0x1000, false))
+    }
+
     // ---- faults --------------------------------------------------------------------
 
     /// Raises exception `vector` with `error_code`.
@@ -340,7 +370,10 @@ impl Exec<'_> {
                     self.cache.invalidate_page(page);
                     self.end_block = true;
                 }
-                if left as usize >= 0x1000 - off && self.mem.page_is_plain_ram(page) {
+                if left as usize >= 0x1000 - off
+                    && self.mem.page_is_plain_ram(page)
+                    && (self.watches.is_empty() || !self.watched_page(lin))
+                {
                     let code = self.cache.holds_page(page);
                     // SAFETY: the page start is `off` bytes before `host`, inside the region.
                     let start = unsafe { host.sub(off) };
@@ -424,6 +457,9 @@ impl Exec<'_> {
             });
         }
         let (p, left) = r?;
+        if access != Access::Execute {
+            self.watch(lin, size, false);
+        }
         if left >= size {
             // SAFETY: `p` starts `left` >= `size` bytes of plain RAM.
             return Ok(unsafe { hv_core::shared::load(p, size) });
@@ -457,6 +493,7 @@ impl Exec<'_> {
             return Ok(());
         }
         let (p, left) = r?;
+        self.watch(lin, size, true);
         if left >= size {
             // SAFETY: `p` starts `left` >= `size` writable bytes of plain RAM.
             unsafe { hv_core::shared::store(p, size, v) };

@@ -75,6 +75,8 @@ pub struct Processor {
 pub struct Debug {
     /// Linear addresses: stop before an instruction that starts at one.
     pub breakpoints: Vec<u64>,
+    /// Data ranges: stop after an instruction that accessed one (slots 0..).
+    pub watchpoints: Vec<hv_core::state::Watchpoint>,
     /// Stop after each instruction (or after an event's delivery).
     pub single_step: bool,
 }
@@ -137,6 +139,13 @@ impl Processor {
         }
     }
 
+    /// Sets where the hypervisor's debugger stops this processor. Translations are
+    /// forgotten: a watched page must not be reached through the TLB.
+    pub fn set_debug(&mut self, debug: Debug) {
+        self.debug = debug;
+        self.tlb.flush();
+    }
+
     /// The next run resumes at linear address `at` as from a stop there: a breakpoint
     /// at it does not fire before its first instruction (a restored state resumes).
     pub fn resume_at(&mut self, at: u64) {
@@ -194,6 +203,8 @@ impl Processor {
             exit: Exit::None,
             work: 0,
             end_block: false,
+            watches: &self.debug.watchpoints,
+            watch_hit: None,
         };
         let rip = x.cpu.rip;
         let f = Fault {
@@ -230,6 +241,8 @@ impl Processor {
             exit: Exit::None,
             work: 0,
             end_block: false,
+            watches: &self.debug.watchpoints,
+            watch_hit: None,
         };
         let mut executed = 0u64;
         let start = x.cpu.seg[CS].base.wrapping_add(x.cpu.rip);
@@ -249,6 +262,9 @@ impl Processor {
             key: mut prev_key,
         } = self.last;
         let end = 'run: loop {
+            if let Some(slot) = x.watch_hit.take() {
+                break watched(&mut x, slot, info);
+            }
             if executed > 0 {
                 // The breakpoint the run started on is passed once an instruction ran.
                 if let Some(d) = debug.as_mut() {
@@ -463,7 +479,7 @@ fn run_single(
                     d.stopped_at = Some(lin);
                     capture(x, block, op, info);
                     x.exit = Exit::Debug {
-                        dr6: hv_core::state::dr6_for_breakpoint(i),
+                        dr6: hv_core::state::dr6_for_slot(d.debug.watchpoints.len() + i),
                     };
                     return Some(RunEnd::Exit(x.exit));
                 }
@@ -519,8 +535,19 @@ fn run_single(
 /// next one has not been fetched).
 fn stepped(x: &mut Exec, info: &mut ExitInstruction) -> RunEnd {
     *info = ExitInstruction::default();
+    let watched = x.watch_hit.take().map_or(0, hv_core::state::dr6_for_slot);
     x.exit = Exit::Debug {
-        dr6: hv_core::state::DR6_BS,
+        dr6: hv_core::state::DR6_BS | watched,
+    };
+    RunEnd::Exit(x.exit)
+}
+
+/// The stop after an instruction that accessed a watched range (a trap: RIP is past it).
+#[cold]
+fn watched(x: &mut Exec, slot: usize, info: &mut ExitInstruction) -> RunEnd {
+    *info = ExitInstruction::default();
+    x.exit = Exit::Debug {
+        dr6: hv_core::state::dr6_for_slot(slot),
     };
     RunEnd::Exit(x.exit)
 }
@@ -539,6 +566,8 @@ fn stopped(
 ) -> Option<RunEnd> {
     match stop {
         Stop::Fault => {
+            // A faulting instruction did not complete: no data breakpoint is reported.
+            x.watch_hit = None;
             x.cpu.rip = op.ip;
             // Every exception a handler returns is a fault: RIP stays on the
             // instruction (traps like INT3 are delivered by their handlers).

@@ -17,6 +17,7 @@
 import type { Vm } from '../../vm.js'
 import type { VmRunResult } from '../../scheduler.js'
 import type { Vcpu } from '../../vcpu.js'
+import type { Watchpoint } from '../breakpoints.js'
 import { MshvError } from '../../errors.js'
 import { PACKET_SIZE, PacketReader, frame, fromLeHex, leHex } from './packet.js'
 import { GDB_REGISTERS, TARGET_XML } from './registers.js'
@@ -326,15 +327,28 @@ export class GdbStub {
     }
   }
 
-  /** Z0/Z1 (and z): the hypervisor's breakpoints on every vCPU; watchpoints are not offered. */
+  /**
+   * Z0/Z1 (and z): the hypervisor's breakpoints on every vCPU; Z2/Z3/Z4: its
+   * watchpoints (write, read, access) of `kind` bytes.
+   */
   private breakpoint(p: string): void {
-    const m = /^([zZ])([0-4]),([0-9a-fA-F]+),/.exec(p)
+    const m = /^([zZ])([0-4]),([0-9a-fA-F]+),([0-9a-fA-F]+)/.exec(p)
     if (!m) return this.reply(E(1))
     const kind = m[2] === '0' ? 'swbreak' : m[2] === '1' ? 'hwbreak' : undefined
-    // Watchpoints (Z2-Z4): the empty reply says "not supported", and GDB watches by
-    // stepping instead (`set can-use-hw-watchpoints 0`).
-    if (!kind) return this.reply('')
     const addr = BigInt(`0x${m[3]}`)
+    if (!kind) {
+      const watch: Watchpoint = { address: addr, length: Number.parseInt(m[4] as string, 16), kind: m[2] === '2' ? 'write' : m[2] === '3' ? 'read' : 'access' }
+      try {
+        for (const v of this.cpus) {
+          if (v.closed) continue
+          if (m[1] === 'Z') v.addWatchpoint(watch.address, watch.length, watch.kind)
+          else v.removeWatchpoint(watch)
+        }
+      } catch {
+        return this.reply(E(0x1c))
+      }
+      return this.reply('OK')
+    }
     try {
       for (const v of this.cpus) {
         if (v.closed) continue
@@ -424,6 +438,9 @@ export class GdbStub {
       reply = this.stopReply(SIGTRAP, vcpu, kind ? `${kind}:;` : '')
     } else if (r.reason === 'step') {
       reply = this.stopReply(SIGTRAP, vcpu)
+    } else if (r.reason === 'watchpoint') {
+      const what = r.watch.kind === 'write' ? 'watch' : r.watch.kind === 'read' ? 'rwatch' : 'awatch'
+      reply = this.stopReply(SIGTRAP, vcpu, `${what}:${r.watch.address.toString(16)};`)
     } else if (r.reason === 'cancelled' || r.reason === 'timeout' || r.reason === 'exits' || r.reason === 'instructions' || r.reason === 'clock' || r.reason === 'idle') {
       reply = this.stopReply(SIGINT, vcpu)
     } else {

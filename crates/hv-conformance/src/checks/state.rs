@@ -5,7 +5,7 @@ use crate::guest::{expect, expect_eq, Guest, CODE};
 use crate::{Check, CheckError, Outcome};
 use hv_core::message::*;
 use hv_core::regs::REGISTERS;
-use hv_core::state::{DR6_BS, LAPIC_STATE_SIZE};
+use hv_core::state::{WatchKind, Watchpoint, DR6_BS, LAPIC_STATE_SIZE};
 use hv_core::{DebugState, HvBackend, MemoryMapping, VcpuState, VmConfig};
 use mshv_bindings::*;
 
@@ -101,7 +101,7 @@ fn vcpu_state(hv: &dyn HvBackend) -> Outcome {
 
 pub const DEBUG_STOPS: Check = Check {
     name: "debug_stops",
-    summary: "a breakpoint stops the vCPU before its instruction with an intercepted #DB (DR6.B0), a run resumed there passes it, and a single step stops after one instruction (DR6.BS)",
+    summary: "a breakpoint stops the vCPU before its instruction with an intercepted #DB (DR6.B0), a run resumed there passes it, a single step stops after one instruction (DR6.BS), and a write watchpoint after the write (DR6.B0)",
     run: debug_stops,
 };
 
@@ -116,7 +116,7 @@ fn debug_stops(hv: &dyn HvBackend) -> Outcome {
     let mut g = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &COUNT_CODE)?;
     g.vcpu.set_debug_state(&DebugState {
         breakpoints: vec![INC],
-        single_step: false,
+        ..DebugState::default()
     })?;
     expect_eq("AX at the first OUT", out_ax(&mut g)?, 1)?;
     g.complete()?;
@@ -131,8 +131,8 @@ fn debug_stops(hv: &dyn HvBackend) -> Outcome {
     // One step from the start: MOV AX, 1 runs and nothing else.
     g.set(hv_register_name_HV_X64_REGISTER_RIP, CODE)?;
     g.vcpu.set_debug_state(&DebugState {
-        breakpoints: vec![],
         single_step: true,
+        ..DebugState::default()
     })?;
     let m = debug_exception(&mut g)?;
     let rip = m.header.rip;
@@ -145,5 +145,25 @@ fn debug_stops(hv: &dyn HvBackend) -> Outcome {
     expect_eq("AX after one step", { m.rax } & 0xffff, 1)?;
     g.vcpu.set_debug_state(&DebugState::default())?;
     expect_eq("AX at the OUT after stepping ends", out_ax(&mut g)?, 1)?;
-    Ok("stopped at the breakpoint and after one step, passed on resume".into())
+
+    // A write watchpoint: mov [0x2000], ax; hlt — the stop comes after the MOV.
+    let mut w = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &[0xa3, 0x00, 0x20, 0xf4])?;
+    w.vcpu.set_debug_state(&DebugState {
+        watchpoints: vec![Watchpoint {
+            address: 0x2000,
+            len: 2,
+            kind: WatchKind::Write,
+        }],
+        ..DebugState::default()
+    })?;
+    let m = debug_exception(&mut w)?;
+    let rip = m.header.rip;
+    expect_eq("RIP after the watched write", rip, CODE + 3)?;
+    expect_eq("DR6 at the watchpoint", { m.exception_parameter } & 0xf, 1)?;
+    w.vcpu.set_debug_state(&DebugState::default())?;
+    w.run_to(HVMSG_X64_HALT)?;
+    Ok(
+        "stopped at the breakpoint, after one step and after a watched write; passed on resume"
+            .into(),
+    )
 }
