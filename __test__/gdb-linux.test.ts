@@ -4,14 +4,16 @@
  * prints it from /proc/kallsyms; the second stops there under GDB).
  */
 import test from 'ava'
-import { execFile } from 'node:child_process'
+import { execFile, spawnSync } from 'node:child_process'
 import { promisify } from 'node:util'
 import { bootLinux, busyboxInitramfs, prepareLinux } from '../index.js'
 import { debianLinuxOrSkip } from './helpers.js'
 
 const run = promisify(execFile)
 const linux = debianLinuxOrSkip('gdb-linux')
-const boot = typeof linux === 'string' ? test.skip : test.serial
+const hasGdb = spawnSync('gdb', ['--version']).status === 0
+if (!hasGdb && !process.env['CI']) console.log('gdb-linux tests skipped: no gdb (apt install gdb)')
+const boot = typeof linux === 'string' || (!hasGdb && !process.env['CI']) ? test.skip : test.serial
 const CMDLINE = 'console=ttyS0 cryptomgr.notests nokaslr'
 
 boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gives, and steps back there', async (t) => {
