@@ -26,6 +26,17 @@ pub const STATE_MSRS: &[u32] = &[
 /// MSHV's `HV_GET_SET_VP_STATE_LAPIC_STATE` and KVM's `kvm_lapic_state` carry it.
 pub const LAPIC_STATE_SIZE: usize = 1024;
 
+/// Checks a local APIC state's size ([`LAPIC_STATE_SIZE`]) before a backend reads it.
+pub fn check_lapic(lapic: &[u8]) -> crate::Result<()> {
+    if lapic.len() != LAPIC_STATE_SIZE {
+        return Err(crate::HvError::InvalidArgument(format!(
+            "the local APIC state is {} bytes; it must be {LAPIC_STATE_SIZE}",
+            lapic.len()
+        )));
+    }
+    Ok(())
+}
+
 /// A vCPU's whole state: what a restore into a fresh vCPU of the same backend needs
 /// for the guest to go on as if nothing happened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

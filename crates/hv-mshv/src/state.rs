@@ -17,7 +17,7 @@ use crate::errors::{map_error, retry};
 use crate::vcpu::MshvVcpu;
 use hv_core::regs::REGISTERS;
 use hv_core::state::WatchKind;
-use hv_core::state::{HARDWARE_BREAKPOINTS, LAPIC_STATE_SIZE, STATE_MSRS};
+use hv_core::state::{HARDWARE_BREAKPOINTS, STATE_MSRS};
 use hv_core::{DebugState, HvError, RegisterValue, Result, VcpuBackend, VcpuState};
 use mshv_bindings::*;
 use mshv_ioctls::VmFd;
@@ -156,12 +156,7 @@ impl MshvVcpu {
                 "internal value '{name}' is one the sim keeps: a sim state cannot be restored on MSHV"
             )));
         }
-        if lapic.len() != LAPIC_STATE_SIZE {
-            return Err(HvError::InvalidArgument(format!(
-                "the local APIC state is {} bytes; it must be {LAPIC_STATE_SIZE}",
-                lapic.len()
-            )));
-        }
+        hv_core::state::check_lapic(lapic)?;
         let mut image = XSave::default();
         if xsave.len() != image.buffer.len() {
             return Err(HvError::InvalidArgument(format!(

@@ -7,7 +7,7 @@
 use super::timer::{Timer, TimerState};
 use super::*;
 use hv_core::state::LAPIC_STATE_SIZE;
-use hv_core::{HvError, Result};
+use hv_core::Result;
 
 /// Names of the internal values (a vCPU state's `internal`).
 const TIMER_START: &str = "apic.timerStart";
@@ -114,12 +114,7 @@ impl ApicState {
         startup_suspend: bool,
         now: u64,
     ) -> Result<ApicState> {
-        if page.len() != LAPIC_STATE_SIZE {
-            return Err(HvError::InvalidArgument(format!(
-                "the local APIC state is {} bytes; it must be {LAPIC_STATE_SIZE}",
-                page.len()
-            )));
-        }
+        hv_core::state::check_lapic(page)?;
         let mut lvt = [0u32; 7];
         for (slot, offset) in lvt.iter_mut().zip(LVT_OFFSETS) {
             *slot = get(page, offset) & 0x0007_17ff;
