@@ -213,6 +213,7 @@ impl MshvVcpu {
         regs.push((hv_register_name_HV_X64_REGISTER_RFLAGS, [rflags, 0]));
         self.set_many(&regs)?;
         self.debugging = on;
+        self.watch_slots = debug.watchpoints.len();
         Ok(())
     }
 

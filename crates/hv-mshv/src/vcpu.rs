@@ -33,6 +33,9 @@ pub struct MshvVcpu {
     pub(crate) debugging: bool,
     /// The last run stopped at a breakpoint: the next resumes past it.
     at_breakpoint: bool,
+    /// Debug slots the watchpoints take (the first ones): a stop at a later slot is a
+    /// breakpoint's.
+    pub(crate) watch_slots: usize,
 }
 
 /// Refuses the limits the hypervisor cannot honour, rather than running without them:
@@ -126,6 +129,7 @@ impl MshvVcpu {
             vm,
             debugging: false,
             at_breakpoint: false,
+            watch_slots: 0,
         }
     }
 
@@ -148,7 +152,9 @@ impl MshvVcpu {
         let mut m: hv_x64_exception_intercept_message = msg.payload();
         m.exception_parameter = dr6[0][0];
         msg.write(hv_core::message::HVMSG_X64_EXCEPTION_INTERCEPT, &m);
-        self.at_breakpoint = dr6[0][0] & 0xf != 0;
+        // A breakpoint's stop (a fault: RIP on it) resumes past it; a watchpoint's is a
+        // trap (RIP past the access), and RF then would hide a breakpoint at the next one.
+        self.at_breakpoint = (dr6[0][0] & 0xf) >> self.watch_slots != 0;
         // DR6's status bits are sticky (SDM vol 3 18.2.3): cleared for the next stop.
         self.set_registers(&[hv_register_name_HV_X64_REGISTER_DR6], &[[0, 0]])
     }

@@ -94,6 +94,8 @@ export class History {
         hit?.(this.position(), r.address)
         continue
       }
+      // A watchpoint stops after its instruction: the replay goes on from there.
+      if (r.reason === 'watchpoint') continue
       // The guest ended the machine (or the run was cancelled) on the way.
       return r
     }
