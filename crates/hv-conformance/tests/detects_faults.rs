@@ -31,6 +31,8 @@ enum Fault {
     StateSkipsGeneralRegisters,
     /// Accepts breakpoints and steps, and stops nowhere.
     IgnoresDebugState,
+    /// Logs no dirty page.
+    LogsNothing,
 }
 
 /// An interrupt path that says yes and does nothing.
@@ -76,6 +78,19 @@ impl VmBackend for FaultyVm {
     }
     fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>> {
         Ok(Box::new(FaultyVcpu(self.0, self.1.create_vcpu(index)?)))
+    }
+    fn start_dirty_log(&mut self) -> Result<()> {
+        self.1.start_dirty_log()
+    }
+    fn take_dirty_log(&mut self, gpa: u64) -> Result<Vec<u64>> {
+        let bits = self.1.take_dirty_log(gpa)?;
+        if self.0 == Fault::LogsNothing {
+            return Ok(vec![0; bits.len()]);
+        }
+        Ok(bits)
+    }
+    fn stop_dirty_log(&mut self) -> Result<()> {
+        self.1.stop_dirty_log()
     }
     fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
         if self.0 == Fault::DropsInterrupts {
@@ -227,6 +242,12 @@ fn vcpu_state_catches_a_restore_that_drops_general_registers() {
 fn debug_stops_catches_breakpoints_that_never_stop() {
     let e = failure(Fault::IgnoresDebugState, "debug_stops");
     assert!(e.contains("expected a exception intercept"), "{e}");
+}
+
+#[test]
+fn dirty_log_catches_a_log_that_names_no_page() {
+    let e = failure(Fault::LogsNothing, "dirty_log");
+    assert!(e.contains("the pages written were 3 and 5"), "{e}");
 }
 
 #[test]

@@ -205,6 +205,15 @@ pub trait VmBackend: Send {
     fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>>;
     /// Where interrupt requests for this VM go, from any thread.
     fn interrupts(&self) -> Arc<dyn crate::interrupt::Interrupts>;
+    /// Starts logging the pages guest writes reach, every page of every region mapped
+    /// now clean (again, when it was logging). The VMM's own writes are its to note.
+    fn start_dirty_log(&mut self) -> Result<()>;
+    /// The pages of the region mapped at `gpa` that guest writes reached since the log
+    /// started or was last taken for it: a bit per 4 KiB page, LSB first in u64 words
+    /// (MSHV's `get_dirty_log` bitmap). They are clean again. Taken between runs.
+    fn take_dirty_log(&mut self, gpa: u64) -> Result<Vec<u64>>;
+    /// Stops logging.
+    fn stop_dirty_log(&mut self) -> Result<()>;
 }
 
 /// A virtual processor.

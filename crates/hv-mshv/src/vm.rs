@@ -213,6 +213,47 @@ impl VmBackend for MshvVm {
         )))
     }
 
+    /// The hypervisor's page-access tracking (`HV_PARTITION_PROPERTY_GPA_PAGE_ACCESS_TRACKING`,
+    /// mshv-ioctls' `enable_dirty_page_tracking`), every region's bits then cleared, as
+    /// Cloud Hypervisor's `start_dirty_log` does.
+    fn start_dirty_log(&mut self) -> Result<()> {
+        let fd = &self.fd;
+        retry(|| fd.enable_dirty_page_tracking())
+            .map_err(|e| map_error("enable dirty page tracking", e))?;
+        for m in &self.mappings {
+            let (pfn, len) = (m.gpa >> 12, m.region.len());
+            retry(|| fd.get_dirty_log(pfn, len, MSHV_GPAP_ACCESS_OP_CLEAR as u8))
+                .map_err(|e| map_error("clear the dirty log", e))?;
+        }
+        Ok(())
+    }
+
+    /// `get_dirty_log` with `MSHV_GPAP_ACCESS_OP_CLEAR`: the bits, cleared in the same hypercall.
+    fn take_dirty_log(&mut self, gpa: u64) -> Result<Vec<u64>> {
+        let m = self
+            .mappings
+            .iter()
+            .find(|m| m.gpa == gpa)
+            .ok_or(HvError::NotMapped(gpa))?;
+        let (pfn, len) = (m.gpa >> 12, m.region.len());
+        let fd = &self.fd;
+        retry(|| fd.get_dirty_log(pfn, len, MSHV_GPAP_ACCESS_OP_CLEAR as u8))
+            .map_err(|e| map_error("get the dirty log", e))
+    }
+
+    /// mshv-ioctls: disabling needs every bit set first (`disable_dirty_page_tracking`'s
+    /// prerequisite; Cloud Hypervisor's `stop_dirty_log` sets them with OP_SET).
+    fn stop_dirty_log(&mut self) -> Result<()> {
+        let fd = &self.fd;
+        for m in &self.mappings {
+            let (pfn, len) = (m.gpa >> 12, m.region.len());
+            retry(|| fd.get_dirty_log(pfn, len, MSHV_GPAP_ACCESS_OP_SET as u8))
+                .map_err(|e| map_error("set the dirty log's bits", e))?;
+        }
+        retry(|| fd.disable_dirty_page_tracking())
+            .map_err(|e| map_error("disable dirty page tracking", e))
+    }
+
     fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
         Arc::new(MshvInterrupts {
             fd: Arc::clone(&self.fd),

@@ -6,7 +6,7 @@ use crate::vcpu::SimVcpu;
 use crate::SimConfig;
 use hv_core::backend::check_mapping;
 use hv_core::{HvError, MemoryMapping, Result, VcpuBackend, VmBackend};
-use sim_cpu::phys::PhysMap;
+use sim_cpu::phys::{DirtyLog, PhysMap};
 use std::sync::{Arc, Mutex};
 
 /// The partition's memory map as the vCPUs share it: the current copy, and its
@@ -115,5 +115,40 @@ impl VmBackend for SimVm {
 
     fn interrupts(&self) -> Arc<dyn hv_core::Interrupts> {
         Arc::clone(&self.bus) as Arc<dyn hv_core::Interrupts>
+    }
+
+    /// A new map carries the log: every vCPU takes it (and flushes its TLB) at its next
+    /// run, so each write fills the TLB again and marks its page.
+    fn start_dirty_log(&mut self) -> Result<()> {
+        self.update(|m| {
+            m.dirty = Some(Arc::new(DirtyLog::new(&m.slots)));
+            Ok(())
+        })
+    }
+
+    fn take_dirty_log(&mut self, gpa: u64) -> Result<Vec<u64>> {
+        let log = self
+            .memory
+            .map
+            .lock()
+            .map_err(|_| HvError::Unsupported("the memory map lock is poisoned".into()))?
+            .dirty
+            .clone()
+            .ok_or_else(|| {
+                HvError::InvalidArgument(
+                    "dirty pages are not being logged (start the log first)".into(),
+                )
+            })?;
+        let bits = log.take(gpa).ok_or(HvError::NotMapped(gpa))?;
+        // A new generation flushes the TLBs: a page written again is marked again.
+        self.update(|_| Ok(()))?;
+        Ok(bits)
+    }
+
+    fn stop_dirty_log(&mut self) -> Result<()> {
+        self.update(|m| {
+            m.dirty = None;
+            Ok(())
+        })
     }
 }

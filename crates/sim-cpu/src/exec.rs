@@ -364,6 +364,12 @@ impl Exec<'_> {
                 }
                 let page = gpa & !0xfff;
                 let off = (gpa & 0xfff) as usize;
+                if access == Access::Write {
+                    // A write reaches the page now, or through the TLB entry made here.
+                    if let Some(d) = &self.mem.dirty {
+                        d.mark(gpa);
+                    }
+                }
                 if access == Access::Write && self.cache.holds_page(page) {
                     // Self-modifying code: the blocks made from this page go, and the
                     // block running now ends after this instruction.
@@ -377,7 +383,11 @@ impl Exec<'_> {
                     let code = self.cache.holds_page(page);
                     // SAFETY: the page start is `off` bytes before `host`, inside the region.
                     let start = unsafe { host.sub(off) };
-                    self.tlb.fill(lin, &t, start, writable, code, rules);
+                    // Logging dirty pages, only a write makes a writable entry: it has
+                    // marked its page above.
+                    let fill_writable =
+                        writable && (self.mem.dirty.is_none() || access == Access::Write);
+                    self.tlb.fill(lin, &t, start, fill_writable, code, rules);
                 }
                 Ok((host, (0x1000 - off).min(left as usize)))
             }

@@ -4,6 +4,8 @@
 //! newest snapshot when it starts running, so mapping never blocks a running vCPU.
 
 use hv_core::MemoryMapping;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Where a guest physical address lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,54 @@ pub struct PhysMap {
     pub intercepts: Vec<(u64, u64)>,
     /// Bumped on every change so vCPUs know to flush their TLBs.
     pub generation: u64,
+    /// While the VMM tracks dirty pages: the pages guest writes reached.
+    pub dirty: Option<Arc<DirtyLog>>,
+}
+
+/// The pages of each RAM region that guest writes reached since the log was taken
+/// last: marked when a write fills the TLB (the VMM's taking flushes every TLB, so the
+/// next write to a page marks it again) and when a page walk sets accessed/dirty bits.
+#[derive(Debug, Default)]
+pub struct DirtyLog {
+    slots: Vec<(u64, u64, Box<[AtomicU64]>)>,
+}
+
+impl DirtyLog {
+    /// A log of the regions `slots` maps, every page clean.
+    pub fn new(slots: &[MemoryMapping]) -> Self {
+        DirtyLog {
+            slots: slots
+                .iter()
+                .map(|m| {
+                    let pages = m.region.len() as u64 / 4096;
+                    let words = pages.div_ceil(64) as usize;
+                    (
+                        m.gpa,
+                        m.end(),
+                        (0..words).map(|_| AtomicU64::new(0)).collect(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The page of `gpa` was written.
+    #[inline]
+    pub fn mark(&self, gpa: u64) {
+        if let Some((start, _, bits)) = self.slots.iter().find(|(s, e, _)| gpa >= *s && gpa < *e) {
+            let page = (gpa - start) / 4096;
+            if let Some(w) = bits.get((page / 64) as usize) {
+                w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The bits of the region at `gpa` (a bit per 4 KiB page), cleared; `None` when
+    /// the log has no region there.
+    pub fn take(&self, gpa: u64) -> Option<Vec<u64>> {
+        let (_, _, bits) = self.slots.iter().find(|(s, _, _)| *s == gpa)?;
+        Some(bits.iter().map(|w| w.swap(0, Ordering::AcqRel)).collect())
+    }
 }
 
 impl PhysMap {
@@ -96,6 +146,9 @@ impl PhysMap {
             } if left >= 8 => {
                 // SAFETY: as in `read_u64`.
                 unsafe { hv_core::shared::store(host, 8, v) };
+                if let Some(d) = &self.dirty {
+                    d.mark(gpa);
+                }
                 true
             }
             _ => false,
@@ -121,6 +174,9 @@ impl PhysMap {
             } if left >= 4 => {
                 // SAFETY: 4 bytes are left in the region.
                 unsafe { hv_core::shared::store(host, 4, v as u64) };
+                if let Some(d) = &self.dirty {
+                    d.mark(gpa);
+                }
                 true
             }
             _ => false,

@@ -47,6 +47,7 @@ impl Machine {
             }],
             intercepts: vec![],
             generation: 1,
+            dirty: None,
         };
         Machine {
             cpu: Processor::new(true),

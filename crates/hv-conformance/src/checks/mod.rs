@@ -28,6 +28,7 @@ pub static ALL: &[Check] = &[
     registers::BAD_REGISTER_IDS,
     state::VCPU_STATE,
     state::DEBUG_STOPS,
+    state::DIRTY_LOG,
     lifecycle::CANCEL,
     lifecycle::DEADLINE,
     lifecycle::CLOSE,

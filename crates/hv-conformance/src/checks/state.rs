@@ -167,3 +167,49 @@ fn debug_stops(hv: &dyn HvBackend) -> Outcome {
             .into(),
     )
 }
+
+pub const DIRTY_LOG: Check = Check {
+    name: "dirty_log",
+    summary: "the dirty log names the pages guest writes reached since it started or was last taken, and no others; taking it makes them clean",
+    run: dirty_log,
+};
+
+/// The set bits of a dirty bitmap, as page numbers.
+fn pages(bits: &[u64]) -> Vec<u64> {
+    bits.iter()
+        .enumerate()
+        .flat_map(|(w, &b)| {
+            (0..64)
+                .filter(move |i| b >> i & 1 != 0)
+                .map(move |i| w as u64 * 64 + i)
+        })
+        .collect()
+}
+
+fn dirty_log(hv: &dyn HvBackend) -> Outcome {
+    // mov [0x3000], ax; mov [0x5008], ax; out 0x80, ax; mov [0x3010], ax; hlt
+    let code = [
+        0xa3, 0x00, 0x30, 0xa3, 0x08, 0x50, 0xe7, 0x80, 0xa3, 0x10, 0x30, 0xf4,
+    ];
+    let mut g = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &code)?;
+    g.vm.start_dirty_log()?;
+    g.run_to(HVMSG_X64_IO_PORT_INTERCEPT)?;
+    g.complete()?;
+    let first = pages(&g.vm.take_dirty_log(0)?);
+    expect(first.contains(&3) && first.contains(&5), || {
+        format!("the pages written were 3 and 5; the log says {first:?}")
+    })?;
+    expect(!first.contains(&1) && !first.contains(&8), || {
+        format!("the code page (1) and page 8 were not written; the log says {first:?}")
+    })?;
+    expect(pages(&g.vm.take_dirty_log(0)?).is_empty(), || {
+        "the log taken again at once is not empty".into()
+    })?;
+    g.run_to(HVMSG_X64_HALT)?;
+    let second = pages(&g.vm.take_dirty_log(0)?);
+    expect(second.contains(&3) && !second.contains(&5), || {
+        format!("after one more write to page 3 the log says {second:?}")
+    })?;
+    g.vm.stop_dirty_log()?;
+    Ok(format!("pages {first:?}, then {second:?}"))
+}
