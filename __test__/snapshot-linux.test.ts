@@ -157,3 +157,51 @@ boot('100 forks of one Linux VM in one process each run a command; memory grows 
   t.true(perFork < 128 * 1024 / 8, `each fork costs ${mib(perFork)} MiB (PSS), far below its 128 MiB of RAM`)
   t.true((after.anon - before.anon) / 100 < 128 * 1024 / 8, 'the private pages (written) per fork')
 })
+
+boot('an incremental snapshot of a running Linux VM restores, through its parent, to the same RAM and the same exits', async (t) => {
+  if (typeof linux === 'string') return
+  const out = { text: '' }
+  let stopAt = `${READY}\r\n`
+  let m: LinuxMachine | undefined
+  m = prepareLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: INIT }),
+    cmdline: CMDLINE,
+    backend: 'sim',
+    serial: {
+      onByte: (b) => {
+        out.text += String.fromCharCode(b)
+        if (out.text.endsWith(stopAt)) m?.vm.cancel()
+      },
+    },
+  })
+  t.teardown(() => m?.close())
+  t.is((await m.run({ timeoutMs: 120_000 })).reason, 'cancelled')
+  const full = join(dir, 'linux-full.snap')
+  const f = m.snapshot(full)
+  // The guest works between the two: a command runs (and its page cache, stacks,
+  // slabs change).
+  stopAt = 'one done\r\n'
+  m.pc.serial.feed('i=0; while [ $i -lt 200 ]; do i=$((i+1)); done; echo "one $i"; echo one done\n')
+  t.is((await m.run({ timeoutMs: 120_000 })).reason, 'cancelled')
+  const next = join(dir, 'linux-next.snap')
+  const i = m.snapshot(next, { parent: full })
+  t.log(`full: ${f.pagesWritten} pages (${(f.bytes / 2 ** 20).toFixed(1)} MiB); incremental: ${i.pagesWritten} pages (${(i.bytes / 2 ** 20).toFixed(1)} MiB)`)
+  t.true(i.pagesWritten > 0 && i.pagesWritten < f.pagesWritten / 4, 'the incremental snapshot holds what changed')
+  const ram = m.vm.read(0, 256 << 20)
+
+  let restoredOut = ''
+  const r = await restoreLinux(next, { serial: { onByte: (b) => (restoredOut += String.fromCharCode(b)) } })
+  t.teardown(() => r.close())
+  t.true(Buffer.from(r.vm.read(0, 256 << 20)).equals(Buffer.from(ram)), 'RAM restored through the chain is the original\'s, byte for byte')
+  const before = counts(m)
+  const original = out.text.length
+  const command = 'echo "answer $((6*7))"; /bin/busybox poweroff -f\n'
+  stopAt = '\u0000never'
+  m.pc.serial.feed(command)
+  r.pc.serial.feed(command)
+  t.deepEqual(await m.run({ timeoutMs: 120_000 }), { reason: 'poweroff', vcpu: 0 })
+  t.deepEqual(await r.run({ timeoutMs: 120_000 }), { reason: 'poweroff', vcpu: 0 })
+  t.is(restoredOut, out.text.slice(original))
+  t.deepEqual(counts(r), minus(counts(m), before), 'the same exits and instructions from the snapshot on')
+})

@@ -151,3 +151,43 @@ test('run states: running during vm.run, paused between runs; pause() ends a run
   t.is(vcpu.runState, 'closed')
   return undefined
 })
+
+test('an incremental snapshot holds only what changed since its parent, and restores through the chain', async (t) => {
+  const a = machine()
+  a.vm.write(CODE, LOOP)
+  a.vm.write(0x4_0000, [1, 2, 3])
+  a.vm.write(0x5_0000, [9])
+  enterRealMode(a.vm.cpus[0] as never, CODE)
+  a.vm.cpus[0]?.run({ until: OUT })
+  const full = join(dir, 'chain-0.snap')
+  const f = a.vm.snapshot(full)
+  // Between the two: the guest runs (its stack and the probe change), the VMM writes a
+  // page and zeroes another.
+  a.vm.cpus[0]?.run({ until: OUT })
+  a.vm.write(0x6_0000, [7, 7])
+  a.vm.write(0x5_0000, [0])
+  const one = join(dir, 'chain-1.snap')
+  t.throws(() => a.vm.snapshot(one, { parent: join(dir, 'other.snap') }), { code: 'EINVAL', message: /is not the snapshot this VM last wrote or restored/ })
+  const i = a.vm.snapshot(one, { parent: full })
+  t.log(`full: ${f.pagesWritten} pages, ${f.bytes} bytes; incremental: ${i.pagesWritten} pages, ${i.bytes} bytes`)
+  t.true(i.pagesWritten < f.pagesWritten && i.pagesWritten >= 1, 'the incremental one holds fewer pages')
+  a.vm.cpus[0]?.run({ until: OUT })
+  const two = join(dir, 'chain-2.snap')
+  a.vm.snapshot(two, { parent: one })
+  const ram = [...a.vm.read(0, 1 << 19)]
+
+  const b = machine()
+  b.vm.restore(two)
+  t.deepEqual([...b.vm.read(0, 1 << 19)], ram, 'RAM through the chain equals the original')
+  t.deepEqual(b.probe.seen, a.probe.seen)
+  t.is(b.vm.cpus[0]?.regs.get('rip'), a.vm.cpus[0]?.regs.get('rip'))
+  t.is((await b.vm.run()).reason, 'halt')
+  t.is((await a.vm.run()).reason, 'halt')
+  t.deepEqual(b.probe.seen, a.probe.seen)
+  // A parent written over since is refused by name.
+  const c = machine()
+  c.vm.restore(full)
+  c.vm.snapshot(one) // `one` is another snapshot now
+  const e = t.throws(() => machine().vm.restore(two), { code: 'EINVAL' })
+  t.regex(e?.message ?? '', /its parent '.*chain-1\.snap' is another snapshot now/)
+})

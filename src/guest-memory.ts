@@ -28,7 +28,11 @@ export class GuestMemory {
   private last: DmaRegion | undefined
 
   /** @internal */
-  constructor(private readonly closed: () => boolean = () => false) {}
+  constructor(
+    private readonly closed: () => boolean = () => false,
+    /** Hears of each range handed out for writing (the VM's own dirty pages). */
+    private readonly written: (gpa: number, length: number) => void = () => {},
+  ) {}
 
   /** Replaces the regions (the VM calls it when RAM is added or removed). @internal */
   setRegions(regions: readonly DmaRegion[]): void {
@@ -65,6 +69,7 @@ export class GuestMemory {
     if (!r) throw new MshvError('EFAULT', `DMA ${write ? 'write' : 'read'} of ${length} bytes at ${hex(gpa)} is not inside guest RAM`)
     if (write && r.readOnly) throw new MshvError('EFAULT', `DMA write of ${length} bytes at ${hex(gpa)} targets ROM`)
     const off = gpa - r.start
+    if (write) this.written(gpa, length)
     return r.bytes.subarray(off, off + length)
   }
 

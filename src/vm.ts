@@ -15,7 +15,9 @@ import type { MsrHandler, UnknownMsrPolicy } from './exits/msr.js'
 import type { RamLookup, RamRegion, RomWriteHandler } from './emulator/memory.js'
 import { GuestTimers } from './platform/timers.js'
 import { GdbServer, type GdbOptions } from './debug/gdb/server.js'
-import { restoreSnapshot, writeSnapshot, type SnapshotHeader, type SnapshotInfo, type SnapshotSubject, type StatefulDevice } from './snapshot/vm-snapshot.js'
+import { restoreSnapshot, writeSnapshot, type SnapshotBase, type SnapshotHeader, type SnapshotInfo, type SnapshotOptions, type SnapshotSubject, type StatefulDevice } from './snapshot/vm-snapshot.js'
+import { VmmWrites } from './snapshot/vmm-writes.js'
+import { resolve } from 'node:path'
 import { VmRun, type VmRunOptions, type VmRunResult } from './scheduler.js'
 import { GuestMemory } from './guest-memory.js'
 
@@ -243,7 +245,14 @@ export class Vm {
   /** The debug-exit port device (port 0xf4). */
   readonly debugExit = new DebugExit()
   /** Guest RAM for devices that do DMA: bounds-checked reads, writes and zero-copy views by GPA. */
-  readonly memory = new GuestMemory(() => this.isClosed)
+  readonly memory = new GuestMemory(
+    () => this.isClosed,
+    (gpa, length) => this.vmmWrites?.note(gpa, length),
+  )
+  /** While dirty pages are logged (since {@link snapshotBase}): the pages the VMM wrote. */
+  private vmmWrites: VmmWrites | undefined
+  /** The snapshot the dirty log runs since (the last one written or restored): an incremental snapshot's parent. */
+  private snapshotBase: SnapshotBase | undefined
   private readonly ram: GuestRam[] = []
   /** Devices whose state snapshots carry, by name. */
   private readonly states = new Map<string, StatefulDevice>()
@@ -399,7 +408,13 @@ export class Vm {
   write(gpa: number | bigint, data: Uint8Array | readonly number[]): void {
     const bytes = checkBytes(data)
     const { bytes: ram, offset } = this.locate(gpa, bytes.length)
+    this.vmmWrites?.note(Number(gpa), bytes.length)
     ram.set(bytes, offset)
+  }
+
+  /** The emulator wrote `[gpa, gpa + length)` of RAM. @internal */
+  noteWrite(gpa: bigint, length: number): void {
+    this.vmmWrites?.note(Number(gpa), length)
   }
 
   /** Copies `length` bytes of guest RAM at `gpa`. */
@@ -572,11 +587,30 @@ export class Vm {
    * `src/snapshot/vm-snapshot.ts` for the format). `machine`: what it was built from,
    * kept for whoever builds it again.
    */
-  snapshot(path: string, options: { machine?: unknown } = {}): SnapshotInfo {
+  snapshot(path: string, options: SnapshotOptions = {}): SnapshotInfo {
     this.checkOpen()
     if (this.current) throw new MshvError('EBUSY', 'snapshot(): the VM is running (take it between runs)')
     checkObject('snapshot: options', options)
-    return writeSnapshot(this.snapshotSubject(), path, options.machine)
+    const parent = options.parent === undefined ? undefined : this.parentOf(checkString('snapshot: parent', options.parent, 4096))
+    const written = writeSnapshot(this.snapshotSubject(), path, options.machine, parent)
+    this.logSince(written.base)
+    return written.info
+  }
+
+  /** The parent an incremental snapshot names: the base the dirty log runs since. */
+  private parentOf(path: string): SnapshotBase {
+    const base = this.snapshotBase
+    if (!base || resolve(path) !== base.path) {
+      throw new MshvError('EINVAL', `snapshot: parent '${path}' is not the snapshot this VM last wrote or restored${base ? ` ('${base.path}')` : ' (there is none)'}: its dirty pages are logged since that one only`)
+    }
+    return base
+  }
+
+  /** Dirty pages are logged from here on, since `base` (cleared: a new log). */
+  private logSince(base: SnapshotBase): void {
+    this.native.startDirtyLog()
+    this.vmmWrites = new VmmWrites(this.ram.map((r) => ({ start: r.start, size: r.size })))
+    this.snapshotBase = base
   }
 
   /**
@@ -588,11 +622,13 @@ export class Vm {
   restore(path: string): SnapshotHeader {
     this.checkOpen()
     if (this.current) throw new MshvError('EBUSY', 'restore(): the VM is running')
-    return restoreSnapshot(this.snapshotSubject(), path)
+    const { header, base } = restoreSnapshot(this.snapshotSubject(), path)
+    this.logSince(base)
+    return header
   }
 
   private snapshotSubject(): SnapshotSubject {
-    return { vm: this, regions: this.ram, devices: this.states }
+    return { vm: this, regions: this.ram, devices: this.states, vmmWrites: this.vmmWrites }
   }
 
   /**

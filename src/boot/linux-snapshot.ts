@@ -121,8 +121,8 @@ export async function restoreLinux(path: string, options: Partial<LinuxOptions> 
 }
 
 /** `machine.snapshot(path)`: the VM's state with the machine's recipe. @internal */
-export function snapshotLinux(m: LinuxMachine, options: LinuxOptions, path: string): SnapshotInfo {
-  return m.vm.snapshot(path, { machine: linuxRecipe(options) })
+export function snapshotLinux(m: LinuxMachine, options: LinuxOptions, path: string, parent?: string): SnapshotInfo {
+  return m.vm.snapshot(path, { machine: linuxRecipe(options), ...(parent === undefined ? {} : { parent }) })
 }
 
 /**

@@ -134,9 +134,10 @@ export interface LinuxMachine {
   close(): void
   /**
    * Writes the machine's whole state, with its recipe, to `path` between runs
-   * ({@link restoreLinux} builds it again and goes on from there).
+   * ({@link restoreLinux} builds it again and goes on from there); `parent`: only what
+   * changed since that snapshot (the last one written or restored).
    */
-  snapshot(path: string): SnapshotInfo
+  snapshot(path: string, options?: { parent?: string }): SnapshotInfo
   /**
    * `count` machines in this process from this one's state now, sharing its pages
    * copy-on-write until they write them; `each(i)` gives fork `i` options of its own
@@ -246,7 +247,7 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
       devices,
       run: (o) => vm.run(o),
       close,
-      snapshot: (path) => snapshotLinux(machine, options, path),
+      snapshot: (path, o) => snapshotLinux(machine, options, path, o?.parent),
       fork: (count, each) => forkLinux(machine, options, count, each),
     }
     return machine

@@ -45,6 +45,8 @@ export interface RamLookup {
   findRam(gpa: bigint, length: number): RamRegion | undefined
   /** Whether any byte of `[gpa, gpa + length)` is RAM or ROM. */
   touchesRam(gpa: bigint, length: number): boolean
+  /** `[gpa, gpa + length)` of RAM was written by the VMM (its dirty pages). */
+  noteWrite?(gpa: bigint, length: number): void
 }
 
 /** Guest physical memory: RAM through its zero-copy views, the rest through the MMIO bus. */
@@ -80,6 +82,7 @@ export class GuestPhysical implements PhysicalMemory {
       r.rom(r.offset, size, value)
       return
     }
+    this.ram.noteWrite?.(gpa, size)
     for (let i = 0; i < size; i++) r.bytes[r.offset + i] = Number((value >> BigInt(8 * i)) & 0xffn)
   }
 

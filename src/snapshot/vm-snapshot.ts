@@ -17,12 +17,21 @@
  *
  * Zero pages are not written. Restore maps each run of the file into the region
  * private (copy-on-write): it copies nothing, and VMs restored from one file share its
- * pages until they write them (`vm.fork()`).
+ * pages until they write them (`machine.fork()`).
+ *
+ * An incremental snapshot (`vm.snapshot(path, { parent })`) names its parent (path and
+ * id) and holds only the pages written since the parent was written or restored — the
+ * hypervisor's dirty log for the guest's writes, the VM's own note of its DMA — each
+ * non-zero one in a run, each now zero in `zero`. Restore maps the chain from the full
+ * snapshot on, each over the ones before.
  * @module
  */
 import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs'
+import { randomUUID } from 'node:crypto'
+import { resolve } from 'node:path'
 import type { Vm, GuestRam } from '../vm.js'
 import type { VcpuState } from './vcpu-state.js'
+import type { VmmWrites } from './vmm-writes.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { checkString } from '../check.js'
 
@@ -50,12 +59,37 @@ export interface SnapshotRegion {
   readonly rom: boolean
   /** `[first page, page count, byte offset in the file]` of each run of non-zero pages. */
   readonly runs: readonly (readonly [number, number, number])[]
+  /** `[first page, page count]` of pages zero now that the parent had otherwise (incremental snapshots). */
+  readonly zero: readonly (readonly [number, number])[]
+}
+
+/** Where a VM's dirty log runs since: the snapshot an incremental one names as its parent. */
+export interface SnapshotBase {
+  /** The snapshot's absolute path. */
+  readonly path: string
+  /** Its header's `id`. */
+  readonly id: string
+}
+
+/** Options for {@link Vm.snapshot}. */
+export interface SnapshotOptions {
+  /** What the machine was built from, kept for whoever builds it again. */
+  machine?: unknown
+  /**
+   * Write only what changed since this snapshot — the one the VM last wrote or
+   * restored (`EINVAL` otherwise) — which a restore then needs beside this one.
+   */
+  parent?: string
 }
 
 /** The header: everything but the pages. */
 export interface SnapshotHeader {
   readonly format: 'mshv-snapshot'
   readonly version: typeof SNAPSHOT_VERSION
+  /** This snapshot's id (an incremental child names it). */
+  readonly id: string
+  /** An incremental snapshot's parent. */
+  readonly parent?: SnapshotBase
   readonly backend: 'sim' | 'mshv'
   readonly clock: 'deterministic' | 'realtime'
   /** Guest time when it was taken (ns). */
@@ -82,14 +116,50 @@ export interface SnapshotSubject {
   readonly vm: Vm
   readonly regions: readonly GuestRam[]
   readonly devices: ReadonlyMap<string, StatefulDevice>
+  /** The VMM's own writes since the base (with the hypervisor's log, what changed). */
+  readonly vmmWrites: VmmWrites | undefined
 }
 
 function fail(path: string, why: string): never {
   throw new MshvError('EINVAL', `snapshot '${path}': ${why}`)
 }
 
-/** Writes the VM's state to `path` (between runs). */
-export function writeSnapshot(s: SnapshotSubject, path: string, machine?: unknown): SnapshotInfo {
+/** Whether the 4 KiB page at `at` of `bytes` is all zero. */
+function zeroPage(bytes: Uint8Array, at: number): boolean {
+  const words = new BigUint64Array(bytes.buffer, bytes.byteOffset + at, PAGE / 8)
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false
+  return true
+}
+
+/**
+ * The pages of region `r` to write: every non-zero one, or (incremental) those written
+ * since the base, split into runs of non-zero ones and runs of zero ones.
+ */
+function pagesToWrite(s: SnapshotSubject, r: GuestRam, incremental: boolean): { data: [number, number][]; zero: [number, number][] } {
+  const data: [number, number][] = []
+  const zero: [number, number][] = []
+  if (!incremental) {
+    const pairs = r.native.nonzeroRuns()
+    for (let i = 0; i < pairs.length; i += 2) data.push([pairs[i] as number, pairs[i + 1] as number])
+    return { data, zero }
+  }
+  const written = s.vmmWrites?.take(r.start) ?? new Uint8Array(r.size / PAGE)
+  const guest = s.vm.native.takeDirtyLog(r.native)
+  for (let i = 0; i < guest.length; i += 2) written.fill(1, guest[i] as number, (guest[i] as number) + (guest[i + 1] as number))
+  const push = (list: [number, number][], page: number): void => {
+    const last = list.at(-1)
+    if (last && last[0] + last[1] === page) last[1]++
+    else list.push([page, 1])
+  }
+  const bytes = r.bytes
+  for (let page = 0; page < written.length; page++) {
+    if (written[page]) push(zeroPage(bytes, page * PAGE) ? zero : data, page)
+  }
+  return { data, zero }
+}
+
+/** Writes the VM's state to `path` (between runs); `parent`: an incremental snapshot over it. */
+export function writeSnapshot(s: SnapshotSubject, path: string, machine?: unknown, parent?: SnapshotBase): { info: SnapshotInfo; base: SnapshotBase } {
   checkString('snapshot: path', path, 4096)
   const vm = s.vm
   const vcpus = vm.cpus.filter((v) => !v.closed).map((v) => v.state())
@@ -101,12 +171,10 @@ export function writeSnapshot(s: SnapshotSubject, path: string, machine?: unknow
     let pagesWritten = 0
     let pages = 0
     const memory: SnapshotRegion[] = s.regions.map((r) => {
-      const pairs = r.native.nonzeroRuns()
+      const { data, zero } = pagesToWrite(s, r, parent !== undefined)
       const runs: [number, number, number][] = []
       const bytes = r.bytes
-      for (let i = 0; i < pairs.length; i += 2) {
-        const first = pairs[i] as number
-        const count = pairs[i + 1] as number
+      for (const [first, count] of data) {
         const len = count * PAGE
         writeAll(fd, bytes.subarray(first * PAGE, first * PAGE + len), at)
         runs.push([first, count, at])
@@ -114,11 +182,14 @@ export function writeSnapshot(s: SnapshotSubject, path: string, machine?: unknow
         pagesWritten += count
       }
       pages += r.size / PAGE
-      return { gpa: hex(r.gpa), size: r.size, rom: r.rom !== undefined, runs }
+      return { gpa: hex(r.gpa), size: r.size, rom: r.rom !== undefined, runs, zero }
     })
+    const id = randomUUID()
     const header: SnapshotHeader = {
       format: 'mshv-snapshot',
       version: SNAPSHOT_VERSION,
+      id,
+      ...(parent === undefined ? {} : { parent }),
       backend: vm.backend === 'mshv' ? 'mshv' : 'sim',
       clock: vm.clock,
       guestTimeNs: vm.guestTimeNs(),
@@ -135,7 +206,7 @@ export function writeSnapshot(s: SnapshotSubject, path: string, machine?: unknow
     pre.writeBigUInt64LE(BigInt(at), 16)
     pre.writeBigUInt64LE(BigInt(json.length), 24)
     writeAll(fd, pre, 0)
-    return { bytes: at + json.length, pagesWritten, pages }
+    return { info: { bytes: at + json.length, pagesWritten, pages }, base: { path: resolve(path), id } }
   } finally {
     closeSync(fd)
   }
@@ -182,6 +253,9 @@ function checkHeader(path: string, h: unknown, pagesEnd: number): SnapshotHeader
   if (typeof h !== 'object' || h === null) fail(path, `its header is ${describe(h)}`)
   const o = h as Record<string, unknown>
   if (o['format'] !== 'mshv-snapshot' || o['version'] !== SNAPSHOT_VERSION) fail(path, `its header says format ${describe(o['format'])} version ${describe(o['version'])}`)
+  if (typeof o['id'] !== 'string' || o['id'] === '') fail(path, `its id is ${describe(o['id'])}`)
+  const p = o['parent'] as Record<string, unknown> | undefined
+  if (p !== undefined && (typeof p !== 'object' || p === null || typeof p['path'] !== 'string' || typeof p['id'] !== 'string')) fail(path, `its parent is ${describe(p)}`)
   if (o['backend'] !== 'sim' && o['backend'] !== 'mshv') fail(path, `backend ${describe(o['backend'])}`)
   if (o['clock'] !== 'deterministic' && o['clock'] !== 'realtime') fail(path, `clock ${describe(o['clock'])}`)
   if (typeof o['guestTimeNs'] !== 'number' || !Number.isSafeInteger(o['guestTimeNs']) || o['guestTimeNs'] < 0) fail(path, `guestTimeNs ${describe(o['guestTimeNs'])}`)
@@ -205,15 +279,37 @@ function checkHeader(path: string, h: unknown, pagesEnd: number): SnapshotHeader
           run.every((n) => Number.isSafeInteger(n) && (n as number) >= 0) &&
           (run[2] as number) % PAGE === 0 &&
           (run[2] as number) + (run[1] as number) * PAGE <= pagesEnd,
-      )
+      ) &&
+      Array.isArray(m['zero']) &&
+      (m['zero'] as unknown[]).every((z) => Array.isArray(z) && z.length === 2 && z.every((n) => Number.isSafeInteger(n) && (n as number) >= 0))
     if (!ok) fail(path, `memory region ${i} is malformed or its pages lie outside the file`)
   }
   return o as unknown as SnapshotHeader
 }
 
+/** The chain of snapshots `path` needs, the full one first, each checked against its child's note of it. */
+function chainOf(path: string): { path: string; header: SnapshotHeader }[] {
+  checkString('restore: path', path, 4096)
+  const chain = [{ path: resolve(path), header: readSnapshotHeader(path) }]
+  for (let h = chain[0]?.header; h?.parent; ) {
+    const p = h.parent
+    if (chain.length > 1024) fail(path, 'its chain of parents is longer than 1,024')
+    const parent = readSnapshotHeader(p.path)
+    if (parent.id !== p.id) fail(path, `its parent '${p.path}' is another snapshot now (id ${parent.id}, not ${p.id})`)
+    chain.push({ path: p.path, header: parent })
+    h = parent
+  }
+  return chain.reverse()
+}
+
 /** Puts the VM in the state of the snapshot at `path` (see the module's rule). */
-export function restoreSnapshot(s: SnapshotSubject, path: string): SnapshotHeader {
-  const h = readSnapshotHeader(path)
+export function restoreSnapshot(s: SnapshotSubject, path: string): { header: SnapshotHeader; base: SnapshotBase } {
+  const chain = chainOf(path)
+  const h = (chain.at(-1) as (typeof chain)[number]).header
+  for (const link of chain) {
+    const same = link.header.memory.length === h.memory.length && link.header.memory.every((m, i) => m.gpa === h.memory[i]?.gpa && m.size === h.memory[i]?.size)
+    if (!same) fail(path, `its parent '${link.path}' has other memory regions`)
+  }
   const vm = s.vm
   const backend = vm.backend === 'mshv' ? 'mshv' : 'sim'
   if (h.backend !== backend) fail(path, `taken on ${h.backend}; this VM is on ${backend}`)
@@ -245,10 +341,18 @@ export function restoreSnapshot(s: SnapshotSubject, path: string): SnapshotHeade
     }
   }
   h.vcpus.forEach((state, i) => (cpus[i] as (typeof cpus)[number]).setState(state))
-  h.memory.forEach((m, i) => {
+  h.memory.forEach((_, i) => {
     const r = regions[i] as GuestRam
-    vm.native.loadSnapshot(r.native, path, BigUint64Array.from(m.runs.flatMap((run) => run.map(BigInt))))
+    const layers = chain.map(({ path: file, header }) => {
+      const m = header.memory[i] as SnapshotRegion
+      return {
+        path: file,
+        runs: BigUint64Array.from(m.runs.flatMap((run) => run.map(BigInt))),
+        zero: BigUint64Array.from(m.zero.flatMap((z) => z.map(BigInt))),
+      }
+    })
+    vm.native.loadSnapshot(r.native, layers)
   })
   vm.native.setGuestTimeNs(h.guestTimeNs)
-  return h
+  return { header: h, base: { path: resolve(path), id: h.id } }
 }

@@ -101,6 +101,11 @@ pub fn map_file_private(region: &HostRegion, file: &File, runs: &[FileRun]) -> R
             std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
         ));
     }
+    map_runs(region, file, runs)
+}
+
+/// Maps `runs` of `file` over the region's pages, private (the runs checked by the caller).
+fn map_runs(region: &HostRegion, file: &File, runs: &[FileRun]) -> Result<()> {
     for r in runs {
         let len = (r.pages.count as usize) * PAGE_SIZE;
         // SAFETY: MAP_FIXED over pages of this region's own mapping (checked inside it
@@ -127,6 +132,95 @@ pub fn map_file_private(region: &HostRegion, file: &File, runs: &[FileRun]) -> R
         }
     }
     Ok(())
+}
+
+/// One snapshot of a chain: its file, its runs of pages, and the pages it says are
+/// zero now (written since its parent, to zero).
+pub struct Layer<'a> {
+    pub file: &'a File,
+    pub runs: &'a [FileRun],
+    pub zero: &'a [PageRun],
+}
+
+/// Makes the region's contents a chain of snapshots, the first the full one, each
+/// later one's pages (and zero pages) over the ones before: [`map_file_private`] for
+/// each in turn. Every layer is checked before anything changes.
+pub fn map_layers(region: &HostRegion, layers: &[Layer]) -> Result<()> {
+    let pages = (region.len() / PAGE_SIZE) as u64;
+    for l in layers {
+        let len = l
+            .file
+            .metadata()
+            .map_err(|e| HvError::ioctl("stat the snapshot", e.raw_os_error().unwrap_or(0)))?
+            .len();
+        check_file_runs(l.runs, pages, len)?;
+        if let Some(z) = l
+            .zero
+            .iter()
+            .find(|z| z.first.checked_add(z.count).is_none_or(|e| e > pages))
+        {
+            return Err(HvError::InvalidArgument(format!(
+                "zero pages {:#x}+{:#x} are past the region's {pages:#x}",
+                z.first, z.count
+            )));
+        }
+    }
+    let Some((first, rest)) = layers.split_first() else {
+        return Ok(());
+    };
+    map_file_private(region, first.file, first.runs)?;
+    zero_runs(region, first.zero)?;
+    for l in rest {
+        map_runs(region, l.file, l.runs)?;
+        zero_runs(region, l.zero)?;
+    }
+    Ok(())
+}
+
+/// Fresh zero pages over `runs` of the region.
+fn zero_runs(region: &HostRegion, runs: &[PageRun]) -> Result<()> {
+    for r in runs {
+        // SAFETY: MAP_FIXED over pages of this region's own mapping (checked inside it by
+        // the caller).
+        let addr = unsafe {
+            libc::mmap(
+                region.as_ptr().add(r.first as usize * PAGE_SIZE).cast(),
+                r.count as usize * PAGE_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(HvError::ioctl(
+                "zero guest memory",
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The runs of set bits in a dirty bitmap (a bit per page, LSB first in u64 words).
+pub fn bitmap_runs(bits: &[u64], pages: u64) -> Vec<PageRun> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    for page in 0..pages {
+        let set = bits
+            .get((page / 64) as usize)
+            .is_some_and(|w| w >> (page % 64) & 1 != 0);
+        if !set {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(r) if r.first + r.count == page => r.count += 1,
+            _ => runs.push(PageRun {
+                first: page,
+                count: 1,
+            }),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -192,5 +286,78 @@ mod tests {
         };
         assert!(map_file_private(&again, &f, &[outside]).is_err());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn layers_put_each_snapshot_over_the_ones_before() {
+        let dir = std::env::temp_dir();
+        let write = |name: &str, pages: &[(u8, usize)]| {
+            let path = dir.join(format!("hv-core-layer-{}-{name}", std::process::id()));
+            let mut f = File::create(&path).unwrap();
+            for &(fill, _) in pages {
+                f.write_all(&vec![fill; PAGE_SIZE]).unwrap();
+            }
+            path
+        };
+        // The full snapshot: pages 1 and 2; the next: page 2 anew, page 6, page 1 zero.
+        let base = write("base", &[(1, 1), (2, 2)]);
+        let next = write("next", &[(22, 2), (6, 6)]);
+        let (fb, fn_) = (File::open(&base).unwrap(), File::open(&next).unwrap());
+        let run = |first, count, offset| FileRun {
+            pages: PageRun { first, count },
+            offset,
+        };
+        let base_runs = [run(1, 2, 0)];
+        let next_runs = [run(2, 1, 0), run(6, 1, PAGE_SIZE as u64)];
+        let zero = [PageRun { first: 1, count: 1 }];
+        let r = HostRegion::new(8 * PAGE_SIZE).unwrap();
+        map_layers(
+            &r,
+            &[
+                Layer {
+                    file: &fb,
+                    runs: &base_runs,
+                    zero: &[],
+                },
+                Layer {
+                    file: &fn_,
+                    runs: &next_runs,
+                    zero: &zero,
+                },
+            ],
+        )
+        .unwrap();
+        let byte = |page: usize| {
+            let mut b = [0u8];
+            r.read(page * PAGE_SIZE + 7, &mut b).unwrap();
+            b[0]
+        };
+        assert_eq!(
+            (0..8).map(byte).collect::<Vec<_>>(),
+            [0, 0, 22, 0, 0, 0, 6, 0]
+        );
+        let past = [PageRun { first: 8, count: 1 }];
+        let bad = map_layers(
+            &r,
+            &[Layer {
+                file: &fb,
+                runs: &base_runs,
+                zero: &past,
+            }],
+        );
+        assert!(bad.is_err(), "zero pages past the region are refused");
+        assert_eq!(
+            bitmap_runs(&[0b1011_0000_0110], 12),
+            [
+                PageRun { first: 1, count: 2 },
+                PageRun { first: 8, count: 2 },
+                PageRun {
+                    first: 11,
+                    count: 1
+                }
+            ]
+        );
+        std::fs::remove_file(&base).unwrap();
+        std::fs::remove_file(&next).unwrap();
     }
 }

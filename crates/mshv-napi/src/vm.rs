@@ -7,7 +7,7 @@ use crate::memory::{GuestMemory, Ram};
 use crate::vcpu::{Core, Vcpu};
 use hv_core::memory::admit;
 use hv_core::{HostRegion, InterruptRequest, Interrupts, MemoryMapping, RegionOptions, VmBackend};
-use napi::bindgen_prelude::{BigInt, BigUint64Array};
+use napi::bindgen_prelude::{BigInt, BigUint64Array, Uint32Array};
 use napi::Env;
 use napi_derive::napi;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -49,7 +49,27 @@ pub struct Vm {
     state: Mutex<Option<Open>>,
 }
 
+/// One snapshot of a chain for `Vm.loadSnapshot`.
+#[napi(object)]
+pub struct NativeLayer {
+    pub path: String,
+    /// (first page, page count, byte offset) triplets.
+    pub runs: BigUint64Array,
+    /// (first page, page count) pairs of pages that are zero in this snapshot.
+    pub zero: BigUint64Array,
+}
+
 impl Vm {
+    /// One call on the open VM's backend.
+    fn with_backend<T>(
+        &self,
+        f: impl FnOnce(&mut dyn VmBackend) -> hv_core::Result<T>,
+    ) -> Result<T> {
+        let mut state = self.lock();
+        let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+        f(open.backend.get_mut().as_mut()).map_err(to_js)
+    }
+
     pub(crate) fn new(inner: Box<dyn VmBackend>, policy: MemoryPolicy) -> Self {
         let interrupts = inner.interrupts();
         Vm {
@@ -160,42 +180,57 @@ impl Vm {
         })
     }
 
-    /// Makes a region's contents a snapshot's: `runs` of the file at `path` as (first
-    /// page, page count, byte offset) triplets, mapped private (copy-on-write: nothing is
-    /// copied now), zero elsewhere. The region leaves the partition and comes back at the
-    /// same address with the same access (MSHV pins a region's pages when it is mapped,
-    /// so new pages reach the guest only through a new mapping); views over it stay valid.
+    /// Makes a region's contents a chain of snapshots (`layers`, the full one first):
+    /// each layer's `runs` of its file at `path` as (first page, page count, byte
+    /// offset) triplets, mapped private (copy-on-write: nothing is copied now), and its
+    /// `zero` (first page, count) pairs zeroed, each layer over the ones before; zero
+    /// elsewhere. The region leaves the partition and comes back at the same address
+    /// with the same access (MSHV pins a region's pages when it is mapped, so new pages
+    /// reach the guest only through a new mapping); views over it stay valid.
     #[napi]
-    pub fn load_snapshot(
-        &self,
-        memory: &GuestMemory,
-        path: String,
-        runs: BigUint64Array,
-    ) -> Result<()> {
+    pub fn load_snapshot(&self, memory: &GuestMemory, layers: Vec<NativeLayer>) -> Result<()> {
         guard("Vm.loadSnapshot", || {
-            use hv_core::page_runs::{map_file_private, FileRun, PageRun};
-            if !runs.len().is_multiple_of(3) {
-                return Err(invalid(format!(
-                    "runs must be (first page, count, offset) triplets, got {} numbers",
-                    runs.len()
-                )));
+            use hv_core::page_runs::{map_layers, FileRun, Layer, PageRun};
+            let mut parsed = Vec::with_capacity(layers.len());
+            for l in &layers {
+                if !l.runs.len().is_multiple_of(3) || !l.zero.len().is_multiple_of(2) {
+                    return Err(invalid(format!(
+                        "a layer's runs are (first page, count, offset) triplets and its zero pages (first, count) pairs, got {} and {} numbers",
+                        l.runs.len(),
+                        l.zero.len()
+                    )));
+                }
+                let runs: Vec<FileRun> = l
+                    .runs
+                    .chunks_exact(3)
+                    .map(|t| FileRun {
+                        pages: PageRun {
+                            first: t[0],
+                            count: t[1],
+                        },
+                        offset: t[2],
+                    })
+                    .collect();
+                let zero: Vec<PageRun> = l
+                    .zero
+                    .chunks_exact(2)
+                    .map(|p| PageRun {
+                        first: p[0],
+                        count: p[1],
+                    })
+                    .collect();
+                let file = std::fs::File::open(&l.path).map_err(|e| {
+                    napi::Error::new(
+                        "ENOENT".to_string(),
+                        format!("cannot open the snapshot '{}': {e}", l.path),
+                    )
+                })?;
+                parsed.push((file, runs, zero));
             }
-            let runs: Vec<FileRun> = runs
-                .chunks_exact(3)
-                .map(|t| FileRun {
-                    pages: PageRun {
-                        first: t[0],
-                        count: t[1],
-                    },
-                    offset: t[2],
-                })
+            let views: Vec<Layer> = parsed
+                .iter()
+                .map(|(file, runs, zero)| Layer { file, runs, zero })
                 .collect();
-            let file = std::fs::File::open(&path).map_err(|e| {
-                napi::Error::new(
-                    "ENOENT".to_string(),
-                    format!("cannot open the snapshot '{path}': {e}"),
-                )
-            })?;
             let mut state = self.lock();
             let open = state.as_mut().ok_or_else(|| closed("VM"))?;
             let ram = memory.ram();
@@ -203,18 +238,55 @@ impl Vm {
                 Some(r) if open.ram.iter().any(|x| Arc::ptr_eq(x, ram)) => r,
                 _ => return Err(closed("guest memory region")),
             };
-            hv_core::page_runs::check_file_runs(
-                &runs,
-                (region.len() / hv_core::PAGE_SIZE) as u64,
-                file.metadata().map(|m| m.len()).unwrap_or(0),
-            )
-            .map_err(to_js)?;
             let backend = open.backend.get_mut();
             let mapping = backend.unmap_memory(ram.gpa).map_err(to_js)?;
-            let loaded = map_file_private(&region, &file, &runs);
+            let loaded = map_layers(&region, &views);
             // Mapped back whatever happened: the region's pages are its own either way.
             backend.map_memory(mapping).map_err(to_js)?;
             loaded.map_err(to_js)
+        })
+    }
+
+    /// Starts logging the pages guest writes reach (every page of every region clean).
+    #[napi]
+    pub fn start_dirty_log(&self) -> Result<()> {
+        guard("Vm.startDirtyLog", || {
+            self.with_backend(|b| b.start_dirty_log())
+        })
+    }
+
+    /// The pages of `memory` guest writes reached since the log started or was last
+    /// taken for it, as (first page, count) pairs; they are clean again.
+    #[napi]
+    pub fn take_dirty_log(&self, memory: &GuestMemory) -> Result<Uint32Array> {
+        guard("Vm.takeDirtyLog", || {
+            let ram = memory.ram();
+            let bits = {
+                let mut state = self.lock();
+                let open = state.as_mut().ok_or_else(|| closed("VM"))?;
+                if !open.ram.iter().any(|x| Arc::ptr_eq(x, ram)) {
+                    return Err(closed("guest memory region (of this VM)"));
+                }
+                open.backend
+                    .get_mut()
+                    .take_dirty_log(ram.gpa)
+                    .map_err(to_js)?
+            };
+            let runs =
+                hv_core::page_runs::bitmap_runs(&bits, (ram.len / hv_core::PAGE_SIZE) as u64);
+            Ok(Uint32Array::new(
+                runs.iter()
+                    .flat_map(|r| [r.first as u32, r.count as u32])
+                    .collect(),
+            ))
+        })
+    }
+
+    /// Stops logging dirty pages.
+    #[napi]
+    pub fn stop_dirty_log(&self) -> Result<()> {
+        guard("Vm.stopDirtyLog", || {
+            self.with_backend(|b| b.stop_dirty_log())
         })
     }
 
