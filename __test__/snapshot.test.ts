@@ -191,3 +191,28 @@ test('an incremental snapshot holds only what changed since its parent, and rest
   const e = t.throws(() => machine().vm.restore(two), { code: 'EINVAL' })
   t.regex(e?.message ?? '', /its parent '.*chain-1\.snap' is another snapshot now/)
 })
+
+test('vm.fork(n, build) makes n VMs from one state, each going on on its own', async (t) => {
+  const a = machine()
+  a.vm.write(CODE, LOOP)
+  enterRealMode(a.vm.cpus[0] as never, CODE)
+  a.vm.cpus[0]?.run({ until: OUT })
+  const probes: Probe[] = []
+  const forks = a.vm.fork(3, () => {
+    const m = machine()
+    probes.push(m.probe)
+    return m.vm
+  })
+  t.is(forks.length, 3)
+  for (const [i, f] of forks.entries()) {
+    // Each fork writes its own memory: the others, and the parent, do not see it.
+    f.write(0x4_0000, [i + 1])
+    t.is((await f.run()).reason, 'halt')
+    t.deepEqual(probes[i]?.seen, [1, 2, 3, 4, 5])
+  }
+  t.deepEqual(forks.map((f) => f.read(0x4_0000, 1)[0]), [1, 2, 3])
+  t.is(a.vm.read(0x4_0000, 1)[0], 0)
+  t.throws(() => a.vm.fork(0, () => machine().vm), { code: 'EINVAL' })
+  t.throws(() => a.vm.fork(1, (() => 5) as never), { code: 'EINVAL', message: /build\(0\) must return a Vm/ })
+  for (const f of [a.vm, ...forks]) f.close()
+})
