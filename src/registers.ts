@@ -73,9 +73,11 @@ function checkSize(size: number): 1 | 2 | 4 {
   return size
 }
 
-function checkU64(name: string, v: bigint): bigint {
+function checkU64(name: string, v: bigint | number): bigint {
+  // A whole number from 0 to 2^53-1 says its value unambiguously (the REPL's `regs.set('rax', 5)`).
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return BigInt(v)
   if (typeof v !== 'bigint' || BigInt.asUintN(64, v) !== v) {
-    throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1, got ${describe(v)}`)
+    throw new MshvError('EINVAL', `value for ${name} must be a bigint in 0..2^64-1 or a whole number in 0..2^53-1, got ${describe(v)}`)
   }
   return v
 }
@@ -233,12 +235,12 @@ export class RegisterCache {
   }
 
   /** Writes a register's 64-bit value; it reaches the vCPU at the next resume. */
-  set(name: RegisterName, value: bigint): void {
+  set(name: RegisterName, value: bigint | number): void {
     this.setAt(registerIndex(name), value)
   }
 
   /** {@link set} by index. For 128-bit registers the high half is kept. */
-  setAt(i: number, value: bigint): void {
+  setAt(i: number, value: bigint | number): void {
     this.check()
     const r = registers[checkIndex(i)] as RegisterDescriptor
     if (r.kind !== 'u64' && this.unknown(i)) this.load(i)

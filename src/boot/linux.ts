@@ -268,7 +268,7 @@ function loadedKernel(options: LinuxOptions, memory: number): LoadedKernel {
   if (entry !== 'pvh' && entry !== 'boot64') throw new MshvError('EINVAL', `entry must be 'pvh' or 'boot64', got ${describe(entry)}`)
   const kernel = entry === 'pvh' ? pvhKernel(kernelBytes, kernelFile) : boot64Kernel(kernelBytes, kernelFile)
   if (kernel.end > memory) {
-    throw new MshvError('EKERNEL', `${kernelFile}: the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM`)
+    throw new MshvError('EKERNEL', `${kernelFile}: the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM: it needs ${Math.ceil(kernel.end / MIB) + 1} MiB or more (its initrd on top)`)
   }
   return kernel
 }
@@ -283,7 +283,7 @@ function loadBoot(vm: Vm, kernel: LoadedKernel, initrd: { bytes: Uint8Array; fil
     if (initrdAt < kernel.end) {
       throw new MshvError(
         'EKERNEL',
-        `${initrd.file}: the initrd's ${initrd.bytes.length} bytes do not fit in RAM above the kernel (${hex(kernel.end)}..${hex(memory)}): give the VM more memory`,
+        `${initrd.file}: the initrd's ${initrd.bytes.length} bytes do not fit in RAM above the kernel (${hex(kernel.end)}..${hex(memory)}): give the VM ${Math.ceil((kernel.end + initrd.bytes.length) / MIB) + 1} MiB or more`,
       )
     }
     vm.write(initrdAt, initrd.bytes)

@@ -17,7 +17,8 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
        mshv image [--force]
        mshv fetch-linux
        mshv doctor [--backend auto|sim|mshv] [--json [FILE]] [--experiment-ms N]
-       mshv --version`
+       mshv --version
+       mshv COMMAND --help   (each option, its default and an example)`
 
 /** The usage error of every command: the option that was not understood, then {@link USAGE}. */
 function badOption(flag: string | undefined, value: string | undefined): never {

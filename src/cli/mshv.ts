@@ -14,6 +14,7 @@ import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
 import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, parseRestoreArgs, type DoctorArgs, type ReplArgs } from './args.js'
 import { boot, restore } from './boot.js'
+import { HELP, wantsHelp } from './help.js'
 import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
 import { MshvError } from '../errors.js'
@@ -52,7 +53,9 @@ function startRepl(args: ReplArgs): void {
   } else {
     console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
   }
-  const server = repl.start({ prompt: 'mshv> ' })
+  // Helpers that print (regs(), help(), dis(), mem.hexdump()) return nothing: no
+  // `undefined` after their output.
+  const server = repl.start({ prompt: 'mshv> ', ignoreUndefined: true })
   // Ctrl+C during `await run()` stops the guest and nothing else: while the REPL awaits,
   // its input is paused, so the terminal is put in cooked mode, where Ctrl+C is a real
   // SIGINT, caught here. (The REPL's own breakEvalOnSigint would abandon the await with
@@ -122,6 +125,11 @@ async function doctor(args: DoctorArgs): Promise<void> {
 
 function main(args: readonly string[]): void {
   const [command, ...rest] = args
+  const help = command === 'help' ? HELP[rest[0] ?? ''] : command !== undefined && wantsHelp(rest) ? HELP[command] : undefined
+  if (help !== undefined) {
+    console.log(help)
+    return
+  }
   if (command === '--version' || command === '-v') {
     console.log(version())
   } else if (command === 'repl') {

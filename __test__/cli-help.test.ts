@@ -1,0 +1,67 @@
+/**
+ * The first hour at the command line (#30): every command answers --help with its
+ * options, their defaults and an example, and exits 0 without doing anything; the REPL
+ * prints no `undefined` after a helper's output; a number that fits sets a register;
+ * a RAM size too small for the kernel says how much it needs.
+ */
+import test from 'ava'
+import { spawnSync } from 'node:child_process'
+import { createVm, enterRealMode, MshvError, prepareLinux } from '../index.js'
+import { debianLinuxOrSkip } from './helpers.js'
+
+const cli = (...args: string[]): { status: number | null; out: string; err: string } => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/mshv.ts', ...args], { encoding: 'utf8', timeout: 60_000 })
+  return { status: r.status, out: r.stdout, err: r.stderr }
+}
+
+for (const [command, option, example] of [
+  ['boot', '--memory MiB', 'mshv boot --backend sim'],
+  ['restore', '--save-on TEXT', 'mshv restore shell.snap'],
+  ['repl', '--kernel FILE|debian', 'mshv repl --backend sim --kernel debian'],
+  ['doctor', '--experiment-ms N', 'mshv doctor --backend mshv'],
+  ['image', '--force', 'mshv image'],
+  ['fetch-linux', 'MSHV_LINUX_CACHE', 'mshv fetch-linux'],
+] as const) {
+  test(`mshv ${command} --help prints its options, defaults and an example, and exits 0`, (t) => {
+    for (const form of [[command, '--help'], [command, '-h'], ['help', command]]) {
+      const r = cli(...form)
+      t.is(r.status, 0, r.err)
+      t.true(r.out.includes(option), r.out)
+      t.true(r.out.includes('example: ') && r.out.includes(example), r.out)
+    }
+  })
+}
+
+test('the usage names --help', (t) => {
+  const r = cli('bogus')
+  t.is(r.status, 2)
+  t.regex(r.err, /unknown command 'bogus'/)
+  t.regex(r.err, /mshv COMMAND --help/)
+})
+
+test('the REPL prints no undefined after a helper that prints, and regs.set takes a number that fits', (t) => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/mshv.ts', 'repl', '--backend', 'sim'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    input: "regs()\nvcpu.regs.set('rax', 5)\nvcpu.regs.get('rax')\n",
+  })
+  t.is(r.status, 0, r.stderr)
+  t.regex(r.stdout, /rax 0000000000000000/)
+  t.notRegex(r.stdout, /undefined/)
+  t.regex(r.stdout, /5n/)
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 1 << 20)
+  const vcpu = vm.createVcpu(0)
+  enterRealMode(vcpu, 0x1000)
+  vcpu.regs.set('rbx', 0x1234)
+  t.is(vcpu.regs.get('rbx'), 0x1234n)
+  for (const bad of [-1, 1.5, 2 ** 53]) t.throws(() => vcpu.regs.set('rbx', bad), { instanceOf: MshvError, code: 'EINVAL' })
+  vm.close()
+})
+
+const linux = debianLinuxOrSkip('cli-help')
+;(typeof linux === 'string' ? test.skip : test)('a RAM size too small for the kernel says how much it needs', (t) => {
+  if (typeof linux === 'string') return
+  const e = t.throws(() => prepareLinux({ kernel: linux.kernel, memory: 64 << 20, backend: 'sim' }), { instanceOf: MshvError, code: 'EKERNEL' })
+  t.regex(e?.message ?? '', /it needs \d+ MiB or more/)
+})
