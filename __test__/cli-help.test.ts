@@ -39,16 +39,18 @@ test('the usage names --help', (t) => {
   t.regex(r.err, /mshv COMMAND --help/)
 })
 
-test('the REPL prints no undefined after a helper that prints, and regs.set takes a number that fits', (t) => {
+test('the REPL prints no undefined after a helper that prints nor a stack for a typing mistake, and regs.set takes a number that fits', (t) => {
   const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/mshv.ts', 'repl', '--backend', 'sim'], {
     encoding: 'utf8',
     timeout: 60_000,
-    input: "regs()\nvcpu.regs.set('rax', 5)\nvcpu.regs.get('rax')\n",
+    input: "regs()\nvcpu.regs.set('rax', 5)\nvcpu.regs.get('rax')\nasm`bogus`\n",
   })
   t.is(r.status, 0, r.stderr)
   t.regex(r.stdout, /rax 0000000000000000/)
   t.notRegex(r.stdout, /undefined/)
   t.regex(r.stdout, /5n/)
+  t.regex(r.stdout, /EASM.*unknown instruction 'bogus'/, 'a typing mistake is its message')
+  t.notRegex(r.stdout + r.stderr, /\n\s+at /, 'and no stack through the package')
   const vm = createVm({ backend: 'sim' })
   vm.addRam(0, 1 << 20)
   const vcpu = vm.createVcpu(0)
@@ -64,4 +66,24 @@ const linux = debianLinuxOrSkip('cli-help')
   if (typeof linux === 'string') return
   const e = t.throws(() => prepareLinux({ kernel: linux.kernel, memory: 64 << 20, backend: 'sim' }), { instanceOf: MshvError, code: 'EKERNEL' })
   t.regex(e?.message ?? '', /it needs \d+ MiB or more/)
+})
+
+test('the status line waits for the console to finish its line: it never erases what the guest printed', async (t) => {
+  const { StatusLine, ConsoleOut } = await import('../src/cli/boot.js')
+  let screen = ''
+  const term = { isTTY: true, write: (s: string | Uint8Array) => ((screen += typeof s === 'string' ? s : Buffer.from(s).toString('latin1')), true) }
+  const out = new ConsoleOut({ stdin: process.stdin, stdout: term, stderr: term })
+  const status = new StatusLine(term, () => 'STATUS', () => out.atLineStart)
+  out.status = status
+  status.start()
+  for (const b of Buffer.from('busybox shell')) out.onByte(b)
+  status.draw()
+  t.false(screen.includes('STATUS'), 'mid-line: not drawn (it would erase "busybox shell")')
+  for (const b of Buffer.from(' ready\n')) out.onByte(b)
+  status.draw()
+  t.true(screen.endsWith('\x1b[7mSTATUS\x1b[0m'), 'at a line start: drawn')
+  out.onByte(0x41)
+  t.true(screen.endsWith('\r\x1b[2KA'), 'cleared before the next byte')
+  status.stop()
+  t.true(screen.startsWith('busybox shell ready\n'))
 })

@@ -31,14 +31,16 @@ const DETACH = 0x1d // Ctrl+]
 /** Input held for the guest's console before stdin is paused. */
 const HELD_INPUT = 1 << 20
 
-/** A status line on stderr, cleared before console output and redrawn after it. */
-class StatusLine {
+/** A status line on stderr, cleared before console output and redrawn after it. @internal */
+export class StatusLine {
   private shown = false
   private timer: ReturnType<typeof setInterval> | undefined
 
   constructor(
     private readonly out: BootIo['stderr'],
     private readonly text: () => string,
+    /** Whether the console is at the start of a line: drawing mid-line would erase what it printed of it. */
+    private readonly ready: () => boolean = () => true,
   ) {}
 
   start(): void {
@@ -48,7 +50,7 @@ class StatusLine {
   }
 
   draw(): void {
-    if (!this.timer) return
+    if (!this.timer || !this.ready()) return
     this.out.write(`\r\x1b[2K\x1b[7m${this.text()}\x1b[0m`)
     this.shown = true
   }
@@ -77,15 +79,18 @@ function liveText(vm: Vm, policy: string, start: number): string {
   return `booting [${policy}] ${seconds.toFixed(1)} s, guest ${(vm.guestTimeNs() / 1e9).toFixed(2)} s, ${formatRate(instructions / seconds)} instructions/s, ${exits.toLocaleString('en-US')} exits (Ctrl+] ends)`
 }
 
-/** The guest's console on stdout, with the status line cleared before each byte. */
-class ConsoleOut {
+/** The guest's console on stdout, with the status line cleared before each byte. @internal */
+export class ConsoleOut {
   status: StatusLine | undefined
   /** Sees each byte after it is shown (the --save-on marker's watch). */
   watch: ((b: number) => void) | undefined
+  /** The console's last byte ended a line (or none came yet): the status line may be drawn. */
+  atLineStart = true
   constructor(private readonly io: BootIo) {}
   readonly onByte = (b: number): void => {
     this.status?.clear()
     this.io.stdout.write(Uint8Array.of(b))
+    this.atLineStart = b === 0x0a
     this.watch?.(b)
   }
 }
@@ -130,7 +135,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
 async function drive(m: LinuxMachine, out: ConsoleOut, args: DriveArgs, policy: string, io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
   let status: StatusLine | undefined
   const start = performance.now()
-  status = args.progress ? new StatusLine(io.stderr, () => liveText(m.vm, policy, start)) : undefined
+  status = args.progress ? new StatusLine(io.stderr, () => liveText(m.vm, policy, start), () => out.atLineStart) : undefined
   out.status = status
   status?.start()
   // --save-on: the console printed the marker: the run stops right after that exit

@@ -53,6 +53,11 @@ function startRepl(args: ReplArgs): void {
   } else {
     console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
   }
+  // A mistake typed at the prompt (EASM, EINVAL_REGISTER) is the message, not a stack
+  // through the package: in this process only, an MshvError's stack is its first line.
+  const format = Error.prepareStackTrace
+  Error.prepareStackTrace = (err, frames) =>
+    err instanceof MshvError ? `${err.name} [${err.code}]: ${err.message}` : format ? format(err, frames) : `${String(err)}${frames.map((f) => `\n    at ${String(f)}`).join('')}`
   // Helpers that print (regs(), help(), dis(), mem.hexdump()) return nothing: no
   // `undefined` after their output.
   const server = repl.start({ prompt: 'mshv> ', ignoreUndefined: true })
