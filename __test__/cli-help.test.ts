@@ -87,3 +87,18 @@ test('the status line waits for the console to finish its line: it never erases 
   status.stop()
   t.true(screen.startsWith('busybox shell ready\n'))
 })
+
+;(typeof linux === 'string' ? test.skip : test)('a kernel panic ends the run with its line, where the guest would spin for ever', async (t) => {
+  if (typeof linux === 'string') return
+  const { bootLinux, busyboxInitramfs } = await import('../index.js')
+  // An /init that returns: the kernel panics ("Attempted to kill init!").
+  const report = await bootLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: '/bin/busybox echo bye\n' }),
+    cmdline: 'console=ttyS0 cryptomgr.notests',
+    backend: 'sim',
+    timeoutMs: 120_000,
+  })
+  t.is(report.result.reason, 'panic')
+  t.regex((report.result as { message: string }).message, /^Kernel panic - not syncing: Attempted to kill init!/)
+})

@@ -65,6 +65,11 @@ export type RunResult =
   | { reason: 'poweroff' }
   /** The guest rebooted through the ACPI reset register. */
   | { reason: 'reboot' }
+  /**
+   * The guest's kernel panicked: its console printed Linux's `Kernel panic - not
+   * syncing: ...` line, which `message` is (a Linux machine watches for it).
+   */
+  | { reason: 'panic'; message: string }
   /** Guest time reached `guestDeadlineNs`: a device timer is due (sim). */
   | { reason: 'clock' }
   /**

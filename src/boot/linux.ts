@@ -213,7 +213,7 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
       // An AP waits for the guest's INIT/SIPI (startup suspend), as on a PC.
       else v.regs.set('internalActivityState', 1n)
     }
-    const pc = addPcPlatform(vm, { serial: options.serial, rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
+    const pc = addPcPlatform(vm, { serial: watchPanic(vm, options.serial), rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
     const pm = new AcpiPm(
       () => vm.guestTimeNs(),
       () => vm.requestStop({ reason: 'poweroff' }),
@@ -256,6 +256,33 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
     for (const d of opened) d.close()
     throw e
   }
+}
+
+/** What Linux prints when it panics (kernel/panic.c: `panic()`). */
+const PANIC = 'Kernel panic - not syncing: '
+
+/**
+ * The console's options with a watch for Linux's panic line: once the line is whole,
+ * the run ends with `{ reason: 'panic', message }` rather than a guest spinning in its
+ * panic loop for ever (QEMU and Cloud Hypervisor learn of it from a pvpanic device,
+ * which Debian's kernel has as a module only). The console's own callback and kept
+ * output are as they were.
+ */
+function watchPanic(vm: Vm, serial: LinuxOptions['serial']): LinuxOptions['serial'] {
+  const user = serial?.onByte
+  let line = ''
+  let panic: string | undefined
+  const onByte = (b: number): void => {
+    user?.(b)
+    if (b === 0x0a) {
+      if (panic === undefined && line.includes(PANIC)) {
+        panic = line.slice(line.indexOf(PANIC)).trimEnd()
+        vm.requestStop({ reason: 'panic', message: panic })
+      }
+      line = ''
+    } else if (line.length < 1024) line += String.fromCharCode(b)
+  }
+  return { ...serial, onByte, keepOutput: serial?.keepOutput ?? (user ? 0 : 64 * 1024) }
 }
 
 /** What a restore builds instead of a kernel: nothing is loaded, the snapshot has it. */
