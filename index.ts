@@ -22,7 +22,7 @@ export { bootLinux, prepareLinux, bootReport, type LinuxOptions, type LinuxMachi
 export { readKernel, bzImagePayload, parseElf, type KernelElf } from './src/boot/image.js'
 export { buildAcpiTables, ACPI_BASE, type AcpiOptions } from './src/boot/acpi.js'
 export { cpioArchive, type CpioEntry } from './src/boot/cpio.js'
-export { busyboxInitramfs, SHELL_INIT, type BusyboxInitramfsOptions } from './src/boot/initramfs.js'
+export { busyboxInitramfs, SHELL_INIT, INIT_PRELUDE, type BusyboxInitramfsOptions } from './src/boot/initramfs.js'
 export { fetchDebianLinux, linuxCacheDir, kernelModules, VIRTIO_MODULES, type DebianLinux } from './src/boot/debian.js'
 export { resolveModules, modinfo, moduleName, type ModuleSet } from './src/boot/modules.js'
 export { buildDebianImage, driveConsole, type DebianImage, type DebianImageOptions, type ConsoleStep, type ConsoleTranscript } from './src/boot/debian-image.js'

@@ -102,3 +102,18 @@ test('the status line waits for the console to finish its line: it never erases 
   t.is(report.result.reason, 'panic')
   t.regex((report.result as { message: string }).message, /^Kernel panic - not syncing: Attempted to kill init!/)
 })
+
+;(typeof linux === 'string' ? test.skip : test.serial)('mshv boot --policy all runs unattended: each boot powers off, and an --init of applets works as typed', async (t) => {
+  if (typeof linux === 'string') return
+  const { boot } = await import('../src/cli/boot.js')
+  const { parseBootArgs } = await import('../src/cli/args.js')
+  const { captureIo } = await import('./helpers.js')
+  const all = captureIo()
+  const code = await boot(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', 'console=ttyS0 quiet cryptomgr.notests', '--policy', 'all', '--no-progress']), all.io)
+  t.is(code, 0, all.err())
+  t.is((all.out().match(/mshv: booted; powering off/g) ?? []).length, 3)
+  for (const policy of ['page', 'hypercall', 'eager']) t.regex(all.err(), new RegExp(`boot \\[${policy}\\]: \\{"reason":"poweroff","vcpu":0\\}`))
+  const one = captureIo()
+  t.is(await boot(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', 'console=ttyS0 quiet cryptomgr.notests', '--init', 'uname -s; poweroff -f', '--no-progress']), one.io), 0, one.err())
+  t.regex(one.out(), /^Linux\r?$/m, 'uname and poweroff are busybox applets, linked by the prelude')
+})

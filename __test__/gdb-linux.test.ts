@@ -21,7 +21,7 @@ boot('GDB stops Debian\'s kernel at start_kernel, at the address its kallsyms gi
   let out = ''
   const report = await bootLinux({
     kernel: linux.kernel,
-    initrd: busyboxInitramfs({ busybox: linux.busybox, init: '/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\n/bin/busybox grep -w start_kernel /proc/kallsyms\n/bin/busybox poweroff -f\n' }),
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: 'grep -w start_kernel /proc/kallsyms\npoweroff -f\n' }),
     cmdline: CMDLINE,
     backend: 'sim',
     serial: { onByte: (b) => (out += String.fromCharCode(b)) },

@@ -23,11 +23,10 @@ const linux = debianLinuxOrSkip('virtio-linux')
 const boot = typeof linux === 'string' ? test.skip : test.serial
 
 const B = '/bin/busybox'
-const PRELUDE = `${B} mkdir -p /proc /sys /tmp /mnt
-${B} mount -t proc proc /proc
+// /proc and busybox's applets come with the initramfs's own prelude (INIT_PRELUDE).
+const PRELUDE = `${B} mkdir -p /sys /tmp /mnt
 ${B} mount -t sysfs sysfs /sys
 ${B} mount -t devtmpfs devtmpfs /dev
-${B} --install -s /bin
 modprobe -a $(cat /etc/modules)
 `
 

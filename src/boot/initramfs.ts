@@ -22,11 +22,22 @@ setsid cttyhack sh
 poweroff -f
 `
 
+/** What a script given as `init` (without `#!`) runs after: /proc, and busybox's applets in /bin. */
+export const INIT_PRELUDE = `#!/bin/busybox sh
+/bin/busybox mkdir -p /proc
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+`
+
 /** Options for {@link busyboxInitramfs}. */
 export interface BusyboxInitramfsOptions {
   /** A static busybox binary (bytes or a file path). */
   busybox: Uint8Array | string
-  /** The /init script (default {@link SHELL_INIT}); it runs under `/bin/busybox sh`. */
+  /**
+   * The /init script (default {@link SHELL_INIT}). One without `#!` runs under
+   * `/bin/busybox sh` after {@link INIT_PRELUDE}: /proc mounted and busybox's applets
+   * linked in /bin, so `poweroff -f` works as typed.
+   */
   init?: string
   /**
    * Kernel modules to include, with their `modules.dep` ({@link resolveModules}):
@@ -74,6 +85,6 @@ export function busyboxInitramfs(options: BusyboxInitramfsOptions): Uint8Array {
     { path: 'dev/console', type: 'char', major: 5, minor: 1 },
     { path: 'bin/busybox', type: 'file', data: binary, mode: 0o755 },
     { path: 'bin/sh', type: 'symlink', target: 'busybox' },
-    { path: 'init', type: 'file', data: init.startsWith('#!') ? init : `#!/bin/busybox sh\n${init}`, mode: 0o755 },
+    { path: 'init', type: 'file', data: init.startsWith('#!') ? init : `${INIT_PRELUDE}${init}`, mode: 0o755 },
   ])
 }

@@ -272,7 +272,10 @@ async function bootFiles(args: BootArgs, io: BootIo): Promise<{ kernel: string; 
   }
   // With disks, the busybox initramfs carries the kernel's virtio and ext4 modules and loads them.
   const modules = args.disks.length > 0 || args.rng ? VIRTIO_MODULES : undefined
-  const { kernel, initrd } = linuxFiles({ ...args, modules }, () => io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n"))
+  // Boots that compare policies run unattended: each powers off once booted, where the
+  // default shell would wait for a user who is not typing (with its console not even live).
+  const init = args.init ?? (args.policies.length > 1 && args.initrd === undefined ? COMPARE_INIT : undefined)
+  const { kernel, initrd } = linuxFiles({ ...args, init, modules }, () => io.stderr.write("mshv boot: Debian's kernel and busybox (fetched once into the cache)...\n"))
   return { kernel, initrd, args }
 }
 
@@ -289,6 +292,9 @@ export async function restore(args: RestoreArgs, io: BootIo = process): Promise<
   io.stderr.write(`\n${formatBootReport(report, 'restored')}\n`)
   return report.detached || report.saved !== undefined || report.result.reason === 'poweroff' || report.result.reason === 'reboot' ? 0 : 1
 }
+
+/** The /init of `--policy all` without `--init`: boot, say so, power off. */
+const COMPARE_INIT = 'echo "mshv: booted; powering off (the policies are compared unattended)"\npoweroff -f\n'
 
 /** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
 export async function boot(given: BootArgs, io: BootIo = process): Promise<number> {
