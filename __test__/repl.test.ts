@@ -88,6 +88,14 @@ test('progress line: drawn in place on a terminal after half a second, with rate
   quiet.finish()
   t.deepEqual(piped, [])
   t.is(formatRate(7_372_444), '7.37 M')
+  // A guest that computes without exits: the instruction rate shows it moving.
+  let retired = 0
+  const busy: string[] = []
+  const spinning = new ProgressLine({ isTTY: true, write: (s: string) => busy.push(s) }, () => clock, () => retired)
+  clock += 1000
+  retired = 300_000_000
+  spinning.tick()
+  t.is(busy[0], '\r\x1b[2K300.00 M instructions/s, 0 exits/s, 0 exits in 1.0 s')
 })
 
 test('mshv CLI: options are parsed, bad ones name the option', (t) => {

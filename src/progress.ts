@@ -27,12 +27,21 @@ export class ProgressLine {
   private lastDraw: number
   private shown = false
 
+  /** Instructions retired when the line started (sim; see {@link instructions}). */
+  private readonly startInstructions: number
+
   constructor(
     private readonly stream: ProgressStream,
     private readonly now: () => number = () => performance.now(),
+    /**
+     * Guest instructions retired so far (the sim counts them; 0 where not counted): the
+     * line shows their rate too, so a guest that computes without exits shows progress.
+     */
+    private readonly instructions: () => number = () => 0,
   ) {
     this.started = now()
     this.lastDraw = this.started
+    this.startInstructions = instructions()
   }
 
   /** Records one exit of message type `type`. */
@@ -57,7 +66,9 @@ export class ProgressLine {
       .slice(0, 4)
       .map(([type, n]) => `${messageTypeName(type)} ${((100 * n) / this.exits).toFixed(0)}%`)
       .join(' ')
-    return `${formatRate(this.exits / seconds)} exits/s, ${this.exits.toLocaleString('en-US')} exits in ${seconds.toFixed(1)} s: ${mix}`
+    const retired = this.instructions() - this.startInstructions
+    const rate = retired > 0 ? `${formatRate(retired / seconds)} instructions/s, ` : ''
+    return `${rate}${formatRate(this.exits / seconds)} exits/s, ${this.exits.toLocaleString('en-US')} exits in ${seconds.toFixed(1)} s${mix ? `: ${mix}` : ''}`
   }
 
   private maybeDraw(): void {

@@ -392,7 +392,7 @@ export class Vcpu {
       this.progress = p
       return false
     }
-    this.progress = p ? new ProgressLine(p === true ? process.stdout : p) : undefined
+    this.progress = p ? new ProgressLine(p === true ? process.stdout : p, undefined, () => this.native.stats().instructions) : undefined
     return true
   }
 
