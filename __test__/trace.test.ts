@@ -15,6 +15,9 @@ test('startTrace records one guest slice and one exit slice per exit, as Chrome 
   const runs = trace.traceEvents.filter((e) => e.cat === 'guest')
   t.deepEqual(exits.map((e) => e.name), ['ioPort', 'ioPort', 'ioPort'])
   t.deepEqual(exits.map((e) => e.args?.['rip']), ['0x1000', '0x1002', '0x1006'])
+  // What each exit was: port, size, direction and the value written.
+  t.deepEqual(exits[2]?.args, { rip: '0x1006', port: '0xf4', size: 1, direction: 'out', value: '0x3' })
+  t.is(exits[0]?.args?.['port'], '0x80')
   t.is(runs.length, 3)
   for (const e of trace.traceEvents) {
     t.is(e.ph, 'X')

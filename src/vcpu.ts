@@ -17,6 +17,7 @@ import type { CpuidTable } from './exits/cpuid.js'
 import { handleMsr, type MsrHandler } from './exits/msr.js'
 import { native as binding } from './native.js'
 import { ExitTrace, type ChromeTrace } from './trace.js'
+import { exitArgs } from './exits/describe.js'
 import { ProgressLine, type ProgressStream } from './progress.js'
 import { fromNative, toNative, type VcpuState } from './snapshot/vcpu-state.js'
 import { VcpuDebug, codeAddress, type BreakpointHook, type CodeAddress, type Watchpoint, type WatchKind } from './debug/breakpoints.js'
@@ -698,11 +699,11 @@ export class Vcpu {
     // track must not overlap.
     const handled = tracer.now()
     tracer.record('guest', 'guest', this.runStart, handled)
-    const rip = this.msg.getBigUint64(MSG_RIP, true)
+    const args = exitArgs(code, this.msg)
     try {
       return this.handle(code)
     } finally {
-      tracer.record(messageTypeName(code), 'exit', handled, tracer.now(), { rip: hex(rip) })
+      tracer.record(messageTypeName(code), 'exit', handled, tracer.now(), args)
     }
   }
 
