@@ -1,6 +1,6 @@
 import test from 'ava'
 import fc from 'fast-check'
-import { IoBus, MshvError, type AccessContext } from '../index.js'
+import { IoBus, MshvError, UNCLAIMED_NAMED, type AccessContext } from '../index.js'
 
 // The bus against the plainest model: a list of accepted ranges scanned in order.
 const ctx = {} as AccessContext
@@ -100,4 +100,18 @@ test('MMIO dispatch: an access inside one range reaches it at its offset; others
     ),
     { seed: SEED, numRuns: 300 },
   )
+})
+
+test('the bus names the unclaimed ports and addresses the guest reached, with counts, the first 256 of each', (t) => {
+  const bus = new IoBus()
+  const ctx = { regs: undefined as never, vcpuIndex: 0 }
+  bus.read(0x3f8, 1, ctx)
+  bus.write(0x3f8, 1, 0, ctx)
+  bus.read(0x61, 1, ctx)
+  bus.mmioRead(0xfed0_0000n, 4, ctx)
+  t.deepEqual([...bus.stats.unclaimedPorts], [[0x3f8, 2], [0x61, 1]])
+  t.deepEqual([...bus.stats.unclaimedAddresses], [[0xfed0_0000n, 1]])
+  for (let p = 0; p < 1000; p++) bus.read(0x1000 + p, 1, ctx)
+  t.is(bus.stats.unclaimedPorts.size, UNCLAIMED_NAMED)
+  t.is(bus.stats.unclaimedReads, 1002)
 })

@@ -127,6 +127,21 @@ export interface BusStats {
   unclaimedMmioReads: number
   /** MMIO writes no device claims (dropped). */
   unclaimedMmioWrites: number
+  /**
+   * Which ports and addresses those were, with their counts (reads and writes
+   * together; the first {@link UNCLAIMED_NAMED} of each): what the guest looked for.
+   */
+  readonly unclaimedPorts: Map<number, number>
+  readonly unclaimedAddresses: Map<bigint, number>
+}
+
+/** Distinct unclaimed ports (and addresses) {@link BusStats} names; later ones are counted only. */
+export const UNCLAIMED_NAMED = 256
+
+function noteUnclaimed<K>(map: Map<K, number>, key: K): void {
+  const n = map.get(key)
+  if (n !== undefined) map.set(key, n + 1)
+  else if (map.size < UNCLAIMED_NAMED) map.set(key, 1)
 }
 
 /** Port I/O and MMIO dispatch with overlap checking. */
@@ -141,7 +156,7 @@ export class IoBus {
   /** Sorted by start, for a binary search. */
   private readonly mmio: MmioRange[] = []
   /** Unclaimed accesses, as real hardware would silently absorb them. */
-  readonly stats: BusStats = { unclaimedReads: 0, unclaimedWrites: 0, unclaimedMmioReads: 0, unclaimedMmioWrites: 0 }
+  readonly stats: BusStats = { unclaimedReads: 0, unclaimedWrites: 0, unclaimedMmioReads: 0, unclaimedMmioWrites: 0, unclaimedPorts: new Map(), unclaimedAddresses: new Map() }
   /**
    * Describes the guest RAM overlapping `[start, end)`, if any: MMIO there would never
    * be called. The VM sets it.
@@ -204,6 +219,7 @@ export class IoBus {
     const r = this.find(port)
     if (!r?.device.ioRead) {
       this.stats.unclaimedReads++
+      noteUnclaimed(this.stats.unclaimedPorts, port)
       return size === 4 ? 0xffffffff : (1 << (size * 8)) - 1
     }
     const v = r.device.ioRead(port, size, ctx)
@@ -221,6 +237,7 @@ export class IoBus {
     const r = this.find(port)
     if (!r?.device.ioWrite) {
       this.stats.unclaimedWrites++
+      noteUnclaimed(this.stats.unclaimedPorts, port)
       return
     }
     r.device.ioWrite(port, size, value, ctx)
@@ -303,6 +320,7 @@ export class IoBus {
     const m = mask(size)
     if (!r?.device.mmioRead) {
       this.stats.unclaimedMmioReads++
+      noteUnclaimed(this.stats.unclaimedAddresses, gpa)
       return m
     }
     const offset = at - r.low
@@ -321,6 +339,7 @@ export class IoBus {
     const r = this.findMmio(at, size)
     if (!r?.device.mmioWrite) {
       this.stats.unclaimedMmioWrites++
+      noteUnclaimed(this.stats.unclaimedAddresses, gpa)
       return
     }
     r.device.mmioWrite(at - r.low, size, value & mask(size), ctx)
