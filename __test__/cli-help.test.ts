@@ -117,3 +117,22 @@ test('the status line waits for the console to finish its line: it never erases 
   t.is(await boot(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', 'console=ttyS0 quiet cryptomgr.notests', '--init', 'uname -s; poweroff -f', '--no-progress']), one.io), 0, one.err())
   t.regex(one.out(), /^Linux\r?$/m, 'uname and poweroff are busybox applets, linked by the prelude')
 })
+
+;(typeof linux === 'string' ? test.skip : test.serial)('mshv boot --trace FILE writes every run and exit of the boot as a Chrome trace', async (t) => {
+  if (typeof linux === 'string') return
+  const { boot } = await import('../src/cli/boot.js')
+  const { parseBootArgs } = await import('../src/cli/args.js')
+  const { captureIo } = await import('./helpers.js')
+  const { mkdtempSync, readFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  const file = join(mkdtempSync(join(tmpdir(), 'mshv-trace-')), 'boot.json')
+  const io = captureIo()
+  t.is(await boot(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', 'console=ttyS0 quiet cryptomgr.notests', '--init', 'poweroff -f', '--no-progress', '--trace', file]), io.io), 0, io.err())
+  t.regex(io.err(), /trace events written to .*boot\.json/)
+  const trace = JSON.parse(readFileSync(file, 'utf8')) as { traceEvents: { name: string; cat: string; args?: Record<string, unknown> }[] }
+  const exits = trace.traceEvents.filter((e) => e.cat === 'exit')
+  t.true(exits.length > 1000, `${exits.length} exits`)
+  t.true(exits.some((e) => e.name === 'ioPort' && e.args?.['port'] === '0x3f8' && e.args['direction'] === 'out'), 'the console UART writes')
+  t.true(exits.some((e) => e.name === 'unmappedGpa' && typeof e.args?.['gpa'] === 'string'), 'MMIO (the I/O APIC, PCI)')
+})

@@ -12,7 +12,7 @@ export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
                  [--disk IMAGE]... [--snapshot] [--rng] [--system] [--gdb [HOST]:PORT [--gdb-wait]]
-                 [--save-to FILE --save-on TEXT]
+                 [--save-to FILE --save-on TEXT] [--trace FILE]
        mshv restore FILE [--no-progress] [--gdb [HOST]:PORT [--gdb-wait]] [--save-to FILE --save-on TEXT]
        mshv image [--force]
        mshv fetch-linux
@@ -66,6 +66,8 @@ export interface BootArgs {
   saveTo?: string
   /** When the console prints this text, the machine is saved to `saveTo` and the boot ends. */
   saveOn?: string
+  /** Write each vCPU's runs and exits to this file as a Chrome trace (ui.perfetto.dev). */
+  trace?: string
 }
 
 /** `mshv boot`'s options; throws a usage error on anything else. */
@@ -96,6 +98,9 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
         break
       case '--save-to':
         out.saveTo = v
+        break
+      case '--trace':
+        out.trace = v
         break
       case '--save-on':
         if (v === '') badValue(flag, v, 'the text the console prints when the machine is to be saved')

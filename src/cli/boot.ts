@@ -98,6 +98,8 @@ export class ConsoleOut {
 /** What {@link drive} does besides the console: progress, GDB, saving. */
 interface DriveArgs {
   progress: boolean
+  /** Write the vCPUs' runs and exits to this file as a Chrome trace. */
+  trace?: string
   gdb?: BootArgs['gdb']
   gdbWait: boolean
   saveTo?: string
@@ -208,8 +210,10 @@ async function drive(m: LinuxMachine, out: ConsoleOut, args: DriveArgs, policy: 
     stdin.resume()
   }
   process.on('SIGINT', onSigint)
+  if (args.trace !== undefined) for (const v of m.vm.cpus) v.startTrace(1_000_000)
   try {
     const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run()
+    if (args.trace !== undefined) writeTrace(m.vm, args.trace, io)
     if (saveRequested && args.saveTo !== undefined && result.reason === 'cancelled') {
       const saved = m.snapshot(args.saveTo)
       status?.stop()
@@ -228,6 +232,15 @@ async function drive(m: LinuxMachine, out: ConsoleOut, args: DriveArgs, policy: 
     }
     m.close()
   }
+}
+
+/** Every vCPU's trace in one Chrome trace file (a track per vCPU). */
+function writeTrace(vm: Vm, file: string, io: BootIo): void {
+  const traces = vm.cpus.map((v) => v.stopTrace()).filter((t) => t !== undefined)
+  const events = traces.flatMap((t) => t.traceEvents).sort((a, b) => a.ts - b.ts)
+  const dropped = traces.reduce((n, t) => n + t.otherData.dropped, 0)
+  writeFileSync(file, JSON.stringify({ traceEvents: events, displayTimeUnit: 'ns', otherData: { dropped } }))
+  io.stderr.write(`\nmshv: ${events.length.toLocaleString('en-US')} trace events written to ${file}${dropped ? ` (${dropped} past the limit left out)` : ''}: open it in ui.perfetto.dev\n`)
 }
 
 /** The boot served to GDB: it runs (or waits, with `--gdb-wait`) until the guest ends it or GDB kills it. */

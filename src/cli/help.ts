@@ -30,6 +30,8 @@ export const HELP: Readonly<Record<string, string>> = {
   --save-to FILE       with --save-on: where the machine is saved
   --save-on TEXT       save the machine when the console prints TEXT, and end the boot
   --json FILE          write the boot's report (exits, hypercalls, time) as JSON
+  --trace FILE         write every run and exit (port, address, value) as a Chrome trace, for
+                       ui.perfetto.dev (the first million per vCPU)
   --no-progress        no status line
 
 example: mshv boot --backend sim --cmdline 'console=ttyS0 quiet'`,
