@@ -46,6 +46,42 @@ for (const [file, expected] of EXPECTED) {
   })
 }
 
+/** Every ts block of the README, with the heading above it, as a script importing this checkout. */
+function readmeBlocks(): { heading: string; code: string }[] {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+  const out: { heading: string; code: string }[] = []
+  const re = /```ts\n([\s\S]*?)```/g
+  for (let m = re.exec(readme); m; m = re.exec(readme)) {
+    const before = readme.slice(0, m.index)
+    const heading = [...before.matchAll(/^#+ (.*)$/gm)].at(-1)?.[1] ?? '(top)'
+    out.push({ heading, code: (m[1] as string).replaceAll("from 'mshv'", `from '${pathToFileURL(join(ROOT, 'index.ts')).href}'`) })
+  }
+  return out
+}
+
+/** What some blocks print, exactly (the others: their own tests below check it). */
+const README_OUTPUT: Record<string, string> = {
+  'CPUID, MSRs, HLT and exceptions': "{ reason: 'halt' } 1986556749n 4660n\n{ reason: 'halt' } 8193n\n",
+  'Interrupts and the PC platform': "K { reason: 'halt', vcpu: 0 }\n",
+  'Limits, closing and memory': "{ reason: 'timeout' }\n{ reason: 'instructions' }\n",
+}
+
+for (const [i, { heading, code }] of readmeBlocks().entries()) {
+  test(`README block ${i + 1} (${heading}) runs as a program of its own`, (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'mshv-readme-'))
+    try {
+      const file = join(dir, `block-${i + 1}.mts`)
+      writeFileSync(file, code)
+      const out = execFileSync(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, encoding: 'utf8', timeout: 120_000, input: '' })
+      const expected = README_OUTPUT[heading]
+      if (expected !== undefined) t.is(out, expected)
+      else t.pass()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+}
+
 test('the README MMIO device example runs as printed', (t) => {
   const out = withReadmeBlock(
     '### Writing an MMIO device',
