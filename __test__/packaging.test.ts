@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os'
 import { delimiter, dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { hostPlatform } from '../src/native.js'
+// @ts-expect-error: a plain ES module script without types
+import { packLocal } from '../scripts/pack-local.mjs'
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)))
 const FIXTURES = join(ROOT, '__test__', 'fixtures', 'packaged')
@@ -37,13 +39,6 @@ interface Packed {
   files: { path: string }[]
 }
 
-function pack(dir: string, dest: string): Packed {
-  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', dest], { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-  const [p] = JSON.parse(out) as Packed[]
-  if (!p) throw new Error(`npm pack printed nothing in ${dir}`)
-  return p
-}
-
 const env = { ...process.env, PATH: pathWithoutRust(), npm_config_fund: 'false', npm_config_audit: 'false', npm_config_update_notifier: 'false' }
 
 function npm(cwd: string, args: string[]): void {
@@ -65,7 +60,9 @@ test.serial('the packed package installs without Rust and runs from TypeScript, 
   const tmp = mkdtempSync(join(tmpdir(), 'mshv-pack-'))
   try {
     t.is(spawnSync('cargo', ['--version'], { env }).error?.message.includes('ENOENT'), true, 'cargo is not on PATH')
-    const main = pack(ROOT, tmp)
+    // What `npm run pack:local` makes (scripts/pack-local.mjs), as the README tells users.
+    const packed = packLocal(tmp) as { main: Packed; platform: Packed | undefined }
+    const main = packed.main
     const paths = main.files.map((f) => f.path)
     t.true(paths.includes('native/binding.cjs') && paths.includes('dist/index.d.ts'))
     t.true(paths.includes('dist/mshv.js') && paths.includes('dist/mshv-cli.js'), 'the bundles')
@@ -76,12 +73,8 @@ test.serial('the packed package installs without Rust and runs from TypeScript, 
       'no Rust sources, tests, benches or binaries in the main package',
     )
     t.log(`main package: ${paths.length} files, ${(main.size / 1024).toFixed(1)} KiB packed`)
-    const manifest = JSON.parse(readFileSync(join(PLATFORM_DIR, 'package.json'), 'utf8')) as { main: string }
-    const staged = join(tmp, 'platform')
-    mkdirSync(staged)
-    for (const f of readdirSync(PLATFORM_DIR)) copyFileSync(join(PLATFORM_DIR, f), join(staged, f))
-    copyFileSync(join(ROOT, 'native', manifest.main), join(staged, manifest.main))
-    const platform = pack(staged, tmp)
+    const platform = packed.platform
+    if (!platform) return t.fail('pack:local made no platform package')
     t.log(`platform package: ${platform.filename}, ${(platform.size / 1024 / 1024).toFixed(2)} MiB packed`)
 
     const app = project(join(tmp, 'app'))
