@@ -136,3 +136,21 @@ test('the status line waits for the console to finish its line: it never erases 
   t.true(exits.some((e) => e.name === 'ioPort' && e.args?.['port'] === '0x3f8' && e.args['direction'] === 'out'), 'the console UART writes')
   t.true(exits.some((e) => e.name === 'unmappedGpa' && typeof e.args?.['gpa'] === 'string'), 'MMIO (the I/O APIC, PCI)')
 })
+
+test('on a host whose archive has no linux-image-amd64 (Ubuntu), fetching Debian\'s kernel says what to do instead', async (t) => {
+  const { mkdtempSync, writeFileSync, chmodSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  // An apt-cache that knows no such package, as Ubuntu's archive; an empty cache directory.
+  const bin = mkdtempSync(join(tmpdir(), 'mshv-ubuntu-'))
+  writeFileSync(join(bin, 'apt-cache'), '#!/bin/sh\necho "E: No packages found" >&2\nexit 100\n')
+  chmodSync(join(bin, 'apt-cache'), 0o755)
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/mshv.ts', 'fetch-linux'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? ''}`, MSHV_LINUX_CACHE: mkdtempSync(join(tmpdir(), 'mshv-cache-')) },
+  })
+  t.not(r.status, 0)
+  t.regex(r.stderr, /linux-image-generic/)
+  t.regex(r.stderr, /--kernel .* --busybox/)
+})

@@ -47,7 +47,16 @@ export function fetchDebianLinux(): DebianLinux {
     if (existsSync(m.kernel) && existsSync(m.busybox)) return m
   }
   mkdirSync(dir, { recursive: true })
-  const deps = run('apt-cache', ['depends', 'linux-image-amd64'], dir)
+  let deps: string
+  try {
+    deps = run('apt-cache', ['depends', 'linux-image-amd64'], dir)
+  } catch (e) {
+    // Ubuntu's archive, for one, names its kernels otherwise (linux-image-generic).
+    throw new MshvError(
+      'EFETCH',
+      `${(e as Error).message}\nDebian's kernel package is not in this host's archive (Ubuntu calls its kernels linux-image-generic): give a kernel and a busybox yourself, as files (mshv boot --kernel /boot/vmlinuz-... --busybox /bin/busybox, with Ubuntu's busybox-static installed), or use a Debian host or container`,
+    )
+  }
   const pkg = /Depends: (linux-image-[0-9.]+-[0-9]+-amd64)\b/.exec(deps)?.[1]
   if (!pkg) throw new MshvError('EFETCH', `apt-cache depends linux-image-amd64 names no linux-image-*-amd64 package:\n${deps}`)
   for (const p of [pkg, 'busybox-static']) run('apt-get', ['download', p], dir)
