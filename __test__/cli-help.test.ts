@@ -101,6 +101,15 @@ test('the status line waits for the console to finish its line: it never erases 
   })
   t.is(report.result.reason, 'panic')
   t.regex((report.result as { message: string }).message, /^Kernel panic - not syncing: Attempted to kill init!/)
+  // With panic=-1 the kernel reboots itself: that ends the run.
+  const reboot = await bootLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: '/bin/busybox echo bye\n' }),
+    cmdline: 'console=ttyS0 cryptomgr.notests panic=-1',
+    backend: 'sim',
+    timeoutMs: 120_000,
+  })
+  t.is(reboot.result.reason, 'reboot')
 })
 
 ;(typeof linux === 'string' ? test.skip : test.serial)('mshv boot --policy all runs unattended: each boot powers off, and an --init of applets works as typed', async (t) => {

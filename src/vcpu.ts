@@ -68,7 +68,8 @@ export type RunResult =
   | { reason: 'reboot' }
   /**
    * The guest's kernel panicked: its console printed Linux's `Kernel panic - not
-   * syncing: ...` line, which `message` is (a Linux machine watches for it).
+   * syncing: ...` line, which `message` is (a Linux machine watches for it, unless its
+   * command line's `panic=N` has the kernel reboot itself).
    */
   | { reason: 'panic'; message: string }
   /** Guest time reached `guestDeadlineNs`: a device timer is due (sim). */

@@ -213,7 +213,7 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
       // An AP waits for the guest's INIT/SIPI (startup suspend), as on a PC.
       else v.regs.set('internalActivityState', 1n)
     }
-    const pc = addPcPlatform(vm, { serial: watchPanic(vm, options.serial), rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
+    const pc = addPcPlatform(vm, { serial: watchPanic(vm, options.serial, cmdline), rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
     const pm = new AcpiPm(
       () => vm.guestTimeNs(),
       () => vm.requestStop({ reason: 'poweroff' }),
@@ -264,11 +264,13 @@ const PANIC = 'Kernel panic - not syncing: '
 /**
  * The console's options with a watch for Linux's panic line: once the line is whole,
  * the run ends with `{ reason: 'panic', message }` rather than a guest spinning in its
- * panic loop for ever (QEMU and Cloud Hypervisor learn of it from a pvpanic device,
+ * panic loop for ever (unless the command line's `panic=N` has the kernel reboot itself) (QEMU and Cloud Hypervisor learn of it from a pvpanic device,
  * which Debian's kernel has as a module only). The console's own callback and kept
  * output are as they were.
  */
-function watchPanic(vm: Vm, serial: LinuxOptions['serial']): LinuxOptions['serial'] {
+function watchPanic(vm: Vm, serial: LinuxOptions['serial'], cmdline: string): LinuxOptions['serial'] {
+  // `panic=N` (N not 0) has the kernel reboot itself after a panic: it ends the run then.
+  if (/(?:^|\s)panic=-?[1-9]/.test(cmdline)) return serial
   const user = serial?.onByte
   let line = ''
   let panic: string | undefined
