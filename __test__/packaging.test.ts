@@ -97,9 +97,19 @@ test.serial('the packed package installs without Rust and runs from TypeScript, 
     copyFileSync(join(FIXTURES, 'check.mjs'), join(bare, 'check.mjs'))
     const r = spawnSync(process.execPath, ['check.mjs'], { cwd: bare, env, encoding: 'utf8' })
     t.not(r.status, 0)
-    t.regex(r.stderr, new RegExp(`no native binary for this host \\(${hostPlatform()}, Node`))
-    t.regex(r.stderr, new RegExp(`needs the package mshv-${hostPlatform()}`))
+    t.regex(r.stderr, new RegExp(`the native addon for ${hostPlatform()} \\(Node`))
+    t.regex(r.stderr, new RegExp(`Install mshv-${hostPlatform()} beside mshv`))
+    t.regex(r.stderr, /NAPI_RS_NATIVE_LIBRARY_PATH/)
     t.regex(r.stderr, /code: 'ENOBINARY'/)
+    t.notRegex(r.stderr, /\[cause\]/, 'no chain of nested causes')
+    // The command answers --version and --help without it, and says the rest in one line.
+    const bin = join(bare, 'node_modules', '.bin', 'mshv')
+    t.is(execFileSync(bin, ['--version'], { cwd: bare, env, encoding: 'utf8' }).trim(), JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version as string)
+    t.regex(execFileSync(bin, ['boot', '--help'], { cwd: bare, env, encoding: 'utf8' }), /--memory MiB/)
+    const doctor = spawnSync(bin, ['doctor'], { cwd: bare, env, encoding: 'utf8' })
+    t.is(doctor.status, 2)
+    t.is(doctor.stderr.trim().split('\n').length, 1, doctor.stderr)
+    t.regex(doctor.stderr, /^mshv: the native addon for/)
   } finally {
     rmSync(tmp, { recursive: true, force: true })
   }

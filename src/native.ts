@@ -46,13 +46,17 @@ function load(): typeof Binding {
     return require(path) as typeof Binding
   } catch (e) {
     const platform = hostPlatform()
+    const file = join(dirname(path), `mshv.${platform}.node`)
+    const override = process.env['NAPI_RS_NATIVE_LIBRARY_PATH']
+    // One message: what is missing, where it was looked for, the one thing that mends it
+    // (the loader's own chain of causes is in `tried`, not printed as five nested errors).
     const err = new Error(
-      `mshv: no native binary for this host (${platform}, Node ${process.version}). ` +
-        `It needs the package mshv-${platform} (an optional dependency of mshv; reinstall without --omit=optional) ` +
-        `or a local build (npm run build:native). Tried: ${attempts(e).join(' | ')}`,
-      { cause: e },
-    ) as Error & { code: string }
+      `mshv: the native addon for ${platform} (Node ${process.version}) is missing: looked for ${override ? `NAPI_RS_NATIVE_LIBRARY_PATH=${override}, ` : ''}${file} and the package mshv-${platform}. ` +
+        `Install mshv-${platform} beside mshv (from npm once published, or the tarball 'npm run pack:local' makes in a clone), ` +
+        `or set NAPI_RS_NATIVE_LIBRARY_PATH to an mshv .node file; in a clone, 'npm run build:native' builds it.`,
+    ) as Error & { code: string; tried: string[] }
     err.code = 'ENOBINARY'
+    Object.defineProperty(err, 'tried', { value: attempts(e), enumerable: false })
     throw err
   }
 }

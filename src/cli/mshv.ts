@@ -5,21 +5,11 @@
  * terminal (see {@link bootLinux}); `mshv doctor` checks a host (see {@link runDoctor}).
  * @module
  */
-import repl from 'node:repl'
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import * as mshv from '../../index.js'
-import { createSession, type SessionOptions } from '../repl/session.js'
-import type { RunResult } from '../vcpu.js'
-import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, parseRestoreArgs, type DoctorArgs, type ReplArgs } from './args.js'
-import { boot, restore } from './boot.js'
+import { USAGE } from './args.js'
 import { HELP, wantsHelp } from './help.js'
-import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
-import { buildDebianImage } from '../boot/debian-image.js'
-import { MshvError } from '../errors.js'
-import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
-import { writeFileSync } from 'node:fs'
 
 /** The package's version, from the nearest package.json named `mshv` above this file (bundled or not). */
 function version(): string {
@@ -34,155 +24,25 @@ function version(): string {
   return 'unknown'
 }
 
-/** The session a `mshv repl` command line asks for: a bare VM, or Linux loaded and ready to `run()`. */
-function replSession(args: ReplArgs): SessionOptions {
-  if (args.kernel === undefined) return { backend: args.backend, ramMiB: args.ramMiB }
-  const { kernel, initrd } = linuxFiles({ ...args, kernel: args.kernel === 'debian' ? undefined : args.kernel })
-  return {
-    backend: args.backend,
-    linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB * 1024 * 1024 },
-  }
-}
+/** The commands {@link runCommand} runs (the others need nothing of the package). */
+const COMMANDS = ['repl', 'boot', 'restore', 'image', 'fetch-linux', 'doctor']
 
-function startRepl(args: ReplArgs): void {
-  const options = replSession(args)
-  const session = createSession(options)
-  const rip = session.vcpu.regs.get('rip')
-  if (options.linux) {
-    console.log(`mshv ${version()} on the ${session.vm.backend} backend: Linux loaded (${session.vm.cpus.length} vCPU${session.vm.cpus.length > 1 ? 's' : ''}), vCPU 0 at its PVH entry 0x${rip.toString(16)}. await run() boots it (Ctrl+C stops); type('...') types at its console; help() lists the helpers.`)
-  } else {
-    console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
-  }
-  // A mistake typed at the prompt (EASM, EINVAL_REGISTER) is the message, not a stack
-  // through the package: in this process only, an MshvError's stack is its first line.
-  const format = Error.prepareStackTrace
-  Error.prepareStackTrace = (err, frames) =>
-    err instanceof MshvError ? `${err.name} [${err.code}]: ${err.message}` : format ? format(err, frames) : `${String(err)}${frames.map((f) => `\n    at ${String(f)}`).join('')}`
-  // Helpers that print (regs(), help(), dis(), mem.hexdump()) return nothing: no
-  // `undefined` after their output.
-  const server = repl.start({ prompt: 'mshv> ', ignoreUndefined: true })
-  // Ctrl+C during `await run()` stops the guest and nothing else: while the REPL awaits,
-  // its input is paused, so the terminal is put in cooked mode, where Ctrl+C is a real
-  // SIGINT, caught here. (The REPL's own breakEvalOnSigint would abandon the await with
-  // an ERR_SCRIPT_EXECUTION_INTERRUPTED error and print the run's report after the next
-  // prompt.)
-  const run = async (): Promise<RunResult> => {
-    const tty = process.stdin.isTTY ? process.stdin : undefined
-    const cancel = (): void => session.cancel()
-    process.on('SIGINT', cancel)
-    tty?.setRawMode(false)
-    try {
-      return await session.run()
-    } finally {
-      tty?.setRawMode(true)
-      process.off('SIGINT', cancel)
-    }
-  }
-  Object.assign(server.context, mshv, {
-    mshv,
-    session,
-    vm: session.vm,
-    vcpu: session.vcpu,
-    mem: session.mem,
-    regs: session.regs,
-    step: session.step,
-    run,
-    asm: session.asm,
-    dis: session.dis,
-    help: session.help,
-    type: session.type,
-  })
-  server.on('exit', () => session.close())
-}
-
-/**
- * `mshv doctor`: prints the host, then each check as it finishes, then the experiment
- * and the verdict; exit status 0 only when everything passed (1 otherwise).
- * `--json -` prints the JSON report alone; `--json FILE` writes it there as well.
- */
-async function doctor(args: DoctorArgs): Promise<void> {
-  const live = args.json !== '-'
-  let section: string | undefined
-  const report = await runDoctor({
-    backend: args.backend,
-    experimentMs: args.experimentMs,
-    packageVersion: version(),
-    onStart: live ? (host, backend) => console.log(`${formatHost(host, backend, version())}\n`) : undefined,
-    onCheck: live
-      ? (c) => {
-          if (c.section !== section) console.log(`${section === undefined ? '' : '\n'}${SECTION_TITLES[c.section]}`)
-          section = c.section
-          console.log(formatCheck(c))
-        }
-      : undefined,
-  })
-  if (!live) {
-    console.log(JSON.stringify(report, null, 2))
-  } else {
-    console.log(`\n${formatConclusion(report)}`)
-    if (args.json !== undefined) {
-      writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`)
-      console.log(`JSON report written to ${args.json}`)
-    }
-  }
-  process.exitCode = report.passed ? 0 : 1
-}
-
-function main(args: readonly string[]): void {
+async function main(args: readonly string[]): Promise<void> {
   const [command, ...rest] = args
   const help = command === 'help' ? HELP[rest[0] ?? ''] : command !== undefined && wantsHelp(rest) ? HELP[command] : undefined
   if (help !== undefined) {
     console.log(help)
-    return
-  }
-  if (command === '--version' || command === '-v') {
+  } else if (command === '--version' || command === '-v') {
     console.log(version())
-  } else if (command === 'repl') {
-    startRepl(parseArgs(rest))
-  } else if (command === 'boot') {
-    boot(parseBootArgs(rest)).then(
-      (code) => {
-        process.exitCode = code
-        // stdin may hold the event loop open after an interactive boot.
-        process.exit(code)
-      },
-      (e: unknown) => {
-        console.error(e instanceof Error ? `mshv boot: ${e.message}` : e)
-        process.exit(2)
-      },
-    )
-  } else if (command === 'restore') {
-    restore(parseRestoreArgs(rest)).then(
-      (code) => process.exit(code),
-      (e: unknown) => {
-        console.error(e instanceof Error ? `mshv restore: ${e.message}` : e)
-        process.exit(2)
-      },
-    )
-  } else if (command === 'image') {
-    if (rest.some((a) => a !== '--force')) throw new MshvError('EINVAL', `mshv image takes only --force\n${USAGE}`)
-    buildDebianImage({ force: rest.includes('--force'), onLog: (line) => console.error(line) }).then(
-      (image) => {
-        console.log(JSON.stringify(image, null, 2))
-        console.error('boot it with: npx mshv boot --system   (root logs in without a password)')
-      },
-      (e: unknown) => {
-        console.error(e instanceof Error ? `mshv image: ${e.message}` : e)
-        process.exitCode = 2
-      },
-    )
-  } else if (command === 'fetch-linux') {
-    console.log(JSON.stringify(fetchDebianLinux()))
-  } else if (command === 'doctor') {
-    doctor(parseDoctorArgs(rest)).catch((e: unknown) => {
-      console.error(e instanceof Error ? `mshv doctor: ${e.message}` : e)
-      process.exitCode = 2
-    })
   } else if (command === undefined || command === '--help' || command === '-h') {
     console.log(USAGE)
-  } else {
+  } else if (!COMMANDS.includes(command)) {
     console.error(`mshv: unknown command '${command}'\n${USAGE}`)
     process.exitCode = 2
+  } else {
+    // The package, and with it the native addon, only for a command that uses it.
+    const { runCommand } = await import('./commands.js')
+    runCommand(command, rest, version)
   }
 }
 
@@ -192,9 +52,8 @@ process.stdout.on('error', (e: NodeJS.ErrnoException) => {
   process.exit(process.exitCode ?? 0)
 })
 
-try {
-  main(process.argv.slice(2))
-} catch (e) {
-  console.error(e instanceof Error ? `mshv: ${e.message}` : e)
+main(process.argv.slice(2)).catch((e: unknown) => {
+  // One line: the message says what is wrong and how to mend it (ENOBINARY among them).
+  console.error(e instanceof Error ? (e.message.startsWith('mshv:') ? e.message : `mshv: ${e.message}`) : e)
   process.exitCode = 2
-}
+})
