@@ -159,3 +159,15 @@ const tmux = spawnSync('tmux', ['-V']).status === 0
     sh('kill-session', '-t', name)
   }
 })
+
+test('session: a Ctrl+C with no run in progress stops nothing, and the first step after a cancelled run steps', async (t) => {
+  const { session } = captured()
+  session.asm`l: jmp l`
+  const run = session.run()
+  setTimeout(() => session.cancel(), 50)
+  t.deepEqual(await run, { reason: 'cancelled' })
+  session.cancel() // a second Ctrl+C, after the run ended
+  t.deepEqual(session.step(), { reason: 'stepped' })
+  t.deepEqual(session.step(), { reason: 'stepped' })
+  session.close()
+})

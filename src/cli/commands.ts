@@ -66,7 +66,11 @@ function startRepl(args: ReplArgs, version: () => string): void {
     vcpu: session.vcpu,
     mem: session.mem,
     regs: session.regs,
-    step: session.step,
+    // `stepped` is what a step does: only another outcome (a HLT, an exit's end) is worth a line.
+    step: (count?: number) => {
+      const r = session.step(count)
+      return r.reason === 'stepped' ? undefined : r
+    },
     run,
     asm: session.asm,
     dis: session.dis,

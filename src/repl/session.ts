@@ -155,6 +155,8 @@ export function createSession(options: SessionOptions = {}): Session {
   const output = options.output ?? process.stdout
   /** Whether the guest's output stopped mid-line: a helper's report then starts on a new one. */
   let guestMidLine = false
+  /** Whether {@link Session.run} is in progress (what Ctrl+C stops). */
+  let running = false
   const printTo = options.print ?? ((text: string) => console.log(text))
   const print = (text: string): void => {
     if (guestMidLine) output.write('\n')
@@ -236,12 +238,24 @@ export function createSession(options: SessionOptions = {}): Session {
     },
     run: async () => {
       const before = vcpu.stats().exits
-      const result = linux ? await vm.run() : await runInSlices(vcpu, vm.backend, output)
+      running = true
+      let result: RunResult
+      try {
+        result = linux ? await vm.run() : await runInSlices(vcpu, vm.backend, output)
+      } finally {
+        running = false
+        // A cancel that came as the run ended would end the next step() at once.
+        if (!vcpu.closed) vcpu.native.takeCancel()
+      }
       const exits = vcpu.stats().exits - before
       print(`${exits} exit${exits === 1 ? '' : 's'}${linux ? ' (vCPU 0)' : ''}; ${where()}`)
       return result
     },
-    cancel: () => (linux ? vm.cancel() : vcpu.cancel()),
+    // Ctrl+C stops a run; with none in progress there is nothing to stop (a cancel
+    // latched then would end the next step() without stepping).
+    cancel: () => {
+      if (running) (linux ? vm.cancel() : vcpu.cancel())
+    },
     type: (text) => {
       if (typeof text !== 'string') throw new MshvError('EINVAL', `type takes a string, got ${describe(text)}`)
       serial.feed(text)
