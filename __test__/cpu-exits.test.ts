@@ -167,7 +167,7 @@ test('a triple fault is an error carrying the registers', (t) => {
   vcpu.regs.setRaw('idtr', 0n, 0n)
   const e = t.throws(() => vcpu.run(), { instanceOf: MshvError })
   t.is(e?.code, 'EGUEST_FATAL')
-  t.regex(e?.message ?? '', /triple fault.*rip=0x1000 .*cr0=/)
+  t.regex(e?.message ?? '', /triple fault.*rip=0x1000 .*cr0=.* cr2=0x0 /)
   vm.close()
 })
 

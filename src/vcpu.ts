@@ -785,7 +785,7 @@ export class Vcpu {
   /** The main registers as text, for error messages and the REPL. */
   describe(): string {
     this.regs.synchronize()
-    return (['rip', 'rflags', 'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'cr0', 'cr3', 'cr4', 'efer'] as const)
+    return (['rip', 'rflags', 'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp', 'cr0', 'cr2', 'cr3', 'cr4', 'efer'] as const)
       .map((n) => `${n}=${hex(this.regs.get(n))}`)
       .join(' ')
   }
