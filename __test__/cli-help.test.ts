@@ -163,3 +163,25 @@ test('on a host whose archive has no linux-image-amd64 (Ubuntu), fetching Debian
   t.regex(r.stderr, /linux-image-generic/)
   t.regex(r.stderr, /--kernel .* --busybox/)
 })
+
+;(typeof linux === 'string' ? test.skip : test.serial)('mshv boot at a terminal runs on the host\'s time unless --clock says otherwise; piped, deterministic', async (t) => {
+  if (typeof linux === 'string') return
+  const { boot } = await import('../src/cli/boot.js')
+  const { parseBootArgs } = await import('../src/cli/args.js')
+  const { captureIo } = await import('./helpers.js')
+  const { mkdtempSync, readFileSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-clock-'))
+  const clockOf = async (tty: boolean, extra: string[]): Promise<string> => {
+    const c = captureIo()
+    if (tty) Object.assign(c.stdin, { isTTY: true, setRawMode: () => c.stdin })
+    const file = join(dir, `${tty}-${extra.length}.json`)
+    const code = await boot(parseBootArgs(['--backend', 'sim', '--kernel', linux.kernel, '--busybox', linux.busybox, '--cmdline', 'console=ttyS0 quiet cryptomgr.notests', '--init', 'poweroff -f', '--no-progress', '--json', file, ...extra]), c.io)
+    t.is(code, 0, c.err())
+    return (JSON.parse(readFileSync(file, 'utf8')) as { report: { clock: string } }[])[0]?.report.clock ?? ''
+  }
+  t.is(await clockOf(true, []), 'realtime')
+  t.is(await clockOf(true, ['--clock', 'deterministic']), 'deterministic')
+  t.is(await clockOf(false, []), 'deterministic')
+})

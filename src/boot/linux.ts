@@ -538,6 +538,8 @@ export interface LinuxBootReport {
   readonly hypercallWrites: number
   /** The guest time it took (ns). */
   readonly guestNs: number
+  /** How guest time passed. */
+  readonly clock: 'deterministic' | 'realtime'
 }
 
 /** Sums the vCPUs' counters into a report. */
@@ -552,7 +554,7 @@ export function bootReport(vm: Vm, result: VmRunResult, seconds: number): LinuxB
     for (const k of Object.keys(sum) as (keyof typeof sum)[]) sum[k] += s[k]
     for (const [t, n] of Object.entries(s.exitsByType)) byType[t] = (byType[t] ?? 0) + n
   }
-  return { result, seconds, exitsByType: byType, guestNs: vm.guestTimeNs(), ...sum }
+  return { result, seconds, exitsByType: byType, guestNs: vm.guestTimeNs(), clock: vm.clock, ...sum }
 }
 
 /** Loads and runs Linux to its end (poweroff, reboot, a fatal exit or `timeoutMs`); the VM is closed after. */

@@ -18,7 +18,8 @@ export const HELP: Readonly<Record<string, string>> = {
                        error says how much they need)
   --vcpus N            vCPUs (default 1)
   --backend B          auto (default: mshv where /dev/mshv is, else the sim), sim or mshv
-  --clock C            deterministic (the sim's default: replays exactly) or realtime
+  --clock C            deterministic (replays exactly: the sim's default, but at a terminal) or
+                       realtime (the host's time: the default of an interactive boot at a terminal)
   --entry E            pvh (default) or boot64 (the bzImage's own 64-bit entry)
   --policy P           register sync policy: page (default), hypercall, eager, or all (each in turn)
   --disk IMAGE         a raw disk image as /dev/vda, /dev/vdb, ... (virtio-blk); repeatable
