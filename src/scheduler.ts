@@ -86,7 +86,7 @@ function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quant
 }
 
 /** Guest instructions the open vCPUs have retired. */
-function retired(cpus: readonly Vcpu[]): number {
+export function retired(cpus: readonly Vcpu[]): number {
   let n = 0
   for (const v of cpus) if (!v.closed) n += v.stats().instructions
   return n
@@ -174,7 +174,8 @@ export class VmRun {
         // every replay, so exits that each do much (string I/O batches) cannot hold the
         // thread for a whole quantum.
         const left = end - performance.now()
-        const budget = Math.min(o.quantum, limit - retired(vm.cpus))
+        // (Counting the vCPUs' instructions costs a stats() call each: only a run with a limit pays it.)
+        const budget = Number.isFinite(limit) ? Math.min(o.quantum, limit - retired(vm.cpus)) : o.quantum
         if (budget <= 0) return { reason: 'instructions' }
         const r = deterministic
           ? v.run(Number.isFinite(left) ? { maxInstructions: budget, maxExits: TURN_EXITS, timeoutMs: Math.max(0, left) } : { maxInstructions: budget, maxExits: TURN_EXITS })

@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Vm } from '../../vm.js'
-import type { VmRunResult } from '../../scheduler.js'
+import { retired, type VmRunResult } from '../../scheduler.js'
 
 interface Checkpoint {
   readonly position: number
@@ -34,7 +34,7 @@ export class History {
   private serial = 0
 
   constructor(private readonly vm: Vm) {
-    this.counted = this.retired()
+    this.counted = retired(this.vm.cpus)
   }
 
   /** Whether this VM can go backwards: the sim, the deterministic clock, one vCPU. */
@@ -42,15 +42,9 @@ export class History {
     return vm.backend === 'sim' && vm.clock === 'deterministic' && vm.cpus.filter((v) => !v.closed).length === 1
   }
 
-  private retired(): number {
-    let n = 0
-    for (const v of this.vm.cpus) if (!v.closed) n += v.stats().instructions
-    return n
-  }
-
   /** Where the VM is now. */
   position(): number {
-    return this.origin + this.retired() - this.counted
+    return this.origin + retired(this.vm.cpus) - this.counted
   }
 
   /** The earliest position one can go back to. */
@@ -78,7 +72,7 @@ export class History {
     if (!c) throw new Error('no checkpoint')
     this.vm.restore(c.path)
     this.origin = c.position
-    this.counted = this.retired()
+    this.counted = retired(this.vm.cpus)
     return c.position
   }
 
