@@ -13,6 +13,7 @@
 import type { NativeVcpuState } from '../native.js'
 import { registers } from '../layout.js'
 import { invalid } from '../check.js'
+import { hex } from '../errors.js'
 
 /** A {@link VcpuState}'s format version. */
 export const VCPU_STATE_VERSION = 1
@@ -37,8 +38,6 @@ export interface VcpuState {
 const MASK64 = (1n << 64n) - 1n
 const HEX = /^0x[0-9a-f]{1,32}$/
 const BYTES = /^(?:[0-9a-f]{2})*$/
-
-const hex = (v: bigint): string => `0x${v.toString(16)}`
 
 /** A `0x` hex string of at most `bits` bits, checked. */
 function value(what: string, v: unknown, bits: 64 | 128): bigint {
