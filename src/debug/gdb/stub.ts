@@ -278,19 +278,28 @@ export class GdbStub {
     return len > PACKET_SIZE ? undefined : { addr: BigInt(`0x${m[1]}`), len }
   }
 
-  /** Bytes at linear `addr` as vCPU `gThread` sees them (RAM and ROM; not devices). */
-  private read(addr: bigint, len: number): Uint8Array {
+  /**
+   * Walks `len` bytes at linear `addr` page by page as vCPU `gThread` sees them:
+   * `each(gpa, done, n)` for every piece within one 4 KiB page (a range crossing pages
+   * may be discontiguous in guest-physical memory). Throws where a page is unmapped.
+   */
+  private eachPage(addr: bigint, len: number, write: boolean, each: (gpa: bigint, done: number, n: number) => void): void {
     const v = this.regsOf()
     if (!v) throw new MshvError('EINVAL', 'no vCPU')
     const mem = v.memory()
-    const out = new Uint8Array(len)
     let done = 0
     while (done < len) {
       const at = addr + BigInt(done)
       const n = Math.min(len - done, 0x1000 - Number(at & 0xfffn))
-      out.set(this.vm.read(mem.translate(at, false), n), done)
+      each(mem.translate(at, write), done, n)
       done += n
     }
+  }
+
+  /** Bytes at linear `addr` as vCPU `gThread` sees them (RAM and ROM; not devices). */
+  private read(addr: bigint, len: number): Uint8Array {
+    const out = new Uint8Array(len)
+    this.eachPage(addr, len, false, (gpa, done, n) => out.set(this.vm.read(gpa, n), done))
     return out
   }
 
@@ -313,14 +322,7 @@ export class GdbStub {
     const data = encoding === 'hex' ? Buffer.from(packet.subarray(colon + 1).toString('latin1'), 'hex') : packet.subarray(colon + 1)
     if (data.length !== r.len) return this.reply(E(1))
     try {
-      const mem = v.memory()
-      let done = 0
-      while (done < r.len) {
-        const at = r.addr + BigInt(done)
-        const n = Math.min(r.len - done, 0x1000 - Number(at & 0xfffn))
-        this.vm.write(mem.translate(at, true), data.subarray(done, done + n))
-        done += n
-      }
+      this.eachPage(r.addr, r.len, true, (gpa, done, n) => this.vm.write(gpa, data.subarray(done, done + n)))
       this.reply('OK')
     } catch {
       this.reply(E(0x0e))
