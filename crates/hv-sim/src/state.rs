@@ -35,15 +35,6 @@ fn state_msr(cpu: &mut Cpu, msr: u32) -> Option<&mut u64> {
 }
 
 impl SimVcpu {
-    /// Guest time the APIC's timer is read at.
-    fn apic_now(&self) -> u64 {
-        if self.clock.deterministic() {
-            self.processor.cpu.tsc
-        } else {
-            self.clock.now()
-        }
-    }
-
     pub(crate) fn save_state(&mut self) -> Result<VcpuState> {
         let activity = self.activity_state();
         let cpu = &mut self.processor.cpu;
@@ -65,7 +56,7 @@ impl SimVcpu {
             (TSC_OFFSET.to_string(), self.tsc_offset as u64),
         ];
         internal.extend(PDPTE.iter().zip(cpu.pdpte).map(|(n, v)| (n.to_string(), v)));
-        let now = self.apic_now();
+        let now = self.now();
         let (lapic, apic_internal) = self.apic.lock().save(now);
         internal.extend(apic_internal);
         Ok(VcpuState {

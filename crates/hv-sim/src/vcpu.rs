@@ -164,8 +164,8 @@ enum Stopped {
 }
 
 impl SimVcpu {
-    /// Guest time for this vCPU now.
-    fn now(&self) -> u64 {
+    /// Guest time for this vCPU now (what its APIC timer counts against).
+    pub(crate) fn now(&self) -> u64 {
         if self.clock.deterministic() {
             self.processor.cpu.tsc
         } else {
