@@ -129,13 +129,7 @@ impl GuestMemory {
                 Some(region) if !self.ram.is_released() => region,
                 _ => return Err(closed("guest memory region")),
             };
-            let runs = hv_core::page_runs::nonzero_runs(&region);
-            // Pages of a region of at most 2^40 bytes fit in 32 bits.
-            Ok(Uint32Array::new(
-                runs.iter()
-                    .flat_map(|r| [r.first as u32, r.count as u32])
-                    .collect(),
-            ))
+            Ok(runs_to_js(&hv_core::page_runs::nonzero_runs(&region)))
         })
     }
 
@@ -146,4 +140,14 @@ impl GuestMemory {
     pub fn release(&self, env: Env) {
         self.ram.release(&env);
     }
+}
+
+/// Runs of pages within one region as JavaScript's flat (first page, page count) pairs.
+pub(crate) fn runs_to_js(runs: &[hv_core::page_runs::PageRun]) -> Uint32Array {
+    // Pages of a region of at most 2^40 bytes fit in 32 bits.
+    Uint32Array::new(
+        runs.iter()
+            .flat_map(|r| [r.first as u32, r.count as u32])
+            .collect(),
+    )
 }

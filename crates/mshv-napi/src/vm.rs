@@ -272,13 +272,10 @@ impl Vm {
                     .take_dirty_log(ram.gpa)
                     .map_err(to_js)?
             };
-            let runs =
-                hv_core::page_runs::bitmap_runs(&bits, (ram.len / hv_core::PAGE_SIZE) as u64);
-            Ok(Uint32Array::new(
-                runs.iter()
-                    .flat_map(|r| [r.first as u32, r.count as u32])
-                    .collect(),
-            ))
+            let pages = (ram.len / hv_core::PAGE_SIZE) as u64;
+            Ok(crate::memory::runs_to_js(&hv_core::page_runs::bitmap_runs(
+                &bits, pages,
+            )))
         })
     }
 
