@@ -11,6 +11,7 @@
 pub mod apic;
 mod clock;
 mod env;
+mod exec_lock;
 mod exits;
 mod pagesync;
 mod registers;

@@ -5,6 +5,7 @@ use crate::apic::bus::ApicBus;
 use crate::apic::LocalApic;
 use crate::clock::Clock;
 use crate::env::SimEnv;
+use crate::exec_lock::{ExecLock, Held};
 use crate::{exits, pagesync, registers, SimConfig};
 use hv_core::backend::check_batch;
 use hv_core::{
@@ -37,6 +38,8 @@ pub struct SimVcpu {
     pub(crate) apic: Arc<LocalApic>,
     bus: Arc<ApicBus>,
     pub(crate) clock: Arc<Clock>,
+    /// The partition's execution lock: one vCPU executes at a time (see `exec_lock`).
+    exec: Arc<ExecLock>,
     /// The guest's TSC minus guest time (a WRMSR to IA32_TSC moves it).
     pub(crate) tsc_offset: i64,
     /// PAE PDPTEs a restored state had loaded: the next flush keeps them rather than
@@ -51,6 +54,7 @@ impl SimVcpu {
         memory: Arc<crate::vm::SharedMap>,
         bus: Arc<ApicBus>,
         clock: Arc<Clock>,
+        exec: Arc<ExecLock>,
     ) -> Result<Self> {
         // The page exists only once the vCPU does, as with the real driver's mmap.
         let page = match config.register_page {
@@ -85,6 +89,7 @@ impl SimVcpu {
             apic,
             bus,
             clock,
+            exec,
             tsc_offset: 0,
             restore_pdptes: None,
         })
@@ -161,6 +166,8 @@ enum Stopped {
     Timeout,
     /// Real time reached a timer or the VMM's guest deadline: look again.
     Due,
+    /// The slice is over and another vCPU waits for the execution lock.
+    HandOver,
 }
 
 impl SimVcpu {
@@ -261,6 +268,7 @@ impl SimVcpu {
         msg: &mut ExitMessage,
         limits: &RunLimits,
         cpuid: &[hv_core::CpuidResult],
+        held: &mut Held<'_>,
     ) -> Result<Exit> {
         let det = self.clock.deterministic();
         if det {
@@ -330,7 +338,8 @@ impl SimVcpu {
                     .into_iter()
                     .flatten()
                     .min();
-                self.block(until);
+                // Halted: others execute meanwhile (one of them may send the wake-up IPI).
+                held.released(|| self.block(until));
                 continue;
             }
             self.apic
@@ -367,6 +376,7 @@ impl SimVcpu {
             let deadline = limits.deadline;
             let rt_due = if det { None } else { next };
             let mut stopped = None;
+            let hand_over = &*held;
             let mut poll = || {
                 if canceller.is_cancelled() {
                     stopped = Some(Stopped::Cancelled);
@@ -378,6 +388,10 @@ impl SimVcpu {
                 }
                 if rt_due.is_some_and(|d| clock.now() >= d) {
                     stopped = Some(Stopped::Due);
+                    return true;
+                }
+                if hand_over.should_hand_over() {
+                    stopped = Some(Stopped::HandOver);
                     return true;
                 }
                 false
@@ -393,6 +407,12 @@ impl SimVcpu {
                     Some(Stopped::Cancelled) => {
                         self.canceller.take();
                         return Ok(Exit::Cancelled);
+                    }
+                    Some(Stopped::HandOver) => {
+                        held.hand_over();
+                        if let Some(stop) = self.stop_requested(limits) {
+                            return Ok(stop);
+                        }
                     }
                     // Real time reached a timer: the same look as at a slice's end below.
                     Some(Stopped::Due) => {
@@ -479,7 +499,12 @@ impl VcpuBackend for SimVcpu {
             }
         }
         let cpuid = std::mem::take(&mut self.cpuid);
-        let r = self.run_slices(msg, limits, &cpuid);
+        // Held while this run executes (and let go in its halts): vCPUs whose runs
+        // overlap on host threads execute one at a time.
+        let exec = Arc::clone(&self.exec);
+        let mut held = exec.enter();
+        let r = self.run_slices(msg, limits, &cpuid, &mut held);
+        drop(held);
         self.cpuid = cpuid;
         r
     }

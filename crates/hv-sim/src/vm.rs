@@ -2,6 +2,7 @@
 
 use crate::apic::bus::ApicBus;
 use crate::clock::Clock;
+use crate::exec_lock::ExecLock;
 use crate::vcpu::SimVcpu;
 use crate::SimConfig;
 use hv_core::backend::check_mapping;
@@ -23,6 +24,7 @@ pub struct SimVm {
     vcpus: Vec<u8>,
     bus: Arc<ApicBus>,
     clock: Arc<Clock>,
+    exec: Arc<ExecLock>,
 }
 
 impl SimVm {
@@ -34,6 +36,7 @@ impl SimVm {
             vcpus: Vec::new(),
             bus: Arc::new(ApicBus::new(Arc::clone(&clock))),
             clock,
+            exec: Arc::default(),
         }
     }
 
@@ -107,6 +110,7 @@ impl VmBackend for SimVm {
             Arc::clone(&self.memory),
             Arc::clone(&self.bus),
             Arc::clone(&self.clock),
+            Arc::clone(&self.exec),
         )?;
         self.clock.add_vcpu(index as u32);
         self.vcpus.push(index);
