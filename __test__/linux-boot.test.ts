@@ -20,7 +20,7 @@ const linux = debianLinuxOrSkip('linux-boot')
 const available = typeof linux !== 'string'
 const boot = available ? test.serial : test.skip
 
-async function bootToMarker(vcpus: number): Promise<{ report: LinuxBootReport; console: string }> {
+async function bootToMarker(vcpus: number, clock?: 'deterministic' | 'realtime'): Promise<{ report: LinuxBootReport; console: string }> {
   if (typeof linux === 'string') throw new Error(linux)
   let out = ''
   const report = await bootLinux({
@@ -29,6 +29,7 @@ async function bootToMarker(vcpus: number): Promise<{ report: LinuxBootReport; c
     cmdline: CMDLINE,
     vcpus,
     backend: 'sim',
+    clock,
     serial: { onByte: (b) => (out += String.fromCharCode(b)) },
     // The wall clock is an input too: the kernel seeds its random pool with it.
     rtcStart: new Date(Date.UTC(2026, 10, 25, 12, 0, 0)),
@@ -48,6 +49,15 @@ for (const vcpus of [1, 2]) {
     t.log(`${report.seconds.toFixed(2)} s, ${report.exits} exits, ${(report.instructions / 1e6).toFixed(0)} M instructions, ${report.hypercalls} hypercalls`)
   })
 }
+
+boot('2 vCPUs on the real-time clock boot Debian\'s kernel through vm.run()\'s threaded path (each vCPU on a thread of its own, as on mshv)', async (t) => {
+  const { report, console } = await bootToMarker(2, 'realtime')
+  t.deepEqual(report.result, { reason: 'poweroff', vcpu: 0 }, console.slice(-2000))
+  t.true(console.includes(MARKER), 'the marker reached the serial console')
+  t.regex(console, /smp: Brought up 1 node, 2 CPUs/)
+  t.is(report.clock, 'realtime')
+  t.log(`${report.seconds.toFixed(2)} s, ${report.exits} exits, ${(report.instructions / 1e6).toFixed(0)} M instructions`)
+})
 
 boot('a deterministic boot repeats exactly: the same exits and instructions', async (t) => {
   const a = (await bootToMarker(1)).report

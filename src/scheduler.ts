@@ -17,10 +17,12 @@
  * waits in the hypervisor, and the device timers run on the event loop.
  * @module
  */
-import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:timers/promises'
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import type { Vm } from './vm.js'
 import type { RunResult, Vcpu } from './vcpu.js'
-import { MshvError, describe } from './errors.js'
+import { MshvError, coded, describe } from './errors.js'
+import { native } from './native.js'
+import { exitCode } from './layout.js'
 import { codeAddress, type CodeAddress } from './debug/breakpoints.js'
 
 /** Options for {@link Vm.run}. */
@@ -41,12 +43,23 @@ export interface VmRunOptions {
    * instructions in all (sim, deterministic clock: where a replay goes to a point).
    */
   maxInstructions?: number
+  /**
+   * Run each vCPU on a native thread of its own, its exits handed to this thread, as a
+   * VMM's vCPU threads run. The default: always on mshv; on the sim, when more than one
+   * vCPU runs on the real-time clock (the deterministic clock takes turns on this
+   * thread, so a replay is exact). `true` asks for it on the sim with one vCPU too
+   * (real-time clock); `false` on mshv is `ENOTSUP`.
+   */
+  threads?: boolean
 }
 
 /** Why {@link Vm.run} returned, and which vCPU's exit ended it (none for a timeout or a cancel). */
 export type VmRunResult = RunResult & { vcpu?: number }
 
-const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions'] as const
+const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions', 'threads'] as const
+
+/** A vCPU thread's run threw: its error is taken from the group. */
+const EXIT_FAILED = exitCode('failed')
 
 /**
  * Exits a deterministic turn takes at most, beside its quantum of instructions: a
@@ -78,6 +91,8 @@ function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quant
     throw new MshvError('EINVAL', `vm.run(): timeoutMs must be a number of milliseconds from 0, got ${describe(t)}`)
   }
   if (o['until'] !== undefined) codeAddress('vm.run(): until', o['until'])
+  const th = o['threads']
+  if (th !== undefined && typeof th !== 'boolean') throw new MshvError('EINVAL', `vm.run(): threads must be true or false, got ${describe(th)}`)
   const n = o['maxInstructions']
   if (n !== undefined && !(typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) {
     throw new MshvError('EINVAL', `vm.run(): maxInstructions must be an integer from 0 to 2^53-1, got ${describe(n)}`)
@@ -135,7 +150,7 @@ export class VmRun {
     try {
       // One breakpoint for the whole run on every vCPU, not one per turn.
       if (o.until !== undefined) for (const v of cpus) if (!v.closed) v.holdUntil(codeAddress('until', o.until))
-      return this.vm.backend === 'sim' ? await this.turns(o, end) : await this.threads(end)
+      return this.threaded(o) ? await this.threads(o, end) : await this.turns(o, end)
     } finally {
       if (o.until !== undefined) for (const v of cpus) v.releaseUntil()
       this.stopListening()
@@ -143,6 +158,20 @@ export class VmRun {
       // would end the next vm.run() at once, as `{ reason: 'cancelled', vcpu }`.
       if (this.cancelled) for (const v of cpus) if (!v.closed) v.native.takeCancel()
     }
+  }
+
+  /** Whether this run puts each vCPU on a thread of its own (see {@link VmRunOptions.threads}). */
+  private threaded(o: VmRunOptions): boolean {
+    const vm = this.vm
+    if (vm.backend !== 'sim') {
+      if (o.threads === false) throw new MshvError('ENOTSUP', 'vm.run(): threads: false needs the sim (on mshv every vCPU runs on a thread of its own)')
+      return true
+    }
+    if (vm.clock === 'deterministic') {
+      if (o.threads === true) throw new MshvError('ENOTSUP', "vm.run(): threads: true needs the real-time clock (createVm({ clock: 'realtime' })): the deterministic clock takes turns on one thread so that a replay is exact")
+      return false
+    }
+    return o.threads ?? vm.cpus.filter((v) => !v.closed).length > 1
   }
 
   /**
@@ -232,38 +261,108 @@ export class VmRun {
     })
   }
 
-  /** mshv: a worker thread per vCPU; device timers on the event loop. */
-  private async threads(end: number): Promise<VmRunResult> {
+  /**
+   * Each vCPU on a native thread of its own (`VcpuThreads`), as a VMM's vCPU threads
+   * run: a thread runs its vCPU until an exit and posts it; this thread takes the
+   * posted exits one at a time, handles each as {@link Vcpu.run} would, and hands the
+   * vCPU back. It waits for exits a slice at a time, fires the device timers as they
+   * come due, and lets the event loop in every slice. A halted vCPU waits on its own
+   * thread (in the hypervisor on mshv; in the sim's halt, its execution lock let go).
+   * Whatever ends the run (a result, an error, a cancel, the deadline) ends every
+   * thread's run before this returns, once.
+   */
+  private async threads(o: ReturnType<typeof check>, end: number): Promise<VmRunResult> {
     const vm = this.vm
-    let result: VmRunResult | undefined
-    let stop: () => void = () => {}
-    const stopped = new Promise<void>((resolve) => (stop = resolve))
-    const finish = (r: VmRunResult): void => {
-      result ??= r
-      stop()
-    }
-    let timer: ReturnType<typeof setTimeout> | undefined
-    const schedule = (): void => {
-      if (timer) clearTimeout(timer)
-      vm.timers.fire()
-      const next = vm.timers.next()
-      timer = next === undefined ? undefined : setTimeout(schedule, Math.max(0, (next - vm.guestTimeNs()) / 1e6))
-    }
-    schedule()
-    const loops = vm.cpus.map(async (v) => {
-      while (result === undefined && !this.cancelled) {
-        const r = await v.runAsync({ maxExits: 1 })
-        schedule()
-        if (r.reason === 'exits') continue
-        finish(r.reason === 'cancelled' ? r : { ...r, vcpu: v.index })
+    const cpus = vm.cpus.filter((v) => !v.closed)
+    if (cpus.length === 0) return { reason: 'cancelled' }
+    // The sim's halts wait on the vCPU's thread, as MSHV's do in the hypervisor.
+    const budget = vm.backend === 'sim' ? new native.RunBudget({ blockOnHalt: true }) : undefined
+    const begun: Vcpu[] = []
+    const posted = new Map<Vcpu, number>()
+    let group: InstanceType<typeof native.VcpuThreads> | undefined
+    try {
+      for (const v of cpus) {
+        const left = v.threadedBegin()
+        begun.push(v)
+        if (left) return { ...left, vcpu: v.index }
       }
-    })
-    const deadline = Number.isFinite(end) ? sleep(Math.max(0, end - performance.now()), undefined, { ref: false }).then(() => finish({ reason: 'timeout' })) : undefined
-    await Promise.race([stopped, ...(deadline ? [deadline] : [])])
-    for (const v of vm.cpus) if (!v.closed) v.cancel()
-    await Promise.all(loops)
-    if (timer) clearTimeout(timer)
-    if (this.cancelled) return { reason: 'cancelled' }
-    return result ?? { reason: 'cancelled' }
+      const g = new native.VcpuThreads(cpus.map((v) => v.native), budget)
+      group = g
+      const next = g.nextFunction()
+      cpus.forEach((v, i) => {
+        v.threadedResume()
+        g.resume(i)
+      })
+      /** vCPUs halted with interrupts disabled: they no longer run (as in turns()). */
+      const stopped = new Set<Vcpu>()
+      let resume = -1
+      let yieldAt = performance.now() + o.sliceMs
+      for (;;) {
+        if (this.cancelled) return { reason: 'cancelled' }
+        let now = performance.now()
+        if (now >= end) return { reason: 'timeout' }
+        if (now >= yieldAt) {
+          await yieldToEventLoop()
+          if (this.cancelled) return { reason: 'cancelled' }
+          now = performance.now()
+          yieldAt = now + o.sliceMs
+        }
+        vm.timers.fire()
+        const due = vm.timers.next()
+        let wait = Math.min(yieldAt, end) - now
+        if (due !== undefined) wait = Math.min(wait, (due - vm.guestTimeNs()) / 1e6)
+        let r: number
+        try {
+          r = next(resume, wait > 0 ? wait : 0)
+        } catch (e) {
+          throw coded(e)
+        }
+        resume = -1
+        if (r < 0) continue
+        const i = r % 256
+        const code = (r - i) / 256
+        const v = cpus[i] as Vcpu
+        if (code === EXIT_FAILED) throw named(g.takeError(i), v)
+        let result: RunResult | undefined
+        try {
+          result = v.threadedExit(code)
+        } catch (e) {
+          throw named(e, v)
+        }
+        if (vm.closed) return result === undefined || result.reason === 'cancelled' || turnOver(result) ? { reason: 'cancelled' } : { ...result, vcpu: v.index }
+        if (result === undefined || turnOver(result)) {
+          if (this.cancelled) return { reason: 'cancelled' }
+          v.threadedResume()
+          resume = i
+        } else if (result.reason === 'halt') {
+          stopped.add(v)
+          if (cpus.every((c) => c.closed || stopped.has(c))) return { ...result, vcpu: v.index }
+        } else if (result.reason === 'cancelled' && this.cancelled) {
+          return result
+        } else {
+          return { ...result, vcpu: v.index }
+        }
+      }
+    } finally {
+      if (group) {
+        group.end()
+        // Exits the threads posted after the run was decided: each vCPU handles its
+        // own at its next run.
+        for (let r = group.next(-1, 0); r >= 0; r = group.next(-1, 0)) {
+          const i = r % 256
+          const v = cpus[i] as Vcpu
+          const code = (r - i) / 256
+          if (code !== EXIT_FAILED) posted.set(v, code)
+        }
+      }
+      for (const v of begun) v.threadedEnd(posted.get(v))
+    }
   }
+}
+
+/** `e` (an error a vCPU's run or exit threw) with the vCPU named, its code kept. */
+function named(e: unknown, v: Vcpu): Error {
+  const c = coded(e)
+  if (c instanceof MshvError) return new MshvError(c.code, `vCPU ${v.index}: ${c.message}`, { cause: e })
+  return c instanceof Error ? c : new MshvError('EINTERNAL', `vCPU ${v.index}: ${describe(c)}`)
 }

@@ -289,6 +289,8 @@ export class Vcpu {
   private readonly memoryOnDemand = (): LinearMemory => this.memory()
   /** Whether a run (of any kind) is in progress: a second one is refused. */
   private running = false
+  /** An exit a threaded run's thread posted after the run ended: the next run handles it first. */
+  private pendingExit: number | undefined
   private isClosed = false
   /** The CPUID table version this vCPU registered last (-1: none yet). */
   private cpuidVersion = -1
@@ -367,6 +369,8 @@ export class Vcpu {
       const budget = nativeBudget(o, this.progress !== undefined)
       const runner = budget ? runnerHandle(this.native, budget) : this.unlimited
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
+      const left = this.handlePending()
+      if (left) return left
       for (let exits = 0; exits < exitLimit; ) {
         this.beforeResume()
         const code = runOnce(runner)
@@ -419,6 +423,8 @@ export class Vcpu {
       // disabled comes back as a HALT exit and waits for wake().
       const budget = nativeBudget(o.onHalt === 'wait' ? { ...o, blockOnHalt: true } : o, this.progress !== undefined)
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
+      const left = this.handlePending()
+      if (left) return left
       for (let exits = 0; exits < exitLimit; ) {
         // Closed between two native runs (by an exit handler): the run ends as cancelled.
         if (this.isClosed) return { reason: 'cancelled' }
@@ -639,6 +645,52 @@ export class Vcpu {
     const protectedMode = (this.regs.get('cr0') & 1n) !== 0n
     const [lo, hi] = binding.pendingException(vector, errorCode, protectedMode) as [bigint, bigint]
     this.regs.setRaw('pendingEvent0', lo, hi)
+  }
+
+  /**
+   * {@link Vm.run}'s threaded path (`src/scheduler.ts`): claims the vCPU for the run;
+   * an exit its thread posted in an earlier run and nobody handled yet comes first.
+   * @internal
+   */
+  threadedBegin(): RunResult | undefined {
+    this.enter('vm.run()')
+    return this.handlePending()
+  }
+
+  /** Hands the vCPU to its thread: register writes reach it; reads wait for its next exit. @internal */
+  threadedResume(): void {
+    this.beforeResume()
+    this.regs.busy = true
+  }
+
+  /** An exit its thread posted: handled here, as {@link run} handles it; a result ends this vCPU's part. @internal */
+  threadedExit(code: number): RunResult | undefined {
+    this.regs.busy = false
+    if (code === EXIT_SLICE) {
+      this.regs.reset()
+      return undefined
+    }
+    return this.afterRun(code)
+  }
+
+  /**
+   * Ends the threaded run; `posted`: an exit the thread posted after the run was
+   * decided, kept for the vCPU's next run (a run of any kind handles it first, as a
+   * VMM completes an exit before it re-enters the vCPU).
+   * @internal
+   */
+  threadedEnd(posted?: number): void {
+    this.regs.busy = false
+    this.running = false
+    if (posted !== undefined && posted !== EXIT_CANCELLED) this.pendingExit = posted
+  }
+
+  /** The exit left from a threaded run, handled now: its result, if it ends the run. */
+  private handlePending(): RunResult | undefined {
+    const code = this.pendingExit
+    if (code === undefined) return undefined
+    this.pendingExit = undefined
+    return this.threadedExit(code)
   }
 
   /** Register writes reach the vCPU; the trace marks where its run begins. */

@@ -132,9 +132,12 @@ export class GuestTimers {
   }
 
   /** Fires every timer due at `now`, in time order (those they set that are due, too). */
-  fire(now: number = this.now()): number {
-    let fired = 0
+  fire(at?: number): number {
     const head = this.queue[0]
+    // Nothing queued: no clock read (a run's loop calls this at every exit).
+    if (head === undefined) return 0
+    const now = at ?? this.now()
+    let fired = 0
     for (;;) {
       const e = this.queue[0]
       if (!e || e.at > now) break

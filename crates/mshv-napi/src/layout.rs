@@ -55,6 +55,8 @@ pub const EXIT_CLOCK: u32 = 0xffff_0005;
 /// Run result when the vCPU is halted with interrupts enabled and the run may not
 /// block (`blockOnHalt: false`): nothing can wake it until the VMM raises an interrupt.
 pub const EXIT_IDLE: u32 = 0xffff_0006;
+/// A vCPU thread's result when its run threw (`VcpuThreads`): the error is taken apart.
+pub const EXIT_FAILED: u32 = 0xffff_0007;
 
 fn table(rows: &[(&str, usize)]) -> HashMap<String, u32> {
     rows.iter()
@@ -107,6 +109,7 @@ pub fn layout() -> Layout {
             ("slice".to_string(), EXIT_SLICE),
             ("clock".to_string(), EXIT_CLOCK),
             ("idle".to_string(), EXIT_IDLE),
+            ("failed".to_string(), EXIT_FAILED),
         ]
         .into_iter()
         .collect(),

@@ -20,6 +20,7 @@ mod register_page;
 mod runner;
 mod slot_lock;
 mod tap;
+mod threads;
 mod vcpu;
 mod vcpu_state;
 mod vm;
@@ -29,6 +30,7 @@ pub use hypervisor::Hypervisor;
 pub use memory::GuestMemory;
 pub use register_page::RegisterPage;
 pub use tap::Tap;
+pub use threads::VcpuThreads;
 pub use vcpu::Vcpu;
 pub use vm::Vm;
 

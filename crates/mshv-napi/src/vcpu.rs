@@ -136,6 +136,11 @@ impl Core {
         self.canceller.cancel();
     }
 
+    /// Consumes a cancel no run has seen yet: whether there was one.
+    pub(crate) fn take_cancel(&self) -> bool {
+        self.canceller.take()
+    }
+
     /// Locks the backend for one call; a vCPU busy in an async run is a clear EBUSY.
     fn with_slot<T>(&self, f: impl FnOnce(&mut Slot) -> hv_core::Result<T>) -> Result<T> {
         let Some(mut guard) = self.slot.try_lock() else {
@@ -177,7 +182,7 @@ impl Core {
     /// Worker's teardown waited for the run forever, since Node drains pool work before
     /// it calls the cleanup hook that cancels the run (`Environment::RunCleanup`:
     /// `CleanupHandles()` first). The thread ends when the vCPU is closed or dropped.
-    fn on_own_thread(&self, job: RunJob) -> Result<()> {
+    pub(crate) fn on_own_thread(&self, job: RunJob) -> Result<()> {
         let mut own = self
             .own_thread
             .lock()
@@ -293,7 +298,7 @@ impl ToNapiValue for RunOutcome {
 
 /// One async run on the vCPU's own thread: the exit code or the coded error; a panic
 /// (which would end the thread and lose the promise) becomes `EPANIC`.
-fn run_caught(core: &Core, budget: &Budget) -> RunOutcome {
+pub(crate) fn run_caught(core: &Core, budget: &Budget) -> RunOutcome {
     match catch_unwind(AssertUnwindSafe(|| core.run(budget))) {
         Ok(Ok(code)) => RunOutcome::Exit(code),
         Ok(Err(e)) => RunOutcome::Failed(e),
@@ -429,7 +434,7 @@ impl Vcpu {
     /// for a wake-up takes it here instead of waiting.
     #[napi]
     pub fn take_cancel(&self) -> bool {
-        self.core.canceller.take()
+        self.core.take_cancel()
     }
 
     /// One batched get-register hypercall: `out` receives two u64 halves per id.

@@ -1,0 +1,202 @@
+/**
+ * `vm.run()`'s threaded path: each vCPU on a native thread of its own, its exits handed
+ * to the JavaScript thread (`crates/mshv-napi/src/threads.rs`, `src/scheduler.ts`). The
+ * sim runs it with more than one vCPU on the real-time clock, by the same code the mshv
+ * backend runs for every VM, so CI runs what a host runs.
+ */
+import test from 'ava'
+import { readFile } from 'node:fs/promises'
+import { MshvError } from '../index.js'
+import { longModeVm } from './helpers.js'
+
+/** Two vCPUs each count `n` into one dword with LOCK INC and exit on a port each time. */
+const racing = (n: number): string => `
+start:
+  mov ecx, ${n}
+.l0:
+  lock inc dword [counter]
+  out 0x80, al
+  dec ecx
+  jnz .l0
+  lock inc dword [done]
+.w0:
+  pause
+  cmp dword [done], 2
+  jne .w0
+  mov eax, [counter]
+  shr eax, 8
+  out 0xf4, al
+cpu1:
+  mov ecx, ${n}
+.l1:
+  lock inc dword [counter]
+  out 0x81, al
+  dec ecx
+  jnz .l1
+  lock inc dword [done]
+  cli
+  hlt
+counter: dd 0
+done: dd 0
+`
+
+test('two vCPUs on threads of their own: every port exit handled on the JavaScript thread, no LOCK INC lost', async (t) => {
+  const n = 20_000
+  const vm = longModeVm(racing(n), {}, { vcpus: 2, clock: 'realtime' })
+  const outs = [0, 0]
+  vm.bus.register(0x80, 2, { ioWrite: (port) => void (outs[port - 0x80] = (outs[port - 0x80] ?? 0) + 1) }, 'counters')
+  const r = await vm.run({ timeoutMs: 30_000 })
+  t.deepEqual(r, { reason: 'debug-exit', code: ((2 * n) >> 8) & 0xff, vcpu: 0 })
+  t.deepEqual(outs, [n, n])
+  t.is(vm.cpus[0]?.runState, 'paused')
+  vm.close()
+})
+
+test("a device's error on vCPU 1's thread rejects vm.run() once, naming the vCPU; nothing is an unhandled rejection", async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    out 0x80, al
+    jmp start
+  cpu1:
+    mov ecx, 1000
+  .l:
+    out 0x80, al
+    dec ecx
+    jnz .l
+    in al, 0x84
+    jmp cpu1
+  `,
+    {},
+    { vcpus: 2, clock: 'realtime' },
+  )
+  vm.bus.register(0x80, 1, { ioWrite: () => {} }, 'sink')
+  vm.bus.register(0x84, 1, { ioRead: () => 'not a number' as unknown as number }, 'broken device')
+  const unhandled: unknown[] = []
+  const listen = (e: unknown): void => void unhandled.push(e)
+  process.on('unhandledRejection', listen)
+  try {
+    const e = await t.throwsAsync(vm.run({ timeoutMs: 30_000 }), { instanceOf: MshvError })
+    t.is(e?.code, 'EDEVICE')
+    t.regex(e?.message ?? '', /^vCPU 1: broken device: ioRead\(0x84, 1\) returned/)
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    t.deepEqual(unhandled, [])
+    // Both vCPUs are back between runs: a synchronous run of vCPU 0 works (no cancel left over).
+    t.is(vm.cpus[0]?.runState, 'paused')
+    t.deepEqual(vm.cpus[0]?.run({ maxExits: 3 }), { reason: 'exits' })
+  } finally {
+    process.off('unhandledRejection', listen)
+    vm.close()
+  }
+})
+
+test("eight vCPUs, seven halted in the hypervisor, hold none of libuv's four pool threads: file reads complete and the BSP runs on", async (t) => {
+  const aps = Array.from({ length: 7 }, (_, i) => `cpu${i + 1}:\n  sti\n  hlt\n  jmp cpu${i + 1}\n`).join('')
+  const vm = longModeVm(
+    `
+  start:
+    in al, 0x82
+    test al, al
+    jz start
+    mov al, 8
+    out 0xf4, al
+  ${aps}
+  `,
+    {},
+    { vcpus: 8, clock: 'realtime' },
+  )
+  let read = false
+  // Pool work, started while every AP waits in its halt: it completes within the run.
+  const reads = Promise.all(Array.from({ length: 8 }, () => readFile(new URL(import.meta.url)))).then(() => (read = true))
+  vm.bus.register(0x82, 1, { ioRead: () => (read ? 1 : 0) }, 'read done')
+  t.deepEqual(await vm.run({ timeoutMs: 30_000 }), { reason: 'debug-exit', code: 8, vcpu: 0 })
+  await reads
+  vm.close()
+})
+
+test('an exit a thread posted after the run was decided is handled at the next run: none lost, none twice', async (t) => {
+  const n = 5000
+  const vm = longModeVm(
+    `
+  start:
+    cmp dword [counter], ${n / 2}
+    jb start
+    mov al, 1
+    out 0xf4, al
+    cli
+    hlt
+  cpu1:
+    mov ecx, ${n}
+  .l:
+    inc dword [counter]
+    mov eax, [counter]
+    out 0x81, al
+    dec ecx
+    jnz .l
+    mov al, 2
+    out 0xf4, al
+  counter: dd 0
+  `,
+    {},
+    { vcpus: 2, clock: 'realtime' },
+  )
+  const seen: number[] = []
+  vm.bus.register(0x81, 1, { ioWrite: (_port, _size, value) => void seen.push(value) }, 'sequence')
+  t.deepEqual(await vm.run({ timeoutMs: 30_000 }), { reason: 'debug-exit', code: 1, vcpu: 0 })
+  t.true(seen.length < n, 'vCPU 1 was stopped half-way')
+  t.deepEqual(await vm.run({ timeoutMs: 30_000 }), { reason: 'debug-exit', code: 2, vcpu: 1 })
+  t.is(seen.length, n)
+  t.true(
+    seen.every((v, i) => v === ((i + 1) & 0xff)),
+    'each OUT reached the device once, in order',
+  )
+  vm.close()
+})
+
+test('timeoutMs, cancel() and close() end a threaded run promptly, and leave no cancel behind', async (t) => {
+  const spin = `
+  start:
+    jmp start
+  cpu1:
+    out 0x80, al
+    jmp cpu1
+  `
+  const vm = longModeVm(spin, {}, { vcpus: 2, clock: 'realtime' })
+  vm.bus.register(0x80, 1, { ioWrite: () => {} }, 'sink')
+  t.deepEqual(await vm.run({ timeoutMs: 50 }), { reason: 'timeout' })
+  setTimeout(() => vm.cancel(), 50)
+  t.deepEqual(await vm.run({ timeoutMs: 30_000 }), { reason: 'cancelled' })
+  t.deepEqual(vm.cpus[1]?.run({ maxExits: 2 }), { reason: 'exits' }, 'no cancel was left latched')
+  const run = vm.run({ timeoutMs: 30_000 })
+  setTimeout(() => vm.close(), 50)
+  t.deepEqual(await run, { reason: 'cancelled' })
+})
+
+test('vm.run({ threads }) is checked: a boolean; true needs the real-time clock on the sim', async (t) => {
+  const vm = longModeVm('start:\n  hlt\n', {})
+  await t.throwsAsync(vm.run({ threads: 'yes' as unknown as boolean }), { code: 'EINVAL', message: /threads must be true or false, got 'yes'/ })
+  await t.throwsAsync(vm.run({ threads: true }), { code: 'ENOTSUP', message: /real-time clock/ })
+  vm.close()
+})
+
+test('one vCPU on the real-time clock runs on its own thread when asked (threads: true), as on mshv', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    mov ecx, 1000
+  .l:
+    out 0x80, al
+    dec ecx
+    jnz .l
+    mov al, 7
+    out 0xf4, al
+  `,
+    {},
+    { clock: 'realtime' },
+  )
+  let outs = 0
+  vm.bus.register(0x80, 1, { ioWrite: () => void outs++ }, 'sink')
+  t.deepEqual(await vm.run({ threads: true, timeoutMs: 30_000 }), { reason: 'debug-exit', code: 7, vcpu: 0 })
+  t.is(outs, 1000)
+  vm.close()
+})
