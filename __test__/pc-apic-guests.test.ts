@@ -221,3 +221,40 @@ test('the RTC: the guest reads the start date in BCD and takes periodic interrup
   t.true(vm.guestTimeNs() >= 3_900_000 && vm.guestTimeNs() < 5_000_000, `guest time ${vm.guestTimeNs()}`)
   vm.close()
 })
+
+test("an interrupt the hypervisor refuses (the guest routed the PIT's pin to an APIC id no vCPU has) is dropped and counted, not thrown into the device's timer (OpenVMM's request_msi logs and goes on)", async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    mov esi, 0xfec00000
+    mov dword [rsi], 0x14
+    mov dword [rsi+0x10], 0x30
+    mov dword [rsi], 0x15
+    mov dword [rsi+0x10], 0x07000000
+    ${PIC_OFF}
+    ${PIT_1KHZ}
+    mov ecx, 5000000
+  .spin:
+    dec ecx
+    jnz .spin
+    mov al, 9
+    out 0xf4, al
+  `,
+    {},
+  )
+  addPcPlatform(vm)
+  const warnings: Error[] = []
+  const listen = (w: Error): void => void warnings.push(w)
+  process.on('warning', listen)
+  try {
+    t.deepEqual(await vm.run({ timeoutMs: 20_000 }), { reason: 'debug-exit', code: 9, vcpu: 0 })
+    await new Promise((resolve) => setImmediate(resolve))
+    t.true(vm.interruptsRefused >= 2, `${vm.interruptsRefused} refused`)
+    const ours = warnings.filter((w) => (w as Error & { code?: string }).code === 'MSHV_INTERRUPT_REFUSED')
+    t.is(ours.length, 1, 'one warning for the VM, not one per tick')
+    t.regex(ours[0]?.message ?? '', /APIC id 0x7/)
+  } finally {
+    process.off('warning', listen)
+    vm.close()
+  }
+})

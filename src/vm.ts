@@ -450,6 +450,45 @@ export class Vm {
    * interrupt, an APIC id no vCPU has or an unknown kind is `EINVAL`.
    */
   requestInterrupt(request: InterruptRequest): void {
+    this.deliverInterrupt(request, false)
+  }
+
+  /**
+   * Delivers a message-signalled interrupt by the address (0xFEExxxxx) and data a PCI
+   * device writes (Intel SDM vol 3 11.11).
+   */
+  signalMsi(address: number | bigint, data: number): void {
+    this.deliverMsi(address, data, false)
+  }
+
+  /**
+   * An interrupt a device model raises (an IRQ line through the PIC or I/O APIC): as
+   * {@link requestInterrupt}, except that the hypervisor's refusal does not reach the
+   * device. Devices raise interrupts from timers and I/O callbacks, where a throw is an
+   * uncaught exception that ends the process: the interrupt is dropped instead,
+   * counted in {@link interruptsRefused}, and the first refusal of the VM is a process
+   * warning (`MSHV_INTERRUPT_REFUSED`), as OpenVMM's `request_msi` logs the failure and
+   * goes on. Once the VM is closed the interrupt is dropped quietly (a timer that
+   * raced the close). A request malformed in TypeScript's checks is still `EINVAL`.
+   */
+  deviceInterrupt(request: InterruptRequest): void {
+    this.deliverInterrupt(request, true)
+  }
+
+  /** {@link signalMsi} for a device model: a refusal is dropped and counted, as {@link deviceInterrupt} says. */
+  deviceMsi(address: number | bigint, data: number): void {
+    this.deliverMsi(address, data, true)
+  }
+
+  /** Interrupts from device models ({@link deviceInterrupt}, {@link deviceMsi}) the hypervisor refused. */
+  get interruptsRefused(): number {
+    return this.refusedInterrupts
+  }
+
+  private refusedInterrupts = 0
+
+  private deliverInterrupt(request: InterruptRequest, fromDevice: boolean): void {
+    if (fromDevice && this.isClosed) return
     this.checkOpen()
     if (typeof request !== 'object' || request === null || Array.isArray(request)) {
       throw new MshvError('EINVAL', `requestInterrupt: the request must be an object, got ${describe(request)}`)
@@ -469,25 +508,38 @@ export class Vm {
     try {
       this.native.requestInterrupt({ kind, vector, destination, logical, level })
     } catch (e) {
+      if (fromDevice && this.refused(coded(e), `requestInterrupt(${JSON.stringify(request)})`)) return
       throw coded(e)
     }
     for (const l of this.interruptListeners) l()
   }
 
-  /**
-   * Delivers a message-signalled interrupt by the address (0xFEExxxxx) and data a PCI
-   * device writes (Intel SDM vol 3 11.11).
-   */
-  signalMsi(address: number | bigint, data: number): void {
+  private deliverMsi(address: number | bigint, data: number, fromDevice: boolean): void {
+    if (fromDevice && this.isClosed) return
     this.checkOpen()
     const a = checkGpa('signalMsi: address', address)
     checkU32('signalMsi: data', data)
     try {
       this.native.signalMsi(a, data)
     } catch (e) {
+      if (fromDevice && this.refused(coded(e), `signalMsi(${hex(a)}, ${hex(data)})`)) return
       throw coded(e)
     }
     for (const l of this.interruptListeners) l()
+  }
+
+  /**
+   * Counts a device's interrupt the hypervisor refused, warning at the first. Every
+   * refusal counts: the guest can cause one (an I/O APIC entry routed to an APIC id no
+   * vCPU has is `EINVAL` on the sim, an invalid VP index on MSHV), which on hardware
+   * is an interrupt lost, not a machine stopped.
+   */
+  private refused(e: unknown, what: string): true {
+    if (this.refusedInterrupts++ === 0) {
+      const why = e instanceof Error ? e.message : describe(e)
+      process.emitWarning(`mshv: the hypervisor refused a device's interrupt, ${what}: ${why}; the interrupt is dropped and the VM goes on (vm.interruptsRefused counts them)`, { code: 'MSHV_INTERRUPT_REFUSED' })
+    }
+    return true
   }
 
   /**

@@ -90,7 +90,7 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
   readonly stats: IoApicStats = { delivered: 0, refused: 0 }
 
   constructor(
-    /** Delivers a request to the local APICs: `vm.requestInterrupt`. */
+    /** Delivers a request to the local APICs: `vm.deviceInterrupt` (or `vm.requestInterrupt`). */
     private readonly deliver: (request: InterruptRequest) => void,
     /** The 8259's acknowledge, for pins in ExtINT mode: the vector it gives. */
     private readonly extint?: () => number | undefined,

@@ -46,7 +46,7 @@ export class Msi extends RegisterCapability implements Saveable<MsiState> {
 
   constructor(
     vectors: number,
-    /** Sends a message: `vm.signalMsi(address, data)`. */
+    /** Sends a message: `vm.deviceMsi(address, data)` (or `vm.signalMsi`). */
     private readonly signal: (address: bigint, data: number) => void,
   ) {
     super(PCI_CAP_MSI, 24)

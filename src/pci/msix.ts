@@ -29,7 +29,7 @@ export interface MsixOptions {
   /** The BAR holding the pending-bit array, and its offset there (8-byte aligned). */
   pbaBar: number
   pbaOffset: number
-  /** Sends a message: `vm.signalMsi(address, data)`. */
+  /** Sends a message: `vm.deviceMsi(address, data)` (or `vm.signalMsi`). */
   signal: (address: bigint, data: number) => void
 }
 

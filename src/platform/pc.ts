@@ -48,9 +48,9 @@ export class PcPlatform {
   /** @internal */
   constructor(vm: Vm, options: PcPlatformOptions) {
     // The 8259's INT goes to the BSP's LINT0 as an ExtINT (APIC id 0).
-    this.pic = new Pic((vector) => vm.requestInterrupt({ kind: 'extint', vector, destination: 0 }))
+    this.pic = new Pic((vector) => vm.deviceInterrupt({ kind: 'extint', vector, destination: 0 }))
     this.ioapic = new IoApic(
-      (request) => vm.requestInterrupt(request),
+      (request) => vm.deviceInterrupt(request),
       () => this.pic.acknowledgeIfPending(),
     )
     for (let irq = 0; irq < 16; irq++) {
