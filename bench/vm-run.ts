@@ -1,12 +1,14 @@
 /**
  * The exit path of an interrupt-capable run: the same port-exit guest driven by
  * `vcpu.run()` (synchronous, the event loop blocked), by `vm.run()` on each clock (the
- * event loop gets a turn every millisecond) and by `vcpu.runAsync()` (a worker thread
- * per native run), side by side.
+ * event loop gets a turn every millisecond), by `vm.run()`'s threaded path (the vCPU
+ * on a native thread of its own, each exit handed to the JavaScript thread: what mshv
+ * runs) and by `vcpu.runAsync()` (a promise per native run), side by side; and two
+ * vCPUs on the threaded path.
  * @module
  */
 import { EXIT_CASES, EXIT_LOOPS, exitCaseGuest, type ExitCase } from '../src/doctor/experiment.js'
-import { assemble, createVm, enterRealMode } from '../index.js'
+import { assemble, createVm, enterRealMode, type Vcpu } from '../index.js'
 import type { Row } from './report.js'
 
 /** Runs `f` for at least `ms` milliseconds; `f` resolves to the exits it made. */
@@ -27,6 +29,7 @@ const DRIVERS: readonly Driver[] = [
   ['vcpu.run() (synchronous)', 'deterministic', async (g) => g.vcpu.run()],
   ['vm.run(), deterministic clock', 'deterministic', (g) => g.vm.run()],
   ['vm.run(), real-time clock', 'realtime', (g) => g.vm.run()],
+  ['vm.run({ threads: true }), the vCPU on a thread of its own (mshv\'s path)', 'realtime', (g) => g.vm.run({ threads: true })],
   ['vcpu.runAsync() (a thread hop per exit)', 'deterministic', (g) => g.vcpu.runAsync()],
 ]
 
@@ -60,6 +63,57 @@ export async function vmRunRates(ms: number): Promise<Row[]> {
     }))
   } finally {
     for (const g of guests) g.vm.close()
+  }
+}
+
+/**
+ * Two vCPUs on `vm.run()`'s threaded path, each looping over port exits to a
+ * TypeScript device until it has made `loops`, then halting with interrupts off:
+ * exits per second in all and per vCPU. (On the sim the two execute by turns, under
+ * the partition's execution lock; their exits are handled on the one JavaScript
+ * thread either way.)
+ */
+export async function threadedPairRate(ms: number): Promise<Row[]> {
+  const loops = 100_000
+  const vm = createVm({ backend: 'sim', clock: 'realtime' })
+  try {
+    vm.addRam(0, 1 << 20)
+    const entries = [0x1000, 0x2000]
+    for (const [i, at] of entries.entries()) {
+      const code = assemble(
+        `
+        mov ecx, ${loops}
+      again:
+        out 0x80, al
+        dec ecx
+        jnz again
+        cli
+        hlt
+      `,
+        { bitness: 16, address: at },
+      )
+      vm.write(at, code.bytes)
+      vm.createVcpu(i)
+    }
+    vm.bus.register(0x80, 1, { ioWrite: () => {} }, 'sink')
+    const t = await timeForAsync(ms, async () => {
+      for (const [i, at] of entries.entries()) enterRealMode(vm.cpus[i] as Vcpu, at)
+      const r = await vm.run({ timeoutMs: 60_000 })
+      if (r.reason !== 'halt') throw new Error(`the pair ended with ${JSON.stringify(r)}`)
+      return 2 * loops
+    })
+    const rate = t.units / t.seconds
+    return [
+      {
+        group: 'run driver',
+        case: 'PIO OUT, 2 vCPUs, vm.run() threaded (real-time clock), both vCPUs together',
+        value: rate,
+        unit: 'exits/s',
+        notes: `${(rate / 2 / 1e6).toFixed(2)} M exits/s per vCPU`,
+      },
+    ]
+  } finally {
+    vm.close()
   }
 }
 

@@ -13,8 +13,12 @@
  * when every vCPU waits for an interrupt only JavaScript can raise, the event loop
  * runs until it does.
  *
- * On mshv each vCPU runs on its own worker thread, as a VMM's vCPU threads do: HLT
- * waits in the hypervisor, and the device timers run on the event loop.
+ * On mshv, and on the sim whenever more than one vCPU runs on the real-time clock,
+ * each vCPU runs on a native thread of its own, as a VMM's vCPU threads do, and this
+ * thread handles the exits they hand it (see {@link VmRun} `threads`): the code path CI
+ * runs on the sim is the one a host runs. HLT waits on the vCPU's thread (in the
+ * hypervisor on mshv); the device timers fire on this thread. The deterministic clock
+ * keeps its turns on this thread, so that a replay is exact.
  * @module
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
