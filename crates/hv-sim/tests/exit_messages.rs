@@ -46,10 +46,8 @@ fn an_mmio_read_of_unmapped_gpa_carries_gpa_gva_access_and_instruction_bytes() {
     assert_eq!(&m.instruction_bytes[..3], load);
     assert_eq!(m.instruction_bytes[3], 0xf4, "the bytes after it too");
     // SAFETY: reading bitfields of a plain u8 union view.
-    assert_eq!(
-        unsafe { m.memory_access_info.__bindgen_anon_1.gva_valid() },
-        1
-    );
+    let gva_valid = unsafe { m.memory_access_info.__bindgen_anon_1.gva_valid() };
+    assert_eq!(gva_valid, 1);
     assert_eq!(g.get(hv_register_name_HV_X64_REGISTER_RIP), CODE + 10);
     assert_eq!(g.get(hv_register_name_HV_X64_REGISTER_RBX), MMIO + 0x10);
     // The register page has the GP registers of the faulting instruction.

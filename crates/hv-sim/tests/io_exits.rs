@@ -54,10 +54,8 @@ fn long_mode_guest_with_paging_writes_a_port() {
     // SAFETY: reading the bitfield view of a plain u8.
     assert_eq!(unsafe { io.access_info.__bindgen_anon_1.access_size() }, 4);
     // SAFETY: reading the bitfield view of a plain u16.
-    assert_eq!(
-        unsafe { io.header.execution_state.__bindgen_anon_1.efer_lma() },
-        1
-    );
+    let efer_lma = unsafe { io.header.execution_state.__bindgen_anon_1.efer_lma() };
+    assert_eq!(efer_lma, 1);
 }
 
 #[test]

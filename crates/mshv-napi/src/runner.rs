@@ -94,9 +94,9 @@ impl Runner {
                 && sys::napi_set_named_property(raw, object, c"id".as_ptr(), number)
                     == sys::Status::napi_ok
         };
-        // SAFETY: `object` (when made) is a value of this env; the finalizer gets the
-        // slot number as its data and frees that slot once.
         if !made
+            // SAFETY: `object` (when made) is a value of this env; the finalizer gets
+            // the slot number as its data and frees that slot once.
             || unsafe {
                 sys::napi_add_finalizer(
                     raw,
