@@ -127,10 +127,26 @@ impl RegisterPagePtr {
         self.0.as_ptr()
     }
 
+    /// The address of a `T` at `offset`. Checked in every build, not only in debug
+    /// builds: the accessors are safe functions, so an offset outside the page or
+    /// misaligned must stop here (a panic, which the binding's guard turns into an
+    /// `EPANIC` error) rather than read or write beside the page. Offsets are this
+    /// module's constants almost everywhere, where the check compiles away.
+    #[inline]
     fn field<T>(&self, offset: usize) -> *mut T {
-        debug_assert!(offset + std::mem::size_of::<T>() <= PAGE_SIZE);
-        debug_assert!(offset.is_multiple_of(std::mem::align_of::<T>()));
-        // SAFETY: every caller passes one of this module's offsets, which lie inside the page.
+        assert!(
+            offset
+                .checked_add(std::mem::size_of::<T>())
+                .is_some_and(|end| end <= PAGE_SIZE),
+            "register page offset {offset:#x} (+{}) is outside the page",
+            std::mem::size_of::<T>()
+        );
+        assert!(
+            offset.is_multiple_of(std::mem::align_of::<T>()),
+            "register page offset {offset:#x} is not aligned to {}",
+            std::mem::align_of::<T>()
+        );
+        // SAFETY: checked above: the field lies inside the page `new`'s contract keeps mapped.
         unsafe { self.0.as_ptr().add(offset).cast::<T>() }
     }
 
@@ -184,6 +200,39 @@ impl RegisterPagePtr {
 mod tests {
     use super::*;
     use mshv_bindings::hv_vp_register_page__bindgen_ty_1__bindgen_ty_1__bindgen_ty_1__bindgen_ty_1 as GpRegs;
+
+    /// A page-sized, 8-byte aligned buffer and a pointer to it.
+    fn page() -> (Box<[u64; PAGE_SIZE / 8]>, RegisterPagePtr) {
+        let mut buf = Box::new([0u64; PAGE_SIZE / 8]);
+        let ptr = NonNull::new(buf.as_mut_ptr().cast::<u8>()).expect("a box is not null");
+        // SAFETY: the box is PAGE_SIZE bytes, 8-byte aligned, and outlives the pointer's uses here.
+        (buf, unsafe { RegisterPagePtr::new(ptr) })
+    }
+
+    #[test]
+    fn accessors_read_and_write_inside_the_page() {
+        let (_buf, p) = page();
+        p.write_u64(PAGE_SIZE - 8, 0x1122_3344_5566_7788);
+        assert_eq!(p.read_u64(PAGE_SIZE - 8), 0x1122_3344_5566_7788);
+        assert_eq!(p.read_u32(PAGE_SIZE - 8), 0x5566_7788);
+        assert_eq!(p.read_u8(PAGE_SIZE - 1), 0x11);
+    }
+
+    /// The safe accessors check bounds in release builds too (vm-memory's accessors do).
+    #[test]
+    #[should_panic(expected = "outside the page")]
+    fn an_offset_past_the_page_stops_instead_of_reading_beside_it() {
+        let (_buf, p) = page();
+        let offset = std::hint::black_box(PAGE_SIZE - 4);
+        p.read_u64(offset);
+    }
+
+    #[test]
+    #[should_panic(expected = "not aligned")]
+    fn a_misaligned_offset_stops() {
+        let (_buf, p) = page();
+        p.write_u32(std::hint::black_box(2), 1);
+    }
 
     /// Our exported offsets must match the binding's struct field by field.
     #[test]
