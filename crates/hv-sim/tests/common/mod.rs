@@ -373,9 +373,12 @@ pub fn sim_fx_snippet(code: &[u8], state: &State, mem: &mut [u8], bases: &[usize
 
 /// The bytes of an FXSAVE image a comparison looks at: all but FOP, FIP, FCS, FDP and
 /// FDS (bytes 6-23), which hold the addresses of the instruction and operand, and
-/// differ between the host process and the guest; and MXCSR_MASK (bytes 28-31), which
+/// differ between the host process and the guest (and whether they are saved at all is
+/// the model's: CPUID.(EAX=07H,ECX=0):EBX bits 6 and 13, and on AMD processors without
+/// CPUID.80000008H:EBX[2] only while an exception is pending); and MXCSR_MASK (bytes 28-31), which
 /// says which MXCSR bits this model supports (SDM vol 1 11.6.6): 0xFFFF on most, 0x2FFFF
-/// on AMD's Zen 4 with misaligned SSE, so a comparison with it fails on some hosts.
+/// on AMD's Zen 4 and 5 with misaligned SSE, so a comparison with it fails on some hosts.
+/// The sim's own value is held to its CPUID instead (tests/fp_model_fields.rs).
 pub fn fx_comparable(fx: &host_exec::FxImage) -> Vec<u8> {
     let mut b = fx.0.to_vec();
     b[6..24].fill(0);
