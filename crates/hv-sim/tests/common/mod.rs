@@ -246,6 +246,18 @@ pub fn sim_snippet(code: &[u8], state: &State, mem: &mut [u8], bases: &[usize]) 
     out
 }
 
+/// CPUID `leaf` (subleaf 0) on the host: `[eax, ebx, ecx, edx]`; zeros for an extended
+/// leaf beyond the host's highest.
+pub fn host_cpuid(leaf: u32) -> [u32; 4] {
+    use std::arch::x86_64::__cpuid_count;
+    // CPUID exists on every x86-64 processor (safe to call since Rust 1.87).
+    if leaf >= 0x8000_0000 && __cpuid_count(0x8000_0000, 0).eax < leaf {
+        return [0; 4];
+    }
+    let r = __cpuid_count(leaf, 0);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
 /// A deterministic xorshift stream that starts with the edge values of every width.
 pub fn values(seed: u64) -> impl Iterator<Item = u64> {
     let mut s = seed | 1;
