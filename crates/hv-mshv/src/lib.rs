@@ -7,6 +7,8 @@ mod cpuid;
 mod errors;
 mod host;
 #[cfg(target_arch = "x86_64")]
+mod kernel;
+#[cfg(target_arch = "x86_64")]
 mod kick;
 #[cfg(target_arch = "x86_64")]
 mod partition;
@@ -20,6 +22,8 @@ mod vm;
 
 pub use errors::{map_error, DEVICE_PATH};
 pub use host::{host_facts, HostFacts};
+#[cfg(target_arch = "x86_64")]
+pub use kernel::{kernel_paths, KernelPaths, PartitionPath, RefusedIntercept, TranslatePath};
 
 use hv_core::{BackendKind, HvBackend, HvError, Result, VmBackend, VmConfig};
 

@@ -3,8 +3,11 @@
 //! (SIGCHLD on Node's threads, say) and EAGAIN make it run again, as Cloud Hypervisor,
 //! OpenVMM and Hyperlight do.
 
+use crate::kernel::{Answer, Vp};
 use crate::kick::{DeadlineTimer, RunningThread};
-use hv_core::Canceller;
+use hv_core::page::ISVALID;
+use hv_core::{Canceller, RegisterPagePtr};
+use mshv_bindings::hv_message;
 use mshv_ioctls::MshvError;
 use std::time::Instant;
 
@@ -48,6 +51,50 @@ pub fn run_interruptible<T>(
             Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Runs `vp` (`MSHV_RUN_VP` through the seam) until an intercept, a cancel or the
+/// deadline; after a run that entered the kernel and ended by a cancel or the deadline,
+/// the register page is marked invalid ([`forget_stale_page`]).
+pub fn run_vp<V: Vp>(
+    vp: &V,
+    page: Option<RegisterPagePtr>,
+    running: &RunningThread,
+    canceller: &Canceller,
+    deadline: Option<Instant>,
+) -> Answer<Ended<hv_message>> {
+    let mut entered = false;
+    let ended = run_interruptible(running, canceller, deadline, || {
+        entered = true;
+        vp.run()
+    })?;
+    if entered && !matches!(ended, Ended::Done(_)) {
+        if let Some(page) = page {
+            forget_stale_page(page);
+        }
+    }
+    Ok(ended)
+}
+
+/// After a run the VMM interrupted (a signal, then `Cancelled` or `Timeout`), the page
+/// holds what the last intercept wrote, though the VP may have run since: the kernel
+/// suspends the VP (torvalds/linux drivers/hv/mshv_root_main.c
+/// `mshv_run_vp_with_hyp_scheduler` -> `mshv_suspend_vp`; the root scheduler returns
+/// between dispatches) and nothing there writes `isvalid`. Read, such a page gives old
+/// values; written, one register's dirty bit would apply its whole class from old values
+/// at the next resume. So `isvalid` is cleared: reads and writes go by hypercall until
+/// the next intercept sets it again.
+///
+/// Unless dirty bits are still set: the hypervisor clears `dirty` when it applies the
+/// classes at a resume (DESIGN.md, "the register page"), so bits still set mean the VP
+/// has not resumed since the VMM wrote them (a signal before dispatch:
+/// `mshv_pre_guest_mode_work` returns before `mshv_vp_dispatch`), and the page still
+/// matches the VP with the VMM's writes pending, which the register cache commits
+/// (`commitPage` in src/registers.ts).
+pub fn forget_stale_page(page: RegisterPagePtr) {
+    if page.dirty() == 0 {
+        page.write_u8(ISVALID, 0);
     }
 }
 
@@ -176,5 +223,125 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.errno(), libc::EFAULT);
+    }
+
+    mod stale_page {
+        use super::super::*;
+        use crate::kernel::fake::{errno, Kernel, Op};
+        use hv_core::page::{DIRTY, PAGE_SIZE};
+        use std::ptr::NonNull;
+        use std::sync::Arc;
+
+        /// A page as the last intercept left it: valid, nothing dirty.
+        fn page() -> (Box<[u64; PAGE_SIZE / 8]>, RegisterPagePtr) {
+            let mut buf = Box::new([0u64; PAGE_SIZE / 8]);
+            let ptr = NonNull::new(buf.as_mut_ptr().cast::<u8>()).expect("a box is not null");
+            // SAFETY: the box is PAGE_SIZE bytes, 8-byte aligned, and outlives the pointer's uses.
+            let p = unsafe { RegisterPagePtr::new(ptr) };
+            p.write_u8(ISVALID, 1);
+            (buf, p)
+        }
+
+        fn harness() -> (RunningThread, Canceller) {
+            let running = RunningThread::default();
+            let kicked = running.clone();
+            (
+                running,
+                Canceller::with_kick(Arc::new(move || kicked.kick())),
+            )
+        }
+
+        /// The VP ran (the hypervisor applied and cleared the dirty bits), then the
+        /// VMM's cancel signalled the thread: MSHV_RUN_VP answers EINTR.
+        #[test]
+        fn a_cancel_after_the_vp_ran_leaves_the_page_invalid_until_the_next_intercept() {
+            let (_buf, p) = page();
+            p.write_u32(DIRTY, 1); // the VMM wrote RAX through the page before the run
+            let (running, canceller) = harness();
+            let k = Kernel::default();
+            let remote = canceller.clone();
+            k.on_run(move || {
+                p.write_u32(DIRTY, 0); // applied at the resume
+                remote.cancel();
+                Err(errno(libc::EINTR))
+            });
+            let ended = run_vp(&k, Some(p), &running, &canceller, None).unwrap();
+            assert!(matches!(ended, Ended::Cancelled));
+            assert!(!p.is_valid(), "stale page marked invalid");
+            assert_eq!(k.count(Op::Run), 1);
+        }
+
+        #[test]
+        fn a_deadline_after_the_vp_ran_leaves_the_page_invalid_too() {
+            let (_buf, p) = page();
+            let (running, canceller) = harness();
+            let k = Kernel::default();
+            let deadline = Instant::now() + std::time::Duration::from_millis(5);
+            k.on_run(move || {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                Err(errno(libc::EINTR))
+            });
+            let ended = run_vp(&k, Some(p), &running, &canceller, Some(deadline)).unwrap();
+            assert!(matches!(ended, Ended::Timeout));
+            assert!(!p.is_valid());
+        }
+
+        #[test]
+        fn an_intercept_leaves_the_page_as_the_hypervisor_wrote_it() {
+            let (_buf, p) = page();
+            let (running, canceller) = harness();
+            let k = Kernel::default();
+            let ended = run_vp(&k, Some(p), &running, &canceller, None).unwrap();
+            assert!(matches!(ended, Ended::Done(_)));
+            assert!(p.is_valid());
+            assert_eq!(k.count(Op::Run), 1);
+        }
+
+        #[test]
+        fn a_cancel_before_the_run_entered_the_kernel_leaves_the_page_valid() {
+            let (_buf, p) = page();
+            let (running, canceller) = harness();
+            canceller.cancel();
+            let k = Kernel::default();
+            let ended = run_vp(&k, Some(p), &running, &canceller, None).unwrap();
+            assert!(matches!(ended, Ended::Cancelled));
+            assert!(
+                p.is_valid(),
+                "the VP did not run: the page still matches it"
+            );
+            assert_eq!(k.count(Op::Run), 0);
+        }
+
+        /// A signal before dispatch (`mshv_pre_guest_mode_work`): the dirty bits are
+        /// still set, the VP did not resume, the page and its pending writes stand.
+        #[test]
+        fn a_cancel_before_dispatch_keeps_the_page_and_its_pending_writes() {
+            let (_buf, p) = page();
+            p.write_u32(DIRTY, 0b10);
+            let (running, canceller) = harness();
+            let k = Kernel::default();
+            let remote = canceller.clone();
+            k.on_run(move || {
+                remote.cancel();
+                Err(errno(libc::EINTR))
+            });
+            let ended = run_vp(&k, Some(p), &running, &canceller, None).unwrap();
+            assert!(matches!(ended, Ended::Cancelled));
+            assert!(p.is_valid());
+            assert_eq!(p.dirty(), 0b10);
+        }
+
+        #[test]
+        fn without_a_page_a_cancel_ends_the_run_all_the_same() {
+            let (running, canceller) = harness();
+            let k = Kernel::default();
+            let remote = canceller.clone();
+            k.on_run(move || {
+                remote.cancel();
+                Err(errno(libc::EINTR))
+            });
+            let ended = run_vp(&k, None, &running, &canceller, None).unwrap();
+            assert!(matches!(ended, Ended::Cancelled));
+        }
     }
 }

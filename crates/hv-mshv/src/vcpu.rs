@@ -2,15 +2,16 @@
 
 use crate::cpuid;
 use crate::errors::{map_error, retry};
+use crate::kernel::{TranslateMemo, TranslatePath, Vp, TRANSLATE};
 use crate::kick::RunningThread;
-use crate::run::{run_interruptible, Ended};
+use crate::run::{run_vp, Ended};
 use hv_core::backend::check_batch;
 use hv_core::{
     Canceller, Counters, CpuidResult, Exit, ExitMessage, HostRegion, HvError, RegisterPageMode,
     RegisterPagePtr, RegisterValue, Result, RunLimits, VcpuBackend,
 };
 use mshv_bindings::*;
-use mshv_ioctls::{VcpuFd, VmFd};
+use mshv_ioctls::{MshvError, VcpuFd, VmFd};
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::{Arc, Once};
@@ -55,6 +56,36 @@ pub fn check_limits(limits: &RunLimits) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Translates `gva` on VP `index`: `MSHV_VP_TRANSLATE_GVA` until the kernel refuses it
+/// (ENOTTY), then `HVCALL_TRANSLATE_VIRTUAL_ADDRESS` through `MSHV_ROOT_HVCALL` for good,
+/// the refusal kept in `memo` (the process's, [`TRANSLATE`]). mshv-ioctls'
+/// `VcpuFd::translate_gva` (rust-vmm/mshv mshv-ioctls/src/ioctls/vcpu.rs) asks the ioctl
+/// first at every call, and mainline's `mshv_vp_ioctl` (torvalds/linux
+/// drivers/hv/mshv_root_main.c) lacks it: ENOTTY and a `vp_warn` "Invalid ioctl" line in
+/// the kernel log at every translation.
+pub fn translate_gva<V: Vp>(
+    vp: &V,
+    index: u32,
+    gva: u64,
+    flags: u64,
+    memo: &TranslateMemo,
+) -> Result<(u64, u32)> {
+    if memo.get() != TranslatePath::Hypercall {
+        match retry(|| vp.translate_gva_ioctl(gva, flags)) {
+            Ok(r) => {
+                memo.set(TranslatePath::Ioctl);
+                return Ok(r);
+            }
+            Err(MshvError::Errno(n)) if n.errno() == libc::ENOTTY => {
+                memo.set(TranslatePath::Hypercall)
+            }
+            Err(e) => return Err(map_error("translate GVA (MSHV_VP_TRANSLATE_GVA)", e)),
+        }
+    }
+    retry(|| vp.translate_gva_hvcall(index, gva, flags))
+        .map_err(|e| map_error("translate GVA (HVCALL_TRANSLATE_VIRTUAL_ADDRESS)", e))
 }
 
 /// Builds the `hv_register_assoc` array for a batch.
@@ -190,9 +221,15 @@ impl VcpuBackend for MshvVcpu {
             self.resume_past_breakpoint()?;
         }
         self.counters.runs += 1;
-        let fd = &self.fd;
-        let ended = run_interruptible(&self.running, &self.canceller, limits.deadline, || fd.run())
-            .map_err(|e| map_error("run vCPU", e))?;
+        let page = self.page.as_ref().map(|(_, p)| *p);
+        let ended = run_vp(
+            &self.fd,
+            page,
+            &self.running,
+            &self.canceller,
+            limits.deadline,
+        )
+        .map_err(|e| map_error("run vCPU", e))?;
         match ended {
             Ended::Done(m) => {
                 msg.set(&m);
@@ -236,10 +273,7 @@ impl VcpuBackend for MshvVcpu {
 
     fn translate_gva(&mut self, gva: u64, flags: u64) -> Result<(u64, u32)> {
         self.counters.translate_gva += 1;
-        let (gpa, result) = retry(|| self.fd.translate_gva(gva, flags))
-            .map_err(|e| map_error("translate GVA", e))?;
-        // SAFETY: the hypervisor filled the result; the code is a plain u32 view of it.
-        Ok((gpa, unsafe { result.__bindgen_anon_1.result_code }))
+        translate_gva(&self.fd, self.index, gva, flags, &TRANSLATE)
     }
 
     fn set_cpuid_results(&mut self, results: &[CpuidResult]) -> Result<()> {
@@ -364,6 +398,67 @@ mod tests {
         assert_eq!(
             u.flags & (1 << MSHV_SET_MEM_BIT_UNMAP),
             1 << MSHV_SET_MEM_BIT_UNMAP
+        );
+    }
+
+    use crate::kernel::fake::{errno, status, Kernel, Op};
+
+    /// torvalds/linux drivers/hv/mshv_root_main.c `mshv_vp_ioctl`: no
+    /// MSHV_VP_TRANSLATE_GVA case, so `-ENOTTY` and a kernel log line.
+    #[test]
+    fn mainline_mshv_vp_ioctl_refuses_translate_gva_once_then_the_hypercall_is_used_alone() {
+        let k = Kernel::default();
+        k.answer(Op::TranslateIoctl, Err(errno(libc::ENOTTY)))
+            .answer(Op::TranslateHvcall, Ok(0x5000))
+            .answer(Op::TranslateHvcall, Ok(0x6000));
+        let memo = TranslateMemo::new();
+        assert_eq!(translate_gva(&k, 0, 0x1000, 1, &memo).unwrap(), (0x5000, 0));
+        assert_eq!(memo.get(), TranslatePath::Hypercall);
+        assert_eq!(translate_gva(&k, 0, 0x2000, 1, &memo).unwrap(), (0x6000, 0));
+        assert_eq!(
+            k.count(Op::TranslateIoctl),
+            1,
+            "the refused ioctl is asked once"
+        );
+        assert_eq!(k.count(Op::TranslateHvcall), 2);
+    }
+
+    #[test]
+    fn a_kernel_with_the_translate_ioctl_keeps_using_it() {
+        let k = Kernel::default();
+        k.answer(Op::TranslateIoctl, Ok(0x7000));
+        let memo = TranslateMemo::new();
+        assert_eq!(translate_gva(&k, 0, 0x1000, 1, &memo).unwrap(), (0x7000, 0));
+        assert_eq!(memo.get(), TranslatePath::Ioctl);
+        translate_gva(&k, 0, 0x1000, 1, &memo).unwrap();
+        assert_eq!(
+            (k.count(Op::TranslateIoctl), k.count(Op::TranslateHvcall)),
+            (2, 0)
+        );
+    }
+
+    #[test]
+    fn other_translation_failures_are_errors_and_teach_nothing() {
+        let k = Kernel::default();
+        k.answer(Op::TranslateIoctl, Err(errno(libc::EFAULT)));
+        let memo = TranslateMemo::new();
+        let e = translate_gva(&k, 0, 0x1000, 1, &memo).unwrap_err();
+        assert!(e.to_string().contains("MSHV_VP_TRANSLATE_GVA"), "{e}");
+        assert_eq!(memo.get(), TranslatePath::Untried);
+        assert_eq!(k.count(Op::TranslateHvcall), 0);
+        memo.set(TranslatePath::Hypercall);
+        k.answer(
+            Op::TranslateHvcall,
+            Err(status(
+                HVCALL_TRANSLATE_VIRTUAL_ADDRESS,
+                HV_STATUS_INVALID_PARAMETER,
+            )),
+        );
+        let e = translate_gva(&k, 0, 0x1000, 1, &memo).unwrap_err();
+        assert_eq!(e.code(), "EHYPERCALL");
+        assert!(
+            e.to_string().contains("HVCALL_TRANSLATE_VIRTUAL_ADDRESS"),
+            "{e}"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! An MSHV partition.
 
 use crate::errors::{map_error, retry};
+use crate::kernel::{describe, record_partition_path, record_refused, Partition, RefusedIntercept};
 use crate::partition;
 use crate::vcpu::MshvVcpu;
 use hv_core::backend::check_mapping;
@@ -8,7 +9,7 @@ use hv_core::{
     HvError, MemoryMapping, RegisterPageMode, Result, UnknownMsr, VcpuBackend, VmBackend, VmConfig,
 };
 use mshv_bindings::*;
-use mshv_ioctls::{Mshv, VmFd};
+use mshv_ioctls::{Mshv, MshvError, VmFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,9 +45,10 @@ pub fn user_region(m: &MemoryMapping, unmap: bool) -> mshv_user_mem_region {
 }
 
 /// The intercept of RDMSR and WRMSR of `msr` (`HV_INTERCEPT_TYPE_X64_MSR_INDEX`, the
-/// MSR number as the parameter): as Hyperlight's mshv driver
-/// (`src/hyperlight_host/src/hypervisor/hyperv_linux.rs`, IA32_APIC_BASE writes) and
-/// OpenVMM's mshv backend (`msr_index_intercept`) install theirs.
+/// MSR number as the parameter): as Hyperlight's mshv driver installed its IA32_APIC_BASE
+/// write intercept (hyperlight-dev/hyperlight commit 7f5d0bc2,
+/// `src/hyperlight_host/src/hypervisor/virtual_machine/mshv/x86_64.rs`, `MshvVm::new`)
+/// and OpenVMM's mshv backend (`msr_index_intercept`) installs its own.
 pub fn msr_intercept(msr: u32) -> mshv_install_intercept {
     mshv_install_intercept {
         access_type_mask: HV_INTERCEPT_ACCESS_MASK_READ | HV_INTERCEPT_ACCESS_MASK_WRITE,
@@ -55,6 +57,64 @@ pub fn msr_intercept(msr: u32) -> mshv_install_intercept {
             as_uint64: msr as u64,
         },
     }
+}
+
+/// Whether the hypervisor refused an intercept: `HV_STATUS_ACCESS_DENIED`, which the
+/// kernel passes back in the hvcall's status (torvalds/linux drivers/hv/mshv_root_main.c
+/// `mshv_ioctl_passthru_hvcall`: "Always return the status ... regardless of result") and
+/// mshv-ioctls reports as `MshvError::Hypercall` (`from_hvcall`), or EACCES alone.
+fn intercept_refused(e: &MshvError) -> bool {
+    match e {
+        MshvError::Hypercall { status_raw, .. } => *status_raw as u32 == HV_STATUS_ACCESS_DENIED,
+        MshvError::Errno(n) => n.errno() == libc::EACCES,
+    }
+}
+
+/// Installs the MSR intercepts; those the hypervisor refuses are left out and returned,
+/// the partition made without them. Hyperlight met the refusal: "This may fail with
+/// AccessDenied on some kernel versions" of its IA32_APIC_BASE intercept, and went on
+/// without it (hyperlight-dev/hyperlight commit 7f5d0bc2,
+/// `src/hyperlight_host/src/hypervisor/virtual_machine/mshv/x86_64.rs`, `MshvVm::new`,
+/// `let _ = vm_fd.install_intercept(..)`; commit 1bc420ba then removed the intercept).
+/// Any other failure is an error.
+pub fn install_msr_intercepts<P: Partition>(pt: &P, msrs: &[u32]) -> Result<Vec<RefusedIntercept>> {
+    let mut refused = Vec::new();
+    for &msr in msrs {
+        match retry(|| pt.install_intercept(msr_intercept(msr))) {
+            Ok(()) => {}
+            Err(e) if intercept_refused(&e) => refused.push(RefusedIntercept {
+                msr,
+                reason: format!(
+                    "the hypervisor refused the intercept ({}): the guest's RDMSR and WRMSR of it do not exit",
+                    describe(&e)
+                ),
+            }),
+            Err(e) => return Err(map_error("install MSR intercept", e)),
+        }
+    }
+    Ok(refused)
+}
+
+/// Creates VP `index`, once: no retry. The kernel keeps a VP from the `MSHV_CREATE_VP`
+/// that made it until the partition goes (torvalds/linux drivers/hv/mshv_root_main.c:
+/// `mshv_partition_ioctl_create_vp` answers `-EEXIST` once `pt_vp_array[vp_index]` is set,
+/// and `mshv_vp_release` leaves the VP to `destroy_partition`), while mshv-ioctls'
+/// `VmFd::create_vcpu` can fail after it (the register page's mmap, any errno but
+/// ENODEV) and closes the new fd: a retry then meets EEXIST. QEMU
+/// (`mshv_create_vcpu`, target/i386/mshv/mshv-cpu.c) and Cloud Hypervisor
+/// (`MshvVm::create_vcpu`, hypervisor/src/mshv/mod.rs) call it once too.
+pub fn create_vp<P: Partition>(pt: &P, index: u8) -> Result<P::Vp> {
+    pt.create_vp(index).map_err(|e| match e {
+        MshvError::Errno(n) if n.errno() == libc::EEXIST => HvError::Ioctl {
+            op: "create vCPU",
+            errno: libc::EEXIST,
+            reason: format!(
+                "vCPU {index} exists in this partition already: the kernel keeps a VP from its first MSHV_CREATE_VP, \
+                 even when the creation failed after it (mapping the register page), so each index is created once"
+            ),
+        },
+        e => map_error("create vCPU (MSHV_CREATE_VP, then the register page's mmap)", e),
+    })
 }
 
 /// Rejects settings MSHV cannot honour, before any partition exists.
@@ -84,7 +144,8 @@ pub fn check_config(config: &VmConfig) -> Result<()> {
 impl MshvVm {
     pub fn create(mshv: &Mshv, config: &VmConfig) -> Result<Self> {
         check_config(config)?;
-        let fd = partition::create(mshv, config.hyperv)?;
+        let (fd, path) = partition::create(mshv, config.hyperv)?;
+        record_partition_path(&path);
         if config.unknown_msr == UnknownMsr::Ignore {
             retry(|| {
                 fd.set_partition_property(
@@ -95,9 +156,10 @@ impl MshvVm {
             })
             .map_err(|e| map_error("set the unimplemented-MSR action", e))?;
         }
-        for msr in &config.intercept_msrs {
-            retry(|| fd.install_intercept(msr_intercept(*msr)))
-                .map_err(|e| map_error("install MSR intercept", e))?;
+        for r in install_msr_intercepts(&fd, &config.intercept_msrs)? {
+            if record_refused(&r) {
+                eprintln!("mshv: {r}; the partition runs without it");
+            }
         }
         Ok(MshvVm {
             fd: Arc::new(fd),
@@ -204,7 +266,7 @@ impl VmBackend for MshvVm {
 
     fn create_vcpu(&mut self, index: u8) -> Result<Box<dyn VcpuBackend>> {
         // mshv-ioctls maps the register page right after MSHV_CREATE_VP returns the fd.
-        let fd = retry(|| self.fd.create_vcpu(index)).map_err(|e| map_error("create vCPU", e))?;
+        let fd = create_vp(self.fd.as_ref(), index)?;
         Ok(Box::new(MshvVcpu::new(
             index as u32,
             fd,
@@ -283,5 +345,78 @@ mod tests {
             };
             assert!(check_config(&c).is_ok());
         }
+    }
+
+    use crate::kernel::fake::{errno, status, Kernel, Op};
+
+    /// hyperlight-dev/hyperlight commit 7f5d0bc2, `MshvVm::new`: the IA32_APIC_BASE
+    /// intercept "may fail with AccessDenied on some kernel versions".
+    #[test]
+    fn an_apic_base_intercept_the_hypervisor_refuses_is_left_out_not_fatal() {
+        let k = Kernel::default();
+        k.answer(
+            Op::InstallIntercept,
+            Err(status(HVCALL_INSTALL_INTERCEPT, HV_STATUS_ACCESS_DENIED)),
+        );
+        let refused = install_msr_intercepts(&k, &[0x1b, 0x277]).unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].msr, 0x1b);
+        assert!(refused[0].reason.contains("AccessDenied"), "{}", refused[0]);
+        assert!(refused[0].to_string().starts_with("MSR 0x1b: "));
+        assert_eq!(
+            k.calls(),
+            [(Op::InstallIntercept, 0x1b), (Op::InstallIntercept, 0x277)],
+            "the next intercept is still installed"
+        );
+        let k = Kernel::default();
+        k.answer(Op::InstallIntercept, Err(errno(libc::EACCES)));
+        assert_eq!(install_msr_intercepts(&k, &[0x1b]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn other_intercept_failures_still_fail_creation() {
+        let k = Kernel::default();
+        k.answer(
+            Op::InstallIntercept,
+            Err(status(
+                HVCALL_INSTALL_INTERCEPT,
+                HV_STATUS_INVALID_PARAMETER,
+            )),
+        );
+        let e = install_msr_intercepts(&k, &[0x1b]).unwrap_err();
+        assert_eq!(e.code(), "EHYPERCALL");
+        let k = Kernel::default();
+        k.answer(Op::InstallIntercept, Err(errno(libc::EFAULT)));
+        assert!(install_msr_intercepts(&k, &[0x1b]).is_err());
+    }
+
+    /// torvalds/linux drivers/hv/mshv_root_main.c `mshv_partition_ioctl_create_vp`:
+    /// `-EEXIST` once the index has a VP, which the kernel keeps until the partition goes.
+    #[test]
+    fn create_vcpu_is_asked_once_and_eexist_says_the_kernel_kept_the_vp() {
+        let k = Kernel::default();
+        k.answer(Op::CreateVp, Err(errno(libc::EAGAIN)));
+        let e = create_vp(&k, 2).err().unwrap();
+        assert_eq!(k.count(Op::CreateVp), 1, "not retried after a failure");
+        assert!(e.to_string().contains("register page"), "{e}");
+        k.answer(Op::CreateVp, Err(errno(libc::EEXIST)));
+        let e = create_vp(&k, 2).err().unwrap();
+        assert!(
+            matches!(
+                &e,
+                HvError::Ioctl {
+                    op: "create vCPU",
+                    errno: libc::EEXIST,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("vCPU 2 exists in this partition already"),
+            "{e}"
+        );
+        assert!(create_vp(&k, 3).is_ok());
     }
 }
