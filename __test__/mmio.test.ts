@@ -101,6 +101,15 @@ test('an unsupported instruction on MMIO is a clear error and the vCPU does not 
   t.is(vcpu.regs.get('rip'), BigInt(CODE), 'RIP still at the instruction')
 })
 
+test('an access outside RAM made while delivering an event (the IDT is there) is EEVENT_DELIVERY, not the instruction at RIP emulated (interruption_pending, as OpenVMM refuses it)', (t) => {
+  const { vcpu } = longModeGuest([0xcc]) // int3: its gate is read from the IDT
+  vcpu.regs.setRaw('idtr', 0xfffn << 48n, 0xc000_0000n)
+  const e = t.throws(() => vcpu.run()) as MshvError
+  t.is(e.code, 'EEVENT_DELIVERY')
+  t.regex(e.message, /GPA 0xc0000030/)
+  t.regex(e.message, /while delivering an event/)
+})
+
 test('MMIO ranges that overlap, or lie outside the physical address space, are rejected', (t) => {
   const vm = createVm({ backend: 'sim' })
   const bank = new RegisterBank(2)

@@ -39,6 +39,8 @@ export const simClocks: { readonly tscHz: number; readonly apicTimerHz: number }
   tscHz: raw.simClocks['tscHz'] ?? 0,
   apicTimerHz: raw.simClocks['apicTimerHz'] ?? 0,
 }
+/** Bits of an intercept header's `executionState` by name (`eferLma`, `interruptionPending`, ...), from mshv-bindings. */
+export const executionStateBit = table(raw.executionState, 'execution state bit')
 /** Synthetic native run results: `cancelled`, `budget`. */
 export const exitCode = table(raw.exits, 'exit code')
 

@@ -3,7 +3,7 @@
  * from the message and complete it against the MMIO bus and guest RAM.
  * @module
  */
-import { message, registerIndex } from '../layout.js'
+import { executionStateBit, message, registerIndex } from '../layout.js'
 import { MshvError, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
 import { decode, type Decoded } from '../emulator/decode.js'
@@ -28,7 +28,8 @@ const RIP_REG = registerIndex('rip')
 const RFLAGS_REG = registerIndex('rflags')
 /** `hv_x64_segment_register`: base u64, limit u32, selector u16, attributes u16. */
 const SEGMENT_ATTRIBUTES = 14
-const EFER_LMA = 1 << 4
+const EFER_LMA = executionStateBit('eferLma')
+const INTERRUPTION_PENDING = executionStateBit('interruptionPending')
 const CS_L = 1 << 13
 const CS_DB = 1 << 14
 
@@ -98,6 +99,14 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
   const access = msg.getUint8(ACCESS_TYPE)
   if (access === EXECUTE) {
     throw new MshvError('EUNHANDLED_EXIT', `the guest executes from GPA ${hex(gpa)} (rip ${hex(rip)}), which is not RAM`)
+  }
+  if ((msg.getUint16(EXEC_STATE, true) & INTERRUPTION_PENDING) !== 0) {
+    // The access was the processor's own, delivering an event (its IDT, a descriptor
+    // table or the stack outside RAM): the instruction at RIP did not make it, so there
+    // is nothing to emulate, and a fault injected would come back the same way.
+    // OpenVMM's emulator refuses it as fatal (virt_support_x86emu emulate_core:
+    // EmulationError::InterruptionPending, "an interrupt caused the memory access exit").
+    throw new MshvError('EEVENT_DELIVERY', `the guest's processor accessed GPA ${hex(gpa)}, which is not RAM, while delivering an event (its IDT, a descriptor table or the stack is there; rip ${hex(rip)}): nothing to emulate`)
   }
   const mode = bitness(msg)
   const ins = decodeIntercepted(msg, COUNT, BYTES, () => memory, mode)

@@ -108,8 +108,18 @@ pub fn build(
             } else {
                 ins.available
             };
+            let mut header = header(cpu, index, len, access_code(access));
+            if ins.in_event_delivery {
+                // SAFETY: writing a bitfield of a plain u16 union view.
+                unsafe {
+                    header
+                        .execution_state
+                        .__bindgen_anon_1
+                        .set_interruption_pending(1);
+                }
+            }
             let mut m = hv_x64_memory_intercept_message {
-                header: header(cpu, index, len, access_code(access)),
+                header,
                 instruction_byte_count: count,
                 guest_virtual_address: gva,
                 guest_physical_address: gpa,

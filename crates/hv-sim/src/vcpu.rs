@@ -108,9 +108,13 @@ impl SimVcpu {
     }
 
     /// Writes the exit's message; `from_run`: the processor's last run raised it (its
-    /// instruction is [`Processor::exit_instruction`]), else no instruction did.
+    /// instruction is [`Processor::exit_instruction`]), else no instruction did: the
+    /// delivery of a pending event the VMM wrote did.
     fn finish(&mut self, msg: &mut ExitMessage, exit: &sim_cpu::Exit, from_run: bool) {
-        let none = ExitInstruction::default();
+        let none = ExitInstruction {
+            in_event_delivery: true,
+            ..ExitInstruction::default()
+        };
         let ins = if from_run {
             &self.processor.exit_instruction
         } else {

@@ -30,6 +30,9 @@ pub struct Layout {
     pub message_types: HashMap<String, u32>,
     /// Synthetic exit codes a vCPU run returns besides message types.
     pub exits: HashMap<String, u32>,
+    /// Bits of an intercept message header's `execution_state`
+    /// (`hv_x64_vp_execution_state`) by name: `eferLma`, `interruptionPending`, ...
+    pub execution_state: HashMap<String, u32>,
     pub registers: Vec<RegisterDescriptor>,
     /// Size of one register value in the batched register calls (bytes).
     pub register_value_size: u32,
@@ -57,6 +60,36 @@ pub const EXIT_CLOCK: u32 = 0xffff_0005;
 pub const EXIT_IDLE: u32 = 0xffff_0006;
 /// A vCPU thread's result when its run threw (`VcpuThreads`): the error is taken apart.
 pub const EXIT_FAILED: u32 = 0xffff_0007;
+
+/// `hv_x64_vp_execution_state`'s bits, each found by setting its bitfield in
+/// mshv-bindings' union (so the positions are the binding's, not copied by hand).
+fn execution_state_bits() -> HashMap<String, u32> {
+    use mshv_bindings::{
+        hv_x64_vp_execution_state, hv_x64_vp_execution_state__bindgen_ty_1 as Bits,
+    };
+    let bit = |set: fn(&mut Bits)| {
+        let mut s = hv_x64_vp_execution_state { as_uint16: 0 };
+        // SAFETY: both views of the union are plain integers; every bit pattern is valid.
+        unsafe {
+            set(&mut s.__bindgen_anon_1);
+            u32::from(s.as_uint16)
+        }
+    };
+    [
+        ("cr0Pe", bit(|b| b.set_cr0_pe(1))),
+        ("cr0Am", bit(|b| b.set_cr0_am(1))),
+        ("eferLma", bit(|b| b.set_efer_lma(1))),
+        ("debugActive", bit(|b| b.set_debug_active(1))),
+        (
+            "interruptionPending",
+            bit(|b| b.set_interruption_pending(1)),
+        ),
+        ("interruptShadow", bit(|b| b.set_interrupt_shadow(1))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
 
 fn table(rows: &[(&str, usize)]) -> HashMap<String, u32> {
     rows.iter()
@@ -98,6 +131,7 @@ pub fn layout() -> Layout {
     Layout {
         page: table(hv_core::page::FIELDS),
         message: table(hv_core::message::FIELDS),
+        execution_state: execution_state_bits(),
         message_types: hv_core::message::TYPES
             .iter()
             .map(|(k, v)| (k.to_string(), *v))

@@ -37,6 +37,9 @@ pub struct Exec<'a> {
     pub watches: &'a [hv_core::state::Watchpoint],
     /// The slot of a watchpoint the current instruction hit: the run stops after it.
     pub watch_hit: Option<usize>,
+    /// The exit in `exit` came from an access made while delivering an event (see
+    /// `interrupt::deliver`), not from the instruction's own.
+    pub exit_in_delivery: bool,
 }
 
 impl Exec<'_> {

@@ -37,8 +37,24 @@ impl Source {
 
 /// Delivers `vector`; `ret` is the RIP the handler returns to (the faulting
 /// instruction for a fault, the next one for traps and software interrupts). On
-/// success RIP is the handler's entry point.
+/// success RIP is the handler's entry point. An exit during delivery (the IDT, a
+/// descriptor table or the stack outside RAM) is marked as such: the hypervisor reports
+/// it with `interruption_pending`, since the access is not the instruction's.
 pub fn deliver(
+    x: &mut Exec,
+    vector: u8,
+    error_code: Option<u32>,
+    source: Source,
+    ret: u64,
+) -> Result<(), Stop> {
+    let r = deliver_event(x, vector, error_code, source, ret);
+    if matches!(r, Err(Stop::Exit)) && matches!(x.exit, crate::fault::Exit::Mmio { .. }) {
+        x.exit_in_delivery = true;
+    }
+    r
+}
+
+fn deliver_event(
     x: &mut Exec,
     vector: u8,
     error_code: Option<u32>,

@@ -29,6 +29,10 @@ pub struct ExitInstruction {
     pub len: u8,
     /// How many of `bytes` could be fetched (fewer at an unreadable page).
     pub available: u8,
+    /// The exit is an access made while delivering an event (reading the IDT or a
+    /// descriptor, pushing the frame), not one of the instruction's own: the message's
+    /// execution state says `interruption_pending`, and there is nothing to emulate.
+    pub in_event_delivery: bool,
 }
 
 /// Why [`Processor::run`] returned.
@@ -205,6 +209,7 @@ impl Processor {
             end_block: false,
             watches: &self.debug.watchpoints,
             watch_hit: None,
+            exit_in_delivery: false,
         };
         let rip = x.cpu.rip;
         let f = Fault {
@@ -243,6 +248,7 @@ impl Processor {
             end_block: false,
             watches: &self.debug.watchpoints,
             watch_hit: None,
+            exit_in_delivery: false,
         };
         let mut executed = 0u64;
         let start = x.cpu.seg[CS].base.wrapping_add(x.cpu.rip);
@@ -413,6 +419,7 @@ impl Processor {
                 block = next;
             }
         };
+        info.in_event_delivery = matches!(end, RunEnd::Exit(_)) && x.exit_in_delivery;
         self.debug_resume = debug.and_then(|d| d.stopped_at);
         self.last = LastBlock {
             block: prev,
