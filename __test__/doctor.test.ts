@@ -9,8 +9,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { existsSync } from 'node:fs'
-import { runDoctor, formatDoctorReport, EXIT_CASES, POLICIES, Vcpu, Serial16550, MshvError, type DoctorReport } from '../index.js'
+import { runDoctor, formatDoctorReport, hostReport, EXIT_CASES, POLICIES, Vcpu, Serial16550, MshvError, type DoctorReport } from '../index.js'
 import { VMM_CHECKS } from '../src/doctor/vmm-checks.js'
+import { formatHost } from '../src/doctor/doctor.js'
 import { native } from '../src/native.js'
 
 const run = promisify(execFile)
@@ -41,6 +42,7 @@ test('`mshv doctor --backend sim --json FILE` exits 0, prints the report and wri
   t.regex(stdout, /This package's exit handling:\n {2}PASS {2}uart_and_debug_exit/)
   t.regex(stdout, /PIO OUT \[page\] +[0-9,]+ {2}0\.000/)
   t.regex(stdout, /All \d+ checks passed on sim\./)
+  if (!existsSync('/dev/mshv')) t.regex(stdout, /\nkernel api {2}not determined: \/dev\/mshv/)
   const json = JSON.parse(readFileSync(file, 'utf8')) as DoctorReport
   t.true(json.passed)
   t.true(json.checks.every((c) => c.passed))
@@ -59,6 +61,34 @@ test('`mshv doctor --backend mshv` fails with one clear reason where /dev/mshv i
   t.is(e?.code, 1)
   t.regex(e?.stdout ?? '', /FAIL {2}open_device +\/dev\/mshv is not available/)
   t.regex(e?.stdout ?? '', /1 of 1 checks failed on mshv\./)
+})
+
+test('the host report names the kernel paths (partition creation, GVA translation, refused intercepts) or says why it cannot (#28)', (t) => {
+  const host = hostReport()
+  t.true(Array.isArray(host.refusedIntercepts))
+  if (!existsSync('/dev/mshv')) {
+    t.is(host.partitionPath, undefined)
+    t.is(host.translateGvaPath, undefined)
+    t.regex(host.kernelPathsError ?? '', /^not determined: \/dev\/mshv is not available/)
+    t.regex(formatHost(host, 'sim', 'test'), /\nkernel api {2}not determined: \/dev\/mshv/)
+  } else {
+    t.true(host.partitionPath !== undefined || host.kernelPathsError !== undefined)
+  }
+  const known = formatHost(
+    {
+      ...host,
+      partitionPath: "QEMU's arguments (LAPIC, X2APIC, GPA super pages; the kernel's processor features), since ...",
+      translateGvaPath: 'HVCALL_TRANSLATE_VIRTUAL_ADDRESS through MSHV_ROOT_HVCALL',
+      refusedIntercepts: ['MSR 0x1b: the hypervisor refused the intercept'],
+      kernelPathsError: undefined,
+    },
+    'mshv',
+    'test',
+  )
+  t.regex(known, /\npartitions  QEMU's arguments/)
+  t.regex(known, /\ngva xlate   HVCALL_TRANSLATE_VIRTUAL_ADDRESS/)
+  t.regex(known, /\nrefused     MSR 0x1b: /)
+  t.notRegex(known, /\nkernel api /)
 })
 
 test('bad doctor options are clear errors, and a bad command line exits 2 with the usage', async (t) => {

@@ -39,6 +39,14 @@ export interface HostReport {
   /** `HV_PARTITION_PROPERTY_PROCESSOR_FEATURES0/1` (hex). */
   readonly processorFeatures?: readonly string[] | undefined
   readonly propertyError?: string | undefined
+  /** How partitions are created on this kernel: the host's processor features, or QEMU's arguments and why. */
+  readonly partitionPath?: string | undefined
+  /** How guest virtual addresses are translated: MSHV_VP_TRANSLATE_GVA, or the hypercall where the kernel lacks it. */
+  readonly translateGvaPath?: string | undefined
+  /** MSR intercepts the hypervisor refused (the VM runs without them). */
+  readonly refusedIntercepts: readonly string[]
+  /** Why the kernel paths are not known, when they are not. */
+  readonly kernelPathsError?: string | undefined
 }
 
 /** Everything `mshv doctor` found. */
@@ -83,6 +91,10 @@ export function hostReport(): HostReport {
     vmmCapabilities: f.vmmCapabilities ?? undefined,
     processorFeatures: f.processorFeatures ?? undefined,
     propertyError: f.propertyError ?? undefined,
+    partitionPath: f.partitionPath ?? undefined,
+    translateGvaPath: f.translateGvaPath ?? undefined,
+    refusedIntercepts: f.refusedIntercepts,
+    kernelPathsError: f.kernelPathsError ?? undefined,
   }
 }
 
@@ -181,6 +193,10 @@ export function formatHost(host: HostReport, backend: DoctorBackend, packageVers
   if (host.vmmCapabilities !== undefined) lines.push(`vmm caps    ${host.vmmCapabilities}`)
   if (host.processorFeatures !== undefined) lines.push(`cpu banks   ${host.processorFeatures.join(' ')}`)
   if (host.propertyError !== undefined) lines.push(`properties  ${host.propertyError}`)
+  if (host.partitionPath !== undefined) lines.push(`partitions  ${host.partitionPath}`)
+  if (host.translateGvaPath !== undefined) lines.push(`gva xlate   ${host.translateGvaPath}`)
+  for (const r of host.refusedIntercepts ?? []) lines.push(`refused     ${r}`)
+  if (host.kernelPathsError !== undefined) lines.push(`kernel api  ${host.kernelPathsError}`)
   lines.push(`backend     ${backend}`)
   return lines.join('\n')
 }

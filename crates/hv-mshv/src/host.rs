@@ -1,11 +1,15 @@
 //! What `mshv doctor` reports about the host before it runs anything: the device, the
-//! hypervisor underneath this kernel, and the capabilities the partition will use.
+//! hypervisor underneath this kernel, the capabilities the partition will use, and the
+//! kernel's paths (how partitions are created, how GVAs are translated, which intercepts
+//! the hypervisor refused: issue #28 items 1, 7, 9 and 13).
 
 use crate::errors::check_device;
 use crate::DEVICE_PATH;
 use std::path::Path;
 
-/// Facts about the host, each read without creating a partition.
+/// Facts about the host. The kernel paths are what this process learned from its
+/// partitions, or, before it made any, from a probe: one partition with one VP, made and
+/// dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// `/dev/mshv` exists.
@@ -24,6 +28,14 @@ pub struct HostFacts {
     pub processor_features: Option<[u64; 2]>,
     /// Why a property could not be read, when one could not.
     pub property_error: Option<String>,
+    /// How partitions are created on this kernel (`PartitionPath`), once known.
+    pub partition_path: Option<String>,
+    /// How GVAs are translated on this kernel (`TranslatePath`), once known.
+    pub translate_gva_path: Option<String>,
+    /// MSR intercepts the hypervisor refused in this process.
+    pub refused_intercepts: Vec<String>,
+    /// Why the kernel paths are not known, or not all of them, when they are not.
+    pub kernel_paths_error: Option<String>,
 }
 
 /// CPUID `leaf` on this processor.
@@ -74,22 +86,66 @@ pub fn host_facts() -> HostFacts {
     };
     #[cfg(target_arch = "x86_64")]
     if facts.device_error.is_none() {
-        read_properties(&mut facts);
+        match mshv_ioctls::Mshv::new() {
+            Ok(mshv) => {
+                read_properties(&mshv, &mut facts);
+                if let Err(e) = probe_kernel_paths(&mshv) {
+                    facts.kernel_paths_error = Some(format!("probe: {e}"));
+                }
+            }
+            Err(e) => facts.device_error = Some(e.to_string()),
+        }
     }
+    kernel_paths_into(&mut facts);
     facts
 }
 
+/// The kernel paths this process knows, into `facts`; where none is known and nothing
+/// says why, why not.
+fn kernel_paths_into(facts: &mut HostFacts) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let k = crate::kernel::kernel_paths();
+        facts.partition_path = k.partition.map(|p| p.to_string());
+        facts.translate_gva_path =
+            (k.translate_gva != crate::TranslatePath::Untried).then(|| k.translate_gva.to_string());
+        facts.refused_intercepts = k.refused_intercepts.iter().map(|r| r.to_string()).collect();
+    }
+    if facts.partition_path.is_none() && facts.kernel_paths_error.is_none() {
+        facts.kernel_paths_error = Some(match &facts.device_error {
+            Some(e) => format!("not determined: {e}"),
+            None => "not determined on this host".into(),
+        });
+    }
+}
+
+/// Creates a partition and a VP and translates one address, when this process has not
+/// yet learned how this kernel does both (the paths are recorded as the backend records
+/// them; the partition goes when this returns).
 #[cfg(target_arch = "x86_64")]
-fn read_properties(facts: &mut HostFacts) {
+fn probe_kernel_paths(mshv: &mshv_ioctls::Mshv) -> hv_core::Result<()> {
+    use crate::kernel::{kernel_paths, record_partition_path, TRANSLATE};
+    let known = kernel_paths();
+    if known.partition.is_some() && known.translate_gva != crate::TranslatePath::Untried {
+        return Ok(());
+    }
+    let (pt, path) = crate::partition::create(mshv, false)?;
+    record_partition_path(&path);
+    let vp = crate::vm::create_vp(&pt, 0)?;
+    crate::vcpu::translate_gva(
+        &vp,
+        0,
+        0,
+        mshv_bindings::HV_TRANSLATE_GVA_VALIDATE_READ as u64,
+        &TRANSLATE,
+    )
+    .map(drop)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn read_properties(mshv: &mshv_ioctls::Mshv, facts: &mut HostFacts) {
     use crate::errors::{map_error, retry};
     use mshv_bindings::*;
-    let mshv = match mshv_ioctls::Mshv::new() {
-        Ok(m) => m,
-        Err(e) => {
-            facts.device_error = Some(e.to_string());
-            return;
-        }
-    };
     let read = |code, what| {
         retry(|| mshv.get_host_partition_property(code)).map_err(|e| map_error(what, e))
     };
@@ -132,6 +188,22 @@ mod tests {
             let e = f.device_error.expect("a missing device is reported");
             assert!(e.contains("/dev/mshv"), "{e}");
             assert_eq!(f.vmm_capabilities, None);
+        }
+    }
+
+    /// Issue #28 item 13: the doctor names the kernel's paths, or says why it cannot.
+    #[test]
+    fn the_kernel_paths_are_named_or_said_to_be_undetermined() {
+        let f = host_facts();
+        if f.device_error.is_some() {
+            assert_eq!(f.partition_path, None);
+            let e = f.kernel_paths_error.expect("why the paths are unknown");
+            assert!(e.starts_with("not determined: /dev/mshv"), "{e}");
+        } else {
+            assert!(
+                f.partition_path.is_some() || f.kernel_paths_error.is_some(),
+                "{f:?}"
+            );
         }
     }
 

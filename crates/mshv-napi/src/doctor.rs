@@ -17,6 +17,14 @@ pub struct HostFacts {
     pub vmm_capabilities: Option<String>,
     pub processor_features: Option<Vec<String>>,
     pub property_error: Option<String>,
+    /// How partitions are created on this kernel, once known.
+    pub partition_path: Option<String>,
+    /// How GVAs are translated on this kernel, once known.
+    pub translate_gva_path: Option<String>,
+    /// MSR intercepts the hypervisor refused in this process.
+    pub refused_intercepts: Vec<String>,
+    /// Why the kernel paths are not known, when they are not.
+    pub kernel_paths_error: Option<String>,
 }
 
 /// Reads the host's facts; what cannot be read is reported, never thrown.
@@ -34,6 +42,10 @@ pub fn host_facts() -> Result<HostFacts> {
                 .processor_features
                 .map(|b| b.iter().map(|v| format!("{v:#x}")).collect()),
             property_error: f.property_error,
+            partition_path: f.partition_path,
+            translate_gva_path: f.translate_gva_path,
+            refused_intercepts: f.refused_intercepts,
+            kernel_paths_error: f.kernel_paths_error,
         })
     })
 }
