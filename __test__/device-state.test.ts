@@ -562,9 +562,10 @@ function pcMachine(events: unknown[]): { vm: Vm; pc: PcPlatform; host: PciHost }
   const vm = createVm({ backend: 'sim' })
   vm.addRam(0, 2 << 20)
   const pc = addPcPlatform(vm)
-  const hooks = vm as unknown as { signalMsi: (a: bigint, d: number) => void; requestInterrupt: (r: InterruptRequest) => void }
-  hooks.signalMsi = (address, data) => events.push(`msi ${address.toString(16)} ${data.toString(16)}`)
-  hooks.requestInterrupt = (r) => events.push(r)
+  // Devices raise through deviceMsi/deviceInterrupt (the tolerant entry points).
+  const hooks = vm as unknown as { deviceMsi: (a: bigint, d: number) => void; deviceInterrupt: (r: InterruptRequest) => void }
+  hooks.deviceMsi = (address, data) => events.push(`msi ${address.toString(16)} ${data.toString(16)}`)
+  hooks.deviceInterrupt = (r) => events.push(r)
   return { vm, pc, host: pc.pci as PciHost }
 }
 

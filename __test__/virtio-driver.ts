@@ -18,7 +18,7 @@ export function virtioMachine(devices: readonly VirtioDevice[]): { vm: Vm; pc: P
   const pc = addPcPlatform(vm)
   const msis: { address: bigint; data: number }[] = []
   // Record MSIs instead of delivering them: there is no vCPU to take them.
-  ;(vm as unknown as { signalMsi: (a: bigint, d: number) => void }).signalMsi = (address, data) => {
+  ;(vm as unknown as { deviceMsi: (a: bigint, d: number) => void }).deviceMsi = (address, data) => {
     msis.push({ address, data })
   }
   const transports = devices.map((d) => new VirtioPci(pc.pci as NonNullable<PcPlatform['pci']>, d))
