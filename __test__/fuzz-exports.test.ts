@@ -301,6 +301,8 @@ const NATIVE_SKIPPED: Record<string, string> = {
   'Vcpu.close': 'closes the target',
   'Vcpu.run': 'runs the guest (boundary.test.ts fuzzes its budgets)',
   'Tap.close': 'no TAP is opened here (tap.test.ts)',
+  'VcpuThreads.next': 'runs the guest and waits for its exits up to timeoutMs (vcpu-threads.test.ts checks its arguments)',
+  'VcpuThreads.resume': 'runs the guest on its thread (vcpu-threads.test.ts checks its arguments)',
 }
 
 /** A native object of each class, from a fresh machine. */
@@ -310,6 +312,7 @@ const NATIVE_INSTANCES: Record<string, (m: Machine) => object> = {
   RegisterPage: (m) => m.vcpu.native.registerPage() as object,
   RunBudget: () => new native.RunBudget({ maxInstructions: 10 }),
   GuestMemory: (m) => m.vm.addRam(0x30_0000, 0x1000).native as object,
+  VcpuThreads: (m) => new native.VcpuThreads([m.vcpu.native]),
 }
 
 const binding = native as unknown as Record<string, unknown>

@@ -7,6 +7,7 @@
 import test from 'ava'
 import { readFile } from 'node:fs/promises'
 import { MshvError } from '../index.js'
+import { native } from '../src/native.js'
 import { longModeVm } from './helpers.js'
 
 /** Two vCPUs each count `n` into one dword with LOCK INC and exit on a port each time. */
@@ -198,5 +199,28 @@ test('one vCPU on the real-time clock runs on its own thread when asked (threads
   vm.bus.register(0x80, 1, { ioWrite: () => void outs++ }, 'sink')
   t.deepEqual(await vm.run({ threads: true, timeoutMs: 30_000 }), { reason: 'debug-exit', code: 7, vcpu: 0 })
   t.is(outs, 1000)
+  vm.close()
+})
+
+test('VcpuThreads checks its arguments: EINVAL naming the value, never a crash', (t) => {
+  const vm = longModeVm('start:\n  out 0x80, al\n  jmp start\n', {}, { clock: 'realtime' })
+  vm.bus.register(0x80, 1, { ioWrite: () => {} }, 'sink')
+  const v = vm.cpus[0]?.native
+  if (!v) return t.fail('no vCPU')
+  t.throws(() => new native.VcpuThreads([]), { code: 'EINVAL', message: /expected 1 to 255 vCPUs, got 0/ })
+  t.throws(() => new native.VcpuThreads([v, v]), { code: 'EINVAL', message: /vCPU 0 is listed twice/ })
+  const g = new native.VcpuThreads([v])
+  t.throws(() => g.resume(3), { code: 'EINVAL', message: /no member 3 \(the group has 1\)/ })
+  const next = g.nextFunction()
+  for (const bad of [Number.NaN, -1, Number.POSITIVE_INFINITY]) t.throws(() => next(-1, bad), { message: /timeoutMs must be a finite number from 0, got/ })
+  t.throws(() => (next as unknown as (a: unknown, b: unknown) => number)('x', 0), { message: /expected \(resume: number, timeoutMs: number\)/ })
+  t.is(next(-1, 0), -1, 'nothing posted')
+  g.resume(0)
+  t.throws(() => g.resume(0), { code: 'EINVAL', message: /member 0 is running already/ })
+  const r = next(-1, 10_000)
+  t.true(r >= 0, 'the OUT was posted')
+  g.end()
+  t.throws(() => g.resume(0), { code: 'EINVAL', message: /the group has ended/ })
+  t.is(g.takeError(0), null)
   vm.close()
 })
