@@ -54,7 +54,8 @@ test('CPUID answers from the table, per subleaf, and falls back to the hyperviso
   t.is(u32(m, 0x14), 0xabc, 'subleaf 1 of leaf 7')
   const s = vcpu.stats()
   t.is(s.exitsByType['cpuid'], undefined, 'the hypervisor answered from the registered results')
-  t.deepEqual(Object.keys(s.exitsByType), ['halt'])
+  // Nor is the HLT an exit: MSHV has no HLT intercept in a partition with a local APIC.
+  t.deepEqual(Object.keys(s.exitsByType), [])
   vm.close()
 })
 
@@ -67,11 +68,14 @@ test('the CPUID table can be edited between runs and rejects bad entries', (t) =
   t.is(vcpu.regs.get('rax'), 42n)
   // Edited after the vCPU registered it: the next run answers from the new table.
   vm.cpuid.set({ leaf: 0x4000_0000, eax: 43 })
+  // Out of the halt (it stays until something ends it) and back to the start.
+  vcpu.wake()
   vcpu.regs.set('rip', 0x1000n)
   t.is(vcpu.run().reason, 'halt')
   t.is(vcpu.regs.get('rax'), 43n)
   // Deleted: the hypervisor's own answer again.
   t.true(vm.cpuid.delete(0x4000_0000))
+  vcpu.wake()
   vcpu.regs.set('rip', 0x1000n)
   t.is(vcpu.run().reason, 'halt')
   t.not(vcpu.regs.get('rax'), 43n)
@@ -174,28 +178,31 @@ test('a triple fault is an error carrying the registers', (t) => {
 // hlt; mov al, 42; out 0xf4, al
 const HALT_THEN_EXIT = [0xf4, 0xb0, 42, 0xe6, 0xf4]
 
-test("runAsync({ onHalt: 'wait' }) sleeps in HLT until wake(), then resumes after it", async (t) => {
-  const { vm, vcpu } = guest(HALT_THEN_EXIT)
-  let sawHalted = false
-  setTimeout(() => {
-    sawHalted = vcpu.halted
-    vcpu.wake()
-  }, 20)
+test("runAsync({ onHalt: 'wait' }) waits in a HLT with interrupts off on the vCPU's thread until wake(), then resumes after it", async (t) => {
+  const { vm, vcpu } = guest([0xfa, ...HALT_THEN_EXIT])
+  setTimeout(() => vcpu.wake(), 20)
+  const start = performance.now()
   t.deepEqual(await vcpu.runAsync({ onHalt: 'wait' }), { reason: 'debug-exit', code: 42 })
-  t.true(sawHalted)
-  t.false(vcpu.halted)
+  t.true(performance.now() - start >= 15, 'it waited for the wake')
+  t.is(vcpu.regs.get('internalActivityState'), 0n, 'out of halt suspend')
   vm.close()
 })
 
-test('a wake before the HLT is latched; a cancel ends the wait without stopping the next run', async (t) => {
-  const latched = guest(HALT_THEN_EXIT)
-  latched.vcpu.wake()
-  t.deepEqual(await latched.vcpu.runAsync({ onHalt: 'wait' }), { reason: 'debug-exit', code: 42 })
-  latched.vm.close()
-  const { vm, vcpu } = guest(HALT_THEN_EXIT)
+test('an NMI ends a HLT with interrupts off, as on MSHV; a cancel ends the wait and leaves the vCPU halted, with no cancel left over', async (t) => {
+  // The NMI's handler (IVT entry 2) returns at once: the guest goes on after its HLT.
+  const woken = guest([0xfa, ...HALT_THEN_EXIT])
+  woken.vm.write(2 * 4, [0x00, 0x40, 0, 0])
+  woken.vm.write(0x4000, [0xcf]) // iret
+  setTimeout(() => woken.vm.requestInterrupt({ kind: 'nmi' }), 20)
+  t.deepEqual(await woken.vcpu.runAsync({ onHalt: 'wait', timeoutMs: 10_000 }), { reason: 'debug-exit', code: 42 })
+  woken.vm.close()
+  const { vm, vcpu } = guest([0xfa, ...HALT_THEN_EXIT])
   setTimeout(() => vcpu.cancel(), 20)
   t.deepEqual(await vcpu.runAsync({ onHalt: 'wait' }), { reason: 'cancelled' })
-  t.deepEqual(vcpu.run(), { reason: 'debug-exit', code: 42 }, 'no stale cancel is left behind')
+  t.deepEqual(vcpu.run(), { reason: 'halt' }, 'still halted, and no stale cancel ended this run')
+  t.is(vcpu.regs.get('internalActivityState'), 2n, 'halt suspend')
+  vcpu.wake()
+  t.deepEqual(vcpu.run(), { reason: 'debug-exit', code: 42 }, 'wake() between runs ends the halt')
   t.throws(() => vcpu.run({ onHalt: 'wait' }), { code: 'EINVAL', message: /needs runAsync/ })
   vm.close()
 })

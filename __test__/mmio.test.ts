@@ -24,6 +24,7 @@ function countSecondPass(code: number[], page: 'on' | 'off') {
   bank.set(0, 0x1122_3344_5566_7788n)
   vcpu.regs.set('rcx', 0xabcdn)
   t0(vcpu.run())
+  vcpu.wake()
   vcpu.regs.set('rip', BigInt(CODE))
   vcpu.regs.flush()
   vcpu.resetStats()

@@ -48,7 +48,7 @@ test('session: asm writes at RIP in the code size, step executes one instruction
   t.like(t.throws(() => session.vcpu.run({ maxExits: 0 })), { code: 'EINVAL', message: 'run(): maxExits must be an integer from 1 to 2^53-1, got 0' })
   t.deepEqual(await session.run(), { reason: 'halt' })
   t.is(output(), 'H\ni\n')
-  t.regex(printed.at(-1) ?? '', /^1 exit; rip 0x1009/, "the run's own exits: the HLT")
+  t.regex(printed.at(-1) ?? '', /^0 exits; rip 0x1009/, "the run's own exits: none (the HLT is no exit; the vCPU waits in it)")
   session.regs()
   t.regex(printed.at(-1) ?? '', /^rax 0000000000000069/)
   session.mem.hexdump(0x1000, 16)
@@ -147,7 +147,7 @@ const tmux = spawnSync('tmux', ['-V']).status === 0
     // The report, the result and a fresh prompt, in that order, and no REPL noise.
     await waitFor(/\n\d+ exits; rip 0x200[02][^\n]*\n\{ reason: 'cancelled' \}\nmshv>\s*$/, 'the cancelled run')
     t.notRegex(screen(), /ERR_SCRIPT_EXECUTION_INTERRUPTED|Uncaught/)
-    await type('vcpu.halted', /^false\n/m)
+    await type('vcpu.runState', /^'paused'\n/m)
     // A guest that spins without exits still gets its progress line (redrawn on a clock).
     await type('vcpu.regs.set("rip", 0x3000n); asm`jmp $`', /00003000 {2}eb fe +jmp \$/)
     sh('send-keys', '-t', name, '-l', 'await run()')

@@ -6,8 +6,9 @@ import { createVm, enterRealMode, type SyncPolicy } from '../index.js'
 
 const LOOPS = 20_000
 const le = (v: number) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >>> 24]
-// mov ecx, LOOPS; l: in al, 0x80; out 0x80, al; dec ecx; jnz l; hlt
-const CODE = [0x66, 0xb9, ...le(LOOPS), 0xe4, 0x80, 0xe6, 0x80, 0x66, 0x49, 0x75, 0xf8, 0xf4]
+// mov ecx, LOOPS; l: in al, 0x80; out 0x80, al; dec ecx; jnz l; out 0xf4, al (the
+// debug-exit port ends the run: a HLT would not, on MSHV, where the vCPU waits in it)
+const CODE = [0x66, 0xb9, ...le(LOOPS), 0xe4, 0x80, 0xe6, 0x80, 0x66, 0x49, 0x75, 0xf8, 0xe6, 0xf4]
 
 for (const policy of ['page', 'hypercall', 'eager'] as SyncPolicy[]) {
   const vm = createVm({ policy })

@@ -20,9 +20,10 @@ class Timer implements MmioDevice {
 const vm = createVm()
 vm.addRam(0, 1 << 20)
 vm.bus.registerMmio(TIMER, 0x1000, new Timer(), 'timer')
-// mov rbx, TIMER; mov qword [rbx], 40; mov eax, [rbx]; mov eax, [rbx]; mov ecx, [rbx]; hlt
+// mov rbx, TIMER; mov qword [rbx], 40; mov eax, [rbx]; mov eax, [rbx]; mov ecx, [rbx];
+// out 0xf4, al (the debug-exit port ends the run, with AL as its code)
 vm.write(0x10000, [
-  0x48, 0xbb, 0x00, 0x00, 0xd0, 0xfe, 0, 0, 0, 0, 0x48, 0xc7, 0x03, 40, 0, 0, 0, 0x8b, 0x03, 0x8b, 0x03, 0x8b, 0x0b, 0xf4,
+  0x48, 0xbb, 0x00, 0x00, 0xd0, 0xfe, 0, 0, 0, 0, 0x48, 0xc7, 0x03, 40, 0, 0, 0, 0x8b, 0x03, 0x8b, 0x03, 0x8b, 0x0b, 0xe6, 0xf4,
 ])
 const vcpu = vm.createVcpu(0)
 enterLongMode(vcpu, vm, 0x10000)

@@ -27,7 +27,8 @@ function u64(what: string, v: unknown): bigint {
 /**
  * Real mode with the data segments at 0 and code at physical `ip` (below 1 MiB): CS is
  * 0 when `ip` fits in 64 KiB, else the 64 KiB-aligned segment holding it, so CS:IP
- * always reaches `ip`. `sp` is SS:SP with SS 0.
+ * always reaches `ip`. `sp` is SS:SP with SS 0. The vCPU runs from there: a halt or a
+ * wait for a start-up IPI it was in ends (`internalActivityState` 0).
  */
 export function enterRealMode(vcpu: Vcpu, ip: number, sp = 0x7000): void {
   checkInstance('enterRealMode: vcpu', vcpu, Vcpu)
@@ -44,6 +45,16 @@ export function enterRealMode(vcpu: Vcpu, ip: number, sp = 0x7000): void {
   r.set('rip', BigInt(ip - (cs << 4)))
   r.set('rsp', BigInt(sp))
   r.set('rflags', 2n)
+  running(vcpu)
+}
+
+/**
+ * The vCPU runs from its new entry state: out of a halt or a wait for a start-up IPI
+ * (`internalActivityState` 0), which a register write alone leaves as they were (a
+ * halted VP stays halt-suspended until something ends the halt, on MSHV as here).
+ */
+function running(vcpu: Vcpu): void {
+  vcpu.leaveSuspend()
 }
 
 /** Where {@link enterLongMode} puts its page tables unless told otherwise. */
@@ -53,7 +64,8 @@ export const LONG_MODE_TABLES = 0x1000
  * 64-bit long mode with the first 4 GiB identity-mapped (1 GiB pages), flat segments
  * and code at `ip`. The two page-table pages are written at `tables` (8 KiB of RAM).
  * The x87 and SSE are enabled as an operating system enables them (CR0.MP and NE,
- * CR4.OSFXSR and OSXMMEXCPT; Intel SDM vol. 3 13.1), so compiled code runs as is.
+ * CR4.OSFXSR and OSXMMEXCPT; Intel SDM vol. 3 13.1), so compiled code runs as is. The
+ * vCPU runs from there, as {@link enterRealMode}'s does.
  */
 export function enterLongMode(
   vcpu: Vcpu,
@@ -80,6 +92,7 @@ export function enterLongMode(
   r.set('rip', rip)
   r.set('rsp', sp)
   r.set('rflags', 2n)
+  running(vcpu)
 }
 
 /** Guest memory to write set-up tables into (a {@link Vm} is one). */

@@ -43,6 +43,9 @@ const EXIT_TIMEOUT = exitCode('timeout')
 const EXIT_SLICE = exitCode('slice')
 const EXIT_CLOCK = exitCode('clock')
 const EXIT_IDLE = exitCode('idle')
+const EXIT_HALTED = exitCode('halted')
+/** `HvInternalActivityRegister` bit 1, halt suspend (OpenVMM hvdef). */
+const HALT_SUSPEND = 2n
 const GP = 13
 const MSG_RIP = message('rip')
 /** How often a run with a progress line hands control back to redraw it, at most. */
@@ -51,6 +54,11 @@ const PROGRESS_SLICE_MS = 100
 /** Why `run()` returned. */
 export type RunResult =
   | { reason: 'debug-exit'; code: number }
+  /**
+   * The vCPU is halted with interrupts disabled: only an NMI, INIT or SIPI, or
+   * {@link Vcpu.wake}, ends the halt (sim; on mshv, which has no HLT intercept in a
+   * partition with a local APIC, the run waits in the hypervisor instead).
+   */
   | { reason: 'halt' }
   /** `cancel()`, or the vCPU was closed during the run. */
   | { reason: 'cancelled' }
@@ -103,11 +111,12 @@ export interface RunOptions {
   /** Stop this many milliseconds after the run starts (both backends: on mshv a per-thread timer interrupts the run ioctl). */
   timeoutMs?: number
   /**
-   * On HLT: `'return'` (default) ends the run with `{ reason: 'halt' }` (interrupts
+   * On HLT: `'return'` (default) ends the sim's run with `{ reason: 'halt' }` (interrupts
    * disabled) or `{ reason: 'idle' }` (enabled: only an interrupt can wake it);
-   * `'wait'` (runAsync only) waits: with interrupts enabled for an interrupt
-   * ({@link Vm.requestInterrupt}, the APIC timer), as MSHV waits in the hypervisor;
-   * with them disabled until {@link Vcpu.wake}, and then resumes after the HLT.
+   * `'wait'` (runAsync only) waits on the vCPU's thread, as MSHV waits in the
+   * hypervisor (there, always): with interrupts enabled for an interrupt
+   * ({@link Vm.requestInterrupt}, the APIC timer); with them disabled for an NMI, INIT
+   * or SIPI, or {@link Vcpu.wake}; the vCPU then resumes after the HLT.
    */
   onHalt?: 'return' | 'wait'
   /**
@@ -220,6 +229,8 @@ function runEnd(code: number): RunResult | undefined {
       return { reason: 'clock' }
     case EXIT_IDLE:
       return { reason: 'idle' }
+    case EXIT_HALTED:
+      return { reason: 'halt' }
     default:
       return undefined
   }
@@ -276,8 +287,16 @@ export class Vcpu {
   private readonly ctx: AccessContext
   private exits = 0
   /** A wake that arrived before the HLT it ends (latched, like a pending interrupt). */
-  private wakePending = false
-  private waiter: ((how: 'wake' | 'cancel') => void) | undefined
+  /**
+   * Whether the vCPU may be halted or waiting for a start-up IPI (an AP at creation;
+   * after any run that did not end on an intercept): what {@link leaveSuspend} looks at
+   * to spare a register write.
+   */
+  private maybeSuspended: boolean
+  /** A runAsync({ onHalt: 'wait' }) is in progress: {@link wake} ends its halt. */
+  private haltWaits = false
+  /** {@link wake} asked the waiting run's halt to end (it cancelled the native run for it). */
+  private wakeRequested = false
   private tracer: ExitTrace | undefined
   /** The progress line of the run in progress, if it asked for one. */
   private progress: ProgressLine | undefined
@@ -308,6 +327,7 @@ export class Vcpu {
     this.msg = new DataView(native.messageBuffer())
     this.messageWords = new Uint32Array(this.msg.buffer)
     this.ctx = { regs: this.regs, vcpuIndex: native.index }
+    this.maybeSuspended = native.index !== 0
     this.unlimited = runnerHandle(native)
     this.registerCpuid()
   }
@@ -418,10 +438,11 @@ export class Vcpu {
     const ownLine = this.startProgress(o)
     try {
       this.startUntil(o)
-      // Waiting on HLT: one with interrupts enabled waits natively (on this run's worker
-      // thread) for an interrupt, as MSHV waits in the hypervisor; one with them
-      // disabled comes back as a HALT exit and waits for wake().
+      // Waiting on HLT: natively (on this run's thread), as MSHV waits in the
+      // hypervisor: for an interrupt with interrupts enabled; for an NMI, INIT, SIPI or
+      // wake() (which cancels the native run and clears the halt) with them disabled.
       const budget = nativeBudget(o.onHalt === 'wait' ? { ...o, blockOnHalt: true } : o, this.progress !== undefined)
+      this.haltWaits = o.onHalt === 'wait'
       const exitLimit = o.maxExits ?? Number.POSITIVE_INFINITY
       const left = this.handlePending()
       if (left) return left
@@ -442,16 +463,23 @@ export class Vcpu {
           this.progress?.tick()
           continue
         }
-        exits++
-        const result = this.afterRun(code)
-        if (result?.reason === 'halt' && o.onHalt === 'wait') {
-          if ((await this.sleep()) === 'cancel') return { reason: 'cancelled' }
+        if (code === EXIT_CANCELLED && this.wakeRequested) {
+          // wake() cancelled the native run to end the halt it waits in.
+          this.wakeRequested = false
+          this.regs.reset()
+          this.leaveHalt()
           continue
         }
+        exits++
+        const result = this.afterRun(code)
         if (result) return result
       }
       return { reason: 'exits' }
     } finally {
+      // A wake whose cancel came after the run had ended is spent: no cancel is left for the next run.
+      if (this.wakeRequested && !this.isClosed) this.native.takeCancel()
+      this.haltWaits = false
+      this.wakeRequested = false
       this.running = false
       this.endProgress(ownLine)
       if (o.until !== undefined) this.releaseUntil()
@@ -557,6 +585,7 @@ export class Vcpu {
     this.checkOpen()
     this.native.setState(toNative(state, this.env.backend))
     this.regs.replaced()
+    this.maybeSuspended = true
   }
 
   private startUntil(o: RunOptions): void {
@@ -594,39 +623,42 @@ export class Vcpu {
     return { reason: 'breakpoint', address }
   }
 
-  /** Waits for {@link wake} (or a cancel) unless one is already latched. */
-  private sleep(): Promise<'wake' | 'cancel'> {
-    // A cancel that came while the native run was ending at the HLT is still pending
-    // there: it ends the run now rather than never.
-    if (this.native.takeCancel()) return Promise.resolve('cancel')
-    if (this.wakePending) {
-      this.wakePending = false
-      return Promise.resolve('wake')
+  /**
+   * Ends the vCPU's halt: it resumes after its HLT (its halt suspend cleared in
+   * `internalActivityState`, as OpenVMM's WHP backend clears it to wake a halted
+   * processor). In a `runAsync({ onHalt: 'wait' })` the native run waiting in the halt
+   * is cancelled for it and goes on; between runs the state is changed at once. A
+   * vCPU that is not halted is not affected. With interrupts enabled an interrupt
+   * wakes a halt by itself; with them disabled, an NMI ({@link Vm.requestInterrupt}
+   * kind `'nmi'`), an INIT or a SIPI, or this.
+   */
+  wake(): void {
+    this.checkOpen()
+    if (this.haltWaits) {
+      this.wakeRequested = true
+      this.native.cancel()
+    } else if (!this.running) {
+      this.leaveHalt()
     }
-    return new Promise((resolve) => {
-      this.waiter = resolve
-    })
   }
 
   /**
-   * Wakes a vCPU halted in `runAsync({ onHalt: 'wait' })`: it resumes after its HLT.
-   * A wake before the HLT is latched and ends the next one at once.
+   * Puts the vCPU to running from a new entry state (`enterRealMode`, `enterLongMode`):
+   * out of a halt or a wait for a start-up IPI (`internalActivityState` 0), which a
+   * register write alone leaves as they were. Written only where the vCPU may be in
+   * one: its last run ended on an intercept, or it never ran (the BSP), it is not.
+   * @internal
    */
-  wake(): void {
-    if (!this.endHaltWait('wake')) this.wakePending = true
+  leaveSuspend(): void {
+    if (!this.maybeSuspended) return
+    this.regs.set('internalActivityState', 0n)
+    this.maybeSuspended = false
   }
 
-  /** Ends a halt wait with `how`; returns whether there was one. */
-  private endHaltWait(how: 'wake' | 'cancel'): boolean {
-    const w = this.waiter
-    this.waiter = undefined
-    w?.(how)
-    return w !== undefined
-  }
-
-  /** Whether the vCPU is asleep in HLT, waiting for {@link wake}. */
-  get halted(): boolean {
-    return this.waiter !== undefined
+  /** Clears halt suspend (bit 1 of `internalActivityState`), if set. */
+  private leaveHalt(): void {
+    const activity = this.regs.get('internalActivityState')
+    if ((activity & HALT_SUSPEND) !== 0n) this.regs.set('internalActivityState', activity & ~HALT_SUSPEND)
   }
 
   /**
@@ -707,6 +739,9 @@ export class Vcpu {
    */
   private afterRun(code: number): RunResult | undefined {
     this.regs.reset()
+    // A VP that left the hypervisor on an intercept was running; after any other end
+    // it may wait in a halt.
+    this.maybeSuspended = code >= EXIT_CANCELLED
     // Every run-end code is at or above EXIT_CANCELLED; message types are below.
     if (code >= EXIT_CANCELLED) {
       const end = this.runEnded(code)
@@ -844,8 +879,7 @@ export class Vcpu {
 
   /** Asks a running vCPU to stop (from a timer or another thread), or ends a halt wait. */
   cancel(): void {
-    // A halted vCPU is not in the native run: a native cancel would stop the next one.
-    if (!this.endHaltWait('cancel') && !this.isClosed) this.native.cancel()
+    if (!this.isClosed) this.native.cancel()
   }
 
   /** Exit, hypercall and register traffic counters. */
@@ -880,7 +914,6 @@ export class Vcpu {
     if (this.isClosed) return
     this.isClosed = true
     this.regs.close()
-    this.endHaltWait('cancel')
     this.native.close()
     this.env.closed(this.index)
   }

@@ -24,8 +24,12 @@ const u64le = (n: bigint) => [...u32le(Number(n & 0xffff_ffffn)), ...u32le(Numbe
 
 /** Real mode: `mov ecx, LOOPS; l: <op>; dec ecx; jnz l; out 0xf4, al`. */
 const pioLoop = (op: number[]) => [0x66, 0xb9, ...u32le(EXIT_LOOPS), ...op, 0x66, 0x49, 0x75, 0xfa, 0xe6, 0xf4, 0xf4]
-/** Long mode: `mov rbx, MMIO; mov ecx, LOOPS; l: <op>; dec ecx; jnz l; hlt`. */
-const mmioLoop = (op: number[]) => [0x48, 0xbb, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), ...op, 0xff, 0xc9, 0x75, 0xfa, 0xf4]
+/**
+ * Long mode: `mov rbx, MMIO; mov ecx, LOOPS; l: <op>; dec ecx; jnz l; out 0xf4, al`. Every
+ * case ends at the debug-exit port, not at a HLT: MSHV has no HLT intercept in a
+ * partition with a local APIC, so a HLT would end a pass only at its timeout there.
+ */
+const mmioLoop = (op: number[]) => [0x48, 0xbb, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), ...op, 0xff, 0xc9, 0x75, 0xfa, 0xe6, 0xf4]
 
 /** One guest loop of the experiment. */
 export interface ExitCase {
@@ -40,10 +44,10 @@ export interface ExitCase {
 export const EXIT_CASES: readonly ExitCase[] = [
   { name: 'PIO OUT', code: pioLoop([0xe6, 0x80]), longMode: false, end: 'debug-exit' },
   { name: 'PIO IN', code: pioLoop([0xe4, 0x80]), longMode: false, end: 'debug-exit' },
-  { name: 'MMIO load', code: mmioLoop([0x8b, 0x03]), longMode: true, end: 'halt' },
-  { name: 'MMIO store', code: mmioLoop([0x89, 0x03]), longMode: true, end: 'halt' },
-  // mov rdi, MMIO; mov ecx, LOOPS; rep stosd; hlt: one exit per element.
-  { name: 'string MMIO (rep stosd)', code: [0x48, 0xbf, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), 0xf3, 0xab, 0xf4], longMode: true, end: 'halt' },
+  { name: 'MMIO load', code: mmioLoop([0x8b, 0x03]), longMode: true, end: 'debug-exit' },
+  { name: 'MMIO store', code: mmioLoop([0x89, 0x03]), longMode: true, end: 'debug-exit' },
+  // mov rdi, MMIO; mov ecx, LOOPS; rep stosd; out 0xf4, al: one exit per element.
+  { name: 'string MMIO (rep stosd)', code: [0x48, 0xbf, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), 0xf3, 0xab, 0xe6, 0xf4], longMode: true, end: 'debug-exit' },
 ]
 
 const sink: MmioDevice = { mmioRead: () => 0n, mmioWrite: () => undefined }

@@ -18,6 +18,10 @@ pub const STACK: u64 = 0x7000;
 /// How long a check lets a guest run before calling it hung: far longer than any
 /// check's guest needs, short enough that a hang reads as a failure, not a stall.
 pub const RUN_LIMIT: Duration = Duration::from_secs(10);
+/// How long [`Guest::run_to_halt`] lets a halted vCPU wait on mshv before it looks.
+pub const HALT_WAIT: Duration = Duration::from_millis(50);
+/// `HvInternalActivityRegister` bit 1: halt suspend (OpenVMM hvdef).
+pub const HALT_SUSPEND: u64 = 1 << 1;
 
 /// The name of an `hv_message_type`, for failure messages.
 pub fn message_name(message_type: u32) -> String {
@@ -83,6 +87,42 @@ impl Guest {
                 message_name(message_type)
             ))),
         }
+    }
+
+    /// Runs and requires the vCPU to wait in a halt. MSHV has no HLT intercept for a
+    /// partition with a local APIC (`hv_intercept_type` in the kernel's
+    /// `hvgdk_mini.h` has none; a `cli; hlt` "will just hang the guest", qemu-devel,
+    /// "[PATCH v2 25/27] target/i386/mshv: Handle HVMSG_X64_HALT vm exit", 2025): the
+    /// VP waits in the hypervisor, halt-suspended, and the run ioctl does not return.
+    /// So the run is given [`HALT_WAIT`] and the halt is read where OpenVMM reads it,
+    /// in `HV_REGISTER_INTERNAL_ACTIVITY_STATE` (`HvInternalActivityRegister`: bit 1,
+    /// halt suspend). The sim's run, which may not block, ends with `Exit::Halted` or
+    /// `Exit::Idle` (interrupts enabled) instead of the timeout.
+    pub fn run_to_halt(&mut self) -> Result<(), CheckError> {
+        let limits = RunLimits::with_timeout(None, Some(HALT_WAIT));
+        match self.vcpu.run(&mut self.msg, &limits)? {
+            Exit::Halted | Exit::Idle | Exit::Timeout => {}
+            Exit::Message => {
+                return Err(CheckError::Mismatch(format!(
+                    "expected the vCPU to wait in its HLT, got a {} intercept at rip {:#x}",
+                    message_name(self.msg.message_type()),
+                    { self.header().rip }
+                )))
+            }
+            other => {
+                return Err(CheckError::Mismatch(format!(
+                    "expected the vCPU to wait in its HLT, the run ended with {other:?}"
+                )))
+            }
+        }
+        let activity = self.get(hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE)?;
+        if activity & HALT_SUSPEND == 0 {
+            return Err(CheckError::Mismatch(format!(
+                "the run ended, but the vCPU is not halted (internal activity state {activity:#x}, rip {:#x})",
+                self.get(hv_register_name_HV_X64_REGISTER_RIP)?
+            )));
+        }
+        Ok(())
     }
 
     /// The intercept header every x64 intercept message starts with.

@@ -142,6 +142,15 @@ pub enum Exit {
     /// run (sim only, with [`RunLimits::block_on_halt`] off): it resumes waiting at the
     /// next run.
     Idle,
+    /// The vCPU is halted with interrupts disabled (sim only, with
+    /// [`RunLimits::block_on_halt`] off): only an NMI, INIT or SIPI wakes it, or the VMM
+    /// clearing halt suspend in `HV_REGISTER_INTERNAL_ACTIVITY_STATE`. MSHV sends no
+    /// intercept for a HLT in a partition with a local APIC: the VP waits in the
+    /// hypervisor (there is no HLT intercept type, `hvgdk_mini.h` `hv_intercept_type`;
+    /// a `cli; hlt` in a guest "will just hang the guest", qemu-devel, "[PATCH v2 25/27]
+    /// target/i386/mshv: Handle HVMSG_X64_HALT vm exit", July 2025). A run that may
+    /// not block reports it instead.
+    Halted,
 }
 
 /// Interrupts a running vCPU from another thread; a cancel issued while the vCPU is

@@ -318,7 +318,25 @@ impl SimVcpu {
                 if let Some(stop) = self.stop_requested(limits) {
                     return Ok(stop);
                 }
-                let next = [timer, guest_deadline].into_iter().flatten().min();
+                if !interruptible && !asleep && !limits.block_on_halt {
+                    // Halted with interrupts disabled: only an NMI, INIT or SIPI ends
+                    // it, which no timer of this partition sends by itself. A run
+                    // that may not block says so now, rather than leap from one
+                    // device timer to the next for ever. The page shows the halted
+                    // state, as at an intercept (MSHV never reports this stop: there
+                    // the run waits, and the page is stale after its timeout).
+                    if let Some(p) = self.page_valid_mode() {
+                        pagesync::fill(&p, &self.processor.cpu);
+                    }
+                    return Ok(Exit::Halted);
+                }
+                // With interrupts disabled no timer of the APIC can wake it (only the
+                // VMM's device timers may send an NMI): it waits for those alone.
+                let next = if interruptible || asleep {
+                    [timer, guest_deadline].into_iter().flatten().min()
+                } else {
+                    guest_deadline
+                };
                 if det {
                     // Deterministic time leaps over a halt only when every vCPU of the
                     // partition waits, and then to the earliest wake of any of them
@@ -439,19 +457,13 @@ impl SimVcpu {
                     }
                 }
                 RunEnd::Exit(sim_cpu::Exit::Halt) => {
-                    let cpu = &mut self.processor.cpu;
-                    if cpu.flags.bits & sim_cpu::flags::IF != 0 {
-                        // HLT with interrupts enabled waits inside the hypervisor for an
-                        // interrupt (mshv_root_main.c: the run ioctl returns only for an
-                        // intercept, and waits for the hypervisor's kick while blocked).
-                        cpu.halted = true;
-                        continue;
-                    }
-                    // With interrupts disabled nothing could wake it: the VMM hears of
-                    // the halt (HVMSG_X64_HALT) and decides; the next run resumes.
-                    cpu.halted = false;
-                    self.finish(msg, &sim_cpu::Exit::Halt, true);
-                    return Ok(Exit::Message);
+                    // HLT waits inside the hypervisor, with interrupts enabled for an
+                    // interrupt, disabled for an NMI, INIT or SIPI: MSHV has no HLT
+                    // intercept for a partition with a local APIC (see Exit::Halted),
+                    // and mshv_root_main.c's run ioctl returns only for an intercept,
+                    // waiting for the hypervisor's kick while the VP is blocked.
+                    self.processor.cpu.halted = true;
+                    continue;
                 }
                 RunEnd::Exit(sim_cpu::Exit::Init) => self.init(),
                 RunEnd::Exit(sim_cpu::Exit::Sipi(v)) => self.sipi(v),

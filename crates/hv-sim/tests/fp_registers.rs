@@ -34,7 +34,7 @@ fn a_vmm_sets_the_stack_and_reads_what_the_guest_computed_and_saved() {
     g.set_raw(FP_MMX0, [0xc000_0000_0000_0000, 0x3fff]);
     g.set_raw(FP_MMX0 + 1, [0x9000_0000_0000_0000, 0x4000]);
     g.set_raw(XMMCS, [0, 0x1f80 | 1 << 13]); // MXCSR: round down
-    assert_eq!(g.run(), hv_core::Exit::Message);
+    assert_eq!(g.run(), hv_core::Exit::Halted);
     assert_eq!(
         raw(&mut g, FP_MMX0),
         [0xf000_0000_0000_0000, 0x4000],

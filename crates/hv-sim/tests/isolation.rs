@@ -67,8 +67,7 @@ fn nx_holds_after_a_read_of_the_page_filled_the_tlb() {
         a.hlt().unwrap();
     });
     g.load(CODE, &code);
-    assert_eq!(g.run(), Exit::Message);
-    assert_eq!(g.msg.message_type(), HVMSG_X64_HALT);
+    assert_eq!(g.run(), Exit::Halted);
     assert_eq!(
         g.get(hv_register_name_HV_X64_REGISTER_RIP),
         HANDLER + 2,

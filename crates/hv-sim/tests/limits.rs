@@ -133,7 +133,7 @@ fn a_cancel_before_run_makes_the_next_run_return_at_once() {
 }
 
 /// An instruction the VMM completes (a port access here) retires as one instruction,
-/// as HLT does: `mov al, 1; out 0x80, al; hlt` counts 2 at the OUT's exit, 3 at HLT.
+/// as HLT does: `mov al, 1; out 0x80, al; hlt` counts 2 at the OUT's exit, 3 in the halt.
 #[test]
 fn instructions_that_exit_count_as_retired() {
     let mut g = guest();
@@ -142,7 +142,7 @@ fn instructions_that_exit_count_as_retired() {
     assert_eq!(run(&mut g, RunLimits::default()), Exit::Message);
     assert_eq!(g.vcpu.instructions(), 2);
     g.set(mshv_bindings::hv_register_name_HV_X64_REGISTER_RIP, 0x1004);
-    assert_eq!(run(&mut g, RunLimits::default()), Exit::Message);
+    assert_eq!(run(&mut g, RunLimits::default()), Exit::Halted);
     assert_eq!(g.vcpu.instructions(), 3);
 }
 

@@ -135,8 +135,7 @@ fn real_to_protected_to_long_mode_writing_a_port_in_each() {
     assert_eq!(long.cs_selector, 0x18);
     assert_eq!(long.rip, LONG + 10);
 
-    assert_eq!(g.run(), Exit::Message);
-    assert_eq!(g.msg.message_type(), HVMSG_X64_HALT);
+    assert_eq!(g.run(), Exit::Halted);
     assert_eq!(
         g.get(hv_register_name_HV_X64_REGISTER_RBX),
         0x0102_0304_0506_0703,

@@ -143,7 +143,7 @@ fn pae_paging_with_2m_pages_and_a_guest_reading_through_it() {
     g.load(0x3000, &0xcafe_f00du32.to_le_bytes());
     g.load(0x2000, &[0xa1, 0x00, 0x30, 0x80, 0x0c, 0xf4]);
     g.set(hv_register_name_HV_X64_REGISTER_RIP, 0x0c80_2000);
-    assert_eq!(g.run(), Exit::Message);
+    assert_eq!(g.run(), Exit::Halted);
     assert_eq!(
         g.get(hv_register_name_HV_X64_REGISTER_RAX) as u32,
         0xcafe_f00d
@@ -182,8 +182,7 @@ fn a_guest_page_fault_goes_through_its_idt_with_cr2_and_the_error_code() {
     // mov byte [rax], 1 with rax at the read-only page.
     g.load(0x2000, &[0xc6, 0x00, 0x01]);
     g.set(hv_register_name_HV_X64_REGISTER_RAX, 0xffff_8000_0040_1000);
-    assert_eq!(g.run(), Exit::Message);
-    assert_eq!(g.msg.message_type(), hv_core::message::HVMSG_X64_HALT);
+    assert_eq!(g.run(), Exit::Halted);
     assert_eq!(
         g.get(hv_register_name_HV_X64_REGISTER_RIP),
         0x3002,

@@ -60,6 +60,9 @@ pub const EXIT_CLOCK: u32 = 0xffff_0005;
 pub const EXIT_IDLE: u32 = 0xffff_0006;
 /// A vCPU thread's result when its run threw (`VcpuThreads`): the error is taken apart.
 pub const EXIT_FAILED: u32 = 0xffff_0007;
+/// Run result when the vCPU is halted with interrupts disabled and the run may not
+/// block: only an NMI, INIT or SIPI (or the VMM clearing halt suspend) wakes it.
+pub const EXIT_HALTED: u32 = 0xffff_0008;
 
 /// `hv_x64_vp_execution_state`'s bits, each found by setting its bitfield in
 /// mshv-bindings' union (so the positions are the binding's, not copied by hand).
@@ -144,6 +147,7 @@ pub fn layout() -> Layout {
             ("clock".to_string(), EXIT_CLOCK),
             ("idle".to_string(), EXIT_IDLE),
             ("failed".to_string(), EXIT_FAILED),
+            ("halted".to_string(), EXIT_HALTED),
         ]
         .into_iter()
         .collect(),

@@ -5,7 +5,9 @@ use crate::buffers::{external, Detachables};
 use crate::errors::{
     closed, from_napi, guard, invalid, panic_message, to_js, u64_arg, JsError, Result,
 };
-use crate::layout::{EXIT_CANCELLED, EXIT_CLOCK, EXIT_IDLE, EXIT_INSTRUCTIONS, EXIT_TIMEOUT};
+use crate::layout::{
+    EXIT_CANCELLED, EXIT_CLOCK, EXIT_HALTED, EXIT_IDLE, EXIT_INSTRUCTIONS, EXIT_TIMEOUT,
+};
 use crate::live::{Kind, Live};
 use crate::register_page::RegisterPage;
 use crate::runner::Runner;
@@ -115,6 +117,7 @@ pub(crate) fn exit_code(exit: Exit, msg: &ExitMessage) -> u32 {
         Exit::Timeout => EXIT_TIMEOUT,
         Exit::Clock => EXIT_CLOCK,
         Exit::Idle => EXIT_IDLE,
+        Exit::Halted => EXIT_HALTED,
     }
 }
 

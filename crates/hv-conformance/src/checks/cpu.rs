@@ -42,9 +42,12 @@ fn cpuid_results(hv: &dyn HvBackend) -> Outcome {
     g.complete()?;
     expect_eq("EBX of CPUID 0x80000002", io_rax(&mut g)?, BRAND[1] as u64)?;
     g.complete()?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
 
     g.vcpu.set_cpuid_results(&[])?;
+    // Out of the halt and back to the start: a halted VP stays halt-suspended until
+    // the VMM clears it, whatever RIP it is given.
+    g.set(hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE, 0)?;
     g.set(hv_register_name_HV_X64_REGISTER_RIP, CODE)?;
     let own = io_rax(&mut g)?;
     expect(own != BRAND[0] as u64, || {
@@ -108,23 +111,50 @@ fn msr_intercept(hv: &dyn HvBackend) -> Outcome {
         0xfee0_0900,
     )?;
     g.complete()?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok("RDMSR and WRMSR of IA32_APIC_BASE exited and completed".into())
 }
 
 pub const HLT: Check = Check {
     name: "hlt",
-    summary: "HLT with interrupts disabled exits as HVMSG_X64_HALT",
+    summary: "HLT with interrupts disabled waits in the hypervisor, halt-suspended, with no intercept; an NMI ends the halt and the guest runs on after it",
     run: hlt,
 };
 
 fn hlt(hv: &dyn HvBackend) -> Outcome {
-    // With IF = 0 nothing can wake the processor, so even a LAPIC partition, which
-    // waits inside the run ioctl on HLT, reports the halt (kernel
-    // drivers/hv/mshv_root_main.c; Hyperlight returns VmExit::Halt on HVMSG_X64_HALT).
-    let mut g = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &[0xfa, 0xf4])?;
-    g.run_to(HVMSG_X64_HALT)?;
-    Ok(format!("HALT message with rip {:#x}", { g.header().rip }))
+    // cli; hlt; mov al, 1; out 0x81, al — the NMI handler at 0x3000: out 0x80, al; iret.
+    let mut g = Guest::real_mode(
+        hv,
+        &VmConfig::default(),
+        0x10000,
+        &[0xfa, 0xf4, 0xb0, 0x01, 0xe6, 0x81],
+    )?;
+    g.ram.write(2 * 4, &[0x00, 0x30, 0, 0])?;
+    g.ram.write(0x3000, &[0xe6, 0x80, 0xcf])?;
+    // No HLT intercept exists for a partition with a local APIC (see run_to_halt).
+    g.run_to_halt()?;
+    let rip = g.get(hv_register_name_HV_X64_REGISTER_RIP)?;
+    expect_eq("RIP in the halt (past the HLT)", rip, CODE + 2)?;
+    // With interrupts disabled an NMI is what ends the halt (SDM vol 3 6.7.1 / 8.4.5:
+    // HLT resumes on NMI, SMI, INIT or RESET); the handler returns after the HLT.
+    let nmi = hv_core::InterruptRequest {
+        kind: hv_core::InterruptKind::Nmi,
+        destination: 0,
+        logical: false,
+        vector: 2,
+        level: false,
+    };
+    g.vm.interrupts().request(&nmi)?;
+    g.run_to(HVMSG_X64_IO_PORT_INTERCEPT)?;
+    let m: hv_x64_io_port_intercept_message = g.msg.payload();
+    expect_eq("the NMI handler's port", m.port_number, 0x80)?;
+    g.complete()?;
+    g.run_to(HVMSG_X64_IO_PORT_INTERCEPT)?;
+    let m: hv_x64_io_port_intercept_message = g.msg.payload();
+    expect_eq("the port after the HLT", m.port_number, 0x81)?;
+    Ok(format!(
+        "halted at rip {rip:#x} without an intercept; an NMI woke it and it ran on after the HLT"
+    ))
 }
 
 /// #GP as real mode takes it: without an error code, which real-mode delivery never
@@ -186,7 +216,7 @@ fn pending_event_types(hv: &dyn HvBackend) -> Outcome {
         .set_registers(&[hv_register_name_HV_REGISTER_PENDING_EVENT0], &[type3]);
     match refused {
         Err(e) => {
-            g.run_to(HVMSG_X64_HALT)?;
+            g.run_to_halt()?;
             Ok(format!("refused: {e}; the guest ran on undisturbed"))
         }
         Ok(()) => Err(CheckError::Mismatch(

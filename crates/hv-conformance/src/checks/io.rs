@@ -47,7 +47,7 @@ fn pio_out(hv: &dyn HvBackend) -> Outcome {
         expect_eq("the instruction length", m.header.instruction_length(), len)?;
         g.complete()?;
     }
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok("OUT of 1, 2 and 4 bytes to port 0x1234, each completed by the VMM".into())
 }
 
@@ -93,7 +93,7 @@ fn pio_in(hv: &dyn HvBackend) -> Outcome {
         expect_eq("EAX as the guest sees it after the IN", out.rax, seen)?;
         g.complete()?;
     }
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok("IN of 1, 2 and 4 bytes answered by the VMM and seen by the guest".into())
 }
 
@@ -136,7 +136,7 @@ fn string_io(hv: &dyn HvBackend) -> Outcome {
     g.set(hv_register_name_HV_X64_REGISTER_RCX, 0)?;
     g.set(hv_register_name_HV_X64_REGISTER_RSI, 0x603)?;
     g.complete()?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok(format!(
         "REP OUTSB described in one exit ({} instruction bytes)",
         m.instruction_byte_count

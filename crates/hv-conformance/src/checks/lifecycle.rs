@@ -2,7 +2,6 @@
 
 use crate::guest::{expect, expect_eq, Guest};
 use crate::{Check, CheckError, Outcome};
-use hv_core::message::*;
 use hv_core::{Exit, HvBackend, RunLimits, VmConfig};
 use std::time::{Duration, Instant};
 
@@ -72,7 +71,7 @@ fn deadline(hv: &dyn HvBackend) -> Outcome {
     // The guest is still whole: point it at a HLT and it reports it.
     g.ram.write(0x1100, &[0xf4])?;
     g.set(mshv_bindings::hv_register_name_HV_X64_REGISTER_RIP, 0x1100)?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok(format!(
         "a 50 ms deadline ended the run after {:.1} ms",
         took.as_secs_f64() * 1e3
@@ -95,14 +94,14 @@ fn open_fds() -> Result<usize, CheckError> {
 fn close(hv: &dyn HvBackend) -> Outcome {
     // One round first, so lazily opened descriptors (the device itself) are counted.
     let mut g = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &[0xfa, 0xf4])?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     drop(g);
     let fds = open_fds()?;
     const ROUNDS: usize = 20;
     for round in 0..ROUNDS {
         let mut g = Guest::real_mode(hv, &VmConfig::default(), 1 << 20, &[0xfa, 0xf4])?;
         let second = g.vm.create_vcpu(1)?;
-        g.run_to(HVMSG_X64_HALT)?;
+        g.run_to_halt()?;
         let ram = std::sync::Arc::clone(&g.ram);
         let page = g.vcpu.register_page_region();
         drop(second);

@@ -18,7 +18,7 @@ fn partition(hv: &dyn HvBackend) -> Outcome {
     let mut g = Guest::real_mode(hv, &VmConfig::default(), 0x10000, &[0xfa, 0xf4])?; // cli; hlt
     let second = g.vm.create_vcpu(1)?;
     expect_eq("the second vCPU's index", second.index(), 1)?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     let page = match g.vcpu.register_page() {
         None => "no register page (every register goes by hypercall)".to_string(),
         Some(p) => format!(
@@ -157,7 +157,7 @@ fn mmio(hv: &dyn HvBackend) -> Outcome {
         0xbeef,
     )?;
     g.set(hv_register_name_HV_X64_REGISTER_RIP, CODE + 11)?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok(format!(
         "load and store exits carry the GPA and {} / {} instruction bytes",
         load.instruction_byte_count, store.instruction_byte_count

@@ -142,6 +142,6 @@ fn bad_register_ids(hv: &dyn HvBackend) -> Outcome {
     expect(e.to_string().contains("0xdeadbeef"), || {
         format!("the error does not name the id: {e}")
     })?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     Ok(format!("refused with {} ({e}); the vCPU ran on", e.code()))
 }

@@ -44,7 +44,7 @@ fn vcpu_state(hv: &dyn HvBackend) -> Outcome {
     )?;
     expect_eq("AX at the second OUT", out_ax(&mut g)?, 2)?;
     g.complete()?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
 
     // Back to the state: the guest runs the second OUT again, with AX 2.
     g.vcpu.set_state(&saved)?;
@@ -161,7 +161,7 @@ fn debug_stops(hv: &dyn HvBackend) -> Outcome {
     expect_eq("RIP after the watched write", rip, CODE + 3)?;
     expect_eq("DR6 at the watchpoint", { m.exception_parameter } & 0xf, 1)?;
     w.vcpu.set_debug_state(&DebugState::default())?;
-    w.run_to(HVMSG_X64_HALT)?;
+    w.run_to_halt()?;
     Ok(
         "stopped at the breakpoint, after one step and after a watched write; passed on resume"
             .into(),
@@ -205,7 +205,7 @@ fn dirty_log(hv: &dyn HvBackend) -> Outcome {
     expect(pages(&g.vm.take_dirty_log(0)?).is_empty(), || {
         "the log taken again at once is not empty".into()
     })?;
-    g.run_to(HVMSG_X64_HALT)?;
+    g.run_to_halt()?;
     let second = pages(&g.vm.take_dirty_log(0)?);
     expect(second.contains(&3) && !second.contains(&5), || {
         format!("after one more write to page 3 the log says {second:?}")

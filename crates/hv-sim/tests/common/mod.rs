@@ -229,12 +229,9 @@ pub fn sim_snippet(code: &[u8], state: &State, mem: &mut [u8], bases: &[usize]) 
         hv_register_name_HV_X64_REGISTER_RFLAGS,
         (state.rflags & host_exec::FLAGS_IN) | 2,
     );
-    assert_eq!(g.run(), hv_core::Exit::Message);
-    assert_eq!(
-        g.msg.message_type(),
-        hv_core::message::HVMSG_X64_HALT,
-        "the snippet ran to its HLT"
-    );
+    // A HLT with interrupts off waits in the hypervisor (no intercept, as on MSHV with a
+    // local APIC); a run that may not block reports it as Halted.
+    assert_eq!(g.run(), hv_core::Exit::Halted, "the snippet ran to its HLT");
     let mut out = State::default();
     for (i, id) in GPR_IDS.iter().enumerate() {
         let offset = if bases.contains(&i) { DATA_GPA } else { 0 };
@@ -357,12 +354,9 @@ pub fn sim_fx_snippet(code: &[u8], state: &State, mem: &mut [u8], bases: &[usize
         hv_register_name_HV_X64_REGISTER_RFLAGS,
         (state.rflags & host_exec::FLAGS_IN) | 2,
     );
-    assert_eq!(g.run(), hv_core::Exit::Message);
-    assert_eq!(
-        g.msg.message_type(),
-        hv_core::message::HVMSG_X64_HALT,
-        "the snippet ran to its HLT"
-    );
+    // A HLT with interrupts off waits in the hypervisor (no intercept, as on MSHV with a
+    // local APIC); a run that may not block reports it as Halted.
+    assert_eq!(g.run(), hv_core::Exit::Halted, "the snippet ran to its HLT");
     let mut out = *state;
     for (i, id) in GPR_IDS.iter().enumerate() {
         let offset = if bases.contains(&i) { DATA_GPA } else { 0 };
