@@ -245,11 +245,9 @@ impl HostRegion {
         } else {
             0
         };
-        let map_len = len
-            .checked_add(2 * PAGE_SIZE + slack)
-            .ok_or_else(|| {
-                HvError::InvalidArgument(format!("memory size {len:#x} is too large"))
-            })?;
+        let map_len = len.checked_add(2 * PAGE_SIZE + slack).ok_or_else(|| {
+            HvError::InvalidArgument(format!("memory size {len:#x} is too large"))
+        })?;
         charge(len)?;
         // SAFETY: an anonymous PROT_NONE reservation with no address hint touches no
         // existing memory; the result is checked against MAP_FAILED before use.
