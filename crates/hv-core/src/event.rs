@@ -112,9 +112,76 @@ impl PendingException {
     }
 }
 
+/// An event waiting in `HV_REGISTER_PENDING_EVENT0` that this model delivers: an
+/// exception, or an external interrupt the VMM asserts directly (how OpenHCL hands
+/// the guest a vector acknowledged from its 8259: `processor/mshv/x64.rs`
+/// `handle_interrupt_deliverable_exit` writes an `HvX64PendingExtIntEvent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingEvent {
+    Exception(PendingException),
+    /// Delivered as an external interrupt with this vector when the guest takes
+    /// interrupts (RFLAGS.IF set, no interrupt shadow).
+    ExtInt {
+        vector: u8,
+    },
+}
+
+impl PendingEvent {
+    /// The register value of an ExtINT event: hvdef `HvX64PendingExtIntEvent`,
+    /// pending:1, type:3 (5), reserved:4, vector:8.
+    pub fn ext_int(vector: u8) -> RegisterValue {
+        [
+            1 | (PENDING_EVENT_EXT_INT as u64) << 1 | (vector as u64) << 8,
+            0,
+        ]
+    }
+
+    /// The event a register value announces: `None` when nothing is pending; the
+    /// hypervisor's refusal for a type this model does not deliver (a memory intercept,
+    /// a virtualization fault, hypercall output, ...) or an exception vector above 31.
+    pub fn decode(value: RegisterValue) -> Result<Option<Self>, HvError> {
+        if value[0] & 1 == 0 {
+            return Ok(None);
+        }
+        if (value[0] >> 1) & 7 == PENDING_EVENT_EXT_INT as u64 {
+            return Ok(Some(PendingEvent::ExtInt {
+                vector: (value[0] >> 8) as u8,
+            }));
+        }
+        Ok(PendingException::decode(value)?.map(PendingEvent::Exception))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hvdef `HvX64PendingExtIntEvent`: the vector sits in bits 8..15, not where an
+    /// exception's does (16..31).
+    #[test]
+    fn an_ext_int_event_decodes_with_its_vector_at_bits_8_to_15() {
+        let v = PendingEvent::ext_int(0x30);
+        assert_eq!(v[0], 1 | 5 << 1 | 0x30 << 8);
+        assert_eq!(
+            PendingEvent::decode(v),
+            Ok(Some(PendingEvent::ExtInt { vector: 0x30 }))
+        );
+        let gp = PendingException {
+            vector: 13,
+            error_code: Some(0),
+        };
+        assert_eq!(
+            PendingEvent::decode(gp.encode()),
+            Ok(Some(PendingEvent::Exception(gp)))
+        );
+        assert_eq!(PendingEvent::decode([0, 0]), Ok(None));
+        for event_type in [1u64, 2, 3, 4, 6] {
+            assert!(
+                PendingEvent::decode([1 | event_type << 1, 0]).is_err(),
+                "type {event_type}"
+            );
+        }
+    }
 
     #[test]
     fn round_trips_and_ignores_empty_events() {

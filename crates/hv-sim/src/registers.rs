@@ -196,7 +196,7 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
         hv_register_name_HV_X64_REGISTER_TSC => cpu.tsc = x,
         hv_register_name_HV_REGISTER_PENDING_EVENT0 => {
             // The hypervisor refuses an event it cannot deliver in the set call itself.
-            hv_core::PendingException::decode(v)?;
+            hv_core::PendingEvent::decode(v)?;
             cpu.pending_event = v;
         }
         hv_register_name_HV_REGISTER_INTERRUPT_STATE => {

@@ -149,18 +149,35 @@ impl SimVcpu {
 }
 
 /// Delivers the event the VMM left in `HV_REGISTER_PENDING_EVENT0`, as the hypervisor
-/// does at resume; a triple fault is an unrecoverable exception.
+/// does at resume; a triple fault is an unrecoverable exception. An ExtINT waits until
+/// the guest takes interrupts (IF set, no interrupt shadow) at the start of a later run,
+/// as an external interrupt does (OpenHCL writes one only when its
+/// InterruptionDeliverable notification said it can be taken). A halted vCPU stays
+/// halted with its event pending, as the hypervisor delays it (OpenVMM's WHP
+/// `inject_extint` clears the halt for that reason).
 fn deliver_pending(
     processor: &mut Processor,
     mem: &PhysMap,
     env: &mut SimEnv,
 ) -> Option<sim_cpu::Exit> {
-    let raw = std::mem::take(&mut processor.cpu.pending_event);
+    let raw = processor.cpu.pending_event;
     // Only valid events are ever stored (set_registers checks them).
-    let Ok(Some(e)) = hv_core::PendingException::decode(raw) else {
-        return None;
+    let event = match hv_core::PendingEvent::decode(raw) {
+        Ok(Some(e)) => e,
+        _ => return None,
     };
-    processor.inject(mem, env, e.vector, e.error_code).err()
+    let (vector, error_code) = match event {
+        hv_core::PendingEvent::Exception(e) => (e.vector, e.error_code),
+        hv_core::PendingEvent::ExtInt { vector } => {
+            let cpu = &processor.cpu;
+            if cpu.flags.bits & sim_cpu::flags::IF == 0 || cpu.shadow.interrupts {
+                return None;
+            }
+            (vector, None)
+        }
+    };
+    processor.cpu.pending_event = [0, 0];
+    processor.inject(mem, env, vector, error_code).err()
 }
 
 /// Why the processor's run in a slice of [`SimVcpu::run`] stopped early.

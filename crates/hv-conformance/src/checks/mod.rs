@@ -21,7 +21,7 @@ pub static ALL: &[Check] = &[
     cpu::MSR_INTERCEPT,
     cpu::HLT,
     cpu::EXCEPTION_INJECTION,
-    cpu::PENDING_EVENT_TYPES,
+    cpu::PENDING_EXT_INT,
     interrupts::INTERRUPT_REQUEST,
     registers::REGISTER_PAGE,
     registers::NO_REGISTER_PAGE,
