@@ -173,10 +173,10 @@ test('timeoutMs, cancel() and close() end a threaded run promptly, and leave no 
   t.deepEqual(await run, { reason: 'cancelled' })
 })
 
-test('vm.run({ threads }) is checked: a boolean; true needs the real-time clock on the sim', async (t) => {
-  const vm = longModeVm('start:\n  hlt\n', {})
+test('vm.run({ threads }) is checked: a boolean; with one vCPU on the deterministic clock, true puts it on its thread and the run ends as on this one', async (t) => {
+  const vm = longModeVm('start:\n  mov al, 3\n  out 0xf4, al\n', {})
   await t.throwsAsync(vm.run({ threads: 'yes' as unknown as boolean }), { code: 'EINVAL', message: /threads must be true or false, got 'yes'/ })
-  await t.throwsAsync(vm.run({ threads: true }), { code: 'ENOTSUP', message: /real-time clock/ })
+  t.deepEqual(await vm.run({ threads: true }), { reason: 'debug-exit', code: 3, vcpu: 0 })
   vm.close()
 })
 
@@ -223,4 +223,22 @@ test('VcpuThreads checks its arguments: EINVAL naming the value, never a crash',
   t.throws(() => g.resume(0), { code: 'EINVAL', message: /the group has ended/ })
   t.is(g.takeError(0), null)
   vm.close()
+})
+
+test('on the deterministic clock two vCPUs take turns on threads of their own, and a replay repeats exactly: the same interleaving of exits, the same instructions', async (t) => {
+  const replay = async (): Promise<{ order: string; instructions: number[]; r: unknown }> => {
+    const vm = longModeVm(racing(3000), {}, { vcpus: 2 })
+    const order: number[] = []
+    vm.bus.register(0x80, 2, { ioWrite: (port) => void order.push(port - 0x80) }, 'counters')
+    const r = await vm.run({ timeoutMs: 60_000, quantum: 5000 })
+    const instructions = vm.cpus.map((c) => c.stats().instructions)
+    vm.close()
+    return { order: order.join(''), instructions, r }
+  }
+  const a = await replay()
+  const b = await replay()
+  t.deepEqual(a.r, { reason: 'debug-exit', code: ((2 * 3000) >> 8) & 0xff, vcpu: 0 })
+  t.true(a.order.includes('01') && a.order.includes('10'), 'the vCPUs took turns')
+  t.is(b.order, a.order)
+  t.deepEqual(b.instructions, a.instructions)
 })

@@ -2,7 +2,7 @@
  * Runs all of a VM's vCPUs with its device timers while the event loop stays free:
  * the run behind {@link Vm.run}.
  *
- * On the sim the vCPUs take turns on the JavaScript thread, each turn a synchronous
+ * On the sim with one vCPU, it takes turns on the JavaScript thread, each turn a synchronous
  * run of many exits (the exit path stays as fast as {@link Vcpu.run}'s), ended by a
  * quantum of guest instructions (deterministic clock: the same guest and inputs give
  * the same interleaving and exits) or a slice of host time (real time); between turns
@@ -13,12 +13,12 @@
  * when every vCPU waits for an interrupt only JavaScript can raise, the event loop
  * runs until it does.
  *
- * On mshv, and on the sim whenever more than one vCPU runs on the real-time clock,
- * each vCPU runs on a native thread of its own, as a VMM's vCPU threads do, and this
- * thread handles the exits they hand it (see {@link VmRun} `threads`): the code path CI
- * runs on the sim is the one a host runs. HLT waits on the vCPU's thread (in the
- * hypervisor on mshv); the device timers fire on this thread. The deterministic clock
- * keeps its turns on this thread, so that a replay is exact.
+ * On mshv, and on the sim whenever more than one vCPU runs, each vCPU runs on a native
+ * thread of its own, as a VMM's vCPU threads do, and this thread handles the exits they
+ * hand it (see {@link VmRunOptions.threads}): the code path CI runs on the sim is the
+ * one a host runs. HLT waits on the vCPU's thread (in the hypervisor on mshv); the
+ * device timers fire on this thread. On the deterministic clock the threads take the
+ * turns described above one at a time, so that a replay is exact.
  * @module
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
@@ -49,10 +49,11 @@ export interface VmRunOptions {
   maxInstructions?: number
   /**
    * Run each vCPU on a native thread of its own, its exits handed to this thread, as a
-   * VMM's vCPU threads run. The default: always on mshv; on the sim, when more than one
-   * vCPU runs on the real-time clock (the deterministic clock takes turns on this
-   * thread, so a replay is exact). `true` asks for it on the sim with one vCPU too
-   * (real-time clock); `false` on mshv is `ENOTSUP`.
+   * VMM's vCPU threads run. The default: always on mshv; on the sim whenever more than
+   * one vCPU runs. On the sim's real-time clock the threads run at once (the sim's
+   * execution lock takes them by turns); on its deterministic clock they take turns
+   * of a quantum each, so that a replay is exact. `true` asks for threads with one vCPU
+   * too; `false` runs every vCPU on this thread (sim); on mshv it is `ENOTSUP`.
    */
   threads?: boolean
 }
@@ -64,6 +65,8 @@ const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions', 
 
 /** A vCPU thread's run threw: its error is taken from the group. */
 const EXIT_FAILED = exitCode('failed')
+/** A native run's slice ended (a progress redraw): not an exit. */
+const EXIT_SLICE = exitCode('slice')
 
 /**
  * Exits a deterministic turn takes at most, beside its quantum of instructions: a
@@ -154,7 +157,8 @@ export class VmRun {
     try {
       // One breakpoint for the whole run on every vCPU, not one per turn.
       if (o.until !== undefined) for (const v of cpus) if (!v.closed) v.holdUntil(codeAddress('until', o.until))
-      return this.threaded(o) ? await this.threads(o, end) : await this.turns(o, end)
+      const how = this.threading(o)
+      return how === 'parallel' ? await this.threads(o, end) : await this.turns(o, end, how === 'serial')
     } finally {
       if (o.until !== undefined) for (const v of cpus) v.releaseUntil()
       this.stopListening()
@@ -164,27 +168,47 @@ export class VmRun {
     }
   }
 
-  /** Whether this run puts each vCPU on a thread of its own (see {@link VmRunOptions.threads}). */
-  private threaded(o: VmRunOptions): boolean {
+  /**
+   * How this run's vCPUs run (see {@link VmRunOptions.threads}): each on a thread of its
+   * own, all at once (`parallel`: mshv, and the sim's real-time clock) or one at a time
+   * (`serial`: the deterministic clock, whose replay must be exact), or all on this
+   * thread (`none`).
+   */
+  private threading(o: VmRunOptions): 'parallel' | 'serial' | 'none' {
     const vm = this.vm
     if (vm.backend !== 'sim') {
       if (o.threads === false) throw new MshvError('ENOTSUP', 'vm.run(): threads: false needs the sim (on mshv every vCPU runs on a thread of its own)')
-      return true
+      return 'parallel'
     }
-    if (vm.clock === 'deterministic') {
-      if (o.threads === true) throw new MshvError('ENOTSUP', "vm.run(): threads: true needs the real-time clock (createVm({ clock: 'realtime' })): the deterministic clock takes turns on one thread so that a replay is exact")
-      return false
-    }
-    return o.threads ?? vm.cpus.filter((v) => !v.closed).length > 1
+    const threads = o.threads ?? vm.cpus.filter((v) => !v.closed).length > 1
+    if (!threads) return 'none'
+    return vm.clock === 'deterministic' ? 'serial' : 'parallel'
   }
 
   /**
    * The sim: vCPUs take turns on this thread. A vCPU that reported idle is asked again
    * each round (a cheap call when nothing changed): another vCPU's IPI may have woken it.
    */
-  private async turns(o: ReturnType<typeof check>, end: number): Promise<VmRunResult> {
+  private async turns(o: ReturnType<typeof check>, end: number, threaded: boolean): Promise<VmRunResult> {
+    const vm = this.vm
+    // Threaded (more than one vCPU, by default): each vCPU on its thread, the turns one
+    // at a time (the path a host runs, serialized so that the deterministic replay
+    // stays exact). Otherwise every turn runs on this thread.
+    const serial = threaded ? SerialThreads.begin(vm.cpus) : undefined
+    try {
+      return await this.turnRounds(o, end, serial)
+    } finally {
+      serial?.end()
+    }
+  }
+
+  private async turnRounds(o: ReturnType<typeof check>, end: number, serial: SerialThreads | undefined): Promise<VmRunResult> {
     const vm = this.vm
     const deterministic = vm.clock === 'deterministic'
+    if (serial) {
+      const left = serial.leftover()
+      if (left) return left
+    }
     let yieldAt = performance.now() + o.sliceMs
     const limit = o.maxInstructions === undefined ? Number.POSITIVE_INFINITY : retired(vm.cpus) + o.maxInstructions
     for (;;) {
@@ -210,9 +234,10 @@ export class VmRun {
         // (Counting the vCPUs' instructions costs a stats() call each: only a run with a limit pays it.)
         const budget = Number.isFinite(limit) ? Math.min(o.quantum, limit - retired(vm.cpus)) : o.quantum
         if (budget <= 0) return { reason: 'instructions' }
-        const r = deterministic
-          ? v.run(Number.isFinite(left) ? { maxInstructions: budget, maxExits: TURN_EXITS, timeoutMs: Math.max(0, left) } : { maxInstructions: budget, maxExits: TURN_EXITS })
-          : v.run({ timeoutMs: Math.max(0, Math.min(o.sliceMs, left)) })
+        const turn: TurnLimits = deterministic
+          ? Number.isFinite(left) ? { maxInstructions: budget, maxExits: TURN_EXITS, timeoutMs: Math.max(0, left) } : { maxInstructions: budget, maxExits: TURN_EXITS }
+          : { timeoutMs: Math.max(0, Math.min(o.sliceMs, left)) }
+        const r = serial ? serial.turn(v, turn) : v.run(turn)
         // A device closed the VM during the turn (a power-off device): what it asked for ends the run.
         if (vm.closed) return r.reason === 'cancelled' || r.reason === 'idle' || turnOver(r) ? { reason: 'cancelled' } : { ...r, vcpu: v.index }
         vm.timers.fire()
@@ -363,6 +388,110 @@ export class VmRun {
     }
   }
 }
+
+/** The limits of one deterministic or real-time turn. */
+type TurnLimits = { maxInstructions?: number; maxExits?: number; timeoutMs?: number }
+
+/**
+ * The deterministic clock's turns with each vCPU on a native thread of its own
+ * (`VcpuThreads`), run one at a time: a turn hands its vCPU to its thread with the
+ * turn's budget, takes the exits it posts and handles each on this thread, exactly as
+ * {@link Vcpu.run} handles them, until the turn ends. The same native runs under the
+ * same budgets as a synchronous turn, so a replay makes the same exits.
+ */
+class SerialThreads {
+  private readonly group: InstanceType<typeof native.VcpuThreads>
+  private readonly next: (resume: number, timeoutMs: number) => number
+  private readonly posted = new Map<Vcpu, number>()
+  private pending: VmRunResult | undefined
+
+  private constructor(private readonly cpus: readonly Vcpu[]) {
+    this.group = new native.VcpuThreads(cpus.map((v) => v.native))
+    this.next = this.group.nextFunction()
+  }
+
+  /** Claims every open vCPU for the run and starts their threads. */
+  static begin(all: readonly Vcpu[]): SerialThreads {
+    const cpus = all.filter((v) => !v.closed)
+    const begun: Vcpu[] = []
+    let left: VmRunResult | undefined
+    try {
+      for (const v of cpus) {
+        const r = v.threadedBegin()
+        begun.push(v)
+        if (r && !left) left = { ...r, vcpu: v.index }
+      }
+      const s = new SerialThreads(cpus)
+      s.pending = left
+      return s
+    } catch (e) {
+      for (const v of begun) v.threadedEnd()
+      throw e
+    }
+  }
+
+  /** The result of an exit left from an earlier run, handled at the begin, if it ends this one. */
+  leftover(): VmRunResult | undefined {
+    const r = this.pending
+    this.pending = undefined
+    return r
+  }
+
+  /** One turn of `v` within `limits`: what {@link Vcpu.run} with them would return. */
+  turn(v: Vcpu, limits: TurnLimits): RunResult {
+    const i = this.cpus.indexOf(v)
+    if (i < 0) return { reason: 'cancelled' }
+    let budget: InstanceType<typeof native.RunBudget>
+    try {
+      budget = new native.RunBudget({ maxInstructions: limits.maxInstructions, timeoutMs: limits.timeoutMs })
+    } catch (e) {
+      throw coded(e)
+    }
+    v.threadedResume()
+    this.group.resume(i, budget)
+    const maxExits = limits.maxExits ?? Number.POSITIVE_INFINITY
+    let resume = -1
+    for (let exits = 0; ; ) {
+      let r: number
+      try {
+        // The turn's budget ends its runs; the wait only bounds one hand-over.
+        r = this.next(resume, TURN_WAIT_MS)
+      } catch (e) {
+        throw coded(e)
+      }
+      resume = -1
+      if (r < 0) continue
+      const code = (r - (r % 256)) / 256
+      if (code === EXIT_FAILED) throw named(this.group.takeError(i), v)
+      let result: RunResult | undefined
+      try {
+        result = v.threadedExit(code)
+      } catch (e) {
+        throw named(e, v)
+      }
+      if (code !== EXIT_SLICE) exits++
+      if (result) return result
+      if (exits >= maxExits) return { reason: 'exits' }
+      v.threadedResume()
+      resume = i
+    }
+  }
+
+  /** Ends the threads; an exit posted and not handled stays with its vCPU for its next run. */
+  end(): void {
+    this.group.end()
+    for (let r = this.next(-1, 0); r >= 0; r = this.next(-1, 0)) {
+      const i = r % 256
+      const code = (r - i) / 256
+      const v = this.cpus[i]
+      if (v && code !== EXIT_FAILED) this.posted.set(v, code)
+    }
+    for (const v of this.cpus) v.threadedEnd(this.posted.get(v))
+  }
+}
+
+/** How long a turn waits for its vCPU's next exit before it looks again (its budget ends the run). */
+const TURN_WAIT_MS = 1000
 
 /** `e` (an error a vCPU's run or exit threw) with the vCPU named, its code kept. */
 function named(e: unknown, v: Vcpu): Error {

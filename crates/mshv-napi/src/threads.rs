@@ -49,6 +49,8 @@ struct Member {
     code: AtomicU32,
     /// The posted failure, when the code is `EXIT_FAILED`.
     error: Mutex<Option<JsError>>,
+    /// The limits of its runs since a `resume` with a budget (else the group's).
+    budget: Mutex<Option<Arc<Budget>>>,
     /// The member's thread, once it runs (to wake it).
     thread: OnceLock<Thread>,
     /// Set when its loop has ended.
@@ -119,7 +121,13 @@ impl Group {
             if self.stop.load(Ordering::SeqCst) || m.core.is_closed() {
                 break;
             }
-            let code = match run_caught(&m.core, &self.budget) {
+            let own = m
+                .budget
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let budget = own.as_ref().unwrap_or(&self.budget);
+            let code = match run_caught(&m.core, budget) {
                 RunOutcome::Exit(code) => code,
                 RunOutcome::Failed(e) => {
                     *m.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
@@ -220,6 +228,7 @@ impl VcpuThreads {
                     state: AtomicU32::new(WAITING),
                     code: AtomicU32::new(EXIT_CANCELLED),
                     error: Mutex::default(),
+                    budget: Mutex::default(),
                     thread: OnceLock::new(),
                     done: AtomicBool::new(false),
                 });
@@ -264,10 +273,18 @@ impl VcpuThreads {
     }
 
     /// Hands member `member` to its thread: `EINVAL` for a member that is running or
-    /// not in the group.
+    /// not in the group. With `budget`, the member's runs from now on are limited by it
+    /// instead of the group's (a deterministic turn: its quantum of instructions).
     #[napi(js_name = "resume")]
-    pub fn resume_member(&self, member: u32) -> Result<()> {
-        guard("VcpuThreads.resume", || self.group.resume(member as usize))
+    pub fn resume_member(&self, member: u32, budget: Option<&RunBudget>) -> Result<()> {
+        guard("VcpuThreads.resume", || {
+            let m = self.group.member(member as usize)?;
+            if m.state.load(Ordering::SeqCst) != RUNNING {
+                *m.budget.lock().unwrap_or_else(PoisonError::into_inner) =
+                    budget.map(|b| Arc::clone(&b.inner));
+            }
+            self.group.resume(member as usize)
+        })
     }
 
     /// The error of member `member`'s failed run (once), or null.
@@ -290,13 +307,17 @@ impl VcpuThreads {
 }
 
 impl Group {
-    fn resume(&self, index: usize) -> Result<()> {
-        let m = self.members.get(index).ok_or_else(|| {
+    fn member(&self, index: usize) -> Result<&Member> {
+        self.members.get(index).ok_or_else(|| {
             invalid(format!(
                 "VcpuThreads: no member {index} (the group has {})",
                 self.members.len()
             ))
-        })?;
+        })
+    }
+
+    fn resume(&self, index: usize) -> Result<()> {
+        let m = self.member(index)?;
         if self.stop.load(Ordering::SeqCst) {
             return Err(invalid("VcpuThreads: the group has ended".to_string()));
         }
