@@ -23,6 +23,8 @@ pub struct SimEnv<'a> {
     pub clock: &'a Clock,
     /// Added to guest time for the guest's view of the TSC (a WRMSR to IA32_TSC).
     pub tsc_offset: &'a mut i64,
+    /// Set when the guest executes PAUSE: the run's poll hands the execution lock over.
+    pub paused: &'a std::cell::Cell<bool>,
 }
 
 impl SimEnv<'_> {
@@ -38,6 +40,10 @@ impl SimEnv<'_> {
 }
 
 impl sim_cpu::Env for SimEnv<'_> {
+    fn pause(&mut self) {
+        self.paused.set(true);
+    }
+
     fn cpuid(&mut self, leaf: u32, subleaf: u32, native: [u32; 4]) -> [u32; 4] {
         hv_core::cpuid::apply(self.cpuid, leaf, subleaf, native)
     }

@@ -85,7 +85,7 @@ impl ExecLock {
     }
 
     /// Whether another vCPU waits for the lock.
-    fn contended(&self) -> bool {
+    pub(crate) fn contended(&self) -> bool {
         self.next.load(Ordering::Acquire) > self.serving.load(Ordering::Acquire) + 1
     }
 }
@@ -101,6 +101,11 @@ impl Held<'_> {
         }
         self.contended_since.set(None);
         r
+    }
+
+    /// Whether another vCPU waits for the lock.
+    pub(crate) fn contended(&self) -> bool {
+        self.lock.contended()
     }
 
     /// Whether the slice is over and another vCPU waits: time to [`Held::hand_over`].

@@ -299,6 +299,7 @@ impl SimVcpu {
         }
         let mut budget = limits.max_instructions.unwrap_or(u64::MAX);
         let mut first = true;
+        let paused = std::cell::Cell::new(false);
         loop {
             if self.flush_pending {
                 self.flush_pending = false;
@@ -395,6 +396,7 @@ impl SimVcpu {
             // Borrowed, not cloned: an Arc's count is an atomic, paid on every exit.
             let clock = &*self.clock;
             let mut env = SimEnv {
+                paused: &paused,
                 config: &self.config,
                 cpuid,
                 apic_id: self.index,
@@ -429,7 +431,11 @@ impl SimVcpu {
                     stopped = Some(Stopped::Due);
                     return true;
                 }
-                if hand_over.should_hand_over() {
+                // A guest spinning (PAUSE) while another vCPU waits for the lock hands it
+                // over at once, as pause-loop exiting lets a hypervisor reschedule; a
+                // busy one at the end of its slice.
+                let spun = paused.replace(false);
+                if spun && hand_over.contended() || hand_over.should_hand_over() {
                     stopped = Some(Stopped::HandOver);
                     return true;
                 }

@@ -88,6 +88,8 @@ pub trait Env {
     fn has_apic(&self) -> bool {
         false
     }
+    /// The guest executed PAUSE: it spins waiting for another processor.
+    fn pause(&mut self) {}
     /// Reads the 32-bit APIC register at `offset` (16-byte aligned) of the APIC page.
     /// `now` is the processor's own time-stamp count, as for [`Env::tsc`].
     fn apic_read(&mut self, _offset: u32, _now: u64) -> u32 {

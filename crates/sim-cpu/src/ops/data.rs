@@ -446,6 +446,16 @@ pub fn compile_nop(_ins: &Instruction, _op: &mut Op) -> Option<Handler> {
     Some(nop)
 }
 
+/// PAUSE: a NOP to the architecture (SDM vol 2 PAUSE), a hint that the processor spins
+/// waiting for another. The environment hears of it (a hypervisor hands the processor
+/// to another vCPU then, as VMX's pause-loop exiting lets it), and the run looks at
+/// its poll soon after.
+pub fn pause(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    x.env.pause();
+    x.work += crate::run::POLL_INTERVAL / 8;
+    Ok(())
+}
+
 fn setcc<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let v = x.cpu.flags.holds::<CC>() as u64;
     write_rm(x, op, 1, v)

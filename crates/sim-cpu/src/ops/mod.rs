@@ -248,8 +248,8 @@ pub fn compile(ins: &Instruction, op: &mut Op, bits: u32) -> Handler {
         M::Lahf | M::Sahf => data::compile_ahf(ins, op),
         M::Xlatb => data::compile_xlat(ins, op),
         M::Lds | M::Les | M::Lfs | M::Lgs | M::Lss => data::compile_load_far(ins, op),
+        M::Pause => Some(data::pause as Handler),
         M::Nop
-        | M::Pause
         | M::Lfence
         | M::Mfence
         | M::Sfence
