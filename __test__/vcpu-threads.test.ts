@@ -6,7 +6,7 @@
  */
 import test from 'ava'
 import { readFile } from 'node:fs/promises'
-import { MshvError } from '../index.js'
+import { MshvError, enterLongMode } from '../index.js'
 import { native } from '../src/native.js'
 import { longModeVm } from './helpers.js'
 
@@ -241,4 +241,42 @@ test('on the deterministic clock two vCPUs take turns on threads of their own, a
   t.true(a.order.includes('01') && a.order.includes('10'), 'the vCPUs took turns')
   t.is(b.order, a.order)
   t.deepEqual(b.instructions, a.instructions)
+})
+
+test('a threaded run that ends while a vCPU waits in its HLT leaves it halted, and enterLongMode puts it back to running for the next run', async (t) => {
+  const loops = 500
+  const vm = longModeVm(
+    `
+  start:
+    mov ecx, ${loops}
+  .l0:
+    out 0x80, al
+    dec ecx
+    jnz .l0
+    cli
+    hlt
+  cpu1:
+    mov ecx, ${loops}
+  .l1:
+    out 0x80, al
+    dec ecx
+    jnz .l1
+    cli
+    hlt
+  `,
+    {},
+    { vcpus: 2, clock: 'realtime' },
+  )
+  let seen = 0
+  vm.bus.register(0x80, 1, { ioWrite: () => void (++seen === 2 * loops && vm.requestStop({ reason: 'debug-exit', code: 0 })) }, 'pair')
+  const entries = vm.cpus.map((v) => v.regs.get('rip'))
+  for (let pass = 0; pass < 3; pass++) {
+    seen = 0
+    // The entry state again, as a VMM restarts a guest: the halt it may wait in ends.
+    if (pass > 0) vm.cpus.forEach((v, i) => enterLongMode(v, vm, entries[i] as bigint, { sp: 0x8_0000 - i * 0x1_0000 }))
+    const r = await vm.run({ timeoutMs: 20_000 })
+    t.is(r.reason, 'debug-exit', `pass ${pass}: ${JSON.stringify(r)}`)
+    t.is(seen, 2 * loops, `pass ${pass}`)
+  }
+  vm.close()
 })

@@ -714,6 +714,9 @@ export class Vcpu {
   threadedEnd(posted?: number): void {
     this.regs.busy = false
     this.running = false
+    // The run was ended under it (its thread's last native run cancelled, or its exit
+    // left for later): it may be waiting in a halt.
+    this.maybeSuspended = true
     if (posted !== undefined && posted !== EXIT_CANCELLED) this.pendingExit = posted
   }
 
