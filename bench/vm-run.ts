@@ -68,11 +68,10 @@ export async function vmRunRates(ms: number): Promise<Row[]> {
 
 /**
  * Two vCPUs on `vm.run()`'s threaded path, each looping over port exits to a
- * TypeScript device until it has made `loops`; then vCPU 1 flags it and halts, and
- * vCPU 0, once it sees the flag, ends the pass at the debug-exit port (a HLT ends no
- * run: the vCPU waits in it, as on MSHV): exits per second in all and per vCPU. (On the sim the two execute by turns, under
- * the partition's execution lock; their exits are handled on the one JavaScript
- * thread either way.)
+ * TypeScript device until it has made `loops`, then halting with interrupts off (a HLT
+ * ends no run: the vCPU waits in it, as on MSHV); the device ends the run at the last
+ * exit of the pair (`vm.requestStop`): exits per second in all and per vCPU. Neither
+ * spins, which on the sim would hold its execution lock from the other.
  */
 export async function threadedPairRate(ms: number): Promise<Row[]> {
   const loops = 100_000
@@ -80,8 +79,6 @@ export async function threadedPairRate(ms: number): Promise<Row[]> {
   try {
     vm.addRam(0, 1 << 20)
     const entries = [0x1000, 0x2000]
-    const done = 0x3000
-    const ends = [`wait:\n  cmp byte [${done}], 1\n  jne wait\n  out 0xf4, al`, `mov byte [${done}], 1\n  cli\n  hlt`]
     for (const [i, at] of entries.entries()) {
       const code = assemble(
         `
@@ -90,16 +87,18 @@ export async function threadedPairRate(ms: number): Promise<Row[]> {
         out 0x80, al
         dec ecx
         jnz again
-        ${ends[i]}
+        cli
+        hlt
       `,
         { bitness: 16, address: at },
       )
       vm.write(at, code.bytes)
       vm.createVcpu(i)
     }
-    vm.bus.register(0x80, 1, { ioWrite: () => {} }, 'sink')
+    let seen = 0
+    vm.bus.register(0x80, 1, { ioWrite: () => void (++seen === 2 * loops && vm.requestStop({ reason: 'debug-exit', code: 0 })) }, 'sink')
     const t = await timeForAsync(ms, async () => {
-      vm.write(done, [0])
+      seen = 0
       for (const [i, at] of entries.entries()) enterRealMode(vm.cpus[i] as Vcpu, at)
       const r = await vm.run({ timeoutMs: 60_000 })
       if (r.reason !== 'debug-exit') throw new Error(`the pair ended with ${JSON.stringify(r)}`)
