@@ -90,6 +90,16 @@ test('bad source is an EASM error naming the line and the problem', (t) => {
   t.like(t.throws(() => assemble('nop', { bitness: 8 as 16 })), { code: 'EINVAL', message: 'bitness must be 16, 32 or 64, got 8' })
 })
 
+test("a NASM ';' comment is read as a statement here, and its EASM error says so; a ';' in quotes or on another line adds nothing", (t) => {
+  t.throws(() => assemble('mov eax, 1 ; load the answer'), {
+    code: 'EASM',
+    message: /^line 1: .*load the answer.* \(on this line ';' separates statements: comments start with '#' or '\/\/', not NASM's ';'\)$/,
+  })
+  t.is(assemble('mov eax, 1 # load the answer').bytes.length, 5, "'#' starts a comment")
+  const e = t.throws(() => assemble('db "a;b", 0\nbogus eax'), { instanceOf: MshvError })
+  t.is(e?.message, "line 2: unknown instruction 'bogus'")
+})
+
 // Differential: what iced-x86 decodes and formats in NASM syntax must assemble back to an
 // instruction that formats the same (the encoding may differ: the shortest is chosen).
 const formatter = new Formatter(FormatterSyntax.Nasm)

@@ -131,8 +131,21 @@ export function assemble(source: string, options: AssembleOptions = {}): Assembl
     // The parser and the expression evaluator recurse: a source nested deeper than the
     // stack allows (100,000 parentheses, 10,000 terms) is the source's fault, said so.
     if (e instanceof RangeError && /call stack/i.test(e.message)) throw new MshvError('EASM', 'the source nests too deeply to assemble (an expression of thousands of nested terms or parentheses)')
-    throw e
+    throw withSemicolonHint(e, source)
   }
+}
+
+/**
+ * An `EASM` error on a line that holds a `;` outside quotes, with a hint: here `;`
+ * separates statements, so text a NASM user meant as a `;` comment is read as an
+ * instruction. The other errors as they are.
+ */
+function withSemicolonHint(e: unknown, source: string): unknown {
+  if (!(e instanceof MshvError) || e.code !== 'EASM') return e
+  const m = /^line (\d+):/.exec(e.message)
+  const line = m ? source.split('\n')[Number(m[1]) - 1] : undefined
+  if (line === undefined || !/;/.test(line.replace(/"[^"]*"|'[^']*'/g, ''))) return e
+  return new MshvError('EASM', `${e.message} (on this line ';' separates statements: comments start with '#' or '//', not NASM's ';')`, { cause: e })
 }
 
 function assembleSource(source: string, options: AssembleOptions): Assembly {
