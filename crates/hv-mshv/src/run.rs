@@ -227,10 +227,10 @@ mod tests {
 
     mod stale_page {
         use super::super::*;
+        use super::harness;
         use crate::kernel::fake::{errno, Kernel, Op};
         use hv_core::page::{DIRTY, PAGE_SIZE};
         use std::ptr::NonNull;
-        use std::sync::Arc;
 
         /// A page as the last intercept left it: valid, nothing dirty.
         fn page() -> (Box<[u64; PAGE_SIZE / 8]>, RegisterPagePtr) {
@@ -240,15 +240,6 @@ mod tests {
             let p = unsafe { RegisterPagePtr::new(ptr) };
             p.write_u8(ISVALID, 1);
             (buf, p)
-        }
-
-        fn harness() -> (RunningThread, Canceller) {
-            let running = RunningThread::default();
-            let kicked = running.clone();
-            (
-                running,
-                Canceller::with_kick(Arc::new(move || kicked.kick())),
-            )
         }
 
         /// The VP ran (the hypervisor applied and cleared the dirty bits), then the
