@@ -3,7 +3,7 @@
 use crate::guest::{expect, expect_eq, Guest, CODE, STACK};
 use crate::{Check, CheckError, Outcome};
 use hv_core::message::*;
-use hv_core::{CpuidResult, HvBackend, PendingException, VmConfig};
+use hv_core::{CpuidResult, HvBackend, PendingException, RegisterValue, VmConfig};
 use mshv_bindings::*;
 
 fn io_rax(g: &mut Guest) -> Result<u64, CheckError> {
@@ -181,20 +181,27 @@ pub const EXCEPTION_INJECTION: Check = Check {
     run: exception_injection,
 };
 
-fn exception_injection(hv: &dyn HvBackend) -> Outcome {
-    let mut g = guest_with_gp_handler(hv)?;
+/// Writes `event` to `HV_REGISTER_PENDING_EVENT0` and requires it taken before the
+/// first instruction: the handler's `out 0x0d` exits with the interrupted IP pushed,
+/// and the register says nothing is pending any more.
+fn delivered_at_resume(g: &mut Guest, event: RegisterValue, what: &str) -> Result<(), CheckError> {
     let pending = hv_register_name_HV_REGISTER_PENDING_EVENT0;
-    g.vcpu.set_registers(&[pending], &[GP_REAL_MODE.encode()])?;
+    g.vcpu.set_registers(&[pending], &[event])?;
     g.run_to(HVMSG_X64_IO_PORT_INTERCEPT)?;
     let m: hv_x64_io_port_intercept_message = g.msg.payload();
     expect_eq("the handler's port", m.port_number, 0x0d)?;
     // IVT delivery pushes FLAGS, CS, IP (SDM vol 3 20.1.4): IP is the interrupted one.
     expect_eq(
-        "the IP the #GP pushed",
+        &format!("the IP the {what} pushed"),
         g.ram_u16(STACK as usize - 6)?,
         CODE as u16,
     )?;
-    expect_eq("event_pending after delivery", g.get(pending)? & 1, 0)?;
+    expect_eq("event_pending after delivery", g.get(pending)? & 1, 0)
+}
+
+fn exception_injection(hv: &dyn HvBackend) -> Outcome {
+    let mut g = guest_with_gp_handler(hv)?;
+    delivered_at_resume(&mut g, GP_REAL_MODE.encode(), "#GP")?;
     Ok("#GP delivered through the IVT at the next resume".into())
 }
 
@@ -214,17 +221,6 @@ fn pending_ext_int(hv: &dyn HvBackend) -> Outcome {
         .write(0x20 * 4, &[HANDLER as u8, (HANDLER >> 8) as u8, 0, 0])?;
     // Interrupts on (IF), as the event needs: RFLAGS = 0x202.
     g.set(hv_register_name_HV_X64_REGISTER_RFLAGS, 0x202)?;
-    let pending = hv_register_name_HV_REGISTER_PENDING_EVENT0;
-    g.vcpu
-        .set_registers(&[pending], &[hv_core::PendingEvent::ext_int(0x20)])?;
-    g.run_to(HVMSG_X64_IO_PORT_INTERCEPT)?;
-    let m: hv_x64_io_port_intercept_message = g.msg.payload();
-    expect_eq("the handler's port", m.port_number, 0x0d)?;
-    expect_eq(
-        "the IP the interrupt pushed",
-        g.ram_u16(STACK as usize - 6)?,
-        CODE as u16,
-    )?;
-    expect_eq("event_pending after delivery", g.get(pending)? & 1, 0)?;
+    delivered_at_resume(&mut g, hv_core::PendingEvent::ext_int(0x20), "interrupt")?;
     Ok("vector 0x20 taken through the IVT before the first instruction".into())
 }
