@@ -24,9 +24,9 @@
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import type { Vm } from './vm.js'
 import type { RunResult, Vcpu } from './vcpu.js'
-import { MshvError, coded, describe } from './errors.js'
+import { MshvError, describe } from './errors.js'
 import { native } from './native.js'
-import { exitCode } from './layout.js'
+import { VcpuThreadGroup, type TurnLimits } from './vcpu-threads.js'
 import { codeAddress, type CodeAddress } from './debug/breakpoints.js'
 
 /** Options for {@link Vm.run}. */
@@ -63,10 +63,6 @@ export type VmRunResult = RunResult & { vcpu?: number }
 
 const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions', 'threads'] as const
 
-/** A vCPU thread's run threw: its error is taken from the group. */
-const EXIT_FAILED = exitCode('failed')
-/** A native run's slice ended (a progress redraw): not an exit. */
-const EXIT_SLICE = exitCode('slice')
 
 /**
  * Exits a deterministic turn takes at most, beside its quantum of instructions: a
@@ -194,7 +190,7 @@ export class VmRun {
     // Threaded (more than one vCPU, by default): each vCPU on its thread, the turns one
     // at a time (the path a host runs, serialized so that the deterministic replay
     // stays exact). Otherwise every turn runs on this thread.
-    const serial = threaded ? SerialThreads.begin(vm.cpus) : undefined
+    const serial = threaded ? VcpuThreadGroup.begin(vm.cpus) : undefined
     try {
       return await this.turnRounds(o, end, serial)
     } finally {
@@ -202,7 +198,7 @@ export class VmRun {
     }
   }
 
-  private async turnRounds(o: ReturnType<typeof check>, end: number, serial: SerialThreads | undefined): Promise<VmRunResult> {
+  private async turnRounds(o: ReturnType<typeof check>, end: number, serial: VcpuThreadGroup | undefined): Promise<VmRunResult> {
     const vm = this.vm
     const deterministic = vm.clock === 'deterministic'
     if (serial) {
@@ -302,26 +298,15 @@ export class VmRun {
    */
   private async threads(o: ReturnType<typeof check>, end: number): Promise<VmRunResult> {
     const vm = this.vm
-    const cpus = vm.cpus.filter((v) => !v.closed)
-    if (cpus.length === 0) return { reason: 'cancelled' }
+    if (vm.cpus.every((v) => v.closed)) return { reason: 'cancelled' }
     // The sim's halts wait on the vCPU's thread, as MSHV's do in the hypervisor.
     const budget = vm.backend === 'sim' ? new native.RunBudget({ blockOnHalt: true }) : undefined
-    const begun: Vcpu[] = []
-    const posted = new Map<Vcpu, number>()
-    let group: InstanceType<typeof native.VcpuThreads> | undefined
+    const g = VcpuThreadGroup.begin(vm.cpus, budget)
     try {
-      for (const v of cpus) {
-        const left = v.threadedBegin()
-        begun.push(v)
-        if (left) return { ...left, vcpu: v.index }
-      }
-      const g = new native.VcpuThreads(cpus.map((v) => v.native), budget)
-      group = g
-      const next = g.nextFunction()
-      cpus.forEach((v, i) => {
-        v.threadedResume()
-        g.resume(i)
-      })
+      const left = g.leftover()
+      if (left) return left
+      const cpus = g.cpus
+      cpus.forEach((_, i) => g.resume(i))
       /** vCPUs halted with interrupts disabled: they no longer run (as in turns()). */
       const stopped = new Set<Vcpu>()
       let resume = -1
@@ -340,28 +325,13 @@ export class VmRun {
         const due = vm.timers.next()
         let wait = Math.min(yieldAt, end) - now
         if (due !== undefined) wait = Math.min(wait, (due - vm.guestTimeNs()) / 1e6)
-        let r: number
-        try {
-          r = next(resume, wait > 0 ? wait : 0)
-        } catch (e) {
-          throw coded(e)
-        }
+        const t = g.take(resume, wait > 0 ? wait : 0)
         resume = -1
-        if (r < 0) continue
-        const i = r % 256
-        const code = (r - i) / 256
-        const v = cpus[i] as Vcpu
-        if (code === EXIT_FAILED) throw named(g.takeError(i), v)
-        let result: RunResult | undefined
-        try {
-          result = v.threadedExit(code)
-        } catch (e) {
-          throw named(e, v)
-        }
+        if (!t) continue
+        const { v, i, result } = t
         if (vm.closed) return result === undefined || result.reason === 'cancelled' || turnOver(result) ? { reason: 'cancelled' } : { ...result, vcpu: v.index }
         if (result === undefined || turnOver(result)) {
           if (this.cancelled) return { reason: 'cancelled' }
-          v.threadedResume()
           resume = i
         } else if (result.reason === 'halt') {
           stopped.add(v)
@@ -373,129 +343,7 @@ export class VmRun {
         }
       }
     } finally {
-      if (group) {
-        group.end()
-        // Exits the threads posted after the run was decided: each vCPU handles its
-        // own at its next run.
-        for (let r = group.next(-1, 0); r >= 0; r = group.next(-1, 0)) {
-          const i = r % 256
-          const v = cpus[i] as Vcpu
-          const code = (r - i) / 256
-          if (code !== EXIT_FAILED) posted.set(v, code)
-        }
-      }
-      for (const v of begun) v.threadedEnd(posted.get(v))
+      g.end()
     }
   }
-}
-
-/** The limits of one deterministic or real-time turn. */
-type TurnLimits = { maxInstructions?: number; maxExits?: number; timeoutMs?: number }
-
-/**
- * The deterministic clock's turns with each vCPU on a native thread of its own
- * (`VcpuThreads`), run one at a time: a turn hands its vCPU to its thread with the
- * turn's budget, takes the exits it posts and handles each on this thread, exactly as
- * {@link Vcpu.run} handles them, until the turn ends. The same native runs under the
- * same budgets as a synchronous turn, so a replay makes the same exits.
- */
-class SerialThreads {
-  private readonly group: InstanceType<typeof native.VcpuThreads>
-  private readonly next: (resume: number, timeoutMs: number) => number
-  private readonly posted = new Map<Vcpu, number>()
-  private pending: VmRunResult | undefined
-
-  private constructor(private readonly cpus: readonly Vcpu[]) {
-    this.group = new native.VcpuThreads(cpus.map((v) => v.native))
-    this.next = this.group.nextFunction()
-  }
-
-  /** Claims every open vCPU for the run and starts their threads. */
-  static begin(all: readonly Vcpu[]): SerialThreads {
-    const cpus = all.filter((v) => !v.closed)
-    const begun: Vcpu[] = []
-    let left: VmRunResult | undefined
-    try {
-      for (const v of cpus) {
-        const r = v.threadedBegin()
-        begun.push(v)
-        if (r && !left) left = { ...r, vcpu: v.index }
-      }
-      const s = new SerialThreads(cpus)
-      s.pending = left
-      return s
-    } catch (e) {
-      for (const v of begun) v.threadedEnd()
-      throw e
-    }
-  }
-
-  /** The result of an exit left from an earlier run, handled at the begin, if it ends this one. */
-  leftover(): VmRunResult | undefined {
-    const r = this.pending
-    this.pending = undefined
-    return r
-  }
-
-  /** One turn of `v` within `limits`: what {@link Vcpu.run} with them would return. */
-  turn(v: Vcpu, limits: TurnLimits): RunResult {
-    const i = this.cpus.indexOf(v)
-    if (i < 0) return { reason: 'cancelled' }
-    let budget: InstanceType<typeof native.RunBudget>
-    try {
-      budget = new native.RunBudget({ maxInstructions: limits.maxInstructions, timeoutMs: limits.timeoutMs })
-    } catch (e) {
-      throw coded(e)
-    }
-    v.threadedResume()
-    this.group.resume(i, budget)
-    const maxExits = limits.maxExits ?? Number.POSITIVE_INFINITY
-    let resume = -1
-    for (let exits = 0; ; ) {
-      let r: number
-      try {
-        // The turn's budget ends its runs; the wait only bounds one hand-over.
-        r = this.next(resume, TURN_WAIT_MS)
-      } catch (e) {
-        throw coded(e)
-      }
-      resume = -1
-      if (r < 0) continue
-      const code = (r - (r % 256)) / 256
-      if (code === EXIT_FAILED) throw named(this.group.takeError(i), v)
-      let result: RunResult | undefined
-      try {
-        result = v.threadedExit(code)
-      } catch (e) {
-        throw named(e, v)
-      }
-      if (code !== EXIT_SLICE) exits++
-      if (result) return result
-      if (exits >= maxExits) return { reason: 'exits' }
-      v.threadedResume()
-      resume = i
-    }
-  }
-
-  /** Ends the threads; an exit posted and not handled stays with its vCPU for its next run. */
-  end(): void {
-    this.group.end()
-    for (let r = this.next(-1, 0); r >= 0; r = this.next(-1, 0)) {
-      const i = r % 256
-      const code = (r - i) / 256
-      const v = this.cpus[i]
-      if (v && code !== EXIT_FAILED) this.posted.set(v, code)
-    }
-    for (const v of this.cpus) v.threadedEnd(this.posted.get(v))
-  }
-}
-
-/** How long a turn waits for its vCPU's next exit before it looks again (its budget ends the run). */
-const TURN_WAIT_MS = 1000
-
-/** `e` (an error a vCPU's run or exit threw) with the vCPU named, its code kept. */
-function named(e: unknown, v: Vcpu): Error {
-  const c = coded(e)
-  if (c instanceof MshvError) return new MshvError(c.code, `vCPU ${v.index}: ${c.message}`, { cause: e })
-  return c instanceof Error ? c : new MshvError('EINTERNAL', `vCPU ${v.index}: ${describe(c)}`)
 }
