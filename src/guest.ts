@@ -45,17 +45,9 @@ export function enterRealMode(vcpu: Vcpu, ip: number, sp = 0x7000): void {
   r.set('rip', BigInt(ip - (cs << 4)))
   r.set('rsp', BigInt(sp))
   r.set('rflags', 2n)
-  running(vcpu)
-}
-
-/**
- * The vCPU runs from its new entry state: out of a halt or a wait for a start-up IPI
- * (`internalActivityState` 0), which a register write alone leaves as they were (a
- * halted VP stays halt-suspended until something ends the halt, on MSHV as here).
- */
-function running(vcpu: Vcpu): void {
   vcpu.leaveSuspend()
 }
+
 
 /** Where {@link enterLongMode} puts its page tables unless told otherwise. */
 export const LONG_MODE_TABLES = 0x1000
@@ -92,7 +84,7 @@ export function enterLongMode(
   r.set('rip', rip)
   r.set('rsp', sp)
   r.set('rflags', 2n)
-  running(vcpu)
+  vcpu.leaveSuspend()
 }
 
 /** Guest memory to write set-up tables into (a {@link Vm} is one). */

@@ -47,13 +47,18 @@ pub(crate) struct Held<'a> {
 impl ExecLock {
     /// Waits for this caller's turn.
     pub(crate) fn enter(&self) -> Held<'_> {
-        let ticket = self.next.fetch_add(1, Ordering::AcqRel);
-        if self.serving.load(Ordering::Acquire) != ticket {
-            self.wait_for(ticket);
-        }
+        self.wait_turn();
         Held {
             lock: self,
             contended_since: Cell::new(None),
+        }
+    }
+
+    /// Takes a ticket and waits until it is served.
+    fn wait_turn(&self) {
+        let ticket = self.next.fetch_add(1, Ordering::AcqRel);
+        if self.serving.load(Ordering::Acquire) != ticket {
+            self.wait_for(ticket);
         }
     }
 
@@ -95,10 +100,7 @@ impl Held<'_> {
     pub(crate) fn released<T>(&mut self, f: impl FnOnce() -> T) -> T {
         self.lock.leave();
         let r = f();
-        let ticket = self.lock.next.fetch_add(1, Ordering::AcqRel);
-        if self.lock.serving.load(Ordering::Acquire) != ticket {
-            self.lock.wait_for(ticket);
-        }
+        self.lock.wait_turn();
         self.contended_since.set(None);
         r
     }

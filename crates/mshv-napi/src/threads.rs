@@ -166,17 +166,7 @@ impl Group {
 
     /// Ends every member's loop: cancels the runs in flight and waits for them.
     fn end(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut cancelled = Vec::new();
-        for m in &self.members {
-            if m.state.load(Ordering::SeqCst) == RUNNING {
-                m.core.cancel();
-                cancelled.push(m);
-            }
-            if let Some(t) = m.thread.get() {
-                t.unpark();
-            }
-        }
+        let cancelled = self.stop();
         let all_done = || self.members.iter().all(|m| m.done.load(Ordering::SeqCst));
         // Only a thread that never started (it failed to) is not waited for.
         let started = || self.members.iter().all(|m| m.thread.get().is_some());
@@ -244,7 +234,8 @@ impl VcpuThreads {
             for (i, m) in group.members.iter().enumerate() {
                 let g = Arc::clone(&group);
                 if let Err(e) = m.core.on_own_thread(Box::new(move || g.serve(i))) {
-                    group.end_unstarted();
+                    // The loops that started end by themselves.
+                    group.stop();
                     return Err(e);
                 }
             }
@@ -356,14 +347,21 @@ impl Group {
         })
     }
 
-    /// A constructor that failed half-way: the loops that started end by themselves.
-    fn end_unstarted(&self) {
+    /// Tells every loop to end: the runs in flight are cancelled (returned), every
+    /// thread woken to see it. Nothing is waited for.
+    fn stop(&self) -> Vec<&Member> {
         self.stop.store(true, Ordering::SeqCst);
+        let mut cancelled = Vec::new();
         for m in &self.members {
+            if m.state.load(Ordering::SeqCst) == RUNNING {
+                m.core.cancel();
+                cancelled.push(m);
+            }
             if let Some(t) = m.thread.get() {
                 t.unpark();
             }
         }
+        cancelled
     }
 }
 
@@ -371,16 +369,7 @@ impl Drop for VcpuThreads {
     /// Collected without `end()`: the loops are told to end (their runs cancelled), not
     /// waited for.
     fn drop(&mut self) {
-        let g = &self.group;
-        g.stop.store(true, Ordering::SeqCst);
-        for m in &g.members {
-            if m.state.load(Ordering::SeqCst) == RUNNING {
-                m.core.cancel();
-            }
-            if let Some(t) = m.thread.get() {
-                t.unpark();
-            }
-        }
+        self.group.stop();
     }
 }
 
