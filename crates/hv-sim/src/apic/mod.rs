@@ -226,16 +226,15 @@ impl ApicState {
     }
 
     /// EOI: the highest in-service vector is done. Returns it when it was level-triggered
-    /// (the VMM hears of that EOI).
+    /// (the VMM hears of that EOI). The TMR bit stays: SDM vol 3 11.8.4 sets or clears
+    /// it only when an interrupt is accepted into the IRR, so it tells the vector's last
+    /// trigger mode until the next acceptance (kvm-unit-tests' ioapic.c reads it set
+    /// before a second level interrupt, and clear in an edge one's handler).
     pub fn eoi(&mut self) -> Option<u8> {
         let v = highest(&self.isr)?;
         let (i, b) = bit(v);
         self.isr[i] &= !b;
-        if self.tmr[i] & b != 0 {
-            self.tmr[i] &= !b;
-            return Some(v);
-        }
-        None
+        (self.tmr[i] & b != 0).then_some(v)
     }
 
     /// Reads register `offset` at guest time `now` (ns).
@@ -532,6 +531,21 @@ mod tests {
         assert_eq!(off.irr, [0; 8]);
         off.accept(InterruptKind::Nmi, 0, false);
         assert_eq!(off.take(false, false), Some(Event::Nmi));
+    }
+
+    #[test]
+    fn tmr_changes_at_acceptance_not_at_eoi_sdm_11_8_4() {
+        let mut s = enabled();
+        let tmr = |s: &ApicState| s.read(TMR + 0x30, 0) & (1 << (0x79 - 0x60)) != 0;
+        s.accept(InterruptKind::Fixed, 0x79, true);
+        assert!(tmr(&s), "a level-triggered acceptance sets TMR");
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x79)));
+        assert_eq!(s.eoi(), Some(0x79));
+        assert!(tmr(&s), "the EOI leaves TMR as the last acceptance set it");
+        s.accept(InterruptKind::Fixed, 0x79, false);
+        assert!(!tmr(&s), "an edge-triggered acceptance clears it");
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x79)));
+        assert_eq!(s.eoi(), None, "an edge-triggered EOI is not the VMM's");
     }
 
     #[test]

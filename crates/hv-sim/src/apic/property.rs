@@ -65,10 +65,11 @@ impl Model {
     }
 
     /// 11.8.5: EOI retires the highest in-service vector; a level-triggered one is
-    /// broadcast (here: reported to the VMM).
+    /// broadcast (here: reported to the VMM). Its TMR bit stays: 11.8.4 changes it only
+    /// at acceptance.
     fn eoi(&mut self) -> Option<u8> {
         let v = self.in_service.pop_last()?;
-        self.level.remove(&v).then_some(v)
+        self.level.contains(&v).then_some(v)
     }
 
     fn raise(&mut self, vector: u8, level: bool) {
@@ -113,6 +114,10 @@ proptest! {
                 }
             }
             prop_assert_eq!(apic.read(PPR, 0), model.ppr() as u32);
+            let tmr: BTreeSet<u8> = (0..=255u8)
+                .filter(|&v| apic.read(TMR + 16 * (v as u32 >> 5), 0) & (1 << (v & 31)) != 0)
+                .collect();
+            prop_assert_eq!(&tmr, &model.level);
             let pending = model.requested.last().is_some_and(|&v| v >> 4 > model.ppr() >> 4);
             prop_assert_eq!(apic.events() & EVENT_MASKABLE != 0, pending);
         }
