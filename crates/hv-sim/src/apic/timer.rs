@@ -39,15 +39,19 @@ impl Timer {
         self.initial as u64 * self.divisor() * NS_PER_TICK
     }
 
-    /// The LVT timer entry was written: a change of mode stops the timer.
+    /// The LVT timer entry was written. Only a switch to or from TSC-deadline mode
+    /// disarms the timer (SDM vol 3 11.5.4.1); between one-shot and periodic the count
+    /// in progress goes on from where it is (kvm-unit-tests' apic.c
+    /// `test_apic_change_mode` checks TMICT and TMCCT across such a change), and the
+    /// new mode decides what happens when it reaches zero.
     pub fn set_mode(&mut self, lvt: u32, _now: u64) {
         let mode = (lvt >> 17) & 3;
-        if mode != self.mode {
-            self.mode = mode;
+        if mode != self.mode && (mode == TSC_DEADLINE || self.mode == TSC_DEADLINE) {
             self.initial = 0;
             self.deadline = None;
             self.tsc_deadline = 0;
         }
+        self.mode = mode;
     }
 
     /// A write of the initial count (re)starts the count; 0 stops it. Ignored in
@@ -214,6 +218,44 @@ mod tests {
         assert!(t.due(5_000) && !t.due(4_999));
         t.fired(5_000, 0);
         assert_eq!((t.tsc_deadline, t.deadline), (0, None));
+    }
+
+    #[test]
+    fn only_a_switch_to_or_from_tsc_deadline_mode_disarms_the_timer_sdm_11_5_4_1() {
+        let tick = NS_PER_TICK; // divide by 1
+        let mut t = Timer {
+            divide_config: 0xb,
+            ..Timer::default()
+        };
+        t.set_initial(100, 0, 0);
+        t.set_mode(PERIODIC << 17, 10 * tick);
+        assert_eq!(t.initial, 100, "one-shot to periodic keeps TMICT");
+        assert_eq!(t.current(10 * tick), 90, "and the count in progress");
+        // The count reaches zero in periodic mode: it reloads.
+        t.fired(100 * tick, 0);
+        assert_eq!(t.deadline, Some(200 * tick));
+        t.set_mode(ONE_SHOT << 17, 150 * tick);
+        assert_eq!(
+            t.current(150 * tick),
+            50,
+            "periodic to one-shot keeps counting"
+        );
+        t.fired(200 * tick, 0);
+        assert_eq!(
+            (t.deadline, t.current(200 * tick)),
+            (None, 0),
+            "and stops at zero"
+        );
+        // At zero with TMICT still set, periodic mode does not restart it.
+        t.set_mode(PERIODIC << 17, 210 * tick);
+        assert_eq!((t.initial, t.current(210 * tick)), (100, 0));
+        // To TSC-deadline mode and back: disarmed, TMICT cleared.
+        t.set_initial(100, 0, 300 * tick);
+        t.set_mode(TSC_DEADLINE << 17, 310 * tick);
+        assert_eq!((t.initial, t.deadline), (0, None));
+        t.set_tsc_deadline(1_000 * tick, 310 * tick);
+        t.set_mode(ONE_SHOT << 17, 320 * tick);
+        assert_eq!((t.initial, t.deadline, t.tsc_deadline), (0, None, 0));
     }
 
     #[test]
