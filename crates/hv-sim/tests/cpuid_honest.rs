@@ -652,3 +652,48 @@ fn instructions_of_features_not_advertised_are_ud() {
         assert_eq!(run_case(body), UD, "{what}");
     }
 }
+
+/// With IA32_APIC_BASE.EN clear the processor has no APIC, and CPUID.1:EDX.APIC
+/// (bit 9) reads 0; set again, it reads 1 (SDM vol 3 11.4.3; kvm-unit-tests' apic.c
+/// "CPUID.1H:EDX.APIC[bit 9] is clear"). The flag follows the MSR over a CPUID
+/// answer the VMM registered too. The result: bit 0 the flag while disabled, bit 1
+/// after re-enabling.
+#[test]
+fn cpuid_1_edx_apic_is_clear_while_apic_base_en_is_0_sdm_11_4_3() {
+    let body = |a: &mut CodeAssembler| {
+        a.mov(ecx, 0x1b).unwrap(); // IA32_APIC_BASE
+        a.rdmsr().unwrap();
+        a.mov(edi, eax).unwrap();
+        a.and(eax, !(1u32 << 11) as i32).unwrap(); // EN off
+        a.wrmsr().unwrap();
+        a.mov(eax, 1).unwrap();
+        a.cpuid().unwrap();
+        a.mov(esi, edx).unwrap();
+        a.shr(esi, 9).unwrap();
+        a.and(esi, 1).unwrap();
+        a.mov(eax, edi).unwrap(); // EN on again
+        a.mov(ecx, 0x1b).unwrap();
+        a.xor(edx, edx).unwrap();
+        a.wrmsr().unwrap();
+        a.mov(eax, 1).unwrap();
+        a.cpuid().unwrap();
+        a.mov(eax, edx).unwrap();
+        a.shr(eax, 8).unwrap();
+        a.and(eax, 2).unwrap();
+        a.or(eax, esi).unwrap();
+    };
+    assert_eq!(guest_case(|_| {}, body), ok(0b10), "the processor's answer");
+    let registered = guest_case(
+        |g| {
+            g.vcpu
+                .set_cpuid_results(&[hv_core::CpuidResult {
+                    leaf: 1,
+                    subleaf: None,
+                    registers: [None, None, None, Some(u32::MAX)],
+                }])
+                .unwrap()
+        },
+        body,
+    );
+    assert_eq!(registered, ok(0b10), "over an answer the VMM registered");
+}

@@ -79,8 +79,35 @@ fn brand_words() -> [u32; 12] {
     w
 }
 
+/// IA32_APIC_BASE.EN: the local APIC is enabled (SDM vol 3 11.4.4).
+const APIC_BASE_EN: u64 = 1 << 11;
+
+/// The bits of an answer that mirror the processor's state, over whatever answer it
+/// comes from (the processor's own or one the VMM registered), as KVM's
+/// `kvm_update_cpuid_runtime` forces them: CPUID.1:ECX.OSXSAVE is CR4.OSXSAVE (SDM vol 2
+/// CPUID, "OSXSAVE"), and CPUID.1:EDX.APIC is clear while IA32_APIC_BASE.EN is 0 (SDM
+/// vol 3 11.4.3: with the APIC globally disabled the processor is one without it, and
+/// the CPUID feature flag for the APIC reads 0).
+pub fn with_state(leaf: u32, cpu: &Cpu, r: [u32; 4]) -> [u32; 4] {
+    if leaf != 1 {
+        return r;
+    }
+    let [a, b, c, d] = r;
+    let c = if cpu.cr4 & CR4_OSXSAVE != 0 {
+        c | bits::OSXSAVE
+    } else {
+        c & !bits::OSXSAVE
+    };
+    let d = if cpu.apic_base & APIC_BASE_EN != 0 {
+        d
+    } else {
+        d & !bits::APIC
+    };
+    [a, b, c, d]
+}
+
 /// `[eax, ebx, ecx, edx]` of `leaf`/`subleaf` for the processor with local APIC id
-/// `apic_id` in state `cpu` (OSXSAVE mirrors CR4).
+/// `apic_id` in state `cpu` (OSXSAVE and APIC follow it: [`with_state`]).
 pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
     use bits::*;
     // Beyond the highest leaf, Intel processors answer the highest basic leaf.
@@ -92,16 +119,7 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
     match leaf {
         0 => [MAX_BASIC, word(b"Genu"), word(b"ntel"), word(b"ineI")],
         1 => {
-            let ecx = CX16
-                | MOVBE
-                | POPCNT
-                | TSC_DEADLINE
-                | HYPERVISOR
-                | if cpu.cr4 & CR4_OSXSAVE != 0 {
-                    OSXSAVE
-                } else {
-                    0
-                };
+            let ecx = CX16 | MOVBE | POPCNT | TSC_DEADLINE | HYPERVISOR;
             let edx = FPU
                 | PSE
                 | TSC
@@ -122,7 +140,7 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
                 | SSE2;
             // CLFLUSH line 8 * 8 bytes, one logical processor, the initial APIC id.
             let ebx = (8 << 8) | (1 << 16) | (apic_id & 0xff) << 24;
-            [SIGNATURE, ebx, ecx, edx]
+            with_state(leaf, cpu, [SIGNATURE, ebx, ecx, edx])
         }
         6 => [ARAT, 0, 0, 0],
         7 if subleaf == 0 => [0, FSGSBASE | SMEP | SMAP, 0, 0],

@@ -590,7 +590,7 @@ fn cpuid(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
     let leaf = x.cpu.gpr[0] as u32;
     let sub = x.cpu.gpr[1] as u32;
     let native = crate::cpuid::native(leaf, sub, x.env.apic_id(), x.cpu);
-    let [a, b, c, d] = x.env.cpuid(leaf, sub, native);
+    let [a, b, c, d] = crate::cpuid::with_state(leaf, x.cpu, x.env.cpuid(leaf, sub, native));
     x.cpu.gpr[0] = a as u64;
     x.cpu.gpr[3] = b as u64;
     x.cpu.gpr[1] = c as u64;
