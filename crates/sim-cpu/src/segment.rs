@@ -693,14 +693,21 @@ pub fn load_outer_stack(
 
 /// After a return to an outer privilege, ES, DS, FS and GS holding segments that
 /// privilege may not use (data or nonconforming code with DPL < CPL) become null
-/// (SDM vol 2 RET and IRET, "Operation").
+/// (SDM vol 2 RET and IRET, "Operation": only "SegmentSelector <- 0"). In IA-32e mode
+/// FS and GS keep their base: 64-bit code addresses through it whatever the selector
+/// (SDM vol 3 3.4.4; AMD APM vol 2 4.5.3, vol 3 IRET and RET (Far)), and hardware
+/// leaves it as it was (kvm-unit-tests' emulator64 "ret/iret with a nullified segment").
 pub fn null_outer_segments(x: &mut Exec) {
     let cpl = x.cpu.cpl();
+    let long = x.cpu.long_mode_active();
     for i in [ES, DS, FS, GS] {
         let s = x.cpu.seg[i];
         let conforming_code = s.is_code() && s.kind() & 4 != 0;
         if s.present() && s.is_code_or_data() && !conforming_code && s.dpl() < cpl {
             x.cpu.seg[i] = null_segment(0);
+            if long && i >= FS {
+                x.cpu.seg[i].base = s.base;
+            }
         }
     }
 }

@@ -290,3 +290,75 @@ fn a_jump_to_a_non_canonical_address_faults_on_the_jump() {
         "RIP on the JMP"
     );
 }
+
+/// A 64-bit machine as [`Machine::long`] whose page tables let ring 3 in and whose GDT
+/// at 0x500 holds ring-0 code (0x08) and data (0x10), ring-3 code (0x1b) and data (0x23).
+fn long_with_rings(code: &[u8], ip: u64) -> Machine {
+    let mut m = Machine::long(code, ip);
+    m.ram
+        .write(0x10_0000, &(0x10_1007u64).to_le_bytes())
+        .unwrap();
+    m.ram.write(0x10_1000, &(0x87u64).to_le_bytes()).unwrap();
+    let gdt: [u64; 5] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        m.ram.write(0x500 + 8 * i, &d.to_le_bytes()).unwrap();
+    }
+    m.cpu.cpu.gdtr = sim_cpu::Table {
+        base: 0x500,
+        limit: 39,
+    };
+    m.cpu.state_changed(&m.mem);
+    m
+}
+
+/// SDM vol 2 IRET and RET (Far), "Operation": a return to an outer privilege nulls the
+/// data segment registers the new CPL may not use, the selector only: in IA-32e mode
+/// GS keeps its base (AMD APM vol 3 IRET, RET (Far); kvm-unit-tests emulator64 "Test
+/// ret/iret with a nullified segment" reads through it at CPL 3). The sim zeroed it.
+#[test]
+fn sdm_vol2_iret_and_ret_far_to_an_outer_level_null_gs_but_keep_its_base() {
+    // mov rax, gs:[0x10]; out 0x80, al
+    let user = [0x65, 0x48, 0x8b, 0x04, 0x25, 0x10, 0, 0, 0, 0xe6, 0x80];
+    let cases: [(&str, [u8; 2], &[u64]); 2] = [
+        (
+            "iretq",
+            [0x48, 0xcf],
+            &[0x3000, 0x1b, 0x3002, 0x9_0000, 0x23],
+        ),
+        ("retfq", [0x48, 0xcb], &[0x3000, 0x1b, 0x9_0000, 0x23]),
+    ];
+    for (name, ret, frame) in cases {
+        let mut m = long_with_rings(&ret, 0x2000);
+        m.ram.write(0x3000, &user).unwrap();
+        m.ram
+            .write(0x18_0010, &0x1122_3344_5566_7788u64.to_le_bytes())
+            .unwrap();
+        for (i, v) in frame.iter().enumerate() {
+            m.ram.write(0x8_0000 + 8 * i, &v.to_le_bytes()).unwrap();
+        }
+        // IOPL 3: the OUT at CPL 3 exits rather than faults.
+        m.cpu.cpu.set_rflags(0x3002);
+        m.cpu.cpu.seg[5] = Segment {
+            selector: 0x10,
+            base: 0x18_0000,
+            limit: 0xffff_ffff,
+            attributes: 0xc093,
+        };
+        match m.run(10) {
+            RunEnd::Exit(Exit::Io { port: 0x80, .. }) => {}
+            other => panic!("{name}: {other:?}"),
+        }
+        let c = &m.cpu.cpu;
+        assert_eq!(c.seg[1].selector, 0x1b, "{name}: at CPL 3");
+        assert_eq!(c.seg[5].selector, 0, "{name}: GS (DPL 0) nulled");
+        assert_eq!(c.seg[5].base, 0x18_0000, "{name}: GS base kept");
+        assert_eq!(c.gpr[0], 0x1122_3344_5566_7788, "{name}: read through GS");
+        assert_eq!(c.seg[3].selector, 0, "{name}: DS (DPL 0) nulled");
+    }
+}
