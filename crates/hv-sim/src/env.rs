@@ -103,6 +103,19 @@ impl sim_cpu::Env for SimEnv<'_> {
         eoi
     }
 
+    fn read_cr8(&mut self) -> Option<u64> {
+        Some(self.apic.lock().cr8())
+    }
+
+    fn write_cr8(&mut self, value: u64) -> bool {
+        let mut s = self.apic.lock();
+        s.set_cr8(value);
+        self.apic
+            .events
+            .store(s.events(), std::sync::atomic::Ordering::Release);
+        true
+    }
+
     fn read_msr(&mut self, msr: u32, now: u64) -> Option<u64> {
         match msr {
             TSC => Some(self.tsc(now)),

@@ -18,7 +18,13 @@ pub fn segment(s: &Segment) -> hv_x64_segment_register {
     r
 }
 
-fn header(cpu: &Cpu, index: u32, ins_len: u8, access: u32) -> hv_x64_intercept_message_header {
+fn header(
+    cpu: &Cpu,
+    cr8: u64,
+    index: u32,
+    ins_len: u8,
+    access: u32,
+) -> hv_x64_intercept_message_header {
     let mut h = hv_x64_intercept_message_header {
         vp_index: index,
         intercept_access_type: access as u8,
@@ -28,7 +34,7 @@ fn header(cpu: &Cpu, index: u32, ins_len: u8, access: u32) -> hv_x64_intercept_m
         ..Default::default()
     };
     h.set_instruction_length(ins_len & 0xf);
-    h.set_cr8((cpu.cr8 & 0xf) as u8);
+    h.set_cr8((cr8 & 0xf) as u8);
     // SAFETY: writing bitfields of a plain u16 union view.
     unsafe {
         let es = &mut h.execution_state.__bindgen_anon_1;
@@ -48,10 +54,12 @@ fn access_code(a: Access) -> u32 {
     }
 }
 
-/// Fills `msg` for `exit`, raised by the instruction `ins` describes.
+/// Fills `msg` for `exit`, raised by the instruction `ins` describes; `cr8` is the
+/// local APIC's TPR[7:4], which the header's CR8 field shows.
 pub fn build(
     msg: &mut ExitMessage,
     cpu: &Cpu,
+    cr8: u64,
     index: u32,
     exit: &Exit,
     ins: &ExitInstruction,
@@ -68,6 +76,7 @@ pub fn build(
             let mut m = hv_x64_io_port_intercept_message {
                 header: header(
                     cpu,
+                    cr8,
                     index,
                     len,
                     if input {
@@ -108,7 +117,7 @@ pub fn build(
             } else {
                 ins.available
             };
-            let mut header = header(cpu, index, len, access_code(access));
+            let mut header = header(cpu, cr8, index, len, access_code(access));
             if ins.in_event_delivery {
                 // SAFETY: writing a bitfield of a plain u16 union view.
                 unsafe {
@@ -141,7 +150,7 @@ pub fn build(
         }
         Exit::Halt => {
             let m = hv_x64_halt_message {
-                header: header(cpu, index, 0, HV_INTERCEPT_ACCESS_EXECUTE),
+                header: header(cpu, cr8, index, 0, HV_INTERCEPT_ACCESS_EXECUTE),
             };
             msg.write(HVMSG_X64_HALT, &m);
             HVMSG_X64_HALT
@@ -150,6 +159,7 @@ pub fn build(
             let m = hv_x64_msr_intercept_message {
                 header: header(
                     cpu,
+                    cr8,
                     index,
                     len,
                     if write {
@@ -179,7 +189,7 @@ pub fn build(
         Exit::Debug { dr6 } => {
             let g = &cpu.gpr;
             let m = hv_x64_exception_intercept_message {
-                header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
+                header: header(cpu, cr8, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
                 exception_vector: sim_cpu::fault::DB as u16,
                 exception_info: hv_x64_exception_info { as_uint8: 0 },
                 instruction_byte_count: ins.available,
@@ -212,7 +222,7 @@ pub fn build(
         // INIT and SIPI are the hypervisor's own business and never reach the VMM.
         Exit::Shutdown | Exit::Unsupported | Exit::None | Exit::Init | Exit::Sipi(_) => {
             let m = hv_x64_unrecoverable_exception_message {
-                header: header(cpu, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
+                header: header(cpu, cr8, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
             };
             msg.write(HVMSG_UNRECOVERABLE_EXCEPTION, &m);
             HVMSG_UNRECOVERABLE_EXCEPTION

@@ -25,8 +25,9 @@ fn read_segment(p: &RegisterPagePtr, i: usize) -> Segment {
     }
 }
 
-/// Writes the VP state to the page and marks it valid, with no dirty class.
-pub fn fill(p: &RegisterPagePtr, cpu: &Cpu) {
+/// Writes the VP state to the page and marks it valid, with no dirty class; `cr8` is
+/// the local APIC's TPR[7:4] (CR8 is that register, SDM vol 3 11.8.6).
+pub fn fill(p: &RegisterPagePtr, cpu: &Cpu, cr8: u64) {
     p.write_u8(VERSION, 1);
     for (i, v) in cpu.gpr.iter().enumerate() {
         p.write_u64(GP_REGISTERS + i * 8, *v);
@@ -43,7 +44,7 @@ pub fn fill(p: &RegisterPagePtr, cpu: &Cpu) {
     p.write_u64(CR0, cpu.cr0);
     p.write_u64(CR3, cpu.cr3);
     p.write_u64(CR4, cpu.cr4);
-    p.write_u64(CR8, cpu.cr8);
+    p.write_u64(CR8, cr8);
     p.write_u64(EFER, cpu.efer);
     p.write_u64(DR7, cpu.dr[7]);
     p.write_u32(DIRTY, 0);

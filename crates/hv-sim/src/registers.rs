@@ -1,5 +1,7 @@
 #![allow(non_upper_case_globals)]
 //! The sim's get/set-register hypercalls: `hv_register_name` ids onto [`Cpu`] fields.
+//! The internal activity state and CR8 are not the processor's: the vCPU answers them
+//! from its local APIC (`SimVcpu::outside_register`; CR8 is the APIC's TPR[7:4]).
 
 use hv_core::regs::{pack_segment, pack_table, unpack_segment, unpack_table};
 use hv_core::{HvError, RegisterValue, Result};
@@ -106,7 +108,6 @@ pub fn get(cpu: &Cpu, id: u32) -> Result<RegisterValue> {
         hv_register_name_HV_X64_REGISTER_CR2 => u(cpu.cr2),
         hv_register_name_HV_X64_REGISTER_CR3 => u(cpu.cr3),
         hv_register_name_HV_X64_REGISTER_CR4 => u(cpu.cr4),
-        hv_register_name_HV_X64_REGISTER_CR8 => u(cpu.cr8),
         hv_register_name_HV_X64_REGISTER_EFER => u(cpu.efer),
         hv_register_name_HV_X64_REGISTER_APIC_BASE => u(cpu.apic_base),
         hv_register_name_HV_X64_REGISTER_TSC => u(cpu.tsc),
@@ -191,7 +192,6 @@ pub fn set(cpu: &mut Cpu, id: u32, v: RegisterValue) -> Result<bool> {
             return Ok(true);
         }
         hv_register_name_HV_X64_REGISTER_CR2 => cpu.cr2 = x,
-        hv_register_name_HV_X64_REGISTER_CR8 => cpu.cr8 = x & 0xf,
         hv_register_name_HV_X64_REGISTER_APIC_BASE => cpu.apic_base = x,
         hv_register_name_HV_X64_REGISTER_TSC => cpu.tsc = x,
         hv_register_name_HV_REGISTER_PENDING_EVENT0 => {

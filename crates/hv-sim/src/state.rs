@@ -8,6 +8,7 @@ use hv_core::regs::REGISTERS;
 use hv_core::state::STATE_MSRS;
 use hv_core::{DebugState, HvError, Result, VcpuBackend, VcpuState};
 use mshv_bindings::hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE as ACTIVITY;
+use mshv_bindings::hv_register_name_HV_X64_REGISTER_CR8 as CR8;
 use sim_cpu::Cpu;
 use std::sync::atomic::Ordering;
 
@@ -36,17 +37,15 @@ fn state_msr(cpu: &mut Cpu, msr: u32) -> Option<&mut u64> {
 
 impl SimVcpu {
     pub(crate) fn save_state(&mut self) -> Result<VcpuState> {
-        let activity = self.activity_state();
-        let cpu = &mut self.processor.cpu;
         let mut regs = Vec::with_capacity(REGISTERS.len());
         for r in REGISTERS {
-            let v = if r.id == ACTIVITY {
-                [activity, 0]
-            } else {
-                registers::get(cpu, r.id)?
+            let v = match self.outside_register(r.id) {
+                Some(v) => v,
+                None => registers::get(&self.processor.cpu, r.id)?,
             };
             regs.push((r.id, v));
         }
+        let cpu = &mut self.processor.cpu;
         let msrs = STATE_MSRS
             .iter()
             .map(|&m| (m, state_msr(cpu, m).map_or(0, |v| *v)))
@@ -94,6 +93,12 @@ impl SimVcpu {
                     )));
                 }
                 activity = v[0];
+                continue;
+            }
+            if id == CR8 {
+                // CR8 is the APIC's TPR[7:4] (SDM vol 3 11.8.6): the LAPIC page below
+                // holds it, and wins, as on MSHV, which sets that page after the
+                // registers (hv-mshv's restore_state).
                 continue;
             }
             registers::set(&mut cpu, id, v)?;

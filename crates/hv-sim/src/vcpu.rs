@@ -107,6 +107,27 @@ impl SimVcpu {
         }
     }
 
+    /// Fills the register page, when it is on, with the VP's state (CR8 from the APIC).
+    fn fill_page(&self) {
+        if let Some(p) = self.page_valid_mode() {
+            pagesync::fill(&p, &self.processor.cpu, self.apic.lock().cr8());
+        }
+    }
+
+    /// A register the vCPU keeps outside its processor's state, or None for the
+    /// processor's own ([`registers::get`]): the internal activity state, and CR8,
+    /// which is the local APIC's TPR[7:4] (SDM vol 3 11.8.6): one register, so a TPR
+    /// the guest wrote on the APIC page reads back here, as on MSHV.
+    pub(crate) fn outside_register(&self, id: u32) -> Option<RegisterValue> {
+        if id == hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE {
+            Some([self.activity_state(), 0])
+        } else if id == hv_register_name_HV_X64_REGISTER_CR8 {
+            Some([self.apic.lock().cr8(), 0])
+        } else {
+            None
+        }
+    }
+
     /// Writes the exit's message; `from_run`: the processor's last run raised it (its
     /// instruction is [`Processor::exit_instruction`]), else no instruction did: the
     /// delivery of a pending event the VMM wrote did.
@@ -120,10 +141,9 @@ impl SimVcpu {
         } else {
             &none
         };
-        let t = exits::build(msg, &self.processor.cpu, self.index, exit, ins);
-        if let Some(p) = self.page_valid_mode() {
-            pagesync::fill(&p, &self.processor.cpu);
-        }
+        let cr8 = self.apic.lock().cr8();
+        let t = exits::build(msg, &self.processor.cpu, cr8, self.index, exit, ins);
+        self.fill_page();
         self.counters.count_exit(t);
     }
 
@@ -343,9 +363,7 @@ impl SimVcpu {
                     // device timer to the next for ever. The page shows the halted
                     // state, as at an intercept (MSHV never reports this stop: there
                     // the run waits, and the page is stale after its timeout).
-                    if let Some(p) = self.page_valid_mode() {
-                        pagesync::fill(&p, &self.processor.cpu);
-                    }
+                    self.fill_page();
                     return Ok(Exit::Halted);
                 }
                 // With interrupts disabled no timer of the APIC can wake it (only the
@@ -491,9 +509,7 @@ impl SimVcpu {
                 RunEnd::Exit(sim_cpu::Exit::Init) => self.init(),
                 RunEnd::Exit(sim_cpu::Exit::Sipi(v)) => self.sipi(v),
                 RunEnd::Exit(sim_cpu::Exit::Unsupported) => {
-                    if let Some(p) = self.page_valid_mode() {
-                        pagesync::fill(&p, &self.processor.cpu);
-                    }
+                    self.fill_page();
                     return Err(self.unsupported(&self.processor.exit_instruction));
                 }
                 RunEnd::Exit(exit) => {
@@ -552,10 +568,9 @@ impl VcpuBackend for SimVcpu {
         check_batch(ids, out.len())?;
         self.counters.get_registers += 1;
         for (id, slot) in ids.iter().zip(out.iter_mut()) {
-            *slot = if *id == hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE {
-                [self.activity_state(), 0]
-            } else {
-                registers::get(&self.processor.cpu, *id)?
+            *slot = match self.outside_register(*id) {
+                Some(v) => v,
+                None => registers::get(&self.processor.cpu, *id)?,
             };
         }
         self.counters.registers_read += ids.len() as u64;
@@ -568,7 +583,12 @@ impl VcpuBackend for SimVcpu {
         let mut scratch = self.processor.cpu.clone();
         let mut flush = false;
         let mut startup_suspend = None;
+        let mut cr8 = None;
         for (id, v) in ids.iter().zip(values) {
+            if *id == hv_register_name_HV_X64_REGISTER_CR8 {
+                cr8 = Some(v[0]);
+                continue;
+            }
             if *id == hv_register_name_HV_REGISTER_INTERNAL_ACTIVITY_STATE {
                 if v[0] & !ACTIVITY_KNOWN != 0 || v[1] != 0 {
                     return Err(HvError::InvalidArgument(format!(
@@ -582,9 +602,16 @@ impl VcpuBackend for SimVcpu {
             }
             flush |= registers::set(&mut scratch, *id, *v)?;
         }
-        if let Some(suspend) = startup_suspend {
+        if startup_suspend.is_some() || cr8.is_some() {
             let mut s = self.apic.lock();
-            s.startup_suspend = suspend;
+            if let Some(suspend) = startup_suspend {
+                s.startup_suspend = suspend;
+            }
+            if let Some(v) = cr8 {
+                // CR8 is the APIC's TPR (SDM vol 3 11.8.6): a lower one may unmask an
+                // interrupt waiting in the IRR.
+                s.set_cr8(v);
+            }
             self.apic.events.store(s.events(), Ordering::Release);
         }
         self.counters.set_registers += 1;

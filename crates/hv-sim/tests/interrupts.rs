@@ -34,6 +34,7 @@ const SLOT: u64 = 0x6480;
 const HANDLERS: u64 = 0x1_0000;
 const APIC: u32 = 0xfee0_0000;
 /// Local APIC register offsets (SDM vol 3 table 11-1).
+const TPR: i32 = 0x80;
 const EOI: i32 = 0xb0;
 const SVR: i32 = 0xf0;
 const ICR_LOW: i32 = 0x300;
@@ -433,6 +434,74 @@ fn a_level_triggered_eoi_reaches_the_vmm() {
     assert_eq!((eoi.vp_index, eoi.interrupt_vector), (0, 0x50));
     m.request(0x51, 0, false).unwrap();
     assert_eq!(m.run_to_out(0), 7, "no EOI message for an edge vector");
+}
+
+/// CR8 is TPR[7:4], one register with the APIC page's TPR (SDM vol 3 11.8.6): MOV to
+/// CR8 sets TPR to the value << 4 with bits 3:0 zero; a TPR written on the page reads
+/// back through MOV from CR8, the VMM's `HV_X64_REGISTER_CR8` and the intercept
+/// header's CR8; the VMM's CR8 sets the TPR; and a TPR set through CR8 masks
+/// interrupts until CR8 lowers it (kvm-unit-tests' apic.c "*0xfee00080" after
+/// `write_cr8`).
+#[test]
+fn cr8_is_tpr_bits_7_4_sdm_11_8_6() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    let cr8_reg = hv_register_name_HV_X64_REGISTER_CR8;
+    m.handler(0x50, |_| {});
+    m.code(CODE, |a| {
+        enable_apic(a);
+        a.mov(eax, 0xf).unwrap();
+        a.mov(cr8, rax).unwrap();
+        a.mov(eax, dword_ptr(rbx + TPR)).unwrap();
+        a.out(0x80, eax).unwrap(); // 0xf0
+        a.mov(dword_ptr(rbx + TPR), 0x5a).unwrap();
+        a.mov(rax, cr8).unwrap();
+        a.out(0x80, eax).unwrap(); // 5
+        a.mov(eax, dword_ptr(rbx + TPR)).unwrap();
+        a.out(0x80, eax).unwrap(); // the VMM's CR8 3: 0x30
+                                   // Class 5 is masked by TPR class 0xf, then let through by CR8 = 4.
+        a.mov(eax, 0xf).unwrap();
+        a.mov(cr8, rax).unwrap();
+        a.sti().unwrap();
+        sync(a);
+        a.nop().unwrap();
+        a.mov(eax, dword_ptr(COUNT + 4 * 0x50)).unwrap();
+        a.out(0x80, eax).unwrap(); // 0
+        a.mov(eax, 4).unwrap();
+        a.mov(cr8, rax).unwrap();
+        a.nop().unwrap();
+        a.mov(eax, dword_ptr(COUNT + 4 * 0x50)).unwrap();
+        out(a); // 1
+    });
+    m.start(0, CODE);
+    // Runs to the next `out 0x80` and completes it: its value and the header's CR8.
+    let next = |m: &mut Machine| {
+        let v = m.run_to_out(0);
+        let io: hv_x64_io_port_intercept_message = m.msg.payload();
+        let rip = io.header.rip + io.header.instruction_length() as u64;
+        m.cpus[0]
+            .set_registers(&[hv_register_name_HV_X64_REGISTER_RIP], &[[rip, 0]])
+            .unwrap();
+        (v, io.header.cr8())
+    };
+    let get_cr8 = |m: &mut Machine| {
+        let mut v = [[0u64; 2]];
+        m.cpus[0].get_registers(&[cr8_reg], &mut v).unwrap();
+        v[0][0]
+    };
+    assert_eq!(next(&mut m), (0xf0, 0xf), "MOV to CR8 sets TPR[7:4]");
+    assert_eq!(get_cr8(&mut m), 0xf);
+    assert_eq!(next(&mut m), (5, 5), "CR8 reads TPR[7:4] the page wrote");
+    assert_eq!(get_cr8(&mut m), 5);
+    m.cpus[0].set_registers(&[cr8_reg], &[[3, 0]]).unwrap();
+    assert_eq!(next(&mut m).0, 0x30, "the VMM's CR8 is the TPR");
+    m.pass_sync(0);
+    m.request(0x50, 0, false).unwrap();
+    assert_eq!(
+        next(&mut m).0,
+        0,
+        "TPR class 0xf from CR8 holds vector 0x50"
+    );
+    assert_eq!(m.run_to_out(0), 1, "CR8 = 4 lets it through");
 }
 
 /// vCPU 0 sends a fixed IPI to APIC id 1, whose handler answers with one back.

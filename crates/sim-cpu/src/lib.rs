@@ -110,4 +110,16 @@ pub trait Env {
     fn write_msr(&mut self, _msr: u32, _value: u64, _now: u64) -> bool {
         false
     }
+    /// CR8, when the hypervisor's local APIC holds it: CR8 is TPR[7:4] (SDM vol 3
+    /// 11.8.6), one register with the APIC page's TPR, so it reads what an MMIO write
+    /// of TPR left. None: the processor keeps CR8 itself ([`Cpu::cr8`]).
+    fn read_cr8(&mut self) -> Option<u64> {
+        None
+    }
+    /// MOV to CR8 (bits 3:0, reserved bits already refused): true when the
+    /// hypervisor's APIC took it as TPR = value << 4, TPR[3:0] zero (SDM vol 3
+    /// 11.8.6), which may unmask an interrupt waiting in its IRR.
+    fn write_cr8(&mut self, _value: u64) -> bool {
+        false
+    }
 }

@@ -160,7 +160,12 @@ pub struct Cpu {
     pub cr2: u64,
     pub cr3: u64,
     pub cr4: u64,
-    /// CR8 (the task-priority register's class bits).
+    /// CR8 (the task-priority register's class bits) of a processor whose [`Env`]
+    /// keeps no local APIC; with one, CR8 is its TPR ([`Env::read_cr8`]) and this is
+    /// unused.
+    ///
+    /// [`Env`]: crate::Env
+    /// [`Env::read_cr8`]: crate::Env::read_cr8
     pub cr8: u64,
     pub efer: u64,
     pub xcr0: u64,

@@ -129,6 +129,18 @@ impl ApicState {
         self.svr & SVR_ENABLED != 0
     }
 
+    /// CR8: TPR[7:4] (SDM vol 3 11.8.6). The processor's CR8 and the register page's
+    /// TPR are this one register: the TPR here is the only copy.
+    pub fn cr8(&self) -> u64 {
+        (self.tpr >> 4) as u64
+    }
+
+    /// A write of CR8 (a MOV, or the VMM's `HV_X64_REGISTER_CR8`): TPR[7:4] takes
+    /// bits 3:0 and TPR[3:0] is cleared (SDM vol 3 11.8.6); higher bits are ignored.
+    pub fn set_cr8(&mut self, value: u64) {
+        self.tpr = ((value & 0xf) << 4) as u32;
+    }
+
     /// PPR: the TPR or the in-service class, whichever is higher (SDM vol 3 11.8.3.1).
     pub fn ppr(&self) -> u32 {
         let isrv = highest(&self.isr).unwrap_or(0) as u32;

@@ -221,7 +221,13 @@ fn mov_to_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
             if v & !0xf != 0 {
                 return Err(x.gp(0));
             }
-            x.cpu.cr8 = v;
+            if x.env.write_cr8(v) {
+                // A lower TPR may let an interrupt through: the run looks at its
+                // events after this block.
+                x.end_block = true;
+            } else {
+                x.cpu.cr8 = v;
+            }
             Ok(())
         }
     }
@@ -234,7 +240,7 @@ fn mov_from_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         2 => x.cpu.cr2,
         3 => x.cpu.cr3,
         4 => x.cpu.cr4,
-        _ => x.cpu.cr8,
+        _ => x.env.read_cr8().unwrap_or(x.cpu.cr8),
     };
     let s = if x.cpu.mode64() { 8 } else { 4 };
     x.set_reg(op.rm, s, v);
@@ -428,10 +434,23 @@ fn lldt(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     }
     let mut s = d.segment(sel);
     if long {
-        s.base = d.base64();
+        s.base = system_base(x, &d, err)?;
     }
     x.cpu.ldtr = s;
     Ok(())
+}
+
+/// The base of a 16-byte LDT or TSS descriptor that LLDT or LTR loads in IA-32e mode:
+/// a non-canonical one is #GP(selector), before anything changes (AMD APM vol 3 LLDT
+/// and LTR, "Exceptions": "the new LDT/TSS base is non-canonical"; Intel's 5-level
+/// paging white paper 2.5 has the same check at the width paging gives, 48 bits here,
+/// as this processor has no LA57).
+fn system_base(x: &mut Exec, d: &crate::segment::Descriptor, err: u32) -> Result<u64, Stop> {
+    let base = d.base64();
+    if !crate::paging::canonical(base) {
+        return Err(x.gp(err));
+    }
+    Ok(base)
 }
 
 /// LTR r/m16: an available TSS in the GDT, which becomes busy.
@@ -456,12 +475,15 @@ fn ltr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     if !d.present() {
         return Err(x.raise(NP, Some(err)));
     }
+    let base = if long {
+        system_base(x, &d, err)?
+    } else {
+        d.base()
+    };
     x.write_system(at.wrapping_add(5), 1, ((d.low >> 40) & 0xff) | 2)?;
     let mut s = d.segment(sel);
     s.attributes |= 2;
-    if long {
-        s.base = d.base64();
-    }
+    s.base = base;
     x.cpu.tr = s;
     Ok(())
 }
