@@ -14,8 +14,15 @@ use crate::task::{self, TaskSwitch};
 /// What raised an event: decides the gate DPL check and the EXT bit of error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// An exception the processor detected (fault or trap).
+    /// A trap-class exception the processor detected (a single-step or data
+    /// breakpoint #DB), or an instruction-breakpoint #DB: RFLAGS is pushed as it is.
     Exception,
+    /// A fault-class exception: the RFLAGS image pushed (or saved in the TSS) has RF set,
+    /// so the faulting instruction's breakpoint does not fire again when the handler
+    /// returns to it (SDM vol 3 18.3.1.1: "for any fault-class exception except a debug
+    /// exception generated in response to an instruction breakpoint, the value pushed
+    /// for RF is 1").
+    Fault,
     /// An external interrupt or NMI.
     External,
     /// INT n: the gate's DPL must allow CPL.
@@ -28,7 +35,7 @@ pub enum Source {
 
 impl Source {
     fn ext(self) -> u32 {
-        matches!(self, Source::Exception | Source::External) as u32
+        matches!(self, Source::Exception | Source::Fault | Source::External) as u32
     }
     fn dpl_checked(self) -> bool {
         matches!(self, Source::Software | Source::Int3)
@@ -109,8 +116,10 @@ fn deliver_event(
     if !gate.present() {
         return Err(x.raise(NP, Some(idt_err)));
     }
+    // The RFLAGS image the handler sees: a fault's has RF set (see `Source::Fault`).
+    let rf = if source == Source::Fault { RF } else { 0 };
     if kind == TYPE_TASK_GATE {
-        return task_gate(x, &gate, ext, error_code, ret);
+        return task_gate(x, &gate, ext, error_code, ret, rf);
     }
     let sel = gate.gate_selector();
     let sel_err = selector_error(sel) | ext;
@@ -153,7 +162,7 @@ fn deliver_event(
     // Snapshot for a fault while pushing: nothing changes unless delivery completes.
     let saved = (x.cpu.gpr[4], x.cpu.seg, x.cpu.rflags());
     let r = push_frame(
-        x, &gate, &cd, cat, sel, offset, push_size, inner, ret, error_code, long, v86,
+        x, &gate, &cd, cat, sel, offset, push_size, inner, ret, error_code, long, v86, rf,
     );
     if r.is_err() {
         x.cpu.gpr[4] = saved.0;
@@ -184,8 +193,9 @@ fn push_frame(
     error_code: Option<u32>,
     long: bool,
     v86: bool,
+    rf: u64,
 ) -> Result<(), Stop> {
-    let flags = x.cpu.rflags();
+    let flags = x.cpu.rflags() | rf;
     let old_cs = x.cpu.seg[CS].selector as u64;
     let old_ss = x.cpu.seg[SS].selector as u64;
     let old_sp = x.cpu.gpr[4];
@@ -276,6 +286,7 @@ fn task_gate(
     ext: u32,
     error_code: Option<u32>,
     ret: u64,
+    rf: u64,
 ) -> Result<(), Stop> {
     let sel = gate.gate_selector();
     let err = selector_error(sel) | ext;
@@ -294,7 +305,17 @@ fn task_gate(
     if !d.present() {
         return Err(x.raise(NP, Some(err)));
     }
-    task::switch(x, sel, d, at, TaskSwitch::Interrupt { ret, error_code })
+    task::switch(
+        x,
+        sel,
+        d,
+        at,
+        TaskSwitch::Interrupt {
+            ret,
+            error_code,
+            rf,
+        },
+    )
 }
 
 /// Real mode: FLAGS, CS and IP on the stack, CS:IP from the IVT (SDM vol 3 20.1.4).
@@ -371,7 +392,8 @@ pub fn raise(x: &mut Exec, first: Fault, ret: u64, source: Source) -> Result<(),
                 } else {
                     second
                 };
-                src = Source::Exception;
+                // An exception while delivering one is a fault (or #DF, an abort).
+                src = Source::Fault;
             }
         }
     }

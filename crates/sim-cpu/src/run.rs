@@ -345,7 +345,7 @@ impl Processor {
                     // The fetch of the instruction at RIP faulted.
                     let f = x.fault;
                     let rip = x.cpu.rip;
-                    match interrupt::raise(&mut x, f, rip, Source::Exception) {
+                    match interrupt::raise(&mut x, f, rip, Source::Fault) {
                         Ok(()) => {
                             executed += 1;
                             continue;
@@ -577,9 +577,10 @@ fn stopped(
             x.watch_hit = None;
             x.cpu.rip = op.ip;
             // Every exception a handler returns is a fault: RIP stays on the
-            // instruction (traps like INT3 are delivered by their handlers).
+            // instruction (traps like INT3 are delivered by their handlers), and the
+            // image pushed has RF set (SDM vol 3 18.3.1.1).
             let f = x.fault;
-            match interrupt::raise(x, f, op.ip, Source::Exception) {
+            match interrupt::raise(x, f, op.ip, Source::Fault) {
                 Ok(()) => {
                     *executed += 1;
                     None

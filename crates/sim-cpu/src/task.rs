@@ -15,10 +15,12 @@ pub enum TaskSwitch {
         next: u64,
     },
     /// An interrupt or exception through a task gate: the return address and the
-    /// error code to push on the new task's stack.
+    /// error code to push on the new task's stack; `rf` is RF for a fault, set in the
+    /// EFLAGS image saved in the old TSS (SDM vol 3 18.3.1.1).
     Interrupt {
         ret: u64,
         error_code: Option<u32>,
+        rf: u64,
     },
     Iret,
 }
@@ -172,6 +174,9 @@ pub fn switch(x: &mut Exec, sel: u16, d: Descriptor, at: u64, how: TaskSwitch) -
     let mut eflags = x.cpu.rflags();
     if how == TaskSwitch::Iret {
         eflags &= !NT;
+    }
+    if let TaskSwitch::Interrupt { rf, .. } = how {
+        eflags |= rf;
     }
     // Read the new image first: a fault there changes nothing.
     let new_base = d.base();

@@ -422,3 +422,52 @@ fn amd_apm_ltr_and_lldt_refuse_a_non_canonical_base_with_gp_selector() {
         }
     }
 }
+
+/// Points `vector` of the IDT at 0x4000 (made present here) to `handler`, through an
+/// interrupt gate to code 0x08 at DPL 3 (INT n may use it from any level).
+fn gate(m: &mut Machine, vector: u8, handler: u64) {
+    let gate: u64 = (handler & 0xffff) | (8 << 16) | (0xee00 << 32) | (handler >> 16) << 48;
+    m.ram
+        .write(0x4000 + vector as usize * 16, &gate.to_le_bytes())
+        .unwrap();
+    m.cpu.cpu.idtr = sim_cpu::Table {
+        base: 0x4000,
+        limit: 0xfff,
+    };
+}
+
+/// A qword of guest RAM.
+fn qword(m: &Machine, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    m.ram.read(at as usize, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// SDM vol 3 18.3.1.1 (and 6.x, the frame of a fault): "for any fault-class exception
+/// except a debug exception generated in response to an instruction breakpoint, the
+/// value pushed for RF is 1", so the handler returns to the instruction without its
+/// breakpoint firing again; a trap (INT3) pushes RF as it was. The handler itself runs
+/// with RF clear. kvm-unit-tests idt_test "Testing #GP rflags.rf", "#UD rflags.rf".
+#[test]
+fn sdm_18_3_1_1_a_fault_pushes_rflags_with_rf_set() {
+    // #GP: mov rax, 0xffffffff; mov cr4, rax (reserved bits); #UD: ud2; #BP: int3.
+    let gp = [0x48, 0xc7, 0xc0, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x22, 0xe0];
+    let cases: [(&str, &[u8], u8, u64, u64); 3] = [
+        ("#GP", &gp, 13, 0x8_0000 - 48 + 24, 1 << 16),
+        ("#UD", &[0x0f, 0x0b], 6, 0x8_0000 - 40 + 16, 1 << 16),
+        ("#BP (a trap)", &[0xcc], 3, 0x8_0000 - 40 + 16, 0),
+    ];
+    for (name, code, vector, rflags_at, rf) in cases {
+        let mut m = long_with_rings(code, 0x2000);
+        gate(&mut m, vector, 0x3000);
+        m.ram.write(0x3000, &[0xf4]).unwrap();
+        assert!(matches!(m.run(10), RunEnd::Exit(Exit::Halt)), "{name}");
+        assert_eq!(m.cpu.cpu.rip, 0x3001, "{name}: the handler ran");
+        assert_eq!(qword(&m, rflags_at) & (1 << 16), rf, "{name}: RF pushed");
+        assert_eq!(
+            m.cpu.cpu.rflags() & (1 << 16),
+            0,
+            "{name}: the handler's RF"
+        );
+    }
+}
