@@ -5,15 +5,15 @@
  * VM, and the PC platform's devices. The same machine on the sim and on mshv.
  * @module
  */
-import { readFileSync } from 'node:fs'
 import { forkLinux, snapshotLinux } from './linux-snapshot.js'
 import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
 import { createVm, Vm, type VmOptions } from '../vm.js'
 import type { RunResult, Vcpu } from '../vcpu.js'
 import { identityMap4G, segment } from '../guest.js'
+import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB } from './pc-machine.js'
 import { MshvError, describe, hex } from '../errors.js'
-import { addPcPlatform, type PcPlatform } from '../platform/pc.js'
-import { AcpiPm, PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT } from '../devices/acpi-pm.js'
+import type { PcPlatform } from '../platform/pc.js'
+import type { AcpiPm } from '../devices/acpi-pm.js'
 import type { SerialOptions } from '../devices/serial.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
 import type { SyncPolicy } from '../registers.js'
@@ -22,7 +22,7 @@ import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
 import { simClocks } from '../layout.js'
 import type { CpuidEntry } from '../exits/cpuid.js'
 import { readBzImage, readKernel, type KernelElf } from './image.js'
-import { PCI_ECAM_BASE, PCI_ECAM_SIZE, type PciHost } from '../pci/host.js'
+import type { PciHost } from '../pci/host.js'
 import { VirtioPci } from '../virtio/pci.js'
 import { VirtioBlock } from '../virtio/blk.js'
 import { VirtioNet } from '../virtio/net.js'
@@ -146,7 +146,6 @@ export interface LinuxMachine {
   fork(count: number, each?: (i: number) => Partial<LinuxOptions>): Promise<LinuxMachine[]>
 }
 
-const MIB = 1 << 20
 const START_INFO = 0x6000
 const MODLIST = 0x6040
 const MEMMAP = 0x6080
@@ -159,19 +158,6 @@ const BOOT_TABLES = 0x9000
 const CMDLINE_MAX = 4096
 /** `hvm_start_info`'s magic (xen/include/public/arch-x86/hvm/start_info.h). */
 const START_INFO_MAGIC = 0x336e_c578
-const E820_RAM = 1
-const E820_RESERVED = 2
-const MAX_MEMORY = 3 * 1024 * MIB
-
-function bytesOf(what: string, v: Uint8Array | string): { bytes: Uint8Array; file: string } {
-  if (v instanceof Uint8Array) return { bytes: v, file: what }
-  if (typeof v !== 'string') throw new MshvError('EINVAL', `${what} must be bytes (Uint8Array) or a file path, got ${describe(v)}`)
-  try {
-    return { bytes: readFileSync(v), file: v }
-  } catch (e) {
-    throw new MshvError('ENOENT', `${what}: cannot read ${v}: ${(e as Error).message}`)
-  }
-}
 
 /** Loads Linux into a new VM with the PC platform and ACPI; nothing runs yet. */
 export function prepareLinux(options: LinuxOptions): LinuxMachine {
@@ -184,12 +170,8 @@ export function prepareLinux(options: LinuxOptions): LinuxMachine {
  */
 export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `prepareLinux: options must be an object, got ${describe(options)}`)
-  const memory = options.memory ?? 256 * MIB
-  if (!Number.isSafeInteger(memory) || memory < 64 * MIB || memory > MAX_MEMORY || memory % 0x1000 !== 0) {
-    throw new MshvError('EINVAL', `memory must be a multiple of 4096 bytes from 64 MiB to 3 GiB, got ${describe(memory)}`)
-  }
-  const vcpus = options.vcpus ?? 1
-  if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > 64) throw new MshvError('EINVAL', `vcpus must be an integer from 1 to 64, got ${describe(vcpus)}`)
+  const memory = checkMemory(options.memory ?? 256 * MIB)
+  const vcpus = checkVcpus(options.vcpus ?? 1)
   const cmdline = options.cmdline ?? 'console=ttyS0'
   if (typeof cmdline !== 'string' || cmdline.length >= CMDLINE_MAX) {
     throw new MshvError('EINVAL', `cmdline must be a string of fewer than ${CMDLINE_MAX} bytes, got ${typeof cmdline === 'string' ? `${cmdline.length} bytes` : describe(cmdline)}`)
@@ -213,16 +195,7 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
       // An AP waits for the guest's INIT/SIPI (startup suspend), as on a PC.
       else v.regs.set('internalActivityState', 1n)
     }
-    const pc = addPcPlatform(vm, { serial: watchPanic(vm, options.serial, cmdline), rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
-    const pm = new AcpiPm(
-      () => vm.guestTimeNs(),
-      () => vm.requestStop({ reason: 'poweroff' }),
-      () => vm.requestStop({ reason: 'reboot' }),
-    )
-    vm.bus.register(PM1A_EVT, 4, pm, 'ACPI PM1a event')
-    vm.bus.register(PM1A_CNT, 2, pm, 'ACPI PM1a control')
-    vm.bus.register(PM_TMR, 4, pm, 'ACPI PM timer')
-    vm.bus.register(RESET_PORT, 1, pm, 'reset control')
+    const { pc, pm } = addPcWithAcpi(vm, { serial: watchPanic(vm, options.serial, cmdline), rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
     const devices = addVirtioDevices(pc.pci as PciHost, options, opened)
     let vmport: VmPort | undefined
     if (options.vmware) {
@@ -235,7 +208,6 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
       vm.close()
       for (const d of opened) d.close()
     }
-    vm.addState('acpi-pm', pm)
     devices.transports.forEach((t, i) => vm.addState(`virtio${i}`, t))
     const machine: LinuxMachine = {
       vmport,
@@ -407,18 +379,6 @@ function boot64Kernel(bytes: Uint8Array, file: string): LoadedKernel {
   }
 }
 
-/** The e820 map both entries give: RAM below the EBDA and from 1 MiB, the BIOS area reserved. */
-function e820(memory: number): [number, number, number][] {
-  return [
-    [0, 0x9_fc00, E820_RAM],
-    [0x9_fc00, 0x400, E820_RESERVED],
-    [0xe_0000, 0x2_0000, E820_RESERVED], // the ACPI tables and the BIOS area
-    [MIB, memory - MIB, E820_RAM],
-    // The ECAM: Linux takes MCFG's region only where firmware reserved it (arch/x86/pci/mmconfig-shared.c, pci_mmcfg_reserved).
-    [PCI_ECAM_BASE, PCI_ECAM_SIZE, E820_RESERVED],
-  ]
-}
-
 interface BootInfo {
   memory: number
   cmdline: string
@@ -504,21 +464,10 @@ function writeStartInfo(vm: Vm, o: BootInfo): void {
   vm.write(START_INFO, new Uint8Array(si.buffer))
 }
 
-/**
- * The PVH entry state (Xen's `docs/misc/pvh.pandoc`): 32-bit protected mode without
- * paging, flat 4 GiB code and data segments, a 32-bit TSS, EBX = `hvm_start_info`.
- */
+/** The PVH entry state (Xen's `docs/misc/pvh.pandoc`): 32-bit protected mode, EBX = `hvm_start_info`. */
 function enterPvh(v: Vcpu, entry: number): void {
-  const r = v.regs
-  r.setRaw('cs', ...segment(0n, 0xffff_ffff, 0x08, 0xc09b))
-  for (const s of ['ds', 'es', 'ss', 'fs', 'gs'] as const) r.setRaw(s, ...segment(0n, 0xffff_ffff, 0x10, 0xc093))
-  r.setRaw('tr', ...segment(0n, 0x67, 0x18, 0x8b))
-  r.set('cr0', 0x11n) // PE, ET
-  r.set('cr4', 0n)
-  r.set('efer', 0n)
-  r.set('rflags', 2n)
-  r.set('rip', BigInt(entry))
-  r.set('rbx', BigInt(START_INFO))
+  enterProtected32(v, entry)
+  v.regs.set('rbx', BigInt(START_INFO))
 }
 
 /** A finished boot: how it ended and what it cost. */
