@@ -4,7 +4,8 @@
 
 use crate::exec::Exec;
 use crate::fault::{
-    selector_error, Fault, Stop, DF as DF_VECTOR, GP, NP, PF as PF_VECTOR, SS as SS_FAULT, TS,
+    selector_error, Fault, Stop, DB as DB_VECTOR, DF as DF_VECTOR, GP, NP, PF as PF_VECTOR,
+    SS as SS_FAULT, TS,
 };
 use crate::flags::*;
 use crate::segment::{self, read_descriptor, Descriptor};
@@ -58,8 +59,16 @@ pub fn deliver(
     if matches!(r, Err(Stop::Exit)) && matches!(x.exit, crate::fault::Exit::Mmio { .. }) {
         x.exit_in_delivery = true;
     }
+    if r.is_ok() && vector == DB_VECTOR && source != Source::Software {
+        // Entering the debug-exception handler clears DR7.GD, so that the handler
+        // may use the debug registers (SDM vol 3 18.2.4). INT 1 is no debug exception.
+        x.cpu.dr[7] &= !DR7_GD;
+    }
     r
 }
+
+/// DR7.GD (general detect): a MOV with a debug register raises #DB (SDM vol 3 18.2.4).
+pub const DR7_GD: u64 = 1 << 13;
 
 fn deliver_event(
     x: &mut Exec,

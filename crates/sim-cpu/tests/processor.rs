@@ -471,3 +471,26 @@ fn sdm_18_3_1_1_a_fault_pushes_rflags_with_rf_set() {
         );
     }
 }
+
+/// SDM vol 3 18.2.4: with DR7.GD set a MOV with a debug register is a #DB fault with
+/// DR6.BD set, and "the processor clears the GD flag upon entering to the debug
+/// exception handler", so the handler may read DR6 and DR7; returning re-executes the
+/// MOV, which now completes. The sim left GD set: the handler's own MOV faulted on and
+/// on (kvm-unit-tests debug triple-faulted).
+#[test]
+fn sdm_18_2_4_entering_the_db_handler_clears_dr7_gd() {
+    // mov rax, dr6; hlt
+    let mut m = long_with_rings(&[0x0f, 0x21, 0xf0, 0xf4], 0x2000);
+    gate(&mut m, 1, 0x3000);
+    // The handler: mov rbx, dr6; mov rcx, dr7; iretq
+    m.ram
+        .write(0x3000, &[0x0f, 0x21, 0xf3, 0x0f, 0x21, 0xf9, 0x48, 0xcf])
+        .unwrap();
+    m.cpu.cpu.dr[7] = 0x2400;
+    assert!(matches!(m.run(20), RunEnd::Exit(Exit::Halt)));
+    let c = &m.cpu.cpu;
+    assert_eq!(c.rip, 0x2004, "the MOV completed after the handler");
+    assert_eq!(c.gpr[3] & (1 << 13), 1 << 13, "DR6.BD in the handler");
+    assert_eq!(c.gpr[1], 0x400, "DR7.GD clear in the handler");
+    assert_eq!(c.gpr[0], c.gpr[3], "the MOV read DR6 on its return");
+}
