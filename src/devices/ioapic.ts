@@ -2,7 +2,10 @@
  * The I/O APIC (Intel 82093AA datasheet; version 0x20 with the EOI register, as
  * QEMU's `hw/intc/ioapic.c` models it): 24 pins whose redirection entries turn a
  * line into an interrupt request to the local APICs ({@link Vm.requestInterrupt}),
- * level-triggered pins re-asserted on EOI (remote IRR).
+ * level-triggered pins re-asserted on EOI (remote IRR). A masked pin ignores edges
+ * (the datasheet's mask bit: "edge-sensitive interrupts signaled on a masked interrupt
+ * pin are ignored (i.e., not delivered or held pending)"); a level-triggered pin still
+ * asserted when unmasked is delivered then.
  * @module
  */
 import type { MmioDevice } from '../bus.js'
@@ -59,7 +62,11 @@ export interface IoApicState {
   select: number
   /** The 24 redirection entries. */
   entries: IoApicEntryState[]
-  /** Pins asserted (level) or with an edge not yet delivered (edge), bit n for pin n. */
+  /**
+   * The input lines asserted now, bit n for pin n, whatever the pin's trigger mode: a
+   * level-triggered pin delivers while its bit is set; an edge-triggered one only at
+   * the rising edge, so nothing is pending on it.
+   */
   irr: number
 }
 
@@ -85,7 +92,10 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
   private id = 0
   private select = 0
   private readonly entries = new Array<bigint>(IOAPIC_PINS).fill(MASKED)
-  /** Pins asserted now (level) or with an edge not yet delivered (edge, while masked). */
+  /**
+   * The input lines asserted now, bit n for pin n, in either trigger mode: a pin
+   * reprogrammed from edge to level while its line is high is then delivered.
+   */
   private irr = 0
   readonly stats: IoApicStats = { delivered: 0, refused: 0 }
 
@@ -112,29 +122,36 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
   setIrq(pin: number, asserted: boolean): void {
     this.checkPin(pin)
     const bit = 1 << pin
+    this.irr = asserted ? this.irr | bit : this.irr & ~bit
     const e = this.entries[pin] as bigint
-    if ((e & LEVEL) !== 0n) {
-      if (asserted) {
-        this.irr |= bit
-        this.service(pin)
-      } else this.irr &= ~bit
-    } else if (asserted) {
-      // A rising edge (lines call this only on a change); while masked it waits in
-      // IRR for the unmask.
-      this.irr |= bit
-      this.service(pin)
+    if ((e & LEVEL) !== 0n) this.service(pin)
+    else if (asserted && (e & MASKED) === 0n) {
+      // A rising edge (lines call this only on a change). On a masked pin it is lost,
+      // not held for the unmask (82093AA datasheet, IOREDTBL bit 16: "edge-sensitive
+      // interrupts signaled on a masked interrupt pin are ignored"; QEMU's
+      // ioapic_set_irq drops it too): kvm-unit-tests' ioapic.c test_ioapic_edge_mask
+      // expects one interrupt from a masked edge and an unmasked one.
+      this.send(pin)
     }
   }
 
-  /** Delivers pin's interrupt if it is pending, unmasked and (level) not awaiting EOI. */
+  /**
+   * Delivers a level-triggered pin's interrupt if its line is asserted, it is unmasked
+   * and not awaiting EOI (remote IRR); the datasheet's level pin is sensed whenever
+   * those hold, so one asserted while masked is delivered at the unmask. An
+   * edge-triggered pin delivers only at its rising edge ({@link setIrq}).
+   */
   private service(pin: number): void {
-    const bit = 1 << pin
+    const e = this.entries[pin] as bigint
+    if ((e & LEVEL) === 0n || (this.irr & (1 << pin)) === 0 || (e & (MASKED | REMOTE_IRR)) !== 0n) return
+    this.send(pin)
+  }
+
+  /** Sends pin's interrupt to the local APICs as its entry says; a level one sets remote IRR. */
+  private send(pin: number): void {
     let e = this.entries[pin] as bigint
-    if ((this.irr & bit) === 0 || (e & MASKED) !== 0n) return
     const level = (e & LEVEL) !== 0n
-    if (level && (e & REMOTE_IRR) !== 0n) return
     const kind = MODES[Number((e >> 8n) & 7n)]
-    if (!level) this.irr &= ~bit
     if (kind === undefined) return
     let vector = Number(e & 0xffn)
     if (kind === 'extint') {
@@ -196,7 +213,9 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
     const v = BigInt(value >>> 0)
     const written = (index & 1) === 0 ? (old & 0xffff_ffff_0000_0000n) | v : (old & 0xffff_ffffn) | (v << 32n)
     this.entries[pin] = (written & WRITABLE) | (old & (REMOTE_IRR | DELIVERY_STATUS))
-    // An edge pin switched to level keeps no stale remote IRR; unmasking delivers what waits.
+    // An edge pin keeps no stale remote IRR; unmasking (or switching to level) a level
+    // pin whose line is high delivers it. No edge is ever pending: setIrq drops one on
+    // a masked pin.
     if ((written & LEVEL) === 0n) this.entries[pin] = (this.entries[pin] as bigint) & ~REMOTE_IRR
     this.service(pin)
   }
