@@ -272,6 +272,44 @@ test('RTC: the update-ended interrupt each second raises IRQ 8 until register C 
   t.false(level)
 })
 
+test('RTC (MC146818A datasheet, register A UIP): set for the last 244 us before each second ends, on guest time, unless SET or the divider holds the clock', (t) => {
+  const { timers, advance } = clock()
+  const rtc = new Rtc(timers, probe().line, { start: new Date(Date.UTC(2026, 0, 1)) })
+  const uip = (): boolean => {
+    rtc.ioWrite(0x70, 1, 0x0a)
+    return (rtc.ioRead(0x71) & 0x80) !== 0
+  }
+  advance(999_755_000) // 245 us before the second ends
+  t.false(uip())
+  advance(2_000)
+  t.true(uip(), '243 us before')
+  advance(243_000 - 1)
+  t.true(uip(), '1 ns before')
+  advance(1)
+  t.false(uip(), 'the update is done: the new second')
+  // A clock set mid-second (SET held, then released) keeps its millisecond: its second
+  // ends 600 ms after the write, and UIP comes 244 us before that.
+  advance(400_123_456)
+  rtc.ioWrite(0x70, 1, 0x0b)
+  rtc.ioWrite(0x71, 1, 0x82) // SET, 24-hour
+  t.false(uip(), 'SET stops updates')
+  rtc.ioWrite(0x70, 1, 0x00)
+  rtc.ioWrite(0x71, 1, 0x30) // 30 seconds, the sub-second part kept
+  rtc.ioWrite(0x70, 1, 0x0b)
+  rtc.ioWrite(0x71, 1, 0x02)
+  advance(600_000_000 - 244_000 - 1)
+  t.false(uip())
+  advance(1)
+  t.true(uip())
+  // The divider in reset (DV = 110) stops the time base: no update, no UIP.
+  rtc.ioWrite(0x70, 1, 0x0a)
+  rtc.ioWrite(0x71, 1, 0x66)
+  t.false(uip())
+  rtc.ioWrite(0x70, 1, 0x0a)
+  rtc.ioWrite(0x71, 1, 0x26)
+  t.true(uip())
+})
+
 // ---- 16550 ------------------------------------------------------------------------
 
 test('16550: THRE interrupt on enabling it and after each byte, cleared by reading IIR; receive has priority', (t) => {

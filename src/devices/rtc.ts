@@ -47,8 +47,15 @@ const C_UF = 0x10
 const D_VRT = 0x80
 
 const NS = 1_000_000_000
-/** The update cycle lasts 244 us before each second ends (UIP set, datasheet). */
+/**
+ * UIP is set this long before each once-a-second update (MC146818A datasheet: UIP
+ * goes high t_BUC = 244 us before the update cycle; QEMU's `update_in_progress` holds it
+ * for the last 8 / 32768 s of each second).
+ */
 const UIP_NS = 244_000
+/** Register A's divider bits (DV2..DV0, 6:4): 000, 001 and 010 run the time base; 11x hold it in reset. */
+const A_DV = 0x70
+const A_DV_RUNNING_MAX = 0x20
 
 /** Options for {@link Rtc}. */
 export interface RtcOptions {
@@ -144,6 +151,20 @@ export class Rtc implements PioDevice, Saveable<RtcState> {
   /** The wall-clock time now (ms since the epoch), as the guest's clock has it. */
   time(): number {
     return this.setTo + Math.floor((this.now() - this.setAt) / 1_000_000)
+  }
+
+  /**
+   * Whether register A's UIP reads 1: in the last {@link UIP_NS} of each second of the
+   * clock, while the divider runs and SET does not hold the clock (MC146818A datasheet,
+   * register A bit 7 and register B's SET). The position in the second is the guest
+   * clock's to the nanosecond (the ms of {@link time} never come within 244 us of the
+   * second's end), so a deterministic VM sees UIP at the same instants every run.
+   */
+  private updateInProgress(): boolean {
+    if (((this.cmos[REG_B] ?? 0) & B_SET) !== 0 || ((this.cmos[REG_A] ?? 0) & A_DV) > A_DV_RUNNING_MAX) return false
+    const mod = (v: number, m: number): number => ((v % m) + m) % m
+    const ns = mod(mod(this.setTo, 1000) * 1_000_000 + mod(this.now() - this.setAt, NS), NS)
+    return ns >= NS - UIP_NS
   }
 
   private bcd(): boolean {
@@ -304,12 +325,8 @@ export class Rtc implements PioDevice, Saveable<RtcState> {
       case YEAR:
       case CENTURY:
         return this.clockRegister(i)
-      case REG_A: {
-        // UIP: the 244 us before each second's end, while the clock is not held by SET.
-        const ms = this.time() % 1000
-        const uip = ((this.cmos[REG_B] ?? 0) & B_SET) === 0 && (1000 - ms) * 1_000_000 <= UIP_NS
-        return ((this.cmos[REG_A] ?? 0) & ~A_UIP) | (uip ? A_UIP : 0)
-      }
+      case REG_A:
+        return ((this.cmos[REG_A] ?? 0) & ~A_UIP) | (this.updateInProgress() ? A_UIP : 0)
       case REG_C: {
         // Reading C clears it and lowers IRQ 8.
         const c = this.cmos[REG_C] ?? 0
