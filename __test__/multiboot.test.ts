@@ -6,6 +6,10 @@
  * judge is kvm-unit-tests (kvm-unit-tests.test.ts), which QEMU boots the same way.
  */
 import test from 'ava'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { assemble, isMultiboot, MshvError, MULTIBOOT_BOOTLOADER_MAGIC, parseMultiboot, prepareMultiboot } from '../index.js'
 
 const MAGIC = 0x1bad_b002
@@ -60,8 +64,8 @@ const REPORTER = `
   out 0xf4, eax
 `.replace(/;[^\n]*/g, '')
 
-function code(address: number): Uint8Array {
-  return assemble(REPORTER, { bitness: 32, address }).bytes
+function code(address: number, source = REPORTER): Uint8Array {
+  return assemble(source, { bitness: 32, address }).bytes
 }
 
 /** An image with the header's address fields (flag 16): header at the start, code after it. */
@@ -75,11 +79,11 @@ function kludgeImage(): Uint8Array {
 }
 
 /** An ELF32 (or ELF64) image: the header in its first segment, the code linked at `vaddr` and loaded at `paddr`. */
-function elfImage(bits: 32 | 64, vaddr = LOAD, paddr = LOAD): Uint8Array {
+function elfImage(bits: 32 | 64, vaddr = LOAD, paddr = LOAD, source = REPORTER): Uint8Array {
   const ehsize = bits === 32 ? 52 : 64
   const phsize = bits === 32 ? 32 : 56
   const offset = 0x100
-  const body = code(vaddr + 16)
+  const body = code(vaddr + 16, source)
   const segment = new Uint8Array(16 + body.length)
   segment.set(header(0))
   segment.set(body, 16)
@@ -234,4 +238,25 @@ test('prepareMultiboot: bad options are EINVAL naming the value; a kernel past R
   t.regex(e5?.message ?? '', /ends at 0x5002059, past the 64 MiB of RAM: give the VM 82 MiB or more/)
   const e6 = t.throws(() => prepareMultiboot({ kernel: elfImage(32), modules: [42 as unknown as string] }), { instanceOf: MshvError })
   t.regex(e6?.message ?? '', /modules\[0\] must be bytes/)
+})
+
+test('mshv boot --kernel takes a multiboot kernel as QEMU -kernel does: its console on stdout, its debug-exit code the exit status', (t) => {
+  const text = 'multiboot says hi\n'
+  const source = `bits 32\nmov dx, 0x3f8\n${[...text].map((c) => `mov al, ${c.charCodeAt(0)}\nout dx, al`).join('\n')}\nmov eax, 5\nout 0xf4, eax\n`
+  const dir = mkdtempSync(join(tmpdir(), 'mshv-mb-'))
+  try {
+    const file = join(dir, 'hello.elf')
+    writeFileSync(file, elfImage(32, LOAD, LOAD, source))
+    const cli = (...args: string[]): ReturnType<typeof spawnSync> => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/mshv.ts', 'boot', '--backend', 'sim', '--no-progress', '--kernel', file, ...args], { encoding: 'utf8', timeout: 60_000 })
+    const r = cli('--cmdline', 'a b')
+    t.is(r.status, 5, String(r.stderr))
+    t.is(r.stdout, text)
+    t.regex(String(r.stderr), /"reason":"debug-exit","code":5/)
+    t.notRegex(String(r.stderr), /Debian's kernel/)
+    const bad = cli('--busybox', '/bin/busybox')
+    t.not(bad.status, 0)
+    t.regex(String(bad.stderr), /--busybox is for Linux: .*hello\.elf is a multiboot kernel/)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 })

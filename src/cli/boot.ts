@@ -9,12 +9,14 @@
  * `--snapshot` keeps the images unchanged.
  * @module
  */
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import type { BootArgs } from './args.js'
 import { linuxFiles, VIRTIO_MODULES } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
 import { prepareLinux, bootReport, type LinuxBootReport, type LinuxMachine } from '../boot/linux.js'
 import { restoreLinux } from '../boot/linux-snapshot.js'
+import { isMultiboot, prepareMultiboot } from '../boot/multiboot.js'
+import { MshvError } from '../errors.js'
 import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
@@ -95,6 +97,9 @@ export class ConsoleOut {
   }
 }
 
+/** What {@link drive} runs: a Linux machine, or a multiboot one (which cannot be saved). */
+type Drivable = Pick<LinuxMachine, 'vm' | 'pc' | 'run' | 'close'> & { snapshot?: LinuxMachine['snapshot'] }
+
 /** What {@link drive} does besides the console: progress, GDB, saving. */
 interface DriveArgs {
   progress: boolean
@@ -137,7 +142,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
  * Runs `m` with its console on the terminal (interactive when `interactive`) until the
  * guest ends it, Ctrl+] or the save `saveOn` asks for; closes it; its report.
  */
-async function drive(m: LinuxMachine, out: ConsoleOut, args: DriveArgs, policy: string, io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
+async function drive(m: Drivable, out: ConsoleOut, args: DriveArgs, policy: string, io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
   let status: StatusLine | undefined
   const start = performance.now()
   status = args.progress ? new StatusLine(io.stderr, () => liveText(m.vm, policy, start), () => out.atLineStart) : undefined
@@ -217,7 +222,7 @@ async function drive(m: LinuxMachine, out: ConsoleOut, args: DriveArgs, policy: 
   try {
     const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run()
     if (args.trace !== undefined) writeTrace(m.vm, args.trace, io)
-    if (saveRequested && args.saveTo !== undefined && result.reason === 'cancelled') {
+    if (saveRequested && args.saveTo !== undefined && m.snapshot && result.reason === 'cancelled') {
       const saved = m.snapshot(args.saveTo)
       status?.stop()
       io.stderr.write(`\nmshv: saved to ${args.saveTo} (${(saved.bytes / 2 ** 20).toFixed(1)} MiB: ${saved.pagesWritten} of ${saved.pages} pages); 'mshv restore ${args.saveTo}' goes on from there\n`)
@@ -312,8 +317,61 @@ export async function restore(args: RestoreArgs, io: BootIo = process): Promise<
 /** The /init of `--policy all` without `--init`: boot, say so, power off. */
 const COMPARE_INIT = 'echo "mshv: booted; powering off (the policies are compared unattended)"\npoweroff -f\n'
 
-/** Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or rebooted). */
+/** Whether `file` is a multiboot kernel: a multiboot header, and no Linux boot-protocol header ("HdrS" at 0x202). */
+function isMultibootFile(file: string): boolean {
+  let bytes: Uint8Array
+  try {
+    bytes = readFileSync(file)
+  } catch {
+    return false // prepareLinux names the file it cannot read
+  }
+  const linux = bytes.length > 0x206 && Buffer.from(bytes.subarray(0x202, 0x206)).toString('latin1') === 'HdrS'
+  return !linux && isMultiboot(bytes)
+}
+
+/** Options that only mean something for Linux. */
+const LINUX_ONLY: readonly [keyof BootArgs, string][] = [
+  ['busybox', '--busybox'],
+  ['init', '--init'],
+  ['entry', '--entry'],
+  ['saveOn', '--save-on'],
+  ['json', '--json'],
+]
+
+/**
+ * Boots a multiboot kernel as QEMU's `-kernel` does (`--cmdline` its command line,
+ * `--initrd` its module); resolves to the exit status: the code the guest wrote to the
+ * debug-exit port (kvm-unit-tests: 0 passed, 77 skipped), 0 after a poweroff or reset, else 1.
+ */
+async function bootMultiboot(args: BootArgs, io: BootIo): Promise<number> {
+  for (const [key, flag] of LINUX_ONLY) if (args[key] !== undefined) throw new MshvError('EINVAL', `${flag} is for Linux: ${args.kernel} is a multiboot kernel`)
+  if (args.disks.length > 0 || args.rng || args.policies.length > 1) throw new MshvError('EINVAL', `--disk, --rng and --policy all are for Linux: ${args.kernel} is a multiboot kernel`)
+  const out = new ConsoleOut(io)
+  const interactive = true
+  const m = prepareMultiboot({
+    kernel: args.kernel as string,
+    cmdline: args.cmdline,
+    modules: args.initrd === undefined ? [] : [args.initrd],
+    memory: args.memoryMiB === undefined ? undefined : args.memoryMiB * 1024 * 1024,
+    vcpus: args.vcpus,
+    backend: args.backend,
+    clock: args.clock ?? (io.stdin.isTTY === true ? 'realtime' : undefined),
+    policy: args.policies[0],
+    serial: { onByte: out.onByte },
+  })
+  const report = await drive(m, out, args, args.policies[0] ?? 'page', io, interactive)
+  io.stderr.write(`\n${formatBootReport(report, args.policies[0] ?? 'page')}\n`)
+  const r = report.result
+  if (r.reason === 'debug-exit') return r.code & 0xff
+  return report.detached || r.reason === 'poweroff' || r.reason === 'reboot' || r.reason === 'reset' ? 0 : 1
+}
+
+/**
+ * Runs `mshv boot`; resolves to the exit status (0 when every boot powered off or
+ * rebooted). A multiboot `--kernel` is booted as such.
+ */
 export async function boot(given: BootArgs, io: BootIo = process): Promise<number> {
+  if (given.kernel !== undefined && !given.system && isMultibootFile(given.kernel)) return bootMultiboot(given, io)
   const { kernel, initrd, args } = await bootFiles(given, io)
   const reports: { policy: string; report: LinuxBootReport & { detached: boolean; saved?: SnapshotInfo } }[] = []
   for (const policy of args.policies) {

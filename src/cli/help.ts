@@ -6,10 +6,13 @@
 
 /** Help text by command. */
 export const HELP: Readonly<Record<string, string>> = {
-  boot: `mshv boot: boot Linux with its console on this terminal (Ctrl+] ends the VM)
+  boot: `mshv boot: boot Linux (or a multiboot kernel) with its console on this terminal (Ctrl+] ends the VM)
 
   --kernel FILE        a bzImage or an ELF vmlinux with a PVH entry (default: Debian's, fetched once
-                       into $MSHV_LINUX_CACHE, default ~/.cache/mshv-linux)
+                       into $MSHV_LINUX_CACHE, default ~/.cache/mshv-linux); or a multiboot kernel
+                       (ELF32/ELF64 or a.out kludge, as QEMU's -kernel boots it: --cmdline is its
+                       command line, --initrd its module; the exit status is the code the guest
+                       writes to the debug-exit port 0xf4, e.g. kvm-unit-tests' x86/*.flat)
   --initrd FILE        an initramfs (default: a busybox one made here)
   --busybox FILE       the static busybox of that initramfs (default: Debian's busybox-static)
   --init SCRIPT        its /init script, as text (default: an interactive busybox shell)
@@ -35,7 +38,8 @@ export const HELP: Readonly<Record<string, string>> = {
                        ui.perfetto.dev (the first million per vCPU)
   --no-progress        no status line
 
-example: mshv boot --backend sim --cmdline 'console=ttyS0 quiet'`,
+example: mshv boot --backend sim --cmdline 'console=ttyS0 quiet'
+         mshv boot --kernel kvm-unit-tests/x86/tsc.flat --no-progress`,
   restore: `mshv restore FILE: go on from a machine saved with mshv boot --save-to (console attached)
 
   --no-progress        no status line
