@@ -40,6 +40,21 @@ pub struct Exec<'a> {
     /// The exit in `exit` came from an access made while delivering an event (see
     /// `interrupt::deliver`), not from the instruction's own.
     pub exit_in_delivery: bool,
+    /// The guest's breakpoints (its DR0-DR3 and DR7), decoded.
+    pub bps: crate::dr::Breakpoints,
+    /// DR6 bits (B0-B3, BS) of debug traps owed: the data breakpoints the current
+    /// instruction hit, or traps of an instruction the VMM completes, due when the
+    /// run resumes at `db_at`.
+    pub db_traps: u64,
+    /// Where the traps in `db_traps` of an instruction that exited are due: the RIP
+    /// after it, which the VMM sets when it completes the instruction (None: RIP).
+    pub db_at: Option<u64>,
+    /// The event the current instruction delivered itself (INT n, INT1): looked at
+    /// only by the run loop's one-instruction path, which clears it before each.
+    pub gate: crate::dr::Gate,
+    /// Blocks must be looked at for breakpoints before they run (the hypervisor's
+    /// debugger is on, or the guest has instruction breakpoints).
+    pub debug_blocks: bool,
 }
 
 impl Exec<'_> {
@@ -47,9 +62,14 @@ impl Exec<'_> {
     /// after this instruction.
     #[inline(always)]
     fn watch(&mut self, lin: u64, size: usize, write: bool) {
-        if self.watches.is_empty() {
+        if self.watches.is_empty() && !self.bps.data() {
             return;
         }
+        self.watch_slow(lin, size, write);
+    }
+
+    #[inline(never)]
+    fn watch_slow(&mut self, lin: u64, size: usize, write: bool) {
         if let Some(i) = self
             .watches
             .iter()
@@ -58,14 +78,36 @@ impl Exec<'_> {
             self.watch_hit.get_or_insert(i);
             self.end_block = true;
         }
+        // The guest's data breakpoints: a trap after the instruction (SDM vol 3
+        // 18.2.5), delivered by the run loop.
+        let hits = self.bps.data_hits(lin, size, write);
+        if hits != 0 {
+            self.db_traps |= hits;
+            self.end_block = true;
+        }
     }
 
-    /// Whether the page of `lin` holds a watched byte (kept out of the TLB).
+    /// Whether the page of `lin` holds a watched byte, the hypervisor's or a guest data
+    /// breakpoint's (kept out of the TLB).
     fn watched_page(&self, lin: u64) -> bool {
         let page = lin & !0xfff;
         self.watches
             .iter()
             .any(|w| w.hit(page, 0x1000, true) || w.hit(page, 0x1000, false))
+            || self.bps.on_page(lin)
+    }
+
+    /// DR0-DR3 or DR7 changed (MOV DR): the guest's breakpoints are decoded again. A
+    /// page that now holds a data breakpoint must leave the TLB.
+    pub fn breakpoints_changed(&mut self) {
+        let bps = crate::dr::Breakpoints::new(&self.cpu.dr);
+        if bps != self.bps {
+            if bps.data() {
+                self.tlb.flush();
+            }
+            self.bps = bps;
+            self.debug_blocks |= bps.exec != 0;
+        }
     }
 
     // ---- faults --------------------------------------------------------------------
@@ -381,7 +423,7 @@ impl Exec<'_> {
                 }
                 if left as usize >= 0x1000 - off
                     && self.mem.page_is_plain_ram(page)
-                    && (self.watches.is_empty() || !self.watched_page(lin))
+                    && (self.watches.is_empty() && !self.bps.data() || !self.watched_page(lin))
                 {
                     let code = self.cache.holds_page(page);
                     // SAFETY: the page start is `off` bytes before `host`, inside the region.

@@ -15,6 +15,7 @@
 mod cache;
 pub mod cpuid;
 pub mod decode;
+pub mod dr;
 mod exec;
 pub mod fault;
 pub mod flags;

@@ -3,13 +3,14 @@
 
 use crate::cache::{self, CodeCache};
 use crate::decode::Op;
+use crate::dr::{Breakpoints, Gate, DR6_B, DR6_BS};
 use crate::exec::Exec;
 use crate::fault::{Exit, Fault, Stop, DB};
 use crate::flags::{RF, TF};
 use crate::interrupt::{self, Source};
 use crate::paging::{self, Access, PageFault, Privilege};
 use crate::phys::PhysMap;
-use crate::state::{Cpu, CS};
+use crate::state::{Cpu, Shadow, CR4_DE, CS};
 use crate::tlb::Tlb;
 use crate::{Env, Event, EVENT_MASKABLE, EVENT_RESLICE, EVENT_URGENT};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -71,6 +72,13 @@ pub struct Processor {
     /// The breakpoint the last run stopped at: a run that resumes there runs its
     /// instruction first.
     debug_resume: Option<u64>,
+    /// The guest's breakpoints (DR0-DR3 as DR7 enables them) the last run had.
+    guest_bps: Breakpoints,
+    /// Debug traps (DR6 bits) of an instruction the VMM completes, or owed when the
+    /// hypervisor's debugger stopped the run: delivered when the next run starts at
+    /// the RIP given (where the VMM leaves a completed instruction), dropped if it
+    /// starts elsewhere (see [`Processor::run`]).
+    db_resume: Option<(u64, u64)>,
 }
 
 /// The hypervisor's own breakpoints and single-step, which the guest cannot see
@@ -93,14 +101,29 @@ impl Debug {
     /// Whether a breakpoint lies in the block's bytes: only such blocks leave the
     /// plain path, so breakpoints cost nothing elsewhere.
     fn hits(&self, block: &cache::Block) -> bool {
-        let len = block
-            .ops
-            .last()
-            .map_or(0, |op| op.next.wrapping_sub(block.ip));
+        let len = span(block);
         self.breakpoints
             .iter()
             .any(|&b| b.wrapping_sub(block.lin) < len)
     }
+}
+
+/// The bytes a block's instructions take.
+fn span(block: &cache::Block) -> u64 {
+    block
+        .ops
+        .last()
+        .map_or(0, |op| op.next.wrapping_sub(block.ip))
+}
+
+/// Whether a block must run one instruction at a time for a breakpoint in it or the
+/// hypervisor's single-step. Asked only while some breakpoint or step is on
+/// ([`Exec::debug_blocks`]): blocks pay for breakpoints only then.
+#[cold]
+#[inline(never)]
+fn needs_single(x: &Exec, debug: Option<&DebugRun>, block: &cache::Block) -> bool {
+    debug.is_some_and(|d| d.debug.single_step || d.debug.hits(block))
+        || x.bps.exec != 0 && x.bps.exec_within(block.lin, span(block))
 }
 
 /// A run's view of [`Debug`]. `skip`: the breakpoint the last run stopped at, when
@@ -140,6 +163,8 @@ impl Processor {
             },
             debug: Debug::default(),
             debug_resume: None,
+            guest_bps: Breakpoints::default(),
+            db_resume: None,
         }
     }
 
@@ -210,6 +235,11 @@ impl Processor {
             watches: &self.debug.watchpoints,
             watch_hit: None,
             exit_in_delivery: false,
+            bps: self.guest_bps,
+            db_traps: 0,
+            db_at: None,
+            gate: Gate::None,
+            debug_blocks: false,
         };
         let rip = x.cpu.rip;
         let f = Fault {
@@ -235,6 +265,17 @@ impl Processor {
         self.tlb.sync_generation(mem.generation);
         self.cache.new_epoch();
         self.exit_instruction = ExitInstruction::default();
+        if self.cpu.dr[7] & 0xff != 0 || self.guest_bps.any() {
+            // DR7 or DR0-DR3 may have changed since (the VMM sets them too): a page that
+            // now holds a data breakpoint must leave the TLB.
+            let bps = Breakpoints::new(&self.cpu.dr);
+            if bps != self.guest_bps {
+                if bps.data() {
+                    self.tlb.flush();
+                }
+                self.guest_bps = bps;
+            }
+        }
         let info = &mut self.exit_instruction;
         let mut x = Exec {
             cpu: &mut self.cpu,
@@ -249,7 +290,23 @@ impl Processor {
             watches: &self.debug.watchpoints,
             watch_hit: None,
             exit_in_delivery: false,
+            bps: self.guest_bps,
+            db_traps: 0,
+            db_at: None,
+            gate: Gate::None,
+            debug_blocks: self.debug.active() || self.guest_bps.exec != 0,
         };
+        if let Some((at, traps)) = self.db_resume.take() {
+            // The VMM completed the instruction that exited and resumes after it: its
+            // traps come before anything else (SDM vol 3 6.9, priority 4), as KVM's
+            // kvm_skip_emulated_instruction -> kvm_vcpu_do_singlestep queues a
+            // single-step #DB (SDM vol 3 18.3.1.4) for an instruction it emulated. A
+            // VMM that resumes elsewhere (it injected an event, or re-runs the
+            // instruction) did not complete it: nothing is owed.
+            if at == x.cpu.rip {
+                x.db_traps = traps;
+            }
+        }
         let mut executed = 0u64;
         let start = x.cpu.seg[CS].base.wrapping_add(x.cpu.rip);
         let resume = self.debug_resume.take().filter(|&b| b == start);
@@ -270,6 +327,13 @@ impl Processor {
         let end = 'run: loop {
             if let Some(slot) = x.watch_hit.take() {
                 break watched(&mut x, slot, info);
+            }
+            if x.db_traps != 0 {
+                // Debug traps of the last instruction (data breakpoints), or of one the
+                // VMM completed.
+                if let Some(end) = owed_traps(&mut x) {
+                    break end;
+                }
             }
             if executed > 0 {
                 // The breakpoint the run started on is passed once an instruction ran.
@@ -371,9 +435,7 @@ impl Processor {
                 let plain = x.cpu.flags.bits & (TF | RF) == 0
                     && !x.cpu.shadow.interrupts
                     && ops.len() as u64 <= max_instructions - executed
-                    && debug
-                        .as_ref()
-                        .is_none_or(|d| !d.debug.single_step && !d.debug.hits(block));
+                    && (!x.debug_blocks || !needs_single(&x, debug.as_ref(), block));
                 if !plain {
                     let outcome = run_single(
                         &mut x,
@@ -421,6 +483,8 @@ impl Processor {
         };
         info.in_event_delivery = matches!(end, RunEnd::Exit(_)) && x.exit_in_delivery;
         self.debug_resume = debug.and_then(|d| d.stopped_at);
+        self.guest_bps = x.bps;
+        self.db_resume = (x.db_traps != 0).then(|| (x.db_at.unwrap_or(x.cpu.rip), x.db_traps));
         self.last = LastBlock {
             block: prev,
             key: prev_key,
@@ -447,7 +511,7 @@ fn run_plain(
         x.cpu.tsc = t0.wrapping_add(i as u64);
         if let Err(stop) = (op.exec)(x, op) {
             *executed += i as u64;
-            return (stopped(x, block, op, stop, executed, info), false);
+            return (stopped(x, block, op, stop, executed, info, 0), false);
         }
         if x.end_block {
             *executed += i as u64 + 1;
@@ -464,7 +528,8 @@ fn run_plain(
 }
 
 /// Runs a block one instruction at a time, looking after each at what the plain path
-/// leaves out: the single-step trap (TF), RF, the interrupt shadow, the budget.
+/// leaves out: the single-step trap (TF), RF, the interrupt shadow, breakpoints, the
+/// budget.
 fn run_single(
     x: &mut Exec,
     block: &cache::Block,
@@ -478,8 +543,8 @@ fn run_single(
     // Within the instruction budget: a block may hold more than is left.
     let left = (max_instructions - *executed).min(usize::MAX as u64) as usize;
     for op in ops.iter().take(left) {
+        let lin = block.cs_base.wrapping_add(op.ip);
         if let Some(d) = debug.as_deref_mut() {
-            let lin = block.cs_base.wrapping_add(op.ip);
             let skip = d.skip.take() == Some(lin);
             if let Some(i) = d.debug.breakpoints.iter().position(|&b| b == lin) {
                 if !skip {
@@ -494,10 +559,29 @@ fn run_single(
         }
         let tf = x.cpu.flags.bits & TF != 0;
         let rf = x.cpu.flags.bits & RF != 0;
-        x.cpu.shadow.interrupts = false;
+        // The blocking a MOV SS or POP SS left: this instruction ends it.
+        let held = x.cpu.shadow;
+        let blocked = held.blocks_debug();
+        if x.bps.exec != 0 && !rf && !blocked {
+            let hits = x.bps.exec_hits(lin);
+            if hits != 0 {
+                return match instruction_breakpoint(x, op, hits, executed) {
+                    None if debug.is_some_and(|d| d.debug.single_step) => Some(stepped(x, info)),
+                    end => end,
+                };
+            }
+        }
+        x.cpu.shadow = Shadow::default();
+        x.gate = Gate::None;
         x.cpu.rip = op.next;
+        // Traps owed after this instruction: its single-step trap (SDM vol 3 18.3.1.4),
+        // and the data breakpoints of a MOV SS or POP SS before it (SDM vol 3 6.8.3).
+        let mut owed = if tf { DR6_BS } else { 0 };
+        if blocked {
+            owed |= held.pending_db as u64;
+        }
         if let Err(stop) = (op.exec)(x, op) {
-            let end = stopped(x, block, op, stop, executed, info);
+            let end = stopped(x, block, op, stop, executed, info, owed);
             // A step ends at an exception's handler, as the hardware's does.
             return match end {
                 None if debug.is_some_and(|d| d.debug.single_step) => Some(stepped(x, info)),
@@ -509,24 +593,33 @@ fn run_single(
         if rf {
             x.cpu.flags.bits &= !RF;
         }
+        let mut traps = std::mem::take(&mut x.db_traps) | owed;
+        if x.gate != Gate::None {
+            // INT n, INT3, INTO and INT1 entered a handler through a gate, which cleared
+            // TF: no single-step trap follows (SDM vol 3 18.3.1.4), not even on the
+            // handler's first instruction.
+            traps &= !DR6_BS;
+        }
+        if x.cpu.shadow.blocks_debug() {
+            // A MOV SS or POP SS: its single-step trap is suppressed and its data
+            // breakpoints wait for the next instruction boundary (SDM vol 3 6.8.3).
+            x.cpu.shadow.pending_db |= (traps & DR6_B) as u8;
+            traps = 0;
+        }
+        if x.gate == Gate::Icebp && traps != 0 {
+            // One #DB: the one INT1 delivered reports the breakpoints owed.
+            x.cpu.dr[6] = (x.cpu.dr[6] & !DR6_B) | (traps & DR6_B);
+            traps = 0;
+        }
         if debug.as_ref().is_some_and(|d| d.debug.single_step) {
-            // The hypervisor's step comes first: the guest's own TF trap (below) is
-            // still owed, and is taken when the run resumes.
-            if rf {
-                x.cpu.flags.bits &= !RF;
-            }
+            // The hypervisor's step comes first: the guest's own traps are still owed,
+            // and are taken when the run resumes here.
+            x.db_traps = traps;
+            x.db_at = None;
             return Some(stepped(x, info));
         }
-        if tf {
-            // Single-step: #DB after the instruction, DR6.BS set.
-            x.cpu.dr[6] |= 1 << 14;
-            let f = Fault {
-                vector: DB,
-                error_code: None,
-                cr2: None,
-            };
-            let rip = x.cpu.rip;
-            if interrupt::raise(x, f, rip, Source::Exception).is_err() {
+        if traps != 0 {
+            if deliver_db(x, traps).is_err() {
                 return Some(RunEnd::Exit(x.exit));
             }
             return None;
@@ -536,6 +629,87 @@ fn run_single(
         }
     }
     None
+}
+
+/// Delivers the #DB trap for the debug conditions in `traps` (DR6 bits) with RIP after
+/// the instruction: B0-B3 say which breakpoints matched, replacing the ones DR6 held;
+/// BS adds to it; the other bits stay (SDM vol 3 18.2.3: "certain debug exceptions may
+/// clear bits 0-3. The remaining contents of the DR6 register are never cleared by
+/// the processor"). `Err` (Exit::Shutdown in `x.exit`) when it cannot be delivered.
+fn deliver_db(x: &mut Exec, traps: u64) -> Result<(), Stop> {
+    x.cpu.dr[6] = (x.cpu.dr[6] & !DR6_B) | traps;
+    let f = Fault {
+        vector: DB,
+        error_code: None,
+        cr2: None,
+    };
+    let rip = x.cpu.rip;
+    interrupt::raise(x, f, rip, Source::Exception)
+}
+
+/// Traps owed at the top of the run loop: data breakpoints the last instruction hit on
+/// the plain path, or the traps of an instruction the VMM completed. Those of a MOV
+/// SS or POP SS wait for the next instruction (its single-step trap is suppressed).
+#[cold]
+#[inline(never)]
+fn owed_traps(x: &mut Exec) -> Option<RunEnd> {
+    let traps = std::mem::take(&mut x.db_traps);
+    if x.cpu.shadow.blocks_debug() {
+        x.cpu.shadow.pending_db |= (traps & DR6_B) as u8;
+        return None;
+    }
+    deliver_db(x, traps).err().map(|_| RunEnd::Exit(x.exit))
+}
+
+/// An instruction breakpoint (DR7 R/W = 00) at `op`, which has not executed: a #DB
+/// fault with RIP on it and DR6.B0-B3 the matching slots (SDM vol 3 18.2.5). RF is
+/// pushed as it is (clear: the breakpoint fires only then); the handler sets it in the
+/// image to execute the instruction on return (SDM vol 3 18.3.1.1).
+#[cold]
+#[inline(never)]
+fn instruction_breakpoint(x: &mut Exec, op: &Op, hits: u64, executed: &mut u64) -> Option<RunEnd> {
+    x.cpu.rip = op.ip;
+    x.cpu.dr[6] = (x.cpu.dr[6] & !DR6_B) | hits;
+    let f = Fault {
+        vector: DB,
+        error_code: None,
+        cr2: None,
+    };
+    match interrupt::raise(x, f, op.ip, Source::Exception) {
+        Ok(()) => {
+            *executed += 1;
+            None
+        }
+        Err(_) => Some(RunEnd::Exit(x.exit)),
+    }
+}
+
+/// The debug traps of an instruction that exited and completes (the VMM completes an
+/// I/O, MSR or MMIO access; HLT and an EOI write retired here): `owed` (its
+/// single-step trap, what a MOV SS before it held off), its data breakpoints, and its
+/// I/O breakpoints (DR7 R/W = 10 with CR4.DE, SDM vol 3 18.2.4). They are due when the
+/// run resumes after it; true for HLT with traps, which are delivered now instead of
+/// halting (the trap is taken at the boundary after HLT, as KVM's
+/// kvm_skip_emulated_instruction delivers it before kvm_emulate_halt blocks).
+#[cold]
+#[inline(never)]
+fn owe_after_exit(x: &mut Exec, op: &Op, exit: Exit, owed: u64) -> bool {
+    let mut traps = std::mem::take(&mut x.db_traps) | owed;
+    if let Exit::Io { port, size, .. } = exit {
+        if x.cpu.cr4 & CR4_DE != 0 {
+            traps |= x.bps.io_hits(port, size);
+        }
+    }
+    if traps == 0 {
+        return false;
+    }
+    x.db_traps = traps;
+    if exit == Exit::Halt {
+        x.db_at = None;
+        return true;
+    }
+    x.db_at = Some(op.next);
+    false
 }
 
 /// The hypervisor's single-step stop after an instruction (no instruction bytes: the
@@ -560,7 +734,9 @@ fn watched(x: &mut Exec, slot: usize, info: &mut ExitInstruction) -> RunEnd {
 }
 
 /// What instruction `op` stopping with `stop` comes to: an exception delivered (the
-/// run goes on) or the exit the run ends with.
+/// run goes on) or the exit the run ends with. `owed`: the debug traps (DR6 bits) due
+/// after the instruction if it completes (its single-step trap, and the data
+/// breakpoints a MOV SS or POP SS before it held off).
 #[cold]
 #[inline(never)]
 fn stopped(
@@ -570,11 +746,16 @@ fn stopped(
     stop: Stop,
     executed: &mut u64,
     info: &mut ExitInstruction,
+    owed: u64,
 ) -> Option<RunEnd> {
     match stop {
         Stop::Fault => {
-            // A faulting instruction did not complete: no data breakpoint is reported.
+            // A faulting instruction did not complete: no data breakpoint is reported,
+            // and the traps owed go with it (the guest's GD #DB, a fault, reports BD
+            // alone: kvm-unit-tests debug "Single-step #DB w/ MOVSS blocking and
+            // DR7.GD=1").
             x.watch_hit = None;
+            x.db_traps = 0;
             x.cpu.rip = op.ip;
             // Every exception a handler returns is a fault: RIP stays on the
             // instruction (traps like INT3 are delivered by their handlers), and the
@@ -599,7 +780,7 @@ fn stopped(
             if !retired {
                 x.cpu.rip = op.ip;
             }
-            if retired
+            let completes = retired
                 || matches!(
                     exit,
                     Exit::Io { .. }
@@ -608,10 +789,18 @@ fn stopped(
                             access: Access::Read | Access::Write,
                             ..
                         }
-                )
-            {
+                );
+            if completes {
                 // HLT retires here; an access retires when the VMM completes it.
                 *executed += 1;
+                if (owed != 0 || x.db_traps != 0 || x.bps.io != 0)
+                    && owe_after_exit(x, op, exit, owed)
+                {
+                    // HLT with a debug trap: the run goes on to deliver it.
+                    return None;
+                }
+            } else {
+                x.db_traps = 0;
             }
             if retired {
                 info.len = op.len;

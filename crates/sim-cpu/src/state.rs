@@ -124,6 +124,31 @@ pub const EFER_NXE: u64 = 1 << 11;
 pub struct Shadow {
     /// Interrupts are held off for one instruction (after STI, MOV SS, POP SS).
     pub interrupts: bool,
+    /// With `interrupts`: the blocking is MOV SS's or POP SS's, which holds off debug
+    /// exceptions too (SDM vol 3 6.8.3): that instruction's single-step trap is
+    /// suppressed, instruction breakpoints on the next one do not fire, and data
+    /// breakpoints it hit (`pending_db`) are delivered after the next instruction.
+    /// STI's blocking does not hold off #DB.
+    pub mov_ss: bool,
+    /// DR6.B0-B3 of data breakpoints the MOV SS or POP SS hit, owed after the next
+    /// instruction (merged into its own #DB, or delivered at the first instruction of
+    /// the handler an INT n or INT3 there enters).
+    pub pending_db: u8,
+}
+
+impl Shadow {
+    /// The blocking MOV SS and POP SS leave: interrupts and debug exceptions.
+    pub const MOV_SS: Shadow = Shadow {
+        interrupts: true,
+        mov_ss: true,
+        pending_db: 0,
+    };
+
+    /// Whether debug exceptions are held off at this instruction boundary.
+    #[inline]
+    pub fn blocks_debug(&self) -> bool {
+        self.interrupts && self.mov_ss
+    }
 }
 
 /// The MSRs that are plain storage here (their side effects, if any, are elsewhere).

@@ -4,6 +4,7 @@
 
 use super::read_rm;
 use crate::decode::{ea, gpr, Handler, Op};
+use crate::dr::Gate;
 use crate::exec::{Exec, NONE};
 use crate::fault::{Stop, BP, BR, DB, OF as OF_VECTOR};
 use crate::flags::{mask, sext};
@@ -297,18 +298,24 @@ fn int_n(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     if x.cpu.v86() && x.cpu.iopl() < 3 {
         return Err(x.gp(0));
     }
-    interrupt::deliver(x, op.imm as u8, None, Source::Software, op.next)
+    interrupt::deliver(x, op.imm as u8, None, Source::Software, op.next)?;
+    x.gate = Gate::Software;
+    Ok(())
 }
 
 /// INT3: #BP as a trap, RIP after it; no IOPL check in V86 mode.
 fn int3(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    interrupt::deliver(x, BP, None, Source::Int3, op.next)
+    interrupt::deliver(x, BP, None, Source::Int3, op.next)?;
+    x.gate = Gate::Software;
+    Ok(())
 }
 
 /// INTO: #OF when OF is set.
 fn into(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     if x.cpu.flags.of() {
-        interrupt::deliver(x, OF_VECTOR, None, Source::Int3, op.next)
+        interrupt::deliver(x, OF_VECTOR, None, Source::Int3, op.next)?;
+        x.gate = Gate::Software;
+        Ok(())
     } else {
         Ok(())
     }
@@ -317,7 +324,9 @@ fn into(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// INT1 (ICEBP): a #DB delivered as a hardware event would be (privileged software
 /// exception: no DPL check).
 fn int1(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    interrupt::deliver(x, DB, None, Source::Icebp, op.next)
+    interrupt::deliver(x, DB, None, Source::Icebp, op.next)?;
+    x.gate = Gate::Icebp;
+    Ok(())
 }
 
 fn iret(x: &mut Exec, op: &Op) -> Result<(), Stop> {

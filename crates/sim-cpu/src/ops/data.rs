@@ -49,7 +49,8 @@ fn mov_to_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let sel = read_rm(x, op, 2)? as u16;
     load_data_segment(x, op.cc as usize, sel)?;
     if op.cc as usize == crate::state::SS {
-        x.cpu.shadow.interrupts = true;
+        // Interrupts and debug exceptions wait for the next instruction (SDM vol 3 6.8.3).
+        x.cpu.shadow = crate::state::Shadow::MOV_SS;
     }
     Ok(())
 }
@@ -417,7 +418,11 @@ fn load_far(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     load_data_segment(x, op.cc as usize, sel)?;
     x.set_reg(op.r, s, off);
     if op.cc as usize == crate::state::SS {
-        x.cpu.shadow.interrupts = true;
+        // Only MOV SS and POP SS hold off debug exceptions (SDM vol 3 6.8.3).
+        x.cpu.shadow = crate::state::Shadow {
+            interrupts: true,
+            ..crate::state::Shadow::default()
+        };
     }
     Ok(())
 }

@@ -69,7 +69,8 @@ fn pop_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     load_data_segment(x, op.cc as usize, v as u16)?;
     x.cpu.gpr[4] = (sp & !m) | (sp.wrapping_add(s as u64) & m);
     if op.cc as usize == SS {
-        x.cpu.shadow.interrupts = true;
+        // Interrupts and debug exceptions wait for the next instruction (SDM vol 3 6.8.3).
+        x.cpu.shadow = crate::state::Shadow::MOV_SS;
     }
     Ok(())
 }

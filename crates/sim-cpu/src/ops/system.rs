@@ -57,8 +57,12 @@ fn flag_op(x: &mut Exec, op: &Op) -> Result<(), Stop> {
                 x.cpu.flags.bits &= !IF;
             } else {
                 if x.cpu.flags.bits & IF == 0 {
-                    // Interrupts stay blocked until after the next instruction.
-                    x.cpu.shadow.interrupts = true;
+                    // Interrupts stay blocked until after the next instruction; debug
+                    // exceptions do not (SDM vol 3 6.8.3).
+                    x.cpu.shadow = crate::state::Shadow {
+                        interrupts: true,
+                        ..crate::state::Shadow::default()
+                    };
                 }
                 x.cpu.flags.bits |= IF;
             }
@@ -257,14 +261,20 @@ fn debug_index(x: &mut Exec, n: u8) -> Result<usize, Stop> {
     }
 }
 
+/// DR7.GD set: a MOV with a debug register is a #DB fault instead, with DR6.BD set and
+/// B0-B3 clear (SDM vol 3 18.2.3, 18.2.4).
+fn general_detect(x: &mut Exec) -> Result<(), Stop> {
+    if x.cpu.dr[7] & crate::interrupt::DR7_GD != 0 {
+        x.cpu.dr[6] = (x.cpu.dr[6] & !crate::dr::DR6_B) | crate::dr::DR6_BD;
+        return Err(x.raise(DB, None));
+    }
+    Ok(())
+}
+
 fn mov_to_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     privileged(x)?;
     let i = debug_index(x, op.cc)?;
-    if x.cpu.dr[7] & (1 << 13) != 0 {
-        // DR7.GD: the access raises #DB instead.
-        x.cpu.dr[6] |= 1 << 13;
-        return Err(x.raise(DB, None));
-    }
+    general_detect(x)?;
     let v = x.cpu.gpr[op.rm as usize]
         & if x.cpu.mode64() {
             u64::MAX
@@ -280,6 +290,9 @@ fn mov_to_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         7 => v | 0x400,
         _ => v,
     };
+    if i != 6 {
+        x.breakpoints_changed();
+    }
     x.end_block = true;
     Ok(())
 }
@@ -287,10 +300,7 @@ fn mov_to_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 fn mov_from_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     privileged(x)?;
     let i = debug_index(x, op.cc)?;
-    if x.cpu.dr[7] & (1 << 13) != 0 {
-        x.cpu.dr[6] |= 1 << 13;
-        return Err(x.raise(DB, None));
-    }
+    general_detect(x)?;
     let s = if x.cpu.mode64() { 8 } else { 4 };
     let v = x.cpu.dr[i];
     x.set_reg(op.rm, s, v);
