@@ -260,3 +260,45 @@ test('mshv boot --kernel takes a multiboot kernel as QEMU -kernel does: its cons
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup): the 8254 ticks at 18.2 Hz on IRQ 0, the 8259 maps it to vector 8', async (t) => {
+  // A 32-bit IDT whose vector 8 reports the tick; sti; hlt.
+  const source = `bits 32
+    mov esp, 0x2f0000
+    mov eax, tick
+    mov [0x300040], ax
+    mov word [0x300042], 0x08
+    mov word [0x300044], 0x8e00
+    shr eax, 16
+    mov [0x300046], ax
+    mov word [0x2ff000], 2047
+    mov dword [0x2ff002], 0x300000
+    lidt [0x2ff000]
+    sti
+    hlt
+    mov eax, 1
+    out 0xf4, eax
+  tick:
+    mov eax, 8
+    out 0xf4, eax
+  `
+  for (const biosState of [true, false]) {
+    const m = prepareMultiboot({ kernel: elfImage(32, LOAD, LOAD, source), backend: 'sim', biosState })
+    try {
+      if (biosState) {
+        // The IVT's vector 8 points into the BIOS area, F000:xxxx.
+        t.is(new DataView(m.vm.read(0x20, 4).buffer).getUint16(2, true), 0xf000)
+      }
+      const r = await m.run({ timeoutMs: biosState ? 10_000 : 500 })
+      if (biosState) {
+        t.deepEqual(r, { reason: 'debug-exit', code: 8, vcpu: 0 })
+        // The first tick comes 65536 counts of the 1.193182 MHz clock after the start: 54.9 ms.
+        t.true(Math.abs(m.vm.guestTimeNs() / 1e6 - 54.9) < 1, `${m.vm.guestTimeNs()} ns`)
+      } else {
+        t.not(r.reason, 'debug-exit', 'without the BIOS state nothing ticks')
+      }
+    } finally {
+      m.close()
+    }
+  }
+})

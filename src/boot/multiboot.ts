@@ -18,6 +18,7 @@ import type { SyncPolicy } from '../registers.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { buildAcpiTables, ACPI_BASE } from './acpi.js'
+import { leaveAsBios } from './bios-state.js'
 import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB } from './pc-machine.js'
 
 /** The header's magic (spec 3.1.2) and the magic EAX holds at entry (3.2). */
@@ -81,6 +82,13 @@ export interface MultibootOptions {
   serial?: Omit<SerialOptions, 'irq'>
   /** The RTC's start (default: the host's time). */
   rtcStart?: Date
+  /**
+   * Leave the PC as a BIOS does before its boot loader runs (default true): the real-mode
+   * interrupt vector table, the 8259s initialized (vectors 0x08 and 0x70, the timer
+   * unmasked) and the 8254 ticking at 18.2 Hz, as under GRUB or QEMU's SeaBIOS. `false`:
+   * the devices in their reset state, RAM below 1 MiB zero.
+   */
+  biosState?: boolean
 }
 
 /** A loadable piece of the image: bytes at a physical address, then `memSize - data.length` zero bytes. */
@@ -320,6 +328,9 @@ export function prepareMultiboot(options: MultibootOptions): MultibootMachine {
   if (kernel.segments.some((s) => s.paddr < MIB && s.paddr + s.memSize > 0x9_fc00)) {
     fail(file, 'load address', 'a segment overlaps the BIOS area (0x9fc00..0x100000), where the ACPI tables are')
   }
+  if ((options.biosState ?? true) && kernel.segments.some((s) => s.paddr < 0x500)) {
+    fail(file, 'load address', 'a segment overlaps the interrupt vector table and BIOS data area (0..0x500) a BIOS leaves: load it higher, or give biosState: false')
+  }
   if (kernel.end > memory) fail(file, 'size', `the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM: give the VM ${Math.ceil(kernel.end / MIB) + 1} MiB or more`)
   const loaded = modules.map((m, i) => moduleOf(m, i))
   const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid: options.cpuid })
@@ -344,6 +355,7 @@ export function prepareMultiboot(options: MultibootOptions): MultibootMachine {
       v.regs.set('rbx', BigInt(info))
     }
     const { pc, pm } = addPcWithAcpi(vm, { serial: options.serial, rtc: options.rtcStart ? { start: options.rtcStart } : undefined })
+    if (options.biosState ?? true) leaveAsBios(vm, pc)
     return { vm, pc, pm, pci: pc.pci as PciHost, kernel, info, run: (o) => vm.run(o), close: () => vm.close() }
   } catch (e) {
     vm.close()
