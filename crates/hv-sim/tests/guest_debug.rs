@@ -384,7 +384,7 @@ fn sdm_18_3_1_4_int1_is_followed_by_no_single_step_trap() {
 
 /// SDM vol 3 18.3.1.4: STI's interrupt window does not hold off #DB, and a HLT with TF
 /// set is followed by its trap (RIP past the HLT) rather than a halt, as KVM delivers
-/// it before blocking. kvm-unit-tests debug "Single-step #DB w/ STI;HLT" (without its
+/// it before blocking: the vCPU is not left halted. kvm-unit-tests debug "Single-step #DB w/ STI;HLT" (without its
 /// timer interrupt).
 #[test]
 fn sdm_18_3_1_4_hlt_with_tf_traps_instead_of_halting() {
@@ -400,6 +400,8 @@ fn sdm_18_3_1_4_hlt_with_tf_traps_instead_of_halting() {
         a.db(&AND_RAX_NOT_TF).unwrap();
         a.push(rax).unwrap();
         a.popfq().unwrap();
+        // An exit, and a run after it that must not find the vCPU halted.
+        a.out(0x80, al).unwrap();
     });
     run_to_done(&mut g);
     let s = qword(&g, MARK);
@@ -475,3 +477,4 @@ fn breakpoints_the_vmm_sets_in_dr7_count_from_the_next_run() {
     run_to_done(&mut g);
     assert_eq!(log(&g), [(at, DR6_FIXED | 1)]);
 }
+

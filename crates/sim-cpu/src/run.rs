@@ -705,6 +705,8 @@ fn owe_after_exit(x: &mut Exec, op: &Op, exit: Exit, owed: u64) -> bool {
     }
     x.db_traps = traps;
     if exit == Exit::Halt {
+        // The trap is taken at the boundary after HLT: the processor does not halt.
+        x.cpu.halted = false;
         x.db_at = None;
         return true;
     }
