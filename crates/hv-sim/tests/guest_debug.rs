@@ -477,4 +477,3 @@ fn breakpoints_the_vmm_sets_in_dr7_count_from_the_next_run() {
     run_to_done(&mut g);
     assert_eq!(log(&g), [(at, DR6_FIXED | 1)]);
 }
-
