@@ -21,6 +21,9 @@ const GDT: u64 = 0x500;
 const IDT: u64 = 0x3000;
 const DB_HANDLER: u64 = 0x4000;
 const BP_HANDLER: u64 = 0x4100;
+/// #DE: sets RCX to 1, puts an instruction breakpoint (DR0) on the faulting
+/// instruction, and returns to it.
+const DE_HANDLER: u64 = 0x4200;
 const CODE: u64 = 0x1_0000;
 /// The #DB log: a count, then (RIP, DR6) pairs.
 const COUNT: u64 = 0x6000;
@@ -44,7 +47,7 @@ fn debug_guest(page: RegisterPageMode, f: impl FnOnce(&mut CodeAssembler)) -> Gu
     let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
     let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
     g.load(GDT, &gdt);
-    for (v, h) in [(1u64, DB_HANDLER), (3, BP_HANDLER)] {
+    for (v, h) in [(0u64, DE_HANDLER), (1, DB_HANDLER), (3, BP_HANDLER)] {
         let low = (h & 0xffff) | (8 << 16) | (0x8e00 << 32) | ((h >> 16) & 0xffff) << 48;
         g.load(IDT + v * 16, &low.to_le_bytes());
     }
@@ -87,6 +90,17 @@ fn debug_guest(page: RegisterPageMode, f: impl FnOnce(&mut CodeAssembler)) -> Gu
             a.mov(rax, qword_ptr(rsp + 8)).unwrap();
             a.mov(qword_ptr(BP_RIP), rax).unwrap();
             a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        }),
+    );
+    g.load(
+        DE_HANDLER,
+        &assemble(64, DE_HANDLER, |a| {
+            a.mov(ecx, 1).unwrap();
+            a.mov(r8, qword_ptr(rsp)).unwrap();
+            a.mov(dr0, r8).unwrap();
+            a.mov(r8, 0x402u64).unwrap(); // G0: execute
+            a.mov(dr7, r8).unwrap();
             a.iretq().unwrap();
         }),
     );
@@ -476,4 +490,36 @@ fn breakpoints_the_vmm_sets_in_dr7_count_from_the_next_run() {
     g.set(hv_register_name_HV_X64_REGISTER_RIP, rip + 2);
     run_to_done(&mut g);
     assert_eq!(log(&g), [(at, DR6_FIXED | 1)]);
+}
+
+/// SDM vol 3 18.3.1.1: a fault pushes RF set, so the faulting instruction, re-executed
+/// when the handler returns, does not hit an instruction breakpoint on it: the #DE
+/// handler puts one on the DIV it returns to (and makes the divisor 1); the DIV then
+/// completes with no #DB. Then RF is clear again: the breakpoint fires on the next pass.
+#[test]
+fn sdm_18_3_1_1_a_fault_handler_returns_past_an_instruction_breakpoint() {
+    let mut g = debug_guest(RegisterPageMode::Off, |a| {
+        let mut div = a.create_label();
+        mark(a, div, 0);
+        a.mov(r9, 2u64).unwrap();
+        a.xor(ecx, ecx).unwrap();
+        let mut again = a.create_label();
+        a.set_label(&mut again).unwrap();
+        a.xor(edx, edx).unwrap();
+        a.mov(eax, 7).unwrap();
+        a.set_label(&mut div).unwrap();
+        a.div(rcx).unwrap();
+        a.mov(qword_ptr(MARK + 8), rax).unwrap();
+        a.dec(r9).unwrap();
+        a.jnz(again).unwrap();
+        a.mov(rbx, 0x400u64).unwrap();
+        a.mov(dr7, rbx).unwrap();
+    });
+    run_to_done(&mut g);
+    assert_eq!(
+        log(&g),
+        [(qword(&g, MARK), DR6_FIXED | 1)],
+        "no #DB on the DIV's return from #DE, one on its second pass"
+    );
+    assert_eq!(qword(&g, MARK + 8), 7, "the DIV completed");
 }

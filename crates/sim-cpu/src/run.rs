@@ -108,6 +108,25 @@ impl Debug {
     }
 }
 
+/// RF set with nothing else keeping a block off the plain path, and no instruction
+/// breakpoint that RF could suppress (RF does nothing else: SDM vol 3 18.3.1.1): RF is
+/// cleared here, as the block's first instruction would, and the block runs plain.
+/// Every fault pushes RF set (`interrupt::Source::Fault`), so each return from a fault
+/// handler comes here; without this, the block after it would run one instruction at
+/// a time. False (the block runs one instruction at a time) otherwise.
+#[cold]
+#[inline(never)]
+fn rf_alone(x: &mut Exec, ops: u64, left: u64) -> bool {
+    let alone = x.cpu.flags.bits & (TF | RF) == RF
+        && !x.cpu.shadow.interrupts
+        && ops <= left
+        && !x.debug_blocks;
+    if alone {
+        x.cpu.flags.bits &= !RF;
+    }
+    alone
+}
+
 /// The bytes a block's instructions take.
 fn span(block: &cache::Block) -> u64 {
     block
@@ -436,7 +455,7 @@ impl Processor {
                     && !x.cpu.shadow.interrupts
                     && ops.len() as u64 <= max_instructions - executed
                     && (!x.debug_blocks || !needs_single(&x, debug.as_ref(), block));
-                if !plain {
+                if !plain && !rf_alone(&mut x, ops.len() as u64, max_instructions - executed) {
                     let outcome = run_single(
                         &mut x,
                         block,
