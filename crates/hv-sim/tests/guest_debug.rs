@@ -523,3 +523,71 @@ fn sdm_18_3_1_1_a_fault_handler_returns_past_an_instruction_breakpoint() {
     );
     assert_eq!(qword(&g, MARK + 8), 7, "the DIV completed");
 }
+
+/// SYSCALL and SYSRET single-step by TF as they leave it (kvm-unit-tests syscall.c:
+/// "#DB is raised if TF is 1 at the *end* of syscall/sysret"): a SYSCALL whose
+/// IA32_FMASK clears TF enters the kernel with no trap; a SYSRET that sets TF from R11
+/// traps at once, at the ring-3 instruction it returns to.
+#[test]
+fn sdm_18_3_1_4_syscall_and_sysret_single_step_by_tf_as_they_leave_it() {
+    const TSS: u64 = 0x5000;
+    let mut g = debug_guest(RegisterPageMode::Off, |a| {
+        let mut after = a.create_label();
+        let mut kernel = a.create_label();
+        let mut finish = a.create_label();
+        mark(a, after, 0);
+        mark(a, kernel, 1);
+        let wrmsr = |a: &mut CodeAssembler, msr: u32, v: u64| {
+            a.mov(ecx, msr).unwrap();
+            a.mov(eax, v as u32).unwrap();
+            a.mov(edx, (v >> 32) as u32).unwrap();
+            a.wrmsr().unwrap();
+        };
+        a.mov(ecx, 0xc000_0080u32).unwrap();
+        a.rdmsr().unwrap();
+        a.or(eax, 1).unwrap(); // EFER.SCE
+        a.wrmsr().unwrap();
+        wrmsr(a, 0xc000_0081, (0x10 << 48) | (0x08 << 32)); // STAR
+        wrmsr(a, 0xc000_0084, TF); // FMASK: SYSCALL clears TF
+        a.mov(ecx, 0xc000_0082u32).unwrap(); // LSTAR
+        a.mov(rax, qword_ptr(MARK + 8)).unwrap();
+        a.mov(rdx, rax).unwrap();
+        a.shr(rdx, 32).unwrap();
+        a.wrmsr().unwrap();
+        a.xor(r12d, r12d).unwrap();
+        set_tf(a);
+        a.popfq().unwrap();
+        a.syscall().unwrap(); // TF cleared on the way in: no trap in the kernel
+        a.set_label(&mut after).unwrap();
+        a.syscall().unwrap(); // at ring 3, again with TF set
+        a.set_label(&mut kernel).unwrap();
+        a.inc(r12).unwrap();
+        a.cmp(r12, 1).unwrap();
+        a.jne(finish).unwrap();
+        a.sysretq().unwrap(); // R11's TF: the trap comes at `after`, at ring 3
+        a.set_label(&mut finish).unwrap();
+    });
+    // Ring 3 may use the page tables (U at each level), and a #DB taken there needs
+    // RSP0 from a TSS; GDT: ring-3 data (0x18) and 64-bit code (0x20) for SYSRET.
+    g.ram
+        .write(0x10_0000, &(0x10_1007u64).to_le_bytes())
+        .unwrap();
+    g.ram.write(0x10_1000, &(0x87u64).to_le_bytes()).unwrap();
+    let gdt: [u64; 5] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+    ];
+    let gdt: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    g.load(GDT, &gdt);
+    g.set_raw(hv_register_name_HV_X64_REGISTER_GDTR, pack_table(GDT, 39));
+    g.load(TSS + 4, &0x7_0000u64.to_le_bytes());
+    g.set_raw(
+        hv_register_name_HV_X64_REGISTER_TR,
+        hv_core::regs::pack_segment(TSS, 0x67, 0x28, 0x8b),
+    );
+    run_to_done(&mut g);
+    assert_eq!(log(&g), [(qword(&g, MARK), DR6_FIXED | BS)]);
+}

@@ -28,6 +28,11 @@ pub enum Gate {
     /// that #DB's DR6 rather than by a second one (kvm-unit-tests debug "MOV SS +
     /// watchpoint + ICEBP" enters the handler once).
     Icebp,
+    /// SYSCALL, SYSRET: the single-step trap follows TF as the instruction leaves it,
+    /// not as it found it (kvm-unit-tests syscall.c: "#DB is raised if TF is 1 at the
+    /// *end* of syscall/sysret"): none after a SYSCALL whose IA32_FMASK clears TF, one
+    /// after a SYSRET that sets it. The handler owes that trap itself.
+    Syscall,
 }
 
 /// DR0-DR3 as DR7 enables them (L or G set).

@@ -612,13 +612,14 @@ fn run_single(
         if rf {
             x.cpu.flags.bits &= !RF;
         }
-        let mut traps = std::mem::take(&mut x.db_traps) | owed;
         if x.gate != Gate::None {
             // INT n, INT3, INTO and INT1 entered a handler through a gate, which cleared
             // TF: no single-step trap follows (SDM vol 3 18.3.1.4), not even on the
-            // handler's first instruction.
-            traps &= !DR6_BS;
+            // handler's first instruction. SYSCALL and SYSRET owe theirs by TF as they
+            // leave it (`Gate::Syscall`), among their own traps.
+            owed &= !DR6_BS;
         }
+        let mut traps = std::mem::take(&mut x.db_traps) | owed;
         if x.cpu.shadow.blocks_debug() {
             // A MOV SS or POP SS: its single-step trap is suppressed and its data
             // breakpoints wait for the next instruction boundary (SDM vol 3 6.8.3).

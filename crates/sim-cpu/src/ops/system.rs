@@ -757,7 +757,17 @@ fn syscall(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     x.cpu.seg[SS] = flat(cs.wrapping_add(8), false, false, 0);
     x.cpu.rip = x.cpu.msr.lstar;
     x.end_block = true;
+    step_at_end(x);
     Ok(())
+}
+
+/// SYSCALL and SYSRET single-step by TF as they leave it (see `Gate::Syscall`): the
+/// trap, if TF is set now, is owed after the instruction.
+fn step_at_end(x: &mut Exec) {
+    x.gate = crate::dr::Gate::Syscall;
+    if x.cpu.flags.bits & crate::flags::TF != 0 {
+        x.db_traps |= crate::dr::DR6_BS;
+    }
 }
 
 /// SYSRET (64-bit mode, CPL 0, RCX canonical: #GP(0) before anything changes, as
@@ -783,6 +793,7 @@ fn sysret(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     x.cpu.set_rflags((x.cpu.gpr[11] & 0x3c_7fd7) | 2);
     x.cpu.rip = rip;
     x.end_block = true;
+    step_at_end(x);
     Ok(())
 }
 
