@@ -1,11 +1,20 @@
-//! Guest time for a partition. Deterministic: one nanosecond per retired instruction,
-//! and halts leap to the next timer, so runs replay exactly (QEMU's icount does the
-//! same). Real time: the host's monotonic clock. The TSC runs at 1 GHz on either
+//! Guest time for a partition. Deterministic: one nanosecond per retired instruction
+//! and [`EXIT_COST_NS`] per exit to the VMM, and halts leap to the next timer, so runs
+//! replay exactly (QEMU's icount counts instructions the same way). Real time: the host's monotonic clock. The TSC runs at 1 GHz on either
 //! (CPUID leaves 0x15 and 0x16 say so), so TSC ticks are guest nanoseconds.
 
 use hv_core::ClockMode;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// Guest time an exit to the VMM costs on the deterministic clock (ns, TSC ticks). On
+/// hardware the round trip to a user-space VMM and back takes a microsecond or more of
+/// the guest's time (KVM's vmexit benchmarks in kvm-unit-tests measure 1-5 us for an
+/// exit QEMU handles); counted as nothing, a guest that polls a device until some time
+/// has passed (the RTC's update-in-progress bit, a PM timer calibration, kvm-unit-tests'
+/// `vmexit` loops that run until 2^30 TSC ticks have gone by) needs ~10^8 exits where
+/// hardware needs ~10^6, and crawls. A fixed cost keeps replays exact.
+pub const EXIT_COST_NS: u64 = 1_000;
 
 /// vCPU indices are a byte.
 const VCPUS: usize = 256;

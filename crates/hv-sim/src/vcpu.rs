@@ -145,6 +145,13 @@ impl SimVcpu {
         let t = exits::build(msg, &self.processor.cpu, cr8, self.index, exit, ins);
         self.fill_page();
         self.counters.count_exit(t);
+        // The exit takes guest time, as on hardware (see EXIT_COST_NS); the stops of the
+        // hypervisor's own debugger (exception intercepts) take none: the guest must not
+        // see time pass because someone is stepping through it.
+        if self.clock.deterministic() && t != hv_core::message::HVMSG_X64_EXCEPTION_INTERCEPT {
+            self.processor.cpu.tsc += crate::clock::EXIT_COST_NS;
+            self.clock.advance_to(self.index, self.processor.cpu.tsc);
+        }
     }
 
     /// The error for an instruction the processor lacks, naming it and its address.

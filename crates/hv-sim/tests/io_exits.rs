@@ -98,3 +98,42 @@ fn an_instruction_the_processor_lacks_is_ud_in_the_guest() {
     let io: mshv_bindings::hv_x64_io_port_intercept_message = g.msg.payload();
     assert_eq!({ io.port_number }, 6, "the #UD handler ran");
 }
+
+/// The TSC ticks between two RDTSCs around `middle` (real mode; deterministic clock).
+fn ticks_around(middle: &[u8]) -> u64 {
+    let mut g = guest_with(hv_core::VmConfig {
+        clock: Some(hv_core::ClockMode::Deterministic),
+        ..hv_core::VmConfig::default()
+    });
+    let mut code = vec![0x0f, 0x31, 0x66, 0x89, 0xc6]; // rdtsc; mov esi, eax
+    code.extend_from_slice(middle);
+    code.extend_from_slice(&[0x0f, 0x31, 0x66, 0x29, 0xf0, 0xf4]); // rdtsc; sub eax, esi; hlt
+    g.load(0x1000, &code);
+    g.real_mode(0x1000);
+    loop {
+        match g.run() {
+            Exit::Message => {
+                // Complete the OUT: past its two bytes.
+                let rip = g.get(hv_register_name_HV_X64_REGISTER_RIP);
+                g.set(hv_register_name_HV_X64_REGISTER_RIP, rip + 2);
+            }
+            Exit::Halted => return g.get(hv_register_name_HV_X64_REGISTER_RAX) & 0xffff_ffff,
+            e => panic!("{e:?}"),
+        }
+    }
+}
+
+#[test]
+fn on_the_deterministic_clock_an_exit_to_the_vmm_costs_exit_cost_ns_of_guest_time() {
+    // Two NOPs against an OUT and a NOP: the same instructions, one of them an exit.
+    let plain = ticks_around(&[0x90, 0x90]);
+    let exiting = ticks_around(&[0xe6, 0x80]);
+    assert!(plain < 10, "{plain}");
+    // The OUT the VMM completes is not retired by the processor, so the instruction
+    // count around it is a tick or two lower; the exit's cost is what remains.
+    let cost = exiting + 2 - plain;
+    assert!(
+        (hv_sim::EXIT_COST_NS..=hv_sim::EXIT_COST_NS + 2).contains(&cost),
+        "{exiting} against {plain}"
+    );
+}
