@@ -74,7 +74,7 @@ test('an MMIO load whose bytes are cut at a page boundary is fetched again throu
   // The VMM side, given MSHV's cut message: back to the intercept, then handle it.
   vcpu.regs.set('rax', 0n)
   bank.set(2, 0xabcd_ef01n)
-  handleMmio(seen, vcpu.regs, vcpu.memory())
+  handleMmio(seen, vcpu.regs, vcpu.memory(), (v, e) => vcpu.injectException(v, e))
   t.is(vcpu.regs.get('rax'), 0xabcd_ef01n, 'the load completed with the re-fetched [rbx+0x10]')
   t.is(vcpu.regs.get('rip'), BigInt(linear + code.length), 'RIP advanced by the whole instruction')
   vm.close()
@@ -138,7 +138,7 @@ test('an instruction whose missing bytes are not readable guest RAM is a clear e
   if (!seen) return t.fail('the device was not read')
   // Unmap the second page: PT[1] not present.
   vm.write(0x4008, new Uint8Array(8))
-  const e = t.throws(() => handleMmio(seen as DataView, vcpu.regs, vcpu.memory()), { instanceOf: MshvError })
+  const e = t.throws(() => handleMmio(seen as DataView, vcpu.regs, vcpu.memory(), (v, e) => vcpu.injectException(v, e)), { instanceOf: MshvError })
   t.is(e?.code, 'EUNSUPPORTED_INSTRUCTION')
   t.regex(e?.message ?? '', /rip 0x200ffe is cut short: bytes 8b43 and the rest is not readable guest RAM/)
   vm.close()

@@ -833,6 +833,8 @@ export class Vcpu {
   private physical: GuestPhysical | undefined
   /** The MMIO bus as an unmapped-GPA exit's device side. */
   private device: DevicePhysical | undefined
+  /** {@link injectException} for the MMIO emulator: an instruction it completes may fault. */
+  private readonly inject = (vector: number, errorCode?: number): void => this.injectException(vector, errorCode)
 
   /** Handles one exit; returns a result when the run should stop. */
   private handle(code: number): RunResult | undefined {
@@ -855,10 +857,10 @@ export class Vcpu {
         this.env.eoi(this.messageWords[MSG_EOI_VECTOR >> 2] ?? 0, this.index)
         return undefined
       case T_UNMAPPED:
-        handleMmio(msg, this.regs, this.memory(), (this.device ??= new DevicePhysical(this.env.bus, this.ctx)))
+        handleMmio(msg, this.regs, this.memory(), this.inject, (this.device ??= new DevicePhysical(this.env.bus, this.ctx)))
         return undefined
       case T_GPA:
-        handleMmio(msg, this.regs, this.memory())
+        handleMmio(msg, this.regs, this.memory(), this.inject)
         return undefined
       case T_MSR:
         if (handleMsr(msg, this.regs, this.env.msrs, this.index, () => this.describe()) === 'gp') this.injectException(GP)

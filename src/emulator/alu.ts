@@ -84,3 +84,59 @@ export function logic(size: number, r: bigint): AluResult {
 export function mergeFlags(rflags: bigint, flags: bigint, which: bigint = STATUS): bigint {
   return (rflags & ~which) | (flags & which)
 }
+
+/** INC / DEC: ADD / SUB of 1 with CF left as it was (the caller merges {@link NOT_CF}). */
+export function incDec(size: number, a: bigint, dec: boolean): AluResult {
+  return dec ? sub(size, a, 1n) : add(size, a, 1n)
+}
+
+/** The status flags but CF: what INC and DEC set (SDM vol 2 INC, DEC). */
+export const NOT_CF = STATUS & ~CF
+
+/** NEG: 0 - a, with CF set unless a is 0 (SDM vol 2 NEG); the rest as SUB sets them. */
+export function neg(size: number, a: bigint): AluResult {
+  return sub(size, 0n, a)
+}
+
+/** ZF, SF and PF of `r` at `size` (for results whose other flags are computed apart). */
+export function resultFlags(size: number, r: bigint): bigint {
+  return zsp(r & mask(size), size)
+}
+
+/**
+ * Whether condition `cc` (iced's ConditionCode: 1 o, 2 no, 3 b, 4 ae, 5 e, 6 ne, 7 be,
+ * 8 a, 9 s, 10 ns, 11 p, 12 np, 13 l, 14 ge, 15 le, 16 g) holds for `rflags` (SDM vol 1
+ * appendix B, table B-1).
+ */
+export function holds(cc: number, rflags: bigint): boolean {
+  const f = (bit: bigint) => (rflags & bit) !== 0n
+  const base = (cc - 1) >> 1
+  let r: boolean
+  switch (base) {
+    case 0:
+      r = f(OF)
+      break
+    case 1:
+      r = f(CF)
+      break
+    case 2:
+      r = f(ZF)
+      break
+    case 3:
+      r = f(CF) || f(ZF)
+      break
+    case 4:
+      r = f(SF)
+      break
+    case 5:
+      r = f(PF)
+      break
+    case 6:
+      r = f(SF) !== f(OF)
+      break
+    default:
+      r = f(ZF) || f(SF) !== f(OF)
+  }
+  // Odd codes are the condition, even ones its negation.
+  return (cc & 1) === 1 ? r : !r
+}

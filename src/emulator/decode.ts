@@ -3,10 +3,30 @@
  * cached by their bytes, so a device hammered by the same instruction decodes it once.
  * @module
  */
-import type { Formatter, Mnemonic, OpKind, Register } from 'iced-x86'
+import type { Code, ConditionCode, Formatter, Instruction, Mnemonic, OpKind, Register } from 'iced-x86'
 import { iced, lazy } from '../iced.js'
 import { MshvError, hex } from '../errors.js'
 import { segmentName, type SegmentName } from './string.js'
+import { GPR } from './operands.js'
+
+/**
+ * How the explicit memory operand's effective address is made (SDM vol 1 3.7.5): base +
+ * index * scale + displacement, wrapped to the address size. Kept as parts, not an
+ * address: the decode is cached by bytes, and the registers differ at each exit.
+ */
+export interface AddressParts {
+  /** Register cache index of the base register; -1 when none. */
+  readonly base: number
+  /** Register cache index of the index register; -1 when none. */
+  readonly index: number
+  readonly scale: bigint
+  /** The displacement as a u64; RIP-relative: the offset from the next instruction's RIP. */
+  readonly displacement: bigint
+  /** RIP- (or EIP-) relative: the address is RIP past the instruction + displacement. */
+  readonly ripRelative: boolean
+  /** Address size in bytes: 2, 4 or 8. */
+  readonly size: number
+}
 
 /** What the emulators need of one instruction. */
 export interface Decoded {
@@ -19,6 +39,8 @@ export interface Decoded {
   readonly memorySize: number
   /** REP/REPE (F3) or REPNE (F2) prefix. */
   readonly rep: boolean
+  /** The REPNE (F2) prefix: CMPS and SCAS repeat while ZF is clear. */
+  readonly repne: boolean
   /** Whether an operand is a string instruction's (`[rsi]`, `es:[rdi]` and their narrower forms). */
   readonly stringOp: boolean
   /** Address size in bytes of string operands (from RSI/ESI/SI). */
@@ -27,6 +49,16 @@ export interface Decoded {
   readonly segment: SegmentName | ''
   /** Intel syntax, for messages. */
   readonly text: string
+  /** iced's code: the form (operand sizes, far pointer widths) where the mnemonic leaves it open. */
+  readonly code: Code
+  /** The condition of Jcc, SETcc and CMOVcc (iced's ConditionCode; 0 when none). */
+  readonly condition: ConditionCode
+  /** How much RSP changes (iced's stackPointerIncrement): push -8, pop 8, ret 8 + imm16. */
+  readonly stackIncrement: number
+  /** The explicit memory operand's address, when the instruction has one (kind Memory). */
+  readonly address?: AddressParts
+  /** A relative near branch's (CALL rel, JMP rel) target as an offset from the next instruction's RIP. */
+  readonly branchOffset?: bigint
   /**
    * For `MOV` between memory and a general register or an immediate (a device's load or
    * store, most MMIO exits): the operands, read once at decode so the emulator goes
@@ -141,10 +173,16 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint, re
       immediates,
       memorySize: ins.memorySize ? MemorySizeExt.size(ins.memorySize) : 0,
       rep: ins.hasRepPrefix || ins.hasRepePrefix || ins.hasRepnePrefix,
+      repne: ins.hasRepnePrefix,
       stringOp: opKinds.some((k) => isStringOperand(k) !== undefined),
       addressSize: addressSizeOf(opKinds, bitness),
       segment: segmentName(ins.memorySegment) ?? '',
       text: formatter.format(ins),
+      code: ins.code,
+      condition: ins.conditionCode,
+      stackIncrement: ins.stackPointerIncrement,
+      ...(opKinds.includes(OpKind.Memory) ? { address: addressParts(ins, bitness) } : {}),
+      ...(nearBranch(opKinds) ? { branchOffset: BigInt.asUintN(64, ins.nearBranchTarget - ins.nextIP) } : {}),
       move: plainMove(ins.mnemonic, opKinds, registers, immediates),
     }
     if (cache.size >= CACHE_LIMIT) cache.clear()
@@ -154,6 +192,44 @@ export function decode(bytes: Uint8Array, bitness: 16 | 32 | 64, rip: bigint, re
   } finally {
     ins.free()
     decoder.free()
+  }
+}
+
+/** Whether an operand is a relative near branch target (iced keeps it absolute, for the decoder's IP). */
+function nearBranch(kinds: readonly OpKind[]): boolean {
+  const { OpKind } = iced()
+  return kinds.some((k) => k === OpKind.NearBranch16 || k === OpKind.NearBranch32 || k === OpKind.NearBranch64)
+}
+
+/** A general register's cache index (its full 64-bit register), or -1 for none. */
+function gprIndex(r: Register): number {
+  const { Register, RegisterExt } = iced()
+  if (r === Register.None) return -1
+  return GPR[RegisterExt.number(RegisterExt.fullRegister(r))] ?? -1
+}
+
+/**
+ * {@link AddressParts} of a decoded memory operand. The address size is the base's or
+ * index's width; with neither, iced's displacement size says it (8 in 64-bit addressing,
+ * 4 with 0x67 there or in 32-bit code, 2 in 16-bit addressing).
+ */
+function addressParts(ins: Instruction, bitness: number): AddressParts {
+  const { Register, RegisterExt } = iced()
+  const base = ins.memoryBase
+  const index = ins.memoryIndex
+  const ripRelative = base === Register.RIP || base === Register.EIP
+  const sized = base !== Register.None ? base : index
+  const size = sized !== Register.None ? RegisterExt.size(sized) : ins.memoryDisplSize > 1 ? ins.memoryDisplSize : bitness / 8
+  // iced gives a RIP-relative operand's absolute address for the decoder's IP; the cache
+  // serves these bytes at any RIP, so keep the offset from the next instruction instead.
+  const displacement = ripRelative ? BigInt.asUintN(64, ins.memoryDisplacementU64 - ins.nextIP) : ins.memoryDisplacementU64
+  return {
+    base: ripRelative ? -1 : gprIndex(base),
+    index: gprIndex(index),
+    scale: BigInt(ins.memoryIndexScale),
+    displacement,
+    ripRelative,
+    size,
   }
 }
 

@@ -1,52 +1,50 @@
 /**
  * The MMIO instruction emulator: completes the instruction that touched device memory,
  * on the synced register state, the way a VMM's instruction emulator does (QEMU's
- * target/i386/emulate, Cloud Hypervisor's x86 emulator).
+ * target/i386/emulate, Cloud Hypervisor's x86 emulator, KVM's emulate.c). The handlers
+ * live by family in arith.ts, bits.ts, strings.ts, stack.ts, branch.ts, segments.ts and
+ * simd.ts; this module dispatches and holds the moves.
  * @module
  */
-import { iced } from '../iced.js'
+import { iced, lazy } from '../iced.js'
+import type { Mnemonic } from 'iced-x86'
 import type { RegisterCache } from '../registers.js'
 import { MshvError, hex } from '../errors.js'
-import { add, logic, mask, mergeFlags, signExtend, sub, CF, STATUS, type AluResult } from './alu.js'
-import { isStringOperand, type Decoded } from './decode.js'
-import { readRegister, writeRegister, GPR } from './operands.js'
-import type { RegisterName } from '../generated/register-names.js'
-import type { LinearMemory, PhysicalMemory } from './memory.js'
-import { advanceIndex, segmentBase, setAddressSized, stringStep, segmentName } from './string.js'
+import { holds, mask, signExtend } from './alu.js'
+import { binary, cmpxchg, cmpxchgWide, divIdiv, mulImul, unary, xadd } from './arith.js'
+import { bitScan, bitTest, movbe, shiftDouble, shiftMemory } from './bits.js'
+import { callNear, jumpFar, jumpNear, returnNear } from './branch.js'
+import { MemoryOperand, type MmioAccess, type MmioMachine } from './context.js'
+import type { Decoded } from './decode.js'
+import { GuestFault } from './fault.js'
+import type { PhysicalMemory } from './memory.js'
+import { operandRegister, operandValue, readRegister, writeRegister } from './operands.js'
+import { loadDataSegment, loadTaskRegister } from './segments.js'
+import { simdMove } from './simd.js'
+import { enter, leave, pushPop } from './stack.js'
+import { segmentName } from './string.js'
+import { stringOp } from './strings.js'
 
-const RCX = GPR[1] as number
-const RSI = GPR[6] as number
-const RDI = GPR[7] as number
+export type { MmioAccess, MmioMachine } from './context.js'
 
-/** One MMIO access to complete. */
-export interface MmioAccess {
-  /** The decoded faulting instruction. */
-  readonly ins: Decoded
-  /** The GPA the guest accessed (the exit message's). */
-  readonly gpa: bigint
-  /** RIP of the instruction. */
-  readonly rip: bigint
-  /** The CPU mode it ran in. */
-  readonly bitness: 16 | 32 | 64
-}
-
-/** Where the emulator reads and writes. */
-export interface MmioMachine {
-  readonly regs: RegisterCache
-  /** Guest memory by linear address (string instructions' other operand). */
-  readonly memory: LinearMemory
-  /** The physical memory at the exit's GPA: the device itself when the access is all inside the unmapped page. */
-  readonly device: PhysicalMemory
-}
+/** A handler: completes the instruction; returns whether RIP advances past it. */
+type Handler = (a: MmioAccess, m: MmioMachine) => boolean
 
 /**
- * Emulates `access.ins`; returns whether RIP advances past it (false only while a
- * REP string instruction has iterations left: the guest re-executes it).
+ * Emulates `access.ins`; returns whether RIP advances past it (false while a REP string
+ * instruction has iterations left, after a branch, and when the instruction faults: the
+ * exception is then injected and the vCPU takes it at the instruction).
  */
 export function emulateMmio(access: MmioAccess, m: MmioMachine): boolean {
   try {
-    return emulate(access, m)
+    const handler = handlers().get(access.ins.mnemonic)
+    if (!handler) throw unsupported(access)
+    return handler(access, m)
   } catch (e) {
+    if (e instanceof GuestFault) {
+      m.inject(e.vector, e.errorCode)
+      return false
+    }
     // Name the instruction's place in every refusal, however deep it was found.
     if (e instanceof MshvError && e.code === 'EUNSUPPORTED_INSTRUCTION' && !e.message.includes(' at rip ')) {
       throw new MshvError(e.code, `MMIO emulation of '${access.ins.text}' at rip ${hex(access.rip)} (GPA ${hex(access.gpa)}): ${e.message}; the vCPU was not resumed`)
@@ -67,275 +65,130 @@ export function plainMove(ins: Decoded, gpa: bigint, regs: RegisterCache, device
   else device.write(gpa, size, (mv.register === undefined ? mv.immediate : readRegister(regs, mv.register)) & mask(size))
 }
 
-function emulate(access: MmioAccess, m: MmioMachine): boolean {
-  const { ins } = access
-  const { Mnemonic, OpKind } = iced()
-  switch (ins.mnemonic) {
-    case Mnemonic.Mov:
-      return move(access, m)
-    case Mnemonic.Movzx:
-    case Mnemonic.Movsx:
-    case Mnemonic.Movsxd: {
-      const v = m.device.read(access.gpa, ins.memorySize)
-      const ext = ins.mnemonic === Mnemonic.Movzx ? v : signExtend(v, ins.memorySize)
-      writeRegister(m.regs, reg(ins, 0), ext)
-      return true
-    }
-    case Mnemonic.Xchg: {
-      const r = ins.opKinds[0] === OpKind.Memory ? reg(ins, 1) : reg(ins, 0)
-      const old = m.device.read(access.gpa, ins.memorySize)
-      m.device.write(access.gpa, ins.memorySize, readRegister(m.regs, r))
-      writeRegister(m.regs, r, old)
-      return true
-    }
-    case Mnemonic.Add:
-    case Mnemonic.Adc:
-    case Mnemonic.Sub:
-    case Mnemonic.Sbb:
-    case Mnemonic.And:
-    case Mnemonic.Or:
-    case Mnemonic.Xor:
-    case Mnemonic.Cmp:
-    case Mnemonic.Test:
-      return arithmetic(access, m)
-    case Mnemonic.Bt:
-    case Mnemonic.Bts:
-    case Mnemonic.Btr:
-    case Mnemonic.Btc:
-      return bitTest(access, m)
-    case Mnemonic.Movd:
-    case Mnemonic.Movq:
-    case Mnemonic.Movdqa:
-    case Mnemonic.Movdqu:
-    case Mnemonic.Movaps:
-    case Mnemonic.Movups:
-    case Mnemonic.Movapd:
-    case Mnemonic.Movupd:
-    case Mnemonic.Movss:
-    case Mnemonic.Movlps:
-    case Mnemonic.Movlpd:
-    case Mnemonic.Movhps:
-    case Mnemonic.Movhpd:
-    case Mnemonic.Movntdq:
-    case Mnemonic.Movntps:
-    case Mnemonic.Movntpd:
-    case Mnemonic.Movntq:
-      return simdMove(access, m)
-    case Mnemonic.Movsd:
-      // MOVSD is two instructions: the SSE2 scalar move (a register operand) and the string one.
-      if (ins.opKinds.some((k) => k === OpKind.Register)) return simdMove(access, m)
-      return stringOp(access, m)
-    case Mnemonic.Movsb:
-    case Mnemonic.Movsw:
-    case Mnemonic.Movsq:
-    case Mnemonic.Stosb:
-    case Mnemonic.Stosw:
-    case Mnemonic.Stosd:
-    case Mnemonic.Stosq:
-      return stringOp(access, m)
-    default:
-      throw unsupported(access)
-  }
+/** The handler of each mnemonic the emulator completes on device memory. */
+const handlers = lazy(({ Mnemonic: M }) => {
+  const map = new Map<Mnemonic, Handler>()
+  const each = (mnemonics: Mnemonic[], h: Handler) => mnemonics.forEach((x) => map.set(x, h))
+  each([M.Mov], move)
+  each([M.Movzx, M.Movsx, M.Movsxd], extend)
+  each([M.Xchg], exchange)
+  each([M.Add, M.Adc, M.Sub, M.Sbb, M.And, M.Or, M.Xor, M.Cmp, M.Test], binary)
+  each([M.Inc, M.Dec, M.Neg, M.Not], unary)
+  each([M.Xadd], xadd)
+  each([M.Cmpxchg], cmpxchg)
+  each([M.Cmpxchg8b, M.Cmpxchg16b], cmpxchgWide)
+  each([M.Mul, M.Imul], mulImul)
+  each([M.Div, M.Idiv], divIdiv)
+  each([M.Bt, M.Bts, M.Btr, M.Btc], bitTest)
+  each([M.Bsf, M.Bsr], bitScan)
+  each([M.Movbe], movbe)
+  each([M.Rol, M.Ror, M.Rcl, M.Rcr, M.Shl, M.Sal, M.Shr, M.Sar], shiftMemory)
+  each([M.Shld, M.Shrd], shiftDouble)
+  each([M.Seto, M.Setno, M.Setb, M.Setae, M.Sete, M.Setne, M.Setbe, M.Seta, M.Sets, M.Setns, M.Setp, M.Setnp, M.Setl, M.Setge, M.Setle, M.Setg], setcc)
+  each([M.Cmovo, M.Cmovno, M.Cmovb, M.Cmovae, M.Cmove, M.Cmovne, M.Cmovbe, M.Cmova, M.Cmovs, M.Cmovns, M.Cmovp, M.Cmovnp, M.Cmovl, M.Cmovge, M.Cmovle, M.Cmovg], cmov)
+  each(
+    [M.Movsb, M.Movsw, M.Movsq, M.Stosb, M.Stosw, M.Stosd, M.Stosq, M.Lodsb, M.Lodsw, M.Lodsd, M.Lodsq],
+    stringOp,
+  )
+  each([M.Cmpsb, M.Cmpsw, M.Cmpsq, M.Scasb, M.Scasw, M.Scasd, M.Scasq], stringOp)
+  // MOVSD and CMPSD are two instructions each: the string one and SSE2's (register operands).
+  each([M.Movsd], (a, m) => (a.ins.stringOp ? stringOp(a, m) : simdMove(a, m)))
+  each([M.Cmpsd], (a, m) => (a.ins.stringOp ? stringOp(a, m) : unsupported(a)))
+  each(
+    [M.Movd, M.Movq, M.Movdqa, M.Movdqu, M.Movaps, M.Movups, M.Movapd, M.Movupd, M.Movss, M.Movlps, M.Movlpd, M.Movhps, M.Movhpd, M.Movntdq, M.Movntps, M.Movntpd, M.Movntq],
+    simdMove,
+  )
+  each([M.Push, M.Pop], pushPop)
+  each([M.Enter], enter)
+  each([M.Leave], leave)
+  // A far CALL through memory pushes CS and may pass a call gate: refused by name.
+  each([M.Call], (a, m) => (isFar(a) ? unsupported(a, 'a far CALL') : callNear(a, m)))
+  each([M.Ret], returnNear)
+  each([M.Jmp], (a, m) => (isFar(a) ? jumpFar(a, m) : jumpNear(a, m)))
+  each([M.Smsw], storeMachineStatus)
+  each([M.Ltr], (a, m) => (loadTaskRegister(m, Number(new MemoryOperand(a, m, 0n, false).read(2))), true))
+  return map
+})
+
+function unsupported(a: MmioAccess, what?: string): never {
+  const how = what ? `${what} is not emulated` : 'MMIO emulation does not support'
+  throw new MshvError('EUNSUPPORTED_INSTRUCTION', `${how} '${a.ins.text}' at rip ${hex(a.rip)} (GPA ${hex(a.gpa)}); the vCPU was not resumed`)
 }
+
+/** Whether a JMP or CALL takes a far pointer from memory (m16:16/32/64). */
+function isFar(a: MmioAccess): boolean {
+  return farCodes().has(a.ins.code)
+}
+
+const farCodes = lazy(({ Code }) => new Set([Code.Jmp_m1616, Code.Jmp_m1632, Code.Jmp_m1664, Code.Call_m1616, Code.Call_m1632, Code.Call_m1664]))
 
 /**
- * The SSE and MMX moves guests make to device memory: MOVD, MOVQ, MOVDQA/U, MOVAPS/UPS,
- * MOVAPD/UPD, MOVSS, MOVSD, MOVLPS/HPS/LPD/HPD and the non-temporal stores (Intel SDM
- * vol. 2 for each). A 16-byte access reaches the device as two 8-byte ones, low first.
- * A load into an XMM register clears the bytes it does not write, except MOVLPx/MOVHPx,
- * which keep the other half; an MMX register's exponent bits become all ones, and MMX
- * instructions leave TOP 0 with every register valid (vol. 1 9.5.1).
+ * MOV between memory and a register, an immediate or a segment register. MOV Sreg, m16
+ * is a segment load; MOV SS also holds off interrupts for one instruction (vol 3 6.8.3).
  */
-function simdMove(a: MmioAccess, m: MmioMachine): boolean {
-  const { Mnemonic, OpKind, Register } = iced()
-  const { ins } = a
-  const store = ins.opKinds[0] === OpKind.Memory
-  const r = reg(ins, store ? 1 : 0)
-  const size = ins.memorySize
-  const high = ins.mnemonic === Mnemonic.Movhps || ins.mnemonic === Mnemonic.Movhpd
-  const keep = high || ins.mnemonic === Mnemonic.Movlps || ins.mnemonic === Mnemonic.Movlpd
-  const bytes = (v: bigint, n: number) => (n >= 16 ? v : v & ((1n << BigInt(8 * n)) - 1n))
-  const readMem = (): bigint =>
-    size === 16 ? m.device.read(a.gpa, 8) | (m.device.read(a.gpa + 8n, 8) << 64n) : m.device.read(a.gpa, size)
-  const writeMem = (v: bigint): void => {
-    if (size === 16) {
-      m.device.write(a.gpa, 8, v & 0xffffffffffffffffn)
-      m.device.write(a.gpa + 8n, 8, v >> 64n)
-    } else {
-      m.device.write(a.gpa, size, bytes(v, size))
-    }
-  }
-  if (r >= Register.XMM0 && r <= Register.XMM15) {
-    const name = `xmm${r - Register.XMM0}` as RegisterName
-    const [lo, hi] = m.regs.getRaw(name)
-    const value = lo | (hi << 64n)
-    if (store) {
-      writeMem(high ? value >> 64n : value)
-      return true
-    }
-    const v = readMem()
-    let next: bigint
-    if (high) next = (value & 0xffffffffffffffffn) | (v << 64n)
-    else if (keep) next = (value & ~0xffffffffffffffffn) | v
-    else next = bytes(v, size)
-    m.regs.setRaw(name, next & 0xffffffffffffffffn, next >> 64n)
-    return true
-  }
-  if (r >= Register.MM0 && r <= Register.MM7) {
-    // MMi is the low 64 bits of physical register i: ST((i - TOP) mod 8). The instruction
-    // makes TOP 0 and every register valid, so afterwards MMi is ST(i).
-    const [ctl, ip] = m.regs.getRaw('fpControlStatus')
-    const top = Number((ctl >> 27n) & 7n)
-    const st = (i: number) => `fpMmx${(i - top + 8) % 8}` as RegisterName
-    const i = r - Register.MM0
-    const regsNow = Array.from({ length: 8 }, (_, k) => m.regs.getRaw(st(k)))
-    const status = (ctl >> 16n) & 0xffffn
-    const newCtl = (ctl & ~(0xffffn << 16n) & ~(0xffn << 32n)) | ((status & ~(7n << 11n)) << 16n) | (0xffn << 32n)
-    m.regs.setRaw('fpControlStatus', newCtl, ip)
-    for (let k = 0; k < 8; k++) {
-      const v = regsNow[k] as [bigint, bigint]
-      m.regs.setRaw(`fpMmx${k}` as RegisterName, v[0], v[1])
-    }
-    if (store) {
-      writeMem((regsNow[i] as [bigint, bigint])[0])
-    } else {
-      m.regs.setRaw(`fpMmx${i}` as RegisterName, readMem(), 0xffffn)
-    }
-    return true
-  }
-  // MOVD/MOVQ between a general register and memory are never MMIO moves of ours.
-  throw unsupported(a)
-}
-
-function unsupported(a: MmioAccess): MshvError {
-  return new MshvError(
-    'EUNSUPPORTED_INSTRUCTION',
-    `MMIO emulation does not support '${a.ins.text}' at rip ${hex(a.rip)} (GPA ${hex(a.gpa)}); the vCPU was not resumed`,
-  )
-}
-
-function reg(ins: Decoded, i: number) {
-  const { OpKind } = iced()
-  const r = ins.registers[i]
-  if (r === undefined || ins.opKinds[i] !== OpKind.Register) {
-    throw new MshvError('EUNSUPPORTED_INSTRUCTION', `operand ${i} of '${ins.text}' is not a register`)
-  }
-  return r
-}
-
-/** The value of a register or immediate source operand, masked to `size`. */
-function source(ins: Decoded, i: number, size: number, m: MmioMachine): bigint {
-  const { OpKind } = iced()
-  const k = ins.opKinds[i]
-  if (k === OpKind.Register) {
-    const r = reg(ins, i)
-    // MOV m16, Sreg stores the selector (Intel SDM vol. 2B, MOV: "Move Segment Register").
-    // The cache's segment value: base, then limit | selector << 32 | attributes << 48.
-    const segment = segmentName(r)
-    if (segment) return (m.regs.getRaw(segment)[1] >> 32n) & 0xffffn & mask(size)
-    return readRegister(m.regs, r) & mask(size)
-  }
-  return (ins.immediates[i] ?? 0n) & mask(size)
-}
-
 function move(a: MmioAccess, m: MmioMachine): boolean {
   const { OpKind } = iced()
   const { ins } = a
   const size = ins.memorySize
   if (ins.opKinds[0] === OpKind.Memory) {
-    m.device.write(a.gpa, size, source(ins, 1, size, m))
-  } else if (ins.opKinds[1] === OpKind.Memory) {
-    writeRegister(m.regs, reg(ins, 0), m.device.read(a.gpa, size))
-  } else {
-    throw unsupported(a)
+    new MemoryOperand(a, m).write(size, operandValue(ins, 1, size, m.regs))
+    return true
   }
+  if (ins.opKinds[1] !== OpKind.Memory) throw unsupported(a)
+  const r = operandRegister(ins, 0)
+  const segment = segmentName(r)
+  if (!segment) {
+    writeRegister(m.regs, r, new MemoryOperand(a, m).read(size))
+    return true
+  }
+  if (segment === 'cs') throw new MshvError('EUNSUPPORTED_INSTRUCTION', 'MOV to CS is #UD, not an instruction')
+  loadDataSegment(m, segment, Number(new MemoryOperand(a, m, 0n, false).read(2)), a.bitness)
+  if (segment === 'ss') m.regs.set('interruptState', m.regs.get('interruptState') | 1n)
   return true
 }
 
-function arithmetic(a: MmioAccess, m: MmioMachine): boolean {
-  const { Mnemonic, OpKind } = iced()
-  const { ins } = a
-  const size = ins.memorySize
-  const memFirst = ins.opKinds[0] === OpKind.Memory
-  const mem = m.device.read(a.gpa, size)
-  const other = memFirst ? source(ins, 1, size, m) : readRegister(m.regs, reg(ins, 0))
-  const [x, y] = memFirst ? [mem, other] : [other, mem]
-  const rflags = m.regs.get('rflags')
-  const carry = (rflags & CF) !== 0n ? 1n : 0n
-  let r: AluResult
-  switch (ins.mnemonic) {
-    case Mnemonic.Add:
-      r = add(size, x, y)
-      break
-    case Mnemonic.Adc:
-      r = add(size, x, y, carry)
-      break
-    case Mnemonic.Sub:
-    case Mnemonic.Cmp:
-      r = sub(size, x, y)
-      break
-    case Mnemonic.Sbb:
-      r = sub(size, x, y, carry)
-      break
-    case Mnemonic.And:
-    case Mnemonic.Test:
-      r = logic(size, x & y)
-      break
-    case Mnemonic.Or:
-      r = logic(size, x | y)
-      break
-    default:
-      r = logic(size, x ^ y)
-  }
-  m.regs.set('rflags', mergeFlags(rflags, r.flags, STATUS))
-  if (ins.mnemonic === Mnemonic.Cmp || ins.mnemonic === Mnemonic.Test) return true
-  if (memFirst) m.device.write(a.gpa, size, r.value)
-  else writeRegister(m.regs, reg(ins, 0), r.value)
-  return true
-}
-
-function bitTest(a: MmioAccess, m: MmioMachine): boolean {
+/** MOVZX, MOVSX, MOVSXD r, m: the memory operand zero- or sign-extended. */
+function extend(a: MmioAccess, m: MmioMachine): boolean {
   const { Mnemonic } = iced()
   const { ins } = a
-  const size = ins.memorySize
-  const bits = BigInt(size * 8)
-  // The GPA is the operand-sized word the hardware accessed; the bit is within it.
-  const offset = source(ins, 1, 8, m)
-  const bit = offset & (bits - 1n)
-  const v = m.device.read(a.gpa, size)
-  const set = (v >> bit) & 1n
-  const rflags = m.regs.get('rflags')
-  m.regs.set('rflags', (rflags & ~CF) | (set ? CF : 0n))
-  let nv = v
-  if (ins.mnemonic === Mnemonic.Bts) nv = v | (1n << bit)
-  else if (ins.mnemonic === Mnemonic.Btr) nv = v & ~(1n << bit)
-  else if (ins.mnemonic === Mnemonic.Btc) nv = v ^ (1n << bit)
-  if (ins.mnemonic !== Mnemonic.Bt) m.device.write(a.gpa, size, nv)
+  const v = new MemoryOperand(a, m).read(ins.memorySize)
+  writeRegister(m.regs, operandRegister(ins, 0), ins.mnemonic === Mnemonic.Movzx ? v : signExtend(v, ins.memorySize))
   return true
 }
 
-/** One iteration of MOVS/STOS; REP repeats by re-executing the instruction. */
-function stringOp(a: MmioAccess, m: MmioMachine): boolean {
+/** XCHG m, r (either order): one read and one write of the device. */
+function exchange(a: MmioAccess, m: MmioMachine): boolean {
+  const { OpKind } = iced()
   const { ins } = a
-  const size = ins.memorySize
-  const am = mask(ins.addressSize)
-  const regs = m.regs
-  if (ins.rep && (regs.getAt(RCX) & am) === 0n) return true
-  const step = stringStep(regs, size)
-  const dest = segmentBase(regs, 'es', a.bitness) + (regs.getAt(RDI) & am)
-  let value: bigint
-  const isMovs = ins.opKinds.some((k) => isStringOperand(k) === 'source')
-  if (isMovs) {
-    // MOVS reads through DS or its override; ES for the destination is fixed.
-    value = m.memory.read(segmentBase(regs, ins.segment || 'ds', a.bitness) + (regs.getAt(RSI) & am), size)
-    advanceIndex(regs, RSI, step, ins, a.bitness)
-  } else {
-    value = readRegister(regs, ins.registers[1] ?? 0)
-  }
-  m.memory.write(dest, size, value)
-  advanceIndex(regs, RDI, step, ins, a.bitness)
-  if (!ins.rep) return true
-  const rcx = (regs.getAt(RCX) & am) - 1n
-  setAddressSized(regs, RCX, rcx, ins, a.bitness)
-  return rcx === 0n
+  const r = operandRegister(ins, ins.opKinds[0] === OpKind.Memory ? 1 : 0)
+  const op = new MemoryOperand(a, m)
+  const old = op.read(ins.memorySize)
+  op.write(ins.memorySize, readRegister(m.regs, r))
+  writeRegister(m.regs, r, old)
+  return true
+}
+
+/** SETcc m8: 1 if the condition holds, else 0 (SDM vol 2 SETcc). */
+function setcc(a: MmioAccess, m: MmioMachine): boolean {
+  new MemoryOperand(a, m).write(1, holds(a.ins.condition, m.regs.get('rflags')) ? 1n : 0n)
+  return true
+}
+
+/**
+ * CMOVcc r, m: the source is read whatever the condition, and a 32-bit destination is
+ * written (its upper half cleared) even when the condition fails (SDM vol 2 CMOVcc).
+ */
+function cmov(a: MmioAccess, m: MmioMachine): boolean {
+  const { ins } = a
+  const v = new MemoryOperand(a, m).read(ins.memorySize)
+  const r = operandRegister(ins, 0)
+  if (holds(ins.condition, m.regs.get('rflags'))) writeRegister(m.regs, r, v)
+  else if (ins.memorySize === 4) writeRegister(m.regs, r, readRegister(m.regs, r))
+  return true
+}
+
+/** SMSW m16: CR0's low 16 bits (the memory form is always 16 bits, SDM vol 2 SMSW). */
+function storeMachineStatus(a: MmioAccess, m: MmioMachine): boolean {
+  new MemoryOperand(a, m).write(2, m.regs.get('cr0') & 0xffffn)
+  return true
 }

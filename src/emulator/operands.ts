@@ -9,6 +9,8 @@ import { registerIndex } from '../layout.js'
 import type { RegisterCache } from '../registers.js'
 import { mask } from './alu.js'
 import { MshvError } from '../errors.js'
+import type { Decoded } from './decode.js'
+import { segmentName } from './string.js'
 
 const GPR_NAMES = ['rax', 'rcx', 'rdx', 'rbx', 'rsp', 'rbp', 'rsi', 'rdi', 'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15'] as const
 /** Cache indexes of the GPRs in hardware encoding order. */
@@ -53,4 +55,30 @@ export function writeRegister(regs: RegisterCache, reg: Register, value: bigint)
   const shift = s.high ? 8n : 0n
   const m = mask(s.size) << shift
   regs.setAt(s.index, (old & ~m) | ((value << shift) & m))
+}
+
+/** Register operand `i` of `ins`; an operand of another kind is refused by name. */
+export function operandRegister(ins: Decoded, i: number): Register {
+  const { OpKind } = iced()
+  const r = ins.registers[i]
+  if (r === undefined || ins.opKinds[i] !== OpKind.Register) {
+    throw new MshvError('EUNSUPPORTED_INSTRUCTION', `operand ${i} of '${ins.text}' is not a register`)
+  }
+  return r
+}
+
+/**
+ * The value of register or immediate operand `i` of `ins`, masked to `size` bytes. A
+ * segment register gives its selector (MOV m16, Sreg: SDM vol 2B MOV "Move Segment
+ * Register"; the cache's segment value: base, then limit | selector << 32 | attributes << 48).
+ */
+export function operandValue(ins: Decoded, i: number, size: number, regs: RegisterCache): bigint {
+  const { OpKind } = iced()
+  if (ins.opKinds[i] === OpKind.Register) {
+    const r = operandRegister(ins, i)
+    const segment = segmentName(r)
+    if (segment) return (regs.getRaw(segment)[1] >> 32n) & 0xffffn & mask(size)
+    return readRegister(regs, r) & mask(size)
+  }
+  return (ins.immediates[i] ?? 0n) & mask(size)
 }

@@ -8,6 +8,7 @@ import { MshvError, hex } from '../errors.js'
 import type { RegisterCache } from '../registers.js'
 import { decode, type Decoded } from '../emulator/decode.js'
 import { emulateMmio, plainMove } from '../emulator/mmio.js'
+import { startsPage } from '../emulator/address.js'
 import type { LinearMemory, PhysicalMemory } from '../emulator/memory.js'
 
 const GPA = message('memGpa')
@@ -91,9 +92,9 @@ let lastDecoded: { mode: number; count: number; w0: number; w1: number; w2: numb
 /**
  * Handles a memory intercept: emulates the access and advances RIP. `unmapped`, for an
  * unmapped-GPA exit, is the device side of the page: an access wholly inside it goes there
- * directly.
+ * directly. `inject` makes the vCPU take an exception the instruction raises.
  */
-export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMemory, unmapped?: PhysicalMemory): void {
+export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMemory, inject: (vector: number, errorCode?: number) => void, unmapped?: PhysicalMemory): void {
   const gpa = msg.getBigUint64(GPA, true)
   const rip = msg.getBigUint64(RIP, true)
   const access = msg.getUint8(ACCESS_TYPE)
@@ -110,20 +111,27 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
   }
   const mode = bitness(msg)
   const ins = decodeIntercepted(msg, COUNT, BYTES, () => memory, mode)
-  const device = unmapped && (msg.getUint32(GPA, true) & 0xfff) + Math.max(ins.memorySize, 1) <= 0x1000 ? unmapped : memory.phys
-  if (ins.move) {
-    // A device's plain load or store (most exits): no flags, no other memory operand.
+  const offset = msg.getUint32(GPA, true) & 0xfff
+  const size = Math.max(ins.memorySize, 1)
+  const inPage = offset + size <= 0x1000
+  const device = unmapped && inPage ? unmapped : memory.phys
+  // A plain load or store (most exits): no flags, no other memory operand. At page offset
+  // 0 the operand may have begun on the page before (its RAM bytes reached first): then
+  // it is not the GPA's alone, and the emulator below splits it.
+  if (ins.move && inPage && (offset !== 0 || size === 1 || startsPage(ins, regs, rip, mode))) {
     plainMove(ins, gpa, regs, device)
     regs.setAt(RIP_REG, rip + BigInt(ins.length))
     return
   }
   regs.seed(RIP_REG, rip)
   regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
-  // The hypervisor walked the guest's page tables for this access: a string
-  // instruction's device side then needs no translation hypercall (Cloud Hypervisor's
-  // MshvEmulatorContext does the same). Other instructions use the GPA directly.
-  if (ins.stringOp && (msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) {
-    memory.learn(msg.getBigUint64(GVA, true), gpa, access === WRITE)
+  // The hypervisor walked the guest's page tables for this access: the emulator's
+  // accesses to its page need no translation hypercall (Cloud Hypervisor's
+  // MshvEmulatorContext does the same), and name the exit's own bytes.
+  let gva: bigint | undefined
+  if ((msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) {
+    gva = msg.getBigUint64(GVA, true)
+    memory.learn(gva, gpa, access === WRITE)
   }
-  if (emulateMmio({ ins, gpa, rip, bitness: mode }, { regs, memory, device })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
+  if (emulateMmio({ ins, gpa, rip, bitness: mode, gva }, { regs, memory, device, inject })) regs.setAt(RIP_REG, rip + BigInt(ins.length))
 }
