@@ -1,6 +1,6 @@
 import test from 'ava'
 import { decode, decodeCacheKey } from '../src/emulator/decode.js'
-import { createVm, enterLongMode, enterRealMode, segment, RegisterBank, MshvError, type Vm, type Vcpu } from '../index.js'
+import { assemble, createVm, enterLongMode, enterRealMode, loadInterruptTables, segment, RegisterBank, MshvError, type Vm, type Vcpu } from '../index.js'
 import * as asmModule from '../src/asm/assemble.js'
 
 const BANK = 0xc000_0000n
@@ -215,4 +215,234 @@ test('SSE and MMX moves to device memory: 16-byte accesses as two 8-byte ones, a
     bank.log.map((a) => `${a.kind}@${a.offset}/${a.size}`),
     ['read@0/8', 'read@8/8', 'write@16/8', 'write@24/8', 'read@32/4', 'write@40/8', 'read@8/8', 'read@8/8', 'write@48/8', 'write@56/4'],
   )
+})
+
+/** Where each exception handler of {@link faultingGuest} is: a HLT at HANDLERS + 16 * vector. */
+const HANDLERS = 0x20000
+
+/** {@link longModeGuest} with an IDT (and loadInterruptTables' GDT: 0x08 code, 0x10 data) whose every handler is a HLT. */
+function faultingGuest(code: number[]): { vm: Vm; vcpu: Vcpu; bank: RegisterBank } {
+  const g = longModeGuest(code)
+  const handlers: Record<number, number> = {}
+  for (let v = 0; v < 32; v++) {
+    handlers[v] = HANDLERS + 16 * v
+    g.vm.write(HANDLERS + 16 * v, [0xf4])
+  }
+  loadInterruptTables(g.vcpu, g.vm, handlers)
+  return g
+}
+
+/** The exception a {@link faultingGuest} took (it halted in the handler): its vector, the RIP it pushed and its error code. */
+function taken(g: { vm: Vm; vcpu: Vcpu }, errorCode: boolean): { vector: number; rip: bigint; errorCode?: bigint } {
+  const rip = g.vcpu.regs.get('rip')
+  const vector = Number(rip - 1n - BigInt(HANDLERS)) / 16
+  const frame = new DataView(g.vm.read(g.vcpu.regs.get('rsp'), 16).buffer)
+  if (!errorCode) return { vector, rip: frame.getBigUint64(0, true) }
+  return { vector, rip: frame.getBigUint64(8, true), errorCode: frame.getBigUint64(0, true) }
+}
+
+test('DIV and IDIV on a device operand raise #DE at the instruction for a zero divisor or a quotient too wide, changing nothing (SDM DIV, IDIV)', (t) => {
+  const div = faultingGuest([...assemble('div qword [rbx]', { bitness: 64 }).bytes])
+  div.vcpu.regs.set('rax', 5n)
+  div.vcpu.regs.set('rdx', 7n)
+  t.deepEqual(div.vcpu.run(), { reason: 'halt' })
+  t.deepEqual(taken(div, false), { vector: 0, rip: BigInt(CODE) })
+  t.is(div.vcpu.regs.get('rax'), 5n)
+  t.is(div.vcpu.regs.get('rdx'), 7n)
+  // AX = -32768 over -1: the quotient 32768 does not fit in AL.
+  const idiv = faultingGuest([...assemble('idiv byte [rbx]', { bitness: 64 }).bytes])
+  idiv.bank.set(0, 0xffn)
+  idiv.vcpu.regs.set('rax', 0x8000n)
+  t.deepEqual(idiv.vcpu.run(), { reason: 'halt' })
+  t.deepEqual(taken(idiv, false), { vector: 0, rip: BigInt(CODE) })
+  t.is(idiv.vcpu.regs.get('rax'), 0x8000n)
+  // 7 / -2 = -3 remainder 1: IDIV truncates toward zero.
+  const ok = longModeGuest([...assemble('idiv dword [rbx]', { bitness: 64 }).bytes])
+  ok.bank.set(0, 0xffff_fffen)
+  ok.vcpu.regs.set('rax', 7n)
+  ok.vcpu.regs.set('rdx', 0n)
+  t.deepEqual(ok.vcpu.run(), { reason: 'halt' })
+  t.is(ok.vcpu.regs.get('rax'), 0xffff_fffdn)
+  t.is(ok.vcpu.regs.get('rdx'), 1n)
+})
+
+test('JMP and CALL through device memory: a canonical target is taken (CALL pushes the next RIP), a non-canonical one is #GP(0) at the branch (SDM JMP, CALL; kvm-unit-tests test_jmp_noncanonical)', (t) => {
+  const code = [...assemble('jmp qword [rbx]\nhlt\ncall qword [rbx+8]', { bitness: 64 }).bytes]
+  const g = faultingGuest(code)
+  const call = BigInt(CODE + 3)
+  g.bank.set(0, call) // the JMP lands on the CALL
+  g.bank.set(1, BigInt(HANDLERS + 0x400)) // ... which calls a HLT
+  g.vm.write(HANDLERS + 0x400, [0xf4])
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  t.is(g.vcpu.regs.get('rip'), BigInt(HANDLERS + 0x401))
+  t.is(new DataView(g.vm.read(g.vcpu.regs.get('rsp'), 8).buffer).getBigUint64(0, true), call + 3n, 'the return address')
+  const bad = faultingGuest(code)
+  bad.bank.set(0, 0x8000_0000_0000_0000n)
+  t.deepEqual(bad.vcpu.run(), { reason: 'halt' })
+  t.deepEqual(taken(bad, true), { vector: 13, rip: BigInt(CODE), errorCode: 0n })
+})
+
+test('RET with the stack on a device pops the return address there and releases imm16 more bytes', (t) => {
+  const g = longModeGuest([...assemble('ret 16', { bitness: 64 }).bytes])
+  g.vm.write(0x30000, [0xf4])
+  g.bank.set(2, 0x30000n)
+  g.vcpu.regs.set('rsp', BANK + 16n)
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  t.is(g.vcpu.regs.get('rip'), 0x30001n)
+  t.is(g.vcpu.regs.get('rsp'), BANK + 40n)
+})
+
+test('far JMP m16:64 through device memory loads CS from the GDT; a data segment there is #GP(selector) (SDM JMP; kvm-unit-tests test_ljmp)', (t) => {
+  const code = [0x48, 0xff, 0x2b] // rex64 jmp far [rbx]: m16:64
+  const g = faultingGuest(code)
+  g.vm.write(0x30000, [0xf4])
+  g.bank.set(0, 0x30000n)
+  g.bank.set(1, 0x8n)
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  t.is(g.vcpu.regs.get('rip'), 0x30001n)
+  const [, cs] = g.vcpu.regs.getRaw('cs')
+  t.is((cs >> 32n) & 0xffffn, 8n)
+  t.is((cs >> 48n) & 0xffffn, 0xa09bn, 'the descriptor 0x00af9b... with accessed set')
+  const bad = faultingGuest(code)
+  bad.bank.set(0, 0x30000n)
+  bad.bank.set(1, 0x10n)
+  t.deepEqual(bad.vcpu.run(), { reason: 'halt' })
+  t.deepEqual(taken(bad, true), { vector: 13, rip: BigInt(CODE), errorCode: 0x10n })
+})
+
+test('MOV SS from device memory: a null selector at CPL 0 in 64-bit mode, #GP(0) when its RPL is not CPL, #GP(selector) for a non-null one; it holds off interrupts for one instruction (SDM MOV; kvm-unit-tests test_sreg)', (t) => {
+  const code = [...assemble('mov ss, [rbx]', { bitness: 64 }).bytes]
+  const g = faultingGuest(code)
+  g.vcpu.run({ maxExits: 1 })
+  t.is((g.vcpu.regs.getRaw('ss')[1] >> 32n) & 0xffffn, 0n)
+  t.is(g.vcpu.regs.get('interruptState') & 1n, 1n, 'the interrupt shadow')
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  for (const [selector, error] of [
+    [3n, 0n],
+    [0x13n, 0x10n],
+  ] as const) {
+    const f = faultingGuest(code)
+    f.bank.set(0, selector)
+    t.deepEqual(f.vcpu.run(), { reason: 'halt' })
+    t.deepEqual(taken(f, true), { vector: 13, rip: BigInt(CODE), errorCode: error })
+    t.is((f.vcpu.regs.getRaw('ss')[1] >> 32n) & 0xffffn, 0x10n, 'SS unchanged')
+  }
+})
+
+test('LTR from device memory loads TR from an available TSS and marks it busy in the GDT; a busy one is #GP(selector) (SDM LTR; kvm-unit-tests test_ltr)', (t) => {
+  const code = [...assemble('ltr [rbx]', { bitness: 64 }).bytes]
+  const tss = (type: bigint, high = 0xffff_8000n) => {
+    const g = faultingGuest(code)
+    // A 16-byte TSS descriptor at selector 0x18: base 0xffff8000_9abc0000, limit 0x67.
+    const low = 0x67n | (0xbcn << 32n) | ((0x80n | type) << 40n) | (0x9an << 56n)
+    g.vm.write(0x500 + 0x18, new Uint8Array(BigUint64Array.of(low, high).buffer))
+    g.vcpu.regs.setRaw('gdtr', 0x27n << 48n, 0x500n)
+    g.bank.set(0, 0x18n)
+    return g
+  }
+  const g = tss(9n)
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  t.is(g.vcpu.regs.get('rip'), BigInt(CODE + code.length + 1))
+  const [base, tr] = g.vcpu.regs.getRaw('tr')
+  t.is(base, 0xffff_8000_9abc_0000n)
+  t.is(tr & 0xffff_ffffn, 0x67n)
+  t.is((tr >> 32n) & 0xffffn, 0x18n)
+  t.is((tr >> 48n) & 0xffn, 0x8bn, 'a busy 64-bit TSS')
+  t.is(g.vm.read(0x500 + 0x18 + 5, 1)[0], 0x8b, 'marked busy in the GDT')
+  for (const bad of [tss(11n), tss(9n, 0x1234_5678n)]) {
+    // Busy, or its base not canonical (AMD APM vol 3 LTR; as the sim's processor checks).
+    t.deepEqual(bad.vcpu.run(), { reason: 'halt' })
+    t.deepEqual(taken(bad, true), { vector: 13, rip: BigInt(CODE), errorCode: 0x18n })
+  }
+})
+
+test("SMSW to device memory stores CR0's low 16 bits, 2 bytes (SDM SMSW; kvm-unit-tests test_smsw)", (t) => {
+  const g = longModeGuest([...assemble('smsw [rbx]', { bitness: 64 }).bytes])
+  g.bank.set(0, 0xffff_ffff_ffff_ffffn)
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  t.is(g.bank.get(0), 0xffff_ffff_ffff_0033n)
+  t.deepEqual(
+    g.bank.log.filter((a) => a.kind === 'write').map((a) => `${a.offset}/${a.size}`),
+    ['0/2'],
+  )
+})
+
+test('an operand that straddles RAM and a device goes to each where it lives, byte for byte (the exit reports only the device part)', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 1 << 20)
+  const bank = new RegisterBank(8)
+  vm.bus.registerMmio(1n << 20n, bank.size, bank, 'bank after RAM')
+  // mov [rbx-4], rax; mov rcx, [rbx-4]; push qword [rbx-4]; pop rdx; hlt
+  vm.write(CODE, [...assemble('mov [rbx-4], rax\nmov rcx, [rbx-4]\npush qword [rbx-4]\npop rdx\nhlt', { bitness: 64 }).bytes])
+  const vcpu = vm.createVcpu(0)
+  enterLongMode(vcpu, vm, CODE)
+  vcpu.regs.set('rbx', 1n << 20n)
+  vcpu.regs.set('rax', 0x1122_3344_5566_7788n)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.deepEqual([...vm.read((1 << 20) - 4, 4)], [0x88, 0x77, 0x66, 0x55])
+  t.is(bank.get(0), 0x1122_3344n)
+  t.is(vcpu.regs.get('rcx'), 0x1122_3344_5566_7788n)
+  t.is(vcpu.regs.get('rdx'), 0x1122_3344_5566_7788n)
+  vm.close()
+})
+
+test('CMPXCHG16B on a device: RDX:RAX against memory, RCX:RBX stored when equal; an operand not 16-byte aligned is #GP(0) (SDM CMPXCHG8B/CMPXCHG16B)', (t) => {
+  const code = [...assemble('lock cmpxchg16b [rsi]', { bitness: 64 }).bytes]
+  const g = faultingGuest(code)
+  g.vcpu.regs.set('rsi', BANK + 16n)
+  g.bank.set(2, 1n)
+  g.bank.set(3, 2n)
+  for (const [r, v] of [['rax', 1n], ['rdx', 2n], ['rbx', 0xaan], ['rcx', 0xbbn]] as const) g.vcpu.regs.set(r, v)
+  g.vcpu.run({ maxExits: 1 })
+  t.is(g.bank.get(2), 0xaan)
+  t.is(g.bank.get(3), 0xbbn)
+  t.is(g.vcpu.regs.get('rflags') & 0x40n, 0x40n)
+  const miss = longModeGuest(code)
+  miss.vcpu.regs.set('rsi', BANK)
+  miss.bank.set(0, 5n)
+  miss.bank.set(1, 6n)
+  t.deepEqual(miss.vcpu.run(), { reason: 'halt' })
+  t.is(miss.vcpu.regs.get('rax'), 5n)
+  t.is(miss.vcpu.regs.get('rdx'), 6n)
+  t.is(miss.vcpu.regs.get('rflags') & 0x40n, 0n)
+  const unaligned = faultingGuest(code)
+  unaligned.vcpu.regs.set('rsi', BANK + 8n)
+  t.deepEqual(unaligned.vcpu.run(), { reason: 'halt' })
+  t.deepEqual(taken(unaligned, true), { vector: 13, rip: BigInt(CODE), errorCode: 0n })
+})
+
+test('ENTER with nesting levels on a device stack computes what the processor computes on RAM', (t) => {
+  const run = (stack: bigint) => {
+    const g = longModeGuest([...assemble('enter 24, 3', { bitness: 64 }).bytes])
+    const mem = (at: bigint, v: bigint) => (at >= BANK ? g.bank.set(Number(at - BANK) / 8, v) : g.vm.write(at, new Uint8Array(BigUint64Array.of(v).buffer)))
+    // The old frame at stack + 16 holds two frame pointers to copy below it.
+    mem(stack + 8n, 0x1111n)
+    mem(stack, 0x2222n)
+    g.vcpu.regs.set('rbp', stack + 16n)
+    g.vcpu.regs.set('rsp', stack + 64n)
+    t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+    const words = Array.from({ length: 8 }, (_, i) => (stack >= BANK ? g.bank.get(i) : new DataView(g.vm.read(stack + BigInt(8 * i), 8).buffer).getBigUint64(0, true)))
+    return { rbp: g.vcpu.regs.get('rbp') - stack, rsp: g.vcpu.regs.get('rsp') - stack, words: words.map((w) => (w >= stack && w < stack + 64n ? w - stack : w)) }
+  }
+  const device = run(BANK)
+  t.deepEqual(device, run(0x40000n))
+  t.is(device.rbp, 56n)
+  t.is(device.rsp, 56n - 24n - 24n)
+})
+
+test('MOV DS from device memory in real mode takes the selector as a paragraph', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 0x80000)
+  const bank = new RegisterBank(2)
+  vm.bus.registerMmio(0xa0000, bank.size, bank, 'device')
+  vm.write(0x1000, [0x26, 0x8e, 0x1e, 0x00, 0x00, 0xf4]) // mov ds, es:[0]; hlt
+  const vcpu = vm.createVcpu(0)
+  enterRealMode(vcpu, 0x1000)
+  vcpu.regs.setRaw('es', ...segment(0xa0000n, 0xffff, 0xa000, 0x93))
+  bank.set(0, 0x1234n)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  const [base, ds] = vcpu.regs.getRaw('ds')
+  t.is(base, 0x12340n)
+  t.is((ds >> 32n) & 0xffffn, 0x1234n)
+  vm.close()
 })
