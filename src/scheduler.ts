@@ -207,6 +207,7 @@ export class VmRun {
     }
     let yieldAt = performance.now() + o.sliceMs
     const limit = o.maxInstructions === undefined ? Number.POSITIVE_INFINITY : retired(vm.cpus) + o.maxInstructions
+    const spinners = vm.cpus.filter((c) => !c.closed).length > 1
     for (;;) {
       if (this.cancelled) return { reason: 'cancelled' }
       vm.timers.fire()
@@ -230,8 +231,10 @@ export class VmRun {
         // (Counting the vCPUs' instructions costs a stats() call each: only a run with a limit pays it.)
         const budget = Number.isFinite(limit) ? Math.min(o.quantum, limit - retired(vm.cpus)) : o.quantum
         if (budget <= 0) return { reason: 'instructions' }
+        // A vCPU spinning (PAUSE) on what another executing vCPU will do gives its turn
+        // to that one (deterministic: where the spin is in the instruction stream).
         const turn: TurnLimits = deterministic
-          ? Number.isFinite(left) ? { maxInstructions: budget, maxExits: TURN_EXITS, timeoutMs: Math.max(0, left) } : { maxInstructions: budget, maxExits: TURN_EXITS }
+          ? { maxInstructions: budget, maxExits: TURN_EXITS, yieldOnPause: spinners, ...(Number.isFinite(left) ? { timeoutMs: Math.max(0, left) } : {}) }
           : { timeoutMs: Math.max(0, Math.min(o.sliceMs, left)) }
         const r = serial ? serial.turn(v, turn) : v.run(turn)
         // A device closed the VM during the turn (a power-off device): what it asked for ends the run.

@@ -148,9 +148,16 @@ export interface RunOptions {
    * runs that instruction first.
    */
   until?: CodeAddress
+  /**
+   * End the run with `{ reason: 'instructions' }` soon after the guest executes PAUSE (a
+   * spin-wait) while another vCPU of the VM is executing (sim): a scheduler that runs
+   * vCPUs by turns hands the turn to the vCPU the spinner waits for instead of letting
+   * it spin out its quantum. {@link Vm.run} does so on the deterministic clock.
+   */
+  yieldOnPause?: boolean
 }
 
-const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt', 'until'] as const
+const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt', 'until', 'yieldOnPause'] as const
 
 /** `options` checked as {@link RunOptions}: an object of known keys with values of the right kind. */
 function checkRunOptions(options: unknown, what: string): RunOptions {
@@ -238,7 +245,7 @@ function runEnd(code: number): RunResult | undefined {
 
 /** The native budget of a run's limits, or undefined when it has none. */
 function nativeBudget(o: RunOptions, slice: boolean): InstanceType<typeof binding.RunBudget> | undefined {
-  if (o.maxInstructions === undefined && o.timeoutMs === undefined && o.guestDeadlineNs === undefined && !o.blockOnHalt && !slice) return undefined
+  if (o.maxInstructions === undefined && o.timeoutMs === undefined && o.guestDeadlineNs === undefined && !o.blockOnHalt && !o.yieldOnPause && !slice) return undefined
   try {
     return new binding.RunBudget({
       maxInstructions: o.maxInstructions,
@@ -246,6 +253,7 @@ function nativeBudget(o: RunOptions, slice: boolean): InstanceType<typeof bindin
       sliceMs: slice ? PROGRESS_SLICE_MS : undefined,
       guestDeadlineNs: o.guestDeadlineNs,
       blockOnHalt: o.blockOnHalt,
+      yieldOnPause: o.yieldOnPause,
     })
   } catch (e) {
     throw coded(e)

@@ -112,6 +112,12 @@ pub struct RunLimits {
     /// Whether a vCPU halted with interrupts enabled may block the calling thread until
     /// an interrupt (as MSHV does); if not, the sim returns [`Exit::Idle`] instead.
     pub block_on_halt: bool,
+    /// End the run with [`Exit::InstructionLimit`] soon after the guest executes PAUSE
+    /// (a spin-wait) while another vCPU of the partition is executing (sim only): a
+    /// turn-by-turn scheduler then hands the turn to the vCPU the spinner waits for,
+    /// rather than let it spin out its quantum (pause-loop exiting's idea, at points in
+    /// the instruction stream a deterministic replay repeats).
+    pub yield_on_pause: bool,
 }
 
 impl RunLimits {

@@ -1,5 +1,5 @@
 //! Guest time for a partition. Deterministic: one nanosecond per retired instruction
-//! and [`EXIT_COST_NS`] per exit to the VMM, and halts leap to the next timer, so runs
+//! ([`PAUSE_COST_NS`] for a PAUSE) and [`EXIT_COST_NS`] per exit to the VMM, and halts leap to the next timer, so runs
 //! replay exactly (QEMU's icount counts instructions the same way). Real time: the host's monotonic clock. The TSC runs at 1 GHz on either
 //! (CPUID leaves 0x15 and 0x16 say so), so TSC ticks are guest nanoseconds.
 
@@ -15,6 +15,13 @@ use std::time::Instant;
 /// `vmexit` loops that run until 2^30 TSC ticks have gone by) needs ~10^8 exits where
 /// hardware needs ~10^6, and crawls. A fixed cost keeps replays exact.
 pub const EXIT_COST_NS: u64 = 1_000;
+
+/// Guest time a PAUSE takes on the deterministic clock (ns, TSC ticks): its latency on
+/// recent processors is of this order (Intel's optimization manual gives ~140 cycles
+/// from Skylake on; AMD's Zen ~65). At one tick, a spin-wait that polls the TSC until
+/// some time has passed (Linux's `delay_tsc`, kvm-unit-tests' `pause` loops waiting
+/// 10^6 ticks for another vCPU) runs a hundred times longer than on hardware.
+pub const PAUSE_COST_NS: u64 = 100;
 
 /// vCPU indices are a byte.
 const VCPUS: usize = 256;

@@ -25,6 +25,11 @@ pub struct SimEnv<'a> {
     pub tsc_offset: &'a mut i64,
     /// Set when the guest executes PAUSE: the run's poll hands the execution lock over.
     pub paused: &'a std::cell::Cell<bool>,
+    /// Deterministic clock: the guest time the slice ends at (the next timer or guest
+    /// deadline), which PAUSE's cost may not carry the TSC past; `due` is set when it
+    /// reaches it, and the run's poll ends the slice.
+    pub slice_end: Option<u64>,
+    pub due: &'a std::cell::Cell<bool>,
 }
 
 impl SimEnv<'_> {
@@ -40,8 +45,21 @@ impl SimEnv<'_> {
 }
 
 impl sim_cpu::Env for SimEnv<'_> {
-    fn pause(&mut self) {
+    fn pause(&mut self, now: u64) -> u64 {
         self.paused.set(true);
+        if !self.clock.deterministic() {
+            return 0;
+        }
+        // The instruction's own tick is counted by the processor; PAUSE_COST_NS in all,
+        // but never past the slice's end (a timer due there fires on time).
+        let room = self
+            .slice_end
+            .map_or(u64::MAX, |end| end.saturating_sub(now.saturating_add(1)));
+        let extra = (crate::clock::PAUSE_COST_NS - 1).min(room);
+        if extra == room {
+            self.due.set(true);
+        }
+        extra
     }
 
     fn cpuid(&mut self, leaf: u32, subleaf: u32, native: [u32; 4]) -> [u32; 4] {

@@ -19,7 +19,7 @@ mod state;
 mod vcpu;
 mod vm;
 
-pub use clock::EXIT_COST_NS;
+pub use clock::{EXIT_COST_NS, PAUSE_COST_NS};
 pub use sim_cpu;
 pub use vcpu::SimVcpu;
 pub use vm::SimVm;

@@ -216,6 +216,9 @@ enum Stopped {
     Due,
     /// The slice is over and another vCPU waits for the execution lock.
     HandOver,
+    /// The guest spins (PAUSE) while another vCPU executes: its turn is over
+    /// ([`RunLimits::yield_on_pause`]).
+    Yield,
 }
 
 impl SimVcpu {
@@ -327,6 +330,7 @@ impl SimVcpu {
         let mut budget = limits.max_instructions.unwrap_or(u64::MAX);
         let mut first = true;
         let paused = std::cell::Cell::new(false);
+        let due = std::cell::Cell::new(false);
         loop {
             if self.flush_pending {
                 self.flush_pending = false;
@@ -420,8 +424,11 @@ impl SimVcpu {
             }
             // Borrowed, not cloned: an Arc's count is an atomic, paid on every exit.
             let clock = &*self.clock;
+            due.set(false);
             let mut env = SimEnv {
                 paused: &paused,
+                slice_end: if det { next } else { None },
+                due: &due,
                 config: &self.config,
                 cpuid,
                 apic_id: self.index,
@@ -443,6 +450,8 @@ impl SimVcpu {
             let rt_due = if det { None } else { next };
             let mut stopped = None;
             let hand_over = &*held;
+            let yield_on_pause = limits.yield_on_pause;
+            let (bus, me) = (&self.bus, self.index);
             let mut poll = || {
                 if canceller.is_cancelled() {
                     stopped = Some(Stopped::Cancelled);
@@ -452,7 +461,8 @@ impl SimVcpu {
                     stopped = Some(Stopped::Timeout);
                     return true;
                 }
-                if rt_due.is_some_and(|d| clock.now() >= d) {
+                // Real time reached a timer; or (deterministic) PAUSEs carried the TSC to it.
+                if rt_due.is_some_and(|d| clock.now() >= d) || due.get() {
                     stopped = Some(Stopped::Due);
                     return true;
                 }
@@ -462,6 +472,10 @@ impl SimVcpu {
                 let spun = paused.replace(false);
                 if spun && hand_over.contended() || hand_over.should_hand_over() {
                     stopped = Some(Stopped::HandOver);
+                    return true;
+                }
+                if spun && yield_on_pause && bus.another_running(me) {
+                    stopped = Some(Stopped::Yield);
                     return true;
                 }
                 false
@@ -478,6 +492,7 @@ impl SimVcpu {
                         self.canceller.take();
                         return Ok(Exit::Cancelled);
                     }
+                    Some(Stopped::Yield) => return Ok(Exit::InstructionLimit),
                     Some(Stopped::HandOver) => {
                         held.hand_over();
                         if let Some(stop) = self.stop_requested(limits) {

@@ -137,3 +137,11 @@ fn on_the_deterministic_clock_an_exit_to_the_vmm_costs_exit_cost_ns_of_guest_tim
         "{exiting} against {plain}"
     );
 }
+
+#[test]
+fn on_the_deterministic_clock_a_pause_takes_pause_cost_ns_of_guest_time() {
+    // One instruction each: a NOP takes one tick, a PAUSE PAUSE_COST_NS.
+    let plain = ticks_around(&[0x90]);
+    let paused = ticks_around(&[0xf3, 0x90]);
+    assert_eq!(paused - plain, hv_sim::PAUSE_COST_NS - 1);
+}

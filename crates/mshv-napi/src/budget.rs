@@ -28,6 +28,10 @@ pub struct RunOptions {
     /// interrupt, as MSHV's does (default false: the sim returns
     /// `layout().exits.idle` instead, so the caller can wait without a thread).
     pub block_on_halt: Option<bool>,
+    /// End a native run with `layout().exits.instructions` soon after the guest
+    /// executes PAUSE while another vCPU is executing (sim): a turn-by-turn scheduler's
+    /// spinning vCPU gives up its turn to the one it waits for.
+    pub yield_on_pause: Option<bool>,
 }
 
 /// The largest count or duration accepted: JavaScript's exact integer range.
@@ -70,6 +74,7 @@ pub(crate) struct Budget {
     slice: Option<Duration>,
     guest_deadline: Option<u64>,
     block_on_halt: bool,
+    yield_on_pause: bool,
     ends: Mutex<Option<Ends>>,
 }
 
@@ -110,6 +115,7 @@ impl Budget {
             max_instructions: whole(o.max_instructions, "maxInstructions")?,
             guest_deadline: whole(o.guest_deadline_ns, "guestDeadlineNs")?,
             block_on_halt: o.block_on_halt.unwrap_or(false),
+            yield_on_pause: o.yield_on_pause.unwrap_or(false),
             timeout: millis(o.timeout_ms, "timeoutMs")?,
             slice: millis(o.slice_ms, "sliceMs")?,
             ends: Mutex::default(),
@@ -122,6 +128,7 @@ impl Budget {
             deadline,
             guest_deadline: self.guest_deadline,
             block_on_halt: self.block_on_halt,
+            yield_on_pause: self.yield_on_pause,
         }
     }
 

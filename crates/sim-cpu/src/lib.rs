@@ -89,8 +89,12 @@ pub trait Env {
     fn has_apic(&self) -> bool {
         false
     }
-    /// The guest executed PAUSE: it spins waiting for another processor.
-    fn pause(&mut self) {}
+    /// The guest executed PAUSE at time-stamp count `now`: it spins waiting for another
+    /// processor or for time to pass. Returns the ticks the PAUSE takes beyond the one
+    /// every instruction counts (a deterministic clock's model of its latency).
+    fn pause(&mut self, _now: u64) -> u64 {
+        0
+    }
     /// Reads the 32-bit APIC register at `offset` (16-byte aligned) of the APIC page.
     /// `now` is the processor's own time-stamp count, as for [`Env::tsc`].
     fn apic_read(&mut self, _offset: u32, _now: u64) -> u32 {

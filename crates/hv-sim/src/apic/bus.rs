@@ -30,6 +30,15 @@ impl ApicBus {
         self.apics.read().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// Whether a vCPU other than `index` is executing instructions (not halted, not
+    /// waiting for a start-up IPI).
+    pub fn another_running(&self, index: u32) -> bool {
+        self.all().iter().any(|a| {
+            a.index != index
+                && a.wake_at.load(std::sync::atomic::Ordering::Acquire) == super::RUNNING
+        })
+    }
+
     /// When every vCPU waits in a halt: the earliest guest time one of them wakes at
     /// (`u64::MAX`: none wakes by itself). None while any vCPU is executing.
     pub fn earliest_wake(&self) -> Option<u64> {

@@ -456,7 +456,13 @@ pub fn compile_nop(_ins: &Instruction, _op: &mut Op) -> Option<Handler> {
 /// to another vCPU then, as VMX's pause-loop exiting lets it), and the run looks at
 /// its poll soon after.
 pub fn pause(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
-    x.env.pause();
+    let extra = x.env.pause(x.cpu.tsc);
+    if extra > 0 {
+        // The block ends here, so the next instruction counts on from this TSC (a
+        // block's instructions take theirs from its first).
+        x.cpu.tsc = x.cpu.tsc.wrapping_add(extra);
+        x.end_block = true;
+    }
     x.work += crate::run::POLL_INTERVAL / 8;
     Ok(())
 }
