@@ -280,3 +280,39 @@ test('a threaded run that ends while a vCPU waits in its HLT leaves it halted, a
   }
   vm.close()
 })
+
+test('on the deterministic clock a vCPU spinning with PAUSE gives its turn to the vCPU it waits for: a handshake of 200 rounds costs the spinners little, and replays exactly', async (t) => {
+  // vCPU 0 and vCPU 1 hand a token back and forth, each spinning on PAUSE until it is theirs.
+  const source = `
+  start:
+    mov ecx, 200
+  .l0:
+    pause
+    cmp dword [token], 0
+    jne .l0
+    mov dword [token], 1
+    dec ecx
+    jnz .l0
+    out 0xf4, al
+  cpu1:
+  .l1:
+    pause
+    cmp dword [token], 1
+    jne .l1
+    mov dword [token], 0
+    jmp .l1
+  token: dd 0
+  `
+  const runs: number[][] = []
+  for (let pass = 0; pass < 2; pass++) {
+    const vm = longModeVm(source, {}, { vcpus: 2, clock: 'deterministic' })
+    const r = await vm.run({ timeoutMs: 60_000 })
+    t.is(r.reason, 'debug-exit')
+    runs.push(vm.cpus.map((v) => v.stats().instructions))
+    vm.close()
+  }
+  t.deepEqual(runs[0], runs[1], 'a replay repeats the same instructions')
+  // Without yielding, each round would cost a spinner its whole quantum (100,000 instructions).
+  const [a, b] = runs[0] as [number, number]
+  t.true(a + b < 200 * 2_000, `${a} + ${b} instructions for 200 rounds`)
+})
