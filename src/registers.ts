@@ -192,6 +192,22 @@ export class RegisterCache {
   }
 
   /**
+   * The low 32 bits of register `i` (by index), read without caching it: from the cache
+   * when known, else straight from the register page when it holds the register (no
+   * BigInt made: the plain MMIO MOV's page check runs on every exit at page offset 0),
+   * else loaded as {@link getLow32At} loads it.
+   */
+  peekLow32At(i: number): number {
+    this.check()
+    if (this.unknown(checkIndex(i))) {
+      const offset = (registers[i] as RegisterDescriptor).pageOffset
+      if (offset !== undefined && this.words32 !== null && this.pageUsable()) return this.words32[offset >>> 2] as number
+      this.load(i)
+    }
+    return this.lo32[2 * i] as number
+  }
+
+  /**
    * Writes `value` to the low `size` bytes of register `i` as x86 does: a 1- or
    * 2-byte write keeps the other bits, a 4-byte write clears the upper half.
    */

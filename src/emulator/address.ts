@@ -49,11 +49,11 @@ export function operandLinear(ins: Decoded, regs: RegisterCache, rip: bigint, bi
  */
 export function startsPage(ins: Decoded, regs: RegisterCache, rip: bigint, bitness: 16 | 32 | 64): boolean {
   const p = addressOf(ins)
-  let low = Number(p.displacement & 0xfffn)
+  let low = p.displacementLow
   if (p.ripRelative) low += Number(rip & 0xfffn) + ins.length
-  if (p.base >= 0) low += regs.getLow32At(p.base)
-  if (p.index >= 0) low += regs.getLow32At(p.index) * Number(p.scale)
-  const segment = ins.segment || 'ds'
-  if (bitness !== 64 || segment === 'fs' || segment === 'gs') low += Number(segmentBase(regs, segment, bitness) & 0xfffn)
+  if (p.base >= 0) low += regs.peekLow32At(p.base)
+  if (p.index >= 0) low += regs.peekLow32At(p.index) * p.scaleNumber
+  const segment = ins.segment
+  if (bitness !== 64 || segment === 'fs' || segment === 'gs') low += Number(segmentBase(regs, segment || 'ds', bitness) & 0xfffn)
   return (low & 0xfff) === 0
 }

@@ -20,6 +20,9 @@ export interface AddressParts {
   /** Register cache index of the index register; -1 when none. */
   readonly index: number
   readonly scale: bigint
+  /** {@link scale} as a number, and {@link displacement}'s low 12 bits: the plain MOV's page check makes no BigInt. */
+  readonly scaleNumber: number
+  readonly displacementLow: number
   /** The displacement as a u64; RIP-relative: the offset from the next instruction's RIP. */
   readonly displacement: bigint
   /** RIP- (or EIP-) relative: the address is RIP past the instruction + displacement. */
@@ -227,6 +230,8 @@ function addressParts(ins: Instruction, bitness: number): AddressParts {
     base: ripRelative ? -1 : gprIndex(base),
     index: gprIndex(index),
     scale: BigInt(ins.memoryIndexScale),
+    scaleNumber: ins.memoryIndexScale,
+    displacementLow: Number(displacement & 0xfffn),
     displacement,
     ripRelative,
     size,
