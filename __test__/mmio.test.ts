@@ -310,6 +310,27 @@ test('far JMP m16:64 through device memory loads CS from the GDT; a data segment
   t.deepEqual(taken(bad, true), { vector: 13, rip: BigInt(CODE), errorCode: 0x10n })
 })
 
+test('far CALL m16:64 through device memory pushes CS and the next RIP, then loads CS; a data segment there is #GP(selector) with nothing pushed (SDM CALL)', (t) => {
+  const code = [0x48, 0xff, 0x1b] // rex64 call far [rbx]: m16:64
+  const g = faultingGuest(code)
+  g.vm.write(0x30000, [0xf4])
+  g.bank.set(0, 0x30000n)
+  g.bank.set(1, 0x8n)
+  const sp = g.vcpu.regs.get('rsp')
+  t.deepEqual(g.vcpu.run(), { reason: 'halt' })
+  t.is(g.vcpu.regs.get('rip'), 0x30001n)
+  t.is(g.vcpu.regs.get('rsp'), sp - 16n)
+  const frame = new DataView(g.vm.read(sp - 16n, 16).buffer)
+  t.is(frame.getBigUint64(0, true), BigInt(CODE + code.length), 'the return RIP')
+  t.is(frame.getBigUint64(8, true), 8n, 'the caller CS, zero-extended')
+  const bad = faultingGuest(code)
+  bad.bank.set(0, 0x30000n)
+  bad.bank.set(1, 0x10n)
+  t.deepEqual(bad.vcpu.run(), { reason: 'halt' })
+  t.deepEqual(taken(bad, true), { vector: 13, rip: BigInt(CODE), errorCode: 0x10n })
+  t.is(bad.vcpu.regs.get('rsp'), sp - 48n, 'only the exception frame (SS, RSP, RFLAGS, CS, RIP, error code) was pushed')
+})
+
 test('MOV SS from device memory: a null selector at CPL 0 in 64-bit mode, #GP(0) when its RPL is not CPL, #GP(selector) for a non-null one; it holds off interrupts for one instruction (SDM MOV; kvm-unit-tests test_sreg)', (t) => {
   const code = [...assemble('mov ss, [rbx]', { bitness: 64 }).bytes]
   const g = faultingGuest(code)

@@ -8,7 +8,7 @@
 import { mask } from './alu.js'
 import { MemoryOperand, type MmioAccess, type MmioMachine } from './context.js'
 import { gp } from './fault.js'
-import { canonical, farJump } from './segments.js'
+import { canonical, farTransfer } from './segments.js'
 import { peek, push, setStackPointer } from './stack.js'
 
 /**
@@ -59,13 +59,22 @@ export function returnNear(a: MmioAccess, m: MmioMachine): boolean {
   return false
 }
 
-/** JMP m16:16, m16:32 or m16:64: the offset, then the selector after it. */
-export function jumpFar(a: MmioAccess, m: MmioMachine): boolean {
+/**
+ * JMP or CALL m16:16, m16:32 or m16:64: the offset, then the selector after it. CALL
+ * pushes CS (zero-extended to the operand size, as the sim's processor writes it) and
+ * the next RIP, at the offset's size.
+ */
+export function far(a: MmioAccess, m: MmioMachine, call: boolean): boolean {
   const { ins } = a
   const offsetSize = ins.memorySize - 2
   const op = new MemoryOperand(a, m, 0n, false)
   const offset = op.read(offsetSize)
   const selector = Number(op.read(2, BigInt(offsetSize)))
-  farJump(m, selector, offset)
+  const next = a.rip + BigInt(ins.length)
+  const pushReturn = (cs: bigint) => {
+    push(a, m, cs, offsetSize)
+    push(a, m, next, offsetSize)
+  }
+  farTransfer(m, selector, offset, call ? pushReturn : undefined)
   return false
 }

@@ -13,7 +13,7 @@ import { MshvError, hex } from '../errors.js'
 import { holds, mask, signExtend } from './alu.js'
 import { binary, cmpxchg, cmpxchgWide, divIdiv, mulImul, unary, xadd } from './arith.js'
 import { bitScan, bitTest, movbe, shiftDouble, shiftMemory } from './bits.js'
-import { callNear, jumpFar, jumpNear, returnNear } from './branch.js'
+import { callNear, far, jumpNear, returnNear } from './branch.js'
 import { MemoryOperand, type MmioAccess, type MmioMachine } from './context.js'
 import type { Decoded } from './decode.js'
 import { GuestFault } from './fault.js'
@@ -101,18 +101,17 @@ const handlers = lazy(({ Mnemonic: M }) => {
   each([M.Push, M.Pop], pushPop)
   each([M.Enter], enter)
   each([M.Leave], leave)
-  // A far CALL through memory pushes CS and may pass a call gate: refused by name.
-  each([M.Call], (a, m) => (isFar(a) ? unsupported(a, 'a far CALL') : callNear(a, m)))
+  each([M.Call], (a, m) => (isFar(a) ? far(a, m, true) : callNear(a, m)))
   each([M.Ret], returnNear)
-  each([M.Jmp], (a, m) => (isFar(a) ? jumpFar(a, m) : jumpNear(a, m)))
+  each([M.Jmp], (a, m) => (isFar(a) ? far(a, m, false) : jumpNear(a, m)))
   each([M.Smsw], storeMachineStatus)
   each([M.Ltr], (a, m) => (loadTaskRegister(m, Number(new MemoryOperand(a, m, 0n, false).read(2))), true))
   return map
 })
 
-function unsupported(a: MmioAccess, what?: string): never {
-  const how = what ? `${what} is not emulated` : 'MMIO emulation does not support'
-  throw new MshvError('EUNSUPPORTED_INSTRUCTION', `${how} '${a.ins.text}' at rip ${hex(a.rip)} (GPA ${hex(a.gpa)}); the vCPU was not resumed`)
+/** The refusal of an instruction the emulator does not complete, naming it and where it ran. */
+function unsupported(a: MmioAccess): never {
+  throw new MshvError('EUNSUPPORTED_INSTRUCTION', `MMIO emulation does not support '${a.ins.text}' at rip ${hex(a.rip)} (GPA ${hex(a.gpa)}); the vCPU was not resumed`)
 }
 
 /** Whether a JMP or CALL takes a far pointer from memory (m16:16/32/64). */

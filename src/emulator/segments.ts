@@ -184,17 +184,21 @@ export function loadTaskRegister(m: MmioMachine, selector: number): void {
 }
 
 /**
- * JMP m16:16/32/64 (SDM vol 2 JMP, "Operation"): in real and virtual-8086 mode CS takes
- * the selector as a paragraph; in protected mode the target must be a code segment the
- * CPL may enter directly (conforming: DPL <= CPL; else RPL <= CPL and DPL = CPL),
- * present, not both L and D in IA-32e mode, and the offset inside it (canonical in 64-bit
- * code): #GP / #NP otherwise. CS keeps the CPL as its RPL. Sets RIP.
+ * JMP or CALL m16:16/32/64 (SDM vol 2 JMP, CALL, "Operation"): in real and virtual-8086
+ * mode CS takes the selector as a paragraph, the offset within CS's limit; in protected
+ * mode the target must be a code segment the CPL may enter directly (conforming: DPL <=
+ * CPL; else RPL <= CPL and DPL = CPL), present, not both L and D in IA-32e mode, and the
+ * offset inside it (canonical in 64-bit code): #GP / #NP otherwise. CS keeps the CPL as
+ * its RPL. `pushReturn` (a CALL's) pushes the return frame, given the old CS selector,
+ * once every check has passed and before CS changes. Sets RIP.
  */
-export function farJump(m: MmioMachine, selector: number, offset: bigint): void {
+export function farTransfer(m: MmioMachine, selector: number, offset: bigint, pushReturn?: (cs: bigint) => void): void {
   const regs = m.regs
+  const [, cs] = regs.getRaw('cs')
+  const oldSelector = (cs >> 32n) & 0xffffn
   if (!protectedMode(regs)) {
-    const [, cs] = regs.getRaw('cs')
     if (offset > (cs & 0xffff_ffffn)) throw gp(0)
+    pushReturn?.(oldSelector)
     regs.setRaw('cs', BigInt(selector) << 4n, (cs & ~(0xffffn << 32n)) | (BigInt(selector) << 32n))
     regs.set('rip', offset)
     return
@@ -204,7 +208,7 @@ export function farJump(m: MmioMachine, selector: number, offset: bigint): void 
   if (!codeOrData(d)) {
     throw new MshvError(
       'EUNSUPPORTED_INSTRUCTION',
-      `a far JMP through system descriptor ${hex(selector)} (type ${kind(d)}: a call gate, task gate or TSS) is not emulated`,
+      `a far ${pushReturn ? 'CALL' : 'JMP'} through system descriptor ${hex(selector)} (type ${kind(d)}: a call gate, task gate or TSS) is not emulated`,
     )
   }
   const privilege = cpl(regs)
@@ -219,6 +223,7 @@ export function farJump(m: MmioMachine, selector: number, offset: bigint): void 
   } else if (offset > limitOf(d)) {
     throw gp(0)
   }
+  pushReturn?.(oldSelector)
   setAccessed(m, d)
   regs.setRaw('cs', ...fromDescriptor(d, (selector & ~3) | privilege))
   regs.set('rip', offset)
