@@ -34,32 +34,51 @@ export interface MmioMachine {
   readonly inject: (vector: number, errorCode?: number) => void
 }
 
-/**
- * The GPA of `size` bytes at linear `lin` when they are the exit's own: on the page of
- * the exit's GVA, or, when the message gives none, at the GPA's page offset for an
- * instruction whose `sole` memory access is this one (any other could have exited).
- * Undefined when the bytes leave their page or may be elsewhere.
- */
-function exitGpa(a: MmioAccess, lin: bigint, size: number, sole: boolean): bigint | undefined {
-  const offset = lin & 0xfffn
-  if (Number(offset) + size > 0x1000) return undefined
-  if (a.gva !== undefined) return ((lin ^ a.gva) & ~0xfffn) === 0n ? (a.gpa & ~0xfffn) | offset : undefined
-  return sole && offset === (a.gpa & 0xfffn) ? a.gpa : undefined
+/** A linear page the exit's GPA page is known to be the translation of. */
+interface ExitPage {
+  readonly linear: bigint
+  readonly gpa: bigint
 }
 
 /**
- * Reads `size` bytes (1..8) at linear `lin`: from the device at the GPA when they are
- * the exit's own, else through the guest's paging (RAM, another device, or both when
- * the bytes cross a page: each byte where it lives).
+ * The exit's page: the message's GVA names it; without one, an instruction whose `sole`
+ * memory access is its operand, starting at linear `start` at the GPA's page offset, is
+ * taken to have exited on that operand (as KVM's emulator takes the exit's GPA for an
+ * access whose page offset matches it: emulator_read_write_onepage).
  */
-export function readLinear(a: MmioAccess, m: MmioMachine, lin: bigint, size: number, sole = false): bigint {
-  const gpa = exitGpa(a, lin, size, sole)
-  return gpa === undefined ? m.memory.read(lin, size) : m.device.read(gpa, size)
+function exitPage(a: MmioAccess, start: bigint, sole: boolean): ExitPage | undefined {
+  if (a.gva !== undefined) return { linear: a.gva & ~0xfffn, gpa: a.gpa & ~0xfffn }
+  if (sole && (start & 0xfffn) === (a.gpa & 0xfffn)) return { linear: start & ~0xfffn, gpa: a.gpa & ~0xfffn }
+  return undefined
+}
+
+/** The GPA of `size` bytes at linear `lin` when they lie on the exit's page; else undefined. */
+function onExitPage(page: ExitPage | undefined, lin: bigint, size: number): bigint | undefined {
+  if (!page || (lin & ~0xfffn) !== page.linear || Number(lin & 0xfffn) + size > 0x1000) return undefined
+  return page.gpa | (lin & 0xfffn)
+}
+
+/**
+ * Reads `size` bytes (1..8) at linear `lin`: from the device at the GPA when they lie on
+ * the exit's page (named by the message's GVA), else through the guest's paging (RAM,
+ * another device, or both when the bytes cross a page: each byte where it lives).
+ */
+export function readLinear(a: MmioAccess, m: MmioMachine, lin: bigint, size: number): bigint {
+  return readVia(m, exitPage(a, lin, false), lin, size)
 }
 
 /** Writes the low `size` bytes (1..8) of `value` at linear `lin`, as {@link readLinear} reads. */
-export function writeLinear(a: MmioAccess, m: MmioMachine, lin: bigint, size: number, value: bigint, sole = false): void {
-  const gpa = exitGpa(a, lin, size, sole)
+export function writeLinear(a: MmioAccess, m: MmioMachine, lin: bigint, size: number, value: bigint): void {
+  writeVia(m, exitPage(a, lin, false), lin, size, value)
+}
+
+function readVia(m: MmioMachine, page: ExitPage | undefined, lin: bigint, size: number): bigint {
+  const gpa = onExitPage(page, lin, size)
+  return gpa === undefined ? m.memory.read(lin, size) : m.device.read(gpa, size)
+}
+
+function writeVia(m: MmioMachine, page: ExitPage | undefined, lin: bigint, size: number, value: bigint): void {
+  const gpa = onExitPage(page, lin, size)
   if (gpa === undefined) m.memory.write(lin, size, value)
   else m.device.write(gpa, size, value)
 }
@@ -71,14 +90,16 @@ export function writeLinear(a: MmioAccess, m: MmioMachine, lin: bigint, size: nu
  */
 export class MemoryOperand {
   readonly linear: bigint
+  private readonly page: ExitPage | undefined
 
   constructor(
     private readonly a: MmioAccess,
     private readonly m: MmioMachine,
     private readonly delta = 0n,
-    private readonly sole = true,
+    sole = true,
   ) {
     this.linear = this.at(0n)
+    this.page = exitPage(a, this.linear, sole)
   }
 
   /** The linear address `offset` bytes into the operand: it wraps as its address does. */
@@ -89,8 +110,7 @@ export class MemoryOperand {
   /** Reads `size` bytes (1..16) from `offset` bytes into the operand; 16 as two 8-byte accesses, low first. */
   read(size: number, offset = 0n): bigint {
     if (size > 8) return this.read(8, offset) | (this.read(size - 8, offset + 8n) << 64n)
-    const lin = offset === 0n ? this.linear : this.at(offset)
-    return readLinear(this.a, this.m, lin, size, this.sole)
+    return readVia(this.m, this.page, offset === 0n ? this.linear : this.at(offset), size)
   }
 
   /** Writes `size` bytes (1..16) of `value` from `offset` bytes into the operand, as {@link read} reads. */
@@ -100,7 +120,6 @@ export class MemoryOperand {
       this.write(size - 8, value >> 64n, offset + 8n)
       return
     }
-    const lin = offset === 0n ? this.linear : this.at(offset)
-    writeLinear(this.a, this.m, lin, size, value & ((1n << BigInt(8 * size)) - 1n), this.sole)
+    writeVia(this.m, this.page, offset === 0n ? this.linear : this.at(offset), size, value & ((1n << BigInt(8 * size)) - 1n))
   }
 }

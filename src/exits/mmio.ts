@@ -127,9 +127,11 @@ export function handleMmio(msg: DataView, regs: RegisterCache, memory: LinearMem
   regs.seed(RFLAGS_REG, msg.getBigUint64(RFLAGS, true))
   // The hypervisor walked the guest's page tables for this access: the emulator's
   // accesses to its page need no translation hypercall (Cloud Hypervisor's
-  // MshvEmulatorContext does the same), and name the exit's own bytes.
+  // MshvEmulatorContext does the same), and name the exit's own bytes. A GVA at another
+  // page offset than the GPA is not the GPA's translation (the start of an access split
+  // across pages, say) and is not used.
   let gva: bigint | undefined
-  if ((msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN) {
+  if ((msg.getUint8(ACCESS_INFO) & GVA_GPA_KNOWN) === GVA_GPA_KNOWN && (msg.getUint32(GVA, true) & 0xfff) === offset) {
     gva = msg.getBigUint64(GVA, true)
     memory.learn(gva, gpa, access === WRITE)
   }
