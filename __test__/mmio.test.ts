@@ -467,3 +467,32 @@ test('MOV DS from device memory in real mode takes the selector as a paragraph',
   t.is((ds >> 32n) & 0xffffn, 0x1234n)
   vm.close()
 })
+
+test('real mode: 16-bit addresses wrap in 64 KiB before the segment base is added (ADD [BX+SI+2], XCHG ES:[DI+disp], REPE CMPSB)', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 0x80000)
+  const bank = new RegisterBank(4)
+  vm.bus.registerMmio(0xa0000, bank.size, bank, 'device')
+  const code = assemble('add [bx+si+2], ax\nxchg es:[di+0xfff0], cl\nmov si, 0x10\nmov di, 0x18\nmov cx, 8\nrepe cmpsb\nhlt', { bitness: 16 }).bytes
+  vm.write(0x1000, [...code])
+  const vcpu = vm.createVcpu(0)
+  enterRealMode(vcpu, 0x1000)
+  for (const s of ['ds', 'es'] as const) vcpu.regs.setRaw(s, ...segment(0xa0000n, 0xffff, 0xa000, 0x93))
+  bank.set(0, 0x1111_2222_3333_4444n)
+  bank.set(1, 0x0807_0605_0403_0201n)
+  bank.set(2, 0x0807_0605_0403_0201n)
+  bank.set(3, 0x0807_ff05_0403_0201n)
+  vcpu.regs.set('rbx', 0xfff0n) // BX + SI + 2 = 0x10002: offset 2
+  vcpu.regs.set('rsi', 0x10n)
+  vcpu.regs.set('rax', 0x0101n)
+  vcpu.regs.set('rdi', 0x18n) // DI + 0xfff0 = 0x10008: offset 8
+  vcpu.regs.set('rcx', 0xaan)
+  t.deepEqual(vcpu.run(), { reason: 'halt' })
+  t.is(bank.get(0), 0x1111_2222_3434_4444n)
+  t.is(bank.get(1), 0x0807_0605_0403_02aan)
+  t.is(vcpu.regs.get('rcx') & 0xffffn, 2n, 'REPE stopped at the sixth byte')
+  t.is(vcpu.regs.get('rsi') & 0xffffn, 0x16n)
+  t.is(vcpu.regs.get('rdi') & 0xffffn, 0x1en)
+  t.is(vcpu.regs.get('rflags') & 0x40n, 0n)
+  vm.close()
+})

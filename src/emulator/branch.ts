@@ -1,7 +1,7 @@
 /**
  * Branches whose target or return address is in device memory, or whose stack is:
- * JMP and CALL through memory, CALL rel with the stack on a device, RET, and far JMP
- * through an m16:16/32/64 pointer (SDM vol 2 JMP, CALL, RET "Operation"). They set RIP
+ * JMP and CALL through memory, CALL rel with the stack on a device, RET, and far JMP and
+ * CALL through an m16:16/32/64 pointer (SDM vol 2 JMP, CALL, RET "Operation"). They set RIP
  * themselves: the handlers return false, so RIP does not advance past them.
  * @module
  */
