@@ -12,7 +12,10 @@ export const HELP: Readonly<Record<string, string>> = {
                        into $MSHV_LINUX_CACHE, default ~/.cache/mshv-linux); or a multiboot kernel
                        (ELF32/ELF64 or a.out kludge, as QEMU's -kernel boots it: --cmdline is its
                        command line, --initrd its module; the exit status is the code the guest
-                       writes to the debug-exit port 0xf4, e.g. kvm-unit-tests' x86/*.flat)
+                       writes to the debug-exit port 0xf4, where QEMU's isa-debug-exit gives
+                       (code << 1) | 1: kvm-unit-tests' x86/*.flat exit 0 when they pass; they
+                       want --initrd with their environment, NR_CPUS=1 and MEMSIZE=128 lines,
+                       where QEMU has fw_cfg)
   --initrd FILE        an initramfs (default: a busybox one made here)
   --busybox FILE       the static busybox of that initramfs (default: Debian's busybox-static)
   --init SCRIPT        its /init script, as text (default: an interactive busybox shell)
@@ -39,7 +42,7 @@ export const HELP: Readonly<Record<string, string>> = {
   --no-progress        no status line
 
 example: mshv boot --backend sim --cmdline 'console=ttyS0 quiet'
-         mshv boot --kernel kvm-unit-tests/x86/tsc.flat --no-progress`,
+         mshv boot --kernel kvm-unit-tests/x86/tsc.flat --initrd env --no-progress`,
   restore: `mshv restore FILE: go on from a machine saved with mshv boot --save-to (console attached)
 
   --no-progress        no status line
