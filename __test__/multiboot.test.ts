@@ -302,3 +302,55 @@ test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup
     }
   }
 })
+
+test("vm.run({ idle: 'sleep' }) on the deterministic clock: an idle guest's time passes on the host's clock (QEMU's -icount sleep=on), its exits those of a leaping run", async (t) => {
+  // Ten ticks of the BIOS's 18.2 Hz timer, each awaited in HLT: 549 ms of guest time.
+  const source = `bits 32
+    mov esp, 0x2f0000
+    mov eax, tick
+    mov [0x300040], ax
+    mov word [0x300042], 0x08
+    mov word [0x300044], 0x8e00
+    shr eax, 16
+    mov [0x300046], ax
+    mov word [0x2ff000], 2047
+    mov dword [0x2ff002], 0x300000
+    lidt [0x2ff000]
+    mov ecx, 10
+  wait:
+    sti
+    hlt
+    cli
+    dec ecx
+    jnz wait
+    mov eax, 10
+    out 0xf4, eax
+  tick:
+    mov al, 0x20
+    out 0x20, al
+    iret
+  `
+  const runs: { ms: number; guestMs: number; exits: number }[] = []
+  for (const idle of ['leap', 'sleep'] as const) {
+    const m = prepareMultiboot({ kernel: elfImage(32, LOAD, LOAD, source), backend: 'sim' })
+    try {
+      const start = performance.now()
+      const r = await m.run({ timeoutMs: 20_000, idle })
+      t.deepEqual(r, { reason: 'debug-exit', code: 10, vcpu: 0 })
+      runs.push({ ms: performance.now() - start, guestMs: m.vm.guestTimeNs() / 1e6, exits: m.vm.cpus[0]?.stats().exits ?? -1 })
+    } finally {
+      m.close()
+    }
+  }
+  const [leap, sleep] = runs as [(typeof runs)[number], (typeof runs)[number]]
+  t.true(Math.abs(sleep.guestMs - leap.guestMs) < 1 && sleep.guestMs > 540, JSON.stringify(runs))
+  t.is(sleep.exits, leap.exits, 'the same exits')
+  t.true(sleep.ms >= 500, `sleeping took ${sleep.ms} ms of host time for ${sleep.guestMs} ms of guest time`)
+  t.true(leap.ms < sleep.ms, JSON.stringify(runs))
+  const vm = prepareMultiboot({ kernel: elfImage(32), backend: 'sim' })
+  try {
+    await t.throwsAsync(() => vm.run({ idle: 'nap' as 'sleep' }), { message: /idle must be 'leap' or 'sleep', got 'nap'/ })
+  } finally {
+    vm.close()
+  }
+})

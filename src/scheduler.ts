@@ -56,12 +56,22 @@ export interface VmRunOptions {
    * too; `false` runs every vCPU on this thread (sim); on mshv it is `ENOTSUP`.
    */
   threads?: boolean
+  /**
+   * What the deterministic clock does when every vCPU waits in a halt: `'leap'`
+   * (default) moves guest time at once to the next timer, so an idle guest costs no
+   * host time; `'sleep'` lets that time pass on the host's clock first (QEMU's `-icount
+   * sleep=on`), so an idle guest's clock keeps pace with the user's, `sleep 5` takes
+   * five seconds and the host core rests, while a busy guest's exits and instructions
+   * stay those of every replay. An interrupt raised meanwhile (input) ends the wait:
+   * guest time then moves on by the host time that passed.
+   */
+  idle?: 'leap' | 'sleep'
 }
 
 /** Why {@link Vm.run} returned, and which vCPU's exit ended it (none for a timeout or a cancel). */
 export type VmRunResult = RunResult & { vcpu?: number }
 
-const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions', 'threads'] as const
+const OPTIONS = ['timeoutMs', 'sliceMs', 'quantum', 'until', 'maxInstructions', 'threads', 'idle'] as const
 
 
 /**
@@ -96,6 +106,8 @@ function check(options: unknown): Required<Pick<VmRunOptions, 'sliceMs' | 'quant
   if (o['until'] !== undefined) codeAddress('vm.run(): until', o['until'])
   const th = o['threads']
   if (th !== undefined && typeof th !== 'boolean') throw new MshvError('EINVAL', `vm.run(): threads must be true or false, got ${describe(th)}`)
+  const idle = o['idle']
+  if (idle !== undefined && idle !== 'leap' && idle !== 'sleep') throw new MshvError('EINVAL', `vm.run(): idle must be 'leap' or 'sleep', got ${describe(idle)}`)
   const n = o['maxInstructions']
   if (n !== undefined && !(typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) {
     throw new MshvError('EINVAL', `vm.run(): maxInstructions must be an integer from 0 to 2^53-1, got ${describe(n)}`)
@@ -208,6 +220,7 @@ export class VmRun {
     let yieldAt = performance.now() + o.sliceMs
     const limit = o.maxInstructions === undefined ? Number.POSITIVE_INFINITY : retired(vm.cpus) + o.maxInstructions
     const spinners = vm.cpus.filter((c) => !c.closed).length > 1
+    const sleeps = deterministic && o.idle === 'sleep'
     for (;;) {
       if (this.cancelled) return { reason: 'cancelled' }
       vm.timers.fire()
@@ -234,7 +247,7 @@ export class VmRun {
         // A vCPU spinning (PAUSE) on what another executing vCPU will do gives its turn
         // to that one (deterministic: where the spin is in the instruction stream).
         const turn: TurnLimits = deterministic
-          ? { maxInstructions: budget, maxExits: TURN_EXITS, yieldOnPause: spinners, ...(Number.isFinite(left) ? { timeoutMs: Math.max(0, left) } : {}) }
+          ? { maxInstructions: budget, maxExits: TURN_EXITS, yieldOnPause: spinners, idleSleeps: sleeps, ...(Number.isFinite(left) ? { timeoutMs: Math.max(0, left) } : {}) }
           : { timeoutMs: Math.max(0, Math.min(o.sliceMs, left)) }
         const r = serial ? serial.turn(v, turn) : v.run(turn)
         // A device closed the VM during the turn (a power-off device): what it asked for ends the run.
@@ -259,7 +272,7 @@ export class VmRun {
       // with a timer armed waits for it inside its run and is not idle.)
       const leapt = deterministic && vm.guestTimeNs() !== timeBefore
       if (open > 0 && this.idle.size === open && retired(vm.cpus) === before && !leapt) {
-        await this.allIdle(end)
+        await (sleeps ? this.sleepIdle(end) : this.allIdle(end))
         yieldAt = performance.now() + o.sliceMs
       } else if (now >= yieldAt) {
         await yieldToEventLoop()
@@ -276,6 +289,24 @@ export class VmRun {
    */
   private async allIdle(end: number): Promise<void> {
     if (this.vm.timers.next() === undefined) await this.waitForInterrupt(end)
+  }
+
+  /**
+   * Every vCPU waits in a halt, on the deterministic clock with `idle: 'sleep'`: the
+   * guest time to the next wake (an APIC timer, a device timer) passes on the host's
+   * clock, then guest time is set to it; an interrupt raised meanwhile ends the wait
+   * early, guest time moving on by the host time that passed.
+   */
+  private async sleepIdle(end: number): Promise<void> {
+    const vm = this.vm
+    const now = vm.guestTimeNs()
+    const wake = Math.min(vm.native.nextWakeNs() ?? Number.POSITIVE_INFINITY, vm.timers.next() ?? Number.POSITIVE_INFINITY)
+    if (!Number.isFinite(wake)) return this.waitForInterrupt(end)
+    if (wake <= now) return
+    const started = performance.now()
+    await this.waitForInterrupt(Math.min(end, started + (wake - now) / 1e6))
+    const slept = Math.floor((performance.now() - started) * 1e6)
+    vm.native.setGuestTimeNs(Math.min(wake, now + slept))
   }
 
   private waitForInterrupt(end: number): Promise<void> {

@@ -20,7 +20,7 @@ const EXIT_SLICE = exitCode('slice')
 const TURN_WAIT_MS = 1000
 
 /** The limits of one deterministic or real-time turn. */
-export type TurnLimits = { maxInstructions?: number; maxExits?: number; timeoutMs?: number; yieldOnPause?: boolean }
+export type TurnLimits = { maxInstructions?: number; maxExits?: number; timeoutMs?: number; yieldOnPause?: boolean; idleSleeps?: boolean }
 
 /** An exit a vCPU's thread posted, handled: the vCPU, its place in the group, and what the exit ends with. */
 export interface TakenExit {
@@ -121,7 +121,7 @@ export class VcpuThreadGroup {
     if (i < 0) return { reason: 'cancelled' }
     let budget: InstanceType<typeof native.RunBudget>
     try {
-      budget = new native.RunBudget({ maxInstructions: limits.maxInstructions, timeoutMs: limits.timeoutMs, yieldOnPause: limits.yieldOnPause })
+      budget = new native.RunBudget({ maxInstructions: limits.maxInstructions, timeoutMs: limits.timeoutMs, yieldOnPause: limits.yieldOnPause, idleSleeps: limits.idleSleeps })
     } catch (e) {
       throw coded(e)
     }

@@ -155,9 +155,15 @@ export interface RunOptions {
    * it spin out its quantum. {@link Vm.run} does so on the deterministic clock.
    */
   yieldOnPause?: boolean
+  /**
+   * Deterministic clock: when every vCPU waits in a halt, end with `{ reason: 'idle' }`
+   * rather than move guest time to the next timer: the caller lets that time pass on
+   * the host's clock, then sets guest time ({@link Vm.run}'s `idle: 'sleep'`) (sim).
+   */
+  idleSleeps?: boolean
 }
 
-const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt', 'until', 'yieldOnPause'] as const
+const RUN_OPTIONS = ['maxInstructions', 'timeoutMs', 'onHalt', 'progress', 'maxExits', 'guestDeadlineNs', 'blockOnHalt', 'until', 'yieldOnPause', 'idleSleeps'] as const
 
 /** `options` checked as {@link RunOptions}: an object of known keys with values of the right kind. */
 function checkRunOptions(options: unknown, what: string): RunOptions {
@@ -245,7 +251,7 @@ function runEnd(code: number): RunResult | undefined {
 
 /** The native budget of a run's limits, or undefined when it has none. */
 function nativeBudget(o: RunOptions, slice: boolean): InstanceType<typeof binding.RunBudget> | undefined {
-  if (o.maxInstructions === undefined && o.timeoutMs === undefined && o.guestDeadlineNs === undefined && !o.blockOnHalt && !o.yieldOnPause && !slice) return undefined
+  if (o.maxInstructions === undefined && o.timeoutMs === undefined && o.guestDeadlineNs === undefined && !o.blockOnHalt && !o.yieldOnPause && !o.idleSleeps && !slice) return undefined
   try {
     return new binding.RunBudget({
       maxInstructions: o.maxInstructions,
@@ -254,6 +260,7 @@ function nativeBudget(o: RunOptions, slice: boolean): InstanceType<typeof bindin
       guestDeadlineNs: o.guestDeadlineNs,
       blockOnHalt: o.blockOnHalt,
       yieldOnPause: o.yieldOnPause,
+      idleSleeps: o.idleSleeps,
     })
   } catch (e) {
     throw coded(e)

@@ -220,7 +220,9 @@ async function drive(m: Drivable, out: ConsoleOut, args: DriveArgs, policy: stri
   process.on('SIGINT', onSigint)
   if (args.trace !== undefined) for (const v of m.vm.cpus) v.startTrace(1_000_000)
   try {
-    const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run()
+    // At a terminal an idle guest's time passes as the user's does, on either clock
+    // (the deterministic one then sleeps where it would leap: QEMU's icount sleep=on).
+    const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run(raw ? { idle: 'sleep' } : {})
     if (args.trace !== undefined) writeTrace(m.vm, args.trace, io)
     if (saveRequested && args.saveTo !== undefined && m.snapshot && result.reason === 'cancelled') {
       const saved = m.snapshot(args.saveTo)

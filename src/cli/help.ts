@@ -24,7 +24,8 @@ export const HELP: Readonly<Record<string, string>> = {
                        error says how much they need)
   --vcpus N            vCPUs (default 1)
   --backend B          auto (default: mshv where /dev/mshv is, else the sim), sim or mshv
-  --clock C            deterministic (replays exactly: the sim's default, but at a terminal) or
+  --clock C            deterministic (replays exactly: the sim's default, but at a terminal; there
+                       an idle guest's time passes on the host's clock, QEMU's icount sleep=on) or
                        realtime (the host's time: the default of an interactive boot at a terminal)
   --entry E            pvh (default) or boot64 (the bzImage's own 64-bit entry)
   --policy P           register sync policy: page (default), hypercall, eager, or all (each in turn)

@@ -118,6 +118,11 @@ pub struct RunLimits {
     /// rather than let it spin out its quantum (pause-loop exiting's idea, at points in
     /// the instruction stream a deterministic replay repeats).
     pub yield_on_pause: bool,
+    /// Deterministic clock: when every vCPU waits in a halt, end the run with
+    /// [`Exit::Idle`] rather than leap guest time to the next timer, so the VMM can let
+    /// that time pass on the host's clock first (QEMU's `-icount sleep=on`) and then
+    /// set guest time forward itself (sim only).
+    pub idle_sleeps: bool,
 }
 
 impl RunLimits {

@@ -149,6 +149,13 @@ pub trait Interrupts: Send + Sync {
     /// time never goes back: there, a vCPU's restored state carries its own time, and
     /// this only moves a partition's time forward.
     fn set_guest_time(&self, ns: u64);
+    /// When every vCPU waits in a halt: the guest time (ns) the earliest of them wakes at
+    /// by itself (a timer of its APIC, or the VMM's device deadline), `Some(u64::MAX)`
+    /// when none will; `None` while a vCPU executes, or where the hypervisor does not
+    /// say (MSHV).
+    fn next_wake(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -392,7 +392,7 @@ impl SimVcpu {
                     self.apic
                         .wake_at
                         .store(next.unwrap_or(u64::MAX), Ordering::Release);
-                    if let Some(t) = self.bus.earliest_wake() {
+                    if let Some(t) = self.bus.earliest_wake().filter(|_| !limits.idle_sleeps) {
                         if t != u64::MAX && t > now {
                             self.processor.cpu.tsc = t;
                             self.clock.advance_to(self.index, t);

@@ -32,6 +32,10 @@ pub struct RunOptions {
     /// executes PAUSE while another vCPU is executing (sim): a turn-by-turn scheduler's
     /// spinning vCPU gives up its turn to the one it waits for.
     pub yield_on_pause: Option<bool>,
+    /// Deterministic clock: when every vCPU waits in a halt, end with
+    /// `layout().exits.idle` instead of leaping guest time to the next timer (the
+    /// caller lets that time pass on the host's clock, then `vm.setGuestTimeNs`).
+    pub idle_sleeps: Option<bool>,
 }
 
 /// The largest count or duration accepted: JavaScript's exact integer range.
@@ -75,6 +79,7 @@ pub(crate) struct Budget {
     guest_deadline: Option<u64>,
     block_on_halt: bool,
     yield_on_pause: bool,
+    idle_sleeps: bool,
     ends: Mutex<Option<Ends>>,
 }
 
@@ -116,6 +121,7 @@ impl Budget {
             guest_deadline: whole(o.guest_deadline_ns, "guestDeadlineNs")?,
             block_on_halt: o.block_on_halt.unwrap_or(false),
             yield_on_pause: o.yield_on_pause.unwrap_or(false),
+            idle_sleeps: o.idle_sleeps.unwrap_or(false),
             timeout: millis(o.timeout_ms, "timeoutMs")?,
             slice: millis(o.slice_ms, "sliceMs")?,
             ends: Mutex::default(),
@@ -129,6 +135,7 @@ impl Budget {
             guest_deadline: self.guest_deadline,
             block_on_halt: self.block_on_halt,
             yield_on_pause: self.yield_on_pause,
+            idle_sleeps: self.idle_sleeps,
         }
     }
 

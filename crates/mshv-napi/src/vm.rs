@@ -368,6 +368,21 @@ impl Vm {
         })
     }
 
+    /// When every vCPU waits in a halt: the guest time (ns) the first of them wakes at
+    /// by itself (Infinity: none will); undefined while one executes, or on mshv.
+    #[napi]
+    pub fn next_wake_ns(&self) -> Result<Option<f64>> {
+        guard("Vm.nextWakeNs", || {
+            Ok(self.interrupts()?.next_wake().map(|t| {
+                if t == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    t as f64
+                }
+            }))
+        })
+    }
+
     /// Sets guest time (a restored snapshot's); deterministic time only moves forward.
     #[napi]
     pub fn set_guest_time_ns(&self, ns: f64) -> Result<()> {

@@ -122,6 +122,10 @@ impl Interrupts for ApicBus {
         self.clock.set_now(ns);
     }
 
+    fn next_wake(&self) -> Option<u64> {
+        self.earliest_wake()
+    }
+
     fn set_device_deadline(&self, deadline: Option<u64>) {
         self.clock.set_device_deadline(deadline);
         // Halted vCPUs wait for the old deadline: they look again.
