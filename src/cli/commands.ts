@@ -25,12 +25,15 @@ function replSession(args: ReplArgs): SessionOptions {
   }
 }
 
+/** Ctrl+]: detaches the guest's console, as in `mshv boot` (telnet's escape). */
+const DETACH = 0x1d
+
 function startRepl(args: ReplArgs, version: () => string): void {
   const options = replSession(args)
   const session = createSession(options)
   const rip = session.vcpu.regs.get('rip')
   if (options.linux) {
-    console.log(`mshv ${version()} on the ${session.vm.backend} backend: Linux loaded (${session.vm.cpus.length} vCPU${session.vm.cpus.length > 1 ? 's' : ''}), vCPU 0 at its PVH entry 0x${rip.toString(16)}. await run() boots it (Ctrl+C stops); type('...') types at its console; help() lists the helpers.`)
+    console.log(`mshv ${version()} on the ${session.vm.backend} backend: Linux loaded (${session.vm.cpus.length} vCPU${session.vm.cpus.length > 1 ? 's' : ''}), vCPU 0 at its PVH entry 0x${rip.toString(16)}. await run() boots it with its console attached (Ctrl+] detaches and stops it); type('...') types at its console; help() lists the helpers.`)
   } else {
     console.log(`mshv ${version()} on the ${session.vm.backend} backend: ${options.ramMiB ?? 16} MiB of RAM, vCPU 0 in real mode at rip 0x${rip.toString(16)}. help() lists the helpers.`)
   }
@@ -47,7 +50,36 @@ function startRepl(args: ReplArgs, version: () => string): void {
   // SIGINT, caught here. (The REPL's own breakEvalOnSigint would abandon the await with
   // an ERR_SCRIPT_EXECUTION_INTERRUPTED error and print the run's report after the next
   // prompt.)
+  /**
+   * A Linux session's run has the guest's console attached, as QEMU's Ctrl+A C hands
+   * the terminal to the serial console: every keystroke goes to the guest, raw (the
+   * shell's line editing, Ctrl+C, and the terminal's answers to the shell's cursor
+   * queries, which used to show at every prompt), never to the REPL's line editor;
+   * Ctrl+] detaches: the guest stops and the prompt comes back.
+   */
+  const attached = async (): Promise<RunResult> => {
+    const stdin = process.stdin
+    const keypress = stdin.listeners('keypress') as ((...a: unknown[]) => void)[]
+    stdin.removeAllListeners('keypress')
+    const onData = (data: Buffer): void => {
+      const detach = data.indexOf(DETACH)
+      if (detach === -1) return session.type(data)
+      if (detach > 0) session.type(data.subarray(0, detach))
+      session.cancel()
+    }
+    if (stdin.isTTY) stdin.setRawMode(true)
+    stdin.on('data', onData)
+    stdin.resume()
+    console.log("(the guest's console is attached: what you type goes to it; Ctrl+] detaches)")
+    try {
+      return await session.run()
+    } finally {
+      stdin.off('data', onData)
+      for (const l of keypress) stdin.on('keypress', l)
+    }
+  }
   const run = async (): Promise<RunResult> => {
+    if (options.linux) return attached()
     const tty = process.stdin.isTTY ? process.stdin : undefined
     const cancel = (): void => session.cancel()
     process.on('SIGINT', cancel)

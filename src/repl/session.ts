@@ -60,8 +60,8 @@ export interface Session {
   run(): Promise<RunResult>
   /** Stops a `run()` in progress. */
   cancel(): void
-  /** Types `text` at the guest's serial console (COM1's receive side). */
-  type(text: string): void
+  /** Types `text` (or raw bytes) at the guest's serial console (COM1's receive side). */
+  type(text: string | Uint8Array): void
   /**
    * Tagged template: assembles at the vCPU's RIP in its current code size, writes the
    * bytes into guest memory there and returns the listing: `` asm`mov al, 'A'; out 0xe9, al; hlt` ``.
@@ -257,7 +257,7 @@ export function createSession(options: SessionOptions = {}): Session {
       if (running) (linux ? vm.cancel() : vcpu.cancel())
     },
     type: (text) => {
-      if (typeof text !== 'string') throw new MshvError('EINVAL', `type takes a string, got ${describe(text)}`)
+      if (typeof text !== 'string' && !(text instanceof Uint8Array)) throw new MshvError('EINVAL', `type takes a string or bytes, got ${describe(text)}`)
       serial.feed(text)
     },
     asm: (strings, ...values) => {
