@@ -7,7 +7,7 @@ use crate::apic::LocalApic;
 use crate::clock::Clock;
 use crate::SimConfig;
 use hv_core::{CpuidResult, UnknownMsr};
-use sim_cpu::Event;
+use sim_cpu::{Event, X2apicWrite};
 
 /// IA32_TSC (0x10), IA32_TSC_ADJUST is not modelled; IA32_TSC_DEADLINE (SDM vol 3
 /// 11.5.4.1).
@@ -119,6 +119,36 @@ impl sim_cpu::Env for SimEnv<'_> {
             self.bus.send(&ipi);
         }
         eoi
+    }
+
+    fn apic_base_written(&mut self, old: u64, new: u64) {
+        self.apic.set_base(old, new);
+    }
+
+    fn x2apic_read(&mut self, offset: u32, now: u64) -> Option<u64> {
+        let now = self.time(now);
+        let mut s = self.apic.lock();
+        s.tick(now);
+        s.x2apic_read(offset, now).ok()
+    }
+
+    fn x2apic_write(&mut self, offset: u32, value: u64, now: u64) -> X2apicWrite {
+        let now = self.time(now);
+        let (ipi, eoi) = {
+            let mut s = self.apic.lock();
+            let Ok(r) = s.x2apic_write(offset, value, now) else {
+                return X2apicWrite::Fault;
+            };
+            self.apic
+                .events
+                .store(s.events(), std::sync::atomic::Ordering::Release);
+            r
+        };
+        // The sender's lock is released before the targets' are taken.
+        if let Some(ipi) = ipi {
+            self.bus.send(&ipi);
+        }
+        eoi.map_or(X2apicWrite::Done, X2apicWrite::Eoi)
     }
 
     fn read_cr8(&mut self) -> Option<u64> {

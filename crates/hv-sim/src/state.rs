@@ -1,7 +1,7 @@
 //! The sim's side of the state seam: a vCPU's whole state out and in
 //! ([`hv_core::VcpuState`]), and the debugger's breakpoints and step.
 
-use crate::apic::ApicState;
+use crate::apic::{ApicState, APIC_BASE_EN, APIC_BASE_EXTD};
 use crate::registers;
 use crate::vcpu::{SimVcpu, ACTIVITY_HALT_SUSPEND, ACTIVITY_KNOWN, ACTIVITY_STARTUP_SUSPEND};
 use hv_core::regs::REGISTERS;
@@ -16,6 +16,11 @@ use std::sync::atomic::Ordering;
 const FERR: &str = "cpu.ferr";
 const PDPTE: [&str; 4] = ["cpu.pdpte0", "cpu.pdpte1", "cpu.pdpte2", "cpu.pdpte3"];
 const TSC_OFFSET: &str = "cpu.tscOffset";
+
+/// x2APIC mode by IA32_APIC_BASE: EN and EXTD set (SDM vol 3 11.12.1).
+fn x2apic_mode(apic_base: u64) -> bool {
+    apic_base & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN | APIC_BASE_EXTD
+}
 
 /// Breakpoints one vCPU takes: each block of code is compared with all of them.
 const MAX_BREAKPOINTS: usize = 4096;
@@ -56,7 +61,8 @@ impl SimVcpu {
         ];
         internal.extend(PDPTE.iter().zip(cpu.pdpte).map(|(n, v)| (n.to_string(), v)));
         let now = self.now();
-        let (lapic, apic_internal) = self.apic.lock().save(now);
+        let x2apic = x2apic_mode(self.processor.cpu.apic_base);
+        let (lapic, apic_internal) = self.apic.lock().save(now, x2apic);
         internal.extend(apic_internal);
         Ok(VcpuState {
             registers: regs,
@@ -133,7 +139,15 @@ impl SimVcpu {
             self.clock.now()
         };
         let find = |n: &str| apic_values.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
-        let apic = ApicState::restore(lapic, find, activity & ACTIVITY_STARTUP_SUSPEND != 0, now)?;
+        // The page's ID and LDR are read as the restored IA32_APIC_BASE's mode has them.
+        let x2apic = x2apic_mode(cpu.apic_base);
+        let apic = ApicState::restore(
+            lapic,
+            find,
+            activity & ACTIVITY_STARTUP_SUSPEND != 0,
+            now,
+            x2apic,
+        )?;
         // Nothing was refused: the state is the vCPU's now.
         let pdpte = cpu.pdpte;
         self.processor.cpu = cpu;
@@ -146,6 +160,7 @@ impl SimVcpu {
         {
             let mut s = self.apic.lock();
             *s = apic;
+            self.apic.restore_mode(self.processor.cpu.apic_base);
             self.apic.events.store(s.events(), Ordering::Release);
         }
         if self.clock.deterministic() {

@@ -17,6 +17,7 @@ use mshv_bindings::*;
 use sim_cpu::paging::Access;
 use sim_cpu::phys::{PhysMap, Target};
 use sim_cpu::{Cpu, ExitInstruction, Processor, RunEnd, EVENT_MASKABLE, EVENT_URGENT};
+use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -314,6 +315,9 @@ impl SimVcpu {
 
     /// The run itself: processor slices between timers, halts that wait or leap, the
     /// hypervisor's own INIT and SIPI handling; returns at the first exit for the VMM.
+    /// Its steps are named so that another execution tier (a translator) can share all
+    /// but the slice's execution: [`Self::apply_state_changes`], [`Self::guest_deadline`],
+    /// [`Self::tick_apic`], [`Self::wait_in_halt`], the slice, [`Self::after_slice`].
     fn run_slices(
         &mut self,
         msg: &mut ExitMessage,
@@ -332,84 +336,19 @@ impl SimVcpu {
         let paused = std::cell::Cell::new(false);
         let due = std::cell::Cell::new(false);
         loop {
-            if self.flush_pending {
-                self.flush_pending = false;
-                self.processor.state_changed(&self.snapshot);
-                if let Some(p) = self.restore_pdptes.take() {
-                    self.processor.cpu.pdpte = p;
-                }
-            }
+            self.apply_state_changes();
             let now = self.now();
-            // The run's own guest deadline, or the VMM's next device timer, if sooner.
-            let guest_deadline = [limits.guest_deadline, self.clock.device_deadline()]
-                .into_iter()
-                .flatten()
-                .min();
+            let guest_deadline = self.guest_deadline(limits);
             if guest_deadline.is_some_and(|d| now >= d) {
                 return Ok(Exit::Clock);
             }
-            let (timer, asleep) = match self.apic.quiet(now) {
-                // The common case between two exits: nothing pending, nothing due.
-                Some(timer) => (timer, false),
-                None => {
-                    let mut s = self.apic.lock();
-                    let t = s.tick(now);
-                    s.reslice = false;
-                    self.apic.events.store(s.events(), Ordering::Release);
-                    (t, s.startup_suspend)
+            let (timer, asleep) = self.tick_apic(now);
+            if let Some(flow) = self.wait_in_halt(limits, held, now, timer, asleep, guest_deadline)
+            {
+                match flow {
+                    ControlFlow::Continue(()) => continue,
+                    ControlFlow::Break(r) => return r,
                 }
-            };
-            let cpu = &self.processor.cpu;
-            let events = self.processor.events.load(Ordering::Acquire);
-            let interruptible = cpu.flags.bits & sim_cpu::flags::IF != 0;
-            let wake = events & EVENT_URGENT != 0 || events & EVENT_MASKABLE != 0 && interruptible;
-            if (cpu.halted || asleep) && !wake {
-                if let Some(stop) = self.stop_requested(limits) {
-                    return Ok(stop);
-                }
-                if !interruptible && !asleep && !limits.block_on_halt {
-                    // Halted with interrupts disabled: only an NMI, INIT or SIPI ends
-                    // it, which no timer of this partition sends by itself. A run
-                    // that may not block says so now, rather than leap from one
-                    // device timer to the next for ever. The page shows the halted
-                    // state, as at an intercept (MSHV never reports this stop: there
-                    // the run waits, and the page is stale after its timeout).
-                    self.fill_page();
-                    return Ok(Exit::Halted);
-                }
-                // With interrupts disabled no timer of the APIC can wake it (only the
-                // VMM's device timers may send an NMI): it waits for those alone.
-                let next = if interruptible || asleep {
-                    [timer, guest_deadline].into_iter().flatten().min()
-                } else {
-                    guest_deadline
-                };
-                if det {
-                    // Deterministic time leaps over a halt only when every vCPU of the
-                    // partition waits, and then to the earliest wake of any of them
-                    // (as QEMU's icount skips to the next timer when all CPUs idle):
-                    // while another executes, this one's time follows it instead.
-                    self.apic
-                        .wake_at
-                        .store(next.unwrap_or(u64::MAX), Ordering::Release);
-                    if let Some(t) = self.bus.earliest_wake().filter(|_| !limits.idle_sleeps) {
-                        if t != u64::MAX && t > now {
-                            self.processor.cpu.tsc = t;
-                            self.clock.advance_to(self.index, t);
-                            continue;
-                        }
-                    }
-                }
-                if !limits.block_on_halt && (det || next.is_none()) {
-                    return Ok(Exit::Idle);
-                }
-                let until = [next.map(|n| self.clock.instant_of(n)), limits.deadline]
-                    .into_iter()
-                    .flatten()
-                    .min();
-                // Halted: others execute meanwhile (one of them may send the wake-up IPI).
-                held.released(|| self.block(until));
-                continue;
             }
             self.apic
                 .wake_at
@@ -422,6 +361,7 @@ impl SimVcpu {
                     slice = slice.min(n.saturating_sub(now).max(1));
                 }
             }
+            // The slice's execution: the one step an execution tier does its own way.
             // Borrowed, not cloned: an Arc's count is an atomic, paid on every exit.
             let clock = &*self.clock;
             due.set(false);
@@ -486,58 +426,179 @@ impl SimVcpu {
             if det {
                 self.clock.advance_to(self.index, self.processor.cpu.tsc);
             }
-            match end {
-                RunEnd::Stopped => match stopped {
-                    Some(Stopped::Cancelled) => {
-                        self.canceller.take();
-                        return Ok(Exit::Cancelled);
-                    }
-                    Some(Stopped::Yield) => return Ok(Exit::InstructionLimit),
-                    Some(Stopped::HandOver) => {
-                        held.hand_over();
-                        if let Some(stop) = self.stop_requested(limits) {
-                            return Ok(stop);
-                        }
-                    }
-                    // Real time reached a timer: the same look as at a slice's end below.
-                    Some(Stopped::Due) => {
-                        if let Some(stop) = self.stop_requested(limits) {
-                            return Ok(stop);
-                        }
-                    }
-                    _ => return Ok(Exit::Timeout),
-                },
-                RunEnd::InstructionLimit => {
-                    if budget == 0 {
-                        return Ok(Exit::InstructionLimit);
-                    }
-                    // A slice cut at a timer: a timer due every few hundred instructions
-                    // ends every slice before the processor's own poll (every 1,024)
-                    // looks at cancel and the deadline, so they are looked at here too
-                    // (QEMU's TCG looks for an exit request at every block).
-                    if let Some(stop) = self.stop_requested(limits) {
-                        return Ok(stop);
-                    }
+            if let ControlFlow::Break(r) = self.after_slice(end, stopped, budget, msg, limits, held)
+            {
+                return r;
+            }
+        }
+    }
+
+    /// Step: what the VMM changed since the last slice (registers the caches depend on,
+    /// a restored state's PDPTEs) reaches the processor's caches.
+    fn apply_state_changes(&mut self) {
+        if self.flush_pending {
+            self.flush_pending = false;
+            self.processor.state_changed(&self.snapshot);
+            if let Some(p) = self.restore_pdptes.take() {
+                self.processor.cpu.pdpte = p;
+            }
+        }
+    }
+
+    /// Step: the run's own guest deadline, or the VMM's next device timer, if sooner.
+    fn guest_deadline(&self, limits: &RunLimits) -> Option<u64> {
+        [limits.guest_deadline, self.clock.device_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Step: the local APIC's timers at guest time `now`: when its next timer is due,
+    /// and whether the vCPU waits for a start-up IPI.
+    fn tick_apic(&self, now: u64) -> (Option<u64>, bool) {
+        match self.apic.quiet(now) {
+            // The common case between two exits: nothing pending, nothing due.
+            Some(timer) => (timer, false),
+            None => {
+                let mut s = self.apic.lock();
+                let t = s.tick(now);
+                s.reslice = false;
+                self.apic.events.store(s.events(), Ordering::Release);
+                (t, s.startup_suspend)
+            }
+        }
+    }
+
+    /// Step: a vCPU halted (or waiting for SIPI) with nothing to wake it waits: leaps
+    /// (deterministic, every vCPU waiting), blocks, or ends the run. `None`: it runs.
+    fn wait_in_halt(
+        &mut self,
+        limits: &RunLimits,
+        held: &mut Held<'_>,
+        now: u64,
+        timer: Option<u64>,
+        asleep: bool,
+        guest_deadline: Option<u64>,
+    ) -> Option<ControlFlow<Result<Exit>>> {
+        let cpu = &self.processor.cpu;
+        let events = self.processor.events.load(Ordering::Acquire);
+        let interruptible = cpu.flags.bits & sim_cpu::flags::IF != 0;
+        let wake = events & EVENT_URGENT != 0 || events & EVENT_MASKABLE != 0 && interruptible;
+        if !(cpu.halted || asleep) || wake {
+            return None;
+        }
+        if let Some(stop) = self.stop_requested(limits) {
+            return Some(ControlFlow::Break(Ok(stop)));
+        }
+        if !interruptible && !asleep && !limits.block_on_halt {
+            // Halted with interrupts disabled: only an NMI, INIT or SIPI ends it, which
+            // no timer of this partition sends by itself. A run that may not block says
+            // so now, rather than leap from one device timer to the next for ever. The
+            // page shows the halted state, as at an intercept (MSHV never reports this
+            // stop: there the run waits, and the page is stale after its timeout).
+            self.fill_page();
+            return Some(ControlFlow::Break(Ok(Exit::Halted)));
+        }
+        // With interrupts disabled no timer of the APIC can wake it (only the VMM's
+        // device timers may send an NMI): it waits for those alone.
+        let next = if interruptible || asleep {
+            [timer, guest_deadline].into_iter().flatten().min()
+        } else {
+            guest_deadline
+        };
+        let det = self.clock.deterministic();
+        if det {
+            // Deterministic time leaps over a halt only when every vCPU of the partition
+            // waits, and then to the earliest wake of any of them (as QEMU's icount skips
+            // to the next timer when all CPUs idle): while another executes, this one's
+            // time follows it instead.
+            self.apic
+                .wake_at
+                .store(next.unwrap_or(u64::MAX), Ordering::Release);
+            if let Some(t) = self.bus.earliest_wake().filter(|_| !limits.idle_sleeps) {
+                if t != u64::MAX && t > now {
+                    self.processor.cpu.tsc = t;
+                    self.clock.advance_to(self.index, t);
+                    return Some(ControlFlow::Continue(()));
                 }
-                RunEnd::Exit(sim_cpu::Exit::Halt) => {
-                    // HLT waits inside the hypervisor, with interrupts enabled for an
-                    // interrupt, disabled for an NMI, INIT or SIPI: MSHV has no HLT
-                    // intercept for a partition with a local APIC (see Exit::Halted),
-                    // and mshv_root_main.c's run ioctl returns only for an intercept,
-                    // waiting for the hypervisor's kick while the VP is blocked.
-                    self.processor.cpu.halted = true;
-                    continue;
+            }
+        }
+        if !limits.block_on_halt && (det || next.is_none()) {
+            return Some(ControlFlow::Break(Ok(Exit::Idle)));
+        }
+        let until = [next.map(|n| self.clock.instant_of(n)), limits.deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        // Halted: others execute meanwhile (one of them may send the wake-up IPI).
+        held.released(|| self.block(until));
+        Some(ControlFlow::Continue(()))
+    }
+
+    /// Step: what a slice's end means: an exit for the VMM, the run's end (a cancel,
+    /// the budget, the deadline), a halt, INIT or SIPI handled here, or another slice.
+    fn after_slice(
+        &mut self,
+        end: RunEnd,
+        stopped: Option<Stopped>,
+        budget: u64,
+        msg: &mut ExitMessage,
+        limits: &RunLimits,
+        held: &mut Held<'_>,
+    ) -> ControlFlow<Result<Exit>> {
+        let stop = |this: &Self| match this.stop_requested(limits) {
+            Some(stop) => ControlFlow::Break(Ok(stop)),
+            None => ControlFlow::Continue(()),
+        };
+        match end {
+            RunEnd::Stopped => match stopped {
+                Some(Stopped::Cancelled) => {
+                    self.canceller.take();
+                    ControlFlow::Break(Ok(Exit::Cancelled))
                 }
-                RunEnd::Exit(sim_cpu::Exit::Init) => self.init(),
-                RunEnd::Exit(sim_cpu::Exit::Sipi(v)) => self.sipi(v),
-                RunEnd::Exit(sim_cpu::Exit::Unsupported) => {
-                    self.fill_page();
-                    return Err(self.unsupported(&self.processor.exit_instruction));
+                Some(Stopped::Yield) => ControlFlow::Break(Ok(Exit::InstructionLimit)),
+                Some(Stopped::HandOver) => {
+                    held.hand_over();
+                    stop(self)
                 }
-                RunEnd::Exit(exit) => {
-                    self.finish(msg, &exit, true);
-                    return Ok(Exit::Message);
+                // Real time reached a timer: the same look as at a slice's end below.
+                Some(Stopped::Due) => stop(self),
+                _ => ControlFlow::Break(Ok(Exit::Timeout)),
+            },
+            RunEnd::InstructionLimit => {
+                if budget == 0 {
+                    return ControlFlow::Break(Ok(Exit::InstructionLimit));
                 }
+                // A slice cut at a timer: a timer due every few hundred instructions ends
+                // every slice before the processor's own poll (every 1,024) looks at
+                // cancel and the deadline, so they are looked at here too (QEMU's TCG
+                // looks for an exit request at every block).
+                stop(self)
+            }
+            RunEnd::Exit(sim_cpu::Exit::Halt) => {
+                // HLT waits inside the hypervisor, with interrupts enabled for an
+                // interrupt, disabled for an NMI, INIT or SIPI: MSHV has no HLT intercept
+                // for a partition with a local APIC (see Exit::Halted), and
+                // mshv_root_main.c's run ioctl returns only for an intercept, waiting for
+                // the hypervisor's kick while the VP is blocked.
+                self.processor.cpu.halted = true;
+                ControlFlow::Continue(())
+            }
+            RunEnd::Exit(sim_cpu::Exit::Init) => {
+                self.init();
+                ControlFlow::Continue(())
+            }
+            RunEnd::Exit(sim_cpu::Exit::Sipi(v)) => {
+                self.sipi(v);
+                ControlFlow::Continue(())
+            }
+            RunEnd::Exit(sim_cpu::Exit::Unsupported) => {
+                self.fill_page();
+                ControlFlow::Break(Err(self.unsupported(&self.processor.exit_instruction)))
+            }
+            RunEnd::Exit(exit) => {
+                self.finish(msg, &exit, true);
+                ControlFlow::Break(Ok(Exit::Message))
             }
         }
     }

@@ -233,6 +233,21 @@ fn advertised_cases() -> Vec<Case> {
         (
             1,
             2,
+            X2APIC,
+            "x2APIC mode: IA32_APIC_BASE.EXTD, then the version register through MSR 0x803",
+            |a| {
+                a.mov(ecx, 0x1b).unwrap();
+                a.rdmsr().unwrap();
+                a.or(eax, 0xc00).unwrap(); // EN, EXTD
+                a.wrmsr().unwrap();
+                a.mov(ecx, 0x803).unwrap();
+                a.rdmsr().unwrap();
+            },
+            ok(0x0005_0014),
+        ),
+        (
+            1,
+            2,
             TSC_DEADLINE,
             "IA32_TSC_DEADLINE holds a deadline in the LVT timer's TSC-deadline mode",
             |a| {

@@ -1044,3 +1044,96 @@ fn a_watchpoint_set_on_a_page_the_tlb_holds_stops_after_the_write_in_an_interrup
         .unwrap();
     outs(&mut m, 1);
 }
+
+/// Enters x2APIC mode (IA32_APIC_BASE EN and EXTD) and software-enables the APIC
+/// through its SVR, MSR 0x80F (SDM vol 3 11.12.1).
+fn enable_x2apic(a: &mut CodeAssembler) {
+    a.mov(ecx, 0x1b).unwrap();
+    a.rdmsr().unwrap();
+    a.or(eax, 0xc00).unwrap();
+    a.wrmsr().unwrap();
+    x2apic_write(a, 0x80f, 0x1ff);
+}
+
+/// WRMSR of x2APIC register `msr` (RAX, RCX, RDX clobbered).
+fn x2apic_write(a: &mut CodeAssembler, msr: u32, value: u64) {
+    a.mov(ecx, msr).unwrap();
+    a.mov(eax, value as u32).unwrap();
+    a.mov(edx, (value >> 32) as u32).unwrap();
+    a.wrmsr().unwrap();
+}
+
+impl Machine {
+    /// Vector `v`'s handler in x2APIC mode: counts and logs it, EOIs through MSR 0x80B.
+    fn x2apic_handler(&self, v: u8) {
+        self.code(HANDLERS + v as u64 * 0x100, |a| {
+            a.push(rax).unwrap();
+            a.push(rcx).unwrap();
+            a.push(rdx).unwrap();
+            a.lock().inc(dword_ptr(COUNT + 4 * v as u64)).unwrap();
+            log(a, v);
+            x2apic_write(a, 0x80b, 0);
+            a.pop(rdx).unwrap();
+            a.pop(rcx).unwrap();
+            a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        });
+    }
+}
+
+/// x2APIC mode's interrupts (SDM vol 3 11.12): a SELF IPI (11.12.11), an IPI in
+/// logical mode to cluster 0's bit 1, the logical ID x2APIC ID 1 derives (11.12.10.2),
+/// the broadcast 0xFFFFFFFF (11.12.9), all through the 64-bit ICR (MSR 0x830); and an
+/// interrupt the VMM requests (an I/O APIC's 8-bit logical destination 0x3) reaching
+/// both x2APIC IDs of cluster 0 (kvm-unit-tests ioapic
+/// test_ioapic_logical_destination_mode).
+#[test]
+fn sdm_11_12_x2apic_self_ipi_logical_cluster_and_broadcast() {
+    let mut m = machine(2, ClockMode::Deterministic);
+    for v in 0x60..=0x63 {
+        m.x2apic_handler(v);
+    }
+    m.code(CODE, |a| {
+        enable_x2apic(a);
+        sync(a);
+        x2apic_write(a, 0x83f, 0x60);
+        wait_for(a, 0x60, 1);
+        x2apic_write(a, 0x830, 2 << 32 | 0x800 | 0x61);
+        x2apic_write(a, 0x830, 0xffff_ffff << 32 | 0x62);
+        wait_for(a, 0x62, 2);
+        wait_for(a, 0x63, 2);
+        a.mov(eax, 1).unwrap();
+        out(a);
+    });
+    m.code(AP_CODE, |a| {
+        enable_x2apic(a);
+        sync(a);
+        wait_for(a, 0x61, 1);
+        wait_for(a, 0x62, 2);
+        // Taken before vCPU 0 runs again.
+        wait_for(a, 0x63, 1);
+        a.mov(eax, 2).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.start(1, AP_CODE);
+    m.pass_sync(1);
+    assert_eq!(m.run(1), Exit::Idle, "vCPU 1 waits for its IPI");
+    m.pass_sync(0);
+    assert_eq!(m.run(0), Exit::Idle, "vCPU 0 waits for vCPU 1's broadcast");
+    assert_eq!(m.run(1), Exit::Idle, "vCPU 1 took 0x61 and 0x62");
+    assert_eq!(m.run(0), Exit::Idle);
+    m.interrupts
+        .request(&InterruptRequest {
+            kind: InterruptKind::Fixed,
+            destination: 0x3,
+            logical: true,
+            vector: 0x63,
+            level: false,
+        })
+        .unwrap();
+    assert_eq!(m.run_to_out(1), 2);
+    assert_eq!(m.run_to_out(0), 1);
+    let counts: Vec<u32> = (0x60..=0x63).map(|v| m.count(v)).collect();
+    assert_eq!(counts, [1, 1, 2, 2]);
+}

@@ -42,6 +42,7 @@ pub mod bits {
     pub const SSE2: u32 = 1 << 26;
     // CPUID.1:ECX
     pub const CX16: u32 = 1 << 13;
+    pub const X2APIC: u32 = 1 << 21;
     pub const MOVBE: u32 = 1 << 22;
     pub const POPCNT: u32 = 1 << 23;
     pub const TSC_DEADLINE: u32 = 1 << 24;
@@ -119,7 +120,7 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
     match leaf {
         0 => [MAX_BASIC, word(b"Genu"), word(b"ntel"), word(b"ineI")],
         1 => {
-            let ecx = CX16 | MOVBE | POPCNT | TSC_DEADLINE | HYPERVISOR;
+            let ecx = CX16 | X2APIC | MOVBE | POPCNT | TSC_DEADLINE | HYPERVISOR;
             let edx = FPU
                 | PSE
                 | TSC
@@ -148,6 +149,18 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
         0x15 => [1, TSC_PER_CRYSTAL, CRYSTAL_HZ, 0],
         // Base and maximum frequency, and the bus (reference) clock, in MHz.
         0x16 => [TSC_MHZ, TSC_MHZ, CRYSTAL_HZ / 1_000_000, 0],
+        // Extended topology (SDM vol 2 CPUID leaf 0BH), as CPUID.1 has it: one thread
+        // per core, one core per package, so no x2APIC ID bits below the package's
+        // (EAX 0); level 0 SMT, level 1 core, then the invalid level type 0. EDX is
+        // the x2APIC ID at every subleaf.
+        0xb => {
+            let (count, kind) = match subleaf {
+                0 => (1, 1),
+                1 => (1, 2),
+                _ => (0, 0),
+            };
+            [0, count, kind << 8 | (subleaf & 0xff), apic_id]
+        }
         0x8000_0000 => [MAX_EXTENDED, 0, 0, 0],
         0x8000_0001 => [
             0,

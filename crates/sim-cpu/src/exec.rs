@@ -477,15 +477,22 @@ impl Exec<'_> {
     }
 
     /// The APIC register offset an exit to `gpa` would have hit, when the hypervisor's
-    /// local APIC decodes it (enabled in IA32_APIC_BASE, SDM vol 3 11.4.4): the access
-    /// goes there instead.
+    /// local APIC decodes it (enabled in IA32_APIC_BASE in xAPIC mode, SDM vol 3
+    /// 11.4.4): the access goes there instead. In x2APIC mode the page is not the APIC's:
+    /// "any access to the MMIO interface will behave similar to that of a legacy xAPIC in
+    /// globally disabled state" (11.12.2), so it goes where it would with the APIC
+    /// disabled, to the VMM (as MSHV's unmapped-GPA intercept; KVM with its
+    /// LAPIC_MMIO_HOLE quirk reads all ones and drops writes).
     fn apic_offset(&mut self, r: &Result<(*mut u8, usize), Stop>) -> Option<u32> {
         let Err(Stop::Exit) = r else { return None };
         let Exit::Mmio { gpa, .. } = self.exit else {
             return None;
         };
         let base = self.cpu.apic_base;
-        if base & (1 << 11) == 0 || !self.env.has_apic() || gpa & !0xfff != base & 0xf_ffff_f000 {
+        if base & (3 << 10) != 1 << 11
+            || !self.env.has_apic()
+            || gpa & !0xfff != base & 0xf_ffff_f000
+        {
             return None;
         }
         self.exit = Exit::None;

@@ -62,6 +62,17 @@ pub const EVENT_URGENT: u32 = 2;
 /// hypervisor can set a new one.
 pub const EVENT_RESLICE: u32 = 4;
 
+/// What a WRMSR of an x2APIC register did ([`Env::x2apic_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum X2apicWrite {
+    Done,
+    /// The EOI of a level-triggered interrupt with this vector, which the VMM must
+    /// hear of (`Exit::ApicEoi`), as for [`Env::apic_write`].
+    Eoi(u8),
+    /// #GP(0): a register x2APIC mode lacks, a read-only one, or a reserved bit set.
+    Fault,
+}
+
 /// What the hypervisor decides for the processor.
 pub trait Env {
     /// The CPUID answer for `leaf`/`subleaf`, given the processor's own.
@@ -104,6 +115,20 @@ pub trait Env {
     /// EOI this was, which the VMM must hear of (`Exit::ApicEoi`).
     fn apic_write(&mut self, _offset: u32, _value: u32, _now: u64) -> Option<u8> {
         None
+    }
+    /// IA32_APIC_BASE changed from `old` to `new` by a WRMSR the processor allowed
+    /// (SDM vol 3 11.4.4, 11.12.5): the hypervisor's local APIC follows its enable and
+    /// x2APIC-mode bits.
+    fn apic_base_written(&mut self, _old: u64, _new: u64) {}
+    /// RDMSR of an x2APIC register in x2APIC mode: MSR 0x800 + `offset` / 16, the
+    /// register at APIC page offset `offset` (SDM vol 3 11.12.1.2). None: #GP(0), a
+    /// register x2APIC mode lacks or a write-only one.
+    fn x2apic_read(&mut self, _offset: u32, _now: u64) -> Option<u64> {
+        None
+    }
+    /// WRMSR of an x2APIC register in x2APIC mode (SDM vol 3 11.12.1.2, 11.12.1.3).
+    fn x2apic_write(&mut self, _offset: u32, _value: u64, _now: u64) -> X2apicWrite {
+        X2apicWrite::Fault
     }
     /// An MSR the hypervisor keeps (IA32_TSC_DEADLINE, the TSC): its value, or None
     /// for the processor's own MSRs.

@@ -33,6 +33,36 @@ pub const TSC_AUX: u32 = 0xc000_0103;
 /// Variable MTRR pairs (MTRRCAP.VCNT).
 const VARIABLE_MTRRS: u32 = 8;
 
+/// IA32_APIC_BASE (SDM vol 3 11.4.4, 11.12.1): BSP (read-only), EXTD, EN.
+const APIC_BASE_BSP: u64 = 1 << 8;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const APIC_BASE_EN: u64 = 1 << 11;
+
+/// The x2APIC MSRs (SDM vol 3 11.12.1.2): the local APIC's registers in x2APIC mode,
+/// #GP(0) in any other.
+pub const X2APIC_FIRST: u32 = 0x800;
+pub const X2APIC_LAST: u32 = 0x8ff;
+
+/// Whether IA32_APIC_BASE `base` has the local APIC in x2APIC mode (EN and EXTD).
+pub fn x2apic_mode(base: u64) -> bool {
+    base & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN | APIC_BASE_EXTD
+}
+
+/// Whether IA32_APIC_BASE may go from `old` to `new` by WRMSR (SDM vol 3 11.12.5,
+/// Figure 11-29): EXTD without EN is invalid; x2APIC mode goes back to xAPIC mode only
+/// through disabled, and disabled goes to xAPIC mode only. KVM's `kvm_apic_set_base`
+/// refuses the same.
+fn apic_base_transition(old: u64, new: u64) -> bool {
+    let mode = |v: u64| v & (APIC_BASE_EN | APIC_BASE_EXTD);
+    let (x2apic, xapic, disabled) = (APIC_BASE_EN | APIC_BASE_EXTD, APIC_BASE_EN, 0);
+    match (mode(old), mode(new)) {
+        (_, APIC_BASE_EXTD) => false,
+        (o, n) if o == x2apic && n == xapic => false,
+        (o, n) if o == disabled && n == x2apic => false,
+        _ => true,
+    }
+}
+
 /// The value of an implemented MSR; `None` for one this processor does not have.
 pub fn read(cpu: &Cpu, msr: u32) -> Option<u64> {
     Some(match msr {
@@ -91,11 +121,24 @@ pub fn write(x: &mut Exec, msr: u32, v: u64) -> Written {
     match msr {
         TSC => cpu.tsc = v,
         APIC_BASE => {
-            // Bits 0-7, 9 (x2APIC enable needs x2APIC support) and above MAXPHYADDR reserved.
-            if v & (0xff | 1 << 9 | 1 << 10 | phys_mask) != 0 {
+            // Bits 0-7, 9 and above MAXPHYADDR reserved; EXTD (bit 10) too without
+            // x2APIC support, CPUID.1:ECX.x2APIC as the hypervisor answers it (SDM vol 3
+            // 11.12.1); and only the transitions of 11.12.5.
+            let native = crate::cpuid::native(1, 0, x.env.apic_id(), cpu);
+            let [_, _, ecx, _] = x.env.cpuid(1, 0, native);
+            let extd = if ecx & crate::cpuid::bits::X2APIC != 0 {
+                0
+            } else {
+                APIC_BASE_EXTD
+            };
+            if v & (0xff | 1 << 9 | extd | phys_mask) != 0
+                || !apic_base_transition(cpu.apic_base, v)
+            {
                 return Written::Refused;
             }
-            cpu.apic_base = (v & !(1 << 8)) | (cpu.apic_base & (1 << 8));
+            let old = cpu.apic_base;
+            cpu.apic_base = (v & !APIC_BASE_BSP) | (old & APIC_BASE_BSP);
+            x.env.apic_base_written(old, cpu.apic_base);
         }
         BIOS_SIGN_ID => {}
         SYSENTER_CS => cpu.msr.sysenter_cs = v & 0xffff,

@@ -67,16 +67,20 @@ impl ApicBus {
                 .into_iter()
                 .filter(|a| a.lock().id != ipi.from)
                 .collect(),
-            _ => self.targets(ipi.destination, ipi.logical),
+            _ => self.targets(ipi.destination, ipi.logical, ipi.wide),
         };
         self.deliver(&targets, ipi.kind, ipi.vector, ipi.level);
     }
 
-    /// The APICs `destination` addresses.
-    fn targets(&self, destination: u32, logical: bool) -> Vec<Arc<LocalApic>> {
+    /// The APICs `destination` addresses, each as its mode reads it (`wide`: an x2APIC
+    /// ICR's 32-bit destination; else an 8-bit one).
+    fn targets(&self, destination: u32, logical: bool, wide: bool) -> Vec<Arc<LocalApic>> {
         self.all()
             .into_iter()
-            .filter(|a| a.lock().is_destination(destination, logical))
+            .filter(|a| {
+                a.lock()
+                    .is_destination(destination, logical, a.is_x2apic(), wide)
+            })
             .collect()
     }
 
@@ -102,7 +106,8 @@ impl ApicBus {
 impl Interrupts for ApicBus {
     fn request(&self, r: &InterruptRequest) -> Result<()> {
         r.check()?;
-        let targets = self.targets(r.destination, r.logical);
+        // An I/O APIC's or an MSI's 8-bit destination (SDM vol 3 11.11.1).
+        let targets = self.targets(r.destination, r.logical, false);
         if targets.is_empty() {
             return Err(HvError::InvalidArgument(format!(
                 "no vCPU has {} APIC id {:#x}",

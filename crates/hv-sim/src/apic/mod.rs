@@ -3,7 +3,9 @@
 //! acceptance and priority (IRR, ISR, TMR, TPR, PPR), EOI (with the EOI message for
 //! level-triggered vectors), the LVT timer in one-shot, periodic and TSC-deadline
 //! modes, LINT0/LINT1, the ICR's IPIs including INIT and SIPI, NMI and ExtINT
-//! (Intel SDM vol 3 chapter 11; register offsets: Table 11-1).
+//! (Intel SDM vol 3 chapter 11; register offsets: Table 11-1); and x2APIC mode
+//! (11.12): the same registers through MSRs 0x800-0x8FF (Table 11-6), the 32-bit
+//! read-only x2APIC ID with the logical ID derived from it, the 64-bit ICR, SELF IPI.
 
 pub mod bus;
 mod state;
@@ -41,12 +43,52 @@ pub const LVT_ERROR: u32 = 0x370;
 pub const TIMER_INITIAL: u32 = 0x380;
 pub const TIMER_CURRENT: u32 = 0x390;
 pub const TIMER_DIVIDE: u32 = 0x3e0;
+/// x2APIC mode only: the SELF IPI register, MSR 0x83F (SDM vol 3 11.12.11).
+pub const SELF_IPI: u32 = 0x3f0;
+
+/// The first x2APIC MSR: MSR 0x800 + n is the register at MMIO offset n << 4 (SDM vol 3
+/// 11.12.1.2, Table 11-6).
+pub const X2APIC_MSR_BASE: u32 = 0x800;
 
 /// The version register of a P6-family xAPIC: version 0x14, six LVT entries (max LVT
 /// index 5: timer, thermal, performance, LINT0, LINT1, error).
 pub const VERSION_VALUE: u32 = 0x0005_0014;
 const LVT_MASKED: u32 = 1 << 16;
 const SVR_ENABLED: u32 = 1 << 8;
+/// SVR's bits: the spurious vector, APIC software enable, focus processor checking
+/// (SDM vol 3 Figure 11-23). Bit 12 (EOI-broadcast suppression) exists only where the
+/// version register's bit 24 says so, and [`VERSION_VALUE`]'s does not.
+const SVR_BITS: u32 = 0x3ff;
+
+/// The bits each LVT entry keeps, in [`ApicState::lvt`]'s order (SDM vol 3 Figure
+/// 11-8): the vector, the delivery mode (not the timer's or the error entry's), the
+/// mask; LINT0/LINT1 their pin polarity and trigger mode; the timer its mode (bits
+/// 18:17). The delivery status (bit 12) and LINT's remote IRR (bit 14) are read-only
+/// and read 0 here: an interrupt is delivered when it is sent, and LINT's level
+/// interrupts are not modelled.
+const LVT_BITS: [u32; 7] = [
+    0x0001_07ff, // CMCI
+    0x0007_00ff, // timer
+    0x0001_07ff, // thermal
+    0x0001_07ff, // performance
+    0x0001_a7ff, // LINT0
+    0x0001_a7ff, // LINT1
+    0x0001_00ff, // error
+];
+/// Of the LVT bits beyond [`LVT_BITS`], those that are read-only rather than reserved:
+/// writing them is no reserved-bit violation in x2APIC mode (SDM vol 3 11.12.1.3).
+const LVT_READ_ONLY: [u32; 7] = [
+    1 << 12,
+    1 << 12,
+    1 << 12,
+    1 << 12,
+    1 << 12 | 1 << 14,
+    1 << 12 | 1 << 14,
+    1 << 12,
+];
+/// The x2APIC ICR's reserved bits (SDM vol 3 Figure 11-28): 12 (no delivery status in
+/// x2APIC mode), 13, 17:16 and 31:20; bits 63:32 are the destination.
+const X2APIC_ICR_RESERVED: u64 = 1 << 12 | 1 << 13 | 3 << 16 | 0xfff << 20;
 
 /// An inter-processor interrupt the ICR sent, for the bus to route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +101,29 @@ pub struct Ipi {
     /// 0 none, 1 self, 2 all including self, 3 all excluding self.
     pub shorthand: u8,
     pub from: u32,
+    /// The destination is an x2APIC ICR's 32 bits (SDM vol 3 11.12.9), not an xAPIC
+    /// ICR's 8.
+    pub wide: bool,
+}
+
+/// A WRMSR or RDMSR of an x2APIC register that raises #GP(0): a register x2APIC mode
+/// does not have, a read-only one written, a write-only one read, or a reserved bit
+/// set (SDM vol 3 11.12.1.2, 11.12.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X2apicFault;
+
+/// The index in [`ApicState::lvt`] of the LVT entry at `offset`.
+fn lvt_index(offset: u32) -> Option<usize> {
+    Some(match offset {
+        LVT_CMCI => 0,
+        LVT_TIMER => 1,
+        LVT_THERMAL => 2,
+        LVT_PERF => 3,
+        LVT_LINT0 => 4,
+        LVT_LINT1 => 5,
+        LVT_ERROR => 6,
+        _ => return None,
+    })
 }
 
 /// The state of one local APIC.
@@ -176,11 +241,13 @@ impl ApicState {
     }
 
     /// Accepts an interrupt (SDM vol 3 11.5.2, 11.6): a fixed one sets IRR (and TMR for
-    /// level-triggered), unless the APIC is software-disabled, which drops it.
+    /// level-triggered), unless the APIC is software-disabled, which drops it, or the
+    /// vector is an illegal one (0-15), which no APIC sets an IRR bit for (11.5.3,
+    /// "Received Illegal Vector"; an x2APIC SELF IPI or an ICR may send one).
     pub fn accept(&mut self, kind: InterruptKind, vector: u8, level: bool) {
         match kind {
             InterruptKind::Fixed | InterruptKind::LowestPriority => {
-                if !self.software_enabled() {
+                if !self.software_enabled() || vector < 16 {
                     return;
                 }
                 let (i, b) = bit(vector);
@@ -290,7 +357,7 @@ impl ApicState {
             LDR => self.ldr = value & 0xff00_0000,
             DFR => self.dfr = value | 0x0fff_ffff,
             SVR => {
-                self.svr = value & 0x13ff;
+                self.svr = value & SVR_BITS;
                 if !self.software_enabled() {
                     // Software disable masks every LVT entry (SDM vol 3 11.4.7.2).
                     for l in &mut self.lvt {
@@ -302,27 +369,7 @@ impl ApicState {
             ICR_HIGH => self.icr = (self.icr & 0xffff_ffff) | (value as u64) << 32,
             ICR_LOW => {
                 self.icr = (self.icr & !0xffff_ffff) | value as u64;
-                return (self.send(), None);
-            }
-            LVT_CMCI | LVT_THERMAL | LVT_PERF | LVT_LINT0 | LVT_LINT1 | LVT_ERROR | LVT_TIMER => {
-                let i = match offset {
-                    LVT_CMCI => 0,
-                    LVT_TIMER => 1,
-                    LVT_THERMAL => 2,
-                    LVT_PERF => 3,
-                    LVT_LINT0 => 4,
-                    LVT_LINT1 => 5,
-                    _ => 6,
-                };
-                let mut v = value & 0x0007_17ff;
-                if !self.software_enabled() {
-                    v |= LVT_MASKED;
-                }
-                if i == 1 {
-                    self.timer.set_mode(v, now);
-                    self.reslice = true;
-                }
-                self.lvt[i] = v;
+                return (self.send(false), None);
             }
             TIMER_INITIAL => {
                 self.timer.set_initial(value, self.lvt[1], now);
@@ -332,13 +379,27 @@ impl ApicState {
                 self.timer.set_divide(value, now);
                 self.reslice = true;
             }
-            _ => {}
+            // The LVT, or a register that takes no write.
+            o => {
+                if let Some(i) = lvt_index(o) {
+                    let mut v = value & LVT_BITS[i];
+                    if !self.software_enabled() {
+                        v |= LVT_MASKED;
+                    }
+                    if i == 1 {
+                        self.timer.set_mode(v, now);
+                        self.reslice = true;
+                    }
+                    self.lvt[i] = v;
+                }
+            }
         }
         (None, None)
     }
 
-    /// The IPI an ICR low write sends (SDM vol 3 11.6.1).
-    fn send(&self) -> Option<Ipi> {
+    /// The IPI an ICR write sends (SDM vol 3 11.6.1); `wide`: the x2APIC ICR's 32-bit
+    /// destination (11.12.9), else the xAPIC ICR's bits 63:56.
+    fn send(&self, wide: bool) -> Option<Ipi> {
         let lo = self.icr as u32;
         let kind = match (lo >> 8) & 7 {
             0 => InterruptKind::Fixed,
@@ -357,18 +418,142 @@ impl ApicState {
         Some(Ipi {
             kind,
             vector: lo as u8,
-            destination: (self.icr >> 56) as u32,
+            destination: if wide {
+                (self.icr >> 32) as u32
+            } else {
+                (self.icr >> 56) as u32
+            },
             logical: lo & (1 << 11) != 0,
             level: lo & (1 << 15) != 0,
             shorthand: ((lo >> 18) & 3) as u8,
             from: self.id,
+            wide,
         })
+    }
+
+    /// The logical x2APIC ID, which x2APIC mode derives from the x2APIC ID (SDM vol 3
+    /// 11.12.10.2): the cluster (id[19:4]) in bits 31:16, and bit id[3:0] set of the
+    /// cluster's 16.
+    pub fn x2apic_ldr(&self) -> u32 {
+        ((self.id >> 4) << 16) | 1 << (self.id & 0xf)
+    }
+
+    /// RDMSR of the x2APIC register at MMIO offset `offset` (MSR 0x800 + offset / 16)
+    /// at guest time `now` (SDM vol 3 11.12.1.2, Table 11-6): the ID is the 32-bit
+    /// x2APIC ID, the LDR the logical ID derived from it, the ICR one 64-bit register.
+    /// EOI and SELF IPI are write-only; x2APIC mode has no DFR, APR or ICR high, and
+    /// no CMCI entry where the version register counts six LVT entries.
+    pub fn x2apic_read(&self, offset: u32, now: u64) -> Result<u64, X2apicFault> {
+        Ok(match offset {
+            ID => self.id as u64,
+            LDR => self.x2apic_ldr() as u64,
+            ICR_LOW => self.icr & !X2APIC_ICR_RESERVED,
+            VERSION | TPR | PPR | SVR | ESR | TIMER_INITIAL | TIMER_CURRENT | TIMER_DIVIDE => {
+                self.read(offset, now) as u64
+            }
+            o if (ISR..IRR + 0x80).contains(&o) => self.read(o, now) as u64,
+            o if lvt_index(o).is_some_and(|i| i > 0) => self.read(o, now) as u64,
+            _ => return Err(X2apicFault),
+        })
+    }
+
+    /// WRMSR of the x2APIC register at MMIO offset `offset` (SDM vol 3 11.12.1.2,
+    /// 11.12.1.3, Table 11-6): the registers RDMSR reads, but for the read-only ones
+    /// (ID, version, PPR, LDR, ISR, TMR, IRR, current count), and EOI and SELF IPI.
+    /// Bits 63:32 are reserved but in the ICR, and a reserved bit set is #GP; EOI and
+    /// the ESR take only 0. What it sends and the EOI the VMM must hear of are
+    /// [`ApicState::write`]'s.
+    pub fn x2apic_write(
+        &mut self,
+        offset: u32,
+        value: u64,
+        now: u64,
+    ) -> Result<(Option<Ipi>, Option<u8>), X2apicFault> {
+        if offset == ICR_LOW {
+            if value & X2APIC_ICR_RESERVED != 0 {
+                return Err(X2apicFault);
+            }
+            self.icr = value;
+            return Ok((self.send(true), None));
+        }
+        let v = u32::try_from(value).map_err(|_| X2apicFault)?;
+        let reserved = match offset {
+            TPR => !0xff,
+            EOI | ESR => !0,
+            SVR => !SVR_BITS,
+            TIMER_INITIAL => 0,
+            TIMER_DIVIDE => !0xb,
+            // SDM vol 3 11.12.11: bits 31:8 reserved.
+            SELF_IPI => !0xff,
+            o => match lvt_index(o) {
+                Some(i) if i > 0 => !(LVT_BITS[i] | LVT_READ_ONLY[i]),
+                _ => return Err(X2apicFault),
+            },
+        };
+        if v & reserved != 0 {
+            return Err(X2apicFault);
+        }
+        if offset == SELF_IPI {
+            // A fixed, edge-triggered IPI to itself (SDM vol 3 11.12.11).
+            return Ok((
+                Some(Ipi {
+                    kind: InterruptKind::Fixed,
+                    vector: v as u8,
+                    destination: self.id,
+                    logical: false,
+                    level: false,
+                    shorthand: 1,
+                    from: self.id,
+                    wide: true,
+                }),
+                None,
+            ));
+        }
+        Ok(self.write(offset, v, now))
+    }
+
+    /// The local APIC at power-up (SDM vol 3 11.4.7.1), with the APIC ID register back
+    /// at the initial APIC ID `initial_id`: what clearing IA32_APIC_BASE.EN leaves (11.4.3:
+    /// "the APIC may return to the state described in Section 11.4.7.1"; KVM sets the
+    /// xAPIC ID back to the vCPU's when it is enabled again). NMI, INIT and SIPI
+    /// pending stay: they are the processor's, not the APIC's registers.
+    pub fn power_up(&mut self, initial_id: u32) {
+        let mut s = ApicState::reset(initial_id);
+        s.nmi_pending = self.nmi_pending;
+        s.init_pending = self.init_pending;
+        s.sipi_pending = self.sipi_pending;
+        s.extint_pending = self.extint_pending;
+        s.startup_suspend = self.startup_suspend;
+        // The timer is disarmed: the run looks again.
+        s.reslice = true;
+        *self = s;
     }
 
     /// Whether this APIC is a target of `destination` in `logical` mode (SDM vol 3
     /// 11.6.2): physical ids match or broadcast 0xFF; logical flat mode ANDs the
     /// 8-bit LDR; cluster mode matches the cluster and ANDs the low four bits.
-    pub fn is_destination(&self, destination: u32, logical: bool) -> bool {
+    /// `x2apic`: this APIC is in x2APIC mode (11.12.9, 11.12.10.2): the 32-bit x2APIC
+    /// ID, the logical ID's cluster (bits 31:16) and 16-bit mask, broadcast
+    /// 0xFFFFFFFF in both. `wide`: the destination is an x2APIC ICR's 32 bits; an
+    /// 8-bit one's 0xFF (an xAPIC ICR's, an I/O APIC's, an MSI's) reaches an x2APIC
+    /// APIC as a broadcast, as KVM's `kvm_apic_mda` maps it.
+    pub fn is_destination(
+        &self,
+        destination: u32,
+        logical: bool,
+        x2apic: bool,
+        wide: bool,
+    ) -> bool {
+        if destination == 0xffff_ffff || x2apic && !wide && destination == 0xff {
+            return true;
+        }
+        if x2apic {
+            if !logical {
+                return destination == self.id;
+            }
+            let ldr = self.x2apic_ldr();
+            return destination >> 16 == ldr >> 16 && destination & ldr & 0xffff != 0;
+        }
         if !logical {
             return destination == 0xff || destination == self.id;
         }
@@ -415,7 +600,16 @@ pub struct LocalApic {
     timer_deadline: AtomicU64,
     /// A mirror of startup suspend, kept as `timer_deadline` is.
     asleep: std::sync::atomic::AtomicBool,
+    /// x2APIC mode: IA32_APIC_BASE's EN and EXTD both set (SDM vol 3 11.12.1). It is
+    /// the processor's MSR, which INIT leaves as it is (11.12.5.1), so it lives beside
+    /// the register state INIT resets; [`LocalApic::set_base`] keeps it.
+    x2apic: std::sync::atomic::AtomicBool,
 }
+
+/// IA32_APIC_BASE's APIC global enable (EN, bit 11) and x2APIC enable (EXTD, bit 10)
+/// (SDM vol 3 11.4.4, 11.12.1).
+pub const APIC_BASE_EN: u64 = 1 << 11;
+pub const APIC_BASE_EXTD: u64 = 1 << 10;
 
 /// The locked state of a [`LocalApic`]; dropping it refreshes the mirrors.
 pub struct ApicGuard<'a> {
@@ -460,7 +654,45 @@ impl LocalApic {
             wake_at: AtomicU64::new(u64::MAX),
             timer_deadline: AtomicU64::new(u64::MAX),
             asleep: std::sync::atomic::AtomicBool::new(false),
+            x2apic: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the APIC is in x2APIC mode.
+    pub fn is_x2apic(&self) -> bool {
+        self.x2apic.load(Ordering::Acquire)
+    }
+
+    /// The mode IA32_APIC_BASE `base` says, as a restored state sets it: no transition.
+    pub fn restore_mode(&self, base: u64) {
+        self.x2apic.store(
+            base & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN | APIC_BASE_EXTD,
+            Ordering::Release,
+        );
+    }
+
+    /// IA32_APIC_BASE went from `old` to `new`. Clearing EN puts the APIC in its
+    /// power-up state, the APIC ID register at the initial APIC ID (SDM vol 3 11.4.3,
+    /// 11.4.7.1); setting it again finds the initial ID there too (KVM's
+    /// `kvm_lapic_set_base`, which kvm-unit-tests' apic.c "correct xapic id after
+    /// reset" reads). Entering x2APIC mode makes the ID the x2APIC ID, the initial
+    /// APIC ID, read-only from then on (11.12.5.1; KVM's `kvm_apic_set_x2apic_id`).
+    /// The transitions are the processor's to check (11.12.5).
+    pub fn set_base(&self, old: u64, new: u64) {
+        let mut s = self.lock();
+        if old & APIC_BASE_EN != 0 && new & APIC_BASE_EN == 0 {
+            s.power_up(self.index);
+        }
+        if old & APIC_BASE_EN == 0 && new & APIC_BASE_EN != 0
+            || old & APIC_BASE_EXTD == 0 && new & APIC_BASE_EXTD != 0
+        {
+            s.id = self.index;
+        }
+        self.x2apic.store(
+            new & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN | APIC_BASE_EXTD,
+            Ordering::Release,
+        );
+        self.events.store(s.events(), Ordering::Release);
     }
 
     pub fn lock(&self) -> ApicGuard<'_> {
@@ -565,15 +797,135 @@ mod tests {
         let mut s = enabled();
         s.id = 3;
         s.write(LDR, 0x0400_0000, 0);
-        assert!(
-            s.is_destination(3, false)
-                && s.is_destination(0xff, false)
-                && !s.is_destination(1, false)
-        );
-        assert!(s.is_destination(0x06, true) && !s.is_destination(0x01, true));
+        let xapic = |s: &ApicState, d, logical| s.is_destination(d, logical, false, false);
+        assert!(xapic(&s, 3, false) && xapic(&s, 0xff, false) && !xapic(&s, 1, false));
+        assert!(xapic(&s, 0x06, true) && !xapic(&s, 0x01, true));
         s.write(DFR, 0x0fff_ffff, 0);
         s.write(LDR, 0x2400_0000, 0);
-        assert!(s.is_destination(0x26, true) && !s.is_destination(0x16, true));
+        assert!(xapic(&s, 0x26, true) && !xapic(&s, 0x16, true));
+    }
+
+    /// SDM vol 3 11.12.9, 11.12.10.2: in x2APIC mode the physical destination is the
+    /// 32-bit x2APIC ID, the logical one a cluster (bits 31:16) and a 16-bit mask, the
+    /// logical ID derived from the x2APIC ID; 0xFFFFFFFF is the broadcast in both.
+    #[test]
+    fn x2apic_destinations_physical_cluster_and_broadcast_sdm_11_12_9() {
+        let mut s = enabled();
+        s.id = 0x25; // cluster 2, bit 5
+        assert_eq!(s.x2apic_ldr(), 0x0002_0020);
+        assert_eq!(s.x2apic_read(LDR, 0), Ok(0x0002_0020));
+        let x2 = |d, logical| s.is_destination(d, logical, true, true);
+        assert!(x2(0x25, false) && !x2(0x05, false) && !x2(0x125, false));
+        assert!(x2(0x0002_0030, true) && !x2(0x0002_0010, true) && !x2(0x0003_0020, true));
+        assert!(x2(0xffff_ffff, false) && x2(0xffff_ffff, true));
+        // An 8-bit destination (an I/O APIC's): 0xFF is the broadcast; a logical one
+        // is cluster 0 (kvm-unit-tests ioapic test_ioapic_logical_destination_mode).
+        s.id = 2;
+        assert!(s.is_destination(0xff, false, true, false));
+        assert!(s.is_destination(0x0d, true, true, false));
+        assert!(!s.is_destination(0x0b, true, true, false));
+    }
+
+    /// SDM vol 3 11.12.1.2 (Table 11-6), 11.12.1.3: which registers the x2APIC MSRs
+    /// reach, read-only and write-only ones, reserved bits, the 64-bit ICR, SELF IPI.
+    #[test]
+    fn x2apic_msr_interface_sdm_11_12_1() {
+        let mut s = enabled();
+        s.id = 7;
+        assert_eq!(s.x2apic_read(ID, 0), Ok(7));
+        assert_eq!(s.x2apic_read(VERSION, 0), Ok(VERSION_VALUE as u64));
+        for absent in [
+            0x00, 0x10, APR, DFR, ICR_HIGH, LVT_CMCI, 0x3a0, 0x400, 0xff0,
+        ] {
+            assert_eq!(s.x2apic_read(absent, 0), Err(X2apicFault), "{absent:#x}");
+            assert_eq!(
+                s.x2apic_write(absent, 0, 0),
+                Err(X2apicFault),
+                "{absent:#x}"
+            );
+        }
+        for write_only in [EOI, SELF_IPI] {
+            assert_eq!(s.x2apic_read(write_only, 0), Err(X2apicFault));
+        }
+        for read_only in [ID, VERSION, PPR, LDR, ISR, TMR + 0x70, IRR, TIMER_CURRENT] {
+            assert_eq!(
+                s.x2apic_write(read_only, 0, 0),
+                Err(X2apicFault),
+                "{read_only:#x}"
+            );
+        }
+        // Bits 63:32 reserved everywhere but the ICR; reserved bits in the low half.
+        assert_eq!(s.x2apic_write(TPR, 1 << 32, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(TPR, 0x100, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(LVT_TIMER, 0x0008_0000, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(TIMER_DIVIDE, 4, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(ESR, 1, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(EOI, 1, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(SELF_IPI, 0x100, 0), Err(X2apicFault));
+        assert_eq!(s.x2apic_write(ICR_LOW, 1 << 12, 0), Err(X2apicFault));
+        // Read-only LVT bits (delivery status, remote IRR) are no violation.
+        assert_eq!(s.x2apic_write(LVT_LINT0, 0x0001_5700, 0), Ok((None, None)));
+        assert_eq!(s.x2apic_read(LVT_LINT0, 0), Ok(0x0001_0700));
+        assert_eq!(s.x2apic_write(TPR, 0x20, 0), Ok((None, None)));
+        assert_eq!(s.x2apic_read(TPR, 0), Ok(0x20));
+        // The ICR: 32-bit destination in bits 63:32.
+        let (ipi, _) = s.x2apic_write(ICR_LOW, 0x1234_5678_0000_48f1, 0).unwrap();
+        let ipi = ipi.unwrap();
+        assert_eq!(
+            (ipi.destination, ipi.logical, ipi.vector, ipi.wide),
+            (0x1234_5678, true, 0xf1, true)
+        );
+        assert_eq!(s.x2apic_read(ICR_LOW, 0), Ok(0x1234_5678_0000_48f1));
+        // SELF IPI: a fixed edge IPI to itself.
+        let (ipi, _) = s.x2apic_write(SELF_IPI, 0x41, 0).unwrap();
+        let ipi = ipi.unwrap();
+        assert_eq!(
+            (ipi.kind, ipi.vector, ipi.shorthand, ipi.level),
+            (InterruptKind::Fixed, 0x41, 1, false)
+        );
+        // EOI of a level-triggered vector is reported.
+        s.accept(InterruptKind::Fixed, 0x50, true);
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x50)));
+        assert_eq!(s.x2apic_write(EOI, 0, 0), Ok((None, Some(0x50))));
+    }
+
+    /// SDM vol 3 11.5.3: an illegal vector (0-15) sets no IRR bit.
+    #[test]
+    fn an_illegal_vector_is_not_accepted_sdm_11_5_3() {
+        let mut s = enabled();
+        s.accept(InterruptKind::Fixed, 0, false);
+        s.accept(InterruptKind::Fixed, 15, false);
+        assert_eq!(s.irr, [0; 8]);
+    }
+
+    /// SDM vol 3 11.4.3, 11.4.7.1: clearing IA32_APIC_BASE.EN returns the APIC to its
+    /// power-up state, the ID at the initial APIC ID (kvm-unit-tests apic "correct
+    /// xapic id after reset"); entering x2APIC mode makes the ID the x2APIC ID.
+    #[test]
+    fn disabling_the_apic_resets_it_and_x2apic_mode_takes_the_initial_id_sdm_11_4_3() {
+        let apic = LocalApic::new(1, Arc::new(AtomicU32::new(0)));
+        let on = 0xfee0_0000 | APIC_BASE_EN;
+        {
+            let mut s = apic.lock();
+            s.write(SVR, 0x1ff, 0);
+            s.write(ID, 5 << 24, 0);
+            s.write(TPR, 0x20, 0);
+            s.accept(InterruptKind::Fixed, 0x40, false);
+            s.accept(InterruptKind::Nmi, 0, false);
+        }
+        apic.set_base(on, on & !APIC_BASE_EN);
+        apic.set_base(on & !APIC_BASE_EN, on);
+        {
+            let s = apic.lock();
+            assert_eq!(s.read(ID, 0), 1 << 24, "the initial APIC ID");
+            assert_eq!((s.tpr, s.svr, s.irr), (0, 0xff, [0; 8]));
+            assert!(s.nmi_pending, "an NMI is the processor's");
+        }
+        assert!(!apic.is_x2apic());
+        apic.lock().write(ID, 9 << 24, 0);
+        apic.set_base(on, on | APIC_BASE_EXTD);
+        assert!(apic.is_x2apic());
+        assert_eq!(apic.lock().x2apic_read(ID, 0), Ok(1));
     }
 }
 

@@ -3,6 +3,11 @@
 //! name, what the page cannot say exactly (the timer's deadline in guest nanoseconds,
 //! interrupts accepted but not yet taken). Both directions destructure every field of
 //! [`ApicState`], so a field added to it does not compile until it is saved.
+//!
+//! In x2APIC mode the page's ID register holds the 32-bit x2APIC ID and its LDR the
+//! logical ID derived from it, as KVM's `kvm_lapic_state` does with 32-bit x2APIC IDs
+//! (`kvm_apic_state_fixup`); the mode itself is IA32_APIC_BASE's, which the vCPU's
+//! registers carry (`apicBase`), and the vCPU's state restores it before the page.
 
 use super::timer::{Timer, TimerState};
 use super::*;
@@ -39,8 +44,9 @@ fn get(page: &[u8], offset: u32) -> u32 {
 }
 
 impl ApicState {
-    /// The register page at guest time `now`, and the internal values.
-    pub fn save(&self, now: u64) -> (Vec<u8>, Vec<(String, u64)>) {
+    /// The register page at guest time `now` (`x2apic`: in x2APIC mode), and the
+    /// internal values.
+    pub fn save(&self, now: u64, x2apic: bool) -> (Vec<u8>, Vec<(String, u64)>) {
         let ApicState {
             id,
             tpr,
@@ -64,11 +70,16 @@ impl ApicState {
             reslice: _,
         } = self;
         let mut page = vec![0u8; LAPIC_STATE_SIZE];
-        put(&mut page, ID, id << 24);
+        if x2apic {
+            put(&mut page, ID, *id);
+            put(&mut page, LDR, self.x2apic_ldr());
+        } else {
+            put(&mut page, ID, id << 24);
+            put(&mut page, LDR, *ldr);
+        }
         put(&mut page, VERSION, VERSION_VALUE);
         put(&mut page, TPR, *tpr);
         put(&mut page, PPR, self.ppr());
-        put(&mut page, LDR, *ldr);
         put(&mut page, DFR, *dfr);
         put(&mut page, SVR, *svr);
         for i in 0..8 {
@@ -107,17 +118,19 @@ impl ApicState {
     }
 
     /// The state a page (and the internal values, where the sim made the state) at
-    /// guest time `now` describes; `startup_suspend` comes from the activity state.
+    /// guest time `now` describes; `startup_suspend` comes from the activity state,
+    /// `x2apic` (the page is an x2APIC-mode one) from IA32_APIC_BASE.
     pub fn restore(
         page: &[u8],
         internal: impl Fn(&str) -> Option<u64>,
         startup_suspend: bool,
         now: u64,
+        x2apic: bool,
     ) -> Result<ApicState> {
         hv_core::state::check_lapic(page)?;
         let mut lvt = [0u32; 7];
-        for (slot, offset) in lvt.iter_mut().zip(LVT_OFFSETS) {
-            *slot = get(page, offset) & 0x0007_17ff;
+        for ((slot, offset), bits) in lvt.iter_mut().zip(LVT_OFFSETS).zip(LVT_BITS) {
+            *slot = get(page, offset) & bits;
         }
         let regs =
             |base: u32| -> [u32; 8] { std::array::from_fn(|i| get(page, base + 16 * i as u32)) };
@@ -144,11 +157,15 @@ impl ApicState {
         s.deadline = deadline;
         timer = Timer::restore(s);
         Ok(ApicState {
-            id: get(page, ID) >> 24,
+            id: if x2apic {
+                get(page, ID)
+            } else {
+                get(page, ID) >> 24
+            },
             tpr: get(page, TPR) & 0xff,
             ldr: get(page, LDR) & 0xff00_0000,
             dfr: get(page, DFR) | 0x0fff_ffff,
-            svr: get(page, SVR) & 0x13ff,
+            svr: get(page, SVR) & SVR_BITS,
             isr: regs(ISR),
             tmr: regs(TMR),
             irr: regs(IRR),
@@ -194,9 +211,9 @@ mod tests {
         a.accept(InterruptKind::Fixed, 0x41, true);
         a.accept(InterruptKind::Nmi, 0, false);
         let now = 12_345;
-        let (page, internal) = a.save(now);
+        let (page, internal) = a.save(now, false);
         let find = |n: &str| internal.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
-        let b = ApicState::restore(&page, find, false, now).unwrap();
+        let b = ApicState::restore(&page, find, false, now, false).unwrap();
         for offset in (0..0x400).step_by(0x10) {
             assert_eq!(
                 a.read(offset, now),
@@ -205,11 +222,35 @@ mod tests {
             );
         }
         assert_eq!(a.timer.deadline, b.timer.deadline);
-        assert_eq!(b.save(now), (page, internal.clone()));
+        assert_eq!(b.save(now, false), (page, internal.clone()));
         // The page alone (MSHV's state) still gives the timer's count.
-        let c = ApicState::restore(&b.save(now).0, |_| None, false, now).unwrap();
+        let c = ApicState::restore(&b.save(now, false).0, |_| None, false, now, false).unwrap();
         assert_eq!(c.read(TIMER_CURRENT, now), a.read(TIMER_CURRENT, now));
         assert!(!c.nmi_pending && b.nmi_pending);
-        assert!(ApicState::restore(&[0; 16], find, false, now).is_err());
+        assert!(ApicState::restore(&[0; 16], find, false, now, false).is_err());
+    }
+
+    /// SDM vol 3 11.12.1.2, 11.12.10.2: an x2APIC-mode page holds the 32-bit x2APIC ID
+    /// and the logical ID derived from it, and reads back as the same x2APIC registers.
+    #[test]
+    fn an_x2apic_mode_apic_restores_to_the_same_state_sdm_11_12() {
+        let mut a = ApicState::reset(0x123);
+        a.x2apic_write(SVR, 0x1ff, 0).unwrap();
+        a.x2apic_write(TPR, 0x30, 0).unwrap();
+        a.x2apic_write(ICR_LOW, 0x0000_0456_0000_40f0, 0).unwrap();
+        let now = 77;
+        let (page, internal) = a.save(now, true);
+        assert_eq!(get(&page, ID), 0x123, "the 32-bit x2APIC ID");
+        assert_eq!(get(&page, LDR), 0x12 << 16 | 1 << 3, "cluster 0x12, bit 3");
+        let find = |n: &str| internal.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        let b = ApicState::restore(&page, find, false, now, true).unwrap();
+        for offset in (0..0x400).step_by(0x10) {
+            assert_eq!(
+                a.x2apic_read(offset, now),
+                b.x2apic_read(offset, now),
+                "offset {offset:#x}"
+            );
+        }
+        assert_eq!(b.save(now, true), (page, internal.clone()));
     }
 }

@@ -14,6 +14,7 @@ use crate::segment::{
     read_descriptor, Descriptor, TYPE_LDT, TYPE_TSS16_AVAILABLE, TYPE_TSS32_AVAILABLE,
 };
 use crate::state::*;
+use crate::X2apicWrite;
 use hv_core::UnknownMsr;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
 
@@ -641,6 +642,9 @@ fn rdmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
             write: false,
         }));
     }
+    if (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&m) && x.env.has_apic() {
+        return x2apic_rdmsr(x, m);
+    }
     let v = match x.env.read_msr(m, x.cpu.tsc).or_else(|| msr::read(x.cpu, m)) {
         Some(v) => v,
         None => match x.env.unknown_msr() {
@@ -669,6 +673,9 @@ fn wrmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
         }));
     }
     let v = (x.cpu.gpr[2] << 32) | (x.cpu.gpr[0] & 0xffff_ffff);
+    if (msr::X2APIC_FIRST..=msr::X2APIC_LAST).contains(&m) && x.env.has_apic() {
+        return x2apic_wrmsr(x, m, v);
+    }
     if x.env.write_msr(m, v, x.cpu.tsc) {
         return Ok(());
     }
@@ -683,6 +690,42 @@ fn wrmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
             })),
             UnknownMsr::Fault => Err(x.gp(0)),
         },
+    }
+}
+
+/// RDMSR of an x2APIC register: the local APIC's in x2APIC mode, #GP(0) in any other
+/// mode (SDM vol 3 11.12.1.2: "Accessing any APIC register in the MSR address range
+/// 0800H through 08FFH via RDMSR or WRMSR when the local APIC is not in x2APIC mode
+/// causes a general-protection exception").
+#[cold]
+fn x2apic_rdmsr(x: &mut Exec, m: u32) -> Result<(), Stop> {
+    if !msr::x2apic_mode(x.cpu.apic_base) {
+        return Err(x.gp(0));
+    }
+    let Some(v) = x.env.x2apic_read((m - msr::X2APIC_FIRST) << 4, x.cpu.tsc) else {
+        return Err(x.gp(0));
+    };
+    x.cpu.gpr[0] = v & 0xffff_ffff;
+    x.cpu.gpr[2] = v >> 32;
+    Ok(())
+}
+
+/// WRMSR of an x2APIC register (see [`x2apic_rdmsr`]). A write that may have raised
+/// an interrupt for this processor (an IPI to itself, TPR, EOI) ends the block, as an
+/// APIC page write does.
+#[cold]
+fn x2apic_wrmsr(x: &mut Exec, m: u32, v: u64) -> Result<(), Stop> {
+    if !msr::x2apic_mode(x.cpu.apic_base) {
+        return Err(x.gp(0));
+    }
+    x.end_block = true;
+    match x
+        .env
+        .x2apic_write((m - msr::X2APIC_FIRST) << 4, v, x.cpu.tsc)
+    {
+        X2apicWrite::Done => Ok(()),
+        X2apicWrite::Eoi(vector) => Err(x.exit_with(Exit::ApicEoi(vector))),
+        X2apicWrite::Fault => Err(x.gp(0)),
     }
 }
 
