@@ -16,6 +16,8 @@ use std::sync::atomic::Ordering;
 const FERR: &str = "cpu.ferr";
 const PDPTE: [&str; 4] = ["cpu.pdpte0", "cpu.pdpte1", "cpu.pdpte2", "cpu.pdpte3"];
 const TSC_OFFSET: &str = "cpu.tscOffset";
+/// IA32_MCG_STATUS (SDM vol 3 16.3.1.2): no architectural register carries it.
+const MCG_STATUS: &str = "cpu.mcgStatus";
 
 /// x2APIC mode by IA32_APIC_BASE: EN and EXTD set (SDM vol 3 11.12.1).
 fn x2apic_mode(apic_base: u64) -> bool {
@@ -58,6 +60,7 @@ impl SimVcpu {
         let mut internal = vec![
             (FERR.to_string(), cpu.ferr as u64),
             (TSC_OFFSET.to_string(), self.tsc_offset as u64),
+            (MCG_STATUS.to_string(), cpu.msr.mcg_status),
         ];
         internal.extend(PDPTE.iter().zip(cpu.pdpte).map(|(n, v)| (n.to_string(), v)));
         let now = self.now();
@@ -122,6 +125,7 @@ impl SimVcpu {
             match name.as_str() {
                 FERR => cpu.ferr = *v != 0,
                 TSC_OFFSET => tsc_offset = *v as i64,
+                MCG_STATUS => cpu.msr.mcg_status = *v,
                 n if n.starts_with("apic.") => apic_values.push((n, *v)),
                 n => match PDPTE.iter().position(|p| *p == n) {
                     Some(i) => cpu.pdpte[i] = *v,

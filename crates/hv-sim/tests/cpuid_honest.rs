@@ -247,6 +247,39 @@ fn advertised_cases() -> Vec<Case> {
         ),
         (
             1,
+            3,
+            MCE,
+            "CR4.MCE can be set",
+            |a| {
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 6).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(rax, cr4).unwrap();
+                a.and(eax, 0x40).unwrap();
+            },
+            ok(0x40),
+        ),
+        (
+            1,
+            3,
+            MCA,
+            "IA32_MCG_CAP: no banks; IA32_MCG_STATUS holds MCIP",
+            |a| {
+                a.mov(ecx, 0x17a).unwrap();
+                a.mov(eax, 4).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                a.rdmsr().unwrap();
+                a.mov(esi, eax).unwrap();
+                a.mov(ecx, 0x179).unwrap();
+                a.rdmsr().unwrap();
+                a.shl(rax, 8).unwrap();
+                a.or(eax, esi).unwrap();
+            },
+            ok(4),
+        ),
+        (
+            1,
             2,
             TSC_DEADLINE,
             "IA32_TSC_DEADLINE holds a deadline in the LVT timer's TSC-deadline mode",
@@ -711,4 +744,49 @@ fn cpuid_1_edx_apic_is_clear_while_apic_base_en_is_0_sdm_11_4_3() {
         body,
     );
     assert_eq!(registered, ok(0b10), "over an answer the VMM registered");
+}
+
+/// The machine-check architecture with no banks (SDM vol 3 16.3.1): IA32_MCG_CAP is 0
+/// (no banks, no MCG_CTL) and read-only; IA32_MCG_STATUS takes RIPV, EIPV and MCIP and
+/// #GP(0) for its reserved bits; IA32_MCG_CTL and every IA32_MCi_* MSR of a bank that
+/// does not exist #GP(0) (kvm-unit-tests msr test_mce_msrs reads MCG_CAP and tries
+/// banks 0-31). The result: MCG_CAP, then MCG_STATUS after a write of 7.
+#[test]
+fn sdm_16_3_1_machine_check_architecture_with_no_banks() {
+    let rdmsr = |msr: u32| {
+        run_case(move |a| {
+            a.mov(ecx, msr).unwrap();
+            a.rdmsr().unwrap();
+        })
+    };
+    let wrmsr = |msr: u32, value: u64| {
+        run_case(move |a| {
+            a.mov(ecx, msr).unwrap();
+            a.mov(eax, value as u32).unwrap();
+            a.mov(edx, (value >> 32) as u32).unwrap();
+            a.wrmsr().unwrap();
+            a.xor(eax, eax).unwrap();
+        })
+    };
+    const GP: Outcome = Outcome::Vector(13);
+    assert_eq!(rdmsr(0x179), ok(0), "MCG_CAP: no banks");
+    assert_eq!(wrmsr(0x179, 0), GP, "MCG_CAP is read-only");
+    let status = run_case(|a| {
+        a.mov(ecx, 0x17a).unwrap();
+        a.mov(eax, 7).unwrap();
+        a.xor(edx, edx).unwrap();
+        a.wrmsr().unwrap();
+        a.rdmsr().unwrap();
+    });
+    assert_eq!(status, ok(7), "MCG_STATUS: RIPV, EIPV, MCIP");
+    assert_eq!(wrmsr(0x17a, 8), GP, "MCG_STATUS.LMCE_S without LMCE");
+    assert_eq!(rdmsr(0x17b), GP, "no MCG_CTL");
+    for bank in [0u32, 1, 31] {
+        for (reg, name) in ["CTL", "STATUS", "ADDR", "MISC"].iter().enumerate() {
+            let msr = 0x400 + 4 * bank + reg as u32;
+            assert_eq!(rdmsr(msr), GP, "RDMSR IA32_MC{bank}_{name}");
+            assert_eq!(wrmsr(msr, 0), GP, "WRMSR IA32_MC{bank}_{name}");
+        }
+        assert_eq!(rdmsr(0x280 + bank), GP, "IA32_MC{bank}_CTL2");
+    }
 }

@@ -10,6 +10,9 @@ pub const TSC: u32 = 0x10;
 pub const APIC_BASE: u32 = 0x1b;
 pub const BIOS_SIGN_ID: u32 = 0x8b;
 pub const MTRRCAP: u32 = 0xfe;
+pub const MCG_CAP: u32 = 0x179;
+pub const MCG_STATUS: u32 = 0x17a;
+pub const MCG_CTL: u32 = 0x17b;
 pub const SYSENTER_CS: u32 = 0x174;
 pub const SYSENTER_ESP: u32 = 0x175;
 pub const SYSENTER_EIP: u32 = 0x176;
@@ -33,10 +36,23 @@ pub const TSC_AUX: u32 = 0xc000_0103;
 /// Variable MTRR pairs (MTRRCAP.VCNT).
 const VARIABLE_MTRRS: u32 = 8;
 
+/// IA32_MCG_STATUS's bits: RIPV, EIPV, MCIP; LMCE_S (bit 3) needs MCG_CAP.MCG_LMCE_P,
+/// which is clear (SDM vol 3 16.3.1.2).
+const MCG_STATUS_BITS: u64 = 0b111;
+
 /// IA32_APIC_BASE (SDM vol 3 11.4.4, 11.12.1): BSP (read-only), EXTD, EN.
 const APIC_BASE_BSP: u64 = 1 << 8;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 const APIC_BASE_EN: u64 = 1 << 11;
+
+/// MSRs of machine-check features this processor lacks, which #GP(0) whatever the
+/// hypervisor does with MSRs it does not know: it has the machine-check architecture
+/// with no banks (IA32_MCG_CAP = 0, SDM vol 3 16.3.1.1), so no IA32_MCG_CTL (that needs
+/// MCG_CTL_P), no IA32_MCi_CTL/STATUS/ADDR/MISC (0x400 + 4i, i < 32, up to where the
+/// VMX MSRs begin at 0x480) and no IA32_MCi_CTL2 (0x280 + i, with CMCI, MCG_CMCI_P).
+pub fn absent(msr: u32) -> bool {
+    matches!(msr, MCG_CTL | 0x280..=0x29f | 0x400..=0x47f)
+}
 
 /// The x2APIC MSRs (SDM vol 3 11.12.1.2): the local APIC's registers in x2APIC mode,
 /// #GP(0) in any other.
@@ -71,6 +87,9 @@ pub fn read(cpu: &Cpu, msr: u32) -> Option<u64> {
         BIOS_SIGN_ID => 0,
         // VCNT = 8, fixed-range MTRRs, write-combining.
         MTRRCAP => VARIABLE_MTRRS as u64 | 1 << 8 | 1 << 10,
+        // No banks, no MCG_CTL, no extensions (SDM vol 3 16.3.1.1).
+        MCG_CAP => 0,
+        MCG_STATUS => cpu.msr.mcg_status,
         SYSENTER_CS => cpu.msr.sysenter_cs,
         SYSENTER_ESP => cpu.msr.sysenter_esp,
         SYSENTER_EIP => cpu.msr.sysenter_eip,
@@ -141,6 +160,12 @@ pub fn write(x: &mut Exec, msr: u32, v: u64) -> Written {
             x.env.apic_base_written(old, cpu.apic_base);
         }
         BIOS_SIGN_ID => {}
+        // MCG_CAP is read-only.
+        MCG_CAP => return Written::Refused,
+        // Software may write MCG_STATUS; reserved bits are #GP(0) (SDM vol 3 16.3.1.2).
+        MCG_STATUS if v & !MCG_STATUS_BITS != 0 => return Written::Refused,
+        MCG_STATUS => cpu.msr.mcg_status = v,
+        m if absent(m) => return Written::Refused,
         SYSENTER_CS => cpu.msr.sysenter_cs = v & 0xffff,
         SYSENTER_ESP | SYSENTER_EIP if !canonical(v) => return Written::Refused,
         SYSENTER_ESP => cpu.msr.sysenter_esp = v,

@@ -168,6 +168,8 @@ pub struct Msrs {
     pub mtrr_def_type: u64,
     pub mtrr_fixed: [u64; 11],
     pub mtrr_var: [u64; 16],
+    /// IA32_MCG_STATUS: RIPV, EIPV, MCIP (SDM vol 3 16.3.1.2).
+    pub mcg_status: u64,
 }
 
 /// The whole register state of a processor.

@@ -647,6 +647,7 @@ fn rdmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
     }
     let v = match x.env.read_msr(m, x.cpu.tsc).or_else(|| msr::read(x.cpu, m)) {
         Some(v) => v,
+        None if msr::absent(m) => return Err(x.gp(0)),
         None => match x.env.unknown_msr() {
             UnknownMsr::Ignore => 0,
             UnknownMsr::Exit => {
