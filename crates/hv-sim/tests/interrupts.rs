@@ -1137,3 +1137,41 @@ fn sdm_11_12_x2apic_self_ipi_logical_cluster_and_broadcast() {
     let counts: Vec<u32> = (0x60..=0x63).map(|v| m.count(v)).collect();
     assert_eq!(counts, [1, 1, 2, 2]);
 }
+
+/// An NMI waits for the end of an interrupt shadow: "NMIs ... may be inhibited on the
+/// instruction boundary following an execution of STI that begins with IF = 0" (SDM
+/// vol 2 STI), as KVM's `vmx_nmi_blocked` inhibits them; and MOV SS's shadow is there
+/// so that no event comes between the stack's two halves (SDM vol 3 6.8.3).
+/// kvm-unit-tests apic "nmi-after-sti" counts NMIs taken at the instruction after an
+/// STI. The vCPU starts in a shadow (the interrupt-state register, MSHV's
+/// `HV_REGISTER_INTERRUPT_STATE`) with an NMI pending: the NMI comes after the first
+/// instruction, not before it.
+#[test]
+fn sdm_vol2_sti_an_nmi_waits_for_the_end_of_an_interrupt_shadow() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    m.handler(2, |a| {
+        // The interrupted RIP, above the three registers the handler pushed.
+        a.mov(rax, qword_ptr(rsp + 24)).unwrap();
+        a.mov(qword_ptr(SLOT), rax).unwrap();
+    });
+    m.code(CODE, |a| {
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.mov(rax, qword_ptr(SLOT)).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.cpus[0]
+        .set_registers(&[hv_register_name_HV_REGISTER_INTERRUPT_STATE], &[[1, 0]])
+        .unwrap();
+    m.interrupts
+        .request(&InterruptRequest {
+            kind: InterruptKind::Nmi,
+            destination: 0,
+            logical: false,
+            vector: 0,
+            level: false,
+        })
+        .unwrap();
+    assert_eq!(m.run_to_out(0), CODE + 1, "taken after the first NOP");
+}

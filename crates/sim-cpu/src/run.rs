@@ -837,9 +837,13 @@ fn stopped(
 /// Delivers the event the environment has for the processor now, if any. INIT and
 /// SIPI end the run: the hypervisor changes the processor's state for them.
 fn take_event(x: &mut Exec, interruptible: bool) -> Option<RunEnd> {
-    let event = x
-        .env
-        .take_event(interruptible, x.cpu.nmi_blocked, x.cpu.tsc)?;
+    // An NMI waits for the end of an interrupt shadow too: STI's ("NMIs ... may be
+    // inhibited on the instruction boundary following an execution of STI that begins
+    // with IF = 0", SDM vol 2 STI), as KVM's `vmx_nmi_blocked` has it and kvm-unit-tests
+    // apic "nmi-after-sti" expects; and MOV SS's and POP SS's, whose purpose is a stack
+    // switch no event interrupts (SDM vol 3 6.8.3).
+    let nmi_blocked = x.cpu.nmi_blocked || x.cpu.shadow.interrupts;
+    let event = x.env.take_event(interruptible, nmi_blocked, x.cpu.tsc)?;
     let rip = x.cpu.rip;
     let (vector, nmi) = match event {
         Event::Interrupt(v) => (v, false),
