@@ -2,7 +2,7 @@
 //! here is one the processor implements, and hv-sim's `tests/cpuid_honest.rs` executes
 //! something of each. The SDM's vol 2 CPUID lists the leaves and bits.
 
-use crate::state::{Cpu, CR4_OSXSAVE};
+use crate::state::{Cpu, CR4_OSXSAVE, CR4_PKE};
 
 /// Family 6, model 0x6A, stepping 0: the signature CPUID.1:EAX and RESET's EDX hold.
 pub const SIGNATURE: u32 = 0x0006_06a0;
@@ -56,6 +56,11 @@ pub mod bits {
     pub const FSGSBASE: u32 = 1 << 0;
     pub const SMEP: u32 = 1 << 7;
     pub const SMAP: u32 = 1 << 20;
+    // CPUID.7.0:ECX: protection keys for user pages, CR4.PKE's mirror, and protection
+    // keys for supervisor pages (SDM vol 3 4.6.2).
+    pub const PKU: u32 = 1 << 3;
+    pub const OSPKE: u32 = 1 << 4;
+    pub const PKS: u32 = 1 << 31;
     // CPUID.80000001H:ECX
     pub const LAHF_LM: u32 = 1 << 0;
     pub const ABM: u32 = 1 << 5;
@@ -90,8 +95,18 @@ const APIC_BASE_EN: u64 = 1 << 11;
 /// `kvm_update_cpuid_runtime` forces them: CPUID.1:ECX.OSXSAVE is CR4.OSXSAVE (SDM vol 2
 /// CPUID, "OSXSAVE"), and CPUID.1:EDX.APIC is clear while IA32_APIC_BASE.EN is 0 (SDM
 /// vol 3 11.4.3: with the APIC globally disabled the processor is one without it, and
-/// the CPUID feature flag for the APIC reads 0).
-pub fn with_state(leaf: u32, cpu: &Cpu, r: [u32; 4]) -> [u32; 4] {
+/// the CPUID feature flag for the APIC reads 0); CPUID.(EAX=07H,ECX=0):ECX.OSPKE is
+/// CR4.PKE (SDM vol 2 CPUID, "OSPKE").
+pub fn with_state(leaf: u32, subleaf: u32, cpu: &Cpu, r: [u32; 4]) -> [u32; 4] {
+    if leaf == 7 && subleaf == 0 {
+        let [a, b, c, d] = r;
+        let c = if cpu.cr4 & CR4_PKE != 0 {
+            c | bits::OSPKE
+        } else {
+            c & !bits::OSPKE
+        };
+        return [a, b, c, d];
+    }
     if leaf != 1 {
         return r;
     }
@@ -145,10 +160,10 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
                 | SSE2;
             // CLFLUSH line 8 * 8 bytes, one logical processor, the initial APIC id.
             let ebx = (8 << 8) | (1 << 16) | (apic_id & 0xff) << 24;
-            with_state(leaf, cpu, [SIGNATURE, ebx, ecx, edx])
+            with_state(leaf, subleaf, cpu, [SIGNATURE, ebx, ecx, edx])
         }
         6 => [ARAT, 0, 0, 0],
-        7 if subleaf == 0 => [0, FSGSBASE | SMEP | SMAP, 0, 0],
+        7 if subleaf == 0 => with_state(7, 0, cpu, [0, FSGSBASE | SMEP | SMAP, PKU | PKS, 0]),
         // TSC / crystal = EBX / EAX, crystal in ECX (Hz).
         0x15 => [1, TSC_PER_CRYSTAL, CRYSTAL_HZ, 0],
         // Base and maximum frequency, and the bus (reference) clock, in MHz.

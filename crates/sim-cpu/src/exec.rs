@@ -8,7 +8,7 @@ use crate::flags::{mask, AC};
 use crate::paging::{self, canonical, Access, PageFault, Privilege};
 use crate::phys::{PhysMap, Target};
 use crate::state::*;
-use crate::tlb::{need, FillRules, Tlb};
+use crate::tlb::{need, FillRules, Keys, Tlb};
 use crate::Env;
 
 /// Register encodings of 8-bit operands 16..19: AH, CH, DH, BH.
@@ -392,6 +392,7 @@ impl Exec<'_> {
             wp: self.cpu.cr0 & CR0_WP != 0,
             smep: self.cpu.cr4 & CR4_SMEP != 0,
             smap: self.cpu.cr4 & CR4_SMAP != 0,
+            keys: self.keys(),
         };
         match self.mem.lookup(gpa) {
             Target::Ram {
@@ -450,6 +451,20 @@ impl Exec<'_> {
                     intercepted,
                 }))
             }
+        }
+    }
+
+    /// The protection-key rights the TLB applies now (SDM vol 3 4.6.2): CR4.PKE and
+    /// CR4.PKS count only with 4-level paging active.
+    pub fn keys(&self) -> Keys {
+        let cpu = &*self.cpu;
+        let lma = cpu.long_mode_active();
+        Keys {
+            pke: lma && cpu.cr4 & CR4_PKE != 0,
+            pks: lma && cpu.cr4 & CR4_PKS != 0,
+            pkru: cpu.pkru,
+            pkrs: cpu.msr.pkrs as u32,
+            wp: cpu.cr0 & CR0_WP != 0,
         }
     }
 

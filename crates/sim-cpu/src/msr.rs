@@ -23,6 +23,8 @@ pub const MTRR_FIX_16K: u32 = 0x258;
 pub const MTRR_FIX_4K_FIRST: u32 = 0x268;
 pub const PAT: u32 = 0x277;
 pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+/// IA32_PKRS: the supervisor protection keys' rights (SDM vol 3 4.6.2, vol 4 2.1).
+pub const PKRS: u32 = 0x6e1;
 pub const EFER: u32 = 0xc000_0080;
 pub const STAR: u32 = 0xc000_0081;
 pub const LSTAR: u32 = 0xc000_0082;
@@ -105,6 +107,7 @@ pub fn read(cpu: &Cpu, msr: u32) -> Option<u64> {
         }
         PAT => cpu.msr.pat,
         MTRR_DEF_TYPE => cpu.msr.mtrr_def_type,
+        PKRS => cpu.msr.pkrs,
         EFER => cpu.efer,
         STAR => cpu.msr.star,
         LSTAR => cpu.msr.lstar,
@@ -206,6 +209,14 @@ pub fn write(x: &mut Exec, msr: u32, v: u64) -> Written {
                 return Written::Refused;
             }
             cpu.msr.mtrr_def_type = v;
+        }
+        // Bits 63:32 are reserved (SDM vol 3 4.6.2). Not serializing, and no TLB
+        // invalidation: the new rights rule the next access (`Tlb::rekey`).
+        PKRS if v >> 32 != 0 => return Written::Refused,
+        PKRS => {
+            cpu.msr.pkrs = v;
+            let keys = x.keys();
+            x.tlb.rekey(keys);
         }
         EFER => {
             // SCE, LME, LMA (read-only), NXE; changing LME with paging on is #GP(0).

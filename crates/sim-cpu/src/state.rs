@@ -112,6 +112,10 @@ pub const CR4_PCIDE: u64 = 1 << 17;
 pub const CR4_OSXSAVE: u64 = 1 << 18;
 pub const CR4_SMEP: u64 = 1 << 20;
 pub const CR4_SMAP: u64 = 1 << 21;
+/// Protection keys for user-mode pages (SDM vol 3 2.5, 4.6.2).
+pub const CR4_PKE: u64 = 1 << 22;
+/// Protection keys for supervisor-mode pages (SDM vol 3 2.5, 4.6.2).
+pub const CR4_PKS: u64 = 1 << 24;
 
 pub const EFER_SCE: u64 = 1;
 pub const EFER_LME: u64 = 1 << 8;
@@ -163,6 +167,9 @@ pub struct Msrs {
     pub sfmask: u64,
     pub kernel_gs_base: u64,
     pub tsc_aux: u64,
+    /// IA32_PKRS (0x6E1): AD and WD of each supervisor protection key, in PKRU's
+    /// layout; bits 63:32 reserved (SDM vol 3 4.6.2).
+    pub pkrs: u64,
     pub pat: u64,
     pub misc_enable: u64,
     pub mtrr_def_type: u64,
@@ -196,6 +203,10 @@ pub struct Cpu {
     pub cr8: u64,
     pub efer: u64,
     pub xcr0: u64,
+    /// PKRU: for key i, bit 2i access-disable (ADi) and bit 2i+1 write-disable (WDi),
+    /// which rule user-mode pages with that key while CR4.PKE is set (SDM vol 3 2.7,
+    /// 4.6.2). RESET clears it.
+    pub pkru: u32,
     pub dr: [u64; 8],
     pub xmm: [u128; 16],
     pub mxcsr: u32,
@@ -258,6 +269,7 @@ impl Cpu {
             cr8: 0,
             efer: 0,
             xcr0: 1,
+            pkru: 0,
             dr: [0, 0, 0, 0, 0xffff_0ff0, 0x400, 0xffff_0ff0, 0x400],
             xmm: [0; 16],
             mxcsr: 0x1f80,

@@ -10,8 +10,19 @@
 //! same rules, as the guest physical page an access there exits with: a device hammered
 //! through the same mapping is not walked again at every access (as a hardware TLB
 //! caches translations whatever memory type they lead to, SDM vol 3 4.10.2).
+//!
+//! Protection keys (SDM vol 3 4.6.2): a TLB entry holds a page's protection key, not
+//! the rights PKRU or IA32_PKRS give it (4.10.2.2), so WRPKRU and WRMSR of IA32_PKRS
+//! rule the very next access with no invalidation, and no entry here may keep a grant
+//! the new rights take away. An entry of a page whose key is in force (a user page
+//! with CR4.PKE, a supervisor page with CR4.PKS, in 4-level paging) keeps its key and
+//! the grants the page tables alone give; its grants are those minus what the key's
+//! rights deny, made at fill time and made again by [`Tlb::rekey`] on every change of
+//! the rights. The lookup is the one of every other entry: with CR4.PKE and CR4.PKS
+//! clear nothing anywhere costs more, and with them set a hit costs no more either;
+//! the rights' writes pay a pass over the entries, skipped while none has a key.
 
-use crate::paging::{Access, Translation};
+use crate::paging::{key_denies, Access, Translation, KEY_AD, KEY_WD};
 
 const ENTRIES: usize = 1024;
 
@@ -48,7 +59,17 @@ struct Entry {
     global: bool,
     /// For a device page (no host memory, `allow` 0): the accesses that exit to it.
     device: u8,
+    /// [`NO_KEY`], or the protection key in force on the page (bits 3:0) and
+    /// [`KEY_USER`] for a user page (PKRU's key) rather than a supervisor one (IA32_PKRS's).
+    key: u8,
+    /// With a key: `allow` (or `device`, for a device page) before the key's rights.
+    base: u8,
 }
+
+/// [`Entry::key`] of a page no protection key rules.
+const NO_KEY: u8 = 0xff;
+/// [`Entry::key`]: the key is a user page's, ruled by PKRU.
+const KEY_USER: u8 = 0x10;
 
 const EMPTY: Entry = Entry {
     tag: 0,
@@ -57,6 +78,8 @@ const EMPTY: Entry = Entry {
     allow: 0,
     global: false,
     device: 0,
+    key: NO_KEY,
+    base: 0,
 };
 
 /// The TLB of one processor.
@@ -67,6 +90,8 @@ pub struct Tlb {
     generation: u64,
     /// Bumped by every flush: a code-block link made under an older epoch may map stale.
     epoch: u64,
+    /// Some entry may have a protection key ([`Tlb::rekey`] has work).
+    keyed: bool,
 }
 
 // SAFETY: the host pointers point into guest RAM regions kept alive by the memory map
@@ -79,6 +104,7 @@ impl Default for Tlb {
             entries: Box::new([EMPTY; ENTRIES]),
             generation: u64::MAX,
             epoch: 0,
+            keyed: false,
         }
     }
 }
@@ -97,6 +123,60 @@ pub struct FillRules {
     pub wp: bool,
     pub smep: bool,
     pub smap: bool,
+    /// Protection keys in force for user pages (CR4.PKE in 4-level paging) with
+    /// PKRU's value, and for supervisor pages (CR4.PKS) with IA32_PKRS's.
+    pub keys: Keys,
+}
+
+/// The protection-key rights a fill or [`Tlb::rekey`] applies (SDM vol 3 4.6.2).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keys {
+    /// CR4.PKE with 4-level paging active.
+    pub pke: bool,
+    /// CR4.PKS with 4-level paging active.
+    pub pks: bool,
+    pub pkru: u32,
+    pub pkrs: u32,
+    /// CR0.WP: WDi denies supervisor writes only while it is set.
+    pub wp: bool,
+}
+
+impl Keys {
+    /// The [`Entry::key`] of a page: its key where `pke` or `pks` puts it in force.
+    #[inline]
+    fn entry_key(&self, t: &Translation) -> u8 {
+        if t.user && self.pke {
+            t.key | KEY_USER
+        } else if !t.user && self.pks {
+            t.key
+        } else {
+            NO_KEY
+        }
+    }
+
+    /// The grants key `key` (an [`Entry::key`] other than [`NO_KEY`]) takes away.
+    #[inline]
+    fn denied(&self, key: u8) -> u8 {
+        let rights = if key & KEY_USER != 0 {
+            self.pkru
+        } else {
+            self.pkrs
+        };
+        let rights = (rights >> (2 * u32::from(key & 15))) & 3;
+        let mut deny = 0;
+        if rights & KEY_AD != 0 {
+            deny |= USER_READ | USER_WRITE | SUP_READ | SUP_WRITE;
+        }
+        if rights & KEY_WD != 0 {
+            if key_denies(KEY_WD, Access::Write, true, self.wp) {
+                deny |= USER_WRITE;
+            }
+            if key_denies(KEY_WD, Access::Write, false, self.wp) {
+                deny |= SUP_WRITE;
+            }
+        }
+        deny
+    }
 }
 
 /// The accesses a walk's translation allows through a cached entry, each kind of privilege
@@ -167,14 +247,56 @@ impl Tlb {
     /// allows, writes only once the leaf is dirty (as for RAM).
     pub fn fill_device(&mut self, lin: u64, t: &Translation, rules: FillRules) {
         let page = lin >> 12;
+        let base = allowed(t, rules, t.dirty);
+        let key = self.key_of(t, &rules);
         self.entries[slot(page)] = Entry {
             tag: page + 1,
             host: std::ptr::null_mut(),
             gpa_page: t.gpa >> 12,
             allow: 0,
             global: t.global,
-            device: allowed(t, rules, t.dirty),
+            device: Self::keyed(base, key, &rules.keys),
+            key,
+            base,
         };
+    }
+
+    /// The [`Entry::key`] of a fill; notes that [`Tlb::rekey`] has work.
+    #[inline]
+    fn key_of(&mut self, t: &Translation, rules: &FillRules) -> u8 {
+        let key = rules.keys.entry_key(t);
+        self.keyed |= key != NO_KEY;
+        key
+    }
+
+    /// Grants `base` less what key `key`'s rights deny.
+    #[inline]
+    fn keyed(base: u8, key: u8, keys: &Keys) -> u8 {
+        if key == NO_KEY {
+            base
+        } else {
+            base & !keys.denied(key)
+        }
+    }
+
+    /// The protection-key rights changed (WRPKRU, WRMSR of IA32_PKRS: SDM vol 3 4.6.2):
+    /// every entry with a key takes its grants again from the page tables' and the new
+    /// rights. No translation changes, so the epoch stays.
+    pub fn rekey(&mut self, keys: Keys) {
+        if !self.keyed {
+            return;
+        }
+        for e in self.entries.iter_mut() {
+            if e.tag == 0 || e.key == NO_KEY {
+                continue;
+            }
+            let grants = Self::keyed(e.base, e.key, &keys);
+            if e.host.is_null() {
+                e.device = grants;
+            } else {
+                e.allow = grants;
+            }
+        }
     }
 
     /// Caches `lin`'s page: `host` is the page's first byte, `ram_writable` whether the
@@ -189,14 +311,17 @@ impl Tlb {
         rules: FillRules,
     ) {
         let page = lin >> 12;
-        let allow = allowed(t, rules, ram_writable && !code && t.dirty);
+        let base = allowed(t, rules, ram_writable && !code && t.dirty);
+        let key = self.key_of(t, &rules);
         self.entries[slot(page)] = Entry {
             tag: page + 1,
             host,
             gpa_page: t.gpa >> 12,
-            allow,
+            allow: Self::keyed(base, key, &rules.keys),
             global: t.global,
             device: 0,
+            key,
+            base,
         };
     }
 
@@ -210,6 +335,7 @@ impl Tlb {
     pub fn flush(&mut self) {
         self.entries.fill(EMPTY);
         self.epoch += 1;
+        self.keyed = false;
     }
 
     /// Forgets every entry but global ones (MOV CR3 with CR4.PGE, SDM vol 3 4.10.4.1).
@@ -239,6 +365,7 @@ impl Tlb {
         for e in self.entries.iter_mut() {
             if e.tag != 0 && e.gpa_page == gpa_page {
                 e.allow &= !(USER_WRITE | SUP_WRITE);
+                e.base &= !(USER_WRITE | SUP_WRITE);
             }
         }
     }

@@ -193,6 +193,7 @@ fn available(f: CpuidFeature) -> bool {
             | F::MOVBE
             | F::FSGSBASE
             | F::SMAP
+            | F::PKU
             | F::PAUSE
             | F::MULTIBYTENOP
             | F::CLFSH

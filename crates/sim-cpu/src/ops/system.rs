@@ -110,6 +110,8 @@ const CR4_SUPPORTED: u64 = CR4_PSE
     | CR4_FSGSBASE
     | CR4_SMEP
     | CR4_SMAP
+    | CR4_PKE
+    | CR4_PKS
     | CR4_MCE
     | CR4_OSFXSR
     | CR4_OSXMMEXCPT;
@@ -178,7 +180,7 @@ pub fn write_cr3(x: &mut Exec, v: u64) -> Result<(), Stop> {
 }
 
 pub fn write_cr4(x: &mut Exec, v: u64) -> Result<(), Stop> {
-    if v & !CR4_SUPPORTED != 0 {
+    if v & !CR4_SUPPORTED != 0 || !cr4_keys_enumerated(x, v) {
         return Err(x.gp(0));
     }
     let cpu = &*x.cpu;
@@ -198,11 +200,27 @@ pub fn write_cr4(x: &mut Exec, v: u64) -> Result<(), Stop> {
         x.cpu.update_lma();
         return Err(x.gp(0));
     }
-    if (old ^ v) & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP | CR4_SMAP) != 0 {
+    // The TLB's grants include the protection keys' (`crate::tlb`), in force by CR4.PKE
+    // and CR4.PKS.
+    if (old ^ v) & (CR4_PAE | CR4_PGE | CR4_PSE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PKS) != 0 {
         x.tlb.flush();
     }
     x.end_block = true;
     Ok(())
+}
+
+/// CR4.PKE and CR4.PKS are reserved bits, #GP(0) to set, where CPUID as the hypervisor
+/// answers it lacks CPUID.(EAX=07H,ECX=0):ECX.PKU [bit 3] or .PKS [bit 31] (SDM vol 3
+/// 2.5, 4.6.2; KVM's `kvm_is_valid_cr4` goes by the guest's CPUID the same way). Either
+/// may be set in any mode: it takes effect only with 4-level paging (4.6.2).
+fn cr4_keys_enumerated(x: &mut Exec, v: u64) -> bool {
+    if v & (CR4_PKE | CR4_PKS) == 0 {
+        return true;
+    }
+    let native = crate::cpuid::native(7, 0, x.env.apic_id(), x.cpu);
+    let [_, _, ecx, _] = x.env.cpuid(7, 0, native);
+    (v & CR4_PKE == 0 || ecx & crate::cpuid::bits::PKU != 0)
+        && (v & CR4_PKS == 0 || ecx & crate::cpuid::bits::PKS != 0)
 }
 
 fn mov_to_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
@@ -623,7 +641,7 @@ fn cpuid(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
     let leaf = x.cpu.gpr[0] as u32;
     let sub = x.cpu.gpr[1] as u32;
     let native = crate::cpuid::native(leaf, sub, x.env.apic_id(), x.cpu);
-    let [a, b, c, d] = crate::cpuid::with_state(leaf, x.cpu, x.env.cpuid(leaf, sub, native));
+    let [a, b, c, d] = crate::cpuid::with_state(leaf, sub, x.cpu, x.env.cpuid(leaf, sub, native));
     x.cpu.gpr[0] = a as u64;
     x.cpu.gpr[3] = b as u64;
     x.cpu.gpr[1] = c as u64;
@@ -728,6 +746,39 @@ fn x2apic_wrmsr(x: &mut Exec, m: u32, v: u64) -> Result<(), Stop> {
         X2apicWrite::Eoi(vector) => Err(x.exit_with(Exit::ApicEoi(vector))),
         X2apicWrite::Fault => Err(x.gp(0)),
     }
+}
+
+// ---- protection keys --------------------------------------------------------------
+
+/// RDPKRU (SDM vol 2 RDPKRU): #UD unless CR4.PKE; "IF (ECX = 0) THEN EAX := PKRU; EDX
+/// := 0; ELSE #GP(0)", the high halves of RCX ignored. Any CPL, any mode.
+fn rdpkru(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    if x.cpu.cr4 & CR4_PKE == 0 {
+        return Err(x.ud());
+    }
+    if x.cpu.gpr[1] as u32 != 0 {
+        return Err(x.gp(0));
+    }
+    let pkru = u64::from(x.cpu.pkru);
+    x.set_reg(0, 4, pkru);
+    x.set_reg(2, 4, 0);
+    Ok(())
+}
+
+/// WRPKRU (SDM vol 2 WRPKRU): #UD unless CR4.PKE; "IF (ECX = 0 AND EDX = 0) THEN PKRU
+/// := EAX; ELSE #GP(0)", the high halves of RAX, RCX and RDX ignored. The new rights
+/// rule the next access, with no TLB invalidation ([`crate::tlb::Tlb::rekey`]).
+fn wrpkru(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
+    if x.cpu.cr4 & CR4_PKE == 0 {
+        return Err(x.ud());
+    }
+    if x.cpu.gpr[1] as u32 != 0 || x.cpu.gpr[2] as u32 != 0 {
+        return Err(x.gp(0));
+    }
+    x.cpu.pkru = x.cpu.gpr[0] as u32;
+    let keys = x.keys();
+    x.tlb.rekey(keys);
+    Ok(())
 }
 
 fn rdtsc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
@@ -961,6 +1012,8 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
             rdtsc
         }
         M::Rdpmc => rdpmc,
+        M::Rdpkru => rdpkru,
+        M::Wrpkru => wrpkru,
         M::Invlpg => invlpg,
         M::Invd | M::Wbinvd => privileged_nop,
         M::Lgdt | M::Lidt => {
