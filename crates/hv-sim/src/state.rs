@@ -14,6 +14,11 @@ use std::sync::atomic::Ordering;
 
 /// Names of the processor's internal values.
 const FERR: &str = "cpu.ferr";
+/// PKRU (SDM vol 3 2.7): MSHV carries it in the XSAVE area (state component 9) and has
+/// no `hv_register_name` for it; the sim, without XSAVE, keeps it here.
+const PKRU: &str = "cpu.pkru";
+/// IA32_PKRS (SDM vol 3 4.6.2): no `hv_register_name` names it either.
+const PKRS: &str = "cpu.pkrs";
 const PDPTE: [&str; 4] = ["cpu.pdpte0", "cpu.pdpte1", "cpu.pdpte2", "cpu.pdpte3"];
 const TSC_OFFSET: &str = "cpu.tscOffset";
 /// IA32_MCG_STATUS (SDM vol 3 16.3.1.2): no architectural register carries it.
@@ -58,6 +63,8 @@ impl SimVcpu {
             .map(|&m| (m, state_msr(cpu, m).map_or(0, |v| *v)))
             .collect();
         let mut internal = vec![
+            (PKRU.to_string(), u64::from(cpu.pkru)),
+            (PKRS.to_string(), cpu.msr.pkrs),
             (FERR.to_string(), cpu.ferr as u64),
             (TSC_OFFSET.to_string(), self.tsc_offset as u64),
             (MCG_STATUS.to_string(), cpu.msr.mcg_status),
@@ -123,6 +130,18 @@ impl SimVcpu {
         let mut apic_values = Vec::new();
         for (name, v) in internal {
             match name.as_str() {
+                PKRU => {
+                    cpu.pkru = u32::try_from(*v).map_err(|_| {
+                        HvError::InvalidArgument(format!("{PKRU} {v:#x}: PKRU has 32 bits"))
+                    })?
+                }
+                // Bits 63:32 are reserved, as WRMSR has them (SDM vol 3 4.6.2).
+                PKRS if *v >> 32 != 0 => {
+                    return Err(HvError::InvalidArgument(format!(
+                        "{PKRS} {v:#x}: bits 63:32 of IA32_PKRS are reserved"
+                    )))
+                }
+                PKRS => cpu.msr.pkrs = *v,
                 FERR => cpu.ferr = *v != 0,
                 TSC_OFFSET => tsc_offset = *v as i64,
                 MCG_STATUS => cpu.msr.mcg_status = *v,

@@ -242,6 +242,9 @@ impl SimVcpu {
         cpu.fpu = old.fpu;
         cpu.xmm = old.xmm;
         cpu.mxcsr = old.mxcsr;
+        // PKRU is XSAVE-managed user state like them, which INIT leaves alone (KVM's
+        // kvm_vcpu_reset zeroes no such component on INIT); IA32_PKRS, an MSR, resets.
+        cpu.pkru = old.pkru;
         cpu.apic_base = old.apic_base;
         cpu.msr.mtrr_def_type = old.msr.mtrr_def_type;
         cpu.msr.mtrr_fixed = old.msr.mtrr_fixed;
