@@ -464,6 +464,55 @@ fn advertised_cases() -> Vec<Case> {
             ok(1),
         ),
         (
+            7,
+            2,
+            PKU,
+            "PKRU.AD of a user page's key denies a read that succeeded before (SDM 4.6.2)",
+            |a| {
+                // CR4.PKE; linear 4 GiB as a user page with key 1 over physical 0.
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 22).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.or(qword_ptr(0x10_0000), 4).unwrap();
+                a.mov(rax, 0x0800_0000_0000_0087u64).unwrap();
+                a.mov(qword_ptr(0x10_1020), rax).unwrap();
+                a.mov(rax, cr3).unwrap();
+                a.mov(cr3, rax).unwrap();
+                a.mov(rbx, (1u64 << 32) + DATA).unwrap();
+                a.mov(rax, qword_ptr(rbx)).unwrap();
+                a.mov(eax, 1 << 2).unwrap(); // AD of key 1
+                a.xor(ecx, ecx).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrpkru().unwrap();
+                a.mov(rax, qword_ptr(rbx)).unwrap();
+            },
+            Outcome::Vector(14),
+        ),
+        (
+            7,
+            2,
+            PKS,
+            "IA32_PKRS.AD of a supervisor page's key denies a read that succeeded before (SDM 4.6.2)",
+            |a| {
+                // CR4.PKS; linear 4 GiB as a supervisor page with key 1 over physical 0.
+                a.mov(rax, cr4).unwrap();
+                a.bts(eax, 24).unwrap();
+                a.mov(cr4, rax).unwrap();
+                a.mov(rax, 0x0800_0000_0000_0083u64).unwrap();
+                a.mov(qword_ptr(0x10_1020), rax).unwrap();
+                a.mov(rax, cr3).unwrap();
+                a.mov(cr3, rax).unwrap();
+                a.mov(rbx, (1u64 << 32) + DATA).unwrap();
+                a.mov(rax, qword_ptr(rbx)).unwrap();
+                a.mov(ecx, 0x6e1).unwrap(); // IA32_PKRS
+                a.mov(eax, 1 << 2).unwrap(); // AD of key 1
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+                a.mov(rax, qword_ptr(rbx)).unwrap();
+            },
+            Outcome::Vector(14),
+        ),
+        (
             0x8000_0001,
             2,
             LAHF_LM,
@@ -596,8 +645,8 @@ fn every_advertised_feature_works() {
 }
 
 /// Every bit CPUID sets is covered by a case above (or is informational: the
-/// hypervisor-present bit, OSXSAVE's mirror of CR4, PSE-36's wider 4 MiB pages,
-/// which tests/guests/paging32.asm's 4 MiB pages run through).
+/// hypervisor-present bit, OSXSAVE's and OSPKE's mirrors of CR4, PSE-36's wider 4 MiB
+/// pages, which tests/guests/paging32.asm's 4 MiB pages run through).
 #[test]
 fn no_advertised_feature_goes_untested() {
     let covered: Vec<(u32, usize, u32)> =
@@ -605,6 +654,7 @@ fn no_advertised_feature_goes_untested() {
     let informational = [
         (1, 2, bits::HYPERVISOR),
         (1, 2, bits::OSXSAVE),
+        (7, 2, bits::OSPKE),
         (1, 3, bits::PSE36),
     ];
     for leaf in [1u32, 7, 0x8000_0001] {
