@@ -1,6 +1,7 @@
 /**
  * Debian 12's packaged kernel with a busybox initramfs boots on the sim to a marker
- * its /init prints, and powers off through ACPI (S5), on 1 and 2 vCPUs; a
+ * its /init prints, and powers off through ACPI (S5), on 1 and 2 vCPUs (4 in x2APIC
+ * mode with KVM's CPUID signature); a
  * deterministic boot repeats exactly. The kernel and busybox come from Debian's
  * archive (`fetchDebianLinux`, cached outside the repository); where they
  * cannot be fetched the tests skip saying so, and under CI that is a failure.
@@ -117,6 +118,39 @@ boot("with VMware's CPUID signature the kernel finds the platform and takes the 
   } finally {
     m.vm.close()
   }
+})
+
+/**
+ * KVM's CPUID signature (0x40000000 "KVMKVMKVM", no features at 0x40000001) is how a
+ * Linux guest learns it may use x2APIC without interrupt remapping (6.1's
+ * `try_to_enable_x2apic`: `x86_init.hyper.x2apic_available` is `kvm_para_available`);
+ * the sim's CPUID has x2APIC, so 4 vCPUs boot in x2APIC mode, physical destinations:
+ * the MSR interface, 32-bit ICR destinations and the I/O APIC's routing to x2APIC IDs
+ * (SDM vol 3 11.12) under a real kernel. Without the signature Linux keeps xAPIC mode
+ * ("x2apic: IRQ remapping doesn't support X2APIC mode"), as the boots above do.
+ */
+boot('with a KVM CPUID signature the kernel enters x2APIC mode and boots 4 vCPUs to the marker', async (t) => {
+  if (typeof linux === 'string') return t.fail(linux)
+  let out = ''
+  const report = await bootLinux({
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: INIT }),
+    cmdline: CMDLINE,
+    vcpus: 4,
+    backend: 'sim',
+    cpuid: [
+      { leaf: 0x4000_0000, eax: 0x4000_0001, ebx: 0x4b4d_564b, ecx: 0x564b_4d56, edx: 0x4d }, // "KVMKVMKVM\0\0\0"
+      { leaf: 0x4000_0001, eax: 0, ebx: 0, ecx: 0, edx: 0 },
+    ],
+    serial: { onByte: (b) => (out += String.fromCharCode(b)) },
+    timeoutMs: 120_000,
+  })
+  t.deepEqual(report.result, { reason: 'poweroff', vcpu: 0 }, out.slice(-2000))
+  t.true(out.includes(MARKER), 'the marker reached the serial console')
+  t.regex(out, /x2apic enabled/)
+  t.regex(out, /Switched APIC routing to physical x2apic/)
+  t.regex(out, /smp: Brought up 1 node, 4 CPUs/)
+  t.log(`${report.seconds.toFixed(2)} s, ${report.exits} exits, ${(report.instructions / 1e6).toFixed(0)} M instructions`)
 })
 
 boot('the REPL session boots a kernel: step at the PVH entry, then run() to poweroff with the console in its output', async (t) => {
