@@ -700,6 +700,12 @@ impl VcpuBackend for SimVcpu {
             }
             self.apic.events.store(s.events(), Ordering::Release);
         }
+        let (old_base, new_base) = (self.processor.cpu.apic_base, scratch.apic_base);
+        if new_base != old_base {
+            // The VMM's write is the architectural one (a guest's WRMSR): the APIC's
+            // mode (x2APIC, the IPI destinations it matches) and ID follow it.
+            self.apic.set_base(old_base, new_base);
+        }
         self.counters.set_registers += 1;
         self.counters.registers_written += ids.len() as u64;
         self.processor.cpu = scratch;

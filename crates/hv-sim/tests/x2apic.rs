@@ -293,3 +293,32 @@ fn cpuid_leaf_0bh_gives_the_x2apic_id() {
     assert_eq!(leaf_b(1, ecx), Outcome::Result(0x201), "level 1: core");
     assert_eq!(leaf_b(2, ecx), Outcome::Result(0x002), "level 2: invalid");
 }
+
+/// A VMM's write of HV_X64_REGISTER_APIC_BASE is the architectural one: setting EXTD
+/// there puts the APIC in x2APIC mode as a guest's WRMSR would (SDM vol 3 11.12.5), so
+/// interrupts are matched in that mode: an I/O APIC's or MSI's logical destination 1
+/// reaches cluster 0's logical ID bit 0, APIC ID 0 (11.12.10.2), where in xAPIC mode
+/// the LDR is software's and still 0.
+#[test]
+fn sdm_11_12_5_a_vmm_write_of_apic_base_with_extd_enters_x2apic_mode() {
+    let mut g = guest();
+    let base = g.get(hv_register_name_HV_X64_REGISTER_APIC_BASE);
+    assert_eq!(base & EXTD as u64, 0, "xAPIC mode at RESET");
+    let request = hv_core::InterruptRequest {
+        kind: hv_core::InterruptKind::Fixed,
+        vector: 0x40,
+        destination: 1,
+        logical: true,
+        level: false,
+    };
+    let interrupts = g.vm.interrupts();
+    assert!(
+        interrupts.request(&request).is_err(),
+        "xAPIC: no LDR holds bit 0 yet"
+    );
+    g.set(
+        hv_register_name_HV_X64_REGISTER_APIC_BASE,
+        base | (EN | EXTD) as u64,
+    );
+    interrupts.request(&request).unwrap();
+}
