@@ -392,7 +392,6 @@ impl Exec<'_> {
             wp: self.cpu.cr0 & CR0_WP != 0,
             smep: self.cpu.cr4 & CR4_SMEP != 0,
             smap: self.cpu.cr4 & CR4_SMAP != 0,
-            keys: self.keys(),
         };
         match self.mem.lookup(gpa) {
             Target::Ram {
@@ -434,6 +433,7 @@ impl Exec<'_> {
                     let fill_writable =
                         writable && (self.mem.dirty.is_none() || access == Access::Write);
                     self.tlb.fill(lin, &t, start, fill_writable, code, rules);
+                    self.key_filled(lin, &t);
                 }
                 Ok((host, (0x1000 - off).min(left as usize)))
             }
@@ -443,6 +443,7 @@ impl Exec<'_> {
                 // in it gives each byte its own answer.
                 if !intercepted && self.mem.page_is_unmapped(gpa & !0xfff) {
                     self.tlb.fill_device(lin, &t, rules);
+                    self.key_filled(lin, &t);
                 }
                 Err(self.exit_with(Exit::Mmio {
                     gpa,
@@ -454,14 +455,26 @@ impl Exec<'_> {
         }
     }
 
-    /// The protection-key rights the TLB applies now (SDM vol 3 4.6.2): CR4.PKE and
-    /// CR4.PKS count only with 4-level paging active.
+    /// The TLB entry just filled for `lin` takes the page's protection key, where one is
+    /// in force (SDM vol 3 4.6.2, [`Tlb::key_filled`]); with none, this is one test.
+    #[inline(always)]
+    fn key_filled(&mut self, lin: u64, t: &paging::Translation) {
+        if t.key != paging::NO_KEY {
+            self.key_filled_slow(lin, t);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn key_filled_slow(&mut self, lin: u64, t: &paging::Translation) {
+        let keys = self.keys();
+        self.tlb.key_filled(lin, t, keys);
+    }
+
+    /// The protection-key rights the TLB applies now (SDM vol 3 4.6.2).
     pub fn keys(&self) -> Keys {
         let cpu = &*self.cpu;
-        let lma = cpu.long_mode_active();
         Keys {
-            pke: lma && cpu.cr4 & CR4_PKE != 0,
-            pks: lma && cpu.cr4 & CR4_PKS != 0,
             pkru: cpu.pkru,
             pkrs: cpu.msr.pkrs as u32,
             wp: cpu.cr0 & CR0_WP != 0,

@@ -75,10 +75,17 @@ pub struct Translation {
     /// The leaf's dirty bit is set (a write through a cached entry needs no walk).
     pub dirty: bool,
     pub global: bool,
-    /// The protection key, bits 62:59 of the entry that maps the page, in 4-level
-    /// paging (SDM vol 3 4.5, Table 4-19/4-20); 0 in the other modes, which have none.
+    /// The protection key in force on the page ([`NO_KEY`] where none is): bits 62:59
+    /// of the entry that maps it (SDM vol 3 4.5) in bits 3:0, and [`KEY_USER`] for a
+    /// user page (ruled by PKRU, with CR4.PKE) rather than a supervisor one (IA32_PKRS,
+    /// with CR4.PKS), in 4-level paging only (4.6.2).
     pub key: u8,
 }
+
+/// [`Translation::key`]: no protection key rules the page.
+pub const NO_KEY: u8 = 0xff;
+/// [`Translation::key`]: the key is a user page's, ruled by PKRU.
+pub const KEY_USER: u8 = 0x10;
 
 /// The protection-key rights that rule a page, AD in bit 0 and WD in bit 1 (SDM vol 3
 /// 4.6.2): key `key`'s pair of PKRU for a user-mode page (U/S set at every level) with
@@ -171,7 +178,7 @@ pub fn walk(
             no_exec: false,
             dirty: true,
             global: false,
-            key: 0,
+            key: NO_KEY,
         });
     }
     let user_access = who == Privilege::User;
@@ -311,15 +318,12 @@ pub fn walk(
     // whose key's rights deny them fault with PK set, whether or not the other rights
     // deny them too (4.7: PK is 1 when the key's rights deny the access; as hardware
     // reports it, which Xen found experimentally and KVM's permission_fault computes).
-    let key = if m == Mode::Level4 {
-        ((leaf_entry >> 59) & 15) as u8
+    // With CR4.PKE and CR4.PKS clear one test passes over it all.
+    let (key, keyed) = if cpu.cr4 & (CR4_PKE | CR4_PKS) != 0 {
+        key_check(cpu, leaf_entry, user, access, who)
     } else {
-        0
+        (NO_KEY, false)
     };
-    let keyed = m == Mode::Level4
-        && access != Access::Execute
-        && cpu.cr4 & (CR4_PKE | CR4_PKS) != 0
-        && key_denies(key_rights(cpu, user, key), access, user_access, wp);
     if !allowed || keyed {
         return Err(code(PF_P | if keyed { PF_PK } else { 0 }));
     }
@@ -348,6 +352,28 @@ pub fn walk(
         global: leaf_entry & G != 0 && cpu.cr4 & CR4_PGE != 0,
         key,
     })
+}
+
+/// The [`Translation::key`] of a page whose leaf entry is `leaf` (a user page: `user`),
+/// and whether that key denies `access` by `who` ([`key_rights`], [`key_denies`]).
+/// The key is bits 62:59 of the leaf in 4-level paging: a key in force needs EFER.LMA
+/// (PAE entries have those bits reserved, 32-bit ones have none). Out of line, so the
+/// walk of a processor with CR4.PKE and CR4.PKS clear carries none of it.
+#[cold]
+#[inline(never)]
+fn key_check(cpu: &Cpu, leaf: u64, user: bool, access: Access, who: Privilege) -> (u8, bool) {
+    let in_force = cpu.long_mode_active() && cpu.cr4 & if user { CR4_PKE } else { CR4_PKS } != 0;
+    if !in_force {
+        return (NO_KEY, false);
+    }
+    let key = ((leaf >> 59) & 15) as u8;
+    let denied = key_denies(
+        key_rights(cpu, user, key),
+        access,
+        who == Privilege::User,
+        cpu.cr0 & CR0_WP != 0,
+    );
+    (if user { key | KEY_USER } else { key }, denied)
 }
 
 fn write_entry(mem: &PhysMap, at: u64, v: u64, wide: bool) -> bool {

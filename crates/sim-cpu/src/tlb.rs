@@ -17,12 +17,14 @@
 //! the new rights take away. An entry of a page whose key is in force (a user page
 //! with CR4.PKE, a supervisor page with CR4.PKS, in 4-level paging) keeps its key and
 //! the grants the page tables alone give; its grants are those minus what the key's
-//! rights deny, made at fill time and made again by [`Tlb::rekey`] on every change of
-//! the rights. The lookup is the one of every other entry: with CR4.PKE and CR4.PKS
-//! clear nothing anywhere costs more, and with them set a hit costs no more either;
-//! the rights' writes pay a pass over the entries, skipped while none has a key.
+//! rights deny, made after the fill ([`Tlb::key_filled`]) and made again by
+//! [`Tlb::rekey`] on every change of the rights. The lookup is the one of every other
+//! entry, so a hit costs the same with CR4.PKE and CR4.PKS clear or set; with them
+//! clear a miss pays one test of CR4 in the walk and one of the walk's key after the
+//! fill (the fills themselves know nothing of keys); the rights' writes pay a pass
+//! over the entries, skipped while none has a key.
 
-use crate::paging::{key_denies, Access, Translation, KEY_AD, KEY_WD};
+use crate::paging::{key_denies, Access, Translation, KEY_AD, KEY_USER, KEY_WD, NO_KEY};
 
 const ENTRIES: usize = 1024;
 
@@ -59,17 +61,11 @@ struct Entry {
     global: bool,
     /// For a device page (no host memory, `allow` 0): the accesses that exit to it.
     device: u8,
-    /// [`NO_KEY`], or the protection key in force on the page (bits 3:0) and
-    /// [`KEY_USER`] for a user page (PKRU's key) rather than a supervisor one (IA32_PKRS's).
+    /// The protection key in force on the page, as [`Translation::key`] has it.
     key: u8,
     /// With a key: `allow` (or `device`, for a device page) before the key's rights.
     base: u8,
 }
-
-/// [`Entry::key`] of a page no protection key rules.
-const NO_KEY: u8 = 0xff;
-/// [`Entry::key`]: the key is a user page's, ruled by PKRU.
-const KEY_USER: u8 = 0x10;
 
 const EMPTY: Entry = Entry {
     tag: 0,
@@ -123,18 +119,13 @@ pub struct FillRules {
     pub wp: bool,
     pub smep: bool,
     pub smap: bool,
-    /// Protection keys in force for user pages (CR4.PKE in 4-level paging) with
-    /// PKRU's value, and for supervisor pages (CR4.PKS) with IA32_PKRS's.
-    pub keys: Keys,
 }
 
-/// The protection-key rights a fill or [`Tlb::rekey`] applies (SDM vol 3 4.6.2).
-#[derive(Debug, Clone, Copy, Default)]
+/// The protection-key rights [`Tlb::key_filled`] and [`Tlb::rekey`] apply (SDM vol 3
+/// 4.6.2): PKRU for user pages' keys, IA32_PKRS for supervisor pages' (whether a key is
+/// in force at all, by CR4.PKE and CR4.PKS, the walk decided: [`Translation::key`]).
+#[derive(Debug, Clone, Copy)]
 pub struct Keys {
-    /// CR4.PKE with 4-level paging active.
-    pub pke: bool,
-    /// CR4.PKS with 4-level paging active.
-    pub pks: bool,
     pub pkru: u32,
     pub pkrs: u32,
     /// CR0.WP: WDi denies supervisor writes only while it is set.
@@ -142,18 +133,6 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The [`Entry::key`] of a page: its key where `pke` or `pks` puts it in force.
-    #[inline]
-    fn entry_key(&self, t: &Translation) -> u8 {
-        if t.user && self.pke {
-            t.key | KEY_USER
-        } else if !t.user && self.pks {
-            t.key
-        } else {
-            NO_KEY
-        }
-    }
-
     /// The grants key `key` (an [`Entry::key`] other than [`NO_KEY`]) takes away.
     #[inline]
     fn denied(&self, key: u8) -> u8 {
@@ -247,26 +226,38 @@ impl Tlb {
     /// allows, writes only once the leaf is dirty (as for RAM).
     pub fn fill_device(&mut self, lin: u64, t: &Translation, rules: FillRules) {
         let page = lin >> 12;
-        let base = allowed(t, rules, t.dirty);
-        let key = self.key_of(t, &rules);
         self.entries[slot(page)] = Entry {
             tag: page + 1,
             host: std::ptr::null_mut(),
             gpa_page: t.gpa >> 12,
             allow: 0,
             global: t.global,
-            device: Self::keyed(base, key, &rules.keys),
-            key,
-            base,
+            device: allowed(t, rules, t.dirty),
+            key: NO_KEY,
+            base: 0,
         };
     }
 
-    /// The [`Entry::key`] of a fill; notes that [`Tlb::rekey`] has work.
-    #[inline]
-    fn key_of(&mut self, t: &Translation, rules: &FillRules) -> u8 {
-        let key = rules.keys.entry_key(t);
-        self.keyed |= key != NO_KEY;
-        key
+    /// Puts the protection key in force on the page `lin`'s entry was just filled for
+    /// (`t.key`, not [`NO_KEY`]) in the entry: it keeps its key and its grants, and
+    /// takes away what the key's rights deny. The fills themselves know nothing of
+    /// keys: the caller comes here only for a translation with a key in force.
+    pub fn key_filled(&mut self, lin: u64, t: &Translation, keys: Keys) {
+        let key = t.key;
+        let page = lin >> 12;
+        let e = &mut self.entries[slot(page)];
+        if key == NO_KEY || e.tag != page + 1 {
+            return;
+        }
+        e.key = key;
+        let grants = if e.host.is_null() {
+            &mut e.device
+        } else {
+            &mut e.allow
+        };
+        e.base = *grants;
+        *grants = Self::keyed(e.base, key, &keys);
+        self.keyed = true;
     }
 
     /// Grants `base` less what key `key`'s rights deny.
@@ -311,17 +302,15 @@ impl Tlb {
         rules: FillRules,
     ) {
         let page = lin >> 12;
-        let base = allowed(t, rules, ram_writable && !code && t.dirty);
-        let key = self.key_of(t, &rules);
         self.entries[slot(page)] = Entry {
             tag: page + 1,
             host,
             gpa_page: t.gpa >> 12,
-            allow: Self::keyed(base, key, &rules.keys),
+            allow: allowed(t, rules, ram_writable && !code && t.dirty),
             global: t.global,
             device: 0,
-            key,
-            base,
+            key: NO_KEY,
+            base: 0,
         };
     }
 

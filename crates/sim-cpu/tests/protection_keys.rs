@@ -35,6 +35,8 @@ const SUP_K1: u64 = 0x4000_1000;
 const USER_RO_K2: u64 = 0x4000_2000;
 /// A user page with key 1 holding code: INT 0x20 (0x18_3000).
 const USER_CODE_K1: u64 = 0x4000_3000;
+/// A user page with key 1 over a device (GPA 0x3000_0000, beyond RAM): accesses exit.
+const DEVICE_K1: u64 = 0x4000_4000;
 /// A 2 MiB user page with key 3 in its PDE, over physical 0.
 const LARGE_K3: u64 = 0x4020_0000;
 
@@ -170,6 +172,7 @@ impl Machine {
         w(0x10_3008, &qword(pte(0x18_1000, P | RW, 1)));
         w(0x10_3010, &qword(pte(0x18_2000, P | US, 2)));
         w(0x10_3018, &qword(pte(0x18_3000, P | RW | US, 1)));
+        w(0x10_3020, &qword(pte(0x3000_0000, P | RW | US, 1)));
         w(0x18_3000, &[0xcd, 0x20]);
         // The LDT on USER_K1: a ring-0 data segment at selector 4.
         w(0x18_0000, &qword(0x00cf_9300_0000_ffff));
@@ -543,6 +546,29 @@ fn sdm_4_10_2_2_wrpkru_rules_the_next_access_with_no_tlb_invalidation() {
     );
     assert_eq!(m.dword(0x18_0000), 2);
     assert_eq!(m.cpu.cpu.gpr[0], 2);
+}
+
+/// SDM vol 3 4.6.2, 4.10.2.2: a device page's translation is cached as RAM's is (the
+/// access exits to the VMM with its GPA), and it keeps its key too: after WRPKRU sets
+/// the key's AD the next access is a #PF with PK, not an exit.
+#[test]
+fn sdm_4_10_2_2_a_cached_device_page_keeps_its_key() {
+    let mut m = Machine::new(3, CR0_WP, CR4_PKE, |a| {
+        read(a, DEVICE_K1);
+        wrpkru(a, ad(1));
+        read(a, DEVICE_K1);
+    });
+    match m.cpu.run(&m.mem, &mut m.env, 100, &mut || false) {
+        RunEnd::Exit(Exit::Mmio {
+            gpa: 0x3000_0000,
+            access: Access::Read,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The VMM completes the read.
+    m.cpu.cpu.rip += u64::from(m.cpu.exit_instruction.len);
+    assert_eq!(m.run(), pf(PF_P | PF_U | PF_PK, DEVICE_K1));
 }
 
 /// SDM vol 3 4.6.2: with CR4.PKS, IA32_PKRS rules supervisor-mode pages as PKRU rules
