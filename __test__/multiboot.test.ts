@@ -261,9 +261,8 @@ test('mshv boot --kernel takes a multiboot kernel as QEMU -kernel does: its cons
   }
 })
 
-test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup): the 8254 ticks at 18.2 Hz on IRQ 0, the 8259 maps it to vector 8', async (t) => {
-  // A 32-bit IDT whose vector 8 reports the tick; sti; hlt.
-  const source = `bits 32
+/** 32-bit code that sets a stack and an IDT whose vector 8 (the BIOS's IRQ 0) is the label `tick`. */
+const WITH_TICK_HANDLER = `bits 32
     mov esp, 0x2f0000
     mov eax, tick
     mov [0x300040], ax
@@ -273,7 +272,11 @@ test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup
     mov [0x300046], ax
     mov word [0x2ff000], 2047
     mov dword [0x2ff002], 0x300000
-    lidt [0x2ff000]
+    lidt [0x2ff000]`
+
+test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup): the 8254 ticks at 18.2 Hz on IRQ 0, the 8259 maps it to vector 8', async (t) => {
+  // A 32-bit IDT whose vector 8 reports the tick; sti; hlt.
+  const source = `${WITH_TICK_HANDLER}
     sti
     hlt
     mov eax, 1
@@ -305,17 +308,7 @@ test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup
 
 test("vm.run({ idle: 'sleep' }) on the deterministic clock: an idle guest's time passes on the host's clock (QEMU's -icount sleep=on), its exits those of a leaping run", async (t) => {
   // Ten ticks of the BIOS's 18.2 Hz timer, each awaited in HLT: 549 ms of guest time.
-  const source = `bits 32
-    mov esp, 0x2f0000
-    mov eax, tick
-    mov [0x300040], ax
-    mov word [0x300042], 0x08
-    mov word [0x300044], 0x8e00
-    shr eax, 16
-    mov [0x300046], ax
-    mov word [0x2ff000], 2047
-    mov dword [0x2ff002], 0x300000
-    lidt [0x2ff000]
+  const source = `${WITH_TICK_HANDLER}
     mov ecx, 10
   wait:
     sti

@@ -7,16 +7,14 @@
  */
 import { forkLinux, snapshotLinux } from './linux-snapshot.js'
 import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
-import { createVm, Vm, type VmOptions } from '../vm.js'
+import { createVm, Vm } from '../vm.js'
 import type { RunResult, Vcpu } from '../vcpu.js'
 import { identityMap4G, segment } from '../guest.js'
-import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB } from './pc-machine.js'
+import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB, type PcMachineOptions } from './pc-machine.js'
 import { MshvError, describe, hex } from '../errors.js'
 import type { PcPlatform } from '../platform/pc.js'
 import type { AcpiPm } from '../devices/acpi-pm.js'
-import type { SerialOptions } from '../devices/serial.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
-import type { SyncPolicy } from '../registers.js'
 import { buildAcpiTables, ACPI_BASE } from './acpi.js'
 import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
 import { simClocks } from '../layout.js'
@@ -50,7 +48,7 @@ export interface DiskOptions {
 }
 
 /** Options for {@link prepareLinux} and {@link bootLinux}. */
-export interface LinuxOptions {
+export interface LinuxOptions extends PcMachineOptions {
   /** The kernel: a bzImage or an ELF vmlinux with a PVH entry (bytes, or a file path). */
   kernel: Uint8Array | string
   /** The initramfs (bytes, or a file path). */
@@ -61,18 +59,6 @@ export interface LinuxOptions {
   memory?: number
   /** vCPUs (default 1). */
   vcpus?: number
-  /** `'auto'` (default), `'mshv'` or `'sim'`. */
-  backend?: VmOptions['backend']
-  /** The register sync policy (default `'page'`). */
-  policy?: SyncPolicy
-  /** The sim's clock (default deterministic). */
-  clock?: VmOptions['clock']
-  /** CPUID answers (e.g. a hypervisor signature at 0x40000000). */
-  cpuid?: VmOptions['cpuid']
-  /** COM1, the console: `onByte` receives what the kernel prints. */
-  serial?: Omit<SerialOptions, 'irq'>
-  /** The RTC's start (default: the host's time). */
-  rtcStart?: Date
   /**
    * Present the machine as VMware's: CPUID leaf 0x40000000 says `VMwareVMware` (max
    * leaf 0x40000000, so the kernel talks port I/O), and the backdoor at port 0x5658

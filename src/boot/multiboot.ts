@@ -9,17 +9,15 @@
  * them; the PC platform as for Linux.
  * @module
  */
-import { createVm, type Vm, type VmOptions } from '../vm.js'
-import type { SerialOptions } from '../devices/serial.js'
+import { createVm, type Vm } from '../vm.js'
 import type { AcpiPm } from '../devices/acpi-pm.js'
 import type { PcPlatform } from '../platform/pc.js'
 import type { PciHost } from '../pci/host.js'
-import type { SyncPolicy } from '../registers.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { buildAcpiTables, ACPI_BASE } from './acpi.js'
 import { leaveAsBios } from './bios-state.js'
-import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB } from './pc-machine.js'
+import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB, type PcMachineOptions } from './pc-machine.js'
 
 /** The header's magic (spec 3.1.2) and the magic EAX holds at entry (3.2). */
 export const MULTIBOOT_HEADER_MAGIC = 0x1bad_b002
@@ -54,7 +52,7 @@ export interface MultibootModule {
 }
 
 /** Options for {@link prepareMultiboot}. */
-export interface MultibootOptions {
+export interface MultibootOptions extends PcMachineOptions {
   /** The kernel: a multiboot ELF (32- or 64-bit) or an image with the header's load addresses (bytes, or a file path). */
   kernel: Uint8Array | string
   /**
@@ -70,18 +68,6 @@ export interface MultibootOptions {
   memory?: number
   /** vCPUs (default 1): the APs wait for the guest's INIT/SIPI, as on a PC. */
   vcpus?: number
-  /** `'auto'` (default), `'mshv'` or `'sim'`. */
-  backend?: VmOptions['backend']
-  /** The register sync policy (default `'page'`). */
-  policy?: SyncPolicy
-  /** The sim's clock (default deterministic). */
-  clock?: VmOptions['clock']
-  /** CPUID answers. */
-  cpuid?: VmOptions['cpuid']
-  /** COM1: `onByte` receives what the kernel prints. */
-  serial?: Omit<SerialOptions, 'irq'>
-  /** The RTC's start (default: the host's time). */
-  rtcStart?: Date
   /**
    * Leave the PC as a BIOS does before its boot loader runs (default true): the real-mode
    * interrupt vector table, the 8259s initialized (vectors 0x08 and 0x70, the timer

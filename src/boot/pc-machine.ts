@@ -7,13 +7,31 @@
  * @module
  */
 import { readFileSync } from 'node:fs'
-import type { Vm } from '../vm.js'
+import type { Vm, VmOptions } from '../vm.js'
+import type { SyncPolicy } from '../registers.js'
+import type { SerialOptions } from '../devices/serial.js'
 import type { Vcpu } from '../vcpu.js'
 import { segment } from '../guest.js'
 import { MshvError, describe } from '../errors.js'
 import { addPcPlatform, type PcPlatform, type PcPlatformOptions } from '../platform/pc.js'
 import { AcpiPm, PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT } from '../devices/acpi-pm.js'
 import { PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../pci/host.js'
+
+/** What every loader's machine takes beside its kernel: the VM and the PC's console and clock. */
+export interface PcMachineOptions {
+  /** `'auto'` (default), `'mshv'` or `'sim'`. */
+  backend?: VmOptions['backend']
+  /** The register sync policy (default `'page'`). */
+  policy?: SyncPolicy
+  /** The sim's clock (default deterministic). */
+  clock?: VmOptions['clock']
+  /** CPUID answers (e.g. a hypervisor signature at 0x40000000). */
+  cpuid?: VmOptions['cpuid']
+  /** COM1, the console: `onByte` receives what the kernel prints. */
+  serial?: Omit<SerialOptions, 'irq'>
+  /** The RTC's start (default: the host's time). */
+  rtcStart?: Date
+}
 
 /** A mebibyte. */
 export const MIB = 1 << 20
