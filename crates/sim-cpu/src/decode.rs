@@ -238,3 +238,15 @@ pub fn ea(x: &Exec, op: &Op) -> u64 {
     }
     a & crate::flags::mask(op.asize as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Op` is copied into every block and read on every instruction: its size is part
+    /// of the interpreter's speed. A change to it should be deliberate.
+    #[test]
+    fn op_keeps_its_size() {
+        assert_eq!(std::mem::size_of::<Op>(), 112);
+    }
+}
