@@ -109,7 +109,7 @@ test('the README MMIO device example runs as printed', (t) => {
 test('the README Snapshots example runs as printed', (t) => {
   const out = withReadmeBlock('## Snapshots', 'snapshots.mts', (b) => b, run)
   if (out === undefined) return t.fail('no ts block in the Snapshots section')
-  t.is(out, "{ bytes: 12824, pagesWritten: 1, pages: 256 }\n1 { reason: 'halt' } 3\n")
+  t.is(out, "{ bytes: 12885, pagesWritten: 1, pages: 256 }\n1 { reason: 'halt' } 3\n")
   return undefined
 })
 

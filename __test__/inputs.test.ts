@@ -185,15 +185,15 @@ test('mov [mmio], ss stores the selector; an unsupported MMIO instruction names 
   vm.addRam(0, 1 << 20)
   const bank = new RegisterBank(2)
   vm.bus.registerMmio(0xc000_0000n, bank.size, bank, 'bank')
-  // mov [rbx], ss; mov ss, [rbx]
-  vm.write(0x10000, [0x8c, 0x13, 0x8e, 0x13, 0xf4])
+  // mov [rbx], ss; lgdt [rbx] (a descriptor-table load from device memory is refused)
+  vm.write(0x10000, [0x8c, 0x13, 0x0f, 0x01, 0x13, 0xf4])
   const vcpu = vm.createVcpu(0)
   enterLongMode(vcpu, vm, 0x10000)
   vcpu.regs.set('rbx', 0xc000_0000n)
   const e = t.throws(() => vcpu.run(), { instanceOf: MshvError })
   t.is(bank.get(0), 0x10n, 'the SS selector enterLongMode loaded')
   t.is(e?.code, 'EUNSUPPORTED_INSTRUCTION')
-  t.regex(e?.message ?? '', /'mov ss,\[rbx\]' at rip 0x10002 \(GPA 0xc0000000\)/)
+  t.regex(e?.message ?? '', /'lgdt \[rbx\]' at rip 0x10002 \(GPA 0xc0000000\)/)
   vm.close()
 })
 

@@ -111,3 +111,14 @@ export const EXPECTED: Readonly<Record<string, Expected>> = {
 export const NOT_RUN: Readonly<Record<string, string>> = {
   s3: 'suspends to RAM (SLP_TYP 1) and waits for the RTC alarm to resume it at the FACS waking vector: the sim\'s ACPI has S5 (poweroff) only, so the guest spins for ever after asking. QEMU TCG: FAIL too',
 }
+
+/**
+ * Seconds a test may take on the sim where the suite's own limit (90 s unless
+ * unittests.cfg says) is too short. access_test walks every combination of page-table
+ * bits, with the protection-key ones now that CPUID has PKU: 19,169,286 checks, about
+ * two minutes on an idle machine (QEMU TCG times out at 90 s).
+ */
+export const TIME_LIMITS: Readonly<Record<string, number>> = {
+  access: 600,
+  'access-reduced-maxphyaddr': 600,
+}

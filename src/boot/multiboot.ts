@@ -16,6 +16,7 @@ import type { PciHost } from '../pci/host.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { buildAcpiTables, ACPI_BASE } from './acpi.js'
+import { checkBytes, checkString } from '../check.js'
 import { leaveAsBios } from './bios-state.js'
 import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB, type PcMachineOptions } from './pc-machine.js'
 
@@ -132,7 +133,7 @@ function findHeader(dv: DataView): number | undefined {
 
 /** Whether `bytes` carry a multiboot header (magic and checksum in the first 8 KiB, 4-byte aligned). */
 export function isMultiboot(bytes: Uint8Array): boolean {
-  if (!(bytes instanceof Uint8Array)) throw new MshvError('EINVAL', `isMultiboot: bytes must be a Uint8Array, got ${describe(bytes)}`)
+  checkBytes('isMultiboot: bytes', bytes)
   return findHeader(new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)) !== undefined
 }
 
@@ -143,8 +144,8 @@ export function isMultiboot(bytes: Uint8Array): boolean {
  * header's addresses (flag 16) or its ELF program headers.
  */
 export function parseMultiboot(bytes: Uint8Array, file = 'kernel'): MultibootImage {
-  if (!(bytes instanceof Uint8Array)) throw new MshvError('EINVAL', `parseMultiboot: bytes must be a Uint8Array, got ${describe(bytes)}`)
-  if (typeof file !== 'string') throw new MshvError('EINVAL', `parseMultiboot: file must be a string, got ${describe(file)}`)
+  checkBytes('parseMultiboot: bytes', bytes)
+  checkString('parseMultiboot: file', file, 4096)
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const at = findHeader(dv)
   if (at === undefined) fail(file, 'multiboot header', `no header (magic ${hex(MULTIBOOT_HEADER_MAGIC)} with a valid checksum) in the first ${HEADER_SEARCH} bytes: not a multiboot kernel`)
