@@ -2,6 +2,13 @@
 //! [`Op`]: its handler and the operand fields the handler reads, so executing it again
 //! decodes nothing.
 
+mod cc;
+
+pub use cc::{
+    BitTest, Cond, Count, DoubleShift, FlagChange, FsGsBase, Io, LoopKind, MemFmt, MulDiv, Scan,
+    Shift, SimdClass, StringOp,
+};
+
 use crate::exec::{Exec, AH, NONE};
 use crate::fault::Stop;
 use crate::ops;
@@ -36,8 +43,36 @@ pub struct Op {
     pub index: u8,
     pub scale: u8,
     pub disp: u64,
-    /// Condition code, shift kind, or other small selector.
-    pub cc: u8,
+    /// A selector whose meaning depends on the instruction, private to `decode`: each
+    /// meaning has a type, a constructor and an accessor in `decode/cc.rs` (which
+    /// tabulates them with their handlers and encodings), and nothing else reads it.
+    /// The meanings, with the instructions whose handlers read them:
+    /// - [`Op::condition`] ([`Cond`]): Jcc, SETcc, CMOVcc;
+    /// - [`Op::segment_register`] (an index into `Cpu::seg`): MOV Sreg, r/m; MOV r/m,
+    ///   Sreg; PUSH/POP Sreg; LDS, LES, LFS, LGS, LSS;
+    /// - [`Op::control_register`]: MOV to and from CR0, CR2, CR3, CR4, CR8;
+    /// - [`Op::debug_register`]: MOV to and from DR0-DR7;
+    /// - [`Op::string_op`] ([`StringOp`]): MOVS, STOS, LODS, CMPS, SCAS;
+    /// - [`Op::shift`] ([`Shift`]) and [`Op::count`] ([`Count`]): ROL, ROR, RCL, RCR,
+    ///   SHL/SAL, SHR, SAR;
+    /// - [`Op::double_shift`] ([`DoubleShift`]) and [`Op::count`]: SHLD, SHRD;
+    /// - [`Op::bit_test`] ([`BitTest`]) and [`Op::bit_offset_imm`]: BT, BTS, BTR, BTC;
+    /// - [`Op::scan`] ([`Scan`]): BSF, BSR, TZCNT, LZCNT, POPCNT;
+    /// - [`Op::mul_div`] ([`MulDiv`]): MUL, IMUL, DIV, IDIV;
+    /// - [`Op::subtracts`]: DAA/DAS, AAA/AAS;
+    /// - [`Op::loop_kind`] ([`LoopKind`]): LOOP, LOOPE, LOOPNE, JCXZ/JECXZ/JRCXZ;
+    /// - [`Op::io`] ([`Io`]): IN, OUT, INS, OUTS;
+    /// - [`Op::flag_change`] ([`FlagChange`]): CLC, STC, CMC, CLD, STD, CLI, STI;
+    /// - one of a pair: [`Op::idt`] LGDT/LIDT and SGDT/SIDT, [`Op::task_register`]
+    ///   SLDT/STR, [`Op::lsl`] LAR/LSL, [`Op::verw`] VERR/VERW, [`Op::rdtscp`]
+    ///   RDTSC/RDTSCP, [`Op::clac`] STAC/CLAC;
+    /// - [`Op::fs_gs_base`] ([`FsGsBase`]): RDFSBASE, RDGSBASE, WRFSBASE, WRGSBASE;
+    /// - [`Op::simd_dst`], [`Op::simd_src`] ([`SimdClass`]) and [`Op::simd_aligned`]:
+    ///   the MMX, SSE and SSE2 instructions;
+    /// - [`Op::x87_memory`] and [`Op::x87_format`] ([`MemFmt`]): the x87 instructions.
+    ///
+    /// Every other instruction leaves it 0 and reads nothing from it.
+    cc: u8,
     /// 0: none, 1: REP/REPE, 2: REPNE.
     pub rep: u8,
     pub lock: bool,

@@ -2,7 +2,7 @@
 //! BCD adjustments (SDM vol 2 for each; flags per vol 1 appendix A).
 
 use super::{form, read_rm, rmw_begin, rmw_end, Form};
-use crate::decode::{ea, Handler, Op};
+use crate::decode::{ea, Handler, MulDiv, Op};
 use crate::exec::Exec;
 use crate::fault::{Stop, DE};
 use crate::flags::{mask, parity, sext, sign_bit, FlagOp, AF, ARITH, CF, OF, PF, SF, ZF};
@@ -295,7 +295,7 @@ fn mul1(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let b = read_rm(x, op, s)?;
     let a = x.reg(0, s);
-    let signed = op.cc == 1;
+    let signed = op.mul_div() == MulDiv::Signed;
     let bits = s * 8;
     let m = mask(s);
     let (lo, hi, overflow) = if signed {
@@ -320,7 +320,7 @@ fn mul1(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// IMUL r, r/m and IMUL r, r/m, imm: the truncated signed product.
 fn imul2(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
-    let (a, b) = if op.cc == 3 {
+    let (a, b) = if op.mul_div() == MulDiv::Imul3 {
         (read_rm(x, op, s)?, op.imm)
     } else {
         (x.reg(op.r, s), read_rm(x, op, s)?)
@@ -344,7 +344,7 @@ fn div(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         (x.reg(2, s), x.reg(0, s))
     };
     let n = ((hi as u128) << bits) | lo as u128;
-    let (q, r) = if op.cc == 1 {
+    let (q, r) = if op.mul_div() == MulDiv::Signed {
         let d = sext(d, s) as i64 as i128;
         // The dividend as a signed 2*size-bit number.
         let n = ((n << (128 - 2 * bits)) as i128) >> (128 - 2 * bits);
@@ -386,26 +386,28 @@ pub fn compile_muldiv(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     }
     Some(match ins.mnemonic() {
         M::Mul => {
-            op.cc = 0;
+            op.set_mul_div(MulDiv::Unsigned);
             mul1
         }
         M::Imul if one => {
-            op.cc = 1;
+            op.set_mul_div(MulDiv::Signed);
             mul1
         }
+        M::Imul if ins.op_count() == 3 => {
+            op.set_mul_div(MulDiv::Imul3);
+            op.imm &= mask(op.size as usize);
+            imul2
+        }
         M::Imul => {
-            op.cc = if ins.op_count() == 3 { 3 } else { 2 };
-            if op.cc == 3 {
-                op.imm &= mask(op.size as usize);
-            }
+            op.set_mul_div(MulDiv::Imul2);
             imul2
         }
         M::Div => {
-            op.cc = 0;
+            op.set_mul_div(MulDiv::Unsigned);
             div
         }
         _ => {
-            op.cc = 1;
+            op.set_mul_div(MulDiv::Signed);
             div
         }
     })
@@ -425,7 +427,7 @@ fn daa_das(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let old_al = x.reg(0, 1);
     let old_cf = x.cpu.flags.cf();
     let af_in = x.cpu.flags.af();
-    let sub = op.cc == 1;
+    let sub = op.subtracts();
     let mut al = old_al;
     let mut cf = false;
     let mut af = false;
@@ -453,7 +455,7 @@ fn daa_das(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 /// AAA, AAS.
 fn aaa_aas(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let sub = op.cc == 1;
+    let sub = op.subtracts();
     let ax = x.reg(0, 2);
     let adjust = ax & 0xf > 9 || x.cpu.flags.af();
     let ax = if adjust {
@@ -500,17 +502,11 @@ fn aad(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 pub fn compile_bcd(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Mnemonic as M;
-    Some(match ins.mnemonic() {
-        M::Daa => daa_das,
-        M::Das => {
-            op.cc = 1;
-            daa_das
-        }
-        M::Aaa => aaa_aas,
-        M::Aas => {
-            op.cc = 1;
-            aaa_aas
-        }
+    let m = ins.mnemonic();
+    op.set_subtracts(matches!(m, M::Das | M::Aas));
+    Some(match m {
+        M::Daa | M::Das => daa_das,
+        M::Aaa | M::Aas => aaa_aas,
         M::Aam => aam,
         _ => aad,
     })

@@ -1,23 +1,18 @@
 //! Bit instructions: BT/BTS/BTR/BTC, BSF/BSR, LZCNT, POPCNT, BSWAP, MOVBE (SDM vol 2).
 
 use super::{read_for_write, read_rm};
-use crate::decode::{ea, gpr, Handler, Op};
+use crate::decode::{ea, gpr, BitTest, Handler, Op, Scan};
 use crate::exec::{Exec, NONE};
 use crate::fault::Stop;
 use crate::flags::{mask, sext, ARITH, CF, ZF};
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
-const BT: u8 = 0;
-const BTS: u8 = 1;
-const BTR: u8 = 2;
-const BTC: u8 = 3;
-
-fn apply(kind: u8, v: u64, bit: u64) -> u64 {
+fn apply(kind: BitTest, v: u64, bit: u64) -> u64 {
     match kind {
-        BTS => v | 1 << bit,
-        BTR => v & !(1 << bit),
-        BTC => v ^ 1 << bit,
-        _ => v,
+        BitTest::Bts => v | 1 << bit,
+        BitTest::Btr => v & !(1 << bit),
+        BitTest::Btc => v ^ 1 << bit,
+        BitTest::Bt => v,
     }
 }
 
@@ -26,23 +21,23 @@ fn apply(kind: u8, v: u64, bit: u64) -> u64 {
 fn bt_reg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let bits = (s * 8) as u64;
-    let offset = if op.cc & 0x10 != 0 {
+    let offset = if op.bit_offset_imm() {
         op.imm
     } else {
         x.reg(op.r, s)
     };
     let bit = offset % bits;
-    let kind = op.cc & 3;
+    let kind = op.bit_test();
     if op.rm != NONE {
         let v = x.reg(op.rm, s);
-        if kind != BT {
+        if kind != BitTest::Bt {
             x.set_reg(op.rm, s, apply(kind, v, bit));
         }
         x.cpu.flags.set_arith((v >> bit) & 1, CF);
         return Ok(());
     }
     let at = ea(x, op);
-    let v = if kind == BT {
+    let v = if kind == BitTest::Bt {
         x.read(op.seg as usize, at, s)?
     } else {
         let lin = x.linear(op.seg as usize, at, s, true)?;
@@ -63,8 +58,8 @@ fn bt_mem_reg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let delta = offset.div_euclid(bits) * s as i64;
     let bit = offset.rem_euclid(bits) as u64;
     let at = ea(x, op).wrapping_add(delta as u64) & mask(op.asize as usize);
-    let kind = op.cc & 3;
-    let v = if kind == BT {
+    let kind = op.bit_test();
+    let v = if kind == BitTest::Bt {
         x.read(op.seg as usize, at, s)?
     } else {
         let lin = x.linear(op.seg as usize, at, s, true)?;
@@ -79,16 +74,16 @@ fn bt_mem_reg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 pub fn compile_bt(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Mnemonic as M;
     let kind = match ins.mnemonic() {
-        M::Bt => BT,
-        M::Bts => BTS,
-        M::Btr => BTR,
-        _ => BTC,
+        M::Bt => BitTest::Bt,
+        M::Bts => BitTest::Bts,
+        M::Btr => BitTest::Btr,
+        _ => BitTest::Btc,
     };
-    if op.lock && (kind == BT || ins.op_kind(0) != OpKind::Memory) {
+    if op.lock && (kind == BitTest::Bt || ins.op_kind(0) != OpKind::Memory) {
         return Some(crate::decode::invalid);
     }
     let imm = ins.op_kind(1) != OpKind::Register;
-    op.cc = kind | if imm { 0x10 } else { 0 };
+    op.set_bit_test(kind, imm);
     let mem = ins.op_kind(0) == OpKind::Memory;
     if !mem {
         op.rm = gpr(ins.op_register(0));
@@ -106,23 +101,18 @@ pub fn compile_bt(ins: &Instruction, op: &mut Op) -> Option<Handler> {
 
 // ---- scans and counts ---------------------------------------------------------------
 
-const BSF: u8 = 0;
-const BSR: u8 = 1;
-const LZCNT: u8 = 2;
-const POPCNT: u8 = 3;
-
 fn scan(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let v = read_rm(x, op, s)?;
     let bits = (s * 8) as u64;
-    match op.cc {
-        BSF | BSR => {
+    match op.scan() {
+        Scan::Bsf | Scan::Bsr => {
             if v == 0 {
                 // The destination is left as it was; ZF says the source was zero.
                 x.cpu.flags.set_arith(ZF, ARITH);
                 return Ok(());
             }
-            let r = if op.cc == BSF {
+            let r = if op.scan() == Scan::Bsf {
                 v.trailing_zeros() as u64
             } else {
                 63 - v.leading_zeros() as u64
@@ -130,7 +120,7 @@ fn scan(x: &mut Exec, op: &Op) -> Result<(), Stop> {
             x.set_reg(op.r, s, r);
             x.cpu.flags.set_arith(0, ARITH);
         }
-        LZCNT => {
+        Scan::Lzcnt => {
             let r = if v == 0 {
                 bits
             } else {
@@ -140,7 +130,7 @@ fn scan(x: &mut Exec, op: &Op) -> Result<(), Stop> {
             let f = if v == 0 { CF } else { 0 } | if r == 0 { ZF } else { 0 };
             x.cpu.flags.set_arith(f, ARITH);
         }
-        _ => {
+        Scan::Popcnt => {
             let r = v.count_ones() as u64;
             x.set_reg(op.r, s, r);
             x.cpu.flags.set_arith(if v == 0 { ZF } else { 0 }, ARITH);
@@ -151,14 +141,14 @@ fn scan(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 pub fn compile_scan(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Mnemonic as M;
-    op.cc = match ins.mnemonic() {
-        M::Bsf => BSF,
-        M::Bsr => BSR,
+    op.set_scan(match ins.mnemonic() {
+        M::Bsf => Scan::Bsf,
+        M::Bsr => Scan::Bsr,
         // Without BMI1 (not advertised), F3 0F BC is BSF, as on such processors.
-        M::Tzcnt => BSF,
-        M::Lzcnt => LZCNT,
-        _ => POPCNT,
-    };
+        M::Tzcnt => Scan::Bsf,
+        M::Lzcnt => Scan::Lzcnt,
+        _ => Scan::Popcnt,
+    });
     Some(scan)
 }
 

@@ -3,7 +3,7 @@
 //! `crate::segment` and `crate::interrupt`).
 
 use super::read_rm;
-use crate::decode::{ea, gpr, Handler, Op};
+use crate::decode::{ea, gpr, Cond, Handler, LoopKind, Op};
 use crate::dr::Gate;
 use crate::exec::{Exec, NONE};
 use crate::fault::{Stop, BP, BR, DB, OF as OF_VECTOR};
@@ -21,8 +21,8 @@ fn jcc<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 }
 
 pub fn compile_jcc(ins: &Instruction, op: &mut Op) -> Option<Handler> {
-    op.cc = ins.condition_code() as u8 - 1;
-    Some(super::by_condition!(jcc, op.cc))
+    op.set_condition(Cond::of(ins.condition_code()));
+    Some(super::by_condition!(jcc, op.condition()))
 }
 
 fn jmp_rel(x: &mut Exec, op: &Op) -> Result<(), Stop> {
@@ -239,24 +239,19 @@ fn is_far(ins: &Instruction) -> bool {
 
 // ---- LOOPcc, JrCXZ -----------------------------------------------------------------
 
-const LOOP: u8 = 0;
-const LOOPE: u8 = 1;
-const LOOPNE: u8 = 2;
-const JCXZ: u8 = 3;
-
 fn loop_op(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let m = mask(op.asize as usize);
     let rcx = x.cpu.gpr[1];
-    let taken = if op.cc == JCXZ {
+    let taken = if op.loop_kind() == LoopKind::Jcxz {
         rcx & m == 0
     } else {
         let c = rcx.wrapping_sub(1) & m;
         let zf = x.cpu.flags.zf();
         let taken = c != 0
-            && match op.cc {
-                LOOPE => zf,
-                LOOPNE => !zf,
-                _ => true,
+            && match op.loop_kind() {
+                LoopKind::Loope => zf,
+                LoopKind::Loopne => !zf,
+                LoopKind::Loop | LoopKind::Jcxz => true,
             };
         if taken {
             // Check the target before the counter changes: a fault leaves it as it was.
@@ -274,12 +269,12 @@ fn loop_op(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 pub fn compile_loop(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Code::*;
-    op.cc = match ins.mnemonic() {
-        Mnemonic::Loop => LOOP,
-        Mnemonic::Loope => LOOPE,
-        Mnemonic::Loopne => LOOPNE,
-        _ => JCXZ,
-    };
+    op.set_loop_kind(match ins.mnemonic() {
+        Mnemonic::Loop => LoopKind::Loop,
+        Mnemonic::Loope => LoopKind::Loope,
+        Mnemonic::Loopne => LoopKind::Loopne,
+        _ => LoopKind::Jcxz,
+    });
     op.asize = match ins.code() {
         Loopne_rel8_16_CX | Loopne_rel8_32_CX | Loope_rel8_16_CX | Loope_rel8_32_CX
         | Loop_rel8_16_CX | Loop_rel8_32_CX | Jcxz_rel8_16 | Jcxz_rel8_32 => 2,

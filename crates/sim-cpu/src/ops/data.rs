@@ -3,7 +3,7 @@
 //! loads, SETcc, CMOVcc, the NOPs (SDM vol 2).
 
 use super::{form, read_for_write, read_rm, rmw_begin, rmw_end, write_rm, Form};
-use crate::decode::{ea, gpr, seg_index, Handler, Op};
+use crate::decode::{ea, gpr, seg_index, Cond, Handler, Op};
 use crate::exec::{Exec, NONE};
 use crate::fault::Stop;
 use crate::flags::{mask, sext, AF, CF, PF, SF, ZF};
@@ -47,8 +47,8 @@ fn mov_mi<const S: usize>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// off interrupts for one instruction).
 fn mov_to_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let sel = read_rm(x, op, 2)? as u16;
-    load_data_segment(x, op.cc as usize, sel)?;
-    if op.cc as usize == crate::state::SS {
+    load_data_segment(x, op.segment_register(), sel)?;
+    if op.segment_register() == crate::state::SS {
         // Interrupts and debug exceptions wait for the next instruction (SDM vol 3 6.8.3).
         x.cpu.shadow = crate::state::Shadow::MOV_SS;
     }
@@ -58,7 +58,7 @@ fn mov_to_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// MOV r/m, Sreg: a register destination gets the selector zero-extended to its size,
 /// memory always 16 bits (SDM vol 2 MOV, "Operation").
 fn mov_from_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let sel = x.cpu.seg[op.cc as usize].selector as u64;
+    let sel = x.cpu.seg[op.segment_register()].selector as u64;
     if op.rm != NONE {
         let s = op.size as usize;
         x.set_reg(op.rm, s, sel);
@@ -87,7 +87,7 @@ pub fn compile_mov(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         if r0 == Register::CS {
             return Some(crate::decode::invalid);
         }
-        op.cc = seg_index(r0);
+        op.set_segment_register(seg_index(r0) as usize);
         op.rm = if ins.op_kind(1) == OpKind::Register {
             gpr(r1)
         } else {
@@ -97,7 +97,7 @@ pub fn compile_mov(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         return Some(mov_to_seg);
     }
     if r1.is_segment_register() {
-        op.cc = seg_index(r1);
+        op.set_segment_register(seg_index(r1) as usize);
         op.rm = if ins.op_kind(0) == OpKind::Register {
             gpr(r0)
         } else {
@@ -415,9 +415,9 @@ fn load_far(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         at.wrapping_add(s as u64) & mask(op.asize as usize),
         2,
     )? as u16;
-    load_data_segment(x, op.cc as usize, sel)?;
+    load_data_segment(x, op.segment_register(), sel)?;
     x.set_reg(op.r, s, off);
-    if op.cc as usize == crate::state::SS {
+    if op.segment_register() == crate::state::SS {
         // Only MOV SS and POP SS hold off debug exceptions (SDM vol 3 6.8.3).
         x.cpu.shadow = crate::state::Shadow {
             interrupts: true,
@@ -432,13 +432,13 @@ pub fn compile_load_far(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     if ins.op_kind(1) != OpKind::Memory {
         return Some(crate::decode::invalid);
     }
-    op.cc = match ins.mnemonic() {
+    op.set_segment_register(match ins.mnemonic() {
         M::Lds => crate::state::DS,
         M::Les => crate::state::ES,
         M::Lfs => crate::state::FS,
         M::Lgs => crate::state::GS,
         _ => crate::state::SS,
-    } as u8;
+    });
     Some(load_far)
 }
 
@@ -473,11 +473,11 @@ fn setcc<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 }
 
 pub fn compile_setcc(ins: &Instruction, op: &mut Op) -> Option<Handler> {
-    op.cc = ins.condition_code() as u8 - 1;
+    op.set_condition(Cond::of(ins.condition_code()));
     if ins.op_kind(0) == OpKind::Register {
         op.rm = gpr(ins.op_register(0));
     }
-    Some(super::by_condition!(setcc, op.cc))
+    Some(super::by_condition!(setcc, op.condition()))
 }
 
 /// CMOVcc: the source is read whatever the condition (its faults happen), and a 32-bit
@@ -495,6 +495,6 @@ fn cmov<const CC: u8>(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 }
 
 pub fn compile_cmov(ins: &Instruction, op: &mut Op) -> Option<Handler> {
-    op.cc = ins.condition_code() as u8 - 1;
-    Some(super::by_condition!(cmov, op.cc))
+    op.set_condition(Cond::of(ins.condition_code()));
+    Some(super::by_condition!(cmov, op.condition()))
 }

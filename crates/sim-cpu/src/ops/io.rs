@@ -2,7 +2,7 @@
 //! the TSS I/O permission bitmap, SDM vol 1 19.5) and a refused access faults in the
 //! guest; an allowed one exits to the hypervisor, which hands it to the VMM.
 
-use crate::decode::{Handler, Op};
+use crate::decode::{Handler, Io, Op};
 use crate::exec::Exec;
 use crate::fault::{Exit, Stop};
 use iced_x86::{Instruction, Mnemonic, OpKind};
@@ -40,7 +40,8 @@ fn check(x: &mut Exec, port: u16, size: usize) -> Result<(), Stop> {
 }
 
 fn io(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let port = if op.cc & 0x10 != 0 {
+    let form = op.io();
+    let port = if form.imm_port {
         op.imm as u16
     } else {
         x.cpu.gpr[2] as u16
@@ -50,8 +51,8 @@ fn io(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     Err(x.exit_with(Exit::Io {
         port,
         size: op.size,
-        input: op.cc & 1 != 0,
-        string: op.cc & 2 != 0,
+        input: form.input,
+        string: form.string,
         rep: op.rep != 0,
     }))
 }
@@ -73,6 +74,10 @@ pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     if imm {
         op.imm = ins.immediate8() as u64;
     }
-    op.cc = input as u8 | (string as u8) << 1 | (imm as u8) << 4;
+    op.set_io(Io {
+        input,
+        string,
+        imm_port: imm,
+    });
     Some(io)
 }

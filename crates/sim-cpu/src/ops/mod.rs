@@ -19,11 +19,11 @@ use crate::fault::Stop;
 use crate::paging::Access;
 use iced_x86::{CpuidFeature, Instruction, Mnemonic, OpKind};
 
-/// The copy of handler `$f` for condition code `$cc` (0..15, the low nibble of the
-/// opcode): the condition is a constant when it executes.
+/// The copy of handler `$f` for condition `$cc` (a [`crate::decode::Cond`]): the
+/// condition is a constant when it executes.
 macro_rules! by_condition {
     ($f:ident, $cc:expr) => {
-        match $cc & 15 {
+        match $cc as u8 {
             0 => $f::<0> as crate::decode::Handler,
             1 => $f::<1>,
             2 => $f::<2>,

@@ -4,19 +4,11 @@
 //! the host differential tests compare only defined flags.
 
 use super::{rmw_begin, rmw_end};
-use crate::decode::{Handler, Op};
+use crate::decode::{Count, DoubleShift, Handler, Op, Shift};
 use crate::exec::{Exec, NONE};
 use crate::fault::Stop;
 use crate::flags::{mask, parity, sext, sign_bit, ARITH, CF, OF, PF, SF, ZF};
 use iced_x86::{Instruction, Mnemonic, OpKind};
-
-const ROL: u8 = 0;
-const ROR: u8 = 1;
-const RCL: u8 = 2;
-const RCR: u8 = 3;
-const SHL: u8 = 4;
-const SHR: u8 = 5;
-const SAR: u8 = 7;
 
 fn szp(res: u64, size: usize) -> u64 {
     (if res & mask(size) == 0 { ZF } else { 0 })
@@ -32,7 +24,7 @@ fn masked_count(size: usize, count: u64) -> u32 {
 
 /// Shifts or rotates `a`; `None` when the masked count is 0 (nothing changes).
 /// Returns the result, the flags and the mask of flags it sets.
-fn shift(size: usize, kind: u8, a: u64, count: u64, cf_in: bool) -> Option<(u64, u64, u64)> {
+fn shift(size: usize, kind: Shift, a: u64, count: u64, cf_in: bool) -> Option<(u64, u64, u64)> {
     let bits = (size * 8) as u32;
     let m = mask(size);
     let a = a & m;
@@ -43,28 +35,32 @@ fn shift(size: usize, kind: u8, a: u64, count: u64, cf_in: bool) -> Option<(u64,
     let msb = |v: u64| (v >> (bits - 1)) & 1;
     let flag = |b: u64, f: u64| if b != 0 { f } else { 0 };
     match kind {
-        ROL | ROR => {
+        Shift::Rol | Shift::Ror => {
             let r = n % bits;
-            let res = if kind == ROL {
+            let res = if kind == Shift::Rol {
                 ((a << r) | if r == 0 { 0 } else { a >> (bits - r) }) & m
             } else {
                 ((a >> r) | if r == 0 { 0 } else { a << (bits - r) }) & m
             };
-            let cf = if kind == ROL { res & 1 } else { msb(res) };
-            let of = if kind == ROL {
+            let cf = if kind == Shift::Rol {
+                res & 1
+            } else {
+                msb(res)
+            };
+            let of = if kind == Shift::Rol {
                 msb(res) ^ cf
             } else {
                 msb(res) ^ ((res >> (bits - 2)) & 1)
             };
             Some((res, flag(cf, CF) | flag(of, OF), CF | OF))
         }
-        RCL | RCR => {
+        Shift::Rcl | Shift::Rcr => {
             // A (bits + 1)-bit rotation through CF.
             let r = n % (bits + 1);
             if r == 0 {
                 // The value comes back whole; OF is still computed (count was not 0).
                 let cf = cf_in as u64;
-                let of = if kind == RCL {
+                let of = if kind == Shift::Rcl {
                     msb(a) ^ cf
                 } else {
                     msb(a) ^ ((a >> (bits - 2)) & 1)
@@ -74,33 +70,33 @@ fn shift(size: usize, kind: u8, a: u64, count: u64, cf_in: bool) -> Option<(u64,
             let wide = (a as u128) | ((cf_in as u128) << bits);
             let total = bits + 1;
             let full = (1u128 << total) - 1;
-            let rot = if kind == RCL {
+            let rot = if kind == Shift::Rcl {
                 ((wide << r) | (wide >> (total - r))) & full
             } else {
                 ((wide >> r) | (wide << (total - r))) & full
             };
             let res = rot as u64 & m;
             let cf = (rot >> bits) as u64 & 1;
-            let of = if kind == RCL {
+            let of = if kind == Shift::Rcl {
                 msb(res) ^ cf
             } else {
                 msb(res) ^ ((res >> (bits - 2)) & 1)
             };
             Some((res, flag(cf, CF) | flag(of, OF), CF | OF))
         }
-        SHL => {
+        Shift::Shl | Shift::Sal => {
             let res = if n >= bits { 0 } else { (a << n) & m };
             let cf = if n > bits { 0 } else { (a >> (bits - n)) & 1 };
             let f = szp(res, size) | flag(cf, CF) | flag(msb(res) ^ cf, OF);
             Some((res, f, ARITH))
         }
-        SHR => {
+        Shift::Shr => {
             let res = if n >= bits { 0 } else { a >> n };
             let cf = if n > bits { 0 } else { (a >> (n - 1)) & 1 };
             let f = szp(res, size) | flag(cf, CF) | flag(msb(a), OF);
             Some((res, f, ARITH))
         }
-        _ => {
+        Shift::Sar => {
             let sa = sext(a, size) as i64;
             let res = (sa >> n.min(63)) as u64 & m;
             let cf = ((sa >> (n - 1).min(63)) & 1) as u64;
@@ -110,10 +106,10 @@ fn shift(size: usize, kind: u8, a: u64, count: u64, cf_in: bool) -> Option<(u64,
 }
 
 fn count_of(x: &Exec, op: &Op) -> u64 {
-    match op.cc >> 4 {
-        0 => 1,
-        1 => x.cpu.gpr[1] & 0xff,
-        _ => op.imm,
+    match op.count() {
+        Count::One => 1,
+        Count::Cl => x.cpu.gpr[1] & 0xff,
+        Count::Imm => op.imm,
     }
 }
 
@@ -121,7 +117,7 @@ fn shift_r(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let a = x.reg(op.r, s);
     let count = count_of(x, op);
-    match shift(s, op.cc & 7, a, count, x.cpu.flags.cf()) {
+    match shift(s, op.shift(), a, count, x.cpu.flags.cf()) {
         Some((r, f, which)) => {
             x.set_reg(op.r, s, r);
             x.cpu.flags.set_arith(f, which);
@@ -141,7 +137,7 @@ fn shift_m(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let (w, a) = rmw_begin(x, op, s)?;
     let count = count_of(x, op);
-    if let Some((r, f, which)) = shift(s, op.cc & 7, a, count, x.cpu.flags.cf()) {
+    if let Some((r, f, which)) = shift(s, op.shift(), a, count, x.cpu.flags.cf()) {
         rmw_end(x, w, s, r)?;
         x.cpu.flags.set_arith(f, which);
     }
@@ -151,23 +147,22 @@ fn shift_m(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 pub fn compile_shift(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Mnemonic as M;
     let kind = match ins.mnemonic() {
-        M::Rol => ROL,
-        M::Ror => ROR,
-        M::Rcl => RCL,
-        M::Rcr => RCR,
-        M::Shl | M::Sal => SHL,
-        M::Shr => SHR,
-        _ => SAR,
+        M::Rol => Shift::Rol,
+        M::Ror => Shift::Ror,
+        M::Rcl => Shift::Rcl,
+        M::Rcr => Shift::Rcr,
+        M::Shl | M::Sal => Shift::Shl,
+        M::Shr => Shift::Shr,
+        _ => Shift::Sar,
     };
-    // Count source: 1 (implicit), CL, or an immediate.
-    let source = if ins.op_count() < 2 {
-        0
+    let count = if ins.op_count() < 2 {
+        Count::One
     } else if ins.op_kind(1) == OpKind::Register {
-        1
+        Count::Cl
     } else {
-        2
+        Count::Imm
     };
-    op.cc = kind | source << 4;
+    op.set_shift(kind, count);
     if ins.op_kind(0) == OpKind::Memory {
         op.rm = NONE;
         Some(shift_m)
@@ -216,8 +211,8 @@ fn double(size: usize, left: bool, dst: u64, src: u64, count: u64) -> Option<(u6
 
 fn shld_shrd(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
-    let left = op.cc & 1 == 0;
-    let count = if op.cc & 2 != 0 {
+    let left = op.double_shift() == DoubleShift::Shld;
+    let count = if op.count() == Count::Cl {
         x.cpu.gpr[1] & 0xff
     } else {
         op.imm2
@@ -254,10 +249,11 @@ pub fn compile_double(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         op.r = crate::decode::gpr(ins.op_register(1));
     }
     op.imm2 = if cl { 0 } else { ins.immediate8() as u64 };
-    op.cc = if ins.mnemonic() == Mnemonic::Shrd {
-        1
+    let which = if ins.mnemonic() == Mnemonic::Shrd {
+        DoubleShift::Shrd
     } else {
-        0
-    } | if cl { 2 } else { 0 };
+        DoubleShift::Shld
+    };
+    op.set_double_shift(which, if cl { Count::Cl } else { Count::Imm });
     Some(shld_shrd)
 }

@@ -30,7 +30,7 @@ fn push_m(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// 2 PUSH, "Operation").
 fn push_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
-    let sel = x.cpu.seg[op.cc as usize].selector as u64;
+    let sel = x.cpu.seg[op.segment_register()].selector as u64;
     let m = x.stack_mask();
     let sp = x.cpu.gpr[4].wrapping_sub(s as u64) & m;
     x.write(SS, sp, 2, sel)?;
@@ -66,9 +66,9 @@ fn pop_seg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     // The stack's width is the one the instruction began with, even when it loads SS.
     let m = x.stack_mask();
     let sp = x.cpu.gpr[4];
-    load_data_segment(x, op.cc as usize, v as u16)?;
+    load_data_segment(x, op.segment_register(), v as u16)?;
     x.cpu.gpr[4] = (sp & !m) | (sp.wrapping_add(s as u64) & m);
-    if op.cc as usize == SS {
+    if op.segment_register() == SS {
         // Interrupts and debug exceptions wait for the next instruction (SDM vol 3 6.8.3).
         x.cpu.shadow = crate::state::Shadow::MOV_SS;
     }
@@ -80,8 +80,8 @@ pub fn compile_push_pop(ins: &Instruction, op: &mut Op, bits: u32) -> Option<Han
     op.size = ins.stack_pointer_increment().unsigned_abs() as u8;
     match ins.op_kind(0) {
         OpKind::Register if ins.op_register(0).is_segment_register() => {
-            op.cc = seg_index(ins.op_register(0));
-            if !push && op.cc as usize == crate::state::CS {
+            op.set_segment_register(seg_index(ins.op_register(0)) as usize);
+            if !push && op.segment_register() == crate::state::CS {
                 return Some(crate::decode::invalid);
             }
             Some(if push { push_seg } else { pop_seg })

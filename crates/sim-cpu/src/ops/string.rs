@@ -4,7 +4,7 @@
 //! deadlines, and the next execution resumes where it left off, as an interrupted REP
 //! does on hardware. MOVS and STOS over RAM copy whole page-bounded chunks.
 
-use crate::decode::{seg_index, Handler, Op};
+use crate::decode::{seg_index, Handler, Op, StringOp};
 use crate::exec::Exec;
 use crate::fault::Stop;
 use crate::flags::{mask, FlagOp, DF};
@@ -14,12 +14,6 @@ use iced_x86::{Instruction, Mnemonic};
 
 /// Elements per execution of a repeated instruction.
 pub const BATCH: u64 = 4096;
-
-const MOVS: u8 = 0;
-const STOS: u8 = 1;
-const LODS: u8 = 2;
-const CMPS: u8 = 3;
-const SCAS: u8 = 4;
 
 /// Writes an address-size register: 16 bits merge, 32 bits zero-extend, 64 replace.
 #[inline(always)]
@@ -33,29 +27,29 @@ fn set_addr_reg(x: &mut Exec, r: usize, asize: usize, v: u64) {
 
 /// One element of `kind`.
 #[inline(always)]
-fn element(x: &mut Exec, op: &Op, kind: u8, s: usize, step: u64) -> Result<(), Stop> {
+fn element(x: &mut Exec, op: &Op, kind: StringOp, s: usize, step: u64) -> Result<(), Stop> {
     let am = mask(op.asize as usize);
     let a = op.asize as usize;
     let si = x.cpu.gpr[6] & am;
     let di = x.cpu.gpr[7] & am;
     match kind {
-        MOVS => {
+        StringOp::Movs => {
             let v = x.read(op.seg as usize, si, s)?;
             x.write(ES, di, s, v)?;
             set_addr_reg(x, 6, a, si.wrapping_add(step));
             set_addr_reg(x, 7, a, di.wrapping_add(step));
         }
-        STOS => {
+        StringOp::Stos => {
             let v = x.reg(0, s);
             x.write(ES, di, s, v)?;
             set_addr_reg(x, 7, a, di.wrapping_add(step));
         }
-        LODS => {
+        StringOp::Lods => {
             let v = x.read(op.seg as usize, si, s)?;
             x.set_reg(0, s, v);
             set_addr_reg(x, 6, a, si.wrapping_add(step));
         }
-        CMPS => {
+        StringOp::Cmps => {
             let v1 = x.read(op.seg as usize, si, s)?;
             let v2 = x.read(ES, di, s)?;
             let r = v1.wrapping_sub(v2) & mask(s);
@@ -63,7 +57,7 @@ fn element(x: &mut Exec, op: &Op, kind: u8, s: usize, step: u64) -> Result<(), S
             set_addr_reg(x, 6, a, si.wrapping_add(step));
             set_addr_reg(x, 7, a, di.wrapping_add(step));
         }
-        _ => {
+        StringOp::Scas => {
             let acc = x.reg(0, s);
             let v = x.read(ES, di, s)?;
             let r = acc.wrapping_sub(v) & mask(s);
@@ -81,13 +75,14 @@ fn once(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     } else {
         s as u64
     };
-    element(x, op, op.cc, s, step)
+    element(x, op, op.string_op(), s, step)
 }
 
 fn repeated(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let s = op.size as usize;
     let am = mask(op.asize as usize);
     let a = op.asize as usize;
+    let kind = op.string_op();
     let down = x.cpu.flags.bits & DF != 0;
     let step = if down {
         (s as u64).wrapping_neg()
@@ -106,7 +101,7 @@ fn repeated(x: &mut Exec, op: &Op) -> Result<(), Stop> {
             x.end_block = true;
             break;
         }
-        if !down && (op.cc == MOVS || op.cc == STOS) {
+        if !down && matches!(kind, StringOp::Movs | StringOp::Stos) {
             let n = chunk(x, op, s, count.min(BATCH - done))?;
             if n > 0 {
                 done += n;
@@ -114,10 +109,10 @@ fn repeated(x: &mut Exec, op: &Op) -> Result<(), Stop> {
                 continue;
             }
         }
-        element(x, op, op.cc, s, step)?;
+        element(x, op, kind, s, step)?;
         done += 1;
         set_addr_reg(x, 1, a, count - 1);
-        if op.cc == CMPS || op.cc == SCAS {
+        if matches!(kind, StringOp::Cmps | StringOp::Scas) {
             let zf = x.cpu.flags.zf();
             // REPE stops on a difference, REPNE on a match.
             if (op.rep == 1 && !zf) || (op.rep == 2 && zf) {
@@ -153,7 +148,7 @@ fn chunk(x: &mut Exec, op: &Op, s: usize, count: u64) -> Result<u64, Stop> {
         Some(p) => p,
         None => return Ok(0),
     };
-    if op.cc == STOS {
+    if op.string_op() == StringOp::Stos {
         if n == 0 || x.linear(ES, di, (n as usize) * s, true).is_err() {
             return Ok(0);
         }
@@ -207,13 +202,14 @@ fn chunk(x: &mut Exec, op: &Op, s: usize, count: u64) -> Result<u64, Stop> {
 pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Mnemonic as M;
     let m = ins.mnemonic();
-    op.cc = match m {
-        M::Movsb | M::Movsw | M::Movsd | M::Movsq => MOVS,
-        M::Stosb | M::Stosw | M::Stosd | M::Stosq => STOS,
-        M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => LODS,
-        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => CMPS,
-        _ => SCAS,
+    let kind = match m {
+        M::Movsb | M::Movsw | M::Movsd | M::Movsq => StringOp::Movs,
+        M::Stosb | M::Stosw | M::Stosd | M::Stosq => StringOp::Stos,
+        M::Lodsb | M::Lodsw | M::Lodsd | M::Lodsq => StringOp::Lods,
+        M::Cmpsb | M::Cmpsw | M::Cmpsd | M::Cmpsq => StringOp::Cmps,
+        _ => StringOp::Scas,
     };
+    op.set_string_op(kind);
     op.size = match m {
         M::Movsb | M::Stosb | M::Lodsb | M::Cmpsb | M::Scasb => 1,
         M::Movsw | M::Stosw | M::Lodsw | M::Cmpsw | M::Scasw => 2,
@@ -222,9 +218,9 @@ pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     };
     // The source's segment (DS or its override: iced's `memory_segment` is the rSI
     // operand's); the destination is always ES.
-    op.seg = match op.cc {
-        MOVS | LODS | CMPS => seg_index(ins.memory_segment()),
-        _ => ES as u8,
+    op.seg = match kind {
+        StringOp::Movs | StringOp::Lods | StringOp::Cmps => seg_index(ins.memory_segment()),
+        StringOp::Stos | StringOp::Scas => ES as u8,
     };
     Some(if op.rep != 0 { repeated } else { once })
 }

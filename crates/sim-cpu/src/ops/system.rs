@@ -4,7 +4,7 @@
 //! FS/GS base instructions, LAR/LSL/VERR/VERW/ARPL, SMAP's STAC/CLAC.
 
 use super::{read_rm, write_rm};
-use crate::decode::{ea, gpr, Handler, Op};
+use crate::decode::{ea, gpr, FlagChange, FsGsBase, Handler, Op};
 use crate::exec::{Exec, NONE};
 use crate::fault::{selector_error, Exit, Stop, DB, NP};
 use crate::flags::*;
@@ -29,32 +29,25 @@ fn privileged(x: &mut Exec) -> Result<(), Stop> {
 
 // ---- flags ------------------------------------------------------------------------
 
-const CLC: u8 = 0;
-const STC: u8 = 1;
-const CMC: u8 = 2;
-const CLD: u8 = 3;
-const STD: u8 = 4;
-const CLI: u8 = 5;
-const STI: u8 = 6;
-
 fn flag_op(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    match op.cc {
-        CLC => x.cpu.flags.set_arith(0, CF),
-        STC => x.cpu.flags.set_arith(CF, CF),
-        CMC => {
+    let change = op.flag_change();
+    match change {
+        FlagChange::Clc => x.cpu.flags.set_arith(0, CF),
+        FlagChange::Stc => x.cpu.flags.set_arith(CF, CF),
+        FlagChange::Cmc => {
             let c = x.cpu.flags.cf();
             x.cpu.flags.set_arith(if c { 0 } else { CF }, CF);
         }
-        CLD => x.cpu.flags.bits &= !DF,
-        STD => x.cpu.flags.bits |= DF,
-        _ => {
+        FlagChange::Cld => x.cpu.flags.bits &= !DF,
+        FlagChange::Std => x.cpu.flags.bits |= DF,
+        FlagChange::Cli | FlagChange::Sti => {
             // CLI/STI: allowed at CPL <= IOPL (always in real mode), else #GP(0)
             // (no VME or PVI here).
             let cpu = &*x.cpu;
             if cpu.protected() && cpu.cpl() > cpu.iopl() {
                 return Err(x.gp(0));
             }
-            if op.cc == CLI {
+            if change == FlagChange::Cli {
                 x.cpu.flags.bits &= !IF;
             } else {
                 if x.cpu.flags.bits & IF == 0 {
@@ -74,15 +67,15 @@ fn flag_op(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 pub fn compile_flag_op(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     use Mnemonic as M;
-    op.cc = match ins.mnemonic() {
-        M::Clc => CLC,
-        M::Stc => STC,
-        M::Cmc => CMC,
-        M::Cld => CLD,
-        M::Std => STD,
-        M::Cli => CLI,
-        _ => STI,
-    };
+    op.set_flag_change(match ins.mnemonic() {
+        M::Clc => FlagChange::Clc,
+        M::Stc => FlagChange::Stc,
+        M::Cmc => FlagChange::Cmc,
+        M::Cld => FlagChange::Cld,
+        M::Std => FlagChange::Std,
+        M::Cli => FlagChange::Cli,
+        _ => FlagChange::Sti,
+    });
     Some(flag_op)
 }
 
@@ -231,7 +224,7 @@ fn mov_to_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         } else {
             0xffff_ffff
         };
-    match op.cc {
+    match op.control_register() {
         0 => write_cr0(x, v),
         2 => {
             x.cpu.cr2 = v;
@@ -258,7 +251,7 @@ fn mov_to_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 fn mov_from_cr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     privileged(x)?;
-    let v = match op.cc {
+    let v = match op.control_register() {
         0 => x.cpu.cr0,
         2 => x.cpu.cr2,
         3 => x.cpu.cr3,
@@ -292,7 +285,7 @@ fn general_detect(x: &mut Exec) -> Result<(), Stop> {
 
 fn mov_to_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     privileged(x)?;
-    let i = debug_index(x, op.cc)?;
+    let i = debug_index(x, op.debug_register())?;
     general_detect(x)?;
     let v = x.cpu.gpr[op.rm as usize]
         & if x.cpu.mode64() {
@@ -318,7 +311,7 @@ fn mov_to_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 
 fn mov_from_dr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     privileged(x)?;
-    let i = debug_index(x, op.cc)?;
+    let i = debug_index(x, op.debug_register())?;
     general_detect(x)?;
     let s = if x.cpu.mode64() { 8 } else { 4 };
     let v = x.cpu.dr[i];
@@ -332,41 +325,30 @@ pub fn compile_mov_special(ins: &Instruction, op: &mut Op) -> Option<Handler> {
     if r0.is_tr() || r1.is_tr() {
         return Some(crate::decode::invalid);
     }
-    let special = |r: Register| -> u8 {
-        if r.is_cr() {
-            (r as u32 - Register::CR0 as u32) as u8
-        } else {
-            (r as u32 - Register::DR0 as u32) as u8
-        }
+    // The special register is operand 0 for a write, 1 for a read; the other is the
+    // general register.
+    let (special, general) = if r0.is_cr() || r0.is_dr() {
+        (r0, r1)
+    } else {
+        (r1, r0)
     };
-    if r0.is_cr() || r0.is_dr() {
-        op.cc = special(r0);
-        op.rm = gpr(r1);
+    op.rm = gpr(general);
+    let to = special == r0;
+    if special.is_cr() {
+        let n = (special as u32 - Register::CR0 as u32) as u8;
+        if !matches!(n, 0 | 2 | 3 | 4 | 8) {
+            return Some(crate::decode::invalid);
+        }
+        op.set_control_register(n);
+        Some(if to { mov_to_cr } else { mov_from_cr })
     } else {
-        op.cc = special(r1);
-        op.rm = gpr(r0);
+        let n = (special as u32 - Register::DR0 as u32) as u8;
+        if n > 7 {
+            return Some(crate::decode::invalid);
+        }
+        op.set_debug_register(n);
+        Some(if to { mov_to_dr } else { mov_from_dr })
     }
-    Some(if r0.is_cr() {
-        if !matches!(op.cc, 0 | 2 | 3 | 4 | 8) {
-            return Some(crate::decode::invalid);
-        }
-        mov_to_cr
-    } else if r1.is_cr() {
-        if !matches!(op.cc, 0 | 2 | 3 | 4 | 8) {
-            return Some(crate::decode::invalid);
-        }
-        mov_from_cr
-    } else if r0.is_dr() {
-        if op.cc > 7 {
-            return Some(crate::decode::invalid);
-        }
-        mov_to_dr
-    } else {
-        if op.cc > 7 {
-            return Some(crate::decode::invalid);
-        }
-        mov_from_dr
-    })
 }
 
 fn lmsw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
@@ -410,17 +392,17 @@ fn load_table(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         base & 0xffff_ffff
     };
     let t = Table { base, limit };
-    if op.cc == 0 {
-        x.cpu.gdtr = t;
-    } else {
+    if op.idt() {
         x.cpu.idtr = t;
+    } else {
+        x.cpu.gdtr = t;
     }
     Ok(())
 }
 
 /// SGDT/SIDT: the limit, then the base (all 32 bits, or 64 in 64-bit mode).
 fn store_table(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    let t = if op.cc == 0 { x.cpu.gdtr } else { x.cpu.idtr };
+    let t = if op.idt() { x.cpu.idtr } else { x.cpu.gdtr };
     let at = ea(x, op);
     let size = if x.cpu.mode64() { 8 } else { 4 };
     x.probe_write(op.seg as usize, at, 2 + size)?;
@@ -520,10 +502,10 @@ fn ltr(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// SLDT/STR: the selector; a register gets it zero-extended to the operand size.
 fn store_selector(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     protected_only(x)?;
-    let sel = if op.cc == 0 {
-        x.cpu.ldtr.selector
-    } else {
+    let sel = if op.task_register() {
         x.cpu.tr.selector
+    } else {
+        x.cpu.ldtr.selector
     } as u64;
     let s = if op.rm == NONE { 2 } else { op.size as usize };
     write_rm(x, op, s, sel)
@@ -585,7 +567,7 @@ fn lsl_type(d: &Descriptor, long: bool) -> bool {
 fn lar_lsl(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     protected_only(x)?;
     let sel = read_rm(x, op, 2)? as u16;
-    let lar = op.cc == 0;
+    let lar = !op.lsl();
     match visible(x, sel, if lar { lar_type } else { lsl_type })? {
         Some(d) => {
             let s = op.size as usize;
@@ -607,7 +589,7 @@ fn lar_lsl(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 fn verr_verw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     protected_only(x)?;
     let sel = read_rm(x, op, 2)? as u16;
-    let write = op.cc == 1;
+    let write = op.verw();
     let ok = match visible(x, sel, |d, _| d.code_or_data())? {
         Some(d) => {
             if write {
@@ -788,7 +770,7 @@ fn rdtsc(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let t = x.env.tsc(x.cpu.tsc);
     x.cpu.gpr[0] = t & 0xffff_ffff;
     x.cpu.gpr[2] = t >> 32;
-    if op.cc == 1 {
+    if op.rdtscp() {
         x.cpu.gpr[1] = x.cpu.msr.tsc_aux & 0xffff_ffff;
     }
     Ok(())
@@ -946,9 +928,10 @@ fn fsgsbase(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     if !x.cpu.mode64() || x.cpu.cr4 & CR4_FSGSBASE == 0 {
         return Err(x.ud());
     }
-    let seg = if op.cc & 1 == 0 { FS } else { GS };
+    let which = op.fs_gs_base();
+    let seg = if which.gs() { GS } else { FS };
     let s = op.size as usize;
-    if op.cc & 2 == 0 {
+    if !which.write() {
         let v = x.cpu.seg[seg].base;
         x.set_reg(op.r, s, v);
     } else {
@@ -966,10 +949,10 @@ fn stac_clac(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     if x.cpu.cpl() != 0 {
         return Err(x.ud());
     }
-    if op.cc == 0 {
-        x.cpu.flags.bits |= AC;
-    } else {
+    if op.clac() {
         x.cpu.flags.bits &= !AC;
+    } else {
+        x.cpu.flags.bits |= AC;
     }
     Ok(())
 }
@@ -1006,9 +989,8 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
         M::Cpuid => cpuid,
         M::Rdmsr => rdmsr,
         M::Wrmsr => wrmsr,
-        M::Rdtsc => rdtsc,
-        M::Rdtscp => {
-            op.cc = 1;
+        M::Rdtsc | M::Rdtscp => {
+            op.set_rdtscp(ins.mnemonic() == M::Rdtscp);
             rdtsc
         }
         M::Rdpmc => rdpmc,
@@ -1017,7 +999,7 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
         M::Invlpg => invlpg,
         M::Invd | M::Wbinvd => privileged_nop,
         M::Lgdt | M::Lidt => {
-            op.cc = (ins.mnemonic() == M::Lidt) as u8;
+            op.set_idt(ins.mnemonic() == M::Lidt);
             op.size = match ins.code() {
                 Code::Lgdt_m1632_16 | Code::Lidt_m1632_16 => 2,
                 _ => 4,
@@ -1025,7 +1007,7 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
             load_table
         }
         M::Sgdt | M::Sidt => {
-            op.cc = (ins.mnemonic() == M::Sidt) as u8;
+            op.set_idt(ins.mnemonic() == M::Sidt);
             store_table
         }
         M::Lldt | M::Ltr | M::Lmsw if !mem0 => {
@@ -1040,7 +1022,7 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
         M::Lldt => lldt,
         M::Ltr => ltr,
         M::Sldt | M::Str => {
-            op.cc = (ins.mnemonic() == M::Str) as u8;
+            op.set_task_register(ins.mnemonic() == M::Str);
             if !mem0 {
                 op.rm = gpr(ins.op_register(0));
             }
@@ -1055,11 +1037,11 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
         }
         M::Clts => clts,
         M::Lar | M::Lsl => {
-            op.cc = (ins.mnemonic() == M::Lsl) as u8;
+            op.set_lsl(ins.mnemonic() == M::Lsl);
             lar_lsl
         }
         M::Verr | M::Verw => {
-            op.cc = (ins.mnemonic() == M::Verw) as u8;
+            op.set_verw(ins.mnemonic() == M::Verw);
             if !mem0 {
                 op.rm = gpr(ins.op_register(0));
             }
@@ -1095,20 +1077,16 @@ pub fn compile(ins: &Instruction, op: &mut Op, _bits: u32) -> Option<Handler> {
         }
         M::Swapgs => swapgs,
         M::Rdfsbase | M::Rdgsbase | M::Wrfsbase | M::Wrgsbase => {
-            op.cc = match ins.mnemonic() {
-                M::Rdfsbase => 0,
-                M::Rdgsbase => 1,
-                M::Wrfsbase => 2,
-                _ => 3,
-            };
+            op.set_fs_gs_base(match ins.mnemonic() {
+                M::Rdfsbase => FsGsBase::RdFs,
+                M::Rdgsbase => FsGsBase::RdGs,
+                M::Wrfsbase => FsGsBase::WrFs,
+                _ => FsGsBase::WrGs,
+            });
             fsgsbase
         }
-        M::Stac => {
-            op.cc = 0;
-            stac_clac
-        }
-        M::Clac => {
-            op.cc = 1;
+        M::Stac | M::Clac => {
+            op.set_clac(ins.mnemonic() == M::Clac);
             stac_clac
         }
         M::Ud0 | M::Ud1 | M::Ud2 | M::Rsm => crate::decode::invalid,

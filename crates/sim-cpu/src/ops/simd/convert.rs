@@ -4,7 +4,7 @@
 //! out of range, quieted NaNs, DAZ and FTZ.
 
 use super::fp::{daz, mode, report};
-use super::{dst, dst_class, enter, set_reg, src, src_class, MMX, XMM};
+use super::{dst, dst_class, enter, set_reg, src, src_class, SimdClass};
 use crate::decode::{Handler, Op};
 use crate::exec::Exec;
 use crate::fault::Stop;
@@ -198,7 +198,7 @@ fn convert(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         }
         Conv::IntsToFloats(to) => {
             let no = size(to);
-            let lanes = if to == Fmt::F32 && src_class(op) != MMX && op.size != 8 {
+            let lanes = if to == Fmt::F32 && src_class(op) != SimdClass::Mmx && op.size != 8 {
                 4
             } else {
                 2
@@ -213,7 +213,7 @@ fn convert(x: &mut Exec, op: &Op) -> Result<(), Stop> {
             report(x, flags, 0)?;
             let d = dst_class(op);
             let written = lanes * no;
-            let merged = if written < 16 && d == XMM && op.imm == 1 {
+            let merged = if written < 16 && d == SimdClass::Xmm && op.imm == 1 {
                 // CVTPI2PS keeps the destination's upper half.
                 (dst(x, op) & !lane_mask(written)) | out
             } else {
@@ -223,7 +223,11 @@ fn convert(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         }
         Conv::FloatsToInts(from, t) => {
             let ni = size(from);
-            let lanes = if dst_class(op) == MMX { 2 } else { 16 / ni };
+            let lanes = if dst_class(op) == SimdClass::Mmx {
+                2
+            } else {
+                16 / ni
+            };
             let v = src(
                 x,
                 op,

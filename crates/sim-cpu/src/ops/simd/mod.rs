@@ -9,28 +9,23 @@ mod fp;
 mod int;
 mod moves;
 
+pub use crate::decode::SimdClass;
 use crate::decode::{ea, Handler, Op};
 use crate::exec::{Exec, NONE};
 use crate::fault::{Stop, MF, NM, XM};
 use crate::state::{CR0_EM, CR0_NE, CR0_TS, CR4_OSFXSR, CR4_OSXMMEXCPT};
 use iced_x86::{CpuidFeature, Instruction, Mnemonic, OpKind, Register};
 
-/// Where an operand lives (`Op::cc`, two bits each for destination and source).
-pub const XMM: u8 = 0;
-pub const MMX: u8 = 1;
-pub const GPR: u8 = 2;
-pub const MEM: u8 = 3;
-/// `Op::cc` bit 4: a 16-byte memory operand must be aligned (#GP(0) otherwise).
-pub const ALIGNED: u8 = 1 << 4;
-
+/// Where the destination lives ([`Op::simd_dst`]).
 #[inline]
-pub fn dst_class(op: &Op) -> u8 {
-    op.cc & 3
+pub fn dst_class(op: &Op) -> SimdClass {
+    op.simd_dst()
 }
 
+/// Where the source lives ([`Op::simd_src`]).
 #[inline]
-pub fn src_class(op: &Op) -> u8 {
-    (op.cc >> 2) & 3
+pub fn src_class(op: &Op) -> SimdClass {
+    op.simd_src()
 }
 
 /// The checks before an instruction on XMM registers: #UD with CR0.EM set or
@@ -73,8 +68,8 @@ pub fn enter_mmx(x: &mut Exec) -> Result<(), Stop> {
 /// operand is an MMX register, else SSE's.
 #[inline]
 pub fn enter(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    if dst_class(op) == MMX || src_class(op) == MMX {
-        if dst_class(op) == XMM || src_class(op) == XMM {
+    if dst_class(op) == SimdClass::Mmx || src_class(op) == SimdClass::Mmx {
+        if dst_class(op) == SimdClass::Xmm || src_class(op) == SimdClass::Xmm {
             // Forms mixing XMM and MMX registers (CVTPI2PS, MOVQ2DQ...) need both.
             enter_sse(x)?;
         }
@@ -100,7 +95,7 @@ pub fn simd_exception(x: &mut Exec) -> Stop {
 #[inline]
 fn mem_address(x: &mut Exec, op: &Op, size: usize) -> Result<u64, Stop> {
     let a = ea(x, op);
-    if size == 16 && op.cc & ALIGNED != 0 {
+    if size == 16 && op.simd_aligned() {
         let lin = x.linear(op.seg as usize, a, 16, false)?;
         if lin & 15 != 0 {
             return Err(x.gp(0));
@@ -131,21 +126,21 @@ pub fn write_mem(x: &mut Exec, op: &Op, size: usize, v: u128) -> Result<(), Stop
 
 /// The value of register `r` of `class` (`size` bytes of a general register).
 #[inline]
-pub fn reg(x: &Exec, class: u8, r: u8, size: usize) -> u128 {
+pub fn reg(x: &Exec, class: SimdClass, r: u8, size: usize) -> u128 {
     match class {
-        XMM => x.cpu.xmm[r as usize],
-        MMX => x.cpu.fpu.mm(r as usize) as u128,
-        _ => x.reg(r, size) as u128,
+        SimdClass::Xmm => x.cpu.xmm[r as usize],
+        SimdClass::Mmx => x.cpu.fpu.mm(r as usize) as u128,
+        SimdClass::Gpr | SimdClass::Mem => x.reg(r, size) as u128,
     }
 }
 
 /// Writes register `r` of `class` (a general register by its x86 write rules).
 #[inline]
-pub fn set_reg(x: &mut Exec, class: u8, r: u8, size: usize, v: u128) {
+pub fn set_reg(x: &mut Exec, class: SimdClass, r: u8, size: usize, v: u128) {
     match class {
-        XMM => x.cpu.xmm[r as usize] = v,
-        MMX => x.cpu.fpu.set_mm(r as usize, v as u64),
-        _ => x.set_reg(r, size, v as u64),
+        SimdClass::Xmm => x.cpu.xmm[r as usize] = v,
+        SimdClass::Mmx => x.cpu.fpu.set_mm(r as usize, v as u64),
+        SimdClass::Gpr | SimdClass::Mem => x.set_reg(r, size, v as u64),
     }
 }
 
@@ -168,7 +163,9 @@ pub fn dst(x: &Exec, op: &Op) -> u128 {
 /// The operand width of an instruction: 16 bytes on XMM registers, 8 on MMX.
 #[inline]
 pub fn width(op: &Op) -> usize {
-    if dst_class(op) == MMX || (dst_class(op) == GPR && src_class(op) == MMX) {
+    if dst_class(op) == SimdClass::Mmx
+        || (dst_class(op) == SimdClass::Gpr && src_class(op) == SimdClass::Mmx)
+    {
         8
     } else {
         16
@@ -176,21 +173,23 @@ pub fn width(op: &Op) -> usize {
 }
 
 /// The register number and class of an iced register.
-fn class_of(r: Register) -> (u8, u8) {
+fn class_of(r: Register) -> (SimdClass, u8) {
     if (Register::XMM0..=Register::XMM15).contains(&r) {
-        (XMM, (r as u32 - Register::XMM0 as u32) as u8)
+        (SimdClass::Xmm, (r as u32 - Register::XMM0 as u32) as u8)
     } else if (Register::MM0..=Register::MM7).contains(&r) {
-        (MMX, (r as u32 - Register::MM0 as u32) as u8)
+        (SimdClass::Mmx, (r as u32 - Register::MM0 as u32) as u8)
     } else {
-        (GPR, crate::decode::gpr(r))
+        (SimdClass::Gpr, crate::decode::gpr(r))
     }
 }
 
 /// Fills the operand fields: `r` and the destination class from operand 0, `rm` and
-/// the source class from operand 1 (NONE and MEM for memory), `size` the memory
-/// operand's size (or the general register's), `imm` an immediate.
+/// the source class from operand 1 (NONE and `Mem` for memory), `size` the memory
+/// operand's size (or the general register's), `imm` an immediate; and whether a
+/// 16-byte memory operand must be aligned: in the legacy SSE forms, but for the
+/// unaligned moves (SDM vol 1 11.4.1.1, 11.6.6).
 fn operands(ins: &Instruction, op: &mut Op) {
-    let mut classes = [MEM; 2];
+    let mut classes = [SimdClass::Mem; 2];
     let mut regs = [NONE; 2];
     let mut size = 0u8;
     for i in 0..ins.op_count().min(3) {
@@ -200,12 +199,12 @@ fn operands(ins: &Instruction, op: &mut Op) {
                 let (c, n) = class_of(r);
                 classes[i as usize] = c;
                 regs[i as usize] = n;
-                if c == GPR {
+                if c == SimdClass::Gpr {
                     size = r.size() as u8;
                 }
             }
             OpKind::Memory if i < 2 => {
-                classes[i as usize] = MEM;
+                classes[i as usize] = SimdClass::Mem;
                 size = ins.memory_size().size() as u8;
             }
             OpKind::Immediate8 => op.imm = ins.immediate8() as u64,
@@ -218,7 +217,12 @@ fn operands(ins: &Instruction, op: &mut Op) {
     }
     op.r = regs[0];
     op.rm = regs[1];
-    op.cc = classes[0] | classes[1] << 2;
+    let unaligned = matches!(
+        ins.mnemonic(),
+        Mnemonic::Movups | Mnemonic::Movupd | Mnemonic::Movdqu | Mnemonic::Maskmovdqu
+    );
+    let aligned = ins.op_count() > 0 && !unaligned && ins.memory_size().size() == 16;
+    op.set_simd(classes[0], classes[1], aligned);
     op.size = size;
 }
 
@@ -234,15 +238,7 @@ pub fn is_simd(ins: &Instruction) -> bool {
 }
 
 pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
-    use Mnemonic as M;
     operands(ins, op);
-    let m = ins.mnemonic();
-    // The legacy SSE forms with a 16-byte memory operand require alignment, but for the
-    // unaligned moves (SDM vol 1 11.4.1.1, 11.6.6).
-    let unaligned = matches!(m, M::Movups | M::Movupd | M::Movdqu | M::Maskmovdqu);
-    if ins.op_count() > 0 && !unaligned && ins.memory_size().size() == 16 {
-        op.cc |= ALIGNED;
-    }
     if let Some(h) = int::compile(ins, op) {
         return Some(h);
     }

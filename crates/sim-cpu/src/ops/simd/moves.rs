@@ -5,7 +5,7 @@
 
 use super::{
     dst, dst_class, enter, enter_mmx, enter_sse, read_mem, reg, set_reg, src, src_class, write_mem,
-    GPR, MEM, MMX, XMM,
+    SimdClass,
 };
 use crate::decode::{Handler, Op};
 use crate::exec::{Exec, NONE};
@@ -36,7 +36,7 @@ fn mov(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, op)?;
     let n = (op.imm2 >> 8) as usize;
     let how = op.imm2 & 0xff;
-    if dst_class(op) == MEM {
+    if dst_class(op) == SimdClass::Mem {
         // A store: the source register (in `rm`), its low n bytes or its high half.
         let v = reg(x, src_class(op), op.rm, n);
         let v = if how == HIGH { v >> 64 } else { v };
@@ -62,7 +62,11 @@ fn mov(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         x,
         d,
         op.r,
-        if d == GPR { op.size as usize } else { 16 },
+        if d == SimdClass::Gpr {
+            op.size as usize
+        } else {
+            16
+        },
         out,
     );
     Ok(())
@@ -85,7 +89,7 @@ fn move_halves(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 fn mmx_xmm(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter_sse(x)?;
     enter_mmx(x)?;
-    if dst_class(op) == XMM {
+    if dst_class(op) == SimdClass::Xmm {
         x.cpu.xmm[op.r as usize] = x.cpu.fpu.mm(op.rm as usize) as u128;
     } else {
         let v = x.cpu.xmm[op.rm as usize] as u64;
@@ -98,7 +102,11 @@ fn mmx_xmm(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 fn movmsk(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, op)?;
     let lane = op.imm2 as usize;
-    let w = if src_class(op) == MMX { 8 } else { 16 };
+    let w = if src_class(op) == SimdClass::Mmx {
+        8
+    } else {
+        16
+    };
     let v = reg(x, src_class(op), op.rm, w);
     let mut m = 0u64;
     for i in 0..w / lane {
@@ -118,7 +126,11 @@ fn movnti(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// stored at DS:rDI (SDM vol 2 MASKMOVDQU).
 fn maskmov(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, op)?;
-    let w = if dst_class(op) == MMX { 8 } else { 16 };
+    let w = if dst_class(op) == SimdClass::Mmx {
+        8
+    } else {
+        16
+    };
     let data = reg(x, dst_class(op), op.r, w);
     let mask = reg(x, src_class(op), op.rm, w);
     let a = x.cpu.gpr[7] & crate::flags::mask(op.asize as usize);
@@ -134,7 +146,11 @@ fn maskmov(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// PSHUFD, PSHUFHW, PSHUFLW, PSHUFW: lanes picked by the immediate's 2-bit fields.
 fn pshuf(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, op)?;
-    let w = if dst_class(op) == MMX { 8 } else { 16 };
+    let w = if dst_class(op) == SimdClass::Mmx {
+        8
+    } else {
+        16
+    };
     let v = src(x, op, w)?;
     let sel = |v: u64, lanes: u32, size: u32| -> u64 {
         (0..lanes).fold(0u64, |out, i| {
@@ -179,7 +195,11 @@ fn shufp(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// PEXTRW: a word of an MMX or XMM register, zero-extended into a general register.
 fn pextrw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, op)?;
-    let w = if src_class(op) == MMX { 4 } else { 8 };
+    let w = if src_class(op) == SimdClass::Mmx {
+        4
+    } else {
+        8
+    };
     let v = reg(x, src_class(op), op.rm, 16);
     let word = (v >> (16 * (op.imm as usize % w))) as u64 & 0xffff;
     x.set_reg(op.r, op.size as usize, word);
@@ -189,7 +209,11 @@ fn pextrw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
 /// PINSRW: a word from a general register or memory into the selected lane.
 fn pinsrw(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, op)?;
-    let lanes = if dst_class(op) == MMX { 4 } else { 8 };
+    let lanes = if dst_class(op) == SimdClass::Mmx {
+        4
+    } else {
+        8
+    };
     let v = if op.rm == NONE {
         read_mem(x, op, 2)?
     } else {
@@ -283,9 +307,9 @@ pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
             // general register, the operand size decides.
             let n = if m == M::Movd { 4 } else { 8 };
             let d = dst_class(op);
-            if d == XMM {
+            if d == SimdClass::Xmm {
                 set(op, ZERO_UPPER, n);
-            } else if d == GPR {
+            } else if d == SimdClass::Gpr {
                 set(op, FULL, n);
                 op.size = n as u8;
             } else {
@@ -310,9 +334,13 @@ pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         M::Maskmovq | M::Maskmovdqu => {
             // The implicit destination is DS:rDI (overridable); the operands are the
             // data and the mask registers.
-            let class = if m == M::Maskmovq { MMX } else { XMM };
+            let class = if m == M::Maskmovq {
+                SimdClass::Mmx
+            } else {
+                SimdClass::Xmm
+            };
             let n = |r: iced_x86::Register| {
-                let base = if class == MMX {
+                let base = if class == SimdClass::Mmx {
                     iced_x86::Register::MM0
                 } else {
                     iced_x86::Register::XMM0
@@ -321,7 +349,8 @@ pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
             };
             op.r = n(ins.op_register(1));
             op.rm = n(ins.op_register(2));
-            op.cc = class | class << 2;
+            // Neither MASKMOVQ's 8 bytes nor MASKMOVDQU's need alignment.
+            op.set_simd(class, class, false);
             op.seg = crate::decode::seg_index(ins.memory_segment());
             maskmov
         }

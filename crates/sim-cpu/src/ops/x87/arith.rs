@@ -2,9 +2,7 @@
 //! FABS, FCHS, FRNDINT, FSCALE, FXTRACT, FPREM, FPREM1 (SDM vol 2 for each; the
 //! exceptions and their priority: vol 1 4.9.2, 8.5).
 
-use super::{
-    enter, has_mem, masked, mode, note, precision, read_operand, set_c1, underflow, MemFmt,
-};
+use super::{enter, has_mem, masked, mode, note, precision, read_operand, set_c1, underflow};
 use crate::decode::{Handler, Op};
 use crate::exec::Exec;
 use crate::fault::Stop;
@@ -127,7 +125,7 @@ fn bin_kind(op: &Op) -> Bin {
 /// FADD/FSUB/FSUBR/FMUL/FDIV/FDIVR with a memory source: ST(0) = ST(0) op m.
 fn binary_mem(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, true)?;
-    let (b, b_denormal) = read_operand(x, op, MemFmt::from_code(op.cc))?;
+    let (b, b_denormal) = read_operand(x, op, op.x87_format())?;
     if x.cpu.fpu.is_empty(0) {
         underflow(x, Some(0));
         return Ok(());

@@ -1,7 +1,7 @@
 //! x87 comparisons: FCOM(P)(P), FUCOM(P)(P), FICOM(P), FCOMI(P), FUCOMI(P), FTST,
 //! FXAM (SDM vol 2 for each, vol 1 8.3.6 and Table 8-6 / 8-7 for the results).
 
-use super::{enter, has_mem, note, read_operand, set_c1, MemFmt};
+use super::{enter, has_mem, note, read_operand, set_c1};
 use crate::decode::{Handler, Op};
 use crate::exec::Exec;
 use crate::fault::Stop;
@@ -78,7 +78,7 @@ fn fcom(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     let pops = (op.imm >> SHIFT_POPS) as usize;
     let mut b_denormal = false;
     let b = if has_mem(op) {
-        let (v, d) = read_operand(x, op, MemFmt::from_code(op.cc))?;
+        let (v, d) = read_operand(x, op, op.x87_format())?;
         b_denormal = d;
         Some(v)
     } else {

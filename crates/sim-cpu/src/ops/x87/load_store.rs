@@ -22,7 +22,7 @@ fn load_mem(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         super::overflow(x);
         return Ok(());
     }
-    let f = MemFmt::from_code(op.cc);
+    let f = op.x87_format();
     let (mut v, denormal) = if f == MemFmt::Bcd {
         let a = ea(x, op);
         note(x, op, Some(a));
@@ -235,7 +235,7 @@ fn to_bcd(x: &Exec, v: u128, class: Class) -> (u128, u8, bool) {
 /// FST/FSTP/FIST/FISTP/FBSTP to memory.
 fn store_mem(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     enter(x, true)?;
-    let f = MemFmt::from_code(op.cc);
+    let f = op.x87_format();
     let a = ea(x, op);
     note(x, op, Some(a));
     let pop = op.imm != 0;

@@ -9,6 +9,7 @@ mod control;
 mod load_store;
 mod transcend;
 
+pub use crate::decode::MemFmt;
 use crate::decode::{ea, Handler, Op};
 use crate::exec::Exec;
 use crate::fault::{Stop, MF, NM};
@@ -16,55 +17,7 @@ use crate::float::round::Mode;
 use crate::float::{self, Fmt, Rc, IE};
 use crate::fpu::{FSW_C1, FSW_SF};
 use crate::state::{CR0_EM, CR0_MP, CR0_NE, CR0_TS, CS};
-use iced_x86::{Instruction, MemorySize, Mnemonic, OpKind, Register};
-
-/// A memory operand's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemFmt {
-    F32 = 1,
-    F64 = 2,
-    F80 = 3,
-    I16 = 4,
-    I32 = 5,
-    I64 = 6,
-    Bcd = 7,
-}
-
-impl MemFmt {
-    pub fn from_code(c: u8) -> MemFmt {
-        match c {
-            1 => MemFmt::F32,
-            2 => MemFmt::F64,
-            3 => MemFmt::F80,
-            4 => MemFmt::I16,
-            5 => MemFmt::I32,
-            6 => MemFmt::I64,
-            _ => MemFmt::Bcd,
-        }
-    }
-
-    pub fn size(self) -> usize {
-        match self {
-            MemFmt::F32 | MemFmt::I32 => 4,
-            MemFmt::F64 | MemFmt::I64 => 8,
-            MemFmt::F80 | MemFmt::Bcd => 10,
-            MemFmt::I16 => 2,
-        }
-    }
-
-    fn of(ms: MemorySize) -> Option<MemFmt> {
-        Some(match ms {
-            MemorySize::Float32 => MemFmt::F32,
-            MemorySize::Float64 => MemFmt::F64,
-            MemorySize::Float80 => MemFmt::F80,
-            MemorySize::Int16 => MemFmt::I16,
-            MemorySize::Int32 => MemFmt::I32,
-            MemorySize::Int64 => MemFmt::I64,
-            MemorySize::Bcd => MemFmt::Bcd,
-            _ => return None,
-        })
-    }
-}
+use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 /// Checks before an x87 instruction: #NM when CR0.EM or CR0.TS is set (SDM vol 3
 /// 2.5, Table 2-2); for a waiting instruction, a pending unmasked exception raises #MF
@@ -269,10 +222,11 @@ fn st_index(r: Register) -> u8 {
 }
 
 /// Fills `op` for an x87 instruction: `r` and `rm` are the ST indices of its register
-/// operands (`r` the destination), `cc` the memory format.
+/// operands (`r` the destination), [`Op::x87_memory`] the memory operand's format.
 fn operands(ins: &Instruction, op: &mut Op) {
     op.r = 0;
     op.rm = 0;
+    op.set_x87_memory(None);
     let mut regs = 0;
     for i in 0..ins.op_count() {
         match ins.op_kind(i) {
@@ -288,7 +242,7 @@ fn operands(ins: &Instruction, op: &mut Op) {
                 }
             }
             OpKind::Memory => {
-                op.cc = MemFmt::of(ins.memory_size()).map_or(0, |f| f as u8);
+                op.set_x87_memory(MemFmt::of(ins.memory_size()));
             }
             _ => {}
         }
@@ -300,9 +254,9 @@ fn operands(ins: &Instruction, op: &mut Op) {
     }
 }
 
-/// Whether the instruction's first operand is memory.
+/// Whether the instruction has a memory operand in one of the number formats.
 pub fn has_mem(op: &Op) -> bool {
-    op.cc != 0
+    op.x87_memory().is_some()
 }
 
 pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
