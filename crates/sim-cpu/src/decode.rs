@@ -73,8 +73,8 @@ pub struct Op {
     ///
     /// Every other instruction leaves it 0 and reads nothing from it.
     cc: u8,
-    /// 0: none, 1: REP/REPE, 2: REPNE.
-    pub rep: u8,
+    /// The repeat prefix (read by the string instructions and INS/OUTS).
+    pub rep: Rep,
     pub lock: bool,
     pub imm: u64,
     pub imm2: u64,
@@ -82,6 +82,17 @@ pub struct Op {
     pub target: u64,
     /// The decoded instruction, for handlers of rare forms.
     pub ins: Instruction,
+}
+
+/// A repeat prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Rep {
+    None = 0,
+    /// F3: REP, or REPE for CMPS and SCAS.
+    Rep = 1,
+    /// F2: REPNE.
+    Repne = 2,
 }
 
 /// A handler for instructions the block builder reports as unsupported.
@@ -195,11 +206,11 @@ pub fn compile(ins: &Instruction, bitness: u32) -> Op {
         disp: 0,
         cc: 0,
         rep: if ins.has_rep_prefix() || ins.has_repe_prefix() {
-            1
+            Rep::Rep
         } else if ins.has_repne_prefix() {
-            2
+            Rep::Repne
         } else {
-            0
+            Rep::None
         },
         lock: ins.has_lock_prefix(),
         imm: 0,

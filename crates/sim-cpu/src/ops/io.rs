@@ -2,7 +2,7 @@
 //! the TSS I/O permission bitmap, SDM vol 1 19.5) and a refused access faults in the
 //! guest; an allowed one exits to the hypervisor, which hands it to the VMM.
 
-use crate::decode::{Handler, Io, Op};
+use crate::decode::{Handler, Io, Op, Rep};
 use crate::exec::Exec;
 use crate::fault::{Exit, Stop};
 use iced_x86::{Instruction, Mnemonic, OpKind};
@@ -53,7 +53,7 @@ fn io(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         size: op.size,
         input: form.input,
         string: form.string,
-        rep: op.rep != 0,
+        rep: op.rep != Rep::None,
     }))
 }
 

@@ -4,7 +4,7 @@
 //! deadlines, and the next execution resumes where it left off, as an interrupted REP
 //! does on hardware. MOVS and STOS over RAM copy whole page-bounded chunks.
 
-use crate::decode::{seg_index, Handler, Op, StringOp};
+use crate::decode::{seg_index, Handler, Op, Rep, StringOp};
 use crate::exec::Exec;
 use crate::fault::Stop;
 use crate::flags::{mask, FlagOp, DF};
@@ -115,7 +115,7 @@ fn repeated(x: &mut Exec, op: &Op) -> Result<(), Stop> {
         if matches!(kind, StringOp::Cmps | StringOp::Scas) {
             let zf = x.cpu.flags.zf();
             // REPE stops on a difference, REPNE on a match.
-            if (op.rep == 1 && !zf) || (op.rep == 2 && zf) {
+            if (op.rep == Rep::Rep && !zf) || (op.rep == Rep::Repne && zf) {
                 break;
             }
         }
@@ -222,5 +222,5 @@ pub fn compile(ins: &Instruction, op: &mut Op) -> Option<Handler> {
         StringOp::Movs | StringOp::Lods | StringOp::Cmps => seg_index(ins.memory_segment()),
         StringOp::Stos | StringOp::Scas => ES as u8,
     };
-    Some(if op.rep != 0 { repeated } else { once })
+    Some(if op.rep != Rep::None { repeated } else { once })
 }
