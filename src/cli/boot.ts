@@ -9,7 +9,7 @@
  * `--snapshot` keeps the images unchanged.
  * @module
  */
-import { readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, openSync, readSync, writeFileSync } from 'node:fs'
 import type { BootArgs } from './args.js'
 import { linuxFiles, VIRTIO_MODULES } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
@@ -321,14 +321,20 @@ const COMPARE_INIT = 'echo "mshv: booted; powering off (the policies are compare
 
 /** Whether `file` is a multiboot kernel: a multiboot header, and no Linux boot-protocol header ("HdrS" at 0x202). */
 function isMultibootFile(file: string): boolean {
-  let bytes: Uint8Array
+  // Both headers lie in the file's first 8 KiB (multiboot spec 3.1.1; boot.rst's setup
+  // header at 0x1f1): the kernel itself is read once, by its loader.
+  const bytes = new Uint8Array(8192)
+  let fd: number | undefined
   try {
-    bytes = readFileSync(file)
+    fd = openSync(file, 'r')
+    const head = bytes.subarray(0, readSync(fd, bytes, 0, bytes.length, 0))
+    const linux = head.length > 0x206 && Buffer.from(head.subarray(0x202, 0x206)).toString('latin1') === 'HdrS'
+    return !linux && isMultiboot(head)
   } catch {
     return false // prepareLinux names the file it cannot read
+  } finally {
+    if (fd !== undefined) closeSync(fd)
   }
-  const linux = bytes.length > 0x206 && Buffer.from(bytes.subarray(0x202, 0x206)).toString('latin1') === 'HdrS'
-  return !linux && isMultiboot(bytes)
 }
 
 /** Options that only mean something for Linux. */
