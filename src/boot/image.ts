@@ -148,17 +148,24 @@ export function parseElf(bytes: Uint8Array, file: string, description: string): 
       pvhEntry ??= pvhNote(dv, offset, fileSize, file)
     }
   }
+  checkLoadSegments(segments, file)
+  if (pvhEntry === undefined) fail(file, 'notes', 'no XEN_ELFNOTE_PHYS32_ENTRY: the kernel was built without CONFIG_PVH')
+  return { segments, pvhEntry, end, description }
+}
+
+/**
+ * An ELF's PT_LOAD segments as a loader takes them: at least one, and none overlapping
+ * another (it would overwrite its bytes; the loader copies only p_filesz, guest RAM being
+ * zero already, so the rest costs nothing). The ELF and multiboot loaders share it. @internal
+ */
+export function checkLoadSegments(segments: readonly { paddr: number; memSize: number }[], file: string): void {
   if (segments.length === 0) fail(file, 'program headers', 'no PT_LOAD segment')
-  // Segments may not overlap: one would overwrite another's bytes (and the loader copies
-  // only p_filesz: guest RAM is zero already, so the rest costs nothing).
   const sorted = [...segments].sort((a, b) => a.paddr - b.paddr)
   for (let i = 1; i < sorted.length; i++) {
     const a = sorted[i - 1] as (typeof sorted)[number]
     const b = sorted[i] as (typeof sorted)[number]
     if (a.paddr + a.memSize > b.paddr) fail(file, 'program headers', `PT_LOAD segments at ${hex(a.paddr)} (+${hex(a.memSize)}) and ${hex(b.paddr)} overlap`)
   }
-  if (pvhEntry === undefined) fail(file, 'notes', 'no XEN_ELFNOTE_PHYS32_ENTRY: the kernel was built without CONFIG_PVH')
-  return { segments, pvhEntry, end, description }
 }
 
 /**

@@ -10,12 +10,11 @@ import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
 import { createVm, Vm } from '../vm.js'
 import type { RunResult, Vcpu } from '../vcpu.js'
 import { identityMap4G, segment } from '../guest.js'
-import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB, type PcMachineOptions } from './pc-machine.js'
+import { addPcWithAcpi, bytesOf, checkCmdline, checkMemory, checkVcpus, e820, enterProtected32, MIB, writeAcpiTables, type PcMachineOptions } from './pc-machine.js'
 import { MshvError, describe, hex } from '../errors.js'
 import type { PcPlatform } from '../platform/pc.js'
 import type { AcpiPm } from '../devices/acpi-pm.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
-import { buildAcpiTables, ACPI_BASE } from './acpi.js'
 import { VmPort, VMPORT_PORT } from '../devices/vmport.js'
 import { simClocks } from '../layout.js'
 import type { CpuidEntry } from '../exits/cpuid.js'
@@ -141,7 +140,6 @@ const CMDLINE = 0x8000
 /** The boot protocol's GDT and identity-mapping page tables (8 KiB). */
 const BOOT_GDT = 0x500
 const BOOT_TABLES = 0x9000
-const CMDLINE_MAX = 4096
 /** `hvm_start_info`'s magic (xen/include/public/arch-x86/hvm/start_info.h). */
 const START_INFO_MAGIC = 0x336e_c578
 
@@ -158,10 +156,7 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `prepareLinux: options must be an object, got ${describe(options)}`)
   const memory = checkMemory(options.memory ?? 256 * MIB)
   const vcpus = checkVcpus(options.vcpus ?? 1)
-  const cmdline = options.cmdline ?? 'console=ttyS0'
-  if (typeof cmdline !== 'string' || cmdline.length >= CMDLINE_MAX) {
-    throw new MshvError('EINVAL', `cmdline must be a string of fewer than ${CMDLINE_MAX} bytes, got ${typeof cmdline === 'string' ? `${cmdline.length} bytes` : describe(cmdline)}`)
-  }
+  const cmdline = checkCmdline(options.cmdline ?? 'console=ttyS0')
   const kernel = load ? loadedKernel(options, memory) : RESTORED
   const initrd = load && options.initrd !== undefined ? bytesOf('initrd', options.initrd) : undefined
   const cpuid = options.vmware ? [...(Array.isArray(options.cpuid) ? options.cpuid : []), VMWARE_SIGNATURE] : options.cpuid
@@ -275,9 +270,8 @@ function loadBoot(vm: Vm, kernel: LoadedKernel, initrd: { bytes: Uint8Array; fil
     }
     vm.write(initrdAt, initrd.bytes)
   }
-  const acpi = buildAcpiTables(vcpus, ACPI_BASE, { pci: true })
-  vm.write(ACPI_BASE, acpi.bytes)
-  const boot = { memory, cmdline, rsdp: acpi.rsdp, initrd: initrd ? { at: initrdAt, size: initrd.bytes.length } : undefined }
+  const rsdp = writeAcpiTables(vm, vcpus)
+  const boot = { memory, cmdline, rsdp, initrd: initrd ? { at: initrdAt, size: initrd.bytes.length } : undefined }
   vm.write(CMDLINE, [...new TextEncoder().encode(cmdline), 0])
   if (kernel.header) writeBootParams(vm, kernel.header, boot)
   else writeStartInfo(vm, boot)

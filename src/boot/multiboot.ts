@@ -15,10 +15,10 @@ import type { PcPlatform } from '../platform/pc.js'
 import type { PciHost } from '../pci/host.js'
 import type { VmRunOptions, VmRunResult } from '../scheduler.js'
 import { MshvError, describe, hex } from '../errors.js'
-import { buildAcpiTables, ACPI_BASE } from './acpi.js'
+import { checkLoadSegments } from './image.js'
 import { checkBytes, checkString } from '../check.js'
 import { leaveAsBios } from './bios-state.js'
-import { addPcWithAcpi, bytesOf, checkMemory, checkVcpus, e820, enterProtected32, MIB, type PcMachineOptions } from './pc-machine.js'
+import { addPcWithAcpi, bytesOf, checkCmdline, checkMemory, checkVcpus, e820, enterProtected32, MIB, writeAcpiTables, type PcMachineOptions } from './pc-machine.js'
 
 /** The header's magic (spec 3.1.2) and the magic EAX holds at entry (3.2). */
 export const MULTIBOOT_HEADER_MAGIC = 0x1bad_b002
@@ -202,13 +202,7 @@ function elfImage(dv: DataView, bytes: Uint8Array, file: string): Omit<Multiboot
     if ((memSize as number) === 0) continue
     segments.push({ paddr: paddr as number, vaddr: vaddr as number, data: bytes.subarray(offset, (offset as number) + (fileSize as number)), memSize: memSize as number })
   }
-  if (segments.length === 0) fail(file, 'program headers', 'no PT_LOAD segment')
-  const sorted = [...segments].sort((a, b) => a.paddr - b.paddr)
-  for (let i = 1; i < sorted.length; i++) {
-    const a = sorted[i - 1] as Segment
-    const b = sorted[i] as Segment
-    if (a.paddr + a.memSize > b.paddr) fail(file, 'program headers', `PT_LOAD segments at ${hex(a.paddr)} (+${hex(a.memSize)}) and ${hex(b.paddr)} overlap`)
-  }
+  checkLoadSegments(segments, file)
   const home = segments.find((s) => entryV - s.vaddr >= 0 && entryV - s.vaddr < s.memSize)
   const entry = home ? home.paddr + (entryV - home.vaddr) : entryV
   if (!segments.some((s) => entry >= s.paddr && entry < s.paddr + s.memSize)) fail(file, 'e_entry', `${hex(entryV)} lies in no PT_LOAD segment`)
@@ -306,8 +300,7 @@ export function prepareMultiboot(options: MultibootOptions): MultibootMachine {
   if (typeof options !== 'object' || options === null) throw new MshvError('EINVAL', `prepareMultiboot: options must be an object, got ${describe(options)}`)
   const memory = checkMemory(options.memory ?? 128 * MIB)
   const vcpus = checkVcpus(options.vcpus ?? 1)
-  const cmdline = options.cmdline ?? ''
-  if (typeof cmdline !== 'string' || cmdline.length >= 4096) throw new MshvError('EINVAL', `cmdline must be a string of fewer than 4096 bytes, got ${typeof cmdline === 'string' ? `${cmdline.length} bytes` : describe(cmdline)}`)
+  const cmdline = checkCmdline(options.cmdline ?? '')
   const modules = options.modules ?? []
   if (!Array.isArray(modules)) throw new MshvError('EINVAL', `modules must be an array, got ${describe(modules)}`)
   const { bytes, file } = bytesOf('kernel', options.kernel)
@@ -324,8 +317,7 @@ export function prepareMultiboot(options: MultibootOptions): MultibootMachine {
   try {
     vm.addRam(0, memory)
     for (const s of kernel.segments) vm.write(s.paddr, s.data)
-    const acpi = buildAcpiTables(vcpus, ACPI_BASE, { pci: true })
-    vm.write(ACPI_BASE, acpi.bytes)
+    writeAcpiTables(vm, vcpus)
     const info = writeInfo(vm, kernel.end, memory, `${file} ${cmdline}`, loaded)
     // The spec leaves GDTR undefined; a GDT backing the loaded selectors lets a kernel
     // that reloads a segment register before its own lgdt keep running.

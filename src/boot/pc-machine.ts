@@ -16,6 +16,7 @@ import { MshvError, describe } from '../errors.js'
 import { addPcPlatform, type PcPlatform, type PcPlatformOptions } from '../platform/pc.js'
 import { AcpiPm, PM1A_EVT, PM1A_CNT, PM_TMR, RESET_PORT } from '../devices/acpi-pm.js'
 import { PCI_ECAM_BASE, PCI_ECAM_SIZE } from '../pci/host.js'
+import { buildAcpiTables, ACPI_BASE } from './acpi.js'
 
 /** What every loader's machine takes beside its kernel: the VM and the PC's console and clock. */
 export interface PcMachineOptions {
@@ -58,6 +59,24 @@ export function checkMemory(memory: unknown): number {
     throw new MshvError('EINVAL', `memory must be a multiple of 4096 bytes from 64 MiB to 3 GiB, got ${describe(memory)}`)
   }
   return memory
+}
+
+/** The longest command line a loader takes (bytes, its NUL beyond). */
+const CMDLINE_MAX = 4096
+
+/** Checks a loader's `cmdline` option: a string of fewer than 4096 bytes. */
+export function checkCmdline(cmdline: unknown): string {
+  if (typeof cmdline !== 'string' || cmdline.length >= CMDLINE_MAX) {
+    throw new MshvError('EINVAL', `cmdline must be a string of fewer than ${CMDLINE_MAX} bytes, got ${typeof cmdline === 'string' ? `${cmdline.length} bytes` : describe(cmdline)}`)
+  }
+  return cmdline
+}
+
+/** Writes the ACPI tables for `vcpus` vCPUs and PCI bus 0 where a scan of 0xE0000-0xFFFFF finds them; returns the RSDP's address. */
+export function writeAcpiTables(vm: Vm, vcpus: number): number {
+  const acpi = buildAcpiTables(vcpus, ACPI_BASE, { pci: true })
+  vm.write(ACPI_BASE, acpi.bytes)
+  return acpi.rsdp
 }
 
 /** Checks a loader's `vcpus` option: 1 to 64. */
