@@ -33,9 +33,13 @@ impl ApicBus {
     /// Whether a vCPU other than `index` is executing instructions (not halted, not
     /// waiting for a start-up IPI).
     pub fn another_running(&self, index: u32) -> bool {
-        self.all().iter().any(|a| {
-            a.index != index
-                && a.wake_at.load(std::sync::atomic::Ordering::Acquire) == super::RUNNING
+        // Atomics only, no APIC's lock: read under the bus's lock, without the copy of
+        // the list `all` makes (this runs at a spinning guest's PAUSEs).
+        self.apics.read().is_ok_and(|apics| {
+            apics.iter().any(|a| {
+                a.index != index
+                    && a.wake_at.load(std::sync::atomic::Ordering::Acquire) == super::RUNNING
+            })
         })
     }
 
