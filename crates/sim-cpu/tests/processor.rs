@@ -3,7 +3,9 @@
 //! state, each kind of exit with RIP where MSHV reports it, instruction limits and
 //! polls, event injection, translation, and the regressions the issue tracker found.
 
-use hv_core::{HostRegion, MemoryMapping, UnknownMsr};
+mod common;
+
+use hv_core::{HostRegion, UnknownMsr};
 use sim_cpu::fault::Exit;
 use sim_cpu::paging::Access;
 use sim_cpu::phys::PhysMap;
@@ -38,17 +40,7 @@ struct Machine {
 impl Machine {
     fn new() -> Self {
         let ram = Arc::new(HostRegion::new(RAM).unwrap());
-        let mem = PhysMap {
-            slots: vec![MemoryMapping {
-                gpa: 0,
-                region: Arc::clone(&ram),
-                writable: true,
-                executable: true,
-            }],
-            intercepts: vec![],
-            generation: 1,
-            dirty: None,
-        };
+        let mem = common::ram_map(&ram);
         Machine {
             cpu: Processor::new(true),
             ram,

@@ -9,7 +9,9 @@
 //! vector in EDX (0x100 + vector), the error code in RAX and CR2 in RBX; a case that
 //! completes ends with INT 0x20, whose stub reports 0x600D.
 
-use hv_core::{HostRegion, MemoryMapping, UnknownMsr};
+mod common;
+
+use hv_core::{HostRegion, UnknownMsr};
 use iced_x86::code_asm::*;
 use sim_cpu::fault::Exit;
 use sim_cpu::paging::Access;
@@ -115,17 +117,7 @@ impl Machine {
     /// over paging, running `body` and then INT 0x20.
     fn new(cpl: u8, cr0_extra: u64, cr4_extra: u64, body: impl FnOnce(&mut CodeAssembler)) -> Self {
         let ram = Arc::new(HostRegion::new(RAM).unwrap());
-        let mem = PhysMap {
-            slots: vec![MemoryMapping {
-                gpa: 0,
-                region: Arc::clone(&ram),
-                writable: true,
-                executable: true,
-            }],
-            intercepts: vec![],
-            generation: 1,
-            dirty: None,
-        };
+        let mem = common::ram_map(&ram);
         let w = |at: u64, b: &[u8]| ram.write(at as usize, b).unwrap();
         // GDT: null, ring-0 code 0x08 and data 0x10, ring-3 code 0x1b and data 0x23,
         // the TSS at 0x28 (16 bytes), an LDT at 0x38 (16 bytes) on USER_K1.
@@ -737,17 +729,7 @@ fn sdm_4_6_2_keys_rule_nothing_unless_4_level_paging_is_active() {
     let code = a.assemble(0x1000).unwrap();
     let ram = Arc::new(HostRegion::new(RAM).unwrap());
     ram.write(0x1000, &code).unwrap();
-    let mem = PhysMap {
-        slots: vec![MemoryMapping {
-            gpa: 0,
-            region: Arc::clone(&ram),
-            writable: true,
-            executable: true,
-        }],
-        intercepts: vec![],
-        generation: 1,
-        dirty: None,
-    };
+    let mem = common::ram_map(&ram);
     let mut p = Processor::new(true);
     for s in 0..6 {
         p.cpu.seg[s] = Segment::real(0, if s == 1 { 0x9b } else { 0x93 });
