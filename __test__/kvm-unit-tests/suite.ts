@@ -61,7 +61,6 @@ export interface SuiteTest {
   /** `qemu_params` / `extra_params`. */
   readonly params: string
   readonly arch: string | undefined
-  readonly accel: string | undefined
   /** Seconds (`timeout`, default 90 as in scripts/runtime.bash). */
   readonly timeout: number
   readonly groups: readonly string[]
@@ -82,7 +81,6 @@ export function readConfig(dir: string): SuiteTest[] {
       args: unquote(cur['test_args'] ?? cur['extra_params']?.match(/-append\s+(['"])(.*?)\1/)?.[2]),
       params: unquote(cur['qemu_params'] ?? cur['extra_params']),
       arch: cur['arch']?.trim(),
-      accel: cur['accel']?.trim(),
       timeout: Number.parseInt(unquote(cur['timeout']) || '90', 10),
       groups: unquote(cur['groups']).split(/\s+/).filter(Boolean),
     })
