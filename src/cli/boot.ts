@@ -29,7 +29,8 @@ export interface BootIo {
   readonly stderr: { write(s: string): unknown; readonly isTTY?: boolean }
 }
 
-const DETACH = 0x1d // Ctrl+]
+/** Ctrl+]: detaches the guest's console (telnet's escape), in `mshv boot` and the REPL. @internal */
+export const DETACH = 0x1d
 /** Input held for the guest's console before stdin is paused. */
 const HELD_INPUT = 1 << 20
 

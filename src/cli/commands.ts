@@ -9,7 +9,7 @@ import * as mshv from '../../index.js'
 import { createSession, type SessionOptions } from '../repl/session.js'
 import type { RunResult } from '../vcpu.js'
 import { USAGE, parseArgs, parseBootArgs, parseDoctorArgs, parseRestoreArgs, type DoctorArgs, type ReplArgs } from './args.js'
-import { boot, restore } from './boot.js'
+import { DETACH, boot, restore } from './boot.js'
 import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
 import { MshvError } from '../errors.js'
@@ -24,9 +24,6 @@ function replSession(args: ReplArgs): SessionOptions {
     linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB * 1024 * 1024 },
   }
 }
-
-/** Ctrl+]: detaches the guest's console, as in `mshv boot` (telnet's escape). */
-const DETACH = 0x1d
 
 function startRepl(args: ReplArgs, version: () => string): void {
   const options = replSession(args)
