@@ -19,7 +19,27 @@ import { addTestDevices } from './devices.js'
 const here = dirname(fileURLToPath(import.meta.url))
 /** The suite's tarball: `git archive` of kvm-unit-tests at this commit (../shared/kvm-unit-tests/README.md). */
 export const SUITE_COMMIT = '1da1819e'
-export const SUITE_TARBALL = join(here, '..', '..', '..', 'shared', 'kvm-unit-tests', `kvm-unit-tests-${SUITE_COMMIT}.tar.gz`)
+
+/**
+ * Where the tarball is: `$MSHV_KUT_TARBALL`, else `shared/kvm-unit-tests/` beside this
+ * checkout, else beside the checkout it was cloned from (a fresh clone in a temporary
+ * folder, as CI makes, has no `../shared` of its own). The first that exists; the first
+ * candidate when none does, for the message.
+ */
+function tarball(): string {
+  const name = join('shared', 'kvm-unit-tests', `kvm-unit-tests-${SUITE_COMMIT}.tar.gz`)
+  const repo = join(here, '..', '..')
+  const candidates = [process.env['MSHV_KUT_TARBALL'], join(repo, '..', name)]
+  try {
+    const origin = execFileSync('git', ['-C', repo, 'config', '--get', 'remote.origin.url'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+    if (origin.startsWith('/')) candidates.push(join(origin, '..', name))
+  } catch {
+    // not a clone, or no origin: only the places above
+  }
+  const found = candidates.filter((c): c is string => c !== undefined)
+  return found.find((c) => existsSync(c)) ?? (found[0] as string)
+}
+export const SUITE_TARBALL = tarball()
 
 /** Where the built suite is kept between runs (`$MSHV_KUT_CACHE`, default `~/.cache/mshv-kvm-unit-tests`). */
 export function suiteDir(): string {
