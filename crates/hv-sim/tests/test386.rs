@@ -13,14 +13,30 @@ use std::sync::Arc;
 const POST_PORT: u16 = 0x190;
 const OUT_PORT: u16 = 0xe9;
 
+/// `shared/test386` beside this checkout, else beside the checkout it was cloned from (a
+/// fresh clone in a temporary folder, as CI makes, has no `../shared` of its own).
 fn folder() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/test386");
-    if p.join("test386.bin").exists() {
-        Some(p)
-    } else {
-        eprintln!("test386 skipped: {} is absent", p.display());
-        None
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut candidates = vec![repo.join("../shared/test386")];
+    let origin = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["config", "--get", "remote.origin.url"])
+        .output();
+    if let Ok(out) = origin {
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if url.starts_with('/') {
+            candidates.push(PathBuf::from(url).join("../shared/test386"));
+        }
     }
+    let found = candidates
+        .iter()
+        .find(|p| p.join("test386.bin").exists())
+        .cloned();
+    if found.is_none() {
+        eprintln!("test386 skipped: {} is absent", candidates[0].display());
+    }
+    found
 }
 
 /// What a ROM run produced: the POST codes in order, the text on port 0xE9, and why it
