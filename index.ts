@@ -47,6 +47,7 @@ export { VirtioConsole, type VirtioConsoleOptions } from './src/virtio/console.j
 export { VirtioRng, type VirtioRngStats } from './src/virtio/rng.js'
 export type { RomWriteHandler } from './src/emulator/memory.js'
 export { STRING_IO_BATCH } from './src/exits/pio.js'
+export { GuestFatalError, exceptionName, type GuestException } from './src/exits/triple-fault.js'
 export { Vcpu, type RunResult, type RunOptions, type StepResult, type VcpuStats } from './src/vcpu.js'
 export { VCPU_STATE_VERSION, type VcpuState } from './src/snapshot/vcpu-state.js'
 export { type BreakpointHook, type CodeAddress, type Watchpoint, type WatchKind } from './src/debug/breakpoints.js'

@@ -1,5 +1,5 @@
 import test from 'ava'
-import { createVm, enterRealMode, CpuidTable, MshvError, type Vm, type Vcpu, type VmOptions, type MsrHandler } from '../index.js'
+import { createVm, enterRealMode, enterLongMode, CpuidTable, MshvError, GuestFatalError, type Vm, type Vcpu, type VmOptions, type MsrHandler } from '../index.js'
 import { u32 } from './helpers.js'
 
 const CODE = 0x1000
@@ -166,12 +166,41 @@ test('injectException pushes an error code only where the processor does (SDM vo
   vm.close()
 })
 
-test('a triple fault is an error carrying the registers', (t) => {
+test('a triple fault is an error carrying the registers and the exceptions that led to it (SDM vol 3 6.15: #UD, #GP at the IVT limit, #GP, #DF, #GP)', (t) => {
   const { vm, vcpu } = guest([0x0f, 0x0b]) // ud2 with no usable IVT
   vcpu.regs.setRaw('idtr', 0n, 0n)
-  const e = t.throws(() => vcpu.run(), { instanceOf: MshvError })
+  const e = t.throws(() => vcpu.run(), { instanceOf: GuestFatalError })
   t.is(e?.code, 'EGUEST_FATAL')
+  t.true(e instanceof MshvError)
   t.regex(e?.message ?? '', /triple fault.*rip=0x1000 .*cr0=.* cr2=0x0 /)
+  // Real mode: a vector past the IVT's limit is #GP (SDM vol 3 20.1.4). A benign #UD
+  // then a #GP are handled one after the other; a #GP delivering the #GP (two
+  // contributory exceptions) is a #DF, and a fault delivering the #DF a shutdown
+  // (Table 6-5).
+  t.deepEqual(e?.exceptions?.map((x) => x.name), ['#UD', '#GP', '#GP', '#DF', '#GP'])
+  t.regex(e?.message ?? '', /first #UD, then #GP, #GP, #DF, #GP;/)
+  t.is(e?.errorCode, undefined, '#UD pushes no error code')
+  t.is(e?.rip, 0x1000n)
+  vm.close()
+})
+
+test('a triple fault that began with a #PF names its address and error code, which CR2 no longer holds after a later #PF (SDM vol 3 6.15, Table 6-5)', (t) => {
+  const vm = createVm({ backend: 'sim' })
+  vm.addRam(0, 1 << 22)
+  // mov rax, [0x100000000]: past the 4 GiB the identity map covers, a not-present read.
+  const code = 0x10000 // above enterLongMode's page tables
+  vm.write(code, [0x48, 0xa1, 0, 0, 0, 0, 1, 0, 0, 0])
+  const vcpu = vm.createVcpu(0)
+  enterLongMode(vcpu, vm, code)
+  // The IDT's first 8 bytes in unmapped space: delivering the #PF faults with a #PF on
+  // the IDT, which makes a #DF, whose delivery faults again.
+  vcpu.regs.setRaw('idtr', 0xfffn << 48n, 0x2_0000_0000n) // hv_x64_table_register: limit in bits 48-63, then the base
+  const e = t.throws(() => vcpu.run(), { instanceOf: GuestFatalError })
+  t.deepEqual(e?.exceptions?.map((x) => x.vector), [14, 14, 8, 14])
+  t.is(e?.errorCode, 0, 'a supervisor read of a not-present page')
+  t.is(e?.faultAddress, 0x1_0000_0000n)
+  t.is(e?.cr2, 0x2_0000_0080n, "CR2 holds the last #PF's address, even one in a double fault's delivery (SDM vol 3 6.15, interrupt 14's footnote): #DF's IDT entry (8 * 16)")
+  t.regex(e?.message ?? '', /first #PF \(error code 0x0, address 0x100000000\), then #PF, #DF, #PF;/)
   vm.close()
 })
 

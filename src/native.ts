@@ -227,6 +227,7 @@ export type NativeGuestMemory = Binding.GuestMemory
 export type NativeStats = Binding.NativeStats
 export type NativeVcpuState = Binding.NativeVcpuState
 export type NativeRegisterPage = Binding.RegisterPage
+export type NativeTripleFault = Binding.NativeTripleFault
 
 /** Native resources alive in this process: VMs, vCPUs and guest memory regions. */
 export type LiveResources = Binding.LiveResources

@@ -5,6 +5,7 @@
  * more than one vCPU runs (see `src/scheduler.ts`).
  * @module
  */
+import { GuestFatalError } from './exits/triple-fault.js'
 import type { RunResult, Vcpu } from './vcpu.js'
 import type { VmRunResult } from './scheduler.js'
 import { MshvError, coded, describe } from './errors.js'
@@ -157,6 +158,8 @@ export class VcpuThreadGroup {
 /** `e` (an error a vCPU's run or exit threw) with the vCPU named, its code kept. */
 function named(e: unknown, v: Vcpu): Error {
   const c = coded(e)
+  // A triple fault keeps its class and what it says of the exceptions.
+  if (c instanceof GuestFatalError) return new GuestFatalError(`vCPU ${v.index}: ${c.message}`, c, { cause: e })
   if (c instanceof MshvError) return new MshvError(c.code, `vCPU ${v.index}: ${c.message}`, { cause: e })
   return c instanceof Error ? c : new MshvError('EINTERNAL', `vCPU ${v.index}: ${describe(c)}`)
 }

@@ -18,6 +18,7 @@ import { handleMsr, type MsrHandler } from './exits/msr.js'
 import { native as binding } from './native.js'
 import { ExitTrace, type ChromeTrace } from './trace.js'
 import { exitArgs } from './exits/describe.js'
+import { GuestFatalError } from './exits/triple-fault.js'
 import { ProgressLine, type ProgressStream } from './progress.js'
 import { fromNative, toNative, type VcpuState } from './snapshot/vcpu-state.js'
 import { VcpuDebug, codeAddress, type BreakpointHook, type CodeAddress, type Watchpoint, type WatchKind } from './debug/breakpoints.js'
@@ -883,7 +884,7 @@ export class Vcpu {
       case T_EXCEPTION:
         return this.debugStop()
       case T_FATAL:
-        throw new MshvError('EGUEST_FATAL', `the guest hit an unrecoverable exception (triple fault): ${this.describe()}`)
+        throw GuestFatalError.fromExit(this.native.tripleFault(), this.regs.get('cr2'), this.regs.get('rip'), this.describe())
       default:
         throw new MshvError('EUNHANDLED_EXIT', `unknown exit type ${hex(code)}`)
     }

@@ -275,6 +275,11 @@ pub trait VcpuBackend: Send {
     fn instructions(&self) -> u64 {
         0
     }
+    /// The exceptions behind the last run's unrecoverable-exception exit, when the
+    /// backend saw them (the sim); None otherwise (see [`crate::TripleFault`]).
+    fn triple_fault(&self) -> Option<crate::TripleFault> {
+        None
+    }
 }
 
 /// Checks the batch arguments every backend's register calls share.

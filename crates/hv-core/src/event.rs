@@ -20,6 +20,22 @@ pub const PENDING_EVENT_EXCEPTION: u32 = 0;
 /// Pending event type "external interrupt" (hvdef `EXT_INT`, WHV `WHvX64PendingEventExtInt` = 5).
 pub const PENDING_EVENT_EXT_INT: u32 = 5;
 
+/// What led to a triple fault, as far as the backend saw it: the exceptions raised, the
+/// first one first and the one that could not be delivered last (SDM vol 3 6.15,
+/// interrupt 8). The sim records them as it raises them; MSHV's
+/// `HVMSG_UNRECOVERABLE_EXCEPTION` carries only the intercept header (hvgdk_mini.h
+/// `hv_x64_unrecoverable_exception_message`), so a host backend has none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TripleFault {
+    /// The vectors raised, in order.
+    pub vectors: Vec<u8>,
+    /// The first exception's error code, when it pushes one.
+    pub error_code: Option<u32>,
+    /// The first exception's faulting address, when it was a #PF (CR2 then; a later
+    /// #PF in the chain overwrote the register).
+    pub cr2: Option<u64>,
+}
+
 /// An exception waiting to be delivered at the next resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingException {

@@ -27,7 +27,7 @@ pub use backend::{
 pub use counters::{Counters, ExitCounter};
 pub use cpuid::CpuidResult;
 pub use error::{HvError, Result};
-pub use event::{PendingEvent, PendingException};
+pub use event::{PendingEvent, PendingException, TripleFault};
 pub use interrupt::{InterruptKind, InterruptRequest, Interrupts};
 pub use memory::{HostRegion, RegionOptions};
 pub use message::{ExitMessage, MESSAGE_SIZE};

@@ -220,7 +220,7 @@ pub fn build(
             HVMSG_X64_EXCEPTION_INTERCEPT
         }
         // INIT and SIPI are the hypervisor's own business and never reach the VMM.
-        Exit::Shutdown | Exit::Unsupported | Exit::None | Exit::Init | Exit::Sipi(_) => {
+        Exit::Shutdown(_) | Exit::Unsupported | Exit::None | Exit::Init | Exit::Sipi(_) => {
             let m = hv_x64_unrecoverable_exception_message {
                 header: header(cpu, cr8, index, len, HV_INTERCEPT_ACCESS_EXECUTE),
             };

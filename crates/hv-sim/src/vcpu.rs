@@ -46,6 +46,8 @@ pub struct SimVcpu {
     /// PAE PDPTEs a restored state had loaded: the next flush keeps them rather than
     /// reading them from memory again.
     pub(crate) restore_pdptes: Option<[u64; 4]>,
+    /// The exceptions behind the last run's triple fault ([`VcpuBackend::triple_fault`]).
+    triple_fault: Option<hv_core::TripleFault>,
 }
 
 impl SimVcpu {
@@ -93,6 +95,7 @@ impl SimVcpu {
             exec,
             tsc_offset: 0,
             restore_pdptes: None,
+            triple_fault: None,
         })
     }
 
@@ -142,6 +145,14 @@ impl SimVcpu {
         } else {
             &none
         };
+        if let sim_cpu::Exit::Shutdown(cause) = exit {
+            let first = cause.first;
+            self.triple_fault = Some(hv_core::TripleFault {
+                vectors: cause.vectors().to_vec(),
+                error_code: first.error_code,
+                cr2: first.cr2,
+            });
+        }
         let cr8 = self.apic.lock().cr8();
         let t = exits::build(msg, &self.processor.cpu, cr8, self.index, exit, ins);
         self.fill_page();
@@ -621,6 +632,7 @@ impl VcpuBackend for SimVcpu {
 
     fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit> {
         self.counters.runs += 1;
+        self.triple_fault = None;
         if self.canceller.take() {
             return Ok(Exit::Cancelled);
         }
@@ -787,6 +799,10 @@ impl VcpuBackend for SimVcpu {
 
     fn instructions(&self) -> u64 {
         self.processor.instructions
+    }
+
+    fn triple_fault(&self) -> Option<hv_core::TripleFault> {
+        self.triple_fault.clone()
     }
 
     fn state(&mut self) -> Result<hv_core::VcpuState> {

@@ -96,6 +96,17 @@ pub struct Translation {
     pub result: u32,
 }
 
+/// The exceptions behind a triple fault (hv-core `TripleFault`).
+#[napi(object)]
+pub struct NativeTripleFault {
+    /// The vectors raised, the first exception first, the undeliverable one last.
+    pub vectors: Vec<u32>,
+    /// The first exception's error code, when it pushes one.
+    pub error_code: Option<u32>,
+    /// The first exception's faulting address, when it was a #PF.
+    pub cr2: Option<BigInt>,
+}
+
 /// Batched register calls carry two u64 halves per id.
 fn check_pairs(ids: &[u32], len: usize, what: &str) -> Result<()> {
     if len != ids.len() * 2 {
@@ -560,6 +571,22 @@ impl Vcpu {
                         .collect(),
                     instructions: b.instructions() as f64,
                 })
+            })
+        })
+    }
+
+    /// The exceptions behind the last run's triple fault, or null when the backend did
+    /// not see them (MSHV reports none) or the last run ended otherwise.
+    #[napi]
+    pub fn triple_fault(&self) -> Result<Option<NativeTripleFault>> {
+        guard("Vcpu.tripleFault", || {
+            self.check_open()?;
+            self.core.with(|b, _| {
+                Ok(b.triple_fault().map(|t| NativeTripleFault {
+                    vectors: t.vectors.iter().map(|v| u32::from(*v)).collect(),
+                    error_code: t.error_code,
+                    cr2: t.cr2.map(BigInt::from),
+                }))
             })
         })
     }

@@ -41,6 +41,39 @@ pub struct Fault {
     pub cr2: Option<u64>,
 }
 
+/// The exceptions that ended in a shutdown (SDM vol 3 6.15, interrupt 8: "If another
+/// exception occurs while attempting to call the double-fault handler, the processor
+/// enters shutdown mode"), for the VMM's error: a triple fault's cause is its first
+/// exception, which CR2 alone does not say (QEMU's `-d int` prints the same chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShutdownCause {
+    /// The exception whose delivery began the chain, with its error code and CR2.
+    pub first: Fault,
+    /// Every exception raised, by vector, from the first to the one that could not be
+    /// delivered (at most [`ShutdownCause::MAX`]: a first exception, three faulting
+    /// deliveries and the double faults between them).
+    pub vectors: [u8; ShutdownCause::MAX],
+    /// How many of `vectors` are meaningful.
+    pub count: u8,
+}
+
+impl ShutdownCause {
+    pub const MAX: usize = 8;
+
+    /// Notes one more exception raised in the chain.
+    pub fn push(&mut self, vector: u8) {
+        if let Some(slot) = self.vectors.get_mut(self.count as usize) {
+            *slot = vector;
+            self.count += 1;
+        }
+    }
+
+    /// The vectors raised, first to last.
+    pub fn vectors(&self) -> &[u8] {
+        &self.vectors[..self.count as usize]
+    }
+}
+
 /// Why the processor hands control to the hypervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Exit {
@@ -66,7 +99,7 @@ pub enum Exit {
     /// RDMSR/WRMSR under intercept.
     Msr { msr: u32, write: bool },
     /// An exception could not be delivered (a triple fault): the processor shuts down.
-    Shutdown,
+    Shutdown(ShutdownCause),
     /// An instruction this processor should have but does not implement yet.
     Unsupported,
     /// INIT arrived: the hypervisor puts the processor in its INIT state.

@@ -4,8 +4,8 @@
 
 use crate::exec::Exec;
 use crate::fault::{
-    selector_error, Fault, Stop, DB as DB_VECTOR, DF as DF_VECTOR, GP, NP, PF as PF_VECTOR,
-    SS as SS_FAULT, TS,
+    selector_error, Fault, ShutdownCause, Stop, DB as DB_VECTOR, DF as DF_VECTOR, GP, NP,
+    PF as PF_VECTOR, SS as SS_FAULT, TS,
 };
 use crate::flags::*;
 use crate::segment::{self, read_descriptor, Descriptor};
@@ -377,6 +377,11 @@ fn class(v: u8) -> Class {
 pub fn raise(x: &mut Exec, first: Fault, ret: u64, source: Source) -> Result<(), Stop> {
     let mut f = first;
     let mut src = source;
+    let mut cause = ShutdownCause {
+        first,
+        ..ShutdownCause::default()
+    };
+    cause.push(first.vector);
     for _ in 0..3 {
         if let Some(cr2) = f.cr2 {
             x.cpu.cr2 = cr2;
@@ -386,6 +391,14 @@ pub fn raise(x: &mut Exec, first: Fault, ret: u64, source: Source) -> Result<(),
             Err(Stop::Exit) => return Err(Stop::Exit),
             Err(Stop::Fault) => {
                 let second = x.fault;
+                cause.push(second.vector);
+                // "Processors update CR2 whenever a page fault is detected ... even if
+                // the page fault results in a double fault or occurs during the
+                // delivery of a double fault" (SDM vol 3 6.15, interrupt 14, footnote;
+                // Linux's exc_double_fault reads CR2 to tell a stack overflow).
+                if let Some(cr2) = second.cr2 {
+                    x.cpu.cr2 = cr2;
+                }
                 let (a, b) = (class(f.vector), class(second.vector));
                 if a == Class::DoubleFault && b != Class::Benign {
                     break;
@@ -393,6 +406,7 @@ pub fn raise(x: &mut Exec, first: Fault, ret: u64, source: Source) -> Result<(),
                 let double = (a == Class::Contributory && b == Class::Contributory)
                     || (a == Class::PageFault && b != Class::Benign);
                 f = if double {
+                    cause.push(DF_VECTOR);
                     Fault {
                         vector: DF_VECTOR,
                         error_code: Some(0),
@@ -406,7 +420,7 @@ pub fn raise(x: &mut Exec, first: Fault, ret: u64, source: Source) -> Result<(),
             }
         }
     }
-    Err(x.exit_with(crate::fault::Exit::Shutdown))
+    Err(x.exit_with(crate::fault::Exit::Shutdown(cause)))
 }
 
 /// IRET/IRETD/IRETQ (SDM vol 2 IRET, "Operation"). A fault before the return commits
