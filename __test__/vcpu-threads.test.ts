@@ -6,7 +6,7 @@
  */
 import test from 'ava'
 import { readFile } from 'node:fs/promises'
-import { MshvError, enterLongMode } from '../index.js'
+import { GuestFatalError, MshvError, enterLongMode } from '../index.js'
 import { native } from '../src/native.js'
 import { longModeVm } from './helpers.js'
 
@@ -87,6 +87,33 @@ test("a device's error on vCPU 1's thread rejects vm.run() once, naming the vCPU
     t.deepEqual(vm.cpus[0]?.run({ maxExits: 3 }), { reason: 'exits' })
   } finally {
     process.off('unhandledRejection', listen)
+    vm.close()
+  }
+})
+
+test("a triple fault on vCPU 1's thread rejects vm.run() with a GuestFatalError naming the vCPU and keeping the exceptions", async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    out 0x80, al
+    jmp start
+  cpu1:
+    lidt [rel empty]
+    ud2
+  empty:
+    dw 0
+    dq 0
+  `,
+    {},
+    { vcpus: 2, clock: 'realtime' },
+  )
+  vm.bus.register(0x80, 1, { ioWrite: () => {} }, 'sink')
+  try {
+    const e = await t.throwsAsync(vm.run({ timeoutMs: 30_000 }), { instanceOf: GuestFatalError })
+    t.is(e?.code, 'EGUEST_FATAL')
+    t.regex(e?.message ?? '', /^vCPU 1: the guest hit an unrecoverable exception \(triple fault\): first #UD, then #GP/)
+    t.deepEqual(e?.exceptions?.slice(0, 2).map((x) => x.name), ['#UD', '#GP'])
+  } finally {
     vm.close()
   }
 })
