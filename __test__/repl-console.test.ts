@@ -5,46 +5,16 @@
  * prompt works again (#30).
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { debianLinuxOrSkip } from './helpers.js'
+import { inTerminal } from './terminal.js'
 
 const linux = debianLinuxOrSkip('repl-console.test.ts')
-
-/** The terminal's output so far, and a way to wait until it shows a pattern. */
-class Terminal {
-  text = ''
-  private waiters: (() => void)[] = []
-  feed(s: string): void {
-    this.text += s
-    for (const w of this.waiters.splice(0)) w()
-  }
-  async until(pattern: RegExp, from: number, ms: number): Promise<number> {
-    const deadline = Date.now() + ms
-    for (;;) {
-      const m = pattern.exec(this.text.slice(from))
-      if (m) return from + m.index + m[0].length
-      const left = deadline - Date.now()
-      if (left <= 0) throw new Error(`no ${pattern} after ${ms} ms; the terminal showed:\n${this.text.slice(from).slice(-2000)}`)
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left)
-        this.waiters.push(() => {
-          clearTimeout(timer)
-          resolve()
-        })
-      })
-    }
-  }
-}
 
 if (typeof linux !== 'string') {
   test("repl: await run() attaches the guest's console; typing reaches its shell, Ctrl+] detaches and the REPL evaluates again", async (t) => {
     t.timeout(240_000)
     const command = `${process.execPath} --import tsx src/cli/mshv.ts repl --backend sim --kernel debian`
-    const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, COLUMNS: '120', LINES: '40' } })
-    const term = new Terminal()
-    child.stdout.on('data', (d: Buffer) => term.feed(d.toString('latin1')))
-    child.stderr.on('data', (d: Buffer) => term.feed(d.toString('latin1')))
-    const type = (s: string): void => void child.stdin.write(s)
+    const { child, term, type, exited } = inTerminal(command)
     try {
       let at = await term.until(/mshv> /, 0, 60_000)
       type('await run()\r')
@@ -59,7 +29,7 @@ if (typeof linux !== 'string') {
       // What was typed for the guest never reached the REPL: no ReferenceError for 'echo'.
       t.notRegex(term.text, /ReferenceError|SyntaxError/)
       type('.exit\r')
-      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+      const code = await exited
       t.is(code, 0, term.text.slice(-2000))
     } finally {
       child.kill()
