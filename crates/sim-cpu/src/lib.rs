@@ -31,6 +31,7 @@ mod segment;
 pub mod state;
 mod task;
 mod tlb;
+pub mod vendor;
 
 pub use exec::Exec;
 pub use fault::{Exit, Fault};

@@ -14,6 +14,7 @@ use crate::segment::{
     read_descriptor, Descriptor, TYPE_LDT, TYPE_TSS16_AVAILABLE, TYPE_TSS32_AVAILABLE,
 };
 use crate::state::*;
+use crate::vendor::{self, Vendor};
 use crate::X2apicWrite;
 use hv_core::UnknownMsr;
 use iced_x86::{Code, Instruction, Mnemonic, OpKind, Register};
@@ -648,6 +649,8 @@ fn rdmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
     let v = match x.env.read_msr(m, x.cpu.tsc).or_else(|| msr::read(x.cpu, m)) {
         Some(v) => v,
         None if msr::absent(m) => return Err(x.gp(0)),
+        // AMD's legacy performance counters: present and holding 0 (see `K7_PERF_FIRST`).
+        None if vendor::is_k7_perf(m) && Vendor::of_guest(x).has_k7_perf_msrs() => 0,
         None => match x.env.unknown_msr() {
             UnknownMsr::Ignore => 0,
             UnknownMsr::Exit => {
@@ -683,6 +686,15 @@ fn wrmsr(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
     match msr::write(x, m, v) {
         Written::Done => Ok(()),
         Written::Refused => Err(x.gp(0)),
+        // AMD's legacy performance counters: 0 is theirs to hold, any other value is an
+        // event or a count the sim does not keep (see `K7_PERF_FIRST`).
+        Written::Unknown if vendor::is_k7_perf(m) && Vendor::of_guest(x).has_k7_perf_msrs() => {
+            if v == 0 {
+                Ok(())
+            } else {
+                Err(x.gp(0))
+            }
+        }
         Written::Unknown => match x.env.unknown_msr() {
             UnknownMsr::Ignore => Ok(()),
             UnknownMsr::Exit => Err(x.exit_with(Exit::Msr {
@@ -819,20 +831,48 @@ fn flat(selector: u16, code: bool, long: bool, dpl: u16) -> Segment {
     }
 }
 
-/// SYSCALL (64-bit mode, EFER.SCE; Intel processors #UD elsewhere).
+/// SYSCALL. EFER.SCE clear is #UD for both vendors (SDM vol 2 SYSCALL, AMD APM vol 3
+/// SYSCALL). Outside 64-bit mode it follows the guest's vendor ([`Vendor`]): Intel's
+/// is #UD there (SDM vol 2 SYSCALL); AMD's enters the 64-bit kernel at CSTAR from
+/// compatibility mode and the 32-bit kernel at STAR[31:0] from legacy protected mode
+/// (APM vol 3 SYSCALL). Real and virtual-8086 mode are #UD for both, as KVM's
+/// `em_syscall` has them ("syscall is not available in real mode").
 fn syscall(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    if !x.cpu.mode64() || x.cpu.efer & EFER_SCE == 0 {
+    if x.cpu.efer & EFER_SCE == 0 {
+        return Err(x.ud());
+    }
+    let from64 = x.cpu.mode64();
+    if !from64
+        && (!x.cpu.protected() || x.cpu.v86() || !Vendor::of_guest(x).syscall_outside_64bit_mode())
+    {
         return Err(x.ud());
     }
     let star = x.cpu.msr.star;
     let cs = ((star >> 32) & 0xfffc) as u16;
-    x.cpu.gpr[1] = op.next;
     let f = x.cpu.rflags();
-    x.cpu.gpr[11] = f;
-    x.cpu.set_rflags(f & !x.cpu.msr.sfmask & !RF);
-    x.cpu.seg[CS] = flat(cs, true, true, 0);
+    if x.cpu.long_mode_active() {
+        // APM vol 3 SYSCALL, "SYSCALL_LONG_MODE": RIP from LSTAR in 64-bit mode, from
+        // CSTAR in compatibility mode; always into 64-bit code (SDM vol 2 SYSCALL for
+        // the 64-bit-mode half).
+        x.cpu.gpr[1] = op.next;
+        x.cpu.gpr[11] = f;
+        x.cpu.set_rflags(f & !x.cpu.msr.sfmask & !RF);
+        x.cpu.seg[CS] = flat(cs, true, true, 0);
+        x.cpu.rip = if from64 {
+            x.cpu.msr.lstar
+        } else {
+            x.cpu.msr.cstar
+        };
+    } else {
+        // APM vol 3 SYSCALL, "SYSCALL_LEGACY_MODE": ECX the next EIP, EIP STAR[31:0],
+        // 32-bit code at CPL 0, RFLAGS.VM, IF and RF cleared (IA32_FMASK and R11 are
+        // long mode's).
+        x.cpu.gpr[1] = op.next & 0xffff_ffff;
+        x.cpu.set_rflags(f & !(VM | IF | RF));
+        x.cpu.seg[CS] = flat(cs, true, false, 0);
+        x.cpu.rip = star & 0xffff_ffff;
+    }
     x.cpu.seg[SS] = flat(cs.wrapping_add(8), false, false, 0);
-    x.cpu.rip = x.cpu.msr.lstar;
     x.end_block = true;
     step_at_end(x);
     Ok(())
@@ -847,11 +887,22 @@ fn step_at_end(x: &mut Exec) {
     }
 }
 
-/// SYSRET (64-bit mode, CPL 0, RCX canonical: #GP(0) before anything changes, as
-/// Intel processors check).
+/// SYSRET. EFER.SCE clear is #UD for both vendors. Outside 64-bit mode it follows
+/// the guest's vendor ([`Vendor`]): Intel's is #UD there (SDM vol 2 SYSRET); AMD's
+/// needs protected mode (#GP(0) in real mode) and returns to 32-bit code (APM vol 3
+/// SYSRET). Then CPL 0 (#GP(0)) and, to 64-bit code, a canonical RCX: #GP(0) before
+/// anything changes, as Intel processors check (SDM vol 2 SYSRET).
 fn sysret(x: &mut Exec, op: &Op) -> Result<(), Stop> {
-    if !x.cpu.mode64() || x.cpu.efer & EFER_SCE == 0 {
+    if x.cpu.efer & EFER_SCE == 0 {
         return Err(x.ud());
+    }
+    if !x.cpu.mode64() {
+        if !Vendor::of_guest(x).sysret_outside_64bit_mode() {
+            return Err(x.ud());
+        }
+        if !x.cpu.protected() {
+            return Err(x.gp(0));
+        }
     }
     privileged(x)?;
     let to64 = op.size == 8;
@@ -867,7 +918,13 @@ fn sysret(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     };
     x.cpu.seg[CS] = flat(cs, true, to64, 3);
     x.cpu.seg[SS] = flat(base.wrapping_add(8) | 3, false, false, 3);
-    x.cpu.set_rflags((x.cpu.gpr[11] & 0x3c_7fd7) | 2);
+    if x.cpu.long_mode_active() {
+        x.cpu.set_rflags((x.cpu.gpr[11] & 0x3c_7fd7) | 2);
+    } else {
+        // APM vol 3 SYSRET, "SYSRET_LEGACY_MODE": RFLAGS.IF = 1, the rest kept.
+        let f = x.cpu.rflags();
+        x.cpu.set_rflags(f | IF);
+    }
     x.cpu.rip = rip;
     x.end_block = true;
     step_at_end(x);
