@@ -1,5 +1,5 @@
 import test from 'ava'
-import { createVm, enterRealMode, enterLongMode, CpuidTable, MshvError, GuestFatalError, type Vm, type Vcpu, type VmOptions, type MsrHandler } from '../index.js'
+import { createVm, enterRealMode, enterLongMode, segment, CpuidTable, MshvError, GuestFatalError, type Vm, type Vcpu, type VmOptions, type MsrHandler } from '../index.js'
 import { u32 } from './helpers.js'
 
 const CODE = 0x1000
@@ -111,6 +111,36 @@ test('MSR handlers answer RDMSR and see WRMSR; a refused access injects #GP(0) a
   t.is(faultingIp(vm), SECOND_RDMSR, '#GP is a fault: it returns to the refused RDMSR')
   t.is(vcpu.stats().exitsByType['msr'], 3)
   vm.close()
+})
+
+test("the guest's vendor is the CPUID table's: with AuthenticAMD, SYSCALL from compatibility mode enters 64-bit code at CSTAR (AMD APM vol 3 SYSCALL) and the legacy counter MSRs read 0 (APM vol 2 13.2.1); with GenuineIntel, it is #UD (SDM vol 2 SYSCALL)", (t) => {
+  const words = (v: string) => ({ ebx: ascii(v.slice(0, 4)), edx: ascii(v.slice(4, 8)), ecx: ascii(v.slice(8, 12)) })
+  for (const vendor of ['AuthenticAMD', 'GenuineIntel']) {
+    const vm = createVm({ backend: 'sim', cpuid: new CpuidTable([{ leaf: 0, ...words(vendor) }]) })
+    vm.addRam(0, 1 << 22)
+    vm.write(0x10000, [0x0f, 0x05]) // syscall (in 32-bit code)
+    vm.write(0x11000, [0x49, 0x89, 0xc8, 0xb9, 0x04, 0x00, 0x01, 0xc0, 0x0f, 0x32, 0xf4]) // CSTAR: mov r8, rcx; mov ecx, 0xc0010004 (PerfCtr0); rdmsr; hlt
+    const vcpu = vm.createVcpu(0)
+    enterLongMode(vcpu, vm, 0x10000)
+    vcpu.regs.setRaw('cs', ...segment(0n, 0xffffffff, 0x18, 0xc09b)) // 32-bit code: compatibility mode
+    vcpu.regs.set('efer', (1n << 8n) | (1n << 10n) | 1n) // LME, LMA, SCE
+    vcpu.regs.set('star', 8n << 32n)
+    vcpu.regs.set('cstar', 0x11000n)
+    vcpu.regs.set('lstar', 0x12000n)
+    vcpu.regs.set('rax', 0x1234n)
+    vcpu.regs.setRaw('idtr', 0n, 0n) // no IDT: a fault is a triple fault that names it
+    if (vendor === 'AuthenticAMD') {
+      t.is(vcpu.run().reason, 'halt')
+      t.is(vcpu.regs.get('rip'), 0x1100bn, 'at CSTAR, past its HLT')
+      t.is(vcpu.regs.get('r8'), 0x10002n, 'RCX: the next RIP')
+      t.is(vcpu.regs.get('r11') & 2n, 2n, 'R11: RFLAGS')
+      t.is(vcpu.regs.get('rax'), 0n, 'PerfCtr0 reads 0')
+    } else {
+      const e = t.throws(() => vcpu.run(), { instanceOf: GuestFatalError })
+      t.is(e?.exceptions?.[0]?.vector, 6, vendor)
+    }
+    vm.close()
+  }
 })
 
 const UNKNOWN_RDMSR = [0x66, 0xb9, 0x34, 0x12, 0x00, 0x40, 0x66, 0xb8, 0x11, 0, 0, 0, 0x0f, 0x32, 0xf4] // ecx=0x40001234, eax=0x11; rdmsr; hlt

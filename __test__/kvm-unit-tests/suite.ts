@@ -13,7 +13,8 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { createVm, enterRealMode, prepareMultiboot, VmPort, VMPORT_PORT, type CpuidEntry, type VmRunResult } from '../../index.js'
+import { prepareMultiboot, VmPort, VMPORT_PORT, type VmRunResult } from '../../index.js'
+import { cpuidFor } from './cpu.js'
 import { addTestDevices } from './devices.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -132,28 +133,6 @@ export interface TestRun {
   /** Why the run ended (the VM's result, or the error). */
   readonly ended: string
   readonly seconds: number
-}
-
-/** The sim's own CPUID.1 ECX, read by a guest (the table answers whole registers only). */
-function simCpuid1Ecx(): number {
-  const vm = createVm({ backend: 'sim' })
-  try {
-    vm.addRam(0, 0x10000)
-    vm.write(0x1000, [0xb8, 1, 0, 0, 0, 0x0f, 0xa2, 0xe6, 0xf4]) // mov eax, 1; cpuid; out 0xf4, al
-    const v = vm.createVcpu(0)
-    enterRealMode(v, 0x1000)
-    const r = v.run()
-    if (r.reason !== 'debug-exit') throw new Error(`the CPUID probe ended with ${r.reason}`)
-    return Number(v.regs.get('rcx') & 0xffff_ffffn)
-  } finally {
-    vm.close()
-  }
-}
-
-/** CPUID.1:ECX.x2APIC (bit 21): `-cpu ...,-x2apic` hides it, `+x2apic` leaves the sim's (it has one). */
-function cpuidFor(params: string): CpuidEntry[] | undefined {
-  if (!/-x2apic\b/.test(params)) return undefined
-  return [{ leaf: 1, ecx: (simCpuid1Ecx() & ~(1 << 21)) >>> 0 }]
 }
 
 /** `-m N[gGmM]` of the test's parameters, in bytes (capped at the 3 GiB a VM has below the PCI hole). */
