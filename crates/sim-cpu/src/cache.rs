@@ -50,6 +50,9 @@ pub struct Block {
     /// Whether running the block to its end leaves the stamp (see [`stamp`]) as it
     /// found it: its last instruction is a near branch or ends no block.
     pub keeps_mode: bool,
+    /// The translator's: how often the block ran, then its compiled code, which goes
+    /// with the block (`crate::jit`).
+    pub jit: crate::jit::Slot,
 }
 
 /// A block found after another: at `ip`, under link key `key` (see
@@ -142,6 +145,8 @@ pub struct CodeCache {
     key: u64,
     key_generation: u64,
     key_stamp: Stamp,
+    /// Which tier runs the blocks, and what the translator did.
+    pub translator: crate::jit::Translator,
 }
 
 impl Default for CodeCache {
@@ -157,6 +162,7 @@ impl Default for CodeCache {
             key: 1,
             key_generation: 0,
             key_stamp: Link::NONE_STAMP,
+            translator: crate::jit::Translator::default(),
         }
     }
 }
@@ -653,5 +659,6 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
             std::cell::Cell::new(Link::NONE),
         ],
         keeps_mode: keeps,
+        jit: crate::jit::Slot::default(),
     }))
 }

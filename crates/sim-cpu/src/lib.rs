@@ -22,6 +22,7 @@ pub mod flags;
 pub mod float;
 pub mod fpu;
 mod interrupt;
+mod jit;
 pub mod msr;
 mod ops;
 pub mod paging;
@@ -36,6 +37,7 @@ pub mod vendor;
 pub use exec::Exec;
 pub use fault::{Exit, Fault};
 pub use hv_core::UnknownMsr;
+pub use jit::{Tier, TranslatorStats, HOT};
 pub use run::{Debug, ExitInstruction, Processor, RunEnd, POLL_INTERVAL};
 
 pub use state::{Cpu, Segment, Table};

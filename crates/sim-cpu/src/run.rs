@@ -172,7 +172,13 @@ impl Processor {
         Processor {
             cpu: Cpu::reset(crate::cpuid::SIGNATURE, bsp),
             tlb: Tlb::default(),
-            cache: CodeCache::default(),
+            cache: {
+                let mut cache = CodeCache::default();
+                let (tier, hot) = crate::jit::Tier::from_env();
+                cache.translator.tier = tier;
+                cache.translator.hot = hot;
+                cache
+            },
             instructions: 0,
             exit_instruction: ExitInstruction::default(),
             events: Arc::default(),
@@ -185,6 +191,28 @@ impl Processor {
             guest_bps: Breakpoints::default(),
             db_resume: None,
         }
+    }
+
+    /// Chooses the tier that executes guest code from now on (blocks compiled so far
+    /// are kept, and used again if the translator comes back).
+    pub fn set_tier(&mut self, tier: crate::Tier) {
+        self.cache.translator.tier = tier;
+    }
+
+    /// The tier that executes guest code.
+    pub fn tier(&self) -> crate::Tier {
+        self.cache.translator.tier
+    }
+
+    /// Runs of a block before the translator compiles it (1: at its first run; the
+    /// default is [`crate::HOT`]).
+    pub fn set_hot(&mut self, runs: u32) {
+        self.cache.translator.hot = runs.max(1);
+    }
+
+    /// What the translator compiled, and the time it took.
+    pub fn translator_stats(&self) -> crate::TranslatorStats {
+        self.cache.translator.stats
     }
 
     /// Sets where the hypervisor's debugger stops this processor. Translations are
@@ -470,7 +498,18 @@ impl Processor {
                         None => continue 'run,
                     }
                 }
-                let (outcome, whole) = run_plain(&mut x, block, &mut executed, info);
+                // A block linked to itself may loop in compiled code while the checks
+                // below would let it run again: passes that fit before `check_at`.
+                let budget = if x.work < POLL_INTERVAL
+                    && block.keeps_mode
+                    && block.linked(block.ip, prev_key) == Some(block as *const _)
+                {
+                    check_at.saturating_sub(executed + ops.len() as u64)
+                } else {
+                    0
+                };
+                let (outcome, whole) =
+                    run_plain(&mut x, block, &mut executed, info, budget, events);
                 x.end_block = false;
                 if let Some(e) = outcome {
                     break 'run e;
@@ -522,10 +561,28 @@ fn run_plain(
     block: &cache::Block,
     executed: &mut u64,
     info: &mut ExitInstruction,
+    budget: u64,
+    events: &AtomicU32,
 ) -> (Option<RunEnd>, bool) {
     let ops = &block.ops[..];
+    let mut from = 0;
+    if x.cache.translator.tier == crate::Tier::Translator {
+        if let Some(ran) = crate::jit::run(x, block, budget, events) {
+            // Whole passes of a self-looping block, then `done` instructions of the
+            // last: counted, and the TSC moved, as the interpreter would have.
+            let passes = ran.loops * ops.len() as u64;
+            *executed += passes;
+            x.cpu.tsc = x.cpu.tsc.wrapping_add(passes);
+            if ran.done == ops.len() {
+                *executed += ops.len() as u64;
+                x.cpu.tsc = x.cpu.tsc.wrapping_add(ops.len() as u64);
+                return (None, true);
+            }
+            from = ran.done;
+        }
+    }
     let t0 = x.cpu.tsc;
-    for (i, op) in ops.iter().enumerate() {
+    for (i, op) in ops.iter().enumerate().skip(from) {
         x.cpu.rip = op.next;
         x.cpu.tsc = t0.wrapping_add(i as u64);
         if let Err(stop) = (op.exec)(x, op) {

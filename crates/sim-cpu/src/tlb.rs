@@ -50,8 +50,11 @@ pub fn need(access: Access, user: bool) -> u8 {
     }
 }
 
+/// `repr(C)`: the translator's compiled code reads entries itself (`crate::jit`), at
+/// the offsets [`layout`] gives.
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+#[repr(C)]
+pub(crate) struct Entry {
     /// Linear page number + 1 (0 = empty).
     tag: u64,
     /// Host address of the page's first byte.
@@ -77,6 +80,20 @@ const EMPTY: Entry = Entry {
     key: NO_KEY,
     base: 0,
 };
+
+/// Where compiled code finds an entry's fields: the lookup of [`Tlb::lookup`] written
+/// out by the translator (`crate::jit`), which must agree with this file's.
+pub(crate) mod layout {
+    use super::Entry;
+    /// log2 of an entry's size: the slot index is scaled by it.
+    pub const SHIFT: u32 = 5;
+    pub const TAG: i32 = std::mem::offset_of!(Entry, tag) as i32;
+    pub const HOST: i32 = std::mem::offset_of!(Entry, host) as i32;
+    pub const ALLOW: i32 = std::mem::offset_of!(Entry, allow) as i32;
+    /// Slots (a power of two): the hash of [`super::slot`] masked to it.
+    pub const SLOTS: u32 = super::ENTRIES as u32;
+    const _: () = assert!(std::mem::size_of::<Entry>() == 1 << SHIFT);
+}
 
 /// The TLB of one processor.
 #[derive(Debug)]
@@ -203,6 +220,12 @@ impl Tlb {
         } else {
             None
         }
+    }
+
+    /// The entries, for compiled code that looks them up itself ([`layout`]). Valid
+    /// until the TLB is dropped: flushes rewrite entries in place.
+    pub(crate) fn entries_ptr(&self) -> *const Entry {
+        self.entries.as_ptr()
     }
 
     /// The guest physical page of RAM an entry maps `lin` to, if cached.

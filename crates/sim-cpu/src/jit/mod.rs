@@ -1,0 +1,246 @@
+//! The translating tier (issue #31): blocks of 64-bit code that ran often are compiled
+//! to host code, beside the interpreter, which stays the tier of everything else.
+//!
+//! A block of the decode cache ([`crate::cache::Block`]) that ran [`Translator::hot`]
+//! times on the run loop's plain path is compiled: the longest prefix of its
+//! instructions the translator covers ([`cover`]), emitted by [`emit`]. Its code lives
+//! and dies with the block (dropped when the block's page is written or its bytes
+//! change). The compiled prefix runs in place of the interpreter's handlers on the same
+//! plain path and leaves the processor's state as they would; an instruction it cannot
+//! finish fast (a TLB miss, a page crossing, a fault to come) is left to the
+//! interpreter before it changes anything, and the interpreter runs it and the rest of
+//! the block, so faults, exits and the slow paths stay the interpreter's and stay
+//! precise.
+//!
+//! The modes: 64-bit code only (CS.L = 1 in IA-32e mode), entered where the run loop's
+//! plain path is (no TF, no RF, no interrupt shadow, the whole block within the
+//! instruction budget), with no guest breakpoint (DR7) or hypervisor watchpoint or
+//! breakpoint set. Everything else stays interpreted.
+//!
+//! Instruction counts and the TSC: the run loop counts a block's instructions when it
+//! ends as it does for the interpreter; none of the covered instructions reads the TSC
+//! or RIP. A block whose branch leads back to itself loops in host code while the run
+//! loop would have followed its link to itself with nothing due: while a whole pass
+//! more fits before the next limit or poll, and no event is pending.
+
+mod cover;
+#[cfg(target_arch = "x86_64")]
+mod emit;
+
+use crate::cache::Block;
+use crate::exec::Exec;
+use crate::paging::Access;
+use crate::state::Cpu;
+use std::cell::{Cell, OnceCell};
+use std::sync::atomic::AtomicU32;
+
+/// Which tier executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tier {
+    /// Every instruction through its handler.
+    #[default]
+    Interpreter,
+    /// Hot blocks of 64-bit code compiled to host code, the interpreter for the rest.
+    Translator,
+}
+
+impl Tier {
+    /// The tier a processor starts with: the interpreter, or the one `MSHV_SIM_CPU`
+    /// names ('interpreter' or 'translator'), which test suites set to run every test
+    /// under the translator. Under it, blocks are compiled when they first run, so
+    /// short tests exercise compiled code too.
+    pub fn from_env() -> (Tier, u32) {
+        match std::env::var("MSHV_SIM_CPU").as_deref() {
+            Ok("translator") => (Tier::Translator, 1),
+            _ => (Tier::Interpreter, HOT),
+        }
+    }
+}
+
+/// Plain-path runs of a block before it is compiled: compiling costs about as much as
+/// interpreting a block some tens of times (CHANGELOG, the translator's figures).
+pub const HOT: u32 = 32;
+
+/// The translator's settings and figures, per processor.
+#[derive(Debug, Clone, Default)]
+pub struct Translator {
+    pub tier: Tier,
+    /// Runs of a block before it is compiled (at least 1).
+    pub hot: u32,
+    pub stats: TranslatorStats,
+    /// The routine that computes host flags from a lazy record of unknown kind,
+    /// shared by the processor's compiled blocks.
+    #[cfg(target_arch = "x86_64")]
+    routine: Option<std::sync::Arc<emit::Compiled>>,
+}
+
+/// What the translator did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TranslatorStats {
+    /// Blocks compiled (with at least one covered instruction).
+    pub blocks: u64,
+    /// Guest instructions they cover.
+    pub instructions: u64,
+    /// Host code bytes emitted for them.
+    pub bytes: u64,
+    /// Time spent compiling, in nanoseconds.
+    pub nanos: u64,
+    /// Hot blocks whose first instruction is not covered (they stay interpreted).
+    pub uncovered: u64,
+    /// Compilations that failed (no executable memory): those blocks stay interpreted.
+    pub failed: u64,
+}
+
+/// Why a block could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("cannot map memory for compiled code: {0}")]
+    Map(#[from] std::io::Error),
+    #[error("cannot make compiled code executable")]
+    Finalize,
+}
+
+/// A compiled block.
+pub struct Translation {
+    #[cfg(target_arch = "x86_64")]
+    code: emit::Compiled,
+    /// The flags routine its code calls, kept alive with it.
+    #[cfg(target_arch = "x86_64")]
+    _routine: std::sync::Arc<emit::Compiled>,
+}
+
+/// A block's translation state: its plain-path runs, then its translation (`None`: its
+/// first instruction is not covered, or compiling failed).
+#[derive(Default)]
+pub struct Slot {
+    runs: Cell<u32>,
+    code: OnceCell<Option<Translation>>,
+}
+
+/// What compiled code reads and writes besides the processor's state: `repr(C)`, its
+/// fields are at offsets the emitted code has.
+#[repr(C)]
+pub struct Frame {
+    cpu: *mut Cpu,
+    tlb: *const crate::tlb::Entry,
+    events: *const AtomicU32,
+    /// Instructions more passes of a self-looping block may retire (see the module).
+    budget: u64,
+    /// Whole passes done before the last.
+    loops: u64,
+    /// The TLB grants (`tlb::need`) a read and a write need at the current CPL.
+    need_read: u8,
+    need_write: u8,
+}
+
+/// What running a translation did: `loops` whole passes of the block, then `done` of
+/// its instructions (all of them: the block ran to its end; fewer: the interpreter
+/// goes on at that one).
+pub struct Ran {
+    pub loops: u64,
+    pub done: usize,
+}
+
+/// Runs `block`'s translation on the plain path, compiling it when it became hot;
+/// `None` when the interpreter runs it all. `budget`: instructions that passes after
+/// the first may retire (0 unless the block is linked to itself with nothing due).
+#[inline]
+pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Option<Ran> {
+    if block.bits != 64 || x.debug_blocks || !x.watches.is_empty() || x.bps.any() {
+        return None;
+    }
+    let t = match block.jit.code.get() {
+        Some(t) => t.as_ref()?,
+        None => {
+            let runs = block.jit.runs.get() + 1;
+            block.jit.runs.set(runs);
+            if runs < x.cache.translator.hot {
+                return None;
+            }
+            let t = translate(x, block);
+            block.jit.code.get_or_init(|| t).as_ref()?
+        }
+    };
+    enter(x, t, budget, events)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn enter(x: &mut Exec, t: &Translation, budget: u64, events: &AtomicU32) -> Option<Ran> {
+    let user = x.cpu.cpl() == 3;
+    let mut frame = Frame {
+        cpu: &mut *x.cpu,
+        tlb: x.tlb.entries_ptr(),
+        events,
+        budget,
+        loops: 0,
+        need_read: crate::tlb::need(Access::Read, user),
+        need_write: crate::tlb::need(Access::Write, user),
+    };
+    // SAFETY: the code was emitted by `emit::compile` for this block's instructions and
+    // follows the System V ABI; it accesses the `Cpu` and the TLB entries the frame
+    // points to (both alive and not otherwise borrowed while it runs: `x` is held
+    // mutably here), the frame, and guest RAM only at host addresses a TLB entry maps
+    // (whole pages of RAM kept alive by the memory map for the run).
+    let done = unsafe {
+        let f: emit::Entry = std::mem::transmute(t.code.code.ptr(t.code.entry));
+        f(&mut frame)
+    };
+    Some(Ran {
+        loops: frame.loops,
+        done: done as usize,
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn enter(_x: &mut Exec, _t: &Translation, _budget: u64, _events: &AtomicU32) -> Option<Ran> {
+    None
+}
+
+/// Compiles `block`'s covered prefix; `None` when there is none or compiling failed
+/// (the block stays interpreted either way).
+#[cfg(target_arch = "x86_64")]
+fn translate(x: &mut Exec, block: &Block) -> Option<Translation> {
+    let start = std::time::Instant::now();
+    let kinds: Vec<cover::Kind> = block.ops.iter().map_while(cover::classify).collect();
+    let tr = &mut x.cache.translator;
+    if kinds.is_empty() {
+        tr.stats.uncovered += 1;
+        return None;
+    }
+    let routine = match &tr.routine {
+        Some(r) => r.clone(),
+        None => match emit::flags_routine() {
+            Ok(r) => {
+                let r = std::sync::Arc::new(r);
+                tr.routine = Some(r.clone());
+                r
+            }
+            Err(_) => {
+                tr.stats.failed += 1;
+                return None;
+            }
+        },
+    };
+    let at = routine.code.ptr(routine.entry) as usize;
+    match emit::compile(&block.ops, &kinds, block.ip, at) {
+        Ok(code) => {
+            tr.stats.blocks += 1;
+            tr.stats.instructions += kinds.len() as u64;
+            tr.stats.bytes += code.code.len() as u64;
+            tr.stats.nanos += start.elapsed().as_nanos() as u64;
+            Some(Translation {
+                code,
+                _routine: routine,
+            })
+        }
+        Err(_) => {
+            tr.stats.failed += 1;
+            None
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn translate(_x: &mut Exec, _block: &Block) -> Option<Translation> {
+    None
+}

@@ -1,0 +1,594 @@
+//! The translator's judges (issue #31): the interpreter is the oracle. Each program
+//! runs under both tiers in lock-step, slice by slice with the same instruction
+//! budgets, and after every slice the two processors must have ended the same way with
+//! the same instruction count, the whole register state (`Cpu`, lazy flags included)
+//! and all of guest RAM equal, bit for bit.
+
+mod common;
+
+use hv_core::{HostRegion, UnknownMsr};
+use iced_x86::code_asm::*;
+use sim_cpu::fault::Exit;
+use sim_cpu::phys::PhysMap;
+use sim_cpu::{Env, Processor, RunEnd, Segment, Tier};
+use std::sync::Arc;
+
+const RAM: usize = 4 << 20;
+const CODE: u64 = 0x1000;
+/// The exception handlers' code: HLT.
+const HANDLER: u64 = 0x3000;
+const IDT: u64 = 0x4000;
+const GDT: u64 = 0x500;
+/// Page tables: PML4, PDPT, PD, and one PT mapping the first 2 MiB in 4 KiB pages.
+const PML4: u64 = 0x10_0000;
+const PT: u64 = 0x10_3000;
+/// The data the random programs address through r15, and its page left not present.
+const DATA: u64 = 0x9000;
+const ABSENT: u64 = 0xc000;
+const STACK: u64 = 0x7_0000;
+
+struct TestEnv;
+
+impl Env for TestEnv {
+    fn cpuid(&mut self, _leaf: u32, _subleaf: u32, native: [u32; 4]) -> [u32; 4] {
+        native
+    }
+    fn msr_exits(&self, _msr: u32) -> bool {
+        false
+    }
+    fn unknown_msr(&self) -> UnknownMsr {
+        UnknownMsr::Fault
+    }
+    fn apic_id(&self) -> u32 {
+        0
+    }
+}
+
+struct Machine {
+    cpu: Processor,
+    ram: Arc<HostRegion>,
+    mem: PhysMap,
+}
+
+fn put(ram: &HostRegion, at: u64, v: u64) {
+    ram.write(at as usize, &v.to_le_bytes()).unwrap();
+}
+
+impl Machine {
+    /// 64-bit mode, 4 KiB pages over the first 2 MiB (ABSENT not present), a 2 MiB
+    /// page above; every exception vector's gate leads to a HLT.
+    fn new(code: &[u8], tier: Tier) -> Machine {
+        let ram = Arc::new(HostRegion::new(RAM).unwrap());
+        let mem = common::ram_map(&ram);
+        ram.write(CODE as usize, code).unwrap();
+        put(&ram, PML4, (PML4 + 0x1000) | 7);
+        put(&ram, PML4 + 0x1000, (PML4 + 0x2000) | 7);
+        put(&ram, PML4 + 0x2000, PT | 7);
+        put(&ram, PML4 + 0x2008, 0x20_0000 | 0x87);
+        for i in 0..512u64 {
+            let pte = if i * 0x1000 == ABSENT {
+                0
+            } else {
+                (i * 0x1000) | 3
+            };
+            put(&ram, PT + 8 * i, pte);
+        }
+        put(&ram, GDT + 8, 0x00af_9b00_0000_ffff);
+        put(&ram, GDT + 16, 0x00cf_9300_0000_ffff);
+        for v in 0..32u64 {
+            put(&ram, IDT + 16 * v, HANDLER | (8 << 16) | (0x8e00 << 32));
+        }
+        ram.write(HANDLER as usize, &[0xf4]).unwrap();
+        let mut cpu = Processor::new(true);
+        cpu.set_tier(tier);
+        cpu.set_hot(1);
+        let c = &mut cpu.cpu;
+        c.seg[1] = Segment {
+            selector: 8,
+            base: 0,
+            limit: 0xffff_ffff,
+            attributes: 0xa09b,
+        };
+        for s in [0, 2, 3] {
+            c.seg[s] = Segment {
+                selector: 16,
+                base: 0,
+                limit: 0xffff_ffff,
+                attributes: 0xc093,
+            };
+        }
+        c.gdtr = sim_cpu::Table {
+            base: GDT,
+            limit: 23,
+        };
+        c.idtr = sim_cpu::Table {
+            base: IDT,
+            limit: 0xfff,
+        };
+        c.cr3 = PML4;
+        c.cr4 = 1 << 5;
+        c.efer = (1 << 8) | (1 << 10);
+        c.cr0 = 0x8001_0011;
+        c.rip = CODE;
+        c.gpr[4] = STACK;
+        c.gpr[15] = DATA;
+        let mut m = Machine { cpu, ram, mem };
+        m.cpu.state_changed(&m.mem);
+        m
+    }
+
+    fn run(&mut self, max: u64) -> RunEnd {
+        self.cpu.run(&self.mem, &mut TestEnv, max, &mut || false)
+    }
+
+    fn ram(&self) -> Vec<u8> {
+        let mut v = vec![0u8; RAM];
+        self.ram.read(0, &mut v).unwrap();
+        v
+    }
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Where the two tiers first differ after a slice, if they do.
+fn differ(a: &Machine, b: &Machine) -> Option<String> {
+    if a.cpu.instructions != b.cpu.instructions {
+        return Some(format!(
+            "instructions {} vs {}",
+            a.cpu.instructions, b.cpu.instructions
+        ));
+    }
+    let (sa, sb) = (format!("{:?}", a.cpu.cpu), format!("{:?}", b.cpu.cpu));
+    if sa != sb {
+        return Some(format!("state\ninterpreter {sa}\ntranslator  {sb}"));
+    }
+    let (ra, rb) = (a.ram(), b.ram());
+    if let Some(i) = (0..RAM).find(|&i| ra[i] != rb[i]) {
+        return Some(format!("RAM at {i:#x}: {:#x} vs {:#x}", ra[i], rb[i]));
+    }
+    None
+}
+
+/// Runs `code` under both tiers in slices of the budgets `budgets` draws until HLT (or
+/// `limit` instructions), `between` applied to both machines before each slice;
+/// panics at the first difference. Returns the translator's machine.
+fn lockstep(
+    code: &[u8],
+    budgets: &mut Rng,
+    limit: u64,
+    mut between: impl FnMut(&mut Machine, usize),
+) -> Machine {
+    let mut a = Machine::new(code, Tier::Interpreter);
+    let mut b = Machine::new(code, Tier::Translator);
+    let mut slice = 0;
+    while a.cpu.instructions < limit {
+        between(&mut a, slice);
+        between(&mut b, slice);
+        let max = match budgets.below(4) {
+            0 => 1 + budgets.below(8),
+            1 => 1 + budgets.below(100),
+            _ => 1 + budgets.below(5000),
+        };
+        let (ea, eb) = (a.run(max), b.run(max));
+        assert_eq!(ea, eb, "slice {slice}: the runs ended differently");
+        if let Some(d) = differ(&a, &b) {
+            panic!("slice {slice} (budget {max}, ended {ea:?}): {d}");
+        }
+        slice += 1;
+        if ea == RunEnd::Exit(Exit::Halt) {
+            break;
+        }
+    }
+    b
+}
+
+const R64: [AsmRegister64; 11] = [rax, rbx, rdx, rsi, rdi, r8, r9, r10, r11, r12, r13];
+const R32: [AsmRegister32; 11] = [eax, ebx, edx, esi, edi, r8d, r9d, r10d, r11d, r12d, r13d];
+const R16: [AsmRegister16; 11] = [ax, bx, dx, si, di, r8w, r9w, r10w, r11w, r12w, r13w];
+const R8: [AsmRegister8; 11] = [al, bl, dl, sil, dil, r8b, r9b, r10b, r11b, r12b, r13b];
+
+/// A displacement from r15 into the data: mostly inside its first three pages, some
+/// across a page boundary, a few into the page that is not present.
+fn disp(g: &mut Rng) -> i32 {
+    match g.below(20) {
+        0 => (ABSENT - DATA) as i32 + g.below(0x1000) as i32,
+        1..=3 => 0xff8 + g.below(16) as i32 + 0x1000 * g.below(3) as i32,
+        _ => g.below(0x3000 - 8) as i32,
+    }
+}
+
+/// One random instruction of the families the translator covers (and some it does not:
+/// ADC, SBB, shifts, IMUL, PUSH/POP, SETcc, CMOVcc, which run in the interpreter in the
+/// middle of compiled blocks). rcx (the loop counter), r14, r15 and rsp stay.
+fn instruction(a: &mut CodeAssembler, g: &mut Rng) -> Result<(), IcedError> {
+    let (i, j) = (g.below(11) as usize, g.below(11) as usize);
+    let d = disp(g);
+    let imm = g.next() as i32 >> g.below(32);
+    let byte = imm as i8 as i32;
+    let k = g.below(10);
+    macro_rules! alu {
+        ($x:expr, $y:expr) => {
+            match k {
+                0 => a.add($x, $y),
+                1 => a.or($x, $y),
+                2 => a.and($x, $y),
+                3 => a.sub($x, $y),
+                4 => a.xor($x, $y),
+                5 => a.cmp($x, $y),
+                6 => a.adc($x, $y),
+                7 => a.sbb($x, $y),
+                _ => a.mov($x, $y),
+            }
+        };
+    }
+    macro_rules! alu7 {
+        ($x:expr, $y:expr) => {
+            match k {
+                0 => a.add($x, $y),
+                1 => a.or($x, $y),
+                2 => a.and($x, $y),
+                3 => a.sub($x, $y),
+                4 => a.xor($x, $y),
+                5 => a.cmp($x, $y),
+                6 => a.adc($x, $y),
+                _ => a.sbb($x, $y),
+            }
+        };
+    }
+    match g.below(24) {
+        0 => alu!(R64[i], R64[j]),
+        1 => alu!(R32[i], R32[j]),
+        2 => alu!(R16[i], R16[j]),
+        3 => alu!(R8[i], R8[j]),
+        4 if k >= 8 => a.mov(R64[i], imm as i64),
+        4 => alu7!(R64[i], imm),
+        5 => alu!(R32[i], imm),
+        6 => alu!(R8[i], byte),
+        7 => alu!(R64[i], qword_ptr(r15 + d)),
+        8 => alu!(R32[i], dword_ptr(r15 + d)),
+        9 => alu!(qword_ptr(r15 + d), R64[j]),
+        10 => alu!(word_ptr(r15 + d), R16[j]),
+        11 => alu!(byte_ptr(r15 + r14 * 4 + d), R8[j]),
+        12 => alu!(dword_ptr(r15 + d), imm),
+        13 => match k % 4 {
+            0 => a.test(R64[i], R64[j]),
+            1 => a.test(R32[i], imm),
+            2 => a.test(dword_ptr(r15 + d), R32[j]),
+            _ => a.test(byte_ptr(r15 + d), byte),
+        },
+        14 => match k % 6 {
+            0 => a.inc(R64[i]),
+            1 => a.dec(R32[i]),
+            2 => a.inc(R8[i]),
+            3 => a.dec(word_ptr(r15 + d)),
+            4 => a.inc(qword_ptr(r15 + d)),
+            _ => a.dec(R16[i]),
+        },
+        15 => a.lea(R64[i], qword_ptr(r15 + r14 * 8 + d)),
+        16 => a.lea(R32[i], dword_ptr(R64[j] + d)),
+        17 => match k % 5 {
+            0 => a.movzx(R32[i], byte_ptr(r15 + d)),
+            1 => a.movsx(R64[i], word_ptr(r15 + d)),
+            2 => a.movsxd(R64[i], dword_ptr(r15 + d)),
+            3 => a.movzx(R64[i], R16[j]),
+            _ => a.movsx(R32[i], R8[j]),
+        },
+        18 => match k % 3 {
+            0 => a.xor(ah, bl),
+            1 => a.mov(bh, ah),
+            _ => a.add(ah, byte),
+        },
+        19 => match k % 3 {
+            0 => a.shl(R32[i], (imm & 31) as u32),
+            1 => a.sar(R64[i], 1u32),
+            _ => a.imul_2(R64[i], R64[j]),
+        },
+        20 => {
+            a.push(R64[i])?;
+            a.pop(R64[j])
+        }
+        21 => a.sete(R8[i]),
+        22 => a.cmovl(R64[i], R64[j]),
+        _ => a.nop(),
+    }
+}
+
+/// A random program: loops of random instructions with forward branches in them,
+/// counted down in rcx, then HLT.
+fn program(g: &mut Rng) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let loops = 1 + g.below(3);
+    for _ in 0..loops {
+        a.mov(ecx, 1 + g.below(40) as u32).unwrap();
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        for _ in 0..1 + g.below(4) {
+            for _ in 0..1 + g.below(12) {
+                instruction(&mut a, g).unwrap();
+            }
+            if g.below(2) == 0 {
+                // A forward Jcc on whatever the flags are now.
+                let mut skip = a.create_label();
+                match g.below(6) {
+                    0 => a.je(skip),
+                    1 => a.jb(skip),
+                    2 => a.jl(skip),
+                    3 => a.jp(skip),
+                    4 => a.jo(skip),
+                    _ => a.jbe(skip),
+                }
+                .unwrap();
+                instruction(&mut a, g).unwrap();
+                a.set_label(&mut skip).unwrap();
+                a.nop().unwrap();
+            }
+        }
+        if g.below(2) == 0 {
+            a.dec(ecx).unwrap();
+        } else {
+            a.sub(ecx, 1).unwrap();
+        }
+        a.jne(top).unwrap();
+    }
+    a.hlt().unwrap();
+    a.assemble(CODE).unwrap()
+}
+
+/// Random programs under both tiers: the same exits, counts, registers and RAM after
+/// every slice.
+#[test]
+fn random_programs_run_the_same_under_both_tiers() {
+    let mut compiled = 0;
+    for seed in 1..=400u64 {
+        let mut g = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let code = program(&mut g);
+        let b = lockstep(&code, &mut g, 200_000, |_, _| {});
+        compiled += b.cpu.translator_stats().blocks;
+    }
+    assert!(compiled > 400, "the translator compiled {compiled} blocks");
+}
+
+/// Assembles `f`'s code at CODE.
+fn asm(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let mut a = CodeAssembler::new(64).unwrap();
+    f(&mut a).unwrap();
+    a.assemble(CODE).unwrap()
+}
+
+/// Self-modifying code (SDM vol 3 8.1.3): a compiled loop stores into its own page, the
+/// immediate of an instruction it then runs; both tiers see the new code at the same
+/// instruction.
+#[test]
+fn self_modifying_code_is_seen_by_both_tiers() {
+    // The loop adds the immediate of its first instruction, `add eax, imm32`, to ebx, then
+    // increments that immediate (a store into the code's page) and loops.
+    let code = asm(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 50u32)?;
+        a.set_label(&mut top)?;
+        a.add(eax, 0x1000_0000)?;
+        a.add(ebx, eax)?;
+        a.mov(rdx, 0u64)?; // replaced below by the immediate's address
+        a.inc(dword_ptr(rdx))?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    // `add eax, imm32` is 05 imm32: the immediate is at CODE + 5 + 1.
+    let imm_at = CODE + 5 + 1;
+    let mut code = code;
+    let mov = code
+        .windows(2)
+        .position(|w| w == [0x48, 0xba])
+        .expect("mov rdx, imm64");
+    code[mov + 2..mov + 10].copy_from_slice(&imm_at.to_le_bytes());
+    let b = lockstep(&code, &mut Rng(7), 10_000, |_, _| {});
+    assert_eq!(b.cpu.cpu.rip, CODE + code.len() as u64);
+    assert!(b.cpu.translator_stats().blocks > 0);
+}
+
+/// Code written by the VMM between runs (through its view of guest RAM): the next run
+/// of either tier executes the new bytes.
+#[test]
+fn code_written_by_the_vmm_between_runs_is_seen_by_both_tiers() {
+    let code = asm(|a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top)?;
+        a.add(eax, 1)?;
+        a.add(ebx, eax)?;
+        a.jmp(top)
+    });
+    lockstep(&code, &mut Rng(11), 20_000, |m, slice| {
+        // Every few slices the VMM changes `add eax, 1` (83 c0 01) to add another
+        // number.
+        if slice % 3 == 2 {
+            m.ram.write(CODE as usize + 2, &[slice as u8 | 1]).unwrap();
+        }
+    });
+}
+
+/// A #PF at each memory-operand position of a compiled block: the fault leaves the
+/// state the interpreter leaves (RIP on the faulting instruction in the frame, CR2,
+/// the instructions before it retired, none after).
+#[test]
+fn a_page_fault_at_each_memory_operand_leaves_the_interpreters_state() {
+    let positions: usize = 6;
+    for at in 0..positions {
+        let code = asm(|a| {
+            a.mov(ecx, 3u32)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            for p in 0..positions {
+                // The operand at position `at` reaches the absent page on the third
+                // pass (r15 moves up by 0x1000 each pass).
+                let d = if p == at {
+                    (ABSENT - DATA - 0x2000) as i32 + 8 * p as i32
+                } else {
+                    8 * p as i32
+                };
+                match p % 3 {
+                    0 => a.add(rax, qword_ptr(r15 + d))?,
+                    1 => a.mov(dword_ptr(r15 + d), ebx)?,
+                    _ => a.inc(word_ptr(r15 + d))?,
+                }
+                a.add(rbx, rax)?;
+            }
+            a.add(r15, 0x1000)?;
+            a.dec(ecx)?;
+            a.jne(top)?;
+            a.hlt()
+        });
+        let b = lockstep(&code, &mut Rng(at as u64 + 1), 1_000, |_, _| {});
+        assert_eq!(b.cpu.cpu.cr2, ABSENT + 8 * at as u64, "position {at}");
+        assert_eq!(
+            b.cpu.cpu.rip,
+            HANDLER + 1,
+            "position {at}: in the #PF handler"
+        );
+    }
+}
+
+/// The interpreter benchmark's loops (bench/interpreter.ts) under both tiers.
+#[test]
+fn the_benchmark_loops_run_the_same_under_both_tiers() {
+    for (name, code) in workloads() {
+        let b = lockstep(&code, &mut Rng(3), 300_000, |_, _| {});
+        assert!(b.cpu.translator_stats().blocks > 0, "{name}");
+    }
+}
+
+/// bench/interpreter.ts's workloads, assembled at CODE (data at 0x20_0000, in the 2 MiB
+/// page).
+fn workloads() -> Vec<(&'static str, Vec<u8>)> {
+    const BUF: u64 = 0x20_0000;
+    vec![
+        (
+            "ALU loop",
+            asm(|a| {
+                let mut again = a.create_label();
+                let mut l = a.create_label();
+                a.set_label(&mut again)?;
+                a.mov(ecx, 1_000_000u32)?;
+                a.set_label(&mut l)?;
+                a.add(eax, 1)?;
+                a.xor(ebx, eax)?;
+                a.sub(edx, 3)?;
+                a.dec(ecx)?;
+                a.jnz(l)?;
+                a.jmp(again)
+            }),
+        ),
+        (
+            "byte checksum",
+            asm(|a| {
+                let mut again = a.create_label();
+                let mut l = a.create_label();
+                a.set_label(&mut again)?;
+                a.mov(rsi, BUF)?;
+                a.mov(ecx, 65536u32)?;
+                a.set_label(&mut l)?;
+                a.movzx(eax, byte_ptr(rsi))?;
+                a.add(edx, eax)?;
+                a.mov(byte_ptr(rsi), dl)?;
+                a.inc(rsi)?;
+                a.dec(ecx)?;
+                a.jnz(l)?;
+                a.jmp(again)
+            }),
+        ),
+        (
+            "qword copy",
+            asm(|a| {
+                let mut again = a.create_label();
+                let mut l = a.create_label();
+                a.set_label(&mut again)?;
+                a.mov(rsi, BUF)?;
+                a.mov(rdi, BUF + 0x10_0000)?;
+                a.mov(ecx, 8192u32)?;
+                a.set_label(&mut l)?;
+                a.mov(rax, qword_ptr(rsi))?;
+                a.mov(qword_ptr(rdi), rax)?;
+                a.add(rsi, 8)?;
+                a.add(rdi, 8)?;
+                a.dec(ecx)?;
+                a.jnz(l)?;
+                a.jmp(again)
+            }),
+        ),
+        (
+            "recursive fib",
+            asm(|a| {
+                let mut again = a.create_label();
+                let mut fib = a.create_label();
+                let mut small = a.create_label();
+                a.set_label(&mut again)?;
+                a.mov(edi, 20u32)?;
+                a.call(fib)?;
+                a.jmp(again)?;
+                a.set_label(&mut fib)?;
+                a.cmp(edi, 2)?;
+                a.jb(small)?;
+                a.push(rdi)?;
+                a.dec(edi)?;
+                a.call(fib)?;
+                a.pop(rdi)?;
+                a.push(rax)?;
+                a.sub(edi, 2)?;
+                a.call(fib)?;
+                a.pop(rdx)?;
+                a.add(eax, edx)?;
+                a.ret()?;
+                a.set_label(&mut small)?;
+                a.mov(eax, edi)?;
+                a.ret()
+            }),
+        ),
+    ]
+}
+
+/// Speed, interpreter and translator side by side (release build):
+/// `cargo test --release -p sim-cpu --test translator -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_interpreter_vs_translator() {
+    const SLICE: u64 = 2_000_000;
+    for (name, code) in workloads() {
+        let mut line = format!("{name:16}");
+        for tier in [Tier::Interpreter, Tier::Translator] {
+            let mut m = Machine::new(&code, tier);
+            m.cpu.set_hot(sim_cpu::HOT);
+            m.run(1_000_000);
+            let start = std::time::Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_millis() < 1000 {
+                assert_eq!(m.run(SLICE), RunEnd::InstructionLimit);
+                n += SLICE;
+            }
+            let mips = n as f64 / start.elapsed().as_secs_f64() / 1e6;
+            line += &format!("  {tier:?} {mips:7.0} M/s");
+            if tier == Tier::Translator {
+                let s = m.cpu.translator_stats();
+                line += &format!(
+                    "  ({} blocks, {} bytes, {:.1} us compiling)",
+                    s.blocks,
+                    s.bytes,
+                    s.nanos as f64 / 1e3
+                );
+            }
+        }
+        println!("{line}");
+    }
+}
