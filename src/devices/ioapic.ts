@@ -11,6 +11,7 @@
 import type { MmioDevice } from '../bus.js'
 import type { IrqSink } from '../platform/irq.js'
 import type { InterruptKind, InterruptRequest } from '../vm.js'
+import type { MsiMessage } from '../pci/iommu.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { invalid } from '../check.js'
 import { int, list, noneLeft, parseState, record, u32, u8, version, type Check, type Saveable, type Schema } from '../snapshot/device-state.js'
@@ -45,6 +46,20 @@ export interface IoApicStats {
    * hardware drops them and sets an error in the APIC's ESR; so does this.
    */
   refused: number
+}
+
+/**
+ * The message an I/O APIC writes for redirection entry `e` (Intel VT-d 5.1.5.1, "I/O
+ * APICs"; the ICH's I/O APIC, as QEMU's `ioapic_entry_parse` builds it): entry bits 63:48
+ * become address bits 19:4 (the destination, or the interrupt index and format bit of
+ * a remappable entry), bit 11 address bit 2; the vector, delivery and trigger modes
+ * the data.
+ */
+export function ioapicMessage(e: bigint, vector: number): MsiMessage {
+  const address = 0xfee0_0000n | (((e >> 48n) & 0xffffn) << 4n) | (((e >> 11n) & 1n) << 2n)
+  const level = (e & LEVEL) !== 0n
+  const data = (vector & 0xff) | (Number((e >> 8n) & 7n) << 8) | (level ? (1 << 15) | (1 << 14) : 0)
+  return { address, data }
 }
 
 /** One redirection entry as its two 32-bit registers (IOREDTBL low and high). */
@@ -98,6 +113,14 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
    */
   private irr = 0
   readonly stats: IoApicStats = { delivered: 0, refused: 0 }
+  /**
+   * Interrupt remapping (an {@link IntelIommu} sets it): each interrupt leaves as the
+   * message the I/O APIC writes upstream and is delivered as the message this gives
+   * back, or dropped where it gives none (no local APIC accepted it: a level-triggered
+   * entry's remote IRR stays clear). A level-triggered entry's EOI is matched by its own
+   * vector, which VT-d 5.1.5.1 has software program to the IRTE's. Undefined: entries are delivered as they say.
+   */
+  interruptRemapping: ((message: MsiMessage) => MsiMessage | undefined) | undefined
 
   constructor(
     /** Delivers a request to the local APICs: `vm.deviceInterrupt` (or `vm.requestInterrupt`). */
@@ -151,9 +174,22 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
   private send(pin: number): void {
     let e = this.entries[pin] as bigint
     const level = (e & LEVEL) !== 0n
-    const kind = MODES[Number((e >> 8n) & 7n)]
-    if (kind === undefined) return
+    let kind = MODES[Number((e >> 8n) & 7n)]
     let vector = Number(e & 0xffn)
+    let destination = Number(e >> 56n)
+    let logical = (e & (1n << 11n)) !== 0n
+    const remap = this.interruptRemapping
+    if (remap !== undefined) {
+      const m = remap(ioapicMessage(e, vector))
+      if (m === undefined) return // blocked: the IOMMU counts it and records the fault
+      // A compatibility-format message (SDM vol 3 11.11.1-2): destination in address
+      // bits 19:12, destination mode bit 2; vector and delivery mode in the data.
+      kind = MODES[(m.data >> 8) & 7]
+      vector = m.data & 0xff
+      destination = Number((m.address >> 12n) & 0xffn)
+      logical = (m.address & 4n) !== 0n
+    }
+    if (kind === undefined) return
     if (kind === 'extint') {
       const v = this.extint?.()
       if (v === undefined) return
@@ -163,9 +199,8 @@ export class IoApic implements MmioDevice, IrqSink, Saveable<IoApicState> {
       e |= REMOTE_IRR
       this.entries[pin] = e
     }
-    const logical = (e & (1n << 11n)) !== 0n
     try {
-      this.deliver({ kind, vector, destination: Number(e >> 56n), logical, level })
+      this.deliver({ kind, vector, destination, logical, level })
       this.stats.delivered++
     } catch (err) {
       if (!(err instanceof MshvError) || err.code !== 'EINVAL') throw err

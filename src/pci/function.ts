@@ -6,10 +6,11 @@
  * where the guest's BAR value and the command register say, and moves when they change.
  * @module
  */
-import { checkInteger, invalid } from '../check.js'
+import { checkInteger, checkU32, checkUnsignedBigint, invalid } from '../check.js'
 import type { DeviceWindow, IoBus, WindowHandler } from '../bus.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { bool, noneLeft, record, u16, u8, version, type Check, type Saveable } from '../snapshot/device-state.js'
+import type { DmaMemory, PciUpstream } from './iommu.js'
 
 /** Command register bits (6.2.2). */
 export const PCI_COMMAND_IO = 1 << 0
@@ -128,6 +129,7 @@ export class PciFunction implements Saveable<PciFunctionState> {
   private intxLevel = false
   private intx: PciIntx | undefined
   private bus: IoBus | undefined
+  private upstream: PciUpstream | undefined
   /** Bumped when a window could not be mapped where the guest put it (it overlapped another). */
   windowConflicts = 0
 
@@ -185,6 +187,43 @@ export class PciFunction implements Saveable<PciFunctionState> {
     return (this.command & PCI_COMMAND_MASTER) !== 0
   }
 
+  private onBus(what: string): PciUpstream {
+    const u = this.upstream
+    if (!u) throw new MshvError('EINVAL', `${this.name}: ${what} needs the function on a PCI bus (PciHost.add)`)
+    return u
+  }
+
+  /** Its requester ID on the bus: bus << 8 | device << 3 | function (PCIe Base 2.2.6.2). */
+  get requesterId(): number {
+    return this.onBus('a requester ID').requesterId
+  }
+
+  /**
+   * The memory the function's DMA reaches: guest memory itself (`vm.memory`) when the
+   * bus has no IOMMU, else the IOMMU's translation for this requester ID, where a DMA
+   * the tables refuse is an `EFAULT` and a fault the IOMMU records.
+   */
+  get dma(): DmaMemory {
+    const u = this.onBus('DMA')
+    return u.iommu === undefined ? u.memory : u.iommu.dmaFor(u.requesterId)
+  }
+
+  /**
+   * Sends a message-signalled interrupt as this function (what {@link Msi} and
+   * {@link Msix} call): to the local APICs as it is, or through the bus's IOMMU's
+   * interrupt remapping with this function's requester ID when it has one (dropped
+   * when the IOMMU blocks it). A function not on a bus sends nothing.
+   */
+  sendMsi(address: number | bigint, data: number): void {
+    const u = this.upstream
+    if (!u) return
+    const a = checkUnsignedBigint(`${this.name}: MSI address`, typeof address === 'number' && Number.isSafeInteger(address) ? BigInt(address) : address)
+    checkU32(`${this.name}: MSI data`, data)
+    if (u.iommu === undefined) return u.deliverMsi(a, data)
+    const m = u.iommu.remapInterrupt(u.requesterId, { address: a, data })
+    if (m) u.deliverMsi(m.address, m.data)
+  }
+
   /** The address BAR `index` holds now, if it is a BAR. */
   barAddress(index: number): number | undefined {
     checkInteger('barAddress: index', index, 0, 5)
@@ -200,12 +239,14 @@ export class PciFunction implements Saveable<PciFunctionState> {
 
   /**
    * Connects the function to a bus: its BAR windows go on `bus`, its INTx pin drives
-   * `intx`. The host bridge calls it when the function is added. @internal
+   * `intx`, its DMA and MSIs go through `upstream`. The host bridge calls it when the
+   * function is added. @internal
    */
-  attach(bus: IoBus, intx: PciIntx | undefined): void {
+  attach(bus: IoBus, intx: PciIntx | undefined, upstream?: PciUpstream): void {
     if (this.bus) throw new MshvError('EBUSY', `${this.name} is already on a PCI bus`)
     this.bus = bus
     this.intx = intx
+    this.upstream = upstream
     this.bars.forEach((b, i) => {
       if (b) b.window = bus.window(b.options.kind === 'io' ? 'pio' : 'mmio', b.options.size, b.options.handler, `${this.name} BAR ${i}`)
     })

@@ -12,6 +12,7 @@ import type { IrqSink } from '../platform/irq.js'
 import { MshvError, describe, hex } from '../errors.js'
 import { PCI_COMMAND_IO, PCI_COMMAND_MEMORY, PciFunction, type PciFunctionState } from './function.js'
 import { noneLeft, parseState, u32, version, type Saveable } from '../snapshot/device-state.js'
+import type { PciIommu } from './iommu.js'
 
 /** CONFIG_ADDRESS and CONFIG_DATA of mechanism #1. */
 export const PCI_CONFIG_ADDRESS = 0xcf8
@@ -39,6 +40,18 @@ export function pciIntxGsi(slot: number, pin: number): number {
   checkInteger('pciIntxGsi: slot', slot, 0, PCI_SLOTS - 1)
   checkInteger('pciIntxGsi: pin (0 = INTA# .. 3 = INTD#)', pin, 0, 3)
   return PCI_INTX_GSI_BASE + ((slot + pin) % PCI_INTX_GSIS)
+}
+
+/**
+ * The register a CONFIG_DATA access at `port` reaches: CONFIG_ADDRESS's register number
+ * (bits 7:2) and the byte lane of the port (PCI Local Bus 3.0, 3.2.2.3.2). The address's
+ * bits 1:0, which that section has software leave 0, are ORed in as QEMU's
+ * `pci_host_data_read`/`pci_host_data_write` do (`config_reg | (addr & 3)`):
+ * kvm-unit-tests' lib/x86/asm/pci.h reads a word at register 2 as `outl(... | 2, 0xCF8)`
+ * then `inw(0xCFC)`. Software that leaves them 0, as Linux and firmware do, sees no difference.
+ */
+function dataOffset(address: number, port: number): number {
+  return (address & 0xff) | (port - PCI_CONFIG_DATA)
 }
 
 /** A level-triggered line several functions share (PCI 2.2.6): asserted while any of them asserts it. */
@@ -79,6 +92,11 @@ export class PciHost implements Saveable<PciHostState> {
   private nextIo = PCI_IO_START
   /** The host bridge itself, in slot 0. */
   readonly bridge: PciFunction
+  /**
+   * The IOMMU every function's DMA and MSIs go through (an {@link IntelIommu} sets
+   * itself here); undefined: they reach guest memory and the local APICs directly.
+   */
+  iommu: PciIommu | undefined
 
   /** @internal use {@link addPci} */
   constructor(
@@ -102,12 +120,12 @@ export class PciHost implements Saveable<PciHostState> {
       ioRead: (port, size) => {
         const a = this.address
         if ((a & 0x8000_0000) === 0) return 0xffff_ffff
-        return this.configRead((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 7, (a & 0xfc) | (port - PCI_CONFIG_DATA), size)
+        return this.configRead((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 7, dataOffset(a, port), size)
       },
       ioWrite: (port, size, value) => {
         const a = this.address
         if ((a & 0x8000_0000) === 0) return
-        this.configWrite((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 7, (a & 0xfc) | (port - PCI_CONFIG_DATA), size, value)
+        this.configWrite((a >>> 16) & 0xff, (a >>> 11) & 0x1f, (a >>> 8) & 7, dataOffset(a, port), size, value)
       },
     }, 'PCI CONFIG_DATA')
     bus.registerMmio(PCI_ECAM_BASE, PCI_ECAM_SIZE, {
@@ -185,7 +203,16 @@ export class PciHost implements Saveable<PciHostState> {
       else this.nextMmio = at + b.size
       return { index: b.index, at, io }
     })
-    fn.attach(this.vm.bus, line && { set: (asserted) => line.set(fn, asserted), restoreLevel: (asserted) => line.hold(fn, asserted) })
+    const vm = this.vm
+    const host = this as PciHost
+    fn.attach(vm.bus, line && { set: (asserted) => line.set(fn, asserted), restoreLevel: (asserted) => line.hold(fn, asserted) }, {
+      requesterId: s << 3, // bus 0, function 0
+      memory: vm.memory,
+      get iommu() {
+        return host.iommu
+      },
+      deliverMsi: (address, data) => vm.deviceMsi(address, data),
+    })
     this.slots[s] = fn
     for (const p of plan) fn.assign(p.index, p.at)
     const command = (plan.some((p) => p.io) ? PCI_COMMAND_IO : 0) | (plan.some((p) => !p.io) ? PCI_COMMAND_MEMORY : 0)

@@ -166,7 +166,7 @@ export class VirtioPci implements Saveable<VirtioPciState> {
     this.queues = device.queueSizes.map((size, i) => new Virtqueue(i, size, memory))
     this.offered = device.features | TRANSPORT_FEATURES
     const vectors = this.queues.length + 1
-    this.msix = new Msix({ vectors, tableBar: MSIX_BAR, tableOffset: 0, pbaBar: MSIX_BAR, pbaOffset: 0x800, signal: (a, d) => vm.deviceMsi(a, d) })
+    this.msix = new Msix({ vectors, tableBar: MSIX_BAR, tableOffset: 0, pbaBar: MSIX_BAR, pbaOffset: 0x800, signal: (a, d) => this.pci.sendMsi(a, d) }) // through the bus's interrupt remapping, if it has an IOMMU
     // Structures take 1, 2 and 4-byte accesses (4.1.3.1); an 8-byte one is two 4-byte ones.
     const blocks: StructureBlock[] = [
       { at: COMMON_AT, size: COMMON_LENGTH, read: (o, s) => this.readCommon(o, s), write: (o, s, v) => this.writeCommon(o, s, v) },
