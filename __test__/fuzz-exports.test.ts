@@ -173,6 +173,7 @@ const INSTANCES: Record<string, (m: Machine) => object> = {
   FileDisk: () => new mshv.FileDisk(INDEX),
   GuestTimers: (m) => new mshv.GuestTimers(() => m.vm.guestTimeNs()),
   I8042: (m) => m.pc.i8042,
+  IntelIommu: (m) => mshv.addIntelIommu(m.pc),
   IoApic: (m) => m.pc.ioapic,
   MemoryDisk: () => new mshv.MemoryDisk(4096),
   Msi: () => new mshv.Msi(1, () => {}),

@@ -13,7 +13,7 @@ import type { IrqSink } from '../platform/irq.js'
 import type { InterruptKind, InterruptRequest } from '../vm.js'
 import type { MsiMessage } from '../pci/iommu.js'
 import { MshvError, describe, hex } from '../errors.js'
-import { invalid } from '../check.js'
+import { checkInteger, checkUnsignedBigint, invalid } from '../check.js'
 import { int, list, noneLeft, parseState, record, u32, u8, version, type Check, type Saveable, type Schema } from '../snapshot/device-state.js'
 
 /** Where PCs put the I/O APIC (the MADT says so too). */
@@ -56,6 +56,8 @@ export interface IoApicStats {
  * the data.
  */
 export function ioapicMessage(e: bigint, vector: number): MsiMessage {
+  checkUnsignedBigint('ioapicMessage: entry', e)
+  checkInteger('ioapicMessage: vector', vector, 0, 0xff)
   const address = 0xfee0_0000n | (((e >> 48n) & 0xffffn) << 4n) | (((e >> 11n) & 1n) << 2n)
   const level = (e & LEVEL) !== 0n
   const data = (vector & 0xff) | (Number((e >> 8n) & 7n) << 8) | (level ? (1 << 15) | (1 << 14) : 0)

@@ -215,10 +215,10 @@ export class PciFunction implements Saveable<PciFunctionState> {
    * when the IOMMU blocks it). A function not on a bus sends nothing.
    */
   sendMsi(address: number | bigint, data: number): void {
-    const u = this.upstream
-    if (!u) return
     const a = checkUnsignedBigint(`${this.name}: MSI address`, typeof address === 'number' && Number.isSafeInteger(address) ? BigInt(address) : address)
     checkU32(`${this.name}: MSI data`, data)
+    const u = this.upstream
+    if (!u) return
     if (u.iommu === undefined) return u.deliverMsi(a, data)
     const m = u.iommu.remapInterrupt(u.requesterId, { address: a, data })
     if (m) u.deliverMsi(m.address, m.data)
