@@ -13,9 +13,10 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { prepareMultiboot, VmPort, VMPORT_PORT, type VmRunResult } from '../../index.js'
+import { addIntelIommu, pciIntxGsi, prepareMultiboot, VmPort, VMPORT_PORT, type VmRunResult } from '../../index.js'
 import { cpuidFor } from './cpu.js'
 import { addTestDevices } from './devices.js'
+import { addEdu } from './edu.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 /** The suite's tarball: `git archive` of kvm-unit-tests at this commit (../shared/kvm-unit-tests/README.md). */
@@ -183,6 +184,10 @@ export async function runTest(dir: string, t: SuiteTest, timeoutMs = t.timeout *
     try {
       addTestDevices(m.vm, vcpus, memory, (irq, level) => m.pc.irq(irq).set(level))
       if (/vmport=on/.test(t.params)) m.vm.bus.register(VMPORT_PORT, 1, new VmPort({ ramSize: () => memory }), 'vmport')
+      // `-device intel-iommu,intremap=on`: the package's VT-d unit, at q35's 0xFED90000.
+      if (/-device intel-iommu\b/.test(t.params)) addIntelIommu(m.pc, { interruptRemapping: /intel-iommu[^ ]*intremap=on/.test(t.params) })
+      // `-device edu`: QEMU's educational device, on the PCI bus (./edu.ts).
+      if (/-device edu\b/.test(t.params)) addEdu(m.pci, (slot) => pciIntxGsi(slot, 0))
       result = await m.run({ timeoutMs })
     } finally {
       m.close()
