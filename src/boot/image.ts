@@ -114,20 +114,59 @@ export function readBzImage(bytes: Uint8Array, file = 'kernel'): BzImage {
   }
 }
 
+/** The fields of an ELF file's header this package reads (the System V ABI's `Elf32_Ehdr`/`Elf64_Ehdr`). @internal */
+export interface ElfHeader {
+  /** 64 for ELF64 (x86-64), 32 for ELF32 (i386). */
+  readonly bits: 32 | 64
+  /** The whole file, little-endian. */
+  readonly dv: DataView
+  readonly phoff: number
+  readonly phentsize: number
+  readonly phnum: number
+  readonly shoff: number
+  readonly shentsize: number
+  readonly shnum: number
+  readonly shstrndx: number
+}
+
+/**
+ * An x86 ELF's header, checked: little-endian, ELF64 for x86-64 (e_machine 62), or with
+ * `elf32` also ELF32 for i386 (3); offsets as in the System V ABI (gABI "ELF Header").
+ * Errors are `code` (`EKERNEL` for a kernel, `ESYMBOLS` for a symbol file) naming the
+ * field. The kernel loader and the symbol reader share it. @internal
+ */
+export function elfHeader(bytes: Uint8Array, file: string, code: string, elf32: boolean): ElfHeader {
+  const bad = (field: string, what: string): never => {
+    throw new MshvError(code, `${file}: ${field}: ${what}`)
+  }
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (bytes.length < 4 || dv.getUint32(0, false) !== 0x7f45_4c46) bad('ELF header', 'no ELF magic (0x7f "ELF")')
+  const bits = bytes[4] === 2 ? 64 : bytes[4] === 1 && elf32 ? 32 : bad('EI_CLASS', `${bytes[4]}, expected ${elf32 ? '1 (ELF32) or ' : ''}2 (ELF64)`)
+  if (bytes.length < (bits === 64 ? 64 : 52)) bad('ELF header', 'truncated')
+  if (bytes[5] !== 1) bad('EI_DATA', `${bytes[5]}, expected 1 (little-endian)`)
+  const machine = dv.getUint16(18, true)
+  if (machine !== (bits === 64 ? 62 : 3)) bad('e_machine', `${machine}, expected ${bits === 64 ? '62 (x86-64)' : '3 (i386)'}`)
+  const word = (o: number): number => (bits === 64 ? Number(dv.getBigUint64(o, true)) : dv.getUint32(o, true))
+  const half = (o64: number, o32: number): number => dv.getUint16(bits === 64 ? o64 : o32, true)
+  return {
+    bits,
+    dv,
+    phoff: word(bits === 64 ? 32 : 28),
+    shoff: word(bits === 64 ? 40 : 32),
+    phentsize: half(54, 42),
+    phnum: half(56, 44),
+    shentsize: half(58, 46),
+    shnum: half(60, 48),
+    shstrndx: half(62, 50),
+  }
+}
+
 /** An ELF64 x86-64 executable's PT_LOAD segments and its PVH entry note. */
 export function parseElf(bytes: Uint8Array, file: string, description: string): KernelElf {
   checkBytes('parseElf: bytes', bytes)
   checkString('parseElf: file', file, 4096)
   checkString('parseElf: description', description, 4096)
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  if (bytes.length < 64) fail(file, 'ELF header', 'truncated')
-  if (bytes[4] !== 2) fail(file, 'EI_CLASS', `${bytes[4]}, expected 2 (ELF64)`)
-  if (bytes[5] !== 1) fail(file, 'EI_DATA', `${bytes[5]}, expected 1 (little-endian)`)
-  const machine = dv.getUint16(18, true)
-  if (machine !== 62) fail(file, 'e_machine', `${machine}, expected 62 (x86-64)`)
-  const phoff = Number(dv.getBigUint64(32, true))
-  const phentsize = dv.getUint16(54, true)
-  const phnum = dv.getUint16(56, true)
+  const { dv, phoff, phentsize, phnum } = elfHeader(bytes, file, 'EKERNEL', false)
   if (phentsize < 56 || phoff + phnum * phentsize > bytes.length) fail(file, 'e_phoff/e_phnum', 'the program headers run past the file (truncated?)')
   const segments: { paddr: number; data: Uint8Array; memSize: number }[] = []
   let pvhEntry: number | undefined
