@@ -239,6 +239,21 @@ pub trait VmBackend: Send {
 /// A virtual processor.
 pub trait VcpuBackend: Send {
     fn index(&self) -> u32;
+    /// The local APIC's state page ([`crate::state::LAPIC_STATE_SIZE`] bytes, the APIC's
+    /// MMIO layout): MSHV's `MSHV_GET_VP_STATE` with `MSHV_VP_STATE_LAPIC`. Between runs.
+    /// The default takes it from [`VcpuBackend::state`].
+    fn lapic(&mut self) -> Result<Vec<u8>> {
+        Ok(self.state()?.lapic)
+    }
+    /// Replaces the local APIC's state page (`MSHV_SET_VP_STATE`), the rest of the vCPU
+    /// as it is: what CH's and QEMU's `set_lint` write (see [`crate::lapic`]). The
+    /// default goes through [`VcpuBackend::state`] and [`VcpuBackend::set_state`].
+    fn set_lapic(&mut self, lapic: &[u8]) -> Result<()> {
+        crate::state::check_lapic(lapic)?;
+        let mut state = self.state()?;
+        state.lapic = lapic.to_vec();
+        self.set_state(&state)
+    }
     /// Runs until an intercept, a cancel or the budget; fills `msg` on [`Exit::Message`].
     fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit>;
     /// One batched get-register hypercall.

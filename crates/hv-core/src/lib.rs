@@ -11,6 +11,7 @@ pub mod cpuid;
 pub mod error;
 pub mod event;
 pub mod interrupt;
+pub mod lapic;
 pub mod memory;
 pub mod message;
 pub mod page;

@@ -63,6 +63,10 @@ pub trait Vp {
     /// `HVCALL_TRANSLATE_VIRTUAL_ADDRESS` through `MSHV_ROOT_HVCALL` on the VP fd, for VP
     /// `index`: the GPA and the result code.
     fn translate_gva_hvcall(&self, index: u32, gva: u64, flags: u64) -> Answer<(u64, u32)>;
+    /// `MSHV_GET_VP_STATE` with `MSHV_VP_STATE_LAPIC` (mshv-ioctls `VcpuFd::get_lapic`).
+    fn get_lapic(&self) -> Answer<LapicState>;
+    /// `MSHV_SET_VP_STATE` with `MSHV_VP_STATE_LAPIC` (mshv-ioctls `VcpuFd::set_lapic`).
+    fn set_lapic(&self, lapic: &LapicState) -> Answer<()>;
 }
 
 impl Device for Mshv {
@@ -162,6 +166,14 @@ impl Vp for VcpuFd {
         Ok((gpa, unsafe {
             output.translation_result.__bindgen_anon_1.result_code
         }))
+    }
+
+    fn get_lapic(&self) -> Answer<LapicState> {
+        VcpuFd::get_lapic(self)
+    }
+
+    fn set_lapic(&self, lapic: &LapicState) -> Answer<()> {
+        VcpuFd::set_lapic(self, lapic)
     }
 }
 
@@ -338,6 +350,8 @@ pub mod fake {
         Run,
         TranslateIoctl,
         TranslateHvcall,
+        GetLapic,
+        SetLapic,
     }
 
     type Hook = Box<dyn FnMut() -> Answer<()>>;
@@ -347,6 +361,8 @@ pub mod fake {
         answers: HashMap<Op, VecDeque<Answer<u64>>>,
         calls: Vec<(Op, u64)>,
         run_hook: Option<Hook>,
+        /// The VP's LAPIC state page: what `get_lapic` answers and `set_lapic` replaces.
+        lapic: Option<LapicState>,
     }
 
     /// The device; its partitions and VPs share its script and log.
@@ -394,6 +410,16 @@ pub mod fake {
         /// The calls made, with their argument of interest (flags, MSR, index, GVA).
         pub fn calls(&self) -> Vec<(Op, u64)> {
             self.0.borrow().calls.clone()
+        }
+
+        /// The LAPIC state page the VP holds (zeros until one is set).
+        pub fn lapic(&self) -> LapicState {
+            self.0.borrow().lapic.unwrap_or_default()
+        }
+
+        /// Gives the VP a LAPIC state page, as the hypervisor's reset would.
+        pub fn set_lapic_page(&self, lapic: LapicState) {
+            self.0.borrow_mut().lapic = Some(lapic);
         }
 
         pub fn count(&self, op: Op) -> usize {
@@ -473,6 +499,25 @@ pub mod fake {
         fn translate_gva_hvcall(&self, _index: u32, gva: u64, _flags: u64) -> Answer<(u64, u32)> {
             self.call(Op::TranslateHvcall, gva).map(|gpa| (gpa, 0))
         }
+
+        /// The call's argument is LVT LINT0 as read.
+        fn get_lapic(&self) -> Answer<LapicState> {
+            let page = self.lapic();
+            self.call(Op::GetLapic, lint0(&page)).map(|_| page)
+        }
+
+        /// The call's argument is LVT LINT0 as written.
+        fn set_lapic(&self, lapic: &LapicState) -> Answer<()> {
+            self.call(Op::SetLapic, lint0(lapic))?;
+            self.set_lapic_page(*lapic);
+            Ok(())
+        }
+    }
+
+    /// LVT LINT0 (offset 0x350) of a LAPIC state page.
+    pub fn lint0(page: &LapicState) -> u64 {
+        let b = |i: usize| page.regs[0x350 + i] as u8 as u64;
+        b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24
     }
 }
 

@@ -14,6 +14,7 @@
 //! `set_debug_state` (`openhcl/virt_mshv_vtl/src/processor/mod.rs`, which clears DR6).
 
 use crate::errors::{map_error, retry};
+use crate::kernel::Vp;
 use crate::vcpu::MshvVcpu;
 use hv_core::regs::REGISTERS;
 use hv_core::state::WatchKind;
@@ -100,6 +101,29 @@ pub fn debug_registers(debug: &DebugState) -> Result<([u64; 4], u64)> {
     Ok((dr, dr7))
 }
 
+/// The LAPIC state page of `vp` in the APIC's MMIO layout: `MSHV_GET_VP_STATE` with
+/// `MSHV_VP_STATE_LAPIC`, through the kernel seam.
+pub fn lapic_page<V: Vp>(vp: &V) -> Result<Vec<u8>> {
+    let lapic = retry(|| vp.get_lapic()).map_err(|e| map_error("get LAPIC state", e))?;
+    Ok(lapic.regs.iter().map(|&b| b as u8).collect())
+}
+
+/// Replaces the LAPIC state page of `vp` (`MSHV_SET_VP_STATE`), after checking its size.
+pub fn set_lapic_page<V: Vp>(vp: &V, lapic: &[u8]) -> Result<()> {
+    hv_core::state::check_lapic(lapic)?;
+    let page = lapic_state(lapic);
+    retry(|| vp.set_lapic(&page)).map_err(|e| map_error("set LAPIC state", e))
+}
+
+/// mshv-bindings' `LapicState` holding `lapic` (checked to be its size).
+fn lapic_state(lapic: &[u8]) -> LapicState {
+    let mut page = LapicState::default();
+    for (d, s) in page.regs.iter_mut().zip(lapic) {
+        *d = *s as _;
+    }
+    page
+}
+
 impl MshvVcpu {
     fn get_many(&mut self, ids: &[u32]) -> Result<Vec<RegisterValue>> {
         let mut out = vec![[0, 0]; ids.len()];
@@ -128,7 +152,7 @@ impl MshvVcpu {
             .collect::<Result<Vec<u32>>>()?;
         let msr_values = self.get_many(&msr_ids)?;
         let fd = self.fd();
-        let lapic = retry(|| fd.get_lapic()).map_err(|e| map_error("get LAPIC state", e))?;
+        let lapic = lapic_page(fd)?;
         let xsave = retry(|| fd.get_xsave()).map_err(|e| map_error("get XSAVE state", e))?;
         Ok(VcpuState {
             registers: ids.into_iter().zip(values).collect(),
@@ -137,7 +161,7 @@ impl MshvVcpu {
                 .copied()
                 .zip(msr_values.iter().map(|v| v[0]))
                 .collect(),
-            lapic: lapic.regs.iter().map(|&b| b as u8).collect(),
+            lapic,
             xsave: xsave.buffer.to_vec(),
             internal: Vec::new(),
         })
@@ -166,10 +190,6 @@ impl MshvVcpu {
             )));
         }
         image.buffer.copy_from_slice(xsave);
-        let mut page = LapicState::default();
-        for (d, s) in page.regs.iter_mut().zip(lapic) {
-            *d = *s as _;
-        }
         // Checked before anything is written: an unknown register or MSR changes nothing.
         hv_core::backend::check_batch(
             &registers.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -184,7 +204,7 @@ impl MshvVcpu {
         self.set_many(&msr_regs)?;
         self.set_many(registers)?;
         let fd = self.fd();
-        retry(|| fd.set_lapic(&page)).map_err(|e| map_error("set LAPIC state", e))?;
+        set_lapic_page(fd, lapic)?;
         retry(|| fd.set_xsave(&image)).map_err(|e| map_error("set XSAVE state", e))?;
         // A restored vCPU resumes: a breakpoint where it stands lets its instruction run
         // (RF at the next run, as after a stop there; the sim does the same).
@@ -228,6 +248,74 @@ impl MshvVcpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::fake::{errno, Kernel, Op};
+    use hv_core::lapic::{register, set_lint, LapicAccess, LVT_LINT0, LVT_LINT1};
+
+    /// A VP of the scripted kernel, read and written as [`MshvVcpu`] does it.
+    struct FakeVp<'a>(&'a Kernel);
+
+    impl LapicAccess for FakeVp<'_> {
+        fn lapic(&mut self) -> Result<Vec<u8>> {
+            lapic_page(self.0)
+        }
+        fn set_lapic(&mut self, lapic: &[u8]) -> Result<()> {
+            set_lapic_page(self.0, lapic)
+        }
+    }
+
+    /// A VP whose LINT0 and LINT1 are masked, as the SDM's reset state has them (vol 3
+    /// 11.4.7.1; MSHV documents no reset values of its own).
+    fn masked_kernel() -> Kernel {
+        let k = Kernel::default();
+        let mut page = LapicState::default();
+        for offset in [LVT_LINT0, LVT_LINT1] {
+            page.regs[offset + 2] = 1; // bit 16, the mask
+        }
+        k.set_lapic_page(page);
+        k
+    }
+
+    fn lvt(k: &Kernel, offset: usize) -> u32 {
+        let page: Vec<u8> = k.lapic().regs.iter().map(|&b| b as u8).collect();
+        register(&page, offset).unwrap()
+    }
+
+    /// Cloud Hypervisor `arch/src/x86_64/interrupts.rs` `set_lint` on MSHV (its
+    /// `hypervisor/src/mshv/mod.rs` `get_lapic`/`set_lapic` are mshv-ioctls'): one
+    /// `MSHV_GET_VP_STATE`, then one `MSHV_SET_VP_STATE` of the page with LVT0's
+    /// delivery mode ExtINT and LVT1's NMI; the BSP's LINT0 also unmasked (KVM's
+    /// `KVM_X86_QUIRK_LINT0_REENABLED`).
+    #[test]
+    fn ch_set_lint_gets_the_lapic_state_then_sets_it_with_lint0_extint_and_lint1_nmi() {
+        let k = masked_kernel();
+        set_lint(&mut FakeVp(&k), true).unwrap();
+        assert_eq!(
+            k.calls(),
+            [(Op::GetLapic, 0x1_0000), (Op::SetLapic, 0x700)],
+            "read (LINT0 masked), then write (LINT0 unmasked ExtINT)"
+        );
+        assert_eq!(lvt(&k, LVT_LINT1), 0x1_0400, "LINT1: NMI, still masked");
+
+        let ap = masked_kernel();
+        set_lint(&mut FakeVp(&ap), false).unwrap();
+        assert_eq!(
+            lvt(&ap, LVT_LINT0),
+            0x1_0700,
+            "an AP's LINT0: ExtINT, masked"
+        );
+        assert_eq!(lvt(&ap, LVT_LINT1), 0x1_0400);
+    }
+
+    #[test]
+    fn a_refused_lapic_read_writes_nothing() {
+        let k = masked_kernel();
+        k.answer(Op::GetLapic, Err(errno(libc::EINVAL)));
+        let e = set_lint(&mut FakeVp(&k), true).unwrap_err();
+        assert!(e.to_string().contains("get LAPIC state"), "{e}");
+        assert_eq!(k.count(Op::SetLapic), 0);
+        assert!(set_lapic_page(&k, &[0; 16]).is_err(), "a short page");
+        assert_eq!(k.count(Op::SetLapic), 0);
+    }
 
     #[test]
     fn every_state_msr_has_an_mshv_register() {

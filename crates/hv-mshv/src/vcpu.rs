@@ -215,6 +215,14 @@ impl VcpuBackend for MshvVcpu {
         self.index
     }
 
+    fn lapic(&mut self) -> Result<Vec<u8>> {
+        crate::state::lapic_page(&self.fd)
+    }
+
+    fn set_lapic(&mut self, lapic: &[u8]) -> Result<()> {
+        crate::state::set_lapic_page(&self.fd, lapic)
+    }
+
     fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit> {
         check_limits(limits)?;
         if std::mem::take(&mut self.at_breakpoint) {

@@ -302,7 +302,8 @@ impl Vm {
         })
     }
 
-    /// Creates vCPU `index` (0..=255).
+    /// Creates vCPU `index` (0..=255), its LINT0 and LINT1 programmed as a VMM does
+    /// ([`hv_core::lapic::set_lint`]): LINT0 ExtINT (unmasked on vCPU 0), LINT1 NMI.
     #[napi]
     pub fn create_vcpu(&self, env: Env, index: u32) -> Result<Vcpu> {
         guard("Vm.createVcpu", || {
@@ -310,7 +311,11 @@ impl Vm {
                 .map_err(|_| invalid(format!("vCPU index must be 0..=255, got {index}")))?;
             let mut state = self.lock();
             let open = state.as_mut().ok_or_else(|| closed("VM"))?;
-            let backend = open.backend.get_mut().create_vcpu(i).map_err(to_js)?;
+            let mut backend = open.backend.get_mut().create_vcpu(i).map_err(to_js)?;
+            // LINT0 ExtINT and LINT1 NMI on every vCPU, as CH's and QEMU's `set_lint`
+            // program them at creation; the BSP's LINT0 unmasked (KVM's reset,
+            // a BIOS's virtual wire), so the 8259 reaches vCPU 0 (hv_core::lapic).
+            hv_core::lapic::set_lint(backend.as_mut(), i == 0).map_err(to_js)?;
             let vcpu = Vcpu::new(&env, backend);
             open.vcpus.retain(|c| c.strong_count() > 0);
             open.vcpus.push(Arc::downgrade(vcpu.core()));
