@@ -1,5 +1,5 @@
 import test from 'ava'
-import { addPcPlatform, IoApic, WiredIrq } from '../index.js'
+import { addPcPlatform, createVm, IoApic, WiredIrq, type Vcpu } from '../index.js'
 import { longModeVm, PIT_1KHZ } from './helpers.js'
 
 /** RBX = the local APIC; software-enabled (SVR bit 8). */
@@ -257,4 +257,76 @@ test("an interrupt the hypervisor refuses (the guest routed the PIT's pin to an 
     process.off('warning', listen)
     vm.close()
   }
+})
+
+/** Remaps the 8259 pair to vectors 0x20/0x28 (ICW1..ICW4); only IRQ 0 unmasked. */
+const PIC_IRQ0 = `
+  mov al, 0x11
+  out 0x20, al
+  out 0xa0, al
+  mov al, 0x20
+  out 0x21, al
+  mov al, 0x28
+  out 0xa1, al
+  mov al, 4
+  out 0x21, al
+  mov al, 2
+  out 0xa1, al
+  mov al, 1
+  out 0x21, al
+  out 0xa1, al
+  mov al, 0xfe
+  out 0x21, al
+  mov al, 0xff
+  out 0xa1, al
+`
+
+test('the 8259 reaches vCPU 0 through LINT0 (SDM vol 3 11.5.1): set at creation to ExtINT as CH/QEMU set_lint and KVM reset it; a guest that masks LINT0 holds the tick until it unmasks it', async (t) => {
+  const vm = longModeVm(
+    `
+  start:
+    ${APIC_ON}
+    mov dword [rbx+0x350], 0x10700   # LINT0 masked (ExtINT)
+    ${PIC_IRQ0}
+    ${PIT_1KHZ}
+    sti
+  poll:                              # until the 8259 has handed its INT over (ISR bit 0)
+    mov al, 0x0b
+    out 0x20, al
+    in al, 0x20
+    test al, 1
+    jz poll
+    mov ecx, 1000                    # interrupts on: a tick taken now would count
+  spin:
+    loop spin
+    cli
+    mov esi, [count]                 # 0: held while LINT0 is masked
+    mov dword [rbx+0x350], 0x8700    # LINT0 ExtINT, as SeaBIOS's smp_setup writes it
+    sti
+    nop
+    cli
+    mov eax, [count]
+    shl esi, 4
+    or eax, esi
+    out 0xf4, al
+  tick:
+    inc dword [count]
+    mov al, 0x20
+    out 0x20, al
+    iretq
+  count: dd 0
+  `,
+    { 0x20: 'tick' },
+  )
+  // What createVcpu left in the LAPIC: vCPU 0's LINT0 unmasked ExtINT, LINT1 NMI
+  // (masked, as KVM resets it); an AP's both masked.
+  const two = createVm({ backend: 'sim' })
+  const cpus = [two.createVcpu(0), two.createVcpu(1)]
+  const lvt = (i: number, offset: number): number => Buffer.from((cpus[i] as Vcpu).state().lapic, 'hex').readUInt32LE(offset)
+  t.deepEqual([lvt(0, 0x350), lvt(0, 0x360), lvt(1, 0x350), lvt(1, 0x360)], [0x700, 0x1_0400, 0x1_0700, 0x1_0400])
+  two.close()
+  const pc = addPcPlatform(vm)
+  t.deepEqual(await vm.run({ timeoutMs: 20_000 }), { reason: 'debug-exit', code: 0x01, vcpu: 0 })
+  t.is(pc.pic.stats.requested, 1)
+  vm.close()
 })

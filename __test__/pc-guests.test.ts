@@ -157,7 +157,7 @@ test('a halted guest waits without blocking: an interrupt from a JavaScript time
       clock,
     )
     // Real mode: the APIC is software-disabled, so the request goes as an ExtINT, as
-    // the 8259 would send it.
+    // the 8259 would send it, through the LINT0 createVcpu left unmasked in ExtINT mode.
     setTimeout(() => vm.requestInterrupt({ kind: 'extint', vector: 0x40 }), 10)
     t.deepEqual(await vm.run({ timeoutMs: 10_000 }), { reason: 'debug-exit', code: 0x40, vcpu: 0 }, clock)
     vm.close()

@@ -1,7 +1,7 @@
 //! The sim's side of the state seam: a vCPU's whole state out and in
 //! ([`hv_core::VcpuState`]), and the debugger's breakpoints and step.
 
-use crate::apic::{ApicState, APIC_BASE_EN, APIC_BASE_EXTD};
+use crate::apic::{ApicState, APIC_BASE_EN, APIC_BASE_EXTD, APIC_TIMER_VALUES};
 use crate::registers;
 use crate::vcpu::{SimVcpu, ACTIVITY_HALT_SUSPEND, ACTIVITY_KNOWN, ACTIVITY_STARTUP_SUSPEND};
 use hv_core::regs::REGISTERS;
@@ -48,6 +48,48 @@ fn state_msr(cpu: &mut Cpu, msr: u32) -> Option<&mut u64> {
 }
 
 impl SimVcpu {
+    /// The local APIC's state page (`HV_GET_SET_VP_STATE_LAPIC_STATE`'s layout) now.
+    pub(crate) fn lapic_page(&self) -> Vec<u8> {
+        let x2apic = x2apic_mode(self.processor.cpu.apic_base);
+        self.apic.lock().save(self.now(), x2apic).0
+    }
+
+    /// Replaces the local APIC's registers with `page`'s, as MSHV's `MSHV_SET_VP_STATE`
+    /// of the LAPIC state alone does: what the page cannot carry stays (NMI, INIT, SIPI
+    /// and the 8259's INTR pending, IA32_APIC_BASE and the mode it gives, the
+    /// TSC-deadline), and the timer keeps its exact deadline unless the page changes its
+    /// registers (a changed timer counts from the page's current count).
+    pub(crate) fn set_lapic_page(&mut self, page: &[u8]) -> Result<()> {
+        hv_core::state::check_lapic(page)?;
+        let now = self.now();
+        let x2apic = x2apic_mode(self.processor.cpu.apic_base);
+        let mut s = self.apic.lock();
+        let (old_page, internal) = s.save(now, x2apic);
+        let timer_same = [
+            crate::apic::LVT_TIMER,
+            crate::apic::TIMER_INITIAL,
+            crate::apic::TIMER_CURRENT,
+            crate::apic::TIMER_DIVIDE,
+        ]
+        .iter()
+        .all(|&o| {
+            let o = o as usize;
+            page[o..o + 4] == old_page[o..o + 4]
+        });
+        let find = |n: &str| {
+            internal
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| *v)
+                .filter(|_| timer_same || !APIC_TIMER_VALUES.contains(&n))
+        };
+        let mut apic = ApicState::restore(page, find, s.startup_suspend, now, x2apic)?;
+        apic.apic_enabled = s.apic_enabled;
+        *s = apic;
+        self.apic.publish(&s);
+        Ok(())
+    }
+
     pub(crate) fn save_state(&mut self) -> Result<VcpuState> {
         let mut regs = Vec::with_capacity(REGISTERS.len());
         for r in REGISTERS {
@@ -164,13 +206,14 @@ impl SimVcpu {
         let find = |n: &str| apic_values.iter().find(|(k, _)| *k == n).map(|(_, v)| *v);
         // The page's ID and LDR are read as the restored IA32_APIC_BASE's mode has them.
         let x2apic = x2apic_mode(cpu.apic_base);
-        let apic = ApicState::restore(
+        let mut apic = ApicState::restore(
             lapic,
             find,
             activity & ACTIVITY_STARTUP_SUSPEND != 0,
             now,
             x2apic,
         )?;
+        apic.apic_enabled = cpu.apic_base & APIC_BASE_EN != 0;
         // Nothing was refused: the state is the vCPU's now.
         let pdpte = cpu.pdpte;
         self.processor.cpu = cpu;

@@ -267,7 +267,9 @@ impl SimVcpu {
         let id = s.id;
         // A start-up IPI that came with the INIT stays for the wait it begins.
         let sipi = s.sipi_pending;
+        let enabled = s.apic_enabled;
         *s = crate::apic::ApicState::reset(id);
+        s.apic_enabled = enabled;
         s.startup_suspend = !bsp;
         s.sipi_pending = sipi.filter(|_| !bsp);
         self.apic.events.store(s.events(), Ordering::Release);
@@ -628,6 +630,14 @@ pub(crate) const ACTIVITY_KNOWN: u64 = ACTIVITY_STARTUP_SUSPEND | ACTIVITY_HALT_
 impl VcpuBackend for SimVcpu {
     fn index(&self) -> u32 {
         self.index
+    }
+
+    fn lapic(&mut self) -> Result<Vec<u8>> {
+        Ok(self.lapic_page())
+    }
+
+    fn set_lapic(&mut self, lapic: &[u8]) -> Result<()> {
+        self.set_lapic_page(lapic)
     }
 
     fn run(&mut self, msg: &mut ExitMessage, limits: &RunLimits) -> Result<Exit> {

@@ -1175,3 +1175,107 @@ fn sdm_vol2_sti_an_nmi_waits_for_the_end_of_an_interrupt_shadow() {
         .unwrap();
     assert_eq!(m.run_to_out(0), CODE + 1, "taken after the first NOP");
 }
+
+/// The 8259's ExtINT on a vCPU as the hypervisor resets it, without the VMM's
+/// `set_lint`: LINT0 masked (SDM vol 3 11.4.7.1), so the interrupt is held (an 8259's
+/// INTR stays high) while the guest runs with interrupts on; clearing
+/// IA32_APIC_BASE.EN makes LINT0 the processor's INTR pin (11.4.3; KVM
+/// `kvm_apic_accept_pic_intr`, QEMU `apic_accept_pic_intr`), and it is taken then.
+/// The handler writes no EOI: with the APIC disabled its page is plain memory.
+#[test]
+fn sdm_11_4_3_a_held_extint_is_taken_once_the_guest_globally_disables_its_apic() {
+    let mut m = machine(1, ClockMode::Deterministic);
+    m.code(HANDLERS + 0x30 * 0x100, |a| {
+        a.lock().inc(dword_ptr(COUNT + 4 * 0x30)).unwrap();
+        a.iretq().unwrap();
+    });
+    m.code(CODE, |a| {
+        sync(a);
+        a.sti().unwrap();
+        a.mov(ecx, 1000).unwrap();
+        let mut spin = a.create_label();
+        a.set_label(&mut spin).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(spin).unwrap();
+        a.cli().unwrap();
+        a.mov(esi, dword_ptr(COUNT + 4 * 0x30)).unwrap();
+        a.mov(ecx, 0x1b).unwrap(); // IA32_APIC_BASE
+        a.rdmsr().unwrap();
+        a.and(eax, !(1u32 << 11) as i32).unwrap();
+        a.wrmsr().unwrap();
+        a.sti().unwrap();
+        a.nop().unwrap();
+        a.cli().unwrap();
+        a.mov(eax, dword_ptr(COUNT + 4 * 0x30)).unwrap();
+        a.shl(esi, 4).unwrap();
+        a.or(eax, esi).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.pass_sync(0);
+    m.interrupts
+        .request(&InterruptRequest {
+            kind: InterruptKind::ExtInt,
+            destination: 0,
+            logical: false,
+            vector: 0x30,
+            level: false,
+        })
+        .unwrap();
+    assert_eq!(
+        m.run_to_out(0),
+        0x01,
+        "none taken with LINT0 masked, one once the APIC is off"
+    );
+}
+
+/// The VMM's `set_lint` (hv_core::lapic; CH `arch/src/x86_64/interrupts.rs`, QEMU
+/// `target/i386/mshv/mshv-cpu.c`) on the sim's LAPIC seam: only LVT LINT0 and LINT1
+/// change, the rest of the vCPU's state (its pending ExtINT among the internal values)
+/// stays, and the BSP then takes the 8259's interrupt with its APIC software-disabled
+/// (KVM's LINT0_REENABLED reset).
+#[test]
+fn ch_set_lint_changes_lint0_and_lint1_only_and_the_bsp_takes_an_extint() {
+    let mut m = machine(2, ClockMode::Deterministic);
+    m.code(HANDLERS + 0x30 * 0x100, |a| {
+        a.lock().inc(dword_ptr(COUNT + 4 * 0x30)).unwrap();
+        a.iretq().unwrap();
+    });
+    m.code(CODE, |a| {
+        a.sti().unwrap();
+        a.nop().unwrap();
+        a.cli().unwrap();
+        a.mov(eax, dword_ptr(COUNT + 4 * 0x30)).unwrap();
+        out(a);
+    });
+    m.start(0, CODE);
+    m.interrupts
+        .request(&InterruptRequest {
+            kind: InterruptKind::ExtInt,
+            destination: 0,
+            logical: false,
+            vector: 0x30,
+            level: false,
+        })
+        .unwrap();
+    for (i, cpu) in m.cpus.iter_mut().enumerate() {
+        let before = cpu.state().unwrap();
+        hv_core::lapic::set_lint(cpu.as_mut(), i == 0).unwrap();
+        let after = cpu.state().unwrap();
+        assert_eq!(after.registers, before.registers, "vCPU {i}");
+        assert_eq!(after.internal, before.internal, "vCPU {i}");
+        let changed: Vec<usize> = (0..after.lapic.len())
+            .filter(|&b| after.lapic[b] != before.lapic[b])
+            .collect();
+        let lvt = |o: usize| hv_core::lapic::register(&after.lapic, o).unwrap();
+        assert!(
+            changed
+                .iter()
+                .all(|&b| (0x350..0x354).contains(&b) || (0x360..0x364).contains(&b)),
+            "vCPU {i}: bytes {changed:x?}"
+        );
+        let lint0 = if i == 0 { 0x700 } else { 0x1_0700 };
+        assert_eq!((lvt(0x350), lvt(0x360)), (lint0, 0x1_0400), "vCPU {i}");
+    }
+    assert_eq!(m.run_to_out(0), 1, "taken after the STI");
+}

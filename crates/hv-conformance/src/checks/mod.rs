@@ -23,6 +23,7 @@ pub static ALL: &[Check] = &[
     cpu::EXCEPTION_INJECTION,
     cpu::PENDING_EXT_INT,
     interrupts::INTERRUPT_REQUEST,
+    interrupts::LINT0_EXTINT,
     registers::REGISTER_PAGE,
     registers::NO_REGISTER_PAGE,
     registers::BAD_REGISTER_IDS,

@@ -11,6 +11,8 @@ pub mod bus;
 mod state;
 mod timer;
 
+pub(crate) use state::TIMER_VALUES as APIC_TIMER_VALUES;
+
 use hv_core::InterruptKind;
 use sim_cpu::{Event, EVENT_MASKABLE, EVENT_RESLICE, EVENT_URGENT};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -145,7 +147,15 @@ pub struct ApicState {
     pub nmi_pending: bool,
     pub init_pending: bool,
     pub sipi_pending: Option<u8>,
+    /// The 8259's INTR, acknowledged with this vector when the VMM requested it (an
+    /// ExtINT request carries its vector): held, as the 8259 holds INTR high, until
+    /// LINT0 lets the processor take it ([`ApicState::accepts_pic`]).
     pub extint_pending: Option<u8>,
+    /// IA32_APIC_BASE.EN, the APIC's global enable (SDM vol 3 11.4.3): the processor's
+    /// MSR, mirrored here because with it clear the 8259's INTR reaches the processor
+    /// without LINT0. INIT leaves it (the MSR is not reset, 11.12.5.1); the vCPU's
+    /// `apic_base` register says it in a state.
+    pub apic_enabled: bool,
     /// Waiting for a start-up IPI (MSHV's startup-suspend activity state).
     pub startup_suspend: bool,
     /// The guest re-armed the timer: the vCPU's run must look at its deadline again
@@ -185,9 +195,26 @@ impl ApicState {
             init_pending: false,
             sipi_pending: None,
             extint_pending: None,
+            apic_enabled: true,
             startup_suspend: false,
             reslice: false,
         }
+    }
+
+    /// Whether the 8259's INTR reaches the processor (an ExtINT request is taken): LVT
+    /// LINT0 unmasked with delivery mode ExtINT, or the APIC globally disabled, where
+    /// LINT0 is the processor's INTR pin (SDM vol 3 11.4.3, 11.5.1: ExtINT "causes the
+    /// processor to respond to the interrupt as if the interrupt originated in an
+    /// externally connected (8259A-compatible) interrupt controller"; KVM
+    /// `kvm_apic_accept_pic_intr`, QEMU `apic_accept_pic_intr`). A software-disabled
+    /// APIC has every LVT entry masked (11.4.7.2), so it refuses it too. Held
+    /// otherwise, as the 8259's INTR stays high: a guest that later programs LINT0 as
+    /// ExtINT takes it then. LINT0 in fixed or NMI mode, which would turn the INTR into
+    /// the LVT's own vector, is not modelled: the interrupt waits (KVM, too, takes the
+    /// 8259's interrupt only through ExtINT mode).
+    pub fn accepts_pic(&self) -> bool {
+        let lint0 = self.lvt[4];
+        !self.apic_enabled || lint0 & LVT_MASKED == 0 && (lint0 >> 8) & 7 == 7
     }
 
     pub fn software_enabled(&self) -> bool {
@@ -225,7 +252,7 @@ impl ApicState {
     /// The `EVENT_*` bits this state raises.
     pub fn events(&self) -> u32 {
         let mut e = 0;
-        if self.deliverable().is_some() || self.extint_pending.is_some() {
+        if self.deliverable().is_some() || self.extint_pending.is_some() && self.accepts_pic() {
             e |= EVENT_MASKABLE;
         }
         if self.nmi_pending
@@ -293,9 +320,11 @@ impl ApicState {
         if !interruptible {
             return None;
         }
-        if let Some(v) = self.extint_pending.take() {
-            // ExtINT: the vector comes from the external controller; no IRR or ISR.
-            return Some(Event::Interrupt(v));
+        if self.accepts_pic() {
+            if let Some(v) = self.extint_pending.take() {
+                // ExtINT: the vector comes from the external controller; no IRR or ISR.
+                return Some(Event::Interrupt(v));
+            }
         }
         let v = self.deliverable()?;
         let (i, b) = bit(v);
@@ -523,6 +552,7 @@ impl ApicState {
         s.init_pending = self.init_pending;
         s.sipi_pending = self.sipi_pending;
         s.extint_pending = self.extint_pending;
+        s.apic_enabled = self.apic_enabled;
         s.startup_suspend = self.startup_suspend;
         // The timer is disarmed: the run looks again.
         s.reslice = true;
@@ -688,6 +718,7 @@ impl LocalApic {
         {
             s.id = self.index;
         }
+        s.apic_enabled = new & APIC_BASE_EN != 0;
         self.x2apic.store(
             new & (APIC_BASE_EN | APIC_BASE_EXTD) == APIC_BASE_EN | APIC_BASE_EXTD,
             Ordering::Release,
@@ -762,6 +793,70 @@ mod tests {
         assert_eq!(s.take(true, false), None);
         s.accept(InterruptKind::Fixed, 0x55, false);
         assert_eq!(s.take(true, false), Some(Event::Interrupt(0x55)));
+    }
+
+    /// SDM vol 3 11.4.7.1 (every LVT entry masked after RESET) and 11.5.1 (LINT0's
+    /// delivery mode ExtINT hands the 8259's INTR to the processor); KVM's
+    /// `kvm_apic_accept_pic_intr`: the 8259's interrupt waits, held as its INTR is,
+    /// until the guest unmasks LINT0 in ExtINT mode, and is taken once.
+    #[test]
+    fn sdm_11_5_1_an_extint_waits_while_lint0_is_masked_and_is_taken_once_lint0_is_extint() {
+        let mut s = enabled();
+        s.accept(InterruptKind::ExtInt, 0x08, false);
+        assert!(!s.accepts_pic(), "LINT0 masked at reset");
+        assert_eq!(s.events() & EVENT_MASKABLE, 0, "nothing wakes the vCPU");
+        assert_eq!(s.take(true, false), None);
+        assert_eq!(s.extint_pending, Some(0x08), "held, not dropped");
+        // Fixed mode, unmasked: not the 8259's path (the LVT's own vector); it waits.
+        s.write(LVT_LINT0, 0x0000_0031, 0);
+        assert_eq!(s.take(true, false), None);
+        // ExtINT, level (SeaBIOS `smp_setup`'s 0x8700).
+        s.write(LVT_LINT0, 0x0000_8700, 0);
+        assert_ne!(s.events() & EVENT_MASKABLE, 0);
+        assert_eq!(s.take(false, false), None, "IF clear: not yet");
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x08)));
+        assert_eq!(s.take(true, false), None, "taken once");
+        assert_eq!(s.isr, [0; 8], "an ExtINT has no ISR bit");
+    }
+
+    /// SDM vol 3 11.4.7.2: software disable (SVR bit 8 clear) masks every LVT entry, so
+    /// the 8259's interrupt waits; 11.4.3: with IA32_APIC_BASE.EN clear LINT0 is the
+    /// processor's INTR pin and it is taken whatever the LVT says (QEMU
+    /// `apic_accept_pic_intr`, KVM `kvm_apic_accept_pic_intr`: `!apic_hw_enabled`).
+    #[test]
+    fn sdm_11_4_3_extint_taken_with_the_apic_globally_disabled_held_when_software_disabled() {
+        let mut s = enabled();
+        s.write(LVT_LINT0, 0x700, 0);
+        assert!(s.accepts_pic());
+        s.write(SVR, 0xff, 0);
+        assert_eq!(s.read(LVT_LINT0, 0), LVT_MASKED | 0x700);
+        s.accept(InterruptKind::ExtInt, 0x20, false);
+        assert_eq!(s.take(true, false), None, "software-disabled: LINT0 masked");
+        s.apic_enabled = false;
+        assert_ne!(s.events() & EVENT_MASKABLE, 0);
+        assert_eq!(s.take(true, false), Some(Event::Interrupt(0x20)));
+    }
+
+    /// The VMM's `set_lint` (CH, QEMU) and KVM's LINT0_REENABLED reset give the BSP an
+    /// unmasked ExtINT LINT0 with the APIC software-disabled (SVR 0xFF): the 8259's
+    /// interrupts reach a guest that never touches its APIC, as after a BIOS.
+    #[test]
+    fn kvm_lint0_reenabled_the_bsps_extint_is_taken_with_the_apic_software_disabled() {
+        let mut s = ApicState::reset(0);
+        let mut page = s.save(0, false).0;
+        hv_core::lapic::lint_page(&mut page, true).unwrap();
+        let mut s2 = ApicState::restore(&page, |_| None, false, 0, false).unwrap();
+        assert_eq!(s2.read(LVT_LINT0, 0), 0x700);
+        assert_eq!(s2.read(LVT_LINT1, 0), LVT_MASKED | 0x400);
+        assert_eq!(s2.read(SVR, 0), 0xff);
+        s2.accept(InterruptKind::ExtInt, 0x08, false);
+        assert_eq!(s2.take(true, false), Some(Event::Interrupt(0x08)));
+        s.accept(InterruptKind::ExtInt, 0x08, false);
+        assert_eq!(
+            s.take(true, false),
+            None,
+            "without set_lint: the SDM's reset state"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ const NMI_PENDING: &str = "apic.nmiPending";
 const INIT_PENDING: &str = "apic.initPending";
 const SIPI_PENDING: &str = "apic.sipiPending";
 const EXTINT_PENDING: &str = "apic.extintPending";
+/// The internal values of the timer the page's timer registers also describe (less
+/// exactly): a page that changes those registers goes without them.
+pub(crate) const TIMER_VALUES: [&str; 3] = [TIMER_START, TIMER_DEADLINE, TIMER_MODE];
 
 /// A pending vector as a value: bit 8 says it is there.
 fn vector_value(v: Option<u8>) -> u64 {
@@ -64,6 +67,8 @@ impl ApicState {
             init_pending,
             sipi_pending,
             extint_pending,
+            // In the vCPU's IA32_APIC_BASE register.
+            apic_enabled: _,
             // In the vCPU's activity state register.
             startup_suspend: _,
             // Work for the run loop, not state: a restore sets it.
@@ -177,6 +182,7 @@ impl ApicState {
             init_pending: internal(INIT_PENDING).is_some_and(|v| v != 0),
             sipi_pending: internal(SIPI_PENDING).and_then(value_vector),
             extint_pending: internal(EXTINT_PENDING).and_then(value_vector),
+            apic_enabled: true,
             startup_suspend,
             // The run looks at the restored timer before its first slice.
             reslice: true,
