@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { assemble, isMultiboot, MshvError, MULTIBOOT_BOOTLOADER_MAGIC, parseMultiboot, prepareMultiboot } from '../index.js'
+import { assemble, isMultiboot, MshvError, MULTIBOOT_BOOTLOADER_MAGIC, parseMultiboot, prepareMultiboot, type Vcpu } from '../index.js'
 
 const MAGIC = 0x1bad_b002
 const LOAD = 0x20_0000
@@ -274,7 +274,7 @@ const WITH_TICK_HANDLER = `bits 32
     mov dword [0x2ff002], 0x300000
     lidt [0x2ff000]`
 
-test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup): the 8254 ticks at 18.2 Hz on IRQ 0, the 8259 maps it to vector 8', async (t) => {
+test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup/smp_setup): the BSP APIC\'s virtual wire, the 8254 ticks at 18.2 Hz on IRQ 0, the 8259 maps it to vector 8', async (t) => {
   // A 32-bit IDT whose vector 8 reports the tick; sti; hlt.
   const source = `${WITH_TICK_HANDLER}
     sti
@@ -288,6 +288,11 @@ test('multiboot: the PC is left as a BIOS leaves it (SeaBIOS pic_setup/pit_setup
   for (const biosState of [true, false]) {
     const m = prepareMultiboot({ kernel: elfImage(32, LOAD, LOAD, source), backend: 'sim', biosState })
     try {
+      // The BSP's APIC: SeaBIOS smp_setup's virtual wire (SVR bit 8, LINT0 0x8700,
+      // LINT1 0x8400), else what createVcpu's set_lint leaves (CH/QEMU, KVM's reset).
+      const lapic = Buffer.from((m.vm.cpus[0] as Vcpu).state().lapic, 'hex')
+      const apic = [0xf0, 0x350, 0x360].map((o) => lapic.readUInt32LE(o))
+      t.deepEqual(apic, biosState ? [0x1ff, 0x8700, 0x8400] : [0xff, 0x700, 0x1_0400])
       if (biosState) {
         // The IVT's vector 8 points into the BIOS area, F000:xxxx.
         t.is(new DataView(m.vm.read(0x20, 4).buffer).getUint16(2, true), 0xf000)

@@ -6,11 +6,15 @@
  * data area's base memory size and tick count, the 8259 pair initialized with vectors
  * 0x08 and 0x70 and all IRQs masked but the timer and the cascade (SeaBIOS
  * `pic_setup`, `timer_setup`), and the 8254's channel 0 counting 65536 in mode 2, the
- * 18.2 Hz tick (SeaBIOS `pit_setup`). A kernel that returns to real mode and waits with
- * `sti; hlt` (kvm-unit-tests `realmode`) is woken by that tick, as on a PC.
+ * 18.2 Hz tick (SeaBIOS `pit_setup`), and the BSP's local APIC software-enabled with
+ * LINT0 in ExtINT and LINT1 in NMI mode, level-triggered and unmasked: the virtual
+ * wire SeaBIOS's `smp_setup` (`src/fw/smp.c`) writes (SVR bit 8, LINT0 0x8700, LINT1
+ * 0x8400). A kernel that returns to real mode and waits with `sti; hlt`
+ * (kvm-unit-tests `realmode`) is woken by that tick through LINT0, as on a PC.
  * @module
  */
 import type { Vm } from '../vm.js'
+import type { Vcpu } from '../vcpu.js'
 import type { PcPlatform } from '../platform/pc.js'
 import { assemble } from '../asm/assemble.js'
 
@@ -95,4 +99,25 @@ export function leaveAsBios(vm: Vm, pc: PcPlatform): void {
   pc.pit.ioWrite(0x43, 1, 0x34)
   pc.pit.ioWrite(0x40, 1, 0)
   pc.pit.ioWrite(0x40, 1, 0)
+  const bsp = vm.cpus.find((v) => v.index === 0)
+  if (bsp) leaveApicAsBios(bsp)
+}
+
+/** SVR, LVT LINT0 and LINT1's offsets in the APIC page (SDM vol 3 Table 11-1). */
+const SVR = 0xf0
+const LVT_LINT0 = 0x350
+const LVT_LINT1 = 0x360
+
+/**
+ * The BSP's local APIC as SeaBIOS's `smp_setup` leaves it (`src/fw/smp.c`: "enable
+ * local APIC", then "Set LINT0 as Ext_INT, level triggered" and "Set LINT1 as NMI,
+ * level triggered"), through the vCPU's state.
+ */
+function leaveApicAsBios(bsp: Vcpu): void {
+  const state = bsp.state()
+  const lapic = Buffer.from(state.lapic, 'hex')
+  lapic.writeUInt32LE((lapic.readUInt32LE(SVR) | 0x100) >>> 0, SVR)
+  lapic.writeUInt32LE(0x8700, LVT_LINT0)
+  lapic.writeUInt32LE(0x8400, LVT_LINT1)
+  bsp.setState({ ...state, lapic: lapic.toString('hex') })
 }
