@@ -187,6 +187,8 @@ const INSTANCES: Record<string, (m: Machine) => object> = {
   RegisterCapability: () => new mshv.RegisterCapability(9, 8),
   Rtc: (m) => m.pc.rtc,
   Serial16550: (m) => m.pc.serial,
+  SymbolTable: () => new mshv.SymbolTable([{ name: 'entry', address: 0x1000n, type: 'T' }], 'fuzz'),
+  GuestSymbols: (m) => new mshv.GuestSymbols(m.vm),
   VirtioBlock: () => new mshv.VirtioBlock(new mshv.MemoryDisk(4096)),
   VirtioConsole: () => new mshv.VirtioConsole(),
   VirtioNet: () => new mshv.VirtioNet(),

@@ -40,6 +40,11 @@ export class GuestMemory {
     this.last = undefined
   }
 
+  /** The regions of RAM and ROM now mapped, for a search of the whole of guest memory (empty once the VM is closed). */
+  list(): readonly DmaRegion[] {
+    return this.closed() ? [] : this.regions
+  }
+
   private region(gpa: number, length: number): DmaRegion | undefined {
     const l = this.last
     if (l && gpa >= l.start && gpa + length <= l.start + l.bytes.length) return l
