@@ -8,7 +8,8 @@
  * its edu device are the outside judge.
  */
 import test from 'ava'
-import { addIntelIommu, addPcPlatform, createVm, IntelIommu, ioapicMessage, PciFunction, VTD_BASE, VTD_SIZE, type PcPlatform, type PciHost, type Vm } from '../index.js'
+import { ACPI_BASE, addIntelIommu, addPcPlatform, buildAcpiTables, busyboxInitramfs, createVm, IntelIommu, ioapicMessage, PciFunction, prepareLinux, VTD_BASE, VTD_SIZE, type PcPlatform, type PciHost, type Vm } from '../index.js'
+import { debianLinuxOrSkip } from './helpers.js'
 import { CTX } from './virtio-driver.js'
 
 /** Register offsets (10.4). */
@@ -372,4 +373,43 @@ test('snapshots: save() and restore() keep the programmed unit; a state with bit
   t.throws(() => m2.iommu.restore({ ...state, gsts: 1 }), { code: 'EINVAL', message: /gsts must be GSTS bits/ })
   m.vm.close()
   m2.vm.close()
+})
+
+const linux = debianLinuxOrSkip('intel-iommu')
+const boot = typeof linux === 'string' ? test.skip : test.serial
+
+boot("Linux's intel_iommu driver (Debian 12's 6.1, intel_iommu=on) takes the unit from the DMAR table (8.1): version 1:0, QEMU's CAP/ECAP, IRQ remapping in xAPIC mode, queued invalidation", async (t) => {
+  if (typeof linux === 'string') return
+  t.timeout(300_000)
+  let out = ''
+  const B = '/bin/busybox'
+  const m = prepareLinux({
+    backend: 'sim',
+    vcpus: 1,
+    kernel: linux.kernel,
+    initrd: busyboxInitramfs({ busybox: linux.busybox, init: `${B} dmesg | ${B} grep -e DMAR -e iommu; ${B} poweroff -f` }),
+    cmdline: 'console=ttyS0 intel_iommu=on cryptomgr.notests',
+    serial: { onByte: (b) => (out += String.fromCharCode(b)) },
+  })
+  try {
+    const iommu = addIntelIommu(m.pc)
+    // The machine's ACPI tables again, with the DMAR table (the RSDP stays where it was).
+    m.vm.write(ACPI_BASE, buildAcpiTables(1, ACPI_BASE, { pci: true, iommu: { base: VTD_BASE, addressWidth: 39, interruptRemapping: true } }).bytes)
+    const r = await m.run({ timeoutMs: 240_000 })
+    t.is(r.reason, 'poweroff', out.slice(-2000))
+    for (const line of [
+      'DMAR: Host address width 39',
+      'DMAR: dmar0: reg_base_addr fed90000 ver 1:0 cap d2008c22260206 ecap f00f4a',
+      'DMAR-IR: IOAPIC id 0 under DRHD base  0xfed90000 IOMMU 0',
+      'DMAR-IR: Enabled IRQ remapping in xapic mode',
+      'DMAR: dmar0: Using Queued invalidation',
+      'DMAR: Intel(R) Virtualization Technology for Directed I/O',
+    ]) t.true(out.includes(line), `dmesg has ${JSON.stringify(line)}`)
+    t.true(iommu.stats.interruptsRemapped > 0, 'the I/O APIC interrupts went through the IRTEs Linux wrote')
+    t.true(iommu.stats.descriptors > 0, 'Linux invalidated through the queue')
+    t.is(iommu.stats.interruptsBlocked + iommu.stats.faultsRecorded, 0)
+    t.log(`${JSON.stringify(iommu.stats)}; GSTS ${iommu.status.toString(16)}`)
+  } finally {
+    m.close()
+  }
 })

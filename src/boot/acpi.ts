@@ -111,10 +111,27 @@ function mcfgTable(): Table {
   return new Table(44 + 16).header('MCFG', 1).u64(44, PCI_ECAM_BASE).u16(52, 0).u8(54, 0).u8(55, 0).checksum()
 }
 
+/**
+ * The DMAR table (Intel VT-d rev 4.x, 8.1 "DMA Remapping Reporting Structure"; as QEMU's
+ * `build_dmar_q35` builds it): the host address width (N - 1), INTR_REMAP, and one DRHD
+ * (8.3) for segment 0 with INCLUDE_PCI_ALL, its registers at `base`, and the I/O APIC in
+ * its scope (8.3.1: type 3, enumeration ID 0, path 0xFF:00.0, QEMU's
+ * `Q35_PSEUDO_BUS_PLATFORM`), which Linux needs to turn interrupt remapping on.
+ */
+function dmarTable(iommu: NonNullable<AcpiOptions['iommu']>): Table {
+  const t = new Table(48 + 16 + 8).header('DMAR', 1)
+  t.u8(36, iommu.addressWidth - 1).u8(37, iommu.interruptRemapping ? 1 : 0)
+  t.u16(48, 0).u16(50, 16 + 8).u8(52, 1).u16(54, 0).u64(56, iommu.base)
+  t.u8(64, 3).u8(65, 8).u8(68, 0).u8(69, 0xff).u8(70, 0).u8(71, 0)
+  return t.checksum()
+}
+
 /** What {@link buildAcpiTables} describes besides the processors. */
 export interface AcpiOptions {
   /** PCI bus 0 (a {@link PciHost}): the DSDT's host bridge and the MCFG table. */
   pci?: boolean
+  /** An Intel VT-d unit ({@link addIntelIommu}): the DMAR table. */
+  iommu?: { readonly base: number; readonly addressWidth: number; readonly interruptRemapping: boolean }
 }
 
 /** The tables for `vcpus` processors, laid out from `base`: the bytes to write there and the RSDP's address. */
@@ -132,10 +149,11 @@ export function buildAcpiTables(vcpus: number, base = ACPI_BASE, options: AcpiOp
   const madt = madtTable(vcpus)
   const fadt = new Table(276).header('FACP', 6)
   const mcfg = options.pci ? mcfgTable() : undefined
-  const listed = mcfg ? 3 : 2
-  const xsdt = new Table(36 + listed * 8).header('XSDT', 1)
-  // Layout: RSDP, FACS (64-byte aligned), DSDT, FADT, MADT, [MCFG], XSDT.
-  const order = [rsdp, facs, dsdt, fadt, madt, ...(mcfg ? [mcfg] : []), xsdt]
+  const dmar = options.iommu ? dmarTable(options.iommu) : undefined
+  const extra = [...(mcfg ? [mcfg] : []), ...(dmar ? [dmar] : [])]
+  const xsdt = new Table(36 + (2 + extra.length) * 8).header('XSDT', 1)
+  // Layout: RSDP, FACS (64-byte aligned), DSDT, FADT, MADT, [MCFG], [DMAR], XSDT.
+  const order = [rsdp, facs, dsdt, fadt, madt, ...extra, xsdt]
   const at = new Map<Table, number>()
   let p = base
   for (const t of order) {
@@ -172,7 +190,7 @@ export function buildAcpiTables(vcpus: number, base = ACPI_BASE, options: AcpiOp
     .gas(208, PM_TMR, 32, 3)
     .checksum()
   xsdt.u64(36, addr(fadt)).u64(44, addr(madt))
-  if (mcfg) xsdt.u64(52, addr(mcfg))
+  extra.forEach((t, i) => xsdt.u64(52 + 8 * i, addr(t)))
   xsdt.checksum()
   rsdp.text(0, 'RSD PTR ').text(9, OEM_ID).u8(15, 2).u32(16, 0).u32(20, 36).u64(24, addr(xsdt))
   rsdp.checksum(8, 20).checksum(32, 36)
