@@ -59,3 +59,27 @@ export class ExitTrace {
     return { traceEvents: [...this.events], displayTimeUnit: 'ns', otherData: { dropped: this.dropped, vcpu: this.vcpu } }
   }
 }
+
+/**
+ * Adds `args.symbol` (`start_kernel+0x1a`) to each event whose `args.rip` `symbols`
+ * label (`GuestSymbols`: a file's table or the kernel's kallsyms); how many it named. @internal
+ */
+export function nameRips(events: readonly TraceEvent[], symbols: { label(address: bigint): string | undefined }): number {
+  if (!events.some((e) => e.args?.['rip'] !== undefined)) return 0
+  const labels = new Map<string, string | undefined>()
+  let named = 0
+  for (const e of events) {
+    const rip = e.args?.['rip']
+    if (typeof rip !== 'string') continue
+    let l = labels.get(rip)
+    if (!labels.has(rip)) {
+      l = /^0x[0-9a-f]+$/.test(rip) ? symbols.label(BigInt(rip)) : undefined
+      labels.set(rip, l)
+    }
+    if (l !== undefined && e.args) {
+      e.args['symbol'] = l
+      named++
+    }
+  }
+  return named
+}

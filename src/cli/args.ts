@@ -8,11 +8,12 @@ import type { SessionOptions } from '../repl/session.js'
 /** The command's usage text. */
 export const USAGE = `usage: mshv repl [--backend auto|sim|mshv] [--ram MiB]
                  [--kernel FILE|debian [--initrd FILE | --busybox FILE] [--cmdline TEXT] [--vcpus N] [--memory MiB]]
+                 [--symbols FILE]
        mshv boot [--kernel FILE] [--initrd FILE | --busybox FILE] [--init SCRIPT] [--cmdline TEXT]
                  [--memory MiB] [--vcpus N] [--backend auto|sim|mshv] [--clock deterministic|realtime]
                  [--entry pvh|boot64] [--policy page|hypercall|eager|all] [--json FILE] [--no-progress]
                  [--disk IMAGE]... [--snapshot] [--rng] [--system] [--gdb [HOST]:PORT [--gdb-wait]]
-                 [--save-to FILE --save-on TEXT] [--trace FILE]
+                 [--save-to FILE --save-on TEXT] [--trace FILE [--symbols FILE]]
        mshv restore FILE [--no-progress] [--gdb [HOST]:PORT [--gdb-wait]] [--save-to FILE --save-on TEXT]
        mshv image [--force]
        mshv fetch-linux
@@ -68,6 +69,8 @@ export interface BootArgs {
   saveOn?: string
   /** Write each vCPU's runs and exits to this file as a Chrome trace (ui.perfetto.dev). */
   trace?: string
+  /** A System.map or ELF naming the trace's addresses (default for Linux: the kernel's kallsyms in guest memory). */
+  symbols?: string
 }
 
 /** `mshv boot`'s options; throws a usage error on anything else. */
@@ -101,6 +104,9 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
         break
       case '--trace':
         out.trace = v
+        break
+      case '--symbols':
+        out.symbols = v
         break
       case '--save-on':
         if (v === '') badValue(flag, v, 'the text the console prints when the machine is to be saved')
@@ -145,6 +151,7 @@ export function parseBootArgs(args: readonly string[]): BootArgs {
     throw new MshvError('EINVAL', `--system boots the Debian image's own kernel and initramfs: leave out --kernel, --initrd, --busybox and --init\n${USAGE}`)
   }
   checkSave(out)
+  if (out.symbols !== undefined && out.trace === undefined) throw new MshvError('EINVAL', `--symbols names the addresses of --trace's events: give --trace FILE too\n${USAGE}`)
   if (out.gdbWait && !out.gdb) throw new MshvError('EINVAL', `--gdb-wait waits for the GDB of --gdb: give --gdb [HOST]:PORT too\n${USAGE}`)
   if (out.gdb && out.policies.length > 1) throw new MshvError('EINVAL', `--gdb debugs one boot: it cannot go with --policy all\n${USAGE}`)
   if (out.initrd !== undefined && (out.busybox !== undefined || out.init !== undefined)) {
@@ -196,6 +203,8 @@ export interface ReplArgs {
   cmdline?: string
   vcpus?: number
   memoryMiB?: number
+  /** A System.map or ELF for dis() and sym() (default with --kernel: the kernel's kallsyms in guest memory). */
+  symbols?: string
 }
 
 /** `--backend sim --ram 32` -> REPL options; throws a usage error on anything else. */
@@ -211,7 +220,7 @@ export function parseArgs(args: readonly string[]): ReplArgs {
     else if (flag === '--vcpus' && number) out.vcpus = Number(value)
     else if (flag === '--memory' && number) out.memoryMiB = Number(value)
     else if ((flag === '--ram' || flag === '--memory' || flag === '--vcpus') && value !== undefined) badValue(flag, value, flag === '--vcpus' ? 'a whole number of vCPUs' : 'a whole number of MiB')
-    else if ((flag === '--kernel' || flag === '--initrd' || flag === '--busybox' || flag === '--cmdline') && value !== undefined) out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'cmdline'] = value
+    else if ((flag === '--kernel' || flag === '--initrd' || flag === '--busybox' || flag === '--cmdline' || flag === '--symbols') && value !== undefined) out[flag.slice(2) as 'kernel' | 'initrd' | 'busybox' | 'cmdline' | 'symbols'] = value
     else badOption(flag, value)
     i++
   }

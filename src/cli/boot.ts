@@ -18,9 +18,13 @@ import { restoreLinux } from '../boot/linux-snapshot.js'
 import { isMultiboot, prepareMultiboot } from '../boot/multiboot.js'
 import { MshvError } from '../errors.js'
 import type { SnapshotInfo } from '../snapshot/vm-snapshot.js'
+import { nameRips } from '../trace.js'
 import { formatRate } from '../progress.js'
 import type { Vm } from '../vm.js'
 import type { VmRunResult } from '../scheduler.js'
+import { GuestSymbols } from '../debug/symbols/guest.js'
+import { readSymbols } from '../debug/symbols/file.js'
+import type { SymbolTable } from '../debug/symbols/table.js'
 
 /** The terminal the command talks to (the process's, in use). */
 export interface BootIo {
@@ -106,6 +110,10 @@ interface DriveArgs {
   progress: boolean
   /** Write the vCPUs' runs and exits to this file as a Chrome trace. */
   trace?: string
+  /** Names for the trace's RIPs (a file's); without them a Linux guest's kallsyms are searched for. */
+  symbolTable?: SymbolTable
+  /** Whether the guest is Linux, whose kernel carries its kallsyms. */
+  kallsyms?: boolean
   gdb?: BootArgs['gdb']
   gdbWait: boolean
   saveTo?: string
@@ -113,7 +121,7 @@ interface DriveArgs {
 }
 
 /** Boots once under `policy`; the console is live, and interactive when `interactive`. */
-async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | string, policy: BootArgs['policies'][number], io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
+async function bootOnce(args: BootArgs & Pick<DriveArgs, 'symbolTable'>, kernel: string, initrd: Uint8Array | string, policy: BootArgs['policies'][number], io: BootIo, interactive: boolean): Promise<LinuxBootReport & { detached: boolean; saved?: SnapshotInfo }> {
   const out = new ConsoleOut(io)
   const m = prepareLinux({
     kernel,
@@ -136,7 +144,7 @@ async function bootOnce(args: BootArgs, kernel: string, initrd: Uint8Array | str
     rng: args.rng,
     serial: { onByte: out.onByte },
   })
-  return drive(m, out, args, policy, io, interactive)
+  return drive(m, out, { ...args, kallsyms: true }, policy, io, interactive)
 }
 
 /**
@@ -224,7 +232,7 @@ async function drive(m: Drivable, out: ConsoleOut, args: DriveArgs, policy: stri
     // At a terminal an idle guest's time passes as the user's does, on either clock
     // (the deterministic one then sleeps where it would leap: QEMU's icount sleep=on).
     const result = args.gdb ? await underGdb(m.vm, args.gdb, args.gdbWait, io) : await m.run(raw ? { idle: 'sleep' } : {})
-    if (args.trace !== undefined) writeTrace(m.vm, args.trace, io)
+    if (args.trace !== undefined) writeTrace(m.vm, args.trace, io, new GuestSymbols(m.vm, args.symbolTable, args.kallsyms === true))
     if (saveRequested && args.saveTo !== undefined && m.snapshot && result.reason === 'cancelled') {
       const saved = m.snapshot(args.saveTo)
       status?.stop()
@@ -245,14 +253,22 @@ async function drive(m: Drivable, out: ConsoleOut, args: DriveArgs, policy: stri
   }
 }
 
-/** Every vCPU's trace in one Chrome trace file (a track per vCPU). */
-function writeTrace(vm: Vm, file: string, io: BootIo): void {
+/**
+ * Every vCPU's trace in one Chrome trace file (a track per vCPU), each exit's RIP named
+ * (`args.symbol`: `start_kernel+0x1a`) where `symbols` cover it.
+ */
+function writeTrace(vm: Vm, file: string, io: BootIo, symbols: GuestSymbols): void {
   const traces = vm.cpus.map((v) => v.stopTrace()).filter((t) => t !== undefined)
   const events = traces.flatMap((t) => t.traceEvents).sort((a, b) => a.ts - b.ts)
   const dropped = traces.reduce((n, t) => n + t.otherData.dropped, 0)
+  const named = nameRips(events, symbols)
   writeFileSync(file, JSON.stringify({ traceEvents: events, displayTimeUnit: 'ns', otherData: { dropped } }))
-  io.stderr.write(`\nmshv: ${events.length.toLocaleString('en-US')} trace events written to ${file}${dropped ? ` (${dropped} past the limit left out)` : ''}: open it in ui.perfetto.dev\n`)
+  const table = symbols.table()
+  const search = symbols.lastSearch
+  const how = table ? `; ${named.toLocaleString('en-US')} RIPs named by ${table.source}${search?.found ? ` (found in ${search.ms.toFixed(0)} ms)` : ''}` : '; no symbols found: RIPs in hex'
+  io.stderr.write(`\nmshv: ${events.length.toLocaleString('en-US')} trace events written to ${file}${dropped ? ` (${dropped} past the limit left out)` : ''}${how}: open it in ui.perfetto.dev\n`)
 }
+
 
 /** The boot served to GDB: it runs (or waits, with `--gdb-wait`) until the guest ends it or GDB kills it. */
 async function underGdb(vm: Vm, gdb: { host: string; port: number }, wait: boolean, io: BootIo): Promise<VmRunResult> {
@@ -312,7 +328,7 @@ export interface RestoreArgs extends DriveArgs {
 export async function restore(args: RestoreArgs, io: BootIo = process): Promise<number> {
   const out = new ConsoleOut(io)
   const m = await restoreLinux(args.file, { serial: { onByte: out.onByte } })
-  const report = await drive(m, out, args, 'restored', io, true)
+  const report = await drive(m, out, { ...args, kallsyms: true }, 'restored', io, true)
   io.stderr.write(`\n${formatBootReport(report, 'restored')}\n`)
   return report.detached || report.saved !== undefined || report.result.reason === 'poweroff' || report.result.reason === 'reboot' ? 0 : 1
 }
@@ -352,7 +368,7 @@ const LINUX_ONLY: readonly [keyof BootArgs, string][] = [
  * `--initrd` its module); resolves to the exit status: the code the guest wrote to the
  * debug-exit port (kvm-unit-tests: 0 passed, 77 skipped), 0 after a poweroff or reset, else 1.
  */
-async function bootMultiboot(args: BootArgs, io: BootIo): Promise<number> {
+async function bootMultiboot(args: BootArgs & Pick<DriveArgs, 'symbolTable'>, io: BootIo): Promise<number> {
   for (const [key, flag] of LINUX_ONLY) if (args[key] !== undefined) throw new MshvError('EINVAL', `${flag} is for Linux: ${args.kernel} is a multiboot kernel`)
   if (args.disks.length > 0 || args.rng || args.policies.length > 1) throw new MshvError('EINVAL', `--disk, --rng and --policy all are for Linux: ${args.kernel} is a multiboot kernel`)
   const out = new ConsoleOut(io)
@@ -380,8 +396,11 @@ async function bootMultiboot(args: BootArgs, io: BootIo): Promise<number> {
  * rebooted). A multiboot `--kernel` is booted as such.
  */
 export async function boot(given: BootArgs, io: BootIo = process): Promise<number> {
-  if (given.kernel !== undefined && !given.system && isMultibootFile(given.kernel)) return bootMultiboot(given, io)
-  const { kernel, initrd, args } = await bootFiles(given, io)
+  // A symbol file that cannot be read fails now, not after the boot.
+  const symbolTable = given.symbols === undefined ? undefined : readSymbols(given.symbols)
+  if (given.kernel !== undefined && !given.system && isMultibootFile(given.kernel)) return bootMultiboot({ ...given, symbolTable }, io)
+  const { kernel, initrd, args: files } = await bootFiles(given, io)
+  const args = { ...files, symbolTable }
   const reports: { policy: string; report: LinuxBootReport & { detached: boolean; saved?: SnapshotInfo } }[] = []
   for (const policy of args.policies) {
     // A comparison boots non-interactively: the same input each time.

@@ -13,14 +13,17 @@ import { DETACH, boot, restore } from './boot.js'
 import { fetchDebianLinux, linuxFiles } from '../boot/debian.js'
 import { buildDebianImage } from '../boot/debian-image.js'
 import { MshvError } from '../errors.js'
+import { readSymbols } from '../debug/symbols/file.js'
 import { SECTION_TITLES, formatCheck, formatConclusion, formatHost, runDoctor } from '../doctor/doctor.js'
 
 /** The session a `mshv repl` command line asks for: a bare VM, or Linux loaded and ready to `run()`. */
 function replSession(args: ReplArgs): SessionOptions {
-  if (args.kernel === undefined) return { backend: args.backend, ramMiB: args.ramMiB }
+  const symbols = args.symbols === undefined ? undefined : readSymbols(args.symbols)
+  if (args.kernel === undefined) return { backend: args.backend, ramMiB: args.ramMiB, symbols }
   const { kernel, initrd } = linuxFiles({ ...args, kernel: args.kernel === 'debian' ? undefined : args.kernel })
   return {
     backend: args.backend,
+    symbols,
     linux: { kernel, initrd, cmdline: args.cmdline, vcpus: args.vcpus, memory: args.memoryMiB === undefined ? undefined : args.memoryMiB * 1024 * 1024 },
   }
 }
@@ -103,6 +106,8 @@ function startRepl(args: ReplArgs, version: () => string): void {
     run,
     asm: session.asm,
     dis: session.dis,
+    sym: session.sym,
+    symbols: session.symbols,
     help: session.help,
     type: session.type,
   })

@@ -39,7 +39,11 @@ export const HELP: Readonly<Record<string, string>> = {
   --save-on TEXT       save the machine when the console prints TEXT, and end the boot
   --json FILE          write the boot's report (exits, hypercalls, time) as JSON
   --trace FILE         write every run and exit (port, address, value) as a Chrome trace, for
-                       ui.perfetto.dev (the first million per vCPU)
+                       ui.perfetto.dev (the first million per vCPU); each exit's RIP is named
+                       (args.symbol: 'start_kernel+0x1a') by the kernel's own kallsyms, read from
+                       guest memory after the boot, or by --symbols
+  --symbols FILE       with --trace: a System.map, nm listing or ELF with symbols to name RIPs by
+                       (Debian's /boot/System.map is a placeholder: the real one is in the -dbg package)
   --no-progress        no status line
 
 example: mshv boot --backend sim --cmdline 'console=ttyS0 quiet'
@@ -63,8 +67,11 @@ example: mshv boot --backend sim --save-to shell.snap --save-on 'busybox shell'
   --cmdline TEXT       with --kernel: the command line (default 'console=ttyS0')
   --vcpus N            with --kernel: vCPUs (default 1)
   --memory MiB         with --kernel: RAM (default 256)
+  --symbols FILE       a System.map, nm listing or ELF with symbols for dis() and sym() (default with
+                       --kernel: the kernel's own kallsyms, read from guest memory once it has booted)
 
-example: mshv repl --backend sim --kernel debian`,
+example: mshv repl --backend sim --kernel debian
+         mshv repl --kernel vmlinuz --symbols System.map   (then sym('start_kernel'), dis(5, 'start_kernel'))`,
   doctor: `mshv doctor: check this host: the backend checklist, the VMM checklist, the exit-cost experiment
 
   --backend B          auto (default), sim or mshv

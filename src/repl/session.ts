@@ -1,10 +1,10 @@
 /**
  * An interactive session: a VM with RAM, a serial port and a real-mode vCPU, and the
  * helpers `mshv repl` puts in scope (`regs()`, `step()`, `run()`, `asm`, `dis()`,
- * `mem.hexdump()`). Usable from any script or `tsx` REPL with full types.
+ * `mem.hexdump()`, `sym()`, `symbols()`). Usable from any script or `tsx` REPL with full types.
  * @module
  */
-import { checkInstance } from '../check.js'
+import { checkInstance, checkUnsignedBigint } from '../check.js'
 import type { Formatter } from 'iced-x86'
 import { iced } from '../iced.js'
 import { assemble, templateSource, type Assembly } from '../asm/assemble.js'
@@ -17,6 +17,8 @@ import { Vcpu, type RunResult, type StepResult } from '../vcpu.js'
 import { createVm, type Vm, type VmOptions } from '../vm.js'
 import { hexdump, registerTable } from './format.js'
 import { prepareLinux, type LinuxOptions } from '../boot/linux.js'
+import { GuestSymbols } from '../debug/symbols/guest.js'
+import { SymbolTable } from '../debug/symbols/table.js'
 
 /** How {@link createSession} sets up its VM. */
 export interface SessionOptions {
@@ -35,6 +37,12 @@ export interface SessionOptions {
    * `run()` then runs every vCPU with the PC platform, and `type()` types at the console.
    */
   readonly linux?: Omit<LinuxOptions, 'serial'>
+  /**
+   * Symbols for `dis()`'s labels and `sym()` (`readSymbols(file)`: a System.map or an
+   * ELF). Without them a Linux session reads its kernel's own kallsyms from guest
+   * memory once the kernel has booted.
+   */
+  readonly symbols?: SymbolTable
 }
 
 /** Guest physical memory helpers. */
@@ -67,8 +75,19 @@ export interface Session {
    * bytes into guest memory there and returns the listing: `` asm`mov al, 'A'; out 0xe9, al; hlt` ``.
    */
   asm(source: TemplateStringsArray | string, ...values: unknown[]): Assembly
-  /** Prints `count` instructions from RIP. */
-  dis(count?: number): void
+  /**
+   * Prints `count` instructions from RIP (or from `at`: an address or a symbol's name),
+   * each address and branch target labelled `name+0xoff` where symbols cover it.
+   */
+  dis(count?: number, at?: bigint | number | string): void
+  /**
+   * A symbol's address (`sym('start_kernel')`), or an address's label
+   * (`sym(0xffffffff81000005n)` is `'_stext+0x5'`); `ESYMBOLS` for a name not in the table
+   * or when there are no symbols.
+   */
+  sym(nameOrAddress: string | bigint | number): bigint | string
+  /** Prints where the symbols come from and how many there are; returns the table (`undefined` while there is none). */
+  symbols(): SymbolTable | undefined
   /** Prints what the helpers do. */
   help(): void
   /** Releases the VM. */
@@ -117,7 +136,9 @@ const HELP = `helpers:
   await run()             run until HLT, a debug-exit write (port 0xf4) or Ctrl+C
   type('ls\\n')            type at the guest's serial console
   asm\`...\`                assemble at RIP (Intel syntax, ';' between statements) and write it there
-  dis(n = 5)              disassemble n instructions from RIP
+  dis(n = 5, at = RIP)    disassemble n instructions (at: an address or a symbol's name)
+  sym('start_kernel')     a symbol's address; sym(address) its label ('start_kernel+0x1a')
+  symbols()               where the symbols come from (--symbols FILE, or the kernel's kallsyms)
   mem.hexdump(gpa, len)   guest physical memory; also mem.read(gpa, len), mem.write(gpa, bytes)
   vm, vcpu                the VM and its vCPU (vcpu.regs.get('rax'), vcpu.regs.set('rax', 1n), ...)
 guest output: COM1 (0x3f8) and port 0xe9 print here.`
@@ -189,9 +210,18 @@ export function createSession(options: SessionOptions = {}): Session {
   let formatter: Formatter | undefined
 
   const where = (): string => `rip ${hex(vcpu.regs.get('rip'))}: ${disassemble(1)[0] ?? '?'}`
+  if (options.symbols !== undefined) checkInstance('createSession: symbols', options.symbols, SymbolTable)
+  // A Linux guest's kernel has its own symbols in memory once it booted; a bare VM has none.
+  const symbols = new GuestSymbols(vm, options.symbols, linux !== undefined)
 
-  const disassemble = (count: number): string[] => {
-    const at = linearRip(vcpu)
+  /** `address` labelled: ` <name+0xoff>`, or nothing where no symbol covers it. */
+  const label = (address: bigint): string => {
+    const l = symbols.label(address)
+    return l === undefined ? '' : ` <${l}>`
+  }
+
+  const disassemble = (count: number, from?: bigint): string[] => {
+    const at = from ?? linearRip(vcpu)
     const memory = vcpu.memory()
     const bytes = new Uint8Array(count * 15)
     let readable = 0
@@ -208,13 +238,24 @@ export function createSession(options: SessionOptions = {}): Session {
     try {
       while (out.length < count && decoder.canDecode) {
         const ins = decoder.decode()
-        out.push(`${ins.ip.toString(16).padStart(8, '0')}  ${formatter.format(ins)}`)
+        // objdump's labels: the instruction's address, a branch's target, a RIP-relative operand's address.
+        const target = ins.nearBranchTarget
+        const operand = ins.isIpRelMemoryOperand ? label(ins.ipRelMemoryAddress) : ''
+        out.push(`${ins.ip.toString(16).padStart(8, '0')}${label(ins.ip)}  ${formatter.format(ins)}${target !== 0n ? label(target) : ''}${operand === '' ? '' : ` ;${operand}`}`)
         ins.free()
       }
     } finally {
       decoder.free()
     }
     return out
+  }
+
+  /** The address of symbol `name`; `ESYMBOLS` when it is not known. */
+  const symbolAddress = (name: string): bigint => {
+    const table = symbols.table()
+    const a = table?.address(name)
+    if (a === undefined) throw new MshvError('ESYMBOLS', table ? `no symbol ${describe(name)} in ${table.source}` : `no symbols to find ${describe(name)} in (give --symbols FILE, or boot the kernel first)`)
+    return a
   }
 
   const session: Session = {
@@ -270,14 +311,32 @@ export function createSession(options: SessionOptions = {}): Session {
       code.bytes.forEach((b, i) => memory.write(at + BigInt(i), 1, BigInt(b)))
       return code
     },
-    dis: (count = 5) => {
+    dis: (count = 5, at) => {
       if (typeof count !== 'number' || !Number.isInteger(count) || count < 1 || count > 10_000) {
         throw new MshvError('EINVAL', `dis: count must be an integer in 1..10000, got ${describe(count)}`)
       }
-      print(disassemble(count).join('\n'))
+      const from = at === undefined ? undefined : typeof at === 'string' ? symbolAddress(at) : addressOf('dis: at', at)
+      print(disassemble(count, from).join('\n'))
+    },
+    sym: (nameOrAddress) => {
+      if (typeof nameOrAddress === 'string') return symbolAddress(nameOrAddress)
+      return symbols.format(addressOf('sym: address', nameOrAddress))
+    },
+    symbols: () => {
+      const table = symbols.table()
+      const search = symbols.lastSearch
+      if (table) print(`${table.size.toLocaleString('en-US')} symbols: ${table.source}${search?.found ? ` (found in ${search.ms.toFixed(0)} ms)` : ''}`)
+      else print(linux ? "no symbols yet: the kernel's kallsyms are read from guest memory once it has booted (await run()), or give --symbols FILE" : 'no symbols: give a table (createSession({ symbols: readSymbols(file) }), mshv repl --symbols FILE)')
+      return table
     },
     help: () => print(HELP),
     close: () => vm.close(),
   }
   return session
+}
+
+/** An address argument: a bigint, or a non-negative safe integer. */
+function addressOf(what: string, v: unknown): bigint {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return BigInt(v)
+  return checkUnsignedBigint(what, v)
 }
