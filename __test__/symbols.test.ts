@@ -258,3 +258,99 @@ boot("Debian's kernel, KASLR and all: its kallsyms read from guest memory give /
   session.dis(1)
   t.regex(printed.at(-1) ?? '', /^[0-9a-f]{16} <[\w.]+\+0x[0-9a-f]+>  /, 'where the vCPU stopped')
 })
+
+/**
+ * A kernel's kallsyms tables as scripts/kallsyms.c's write_src() lays them out, for the
+ * orders no kernel here has: every name's character its own token (a table a kernel
+ * could have: insert_real_symbols_in_table puts each character at its own code), the
+ * other 256 - n tokens two-character ones. `layout` '6.1' puts the offsets and
+ * kallsyms_relative_base before num_syms (and `seqs` adds 6.2's seqs_of_names before
+ * the token table); '6.4' puts them after the token index, as Linux 6.4 and later
+ * (Debian 13's 6.12) do.
+ */
+function kallsymsBlob(symbols: readonly { name: string; type: string; address: bigint }[], relativeBase: bigint, layout: '6.1' | '6.4', absolutePercpu: boolean, seqs: boolean): { bytes: Uint8Array; names: number } {
+  const out: number[] = []
+  const align = (): void => {
+    while (out.length % 8) out.push(0)
+  }
+  const u32 = (v: number): void => void out.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff)
+  const u64 = (v: bigint): void => {
+    for (let i = 0n; i < 64n; i += 8n) out.push(Number((v >> i) & 0xffn))
+  }
+  const offsets = (): void => {
+    for (const s of symbols) {
+      const v = !absolutePercpu ? Number(s.address - relativeBase) : s.type === 'A' ? Number(s.address) : Number(relativeBase - s.address - 1n)
+      u32(v)
+    }
+    align()
+    u64(relativeBase)
+    align()
+  }
+  if (layout === '6.1') offsets()
+  u32(symbols.length)
+  align()
+  const names = out.length
+  const markers: number[] = []
+  symbols.forEach((s, i) => {
+    if (i % 256 === 0) markers.push(out.length - names)
+    const text = s.type + s.name
+    out.push(text.length, ...[...text].map((c) => c.charCodeAt(0)))
+  })
+  align()
+  for (const m of markers) u32(m)
+  align()
+  if (seqs) {
+    for (let i = 0; i < symbols.length; i++) out.push(0, (i >> 8) & 0xff, i & 0xff)
+    align()
+  }
+  const used = new Set(symbols.flatMap((s) => [...(s.type + s.name)].map((c) => c.charCodeAt(0))))
+  const table = out.length
+  const index: number[] = []
+  for (let i = 0; i < 256; i++) {
+    index.push(out.length - table)
+    const token = used.has(i) ? String.fromCharCode(i) : `q${String.fromCharCode(0x61 + (i % 26))}`
+    out.push(...[...token].map((c) => c.charCodeAt(0)), 0)
+  }
+  align()
+  for (const o of index) out.push(o & 0xff, o >> 8)
+  align()
+  if (layout === '6.4') {
+    offsets()
+    for (let i = 0; i < symbols.length; i++) out.push(0, (i >> 8) & 0xff, i & 0xff)
+  }
+  return { bytes: Uint8Array.from(out), names }
+}
+
+test('kallsyms in the Linux 6.1 order (with and without 6.2\'s seqs_of_names) and the 6.4+ order, absolute per-CPU or not, are found among noise', (t) => {
+  const base = 0xffff_ffff_8100_0000n
+  const symbols = [
+    ...(['fixed_percpu_data', 'cpu_number'] as const).map((name, i) => ({ name, type: 'A', address: BigInt(i * 0x1000) })),
+    ...Array.from({ length: 700 }, (_, i) => ({ name: `fn_${i}_0123456789`, type: i % 3 ? 't' : 'T', address: base + BigInt(i * 0x40) })),
+    { name: 'jiffies', type: 'D', address: base + 0x100_0000n },
+  ]
+  const noise = (n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7919 + (i >> 5)) & 0xff)
+  for (const layout of ['6.1', '6.4'] as const) {
+    for (const absolutePercpu of [true, false]) {
+      for (const seqs of layout === '6.1' ? [false, true] : [false]) {
+        const used = absolutePercpu ? symbols : symbols.filter((s) => s.type !== 'A')
+        const blob = kallsymsBlob(used, base, layout, absolutePercpu, seqs)
+        const memory = new Uint8Array(0x10_0000)
+        memory.set(noise(memory.length))
+        // A decoy first: a run of digit tokens that is no token table.
+        memory.set(new TextEncoder().encode('0\u00001\u00002\u00003\u00004\u00005\u00006\u00007\u00008\u00009\u0000'), 0x1000)
+        memory.set(blob.bytes, 0x4_0000)
+        const what = `${layout}${seqs ? ' + seqs_of_names' : ''}, absolute per-CPU ${absolutePercpu}`
+        const found = findKallsyms([{ start: 0x20_0000, bytes: new Uint8Array(0x1000) }, { start: 0x100_0000, bytes: memory }])
+        t.truthy(found, what)
+        if (!found) continue
+        t.is(found.layout, layout, what)
+        t.is(found.absolutePercpu, absolutePercpu, what)
+        t.is(found.names, 0x100_0000 + 0x4_0000 + blob.names, what)
+        t.deepEqual(found.table.symbols(), used, what)
+        t.is(found.table.format(base + 0x45n), 'fn_1_0123456789+0x5', what)
+      }
+    }
+  }
+  t.is(findKallsyms([{ start: 0, bytes: new Uint8Array(0x1000) }]), undefined, 'none in zeroes')
+  t.is(findKallsyms([]), undefined)
+})
