@@ -24,12 +24,14 @@
  *   absolute value (a per-CPU symbol) and a negative one means `relative_base - 1 -
  *   offset`; without it each is an unsigned offset from `relative_base`
  *   (kernel/kallsyms.c, kallsyms_sym_address()).
- * - `kallsyms_seqs_of_names`: 3 bytes per symbol (Linux 6.2, and Debian's 6.1.192 by a
- *   backport: found between the markers and the token table in linux-image-6.1.0-57).
+ * - `kallsyms_seqs_of_names`: 3 bytes per symbol, big-endian (Linux 6.2, Zhen Lei's
+ *   "kallsyms: Reduce the memory occupied by kallsyms_seqs_of_names[]"; in Debian's
+ *   6.1.192 too, by a backport: found between the markers and the token table in
+ *   linux-image-6.1.0-57).
  *
  * Their order changed: up to 6.3, offsets, relative_base, num_syms, names, markers,
- * [seqs_of_names,] token_table, token_index; from 6.4 (Masahiro Yamada's "kallsyms:
- * change the output order to fill padding between sections"), num_syms, names, markers,
+ * [seqs_of_names,] token_table, token_index; from 6.4 (Masahiro Yamada's "scripts/kallsyms:
+ * change the output order", March 2023), num_syms, names, markers,
  * token_table, token_index, offsets, relative_base, seqs_of_names. Both are tried.
  *
  * Under KASLR the decompressor relocates `kallsyms_relative_base` (it is `_text + off`,

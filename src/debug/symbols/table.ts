@@ -40,11 +40,10 @@ function labels(s: KernelSymbol): boolean {
 }
 
 /**
- * Which of two symbols at one address names it: a global over a local, a strong over a
- * weak, then the one with fewer leading underscores (`start_kernel` over
- * `__pfx_start_kernel`'s neighbours, `_stext` over `__stext`), then the first listed:
- * the order scripts/kallsyms.c's compare_symbols sorts by (Linux 6.1, weak, then
- * underscores, then the order given).
+ * Which of two symbols at one address names it: a strong one over a weak one, a global
+ * over a local, the one with fewer leading underscores, then the first listed. The
+ * order follows scripts/kallsyms.c's compare_symbols (torvalds/linux at 010a0aad: weak
+ * last, then fewer leading underscores, then the order given), with globals first added.
  */
 function better(a: KernelSymbol, b: KernelSymbol): boolean {
   const weak = (s: KernelSymbol): number => (s.type === 'W' || s.type === 'w' || s.type === 'V' || s.type === 'v' ? 1 : 0)
