@@ -9,6 +9,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
+import { inspect } from 'node:util'
 import { busyboxInitramfs, bzImagePayload, createSession, elfSymbols, findKallsyms, GuestSymbols, MshvError, parseSystemMap, readSymbols, SymbolTable } from '../index.js'
 import { native } from '../src/native.js'
 import { nameRips } from '../src/trace.js'
@@ -35,6 +36,7 @@ test('a symbol table labels an address name+0xoff, finds a name, and leaves what
     'test',
   )
   t.is(table.size, 7)
+  t.is(inspect(table), 'SymbolTable { 7 symbols from test }', 'the REPL shows its size, not 200,000 symbols')
   t.deepEqual(table.lookup(0xffff_ffff_8307_9e4bn), { name: 'start_kernel', offset: 5n, symbol: { name: 'start_kernel', address: 0xffff_ffff_8307_9e46n, type: 'T' } })
   t.is(table.format(0xffff_ffff_8307_9e46n), 'start_kernel')
   t.is(table.format(0xffff_ffff_8307_9e46n + 0x1an), 'start_kernel+0x1a')
@@ -201,7 +203,7 @@ boot("Debian's kernel, KASLR and all: its kallsyms read from guest memory give /
   t.truthy(found, 'the kallsyms tables are in guest RAM')
   if (!found) return
   const lines = Number(/kallsyms lines: (\d+)/.exec(out)?.[1])
-  t.log(`${found.table.source}: found in ${ms.toFixed(0)} ms; /proc/kallsyms has ${lines} lines; relative base ${found.relativeBase.toString(16)}`)
+  t.log(`${found.table.size} symbols, ${found.table.source}: found in ${ms.toFixed(0)} ms; /proc/kallsyms has ${lines} lines; relative base ${found.relativeBase.toString(16)}`)
   t.true(found.table.size > 50_000 && found.table.size <= lines, `${found.table.size} symbols, /proc/kallsyms ${lines} lines`)
   for (const name of NAMES) {
     const a = judge.address(name) as bigint

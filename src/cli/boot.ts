@@ -265,7 +265,7 @@ function writeTrace(vm: Vm, file: string, io: BootIo, symbols: GuestSymbols): vo
   writeFileSync(file, JSON.stringify({ traceEvents: events, displayTimeUnit: 'ns', otherData: { dropped } }))
   const table = symbols.table()
   const search = symbols.lastSearch
-  const how = table ? `; ${named.toLocaleString('en-US')} RIPs named by ${table.source}${search?.found ? ` (found in ${search.ms.toFixed(0)} ms)` : ''}` : '; no symbols found: RIPs in hex'
+  const how = table ? `; ${named.toLocaleString('en-US')} RIPs named by the ${table.size.toLocaleString('en-US')} symbols of ${table.source}${search?.found ? ` (found in ${search.ms.toFixed(0)} ms)` : ''}` : '; no symbols found: RIPs in hex'
   io.stderr.write(`\nmshv: ${events.length.toLocaleString('en-US')} trace events written to ${file}${dropped ? ` (${dropped} past the limit left out)` : ''}${how}: open it in ui.perfetto.dev\n`)
 }
 

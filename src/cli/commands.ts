@@ -107,7 +107,8 @@ function startRepl(args: ReplArgs, version: () => string): void {
     asm: session.asm,
     dis: session.dis,
     sym: session.sym,
-    symbols: session.symbols,
+    // It prints what it found; the table itself is session.symbols()'s.
+    symbols: () => void session.symbols(),
     help: session.help,
     type: session.type,
   })

@@ -112,5 +112,5 @@ export function elfSymbols(bytes: Uint8Array, file = 'ELF'): SymbolTable {
     symbols.push({ name, address: value, type: letter(info, shndx, shndx < SHN_LORESERVE ? list[shndx] : undefined) })
   }
   if (symbols.length === 0) fail(file, 'symbol table', 'no defined function, object or untyped symbol')
-  return new SymbolTable(symbols, `${file} (ELF${h.bits} ${table.type === SHT_SYMTAB ? '.symtab' : '.dynsym'}, ${symbols.length} symbols)`)
+  return new SymbolTable(symbols, `${file} (ELF${h.bits} ${table.type === SHT_SYMTAB ? '.symtab' : '.dynsym'})`)
 }

@@ -192,7 +192,7 @@ function withMarkers(r: Reader, base: number, m: number, markers: readonly numbe
     if (!addresses) continue
     const symbols: KernelSymbol[] = names.map((full, i) => ({ type: full[0] as string, name: full.slice(1), address: addresses.values[i] as bigint }))
     const layout = addresses.layout
-    const table = new SymbolTable(symbols, `kallsyms in guest RAM at ${hex(base + n)} (${count} symbols, Linux ${layout === '6.1' ? '<= 6.3' : '>= 6.4'} layout)`)
+    const table = new SymbolTable(symbols, `kallsyms in guest RAM at ${hex(base + n)} (the Linux ${layout === '6.1' ? '<= 6.3' : '>= 6.4'} layout)`)
     return { table, names: base + n, tokenTable: base + t, layout, absolutePercpu: addresses.absolutePercpu, relativeBase: addresses.relativeBase }
   }
   return undefined

@@ -49,5 +49,5 @@ export function parseSystemMap(text: string, file = 'System.map'): SymbolTable {
     symbols.push({ address: BigInt(`0x${m[1] as string}`), type: m[2] as string, name: m[3] as string })
   }
   if (symbols.length === 0) throw new MshvError('ESYMBOLS', `${file}: no symbols (an empty System.map or nm listing)`)
-  return new SymbolTable(symbols, `${file} (${symbols.length} symbols)`)
+  return new SymbolTable(symbols, file)
 }

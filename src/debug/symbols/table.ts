@@ -4,6 +4,7 @@
  * looking a name's address up.
  * @module
  */
+import { inspect } from 'node:util'
 import { checkString, checkUnsignedBigint, invalid } from '../../check.js'
 import { MshvError, hex } from '../../errors.js'
 
@@ -139,6 +140,11 @@ export class SymbolTable {
   /** The address of the symbol called `name` (the first listed of that name), or `undefined`. */
   address(name: string): bigint | undefined {
     return this.byName.get(checkString('SymbolTable.address: name', name, 4096))?.address
+  }
+
+  /** How `console.log` and the REPL show a table: where it came from and its size, not every symbol. */
+  [inspect.custom](): string {
+    return `SymbolTable { ${this.all.length} symbols from ${this.source} }`
   }
 
   /** The symbol called `name`, or `undefined`. */
