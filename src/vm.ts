@@ -64,9 +64,17 @@ export interface VmOptions {
    * host's clock; mshv's only one).
    */
   clock?: 'deterministic' | 'realtime'
+  /**
+   * Which of the sim's tiers executes guest code: `'interpreter'` (the default: every
+   * instruction through its handler) or `'translator'` (blocks of 64-bit code that ran
+   * often are compiled to host code, the interpreter runs the rest; exits, instruction
+   * counts, registers and memory are the interpreter's, bit for bit). Sim only: the mshv
+   * backend runs guest code on the processor and refuses either with `ENOTSUP`.
+   */
+  cpu?: 'interpreter' | 'translator'
 }
 
-const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'hyperv', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory', 'clock'] as const
+const VM_OPTIONS = ['backend', 'registerPage', 'policy', 'cpuid', 'hyperv', 'msrs', 'unknownMsr', 'memoryLimit', 'reserveMemory', 'clock', 'cpu'] as const
 
 /** How an interrupt is delivered (`hv_interrupt_type`). */
 export type InterruptKind = 'fixed' | 'lowest-priority' | 'nmi' | 'init' | 'sipi' | 'extint'
@@ -812,6 +820,7 @@ export function createVm(options: VmOptions = {}): Vm {
   const registerPage = checkChoice('registerPage', options.registerPage, ['on', 'off', 'invalid'] as const) ?? 'on'
   const unknown = checkChoice('unknownMsr', options.unknownMsr, ['gp', 'ignore', 'error'] as const) ?? 'gp'
   const clock = checkChoice('clock', options.clock, ['deterministic', 'realtime'] as const)
+  const cpu = checkChoice('cpu', options.cpu, ['interpreter', 'translator'] as const)
   const policy = options.policy === undefined ? 'page' : checkPolicy(options.policy, 'policy')
   const { cpuid: entries, memoryLimit, reserveMemory, hyperv } = options
   if (hyperv !== undefined && typeof hyperv !== 'boolean') throw new MshvError('EINVAL', `hyperv must be a boolean, got ${describe(hyperv)}`)
@@ -835,6 +844,7 @@ export function createVm(options: VmOptions = {}): Vm {
     memoryLimit,
     reserveMemory,
     clock,
+    cpu,
   })
   return new Vm(vm, hv.backend, policy, cpuid, msrs, clock ?? (hv.backend === 'sim' ? 'deterministic' : 'realtime'))
 }

@@ -56,6 +56,19 @@ pub struct VmConfig {
     /// How guest time passes: `None` takes the backend's own (the sim's is
     /// deterministic, MSHV's is real time).
     pub clock: Option<ClockMode>,
+    /// Which of the sim's tiers executes guest code: `None` takes the backend's own
+    /// (the sim's interpreter). MSHV runs guest code on the processor and refuses it.
+    pub cpu: Option<CpuTier>,
+}
+
+/// Which of the sim's processor tiers executes guest code (issue #31).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuTier {
+    /// Every instruction through its interpreter handler.
+    Interpreter,
+    /// Hot blocks of 64-bit code compiled to host code, the interpreter for the rest;
+    /// exits, instruction counts and state are the interpreter's, bit for bit.
+    Translator,
 }
 
 /// How guest time passes.

@@ -22,8 +22,8 @@ pub mod shared;
 pub mod state;
 
 pub use backend::{
-    BackendKind, Canceller, ClockMode, Exit, HvBackend, MemoryMapping, RegisterPageMode, RunLimits,
-    UnknownMsr, VcpuBackend, VmBackend, VmConfig,
+    BackendKind, Canceller, ClockMode, CpuTier, Exit, HvBackend, MemoryMapping, RegisterPageMode,
+    RunLimits, UnknownMsr, VcpuBackend, VmBackend, VmConfig,
 };
 pub use counters::{Counters, ExitCounter};
 pub use cpuid::CpuidResult;

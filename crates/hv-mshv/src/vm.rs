@@ -126,6 +126,12 @@ pub fn check_config(config: &VmConfig) -> Result<()> {
                 .into(),
         ));
     }
+    if let Some(cpu) = config.cpu {
+        // Neither tier exists here: the processor runs guest code itself.
+        return Err(HvError::Unsupported(format!(
+            "cpu {cpu:?} is sim-only: MSHV runs guest code on the processor itself"
+        )));
+    }
     if config.clock == Some(hv_core::ClockMode::Deterministic) {
         return Err(HvError::Unsupported(
             "clock 'deterministic' is sim-only: MSHV's guests run on real time".into(),

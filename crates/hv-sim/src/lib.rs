@@ -35,6 +35,9 @@ pub struct SimConfig {
     pub intercept_msrs: Vec<u32>,
     pub unknown_msr: UnknownMsr,
     pub clock: ClockMode,
+    /// The processor tier; `None`: the interpreter, or what `MSHV_SIM_CPU` names
+    /// (`sim_cpu::Tier::from_env`, for test suites).
+    pub cpu: Option<hv_core::CpuTier>,
 }
 
 /// The sim hypervisor.
@@ -59,6 +62,7 @@ impl HvBackend for SimHypervisor {
             unknown_msr: config.unknown_msr,
             // The sim's own clock is deterministic: replays are exact unless asked not to.
             clock: config.clock.unwrap_or(ClockMode::Deterministic),
+            cpu: config.cpu,
         })))
     }
 }

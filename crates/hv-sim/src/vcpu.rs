@@ -72,7 +72,13 @@ impl SimVcpu {
                 Some((region, ptr))
             }
         };
-        let processor = Processor::new(index == 0);
+        let mut processor = Processor::new(index == 0);
+        if let Some(cpu) = config.cpu {
+            processor.set_tier(match cpu {
+                hv_core::CpuTier::Interpreter => sim_cpu::Tier::Interpreter,
+                hv_core::CpuTier::Translator => sim_cpu::Tier::Translator,
+            });
+        }
         let apic = Arc::new(LocalApic::new(index, Arc::clone(&processor.events)));
         bus.add(Arc::clone(&apic));
         // A cancel wakes a vCPU blocked in a halt, as the driver's signal does.

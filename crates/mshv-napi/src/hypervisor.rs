@@ -2,7 +2,7 @@
 
 use crate::errors::{guard, invalid, to_js, whole, Result};
 use crate::vm::{MemoryPolicy, Vm};
-use hv_core::{ClockMode, HvBackend, RegisterPageMode, UnknownMsr, VmConfig};
+use hv_core::{ClockMode, CpuTier, HvBackend, RegisterPageMode, UnknownMsr, VmConfig};
 use hv_mshv::MshvHypervisor;
 use hv_sim::SimHypervisor;
 use napi_derive::napi;
@@ -29,6 +29,10 @@ pub struct VmOptions {
     /// guest instruction, so runs replay exactly) or 'realtime' (the host's clock; the
     /// only choice on mshv).
     pub clock: Option<String>,
+    /// Which of the sim's tiers executes guest code: 'interpreter' (the default) or
+    /// 'translator' (hot 64-bit blocks compiled to host code; the same exits, counts
+    /// and state as the interpreter). Sim only: MSHV refuses either.
+    pub cpu: Option<String>,
 }
 
 /// A hypervisor backend: the real `/dev/mshv` or the built-in simulator.
@@ -84,6 +88,7 @@ impl Hypervisor {
             memory_limit: None,
             reserve_memory: None,
             clock: None,
+            cpu: None,
         });
         let limit = match o.memory_limit {
             Some(n) => whole(n, "memoryLimit", (1u64 << 52) as f64)?,
@@ -118,8 +123,20 @@ impl Hypervisor {
                 ],
             )?),
         };
+        let cpu = match o.cpu.as_deref() {
+            None => None,
+            Some(c) => Some(choice(
+                Some(c),
+                "cpu",
+                &[
+                    ("interpreter", CpuTier::Interpreter),
+                    ("translator", CpuTier::Translator),
+                ],
+            )?),
+        };
         let config = VmConfig {
             clock,
+            cpu,
             register_page,
             hyperv: o.hyperv.unwrap_or(false),
             intercept_msrs: o.intercept_msrs.unwrap_or_default(),
