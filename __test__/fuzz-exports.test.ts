@@ -101,6 +101,7 @@ const MADE_BY_THE_PACKAGE: Record<string, string> = {
   TapDevice: 'TapDevice.open() (needs CAP_NET_ADMIN; tap.test.ts)',
   MshvError: 'an error, thrown by the package',
   VirtioError: 'an error, thrown by the queue',
+  GuestFatalError: 'an error, thrown by a vCPU at a triple fault (cpu-exits.test.ts)',
   ProgressLine: 'writes to a terminal; made by run({ progress })',
 }
 

@@ -5,6 +5,7 @@
  * @module
  */
 import { MshvError, hex } from '../errors.js'
+import { checkInteger } from '../check.js'
 import type { NativeTripleFault } from '../native.js'
 
 /** One exception of a triple fault's chain. */
@@ -24,6 +25,7 @@ const NAMES: Readonly<Record<number, string>> = {
 
 /** An exception vector's mnemonic (SDM vol 3 table 6-1): `14` is `'#PF'`. */
 export function exceptionName(vector: number): string {
+  checkInteger('exceptionName: vector', vector, 0, 255)
   return NAMES[vector] ?? `vector ${vector}`
 }
 
