@@ -85,6 +85,28 @@ export const PIT_1KHZ = `
   out 0x40, al
 `
 
+/** Remaps the 8259 pair to vectors 0x20/0x28 (ICW1..ICW4) and unmasks `mask`'s zero bits on the master. */
+export const PIC_INIT = (masterMask: number): string => `
+  mov al, 0x11
+  out 0x20, al
+  out 0xa0, al
+  mov al, 0x20
+  out 0x21, al
+  mov al, 0x28
+  out 0xa1, al
+  mov al, 4
+  out 0x21, al
+  mov al, 2
+  out 0xa1, al
+  mov al, 1
+  out 0x21, al
+  out 0xa1, al
+  mov al, ${masterMask}
+  out 0x21, al
+  mov al, 0xff
+  out 0xa1, al
+`
+
 /** The terminal of a CLI command under test: stdin to write to, and what it printed. */
 export interface CapturedIo {
   readonly stdin: PassThrough

@@ -1,6 +1,6 @@
 import test from 'ava'
 import { addPcPlatform, createVm, IoApic, WiredIrq, type Vcpu } from '../index.js'
-import { longModeVm, PIT_1KHZ } from './helpers.js'
+import { longModeVm, PIC_INIT, PIT_1KHZ } from './helpers.js'
 
 /** RBX = the local APIC; software-enabled (SVR bit 8). */
 const APIC_ON = `
@@ -259,35 +259,13 @@ test("an interrupt the hypervisor refuses (the guest routed the PIT's pin to an 
   }
 })
 
-/** Remaps the 8259 pair to vectors 0x20/0x28 (ICW1..ICW4); only IRQ 0 unmasked. */
-const PIC_IRQ0 = `
-  mov al, 0x11
-  out 0x20, al
-  out 0xa0, al
-  mov al, 0x20
-  out 0x21, al
-  mov al, 0x28
-  out 0xa1, al
-  mov al, 4
-  out 0x21, al
-  mov al, 2
-  out 0xa1, al
-  mov al, 1
-  out 0x21, al
-  out 0xa1, al
-  mov al, 0xfe
-  out 0x21, al
-  mov al, 0xff
-  out 0xa1, al
-`
-
 test('the 8259 reaches vCPU 0 through LINT0 (SDM vol 3 11.5.1): set at creation to ExtINT as CH/QEMU set_lint and KVM reset it; a guest that masks LINT0 holds the tick until it unmasks it', async (t) => {
   const vm = longModeVm(
     `
   start:
     ${APIC_ON}
     mov dword [rbx+0x350], 0x10700   # LINT0 masked (ExtINT)
-    ${PIC_IRQ0}
+    ${PIC_INIT(0xfe)}
     ${PIT_1KHZ}
     sti
   poll:                              # until the 8259 has handed its INT over (ISR bit 0)

@@ -1,5 +1,5 @@
 import test from 'ava'
-import { PIT_1KHZ } from './helpers.js'
+import { PIC_INIT, PIT_1KHZ } from './helpers.js'
 import { addPcPlatform, assemble, createVm, enterRealMode, loadInterruptTables, MshvError, type Vcpu, type Vm } from '../index.js'
 
 /** A sim VM with 1 MiB of RAM, `source` assembled at 0x1000 and a vCPU at it. */
@@ -10,29 +10,6 @@ function realModeVm(source: string, clock: 'deterministic' | 'realtime' = 'deter
   enterRealMode(vm.createVcpu(0), 0x1000)
   return vm
 }
-
-/** Remaps the 8259 pair to vectors 0x20/0x28 (ICW1..ICW4) and unmasks `mask`'s zero bits on the master. */
-const PIC_INIT = (masterMask: number): string => `
-  mov al, 0x11
-  out 0x20, al
-  out 0xa0, al
-  mov al, 0x20
-  out 0x21, al
-  mov al, 0x28
-  out 0xa1, al
-  mov al, 4
-  out 0x21, al
-  mov al, 2
-  out 0xa1, al
-  mov al, 1
-  out 0x21, al
-  out 0xa1, al
-  mov al, ${masterMask}
-  out 0x21, al
-  mov al, 0xff
-  out 0xa1, al
-`
-
 
 const PIT_VIA_PIC = `
   cli
