@@ -228,6 +228,24 @@ export interface VcpuStats extends SyncCounters {
   instructions: number
   /** Exits counted by the backend, by message type name (`ioPort`, `halt`, ...). */
   exitsByType: Record<string, number>
+  /** What the sim's translating tier did on this vCPU (`createVm({ cpu: 'translator' })`); absent on mshv. */
+  translator?: TranslatorStats
+}
+
+/** The sim's translating tier on one vCPU: what it compiled, and what that cost. */
+export interface TranslatorStats {
+  /** Blocks compiled to host code. */
+  blocks: number
+  /** Guest instructions their compiled code covers (a block's leading covered instructions). */
+  instructions: number
+  /** Host code bytes emitted. */
+  bytes: number
+  /** Host time spent compiling, in milliseconds. */
+  compileMs: number
+  /** Hot blocks left to the interpreter: fewer than two leading instructions covered. */
+  uncovered: number
+  /** Compilations that failed (no executable memory): those blocks stay interpreted. */
+  failed: number
 }
 
 /** The result of a native run that ended without an exit, or undefined for an exit. */
@@ -916,7 +934,45 @@ export class Vcpu {
       hypercalls: s.getRegisters + s.setRegisters + s.translateGva,
       instructions: s.instructions,
       exitsByType: Object.fromEntries(s.exits.map(([type, count]) => [messageTypeName(type ?? 0), count ?? 0])),
+      ...(s.translator
+        ? {
+            translator: {
+              blocks: s.translator.blocks,
+              instructions: s.translator.instructions,
+              bytes: s.translator.bytes,
+              compileMs: s.translator.nanos / 1e6,
+              uncovered: s.translator.uncovered,
+              failed: s.translator.failed,
+            },
+          }
+        : {}),
     }
+  }
+
+  /**
+   * Starts recording a digest of each run's end (sim only; `ENOTSUP` on mshv), or
+   * stops with `false`; starting again clears what was recorded. The judge of the
+   * sim's execution tiers: the same guest on the same deterministic inputs must end
+   * every run with the same instruction count, message and registers under
+   * `cpu: 'interpreter'` and `cpu: 'translator'`.
+   */
+  recordExits(on = true): void {
+    this.checkOpen()
+    this.native.recordExits(on)
+  }
+
+  /**
+   * The digests recorded since {@link recordExits}, one per run's end (an exit, or a
+   * run that ended on the clock, a halt or a limit): the guest instructions retired
+   * then, and a 64-bit hash of how the run ended, the exit message and the registers
+   * (general, RIP, RFLAGS, segments, control registers, EFER, the TSC, XMM).
+   */
+  exitDigests(): { instructions: bigint; hash: bigint }[] {
+    this.checkOpen()
+    const flat = this.native.exitDigests()
+    const out: { instructions: bigint; hash: bigint }[] = []
+    for (let i = 0; i + 1 < flat.length; i += 2) out.push({ instructions: flat[i] as bigint, hash: flat[i + 1] as bigint })
+    return out
   }
 
   /** Zeroes the counters. */

@@ -163,7 +163,7 @@ export function buildLinux(options: LinuxOptions, load: boolean): LinuxMachine {
   if (options.vmware && options.cpuid !== undefined && !Array.isArray(options.cpuid)) {
     throw new MshvError('EINVAL', 'vmware: give cpuid as an array of entries to add the VMware signature to')
   }
-  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid })
+  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpu: options.cpu, cpuid })
   const opened: BlockBackend[] = []
   try {
     vm.addRam(0, memory)

@@ -313,7 +313,7 @@ export function prepareMultiboot(options: MultibootOptions): MultibootMachine {
   }
   if (kernel.end > memory) fail(file, 'size', `the kernel ends at ${hex(kernel.end)}, past the ${memory / MIB} MiB of RAM: give the VM ${Math.ceil(kernel.end / MIB) + 1} MiB or more`)
   const loaded = modules.map((m, i) => moduleOf(m, i))
-  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpuid: options.cpuid })
+  const vm = createVm({ backend: options.backend, policy: options.policy, clock: options.clock, cpu: options.cpu, cpuid: options.cpuid })
   try {
     vm.addRam(0, memory)
     for (const s of kernel.segments) vm.write(s.paddr, s.data)

@@ -308,6 +308,42 @@ pub trait VcpuBackend: Send {
     fn triple_fault(&self) -> Option<crate::TripleFault> {
         None
     }
+    /// What the sim's translating tier did on this vCPU; None where there is none.
+    fn translator_stats(&self) -> Option<TranslatorStats> {
+        None
+    }
+    /// Starts (clearing what was recorded) or stops recording a digest of each run's
+    /// end ([`VcpuBackend::exit_digests`]): the sim's judge of its execution tiers,
+    /// which must end every run alike. Unsupported where runs are not deterministic.
+    fn record_exits(&mut self, on: bool) -> Result<()> {
+        let _ = on;
+        Err(crate::error::HvError::Unsupported(
+            "exit digests are recorded by the sim only".into(),
+        ))
+    }
+    /// The digests recorded since [`VcpuBackend::record_exits`], one per run's end:
+    /// pairs of (instructions retired, a hash of the end, the message and the
+    /// registers).
+    fn exit_digests(&self) -> Vec<[u64; 2]> {
+        Vec::new()
+    }
+}
+
+/// The sim's translating tier's figures for one vCPU (sim-cpu's `TranslatorStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TranslatorStats {
+    /// Blocks compiled.
+    pub blocks: u64,
+    /// Guest instructions those blocks' compiled code covers.
+    pub instructions: u64,
+    /// Host code bytes emitted.
+    pub bytes: u64,
+    /// Time spent compiling, in nanoseconds.
+    pub nanos: u64,
+    /// Hot blocks left interpreted: too few of their leading instructions are covered.
+    pub uncovered: u64,
+    /// Compilations that failed (no executable memory); those blocks stay interpreted.
+    pub failed: u64,
 }
 
 /// Checks the batch arguments every backend's register calls share.

@@ -23,7 +23,7 @@ pub mod state;
 
 pub use backend::{
     BackendKind, Canceller, ClockMode, CpuTier, Exit, HvBackend, MemoryMapping, RegisterPageMode,
-    RunLimits, UnknownMsr, VcpuBackend, VmBackend, VmConfig,
+    RunLimits, TranslatorStats, UnknownMsr, VcpuBackend, VmBackend, VmConfig,
 };
 pub use counters::{Counters, ExitCounter};
 pub use cpuid::CpuidResult;

@@ -48,6 +48,8 @@ pub struct SimVcpu {
     pub(crate) restore_pdptes: Option<[u64; 4]>,
     /// The exceptions behind the last run's triple fault ([`VcpuBackend::triple_fault`]).
     triple_fault: Option<hv_core::TripleFault>,
+    /// Digests of each run's end while recorded ([`VcpuBackend::record_exits`]).
+    exit_digests: Option<Vec<[u64; 2]>>,
 }
 
 impl SimVcpu {
@@ -102,6 +104,7 @@ impl SimVcpu {
             tsc_offset: 0,
             restore_pdptes: None,
             triple_fault: None,
+            exit_digests: None,
         })
     }
 
@@ -675,6 +678,12 @@ impl VcpuBackend for SimVcpu {
         let r = self.run_slices(msg, limits, &cpuid, &mut held);
         drop(held);
         self.cpuid = cpuid;
+        if let (Some(log), Ok(exit)) = (self.exit_digests.as_mut(), &r) {
+            log.push([
+                self.processor.instructions,
+                digest(exit, msg, &self.processor.cpu),
+            ]);
+        }
         r
     }
 
@@ -832,6 +841,51 @@ impl VcpuBackend for SimVcpu {
     fn set_debug_state(&mut self, debug: &hv_core::DebugState) -> Result<()> {
         self.debug(debug)
     }
+
+    fn translator_stats(&self) -> Option<hv_core::TranslatorStats> {
+        let s = self.processor.translator_stats();
+        Some(hv_core::TranslatorStats {
+            blocks: s.blocks,
+            instructions: s.instructions,
+            bytes: s.bytes,
+            nanos: s.nanos,
+            uncovered: s.uncovered,
+            failed: s.failed,
+        })
+    }
+
+    fn record_exits(&mut self, on: bool) -> Result<()> {
+        self.exit_digests = on.then(Vec::new);
+        Ok(())
+    }
+
+    fn exit_digests(&self) -> Vec<[u64; 2]> {
+        self.exit_digests.clone().unwrap_or_default()
+    }
+}
+
+/// A run's end as the execution tiers must agree on it: how it ended, the message
+/// (on an intercept), and the architectural registers a VMM or the guest can see
+/// (RFLAGS as the lazy record gives it, not the record; the TSC, which the
+/// deterministic clock ties to the instructions retired). SipHash with its fixed keys:
+/// the same in every process.
+fn digest(exit: &Exit, msg: &ExitMessage, cpu: &sim_cpu::Cpu) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::mem::discriminant(exit).hash(&mut h);
+    if *exit == Exit::Message {
+        msg.bytes.hash(&mut h);
+    }
+    cpu.gpr.hash(&mut h);
+    cpu.rip.hash(&mut h);
+    cpu.rflags().hash(&mut h);
+    for s in cpu.seg.iter().chain([&cpu.tr, &cpu.ldtr]) {
+        (s.base, s.limit, s.selector, s.attributes).hash(&mut h);
+    }
+    (cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8, cpu.efer).hash(&mut h);
+    (cpu.tsc, cpu.halted, cpu.pending_event, cpu.mxcsr).hash(&mut h);
+    cpu.xmm.hash(&mut h);
+    h.finish()
 }
 
 impl Drop for SimVcpu {

@@ -74,6 +74,19 @@ pub struct NativeStats {
     pub exits: Vec<Vec<f64>>,
     /// Guest instructions retired (sim only; 0 on mshv).
     pub instructions: f64,
+    /// The sim's translating tier on this vCPU (None on mshv).
+    pub translator: Option<NativeTranslatorStats>,
+}
+
+/// What the sim's translating tier did on one vCPU.
+#[napi(object)]
+pub struct NativeTranslatorStats {
+    pub blocks: f64,
+    pub instructions: f64,
+    pub bytes: f64,
+    pub nanos: f64,
+    pub uncovered: f64,
+    pub failed: f64,
 }
 
 /// One CPUID answer for `Vcpu.setCpuid`: registers left out keep the hypervisor's value.
@@ -570,7 +583,37 @@ impl Vcpu {
                         .map(|e| vec![e.message_type as f64, e.count as f64])
                         .collect(),
                     instructions: b.instructions() as f64,
+                    translator: b.translator_stats().map(|t| NativeTranslatorStats {
+                        blocks: t.blocks as f64,
+                        instructions: t.instructions as f64,
+                        bytes: t.bytes as f64,
+                        nanos: t.nanos as f64,
+                        uncovered: t.uncovered as f64,
+                        failed: t.failed as f64,
+                    }),
                 })
+            })
+        })
+    }
+
+    /// Starts (clearing what was recorded) or stops recording a digest of each run's end
+    /// (sim only: ENOTSUP on mshv).
+    #[napi]
+    pub fn record_exits(&self, on: bool) -> Result<()> {
+        guard("Vcpu.recordExits", || {
+            self.check_open()?;
+            self.core.with(|b, _| b.record_exits(on))
+        })
+    }
+
+    /// The digests recorded: (instructions retired, hash of the run's end) pairs, flat.
+    #[napi]
+    pub fn exit_digests(&self) -> Result<BigUint64Array> {
+        guard("Vcpu.exitDigests", || {
+            self.check_open()?;
+            self.core.with(|b, _| {
+                let flat: Vec<u64> = b.exit_digests().into_iter().flatten().collect();
+                Ok(BigUint64Array::new(flat))
             })
         })
     }
