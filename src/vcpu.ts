@@ -246,6 +246,8 @@ export interface TranslatorStats {
   uncovered: number
   /** Compilations that failed (no executable memory): those blocks stay interpreted. */
   failed: number
+  /** Times the vCPU's code area (64 MiB) filled up and all its compiled code was dropped, to be compiled again as it runs. */
+  flushes: number
 }
 
 /** The result of a native run that ended without an exit, or undefined for an exit. */
@@ -943,6 +945,7 @@ export class Vcpu {
               compileMs: s.translator.nanos / 1e6,
               uncovered: s.translator.uncovered,
               failed: s.translator.failed,
+              flushes: s.translator.flushes,
             },
           }
         : {}),

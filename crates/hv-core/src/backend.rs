@@ -344,6 +344,8 @@ pub struct TranslatorStats {
     pub uncovered: u64,
     /// Compilations that failed (no executable memory); those blocks stay interpreted.
     pub failed: u64,
+    /// Times the code area filled up and all compiled code was dropped.
+    pub flushes: u64,
 }
 
 /// Checks the batch arguments every backend's register calls share.

@@ -851,6 +851,7 @@ impl VcpuBackend for SimVcpu {
             nanos: s.nanos,
             uncovered: s.uncovered,
             failed: s.failed,
+            flushes: s.flushes,
         })
     }
 

@@ -87,6 +87,7 @@ pub struct NativeTranslatorStats {
     pub nanos: f64,
     pub uncovered: f64,
     pub failed: f64,
+    pub flushes: f64,
 }
 
 /// One CPUID answer for `Vcpu.setCpuid`: registers left out keep the hypervisor's value.
@@ -590,6 +591,7 @@ impl Vcpu {
                         nanos: t.nanos as f64,
                         uncovered: t.uncovered as f64,
                         failed: t.failed as f64,
+                        flushes: t.flushes as f64,
                     }),
                 })
             })

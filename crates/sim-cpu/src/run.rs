@@ -210,6 +210,13 @@ impl Processor {
         self.cache.translator.hot = runs.max(1);
     }
 
+    /// Sets the size of the code area the translator compiles into, made at its first
+    /// compilation (64 MiB by default): a small one fills and is flushed often, which
+    /// tests use.
+    pub fn set_code_area_size(&mut self, bytes: usize) {
+        self.cache.translator.area_size = bytes;
+    }
+
     /// What the translator compiled, and the time it took.
     pub fn translator_stats(&self) -> crate::TranslatorStats {
         self.cache.translator.stats

@@ -169,10 +169,22 @@ fn lockstep(
     code: &[u8],
     budgets: &mut Rng,
     limit: u64,
+    between: impl FnMut(&mut Machine, usize),
+) -> Machine {
+    lockstep_with(code, budgets, limit, 0, between)
+}
+
+/// [`lockstep`] with the translator's code area `area` bytes (0: the default).
+fn lockstep_with(
+    code: &[u8],
+    budgets: &mut Rng,
+    limit: u64,
+    area: usize,
     mut between: impl FnMut(&mut Machine, usize),
 ) -> Machine {
     let mut a = Machine::new(code, Tier::Interpreter);
     let mut b = Machine::new(code, Tier::Translator);
+    b.cpu.set_code_area_size(area);
     let mut slice = 0;
     while a.cpu.instructions < limit {
         between(&mut a, slice);
@@ -359,6 +371,20 @@ fn random_programs_run_the_same_under_both_tiers() {
         compiled += b.cpu.translator_stats().blocks;
     }
     assert!(compiled > 400, "the translator compiled {compiled} blocks");
+}
+
+/// A code area of one page fills after a few blocks and is flushed, again and again:
+/// blocks compile anew after each flush, and no stale code is entered.
+#[test]
+fn a_small_code_area_is_flushed_and_refilled_exactly() {
+    let mut flushes = 0;
+    for seed in 1..=400u64 {
+        let mut g = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let code = program(&mut g);
+        let b = lockstep_with(&code, &mut g, 200_000, 4096, |_, _| {});
+        flushes += b.cpu.translator_stats().flushes;
+    }
+    assert!(flushes > 20, "{flushes} flushes");
 }
 
 /// Assembles `f`'s code at CODE.

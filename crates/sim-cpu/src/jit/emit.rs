@@ -26,9 +26,23 @@ use crate::exec::NONE;
 use crate::flags::{FlagOp, Flags};
 use crate::state::Cpu;
 use crate::tlb::layout;
-use dynasmrt::x64::Assembler;
-use dynasmrt::{dynasm, AssemblyOffset, DynamicLabel, DynasmApi, DynasmLabelApi, ExecutableBuffer};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use std::mem::offset_of;
+
+/// Code is assembled into a vector, then copied into the code area (`super::area`):
+/// it is position-independent (branches within it are relative, and the one call out,
+/// to the flags routine, goes through a register), so it is assembled at 0.
+type Assembler = VecAssembler<X64Relocation>;
+
+fn assembler() -> Assembler {
+    VecAssembler::new(0)
+}
+
+fn finish(a: Assembler) -> Result<Vec<u8>, TranslateError> {
+    a.finalize()
+        .map_err(|e| TranslateError::Assemble(e.to_string()))
+}
 
 /// The compiled function: returns how many of the block's instructions completed in
 /// its last pass (`Frame::loops` counts the passes before it).
@@ -60,20 +74,6 @@ const R11: u8 = 11;
 /// The arithmetic flags RFLAGS can be loaded with from an eager record: CF, PF, AF,
 /// ZF, SF, OF (nothing that changes how host code runs: TF, IF, DF, AC stay clear).
 const ARITH_MASK: i32 = crate::flags::ARITH as i32;
-
-/// A compiled block: its code and the function in it.
-pub struct Compiled {
-    pub code: ExecutableBuffer,
-    pub entry: AssemblyOffset,
-}
-
-impl std::fmt::Debug for Compiled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Compiled")
-            .field("bytes", &self.code.len())
-            .finish()
-    }
-}
 
 /// The offset in `Cpu` of guest register `r` accessed at `s` bytes.
 fn reg_at(r: u8, s: u8) -> i32 {
@@ -257,10 +257,9 @@ const KINDS: [FlagOp; 8] = [
 
 /// The routine compiled code calls for [`native_flags`] when the record's kind is not
 /// known when compiling (made by an earlier block): dispatches on the record's kind and
-/// size. Clobbers rax, rcx, rdx.
-pub fn flags_routine() -> Result<Compiled, TranslateError> {
-    let mut a = Assembler::new()?;
-    let entry = a.offset();
+/// size. Clobbers rax, rcx, rdx. Its entry is its first byte.
+pub fn flags_routine() -> Result<Vec<u8>, TranslateError> {
+    let mut a = assembler();
     dynasm!(a ; .arch x64 ; movzx edx, BYTE [r12 + F_OP] ; shl edx, 8 ; mov dl, BYTE [r12 + F_SIZE]);
     for f in KINDS {
         for s in [1u8, 2, 4, 8] {
@@ -273,8 +272,7 @@ pub fn flags_routine() -> Result<Compiled, TranslateError> {
     }
     // Not reached: every record has one of the kinds and sizes above.
     dynasm!(a ; .arch x64 ; ud2);
-    let code = a.finalize().map_err(|_| TranslateError::Finalize)?;
-    Ok(Compiled { code, entry })
+    finish(a)
 }
 
 /// Host flags = guest flags, `known` the record's kind and size when an earlier
@@ -510,16 +508,16 @@ impl Emitter<'_> {
     }
 }
 
-/// Compiles `kinds` (the covered prefix of `ops`, a block starting at `block_ip`).
-/// `routine` is the address of [`flags_routine`]'s code.
+/// Compiles `kinds` (the covered prefix of `ops`, a block starting at `block_ip`): its
+/// code, entered at its first byte. `routine` is the address of [`flags_routine`]'s
+/// code.
 pub fn compile(
     ops: &[Op],
     kinds: &[Kind],
     block_ip: u64,
     routine: usize,
-) -> Result<Compiled, TranslateError> {
-    let mut a = Assembler::new()?;
-    let entry = a.offset();
+) -> Result<Vec<u8>, TranslateError> {
+    let mut a = assembler();
     let exit = a.new_dynamic_label();
     let top = a.new_dynamic_label();
     let bails = (0..kinds.len()).map(|_| a.new_dynamic_label()).collect();
@@ -560,6 +558,5 @@ pub fn compile(
         dynasm!(e.a ; .arch x64 ; =>l ; mov eax, i ; jmp =>exit);
     }
     dynasm!(e.a ; .arch x64 ; =>exit ; pop r14 ; pop r13 ; pop r12 ; ret);
-    let code = e.a.finalize().map_err(|_| TranslateError::Finalize)?;
-    Ok(Compiled { code, entry })
+    finish(e.a)
 }

@@ -3,9 +3,10 @@
 //!
 //! A block of the decode cache ([`crate::cache::Block`]) that ran [`Translator::hot`]
 //! times on the run loop's plain path is compiled: the longest prefix of its
-//! instructions the translator covers ([`cover`]), emitted by [`emit`]. Its code lives
-//! and dies with the block (dropped when the block's page is written or its bytes
-//! change). The compiled prefix runs in place of the interpreter's handlers on the same
+//! instructions the translator covers ([`cover`]), emitted by [`emit`] and copied into
+//! the processor's code area ([`area`]). Its code is entered only while its block
+//! lives (a block is dropped when its page is written or its bytes change) and the
+//! area has not been flushed since. The compiled prefix runs in place of the interpreter's handlers on the same
 //! plain path and leaves the processor's state as they would; an instruction it cannot
 //! finish fast (a TLB miss, a page crossing, a fault to come) is left to the
 //! interpreter before it changes anything, and the interpreter runs it and the rest of
@@ -23,6 +24,8 @@
 //! loop would have followed its link to itself with nothing due: while a whole pass
 //! more fits before the next limit or poll, and no event is pending.
 
+#[cfg(target_arch = "x86_64")]
+mod area;
 mod cover;
 #[cfg(target_arch = "x86_64")]
 mod emit;
@@ -31,7 +34,7 @@ use crate::cache::Block;
 use crate::exec::Exec;
 use crate::paging::Access;
 use crate::state::Cpu;
-use std::cell::{Cell, OnceCell};
+use std::cell::Cell;
 use std::sync::atomic::AtomicU32;
 
 /// Which tier executes guest code.
@@ -68,16 +71,21 @@ pub const HOT: u32 = 32;
 pub const MIN_PREFIX: usize = 2;
 
 /// The translator's settings and figures, per processor.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Translator {
     pub tier: Tier,
     /// Runs of a block before it is compiled (at least 1).
     pub hot: u32,
     pub stats: TranslatorStats,
-    /// The routine that computes host flags from a lazy record of unknown kind,
-    /// shared by the processor's compiled blocks.
+    /// Where compiled code lives, made at the first compilation; its head holds the
+    /// routine that computes host flags from a lazy record of unknown kind, at
+    /// `routine`.
     #[cfg(target_arch = "x86_64")]
-    routine: Option<std::sync::Arc<emit::Compiled>>,
+    area: Option<area::CodeArea>,
+    /// The size of the area to make (0: [`area::SIZE`]).
+    pub area_size: usize,
+    #[cfg(target_arch = "x86_64")]
+    routine: usize,
 }
 
 /// What the translator did.
@@ -96,6 +104,8 @@ pub struct TranslatorStats {
     pub uncovered: u64,
     /// Compilations that failed (no executable memory): those blocks stay interpreted.
     pub failed: u64,
+    /// Times the code area filled up and all compiled code was dropped.
+    pub flushes: u64,
 }
 
 /// Why a block could not be compiled.
@@ -103,25 +113,29 @@ pub struct TranslatorStats {
 pub enum TranslateError {
     #[error("cannot map memory for compiled code: {0}")]
     Map(#[from] std::io::Error),
-    #[error("cannot make compiled code executable")]
-    Finalize,
+    #[error("cannot assemble compiled code: {0}")]
+    Assemble(String),
+    #[error("a block's code ({0} bytes) does not fit in an empty code area")]
+    TooBig(usize),
 }
 
-/// A compiled block.
-pub struct Translation {
-    #[cfg(target_arch = "x86_64")]
-    code: emit::Compiled,
-    /// The flags routine its code calls, kept alive with it.
-    #[cfg(target_arch = "x86_64")]
-    _routine: std::sync::Arc<emit::Compiled>,
+/// A block's translation state.
+#[derive(Debug, Clone, Copy, Default)]
+enum Code {
+    /// Not compiled (yet).
+    #[default]
+    Cold,
+    /// Never compiled: too little of it is covered, or compiling failed.
+    Never,
+    /// Compiled into the code area at `offset`, in its generation `generation`.
+    At { offset: u32, generation: u32 },
 }
 
-/// A block's translation state: its plain-path runs, then its translation (`None`: its
-/// first instruction is not covered, or compiling failed).
+/// A block's translation state: its plain-path runs, then where its code is.
 #[derive(Default)]
 pub struct Slot {
     runs: Cell<u32>,
-    code: OnceCell<Option<Translation>>,
+    code: Cell<Code>,
 }
 
 /// What compiled code reads and writes besides the processor's state: `repr(C)`, its
@@ -156,23 +170,55 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Opti
     if block.bits != 64 || x.debug_blocks || !x.watches.is_empty() || x.bps.any() {
         return None;
     }
-    let t = match block.jit.code.get() {
-        Some(t) => t.as_ref()?,
-        None => {
+    let at = match block.jit.code.get() {
+        Code::At { offset, generation } if Some(generation) == generation_of(x) => {
+            code_address(x, offset)
+        }
+        Code::Never => return None,
+        Code::At { .. } => compile(x, block)?,
+        Code::Cold => {
             let runs = block.jit.runs.get() + 1;
             block.jit.runs.set(runs);
             if runs < x.cache.translator.hot {
                 return None;
             }
-            let t = translate(x, block);
-            block.jit.code.get_or_init(|| t).as_ref()?
+            compile(x, block)?
         }
     };
-    enter(x, t, budget, events)
+    enter(x, at, budget, events)
+}
+
+/// Compiles `block` and records where its code is (or that it has none): the address
+/// to enter it at.
+fn compile(x: &mut Exec, block: &Block) -> Option<usize> {
+    let code = translate(x, block).unwrap_or(Code::Never);
+    block.jit.code.set(code);
+    match code {
+        Code::At { offset, .. } => Some(code_address(x, offset)),
+        _ => None,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-fn enter(x: &mut Exec, t: &Translation, budget: u64, events: &AtomicU32) -> Option<Ran> {
+fn generation_of(x: &Exec) -> Option<u32> {
+    x.cache
+        .translator
+        .area
+        .as_ref()
+        .map(area::CodeArea::generation)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn code_address(x: &Exec, offset: u32) -> usize {
+    x.cache
+        .translator
+        .area
+        .as_ref()
+        .map_or(0, |a| a.address(offset))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn enter(x: &mut Exec, at: usize, budget: u64, events: &AtomicU32) -> Option<Ran> {
     let user = x.cpu.cpl() == 3;
     let mut frame = Frame {
         cpu: &mut *x.cpu,
@@ -183,13 +229,15 @@ fn enter(x: &mut Exec, t: &Translation, budget: u64, events: &AtomicU32) -> Opti
         need_read: crate::tlb::need(Access::Read, user),
         need_write: crate::tlb::need(Access::Write, user),
     };
-    // SAFETY: the code was emitted by `emit::compile` for this block's instructions and
-    // follows the System V ABI; it accesses the `Cpu` and the TLB entries the frame
-    // points to (both alive and not otherwise borrowed while it runs: `x` is held
-    // mutably here), the frame, and guest RAM only at host addresses a TLB entry maps
-    // (whole pages of RAM kept alive by the memory map for the run).
+    // SAFETY: `at` is the entry of code `emit::compile` made for this block's
+    // instructions, copied into the processor's code area in its current generation
+    // (nothing has been written over it since); it follows the System V ABI and
+    // accesses the `Cpu` and the TLB entries the frame points to (both alive and not
+    // otherwise borrowed while it runs: `x` is held mutably here), the frame, and guest
+    // RAM only at host addresses a TLB entry maps (whole pages of RAM kept alive by the
+    // memory map for the run).
     let done = unsafe {
-        let f: emit::Entry = std::mem::transmute(t.code.code.ptr(t.code.entry));
+        let f: emit::Entry = std::mem::transmute(at);
         f(&mut frame)
     };
     Some(Ran {
@@ -199,14 +247,48 @@ fn enter(x: &mut Exec, t: &Translation, budget: u64, events: &AtomicU32) -> Opti
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn enter(_x: &mut Exec, _t: &Translation, _budget: u64, _events: &AtomicU32) -> Option<Ran> {
+fn generation_of(_x: &Exec) -> Option<u32> {
     None
 }
 
-/// Compiles `block`'s covered prefix; `None` when there is none or compiling failed
-/// (the block stays interpreted either way).
+#[cfg(not(target_arch = "x86_64"))]
+fn code_address(_x: &Exec, _offset: u32) -> usize {
+    0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn enter(_x: &mut Exec, _at: usize, _budget: u64, _events: &AtomicU32) -> Option<Ran> {
+    None
+}
+
+/// The processor's code area, made (with the flags routine in its head) at the first
+/// compilation.
 #[cfg(target_arch = "x86_64")]
-fn translate(x: &mut Exec, block: &Block) -> Option<Translation> {
+fn code_area(tr: &mut Translator) -> Result<&mut area::CodeArea, TranslateError> {
+    if tr.area.is_none() {
+        let size = match tr.area_size {
+            0 => area::SIZE,
+            n => n.next_multiple_of(4096),
+        };
+        let mut a = area::CodeArea::new(size)?;
+        let routine = emit::flags_routine()?;
+        if !a.fits(routine.len()) {
+            return Err(TranslateError::TooBig(routine.len()));
+        }
+        let at = a.put(&routine);
+        tr.routine = a.address(at);
+        a.seal_head();
+        tr.area = Some(a);
+    }
+    tr.area
+        .as_mut()
+        .ok_or(TranslateError::Assemble("no code area".into()))
+}
+
+/// Compiles `block`'s covered prefix into the code area; `None` when there is none or
+/// compiling failed (the block stays interpreted either way).
+#[cfg(target_arch = "x86_64")]
+fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
     let start = std::time::Instant::now();
     let kinds: Vec<cover::Kind> = block.ops.iter().map_while(cover::classify).collect();
     let tr = &mut x.cache.translator;
@@ -214,40 +296,34 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Translation> {
         tr.stats.uncovered += 1;
         return None;
     }
-    let routine = match &tr.routine {
-        Some(r) => r.clone(),
-        None => match emit::flags_routine() {
-            Ok(r) => {
-                let r = std::sync::Arc::new(r);
-                tr.routine = Some(r.clone());
-                r
-            }
-            Err(_) => {
-                tr.stats.failed += 1;
-                return None;
-            }
-        },
+    let made = code_area(tr)
+        .map(|_| ())
+        .and_then(|()| emit::compile(&block.ops, &kinds, block.ip, tr.routine));
+    let (Ok(code), Some(area)) = (made, tr.area.as_mut()) else {
+        tr.stats.failed += 1;
+        return None;
     };
-    let at = routine.code.ptr(routine.entry) as usize;
-    match emit::compile(&block.ops, &kinds, block.ip, at) {
-        Ok(code) => {
-            tr.stats.blocks += 1;
-            tr.stats.instructions += kinds.len() as u64;
-            tr.stats.bytes += code.code.len() as u64;
-            tr.stats.nanos += start.elapsed().as_nanos() as u64;
-            Some(Translation {
-                code,
-                _routine: routine,
-            })
-        }
-        Err(_) => {
+    if !area.fits(code.len()) {
+        // Full: everything compiled so far goes (blocks compile again when they run).
+        area.flush();
+        tr.stats.flushes += 1;
+        if !area.fits(code.len()) {
             tr.stats.failed += 1;
-            None
+            return None;
         }
     }
+    let offset = area.put(&code);
+    tr.stats.blocks += 1;
+    tr.stats.instructions += kinds.len() as u64;
+    tr.stats.bytes += code.len() as u64;
+    tr.stats.nanos += start.elapsed().as_nanos() as u64;
+    Some(Code::At {
+        offset,
+        generation: area.generation(),
+    })
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn translate(_x: &mut Exec, _block: &Block) -> Option<Translation> {
+fn translate(_x: &mut Exec, _block: &Block) -> Option<Code> {
     None
 }
