@@ -579,6 +579,22 @@ fn run_plain(
             // last: counted, and the TSC moved, as the interpreter would have.
             let passes = ran.loops * ops.len() as u64;
             *executed += passes;
+            match ran.end {
+                // A handler compiled code called ended the block after instruction
+                // `done`, or stopped at it: as the loop below ends (the handler left
+                // the TSC at that instruction's).
+                Some(crate::jit::End::Ended) => {
+                    *executed += ran.done as u64 + 1;
+                    x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
+                    return (None, false);
+                }
+                Some(crate::jit::End::Stopped(stop)) => {
+                    let op = &ops[ran.done];
+                    *executed += ran.done as u64;
+                    return (stopped(x, block, op, stop, executed, info, 0), false);
+                }
+                None => {}
+            }
             x.cpu.tsc = x.cpu.tsc.wrapping_add(passes);
             if ran.done == ops.len() {
                 *executed += ops.len() as u64;

@@ -97,6 +97,9 @@ impl Machine {
                 attributes: 0xc093,
             };
         }
+        // FS and GS with bases (the random programs' FS/GS operands reach the data).
+        c.seg[4].base = 0x10;
+        c.seg[5].base = 0x800;
         c.gdtr = sim_cpu::Table {
             base: GDT,
             limit: 23,
@@ -260,7 +263,7 @@ fn instruction(a: &mut CodeAssembler, g: &mut Rng) -> Result<(), IcedError> {
             }
         };
     }
-    match g.below(24) {
+    match g.below(28) {
         0 => alu!(R64[i], R64[j]),
         1 => alu!(R32[i], R32[j]),
         2 => alu!(R16[i], R16[j]),
@@ -314,6 +317,141 @@ fn instruction(a: &mut CodeAssembler, g: &mut Rng) -> Result<(), IcedError> {
         }
         21 => a.sete(R8[i]),
         22 => a.cmovl(R64[i], R64[j]),
+        23 => more(a, g, i, j, d, imm, k),
+        24 => more(a, g, i, j, d, imm, k),
+        25 => more(a, g, i, j, d, imm, k),
+        26 => more(a, g, i, j, d, imm, k),
+        _ => a.nop(),
+    }
+}
+
+/// The families compiled code calls the interpreter's handlers for, FS/GS and 32-bit
+/// addresses, PUSH and POP forms, and CALL/RET to a subroutine of one instruction.
+fn more(
+    a: &mut CodeAssembler,
+    g: &mut Rng,
+    i: usize,
+    j: usize,
+    d: i32,
+    imm: i32,
+    k: u64,
+) -> Result<(), IcedError> {
+    let n = (imm & 63) as u32;
+    match g.below(16) {
+        0 => match k % 4 {
+            0 => a.add(R64[i], qword_ptr(r15 + d).gs()),
+            1 => a.mov(dword_ptr(r15 + d).fs(), R32[j]),
+            2 => a.inc(word_ptr(r15 + d).gs()),
+            _ => a.cmp(byte_ptr(r15 + d).fs(), imm as i8 as i32),
+        },
+        1 => match k % 7 {
+            0 => a.shl(R64[i], n),
+            1 => a.shr(R32[i], n),
+            2 => a.sar(R16[i], n),
+            3 => a.rol(R8[i], n),
+            4 => a.ror(R64[i], cl),
+            5 => a.rcl(R32[i], 1u32),
+            _ => a.rcr(dword_ptr(r15 + d), n),
+        },
+        2 => match k % 5 {
+            0 => a.shl(dword_ptr(r15 + d), cl),
+            1 => a.shr(R64[i], cl),
+            2 => a.sar(qword_ptr(r15 + d), 1u32),
+            3 => a.shld(R64[i], R64[j], n),
+            _ => a.shrd(R32[i], R32[j], cl),
+        },
+        3 => match k % 6 {
+            0 => a.setb(R8[i]),
+            1 => a.setle(byte_ptr(r15 + d)),
+            2 => a.cmovne(R32[i], R32[j]),
+            3 => a.cmovbe(R64[i], qword_ptr(r15 + d)),
+            4 => a.cmovs(R16[i], R16[j]),
+            _ => a.setp(R8[i]),
+        },
+        4 => match k % 5 {
+            0 => a.not(R64[i]),
+            1 => a.neg(R32[i]),
+            2 => a.not(byte_ptr(r15 + d)),
+            3 => a.bswap(R64[i]),
+            _ => a.neg(qword_ptr(r15 + d)),
+        },
+        5 => match k % 5 {
+            0 => a.imul_3(R64[i], R64[j], imm),
+            1 => a.imul_2(R32[i], dword_ptr(r15 + d)),
+            2 => a.mul(R64[j]),
+            3 => a.imul(R32[j]),
+            // #DE now and then (a zero divisor, a quotient too large): a handler called
+            // from compiled code stops with a fault.
+            _ => a.div(R32[j]),
+        },
+        6 => match k % 6 {
+            0 => a.bt(R64[i], n),
+            1 => a.bts(R32[i], R32[j]),
+            2 => a.bsf(R64[i], R64[j]),
+            3 => a.xchg(R64[i], R64[j]),
+            4 => a.xadd(R32[i], R32[j]),
+            _ => a.cmpxchg(R64[i], R64[j]),
+        },
+        7 => match k % 7 {
+            0 => a.cdqe(),
+            1 => a.cqo(),
+            2 => a.cwde(),
+            3 => a.stc(),
+            4 => a.cmc(),
+            5 => a.clc(),
+            _ => a.lahf(),
+        },
+        8 => match k % 3 {
+            0 => {
+                a.push(imm)?;
+                a.pop(qword_ptr(r15 + d))
+            }
+            1 => {
+                a.push(qword_ptr(r15 + d))?;
+                a.pop(R64[i])
+            }
+            _ => {
+                a.push(R16[i])?;
+                a.pop(R16[j])
+            }
+        },
+        9 => {
+            // A subroutine of one instruction: blocks that end in CALL and in RET.
+            let mut sub = a.create_label();
+            let mut over = a.create_label();
+            if !k.is_multiple_of(2) {
+                a.push(imm)?;
+            }
+            a.call(sub)?;
+            a.jmp(over)?;
+            a.set_label(&mut sub)?;
+            instruction(a, g)?;
+            if k.is_multiple_of(2) {
+                a.ret()?;
+            } else {
+                // RET imm16 releases what the caller pushed before the call.
+                a.ret_1(8)?;
+            }
+            a.set_label(&mut over)?;
+            a.nop()
+        }
+        10 => match k % 4 {
+            // 32-bit addresses (67h): the handler forms them.
+            0 => a.add(R32[i], dword_ptr(r15d + d)),
+            1 => a.mov(qword_ptr(r15d + d), R64[j]),
+            2 => a.lea(R32[i], dword_ptr(R32[j] + d)),
+            _ => a.movzx(R32[i], byte_ptr(r15d + d)),
+        },
+        11 => match k % 3 {
+            0 => a.adc(R64[i], qword_ptr(r15 + d)),
+            1 => a.sbb(dword_ptr(r15 + d), imm),
+            _ => a.adc(R8[i], R8[j]),
+        },
+        12 => {
+            a.push(R64[i])?;
+            a.add(R64[j], qword_ptr(rsp))?;
+            a.pop(R64[i])
+        }
         _ => a.nop(),
     }
 }

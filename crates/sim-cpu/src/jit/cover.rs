@@ -4,17 +4,24 @@
 //!
 //! Covered: MOV (register, immediate, memory; not the segment, control and debug
 //! register forms), ADD/OR/AND/SUB/XOR/CMP/TEST in every form, INC/DEC, LEA,
-//! MOVZX/MOVSX/MOVSXD, NOP, and a near JMP or Jcc with a canonical target (a block's
-//! last instruction). Operand sizes 1, 2, 4 and 8 (AH..BH included); memory operands
-//! with 64-bit addresses through DS, ES, SS or CS (flat in 64-bit mode, SDM vol 1
-//! 3.3.7.1: no base, no limit; FS and GS, with a base, stay interpreted). A LOCK prefix
-//! leaves an instruction to the interpreter, and so do ADC and SBB (their carry in).
+//! MOVZX/MOVSX/MOVSXD, NOP, PUSH and POP of a 64-bit register, and a near JMP, Jcc or
+//! CALL with a canonical target or a near RET (a block's last instruction). Operand
+//! sizes 1, 2, 4 and 8 (AH..BH included); memory operands with 64-bit addresses (SDM
+//! vol 1 3.3.7.1: DS, ES, SS and CS are flat in 64-bit mode, FS and GS add their base;
+//! no limit is checked).
+//!
+//! Other instructions that only compute on registers, flags and memory, and may fault
+//! but change nothing else the run loop looks after (shifts and rotates, SETcc, CMOVcc,
+//! ADC/SBB, NOT/NEG, multiplies and divides, bit scans and tests, XCHG, the sign
+//! extensions of rAX, the flag instructions, LEAVE, the other PUSH and POP forms, and
+//! the covered mnemonics' forms compiled code does not do itself) are [`Kind::Call`]ed:
+//! the compiled code calls the interpreter's own handler for them, exactly as the run
+//! loop would. A LOCK prefix leaves an instruction to the interpreter.
 
 use crate::decode::Op;
 use crate::exec::NONE;
 use crate::ops::{form, Form};
 use crate::paging::canonical;
-use crate::state::{FS, GS};
 use iced_x86::{Mnemonic, OpKind};
 
 /// A covered binary operation (SDM vol 2, each instruction's "Operation").
@@ -91,6 +98,24 @@ pub enum Kind {
     Jmp {
         target: u64,
     },
+    /// PUSH of a 64-bit register.
+    Push {
+        r: u8,
+    },
+    /// POP into a 64-bit register.
+    Pop {
+        r: u8,
+    },
+    /// CALL rel32 with a 64-bit operand size (a block's last instruction).
+    Near {
+        target: u64,
+    },
+    /// RET [imm16] with a 64-bit operand size (a block's last instruction).
+    Ret {
+        release: u64,
+    },
+    /// The interpreter's handler, called from compiled code.
+    Call,
 }
 
 fn sized(s: u8) -> bool {
@@ -105,20 +130,138 @@ fn gprs_only(op: &Op) -> bool {
         .all(|i| ins.op_register(i).is_gpr())
 }
 
-/// The memory operand's address is one the compiled code can form: 64-bit, through a
-/// segment with no base in 64-bit mode.
+/// The memory operand's address is one the compiled code can form: 64-bit (through any
+/// segment: FS and GS add their base).
 fn flat_memory(op: &Op) -> bool {
-    let seg = op.seg as usize;
-    op.asize == 8 && seg != FS && seg != GS
+    op.asize == 8
+}
+
+/// Whether the interpreter's handler of `op` may be called from compiled code: it reads
+/// and writes registers, flags and memory only, through `Exec` as the run loop's plain
+/// path calls it (no branch, no change of mode, privilege, interrupt state or the
+/// debug registers, no port or TSC access), so that after it returns the compiled code
+/// may go on, or return to the run loop with the handler's fault or end of block.
+fn callable(op: &Op) -> bool {
+    use Mnemonic as M;
+    let ins = &op.ins;
+    if ins.is_jcc_short_or_near() || ins.is_jmp_short_or_near() {
+        return false;
+    }
+    let any = matches!(
+        ins.mnemonic(),
+        M::Shl
+            | M::Sal
+            | M::Shr
+            | M::Sar
+            | M::Rol
+            | M::Ror
+            | M::Rcl
+            | M::Rcr
+            | M::Shld
+            | M::Shrd
+            | M::Not
+            | M::Neg
+            | M::Adc
+            | M::Sbb
+            | M::Imul
+            | M::Mul
+            | M::Div
+            | M::Idiv
+            | M::Bswap
+            | M::Bt
+            | M::Bts
+            | M::Btr
+            | M::Btc
+            | M::Bsf
+            | M::Bsr
+            | M::Xchg
+            | M::Xadd
+            | M::Cmpxchg
+            | M::Cbw
+            | M::Cwde
+            | M::Cdqe
+            | M::Cwd
+            | M::Cdq
+            | M::Cqo
+            | M::Clc
+            | M::Stc
+            | M::Cmc
+            | M::Cld
+            | M::Std
+            | M::Lahf
+            | M::Sahf
+            | M::Leave
+            | M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg
+            | M::Cmovo
+            | M::Cmovno
+            | M::Cmovb
+            | M::Cmovae
+            | M::Cmove
+            | M::Cmovne
+            | M::Cmovbe
+            | M::Cmova
+            | M::Cmovs
+            | M::Cmovns
+            | M::Cmovp
+            | M::Cmovnp
+            | M::Cmovl
+            | M::Cmovge
+            | M::Cmovle
+            | M::Cmovg
+    );
+    // The covered mnemonics and PUSH/POP, in forms not compiled (32-bit addresses,
+    // 16-bit stack operands, PUSH imm, POP to memory), on general registers only (not
+    // MOV to or from a segment, control or debug register, not POP SS or FS).
+    let plain = matches!(
+        ins.mnemonic(),
+        M::Mov
+            | M::Add
+            | M::Or
+            | M::And
+            | M::Sub
+            | M::Xor
+            | M::Cmp
+            | M::Test
+            | M::Inc
+            | M::Dec
+            | M::Lea
+            | M::Movzx
+            | M::Movsx
+            | M::Movsxd
+            | M::Push
+            | M::Pop
+    ) && gprs_only(op);
+    (any && gprs_only(op)) || plain
 }
 
 /// The covered form of `op` in 64-bit code, if it is one.
 pub fn classify(op: &Op) -> Option<Kind> {
-    use Mnemonic as M;
     let ins = &op.ins;
     if op.lock || ins.is_invalid() {
         return None;
     }
+    native(op).or_else(|| callable(op).then_some(Kind::Call))
+}
+
+/// The form of `op` compiled code does itself, if it is one.
+fn native(op: &Op) -> Option<Kind> {
+    use Mnemonic as M;
+    let ins = &op.ins;
     let m = ins.mnemonic();
     if m == M::Nop {
         return Some(Kind::Nop);
@@ -131,6 +274,12 @@ pub fn classify(op: &Op) -> Option<Kind> {
     }
     if ins.is_jmp_short_or_near() {
         return canonical(op.target).then_some(Kind::Jmp { target: op.target });
+    }
+    if ins.is_call_near() {
+        return (op.size == 8 && canonical(op.target)).then_some(Kind::Near { target: op.target });
+    }
+    if m == M::Ret && ins.op_count() <= 1 {
+        return (op.size == 8).then_some(Kind::Ret { release: op.imm });
     }
     if !gprs_only(op) {
         return None;
@@ -180,6 +329,20 @@ pub fn classify(op: &Op) -> Option<Kind> {
                 dec: m == M::Dec,
                 s,
                 dst,
+            }
+        }
+        M::Push | M::Pop => {
+            if s != 8 || ins.op_count() != 1 || ins.op_kind(0) != OpKind::Register {
+                return None;
+            }
+            let r = crate::decode::gpr(ins.op_register(0));
+            if r > 15 {
+                return None;
+            }
+            if m == M::Push {
+                Kind::Push { r }
+            } else {
+                Kind::Pop { r }
             }
         }
         M::Lea => {

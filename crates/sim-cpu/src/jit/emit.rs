@@ -49,6 +49,10 @@ fn finish(a: Assembler) -> Result<Vec<u8>, TranslateError> {
 pub type Entry = unsafe extern "sysv64" fn(*mut Frame) -> u32;
 
 const GPR: i32 = offset_of!(Cpu, gpr) as i32;
+const RSP: i32 = GPR + 4 * 8;
+const SEG: i32 = offset_of!(Cpu, seg) as i32;
+const SEG_BASE: i32 = offset_of!(crate::state::Segment, base) as i32;
+const SEG_SIZE: i32 = std::mem::size_of::<crate::state::Segment>() as i32;
 const RIP: i32 = offset_of!(Cpu, rip) as i32;
 const FLAGS: i32 = offset_of!(Cpu, flags) as i32;
 const F_BITS: i32 = FLAGS + offset_of!(Flags, bits) as i32;
@@ -320,6 +324,8 @@ struct Emitter<'a> {
     /// The lazy record's kind and size, once an instruction of the block made it.
     known: Option<(FlagOp, u8)>,
     routine: usize,
+    /// The address of `super::call_handler`.
+    handler: usize,
     ops: &'a [Op],
     block_ip: u64,
 }
@@ -329,6 +335,13 @@ impl Emitter<'_> {
     fn memory(&mut self, i: usize, s: u8, write: bool) {
         let op = &self.ops[i];
         effective_address(&mut self.a, op);
+        let seg = op.seg as usize;
+        if seg == crate::state::FS || seg == crate::state::GS {
+            // The linear address is the base plus the offset (SDM vol 1 3.3.7.1);
+            // `Exec::linear`'s canonical check is the one `translate` makes.
+            let at = SEG + seg as i32 * SEG_SIZE + SEG_BASE;
+            dynasm!(self.a ; .arch x64 ; add rax, QWORD [r12 + at]);
+        }
         let need = if write { FR_NEED_WRITE } else { FR_NEED_READ };
         translate(&mut self.a, s, need, self.bails[i]);
     }
@@ -504,7 +517,63 @@ impl Emitter<'_> {
                 self.taken(target);
             }
             Kind::Jmp { target } => self.taken(target),
+            Kind::Push { r } => {
+                // The value first: PUSH RSP pushes RSP as it was (SDM vol 2 PUSH).
+                load_reg(&mut self.a, R9, r, 8);
+                self.push(i);
+            }
+            Kind::Pop { r } => {
+                let a = &mut self.a;
+                dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + RSP] ; lea r10, [rax + 8]);
+                translate(a, 8, FR_NEED_READ, self.bails[i]);
+                // RSP moves first, then the register is written: POP RSP loads the value
+                // popped (SDM vol 2 POP), as `pop64` and the handler do.
+                dynasm!(a ; .arch x64 ; mov r9, QWORD [rax] ; mov QWORD [r12 + RSP], r10);
+                store_reg(a, R9, r, 8);
+            }
+            Kind::Near { target } => {
+                let next = op.next as i64;
+                dynasm!(self.a ; .arch x64 ; mov r9, QWORD next);
+                self.push(i);
+                self.taken(target);
+            }
+            Kind::Ret { release } => {
+                let release = release as i32;
+                let bits = (64 - crate::paging::LINEAR_BITS) as i8;
+                let a = &mut self.a;
+                dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + RSP] ; lea r10, [rax + 8]);
+                translate(a, 8, FR_NEED_READ, self.bails[i]);
+                // A non-canonical return address is #GP(0) with the stack as it was
+                // (`ret64`): the interpreter raises it.
+                let n = self.ops.len() as i32;
+                let exit = self.exit;
+                dynasm!(a ; .arch x64
+                    ; mov r9, QWORD [rax]
+                    ; mov rcx, r9 ; shl rcx, bits ; sar rcx, bits ; cmp rcx, r9 ; jne =>self.bails[i]
+                    ; add r10, release
+                    ; mov QWORD [r12 + RSP], r10 ; mov QWORD [r12 + RIP], r9
+                    ; mov eax, n ; jmp =>exit
+                );
+            }
+            Kind::Call => {
+                let (handler, ii) = (self.handler as i64, i as i32);
+                dynasm!(self.a ; .arch x64
+                    ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax
+                    ; test eax, eax ; jnz =>self.bails[i]
+                );
+                // The handler may have made any lazy record.
+                self.known = None;
+            }
         }
+    }
+
+    /// Pushes host register r9 (8 bytes): memory is written before RSP changes, as
+    /// `push64` does.
+    fn push(&mut self, i: usize) {
+        let a = &mut self.a;
+        dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + RSP] ; sub rax, 8 ; mov r10, rax);
+        translate(a, 8, FR_NEED_WRITE, self.bails[i]);
+        dynasm!(a ; .arch x64 ; mov QWORD [rax], r9 ; mov QWORD [r12 + RSP], r10);
     }
 }
 
@@ -516,6 +585,7 @@ pub fn compile(
     kinds: &[Kind],
     block_ip: u64,
     routine: usize,
+    handler: usize,
 ) -> Result<Vec<u8>, TranslateError> {
     let mut a = assembler();
     let exit = a.new_dynamic_label();
@@ -533,6 +603,7 @@ pub fn compile(
         top,
         known: None,
         routine,
+        handler,
         ops,
         block_ip,
     };
@@ -540,7 +611,10 @@ pub fn compile(
         e.emit(i, k);
     }
     let covered = kinds.len();
-    let ends = matches!(kinds.last(), Some(Kind::Jcc { .. } | Kind::Jmp { .. }));
+    let ends = matches!(
+        kinds.last(),
+        Some(Kind::Jcc { .. } | Kind::Jmp { .. } | Kind::Near { .. } | Kind::Ret { .. })
+    );
     if !ends {
         // The prefix stops before an instruction the interpreter runs (or at the end of a
         // block without a branch): RIP is set by the interpreter for the next one.

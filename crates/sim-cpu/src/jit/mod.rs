@@ -19,8 +19,9 @@
 //! breakpoint set. Everything else stays interpreted.
 //!
 //! Instruction counts and the TSC: the run loop counts a block's instructions when it
-//! ends as it does for the interpreter; none of the covered instructions reads the TSC
-//! or RIP. A block whose branch leads back to itself loops in host code while the run
+//! ends as it does for the interpreter; no instruction compiled code does itself reads
+//! the TSC or RIP, and a handler it calls ([`cover::Kind::Call`]) sees both as the run
+//! loop would have set them for it (`call_handler`). A block whose branch leads back to itself loops in host code while the run
 //! loop would have followed its link to itself with nothing due: while a whole pass
 //! more fits before the next limit or poll, and no event is pending.
 
@@ -139,7 +140,8 @@ pub struct Slot {
 }
 
 /// What compiled code reads and writes besides the processor's state: `repr(C)`, its
-/// fields are at offsets the emitted code has.
+/// fields up to `need_write` are at offsets the emitted code has; the rest are the
+/// handler calls' ([`call_handler`]).
 #[repr(C)]
 pub struct Frame {
     cpu: *mut Cpu,
@@ -152,14 +154,74 @@ pub struct Frame {
     /// The TLB grants (`tlb::need`) a read and a write need at the current CPL.
     need_read: u8,
     need_write: u8,
+    /// The run loop's `Exec` (erased: it has lifetimes), for the handlers called.
+    exec: *mut std::ffi::c_void,
+    /// The block's instructions, and how many.
+    ops: *const crate::decode::Op,
+    len: u64,
+    /// The TSC at the block's start (compiled code leaves it there).
+    t0: u64,
+    /// How a handler called ended the run of compiled code, if it did.
+    end: Option<End>,
+}
+
+/// How a handler called from compiled code ended its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The instruction completed and the block must end after it (`Exec::end_block`).
+    Ended,
+    /// The instruction stopped (a fault or an exit), as the interpreter's would.
+    Stopped(crate::fault::Stop),
 }
 
 /// What running a translation did: `loops` whole passes of the block, then `done` of
 /// its instructions (all of them: the block ran to its end; fewer: the interpreter
-/// goes on at that one).
+/// goes on at that one, unless `end` says a handler called for it ended the run).
 pub struct Ran {
     pub loops: u64,
     pub done: usize,
+    pub end: Option<End>,
+}
+
+/// Runs the interpreter's handler for instruction `i` of the block, as the run loop's
+/// plain path does (RIP the next instruction's, the TSC this instruction's); returns
+/// 0 when compiled code goes on, 1 when it must return (`Frame::end` says why).
+///
+/// # Safety
+/// `frame` is the frame `enter` made for this run of compiled code: its `exec` is the
+/// run loop's `Exec`, not otherwise in use while compiled code runs, and `ops` holds
+/// `len` instructions, `i` among them.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
+    // SAFETY: see the function's contract: the frame lives on `enter`'s stack, the
+    // `Exec` in the caller of `enter`, which passed it here to be used while the
+    // compiled code (which touches only the `Cpu`, the TLB and guest RAM, none of them
+    // while this runs) calls back.
+    let (f, x, op) = unsafe {
+        let f = &mut *frame;
+        let x = &mut *f.exec.cast::<Exec<'_>>();
+        let op = &*f.ops.add(i as usize);
+        (f, x, op)
+    };
+    let t = x.cpu.tsc;
+    x.cpu.rip = op.next;
+    x.cpu.tsc =
+        f.t0.wrapping_add(f.loops.wrapping_mul(f.len))
+            .wrapping_add(i as u64);
+    match (op.exec)(x, op) {
+        Ok(()) if !x.end_block => {
+            x.cpu.tsc = t;
+            0
+        }
+        Ok(()) => {
+            f.end = Some(End::Ended);
+            1
+        }
+        Err(stop) => {
+            f.end = Some(End::Stopped(stop));
+            1
+        }
+    }
 }
 
 /// Runs `block`'s translation on the plain path, compiling it when it became hot;
@@ -185,7 +247,7 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Opti
             compile(x, block)?
         }
     };
-    enter(x, at, budget, events)
+    enter(x, at, block, budget, events)
 }
 
 /// Compiles `block` and records where its code is (or that it has none): the address
@@ -218,16 +280,24 @@ fn code_address(x: &Exec, offset: u32) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn enter(x: &mut Exec, at: usize, budget: u64, events: &AtomicU32) -> Option<Ran> {
+fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, events: &AtomicU32) -> Option<Ran> {
     let user = x.cpu.cpl() == 3;
+    let t0 = x.cpu.tsc;
+    let cpu: *mut Cpu = &mut *x.cpu;
+    let tlb = x.tlb.entries_ptr();
     let mut frame = Frame {
-        cpu: &mut *x.cpu,
-        tlb: x.tlb.entries_ptr(),
+        cpu,
+        tlb,
         events,
         budget,
         loops: 0,
         need_read: crate::tlb::need(Access::Read, user),
         need_write: crate::tlb::need(Access::Write, user),
+        exec: (x as *mut Exec<'_>).cast(),
+        ops: block.ops.as_ptr(),
+        len: block.ops.len() as u64,
+        t0,
+        end: None,
     };
     // SAFETY: `at` is the entry of code `emit::compile` made for this block's
     // instructions, copied into the processor's code area in its current generation
@@ -235,7 +305,8 @@ fn enter(x: &mut Exec, at: usize, budget: u64, events: &AtomicU32) -> Option<Ran
     // accesses the `Cpu` and the TLB entries the frame points to (both alive and not
     // otherwise borrowed while it runs: `x` is held mutably here), the frame, and guest
     // RAM only at host addresses a TLB entry maps (whole pages of RAM kept alive by the
-    // memory map for the run).
+    // memory map for the run); the handlers it calls get `x` through the frame
+    // (`call_handler`), while it waits for them.
     let done = unsafe {
         let f: emit::Entry = std::mem::transmute(at);
         f(&mut frame)
@@ -243,6 +314,7 @@ fn enter(x: &mut Exec, at: usize, budget: u64, events: &AtomicU32) -> Option<Ran
     Some(Ran {
         loops: frame.loops,
         done: done as usize,
+        end: frame.end,
     })
 }
 
@@ -257,7 +329,13 @@ fn code_address(_x: &Exec, _offset: u32) -> usize {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn enter(_x: &mut Exec, _at: usize, _budget: u64, _events: &AtomicU32) -> Option<Ran> {
+fn enter(
+    _x: &mut Exec,
+    _at: usize,
+    _block: &Block,
+    _budget: u64,
+    _events: &AtomicU32,
+) -> Option<Ran> {
     None
 }
 
@@ -296,9 +374,15 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
         tr.stats.uncovered += 1;
         return None;
     }
-    let made = code_area(tr)
-        .map(|_| ())
-        .and_then(|()| emit::compile(&block.ops, &kinds, block.ip, tr.routine));
+    let made = code_area(tr).map(|_| ()).and_then(|()| {
+        emit::compile(
+            &block.ops,
+            &kinds,
+            block.ip,
+            tr.routine,
+            call_handler as *const () as usize,
+        )
+    });
     let (Ok(code), Some(area)) = (made, tr.area.as_mut()) else {
         tr.stats.failed += 1;
         return None;
