@@ -153,8 +153,11 @@ boot('100 forks of one Linux VM in one process each run a command; memory grows 
   const after = rss()
   const mib = (k: number): string => (k / 1024).toFixed(1)
   const perFork = (after.pss - before.pss) / 100
-  t.log(`100 forks of a 128 MiB VM: ${forked.toFixed(0)} ms (${(forked / 100).toFixed(1)} ms each); PSS +${mib(after.pss - before.pss)} MiB (${mib(perFork)} MiB per fork); RSS +${mib(after.total - before.total)} MiB: anon +${mib(after.anon - before.anon)}, file +${mib(after.file - before.file)} (the snapshot's pages, one copy, counted per fork)`)
-  t.true(perFork < 128 * 1024 / 8, `each fork costs ${mib(perFork)} MiB (PSS), far below its 128 MiB of RAM`)
+  // Under the translator (MSHV_SIM_CPU=translator compiles every block at its first
+  // run) each fork also holds the host code it compiled: memory, but not guest RAM.
+  const codePerFork = forks.reduce((n, f) => n + f.vm.cpus.reduce((k, c) => k + (c.stats().translator?.bytes ?? 0), 0), 0) / 1024 / 100
+  t.log(`100 forks of a 128 MiB VM: ${forked.toFixed(0)} ms (${(forked / 100).toFixed(1)} ms each); PSS +${mib(after.pss - before.pss)} MiB (${mib(perFork)} MiB per fork, ${mib(codePerFork)} MiB of it compiled code); RSS +${mib(after.total - before.total)} MiB: anon +${mib(after.anon - before.anon)}, file +${mib(after.file - before.file)} (the snapshot's pages, one copy, counted per fork)`)
+  t.true(perFork - codePerFork < 128 * 1024 / 8, `each fork costs ${mib(perFork)} MiB (PSS; ${mib(codePerFork)} MiB compiled code), far below its 128 MiB of RAM`)
   t.true((after.anon - before.anon) / 100 < 128 * 1024 / 8, 'the private pages (written) per fork')
 })
 

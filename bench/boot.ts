@@ -1,7 +1,8 @@
 /**
  * The Linux boot as a benchmark: Debian's kernel with a busybox initramfs, from the
  * PVH entry to the /init marker and ACPI poweroff on the sim, once under each sync
- * policy (and once on 2 vCPUs): host seconds, the exit mix and hypercalls per exit.
+ * policy (and once on 2 vCPUs, and once with the translator, `cpu: 'translator'`):
+ * host seconds, the exit mix and hypercalls per exit.
  * Skipped, saying why, where Debian's packages cannot be fetched.
  * @module
  */
@@ -21,8 +22,15 @@ export async function bootRows(): Promise<Row[]> {
   const initrd = busyboxInitramfs({ busybox: linux.busybox, init: `/bin/busybox echo ${MARKER}\n/bin/busybox poweroff -f\n` })
   const rows: Row[] = []
   // The last: 2 vCPUs on the real-time clock, which vm.run() runs on threads of their own.
-  const cases: [SyncPolicy, number, 'deterministic' | 'realtime'][] = [...POLICIES.map((p): [SyncPolicy, number, 'deterministic'] => [p, 1, 'deterministic']), ['page', 2, 'deterministic'], ['page', 2, 'realtime']]
-  for (const [policy, vcpus, clock] of cases) {
+  type Case = [SyncPolicy, number, 'deterministic' | 'realtime', 'interpreter' | 'translator']
+  const cases: Case[] = [
+    ...POLICIES.map((p): Case => [p, 1, 'deterministic', 'interpreter']),
+    // Beside the first row: the same boot with the translating tier (issue #31).
+    ['page', 1, 'deterministic', 'translator'],
+    ['page', 2, 'deterministic', 'interpreter'],
+    ['page', 2, 'realtime', 'interpreter'],
+  ]
+  for (const [policy, vcpus, clock, cpu] of cases) {
     let marker = 0
     let seen = ''
     const start = performance.now()
@@ -33,6 +41,7 @@ export async function bootRows(): Promise<Row[]> {
       vcpus,
       policy,
       clock,
+      cpu,
       backend: 'sim',
       rtcStart: new Date(Date.UTC(2026, 10, 25)),
       serial: {
@@ -48,7 +57,7 @@ export async function bootRows(): Promise<Row[]> {
       .join(', ')
     rows.push({
       group: 'linux boot',
-      case: `${linux.package}, ${vcpus} vCPU${vcpus > 1 ? 's' : ''}${clock === 'realtime' ? ', real-time clock (threaded)' : ''}, to the marker [${policy}]`,
+      case: `${linux.package}, ${vcpus} vCPU${vcpus > 1 ? 's' : ''}${clock === 'realtime' ? ', real-time clock (threaded)' : ''}${cpu === 'translator' ? ', translator' : ''}, to the marker [${policy}]`,
       value: marker,
       unit: 's',
       notes: `${r.result.reason}; ${r.exits} exits (${mix}); ${(r.hypercalls / r.exits).toFixed(3)} hypercalls/exit; ${(r.instructions / 1e6).toFixed(0)} M instructions, ${(r.instructions / r.seconds / 1e6).toFixed(0)} M/s`,

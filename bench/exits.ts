@@ -5,7 +5,7 @@
  * @module
  */
 import { page, registers, registerIndex, POLICIES, type SyncPolicy } from '../index.js'
-import { EXIT_CASES, EXIT_LOOPS, exitCaseGuest, measureExitCost, timeFor, type ExitCase } from '../src/doctor/experiment.js'
+import { EXIT_CASES, EXIT_LOOPS, LONG_PIO_OUT, exitCaseGuest, measureExitCost, timeFor, type ExitCase } from '../src/doctor/experiment.js'
 import type { Row } from './report.js'
 
 /** A bench row of one measured case. */
@@ -69,6 +69,34 @@ function typescriptVersusRust(ms: number): Row[] {
   }
 }
 
+/**
+ * The exit path under each of the sim's tiers (issue #31: the translator within 5 % of
+ * the interpreter): port and MMIO exits from 64-bit code with TypeScript handlers,
+ * interleaved halves.
+ */
+function exitPathByTier(ms: number): Row[] {
+  const rows: Row[] = []
+  const mmio = EXIT_CASES.find((c) => c.name === 'MMIO store') as ExitCase
+  for (const c of [LONG_PIO_OUT, mmio]) {
+    const exits = { interpreter: 0, translator: 0 }
+    const seconds = { interpreter: 0, translator: 0 }
+    for (let i = 0; i < 2; i++) {
+      for (const cpu of ['interpreter', 'translator'] as const) {
+        const m = measureExitCost(c, 'page', ms / 4, 'sim', cpu)
+        exits[cpu] += m.exits
+        seconds[cpu] += m.exits / m.exitsPerSecond
+      }
+    }
+    const a = exits.interpreter / seconds.interpreter
+    const b = exits.translator / seconds.translator
+    rows.push(
+      { group: 'exit path by tier', case: `${c.name}, interpreter [page]`, value: a, unit: 'exits/s' },
+      { group: 'exit path by tier', case: `${c.name}, translator [page]`, value: b, unit: 'exits/s', notes: `${((100 * b) / a).toFixed(1)}% of the interpreter's (goal >= 95%)` },
+    )
+  }
+  return rows
+}
+
 /** Nanoseconds per read of RAX: the page through a DataView, the native getter, a get-register call. */
 function registerAccess(ms: number): Row[] {
   const { vm, vcpu } = setUp(EXIT_CASES[0] as ExitCase, 'page')
@@ -109,5 +137,5 @@ export function exitCosts(ms: number): Row[] {
   const pio = rows.find((r) => r.case === 'PIO OUT [page]')
   const mmio = rows.find((r) => r.case === 'MMIO store [page]')
   if (pio && mmio) rows.push({ group: 'exits', case: 'MMIO store / PIO OUT [page]', value: (100 * mmio.value) / pio.value, unit: '%', notes: 'virtio notify rate against port I/O (goal >= 50%)' })
-  return [...rows, ...typescriptVersusRust(ms), ...registerAccess(ms)]
+  return [...rows, ...typescriptVersusRust(ms), ...exitPathByTier(ms), ...registerAccess(ms)]
 }

@@ -1,8 +1,10 @@
 /**
- * Sim interpreter speed: guest instructions retired per second on the workloads of
+ * Sim processor speed: guest instructions retired per second on the workloads of
  * issue #20 (an ALU loop, a byte checksum, a qword copy, recursive fib) and `rep movsb`
  * bytes per second, each run natively with an instruction budget (no exits in between)
- * in 64-bit long mode. The peers' figures (Bochs, Unicorn, QEMU TCG) are the issue's.
+ * in 64-bit long mode, under the interpreter and then the translator (`cpu:
+ * 'translator'`, issue #31), side by side in one run. The peers' figures (Bochs,
+ * Unicorn, QEMU TCG) are the issue's.
  * @module
  */
 import { assemble, createVm, enterLongMode } from '../index.js'
@@ -42,34 +44,54 @@ const WORKLOADS: { name: string; source: string; target: number; unit: 'instr/s'
   },
 ]
 
-/** Measures the sim's interpreter on each workload; `ms` is the measuring time of each. */
+/** Measures each workload under the interpreter, then under the translator; `ms` is the measuring time of each. */
 export function interpreterSpeed(ms: number): Row[] {
-  return WORKLOADS.map((w) => {
-    const vm = createVm({ backend: 'sim' })
-    try {
-      vm.addRam(0, 4 << 20)
-      vm.write(CODE, assemble(w.source, { bitness: 64, address: CODE }).bytes)
-      const vcpu = vm.createVcpu(0)
-      enterLongMode(vcpu, vm, CODE, { sp: 0x8_0000 })
-      vcpu.run({ maxInstructions: 1_000_000 }) // warm the decode cache
-      vcpu.resetStats()
-      vcpu.regs.set('r8', 0n)
-      const { seconds } = timeFor(ms, () => {
-        const r = vcpu.run({ maxInstructions: SLICE })
-        if (r.reason !== 'instructions') throw new Error(`${w.name} stopped: ${JSON.stringify(r)}`)
-        return SLICE
-      })
-      const retired = vcpu.stats().instructions
-      const value = w.unit === 'bytes/s' ? (Number(vcpu.regs.get('r8')) * 65536) / seconds : retired / seconds
-      return {
+  const rows: Row[] = []
+  for (const w of WORKLOADS) {
+    const interpreted = measure(w, 'interpreter', ms)
+    const translated = measure(w, 'translator', ms)
+    rows.push(
+      {
         group: 'sim interpreter',
         case: w.name,
-        value,
+        value: interpreted.value,
         unit: w.unit,
-        notes: `issue #20 target >= ${(w.target / 1e6).toFixed(0)} M (2x Bochs); ${retired.toLocaleString('en-US')} in ${seconds.toFixed(2)} s`,
-      }
-    } finally {
-      vm.close()
-    }
-  })
+        notes: `issue #20 target >= ${(w.target / 1e6).toFixed(0)} M (2x Bochs); ${interpreted.retired.toLocaleString('en-US')} in ${interpreted.seconds.toFixed(2)} s`,
+      },
+      {
+        group: 'sim translator',
+        case: w.name,
+        value: translated.value,
+        unit: w.unit,
+        notes: `${(translated.value / interpreted.value).toFixed(2)}x the interpreter; ${translated.compiled}`,
+      },
+    )
+  }
+  return rows
+}
+
+function measure(w: (typeof WORKLOADS)[number], cpu: 'interpreter' | 'translator', ms: number): { value: number; retired: number; seconds: number; compiled: string } {
+  const vm = createVm({ backend: 'sim', cpu })
+  try {
+    vm.addRam(0, 4 << 20)
+    vm.write(CODE, assemble(w.source, { bitness: 64, address: CODE }).bytes)
+    const vcpu = vm.createVcpu(0)
+    enterLongMode(vcpu, vm, CODE, { sp: 0x8_0000 })
+    vcpu.run({ maxInstructions: 1_000_000 }) // warm the decode cache (and compile)
+    vcpu.resetStats()
+    vcpu.regs.set('r8', 0n)
+    const { seconds } = timeFor(ms, () => {
+      const r = vcpu.run({ maxInstructions: SLICE })
+      if (r.reason !== 'instructions') throw new Error(`${w.name} stopped: ${JSON.stringify(r)}`)
+      return SLICE
+    })
+    const stats = vcpu.stats()
+    const retired = stats.instructions
+    const value = w.unit === 'bytes/s' ? (Number(vcpu.regs.get('r8')) * 65536) / seconds : retired / seconds
+    const t = stats.translator
+    const compiled = t ? `${t.blocks} blocks compiled (${t.bytes} bytes, ${(t.compileMs * 1000).toFixed(0)} us)` : ''
+    return { value, retired, seconds, compiled }
+  } finally {
+    vm.close()
+  }
 }

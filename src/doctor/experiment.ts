@@ -31,6 +31,9 @@ const pioLoop = (op: number[]) => [0x66, 0xb9, ...u32le(EXIT_LOOPS), ...op, 0x66
  */
 const mmioLoop = (op: number[]) => [0x48, 0xbb, ...u64le(MMIO), 0xb9, ...u32le(EXIT_LOOPS), ...op, 0xff, 0xc9, 0x75, 0xfa, 0xe6, 0xf4]
 
+/** Long mode: `out 0x80, al` in {@link mmioLoop}'s loop (a port exit from 64-bit code, where the translator runs). */
+export const LONG_PIO_OUT: ExitCase = { name: 'PIO OUT, 64-bit code', code: mmioLoop([0xe6, 0x80]), longMode: true, end: 'debug-exit' }
+
 /** One guest loop of the experiment. */
 export interface ExitCase {
   readonly name: string
@@ -68,9 +71,10 @@ export function exitCaseGuest(
   policy: SyncPolicy,
   backend: VmOptions['backend'],
   clock?: VmOptions['clock'],
+  cpu?: VmOptions['cpu'],
 ): { vm: Vm; vcpu: Vcpu; restart: () => void } {
   checkExitCase(c)
-  const vm = createVm({ backend, policy, clock })
+  const vm = createVm({ backend, policy, clock, ...(cpu ? { cpu } : {}) })
   try {
     vm.addRam(0, 1 << 20)
     vm.bus.registerMmio(MMIO, EXIT_LOOPS * 4, sink, 'sink')
@@ -114,9 +118,9 @@ export interface ExitCost {
 }
 
 /** Exits per second and hypercalls per exit of `c` under `policy`, measured for `ms`. */
-export function measureExitCost(c: ExitCase, policy: SyncPolicy, ms: number, backend: VmOptions['backend'] = 'sim'): ExitCost {
+export function measureExitCost(c: ExitCase, policy: SyncPolicy, ms: number, backend: VmOptions['backend'] = 'sim', cpu?: VmOptions['cpu']): ExitCost {
   checkNumber('measureExitCost: ms', ms, 0, 600_000)
-  const { vm, vcpu, restart } = exitCaseGuest(c, policy, backend)
+  const { vm, vcpu, restart } = exitCaseGuest(c, policy, backend, undefined, cpu)
   try {
     const pass = () => {
       restart()

@@ -525,6 +525,28 @@ fn a_small_code_area_is_flushed_and_refilled_exactly() {
     assert!(flushes > 20, "{flushes} flushes");
 }
 
+/// A loop whose first instruction stores into its own code page (never granted for
+/// writing in the TLB, so compiled code bails there every pass, as at an MMIO access):
+/// its code is passed over for a while after a few idle entries, then entered again;
+/// both tiers stay the same throughout.
+#[test]
+fn a_block_that_always_bails_at_once_runs_the_same() {
+    let code = asm(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 1000u32)?;
+        a.set_label(&mut top)?;
+        a.mov(dword_ptr(CODE + 0x800), eax)?;
+        a.add(eax, 3)?;
+        a.xor(ebx, eax)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    let b = lockstep(&code, &mut Rng(5), 100_000, |_, _| {});
+    assert_eq!(b.cpu.cpu.gpr[1], 0);
+    assert!(b.cpu.translator_stats().blocks > 0);
+}
+
 /// Assembles `f`'s code at CODE.
 fn asm(f: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
     let mut a = CodeAssembler::new(64).unwrap();

@@ -132,11 +132,25 @@ enum Code {
     At { offset: u32, generation: u32 },
 }
 
-/// A block's translation state: its plain-path runs, then where its code is.
+/// Entries in a row that did nothing (the first instruction bailed: an MMIO access, a
+/// TLB miss each time) before compiled code is passed over for [`REST`] runs: entering
+/// it costs about an instruction, and an MMIO exit loop (a device driver polling or
+/// writing a register) would pay that on every exit.
+const IDLE_ENTRIES: u8 = 4;
+
+/// Runs of a block the interpreter does alone after [`IDLE_ENTRIES`] idle entries.
+const REST: u8 = 64;
+
+/// A block's translation state: its plain-path runs, then where its code is, and how
+/// its last entries went.
 #[derive(Default)]
 pub struct Slot {
     runs: Cell<u32>,
     code: Cell<Code>,
+    /// Idle entries in a row.
+    idle: Cell<u8>,
+    /// Runs left to the interpreter before the code is entered again.
+    rest: Cell<u8>,
 }
 
 /// What compiled code reads and writes besides the processor's state: `repr(C)`, its
@@ -234,6 +248,11 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Opti
     }
     let at = match block.jit.code.get() {
         Code::At { offset, generation } if Some(generation) == generation_of(x) => {
+            let rest = block.jit.rest.get();
+            if rest > 0 {
+                block.jit.rest.set(rest - 1);
+                return None;
+            }
             code_address(x, offset)
         }
         Code::Never => return None,
@@ -247,7 +266,20 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Opti
             compile(x, block)?
         }
     };
-    enter(x, at, block, budget, events)
+    let ran = enter(x, at, block, budget, events)?;
+    if ran.loops == 0 && ran.done == 0 && ran.end.is_none() {
+        // Nothing done: the interpreter runs the block, as when it is passed over.
+        let idle = block.jit.idle.get() + 1;
+        if idle >= IDLE_ENTRIES {
+            block.jit.rest.set(REST);
+            block.jit.idle.set(0);
+        } else {
+            block.jit.idle.set(idle);
+        }
+    } else {
+        block.jit.idle.set(0);
+    }
+    Some(ran)
 }
 
 /// Compiles `block` and records where its code is (or that it has none): the address
