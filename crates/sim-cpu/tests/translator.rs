@@ -337,7 +337,7 @@ fn more(
     k: u64,
 ) -> Result<(), IcedError> {
     let n = (imm & 63) as u32;
-    match g.below(16) {
+    match g.below(18) {
         0 => match k % 4 {
             0 => a.add(R64[i], qword_ptr(r15 + d).gs()),
             1 => a.mov(dword_ptr(r15 + d).fs(), R32[j]),
@@ -452,6 +452,44 @@ fn more(
             a.add(R64[j], qword_ptr(rsp))?;
             a.pop(R64[i])
         }
+        13 => {
+            // CALL and JMP through a register and through memory, to a subroutine.
+            let mut sub = a.create_label();
+            let mut over = a.create_label();
+            let mut back = a.create_label();
+            a.lea(R64[i], qword_ptr(sub))?;
+            match k % 3 {
+                0 => a.call(R64[i])?,
+                1 => {
+                    a.mov(qword_ptr(r15 + 8 * (d & 0xff)), R64[i])?;
+                    a.call(qword_ptr(r15 + 8 * (d & 0xff)))?;
+                }
+                _ => {
+                    a.lea(R64[j], qword_ptr(back))?;
+                    a.push(R64[j])?;
+                    a.jmp(R64[i])?;
+                }
+            }
+            a.set_label(&mut back)?;
+            a.jmp(over)?;
+            a.set_label(&mut sub)?;
+            instruction(a, g)?;
+            a.ret()?;
+            a.set_label(&mut over)?;
+            a.nop()
+        }
+        14 => match k % 6 {
+            0 => {
+                a.pushfq()?;
+                a.pop(R64[i])
+            }
+            1 => a.rdtsc(),
+            2 => a.popcnt(R64[i], R64[j]),
+            3 => a.tzcnt(R32[i], dword_ptr(r15 + d)),
+            4 => a.prefetcht0(byte_ptr(r15 + d)),
+            // #GP when the operand is not 16-byte aligned.
+            _ => a.cmpxchg16b(xmmword_ptr(r15 + d)),
+        },
         _ => a.nop(),
     }
 }

@@ -39,7 +39,6 @@ pub struct CodeArea {
     head: usize,
     /// Moves on at each flush.
     generation: u32,
-    _fd: OwnedFd,
 }
 
 // SAFETY: the views are private to the area, which is moved between threads with its
@@ -95,6 +94,8 @@ impl CodeArea {
                 return Err(e);
             }
         };
+        // `fd` closes on return: the mappings keep the memory (a process with many
+        // vCPUs holds no descriptor for their code).
         Ok(CodeArea {
             rw,
             rx,
@@ -102,7 +103,6 @@ impl CodeArea {
             used: 0,
             head: 0,
             generation: 0,
-            _fd: fd,
         })
     }
 

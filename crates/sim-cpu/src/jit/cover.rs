@@ -16,7 +16,9 @@
 //! extensions of rAX, the flag instructions, LEAVE, the other PUSH and POP forms, and
 //! the covered mnemonics' forms compiled code does not do itself) are [`Kind::Call`]ed:
 //! the compiled code calls the interpreter's own handler for them, exactly as the run
-//! loop would. A LOCK prefix leaves an instruction to the interpreter.
+//! loop would; so it does for a near CALL or JMP through a register or memory at a
+//! block's end ([`Kind::Branch`]). A LOCK prefix leaves an instruction to the
+//! interpreter.
 
 use crate::decode::Op;
 use crate::exec::NONE;
@@ -116,6 +118,9 @@ pub enum Kind {
     },
     /// The interpreter's handler, called from compiled code.
     Call,
+    /// The interpreter's handler of a near CALL or JMP through a register or memory (a
+    /// block's last instruction), which sets RIP.
+    Branch,
 }
 
 fn sized(s: u8) -> bool {
@@ -223,6 +228,20 @@ fn callable(op: &Op) -> bool {
             | M::Cmovge
             | M::Cmovle
             | M::Cmovg
+            | M::Tzcnt
+            | M::Lzcnt
+            | M::Popcnt
+            | M::Cmpxchg8b
+            | M::Cmpxchg16b
+            | M::Pushfq
+            | M::Prefetchw
+            | M::Prefetcht0
+            | M::Prefetcht1
+            | M::Prefetcht2
+            | M::Prefetchnta
+            // The TSC the handler reads is the one the run loop would have set.
+            | M::Rdtsc
+            | M::Rdtscp
     );
     // The covered mnemonics and PUSH/POP, in forms not compiled (32-bit addresses,
     // 16-bit stack operands, PUSH imm, POP to memory), on general registers only (not
@@ -255,7 +274,16 @@ pub fn classify(op: &Op) -> Option<Kind> {
     if op.lock || ins.is_invalid() {
         return None;
     }
-    native(op).or_else(|| callable(op).then_some(Kind::Call))
+    native(op)
+        .or_else(|| callable(op).then_some(Kind::Call))
+        .or_else(|| indirect(op).then_some(Kind::Branch))
+}
+
+/// A near CALL or JMP through a general register or memory: its handler reads the
+/// target, checks it and (CALL) pushes the return address, as the interpreter's does.
+fn indirect(op: &Op) -> bool {
+    let ins = &op.ins;
+    (ins.is_call_near_indirect() || ins.is_jmp_near_indirect()) && gprs_only(op)
 }
 
 /// The form of `op` compiled code does itself, if it is one.

@@ -555,16 +555,26 @@ impl Emitter<'_> {
                     ; mov eax, n ; jmp =>exit
                 );
             }
-            Kind::Call => {
-                let (handler, ii) = (self.handler as i64, i as i32);
-                dynasm!(self.a ; .arch x64
-                    ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax
-                    ; test eax, eax ; jnz =>self.bails[i]
-                );
-                // The handler may have made any lazy record.
-                self.known = None;
+            Kind::Call => self.call(i),
+            Kind::Branch => {
+                // The handler set RIP: the block ends here.
+                self.call(i);
+                let (n, exit) = (self.ops.len() as i32, self.exit);
+                dynasm!(self.a ; .arch x64 ; mov eax, n ; jmp =>exit);
             }
         }
+    }
+
+    /// Calls the interpreter's handler for instruction `i` (`super::call_handler`);
+    /// back to the run loop if it faulted, exited or ended the block.
+    fn call(&mut self, i: usize) {
+        let (handler, ii) = (self.handler as i64, i as i32);
+        dynasm!(self.a ; .arch x64
+            ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax
+            ; test eax, eax ; jnz =>self.bails[i]
+        );
+        // The handler may have made any lazy record.
+        self.known = None;
     }
 
     /// Pushes host register r9 (8 bytes): memory is written before RSP changes, as
@@ -613,7 +623,13 @@ pub fn compile(
     let covered = kinds.len();
     let ends = matches!(
         kinds.last(),
-        Some(Kind::Jcc { .. } | Kind::Jmp { .. } | Kind::Near { .. } | Kind::Ret { .. })
+        Some(
+            Kind::Jcc { .. }
+                | Kind::Jmp { .. }
+                | Kind::Near { .. }
+                | Kind::Ret { .. }
+                | Kind::Branch
+        )
     );
     if !ends {
         // The prefix stops before an instruction the interpreter runs (or at the end of a
