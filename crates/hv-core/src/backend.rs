@@ -329,7 +329,7 @@ pub trait VcpuBackend: Send {
     }
 }
 
-/// The sim's translating tier's figures for one vCPU (sim-cpu's `TranslatorStats`).
+/// The sim's translating tier's figures for one vCPU (sim-cpu's translator keeps them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TranslatorStats {
     /// Blocks compiled.

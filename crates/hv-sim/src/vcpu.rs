@@ -843,16 +843,7 @@ impl VcpuBackend for SimVcpu {
     }
 
     fn translator_stats(&self) -> Option<hv_core::TranslatorStats> {
-        let s = self.processor.translator_stats();
-        Some(hv_core::TranslatorStats {
-            blocks: s.blocks,
-            instructions: s.instructions,
-            bytes: s.bytes,
-            nanos: s.nanos,
-            uncovered: s.uncovered,
-            failed: s.failed,
-            flushes: s.flushes,
-        })
+        Some(self.processor.translator_stats())
     }
 
     fn record_exits(&mut self, on: bool) -> Result<()> {

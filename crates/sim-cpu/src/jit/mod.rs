@@ -89,25 +89,8 @@ pub struct Translator {
     routine: usize,
 }
 
-/// What the translator did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TranslatorStats {
-    /// Blocks compiled (with at least one covered instruction).
-    pub blocks: u64,
-    /// Guest instructions they cover.
-    pub instructions: u64,
-    /// Host code bytes emitted for them.
-    pub bytes: u64,
-    /// Time spent compiling, in nanoseconds.
-    pub nanos: u64,
-    /// Hot blocks whose covered prefix is shorter than [`MIN_PREFIX`] (they stay
-    /// interpreted).
-    pub uncovered: u64,
-    /// Compilations that failed (no executable memory): those blocks stay interpreted.
-    pub failed: u64,
-    /// Times the code area filled up and all compiled code was dropped.
-    pub flushes: u64,
-}
+/// What the translator did: hv-core's type, which backends report (one definition).
+pub use hv_core::TranslatorStats;
 
 /// Why a block could not be compiled.
 #[derive(Debug, thiserror::Error)]
