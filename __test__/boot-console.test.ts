@@ -21,7 +21,8 @@ if (typeof linux !== 'string') {
       at = await term.until(/42-from-the-guest/, at, 60_000)
       type('read -r a _ < /proc/uptime; sleep 2; read -r b _ < /proc/uptime; echo "slept $a $b"\r')
       const typed = Date.now()
-      const end = await term.until(/slept [0-9.]+ [0-9.]+/, at, 60_000)
+      // The line's end too: without it the match can land while "3.56" has come as "3".
+      const end = await term.until(/slept [0-9.]+ [0-9.]+\s/, at, 60_000)
       const wall = (Date.now() - typed) / 1000
       const [a, b] = (/slept ([0-9.]+) ([0-9.]+)/.exec(term.text.slice(at, end)) ?? []).slice(1).map(Number)
       t.true(wall >= 1.9, `the guest's 2 s sleep passed in ${wall} s of the user's time`)
