@@ -4,7 +4,10 @@
 //! An entry is filled only after a walk that checked an access, and grants writes only
 //! where the leaf's dirty bit is already set and the page holds no translated code, so
 //! every hit is an access the page tables allow with nothing left to update. Anything
-//! else (a first write, SMAP with EFLAGS.AC, code pages) takes the slow path.
+//! else (a first write, SMAP with EFLAGS.AC, code pages) takes the slow path. Only
+//! canonical pages are cached (SDM vol 1 3.3.7.1): a non-canonical address always
+//! misses, which compiled code's lookup relies on instead of checking it
+//! (`jit::emit::translate`).
 //!
 //! A page that is no RAM (a device's MMIO, an intercepted range) is cached too, under the
 //! same rules, as the guest physical page an access there exits with: a device hammered
@@ -24,7 +27,7 @@
 //! fill (the fills themselves know nothing of keys); the rights' writes pay a pass
 //! over the entries, skipped while none has a key.
 
-use crate::paging::{key_denies, Access, Translation, KEY_AD, KEY_USER, KEY_WD, NO_KEY};
+use crate::paging::{canonical, key_denies, Access, Translation, KEY_AD, KEY_USER, KEY_WD, NO_KEY};
 
 const ENTRIES: usize = 1024;
 
@@ -248,6 +251,9 @@ impl Tlb {
     /// Caches `lin`'s page as a device page (wholly unmapped): the accesses the walk
     /// allows, writes only once the leaf is dirty (as for RAM).
     pub fn fill_device(&mut self, lin: u64, t: &Translation, rules: FillRules) {
+        if !canonical(lin) {
+            return;
+        }
         let page = lin >> 12;
         self.entries[slot(page)] = Entry {
             tag: page + 1,
@@ -324,6 +330,9 @@ impl Tlb {
         code: bool,
         rules: FillRules,
     ) {
+        if !canonical(lin) {
+            return;
+        }
         let page = lin >> 12;
         self.entries[slot(page)] = Entry {
             tag: page + 1,

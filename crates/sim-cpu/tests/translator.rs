@@ -685,6 +685,42 @@ fn a_page_fault_at_each_memory_operand_leaves_the_interpreters_state() {
     }
 }
 
+/// A memory operand that becomes non-canonical in a compiled loop (SDM vol 1 3.3.7.1):
+/// compiled code checks no canonical form itself (a non-canonical page is never in the
+/// TLB: `tlb::Tlb::fill`), so it must miss there and leave the instruction to the
+/// interpreter, whose #GP(0) both tiers take at the same instruction.
+#[test]
+fn a_non_canonical_memory_operand_is_the_interpreters_gp() {
+    for write in [false, true] {
+        let code = asm(|a| {
+            a.mov(ecx, 4u32)?;
+            a.mov(r8, 0x8000_0000_0000u64)?;
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            if write {
+                a.mov(dword_ptr(r15 + rbx + 8), eax)?;
+            } else {
+                a.mov(rax, qword_ptr(r15 + rbx))?;
+            }
+            a.add(rsi, rax)?;
+            // rbx: 0, 0, then 2^47 (the first non-canonical address above the lower half).
+            a.mov(rbx, rdi)?;
+            a.mov(rdi, r8)?;
+            a.dec(ecx)?;
+            a.jne(top)?;
+            a.hlt()
+        });
+        let b = lockstep(&code, &mut Rng(5), 1_000, |_, _| {});
+        assert_eq!(
+            b.cpu.cpu.rip,
+            HANDLER + 1,
+            "write {write}: in the #GP handler"
+        );
+        assert_eq!(b.cpu.cpu.gpr[1], 2, "write {write}: two passes done");
+        assert!(b.cpu.translator_stats().blocks > 0);
+    }
+}
+
 /// The interpreter benchmark's loops (bench/interpreter.ts) under both tiers.
 #[test]
 fn the_benchmark_loops_run_the_same_under_both_tiers() {

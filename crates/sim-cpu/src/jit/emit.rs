@@ -1,11 +1,14 @@
 //! Host code for a block's covered prefix, emitted with dynasmrt (x86-64, System V).
 //!
-//! The compiled function keeps no guest state in host registers across instructions:
-//! each instruction loads its operands from [`Cpu`], computes, and stores its results
-//! and its lazy flags ([`Flags`]: the same record the interpreter's handlers make), so
-//! that whenever it returns, the processor's state is the interpreter's after the same
-//! instructions. Registers: r12 the `Cpu`, r13 the TLB's entries, r14 the [`Frame`];
-//! rax, rcx, rdx, r8-r11 scratch.
+//! The block's [`Plan`] decides what lives where: the guest registers it uses most live
+//! in host registers ([`super::plan::POOL`]) from the function's entry, written back to
+//! [`Cpu`] when it returns and around each handler call; each instruction computes at
+//! its own operand size, so the host's flags are the guest's after it and a Jcc or
+//! INC/DEC right after tests them directly; its lazy-flags record ([`Flags`]: the same
+//! record the interpreter's handlers make) is written only where something can look at
+//! it. Whenever the function returns, the processor's state is the interpreter's after
+//! the same instructions. Registers: r12 the `Cpu`, r13 the TLB's entries, r14 the
+//! [`Frame`]; rax, rcx, rdx, r8-r11 scratch.
 //!
 //! Memory operands go through the interpreter's TLB ([`crate::tlb`]) with its lookup
 //! written out: the canonical check (SDM vol 1 3.3.7.1), the access within one page,
@@ -20,6 +23,7 @@
 #![allow(clippy::useless_conversion)]
 
 use super::cover::{Alu, Kind, Loc, Src};
+use super::plan::{plan, Plan, Record};
 use super::{Frame, TranslateError};
 use crate::decode::Op;
 use crate::exec::NONE;
@@ -49,7 +53,6 @@ fn finish(a: Assembler) -> Result<Vec<u8>, TranslateError> {
 pub type Entry = unsafe extern "sysv64" fn(*mut Frame) -> u32;
 
 const GPR: i32 = offset_of!(Cpu, gpr) as i32;
-const RSP: i32 = GPR + 4 * 8;
 const SEG: i32 = offset_of!(Cpu, seg) as i32;
 const SEG_BASE: i32 = offset_of!(crate::state::Segment, base) as i32;
 const SEG_SIZE: i32 = std::mem::size_of::<crate::state::Segment>() as i32;
@@ -72,6 +75,8 @@ const FR_NEED_WRITE: i32 = offset_of!(Frame, need_write) as i32;
 // Host register numbers (dynasm's dynamic registers).
 const RAX: u8 = 0;
 const R9: u8 = 9;
+/// RSP's guest register number (SDM vol 2 table 3-1).
+const RSP_REG: u8 = 4;
 const R10: u8 = 10;
 const R11: u8 = 11;
 
@@ -85,29 +90,6 @@ fn reg_at(r: u8, s: u8) -> i32 {
         GPR + (r - crate::exec::AH) as i32 * 8 + 1
     } else {
         GPR + (r & 15) as i32 * 8
-    }
-}
-
-/// Host register `h` = guest register `r`, `s` bytes zero-extended (as `Exec::reg`).
-fn load_reg(a: &mut Assembler, h: u8, r: u8, s: u8) {
-    let at = reg_at(r, s);
-    match s {
-        1 => dynasm!(a ; .arch x64 ; movzx Rd(h), BYTE [r12 + at]),
-        2 => dynasm!(a ; .arch x64 ; movzx Rd(h), WORD [r12 + at]),
-        4 => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [r12 + at]),
-        _ => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [r12 + at]),
-    }
-}
-
-/// Guest register `r` = host register `h` at `s` bytes, as x86 writes registers (SDM vol
-/// 1 3.4.1.1: 8- and 16-bit writes keep the rest, 32-bit writes clear bits 63:32).
-fn store_reg(a: &mut Assembler, h: u8, r: u8, s: u8) {
-    let at = reg_at(r, s);
-    match s {
-        1 => dynasm!(a ; .arch x64 ; mov BYTE [r12 + at], Rb(h)),
-        2 => dynasm!(a ; .arch x64 ; mov WORD [r12 + at], Rw(h)),
-        4 => dynasm!(a ; .arch x64 ; mov Rd(h), Rd(h) ; mov QWORD [r12 + at], Rq(h)),
-        _ => dynasm!(a ; .arch x64 ; mov QWORD [r12 + at], Rq(h)),
     }
 }
 
@@ -141,35 +123,23 @@ fn mask(a: &mut Assembler, h: u8, s: u8) {
     }
 }
 
-/// rax = the effective address of `op`'s memory operand (64-bit: `decode::ea` with
-/// an address size of 8, which masks nothing).
-fn effective_address(a: &mut Assembler, op: &Op) {
-    let disp = op.disp as i64;
-    dynasm!(a ; .arch x64 ; mov rax, QWORD disp);
-    if op.base != NONE {
-        let at = GPR + op.base as i32 * 8;
-        dynasm!(a ; .arch x64 ; add rax, QWORD [r12 + at]);
-    }
-    if op.index != NONE {
-        let at = GPR + op.index as i32 * 8;
-        let scale = op.scale as i8;
-        dynasm!(a ; .arch x64 ; mov rcx, QWORD [r12 + at] ; shl rcx, scale ; add rax, rcx);
-    }
-}
-
 /// rax (a linear address) = its host address for an `s`-byte access needing the grant
 /// at `need` in the frame, through the TLB as `Tlb::lookup` does; else to `bail`.
+///
+/// No canonical check (SDM vol 1 3.3.7.1) is made: the tag compared is the whole page
+/// number (bits 63:12), and the TLB holds canonical pages only (filled after
+/// `Exec::linear`'s check), so a non-canonical address misses and bails, and the
+/// interpreter raises its #GP or #SS. A byte cannot cross a page.
 fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
     let last = 0x1000 - s as i32;
     let slots = (layout::SLOTS - 1) as i32;
     let shift = layout::SHIFT as i8;
     let (tag, allow, host) = (layout::TAG, layout::ALLOW, layout::HOST);
-    let bits = (64 - crate::paging::LINEAR_BITS) as i8;
-    dynasm!(a ; .arch x64
-        // Canonical (the whole access then is: it stays in one page).
-        ; mov rcx, rax ; shl rcx, bits ; sar rcx, bits ; cmp rcx, rax ; jne =>bail
+    if s > 1 {
         // Within one page.
-        ; mov ecx, eax ; and ecx, 0xfff ; cmp ecx, last ; ja =>bail
+        dynasm!(a ; .arch x64 ; mov ecx, eax ; and ecx, 0xfff ; cmp ecx, last ; ja =>bail);
+    }
+    dynasm!(a ; .arch x64
         // The slot: page ^ page >> 10 ^ page >> 20, masked (`tlb::slot`).
         ; mov rdx, rax ; shr rdx, 12
         ; mov rcx, rdx ; shr rcx, 10 ; xor rcx, rdx ; mov r8, rdx ; shr r8, 20 ; xor rcx, r8
@@ -181,21 +151,79 @@ fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
     );
 }
 
-/// Records lazy flags as `Flags::record` does: op, size, result in host register
-/// `res`, operands in host registers (`Ok`) or constants (`Err`).
-fn record(a: &mut Assembler, f: FlagOp, s: u8, res: u8, x: Result<u8, i32>, y: Result<u8, i32>) {
-    let f = f as u8 as i8;
-    let s = s as i8;
+/// A lazy-flags record as `Flags::record` makes it: its kind and size, the result in
+/// r9, the operands in host registers (`Ok`) or constants (`Err`); `keep_cf`: INC/DEC's,
+/// which first moves the CF before it (in r8's low byte) into `bits`, as
+/// `Flags::record_keep_cf` does.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    f: FlagOp,
+    s: u8,
+    a: Result<u8, i32>,
+    b: Result<u8, i32>,
+    keep_cf: bool,
+}
+
+/// `Flags::bits`' CF = r8's low byte (0 or 1). Clobbers rcx, r8 and the host's flags.
+fn put_cf(a: &mut Assembler) {
     dynasm!(a ; .arch x64
-        ; mov BYTE [r12 + F_OP], f ; mov BYTE [r12 + F_SIZE], s ; mov QWORD [r12 + F_RES], Rq(res)
+        ; movzx r8d, r8b
+        ; mov rcx, QWORD [r12 + F_BITS] ; and rcx, -2 ; or rcx, r8 ; mov QWORD [r12 + F_BITS], rcx
     );
-    match x {
+}
+
+/// Writes the record's kind, size, result and operands (movs only: the host's flags
+/// stay).
+fn put_record(a: &mut Assembler, r: Rec) {
+    let (f, s) = (r.f as u8 as i8, r.s as i8);
+    dynasm!(a ; .arch x64
+        ; mov BYTE [r12 + F_OP], f ; mov BYTE [r12 + F_SIZE], s ; mov QWORD [r12 + F_RES], r9
+    );
+    match r.a {
         Ok(h) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_A], Rq(h)),
         Err(v) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_A], v),
     }
-    match y {
+    match r.b {
         Ok(h) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_B], Rq(h)),
         Err(v) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_B], v),
+    }
+}
+
+/// r9 = r9 `k` r11 at `s` bytes, setting the host's flags as the guest's instruction
+/// sets its own (SDM vol 2 ADD, SUB, CMP, AND, OR, XOR, TEST: CF, OF, SF, ZF and PF by
+/// the result at the operand size; AF, which no condition reads, stays the record's).
+/// r9's bits above `s` bytes stay clear: it was loaded zero-extended.
+fn alu(a: &mut Assembler, k: Alu, s: u8) {
+    macro_rules! sized {
+        ($i:ident) => {
+            match s {
+                1 => dynasm!(a ; .arch x64 ; $i r9b, r11b),
+                2 => dynasm!(a ; .arch x64 ; $i r9w, r11w),
+                4 => dynasm!(a ; .arch x64 ; $i r9d, r11d),
+                _ => dynasm!(a ; .arch x64 ; $i r9, r11),
+            }
+        };
+    }
+    match k {
+        Alu::Add => sized!(add),
+        Alu::Sub | Alu::Cmp => sized!(sub),
+        Alu::And | Alu::Test => sized!(and),
+        Alu::Or => sized!(or),
+        Alu::Xor => sized!(xor),
+    }
+}
+
+/// r9 = r9 ± 1 at `s` bytes, the host's CF left as it was (SDM vol 2 INC, DEC).
+fn inc_dec(a: &mut Assembler, dec: bool, s: u8) {
+    match (dec, s) {
+        (false, 1) => dynasm!(a ; .arch x64 ; inc r9b),
+        (false, 2) => dynasm!(a ; .arch x64 ; inc r9w),
+        (false, 4) => dynasm!(a ; .arch x64 ; inc r9d),
+        (false, _) => dynasm!(a ; .arch x64 ; inc r9),
+        (true, 1) => dynasm!(a ; .arch x64 ; dec r9b),
+        (true, 2) => dynasm!(a ; .arch x64 ; dec r9w),
+        (true, 4) => dynasm!(a ; .arch x64 ; dec r9d),
+        (true, _) => dynasm!(a ; .arch x64 ; dec r9),
     }
 }
 
@@ -323,19 +351,116 @@ struct Emitter<'a> {
     top: DynamicLabel,
     /// The lazy record's kind and size, once an instruction of the block made it.
     known: Option<(FlagOp, u8)>,
+    /// A record left to the block's ways out ([`Record::AtEnd`]), and whether the way
+    /// back to the top writes it too.
+    pending: Option<(Rec, bool)>,
     routine: usize,
     /// The address of `super::call_handler`.
     handler: usize,
     ops: &'a [Op],
     block_ip: u64,
+    plan: Plan,
 }
 
 impl Emitter<'_> {
+    /// Host register `h` = guest register `r`, `s` bytes zero-extended (as `Exec::reg`).
+    fn load_reg(&mut self, h: u8, r: u8, s: u8) {
+        let cached = self.cached(r, s);
+        let a = &mut self.a;
+        match cached {
+            Some(c) => match s {
+                1 => dynasm!(a ; .arch x64 ; movzx Rd(h), Rb(c)),
+                2 => dynasm!(a ; .arch x64 ; movzx Rd(h), Rw(c)),
+                4 => dynasm!(a ; .arch x64 ; mov Rd(h), Rd(c)),
+                _ => dynasm!(a ; .arch x64 ; mov Rq(h), Rq(c)),
+            },
+            None => {
+                let at = reg_at(r, s);
+                match s {
+                    1 => dynasm!(a ; .arch x64 ; movzx Rd(h), BYTE [r12 + at]),
+                    2 => dynasm!(a ; .arch x64 ; movzx Rd(h), WORD [r12 + at]),
+                    4 => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [r12 + at]),
+                    _ => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [r12 + at]),
+                }
+            }
+        }
+    }
+
+    /// Guest register `r` = host register `h` at `s` bytes, as x86 writes registers (SDM
+    /// vol 1 3.4.1.1: 8- and 16-bit writes keep the rest, 32-bit writes clear bits
+    /// 63:32).
+    fn store_reg(&mut self, h: u8, r: u8, s: u8) {
+        let cached = self.cached(r, s);
+        let a = &mut self.a;
+        match cached {
+            Some(c) => match s {
+                1 => dynasm!(a ; .arch x64 ; mov Rb(c), Rb(h)),
+                2 => dynasm!(a ; .arch x64 ; mov Rw(c), Rw(h)),
+                4 => dynasm!(a ; .arch x64 ; mov Rd(c), Rd(h)),
+                _ => dynasm!(a ; .arch x64 ; mov Rq(c), Rq(h)),
+            },
+            None => {
+                let at = reg_at(r, s);
+                match s {
+                    1 => dynasm!(a ; .arch x64 ; mov BYTE [r12 + at], Rb(h)),
+                    2 => dynasm!(a ; .arch x64 ; mov WORD [r12 + at], Rw(h)),
+                    4 => dynasm!(a ; .arch x64 ; mov Rd(h), Rd(h) ; mov QWORD [r12 + at], Rq(h)),
+                    _ => dynasm!(a ; .arch x64 ; mov QWORD [r12 + at], Rq(h)),
+                }
+            }
+        }
+    }
+
+    /// The host register holding guest register `r` accessed at `s` bytes (never one of
+    /// AH..BH: the plan caches no register named so).
+    fn cached(&self, r: u8, s: u8) -> Option<u8> {
+        if s == 1 && r >= crate::exec::AH {
+            return None;
+        }
+        self.plan.cached.get(r as usize).copied().flatten()
+    }
+
+    /// Loads every cached guest register (`reload`) or writes back those the block may
+    /// have changed.
+    fn sync(&mut self, reload: bool) {
+        for r in 0..16u8 {
+            let Some(c) = self.plan.cached[r as usize] else {
+                continue;
+            };
+            let at = GPR + r as i32 * 8;
+            if reload {
+                dynasm!(self.a ; .arch x64 ; mov Rq(c), QWORD [r12 + at]);
+            } else if self.plan.written & (1 << r) != 0 {
+                dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + at], Rq(c));
+            }
+        }
+    }
+
+    /// rax = the effective address of `op`'s memory operand (64-bit: `decode::ea` with
+    /// an address size of 8, which masks nothing).
+    fn effective_address(&mut self, i: usize) {
+        let op = &self.ops[i];
+        let (disp, base, index, scale) = (op.disp as i64, op.base, op.index, op.scale as i8);
+        dynasm!(self.a ; .arch x64 ; mov rax, QWORD disp);
+        if base != NONE {
+            match self.cached(base, 8) {
+                Some(c) => dynasm!(self.a ; .arch x64 ; add rax, Rq(c)),
+                None => {
+                    let at = GPR + base as i32 * 8;
+                    dynasm!(self.a ; .arch x64 ; add rax, QWORD [r12 + at]);
+                }
+            }
+        }
+        if index != NONE {
+            self.load_reg(1, index, 8);
+            dynasm!(self.a ; .arch x64 ; shl rcx, scale ; add rax, rcx);
+        }
+    }
+
     /// rax = the host address of `op`'s memory operand for an `s`-byte access.
     fn memory(&mut self, i: usize, s: u8, write: bool) {
-        let op = &self.ops[i];
-        effective_address(&mut self.a, op);
-        let seg = op.seg as usize;
+        self.effective_address(i);
+        let seg = self.ops[i].seg as usize;
         if seg == crate::state::FS || seg == crate::state::GS {
             // The linear address is the base plus the offset (SDM vol 1 3.3.7.1);
             // `Exec::linear`'s canonical check is the one `translate` makes.
@@ -349,7 +474,7 @@ impl Emitter<'_> {
     /// Host register `h` = source `src` (memory already at rax).
     fn source(&mut self, h: u8, src: Src, s: u8) {
         match src {
-            Src::Loc(Loc::Reg(r)) => load_reg(&mut self.a, h, r, s),
+            Src::Loc(Loc::Reg(r)) => self.load_reg(h, r, s),
             Src::Loc(Loc::Mem) => load_mem(&mut self.a, h, s),
             Src::Imm(v) => {
                 let v = v as i64;
@@ -358,8 +483,42 @@ impl Emitter<'_> {
         }
     }
 
+    /// Host register `h` = `s` bytes at `dst` (memory already at rax).
+    fn store(&mut self, h: u8, dst: Loc, s: u8) {
+        match dst {
+            Loc::Reg(r) => self.store_reg(h, r, s),
+            Loc::Mem => store_mem(&mut self.a, h, s),
+        }
+    }
+
+    /// Instruction `i`'s record: written now, left to the block's ways out, or dropped
+    /// (its plan). Before the host's flags are computed from it or changed, for INC/DEC's
+    /// CF (`put_cf`); its kind and size are known to the instructions after it.
+    fn record(&mut self, i: usize, r: Rec) {
+        match self.plan.record[i] {
+            Record::Now => put_record(&mut self.a, r),
+            Record::AtEnd { on_loop } => self.pending = Some((r, on_loop)),
+            Record::Dead | Record::None => {}
+        }
+        self.known = Some((r.f, r.s));
+    }
+
+    /// Writes a record left to the block's ways out (`loop_back`: on the way back to its
+    /// top, where only some records are needed).
+    fn put_pending(&mut self, loop_back: bool) {
+        if let Some((r, on_loop)) = self.pending {
+            if !loop_back || on_loop {
+                if r.keep_cf {
+                    put_cf(&mut self.a);
+                }
+                put_record(&mut self.a, r);
+            }
+        }
+    }
+
     /// The block's end: RIP = `rip`, `n` instructions done.
     fn finish(&mut self, rip: u64) {
+        self.put_pending(false);
         let to = rip as i64;
         let n = self.ops.len() as i32;
         let exit = self.exit;
@@ -372,14 +531,15 @@ impl Emitter<'_> {
     fn taken(&mut self, target: u64) {
         if target == self.block_ip {
             let n = self.ops.len() as i32;
-            let (out, top) = (self.a.new_dynamic_label(), self.top);
+            let out = self.a.new_dynamic_label();
             dynasm!(self.a ; .arch x64
                 ; mov rax, QWORD [r14 + FR_BUDGET] ; cmp rax, n ; jb =>out
                 ; mov rcx, QWORD [r14 + FR_EVENTS] ; cmp DWORD [rcx], 0 ; jne =>out
                 ; sub rax, n ; mov QWORD [r14 + FR_BUDGET], rax ; add QWORD [r14 + FR_LOOPS], 1
-                ; jmp =>top
-                ; =>out
             );
+            self.put_pending(true);
+            let top = self.top;
+            dynasm!(self.a ; .arch x64 ; jmp =>top ; =>out);
         }
         self.finish(target);
     }
@@ -395,10 +555,7 @@ impl Emitter<'_> {
                     self.memory(i, s, false);
                 }
                 self.source(R9, src, s);
-                match dst {
-                    Loc::Reg(r) => store_reg(&mut self.a, R9, r, s),
-                    Loc::Mem => store_mem(&mut self.a, R9, s),
-                }
+                self.store(R9, dst, s);
             }
             Kind::Alu { k, s, dst, src } => {
                 if dst == Loc::Mem {
@@ -410,80 +567,66 @@ impl Emitter<'_> {
                 }
                 self.source(R10, Src::Loc(dst), s);
                 self.source(R11, src, s);
-                let a = &mut self.a;
-                dynasm!(a ; .arch x64 ; mov r9, r10);
-                let f = match k {
-                    Alu::Add => {
-                        dynasm!(a ; .arch x64 ; add r9, r11);
-                        FlagOp::Add
-                    }
-                    Alu::Sub | Alu::Cmp => {
-                        dynasm!(a ; .arch x64 ; sub r9, r11);
-                        FlagOp::Sub
-                    }
-                    Alu::And | Alu::Test => {
-                        dynasm!(a ; .arch x64 ; and r9, r11);
-                        FlagOp::Logic
-                    }
-                    Alu::Or => {
-                        dynasm!(a ; .arch x64 ; or r9, r11);
-                        FlagOp::Logic
-                    }
-                    Alu::Xor => {
-                        dynasm!(a ; .arch x64 ; xor r9, r11);
-                        FlagOp::Logic
-                    }
-                };
-                mask(a, R9, s);
+                dynasm!(self.a ; .arch x64 ; mov r9, r10);
+                alu(&mut self.a, k, s);
                 if k.writes() {
-                    match dst {
-                        Loc::Reg(r) => store_reg(a, R9, r, s),
-                        Loc::Mem => store_mem(a, R9, s),
-                    }
+                    self.store(R9, dst, s);
                 }
                 // Logic records no operands (`ops::arith::alu`).
-                if f == FlagOp::Logic {
-                    record(a, f, s, R9, Err(0), Err(0));
-                } else {
-                    record(a, f, s, R9, Ok(R10), Ok(R11));
-                }
-                self.known = Some((f, s));
+                let (f, a, b) = match k {
+                    Alu::Add => (FlagOp::Add, Ok(R10), Ok(R11)),
+                    Alu::Sub | Alu::Cmp => (FlagOp::Sub, Ok(R10), Ok(R11)),
+                    _ => (FlagOp::Logic, Err(0), Err(0)),
+                };
+                let keep_cf = false;
+                self.record(
+                    i,
+                    Rec {
+                        f,
+                        s,
+                        a,
+                        b,
+                        keep_cf,
+                    },
+                );
             }
             Kind::IncDec { dec, s, dst } => {
                 if dst == Loc::Mem {
                     self.memory(i, s, true);
                 }
-                // CF stays (SDM vol 2 INC, DEC): it moves into `bits` first, as
-                // `Flags::record_keep_cf` does. The host flags are computed with the
-                // memory operand's address kept in r11.
-                dynasm!(self.a ; .arch x64 ; mov r11, rax);
-                guest_flags(&mut self.a, self.known, self.routine);
-                let a = &mut self.a;
-                dynasm!(a ; .arch x64
-                    ; setc r10b ; movzx r10d, r10b
-                    ; mov rcx, QWORD [r12 + F_BITS] ; and rcx, -2 ; or rcx, r10 ; mov QWORD [r12 + F_BITS], rcx
-                    ; mov rax, r11
-                );
+                // CF stays (SDM vol 2 INC, DEC): taken from the host's flags (the
+                // guest's, or made so, with the memory operand's address kept in r11),
+                // kept in r8, moved into `bits` as `Flags::record_keep_cf` does when the
+                // record is written, and given back to the host before it increments.
+                if !self.plan.host_flags[i] || dst == Loc::Mem {
+                    dynasm!(self.a ; .arch x64 ; mov r11, rax);
+                    guest_flags(&mut self.a, self.known, self.routine);
+                    dynasm!(self.a ; .arch x64 ; mov rax, r11);
+                }
+                dynasm!(self.a ; .arch x64 ; setc r8b);
+                if self.plan.record[i] == Record::Now {
+                    put_cf(&mut self.a);
+                }
                 self.source(R10, Src::Loc(dst), s);
-                let a = &mut self.a;
-                dynasm!(a ; .arch x64 ; mov r9, r10);
-                if dec {
-                    dynasm!(a ; .arch x64 ; sub r9, 1);
-                } else {
-                    dynasm!(a ; .arch x64 ; add r9, 1);
-                }
-                mask(a, R9, s);
-                match dst {
-                    Loc::Reg(r) => store_reg(a, R9, r, s),
-                    Loc::Mem => store_mem(a, R9, s),
-                }
+                dynasm!(self.a ; .arch x64 ; mov r9, r10 ; bt r8d, 0);
+                inc_dec(&mut self.a, dec, s);
+                self.store(R9, dst, s);
                 let f = if dec { FlagOp::Dec } else { FlagOp::Inc };
-                record(a, f, s, R9, Ok(R10), Err(1));
-                self.known = Some((f, s));
+                let (a, b, keep_cf) = (Ok(R10), Err(1), true);
+                self.record(
+                    i,
+                    Rec {
+                        f,
+                        s,
+                        a,
+                        b,
+                        keep_cf,
+                    },
+                );
             }
             Kind::Lea { s, r } => {
-                effective_address(&mut self.a, op);
-                store_reg(&mut self.a, RAX, r, s);
+                self.effective_address(i);
+                self.store_reg(RAX, r, s);
             }
             Kind::Extend {
                 from,
@@ -506,10 +649,12 @@ impl Emitter<'_> {
                     }
                 }
                 mask(a, R9, to);
-                store_reg(a, R9, r, to);
+                self.store_reg(R9, r, to);
             }
             Kind::Jcc { cc, target } => {
-                guest_flags(&mut self.a, self.known, self.routine);
+                if !self.plan.host_flags[i] {
+                    guest_flags(&mut self.a, self.known, self.routine);
+                }
                 let yes = self.a.new_dynamic_label();
                 jump_if(&mut self.a, cc, yes);
                 self.finish(op.next);
@@ -519,17 +664,18 @@ impl Emitter<'_> {
             Kind::Jmp { target } => self.taken(target),
             Kind::Push { r } => {
                 // The value first: PUSH RSP pushes RSP as it was (SDM vol 2 PUSH).
-                load_reg(&mut self.a, R9, r, 8);
+                self.load_reg(R9, r, 8);
                 self.push(i);
             }
             Kind::Pop { r } => {
-                let a = &mut self.a;
-                dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + RSP] ; lea r10, [rax + 8]);
-                translate(a, 8, FR_NEED_READ, self.bails[i]);
+                self.load_reg(RAX, RSP_REG, 8);
+                dynasm!(self.a ; .arch x64 ; lea r10, [rax + 8]);
+                translate(&mut self.a, 8, FR_NEED_READ, self.bails[i]);
                 // RSP moves first, then the register is written: POP RSP loads the value
                 // popped (SDM vol 2 POP), as `pop64` and the handler do.
-                dynasm!(a ; .arch x64 ; mov r9, QWORD [rax] ; mov QWORD [r12 + RSP], r10);
-                store_reg(a, R9, r, 8);
+                dynasm!(self.a ; .arch x64 ; mov r9, QWORD [rax]);
+                self.store_reg(R10, RSP_REG, 8);
+                self.store_reg(R9, r, 8);
             }
             Kind::Near { target } => {
                 let next = op.next as i64;
@@ -540,20 +686,20 @@ impl Emitter<'_> {
             Kind::Ret { release } => {
                 let release = release as i32;
                 let bits = (64 - crate::paging::LINEAR_BITS) as i8;
-                let a = &mut self.a;
-                dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + RSP] ; lea r10, [rax + 8]);
-                translate(a, 8, FR_NEED_READ, self.bails[i]);
+                self.load_reg(RAX, RSP_REG, 8);
+                dynasm!(self.a ; .arch x64 ; lea r10, [rax + 8]);
+                translate(&mut self.a, 8, FR_NEED_READ, self.bails[i]);
                 // A non-canonical return address is #GP(0) with the stack as it was
                 // (`ret64`): the interpreter raises it.
-                let n = self.ops.len() as i32;
-                let exit = self.exit;
-                dynasm!(a ; .arch x64
+                let bail = self.bails[i];
+                dynasm!(self.a ; .arch x64
                     ; mov r9, QWORD [rax]
-                    ; mov rcx, r9 ; shl rcx, bits ; sar rcx, bits ; cmp rcx, r9 ; jne =>self.bails[i]
+                    ; mov rcx, r9 ; shl rcx, bits ; sar rcx, bits ; cmp rcx, r9 ; jne =>bail
                     ; add r10, release
-                    ; mov QWORD [r12 + RSP], r10 ; mov QWORD [r12 + RIP], r9
-                    ; mov eax, n ; jmp =>exit
                 );
+                self.store_reg(R10, RSP_REG, 8);
+                let (n, exit) = (self.ops.len() as i32, self.exit);
+                dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], r9 ; mov eax, n ; jmp =>exit);
             }
             Kind::Call => self.call(i),
             Kind::Branch => {
@@ -565,14 +711,15 @@ impl Emitter<'_> {
         }
     }
 
-    /// Calls the interpreter's handler for instruction `i` (`super::call_handler`);
-    /// back to the run loop if it faulted, exited or ended the block.
+    /// Calls the interpreter's handler for instruction `i` (`super::call_handler`), the
+    /// cached registers written back before and loaded after it; back to the run loop if
+    /// it faulted, exited or ended the block.
     fn call(&mut self, i: usize) {
         let (handler, ii) = (self.handler as i64, i as i32);
-        dynasm!(self.a ; .arch x64
-            ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax
-            ; test eax, eax ; jnz =>self.bails[i]
-        );
+        self.sync(false);
+        dynasm!(self.a ; .arch x64 ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax);
+        self.sync(true);
+        dynasm!(self.a ; .arch x64 ; test eax, eax ; jnz =>self.bails[i]);
         // The handler may have made any lazy record.
         self.known = None;
     }
@@ -580,10 +727,11 @@ impl Emitter<'_> {
     /// Pushes host register r9 (8 bytes): memory is written before RSP changes, as
     /// `push64` does.
     fn push(&mut self, i: usize) {
-        let a = &mut self.a;
-        dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + RSP] ; sub rax, 8 ; mov r10, rax);
-        translate(a, 8, FR_NEED_WRITE, self.bails[i]);
-        dynasm!(a ; .arch x64 ; mov QWORD [rax], r9 ; mov QWORD [r12 + RSP], r10);
+        self.load_reg(RAX, RSP_REG, 8);
+        dynasm!(self.a ; .arch x64 ; sub rax, 8 ; mov r10, rax);
+        translate(&mut self.a, 8, FR_NEED_WRITE, self.bails[i]);
+        dynasm!(self.a ; .arch x64 ; mov QWORD [rax], r9);
+        self.store_reg(R10, RSP_REG, 8);
     }
 }
 
@@ -601,10 +749,11 @@ pub fn compile(
     let exit = a.new_dynamic_label();
     let top = a.new_dynamic_label();
     let bails = (0..kinds.len()).map(|_| a.new_dynamic_label()).collect();
+    // Six registers saved and eight bytes more: the stack is 16-byte aligned at the
+    // handler calls (System V).
     dynasm!(a ; .arch x64
-        ; push r12 ; push r13 ; push r14
+        ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15 ; sub rsp, 8
         ; mov r14, rdi ; mov r12, QWORD [rdi + FR_CPU] ; mov r13, QWORD [rdi + FR_TLB]
-        ; =>top
     );
     let mut e = Emitter {
         a,
@@ -612,11 +761,15 @@ pub fn compile(
         exit,
         top,
         known: None,
+        pending: None,
         routine,
         handler,
         ops,
         block_ip,
+        plan: plan(ops, kinds, block_ip),
     };
+    e.sync(true);
+    dynasm!(e.a ; .arch x64 ; =>top);
     for (i, &k) in kinds.iter().enumerate() {
         e.emit(i, k);
     }
@@ -647,6 +800,39 @@ pub fn compile(
         let i = i as i32;
         dynasm!(e.a ; .arch x64 ; =>l ; mov eax, i ; jmp =>exit);
     }
-    dynasm!(e.a ; .arch x64 ; =>exit ; pop r14 ; pop r13 ; pop r12 ; ret);
+    dynasm!(e.a ; .arch x64 ; =>exit);
+    e.sync(false);
+    dynasm!(e.a ; .arch x64
+        ; add rsp, 8 ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx ; ret
+    );
     finish(e.a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Register};
+
+    /// A byte access to a pool register names its low byte (BPL, SIL, DIL need a REX
+    /// prefix; without one the same numbers are CH, DH, BH: SDM vol 2 table 3-1).
+    #[test]
+    fn byte_moves_to_pool_registers_name_their_low_bytes() {
+        let want = [
+            Register::BL,
+            Register::BPL,
+            Register::R15L,
+            Register::SIL,
+            Register::DIL,
+        ];
+        for (&c, want) in super::super::plan::POOL.iter().zip(want) {
+            let mut a = assembler();
+            dynasm!(a ; .arch x64 ; mov Rb(c), Rb(R9) ; movzx Rd(R9), Rb(c));
+            let code = finish(a).unwrap();
+            let mut d = Decoder::new(64, &code, DecoderOptions::NONE);
+            let first = d.decode();
+            let second = d.decode();
+            assert_eq!(first.op0_register(), want, "mov to pool register {c}");
+            assert_eq!(second.op1_register(), want, "movzx from pool register {c}");
+        }
+    }
 }

@@ -30,6 +30,8 @@ mod area;
 mod cover;
 #[cfg(target_arch = "x86_64")]
 mod emit;
+#[cfg(target_arch = "x86_64")]
+mod plan;
 
 use crate::cache::Block;
 use crate::exec::Exec;
