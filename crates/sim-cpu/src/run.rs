@@ -505,19 +505,21 @@ impl Processor {
                         None => continue 'run,
                     }
                 }
-                // A block linked to itself may loop in compiled code while the checks
-                // below would let it run again: passes that fit before `check_at`.
-                let budget = if x.work < POLL_INTERVAL
-                    && block.keeps_mode
-                    && block.linked(block.ip, prev_key) == Some(block as *const _)
-                {
+                // Compiled code may go on into the blocks linked after this one (or
+                // loop in it) while the checks below would let them run: instructions
+                // that fit before `check_at`.
+                let budget = if x.work < POLL_INTERVAL && block.keeps_mode {
                     check_at.saturating_sub(executed + ops.len() as u64)
                 } else {
                     0
                 };
-                let (outcome, whole) =
-                    run_plain(&mut x, block, &mut executed, info, budget, events);
+                let (outcome, whole, last) =
+                    run_plain(&mut x, block, &mut executed, info, budget, events, prev_key);
                 x.end_block = false;
+                // Compiled code may have gone on into other blocks: the last one ran is
+                // the one the checks below follow on from.
+                block = last;
+                prev = last;
                 if let Some(e) = outcome {
                     break 'run e;
                 }
@@ -542,6 +544,9 @@ impl Processor {
                 if next.checked != x.cache.epoch {
                     continue 'run;
                 }
+                if x.cache.translator.tier == crate::Tier::Translator {
+                    crate::jit::link(&mut x, block, next, prev_key);
+                }
                 prev = next;
                 block = next;
             }
@@ -561,24 +566,30 @@ impl Processor {
 
 /// Runs a block's instructions one after another with nothing to look at between
 /// them but the block's end. Each sees the TSC it would one instruction at a time.
-/// Also says whether every instruction ran and none ended the block early.
+/// Also says whether every instruction ran and none ended the block early, and the
+/// block it ended in: compiled code may go on into the blocks linked after it (under
+/// `key`, the link key `block` was found under), as the run loop would.
 #[inline(always)]
-fn run_plain(
+fn run_plain<'b>(
     x: &mut Exec,
-    block: &cache::Block,
+    mut block: &'b cache::Block,
     executed: &mut u64,
     info: &mut ExitInstruction,
     budget: u64,
     events: &AtomicU32,
-) -> (Option<RunEnd>, bool) {
-    let ops = &block.ops[..];
+    key: u64,
+) -> (Option<RunEnd>, bool, &'b cache::Block) {
     let mut from = 0;
     if x.cache.translator.tier == crate::Tier::Translator {
-        if let Some(ran) = crate::jit::run(x, block, budget, events) {
-            // Whole passes of a self-looping block, then `done` instructions of the
-            // last: counted, and the TSC moved, as the interpreter would have.
-            let passes = ran.loops * ops.len() as u64;
-            *executed += passes;
+        if let Some(ran) = crate::jit::run(x, block, budget, events, key) {
+            // SAFETY: the block compiled code ended in was `block` or one linked after
+            // it under `key`, which no block has left since (compiled code ends the
+            // moment a block is dropped): alive as `block` is.
+            block = unsafe { &*ran.block };
+            let ops = &block.ops[..];
+            // Whole blocks and passes, then `done` instructions of the last: counted,
+            // and the TSC moved, as the interpreter would have.
+            *executed += ran.retired;
             match ran.end {
                 // A handler compiled code called ended the block after instruction
                 // `done`, or stopped at it: as the loop below ends (the handler left
@@ -586,44 +597,45 @@ fn run_plain(
                 Some(crate::jit::End::Ended) => {
                     *executed += ran.done as u64 + 1;
                     x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
-                    return (None, false);
+                    return (None, false, block);
                 }
                 Some(crate::jit::End::Stopped(stop)) => {
                     let op = &ops[ran.done];
                     *executed += ran.done as u64;
-                    return (stopped(x, block, op, stop, executed, info, 0), false);
+                    return (stopped(x, block, op, stop, executed, info, 0), false, block);
                 }
                 None => {}
             }
-            x.cpu.tsc = x.cpu.tsc.wrapping_add(passes);
+            x.cpu.tsc = x.cpu.tsc.wrapping_add(ran.retired);
             if ran.done == ops.len() {
                 *executed += ops.len() as u64;
                 x.cpu.tsc = x.cpu.tsc.wrapping_add(ops.len() as u64);
-                return (None, true);
+                return (None, true, block);
             }
             from = ran.done;
         }
     }
+    let ops = &block.ops[..];
     let t0 = x.cpu.tsc;
     for (i, op) in ops.iter().enumerate().skip(from) {
         x.cpu.rip = op.next;
         x.cpu.tsc = t0.wrapping_add(i as u64);
         if let Err(stop) = (op.exec)(x, op) {
             *executed += i as u64;
-            return (stopped(x, block, op, stop, executed, info, 0), false);
+            return (stopped(x, block, op, stop, executed, info, 0), false, block);
         }
         if x.end_block {
             *executed += i as u64 + 1;
             // After the instruction's own TSC (WRMSR may have set it).
             x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
-            return (None, false);
+            return (None, false, block);
         }
     }
     *executed += ops.len() as u64;
     if !ops.is_empty() {
         x.cpu.tsc = x.cpu.tsc.wrapping_add(1);
     }
-    (None, true)
+    (None, true, block)
 }
 
 /// Runs a block one instruction at a time, looking after each at what the plain path

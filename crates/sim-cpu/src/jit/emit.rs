@@ -22,6 +22,7 @@
 // type when `h` is already a `u8`.
 #![allow(clippy::useless_conversion)]
 
+use super::chain::layout as chain;
 use super::cover::{Alu, Kind, Loc, Src};
 use super::plan::{plan, Plan, Record};
 use super::{Frame, TranslateError};
@@ -68,7 +69,11 @@ const FR_CPU: i32 = offset_of!(Frame, cpu) as i32;
 const FR_TLB: i32 = offset_of!(Frame, tlb) as i32;
 const FR_EVENTS: i32 = offset_of!(Frame, events) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
-const FR_LOOPS: i32 = offset_of!(Frame, loops) as i32;
+const FR_RETIRED: i32 = offset_of!(Frame, retired) as i32;
+const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
+const FR_BLOCK: i32 = offset_of!(Frame, block) as i32;
+const FR_OPS: i32 = offset_of!(Frame, ops) as i32;
+const FR_LEN: i32 = offset_of!(Frame, len) as i32;
 const FR_NEED_READ: i32 = offset_of!(Frame, need_read) as i32;
 const FR_NEED_WRITE: i32 = offset_of!(Frame, need_write) as i32;
 
@@ -354,12 +359,22 @@ struct Emitter<'a> {
     /// A record left to the block's ways out ([`Record::AtEnd`]), and whether the way
     /// back to the top writes it too.
     pending: Option<(Rec, bool)>,
-    routine: usize,
-    /// The address of `super::call_handler`.
-    handler: usize,
+    cx: Context,
     ops: &'a [Op],
-    block_ip: u64,
     plan: Plan,
+}
+
+/// What compiled code is made for besides its instructions.
+pub struct Context {
+    /// The block's RIP.
+    pub block_ip: u64,
+    /// The address of [`flags_routine`]'s code.
+    pub routine: usize,
+    /// The address of `super::call_handler`.
+    pub handler: usize,
+    /// The address of the block's two chains (`super::chain::Chain`), when its code may
+    /// go on into another block's.
+    pub chains: Option<usize>,
 }
 
 impl Emitter<'_> {
@@ -516,26 +531,56 @@ impl Emitter<'_> {
         }
     }
 
-    /// The block's end: RIP = `rip`, `n` instructions done.
+    /// The block's end at RIP `rip`.
     fn finish(&mut self, rip: u64) {
         self.put_pending(false);
         let to = rip as i64;
+        dynasm!(self.a ; .arch x64 ; mov rax, QWORD to);
+        self.leave();
+    }
+
+    /// The block's end at the RIP in rax, all its instructions done: into the compiled
+    /// code of the block a chain names for that RIP ([`super::chain`]), if its stamp is
+    /// the frame's, the frame's budget covers that block's instructions and no event is
+    /// pending (the frame then describes that block, the cached registers written
+    /// back); else back to the run loop with RIP set.
+    fn leave(&mut self) {
         let n = self.ops.len() as i32;
         let exit = self.exit;
-        dynasm!(self.a ; .arch x64 ; mov rax, QWORD to ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
+        if let Some(chains) = self.cx.chains {
+            let (found, out) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
+            let chains = chains as i64;
+            dynasm!(self.a ; .arch x64
+                ; mov rcx, QWORD chains
+                ; cmp QWORD [rcx + chain::IP], rax ; je =>found
+                ; add rcx, chain::SIZE
+                ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
+                ; =>found
+                ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
+                ; mov r8, QWORD [rcx + chain::LEN] ; mov rdx, QWORD [r14 + FR_BUDGET] ; sub rdx, r8 ; jb =>out
+                ; mov r9, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r9], 0 ; jne =>out
+                ; mov QWORD [r14 + FR_BUDGET], rdx ; add QWORD [r14 + FR_RETIRED], n
+                ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov QWORD [r14 + FR_BLOCK], rdx
+                ; mov rdx, QWORD [rcx + chain::OPS] ; mov QWORD [r14 + FR_OPS], rdx
+                ; mov QWORD [r14 + FR_LEN], r8
+            );
+            self.sync(false);
+            dynasm!(self.a ; .arch x64 ; jmp QWORD [rcx + chain::ENTRY] ; =>out);
+        }
+        dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
     }
 
     /// A branch taken to `target`: back to the top while it is this block and the
     /// frame's budget allows another pass with no event pending (the run loop's checks
     /// between linked blocks, `run::Processor::run`), else the block's end.
     fn taken(&mut self, target: u64) {
-        if target == self.block_ip {
+        if target == self.cx.block_ip {
             let n = self.ops.len() as i32;
             let out = self.a.new_dynamic_label();
             dynasm!(self.a ; .arch x64
                 ; mov rax, QWORD [r14 + FR_BUDGET] ; cmp rax, n ; jb =>out
                 ; mov rcx, QWORD [r14 + FR_EVENTS] ; cmp DWORD [rcx], 0 ; jne =>out
-                ; sub rax, n ; mov QWORD [r14 + FR_BUDGET], rax ; add QWORD [r14 + FR_LOOPS], 1
+                ; sub rax, n ; mov QWORD [r14 + FR_BUDGET], rax ; add QWORD [r14 + FR_RETIRED], n
             );
             self.put_pending(true);
             let top = self.top;
@@ -600,7 +645,7 @@ impl Emitter<'_> {
                 // record is written, and given back to the host before it increments.
                 if !self.plan.host_flags[i] || dst == Loc::Mem {
                     dynasm!(self.a ; .arch x64 ; mov r11, rax);
-                    guest_flags(&mut self.a, self.known, self.routine);
+                    guest_flags(&mut self.a, self.known, self.cx.routine);
                     dynasm!(self.a ; .arch x64 ; mov rax, r11);
                 }
                 dynasm!(self.a ; .arch x64 ; setc r8b);
@@ -653,7 +698,7 @@ impl Emitter<'_> {
             }
             Kind::Jcc { cc, target } => {
                 if !self.plan.host_flags[i] {
-                    guest_flags(&mut self.a, self.known, self.routine);
+                    guest_flags(&mut self.a, self.known, self.cx.routine);
                 }
                 let yes = self.a.new_dynamic_label();
                 jump_if(&mut self.a, cc, yes);
@@ -698,8 +743,8 @@ impl Emitter<'_> {
                     ; add r10, release
                 );
                 self.store_reg(R10, RSP_REG, 8);
-                let (n, exit) = (self.ops.len() as i32, self.exit);
-                dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], r9 ; mov eax, n ; jmp =>exit);
+                dynasm!(self.a ; .arch x64 ; mov rax, r9);
+                self.leave();
             }
             Kind::Call => self.call(i),
             Kind::Branch => {
@@ -715,7 +760,7 @@ impl Emitter<'_> {
     /// cached registers written back before and loaded after it; back to the run loop if
     /// it faulted, exited or ended the block.
     fn call(&mut self, i: usize) {
-        let (handler, ii) = (self.handler as i64, i as i32);
+        let (handler, ii) = (self.cx.handler as i64, i as i32);
         self.sync(false);
         dynasm!(self.a ; .arch x64 ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax);
         self.sync(true);
@@ -735,16 +780,10 @@ impl Emitter<'_> {
     }
 }
 
-/// Compiles `kinds` (the covered prefix of `ops`, a block starting at `block_ip`): its
-/// code, entered at its first byte. `routine` is the address of [`flags_routine`]'s
-/// code.
-pub fn compile(
-    ops: &[Op],
-    kinds: &[Kind],
-    block_ip: u64,
-    routine: usize,
-    handler: usize,
-) -> Result<Vec<u8>, TranslateError> {
+/// Compiles `kinds` (the covered prefix of `ops`, a block made for `cx`): its code,
+/// entered at its first byte, and the offset of its chain entry (where another
+/// block's code goes on into it, its frame and stack made).
+pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16), TranslateError> {
     let mut a = assembler();
     let exit = a.new_dynamic_label();
     let top = a.new_dynamic_label();
@@ -755,6 +794,7 @@ pub fn compile(
         ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15 ; sub rsp, 8
         ; mov r14, rdi ; mov r12, QWORD [rdi + FR_CPU] ; mov r13, QWORD [rdi + FR_TLB]
     );
+    let plan = plan(ops, kinds, cx.block_ip);
     let mut e = Emitter {
         a,
         bails,
@@ -762,12 +802,11 @@ pub fn compile(
         top,
         known: None,
         pending: None,
-        routine,
-        handler,
+        cx,
         ops,
-        block_ip,
-        plan: plan(ops, kinds, block_ip),
+        plan,
     };
+    let chain_entry = e.a.offset().0 as u16;
     e.sync(true);
     dynasm!(e.a ; .arch x64 ; =>top);
     for (i, &k) in kinds.iter().enumerate() {
@@ -788,9 +827,7 @@ pub fn compile(
         // The prefix stops before an instruction the interpreter runs (or at the end of a
         // block without a branch): RIP is set by the interpreter for the next one.
         if covered == ops.len() {
-            let to = ops[covered - 1].next as i64;
-            let n = covered as i32;
-            dynasm!(e.a ; .arch x64 ; mov rax, QWORD to ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
+            e.finish(ops[covered - 1].next);
         } else {
             let n = covered as i32;
             dynasm!(e.a ; .arch x64 ; mov eax, n ; jmp =>exit);
@@ -805,7 +842,7 @@ pub fn compile(
     dynasm!(e.a ; .arch x64
         ; add rsp, 8 ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx ; ret
     );
-    finish(e.a)
+    Ok((finish(e.a)?, chain_entry))
 }
 
 #[cfg(test)]

@@ -21,12 +21,15 @@
 //! Instruction counts and the TSC: the run loop counts a block's instructions when it
 //! ends as it does for the interpreter; no instruction compiled code does itself reads
 //! the TSC or RIP, and a handler it calls ([`cover::Kind::Call`]) sees both as the run
-//! loop would have set them for it (`call_handler`). A block whose branch leads back to itself loops in host code while the run
-//! loop would have followed its link to itself with nothing due: while a whole pass
-//! more fits before the next limit or poll, and no event is pending.
+//! loop would have set them for it (`call_handler`). A block whose branch leads back to
+//! itself loops in host code, and a block that ends at a known RIP goes on into the
+//! compiled code of the block linked there ([`chain`]), where the run loop would have
+//! followed its link with nothing due: while the next block's instructions fit before
+//! the next limit or poll, and no event is pending.
 
 #[cfg(target_arch = "x86_64")]
 mod area;
+mod chain;
 mod cover;
 #[cfg(target_arch = "x86_64")]
 mod emit;
@@ -89,9 +92,14 @@ pub struct Translator {
     pub area_size: usize,
     #[cfg(target_arch = "x86_64")]
     routine: usize,
+    /// The chains' stamp now, and the link key, cache epoch and code area generation it
+    /// stands for ([`chain::stamp`]).
+    chain_stamp: u64,
+    chained_under: Option<(u64, u64, u32)>,
 }
 
 /// What the translator did: hv-core's type, which backends report (one definition).
+pub use chain::link;
 pub use hv_core::TranslatorStats;
 
 /// Why a block could not be compiled.
@@ -113,8 +121,13 @@ enum Code {
     Cold,
     /// Never compiled: too little of it is covered, or compiling failed.
     Never,
-    /// Compiled into the code area at `offset`, in its generation `generation`.
-    At { offset: u32, generation: u32 },
+    /// Compiled into the code area at `offset`, in its generation `generation`; its
+    /// chain entry ([`chain`]) `chain` bytes further.
+    At {
+        offset: u32,
+        generation: u32,
+        chain: u16,
+    },
 }
 
 /// Entries in a row that did nothing (the first instruction bailed: an MMIO access, a
@@ -136,6 +149,10 @@ pub struct Slot {
     idle: Cell<u8>,
     /// Runs left to the interpreter before the code is entered again.
     rest: Cell<u8>,
+    /// The successors its code may go on to ([`chain`]), and which of them the next
+    /// new one replaces.
+    chains: [chain::Chain; 2],
+    next_chain: Cell<u8>,
 }
 
 /// What compiled code reads and writes besides the processor's state: `repr(C)`, its
@@ -146,18 +163,22 @@ pub struct Frame {
     cpu: *mut Cpu,
     tlb: *const crate::tlb::Entry,
     events: *const AtomicU32,
-    /// Instructions more passes of a self-looping block may retire (see the module).
+    /// Instructions the blocks (and passes of a self-looping block) after the first may
+    /// retire (see the module).
     budget: u64,
-    /// Whole passes done before the last.
-    loops: u64,
+    /// Instructions of the whole blocks and passes run before the current one.
+    retired: u64,
     /// The TLB grants (`tlb::need`) a read and a write need at the current CPL.
     need_read: u8,
     need_write: u8,
-    /// The run loop's `Exec` (erased: it has lifetimes), for the handlers called.
-    exec: *mut std::ffi::c_void,
-    /// The block's instructions, and how many.
+    /// The stamp chains are followed under ([`chain::stamp`]).
+    stamp: u64,
+    /// The block running now, its instructions, and how many.
+    block: *const Block,
     ops: *const crate::decode::Op,
     len: u64,
+    /// The run loop's `Exec` (erased: it has lifetimes), for the handlers called.
+    exec: *mut std::ffi::c_void,
     /// The TSC at the block's start (compiled code leaves it there).
     t0: u64,
     /// How a handler called ended the run of compiled code, if it did.
@@ -173,13 +194,16 @@ pub enum End {
     Stopped(crate::fault::Stop),
 }
 
-/// What running a translation did: `loops` whole passes of the block, then `done` of
-/// its instructions (all of them: the block ran to its end; fewer: the interpreter
-/// goes on at that one, unless `end` says a handler called for it ended the run).
+/// What running a translation did: `retired` instructions of whole blocks and passes,
+/// then `done` of the instructions of `block`, the block it ended in (all of them: the
+/// block ran to its end; fewer: the interpreter goes on at that one, unless `end` says
+/// a handler called for it ended the run). `block` is alive under the link key the run
+/// was entered with.
 pub struct Ran {
-    pub loops: u64,
+    pub retired: u64,
     pub done: usize,
     pub end: Option<End>,
+    pub block: *const Block,
 }
 
 /// Runs the interpreter's handler for instruction `i` of the block, as the run loop's
@@ -204,12 +228,14 @@ unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
     };
     let t = x.cpu.tsc;
     x.cpu.rip = op.next;
-    x.cpu.tsc =
-        f.t0.wrapping_add(f.loops.wrapping_mul(f.len))
-            .wrapping_add(i as u64);
+    x.cpu.tsc = f.t0.wrapping_add(f.retired).wrapping_add(i as u64);
     match (op.exec)(x, op) {
         Ok(()) if !x.end_block => {
             x.cpu.tsc = t;
+            if x.work >= crate::run::POLL_INTERVAL {
+                // The run loop would poll after this block: no more blocks here.
+                f.budget = 0;
+            }
             0
         }
         Ok(()) => {
@@ -224,15 +250,18 @@ unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
 }
 
 /// Runs `block`'s translation on the plain path, compiling it when it became hot;
-/// `None` when the interpreter runs it all. `budget`: instructions that passes after
-/// the first may retire (0 unless the block is linked to itself with nothing due).
+/// `None` when the interpreter runs it all. `budget`: instructions that blocks and
+/// passes after the first may retire (0 when something is due after this block);
+/// `key`: the link key the block was found under.
 #[inline]
-pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Option<Ran> {
+pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32, key: u64) -> Option<Ran> {
     if block.bits != 64 || x.debug_blocks || !x.watches.is_empty() || x.bps.any() {
         return None;
     }
     let at = match block.jit.code.get() {
-        Code::At { offset, generation } if Some(generation) == generation_of(x) => {
+        Code::At {
+            offset, generation, ..
+        } if Some(generation) == generation_of(x) => {
             let rest = block.jit.rest.get();
             if rest > 0 {
                 block.jit.rest.set(rest - 1);
@@ -251,8 +280,8 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32) -> Opti
             compile(x, block)?
         }
     };
-    let ran = enter(x, at, block, budget, events)?;
-    if ran.loops == 0 && ran.done == 0 && ran.end.is_none() {
+    let ran = enter(x, at, block, budget, events, key)?;
+    if ran.retired == 0 && ran.done == 0 && ran.end.is_none() {
         // Nothing done: the interpreter runs the block, as when it is passed over.
         let idle = block.jit.idle.get() + 1;
         if idle >= IDLE_ENTRIES {
@@ -297,9 +326,17 @@ fn code_address(x: &Exec, offset: u32) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, events: &AtomicU32) -> Option<Ran> {
+fn enter(
+    x: &mut Exec,
+    at: usize,
+    block: &Block,
+    budget: u64,
+    events: &AtomicU32,
+    key: u64,
+) -> Option<Ran> {
     let user = x.cpu.cpl() == 3;
     let t0 = x.cpu.tsc;
+    let stamp = chain::stamp(x, key);
     let cpu: *mut Cpu = &mut *x.cpu;
     let tlb = x.tlb.entries_ptr();
     let mut frame = Frame {
@@ -307,12 +344,14 @@ fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, events: &AtomicU32
         tlb,
         events,
         budget,
-        loops: 0,
+        retired: 0,
         need_read: crate::tlb::need(Access::Read, user),
         need_write: crate::tlb::need(Access::Write, user),
-        exec: (x as *mut Exec<'_>).cast(),
+        stamp,
+        block,
         ops: block.ops.as_ptr(),
         len: block.ops.len() as u64,
+        exec: (x as *mut Exec<'_>).cast(),
         t0,
         end: None,
     };
@@ -329,9 +368,10 @@ fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, events: &AtomicU32
         f(&mut frame)
     };
     Some(Ran {
-        loops: frame.loops,
+        retired: frame.retired,
         done: done as usize,
         end: frame.end,
+        block: frame.block,
     })
 }
 
@@ -352,6 +392,7 @@ fn enter(
     _block: &Block,
     _budget: u64,
     _events: &AtomicU32,
+    _key: u64,
 ) -> Option<Ran> {
     None
 }
@@ -395,12 +436,16 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
         emit::compile(
             &block.ops,
             &kinds,
-            block.ip,
-            tr.routine,
-            call_handler as *const () as usize,
+            emit::Context {
+                block_ip: block.ip,
+                routine: tr.routine,
+                handler: call_handler as *const () as usize,
+                // A block that may change the mode ends the run loop's chaining too.
+                chains: block.keeps_mode.then(|| block.jit.chains.as_ptr() as usize),
+            },
         )
     });
-    let (Ok(code), Some(area)) = (made, tr.area.as_mut()) else {
+    let (Ok((code, chain)), Some(area)) = (made, tr.area.as_mut()) else {
         tr.stats.failed += 1;
         return None;
     };
@@ -421,6 +466,7 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
     Some(Code::At {
         offset,
         generation: area.generation(),
+        chain,
     })
 }
 

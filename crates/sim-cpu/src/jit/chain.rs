@@ -1,0 +1,123 @@
+//! Chaining compiled blocks: a compiled block that ends at a known RIP goes on into the
+//! compiled code of the block found there, without returning to the run loop, as QEMU's
+//! TCG chains translation blocks (`goto_tb`) and its `lookup_and_goto_ptr` follows a
+//! computed target.
+//!
+//! Each block holds two [`Chain`]s, the run loop's links (`cache::Block::links`) in the
+//! form compiled code reads: a successor's RIP, its chain entry (past the prologue,
+//! where its cached registers are loaded), the block, its instructions and their count,
+//! and the stamp they were made under. Compiled code at a block's end compares the RIP
+//! it leaves at with both and follows one whose stamp is the frame's, while the frame's
+//! budget covers the successor's instructions and no event is pending: the checks the
+//! run loop makes between linked blocks (`run::Processor::run`). The run loop fills them
+//! as it goes from one compiled block to another ([`link`]).
+//!
+//! A stamp ([`stamp`]) stands for the link key (the cache's generation and the mode:
+//! no block dropped since, so the successor is alive and is what a lookup finds), the
+//! cache's epoch (the successor's bytes were compared in it) and the code area's
+//! generation (its code is still there); a new one is taken whenever any of them
+//! changes, and a stamp once left is never current again.
+
+use super::Code;
+use crate::cache::Block;
+use crate::decode::Op;
+use crate::exec::Exec;
+use std::cell::Cell;
+
+/// A successor compiled code may go on to: `repr(C)`, read by compiled code at the
+/// offsets [`layout`] gives.
+#[repr(C)]
+pub struct Chain {
+    ip: Cell<u64>,
+    /// The stamp it was made under; 0, no stamp, when never made.
+    stamp: Cell<u64>,
+    /// The successor's chain entry (an address in the code area).
+    entry: Cell<usize>,
+    block: Cell<*const Block>,
+    ops: Cell<*const Op>,
+    len: Cell<u64>,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            ip: Cell::new(u64::MAX),
+            stamp: Cell::new(0),
+            entry: Cell::new(0),
+            block: Cell::new(std::ptr::null()),
+            ops: Cell::new(std::ptr::null()),
+            len: Cell::new(0),
+        }
+    }
+}
+
+/// Where compiled code finds a chain's fields.
+pub mod layout {
+    use super::Chain;
+    use std::mem::offset_of;
+    pub const IP: i32 = offset_of!(Chain, ip) as i32;
+    pub const STAMP: i32 = offset_of!(Chain, stamp) as i32;
+    pub const ENTRY: i32 = offset_of!(Chain, entry) as i32;
+    pub const BLOCK: i32 = offset_of!(Chain, block) as i32;
+    pub const OPS: i32 = offset_of!(Chain, ops) as i32;
+    pub const LEN: i32 = offset_of!(Chain, len) as i32;
+    pub const SIZE: i32 = std::mem::size_of::<Chain>() as i32;
+}
+
+/// The stamp chains are made and followed under now, for link key `key`: a new one
+/// whenever the key, the cache's epoch or the code area's generation changes.
+pub fn stamp(x: &mut Exec, key: u64) -> u64 {
+    let now = (
+        key,
+        x.cache.epoch,
+        super::generation_of(x).unwrap_or(u32::MAX),
+    );
+    let tr = &mut x.cache.translator;
+    if tr.chained_under != Some(now) {
+        tr.chain_stamp += 1;
+        tr.chained_under = Some(now);
+    }
+    tr.chain_stamp
+}
+
+/// Lets `from`'s compiled code go on into `to`'s, which the run loop found linked after
+/// it under link key `key` (both alive under it, `to`'s bytes checked in this epoch),
+/// when both are compiled into the code area as it is and `to`'s code is not being
+/// passed over. The chain for `to`'s RIP is updated, else the older one replaced.
+pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
+    let generation = super::generation_of(x);
+    let compiled = |b: &Block| match b.jit.code.get() {
+        Code::At {
+            offset,
+            generation: g,
+            chain,
+        } if Some(g) == generation => Some(offset + chain as u32),
+        _ => None,
+    };
+    let (Some(_), Some(entry)) = (compiled(from), compiled(to)) else {
+        return;
+    };
+    if to.jit.rest.get() > 0 {
+        return;
+    }
+    let stamp = stamp(x, key);
+    let chains = &from.jit.chains;
+    let i = match chains.iter().position(|c| c.ip.get() == to.ip) {
+        Some(i) => i,
+        None => {
+            let i = from.jit.next_chain.get();
+            from.jit.next_chain.set(i ^ 1);
+            i as usize
+        }
+    };
+    let c = &chains[i];
+    if c.ip.get() == to.ip && c.stamp.get() == stamp {
+        return;
+    }
+    c.ip.set(to.ip);
+    c.stamp.set(stamp);
+    c.entry.set(super::code_address(x, entry));
+    c.block.set(to);
+    c.ops.set(to.ops.as_ptr());
+    c.len.set(to.ops.len() as u64);
+}
