@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 /// Instructions per block at most.
 pub const MAX_OPS: usize = 64;
-const SLOTS: usize = 1 << 14;
+const SLOTS: usize = 1 << 16;
 
 /// A straight-line run of compiled instructions.
 pub struct Block {
@@ -50,19 +50,25 @@ pub struct Block {
     /// Whether running the block to its end leaves the stamp (see [`stamp`]) as it
     /// found it: its last instruction is a near branch or ends no block.
     pub keeps_mode: bool,
+    /// Its number in the cache while it is in a slot ([`CodeCache::insert`]); 0 once it
+    /// left: a link made to it before is stale (see [`Link`]).
+    pub serial: u64,
     /// The translator's: how often the block ran, then its compiled code, which goes
     /// with the block (`crate::jit`).
     pub jit: crate::jit::Slot,
 }
 
 /// A block found after another: at `ip`, under link key `key` (see
-/// [`CodeCache::link_key`]; while it is current, `next` is alive and is what a lookup
-/// would find).
+/// [`CodeCache::link_key`]), numbered `serial`. While the key is current, `next` is
+/// memory of the cache's (a block evicted by another is kept for reuse, not freed: see
+/// [`CodeCache::retire`]), and while its serial is still `serial` it is in its slot and
+/// is what a lookup would find.
 #[derive(Clone, Copy)]
 pub struct Link {
     pub ip: u64,
     pub next: *const Block,
     pub key: u64,
+    pub serial: u64,
 }
 
 impl Link {
@@ -74,6 +80,7 @@ impl Link {
         ip: u64::MAX,
         next: std::ptr::null(),
         key: 0,
+        serial: 0,
     };
 }
 
@@ -83,7 +90,8 @@ impl Block {
     pub fn linked(&self, ip: u64, key: u64) -> Option<*const Block> {
         for l in &self.links {
             let l = l.get();
-            if l.ip == ip && l.key == key {
+            // SAFETY: under the current key `next` is the cache's memory (see `Link`).
+            if l.ip == ip && l.key == key && unsafe { (*l.next).serial } == l.serial {
                 return Some(l.next);
             }
         }
@@ -134,12 +142,26 @@ pub struct CodeCache {
     slots: Vec<Option<Box<Block>>>,
     /// Guest physical page -> the slots of blocks made from it.
     pages: HashMap<u64, Vec<u32>>,
-    /// Blocks dropped while one of them may be running; freed at the next lookup. Boxed:
-    /// the run loop holds a pointer to the running block, which must not move.
+    /// Blocks dropped while one of them may be running; at the next lookup freed, or
+    /// kept for reuse while links may still point at them ([`CodeCache::retire`]).
+    /// Boxed: the run loop holds a pointer to the running block, which must not move.
     #[allow(clippy::vec_box)]
     graveyard: Vec<Box<Block>>,
+    /// Blocks evicted by others under the current generation, whose memory a new block
+    /// takes.
+    #[allow(clippy::vec_box)]
+    pool: Vec<Box<Block>>,
+    /// The last serial given ([`Block::serial`]).
+    serial: u64,
+    /// The graveyard holds blocks dropped with a new generation: it and the pool are
+    /// freed at the next lookup.
+    free: bool,
+    /// The 1 GiB regions of linear memory blocks were made from, a bit per hashed
+    /// region ([`region_bit`]): an INVLPG elsewhere leaves the links standing.
+    code_regions: u64,
     pub epoch: u64,
-    /// Bumped whenever a block leaves its slot: a link made before may point at it.
+    /// Bumped whenever blocks are dropped by a write to their code, a change of their
+    /// memory or a flush: a link made before may point at one, and their memory goes.
     pub generation: u64,
     /// The current link key, and the generation and stamp it stands for.
     key: u64,
@@ -157,6 +179,10 @@ impl Default for CodeCache {
             slots,
             pages: HashMap::new(),
             graveyard: Vec::new(),
+            pool: Vec::new(),
+            serial: 0,
+            free: false,
+            code_regions: 0,
             epoch: 1,
             generation: 0,
             key: 1,
@@ -165,6 +191,12 @@ impl Default for CodeCache {
             translator: crate::jit::Translator::default(),
         }
     }
+}
+
+/// The bit of [`CodeCache::code_regions`] for `lin`'s 1 GiB region (hashed: regions
+/// that share a bit count as one).
+fn region_bit(lin: u64) -> u64 {
+    1 << ((lin >> 30).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
 #[inline(always)]
@@ -197,6 +229,7 @@ impl CodeCache {
             }
         }
         self.pages.clear();
+        self.code_regions = 0;
     }
 
     /// The key links are made and followed under now: one number for the cache's
@@ -217,9 +250,22 @@ impl CodeCache {
         self.epoch = self.epoch.wrapping_add(1);
     }
 
-    /// Frees blocks dropped earlier; call where no block is running.
+    /// Frees blocks dropped earlier, or keeps them for reuse while links made under the
+    /// current generation may point at them; call where no block is running.
     pub fn collect(&mut self) {
-        self.graveyard.clear();
+        if self.free {
+            self.graveyard.clear();
+            self.pool.clear();
+            self.free = false;
+        } else {
+            self.pool.append(&mut self.graveyard);
+        }
+    }
+
+    /// Whether linear address `lin`'s 1 GiB region may hold code blocks were made from
+    /// (an INVLPG there may change a block's translation: SDM vol 3 4.10.4.1).
+    pub fn may_hold_code(&self, lin: u64) -> bool {
+        self.code_regions & region_bit(lin) != 0
     }
 
     fn forget_pages(&mut self, b: &Block, s: u32, except: u64) {
@@ -250,14 +296,47 @@ impl CodeCache {
     }
 
     /// Keeps a block that left its slot until the next [`CodeCache::collect`] (a run may
-    /// still be in it) and starts a new generation: a link made before may point at it.
-    fn bury(&mut self, b: Box<Block>) {
+    /// still be in it), then frees it, and starts a new generation: a link made before
+    /// may point at it.
+    fn bury(&mut self, mut b: Box<Block>) {
+        b.serial = 0;
         self.graveyard.push(b);
         self.generation += 1;
+        self.free = true;
     }
 
-    fn insert(&mut self, s: usize, b: Box<Block>, x_tlb: &mut crate::tlb::Tlb) {
-        self.evict(s, u64::MAX);
+    /// Takes out the block in slot `s` for another one to take the slot (the blocks of
+    /// a boot outnumber the slots): its serial goes, so links to it are stale, but its
+    /// memory stays the cache's, for a new block, so that links need no new generation
+    /// (which would make every link stale: one per block of the hot code, each found
+    /// again by a lookup).
+    fn retire(&mut self, s: usize) {
+        if let Some(mut b) = self.slots[s].take() {
+            self.forget_pages(&b, s as u32, u64::MAX);
+            b.serial = 0;
+            self.graveyard.push(b);
+        }
+    }
+
+    /// `block` in a box: one a retired block left, or a new one.
+    fn boxed(&mut self, block: Block) -> Box<Block> {
+        match self.pool.pop() {
+            Some(mut b) => {
+                *b = block;
+                b
+            }
+            None => Box::new(block),
+        }
+    }
+
+    fn insert(&mut self, s: usize, mut b: Box<Block>, x_tlb: &mut crate::tlb::Tlb) {
+        self.retire(s);
+        self.serial += 1;
+        b.serial = self.serial;
+        self.code_regions |= region_bit(b.lin);
+        if let Some((lin2, _)) = b.second {
+            self.code_regions |= region_bit(lin2);
+        }
         let mut pages = vec![b.gpa & !0xfff];
         if let Some((_, g)) = b.second {
             pages.push(g);
@@ -643,7 +722,7 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
         }
     }
     let bytes = CodeBytes::new(&buf[..used]);
-    Ok(Box::new(Block {
+    Ok(x.cache.boxed(Block {
         ip,
         cs_base,
         bits,
@@ -659,6 +738,7 @@ fn build(x: &mut Exec, ip: u64, cs_base: u64, bits: u32) -> Result<Box<Block>, S
             std::cell::Cell::new(Link::NONE),
         ],
         keeps_mode: keeps,
+        serial: 0,
         jit: crate::jit::Slot::default(),
     }))
 }

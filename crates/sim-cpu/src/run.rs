@@ -447,6 +447,8 @@ impl Processor {
                             ip: x.cpu.rip,
                             next: *b,
                             key: x.cache.link_key(stamp),
+                            // SAFETY: `find` returned it: in its slot.
+                            serial: unsafe { (**b).serial },
                         });
                     }
                     found

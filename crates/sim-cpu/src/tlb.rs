@@ -354,8 +354,14 @@ impl Tlb {
 
     /// Forgets every entry.
     pub fn flush(&mut self) {
-        self.entries.fill(EMPTY);
+        self.flush_entries();
         self.epoch += 1;
+    }
+
+    /// Forgets every entry, keeping the epoch: for an invalidation that cannot change
+    /// how any code block's bytes are mapped (the caller knows).
+    pub fn flush_entries(&mut self) {
+        self.entries.fill(EMPTY);
         self.keyed = false;
     }
 

@@ -6,11 +6,13 @@
 //! Each block holds two [`Chain`]s, the run loop's links (`cache::Block::links`) in the
 //! form compiled code reads: a successor's RIP, its chain entry (past the prologue,
 //! where its cached registers are loaded), the block, its instructions and their count,
-//! and the stamp they were made under. Compiled code at a block's end compares the RIP
-//! it leaves at with both and follows one whose stamp is the frame's, while the frame's
-//! budget covers the successor's instructions and no event is pending: the checks the
-//! run loop makes between linked blocks (`run::Processor::run`). The run loop fills them
-//! as it goes from one compiled block to another ([`link`]).
+//! and the stamp and the block's serial they were made under. Compiled code at a
+//! block's end compares the RIP it leaves at with both and follows one whose stamp is
+//! the frame's and whose block still has that serial (it was not evicted by another
+//! since: `cache::Link`), while the frame's budget covers the successor's instructions
+//! and no event is pending: the checks the run loop makes between linked blocks
+//! (`run::Processor::run`). The run loop fills them as it goes from one compiled block
+//! to another ([`link`]).
 //!
 //! A stamp ([`stamp`]) stands for the link key (the cache's generation and the mode:
 //! no block dropped since, so the successor is alive and is what a lookup finds), the
@@ -34,6 +36,9 @@ pub struct Chain {
     /// The successor's chain entry (an address in the code area).
     entry: Cell<usize>,
     block: Cell<*const Block>,
+    /// The block's serial when the chain was made: while it is the block's, the block is
+    /// in its slot (`cache::Link`).
+    serial: Cell<u64>,
     ops: Cell<*const Op>,
     len: Cell<u64>,
 }
@@ -45,6 +50,7 @@ impl Default for Chain {
             stamp: Cell::new(0),
             entry: Cell::new(0),
             block: Cell::new(std::ptr::null()),
+            serial: Cell::new(0),
             ops: Cell::new(std::ptr::null()),
             len: Cell::new(0),
         }
@@ -59,6 +65,9 @@ pub mod layout {
     pub const STAMP: i32 = offset_of!(Chain, stamp) as i32;
     pub const ENTRY: i32 = offset_of!(Chain, entry) as i32;
     pub const BLOCK: i32 = offset_of!(Chain, block) as i32;
+    pub const SERIAL: i32 = offset_of!(Chain, serial) as i32;
+    /// A block's serial, in the block.
+    pub const BLOCK_SERIAL: i32 = offset_of!(crate::cache::Block, serial) as i32;
     pub const OPS: i32 = offset_of!(Chain, ops) as i32;
     pub const LEN: i32 = offset_of!(Chain, len) as i32;
     pub const SIZE: i32 = std::mem::size_of::<Chain>() as i32;
@@ -111,13 +120,14 @@ pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
         }
     };
     let c = &chains[i];
-    if c.ip.get() == to.ip && c.stamp.get() == stamp {
+    if c.ip.get() == to.ip && c.stamp.get() == stamp && c.serial.get() == to.serial {
         return;
     }
     c.ip.set(to.ip);
     c.stamp.set(stamp);
     c.entry.set(super::code_address(x, entry));
     c.block.set(to);
+    c.serial.set(to.serial);
     c.ops.set(to.ops.as_ptr());
     c.len.set(to.ops.len() as u64);
 }

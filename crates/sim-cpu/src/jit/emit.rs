@@ -557,10 +557,12 @@ impl Emitter<'_> {
                 ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
                 ; =>found
                 ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
+                ; mov r10, QWORD [rcx + chain::BLOCK] ; mov r9, QWORD [rcx + chain::SERIAL]
+                ; cmp QWORD [r10 + chain::BLOCK_SERIAL], r9 ; jne =>out
                 ; mov r8, QWORD [rcx + chain::LEN] ; mov rdx, QWORD [r14 + FR_BUDGET] ; sub rdx, r8 ; jb =>out
                 ; mov r9, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r9], 0 ; jne =>out
                 ; mov QWORD [r14 + FR_BUDGET], rdx ; add QWORD [r14 + FR_RETIRED], n
-                ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov QWORD [r14 + FR_BLOCK], rdx
+                ; mov QWORD [r14 + FR_BLOCK], r10
                 ; mov rdx, QWORD [rcx + chain::OPS] ; mov QWORD [r14 + FR_OPS], rdx
                 ; mov QWORD [r14 + FR_LEN], r8
             );

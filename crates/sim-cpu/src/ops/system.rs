@@ -802,9 +802,27 @@ fn hlt(x: &mut Exec, _op: &Op) -> Result<(), Stop> {
 
 fn invlpg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     privileged(x)?;
-    // A large page's granules may sit anywhere in the TLB: everything goes.
-    let _ = ea(x, op);
-    x.tlb.flush();
+    // A large page's granules may sit anywhere in the TLB: everything goes. The links
+    // between code blocks stand unless the page may map code they were made from (its
+    // 1 GiB region, the largest page, holds some): Linux invalidates fixmap, vmalloc and
+    // direct-map pages by the thousand while it boots, and every link made stale is a
+    // lookup.
+    // The linear address as `Exec::linear` forms it (64-bit mode: only FS and GS have
+    // a base, SDM vol 1 3.3.7.1), without its checks: INVLPG faults on none.
+    let seg = op.seg as usize;
+    let off = ea(x, op);
+    let lin = if !x.cpu.mode64() {
+        x.cpu.seg[seg].base.wrapping_add(off) & 0xffff_ffff
+    } else if seg == FS || seg == GS {
+        x.cpu.seg[seg].base.wrapping_add(off)
+    } else {
+        off
+    };
+    if x.cache.may_hold_code(lin) {
+        x.tlb.flush();
+    } else {
+        x.tlb.flush_entries();
+    }
     Ok(())
 }
 
