@@ -721,6 +721,49 @@ fn a_non_canonical_memory_operand_is_the_interpreters_gp() {
     }
 }
 
+/// Code whose page is mapped anew, then invalidated with INVLPG (SDM vol 3 4.10.4.1):
+/// both tiers run the new page's code at once, though links and chains lead to the old
+/// block; an INVLPG of a page in a region without code keeps them (`CodeCache::
+/// may_hold_code`), and changes nothing either tier runs.
+#[test]
+fn code_remapped_and_invalidated_runs_anew_under_both_tiers() {
+    const PAGE: u64 = 0x5000;
+    let code = asm(|a| {
+        // EDX holds the processor's signature after reset (SDM vol 3 10.1.2).
+        a.xor(edx, edx)?;
+        a.mov(ecx, 40u32)?;
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.set_label(&mut top)?;
+        // The same call site before and after: its link and chain lead to the old block.
+        a.call(PAGE)?;
+        a.add(edx, eax)?;
+        a.cmp(ecx, 20)?;
+        a.jne(skip)?;
+        // A page far from any code: its INVLPG leaves the links.
+        a.invlpg(byte_ptr(0x4000_0000u64))?;
+        a.mov(rax, PT + 8 * (PAGE >> 12))?;
+        a.mov(qword_ptr(rax), 0x6003i32)?;
+        a.invlpg(byte_ptr(PAGE))?;
+        a.set_label(&mut skip)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    let b = lockstep(&code, &mut Rng(13), 10_000, |m, slice| {
+        if slice == 0 {
+            // mov eax, 1; ret at 0x5000 and mov eax, 2; ret at 0x6000.
+            m.ram.write(0x5000, &[0xb8, 1, 0, 0, 0, 0xc3]).unwrap();
+            m.ram.write(0x6000, &[0xb8, 2, 0, 0, 0, 0xc3]).unwrap();
+        }
+    });
+    assert_eq!(
+        b.cpu.cpu.gpr[2],
+        21 + 2 * 19,
+        "the first page's code 21 times, then the new page's 19 times"
+    );
+}
+
 /// The interpreter benchmark's loops (bench/interpreter.ts) under both tiers.
 #[test]
 fn the_benchmark_loops_run_the_same_under_both_tiers() {

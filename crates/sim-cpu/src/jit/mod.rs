@@ -441,7 +441,9 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
                 routine: tr.routine,
                 handler: call_handler as *const () as usize,
                 // A block that may change the mode ends the run loop's chaining too.
-                chains: block.keeps_mode.then_some(block.jit.chains.as_ptr() as usize),
+                chains: block
+                    .keeps_mode
+                    .then_some(block.jit.chains.as_ptr() as usize),
             },
         )
     });
