@@ -325,8 +325,9 @@ fn instruction(a: &mut CodeAssembler, g: &mut Rng) -> Result<(), IcedError> {
     }
 }
 
-/// The families compiled code calls the interpreter's handlers for, FS/GS and 32-bit
-/// addresses, PUSH and POP forms, and CALL/RET to a subroutine of one instruction.
+/// The families compiled code calls the interpreter's handlers for (LOCKed forms and
+/// string instructions among them), FS/GS and 32-bit addresses, PUSH and POP forms, and
+/// CALL/RET to a subroutine of one instruction.
 fn more(
     a: &mut CodeAssembler,
     g: &mut Rng,
@@ -490,6 +491,34 @@ fn more(
             // #GP when the operand is not 16-byte aligned.
             _ => a.cmpxchg16b(xmmword_ptr(r15 + d)),
         },
+        15 => match k % 7 {
+            // LOCKed read-modify-writes, and one LOCK the instruction does not allow
+            // (#UD: SDM vol 2 LOCK).
+            0 => a.lock().add(qword_ptr(r15 + d), R64[j]),
+            1 => a.lock().xadd(dword_ptr(r15 + d), R32[j]),
+            2 => a.lock().cmpxchg(qword_ptr(r15 + d), R64[j]),
+            3 => a.lock().inc(word_ptr(r15 + d)),
+            4 => a.lock().bts(dword_ptr(r15 + d), R32[j]),
+            5 => a.lock().or(byte_ptr(r15 + d), imm as i8 as i32),
+            _ => a.lock().cmp(qword_ptr(r15 + d), R64[j]),
+        },
+        16 => {
+            // String instructions, REP or not, over the data (a #PF part way where it
+            // reaches the absent page); rcx is the loop's.
+            a.push(rcx)?;
+            a.mov(ecx, (imm & 15) as u32)?;
+            a.lea(rsi, qword_ptr(r15 + d))?;
+            a.lea(rdi, qword_ptr(r15 + (d ^ 0x48)))?;
+            match k % 6 {
+                0 => a.rep().movsb()?,
+                1 => a.rep().stosq()?,
+                2 => a.lodsw()?,
+                3 => a.repe().cmpsb()?,
+                4 => a.repne().scasd()?,
+                _ => a.movsq()?,
+            }
+            a.pop(rcx)
+        }
         _ => a.nop(),
     }
 }

@@ -17,8 +17,11 @@
 //! the covered mnemonics' forms compiled code does not do itself) are [`Kind::Call`]ed:
 //! the compiled code calls the interpreter's own handler for them, exactly as the run
 //! loop would; so it does for a near CALL or JMP through a register or memory at a
-//! block's end ([`Kind::Branch`]). A LOCK prefix leaves an instruction to the
-//! interpreter.
+//! block's end ([`Kind::Branch`]), for the string instructions but INS and OUTS (REP
+//! or not: the handler's batches end the block as in the interpreter, and its elements
+//! count towards the poll), and for every LOCKed form of those (the handler is the
+//! plain read-modify-write, or #UD where LOCK is not allowed: the sim's processors run
+//! one at a time, so the interpreter's LOCK is no more).
 
 use crate::decode::Op;
 use crate::exec::NONE;
@@ -242,6 +245,28 @@ fn callable(op: &Op) -> bool {
             // The TSC the handler reads is the one the run loop would have set.
             | M::Rdtsc
             | M::Rdtscp
+            // The string instructions (MOVSD and CMPSD name SSE forms too, which have
+            // XMM operands: `gprs_only` leaves them out).
+            | M::Movsb
+            | M::Movsw
+            | M::Movsd
+            | M::Movsq
+            | M::Stosb
+            | M::Stosw
+            | M::Stosd
+            | M::Stosq
+            | M::Lodsb
+            | M::Lodsw
+            | M::Lodsd
+            | M::Lodsq
+            | M::Cmpsb
+            | M::Cmpsw
+            | M::Cmpsd
+            | M::Cmpsq
+            | M::Scasb
+            | M::Scasw
+            | M::Scasd
+            | M::Scasq
     );
     // The covered mnemonics and PUSH/POP, in forms not compiled (32-bit addresses,
     // 16-bit stack operands, PUSH imm, POP to memory), on general registers only (not
@@ -271,8 +296,11 @@ fn callable(op: &Op) -> bool {
 /// The covered form of `op` in 64-bit code, if it is one.
 pub fn classify(op: &Op) -> Option<Kind> {
     let ins = &op.ins;
-    if op.lock || ins.is_invalid() {
+    if ins.is_invalid() {
         return None;
+    }
+    if op.lock {
+        return callable(op).then_some(Kind::Call);
     }
     native(op)
         .or_else(|| callable(op).then_some(Kind::Call))
