@@ -65,11 +65,13 @@ export interface VmOptions {
    */
   clock?: 'deterministic' | 'realtime'
   /**
-   * Which of the sim's tiers executes guest code: `'interpreter'` (the default: every
-   * instruction through its handler) or `'translator'` (blocks of 64-bit code that ran
-   * often are compiled to host code, the interpreter runs the rest; exits, instruction
-   * counts, registers and memory are the interpreter's, bit for bit). Sim only: the mshv
-   * backend runs guest code on the processor and refuses either with `ENOTSUP`.
+   * Which of the sim's tiers executes guest code: `'translator'` (the default: blocks
+   * of 64-bit code that ran often are compiled to host code, the interpreter runs the
+   * rest; exits, instruction counts, registers and memory are the interpreter's, bit for
+   * bit) or `'interpreter'` (every instruction through its handler). The environment
+   * variable `MSHV_SIM_CPU` (`interpreter` or `translator`) sets the default. Sim only:
+   * the mshv backend runs guest code on the processor and refuses either with
+   * `ENOTSUP`.
    */
   cpu?: 'interpreter' | 'translator'
 }

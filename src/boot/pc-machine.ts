@@ -26,7 +26,7 @@ export interface PcMachineOptions {
   policy?: SyncPolicy
   /** The sim's clock (default deterministic). */
   clock?: VmOptions['clock']
-  /** The sim's execution tier (default `'interpreter'`; see {@link VmOptions.cpu}). */
+  /** The sim's execution tier (default `'translator'`; see {@link VmOptions.cpu}). */
   cpu?: VmOptions['cpu']
   /** CPUID answers (e.g. a hypervisor signature at 0x40000000). */
   cpuid?: VmOptions['cpuid']

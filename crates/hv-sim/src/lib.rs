@@ -35,7 +35,7 @@ pub struct SimConfig {
     pub intercept_msrs: Vec<u32>,
     pub unknown_msr: UnknownMsr,
     pub clock: ClockMode,
-    /// The processor tier; `None`: the interpreter, or what `MSHV_SIM_CPU` names
+    /// The processor tier; `None`: the translator, or what `MSHV_SIM_CPU` names
     /// (`sim_cpu::Tier::from_env`, for test suites).
     pub cpu: Option<hv_core::CpuTier>,
 }
