@@ -1,6 +1,7 @@
 /**
  * `npm run bench:peers`: issue #20's workloads (bench/peers/workloads.asm, one source,
- * assembled once by NASM) on the sim and, where installed, QEMU's TCG and Bochs (a ROM
+ * assembled once by NASM) on the sim (its interpreter and its translator, issue #31)
+ * and, where installed, QEMU's TCG and Bochs (a ROM
  * that enters long mode and brackets the call with "{S}" and "{E}" on port 0xE9, timed
  * from the host as the markers arrive), Unicorn and the host CPU (the same function
  * bytes, called through bench/peers/peer.py). Median of 3 runs; instruction counts are
@@ -24,7 +25,7 @@ const WORKLOADS = [
   { name: 'recursive fib (call/ret/push/pop)', reps: 1300, bytes: 0 },
   { name: '`rep movsb` (MB/s)', reps: 2048, bytes: 65536 },
 ] as const
-const RUNNERS = ['sim', 'bochs', 'unicorn', 'qemu', 'native'] as const
+const RUNNERS = ['interpreter', 'translator', 'bochs', 'unicorn', 'qemu', 'native'] as const
 type Runner = (typeof RUNNERS)[number]
 
 const work = mkdtempSync(join(tmpdir(), 'mshv-peers-'))
@@ -73,10 +74,10 @@ function markers(cmd: string, args: string[], fromSpawn = false, timeoutMs = 300
   })
 }
 
-/** The sim running the same ROM: seconds between the markers and the instructions retired between them. */
-function simRom(path: string): { seconds: number; instructions: number } {
+/** The sim running the same ROM on tier `cpu`: seconds between the markers and the instructions retired between them. */
+function simRom(path: string, cpu: 'interpreter' | 'translator'): { seconds: number; instructions: number } {
   const image = readFileSync(path)
-  const vm = createVm({ backend: 'sim' })
+  const vm = createVm({ backend: 'sim', cpu })
   try {
     vm.addRam(0, 0xf_0000)
     vm.addRam(0x10_0000, 15 << 20)
@@ -120,7 +121,7 @@ async function main(): Promise<void> {
       return false
     }
   })()
-  const available: Record<Runner, boolean> = { sim: true, bochs: have('bochs') && have('script'), unicorn, qemu: have('qemu-system-x86_64'), native: python }
+  const available: Record<Runner, boolean> = { interpreter: true, translator: true, bochs: have('bochs') && have('script'), unicorn, qemu: have('qemu-system-x86_64'), native: python }
   const bochsrc = join(work, 'bochsrc')
   const rows: { workload: string; unit: string; values: Partial<Record<Runner, number>> }[] = []
   for (const [index, w] of WORKLOADS.entries()) {
@@ -132,8 +133,8 @@ async function main(): Promise<void> {
       for (const runner of RUNNERS) {
         if (!available[runner]) continue
         let seconds: number
-        if (runner === 'sim') {
-          const r = simRom(romPath)
+        if (runner === 'interpreter' || runner === 'translator') {
+          const r = simRom(romPath, runner)
           seconds = r.seconds
           instructions = r.instructions
         } else if (runner === 'qemu') {
@@ -168,11 +169,12 @@ async function main(): Promise<void> {
     console.error(`${w.name}: ${RUNNERS.map((r) => `${r} ${values[r]?.toFixed(0) ?? '-'}`).join(', ')}`)
   }
   const fmt = (v: number | undefined): string => (v === undefined ? 'not installed' : v.toLocaleString('en-US', { maximumFractionDigits: 0 }))
-  console.log(`| workload | ${RUNNERS.join(' | ')} | sim / Bochs |`)
-  console.log(`| --- | ${RUNNERS.map(() => '---').join(' | ')} | --- |`)
+  const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? `${(a / b).toFixed(2)}x` : '-')
+  console.log(`| workload | sim ${RUNNERS.join(' | ')} | interpreter / Bochs | translator / QEMU |`)
+  console.log(`| --- | ${RUNNERS.map(() => '---').join(' | ')} | --- | --- |`)
   for (const r of rows) {
-    const ratio = r.values.bochs ? `${((r.values.sim ?? 0) / r.values.bochs).toFixed(2)}x` : '-'
-    console.log(`| ${r.workload} | ${RUNNERS.map((x) => fmt(r.values[x])).join(' | ')} | ${ratio} |`)
+    const v = r.values
+    console.log(`| ${r.workload} | ${RUNNERS.map((x) => fmt(v[x])).join(' | ')} | ${ratio(v.interpreter, v.bochs)} | ${ratio(v.translator, v.qemu)} |`)
   }
   writeFileSync('bench/peers.json', `${JSON.stringify({ date: new Date().toISOString(), rows }, null, 2)}\n`)
   console.log('\nwritten to bench/peers.json')

@@ -506,12 +506,15 @@ fn more(
             // String instructions, REP or not, over the data (a #PF part way where it
             // reaches the absent page); rcx is the loop's.
             a.push(rcx)?;
-            a.mov(ecx, (imm & 15) as u32)?;
+            // Now and then more elements than a poll interval (1024): the handler's
+            // work ends the budget of the blocks compiled code goes on into.
+            let count = if k % 6 == 1 { 1500 } else { (imm & 15) as u32 };
+            a.mov(ecx, count)?;
             a.lea(rsi, qword_ptr(r15 + d))?;
             a.lea(rdi, qword_ptr(r15 + (d ^ 0x48)))?;
             match k % 6 {
                 0 => a.rep().movsb()?,
-                1 => a.rep().stosq()?,
+                1 => a.rep().stosb()?,
                 2 => a.lodsw()?,
                 3 => a.repe().cmpsb()?,
                 4 => a.repne().scasd()?,

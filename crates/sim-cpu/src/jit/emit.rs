@@ -8,7 +8,8 @@
 //! record the interpreter's handlers make) is written only where something can look at
 //! it. Whenever the function returns, the processor's state is the interpreter's after
 //! the same instructions. Registers: r12 the `Cpu`, r13 the TLB's entries, r14 the
-//! [`Frame`]; rax, rcx, rdx, r8-r11 scratch.
+//! [`Frame`], r15 its budget (in the frame when the function returns or calls a
+//! handler); rax, rcx, rdx, r8-r11 scratch.
 //!
 //! Memory operands go through the interpreter's TLB ([`crate::tlb`]) with its lookup
 //! written out: the canonical check (SDM vol 1 3.3.7.1), the access within one page,
@@ -69,7 +70,6 @@ const FR_CPU: i32 = offset_of!(Frame, cpu) as i32;
 const FR_TLB: i32 = offset_of!(Frame, tlb) as i32;
 const FR_EVENTS: i32 = offset_of!(Frame, events) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
-const FR_RETIRED: i32 = offset_of!(Frame, retired) as i32;
 const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
 const FR_BLOCK: i32 = offset_of!(Frame, block) as i32;
 const FR_OPS: i32 = offset_of!(Frame, ops) as i32;
@@ -194,22 +194,27 @@ fn put_record(a: &mut Assembler, r: Rec) {
     }
 }
 
-/// r9 = r9 `k` r11 at `s` bytes, setting the host's flags as the guest's instruction
-/// sets its own (SDM vol 2 ADD, SUB, CMP, AND, OR, XOR, TEST: CF, OF, SF, ZF and PF by
-/// the result at the operand size; AF, which no condition reads, stays the record's).
-/// r9's bits above `s` bytes stay clear: it was loaded zero-extended.
-fn alu(a: &mut Assembler, k: Alu, s: u8) {
+/// Host register `d` = `d` `k` `x` at `s` bytes (CMP and TEST compute SUB's and AND's
+/// result, which their record holds), or only the flags with `compare` (CMP and TEST
+/// as themselves), setting the host's flags as the guest's instruction sets its own (SDM
+/// vol 2 ADD, SUB, CMP, AND, OR, XOR, TEST: CF, OF, SF, ZF and PF by the result at the
+/// operand size; AF, which no condition reads, stays the record's). An 8- or 16-bit
+/// result keeps `d`'s other bits and a 32-bit one clears bits 63:32, as x86 writes
+/// registers (SDM vol 1 3.4.1.1): the guest's register, or a zero-extended scratch one.
+fn alu(a: &mut Assembler, k: Alu, s: u8, d: u8, x: u8, compare: bool) {
     macro_rules! sized {
         ($i:ident) => {
             match s {
-                1 => dynasm!(a ; .arch x64 ; $i r9b, r11b),
-                2 => dynasm!(a ; .arch x64 ; $i r9w, r11w),
-                4 => dynasm!(a ; .arch x64 ; $i r9d, r11d),
-                _ => dynasm!(a ; .arch x64 ; $i r9, r11),
+                1 => dynasm!(a ; .arch x64 ; $i Rb(d), Rb(x)),
+                2 => dynasm!(a ; .arch x64 ; $i Rw(d), Rw(x)),
+                4 => dynasm!(a ; .arch x64 ; $i Rd(d), Rd(x)),
+                _ => dynasm!(a ; .arch x64 ; $i Rq(d), Rq(x)),
             }
         };
     }
     match k {
+        Alu::Cmp if compare => sized!(cmp),
+        Alu::Test if compare => sized!(test),
         Alu::Add => sized!(add),
         Alu::Sub | Alu::Cmp => sized!(sub),
         Alu::And | Alu::Test => sized!(and),
@@ -218,17 +223,18 @@ fn alu(a: &mut Assembler, k: Alu, s: u8) {
     }
 }
 
-/// r9 = r9 ± 1 at `s` bytes, the host's CF left as it was (SDM vol 2 INC, DEC).
-fn inc_dec(a: &mut Assembler, dec: bool, s: u8) {
+/// Host register `d` = `d` ± 1 at `s` bytes, the host's CF left as it was (SDM vol 2
+/// INC, DEC).
+fn inc_dec(a: &mut Assembler, dec: bool, s: u8, d: u8) {
     match (dec, s) {
-        (false, 1) => dynasm!(a ; .arch x64 ; inc r9b),
-        (false, 2) => dynasm!(a ; .arch x64 ; inc r9w),
-        (false, 4) => dynasm!(a ; .arch x64 ; inc r9d),
-        (false, _) => dynasm!(a ; .arch x64 ; inc r9),
-        (true, 1) => dynasm!(a ; .arch x64 ; dec r9b),
-        (true, 2) => dynasm!(a ; .arch x64 ; dec r9w),
-        (true, 4) => dynasm!(a ; .arch x64 ; dec r9d),
-        (true, _) => dynasm!(a ; .arch x64 ; dec r9),
+        (false, 1) => dynasm!(a ; .arch x64 ; inc Rb(d)),
+        (false, 2) => dynasm!(a ; .arch x64 ; inc Rw(d)),
+        (false, 4) => dynasm!(a ; .arch x64 ; inc Rd(d)),
+        (false, _) => dynasm!(a ; .arch x64 ; inc Rq(d)),
+        (true, 1) => dynasm!(a ; .arch x64 ; dec Rb(d)),
+        (true, 2) => dynasm!(a ; .arch x64 ; dec Rw(d)),
+        (true, 4) => dynasm!(a ; .arch x64 ; dec Rd(d)),
+        (true, _) => dynasm!(a ; .arch x64 ; dec Rq(d)),
     }
 }
 
@@ -559,9 +565,9 @@ impl Emitter<'_> {
                 ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
                 ; mov r10, QWORD [rcx + chain::BLOCK] ; mov r9, QWORD [rcx + chain::SERIAL]
                 ; cmp QWORD [r10 + chain::BLOCK_SERIAL], r9 ; jne =>out
-                ; mov r8, QWORD [rcx + chain::LEN] ; mov rdx, QWORD [r14 + FR_BUDGET] ; sub rdx, r8 ; jb =>out
+                ; mov r8, QWORD [rcx + chain::LEN] ; mov rdx, r15 ; sub rdx, r8 ; jb =>out
                 ; mov r9, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r9], 0 ; jne =>out
-                ; mov QWORD [r14 + FR_BUDGET], rdx ; add QWORD [r14 + FR_RETIRED], n
+                ; mov r15, rdx
                 ; mov QWORD [r14 + FR_BLOCK], r10
                 ; mov rdx, QWORD [rcx + chain::OPS] ; mov QWORD [r14 + FR_OPS], rdx
                 ; mov QWORD [r14 + FR_LEN], r8
@@ -580,9 +586,9 @@ impl Emitter<'_> {
             let n = self.ops.len() as i32;
             let out = self.a.new_dynamic_label();
             dynasm!(self.a ; .arch x64
-                ; mov rax, QWORD [r14 + FR_BUDGET] ; cmp rax, n ; jb =>out
+                ; cmp r15, n ; jb =>out
                 ; mov rcx, QWORD [r14 + FR_EVENTS] ; cmp DWORD [rcx], 0 ; jne =>out
-                ; sub rax, n ; mov QWORD [r14 + FR_BUDGET], rax ; add QWORD [r14 + FR_RETIRED], n
+                ; sub r15, n
             );
             self.put_pending(true);
             let top = self.top;
@@ -612,12 +618,34 @@ impl Emitter<'_> {
                 } else if src == Src::Loc(Loc::Mem) {
                     self.memory(i, s, false);
                 }
-                self.source(R10, Src::Loc(dst), s);
+                // The record, when it is written, needs the operands (r10, r11) and the
+                // result (r9); a guest register held in a host register is computed in
+                // place.
+                let keep = self.plan.record[i] != Record::Dead;
+                let place = match dst {
+                    Loc::Reg(r) => self.cached(r, s).map(|c| (r, c)),
+                    Loc::Mem => None,
+                };
                 self.source(R11, src, s);
-                dynasm!(self.a ; .arch x64 ; mov r9, r10);
-                alu(&mut self.a, k, s);
-                if k.writes() {
-                    self.store(R9, dst, s);
+                match place {
+                    Some((r, c)) if k.writes() => {
+                        if keep {
+                            self.load_reg(R10, r, s);
+                        }
+                        alu(&mut self.a, k, s, c, R11, false);
+                        if keep {
+                            self.load_reg(R9, r, s);
+                        }
+                    }
+                    Some((_, c)) if !keep => alu(&mut self.a, k, s, c, R11, true),
+                    _ => {
+                        self.source(R10, Src::Loc(dst), s);
+                        dynasm!(self.a ; .arch x64 ; mov r9, r10);
+                        alu(&mut self.a, k, s, R9, R11, false);
+                        if k.writes() {
+                            self.store(R9, dst, s);
+                        }
+                    }
                 }
                 // Logic records no operands (`ops::arith::alu`).
                 let (f, a, b) = match k {
@@ -650,14 +678,42 @@ impl Emitter<'_> {
                     guest_flags(&mut self.a, self.known, self.cx.routine);
                     dynasm!(self.a ; .arch x64 ; mov rax, r11);
                 }
-                dynasm!(self.a ; .arch x64 ; setc r8b);
-                if self.plan.record[i] == Record::Now {
+                let record = self.plan.record[i];
+                let keep = record != Record::Dead;
+                if keep {
+                    dynasm!(self.a ; .arch x64 ; setc r8b);
+                }
+                if record == Record::Now {
+                    // `put_cf` changes the host's flags: CF goes back before INC/DEC.
                     put_cf(&mut self.a);
                 }
-                self.source(R10, Src::Loc(dst), s);
-                dynasm!(self.a ; .arch x64 ; mov r9, r10 ; bt r8d, 0);
-                inc_dec(&mut self.a, dec, s);
-                self.store(R9, dst, s);
+                let place = match dst {
+                    Loc::Reg(r) => self.cached(r, s).map(|c| (r, c)),
+                    Loc::Mem => None,
+                };
+                match place {
+                    Some((r, c)) => {
+                        if keep {
+                            self.load_reg(R10, r, s);
+                        }
+                        if record == Record::Now {
+                            dynasm!(self.a ; .arch x64 ; bt r8d, 0);
+                        }
+                        inc_dec(&mut self.a, dec, s, c);
+                        if keep {
+                            self.load_reg(R9, r, s);
+                        }
+                    }
+                    None => {
+                        self.source(R10, Src::Loc(dst), s);
+                        dynasm!(self.a ; .arch x64 ; mov r9, r10);
+                        if record == Record::Now {
+                            dynasm!(self.a ; .arch x64 ; bt r8d, 0);
+                        }
+                        inc_dec(&mut self.a, dec, s, R9);
+                        self.store(R9, dst, s);
+                    }
+                }
                 let f = if dec { FlagOp::Dec } else { FlagOp::Inc };
                 let (a, b, keep_cf) = (Ok(R10), Err(1), true);
                 self.record(
@@ -764,7 +820,11 @@ impl Emitter<'_> {
     fn call(&mut self, i: usize) {
         let (handler, ii) = (self.cx.handler as i64, i as i32);
         self.sync(false);
-        dynasm!(self.a ; .arch x64 ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax);
+        dynasm!(self.a ; .arch x64
+            ; mov QWORD [r14 + FR_BUDGET], r15
+            ; mov rdi, r14 ; mov esi, ii ; mov rax, QWORD handler ; call rax
+            ; mov r15, QWORD [r14 + FR_BUDGET]
+        );
         self.sync(true);
         dynasm!(self.a ; .arch x64 ; test eax, eax ; jnz =>self.bails[i]);
         // The handler may have made any lazy record.
@@ -795,6 +855,7 @@ pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16)
     dynasm!(a ; .arch x64
         ; push rbx ; push rbp ; push r12 ; push r13 ; push r14 ; push r15 ; sub rsp, 8
         ; mov r14, rdi ; mov r12, QWORD [rdi + FR_CPU] ; mov r13, QWORD [rdi + FR_TLB]
+        ; mov r15, QWORD [rdi + FR_BUDGET]
     );
     let plan = plan(ops, kinds, cx.block_ip);
     let mut e = Emitter {
@@ -842,6 +903,7 @@ pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16)
     dynasm!(e.a ; .arch x64 ; =>exit);
     e.sync(false);
     dynasm!(e.a ; .arch x64
+        ; mov QWORD [r14 + FR_BUDGET], r15
         ; add rsp, 8 ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx ; ret
     );
     Ok((finish(e.a)?, chain_entry))
@@ -856,13 +918,7 @@ mod tests {
     /// prefix; without one the same numbers are CH, DH, BH: SDM vol 2 table 3-1).
     #[test]
     fn byte_moves_to_pool_registers_name_their_low_bytes() {
-        let want = [
-            Register::BL,
-            Register::BPL,
-            Register::R15L,
-            Register::SIL,
-            Register::DIL,
-        ];
+        let want = [Register::BL, Register::BPL, Register::SIL, Register::DIL];
         for (&c, want) in super::super::plan::POOL.iter().zip(want) {
             let mut a = assembler();
             dynasm!(a ; .arch x64 ; mov Rb(c), Rb(R9) ; movzx Rd(R9), Rb(c));

@@ -167,10 +167,15 @@ pub struct Frame {
     tlb: *const crate::tlb::Entry,
     events: *const AtomicU32,
     /// Instructions the blocks (and passes of a self-looping block) after the first may
-    /// retire (see the module).
+    /// retire still (see the module): compiled code keeps it in a register and takes
+    /// each one's instructions off it as it goes on into it.
     budget: u64,
-    /// Instructions of the whole blocks and passes run before the current one.
-    retired: u64,
+    /// The budget and the block's instruction count at the entry, and what handlers
+    /// took off the budget (`call_handler`): the instructions retired follow
+    /// ([`Frame::retired`]).
+    start_budget: u64,
+    start_len: u64,
+    cut: u64,
     /// The TLB grants (`tlb::need`) a read and a write need at the current CPL.
     need_read: u8,
     need_write: u8,
@@ -186,6 +191,18 @@ pub struct Frame {
     t0: u64,
     /// How a handler called ended the run of compiled code, if it did.
     end: Option<End>,
+}
+
+impl Frame {
+    /// Instructions of the whole blocks and passes run before the current one: the
+    /// budget taken by the blocks gone on into, less the current one's, plus the first.
+    fn retired(&self) -> u64 {
+        self.start_budget
+            .wrapping_sub(self.cut)
+            .wrapping_sub(self.budget)
+            .wrapping_add(self.start_len)
+            .wrapping_sub(self.len)
+    }
 }
 
 /// How a handler called from compiled code ended its run.
@@ -231,12 +248,13 @@ unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
     };
     let t = x.cpu.tsc;
     x.cpu.rip = op.next;
-    x.cpu.tsc = f.t0.wrapping_add(f.retired).wrapping_add(i as u64);
+    x.cpu.tsc = f.t0.wrapping_add(f.retired()).wrapping_add(i as u64);
     match (op.exec)(x, op) {
         Ok(()) if !x.end_block => {
             x.cpu.tsc = t;
             if x.work >= crate::run::POLL_INTERVAL {
                 // The run loop would poll after this block: no more blocks here.
+                f.cut += f.budget;
                 f.budget = 0;
             }
             0
@@ -347,7 +365,9 @@ fn enter(
         tlb,
         events,
         budget,
-        retired: 0,
+        start_budget: budget,
+        start_len: block.ops.len() as u64,
+        cut: 0,
         need_read: crate::tlb::need(Access::Read, user),
         need_write: crate::tlb::need(Access::Write, user),
         stamp,
@@ -371,7 +391,7 @@ fn enter(
         f(&mut frame)
     };
     Some(Ran {
-        retired: frame.retired,
+        retired: frame.retired(),
         done: done as usize,
         end: frame.end,
         block: frame.block,

@@ -18,9 +18,9 @@ use crate::exec::{AH, NONE};
 const RSP: u8 = 4;
 
 /// Host registers that hold guest registers: callee-saved or unused by the emitted
-/// code otherwise (rbx, rbp, r15, rsi, rdi). The emitted code saves the callee-saved
-/// ones; rsi and rdi are written back before and reloaded after a handler call.
-pub const POOL: [u8; 5] = [3, 5, 15, 6, 7];
+/// code otherwise (rbx, rbp, rsi, rdi). The emitted code saves the callee-saved ones;
+/// rsi and rdi are written back before and reloaded after a handler call.
+pub const POOL: [u8; 4] = [3, 5, 6, 7];
 
 /// What becomes of the lazy-flags record an instruction makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
