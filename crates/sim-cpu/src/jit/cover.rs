@@ -245,29 +245,14 @@ fn callable(op: &Op) -> bool {
             // The TSC the handler reads is the one the run loop would have set.
             | M::Rdtsc
             | M::Rdtscp
-            // The string instructions (MOVSD and CMPSD name SSE forms too, which have
-            // XMM operands: `gprs_only` leaves them out).
-            | M::Movsb
-            | M::Movsw
-            | M::Movsd
-            | M::Movsq
-            | M::Stosb
-            | M::Stosw
-            | M::Stosd
-            | M::Stosq
-            | M::Lodsb
-            | M::Lodsw
-            | M::Lodsd
-            | M::Lodsq
-            | M::Cmpsb
-            | M::Cmpsw
-            | M::Cmpsd
-            | M::Cmpsq
-            | M::Scasb
-            | M::Scasw
-            | M::Scasd
-            | M::Scasq
     );
+    // The string instructions but INS and OUTS, which exit (iced's test: MOVSD and
+    // CMPSD also name SSE forms).
+    let string = ins.is_string_instruction()
+        && !matches!(
+            ins.mnemonic(),
+            M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd
+        );
     // The covered mnemonics and PUSH/POP, in forms not compiled (32-bit addresses,
     // 16-bit stack operands, PUSH imm, POP to memory), on general registers only (not
     // MOV to or from a segment, control or debug register, not POP SS or FS).
@@ -290,7 +275,7 @@ fn callable(op: &Op) -> bool {
             | M::Push
             | M::Pop
     ) && gprs_only(op);
-    (any && gprs_only(op)) || plain
+    (any && gprs_only(op)) || plain || string
 }
 
 /// The covered form of `op` in 64-bit code, if it is one.
