@@ -202,11 +202,7 @@ impl Exec<'_> {
     pub fn linear(&mut self, seg: usize, off: u64, size: usize, write: bool) -> Result<u64, Stop> {
         let cpu = &*self.cpu;
         if cpu.mode64() {
-            let lin = if seg >= FS {
-                cpu.seg[seg].base.wrapping_add(off)
-            } else {
-                off
-            };
+            let lin = cpu.linear_of(seg, off);
             if !canonical(lin) || !canonical(lin.wrapping_add(size as u64 - 1)) {
                 return Err(self.segment_fault(seg));
             }
@@ -254,14 +250,14 @@ impl Exec<'_> {
                     if off <= s.limit as u64 || last > upper || last < off {
                         return Err(self.segment_fault(seg));
                     }
-                    return Ok(s.base.wrapping_add(off) & 0xffff_ffff);
+                    return Ok(cpu.linear_of(seg, off));
                 }
             }
         }
         if last > s.limit as u64 || last < off {
             return Err(self.segment_fault(seg));
         }
-        Ok(s.base.wrapping_add(off) & 0xffff_ffff)
+        Ok(cpu.linear_of(seg, off))
     }
 
     #[cold]

@@ -324,6 +324,22 @@ impl Cpu {
         self.long_mode_active() && self.seg[CS].long()
     }
 
+    /// The linear address offset `off` in segment `seg` stands for, before any check:
+    /// in 64-bit mode only FS and GS add their base (SDM vol 1 3.3.7.1), in other modes
+    /// every segment's base does, in 32 bits.
+    #[inline(always)]
+    pub fn linear_of(&self, seg: usize, off: u64) -> u64 {
+        if self.mode64() {
+            if seg >= FS {
+                self.seg[seg].base.wrapping_add(off)
+            } else {
+                off
+            }
+        } else {
+            self.seg[seg].base.wrapping_add(off) & 0xffff_ffff
+        }
+    }
+
     /// 16, 32 or 64: the default operand size of the code segment.
     #[inline]
     pub fn bitness(&self) -> u32 {

@@ -806,18 +806,9 @@ fn invlpg(x: &mut Exec, op: &Op) -> Result<(), Stop> {
     // between code blocks stand unless the page may map code they were made from (its
     // 1 GiB region, the largest page, holds some): Linux invalidates fixmap, vmalloc and
     // direct-map pages by the thousand while it boots, and every link made stale is a
-    // lookup.
-    // The linear address as `Exec::linear` forms it (64-bit mode: only FS and GS have
-    // a base, SDM vol 1 3.3.7.1), without its checks: INVLPG faults on none.
-    let seg = op.seg as usize;
-    let off = ea(x, op);
-    let lin = if !x.cpu.mode64() {
-        x.cpu.seg[seg].base.wrapping_add(off) & 0xffff_ffff
-    } else if seg == FS || seg == GS {
-        x.cpu.seg[seg].base.wrapping_add(off)
-    } else {
-        off
-    };
+    // lookup. The linear address is formed without `Exec::linear`'s checks: INVLPG
+    // faults on none.
+    let lin = x.cpu.linear_of(op.seg as usize, ea(x, op));
     if x.cache.may_hold_code(lin) {
         x.tlb.flush();
     } else {
