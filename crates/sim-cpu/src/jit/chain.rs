@@ -5,7 +5,7 @@
 //!
 //! Each block holds two [`Chain`]s, the run loop's links (`cache::Block::links`) in the
 //! form compiled code reads: a successor's RIP, its chain entry (past the prologue,
-//! where its cached registers are loaded), the block, its instructions and their count,
+//! where its cached registers are loaded), the block, its instruction count,
 //! and the stamp and the block's serial they were made under. Compiled code at a
 //! block's end compares the RIP it leaves at with both and follows one whose stamp is
 //! the frame's and whose block still has that serial (it was not evicted by another
@@ -22,7 +22,6 @@
 
 use super::Code;
 use crate::cache::Block;
-use crate::decode::Op;
 use crate::exec::Exec;
 use std::cell::Cell;
 
@@ -39,7 +38,6 @@ pub struct Chain {
     /// The block's serial when the chain was made: while it is the block's, the block is
     /// in its slot (`cache::Link`).
     serial: Cell<u64>,
-    ops: Cell<*const Op>,
     len: Cell<u64>,
 }
 
@@ -51,7 +49,6 @@ impl Default for Chain {
             entry: Cell::new(0),
             block: Cell::new(std::ptr::null()),
             serial: Cell::new(0),
-            ops: Cell::new(std::ptr::null()),
             len: Cell::new(0),
         }
     }
@@ -68,7 +65,6 @@ pub mod layout {
     pub const SERIAL: i32 = offset_of!(Chain, serial) as i32;
     /// A block's serial, in the block.
     pub const BLOCK_SERIAL: i32 = offset_of!(crate::cache::Block, serial) as i32;
-    pub const OPS: i32 = offset_of!(Chain, ops) as i32;
     pub const LEN: i32 = offset_of!(Chain, len) as i32;
     pub const SIZE: i32 = std::mem::size_of::<Chain>() as i32;
 }
@@ -128,6 +124,5 @@ pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
     c.entry.set(super::code_address(x, entry));
     c.block.set(to);
     c.serial.set(to.serial);
-    c.ops.set(to.ops.as_ptr());
     c.len.set(to.ops.len() as u64);
 }

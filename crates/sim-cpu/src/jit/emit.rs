@@ -72,13 +72,12 @@ const FR_EVENTS: i32 = offset_of!(Frame, events) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
 const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
 const FR_BLOCK: i32 = offset_of!(Frame, block) as i32;
-const FR_OPS: i32 = offset_of!(Frame, ops) as i32;
-const FR_LEN: i32 = offset_of!(Frame, len) as i32;
 const FR_NEED_READ: i32 = offset_of!(Frame, need_read) as i32;
 const FR_NEED_WRITE: i32 = offset_of!(Frame, need_write) as i32;
 
 // Host register numbers (dynasm's dynamic registers).
 const RAX: u8 = 0;
+const R12: u8 = 12;
 const R9: u8 = 9;
 /// RSP's guest register number (SDM vol 2 table 3-1).
 const RSP_REG: u8 = 4;
@@ -98,23 +97,24 @@ fn reg_at(r: u8, s: u8) -> i32 {
     }
 }
 
-/// Host register `h` = `s` bytes at host address rax, zero-extended.
-fn load_mem(a: &mut Assembler, h: u8, s: u8) {
+/// Host register `h` = `s` bytes at host address `base` + `disp`, zero-extended (a
+/// guest register in `Cpu`, or guest memory at rax).
+fn load(a: &mut Assembler, h: u8, base: u8, disp: i32, s: u8) {
     match s {
-        1 => dynasm!(a ; .arch x64 ; movzx Rd(h), BYTE [rax]),
-        2 => dynasm!(a ; .arch x64 ; movzx Rd(h), WORD [rax]),
-        4 => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [rax]),
-        _ => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rax]),
+        1 => dynasm!(a ; .arch x64 ; movzx Rd(h), BYTE [Rq(base) + disp]),
+        2 => dynasm!(a ; .arch x64 ; movzx Rd(h), WORD [Rq(base) + disp]),
+        4 => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [Rq(base) + disp]),
+        _ => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [Rq(base) + disp]),
     }
 }
 
-/// `s` bytes at host address rax = host register `h`.
-fn store_mem(a: &mut Assembler, h: u8, s: u8) {
+/// `s` bytes at host address `base` + `disp` = host register `h`.
+fn store(a: &mut Assembler, h: u8, base: u8, disp: i32, s: u8) {
     match s {
-        1 => dynasm!(a ; .arch x64 ; mov BYTE [rax], Rb(h)),
-        2 => dynasm!(a ; .arch x64 ; mov WORD [rax], Rw(h)),
-        4 => dynasm!(a ; .arch x64 ; mov DWORD [rax], Rd(h)),
-        _ => dynasm!(a ; .arch x64 ; mov QWORD [rax], Rq(h)),
+        1 => dynasm!(a ; .arch x64 ; mov BYTE [Rq(base) + disp], Rb(h)),
+        2 => dynasm!(a ; .arch x64 ; mov WORD [Rq(base) + disp], Rw(h)),
+        4 => dynasm!(a ; .arch x64 ; mov DWORD [Rq(base) + disp], Rd(h)),
+        _ => dynasm!(a ; .arch x64 ; mov QWORD [Rq(base) + disp], Rq(h)),
     }
 }
 
@@ -395,15 +395,7 @@ impl Emitter<'_> {
                 4 => dynasm!(a ; .arch x64 ; mov Rd(h), Rd(c)),
                 _ => dynasm!(a ; .arch x64 ; mov Rq(h), Rq(c)),
             },
-            None => {
-                let at = reg_at(r, s);
-                match s {
-                    1 => dynasm!(a ; .arch x64 ; movzx Rd(h), BYTE [r12 + at]),
-                    2 => dynasm!(a ; .arch x64 ; movzx Rd(h), WORD [r12 + at]),
-                    4 => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [r12 + at]),
-                    _ => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [r12 + at]),
-                }
-            }
+            None => load(a, h, R12, reg_at(r, s), s),
         }
     }
 
@@ -420,15 +412,12 @@ impl Emitter<'_> {
                 4 => dynasm!(a ; .arch x64 ; mov Rd(c), Rd(h)),
                 _ => dynasm!(a ; .arch x64 ; mov Rq(c), Rq(h)),
             },
-            None => {
-                let at = reg_at(r, s);
-                match s {
-                    1 => dynasm!(a ; .arch x64 ; mov BYTE [r12 + at], Rb(h)),
-                    2 => dynasm!(a ; .arch x64 ; mov WORD [r12 + at], Rw(h)),
-                    4 => dynasm!(a ; .arch x64 ; mov Rd(h), Rd(h) ; mov QWORD [r12 + at], Rq(h)),
-                    _ => dynasm!(a ; .arch x64 ; mov QWORD [r12 + at], Rq(h)),
-                }
+            // A 32-bit write clears bits 63:32: the whole register is stored.
+            None if s == 4 => {
+                dynasm!(a ; .arch x64 ; mov Rd(h), Rd(h));
+                store(a, h, R12, reg_at(r, s), 8);
             }
+            None => store(a, h, R12, reg_at(r, s), s),
         }
     }
 
@@ -496,7 +485,7 @@ impl Emitter<'_> {
     fn source(&mut self, h: u8, src: Src, s: u8) {
         match src {
             Src::Loc(Loc::Reg(r)) => self.load_reg(h, r, s),
-            Src::Loc(Loc::Mem) => load_mem(&mut self.a, h, s),
+            Src::Loc(Loc::Mem) => load(&mut self.a, h, RAX, 0, s),
             Src::Imm(v) => {
                 let v = v as i64;
                 dynasm!(self.a ; .arch x64 ; mov Rq(h), QWORD v);
@@ -508,7 +497,7 @@ impl Emitter<'_> {
     fn store(&mut self, h: u8, dst: Loc, s: u8) {
         match dst {
             Loc::Reg(r) => self.store_reg(h, r, s),
-            Loc::Mem => store_mem(&mut self.a, h, s),
+            Loc::Mem => store(&mut self.a, h, RAX, 0, s),
         }
     }
 
@@ -569,8 +558,6 @@ impl Emitter<'_> {
                 ; mov r9, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r9], 0 ; jne =>out
                 ; mov r15, rdx
                 ; mov QWORD [r14 + FR_BLOCK], r10
-                ; mov rdx, QWORD [rcx + chain::OPS] ; mov QWORD [r14 + FR_OPS], rdx
-                ; mov QWORD [r14 + FR_LEN], r8
             );
             self.sync(false);
             dynasm!(self.a ; .arch x64 ; jmp QWORD [rcx + chain::ENTRY] ; =>out);

@@ -181,10 +181,9 @@ pub struct Frame {
     need_write: u8,
     /// The stamp chains are followed under ([`chain::stamp`]).
     stamp: u64,
-    /// The block running now, its instructions, and how many.
+    /// The block running now (its instructions are the handlers' and its count the
+    /// budget's: [`Frame::retired`]).
     block: *const Block,
-    ops: *const crate::decode::Op,
-    len: u64,
     /// The run loop's `Exec` (erased: it has lifetimes), for the handlers called.
     exec: *mut std::ffi::c_void,
     /// The TSC at the block's start (compiled code leaves it there).
@@ -194,6 +193,14 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The block running now.
+    fn block(&self) -> &Block {
+        // SAFETY: `enter` made the frame for a block alive for the run, and compiled
+        // code names another only through a chain whose stamp and serial say it is
+        // alive (`chain`); no block is dropped while compiled code runs.
+        unsafe { &*self.block }
+    }
+
     /// Instructions of the whole blocks and passes run before the current one: the
     /// budget taken by the blocks gone on into, less the current one's, plus the first.
     fn retired(&self) -> u64 {
@@ -201,7 +208,7 @@ impl Frame {
             .wrapping_sub(self.cut)
             .wrapping_sub(self.budget)
             .wrapping_add(self.start_len)
-            .wrapping_sub(self.len)
+            .wrapping_sub(self.block().ops.len() as u64)
     }
 }
 
@@ -232,8 +239,8 @@ pub struct Ran {
 ///
 /// # Safety
 /// `frame` is the frame `enter` made for this run of compiled code: its `exec` is the
-/// run loop's `Exec`, not otherwise in use while compiled code runs, and `ops` holds
-/// `len` instructions, `i` among them.
+/// run loop's `Exec`, not otherwise in use while compiled code runs, and its block's
+/// instructions hold `i`.
 #[cfg(target_arch = "x86_64")]
 unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
     // SAFETY: see the function's contract: the frame lives on `enter`'s stack, the
@@ -243,7 +250,8 @@ unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
     let (f, x, op) = unsafe {
         let f = &mut *frame;
         let x = &mut *f.exec.cast::<Exec<'_>>();
-        let op = &*f.ops.add(i as usize);
+        let ops: &[crate::decode::Op] = &(*f.block).ops;
+        let op = ops.get_unchecked(i as usize);
         (f, x, op)
     };
     let t = x.cpu.tsc;
@@ -372,8 +380,6 @@ fn enter(
         need_write: crate::tlb::need(Access::Write, user),
         stamp,
         block,
-        ops: block.ops.as_ptr(),
-        len: block.ops.len() as u64,
         exec: (x as *mut Exec<'_>).cast(),
         t0,
         end: None,
