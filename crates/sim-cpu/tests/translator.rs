@@ -567,17 +567,27 @@ fn program(g: &mut Rng) -> Vec<u8> {
     a.assemble(CODE).unwrap()
 }
 
+/// 400 random programs in lock-step, the translator's code area `area` bytes (0: the
+/// default): the translator's statistics of each, summed.
+fn random_programs(area: usize) -> sim_cpu::TranslatorStats {
+    let mut sum = sim_cpu::TranslatorStats::default();
+    for seed in 1..=400u64 {
+        let mut g = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let code = program(&mut g);
+        let s = lockstep_with(&code, &mut g, 200_000, area, |_, _| {})
+            .cpu
+            .translator_stats();
+        sum.blocks += s.blocks;
+        sum.flushes += s.flushes;
+    }
+    sum
+}
+
 /// Random programs under both tiers: the same exits, counts, registers and RAM after
 /// every slice.
 #[test]
 fn random_programs_run_the_same_under_both_tiers() {
-    let mut compiled = 0;
-    for seed in 1..=400u64 {
-        let mut g = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let code = program(&mut g);
-        let b = lockstep(&code, &mut g, 200_000, |_, _| {});
-        compiled += b.cpu.translator_stats().blocks;
-    }
+    let compiled = random_programs(0).blocks;
     assert!(compiled > 400, "the translator compiled {compiled} blocks");
 }
 
@@ -585,13 +595,7 @@ fn random_programs_run_the_same_under_both_tiers() {
 /// blocks compile anew after each flush, and no stale code is entered.
 #[test]
 fn a_small_code_area_is_flushed_and_refilled_exactly() {
-    let mut flushes = 0;
-    for seed in 1..=400u64 {
-        let mut g = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let code = program(&mut g);
-        let b = lockstep_with(&code, &mut g, 200_000, 4096, |_, _| {});
-        flushes += b.cpu.translator_stats().flushes;
-    }
+    let flushes = random_programs(4096).flushes;
     assert!(flushes > 20, "{flushes} flushes");
 }
 
