@@ -12,8 +12,9 @@
 //! handler); rax, rcx, rdx, r8-r11 scratch.
 //!
 //! Memory operands go through the interpreter's TLB ([`crate::tlb`]) with its lookup
-//! written out: the canonical check (SDM vol 1 3.3.7.1), the access within one page,
-//! the entry's tag and its grant for the access and privilege. Anything else (a miss, a
+//! written out: the entry's tag (which also checks that the access stays within one
+//! page and, the TLB holding canonical pages only, that its address is canonical: SDM
+//! vol 1 3.3.7.1) and its grant for the access and privilege. Anything else (a miss, a
 //! page crossing, a non-canonical address, a page holding code or a watched byte, MMIO:
 //! none of those ever has a grant in the TLB) *bails*: the function returns the index
 //! of the instruction before it has changed anything, and the interpreter executes it,
@@ -118,6 +119,36 @@ fn store(a: &mut Assembler, h: u8, base: u8, disp: i32, s: u8) {
     }
 }
 
+/// Host register `h` = `s` bytes at rax, written as x86 writes a register of that size
+/// (SDM vol 1 3.4.1.1: 8- and 16-bit loads keep the rest, 32-bit ones clear bits
+/// 63:32).
+fn load_into(a: &mut Assembler, h: u8, s: u8) {
+    match s {
+        1 => dynasm!(a ; .arch x64 ; mov Rb(h), BYTE [rax]),
+        2 => dynasm!(a ; .arch x64 ; mov Rw(h), WORD [rax]),
+        4 => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [rax]),
+        _ => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rax]),
+    }
+}
+
+/// Host register `h` = `from` bytes at rax, zero- or sign-extended to `to` (4 or 8)
+/// bytes, bits 63:32 clear at 4 (SDM vol 2 MOVZX, MOVSX, MOVSXD).
+fn extend_into(a: &mut Assembler, h: u8, from: u8, signed: bool, to: u8) {
+    match (signed, from, to) {
+        (false, 1, _) => dynasm!(a ; .arch x64 ; movzx Rd(h), BYTE [rax]),
+        (false, 2, _) => dynasm!(a ; .arch x64 ; movzx Rd(h), WORD [rax]),
+        (false, _, 4) | (true, 4, 4) => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [rax]),
+        (false, _, _) => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rax]),
+        (true, 1, 4) => dynasm!(a ; .arch x64 ; movsx Rd(h), BYTE [rax]),
+        (true, 2, 4) => dynasm!(a ; .arch x64 ; movsx Rd(h), WORD [rax]),
+        (true, 1, _) => dynasm!(a ; .arch x64 ; movsx Rq(h), BYTE [rax]),
+        (true, 2, _) => dynasm!(a ; .arch x64 ; movsx Rq(h), WORD [rax]),
+        (true, 4, _) => dynasm!(a ; .arch x64 ; movsxd Rq(h), DWORD [rax]),
+        (true, _, 4) => dynasm!(a ; .arch x64 ; mov Rd(h), DWORD [rax]),
+        (true, _, _) => dynasm!(a ; .arch x64 ; mov Rq(h), QWORD [rax]),
+    }
+}
+
 /// Host register `h` masked to `s` bytes.
 fn mask(a: &mut Assembler, h: u8, s: u8) {
     match s {
@@ -130,29 +161,30 @@ fn mask(a: &mut Assembler, h: u8, s: u8) {
 
 /// rax (a linear address) = its host address for an `s`-byte access needing the grant
 /// at `need` in the frame, through the TLB as `Tlb::lookup` does; else to `bail`.
+/// Clobbers rcx, rdx and the host's flags only.
 ///
-/// No canonical check (SDM vol 1 3.3.7.1) is made: the tag compared is the whole page
-/// number (bits 63:12), and the TLB holds canonical pages only (filled after
-/// `Exec::linear`'s check), so a non-canonical address misses and bails, and the
-/// interpreter raises its #GP or #SS. A byte cannot cross a page.
+/// The tag compared is that of the access's last byte's page (plus one, as tags are
+/// kept), looked for in the slot of its first byte's page: it matches only when both
+/// are the same page, since two pages in a row never share a slot (`tlb::slot`), so
+/// one compare checks the page and that the access stays within it, as TCG's lookup
+/// does (`tcg_out_tlb_load`). Past the top of the address space the sum wraps to page 0
+/// or 1, whose tags are never in the top page's slot, or 0, an empty entry's, which
+/// grants nothing: a miss. No canonical check (SDM vol 1 3.3.7.1) is made: the TLB
+/// holds canonical pages only (filled after `Exec::linear`'s check), so a
+/// non-canonical address misses, and the interpreter raises its #GP or #SS.
 fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
-    let last = 0x1000 - s as i32;
     let slots = (layout::SLOTS - 1) as i32;
     let shift = layout::SHIFT as i8;
-    let (tag, allow, host) = (layout::TAG, layout::ALLOW, layout::HOST);
-    if s > 1 {
-        // Within one page.
-        dynasm!(a ; .arch x64 ; mov ecx, eax ; and ecx, 0xfff ; cmp ecx, last ; ja =>bail);
-    }
+    let last = 0x1000 + s as i32 - 1;
+    let (tag, allow, addend) = (layout::TAG, layout::ALLOW, layout::ADDEND);
     dynasm!(a ; .arch x64
-        // The slot: page ^ page >> 10 ^ page >> 20, masked (`tlb::slot`).
-        ; mov rdx, rax ; shr rdx, 12
-        ; mov rcx, rdx ; shr rcx, 10 ; xor rcx, rdx ; mov r8, rdx ; shr r8, 20 ; xor rcx, r8
-        ; and ecx, slots ; shl rcx, shift ; add rcx, r13
-        // The tag is the page + 1, and the entry must grant the access.
-        ; add rdx, 1 ; cmp QWORD [rcx + tag], rdx ; jne =>bail
+        // The slot: page + page >> 10, masked (`tlb::slot`).
+        ; mov rcx, rax ; shr rcx, 12 ; mov rdx, rcx ; shr rdx, 10 ; add ecx, edx
+        ; and ecx, slots ; shl ecx, shift ; add rcx, r13
+        ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [rcx + tag], rdx ; jne =>bail
+        // The entry must grant the access.
         ; mov dl, BYTE [r14 + need] ; test BYTE [rcx + allow], dl ; jz =>bail
-        ; and eax, 0xfff ; add rax, QWORD [rcx + host]
+        ; add rax, QWORD [rcx + addend]
     );
 }
 
@@ -447,23 +479,50 @@ impl Emitter<'_> {
     }
 
     /// rax = the effective address of `op`'s memory operand (64-bit: `decode::ea` with
-    /// an address size of 8, which masks nothing).
+    /// an address size of 8, which masks nothing): one LEA where the base is held in a
+    /// host register and the displacement fits 32 bits signed, as most are.
     fn effective_address(&mut self, i: usize) {
         let op = &self.ops[i];
-        let (disp, base, index, scale) = (op.disp as i64, op.base, op.index, op.scale as i8);
-        dynasm!(self.a ; .arch x64 ; mov rax, QWORD disp);
-        if base != NONE {
-            match self.cached(base, 8) {
-                Some(c) => dynasm!(self.a ; .arch x64 ; add rax, Rq(c)),
-                None => {
-                    let at = GPR + base as i32 * 8;
-                    dynasm!(self.a ; .arch x64 ; add rax, QWORD [r12 + at]);
+        let (disp, base, index, scale) = (op.disp as i64, op.base, op.index, op.scale);
+        let small = i32::try_from(disp).ok();
+        let held = (base != NONE).then(|| self.cached(base, 8));
+        let a = &mut self.a;
+        match (held, small) {
+            (Some(Some(c)), Some(d)) => dynasm!(a ; .arch x64 ; lea rax, [Rq(c) + d]),
+            (Some(None), Some(d)) => {
+                let at = GPR + base as i32 * 8;
+                dynasm!(a ; .arch x64 ; mov rax, QWORD [r12 + at]);
+                if d != 0 {
+                    dynasm!(a ; .arch x64 ; add rax, d);
+                }
+            }
+            (None, _) | (_, None) => {
+                dynasm!(a ; .arch x64 ; mov rax, QWORD disp);
+                match held {
+                    Some(Some(c)) => dynasm!(a ; .arch x64 ; add rax, Rq(c)),
+                    Some(None) => {
+                        let at = GPR + base as i32 * 8;
+                        dynasm!(a ; .arch x64 ; add rax, QWORD [r12 + at]);
+                    }
+                    None => {}
                 }
             }
         }
         if index != NONE {
-            self.load_reg(1, index, 8);
-            dynasm!(self.a ; .arch x64 ; shl rcx, scale ; add rax, rcx);
+            let x = match self.cached(index, 8) {
+                Some(c) => c,
+                None => {
+                    self.load_reg(1, index, 8);
+                    1
+                }
+            };
+            let a = &mut self.a;
+            match scale {
+                0 => dynasm!(a ; .arch x64 ; lea rax, [rax + Rq(x)]),
+                1 => dynasm!(a ; .arch x64 ; lea rax, [rax + Rq(x) * 2]),
+                2 => dynasm!(a ; .arch x64 ; lea rax, [rax + Rq(x) * 4]),
+                _ => dynasm!(a ; .arch x64 ; lea rax, [rax + Rq(x) * 8]),
+            }
         }
     }
 
@@ -594,8 +653,23 @@ impl Emitter<'_> {
                 } else if src == Src::Loc(Loc::Mem) {
                     self.memory(i, s, false);
                 }
-                self.source(R9, src, s);
-                self.store(R9, dst, s);
+                // Between memory and a held register: one host move.
+                let held = |r: Loc| match r {
+                    Loc::Reg(r) => self.cached(r, s),
+                    Loc::Mem => None,
+                };
+                let from = match src {
+                    Src::Loc(r) => held(r),
+                    Src::Imm(_) => None,
+                };
+                match (held(dst), from) {
+                    (Some(c), None) if src == Src::Loc(Loc::Mem) => load_into(&mut self.a, c, s),
+                    (None, Some(c)) if dst == Loc::Mem => store(&mut self.a, c, RAX, 0, s),
+                    _ => {
+                        self.source(R9, src, s);
+                        self.store(R9, dst, s);
+                    }
+                }
             }
             Kind::Alu { k, s, dst, src } => {
                 if dst == Loc::Mem {
@@ -727,6 +801,11 @@ impl Emitter<'_> {
             } => {
                 if src == Loc::Mem {
                     self.memory(i, from, false);
+                    // Into a held register, as wide as x86 writes it: one host move.
+                    if let (Some(c), 4 | 8) = (self.cached(r, to), to) {
+                        extend_into(&mut self.a, c, from, signed, to);
+                        return;
+                    }
                 }
                 self.source(R9, Src::Loc(src), from);
                 let a = &mut self.a;
