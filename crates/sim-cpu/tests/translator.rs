@@ -147,6 +147,21 @@ impl Rng {
 }
 
 /// Where the two tiers first differ after a slice, if they do.
+/// The processor's state, bit for bit, but for arithmetic flags in the lazy-flags
+/// record's `bits` that no reader of RFLAGS can see: a record of a kind other than an
+/// eager one or INC/DEC's reads none of them (`Flags::get`), so the interpreter's INC
+/// may leave its CF there under a later ADD where compiled code, which keeps INC's
+/// record in host registers until replaced (`jit::emit`), does not.
+fn seen(cpu: &sim_cpu::Cpu) -> String {
+    use sim_cpu::flags::{FlagOp, ARITH};
+    let mut cpu = cpu.clone();
+    let f = &mut cpu.flags;
+    if !matches!(f.op, FlagOp::Eager | FlagOp::Inc | FlagOp::Dec) {
+        f.bits &= !ARITH;
+    }
+    format!("{cpu:?}")
+}
+
 fn differ(a: &Machine, b: &Machine) -> Option<String> {
     if a.cpu.instructions != b.cpu.instructions {
         return Some(format!(
@@ -154,7 +169,7 @@ fn differ(a: &Machine, b: &Machine) -> Option<String> {
             a.cpu.instructions, b.cpu.instructions
         ));
     }
-    let (sa, sb) = (format!("{:?}", a.cpu.cpu), format!("{:?}", b.cpu.cpu));
+    let (sa, sb) = (seen(&a.cpu.cpu), seen(&b.cpu.cpu));
     if sa != sb {
         return Some(format!("state\ninterpreter {sa}\ntranslator  {sb}"));
     }

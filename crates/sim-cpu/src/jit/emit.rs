@@ -4,12 +4,17 @@
 //! in host registers ([`super::plan::POOL`]) from the function's entry, written back to
 //! [`Cpu`] when it returns and around each handler call; each instruction computes at
 //! its own operand size, so the host's flags are the guest's after it and a Jcc or
-//! INC/DEC right after tests them directly; its lazy-flags record ([`Flags`]: the same
-//! record the interpreter's handlers make) is written only where something can look at
-//! it. Whenever the function returns, the processor's state is the interpreter's after
-//! the same instructions. Registers: r12 the `Cpu`, r13 the TLB's entries, r14 the
-//! [`Frame`], r15 its budget (in the frame when the function returns or calls a
-//! handler); rax, rcx, rdx, r8-r11 scratch.
+//! INC/DEC right after tests them directly. Its lazy-flags record ([`Flags`]: the same
+//! record the interpreter's handlers make) stays in host registers (r9-r11, INC/DEC's
+//! CF in r8) until the next one replaces it, and is written into the processor's state
+//! only on the ways out that need it: a bail's own exit path, a handler call, the
+//! block's ends (further than QEMU's TCG goes: it tracks `cc_op` while translating and
+//! stores it only where it must, but stores `cc_src`/`cc_dst` with each instruction).
+//! Whenever the function returns, the
+//! processor's state is the interpreter's after the same instructions. Registers: r12
+//! the `Cpu`, r13 the TLB's entries, r14 the [`Frame`], r15 its budget (in the frame
+//! when the function returns or calls a handler); rax, rcx, rdx scratch; r8-r11 the
+//! kept record.
 //!
 //! Memory operands go through the interpreter's TLB ([`crate::tlb`]) with its lookup
 //! written out: the entry's tag (which also checks that the access stays within one
@@ -78,6 +83,8 @@ const FR_NEED_WRITE: i32 = offset_of!(Frame, need_write) as i32;
 
 // Host register numbers (dynasm's dynamic registers).
 const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RDX: u8 = 2;
 const R12: u8 = 12;
 const R9: u8 = 9;
 /// RSP's guest register number (SDM vol 2 table 3-1).
@@ -183,7 +190,7 @@ fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
         ; and ecx, slots ; shl ecx, shift ; add rcx, r13
         ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [rcx + tag], rdx ; jne =>bail
         // The entry must grant the access.
-        ; mov dl, BYTE [r14 + need] ; test BYTE [rcx + allow], dl ; jz =>bail
+        ; movzx edx, BYTE [r14 + need] ; test BYTE [rcx + allow], dl ; jz =>bail
         ; add rax, QWORD [rcx + addend]
     );
 }
@@ -201,17 +208,15 @@ struct Rec {
     keep_cf: bool,
 }
 
-/// `Flags::bits`' CF = r8's low byte (0 or 1). Clobbers rcx, r8 and the host's flags.
-fn put_cf(a: &mut Assembler) {
-    dynasm!(a ; .arch x64
-        ; movzx r8d, r8b
-        ; mov rcx, QWORD [r12 + F_BITS] ; and rcx, -2 ; or rcx, r8 ; mov QWORD [r12 + F_BITS], rcx
-    );
-}
-
-/// Writes the record's kind, size, result and operands (movs only: the host's flags
-/// stay).
+/// Writes the record: for INC/DEC's, the CF before it (r8's low byte) into `bits`
+/// first; then its kind, size, result and operands. Uses no scratch register; the
+/// host's flags change only for INC/DEC's.
 fn put_record(a: &mut Assembler, r: Rec) {
+    if r.keep_cf {
+        dynasm!(a ; .arch x64
+            ; movzx r8d, r8b ; and QWORD [r12 + F_BITS], -2 ; or QWORD [r12 + F_BITS], r8
+        );
+    }
     let (f, s) = (r.f as u8 as i8, r.s as i8);
     dynasm!(a ; .arch x64
         ; mov BYTE [r12 + F_OP], f ; mov BYTE [r12 + F_SIZE], s ; mov QWORD [r12 + F_RES], r9
@@ -319,6 +324,32 @@ fn native_flags(a: &mut Assembler, f: FlagOp, s: u8) {
     }
 }
 
+/// Host RFLAGS' CF, PF, ZF, SF and OF = the guest's, from a record kept in host
+/// registers ([`Rec`]): the host redoes its operation on them, as [`native_flags`] does
+/// from one in the processor's state. Clobbers rcx.
+fn flags_of_kept(a: &mut Assembler, r: Rec) {
+    let s = r.s;
+    match (r.f, r.a, r.b) {
+        (FlagOp::Add, Ok(x), Ok(y)) => {
+            dynasm!(a ; .arch x64 ; mov rcx, Rq(x));
+            alu(a, Alu::Add, s, RCX, y, false);
+        }
+        (FlagOp::Sub, Ok(x), Ok(y)) => alu(a, Alu::Cmp, s, x, y, true),
+        (FlagOp::Logic, ..) => alu(a, Alu::Test, s, R9, R9, true),
+        (FlagOp::Inc | FlagOp::Dec, Ok(x), _) => {
+            dynasm!(a ; .arch x64 ; bt r8d, 0 ; mov rcx, Rq(x));
+            inc_dec(a, r.f == FlagOp::Dec, s, RCX);
+        }
+        // The emitter keeps no other records: written, then read back.
+        _ => {
+            put_record(a, r);
+            dynasm!(a ; .arch x64 ; push rax);
+            native_flags(a, r.f, s);
+            dynasm!(a ; .arch x64 ; pop rax);
+        }
+    }
+}
+
 const KINDS: [FlagOp; 8] = [
     FlagOp::Eager,
     FlagOp::Add,
@@ -385,18 +416,39 @@ fn jump_if(a: &mut Assembler, cc: u8, l: DynamicLabel) {
     }
 }
 
+/// A bail's way out: its label, the instruction it returns the index of, and the
+/// record kept in host registers there, which it writes first.
+struct Bail {
+    label: DynamicLabel,
+    i: usize,
+    kept: Option<Rec>,
+}
+
+/// The second pass of a block that branches back to its top: its label, the record
+/// kept in host registers on entering it, and the one kept at the branch back (which
+/// its way out writes).
+#[derive(Clone, Copy)]
+struct Again {
+    label: DynamicLabel,
+    kept: Option<Rec>,
+    leaving: Option<Rec>,
+}
+
 /// State the emitter carries from one instruction to the next.
 struct Emitter<'a> {
     a: Assembler,
-    /// Per instruction: where its bail returns its index.
-    bails: Vec<DynamicLabel>,
+    /// Per instruction of the pass being emitted: its bail's label, once made.
+    bail_of: Vec<Option<DynamicLabel>>,
+    bails: Vec<Bail>,
     exit: DynamicLabel,
-    top: DynamicLabel,
+    /// The block's second pass ([`Emitter::back`]), once a branch back needs it.
+    again: Option<Again>,
     /// The lazy record's kind and size, once an instruction of the block made it.
     known: Option<(FlagOp, u8)>,
-    /// A record left to the block's ways out ([`Record::AtEnd`]), and whether the way
-    /// back to the top writes it too.
-    pending: Option<(Rec, bool)>,
+    /// The record the last instruction that made one keeps in host registers
+    /// ([`Record::Kept`]), not yet in the processor's state: written by the ways out
+    /// (bails, the block's ends, handler calls) and read from the registers.
+    kept: Option<Rec>,
     cx: Context,
     ops: &'a [Op],
     plan: Plan,
@@ -526,6 +578,22 @@ impl Emitter<'_> {
         }
     }
 
+    /// Instruction `i`'s bail in the pass being emitted: it writes the record kept when
+    /// it is first asked for (before the instruction changes anything).
+    fn bail(&mut self, i: usize) -> DynamicLabel {
+        if let Some(l) = self.bail_of[i] {
+            return l;
+        }
+        let label = self.a.new_dynamic_label();
+        self.bail_of[i] = Some(label);
+        self.bails.push(Bail {
+            label,
+            i,
+            kept: self.kept,
+        });
+        label
+    }
+
     /// rax = the host address of `op`'s memory operand for an `s`-byte access.
     fn memory(&mut self, i: usize, s: u8, write: bool) {
         self.effective_address(i);
@@ -537,7 +605,8 @@ impl Emitter<'_> {
             dynasm!(self.a ; .arch x64 ; add rax, QWORD [r12 + at]);
         }
         let need = if write { FR_NEED_WRITE } else { FR_NEED_READ };
-        translate(&mut self.a, s, need, self.bails[i]);
+        let bail = self.bail(i);
+        translate(&mut self.a, s, need, bail);
     }
 
     /// Host register `h` = source `src` (memory already at rax).
@@ -560,34 +629,37 @@ impl Emitter<'_> {
         }
     }
 
-    /// Instruction `i`'s record: written now, left to the block's ways out, or dropped
-    /// (its plan). Before the host's flags are computed from it or changed, for INC/DEC's
-    /// CF (`put_cf`); its kind and size are known to the instructions after it.
+    /// Instruction `i`'s record: kept in host registers or dropped (its plan); its kind
+    /// and size are known to the instructions after it.
     fn record(&mut self, i: usize, r: Rec) {
         match self.plan.record[i] {
-            Record::Now => put_record(&mut self.a, r),
-            Record::AtEnd { on_loop } => self.pending = Some((r, on_loop)),
-            Record::Dead | Record::None => {}
+            Record::Kept => self.kept = Some(r),
+            Record::Dead => self.kept = None,
+            Record::None => {}
         }
         self.known = Some((r.f, r.s));
     }
 
-    /// Writes a record left to the block's ways out (`loop_back`: on the way back to its
-    /// top, where only some records are needed).
-    fn put_pending(&mut self, loop_back: bool) {
-        if let Some((r, on_loop)) = self.pending {
-            if !loop_back || on_loop {
-                if r.keep_cf {
-                    put_cf(&mut self.a);
-                }
-                put_record(&mut self.a, r);
-            }
+    /// Writes the record kept in host registers into the processor's state, on a way
+    /// out (the registers still hold it for the code after).
+    fn put_kept(&mut self) {
+        if let Some(r) = self.kept {
+            put_record(&mut self.a, r);
+        }
+    }
+
+    /// Host flags = guest flags where they are not: from the record kept in host
+    /// registers, or the processor's state's.
+    fn flags(&mut self) {
+        match self.kept {
+            Some(r) => flags_of_kept(&mut self.a, r),
+            None => guest_flags(&mut self.a, self.known, self.cx.routine),
         }
     }
 
     /// The block's end at RIP `rip`.
     fn finish(&mut self, rip: u64) {
-        self.put_pending(false);
+        self.put_kept();
         let to = rip as i64;
         dynasm!(self.a ; .arch x64 ; mov rax, QWORD to);
         self.leave();
@@ -624,23 +696,35 @@ impl Emitter<'_> {
         dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
     }
 
-    /// A branch taken to `target`: back to the top while it is this block and the
-    /// frame's budget allows another pass with no event pending (the run loop's checks
-    /// between linked blocks, `run::Processor::run`), else the block's end.
+    /// A branch taken to `target`: [`Emitter::back`] when it is this block, else the
+    /// block's end.
     fn taken(&mut self, target: u64) {
         if target == self.cx.block_ip {
-            let n = self.ops.len() as i32;
-            let out = self.a.new_dynamic_label();
-            dynasm!(self.a ; .arch x64
-                ; cmp r15, n ; jb =>out
-                ; mov rcx, QWORD [r14 + FR_EVENTS] ; cmp DWORD [rcx], 0 ; jne =>out
-                ; sub r15, n
-            );
-            self.put_pending(true);
-            let top = self.top;
-            dynasm!(self.a ; .arch x64 ; jmp =>top ; =>out);
+            let back = self.back();
+            dynasm!(self.a ; .arch x64 ; jmp =>back);
+        } else {
+            self.finish(target);
         }
-        self.finish(target);
+    }
+
+    /// Where a branch back to the block's top goes: the second pass of the block's code,
+    /// emitted after the first, which begins with the run loop's checks between linked
+    /// blocks (`run::Processor::run`: the frame's budget allows another pass, no event
+    /// is pending), its way out the block's end. Where the top may look at the record
+    /// kept at the branch before the block replaces it ([`Plan::loop_reads`]), the
+    /// second pass knows it is in host registers on entering it (its bails write it);
+    /// the first pass is entered with it in the processor's state.
+    fn back(&mut self) -> DynamicLabel {
+        if let Some(again) = &self.again {
+            return again.label;
+        }
+        let label = self.a.new_dynamic_label();
+        self.again = Some(Again {
+            label,
+            kept: self.kept.filter(|_| self.plan.loop_reads),
+            leaving: self.kept,
+        });
+        label
     }
 
     fn emit(&mut self, i: usize, kind: Kind) {
@@ -666,8 +750,8 @@ impl Emitter<'_> {
                     (Some(c), None) if src == Src::Loc(Loc::Mem) => load_into(&mut self.a, c, s),
                     (None, Some(c)) if dst == Loc::Mem => store(&mut self.a, c, RAX, 0, s),
                     _ => {
-                        self.source(R9, src, s);
-                        self.store(R9, dst, s);
+                        self.source(RDX, src, s);
+                        self.store(RDX, dst, s);
                     }
                 }
             }
@@ -727,27 +811,24 @@ impl Emitter<'_> {
                 );
             }
             Kind::IncDec { dec, s, dst } => {
-                if dst == Loc::Mem {
-                    self.memory(i, s, true);
-                }
-                // CF stays (SDM vol 2 INC, DEC): taken from the host's flags (the
-                // guest's, or made so, with the memory operand's address kept in r11),
-                // kept in r8, moved into `bits` as `Flags::record_keep_cf` does when the
-                // record is written, and given back to the host before it increments.
-                if !self.plan.host_flags[i] || dst == Loc::Mem {
-                    dynasm!(self.a ; .arch x64 ; mov r11, rax);
-                    guest_flags(&mut self.a, self.known, self.cx.routine);
-                    dynasm!(self.a ; .arch x64 ; mov rax, r11);
-                }
-                let record = self.plan.record[i];
-                let keep = record != Record::Dead;
-                if keep {
+                // CF stays (SDM vol 2 INC, DEC): the guest's CF goes into r8 (the host's
+                // CF too) before the memory operand is looked up, is kept there for the
+                // record (`Flags::record_keep_cf` moves it into `bits` when it is
+                // written: `put_record`), and given back to the host before it
+                // increments if the lookup changed the host's flags.
+                if self.plan.host_flags[i] {
+                    dynasm!(self.a ; .arch x64 ; setc r8b);
+                } else if self.kept.is_some_and(|r| r.keep_cf) {
+                    dynasm!(self.a ; .arch x64 ; bt r8d, 0);
+                } else {
+                    self.flags();
                     dynasm!(self.a ; .arch x64 ; setc r8b);
                 }
-                if record == Record::Now {
-                    // `put_cf` changes the host's flags: CF goes back before INC/DEC.
-                    put_cf(&mut self.a);
+                if dst == Loc::Mem {
+                    self.memory(i, s, true);
+                    dynasm!(self.a ; .arch x64 ; bt r8d, 0);
                 }
+                let keep = self.plan.record[i] != Record::Dead;
                 let place = match dst {
                     Loc::Reg(r) => self.cached(r, s).map(|c| (r, c)),
                     Loc::Mem => None,
@@ -757,9 +838,6 @@ impl Emitter<'_> {
                         if keep {
                             self.load_reg(R10, r, s);
                         }
-                        if record == Record::Now {
-                            dynasm!(self.a ; .arch x64 ; bt r8d, 0);
-                        }
                         inc_dec(&mut self.a, dec, s, c);
                         if keep {
                             self.load_reg(R9, r, s);
@@ -768,9 +846,6 @@ impl Emitter<'_> {
                     None => {
                         self.source(R10, Src::Loc(dst), s);
                         dynasm!(self.a ; .arch x64 ; mov r9, r10);
-                        if record == Record::Now {
-                            dynasm!(self.a ; .arch x64 ; bt r8d, 0);
-                        }
                         inc_dec(&mut self.a, dec, s, R9);
                         self.store(R9, dst, s);
                     }
@@ -807,72 +882,71 @@ impl Emitter<'_> {
                         return;
                     }
                 }
-                self.source(R9, Src::Loc(src), from);
+                self.source(RDX, Src::Loc(src), from);
                 let a = &mut self.a;
                 if signed {
                     match from {
-                        1 => dynasm!(a ; .arch x64 ; movsx r9, r9b),
-                        2 => dynasm!(a ; .arch x64 ; movsx r9, r9w),
-                        4 => dynasm!(a ; .arch x64 ; movsxd r9, r9d),
+                        1 => dynasm!(a ; .arch x64 ; movsx rdx, dl),
+                        2 => dynasm!(a ; .arch x64 ; movsx rdx, dx),
+                        4 => dynasm!(a ; .arch x64 ; movsxd rdx, edx),
                         _ => {}
                     }
                 }
-                mask(a, R9, to);
-                self.store_reg(R9, r, to);
+                mask(a, RDX, to);
+                self.store_reg(RDX, r, to);
             }
             Kind::Jcc { cc, target } => {
                 if !self.plan.host_flags[i] {
-                    guest_flags(&mut self.a, self.known, self.cx.routine);
+                    self.flags();
                 }
-                let yes = self.a.new_dynamic_label();
-                jump_if(&mut self.a, cc, yes);
-                self.finish(op.next);
-                dynasm!(self.a ; .arch x64 ; =>yes);
-                self.taken(target);
+                if target == self.cx.block_ip {
+                    let back = self.back();
+                    jump_if(&mut self.a, cc, back);
+                    self.finish(op.next);
+                } else {
+                    let yes = self.a.new_dynamic_label();
+                    jump_if(&mut self.a, cc, yes);
+                    self.finish(op.next);
+                    dynasm!(self.a ; .arch x64 ; =>yes);
+                    self.finish(target);
+                }
             }
             Kind::Jmp { target } => self.taken(target),
-            Kind::Push { r } => {
-                // The value first: PUSH RSP pushes RSP as it was (SDM vol 2 PUSH).
-                self.load_reg(R9, r, 8);
-                self.push(i);
-            }
+            Kind::Push { r } => self.push(i, Ok(r)),
             Kind::Pop { r } => {
                 self.load_reg(RAX, RSP_REG, 8);
-                dynasm!(self.a ; .arch x64 ; lea r10, [rax + 8]);
-                translate(&mut self.a, 8, FR_NEED_READ, self.bails[i]);
+                let bail = self.bail(i);
+                translate(&mut self.a, 8, FR_NEED_READ, bail);
                 // RSP moves first, then the register is written: POP RSP loads the value
                 // popped (SDM vol 2 POP), as `pop64` and the handler do.
-                dynasm!(self.a ; .arch x64 ; mov r9, QWORD [rax]);
-                self.store_reg(R10, RSP_REG, 8);
-                self.store_reg(R9, r, 8);
+                dynasm!(self.a ; .arch x64 ; mov rcx, QWORD [rax]);
+                self.move_rsp(8);
+                self.store_reg(RCX, r, 8);
             }
             Kind::Near { target } => {
-                let next = op.next as i64;
-                dynasm!(self.a ; .arch x64 ; mov r9, QWORD next);
-                self.push(i);
+                self.push(i, Err(op.next));
                 self.taken(target);
             }
             Kind::Ret { release } => {
-                let release = release as i32;
                 let bits = (64 - crate::paging::LINEAR_BITS) as i8;
                 self.load_reg(RAX, RSP_REG, 8);
-                dynasm!(self.a ; .arch x64 ; lea r10, [rax + 8]);
-                translate(&mut self.a, 8, FR_NEED_READ, self.bails[i]);
+                let bail = self.bail(i);
+                translate(&mut self.a, 8, FR_NEED_READ, bail);
                 // A non-canonical return address is #GP(0) with the stack as it was
                 // (`ret64`): the interpreter raises it.
-                let bail = self.bails[i];
                 dynasm!(self.a ; .arch x64
-                    ; mov r9, QWORD [rax]
-                    ; mov rcx, r9 ; shl rcx, bits ; sar rcx, bits ; cmp rcx, r9 ; jne =>bail
-                    ; add r10, release
+                    ; mov rcx, QWORD [rax]
+                    ; mov rdx, rcx ; shl rdx, bits ; sar rdx, bits ; cmp rdx, rcx ; jne =>bail
                 );
-                self.store_reg(R10, RSP_REG, 8);
-                dynasm!(self.a ; .arch x64 ; mov rax, r9);
+                self.move_rsp(8 + release as i32);
+                self.put_kept();
+                dynasm!(self.a ; .arch x64 ; mov rax, rcx);
                 self.leave();
             }
             Kind::Call => self.call(i),
             Kind::Branch => {
-                // The handler set RIP: the block ends here.
+                // The handler set RIP: the block ends here (the record it made is in
+                // the processor's state).
                 self.call(i);
                 let (n, exit) = (self.ops.len() as i32, self.exit);
                 dynasm!(self.a ; .arch x64 ; mov eax, n ; jmp =>exit);
@@ -881,10 +955,12 @@ impl Emitter<'_> {
     }
 
     /// Calls the interpreter's handler for instruction `i` (`super::call_handler`), the
-    /// cached registers written back before and loaded after it; back to the run loop if
-    /// it faulted, exited or ended the block.
+    /// cached registers and the kept record written back before it and the registers
+    /// loaded after it; back to the run loop if it faulted, exited or ended the block.
     fn call(&mut self, i: usize) {
         let (handler, ii) = (self.cx.handler as i64, i as i32);
+        self.put_kept();
+        self.kept = None;
         self.sync(false);
         dynasm!(self.a ; .arch x64
             ; mov QWORD [r14 + FR_BUDGET], r15
@@ -892,19 +968,40 @@ impl Emitter<'_> {
             ; mov r15, QWORD [r14 + FR_BUDGET]
         );
         self.sync(true);
-        dynasm!(self.a ; .arch x64 ; test eax, eax ; jnz =>self.bails[i]);
+        let bail = self.bail(i);
+        dynasm!(self.a ; .arch x64 ; test eax, eax ; jnz =>bail);
         // The handler may have made any lazy record.
         self.known = None;
     }
 
-    /// Pushes host register r9 (8 bytes): memory is written before RSP changes, as
-    /// `push64` does.
-    fn push(&mut self, i: usize) {
+    /// Pushes guest register `Ok(r)` or the value `Err(v)` (8 bytes): memory is written
+    /// before RSP changes, as `push64` does, and PUSH RSP pushes RSP as it was (SDM vol
+    /// 2 PUSH).
+    fn push(&mut self, i: usize, value: Result<u8, u64>) {
         self.load_reg(RAX, RSP_REG, 8);
-        dynasm!(self.a ; .arch x64 ; sub rax, 8 ; mov r10, rax);
-        translate(&mut self.a, 8, FR_NEED_WRITE, self.bails[i]);
-        dynasm!(self.a ; .arch x64 ; mov QWORD [rax], r9);
-        self.store_reg(R10, RSP_REG, 8);
+        dynasm!(self.a ; .arch x64 ; sub rax, 8);
+        let bail = self.bail(i);
+        translate(&mut self.a, 8, FR_NEED_WRITE, bail);
+        match value {
+            Ok(r) => self.load_reg(RCX, r, 8),
+            Err(v) => {
+                let v = v as i64;
+                dynasm!(self.a ; .arch x64 ; mov rcx, QWORD v);
+            }
+        }
+        dynasm!(self.a ; .arch x64 ; mov QWORD [rax], rcx);
+        self.move_rsp(-8);
+    }
+
+    /// RSP += `by` (the host's flags change).
+    fn move_rsp(&mut self, by: i32) {
+        match self.cached(RSP_REG, 8) {
+            Some(c) => dynasm!(self.a ; .arch x64 ; add Rq(c), by),
+            None => {
+                let at = GPR + RSP_REG as i32 * 8;
+                dynasm!(self.a ; .arch x64 ; add QWORD [r12 + at], by);
+            }
+        }
     }
 }
 
@@ -914,8 +1011,6 @@ impl Emitter<'_> {
 pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16), TranslateError> {
     let mut a = assembler();
     let exit = a.new_dynamic_label();
-    let top = a.new_dynamic_label();
-    let bails = (0..kinds.len()).map(|_| a.new_dynamic_label()).collect();
     // Six registers saved and eight bytes more: the stack is 16-byte aligned at the
     // handler calls (System V).
     dynasm!(a ; .arch x64
@@ -926,45 +1021,46 @@ pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16)
     let plan = plan(ops, kinds, cx.block_ip);
     let mut e = Emitter {
         a,
-        bails,
+        bail_of: vec![None; kinds.len()],
+        bails: Vec::new(),
         exit,
-        top,
+        again: None,
         known: None,
-        pending: None,
+        kept: None,
         cx,
         ops,
         plan,
     };
     let chain_entry = e.a.offset().0 as u16;
+    let cx_block_ip = e.cx.block_ip;
     e.sync(true);
-    dynasm!(e.a ; .arch x64 ; =>top);
-    for (i, &k) in kinds.iter().enumerate() {
-        e.emit(i, k);
+    e.pass(kinds);
+    if let Some(again) = e.again {
+        // The second pass, entered from the branch back: the run loop's checks, then
+        // the block with the record kept there, if its top may look at it.
+        let n = kinds.len() as i32;
+        let out = e.a.new_dynamic_label();
+        dynasm!(e.a ; .arch x64
+            ; =>again.label
+            ; sub r15, n ; jb =>out
+            ; mov rcx, QWORD [r14 + FR_EVENTS] ; cmp DWORD [rcx], 0 ; jne =>out
+        );
+        e.bail_of = vec![None; kinds.len()];
+        e.kept = again.kept;
+        e.known = again.kept.map(|r| (r.f, r.s));
+        e.pass(kinds);
+        // Not this pass: the block's end, at its top, with the record of the branch back.
+        dynasm!(e.a ; .arch x64 ; =>out ; add r15, n);
+        e.kept = again.leaving;
+        e.finish(cx_block_ip);
     }
-    let covered = kinds.len();
-    let ends = matches!(
-        kinds.last(),
-        Some(
-            Kind::Jcc { .. }
-                | Kind::Jmp { .. }
-                | Kind::Near { .. }
-                | Kind::Ret { .. }
-                | Kind::Branch
-        )
-    );
-    if !ends {
-        // The prefix stops before an instruction the interpreter runs (or at the end of a
-        // block without a branch): RIP is set by the interpreter for the next one.
-        if covered == ops.len() {
-            e.finish(ops[covered - 1].next);
-        } else {
-            let n = covered as i32;
-            dynasm!(e.a ; .arch x64 ; mov eax, n ; jmp =>exit);
+    for b in std::mem::take(&mut e.bails) {
+        dynasm!(e.a ; .arch x64 ; =>b.label);
+        if let Some(r) = b.kept {
+            put_record(&mut e.a, r);
         }
-    }
-    for (i, l) in e.bails.clone().into_iter().enumerate() {
-        let i = i as i32;
-        dynasm!(e.a ; .arch x64 ; =>l ; mov eax, i ; jmp =>exit);
+        let i = b.i as i32;
+        dynasm!(e.a ; .arch x64 ; mov eax, i ; jmp =>exit);
     }
     dynasm!(e.a ; .arch x64 ; =>exit);
     e.sync(false);
@@ -973,6 +1069,38 @@ pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16)
         ; add rsp, 8 ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx ; ret
     );
     Ok((finish(e.a)?, chain_entry))
+}
+
+impl Emitter<'_> {
+    /// One pass of the covered prefix `kinds`, and its end.
+    fn pass(&mut self, kinds: &[Kind]) {
+        for (i, &k) in kinds.iter().enumerate() {
+            self.emit(i, k);
+        }
+        let covered = kinds.len();
+        let ends = matches!(
+            kinds.last(),
+            Some(
+                Kind::Jcc { .. }
+                    | Kind::Jmp { .. }
+                    | Kind::Near { .. }
+                    | Kind::Ret { .. }
+                    | Kind::Branch
+            )
+        );
+        if !ends {
+            // The prefix stops before an instruction the interpreter runs (or at the end
+            // of a block without a branch): RIP is set by the interpreter for the next
+            // one.
+            if covered == self.ops.len() {
+                self.finish(self.ops[covered - 1].next);
+            } else {
+                self.put_kept();
+                let (n, exit) = (covered as i32, self.exit);
+                dynasm!(self.a ; .arch x64 ; mov eax, n ; jmp =>exit);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

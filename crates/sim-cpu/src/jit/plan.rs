@@ -6,8 +6,9 @@
 //! when compiled code returns (at a block's end, or a *bail* before an instruction that
 //! the interpreter then runs: `super::emit`) and when it calls an interpreter's handler.
 //! Between those points a guest register may live in a host register, and a lazy-flags
-//! record ([`crate::flags::Flags`]) that a later instruction replaces before anything
-//! can look at it need not be written at all (QEMU's TCG drops such dead flag
+//! record ([`crate::flags::Flags`]) stays in host registers (the emitter writes it
+//! where something looks: [`super::emit`]); one that a later instruction replaces
+//! before anything can look at it is not kept at all (QEMU's TCG drops such dead flag
 //! computations too: its liveness pass over `cc_op`).
 
 use super::cover::{Kind, Loc, Src};
@@ -27,14 +28,10 @@ pub const POOL: [u8; 4] = [3, 5, 6, 7];
 pub enum Record {
     /// The instruction makes none.
     None,
-    /// Written with the instruction: something may look at it before it is replaced.
-    Now,
-    /// Replaced before anything can look at it: never written.
+    /// Kept (in host registers) until it is replaced: something may look at it first.
+    Kept,
+    /// Replaced before anything can look at it: neither kept nor written.
     Dead,
-    /// Made just before the block's last instruction, a Jcc that tests the host's flags:
-    /// written on the Jcc's ways out of the block, and on its way back to the block's top
-    /// when `on_loop` (something there may look at it before it is replaced).
-    AtEnd { on_loop: bool },
 }
 
 /// The plan of a block's covered prefix.
@@ -49,6 +46,9 @@ pub struct Plan {
     pub host_flags: Vec<bool>,
     /// Per instruction: its record.
     pub record: Vec<Record>,
+    /// The block branches back to its top, and something there may look at the record
+    /// kept at the branch before the block replaces it.
+    pub loop_reads: bool,
 }
 
 /// The guest registers an instruction's operands name: (register, accessed as AH..BH).
@@ -200,21 +200,16 @@ pub fn plan(ops: &[Op], kinds: &[Kind], block_ip: u64) -> Plan {
     let record = (0..n)
         .map(|i| {
             if !makes_record(kinds[i]) {
-                return Record::None;
-            }
-            let last_jcc = i + 2 == n && whole && matches!(kinds[n - 1], Kind::Jcc { .. });
-            if last_jcc {
-                // Entering at the top, the host's flags are not the guest's
-                // (`host_flags[0]`); the scan may reach the record's own maker.
-                let on_loop = loops && replaced_from(kinds, &host_flags, 0) != Some(true);
-                return Record::AtEnd { on_loop };
-            }
-            match replaced_from(kinds, &host_flags, i + 1) {
-                Some(true) => Record::Dead,
-                _ => Record::Now,
+                Record::None
+            } else if replaced_from(kinds, &host_flags, i + 1) == Some(true) {
+                Record::Dead
+            } else {
+                Record::Kept
             }
         })
         .collect();
+    // Back at the top the host's flags are not the guest's (`host_flags[0]`).
+    let loop_reads = loops && replaced_from(kinds, &host_flags, 0) != Some(true);
 
     // Guest registers by uses; those named as AH..BH stay in the processor's state.
     let mut uses = [0u32; 16];
@@ -254,5 +249,6 @@ pub fn plan(ops: &[Op], kinds: &[Kind], block_ip: u64) -> Plan {
         written: written & cached_bits,
         host_flags,
         record,
+        loop_reads,
     }
 }
