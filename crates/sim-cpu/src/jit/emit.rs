@@ -187,31 +187,80 @@ fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
     dynasm!(a ; .arch x64
         // The slot: page + page >> 10, masked (`tlb::slot`).
         ; mov rcx, rax ; shr rcx, 12 ; mov rdx, rcx ; shr rdx, 10 ; add ecx, edx
-        ; and ecx, slots ; shl ecx, shift ; add rcx, r13
-        ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [rcx + tag], rdx ; jne =>bail
+        ; and ecx, slots ; shl ecx, shift
+        ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [r13 + rcx + tag], rdx ; jne =>bail
         // The entry must grant the access.
-        ; movzx edx, BYTE [r14 + need] ; test BYTE [rcx + allow], dl ; jz =>bail
-        ; add rax, QWORD [rcx + addend]
+        ; movzx edx, BYTE [r14 + need] ; test BYTE [r13 + rcx + allow], dl ; jz =>bail
+        ; add rax, QWORD [r13 + rcx + addend]
     );
 }
 
-/// A lazy-flags record as `Flags::record` makes it: its kind and size, the result in
-/// r9, the operands in host registers (`Ok`) or constants (`Err`); `keep_cf`: INC/DEC's,
+/// A value: in a host register (`Ok`), or a constant (`Err`).
+type Operand = Result<u8, u64>;
+
+/// Source `src` of `s` bytes as an [`Operand`] for [`alu`]: an immediate that the
+/// host's instruction can hold as it is (at 8 bytes, one that is a 32-bit value
+/// sign-extended, as the guest's own are), else loaded into host register `h`.
+fn operand(e: &mut Emitter<'_>, h: u8, src: Src, s: u8) -> Operand {
+    match src {
+        Src::Imm(v) if s < 8 || v as i64 == v as i32 as i64 => Err(v),
+        _ => {
+            e.source(h, src, s);
+            Ok(h)
+        }
+    }
+}
+
+/// Writes `v` (a host register, or a constant) at `disp` in the processor's state.
+fn put_value(a: &mut Assembler, disp: i32, v: Operand) {
+    match v {
+        Ok(h) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + disp], Rq(h)),
+        Err(v) if v as i64 == v as i32 as i64 => {
+            dynasm!(a ; .arch x64 ; mov QWORD [r12 + disp], v as i32)
+        }
+        Err(v) => {
+            let (lo, hi) = (v as u32 as i32, (v >> 32) as u32 as i32);
+            dynasm!(a ; .arch x64 ; mov DWORD [r12 + disp], lo ; mov DWORD [r12 + disp + 4], hi);
+        }
+    }
+}
+
+/// A lazy-flags record as `Flags::record` makes it: its kind and size, the operands in
+/// host registers (`Ok`) or constants (`Err`), a logical operation's result in r9
+/// (the others' is made again from the operands: [`put_record`]); `keep_cf`: INC/DEC's,
 /// which first moves the CF before it (in r8's low byte) into `bits`, as
 /// `Flags::record_keep_cf` does.
 #[derive(Debug, Clone, Copy)]
 struct Rec {
     f: FlagOp,
     s: u8,
-    a: Result<u8, i32>,
-    b: Result<u8, i32>,
+    a: Operand,
+    b: Operand,
     keep_cf: bool,
 }
 
 /// Writes the record: for INC/DEC's, the CF before it (r8's low byte) into `bits`
-/// first; then its kind, size, result and operands. Uses no scratch register; the
-/// host's flags change only for INC/DEC's.
+/// first; then its kind, size, result and operands. The result of an addition, a
+/// subtraction, an increment or a decrement is made again here, into r9, from its
+/// operands (zero-extended in r10 and r11: [`Emitter::load_reg`]), so the code that
+/// keeps the record need not copy it; a logical operation's is in r9. Uses no other
+/// register; the host's flags change.
 fn put_record(a: &mut Assembler, r: Rec) {
+    match (r.f, r.a, r.b) {
+        (FlagOp::Add, Ok(x), y) => {
+            dynasm!(a ; .arch x64 ; mov r9, Rq(x));
+            alu(a, Alu::Add, r.s, R9, y, false);
+        }
+        (FlagOp::Sub, Ok(x), y) => {
+            dynasm!(a ; .arch x64 ; mov r9, Rq(x));
+            alu(a, Alu::Sub, r.s, R9, y, false);
+        }
+        (FlagOp::Inc | FlagOp::Dec, Ok(x), _) => {
+            dynasm!(a ; .arch x64 ; mov r9, Rq(x));
+            inc_dec(a, r.f == FlagOp::Dec, r.s, R9);
+        }
+        _ => {}
+    }
     if r.keep_cf {
         dynasm!(a ; .arch x64
             ; movzx r8d, r8b ; and QWORD [r12 + F_BITS], -2 ; or QWORD [r12 + F_BITS], r8
@@ -221,14 +270,8 @@ fn put_record(a: &mut Assembler, r: Rec) {
     dynasm!(a ; .arch x64
         ; mov BYTE [r12 + F_OP], f ; mov BYTE [r12 + F_SIZE], s ; mov QWORD [r12 + F_RES], r9
     );
-    match r.a {
-        Ok(h) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_A], Rq(h)),
-        Err(v) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_A], v),
-    }
-    match r.b {
-        Ok(h) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_B], Rq(h)),
-        Err(v) => dynasm!(a ; .arch x64 ; mov QWORD [r12 + F_B], v),
-    }
+    put_value(a, F_A, r.a);
+    put_value(a, F_B, r.b);
 }
 
 /// Host register `d` = `d` `k` `x` at `s` bytes (CMP and TEST compute SUB's and AND's
@@ -238,14 +281,22 @@ fn put_record(a: &mut Assembler, r: Rec) {
 /// operand size; AF, which no condition reads, stays the record's). An 8- or 16-bit
 /// result keeps `d`'s other bits and a 32-bit one clears bits 63:32, as x86 writes
 /// registers (SDM vol 1 3.4.1.1): the guest's register, or a zero-extended scratch one.
-fn alu(a: &mut Assembler, k: Alu, s: u8, d: u8, x: u8, compare: bool) {
+///
+/// `x` is a host register (`Ok`) or a constant (`Err`, masked to `s` bytes; at 8 bytes
+/// one that fits 32 bits sign-extended: [`operand`]), an immediate of the host's
+/// instruction.
+fn alu(a: &mut Assembler, k: Alu, s: u8, d: u8, x: Operand, compare: bool) {
     macro_rules! sized {
         ($i:ident) => {
-            match s {
-                1 => dynasm!(a ; .arch x64 ; $i Rb(d), Rb(x)),
-                2 => dynasm!(a ; .arch x64 ; $i Rw(d), Rw(x)),
-                4 => dynasm!(a ; .arch x64 ; $i Rd(d), Rd(x)),
-                _ => dynasm!(a ; .arch x64 ; $i Rq(d), Rq(x)),
+            match (s, x) {
+                (1, Ok(x)) => dynasm!(a ; .arch x64 ; $i Rb(d), Rb(x)),
+                (2, Ok(x)) => dynasm!(a ; .arch x64 ; $i Rw(d), Rw(x)),
+                (4, Ok(x)) => dynasm!(a ; .arch x64 ; $i Rd(d), Rd(x)),
+                (_, Ok(x)) => dynasm!(a ; .arch x64 ; $i Rq(d), Rq(x)),
+                (1, Err(v)) => dynasm!(a ; .arch x64 ; $i Rb(d), BYTE v as i8),
+                (2, Err(v)) => dynasm!(a ; .arch x64 ; $i Rw(d), WORD v as i16),
+                (4, Err(v)) => dynasm!(a ; .arch x64 ; $i Rd(d), DWORD v as i32),
+                (_, Err(v)) => dynasm!(a ; .arch x64 ; $i Rq(d), DWORD v as i32),
             }
         };
     }
@@ -330,12 +381,12 @@ fn native_flags(a: &mut Assembler, f: FlagOp, s: u8) {
 fn flags_of_kept(a: &mut Assembler, r: Rec) {
     let s = r.s;
     match (r.f, r.a, r.b) {
-        (FlagOp::Add, Ok(x), Ok(y)) => {
+        (FlagOp::Add, Ok(x), y) => {
             dynasm!(a ; .arch x64 ; mov rcx, Rq(x));
             alu(a, Alu::Add, s, RCX, y, false);
         }
-        (FlagOp::Sub, Ok(x), Ok(y)) => alu(a, Alu::Cmp, s, x, y, true),
-        (FlagOp::Logic, ..) => alu(a, Alu::Test, s, R9, R9, true),
+        (FlagOp::Sub, Ok(x), y) => alu(a, Alu::Cmp, s, x, y, true),
+        (FlagOp::Logic, ..) => alu(a, Alu::Test, s, R9, Ok(R9), true),
         (FlagOp::Inc | FlagOp::Dec, Ok(x), _) => {
             dynasm!(a ; .arch x64 ; bt r8d, 0 ; mov rcx, Rq(x));
             inc_dec(a, r.f == FlagOp::Dec, s, RCX);
@@ -674,7 +725,11 @@ impl Emitter<'_> {
         let n = self.ops.len() as i32;
         let exit = self.exit;
         if let Some(chains) = self.cx.chains {
-            let (found, out) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
+            let (found, undo, out) = (
+                self.a.new_dynamic_label(),
+                self.a.new_dynamic_label(),
+                self.a.new_dynamic_label(),
+            );
             let chains = chains as i64;
             dynasm!(self.a ; .arch x64
                 ; mov rcx, QWORD chains
@@ -683,15 +738,19 @@ impl Emitter<'_> {
                 ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
                 ; =>found
                 ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
-                ; mov r10, QWORD [rcx + chain::BLOCK] ; mov r9, QWORD [rcx + chain::SERIAL]
-                ; cmp QWORD [r10 + chain::BLOCK_SERIAL], r9 ; jne =>out
-                ; mov r8, QWORD [rcx + chain::LEN] ; mov rdx, r15 ; sub rdx, r8 ; jb =>out
-                ; mov r9, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r9], 0 ; jne =>out
-                ; mov r15, rdx
-                ; mov QWORD [r14 + FR_BLOCK], r10
+                ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
+                ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>out
+                ; mov r8, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r8], 0 ; jne =>out
+                ; sub r15, QWORD [rcx + chain::LEN] ; jb =>undo
+                ; mov QWORD [r14 + FR_BLOCK], rdx
             );
             self.sync(false);
-            dynasm!(self.a ; .arch x64 ; jmp QWORD [rcx + chain::ENTRY] ; =>out);
+            dynasm!(self.a ; .arch x64
+                ; jmp QWORD [rcx + chain::ENTRY]
+                ; =>undo
+                ; add r15, QWORD [rcx + chain::LEN]
+                ; =>out
+            );
         }
         dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
     }
@@ -771,22 +830,23 @@ impl Emitter<'_> {
                     Loc::Reg(r) => self.cached(r, s).map(|c| (r, c)),
                     Loc::Mem => None,
                 };
-                self.source(R11, src, s);
+                let y = operand(self, R11, src, s);
                 match place {
                     Some((r, c)) if k.writes() => {
                         if keep {
                             self.load_reg(R10, r, s);
                         }
-                        alu(&mut self.a, k, s, c, R11, false);
-                        if keep {
+                        alu(&mut self.a, k, s, c, y, false);
+                        if keep && !matches!(k, Alu::Add | Alu::Sub) {
+                            // Logic's result (`put_record` makes the others again).
                             self.load_reg(R9, r, s);
                         }
                     }
-                    Some((_, c)) if !keep => alu(&mut self.a, k, s, c, R11, true),
+                    Some((_, c)) if !keep => alu(&mut self.a, k, s, c, y, true),
                     _ => {
                         self.source(R10, Src::Loc(dst), s);
                         dynasm!(self.a ; .arch x64 ; mov r9, r10);
-                        alu(&mut self.a, k, s, R9, R11, false);
+                        alu(&mut self.a, k, s, R9, y, false);
                         if k.writes() {
                             self.store(R9, dst, s);
                         }
@@ -794,8 +854,8 @@ impl Emitter<'_> {
                 }
                 // Logic records no operands (`ops::arith::alu`).
                 let (f, a, b) = match k {
-                    Alu::Add => (FlagOp::Add, Ok(R10), Ok(R11)),
-                    Alu::Sub | Alu::Cmp => (FlagOp::Sub, Ok(R10), Ok(R11)),
+                    Alu::Add => (FlagOp::Add, Ok(R10), y),
+                    Alu::Sub | Alu::Cmp => (FlagOp::Sub, Ok(R10), y),
                     _ => (FlagOp::Logic, Err(0), Err(0)),
                 };
                 let keep_cf = false;
@@ -839,9 +899,6 @@ impl Emitter<'_> {
                             self.load_reg(R10, r, s);
                         }
                         inc_dec(&mut self.a, dec, s, c);
-                        if keep {
-                            self.load_reg(R9, r, s);
-                        }
                     }
                     None => {
                         self.source(R10, Src::Loc(dst), s);
