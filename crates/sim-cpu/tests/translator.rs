@@ -772,6 +772,37 @@ fn a_non_canonical_memory_operand_is_the_interpreters_gp() {
     }
 }
 
+/// A RET to a non-canonical address in compiled code (SDM vol 2 RET: #GP(0)): compiled
+/// code checks the address only where no chain takes it (`jit::emit`'s `leave`), and
+/// must leave RSP as it was and the RET to the interpreter, whose #GP both tiers take.
+#[test]
+fn a_ret_to_a_non_canonical_address_is_the_interpreters_gp() {
+    let code = asm(|a| {
+        let (mut top, mut f) = (a.create_label(), a.create_label());
+        a.mov(ecx, 4u32)?;
+        a.xor(edi, edi)?;
+        a.xor(r8d, r8d)?;
+        a.mov(r10, 0x8000_0000_0000u64)?;
+        a.set_label(&mut top)?;
+        a.call(f)?;
+        // r8: 0, 0, then 2^47, which makes the third return address non-canonical.
+        a.mov(r8, rdi)?;
+        a.mov(rdi, r10)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()?;
+        a.set_label(&mut f)?;
+        a.pop(rax)?;
+        a.xor(rax, r8)?;
+        a.push(rax)?;
+        a.ret()
+    });
+    let b = lockstep(&code, &mut Rng(7), 1_000, |_, _| {});
+    assert_eq!(b.cpu.cpu.rip, HANDLER + 1, "in the #GP handler");
+    assert_eq!(b.cpu.cpu.gpr[1], 2, "two passes done");
+    assert!(b.cpu.translator_stats().blocks > 0);
+}
+
 /// Code whose page is mapped anew, then invalidated with INVLPG (SDM vol 3 4.10.4.1):
 /// both tiers run the new page's code at once, though links and chains lead to the old
 /// block; an INVLPG of a page in a region without code keeps them (`CodeCache::

@@ -70,6 +70,12 @@ const F_BITS: i32 = FLAGS + offset_of!(Flags, bits) as i32;
 const F_OP: i32 = FLAGS + offset_of!(Flags, op) as i32;
 const F_SIZE: i32 = FLAGS + offset_of!(Flags, size) as i32;
 const F_RES: i32 = FLAGS + offset_of!(Flags, res) as i32;
+/// A record's kind and size are side by side (stored as one word at the lower).
+const F_OP_SIZE: i32 = if F_OP < F_SIZE { F_OP } else { F_SIZE };
+const _: () = assert!(
+    F_OP.abs_diff(F_SIZE) == 1,
+    "a record's kind and size are stored as one word"
+);
 const F_A: i32 = FLAGS + offset_of!(Flags, a) as i32;
 const F_B: i32 = FLAGS + offset_of!(Flags, b) as i32;
 const FR_CPU: i32 = offset_of!(Frame, cpu) as i32;
@@ -266,9 +272,15 @@ fn put_record(a: &mut Assembler, r: Rec) {
             ; movzx r8d, r8b ; and QWORD [r12 + F_BITS], -2 ; or QWORD [r12 + F_BITS], r8
         );
     }
-    let (f, s) = (r.f as u8 as i8, r.s as i8);
+    // The kind and the size, side by side: one store.
+    let (f, s) = (r.f as u8 as u16, r.s as u16);
+    let op_size = if F_OP < F_SIZE {
+        f | s << 8
+    } else {
+        s | f << 8
+    } as i16;
     dynasm!(a ; .arch x64
-        ; mov BYTE [r12 + F_OP], f ; mov BYTE [r12 + F_SIZE], s ; mov QWORD [r12 + F_RES], r9
+        ; mov WORD [r12 + F_OP_SIZE], op_size ; mov QWORD [r12 + F_RES], r9
     );
     put_value(a, F_A, r.a);
     put_value(a, F_B, r.b);
@@ -713,7 +725,7 @@ impl Emitter<'_> {
         self.put_kept();
         let to = rip as i64;
         dynasm!(self.a ; .arch x64 ; mov rax, QWORD to);
-        self.leave();
+        self.leave(None);
     }
 
     /// The block's end at the RIP in rax, all its instructions done: into the compiled
@@ -721,7 +733,12 @@ impl Emitter<'_> {
     /// the frame's, the frame's budget covers that block's instructions and no event is
     /// pending (the frame then describes that block, the cached registers written
     /// back); else back to the run loop with RIP set.
-    fn leave(&mut self) {
+    ///
+    /// `ret`: the RIP was popped by a RET that moved RSP by the amount given, and is
+    /// checked on the way back to the run loop alone (no chain names a non-canonical
+    /// RIP): a non-canonical one is #GP(0) with the stack as it was (`ret64`), so RSP
+    /// moves back and the RET bails to the interpreter, which raises it.
+    fn leave(&mut self, ret: Option<(i32, DynamicLabel)>) {
         let n = self.ops.len() as i32;
         let exit = self.exit;
         if let Some(chains) = self.cx.chains {
@@ -751,6 +768,15 @@ impl Emitter<'_> {
                 ; add r15, QWORD [rcx + chain::LEN]
                 ; =>out
             );
+        }
+        if let Some((by, bail)) = ret {
+            let bits = (64 - crate::paging::LINEAR_BITS) as i8;
+            let canonical = self.a.new_dynamic_label();
+            dynasm!(self.a ; .arch x64
+                ; mov rdx, rax ; shl rdx, bits ; sar rdx, bits ; cmp rdx, rax ; je =>canonical
+            );
+            self.move_rsp(-by);
+            dynasm!(self.a ; .arch x64 ; jmp =>bail ; =>canonical);
         }
         dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
     }
@@ -985,20 +1011,15 @@ impl Emitter<'_> {
                 self.taken(target);
             }
             Kind::Ret { release } => {
-                let bits = (64 - crate::paging::LINEAR_BITS) as i8;
                 self.load_reg(RAX, RSP_REG, 8);
                 let bail = self.bail(i);
                 translate(&mut self.a, 8, FR_NEED_READ, bail);
-                // A non-canonical return address is #GP(0) with the stack as it was
-                // (`ret64`): the interpreter raises it.
-                dynasm!(self.a ; .arch x64
-                    ; mov rcx, QWORD [rax]
-                    ; mov rdx, rcx ; shl rdx, bits ; sar rdx, bits ; cmp rdx, rcx ; jne =>bail
-                );
-                self.move_rsp(8 + release as i32);
+                dynasm!(self.a ; .arch x64 ; mov rcx, QWORD [rax]);
+                let by = 8 + release as i32;
+                self.move_rsp(by);
                 self.put_kept();
                 dynasm!(self.a ; .arch x64 ; mov rax, rcx);
-                self.leave();
+                self.leave(Some((by, bail)));
             }
             Kind::Call => self.call(i),
             Kind::Branch => {
