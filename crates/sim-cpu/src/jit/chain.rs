@@ -14,6 +14,11 @@
 //! (`run::Processor::run`). The run loop fills them as it goes from one compiled block
 //! to another ([`link`]).
 //!
+//! A block whose code leaves only at RIPs known when it was compiled (a Jcc's two, a
+//! JMP's or CALL's one: `emit::Exits`) has each of them in a chain of its own for its
+//! life ([`fix`]): its code names the chain, not the RIP, as TCG's `goto_tb` names its
+//! jump slot, and compares no RIP; [`link`] then fills only those chains.
+//!
 //! A stamp ([`stamp`]) stands for the link key (the cache's generation and the mode:
 //! no block dropped since, so the successor is alive and is what a lookup finds), the
 //! cache's epoch (the successor's bytes were compared in it) and the code area's
@@ -85,6 +90,22 @@ pub fn stamp(x: &mut Exec, key: u64) -> u64 {
     tr.chain_stamp
 }
 
+/// Makes `block`'s chains those its newly compiled code expects: for fixed exits, chain
+/// k holds the k-th RIP, not yet linked (stamp 0); otherwise as they were.
+pub fn fix(block: &Block, exits: super::emit::Exits) {
+    let slot = &block.jit;
+    match exits {
+        super::emit::Exits::Fixed(rips) => {
+            for (c, rip) in slot.chains.iter().zip(rips) {
+                c.ip.set(rip.unwrap_or(u64::MAX));
+                c.stamp.set(0);
+            }
+            slot.fixed.set(true);
+        }
+        super::emit::Exits::Computed => slot.fixed.set(false),
+    }
+}
+
 /// Lets `from`'s compiled code go on into `to`'s, which the run loop found linked after
 /// it under link key `key` (both alive under it, `to`'s bytes checked in this epoch),
 /// when both are compiled into the code area as it is and `to`'s code is not being
@@ -109,6 +130,10 @@ pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
     let chains = &from.jit.chains;
     let i = match chains.iter().position(|c| c.ip.get() == to.ip) {
         Some(i) => i,
+        // Fixed chains hold their RIPs for the block's life. The run loop links a block
+        // only to the block at the RIP it ran to its end at, one of them; were it
+        // ever another, it is not linked.
+        None if from.jit.fixed.get() => return,
         None => {
             let i = from.jit.next_chain.get();
             from.jit.next_chain.set(i ^ 1);

@@ -479,6 +479,53 @@ fn jump_if(a: &mut Assembler, cc: u8, l: DynamicLabel) {
     }
 }
 
+/// How compiled code leaves a block at its end.
+#[derive(Clone, Copy)]
+enum Leave {
+    /// At a RIP known when compiling.
+    At(u64),
+    /// At the RIP in rax, popped by a RET that moved RSP by `by`: checked on the way
+    /// back to the run loop alone (no chain names a non-canonical RIP), where a
+    /// non-canonical one is #GP(0) with the stack as it was (`ret64`), so RSP moves
+    /// back and the RET bails to the interpreter, which raises it.
+    Ret { by: i32, bail: DynamicLabel },
+}
+
+/// The RIPs a block's code may leave at: known when compiling (at most two, a Jcc's),
+/// each given a chain of its own that holds that RIP for the block's life
+/// ([`super::chain`]'s fixed chains); or not all known (a RET's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exits {
+    Fixed([Option<u64>; 2]),
+    Computed,
+}
+
+impl Exits {
+    /// The block's exits from its covered prefix `kinds` of `ops`.
+    fn of(ops: &[Op], kinds: &[Kind]) -> Exits {
+        let last = ops[kinds.len() - 1].next;
+        match kinds.last() {
+            Some(Kind::Jcc { target, .. }) if *target == last => Exits::Fixed([Some(last), None]),
+            Some(Kind::Jcc { target, .. }) => Exits::Fixed([Some(last), Some(*target)]),
+            Some(Kind::Jmp { target } | Kind::Near { target }) => {
+                Exits::Fixed([Some(*target), None])
+            }
+            Some(Kind::Ret { .. } | Kind::Branch) => Exits::Computed,
+            _ if kinds.len() == ops.len() => Exits::Fixed([Some(last), None]),
+            // The interpreter goes on at the first instruction not covered.
+            _ => Exits::Computed,
+        }
+    }
+
+    /// The chain fixed for `rip`, if any.
+    fn chain_of(&self, rip: u64) -> Option<usize> {
+        match self {
+            Exits::Fixed(t) => t.iter().position(|&x| x == Some(rip)),
+            Exits::Computed => None,
+        }
+    }
+}
+
 /// A bail's way out: its label, the instruction it returns the index of, and the
 /// record kept in host registers there, which it writes first.
 struct Bail {
@@ -515,6 +562,7 @@ struct Emitter<'a> {
     cx: Context,
     ops: &'a [Op],
     plan: Plan,
+    exits: Exits,
 }
 
 /// What compiled code is made for besides its instructions.
@@ -723,9 +771,7 @@ impl Emitter<'_> {
     /// The block's end at RIP `rip`.
     fn finish(&mut self, rip: u64) {
         self.put_kept();
-        let to = rip as i64;
-        dynasm!(self.a ; .arch x64 ; mov rax, QWORD to);
-        self.leave(None);
+        self.leave(Leave::At(rip));
     }
 
     /// The block's end at the RIP in rax, all its instructions done: into the compiled
@@ -734,25 +780,41 @@ impl Emitter<'_> {
     /// pending (the frame then describes that block, the cached registers written
     /// back); else back to the run loop with RIP set.
     ///
-    /// `ret`: the RIP was popped by a RET that moved RSP by the amount given, and is
-    /// checked on the way back to the run loop alone (no chain names a non-canonical
-    /// RIP): a non-canonical one is #GP(0) with the stack as it was (`ret64`), so RSP
-    /// moves back and the RET bails to the interpreter, which raises it.
-    fn leave(&mut self, ret: Option<(i32, DynamicLabel)>) {
+    /// A RIP known when compiling has its chain fixed ([`Exits`]): no RIP is compared.
+    fn leave(&mut self, to: Leave) {
         let n = self.ops.len() as i32;
         let exit = self.exit;
+        let (ret, rip) = match to {
+            Leave::At(rip) => (None, Some(rip)),
+            Leave::Ret { by, bail } => (Some((by, bail)), None),
+        };
         if let Some(chains) = self.cx.chains {
             let (found, undo, out) = (
                 self.a.new_dynamic_label(),
                 self.a.new_dynamic_label(),
                 self.a.new_dynamic_label(),
             );
-            let chains = chains as i64;
+            let fixed = rip.and_then(|r| self.exits.chain_of(r));
+            match fixed {
+                Some(k) => {
+                    let at = chains as i64 + k as i64 * chain::SIZE as i64;
+                    dynasm!(self.a ; .arch x64 ; mov rcx, QWORD at);
+                }
+                None => {
+                    if let Some(r) = rip {
+                        let r = r as i64;
+                        dynasm!(self.a ; .arch x64 ; mov rax, QWORD r);
+                    }
+                    let chains = chains as i64;
+                    dynasm!(self.a ; .arch x64
+                        ; mov rcx, QWORD chains
+                        ; cmp QWORD [rcx + chain::IP], rax ; je =>found
+                        ; add rcx, chain::SIZE
+                        ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
+                    );
+                }
+            }
             dynasm!(self.a ; .arch x64
-                ; mov rcx, QWORD chains
-                ; cmp QWORD [rcx + chain::IP], rax ; je =>found
-                ; add rcx, chain::SIZE
-                ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
                 ; =>found
                 ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
                 ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
@@ -768,6 +830,10 @@ impl Emitter<'_> {
                 ; add r15, QWORD [rcx + chain::LEN]
                 ; =>out
             );
+        }
+        if let Some(r) = rip {
+            let r = r as i64;
+            dynasm!(self.a ; .arch x64 ; mov rax, QWORD r);
         }
         if let Some((by, bail)) = ret {
             let bits = (64 - crate::paging::LINEAR_BITS) as i8;
@@ -1019,7 +1085,7 @@ impl Emitter<'_> {
                 self.move_rsp(by);
                 self.put_kept();
                 dynasm!(self.a ; .arch x64 ; mov rax, rcx);
-                self.leave(Some((by, bail)));
+                self.leave(Leave::Ret { by, bail });
             }
             Kind::Call => self.call(i),
             Kind::Branch => {
@@ -1084,9 +1150,14 @@ impl Emitter<'_> {
 }
 
 /// Compiles `kinds` (the covered prefix of `ops`, a block made for `cx`): its code,
-/// entered at its first byte, and the offset of its chain entry (where another
-/// block's code goes on into it, its frame and stack made).
-pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16), TranslateError> {
+/// entered at its first byte, the offset of its chain entry (where another block's
+/// code goes on into it, its frame and stack made), and its exits (whose fixed chains
+/// the caller must make so).
+pub fn compile(
+    ops: &[Op],
+    kinds: &[Kind],
+    cx: Context,
+) -> Result<(Vec<u8>, u16, Exits), TranslateError> {
     let mut a = assembler();
     let exit = a.new_dynamic_label();
     // Six registers saved and eight bytes more: the stack is 16-byte aligned at the
@@ -1108,6 +1179,7 @@ pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16)
         cx,
         ops,
         plan,
+        exits: Exits::of(ops, kinds),
     };
     let chain_entry = e.a.offset().0 as u16;
     let cx_block_ip = e.cx.block_ip;
@@ -1146,7 +1218,8 @@ pub fn compile(ops: &[Op], kinds: &[Kind], cx: Context) -> Result<(Vec<u8>, u16)
         ; mov QWORD [r14 + FR_BUDGET], r15
         ; add rsp, 8 ; pop r15 ; pop r14 ; pop r13 ; pop r12 ; pop rbp ; pop rbx ; ret
     );
-    Ok((finish(e.a)?, chain_entry))
+    let exits = e.exits;
+    Ok((finish(e.a)?, chain_entry, exits))
 }
 
 impl Emitter<'_> {

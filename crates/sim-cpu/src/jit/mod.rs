@@ -153,9 +153,11 @@ pub struct Slot {
     /// Runs left to the interpreter before the code is entered again.
     rest: Cell<u8>,
     /// The successors its code may go on to ([`chain`]), and which of them the next
-    /// new one replaces.
+    /// new one replaces; none, when `fixed`: each chain then holds the one RIP its
+    /// compiled code leaves at, for the block's life (`emit::Exits`).
     chains: [chain::Chain; 2],
     next_chain: Cell<u8>,
+    fixed: Cell<bool>,
 }
 
 /// What compiled code reads and writes besides the processor's state: `repr(C)`, its
@@ -476,7 +478,7 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
             },
         )
     });
-    let (Ok((code, chain)), Some(area)) = (made, tr.area.as_mut()) else {
+    let (Ok((code, chain, exits)), Some(area)) = (made, tr.area.as_mut()) else {
         tr.stats.failed += 1;
         return None;
     };
@@ -490,6 +492,7 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
         }
     }
     let offset = area.put(&code);
+    chain::fix(block, exits);
     tr.stats.blocks += 1;
     tr.stats.instructions += kinds.len() as u64;
     tr.stats.bytes += code.len() as u64;
