@@ -100,6 +100,9 @@ pub(crate) mod layout {
     pub const ALLOW: i32 = std::mem::offset_of!(Entry, allow) as i32;
     /// Slots (a power of two): the hash of [`super::slot`] masked to it.
     pub const SLOTS: u32 = super::ENTRIES as u32;
+    /// The multiplier of [`super::slot`]'s hash.
+    pub const HASH: u32 = (1 << 20) | (1 << 10) | 1;
+    const _: () = assert!(SLOTS == 1 << 10, "the hash takes 10 bits");
     const _: () = assert!(std::mem::size_of::<Entry>() == 1 << SHIFT);
 }
 
@@ -131,13 +134,16 @@ impl Default for Tlb {
 }
 
 /// The slot of a linear page: hashed, so pages 4 MiB apart (a page table's stride)
-/// do not evict each other. The hash adds (`page + page >> 10`): two pages in a row
-/// then differ by 1 or 2 slots, never share one, which compiled code's lookup relies
-/// on to check a page crossing with the tag compare (`jit::emit::translate`); it is
-/// also two host instructions shorter than a hash of three terms.
+/// or 4 GiB apart do not evict each other. The hash is bits 20..29 of the page's low
+/// 32 bits times [`layout::HASH`] (2^20 + 2^10 + 1, so the sum of the page shifted
+/// right by 0, 10 and 20, with carries): pages one apart differ there by the
+/// multiplier's bit 20 plus a carry, 1 or 2 slots, and never share one, which compiled
+/// code's lookup relies on to check a page crossing with the tag compare
+/// (`jit::emit::translate`); pages 2^10 or 2^20 apart differ by 1 or 2 likewise. One
+/// multiply is what compiled code computes (five host instructions to the entry).
 #[inline(always)]
 pub(crate) fn slot(page: u64) -> usize {
-    (page.wrapping_add(page >> 10) as usize) & (ENTRIES - 1)
+    ((page as u32).wrapping_mul(layout::HASH) >> 20) as usize & (ENTRIES - 1)
 }
 
 /// What a fill needs to know beyond the walk.
@@ -428,11 +434,15 @@ mod tests {
         }
     }
 
-    /// Pages a page table's reach apart (4 MiB: SDM vol 3 4.5) do not evict each other.
+    /// Pages a page table's reach apart (4 MiB: SDM vol 3 4.5), or a page directory's
+    /// (1 GiB) or 4 GiB apart, do not evict each other.
     #[test]
-    fn pages_4_mib_apart_do_not_share_a_slot() {
-        for p in 0..1u64 << 20 {
-            assert_ne!(slot(p), slot(p + 1024), "pages {p:#x} and {:#x}", p + 1024);
+    fn pages_a_page_tables_reach_apart_do_not_share_a_slot() {
+        for stride in [1u64 << 10, 1 << 18, 1 << 20] {
+            for p in 0..1u64 << 21 {
+                let q = p + stride;
+                assert_ne!(slot(p), slot(q), "pages {p:#x} and {q:#x}");
+            }
         }
     }
 }

@@ -186,14 +186,15 @@ fn mask(a: &mut Assembler, h: u8, s: u8) {
 /// holds canonical pages only (filled after `Exec::linear`'s check), so a
 /// non-canonical address misses, and the interpreter raises its #GP or #SS.
 fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
-    let slots = (layout::SLOTS - 1) as i32;
-    let shift = layout::SHIFT as i8;
+    // The slot's offset: bits 20..29 of the hash (`tlb::slot`) times an entry's size.
+    let offset_mask = ((layout::SLOTS - 1) << layout::SHIFT) as i32;
+    let offset_shift = (20 - layout::SHIFT) as i8;
+    let hash = layout::HASH as i32;
     let last = 0x1000 + s as i32 - 1;
     let (tag, allow, addend) = (layout::TAG, layout::ALLOW, layout::ADDEND);
     dynasm!(a ; .arch x64
-        // The slot: page + page >> 10, masked (`tlb::slot`).
-        ; mov rcx, rax ; shr rcx, 12 ; mov rdx, rcx ; shr rdx, 10 ; add ecx, edx
-        ; and ecx, slots ; shl ecx, shift
+        ; mov rcx, rax ; shr rcx, 12 ; imul ecx, ecx, hash ; shr ecx, offset_shift
+        ; and ecx, offset_mask
         ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [r13 + rcx + tag], rdx ; jne =>bail
         // The entry must grant the access.
         ; movzx edx, BYTE [r14 + need] ; test BYTE [r13 + rcx + allow], dl ; jz =>bail
@@ -967,20 +968,26 @@ impl Emitter<'_> {
                 // CF too) before the memory operand is looked up, is kept there for the
                 // record (`Flags::record_keep_cf` moves it into `bits` when it is
                 // written: `put_record`), and given back to the host before it
-                // increments if the lookup changed the host's flags.
+                // increments if the lookup changed the host's flags. An INC/DEC whose
+                // record is dead needs only the host's CF right for what follows.
+                let keep = self.plan.record[i] != Record::Dead;
+                let in_r8 = keep || dst == Loc::Mem;
                 if self.plan.host_flags[i] {
-                    dynasm!(self.a ; .arch x64 ; setc r8b);
+                    if in_r8 {
+                        dynasm!(self.a ; .arch x64 ; setc r8b);
+                    }
                 } else if self.kept.is_some_and(|r| r.keep_cf) {
                     dynasm!(self.a ; .arch x64 ; bt r8d, 0);
                 } else {
                     self.flags();
-                    dynasm!(self.a ; .arch x64 ; setc r8b);
+                    if in_r8 {
+                        dynasm!(self.a ; .arch x64 ; setc r8b);
+                    }
                 }
                 if dst == Loc::Mem {
                     self.memory(i, s, true);
                     dynasm!(self.a ; .arch x64 ; bt r8d, 0);
                 }
-                let keep = self.plan.record[i] != Record::Dead;
                 let place = match dst {
                     Loc::Reg(r) => self.cached(r, s).map(|c| (r, c)),
                     Loc::Mem => None,
