@@ -74,10 +74,26 @@ impl Tier {
 pub const HOT: u32 = 32;
 
 /// Covered instructions a block's prefix needs to be compiled: entering compiled code
-/// costs about what interpreting one instruction does, so a prefix of one gains
-/// nothing (the recursive-fib loop's blocks, CALL/RET/PUSH/POP around one covered
-/// instruction, ran 27% slower compiled).
+/// costs about what interpreting one instruction does, so a prefix of one that the
+/// interpreter goes on after gains nothing (the recursive-fib loop's blocks,
+/// CALL/RET/PUSH/POP around one covered instruction, ran 27% slower compiled before
+/// chains). A block that is one branch is compiled all the same ([`worth_compiling`]).
 pub const MIN_PREFIX: usize = 2;
+
+/// Whether a block's covered prefix `kinds` is worth compiling: [`MIN_PREFIX`]
+/// instructions, or a whole block of one RET, CALL, JMP or Jcc, which chained code
+/// goes through without returning to the run loop (Linux's kernel is full of them: a
+/// RET or CALL after a call returns, a JMP to a shared exit; in one boot 22 M of 29 M
+/// returns to the run loop were at such a block when they were left interpreted).
+fn worth_compiling(kinds: &[cover::Kind], ops: usize) -> bool {
+    use cover::Kind;
+    kinds.len() >= MIN_PREFIX
+        || kinds.len() == ops
+            && matches!(
+                kinds,
+                [Kind::Ret { .. } | Kind::Near { .. } | Kind::Jmp { .. } | Kind::Jcc { .. }]
+            )
+}
 
 /// The translator's settings and figures, per processor.
 #[derive(Debug, Default)]
@@ -459,7 +475,7 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
     let start = std::time::Instant::now();
     let kinds: Vec<cover::Kind> = block.ops.iter().map_while(cover::classify).collect();
     let tr = &mut x.cache.translator;
-    if kinds.len() < MIN_PREFIX {
+    if !worth_compiling(&kinds, block.ops.len()) {
         tr.stats.uncovered += 1;
         return None;
     }
