@@ -19,6 +19,13 @@
 //! life ([`fix`]): its code names the chain, not the RIP, as TCG's `goto_tb` names its
 //! jump slot, and compares no RIP; [`link`] then fills only those chains.
 //!
+//! A RET (or a CALL or JMP through a register or memory) leaves at a RIP computed as
+//! it runs: after its block's two chains, its code looks the RIP up in the processor's
+//! jump cache ([`JumpCache`], QEMU's `tb_jmp_cache` behind `lookup_and_goto_ptr`),
+//! a chain per hashed RIP, which the run loop fills with each compiled block it enters
+//! ([`remember`]): a function called from many places returns into its callers' code
+//! without the run loop.
+//!
 //! A stamp ([`stamp`]) stands for the link key (the cache's generation and the mode:
 //! no block dropped since, so the successor is alive and is what a lookup finds), the
 //! cache's epoch (the successor's bytes were compared in it) and the code area's
@@ -71,7 +78,67 @@ pub mod layout {
     /// A block's serial, in the block.
     pub const BLOCK_SERIAL: i32 = offset_of!(crate::cache::Block, serial) as i32;
     pub const LEN: i32 = offset_of!(Chain, len) as i32;
+    /// The jump cache's entries.
+    pub const JUMP_ENTRIES: usize = super::JumpCache::ENTRIES;
     pub const SIZE: i32 = std::mem::size_of::<Chain>() as i32;
+}
+
+/// The jump cache: chains by RIP, for exits at computed RIPs (see the module).
+pub struct JumpCache {
+    chains: Box<[Chain]>,
+}
+
+// SAFETY: the chains point at blocks of the owning processor's code cache and into its
+// code area, and are read only by that processor's compiled code (under the stamp
+// they were made with); the cache moves between threads with its processor and is
+// never shared between them (its cells make it `!Sync`).
+unsafe impl Send for JumpCache {}
+
+impl std::fmt::Debug for JumpCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JumpCache({} entries)", self.chains.len())
+    }
+}
+
+impl JumpCache {
+    /// Entries (a power of two): [`jump_slot`]'s hash masked to it.
+    pub const ENTRIES: usize = 4096;
+
+    pub fn new() -> JumpCache {
+        JumpCache {
+            chains: (0..Self::ENTRIES).map(|_| Chain::default()).collect(),
+        }
+    }
+
+    /// Where compiled code finds the chains.
+    pub fn as_ptr(&self) -> *const Chain {
+        self.chains.as_ptr()
+    }
+}
+
+/// The jump cache's slot of RIP `ip`: its low 32 bits plus those bits shifted right by
+/// 12, so that code at the same offset of different pages does not share a slot.
+/// Compiled code computes the same (`emit`'s `leave`).
+#[inline]
+pub fn jump_slot(ip: u64) -> usize {
+    let ip = ip as u32;
+    (ip.wrapping_add(ip >> 12) as usize) & (JumpCache::ENTRIES - 1)
+}
+
+/// Puts compiled `block` (its chain entry at `entry`) in the jump cache under `stamp`,
+/// as the run loop enters it (its bytes checked in this epoch, alive under the key
+/// `stamp` stands for).
+pub fn remember(jumps: &JumpCache, block: &Block, entry: usize, stamp: u64) {
+    let c = &jumps.chains[jump_slot(block.ip)];
+    if c.ip.get() == block.ip && c.stamp.get() == stamp && c.serial.get() == block.serial {
+        return;
+    }
+    c.ip.set(block.ip);
+    c.stamp.set(stamp);
+    c.entry.set(entry);
+    c.block.set(block);
+    c.serial.set(block.serial);
+    c.len.set(block.ops.len() as u64);
 }
 
 /// The stamp chains are made and followed under now, for link key `key`: a new one

@@ -81,6 +81,7 @@ const F_B: i32 = FLAGS + offset_of!(Flags, b) as i32;
 const FR_CPU: i32 = offset_of!(Frame, cpu) as i32;
 const FR_TLB: i32 = offset_of!(Frame, tlb) as i32;
 const FR_EVENTS: i32 = offset_of!(Frame, events) as i32;
+const FR_JUMPS: i32 = offset_of!(Frame, jumps) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
 const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
 const FR_BLOCK: i32 = offset_of!(Frame, block) as i32;
@@ -485,11 +486,13 @@ fn jump_if(a: &mut Assembler, cc: u8, l: DynamicLabel) {
 enum Leave {
     /// At a RIP known when compiling.
     At(u64),
-    /// At the RIP in rax, popped by a RET that moved RSP by `by`: checked on the way
-    /// back to the run loop alone (no chain names a non-canonical RIP), where a
-    /// non-canonical one is #GP(0) with the stack as it was (`ret64`), so RSP moves
-    /// back and the RET bails to the interpreter, which raises it.
-    Ret { by: i32, bail: DynamicLabel },
+    /// At the RIP in rax, computed as the block ran: looked up in the block's chains,
+    /// then in the jump cache ([`super::chain::JumpCache`]). `ret`: popped by a RET
+    /// that moved RSP by the amount given, the RIP is checked on the way back to the
+    /// run loop alone (no chain names a non-canonical RIP), where a non-canonical one
+    /// is #GP(0) with the stack as it was (`ret64`), so RSP moves back and the RET
+    /// bails to the interpreter, which raises it.
+    Computed { ret: Option<(i32, DynamicLabel)> },
 }
 
 /// The RIPs a block's code may leave at: known when compiling (at most two, a Jcc's),
@@ -787,7 +790,7 @@ impl Emitter<'_> {
         let exit = self.exit;
         let (ret, rip) = match to {
             Leave::At(rip) => (None, Some(rip)),
-            Leave::Ret { by, bail } => (Some((by, bail)), None),
+            Leave::Computed { ret } => (ret, None),
         };
         if let Some(chains) = self.cx.chains {
             let (found, undo, out) = (
@@ -811,8 +814,20 @@ impl Emitter<'_> {
                         ; mov rcx, QWORD chains
                         ; cmp QWORD [rcx + chain::IP], rax ; je =>found
                         ; add rcx, chain::SIZE
-                        ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
+                        ; cmp QWORD [rcx + chain::IP], rax ; je =>found
                     );
+                    if rip.is_some() {
+                        dynasm!(self.a ; .arch x64 ; jmp =>out);
+                    } else {
+                        // The jump cache's slot (`chain::jump_slot`).
+                        let mask = (chain::JUMP_ENTRIES - 1) as i32;
+                        dynasm!(self.a ; .arch x64
+                            ; mov ecx, eax ; mov edx, eax ; shr edx, 12 ; add ecx, edx
+                            ; and ecx, mask ; imul ecx, ecx, chain::SIZE
+                            ; add rcx, QWORD [r14 + FR_JUMPS]
+                            ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
+                        );
+                    }
                 }
             }
             dynasm!(self.a ; .arch x64
@@ -1092,15 +1107,17 @@ impl Emitter<'_> {
                 self.move_rsp(by);
                 self.put_kept();
                 dynasm!(self.a ; .arch x64 ; mov rax, rcx);
-                self.leave(Leave::Ret { by, bail });
+                self.leave(Leave::Computed {
+                    ret: Some((by, bail)),
+                });
             }
             Kind::Call => self.call(i),
             Kind::Branch => {
-                // The handler set RIP: the block ends here (the record it made is in
-                // the processor's state).
+                // The handler set RIP (a canonical one, or it faulted): the block ends
+                // there (the record it made is in the processor's state).
                 self.call(i);
-                let (n, exit) = (self.ops.len() as i32, self.exit);
-                dynasm!(self.a ; .arch x64 ; mov eax, n ; jmp =>exit);
+                dynasm!(self.a ; .arch x64 ; mov rax, QWORD [r12 + RIP]);
+                self.leave(Leave::Computed { ret: None });
             }
         }
     }

@@ -107,6 +107,8 @@ pub struct Translator {
     /// `routine`.
     #[cfg(target_arch = "x86_64")]
     area: Option<area::CodeArea>,
+    /// The jump cache ([`chain::JumpCache`]), made with the area.
+    jumps: Option<chain::JumpCache>,
     /// The size of the area to make (0: [`area::SIZE`]).
     pub area_size: usize,
     #[cfg(target_arch = "x86_64")]
@@ -184,6 +186,8 @@ pub struct Frame {
     cpu: *mut Cpu,
     tlb: *const crate::tlb::Entry,
     events: *const AtomicU32,
+    /// The jump cache's chains.
+    jumps: *const chain::Chain,
     /// Instructions the blocks (and passes of a self-looping block) after the first may
     /// retire still (see the module): compiled code keeps it in a register and takes
     /// each one's instructions off it as it goes on into it.
@@ -384,12 +388,19 @@ fn enter(
     let user = x.cpu.cpl() == 3;
     let t0 = x.cpu.tsc;
     let stamp = chain::stamp(x, key);
+    let tr = &x.cache.translator;
+    let jumps = tr.jumps.as_ref()?;
+    if let Code::At { chain, .. } = block.jit.code.get() {
+        chain::remember(jumps, block, at + chain as usize, stamp);
+    }
+    let jumps = jumps.as_ptr();
     let cpu: *mut Cpu = &mut *x.cpu;
     let tlb = x.tlb.entries_ptr();
     let mut frame = Frame {
         cpu,
         tlb,
         events,
+        jumps,
         budget,
         start_budget: budget,
         start_len: block.ops.len() as u64,
@@ -462,6 +473,7 @@ fn code_area(tr: &mut Translator) -> Result<&mut area::CodeArea, TranslateError>
         tr.routine = a.address(at);
         a.seal_head();
         tr.area = Some(a);
+        tr.jumps = Some(chain::JumpCache::new());
     }
     tr.area
         .as_mut()
