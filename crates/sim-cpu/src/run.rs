@@ -516,7 +516,7 @@ impl Processor {
                     0
                 };
                 let (outcome, whole, last) =
-                    run_plain(&mut x, block, &mut executed, info, budget, events, prev_key);
+                    run_plain(&mut x, block, &mut executed, info, budget, prev_key);
                 x.end_block = false;
                 // Compiled code may have gone on into other blocks: the last one ran is
                 // the one the checks below follow on from.
@@ -578,12 +578,11 @@ fn run_plain<'b>(
     executed: &mut u64,
     info: &mut ExitInstruction,
     budget: u64,
-    events: &AtomicU32,
     key: u64,
 ) -> (Option<RunEnd>, bool, &'b cache::Block) {
     let mut from = 0;
     if x.cache.translator.tier == crate::Tier::Translator {
-        if let Some(ran) = crate::jit::run(x, block, budget, events, key) {
+        if let Some(ran) = crate::jit::run(x, block, budget, key) {
             // SAFETY: the block compiled code ended in was `block` or one linked after
             // it under `key`, which no block has left since (compiled code ends the
             // moment a block is dropped): alive as `block` is.

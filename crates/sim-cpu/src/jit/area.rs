@@ -140,8 +140,9 @@ impl CodeArea {
         // SAFETY: `at + code.len() <= size` (checked above): the bytes are inside the
         // writable view, and no compiled code runs while the area is borrowed mutably.
         unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.add(at), code.len()) };
-        // The next block starts on a 16-byte boundary, as compilers align functions.
-        self.used = (at + code.len() + 15) & !15;
+        // The next block starts on a 32-byte boundary, where compilers align functions
+        // to 16: a loop in it aligned to 32 within its code (`emit`) stays so.
+        self.used = (at + code.len() + 31) & !31;
         self.used = self.used.min(self.size);
         at as u32
     }

@@ -9,10 +9,11 @@
 //! and the stamp and the block's serial they were made under. Compiled code at a
 //! block's end compares the RIP it leaves at with both and follows one whose stamp is
 //! the frame's and whose block still has that serial (it was not evicted by another
-//! since: `cache::Link`), while the frame's budget covers the successor's instructions
-//! and no event is pending: the checks the run loop makes between linked blocks
-//! (`run::Processor::run`). The run loop fills them as it goes from one compiled block
-//! to another ([`link`]).
+//! since: `cache::Link`), while the frame's budget covers the successor's instructions:
+//! the run loop's check between linked blocks (`run::Processor::run`), but for its
+//! look at pending events, which compiled code leaves to the end of its budget (see
+//! `super`). The run loop fills them as it goes from one compiled block to another
+//! ([`link`]).
 //!
 //! A block whose code leaves only at RIPs known when it was compiled (a Jcc's two, a
 //! JMP's or CALL's one: `emit::Exits`) has each of them in a chain of its own for its

@@ -80,7 +80,6 @@ const F_A: i32 = FLAGS + offset_of!(Flags, a) as i32;
 const F_B: i32 = FLAGS + offset_of!(Flags, b) as i32;
 const FR_CPU: i32 = offset_of!(Frame, cpu) as i32;
 const FR_TLB: i32 = offset_of!(Frame, tlb) as i32;
-const FR_EVENTS: i32 = offset_of!(Frame, events) as i32;
 const FR_JUMPS: i32 = offset_of!(Frame, jumps) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
 const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
@@ -780,9 +779,9 @@ impl Emitter<'_> {
 
     /// The block's end at the RIP in rax, all its instructions done: into the compiled
     /// code of the block a chain names for that RIP ([`super::chain`]), if its stamp is
-    /// the frame's, the frame's budget covers that block's instructions and no event is
-    /// pending (the frame then describes that block, the cached registers written
-    /// back); else back to the run loop with RIP set.
+    /// the frame's and the frame's budget covers that block's instructions (the frame
+    /// then describes that block, the cached registers written back); else back to the
+    /// run loop with RIP set.
     ///
     /// A RIP known when compiling has its chain fixed ([`Exits`]): no RIP is compared.
     fn leave(&mut self, to: Leave) {
@@ -835,7 +834,6 @@ impl Emitter<'_> {
                 ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
                 ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
                 ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>out
-                ; mov r8, QWORD [r14 + FR_EVENTS] ; cmp DWORD [r8], 0 ; jne =>out
                 ; sub r15, QWORD [rcx + chain::LEN] ; jb =>undo
                 ; mov QWORD [r14 + FR_BLOCK], rdx
             );
@@ -875,9 +873,9 @@ impl Emitter<'_> {
     }
 
     /// Where a branch back to the block's top goes: the second pass of the block's code,
-    /// emitted after the first, which begins with the run loop's checks between linked
-    /// blocks (`run::Processor::run`: the frame's budget allows another pass, no event
-    /// is pending), its way out the block's end. Where the top may look at the record
+    /// emitted after the first, which begins with the run loop's check between linked
+    /// blocks (`run::Processor::run`: the frame's budget allows another pass), its way
+    /// out the block's end. Where the top may look at the record
     /// kept at the branch before the block replaces it ([`Plan::loop_reads`]), the
     /// second pass knows it is in host registers on entering it (its bails write it);
     /// the first pass is entered with it in the processor's state.
@@ -1214,10 +1212,12 @@ pub fn compile(
         // the block with the record kept there, if its top may look at it.
         let n = kinds.len() as i32;
         let out = e.a.new_dynamic_label();
+        // Only jumps reach it: the padding is never run, and the loop starts on a
+        // 32-byte line (the host fetches and caches decoded instructions by those).
         dynasm!(e.a ; .arch x64
+            ; .align 32
             ; =>again.label
             ; sub r15, n ; jb =>out
-            ; mov rcx, QWORD [r14 + FR_EVENTS] ; cmp DWORD [rcx], 0 ; jne =>out
         );
         e.bail_of = vec![None; kinds.len()];
         e.kept = again.kept;

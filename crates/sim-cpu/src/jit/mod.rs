@@ -25,7 +25,15 @@
 //! itself loops in host code, and a block that ends at a known RIP goes on into the
 //! compiled code of the block linked there ([`chain`]), where the run loop would have
 //! followed its link with nothing due: while the next block's instructions fit before
-//! the next limit or poll, and no event is pending.
+//! the next limit or poll.
+//!
+//! Events (an interrupt, an INIT or SIPI, a timer re-armed) that arrive while compiled
+//! code runs are taken when its budget ends, at the latest [`crate::POLL_INTERVAL`]
+//! instructions on, where the interpreter takes them at the next block's start: no
+//! instruction compiled code runs or calls raises one (the APIC's registers and MSRs,
+//! WRMSR and the port and MMIO exits all end compiled code), so an event arrives only
+//! from another thread, at a point no run can repeat, and compiled code spends no
+//! instructions looking for it.
 
 #[cfg(target_arch = "x86_64")]
 mod area;
@@ -41,7 +49,6 @@ use crate::exec::Exec;
 use crate::paging::Access;
 use crate::state::Cpu;
 use std::cell::Cell;
-use std::sync::atomic::AtomicU32;
 
 /// Which tier executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -185,7 +192,6 @@ pub struct Slot {
 pub struct Frame {
     cpu: *mut Cpu,
     tlb: *const crate::tlb::Entry,
-    events: *const AtomicU32,
     /// The jump cache's chains.
     jumps: *const chain::Chain,
     /// Instructions the blocks (and passes of a self-looping block) after the first may
@@ -305,7 +311,7 @@ unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
 /// passes after the first may retire (0 when something is due after this block);
 /// `key`: the link key the block was found under.
 #[inline]
-pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32, key: u64) -> Option<Ran> {
+pub fn run(x: &mut Exec, block: &Block, budget: u64, key: u64) -> Option<Ran> {
     if block.bits != 64 || x.debug_blocks || !x.watches.is_empty() || x.bps.any() {
         return None;
     }
@@ -331,7 +337,7 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, events: &AtomicU32, key: u6
             compile(x, block)?
         }
     };
-    let ran = enter(x, at, block, budget, events, key)?;
+    let ran = enter(x, at, block, budget, key)?;
     if ran.retired == 0 && ran.done == 0 && ran.end.is_none() {
         // Nothing done: the interpreter runs the block, as when it is passed over.
         let idle = block.jit.idle.get() + 1;
@@ -377,14 +383,7 @@ fn code_address(x: &Exec, offset: u32) -> usize {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn enter(
-    x: &mut Exec,
-    at: usize,
-    block: &Block,
-    budget: u64,
-    events: &AtomicU32,
-    key: u64,
-) -> Option<Ran> {
+fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, key: u64) -> Option<Ran> {
     let user = x.cpu.cpl() == 3;
     let t0 = x.cpu.tsc;
     let stamp = chain::stamp(x, key);
@@ -399,7 +398,6 @@ fn enter(
     let mut frame = Frame {
         cpu,
         tlb,
-        events,
         jumps,
         budget,
         start_budget: budget,
@@ -444,14 +442,7 @@ fn code_address(_x: &Exec, _offset: u32) -> usize {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn enter(
-    _x: &mut Exec,
-    _at: usize,
-    _block: &Block,
-    _budget: u64,
-    _events: &AtomicU32,
-    _key: u64,
-) -> Option<Ran> {
+fn enter(_x: &mut Exec, _at: usize, _block: &Block, _budget: u64, _key: u64) -> Option<Ran> {
     None
 }
 
