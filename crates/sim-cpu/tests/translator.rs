@@ -803,6 +803,62 @@ fn a_ret_to_a_non_canonical_address_is_the_interpreters_gp() {
     assert!(b.cpu.translator_stats().blocks > 0);
 }
 
+/// Code compiled at CPL 0 run again at CPL 3 (SDM vol 3 4.6: a user-mode read of a
+/// supervisor page is a #PF): compiled code tests the TLB grants of the privilege it
+/// was compiled for, so at the other it is not entered (nor gone on into by a chain or
+/// the jump cache) and the interpreter's #PF is taken by both tiers.
+#[test]
+fn code_compiled_for_the_supervisor_is_not_run_at_cpl3() {
+    const USER_STACK: u64 = 0x6_8000;
+    let code = asm(|a| {
+        let (mut top, mut user, mut f) = (a.create_label(), a.create_label(), a.create_label());
+        a.mov(ecx, 3u32)?;
+        a.set_label(&mut top)?;
+        a.call(f)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        // To CPL 3 at `user` (selectors 0x1b and 0x23: the GDT's user entries).
+        a.push(0x23)?;
+        a.push(USER_STACK as i32)?;
+        a.push(2)?;
+        a.push(0x1b)?;
+        a.lea(rax, ptr(user))?;
+        a.push(rax)?;
+        a.iretq()?;
+        a.set_label(&mut user)?;
+        a.call(f)?;
+        a.hlt()?;
+        // DATA is a supervisor page.
+        a.set_label(&mut f)?;
+        a.mov(rax, qword_ptr(r15))?;
+        a.add(rax, 1)?;
+        a.ret()
+    });
+    let b = lockstep(&code, &mut Rng(9), 10_000, |m, slice| {
+        if slice == 0 {
+            // The code page and the user stack's page are user pages; the GDT gets a
+            // 64-bit user code and a user data segment; the TSS (at 0) a stack for
+            // the #PF's privilege change.
+            put(&m.ram, PT + 8 * (CODE >> 12), CODE | 7);
+            put(
+                &m.ram,
+                PT + 8 * ((USER_STACK - 8) >> 12),
+                (USER_STACK - 0x1000) | 7,
+            );
+            put(&m.ram, GDT + 24, 0x00af_fb00_0000_ffff);
+            put(&m.ram, GDT + 32, 0x00cf_f300_0000_ffff);
+            m.cpu.cpu.gdtr.limit = 39;
+            let rsp0 = 0x6_f000u64.to_le_bytes();
+            m.ram.write(4, &rsp0).unwrap();
+        }
+    });
+    assert_eq!(b.cpu.cpu.rip, HANDLER + 1, "in the #PF handler");
+    assert_eq!(b.cpu.cpu.cr2, DATA, "the supervisor page's address");
+    assert_eq!(b.cpu.cpu.gpr[1], 0, "three calls at CPL 0");
+    assert_eq!(b.cpu.cpu.seg[1].selector, 8, "the handler at CPL 0");
+    assert!(b.cpu.translator_stats().blocks > 0);
+}
+
 /// Code whose page is mapped anew, then invalidated with INVLPG (SDM vol 3 4.10.4.1):
 /// both tiers run the new page's code at once, though links and chains lead to the old
 /// block; an INVLPG of a page in a region without code keeps them (`CodeCache::

@@ -143,12 +143,15 @@ pub fn remember(jumps: &JumpCache, block: &Block, entry: usize, stamp: u64) {
 }
 
 /// The stamp chains are made and followed under now, for link key `key`: a new one
-/// whenever the key, the cache's epoch or the code area's generation changes.
+/// whenever the key, the cache's epoch, the code area's generation or the privilege
+/// (CPL 3 or not) changes.
 pub fn stamp(x: &mut Exec, key: u64) -> u64 {
+    // The privilege too: code compiled for one is followed only at it (`Code::At`).
     let now = (
         key,
         x.cache.epoch,
         super::generation_of(x).unwrap_or(u32::MAX),
+        x.cpu.cpl() == 3,
     );
     let tr = &mut x.cache.translator;
     if tr.chained_under != Some(now) {
@@ -180,12 +183,14 @@ pub fn fix(block: &Block, exits: super::emit::Exits) {
 /// passed over. The chain for `to`'s RIP is updated, else the older one replaced.
 pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
     let generation = super::generation_of(x);
+    let user = x.cpu.cpl() == 3;
     let compiled = |b: &Block| match b.jit.code.get() {
         Code::At {
             offset,
             generation: g,
             chain,
-        } if Some(g) == generation => Some(offset + chain as u32),
+            user: u,
+        } if Some(g) == generation && u == user => Some(offset + chain as u32),
         _ => None,
     };
     let (Some(_), Some(entry)) = (compiled(from), compiled(to)) else {

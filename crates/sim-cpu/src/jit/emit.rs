@@ -84,8 +84,6 @@ const FR_JUMPS: i32 = offset_of!(Frame, jumps) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
 const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
 const FR_BLOCK: i32 = offset_of!(Frame, block) as i32;
-const FR_NEED_READ: i32 = offset_of!(Frame, need_read) as i32;
-const FR_NEED_WRITE: i32 = offset_of!(Frame, need_write) as i32;
 
 // Host register numbers (dynasm's dynamic registers).
 const RAX: u8 = 0;
@@ -173,7 +171,7 @@ fn mask(a: &mut Assembler, h: u8, s: u8) {
 }
 
 /// rax (a linear address) = its host address for an `s`-byte access needing the grant
-/// at `need` in the frame, through the TLB as `Tlb::lookup` does; else to `bail`.
+/// `need` (`tlb::need`), through the TLB as `Tlb::lookup` does; else to `bail`.
 /// Clobbers rcx, rdx and the host's flags only.
 ///
 /// The tag compared is that of the access's last byte's page (plus one, as tags are
@@ -185,7 +183,7 @@ fn mask(a: &mut Assembler, h: u8, s: u8) {
 /// grants nothing: a miss. No canonical check (SDM vol 1 3.3.7.1) is made: the TLB
 /// holds canonical pages only (filled after `Exec::linear`'s check), so a
 /// non-canonical address misses, and the interpreter raises its #GP or #SS.
-fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
+fn translate(a: &mut Assembler, s: u8, need: u8, bail: DynamicLabel) {
     // The slot's offset: bits 20..29 of the hash (`tlb::slot`) times an entry's size.
     let offset_mask = ((layout::SLOTS - 1) << layout::SHIFT) as i32;
     let offset_shift = (20 - layout::SHIFT) as i8;
@@ -197,7 +195,7 @@ fn translate(a: &mut Assembler, s: u8, need: i32, bail: DynamicLabel) {
         ; and ecx, offset_mask
         ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [r13 + rcx + tag], rdx ; jne =>bail
         // The entry must grant the access.
-        ; movzx edx, BYTE [r14 + need] ; test BYTE [r13 + rcx + allow], dl ; jz =>bail
+        ; test BYTE [r13 + rcx + allow], need as i8 ; jz =>bail
         ; add rax, QWORD [r13 + rcx + addend]
     );
 }
@@ -576,6 +574,10 @@ pub struct Context {
     pub routine: usize,
     /// The address of `super::call_handler`.
     pub handler: usize,
+    /// The TLB grants (`tlb::need`) a read and a write need at the privilege the code
+    /// is compiled for.
+    pub need_read: u8,
+    pub need_write: u8,
     /// The address of the block's two chains (`super::chain::Chain`), when its code may
     /// go on into another block's.
     pub chains: Option<usize>,
@@ -718,7 +720,11 @@ impl Emitter<'_> {
             let at = SEG + seg as i32 * SEG_SIZE + SEG_BASE;
             dynasm!(self.a ; .arch x64 ; add rax, QWORD [r12 + at]);
         }
-        let need = if write { FR_NEED_WRITE } else { FR_NEED_READ };
+        let need = if write {
+            self.cx.need_write
+        } else {
+            self.cx.need_read
+        };
         let bail = self.bail(i);
         translate(&mut self.a, s, need, bail);
     }
@@ -1085,7 +1091,7 @@ impl Emitter<'_> {
             Kind::Pop { r } => {
                 self.load_reg(RAX, RSP_REG, 8);
                 let bail = self.bail(i);
-                translate(&mut self.a, 8, FR_NEED_READ, bail);
+                translate(&mut self.a, 8, self.cx.need_read, bail);
                 // RSP moves first, then the register is written: POP RSP loads the value
                 // popped (SDM vol 2 POP), as `pop64` and the handler do.
                 dynasm!(self.a ; .arch x64 ; mov rcx, QWORD [rax]);
@@ -1099,7 +1105,7 @@ impl Emitter<'_> {
             Kind::Ret { release } => {
                 self.load_reg(RAX, RSP_REG, 8);
                 let bail = self.bail(i);
-                translate(&mut self.a, 8, FR_NEED_READ, bail);
+                translate(&mut self.a, 8, self.cx.need_read, bail);
                 dynasm!(self.a ; .arch x64 ; mov rcx, QWORD [rax]);
                 let by = 8 + release as i32;
                 self.move_rsp(by);
@@ -1147,7 +1153,7 @@ impl Emitter<'_> {
         self.load_reg(RAX, RSP_REG, 8);
         dynasm!(self.a ; .arch x64 ; sub rax, 8);
         let bail = self.bail(i);
-        translate(&mut self.a, 8, FR_NEED_WRITE, bail);
+        translate(&mut self.a, 8, self.cx.need_write, bail);
         match value {
             Ok(r) => self.load_reg(RCX, r, 8),
             Err(v) => {

@@ -123,7 +123,7 @@ pub struct Translator {
     /// The chains' stamp now, and the link key, cache epoch and code area generation it
     /// stands for ([`chain::stamp`]).
     chain_stamp: u64,
-    chained_under: Option<(u64, u64, u32)>,
+    chained_under: Option<(u64, u64, u32, bool)>,
 }
 
 /// What the translator did: hv-core's type, which backends report (one definition).
@@ -150,11 +150,14 @@ enum Code {
     /// Never compiled: too little of it is covered, or compiling failed.
     Never,
     /// Compiled into the code area at `offset`, in its generation `generation`; its
-    /// chain entry ([`chain`]) `chain` bytes further.
+    /// chain entry ([`chain`]) `chain` bytes further. `user`: compiled for CPL 3 (its
+    /// memory accesses test the TLB's user grants) or for CPL 0-2 (the supervisor's);
+    /// entered, and gone on into, only at such a CPL.
     At {
         offset: u32,
         generation: u32,
         chain: u16,
+        user: bool,
     },
 }
 
@@ -186,7 +189,7 @@ pub struct Slot {
 }
 
 /// What compiled code reads and writes besides the processor's state: `repr(C)`, its
-/// fields up to `need_write` are at offsets the emitted code has; the rest are the
+/// fields up to `block` are at offsets the emitted code has; the rest are the
 /// handler calls' ([`call_handler`]).
 #[repr(C)]
 pub struct Frame {
@@ -204,9 +207,6 @@ pub struct Frame {
     start_budget: u64,
     start_len: u64,
     cut: u64,
-    /// The TLB grants (`tlb::need`) a read and a write need at the current CPL.
-    need_read: u8,
-    need_write: u8,
     /// The stamp chains are followed under ([`chain::stamp`]).
     stamp: u64,
     /// The block running now (its instructions are the handlers' and its count the
@@ -315,7 +315,15 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, key: u64) -> Option<Ran> {
     if block.bits != 64 || x.debug_blocks || !x.watches.is_empty() || x.bps.any() {
         return None;
     }
+    let user = x.cpu.cpl() == 3;
     let at = match block.jit.code.get() {
+        // Compiled for the other privilege: the interpreter runs it at this one (code
+        // that runs at both, rare, is compiled for the first).
+        Code::At {
+            generation,
+            user: u,
+            ..
+        } if Some(generation) == generation_of(x) && u != user => return None,
         Code::At {
             offset, generation, ..
         } if Some(generation) == generation_of(x) => {
@@ -384,7 +392,6 @@ fn code_address(x: &Exec, offset: u32) -> usize {
 
 #[cfg(target_arch = "x86_64")]
 fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, key: u64) -> Option<Ran> {
-    let user = x.cpu.cpl() == 3;
     let t0 = x.cpu.tsc;
     let stamp = chain::stamp(x, key);
     let tr = &x.cache.translator;
@@ -403,8 +410,6 @@ fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, key: u64) -> Optio
         start_budget: budget,
         start_len: block.ops.len() as u64,
         cut: 0,
-        need_read: crate::tlb::need(Access::Read, user),
-        need_write: crate::tlb::need(Access::Write, user),
         stamp,
         block,
         exec: (x as *mut Exec<'_>).cast(),
@@ -477,6 +482,7 @@ fn code_area(tr: &mut Translator) -> Result<&mut area::CodeArea, TranslateError>
 fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
     let start = std::time::Instant::now();
     let kinds: Vec<cover::Kind> = block.ops.iter().map_while(cover::classify).collect();
+    let user = x.cpu.cpl() == 3;
     let tr = &mut x.cache.translator;
     if !worth_compiling(&kinds, block.ops.len()) {
         tr.stats.uncovered += 1;
@@ -490,6 +496,8 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
                 block_ip: block.ip,
                 routine: tr.routine,
                 handler: call_handler as *const () as usize,
+                need_read: crate::tlb::need(Access::Read, user),
+                need_write: crate::tlb::need(Access::Write, user),
                 // A block that may change the mode ends the run loop's chaining too.
                 chains: block
                     .keeps_mode
@@ -520,6 +528,7 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
         offset,
         generation: area.generation(),
         chain,
+        user,
     })
 }
 
