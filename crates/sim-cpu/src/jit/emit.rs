@@ -190,10 +190,21 @@ fn translate(a: &mut Assembler, s: u8, need: u8, bail: DynamicLabel) {
     let hash = layout::HASH as i32;
     let last = 0x1000 + s as i32 - 1;
     let (tag, allow, addend) = (layout::TAG, layout::ALLOW, layout::ADDEND);
+    if s == 1 {
+        // A byte is within its page: the tag is its page's.
+        dynasm!(a ; .arch x64
+            ; mov rcx, rax ; shr rcx, 12 ; lea rdx, [rcx + 1] ; imul ecx, ecx, hash
+            ; shr ecx, offset_shift ; and ecx, offset_mask
+        );
+    } else {
+        dynasm!(a ; .arch x64
+            ; mov rcx, rax ; shr rcx, 12 ; imul ecx, ecx, hash ; shr ecx, offset_shift
+            ; and ecx, offset_mask
+            ; lea rdx, [rax + last] ; shr rdx, 12
+        );
+    }
     dynasm!(a ; .arch x64
-        ; mov rcx, rax ; shr rcx, 12 ; imul ecx, ecx, hash ; shr ecx, offset_shift
-        ; and ecx, offset_mask
-        ; lea rdx, [rax + last] ; shr rdx, 12 ; cmp QWORD [r13 + rcx + tag], rdx ; jne =>bail
+        ; cmp QWORD [r13 + rcx + tag], rdx ; jne =>bail
         // The entry must grant the access.
         ; test BYTE [r13 + rcx + allow], need as i8 ; jz =>bail
         ; add rax, QWORD [r13 + rcx + addend]
