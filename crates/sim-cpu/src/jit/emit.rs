@@ -808,14 +808,16 @@ impl Emitter<'_> {
             Leave::At(rip) => (None, Some(rip)),
             Leave::Computed { ret } => (ret, None),
         };
+        let mut cold = None;
         if let Some(chains) = self.cx.chains {
-            let (found, undo, out) = (
+            let (found, jump, go, undo, out) = (
+                self.a.new_dynamic_label(),
+                self.a.new_dynamic_label(),
                 self.a.new_dynamic_label(),
                 self.a.new_dynamic_label(),
                 self.a.new_dynamic_label(),
             );
-            let fixed = rip.and_then(|r| self.exits.chain_of(r));
-            match fixed {
+            match rip.and_then(|r| self.exits.chain_of(r)) {
                 Some(k) => {
                     let at = chains as i64 + k as i64 * chain::SIZE as i64;
                     dynasm!(self.a ; .arch x64 ; mov rcx, QWORD at);
@@ -830,27 +832,21 @@ impl Emitter<'_> {
                         ; mov rcx, QWORD chains
                         ; cmp QWORD [rcx + chain::IP], rax ; je =>found
                         ; add rcx, chain::SIZE
-                        ; cmp QWORD [rcx + chain::IP], rax ; je =>found
+                        ; cmp QWORD [rcx + chain::IP], rax ; jne =>jump
                     );
-                    if rip.is_some() {
-                        dynasm!(self.a ; .arch x64 ; jmp =>out);
-                    } else {
-                        // The jump cache's slot (`chain::jump_slot`).
-                        let mask = (chain::JUMP_ENTRIES - 1) as i32;
-                        dynasm!(self.a ; .arch x64
-                            ; mov ecx, eax ; mov edx, eax ; shr edx, 12 ; add ecx, edx
-                            ; and ecx, mask ; imul ecx, ecx, chain::SIZE
-                            ; add rcx, QWORD [r14 + FR_JUMPS]
-                            ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
-                        );
-                    }
                 }
             }
+            // The chain, if its stamp is the frame's and its block still has its serial;
+            // else the jump cache's chain for the RIP (emitted after the way out), under
+            // the same checks: a chain made under an older stamp or not made yet (the
+            // run loop fills the jump cache with each block it enters, and links blocks
+            // more slowly).
             dynasm!(self.a ; .arch x64
                 ; =>found
-                ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
+                ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>jump
                 ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
-                ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>out
+                ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>jump
+                ; =>go
                 ; sub r15, QWORD [rcx + chain::LEN] ; jb =>undo
                 ; mov QWORD [r14 + FR_BLOCK], rdx
             );
@@ -861,6 +857,7 @@ impl Emitter<'_> {
                 ; add r15, QWORD [rcx + chain::LEN]
                 ; =>out
             );
+            cold = Some((jump, go, out));
         }
         if let Some(r) = rip {
             let r = r as i64;
@@ -876,6 +873,26 @@ impl Emitter<'_> {
             dynasm!(self.a ; .arch x64 ; jmp =>bail ; =>canonical);
         }
         dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
+        if let Some((jump, go, out)) = cold {
+            if let Some(r) = rip {
+                let r = r as i64;
+                dynasm!(self.a ; .arch x64 ; =>jump ; mov rax, QWORD r);
+            } else {
+                dynasm!(self.a ; .arch x64 ; =>jump);
+            }
+            // The jump cache's slot (`chain::jump_slot`).
+            let mask = (chain::JUMP_ENTRIES - 1) as i32;
+            dynasm!(self.a ; .arch x64
+                ; mov ecx, eax ; mov edx, eax ; shr edx, 12 ; add ecx, edx
+                ; and ecx, mask ; imul ecx, ecx, chain::SIZE
+                ; add rcx, QWORD [r14 + FR_JUMPS]
+                ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
+                ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
+                ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
+                ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>out
+                ; jmp =>go
+            );
+        }
     }
 
     /// A branch taken to `target`: [`Emitter::back`] when it is this block, else the
