@@ -193,12 +193,19 @@ pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
         } if Some(g) == generation && u == user => Some(offset + chain as u32),
         _ => None,
     };
-    let (Some(_), Some(entry)) = (compiled(from), compiled(to)) else {
-        return;
-    };
-    if to.jit.rest.get() > 0 {
+    if compiled(from).is_none() {
         return;
     }
+    // `to` compiled, or never to be: a chain to it that no budget covers (its length
+    // the most there is) sends compiled code back to the run loop at once, without a
+    // look at the jump cache (a port exit loop: its block after the OUT goes back to
+    // the OUT's, which is not compiled).
+    let entry = match (compiled(to), to.jit.code.get()) {
+        (Some(_), _) if to.jit.rest.get() > 0 => return,
+        (Some(entry), _) => Some(entry),
+        (None, Code::Never) => None,
+        (None, _) => return,
+    };
     let stamp = stamp(x, key);
     let chains = &from.jit.chains;
     let i = match chains.iter().position(|c| c.ip.get() == to.ip) {
@@ -219,8 +226,8 @@ pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
     }
     c.ip.set(to.ip);
     c.stamp.set(stamp);
-    c.entry.set(super::code_address(x, entry));
+    c.entry.set(entry.map_or(0, |e| super::code_address(x, e)));
     c.block.set(to);
     c.serial.set(to.serial);
-    c.len.set(to.ops.len() as u64);
+    c.len.set(entry.map_or(u64::MAX, |_| to.ops.len() as u64));
 }
