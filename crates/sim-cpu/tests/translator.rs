@@ -147,17 +147,21 @@ impl Rng {
 }
 
 /// Where the two tiers first differ after a slice, if they do.
-/// The processor's state, bit for bit, but for arithmetic flags in the lazy-flags
-/// record's `bits` that no reader of RFLAGS can see: a record of a kind other than an
-/// eager one or INC/DEC's reads none of them (`Flags::get`), so the interpreter's INC
-/// may leave its CF there under a later ADD where compiled code, which keeps INC's
-/// record in host registers until replaced (`jit::emit`), does not.
+/// The processor's state, bit for bit, but for the parts of the lazy-flags record no
+/// reader of RFLAGS can see (`Flags::get`): arithmetic flags in `bits` under a record
+/// of a kind other than an eager one or INC/DEC's (which reads CF there), and an eager
+/// record's size, result and operands. Compiled code keeps a record in host registers
+/// until it is replaced (`jit::emit`), and does not write one that is replaced unseen,
+/// where the interpreter leaves, say, an INC's CF in `bits` under a later ADD, or the
+/// ADD's operands under a shift's eager flags.
 fn seen(cpu: &sim_cpu::Cpu) -> String {
     use sim_cpu::flags::{FlagOp, ARITH};
     let mut cpu = cpu.clone();
     let f = &mut cpu.flags;
-    if !matches!(f.op, FlagOp::Eager | FlagOp::Inc | FlagOp::Dec) {
-        f.bits &= !ARITH;
+    match f.op {
+        FlagOp::Eager => (f.size, f.res, f.a, f.b) = (0, 0, 0, 0),
+        FlagOp::Inc | FlagOp::Dec => {}
+        _ => f.bits &= !ARITH,
     }
     format!("{cpu:?}")
 }

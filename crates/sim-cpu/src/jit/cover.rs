@@ -29,6 +29,14 @@ use crate::ops::{form, Form};
 use crate::paging::canonical;
 use iced_x86::{Mnemonic, OpKind};
 
+/// A covered shift (SDM vol 2 SAL/SAR/SHL/SHR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShiftKind {
+    Shl,
+    Shr,
+    Sar,
+}
+
 /// A covered binary operation (SDM vol 2, each instruction's "Operation").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alu {
@@ -88,6 +96,14 @@ pub enum Kind {
     Lea {
         s: u8,
         r: u8,
+    },
+    /// SHL/SAL, SHR or SAR of a 32- or 64-bit register by a constant count, masked
+    /// and not 0 (the flags are then the interpreter's eager ones: `ops::shift`).
+    Shift {
+        k: ShiftKind,
+        s: u8,
+        r: u8,
+        n: u8,
     },
     Extend {
         from: u8,
@@ -393,6 +409,30 @@ fn native(op: &Op) -> Option<Kind> {
                 return None;
             }
             Kind::Lea { s, r: op.r }
+        }
+        M::Shl | M::Sal | M::Shr | M::Sar => {
+            // Constant counts on 32- and 64-bit registers, where the host's shift
+            // sets CF, SF, ZF and PF as the SDM defines them for every count the
+            // processor uses (masked to 5 or 6 bits, below the width).
+            let n = match op.count() {
+                crate::decode::Count::One => 1,
+                crate::decode::Count::Imm => op.imm,
+                crate::decode::Count::Cl => return None,
+            } & if s == 8 { 0x3f } else { 0x1f };
+            if !matches!(s, 4 | 8) || n == 0 || ins.op_kind(0) != OpKind::Register || op.r == NONE {
+                return None;
+            }
+            let k = match m {
+                M::Shr => ShiftKind::Shr,
+                M::Sar => ShiftKind::Sar,
+                _ => ShiftKind::Shl,
+            };
+            Kind::Shift {
+                k,
+                s,
+                r: op.r,
+                n: n as u8,
+            }
         }
         M::Movzx | M::Movsx | M::Movsxd => {
             let from = crate::decode::op_size(ins, 1) as u8;

@@ -30,7 +30,7 @@
 #![allow(clippy::useless_conversion)]
 
 use super::chain::layout as chain;
-use super::cover::{Alu, Kind, Loc, Src};
+use super::cover::{Alu, Kind, Loc, ShiftKind, Src};
 use super::plan::{plan, Plan, Record};
 use super::{Frame, TranslateError};
 use crate::decode::Op;
@@ -1070,6 +1070,7 @@ impl Emitter<'_> {
                 self.effective_address(i);
                 self.store_reg(RAX, r, s);
             }
+            Kind::Shift { k, s, r, n } => self.shift(k, s, r, n),
             Kind::Extend {
                 from,
                 signed,
@@ -1191,6 +1192,64 @@ impl Emitter<'_> {
         }
         dynasm!(self.a ; .arch x64 ; mov QWORD [rax], rcx);
         self.move_rsp(-8);
+    }
+
+    /// SHL, SHR or SAR of guest register `r` (`s` bytes: 4 or 8) by `n` (1 to the width
+    /// less 1), and the flags `ops::shift` makes, eagerly as it does (`Flags::set_arith`
+    /// replaces every arithmetic flag, so the record before is dead): CF, SF, ZF and PF
+    /// the host's (the SDM's for such counts), OF as the interpreter defines it for
+    /// every count (SHL: the result's top bit XOR CF; SHR: the operand's top bit; SAR:
+    /// 0), AF 0.
+    fn shift(&mut self, k: ShiftKind, s: u8, r: u8, n: u8) {
+        let (v, held) = match self.cached(r, s) {
+            Some(c) => (c, true),
+            None => {
+                self.load_reg(R9, r, s);
+                (R9, false)
+            }
+        };
+        let top = (s * 8 - 1) as i8;
+        let n = n as i8;
+        let szpc =
+            (crate::flags::CF | crate::flags::PF | crate::flags::ZF | crate::flags::SF) as i32;
+        let of_at = crate::flags::OF.trailing_zeros() as i8;
+        let not_arith = !(crate::flags::ARITH as i32);
+        let a = &mut self.a;
+        match (k, s) {
+            // The operand's top bit, before the shift (bits 63:32 of a held register
+            // are not a 32-bit operand's).
+            (ShiftKind::Shr, 4) => dynasm!(a ; .arch x64 ; mov r10d, Rd(v) ; shr r10d, top),
+            (ShiftKind::Shr, _) => dynasm!(a ; .arch x64 ; mov r10, Rq(v) ; shr r10, top),
+            _ => {}
+        }
+        match (k, s) {
+            (ShiftKind::Shl, 4) => dynasm!(a ; .arch x64 ; shl Rd(v), n),
+            (ShiftKind::Shl, _) => dynasm!(a ; .arch x64 ; shl Rq(v), n),
+            (ShiftKind::Shr, 4) => dynasm!(a ; .arch x64 ; shr Rd(v), n),
+            (ShiftKind::Shr, _) => dynasm!(a ; .arch x64 ; shr Rq(v), n),
+            (ShiftKind::Sar, 4) => dynasm!(a ; .arch x64 ; sar Rd(v), n),
+            (ShiftKind::Sar, _) => dynasm!(a ; .arch x64 ; sar Rq(v), n),
+        }
+        dynasm!(a ; .arch x64 ; pushfq ; pop r11 ; and r11d, szpc);
+        match k {
+            ShiftKind::Shl => dynasm!(a ; .arch x64
+                ; mov r10, Rq(v) ; shr r10, top ; xor r10d, r11d ; and r10d, 1
+                ; shl r10d, of_at ; or r11d, r10d
+            ),
+            ShiftKind::Shr => dynasm!(a ; .arch x64 ; shl r10d, of_at ; or r11d, r10d),
+            ShiftKind::Sar => {}
+        }
+        let eager = FlagOp::Eager as u8 as i8;
+        dynasm!(a ; .arch x64
+            ; mov r10, QWORD [r12 + F_BITS] ; and r10, not_arith ; or r10, r11
+            ; mov QWORD [r12 + F_BITS], r10 ; mov BYTE [r12 + F_OP], eager
+        );
+        if !held {
+            self.store_reg(R9, r, s);
+        }
+        // The record is in the processor's state, whole.
+        self.kept = None;
+        self.known = Some((FlagOp::Eager, s));
     }
 
     /// RSP += `by` (the host's flags change).

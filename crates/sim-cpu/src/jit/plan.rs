@@ -89,6 +89,7 @@ fn registers(op: &Op, kind: Kind, mut each: impl FnMut(u8, bool)) {
             reg(r, 8);
             address(&mut reg);
         }
+        Kind::Shift { r, s, .. } => reg(r, s),
         Kind::Extend { from, r, src, .. } => {
             reg(r, 8);
             match src {
@@ -124,7 +125,9 @@ fn destination(kind: Kind) -> Option<u8> {
             dst: Loc::Reg(r),
             ..
         } if k.writes() => (!(s == 1 && r >= AH)).then_some(r),
-        Kind::Lea { r, .. } | Kind::Extend { r, .. } | Kind::Pop { r } => Some(r),
+        Kind::Lea { r, .. } | Kind::Extend { r, .. } | Kind::Pop { r } | Kind::Shift { r, .. } => {
+            Some(r)
+        }
         _ => None,
     }
 }
@@ -141,7 +144,7 @@ fn looks(kind: Kind) -> bool {
         Kind::Extend { src, .. } => src == Loc::Mem,
         Kind::Push { .. } | Kind::Pop { .. } | Kind::Near { .. } | Kind::Ret { .. } => true,
         Kind::Call | Kind::Branch | Kind::Jmp { .. } => true,
-        Kind::Nop | Kind::Lea { .. } | Kind::Jcc { .. } => false,
+        Kind::Nop | Kind::Lea { .. } | Kind::Jcc { .. } | Kind::Shift { .. } => false,
     }
 }
 
@@ -176,7 +179,7 @@ fn replaced_from(kinds: &[Kind], live: &[bool], from: usize) -> Option<bool> {
         if reads_record(k, live[j]) {
             return Some(false);
         }
-        if makes_record(k) {
+        if makes_record(k) || matches!(k, Kind::Shift { .. }) {
             return Some(true);
         }
     }
