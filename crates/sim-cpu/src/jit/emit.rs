@@ -67,7 +67,8 @@ fn finish(a: Assembler) -> Result<Vec<u8>, TranslateError> {
 }
 
 /// The compiled function: returns how many of the block's instructions completed in
-/// its last pass (`Frame::loops` counts the passes before it).
+/// the block it ended in, in its last pass (`Frame::retired` counts the whole blocks
+/// and passes before it).
 pub type Entry = unsafe extern "sysv64" fn(*mut Frame) -> u32;
 
 const GPR: i32 = offset_of!(Cpu, gpr) as i32;
