@@ -66,9 +66,9 @@ fn finish(a: Assembler) -> Result<Vec<u8>, TranslateError> {
         .map_err(|e| TranslateError::Assemble(e.to_string()))
 }
 
-/// The compiled function: returns how many of the block's instructions completed in
-/// the block it ended in, in its last pass (`Frame::retired` counts the whole blocks
-/// and passes before it).
+/// The compiled function: returns how many instructions of the block it ended in
+/// completed in that block's last pass (`Frame::retired` counts the whole blocks and
+/// passes before it).
 pub type Entry = unsafe extern "sysv64" fn(*mut Frame) -> u32;
 
 const GPR: i32 = offset_of!(Cpu, gpr) as i32;
