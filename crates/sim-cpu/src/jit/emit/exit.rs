@@ -54,6 +54,16 @@ impl Exits {
     }
 }
 
+/// To `miss` unless the chain at rcx was made under the frame's stamp and its block
+/// still has the serial it had then (rdx = the block after it).
+fn alive(a: &mut Assembler, miss: DynamicLabel) {
+    dynasm!(a ; .arch x64
+        ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>miss
+        ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
+        ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>miss
+    );
+}
+
 impl Emitter<'_> {
     /// The block's end at RIP `rip`.
     pub(super) fn finish(&mut self, rip: u64) {
@@ -84,16 +94,15 @@ impl Emitter<'_> {
                 self.a.new_dynamic_label(),
                 self.a.new_dynamic_label(),
             );
-            match rip.and_then(|r| self.exits.chain_of(r)) {
-                Some(k) => {
+            match (rip, rip.and_then(|r| self.exits.chain_of(r))) {
+                (_, Some(k)) => {
                     let at = chains as i64 + k as i64 * chain::SIZE as i64;
                     dynasm!(self.a ; .arch x64 ; mov rcx, QWORD at);
                 }
-                None => {
-                    if let Some(r) = rip {
-                        let r = r as i64;
-                        dynasm!(self.a ; .arch x64 ; mov rax, QWORD r);
-                    }
+                // A known RIP has a fixed chain (`Exits::of` names every RIP `finish`
+                // is given); were one without, the jump cache alone is looked at.
+                (Some(_), None) => dynasm!(self.a ; .arch x64 ; jmp =>jump),
+                (None, _) => {
                     let chains = chains as i64;
                     dynasm!(self.a ; .arch x64
                         ; mov rcx, QWORD chains
@@ -108,11 +117,9 @@ impl Emitter<'_> {
             // the same checks: a chain made under an older stamp or not made yet (the
             // run loop fills the jump cache with each block it enters, and links blocks
             // more slowly).
+            dynasm!(self.a ; .arch x64 ; =>found);
+            alive(&mut self.a, jump);
             dynasm!(self.a ; .arch x64
-                ; =>found
-                ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>jump
-                ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
-                ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>jump
                 ; =>go
                 ; sub r15, QWORD [rcx + chain::LEN] ; jb =>undo
                 ; mov QWORD [r14 + FR_BLOCK], rdx
@@ -154,11 +161,9 @@ impl Emitter<'_> {
                 ; and ecx, mask ; imul ecx, ecx, chain::SIZE
                 ; add rcx, QWORD [r14 + FR_JUMPS]
                 ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
-                ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>out
-                ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
-                ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>out
-                ; jmp =>go
             );
+            alive(&mut self.a, out);
+            dynasm!(self.a ; .arch x64 ; jmp =>go);
         }
     }
 
