@@ -61,21 +61,7 @@ pub(super) struct Rec {
 /// keeps the record need not copy it; a logical operation's is in r9. Uses no other
 /// register; the host's flags change.
 pub(super) fn put_record(a: &mut Assembler, r: Rec) {
-    match (r.f, r.a, r.b) {
-        (FlagOp::Add, Ok(x), y) => {
-            dynasm!(a ; .arch x64 ; mov r9, Rq(x));
-            alu(a, Alu::Add, r.s, R9, y, false);
-        }
-        (FlagOp::Sub, Ok(x), y) => {
-            dynasm!(a ; .arch x64 ; mov r9, Rq(x));
-            alu(a, Alu::Sub, r.s, R9, y, false);
-        }
-        (FlagOp::Inc | FlagOp::Dec, Ok(x), _) => {
-            dynasm!(a ; .arch x64 ; mov r9, Rq(x));
-            inc_dec(a, r.f == FlagOp::Dec, r.s, R9);
-        }
-        _ => {}
-    }
+    redo(a, r, R9);
     if r.keep_cf {
         dynasm!(a ; .arch x64
             ; movzx r8d, r8b ; and QWORD [r12 + F_BITS], -2 ; or QWORD [r12 + F_BITS], r8
@@ -93,6 +79,30 @@ pub(super) fn put_record(a: &mut Assembler, r: Rec) {
     );
     put_value(a, F_A, r.a);
     put_value(a, F_B, r.b);
+}
+
+/// Host register `into` = the result of a kept addition, subtraction, increment or
+/// decrement, redone from its operands (the host's flags then the operation's, but an
+/// INC/DEC's CF); `false` for other records, which keep no operands to redo.
+fn redo(a: &mut Assembler, r: Rec, into: u8) -> bool {
+    match (r.f, r.a, r.b) {
+        (FlagOp::Add | FlagOp::Sub, Ok(x), y) => {
+            let k = if r.f == FlagOp::Add {
+                Alu::Add
+            } else {
+                Alu::Sub
+            };
+            dynasm!(a ; .arch x64 ; mov Rq(into), Rq(x));
+            alu(a, k, r.s, into, y, false);
+            true
+        }
+        (FlagOp::Inc | FlagOp::Dec, Ok(x), _) => {
+            dynasm!(a ; .arch x64 ; mov Rq(into), Rq(x));
+            inc_dec(a, r.f == FlagOp::Dec, r.s, into);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Host RFLAGS' CF, PF, ZF, SF and OF = the guest's, from a lazy record of kind `f` and
@@ -148,25 +158,18 @@ pub(super) fn native_flags(a: &mut Assembler, f: FlagOp, s: u8) {
 /// registers ([`Rec`]): the host redoes its operation on them, as [`native_flags`] does
 /// from one in the processor's state. Clobbers rcx.
 pub(super) fn flags_of_kept(a: &mut Assembler, r: Rec) {
-    let s = r.s;
-    match (r.f, r.a, r.b) {
-        (FlagOp::Add, Ok(x), y) => {
-            dynasm!(a ; .arch x64 ; mov rcx, Rq(x));
-            alu(a, Alu::Add, s, RCX, y, false);
-        }
-        (FlagOp::Sub, Ok(x), y) => alu(a, Alu::Cmp, s, x, y, true),
-        (FlagOp::Logic, ..) => alu(a, Alu::Test, s, R9, Ok(R9), true),
-        (FlagOp::Inc | FlagOp::Dec, Ok(x), _) => {
-            dynasm!(a ; .arch x64 ; bt r8d, 0 ; mov rcx, Rq(x));
-            inc_dec(a, r.f == FlagOp::Dec, s, RCX);
-        }
+    if r.keep_cf {
+        // INC/DEC leave CF as it was: the host's first.
+        dynasm!(a ; .arch x64 ; bt r8d, 0);
+    }
+    if r.f == FlagOp::Logic {
+        alu(a, Alu::Test, r.s, R9, Ok(R9), true);
+    } else if !redo(a, r, RCX) {
         // The emitter keeps no other records: written, then read back.
-        _ => {
-            put_record(a, r);
-            dynasm!(a ; .arch x64 ; push rax);
-            native_flags(a, r.f, s);
-            dynasm!(a ; .arch x64 ; pop rax);
-        }
+        put_record(a, r);
+        dynasm!(a ; .arch x64 ; push rax);
+        native_flags(a, r.f, r.s);
+        dynasm!(a ; .arch x64 ; pop rax);
     }
 }
 
