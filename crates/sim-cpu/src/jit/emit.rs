@@ -549,9 +549,7 @@ impl Emitter<'_> {
             Kind::Jmp { target } => self.taken(target),
             Kind::Push { r } => self.push(i, Ok(r)),
             Kind::Pop { r } => {
-                self.load_reg(RAX, RSP_REG, 8);
-                let bail = self.bail(i);
-                translate(&mut self.a, 8, self.cx.need_read, bail);
+                self.stack(i, false);
                 // RSP moves first, then the register is written: POP RSP loads the value
                 // popped (SDM vol 2 POP), as `pop64` and the handler do.
                 dynasm!(self.a ; .arch x64 ; mov rcx, QWORD [rax]);
@@ -563,9 +561,7 @@ impl Emitter<'_> {
                 self.taken(target);
             }
             Kind::Ret { release } => {
-                self.load_reg(RAX, RSP_REG, 8);
-                let bail = self.bail(i);
-                translate(&mut self.a, 8, self.cx.need_read, bail);
+                let bail = self.stack(i, false);
                 dynasm!(self.a ; .arch x64 ; mov rcx, QWORD [rax]);
                 let by = 8 + release as i32;
                 self.move_rsp(by);
@@ -610,10 +606,7 @@ impl Emitter<'_> {
     /// before RSP changes, as `push64` does, and PUSH RSP pushes RSP as it was (SDM vol
     /// 2 PUSH).
     fn push(&mut self, i: usize, value: Result<u8, u64>) {
-        self.load_reg(RAX, RSP_REG, 8);
-        dynasm!(self.a ; .arch x64 ; sub rax, 8);
-        let bail = self.bail(i);
-        translate(&mut self.a, 8, self.cx.need_write, bail);
+        self.stack(i, true);
         match value {
             Ok(r) => self.load_reg(RCX, r, 8),
             Err(v) => {
@@ -681,6 +674,21 @@ impl Emitter<'_> {
         // The record is in the processor's state, whole.
         self.kept = None;
         self.known = Some((FlagOp::Eager, s));
+    }
+
+    /// rax = the host address of the stack's 8 bytes instruction `i` pops (at RSP), or
+    /// pushes (`push`: 8 bytes below); else to its bail, which is returned.
+    fn stack(&mut self, i: usize, push: bool) -> DynamicLabel {
+        self.load_reg(RAX, RSP_REG, 8);
+        let need = if push {
+            dynasm!(self.a ; .arch x64 ; sub rax, 8);
+            self.cx.need_write
+        } else {
+            self.cx.need_read
+        };
+        let bail = self.bail(i);
+        translate(&mut self.a, 8, need, bail);
+        bail
     }
 
     /// RSP += `by` (the host's flags change).
