@@ -142,7 +142,7 @@ impl Default for Tlb {
 /// (`jit::emit::translate`); pages 2^10 or 2^20 apart differ by 1 or 2 likewise. One
 /// multiply is what compiled code computes (five host instructions to the entry).
 #[inline(always)]
-pub(crate) fn slot(page: u64) -> usize {
+fn slot(page: u64) -> usize {
     ((page as u32).wrapping_mul(layout::HASH) >> 20) as usize & (ENTRIES - 1)
 }
 

@@ -317,16 +317,17 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, key: u64) -> Option<Ran> {
     }
     let user = x.cpu.cpl() == 3;
     let at = match block.jit.code.get() {
-        // Compiled for the other privilege: the interpreter runs it at this one (code
-        // that runs at both, rare, is compiled for the first).
         Code::At {
+            offset,
             generation,
             user: u,
             ..
-        } if Some(generation) == generation_of(x) && u != user => return None,
-        Code::At {
-            offset, generation, ..
         } if Some(generation) == generation_of(x) => {
+            if u != user {
+                // Compiled for the other privilege: the interpreter runs it at this
+                // one (code that runs at both, rare, is compiled for the first).
+                return None;
+            }
             let rest = block.jit.rest.get();
             if rest > 0 {
                 block.jit.rest.set(rest - 1);

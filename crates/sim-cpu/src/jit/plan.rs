@@ -165,6 +165,13 @@ fn makes_record(kind: Kind) -> bool {
     matches!(kind, Kind::Alu { .. } | Kind::IncDec { .. })
 }
 
+/// Whether the instruction replaces the lazy-flags record without reading it: with
+/// one it makes (ALU, INC/DEC), or with a shift's flags, written eagerly into the
+/// processor's state (`emit`'s `shift`, as `Flags::set_arith` does).
+fn replaces_record(kind: Kind) -> bool {
+    makes_record(kind) || matches!(kind, Kind::Shift { .. })
+}
+
 /// Whether instruction `j` (host flags the guest's at its start when `live`) may look
 /// at the record in the processor's state before it makes its own: a bail or a
 /// handler call, INC/DEC reading CF, or a Jcc reading the flags from it.
@@ -179,7 +186,7 @@ fn replaced_from(kinds: &[Kind], live: &[bool], from: usize) -> Option<bool> {
         if reads_record(k, live[j]) {
             return Some(false);
         }
-        if makes_record(k) || matches!(k, Kind::Shift { .. }) {
+        if replaces_record(k) {
             return Some(true);
         }
     }
