@@ -28,10 +28,15 @@
 //! without the run loop.
 //!
 //! A stamp ([`stamp`]) stands for the link key (the cache's generation and the mode:
-//! no block dropped since, so the successor is alive and is what a lookup finds), the
-//! cache's epoch (the successor's bytes were compared in it) and the code area's
-//! generation (its code is still there); a new one is taken whenever any of them
-//! changes, and a stamp once left is never current again.
+//! no block dropped since, so the successor is alive and is what a lookup finds) and
+//! the code area's generation (its code is still there); a new one is taken whenever
+//! either changes, and a stamp once left is never current again. The cache's epoch is
+//! not in it: it moves at every run of the processor (JavaScript may have written the
+//! code between runs), and in one Linux boot its 47 K moves made chains stale far more
+//! often than the key's 20 K. A successor's bytes must have been compared in the
+//! current epoch, as the run loop's links require (`cache::revalidate`): compiled code
+//! tests the block's `checked` against the frame's epoch, and where it is older it
+//! calls `jit::check_bytes` to compare them and goes on, without the run loop.
 
 use super::Code;
 use crate::cache::Block;
@@ -78,6 +83,8 @@ pub mod layout {
     pub const SERIAL: i32 = offset_of!(Chain, serial) as i32;
     /// A block's serial, in the block.
     pub const BLOCK_SERIAL: i32 = offset_of!(crate::cache::Block, serial) as i32;
+    /// The epoch a block's bytes were last compared in, in the block.
+    pub const BLOCK_CHECKED: i32 = offset_of!(crate::cache::Block, checked) as i32;
     pub const LEN: i32 = offset_of!(Chain, len) as i32;
     /// The jump cache's entries.
     pub const JUMP_ENTRIES: usize = super::JumpCache::ENTRIES;
@@ -143,13 +150,12 @@ pub fn remember(jumps: &JumpCache, block: &Block, entry: usize, stamp: u64) {
 }
 
 /// The stamp chains are made and followed under now, for link key `key`: a new one
-/// whenever the key, the cache's epoch, the code area's generation or the privilege
-/// (CPL 3 or not) changes.
+/// whenever the key, the code area's generation or the privilege (CPL 3 or not)
+/// changes.
 pub fn stamp(x: &mut Exec, key: u64) -> u64 {
     // The privilege too: code compiled for one is followed only at it (`Code::At`).
     let now = (
         key,
-        x.cache.epoch,
         super::generation_of(x).unwrap_or(u32::MAX),
         x.cpu.cpl() == 3,
     );

@@ -47,6 +47,7 @@ mod exit;
 mod record;
 
 use asm::*;
+pub use exit::check_routine;
 pub use exit::Exits;
 use exit::*;
 pub use record::flags_routine;
@@ -95,6 +96,7 @@ const FR_JUMPS: i32 = offset_of!(Frame, jumps) as i32;
 const FR_BUDGET: i32 = offset_of!(Frame, budget) as i32;
 const FR_STAMP: i32 = offset_of!(Frame, stamp) as i32;
 const FR_BLOCK: i32 = offset_of!(Frame, block) as i32;
+const FR_EPOCH: i32 = offset_of!(Frame, epoch) as i32;
 
 // Host register numbers (dynasm's dynamic registers).
 const RAX: u8 = 0;
@@ -154,6 +156,8 @@ pub struct Context {
     pub routine: usize,
     /// The address of `super::call_handler`.
     pub handler: usize,
+    /// The address of [`check_routine`]'s code.
+    pub check_routine: usize,
     /// The TLB grants (`tlb::need`) a read and a write need at the privilege the code
     /// is compiled for.
     pub need_read: u8,

@@ -80,26 +80,23 @@ impl Tier {
 /// interpreting a block some tens of times (CHANGELOG, the translator's figures).
 pub const HOT: u32 = 32;
 
-/// Covered instructions a block's prefix needs to be compiled: entering compiled code
-/// costs about what interpreting one instruction does, so a prefix of one that the
-/// interpreter goes on after gains nothing (the recursive-fib loop's blocks,
+/// Covered instructions a block's prefix needs to be compiled when the interpreter
+/// goes on after it: entering compiled code costs about what interpreting one
+/// instruction does, so a prefix of one gains nothing (the recursive-fib loop's blocks,
 /// CALL/RET/PUSH/POP around one covered instruction, ran 27% slower compiled before
-/// chains). A block that is one branch is compiled all the same ([`worth_compiling`]).
+/// chains). A block covered whole is compiled all the same ([`worth_compiling`]).
 pub const MIN_PREFIX: usize = 2;
 
 /// Whether a block's covered prefix `kinds` is worth compiling: [`MIN_PREFIX`]
-/// instructions, or a whole block of one RET, CALL, JMP or Jcc, which chained code
-/// goes through without returning to the run loop (Linux's kernel is full of them: a
-/// RET or CALL after a call returns, a JMP to a shared exit; in one boot 22 M of 29 M
-/// returns to the run loop were at such a block when they were left interpreted).
+/// instructions, or the whole block, which chained code goes through without
+/// returning to the run loop. Linux's kernel is full of blocks of one instruction: a
+/// RET or CALL after a call returns, a JMP to a shared exit, a CALL through a register
+/// (the retpoline thunks patched to `jmp *%rax`), an instruction before a page's end;
+/// in one boot 22 M of 29 M returns to the run loop were at a block of one branch
+/// when those were left interpreted, and 0.34 M more at the others, which were
+/// compiled later.
 fn worth_compiling(kinds: &[cover::Kind], ops: usize) -> bool {
-    use cover::Kind;
-    kinds.len() >= MIN_PREFIX
-        || kinds.len() == ops
-            && matches!(
-                kinds,
-                [Kind::Ret { .. } | Kind::Near { .. } | Kind::Jmp { .. } | Kind::Jcc { .. }]
-            )
+    kinds.len() >= MIN_PREFIX || !kinds.is_empty() && kinds.len() == ops
 }
 
 /// The translator's settings and figures, per processor.
@@ -120,10 +117,13 @@ pub struct Translator {
     pub area_size: usize,
     #[cfg(target_arch = "x86_64")]
     routine: usize,
-    /// The chains' stamp now, and the link key, cache epoch and code area generation it
+    /// Where the routine that calls [`check_bytes`] for chained code is, in the head.
+    #[cfg(target_arch = "x86_64")]
+    check_routine: usize,
+    /// The chains' stamp now, and the link key, code area generation and privilege it
     /// stands for ([`chain::stamp`]).
     chain_stamp: u64,
-    chained_under: Option<(u64, u64, u32, bool)>,
+    chained_under: Option<(u64, u32, bool)>,
 }
 
 /// What the translator did: hv-core's type, which backends report (one definition).
@@ -209,6 +209,8 @@ pub struct Frame {
     cut: u64,
     /// The stamp chains are followed under ([`chain::stamp`]).
     stamp: u64,
+    /// The code cache's epoch: a block's bytes compared in it may run ([`check_bytes`]).
+    epoch: u64,
     /// The block running now (its instructions are the handlers' and its count the
     /// budget's: [`Frame::retired`]).
     block: *const Block,
@@ -304,6 +306,25 @@ unsafe extern "sysv64" fn call_handler(frame: *mut Frame, i: u32) -> u32 {
             1
         }
     }
+}
+
+/// Compares the bytes of `block`, which a chain names, with its memory for the current
+/// epoch (`cache::revalidate`, in place): 0 when they are the same (the block is
+/// marked checked and compiled code goes on into it), 1 when they are not or the
+/// block crosses a page (compiled code returns to the run loop, which looks at it
+/// and drops it if it must).
+///
+/// # Safety
+/// As [`call_handler`]'s: `frame` is the frame `enter` made for this run of compiled
+/// code; `block` is alive (a chain under the frame's stamp names it with its serial).
+#[cfg(target_arch = "x86_64")]
+unsafe extern "sysv64" fn check_bytes(frame: *mut Frame, block: *const Block) -> u32 {
+    // SAFETY: see the function's contract (and `call_handler`'s).
+    let (x, b) = unsafe {
+        let f = &mut *frame;
+        (&mut *f.exec.cast::<Exec<'_>>(), &*block)
+    };
+    u32::from(!crate::cache::same_page_bytes_checked(x, b))
 }
 
 /// Runs `block`'s translation on the plain path, compiling it when it became hot;
@@ -412,6 +433,7 @@ fn enter(x: &mut Exec, at: usize, block: &Block, budget: u64, key: u64) -> Optio
         start_len: block.ops.len() as u64,
         cut: 0,
         stamp,
+        epoch: x.cache.epoch,
         block,
         exec: (x as *mut Exec<'_>).cast(),
         t0,
@@ -452,8 +474,8 @@ fn enter(_x: &mut Exec, _at: usize, _block: &Block, _budget: u64, _key: u64) -> 
     None
 }
 
-/// The processor's code area, made (with the flags routine in its head) at the first
-/// compilation.
+/// The processor's code area, made (with the flags routine and the check routine in its
+/// head) at the first compilation.
 #[cfg(target_arch = "x86_64")]
 fn code_area(tr: &mut Translator) -> Result<&mut area::CodeArea, TranslateError> {
     if tr.area.is_none() {
@@ -463,11 +485,16 @@ fn code_area(tr: &mut Translator) -> Result<&mut area::CodeArea, TranslateError>
         };
         let mut a = area::CodeArea::new(size)?;
         let routine = emit::flags_routine()?;
-        if !a.fits(routine.len()) {
-            return Err(TranslateError::TooBig(routine.len()));
+        let check = emit::check_routine(check_bytes as *const () as usize)?;
+        let mut head = [0usize; 2];
+        for (code, at) in [&routine, &check].into_iter().zip(&mut head) {
+            if !a.fits(code.len()) {
+                return Err(TranslateError::TooBig(code.len()));
+            }
+            let offset = a.put(code);
+            *at = a.address(offset);
         }
-        let at = a.put(&routine);
-        tr.routine = a.address(at);
+        [tr.routine, tr.check_routine] = head;
         a.seal_head();
         tr.area = Some(a);
         tr.jumps = Some(chain::JumpCache::new());
@@ -497,6 +524,7 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
                 block_ip: block.ip,
                 routine: tr.routine,
                 handler: call_handler as *const () as usize,
+                check_routine: tr.check_routine,
                 need_read: crate::tlb::need(Access::Read, user),
                 need_write: crate::tlb::need(Access::Write, user),
                 // A block that may change the mode ends the run loop's chaining too.

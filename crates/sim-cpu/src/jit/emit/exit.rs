@@ -55,12 +55,15 @@ impl Exits {
 }
 
 /// To `miss` unless the chain at rcx was made under the frame's stamp and its block
-/// still has the serial it had then (rdx = the block after it).
-fn alive(a: &mut Assembler, miss: DynamicLabel) {
+/// still has the serial it had then (rdx = the block after it); to `check` when that
+/// block's bytes were last compared in an older epoch than the frame's.
+fn alive(a: &mut Assembler, miss: DynamicLabel, check: DynamicLabel) {
     dynasm!(a ; .arch x64
         ; mov rdx, QWORD [r14 + FR_STAMP] ; cmp QWORD [rcx + chain::STAMP], rdx ; jne =>miss
         ; mov rdx, QWORD [rcx + chain::BLOCK] ; mov r8, QWORD [rcx + chain::SERIAL]
         ; cmp QWORD [rdx + chain::BLOCK_SERIAL], r8 ; jne =>miss
+        ; mov r8, QWORD [r14 + FR_EPOCH] ; cmp QWORD [rdx + chain::BLOCK_CHECKED], r8
+        ; jne =>check
     );
 }
 
@@ -117,8 +120,9 @@ impl Emitter<'_> {
             // the same checks: a chain made under an older stamp or not made yet (the
             // run loop fills the jump cache with each block it enters, and links blocks
             // more slowly).
+            let (check, check_jump) = (self.a.new_dynamic_label(), self.a.new_dynamic_label());
             dynasm!(self.a ; .arch x64 ; =>found);
-            alive(&mut self.a, jump);
+            alive(&mut self.a, jump, check);
             dynasm!(self.a ; .arch x64
                 ; =>go
                 ; sub r15, QWORD [rcx + chain::LEN] ; jb =>undo
@@ -131,7 +135,7 @@ impl Emitter<'_> {
                 ; add r15, QWORD [rcx + chain::LEN]
                 ; =>out
             );
-            cold = Some((jump, go, out));
+            cold = Some((jump, go, out, check, check_jump));
         }
         if let Some(r) = rip {
             let r = r as i64;
@@ -147,7 +151,7 @@ impl Emitter<'_> {
             dynasm!(self.a ; .arch x64 ; jmp =>bail ; =>canonical);
         }
         dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + RIP], rax ; mov eax, n ; jmp =>exit);
-        if let Some((jump, go, out)) = cold {
+        if let Some((jump, go, out, check, check_jump)) = cold {
             if let Some(r) = rip {
                 let r = r as i64;
                 dynasm!(self.a ; .arch x64 ; =>jump ; mov rax, QWORD r);
@@ -162,8 +166,15 @@ impl Emitter<'_> {
                 ; add rcx, QWORD [r14 + FR_JUMPS]
                 ; cmp QWORD [rcx + chain::IP], rax ; jne =>out
             );
-            alive(&mut self.a, out);
+            alive(&mut self.a, out, check_jump);
             dynasm!(self.a ; .arch x64 ; jmp =>go);
+            for (at, miss) in [(check, jump), (check_jump, out)] {
+                let routine = self.cx.check_routine as i64;
+                dynasm!(self.a ; .arch x64
+                    ; =>at ; mov r8, QWORD routine ; call r8 ; test r8d, r8d ; jnz =>miss
+                    ; jmp =>go
+                );
+            }
         }
     }
 
@@ -197,4 +208,24 @@ impl Emitter<'_> {
         });
         label
     }
+}
+
+/// The routine compiled code calls where [`alive`] found a chain's block compared in an
+/// older epoch (rdx the block, r14 the frame): `helper` (`super::super::check_bytes`)
+/// compares its bytes for this one; r8d is 0 when they are the same. Every other
+/// register is kept (the cached guest registers and the chain's rax, rcx and rdx among
+/// them), so that compiled code goes on as if the block had been checked. Eight pushes
+/// and eight bytes more keep the stack 16-byte aligned at the call (System V).
+pub fn check_routine(helper: usize) -> Result<Vec<u8>, TranslateError> {
+    let mut a = assembler();
+    let helper = helper as i64;
+    dynasm!(a ; .arch x64
+        ; push rax ; push rcx ; push rdx ; push rsi ; push rdi ; push r9 ; push r10 ; push r11
+        ; sub rsp, 8
+        ; mov rdi, r14 ; mov rsi, rdx ; mov rax, QWORD helper ; call rax ; mov r8d, eax
+        ; add rsp, 8
+        ; pop r11 ; pop r10 ; pop r9 ; pop rdi ; pop rsi ; pop rdx ; pop rcx ; pop rax
+        ; ret
+    );
+    finish(a)
 }
