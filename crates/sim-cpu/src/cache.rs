@@ -368,12 +368,14 @@ pub fn find(x: &mut Exec) -> Result<*const Block, Stop> {
             // checks finish (a failed check drops it explicitly).
             let b = unsafe { &*ptr };
             if still_valid(x, b)? {
+                x.tlb.code_found(b.lin, b.second.map(|(lin, _)| lin));
                 return Ok(ptr);
             }
             x.cache.evict(s, u64::MAX);
         }
     }
     let b = build(x, ip, cs_base, bits)?;
+    x.tlb.code_found(b.lin, b.second.map(|(lin, _)| lin));
     let ptr: *const Block = &*b;
     let cache = &mut *x.cache;
     cache.insert(s, b, x.tlb);

@@ -112,8 +112,13 @@ pub struct Tlb {
     entries: Box<[Entry; ENTRIES]>,
     /// The memory map generation the entries were made under.
     generation: u64,
-    /// Bumped by every flush: a code-block link made under an older epoch may map stale.
+    /// Bumped by every flush that may change how code blocks found since the last one
+    /// are mapped: a code-block link made under an older epoch may map stale.
     epoch: u64,
+    /// A code block was found ([`crate::cache::find`]) through a translation that is
+    /// not global since the epoch last moved ([`Tlb::code_found`]): a flush of the
+    /// non-global translations (MOV CR3) moves it then, and only then.
+    nonglobal_code: bool,
     /// Some entry may have a protection key ([`Tlb::rekey`] has work).
     keyed: bool,
 }
@@ -128,6 +133,7 @@ impl Default for Tlb {
             entries: Box::new([EMPTY; ENTRIES]),
             generation: u64::MAX,
             epoch: 0,
+            nonglobal_code: false,
             keyed: false,
         }
     }
@@ -367,6 +373,7 @@ impl Tlb {
 
     /// Forgets every entry.
     pub fn flush(&mut self) {
+        self.nonglobal_code = false;
         self.flush_entries();
         self.epoch += 1;
     }
@@ -379,12 +386,34 @@ impl Tlb {
     }
 
     /// Forgets every entry but global ones (MOV CR3 with CR4.PGE, SDM vol 3 4.10.4.1).
+    /// The epoch moves only when a code block found since it last moved was mapped by
+    /// a translation this flush forgets: links between blocks mapped by global ones
+    /// stand, as those translations do (Linux's kernel text is global; its `text_poke`
+    /// switches CR3 to a temporary mm and back, 18 K writes of CR3 in one boot, each of
+    /// which made every link and chain stale).
     pub fn flush_nonglobal(&mut self) {
-        self.epoch += 1;
+        if std::mem::take(&mut self.nonglobal_code) {
+            self.epoch += 1;
+        }
         for e in self.entries.iter_mut() {
             if !e.global {
                 *e = EMPTY;
             }
+        }
+    }
+
+    /// A code block made from the pages at `lin` (and `second`, where its last
+    /// instruction crosses into the next page) was found to run: remembers whether a
+    /// translation not global, or not cached, maps one of them, so that the next flush
+    /// of those moves the epoch ([`Tlb::flush_nonglobal`]).
+    pub fn code_found(&mut self, lin: u64, second: Option<u64>) {
+        let global = |lin: u64| {
+            let page = lin >> 12;
+            let e = &self.entries[slot(page)];
+            e.tag == page + 1 && e.global
+        };
+        if !global(lin) || second.is_some_and(|l| !global(l)) {
+            self.nonglobal_code = true;
         }
     }
 

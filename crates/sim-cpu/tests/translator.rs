@@ -906,6 +906,53 @@ fn code_remapped_and_invalidated_runs_anew_under_both_tiers() {
     );
 }
 
+/// Code whose page a MOV CR3 maps anew: the new tables map it to another page with a
+/// translation that is not global, which the write invalidates (SDM vol 3 4.10.4.1), so
+/// both tiers run the new page's code at once, though links and chains lead to the
+/// old block (`Tlb::flush_nonglobal` moves the links' epoch when such code was found).
+#[test]
+fn code_remapped_by_a_cr3_write_runs_anew_under_both_tiers() {
+    const PAGE: u64 = 0x5000;
+    // A second hierarchy, as the first but for PAGE, which maps 0x6000.
+    const PML4B: u64 = 0x11_0000;
+    let code = asm(|a| {
+        a.xor(edx, edx)?;
+        a.mov(ecx, 40u32)?;
+        let mut top = a.create_label();
+        let mut skip = a.create_label();
+        a.set_label(&mut top)?;
+        a.call(PAGE)?;
+        a.add(edx, eax)?;
+        a.cmp(ecx, 20)?;
+        a.jne(skip)?;
+        a.mov(rax, PML4B)?;
+        a.mov(cr3, rax)?;
+        a.set_label(&mut skip)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.hlt()
+    });
+    let b = lockstep(&code, &mut Rng(17), 10_000, |m, slice| {
+        if slice == 0 {
+            m.ram.write(0x5000, &[0xb8, 1, 0, 0, 0, 0xc3]).unwrap();
+            m.ram.write(0x6000, &[0xb8, 2, 0, 0, 0, 0xc3]).unwrap();
+            let mut tables = vec![0u8; 0x4000];
+            m.ram.read(PML4 as usize, &mut tables).unwrap();
+            let ram = &m.ram;
+            ram.write(PML4B as usize, &tables).unwrap();
+            put(ram, PML4B, (PML4B + 0x1000) | 7);
+            put(ram, PML4B + 0x1000, (PML4B + 0x2000) | 7);
+            put(ram, PML4B + 0x2000, (PML4B + 0x3000) | 7);
+            put(ram, PML4B + 0x3000 + 8 * (PAGE >> 12), 0x6003);
+        }
+    });
+    assert_eq!(
+        b.cpu.cpu.gpr[2],
+        21 + 2 * 19,
+        "the first page's code 21 times, then the new page's 19 times"
+    );
+}
+
 /// The interpreter benchmark's loops (bench/interpreter.ts) under both tiers.
 #[test]
 fn the_benchmark_loops_run_the_same_under_both_tiers() {
