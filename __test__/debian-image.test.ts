@@ -182,7 +182,11 @@ run('the image boots on the sim from virtio-blk to a root login: systemd runs, l
   try {
     const transcript = await driveConsole(serialOut, (s) => m.pc.serial.feed(Buffer.from(s)), [
       { expect: 'mshv-guest login: ', send: 'root\n', timeoutMs: 600_000 },
-      { expect: PROMPT, send: `systemctl is-system-running --wait; lspci -n; systemd-analyze --no-pager; echo ${MARKER}\n`, timeoutMs: 60_000 },
+      {
+        expect: PROMPT,
+        send: `systemctl is-system-running --wait; lspci -n; systemd-analyze --no-pager; grep -H . /sys/devices/system/cpu/vulnerabilities/{meltdown,mds}; echo ${MARKER}\n`,
+        timeoutMs: 60_000,
+      },
       { expect: new RegExp(`\\n${MARKER}\\r?\\n`), timeoutMs: 300_000 },
       {
         expect: PROMPT,
@@ -200,6 +204,9 @@ run('the image boots on the sim from virtio-blk to a root login: systemd runs, l
     t.regex(out, /^running\r?$/m, `systemd reached "running":\n${out}`)
     for (const line of ['00:00.0 0600: 8086:0d57', '00:01.0 00ff: 1af4:1044', '00:02.0 0100: 1af4:1042', '00:03.0 0100: 1af4:1042', '00:04.0 0200: 1af4:1041']) t.true(out.includes(line), `lspci -n lists ${line}:\n${out}`)
     t.log(/Startup finished[^\r\n]*/.exec(out)?.[0] ?? 'no systemd-analyze line')
+    // Linux's own reading of IA32_ARCH_CAPABILITIES (RDCL_NO, MDS_NO): no page-table isolation.
+    t.regex(out, /vulnerabilities\/meltdown:Not affected/, `Linux finds the sim's processor not affected by Meltdown:\n${out}`)
+    t.regex(out, /vulnerabilities\/mds:Not affected/, `nor by MDS:\n${out}`)
     const hash = (await import('node:crypto')).createHash('sha256').update(scratch.bytes.subarray(0, 1 << 20)).digest('hex')
     t.regex(disk?.output ?? '', new RegExp(`WROTE ${hash}`), 'the guest wrote what the VMM holds')
     t.regex(disk?.output ?? '', new RegExp(`READ ${hash}`), 'and read it back from the device')

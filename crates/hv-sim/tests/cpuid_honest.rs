@@ -432,6 +432,19 @@ fn advertised_cases() -> Vec<Case> {
         ),
         (
             7,
+            3,
+            ARCH_CAPABILITIES,
+            "RDMSR IA32_ARCH_CAPABILITIES (0x10A) reads the not-susceptible bits",
+            |a| {
+                a.mov(ecx, 0x10a).unwrap();
+                a.rdmsr().unwrap();
+                a.shl(rdx, 32).unwrap();
+                a.or(rax, rdx).unwrap();
+            },
+            ok(sim_cpu::msr::NOT_SUSCEPTIBLE),
+        ),
+        (
+            7,
             1,
             SMEP,
             "CR4.SMEP can be set",
@@ -838,5 +851,21 @@ fn sdm_16_3_1_machine_check_architecture_with_no_banks() {
             assert_eq!(wrmsr(msr, 0), GP, "WRMSR IA32_MC{bank}_{name}");
         }
         assert_eq!(rdmsr(0x280 + bank), GP, "IA32_MC{bank}_CTL2");
+    }
+}
+
+/// IA32_ARCH_CAPABILITIES is read-only (SDM vol 4 table 2-2): a WRMSR of any value,
+/// its own included, is #GP(0).
+#[test]
+fn ia32_arch_capabilities_is_read_only_sdm_vol4_table_2_2() {
+    for value in [0, sim_cpu::msr::NOT_SUSCEPTIBLE] {
+        let written = run_case(move |a| {
+            a.mov(ecx, 0x10a).unwrap();
+            a.mov(eax, value as u32).unwrap();
+            a.mov(edx, (value >> 32) as u32).unwrap();
+            a.wrmsr().unwrap();
+            a.xor(eax, eax).unwrap();
+        });
+        assert_eq!(written, Outcome::Vector(13), "WRMSR 0x10a, {value:#x}");
     }
 }

@@ -61,6 +61,8 @@ pub mod bits {
     pub const PKU: u32 = 1 << 3;
     pub const OSPKE: u32 = 1 << 4;
     pub const PKS: u32 = 1 << 31;
+    // CPUID.7.0:EDX: IA32_ARCH_CAPABILITIES exists (`crate::msr::NOT_SUSCEPTIBLE`).
+    pub const ARCH_CAPABILITIES: u32 = 1 << 29;
     // CPUID.80000001H:ECX
     pub const LAHF_LM: u32 = 1 << 0;
     pub const ABM: u32 = 1 << 5;
@@ -163,7 +165,12 @@ pub fn native(leaf: u32, subleaf: u32, apic_id: u32, cpu: &Cpu) -> [u32; 4] {
             with_state(leaf, subleaf, cpu, [SIGNATURE, ebx, ecx, edx])
         }
         6 => [ARAT, 0, 0, 0],
-        7 if subleaf == 0 => with_state(7, 0, cpu, [0, FSGSBASE | SMEP | SMAP, PKU | PKS, 0]),
+        7 if subleaf == 0 => with_state(
+            7,
+            0,
+            cpu,
+            [0, FSGSBASE | SMEP | SMAP, PKU | PKS, ARCH_CAPABILITIES],
+        ),
         // TSC / crystal = EBX / EAX, crystal in ECX (Hz).
         0x15 => [1, TSC_PER_CRYSTAL, CRYSTAL_HZ, 0],
         // Base and maximum frequency, and the bus (reference) clock, in MHz.

@@ -11,6 +11,36 @@ pub const APIC_BASE: u32 = 0x1b;
 pub const BIOS_SIGN_ID: u32 = 0x8b;
 pub const MTRRCAP: u32 = 0xfe;
 pub const MCG_CAP: u32 = 0x179;
+/// IA32_ARCH_CAPABILITIES (SDM vol 4 2.1, table 2-2), read-only.
+pub const ARCH_CAPABILITIES: u32 = 0x10a;
+
+/// IA32_ARCH_CAPABILITIES: the processor is not susceptible to the attacks on
+/// speculative execution and on buffers the SDM enumerates there, since it has
+/// neither: it executes one instruction at a time, each to its end, with no cache,
+/// fill, store or load buffer another access could sample. The bits (SDM vol 4 table
+/// 2-2; Linux's `msr-index.h` names them): RDCL_NO (0, rogue data cache load:
+/// Meltdown), SSB_NO (4), MDS_NO (5), IF_PSCHANGE_MC_NO (6), TAA_NO (8), SBDR_SSDP_NO
+/// (13), FBSDP_NO (14), PSDP_NO (15; the three MMIO stale-data ones), BHI_NO (20),
+/// PBRSB_NO (24), GDS_NO (26), RFDS_NO (27), ITS_NO (62). None of the bits that
+/// enumerate a control or a mitigation feature (IBRS_ALL, TSX_CTRL, FB_CLEAR, ...)
+/// is set. With them Linux turns off what it would do for an Ice Lake server
+/// (family 6 model 0x6A, [`crate::cpuid::SIGNATURE`]) without them, as for one whose
+/// microcode sets them: page-table isolation above all, which writes CR3 on every
+/// entry to the kernel and maps the kernel's code with translations that are not
+/// global.
+pub const NOT_SUSCEPTIBLE: u64 = 1 << 0
+    | 1 << 4
+    | 1 << 5
+    | 1 << 6
+    | 1 << 8
+    | 1 << 13
+    | 1 << 14
+    | 1 << 15
+    | 1 << 20
+    | 1 << 24
+    | 1 << 26
+    | 1 << 27
+    | 1 << 62;
 pub const MCG_STATUS: u32 = 0x17a;
 pub const MCG_CTL: u32 = 0x17b;
 pub const SYSENTER_CS: u32 = 0x174;
@@ -91,6 +121,7 @@ pub fn read(cpu: &Cpu, msr: u32) -> Option<u64> {
         MTRRCAP => VARIABLE_MTRRS as u64 | 1 << 8 | 1 << 10,
         // No banks, no MCG_CTL, no extensions (SDM vol 3 16.3.1.1).
         MCG_CAP => 0,
+        ARCH_CAPABILITIES => NOT_SUSCEPTIBLE,
         MCG_STATUS => cpu.msr.mcg_status,
         SYSENTER_CS => cpu.msr.sysenter_cs,
         SYSENTER_ESP => cpu.msr.sysenter_esp,
@@ -164,7 +195,7 @@ pub fn write(x: &mut Exec, msr: u32, v: u64) -> Written {
         }
         BIOS_SIGN_ID => {}
         // MCG_CAP is read-only.
-        MCG_CAP => return Written::Refused,
+        MCG_CAP | ARCH_CAPABILITIES => return Written::Refused,
         // Software may write MCG_STATUS; reserved bits are #GP(0) (SDM vol 3 16.3.1.2).
         MCG_STATUS if v & !MCG_STATUS_BITS != 0 => return Written::Refused,
         MCG_STATUS => cpu.msr.mcg_status = v,
