@@ -863,13 +863,20 @@ fn code_compiled_for_the_supervisor_is_not_run_at_cpl3() {
     assert!(b.cpu.translator_stats().blocks > 0);
 }
 
-/// Code whose page is mapped anew, then invalidated with INVLPG (SDM vol 3 4.10.4.1):
-/// both tiers run the new page's code at once, though links and chains lead to the old
-/// block; an INVLPG of a page in a region without code keeps them (`CodeCache::
-/// may_hold_code`), and changes nothing either tier runs.
-#[test]
-fn code_remapped_and_invalidated_runs_anew_under_both_tiers() {
-    const PAGE: u64 = 0x5000;
+/// The page both remapping judges call into, and the page it is mapped to anew.
+const CALLED: u64 = 0x5000;
+const REMAPPED: u64 = 0x6000;
+
+/// Calls CALLED 40 times from one call site (its link and chain lead to the old block
+/// after the remapping), adding what it returns to EDX, and runs `remap` after the
+/// 20th call; checks under both tiers that the first page's code (EAX = 1) ran 21
+/// times and the new page's (EAX = 2) 19 times. `setup` writes more memory before the
+/// first slice.
+fn remapped_code_runs_anew(
+    seed: u64,
+    remap: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+    mut setup: impl FnMut(&HostRegion),
+) {
     let code = asm(|a| {
         // EDX holds the processor's signature after reset (SDM vol 3 10.1.2).
         a.xor(edx, edx)?;
@@ -877,26 +884,26 @@ fn code_remapped_and_invalidated_runs_anew_under_both_tiers() {
         let mut top = a.create_label();
         let mut skip = a.create_label();
         a.set_label(&mut top)?;
-        // The same call site before and after: its link and chain lead to the old block.
-        a.call(PAGE)?;
+        a.call(CALLED)?;
         a.add(edx, eax)?;
         a.cmp(ecx, 20)?;
         a.jne(skip)?;
-        // A page far from any code: its INVLPG leaves the links.
-        a.invlpg(byte_ptr(0x4000_0000u64))?;
-        a.mov(rax, PT + 8 * (PAGE >> 12))?;
-        a.mov(qword_ptr(rax), 0x6003i32)?;
-        a.invlpg(byte_ptr(PAGE))?;
+        remap(a)?;
         a.set_label(&mut skip)?;
         a.dec(ecx)?;
         a.jnz(top)?;
         a.hlt()
     });
-    let b = lockstep(&code, &mut Rng(13), 10_000, |m, slice| {
+    let b = lockstep(&code, &mut Rng(seed), 10_000, |m, slice| {
         if slice == 0 {
-            // mov eax, 1; ret at 0x5000 and mov eax, 2; ret at 0x6000.
-            m.ram.write(0x5000, &[0xb8, 1, 0, 0, 0, 0xc3]).unwrap();
-            m.ram.write(0x6000, &[0xb8, 2, 0, 0, 0, 0xc3]).unwrap();
+            // mov eax, 1; ret and mov eax, 2; ret.
+            m.ram
+                .write(CALLED as usize, &[0xb8, 1, 0, 0, 0, 0xc3])
+                .unwrap();
+            m.ram
+                .write(REMAPPED as usize, &[0xb8, 2, 0, 0, 0, 0xc3])
+                .unwrap();
+            setup(&m.ram);
         }
     });
     assert_eq!(
@@ -906,51 +913,43 @@ fn code_remapped_and_invalidated_runs_anew_under_both_tiers() {
     );
 }
 
+/// Code whose page is mapped anew, then invalidated with INVLPG (SDM vol 3 4.10.4.1):
+/// both tiers run the new page's code at once, though links and chains lead to the old
+/// block; an INVLPG of a page in a region without code keeps them (`CodeCache::
+/// may_hold_code`), and changes nothing either tier runs.
+#[test]
+fn code_remapped_and_invalidated_runs_anew_under_both_tiers() {
+    let remap = |a: &mut CodeAssembler| {
+        // A page far from any code: its INVLPG leaves the links.
+        a.invlpg(byte_ptr(0x4000_0000u64))?;
+        a.mov(rax, PT + 8 * (CALLED >> 12))?;
+        a.mov(qword_ptr(rax), (REMAPPED | 3) as i32)?;
+        a.invlpg(byte_ptr(CALLED))
+    };
+    remapped_code_runs_anew(13, remap, |_| {});
+}
+
 /// Code whose page a MOV CR3 maps anew: the new tables map it to another page with a
 /// translation that is not global, which the write invalidates (SDM vol 3 4.10.4.1), so
 /// both tiers run the new page's code at once, though links and chains lead to the
 /// old block (`Tlb::flush_nonglobal` moves the links' epoch when such code was found).
 #[test]
 fn code_remapped_by_a_cr3_write_runs_anew_under_both_tiers() {
-    const PAGE: u64 = 0x5000;
-    // A second hierarchy, as the first but for PAGE, which maps 0x6000.
+    // A second hierarchy, as the first but for CALLED, which maps REMAPPED.
     const PML4B: u64 = 0x11_0000;
-    let code = asm(|a| {
-        a.xor(edx, edx)?;
-        a.mov(ecx, 40u32)?;
-        let mut top = a.create_label();
-        let mut skip = a.create_label();
-        a.set_label(&mut top)?;
-        a.call(PAGE)?;
-        a.add(edx, eax)?;
-        a.cmp(ecx, 20)?;
-        a.jne(skip)?;
+    let remap = |a: &mut CodeAssembler| {
         a.mov(rax, PML4B)?;
-        a.mov(cr3, rax)?;
-        a.set_label(&mut skip)?;
-        a.dec(ecx)?;
-        a.jnz(top)?;
-        a.hlt()
+        a.mov(cr3, rax)
+    };
+    remapped_code_runs_anew(17, remap, |ram| {
+        let mut tables = vec![0u8; 0x4000];
+        ram.read(PML4 as usize, &mut tables).unwrap();
+        ram.write(PML4B as usize, &tables).unwrap();
+        put(ram, PML4B, (PML4B + 0x1000) | 7);
+        put(ram, PML4B + 0x1000, (PML4B + 0x2000) | 7);
+        put(ram, PML4B + 0x2000, (PML4B + 0x3000) | 7);
+        put(ram, PML4B + 0x3000 + 8 * (CALLED >> 12), REMAPPED | 3);
     });
-    let b = lockstep(&code, &mut Rng(17), 10_000, |m, slice| {
-        if slice == 0 {
-            m.ram.write(0x5000, &[0xb8, 1, 0, 0, 0, 0xc3]).unwrap();
-            m.ram.write(0x6000, &[0xb8, 2, 0, 0, 0, 0xc3]).unwrap();
-            let mut tables = vec![0u8; 0x4000];
-            m.ram.read(PML4 as usize, &mut tables).unwrap();
-            let ram = &m.ram;
-            ram.write(PML4B as usize, &tables).unwrap();
-            put(ram, PML4B, (PML4B + 0x1000) | 7);
-            put(ram, PML4B + 0x1000, (PML4B + 0x2000) | 7);
-            put(ram, PML4B + 0x2000, (PML4B + 0x3000) | 7);
-            put(ram, PML4B + 0x3000 + 8 * (PAGE >> 12), 0x6003);
-        }
-    });
-    assert_eq!(
-        b.cpu.cpu.gpr[2],
-        21 + 2 * 19,
-        "the first page's code 21 times, then the new page's 19 times"
-    );
 }
 
 /// The interpreter benchmark's loops (bench/interpreter.ts) under both tiers.
