@@ -334,7 +334,18 @@ fn instruction(a: &mut CodeAssembler, g: &mut Rng) -> Result<(), IcedError> {
             a.push(R64[i])?;
             a.pop(R64[j])
         }
-        21 => a.sete(R8[i]),
+        21 => match k % 10 {
+            0 => a.sete(R8[i]),
+            1 => a.setl(R8[i]),
+            2 => a.setbe(ah),
+            3 => a.setp(R8[i]),
+            4 => a.seto(R8[i]),
+            5 => a.setg(R8[i]),
+            6 => a.not(R64[i]),
+            7 => a.not(R32[i]),
+            8 => a.not(word_ptr(r15 + d)),
+            _ => a.not(byte_ptr(r15 + d)),
+        },
         22 => a.cmovl(R64[i], R64[j]),
         23 => more(a, g, i, j, d, imm, k),
         24 => more(a, g, i, j, d, imm, k),
@@ -676,6 +687,35 @@ fn self_modifying_code_is_seen_by_both_tiers() {
     code[mov + 2..mov + 10].copy_from_slice(&imm_at.to_le_bytes());
     let b = lockstep(&code, &mut Rng(7), 10_000, |_, _| {});
     assert_eq!(b.cpu.cpu.rip, CODE + code.len() as u64);
+    assert!(b.cpu.translator_stats().blocks > 0);
+}
+
+/// SETcc reads the flags of the compare before it though an LEA comes between (after
+/// which compiled code does not count on the host's flags, so the compare's lazy record
+/// must be kept for the SETcc though an ADD replaces it later), and NOT changes no flag:
+/// the loop counts the iterations where the compare's values were equal.
+#[test]
+fn setcc_and_not_read_and_keep_the_flags_the_interpreter_does() {
+    let code = asm(|a| {
+        let mut top = a.create_label();
+        a.xor(ebx, ebx)?;
+        a.mov(ecx, 200u32)?;
+        a.set_label(&mut top)?;
+        a.mov(eax, ecx)?;
+        a.and(eax, 3)?;
+        a.cmp(eax, 2)?;
+        a.lea(rdx, qword_ptr(rdx + 1))?;
+        a.not(edx)?;
+        a.sete(dl)?;
+        a.movzx(edx, dl)?;
+        a.add(ebx, edx)?;
+        a.not(qword_ptr(r15 + 8))?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    let b = lockstep(&code, &mut Rng(19), 10_000, |_, _| {});
+    assert_eq!(b.cpu.cpu.gpr[3], 50, "ECX & 3 == 2 in 50 of 200 iterations");
     assert!(b.cpu.translator_stats().blocks > 0);
 }
 

@@ -4,15 +4,16 @@
 //!
 //! Covered: MOV (register, immediate, memory; not the segment, control and debug
 //! register forms), ADD/OR/AND/SUB/XOR/CMP/TEST in every form, INC/DEC, LEA,
-//! MOVZX/MOVSX/MOVSXD, NOP, PUSH and POP of a 64-bit register, and a near JMP, Jcc or
+//! MOVZX/MOVSX/MOVSXD, NOT, SETcc of a byte register, NOP, PUSH and POP of a 64-bit
+//! register, and a near JMP, Jcc or
 //! CALL with a canonical target or a near RET (a block's last instruction). Operand
 //! sizes 1, 2, 4 and 8 (AH..BH included); memory operands with 64-bit addresses (SDM
 //! vol 1 3.3.7.1: DS, ES, SS and CS are flat in 64-bit mode, FS and GS add their base;
 //! no limit is checked).
 //!
 //! Other instructions that only compute on registers, flags and memory, and may fault
-//! but change nothing else the run loop looks after (shifts and rotates, SETcc, CMOVcc,
-//! ADC/SBB, NOT/NEG, multiplies and divides, bit scans and tests, XCHG, the sign
+//! but change nothing else the run loop looks after (shifts and rotates, CMOVcc,
+//! ADC/SBB, NEG, SETcc of memory, multiplies and divides, bit scans and tests, XCHG, the sign
 //! extensions of rAX, the flag instructions, LEAVE, the other PUSH and POP forms, and
 //! the covered mnemonics' forms compiled code does not do itself) are [`Kind::Call`]ed:
 //! the compiled code calls the interpreter's own handler for them, exactly as the run
@@ -104,6 +105,16 @@ pub enum Kind {
         s: u8,
         r: u8,
         n: u8,
+    },
+    /// NOT of a register or the memory operand (no flags).
+    Not {
+        s: u8,
+        dst: Loc,
+    },
+    /// SETcc of a byte register (0..15, or 16..19 for AH..BH).
+    Setcc {
+        cc: u8,
+        r: u8,
     },
     Extend {
         from: u8,
@@ -308,6 +319,30 @@ pub fn classify(op: &Op) -> Option<Kind> {
         .or_else(|| indirect(op).then_some(Kind::Branch))
 }
 
+/// Whether `m` is one of the SETcc mnemonics (SDM vol 2 SETcc).
+fn is_setcc(m: Mnemonic) -> bool {
+    use Mnemonic as M;
+    matches!(
+        m,
+        M::Seto
+            | M::Setno
+            | M::Setb
+            | M::Setae
+            | M::Sete
+            | M::Setne
+            | M::Setbe
+            | M::Seta
+            | M::Sets
+            | M::Setns
+            | M::Setp
+            | M::Setnp
+            | M::Setl
+            | M::Setge
+            | M::Setle
+            | M::Setg
+    )
+}
+
 /// A near CALL or JMP through a general register or memory: its handler reads the
 /// target, checks it and (CALL) pushes the return address, as the interpreter's does.
 fn indirect(op: &Op) -> bool {
@@ -373,7 +408,7 @@ fn native(op: &Op) -> Option<Kind> {
             };
             Kind::Alu { k, s, dst, src }
         }
-        M::Inc | M::Dec => {
+        M::Inc | M::Dec | M::Not => {
             let dst = if ins.op_kind(0) == OpKind::Memory {
                 Loc::Mem
             } else {
@@ -382,10 +417,26 @@ fn native(op: &Op) -> Option<Kind> {
             if !sized(s) || dst == Loc::Reg(NONE) {
                 return None;
             }
+            if m == M::Not {
+                return Some(Kind::Not { s, dst });
+            }
             Kind::IncDec {
                 dec: m == M::Dec,
                 s,
                 dst,
+            }
+        }
+        _ if ins.condition_code() != iced_x86::ConditionCode::None
+            && ins.op_count() == 1
+            && is_setcc(m) =>
+        {
+            // A register only (the handler writes memory, with its faults).
+            if ins.op_kind(0) != OpKind::Register || op.rm == NONE {
+                return None;
+            }
+            Kind::Setcc {
+                cc: op.condition() as u8,
+                r: op.rm,
             }
         }
         M::Push | M::Pop => {

@@ -501,6 +501,31 @@ impl Emitter<'_> {
                     },
                 );
             }
+            Kind::Not { s, dst } => {
+                // Read-modify-write: translated for writing first (`ops::rmw_begin`).
+                if dst == Loc::Mem {
+                    self.memory(i, s, true);
+                }
+                let held = match dst {
+                    Loc::Reg(r) => self.cached(r, s),
+                    Loc::Mem => None,
+                };
+                match held {
+                    Some(c) => not(&mut self.a, s, c),
+                    None => {
+                        self.source(RDX, Src::Loc(dst), s);
+                        not(&mut self.a, s, RDX);
+                        self.store(RDX, dst, s);
+                    }
+                }
+            }
+            Kind::Setcc { cc, r } => {
+                if !self.plan.host_flags[i] {
+                    self.flags();
+                }
+                set_if(&mut self.a, cc, RDX);
+                self.store_reg(RDX, r, 1);
+            }
             Kind::Lea { s, r } => {
                 self.effective_address(i);
                 self.store_reg(RAX, r, s);

@@ -81,10 +81,11 @@ fn registers(op: &Op, kind: Kind, mut each: impl FnMut(u8, bool)) {
                 address(&mut reg);
             }
         }
-        Kind::IncDec { s, dst, .. } => match dst {
+        Kind::IncDec { s, dst, .. } | Kind::Not { s, dst } => match dst {
             Loc::Reg(r) => reg(r, s),
             Loc::Mem => address(&mut reg),
         },
+        Kind::Setcc { r, .. } => reg(r, 1),
         Kind::Lea { r, .. } => {
             reg(r, 8);
             address(&mut reg);
@@ -118,7 +119,12 @@ fn destination(kind: Kind) -> Option<u8> {
             s,
             dst: Loc::Reg(r),
             ..
+        }
+        | Kind::Not {
+            s,
+            dst: Loc::Reg(r),
         } => (!(s == 1 && r >= AH)).then_some(r),
+        Kind::Setcc { r, .. } => (r < AH).then_some(r),
         Kind::Alu {
             k,
             s,
@@ -140,11 +146,15 @@ fn looks(kind: Kind) -> bool {
         Kind::Mov { dst, src, .. } | Kind::Alu { dst, src, .. } => {
             dst == Loc::Mem || src == Src::Loc(Loc::Mem)
         }
-        Kind::IncDec { dst, .. } => dst == Loc::Mem,
+        Kind::IncDec { dst, .. } | Kind::Not { dst, .. } => dst == Loc::Mem,
         Kind::Extend { src, .. } => src == Loc::Mem,
         Kind::Push { .. } | Kind::Pop { .. } | Kind::Near { .. } | Kind::Ret { .. } => true,
         Kind::Call | Kind::Branch | Kind::Jmp { .. } => true,
-        Kind::Nop | Kind::Lea { .. } | Kind::Jcc { .. } | Kind::Shift { .. } => false,
+        Kind::Nop
+        | Kind::Lea { .. }
+        | Kind::Jcc { .. }
+        | Kind::Shift { .. }
+        | Kind::Setcc { .. } => false,
     }
 }
 
@@ -152,8 +162,10 @@ fn looks(kind: Kind) -> bool {
 /// nothing with them (no memory operand, whose address and TLB lookup do).
 fn keeps_host_flags(kind: Kind) -> bool {
     match kind {
-        Kind::Nop => true,
+        // SETcc leaves them (the guest's, where the record was made host flags first).
+        Kind::Nop | Kind::Setcc { .. } => true,
         Kind::Mov { dst, src, .. } => dst != Loc::Mem && src != Src::Loc(Loc::Mem),
+        Kind::Not { dst, .. } => dst != Loc::Mem,
         Kind::Extend { src, .. } => src != Loc::Mem,
         _ => false,
     }
@@ -174,9 +186,14 @@ fn replaces_record(kind: Kind) -> bool {
 
 /// Whether instruction `j` (host flags the guest's at its start when `live`) may look
 /// at the record in the processor's state before it makes its own: a bail or a
-/// handler call, INC/DEC reading CF, or a Jcc reading the flags from it.
+/// handler call, INC/DEC reading CF, or a Jcc or SETcc reading the flags from it.
 fn reads_record(kind: Kind, live: bool) -> bool {
-    looks(kind) || (!live && matches!(kind, Kind::IncDec { .. } | Kind::Jcc { .. }))
+    looks(kind)
+        || (!live
+            && matches!(
+                kind,
+                Kind::IncDec { .. } | Kind::Jcc { .. } | Kind::Setcc { .. }
+            ))
 }
 
 /// Whether the record is replaced, going from instruction `from` on, before anything

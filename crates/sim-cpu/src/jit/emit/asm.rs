@@ -189,3 +189,37 @@ pub(super) fn jump_if(a: &mut Assembler, cc: u8, l: DynamicLabel) {
         _ => dynasm!(a ; .arch x64 ; jg =>l),
     }
 }
+
+/// Host register `h`'s low byte = 1 if condition `cc` (the Jcc/SETcc encoding, SDM vol
+/// 2 appendix B.1.4.7) holds on the host's flags, else 0.
+pub(super) fn set_if(a: &mut Assembler, cc: u8, h: u8) {
+    match cc & 15 {
+        0 => dynasm!(a ; .arch x64 ; seto Rb(h)),
+        1 => dynasm!(a ; .arch x64 ; setno Rb(h)),
+        2 => dynasm!(a ; .arch x64 ; setb Rb(h)),
+        3 => dynasm!(a ; .arch x64 ; setae Rb(h)),
+        4 => dynasm!(a ; .arch x64 ; sete Rb(h)),
+        5 => dynasm!(a ; .arch x64 ; setne Rb(h)),
+        6 => dynasm!(a ; .arch x64 ; setbe Rb(h)),
+        7 => dynasm!(a ; .arch x64 ; seta Rb(h)),
+        8 => dynasm!(a ; .arch x64 ; sets Rb(h)),
+        9 => dynasm!(a ; .arch x64 ; setns Rb(h)),
+        10 => dynasm!(a ; .arch x64 ; setp Rb(h)),
+        11 => dynasm!(a ; .arch x64 ; setnp Rb(h)),
+        12 => dynasm!(a ; .arch x64 ; setl Rb(h)),
+        13 => dynasm!(a ; .arch x64 ; setge Rb(h)),
+        14 => dynasm!(a ; .arch x64 ; setle Rb(h)),
+        _ => dynasm!(a ; .arch x64 ; setg Rb(h)),
+    }
+}
+
+/// NOT of host register `h` at size `s` (no flag changes, SDM vol 2 NOT); a 32-bit
+/// one clears bits 63:32, as the guest's does.
+pub(super) fn not(a: &mut Assembler, s: u8, h: u8) {
+    match s {
+        1 => dynasm!(a ; .arch x64 ; not Rb(h)),
+        2 => dynasm!(a ; .arch x64 ; not Rw(h)),
+        4 => dynasm!(a ; .arch x64 ; not Rd(h)),
+        _ => dynasm!(a ; .arch x64 ; not Rq(h)),
+    }
+}
