@@ -226,22 +226,6 @@ fn callable(op: &Op) -> bool {
             | M::Lahf
             | M::Sahf
             | M::Leave
-            | M::Seto
-            | M::Setno
-            | M::Setb
-            | M::Setae
-            | M::Sete
-            | M::Setne
-            | M::Setbe
-            | M::Seta
-            | M::Sets
-            | M::Setns
-            | M::Setp
-            | M::Setnp
-            | M::Setl
-            | M::Setge
-            | M::Setle
-            | M::Setg
             | M::Cmovo
             | M::Cmovno
             | M::Cmovb
@@ -272,7 +256,7 @@ fn callable(op: &Op) -> bool {
             // The TSC the handler reads is the one the run loop would have set.
             | M::Rdtsc
             | M::Rdtscp
-    );
+    ) || is_setcc(ins.mnemonic());
     // The string instructions but INS and OUTS, which exit (iced's test: MOVSD and
     // CMPSD also name SSE forms).
     let string = ins.is_string_instruction()
