@@ -411,11 +411,11 @@ fn bytes_checked(x: &mut Exec, b: &Block) -> Result<bool, Stop> {
 
 /// [`bytes_checked`] for a block within one page, as compiled code going on into it
 /// asks (`jit::check_bytes`): whether its bytes are those in memory, now compared in
-/// this epoch. False for a block that crosses a page (its second page is looked up
-/// by the run loop), and where they differ: nothing is dropped here, the run loop does
-/// that when it looks at the block.
+/// this epoch. False for a block whose bytes cross a page (as one with a `second`
+/// page's do: that page is looked up by the run loop), and where they differ: nothing
+/// is dropped here, the run loop does that when it looks at the block.
 pub fn same_page_bytes_checked(x: &mut Exec, b: &Block) -> bool {
-    if b.second.is_some() || (b.lin & 0xfff) as usize + b.bytes.len() > 0x1000 {
+    if (b.lin & 0xfff) as usize + b.bytes.len() > 0x1000 {
         return false;
     }
     matches!(bytes_checked(x, b), Ok(true))

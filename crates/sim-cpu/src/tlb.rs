@@ -232,18 +232,22 @@ fn allowed(t: &Translation, rules: FillRules, writes: bool) -> u8 {
 }
 
 impl Tlb {
+    /// The entry caching `lin`'s page, if one does.
+    #[inline(always)]
+    fn entry(&self, lin: u64) -> Option<&Entry> {
+        let page = lin >> 12;
+        let e = &self.entries[slot(page)];
+        (e.tag == page + 1).then_some(e)
+    }
+
     /// Host pointer to the byte at `lin` when an entry allows `need`.
     #[inline(always)]
     pub fn lookup(&self, lin: u64, need: u8) -> Option<*mut u8> {
-        let page = lin >> 12;
-        let e = &self.entries[slot(page)];
-        if e.tag == page + 1 && e.allow & need != 0 {
-            // The entry maps the whole 4 KiB page of RAM `lin` is in (allow is 0 for a
-            // device page): the result points into it.
-            Some(e.addend.wrapping_add(lin as usize))
-        } else {
-            None
-        }
+        // The entry maps the whole 4 KiB page of RAM `lin` is in (allow is 0 for a
+        // device page): the result points into it.
+        self.entry(lin)
+            .filter(|e| e.allow & need != 0)
+            .map(|e| e.addend.wrapping_add(lin as usize))
     }
 
     /// The entries, for compiled code that looks them up itself ([`layout`]). Valid
@@ -255,18 +259,18 @@ impl Tlb {
     /// The guest physical page of RAM an entry maps `lin` to, if cached.
     #[inline]
     pub fn gpa_page(&self, lin: u64) -> Option<u64> {
-        let page = lin >> 12;
-        let e = &self.entries[slot(page)];
-        (e.tag == page + 1 && e.device == 0).then_some(e.gpa_page)
+        self.entry(lin)
+            .filter(|e| e.device == 0)
+            .map(|e| e.gpa_page)
     }
 
     /// The GPA an access that `need`s at `lin` exits with, when `lin`'s page is a cached
     /// device page (wholly unmapped).
     #[inline]
     pub fn device(&self, lin: u64, need: u8) -> Option<u64> {
-        let page = lin >> 12;
-        let e = &self.entries[slot(page)];
-        (e.tag == page + 1 && e.device & need != 0).then_some((e.gpa_page << 12) | (lin & 0xfff))
+        self.entry(lin)
+            .filter(|e| e.device & need != 0)
+            .map(|e| (e.gpa_page << 12) | (lin & 0xfff))
     }
 
     /// Caches `lin`'s page as a device page (wholly unmapped): the accesses the walk
@@ -407,11 +411,7 @@ impl Tlb {
     /// translation not global, or not cached, maps one of them, so that the next flush
     /// of those moves the epoch ([`Tlb::flush_nonglobal`]).
     pub fn code_found(&mut self, lin: u64, second: Option<u64>) {
-        let global = |lin: u64| {
-            let page = lin >> 12;
-            let e = &self.entries[slot(page)];
-            e.tag == page + 1 && e.global
-        };
+        let global = |lin: u64| self.entry(lin).is_some_and(|e| e.global);
         if !global(lin) || second.is_some_and(|l| !global(l)) {
             self.nonglobal_code = true;
         }

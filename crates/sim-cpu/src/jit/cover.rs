@@ -410,10 +410,7 @@ fn native(op: &Op) -> Option<Kind> {
                 dst,
             }
         }
-        _ if ins.condition_code() != iced_x86::ConditionCode::None
-            && ins.op_count() == 1
-            && is_setcc(m) =>
-        {
+        _ if is_setcc(m) => {
             // A register only (the handler writes memory, with its faults).
             if ins.op_kind(0) != OpKind::Register || op.rm == NONE {
                 return None;
