@@ -17,7 +17,7 @@ entry = struct.unpack_from("<Q", code, index * 8)[0]
 if mode == "native":
     mem = mmap.mmap(-1, len(code), prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     mem.write(code)
-    buf = ctypes.create_string_buffer(1 << 20)
+    buf = ctypes.create_string_buffer(5 << 20)  # alias_copy's reach: 4 MiB + 64 KiB
     base = ctypes.addressof(ctypes.c_char.from_buffer(mem))
     fn = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint32)(base + entry)
     start = time.perf_counter()
@@ -29,7 +29,7 @@ elif mode == "unicorn":
 
     CODE, BUF, STACK, RET = 0x100000, 0x200000, 0x400000, 0x1000
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.mem_map(0, 0x500000)
+    uc.mem_map(0, 0x700000)  # the buffer at BUF reaches 4 MiB + 64 KiB (alias_copy)
     uc.mem_write(CODE, code)
     uc.mem_write(RET, b"\xf4")
     uc.mem_write(STACK - 8, struct.pack("<Q", RET))

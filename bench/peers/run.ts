@@ -24,6 +24,7 @@ const WORKLOADS = [
   { name: 'qword copy loop', reps: 6000, bytes: 0 },
   { name: 'recursive fib (call/ret/push/pop)', reps: 1300, bytes: 0 },
   { name: '`rep movsb` (MB/s)', reps: 2048, bytes: 65536 },
+  { name: 'TLB-alias copy (qword copy 4 MiB apart)', reps: 6000, bytes: 0 },
 ] as const
 const RUNNERS = ['interpreter', 'translator', 'bochs', 'unicorn', 'qemu', 'native'] as const
 type Runner = (typeof RUNNERS)[number]
@@ -71,6 +72,12 @@ function markers(cmd: string, args: string[], fromSpawn = false, timeoutMs = 300
     child.stdout.on('data', seen)
     child.stderr.on('data', seen)
     child.on('error', reject)
+    // A peer that stops without '{E}' (Bochs without its display library panics at once)
+    // fails now, not at the timeout.
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      if (!text.includes('{E}')) reject(new Error(`${cmd} exited (${code}) before '{E}': ${text.slice(-300)}`))
+    })
   })
 }
 

@@ -3,9 +3,10 @@
 ; caller-saved registers (RBX saved), so the same bytes run natively, under Unicorn,
 ; and inside the ROM (rom.asm) on the sim, QEMU's TCG and Bochs.
 ;
-; The table at offset 0 gives each function's offset: alu, checksum, copy, fib, movsb.
+; The table at offset 0 gives each function's offset: alu, checksum, copy, fib, movsb,
+; alias_copy. alias_copy needs a buffer of 4 MiB + 64 KiB.
 BITS 64
-	dq alu, checksum, copy, fib_loop, movsb
+	dq alu, checksum, copy, fib_loop, movsb, alias_copy
 
 ; ALU loop: add/xor/sub/dec/jnz, a million a repetition.
 alu:
@@ -37,8 +38,11 @@ checksum:
 
 ; Qword copy: 64 KiB from the buffer's first half to its second.
 copy:
+	mov edx, 0x80000
+	; RDX: how far the copy's destination lies from its source.
+copy_apart:
 .rep:	mov r9, rdi
-	lea r10, [rdi + 0x80000]
+	lea r10, [rdi + rdx]
 	mov ecx, 8192
 .l:	mov rax, [r9]
 	mov [r10], rax
@@ -49,6 +53,14 @@ copy:
 	dec esi
 	jnz .rep
 	ret
+
+; TLB-alias copy: the qword copy with its destination 4 MiB past its source (issue
+; #20's "a TLB fast path that does not alias on 4 MiB strides"): each page read and the
+; page written after it are 1024 pages apart, so they share the low ten bits of their
+; page numbers and a TLB indexed by those bits (1024 sets or fewer) misses on each access.
+alias_copy:
+	mov edx, 0x400000
+	jmp copy_apart
 
 ; Recursive fib(20): call/ret/push/pop.
 fib_loop:
