@@ -5,9 +5,6 @@
 
 mod common;
 
-use hv_core::regs::{pack_segment, pack_table};
-use mshv_bindings::*;
-
 /// The workloads' machine code at 0x100000 (assembled by `assemble()` from bench/interpreter.ts).
 fn code(name: &str) -> Option<Vec<u8>> {
     Some(match name {
@@ -47,39 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "fib".into());
     let count = common::arg(2, 200_000_000)?;
     let code = code(&name).ok_or("workloads: alu, fib, checksum, copy")?;
-    // PML4 at 0x1000 -> PDPT at 0x2000 with one 1 GiB page.
-    let pml4 = 0x2003u64.to_le_bytes();
-    let pdpt = 0x83u64.to_le_bytes();
-    let mut guest = common::vm_with(
-        4 << 20,
-        &[(0x10_0000, &code), (0x1000, &pml4), (0x2000, &pdpt)],
-    )?;
-    let data = pack_segment(0, 0xffff_ffff, 16, 0xc093);
-    guest.vcpu.set_registers(
-        &[
-            hv_register_name_HV_X64_REGISTER_CS,
-            hv_register_name_HV_X64_REGISTER_SS,
-            hv_register_name_HV_X64_REGISTER_DS,
-            hv_register_name_HV_X64_REGISTER_GDTR,
-            hv_register_name_HV_X64_REGISTER_CR3,
-            hv_register_name_HV_X64_REGISTER_CR4,
-            hv_register_name_HV_X64_REGISTER_EFER,
-            hv_register_name_HV_X64_REGISTER_CR0,
-            hv_register_name_HV_X64_REGISTER_RIP,
-            hv_register_name_HV_X64_REGISTER_RSP,
-        ],
-        &[
-            pack_segment(0, 0xffff_ffff, 8, 0xa09b),
-            data,
-            data,
-            pack_table(0, 0),
-            [0x1000, 0],
-            [1 << 5, 0],
-            [(1 << 8) | (1 << 10), 0],
-            [0x8000_0011, 0],
-            [0x10_0000, 0],
-            [0x8_0000, 0],
-        ],
-    )?;
+    let [pml4, pdpt] = common::LONG_MODE_TABLES;
+    let mut guest = common::vm_with(4 << 20, &[(0x10_0000, &code), pml4, pdpt])?;
+    common::long_mode_at(guest.vcpu.as_mut(), 0x10_0000)?;
     common::time_instructions(&name, guest.vcpu.as_mut(), count)
 }

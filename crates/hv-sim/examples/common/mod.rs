@@ -4,7 +4,7 @@
 // Each example is its own crate and uses part of this module.
 #![allow(dead_code)]
 
-use hv_core::regs::pack_segment;
+use hv_core::regs::{pack_segment, pack_table};
 use hv_core::{
     ExitMessage, HostRegion, HvBackend, MemoryMapping, RunLimits, VcpuBackend, VmBackend, VmConfig,
 };
@@ -60,6 +60,46 @@ pub fn real_mode_at(vcpu: &mut dyn VcpuBackend, ip: u64) -> hv_core::Result<()> 
         &[pack_segment(0, 0xffff, 0, 0x9b), [ip, 0]],
     )
 }
+
+/// 64-bit mode at RIP = `ip`, flat segments, RSP = 0x80000: the page tables are a
+/// PML4 at 0x1000 and a PDPT at 0x2000 mapping the first GiB with one 1 GiB page,
+/// which [`LONG_MODE_TABLES`] gives to [`vm_with`].
+pub fn long_mode_at(vcpu: &mut dyn VcpuBackend, ip: u64) -> hv_core::Result<()> {
+    let data = pack_segment(0, 0xffff_ffff, 16, 0xc093);
+    vcpu.set_registers(
+        &[
+            hv_register_name_HV_X64_REGISTER_CS,
+            hv_register_name_HV_X64_REGISTER_SS,
+            hv_register_name_HV_X64_REGISTER_DS,
+            hv_register_name_HV_X64_REGISTER_GDTR,
+            hv_register_name_HV_X64_REGISTER_CR3,
+            hv_register_name_HV_X64_REGISTER_CR4,
+            hv_register_name_HV_X64_REGISTER_EFER,
+            hv_register_name_HV_X64_REGISTER_CR0,
+            hv_register_name_HV_X64_REGISTER_RIP,
+            hv_register_name_HV_X64_REGISTER_RSP,
+        ],
+        &[
+            pack_segment(0, 0xffff_ffff, 8, 0xa09b),
+            data,
+            data,
+            pack_table(0, 0),
+            [0x1000, 0],
+            [1 << 5, 0],
+            [(1 << 8) | (1 << 10), 0],
+            [0x8000_0011, 0],
+            [ip, 0],
+            [0x8_0000, 0],
+        ],
+    )
+}
+
+/// The page tables [`long_mode_at`] points CR3 at, as `(gpa, bytes)` for [`vm_with`]:
+/// PML4[0] -> the PDPT at 0x2000, PDPT[0] a 1 GiB page at 0.
+pub const LONG_MODE_TABLES: [(usize, &[u8]); 2] = [
+    (0x1000, &[0x03, 0x20, 0, 0, 0, 0, 0, 0]),
+    (0x2000, &[0x83, 0, 0, 0, 0, 0, 0, 0]),
+];
 
 /// Runs `count` guest instructions (or to the first exit) and prints the rate as
 /// `name: N instructions in S s: R M/s`.
