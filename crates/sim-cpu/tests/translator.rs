@@ -124,6 +124,27 @@ impl Machine {
         self.cpu.run(&self.mem, &mut TestEnv, max, &mut || false)
     }
 
+    /// Completes an IN or OUT that exited as a VMM does: RIP past the instruction and,
+    /// for an IN, the accumulator's low `size` bytes set to a number made from the port
+    /// and `slice`.
+    fn complete_port_exit(&mut self, exit: Exit, slice: usize) {
+        let Exit::Io {
+            port, size, input, ..
+        } = exit
+        else {
+            return;
+        };
+        let c = &mut self.cpu.cpu;
+        if input {
+            let mask = u64::MAX >> (64 - 8 * u32::from(size));
+            let value = (u64::from(port) << 8 | slice as u64) & mask;
+            // IN EAX zeroes RAX's upper half, as a 32-bit register write does.
+            let kept = if size == 4 { 0 } else { c.gpr[0] & !mask };
+            c.gpr[0] = kept | value;
+        }
+        c.rip += u64::from(self.cpu.exit_instruction.len);
+    }
+
     fn ram(&self) -> Vec<u8> {
         let mut v = vec![0u8; RAM];
         self.ram.read(0, &mut v).unwrap();
@@ -220,6 +241,10 @@ fn lockstep_with(
         assert_eq!(ea, eb, "slice {slice}: the runs ended differently");
         if let Some(d) = differ(&a, &b) {
             panic!("slice {slice} (budget {max}, ended {ea:?}): {d}");
+        }
+        if let RunEnd::Exit(exit @ Exit::Io { string: false, .. }) = ea {
+            a.complete_port_exit(exit, slice);
+            b.complete_port_exit(exit, slice);
         }
         slice += 1;
         if ea == RunEnd::Exit(Exit::Halt) {
@@ -717,6 +742,97 @@ fn setcc_and_not_read_and_keep_the_flags_the_interpreter_does() {
     let b = lockstep(&code, &mut Rng(19), 10_000, |_, _| {});
     assert_eq!(b.cpu.cpu.gpr[3], 50, "ECX & 3 == 2 in 50 of 200 iterations");
     assert!(b.cpu.translator_stats().blocks > 0);
+}
+
+/// Port I/O inside a compiled loop (IN and OUT are handler calls that exit): both
+/// tiers exit at the same instruction with the same count and state, the arithmetic
+/// record made before an exit is the one the ADC after it reads, and the VMM's
+/// completion (RIP past the instruction, the value of an IN) is where both go on.
+#[test]
+fn port_exits_from_compiled_code_are_the_interpreters() {
+    let code = asm(|a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 300u32)?;
+        a.mov(edx, 0x3f8u32)?;
+        a.set_label(&mut top)?;
+        a.out(0x80, al)?;
+        a.add(eax, ecx)?;
+        a.in_(al, 0x71)?;
+        a.adc(ebx, eax)?;
+        a.out(dx, eax)?;
+        a.in_(ax, dx)?;
+        a.add(dword_ptr(r15), eax)?;
+        a.in_(eax, dx)?;
+        a.xor(esi, eax)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.hlt()
+    });
+    let b = lockstep(&code, &mut Rng(23), 20_000, |_, _| {});
+    assert_eq!(b.cpu.cpu.gpr[1], 0, "every iteration ran");
+    assert_eq!(b.cpu.cpu.rip, CODE + code.len() as u64, "at the HLT's end");
+    assert!(b.cpu.translator_stats().blocks > 0);
+}
+
+/// Port I/O at CPL 3 with IOPL 0 goes by the TSS's I/O permission bitmap (SDM vol 1
+/// 19.5.2) under both tiers: an IN of a port it allows exits, an OUT to one it denies
+/// is a #GP(0) with the instructions before it in its compiled block retired.
+#[test]
+fn a_port_access_the_io_permissions_deny_is_the_interpreters_gp() {
+    const USER_STACK: u64 = 0x6_8000;
+    let code = asm(|a| {
+        let (mut top, mut user) = (a.create_label(), a.create_label());
+        // To CPL 3 at `user` (selectors 0x1b and 0x23: the GDT's user entries), IOPL 0.
+        a.push(0x23)?;
+        a.push(USER_STACK as i32)?;
+        a.push(2)?;
+        a.push(0x1b)?;
+        a.lea(rax, ptr(user))?;
+        a.push(rax)?;
+        a.iretq()?;
+        a.set_label(&mut user)?;
+        a.mov(ecx, 5u32)?;
+        a.set_label(&mut top)?;
+        a.add(ebx, 7)?;
+        a.dec(ecx)?;
+        a.jne(top)?;
+        a.in_(al, 0x71)?;
+        a.add(ebx, 1)?;
+        a.out(0x80, al)?;
+        a.hlt()
+    });
+    let b = lockstep(&code, &mut Rng(29), 10_000, |m, slice| {
+        if slice == 0 {
+            // The code and user stack pages are user pages; the GDT gets a 64-bit user
+            // code and a user data segment; the TSS (at 0) a stack for the #GP.
+            put(&m.ram, PT + 8 * (CODE >> 12), CODE | 7);
+            put(
+                &m.ram,
+                PT + 8 * ((USER_STACK - 8) >> 12),
+                (USER_STACK - 0x1000) | 7,
+            );
+            put(&m.ram, GDT + 24, 0x00af_fb00_0000_ffff);
+            put(&m.ram, GDT + 32, 0x00cf_f300_0000_ffff);
+            m.cpu.cpu.gdtr.limit = 39;
+            m.ram.write(4, &0x6_f000u64.to_le_bytes()).unwrap();
+            // The I/O map base (at 0x66) puts the bitmap at 0x68: port 0x80's bit set.
+            m.ram.write(0x66, &0x68u16.to_le_bytes()).unwrap();
+            m.ram.write(0x68 + 0x80 / 8, &[1]).unwrap();
+        }
+    });
+    let c = &b.cpu.cpu;
+    assert_eq!(c.rip, HANDLER + 1, "in the handler");
+    assert_eq!(c.gpr[3], 36, "the ADD before the OUT retired");
+    assert_eq!(c.seg[1].selector, 8, "the handler at CPL 0");
+    let mut frame = [0u8; 16];
+    b.ram.read(0x6_f000 - 48, &mut frame).unwrap();
+    let [error, rip] = [0, 8].map(|i| u64::from_le_bytes(frame[i..i + 8].try_into().unwrap()));
+    assert_eq!(error, 0, "#GP(0)");
+    assert_eq!(
+        rip,
+        CODE + code.len() as u64 - 3,
+        "the frame's RIP is the OUT's"
+    );
 }
 
 /// Code written by the VMM between runs (through its view of guest RAM): the next run

@@ -174,8 +174,9 @@ fn flat_memory(op: &Op) -> bool {
 /// Whether the interpreter's handler of `op` may be called from compiled code: it reads
 /// and writes registers, flags and memory only, through `Exec` as the run loop's plain
 /// path calls it (no branch, no change of mode, privilege, interrupt state or the
-/// debug registers, no port or TSC access), so that after it returns the compiled code
-/// may go on, or return to the run loop with the handler's fault or end of block.
+/// debug registers; a port or a device reached only by an exit), so that after it
+/// returns the compiled code may go on, or return to the run loop with the handler's
+/// fault, exit or end of block.
 fn callable(op: &Op) -> bool {
     use Mnemonic as M;
     let ins = &op.ins;
@@ -256,6 +257,11 @@ fn callable(op: &Op) -> bool {
             // The TSC the handler reads is the one the run loop would have set.
             | M::Rdtsc
             | M::Rdtscp
+            // IN and OUT touch no port: their handler checks the I/O permission (a
+            // #GP) and exits, and the VMM completes them, as for a MOV to a device. A
+            // guest's port-exit loop then runs compiled between its exits.
+            | M::In
+            | M::Out
     ) || is_setcc(ins.mnemonic());
     // The string instructions but INS and OUTS, which exit (iced's test: MOVSD and
     // CMPSD also name SSE forms).
