@@ -161,14 +161,32 @@ enum Code {
     },
 }
 
-/// Entries in a row that did nothing (the first instruction bailed: an MMIO access, a
-/// TLB miss each time) before compiled code is passed over for [`REST`] runs: entering
-/// it costs about an instruction, and an MMIO exit loop (a device driver polling or
-/// writing a register) would pay that on every exit.
+/// Idle entries in a row ([`idle_entry`]) before compiled code is passed over for
+/// [`REST`] runs; after a rest, the first idle entry starts the next.
 const IDLE_ENTRIES: u8 = 4;
 
 /// Runs of a block the interpreter does alone after [`IDLE_ENTRIES`] idle entries.
 const REST: u8 = 64;
+
+/// Instructions an entry of compiled code retires before a VM exit ends it, below which
+/// the entry was not worth its cost ([`idle_entry`]).
+const SHORT_EXIT: u64 = 8;
+
+/// Whether an entry of compiled code was idle: it did nothing (its first instruction
+/// bailed: an MMIO access, a TLB miss each time), or a VM exit ended it within
+/// [`SHORT_EXIT`] instructions (a guest's port or MMIO exit loop: `out; dec; jnz`). Entering
+/// and leaving compiled code costs host work the interpreter does not do, so such an
+/// exit loop (a driver polling or writing a device register, a virtio notify), left to
+/// the interpreter, runs as fast as under it (issue #31: the exit path must not slow
+/// down).
+fn idle_entry(ran: &Ran) -> bool {
+    let instructions = ran.retired + ran.done as u64;
+    match ran.end {
+        None => instructions == 0,
+        Some(End::Stopped(crate::fault::Stop::Exit)) => instructions < SHORT_EXIT,
+        Some(_) => false,
+    }
+}
 
 /// A block's translation state: its plain-path runs, then where its code is, and how
 /// its last entries went.
@@ -333,6 +351,12 @@ unsafe extern "sysv64" fn check_bytes(frame: *mut Frame, block: *const Block) ->
 /// `key`: the link key the block was found under.
 #[inline]
 pub fn run(x: &mut Exec, block: &Block, budget: u64, key: u64) -> Option<Ran> {
+    // First, as it is the cheapest: a port exit loop's blocks rest at each exit.
+    let rest = block.jit.rest.get();
+    if rest > 0 {
+        block.jit.rest.set(rest - 1);
+        return None;
+    }
     if block.bits != 64 || x.debug_blocks || !x.watches.is_empty() || x.bps.any() {
         return None;
     }
@@ -349,11 +373,6 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, key: u64) -> Option<Ran> {
                 // one (code that runs at both, rare, is compiled for the first).
                 return None;
             }
-            let rest = block.jit.rest.get();
-            if rest > 0 {
-                block.jit.rest.set(rest - 1);
-                return None;
-            }
             code_address(x, offset)
         }
         Code::Never => return None,
@@ -368,12 +387,11 @@ pub fn run(x: &mut Exec, block: &Block, budget: u64, key: u64) -> Option<Ran> {
         }
     };
     let ran = enter(x, at, block, budget, key)?;
-    if ran.retired == 0 && ran.done == 0 && ran.end.is_none() {
-        // Nothing done: the interpreter runs the block, as when it is passed over.
+    if idle_entry(&ran) {
         let idle = block.jit.idle.get() + 1;
         if idle >= IDLE_ENTRIES {
             block.jit.rest.set(REST);
-            block.jit.idle.set(0);
+            block.jit.idle.set(IDLE_ENTRIES - 1);
         } else {
             block.jit.idle.set(idle);
         }
@@ -564,4 +582,53 @@ fn translate(x: &mut Exec, block: &Block) -> Option<Code> {
 #[cfg(not(target_arch = "x86_64"))]
 fn translate(_x: &mut Exec, _block: &Block) -> Option<Code> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::Stop;
+
+    fn ran(retired: u64, done: usize, end: Option<End>) -> Ran {
+        Ran {
+            retired,
+            done,
+            end,
+            block: std::ptr::null(),
+        }
+    }
+
+    #[test]
+    fn an_entry_that_did_nothing_or_exited_at_once_is_idle() {
+        assert!(idle_entry(&ran(0, 0, None)), "the first instruction bailed");
+        let exit = Some(End::Stopped(Stop::Exit));
+        assert!(idle_entry(&ran(0, 0, exit)), "an OUT first");
+        assert!(
+            idle_entry(&ran(2, 0, exit)),
+            "dec; jnz, then the OUT's block"
+        );
+        assert!(
+            idle_entry(&ran(4, 3, exit)),
+            "seven instructions, then an exit"
+        );
+    }
+
+    #[test]
+    fn an_entry_that_ran_code_or_faulted_is_not_idle() {
+        assert!(!idle_entry(&ran(0, 1, None)), "an instruction done");
+        assert!(!idle_entry(&ran(500, 2, None)), "blocks, then a bail");
+        let exit = Some(End::Stopped(Stop::Exit));
+        assert!(
+            !idle_entry(&ran(6, 2, exit)),
+            "eight instructions before the exit"
+        );
+        assert!(
+            !idle_entry(&ran(0, 0, Some(End::Stopped(Stop::Fault)))),
+            "a #PF is the guest's"
+        );
+        assert!(
+            !idle_entry(&ran(0, 0, Some(End::Ended))),
+            "a handler ended the block"
+        );
+    }
 }
