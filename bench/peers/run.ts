@@ -4,7 +4,8 @@
  * and, where installed, QEMU's TCG and Bochs (a ROM
  * that enters long mode and brackets the call with "{S}" and "{E}" on port 0xE9, timed
  * from the host as the markers arrive), Unicorn and the host CPU (the same function
- * bytes, called through bench/peers/peer.py). Median of 3 runs; instruction counts are
+ * bytes, called through bench/peers/peer.py). Median of 3 runs (`--rounds=N` for more);
+ * `--only=TEXT` measures the workloads whose names hold TEXT. Instruction counts are
  * the sim's exact count of the call. Writes bench/peers.json. `bench/peers/install.sh`
  * installs the peers (Debian packages and the unicorn PyPI package).
  * @module
@@ -26,6 +27,10 @@ const WORKLOADS = [
   { name: '`rep movsb` (MB/s)', reps: 2048, bytes: 65536 },
   { name: 'TLB-alias copy (qword copy 4 MiB apart)', reps: 6000, bytes: 0 },
 ] as const
+const flag = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
+const ROUNDS = Number(flag('rounds') ?? 3)
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1 || ROUNDS > 99) throw new Error(`--rounds must be a whole number from 1 to 99, got ${flag('rounds')}`)
+const ONLY = flag('only')
 const RUNNERS = ['interpreter', 'translator', 'bochs', 'unicorn', 'qemu', 'native'] as const
 type Runner = (typeof RUNNERS)[number]
 
@@ -132,11 +137,12 @@ async function main(): Promise<void> {
   const bochsrc = join(work, 'bochsrc')
   const rows: { workload: string; unit: string; values: Partial<Record<Runner, number>> }[] = []
   for (const [index, w] of WORKLOADS.entries()) {
+    if (ONLY !== undefined && !w.name.includes(ONLY)) continue
     const romPath = rom(index, w.reps)
     const values: Partial<Record<Runner, number>> = {}
     const samples: Partial<Record<Runner, number[]>> = {}
     let instructions = 0
-    for (let round = 0; round < 3; round++) {
+    for (let round = 0; round < ROUNDS; round++) {
       for (const runner of RUNNERS) {
         if (!available[runner]) continue
         let seconds: number
