@@ -744,6 +744,38 @@ fn setcc_and_not_read_and_keep_the_flags_the_interpreter_does() {
     assert!(b.cpu.translator_stats().blocks > 0);
 }
 
+/// The stack of the judges' code at CPL 3, and the TSS's RSP0 (the TSS is at 0): the
+/// stack an exception from CPL 3 switches to.
+const USER_STACK: u64 = 0x6_8000;
+const RSP0: u64 = 0x6_f000;
+
+/// IRETQ to CPL 3 at `user` (selectors 0x1b and 0x23: the GDT entries [`user_mode`]
+/// adds), IOPL 0.
+fn iretq_to_user(a: &mut CodeAssembler, user: CodeLabel) -> Result<(), IcedError> {
+    a.push(0x23)?;
+    a.push(USER_STACK as i32)?;
+    a.push(2)?;
+    a.push(0x1b)?;
+    a.lea(rax, ptr(user))?;
+    a.push(rax)?;
+    a.iretq()
+}
+
+/// Makes the code page and the user stack's page user pages, gives the GDT a 64-bit
+/// user code and a user data segment, and the TSS (at 0) RSP0.
+fn user_mode(m: &mut Machine) {
+    put(&m.ram, PT + 8 * (CODE >> 12), CODE | 7);
+    put(
+        &m.ram,
+        PT + 8 * ((USER_STACK - 8) >> 12),
+        (USER_STACK - 0x1000) | 7,
+    );
+    put(&m.ram, GDT + 24, 0x00af_fb00_0000_ffff);
+    put(&m.ram, GDT + 32, 0x00cf_f300_0000_ffff);
+    m.cpu.cpu.gdtr.limit = 39;
+    m.ram.write(4, &RSP0.to_le_bytes()).unwrap();
+}
+
 /// Port I/O inside a compiled loop (IN and OUT are handler calls that exit): both
 /// tiers exit at the same instruction with the same count and state, the arithmetic
 /// record made before an exit is the one the ADC after it reads, and the VMM's
@@ -779,17 +811,9 @@ fn port_exits_from_compiled_code_are_the_interpreters() {
 /// is a #GP(0) with the instructions before it in its compiled block retired.
 #[test]
 fn a_port_access_the_io_permissions_deny_is_the_interpreters_gp() {
-    const USER_STACK: u64 = 0x6_8000;
     let code = asm(|a| {
         let (mut top, mut user) = (a.create_label(), a.create_label());
-        // To CPL 3 at `user` (selectors 0x1b and 0x23: the GDT's user entries), IOPL 0.
-        a.push(0x23)?;
-        a.push(USER_STACK as i32)?;
-        a.push(2)?;
-        a.push(0x1b)?;
-        a.lea(rax, ptr(user))?;
-        a.push(rax)?;
-        a.iretq()?;
+        iretq_to_user(a, user)?;
         a.set_label(&mut user)?;
         a.mov(ecx, 5u32)?;
         a.set_label(&mut top)?;
@@ -803,18 +827,7 @@ fn a_port_access_the_io_permissions_deny_is_the_interpreters_gp() {
     });
     let b = lockstep(&code, &mut Rng(29), 10_000, |m, slice| {
         if slice == 0 {
-            // The code and user stack pages are user pages; the GDT gets a 64-bit user
-            // code and a user data segment; the TSS (at 0) a stack for the #GP.
-            put(&m.ram, PT + 8 * (CODE >> 12), CODE | 7);
-            put(
-                &m.ram,
-                PT + 8 * ((USER_STACK - 8) >> 12),
-                (USER_STACK - 0x1000) | 7,
-            );
-            put(&m.ram, GDT + 24, 0x00af_fb00_0000_ffff);
-            put(&m.ram, GDT + 32, 0x00cf_f300_0000_ffff);
-            m.cpu.cpu.gdtr.limit = 39;
-            m.ram.write(4, &0x6_f000u64.to_le_bytes()).unwrap();
+            user_mode(m);
             // The I/O map base (at 0x66) puts the bitmap at 0x68: port 0x80's bit set.
             m.ram.write(0x66, &0x68u16.to_le_bytes()).unwrap();
             m.ram.write(0x68 + 0x80 / 8, &[1]).unwrap();
@@ -825,7 +838,7 @@ fn a_port_access_the_io_permissions_deny_is_the_interpreters_gp() {
     assert_eq!(c.gpr[3], 36, "the ADD before the OUT retired");
     assert_eq!(c.seg[1].selector, 8, "the handler at CPL 0");
     let mut frame = [0u8; 16];
-    b.ram.read(0x6_f000 - 48, &mut frame).unwrap();
+    b.ram.read(RSP0 as usize - 48, &mut frame).unwrap();
     let [error, rip] = [0, 8].map(|i| u64::from_le_bytes(frame[i..i + 8].try_into().unwrap()));
     assert_eq!(error, 0, "#GP(0)");
     assert_eq!(
@@ -969,7 +982,6 @@ fn a_ret_to_a_non_canonical_address_is_the_interpreters_gp() {
 /// the jump cache) and the interpreter's #PF is taken by both tiers.
 #[test]
 fn code_compiled_for_the_supervisor_is_not_run_at_cpl3() {
-    const USER_STACK: u64 = 0x6_8000;
     let code = asm(|a| {
         let (mut top, mut user, mut f) = (a.create_label(), a.create_label(), a.create_label());
         a.mov(ecx, 3u32)?;
@@ -977,14 +989,7 @@ fn code_compiled_for_the_supervisor_is_not_run_at_cpl3() {
         a.call(f)?;
         a.dec(ecx)?;
         a.jne(top)?;
-        // To CPL 3 at `user` (selectors 0x1b and 0x23: the GDT's user entries).
-        a.push(0x23)?;
-        a.push(USER_STACK as i32)?;
-        a.push(2)?;
-        a.push(0x1b)?;
-        a.lea(rax, ptr(user))?;
-        a.push(rax)?;
-        a.iretq()?;
+        iretq_to_user(a, user)?;
         a.set_label(&mut user)?;
         a.call(f)?;
         a.hlt()?;
@@ -996,20 +1001,7 @@ fn code_compiled_for_the_supervisor_is_not_run_at_cpl3() {
     });
     let b = lockstep(&code, &mut Rng(9), 10_000, |m, slice| {
         if slice == 0 {
-            // The code page and the user stack's page are user pages; the GDT gets a
-            // 64-bit user code and a user data segment; the TSS (at 0) a stack for
-            // the #PF's privilege change.
-            put(&m.ram, PT + 8 * (CODE >> 12), CODE | 7);
-            put(
-                &m.ram,
-                PT + 8 * ((USER_STACK - 8) >> 12),
-                (USER_STACK - 0x1000) | 7,
-            );
-            put(&m.ram, GDT + 24, 0x00af_fb00_0000_ffff);
-            put(&m.ram, GDT + 32, 0x00cf_f300_0000_ffff);
-            m.cpu.cpu.gdtr.limit = 39;
-            let rsp0 = 0x6_f000u64.to_le_bytes();
-            m.ram.write(4, &rsp0).unwrap();
+            user_mode(m);
         }
     });
     assert_eq!(b.cpu.cpu.rip, HANDLER + 1, "in the #PF handler");
