@@ -259,7 +259,8 @@ fn callable(op: &Op) -> bool {
             | M::Rdtscp
             // IN and OUT touch no port: their handler checks the I/O permission (a
             // #GP) and exits, and the VMM completes them, as for a MOV to a device. A
-            // guest's port-exit loop then runs compiled between its exits.
+            // block's compiled prefix no longer stops at them (an entry that a port
+            // exit ends at once rests in the interpreter: `jit::idle_entry`).
             | M::In
             | M::Out
     ) || is_setcc(ins.mnemonic());

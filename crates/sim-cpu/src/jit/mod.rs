@@ -174,11 +174,11 @@ const SHORT_EXIT: u64 = 8;
 
 /// Whether an entry of compiled code was idle: it did nothing (its first instruction
 /// bailed: an MMIO access, a TLB miss each time), or a VM exit ended it within
-/// [`SHORT_EXIT`] instructions (a guest's port or MMIO exit loop: `out; dec; jnz`). Entering
-/// and leaving compiled code costs host work the interpreter does not do, so such an
-/// exit loop (a driver polling or writing a device register, a virtio notify), left to
-/// the interpreter, runs as fast as under it (issue #31: the exit path must not slow
-/// down).
+/// [`SHORT_EXIT`] instructions (a guest's port or MMIO exit loop: `out; dec; jnz`).
+/// Entering and leaving compiled code costs host work the interpreter does not do, so
+/// such an exit loop (a driver polling or writing a device register, a virtio notify),
+/// left to the interpreter, runs as fast as under it (issue #31: the exit path must not
+/// slow down).
 fn idle_entry(ran: &Ran) -> bool {
     let instructions = ran.retired + ran.done as u64;
     match ran.end {
