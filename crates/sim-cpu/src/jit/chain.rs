@@ -204,8 +204,8 @@ pub fn link(x: &mut Exec, from: &Block, to: &Block, key: u64) {
     }
     // `to` compiled, or never to be: a chain to it that no budget covers (its length
     // the most there is) sends compiled code back to the run loop at once, without a
-    // look at the jump cache (a port exit loop: its block after the OUT goes back to
-    // the OUT's, which is not compiled).
+    // look at the jump cache (a block that goes on to one whose first instruction is
+    // not covered: a MOV to a control register, CLI, STI).
     let entry = match (compiled(to), to.jit.code.get()) {
         (Some(_), _) if to.jit.rest.get() > 0 => return,
         (Some(entry), _) => Some(entry),

@@ -5,17 +5,18 @@
 //! Covered: MOV (register, immediate, memory; not the segment, control and debug
 //! register forms), ADD/OR/AND/SUB/XOR/CMP/TEST in every form, INC/DEC, LEA,
 //! MOVZX/MOVSX/MOVSXD, NOT, SETcc of a byte register, NOP, PUSH and POP of a 64-bit
-//! register, and a near JMP, Jcc or
-//! CALL with a canonical target or a near RET (a block's last instruction). Operand
+//! register, and a near JMP, Jcc or CALL with a canonical target or a near RET (a
+//! block's last instruction). Operand
 //! sizes 1, 2, 4 and 8 (AH..BH included); memory operands with 64-bit addresses (SDM
 //! vol 1 3.3.7.1: DS, ES, SS and CS are flat in 64-bit mode, FS and GS add their base;
 //! no limit is checked).
 //!
 //! Other instructions that only compute on registers, flags and memory, and may fault
 //! but change nothing else the run loop looks after (shifts and rotates, CMOVcc,
-//! ADC/SBB, NEG, SETcc of memory, multiplies and divides, bit scans and tests, XCHG, the sign
-//! extensions of rAX, the flag instructions, LEAVE, the other PUSH and POP forms, and
-//! the covered mnemonics' forms compiled code does not do itself) are [`Kind::Call`]ed:
+//! ADC/SBB, NEG, SETcc of memory, multiplies and divides, bit scans and tests, XCHG,
+//! the sign extensions of rAX, the flag instructions, LEAVE, the other PUSH and POP
+//! forms, RDTSC and RDTSCP, IN and OUT, which only exit, and the covered mnemonics'
+//! forms compiled code does not do itself) are [`Kind::Call`]ed:
 //! the compiled code calls the interpreter's own handler for them, exactly as the run
 //! loop would; so it does for a near CALL or JMP through a register or memory at a
 //! block's end ([`Kind::Branch`]), for the string instructions but INS and OUTS (REP
